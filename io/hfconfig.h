@@ -1,0 +1,44 @@
+/* Hugging Face config.json for the Llama family: LlamaForCausalLM, MistralForCausalLM,
+ * Qwen2ForCausalLM. Unknown architecture, a missing or mistyped field: a clear message
+ * naming the file and the field. */
+#ifndef SHARDLORA_IO_HFCONFIG_H
+#define SHARDLORA_IO_HFCONFIG_H
+
+#include <stdint.h>
+
+#include "../runtime/err.h"
+
+typedef enum { HFC_LLAMA = 0, HFC_MISTRAL, HFC_QWEN2 } HfcArch;
+
+typedef struct {
+    HfcArch arch;
+    char architecture[64];     /* "LlamaForCausalLM", ... */
+    int64_t hidden_size;       /* C */
+    int64_t intermediate_size; /* F */
+    int64_t num_layers;        /* L (num_hidden_layers) */
+    int64_t num_heads;         /* H */
+    int64_t num_kv_heads;      /* KV (default H) */
+    int64_t head_dim;          /* D (default C / H) */
+    int64_t vocab_size;        /* V */
+    int64_t max_position_embeddings;
+    double rms_norm_eps;
+    double rope_theta;         /* default 10000 */
+    int rope_scaling_type;     /* 0 none, 1 llama3 */
+    double rope_factor, rope_low_freq_factor, rope_high_freq_factor;
+    int64_t rope_original_max_position;
+    int tie_word_embeddings;   /* default 0 */
+    int qkv_bias;              /* Qwen2: always 1; Llama: attention_bias */
+    int o_bias;                /* Llama attention_bias also puts a bias on o_proj */
+    int mlp_bias;              /* Llama mlp_bias */
+    char torch_dtype[16];      /* as written, informational */
+} HfcConfig;
+
+/* Parse and validate (positive sizes, H % KV == 0, even D). */
+int hfc_load(HfcConfig *c, const char *path, ErrStatus *st);
+/* Write a config.json that hfc_load and transformers both read. */
+int hfc_write(const HfcConfig *c, const char *path, ErrStatus *st);
+/* Fill defaults for a given architecture (used by make-model before flags). */
+void hfc_defaults(HfcConfig *c, HfcArch arch);
+const char *hfc_arch_name(HfcArch a);
+
+#endif

@@ -1,0 +1,43 @@
+/* The one fatal path, CHECK macros that never compile out, and parser status values.
+ * A fatal error prints `file:line rank R: message` to stderr, then calls the abort hook
+ * (parallel/ installs one that calls MPI_Abort so no rank hangs), then abort(). */
+#ifndef SHARDLORA_RUNTIME_ERR_H
+#define SHARDLORA_RUNTIME_ERR_H
+
+#include <stddef.h>
+
+/* Called once, after the message is printed. Must not return to the caller normally. */
+typedef void (*ErrAbortHook)(void *ctx, int exit_code);
+
+/* Process-wide: the rank shown in messages and the hook. These are the only process-global
+ * settings in the project (like a signal handler, an abort path has to be reachable from
+ * anywhere). */
+void err_set_rank(int rank);
+int err_rank(void);
+void err_set_abort_hook(ErrAbortHook hook, void *ctx);
+
+_Noreturn void err_fatal_at(const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Exit (through the hook, with exit code `code`) after printing a user-facing message with
+ * no file:line (for bad input that launch/ has decided to refuse). */
+_Noreturn void err_exit_user(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#define SL_FATAL(...) err_fatal_at(__FILE__, __LINE__, __VA_ARGS__)
+#define SL_CHECK(cond, ...)                                                                    \
+    do {                                                                                       \
+        if (!(cond)) err_fatal_at(__FILE__, __LINE__, "check failed: " #cond ": " __VA_ARGS__); \
+    } while (0)
+
+/* Status returned by parsers and loaders: ok == 1, or msg names the file and the place
+ * (byte offset, line, JSON path). */
+typedef struct {
+    int ok;
+    char msg[1024];
+} ErrStatus;
+
+void err_status_ok(ErrStatus *st);
+/* Sets ok = 0 and formats msg. Returns 0 so a parser can `return err_status_set(...)`. */
+int err_status_set(ErrStatus *st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#endif

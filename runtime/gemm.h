@@ -1,0 +1,59 @@
+/* The GEMM backend interface. Frozen weights keep their checkpoint dtype (F32 or BF16)
+ * behind this interface; BF16 weights are converted to F32 in tiles into a scratch buffer
+ * owned by the context (no allocation per call). OpenBLAS is the first backend.
+ *
+ * Row-major everywhere. Weights follow PyTorch's Linear layout W [O, I] (out rows). */
+#ifndef SHARDLORA_RUNTIME_GEMM_H
+#define SHARDLORA_RUNTIME_GEMM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mem.h"
+
+typedef enum { GEMM_F32 = 0, GEMM_BF16 = 1 } GemmDtype;
+
+/* A weight matrix W [rows, cols] (row-major, leading dimension ld >= cols) in its dtype. */
+typedef struct {
+    GemmDtype dtype;
+    const void *data;
+    int64_t rows, cols, ld;
+} GemmWeight;
+
+typedef struct {
+    int nthreads;
+    float *scratch;          /* [scratch_floats] tile buffer for BF16 -> F32 */
+    size_t scratch_floats;
+    char core[64];           /* OpenBLAS core name in use */
+} GemmCtx;
+
+/* Call first thing in main(), before anything else touches BLAS: if this CPU has AVX-512
+ * but OpenBLAS chose a core without AVX-512 kernels (Debian 0.3.21 falls back to
+ * "Prescott" on CPUs it does not know, and some environments force "Haswell"), set
+ * OPENBLAS_CORETYPE=SkylakeX and re-exec this program (argv kept) so the library loads
+ * with it. SHARDLORA_BLAS_CORE=keep disables this; SHARDLORA_BLAS_CORE=NAME forces NAME.
+ * Returns only when no re-exec is needed (or it failed: then it warns). */
+void gemm_ensure_blas_core(int argc, char **argv);
+
+/* nthreads <= 0: use the cores this process may run on. Allocates the BF16 scratch
+ * (MEM_ACTIVATION) for tiles of up to max_cols columns. */
+void gemm_init(GemmCtx *g, MemCtx *m, int nthreads, int64_t max_cols);
+void gemm_free(GemmCtx *g, MemCtx *m);
+/* "OpenBLAS 0.3.21 core=SkylakeX threads=2" */
+const char *gemm_describe(const GemmCtx *g, char *buf, size_t n);
+
+/* Y[T, O] = beta * Y + X[T, I] W^T      (W [O, I]; forward of a linear) */
+void gemm_xwt(GemmCtx *g, float *Y, const float *X, const GemmWeight *W, int64_t T, float beta);
+/* dX[T, I] = beta * dX + dY[T, O] W     (input-gradient of a linear) */
+void gemm_xw(GemmCtx *g, float *dX, const float *dY, const GemmWeight *W, int64_t T, float beta);
+
+/* Plain F32 GEMM: C[M,N] = alpha * op(A) op(B) + beta * C, row-major, with leading dims. */
+void gemm_f32(GemmCtx *g, int transA, int transB, int64_t M, int64_t N, int64_t K, float alpha,
+              const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+              int64_t ldc);
+
+/* BF16 <-> F32 (round to nearest even; NaN preserved). */
+float gemm_bf16_to_f32(uint16_t h);
+uint16_t gemm_f32_to_bf16(float f);
+
+#endif

@@ -1,0 +1,22 @@
+/* Rank-aware logging: `[shardlora r0] message`. Info/warn lines from rank 0 only unless
+ * `all_ranks` logging is used; debug lines only when the level allows. */
+#ifndef SHARDLORA_RUNTIME_LOG_H
+#define SHARDLORA_RUNTIME_LOG_H
+
+typedef enum { LOG_ERROR = 0, LOG_WARN = 1, LOG_INFO = 2, LOG_DEBUG = 3 } LogLevel;
+
+/* Process-wide level (set once at start-up from --log-level / SHARDLORA_LOG). */
+void log_set_level(LogLevel level);
+LogLevel log_level(void);
+/* Parse "error|warn|info|debug"; returns -1 if unknown. */
+int log_parse_level(const char *s);
+
+/* Printed by rank 0 only. */
+void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void log_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Printed by every rank that calls it (warnings are often rank-specific). */
+void log_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Every rank, info level. */
+void log_rank(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#endif
