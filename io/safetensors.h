@@ -63,7 +63,7 @@ int st_open(StFile *f, const char *path, ErrStatus *st);
 void st_close(StFile *f);
 const StTensor *st_find(const StFile *f, const char *name);
 
-/* Read a slice of a 2-D (or 1-D, with cols = 1 semantics: rows are elements) tensor into
+/* Read a slice of a tensor (any ndim; a 1-D [n] is [1, n], a scalar [1, 1]) into
  * dst, converting to dst_dtype (F32 from F32/BF16/F16; BF16 from BF16 (copy); I64/I32
  * exact). Rows [r0, r0+nr) and columns [c0, c0+nc) of the [rows, cols] view in which the
  * last dimension is cols and all leading dimensions are folded into rows. dst is dense

@@ -39,6 +39,16 @@ void err_fatal_at(const char *file, int line, const char *fmt, ...) {
     err_finish(70);
 }
 
+void err_check_failed(const char *file, int line, const char *cond, const char *fmt, ...) {
+    char msg[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "%s:%d rank %d: check failed: %s: %s\n", file, line, err_rank(), cond, msg);
+    err_finish(70);
+}
+
 void err_exit_user(int code, const char *fmt, ...) {
     char msg[2048];
     va_list ap;

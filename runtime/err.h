@@ -23,10 +23,15 @@ _Noreturn void err_fatal_at(const char *file, int line, const char *fmt, ...)
  * no file:line (for bad input that launch/ has decided to refuse). */
 _Noreturn void err_exit_user(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* The condition's text goes in as an argument (it may contain '%'). */
+_Noreturn void err_check_failed(const char *file, int line, const char *cond, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
 #define SL_FATAL(...) err_fatal_at(__FILE__, __LINE__, __VA_ARGS__)
+/* SL_CHECK(cond, "format", args...): never compiled out. */
 #define SL_CHECK(cond, ...)                                                                    \
     do {                                                                                       \
-        if (!(cond)) err_fatal_at(__FILE__, __LINE__, "check failed: " #cond ": " __VA_ARGS__); \
+        if (!(cond)) err_check_failed(__FILE__, __LINE__, #cond, __VA_ARGS__);                 \
     } while (0)
 
 /* Status returned by parsers and loaders: ok == 1, or msg names the file and the place

@@ -1,0 +1,180 @@
+/* sgemm throughput at the training shapes of the step benchmark model (hidden C = 1024,
+ * ffn F = 2816, vocab V = 32000, T = 512 tokens, LoRA rank r = 16), at 1 and 2 threads,
+ * against the 2048^3 "peak" measured in the same run; F32 and BF16 weights through the
+ * linear-layer interface (gemm_xwt / gemm_xw). Prints a table and, last,
+ * `sgemm_peak_gflops threads=1 X threads=2 Y` for the MFU denominators. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "runtime/gemm.h"
+#include "runtime/log.h"
+#include "runtime/mem.h"
+
+enum { T_TOK = 512, C_HID = 1024, F_FFN = 2816, V_VOC = 32000, R_LORA = 16, N_PEAK = 2048 };
+
+/* Each measurement repeats the call until this much time has passed (after one warm-up
+ * call); keeps the whole run well under a minute. */
+#define BENCH_MIN_SECONDS 0.2
+
+typedef enum { OP_F32, OP_XWT, OP_XW } BenchOp;
+
+typedef struct {
+    const char *name;
+    BenchOp op;
+    int transA, transB;
+    int64_t M, N, K; /* C[M,N] = op(A)[M,K] op(B)[K,N]; for xwt/xw: T, O, I of the layer */
+    GemmDtype dtype; /* weight dtype for OP_XWT / OP_XW */
+} BenchShape;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+typedef struct {
+    float *A, *B, *C; /* big enough for every shape */
+    uint16_t *Wb;     /* BF16 weights */
+} BenchBufs;
+
+static double flops_of(const BenchShape *s) {
+    return 2.0 * (double)s->M * (double)s->N * (double)s->K;
+}
+
+static void run_once(GemmCtx *g, const BenchShape *s, BenchBufs *b) {
+    if (s->op == OP_F32) {
+        int64_t lda = s->transA ? s->M : s->K, ldb = s->transB ? s->K : s->N;
+        gemm_f32(g, s->transA, s->transB, s->M, s->N, s->K, 1.0f, b->A, lda, b->B, ldb, 0.0f, b->C,
+                 s->N);
+        return;
+    }
+    /* xwt: Y[T,O] = X[T,I] W^T; xw: dX[T,I] = dY[T,O] W; W [O, I] */
+    int64_t T = s->M, O = s->N, I = s->K;
+    GemmWeight W = {s->dtype, s->dtype == GEMM_BF16 ? (const void *)b->Wb : (const void *)b->B, O,
+                    I, I};
+    if (s->op == OP_XWT)
+        gemm_xwt(g, b->C, b->A, &W, T, 0.0f);
+    else
+        gemm_xw(g, b->C, b->A, &W, T, 0.0f);
+}
+
+static double measure(GemmCtx *g, const BenchShape *s, BenchBufs *b) {
+    run_once(g, s, b); /* warm-up: thread start, page faults, packing buffers */
+    int reps = 0;
+    double t0 = now_s(), t;
+    do {
+        run_once(g, s, b);
+        reps++;
+        t = now_s();
+    } while (t - t0 < BENCH_MIN_SECONDS || reps < 2);
+    return flops_of(s) * reps / (t - t0) * 1e-9;
+}
+
+static void shape_label(const BenchShape *s, char *buf, size_t n) {
+    if (s->op == OP_F32)
+        snprintf(buf, n, "%-26s %lldx%lldx%lld%s%s", s->name, (long long)s->M, (long long)s->N,
+                 (long long)s->K, s->transA ? " tA" : "", s->transB ? " tB" : "");
+    else
+        snprintf(buf, n, "%-26s T=%lld O=%lld I=%lld %s", s->name, (long long)s->M,
+                 (long long)s->N, (long long)s->K, s->dtype == GEMM_BF16 ? "bf16" : "f32");
+}
+
+int main(int argc, char **argv) {
+    gemm_ensure_blas_core(argc, argv);
+
+    /* M x N x K as row-major C[M,N] = op(A) op(B). X W^T is (T, O, I) with transB;
+     * dX = dY W is (T, I, O). */
+    const BenchShape shapes[] = {
+        {"peak 2048^3", OP_F32, 0, 0, N_PEAK, N_PEAK, N_PEAK, GEMM_F32},
+        {"fwd q/k/v/o X W^T", OP_F32, 0, 1, T_TOK, C_HID, C_HID, GEMM_F32},
+        {"fwd gate/up X W^T", OP_F32, 0, 1, T_TOK, F_FFN, C_HID, GEMM_F32},
+        {"fwd down X W^T", OP_F32, 0, 1, T_TOK, C_HID, F_FFN, GEMM_F32},
+        {"fwd lm_head X W^T", OP_F32, 0, 1, T_TOK, V_VOC, C_HID, GEMM_F32},
+        {"bwd q/k/v/o dY W", OP_F32, 0, 0, T_TOK, C_HID, C_HID, GEMM_F32},
+        {"bwd gate/up dY W", OP_F32, 0, 0, T_TOK, C_HID, F_FFN, GEMM_F32},
+        {"bwd down dY W", OP_F32, 0, 0, T_TOK, F_FFN, C_HID, GEMM_F32},
+        {"bwd lm_head dY W", OP_F32, 0, 0, T_TOK, C_HID, V_VOC, GEMM_F32},
+        {"lora h = X A^T", OP_F32, 0, 1, T_TOK, R_LORA, C_HID, GEMM_F32},
+        {"lora Y += h B^T", OP_F32, 0, 1, T_TOK, C_HID, R_LORA, GEMM_F32},
+        {"lora dB = dY^T h", OP_F32, 1, 0, C_HID, R_LORA, T_TOK, GEMM_F32},
+        {"lora dh = dY B", OP_F32, 0, 0, T_TOK, R_LORA, C_HID, GEMM_F32},
+        {"lora dA = dh^T X", OP_F32, 1, 0, R_LORA, C_HID, T_TOK, GEMM_F32},
+        {"lora dX += dh A", OP_F32, 0, 0, T_TOK, C_HID, R_LORA, GEMM_F32},
+        {"lora h = X A^T (ffn in)", OP_F32, 0, 1, T_TOK, R_LORA, F_FFN, GEMM_F32},
+        {"xwt q/k/v/o", OP_XWT, 0, 0, T_TOK, C_HID, C_HID, GEMM_F32},
+        {"xwt q/k/v/o", OP_XWT, 0, 0, T_TOK, C_HID, C_HID, GEMM_BF16},
+        {"xwt gate/up", OP_XWT, 0, 0, T_TOK, F_FFN, C_HID, GEMM_F32},
+        {"xwt gate/up", OP_XWT, 0, 0, T_TOK, F_FFN, C_HID, GEMM_BF16},
+        {"xwt down", OP_XWT, 0, 0, T_TOK, C_HID, F_FFN, GEMM_F32},
+        {"xwt down", OP_XWT, 0, 0, T_TOK, C_HID, F_FFN, GEMM_BF16},
+        {"xwt lm_head", OP_XWT, 0, 0, T_TOK, V_VOC, C_HID, GEMM_F32},
+        {"xwt lm_head", OP_XWT, 0, 0, T_TOK, V_VOC, C_HID, GEMM_BF16},
+        {"xw q/k/v/o", OP_XW, 0, 0, T_TOK, C_HID, C_HID, GEMM_F32},
+        {"xw q/k/v/o", OP_XW, 0, 0, T_TOK, C_HID, C_HID, GEMM_BF16},
+        {"xw gate/up", OP_XW, 0, 0, T_TOK, F_FFN, C_HID, GEMM_F32},
+        {"xw gate/up", OP_XW, 0, 0, T_TOK, F_FFN, C_HID, GEMM_BF16},
+        {"xw down", OP_XW, 0, 0, T_TOK, C_HID, F_FFN, GEMM_F32},
+        {"xw down", OP_XW, 0, 0, T_TOK, C_HID, F_FFN, GEMM_BF16},
+        {"xw lm_head", OP_XW, 0, 0, T_TOK, V_VOC, C_HID, GEMM_F32},
+        {"xw lm_head", OP_XW, 0, 0, T_TOK, V_VOC, C_HID, GEMM_BF16},
+    };
+    const int nshapes = (int)(sizeof shapes / sizeof shapes[0]);
+
+    /* Buffers sized for the largest operand of any shape (A: M*K, B: K*N, C: M*N). */
+    size_t amax = 0, bmax = 0, cmax = 0;
+    for (int i = 0; i < nshapes; i++) {
+        const BenchShape *s = &shapes[i];
+        size_t a = (size_t)s->M * s->K, b = (size_t)s->K * s->N, c = (size_t)s->M * s->N;
+        if (s->op == OP_XW) { /* A is dY [T, O], C is dX [T, I] */
+            a = (size_t)s->M * s->N;
+            c = (size_t)s->M * s->K;
+        }
+        amax = a > amax ? a : amax;
+        bmax = b > bmax ? b : bmax;
+        cmax = c > cmax ? c : cmax;
+    }
+    MemCtx m;
+    mem_init(&m, MEM_PIN_AUTO);
+    BenchBufs b;
+    b.A = mem_alloc(&m, MEM_ACTIVATION, amax * sizeof(float));
+    b.B = mem_alloc(&m, MEM_FROZEN, bmax * sizeof(float));
+    b.C = mem_alloc(&m, MEM_ACTIVATION, cmax * sizeof(float));
+    b.Wb = mem_alloc(&m, MEM_FROZEN, bmax * sizeof(uint16_t));
+    for (size_t i = 0; i < amax; i++) b.A[i] = (float)((i * 7919) % 1000) * 1e-3f - 0.5f;
+    for (size_t i = 0; i < bmax; i++) {
+        b.B[i] = (float)((i * 104729) % 1000) * 1e-3f - 0.5f;
+        b.Wb[i] = gemm_f32_to_bf16(b.B[i]);
+    }
+
+    double peak[3] = {0, 0, 0};
+    const int threads[2] = {1, 2};
+    char label[128], desc[256];
+    for (int ti = 0; ti < 2; ti++) {
+        int nt = threads[ti];
+        GemmCtx g;
+        gemm_init(&g, &m, nt, F_FFN);
+        if (ti == 0) {
+            printf("%s\n", gemm_describe(&g, desc, sizeof desc));
+            printf("%-58s %3s %9s %7s\n", "shape (M x N x K, or layer T/O/I)", "thr", "GFLOP/s",
+                   "%peak");
+        }
+        for (int i = 0; i < nshapes; i++) {
+            double gf = measure(&g, &shapes[i], &b);
+            if (i == 0) peak[nt] = gf;
+            shape_label(&shapes[i], label, sizeof label);
+            printf("%-58s %3d %9.1f %6.1f%%\n", label, nt, gf, 100.0 * gf / peak[nt]);
+            fflush(stdout);
+        }
+        gemm_free(&g, &m);
+    }
+    printf("sgemm_peak_gflops threads=1 %.1f threads=2 %.1f\n", peak[1], peak[2]);
+
+    mem_free(&m, MEM_ACTIVATION, b.A, amax * sizeof(float));
+    mem_free(&m, MEM_FROZEN, b.B, bmax * sizeof(float));
+    mem_free(&m, MEM_ACTIVATION, b.C, cmax * sizeof(float));
+    mem_free(&m, MEM_FROZEN, b.Wb, bmax * sizeof(uint16_t));
+    return 0;
+}

@@ -1,0 +1,100 @@
+/* tokenizer.json writing (see tokenizer.h). The byte-to-unicode table is GPT-2's
+ * (Radford et al. 2019, encoder.py bytes_to_unicode): printable Latin-1 bytes map to
+ * themselves, the others to U+0100 upwards in byte order. */
+#include "tokenizer.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <string.h>
+
+static int tok_byte_printable(int b) {
+    return (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+}
+
+/* UTF-8 of the code point byte b maps to. */
+static void tok_byte_to_utf8(int b, char out[4]) {
+    unsigned cp;
+    if (tok_byte_printable(b)) {
+        cp = (unsigned)b;
+    } else {
+        unsigned n = 0;
+        for (int x = 0; x < b; x++)
+            if (!tok_byte_printable(x)) n++;
+        cp = 256 + n;
+    }
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        out[1] = 0;
+    } else {
+        out[0] = (char)(0xC0 | (cp >> 6));
+        out[1] = (char)(0x80 | (cp & 0x3F));
+        out[2] = 0;
+    }
+}
+
+static json_t *tok_bytelevel_obj(int add_prefix_space) {
+    json_t *o = json_object();
+    json_object_set_new(o, "type", json_string("ByteLevel"));
+    json_object_set_new(o, "add_prefix_space", json_boolean(add_prefix_space));
+    json_object_set_new(o, "trim_offsets", json_true());
+    json_object_set_new(o, "use_regex", json_true());
+    return o;
+}
+
+int tok_write_bytelevel(const char *path, ErrStatus *st) {
+    err_status_ok(st);
+    static const char *specials[] = {"<s>", "</s>", "<pad>"};
+    json_t *root = json_object();
+    json_object_set_new(root, "version", json_string("1.0"));
+    json_object_set_new(root, "truncation", json_null());
+    json_object_set_new(root, "padding", json_null());
+    json_t *added = json_array();
+    for (int i = 0; i < 3; i++) {
+        json_t *t = json_object();
+        json_object_set_new(t, "id", json_integer(256 + i));
+        json_object_set_new(t, "content", json_string(specials[i]));
+        json_object_set_new(t, "single_word", json_false());
+        json_object_set_new(t, "lstrip", json_false());
+        json_object_set_new(t, "rstrip", json_false());
+        json_object_set_new(t, "normalized", json_false());
+        json_object_set_new(t, "special", json_true());
+        json_array_append_new(added, t);
+    }
+    json_object_set_new(root, "added_tokens", added);
+    json_object_set_new(root, "normalizer", json_null());
+    json_object_set_new(root, "pre_tokenizer", tok_bytelevel_obj(0));
+    json_object_set_new(root, "post_processor", tok_bytelevel_obj(0));
+    json_object_set_new(root, "decoder", tok_bytelevel_obj(0));
+    json_t *model = json_object();
+    json_object_set_new(model, "type", json_string("BPE"));
+    json_object_set_new(model, "dropout", json_null());
+    json_object_set_new(model, "unk_token", json_null());
+    json_object_set_new(model, "continuing_subword_prefix", json_null());
+    json_object_set_new(model, "end_of_word_suffix", json_null());
+    json_object_set_new(model, "fuse_unk", json_false());
+    json_object_set_new(model, "byte_fallback", json_false());
+    json_t *vocab = json_object();
+    for (int b = 0; b < 256; b++) {
+        char u[4];
+        tok_byte_to_utf8(b, u);
+        json_object_set_new(vocab, u, json_integer(b));
+    }
+    for (int i = 0; i < 3; i++) json_object_set_new(vocab, specials[i], json_integer(256 + i));
+    json_object_set_new(model, "vocab", vocab);
+    json_object_set_new(model, "merges", json_array());
+    json_object_set_new(root, "model", model);
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    int rc = json_dump_file(root, tmp, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
+    json_decref(root);
+    if (rc != 0) {
+        remove(tmp);
+        return err_status_set(st, "%s: cannot write: %s", tmp, strerror(errno));
+    }
+    if (rename(tmp, path) != 0) {
+        remove(tmp);
+        return err_status_set(st, "%s: cannot rename into place: %s", path, strerror(errno));
+    }
+    return 1;
+}

@@ -1,0 +1,308 @@
+/* `shardlora make-model`: writes a real Hugging Face model directory (config.json,
+ * safetensors weights, optionally sharded with an index, a byte-level tokenizer.json) with
+ * deterministic SYNTHETIC random weights from Philox: linear and embedding weights
+ * N(0, init_std^2), biases N(0, 0.02^2), norm weights 1 + N(0, 0.1^2) (not all ones, so
+ * tests exercise the norm weights). For tests, benchmarks and the demo: no package ships
+ * pretrained weights. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <jansson.h>
+
+#include "../io/hfconfig.h"
+#include "../io/safetensors.h"
+#include "../io/tokenizer.h"
+#include "../runtime/gemm.h"
+#include "../runtime/log.h"
+#include "../runtime/philox.h"
+#include "args.h"
+#include "cmds.h"
+
+typedef enum { MM_MATRIX = 0, MM_NORM, MM_BIAS } MmKind;
+
+typedef struct {
+    char name[160];
+    int64_t rows, cols; /* cols 0: 1-D */
+    MmKind kind;
+    void *data;
+    size_t bytes;
+    int file;
+} MmTensor;
+
+int launch_mkdirs(const char *path) {
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(buf, 0777) != 0 && errno != EEXIST) return 0;
+        *p = '/';
+    }
+    if (mkdir(buf, 0777) != 0 && errno != EEXIST) return 0;
+    return 1;
+}
+
+static void mm_add(MmTensor *t, int *n, const char *name, int64_t rows, int64_t cols, MmKind k) {
+    MmTensor *x = &t[(*n)++];
+    memset(x, 0, sizeof *x);
+    snprintf(x->name, sizeof x->name, "%s", name);
+    x->rows = rows;
+    x->cols = cols;
+    x->kind = k;
+}
+
+int cmd_make_model(int argc, char **argv) {
+    const char *out = NULL, *arch = "llama", *dtype = "F32", *rope_scaling = "none",
+               *tokenizer = NULL;
+    int64_t layers = 2, hidden = 64, ffn = 176, heads = 4, kv_heads = -1, head_dim = -1,
+            vocab = 512, shards = 1, max_pos = 2048, rope_orig = 256;
+    double rope_theta = 10000.0, rms_eps = 1e-5, init_std = 0.02, rope_factor = 8.0,
+           rope_low = 1.0, rope_high = 4.0;
+    int tie = 0, qkv_bias = 0, force = 0;
+    uint64_t seed = 1234;
+    ArgSpec specs[] = {
+        {"out", ARG_STR, &out, "DIR", "output model directory", 1, 0},
+        {"arch", ARG_STR, &arch, "NAME", "llama | mistral | qwen2", 0, 0},
+        {"layers", ARG_INT, &layers, "N", "num_hidden_layers", 0, 0},
+        {"hidden", ARG_INT, &hidden, "N", "hidden_size", 0, 0},
+        {"ffn", ARG_INT, &ffn, "N", "intermediate_size", 0, 0},
+        {"heads", ARG_INT, &heads, "N", "num_attention_heads", 0, 0},
+        {"kv-heads", ARG_INT, &kv_heads, "N", "num_key_value_heads (-1: = heads)", 0, 0},
+        {"head-dim", ARG_INT, &head_dim, "N", "head_dim (-1: hidden / heads)", 0, 0},
+        {"vocab", ARG_INT, &vocab, "N", "vocab_size", 0, 0},
+        {"tie", ARG_BOOL, &tie, NULL, "tie_word_embeddings (no lm_head.weight)", 0, 0},
+        {"qkv-bias", ARG_BOOL, &qkv_bias, NULL, "biases on q/k/v (qwen2 always has them)", 0, 0},
+        {"rope-theta", ARG_FLOAT, &rope_theta, "X", "rope_theta", 0, 0},
+        {"rope-scaling", ARG_STR, &rope_scaling, "TYPE", "none | llama3", 0, 0},
+        {"rope-factor", ARG_FLOAT, &rope_factor, "X", "llama3 rope_scaling factor", 0, 0},
+        {"rope-low-freq-factor", ARG_FLOAT, &rope_low, "X", "llama3 low_freq_factor", 0, 0},
+        {"rope-high-freq-factor", ARG_FLOAT, &rope_high, "X", "llama3 high_freq_factor", 0, 0},
+        {"rope-original-max-pos", ARG_INT, &rope_orig, "N",
+         "llama3 original_max_position_embeddings", 0, 0},
+        {"max-pos", ARG_INT, &max_pos, "N", "max_position_embeddings", 0, 0},
+        {"rms-eps", ARG_FLOAT, &rms_eps, "X", "rms_norm_eps", 0, 0},
+        {"init-std", ARG_FLOAT, &init_std, "X", "std of the random linear/embedding weights", 0, 0},
+        {"dtype", ARG_STR, &dtype, "T", "F32 | BF16 (weights; norms and biases too)", 0, 0},
+        {"seed", ARG_U64, &seed, "N", "seed of the weights (Philox)", 0, 0},
+        {"shards", ARG_INT, &shards, "N",
+         "split the weights over N safetensors files with model.safetensors.index.json", 0, 0},
+        {"tokenizer", ARG_STR, &tokenizer, "FILE",
+         "copy this tokenizer.json (default: write a byte-level one when vocab >= 259)", 0, 0},
+        {"force", ARG_BOOL, &force, NULL, "overwrite an existing model in --out", 0, 0},
+    };
+    const int nspecs = (int)(sizeof specs / sizeof specs[0]);
+    int help = 0;
+    ErrStatus st;
+    if (!args_parse(specs, nspecs, argc, argv, 2, &help, &st) || help) {
+        if (help) {
+            args_print_help(stdout, "shardlora make-model --out DIR [options]",
+                            "Write a Hugging Face model directory with deterministic synthetic "
+                            "random weights (for tests, benchmarks and demos).",
+                            specs, nspecs);
+            return 0;
+        }
+        fprintf(stderr, "shardlora make-model: %s\n", st.msg);
+        return EXIT_USAGE;
+    }
+    HfcConfig c;
+    HfcArch a = strcmp(arch, "llama") == 0     ? HFC_LLAMA
+                : strcmp(arch, "mistral") == 0 ? HFC_MISTRAL
+                : strcmp(arch, "qwen2") == 0   ? HFC_QWEN2
+                                               : (HfcArch)-1;
+    if ((int)a < 0) {
+        fprintf(stderr, "shardlora make-model: --arch '%s': expected llama, mistral or qwen2\n", arch);
+        return EXIT_USAGE;
+    }
+    int sdt = st_dtype_parse(dtype);
+    if (sdt != ST_F32 && sdt != ST_BF16) {
+        fprintf(stderr, "shardlora make-model: --dtype '%s': expected F32 or BF16\n", dtype);
+        return EXIT_USAGE;
+    }
+    if (layers < 1 || hidden < 2 || ffn < 1 || heads < 1 || vocab < 2 || shards < 1) {
+        fprintf(stderr, "shardlora make-model: sizes must be positive\n");
+        return EXIT_USAGE;
+    }
+    hfc_defaults(&c, a);
+    c.hidden_size = hidden;
+    c.intermediate_size = ffn;
+    c.num_layers = layers;
+    c.num_heads = heads;
+    c.num_kv_heads = kv_heads > 0 ? kv_heads : heads;
+    c.head_dim = head_dim > 0 ? head_dim : hidden / heads;
+    c.vocab_size = vocab;
+    c.max_position_embeddings = max_pos;
+    c.rms_norm_eps = rms_eps;
+    c.rope_theta = rope_theta;
+    c.tie_word_embeddings = tie;
+    if (a == HFC_QWEN2) {
+        c.qkv_bias = 1;
+        c.o_bias = 0;
+    } else {
+        c.qkv_bias = qkv_bias;
+        c.o_bias = qkv_bias; /* Llama's attention_bias puts a bias on o_proj too */
+    }
+    if (strcmp(rope_scaling, "llama3") == 0) {
+        c.rope_scaling_type = 1;
+        c.rope_factor = rope_factor;
+        c.rope_low_freq_factor = rope_low;
+        c.rope_high_freq_factor = rope_high;
+        c.rope_original_max_position = rope_orig;
+    } else if (strcmp(rope_scaling, "none") != 0) {
+        fprintf(stderr, "shardlora make-model: --rope-scaling '%s': expected none or llama3\n",
+                rope_scaling);
+        return EXIT_USAGE;
+    }
+    snprintf(c.torch_dtype, sizeof c.torch_dtype, "%s", sdt == ST_BF16 ? "bfloat16" : "float32");
+    if (c.num_heads % c.num_kv_heads || c.head_dim % 2) {
+        fprintf(stderr, "shardlora make-model: heads must be a multiple of kv-heads and head-dim even\n");
+        return EXIT_USAGE;
+    }
+
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", out);
+    struct stat sb;
+    if (!force && stat(path, &sb) == 0) {
+        fprintf(stderr, "shardlora make-model: %s already contains a model (use --force to overwrite)\n", out);
+        return EXIT_USAGE;
+    }
+    if (!launch_mkdirs(out)) {
+        fprintf(stderr, "shardlora make-model: cannot create %s: %s\n", out, strerror(errno));
+        return EXIT_IO;
+    }
+
+    /* the tensors, in Hugging Face order */
+    const int64_t C = c.hidden_size, HD = c.num_heads * c.head_dim, KD = c.num_kv_heads * c.head_dim;
+    int cap = (int)(layers * 16 + 8), n = 0;
+    MmTensor *t = calloc((size_t)cap, sizeof *t);
+    char name[160];
+    mm_add(t, &n, "model.embed_tokens.weight", vocab, C, MM_MATRIX);
+    static const char *mods[7] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+    for (int64_t l = 0; l < layers; l++) {
+        const int64_t outs[7] = {HD, KD, KD, C, ffn, ffn, C}, ins[7] = {C, C, C, HD, C, C, ffn};
+        for (int i = 0; i < 7; i++) {
+            snprintf(name, sizeof name, "model.layers.%lld.%s.%s.weight", (long long)l,
+                     i < 4 ? "self_attn" : "mlp", mods[i]);
+            mm_add(t, &n, name, outs[i], ins[i], MM_MATRIX);
+            int bias = (i < 3 && c.qkv_bias) || (i == 3 && c.o_bias);
+            if (bias) {
+                snprintf(name, sizeof name, "model.layers.%lld.self_attn.%s.bias", (long long)l, mods[i]);
+                mm_add(t, &n, name, outs[i], 0, MM_BIAS);
+            }
+        }
+        snprintf(name, sizeof name, "model.layers.%lld.input_layernorm.weight", (long long)l);
+        mm_add(t, &n, name, C, 0, MM_NORM);
+        snprintf(name, sizeof name, "model.layers.%lld.post_attention_layernorm.weight", (long long)l);
+        mm_add(t, &n, name, C, 0, MM_NORM);
+    }
+    mm_add(t, &n, "model.norm.weight", C, 0, MM_NORM);
+    if (!tie) mm_add(t, &n, "lm_head.weight", vocab, C, MM_MATRIX);
+
+    size_t esize = st_dtype_size((StDtype)sdt), total = 0;
+    for (int i = 0; i < n; i++) {
+        size_t numel = (size_t)(t[i].rows * (t[i].cols ? t[i].cols : 1));
+        t[i].bytes = numel * esize;
+        total += t[i].bytes;
+        t[i].data = malloc(t[i].bytes ? t[i].bytes : 1);
+        if (!t[i].data) {
+            fprintf(stderr, "shardlora make-model: out of memory\n");
+            return EXIT_IO;
+        }
+        for (size_t j = 0; j < numel; j++) {
+            float z = philox_normal(seed, PHILOX_MODEL_INIT, j, (uint64_t)i, 0);
+            float v = t[i].kind == MM_MATRIX ? (float)init_std * z
+                      : t[i].kind == MM_BIAS ? 0.02f * z
+                                             : 1.0f + 0.1f * z;
+            if (sdt == ST_BF16)
+                ((uint16_t *)t[i].data)[j] = gemm_f32_to_bf16(v);
+            else
+                ((float *)t[i].data)[j] = v;
+        }
+    }
+    /* split into files by cumulative bytes */
+    if (shards > n) shards = n;
+    size_t acc = 0;
+    for (int i = 0; i < n; i++) {
+        int f = (int)((double)acc / (double)total * (double)shards);
+        t[i].file = f < shards ? f : (int)shards - 1;
+        acc += t[i].bytes;
+    }
+    int rc = 0;
+    json_t *wmap = json_object();
+    for (int64_t f = 0; f < shards && rc == 0; f++) {
+        char fname[128];
+        if (shards == 1)
+            snprintf(fname, sizeof fname, "model.safetensors");
+        else
+            snprintf(fname, sizeof fname, "model-%05lld-of-%05lld.safetensors", (long long)f + 1,
+                     (long long)shards);
+        StWriter w;
+        st_writer_init(&w);
+        st_writer_meta(&w, "format", "pt");
+        st_writer_meta(&w, "shardlora", "synthetic random weights (make-model)");
+        for (int i = 0; i < n; i++) {
+            if (t[i].file != f) continue;
+            int64_t shape[2] = {t[i].rows, t[i].cols};
+            st_writer_add(&w, t[i].name, (StDtype)sdt, t[i].cols ? 2 : 1, shape, t[i].data);
+            json_object_set_new(wmap, t[i].name, json_string(fname));
+        }
+        snprintf(path, sizeof path, "%s/%s", out, fname);
+        if (!st_writer_write(&w, path, &st)) {
+            fprintf(stderr, "shardlora make-model: %s\n", st.msg);
+            rc = EXIT_IO;
+        }
+        st_writer_free(&w);
+    }
+    if (rc == 0 && shards > 1) {
+        json_t *idx = json_object(), *meta = json_object();
+        json_object_set_new(meta, "total_size", json_integer((json_int_t)total));
+        json_object_set_new(idx, "metadata", meta);
+        json_object_set(idx, "weight_map", wmap);
+        snprintf(path, sizeof path, "%s/model.safetensors.index.json", out);
+        if (json_dump_file(idx, path, JSON_INDENT(2)) != 0) {
+            fprintf(stderr, "shardlora make-model: cannot write %s\n", path);
+            rc = EXIT_IO;
+        }
+        json_decref(idx);
+    }
+    json_decref(wmap);
+    if (rc == 0) {
+        snprintf(path, sizeof path, "%s/tokenizer.json", out);
+        if (tokenizer) {
+            FILE *in = fopen(tokenizer, "rb"), *o = in ? fopen(path, "wb") : NULL;
+            if (!in || !o) {
+                fprintf(stderr, "shardlora make-model: cannot copy %s to %s: %s\n", tokenizer, path,
+                        strerror(errno));
+                rc = EXIT_IO;
+            } else {
+                char buf[65536];
+                size_t k;
+                while ((k = fread(buf, 1, sizeof buf, in)) > 0) fwrite(buf, 1, k, o);
+            }
+            if (in) fclose(in);
+            if (o) fclose(o);
+        } else if (vocab >= TOK_BYTELEVEL_SIZE) {
+            if (!tok_write_bytelevel(path, &st)) {
+                fprintf(stderr, "shardlora make-model: %s\n", st.msg);
+                rc = EXIT_IO;
+            }
+        }
+    }
+    if (rc == 0) {
+        snprintf(path, sizeof path, "%s/config.json", out);
+        if (!hfc_write(&c, path, &st)) {
+            fprintf(stderr, "shardlora make-model: %s\n", st.msg);
+            rc = EXIT_IO;
+        }
+    }
+    for (int i = 0; i < n; i++) free(t[i].data);
+    free(t);
+    if (rc == 0)
+        printf("make-model: wrote %s (%s, %lld layers, hidden %lld, %lld tensors, %.1f MiB %s in %lld file%s; synthetic weights, seed %llu)\n",
+               out, hfc_arch_name(a), (long long)layers, (long long)C, (long long)n,
+               (double)total / 1048576.0, dtype, (long long)shards, shards > 1 ? "s" : "",
+               (unsigned long long)seed);
+    return rc;
+}

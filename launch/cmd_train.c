@@ -1,0 +1,408 @@
+/* `shardlora train`: LoRA training of a frozen model on pre-tokenised JSONL data.
+ * Every rank parses the same options and reaches the same verdicts, so a bad flag or file
+ * ends every rank with one clear line and no rank waits in a collective. */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../io/jsonl.h"
+#include "../io/peft.h"
+#include "../io/safetensors.h"
+#include "../model/llama.h"
+#include "../model/optim.h"
+#include "../parallel/grid.h"
+#include "../runtime/log.h"
+#include "../runtime/timer.h"
+#include "args.h"
+#include "cmds.h"
+
+typedef struct {
+    const char *model, *data, *out, *targets, *lora_init, *optimizer, *pin, *kernels,
+        *dump_grads, *log_level;
+    int64_t r, seq_len, micro_batch, steps, tp, threads, log_every;
+    double alpha, dropout, lr, beta1, beta2, eps, weight_decay, momentum, peak_gflops;
+    int rslora, nesterov;
+    uint64_t seed;
+} TrainOpts;
+
+/* Ends the run on every rank with status `code` (each rank calls it with the same verdict). */
+static int train_finish(Grid *g, int code) {
+    grid_finalize(g);
+    return code;
+}
+
+/* One verdict for all ranks: if any rank failed, each failing rank prints its message. */
+static int train_agree(Grid *g, int ok, const ErrStatus *st) {
+    if (!ok) fprintf(stderr, "shardlora: error: %s\n", st->msg);
+    return grid_all_ok(g, ok);
+}
+
+/* Measures this rank's sgemm speed for MFU (all ranks at once, as in training). */
+static double train_measure_peak(GemmCtx *gc, MemCtx *mem) {
+    const int64_t n = 1024;
+    size_t bytes = (size_t)(n * n) * sizeof(float);
+    float *a = mem_alloc(mem, MEM_OTHER, bytes), *b = mem_alloc(mem, MEM_OTHER, bytes),
+          *c = mem_alloc(mem, MEM_OTHER, bytes);
+    for (int64_t i = 0; i < n * n; i++) a[i] = b[i] = (float)(i % 7) * 0.01f;
+    gemm_f32(gc, 0, 1, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+    double t0 = timer_now();
+    const int reps = 4;
+    for (int r = 0; r < reps; r++) gemm_f32(gc, 0, 1, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+    double dt = timer_now() - t0;
+    mem_free(mem, MEM_OTHER, a, bytes);
+    mem_free(mem, MEM_OTHER, b, bytes);
+    mem_free(mem, MEM_OTHER, c, bytes);
+    return 2.0 * (double)n * n * n * reps / dt / 1e9;
+}
+
+/* --dump-grads: loss, the batch, every adapter tensor and its gradient (full tensors),
+ * with the run's settings as metadata (the contract of tests/reference). */
+static int train_dump(const char *path, const TrainOpts *o, const char *targets_csv,
+                      const LlamaModel *m, double loss,
+                      const int32_t *ids, const int64_t *labels, const int64_t *pos, int64_t B,
+                      int64_t T, int64_t step, ErrStatus *st) {
+    const ParamTable *p = &m->params;
+    StWriter w;
+    st_writer_init(&w);
+    float lossf = (float)loss;
+    int64_t one = 1, bt[2] = {B, T};
+    int64_t *ids64 = malloc((size_t)(B * T) * sizeof *ids64);
+    char(*gnames)[200] = malloc((size_t)p->n * sizeof *gnames);
+    SL_CHECK(ids64 && gnames, "out of memory");
+    for (int64_t i = 0; i < B * T; i++) ids64[i] = ids[i];
+    st_writer_add(&w, "loss", ST_F32, 1, &one, &lossf);
+    st_writer_add(&w, "input_ids", ST_I64, 2, bt, ids64);
+    st_writer_add(&w, "labels", ST_I64, 2, bt, labels);
+    st_writer_add(&w, "position_ids", ST_I64, 2, bt, pos);
+    for (int i = 0; i < p->n; i++) {
+        const ParamEntry *e = &p->e[i];
+        int64_t shape[2] = {e->grows, e->gcols};
+        snprintf(gnames[i], sizeof gnames[i], "%s.grad", e->name);
+        st_writer_add(&w, e->name, ST_F32, 2, shape, params_value(p, i));
+        st_writer_add(&w, gnames[i], ST_F32, 2, shape, params_grad(p, i));
+    }
+    char buf[64];
+#define META_F(key, val) (snprintf(buf, sizeof buf, "%.9g", (double)(val)), st_writer_meta(&w, key, buf))
+#define META_I(key, val) (snprintf(buf, sizeof buf, "%lld", (long long)(val)), st_writer_meta(&w, key, buf))
+    META_I("lora_r", o->r);
+    META_F("lora_alpha", o->alpha);
+    META_I("use_rslora", o->rslora);
+    st_writer_meta(&w, "target_modules", targets_csv);
+    META_F("lora_dropout", o->dropout);
+    META_I("step", step);
+    st_writer_meta(&w, "optimizer", o->optimizer);
+    META_F("lr", o->lr);
+    META_F("beta1", o->beta1);
+    META_F("beta2", o->beta2);
+    META_F("eps", o->eps);
+    META_F("weight_decay", o->weight_decay);
+    META_F("momentum", o->momentum);
+    META_I("nesterov", o->nesterov);
+    META_I("micro_batch", B);
+    META_I("seq_len", T);
+    META_I("seed", (long long)o->seed);
+#undef META_F
+#undef META_I
+    int ok = st_writer_write(&w, path, st);
+    st_writer_free(&w);
+    free(ids64);
+    free(gnames);
+    return ok;
+}
+
+static int train_write_adapter(const TrainOpts *o, const LlamaModel *m, const char *targets_csv,
+                               ErrStatus *st) {
+    char dir[4096], path[4200];
+    snprintf(dir, sizeof dir, "%s/adapter", o->out);
+    if (!launch_mkdirs(dir)) return err_status_set(st, "%s: cannot create: %s", dir, strerror(errno));
+    const ParamTable *p = &m->params;
+    StWriter w;
+    st_writer_init(&w);
+    st_writer_meta(&w, "format", "pt");
+    for (int i = 0; i < p->n; i++) {
+        const ParamEntry *e = &p->e[i];
+        int64_t shape[2] = {e->grows, e->gcols};
+        st_writer_add(&w, e->name, ST_F32, 2, shape, params_value(p, i));
+    }
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    int ok = st_writer_write(&w, path, st);
+    st_writer_free(&w);
+    if (!ok) return 0;
+    PeftConfig pc = {(int)o->r, o->alpha, o->dropout, o->rslora, 0, targets_csv, o->model,
+                     o->lora_init};
+    return peft_write_config(&pc, dir, st);
+}
+
+static void train_targets_csv(unsigned targets, char *buf, size_t n) {
+    size_t off = 0;
+    buf[0] = 0;
+    for (int i = 0; i < MOD_NMODULES; i++)
+        if (targets & (1u << i))
+            off += (size_t)snprintf(buf + off, n - off, "%s%s", off ? "," : "",
+                                    adapter_module_name((ModuleId)i));
+}
+
+int cmd_train(int argc, char **argv) {
+    TrainOpts o = {0};
+    o.targets = "all";
+    o.lora_init = "default";
+    o.optimizer = "adamw";
+    o.pin = "auto";
+    o.kernels = "fast";
+    o.log_level = "info";
+    o.r = 8;
+    o.alpha = 16;
+    o.seq_len = 512;
+    o.micro_batch = 1;
+    o.steps = 10;
+    o.tp = 1;
+    o.log_every = 1;
+    o.lr = 2e-4;
+    o.beta1 = 0.9;
+    o.beta2 = 0.999;
+    o.eps = 1e-8;
+    o.seed = 42;
+    ArgSpec specs[] = {
+        {"model", ARG_STR, &o.model, "DIR", "Hugging Face model directory (config.json + safetensors)", 1, 0},
+        {"data", ARG_STR, &o.data, "FILE", "JSONL, one {\"input_ids\": [...], \"labels\"?, \"position_ids\"?} per line", 1, 0},
+        {"out", ARG_STR, &o.out, "DIR", "output directory (adapter/, metrics.jsonl)", 1, 0},
+        {"lora-r", ARG_INT, &o.r, "N", "LoRA rank r", 0, 0},
+        {"lora-alpha", ARG_FLOAT, &o.alpha, "X", "LoRA alpha (scale = alpha / r)", 0, 0},
+        {"lora-dropout", ARG_FLOAT, &o.dropout, "P", "dropout on the LoRA input, in [0, 1)", 0, 0},
+        {"use-rslora", ARG_BOOL, &o.rslora, NULL, "rsLoRA scale alpha / sqrt(r)", 0, 0},
+        {"lora-init", ARG_STR, &o.lora_init, "KIND", "default (A ~ U(+-1/sqrt(in))) | gaussian (A ~ N(0, 1/r)); B = 0", 0, 0},
+        {"target-modules", ARG_STR, &o.targets, "LIST", "comma list of q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj, or all", 0, 0},
+        {"seq-len", ARG_INT, &o.seq_len, "T", "tokens per sequence (longer rows are truncated, shorter padded)", 0, 0},
+        {"micro-batch", ARG_INT, &o.micro_batch, "B", "sequences per micro-batch", 0, 0},
+        {"steps", ARG_INT, &o.steps, "N", "optimizer steps", 0, 0},
+        {"optimizer", ARG_STR, &o.optimizer, "NAME", "adamw | sgd", 0, 0},
+        {"lr", ARG_FLOAT, &o.lr, "X", "learning rate (constant)", 0, 0},
+        {"beta1", ARG_FLOAT, &o.beta1, "X", "AdamW beta1", 0, 0},
+        {"beta2", ARG_FLOAT, &o.beta2, "X", "AdamW beta2", 0, 0},
+        {"eps", ARG_FLOAT, &o.eps, "X", "AdamW epsilon", 0, 0},
+        {"weight-decay", ARG_FLOAT, &o.weight_decay, "X", "AdamW decoupled weight decay / SGD L2", 0, 0},
+        {"momentum", ARG_FLOAT, &o.momentum, "X", "SGD momentum", 0, 0},
+        {"nesterov", ARG_BOOL, &o.nesterov, NULL, "SGD Nesterov momentum", 0, 0},
+        {"seed", ARG_U64, &o.seed, "N", "seed of everything random (Philox keys)", 0, 0},
+        {"tp", ARG_INT, &o.tp, "N", "tensor-parallel size (world = dp x tp)", 0, 0},
+        {"threads", ARG_INT, &o.threads, "N", "threads per rank (0: the CPUs this rank may use)", 0, 0},
+        {"pin-memory", ARG_STR, &o.pin, "MODE", "auto | on | off: mlock the frozen weights", 0, 0},
+        {"kernels", ARG_STR, &o.kernels, "NAME", "fast | reference", 0, 0},
+        {"peak-gflops", ARG_FLOAT, &o.peak_gflops, "X", "GEMM peak per rank for MFU (0: measure at start-up)", 0, 0},
+        {"dump-grads", ARG_STR, &o.dump_grads, "FILE", "at the last step, write loss, batch, adapter and gradients (safetensors)", 0, 0},
+        {"log-every", ARG_INT, &o.log_every, "N", "progress line every N steps", 0, 0},
+        {"log-level", ARG_STR, &o.log_level, "LEVEL", "error | warn | info | debug", 0, 0},
+    };
+    const int nspecs = (int)(sizeof specs / sizeof specs[0]);
+
+    Grid g;
+    grid_init(&g, &argc, &argv);
+    int help = 0;
+    ErrStatus st;
+    err_status_ok(&st);
+    int ok = args_parse(specs, nspecs, argc, argv, 2, &help, &st);
+    if (ok && help) {
+        if (g.world_rank == 0)
+            args_print_help(stdout, "[mpirun -np N] shardlora train --model DIR --data FILE --out DIR [options]",
+                            "Train LoRA adapters on a frozen Llama/Mistral/Qwen2 model. Writes "
+                            "OUT/adapter/ (PEFT format) and OUT/metrics.jsonl.",
+                            specs, nspecs);
+        return train_finish(&g, 0);
+    }
+    /* semantic checks, identical on every rank */
+    AdapterCfg acfg;
+    memset(&acfg, 0, sizeof acfg);
+    OptimCfg ocfg;
+    optim_defaults(&ocfg);
+    int lvl = log_parse_level(o.log_level);
+    const KernOps *kops = kern_ops_by_name(o.kernels);
+    int pin = mem_parse_pin(o.pin);
+    int okind = optim_parse_kind(o.optimizer);
+    if (ok && lvl < 0) ok = err_status_set(&st, "--log-level '%s': expected error, warn, info or debug", o.log_level);
+    if (ok && !kops) ok = err_status_set(&st, "--kernels '%s': expected fast or reference", o.kernels);
+    if (ok && pin < 0) ok = err_status_set(&st, "--pin-memory '%s': expected auto, on or off", o.pin);
+    if (ok && okind < 0) ok = err_status_set(&st, "--optimizer '%s': expected adamw or sgd", o.optimizer);
+    if (ok && o.r < 1) ok = err_status_set(&st, "--lora-r must be at least 1");
+    if (ok && !(o.dropout >= 0 && o.dropout < 1)) ok = err_status_set(&st, "--lora-dropout must be in [0, 1)");
+    if (ok && strcmp(o.lora_init, "default") && strcmp(o.lora_init, "gaussian"))
+        ok = err_status_set(&st, "--lora-init '%s': expected default or gaussian", o.lora_init);
+    if (ok && (o.seq_len < 2 || o.micro_batch < 1 || o.steps < 1 || o.log_every < 1))
+        ok = err_status_set(&st, "--seq-len must be >= 2; --micro-batch, --steps and --log-every >= 1");
+    if (ok) ok = adapter_parse_targets(o.targets, &acfg.targets, &st);
+    if (ok) ok = grid_setup(&g, (int)o.tp, &st);
+    if (ok && g.tp > 1)
+        ok = err_status_set(&st, "--tp %d: tensor parallelism is not enabled in this build yet (use --tp 1)", g.tp);
+    if (ok && g.world_size > 1)
+        ok = err_status_set(&st, "%d ranks: data parallelism is not enabled in this build yet (run 1 rank)", g.world_size);
+    if (!ok) {
+        if (g.world_rank == 0) fprintf(stderr, "shardlora train: %s\n", st.msg);
+        return train_finish(&g, EXIT_USAGE);
+    }
+    log_set_level((LogLevel)lvl);
+
+    MemCtx mem;
+    mem_init(&mem, (MemPinMode)pin);
+    LlamaModel m;
+    ok = llama_load(&m, o.model, &g, &mem, &st);
+    if (!train_agree(&g, ok, &st)) return train_finish(&g, EXIT_BAD_INPUT);
+    JsonlTokens data;
+    ok = jsonl_tokens_load(&data, o.data, m.V, &st);
+    if (!train_agree(&g, ok, &st)) return train_finish(&g, EXIT_BAD_INPUT);
+    ok = launch_mkdirs(o.out);
+    if (!ok) err_status_set(&st, "%s: cannot create the output directory: %s", o.out, strerror(errno));
+    if (!train_agree(&g, ok, &st)) return train_finish(&g, EXIT_IO);
+
+    GemmCtx gc;
+    gemm_init(&gc, &mem, (int)o.threads, m.C > m.F ? m.C : m.F);
+    KernCtx kc = {&gc, NULL, 0, gc.nthreads};
+    kc.scratch_floats = kern_scratch_floats(o.seq_len, m.Hl, m.D, gc.nthreads);
+    kc.scratch = mem_alloc(&mem, MEM_ACTIVATION, (kc.scratch_floats ? kc.scratch_floats : 1) * sizeof(float));
+
+    snprintf(acfg.kind, sizeof acfg.kind, "lora");
+    acfg.r = (int)o.r;
+    acfg.alpha = (float)o.alpha;
+    acfg.use_rslora = o.rslora;
+    acfg.dropout = (float)o.dropout;
+    acfg.init_gaussian = strcmp(o.lora_init, "gaussian") == 0;
+    acfg.seed = o.seed;
+    llama_init_adapters(&m, &acfg, &g, &mem);
+    const int64_t B = o.micro_batch, T = o.seq_len, N = B * T;
+    LlamaActs acts;
+    llama_acts_init(&acts, &m, B, T, &mem);
+    LlamaBatch batch;
+    llama_batch_init(&batch, &m, B, T, &mem);
+    int64_t *labels = mem_alloc(&mem, MEM_OTHER, (size_t)N * sizeof(int64_t));
+    ocfg.kind = (OptimKind)okind;
+    ocfg.lr = (float)o.lr;
+    ocfg.beta1 = (float)o.beta1;
+    ocfg.beta2 = (float)o.beta2;
+    ocfg.eps = (float)o.eps;
+    ocfg.weight_decay = (float)o.weight_decay;
+    ocfg.momentum = (float)o.momentum;
+    ocfg.nesterov = o.nesterov;
+    Optim opt;
+    optim_init(&opt, &ocfg, m.params.total, &mem);
+    char targets_csv[128];
+    train_targets_csv(acfg.targets, targets_csv, sizeof targets_csv);
+
+    double peak = o.peak_gflops > 0 ? o.peak_gflops : train_measure_peak(&gc, &mem);
+    double nbig = 0, fpt = llama_flops_per_token(&m, T, &nbig);
+    char desc[256];
+    log_info("shardlora train: %s (%s, %lld layers, hidden %lld, heads %lld/%lld, head_dim %lld, ffn %lld, vocab %lld, %s weights)",
+             o.model, m.cfg.architecture, (long long)m.L, (long long)m.C, (long long)m.H,
+             (long long)m.KV, (long long)m.D, (long long)m.F, (long long)m.V,
+             m.wdtype == GEMM_BF16 ? "BF16" : "F32");
+    log_info("config: data=%s out=%s seq_len=%lld micro_batch=%lld steps=%lld optimizer=%s lr=%g "
+             "betas=(%g,%g) eps=%g weight_decay=%g momentum=%g nesterov=%d seed=%llu",
+             o.data, o.out, (long long)T, (long long)B, (long long)o.steps, o.optimizer, o.lr,
+             o.beta1, o.beta2, o.eps, o.weight_decay, o.momentum, o.nesterov,
+             (unsigned long long)o.seed);
+    log_info("adapter: lora r=%lld alpha=%g dropout=%g rslora=%d init=%s targets=%s (%zu trainable floats)",
+             (long long)o.r, o.alpha, o.dropout, o.rslora, o.lora_init, targets_csv,
+             m.params.total);
+    log_info("grid: world=%d tp=%d dp=%d; kernels=%s; %s", g.world_size, g.tp, g.dp, kops->name,
+             gemm_describe(&gc, desc, sizeof desc));
+    log_info("data: %lld sequences, %lld tokens from %s", (long long)data.nseq, (long long)data.ntok, o.data);
+    log_info("MFU = model FLOPs/s / peak; model FLOPs/token = 4*N_big + 12*L*(H*D)*T + adapter = "
+             "4*%.4g + 12*%lld*%lld*%lld + ... = %.4g; peak = %.1f GFLOP/s per rank (%s)",
+             nbig, (long long)m.L, (long long)(m.H * m.D), (long long)T, fpt, peak,
+             o.peak_gflops > 0 ? "--peak-gflops" : "measured sgemm at start-up");
+    log_rank("frozen bytes read from disk: %.1f MiB", (double)m.bytes_read / 1048576.0);
+    mem_print_table(&mem, "memory at start-up");
+
+    char mpath[4200];
+    snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", o.out);
+    FILE *metrics = g.world_rank == 0 ? fopen(mpath, "w") : NULL;
+    if (g.world_rank == 0 && !metrics) {
+        err_status_set(&st, "%s: cannot write: %s", mpath, strerror(errno));
+        ok = 0;
+    }
+    if (!train_agree(&g, ok || g.world_rank != 0, &st)) return train_finish(&g, EXIT_IO);
+
+    AdapterEnv env = {&gc, o.seed, 0, 0, 1};
+    double t_start = timer_now();
+    int rc = 0;
+    for (int64_t step = 1; step <= o.steps && rc == 0; step++) {
+        double t0 = timer_now();
+        /* the global batch of this step: sequences (step-1)*B + j, cycling over the data */
+        for (int64_t j = 0; j < B; j++) {
+            int64_t seq = ((step - 1) * B + j) % data.nseq;
+            jsonl_tokens_row(&data, seq, T, batch.ids + j * T, labels + j * T, batch.pos + j * T);
+        }
+        llama_batch_prepare(&batch, &m, labels);
+        int64_t count = 0;
+        for (int64_t i = 0; i < N; i++) count += batch.targets[i] >= 0;
+        grid_allreduce_sum_i64(&g, g.dp_comm, &count, 1, GRID_BYTES_OTHER);
+        float scale = count > 0 ? 1.0f / (float)count : 0.0f;
+        memset(m.params.grads, 0, m.params.total * sizeof(float));
+        env.step = step;
+        env.token0 = 0;
+        int64_t counted = 0;
+        double loss = llama_forward(&m, &acts, &batch, scale, 1, &env, kops, &kc, &g, &counted);
+        llama_backward(&m, &acts, &batch, &env, kops, &kc, &g);
+        grid_allreduce_sum_f64(&g, g.dp_comm, &loss, 1, GRID_BYTES_OTHER);
+        /* gradient sync (DESIGN.md §4): sharded factors over dp, replicated over world */
+        grid_allreduce_sum_f32(&g, g.dp_comm, m.params.grads + m.params.region_off[PARAM_SYNC_DP],
+                               m.params.region_len[PARAM_SYNC_DP], GRID_BYTES_DP);
+        grid_allreduce_sum_f32(&g, g.world, m.params.grads + m.params.region_off[PARAM_SYNC_WORLD],
+                               m.params.region_len[PARAM_SYNC_WORLD], GRID_BYTES_WORLD);
+        double ss[2] = {0, 0};
+        for (int i = 0; i < m.params.n; i++) {
+            const float *gr = params_grad(&m.params, i);
+            double s = 0;
+            for (size_t k = 0; k < params_numel(&m.params.e[i]); k++) s += (double)gr[k] * gr[k];
+            ss[m.params.e[i].replicated_tp] += s;
+        }
+        grid_allreduce_sum_f64(&g, g.tp_comm, ss, 1, GRID_BYTES_OTHER); /* sharded parts only */
+        double gnorm = sqrt(ss[0] + ss[1]);
+        if (!isfinite(loss) || !isfinite(gnorm)) {
+            if (g.world_rank == 0)
+                fprintf(stderr, "shardlora: error: step %lld: non-finite %s (loss %g, grad norm %g); stopping\n",
+                        (long long)step, isfinite(loss) ? "gradient" : "loss", loss, gnorm);
+            rc = EXIT_NONFINITE;
+            break;
+        }
+        if (o.dump_grads && step == o.steps && g.world_rank == 0) {
+            if (!train_dump(o.dump_grads, &o, targets_csv, &m, loss, batch.ids, labels, batch.pos, B, T, step, &st)) {
+                fprintf(stderr, "shardlora: error: --dump-grads: %s\n", st.msg);
+                rc = EXIT_IO;
+            }
+        }
+        optim_step(&opt, m.params.values, m.params.grads, (float)o.lr);
+        double dt = timer_now() - t0, el = timer_now() - t_start;
+        double tps = (double)(N * g.dp) / dt;
+        double mfu = fpt * (double)N / dt / (peak * 1e9);
+        if (metrics) {
+            fprintf(metrics,
+                    "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"tokens\": %lld, "
+                    "\"tokens_per_s\": %.3f, \"mfu\": %.5f}\n",
+                    (long long)step, loss, o.lr, gnorm, (long long)count, tps, mfu);
+            fflush(metrics);
+        }
+        if (step % o.log_every == 0 || step == o.steps)
+            log_info("step %lld/%lld | loss %.4f | lr %.2e | grad_norm %.4f | %.0f tok/s | MFU %.1f%% | "
+                     "elapsed %.1fs | eta %.1fs",
+                     (long long)step, (long long)o.steps, loss, o.lr, gnorm, tps, 100.0 * mfu, el,
+                     el / (double)step * (double)(o.steps - step));
+    }
+    if (metrics) fclose(metrics);
+    if (rc == 0 && g.world_rank == 0) {
+        if (!train_write_adapter(&o, &m, targets_csv, &st)) {
+            fprintf(stderr, "shardlora: error: %s\n", st.msg);
+            rc = EXIT_IO;
+        } else {
+            log_info("adapter written to %s/adapter (adapter_model.safetensors, adapter_config.json)", o.out);
+        }
+    }
+    optim_free(&opt, &mem);
+    mem_free(&mem, MEM_OTHER, labels, (size_t)N * sizeof(int64_t));
+    llama_batch_free(&batch, &m, &mem);
+    llama_acts_free(&acts, &m, &mem);
+    mem_free(&mem, MEM_ACTIVATION, kc.scratch, (kc.scratch_floats ? kc.scratch_floats : 1) * sizeof(float));
+    gemm_free(&gc, &mem);
+    llama_free(&m, &mem);
+    jsonl_tokens_free(&data);
+    return train_finish(&g, rc);
+}

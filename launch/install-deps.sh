@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs the Debian packages shardlora needs to build, run and test (as root, with
+# apt-get); installs nothing when they are all present. Used by launch/quickstart.sh and
+# tests/run.sh.
+set -euo pipefail
+
+PACKAGES=(
+  build-essential cmake pkg-config            # toolchain
+  libopenblas-dev                             # GEMM backend (OpenBLAS)
+  libopenmpi-dev openmpi-bin                  # MPI
+  libnuma-dev numactl                         # NUMA-local pinned memory
+  libprotobuf-c-dev protobuf-c-compiler       # checkpoints
+  libjansson-dev                              # JSON (config.json, safetensors headers, JSONL)
+  python3-torch python3-numpy                 # the PyTorch reference and baseline (/usr/bin/python3)
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+echo "install-deps: installing ${missing[*]}"
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    echo "install-deps: these packages are missing and this is not root: ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,34 @@
+/* shardlora: LoRA fine-tuning of large frozen Llama-family models on CPU clusters.
+ * main() dispatches to the commands. */
+#include <stdio.h>
+#include <string.h>
+
+#include "../runtime/gemm.h"
+#include "cmds.h"
+
+static void main_usage(FILE *f) {
+    fprintf(f,
+            "usage: shardlora COMMAND [options]   (shardlora COMMAND --help for its options)\n\n"
+            "commands:\n"
+            "  make-model   write a Hugging Face model directory with synthetic random weights\n"
+            "  train        train LoRA adapters on a frozen model (run it under mpirun / srun)\n"
+            "\n"
+            "environment:\n"
+            "  SHARDLORA_BLAS_CORE   'keep' to keep OpenBLAS's core choice, or a core name to force\n"
+            "                        (default: use AVX-512 kernels when the CPU has them)\n");
+}
+
+int main(int argc, char **argv) {
+    /* Before anything touches BLAS, OpenMP or MPI: this may re-exec the program. */
+    gemm_ensure_blas_core(argc, argv);
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+        strcmp(argv[1], "help") == 0) {
+        main_usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? EXIT_USAGE : 0;
+    }
+    if (strcmp(argv[1], "make-model") == 0) return cmd_make_model(argc, argv);
+    if (strcmp(argv[1], "train") == 0) return cmd_train(argc, argv);
+    fprintf(stderr, "shardlora: unknown command '%s'\n", argv[1]);
+    main_usage(stderr);
+    return EXIT_USAGE;
+}

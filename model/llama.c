@@ -1,0 +1,513 @@
+/* The Llama-family decoder: loading this rank's shards, forward with a chunked
+ * vocab-parallel cross-entropy, and backward (see llama.h; DESIGN.md §3). */
+#include "llama.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../io/safetensors.h"
+#include "../runtime/err.h"
+#include "../runtime/log.h"
+
+/* ---------------------------------------------------------------- loading */
+
+static void *llama_frozen_alloc(LlamaModel *m, MemCtx *mem, size_t bytes) {
+    if (m->nblocks == m->capblocks) {
+        m->capblocks = m->capblocks ? 2 * m->capblocks : 64;
+        m->blocks = realloc(m->blocks, (size_t)m->capblocks * sizeof *m->blocks);
+        m->block_bytes = realloc(m->block_bytes, (size_t)m->capblocks * sizeof *m->block_bytes);
+        SL_CHECK(m->blocks && m->block_bytes, "out of memory");
+    }
+    void *p = mem_alloc(mem, MEM_FROZEN, bytes);
+    m->blocks[m->nblocks] = p;
+    m->block_bytes[m->nblocks] = bytes;
+    m->nblocks++;
+    return p;
+}
+
+static void llama_shape_str(char *buf, size_t n, const StTensor *t) {
+    size_t o = (size_t)snprintf(buf, n, "[");
+    for (int i = 0; i < t->ndim && o < n; i++)
+        o += (size_t)snprintf(buf + o, n - o, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+    if (o < n) snprintf(buf + o, n - o, "]");
+}
+
+/* Finds `name` and checks its shape is [rows, cols] (cols = 0: 1-D [rows]). */
+static const StTensor *llama_find(StDir *d, const char *name, int64_t rows, int64_t cols,
+                                  StFile **f, ErrStatus *st) {
+    const StTensor *t = st_dir_find(d, name, f);
+    if (!t) {
+        err_status_set(st, "%s: tensor '%s' is missing from the model files", d->dir, name);
+        return NULL;
+    }
+    int ok = cols ? (t->ndim == 2 && t->shape[0] == rows && t->shape[1] == cols)
+                  : (t->ndim == 1 && t->shape[0] == rows);
+    if (!ok) {
+        char have[128];
+        llama_shape_str(have, sizeof have, t);
+        if (cols)
+            err_status_set(st, "%s: tensor '%s' has shape %s but config.json implies [%lld, %lld]",
+                           (*f)->path, name, have, (long long)rows, (long long)cols);
+        else
+            err_status_set(st, "%s: tensor '%s' has shape %s but config.json implies [%lld]",
+                           (*f)->path, name, have, (long long)rows);
+        return NULL;
+    }
+    if (t->dtype != ST_F32 && t->dtype != ST_BF16 && t->dtype != ST_F16) {
+        err_status_set(st, "%s: tensor '%s' has dtype %s; weights must be F32, BF16 or F16",
+                       (*f)->path, name, st_dtype_name(t->dtype));
+        return NULL;
+    }
+    return t;
+}
+
+/* Reads rows [r0, r0+nr) x cols [c0, c0+nc) of a [rows, cols] matrix into frozen memory,
+ * keeping BF16 as BF16 (F16 becomes F32). */
+static int llama_load_matrix(LlamaModel *m, StDir *d, MemCtx *mem, const char *name,
+                             int64_t rows, int64_t cols, int64_t r0, int64_t nr, int64_t c0,
+                             int64_t nc, GemmWeight *w, ErrStatus *st) {
+    StFile *f = NULL;
+    const StTensor *t = llama_find(d, name, rows, cols, &f, st);
+    if (!t) return 0;
+    StDtype dt = t->dtype == ST_BF16 ? ST_BF16 : ST_F32;
+    void *dst = llama_frozen_alloc(m, mem, (size_t)(nr * nc) * st_dtype_size(dt));
+    uint64_t before = f->bytes_read;
+    if (!st_read_slice(f, t, r0, nr, c0, nc, dt, dst, st)) return 0;
+    m->bytes_read += f->bytes_read - before;
+    w->dtype = dt == ST_BF16 ? GEMM_BF16 : GEMM_F32;
+    w->data = dst;
+    w->rows = nr;
+    w->cols = nc;
+    w->ld = nc;
+    return 1;
+}
+
+/* A replicated or sliced 1-D tensor as F32: elements [e0, e0+ne) of [n]. */
+static float *llama_load_vector(LlamaModel *m, StDir *d, MemCtx *mem, const char *name,
+                                int64_t n, int64_t e0, int64_t ne, ErrStatus *st) {
+    StFile *f = NULL;
+    const StTensor *t = llama_find(d, name, n, 0, &f, st);
+    if (!t) return NULL;
+    float *dst = llama_frozen_alloc(m, mem, (size_t)ne * sizeof(float));
+    uint64_t before = f->bytes_read;
+    if (!st_read_slice(f, t, 0, 1, e0, ne, ST_F32, dst, st)) return NULL;
+    m->bytes_read += f->bytes_read - before;
+    return dst;
+}
+
+static int llama_check_layout(const HfcConfig *c, int tp, ErrStatus *st) {
+    if (c->num_heads % tp)
+        return err_status_set(st, "--tp %d does not divide num_attention_heads %lld", tp,
+                              (long long)c->num_heads);
+    if (c->num_kv_heads % tp && tp % c->num_kv_heads)
+        return err_status_set(st,
+                              "--tp %d and num_key_value_heads %lld: one must divide the other",
+                              tp, (long long)c->num_kv_heads);
+    if (c->intermediate_size % tp)
+        return err_status_set(st, "--tp %d does not divide intermediate_size %lld", tp,
+                              (long long)c->intermediate_size);
+    return 1;
+}
+
+int llama_load(LlamaModel *m, const char *dir, const Grid *g, MemCtx *mem, ErrStatus *st) {
+    memset(m, 0, sizeof *m);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (!hfc_load(&m->cfg, path, st)) return 0;
+    const HfcConfig *c = &m->cfg;
+    m->tp = g->tp;
+    m->tp_rank = g->tp_rank;
+    if (!llama_check_layout(c, m->tp, st)) return 0;
+    m->C = c->hidden_size;
+    m->F = c->intermediate_size;
+    m->L = c->num_layers;
+    m->H = c->num_heads;
+    m->KV = c->num_kv_heads;
+    m->D = c->head_dim;
+    m->V = c->vocab_size;
+    m->Hl = m->H / m->tp;
+    m->Fl = m->F / m->tp;
+    if (m->KV >= m->tp) {
+        m->KVl = m->KV / m->tp;
+        m->kv0 = m->KVl * m->tp_rank;
+    } else { /* kv heads replicated: each rank keeps the one its q heads use */
+        m->KVl = 1;
+        m->kv0 = (int64_t)m->tp_rank * m->KV / m->tp;
+    }
+    /* vocabulary rows: an uneven split is fine (e.g. 32001 rows) */
+    int64_t vper = (m->V + m->tp - 1) / m->tp;
+    m->V0 = vper * m->tp_rank < m->V ? vper * m->tp_rank : m->V;
+    m->Vl = m->V0 + vper <= m->V ? vper : m->V - m->V0;
+
+    StDir d;
+    if (!st_dir_open(&d, dir, st)) return 0;
+    int ok = 0;
+    const int64_t C = m->C, D = m->D, HD = m->H * m->D, KD = m->KV * m->D;
+    char name[256];
+    if (!llama_load_matrix(m, &d, mem, "model.embed_tokens.weight", m->V, C, m->V0, m->Vl, 0, C,
+                           &m->embed, st))
+        goto done;
+    if (c->tie_word_embeddings) {
+        m->lm_head = m->embed;
+    } else if (!llama_load_matrix(m, &d, mem, "lm_head.weight", m->V, C, m->V0, m->Vl, 0, C,
+                                  &m->lm_head, st)) {
+        goto done;
+    }
+    if (!(m->norm_w = llama_load_vector(m, &d, mem, "model.norm.weight", C, 0, C, st))) goto done;
+    m->wdtype = m->embed.dtype;
+    m->layers = calloc((size_t)m->L, sizeof *m->layers);
+    SL_CHECK(m->layers, "out of memory");
+    for (int64_t l = 0; l < m->L; l++) {
+        LlamaLayer *ly = &m->layers[l];
+        ShardDesc sd[MOD_NMODULES];
+        sd[MOD_Q] = shard_rows(HD, C, m->Hl * D * m->tp_rank, m->Hl * D);
+        sd[MOD_K] = shard_rows(KD, C, m->kv0 * D, m->KVl * D);
+        sd[MOD_V] = sd[MOD_K];
+        sd[MOD_O] = shard_even(SHARD_ROW, C, HD, m->tp, m->tp_rank);
+        sd[MOD_GATE] = shard_even(SHARD_COL, m->F, C, m->tp, m->tp_rank);
+        sd[MOD_UP] = sd[MOD_GATE];
+        sd[MOD_DOWN] = shard_even(SHARD_ROW, C, m->F, m->tp, m->tp_rank);
+        if (m->tp == 1)
+            for (int i = 0; i < MOD_NMODULES; i++) sd[i].kind = SHARD_NONE;
+        for (int i = 0; i < MOD_NMODULES; i++) {
+            Linear *lin = &ly->lin[i];
+            lin->shard = sd[i];
+            snprintf(name, sizeof name, "model.layers.%lld.%s.%s.weight", (long long)l,
+                     adapter_module_group((ModuleId)i), adapter_module_name((ModuleId)i));
+            if (!llama_load_matrix(m, &d, mem, name, sd[i].out, sd[i].in, sd[i].o0, sd[i].no,
+                                   sd[i].i0, sd[i].ni, &lin->w, st))
+                goto done;
+            int has_bias = (i <= MOD_V && c->qkv_bias) || (i == MOD_O && c->o_bias) ||
+                           (i >= MOD_GATE && c->mlp_bias);
+            if (has_bias) {
+                snprintf(name, sizeof name, "model.layers.%lld.%s.%s.bias", (long long)l,
+                         adapter_module_group((ModuleId)i), adapter_module_name((ModuleId)i));
+                int row_layer = i == MOD_O || i == MOD_DOWN;
+                /* row layers: the bias is replicated and added by TP rank 0 only */
+                lin->bias = row_layer ? llama_load_vector(m, &d, mem, name, sd[i].out, 0,
+                                                          sd[i].out, st)
+                                      : llama_load_vector(m, &d, mem, name, sd[i].out, sd[i].o0,
+                                                          sd[i].no, st);
+                if (!lin->bias) goto done;
+                lin->add_bias = !row_layer || m->tp_rank == 0;
+            }
+        }
+        snprintf(name, sizeof name, "model.layers.%lld.input_layernorm.weight", (long long)l);
+        if (!(ly->ln1_w = llama_load_vector(m, &d, mem, name, C, 0, C, st))) goto done;
+        snprintf(name, sizeof name, "model.layers.%lld.post_attention_layernorm.weight",
+                 (long long)l);
+        if (!(ly->ln2_w = llama_load_vector(m, &d, mem, name, C, 0, C, st))) goto done;
+    }
+    m->inv_freq = llama_frozen_alloc(m, mem, (size_t)(D / 2) * sizeof(float));
+    KernRopeScaling rs = {c->rope_scaling_type, c->rope_factor, c->rope_low_freq_factor,
+                          c->rope_high_freq_factor, c->rope_original_max_position};
+    kern_rope_inv_freq(m->inv_freq, D, c->rope_theta, &rs);
+    ok = 1;
+done:
+    st_dir_close(&d);
+    return ok;
+}
+
+void llama_init_adapters(LlamaModel *m, const AdapterCfg *acfg, const Grid *g, MemCtx *mem) {
+    (void)g;
+    m->acfg = *acfg;
+    const AdapterKind *kind = adapter_kind_by_name(acfg->kind);
+    SL_CHECK(kind, "unknown adapter kind %s", acfg->kind);
+    params_init(&m->params);
+    for (int64_t l = 0; l < m->L; l++) {
+        for (int i = 0; i < MOD_NMODULES; i++) {
+            if (!(acfg->targets & (1u << i))) continue;
+            AdapterSlot *s = &m->layers[l].slot[i];
+            s->kind = kind;
+            s->cfg = &m->acfg;
+            s->layer = (int)l;
+            s->module = (ModuleId)i;
+            s->shard = m->layers[l].lin[i].shard;
+            kind->declare(s, &m->params, m->tp);
+            m->layers[l].lin[i].adapter = s;
+        }
+    }
+    params_finalize(&m->params, mem);
+    for (int64_t l = 0; l < m->L; l++)
+        for (int i = 0; i < MOD_NMODULES; i++)
+            if (m->layers[l].lin[i].adapter) m->layers[l].slot[i].kind->init(&m->layers[l].slot[i], &m->params);
+}
+
+void llama_free(LlamaModel *m, MemCtx *mem) {
+    if (m->params.e) params_free(&m->params, mem);
+    for (int i = 0; i < m->nblocks; i++) mem_free(mem, MEM_FROZEN, m->blocks[i], m->block_bytes[i]);
+    free(m->blocks);
+    free(m->block_bytes);
+    free(m->layers);
+    memset(m, 0, sizeof *m);
+}
+
+/* ---------------------------------------------------------------- buffers */
+
+static float *acts_alloc(LlamaActs *a, MemCtx *mem, size_t floats) {
+    if (a->nallocs == a->capallocs) {
+        a->capallocs = a->capallocs ? 2 * a->capallocs : 256;
+        a->allocs = realloc(a->allocs, (size_t)a->capallocs * sizeof *a->allocs);
+        a->alloc_bytes = realloc(a->alloc_bytes, (size_t)a->capallocs * sizeof *a->alloc_bytes);
+        SL_CHECK(a->allocs && a->alloc_bytes, "out of memory");
+    }
+    size_t bytes = (floats ? floats : 1) * sizeof(float);
+    float *p = mem_alloc(mem, MEM_ACTIVATION, bytes);
+    a->allocs[a->nallocs] = p;
+    a->alloc_bytes[a->nallocs] = bytes;
+    a->nallocs++;
+    a->bytes += bytes;
+    return p;
+}
+
+static float **acts_alloc_layers(LlamaActs *a, MemCtx *mem, int64_t L, size_t floats) {
+    float **p = calloc((size_t)L, sizeof *p);
+    SL_CHECK(p, "out of memory");
+    for (int64_t l = 0; l < L; l++) p[l] = acts_alloc(a, mem, floats);
+    return p;
+}
+
+void llama_acts_init(LlamaActs *a, const LlamaModel *m, int64_t B, int64_t T, MemCtx *mem) {
+    memset(a, 0, sizeof *a);
+    const size_t N = (size_t)(B * T), C = (size_t)m->C, QD = (size_t)(m->Hl * m->D),
+                 KD = (size_t)(m->KVl * m->D), Fl = (size_t)m->Fl;
+    a->N = (int64_t)N;
+    a->B = B;
+    a->T = T;
+    a->chunk = a->N < 256 ? a->N : 256;
+    a->res = acts_alloc_layers(a, mem, m->L + 1, N * C);
+    a->ln1 = acts_alloc_layers(a, mem, m->L, N * C);
+    a->ln2 = acts_alloc_layers(a, mem, m->L, N * C);
+    a->rstd1 = acts_alloc_layers(a, mem, m->L, N);
+    a->rstd2 = acts_alloc_layers(a, mem, m->L, N);
+    a->q = acts_alloc_layers(a, mem, m->L, N * QD);
+    a->k = acts_alloc_layers(a, mem, m->L, N * KD);
+    a->v = acts_alloc_layers(a, mem, m->L, N * KD);
+    a->att = acts_alloc_layers(a, mem, m->L, N * QD);
+    a->lse = acts_alloc_layers(a, mem, m->L, (size_t)m->Hl * N);
+    a->mid = acts_alloc_layers(a, mem, m->L, N * C);
+    a->gate = acts_alloc_layers(a, mem, m->L, N * Fl);
+    a->up = acts_alloc_layers(a, mem, m->L, N * Fl);
+    a->act = acts_alloc_layers(a, mem, m->L, N * Fl);
+    a->lnf = acts_alloc(a, mem, N * C);
+    a->rstdf = acts_alloc(a, mem, N);
+    a->dres = acts_alloc(a, mem, N * C);
+    a->dmid = acts_alloc(a, mem, N * C);
+    a->dln = acts_alloc(a, mem, N * C);
+    a->tmpc = acts_alloc(a, mem, N * C);
+    a->dq = acts_alloc(a, mem, N * QD);
+    a->datt = acts_alloc(a, mem, N * QD);
+    a->dk = acts_alloc(a, mem, N * KD);
+    a->dv = acts_alloc(a, mem, N * KD);
+    a->dgate = acts_alloc(a, mem, N * Fl);
+    a->dup = acts_alloc(a, mem, N * Fl);
+    a->dact = acts_alloc(a, mem, N * Fl);
+    a->logits = acts_alloc(a, mem, (size_t)a->chunk * (size_t)m->Vl);
+    a->ce_mx = acts_alloc(a, mem, (size_t)a->chunk);
+    a->ce_se = acts_alloc(a, mem, (size_t)a->chunk);
+    a->ce_tl = acts_alloc(a, mem, (size_t)a->chunk);
+    a->ce_w = acts_alloc(a, mem, (size_t)a->chunk);
+    for (int64_t l = 0; l < m->L; l++)
+        for (int i = 0; i < MOD_NMODULES; i++)
+            if (m->layers[l].lin[i].adapter)
+                m->layers[l].slot[i].kind->alloc((AdapterSlot *)&m->layers[l].slot[i], mem,
+                                                 a->N);
+}
+
+void llama_acts_free(LlamaActs *a, const LlamaModel *m, MemCtx *mem) {
+    for (int64_t l = 0; l < m->L; l++)
+        for (int i = 0; i < MOD_NMODULES; i++)
+            if (m->layers[l].lin[i].adapter && m->layers[l].slot[i].h)
+                m->layers[l].slot[i].kind->release((AdapterSlot *)&m->layers[l].slot[i], mem);
+    for (int i = 0; i < a->nallocs; i++) mem_free(mem, MEM_ACTIVATION, a->allocs[i], a->alloc_bytes[i]);
+    float **lists[] = {a->res, a->ln1, a->ln2, a->rstd1, a->rstd2, a->q, a->k, a->v,
+                       a->att, a->lse, a->mid, a->gate, a->up, a->act};
+    for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) free(lists[i]);
+    free(a->allocs);
+    free(a->alloc_bytes);
+    memset(a, 0, sizeof *a);
+}
+
+void llama_batch_init(LlamaBatch *b, const LlamaModel *m, int64_t B, int64_t T, MemCtx *mem) {
+    const size_t N = (size_t)(B * T), half = (size_t)(m->D / 2);
+    b->B = B;
+    b->T = T;
+    b->ids = mem_alloc(mem, MEM_OTHER, N * sizeof(int32_t));
+    b->targets = mem_alloc(mem, MEM_OTHER, N * sizeof(int32_t));
+    b->pos = mem_alloc(mem, MEM_OTHER, N * sizeof(int64_t));
+    b->doc_start = mem_alloc(mem, MEM_OTHER, N * sizeof(int32_t));
+    b->cos = mem_alloc(mem, MEM_OTHER, N * half * sizeof(float));
+    b->sin = mem_alloc(mem, MEM_OTHER, N * half * sizeof(float));
+}
+
+void llama_batch_free(LlamaBatch *b, const LlamaModel *m, MemCtx *mem) {
+    const size_t N = (size_t)(b->B * b->T), half = (size_t)(m->D / 2);
+    mem_free(mem, MEM_OTHER, b->ids, N * sizeof(int32_t));
+    mem_free(mem, MEM_OTHER, b->targets, N * sizeof(int32_t));
+    mem_free(mem, MEM_OTHER, b->pos, N * sizeof(int64_t));
+    mem_free(mem, MEM_OTHER, b->doc_start, N * sizeof(int32_t));
+    mem_free(mem, MEM_OTHER, b->cos, N * half * sizeof(float));
+    mem_free(mem, MEM_OTHER, b->sin, N * half * sizeof(float));
+    memset(b, 0, sizeof *b);
+}
+
+void llama_batch_prepare(LlamaBatch *b, const LlamaModel *m, const int64_t *labels) {
+    const int64_t T = b->T, half = m->D / 2;
+    for (int64_t s = 0; s < b->B; s++) {
+        const int64_t o = s * T;
+        for (int64_t t = 0; t < T; t++) {
+            int64_t lab = t + 1 < T ? labels[o + t + 1] : -100;
+            b->targets[o + t] = lab < 0 ? -1 : (int32_t)lab;
+        }
+        kern_doc_starts(b->doc_start + o, b->pos + o, T);
+    }
+    kern_rope_tables(b->cos, b->sin, b->pos, b->B * T, m->inv_freq, half);
+}
+
+/* ---------------------------------------------------------------- forward */
+
+static void add_into(float *y, const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) y[i] += x[i];
+}
+
+double llama_forward(LlamaModel *m, LlamaActs *a, const LlamaBatch *b, float loss_scale,
+                     int want_grad, const AdapterEnv *env, const KernOps *k, KernCtx *kc,
+                     Grid *g, int64_t *counted) {
+    const int64_t N = b->B * b->T, T = b->T, C = m->C, D = m->D;
+    const int64_t QD = m->Hl * D, KD = m->KVl * D, Fl = m->Fl;
+    const float eps = (float)m->cfg.rms_norm_eps;
+    GemmCtx *gc = kc->gemm;
+    SL_CHECK(N == a->N, "batch rows %lld != activation rows %lld", (long long)N, (long long)a->N);
+
+    /* embedding: vocab-parallel rows, zeros elsewhere, summed over TP */
+    k->embed_forward(a->res[0], &m->embed, b->ids, m->V0, N, C);
+    if (m->Vl < m->V) grid_allreduce_sum_f32(g, g->tp_comm, a->res[0], (size_t)(N * C), GRID_BYTES_TP);
+
+    for (int64_t l = 0; l < m->L; l++) {
+        LlamaLayer *ly = &m->layers[l];
+        k->rmsnorm_forward(a->ln1[l], a->rstd1[l], a->res[l], ly->ln1_w, N, C, eps);
+        lin_forward(gc, &ly->lin[MOD_Q], env, a->q[l], a->ln1[l], N);
+        lin_forward(gc, &ly->lin[MOD_K], env, a->k[l], a->ln1[l], N);
+        lin_forward(gc, &ly->lin[MOD_V], env, a->v[l], a->ln1[l], N);
+        k->rope_forward(a->q[l], b->cos, b->sin, N, m->Hl, D);
+        k->rope_forward(a->k[l], b->cos, b->sin, N, m->KVl, D);
+        for (int64_t s = 0; s < b->B; s++)
+            k->attention_forward(kc, a->att[l] + s * T * QD, a->lse[l] + s * m->Hl * T,
+                                 a->q[l] + s * T * QD, a->k[l] + s * T * KD, a->v[l] + s * T * KD,
+                                 b->doc_start + s * T, T, m->Hl, m->KVl, D);
+        lin_forward(gc, &ly->lin[MOD_O], env, a->tmpc, a->att[l], N);
+        grid_allreduce_sum_f32(g, g->tp_comm, a->tmpc, (size_t)(N * C), GRID_BYTES_TP);
+        memcpy(a->mid[l], a->res[l], (size_t)(N * C) * sizeof(float));
+        add_into(a->mid[l], a->tmpc, (size_t)(N * C));
+
+        k->rmsnorm_forward(a->ln2[l], a->rstd2[l], a->mid[l], ly->ln2_w, N, C, eps);
+        lin_forward(gc, &ly->lin[MOD_GATE], env, a->gate[l], a->ln2[l], N);
+        lin_forward(gc, &ly->lin[MOD_UP], env, a->up[l], a->ln2[l], N);
+        k->swiglu_forward(a->act[l], a->gate[l], a->up[l], N * Fl);
+        lin_forward(gc, &ly->lin[MOD_DOWN], env, a->tmpc, a->act[l], N);
+        grid_allreduce_sum_f32(g, g->tp_comm, a->tmpc, (size_t)(N * C), GRID_BYTES_TP);
+        memcpy(a->res[l + 1], a->mid[l], (size_t)(N * C) * sizeof(float));
+        add_into(a->res[l + 1], a->tmpc, (size_t)(N * C));
+    }
+    k->rmsnorm_forward(a->lnf, a->rstdf, a->res[m->L], m->norm_w, N, C, eps);
+
+    /* Chunked vocab-parallel cross-entropy (DESIGN.md §3): the [N, V] logits never exist;
+     * each chunk is backpropagated at once into dln (dL/d lnf). */
+    double loss = 0;
+    int64_t cnt = 0;
+    const int64_t Vl = m->Vl;
+    for (int64_t c0 = 0; c0 < N; c0 += a->chunk) {
+        const int64_t tc = N - c0 < a->chunk ? N - c0 : a->chunk;
+        const int32_t *tg = b->targets + c0;
+        gemm_xwt(gc, a->logits, a->lnf + c0 * C, &m->lm_head, tc, 0.0f);
+        k->ce_max(a->ce_mx, a->logits, tc, Vl);
+        grid_allreduce_max_f32(g, g->tp_comm, a->ce_mx, (size_t)tc, GRID_BYTES_TP);
+        k->ce_sumexp(a->ce_se, a->logits, a->ce_mx, tc, Vl);
+        k->ce_target(a->ce_tl, a->logits, tg, m->V0, tc, Vl);
+        if (m->tp > 1) {
+            /* one call for both vectors: se and tl are adjacent in a scratch of 2*tc */
+            grid_allreduce_sum_f32(g, g->tp_comm, a->ce_se, (size_t)tc, GRID_BYTES_TP);
+            grid_allreduce_sum_f32(g, g->tp_comm, a->ce_tl, (size_t)tc, GRID_BYTES_TP);
+        }
+        for (int64_t t = 0; t < tc; t++) {
+            if (tg[t] < 0) {
+                a->ce_w[t] = 0.0f;
+                continue;
+            }
+            SL_CHECK(tg[t] < m->V, "label %d out of the vocabulary (%lld)", tg[t], (long long)m->V);
+            loss += (double)loss_scale *
+                    ((double)logf(a->ce_se[t]) + (double)a->ce_mx[t] - (double)a->ce_tl[t]);
+            a->ce_w[t] = loss_scale;
+            cnt++;
+        }
+        if (want_grad) {
+            k->ce_backward(a->logits, tg, m->V0, a->ce_mx, a->ce_se, a->ce_w, tc, Vl);
+            gemm_xw(gc, a->dln + c0 * C, a->logits, &m->lm_head, tc, 0.0f);
+        }
+    }
+    if (counted) *counted = cnt;
+    if (want_grad) {
+        if (m->Vl < m->V)
+            grid_allreduce_sum_f32(g, g->tp_comm, a->dln, (size_t)(N * C), GRID_BYTES_TP);
+        memset(a->dres, 0, (size_t)(N * C) * sizeof(float));
+        k->rmsnorm_backward(a->dres, a->dln, a->res[m->L], m->norm_w, a->rstdf, N, C);
+    }
+    return loss;
+}
+
+/* ---------------------------------------------------------------- backward */
+
+void llama_backward(LlamaModel *m, LlamaActs *a, const LlamaBatch *b, const AdapterEnv *env,
+                    const KernOps *k, KernCtx *kc, Grid *g) {
+    const int64_t N = b->B * b->T, T = b->T, C = m->C, D = m->D;
+    const int64_t QD = m->Hl * D, KD = m->KVl * D, Fl = m->Fl;
+    GemmCtx *gc = kc->gemm;
+    for (int64_t l = m->L - 1; l >= 0; l--) {
+        LlamaLayer *ly = &m->layers[l];
+        /* MLP: a->dres holds dL/d res[l+1] */
+        lin_backward(gc, &ly->lin[MOD_DOWN], env, a->dact, a->dres, a->act[l], N, 0.0f);
+        memset(a->dgate, 0, (size_t)(N * Fl) * sizeof(float));
+        memset(a->dup, 0, (size_t)(N * Fl) * sizeof(float));
+        k->swiglu_backward(a->dgate, a->dup, a->dact, a->gate[l], a->up[l], N * Fl);
+        lin_backward(gc, &ly->lin[MOD_GATE], env, a->dln, a->dgate, a->ln2[l], N, 0.0f);
+        lin_backward(gc, &ly->lin[MOD_UP], env, a->dln, a->dup, a->ln2[l], N, 1.0f);
+        grid_allreduce_sum_f32(g, g->tp_comm, a->dln, (size_t)(N * C), GRID_BYTES_TP);
+        memcpy(a->dmid, a->dres, (size_t)(N * C) * sizeof(float));
+        k->rmsnorm_backward(a->dmid, a->dln, a->mid[l], ly->ln2_w, a->rstd2[l], N, C);
+
+        /* attention: a->dmid holds dL/d mid */
+        lin_backward(gc, &ly->lin[MOD_O], env, a->datt, a->dmid, a->att[l], N, 0.0f);
+        memset(a->dq, 0, (size_t)(N * QD) * sizeof(float));
+        memset(a->dk, 0, (size_t)(N * KD) * sizeof(float));
+        memset(a->dv, 0, (size_t)(N * KD) * sizeof(float));
+        for (int64_t s = 0; s < b->B; s++)
+            k->attention_backward(kc, a->dq + s * T * QD, a->dk + s * T * KD, a->dv + s * T * KD,
+                                  a->datt + s * T * QD, a->att[l] + s * T * QD,
+                                  a->lse[l] + s * m->Hl * T, a->q[l] + s * T * QD,
+                                  a->k[l] + s * T * KD, a->v[l] + s * T * KD,
+                                  b->doc_start + s * T, T, m->Hl, m->KVl, D);
+        k->rope_backward(a->dq, b->cos, b->sin, N, m->Hl, D);
+        k->rope_backward(a->dk, b->cos, b->sin, N, m->KVl, D);
+        lin_backward(gc, &ly->lin[MOD_Q], env, a->dln, a->dq, a->ln1[l], N, 0.0f);
+        lin_backward(gc, &ly->lin[MOD_K], env, a->dln, a->dk, a->ln1[l], N, 1.0f);
+        lin_backward(gc, &ly->lin[MOD_V], env, a->dln, a->dv, a->ln1[l], N, 1.0f);
+        grid_allreduce_sum_f32(g, g->tp_comm, a->dln, (size_t)(N * C), GRID_BYTES_TP);
+        memcpy(a->dres, a->dmid, (size_t)(N * C) * sizeof(float));
+        k->rmsnorm_backward(a->dres, a->dln, a->res[l], ly->ln1_w, a->rstd1[l], N, C);
+    }
+}
+
+double llama_flops_per_token(const LlamaModel *m, int64_t T, double *n_big) {
+    const double C = (double)m->C, F = (double)m->F, HD = (double)(m->H * m->D),
+                 KD = (double)(m->KV * m->D), V = (double)m->V, L = (double)m->L;
+    double nb = L * (C * HD * 2 + C * KD * 2 + 3 * C * F) + V * C; /* + lm_head */
+    if (n_big) *n_big = nb;
+    double adapter = 0;
+    for (int64_t l = 0; l < m->L; l++)
+        for (int i = 0; i < MOD_NMODULES; i++)
+            if (m->layers[l].lin[i].adapter)
+                adapter += m->layers[l].slot[i].kind->flops_per_token(&m->layers[l].slot[i]);
+    return 4.0 * nb + 12.0 * L * HD * (double)T + adapter;
+}

@@ -1,0 +1,115 @@
+/* The Llama-family decoder (Llama, Mistral, Qwen2) with a frozen, tensor-parallel base and
+ * adapters on any subset of its seven linears. fp32 compute; frozen weights F32 or BF16.
+ *
+ * Legend: B sequences per micro-batch, T tokens per sequence, N = B*T rows, C hidden,
+ * F ffn, L layers, H heads, KV kv-heads, D head dim, V vocabulary; suffix l = this TP
+ * rank's part (Hl heads, KVl kv heads, Fl ffn columns, Vl vocabulary rows).
+ * Forward saves, per layer: the layer input, both norm outputs and rstd, q/k (after RoPE),
+ * v, the attention output and lse, the mid residual, gate, up and the SwiGLU output; the
+ * adapters save their own h. */
+#ifndef SHARDLORA_MODEL_LLAMA_H
+#define SHARDLORA_MODEL_LLAMA_H
+
+#include <stdint.h>
+
+#include "../io/hfconfig.h"
+#include "../parallel/grid.h"
+#include "../runtime/kernels.h"
+#include "adapter.h"
+#include "linear.h"
+#include "params.h"
+
+typedef struct {
+    Linear lin[MOD_NMODULES]; /* q, k, v, o, gate, up, down (ModuleId order) */
+    float *ln1_w;             /* [C] input_layernorm */
+    float *ln2_w;             /* [C] post_attention_layernorm */
+    AdapterSlot slot[MOD_NMODULES];
+} LlamaLayer;
+
+typedef struct {
+    HfcConfig cfg;
+    int tp, tp_rank;
+    int64_t C, F, L, H, KV, D, V;
+    int64_t Hl, KVl, Fl, kv0; /* local heads, kv heads, ffn; first local kv head */
+    int64_t V0, Vl;           /* local vocabulary rows [V0, V0 + Vl) */
+    GemmDtype wdtype;         /* dtype of the big frozen matrices */
+    GemmWeight embed;         /* [Vl, C] */
+    GemmWeight lm_head;       /* [Vl, C]; shares embed's memory when tied */
+    float *norm_w;            /* [C] */
+    LlamaLayer *layers;       /* [L] */
+    float *inv_freq;          /* [D/2] */
+    AdapterCfg acfg;
+    ParamTable params;
+    uint64_t bytes_read;      /* frozen bytes read from disk by this rank */
+    /* frozen allocations, for llama_free */
+    int nblocks, capblocks;
+    void **blocks;
+    size_t *block_bytes;
+} LlamaModel;
+
+/* One micro-batch, laid out for the kernels. */
+typedef struct {
+    int64_t B, T;
+    int32_t *ids;        /* [N] input ids */
+    int32_t *targets;    /* [N] label of the next token in the same row, -1 if ignored */
+    int64_t *pos;        /* [N] position ids */
+    int32_t *doc_start;  /* [N] per row, relative to the row's start */
+    float *cos, *sin;    /* [N, D/2] RoPE tables */
+} LlamaBatch;
+
+typedef struct {
+    int64_t N, B, T, chunk;
+    /* per layer, saved by forward */
+    float **res;         /* [L+1][N, C] residual stream: input of layer l; res[L] final */
+    float **ln1, **ln2;  /* [L][N, C] */
+    float **rstd1, **rstd2; /* [L][N] */
+    float **q, **k, **v; /* [L][N, Hl*D], [L][N, KVl*D] (q, k after RoPE) */
+    float **att;         /* [L][N, Hl*D] */
+    float **lse;         /* [L][B, Hl, T] */
+    float **mid;         /* [L][N, C] residual after attention */
+    float **gate, **up, **act; /* [L][N, Fl] */
+    float *lnf, *rstdf;  /* [N, C], [N] */
+    /* backward and loss scratch */
+    float *dres, *dmid, *dln, *tmpc; /* [N, C] */
+    float *dq, *datt;    /* [N, Hl*D] */
+    float *dk, *dv;      /* [N, KVl*D] */
+    float *dgate, *dup, *dact; /* [N, Fl] */
+    float *logits;       /* [chunk, Vl] */
+    float *ce_mx, *ce_se, *ce_tl, *ce_w; /* [chunk] */
+    size_t bytes;
+    /* every allocation, for llama_acts_free */
+    int nallocs, capallocs;
+    void **allocs;
+    size_t *alloc_bytes;
+} LlamaActs;
+
+/* Reads config.json and this rank's shards from DIR. Bad files / shapes / layouts: 0 and st
+ * names the file and the tensor. */
+int llama_load(LlamaModel *m, const char *dir, const Grid *g, MemCtx *mem, ErrStatus *st);
+/* Creates the adapters (declare, finalize the flat buffers, init from the seed). */
+void llama_init_adapters(LlamaModel *m, const AdapterCfg *acfg, const Grid *g, MemCtx *mem);
+void llama_free(LlamaModel *m, MemCtx *mem);
+
+void llama_acts_init(LlamaActs *a, const LlamaModel *m, int64_t B, int64_t T, MemCtx *mem);
+void llama_acts_free(LlamaActs *a, const LlamaModel *m, MemCtx *mem);
+void llama_batch_init(LlamaBatch *b, const LlamaModel *m, int64_t B, int64_t T, MemCtx *mem);
+void llama_batch_free(LlamaBatch *b, const LlamaModel *m, MemCtx *mem);
+/* Fills targets, doc_start and RoPE tables from ids/labels/pos already in b (labels [N]
+ * with -100 for ignored; Hugging Face shift: the target of row t is labels[t+1]). */
+void llama_batch_prepare(LlamaBatch *b, const LlamaModel *m, const int64_t *labels);
+
+/* Forward over one micro-batch; returns sum over rows of w * token_loss with
+ * w = loss_scale for counted targets (1 / global count of label tokens gives the mean).
+ * *counted receives the number of counted targets in this micro-batch. With want_grad,
+ * leaves dL/d(final norm input) in a->dres for llama_backward. */
+double llama_forward(LlamaModel *m, LlamaActs *a, const LlamaBatch *b, float loss_scale,
+                     int want_grad, const AdapterEnv *env, const KernOps *k, KernCtx *kc,
+                     Grid *g, int64_t *counted);
+/* Backward through the layers; accumulates adapter gradients into m->params.grads. */
+void llama_backward(LlamaModel *m, LlamaActs *a, const LlamaBatch *b, const AdapterEnv *env,
+                    const KernOps *k, KernCtx *kc, Grid *g);
+
+/* Model FLOPs per token (DESIGN.md §9): 4 * N_big + 12 * L * (H*D) * T + adapter FLOPs. */
+double llama_flops_per_token(const LlamaModel *m, int64_t T, double *n_big);
+
+#endif

@@ -1,0 +1,150 @@
+/* LoRA (Hu et al. 2021) as PEFT implements it: y = W x + s * B A dropout(x), A [r, in],
+ * B [out, r], s = alpha / r (rsLoRA, Kalajdzievski 2023: alpha / sqrt(r)). Init: A from
+ * PEFT's kaiming_uniform(a = sqrt(5)), i.e. uniform(-1/sqrt(in), 1/sqrt(in)), or
+ * N(0, 1/r) for init "gaussian"; B = 0.
+ *
+ * On sharded linears (DESIGN.md §4): column-parallel: A replicated, B sharded by rows;
+ * row-parallel: A sharded by columns, B replicated. Either way the local A is [r, ni] and the
+ * local B is [no, r], so forward and backward are the same code; only the sync class of the
+ * gradients differs. Every random number is keyed by global coordinates, so the adapter
+ * at step 0 and the dropout masks do not depend on the layout. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "../runtime/err.h"
+#include "../runtime/philox.h"
+#include "adapter.h"
+
+/* Counter coordinates: the module id and the tensor (A/B) go into c. */
+static uint64_t lora_coord_c(const AdapterSlot *s, int tensor) {
+    return (uint64_t)s->module * 4u + (uint64_t)tensor;
+}
+
+static void lora_declare(AdapterSlot *s, ParamTable *pt, int tp) {
+    char pre[160], name[192];
+    const ShardDesc *sd = &s->shard;
+    const int r = s->cfg->r;
+    adapter_peft_prefix(pre, sizeof pre, s->layer, s->module);
+    int sharded_in = sd->kind == SHARD_ROW;  /* A sharded by columns */
+    int sharded_out = sd->kind == SHARD_COL; /* B sharded by rows */
+    snprintf(name, sizeof name, "%s.lora_A.weight", pre);
+    s->pA = params_add(pt, name, 2, r, sd->in, 0, r, sd->i0, sd->ni,
+                       sharded_in && tp > 1 ? PARAM_SYNC_DP : PARAM_SYNC_WORLD, !sharded_in);
+    snprintf(name, sizeof name, "%s.lora_B.weight", pre);
+    s->pB = params_add(pt, name, 2, sd->out, r, sd->o0, sd->no, 0, r,
+                       sharded_out && tp > 1 ? PARAM_SYNC_DP : PARAM_SYNC_WORLD, !sharded_out);
+    s->params = pt;
+    s->scale = s->cfg->use_rslora ? s->cfg->alpha / sqrtf((float)r) : s->cfg->alpha / (float)r;
+}
+
+static void lora_init(AdapterSlot *s, ParamTable *pt) {
+    const ParamEntry *ea = &pt->e[s->pA];
+    float *A = params_value(pt, s->pA); /* [r, ni] */
+    const float bound = 1.0f / sqrtf((float)ea->gcols);
+    for (int64_t i = 0; i < ea->nr; i++) {
+        for (int64_t j = 0; j < ea->nc; j++) {
+            uint64_t gi = (uint64_t)(ea->r0 + i), gj = (uint64_t)(ea->c0 + j);
+            uint64_t a = gi * (uint64_t)ea->gcols + gj;
+            A[i * ea->nc + j] =
+                s->cfg->init_gaussian
+                    ? philox_normal(s->cfg->seed, PHILOX_LORA_INIT_A, a, (uint64_t)s->layer,
+                                    lora_coord_c(s, 0)) / (float)s->cfg->r
+                    : philox_uniform(s->cfg->seed, PHILOX_LORA_INIT_A, a, (uint64_t)s->layer,
+                                     lora_coord_c(s, 0), -bound, bound);
+        }
+    }
+    memset(params_value(pt, s->pB), 0, params_numel(&pt->e[s->pB]) * sizeof(float));
+}
+
+static void lora_alloc(AdapterSlot *s, MemCtx *m, int64_t max_rows) {
+    const size_t r = (size_t)s->cfg->r, ni = (size_t)s->shard.ni, N = (size_t)max_rows;
+    s->max_rows = max_rows;
+    s->h = mem_alloc(m, MEM_ACTIVATION, N * r * sizeof(float));
+    s->dh = mem_alloc(m, MEM_ACTIVATION, N * r * sizeof(float));
+    if (s->cfg->dropout > 0) {
+        s->xd = mem_alloc(m, MEM_ACTIVATION, N * ni * sizeof(float));
+        s->tmp = mem_alloc(m, MEM_ACTIVATION, N * ni * sizeof(float));
+    }
+}
+
+static void lora_release(AdapterSlot *s, MemCtx *m) {
+    const size_t r = (size_t)s->cfg->r, ni = (size_t)s->shard.ni, N = (size_t)s->max_rows;
+    mem_free(m, MEM_ACTIVATION, s->h, N * r * sizeof(float));
+    mem_free(m, MEM_ACTIVATION, s->dh, N * r * sizeof(float));
+    if (s->xd) mem_free(m, MEM_ACTIVATION, s->xd, N * ni * sizeof(float));
+    if (s->tmp) mem_free(m, MEM_ACTIVATION, s->tmp, N * ni * sizeof(float));
+    s->h = s->dh = s->xd = s->tmp = NULL;
+}
+
+/* Dropout keep-scale of element (row n, local column i): 0 or 1/(1-p), keyed by
+ * (seed, step, layer, module, global token, global column). */
+static float lora_keep(const AdapterSlot *s, const AdapterEnv *env, int64_t n, int64_t i) {
+    const float p = s->cfg->dropout;
+    uint64_t a = (uint64_t)(env->token0 + n) * (uint64_t)s->shard.in + (uint64_t)(s->shard.i0 + i);
+    uint64_t c = ((uint64_t)s->layer << 8) | lora_coord_c(s, 2);
+    uint32_t w[4];
+    philox_block(env->seed, PHILOX_LORA_DROPOUT, a, (uint64_t)env->step, c, w);
+    return philox_u01(w[0]) < p ? 0.0f : 1.0f / (1.0f - p);
+}
+
+static void lora_forward(AdapterSlot *s, const AdapterEnv *env, float *Y, const float *X,
+                         int64_t N) {
+    SL_CHECK(N <= s->max_rows, "LoRA forward: %lld rows > %lld", (long long)N,
+             (long long)s->max_rows);
+    const int64_t r = s->cfg->r, ni = s->shard.ni, no = s->shard.no;
+    const float *A = params_value(s->params, s->pA); /* [r, ni] */
+    const float *B = params_value(s->params, s->pB); /* [no, r] */
+    const float *Xd = X;
+    if (s->cfg->dropout > 0 && env->training) {
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t i = 0; i < ni; i++)
+                s->xd[n * ni + i] = X[n * ni + i] * lora_keep(s, env, n, i);
+        Xd = s->xd;
+    }
+    /* h [N, r] = Xd A^T ; Y [N, no] += s * h B^T */
+    gemm_f32(env->gemm, 0, 1, N, r, ni, 1.0f, Xd, ni, A, ni, 0.0f, s->h, r);
+    gemm_f32(env->gemm, 0, 1, N, no, r, s->scale, s->h, r, B, r, 1.0f, Y, no);
+}
+
+static void lora_backward(AdapterSlot *s, const AdapterEnv *env, float *dX, const float *dY,
+                          const float *X, int64_t N) {
+    const int64_t r = s->cfg->r, ni = s->shard.ni, no = s->shard.no;
+    const float *A = params_value(s->params, s->pA);
+    const float *B = params_value(s->params, s->pB);
+    float *dA = params_grad(s->params, s->pA); /* [r, ni] */
+    float *dB = params_grad(s->params, s->pB); /* [no, r] */
+    const int drop = s->cfg->dropout > 0 && env->training;
+    const float *Xd = drop ? s->xd : X;
+    /* dB += s * dY^T h ; dh = s * dY B ; dA += dh^T Xd ; dX += dropout'(dh A) */
+    gemm_f32(env->gemm, 1, 0, no, r, N, s->scale, dY, no, s->h, r, 1.0f, dB, r);
+    gemm_f32(env->gemm, 0, 0, N, r, no, s->scale, dY, no, B, r, 0.0f, s->dh, r);
+    gemm_f32(env->gemm, 1, 0, r, ni, N, 1.0f, s->dh, r, Xd, ni, 1.0f, dA, ni);
+    if (!drop) {
+        gemm_f32(env->gemm, 0, 0, N, ni, r, 1.0f, s->dh, r, A, ni, 1.0f, dX, ni);
+        return;
+    }
+    gemm_f32(env->gemm, 0, 0, N, ni, r, 1.0f, s->dh, r, A, ni, 0.0f, s->tmp, ni);
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t i = 0; i < ni; i++) {
+            float t = s->tmp[n * ni + i];
+            if (t != 0.0f) dX[n * ni + i] += t * lora_keep(s, env, n, i);
+        }
+}
+
+static double lora_flops_per_token(const AdapterSlot *s) {
+    /* forward 2 GEMMs + backward 4 GEMMs, each 2*r*dim flops per token, global shapes */
+    const double r = s->cfg->r, in = (double)s->shard.in, out = (double)s->shard.out;
+    return 2.0 * r * (in + out) + 2.0 * r * (2.0 * out + 2.0 * in);
+}
+
+const AdapterKind adapter_lora = {
+    .name = "lora",
+    .declare = lora_declare,
+    .init = lora_init,
+    .alloc = lora_alloc,
+    .release = lora_release,
+    .forward = lora_forward,
+    .backward = lora_backward,
+    .flops_per_token = lora_flops_per_token,
+};

@@ -1,0 +1,41 @@
+/* Optimizers on the flat adapter buffers (the frozen base has no state): AdamW
+ * (Loshchilov & Hutter 2019, decoupled weight decay) and SGD with momentum / Nesterov, with
+ * the update formulas of torch.optim.AdamW / torch.optim.SGD so the reference agrees to
+ * float rounding. State buffers share the parameter layout (params.h). */
+#ifndef SHARDLORA_MODEL_OPTIM_H
+#define SHARDLORA_MODEL_OPTIM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../runtime/mem.h"
+
+typedef enum { OPTIM_ADAMW = 0, OPTIM_SGD = 1 } OptimKind;
+
+typedef struct {
+    OptimKind kind;
+    float lr;
+    float beta1, beta2, eps;   /* AdamW */
+    float weight_decay;        /* AdamW: decoupled; SGD: L2 added to the gradient */
+    float momentum;            /* SGD */
+    int nesterov;              /* SGD */
+} OptimCfg;
+
+typedef struct {
+    OptimCfg cfg;
+    size_t n;
+    float *m;                  /* [n] Adam first moment / SGD momentum buffer */
+    float *v;                  /* [n] Adam second moment (NULL for SGD) */
+    int64_t step;              /* updates done */
+} Optim;
+
+/* Parse "adamw|sgd"; -1 if unknown. */
+int optim_parse_kind(const char *s);
+const char *optim_kind_name(OptimKind k);
+void optim_defaults(OptimCfg *c);
+void optim_init(Optim *o, const OptimCfg *cfg, size_t n, MemCtx *mem);
+void optim_free(Optim *o, MemCtx *mem);
+/* One update of params [n] from grads [n] with learning rate lr (the schedule's value). */
+void optim_step(Optim *o, float *params, const float *grads, float lr);
+
+#endif

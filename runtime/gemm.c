@@ -1,0 +1,314 @@
+/* GEMM backend over OpenBLAS (see gemm.h): core selection by re-exec, thread setup, plain
+ * F32 GEMM and the linear-layer products for F32 and BF16 weights (BF16 converted to F32
+ * in row tiles into a scratch buffer owned by the context). */
+#include "gemm.h"
+
+#include <cblas.h>
+#include <errno.h>
+#include <limits.h>
+#include <omp.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "err.h"
+#include "log.h"
+
+/* Rows of W converted per BF16 tile (the tile is GEMM_TILE_ROWS x cols floats). 256 rows
+ * of a 1024-wide weight are 1 MiB, of a 2816-wide one 2.75 MiB: the tile is written once
+ * and read right away by sgemm, so it stays in L2/L3 (2 MiB L2 per core, 32 MiB L3 here),
+ * while the sgemm over a 256-row panel is still large enough to run near full speed
+ * (measured in benchmarks/bench_gemm.c: xwt at 256 rows is within a few % of F32). */
+#ifndef GEMM_TILE_ROWS
+#define GEMM_TILE_ROWS 256
+#endif
+#ifndef GEMM_CONVERT_PAR_MIN
+#define GEMM_CONVERT_PAR_MIN 65536
+#endif
+
+/* ---- core selection --------------------------------------------------------------------- */
+
+/* OpenBLAS cores (DYNAMIC_ARCH names) whose SGEMM kernels use AVX-512. */
+static int gemm_core_is_avx512(const char *name) {
+    static const char *const cores[] = {"SkylakeX", "Cooperlake", "SapphireRapids"};
+    for (size_t i = 0; i < sizeof cores / sizeof cores[0]; i++)
+        if (strcasecmp(name, cores[i]) == 0) return 1;
+    return 0;
+}
+
+static void gemm_copy_name(char *dst, size_t n, const char *src) {
+    snprintf(dst, n, "%s", src ? src : "unknown");
+}
+
+/* How it works: a DYNAMIC_ARCH OpenBLAS picks its kernels once, in its load-time
+ * constructor, from OPENBLAS_CORETYPE or cpuid; libgomp likewise reads OMP_WAIT_POLICY
+ * once, when it is loaded. Neither can be changed from main(), so we set the environment
+ * and execv("/proc/self/exe", argv): same pid, same arguments, same environment plus our
+ * changes, so it is invisible to mpirun/srun as long as it happens before MPI_Init
+ * (callers guarantee that: grid_init is called after this). SHARDLORA_BLAS_REEXEC (the
+ * core we came from) marks the second run and stops any loop.
+ *
+ * Reasons to re-exec:
+ *  - the CPU has AVX-512 but OpenBLAS runs a core without AVX-512 kernels (Debian's 0.3.21
+ *    falls back to Prescott on CPUs it does not know; this environment sets Haswell):
+ *    measured here ~240 GFLOP/s sgemm at 2 threads with Haswell vs ~470 with SkylakeX;
+ *    SHARDLORA_BLAS_CORE=NAME forces a core, SHARDLORA_BLAS_CORE=keep keeps whatever
+ *    OpenBLAS chose and never re-execs;
+ *  - OMP_WAIT_POLICY is unset: libgomp's default lets idle OpenMP threads spin for
+ *    milliseconds after every parallel region (~7 ms measured here), taking the core
+ *    away from OpenBLAS's own threads in the GEMM that follows. PASSIVE makes them sleep.
+ *    Exporting OMP_WAIT_POLICY (any value) avoids this re-exec. */
+void gemm_ensure_blas_core(int argc, char **argv) {
+    (void)argc;
+    char current[64];
+    gemm_copy_name(current, sizeof current, openblas_get_corename());
+
+    const char *want = getenv("SHARDLORA_BLAS_CORE");
+    int keep = want && strcasecmp(want, "keep") == 0;
+    int omp_unset = getenv("OMP_WAIT_POLICY") == NULL;
+    /* For child processes (and for this one when it re-execs). */
+    if (omp_unset) setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+
+    const char *target = NULL;
+    if (want && *want && !keep)
+        target = want;
+    else if (!keep && __builtin_cpu_supports("avx512f") && !gemm_core_is_avx512(current))
+        target = "SkylakeX";
+    int change_core = target && strcasecmp(target, current) != 0;
+
+    if (getenv("SHARDLORA_BLAS_REEXEC")) {
+        /* Second run: never loop. OpenBLAS silently falls back when it does not know the
+         * name (0.3.21 has no SapphireRapids and takes Cooperlake), so say so. */
+        if (change_core)
+            log_warn("OpenBLAS runs core %s, not %s (OPENBLAS_CORETYPE=%s); not re-executing "
+                     "again since SHARDLORA_BLAS_REEXEC is set. This OpenBLAS may not know "
+                     "that core",
+                     current, target,
+                     getenv("OPENBLAS_CORETYPE") ? getenv("OPENBLAS_CORETYPE") : "(unset)");
+        return;
+    }
+    if (keep) {
+        if (omp_unset)
+            log_debug("SHARDLORA_BLAS_CORE=keep: no re-exec, so OMP_WAIT_POLICY stays at "
+                      "libgomp's default (spinning) in this process; export "
+                      "OMP_WAIT_POLICY=PASSIVE to avoid that");
+        return;
+    }
+    if (!change_core && !omp_unset) return;
+
+    char *old_coretype = getenv("OPENBLAS_CORETYPE");
+    char saved[64] = "";
+    if (old_coretype) gemm_copy_name(saved, sizeof saved, old_coretype);
+    if (change_core) setenv("OPENBLAS_CORETYPE", target, 1);
+    setenv("SHARDLORA_BLAS_REEXEC", current, 1);
+    log_debug("re-exec: OpenBLAS core %s -> %s, OMP_WAIT_POLICY=%s", current,
+              change_core ? target : current, getenv("OMP_WAIT_POLICY"));
+    /* exec discards stdio buffers */
+    fflush(stdout);
+    fflush(stderr);
+    execv("/proc/self/exe", argv);
+
+    int err = errno;
+    unsetenv("SHARDLORA_BLAS_REEXEC");
+    if (change_core) {
+        if (old_coretype)
+            setenv("OPENBLAS_CORETYPE", saved, 1);
+        else
+            unsetenv("OPENBLAS_CORETYPE");
+    }
+    log_warn("cannot re-exec /proc/self/exe (%s)%s%s%s; continuing with OpenBLAS core %s", strerror(err),
+             change_core ? " to switch OpenBLAS to core " : "", change_core ? target : "",
+             change_core ? " (GEMM may run at half speed)" : "", current);
+}
+
+/* ---- context ------------------------------------------------------------------------- */
+
+static int gemm_affinity_cpus(void) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        int n = CPU_COUNT(&set);
+        if (n > 0) return n;
+    }
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+void gemm_init(GemmCtx *g, MemCtx *m, int nthreads, int64_t max_cols) {
+    memset(g, 0, sizeof *g);
+    SL_CHECK(max_cols >= 0, "max_cols %lld", (long long)max_cols);
+    g->nthreads = nthreads > 0 ? nthreads : gemm_affinity_cpus();
+    /* One thread count for both pools: OpenBLAS's pthreads run the GEMMs, OpenMP runs our
+     * kernels; they take turns, never overlap, so each may use every core. */
+    openblas_set_num_threads(g->nthreads);
+    omp_set_num_threads(g->nthreads);
+    gemm_copy_name(g->core, sizeof g->core, openblas_get_corename());
+    if (max_cols > 0) {
+        SL_CHECK((uint64_t)max_cols <= SIZE_MAX / sizeof(float) / GEMM_TILE_ROWS,
+                 "max_cols %lld too large", (long long)max_cols);
+        g->scratch_floats = (size_t)GEMM_TILE_ROWS * (size_t)max_cols;
+        g->scratch = mem_alloc(m, MEM_ACTIVATION, g->scratch_floats * sizeof(float));
+    }
+}
+
+void gemm_free(GemmCtx *g, MemCtx *m) {
+    mem_free(m, MEM_ACTIVATION, g->scratch, g->scratch_floats * sizeof(float));
+    memset(g, 0, sizeof *g);
+}
+
+const char *gemm_describe(const GemmCtx *g, char *buf, size_t n) {
+    /* openblas_get_config(): "OpenBLAS 0.3.21 NO_LAPACKE DYNAMIC_ARCH ..." -> keep 2 words */
+    char version[64] = "OpenBLAS";
+    const char *cfg = openblas_get_config();
+    if (cfg) {
+        const char *sp = strchr(cfg, ' ');
+        if (sp) sp = strchr(sp + 1, ' ');
+        size_t len = sp ? (size_t)(sp - cfg) : strlen(cfg);
+        if (len >= sizeof version) len = sizeof version - 1;
+        memcpy(version, cfg, len);
+        version[len] = 0;
+    }
+    const char *core = g->core[0] ? g->core : openblas_get_corename();
+    const char *was = getenv("SHARDLORA_BLAS_REEXEC");
+    char note[160] = "";
+    if (was && core && strcasecmp(was, core) != 0)
+        snprintf(note, sizeof note, " (was %s; set SHARDLORA_BLAS_CORE=keep to keep it)", was);
+    snprintf(buf, n, "%s core=%s%s threads=%d", version, core ? core : "unknown", note,
+             g->nthreads);
+    return buf;
+}
+
+/* ---- GEMM ------------------------------------------------------------------------------ */
+
+/* cblas takes int sizes; big models overflow 32 bits in products, never silently here. */
+static int gemm_int(int64_t v, const char *what) {
+    SL_CHECK(v >= 0 && v <= INT_MAX, "%s = %lld does not fit cblas's int", what, (long long)v);
+    return (int)v;
+}
+
+void gemm_f32(GemmCtx *g, int transA, int transB, int64_t M, int64_t N, int64_t K, float alpha,
+              const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+              int64_t ldc) {
+    (void)g;
+    int m = gemm_int(M, "M"), n = gemm_int(N, "N"), k = gemm_int(K, "K");
+    int la = gemm_int(lda, "lda"), lb = gemm_int(ldb, "ldb"), lc = gemm_int(ldc, "ldc");
+    SL_CHECK(lc >= n, "ldc %d < N %d", lc, n);
+    if (m == 0 || n == 0) return;
+    if (k == 0) {
+        /* C = beta * C; BLAS's beta == 0 means C is not read (may hold NaN). */
+        for (int i = 0; i < m; i++) {
+            float *c = C + (size_t)i * (size_t)lc;
+            for (int j = 0; j < n; j++) c[j] = beta == 0.0f ? 0.0f : beta * c[j];
+        }
+        return;
+    }
+    SL_CHECK(la >= (transA ? m : k) && lb >= (transB ? k : n), "leading dimension too small "
+             "(lda %d, ldb %d, M %d, N %d, K %d, transA %d, transB %d)", la, lb, m, n, k, transA,
+             transB);
+    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans,
+                transB ? CblasTrans : CblasNoTrans, m, n, k, alpha, A, la, B, lb, beta, C, lc);
+}
+
+/* rows x cols BF16 (leading dim ld) -> dense F32 [rows, cols]. BF16 is the top half of an
+ * F32, so this is a zero-extend and a 16-bit shift; the plain loop vectorises (AVX-512:
+ * 16 per instruction). Split over the OpenMP threads: sgemm then reads the tile from
+ * both cores' caches anyway. */
+static void gemm_bf16_tile_to_f32(float *restrict dst, const uint16_t *restrict src, int64_t rows,
+                                  int64_t cols, int64_t ld, int nthreads) {
+    int nt = rows * cols >= GEMM_CONVERT_PAR_MIN ? nthreads : 1;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const uint16_t *s = src + r * ld;
+        float *d = dst + r * cols;
+        for (int64_t c = 0; c < cols; c++) {
+            uint32_t u = (uint32_t)s[c] << 16;
+            memcpy(&d[c], &u, sizeof u);
+        }
+    }
+}
+
+/* Rows per BF16 tile for a weight with `cols` columns: as many as the scratch holds. */
+static int64_t gemm_tile_rows(const GemmCtx *g, const GemmWeight *W) {
+    SL_CHECK(g->scratch != NULL && W->cols > 0 &&
+                 (size_t)W->cols * GEMM_TILE_ROWS <= g->scratch_floats,
+             "BF16 weight [%lld, %lld] wider than the GEMM scratch (gemm_init max_cols %zu)",
+             (long long)W->rows, (long long)W->cols, g->scratch_floats / GEMM_TILE_ROWS);
+    return GEMM_TILE_ROWS;
+}
+
+static void gemm_check_weight(const GemmWeight *W) {
+    SL_CHECK(W->dtype == GEMM_F32 || W->dtype == GEMM_BF16, "unknown weight dtype %d",
+             (int)W->dtype);
+    SL_CHECK(W->rows >= 0 && W->cols >= 0 && W->ld >= W->cols, "bad weight [%lld, %lld] ld %lld",
+             (long long)W->rows, (long long)W->cols, (long long)W->ld);
+}
+
+void gemm_xwt(GemmCtx *g, float *Y, const float *X, const GemmWeight *W, int64_t T, float beta) {
+    gemm_check_weight(W);
+    const int64_t nout = W->rows, nin = W->cols;
+    if (W->dtype == GEMM_F32) {
+        gemm_f32(g, 0, 1, T, nout, nin, 1.0f, X, nin, (const float *)W->data, W->ld, beta, Y, nout);
+        return;
+    }
+    if (T == 0 || nout == 0) return;
+    if (nin == 0) {
+        gemm_f32(g, 0, 1, T, nout, 0, 1.0f, X, 1, NULL, 1, beta, Y, nout);
+        return;
+    }
+    const int64_t tr = gemm_tile_rows(g, W);
+    const uint16_t *w = (const uint16_t *)W->data;
+    /* Y[:, r:r+n] = beta * Y[:, r:r+n] + X W[r:r+n, :]^T; tiles own disjoint output
+     * columns, so every tile applies beta. */
+    for (int64_t r = 0; r < nout; r += tr) {
+        int64_t n = nout - r < tr ? nout - r : tr;
+        gemm_bf16_tile_to_f32(g->scratch, w + r * W->ld, n, nin, W->ld, g->nthreads);
+        gemm_f32(g, 0, 1, T, n, nin, 1.0f, X, nin, g->scratch, nin, beta, Y + r, nout);
+    }
+}
+
+void gemm_xw(GemmCtx *g, float *dX, const float *dY, const GemmWeight *W, int64_t T, float beta) {
+    gemm_check_weight(W);
+    const int64_t nout = W->rows, nin = W->cols;
+    if (W->dtype == GEMM_F32) {
+        gemm_f32(g, 0, 0, T, nin, nout, 1.0f, dY, nout, (const float *)W->data, W->ld, beta, dX, nin);
+        return;
+    }
+    if (T == 0 || nin == 0) return;
+    if (nout == 0) {
+        gemm_f32(g, 0, 0, T, nin, 0, 1.0f, dY, 1, NULL, nin, beta, dX, nin);
+        return;
+    }
+    const int64_t tr = gemm_tile_rows(g, W);
+    const uint16_t *w = (const uint16_t *)W->data;
+    /* dX = beta * dX + sum over tiles of dY[:, r:r+n] W[r:r+n, :]: the first tile applies
+     * beta, the others accumulate. */
+    for (int64_t r = 0; r < nout; r += tr) {
+        int64_t n = nout - r < tr ? nout - r : tr;
+        gemm_bf16_tile_to_f32(g->scratch, w + r * W->ld, n, nin, W->ld, g->nthreads);
+        gemm_f32(g, 0, 0, T, nin, n, 1.0f, dY + r, nout, g->scratch, nin, r == 0 ? beta : 1.0f, dX, nin);
+    }
+}
+
+/* ---- BF16 <-> F32 -------------------------------------------------------------------- */
+
+float gemm_bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+uint16_t gemm_f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    /* NaN: keep sign and top payload bits, force the quiet bit so truncation cannot turn
+     * it into an infinity. */
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    /* Round to nearest, ties to even: add 0x7fff plus the lowest kept bit. Overflow past
+     * the largest finite value carries into the exponent and gives inf, as it should. */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
