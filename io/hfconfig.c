@@ -21,7 +21,7 @@ typedef struct {
     HfcArch arch;
     const char *architecture; /* architectures[0] */
     const char *model_type;
-    int64_t default_max_pos;  /* transformers' default max_position_embeddings */
+    int64_t default_max_pos; /* transformers' default max_position_embeddings */
 } HfcArchInfo;
 
 static const HfcArchInfo hfc_archs[] = {
@@ -208,9 +208,8 @@ static int hfc_parse_arch(HfcCtx *x, const json_t *root, HfcConfig *c) {
     const json_t *a = json_object_get(root, "architectures");
     if (a && !json_is_null(a)) {
         if (!json_is_array(a) || json_array_size(a) == 0 || !json_is_string(json_array_get(a, 0)))
-            return err_status_set(x->st,
-                                  "%s: field 'architectures' must be a non-empty array of strings",
-                                  x->path);
+            return err_status_set(
+                x->st, "%s: field 'architectures' must be a non-empty array of strings", x->path);
         const char *name = json_string_value(json_array_get(a, 0));
         for (int i = 0; i < HFC_NARCH; i++) {
             if (strcmp(name, hfc_archs[i].architecture) == 0) {
@@ -268,8 +267,7 @@ static int hfc_parse_rope(HfcCtx *x, const json_t *root, HfcConfig *c) {
     if (r < 0) {
         r = hfc_get_str(x, rs, key, "type", &type); /* the pre-4.45 name */
         if (r == 0) return 0;
-        if (r < 0)
-            return err_status_set(x->st, "%s: field '%s' has no 'rope_type'", x->path, key);
+        if (r < 0) return err_status_set(x->st, "%s: field '%s' has no 'rope_type'", x->path, key);
     }
     if (strcmp(type, "default") == 0) return 1;
     if (strcmp(type, "llama3") != 0)
@@ -318,8 +316,7 @@ static int hfc_parse(HfcCtx *x, const json_t *root, HfcConfig *c) {
     c->rope_theta = 10000.0;
     if (!hfc_get_pos_num(x, root, NULL, "rope_theta", 0, &c->rope_theta)) return 0;
     c->max_position_embeddings = hfc_arch_info(arch)->default_max_pos;
-    if (!hfc_get_pos_int(x, root, NULL, "max_position_embeddings", 0,
-                         &c->max_position_embeddings))
+    if (!hfc_get_pos_int(x, root, NULL, "max_position_embeddings", 0, &c->max_position_embeddings))
         return 0;
     if (!hfc_get_bool(x, root, "tie_word_embeddings", &c->tie_word_embeddings)) return 0;
     int attn_bias = 0, mlp_bias = 0;
@@ -424,6 +421,11 @@ static void hfc_put(HfcText *t, const char *fmt, ...) {
 /* Shortest text that reads back as the same double, and always a JSON real ("8.0", not
  * "8"), as transformers writes floats. Assumes the C locale (no decimal comma). */
 static void hfc_fmt_real(char *buf, size_t n, double v) {
+    /* Integral values print as "500000.0", not the shorter "5e+05". */
+    if (v == floor(v) && fabs(v) < 1e15) {
+        snprintf(buf, n, "%.1f", v);
+        return;
+    }
     for (int p = 1; p <= 17; p++) {
         snprintf(buf, n, "%.*g", p, v);
         if (strtod(buf, NULL) == v) break;

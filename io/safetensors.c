@@ -49,7 +49,8 @@ int st_dtype_parse(const char *s) {
 
 int64_t st_numel(const StTensor *t) {
     int64_t n = 1;
-    for (int i = 0; i < t->ndim; i++) n *= t->shape[i];
+    for (int i = 0; i < t->ndim; i++)
+        n *= t->shape[i];
     return n;
 }
 
@@ -156,8 +157,7 @@ static int st_parse_entry(StFile *f, StTensor *t, const json_t *e, ErrStatus *st
     for (size_t i = 0; i < nd; i++) {
         int64_t x;
         if (!st_json_nonneg(json_array_get(js, i), &x))
-            return err_status_set(st,
-                                  "%s: tensor '%s': shape[%zu] must be a non-negative integer",
+            return err_status_set(st, "%s: tensor '%s': shape[%zu] must be a non-negative integer",
                                   path, name, i);
         t->shape[i] = x;
         if (x != 0 && bytes > UINT64_MAX / (uint64_t)x)
@@ -175,8 +175,7 @@ static int st_parse_entry(StFile *f, StTensor *t, const json_t *e, ErrStatus *st
                               "non-negative integers",
                               path, name);
     if (b > en)
-        return err_status_set(st,
-                              "%s: tensor '%s': data_offsets begin %" PRId64 " > end %" PRId64,
+        return err_status_set(st, "%s: tensor '%s': data_offsets begin %" PRId64 " > end %" PRId64,
                               path, name, b, en);
     uint64_t data_size = f->file_size - f->data_start;
     if ((uint64_t)en > data_size)
@@ -209,7 +208,8 @@ static int st_check_overlaps(const StFile *f, ErrStatus *st) {
     if (f->ntensors < 2) return 1;
     const StTensor **by = malloc(sizeof *by * (size_t)f->ntensors);
     SL_CHECK(by != NULL, "out of memory");
-    for (int i = 0; i < f->ntensors; i++) by[i] = &f->tensors[i];
+    for (int i = 0; i < f->ntensors; i++)
+        by[i] = &f->tensors[i];
     qsort(by, (size_t)f->ntensors, sizeof *by, st_cmp_begin);
     const StTensor *far = NULL; /* the tensor reaching furthest so far */
     int ok = 1;
@@ -234,9 +234,10 @@ static int st_parse_header(StFile *f, const char *buf, size_t len, ErrStatus *st
     json_error_t jerr;
     json_t *root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root)
-        return err_status_set(st, "%s: header JSON error at byte %" PRIu64 " (line %d, column %d): %s",
-                              f->path, (uint64_t)8 + (uint64_t)(jerr.position < 0 ? 0 : jerr.position),
-                              jerr.line, jerr.column, jerr.text);
+        return err_status_set(
+            st, "%s: header JSON error at byte %" PRIu64 " (line %d, column %d): %s", f->path,
+            (uint64_t)8 + (uint64_t)(jerr.position < 0 ? 0 : jerr.position), jerr.line, jerr.column,
+            jerr.text);
     int ok = 1;
     if (!json_is_object(root)) {
         ok = err_status_set(st, "%s: header (byte 8) is not a JSON object", f->path);
@@ -284,7 +285,8 @@ done:
 
 void st_close(StFile *f) {
     if (f->fd >= 0) close(f->fd);
-    for (int i = 0; i < f->ntensors; i++) free(f->tensors[i].name);
+    for (int i = 0; i < f->ntensors; i++)
+        free(f->tensors[i].name);
     free(f->tensors);
     free(f->path);
     memset(f, 0, sizeof *f);
@@ -322,7 +324,8 @@ int st_open(StFile *f, const char *path, ErrStatus *st) {
     unsigned char lenb[8];
     if (!st_pread_full(f->fd, path, lenb, 8, 0, st)) goto done;
     uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | lenb[i];
+    for (int i = 7; i >= 0; i--)
+        hlen = (hlen << 8) | lenb[i];
     if (hlen > ST_MAX_HEADER) {
         err_status_set(st,
                        "%s: header length %" PRIu64 " (bytes 0-7) is absurd (> 100 MB); not a "
@@ -369,7 +372,8 @@ const StTensor *st_find(const StFile *f, const char *name) {
 static void st_view(const StTensor *t, int64_t *rows, int64_t *cols) {
     *rows = 1;
     *cols = t->ndim > 0 ? t->shape[t->ndim - 1] : 1;
-    for (int i = 0; i + 1 < t->ndim; i++) *rows *= t->shape[i];
+    for (int i = 0; i + 1 < t->ndim; i++)
+        *rows *= t->shape[i];
 }
 
 static int st_can_convert(StDtype src, StDtype dst) {
@@ -440,22 +444,24 @@ static int st_convert(StSliceCtx *c, void *restrict dst, const void *restrict sr
         float *d = dst;
         const uint16_t *s = src;
         if (c->sd == ST_BF16)
-            for (size_t i = 0; i < n; i++) d[i] = st_bf16_to_f32(s[i]);
+            for (size_t i = 0; i < n; i++)
+                d[i] = st_bf16_to_f32(s[i]);
         else
-            for (size_t i = 0; i < n; i++) d[i] = st_f16_to_f32(s[i]);
+            for (size_t i = 0; i < n; i++)
+                d[i] = st_f16_to_f32(s[i]);
     } else if (c->dd == ST_I64) {
         int64_t *d = dst;
         const int32_t *s = src;
-        for (size_t i = 0; i < n; i++) d[i] = s[i];
+        for (size_t i = 0; i < n; i++)
+            d[i] = s[i];
     } else { /* I64 -> I32: exact or an error */
         int32_t *d = dst;
         const int64_t *s = src;
         for (size_t i = 0; i < n; i++) {
             if (s[i] < INT32_MIN || s[i] > INT32_MAX)
-                return err_status_set(c->st,
-                                      "%s: tensor '%s': element %" PRIu64 " = %" PRId64
-                                      " does not fit in I32",
-                                      c->f->path, c->t->name, first + i, s[i]);
+                return err_status_set(
+                    c->st, "%s: tensor '%s': element %" PRIu64 " = %" PRId64 " does not fit in I32",
+                    c->f->path, c->t->name, first + i, s[i]);
             d[i] = (int32_t)s[i];
         }
     }
@@ -495,8 +501,9 @@ int st_read_slice(StFile *f, const StTensor *t, int64_t r0, int64_t nr, int64_t 
                               st_dtype_name(t->dtype), st_dtype_name(dst_dtype));
     if (nr == 0 || nc == 0) return 1;
 
-    StSliceCtx c = {f, t, t->dtype, dst_dtype, st_dtype_sizes[t->dtype], st_dtype_sizes[dst_dtype],
-                    NULL, 0, st};
+    StSliceCtx c = {
+        f,    t, t->dtype, dst_dtype, st_dtype_sizes[t->dtype], st_dtype_sizes[dst_dtype],
+        NULL, 0, st};
     unsigned char *out = dst;
     uint64_t run_b = (uint64_t)nc * c.ssz, stride_b = (uint64_t)cols * c.ssz;
     int ok = 1;
@@ -541,7 +548,8 @@ int st_read_all(StFile *f, const StTensor *t, StDtype dst_dtype, void *dst, ErrS
 /* ---- model directory ----------------------------------------------------------------- */
 
 void st_dir_close(StDir *d) {
-    for (int i = 0; i < d->nfiles; i++) st_close(&d->files[i]);
+    for (int i = 0; i < d->nfiles; i++)
+        st_close(&d->files[i]);
     free(d->files);
     free(d->dir);
     memset(d, 0, sizeof *d);
@@ -620,14 +628,14 @@ static int st_dir_open_index(StDir *d, const char *ipath, ErrStatus *st) {
     SL_CHECK(fnames != NULL, "out of memory");
     json_object_foreach((json_t *)wm, name, v) {
         if (!json_is_string(v) || !st_safe_rel(json_string_value(v))) {
-            ok = err_status_set(st,
-                                "%s: weight_map.'%s' must be a file name inside the directory",
+            ok = err_status_set(st, "%s: weight_map.'%s' must be a file name inside the directory",
                                 ipath, name);
             goto done;
         }
         const char *fn = json_string_value(v);
         int k = 0;
-        while (k < d->nfiles && strcmp(fnames[k], fn) != 0) k++;
+        while (k < d->nfiles && strcmp(fnames[k], fn) != 0)
+            k++;
         if (k < d->nfiles) continue;
         char *p = st_join(d->dir, fn);
         ok = st_dir_add(d, p, st);
@@ -638,7 +646,8 @@ static int st_dir_open_index(StDir *d, const char *ipath, ErrStatus *st) {
     json_object_foreach((json_t *)wm, name, v) {
         const char *fn = json_string_value(v);
         int k = 0;
-        while (strcmp(fnames[k], fn) != 0) k++;
+        while (strcmp(fnames[k], fn) != 0)
+            k++;
         if (!st_find(&d->files[k], name)) {
             ok = err_status_set(st, "%s: tensor '%s' is mapped to '%s', but %s has no such tensor",
                                 ipath, name, fn, d->files[k].path);
@@ -698,7 +707,8 @@ const StTensor *st_dir_find(StDir *d, const char *name, StFile **file) {
 
 uint64_t st_dir_bytes_read(const StDir *d) {
     uint64_t s = 0;
-    for (int i = 0; i < d->nfiles; i++) s += d->files[i].bytes_read;
+    for (int i = 0; i < d->nfiles; i++)
+        s += d->files[i].bytes_read;
     return s;
 }
 
@@ -724,7 +734,8 @@ void st_writer_add(StWriter *w, const char *name, StDtype dtype, int ndim, const
     e->name = name;
     e->dtype = dtype;
     e->ndim = ndim;
-    for (int i = 0; i < ndim; i++) e->shape[i] = shape[i];
+    for (int i = 0; i < ndim; i++)
+        e->shape[i] = shape[i];
     e->data = data;
 }
 
@@ -787,7 +798,7 @@ static char *st_build_header(const StWriter *w, const char *path, size_t *hlen, 
     uint64_t off = 0;
     for (int i = 0; i < w->n; i++) {
         const StWriteEntry *e = &w->entries[i];
-        uint64_t bytes;
+        uint64_t bytes = 0;
         if (!st_entry_bytes(e, path, &bytes, st)) goto done;
         if (strcmp(e->name, "__metadata__") == 0 || !e->name[0]) {
             err_status_set(st, "%s: tensor name '%s' is reserved or empty", path, e->name);
@@ -802,7 +813,8 @@ static char *st_build_header(const StWriter *w, const char *path, size_t *hlen, 
             goto done;
         }
         json_t *shape = json_array();
-        for (int d = 0; d < e->ndim; d++) json_array_append_new(shape, json_integer(e->shape[d]));
+        for (int d = 0; d < e->ndim; d++)
+            json_array_append_new(shape, json_integer(e->shape[d]));
         json_t *obj = json_pack("{s:s, s:o, s:[I, I]}", "dtype", st_dtype_names[e->dtype], "shape",
                                 shape, "data_offsets", (json_int_t)off, (json_int_t)(off + bytes));
         SL_CHECK(obj != NULL, "json_pack failed");
@@ -869,9 +881,9 @@ int st_writer_write(StWriter *w, const char *path, ErrStatus *st) {
         goto done;
     }
     unsigned char lenb[8];
-    for (int i = 0; i < 8; i++) lenb[i] = (unsigned char)((uint64_t)hlen >> (8 * i));
-    if (!st_write_full(fd, tmp, lenb, 8, st) || !st_write_full(fd, tmp, hdr, hlen, st))
-        goto fail;
+    for (int i = 0; i < 8; i++)
+        lenb[i] = (unsigned char)((uint64_t)hlen >> (8 * i));
+    if (!st_write_full(fd, tmp, lenb, 8, st) || !st_write_full(fd, tmp, hdr, hlen, st)) goto fail;
     for (int i = 0; i < w->n; i++) {
         uint64_t bytes = 0;
         st_entry_bytes(&w->entries[i], path, &bytes, st); /* validated in st_build_header */

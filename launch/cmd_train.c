@@ -234,8 +234,8 @@ int cmd_train(int argc, char **argv) {
     if (ok) ok = grid_setup(&g, (int)o.tp, &st);
     if (ok && g.tp > 1)
         ok = err_status_set(&st, "--tp %d: tensor parallelism is not enabled in this build yet (use --tp 1)", g.tp);
-    if (ok && g.world_size > 1)
-        ok = err_status_set(&st, "%d ranks: data parallelism is not enabled in this build yet (run 1 rank)", g.world_size);
+    if (ok && o.dump_grads && g.dp > 1)
+        ok = err_status_set(&st, "--dump-grads needs a single data-parallel rank for now (dp = %d)", g.dp);
     if (!ok) {
         if (g.world_rank == 0) fprintf(stderr, "shardlora train: %s\n", st.msg);
         return train_finish(&g, EXIT_USAGE);
@@ -326,9 +326,11 @@ int cmd_train(int argc, char **argv) {
     int rc = 0;
     for (int64_t step = 1; step <= o.steps && rc == 0; step++) {
         double t0 = timer_now();
-        /* the global batch of this step: sequences (step-1)*B + j, cycling over the data */
+        /* The global batch of this step is sequences (step-1)*G .. step*G-1 (G = B * dp),
+         * cycling over the data; DP rank d takes its contiguous share (DESIGN.md §5). */
+        const int64_t G = B * g.dp;
         for (int64_t j = 0; j < B; j++) {
-            int64_t seq = ((step - 1) * B + j) % data.nseq;
+            int64_t seq = ((step - 1) * G + (int64_t)g.dp_rank * B + j) % data.nseq;
             jsonl_tokens_row(&data, seq, T, batch.ids + j * T, labels + j * T, batch.pos + j * T);
         }
         llama_batch_prepare(&batch, &m, labels);
@@ -338,7 +340,7 @@ int cmd_train(int argc, char **argv) {
         float scale = count > 0 ? 1.0f / (float)count : 0.0f;
         memset(m.params.grads, 0, m.params.total * sizeof(float));
         env.step = step;
-        env.token0 = 0;
+        env.token0 = (int64_t)g.dp_rank * B * T; /* global token index within the step */
         int64_t counted = 0;
         double loss = llama_forward(&m, &acts, &batch, scale, 1, &env, kops, &kc, &g, &counted);
         llama_backward(&m, &acts, &batch, &env, kops, &kc, &g);

@@ -119,9 +119,10 @@ void gemm_ensure_blas_core(int argc, char **argv) {
         else
             unsetenv("OPENBLAS_CORETYPE");
     }
-    log_warn("cannot re-exec /proc/self/exe (%s)%s%s%s; continuing with OpenBLAS core %s", strerror(err),
-             change_core ? " to switch OpenBLAS to core " : "", change_core ? target : "",
-             change_core ? " (GEMM may run at half speed)" : "", current);
+    log_warn("cannot re-exec /proc/self/exe (%s)%s%s%s; continuing with OpenBLAS core %s",
+             strerror(err), change_core ? " to switch OpenBLAS to core " : "",
+             change_core ? target : "", change_core ? " (GEMM may run at half speed)" : "",
+             current);
 }
 
 /* ---- context ------------------------------------------------------------------------- */
@@ -201,13 +202,15 @@ void gemm_f32(GemmCtx *g, int transA, int transB, int64_t M, int64_t N, int64_t 
         /* C = beta * C; BLAS's beta == 0 means C is not read (may hold NaN). */
         for (int i = 0; i < m; i++) {
             float *c = C + (size_t)i * (size_t)lc;
-            for (int j = 0; j < n; j++) c[j] = beta == 0.0f ? 0.0f : beta * c[j];
+            for (int j = 0; j < n; j++)
+                c[j] = beta == 0.0f ? 0.0f : beta * c[j];
         }
         return;
     }
-    SL_CHECK(la >= (transA ? m : k) && lb >= (transB ? k : n), "leading dimension too small "
-             "(lda %d, ldb %d, M %d, N %d, K %d, transA %d, transB %d)", la, lb, m, n, k, transA,
-             transB);
+    SL_CHECK(la >= (transA ? m : k) && lb >= (transB ? k : n),
+             "leading dimension too small "
+             "(lda %d, ldb %d, M %d, N %d, K %d, transA %d, transB %d)",
+             la, lb, m, n, k, transA, transB);
     cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans,
                 transB ? CblasTrans : CblasNoTrans, m, n, k, alpha, A, la, B, lb, beta, C, lc);
 }
@@ -273,7 +276,8 @@ void gemm_xw(GemmCtx *g, float *dX, const float *dY, const GemmWeight *W, int64_
     gemm_check_weight(W);
     const int64_t nout = W->rows, nin = W->cols;
     if (W->dtype == GEMM_F32) {
-        gemm_f32(g, 0, 0, T, nin, nout, 1.0f, dY, nout, (const float *)W->data, W->ld, beta, dX, nin);
+        gemm_f32(g, 0, 0, T, nin, nout, 1.0f, dY, nout, (const float *)W->data, W->ld, beta, dX,
+                 nin);
         return;
     }
     if (T == 0 || nin == 0) return;
@@ -288,7 +292,8 @@ void gemm_xw(GemmCtx *g, float *dX, const float *dY, const GemmWeight *W, int64_
     for (int64_t r = 0; r < nout; r += tr) {
         int64_t n = nout - r < tr ? nout - r : tr;
         gemm_bf16_tile_to_f32(g->scratch, w + r * W->ld, n, nin, W->ld, g->nthreads);
-        gemm_f32(g, 0, 0, T, nin, n, 1.0f, dY + r, nout, g->scratch, nin, r == 0 ? beta : 1.0f, dX, nin);
+        gemm_f32(g, 0, 0, T, nin, n, 1.0f, dY + r, nout, g->scratch, nin, r == 0 ? beta : 1.0f, dX,
+                 nin);
     }
 }
 

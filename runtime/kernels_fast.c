@@ -18,10 +18,17 @@
 /* Query rows per attention block. Smaller blocks skip more of the masked upper triangle,
  * larger ones make better GEMMs; 128 measured best at T = 512, D = 64 here. Must match
  * kern_scratch_floats() in kernels.c. */
+#ifndef FAST_ATTN_BQ
 #define FAST_ATTN_BQ 128
+#endif
 
 /* Below this many elements a loop stays on one thread: a parallel region costs a few us. */
+#ifndef FAST_OMP_MIN
 #define FAST_OMP_MIN 32768
+#endif
+#ifndef FAST_ATTN_OMP_MIN
+#define FAST_ATTN_OMP_MIN 32768
+#endif
 
 /* ---- row helpers ----------------------------------------------------------------------- */
 
@@ -332,7 +339,7 @@ static void fast_attention_forward(KernCtx *kc, float *out, float *lse, const fl
             const float *vb = v + kmin * KVD + kvh * D; /* [n, D] stride KVD */
             gemm_f32(kc->gemm, 0, 1, m, n, D, scale, q + t0 * HD + h * D, HD, kb, KVD, 0.0f, S,
                      n);
-#pragma omp parallel for if (m * n >= FAST_OMP_MIN) num_threads(nth) schedule(static)
+#pragma omp parallel for if (m * n >= FAST_ATTN_OMP_MIN) num_threads(nth) schedule(static)
             for (int64_t i = 0; i < m; i++) {
                 int64_t t = t0 + i;
                 int64_t a = doc_start[t] - kmin, b = t - kmin + 1; /* keys [a, b) of row i */
@@ -373,7 +380,7 @@ static void fast_attention_backward(KernCtx *kc, float *dq, float *dk, float *dv
             const float *vb = v + kmin * KVD + kvh * D; /* [n, D] stride KVD */
             gemm_f32(kc->gemm, 0, 1, m, n, D, scale, qb, HD, kb, KVD, 0.0f, S, n);
             gemm_f32(kc->gemm, 0, 1, m, n, D, 1.0f, gb, HD, vb, KVD, 0.0f, dP, n);
-#pragma omp parallel for if (m * n >= FAST_OMP_MIN) num_threads(nth) schedule(static)
+#pragma omp parallel for if (m * n >= FAST_ATTN_OMP_MIN) num_threads(nth) schedule(static)
             for (int64_t i = 0; i < m; i++) {
                 int64_t t = t0 + i;
                 int64_t a = doc_start[t] - kmin, b = t - kmin + 1; /* keys [a, b) of row i */

@@ -83,7 +83,8 @@ static int mem_detect_node(void) {
     if (nspanned > 1)
         log_warn("this process may run on CPUs of %d NUMA nodes; frozen weights go to node %d. "
                  "Bind each rank to one node (mpirun --bind-to numa|core, srun --cpu-bind) so "
-                 "its memory stays local", nspanned, best);
+                 "its memory stays local",
+                 nspanned, best);
     return best;
 }
 
@@ -119,8 +120,8 @@ static void mem_mlock_message(char *buf, size_t n, size_t bytes, int err, size_t
              "`ulimit -l unlimited` before launching (under Slurm the job inherits the "
              "submitting shell's limit through PropagateResourceLimits, and slurmd itself "
              "needs LimitMEMLOCK=infinity)",
-             bytes, (double)bytes / (1 << 20), strerror(err), err, (double)pinned / (1 << 20),
-             soft, hard);
+             bytes, (double)bytes / (1 << 20), strerror(err), err, (double)pinned / (1 << 20), soft,
+             hard);
 }
 
 static void mem_count_alloc(MemCtx *m, MemCategory cat, size_t bytes) {
@@ -153,7 +154,8 @@ static void *mem_alloc_frozen(MemCtx *m, size_t bytes) {
      * happens to run. Anonymous pages are already zero, so writing zeros keeps the
      * zero-fill contract; a read would only map the shared zero page. */
     volatile unsigned char *c = (volatile unsigned char *)base;
-    for (size_t off = 0; off < map_bytes; off += ps) c[off] = 0;
+    for (size_t off = 0; off < map_bytes; off += ps)
+        c[off] = 0;
 
     unsigned char *user = (unsigned char *)base + ps;
     int pinned = 0;
@@ -170,13 +172,15 @@ static void *mem_alloc_frozen(MemCtx *m, size_t bytes) {
                 else
                     munmap(base, map_bytes);
                 SL_FATAL("--pin-memory on: %s; or run with --pin-memory auto (pin what fits, "
-                         "warn) or off", msg);
+                         "warn) or off",
+                         msg);
             }
             /* auto: one warning per context, then go on unpinned (later blocks still try,
              * so whatever fits under the limit is pinned). */
             if (!m->pin_warned) {
                 log_warn("--pin-memory auto: %s; continuing with unpinned frozen weights "
-                         "(this warning is printed once)", msg);
+                         "(this warning is printed once)",
+                         msg);
                 m->pin_warned = 1;
             }
         }
@@ -218,8 +222,8 @@ void mem_free(MemCtx *m, MemCategory cat, void *p, size_t bytes) {
     if (cat == MEM_FROZEN) {
         size_t ps = mem_page_size();
         MemFrozenHeader *h = (MemFrozenHeader *)((unsigned char *)p - ps);
-        SL_CHECK(h->magic == MEM_FROZEN_MAGIC,
-                 "mem_free: %p is not a frozen block from mem_alloc", p);
+        SL_CHECK(h->magic == MEM_FROZEN_MAGIC, "mem_free: %p is not a frozen block from mem_alloc",
+                 p);
         SL_CHECK(h->bytes == bytes, "mem_free: frozen block of %zu bytes freed as %zu bytes",
                  h->bytes, bytes);
         size_t map_bytes = h->map_bytes;

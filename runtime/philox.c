@@ -35,7 +35,8 @@ void philox4x32_10(const uint32_t counter[4], const uint32_t key[2], uint32_t ou
         }
         philox_round(c, k);
     }
-    for (int i = 0; i < 4; i++) out[i] = c[i];
+    for (int i = 0; i < 4; i++)
+        out[i] = c[i];
 }
 
 void philox_block(uint64_t seed, PhiloxPurpose purpose, uint64_t a, uint64_t b, uint64_t c,

@@ -78,13 +78,17 @@ def run(args):
     model = tl.LlamaReference.from_dir(args.model)
     lora = tl.lora_from_dump_meta(model.cfg, meta, where)
     kind = tl.meta_get(meta, "optimizer", where)
-    opt_kw = dict(lr=meta_num(meta, "lr", where), beta1=meta_num(meta, "beta1", where),
-                  beta2=meta_num(meta, "beta2", where), eps=meta_num(meta, "eps", where),
-                  weight_decay=meta_num(meta, "weight_decay", where), momentum=meta_num(meta, "momentum", where),
-                  nesterov=meta_bool(meta, "nesterov", where))
+    opt_kw = dict(lr=meta_num(meta, "lr", where), weight_decay=meta_num(meta, "weight_decay", where))
+    if kind == "adamw":  # only the keys of the chosen optimizer are required
+        opt_kw.update(beta1=meta_num(meta, "beta1", where), beta2=meta_num(meta, "beta2", where),
+                      eps=meta_num(meta, "eps", where))
+    elif kind == "sgd":
+        opt_kw.update(momentum=meta_num(meta, "momentum", where), nesterov=meta_bool(meta, "nesterov", where))
+    else:
+        raise tl.ReferenceError_(f"{where}: optimizer {kind!r} is not 'adamw' or 'sgd'")
     B = meta_num(meta, "micro_batch", where, int)
     T = meta_num(meta, "seq_len", where, int)
-    max_norm = float(meta.get("max_grad_norm", "0") or 0)
+    max_norm = meta_num(meta, "max_grad_norm", where) if "max_grad_norm" in meta else 0.0
     problems = tl.check_dump_adapter(tensors, lora, where, need_grads=False)
     if problems:
         for p in problems:
@@ -101,7 +105,8 @@ def run(args):
     metrics = read_metrics(args.metrics)
     missing = [s for s in range(1, args.steps + 1) if s not in metrics]
     if missing:
-        raise tl.ReferenceError_(f"{args.metrics}: no loss for step(s) {missing[:5]}{'...' if len(missing) > 5 else ''}")
+        more = "..." if len(missing) > 5 else ""
+        raise tl.ReferenceError_(f"{args.metrics}: no loss for step(s) {missing[:5]}{more}")
     have_lr = all("lr" in metrics[s] for s in range(1, args.steps + 1))
     lr_source = args.lr_source if args.lr_source != "auto" else ("metrics" if have_lr else "dump")
     if lr_source == "metrics" and not have_lr:
@@ -169,7 +174,7 @@ def run(args):
         failed += not ok
         worst = max(worst, err)
         gn = metrics[step].get("grad_norm")
-        gn_txt = f"  grad_norm ours {float(gn):.6g} ref {gnorm:.6g}" if gn is not None else f"  grad_norm ref {gnorm:.6g}"
+        gn_txt = f"  grad_norm ref {gnorm:.6g}" if gn is None else f"  grad_norm ours {float(gn):.6g} ref {gnorm:.6g}"
         print(f"  {'ok  ' if ok else 'FAIL'} step {step:4d}  ours {ours:.8f}  ref {ref:.8f}  rel err {err:.3e}"
               f"  lr {lr:.4g}  tokens {n}{gn_txt}")
     if failed:

@@ -559,10 +559,13 @@ def causal_lm_loss(logits, labels):
 
 def make_optimizer(params, kind, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
                    momentum=0.0, nesterov=False):
-    if kind == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay)
-    if kind == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    try:
+        if kind == "adamw":
+            return torch.optim.AdamW(params, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay)
+        if kind == "sgd":
+            return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    except ValueError as e:  # e.g. nesterov without momentum, a negative lr
+        raise ReferenceError_(f"optimizer {kind}: {e}")
     raise ReferenceError_(f"optimizer {kind!r} is not 'adamw' or 'sgd'")
 
 

@@ -55,7 +55,8 @@ static void test_gemm_f32(GemmCtx *g) {
                 fill(C, (int64_t)M * ldc, 3);
                 float beta = betas[bi];
                 if (beta == 0.0f) /* beta 0 must not read C */
-                    for (int i = 0; i < M * ldc; i++) C[i] = NAN;
+                    for (int i = 0; i < M * ldc; i++)
+                        C[i] = NAN;
                 memcpy(R, C, sizeof(float) * M * ldc);
                 gemm_f32(g, ta, tb, M, N, K, 0.75f, A, lda, B, ldb, beta, C, ldc);
                 ref_gemm(ta, tb, M, N, K, 0.75f, A, lda, B, ldb, beta, R, ldc);
@@ -90,7 +91,8 @@ static void ref_xwt(float *Y, const float *X, const float *Wf, int64_t T, int64_
     for (int64_t t = 0; t < T; t++)
         for (int64_t o = 0; o < O; o++) {
             double s = beta == 0.0f ? 0.0 : (double)beta * Y[t * O + o];
-            for (int64_t i = 0; i < I; i++) s += (double)X[t * I + i] * Wf[o * I + i];
+            for (int64_t i = 0; i < I; i++)
+                s += (double)X[t * I + i] * Wf[o * I + i];
             Y[t * O + o] = (float)s;
         }
 }
@@ -100,7 +102,8 @@ static void ref_xw(float *dX, const float *dY, const float *Wf, int64_t T, int64
     for (int64_t t = 0; t < T; t++)
         for (int64_t i = 0; i < I; i++) {
             double s = beta == 0.0f ? 0.0 : (double)beta * dX[t * I + i];
-            for (int64_t o = 0; o < O; o++) s += (double)dY[t * O + o] * Wf[o * I + i];
+            for (int64_t o = 0; o < O; o++)
+                s += (double)dY[t * O + o] * Wf[o * I + i];
             dX[t * I + i] = (float)s;
         }
 }
@@ -115,7 +118,8 @@ static void test_linear(GemmCtx *g, GemmDtype dt, int64_t T, int64_t O, int64_t 
         for (int64_t i = 0; i < ld; i++) {
             Wb[o * ld + i] = gemm_f32_to_bf16(Wsrc[o * ld + i]);
             if (i < I)
-                Wf[o * I + i] = dt == GEMM_BF16 ? gemm_bf16_to_f32(Wb[o * ld + i]) : Wsrc[o * ld + i];
+                Wf[o * I + i] =
+                    dt == GEMM_BF16 ? gemm_bf16_to_f32(Wb[o * ld + i]) : Wsrc[o * ld + i];
         }
     GemmWeight W = {dt, dt == GEMM_BF16 ? (const void *)Wb : (const void *)Wsrc, O, I, ld};
 
@@ -124,7 +128,8 @@ static void test_linear(GemmCtx *g, GemmDtype dt, int64_t T, int64_t O, int64_t 
     fill(X, T * I, 11);
     fill(Y, T * O, 12);
     if (beta == 0.0f)
-        for (int64_t k = 0; k < T * O; k++) Y[k] = NAN;
+        for (int64_t k = 0; k < T * O; k++)
+            Y[k] = NAN;
     memcpy(Yr, Y, sizeof(float) * T * O);
     gemm_xwt(g, Y, X, &W, T, beta);
     ref_xwt(Yr, X, Wf, T, O, I, beta);
@@ -139,7 +144,8 @@ static void test_linear(GemmCtx *g, GemmDtype dt, int64_t T, int64_t O, int64_t 
     fill(dY, T * O, 13);
     fill(dX, T * I, 14);
     if (beta == 0.0f)
-        for (int64_t k = 0; k < T * I; k++) dX[k] = NAN;
+        for (int64_t k = 0; k < T * I; k++)
+            dX[k] = NAN;
     memcpy(dXr, dX, sizeof(float) * T * I);
     gemm_xw(g, dX, dY, &W, T, beta);
     ref_xw(dXr, dY, Wf, T, O, I, beta);
@@ -248,7 +254,8 @@ static int run_child(const char *const env[][2], int nenv, char *out, size_t out
     close(fd[1]);
     size_t len = 0;
     ssize_t k;
-    while (len + 1 < outsz && (k = read(fd[0], out + len, outsz - 1 - len)) > 0) len += (size_t)k;
+    while (len + 1 < outsz && (k = read(fd[0], out + len, outsz - 1 - len)) > 0)
+        len += (size_t)k;
     out[len] = 0;
     close(fd[0]);
     int st = 0;

@@ -72,9 +72,11 @@ static void test_accounting(void) {
     CHECK_TRUE(m.numa_bytes == (m.numa_available ? sz[MEM_FROZEN] : 0), "numa bytes %zu",
                m.numa_bytes);
     mem_print_table(&m, "test_mem after allocating every category");
-    for (int c = 0; c < MEM_NCATEGORY; c++) mem_free(&m, (MemCategory)c, p[c], sz[c]);
+    for (int c = 0; c < MEM_NCATEGORY; c++)
+        mem_free(&m, (MemCategory)c, p[c], sz[c]);
     size_t live = 0;
-    for (int c = 0; c < MEM_NCATEGORY; c++) live += m.bytes[c];
+    for (int c = 0; c < MEM_NCATEGORY; c++)
+        live += m.bytes[c];
     CHECK_TRUE(live == 0 && m.pinned_bytes == 0 && m.numa_bytes == 0,
                "after free: live %zu pinned %zu numa %zu", live, m.pinned_bytes, m.numa_bytes);
     CHECK_TRUE(m.peak[MEM_OPTIMIZER] == sz[MEM_OPTIMIZER], "peak kept after free");
@@ -98,7 +100,8 @@ static long numa_maps_counts(const void *addr, long *counts, int maxn, char *pol
     fclose(f);
     if (!best[0]) return -1;
     printf("numa_maps: %s", best);
-    for (int n = 0; n < maxn; n++) counts[n] = 0;
+    for (int n = 0; n < maxn; n++)
+        counts[n] = 0;
     long other = 0;
     char *save = NULL;
     int field = 0;
@@ -210,7 +213,8 @@ static int run_pin_child(MemPinMode mode, char *err, size_t errsz) {
     close(fd[1]);
     size_t len = 0;
     ssize_t k;
-    while (len + 1 < errsz && (k = read(fd[0], err + len, errsz - 1 - len)) > 0) len += (size_t)k;
+    while (len + 1 < errsz && (k = read(fd[0], err + len, errsz - 1 - len)) > 0)
+        len += (size_t)k;
     err[len] = 0;
     close(fd[0]);
     int st = 0;
@@ -220,7 +224,8 @@ static int run_pin_child(MemPinMode mode, char *err, size_t errsz) {
 
 static int count_substr(const char *s, const char *sub) {
     int n = 0;
-    for (const char *p = strstr(s, sub); p; p = strstr(p + 1, sub)) n++;
+    for (const char *p = strstr(s, sub); p; p = strstr(p + 1, sub))
+        n++;
     return n;
 }
 

@@ -64,8 +64,8 @@ static void test_moments(void) {
     double mean = s / n, var = s2 / n - mean * mean;
     double want_mean = 0.5 * (lo + hi), want_var = (hi - lo) * (hi - lo) / 12.0;
     /* Standard errors at n = 1e6: mean ~ 0.29/1000, var ~ 0.09/1000 (relative); 5 sigma. */
-    printf("uniform[%g,%g): mean %.6f (want %.6f) var %.6f (want %.6f) min %.6f max %.6f\n", lo,
-           hi, mean, want_mean, var, want_var, umin, umax);
+    printf("uniform[%g,%g): mean %.6f (want %.6f) var %.6f (want %.6f) min %.6f max %.6f\n", lo, hi,
+           mean, want_mean, var, want_var, umin, umax);
     CHECK_TRUE(bad == 0, "%d draws out of range or not finite", bad);
     CHECK_TRUE(fabs(mean - want_mean) < 5 * sqrt(want_var / n), "uniform mean %f", mean);
     CHECK_TRUE(fabs(var - want_var) < 5 * want_var * sqrt(0.8 / n), "uniform variance %f", var);
@@ -105,7 +105,8 @@ static void test_distinct_streams(void) {
     for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
         philox_block(v[i].seed, v[i].p, v[i].a, v[i].b, v[i].c, o);
         int same = 0;
-        for (int k = 0; k < 4; k++) same += o[k] == base[k];
+        for (int k = 0; k < 4; k++)
+            same += o[k] == base[k];
         CHECK_TRUE(same == 0, "changing %s left %d of 4 words equal", v[i].what, same);
     }
 
@@ -121,7 +122,8 @@ static void test_distinct_streams(void) {
         wb[i] = o[0];
     }
     int equal_pos = 0;
-    for (int i = 0; i < N; i++) equal_pos += wa[i] == wb[i];
+    for (int i = 0; i < N; i++)
+        equal_pos += wa[i] == wb[i];
     CHECK_TRUE(equal_pos == 0, "%d positions equal across purposes", equal_pos);
 
     /* Element values independent of how a tensor is split: drawing row-by-row with global

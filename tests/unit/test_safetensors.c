@@ -42,7 +42,8 @@ static void write_bytes(const char *path, const void *buf, size_t len) {
 static void make_file(const char *path, const char *header, const void *data, size_t dlen) {
     size_t hlen = strlen(header);
     unsigned char *b = malloc(8 + hlen + dlen + 1);
-    for (int i = 0; i < 8; i++) b[i] = (unsigned char)((uint64_t)hlen >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        b[i] = (unsigned char)((uint64_t)hlen >> (8 * i));
     memcpy(b + 8, header, hlen);
     if (dlen) memcpy(b + 8 + hlen, data, dlen);
     write_bytes(path, b, 8 + hlen + dlen);
@@ -53,7 +54,8 @@ static int count_fds(void) {
     int n = 0;
     DIR *d = opendir("/proc/self/fd");
     if (!d) return -1;
-    while (readdir(d)) n++;
+    while (readdir(d))
+        n++;
     closedir(d);
     return n;
 }
@@ -111,8 +113,18 @@ static void expect_open_fail(const char *what, const char *path, const char *n1,
 
 /* ---- round trip ---------------------------------------------------------------------- */
 
-enum { FR = 5, FC = 7, BR = 4, BC = 6, BIGR = 20000, BIGC = 64, WR = 16, WC = 8192, WBR = 8,
-       WBC = 12000 };
+enum {
+    FR = 5,
+    FC = 7,
+    BR = 4,
+    BC = 6,
+    BIGR = 20000,
+    BIGC = 64,
+    WR = 16,
+    WC = 8192,
+    WBR = 8,
+    WBC = 12000
+};
 
 static void test_round_trip(void) {
     printf("round trip: writer -> reader, every dtype, slices\n");
@@ -123,8 +135,10 @@ static void test_round_trip(void) {
     static float wide[WR * WC];
     static uint16_t wbf[WBR * WBC];
     float scalar = -3.25f;
-    for (int i = 0; i < FR * FC; i++) f32[i] = (float)i * 0.37f - 3.0f;
-    for (int i = 0; i < BR * BC; i++) bf16[i] = f32_to_bf16_trunc((float)i * -1.5f + 0.125f);
+    for (int i = 0; i < FR * FC; i++)
+        f32[i] = (float)i * 0.37f - 3.0f;
+    for (int i = 0; i < BR * BC; i++)
+        bf16[i] = f32_to_bf16_trunc((float)i * -1.5f + 0.125f);
     /* F16 corner cases: zeros, subnormals, max, inf, NaN, ordinary values. */
     const uint16_t f16v[36] = {0x0000, 0x8000, 0x0001, 0x8001, 0x03ff, 0x0400, 0x3c00, 0xbc00,
                                0x7bff, 0xfbff, 0x7c00, 0xfc00, 0x7e00, 0x7c01, 0x3555, 0x4248,
@@ -132,12 +146,17 @@ static void test_round_trip(void) {
                                0x0200, 0x8200, 0x0010, 0xc000, 0x4000, 0x3800, 0xb800, 0x3bff,
                                0x3c01, 0x0401, 0x83ff, 0x7000};
     memcpy(f16, f16v, sizeof f16);
-    for (int i = 0; i < 10; i++) i64[i] = (int64_t)(i - 5) * 100000007LL;
+    for (int i = 0; i < 10; i++)
+        i64[i] = (int64_t)(i - 5) * 100000007LL;
     i64[9] = 2147483647LL;
-    for (int i = 0; i < 6; i++) i32[i] = (i - 2) * 123457;
-    for (int i = 0; i < BIGR * BIGC; i++) bigbf[i] = f32_to_bf16_trunc((float)(i % 9973) - 4000.5f);
-    for (int i = 0; i < WR * WC; i++) wide[i] = (float)i;
-    for (int i = 0; i < WBR * WBC; i++) wbf[i] = f32_to_bf16_trunc((float)i * 0.001f - 7.0f);
+    for (int i = 0; i < 6; i++)
+        i32[i] = (i - 2) * 123457;
+    for (int i = 0; i < BIGR * BIGC; i++)
+        bigbf[i] = f32_to_bf16_trunc((float)(i % 9973) - 4000.5f);
+    for (int i = 0; i < WR * WC; i++)
+        wide[i] = (float)i;
+    for (int i = 0; i < WBR * WBC; i++)
+        wbf[i] = f32_to_bf16_trunc((float)i * 0.001f - 7.0f);
 
     StWriter w;
     st_writer_init(&w);
@@ -181,7 +200,7 @@ static void test_round_trip(void) {
                "st_find of absent names");
 
     /* Layout in insertion order, contiguous from the data start. */
-    const char *order[] = {"z.f32", "b.bf16", "h.f16.3d", "i.i64.1d", "j.i32",
+    const char *order[] = {"z.f32",    "b.bf16",  "h.f16.3d", "i.i64.1d", "j.i32",
                            "a.scalar", "e.empty", "big.bf16", "wide.f32", "wbf.bf16"};
     uint64_t pos = f.data_start;
     for (int i = 0; i < 10; i++) {
@@ -198,7 +217,8 @@ static void test_round_trip(void) {
         unsigned char lb[8];
         size_t got = fread(lb, 1, 8, fp);
         uint64_t hl = 0;
-        for (int i = 7; i >= 0; i--) hl = (hl << 8) | lb[i];
+        for (int i = 7; i >= 0; i--)
+            hl = (hl << 8) | lb[i];
         char *h = malloc(hl + 1);
         got += fread(h, 1, hl, fp);
         fclose(fp);
@@ -206,11 +226,11 @@ static void test_round_trip(void) {
         CHECK_TRUE(got == 8 + hl && hl % 8 == 0, "header length %llu", (unsigned long long)hl);
         json_t *root = json_loads(h, 0, NULL);
         json_t *m = root ? json_object_get(root, "__metadata__") : NULL;
-        CHECK_TRUE(m && !strcmp(json_string_value(json_object_get(m, "format")), "pt") &&
-                       !strcmp(json_string_value(json_object_get(m, "note")),
-                               "h\xc3\xa9llo \"quoted\"") &&
-                       json_object_size(m) == 2,
-                   "metadata round trip");
+        CHECK_TRUE(
+            m && !strcmp(json_string_value(json_object_get(m, "format")), "pt") &&
+                !strcmp(json_string_value(json_object_get(m, "note")), "h\xc3\xa9llo \"quoted\"") &&
+                json_object_size(m) == 2,
+            "metadata round trip");
         json_decref(root);
         free(h);
     }
@@ -241,14 +261,16 @@ static void test_round_trip(void) {
     CHECK_TRUE(ok, "read_all: %s", st.msg);
     CHECK_TRUE(!memcmp(of, f32, sizeof of) && !memcmp(ob, bf16, sizeof ob) &&
                    !memcmp(oh, f16, sizeof oh) && !memcmp(o64, i64, sizeof o64) &&
-                   !memcmp(o32, i32, sizeof o32) && os == scalar && !memcmp(owide, wide, sizeof owide),
+                   !memcmp(o32, i32, sizeof o32) && os == scalar &&
+                   !memcmp(owide, wide, sizeof owide),
                "same-dtype read_all not bit-exact");
 
     /* Conversions. */
     float cf[BR * BC];
     ok = st_read_all(&f, tb, ST_F32, cf, &st);
     int bad = 0;
-    for (int i = 0; i < BR * BC; i++) bad += !bits_equal(cf[i], bf16_ref(bf16[i]));
+    for (int i = 0; i < BR * BC; i++)
+        bad += !bits_equal(cf[i], bf16_ref(bf16[i]));
     CHECK_TRUE(ok && bad == 0, "BF16->F32: %d mismatches (%s)", bad, st.msg);
     float ch[36];
     ok = st_read_all(&f, th, ST_F32, ch, &st);
@@ -261,12 +283,14 @@ static void test_round_trip(void) {
     int32_t n32[10];
     ok = st_read_all(&f, ti64, ST_I32, n32, &st);
     bad = 0;
-    for (int i = 0; i < 10; i++) bad += n32[i] != i64[i];
+    for (int i = 0; i < 10; i++)
+        bad += n32[i] != i64[i];
     CHECK_TRUE(ok && bad == 0, "I64->I32: %d mismatches (%s)", bad, st.msg);
     int64_t w64[6];
     ok = st_read_all(&f, ti32, ST_I64, w64, &st);
     bad = 0;
-    for (int i = 0; i < 6; i++) bad += w64[i] != i32[i];
+    for (int i = 0; i < 6; i++)
+        bad += w64[i] != i32[i];
     CHECK_TRUE(ok && bad == 0, "I32->I64: %d mismatches (%s)", bad, st.msg);
 
     /* Every slice of the small F32 and BF16 matrices, and of the 3-D F16 viewed as [9, 4]. */
@@ -347,7 +371,8 @@ static void test_round_trip(void) {
         long nb = 0;
         for (int i = 0; ok && i < nr; i++)
             for (int j = 0; j < nc; j++)
-                nb += !bits_equal(out[(size_t)i * nc + j], bf16_ref(bigbf[(size_t)(r0 + i) * BIGC + c0 + j]));
+                nb += !bits_equal(out[(size_t)i * nc + j],
+                                  bf16_ref(bigbf[(size_t)(r0 + i) * BIGC + c0 + j]));
         CHECK_TRUE(ok && nb == 0, "batched column slice: %ld mismatches (%s)", nb, st.msg);
         CHECK_TRUE(f.bytes_read - before == (uint64_t)nr * nc * 2, "bytes_read of batched slice");
         printf("  batched column slice [%d rows, %d cols] of BF16 [%d, %d]: %ld mismatches\n", nr,
@@ -357,7 +382,8 @@ static void test_round_trip(void) {
         float *all = malloc(sizeof(float) * BIGR * BIGC);
         ok = st_read_all(&f, tbig, ST_F32, all, &st);
         nb = 0;
-        for (int i = 0; ok && i < BIGR * BIGC; i++) nb += !bits_equal(all[i], bf16_ref(bigbf[i]));
+        for (int i = 0; ok && i < BIGR * BIGC; i++)
+            nb += !bits_equal(all[i], bf16_ref(bigbf[i]));
         CHECK_TRUE(ok && nb == 0, "contiguous BF16->F32 in chunks: %ld mismatches", nb);
         free(all);
 
@@ -366,7 +392,8 @@ static void test_round_trip(void) {
         ok = st_read_slice(&f, twide, wr0, wnr, wc0, wnc, ST_F32, wo, &st);
         nb = 0;
         for (int i = 0; ok && i < wnr; i++)
-            for (int j = 0; j < wnc; j++) nb += wo[i * wnc + j] != wide[(wr0 + i) * WC + wc0 + j];
+            for (int j = 0; j < wnc; j++)
+                nb += wo[i * wnc + j] != wide[(wr0 + i) * WC + wc0 + j];
         CHECK_TRUE(ok && nb == 0, "wide per-row F32 slice: %ld mismatches", nb);
         free(wo);
 
@@ -384,7 +411,8 @@ static void test_round_trip(void) {
         float rows[3 * BIGC];
         ok = st_read_slice(&f, tbig, 5, 3, 0, BIGC, ST_F32, rows, &st);
         nb = 0;
-        for (int i = 0; ok && i < 3 * BIGC; i++) nb += !bits_equal(rows[i], bf16_ref(bigbf[5 * BIGC + i]));
+        for (int i = 0; ok && i < 3 * BIGC; i++)
+            nb += !bits_equal(rows[i], bf16_ref(bigbf[5 * BIGC + i]));
         CHECK_TRUE(ok && nb == 0, "row range BF16->F32: %ld mismatches", nb);
     }
 
@@ -397,8 +425,7 @@ static void test_round_trip(void) {
         ok = st_read_slice(&f, tf, 0, 1, -1, 1, ST_F32, out, &st);
         CHECK_TRUE(!ok, "negative c0 accepted");
         ok = st_read_all(&f, tf, ST_I32, out, &st);
-        CHECK_TRUE(!ok && strstr(st.msg, "cannot read F32 as I32"), "conversion error: %s",
-                   st.msg);
+        CHECK_TRUE(!ok && strstr(st.msg, "cannot read F32 as I32"), "conversion error: %s", st.msg);
         ok = st_read_all(&f, tf, ST_BF16, out, &st);
         CHECK_TRUE(!ok, "F32 -> BF16 accepted");
     }
@@ -427,10 +454,11 @@ static void test_round_trip(void) {
 static void test_f16_exhaustive(void) {
     static uint16_t all[65536];
     static float out[65536];
-    for (int i = 0; i < 65536; i++) all[i] = (uint16_t)i;
+    for (int i = 0; i < 65536; i++)
+        all[i] = (uint16_t)i;
     make_file(tpath("f16.safetensors"),
-              "{\"all\":{\"dtype\":\"F16\",\"shape\":[256,256],\"data_offsets\":[0,131072]}}",
-              all, sizeof all);
+              "{\"all\":{\"dtype\":\"F16\",\"shape\":[256,256],\"data_offsets\":[0,131072]}}", all,
+              sizeof all);
     StFile f;
     ErrStatus st;
     int ok = st_open(&f, tpath("f16.safetensors"), &st);
@@ -492,8 +520,8 @@ static void test_handmade(void) {
     int64_t rb64[2];
     ok = st_read_all(&f, a, ST_F32, ra, &st) && st_read_all(&f, b, ST_I32, rb, &st) &&
          st_read_all(&f, b, ST_I64, rb64, &st);
-    CHECK_TRUE(ok && ra[0] == 1.5f && ra[1] == -2.0f && rb[0] == 7 && rb[1] == -9 &&
-                   rb64[0] == 7 && rb64[1] == -9,
+    CHECK_TRUE(ok && ra[0] == 1.5f && ra[1] == -2.0f && rb[0] == 7 && rb[1] == -9 && rb64[0] == 7 &&
+                   rb64[1] == -9,
                "hand-made values (%s)", st.msg);
     CHECK_TRUE(f.bytes_read == 8 + 8 + 8, "bytes_read %llu", (unsigned long long)f.bytes_read);
     st_close(&f);
@@ -523,7 +551,8 @@ static void test_bad_inputs(void) {
     p = tpath("cut_data.safetensors");
     make_file(p, ok_hdr, data, 32);
     CHECK_TRUE(truncate(p, (off_t)(8 + hl + 20)) == 0, "truncate");
-    expect_open_fail("cut in data", p, "tensor 'v': data_offsets end 32 is past the end of the file",
+    expect_open_fail("cut in data", p,
+                     "tensor 'v': data_offsets end 32 is past the end of the file",
                      "(data size 20)");
     p = tpath("cut_len.safetensors");
     write_bytes(p, "\x10\x00\x00", 3);
@@ -601,7 +630,8 @@ static void test_bad_inputs(void) {
          "tensor 'm.w'", "'data_offsets' must be [begin, end]"},
         {"begin > end", "{\"m.w\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[8,4]}}",
          "tensor 'm.w'", "begin 8 > end 4"},
-        {"offsets past end", "{\"m.w\":{\"dtype\":\"F32\",\"shape\":[100],\"data_offsets\":[0,400]}}",
+        {"offsets past end",
+         "{\"m.w\":{\"dtype\":\"F32\",\"shape\":[100],\"data_offsets\":[0,400]}}",
          "tensor 'm.w': data_offsets end 400 is past the end of the file (data size 32)", NULL},
         {"overlap",
          "{\"m.a\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]},"
@@ -644,7 +674,8 @@ static void write_tensors(const char *path, int n, const char *const *names, con
     ErrStatus st;
     const int64_t shape[] = {2, 3};
     st_writer_init(&w);
-    for (int i = 0; i < n; i++) st_writer_add(&w, names[i], ST_F32, 2, shape, vals + 6 * i);
+    for (int i = 0; i < n; i++)
+        st_writer_add(&w, names[i], ST_F32, 2, shape, vals + 6 * i);
     if (!st_writer_write(&w, path, &st)) {
         printf("FAIL %s\n", st.msg);
         exit(1);
@@ -655,7 +686,8 @@ static void write_tensors(const char *path, int n, const char *const *names, con
 static void test_dirs(void) {
     printf("model directories\n");
     float vals[6 * 4];
-    for (int i = 0; i < 24; i++) vals[i] = (float)i + 0.5f;
+    for (int i = 0; i < 24; i++)
+        vals[i] = (float)i + 0.5f;
     const char *n1[] = {"model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight"};
     const char *n2[] = {"model.layers.1.mlp.up_proj.weight", "lm_head.weight"};
     char *dir = tpath("sharded");
@@ -687,8 +719,7 @@ static void test_dirs(void) {
             const StTensor *t = st_dir_find(&d, name, &file);
             float out[6];
             if (!t || !file || !strstr(file->path, i < 2 ? "00001-of" : "00002-of") ||
-                !st_read_all(file, t, ST_F32, out, &st) ||
-                memcmp(out, vals + 6 * i, sizeof out)) {
+                !st_read_all(file, t, ST_F32, out, &st) || memcmp(out, vals + 6 * i, sizeof out)) {
                 bad++;
                 printf("  tensor %s wrong\n", name);
             }
@@ -702,10 +733,9 @@ static void test_dirs(void) {
     }
 
     /* The index names a tensor its file does not have. */
-    const char *bad_index =
-        "{\"weight_map\": {"
-        "\"model.embed_tokens.weight\": \"model-00001-of-00002.safetensors\","
-        "\"lm_head.weight\": \"model-00001-of-00002.safetensors\"}}";
+    const char *bad_index = "{\"weight_map\": {"
+                            "\"model.embed_tokens.weight\": \"model-00001-of-00002.safetensors\","
+                            "\"lm_head.weight\": \"model-00001-of-00002.safetensors\"}}";
     write_bytes(idx, bad_index, strlen(bad_index));
     ok = st_dir_open(&d, dir, &st);
     CHECK_TRUE(!ok && strstr(st.msg, idx) && strstr(st.msg, "'lm_head.weight'") &&
@@ -724,16 +754,16 @@ static void test_dirs(void) {
     CHECK_TRUE(!ok && strstr(st.msg, "weight_map.'x'"), "path escape: %s", st.msg);
     write_bytes(idx, "{\"weight_map\": {\"x\": ", 21);
     ok = st_dir_open(&d, dir, &st);
-    CHECK_TRUE(!ok && strstr(st.msg, idx) && strstr(st.msg, "byte"), "bad index JSON: %s",
-               st.msg);
+    CHECK_TRUE(!ok && strstr(st.msg, idx) && strstr(st.msg, "byte"), "bad index JSON: %s", st.msg);
     write_bytes(idx, "{\"metadata\": {}}", 16);
     ok = st_dir_open(&d, dir, &st);
     CHECK_TRUE(!ok && strstr(st.msg, "weight_map"), "no weight_map: %s", st.msg);
     /* Same tensor in two shards (the index lists only one). */
     write_tensors(p2, 2, n1, vals);
-    const char *dup_index = "{\"weight_map\": {"
-                            "\"model.embed_tokens.weight\": \"model-00001-of-00002.safetensors\","
-                            "\"model.layers.0.mlp.up_proj.weight\": \"model-00002-of-00002.safetensors\"}}";
+    const char *dup_index =
+        "{\"weight_map\": {"
+        "\"model.embed_tokens.weight\": \"model-00001-of-00002.safetensors\","
+        "\"model.layers.0.mlp.up_proj.weight\": \"model-00002-of-00002.safetensors\"}}";
     write_bytes(idx, dup_index, strlen(dup_index));
     ok = st_dir_open(&d, dir, &st);
     CHECK_TRUE(!ok && strstr(st.msg, "is in both"), "duplicate across shards: %s", st.msg);
@@ -764,7 +794,8 @@ static int dir_entries(const char *dir) {
     int n = 0;
     DIR *d = opendir(dir);
     struct dirent *e;
-    while (d && (e = readdir(d))) n += e->d_name[0] != '.';
+    while (d && (e = readdir(d)))
+        n += e->d_name[0] != '.';
     if (d) closedir(d);
     return n;
 }

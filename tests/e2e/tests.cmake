@@ -1,0 +1,5 @@
+# End-to-end tests through the shardlora binary.
+set(SL_E2E_DIR ${CMAKE_CURRENT_SOURCE_DIR}/e2e)
+add_test(NAME e2e_bad_input
+         COMMAND bash ${SL_E2E_DIR}/bad_input.sh $<TARGET_FILE:shardlora> ${CMAKE_BINARY_DIR}/test-work)
+set_tests_properties(e2e_bad_input PROPERTIES LABELS e2e TIMEOUT 600)

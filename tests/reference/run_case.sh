@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# One reference configuration: make a model, train 1 and 10 steps with --dump-grads, and
+# check the loss, every adapter gradient (at step 1, B = 0, and at step 10) and the losses
+# of 10 optimizer steps against the PyTorch reference (torch_llama.py).
+# usage: run_case.sh SHARDLORA_BINARY WORK_DIR CASE
+set -euo pipefail
+SL="$1"; CASE="$3"; W="$2/$CASE"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PY=/usr/bin/python3
+rm -rf "$W"; mkdir -p "$W"
+
+MM=(--layers 2 --hidden 64 --ffn 96 --heads 4 --vocab 300 --seed 7)
+TRAIN=(--seq-len 24 --micro-batch 2 --lora-r 4 --lora-alpha 8 --lr 5e-3 --seed 11 --log-every 5)
+DATA=plain
+case "$CASE" in
+  mha) ;;
+  gqa) MM+=(--kv-heads 2) ;;
+  qwen2-bias) MM+=(--arch qwen2 --kv-heads 2) ;;
+  llama-attention-bias) MM+=(--qkv-bias) ;;
+  tied) MM+=(--tie) ;;
+  llama3-rope) MM+=(--rope-scaling llama3 --rope-theta 500000 --rope-factor 8 \
+                    --rope-low-freq-factor 1 --rope-high-freq-factor 4 --rope-original-max-pos 16) ;;
+  bf16) MM+=(--dtype BF16) ;;
+  sharded) MM+=(--shards 3) ;;
+  head-dim) MM+=(--head-dim 24 --kv-heads 2) ;;   # 4 heads x 24 = 96 != hidden 64
+  packed) DATA=packed ;;
+  rslora-subset) TRAIN+=(--use-rslora --target-modules q_proj,v_proj,down_proj --lora-init gaussian) ;;
+  adamw-decay) TRAIN+=(--weight-decay 0.1 --beta1 0.8 --beta2 0.95 --eps 1e-6) ;;
+  sgd) TRAIN+=(--optimizer sgd --momentum 0.9 --nesterov --weight-decay 0.01 --lr 0.5) ;;
+  *) echo "run_case.sh: unknown case $CASE" >&2; exit 2 ;;
+esac
+
+# Deterministic data: varied lengths (truncated and padded rows), masked prompt tokens;
+# 'packed' rows hold several documents with position_ids restarting at 0.
+"$PY" - "$DATA" > "$W/data.jsonl" <<'PY'
+import json, random, sys
+rng = random.Random(5)
+rows = []
+for i in range(8):
+    if sys.argv[1] == 'packed':
+        ids, pos, lab = [], [], []
+        for n in (rng.randint(5, 12), rng.randint(4, 9), rng.randint(3, 8)):
+            d = [rng.randrange(300) for _ in range(n)]
+            ids += d; pos += list(range(n)); lab += [-100] + d[1:]
+        rows.append({"input_ids": ids, "labels": lab, "position_ids": pos})
+    else:
+        n = rng.randint(10, 30)
+        ids = [rng.randrange(300) for _ in range(n)]
+        k = rng.randint(0, 5)
+        row = {"input_ids": ids}
+        if i % 2:
+            row["labels"] = [-100] * k + ids[k:]
+        rows.append(row)
+for r in rows:
+    print(json.dumps(r))
+PY
+
+"$SL" make-model --out "$W/model" "${MM[@]}"
+"$SL" train --model "$W/model" --data "$W/data.jsonl" --out "$W/run1" "${TRAIN[@]}" \
+  --steps 1 --dump-grads "$W/dump1.safetensors"
+"$SL" train --model "$W/model" --data "$W/data.jsonl" --out "$W/run10" "${TRAIN[@]}" \
+  --steps 10 --dump-grads "$W/dump10.safetensors"
+"$PY" "$HERE/check_grads.py" --model "$W/model" --dump "$W/dump1.safetensors"
+"$PY" "$HERE/check_grads.py" --model "$W/model" --dump "$W/dump10.safetensors"
+"$PY" "$HERE/check_steps.py" --model "$W/model" --dump "$W/dump1.safetensors" \
+  --data "$W/data.jsonl" --metrics "$W/run10/metrics.jsonl" --steps 10
+echo "reference case $CASE: OK"
