@@ -91,6 +91,7 @@ static int train_dump(const char *path, const TrainOpts *o, const char *targets_
     META_I("use_rslora", o->rslora);
     st_writer_meta(&w, "target_modules", targets_csv);
     META_F("lora_dropout", o->dropout);
+    st_writer_meta(&w, "lora_init", o->lora_init);
     META_I("step", step);
     st_writer_meta(&w, "optimizer", o->optimizer);
     META_F("lr", o->lr);
@@ -102,7 +103,8 @@ static int train_dump(const char *path, const TrainOpts *o, const char *targets_
     META_I("nesterov", o->nesterov);
     META_I("micro_batch", B);
     META_I("seq_len", T);
-    META_I("seed", (long long)o->seed);
+    snprintf(buf, sizeof buf, "%llu", (unsigned long long)o->seed);
+    st_writer_meta(&w, "seed", buf);
 #undef META_F
 #undef META_I
     int ok = st_writer_write(&w, path, st);

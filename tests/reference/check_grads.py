@@ -7,7 +7,18 @@ installs the dumped adapter, runs forward + backward on the dumped batch in fp32
 compares the loss and every gradient: error = max|ours - ref| / max|ref| per tensor, or the
 absolute error against 1e-7 when max|ref| < 1e-12 (e.g. dA while B = 0).
 
+With lora_dropout > 0 the reference applies shardlora's dropout masks: Philox4x32-10
+(philox.py, independent of the C code) keyed by (seed, step, layer, module, token, column),
+each targeted module with its own mask, on the LoRA branch's input only (PEFT).
+
+--check-init (a step-1 dump only): the dumped adapter must be the initial one: every lora_A
+equal to the Philox initialisation (default U(+-1/sqrt(in)) or, with lora_init gaussian,
+N(0, 1) / r) bit for bit -- up to --init-ulps float32 ulps (default 0; the maximum distance
+is reported) -- and every lora_B exactly 0. The init kind is the metadata's lora_init;
+--init-kind states the expected one (it must then agree with the metadata, if present).
+
 Usage: /usr/bin/python3 tests/reference/check_grads.py --model DIR --dump FILE [--tol 1e-4]
+           [--check-init [--init-kind default|gaussian] [--init-ulps N]]
 Exit status 0 when everything matches, 1 otherwise (including a malformed dump).
 """
 
@@ -15,10 +26,57 @@ import argparse
 import os
 import sys
 
+import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import philox  # noqa: E402
 import torch_llama as tl  # noqa: E402
+
+
+def check_init(tensors, meta, lora, where, kind_arg, max_ulps):
+    """Compare the dump's adapter with the Philox initialisation. Returns the number of
+    failed comparisons (prints one line per tensor)."""
+    if meta.get("step") != "1":
+        raise tl.ReferenceError_(f"{where}: --check-init needs the dump of step 1 (this one is of step "
+                                 f"{meta.get('step')!r}: its adapter has been updated)")
+    kind = meta.get("lora_init")
+    if kind is None and kind_arg is None:
+        raise tl.ReferenceError_(f"{where}: __metadata__ lacks 'lora_init'; pass --init-kind")
+    if kind is not None and kind_arg is not None and kind != kind_arg:
+        print(f"  FAIL init kind: metadata lora_init {kind!r}, expected {kind_arg!r}")
+        return 1
+    kind = kind or kind_arg
+    if kind not in ("default", "gaussian"):
+        raise tl.ReferenceError_(f"{where}: lora_init {kind!r} is not 'default' or 'gaussian'")
+    seed = tl.meta_seed(meta, where)
+    failed = 0
+    worst_ulps, worst_abs, n_a, n_b = 0, 0.0, 0, 0
+    for k in lora.params:
+        layer, module, factor = tl.parse_lora_key(k)
+        ours = tensors[k].to(torch.float32).numpy()
+        if factor == "B":
+            n_b += 1
+            nz = int(np.count_nonzero(ours))
+            if nz:
+                failed += 1
+                print(f"  FAIL {k}: {nz} non-zero element(s) (max |.| {float(np.abs(ours).max()):.3e}); B must be 0")
+            continue
+        n_a += 1
+        ref = philox.lora_init_a(seed, layer, module, ours.shape[0], ours.shape[1], kind == "gaussian")
+        ulps = philox.ulp_distance(ours, ref)
+        u = int(ulps.max()) if ulps.size else 0
+        d = float(np.abs(ours.astype(np.float64) - ref.astype(np.float64)).max()) if ulps.size else 0.0
+        worst_ulps, worst_abs = max(worst_ulps, u), max(worst_abs, d)
+        if u > max_ulps:
+            failed += 1
+            at = np.unravel_index(int(ulps.argmax()), ulps.shape)
+            print(f"  FAIL {k}: {int((ulps > max_ulps).sum())} of {ulps.size} elements differ by > {max_ulps} ulp; "
+                  f"worst at {list(map(int, at))}: ours {ours[at]!r} philox {ref[at]!r} ({u} ulp)")
+    state = "FAILED" if failed else "OK"
+    print(f"  {'ok  ' if not failed else 'FAIL'} init ({kind}, seed {seed}): {n_a} lora_A vs Philox, max "
+          f"{worst_ulps} ulp (max |diff| {worst_abs:.3e}); {n_b} lora_B all zero -> {state}")
+    return failed
 
 
 def run(args):
@@ -34,7 +92,8 @@ def run(args):
     print(f"check_grads: model {args.model} ({model.cfg.arch}, L={model.cfg.num_layers}, "
           f"C={model.cfg.hidden_size}), dump {args.dump} step {meta.get('step', '?')}, "
           f"batch {list(ids.shape)}, r={lora.r} alpha={lora.alpha:g} rslora={int(lora.use_rslora)} "
-          f"targets={','.join(lora.targets)}")
+          f"targets={','.join(lora.targets)} dropout={lora.dropout:g}"
+          + (f" (Philox masks, seed {lora.dropout_seed}, step {lora.dropout_step})" if lora.dropout > 0 else ""))
 
     problems = tl.check_dump_adapter(tensors, lora, where, need_grads=True)
     if problems:
@@ -44,10 +103,12 @@ def run(args):
         return 1
 
     lora.load(tensors, where)
+    failed = 0
+    if args.check_init:
+        failed += check_init(tensors, meta, lora, where, args.init_kind, args.init_ulps)
     loss, n = model.loss(ids, labels, pos, lora, training=True)
     loss.backward()
 
-    failed = 0
     ours_loss = float(tensors["loss"].reshape(-1)[0])
     err, kind = tl.compare(torch.tensor([ours_loss]), loss.detach().reshape(1))
     ok = tl.passes(err, kind, args.tol)
@@ -63,11 +124,12 @@ def run(args):
             worst = max(worst, err)
         note = f"rel err {err:.3e}" if kind == "rel" else f"abs err {err:.3e} (ref ~ 0, limit {tl.TINY_ABS_TOL:g})"
         print(f"  {'ok  ' if ok else 'FAIL'} {k}.grad  max|ref| {float(p.grad.abs().max()):.3e}  {note}")
-    total = 1 + len(lora.params)
+    total = 1 + len(lora.params) + (1 if args.check_init else 0)
     if failed:
         print(f"check_grads: FAILED {failed} of {total} comparisons (tol {args.tol:g}), worst rel err {worst:.3e}")
         return 1
-    print(f"check_grads: OK {total} comparisons (loss + {len(lora.params)} gradients), "
+    print(f"check_grads: OK {total} comparisons (loss + {len(lora.params)} gradients"
+          f"{' + init' if args.check_init else ''}), "
           f"worst rel err {worst:.3e} <= tol {args.tol:g}")
     return 0
 
@@ -77,6 +139,12 @@ def main():
     ap.add_argument("--model", required=True, help="HF model directory")
     ap.add_argument("--dump", required=True, help="safetensors file from shardlora train --dump-grads")
     ap.add_argument("--tol", type=float, default=1e-4, help="max relative error (default 1e-4)")
+    ap.add_argument("--check-init", action="store_true",
+                    help="also check that the (step-1) dump's adapter is the Philox initialisation")
+    ap.add_argument("--init-kind", choices=("default", "gaussian"),
+                    help="expected lora_init (default: the dump metadata's)")
+    ap.add_argument("--init-ulps", type=int, default=0,
+                    help="max float32 ulps between lora_A and the Philox init (default 0: bit for bit)")
     args = ap.parse_args()
     try:
         return run(args)

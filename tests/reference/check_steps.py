@@ -10,6 +10,8 @@ optimizer is torch.optim.AdamW / torch.optim.SGD. The learning rate of each step
 "lr" of that step's metrics line when every line has one (so a schedule is replayed),
 else the dump's `lr`; `--lr-source` forces either. If the metadata has `max_grad_norm`
 > 0 the gradients are clipped as torch.nn.utils.clip_grad_norm_ does.
+With lora_dropout > 0 every replayed step applies shardlora's Philox dropout masks of that
+step (philox.py; keyed by seed, step, layer, module, token, column).
 Also checked: the step-1 batch equals the dump's, and the step-1 gradients equal the dump's.
 
 Usage: /usr/bin/python3 tests/reference/check_steps.py --model DIR --dump FILE
@@ -115,7 +117,8 @@ def run(args):
     print(f"check_steps: model {args.model} ({model.cfg.arch}), {len(seqs)} sequences, B={B} T={T}, "
           f"{args.steps} steps, {kind} {', '.join(f'{k}={v:g}' for k, v in opt_kw.items())}, "
           f"lr from {lr_source}, max_grad_norm={max_norm:g}, r={lora.r} alpha={lora.alpha:g} "
-          f"targets={','.join(lora.targets)}")
+          f"targets={','.join(lora.targets)} dropout={lora.dropout:g}"
+          + (f" (Philox masks, seed {lora.dropout_seed})" if lora.dropout > 0 else ""))
 
     failed = 0
     # the batch of step 1 must be the dump's
@@ -139,6 +142,7 @@ def run(args):
         step = s + 1
         ids, labels, pos = tl.make_batch(seqs, s, B, T)
         opt.zero_grad(set_to_none=True)
+        lora.dropout_step = step  # the masks of optimizer step s + 1
         loss, n = model.loss(ids, labels, pos, lora, training=True)
         loss.backward()
         if step == 1:

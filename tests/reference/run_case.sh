@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One reference configuration: make a model, train 1 and 10 steps with --dump-grads, and
 # check the loss, every adapter gradient (at step 1, B = 0, and at step 10) and the losses
-# of 10 optimizer steps against the PyTorch reference (torch_llama.py).
+# of 10 optimizer steps against the PyTorch reference (torch_llama.py), and that the step-1
+# adapter is the Philox initialisation (--check-init). LoRA dropout masks are reproduced
+# with the reference's own Philox (philox.py).
 # usage: run_case.sh SHARDLORA_BINARY WORK_DIR CASE
 set -euo pipefail
 SL="$1"; CASE="$3"; W="$2/$CASE"
@@ -12,6 +14,7 @@ rm -rf "$W"; mkdir -p "$W"
 MM=(--layers 2 --hidden 64 --ffn 96 --heads 4 --vocab 300 --seed 7)
 TRAIN=(--seq-len 24 --micro-batch 2 --lora-r 4 --lora-alpha 8 --lr 5e-3 --seed 11 --log-every 5)
 DATA=plain
+INIT=default
 case "$CASE" in
   mha) ;;
   gqa) MM+=(--kv-heads 2) ;;
@@ -24,9 +27,13 @@ case "$CASE" in
   sharded) MM+=(--shards 3) ;;
   head-dim) MM+=(--head-dim 24 --kv-heads 2) ;;   # 4 heads x 24 = 96 != hidden 64
   packed) DATA=packed ;;
-  rslora-subset) TRAIN+=(--use-rslora --target-modules q_proj,v_proj,down_proj --lora-init gaussian) ;;
+  rslora-subset) TRAIN+=(--use-rslora --target-modules q_proj,v_proj,down_proj --lora-init gaussian)
+                 INIT=gaussian ;;
   adamw-decay) TRAIN+=(--weight-decay 0.1 --beta1 0.8 --beta2 0.95 --eps 1e-6) ;;
   sgd) TRAIN+=(--optimizer sgd --momentum 0.9 --nesterov --weight-decay 0.01 --lr 0.5) ;;
+  dropout) TRAIN+=(--lora-dropout 0.1) ;;
+  dropout-gqa) MM+=(--kv-heads 2)
+               TRAIN+=(--lora-dropout 0.3 --target-modules q_proj,k_proj,v_proj,o_proj,down_proj) ;;
   *) echo "run_case.sh: unknown case $CASE" >&2; exit 2 ;;
 esac
 
@@ -60,7 +67,8 @@ PY
   --steps 1 --dump-grads "$W/dump1.safetensors"
 "$SL" train --model "$W/model" --data "$W/data.jsonl" --out "$W/run10" "${TRAIN[@]}" \
   --steps 10 --dump-grads "$W/dump10.safetensors"
-"$PY" "$HERE/check_grads.py" --model "$W/model" --dump "$W/dump1.safetensors"
+"$PY" "$HERE/check_grads.py" --model "$W/model" --dump "$W/dump1.safetensors" \
+  --check-init --init-kind "$INIT"
 "$PY" "$HERE/check_grads.py" --model "$W/model" --dump "$W/dump10.safetensors"
 "$PY" "$HERE/check_steps.py" --model "$W/model" --dump "$W/dump1.safetensors" \
   --data "$W/data.jsonl" --metrics "$W/run10/metrics.jsonl" --steps 10

@@ -8,7 +8,11 @@
    LoRA path vs the merged weight W + s B A (PEFT semantics);
 4. the safetensors reader against bytes packed by hand with struct, error cases, the writer
    round trip and sharded / BF16 model directories;
-5. loss semantics (HF shift, -100, mean over the batch's counted tokens) and the batching rule.
+5. loss semantics (HF shift, -100, mean over the batch's counted tokens) and the batching rule;
+6. Philox4x32-10 (philox.py): Random123 known answers, the vectorised numpy version against a
+   scalar pure-Python one, shardlora's counter layout, u01; dropout keep rates within a few
+   sigma of 1 - p and independent streams; the init distributions; gradcheck through the
+   reference with Philox dropout masks (deterministic, so gradcheck applies).
 Exits non-zero on any failure. Run: /usr/bin/python3 tests/reference/selftest.py
 """
 
@@ -20,9 +24,11 @@ import sys
 import tempfile
 import time
 
+import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import philox  # noqa: E402
 import torch_llama as tl  # noqa: E402
 
 FAILURES = []
@@ -404,6 +410,144 @@ def test_loss_and_batches():
     check(ids[1].tolist() == [1] * 5 and pos[1].tolist() == [0, 1, 2, 0, 1], "truncation to T keeps given positions")
 
 
+# --------------------------------------------------------------------------------------
+# 6. Philox
+
+def scalar_philox(ctr, key):
+    """Philox4x32-10 on Python integers, one block (written separately from philox.py)."""
+    x0, x1, x2, x3 = ctr
+    k0, k1 = key
+    for rnd in range(10):
+        if rnd:
+            k0, k1 = (k0 + 0x9E3779B9) % 2 ** 32, (k1 + 0xBB67AE85) % 2 ** 32
+        hi0, lo0 = divmod(0xD2511F53 * x0, 2 ** 32)
+        hi1, lo1 = divmod(0xCD9E8D57 * x2, 2 ** 32)
+        x0, x1, x2, x3 = hi1 ^ x1 ^ k0, lo1, hi0 ^ x3 ^ k1, lo0
+    return [x0, x1, x2, x3]
+
+
+def test_philox():
+    print("6. Philox4x32-10 and the keyed LoRA draws")
+    kats = [((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+            ((0xFFFFFFFF,) * 4, (0xFFFFFFFF, 0xFFFFFFFF), (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+            ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+             (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1))]
+    for ctr, key, want in kats:
+        got = [int(w) for w in philox.philox4x32_10(ctr, key)]
+        check(got == list(want) and scalar_philox(ctr, key) == list(want),
+              f"Random123 KAT ctr={ctr[0]:08x}.. key={key[0]:08x}..", " ".join(f"{w:08x}" for w in got))
+
+    rng = np.random.default_rng(3)
+    ctrs = rng.integers(0, 2 ** 32, size=(4, 500), dtype=np.uint64)
+    key = (int(rng.integers(0, 2 ** 32)), int(rng.integers(0, 2 ** 32)))
+    vec = philox.philox4x32_10(list(ctrs), key)
+    ok = all([int(vec[w][j]) for w in range(4)] == scalar_philox([int(c) for c in ctrs[:, j]], key)
+             for j in range(500))
+    check(ok, "vectorised numpy Philox == scalar Python Philox on 500 random counters")
+
+    # counter layout: {lo(a), hi(a) ^ purpose << 24, lo(b), lo(c)}, key {lo(seed), hi(seed)}
+    seed, a, b, c = 0x0123456789ABCDEF, (5 << 32) | 77, (1 << 33) | 9, 0x1_0000_0102
+    got = [int(w) for w in philox.block(seed, philox.LORA_DROPOUT, a, b, c)]
+    want = scalar_philox([77, 5 ^ (3 << 24), 9, 0x102], [0x89ABCDEF, 0x01234567])
+    check(got == want, "philox.block counter/key layout (64-bit a, b, c, seed)")
+    u = philox.u01(np.array([0, 0xFF, 0x100, 0xFFFFFFFF], dtype=np.uint32))
+    check(u.dtype == np.float32 and u.tolist() == [0.0, 0.0, 2.0 ** -24, 1.0 - 2.0 ** -24],
+          "u01 = (w >> 8) * 2^-24, exact, in [0, 1)")
+
+    # dropout keep rates (a 4096-token x 256-column mask) within 5 sigma of 1 - p
+    n_tok, n_in = 4096, 256
+    n = n_tok * n_in
+    for p in (0.1, 0.3, 0.5):
+        keep = philox.lora_dropout_keep(11, 1, 0, "q_proj", n_tok, n_in, p)
+        rate = float(keep.mean())
+        sigma = math.sqrt(p * (1 - p) / n)
+        z = (rate - (1 - p)) / sigma
+        check(abs(z) < 5, f"keep rate p={p}: {rate:.5f} vs {1 - p:.1f}", f"{z:+.2f} sigma over {n} elements")
+        rows, cols = keep.mean(1), keep.mean(0)  # no row / column structure
+        check(float(np.abs(rows - (1 - p)).max()) < 6 * math.sqrt(p * (1 - p) / n_in)
+              and float(np.abs(cols - (1 - p)).max()) < 6 * math.sqrt(p * (1 - p) / n_tok),
+              f"   per-token and per-column keep rates p={p} within 6 sigma")
+    p = 0.3
+    base = philox.lora_dropout_keep(11, 1, 0, "q_proj", 512, 64, p)
+    others = {"step 2": (11, 2, 0, "q_proj"), "layer 1": (11, 1, 1, "q_proj"), "k_proj": (11, 1, 0, "k_proj"),
+              "v_proj": (11, 1, 0, "v_proj"), "seed 12": (12, 1, 0, "q_proj")}
+    expect = p * p + (1 - p) * (1 - p)  # agreement of two independent masks
+    sig = math.sqrt(expect * (1 - expect) / base.size)
+    for what, (sd, st, ly, md) in others.items():
+        agree = float((philox.lora_dropout_keep(sd, st, ly, md, 512, 64, p) == base).mean())
+        check(abs(agree - expect) < 5 * sig, f"   mask of {what} independent of step 1 / layer 0 / q_proj / seed 11",
+              f"agreement {agree:.4f} vs {expect:.4f}")
+    sc = philox.lora_dropout_scale(11, 1, 0, "q_proj", 512, 64, np.float32(p))
+    kept = np.float32(1) / (np.float32(1) - np.float32(p))
+    check(sc.dtype == np.float32 and set(np.unique(sc).tolist()) == {0.0, float(kept)},
+          "dropout scale is 0 or 1/(1-p) in float32")
+    check(np.array_equal(philox.lora_dropout_keep(11, 1, 0, "q_proj", 512, 64, p)[100:],
+                         philox.lora_dropout_keep(11, 1, 0, "q_proj", 412, 64, p, token0=100)),
+          "mask rows depend on the global token only (token0 offset)")
+
+    # init distributions
+    a = philox.lora_init_a(11, 0, "q_proj", 64, 1000)
+    bound = np.float32(1) / np.sqrt(np.float32(1000))
+    m, v = float(a.mean()), float(a.astype(np.float64).var())
+    ratio = v / (float(bound) ** 2 / 3)  # relative sd of a sample variance of U: sqrt(0.8 / n)
+    check(a.dtype == np.float32 and float(a.min()) >= -bound and float(a.max()) < bound
+          and abs(m) < 5 * float(bound) / math.sqrt(3 * a.size) and abs(ratio - 1) < 5 * math.sqrt(0.8 / a.size),
+          "default init: U[-1/sqrt(in), 1/sqrt(in)), mean and variance", f"mean {m:.2e} var ratio {ratio:.4f}")
+    g = philox.lora_init_a(11, 0, "q_proj", 8, 8000, gaussian=True) * 8
+    m, sd = float(g.mean()), float(g.astype(np.float64).std())
+    k4 = float(((g.astype(np.float64) - m) ** 4).mean() / sd ** 4)
+    check(abs(m) < 5 / math.sqrt(g.size) and abs(sd - 1) < 5 / math.sqrt(2 * g.size)
+          and abs(k4 - 3) < 5 * math.sqrt(24 / g.size),
+          "gaussian init: r * A ~ N(0, 1)", f"mean {m:.2e} std {sd:.4f} kurtosis {k4:.3f}")
+    a0 = philox.lora_init_a(11, 0, "q_proj", 4, 64)
+    check(not np.array_equal(a0, philox.lora_init_a(11, 0, "k_proj", 4, 64))
+          and not np.array_equal(a0, philox.lora_init_a(11, 1, "q_proj", 4, 64)),
+          "init differs across modules and layers")
+    c = tl.random_config("LlamaForCausalLM")
+    lora = tl.Lora(tl.ModelConfig(c), 4, 8.0, "q_proj,down_proj")
+    lora.init_philox(11)
+    ok = all(torch.equal(p_, torch.from_numpy(philox.lora_init_a(11, *tl.parse_lora_key(k)[:2], *p_.shape)))
+             if k.endswith("lora_A.weight") else not bool(p_.any()) for k, p_ in lora.params.items())
+    check(ok, "Lora.init_philox: A = philox.lora_init_a per key, B = 0")
+
+    # the reference with Philox dropout: deterministic (so gradcheck applies), each module its
+    # own mask on the LoRA input only
+    c = tl.random_config("LlamaForCausalLM", hidden_size=16, intermediate_size=24, num_attention_heads=2,
+                         num_key_value_heads=1, head_dim=8, vocab_size=32)
+    w = tl.random_weights(c, seed=5, std=0.3, norm_jitter=0.2, dtype=torch.float64)
+    model = tl.LlamaReference(c, w, dtype=torch.float64)
+    lora = tl.Lora(model.cfg, 2, 3.0, tl.LORA_MODULES, dropout=0.3, dtype=torch.float64)
+    lora.init_random(torch.Generator().manual_seed(6), std=0.3)
+    lora.dropout_seed, lora.dropout_step = 11, 3
+    ids, labels, pos = packed_batch()
+    ids, labels, pos = ids[:, :8] % 32, labels[:, :8] % 32, pos[:, :8]
+    x = torch.randn(2, 8, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        dq = lora.delta(0, "q_proj", x, True)
+        mq = lora.dropout_scale(0, "q_proj", 16, 16).double().view(2, 8, 16)
+        a = lora.params[tl.lora_key(0, "q_proj", "A")]
+        b = lora.params[tl.lora_key(0, "q_proj", "B")]
+        manual = lora.scale * ((x * mq) @ a.T) @ b.T
+        d_eval = lora.delta(0, "q_proj", x, False)
+    check(float((dq - manual).abs().max()) < 1e-12, "delta = s B A (x * mask), mask rows = b * T + t")
+    check(not torch.equal(lora.dropout_scale(0, "q_proj", 16, 16), lora.dropout_scale(0, "k_proj", 16, 16))
+          and not torch.equal(lora.dropout_scale(0, "q_proj", 16, 16), lora.dropout_scale(0, "v_proj", 16, 16)),
+          "q_proj, k_proj and v_proj masks differ (same x)")
+    check(float((d_eval - lora.scale * (x @ a.T) @ b.T).abs().max()) < 1e-12, "no dropout when not training")
+    keys = list(lora.params)
+    inputs = tuple(lora.params[k].detach().clone().requires_grad_(True) for k in keys)
+
+    def f(*ps):
+        lora.params = dict(zip(keys, ps))
+        return model.loss(ids, labels, pos, lora, training=True)[0]
+
+    l1, l2 = float(f(*inputs)), float(f(*inputs))
+    ok = torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-7, rtol=1e-5, raise_exception=False)
+    check(ok and l1 == l2, "gradcheck float64 through Philox dropout p=0.3 (all 7 modules)")
+    lora.dropout_step = 4
+    check(float(f(*inputs)) != l1, "   another step's masks change the loss")
+
+
 def main():
     t0 = time.time()
     torch.manual_seed(0)
@@ -413,6 +557,7 @@ def main():
         test_grads()
         test_safetensors(tmp)
         test_loss_and_batches()
+        test_philox()
     dt = time.time() - t0
     if FAILURES:
         print(f"selftest: FAILED {len(FAILURES)} check(s) in {dt:.1f}s: " + "; ".join(FAILURES))

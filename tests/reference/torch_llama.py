@@ -8,6 +8,10 @@ ForCausalLMLoss; modeling_rope_utils.py: _compute_default_rope_parameters and
 _compute_llama3_parameters) and PEFT's lora.Linear (y = W x + b + scaling * B(A(dropout(x))),
 scaling = lora_alpha / r, or lora_alpha / sqrt(r) with use_rslora).
 
+LoRA dropout and the adapter's initialisation can use shardlora's keyed Philox draws
+(philox.py: an independent numpy Philox4x32-10 with the coordinates of DESIGN.md §4), so a
+training step with dropout > 0 and the initial adapter are reproduced exactly.
+
 Beyond HF's single-sequence causal mask, attention is also blocked across documents packed
 in one row: a document starts at t = 0 and wherever position_ids[t] == 0 (what HF does with
 position_ids-based packing under flash-attention).
@@ -18,12 +22,15 @@ Legend: B rows, T tokens, C hidden, F ffn, V vocab, H heads, KV kv heads, D head
 import json
 import math
 import os
+import re
 import struct
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
+
+import philox
 
 IGNORE_INDEX = -100
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -303,6 +310,14 @@ def lora_key(layer, module, factor):
     return f"base_model.model.model.layers.{layer}.{module_path(module)}.lora_{factor}.weight"
 
 
+def parse_lora_key(key):
+    """PEFT adapter key -> (layer, module, 'A' | 'B')."""
+    m = re.fullmatch(r"base_model\.model\.model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight", key)
+    if not m or m.group(2) not in LORA_MODULES:
+        raise ReferenceError_(f"{key!r} is not a PEFT LoRA key")
+    return int(m.group(1)), m.group(2), m.group(3)
+
+
 def parse_target_modules(spec):
     mods = [m.strip() for m in (spec.split(",") if isinstance(spec, str) else spec) if m.strip()]
     bad = [m for m in mods if m not in LORA_MODULES]
@@ -321,6 +336,12 @@ class Lora:
         self.use_rslora = bool(use_rslora)
         self.scale = self.alpha / math.sqrt(self.r) if self.use_rslora else self.alpha / self.r
         self.dropout = float(dropout)
+        # Philox dropout (shardlora's masks): set dropout_seed and dropout_step (the 1-based
+        # optimizer step); with dropout_seed None, dropout is torch's F.dropout.
+        self.dropout_seed = None
+        self.dropout_step = None
+        self.dropout_token0 = 0
+        self._mask_cache = {}
         self.targets = parse_target_modules(target_modules)
         self.params = {}
         for i in range(cfg.num_layers):
@@ -346,6 +367,33 @@ class Lora:
                 p.zero_()
 
     @torch.no_grad()
+    def init_philox(self, seed, gaussian=False):
+        """shardlora's initialisation: A from Philox keyed by (seed, layer, module, row, col)
+        (philox.lora_init_a), B = 0."""
+        for k, p in self.params.items():
+            layer, module, factor = parse_lora_key(k)
+            if factor == "A":
+                p.copy_(torch.from_numpy(philox.lora_init_a(seed, layer, module, p.shape[0], p.shape[1], gaussian)))
+            else:
+                p.zero_()
+
+    def dropout_scale(self, layer, module, n_tokens, n_in):
+        """float32 [n_tokens, n_in] Philox keep-scale (0 or 1/(1-p)) of (layer, module) at
+        dropout_step, cached."""
+        if self.dropout_seed is None or self.dropout_step is None:
+            raise ReferenceError_("Philox dropout needs dropout_seed and dropout_step")
+        key = (self.dropout_seed, self.dropout_step, self.dropout, self.dropout_token0, layer, module, n_tokens, n_in)
+        m = self._mask_cache.get(key)
+        if m is None:
+            if len(self._mask_cache) > 256:
+                self._mask_cache.clear()
+            m = torch.from_numpy(philox.lora_dropout_scale(self.dropout_seed, self.dropout_step, layer, module,
+                                                           n_tokens, n_in, self.dropout,
+                                                           self.dropout_token0))
+            self._mask_cache[key] = m
+        return m
+
+    @torch.no_grad()
     def init_random(self, generator, std=0.1):
         """Both factors random (tests: a zero B would leave dA identically zero)."""
         for p in self.params.values():
@@ -369,7 +417,12 @@ class Lora:
             return None
         b = self.params[lora_key(layer, module, "B")]
         if self.dropout > 0 and training:
-            x = F.dropout(x, p=self.dropout, training=True)
+            if self.dropout_seed is None:
+                x = F.dropout(x, p=self.dropout, training=True)
+            else:  # x [..., T, in]: row n of the flattened batch is token b * T + t
+                n_in = x.shape[-1]
+                m = self.dropout_scale(layer, module, x.numel() // n_in, n_in)
+                x = x * m.to(x.dtype).view(x.shape)
         return F.linear(F.linear(x, a), b) * self.scale
 
 
@@ -675,9 +728,19 @@ def meta_get(meta, key, where):
     return meta[key]
 
 
+def meta_seed(meta, where):
+    """The dump's run seed as an unsigned 64-bit integer (written as a signed decimal)."""
+    try:
+        return int(meta_get(meta, "seed", where)) & 0xFFFFFFFFFFFFFFFF
+    except ValueError:
+        raise ReferenceError_(f"{where}: __metadata__ 'seed' = {meta['seed']!r} is not an integer")
+
+
 def lora_from_dump_meta(cfg, meta, where, dtype=torch.float32):
     """Lora built from a --dump-grads file's metadata (lora_r, lora_alpha, use_rslora,
-    target_modules, lora_dropout which must be 0 here)."""
+    target_modules, lora_dropout). With lora_dropout > 0 the masks are shardlora's Philox
+    masks keyed by the metadata's seed, for the dump's step (callers replaying other steps
+    set lora.dropout_step)."""
     try:
         r = int(meta_get(meta, "lora_r", where))
         alpha = float(meta_get(meta, "lora_alpha", where))
@@ -687,10 +750,16 @@ def lora_from_dump_meta(cfg, meta, where, dtype=torch.float32):
         raise ReferenceError_(f"{where}: bad metadata value: {e}")
     if rs not in ("0", "1"):
         raise ReferenceError_(f"{where}: use_rslora is {rs!r}, expected '0' or '1'")
-    if dropout != 0.0:
-        raise ReferenceError_(f"{where}: lora_dropout is {meta['lora_dropout']!r}; the reference needs 0 "
-                              "(dropout masks are not reproducible outside shardlora)")
-    return Lora(cfg, r, alpha, meta_get(meta, "target_modules", where), rs == "1", 0.0, dtype)
+    if not (0.0 <= dropout < 1.0):
+        raise ReferenceError_(f"{where}: lora_dropout is {meta['lora_dropout']!r}, expected 0 <= p < 1")
+    lora = Lora(cfg, r, alpha, meta_get(meta, "target_modules", where), rs == "1", dropout, dtype)
+    if dropout > 0:
+        lora.dropout_seed = meta_seed(meta, where)
+        try:
+            lora.dropout_step = int(meta_get(meta, "step", where))
+        except ValueError:
+            raise ReferenceError_(f"{where}: __metadata__ 'step' = {meta['step']!r} is not an integer")
+    return lora
 
 
 def check_dump_adapter(tensors, lora, where, need_grads=True):

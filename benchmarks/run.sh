@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Training-step benchmark, side by side in one run (DESIGN.md §9):
+#   1. the machine's sgemm peak (bench_gemm, same threads),
+#   2. shardlora train on a made model (tokens/s, MFU against that peak),
+#   3. the PyTorch baseline on the same model, LoRA config and threads, configured fairly
+#      (same OpenBLAS core, OPENBLAS_NUM_THREADS = OMP_NUM_THREADS = threads).
+# Prints ratios. Every setting is a variable; override from the environment.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUILD="${BUILD:-$ROOT/build}"
+WORK="${WORK:-$ROOT/out/bench}"
+LAYERS="${LAYERS:-8}"
+HIDDEN="${HIDDEN:-1024}"
+FFN="${FFN:-2816}"
+HEADS="${HEADS:-16}"
+KV_HEADS="${KV_HEADS:-16}"
+VOCAB="${VOCAB:-32000}"
+SEQ_LEN="${SEQ_LEN:-512}"
+MICRO_BATCH="${MICRO_BATCH:-1}"
+LORA_R="${LORA_R:-16}"
+LORA_ALPHA="${LORA_ALPHA:-32}"
+STEPS="${STEPS:-5}"          # timed steps (after one warm-up step)
+THREADS="${THREADS:-$(nproc)}"
+CORE="${CORE:-SkylakeX}"     # OpenBLAS core for both sides (shardlora picks it itself on AVX-512)
+SKIP_TORCH="${SKIP_TORCH:-0}"
+
+"$ROOT/launch/install-deps.sh"
+cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$BUILD" -j "$(nproc)" --target shardlora bench_gemm >/dev/null
+SL="$BUILD/shardlora"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+mkdir -p "$WORK"
+MODEL="$WORK/model-L${LAYERS}-C${HIDDEN}-F${FFN}-H${HEADS}-KV${KV_HEADS}-V${VOCAB}"
+if [ ! -f "$MODEL/config.json" ]; then
+  "$SL" make-model --out "$MODEL" --layers "$LAYERS" --hidden "$HIDDEN" --ffn "$FFN" \
+    --heads "$HEADS" --kv-heads "$KV_HEADS" --vocab "$VOCAB" --seed 1
+fi
+/usr/bin/python3 - "$VOCAB" "$SEQ_LEN" > "$WORK/data.jsonl" <<'PY'
+import json, random, sys
+r = random.Random(0); V = int(sys.argv[1]); T = int(sys.argv[2])
+for i in range(64):
+    print(json.dumps({"input_ids": [r.randrange(V) for _ in range(T)]}))
+PY
+
+echo "== sgemm peak (bench_gemm, OPENBLAS_CORETYPE chosen by shardlora)"
+"$BUILD/bench_gemm" --threads "$THREADS" | tee "$WORK/gemm.txt"
+PEAK=$(awk '/^sgemm_peak_gflops/ { for (i = 2; i <= NF; i++) { split($i, kv, "="); if (kv[1] == "threads='"$THREADS"'" || kv[1] == "threads" && kv[2] == "'"$THREADS"'") print $(i) } }' "$WORK/gemm.txt" | head -1)
+PEAK=$(grep -E '^sgemm_peak_gflops' "$WORK/gemm.txt" | sed -E "s/.*threads=${THREADS} ([0-9.]+).*/\1/")
+
+echo "== shardlora train ($STEPS timed steps + 1 warm-up, $THREADS threads)"
+rm -rf "$WORK/run"
+"$SL" train --model "$MODEL" --data "$WORK/data.jsonl" --out "$WORK/run" --seq-len "$SEQ_LEN" \
+  --micro-batch "$MICRO_BATCH" --steps $((STEPS + 1)) --lora-r "$LORA_R" --lora-alpha "$LORA_ALPHA" \
+  --threads "$THREADS" --peak-gflops "$PEAK" | grep -E "step |MFU =|grid:"
+read -r OURS_TPS OURS_MFU < <(/usr/bin/python3 - "$WORK/run/metrics.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if '"step"' in l][1:]
+dt = sum(r["tokens"] / r["tokens_per_s"] for r in rows) if False else None
+tps = len(rows) / sum(1.0 / r["tokens_per_s"] for r in rows)       # harmonic mean = total tokens / total time
+mfu = len(rows) / sum(1.0 / r["mfu"] for r in rows)
+print(f"{tps:.2f} {mfu:.4f}")
+PY
+)
+
+TORCH_TPS=""
+if [ "$SKIP_TORCH" != 1 ]; then
+  echo "== PyTorch baseline (OPENBLAS_CORETYPE=$CORE OPENBLAS_NUM_THREADS=OMP_NUM_THREADS=$THREADS)"
+  TORCH_TPS=$(OPENBLAS_CORETYPE="$CORE" OPENBLAS_NUM_THREADS="$THREADS" OMP_NUM_THREADS="$THREADS" \
+    /usr/bin/python3 "$ROOT/benchmarks/torch_baseline.py" --model "$MODEL" --threads "$THREADS" \
+      --seq "$SEQ_LEN" --micro-batch "$MICRO_BATCH" --lora-r "$LORA_R" --lora-alpha "$LORA_ALPHA" \
+      --warmup 1 --steps "$STEPS" | tee /dev/stderr | sed -nE 's/^torch_baseline tokens_per_s=([0-9.]+).*/\1/p')
+fi
+
+FPT=$(grep -E "MFU =" "$WORK/run/../run/metrics.jsonl" 2>/dev/null || true)
+/usr/bin/python3 - "$OURS_TPS" "$OURS_MFU" "${TORCH_TPS:-0}" "$PEAK" "$THREADS" <<'PY'
+import sys
+ours, mfu, torch_tps, peak, threads = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+print("== summary (threads=%s, sgemm peak %.1f GFLOP/s measured in this run)" % (threads, peak))
+print("shardlora : %8.1f tokens/s   MFU %5.1f%% of the sgemm peak" % (ours, 100 * mfu))
+if torch_tps > 0:
+    print("PyTorch   : %8.1f tokens/s   MFU %5.1f%%" % (torch_tps, 100 * mfu * torch_tps / ours))
+    print("ratio     : shardlora / PyTorch = %.2fx" % (ours / torch_tps))
+print("bench_summary ours_tokens_per_s=%.2f ours_mfu=%.4f torch_tokens_per_s=%.2f peak_gflops=%.1f"
+      % (ours, mfu, torch_tps, peak))
+PY
