@@ -1,10 +1,11 @@
 /* `shardlora make-model`: writes a real Hugging Face model directory (config.json,
  * safetensors weights, optionally sharded with an index, a byte-level tokenizer.json) with
  * deterministic SYNTHETIC random weights from Philox: linear and embedding weights
- * N(0, init_std^2), biases N(0, 0.02^2), norm weights 1 + N(0, 0.1^2) (not all ones, so
+ * N(0, init_std^2) (default init_std = 1/sqrt(hidden)), biases N(0, 0.02^2), norm weights 1 + N(0, 0.1^2) (not all ones, so
  * tests exercise the norm weights). For tests, benchmarks and the demo: no package ships
  * pretrained weights. */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,7 +60,7 @@ int cmd_make_model(int argc, char **argv) {
                *tokenizer = NULL;
     int64_t layers = 2, hidden = 64, ffn = 176, heads = 4, kv_heads = -1, head_dim = -1,
             vocab = 512, shards = 1, max_pos = 2048, rope_orig = 256;
-    double rope_theta = 10000.0, rms_eps = 1e-5, init_std = 0.02, rope_factor = 8.0,
+    double rope_theta = 10000.0, rms_eps = 1e-5, init_std = -1, rope_factor = 8.0,
            rope_low = 1.0, rope_high = 4.0;
     int tie = 0, qkv_bias = 0, force = 0;
     uint64_t seed = 1234;
@@ -84,7 +85,9 @@ int cmd_make_model(int argc, char **argv) {
          "llama3 original_max_position_embeddings", 0, 0},
         {"max-pos", ARG_INT, &max_pos, "N", "max_position_embeddings", 0, 0},
         {"rms-eps", ARG_FLOAT, &rms_eps, "X", "rms_norm_eps", 0, 0},
-        {"init-std", ARG_FLOAT, &init_std, "X", "std of the random linear/embedding weights", 0, 0},
+        {"init-std", ARG_FLOAT, &init_std, "X",
+         "std of the random linear/embedding weights (-1: 1/sqrt(hidden), so a frozen lm_head can "
+         "still express real token distributions)", 0, 0},
         {"dtype", ARG_STR, &dtype, "T", "F32 | BF16 (weights; norms and biases too)", 0, 0},
         {"seed", ARG_U64, &seed, "N", "seed of the weights (Philox)", 0, 0},
         {"shards", ARG_INT, &shards, "N",
@@ -125,6 +128,7 @@ int cmd_make_model(int argc, char **argv) {
         fprintf(stderr, "shardlora make-model: sizes must be positive\n");
         return EXIT_USAGE;
     }
+    if (init_std <= 0) init_std = 1.0 / sqrt((double)hidden);
     hfc_defaults(&c, a);
     c.hidden_size = hidden;
     c.intermediate_size = ffn;

@@ -3,3 +3,6 @@ set(SL_E2E_DIR ${CMAKE_CURRENT_SOURCE_DIR}/e2e)
 add_test(NAME e2e_bad_input
          COMMAND bash ${SL_E2E_DIR}/bad_input.sh $<TARGET_FILE:shardlora> ${CMAKE_BINARY_DIR}/test-work)
 set_tests_properties(e2e_bad_input PROPERTIES LABELS e2e TIMEOUT 600)
+add_test(NAME e2e_train_cli
+         COMMAND bash ${SL_E2E_DIR}/train_cli.sh $<TARGET_FILE:shardlora> ${CMAKE_BINARY_DIR}/test-work)
+set_tests_properties(e2e_train_cli PROPERTIES LABELS e2e TIMEOUT 600)
