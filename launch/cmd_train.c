@@ -312,7 +312,7 @@ int cmd_train(int argc, char **argv) {
              nbig, (long long)m.L, (long long)(m.H * m.D), (long long)T, fpt, peak,
              o.peak_gflops > 0 ? "--peak-gflops" : "measured sgemm at start-up");
     log_rank("frozen bytes read from disk: %.1f MiB", (double)m.bytes_read / 1048576.0);
-    mem_print_table(&mem, "memory at start-up");
+    mem_print_table(&mem, "at start-up");
 
     char mpath[4200];
     snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", o.out);
