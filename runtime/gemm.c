@@ -17,17 +17,19 @@
 #include "err.h"
 #include "log.h"
 
-/* Rows of W converted per BF16 tile (the tile is GEMM_TILE_ROWS x cols floats). 256 rows
- * of a 1024-wide weight are 1 MiB, of a 2816-wide one 2.75 MiB: the tile is written once
- * and read right away by sgemm, so it stays in L2/L3 (2 MiB L2 per core, 32 MiB L3 here),
- * while the sgemm over a 256-row panel is still large enough to run near full speed
- * (measured in benchmarks/bench_gemm.c: xwt at 256 rows is within a few % of F32). */
-#ifndef GEMM_TILE_ROWS
-#define GEMM_TILE_ROWS 256
-#endif
-#ifndef GEMM_CONVERT_PAR_MIN
+/* Rows of W converted per BF16 tile (the tile is GEMM_TILE_ROWS x cols floats): 2 MiB for a
+ * 1024-wide weight (this machine's L2 per core), 5.5 MiB for a 2816-wide one (L3 is 32 MiB).
+ * The tile is written once and read by sgemm right after, from cache. A sweep at T = 512
+ * on this machine (2 threads, SkylakeX core, best of 25 calls, the four weight shapes of
+ * bench_gemm.c) gave BF16 xwt / xw as a fraction of the same product with F32 weights:
+ * 64 rows 73-94%, 128 85-99%, 256 94-100%, 512 96-100%, 1024 96-100%. Small tiles lose
+ * because every tile is a separate sgemm (packing and thread hand-off per call, and for
+ * xw a pass over all of dX); 512 is where it stops improving. */
+#define GEMM_TILE_ROWS 512
+/* Tiles with at least this many elements are converted by all OpenMP threads: on this
+ * 2-core machine one thread is as fast, but with many cores per rank a serial conversion
+ * would take longer than the sgemm of the tile. */
 #define GEMM_CONVERT_PAR_MIN 65536
-#endif
 
 /* ---- core selection --------------------------------------------------------------------- */
 
@@ -54,7 +56,8 @@ static void gemm_copy_name(char *dst, size_t n, const char *src) {
  * Reasons to re-exec:
  *  - the CPU has AVX-512 but OpenBLAS runs a core without AVX-512 kernels (Debian's 0.3.21
  *    falls back to Prescott on CPUs it does not know; this environment sets Haswell):
- *    measured here ~240 GFLOP/s sgemm at 2 threads with Haswell vs ~470 with SkylakeX;
+ *    measured here (bench_gemm, 2048^3) 130 / 268 GFLOP/s at 1 / 2 threads with Haswell,
+ *    248 / 492 with SkylakeX;
  *    SHARDLORA_BLAS_CORE=NAME forces a core, SHARDLORA_BLAS_CORE=keep keeps whatever
  *    OpenBLAS chose and never re-execs;
  *  - OMP_WAIT_POLICY is unset: libgomp's default lets idle OpenMP threads spin for
@@ -98,6 +101,12 @@ void gemm_ensure_blas_core(int argc, char **argv) {
         return;
     }
     if (!change_core && !omp_unset) return;
+    if (!argv || !argv[0]) {
+        log_warn("gemm_ensure_blas_core needs main's argv to re-exec; continuing with OpenBLAS "
+                 "core %s",
+                 current);
+        return;
+    }
 
     char *old_coretype = getenv("OPENBLAS_CORETYPE");
     char saved[64] = "";
@@ -153,6 +162,13 @@ void gemm_init(GemmCtx *g, MemCtx *m, int nthreads, int64_t max_cols) {
         g->scratch_floats = (size_t)GEMM_TILE_ROWS * (size_t)max_cols;
         g->scratch = mem_alloc(m, MEM_ACTIVATION, g->scratch_floats * sizeof(float));
     }
+}
+
+int gemm_set_blas_threads(GemmCtx *g, int nthreads) {
+    (void)g;
+    int prev = openblas_get_num_threads();
+    openblas_set_num_threads(nthreads > 0 ? nthreads : 1);
+    return prev;
 }
 
 void gemm_free(GemmCtx *g, MemCtx *m) {
@@ -217,8 +233,7 @@ void gemm_f32(GemmCtx *g, int transA, int transB, int64_t M, int64_t N, int64_t 
 
 /* rows x cols BF16 (leading dim ld) -> dense F32 [rows, cols]. BF16 is the top half of an
  * F32, so this is a zero-extend and a 16-bit shift; the plain loop vectorises (AVX-512:
- * 16 per instruction). Split over the OpenMP threads: sgemm then reads the tile from
- * both cores' caches anyway. */
+ * 16 per instruction). */
 static void gemm_bf16_tile_to_f32(float *restrict dst, const uint16_t *restrict src, int64_t rows,
                                   int64_t cols, int64_t ld, int nthreads) {
     int nt = rows * cols >= GEMM_CONVERT_PAR_MIN ? nthreads : 1;

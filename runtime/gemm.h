@@ -32,6 +32,9 @@ typedef struct {
  * "Prescott" on CPUs it does not know, and some environments force "Haswell"), set
  * OPENBLAS_CORETYPE=SkylakeX and re-exec this program (argv kept) so the library loads
  * with it. SHARDLORA_BLAS_CORE=keep disables this; SHARDLORA_BLAS_CORE=NAME forces NAME.
+ * Also re-execs once, with OMP_WAIT_POLICY=PASSIVE, when OMP_WAIT_POLICY is unset (libgomp
+ * reads it only at load; spinning OpenMP threads slow the next GEMM down). Pass main's
+ * argc/argv unchanged; must run before MPI_Init (the re-exec keeps pid and environment).
  * Returns only when no re-exec is needed (or it failed: then it warns). */
 void gemm_ensure_blas_core(int argc, char **argv);
 
@@ -39,6 +42,10 @@ void gemm_ensure_blas_core(int argc, char **argv);
  * (MEM_ACTIVATION) for tiles of up to max_cols columns. */
 void gemm_init(GemmCtx *g, MemCtx *m, int nthreads, int64_t max_cols);
 void gemm_free(GemmCtx *g, MemCtx *m);
+/* Sets the threads the BLAS uses inside each call and returns the previous count. Callers
+ * that run several GEMMs in parallel from their own threads (e.g. attention heads) set 1 for
+ * the duration and restore the previous value after. */
+int gemm_set_blas_threads(GemmCtx *g, int nthreads);
 /* "OpenBLAS 0.3.21 core=SkylakeX threads=2" */
 const char *gemm_describe(const GemmCtx *g, char *buf, size_t n);
 

@@ -291,23 +291,14 @@ const KernOps *kern_ops_by_name(const char *name) {
     return NULL;
 }
 
-/* Fast attention works on blocks of KERN_ATTN_BQ queries of one head: scores and their
- * gradient [bq, T] each, plus [bq] row terms. Must match kernels_fast.c. */
-#define KERN_ATTN_BQ 128
-
-size_t kern_scratch_floats(int64_t T, int64_t H, int64_t D, int nthreads) {
-    (void)H;
-    (void)D;
-    (void)nthreads;
-    int64_t bq = T < KERN_ATTN_BQ ? T : KERN_ATTN_BQ;
-    return (size_t)(2 * bq * T + bq + 64);
-}
+/* kern_scratch_floats() is defined in kernels_fast.c, beside the kernels that use it. */
 
 /* HF _compute_default_rope_parameters, in float32 like torch does:
  *   inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2).float() / dim))
  * then, for rope_type "llama3", HF modeling_rope_utils._compute_llama3_parameters (from
  * Meta's llama3 reference code), again op by op in float32. */
 void kern_rope_inv_freq(float *inv_freq, int64_t D, double theta, const KernRopeScaling *s) {
+    SL_CHECK(D > 0 && (D & 1) == 0, "rope head dim %lld must be even", (long long)D);
     int64_t half = D / 2;
     float base = (float)theta;
     for (int64_t i = 0; i < half; i++) {

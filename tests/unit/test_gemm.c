@@ -226,14 +226,15 @@ static int blas_core_child(int argc, char **argv) {
     GemmCtx g;
     gemm_init(&g, &m, 1, 0);
     char desc[256];
-    printf("core=%s\ndescribe=%s\nomp=%s\n", g.core, gemm_describe(&g, desc, sizeof desc),
-           getenv("OMP_WAIT_POLICY") ? getenv("OMP_WAIT_POLICY") : "(unset)");
+    const char *omp = getenv("OMP_WAIT_POLICY"), *re = getenv("SHARDLORA_BLAS_REEXEC");
+    printf("core=%s\ndescribe=%s\nomp=%s\nreexec=%s\n", g.core,
+           gemm_describe(&g, desc, sizeof desc), omp ? omp : "(unset)", re ? re : "(unset)");
     gemm_free(&g, &m);
     return 0;
 }
 
 /* Runs this executable in child mode with the given environment changes (NULL value:
- * unset); returns its exit status and its stdout in out. */
+ * unset); returns its exit status and its stdout + stderr in out. */
 static int run_child(const char *const env[][2], int nenv, char *out, size_t outsz) {
     int fd[2];
     if (pipe(fd) != 0) return -1;
@@ -242,6 +243,7 @@ static int run_child(const char *const env[][2], int nenv, char *out, size_t out
     if (pid == 0) {
         close(fd[0]);
         dup2(fd[1], 1);
+        dup2(fd[1], 2);
         for (int i = 0; i < nenv; i++) {
             if (env[i][1])
                 setenv(env[i][0], env[i][1], 1);
@@ -304,6 +306,24 @@ static void test_blas_core(void) {
     CHECK_TRUE(rc == 0 && strstr(out, "core=Cooperlake\n"),
                "SHARDLORA_BLAS_CORE=Cooperlake not honoured: %s", out);
 
+    /* Right core already: re-exec only to make OMP_WAIT_POLICY=PASSIVE take effect, and not
+     * at all once the user has set it. */
+    const char *const omp_only[][2] = {{"OPENBLAS_CORETYPE", "SkylakeX"},
+                                       {"SHARDLORA_BLAS_CORE", NULL},
+                                       {"SHARDLORA_BLAS_REEXEC", NULL},
+                                       {"OMP_WAIT_POLICY", NULL}};
+    rc = run_child(omp_only, 4, out, sizeof out);
+    CHECK_TRUE(rc == 0 && strstr(out, "core=SkylakeX\n") && strstr(out, "omp=PASSIVE\n") &&
+                   strstr(out, "reexec=SkylakeX\n") && !strstr(out, "(was"),
+               "OMP_WAIT_POLICY re-exec: %s", out);
+    const char *const nothing[][2] = {{"OPENBLAS_CORETYPE", "SkylakeX"},
+                                      {"SHARDLORA_BLAS_CORE", NULL},
+                                      {"SHARDLORA_BLAS_REEXEC", NULL},
+                                      {"OMP_WAIT_POLICY", "ACTIVE"}};
+    rc = run_child(nothing, 4, out, sizeof out);
+    CHECK_TRUE(rc == 0 && strstr(out, "omp=ACTIVE\n") && strstr(out, "reexec=(unset)\n"),
+               "re-exec although nothing needed changing: %s", out);
+
     /* Loop guard: a process that already re-exec'd once never does it again. */
     const char *const guard[][2] = {{"OPENBLAS_CORETYPE", "Prescott"},
                                     {"SHARDLORA_BLAS_CORE", NULL},
@@ -311,6 +331,8 @@ static void test_blas_core(void) {
     rc = run_child(guard, 3, out, sizeof out);
     CHECK_TRUE(rc == 0 && strstr(out, "core=Prescott\n"),
                "re-exec despite SHARDLORA_BLAS_REEXEC: %s", out);
+    CHECK_TRUE(strstr(out, "not re-executing again") != NULL,
+               "no warning that the requested core was not taken: %s", out);
 }
 
 int main(int argc, char **argv) {
@@ -329,11 +351,11 @@ int main(int argc, char **argv) {
                "scratch accounting");
 
     test_gemm_f32(&g);
-    /* O = 600 is not a multiple of the tile rows; ld > I; T = 1 and 37. */
+    /* O = 1100: three tiles, the last one partial; ld > I; T = 1 and 37. */
     for (int dt = 0; dt < 2; dt++)
         for (int ti = 0; ti < 2; ti++)
             for (int bi = 0; bi < 2; bi++)
-                test_linear(&g, (GemmDtype)dt, ti ? 37 : 1, 600, 333, 341, bi ? 1.0f : 0.0f);
+                test_linear(&g, (GemmDtype)dt, ti ? 37 : 1, 1100, 333, 341, bi ? 1.0f : 0.0f);
     /* widest weight the scratch allows, few rows (one partial tile) */
     test_linear(&g, GEMM_BF16, 5, 7, max_cols, max_cols, 1.0f);
     test_bf16();

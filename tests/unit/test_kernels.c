@@ -5,6 +5,7 @@
  * kern_doc_starts. Exits non-zero on any failure.
  *
  * Legend: T tokens, C hidden, V vocabulary columns, H query heads, KV kv heads, D head dim. */
+#include <cblas.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -779,6 +780,30 @@ int main(int argc, char **argv) {
         T = make_docs(pos, l3, 4);
         test_fast_attention(ref, fast, &kc, pos, T, 6, 3, 64, "T=300 H=6 KV=3 D=64 docs");
         test_doc_isolation(fast, &kc, pos, T, 6, 3, 64, "T=300 D=64");
+        /* many tiny documents (1..7 tokens): blocks are not cut at each of them */
+        T = 0;
+        for (int64_t d = 0; T < 300; d++)
+            for (int64_t i = 0; i < 1 + d % 7 && T < 300; i++) pos[T++] = i;
+        test_fast_attention(ref, fast, &kc, pos, T, 4, 2, 16, "T=300 H=4 KV=2 D=16 tiny docs");
+        test_doc_isolation(fast, &kc, pos, T, 4, 2, 16, "T=300 D=16 tiny docs");
+        T = make_docs(pos, l3, 4); /* back to the T=300 documents */
+        /* other thread counts: 1 (heads in sequence, BLAS threads as configured), 3 (an
+         * uneven split of the heads: kv heads shared by two threads), MHA (KV = H) */
+        int blas_threads = openblas_get_num_threads();
+        for (int nt = 1; nt <= 3; nt += 2) {
+            KernCtx k2 = {.gemm = &g, .nthreads = nt};
+            k2.scratch_floats = kern_scratch_floats(T, 7, 64, nt);
+            k2.scratch = falloc((int64_t)k2.scratch_floats);
+            char label[64];
+            snprintf(label, sizeof label, "T=300 H=7 KV=1 D=64 docs nthreads=%d", nt);
+            test_fast_attention(ref, fast, &k2, pos, T, 7, 1, 64, label);
+            snprintf(label, sizeof label, "T=300 H=5 KV=5 D=32 docs nthreads=%d", nt);
+            test_fast_attention(ref, fast, &k2, pos, T, 5, 5, 32, label);
+            free(k2.scratch);
+        }
+        CHECK_TRUE(openblas_get_num_threads() == blas_threads,
+                   "fast attention must restore OpenBLAS's thread count (%d, was %d)",
+                   openblas_get_num_threads(), blas_threads);
     }
     test_ce(ref, 9, 70, 33);
     test_ce(fast, 9, 70, 33);
