@@ -44,8 +44,7 @@ for i in range(64):
 PY
 
 echo "== sgemm peak (bench_gemm, OPENBLAS_CORETYPE chosen by shardlora)"
-"$BUILD/bench_gemm" --threads "$THREADS" | tee "$WORK/gemm.txt"
-PEAK=$(awk '/^sgemm_peak_gflops/ { for (i = 2; i <= NF; i++) { split($i, kv, "="); if (kv[1] == "threads='"$THREADS"'" || kv[1] == "threads" && kv[2] == "'"$THREADS"'") print $(i) } }' "$WORK/gemm.txt" | head -1)
+"$BUILD/benchmarks/bench_gemm" | tee "$WORK/gemm.txt"
 PEAK=$(grep -E '^sgemm_peak_gflops' "$WORK/gemm.txt" | sed -E "s/.*threads=${THREADS} ([0-9.]+).*/\1/")
 
 echo "== shardlora train ($STEPS timed steps + 1 warm-up, $THREADS threads)"
@@ -56,7 +55,6 @@ rm -rf "$WORK/run"
 read -r OURS_TPS OURS_MFU < <(/usr/bin/python3 - "$WORK/run/metrics.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if '"step"' in l][1:]
-dt = sum(r["tokens"] / r["tokens_per_s"] for r in rows) if False else None
 tps = len(rows) / sum(1.0 / r["tokens_per_s"] for r in rows)       # harmonic mean = total tokens / total time
 mfu = len(rows) / sum(1.0 / r["mfu"] for r in rows)
 print(f"{tps:.2f} {mfu:.4f}")
@@ -72,7 +70,6 @@ if [ "$SKIP_TORCH" != 1 ]; then
       --warmup 1 --steps "$STEPS" | tee /dev/stderr | sed -nE 's/^torch_baseline tokens_per_s=([0-9.]+).*/\1/p')
 fi
 
-FPT=$(grep -E "MFU =" "$WORK/run/../run/metrics.jsonl" 2>/dev/null || true)
 /usr/bin/python3 - "$OURS_TPS" "$OURS_MFU" "${TORCH_TPS:-0}" "$PEAK" "$THREADS" <<'PY'
 import sys
 ours, mfu, torch_tps, peak, threads = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
