@@ -3,6 +3,8 @@
  * file means the same here as in transformers. */
 #include "hfconfig.h"
 
+#include "afile.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -451,61 +453,6 @@ static void hfc_put_str(HfcText *t, const char *key, const char *v, const char *
     json_decref(s);
 }
 
-/* Writes bytes to path via path.tmp + fsync + rename + directory fsync; on error path is
- * untouched and no tmp file is left. */
-static int hfc_write_atomic(const char *path, const char *data, size_t len, ErrStatus *st) {
-    size_t plen = strlen(path);
-    char *tmp = malloc(plen + 5);
-    SL_CHECK(tmp != NULL, "out of memory");
-    memcpy(tmp, path, plen);
-    memcpy(tmp + plen, ".tmp", 5);
-    int ok = 1;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        ok = err_status_set(st, "%s: cannot create: %s", tmp, strerror(errno));
-        free(tmp);
-        return ok;
-    }
-    size_t done = 0;
-    while (ok && done < len) {
-        ssize_t put = write(fd, data + done, len - done);
-        if (put < 0 && errno == EINTR) continue;
-        if (put < 0)
-            ok = err_status_set(st, "%s: write failed: %s", tmp, strerror(errno));
-        else
-            done += (size_t)put;
-    }
-    if (ok && fsync(fd) != 0) ok = err_status_set(st, "%s: fsync failed: %s", tmp, strerror(errno));
-    if (close(fd) != 0 && ok) ok = err_status_set(st, "%s: close failed: %s", tmp, strerror(errno));
-    if (ok && rename(tmp, path) != 0)
-        ok = err_status_set(st, "%s: cannot rename %s into place: %s", path, tmp, strerror(errno));
-    if (!ok) {
-        unlink(tmp);
-        free(tmp);
-        return 0;
-    }
-    free(tmp);
-    /* Make the rename durable. */
-    char *dir = malloc(plen + 2);
-    SL_CHECK(dir != NULL, "out of memory");
-    memcpy(dir, path, plen + 1);
-    char *slash = strrchr(dir, '/');
-    if (!slash)
-        strcpy(dir, ".");
-    else if (slash == dir)
-        slash[1] = 0;
-    else
-        *slash = 0;
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        if (fsync(dfd) != 0 && errno != EINVAL && errno != ENOTSUP)
-            ok = err_status_set(st, "%s: fsync failed: %s", dir, strerror(errno));
-        close(dfd);
-    }
-    free(dir);
-    return ok;
-}
-
 int hfc_write(const HfcConfig *c, const char *path, ErrStatus *st) {
     err_status_ok(st);
     if (!hfc_validate(c, path, st)) return 0;
@@ -552,7 +499,7 @@ int hfc_write(const HfcConfig *c, const char *path, ErrStatus *st) {
     hfc_put(tp, "  \"use_cache\": true,\n");
     hfc_put(tp, "  \"vocab_size\": %" PRId64 "\n", c->vocab_size);
     hfc_put(tp, "}\n");
-    int ok = hfc_write_atomic(path, tp->buf, tp->len, st);
+    int ok = afile_write_all(path, tp->buf, tp->len, st);
     free(tp);
     return ok;
 }

@@ -1,7 +1,7 @@
 /* adapter_config.json writer (see peft.h). Field names and values follow PEFT's LoraConfig. */
 #include "peft.h"
+#include "afile.h"
 
-#include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <string.h>
@@ -32,18 +32,9 @@ int peft_write_config(const PeftConfig *c, const char *dir, ErrStatus *st) {
     json_object_set_new(o, "init_lora_weights",
                         strcmp(c->init, "gaussian") == 0 ? json_string("gaussian") : json_true());
     json_object_set_new(o, "modules_to_save", json_null());
-    char path[4096], tmp[4200];
+    char path[4096];
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    int rc = json_dump_file(o, tmp, JSON_INDENT(2) | JSON_SORT_KEYS);
+    int ok = afile_write_json(path, o, JSON_INDENT(2) | JSON_SORT_KEYS, st);
     json_decref(o);
-    if (rc != 0) {
-        remove(tmp);
-        return err_status_set(st, "%s: cannot write: %s", tmp, strerror(errno));
-    }
-    if (rename(tmp, path) != 0) {
-        remove(tmp);
-        return err_status_set(st, "%s: cannot rename into place: %s", path, strerror(errno));
-    }
-    return 1;
+    return ok;
 }

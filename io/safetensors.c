@@ -2,6 +2,8 @@
  * directory loader (single file or index.json shards) and atomic writer. See safetensors.h. */
 #include "safetensors.h"
 
+#include "afile.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -75,21 +77,6 @@ static int st_pread_full(int fd, const char *path, void *buf, size_t len, uint64
                                   " (reading %zu bytes at byte %" PRIu64 "; file shrank?)",
                                   path, off + done, len, off);
         done += (size_t)got;
-    }
-    return 1;
-}
-
-static int st_write_full(int fd, const char *path, const void *buf, size_t len, ErrStatus *st) {
-    const unsigned char *p = buf;
-    size_t done = 0;
-    while (done < len) {
-        size_t want = len - done < ST_IO_MAX ? len - done : ST_IO_MAX;
-        ssize_t put = write(fd, p + done, want);
-        if (put < 0) {
-            if (errno == EINTR) continue;
-            return err_status_set(st, "%s: write failed: %s", path, strerror(errno));
-        }
-        done += (size_t)put;
     }
     return 1;
 }
@@ -839,77 +826,23 @@ done:
     return out;
 }
 
-/* fsync the directory holding path so the rename itself is durable. */
-static int st_fsync_dir(const char *path, ErrStatus *st) {
-    char *dir = st_strdup(path);
-    char *slash = strrchr(dir, '/');
-    if (!slash)
-        strcpy(dir, ".");
-    else if (slash == dir)
-        slash[1] = 0;
-    else
-        *slash = 0;
-    int ok = 1;
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) {
-        ok = err_status_set(st, "%s: cannot open directory to fsync: %s", dir, strerror(errno));
-    } else {
-        /* Some filesystems do not support fsync on directories; that is not a failure. */
-        if (fsync(fd) != 0 && errno != EINVAL && errno != ENOTSUP)
-            ok = err_status_set(st, "%s: fsync failed: %s", dir, strerror(errno));
-        close(fd);
-    }
-    free(dir);
-    return ok;
-}
-
 int st_writer_write(StWriter *w, const char *path, ErrStatus *st) {
     err_status_ok(st);
     size_t hlen = 0;
     char *hdr = st_build_header(w, path, &hlen, st);
     if (!hdr) return 0;
-    size_t plen = strlen(path);
-    char *tmp = malloc(plen + 5);
-    SL_CHECK(tmp != NULL, "out of memory");
-    memcpy(tmp, path, plen);
-    memcpy(tmp + plen, ".tmp", 5);
-
-    int ok = 0;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        err_status_set(st, "%s: cannot create: %s", tmp, strerror(errno));
-        goto done;
-    }
+    AFile f;
+    int ok = afile_open(&f, path, st);
     unsigned char lenb[8];
     for (int i = 0; i < 8; i++)
         lenb[i] = (unsigned char)((uint64_t)hlen >> (8 * i));
-    if (!st_write_full(fd, tmp, lenb, 8, st) || !st_write_full(fd, tmp, hdr, hlen, st)) goto fail;
-    for (int i = 0; i < w->n; i++) {
+    ok = ok && afile_write(&f, lenb, 8, st) && afile_write(&f, hdr, hlen, st);
+    for (int i = 0; ok && i < w->n; i++) {
         uint64_t bytes = 0;
         st_entry_bytes(&w->entries[i], path, &bytes, st); /* validated in st_build_header */
-        if (bytes && !st_write_full(fd, tmp, w->entries[i].data, (size_t)bytes, st)) goto fail;
+        if (bytes) ok = afile_write(&f, w->entries[i].data, (size_t)bytes, st);
     }
-    if (fsync(fd) != 0) {
-        err_status_set(st, "%s: fsync failed: %s", tmp, strerror(errno));
-        goto fail;
-    }
-    int rc = close(fd);
-    fd = -1;
-    if (rc != 0) {
-        err_status_set(st, "%s: close failed: %s", tmp, strerror(errno));
-        goto fail;
-    }
-    if (rename(tmp, path) != 0) {
-        err_status_set(st, "%s: cannot rename %s into place: %s", path, tmp, strerror(errno));
-        goto fail;
-    }
-    ok = st_fsync_dir(path, st);
-    goto done;
-fail:
-    if (fd >= 0) close(fd);
-    unlink(tmp);
-done:
-    free(tmp);
+    ok = ok && afile_commit(&f, st);
     free(hdr);
     return ok;
 }

@@ -2,8 +2,8 @@
  * (Radford et al. 2019, encoder.py bytes_to_unicode): printable Latin-1 bytes map to
  * themselves, the others to U+0100 upwards in byte order. */
 #include "tokenizer.h"
+#include "afile.h"
 
-#include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <string.h>
@@ -84,17 +84,7 @@ int tok_write_bytelevel(const char *path, ErrStatus *st) {
     json_object_set_new(model, "vocab", vocab);
     json_object_set_new(model, "merges", json_array());
     json_object_set_new(root, "model", model);
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    int rc = json_dump_file(root, tmp, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
+    int ok = afile_write_json(path, root, JSON_INDENT(1) | JSON_PRESERVE_ORDER, st);
     json_decref(root);
-    if (rc != 0) {
-        remove(tmp);
-        return err_status_set(st, "%s: cannot write: %s", tmp, strerror(errno));
-    }
-    if (rename(tmp, path) != 0) {
-        remove(tmp);
-        return err_status_set(st, "%s: cannot rename into place: %s", path, strerror(errno));
-    }
-    return 1;
+    return ok;
 }

@@ -13,6 +13,7 @@
 
 #include <jansson.h>
 
+#include "../io/afile.h"
 #include "../io/hfconfig.h"
 #include "../io/safetensors.h"
 #include "../io/tokenizer.h"
@@ -265,8 +266,8 @@ int cmd_make_model(int argc, char **argv) {
         json_object_set_new(idx, "metadata", meta);
         json_object_set(idx, "weight_map", wmap);
         snprintf(path, sizeof path, "%s/model.safetensors.index.json", out);
-        if (json_dump_file(idx, path, JSON_INDENT(2)) != 0) {
-            fprintf(stderr, "shardlora make-model: cannot write %s\n", path);
+        if (!afile_write_json(path, idx, JSON_INDENT(2), &st)) {
+            fprintf(stderr, "shardlora make-model: %s\n", st.msg);
             rc = EXIT_IO;
         }
         json_decref(idx);

@@ -4,6 +4,8 @@
 # does not match config.json, a missing tensor, malformed config.json, malformed JSONL,
 # bad flags and impossible layouts (also under mpiexec with 2 ranks: no hang).
 # usage: bad_input.sh SHARDLORA_BINARY WORK_DIR
+# Open MPI refuses root unless told (CI runs as root).
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 set -uo pipefail
 SL="$1"; W="$2/bad_input"
 PY=/usr/bin/python3

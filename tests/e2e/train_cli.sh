@@ -4,6 +4,8 @@
 # PEFT form (keys, shapes, adapter_config.json), --help lists every option it parses, and
 # 2 data-parallel ranks give the same losses and adapter as 1 rank on the same global batch.
 # usage: train_cli.sh SHARDLORA_BINARY WORK_DIR
+# Open MPI refuses root unless told (CI runs as root).
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 set -euo pipefail
 SL="$1"; W="$2/train_cli"
 PY=/usr/bin/python3

@@ -1,0 +1,120 @@
+/* Durable atomic file writes (see afile.h). */
+#include "afile.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static char *afile_strdup(const char *s, size_t extra) {
+    size_t n = strlen(s);
+    char *p = malloc(n + extra + 1);
+    SL_CHECK(p != NULL, "out of memory");
+    memcpy(p, s, n + 1);
+    return p;
+}
+
+int afile_open(AFile *f, const char *path, ErrStatus *st) {
+    f->path = afile_strdup(path, 0);
+    f->tmp = afile_strdup(path, 4);
+    strcat(f->tmp, ".tmp");
+    f->fd = open(f->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (f->fd < 0) {
+        err_status_set(st, "%s: cannot create: %s", f->tmp, strerror(errno));
+        free(f->path);
+        free(f->tmp);
+        f->path = f->tmp = NULL;
+        return 0;
+    }
+    return 1;
+}
+
+void afile_abort(AFile *f) {
+    if (f->fd >= 0) close(f->fd);
+    f->fd = -1;
+    if (f->tmp) unlink(f->tmp);
+    free(f->tmp);
+    free(f->path);
+    f->tmp = f->path = NULL;
+}
+
+int afile_write(AFile *f, const void *data, size_t len, ErrStatus *st) {
+    const char *p = data;
+    while (len > 0) {
+        ssize_t put = write(f->fd, p, len);
+        if (put < 0 && errno == EINTR) continue;
+        if (put <= 0) {
+            err_status_set(st, "%s: write failed: %s", f->tmp, put < 0 ? strerror(errno) : "no progress");
+            afile_abort(f);
+            return 0;
+        }
+        p += put;
+        len -= (size_t)put;
+    }
+    return 1;
+}
+
+int afile_fsync_dir(const char *path, ErrStatus *st) {
+    char *dir = afile_strdup(path, 1);
+    char *slash = strrchr(dir, '/');
+    if (!slash)
+        strcpy(dir, ".");
+    else if (slash == dir)
+        slash[1] = 0;
+    else
+        *slash = 0;
+    int ok = 1;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        ok = err_status_set(st, "%s: cannot open directory to fsync: %s", dir, strerror(errno));
+    } else {
+        /* Some filesystems do not support fsync on directories; that is not a failure. */
+        if (fsync(fd) != 0 && errno != EINVAL && errno != ENOTSUP)
+            ok = err_status_set(st, "%s: fsync failed: %s", dir, strerror(errno));
+        close(fd);
+    }
+    free(dir);
+    return ok;
+}
+
+int afile_commit(AFile *f, ErrStatus *st) {
+    if (fsync(f->fd) != 0) {
+        err_status_set(st, "%s: fsync failed: %s", f->tmp, strerror(errno));
+        afile_abort(f);
+        return 0;
+    }
+    int rc = close(f->fd);
+    f->fd = -1;
+    if (rc != 0) {
+        err_status_set(st, "%s: close failed: %s", f->tmp, strerror(errno));
+        afile_abort(f);
+        return 0;
+    }
+    if (rename(f->tmp, f->path) != 0) {
+        err_status_set(st, "%s: cannot rename %s into place: %s", f->path, f->tmp, strerror(errno));
+        afile_abort(f);
+        return 0;
+    }
+    int ok = afile_fsync_dir(f->path, st);
+    free(f->tmp);
+    free(f->path);
+    f->tmp = f->path = NULL;
+    return ok;
+}
+
+int afile_write_all(const char *path, const void *data, size_t len, ErrStatus *st) {
+    AFile f;
+    if (!afile_open(&f, path, st)) return 0;
+    if (!afile_write(&f, data, len, st)) return 0;
+    return afile_commit(&f, st);
+}
+
+int afile_write_json(const char *path, const json_t *doc, size_t flags, ErrStatus *st) {
+    char *text = json_dumps(doc, flags);
+    if (!text) return err_status_set(st, "%s: cannot encode JSON", path);
+    size_t n = strlen(text);
+    int ok = afile_write_all(path, text, n, st);
+    free(text);
+    return ok;
+}

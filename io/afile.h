@@ -1,0 +1,36 @@
+/* Durable, atomic file writes: data go to PATH.tmp, which is fsynced, renamed over PATH,
+ * and the directory fsynced, so PATH is always either the old file or the complete new
+ * one. On any error PATH is untouched and no .tmp file is left. Used by every writer of
+ * outputs (safetensors, config.json, adapter_config.json, tokenizer.json, checkpoints). */
+#ifndef SHARDLORA_IO_AFILE_H
+#define SHARDLORA_IO_AFILE_H
+
+#include <stddef.h>
+
+#include <jansson.h>
+
+#include "../runtime/err.h"
+
+typedef struct {
+    int fd;
+    char *path;
+    char *tmp;
+} AFile;
+
+/* Creates PATH.tmp. Returns 0 with st set if it cannot. */
+int afile_open(AFile *f, const char *path, ErrStatus *st);
+/* Appends len bytes (retries short writes and EINTR). On error, aborts the file. */
+int afile_write(AFile *f, const void *data, size_t len, ErrStatus *st);
+/* fsync, close, rename into place, fsync the directory. On error, aborts the file. */
+int afile_commit(AFile *f, ErrStatus *st);
+/* Closes and removes PATH.tmp (safe to call twice). */
+void afile_abort(AFile *f);
+
+/* One call for a whole buffer. */
+int afile_write_all(const char *path, const void *data, size_t len, ErrStatus *st);
+/* A JSON document (json_dumps flags), durably. Does not take the reference. */
+int afile_write_json(const char *path, const json_t *doc, size_t flags, ErrStatus *st);
+/* fsync the directory that holds path (a rename is durable only after this). */
+int afile_fsync_dir(const char *path, ErrStatus *st);
+
+#endif
