@@ -293,6 +293,9 @@ int cmd_make_model(int argc, char **argv) {
                 fprintf(stderr, "shardlora make-model: %s\n", st.msg);
                 rc = EXIT_IO;
             }
+        } else {
+            printf("make-model: no tokenizer.json written: the byte-level tokenizer needs "
+                   "--vocab >= %d (or pass --tokenizer FILE)\n", TOK_BYTELEVEL_SIZE);
         }
     }
     if (rc == 0) {
