@@ -67,7 +67,8 @@ if [ "$SKIP_TORCH" != 1 ]; then
   TORCH_TPS=$(OPENBLAS_CORETYPE="$CORE" OPENBLAS_NUM_THREADS="$THREADS" OMP_NUM_THREADS="$THREADS" \
     /usr/bin/python3 "$ROOT/benchmarks/torch_baseline.py" --model "$MODEL" --threads "$THREADS" \
       --seq "$SEQ_LEN" --micro-batch "$MICRO_BATCH" --lora-r "$LORA_R" --lora-alpha "$LORA_ALPHA" \
-      --warmup 1 --steps "$STEPS" | tee /dev/stderr | sed -nE 's/^torch_baseline tokens_per_s=([0-9.]+).*/\1/p')
+      --warmup 1 --steps "$STEPS" | tee "$WORK/torch.txt" >&2; \
+    sed -nE 's/^torch_baseline tokens_per_s=([0-9.]+).*/\1/p' "$WORK/torch.txt")
 fi
 
 /usr/bin/python3 - "$OURS_TPS" "$OURS_MFU" "${TORCH_TPS:-0}" "$PEAK" "$THREADS" <<'PY'
