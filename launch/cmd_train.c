@@ -3,16 +3,20 @@
  * ends every rank with one clear line and no rank waits in a collective. */
 #include <errno.h>
 #include <math.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "../io/afile.h"
 #include "../io/jsonl.h"
 #include "../io/peft.h"
 #include "../io/safetensors.h"
 #include "../model/llama.h"
 #include "../model/optim.h"
 #include "../parallel/grid.h"
+#include "../parallel/gsync.h"
 #include "../runtime/log.h"
 #include "../runtime/timer.h"
 #include "args.h"
@@ -21,8 +25,9 @@
 typedef struct {
     const char *model, *data, *out, *targets, *lora_init, *optimizer, *pin, *kernels,
         *dump_grads, *log_level;
-    int64_t r, seq_len, micro_batch, steps, tp, threads, log_every;
-    double alpha, dropout, lr, beta1, beta2, eps, weight_decay, momentum, peak_gflops;
+    int64_t r, seq_len, micro_batch, global_batch, steps, tp, threads, log_every;
+    double alpha, dropout, lr, beta1, beta2, eps, weight_decay, momentum, peak_gflops,
+        max_grad_norm;
     int rslora, nesterov;
     uint64_t seed;
 } TrainOpts;
@@ -33,10 +38,12 @@ static int train_finish(Grid *g, int code) {
     return code;
 }
 
-/* One verdict for all ranks: if any rank failed, each failing rank prints its message. */
+/* One verdict for all ranks: if any rank failed, the lowest failing rank prints its message
+ * (one line, not one per rank) and every rank returns 0. */
 static int train_agree(Grid *g, int ok, const ErrStatus *st) {
-    if (!ok) fprintf(stderr, "shardlora: error: %s\n", st->msg);
-    return grid_all_ok(g, ok);
+    int first = grid_first_failed(g, ok);
+    if (first == g->world_rank) fprintf(stderr, "shardlora: error: %s\n", st->msg);
+    return first < 0;
 }
 
 /* Measures this rank's sgemm speed for MFU (all ranks at once, as in training). */
@@ -57,21 +64,69 @@ static double train_measure_peak(GemmCtx *gc, MemCtx *mem) {
     return 2.0 * (double)n * n * n * reps / dt / 1e9;
 }
 
-/* --dump-grads: loss, the batch, every adapter tensor and its gradient (full tensors),
- * with the run's settings as metadata (the contract of tests/reference). */
+/* Rows [row0, row0 + n) of the global batch of `step` (DESIGN.md §5: a function of the step
+ * only): global row i is sequence ((step-1)*G + i) mod nseq. */
+static void train_rows(const JsonlTokens *d, int64_t step, int64_t G, int64_t row0, int64_t n,
+                       int64_t T, int32_t *ids, int64_t *labels, int64_t *pos) {
+    for (int64_t j = 0; j < n; j++) {
+        int64_t seq = ((step - 1) * G + row0 + j) % d->nseq;
+        jsonl_tokens_row(d, seq, T, ids + j * T, labels + j * T, pos + j * T);
+    }
+}
+
+/* Counted label tokens of n rows (Hugging Face shift: position t predicts labels[t+1]). */
+static int64_t train_count_labels(const int64_t *labels, int64_t n, int64_t T) {
+    int64_t c = 0;
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t t = 1; t < T; t++) c += labels[j * T + t] != -100;
+    return c;
+}
+
+/* Full (gathered) adapter tensors on world rank 0, for the dump and the adapter file. */
+typedef struct {
+    int n;
+    float **t; /* [n] dense [grows, gcols] */
+} TrainFull;
+
+static void train_full_alloc(TrainFull *f, const ParamTable *p) {
+    f->n = p->n;
+    f->t = calloc((size_t)p->n, sizeof *f->t);
+    SL_CHECK(f->t, "out of memory");
+    for (int i = 0; i < p->n; i++) {
+        f->t[i] = malloc((size_t)(p->e[i].grows * p->e[i].gcols) * sizeof(float));
+        SL_CHECK(f->t[i], "out of memory");
+    }
+}
+
+static void train_full_free(TrainFull *f) {
+    for (int i = 0; f->t && i < f->n; i++) free(f->t[i]);
+    free(f->t);
+    memset(f, 0, sizeof *f);
+}
+
+/* Gathers buf (values or grads) over the TP group of DP rank 0 into full tensors on world
+ * rank 0. Every rank calls it; only DP rank 0's TP group communicates. */
+static void train_gather(const ParamTable *p, const float *buf, Grid *g, TrainFull *out) {
+    if (g->dp_rank != 0) return;
+    params_gather(p, buf, g->tp_comm, g->world_rank == 0 ? out->t : NULL);
+}
+
+/* --dump-grads: loss, the whole global batch, every adapter tensor and its synchronised
+ * gradient (full tensors), with the run's settings as metadata (the contract of
+ * tests/reference). */
 static int train_dump(const char *path, const TrainOpts *o, const char *targets_csv,
-                      const LlamaModel *m, double loss,
-                      const int32_t *ids, const int64_t *labels, const int64_t *pos, int64_t B,
-                      int64_t T, int64_t step, ErrStatus *st) {
-    const ParamTable *p = &m->params;
+                      const Grid *g, const ParamTable *p, const TrainFull *vals,
+                      const TrainFull *grads, double loss, const int32_t *ids,
+                      const int64_t *labels, const int64_t *pos, int64_t G, int64_t T,
+                      int64_t step, ErrStatus *st) {
     StWriter w;
     st_writer_init(&w);
     float lossf = (float)loss;
-    int64_t one = 1, bt[2] = {B, T};
-    int64_t *ids64 = malloc((size_t)(B * T) * sizeof *ids64);
+    int64_t one = 1, bt[2] = {G, T};
+    int64_t *ids64 = malloc((size_t)(G * T) * sizeof *ids64);
     char(*gnames)[200] = malloc((size_t)p->n * sizeof *gnames);
     SL_CHECK(ids64 && gnames, "out of memory");
-    for (int64_t i = 0; i < B * T; i++) ids64[i] = ids[i];
+    for (int64_t i = 0; i < G * T; i++) ids64[i] = ids[i];
     st_writer_add(&w, "loss", ST_F32, 1, &one, &lossf);
     st_writer_add(&w, "input_ids", ST_I64, 2, bt, ids64);
     st_writer_add(&w, "labels", ST_I64, 2, bt, labels);
@@ -80,8 +135,8 @@ static int train_dump(const char *path, const TrainOpts *o, const char *targets_
         const ParamEntry *e = &p->e[i];
         int64_t shape[2] = {e->grows, e->gcols};
         snprintf(gnames[i], sizeof gnames[i], "%s.grad", e->name);
-        st_writer_add(&w, e->name, ST_F32, 2, shape, params_value(p, i));
-        st_writer_add(&w, gnames[i], ST_F32, 2, shape, params_grad(p, i));
+        st_writer_add(&w, e->name, ST_F32, 2, shape, vals->t[i]);
+        st_writer_add(&w, gnames[i], ST_F32, 2, shape, grads->t[i]);
     }
     char buf[64];
 #define META_F(key, val) (snprintf(buf, sizeof buf, "%.9g", (double)(val)), st_writer_meta(&w, key, buf))
@@ -101,8 +156,12 @@ static int train_dump(const char *path, const TrainOpts *o, const char *targets_
     META_F("weight_decay", o->weight_decay);
     META_F("momentum", o->momentum);
     META_I("nesterov", o->nesterov);
-    META_I("micro_batch", B);
+    META_F("max_grad_norm", o->max_grad_norm);
+    META_I("micro_batch", o->micro_batch);
+    META_I("global_batch", G);
     META_I("seq_len", T);
+    META_I("tp", g->tp);
+    META_I("dp", g->dp);
     snprintf(buf, sizeof buf, "%llu", (unsigned long long)o->seed);
     st_writer_meta(&w, "seed", buf);
 #undef META_F
@@ -114,19 +173,18 @@ static int train_dump(const char *path, const TrainOpts *o, const char *targets_
     return ok;
 }
 
-static int train_write_adapter(const TrainOpts *o, const LlamaModel *m, const char *targets_csv,
-                               ErrStatus *st) {
+static int train_write_adapter(const TrainOpts *o, const ParamTable *p, const TrainFull *vals,
+                               const char *targets_csv, ErrStatus *st) {
     char dir[4096], path[4200];
     snprintf(dir, sizeof dir, "%s/adapter", o->out);
     if (!launch_mkdirs(dir)) return err_status_set(st, "%s: cannot create: %s", dir, strerror(errno));
-    const ParamTable *p = &m->params;
     StWriter w;
     st_writer_init(&w);
     st_writer_meta(&w, "format", "pt");
     for (int i = 0; i < p->n; i++) {
         const ParamEntry *e = &p->e[i];
         int64_t shape[2] = {e->grows, e->gcols};
-        st_writer_add(&w, e->name, ST_F32, 2, shape, params_value(p, i));
+        st_writer_add(&w, e->name, ST_F32, 2, shape, vals->t[i]);
     }
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
     int ok = st_writer_write(&w, path, st);
@@ -137,6 +195,42 @@ static int train_write_adapter(const TrainOpts *o, const LlamaModel *m, const ch
     return peft_write_config(&pc, dir, st);
 }
 
+/* OUT/summary-rank{R}.json: this rank's memory and communication figures (tests read it). */
+static int train_write_summary(const TrainOpts *o, const Grid *g, const LlamaModel *m,
+                               int64_t steps, ErrStatus *st) {
+    static const char *keys[GRID_NBYTES] = {"tp", "dp", "world", "kv", "other"};
+    json_t *j = json_object(), *bytes = json_object(), *calls = json_object();
+    json_object_set_new(j, "rank", json_integer(g->world_rank));
+    json_object_set_new(j, "world", json_integer(g->world_size));
+    json_object_set_new(j, "tp", json_integer(g->tp));
+    json_object_set_new(j, "dp", json_integer(g->dp));
+    json_object_set_new(j, "tp_rank", json_integer(g->tp_rank));
+    json_object_set_new(j, "dp_rank", json_integer(g->dp_rank));
+    json_object_set_new(j, "steps", json_integer(steps));
+    json_object_set_new(j, "frozen_bytes", json_integer((json_int_t)m->frozen_bytes));
+    json_object_set_new(j, "frozen_bytes_read", json_integer((json_int_t)m->bytes_read));
+    json_object_set_new(j, "replicated_frozen_bytes", json_integer((json_int_t)m->replicated_bytes));
+    json_object_set_new(j, "adapter_bytes", json_integer((json_int_t)(m->params.total * sizeof(float))));
+    /* the gradient buffer by sync class; a class moves its bytes each step when its
+     * communicator has more than one rank (dp_comm, world, the kv-head group) */
+    json_t *regions = json_object();
+    static const char *rkeys[PARAM_NSYNC] = {"dp", "world", "kv"};
+    for (int s = 0; s < PARAM_NSYNC; s++)
+        json_object_set_new(regions, rkeys[s], json_integer((json_int_t)(m->params.region_len[s] * sizeof(float))));
+    json_object_set_new(j, "adapter_region_bytes", regions);
+    for (int c = 0; c < GRID_NBYTES; c++) {
+        json_object_set_new(bytes, keys[c], json_integer((json_int_t)g->bytes[c]));
+        json_object_set_new(calls, keys[c], json_integer((json_int_t)g->calls[c]));
+    }
+    json_object_set_new(j, "comm_bytes", bytes);
+    json_object_set_new(j, "comm_calls", calls);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/summary-rank%d.json", o->out, g->world_rank);
+    int ok = afile_write_json(path, j, JSON_INDENT(2), st);
+    json_decref(j);
+    return ok;
+}
+
 static void train_targets_csv(unsigned targets, char *buf, size_t n) {
     size_t off = 0;
     buf[0] = 0;
@@ -144,6 +238,41 @@ static void train_targets_csv(unsigned targets, char *buf, size_t n) {
         if (targets & (1u << i))
             off += (size_t)snprintf(buf + off, n - off, "%s%s", off ? "," : "",
                                     adapter_module_name((ModuleId)i));
+}
+
+/* Where each rank runs: host, CPUs it may use, NUMA node (one line per rank). */
+static void train_log_binding(const Grid *g, const MemCtx *mem) {
+    char host[256] = "?", cpus[256] = "";
+    gethostname(host, sizeof host - 1);
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    size_t off = 0;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        for (int c = 0; c < CPU_SETSIZE && off + 8 < sizeof cpus; c++) {
+            if (!CPU_ISSET(c, &set)) continue;
+            int e = c;
+            while (e + 1 < CPU_SETSIZE && CPU_ISSET(e + 1, &set)) e++;
+            off += (size_t)snprintf(cpus + off, sizeof cpus - off, off ? ",%d" : "%d", c);
+            if (e > c) off += (size_t)snprintf(cpus + off, sizeof cpus - off, "-%d", e);
+            c = e;
+        }
+    }
+    log_rank("rank %d: tp_rank %d dp_rank %d on %s, cpus %s, NUMA node %d", g->world_rank,
+             g->tp_rank, g->dp_rank, host, cpus, mem->numa_node);
+}
+
+/* Starts the gradient buckets of a layer once its backward is done (last micro-batch). */
+typedef struct {
+    Gsync *gs;
+    Grid *g;
+    const int *bucket; /* [L][PARAM_NSYNC] */
+    int active;
+} TrainSync;
+
+static void train_layer_done(void *ctx, int layer) {
+    TrainSync *ts = ctx;
+    if (!ts->active) return;
+    for (int s = 0; s < PARAM_NSYNC; s++) gsync_start(ts->gs, ts->g, ts->bucket[layer * PARAM_NSYNC + s]);
 }
 
 int cmd_train(int argc, char **argv) {
@@ -158,6 +287,7 @@ int cmd_train(int argc, char **argv) {
     o.alpha = 16;
     o.seq_len = 512;
     o.micro_batch = 1;
+    o.global_batch = 0;
     o.steps = 10;
     o.tp = 1;
     o.log_every = 1;
@@ -169,7 +299,7 @@ int cmd_train(int argc, char **argv) {
     ArgSpec specs[] = {
         {"model", ARG_STR, &o.model, "DIR", "Hugging Face model directory (config.json + safetensors)", 1, 0},
         {"data", ARG_STR, &o.data, "FILE", "JSONL, one {\"input_ids\": [...], \"labels\"?, \"position_ids\"?} per line", 1, 0},
-        {"out", ARG_STR, &o.out, "DIR", "output directory (adapter/, metrics.jsonl)", 1, 0},
+        {"out", ARG_STR, &o.out, "DIR", "output directory (adapter/, metrics.jsonl, summary-rank*.json)", 1, 0},
         {"lora-r", ARG_INT, &o.r, "N", "LoRA rank r", 0, 0},
         {"lora-alpha", ARG_FLOAT, &o.alpha, "X", "LoRA alpha (scale = alpha / r)", 0, 0},
         {"lora-dropout", ARG_FLOAT, &o.dropout, "P", "dropout on the LoRA input, in [0, 1)", 0, 0},
@@ -177,7 +307,8 @@ int cmd_train(int argc, char **argv) {
         {"lora-init", ARG_STR, &o.lora_init, "KIND", "default (A ~ U(+-1/sqrt(in))) | gaussian (A ~ N(0, 1/r)); B = 0", 0, 0},
         {"target-modules", ARG_STR, &o.targets, "LIST", "comma list of q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj, or all", 0, 0},
         {"seq-len", ARG_INT, &o.seq_len, "T", "tokens per sequence (longer rows are truncated, shorter padded)", 0, 0},
-        {"micro-batch", ARG_INT, &o.micro_batch, "B", "sequences per micro-batch", 0, 0},
+        {"micro-batch", ARG_INT, &o.micro_batch, "B", "sequences per micro-batch on each data-parallel rank", 0, 0},
+        {"global-batch", ARG_INT, &o.global_batch, "G", "sequences per optimizer step (0: micro-batch x dp); a multiple of micro-batch x dp, the rest is gradient accumulation", 0, 0},
         {"steps", ARG_INT, &o.steps, "N", "optimizer steps", 0, 0},
         {"optimizer", ARG_STR, &o.optimizer, "NAME", "adamw | sgd", 0, 0},
         {"lr", ARG_FLOAT, &o.lr, "X", "learning rate (constant)", 0, 0},
@@ -187,15 +318,16 @@ int cmd_train(int argc, char **argv) {
         {"weight-decay", ARG_FLOAT, &o.weight_decay, "X", "AdamW decoupled weight decay / SGD L2", 0, 0},
         {"momentum", ARG_FLOAT, &o.momentum, "X", "SGD momentum", 0, 0},
         {"nesterov", ARG_BOOL, &o.nesterov, NULL, "SGD Nesterov momentum", 0, 0},
+        {"max-grad-norm", ARG_FLOAT, &o.max_grad_norm, "X", "clip the gradient to this global norm (0: off)", 0, 0},
         {"seed", ARG_U64, &o.seed, "N", "seed of everything random (Philox keys)", 0, 0},
-        {"tp", ARG_INT, &o.tp, "N", "tensor-parallel size (world = dp x tp)", 0, 0},
+        {"tp", ARG_INT, &o.tp, "N", "tensor-parallel size (world = dp x tp; a TP group is consecutive ranks)", 0, 0},
         {"threads", ARG_INT, &o.threads, "N", "threads per rank (0: the CPUs this rank may use)", 0, 0},
         {"pin-memory", ARG_STR, &o.pin, "MODE", "auto | on | off: mlock the frozen weights", 0, 0},
         {"kernels", ARG_STR, &o.kernels, "NAME", "fast | reference", 0, 0},
         {"peak-gflops", ARG_FLOAT, &o.peak_gflops, "X", "GEMM peak per rank for MFU (0: measure at start-up)", 0, 0},
-        {"dump-grads", ARG_STR, &o.dump_grads, "FILE", "at the last step, write loss, batch, adapter and gradients (safetensors)", 0, 0},
+        {"dump-grads", ARG_STR, &o.dump_grads, "FILE", "at the last step, write loss, global batch, adapter and gradients (safetensors)", 0, 0},
         {"log-every", ARG_INT, &o.log_every, "N", "progress line every N steps", 0, 0},
-        {"log-level", ARG_STR, &o.log_level, "LEVEL", "error | warn | info | debug", 0, 0},
+        {"log-level", ARG_STR, &o.log_level, "LEVEL", "error | warn | info | debug (debug: bytes communicated per step)", 0, 0},
     };
     const int nspecs = (int)(sizeof specs / sizeof specs[0]);
 
@@ -209,7 +341,7 @@ int cmd_train(int argc, char **argv) {
         if (g.world_rank == 0)
             args_print_help(stdout, "[mpirun -np N] shardlora train --model DIR --data FILE --out DIR [options]",
                             "Train LoRA adapters on a frozen Llama/Mistral/Qwen2 model. Writes "
-                            "OUT/adapter/ (PEFT format) and OUT/metrics.jsonl.",
+                            "OUT/adapter/ (PEFT format), OUT/metrics.jsonl and OUT/summary-rank*.json.",
                             specs, nspecs);
         return train_finish(&g, 0);
     }
@@ -228,16 +360,19 @@ int cmd_train(int argc, char **argv) {
     if (ok && okind < 0) ok = err_status_set(&st, "--optimizer '%s': expected adamw or sgd", o.optimizer);
     if (ok && o.r < 1) ok = err_status_set(&st, "--lora-r must be at least 1");
     if (ok && !(o.dropout >= 0 && o.dropout < 1)) ok = err_status_set(&st, "--lora-dropout must be in [0, 1)");
+    if (ok && o.max_grad_norm < 0) ok = err_status_set(&st, "--max-grad-norm must be >= 0");
     if (ok && strcmp(o.lora_init, "default") && strcmp(o.lora_init, "gaussian"))
         ok = err_status_set(&st, "--lora-init '%s': expected default or gaussian", o.lora_init);
-    if (ok && (o.seq_len < 2 || o.micro_batch < 1 || o.steps < 1 || o.log_every < 1))
-        ok = err_status_set(&st, "--seq-len must be >= 2; --micro-batch, --steps and --log-every >= 1");
+    if (ok && (o.seq_len < 2 || o.micro_batch < 1 || o.steps < 1 || o.log_every < 1 || o.global_batch < 0))
+        ok = err_status_set(&st, "--seq-len must be >= 2; --micro-batch, --steps and --log-every >= 1; --global-batch >= 0");
     if (ok) ok = adapter_parse_targets(o.targets, &acfg.targets, &st);
     if (ok) ok = grid_setup(&g, (int)o.tp, &st);
-    if (ok && g.tp > 1)
-        ok = err_status_set(&st, "--tp %d: tensor parallelism is not enabled in this build yet (use --tp 1)", g.tp);
-    if (ok && o.dump_grads && g.dp > 1)
-        ok = err_status_set(&st, "--dump-grads needs a single data-parallel rank for now (dp = %d)", g.dp);
+    if (ok && o.global_batch == 0) o.global_batch = o.micro_batch * g.dp;
+    if (ok && o.global_batch % (o.micro_batch * g.dp) != 0)
+        ok = err_status_set(&st,
+                            "--global-batch %lld is not a multiple of --micro-batch %lld x dp %d "
+                            "(each data-parallel rank must run whole micro-batches)",
+                            (long long)o.global_batch, (long long)o.micro_batch, g.dp);
     if (!ok) {
         if (g.world_rank == 0) fprintf(stderr, "shardlora train: %s\n", st.msg);
         return train_finish(&g, EXIT_USAGE);
@@ -270,7 +405,8 @@ int cmd_train(int argc, char **argv) {
     acfg.init_gaussian = strcmp(o.lora_init, "gaussian") == 0;
     acfg.seed = o.seed;
     llama_init_adapters(&m, &acfg, &g, &mem);
-    const int64_t B = o.micro_batch, T = o.seq_len, N = B * T;
+    const int64_t B = o.micro_batch, T = o.seq_len, N = B * T, G = o.global_batch;
+    const int64_t rows_per_dp = G / g.dp, nmicro = rows_per_dp / B;
     LlamaActs acts;
     llama_acts_init(&acts, &m, B, T, &mem);
     LlamaBatch batch;
@@ -289,6 +425,26 @@ int cmd_train(int argc, char **argv) {
     char targets_csv[128];
     train_targets_csv(acfg.targets, targets_csv, sizeof targets_csv);
 
+    /* Gradient sync: one bucket per (layer, region), started as the layer's backward ends in
+     * the last micro-batch (DESIGN.md §4). Factors replicated on the TP ranks sharing a kv
+     * head (kv-heads < tp) sync over the world ranks holding that kv head. */
+    MPI_Comm kv_comm = MPI_COMM_SELF;
+    if (g.tp > 1 && m.KV < g.tp) kv_comm = grid_split_world(&g, (int)m.kv0);
+    const MPI_Comm sync_comm[PARAM_NSYNC] = {g.dp_comm, g.world, kv_comm};
+    const GridBytes sync_cat[PARAM_NSYNC] = {GRID_BYTES_DP, GRID_BYTES_WORLD, GRID_BYTES_KV};
+    Gsync gs;
+    gsync_init(&gs, (int)m.L * PARAM_NSYNC);
+    int *bucket = calloc((size_t)(m.L * PARAM_NSYNC), sizeof *bucket);
+    SL_CHECK(bucket, "out of memory");
+    for (int64_t l = 0; l < m.L; l++)
+        for (int s = 0; s < PARAM_NSYNC; s++) {
+            size_t b0, b1;
+            params_layer_range(&m.params, (ParamSync)s, (int)l, &b0, &b1);
+            bucket[l * PARAM_NSYNC + s] =
+                gsync_add(&gs, sync_comm[s], m.params.grads + b0, b1 - b0, sync_cat[s]);
+        }
+    TrainSync ts = {&gs, &g, bucket, 0};
+
     double peak = o.peak_gflops > 0 ? o.peak_gflops : train_measure_peak(&gc, &mem);
     double nbig = 0, fpt = llama_flops_per_token(&m, T, &nbig);
     char desc[256];
@@ -296,22 +452,33 @@ int cmd_train(int argc, char **argv) {
              o.model, m.cfg.architecture, (long long)m.L, (long long)m.C, (long long)m.H,
              (long long)m.KV, (long long)m.D, (long long)m.F, (long long)m.V,
              m.wdtype == GEMM_BF16 ? "BF16" : "F32");
-    log_info("config: data=%s out=%s seq_len=%lld micro_batch=%lld steps=%lld optimizer=%s lr=%g "
-             "betas=(%g,%g) eps=%g weight_decay=%g momentum=%g nesterov=%d seed=%llu",
-             o.data, o.out, (long long)T, (long long)B, (long long)o.steps, o.optimizer, o.lr,
-             o.beta1, o.beta2, o.eps, o.weight_decay, o.momentum, o.nesterov,
-             (unsigned long long)o.seed);
-    log_info("adapter: lora r=%lld alpha=%g dropout=%g rslora=%d init=%s targets=%s (%zu trainable floats)",
+    log_info("config: data=%s out=%s seq_len=%lld micro_batch=%lld global_batch=%lld (%lld micro-batches per rank per step) "
+             "steps=%lld optimizer=%s lr=%g betas=(%g,%g) eps=%g weight_decay=%g momentum=%g nesterov=%d "
+             "max_grad_norm=%g seed=%llu",
+             o.data, o.out, (long long)T, (long long)B, (long long)G, (long long)nmicro,
+             (long long)o.steps, o.optimizer, o.lr, o.beta1, o.beta2, o.eps, o.weight_decay,
+             o.momentum, o.nesterov, o.max_grad_norm, (unsigned long long)o.seed);
+    log_info("adapter: lora r=%lld alpha=%g dropout=%g rslora=%d init=%s targets=%s (%zu trainable floats on rank 0)",
              (long long)o.r, o.alpha, o.dropout, o.rslora, o.lora_init, targets_csv,
              m.params.total);
-    log_info("grid: world=%d tp=%d dp=%d; kernels=%s; %s", g.world_size, g.tp, g.dp, kops->name,
-             gemm_describe(&gc, desc, sizeof desc));
+    log_info("grid: world=%d = dp %d x tp %d; per TP rank: %lld heads, %lld kv heads%s, ffn %lld, vocab rows %lld; kernels=%s; %s",
+             g.world_size, g.dp, g.tp, (long long)m.Hl, (long long)m.KVl,
+             m.KV < g.tp && g.tp > 1 ? " (replicated)" : "", (long long)m.Fl, (long long)m.Vl,
+             kops->name, gemm_describe(&gc, desc, sizeof desc));
+    train_log_binding(&g, &mem);
+    int tp_nodes = grid_tp_nodes(&g);
+    if (tp_nodes > 1 && g.tp_rank == 0)
+        log_warn("the TP group of dp_rank %d spans %d nodes: its per-layer all-reduces will cross the "
+                 "network (place consecutive ranks on one node, e.g. mpirun --map-by node:PE=...)",
+                 g.dp_rank, tp_nodes);
     log_info("data: %lld sequences, %lld tokens from %s", (long long)data.nseq, (long long)data.ntok, o.data);
     log_info("MFU = model FLOPs/s / peak; model FLOPs/token = 4*N_big + 12*L*(H*D)*T + adapter = "
              "4*%.4g + 12*%lld*%lld*%lld + ... = %.4g; peak = %.1f GFLOP/s per rank (%s)",
              nbig, (long long)m.L, (long long)(m.H * m.D), (long long)T, fpt, peak,
              o.peak_gflops > 0 ? "--peak-gflops" : "measured sgemm at start-up");
-    log_rank("frozen bytes read from disk: %.1f MiB", (double)m.bytes_read / 1048576.0);
+    log_rank("rank %d: frozen weights %.1f MiB resident (%.1f MiB not divided by tp), %.1f MiB read from disk",
+             g.world_rank, (double)m.frozen_bytes / 1048576.0, (double)m.replicated_bytes / 1048576.0,
+             (double)m.bytes_read / 1048576.0);
     mem_print_table(&mem, "at start-up");
 
     char mpath[4200];
@@ -323,44 +490,46 @@ int cmd_train(int argc, char **argv) {
     }
     if (!train_agree(&g, ok || g.world_rank != 0, &st)) return train_finish(&g, EXIT_IO);
 
+    TrainFull full_vals = {0, NULL}, full_grads = {0, NULL};
+    if (g.world_rank == 0) {
+        train_full_alloc(&full_vals, &m.params);
+        if (o.dump_grads) train_full_alloc(&full_grads, &m.params);
+    }
     AdapterEnv env = {&gc, o.seed, 0, 0, 1};
     double t_start = timer_now();
+    uint64_t bytes_prev[GRID_NBYTES];
+    memcpy(bytes_prev, g.bytes, sizeof bytes_prev);
     int rc = 0;
-    for (int64_t step = 1; step <= o.steps && rc == 0; step++) {
+    int64_t step = 1;
+    for (; step <= o.steps && rc == 0; step++) {
         double t0 = timer_now();
-        /* The global batch of this step is sequences (step-1)*G .. step*G-1 (G = B * dp),
-         * cycling over the data; DP rank d takes its contiguous share (DESIGN.md §5). */
-        const int64_t G = B * g.dp;
-        for (int64_t j = 0; j < B; j++) {
-            int64_t seq = ((step - 1) * G + (int64_t)g.dp_rank * B + j) % data.nseq;
-            jsonl_tokens_row(&data, seq, T, batch.ids + j * T, labels + j * T, batch.pos + j * T);
-        }
-        llama_batch_prepare(&batch, &m, labels);
+        /* DP rank d owns global rows [d*G/dp, (d+1)*G/dp); first count their label tokens, so
+         * every token's loss is scaled by 1 / (counted tokens of the global batch). */
+        const int64_t row_base = (int64_t)g.dp_rank * rows_per_dp;
         int64_t count = 0;
-        for (int64_t i = 0; i < N; i++) count += batch.targets[i] >= 0;
+        for (int64_t mb = 0; mb < nmicro; mb++) {
+            train_rows(&data, step, G, row_base + mb * B, B, T, batch.ids, labels, batch.pos);
+            count += train_count_labels(labels, B, T);
+        }
         grid_allreduce_sum_i64(&g, g.dp_comm, &count, 1, GRID_BYTES_OTHER);
         float scale = count > 0 ? 1.0f / (float)count : 0.0f;
         memset(m.params.grads, 0, m.params.total * sizeof(float));
         env.step = step;
-        env.token0 = (int64_t)g.dp_rank * B * T; /* global token index within the step */
-        int64_t counted = 0;
-        double loss = llama_forward(&m, &acts, &batch, scale, 1, &env, kops, &kc, &g, &counted);
-        llama_backward(&m, &acts, &batch, &env, kops, &kc, &g);
-        grid_allreduce_sum_f64(&g, g.dp_comm, &loss, 1, GRID_BYTES_OTHER);
-        /* gradient sync (DESIGN.md §4): sharded factors over dp, replicated over world */
-        grid_allreduce_sum_f32(&g, g.dp_comm, m.params.grads + m.params.region_off[PARAM_SYNC_DP],
-                               m.params.region_len[PARAM_SYNC_DP], GRID_BYTES_DP);
-        grid_allreduce_sum_f32(&g, g.world, m.params.grads + m.params.region_off[PARAM_SYNC_WORLD],
-                               m.params.region_len[PARAM_SYNC_WORLD], GRID_BYTES_WORLD);
-        double ss[2] = {0, 0};
-        for (int i = 0; i < m.params.n; i++) {
-            const float *gr = params_grad(&m.params, i);
-            double s = 0;
-            for (size_t k = 0; k < params_numel(&m.params.e[i]); k++) s += (double)gr[k] * gr[k];
-            ss[m.params.e[i].replicated_tp] += s;
+        double loss = 0;
+        for (int64_t mb = 0; mb < nmicro; mb++) {
+            const int64_t row0 = row_base + mb * B;
+            train_rows(&data, step, G, row0, B, T, batch.ids, labels, batch.pos);
+            llama_batch_prepare(&batch, &m, labels);
+            env.token0 = row0 * T; /* global token index within the step keys dropout */
+            ts.active = mb == nmicro - 1;
+            loss += llama_forward(&m, &acts, &batch, scale, 1, &env, kops, &kc, &g, NULL);
+            llama_backward(&m, &acts, &batch, &env, kops, &kc, &g, train_layer_done, &ts);
         }
-        grid_allreduce_sum_f64(&g, g.tp_comm, ss, 1, GRID_BYTES_OTHER); /* sharded parts only */
-        double gnorm = sqrt(ss[0] + ss[1]);
+        gsync_wait(&gs, &g);
+        grid_allreduce_sum_f64(&g, g.dp_comm, &loss, 1, GRID_BYTES_OTHER);
+        double ss = params_sumsq(&m.params, m.params.grads);
+        grid_allreduce_sum_f64(&g, g.tp_comm, &ss, 1, GRID_BYTES_OTHER);
+        double gnorm = sqrt(ss);
         if (!isfinite(loss) || !isfinite(gnorm)) {
             if (g.world_rank == 0)
                 fprintf(stderr, "shardlora: error: step %lld: non-finite %s (loss %g, grad norm %g); stopping\n",
@@ -368,16 +537,35 @@ int cmd_train(int argc, char **argv) {
             rc = EXIT_NONFINITE;
             break;
         }
-        if (o.dump_grads && step == o.steps && g.world_rank == 0) {
-            if (!train_dump(o.dump_grads, &o, targets_csv, &m, loss, batch.ids, labels, batch.pos, B, T, step, &st)) {
-                fprintf(stderr, "shardlora: error: --dump-grads: %s\n", st.msg);
-                rc = EXIT_IO;
+        if (o.dump_grads && step == o.steps) {
+            train_gather(&m.params, m.params.values, &g, &full_vals);
+            train_gather(&m.params, m.params.grads, &g, &full_grads);
+            if (g.world_rank == 0) {
+                /* the whole global batch, rebuilt from the data (a function of the step) */
+                int32_t *gids = malloc((size_t)(G * T) * sizeof *gids);
+                int64_t *glab = malloc((size_t)(G * T) * sizeof *glab), *gpos = malloc((size_t)(G * T) * sizeof *gpos);
+                SL_CHECK(gids && glab && gpos, "out of memory");
+                train_rows(&data, step, G, 0, G, T, gids, glab, gpos);
+                if (!train_dump(o.dump_grads, &o, targets_csv, &g, &m.params, &full_vals, &full_grads,
+                                loss, gids, glab, gpos, G, T, step, &st)) {
+                    fprintf(stderr, "shardlora: error: --dump-grads: %s\n", st.msg);
+                    rc = EXIT_IO;
+                }
+                free(gids);
+                free(glab);
+                free(gpos);
             }
+        }
+        if (o.max_grad_norm > 0) {
+            /* torch.nn.utils.clip_grad_norm_: scale by min(1, max / (norm + 1e-6)) */
+            float coef = (float)(o.max_grad_norm / (gnorm + 1e-6));
+            if (coef < 1.0f)
+                for (size_t i = 0; i < m.params.total; i++) m.params.grads[i] *= coef;
         }
         optim_step(&opt, m.params.values, m.params.grads, (float)o.lr);
         double dt = timer_now() - t0, el = timer_now() - t_start;
-        double tps = (double)(N * g.dp) / dt;
-        double mfu = fpt * (double)N / dt / (peak * 1e9);
+        double tps = (double)(G * T) / dt;
+        double mfu = fpt * (double)(G * T) / dt / (peak * 1e9 * g.world_size);
         if (metrics) {
             fprintf(metrics,
                     "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"tokens\": %lld, "
@@ -390,16 +578,44 @@ int cmd_train(int argc, char **argv) {
                      "elapsed %.1fs | eta %.1fs",
                      (long long)step, (long long)o.steps, loss, o.lr, gnorm, tps, 100.0 * mfu, el,
                      el / (double)step * (double)(o.steps - step));
-    }
-    if (metrics) fclose(metrics);
-    if (rc == 0 && g.world_rank == 0) {
-        if (!train_write_adapter(&o, &m, targets_csv, &st)) {
-            fprintf(stderr, "shardlora: error: %s\n", st.msg);
-            rc = EXIT_IO;
-        } else {
-            log_info("adapter written to %s/adapter (adapter_model.safetensors, adapter_config.json)", o.out);
+        if (log_level() >= LOG_DEBUG) {
+            log_debug("step %lld bytes: tp %.3g MB, dp %.3g MB, world %.3g MB, kv %.3g MB", (long long)step,
+                      (double)(g.bytes[GRID_BYTES_TP] - bytes_prev[GRID_BYTES_TP]) / 1e6,
+                      (double)(g.bytes[GRID_BYTES_DP] - bytes_prev[GRID_BYTES_DP]) / 1e6,
+                      (double)(g.bytes[GRID_BYTES_WORLD] - bytes_prev[GRID_BYTES_WORLD]) / 1e6,
+                      (double)(g.bytes[GRID_BYTES_KV] - bytes_prev[GRID_BYTES_KV]) / 1e6);
+            memcpy(bytes_prev, g.bytes, sizeof bytes_prev);
         }
     }
+    const int64_t steps_done = step - 1;
+    if (metrics) fclose(metrics);
+    if (rc == 0) {
+        train_gather(&m.params, m.params.values, &g, &full_vals);
+        if (g.world_rank == 0) {
+            if (!train_write_adapter(&o, &m.params, &full_vals, targets_csv, &st)) {
+                fprintf(stderr, "shardlora: error: %s\n", st.msg);
+                rc = EXIT_IO;
+            } else {
+                log_info("adapter written to %s/adapter (adapter_model.safetensors, adapter_config.json)", o.out);
+            }
+        }
+        if (!train_write_summary(&o, &g, &m, steps_done, &st)) {
+            fprintf(stderr, "shardlora: error: %s\n", st.msg);
+            rc = EXIT_IO;
+        }
+        double per = steps_done > 0 ? 1.0 / (double)steps_done : 0;
+        log_info("communication per step on rank 0: tp activations %.3f MB, gradients %.3f MB "
+                 "(dp %.3f + world %.3f + kv %.3f; adapter buffer %.3f MB)",
+                 (double)g.bytes[GRID_BYTES_TP] * per / 1e6,
+                 (double)(g.bytes[GRID_BYTES_DP] + g.bytes[GRID_BYTES_WORLD] + g.bytes[GRID_BYTES_KV]) * per / 1e6,
+                 (double)g.bytes[GRID_BYTES_DP] * per / 1e6, (double)g.bytes[GRID_BYTES_WORLD] * per / 1e6,
+                 (double)g.bytes[GRID_BYTES_KV] * per / 1e6, (double)(m.params.total * sizeof(float)) / 1e6);
+    }
+    train_full_free(&full_vals);
+    train_full_free(&full_grads);
+    gsync_free(&gs);
+    free(bucket);
+    if (kv_comm != MPI_COMM_SELF) MPI_Comm_free(&kv_comm);
     optim_free(&opt, &mem);
     mem_free(&mem, MEM_OTHER, labels, (size_t)N * sizeof(int64_t));
     llama_batch_free(&batch, &m, &mem);

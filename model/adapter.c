@@ -15,6 +15,11 @@ const char *adapter_module_group(ModuleId m) {
     return m <= MOD_O ? "self_attn" : "mlp";
 }
 
+ParamSync adapter_sync_class(int copies, int tp) {
+    if (copies <= 1) return PARAM_SYNC_DP;
+    return copies >= tp ? PARAM_SYNC_WORLD : PARAM_SYNC_KV;
+}
+
 void adapter_peft_prefix(char *buf, size_t n, int layer, ModuleId m) {
     snprintf(buf, n, "base_model.model.model.layers.%d.%s.%s", layer, adapter_module_group(m),
              adapter_module_name(m));

@@ -50,6 +50,10 @@ typedef struct AdapterSlot {
     int layer;
     ModuleId module;
     ShardDesc shard;
+    int in_copies;          /* TP ranks holding the same input columns (tp for column layers) */
+    int out_copies;         /* TP ranks holding the same output rows (tp for row layers; tp/KV
+                             * for k/v when kv heads are replicated) */
+    int tp;
     float scale;            /* alpha / r, or alpha / sqrt(r) with rsLoRA */
     int pA, pB;             /* indices in the ParamTable */
     const ParamTable *params;
@@ -64,7 +68,7 @@ typedef struct AdapterSlot {
 typedef struct AdapterKind {
     const char *name;
     /* Declares this slot's tensors in the ParamTable (before params_finalize). */
-    void (*declare)(AdapterSlot *s, ParamTable *pt, int tp);
+    void (*declare)(AdapterSlot *s, ParamTable *pt);
     /* Writes the initial values (after params_finalize), keyed by global coordinates. */
     void (*init)(AdapterSlot *s, ParamTable *pt);
     /* Allocates what forward saves for up to max_rows rows. */
@@ -84,6 +88,8 @@ extern const AdapterKind adapter_lora;
 const AdapterKind *adapter_kind_by_name(const char *name);
 /* Parse "q_proj,k_proj,..." or "all" into target bits; returns 0 and sets st on error. */
 int adapter_parse_targets(const char *s, unsigned *targets, ErrStatus *st);
+/* Sync class of a factor held identically by `copies` of the tp TP ranks. */
+ParamSync adapter_sync_class(int copies, int tp);
 /* The PEFT key prefix of a module: base_model.model.model.layers.{i}.{group}.{name} */
 void adapter_peft_prefix(char *buf, size_t n, int layer, ModuleId m);
 

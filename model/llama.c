@@ -21,6 +21,7 @@ static void *llama_frozen_alloc(LlamaModel *m, MemCtx *mem, size_t bytes) {
         SL_CHECK(m->blocks && m->block_bytes, "out of memory");
     }
     void *p = mem_alloc(mem, MEM_FROZEN, bytes);
+    m->frozen_bytes += bytes;
     m->blocks[m->nblocks] = p;
     m->block_bytes[m->nblocks] = bytes;
     m->nblocks++;
@@ -204,6 +205,16 @@ int llama_load(LlamaModel *m, const char *dir, const Grid *g, MemCtx *mem, ErrSt
     KernRopeScaling rs = {c->rope_scaling_type, c->rope_factor, c->rope_low_freq_factor,
                           c->rope_high_freq_factor, c->rope_original_max_position};
     kern_rope_inv_freq(m->inv_freq, D, c->rope_theta, &rs);
+    {
+        /* what tp does not divide (for the memory report and its test) */
+        const uint64_t es = m->wdtype == GEMM_BF16 ? 2 : 4;
+        uint64_t rep = (uint64_t)(2 * m->L + 1) * (uint64_t)C * 4 + (uint64_t)(D / 2) * 4;
+        if (c->o_bias) rep += (uint64_t)m->L * (uint64_t)C * 4;
+        if (c->mlp_bias) rep += (uint64_t)m->L * (uint64_t)C * 4;
+        if (m->KV < m->tp && m->tp > 1)
+            rep += (uint64_t)m->L * 2 * (uint64_t)(m->KVl * D) * ((uint64_t)C * es + (c->qkv_bias ? 4 : 0));
+        m->replicated_bytes = rep;
+    }
     ok = 1;
 done:
     st_dir_close(&d);
@@ -225,7 +236,11 @@ void llama_init_adapters(LlamaModel *m, const AdapterCfg *acfg, const Grid *g, M
             s->layer = (int)l;
             s->module = (ModuleId)i;
             s->shard = m->layers[l].lin[i].shard;
-            kind->declare(s, &m->params, m->tp);
+            s->tp = m->tp;
+            int row = i == MOD_O || i == MOD_DOWN, kv = i == MOD_K || i == MOD_V;
+            s->in_copies = row ? 1 : m->tp;
+            s->out_copies = row ? m->tp : (kv && m->KV < m->tp ? m->tp / (int)m->KV : 1);
+            kind->declare(s, &m->params);
             m->layers[l].lin[i].adapter = s;
         }
     }
@@ -460,7 +475,8 @@ double llama_forward(LlamaModel *m, LlamaActs *a, const LlamaBatch *b, float los
 /* ---------------------------------------------------------------- backward */
 
 void llama_backward(LlamaModel *m, LlamaActs *a, const LlamaBatch *b, const AdapterEnv *env,
-                    const KernOps *k, KernCtx *kc, Grid *g) {
+                    const KernOps *k, KernCtx *kc, Grid *g, LlamaLayerDone layer_done,
+                    void *done_ctx) {
     const int64_t N = b->B * b->T, T = b->T, C = m->C, D = m->D;
     const int64_t QD = m->Hl * D, KD = m->KVl * D, Fl = m->Fl;
     GemmCtx *gc = kc->gemm;
@@ -496,6 +512,7 @@ void llama_backward(LlamaModel *m, LlamaActs *a, const LlamaBatch *b, const Adap
         grid_allreduce_sum_f32(g, g->tp_comm, a->dln, (size_t)(N * C), GRID_BYTES_TP);
         memcpy(a->dres, a->dmid, (size_t)(N * C) * sizeof(float));
         k->rmsnorm_backward(a->dres, a->dln, a->res[l], ly->ln1_w, a->rstd1[l], N, C);
+        if (layer_done) layer_done(done_ctx, (int)l);
     }
 }
 

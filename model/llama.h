@@ -41,6 +41,9 @@ typedef struct {
     AdapterCfg acfg;
     ParamTable params;
     uint64_t bytes_read;      /* frozen bytes read from disk by this rank */
+    uint64_t frozen_bytes;    /* frozen bytes resident on this rank */
+    uint64_t replicated_bytes; /* of which not divided by tp: norms, row-layer biases, RoPE
+                                * table, and k/v when kv heads are replicated (KV < tp) */
     /* frozen allocations, for llama_free */
     int nblocks, capblocks;
     void **blocks;
@@ -105,9 +108,15 @@ void llama_batch_prepare(LlamaBatch *b, const LlamaModel *m, const int64_t *labe
 double llama_forward(LlamaModel *m, LlamaActs *a, const LlamaBatch *b, float loss_scale,
                      int want_grad, const AdapterEnv *env, const KernOps *k, KernCtx *kc,
                      Grid *g, int64_t *counted);
-/* Backward through the layers; accumulates adapter gradients into m->params.grads. */
+/* Called after layer l's backward has accumulated its adapter gradients (layers finish from
+ * L-1 down to 0), so their gradient sync can start while the backward goes on. */
+typedef void (*LlamaLayerDone)(void *ctx, int layer);
+
+/* Backward through the layers; accumulates adapter gradients into m->params.grads.
+ * layer_done may be NULL. */
 void llama_backward(LlamaModel *m, LlamaActs *a, const LlamaBatch *b, const AdapterEnv *env,
-                    const KernOps *k, KernCtx *kc, Grid *g);
+                    const KernOps *k, KernCtx *kc, Grid *g, LlamaLayerDone layer_done,
+                    void *done_ctx);
 
 /* Model FLOPs per token (DESIGN.md §9): 4 * N_big + 12 * L * (H*D) * T + adapter FLOPs. */
 double llama_flops_per_token(const LlamaModel *m, int64_t T, double *n_big);

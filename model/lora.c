@@ -21,19 +21,18 @@ static uint64_t lora_coord_c(const AdapterSlot *s, int tensor) {
     return (uint64_t)s->module * 4u + (uint64_t)tensor;
 }
 
-static void lora_declare(AdapterSlot *s, ParamTable *pt, int tp) {
+static void lora_declare(AdapterSlot *s, ParamTable *pt) {
     char pre[160], name[192];
     const ShardDesc *sd = &s->shard;
     const int r = s->cfg->r;
     adapter_peft_prefix(pre, sizeof pre, s->layer, s->module);
-    int sharded_in = sd->kind == SHARD_ROW;  /* A sharded by columns */
-    int sharded_out = sd->kind == SHARD_COL; /* B sharded by rows */
+    /* A [r, in] follows the input columns, B [out, r] the output rows of the shard. */
     snprintf(name, sizeof name, "%s.lora_A.weight", pre);
     s->pA = params_add(pt, name, 2, r, sd->in, 0, r, sd->i0, sd->ni,
-                       sharded_in && tp > 1 ? PARAM_SYNC_DP : PARAM_SYNC_WORLD, !sharded_in);
+                       adapter_sync_class(s->in_copies, s->tp), s->in_copies, s->layer);
     snprintf(name, sizeof name, "%s.lora_B.weight", pre);
     s->pB = params_add(pt, name, 2, sd->out, r, sd->o0, sd->no, 0, r,
-                       sharded_out && tp > 1 ? PARAM_SYNC_DP : PARAM_SYNC_WORLD, !sharded_out);
+                       adapter_sync_class(s->out_copies, s->tp), s->out_copies, s->layer);
     s->params = pt;
     s->scale = s->cfg->use_rslora ? s->cfg->alpha / sqrtf((float)r) : s->cfg->alpha / (float)r;
 }

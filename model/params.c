@@ -11,7 +11,8 @@ void params_init(ParamTable *p) {
 }
 
 int params_add(ParamTable *p, const char *name, int ndim, int64_t grows, int64_t gcols,
-               int64_t r0, int64_t nr, int64_t c0, int64_t nc, ParamSync sync, int replicated_tp) {
+               int64_t r0, int64_t nr, int64_t c0, int64_t nc, ParamSync sync, int ncopies,
+               int layer) {
     SL_CHECK(p->values == NULL, "params_add after params_finalize");
     SL_CHECK(strlen(name) < sizeof p->e[0].name, "parameter name too long: %s", name);
     SL_CHECK(r0 >= 0 && nr >= 0 && r0 + nr <= grows && c0 >= 0 && nc >= 0 && c0 + nc <= gcols,
@@ -32,7 +33,8 @@ int params_add(ParamTable *p, const char *name, int ndim, int64_t grows, int64_t
     e->c0 = c0;
     e->nc = nc;
     e->sync = sync;
-    e->replicated_tp = replicated_tp;
+    e->ncopies = ncopies > 0 ? ncopies : 1;
+    e->layer = layer;
     return p->n++;
 }
 
@@ -65,4 +67,67 @@ int params_find(const ParamTable *p, const char *name) {
     for (int i = 0; i < p->n; i++)
         if (strcmp(p->e[i].name, name) == 0) return i;
     return -1;
+}
+
+void params_layer_range(const ParamTable *p, ParamSync s, int layer, size_t *begin, size_t *end) {
+    size_t b = (size_t)-1, e = 0;
+    for (int i = 0; i < p->n; i++) {
+        const ParamEntry *x = &p->e[i];
+        if (x->sync != s || x->layer != layer) continue;
+        size_t o = x->offset, end_i = o + ((params_numel(x) + 15) & ~(size_t)15);
+        if (o < b) b = o;
+        if (end_i > e) e = end_i;
+    }
+    if (b == (size_t)-1) b = e = p->region_off[s];
+    *begin = b;
+    *end = e;
+}
+
+double params_sumsq(const ParamTable *p, const float *buf) {
+    double total = 0;
+    for (int i = 0; i < p->n; i++) {
+        const float *x = buf + p->e[i].offset;
+        double s = 0;
+        for (size_t k = 0; k < params_numel(&p->e[i]); k++) s += (double)x[k] * x[k];
+        total += s / p->e[i].ncopies;
+    }
+    return total;
+}
+
+/* Places a dense [nr, nc] slice at (r0, c0) of a [grows, gcols] tensor. */
+static void params_place(float *full, const ParamEntry *e, const int64_t *slice, const float *src) {
+    const int64_t r0 = slice[0], nr = slice[1], c0 = slice[2], nc = slice[3];
+    for (int64_t r = 0; r < nr; r++)
+        memcpy(full + (r0 + r) * e->gcols + c0, src + r * nc, (size_t)nc * sizeof(float));
+}
+
+void params_gather(const ParamTable *p, const float *buf, MPI_Comm tp_comm, float **full) {
+    int rank = 0, size = 1;
+    MPI_Comm_rank(tp_comm, &rank);
+    MPI_Comm_size(tp_comm, &size);
+    size_t maxn = 0;
+    for (int i = 0; i < p->n; i++)
+        if ((size_t)(p->e[i].grows * p->e[i].gcols) > maxn) maxn = (size_t)(p->e[i].grows * p->e[i].gcols);
+    float *tmp = rank == 0 && size > 1 ? malloc(maxn * sizeof(float)) : NULL;
+    SL_CHECK(rank != 0 || size == 1 || tmp, "out of memory");
+    for (int i = 0; i < p->n; i++) {
+        const ParamEntry *e = &p->e[i];
+        int64_t mine[4] = {e->r0, e->nr, e->c0, e->nc};
+        if (rank != 0) {
+            MPI_Send(mine, 4, MPI_INT64_T, 0, 2 * i, tp_comm);
+            MPI_Send(buf + e->offset, (int)params_numel(e), MPI_FLOAT, 0, 2 * i + 1, tp_comm);
+            continue;
+        }
+        params_place(full[i], e, mine, buf + e->offset);
+        for (int t = 1; t < size; t++) {
+            int64_t sl[4];
+            MPI_Recv(sl, 4, MPI_INT64_T, t, 2 * i, tp_comm, MPI_STATUS_IGNORE);
+            SL_CHECK(sl[0] >= 0 && sl[1] >= 0 && sl[0] + sl[1] <= e->grows && sl[2] >= 0 &&
+                         sl[3] >= 0 && sl[2] + sl[3] <= e->gcols,
+                     "bad slice of %s from TP rank %d", e->name, t);
+            MPI_Recv(tmp, (int)(sl[1] * sl[3]), MPI_FLOAT, t, 2 * i + 1, tp_comm, MPI_STATUS_IGNORE);
+            params_place(full[i], e, sl, tmp);
+        }
+    }
+    free(tmp);
 }

@@ -1,17 +1,22 @@
 /* Flat adapter parameter buffers with one layout table (STYLE.md 5): values, gradients and
  * optimizer state share the layout, the optimizer is one loop and the gradient sync is one
- * call per region. Region PARAM_SYNC_DP (sharded factors: all-reduced over dp_comm) comes
- * first, region PARAM_SYNC_WORLD (replicated factors: TP partial sums + DP sum in one
- * all-reduce over world) second (DESIGN.md §4). */
+ * call per region (or per layer bucket of a region). Region PARAM_SYNC_DP (sharded factors:
+ * all-reduced over dp_comm) comes first, region PARAM_SYNC_WORLD (factors replicated on every
+ * TP rank: their TP partial sums and the DP sum in one all-reduce over world) second
+ * (DESIGN.md §4), and region PARAM_SYNC_KV (factors replicated on the TP ranks that share a
+ * kv head when kv-heads < tp: all-reduced over the world ranks holding that kv head) last.
+ * Within a region, tensors are in declaration order (layer-major). */
 #ifndef SHARDLORA_MODEL_PARAMS_H
 #define SHARDLORA_MODEL_PARAMS_H
 
 #include <stddef.h>
 #include <stdint.h>
 
+#include <mpi.h>
+
 #include "../runtime/mem.h"
 
-typedef enum { PARAM_SYNC_DP = 0, PARAM_SYNC_WORLD = 1, PARAM_NSYNC } ParamSync;
+typedef enum { PARAM_SYNC_DP = 0, PARAM_SYNC_WORLD = 1, PARAM_SYNC_KV = 2, PARAM_NSYNC } ParamSync;
 
 typedef struct {
     char name[192];        /* PEFT key, e.g. base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight */
@@ -20,7 +25,9 @@ typedef struct {
     int64_t r0, nr;        /* this rank's rows in global coordinates */
     int64_t c0, nc;        /* this rank's columns */
     ParamSync sync;
-    int replicated_tp;     /* the same values on every TP rank (count once in norms) */
+    int ncopies;           /* TP ranks holding this same slice (1 sharded .. tp replicated);
+                            * norms divide by it so each distinct value counts once */
+    int layer;             /* decoder layer (bucketing of the gradient sync) */
     size_t offset;         /* into the flat buffers, in floats; set by params_finalize */
 } ParamEntry;
 
@@ -37,7 +44,8 @@ typedef struct {
 void params_init(ParamTable *p);
 /* Declares a tensor; returns its index. Offsets are assigned by params_finalize. */
 int params_add(ParamTable *p, const char *name, int ndim, int64_t grows, int64_t gcols,
-               int64_t r0, int64_t nr, int64_t c0, int64_t nc, ParamSync sync, int replicated_tp);
+               int64_t r0, int64_t nr, int64_t c0, int64_t nc, ParamSync sync, int ncopies,
+               int layer);
 /* Lays out the regions and allocates values + grads (MEM_ADAPTER). */
 void params_finalize(ParamTable *p, MemCtx *m);
 void params_free(ParamTable *p, MemCtx *m);
@@ -52,5 +60,14 @@ static inline size_t params_numel(const ParamEntry *e) {
 }
 /* Index of a name or -1. */
 int params_find(const ParamTable *p, const char *name);
+/* [begin, end) in floats of layer l's tensors in region s (begin == end if none). */
+void params_layer_range(const ParamTable *p, ParamSync s, int layer, size_t *begin, size_t *end);
+/* Sum over this rank's tensors of ||buf_i||^2 / ncopies_i (buf: values or grads); summed
+ * over the TP group it counts every distinct parameter once. */
+double params_sumsq(const ParamTable *p, const float *buf);
+/* Full tensors from the shards of a TP group: every TP rank calls it with the same table
+ * layout; on TP rank 0 full[i] receives entry i as a dense [grows, gcols] array (the caller
+ * allocates them, sizes from the table); other ranks pass full = NULL. */
+void params_gather(const ParamTable *p, const float *buf, MPI_Comm tp_comm, float **full);
 
 #endif

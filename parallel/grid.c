@@ -66,7 +66,7 @@ void grid_finalize(Grid *g) {
 
 const char *grid_bytes_name(GridBytes b) {
     static const char *names[GRID_NBYTES] = {"tp-activations", "dp-gradients", "world-gradients",
-                                             "other"};
+                                             "kv-gradients", "other"};
     return b < GRID_NBYTES ? names[b] : "?";
 }
 
@@ -115,4 +115,28 @@ int grid_all_ok(Grid *g, int ok) {
 
 void grid_barrier(Grid *g) {
     MPI_Barrier(g->world);
+}
+
+int grid_first_failed(Grid *g, int ok) {
+    int v = ok ? g->world_size : g->world_rank;
+    if (g->world_size > 1) MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_INT, MPI_MIN, g->world);
+    return v < g->world_size ? v : -1;
+}
+
+MPI_Comm grid_split_world(Grid *g, int color) {
+    MPI_Comm c = MPI_COMM_NULL;
+    MPI_Comm_split(g->world, color, g->world_rank, &c);
+    return c;
+}
+
+int grid_tp_nodes(Grid *g) {
+    if (g->tp == 1) return 1;
+    MPI_Comm shm;
+    MPI_Comm_split_type(g->tp_comm, MPI_COMM_TYPE_SHARED, g->tp_rank, MPI_INFO_NULL, &shm);
+    int n = 0, leader = 0, nodes = 0;
+    MPI_Comm_rank(shm, &n);
+    leader = n == 0;
+    MPI_Allreduce(&leader, &nodes, 1, MPI_INT, MPI_SUM, g->tp_comm);
+    MPI_Comm_free(&shm);
+    return nodes;
 }

@@ -15,6 +15,7 @@ typedef enum {
     GRID_BYTES_TP = 0, /* activation all-reduces inside a TP group */
     GRID_BYTES_DP,     /* gradient sync of sharded adapter factors */
     GRID_BYTES_WORLD,  /* gradient sync of replicated adapter factors */
+    GRID_BYTES_KV,     /* gradient sync of factors replicated within a kv-head group */
     GRID_BYTES_OTHER,  /* counts, norms, control */
     GRID_NBYTES
 } GridBytes;
@@ -42,8 +43,15 @@ void grid_allreduce_sum_f32(Grid *g, MPI_Comm comm, float *buf, size_t n, GridBy
 void grid_allreduce_max_f32(Grid *g, MPI_Comm comm, float *buf, size_t n, GridBytes cat);
 void grid_allreduce_sum_f64(Grid *g, MPI_Comm comm, double *buf, size_t n, GridBytes cat);
 void grid_allreduce_sum_i64(Grid *g, MPI_Comm comm, int64_t *buf, size_t n, GridBytes cat);
-/* Logical AND/OR of a flag over world (for agreeing on errors and signals). */
+/* Logical AND of a flag over world (for agreeing on errors and signals). */
 int grid_all_ok(Grid *g, int ok);
+/* The lowest world rank with ok == 0, or -1 when every rank is ok (so exactly one rank
+ * prints a verdict that all ranks share). */
+int grid_first_failed(Grid *g, int ok);
+/* A communicator of all world ranks with the same color (MPI_Comm_split). */
+MPI_Comm grid_split_world(Grid *g, int color);
+/* Number of distinct shared-memory nodes spanned by the TP group (1 is what we want). */
+int grid_tp_nodes(Grid *g);
 void grid_barrier(Grid *g);
 
 #endif
