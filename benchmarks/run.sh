@@ -82,3 +82,39 @@ if torch_tps > 0:
 print("bench_summary ours_tokens_per_s=%.2f ours_mfu=%.4f torch_tokens_per_s=%.2f peak_gflops=%.1f"
       % (ours, mfu, torch_tps, peak))
 PY
+
+# ---- 2 ranks: tensor parallel (tp=2) and data parallel (dp=2), 1 thread per rank ----------
+if [ "${SKIP_MPI:-0}" != 1 ]; then
+  PEAK1=$(grep -E '^sgemm_peak_gflops' "$WORK/gemm.txt" | sed -E "s/.*threads=1 ([0-9.]+).*/\1/")
+  for TPN in 2 1; do
+    echo "== mpiexec -n 2 shardlora train --tp $TPN (1 thread per rank, $STEPS timed steps + 1 warm-up)"
+    rm -rf "$WORK/run-2r-tp$TPN"
+    mpiexec --oversubscribe -n 2 "$SL" train --model "$MODEL" --data "$WORK/data.jsonl" \
+      --out "$WORK/run-2r-tp$TPN" --tp "$TPN" --seq-len "$SEQ_LEN" --micro-batch "$MICRO_BATCH" \
+      --global-batch $((MICRO_BATCH * 2 / TPN)) --steps $((STEPS + 1)) --lora-r "$LORA_R" \
+      --lora-alpha "$LORA_ALPHA" --threads 1 --peak-gflops "$PEAK1" | grep -E "step |communication"
+  done
+  /usr/bin/python3 - "$WORK" "$LAYERS" "$HIDDEN" "$SEQ_LEN" "$MICRO_BATCH" "$VOCAB" <<'PY'
+import json, sys
+w, L, C, T, B, V = sys.argv[1], *map(int, sys.argv[2:])
+def run(tp):
+    rows = [json.loads(l) for l in open(f"{w}/run-2r-tp{tp}/metrics.jsonl")][1:]
+    tps = len(rows) / sum(1.0 / r["tokens_per_s"] for r in rows)
+    mfu = len(rows) / sum(1.0 / r["mfu"] for r in rows)
+    s = json.load(open(f"{w}/run-2r-tp{tp}/summary-rank0.json"))
+    return tps, mfu, s
+for tp in (2, 1):
+    tps, mfu, s = run(tp)
+    n = s["steps"]; cb = s["comm_bytes"]
+    grad = (cb["dp"] + cb["world"] + cb["kv"]) / n
+    print(f"2 ranks tp={tp} dp={2 // tp}: {tps:8.1f} tokens/s, MFU {100 * mfu:5.1f}% of 2 x the 1-thread sgemm peak")
+    print(f"   per step on rank 0: tp activations {cb['tp'] / n / 1e6:8.3f} MB, gradients {grad / 1e6:7.3f} MB "
+          f"(adapter buffer {s['adapter_bytes'] / 1e6:.3f} MB, frozen weights {s['frozen_bytes'] / 1e6:.1f} MB)")
+    if tp > 1:
+        N = B * T
+        formula = 2 * 2 * N * C * 4 * L
+        vocab = (2 * N * C + 3 * N) * 4  # embedding + final-norm input grad + CE max/sum/target
+        print(f"   formula 2 x 2 x T x C x 4 B x L = {formula / 1e6:.3f} MB (+ vocab-parallel "
+              f"embedding/loss {vocab / 1e6:.3f} MB = {(formula + vocab) / 1e6:.3f} MB); measured {cb['tp'] / n / 1e6:.3f} MB")
+PY
+fi
