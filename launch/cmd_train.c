@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <math.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,11 +22,14 @@
 #include "../runtime/timer.h"
 #include "args.h"
 #include "cmds.h"
+#include "train_ckpt.h"
 
 typedef struct {
     const char *model, *data, *out, *targets, *lora_init, *optimizer, *pin, *kernels,
-        *dump_grads, *log_level;
-    int64_t r, seq_len, micro_batch, global_batch, steps, tp, threads, log_every;
+        *dump_grads, *log_level, *resume;
+    int64_t r, seq_len, micro_batch, global_batch, steps, tp, threads, log_every, ckpt_every,
+        keep_ckpts, ckpt_chunk_bytes;
+    double ckpt_minutes;
     double alpha, dropout, lr, beta1, beta2, eps, weight_decay, momentum, peak_gflops,
         max_grad_norm;
     int rslora, nesterov;
@@ -275,6 +279,49 @@ static void train_layer_done(void *ctx, int layer) {
     for (int s = 0; s < PARAM_NSYNC; s++) gsync_start(ts->gs, ts->g, ts->bucket[layer * PARAM_NSYNC + s]);
 }
 
+/* SIGUSR1 (Slurm's --signal) or SIGTERM asks for a checkpoint and a clean exit at the next
+ * step boundary; a second SIGTERM exits at once. Signal state is process-wide by nature. */
+static volatile sig_atomic_t g_train_signal;
+static volatile sig_atomic_t g_train_terms;
+
+static void train_on_signal(int sig) {
+    if (sig == SIGTERM && g_train_terms++ > 0) _exit(128 + SIGTERM);
+    g_train_signal = sig;
+}
+
+static void train_install_signals(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = train_on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGUSR1, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+/* Keeps the metrics lines of steps <= last (a resumed run rewrites what came after). */
+static void train_trim_metrics(const char *path, int64_t last) {
+    FILE *f = fopen(path, "r");
+    if (!f) return;
+    char *line = NULL, *keep = NULL;
+    size_t cap = 0, klen = 0;
+    ssize_t n;
+    while ((n = getline(&line, &cap, f)) > 0) {
+        long long st = -1;
+        const char *p = strstr(line, "\"step\": ");
+        if (p) st = atoll(p + 8);
+        if (st < 0 || st > last) continue;
+        keep = realloc(keep, klen + (size_t)n + 1);
+        SL_CHECK(keep, "out of memory");
+        memcpy(keep + klen, line, (size_t)n);
+        klen += (size_t)n;
+    }
+    fclose(f);
+    free(line);
+    ErrStatus st;
+    if (!afile_write_all(path, keep ? keep : "", klen, &st)) log_warn("%s", st.msg);
+    free(keep);
+}
+
 int cmd_train(int argc, char **argv) {
     TrainOpts o = {0};
     o.targets = "all";
@@ -296,6 +343,8 @@ int cmd_train(int argc, char **argv) {
     o.beta2 = 0.999;
     o.eps = 1e-8;
     o.seed = 42;
+    o.resume = "auto";
+    o.keep_ckpts = 3;
     ArgSpec specs[] = {
         {"model", ARG_STR, &o.model, "DIR", "Hugging Face model directory (config.json + safetensors)", 1, 0},
         {"data", ARG_STR, &o.data, "FILE", "JSONL, one {\"input_ids\": [...], \"labels\"?, \"position_ids\"?} per line", 1, 0},
@@ -326,6 +375,11 @@ int cmd_train(int argc, char **argv) {
         {"kernels", ARG_STR, &o.kernels, "NAME", "fast | reference", 0, 0},
         {"peak-gflops", ARG_FLOAT, &o.peak_gflops, "X", "GEMM peak per rank for MFU (0: measure at start-up)", 0, 0},
         {"dump-grads", ARG_STR, &o.dump_grads, "FILE", "at the last step, write loss, global batch, adapter and gradients (safetensors)", 0, 0},
+        {"ckpt-every", ARG_INT, &o.ckpt_every, "N", "checkpoint every N steps (0: only at the end and on a signal)", 0, 0},
+        {"ckpt-every-minutes", ARG_FLOAT, &o.ckpt_minutes, "M", "also checkpoint when M minutes passed since the last one (0: off)", 0, 0},
+        {"keep-checkpoints", ARG_INT, &o.keep_ckpts, "K", "checkpoints kept in OUT/checkpoints (0: all)", 0, 0},
+        {"resume", ARG_STR, &o.resume, "WHAT", "auto (the newest usable checkpoint in OUT/checkpoints, if any) | none | a checkpoint directory", 0, 0},
+        {"ckpt-chunk-bytes", ARG_INT, &o.ckpt_chunk_bytes, "N", "bytes per checkpoint chunk message (0: 64 MiB; small values are for tests)", 0, 0},
         {"log-every", ARG_INT, &o.log_every, "N", "progress line every N steps", 0, 0},
         {"log-level", ARG_STR, &o.log_level, "LEVEL", "error | warn | info | debug (debug: bytes communicated per step)", 0, 0},
     };
@@ -361,6 +415,8 @@ int cmd_train(int argc, char **argv) {
     if (ok && o.r < 1) ok = err_status_set(&st, "--lora-r must be at least 1");
     if (ok && !(o.dropout >= 0 && o.dropout < 1)) ok = err_status_set(&st, "--lora-dropout must be in [0, 1)");
     if (ok && o.max_grad_norm < 0) ok = err_status_set(&st, "--max-grad-norm must be >= 0");
+    if (ok && (o.ckpt_every < 0 || o.ckpt_minutes < 0 || o.keep_ckpts < 0 || o.ckpt_chunk_bytes < 0))
+        ok = err_status_set(&st, "--ckpt-every, --ckpt-every-minutes, --keep-checkpoints and --ckpt-chunk-bytes must be >= 0");
     if (ok && strcmp(o.lora_init, "default") && strcmp(o.lora_init, "gaussian"))
         ok = err_status_set(&st, "--lora-init '%s': expected default or gaussian", o.lora_init);
     if (ok && (o.seq_len < 2 || o.micro_batch < 1 || o.steps < 1 || o.log_every < 1 || o.global_batch < 0))
@@ -445,6 +501,41 @@ int cmd_train(int argc, char **argv) {
         }
     TrainSync ts = {&gs, &g, bucket, 0};
 
+    /* Checkpoints: what must match to resume (model, adapter) and what is informational. */
+    char ckpt_root[4200], fingerprint[512], adapter_json[512], run_json[1024], hparams[256];
+    snprintf(ckpt_root, sizeof ckpt_root, "%s/checkpoints", o.out);
+    snprintf(fingerprint, sizeof fingerprint,
+             "%s hidden=%lld ffn=%lld layers=%lld heads=%lld kv_heads=%lld head_dim=%lld vocab=%lld "
+             "tie=%d qkv_bias=%d o_bias=%d rope_theta=%g rope_scaling=%d dtype=%s",
+             m.cfg.architecture, (long long)m.C, (long long)m.F, (long long)m.L, (long long)m.H,
+             (long long)m.KV, (long long)m.D, (long long)m.V, m.cfg.tie_word_embeddings,
+             m.cfg.qkv_bias, m.cfg.o_bias, m.cfg.rope_theta, m.cfg.rope_scaling_type,
+             m.wdtype == GEMM_BF16 ? "BF16" : "F32");
+    snprintf(adapter_json, sizeof adapter_json,
+             "{\"kind\": \"lora\", \"r\": %lld, \"alpha\": %.9g, \"dropout\": %.9g, \"use_rslora\": %s, "
+             "\"init\": \"%s\", \"target_modules\": \"%s\"}",
+             (long long)o.r, o.alpha, o.dropout, o.rslora ? "true" : "false", o.lora_init, targets_csv);
+    snprintf(hparams, sizeof hparams,
+             "{\"lr\": %.9g, \"beta1\": %.9g, \"beta2\": %.9g, \"eps\": %.9g, \"weight_decay\": %.9g, "
+             "\"momentum\": %.9g, \"nesterov\": %d}",
+             o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, o.momentum, o.nesterov);
+    snprintf(run_json, sizeof run_json,
+             "{\"model\": \"%s\", \"data\": \"%s\", \"seq_len\": %lld, \"micro_batch\": %lld, "
+             "\"global_batch\": %lld, \"steps\": %lld, \"seed\": %llu, \"max_grad_norm\": %.9g}",
+             o.model, o.data, (long long)T, (long long)B, (long long)G, (long long)o.steps,
+             (unsigned long long)o.seed, o.max_grad_norm);
+    TckptCfg cc = {ckpt_root, fingerprint, adapter_json, run_json, hparams, o.seed,
+                   (size_t)o.ckpt_chunk_bytes, (int)o.keep_ckpts};
+    int64_t first_step = 1;
+    if (strcmp(o.resume, "none") != 0) {
+        int64_t done = 0;
+        int rr = tckpt_resume(&cc, strcmp(o.resume, "auto") == 0 ? NULL : o.resume, &g, &m.params,
+                              &opt, &done);
+        if (rr < 0) return train_finish(&g, EXIT_BAD_INPUT);
+        if (rr > 0) first_step = done + 1;
+    }
+    train_install_signals();
+
     double peak = o.peak_gflops > 0 ? o.peak_gflops : train_measure_peak(&gc, &mem);
     double nbig = 0, fpt = llama_flops_per_token(&m, T, &nbig);
     char desc[256];
@@ -483,7 +574,8 @@ int cmd_train(int argc, char **argv) {
 
     char mpath[4200];
     snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", o.out);
-    FILE *metrics = g.world_rank == 0 ? fopen(mpath, "w") : NULL;
+    if (g.world_rank == 0 && first_step > 1) train_trim_metrics(mpath, first_step - 1);
+    FILE *metrics = g.world_rank == 0 ? fopen(mpath, first_step > 1 ? "a" : "w") : NULL;
     if (g.world_rank == 0 && !metrics) {
         err_status_set(&st, "%s: cannot write: %s", mpath, strerror(errno));
         ok = 0;
@@ -500,7 +592,8 @@ int cmd_train(int argc, char **argv) {
     uint64_t bytes_prev[GRID_NBYTES];
     memcpy(bytes_prev, g.bytes, sizeof bytes_prev);
     int rc = 0;
-    int64_t step = 1;
+    double t_ckpt = timer_now();
+    int64_t step = first_step;
     for (; step <= o.steps && rc == 0; step++) {
         double t0 = timer_now();
         /* DP rank d owns global rows [d*G/dp, (d+1)*G/dp); first count their label tokens, so
@@ -586,9 +679,31 @@ int cmd_train(int argc, char **argv) {
                       (double)(g.bytes[GRID_BYTES_KV] - bytes_prev[GRID_BYTES_KV]) / 1e6);
             memcpy(bytes_prev, g.bytes, sizeof bytes_prev);
         }
+        /* Checkpoint at the end of the run, every --ckpt-every steps, when
+         * --ckpt-every-minutes have passed (rank 0's clock) or on a signal: all ranks agree
+         * on it here, at the step boundary. */
+        int want[2] = {(int)g_train_signal,
+                       g.world_rank == 0 && o.ckpt_minutes > 0 &&
+                           timer_now() - t_ckpt >= 60.0 * o.ckpt_minutes};
+        MPI_Allreduce(MPI_IN_PLACE, want, 2, MPI_INT, MPI_MAX, g.world);
+        int due = step == o.steps || (o.ckpt_every > 0 && step % o.ckpt_every == 0) || want[0] || want[1];
+        if (due) {
+            int saved = tckpt_save(&cc, &g, &m.params, &opt, step);
+            if (saved) t_ckpt = timer_now();
+            if (want[0]) {
+                log_info("signal %d: %s; exiting with status %d so the job can be requeued and resumed",
+                         want[0], saved ? "checkpoint written" : "the checkpoint FAILED", EXIT_REQUEUE);
+                rc = saved ? EXIT_REQUEUE : EXIT_IO;
+                step++;
+                break;
+            }
+        }
     }
     const int64_t steps_done = step - 1;
     if (metrics) fclose(metrics);
+    if (rc == 0 || rc == EXIT_REQUEUE) {
+        if (first_step > o.steps) log_info("nothing to do: the checkpoint is at step %lld of %lld", (long long)(first_step - 1), (long long)o.steps);
+    }
     if (rc == 0) {
         train_gather(&m.params, m.params.values, &g, &full_vals);
         if (g.world_rank == 0) {

@@ -9,10 +9,12 @@ enum {
     EXIT_BAD_INPUT = 3,  /* bad model, config or data files */
     EXIT_IO = 4,         /* cannot write outputs */
     EXIT_NONFINITE = 5,  /* the loss or gradient became NaN/inf */
+    EXIT_REQUEUE = 75,   /* stopped on SIGUSR1/SIGTERM after writing a checkpoint: requeue */
 };
 
 int cmd_make_model(int argc, char **argv);
 int cmd_train(int argc, char **argv);
+int cmd_inspect(int argc, char **argv);
 
 /* mkdir -p; returns 0 and sets errno on failure. */
 int launch_mkdirs(const char *path);

@@ -1,0 +1,196 @@
+/* Saving and resuming training checkpoints over MPI (see train_ckpt.h). */
+#include "train_ckpt.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../io/checkpoint.h"
+#include "../runtime/log.h"
+
+/* The optimizer state tensors stored next to each adapter tensor, named like PyTorch's
+ * optimizer state keys. */
+static int tckpt_state_names(const Optim *o, const char **names) {
+    if (o->cfg.kind == OPTIM_ADAMW) {
+        names[0] = "exp_avg";
+        names[1] = "exp_avg_sq";
+        return 2;
+    }
+    names[0] = "momentum_buffer";
+    return 1;
+}
+
+static const float *tckpt_state_buf(const Optim *o, int k) {
+    return k == 0 ? o->m : o->v;
+}
+
+/* Prints st on the lowest rank whose ok is 0; returns 1 if every rank is ok. */
+static int tckpt_agree(Grid *g, int ok, const char *what, const ErrStatus *st) {
+    int first = grid_first_failed(g, ok);
+    if (first == g->world_rank) fprintf(stderr, "shardlora: %s: %s\n", what, st->msg);
+    return first < 0;
+}
+
+int tckpt_save(const TckptCfg *c, Grid *g, const ParamTable *p, const Optim *o, int64_t step) {
+    ErrStatus st;
+    err_status_ok(&st);
+    char tmpdir[4096], what[64];
+    snprintf(what, sizeof what, "checkpoint of step %lld failed", (long long)step);
+    int ok = 1;
+    if (g->world_rank == 0) ok = ckpt_dir_begin(c->root, step, tmpdir, sizeof tmpdir, &st);
+    if (!tckpt_agree(g, ok, what, &st)) return 0;
+    MPI_Bcast(tmpdir, (int)sizeof tmpdir, MPI_CHAR, 0, g->world);
+
+    /* DP rank 0 of each TP group writes its slices: values and optimizer state */
+    CkptShard sh;
+    memset(&sh, 0, sizeof sh);
+    uint8_t *index = NULL;
+    size_t index_len = 0;
+    const int writer = g->dp_rank == 0;
+    if (writer) {
+        char fname[64], tname[256];
+        snprintf(fname, sizeof fname, "shard-tp%d.pb", g->tp_rank);
+        const char *snames[2];
+        const int ns = tckpt_state_names(o, snames);
+        ok = ckpt_shard_open(&sh, tmpdir, fname, c->chunk_limit, &st);
+        for (int i = 0; ok && i < p->n; i++) {
+            const ParamEntry *e = &p->e[i];
+            ok = ckpt_shard_put(&sh, e->name, e->grows, e->gcols, e->r0, e->nr, e->c0, e->nc,
+                                p->values + e->offset, &st);
+            for (int k = 0; ok && k < ns; k++) {
+                snprintf(tname, sizeof tname, "%s/%s", e->name, snames[k]);
+                ok = ckpt_shard_put(&sh, tname, e->grows, e->gcols, e->r0, e->nr, e->c0, e->nc,
+                                    tckpt_state_buf(o, k) + e->offset, &st);
+            }
+        }
+        if (ok) ok = ckpt_shard_close(&sh, &st);
+        if (ok) ckpt_shard_index_pack(&sh, &index, &index_len);
+    }
+    int all = tckpt_agree(g, ok, what, &st);
+
+    /* shard indexes to world rank 0 (small: one record per chunk) */
+    int mylen = all ? (int)index_len : 0;
+    int *lens = NULL, *displs = NULL, total = 0;
+    uint8_t *gathered = NULL;
+    if (g->world_rank == 0) {
+        lens = calloc((size_t)g->world_size, sizeof *lens);
+        displs = calloc((size_t)g->world_size, sizeof *displs);
+        SL_CHECK(lens && displs, "out of memory");
+    }
+    MPI_Gather(&mylen, 1, MPI_INT, lens, 1, MPI_INT, 0, g->world);
+    if (g->world_rank == 0) {
+        for (int r = 0; r < g->world_size; r++) {
+            displs[r] = total;
+            total += lens[r];
+        }
+        gathered = malloc(total ? (size_t)total : 1);
+        SL_CHECK(gathered, "out of memory");
+    }
+    MPI_Gatherv(index, mylen, MPI_BYTE, gathered, lens, displs, MPI_BYTE, 0, g->world);
+    g->bytes[GRID_BYTES_OTHER] += (uint64_t)mylen;
+
+    ok = all;
+    if (all && g->world_rank == 0) {
+        CkptManifestBuilder mb;
+        ckpt_manifest_init(&mb);
+        const char *snames[2];
+        tckpt_state_names(o, snames);
+        mb.meta.run_config = c->run_json;
+        mb.meta.model_fingerprint = c->fingerprint;
+        mb.meta.adapter_config = c->adapter_json;
+        mb.meta.step = step;
+        mb.meta.data_cursor = step; /* the global batch is a function of the step */
+        mb.meta.seed = c->seed;
+        mb.meta.optimizer_kind = optim_kind_name(o->cfg.kind);
+        mb.meta.optimizer_step = o->step;
+        mb.meta.optimizer_hparams = c->optim_hparams;
+        mb.meta.lr_schedule_position = step;
+        mb.meta.tp = g->tp;
+        mb.meta.dp = g->dp;
+        for (int r = 0; ok && r < g->world_size; r++)
+            if (lens[r]) ok = ckpt_manifest_add_index(&mb, gathered + displs[r], (size_t)lens[r], &st);
+        if (ok) ok = ckpt_manifest_write(&mb, tmpdir, &st);
+        if (ok) ok = ckpt_dir_commit(c->root, step, &st);
+        if (ok && !ckpt_prune(c->root, c->keep, &st)) {
+            log_warn("checkpoint %lld written, but pruning old ones failed: %s", (long long)step, st.msg);
+            err_status_ok(&st);
+        }
+        ckpt_manifest_free(&mb);
+    }
+    ok = tckpt_agree(g, ok, what, &st);
+    free(lens);
+    free(displs);
+    free(gathered);
+    free(index);
+    if (writer) ckpt_shard_free(&sh);
+    if (ok) log_info("checkpoint: step %lld written to %s/step-%09lld", (long long)step, c->root, (long long)step);
+    return ok;
+}
+
+static void tckpt_warn(void *ctx, const char *msg) {
+    (void)ctx;
+    fprintf(stderr, "shardlora: WARNING: %s; falling back to an older checkpoint\n", msg);
+}
+
+int tckpt_resume(const TckptCfg *c, const char *path, Grid *g, ParamTable *p, Optim *o,
+                 int64_t *step) {
+    ErrStatus st;
+    err_status_ok(&st);
+    char dir[4096] = "";
+    CkptReader r;
+    memset(&r, 0, sizeof r);
+    int rc = 0, opened = 0;
+    if (g->world_rank == 0) {
+        if (path) {
+            snprintf(dir, sizeof dir, "%s", path);
+            rc = ckpt_open(&r, dir, &st) ? 1 : -1;
+            if (rc == 1 && !ckpt_verify(&r, &st)) rc = -1;
+        } else {
+            rc = ckpt_open_latest(c->root, 1, &r, dir, sizeof dir, tckpt_warn, NULL, &st);
+        }
+        opened = rc == 1;
+        if (rc == 1 && strcmp(r.meta.model_fingerprint, c->fingerprint) != 0) {
+            err_status_set(&st, "%s was written for another model (%s); this run's model is %s",
+                           dir, r.meta.model_fingerprint, c->fingerprint);
+            rc = -1;
+        } else if (rc == 1 && strcmp(r.meta.adapter_config, c->adapter_json) != 0) {
+            err_status_set(&st, "%s has another adapter configuration (%s); this run's is %s",
+                           dir, r.meta.adapter_config, c->adapter_json);
+            rc = -1;
+        } else if (rc == 1 && strcmp(r.meta.optimizer_kind, optim_kind_name(o->cfg.kind)) != 0) {
+            err_status_set(&st, "%s was written with optimizer %s; this run uses %s", dir,
+                           r.meta.optimizer_kind, optim_kind_name(o->cfg.kind));
+            rc = -1;
+        }
+        if (rc < 0) fprintf(stderr, "shardlora: error: cannot resume: %s\n", st.msg);
+    }
+    MPI_Bcast(&rc, 1, MPI_INT, 0, g->world);
+    if (rc <= 0) {
+        if (opened) ckpt_close(&r);
+        return rc;
+    }
+    MPI_Bcast(dir, (int)sizeof dir, MPI_CHAR, 0, g->world);
+    int ok = g->world_rank == 0 ? 1 : ckpt_open(&r, dir, &st);
+    const int have_reader = ok;
+    const char *snames[2];
+    const int ns = tckpt_state_names(o, snames);
+    char tname[256];
+    for (int i = 0; ok && i < p->n; i++) {
+        const ParamEntry *e = &p->e[i];
+        ok = ckpt_read_slice(&r, e->name, e->r0, e->nr, e->c0, e->nc, p->values + e->offset, &st);
+        for (int k = 0; ok && k < ns; k++) {
+            snprintf(tname, sizeof tname, "%s/%s", e->name, snames[k]);
+            ok = ckpt_read_slice(&r, tname, e->r0, e->nr, e->c0, e->nc,
+                                 (float *)tckpt_state_buf(o, k) + e->offset, &st);
+        }
+    }
+    int64_t s = ok ? r.meta.step : 0, ostep = ok ? r.meta.optimizer_step : 0;
+    int wtp = ok ? r.meta.tp : 0, wdp = ok ? r.meta.dp : 0;
+    if (have_reader) ckpt_close(&r);
+    if (!tckpt_agree(g, ok, "cannot resume", &st)) return -1;
+    o->step = ostep;
+    *step = s;
+    log_info("resumed from %s (step %lld, written at tp=%d dp=%d; now tp=%d dp=%d)", dir,
+             (long long)s, wtp, wdp, g->tp, g->dp);
+    return 1;
+}

@@ -1,0 +1,39 @@
+/* Checkpoints of a training run (DESIGN.md §7, io/checkpoint.h for the format): adapter
+ * values and optimizer state in global coordinates, so a checkpoint loads into any tp x dp.
+ * Saving: DP rank 0 of each TP group writes its shard file in parallel; the shard indexes go
+ * to world rank 0, which writes the manifest once every shard is fsynced and commits the
+ * directory atomically (step-N.tmp -> step-N, then `latest`). A failure leaves the previous
+ * checkpoint untouched. Both calls are collective over the world and return the same
+ * verdict on every rank. */
+#ifndef SHARDLORA_LAUNCH_TRAIN_CKPT_H
+#define SHARDLORA_LAUNCH_TRAIN_CKPT_H
+
+#include <stdint.h>
+
+#include "../model/optim.h"
+#include "../model/params.h"
+#include "../parallel/grid.h"
+
+typedef struct {
+    const char *root;          /* OUT/checkpoints */
+    const char *fingerprint;   /* model: architecture, sizes, dtypes (refused if different) */
+    const char *adapter_json;  /* adapter configuration (refused if different) */
+    const char *run_json;      /* the resolved run configuration (informational) */
+    const char *optim_hparams; /* JSON (informational) */
+    uint64_t seed;
+    size_t chunk_limit;        /* bytes per chunk (0: the format's default) */
+    int keep;                  /* checkpoints kept (<= 0: all) */
+} TckptCfg;
+
+/* Writes checkpoint `step` (the state after that step's update). Returns 1 when it is
+ * committed; 0 otherwise (the lowest failing rank printed why). */
+int tckpt_save(const TckptCfg *c, Grid *g, const ParamTable *p, const Optim *o, int64_t step);
+
+/* Loads the checkpoint at `path`, or with path == NULL the newest usable one under c->root
+ * (falling back, loudly, past unusable ones). Returns 1 and *step = the checkpoint's step
+ * when resumed; 0 when there is nothing to resume (fresh start); -1 on an error that must
+ * stop the run (printed once): no usable checkpoint, a different model or adapter. */
+int tckpt_resume(const TckptCfg *c, const char *path, Grid *g, ParamTable *p, Optim *o,
+                 int64_t *step);
+
+#endif
