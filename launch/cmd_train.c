@@ -593,6 +593,7 @@ int cmd_train(int argc, char **argv) {
     memcpy(bytes_prev, g.bytes, sizeof bytes_prev);
     int rc = 0;
     double t_ckpt = timer_now();
+    int final_ckpt_failed = 0;
     int64_t step = first_step;
     for (; step <= o.steps && rc == 0; step++) {
         double t0 = timer_now();
@@ -690,6 +691,15 @@ int cmd_train(int argc, char **argv) {
         if (due) {
             int saved = tckpt_save(&cc, &g, &m.params, &opt, step);
             if (saved) t_ckpt = timer_now();
+            if (!saved && step == o.steps && !want[0]) {
+                /* the adapter is still written below, but the run did not end cleanly */
+                if (g.world_rank == 0)
+                    fprintf(stderr, "shardlora: error: the final checkpoint (step %lld) was not written; "
+                                    "the previous checkpoint is intact\n", (long long)step);
+                final_ckpt_failed = 1;
+            } else if (!saved) {
+                if (g.world_rank == 0) log_warn("training goes on; the previous checkpoint is intact");
+            }
             if (want[0]) {
                 log_info("signal %d: %s; exiting with status %d so the job can be requeued and resumed",
                          want[0], saved ? "checkpoint written" : "the checkpoint FAILED", EXIT_REQUEUE);
@@ -726,6 +736,7 @@ int cmd_train(int argc, char **argv) {
                  (double)g.bytes[GRID_BYTES_DP] * per / 1e6, (double)g.bytes[GRID_BYTES_WORLD] * per / 1e6,
                  (double)g.bytes[GRID_BYTES_KV] * per / 1e6, (double)(m.params.total * sizeof(float)) / 1e6);
     }
+    if (rc == 0 && final_ckpt_failed) rc = EXIT_IO;
     train_full_free(&full_vals);
     train_full_free(&full_grads);
     gsync_free(&gs);

@@ -1,9 +1,11 @@
 /* Saving and resuming training checkpoints over MPI (see train_ckpt.h). */
 #include "train_ckpt.h"
 
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../io/checkpoint.h"
 #include "../runtime/log.h"
@@ -29,6 +31,22 @@ static int tckpt_agree(Grid *g, int ok, const char *what, const ErrStatus *st) {
     int first = grid_first_failed(g, ok);
     if (first == g->world_rank) fprintf(stderr, "shardlora: %s: %s\n", what, st->msg);
     return first < 0;
+}
+
+/* Removes an abandoned step-N.tmp directory (flat: shard files and the manifest), so a
+ * failed write does not keep its space (a full disk would stay full). */
+static void tckpt_remove_tmpdir(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    char path[4400];
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        unlink(path);
+    }
+    closedir(d);
+    rmdir(dir);
 }
 
 int tckpt_save(const TckptCfg *c, Grid *g, const ParamTable *p, const Optim *o, int64_t step) {
@@ -90,7 +108,17 @@ int tckpt_save(const TckptCfg *c, Grid *g, const ParamTable *p, const Optim *o, 
     g->bytes[GRID_BYTES_OTHER] += (uint64_t)mylen;
 
     ok = all;
-    if (all && g->world_rank == 0) {
+    if (!all) {
+        /* every rank knows; the failing rank has said why */
+        if (g->world_rank == 0) tckpt_remove_tmpdir(tmpdir);
+        free(lens);
+        free(displs);
+        free(gathered);
+        free(index);
+        if (writer) ckpt_shard_free(&sh);
+        return 0;
+    }
+    if (g->world_rank == 0) {
         CkptManifestBuilder mb;
         ckpt_manifest_init(&mb);
         const char *snames[2];
@@ -111,6 +139,7 @@ int tckpt_save(const TckptCfg *c, Grid *g, const ParamTable *p, const Optim *o, 
             if (lens[r]) ok = ckpt_manifest_add_index(&mb, gathered + displs[r], (size_t)lens[r], &st);
         if (ok) ok = ckpt_manifest_write(&mb, tmpdir, &st);
         if (ok) ok = ckpt_dir_commit(c->root, step, &st);
+        if (!ok) tckpt_remove_tmpdir(tmpdir);
         if (ok && !ckpt_prune(c->root, c->keep, &st)) {
             log_warn("checkpoint %lld written, but pruning old ones failed: %s", (long long)step, st.msg);
             err_status_ok(&st);

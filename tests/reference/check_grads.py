@@ -5,7 +5,9 @@ optimizer update) holds the step's batch, its loss, every adapter tensor under i
 and its gradient under key + ".grad". This script rebuilds the model from the HF directory,
 installs the dumped adapter, runs forward + backward on the dumped batch in fp32 and
 compares the loss and every gradient: error = max|ours - ref| / max|ref| per tensor, or the
-absolute error against 1e-7 when max|ref| < 1e-12 (e.g. dA while B = 0).
+absolute error against 1e-7 when max|ref| < 1e-12 (e.g. dA while B = 0). The dumped batch is
+the step's whole global batch (gradient accumulation and data parallelism included): with
+metadata global_batch G it must hold exactly G rows.
 
 With lora_dropout > 0 the reference applies shardlora's dropout masks: Philox4x32-10
 (philox.py, independent of the C code) keyed by (seed, step, layer, module, token, column),
@@ -85,6 +87,13 @@ def run(args):
     model = tl.LlamaReference.from_dir(args.model)
     lora = tl.lora_from_dump_meta(model.cfg, meta, where)
     ids, labels, pos = tl.dump_batch(tensors, where)
+    if "global_batch" in meta:  # a run with gradient accumulation / dp: the dump is the global batch
+        try:
+            G = int(meta["global_batch"])
+        except ValueError:
+            raise tl.ReferenceError_(f"{where}: __metadata__ 'global_batch' = {meta['global_batch']!r} is not an integer")
+        if ids.shape[0] != G:
+            raise tl.ReferenceError_(f"{where}: the batch has {ids.shape[0]} rows but global_batch is {G}")
     if "loss" not in tensors or tensors["loss"].numel() != 1:
         raise tl.ReferenceError_(f"{where}: lacks 'loss' (F32 [1])")
     if int(ids.max()) >= model.cfg.vocab_size or int(ids.min()) < 0:

@@ -3,9 +3,12 @@ and compare the loss of every step with OUT/metrics.jsonl.
 
 Inputs: the HF model directory; a `--dump-grads` file written at step 1 (so its adapter is
 the initial one, before any update; its metadata names the LoRA and optimizer settings,
-micro_batch B and seq_len T); the pre-tokenised JSONL the run trained on; the run's
-metrics.jsonl. Batching rule (as shardlora's): step s (0-based) uses lines (s*B + j) mod N,
-each truncated or padded to T (input_ids 0, labels -100, positions continuing). The
+micro_batch B, global_batch G (sequences per optimizer step; B when absent) and seq_len T);
+the pre-tokenised JSONL the run trained on; the run's metrics.jsonl. Batching rule (as
+shardlora's): step s (1-based) uses lines ((s-1)*G + i) mod N, i < G, each truncated or
+padded to T (input_ids 0, labels -100, positions continuing); the whole global batch is one
+forward/backward here (its loss is the mean over all its counted tokens, so gradient
+accumulation over micro-batches and data parallelism give the same step). The
 optimizer is torch.optim.AdamW / torch.optim.SGD. The learning rate of each step is the
 "lr" of that step's metrics line when every line has one (so a schedule is replayed),
 else the dump's `lr`; `--lr-source` forces either. If the metadata has `max_grad_norm`
@@ -89,6 +92,10 @@ def run(args):
     else:
         raise tl.ReferenceError_(f"{where}: optimizer {kind!r} is not 'adamw' or 'sgd'")
     B = meta_num(meta, "micro_batch", where, int)
+    # G sequences per optimizer step (gradient accumulation / data parallelism); B if absent
+    G = meta_num(meta, "global_batch", where, int) if "global_batch" in meta else B
+    if B < 1 or G < 1 or G % B:
+        raise tl.ReferenceError_(f"{where}: global_batch {G} is not a positive multiple of micro_batch {B}")
     T = meta_num(meta, "seq_len", where, int)
     max_norm = meta_num(meta, "max_grad_norm", where) if "max_grad_norm" in meta else 0.0
     problems = tl.check_dump_adapter(tensors, lora, where, need_grads=False)
@@ -114,7 +121,7 @@ def run(args):
     if lr_source == "metrics" and not have_lr:
         raise tl.ReferenceError_(f"{args.metrics}: --lr-source metrics but some step lines lack 'lr'")
 
-    print(f"check_steps: model {args.model} ({model.cfg.arch}), {len(seqs)} sequences, B={B} T={T}, "
+    print(f"check_steps: model {args.model} ({model.cfg.arch}), {len(seqs)} sequences, B={B} G={G} T={T}, "
           f"{args.steps} steps, {kind} {', '.join(f'{k}={v:g}' for k, v in opt_kw.items())}, "
           f"lr from {lr_source}, max_grad_norm={max_norm:g}, r={lora.r} alpha={lora.alpha:g} "
           f"targets={','.join(lora.targets)} dropout={lora.dropout:g}"
@@ -123,7 +130,7 @@ def run(args):
     failed = 0
     # the batch of step 1 must be the dump's
     dump_b = tl.dump_batch(tensors, where)
-    ours_b = tl.make_batch(seqs, 0, B, T)
+    ours_b = tl.make_batch(seqs, 0, G, T)
     for name, d, o in zip(("input_ids", "labels", "position_ids"), dump_b, ours_b):
         if d.shape != o.shape:
             print(f"  FAIL step-1 {name}: dump {list(d.shape)} vs rule {list(o.shape)}")
@@ -140,7 +147,7 @@ def run(args):
     worst = 0.0
     for s in range(args.steps):
         step = s + 1
-        ids, labels, pos = tl.make_batch(seqs, s, B, T)
+        ids, labels, pos = tl.make_batch(seqs, s, G, T)  # the step's global batch
         opt.zero_grad(set_to_none=True)
         lora.dropout_step = step  # the masks of optimizer step s + 1
         loss, n = model.loss(ids, labels, pos, lora, training=True)
