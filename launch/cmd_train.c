@@ -26,7 +26,7 @@
 
 typedef struct {
     const char *model, *data, *out, *targets, *lora_init, *optimizer, *pin, *kernels,
-        *dump_grads, *log_level, *resume;
+        *dump_grads, *log_level, *resume, *ckpt_failure;
     int64_t r, seq_len, micro_batch, global_batch, steps, tp, threads, log_every, ckpt_every,
         keep_ckpts, ckpt_chunk_bytes;
     double ckpt_minutes;
@@ -344,6 +344,7 @@ int cmd_train(int argc, char **argv) {
     o.eps = 1e-8;
     o.seed = 42;
     o.resume = "auto";
+    o.ckpt_failure = "continue";
     o.keep_ckpts = 3;
     ArgSpec specs[] = {
         {"model", ARG_STR, &o.model, "DIR", "Hugging Face model directory (config.json + safetensors)", 1, 0},
@@ -379,6 +380,7 @@ int cmd_train(int argc, char **argv) {
         {"ckpt-every-minutes", ARG_FLOAT, &o.ckpt_minutes, "M", "also checkpoint when M minutes passed since the last one (0: off)", 0, 0},
         {"keep-checkpoints", ARG_INT, &o.keep_ckpts, "K", "checkpoints kept in OUT/checkpoints (0: all)", 0, 0},
         {"resume", ARG_STR, &o.resume, "WHAT", "auto (the newest usable checkpoint in OUT/checkpoints, if any) | none | a checkpoint directory", 0, 0},
+        {"on-ckpt-failure", ARG_STR, &o.ckpt_failure, "WHAT", "continue | stop (exit 4) when a checkpoint cannot be written; the previous one stays intact either way", 0, 0},
         {"ckpt-chunk-bytes", ARG_INT, &o.ckpt_chunk_bytes, "N", "bytes per checkpoint chunk message (0: 64 MiB; small values are for tests)", 0, 0},
         {"log-every", ARG_INT, &o.log_every, "N", "progress line every N steps", 0, 0},
         {"log-level", ARG_STR, &o.log_level, "LEVEL", "error | warn | info | debug (debug: bytes communicated per step)", 0, 0},
@@ -417,6 +419,8 @@ int cmd_train(int argc, char **argv) {
     if (ok && o.max_grad_norm < 0) ok = err_status_set(&st, "--max-grad-norm must be >= 0");
     if (ok && (o.ckpt_every < 0 || o.ckpt_minutes < 0 || o.keep_ckpts < 0 || o.ckpt_chunk_bytes < 0))
         ok = err_status_set(&st, "--ckpt-every, --ckpt-every-minutes, --keep-checkpoints and --ckpt-chunk-bytes must be >= 0");
+    if (ok && strcmp(o.ckpt_failure, "continue") && strcmp(o.ckpt_failure, "stop"))
+        ok = err_status_set(&st, "--on-ckpt-failure '%s': expected continue or stop", o.ckpt_failure);
     if (ok && strcmp(o.lora_init, "default") && strcmp(o.lora_init, "gaussian"))
         ok = err_status_set(&st, "--lora-init '%s': expected default or gaussian", o.lora_init);
     if (ok && (o.seq_len < 2 || o.micro_batch < 1 || o.steps < 1 || o.log_every < 1 || o.global_batch < 0))
@@ -697,6 +701,13 @@ int cmd_train(int argc, char **argv) {
                     fprintf(stderr, "shardlora: error: the final checkpoint (step %lld) was not written; "
                                     "the previous checkpoint is intact\n", (long long)step);
                 final_ckpt_failed = 1;
+            } else if (!saved && strcmp(o.ckpt_failure, "stop") == 0 && !want[0]) {
+                if (g.world_rank == 0)
+                    fprintf(stderr, "shardlora: error: stopping (--on-ckpt-failure stop); the previous "
+                                    "checkpoint is intact\n");
+                rc = EXIT_IO;
+                step++;
+                break;
             } else if (!saved) {
                 if (g.world_rank == 0) log_warn("training goes on; the previous checkpoint is intact");
             }

@@ -91,4 +91,12 @@ same_adapter() {
   [ -f "$b" ] || fail "$3: no adapter at $b"
   cmp -s "$a" "$b" || { "$PY" "$FAULT_DIR/adapter_diff.py" "$a" "$b" 0 || true; fail "$3: adapter differs from the uninterrupted run's"; }
   ok "$3: adapter byte-identical to the uninterrupted run's ($(stat -c %s "$b") bytes, sha256 $(sha256sum < "$b" | cut -c1-16))"
+  # the final checkpoint holds the optimizer state (Adam m and v) too: byte-identical as well
+  local ca="$1/checkpoints/latest" cb="$2/checkpoints/latest" f n=0
+  [ -f "$cb/manifest.pb" ] || fail "$3: no final checkpoint at $cb"
+  for f in "$ca"/manifest.pb "$ca"/shard-tp*.pb; do
+    cmp -s "$f" "$cb/$(basename "$f")" || fail "$3: final checkpoint file $(basename "$f") (adapter + optimizer state) differs from the uninterrupted run's"
+    n=$((n + 1))
+  done
+  ok "$3: final checkpoint (adapter values, Adam exp_avg/exp_avg_sq, manifest) byte-identical: $n files"
 }

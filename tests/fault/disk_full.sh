@@ -52,4 +52,16 @@ inspect_ok "$FS/run/checkpoints/latest" "after disk full"
 inspect_ok "$FS/run/checkpoints/step-000000010" "after disk full"
 for s in 30 40; do [ ! -e "$FS/run/checkpoints/step-0000000$s" ] || fail "a step-0000000$s directory looks committed"; done
 ok "latest -> step 20, inspect 0 on it and on step 10; no committed step 30 or 40"
+
+# The same run configured to stop at a failed checkpoint: exit 4 at step 30, step 20 intact.
+rm -rf "$FS/run"
+rc=0
+train 2 "${ARGS[@]}" --model "$FS/model" --steps 40 --on-ckpt-failure stop --out "$FS/run2" > "$W/run2.log" 2> "$W/run2.err" || rc=$?
+[ "$rc" = 4 ] || { tail -5 "$W/run2.err"; fail "--on-ckpt-failure stop: exit status $rc, expected 4"; }
+grep -q "stopping (--on-ckpt-failure stop)" "$W/run2.err" || fail "--on-ckpt-failure stop: no 'stopping' message"
+! grep -q "step 3[1-9]/40\|step 40/40" "$W/run2.log" "$W/run2.err" || fail "--on-ckpt-failure stop: training went on after the failed checkpoint"
+[ "$(latest_step "$FS/run2")" = 20 ] || fail "--on-ckpt-failure stop: latest is step $(latest_step "$FS/run2"), expected 20"
+inspect_ok "$FS/run2/checkpoints/latest" "after a stop on disk full"
+[ -z "$(ls -d "$FS/run2/checkpoints/"*.tmp 2>/dev/null)" ] || fail "the failed checkpoint's .tmp directory was left behind"
+ok "--on-ckpt-failure stop: exit 4 at step 30, latest -> step 20 intact, no .tmp left behind"
 finish
