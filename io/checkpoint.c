@@ -528,51 +528,77 @@ void ckpt_shard_free(CkptShard *s) {
 
 /* ---- shard index -------------------------------------------------------------------------- */
 
-void ckpt_shard_index_pack(const CkptShard *s, uint8_t **buf, size_t *len) {
+/* The protobuf view of a list of tensors and their chunk records (pointers into the
+ * records; nothing is copied). The shard index and the manifest both carry it. */
+typedef struct {
+    Slckpt__TensorEntry *te, **tp;
+    Slckpt__ChunkRef *cr, **cp;
+} CkptPbTensors;
+
+/* tensors[i] for i < n, in that order; file_override: the file name every chunk reports
+ * (the shard index names its file once), or NULL for each chunk's own. */
+static void ckpt_pb_tensors(CkptPbTensors *pb, const CkptTensor *const *tensors, size_t n,
+                            const char *file_override) {
     size_t nch = 0;
-    for (size_t i = 0; i < s->ntensors; i++)
-        nch += s->tensors[i].nchunks;
-    Slckpt__TensorEntry *te = calloc(s->ntensors + 1, sizeof *te);
-    Slckpt__TensorEntry **tp = calloc(s->ntensors + 1, sizeof *tp);
-    Slckpt__ChunkRef *cr = calloc(nch + 1, sizeof *cr);
-    Slckpt__ChunkRef **cp = calloc(nch + 1, sizeof *cp);
-    SL_CHECK(te && tp && cr && cp, "out of memory");
+    for (size_t i = 0; i < n; i++)
+        nch += tensors[i]->nchunks;
+    pb->te = calloc(n + 1, sizeof *pb->te);
+    pb->tp = calloc(n + 1, sizeof *pb->tp);
+    pb->cr = calloc(nch + 1, sizeof *pb->cr);
+    pb->cp = calloc(nch + 1, sizeof *pb->cp);
+    SL_CHECK(pb->te && pb->tp && pb->cr && pb->cp, "out of memory");
     size_t q = 0;
-    for (size_t i = 0; i < s->ntensors; i++) {
-        const CkptTensor *t = &s->tensors[i];
-        slckpt__tensor_entry__init(&te[i]);
-        te[i].name = (char *)t->name;
-        te[i].rows = t->rows;
-        te[i].cols = t->cols;
-        te[i].n_chunks = t->nchunks;
-        te[i].chunks = cp + q;
+    for (size_t i = 0; i < n; i++) {
+        const CkptTensor *t = tensors[i];
+        Slckpt__TensorEntry *e = &pb->te[i];
+        slckpt__tensor_entry__init(e);
+        e->name = (char *)t->name;
+        e->rows = t->rows;
+        e->cols = t->cols;
+        e->n_chunks = t->nchunks;
+        e->chunks = pb->cp + q;
         for (size_t j = 0; j < t->nchunks; j++, q++) {
             const CkptChunk *c = &t->chunks[j];
-            slckpt__chunk_ref__init(&cr[q]);
-            cr[q].file = (char *)""; /* the index names its file once */
-            cr[q].offset = c->offset;
-            cr[q].length = c->length;
-            cr[q].r0 = c->r0;
-            cr[q].nr = c->nr;
-            cr[q].c0 = c->c0;
-            cr[q].nc = c->nc;
-            cr[q].crc32c = c->crc32c;
-            cp[q] = &cr[q];
+            Slckpt__ChunkRef *r = &pb->cr[q];
+            slckpt__chunk_ref__init(r);
+            r->file = (char *)(file_override ? file_override : c->file);
+            r->offset = c->offset;
+            r->length = c->length;
+            r->r0 = c->r0;
+            r->nr = c->nr;
+            r->c0 = c->c0;
+            r->nc = c->nc;
+            r->crc32c = c->crc32c;
+            pb->cp[q] = r;
         }
-        tp[i] = &te[i];
+        pb->tp[i] = e;
     }
+}
+
+static void ckpt_pb_tensors_free(CkptPbTensors *pb) {
+    free(pb->te);
+    free(pb->tp);
+    free(pb->cr);
+    free(pb->cp);
+}
+
+void ckpt_shard_index_pack(const CkptShard *s, uint8_t **buf, size_t *len) {
+    const CkptTensor **list = malloc((s->ntensors + 1) * sizeof *list);
+    SL_CHECK(list != NULL, "out of memory");
+    for (size_t i = 0; i < s->ntensors; i++)
+        list[i] = &s->tensors[i];
+    CkptPbTensors pb;
+    ckpt_pb_tensors(&pb, list, s->ntensors, "");
     Slckpt__ShardIndex idx = SLCKPT__SHARD_INDEX__INIT;
     idx.file = s->fname ? s->fname : (char *)"";
     idx.n_tensors = s->ntensors;
-    idx.tensors = tp;
+    idx.tensors = pb.tp;
     *len = slckpt__shard_index__get_packed_size(&idx);
     *buf = malloc(*len ? *len : 1);
     SL_CHECK(*buf != NULL, "out of memory");
     slckpt__shard_index__pack(&idx, *buf);
-    free(te);
-    free(tp);
-    free(cr);
-    free(cp);
+    ckpt_pb_tensors_free(&pb);
+    free(list);
 }
 
 /* ---- manifest builder --------------------------------------------------------------------- */
@@ -673,43 +699,14 @@ int ckpt_manifest_write(CkptManifestBuilder *m, const char *dir, ErrStatus *st) 
     /* A deterministic order: the same checkpoint content gives the same manifest bytes. */
     const CkptTensor **order = malloc((m->ntensors + 1) * sizeof *order);
     SL_CHECK(order != NULL, "out of memory");
-    size_t nch = 0;
     for (size_t i = 0; i < m->ntensors; i++) {
         order[i] = &m->tensors[i];
         qsort(m->tensors[i].chunks, m->tensors[i].nchunks, sizeof(CkptChunk), ckpt_cmp_chunk);
-        nch += m->tensors[i].nchunks;
     }
     qsort(order, m->ntensors, sizeof *order, ckpt_cmp_tensor_ptr);
 
-    Slckpt__TensorEntry *te = calloc(m->ntensors + 1, sizeof *te);
-    Slckpt__TensorEntry **tp = calloc(m->ntensors + 1, sizeof *tp);
-    Slckpt__ChunkRef *cr = calloc(nch + 1, sizeof *cr);
-    Slckpt__ChunkRef **cp = calloc(nch + 1, sizeof *cp);
-    SL_CHECK(te && tp && cr && cp, "out of memory");
-    size_t q = 0;
-    for (size_t i = 0; i < m->ntensors; i++) {
-        const CkptTensor *t = order[i];
-        slckpt__tensor_entry__init(&te[i]);
-        te[i].name = (char *)t->name;
-        te[i].rows = t->rows;
-        te[i].cols = t->cols;
-        te[i].n_chunks = t->nchunks;
-        te[i].chunks = cp + q;
-        for (size_t j = 0; j < t->nchunks; j++, q++) {
-            const CkptChunk *c = &t->chunks[j];
-            slckpt__chunk_ref__init(&cr[q]);
-            cr[q].file = (char *)c->file;
-            cr[q].offset = c->offset;
-            cr[q].length = c->length;
-            cr[q].r0 = c->r0;
-            cr[q].nr = c->nr;
-            cr[q].c0 = c->c0;
-            cr[q].nc = c->nc;
-            cr[q].crc32c = c->crc32c;
-            cp[q] = &cr[q];
-        }
-        tp[i] = &te[i];
-    }
+    CkptPbTensors pb;
+    ckpt_pb_tensors(&pb, order, m->ntensors, NULL);
     const CkptMeta *mt = &m->meta;
     Slckpt__Optimizer opt = SLCKPT__OPTIMIZER__INIT;
     opt.kind = (char *)ckpt_str(mt->optimizer_kind);
@@ -732,7 +729,7 @@ int ckpt_manifest_write(CkptManifestBuilder *m, const char *dir, ErrStatus *st) 
     man.dp = mt->dp;
     man.extra_json = (char *)ckpt_str(mt->extra_json);
     man.n_tensors = m->ntensors;
-    man.tensors = tp;
+    man.tensors = pb.tp;
 
     size_t mlen = slckpt__manifest__get_packed_size(&man);
     uint8_t *out = malloc(CKPT_HEADER_BYTES + mlen);
@@ -743,10 +740,7 @@ int ckpt_manifest_write(CkptManifestBuilder *m, const char *dir, ErrStatus *st) 
     ckpt_put_le(out + 16, crc32c(out + CKPT_HEADER_BYTES, mlen), 4);
     int ok = afile_write_all(path, out, CKPT_HEADER_BYTES + mlen, st);
     free(out);
-    free(te);
-    free(tp);
-    free(cr);
-    free(cp);
+    ckpt_pb_tensors_free(&pb);
     free(order);
     free(path);
     return ok;
