@@ -11,6 +11,7 @@ PACKAGES=(
   libnuma-dev numactl                         # NUMA-local pinned memory
   libprotobuf-c-dev protobuf-c-compiler       # checkpoints
   libjansson-dev                              # JSON (config.json, safetensors headers, JSONL)
+  libpcre2-dev libutf8proc-dev                # tokenizer: Unicode regex pre-tokenizers, NFC
   python3-torch python3-numpy                 # the PyTorch reference and baseline (/usr/bin/python3)
 )
 

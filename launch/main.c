@@ -13,6 +13,7 @@ static void main_usage(FILE *f) {
             "  make-model   write a Hugging Face model directory with synthetic random weights\n"
             "  train        train LoRA adapters on a frozen model (run it under mpirun / srun)\n"
             "  inspect      print a checkpoint's manifest and verify its checksums\n"
+            "  tokenize     encode stdin with a model's tokenizer.json (or --decode ids)\n"
             "\n"
             "environment:\n"
             "  SHARDLORA_BLAS_CORE   'keep' to keep OpenBLAS's core choice, or a core name to force\n"
@@ -30,6 +31,7 @@ int main(int argc, char **argv) {
     if (strcmp(argv[1], "make-model") == 0) return cmd_make_model(argc, argv);
     if (strcmp(argv[1], "train") == 0) return cmd_train(argc, argv);
     if (strcmp(argv[1], "inspect") == 0) return cmd_inspect(argc, argv);
+    if (strcmp(argv[1], "tokenize") == 0) return cmd_tokenize(argc, argv);
     fprintf(stderr, "shardlora: unknown command '%s'\n", argv[1]);
     main_usage(stderr);
     return EXIT_USAGE;
