@@ -43,6 +43,8 @@ for i in range(0, len(data) - n + 1, n):
 PY
 echo "quickstart: $(wc -l < "$WORK/data.jsonl") sequences of $SEQ_LEN byte tokens from $TEXT"
 
+# A fresh demo every time (a kept run directory would be resumed from its last checkpoint).
+rm -rf "$WORK/run"
 "$SL" train --model "$WORK/model" --data "$WORK/data.jsonl" --out "$WORK/run" \
   --seq-len "$SEQ_LEN" --micro-batch "$MICRO_BATCH" --steps "$STEPS" --lr "$LR" \
   --lora-r "$LORA_R" --lora-alpha "$LORA_ALPHA" --seed "$SEED" --log-every 5

@@ -6,3 +6,6 @@ set_tests_properties(e2e_bad_input PROPERTIES LABELS e2e TIMEOUT 600)
 add_test(NAME e2e_train_cli
          COMMAND bash ${SL_E2E_DIR}/train_cli.sh $<TARGET_FILE:shardlora> ${CMAKE_BINARY_DIR}/test-work)
 set_tests_properties(e2e_train_cli PROPERTIES LABELS e2e TIMEOUT 600)
+add_test(NAME e2e_quickstart
+         COMMAND bash ${SL_E2E_DIR}/quickstart.sh ${CMAKE_BINARY_DIR} ${CMAKE_BINARY_DIR}/test-work)
+set_tests_properties(e2e_quickstart PROPERTIES LABELS e2e TIMEOUT 600 RUN_SERIAL TRUE)
