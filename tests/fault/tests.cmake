@@ -3,7 +3,7 @@
 # root), resharding on resume, SIGUSR1/SIGTERM checkpoint-and-exit, refused resumes.
 # Each script: bash tests/fault/NAME.sh SHARDLORA_BINARY WORK_DIR; exits 1 on a failure.
 set(SL_FAULT_DIR ${CMAKE_CURRENT_SOURCE_DIR}/fault)
-foreach(t kill_rank kill_during_write corrupt disk_full reshard signals refuse)
+foreach(t kill_rank kill_during_write corrupt disk_full reshard signals refuse timing)
   add_test(NAME fault_${t}
            COMMAND bash ${SL_FAULT_DIR}/${t}.sh $<TARGET_FILE:shardlora> ${CMAKE_BINARY_DIR}/test-work/fault)
   set_tests_properties(fault_${t} PROPERTIES LABELS fault TIMEOUT 300)
