@@ -21,14 +21,14 @@ ok "--ckpt-every-minutes 0.002: $n checkpoints written ($(grep "checkpoint: step
 
 # 2. Two SIGTERMs in a row to a single rank whose steps take much longer than the gap.
 O="$W/term2"
-"$SL" train --model "$W/m" --data "$W/data.jsonl" --out "$O" --seq-len 512 --micro-batch 4 --threads 1 \
+"$SL" train --model "$W/m" --data "$W/data.jsonl" --out "$O" --seq-len 512 --micro-batch 32 --threads 1 \
   --steps 100000 --ckpt-every 2 --log-every 1 > "$W/term2.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 300); do [ "$(latest_step "$O")" -ge 2 ] && break; sleep 0.1; done
 [ "$(latest_step "$O")" -ge 2 ] || { kill -9 $pid; fail "no checkpoint appeared"; }
 before=$(latest_step "$O")
 t0=$(date +%s.%N)
-kill -TERM $pid; kill -TERM $pid
+kill -TERM $pid; sleep 0.02; kill -TERM $pid  # apart: two pending SIGTERMs would merge into one
 wait $pid; rc=$?
 dt=$(since "$t0")
 [ "$rc" = 143 ] || fail "two SIGTERMs: exit status $rc, expected 143 (128 + SIGTERM)"
