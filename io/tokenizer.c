@@ -385,6 +385,18 @@ static int32_t tok_vocab_get(const Tokenizer *tk, const char *s, size_t n) {
     }
 }
 
+int32_t tok_token_id(const Tokenizer *tk, const char *token) {
+    size_t n = strlen(token);
+    for (size_t i = 0; i < tk->nadded; i++)
+        if (tk->added[i].len == n && memcmp(tk->added[i].content, token, n) == 0) return tk->added[i].id;
+    return tok_vocab_get(tk, token, n);
+}
+
+void tok_post_counts(const Tokenizer *tk, size_t *before, size_t *after) {
+    *before = tk->npost_before;
+    *after = tk->npost_after;
+}
+
 /* Inserts s -> id; returns 0 if s is already there. */
 static int tok_vocab_put(Tokenizer *tk, const char *s, size_t n, int32_t id) {
     size_t mask = tk->vcap - 1, i = tok_hash(s, n) & mask;

@@ -46,6 +46,14 @@ int tok_encode(Tokenizer *tk, const char *text, size_t len, int add_special, Tok
 char *tok_decode(Tokenizer *tk, const int32_t *ids, size_t n, int skip_special,
                  size_t *len_out);
 
+/* The id of a token given by its content (an added token or a vocabulary string, e.g.
+ * "</s>" or "<|eot_id|>"), or -1. */
+int32_t tok_token_id(const Tokenizer *tk, const char *token);
+
+/* How many ids the post-processor puts before and after the text when add_special is on
+ * (e.g. 1 and 0 for a BOS-only template). */
+void tok_post_counts(const Tokenizer *tk, size_t *before, size_t *after);
+
 /* 1 + the largest id of the vocabulary and the added tokens. */
 int32_t tok_vocab_size(const Tokenizer *tk);
 

@@ -14,6 +14,7 @@ typedef enum {
     PHILOX_LORA_DROPOUT = 3,
     PHILOX_MODEL_INIT = 4,
     PHILOX_DATA_ORDER = 5,
+    PHILOX_DATA_SPLIT = 6,
 } PhiloxPurpose;
 
 /* One block: out = Philox4x32-10(counter, key). */
