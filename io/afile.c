@@ -1,8 +1,10 @@
 /* Durable atomic file writes (see afile.h). */
 #include "afile.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -116,5 +118,23 @@ int afile_write_json(const char *path, const json_t *doc, size_t flags, ErrStatu
     size_t n = strlen(text);
     int ok = afile_write_all(path, text, n, st);
     free(text);
+    return ok;
+}
+
+int afile_rmdir_flat(const char *dir, ErrStatus *st) {
+    DIR *d = opendir(dir);
+    if (!d) return errno == ENOENT ? 1 : err_status_set(st, "%s: cannot open: %s", dir, strerror(errno));
+    struct dirent *e;
+    char path[4352];
+    int ok = 1;
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        if (unlink(path) != 0 && errno != ENOENT && ok)
+            ok = err_status_set(st, "%s: cannot remove: %s", path, strerror(errno));
+    }
+    closedir(d);
+    if (ok && rmdir(dir) != 0 && errno != ENOENT)
+        ok = err_status_set(st, "%s: cannot remove: %s", dir, strerror(errno));
     return ok;
 }

@@ -30,6 +30,10 @@ void afile_abort(AFile *f);
 int afile_write_all(const char *path, const void *data, size_t len, ErrStatus *st);
 /* A JSON document (json_dumps flags), durably. Does not take the reference. */
 int afile_write_json(const char *path, const json_t *doc, size_t flags, ErrStatus *st);
+/* Removes the files directly inside dir, then dir (no subdirectories expected: the
+ * temporary directories of the token cache and checkpoints are flat). A missing dir is
+ * fine. Returns 0 with st naming what could not be removed. */
+int afile_rmdir_flat(const char *dir, ErrStatus *st);
 /* fsync the directory that holds path (a rename is durable only after this). */
 int afile_fsync_dir(const char *path, ErrStatus *st);
 

@@ -8,13 +8,16 @@
  *   llama3  Llama-3 Instruct: "<|begin_of_text|>" then per message
  *           "<|start_header_id|>R<|end_header_id|>\n\n" + trim(X) + "<|eot_id|>";
  *           trained: trim(X) + "<|eot_id|>" of assistant messages.
- *   mistral Mistral Instruct v0.1/v0.2: "<s>" then user "[INST] X [/INST]", assistant
- *           "X</s>"; a leading system message is put before the first user message's
- *           content followed by "\n\n" (as mistral-common does); roles must alternate
- *           user/assistant. Trained: "X</s>" of assistant messages.
+ *   mistral Mistral Instruct v0.2 / Mixtral v0.1 as of Dec 2023 (v0.1's file then had
+ *           "X</s> "; Mistral's 2024 Hub templates differ again): "<s>" then user
+ *           "[INST] X [/INST]", assistant "X</s>", no strip; a leading system message is put
+ *           before the first user message's content followed by "\n\n" (as mistral-common
+ *           does); roles must alternate user/assistant. Trained: "X</s>" of assistant messages.
  *   llama2  Llama-2 Chat: user "<s>[INST] " + strip(X) + " [/INST]" (the first one with
- *           "<<SYS>>\n" + system + "\n<</SYS>>\n\n" before X when a system message leads),
- *           assistant " " + strip(X) + " </s>". Trained: the assistant piece.
+ *           "<<SYS>>\n" + system + "\n<</SYS>>\n\n" before X when a system message leads;
+ *           strip() then applies to that whole text, so the system text and X's leading
+ *           whitespace are kept), assistant " " + strip(X) + " </s>". Trained: the
+ *           assistant piece. strip / trim remove what Python's str.isspace() calls space.
  *   chatml  ChatML (Qwen2/Qwen2.5): per message "<|im_start|>R\n" + X + "<|im_end|>\n";
  *           trained: X + "<|im_end|>" of assistant messages.
  *   qwen2   ChatML with Qwen2's default system message ("You are a helpful assistant.")
@@ -42,9 +45,12 @@ int chat_parse_format(const char *name);
 const char *chat_format_name(ChatFormat f);
 
 /* Identifies the family of DIR/tokenizer_config.json's "chat_template" (a string, or a
- * list of {"name", "template"} where "default" is taken). Sets *out to CHAT_NONE and
- * returns 1 when the file or the template is absent or the template is not one of the
- * families above; returns 0 with st naming the file when the file is not valid JSON. */
+ * list of {"name", "template"} where "default" is taken, else the first) by markers:
+ * "<|start_header_id|>" llama3; "<|im_start|>" qwen2 when it holds Qwen2's exact default
+ * system turn, else chatml; "[INST]" with "<<SYS>>" llama2, else mistral. Sets *out to
+ * CHAT_NONE and returns 1 when the file or the template is absent or the template is not
+ * one of the families above; returns 0 with st naming the file when the file cannot be
+ * read or is not valid JSON. */
 int chat_detect(const char *model_dir, ChatFormat *out, ErrStatus *st);
 
 typedef struct {

@@ -7,7 +7,10 @@
  * Text is tokenised with the model's tokenizer.json (io/tokenizer.h). Masks follow TRL:
  * the ids are those of the whole text, and a boundary between a masked and a counted part
  * is placed at the token count of the text before it (encode(prefix)), so the ids equal
- * what Hugging Face gives for the full string. Labels are -100 where not counted. */
+ * what Hugging Face gives for the full string. Labels are -100 where not counted.
+ * A line with several of these keys is read by the first of "input_ids", "messages",
+ * "prompt"/"completion", "text"; a key whose value is null counts as absent (tables
+ * exported from HF `datasets` or pandas carry every column on every line). */
 #ifndef SHARDLORA_IO_DATASET_H
 #define SHARDLORA_IO_DATASET_H
 
@@ -26,7 +29,7 @@ typedef struct {
     int train_on_prompt;  /* 1: prompts and non-assistant turns are counted too */
     int32_t eos_id;       /* appended to text and prompt/completion examples unless their
                              ids already end with it; -1: nothing appended */
-    int64_t vocab;        /* pre-tokenised ids must be in [0, vocab) */
+    int64_t vocab;        /* pre-tokenised ids must be in [0, vocab) (<= 0: [0, 2^31)) */
 } DsOptions;
 
 /* One tokenised example; reuse it across lines (buffers grow, never shrink). */
@@ -39,6 +42,10 @@ typedef struct {
     int64_t counted;   /* labels != -100, excluding the first token (it is never a target) */
     size_t cap;        /* of labels and pos */
     TokIds scratch;
+    char *text;        /* scratch: the whole text of a prompt/completion or messages line */
+    size_t text_cap;
+    ChatMsg *msgs;     /* scratch: the messages of a line */
+    size_t msgs_cap;
 } DsExample;
 
 /* Parses line[0..len) (no newline) and tokenises it into ex. tk may be NULL when every line

@@ -58,6 +58,7 @@ void hfc_defaults(HfcConfig *c, HfcArch arch) {
     c->num_kv_heads = 4;
     c->head_dim = 32;
     c->vocab_size = arch == HFC_QWEN2 ? 151936 : 32000;
+    c->bos_token_id = c->eos_token_id = -1;
     c->max_position_embeddings = 2048;
     c->rms_norm_eps = arch == HFC_QWEN2 ? 1e-6 : 1e-5;
     c->rope_theta = 10000.0;
@@ -123,6 +124,18 @@ static int hfc_get_bool(HfcCtx *x, const json_t *obj, const char *key, int *out)
     if (!json_is_boolean(v))
         return err_status_set(x->st, "%s: field '%s' must be true or false", x->path, key);
     *out = json_is_true(v);
+    return 1;
+}
+
+/* Optional token id: an integer or a non-empty list of them (its first is taken, as
+ * generation stops at any of them; the first is the one to append). 1 read, -1 absent. */
+static int hfc_get_token_id(HfcCtx *x, const json_t *obj, const char *key, int64_t *out) {
+    const json_t *v = json_object_get(obj, key);
+    if (!v || json_is_null(v)) return -1;
+    if (json_is_array(v) && json_array_size(v) > 0) v = json_array_get(v, 0);
+    if (!json_is_integer(v) || json_integer_value(v) < 0)
+        return err_status_set(x->st, "%s: field '%s' must be a token id or a list of them", x->path, key);
+    *out = json_integer_value(v);
     return 1;
 }
 
@@ -321,6 +334,10 @@ static int hfc_parse(HfcCtx *x, const json_t *root, HfcConfig *c) {
     if (!hfc_get_pos_int(x, root, NULL, "max_position_embeddings", 0, &c->max_position_embeddings))
         return 0;
     if (!hfc_get_bool(x, root, "tie_word_embeddings", &c->tie_word_embeddings)) return 0;
+    c->bos_token_id = c->eos_token_id = -1;
+    if (!hfc_get_token_id(x, root, "bos_token_id", &c->bos_token_id) ||
+        !hfc_get_token_id(x, root, "eos_token_id", &c->eos_token_id))
+        return 0;
     int attn_bias = 0, mlp_bias = 0;
     if (!hfc_get_bool(x, root, "attention_bias", &attn_bias) ||
         !hfc_get_bool(x, root, "mlp_bias", &mlp_bias))
@@ -496,6 +513,8 @@ int hfc_write(const HfcConfig *c, const char *path, ErrStatus *st) {
     if (c->arch == HFC_QWEN2) hfc_put(tp, "  \"use_sliding_window\": false,\n");
     hfc_put(tp, "  \"tie_word_embeddings\": %s,\n", c->tie_word_embeddings ? "true" : "false");
     if (c->torch_dtype[0]) hfc_put_str(tp, "torch_dtype", c->torch_dtype, ",");
+    if (c->bos_token_id >= 0) hfc_put(tp, "  \"bos_token_id\": %" PRId64 ",\n", c->bos_token_id);
+    if (c->eos_token_id >= 0) hfc_put(tp, "  \"eos_token_id\": %" PRId64 ",\n", c->eos_token_id);
     hfc_put(tp, "  \"use_cache\": true,\n");
     hfc_put(tp, "  \"vocab_size\": %" PRId64 "\n", c->vocab_size);
     hfc_put(tp, "}\n");

@@ -6,7 +6,9 @@
  *   part-NNNNN.tok      the documents of one contiguous range of lines: a header
  *                       ("SLTOKP01", counts, flags, CRC-32C of the rest), then int64
  *                       doc offsets [ndocs + 1], int32 ids [ntok], int32 labels [ntok],
- *                       and int32 positions [ntok] when a document had position_ids.
+ *                       and int32 positions [ntok] when a document had position_ids
+ *                       (then every document has them: 0..n-1 where it gave none).
+ *                       The exact layout is at the top of tokcache.c.
  * Parts are built independently (one per MPI rank; no MPI here: launch/ runs them and
  * commits), each from the lines that start in its byte range of the concatenated files.
  * A cache is reused only when its fingerprint matches: the data files (path, size,
@@ -37,17 +39,21 @@ typedef struct {
 } TcStats;
 
 /* Tokenises part `part` of `nparts` (lines starting in bytes [part*S/nparts,
- * (part+1)*S/nparts) of the concatenation of files, S its total size) into
- * tmp_dir/part-NNNNN.tok (tmp_dir must exist). A bad line: 0 and st = "FILE:LINE: reason"
- * (LINE counted from 1 at the start of FILE), unless skip_bad: then it is counted in stats
- * (the first few also logged as warnings) and the part goes on. An unreadable file: 0
- * with st naming it. */
+ * (part+1)*S/nparts) of the concatenation of files, S its total size; every file starts a
+ * line) into tmp_dir/part-NNNNN.tok (tmp_dir must exist), streaming: memory is bounded by
+ * the longest line, not by the part. "\r\n" ends a line like "\n", the last line needs no
+ * newline, blank (whitespace-only) lines are skipped, a UTF-8 BOM at a file's start is
+ * dropped. A bad line: 0 and st = "FILE:LINE: reason" (LINE counted from 1 at the start of
+ * FILE), unless skip_bad: then it is counted in stats (the first few also logged as
+ * warnings) and the part goes on. An unreadable file: 0 with st naming it. stats is this
+ * part's alone. */
 int tcache_build_part(const char *tmp_dir, int part, int nparts, const char *const *files,
                       int nfiles, Tokenizer *tk, const DsOptions *o, int skip_bad,
                       TcStats *stats, ErrStatus *st);
 
 /* After every part exists in tmp_dir: writes tmp_dir/index.json (stats = the sum over
- * parts), fsyncs, and renames tmp_dir to dir (replacing an old cache). One process. */
+ * parts), fsyncs, and renames tmp_dir to dir (replacing an old cache: only the files a
+ * cache holds are removed, so a dir that holds anything else is refused). One process. */
 int tcache_commit(const char *dir, const char *tmp_dir, int nparts, const char *fingerprint,
                   const TcStats *stats, ErrStatus *st);
 
@@ -70,7 +76,8 @@ typedef struct {
 } TcDoc;
 
 /* Opens and maps the cache in dir when its fingerprint is `fingerprint` and every part
- * checks out (sizes and CRC). Returns 1; 0 when it cannot be used, with st saying why
+ * checks out (sizes, CRC, document offsets; the CRC reads every part once, at disk speed).
+ * Returns 1; 0 when it cannot be used, with nothing left open and st saying why
  * ("no cache", "made from other data or tokenizer settings", "part-00001.tok: checksum
  * mismatch", ...); the caller then builds it again. */
 int tcache_open(TokCache *c, const char *dir, const char *fingerprint, ErrStatus *st);

@@ -56,6 +56,39 @@ static void mm_add(MmTensor *t, int *n, const char *name, int64_t rows, int64_t 
     x->kind = k;
 }
 
+/* Copies tokenizer_config.json from beside FILE into OUT when it exists (the chat template
+ * and the special tokens live there). */
+static int make_copy_tokenizer_config(const char *tokenizer_file, const char *out) {
+    char src[4200], dst[4200];
+    const char *slash = strrchr(tokenizer_file, '/');
+    int dirlen = slash ? (int)(slash - tokenizer_file) : 1;
+    snprintf(src, sizeof src, "%.*s/tokenizer_config.json", dirlen, slash ? tokenizer_file : ".");
+    snprintf(dst, sizeof dst, "%s/tokenizer_config.json", out);
+    FILE *in = fopen(src, "rb");
+    if (!in) return 0;
+    char *buf = NULL;
+    size_t n = 0, cap = 0, k;
+    do {
+        if (n + 65536 > cap) {
+            cap = cap ? 2 * cap : 131072;
+            char *nb = realloc(buf, cap);
+            SL_CHECK(nb, "out of memory");
+            buf = nb;
+        }
+        k = fread(buf + n, 1, cap - n, in);
+        n += k;
+    } while (k > 0);
+    fclose(in);
+    ErrStatus st;
+    int ok = afile_write_all(dst, buf, n, &st);
+    free(buf);
+    if (!ok) {
+        fprintf(stderr, "shardlora make-model: %s\n", st.msg);
+        return EXIT_IO;
+    }
+    return 0;
+}
+
 int cmd_make_model(int argc, char **argv) {
     const char *out = NULL, *arch = "llama", *dtype = "F32", *rope_scaling = "none",
                *tokenizer = NULL;
@@ -94,7 +127,8 @@ int cmd_make_model(int argc, char **argv) {
         {"shards", ARG_INT, &shards, "N",
          "split the weights over N safetensors files with model.safetensors.index.json", 0, 0},
         {"tokenizer", ARG_STR, &tokenizer, "FILE",
-         "copy this tokenizer.json (default: write a byte-level one when vocab >= 259)", 0, 0},
+         "copy this tokenizer.json, and the tokenizer_config.json next to it if there is one "
+         "(default: write a byte-level one when vocab >= 259)", 0, 0},
         {"force", ARG_BOOL, &force, NULL, "overwrite an existing model in --out", 0, 0},
     };
     const int nspecs = (int)(sizeof specs / sizeof specs[0]);
@@ -138,6 +172,10 @@ int cmd_make_model(int argc, char **argv) {
     c.num_kv_heads = kv_heads > 0 ? kv_heads : heads;
     c.head_dim = head_dim > 0 ? head_dim : hidden / heads;
     c.vocab_size = vocab;
+    if (!tokenizer && vocab >= TOK_BYTELEVEL_SIZE) {
+        c.bos_token_id = 256; /* the byte-level tokenizer's <s> and </s> */
+        c.eos_token_id = 257;
+    }
     c.max_position_embeddings = max_pos;
     c.rms_norm_eps = rms_eps;
     c.rope_theta = rope_theta;
@@ -288,6 +326,7 @@ int cmd_make_model(int argc, char **argv) {
             }
             if (in) fclose(in);
             if (o) fclose(o);
+            if (rc == 0) rc = make_copy_tokenizer_config(tokenizer, out);
         } else if (vocab >= TOK_BYTELEVEL_SIZE) {
             if (!tok_write_bytelevel(path, &st)) {
                 fprintf(stderr, "shardlora make-model: %s\n", st.msg);

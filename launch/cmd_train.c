@@ -1,4 +1,5 @@
-/* `shardlora train`: LoRA training of a frozen model on pre-tokenised JSONL data.
+/* `shardlora train`: LoRA training of a frozen model on JSONL data (text, prompt/completion,
+ * chat messages or pre-tokenised; launch/train_data.c turns it into rows).
  * Every rank parses the same options and reaches the same verdicts, so a bad flag or file
  * ends every rank with one clear line and no rank waits in a collective. */
 #include <errno.h>
@@ -11,11 +12,11 @@
 #include <unistd.h>
 
 #include "../io/afile.h"
-#include "../io/jsonl.h"
 #include "../io/peft.h"
 #include "../io/safetensors.h"
 #include "../model/llama.h"
 #include "../model/optim.h"
+#include "../model/sched.h"
 #include "../parallel/grid.h"
 #include "../parallel/gsync.h"
 #include "../runtime/log.h"
@@ -23,16 +24,20 @@
 #include "args.h"
 #include "cmds.h"
 #include "train_ckpt.h"
+#include "train_data.h"
 
 typedef struct {
-    const char *model, *data, *out, *targets, *lora_init, *optimizer, *pin, *kernels,
-        *dump_grads, *log_level, *resume, *ckpt_failure;
+    const char *model, *out, *targets, *lora_init, *optimizer, *pin, *kernels, *dump_grads,
+        *log_level, *resume, *ckpt_failure, *chat_format, *long_examples, *cache_dir,
+        *lr_schedule, *progress;
+    ArgStrs data, eval_data;
+    ArgConfig config;
     int64_t r, seq_len, micro_batch, global_batch, steps, tp, threads, log_every, ckpt_every,
-        keep_ckpts, ckpt_chunk_bytes;
-    double ckpt_minutes;
+        keep_ckpts, ckpt_chunk_bytes, warmup_steps, eval_every, eval_rows;
+    double ckpt_minutes, epochs, eval_split;
     double alpha, dropout, lr, beta1, beta2, eps, weight_decay, momentum, peak_gflops,
         max_grad_norm;
-    int rslora, nesterov;
+    int rslora, nesterov, train_on_prompt, pack, shuffle, skip_bad, add_eos, skip_nonfinite;
     uint64_t seed;
 } TrainOpts;
 
@@ -68,14 +73,22 @@ static double train_measure_peak(GemmCtx *gc, MemCtx *mem) {
     return 2.0 * (double)n * n * n * reps / dt / 1e9;
 }
 
-/* Rows [row0, row0 + n) of the global batch of `step` (DESIGN.md §5: a function of the step
- * only): global row i is sequence ((step-1)*G + i) mod nseq. */
-static void train_rows(const JsonlTokens *d, int64_t step, int64_t G, int64_t row0, int64_t n,
-                       int64_t T, int32_t *ids, int64_t *labels, int64_t *pos) {
-    for (int64_t j = 0; j < n; j++) {
-        int64_t seq = ((step - 1) * G + row0 + j) % d->nseq;
-        jsonl_tokens_row(d, seq, T, ids + j * T, labels + j * T, pos + j * T);
-    }
+/* n rows of the training stream from index `first` (DESIGN.md §5: the global batch of a
+ * step is rows [cursor, cursor + G) of a stream fixed by the data and the seed, whatever
+ * the layout; DP rank d takes its contiguous share). */
+static void train_rows(TrainData *d, int64_t first, int64_t n, int64_t T, int32_t *ids,
+                       int64_t *labels, int64_t *pos) {
+    for (int64_t j = 0; j < n; j++)
+        tdata_train_row(d, first + j, T, ids + j * T, labels + j * T, pos + j * T);
+}
+
+/* "1h02m03s", "4m05s", "7.3s" */
+static const char *train_fmt_dur(double s, char *buf, size_t n) {
+    if (!(s >= 0) || s > 1e9) snprintf(buf, n, "?");
+    else if (s >= 3600) snprintf(buf, n, "%dh%02dm%02ds", (int)(s / 3600), (int)(s / 60) % 60, (int)s % 60);
+    else if (s >= 60) snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
+    else snprintf(buf, n, "%.1fs", s);
+    return buf;
 }
 
 /* Counted label tokens of n rows (Hugging Face shift: position t predicts labels[t+1]). */
@@ -322,22 +335,175 @@ static void train_trim_metrics(const char *path, int64_t last) {
     free(keep);
 }
 
+/* Mean loss over the eval rows (all of them, or the first max_rows): each DP rank runs
+ * micro-batches of its share, empty rows pad the last round; the sums meet over dp. */
+static double train_eval(LlamaModel *m, LlamaActs *acts, LlamaBatch *batch, int64_t *labels,
+                         TrainData *d, int64_t max_rows, const KernOps *kops, KernCtx *kc, Grid *g,
+                         GemmCtx *gc, uint64_t seed, int64_t *tokens_out) {
+    const int64_t B = batch->B, T = batch->T;
+    int64_t rows = d->eval.nrows;
+    if (max_rows > 0 && max_rows < rows) rows = max_rows;
+    const int64_t per_round = B * g->dp, rounds = (rows + per_round - 1) / per_round;
+    AdapterEnv env = {gc, seed, 0, 0, 0};
+    double sum[2] = {0, 0}; /* loss sum, counted tokens */
+    for (int64_t k = 0; k < rounds; k++) {
+        const int64_t row0 = k * per_round + (int64_t)g->dp_rank * B;
+        for (int64_t j = 0; j < B; j++) {
+            int64_t r = row0 + j;
+            tdata_eval_row(d, r < rows ? r : d->eval.nrows, T, batch->ids + j * T, labels + j * T,
+                           batch->pos + j * T);
+        }
+        llama_batch_prepare(batch, m, labels);
+        int64_t counted = 0;
+        sum[0] += llama_forward(m, acts, batch, 1.0f, 0, &env, kops, kc, g, &counted);
+        sum[1] += (double)counted;
+    }
+    grid_allreduce_sum_f64(g, g->dp_comm, sum, 2, GRID_BYTES_OTHER);
+    *tokens_out = (int64_t)sum[1];
+    return sum[1] > 0 ? sum[0] / sum[1] : NAN;
+}
+
+/* OUT/run.json: the resolved configuration, the layout, the data, and the versions of what
+ * the run ran on. */
+static int train_write_run_json(const char *out, const ArgSpec *specs, int nspecs, int argc,
+                                char **argv, const Grid *g, const GemmCtx *gc,
+                                const char *fingerprint, const TrainData *d, int64_t G,
+                                int64_t total_steps, const char *sched_desc, ErrStatus *st) {
+    json_t *j = json_object(), *cmd = json_array(), *layout = json_object(), *ver = json_object(),
+           *data = json_object();
+    for (int i = 0; i < argc; i++) json_array_append_new(cmd, json_string(argv[i]));
+    json_object_set_new(j, "shardlora_version", json_string(SHARDLORA_VERSION));
+    json_object_set_new(j, "command", cmd);
+    json_object_set_new(j, "config", args_to_json(specs, nspecs));
+    json_object_set_new(layout, "world", json_integer(g->world_size));
+    json_object_set_new(layout, "tp", json_integer(g->tp));
+    json_object_set_new(layout, "dp", json_integer(g->dp));
+    json_object_set_new(layout, "global_batch", json_integer((json_int_t)G));
+    json_object_set_new(layout, "total_steps", json_integer((json_int_t)total_steps));
+    json_object_set_new(layout, "lr_schedule", json_string(sched_desc));
+    json_object_set_new(j, "resolved", layout);
+    json_object_set_new(data, "train_fingerprint", json_string(d->fingerprint));
+    json_object_set_new(data, "train_documents", json_integer((json_int_t)d->train.docs));
+    json_object_set_new(data, "train_rows_per_epoch", json_integer((json_int_t)d->train.nrows));
+    json_object_set_new(data, "train_tokens", json_integer((json_int_t)d->train.tokens));
+    json_object_set_new(data, "train_counted_tokens", json_integer((json_int_t)d->train.counted));
+    json_object_set_new(data, "truncated", json_integer((json_int_t)d->train.truncated));
+    json_object_set_new(data, "split", json_integer((json_int_t)d->train.split));
+    json_object_set_new(data, "dropped", json_integer((json_int_t)d->train.dropped));
+    json_object_set_new(data, "bad_lines_skipped", json_integer((json_int_t)d->train_cache.stats.bad_lines));
+    json_object_set_new(data, "chat_format", json_string(chat_format_name(d->ds.chat)));
+    json_object_set_new(data, "eval_documents", json_integer((json_int_t)(d->has_eval ? d->eval.docs : 0)));
+    json_object_set_new(data, "eval_rows", json_integer((json_int_t)(d->has_eval ? d->eval.nrows : 0)));
+    json_object_set_new(j, "data", data);
+    char mpiv[MPI_MAX_LIBRARY_VERSION_STRING] = "";
+    int len = 0;
+    MPI_Get_library_version(mpiv, &len);
+    char *nl = strchr(mpiv, '\n');
+    if (nl) *nl = 0;
+    char desc[256];
+    json_object_set_new(ver, "mpi", json_string(mpiv));
+    json_object_set_new(ver, "blas", json_string(gemm_describe(gc, desc, sizeof desc)));
+    json_object_set_new(ver, "jansson", json_string(JANSSON_VERSION));
+    json_object_set_new(j, "versions", ver);
+    json_object_set_new(j, "model_fingerprint", json_string(fingerprint));
+    char path[4200];
+    snprintf(path, sizeof path, "%s/run.json", out);
+    int ok = afile_write_json(path, j, JSON_INDENT(2), st);
+    json_decref(j);
+    return ok;
+}
+
+/* The live progress bar (a terminal) or nothing; log lines clear it first. */
+typedef struct {
+    int bar;
+    int shown;
+} TrainProgress;
+
+static void train_bar_clear(TrainProgress *p) {
+    if (!p->shown) return;
+    fputs("\r\033[K", stdout);
+    p->shown = 0;
+}
+
+static void train_bar_draw(TrainProgress *p, int64_t step, int64_t total, double loss, double eta) {
+    if (!p->bar) return;
+    char bar[33], dur[32];
+    int fill = (int)(32.0 * (double)step / (double)(total > 0 ? total : 1));
+    for (int i = 0; i < 32; i++) bar[i] = i < fill ? '#' : '.';
+    bar[32] = 0;
+    printf("\r\033[K[%s] %lld/%lld %3.0f%% loss %.4f eta %s", bar, (long long)step, (long long)total,
+           100.0 * (double)step / (double)(total > 0 ? total : 1), loss, train_fmt_dur(eta, dur, sizeof dur));
+    fflush(stdout);
+    p->shown = 1;
+}
+
+/* What the run did, for the closing summary. */
+typedef struct {
+    int64_t steps, skipped, tokens, counted;
+    double wall, t_steps, t_eval, flops, peak_flops; /* peak over all ranks, FLOP/s */
+    double last_loss, last_eval, best_eval;
+    int64_t best_step;
+} TrainTotals;
+
+/* Prints the closing summary on rank 0 and writes it to OUT/summary.json. */
+static int train_write_final(const char *out, const TrainTotals *t, const MemCtx *mem, ErrStatus *st) {
+    char d1[32], d2[32];
+    const double tps = t->t_steps > 0 ? (double)t->tokens / t->t_steps : 0;
+    const double mfu = t->t_steps > 0 ? t->flops / t->t_steps / t->peak_flops : 0;
+    log_info("summary: %lld steps (%lld skipped) in %s (%s training, %.1fs evaluating); %lld tokens "
+             "processed, %lld trained on; %.0f tokens/s, MFU %.1f%%; last train loss %.4f",
+             (long long)t->steps, (long long)t->skipped, train_fmt_dur(t->wall, d1, sizeof d1),
+             train_fmt_dur(t->t_steps, d2, sizeof d2), t->t_eval, (long long)t->tokens,
+             (long long)t->counted, tps, 100.0 * mfu, t->last_loss);
+    if (t->best_step >= 0)
+        log_info("summary: best eval loss %.4f (ppl %.3f) at step %lld", t->best_eval, exp(t->best_eval),
+                 (long long)t->best_step);
+    else
+        log_info("summary: no evaluation (no --eval-data or --eval-split)");
+    json_t *j = json_object(), *memj = json_object();
+    json_object_set_new(j, "steps", json_integer((json_int_t)t->steps));
+    json_object_set_new(j, "skipped_steps", json_integer((json_int_t)t->skipped));
+    json_object_set_new(j, "tokens_processed", json_integer((json_int_t)t->tokens));
+    json_object_set_new(j, "tokens_trained", json_integer((json_int_t)t->counted));
+    json_object_set_new(j, "wall_seconds", json_real(t->wall));
+    json_object_set_new(j, "train_seconds", json_real(t->t_steps));
+    json_object_set_new(j, "eval_seconds", json_real(t->t_eval));
+    json_object_set_new(j, "tokens_per_s", json_real(tps));
+    json_object_set_new(j, "mfu", json_real(mfu));
+    json_object_set_new(j, "last_loss", isfinite(t->last_loss) ? json_real(t->last_loss) : json_null());
+    json_object_set_new(j, "last_eval_loss", isfinite(t->last_eval) ? json_real(t->last_eval) : json_null());
+    json_object_set_new(j, "best_eval_loss", t->best_step >= 0 ? json_real(t->best_eval) : json_null());
+    json_object_set_new(j, "best_eval_step", t->best_step >= 0 ? json_integer((json_int_t)t->best_step) : json_null());
+    for (int c = 0; c < MEM_NCATEGORY; c++)
+        json_object_set_new(memj, mem_category_name((MemCategory)c), json_integer((json_int_t)mem->peak[c]));
+    json_object_set_new(j, "peak_memory_bytes_rank0", memj);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/summary.json", out);
+    int ok = afile_write_json(path, j, JSON_INDENT(2), st);
+    json_decref(j);
+    return ok;
+}
+
 int cmd_train(int argc, char **argv) {
-    TrainOpts o = {0};
+    TrainOpts o;
+    memset(&o, 0, sizeof o);
     o.targets = "all";
     o.lora_init = "default";
     o.optimizer = "adamw";
     o.pin = "auto";
     o.kernels = "fast";
     o.log_level = "info";
+    o.chat_format = "auto";
+    o.long_examples = "truncate";
+    o.lr_schedule = "linear";
+    o.progress = "auto";
     o.r = 8;
     o.alpha = 16;
     o.seq_len = 512;
     o.micro_batch = 1;
-    o.global_batch = 0;
-    o.steps = 10;
+    o.epochs = 1;
     o.tp = 1;
-    o.log_every = 1;
+    o.log_every = 10;
     o.lr = 2e-4;
     o.beta1 = 0.9;
     o.beta2 = 0.999;
@@ -346,22 +512,39 @@ int cmd_train(int argc, char **argv) {
     o.resume = "auto";
     o.ckpt_failure = "continue";
     o.keep_ckpts = 3;
+    o.pack = 1;
+    o.shuffle = 1;
+    o.add_eos = 1;
     ArgSpec specs[] = {
-        {"model", ARG_STR, &o.model, "DIR", "Hugging Face model directory (config.json + safetensors)", 1, 0},
-        {"data", ARG_STR, &o.data, "FILE", "JSONL, one {\"input_ids\": [...], \"labels\"?, \"position_ids\"?} per line", 1, 0},
-        {"out", ARG_STR, &o.out, "DIR", "output directory (adapter/, metrics.jsonl, summary-rank*.json)", 1, 0},
+        {"config", ARG_CONFIG, &o.config, "FILE", "read options from FILE first (JSON object or `key = value` lines; keys are these flag names; flags override)", 0, 0},
+        {"model", ARG_STR, &o.model, "DIR", "Hugging Face model directory (config.json, safetensors, tokenizer.json)", 1, 0},
+        {"data", ARG_STRS, &o.data, "FILE", "JSONL training data; per line {\"text\"}, {\"prompt\",\"completion\"}, {\"messages\":[{\"role\",\"content\"}]} or {\"input_ids\"[,\"labels\"]}", 1, 0},
+        {"eval-data", ARG_STRS, &o.eval_data, "FILE", "JSONL evaluation data (same formats)", 0, 0},
+        {"eval-split", ARG_FLOAT, &o.eval_split, "FRAC", "hold out this fraction of the training documents for evaluation (when no --eval-data)", 0, 0},
+        {"out", ARG_STR, &o.out, "DIR", "output directory: adapter/, metrics.jsonl, run.json, summary.json, checkpoints/, cache/", 1, 0},
+        {"chat-format", ARG_STR, &o.chat_format, "NAME", "template for \"messages\": auto (from tokenizer_config.json) | llama3 | mistral | llama2 | chatml | qwen2", 0, 0},
+        {"train-on-prompt", ARG_BOOL, &o.train_on_prompt, NULL, "count prompt tokens and non-assistant turns in the loss too", 0, 0},
+        {"add-eos", ARG_BOOL, &o.add_eos, NULL, "append the EOS token to text and prompt/completion examples", 0, 0},
+        {"pack", ARG_BOOL, &o.pack, NULL, "pack several documents per sequence (attention and positions restart per document)", 0, 0},
+        {"long-examples", ARG_STR, &o.long_examples, "HOW", "documents longer than --seq-len: truncate | split | drop", 0, 0},
+        {"shuffle", ARG_BOOL, &o.shuffle, NULL, "visit the sequences in a seeded permutation per epoch (off: file order)", 0, 0},
+        {"skip-bad-lines", ARG_BOOL, &o.skip_bad, NULL, "skip (and count) bad data lines instead of stopping at the first", 0, 0},
+        {"cache-dir", ARG_STR, &o.cache_dir, "DIR", "token caches (default: OUT/cache); reused while the data, tokenizer and data options are unchanged", 0, 0},
         {"lora-r", ARG_INT, &o.r, "N", "LoRA rank r", 0, 0},
         {"lora-alpha", ARG_FLOAT, &o.alpha, "X", "LoRA alpha (scale = alpha / r)", 0, 0},
         {"lora-dropout", ARG_FLOAT, &o.dropout, "P", "dropout on the LoRA input, in [0, 1)", 0, 0},
         {"use-rslora", ARG_BOOL, &o.rslora, NULL, "rsLoRA scale alpha / sqrt(r)", 0, 0},
         {"lora-init", ARG_STR, &o.lora_init, "KIND", "default (A ~ U(+-1/sqrt(in))) | gaussian (A ~ N(0, 1/r)); B = 0", 0, 0},
         {"target-modules", ARG_STR, &o.targets, "LIST", "comma list of q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj, or all", 0, 0},
-        {"seq-len", ARG_INT, &o.seq_len, "T", "tokens per sequence (longer rows are truncated, shorter padded)", 0, 0},
+        {"seq-len", ARG_INT, &o.seq_len, "T", "tokens per sequence", 0, 0},
         {"micro-batch", ARG_INT, &o.micro_batch, "B", "sequences per micro-batch on each data-parallel rank", 0, 0},
         {"global-batch", ARG_INT, &o.global_batch, "G", "sequences per optimizer step (0: micro-batch x dp); a multiple of micro-batch x dp, the rest is gradient accumulation", 0, 0},
-        {"steps", ARG_INT, &o.steps, "N", "optimizer steps", 0, 0},
+        {"epochs", ARG_FLOAT, &o.epochs, "E", "passes over the training data (may be fractional); ignored when --steps is given", 0, 0},
+        {"steps", ARG_INT, &o.steps, "N", "optimizer steps (0: from --epochs)", 0, 0},
         {"optimizer", ARG_STR, &o.optimizer, "NAME", "adamw | sgd", 0, 0},
-        {"lr", ARG_FLOAT, &o.lr, "X", "learning rate (constant)", 0, 0},
+        {"lr", ARG_FLOAT, &o.lr, "X", "peak learning rate", 0, 0},
+        {"lr-schedule", ARG_STR, &o.lr_schedule, "NAME", "constant | linear | cosine (after the warmup; Hugging Face's definitions)", 0, 0},
+        {"warmup-steps", ARG_INT, &o.warmup_steps, "N", "linear warmup from 0 over N steps", 0, 0},
         {"beta1", ARG_FLOAT, &o.beta1, "X", "AdamW beta1", 0, 0},
         {"beta2", ARG_FLOAT, &o.beta2, "X", "AdamW beta2", 0, 0},
         {"eps", ARG_FLOAT, &o.eps, "X", "AdamW epsilon", 0, 0},
@@ -369,7 +552,10 @@ int cmd_train(int argc, char **argv) {
         {"momentum", ARG_FLOAT, &o.momentum, "X", "SGD momentum", 0, 0},
         {"nesterov", ARG_BOOL, &o.nesterov, NULL, "SGD Nesterov momentum", 0, 0},
         {"max-grad-norm", ARG_FLOAT, &o.max_grad_norm, "X", "clip the gradient to this global norm (0: off)", 0, 0},
-        {"seed", ARG_U64, &o.seed, "N", "seed of everything random (Philox keys)", 0, 0},
+        {"skip-nonfinite", ARG_BOOL, &o.skip_nonfinite, NULL, "on a non-finite loss or gradient, skip the update and count it (default: stop, exit 5)", 0, 0},
+        {"eval-every", ARG_INT, &o.eval_every, "N", "evaluate every N steps (0: only at the end); needs --eval-data or --eval-split", 0, 0},
+        {"eval-rows", ARG_INT, &o.eval_rows, "N", "evaluate on the first N eval sequences only (0: all)", 0, 0},
+        {"seed", ARG_U64, &o.seed, "N", "seed of everything random (Philox keys): init, dropout, data order, eval split", 0, 0},
         {"tp", ARG_INT, &o.tp, "N", "tensor-parallel size (world = dp x tp; a TP group is consecutive ranks)", 0, 0},
         {"threads", ARG_INT, &o.threads, "N", "threads per rank (0: the CPUs this rank may use)", 0, 0},
         {"pin-memory", ARG_STR, &o.pin, "MODE", "auto | on | off: mlock the frozen weights", 0, 0},
@@ -383,6 +569,7 @@ int cmd_train(int argc, char **argv) {
         {"on-ckpt-failure", ARG_STR, &o.ckpt_failure, "WHAT", "continue | stop (exit 4) when a checkpoint cannot be written; the previous one stays intact either way", 0, 0},
         {"ckpt-chunk-bytes", ARG_INT, &o.ckpt_chunk_bytes, "N", "bytes per checkpoint chunk message (0: 64 MiB; small values are for tests)", 0, 0},
         {"log-every", ARG_INT, &o.log_every, "N", "progress line every N steps", 0, 0},
+        {"progress", ARG_STR, &o.progress, "HOW", "auto (a live bar for a single process on a terminal; plain lines under mpirun/srun) | bar | lines", 0, 0},
         {"log-level", ARG_STR, &o.log_level, "LEVEL", "error | warn | info | debug (debug: bytes communicated per step)", 0, 0},
     };
     const int nspecs = (int)(sizeof specs / sizeof specs[0]);
@@ -396,9 +583,12 @@ int cmd_train(int argc, char **argv) {
     if (ok && help) {
         if (g.world_rank == 0)
             args_print_help(stdout, "[mpirun -np N] shardlora train --model DIR --data FILE --out DIR [options]",
-                            "Train LoRA adapters on a frozen Llama/Mistral/Qwen2 model. Writes "
-                            "OUT/adapter/ (PEFT format), OUT/metrics.jsonl and OUT/summary-rank*.json.",
+                            "Train LoRA adapters on a frozen Llama/Mistral/Qwen2 model. Writes OUT/adapter/ "
+                            "(PEFT format), OUT/metrics.jsonl (a line per step and per evaluation), OUT/run.json "
+                            "(the resolved configuration), OUT/summary.json and OUT/summary-rank*.json; "
+                            "`shardlora plot OUT` draws the loss curve.",
                             specs, nspecs);
+        args_free(specs, nspecs);
         return train_finish(&g, 0);
     }
     /* semantic checks, identical on every rank */
@@ -410,21 +600,34 @@ int cmd_train(int argc, char **argv) {
     const KernOps *kops = kern_ops_by_name(o.kernels);
     int pin = mem_parse_pin(o.pin);
     int okind = optim_parse_kind(o.optimizer);
+    int skind = sched_parse(o.lr_schedule);
+    int lmode = pack_parse_long(o.long_examples);
     if (ok && lvl < 0) ok = err_status_set(&st, "--log-level '%s': expected error, warn, info or debug", o.log_level);
     if (ok && !kops) ok = err_status_set(&st, "--kernels '%s': expected fast or reference", o.kernels);
     if (ok && pin < 0) ok = err_status_set(&st, "--pin-memory '%s': expected auto, on or off", o.pin);
     if (ok && okind < 0) ok = err_status_set(&st, "--optimizer '%s': expected adamw or sgd", o.optimizer);
+    if (ok && skind < 0) ok = err_status_set(&st, "--lr-schedule '%s': expected constant, linear or cosine", o.lr_schedule);
+    if (ok && lmode < 0) ok = err_status_set(&st, "--long-examples '%s': expected truncate, split or drop", o.long_examples);
+    if (ok && strcmp(o.chat_format, "auto") && chat_parse_format(o.chat_format) < 0)
+        ok = err_status_set(&st, "--chat-format '%s': expected auto, llama3, mistral, llama2, chatml or qwen2", o.chat_format);
+    if (ok && strcmp(o.progress, "auto") && strcmp(o.progress, "bar") && strcmp(o.progress, "lines"))
+        ok = err_status_set(&st, "--progress '%s': expected auto, bar or lines", o.progress);
     if (ok && o.r < 1) ok = err_status_set(&st, "--lora-r must be at least 1");
     if (ok && !(o.dropout >= 0 && o.dropout < 1)) ok = err_status_set(&st, "--lora-dropout must be in [0, 1)");
+    if (ok && !(o.eval_split >= 0 && o.eval_split < 1)) ok = err_status_set(&st, "--eval-split must be in [0, 1)");
+    if (ok && o.eval_split > 0 && o.eval_data.n > 0) ok = err_status_set(&st, "--eval-split and --eval-data exclude each other");
+    if (ok && !(o.epochs > 0)) ok = err_status_set(&st, "--epochs must be > 0");
     if (ok && o.max_grad_norm < 0) ok = err_status_set(&st, "--max-grad-norm must be >= 0");
-    if (ok && (o.ckpt_every < 0 || o.ckpt_minutes < 0 || o.keep_ckpts < 0 || o.ckpt_chunk_bytes < 0))
-        ok = err_status_set(&st, "--ckpt-every, --ckpt-every-minutes, --keep-checkpoints and --ckpt-chunk-bytes must be >= 0");
+    if (ok && (o.ckpt_every < 0 || o.ckpt_minutes < 0 || o.keep_ckpts < 0 || o.ckpt_chunk_bytes < 0 ||
+               o.warmup_steps < 0 || o.eval_every < 0 || o.eval_rows < 0 || o.steps < 0))
+        ok = err_status_set(&st, "--steps, --warmup-steps, --eval-every, --eval-rows, --ckpt-every, "
+                                 "--ckpt-every-minutes, --keep-checkpoints and --ckpt-chunk-bytes must be >= 0");
     if (ok && strcmp(o.ckpt_failure, "continue") && strcmp(o.ckpt_failure, "stop"))
         ok = err_status_set(&st, "--on-ckpt-failure '%s': expected continue or stop", o.ckpt_failure);
     if (ok && strcmp(o.lora_init, "default") && strcmp(o.lora_init, "gaussian"))
         ok = err_status_set(&st, "--lora-init '%s': expected default or gaussian", o.lora_init);
-    if (ok && (o.seq_len < 2 || o.micro_batch < 1 || o.steps < 1 || o.log_every < 1 || o.global_batch < 0))
-        ok = err_status_set(&st, "--seq-len must be >= 2; --micro-batch, --steps and --log-every >= 1; --global-batch >= 0");
+    if (ok && (o.seq_len < 2 || o.micro_batch < 1 || o.log_every < 1 || o.global_batch < 0))
+        ok = err_status_set(&st, "--seq-len must be >= 2; --micro-batch and --log-every >= 1; --global-batch >= 0");
     if (ok) ok = adapter_parse_targets(o.targets, &acfg.targets, &st);
     if (ok) ok = grid_setup(&g, (int)o.tp, &st);
     if (ok && o.global_batch == 0) o.global_batch = o.micro_batch * g.dp;
@@ -435,21 +638,44 @@ int cmd_train(int argc, char **argv) {
                             (long long)o.global_batch, (long long)o.micro_batch, g.dp);
     if (!ok) {
         if (g.world_rank == 0) fprintf(stderr, "shardlora train: %s\n", st.msg);
+        args_free(specs, nspecs);
         return train_finish(&g, EXIT_USAGE);
     }
     log_set_level((LogLevel)lvl);
+    char cache_dir[4200];
+    snprintf(cache_dir, sizeof cache_dir, "%s", o.cache_dir ? o.cache_dir : "");
+    if (!o.cache_dir) snprintf(cache_dir, sizeof cache_dir, "%s/cache", o.out);
 
     MemCtx mem;
     mem_init(&mem, (MemPinMode)pin);
     LlamaModel m;
     ok = llama_load(&m, o.model, &g, &mem, &st);
     if (!train_agree(&g, ok, &st)) return train_finish(&g, EXIT_BAD_INPUT);
-    JsonlTokens data;
-    ok = jsonl_tokens_load(&data, o.data, m.V, &st);
-    if (!train_agree(&g, ok, &st)) return train_finish(&g, EXIT_BAD_INPUT);
-    ok = launch_mkdirs(o.out);
+    ok = launch_mkdirs(o.out) && launch_mkdirs(cache_dir);
     if (!ok) err_status_set(&st, "%s: cannot create the output directory: %s", o.out, strerror(errno));
     if (!train_agree(&g, ok, &st)) return train_finish(&g, EXIT_IO);
+    if (g.world_rank == 0) {
+        printf("configuration (%s):\n", o.config.path ? o.config.path : "flags and defaults");
+        args_print_resolved(stdout, specs, nspecs);
+        fflush(stdout);
+    }
+
+    TrainData data;
+    TdataOpts dopt = {o.model, &o.data, &o.eval_data, o.eval_split, o.chat_format, o.train_on_prompt,
+                      o.add_eos, o.pack, o.shuffle, o.skip_bad, (PackLong)lmode, cache_dir, o.seq_len,
+                      m.V, m.cfg.eos_token_id, o.seed};
+    int data_rc = 0;
+    if (!tdata_load(&data, &dopt, &g, &data_rc)) {
+        /* bad data leaves no trace: the directories this run created go again if empty */
+        if (g.world_rank == 0) {
+            rmdir(cache_dir);
+            rmdir(o.out);
+        }
+        return train_finish(&g, data_rc);
+    }
+    if (o.eval_every > 0 && !data.has_eval && g.world_rank == 0)
+        log_warn("--eval-every %lld: no eval data (--eval-data or --eval-split), nothing to evaluate",
+                 (long long)o.eval_every);
 
     GemmCtx gc;
     gemm_init(&gc, &mem, (int)o.threads, m.C > m.F ? m.C : m.F);
@@ -467,6 +693,8 @@ int cmd_train(int argc, char **argv) {
     llama_init_adapters(&m, &acfg, &g, &mem);
     const int64_t B = o.micro_batch, T = o.seq_len, N = B * T, G = o.global_batch;
     const int64_t rows_per_dp = G / g.dp, nmicro = rows_per_dp / B;
+    const int64_t nrows = data.train.nrows;
+    const int64_t total_steps = o.steps > 0 ? o.steps : (int64_t)ceil(o.epochs * (double)nrows / (double)G - 1e-9);
     LlamaActs acts;
     llama_acts_init(&acts, &m, B, T, &mem);
     LlamaBatch batch;
@@ -506,7 +734,7 @@ int cmd_train(int argc, char **argv) {
     TrainSync ts = {&gs, &g, bucket, 0};
 
     /* Checkpoints: what must match to resume (model, adapter) and what is informational. */
-    char ckpt_root[4200], fingerprint[512], adapter_json[512], run_json[1024], hparams[256];
+    char ckpt_root[4200], fingerprint[512], adapter_json[512], run_json[2048], hparams[256], sched_desc[128];
     snprintf(ckpt_root, sizeof ckpt_root, "%s/checkpoints", o.out);
     snprintf(fingerprint, sizeof fingerprint,
              "%s hidden=%lld ffn=%lld layers=%lld heads=%lld kv_heads=%lld head_dim=%lld vocab=%lld "
@@ -523,20 +751,26 @@ int cmd_train(int argc, char **argv) {
              "{\"lr\": %.9g, \"beta1\": %.9g, \"beta2\": %.9g, \"eps\": %.9g, \"weight_decay\": %.9g, "
              "\"momentum\": %.9g, \"nesterov\": %d}",
              o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, o.momentum, o.nesterov);
+    snprintf(sched_desc, sizeof sched_desc, "%s, warmup %lld of %lld steps, peak lr %g",
+             o.lr_schedule, (long long)o.warmup_steps, (long long)total_steps, o.lr);
     snprintf(run_json, sizeof run_json,
-             "{\"model\": \"%s\", \"data\": \"%s\", \"seq_len\": %lld, \"micro_batch\": %lld, "
-             "\"global_batch\": %lld, \"steps\": %lld, \"seed\": %llu, \"max_grad_norm\": %.9g}",
-             o.model, o.data, (long long)T, (long long)B, (long long)G, (long long)o.steps,
-             (unsigned long long)o.seed, o.max_grad_norm);
+             "{\"model\": \"%s\", \"data_fingerprint\": \"%s\", \"seq_len\": %lld, \"micro_batch\": %lld, "
+             "\"global_batch\": %lld, \"steps\": %lld, \"seed\": %llu, \"max_grad_norm\": %.9g, "
+             "\"lr_schedule\": \"%s\"}",
+             o.model, data.fingerprint, (long long)T, (long long)B, (long long)G, (long long)total_steps,
+             (unsigned long long)o.seed, o.max_grad_norm, sched_desc);
     TckptCfg cc = {ckpt_root, fingerprint, adapter_json, run_json, hparams, o.seed,
                    (size_t)o.ckpt_chunk_bytes, (int)o.keep_ckpts};
-    int64_t first_step = 1;
+    int64_t first_step = 1, cursor = 0;
     if (strcmp(o.resume, "none") != 0) {
-        int64_t done = 0;
+        int64_t done = 0, cur = 0;
         int rr = tckpt_resume(&cc, strcmp(o.resume, "auto") == 0 ? NULL : o.resume, &g, &m.params,
-                              &opt, &done);
+                              &opt, &done, &cur);
         if (rr < 0) return train_finish(&g, EXIT_BAD_INPUT);
-        if (rr > 0) first_step = done + 1;
+        if (rr > 0) {
+            first_step = done + 1;
+            cursor = cur;
+        }
     }
     train_install_signals();
 
@@ -547,12 +781,10 @@ int cmd_train(int argc, char **argv) {
              o.model, m.cfg.architecture, (long long)m.L, (long long)m.C, (long long)m.H,
              (long long)m.KV, (long long)m.D, (long long)m.F, (long long)m.V,
              m.wdtype == GEMM_BF16 ? "BF16" : "F32");
-    log_info("config: data=%s out=%s seq_len=%lld micro_batch=%lld global_batch=%lld (%lld micro-batches per rank per step) "
-             "steps=%lld optimizer=%s lr=%g betas=(%g,%g) eps=%g weight_decay=%g momentum=%g nesterov=%d "
-             "max_grad_norm=%g seed=%llu",
-             o.data, o.out, (long long)T, (long long)B, (long long)G, (long long)nmicro,
-             (long long)o.steps, o.optimizer, o.lr, o.beta1, o.beta2, o.eps, o.weight_decay,
-             o.momentum, o.nesterov, o.max_grad_norm, (unsigned long long)o.seed);
+    log_info("schedule: %lld steps of %lld sequences x %lld tokens (%lld micro-batches of %lld per rank per step); "
+             "%.3g epochs of %lld sequences; lr %s; optimizer %s",
+             (long long)total_steps, (long long)G, (long long)T, (long long)nmicro, (long long)B,
+             (double)(total_steps * G) / (double)nrows, (long long)nrows, sched_desc, o.optimizer);
     log_info("adapter: lora r=%lld alpha=%g dropout=%g rslora=%d init=%s targets=%s (%zu trainable floats on rank 0)",
              (long long)o.r, o.alpha, o.dropout, o.rslora, o.lora_init, targets_csv,
              m.params.total);
@@ -566,7 +798,6 @@ int cmd_train(int argc, char **argv) {
         log_warn("the TP group of dp_rank %d spans %d nodes: its per-layer all-reduces will cross the "
                  "network (place consecutive ranks on one node, e.g. mpirun --map-by node:PE=...)",
                  g.dp_rank, tp_nodes);
-    log_info("data: %lld sequences, %lld tokens from %s", (long long)data.nseq, (long long)data.ntok, o.data);
     log_info("MFU = model FLOPs/s / peak; model FLOPs/token = 4*N_big + 12*L*(H*D)*T + adapter = "
              "4*%.4g + 12*%lld*%lld*%lld + ... = %.4g; peak = %.1f GFLOP/s per rank (%s)",
              nbig, (long long)m.L, (long long)(m.H * m.D), (long long)T, fpt, peak,
@@ -576,6 +807,10 @@ int cmd_train(int argc, char **argv) {
              (double)m.bytes_read / 1048576.0);
     mem_print_table(&mem, "at start-up");
 
+    if (g.world_rank == 0)
+        ok = train_write_run_json(o.out, specs, nspecs, argc, argv, &g, &gc, fingerprint, &data, G,
+                                  total_steps, sched_desc, &st);
+    if (!train_agree(&g, ok || g.world_rank != 0, &st)) return train_finish(&g, EXIT_IO);
     char mpath[4200];
     snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", o.out);
     if (g.world_rank == 0 && first_step > 1) train_trim_metrics(mpath, first_step - 1);
@@ -591,22 +826,32 @@ int cmd_train(int argc, char **argv) {
         train_full_alloc(&full_vals, &m.params);
         if (o.dump_grads) train_full_alloc(&full_grads, &m.params);
     }
+    /* Under mpirun / srun rank 0's stdout may be a pseudo-terminal even when the job's output
+     * goes to a file, so `auto` draws the bar only for a single process on a terminal. */
+    const int launched = g.world_size > 1 || getenv("SLURM_JOB_ID") || getenv("OMPI_COMM_WORLD_SIZE");
+    TrainProgress prog = {g.world_rank == 0 && (strcmp(o.progress, "bar") == 0 ||
+                                                 (strcmp(o.progress, "auto") == 0 && !launched &&
+                                                  isatty(STDOUT_FILENO))),
+                          0};
     AdapterEnv env = {&gc, o.seed, 0, 0, 1};
-    double t_start = timer_now();
+    double t_start = timer_now(), t_steps = 0, t_eval = 0, flops_done = 0;
     uint64_t bytes_prev[GRID_NBYTES];
     memcpy(bytes_prev, g.bytes, sizeof bytes_prev);
     int rc = 0;
     double t_ckpt = timer_now();
     int final_ckpt_failed = 0;
-    int64_t step = first_step;
-    for (; step <= o.steps && rc == 0; step++) {
+    int64_t step = first_step, tokens_counted = 0, skipped = 0, best_step = -1, steps_run = 0;
+    double best_eval = INFINITY, last_eval = NAN, last_loss = NAN;
+    if (first_step == 1) cursor = 0;
+    for (; step <= total_steps && rc == 0; step++) {
         double t0 = timer_now();
+        const double lr_now = sched_lr((SchedKind)skind, o.lr, step, o.warmup_steps, total_steps);
         /* DP rank d owns global rows [d*G/dp, (d+1)*G/dp); first count their label tokens, so
          * every token's loss is scaled by 1 / (counted tokens of the global batch). */
         const int64_t row_base = (int64_t)g.dp_rank * rows_per_dp;
         int64_t count = 0;
         for (int64_t mb = 0; mb < nmicro; mb++) {
-            train_rows(&data, step, G, row_base + mb * B, B, T, batch.ids, labels, batch.pos);
+            train_rows(&data, cursor + row_base + mb * B, B, T, batch.ids, labels, batch.pos);
             count += train_count_labels(labels, B, T);
         }
         grid_allreduce_sum_i64(&g, g.dp_comm, &count, 1, GRID_BYTES_OTHER);
@@ -616,7 +861,7 @@ int cmd_train(int argc, char **argv) {
         double loss = 0;
         for (int64_t mb = 0; mb < nmicro; mb++) {
             const int64_t row0 = row_base + mb * B;
-            train_rows(&data, step, G, row0, B, T, batch.ids, labels, batch.pos);
+            train_rows(&data, cursor + row0, B, T, batch.ids, labels, batch.pos);
             llama_batch_prepare(&batch, &m, labels);
             env.token0 = row0 * T; /* global token index within the step keys dropout */
             ts.active = mb == nmicro - 1;
@@ -628,22 +873,25 @@ int cmd_train(int argc, char **argv) {
         double ss = params_sumsq(&m.params, m.params.grads);
         grid_allreduce_sum_f64(&g, g.tp_comm, &ss, 1, GRID_BYTES_OTHER);
         double gnorm = sqrt(ss);
-        if (!isfinite(loss) || !isfinite(gnorm)) {
+        const int finite = isfinite(loss) && isfinite(gnorm);
+        if (!finite && !o.skip_nonfinite) {
+            train_bar_clear(&prog);
             if (g.world_rank == 0)
-                fprintf(stderr, "shardlora: error: step %lld: non-finite %s (loss %g, grad norm %g); stopping\n",
+                fprintf(stderr, "shardlora: error: step %lld: non-finite %s (loss %g, grad norm %g); stopping "
+                                "(--skip-nonfinite skips such steps instead)\n",
                         (long long)step, isfinite(loss) ? "gradient" : "loss", loss, gnorm);
             rc = EXIT_NONFINITE;
             break;
         }
-        if (o.dump_grads && step == o.steps) {
+        if (o.dump_grads && step == total_steps) {
             train_gather(&m.params, m.params.values, &g, &full_vals);
             train_gather(&m.params, m.params.grads, &g, &full_grads);
             if (g.world_rank == 0) {
-                /* the whole global batch, rebuilt from the data (a function of the step) */
+                /* the whole global batch, rebuilt from the data stream */
                 int32_t *gids = malloc((size_t)(G * T) * sizeof *gids);
                 int64_t *glab = malloc((size_t)(G * T) * sizeof *glab), *gpos = malloc((size_t)(G * T) * sizeof *gpos);
                 SL_CHECK(gids && glab && gpos, "out of memory");
-                train_rows(&data, step, G, 0, G, T, gids, glab, gpos);
+                train_rows(&data, cursor, G, T, gids, glab, gpos);
                 if (!train_dump(o.dump_grads, &o, targets_csv, &g, &m.params, &full_vals, &full_grads,
                                 loss, gids, glab, gpos, G, T, step, &st)) {
                     fprintf(stderr, "shardlora: error: --dump-grads: %s\n", st.msg);
@@ -654,28 +902,71 @@ int cmd_train(int argc, char **argv) {
                 free(gpos);
             }
         }
-        if (o.max_grad_norm > 0) {
-            /* torch.nn.utils.clip_grad_norm_: scale by min(1, max / (norm + 1e-6)) */
-            float coef = (float)(o.max_grad_norm / (gnorm + 1e-6));
-            if (coef < 1.0f)
-                for (size_t i = 0; i < m.params.total; i++) m.params.grads[i] *= coef;
+        if (finite) {
+            if (o.max_grad_norm > 0) {
+                /* torch.nn.utils.clip_grad_norm_: scale by min(1, max / (norm + 1e-6)) */
+                float coef = (float)(o.max_grad_norm / (gnorm + 1e-6));
+                if (coef < 1.0f)
+                    for (size_t i = 0; i < m.params.total; i++) m.params.grads[i] *= coef;
+            }
+            optim_step(&opt, m.params.values, m.params.grads, (float)lr_now);
+            last_loss = loss;
+        } else {
+            skipped++;
+            if (g.world_rank == 0)
+                log_warn("step %lld: non-finite %s (loss %g, grad norm %g): update skipped (--skip-nonfinite; %lld so far)",
+                         (long long)step, isfinite(loss) ? "gradient" : "loss", loss, gnorm, (long long)skipped);
         }
-        optim_step(&opt, m.params.values, m.params.grads, (float)o.lr);
-        double dt = timer_now() - t0, el = timer_now() - t_start;
+        cursor += G;
+        tokens_counted += count;
+        steps_run++;
+        double dt = timer_now() - t0;
+        t_steps += dt;
+        flops_done += fpt * (double)(G * T);
         double tps = (double)(G * T) / dt;
         double mfu = fpt * (double)(G * T) / dt / (peak * 1e9 * g.world_size);
+        const double epoch = (double)cursor / (double)nrows;
         if (metrics) {
             fprintf(metrics,
-                    "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"tokens\": %lld, "
-                    "\"tokens_per_s\": %.3f, \"mfu\": %.5f}\n",
-                    (long long)step, loss, o.lr, gnorm, (long long)count, tps, mfu);
+                    "{\"step\": %lld, \"epoch\": %.6g, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"tokens\": %lld, "
+                    "\"tokens_per_s\": %.3f, \"mfu\": %.5f%s}\n",
+                    (long long)step, epoch, loss, lr_now, gnorm, (long long)count, tps, mfu,
+                    finite ? "" : ", \"skipped\": true");
             fflush(metrics);
         }
-        if (step % o.log_every == 0 || step == o.steps)
-            log_info("step %lld/%lld | loss %.4f | lr %.2e | grad_norm %.4f | %.0f tok/s | MFU %.1f%% | "
-                     "elapsed %.1fs | eta %.1fs",
-                     (long long)step, (long long)o.steps, loss, o.lr, gnorm, tps, 100.0 * mfu, el,
-                     el / (double)step * (double)(o.steps - step));
+        /* evaluation: every --eval-every steps and at the end */
+        if (data.has_eval && ((o.eval_every > 0 && step % o.eval_every == 0) || step == total_steps)) {
+            double te = timer_now();
+            int64_t etok = 0;
+            double el = train_eval(&m, &acts, &batch, labels, &data, o.eval_rows, kops, &kc, &g, &gc,
+                                   o.seed, &etok);
+            te = timer_now() - te;
+            t_eval += te;
+            last_eval = el;
+            if (el < best_eval) {
+                best_eval = el;
+                best_step = step;
+            }
+            train_bar_clear(&prog);
+            log_info("eval at step %lld: loss %.4f | ppl %.3f | %lld tokens | %.1fs", (long long)step, el,
+                     exp(el), (long long)etok, te);
+            if (metrics) {
+                fprintf(metrics, "{\"step\": %lld, \"epoch\": %.6g, \"eval_loss\": %.9g, \"eval_ppl\": %.9g, \"eval_tokens\": %lld}\n",
+                        (long long)step, epoch, el, exp(el), (long long)etok);
+                fflush(metrics);
+            }
+        }
+        double el = timer_now() - t_start;
+        double eta = el / (double)steps_run * (double)(total_steps - step);
+        if (step % o.log_every == 0 || step == total_steps || step == first_step) {
+            char d1[32], d2[32];
+            train_bar_clear(&prog);
+            log_info("step %lld/%lld | epoch %.2f | loss %.4f | lr %.3e | grad_norm %.4f | %.0f tok/s | MFU %.1f%% | "
+                     "elapsed %s | eta %s",
+                     (long long)step, (long long)total_steps, epoch, loss, lr_now, gnorm, tps, 100.0 * mfu,
+                     train_fmt_dur(el, d1, sizeof d1), train_fmt_dur(eta, d2, sizeof d2));
+        }
+        train_bar_draw(&prog, step, total_steps, loss, eta);
         if (log_level() >= LOG_DEBUG) {
             log_debug("step %lld bytes: tp %.3g MB, dp %.3g MB, world %.3g MB, kv %.3g MB", (long long)step,
                       (double)(g.bytes[GRID_BYTES_TP] - bytes_prev[GRID_BYTES_TP]) / 1e6,
@@ -691,11 +982,12 @@ int cmd_train(int argc, char **argv) {
                        g.world_rank == 0 && o.ckpt_minutes > 0 &&
                            timer_now() - t_ckpt >= 60.0 * o.ckpt_minutes};
         MPI_Allreduce(MPI_IN_PLACE, want, 2, MPI_INT, MPI_MAX, g.world);
-        int due = step == o.steps || (o.ckpt_every > 0 && step % o.ckpt_every == 0) || want[0] || want[1];
+        int due = step == total_steps || (o.ckpt_every > 0 && step % o.ckpt_every == 0) || want[0] || want[1];
         if (due) {
-            int saved = tckpt_save(&cc, &g, &m.params, &opt, step);
+            train_bar_clear(&prog);
+            int saved = tckpt_save(&cc, &g, &m.params, &opt, step, cursor);
             if (saved) t_ckpt = timer_now();
-            if (!saved && step == o.steps && !want[0]) {
+            if (!saved && step == total_steps && !want[0]) {
                 /* the adapter is still written below, but the run did not end cleanly */
                 if (g.world_rank == 0)
                     fprintf(stderr, "shardlora: error: the final checkpoint (step %lld) was not written; "
@@ -720,11 +1012,12 @@ int cmd_train(int argc, char **argv) {
             }
         }
     }
+    train_bar_clear(&prog);
     const int64_t steps_done = step - 1;
     if (metrics) fclose(metrics);
-    if (rc == 0 || rc == EXIT_REQUEUE) {
-        if (first_step > o.steps) log_info("nothing to do: the checkpoint is at step %lld of %lld", (long long)(first_step - 1), (long long)o.steps);
-    }
+    if ((rc == 0 || rc == EXIT_REQUEUE) && first_step > total_steps)
+        log_info("nothing to do: the checkpoint is at step %lld of %lld", (long long)(first_step - 1),
+                 (long long)total_steps);
     if (rc == 0) {
         train_gather(&m.params, m.params.values, &g, &full_vals);
         if (g.world_rank == 0) {
@@ -739,6 +1032,13 @@ int cmd_train(int argc, char **argv) {
             fprintf(stderr, "shardlora: error: %s\n", st.msg);
             rc = EXIT_IO;
         }
+        TrainTotals tot = {steps_run, skipped, steps_run * G * T, tokens_counted, timer_now() - t_start,
+                           t_steps, t_eval, flops_done, peak * 1e9 * g.world_size, last_loss, last_eval,
+                           best_eval, best_step};
+        if (g.world_rank == 0 && !train_write_final(o.out, &tot, &mem, &st)) {
+            fprintf(stderr, "shardlora: error: %s\n", st.msg);
+            rc = EXIT_IO;
+        }
         double per = steps_done > 0 ? 1.0 / (double)steps_done : 0;
         log_info("communication per step on rank 0: tp activations %.3f MB, gradients %.3f MB "
                  "(dp %.3f + world %.3f + kv %.3f; adapter buffer %.3f MB)",
@@ -746,6 +1046,7 @@ int cmd_train(int argc, char **argv) {
                  (double)(g.bytes[GRID_BYTES_DP] + g.bytes[GRID_BYTES_WORLD] + g.bytes[GRID_BYTES_KV]) * per / 1e6,
                  (double)g.bytes[GRID_BYTES_DP] * per / 1e6, (double)g.bytes[GRID_BYTES_WORLD] * per / 1e6,
                  (double)g.bytes[GRID_BYTES_KV] * per / 1e6, (double)(m.params.total * sizeof(float)) / 1e6);
+        if (g.world_rank == 0) mem_print_table(&mem, "at the end (rank 0)");
     }
     if (rc == 0 && final_ckpt_failed) rc = EXIT_IO;
     train_full_free(&full_vals);
@@ -760,6 +1061,7 @@ int cmd_train(int argc, char **argv) {
     mem_free(&mem, MEM_ACTIVATION, kc.scratch, (kc.scratch_floats ? kc.scratch_floats : 1) * sizeof(float));
     gemm_free(&gc, &mem);
     llama_free(&m, &mem);
-    jsonl_tokens_free(&data);
+    tdata_free(&data);
+    args_free(specs, nspecs);
     return train_finish(&g, rc);
 }

@@ -16,6 +16,7 @@ int cmd_make_model(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
+int cmd_plot(int argc, char **argv);
 
 /* mkdir -p; returns 0 and sets errno on failure. */
 int launch_mkdirs(const char *path);

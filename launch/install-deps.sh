@@ -13,6 +13,7 @@ PACKAGES=(
   libjansson-dev                              # JSON (config.json, safetensors headers, JSONL)
   libpcre2-dev libutf8proc-dev                # tokenizer: Unicode regex pre-tokenizers, NFC
   python3-torch python3-numpy                 # the PyTorch reference and baseline (/usr/bin/python3)
+  fortunes                                    # public-domain quotes: the quick start's text
 )
 
 missing=()

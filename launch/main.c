@@ -14,6 +14,7 @@ static void main_usage(FILE *f) {
             "  train        train LoRA adapters on a frozen model (run it under mpirun / srun)\n"
             "  inspect      print a checkpoint's manifest and verify its checksums\n"
             "  tokenize     encode stdin with a model's tokenizer.json (or --decode ids)\n"
+            "  plot         draw OUT/metrics.jsonl as an SVG chart of the train and eval loss\n"
             "\n"
             "environment:\n"
             "  SHARDLORA_BLAS_CORE   'keep' to keep OpenBLAS's core choice, or a core name to force\n"
@@ -32,6 +33,7 @@ int main(int argc, char **argv) {
     if (strcmp(argv[1], "train") == 0) return cmd_train(argc, argv);
     if (strcmp(argv[1], "inspect") == 0) return cmd_inspect(argc, argv);
     if (strcmp(argv[1], "tokenize") == 0) return cmd_tokenize(argc, argv);
+    if (strcmp(argv[1], "plot") == 0) return cmd_plot(argc, argv);
     fprintf(stderr, "shardlora: unknown command '%s'\n", argv[1]);
     main_usage(stderr);
     return EXIT_USAGE;

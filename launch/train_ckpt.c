@@ -49,7 +49,8 @@ static void tckpt_remove_tmpdir(const char *dir) {
     rmdir(dir);
 }
 
-int tckpt_save(const TckptCfg *c, Grid *g, const ParamTable *p, const Optim *o, int64_t step) {
+int tckpt_save(const TckptCfg *c, Grid *g, const ParamTable *p, const Optim *o, int64_t step,
+               int64_t cursor) {
     ErrStatus st;
     err_status_ok(&st);
     char tmpdir[4096], what[64];
@@ -127,7 +128,7 @@ int tckpt_save(const TckptCfg *c, Grid *g, const ParamTable *p, const Optim *o, 
         mb.meta.model_fingerprint = c->fingerprint;
         mb.meta.adapter_config = c->adapter_json;
         mb.meta.step = step;
-        mb.meta.data_cursor = step; /* the global batch is a function of the step */
+        mb.meta.data_cursor = cursor;
         mb.meta.seed = c->seed;
         mb.meta.optimizer_kind = optim_kind_name(o->cfg.kind);
         mb.meta.optimizer_step = o->step;
@@ -162,7 +163,7 @@ static void tckpt_warn(void *ctx, const char *msg) {
 }
 
 int tckpt_resume(const TckptCfg *c, const char *path, Grid *g, ParamTable *p, Optim *o,
-                 int64_t *step) {
+                 int64_t *step, int64_t *cursor) {
     ErrStatus st;
     err_status_ok(&st);
     char dir[4096] = "";
@@ -213,12 +214,14 @@ int tckpt_resume(const TckptCfg *c, const char *path, Grid *g, ParamTable *p, Op
                                  (float *)tckpt_state_buf(o, k) + e->offset, &st);
         }
     }
-    int64_t s = ok ? r.meta.step : 0, ostep = ok ? r.meta.optimizer_step : 0;
+    int64_t s = ok ? r.meta.step : 0, ostep = ok ? r.meta.optimizer_step : 0,
+            cur = ok ? r.meta.data_cursor : 0;
     int wtp = ok ? r.meta.tp : 0, wdp = ok ? r.meta.dp : 0;
     if (have_reader) ckpt_close(&r);
     if (!tckpt_agree(g, ok, "cannot resume", &st)) return -1;
     o->step = ostep;
     *step = s;
+    *cursor = cur;
     log_info("resumed from %s (step %lld, written at tp=%d dp=%d; now tp=%d dp=%d)", dir,
              (long long)s, wtp, wdp, g->tp, g->dp);
     return 1;

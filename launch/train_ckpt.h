@@ -25,15 +25,17 @@ typedef struct {
     int keep;                  /* checkpoints kept (<= 0: all) */
 } TckptCfg;
 
-/* Writes checkpoint `step` (the state after that step's update). Returns 1 when it is
+/* Writes checkpoint `step` (the state after that step's update; `cursor` is where the data
+ * stream goes on: the stream index of the next step's first row). Returns 1 when it is
  * committed; 0 otherwise (the lowest failing rank printed why). */
-int tckpt_save(const TckptCfg *c, Grid *g, const ParamTable *p, const Optim *o, int64_t step);
+int tckpt_save(const TckptCfg *c, Grid *g, const ParamTable *p, const Optim *o, int64_t step,
+               int64_t cursor);
 
 /* Loads the checkpoint at `path`, or with path == NULL the newest usable one under c->root
- * (falling back, loudly, past unusable ones). Returns 1 and *step = the checkpoint's step
- * when resumed; 0 when there is nothing to resume (fresh start); -1 on an error that must
+ * (falling back, loudly, past unusable ones). Returns 1, *step = the checkpoint's step and
+ * *cursor = its data cursor when resumed; 0 when there is nothing to resume (fresh start); -1 on an error that must
  * stop the run (printed once): no usable checkpoint, a different model or adapter. */
 int tckpt_resume(const TckptCfg *c, const char *path, Grid *g, ParamTable *p, Optim *o,
-                 int64_t *step);
+                 int64_t *step, int64_t *cursor);
 
 #endif

@@ -101,7 +101,7 @@ expect unknown-arch "unknown-arch/config.json.*GPT2LMHeadModel" -- "$SL" train -
 
 printf '{"input_ids": [1, 2, 3]}\n{"input_ids": [4, 5,\n' > "$W/bad-json.jsonl"
 expect bad-jsonl-line "bad-json.jsonl:2: .*JSON" -- "$SL" train --model "$W/good" --data "$W/bad-json.jsonl"
-printf '{"input_ids": [1, 2, 3]}\n\n{"text": "hello"}\n' > "$W/no-ids.jsonl"
+printf '{"input_ids": [1, 2, 3]}\n\n{"ids": [4]}\n' > "$W/no-ids.jsonl"
 expect jsonl-missing-field "no-ids.jsonl:3: .*input_ids" -- "$SL" train --model "$W/good" --data "$W/no-ids.jsonl"
 printf '{"input_ids": [1, 2, 3000]}\n' > "$W/oov.jsonl"
 expect jsonl-id-out-of-vocab "oov.jsonl:1: .*3000.*vocabulary" -- "$SL" train --model "$W/good" --data "$W/oov.jsonl"
@@ -109,8 +109,31 @@ printf '{"input_ids": [1, 2, "x"]}\n' > "$W/type.jsonl"
 expect jsonl-wrong-type "type.jsonl:1: .*input_ids.*\[2\].*integer" -- "$SL" train --model "$W/good" --data "$W/type.jsonl"
 : > "$W/empty.jsonl"
 expect jsonl-empty "empty.jsonl.*empty" -- "$SL" train --model "$W/good" --data "$W/empty.jsonl"
-expect jsonl-unreadable "nonexistent.jsonl.*cannot open" -- "$SL" train --model "$W/good" --data "$W/nonexistent.jsonl"
+expect jsonl-unreadable "nonexistent.jsonl.*cannot (open|read)" -- "$SL" train --model "$W/good" --data "$W/nonexistent.jsonl"
 expect model-dir-missing "nonexistent-model.*config.json" -- "$SL" train --model "$W/nonexistent-model" --data "$W/good.jsonl"
+
+# The text formats (the good model has the byte-level tokenizer.json; no tokenizer_config.json).
+printf '{"text": "fine"}\n{"text": 12}\n' > "$W/text-type.jsonl"
+expect text-wrong-type "text-type.jsonl:2: .*\"text\" must be a string" -- "$SL" train --model "$W/good" --data "$W/text-type.jsonl"
+printf '{"prompt": "only a prompt", "completion": ""}\n' > "$W/prompt-only.jsonl"
+expect prompt-only "prompt-only.jsonl:1: .*nothing to train on" -- "$SL" train --model "$W/good" --data "$W/prompt-only.jsonl"
+printf '{"prompt": "no completion"}\n' > "$W/no-completion.jsonl"
+expect missing-completion "no-completion.jsonl:1: .*completion" -- "$SL" train --model "$W/good" --data "$W/no-completion.jsonl"
+printf '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n' > "$W/chat.jsonl"
+expect messages-no-template "chat.jsonl:1: .*--chat-format" -- "$SL" train --model "$W/good" --data "$W/chat.jsonl"
+printf '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": 5}]}\n' > "$W/chat-type.jsonl"
+expect messages-wrong-type "chat-type.jsonl:1: .*messages.*\[1\].*content.*string" -- "$SL" train --model "$W/good" --data "$W/chat-type.jsonl" --chat-format chatml
+expect bad-chat-format "--chat-format 'vicuna'" -- "$SL" train --model "$W/good" --data "$W/chat.jsonl" --chat-format vicuna
+rm -rf "$W/no-tokenizer"; cp -r "$W/good" "$W/no-tokenizer"; rm "$W/no-tokenizer/tokenizer.json"
+expect text-without-tokenizer "text-type.jsonl:1: .*tokenizer" -- "$SL" train --model "$W/no-tokenizer" --data "$W/text-type.jsonl"
+# A bad line far into the file is found by the rank that tokenises that part, named with its
+# true line number, and the other rank does not hang.
+/usr/bin/python3 -c "
+import json
+for i in range(400): print(json.dumps({'text': 'line %d of a longer file' % i}) if i != 337 else '{\"text\": \"unterminated')
+" > "$W/late-bad.jsonl"
+expect mpi-2-ranks-bad-line "late-bad.jsonl:338: .*JSON" -- \
+  mpiexec --oversubscribe -n 2 "$SL" train --model "$W/good" --data "$W/late-bad.jsonl" --threads 1
 
 expect unknown-flag "unknown option --lora-rank" -- "$SL" train --model "$W/good" --data "$W/good.jsonl" --lora-rank 4
 expect bad-number "--lora-r: 'four' is not an integer" -- "$SL" train --model "$W/good" --data "$W/good.jsonl" --lora-r four
@@ -121,11 +144,15 @@ expect mpi-2-ranks-impossible-tp "--tp 3 does not divide the 2 MPI ranks" -- \
 expect mpi-2-ranks-bad-model "missing-tensor.*up_proj.weight.*missing" -- \
   mpiexec --oversubscribe -n 2 "$SL" train --model "$W/missing-tensor" --data "$W/good.jsonl"
 
-# A bad model must not damage an existing output directory.
-mkdir -p "$W/existing"; echo keep > "$W/existing/metrics.jsonl"
-"$SL" train --model "$W/missing-tensor" --data "$W/good.jsonl" --out "$W/existing" >/dev/null 2>&1
-if [ "$(cat "$W/existing/metrics.jsonl")" = keep ]; then echo "PASS existing-output-untouched"; passes=$((passes+1));
-else echo "FAIL existing-output-untouched"; fails=$((fails+1)); fi
+# A bad model or bad data must not damage an existing output directory.
+for bad in "--model $W/missing-tensor --data $W/good.jsonl" "--model $W/good --data $W/text-type.jsonl"; do
+  rm -rf "$W/existing"; mkdir -p "$W/existing"; echo keep > "$W/existing/metrics.jsonl"
+  # shellcheck disable=SC2086
+  "$SL" train $bad --out "$W/existing" >/dev/null 2>&1
+  if [ "$(cat "$W/existing/metrics.jsonl")" = keep ] && [ "$(ls "$W/existing")" = metrics.jsonl ]; then
+    echo "PASS existing-output-untouched ($bad)"; passes=$((passes+1));
+  else echo "FAIL existing-output-untouched ($bad): $(ls "$W/existing")"; fails=$((fails+1)); fi
+done
 
 echo "bad_input: $passes passed, $fails failed"
 [ $fails -eq 0 ]

@@ -9,3 +9,9 @@ set_tests_properties(e2e_train_cli PROPERTIES LABELS e2e TIMEOUT 600)
 add_test(NAME e2e_quickstart
          COMMAND bash ${SL_E2E_DIR}/quickstart.sh ${CMAKE_BINARY_DIR} ${CMAKE_BINARY_DIR}/test-work)
 set_tests_properties(e2e_quickstart PROPERTIES LABELS e2e TIMEOUT 600 RUN_SERIAL TRUE)
+add_test(NAME e2e_plot
+         COMMAND bash ${SL_E2E_DIR}/plot.sh $<TARGET_FILE:shardlora> ${CMAKE_BINARY_DIR}/test-work)
+set_tests_properties(e2e_plot PROPERTIES LABELS e2e TIMEOUT 120)
+add_test(NAME e2e_data_pipeline
+         COMMAND bash ${SL_E2E_DIR}/data_pipeline.sh $<TARGET_FILE:shardlora> ${CMAKE_BINARY_DIR}/test-work)
+set_tests_properties(e2e_data_pipeline PROPERTIES LABELS e2e TIMEOUT 600)

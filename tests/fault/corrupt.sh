@@ -9,7 +9,8 @@ setup_work corrupt "$2"
 make_data "$W/data.jsonl"
 make_model "$W/model" 64
 ARGS=(--model "$W/model" --data "$W/data.jsonl" --tp 2 --micro-batch 4 --global-batch 4 --seq-len 24
-      --threads 1 --ckpt-every 10 --ckpt-chunk-bytes 4096 --lora-dropout 0.1 --log-every 1000)
+      --threads 1 --ckpt-every 10 --ckpt-chunk-bytes 4096 --lora-dropout 0.1 --log-every 1000
+      --lr-schedule constant)  # runs to 40 then 60 steps: a decaying schedule would differ
 
 train 2 "${ARGS[@]}" --steps 60 --out "$W/ref" > "$W/ref.log" 2>&1 || { tail "$W/ref.log"; fail "the uninterrupted run failed"; }
 train 2 "${ARGS[@]}" --steps 40 --out "$W/base" > "$W/base.log" 2>&1 || { tail "$W/base.log"; fail "the 40-step run failed"; }

@@ -15,7 +15,8 @@ trap cleanup EXIT
 make_data "$W/data.jsonl"
 make_model "$W/model" 64
 ARGS=(--data "$FS/data.jsonl" --tp 2 --micro-batch 4 --global-batch 4 --seq-len 24 --threads 1
-      --ckpt-every 10 --keep-checkpoints 0 --log-every 1000)
+      --ckpt-every 10 --keep-checkpoints 0 --log-every 1000
+      --cache-dir "$W/token-cache")  # only the checkpoints go to the small filesystem
 # probe on the ordinary disk: the size of one checkpoint
 train 2 "${ARGS[@]/$FS/$W}" --model "$W/model" --steps 10 --out "$W/probe" > "$W/probe.log" 2>&1 || { tail "$W/probe.log"; fail "the probe run failed"; }
 C=$(du -sk "$W/probe/checkpoints/step-000000010" | cut -f1)

@@ -8,7 +8,8 @@ setup_work reshard "$2"
 make_data "$W/data.jsonl"
 make_model "$W/model" 64
 ARGS=(--model "$W/model" --data "$W/data.jsonl" --global-batch 4 --seq-len 24 --threads 1
-      --ckpt-every 5 --lora-dropout 0.1 --lr 3e-3 --log-every 1000)
+      --ckpt-every 5 --lora-dropout 0.1 --lr 3e-3 --log-every 1000
+      --lr-schedule constant)  # runs to 15 then 30 steps: a decaying schedule would differ
 
 train 4 "${ARGS[@]}" --tp 2 --micro-batch 2 --steps 30 --out "$W/ref" > "$W/ref.log" 2>&1 || { tail "$W/ref.log"; fail "the uninterrupted (2,2) run failed"; }
 train 4 "${ARGS[@]}" --tp 2 --micro-batch 2 --steps 15 --out "$W/base" > "$W/base.log" 2>&1 || { tail "$W/base.log"; fail "the (2,2) run to step 15 failed"; }

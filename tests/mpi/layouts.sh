@@ -94,7 +94,7 @@ equivalence)
   # (1,4) over 1. Step 1 (B = 0, so dA = 0 exactly) and step 5 (all gradients non-zero).
   model m --hidden 64 --ffn 128 --heads 4 --kv-heads 2 --vocab 301 --tie --qkv-bias
   data 301
-  COMMON=(--model "$W/m" --data "$W/data.jsonl" --seq-len 16 --threads 1 --peak-gflops 1
+  COMMON=(--model "$W/m" --data "$W/data.jsonl" --no-shuffle --no-pack --seq-len 16 --threads 1 --peak-gflops 1
           --lora-r 4 --lora-alpha 8 --lr 5e-3 --seed 11 --log-every 100 --micro-batch 1 --global-batch 4)
   for drop in 0 0.1; do
     ok1=() ok5=() okr=() oks=()
@@ -134,7 +134,7 @@ init)
   # global coordinates, DESIGN.md §4) and is the Philox initialisation (PyTorch side).
   model m --hidden 64 --ffn 128 --heads 4 --kv-heads 2 --vocab 301 --tie --qkv-bias
   data 301
-  COMMON=(--model "$W/m" --data "$W/data.jsonl" --seq-len 16 --threads 1 --peak-gflops 1
+  COMMON=(--model "$W/m" --data "$W/data.jsonl" --no-shuffle --no-pack --seq-len 16 --threads 1 --peak-gflops 1
           --lora-r 4 --lora-alpha 8 --seed 23 --log-every 100 --micro-batch 1 --global-batch 4 --steps 1)
   dumps=()
   for tp in 1 2 4; do
@@ -155,7 +155,7 @@ memory)
   # no kv head: each rank must hold and read about a quarter of the frozen weights.
   model m --hidden 128 --ffn 256 --heads 8 --kv-heads 4 --vocab 512
   data 512
-  COMMON=(--model "$W/m" --data "$W/data.jsonl" --seq-len 16 --threads 1 --peak-gflops 1
+  COMMON=(--model "$W/m" --data "$W/data.jsonl" --no-shuffle --no-pack --seq-len 16 --threads 1 --peak-gflops 1
           --lora-r 4 --seed 11 --log-every 100 --micro-batch 1 --steps 1)
   train tp1 1 1 && train tp4 4 1 \
     && check "frozen bytes per rank at tp=4 vs tp=1" "${CHECK[@]}" memory --model "$W/m" --tp 4 "$W/tp1" "$W/tp4"
@@ -167,7 +167,7 @@ comm)
   # the Megatron layout's all-reduces (LoRA adds none, DESIGN.md §4). kv-heads 2 < tp 4 at (4,1).
   model m --hidden 128 --ffn 256 --heads 4 --kv-heads 2 --vocab 512
   data 512
-  COMMON=(--model "$W/m" --data "$W/data.jsonl" --seq-len 16 --threads 1 --peak-gflops 1
+  COMMON=(--model "$W/m" --data "$W/data.jsonl" --no-shuffle --no-pack --seq-len 16 --threads 1 --peak-gflops 1
           --lora-r 4 --seed 11 --log-every 100 --micro-batch 1 --global-batch 4 --steps 3)
   runs=()
   for L in 1x2 2x1 2x2 4x1; do
@@ -213,7 +213,7 @@ bad-layouts)
   # Accepted: vocab 301 (uneven over tp) with kv-heads 2 < tp 4; and each model above at a
   # layout it fits (so the refusals are about the layout, not a broken model).
   accept() {  # accept NAME MODEL TP
-    COMMON=(--model "$W/$2" --data "$W/data.jsonl" --seq-len 16 --threads 1 --peak-gflops 1 --steps 1 --log-every 100)
+    COMMON=(--model "$W/$2" --data "$W/data.jsonl" --no-shuffle --no-pack --seq-len 16 --threads 1 --peak-gflops 1 --steps 1 --log-every 100)
     train "accepted-$1" "$3" 1 && { [ -f "$W/accepted-$1/adapter/adapter_model.safetensors" ] \
                                    || fail "accepted-$1: no adapter written"; }
   }
@@ -231,7 +231,7 @@ accumulation)
   # the global token, so they agree too).
   model m --hidden 64 --ffn 128 --heads 4 --kv-heads 2 --vocab 301 --tie --qkv-bias
   data 301
-  COMMON=(--model "$W/m" --data "$W/data.jsonl" --seq-len 16 --threads 1 --peak-gflops 1
+  COMMON=(--model "$W/m" --data "$W/data.jsonl" --no-shuffle --no-pack --seq-len 16 --threads 1 --peak-gflops 1
           --lora-r 4 --lora-alpha 8 --lr 5e-3 --seed 11 --lora-dropout 0.1 --log-every 100 --global-batch 4)
   d1=() d3=() r3=() s3=()
   for L in 1x1x4 1x1x1 1x1x2 1x2x1 2x2x1; do
@@ -271,7 +271,7 @@ clipping)
   for opt in adamw sgd; do
     if [ "$opt" = adamw ]; then OPT=(--lr 5e-3); CLIP=1e-3; TOL=$ADAM_TOL
     else OPT=(--optimizer sgd --lr 0.5); CLIP=0.02; TOL=$SGD_TOL; fi
-    COMMON=(--model "$W/m" --data "$W/data.jsonl" --seq-len 16 --threads 1 --peak-gflops 1
+    COMMON=(--model "$W/m" --data "$W/data.jsonl" --no-shuffle --no-pack --seq-len 16 --threads 1 --peak-gflops 1
             --lora-r 4 --lora-alpha 8 --seed 11 --log-every 100 --micro-batch 1 --global-batch 4
             "${OPT[@]}" --max-grad-norm "$CLIP")
     good=()

@@ -12,7 +12,7 @@ PY=/usr/bin/python3
 rm -rf "$W"; mkdir -p "$W"
 
 MM=(--layers 2 --hidden 64 --ffn 96 --heads 4 --vocab 300 --seed 7)
-TRAIN=(--seq-len 24 --micro-batch 2 --lora-r 4 --lora-alpha 8 --lr 5e-3 --seed 11 --log-every 5)
+TRAIN=(--no-shuffle --no-pack --seq-len 24 --micro-batch 2 --lora-r 4 --lora-alpha 8 --lr 5e-3 --seed 11 --log-every 5)
 DATA=plain
 INIT=default
 case "$CASE" in

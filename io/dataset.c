@@ -1,0 +1,334 @@
+/* Training examples from JSONL lines (see dataset.h): format detection, tokenisation and
+ * the label masks of TRL's SFTTrainer (prompt tokens and non-assistant turns are -100). */
+#include "dataset.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DS_IGNORE (-100) /* Hugging Face's ignore_index */
+
+const char *ds_format_name(DsFormat f) {
+    static const char *names[DS_NFORMATS] = {"text", "prompt/completion", "messages", "tokens"};
+    return f >= 0 && f < DS_NFORMATS ? names[f] : "?";
+}
+
+void ds_example_free(DsExample *ex) {
+    tok_ids_free(&ex->ids);
+    tok_ids_free(&ex->scratch);
+    free(ex->labels);
+    free(ex->pos);
+    free(ex->text);
+    free(ex->msgs);
+    memset(ex, 0, sizeof *ex);
+}
+
+/* ---- buffers (grow by doubling, never shrink) ---- */
+
+static void ds_reserve_labels(DsExample *ex, size_t n) {
+    if (n <= ex->cap) return;
+    size_t cap = ex->cap ? ex->cap : 256;
+    while (cap < n)
+        cap *= 2;
+    ex->labels = realloc(ex->labels, cap * sizeof *ex->labels);
+    ex->pos = realloc(ex->pos, cap * sizeof *ex->pos);
+    SL_CHECK(ex->labels && ex->pos, "out of memory (%zu labels)", cap);
+    ex->cap = cap;
+}
+
+static void ds_reserve_text(DsExample *ex, size_t n) {
+    if (n <= ex->text_cap) return;
+    size_t cap = ex->text_cap ? ex->text_cap : 4096;
+    while (cap < n)
+        cap *= 2;
+    ex->text = realloc(ex->text, cap);
+    SL_CHECK(ex->text != NULL, "out of memory (%zu bytes of text)", cap);
+    ex->text_cap = cap;
+}
+
+static void ds_reserve_ids(TokIds *ids, size_t n) {
+    if (n <= ids->cap) return;
+    size_t cap = ids->cap ? ids->cap : 256;
+    while (cap < n)
+        cap *= 2;
+    ids->ids = realloc(ids->ids, cap * sizeof *ids->ids);
+    SL_CHECK(ids->ids != NULL, "out of memory (%zu ids)", cap);
+    ids->cap = cap;
+}
+
+static void ds_push_id(TokIds *ids, int32_t id) {
+    ds_reserve_ids(ids, ids->n + 1);
+    ids->ids[ids->n++] = id;
+}
+
+/* A key with a JSON null value counts as absent: datasets exported from a table (HF
+ * `datasets`, pandas) carry every column on every line, null where a line has none. */
+static json_t *ds_get(json_t *obj, const char *key) {
+    json_t *v = json_object_get(obj, key);
+    return json_is_null(v) ? NULL : v;
+}
+
+static const char *ds_json_kind(const json_t *v) {
+    switch (json_typeof(v)) {
+    case JSON_OBJECT:
+        return "an object";
+    case JSON_ARRAY:
+        return "an array";
+    case JSON_STRING:
+        return "a string";
+    case JSON_INTEGER:
+    case JSON_REAL:
+        return "a number";
+    case JSON_TRUE:
+    case JSON_FALSE:
+        return "a boolean";
+    default:
+        return "null";
+    }
+}
+
+/* Labels of tokens [from, to) = their ids when counted, else -100. */
+static void ds_label_range(DsExample *ex, size_t from, size_t to, int counted) {
+    for (size_t i = from; i < to; i++)
+        ex->labels[i] = counted ? ex->ids.ids[i] : DS_IGNORE;
+}
+
+/* Appends eos unless it is off or the ids already end with it (a post-processor or the
+ * text itself put it there). Counted: predicting the end is what makes generation stop. */
+static void ds_append_eos(DsExample *ex, const DsOptions *o) {
+    if (o->eos_id < 0) return;
+    if (ex->ids.n > 0 && ex->ids.ids[ex->ids.n - 1] == o->eos_id) return;
+    ds_push_id(&ex->ids, o->eos_id);
+    ds_reserve_labels(ex, ex->ids.n);
+    ex->labels[ex->ids.n - 1] = o->eos_id;
+}
+
+static int ds_need_tokenizer(const Tokenizer *tk, const char *what, ErrStatus *st) {
+    if (tk) return 1;
+    return err_status_set(st, "a %s line needs the model's tokenizer.json, and none was loaded",
+                          what);
+}
+
+/* ---- the four formats ---- */
+
+static int ds_text(Tokenizer *tk, const DsOptions *o, json_t *text, DsExample *ex, ErrStatus *st) {
+    if (!json_is_string(text)) return err_status_set(st, "\"text\" must be a string");
+    if (json_string_length(text) == 0) return err_status_set(st, "\"text\" is empty");
+    if (!ds_need_tokenizer(tk, "\"text\"", st)) return 0;
+    if (!tok_encode(tk, json_string_value(text), json_string_length(text), 1, &ex->ids, st))
+        return 0;
+    ds_reserve_labels(ex, ex->ids.n);
+    ds_label_range(ex, 0, ex->ids.n, 1);
+    ds_append_eos(ex, o);
+    return 1;
+}
+
+/* TRL: the ids are those of prompt + completion (so they equal what the model sees at
+ * inference on the joined string), and the prompt mask covers the post-processor's
+ * leading tokens plus as many tokens as the prompt alone encodes to. */
+static int ds_prompt_completion(Tokenizer *tk, const DsOptions *o, json_t *prompt,
+                                json_t *completion, DsExample *ex, ErrStatus *st) {
+    if (!prompt) return err_status_set(st, "\"completion\" without \"prompt\"");
+    if (!completion) return err_status_set(st, "\"prompt\" without \"completion\"");
+    if (!json_is_string(prompt)) return err_status_set(st, "\"prompt\" must be a string");
+    if (!json_is_string(completion)) return err_status_set(st, "\"completion\" must be a string");
+    size_t np = json_string_length(prompt), nc = json_string_length(completion);
+    if (nc == 0 && !o->train_on_prompt)
+        return err_status_set(st, "\"completion\" is empty: nothing to train on but the prompt "
+                                  "(--train-on-prompt counts prompts too)");
+    if (np + nc == 0) return err_status_set(st, "\"prompt\" and \"completion\" are empty");
+    if (!ds_need_tokenizer(tk, "\"prompt\"/\"completion\"", st)) return 0;
+    ds_reserve_text(ex, np + nc);
+    memcpy(ex->text, json_string_value(prompt), np);
+    memcpy(ex->text + np, json_string_value(completion), nc);
+    if (!tok_encode(tk, ex->text, np + nc, 1, &ex->ids, st)) return 0;
+    ex->scratch.n = 0;
+    if (!tok_encode(tk, ex->text, np, 0, &ex->scratch, st)) return 0;
+    size_t before, after;
+    tok_post_counts(tk, &before, &after);
+    size_t n = ex->ids.n, nprompt = before + ex->scratch.n;
+    if (nprompt > n) nprompt = n;
+    ds_reserve_labels(ex, n);
+    ds_label_range(ex, 0, nprompt, o->train_on_prompt);
+    ds_label_range(ex, nprompt, n, 1);
+    ds_append_eos(ex, o);
+    return 1;
+}
+
+/* Renders the conversation into pieces, encodes their concatenation once (no special
+ * tokens added: each template writes its own BOS as text), and places each boundary
+ * between a masked and a trained stretch at the token count of the text before it. */
+static int ds_messages(Tokenizer *tk, const DsOptions *o, json_t *msgs, DsExample *ex,
+                       ErrStatus *st) {
+    if (!json_is_array(msgs)) return err_status_set(st, "\"messages\" must be an array");
+    size_t nm = json_array_size(msgs);
+    if (nm == 0) return err_status_set(st, "\"messages\" is empty");
+    if (nm > ex->msgs_cap) {
+        size_t cap = ex->msgs_cap ? ex->msgs_cap : 16;
+        while (cap < nm)
+            cap *= 2;
+        ex->msgs = realloc(ex->msgs, cap * sizeof *ex->msgs);
+        SL_CHECK(ex->msgs != NULL, "out of memory (%zu messages)", cap);
+        ex->msgs_cap = cap;
+    }
+    for (size_t i = 0; i < nm; i++) {
+        json_t *m = json_array_get(msgs, i);
+        if (!json_is_object(m))
+            return err_status_set(st, "\"messages\"[%zu] must be an object, not %s", i,
+                                  ds_json_kind(m));
+        json_t *role = json_object_get(m, "role"), *content = json_object_get(m, "content");
+        if (!json_is_string(role))
+            return err_status_set(st, "\"messages\"[%zu].\"role\" must be a string", i);
+        if (!json_is_string(content))
+            return err_status_set(st, "\"messages\"[%zu].\"content\" must be a string", i);
+        /* chat.h takes NUL-terminated strings; a \u0000 would silently cut the text */
+        if (strlen(json_string_value(content)) != json_string_length(content) ||
+            strlen(json_string_value(role)) != json_string_length(role))
+            return err_status_set(st, "\"messages\"[%zu] contains a \\u0000 character", i);
+        ex->msgs[i].role = json_string_value(role);
+        ex->msgs[i].content = json_string_value(content);
+    }
+    if (o->chat == CHAT_NONE)
+        return err_status_set(st, "a \"messages\" line needs a chat template: pass "
+                                  "--chat-format, or use a model whose tokenizer_config.json "
+                                  "has a chat_template");
+    if (!ds_need_tokenizer(tk, "\"messages\"", st)) return 0;
+    ChatPieces ps = {0};
+    if (!chat_render(o->chat, ex->msgs, nm, &ps, st)) {
+        chat_pieces_free(&ps);
+        return 0;
+    }
+    size_t total = 0;
+    for (size_t k = 0; k < ps.n; k++)
+        total += ps.p[k].len;
+    ds_reserve_text(ex, total + 1);
+    size_t at = 0;
+    for (size_t k = 0; k < ps.n; k++) {
+        memcpy(ex->text + at, ps.p[k].text, ps.p[k].len);
+        at += ps.p[k].len;
+    }
+    int ok = tok_encode(tk, ex->text, total, 0, &ex->ids, st);
+    size_t n = ex->ids.n;
+    ds_reserve_labels(ex, n);
+    /* walk the non-empty pieces; `from` is the first token of the current stretch */
+    size_t from = 0, off = 0;
+    int flag = -1;
+    for (size_t k = 0; ok && k < ps.n; k++) {
+        const ChatPiece *pc = &ps.p[k];
+        if (pc->len == 0) continue;
+        int train = pc->train || o->train_on_prompt;
+        if (flag >= 0 && train != flag) {
+            ex->scratch.n = 0;
+            ok = tok_encode(tk, ex->text, off, 0, &ex->scratch, st);
+            size_t b = ex->scratch.n;
+            if (b < from) b = from; /* a merge across the boundary: keep them ordered */
+            if (b > n) b = n;
+            ds_label_range(ex, from, b, flag);
+            from = b;
+        }
+        flag = train;
+        off += pc->len;
+    }
+    if (ok) ds_label_range(ex, from, n, flag > 0);
+    chat_pieces_free(&ps);
+    return ok;
+}
+
+/* Reads the integer array `key` of a pre-tokenised line, which must have n entries, into
+ * dst[0..n). Each value must be in [lo, hi) or equal `extra`; `range` says so in errors. */
+static int ds_int_array(json_t *arr, const char *key, int32_t *dst, size_t n, int64_t lo,
+                        int64_t hi, int64_t extra, const char *range, ErrStatus *st) {
+    if (!json_is_array(arr)) return err_status_set(st, "\"%s\" must be an array of integers", key);
+    if (json_array_size(arr) != n)
+        return err_status_set(st, "\"%s\" has %zu entries but \"input_ids\" has %zu", key,
+                              json_array_size(arr), n);
+    for (size_t i = 0; i < n; i++) {
+        json_t *v = json_array_get(arr, i);
+        if (!json_is_integer(v))
+            return err_status_set(st, "\"%s\"[%zu] must be an integer, not %s", key, i,
+                                  ds_json_kind(v));
+        json_int_t x = json_integer_value(v);
+        if (x != extra && (x < lo || x >= hi))
+            return err_status_set(st, "\"%s\"[%zu] = %lld %s", key, i, (long long)x, range);
+        dst[i] = (int32_t)x;
+    }
+    return 1;
+}
+
+static int ds_tokens(const DsOptions *o, json_t *obj, json_t *ids, DsExample *ex,
+                     int *explicit_labels, ErrStatus *st) {
+    if (!json_is_array(ids))
+        return err_status_set(st, "\"input_ids\" must be an array of integers");
+    size_t n = json_array_size(ids);
+    if (n == 0) return err_status_set(st, "\"input_ids\" is empty");
+    int64_t vocab = o->vocab > 0 && o->vocab < INT32_MAX ? o->vocab : INT32_MAX; /* int32 ids */
+    char range[96];
+    snprintf(range, sizeof range, "is outside the vocabulary [0, %lld)", (long long)vocab);
+    ds_reserve_ids(&ex->ids, n);
+    ex->ids.n = n;
+    if (!ds_int_array(ids, "input_ids", ex->ids.ids, n, 0, vocab, 0, range, st)) return 0;
+    ds_reserve_labels(ex, n);
+    json_t *labels = ds_get(obj, "labels"), *pos = ds_get(obj, "position_ids");
+    *explicit_labels = labels != NULL;
+    if (labels) {
+        snprintf(range, sizeof range, "is neither -100 nor in the vocabulary [0, %lld)",
+                 (long long)vocab);
+        if (!ds_int_array(labels, "labels", ex->labels, n, 0, vocab, DS_IGNORE, range, st))
+            return 0;
+    } else {
+        ds_label_range(ex, 0, n, 1);
+    }
+    if (pos) {
+        if (!ds_int_array(pos, "position_ids", ex->pos, n, 0, INT32_MAX, 0, "is outside [0, 2^31)",
+                          st))
+            return 0;
+        ex->has_pos = 1;
+    }
+    return 1;
+}
+
+int ds_encode_line(Tokenizer *tk, const DsOptions *o, const char *line, size_t len, DsExample *ex,
+                   ErrStatus *st) {
+    err_status_ok(st);
+    ex->ids.n = 0;
+    ex->has_pos = 0;
+    ex->counted = 0;
+    json_error_t je;
+    /* DECODE_ANY: a line that is a bare value gets "must be a JSON object" below;
+     * ALLOW_NUL: "\u0000" is valid JSON (Python writes it) and lengths are kept. */
+    json_t *root = json_loadb(line, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
+    if (!root) return err_status_set(st, "invalid JSON at column %d: %s", je.column, je.text);
+    int ok = 0, explicit_labels = 0;
+    if (!json_is_object(root)) {
+        err_status_set(st, "a line must be a JSON object, not %s", ds_json_kind(root));
+        goto done;
+    }
+    /* A line that has several of these keys is read by the first in this order. */
+    json_t *v;
+    if ((v = ds_get(root, "input_ids"))) {
+        ex->format = DS_TOKENS;
+        ok = ds_tokens(o, root, v, ex, &explicit_labels, st);
+    } else if ((v = ds_get(root, "messages"))) {
+        ex->format = DS_MESSAGES;
+        ok = ds_messages(tk, o, v, ex, st);
+    } else if (ds_get(root, "prompt") || ds_get(root, "completion")) {
+        ex->format = DS_PROMPT_COMPLETION;
+        ok =
+            ds_prompt_completion(tk, o, ds_get(root, "prompt"), ds_get(root, "completion"), ex, st);
+    } else if ((v = ds_get(root, "text"))) {
+        ex->format = DS_TEXT;
+        ok = ds_text(tk, o, v, ex, st);
+    } else {
+        err_status_set(st, "no \"text\", \"prompt\"/\"completion\", \"messages\" or "
+                           "\"input_ids\" key");
+    }
+    if (!ok) goto done;
+    /* Under the Hugging Face shift, token 0 is never predicted. */
+    for (size_t i = 1; i < ex->ids.n; i++)
+        ex->counted += ex->labels[i] != DS_IGNORE;
+    if (ex->counted == 0 && !explicit_labels)
+        ok = err_status_set(st, "nothing to train on: every token is masked (prompt only?)");
+done:
+    json_decref(root);
+    return ok;
+}

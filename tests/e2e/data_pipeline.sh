@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# The training data path end to end (issue: the training command), on a made model with
+# the byte-level tokenizer (ids = UTF-8 bytes, 257 = </s>), through `shardlora train`:
+#   formats   text / prompt-completion / messages: the ids and labels of the step's global
+#             batch (from --dump-grads) equal ones built by hand here; --train-on-prompt
+#   packing   packed rows give the same loss and gradients as one document per row (no
+#             attention or prediction across documents), at tp=1 and tp=2
+#   cache     reused when nothing changed, rebuilt when the data or a data option changes
+#   config    --config (JSON and key = value), flags override, run.json records it
+#   schedule  metrics lr of a cosine schedule with warmup equals the formula
+#   eval      --eval-data and --eval-split evaluate; --skip-bad-lines counts
+#   nonfinite a diverging run stops with exit 5, or skips the updates with --skip-nonfinite
+# usage: data_pipeline.sh SHARDLORA_BINARY WORK_DIR
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+set -uo pipefail
+SL="$1"; W="$2/data_pipeline"
+PY=/usr/bin/python3
+rm -rf "$W"; mkdir -p "$W"
+FAILS=()
+fail() { FAILS+=("$1"); echo "FAIL: $1"; }
+pass() { echo "PASS: $1"; }
+# run NAME ARGS...: shardlora train, log in $W/NAME.log; returns its exit status
+run() { local n="$1"; shift; timeout 120 "$SL" train --threads 1 --peak-gflops 1 --log-every 100 "$@" > "$W/$n.log" 2>&1; }
+
+"$SL" make-model --out "$W/m" --layers 2 --hidden 64 --ffn 128 --heads 4 --kv-heads 2 --vocab 259 --seed 3 > /dev/null \
+  || { echo "FAIL: make-model"; exit 1; }
+M=(--model "$W/m")
+
+"$PY" - "$W" <<'PY'
+import json, sys
+w = sys.argv[1]
+words = open("/usr/share/common-licenses/GPL-3", encoding="utf-8").read().split()
+def text(i, n):  # exactly n ASCII characters of real text
+    s = " ".join(words[i * 7:i * 7 + 40])
+    return (s * 3)[:n]
+with open(f"{w}/text.jsonl", "w") as f:        # 8 documents of 48 bytes (+ EOS = 49 tokens)
+    for i in range(8): f.write(json.dumps({"text": text(i, 48)}) + "\n")
+with open(f"{w}/pc.jsonl", "w") as f:
+    for i in range(4): f.write(json.dumps({"prompt": f"Q{i}: " + text(i, 10 + i), "completion": " A: " + text(i + 9, 6 + i)}) + "\n")
+with open(f"{w}/chat.jsonl", "w") as f:
+    f.write(json.dumps({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"},
+                                     {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye?"},
+                                     {"role": "assistant", "content": "Bye."}]}) + "\n")
+with open(f"{w}/more.jsonl", "w") as f:        # 40 documents of varied length for eval / config runs
+    for i in range(40): f.write(json.dumps({"text": text(i, 20 + (i * 37) % 90)}) + "\n")
+with open(f"{w}/bad.jsonl", "w") as f:
+    f.write(json.dumps({"text": "fine line"}) + "\n" + '{"text": 12}\n' + json.dumps({"text": "fine again"}) + "\n")
+PY
+
+# ---- formats: ids and labels of the global batch, from the dump --------------------------
+check_rows() { # DUMP KIND [train_on_prompt]
+  "$PY" - "$@" <<'PY'
+import json, struct, sys
+import numpy as np
+path, kind = sys.argv[1], sys.argv[2]
+top = len(sys.argv) > 3
+b = open(path, "rb").read(); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n]); base = 8 + n
+def t(name):
+    e = h[name]; s, f = e["data_offsets"]
+    return np.frombuffer(b[base + s:base + f], dtype=np.int64).reshape(e["shape"])
+ids, labels = t("input_ids"), t("labels")
+EOS = 257
+w = path.rsplit("/", 1)[0]
+def enc(s): return list(s.encode())
+want = []
+if kind == "pc":
+    for l in open(f"{w}/pc.jsonl"):
+        r = json.loads(l); p = enc(r["prompt"]); x = p + enc(r["completion"]) + [EOS]
+        want.append((x, x if top else [-100] * len(p) + x[len(p):]))
+else:
+    turns = json.loads(open(f"{w}/chat.jsonl").readline())["messages"]
+    x, lab = [], []
+    for m in turns:  # ChatML, written out: <|im_start|>ROLE\nCONTENT<|im_end|>\n
+        head, body, tail = enc("<|im_start|>" + m["role"] + "\n"), enc(m["content"] + "<|im_end|>"), enc("\n")
+        x += head + body + tail
+        lab += head + body + tail if top else [-100] * len(head) + (body if m["role"] == "assistant" else [-100] * len(body)) + [-100] * len(tail)
+    want.append((x, lab))
+assert ids.shape[0] == len(want), f"{ids.shape[0]} rows, want {len(want)}"
+for i, (x, lab) in enumerate(want):
+    T = ids.shape[1]; x, lab = x[:T], lab[:T]
+    assert list(ids[i, :len(x)]) == x, f"row {i}: ids {list(ids[i, :len(x)])} want {x}"
+    assert list(labels[i, :len(x)]) == lab, f"row {i}: labels {list(labels[i, :len(x)])} want {lab}"
+    assert all(v == -100 for v in labels[i, len(x):]), f"row {i}: padding is counted"
+print(f"{kind}{' train-on-prompt' if top else ''}: {len(want)} rows of ids and labels as written by hand")
+PY
+}
+COMMON=(--no-shuffle --no-pack --steps 1 --lr 0 --seq-len 128)
+run pc "${M[@]}" --data "$W/pc.jsonl" --out "$W/pc" "${COMMON[@]}" --global-batch 4 --dump-grads "$W/pc.st" \
+  && check_rows "$W/pc.st" pc && pass "prompt/completion: prompt masked" || fail "prompt/completion rows"
+run pct "${M[@]}" --data "$W/pc.jsonl" --out "$W/pct" "${COMMON[@]}" --global-batch 4 --train-on-prompt --dump-grads "$W/pct.st" \
+  && check_rows "$W/pct.st" pc 1 && pass "prompt/completion --train-on-prompt" || fail "--train-on-prompt rows"
+run chat "${M[@]}" --data "$W/chat.jsonl" --out "$W/chat" "${COMMON[@]}" --global-batch 1 --chat-format chatml --dump-grads "$W/chat.st" \
+  && check_rows "$W/chat.st" chat && pass "messages (chatml): only assistant replies counted" || fail "messages rows"
+
+# ---- packing: same loss and gradients as one document per row ----------------------------
+compare_dumps() { # A B
+  "$PY" - "$@" <<'PY'
+import json, struct, sys
+import numpy as np
+def load(p):
+    b = open(p, "rb").read(); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n]); base = 8 + n
+    out = {}
+    for k, e in h.items():
+        if k == "__metadata__" or e["dtype"] != "F32": continue
+        s, f = e["data_offsets"]; out[k] = np.frombuffer(b[base + s:base + f], dtype=np.float32)
+    return out
+a, b = load(sys.argv[1]), load(sys.argv[2])
+worst = 0.0
+for k in a:
+    d = np.abs(a[k].astype(np.float64) - b[k]).max(); r = d / max(np.abs(b[k]).max(), 1e-9)
+    worst = max(worst, r)
+    assert r <= 1e-5, f"{k}: rel {r:.3e}"
+print(f"loss {a['loss'][0]:.6f} vs {b['loss'][0]:.6f}; {len(a)} tensors, worst rel {worst:.2e}")
+PY
+}
+P=(--lr 0 --steps 1 --no-shuffle --seq-len 128)
+run packed "${M[@]}" --data "$W/text.jsonl" --out "$W/packed" "${P[@]}" --pack --global-batch 4 --dump-grads "$W/packed.st" \
+  && grep -q "8 documents -> 4 rows" "$W/packed.log" || fail "packing: 8 documents of 49 tokens did not make 4 rows of 128"
+run unpacked "${M[@]}" --data "$W/text.jsonl" --out "$W/unpacked" "${P[@]}" --no-pack --global-batch 8 --dump-grads "$W/unpacked.st" \
+  || fail "unpacked run"
+compare_dumps "$W/packed.st" "$W/unpacked.st" && pass "packed rows = documents run separately (loss and every gradient)" \
+  || fail "packing changes the loss or gradients"
+timeout 120 mpiexec -n 2 "$SL" train --threads 1 --peak-gflops 1 "${M[@]}" --data "$W/text.jsonl" --out "$W/packed-tp2" "${P[@]}" \
+  --pack --global-batch 4 --tp 2 --dump-grads "$W/packed-tp2.st" > "$W/packed-tp2.log" 2>&1 || fail "packed run at tp=2"
+compare_dumps "$W/packed-tp2.st" "$W/unpacked.st" && pass "packed at tp=2 = separate documents at tp=1" || fail "packing at tp=2"
+
+# ---- token cache: reuse and invalidation -------------------------------------------------
+C=("${M[@]}" --out "$W/cache" --steps 1 --seq-len 128)
+run cache1 "${C[@]}" --data "$W/more.jsonl" && grep -q "token cache .*tokenizing" "$W/cache1.log" || fail "cache: first run did not tokenize"
+run cache2 "${C[@]}" --data "$W/more.jsonl" && grep -q "token cache .*: reused" "$W/cache2.log" \
+  && pass "cache reused on the second run" || fail "cache: not reused when nothing changed"
+run cache3 "${C[@]}" --data "$W/more.jsonl" --no-add-eos && grep -q "tokenizing" "$W/cache3.log" \
+  && pass "cache rebuilt when a data option changes" || fail "cache: not rebuilt after --no-add-eos"
+echo '{"text": "one more line"}' >> "$W/more.jsonl"
+run cache4 "${C[@]}" --data "$W/more.jsonl" && grep -q "tokenizing" "$W/cache4.log" && grep -q "41 documents" "$W/cache4.log" \
+  && pass "cache rebuilt when the data file changes" || fail "cache: not rebuilt after the data changed"
+
+# ---- config file, flags override, run.json -----------------------------------------------
+cat > "$W/cfg.json" <<J
+{"model": "$W/m", "data": ["$W/more.jsonl"], "steps": 7, "lr": 0.002, "seq_len": 64, "lr-schedule": "constant", "pack": false}
+J
+printf '# the same, as key = value lines\nmodel = %s\ndata = [%s]\nsteps = 7\nlr = 0.002\nseq_len: 64\nlr-schedule = "constant"\npack = false\n' \
+  "$W/m" "$W/more.jsonl" > "$W/cfg.txt"
+for c in cfg.json cfg.txt; do
+  run "cfg-$c" --config "$W/$c" --out "$W/cfg-$c" --steps 3 || { fail "--config $c: run failed"; continue; }
+  "$PY" - "$W/cfg-$c" <<'PY' && pass "--config $c read, --steps overrides it, run.json records both" || fail "--config $c"
+import json, sys
+o = sys.argv[1]
+run = json.load(open(f"{o}/run.json"))
+c = run["config"]
+assert c["steps"] == 3 and c["lr"] == 0.002 and c["seq-len"] == 64 and c["pack"] is False and c["lr-schedule"] == "constant", c
+rows = [json.loads(l) for l in open(f"{o}/metrics.jsonl")]
+assert len(rows) == 3 and all(abs(r["lr"] - 0.002) < 1e-12 for r in rows), rows
+PY
+done
+grep -q "model .*(config)" "$W/cfg-cfg.json.log" && grep -q "steps .*(flag)" "$W/cfg-cfg.json.log" \
+  && pass "the resolved configuration names each value's source" || fail "resolved configuration lacks sources"
+printf 'lr = 0.1\nlearning_rate = 3\n' > "$W/cfg-bad.txt"
+run cfg-bad "${M[@]}" --data "$W/more.jsonl" --out "$W/cfg-bad" --config "$W/cfg-bad.txt"; rc=$?
+[ $rc -eq 2 ] && grep -q "cfg-bad.txt:2: unknown option 'learning_rate'" "$W/cfg-bad.log" \
+  && pass "a bad config key is refused with file:line" || fail "bad config key (exit $rc)"
+
+# ---- schedule values in metrics.jsonl ----------------------------------------------------
+run sched "${M[@]}" --data "$W/more.jsonl" --out "$W/sched" --seq-len 64 --steps 9 --lr 0.01 --lr-schedule cosine --warmup-steps 3 \
+  && "$PY" - "$W/sched" <<'PY' && pass "cosine schedule with warmup: lr per step = formula" || fail "schedule lr values"
+import json, math, sys
+rows = [json.loads(l) for l in open(sys.argv[1] + "/metrics.jsonl")]
+for r in rows:  # Hugging Face get_cosine_schedule_with_warmup at current_step = step - 1
+    s = r["step"] - 1
+    want = 0.01 * (s / 3 if s < 3 else max(0.0, 0.5 * (1 + math.cos(math.pi * (s - 3) / (9 - 3)))))
+    assert abs(r["lr"] - want) <= 1e-9, (r["step"], r["lr"], want)
+assert len(rows) == 9
+PY
+
+# ---- evaluation and bad lines ------------------------------------------------------------
+run evald "${M[@]}" --data "$W/more.jsonl" --eval-data "$W/text.jsonl" --out "$W/evald" --seq-len 128 --steps 4 --eval-every 2 \
+  && [ "$(grep -c eval_loss "$W/evald/metrics.jsonl")" = 2 ] && pass "--eval-data: evaluated at steps 2 and 4" || fail "--eval-data"
+run evals "${M[@]}" --data "$W/more.jsonl" --eval-split 0.1 --out "$W/evals" --seq-len 128 --steps 2 \
+  && grep -q "eval data (--eval-split): 4 documents" "$W/evals.log" && grep -q '"eval_loss"' "$W/evals/metrics.jsonl" \
+  && pass "--eval-split 0.1 holds out 4 of 41 documents" || fail "--eval-split"
+run skip "${M[@]}" --data "$W/bad.jsonl" --out "$W/skip" --seq-len 64 --steps 1 --skip-bad-lines \
+  && grep -q "bad.jsonl:2: .*(skipped)" "$W/skip.log" && grep -q "skipped 1 bad line" "$W/skip.log" \
+  && "$PY" -c "import json,sys; assert json.load(open('$W/skip/run.json'))['data']['bad_lines_skipped'] == 1" \
+  && pass "--skip-bad-lines skips and counts" || fail "--skip-bad-lines"
+
+# ---- non-finite loss: stop (exit 5) or skip ----------------------------------------------
+D=("${M[@]}" --data "$W/more.jsonl" --seq-len 64 --steps 4 --optimizer sgd --lr 1e30 --lr-schedule constant)
+run nf-stop "${D[@]}" --out "$W/nf-stop"; rc=$?
+[ $rc -eq 5 ] && grep -q "non-finite" "$W/nf-stop.log" && pass "non-finite loss stops the run (exit 5)" || fail "non-finite stop (exit $rc)"
+run nf-skip "${D[@]}" --out "$W/nf-skip" --skip-nonfinite; rc=$?
+[ $rc -eq 0 ] && grep -q '"skipped": true' "$W/nf-skip/metrics.jsonl" && grep -q "update skipped" "$W/nf-skip.log" \
+  && pass "--skip-nonfinite skips the update and goes on" || fail "--skip-nonfinite (exit $rc)"
+
+echo "data_pipeline: ${#FAILS[@]} failed"
+[ ${#FAILS[@]} -eq 0 ]
