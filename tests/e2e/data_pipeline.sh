@@ -183,6 +183,27 @@ run skip "${M[@]}" --data "$W/bad.jsonl" --out "$W/skip" --seq-len 64 --steps 1 
   && "$PY" -c "import json,sys; assert json.load(open('$W/skip/run.json'))['data']['bad_lines_skipped'] == 1" \
   && pass "--skip-bad-lines skips and counts" || fail "--skip-bad-lines"
 
+# ---- several --data files; the shuffled, packed order is the same at dp=1 and dp=2 -------
+O=("${M[@]}" --data "$W/more.jsonl" --data "$W/text.jsonl" --seq-len 128 --steps 6 --global-batch 4 --lr 3e-3)
+run order1 "${O[@]}" --out "$W/order1" --micro-batch 4 && grep -q "train data: 49 documents" "$W/order1.log" \
+  || fail "two --data files: expected 41 + 8 documents"
+timeout 120 mpiexec -n 2 "$SL" train --threads 1 --peak-gflops 1 "${O[@]}" --out "$W/order2" --micro-batch 2 \
+  > "$W/order2.log" 2>&1 || fail "dp=2 run"
+"$PY" - "$W/order1" "$W/order2" <<'PY' && pass "two --data files; shuffled packed batches equal at dp=1 and dp=2" || fail "order depends on dp"
+import json, sys
+a, b = ([json.loads(l) for l in open(d + "/metrics.jsonl")] for d in sys.argv[1:])
+assert len(a) == len(b) == 6
+for x, y in zip(a, b):
+    assert x["tokens"] == y["tokens"], (x, y)
+    assert abs(x["loss"] - y["loss"]) <= 1e-5 * abs(y["loss"]), (x["loss"], y["loss"])
+PY
+
+# ---- progress: a live bar on a terminal (script gives the run one), plain lines otherwise --
+script -qec "$SL train --threads 1 --peak-gflops 1 --model $W/m --data $W/more.jsonl --out $W/tty --seq-len 64 --steps 3" \
+  /dev/null > "$W/tty.log" 2>&1
+grep -q $'\r.*\\[#' "$W/tty.log" && pass "progress bar on a terminal" || fail "no progress bar on a terminal"
+grep -q $'\r' "$W/cache1.log" && fail "a carriage return in a log written to a file" || pass "plain lines when stdout is a file"
+
 # ---- non-finite loss: stop (exit 5) or skip ----------------------------------------------
 D=("${M[@]}" --data "$W/more.jsonl" --seq-len 64 --steps 4 --optimizer sgd --lr 1e30 --lr-schedule constant)
 run nf-stop "${D[@]}" --out "$W/nf-stop"; rc=$?

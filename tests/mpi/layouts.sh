@@ -20,12 +20,14 @@ REFUSE_TIMEOUT=30      # seconds a bad layout may take to be refused
 GRAD_TOL=1e-5          # loss and gradients of one step from the same adapter
 LATE_GRAD_TOL=1e-4     # gradients at step 3-5 (the adapters have drifted by rounding)
 SGD_TOL=1e-5           # adapter after N SGD steps: the update is linear in the gradient
-# Adapter after N AdamW steps: m / sqrt(v) divides the rounding noise of a small gradient
-# element by that element's own size, so fp32 summation order alone moves an adapter by up
-# to ~1e-4 of its max: measured on the equivalence model, the same (1,1) layout with
-# --kernels reference vs fast differs by 7.4e-5 after 5 steps, B=4 vs 4 x B=1 by 8.3e-5,
-# while SGD at tp=2 vs tp=1 differs by 9.6e-7. The (1,1) reference-kernel run is printed
-# beside the layouts as that noise floor; the bound sits well above it, far below a bug.
+# Adapter after N AdamW steps. The bound, relative 1e-4, is asserted on each tensor
+# as a whole: ||a - b|| / ||b|| <= ADAM_NORM_TOL (measured <= 1.2e-5 across the layouts).
+# Element by element, m / sqrt(v) divides the rounding noise of a small gradient element by
+# that element's own size, so fp32 summation order alone moves single entries by up to ~2e-4
+# of the tensor's max: the same (1,1) layout with --kernels reference vs fast differs by
+# 1.2e-4 after 5 steps, B=4 vs 4 x B=1 by 8.3e-5, while SGD at tp=2 vs tp=1 differs by
+# 9.6e-7. That bound (ADAM_TOL) stays too, above the printed noise floor, far below a bug.
+ADAM_NORM_TOL=1e-4
 ADAM_TOL=5e-4
 FAILS=()
 rm -rf "$W"; mkdir -p "$W"
@@ -123,7 +125,7 @@ equivalence)
     [ ${#ok5[@]} -gt 1 ] && check "dropout $drop: step-5 gradients (rel $LATE_GRAD_TOL) and adapter (rel $ADAM_TOL) vs (1,1)" \
       "${CHECK[@]}" dumps --tol "$LATE_GRAD_TOL" --value-tol "$ADAM_TOL" "${ok5[0]%@*}" "${ok5[@]:1}"
     [ ${#okr[@]} -gt 1 ] && check "dropout $drop: adapter after 5 AdamW steps (rel $ADAM_TOL) and per-step metrics vs (1,1)" \
-      "${CHECK[@]}" adapters --steps 5 --tol "$ADAM_TOL" "${okr[0]}" "${okr[@]:1}"
+      "${CHECK[@]}" adapters --steps 5 --tol "$ADAM_TOL" --norm-rel-tol "$ADAM_NORM_TOL" "${okr[0]}" "${okr[@]:1}"
     [ ${#oks[@]} -gt 1 ] && [ "${oks[0]}" = "$W/$r-sgd5" ] && check "dropout $drop: adapter after 5 SGD steps (rel $SGD_TOL) and per-step metrics vs (1,1)" \
       "${CHECK[@]}" adapters --steps 5 --tol "$SGD_TOL" "${oks[0]}" "${oks[@]:1}"
   done
@@ -249,7 +251,7 @@ accumulation)
     [ ${#d3[@]} -gt 1 ] && check "step-3 gradients (rel $LATE_GRAD_TOL) and adapter (rel $ADAM_TOL) vs (B=4, G=4)" \
       "${CHECK[@]}" dumps --tol "$LATE_GRAD_TOL" --value-tol "$ADAM_TOL" "${d3[0]%@*}" "${d3[@]:1}"
     [ ${#r3[@]} -gt 1 ] && check "adapter after 3 AdamW steps (rel $ADAM_TOL) and metrics vs (B=4, G=4)" \
-      "${CHECK[@]}" adapters --steps 3 --tol "$ADAM_TOL" "${r3[0]}" "${r3[@]:1}"
+      "${CHECK[@]}" adapters --steps 3 --tol "$ADAM_TOL" --norm-rel-tol "$ADAM_NORM_TOL" "${r3[0]}" "${r3[@]:1}"
     [ ${#s3[@]} -gt 1 ] && [ "${s3[0]}" = "$W/tp1-dp1-b4-sgd3" ] && check "adapter after 3 SGD steps (rel $SGD_TOL) and metrics vs (B=4, G=4)" \
       "${CHECK[@]}" adapters --steps 3 --tol "$SGD_TOL" "${s3[0]}" "${s3[@]:1}"
   else
@@ -269,8 +271,8 @@ clipping)
   model m --hidden 64 --ffn 128 --heads 4 --kv-heads 2 --vocab 301 --tie --qkv-bias
   data 301
   for opt in adamw sgd; do
-    if [ "$opt" = adamw ]; then OPT=(--lr 5e-3); CLIP=1e-3; TOL=$ADAM_TOL
-    else OPT=(--optimizer sgd --lr 0.5); CLIP=0.02; TOL=$SGD_TOL; fi
+    if [ "$opt" = adamw ]; then OPT=(--lr 5e-3); CLIP=1e-3; TOL=$ADAM_TOL; NTOL=(--norm-rel-tol "$ADAM_NORM_TOL")
+    else OPT=(--optimizer sgd --lr 0.5); CLIP=0.02; TOL=$SGD_TOL; NTOL=(); fi
     COMMON=(--model "$W/m" --data "$W/data.jsonl" --no-shuffle --no-pack --seq-len 16 --threads 1 --peak-gflops 1
             --lora-r 4 --lora-alpha 8 --seed 11 --log-every 100 --micro-batch 1 --global-batch 4
             "${OPT[@]}" --max-grad-norm "$CLIP")
@@ -290,7 +292,7 @@ clipping)
       check "$opt: step-3 dump (2,2) vs (1,1): gradients rel $LATE_GRAD_TOL, adapter rel $TOL" "${CHECK[@]}" dumps \
         --tol "$LATE_GRAD_TOL" --value-tol "$TOL" "$W/$opt-tp1-dp1-s3.safetensors" "$W/$opt-tp2-dp2-s3.safetensors@2x2"
       check "$opt: adapter after 3 clipped steps (2,2) vs (1,1), rel $TOL" "${CHECK[@]}" adapters --steps 3 \
-        --tol "$TOL" "$W/$opt-tp1-dp1-s3" "$W/$opt-tp2-dp2-s3"
+        --tol "$TOL" "${NTOL[@]}" "$W/$opt-tp1-dp1-s3" "$W/$opt-tp2-dp2-s3"
     fi
     [ "${good[0]:-}" = tp1-dp1 ] && check "$opt: (1,1) 3 clipped steps replayed by PyTorch" "$PY" \
       "$REF/check_steps.py" --model "$W/m" --dump "$W/$opt-tp1-dp1-s1.safetensors" --data "$W/data.jsonl" \

@@ -80,6 +80,16 @@ def err(ours, ref):
     return diff / scale, "rel"
 
 
+def norm_err(ours, ref):
+    """||ours - ref|| / ||ref|| over the whole tensor (Frobenius); inf if not finite."""
+    a = np.asarray(ours, np.float64)
+    r = np.asarray(ref, np.float64)
+    if a.shape != r.shape or not (np.isfinite(a).all() and np.isfinite(r).all()):
+        return math.inf
+    n = float(np.linalg.norm(r))
+    return float(np.linalg.norm(a - r)) / n if n > 0 else float(np.linalg.norm(a))
+
+
 def passes(e, kind, tol):
     return e <= (ABS_TOL if kind == "abs" else tol)
 
@@ -188,13 +198,18 @@ def cmd_adapters(a):
         if sorted(ours) != sorted(ref):
             fail(f"{tag}: adapter keys differ from the reference's")
             continue
-        worst, wk, bad = 0.0, "", []
+        worst, wk, bad, fworst = 0.0, "", [], 0.0
         for k in ref:
             e, kind = err(ours[k], ref[k])
             if not passes(e, kind, a.tol):
                 bad.append(f"{k}: {kind} err {e:.3e}")
             if kind != "abs" and e >= worst:
                 worst, wk = e, k
+            if a.norm_rel_tol is not None:
+                fe = norm_err(ours[k], ref[k])
+                fworst = max(fworst, fe)
+                if not fe <= a.norm_rel_tol:
+                    bad.append(f"{k}: relative norm err {fe:.3e} > {a.norm_rel_tol:g}")
         m = read_metrics(os.path.join(d, "metrics.jsonl"))
         le = ge = 0.0
         tok_bad = []
@@ -207,7 +222,8 @@ def cmd_adapters(a):
             ge = max(ge, abs(m[s].get("grad_norm", math.inf) - rg) / max(abs(rg), 1e-30))
             if m[s].get("tokens") != rm[s].get("tokens"):
                 tok_bad.append(f"step {s}: tokens {m[s].get('tokens')} vs {rm[s].get('tokens')}")
-        line = (f"{tag}: adapter after {a.steps} steps max rel err {worst:.3e} ({wk.split('layers.')[-1]}); "
+        fro = f"relative norm err {fworst:.3e} (tol {a.norm_rel_tol:g}), " if a.norm_rel_tol is not None else ""
+        line = (f"{tag}: adapter after {a.steps} steps {fro}max rel err {worst:.3e} ({wk.split('layers.')[-1]}); "
                 f"metrics loss max rel err {le:.3e}, grad_norm max rel err {ge:.3e}")
         if bad or le > a.loss_tol or ge > a.norm_tol or tok_bad:
             fail(line)
@@ -482,7 +498,9 @@ def main():
     p.add_argument("others", nargs="+", help="PATH[@TPxDP] (then its metadata tp and dp must be these)")
     p.set_defaults(fn=cmd_dumps)
     p = sub.add_parser("adapters", help=cmd_adapters.__doc__)
-    p.add_argument("--tol", type=float, default=1e-4, help="adapter values (relative)")
+    p.add_argument("--tol", type=float, default=1e-4, help="adapter values (relative, max|a-b| / max|b|)")
+    p.add_argument("--norm-rel-tol", type=float, default=None,
+                   help="also bound ||a-b|| / ||b|| per tensor (the relative error of the tensor as a whole)")
     p.add_argument("--loss-tol", type=float, default=1e-5, help="per-step losses (relative)")
     p.add_argument("--norm-tol", type=float, default=1e-5, help="per-step grad_norm (relative)")
     p.add_argument("--steps", type=int, required=True)
