@@ -28,7 +28,8 @@ static int tdata_agree(Grid *g, int ok, const ErrStatus *st) {
 static int32_t tdata_eos_from_tokenizer_config(const char *dir, const Tokenizer *tk) {
     char path[4200];
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
-    json_t *root = json_load_file(path, 0, NULL);
+    /* as numbers: the Hub's files carry model_max_length = 1e30, too big for an integer */
+    json_t *root = json_load_file(path, JSON_DECODE_INT_AS_REAL, NULL);
     if (!root) return -1;
     json_t *e = json_object_get(root, "eos_token");
     if (json_is_object(e)) e = json_object_get(e, "content");
@@ -98,8 +99,8 @@ static int tdata_cache(TokCache *c, const char *name, const ArgStrs *files, cons
     }
     if (opened) tcache_close(c);
     const int64_t bytes = tdata_files_bytes(files);
-    log_info("token cache %s: %s; tokenizing %.1f MB in %d part(s), one per rank", dir,
-             g->world_rank == 0 ? why.msg : "", (double)bytes / 1e6, g->world_size);
+    log_info("token cache: %s; tokenizing %.1f MB in %d part(s), one per rank", g->world_rank == 0 ? why.msg : "",
+             (double)bytes / 1e6, g->world_size);
 
     *exit_code = EXIT_IO;
     ok = 1;
@@ -182,7 +183,9 @@ int tdata_load(TrainData *d, const TdataOpts *o, Grid *g, int *exit_code) {
     d->ds.vocab = o->vocab;
     log_info("data: tokenizer %s; chat format %s (%s); EOS %s; prompt tokens %s",
              d->tk ? tkpath : "none (pre-tokenised data only)", chat_format_name(chat),
-             strcmp(o->chat_format, "auto") == 0 ? "from tokenizer_config.json" : "--chat-format",
+             strcmp(o->chat_format, "auto") != 0 ? "--chat-format"
+             : chat != CHAT_NONE              ? "from tokenizer_config.json"
+                                              : "no chat template recognised in tokenizer_config.json",
              !o->add_eos ? "not appended (--no-add-eos)" : eos >= 0 ? "appended to text examples" : "unknown, not appended",
              o->train_on_prompt ? "counted (--train-on-prompt)" : "masked");
     if (o->add_eos && eos < 0 && d->tk)
