@@ -8,7 +8,9 @@
 #   ours:   wall time of the whole `shardlora tokenize --jsonl < lines` (JSON parsing and
 #           printing included); its startup (loading tokenizer.json, one empty line) is measured
 #           separately and reported, and MB/s is also given with it subtracted.
-# Settings (environment): FAMILIES="llama3 qwen3 mistral gpt2", MB=10, BIN (default: builds
+#   ids:    ours and the oracle's ids compared line by line ("equal", or the lines that differ).
+# Settings (environment): FAMILIES="llama3 qwen3 mistral gpt2" (the variants that
+# tests/tokenizer/build_models.js makes, e.g. mistral_metaspace, can be named too), MB=10, BIN (default: builds
 # shardlora into BUILD), BUILD=$ROOT/build, CACHE=$HOME/.cache/shardlora/tokenizer, WORK=$ROOT/out/tokenizer-bench.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,10 +40,10 @@ sub() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", b-a}'; }
 div() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.2f", a/b; else print "n/a" }'; }
 
 echo "tokenizer benchmark: $(wc -l < "$WORK/bench.jsonl") lines, single thread, $(nproc) cores on the machine"
-printf '%-8s %10s %12s %12s %12s %12s %12s %8s %s\n' family MB oracle_MB/s oracle_batch ours_MB/s ours_nostart ours_start_s ratio tokens
+printf '%-17s %6s %12s %12s %12s %12s %12s %8s %s\n' family MB oracle_MB/s oracle_batch ours_MB/s ours_nostart ours_start_s ratio tokens
 for fam in $FAMILIES; do
   model="$WORK/models/$fam"
-  o="$($NODE "$TOK/oracle.js" "$CACHE" "$model/tokenizer.json" bench "$WORK/bench.jsonl")"
+  o="$($NODE "$TOK/oracle.js" "$CACHE" "$model/tokenizer.json" bench "$WORK/bench.jsonl" "$WORK/oracle.$fam.jsonl")"
   bytes=$(echo "$o" | $NODE -e 'console.log(JSON.parse(require("fs").readFileSync(0,"utf8")).bytes)')
   osec=$(echo "$o" | $NODE -e 'console.log(JSON.parse(require("fs").readFileSync(0,"utf8")).seconds_per_line_calls)')
   obsec=$(echo "$o" | $NODE -e 'console.log(JSON.parse(require("fs").readFileSync(0,"utf8")).seconds_batch)')
@@ -58,10 +60,12 @@ for fam in $FAMILIES; do
     best=$(awk -v a="$omb" -v b="$obmb" 'BEGIN{print (a > b ? a : b)}')
     ratio=$(div "$umb" "$best")
     toks="$utok/$otok"; [ "$utok" = "$otok" ] || toks="$toks (DIFFERENT)"
+    nd=$(paste -d '\n' "$WORK/ours.$fam.jsonl" "$WORK/oracle.$fam.jsonl" | awk 'NR % 2 { a = $0; next } a != $0 { n++ } END { print n + 0 }')
+    if [ "$nd" = 0 ] && [ "$(wc -l < "$WORK/ours.$fam.jsonl")" = "$(wc -l < "$WORK/oracle.$fam.jsonl")" ]; then ids=equal; else ids="$nd lines differ"; fi
   else
-    umb=n/a unet=n/a start=n/a ratio=n/a toks="-/$otok"
+    umb=n/a unet=n/a start=n/a ratio=n/a toks="-/$otok" ids=-
   fi
-  printf '%-8s %10s %12s %12s %12s %12s %12s %8s %s\n' "$fam" "$mbs" "$omb" "$obmb" "$umb" "$unet" "$start" "$ratio" "$toks"
+  printf '%-17s %6s %12s %12s %12s %12s %12s %8s %s ids %s\n' "$fam" "$mbs" "$omb" "$obmb" "$umb" "$unet" "$start" "$ratio" "$toks" "$ids"
 done
-echo "(MB = 10^6 bytes of UTF-8 text; ratio = ours (whole run, startup included) / the faster oracle figure; ours_nostart = startup subtracted; tokens = ours/oracle, special tokens on)"
+echo "(MB = 10^6 bytes of UTF-8 text; ratio = ours (whole run, startup included) / the faster oracle figure; ours_nostart = startup subtracted; tokens = ours/oracle, special tokens on; ids: ours vs the oracle's, line by line)"
 [ $have_ours = 1 ] || echo "NOTE: $BIN has no 'tokenize' command yet: only the oracle was measured"

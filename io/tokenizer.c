@@ -3,7 +3,9 @@
  * bytes map to themselves, the others to U+0100 upwards in byte order. The pipeline follows
  * the Hugging Face tokenizers docs ("The tokenization pipeline"): added tokens are split out
  * first, then normalizer, pre-tokenizer, model (BPE), post-processor; decoding runs the
- * decoder chain over the tokens' strings. */
+ * decoder chain over the tokens' strings. BPE merges in the order of HF's word.rs (lowest
+ * rank, leftmost on ties): a rescan for short words, a heap over a linked list for long ones;
+ * results per word are cached. */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "tokenizer.h"
 #include "afile.h"
@@ -237,6 +239,13 @@ static int tok_is_word_cp(int32_t c) {
            (k >= UTF8PROC_CATEGORY_ND && k <= UTF8PROC_CATEGORY_NO);
 }
 
+/* Rust's char::is_numeric: general category Nd, Nl or No. */
+static int tok_is_numeric_cp(int32_t c) {
+    if (c < 0x80) return c >= '0' && c <= '9';
+    utf8proc_category_t k = utf8proc_category(c);
+    return k == UTF8PROC_CATEGORY_ND || k == UTF8PROC_CATEGORY_NL || k == UTF8PROC_CATEGORY_NO;
+}
+
 /* Code point ending just before s[end] (s[0..end) valid UTF-8). */
 static int32_t tok_cp_before(const char *s, size_t end) {
     size_t i = end - 1;
@@ -251,8 +260,10 @@ static int32_t tok_cp_before(const char *s, size_t end) {
 typedef enum { TOK_NORM_NFC, TOK_NORM_PREPEND, TOK_NORM_REPLACE } TokNormKind;
 typedef struct {
     TokNormKind kind;
-    char *a, *b; /* Prepend: a; Replace: a -> b */
+    char *a, *b; /* Prepend: a; Replace: a -> b (a is the String pattern) */
     size_t alen, blen;
+    pcre2_code *re; /* Replace with a {"Regex": ...} pattern, else NULL */
+    pcre2_match_data *md;
 } TokNorm;
 
 typedef enum { TOK_PRE_SPLIT, TOK_PRE_BYTELEVEL, TOK_PRE_METASPACE, TOK_PRE_DIGITS } TokPreKind;
@@ -292,6 +303,8 @@ typedef struct {
     TokDecKind kind;
     char *a, *b; /* Replace a -> b; Strip content a; Metaspace replacement a */
     size_t alen, blen;
+    pcre2_code *re; /* Replace with a {"Regex": ...} pattern, else NULL */
+    pcre2_match_data *md;
     int start, stop;
     TokPrependScheme scheme;
 } TokDec;
@@ -299,11 +312,14 @@ typedef struct {
 typedef struct {
     char *content;
     size_t len;
+    char *pat;   /* what is matched: content, or for normalized tokens the normalised content */
+    size_t patlen;
     int32_t id;
     int special, lstrip, rstrip, normalized, single_word;
 } TokAdded;
 
-/* Added tokens of one kind (normalized or not), bucketed by first byte, longest first. */
+/* Added tokens of one kind (normalized or not), bucketed by their pattern's first byte,
+ * longest first. */
 typedef struct {
     int32_t *idx;     /* indices into Tokenizer.added */
     size_t n;
@@ -315,10 +331,28 @@ typedef struct {
     int32_t rank, merged;
 } TokMerge;
 
+/* A merge by its rank: the pair (a, b) and the merged id; a = -1 for a rank that lost to a
+ * later duplicate of its pair. */
+typedef struct {
+    int32_t a, b, merged;
+} TokMergeRank;
+
 typedef struct {
     uint32_t off, len; /* key bytes in Tokenizer.strs */
     int32_t id;
 } TokVocabSlot;
+
+/* One symbol of a word in the heap BPE: a doubly linked list over the initial symbols; a
+ * symbol merged into its left neighbour gets id -1. */
+typedef struct {
+    int32_t id, prev, next;
+} TokSym;
+
+/* Match spans (start, end pairs) of one pre-tokenizer over one piece. */
+typedef struct {
+    size_t *m;
+    size_t n, cap;
+} TokSpans;
 
 typedef struct {
     uint64_t hash;     /* 0 = empty */
@@ -326,6 +360,7 @@ typedef struct {
 } TokCacheSlot;
 
 #define TOK_CACHE_WORD_MAX 256
+#define TOK_META "\xE2\x96\x81" /* U+2581, SentencePiece's space */
 #define TOK_CACHE_SLOTS (1u << 18)
 
 struct Tokenizer {
@@ -341,10 +376,16 @@ struct Tokenizer {
     /* merges: (a, b) -> (rank, merged id) */
     TokMerge *mslots;
     size_t mcap;
+    TokMergeRank *by_rank; /* [nmerges] */
+    size_t nmerges;
     /* model options */
     int ignore_merges, byte_fallback, fuse_unk;
+    int meta_cut;          /* long words may be cut before a ▁ run (see tok_word) */
     int32_t unk_id;        /* -1 none */
     int32_t byte_id[256];  /* byte-level: id of each byte's GPT-2 character, -1 missing */
+    char byte_u8[256][3];  /* UTF-8 of each byte's GPT-2 character, byte_u8len[b] bytes */
+    unsigned char byte_u8len[256];
+    int32_t ascii_id[128]; /* not byte-level: id of each one-byte character, -1 missing */
     int32_t fb_id[256];    /* byte_fallback: id of <0xNN>, -1 missing */
     int bytelevel;         /* a ByteLevel pre-tokenizer: the model sees bytes as GPT-2 chars */
     /* pipeline */
@@ -364,8 +405,14 @@ struct Tokenizer {
     TokBuf s_in, s_norm, s_norm2, s_pre, s_word;
     uint32_t *pieces[2];  /* (off, len) pairs into s_pre */
     size_t piece_cap[2];
-    int32_t *sym, *rank;
+    TokSpans spans;       /* matches of one pre-tokenizer in one piece */
+    int32_t *nfc;         /* [nfc_cap] code points for NFC (utf8proc works in place) */
+    size_t nfc_cap;
+    int32_t *sym, *rank;  /* [sym_cap] symbols of a word, rank of (sym[i], sym[i+1]) */
     size_t sym_cap;
+    TokSym *hsym;         /* [hsym_cap] heap BPE: the symbols as a linked list */
+    uint64_t *heap;       /* [2 * hsym_cap] heap BPE: rank << 32 | position, a min-heap */
+    size_t hsym_cap;
     /* word cache: pre-token bytes -> ids */
     TokCacheSlot *cache;
     size_t cache_used;
@@ -424,6 +471,8 @@ static const TokMerge *tok_merge_get(const Tokenizer *tk, int32_t a, int32_t b) 
 
 /* ---- loading ---- */
 
+static void tok_normalize(Tokenizer *tk, const char *s, size_t n, TokBuf *out);
+
 static int tok_err(ErrStatus *st, const Tokenizer *tk, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static int tok_err(ErrStatus *st, const Tokenizer *tk, const char *fmt, ...) {
@@ -463,20 +512,21 @@ static int tok_string_pattern(json_t *pat, char **out, size_t *len) {
     return 1;
 }
 
-static int tok_compile(Tokenizer *tk, TokPre *p, const char *pat, size_t len, const char *where,
-                       ErrStatus *st) {
+static int tok_compile(Tokenizer *tk, pcre2_code **re, pcre2_match_data **md, const char *pat,
+                       size_t len, const char *where, ErrStatus *st) {
     int ec;
     PCRE2_SIZE eo;
     /* UCP: \s, \w, \d and POSIX classes use Unicode properties, as Rust's onig does. */
-    p->re = pcre2_compile((PCRE2_SPTR)pat, len, PCRE2_UTF | PCRE2_UCP, &ec, &eo, NULL);
-    if (!p->re) {
+    *re = pcre2_compile((PCRE2_SPTR)pat, len, PCRE2_UTF | PCRE2_UCP, &ec, &eo, NULL);
+    if (!*re) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(ec, msg, sizeof msg);
         return tok_err(st, tk, "%s: regex does not compile at offset %zu: %s", where,
                        (size_t)eo, (char *)msg);
     }
-    pcre2_jit_compile(p->re, PCRE2_JIT_COMPLETE); /* falls back to the interpreter */
-    p->md = pcre2_match_data_create_from_pattern(p->re, NULL);
+    pcre2_jit_compile(*re, PCRE2_JIT_COMPLETE); /* falls back to the interpreter */
+    *md = pcre2_match_data_create_from_pattern(*re, NULL);
+    SL_CHECK(*md != NULL, "out of memory");
     return 1;
 }
 
@@ -484,19 +534,42 @@ static int tok_compile(Tokenizer *tk, TokPre *p, const char *pat, size_t len, co
 static const char tok_gpt2_re[] =
     "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
 
+/* Metaspace's prepend_scheme (HF metaspace.rs deserialisation): "always" by default; the
+ * legacy add_prefix_space = false means "never" and contradicts any other prepend_scheme. */
 static int tok_parse_scheme(Tokenizer *tk, json_t *o, TokPrependScheme *s, const char *where,
                             ErrStatus *st) {
     json_t *ps = json_object_get(o, "prepend_scheme");
-    if (json_is_string(ps)) {
+    int given = ps && !json_is_null(ps);
+    *s = TOK_PREPEND_ALWAYS;
+    if (given) {
         const char *v = json_string_value(ps);
-        if (strcmp(v, "always") == 0) *s = TOK_PREPEND_ALWAYS;
-        else if (strcmp(v, "first") == 0) *s = TOK_PREPEND_FIRST;
-        else if (strcmp(v, "never") == 0) *s = TOK_PREPEND_NEVER;
-        else return tok_err(st, tk, "%s.prepend_scheme: unknown value '%s'", where, v);
-    } else {
-        /* older files: add_prefix_space true means always */
-        *s = tok_json_bool(o, "add_prefix_space", 1) ? TOK_PREPEND_ALWAYS : TOK_PREPEND_NEVER;
+        if (v && strcmp(v, "always") == 0) *s = TOK_PREPEND_ALWAYS;
+        else if (v && strcmp(v, "first") == 0) *s = TOK_PREPEND_FIRST;
+        else if (v && strcmp(v, "never") == 0) *s = TOK_PREPEND_NEVER;
+        else return tok_err(st, tk, "%s.prepend_scheme: unknown value '%s'", where, v ? v : "?");
     }
+    if (json_is_false(json_object_get(o, "add_prefix_space"))) {
+        if (given && *s != TOK_PREPEND_NEVER)
+            return tok_err(st, tk, "%s: add_prefix_space false contradicts prepend_scheme", where);
+        *s = TOK_PREPEND_NEVER;
+    }
+    return 1;
+}
+
+/* A Replace pattern (normalizer or decoder): {"String": s} into *a, or {"Regex": r} compiled
+ * into *re (the String form is matched literally, as HF escapes it). */
+static int tok_replace_pattern(Tokenizer *tk, json_t *o, char **a, size_t *alen, pcre2_code **re,
+                               pcre2_match_data **md, const char *where, ErrStatus *st) {
+    json_t *pat = json_object_get(o, "pattern"), *r = json_object_get(pat, "Regex");
+    if (json_is_string(r)) {
+        char sub[300];
+        snprintf(sub, sizeof sub, "%s.pattern.Regex", where);
+        return tok_compile(tk, re, md, json_string_value(r), json_string_length(r), sub, st);
+    }
+    if (!tok_string_pattern(pat, a, alen))
+        return tok_err(st, tk, "%s.pattern: expected {\"String\": ...} or {\"Regex\": ...}",
+                       where);
+    if (*alen == 0) return tok_err(st, tk, "%s.pattern: empty", where);
     return 1;
 }
 
@@ -526,11 +599,9 @@ static int tok_load_normalizer(Tokenizer *tk, json_t *o, const char *where, ErrS
         n->a = tok_strndup(json_string_value(s), n->alen);
     } else if (strcmp(t, "Replace") == 0) {
         json_t *c = json_object_get(o, "content");
-        if (!json_is_string(c)) return tok_err(st, tk, "%s.content: missing", where);
-        if (!tok_string_pattern(json_object_get(o, "pattern"), &n->a, &n->alen))
-            return tok_err(st, tk, "%s.pattern: unsupported (only {\"String\": ...})", where);
-        if (n->alen == 0) return tok_err(st, tk, "%s.pattern: empty", where);
         n->kind = TOK_NORM_REPLACE;
+        if (!json_is_string(c)) return tok_err(st, tk, "%s.content: missing", where);
+        if (!tok_replace_pattern(tk, o, &n->a, &n->alen, &n->re, &n->md, where, st)) return 0;
         n->blen = json_string_length(c);
         n->b = tok_strndup(json_string_value(c), n->blen);
     } else {
@@ -568,7 +639,8 @@ static int tok_load_pre(Tokenizer *tk, json_t *o, const char *where, ErrStatus *
         json_t *re = json_object_get(pat, "Regex");
         if (json_is_string(re)) {
             snprintf(sub, sizeof sub, "%s.pattern.Regex", where);
-            if (!tok_compile(tk, p, json_string_value(re), json_string_length(re), sub, st))
+            if (!tok_compile(tk, &p->re, &p->md, json_string_value(re), json_string_length(re),
+                             sub, st))
                 return 0;
         } else if (!tok_string_pattern(pat, &p->lit, &p->litlen) || p->litlen == 0) {
             return tok_err(st, tk, "%s.pattern: expected {\"Regex\": ...} or {\"String\": ...}",
@@ -586,7 +658,8 @@ static int tok_load_pre(Tokenizer *tk, json_t *o, const char *where, ErrStatus *
         p->add_prefix_space = tok_json_bool(o, "add_prefix_space", 1);
         if (tok_json_bool(o, "use_regex", 1)) {
             snprintf(sub, sizeof sub, "%s (GPT-2 regex)", where);
-            if (!tok_compile(tk, p, tok_gpt2_re, sizeof tok_gpt2_re - 1, sub, st)) return 0;
+            if (!tok_compile(tk, &p->re, &p->md, tok_gpt2_re, sizeof tok_gpt2_re - 1, sub, st))
+                return 0;
         }
         tk->bytelevel = 1;
     } else if (strcmp(t, "Metaspace") == 0) {
@@ -634,8 +707,7 @@ static int tok_load_dec(Tokenizer *tk, json_t *o, const char *where, ErrStatus *
         d->kind = TOK_DEC_REPLACE;
         json_t *c = json_object_get(o, "content");
         if (!json_is_string(c)) return tok_err(st, tk, "%s.content: missing", where);
-        if (!tok_string_pattern(json_object_get(o, "pattern"), &d->a, &d->alen) || !d->alen)
-            return tok_err(st, tk, "%s.pattern: unsupported (only {\"String\": ...})", where);
+        if (!tok_replace_pattern(tk, o, &d->a, &d->alen, &d->re, &d->md, where, st)) return 0;
         d->blen = json_string_length(c);
         d->b = tok_strndup(json_string_value(c), d->blen);
     } else if (strcmp(t, "Strip") == 0) {
@@ -666,8 +738,44 @@ static int tok_template_ids(Tokenizer *tk, json_t *specials, const char *name, T
         return tok_err(st, tk, "%s: special token '%s' not in special_tokens", where, name);
     for (size_t i = 0; i < json_array_size(ids); i++) {
         json_t *v = json_array_get(ids, i);
-        if (!json_is_integer(v)) return tok_err(st, tk, "%s: '%s' ids not integers", where, name);
-        tok_ids_push(out, (int32_t)json_integer_value(v));
+        if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+            json_integer_value(v) > INT32_MAX - 1)
+            return tok_err(st, tk, "%s: '%s' ids not integers", where, name);
+        if (out) tok_ids_push(out, (int32_t)json_integer_value(v));
+    }
+    return 1;
+}
+
+/* One TemplateProcessing template (o[key], "single" or "pair"): a list of
+ * {"SpecialToken": {"id": name}} and {"Sequence": {"id": "A" or "B"}}. The ids of the
+ * special tokens before the first sequence go to before, the others to after; with before
+ * NULL only the form is checked (names need not be in special_tokens: HF loads such a pair
+ * template). *seq gets a bit per sequence seen (1 A, 2 B). */
+static int tok_parse_template(Tokenizer *tk, json_t *o, const char *key, TokIds *before,
+                              TokIds *after, int *seq, const char *where, ErrStatus *st) {
+    json_t *tpl = json_object_get(o, key), *specials = json_object_get(o, "special_tokens");
+    char sub[300];
+    if (!json_is_array(tpl)) return tok_err(st, tk, "%s.%s: missing or not a list", where, key);
+    *seq = 0;
+    for (size_t i = 0; i < json_array_size(tpl); i++) {
+        json_t *it = json_array_get(tpl, i);
+        snprintf(sub, sizeof sub, "%s.%s[%zu]", where, key, i);
+        json_t *sp = json_object_get(it, "SpecialToken"), *sq = json_object_get(it, "Sequence");
+        if (sp) {
+            const char *name = json_string_value(json_object_get(sp, "id"));
+            if (!name) return tok_err(st, tk, "%s.SpecialToken.id: missing", sub);
+            if (before && !tok_template_ids(tk, specials, name, *seq ? after : before, sub, st))
+                return 0;
+        } else if (sq) {
+            const char *id = json_string_value(json_object_get(sq, "id"));
+            int bit = id && strcmp(id, "A") == 0 ? 1 : id && strcmp(id, "B") == 0 ? 2 : 0;
+            if (!bit) return tok_err(st, tk, "%s.Sequence.id: expected \"A\" or \"B\"", sub);
+            if (before && (*seq & bit))
+                return tok_err(st, tk, "%s: unsupported: sequence %s used twice", sub, id);
+            *seq |= bit;
+        } else {
+            return tok_err(st, tk, "%s: expected SpecialToken or Sequence", sub);
+        }
     }
     return 1;
 }
@@ -690,28 +798,22 @@ static int tok_load_post(Tokenizer *tk, json_t *o, const char *where, ErrStatus 
         return tok_err(st, tk, "unsupported post_processor type '%s' (%s)", t, where);
     if (tk->post_before || tk->post_after)
         return tok_err(st, tk, "unsupported: two TemplateProcessing post-processors (%s)", where);
-    json_t *single = json_object_get(o, "single"), *specials = json_object_get(o, "special_tokens");
-    if (!json_is_array(single)) return tok_err(st, tk, "%s.single: missing", where);
+    /* Only single sequences are encoded here. Its special tokens must be known (HF panics
+     * when encoding otherwise) and A used once (HF repeats or drops the text otherwise).
+     * The pair template is checked for its form only, as HF's deserialiser does; a missing
+     * one is accepted (HF requires it). */
     TokIds before = {0}, after = {0};
-    int seen_a = 0;
-    for (size_t i = 0; i < json_array_size(single); i++) {
-        json_t *it = json_array_get(single, i);
-        snprintf(sub, sizeof sub, "%s.single[%zu]", where, i);
-        json_t *sp = json_object_get(it, "SpecialToken"), *seq = json_object_get(it, "Sequence");
-        if (sp) {
-            const char *name = json_string_value(json_object_get(sp, "id"));
-            if (!name || !tok_template_ids(tk, specials, name, seen_a ? &after : &before, sub, st)) {
-                tok_ids_free(&before);
-                tok_ids_free(&after);
-                return st->ok ? tok_err(st, tk, "%s.SpecialToken.id: missing", sub) : 0;
-            }
-        } else if (seq && !seen_a) {
-            seen_a = 1;
-        } else {
-            tok_ids_free(&before);
-            tok_ids_free(&after);
-            return tok_err(st, tk, "%s: expected SpecialToken or one Sequence", sub);
-        }
+    int seq = 0, ok = tok_parse_template(tk, o, "single", &before, &after, &seq, where, st);
+    if (ok && seq != 1)
+        ok = tok_err(st, tk, "%s.single: unsupported: must use sequence A once (and not B)",
+                     where);
+    json_t *pair = json_object_get(o, "pair");
+    if (ok && pair && !json_is_null(pair))
+        ok = tok_parse_template(tk, o, "pair", NULL, NULL, &seq, where, st);
+    if (!ok) {
+        tok_ids_free(&before);
+        tok_ids_free(&after);
+        return 0;
     }
     tk->post_before = before.ids ? before.ids : calloc(1, sizeof(int32_t));
     tk->npost_before = before.n;
@@ -723,22 +825,73 @@ static int tok_load_post(Tokenizer *tk, json_t *o, const char *where, ErrStatus 
 static int tok_cmp_added_len(const void *a, const void *b, void *ctx) {
     const TokAdded *ad = ctx;
     const TokAdded *x = &ad[*(const int32_t *)a], *y = &ad[*(const int32_t *)b];
-    int bx = (unsigned char)x->content[0], by = (unsigned char)y->content[0];
+    int bx = (unsigned char)x->pat[0], by = (unsigned char)y->pat[0];
     if (bx != by) return bx - by;
-    return x->len < y->len ? 1 : x->len > y->len ? -1 : 0;
+    return x->patlen < y->patlen ? 1 : x->patlen > y->patlen ? -1 : 0;
 }
 
+/* The set of added tokens with normalized == normalized. HF added_vocabulary.rs matches
+ * normalized tokens in the normalised text with their content passed through the normalizer
+ * (with Prepend "▁" + Replace " " -> "▁", "<x>" is looked for as "▁<x>"); empty contents
+ * are ignored, as HF does. */
 static void tok_build_set(Tokenizer *tk, TokAddedSet *s, int normalized) {
     s->idx = malloc((tk->nadded + 1) * sizeof *s->idx);
+    SL_CHECK(s->idx != NULL, "out of memory");
     s->n = 0;
-    for (size_t i = 0; i < tk->nadded; i++)
-        if (tk->added[i].len && tk->added[i].normalized == normalized) s->idx[s->n++] = (int32_t)i;
+    for (size_t i = 0; i < tk->nadded; i++) {
+        TokAdded *a = &tk->added[i];
+        if (a->normalized != normalized) continue;
+        if (!a->pat) {
+            a->pat = a->content;
+            a->patlen = a->len;
+            if (normalized && tk->nnorm && a->len) {
+                tok_normalize(tk, a->content, a->len, &tk->s_norm);
+                a->pat = tok_strndup(tk->s_norm.p, tk->s_norm.n);
+                a->patlen = tk->s_norm.n;
+            }
+        }
+        if (a->len && a->patlen) s->idx[s->n++] = (int32_t)i;
+    }
     qsort_r(s->idx, s->n, sizeof *s->idx, tok_cmp_added_len, tk->added);
     size_t k = 0;
     for (int b = 0; b <= 256; b++) {
-        while (k < s->n && (unsigned char)tk->added[s->idx[k]].content[0] < b) k++;
+        while (k < s->n && (unsigned char)tk->added[s->idx[k]].pat[0] < b) k++;
         s->first[b] = k;
     }
+}
+
+/* The added tokens' ids as HF gives them (added_vocabulary.rs add_tokens; the "id" fields
+ * are only compared, with a warning): a content in the model's vocabulary takes its id
+ * there, a repeated content the id it got first, a new one the next id after the largest
+ * so far, but at least the vocabulary's size (its number of entries). */
+static void tok_assign_added_ids(Tokenizer *tk, size_t vocab_size) {
+    size_t cap = 16;
+    while (cap < 2 * tk->nadded + 2) cap *= 2;
+    int32_t *seen = malloc(cap * sizeof *seen); /* open addressing: index into added */
+    SL_CHECK(seen != NULL, "out of memory");
+    for (size_t i = 0; i < cap; i++) seen[i] = -1;
+    int64_t maxid = -1;
+    for (size_t i = 0; i < tk->nadded; i++) {
+        TokAdded *a = &tk->added[i];
+        if (a->len == 0) continue; /* HF ignores it; it keeps its "id" for decoding */
+        size_t h = tok_hash(a->content, a->len) & (cap - 1);
+        while (seen[h] >= 0 && !(tk->added[seen[h]].len == a->len &&
+                                 memcmp(tk->added[seen[h]].content, a->content, a->len) == 0))
+            h = (h + 1) & (cap - 1);
+        int64_t id;
+        if (seen[h] >= 0) {
+            id = tk->added[seen[h]].id;
+        } else {
+            seen[h] = (int32_t)i;
+            id = tok_vocab_get(tk, a->content, a->len);
+            if (id < 0) id = maxid >= (int64_t)vocab_size || vocab_size == 0 ? maxid + 1
+                                                                            : (int64_t)vocab_size;
+        }
+        SL_CHECK(id < INT32_MAX, "added token id overflow");
+        a->id = (int32_t)id;
+        if (id > maxid) maxid = id;
+    }
+    free(seen);
 }
 
 static int tok_load_model(Tokenizer *tk, json_t *m, ErrStatus *st) {
@@ -778,6 +931,7 @@ static int tok_load_model(Tokenizer *tk, json_t *m, ErrStatus *st) {
         tok_vocab_put(tk, key, strlen(key), id);
         if (id > maxid) maxid = id;
     }
+    tok_assign_added_ids(tk, nv);
     for (size_t i = 0; i < tk->nadded; i++)
         if (tk->added[i].id > maxid) maxid = tk->added[i].id;
     tk->nid = maxid + 1;
@@ -810,14 +964,25 @@ static int tok_load_model(Tokenizer *tk, json_t *m, ErrStatus *st) {
         char u[4], fb[8];
         tok_byte_to_utf8(b, u);
         tk->byte_id[b] = tok_vocab_get(tk, u, strlen(u));
+        tk->byte_u8len[b] = (unsigned char)strlen(u);
+        memcpy(tk->byte_u8[b], u, tk->byte_u8len[b]);
+        if (b < 128) {
+            char c = (char)b;
+            tk->ascii_id[b] = tok_vocab_get(tk, &c, 1);
+        }
         snprintf(fb, sizeof fb, "<0x%02X>", b);
         tk->fb_id[b] = tok_vocab_get(tk, fb, 6);
     }
 
     size_t nm = json_array_size(merges);
+    tk->meta_cut = !tk->ignore_merges && tok_vocab_get(tk, TOK_META, 3) >= 0;
     tk->mcap = 64;
     while (tk->mcap < 2 * nm + 2) tk->mcap *= 2;
     tk->mslots = calloc(tk->mcap, sizeof *tk->mslots);
+    SL_CHECK(nm < INT32_MAX, "model.merges: %zu merges", nm);
+    tk->nmerges = nm;
+    tk->by_rank = malloc((nm + 1) * sizeof *tk->by_rank);
+    SL_CHECK(tk->mslots && tk->by_rank, "out of memory");
     TokBuf cat = {0};
     for (size_t r = 0; r < nm; r++) {
         json_t *e = json_array_get(merges, r);
@@ -841,6 +1006,9 @@ static int tok_load_model(Tokenizer *tk, json_t *m, ErrStatus *st) {
             free(cat.p);
             return tok_err(st, tk, "model.merges[%zu]: expected \"a b\" or [\"a\", \"b\"]", r);
         }
+        if (bl >= 3 && memcmp(b, TOK_META, 3) == 0)
+            for (size_t k = 0; k < al && tk->meta_cut; k += 3)
+                if (al % 3 || memcmp(a + k, TOK_META, 3) != 0) tk->meta_cut = 0;
         int32_t ia = tok_vocab_get(tk, a, al), ib = tok_vocab_get(tk, b, bl);
         cat.n = 0;
         tok_buf_put(&cat, a, al);
@@ -856,10 +1024,12 @@ static int tok_load_model(Tokenizer *tk, json_t *m, ErrStatus *st) {
         uint64_t key = ((uint64_t)(uint32_t)(ia + 1) << 32) | (uint32_t)(ib + 1);
         size_t mask = tk->mcap - 1, i = tok_hash_u64(key) & mask;
         while (tk->mslots[i].key && tk->mslots[i].key != key) i = (i + 1) & mask;
-        if (tk->mslots[i].key == key) continue; /* duplicate: the first (lowest rank) wins */
+        /* a pair listed twice keeps its last rank: HF collects the merges into a hash map */
+        if (tk->mslots[i].key == key) tk->by_rank[tk->mslots[i].rank].a = -1;
         tk->mslots[i].key = key;
         tk->mslots[i].rank = (int32_t)r;
         tk->mslots[i].merged = im;
+        tk->by_rank[r] = (TokMergeRank){ia, ib, im};
     }
     free(cat.p);
     return 1;
@@ -919,6 +1089,15 @@ Tokenizer *tok_load(const char *path, ErrStatus *st) {
     }
     tok_build_set(tk, &tk->set_raw, 0);
     tok_build_set(tk, &tk->set_norm, 1);
+    /* HF keeps a normalized added token as its normalised content: that is also its string
+     * when decoding ("New York" decodes as " New York" after Prepend + Replace "▁") */
+    for (size_t i = 0; i < tk->nadded; i++) {
+        TokAdded *a = &tk->added[i];
+        if (a->pat == a->content || !a->patlen) continue;
+        tk->id_off[a->id] = (int64_t)tk->strs.n;
+        tk->id_len[a->id] = (uint32_t)a->patlen;
+        tok_buf_put(&tk->strs, a->pat, a->patlen);
+    }
     tk->cache = calloc(TOK_CACHE_SLOTS, sizeof *tk->cache);
     return tk;
 }
@@ -932,11 +1111,20 @@ void tok_free(Tokenizer *tk) {
     free(tk->id_len);
     free(tk->id_special);
     free(tk->mslots);
-    for (size_t i = 0; i < tk->nadded; i++) free(tk->added[i].content);
+    free(tk->by_rank);
+    for (size_t i = 0; i < tk->nadded; i++) {
+        if (tk->added[i].pat != tk->added[i].content) free(tk->added[i].pat);
+        free(tk->added[i].content);
+    }
     free(tk->added);
     free(tk->set_raw.idx);
     free(tk->set_norm.idx);
-    for (size_t i = 0; i < tk->nnorm; i++) { free(tk->norm[i].a); free(tk->norm[i].b); }
+    for (size_t i = 0; i < tk->nnorm; i++) {
+        free(tk->norm[i].a);
+        free(tk->norm[i].b);
+        if (tk->norm[i].md) pcre2_match_data_free(tk->norm[i].md);
+        if (tk->norm[i].re) pcre2_code_free(tk->norm[i].re);
+    }
     free(tk->norm);
     for (size_t i = 0; i < tk->npre; i++) {
         if (tk->pre[i].md) pcre2_match_data_free(tk->pre[i].md);
@@ -946,7 +1134,12 @@ void tok_free(Tokenizer *tk) {
     free(tk->pre);
     free(tk->post_before);
     free(tk->post_after);
-    for (size_t i = 0; i < tk->ndec; i++) { free(tk->dec[i].a); free(tk->dec[i].b); }
+    for (size_t i = 0; i < tk->ndec; i++) {
+        free(tk->dec[i].a);
+        free(tk->dec[i].b);
+        if (tk->dec[i].md) pcre2_match_data_free(tk->dec[i].md);
+        if (tk->dec[i].re) pcre2_code_free(tk->dec[i].re);
+    }
     free(tk->dec);
     free(tk->s_in.p);
     free(tk->s_norm.p);
@@ -955,16 +1148,84 @@ void tok_free(Tokenizer *tk) {
     free(tk->s_word.p);
     free(tk->pieces[0]);
     free(tk->pieces[1]);
+    free(tk->spans.m);
+    free(tk->nfc);
     free(tk->sym);
     free(tk->rank);
+    free(tk->hsym);
+    free(tk->heap);
     free(tk->cache);
     free(tk->cache_keys.p);
     free(tk->cache_ids);
     free(tk);
 }
 
-/* ---- normalizer: src -> dst (both scratch buffers) ---- */
+/* ---- normalizer ---- */
 
+/* o += s[0..n) with every occurrence of a replaced by b. */
+static void tok_replace_into(TokBuf *o, const char *s, size_t n, const char *a, size_t al,
+                             const char *b, size_t bl) {
+    size_t i = 0, start = 0;
+    while (i + al <= n) {
+        if (memcmp(s + i, a, al) == 0) {
+            tok_buf_put(o, s + start, i - start);
+            tok_buf_put(o, b, bl);
+            i += al;
+            start = i;
+        } else {
+            i++;
+        }
+    }
+    tok_buf_put(o, s + start, n - start);
+}
+
+/* o += s[0..n) with every match of re replaced by b: the matches of the onig crate's
+ * find_iter, which HF's Replace uses (an empty match right where the previous match ended is
+ * skipped; the search then steps over one character). An empty s is left as it is. */
+static void tok_replace_re_into(TokBuf *o, pcre2_code *re, pcre2_match_data *md, const char *s,
+                                size_t n, const char *b, size_t bl) {
+    size_t at = 0, copied = 0, last_end = SIZE_MAX;
+    while (n > 0 && at <= n) {
+        int rc = pcre2_jit_match(re, (PCRE2_SPTR)s, n, at, PCRE2_NO_UTF_CHECK, md, NULL);
+        if (rc == PCRE2_ERROR_JIT_BADOPTION)
+            rc = pcre2_match(re, (PCRE2_SPTR)s, n, at, PCRE2_NO_UTF_CHECK, md, NULL);
+        if (rc < 0) break;
+        PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+        size_t a = ov[0], e = ov[1];
+        if (a == e && e == last_end) {
+            at = e + 1;
+            while (at < n && ((unsigned char)s[at] & 0xC0) == 0x80) at++;
+            continue;
+        }
+        tok_buf_put(o, s + copied, a - copied);
+        tok_buf_put(o, b, bl);
+        copied = at = last_end = e;
+    }
+    tok_buf_put(o, s + copied, n - copied);
+}
+
+/* o += NFC(s[0..n)) (utf8proc_NFC's options, but on an explicit length, so that a NUL in the
+ * text is kept, and into the tokenizer's code point buffer rather than a fresh allocation). */
+static void tok_nfc_into(Tokenizer *tk, TokBuf *o, const char *s, size_t n) {
+    const utf8proc_option_t opt = UTF8PROC_STABLE | UTF8PROC_COMPOSE;
+    for (;;) {
+        utf8proc_ssize_t k = utf8proc_decompose((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)n,
+                                                tk->nfc, (utf8proc_ssize_t)tk->nfc_cap, opt);
+        SL_CHECK(k >= 0, "utf8proc_decompose: %s", utf8proc_errmsg(k));
+        /* reencode writes the UTF-8 over the code points and a NUL after it: k + 1 slots */
+        if ((size_t)k < tk->nfc_cap) {
+            utf8proc_ssize_t m = utf8proc_reencode(tk->nfc, k, opt);
+            SL_CHECK(m >= 0, "utf8proc_reencode: %s", utf8proc_errmsg(m));
+            tok_buf_put(o, tk->nfc, (size_t)m);
+            return;
+        }
+        tk->nfc_cap = 2 * (size_t)k + 64;
+        tk->nfc = realloc(tk->nfc, tk->nfc_cap * sizeof *tk->nfc);
+        SL_CHECK(tk->nfc != NULL, "out of memory");
+    }
+}
+
+/* out = the normalizer chain over s[0..n) (out is not s_norm2, the chain's other buffer). */
 static void tok_normalize(Tokenizer *tk, const char *s, size_t n, TokBuf *out) {
     TokBuf *cur = out, *alt = &tk->s_norm2;
     cur->n = 0;
@@ -972,37 +1233,25 @@ static void tok_normalize(Tokenizer *tk, const char *s, size_t n, TokBuf *out) {
     for (size_t k = 0; k < tk->nnorm; k++) {
         const TokNorm *nm = &tk->norm[k];
         alt->n = 0;
+        tok_buf_put(alt, "", 0);
         if (nm->kind == TOK_NORM_NFC) {
             size_t i = 0;
             while (i < cur->n && !((unsigned char)cur->p[i] & 0x80)) i++;
             if (i == cur->n) continue; /* ASCII is always NFC */
-            utf8proc_uint8_t *r = utf8proc_NFC((const utf8proc_uint8_t *)cur->p);
-            SL_CHECK(r != NULL, "utf8proc_NFC failed");
-            tok_buf_put(alt, r, strlen((char *)r));
-            free(r);
+            tok_nfc_into(tk, alt, cur->p, cur->n);
         } else if (nm->kind == TOK_NORM_PREPEND) {
             if (cur->n == 0) continue; /* HF Prepend leaves an empty string empty */
             tok_buf_put(alt, nm->a, nm->alen);
             tok_buf_put(alt, cur->p, cur->n);
+        } else if (nm->re) {
+            tok_replace_re_into(alt, nm->re, nm->md, cur->p, cur->n, nm->b, nm->blen);
         } else {
-            size_t i = 0, start = 0;
-            while (i + nm->alen <= cur->n) {
-                if (memcmp(cur->p + i, nm->a, nm->alen) == 0) {
-                    tok_buf_put(alt, cur->p + start, i - start);
-                    tok_buf_put(alt, nm->b, nm->blen);
-                    i += nm->alen;
-                    start = i;
-                } else {
-                    i++;
-                }
-            }
-            tok_buf_put(alt, cur->p + start, cur->n - start);
+            tok_replace_into(alt, cur->p, cur->n, nm->a, nm->alen, nm->b, nm->blen);
         }
         TokBuf t = *cur;
         *cur = *alt;
         *alt = t;
     }
-    if (cur != out) { TokBuf t = *out; *out = *cur; *cur = t; }
 }
 
 /* ---- pre-tokenizer: pieces are (offset, length) pairs into s_pre ---- */
@@ -1019,12 +1268,6 @@ static void tok_piece_push(Tokenizer *tk, int w, size_t *np, size_t off, size_t 
     (*np)++;
 }
 
-/* Match spans of piece s[0..n) for p: calls back (start, end) of each match in order. */
-typedef struct {
-    size_t *m; /* pairs */
-    size_t n, cap;
-} TokSpans;
-
 static void tok_spans_push(TokSpans *sp, size_t a, size_t b) {
     if (sp->n + 2 > sp->cap) {
         sp->cap = sp->cap ? 2 * sp->cap : 64;
@@ -1038,16 +1281,21 @@ static void tok_spans_push(TokSpans *sp, size_t a, size_t b) {
 static void tok_find_matches(const TokPre *p, const char *s, size_t n, TokSpans *sp) {
     sp->n = 0;
     if (p->kind == TOK_PRE_DIGITS) {
+        /* HF digits.rs splits on Rust's char::is_numeric: categories Nd, Nl and No */
         for (size_t i = 0; i < n;) {
-            if (s[i] >= '0' && s[i] <= '9') {
-                size_t j = i + 1;
-                if (!p->individual_digits)
-                    while (j < n && s[j] >= '0' && s[j] <= '9') j++;
-                tok_spans_push(sp, i, j);
+            int32_t c;
+            size_t l = tok_utf8_cp(s + i, n - i, &c), j = i + l;
+            if (!tok_is_numeric_cp(c)) {
                 i = j;
-            } else {
-                i++;
+                continue;
             }
+            while (!p->individual_digits && j < n) {
+                size_t l2 = tok_utf8_cp(s + j, n - j, &c);
+                if (!tok_is_numeric_cp(c)) break;
+                j += l2;
+            }
+            tok_spans_push(sp, i, j);
+            i = j;
         }
         return;
     }
@@ -1084,8 +1332,9 @@ static void tok_find_matches(const TokPre *p, const char *s, size_t n, TokSpans 
 
 /* HF normalizer.rs split(): the matches cut the piece by the behaviour. */
 static void tok_split_piece(Tokenizer *tk, const TokPre *p, TokSplitBehavior beh, int invert,
-                            size_t off, size_t n, int w, size_t *np, TokSpans *sp) {
+                            size_t off, size_t n, int w, size_t *np) {
     const char *s = tk->s_pre.p + off;
+    TokSpans *sp = &tk->spans;
     tok_find_matches(p, s, n, sp);
     /* (start, end, is_match) covering the piece */
     size_t cur = 0, pend_a = 0, pend_b = 0;
@@ -1142,12 +1391,13 @@ static void tok_split_piece(Tokenizer *tk, const TokPre *p, TokSplitBehavior beh
     if (have_pend) tok_piece_push(tk, w, np, off + pend_a, pend_b - pend_a);
 }
 
-/* Runs the pre-tokenizers over s_pre[0..n); the pieces end in pieces[returned w]. */
+/* Runs the pre-tokenizers over s_pre[0..n); the pieces end in pieces[returned w]. Pieces
+ * made by ByteLevel's prefix space or by Metaspace are appended to s_pre. first_segment: the
+ * text starts at offset 0 of the original (for Metaspace's prepend_scheme "first"). */
 static int tok_pretokenize(Tokenizer *tk, int first_segment, size_t *np_out) {
     size_t np = 0;
     int w = 0;
     tok_piece_push(tk, w, &np, 0, tk->s_pre.n);
-    TokSpans sp = {0};
     for (size_t k = 0; k < tk->npre; k++) {
         const TokPre *p = &tk->pre[k];
         int o = 1 - w;
@@ -1160,35 +1410,42 @@ static int tok_pretokenize(Tokenizer *tk, int first_segment, size_t *np_out) {
                                                                    : TOK_SPLIT_CONTIGUOUS)
                                            : p->behavior;
                 tok_split_piece(tk, p, beh, p->kind == TOK_PRE_SPLIT && p->invert, off, len, o,
-                                &no, &sp);
+                                &no);
             } else if (p->kind == TOK_PRE_BYTELEVEL) {
                 if (p->add_prefix_space && tk->s_pre.p[off] != ' ') {
-                    /* HF ByteLevel: prepend a space to each piece that lacks one */
+                    /* HF ByteLevel: prepend a space to each piece that lacks one (reserve
+                     * first: the copy reads from the buffer it appends to) */
+                    tok_buf_reserve(&tk->s_pre, len + 2);
                     size_t noff = tk->s_pre.n;
-                    tok_buf_put(&tk->s_pre, " ", 1);
-                    tok_buf_put(&tk->s_pre, tk->s_pre.p + off, len);
+                    tk->s_pre.p[noff] = ' ';
+                    memcpy(tk->s_pre.p + noff + 1, tk->s_pre.p + off, len);
+                    tk->s_pre.n += len + 1;
+                    tk->s_pre.p[tk->s_pre.n] = 0;
                     off = noff;
                     len++;
                 }
-                if (p->re) tok_split_piece(tk, p, TOK_SPLIT_ISOLATED, 0, off, len, o, &no, &sp);
+                if (p->re) tok_split_piece(tk, p, TOK_SPLIT_ISOLATED, 0, off, len, o, &no);
                 else tok_piece_push(tk, o, &no, off, len);
-            } else { /* Metaspace: spaces become the replacement, then split before each */
+            } else {
+                /* Metaspace (HF pre_tokenizers/metaspace.rs): spaces become the replacement;
+                 * then the replacement is prepended unless the piece starts with it (after
+                 * the replacing), for "first" only to the piece at the text's offset 0;
+                 * then split before each replacement */
+                /* reserved first: the copy reads from the buffer it appends to */
+                tok_buf_reserve(&tk->s_pre, (len + 1) * (p->litlen + 1) + 1);
+                const char *src = tk->s_pre.p + off;
                 size_t noff = tk->s_pre.n;
                 int prepend = p->scheme == TOK_PREPEND_ALWAYS ||
-                              (p->scheme == TOK_PREPEND_FIRST && first_segment && i == 0);
-                if (prepend && !(len >= p->litlen &&
-                                 memcmp(tk->s_pre.p + off, p->lit, p->litlen) == 0))
+                              (p->scheme == TOK_PREPEND_FIRST && first_segment && off == 0);
+                if (prepend && src[0] != ' ' &&
+                    !(len >= p->litlen && memcmp(src, p->lit, p->litlen) == 0))
                     tok_buf_put(&tk->s_pre, p->lit, p->litlen);
-                for (size_t j = 0; j < len; j++) {
-                    char c = tk->s_pre.p[off + j];
-                    if (c == ' ') tok_buf_put(&tk->s_pre, p->lit, p->litlen);
-                    else tok_buf_put(&tk->s_pre, &c, 1);
-                }
+                tok_replace_into(&tk->s_pre, src, len, " ", 1, p->lit, p->litlen);
                 size_t nlen = tk->s_pre.n - noff;
                 if (p->split) {
                     TokPre lit = *p;
                     lit.re = NULL;
-                    tok_split_piece(tk, &lit, TOK_SPLIT_MERGED_NEXT, 0, noff, nlen, o, &no, &sp);
+                    tok_split_piece(tk, &lit, TOK_SPLIT_MERGED_NEXT, 0, noff, nlen, o, &no);
                 } else {
                     tok_piece_push(tk, o, &no, noff, nlen);
                 }
@@ -1197,7 +1454,6 @@ static int tok_pretokenize(Tokenizer *tk, int first_segment, size_t *np_out) {
         w = o;
         np = no;
     }
-    free(sp.m);
     *np_out = np;
     return w;
 }
@@ -1217,7 +1473,118 @@ static int32_t tok_pair_rank(const Tokenizer *tk, int32_t a, int32_t b) {
     return m ? m->rank : INT32_MAX;
 }
 
-/* Ids of word w[0..n) appended to out (HF models/bpe/model.rs merge_word + word.rs
+/* Below this many symbols the rescan of a rank array (tok_bpe_scan) is at least as fast as
+ * the heap: on the test corpus with the word cache off, 16 to 64 were alike and the heap for
+ * every word was 15-25% slower (GPT-2, Llama-3 and Mistral pieces are mostly short). */
+#define TOK_BPE_HEAP_MIN 32
+
+/* sym[0..ns) merged in place, returns the new count: repeatedly the lowest-ranked pair,
+ * leftmost on ties. O(ns^2), for short words. */
+static size_t tok_bpe_scan(Tokenizer *tk, size_t ns) {
+    int32_t *sym = tk->sym, *rank = tk->rank;
+    for (size_t i = 0; i + 1 < ns; i++) rank[i] = tok_pair_rank(tk, sym[i], sym[i + 1]);
+    while (ns > 1) {
+        size_t best = 0;
+        int32_t br = INT32_MAX;
+        for (size_t i = 0; i + 1 < ns; i++)
+            if (rank[i] < br) { br = rank[i]; best = i; }
+        if (br == INT32_MAX) break;
+        sym[best] = tok_merge_get(tk, sym[best], sym[best + 1])->merged;
+        memmove(sym + best + 1, sym + best + 2, (ns - best - 2) * sizeof *sym);
+        memmove(rank + best + 1, rank + best + 2,
+                (ns - best - 2 > 0 ? ns - best - 2 : 0) * sizeof *rank);
+        ns--;
+        if (best + 1 < ns) rank[best] = tok_pair_rank(tk, sym[best], sym[best + 1]);
+        if (best > 0) rank[best - 1] = tok_pair_rank(tk, sym[best - 1], sym[best]);
+    }
+    return ns;
+}
+
+/* Min-heap of rank << 32 | position, the order of HF word.rs Merge (rank, then position).
+ * 4-ary (as HF's dary_heap): half the depth of a binary heap, the children in one line. */
+static void tok_heap_down(uint64_t *h, size_t n, size_t i) {
+    uint64_t x = h[i];
+    for (;;) {
+        size_t c = 4 * i + 1, e = c + 4 < n ? c + 4 : n;
+        if (c >= n) break;
+        size_t m = c;
+        for (size_t k = c + 1; k < e; k++)
+            if (h[k] < h[m]) m = k;
+        if (h[m] >= x) break;
+        h[i] = h[m];
+        i = m;
+    }
+    h[i] = x;
+}
+
+static void tok_heap_push(uint64_t *h, size_t *n, uint64_t x) {
+    size_t i = (*n)++;
+    while (i > 0 && h[(i - 1) / 4] > x) {
+        h[i] = h[(i - 1) / 4];
+        i = (i - 1) / 4;
+    }
+    h[i] = x;
+}
+
+static void tok_heap_push_pair(const Tokenizer *tk, uint64_t *h, size_t *nh, int32_t pos) {
+    const TokSym *s = tk->hsym;
+    const TokMerge *m = tok_merge_get(tk, s[pos].id, s[s[pos].next].id);
+    if (m) tok_heap_push(h, nh, (uint64_t)(uint32_t)m->rank << 32 | (uint32_t)pos);
+}
+
+/* sym[0..ns) merged in place, returns the new count; the same merges as tok_bpe_scan in
+ * O(ns log ns): HF word.rs merge_all. Each adjacent pair that has a merge is in a heap keyed
+ * by (rank, position of its left symbol); positions are those of the initial symbols, which
+ * keep their order, so the top is the lowest rank, leftmost on ties. An entry is stale when
+ * its left symbol was merged away, has no right neighbour any more, or the pair there now
+ * is not the one the entry was made for (HF looks the pair up and compares the merged id; a
+ * merged id names the text the pair covers, which starts where the entry's pair started, so
+ * it is the same test). dropout is refused at load. */
+static size_t tok_bpe_heap(Tokenizer *tk, size_t ns) {
+    if (ns > tk->hsym_cap) {
+        tk->hsym_cap = 2 * ns;
+        tk->hsym = realloc(tk->hsym, tk->hsym_cap * sizeof *tk->hsym);
+        /* live entries <= initial pairs + one net push per merge < 2 ns */
+        tk->heap = realloc(tk->heap, 2 * tk->hsym_cap * sizeof *tk->heap);
+        SL_CHECK(tk->hsym && tk->heap, "out of memory");
+    }
+    SL_CHECK(ns < INT32_MAX, "word of %zu symbols", ns);
+    TokSym *s = tk->hsym;
+    uint64_t *h = tk->heap;
+    size_t nh = 0;
+    for (size_t i = 0; i < ns; i++) {
+        s[i].id = tk->sym[i];
+        s[i].prev = (int32_t)i - 1;
+        s[i].next = i + 1 < ns ? (int32_t)i + 1 : -1;
+    }
+    for (size_t i = 0; i + 1 < ns; i++) {
+        const TokMerge *m = tok_merge_get(tk, s[i].id, s[i + 1].id);
+        if (m) h[nh++] = (uint64_t)(uint32_t)m->rank << 32 | (uint32_t)i;
+    }
+    for (size_t i = nh / 4 + 1; i-- > 0;) tok_heap_down(h, nh, i);
+    while (nh > 0) {
+        uint64_t top = h[0];
+        h[0] = h[--nh];
+        if (nh) tok_heap_down(h, nh, 0);
+        int32_t pos = (int32_t)(uint32_t)top, rank = (int32_t)(top >> 32);
+        TokSym *a = &s[pos];
+        if (a->id < 0 || a->next < 0) continue;
+        TokSym *b = &s[a->next];
+        const TokMergeRank *m = &tk->by_rank[rank];
+        if (m->a != a->id || m->b != b->id) continue;
+        a->id = m->merged;
+        b->id = -1;
+        a->next = b->next;
+        if (a->next >= 0) s[a->next].prev = pos;
+        if (a->prev >= 0) tok_heap_push_pair(tk, h, &nh, a->prev);
+        if (a->next >= 0) tok_heap_push_pair(tk, h, &nh, pos);
+    }
+    size_t n = 0;
+    for (int32_t i = 0; i >= 0; i = s[i].next) tk->sym[n++] = s[i].id;
+    return n;
+}
+
+/* Ids of word w[0..n) appended to out (HF models/bpe/model.rs merge_word, then word.rs
  * merge_all: always the lowest-ranked pair, leftmost on ties). */
 static void tok_bpe_word(Tokenizer *tk, const char *w, size_t n, TokIds *out) {
     if (tk->ignore_merges) {
@@ -1225,9 +1592,8 @@ static void tok_bpe_word(Tokenizer *tk, const char *w, size_t n, TokIds *out) {
         if (tk->bytelevel) {
             tk->s_word.n = 0;
             for (size_t i = 0; i < n; i++) {
-                char u[4];
-                tok_byte_to_utf8((unsigned char)w[i], u);
-                tok_buf_put(&tk->s_word, u, strlen(u));
+                unsigned char b = (unsigned char)w[i];
+                tok_buf_put(&tk->s_word, tk->byte_u8[b], tk->byte_u8len[b]);
             }
             id = tok_vocab_get(tk, tk->s_word.p, tk->s_word.n);
         } else {
@@ -1236,7 +1602,7 @@ static void tok_bpe_word(Tokenizer *tk, const char *w, size_t n, TokIds *out) {
         if (id >= 0) { tok_ids_push(out, id); return; }
     }
     tok_sym_reserve(tk, 4 * n + 4);
-    int32_t *sym = tk->sym, *rank = tk->rank;
+    int32_t *sym = tk->sym;
     size_t ns = 0;
     int prev_unk = 0;
     for (size_t i = 0; i < n;) {
@@ -1244,6 +1610,8 @@ static void tok_bpe_word(Tokenizer *tk, const char *w, size_t n, TokIds *out) {
         int32_t id;
         if (tk->bytelevel) {
             id = tk->byte_id[(unsigned char)w[i]];
+        } else if ((unsigned char)w[i] < 0x80) {
+            id = tk->ascii_id[(unsigned char)w[i]];
         } else {
             int32_t cp;
             l = tok_utf8_cp(w + i, n - i, &cp);
@@ -1269,21 +1637,7 @@ static void tok_bpe_word(Tokenizer *tk, const char *w, size_t n, TokIds *out) {
         }
         i += l;
     }
-    for (size_t i = 0; i + 1 < ns; i++) rank[i] = tok_pair_rank(tk, sym[i], sym[i + 1]);
-    while (ns > 1) {
-        size_t best = 0;
-        int32_t br = INT32_MAX;
-        for (size_t i = 0; i + 1 < ns; i++)
-            if (rank[i] < br) { br = rank[i]; best = i; }
-        if (br == INT32_MAX) break;
-        sym[best] = tok_merge_get(tk, sym[best], sym[best + 1])->merged;
-        memmove(sym + best + 1, sym + best + 2, (ns - best - 2) * sizeof *sym);
-        memmove(rank + best + 1, rank + best + 2,
-                (ns - best - 2 > 0 ? ns - best - 2 : 0) * sizeof *rank);
-        ns--;
-        if (best + 1 < ns) rank[best] = tok_pair_rank(tk, sym[best], sym[best + 1]);
-        if (best > 0) rank[best - 1] = tok_pair_rank(tk, sym[best - 1], sym[best]);
-    }
+    ns = ns < TOK_BPE_HEAP_MIN ? tok_bpe_scan(tk, ns) : tok_bpe_heap(tk, ns);
     for (size_t i = 0; i < ns; i++) tok_ids_push(out, sym[i]);
 }
 
@@ -1328,6 +1682,31 @@ static void tok_word_cached(Tokenizer *tk, const char *w, size_t n, TokIds *out)
     tk->cache_used++;
 }
 
+/* One pre-token. SentencePiece-style files (Llama-2, Mistral) have no pre-tokenizer, so a
+ * whole line is one word. If no merge joins a left part holding another character to a right
+ * part that starts with ▁ (checked at load: meta_cut), BPE never merges across the start of
+ * a ▁ run that follows another character: cut there, the pieces merge as they would inside
+ * the whole word (merges on either side never see each other), and each piece, a word with
+ * its leading ▁, goes through the word cache. Not with ignore_merges (the whole word is
+ * looked up first) nor byte-level (the model sees bytes as GPT-2 characters). */
+static void tok_word(Tokenizer *tk, const char *w, size_t n, TokIds *out) {
+    if (!tk->meta_cut || tk->bytelevel) {
+        tok_word_cached(tk, w, n, out);
+        return;
+    }
+    size_t start = 0;
+    for (size_t i = 1; i + 3 <= n; i++) {
+        const char *e = memchr(w + i, 0xE2, n - 2 - i);
+        if (!e) break;
+        i = (size_t)(e - w);
+        if (memcmp(w + i, TOK_META, 3) == 0 && !(i >= 3 && memcmp(w + i - 3, TOK_META, 3) == 0)) {
+            tok_word_cached(tk, w + start, i - start, out);
+            start = i;
+        }
+    }
+    tok_word_cached(tk, w + start, n - start, out);
+}
+
 /* ---- encoding ---- */
 
 /* Normalised text segment -> ids */
@@ -1338,7 +1717,7 @@ static void tok_encode_normalized(Tokenizer *tk, const char *s, size_t n, int fi
     size_t np;
     int w = tok_pretokenize(tk, first_segment, &np);
     for (size_t i = 0; i < np; i++)
-        tok_word_cached(tk, tk->s_pre.p + tk->pieces[w][2 * i], tk->pieces[w][2 * i + 1], out);
+        tok_word(tk, tk->s_pre.p + tk->pieces[w][2 * i], tk->pieces[w][2 * i + 1], out);
 }
 
 /* Finds the leftmost-longest added token of set in s[from..n) (HF added_vocabulary.rs:
@@ -1351,8 +1730,8 @@ static int tok_find_added(const Tokenizer *tk, const TokAddedSet *set, const cha
         unsigned b = (unsigned char)s[i];
         for (size_t k = set->first[b]; k < set->first[b + 1]; k++) {
             const TokAdded *a = &tk->added[set->idx[k]];
-            if (a->len > n - i || memcmp(s + i, a->content, a->len) != 0) continue;
-            size_t st = i, en = i + a->len;
+            if (a->patlen > n - i || memcmp(s + i, a->pat, a->patlen) != 0) continue;
+            size_t st = i, en = i + a->patlen;
             if (a->single_word) {
                 int32_t c;
                 if (st > 0 && tok_is_word_cp(tok_cp_before(s, st))) continue;
@@ -1399,21 +1778,18 @@ int tok_encode(Tokenizer *tk, const char *text, size_t len, int add_special, Tok
         if (a < 0) ms = me = len;
         if (ms > pos) {
             /* pass 2: normalise, then added tokens with normalized = true */
-            TokBuf norm = tk->s_norm;
-            tk->s_norm = (TokBuf){0};
-            tok_normalize(tk, s + pos, ms - pos, &norm);
+            TokBuf *norm = &tk->s_norm;
+            tok_normalize(tk, s + pos, ms - pos, norm);
             size_t q = 0;
-            while (q <= norm.n) {
-                size_t ns = norm.n, ne = norm.n;
-                int b = tok_find_added(tk, &tk->set_norm, norm.p, norm.n, q, &ns, &ne);
-                if (b < 0) ns = ne = norm.n;
-                if (ns > q) tok_encode_normalized(tk, norm.p + q, ns - q, first && q == 0, out);
+            while (q <= norm->n) {
+                size_t ns = norm->n, ne = norm->n;
+                int b = tok_find_added(tk, &tk->set_norm, norm->p, norm->n, q, &ns, &ne);
+                if (b < 0) ns = ne = norm->n;
+                if (ns > q) tok_encode_normalized(tk, norm->p + q, ns - q, first && q == 0, out);
                 if (b < 0) break;
                 tok_ids_push(out, tk->added[b].id);
                 q = ne;
             }
-            free(tk->s_norm.p);
-            tk->s_norm = norm;
         }
         first = 0;
         if (a < 0) break;
@@ -1448,22 +1824,6 @@ static void tok_list_free(TokList *l) {
     for (size_t i = 0; i < l->n; i++) free(l->t[i].p);
     free(l->t);
     *l = (TokList){0};
-}
-
-static void tok_replace_into(TokBuf *o, const char *s, size_t n, const char *a, size_t al,
-                             const char *b, size_t bl) {
-    size_t i = 0, start = 0;
-    while (i + al <= n) {
-        if (memcmp(s + i, a, al) == 0) {
-            tok_buf_put(o, s + start, i - start);
-            tok_buf_put(o, b, bl);
-            i += al;
-            start = i;
-        } else {
-            i++;
-        }
-    }
-    tok_buf_put(o, s + start, n - start);
 }
 
 static int tok_hexval(char c) {
@@ -1532,13 +1892,13 @@ static void tok_dec_step(const TokDec *d, TokList *in, TokList *out) {
         size_t n = in->t[i].n;
         TokBuf *o = tok_list_add(out);
         if (d->kind == TOK_DEC_REPLACE) {
-            tok_replace_into(o, s, n, d->a, d->alen, d->b, d->blen);
+            if (d->re) tok_replace_re_into(o, d->re, d->md, s, n, d->b, d->blen);
+            else tok_replace_into(o, s, n, d->a, d->alen, d->b, d->blen);
         } else if (d->kind == TOK_DEC_METASPACE) {
-            tok_replace_into(o, s, n, d->a, d->alen, " ", 1);
-            if (i == 0 && d->scheme != TOK_PREPEND_NEVER && o->n && o->p[0] == ' ') {
-                memmove(o->p, o->p + 1, o->n);
-                o->n--;
-            }
+            /* HF metaspace.rs decode_chain: each replacement becomes a space, except in the
+             * first token, where every one is dropped (unless prepend_scheme is "never") */
+            int drop = i == 0 && d->scheme != TOK_PREPEND_NEVER;
+            tok_replace_into(o, s, n, d->a, d->alen, " ", drop ? 0 : 1);
         } else { /* Strip: up to start leading and stop trailing copies of content */
             size_t a = 0, b = n;
             for (int k = 0; k < d->start && a + d->alen <= b &&

@@ -85,6 +85,11 @@ const EDGE = [
   'Hi <|im_start|>user\nhello<|im_end|>\n', '<|im_start|>', '<|endoftext|>', 'text<|endoftext|>more',
   '<think>\nhmm\n</think>', '<|fim_prefix|>def f():<|fim_suffix|>', '<|im_start', '< s>', '<|begin_of_text',
   '[INST] hello [/INST]', '<0x41>', '\u2581leading metaspace', 'a\u2581b',
+  // added tokens of the mistral_norm variant (normalized: matched in the normalised text)
+  'a <custom> b', 'a<custom>b', '<custom>', '<custom><custom> <custom>', 'I love New York', 'New  York   City',
+  'NewYork', 'x [MASK] y', '  [MASK]  ', '[MASK]', 'in Tokyo, Tokyo2024 and xTokyo', 'a \u2581dog', 'a  \u2581dog',
+  // NUL with text that NFC changes (Qwen)
+  'a\u0000e\u0301b',
   // very long words and runs
   'a'.repeat(10000), 'ab'.repeat(3000), ' '.repeat(5000), '\n'.repeat(2000), '9'.repeat(5000),
   'x' + ' '.repeat(300) + 'y', '!'.repeat(1000), '日'.repeat(2000), '👍'.repeat(500),

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Our tokenizer against the Hugging Face oracle for one family, on the real corpus + edge cases.
 # Usage: tests/tokenizer/compare.sh BINARY CACHE_DIR WORKDIR FAMILY
-#   FAMILY: llama3 | qwen3 | mistral | gpt2
+#   FAMILY: llama3 | qwen3 | mistral | gpt2, or a variant made by build_models.js:
+#           mistral_metaspace | mistral_metaspace_split | mistral_norm | mistral_heap | gpt2_digits
 # Checks (each reports lines and mismatches, the first 10 with text, ids and first difference):
 #   1. encode with special tokens        ours == oracle
 #   2. encode without special tokens     ours == oracle
 #   3. decode of the oracle's ids (with and without specials) ours == oracle's decode
-#   4. byte-level families (llama3, qwen3, gpt2): decode(encode(x)) == x (Qwen: NFC(x)),
+#   4. byte-level families (llama3, qwen3, gpt2, gpt2_digits): decode(encode(x)) == x (Qwen: NFC(x)),
 #      lone surrogates counting as U+FFFD
 #   5. raw stdin (not --jsonl): the whole input is one text; invalid UTF-8 bytes are taken as
 #      U+FFFD (lossy decoding, as the oracle gets from a lossy decoder); ids read as the
@@ -17,7 +18,10 @@ BIN="${1:?usage: compare.sh BINARY CACHE_DIR WORKDIR FAMILY}"
 CACHE="${2:?}"; WORK="${3:?}"; FAMILY="${4:?}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 NODE=/usr/bin/node
-case "$FAMILY" in llama3|qwen3|mistral|gpt2) ;; *) echo "compare.sh: unknown family $FAMILY" >&2; exit 2 ;; esac
+case "$FAMILY" in
+  llama3|qwen3|mistral|gpt2|mistral_metaspace|mistral_metaspace_split|mistral_norm|mistral_heap|gpt2_digits) ;;
+  *) echo "compare.sh: unknown family $FAMILY" >&2; exit 2 ;;
+esac
 
 "$HERE/install.sh" "$CACHE" || { echo "compare.sh: install.sh failed" >&2; exit 1; }
 D="$WORK/$FAMILY"
@@ -57,7 +61,7 @@ done
 
 # 4: lossless round trip.
 case "$FAMILY" in
-  llama3|qwen3|gpt2)
+  llama3|qwen3|gpt2|gpt2_digits)
     $NODE "$HERE/expected_roundtrip.js" "$FAMILY" < "$D/corpus.jsonl" > "$D/expected.roundtrip.jsonl"
     if [ -s "$D/ours.decode.nospecial.jsonl" ] && [ -s "$D/ours.nospecial.jsonl" ]; then
       # decode(encode(x)) on our own ids.
@@ -68,7 +72,7 @@ case "$FAMILY" in
     else
       echo "$FAMILY decode(encode(x)) == x: skipped (no encode/decode output from ours)"; fail=1
     fi ;;
-  mistral) echo "$FAMILY: not lossless (SentencePiece prefix space); decode checked against the oracle's only" ;;
+  mistral*) echo "$FAMILY: not lossless (SentencePiece prefix space); decode checked against the oracle's only" ;;
 esac
 
 # 5: raw stdin, one text, including invalid UTF-8.

@@ -42,4 +42,13 @@ t = clone(); t.post_processor = { type: 'RobertaProcessing9' }; add('unknown_pos
 t = clone(); t.pre_tokenizer = { type: 'Split', pattern: { Regex: '(unclosed' }, behavior: 'Isolated', invert: false };
 add('bad_split_regex', 'pre_tokenizer|regex|Split|pattern', t);
 t = clone(); t.added_tokens = [{ id: 'x', content: 5 }]; add('bad_added_tokens', 'added_tokens', t);
+t = clone(); t.normalizer = { type: 'Replace', pattern: { Regex: '(?<' }, content: '' };
+add('bad_replace_regex', 'normalizer|regex|Replace|pattern', t);
+const template = (single, pair) => ({ type: 'TemplateProcessing', single, pair,
+  special_tokens: { '<|endoftext|>': { id: '<|endoftext|>', ids: [50256], tokens: ['<|endoftext|>'] } } });
+const A = { Sequence: { id: 'A', type_id: 0 } }, B = { Sequence: { id: 'B', type_id: 1 } };
+t = clone(); t.post_processor = template([{ SpecialToken: { id: '<|nope|>', type_id: 0 } }, A], [A, B]);
+add('template_unknown_special', 'post_processor|single|special', t);
+t = clone(); t.post_processor = template([A], [A, { Sequence: { id: 'C', type_id: 1 } }]);
+add('template_pair_bad_sequence', 'post_processor|pair|Sequence', t);
 fs.writeFileSync(path.join(out, 'cases.tsv'), cases.join('\n') + '\n');

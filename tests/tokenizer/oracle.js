@@ -6,13 +6,14 @@
 //        decode     every input line is a JSON array of ids -> JSON string (special tokens kept)
 //        encode-raw  the whole of stdin (raw bytes, decoded lossily: each invalid UTF-8 sequence
 //                    -> U+FFFD, maximal subparts, as Rust's from_utf8_lossy) is one text -> ids
-//        bench FILE  encode every line of JSONL FILE (special tokens on), print timing as JSON
+//        bench FILE [IDS_OUT]  encode every line of JSONL FILE (special tokens on), print timing
+//                    as JSON; IDS_OUT: also write the ids, one JSON array a line (after timing)
 // Input strings with lone surrogates ("\ud800"): node hands them to the native code as UTF-8
 // with each lone surrogate replaced by U+FFFD; that is the reference behaviour.
 'use strict';
 const fs = require('fs');
 const path = require('path');
-const [cache, tjson, mode, benchFile] = process.argv.slice(2);
+const [cache, tjson, mode, benchFile, benchIds] = process.argv.slice(2);
 if (!cache || !tjson || !mode) {
   console.error('usage: oracle.js CACHE_DIR TOKENIZER_JSON encode|encode-nospecial|decode|bench FILE');
   process.exit(2);
@@ -34,9 +35,15 @@ async function main() {
     // awaited one at a time: single-threaded like ours (RAYON_NUM_THREADS=1 set by the caller).
     for (const s of lines.slice(0, 50)) await tk.encode(s, null, { addSpecialTokens: true });
     let ntok = 0;
+    const all = benchIds ? [] : null;
     const t0 = process.hrtime.bigint();
-    for (const s of lines) ntok += (await tk.encode(s, null, { addSpecialTokens: true })).getIds().length;
+    for (const s of lines) {
+      const ids = (await tk.encode(s, null, { addSpecialTokens: true })).getIds();
+      ntok += ids.length;
+      if (all) all.push(ids);
+    }
     const t1 = process.hrtime.bigint();
+    if (all) fs.writeFileSync(benchIds, all.map((ids) => JSON.stringify(Array.from(ids))).join('\n') + '\n');
     // The same through encodeBatch (one call; parallelism off by the environment).
     const t2 = process.hrtime.bigint();
     const encs = await tk.encodeBatch(lines, { addSpecialTokens: true });
