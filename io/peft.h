@@ -1,10 +1,20 @@
-/* PEFT adapter files: adapter_config.json (peft_type "LORA", ...) next to
- * adapter_model.safetensors with PEFT's keys (DESIGN.md §7). The full interop (reading
- * adapters, DoRA, merge) builds on this. */
+/* PEFT adapter files (DESIGN.md §7): adapter_config.json (peft_type "LORA", ...) next to
+ * adapter_model.safetensors with PEFT's keys, e.g.
+ *   base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight   [r, in]
+ *   base_model.model.model.layers.3.self_attn.q_proj.lora_B.weight   [out, r]
+ *   base_model.model.model.layers.3.self_attn.q_proj.lora_magnitude_vector  [out] (DoRA)
+ * Writing (the config; the tensors go through io/safetensors.h) and reading, with PEFT's
+ * rules for per-module rank and alpha (rank_pattern / alpha_pattern: a key K applies to the
+ * module whose full name matches the regex "(.*\.)?K$", the first such key in the file's
+ * order; otherwise r / lora_alpha) and layers_to_transform. No model semantics here: modules
+ * are named by strings ("model.layers.3.self_attn.q_proj"). */
 #ifndef SHARDLORA_IO_PEFT_H
 #define SHARDLORA_IO_PEFT_H
 
+#include <stdint.h>
+
 #include "../runtime/err.h"
+#include "safetensors.h"
 
 typedef struct {
     int r;
@@ -17,7 +27,45 @@ typedef struct {
     const char *init;           /* "default" or "gaussian" */
 } PeftConfig;
 
-/* Writes DIR/adapter_config.json (tmp + rename). */
+/* Writes DIR/adapter_config.json (tmp + rename) with every key PEFT's LoraConfig reads. */
 int peft_write_config(const PeftConfig *c, const char *dir, ErrStatus *st);
+
+/* A pattern of rank_pattern / alpha_pattern. */
+typedef struct {
+    char *key;
+    double value;
+    void *re; /* compiled "(.*\.)?KEY$" (pcre2_code *) */
+} PeftPattern;
+
+/* An adapter directory as read. */
+typedef struct {
+    char *dir;
+    int r;
+    double lora_alpha, lora_dropout;
+    int use_rslora, use_dora;
+    char **target_modules;      /* the module names of "target_modules" (a list, or "all-linear") */
+    int ntargets;
+    int all_linear;             /* "all-linear" */
+    PeftPattern *rank_pattern, *alpha_pattern;
+    int nrank_pattern, nalpha_pattern;
+    int *layers_to_transform;   /* NULL: every layer */
+    int nlayers_to_transform;
+    char *base_model;           /* may be "" */
+    StFile tensors;             /* adapter_model.safetensors, open */
+} PeftAdapter;
+
+/* Reads DIR/adapter_config.json and opens DIR/adapter_model.safetensors. Refused with a
+ * message naming the file and the key: peft_type other than LORA, fan_in_fan_out true, bias
+ * other than "none", modules_to_save, a regex string as target_modules (only lists and
+ * "all-linear"), a missing file, invalid JSON, wrong types. */
+int peft_read(PeftAdapter *a, const char *dir, ErrStatus *st);
+void peft_close(PeftAdapter *a);
+
+/* PEFT's rank and alpha of a module given by its full name (e.g.
+ * "model.layers.3.self_attn.q_proj"): from the patterns, else r and lora_alpha. */
+void peft_module_rank(const PeftAdapter *a, const char *module, int *r, double *alpha);
+
+/* The tensor of a module ("lora_A", "lora_B" or "lora_magnitude_vector"), or NULL. */
+const StTensor *peft_tensor(const PeftAdapter *a, const char *module, const char *which);
 
 #endif

@@ -31,6 +31,11 @@ typedef struct {
     int init_gaussian;      /* --lora-init gaussian: A ~ N(0, 1/r) as PEFT */
     unsigned targets;       /* bit per ModuleId */
     uint64_t seed;
+    /* Per (layer, module) overrides, [L * MOD_NMODULES] or NULL (then r / alpha for every
+     * target): PEFT's rank_pattern / alpha_pattern and layers_to_transform; slot_r = 0
+     * leaves that module of that layer without an adapter. The caller keeps them alive. */
+    const int *slot_r;
+    const float *slot_alpha;
 } AdapterCfg;
 
 /* What forward/backward need besides the tensors. */
@@ -54,6 +59,8 @@ typedef struct AdapterSlot {
     int out_copies;         /* TP ranks holding the same output rows (tp for row layers; tp/KV
                              * for k/v when kv heads are replicated) */
     int tp;
+    int r;                  /* this slot's rank (cfg->r unless overridden) */
+    float alpha;            /* this slot's alpha (cfg->alpha unless overridden) */
     float scale;            /* alpha / r, or alpha / sqrt(r) with rsLoRA */
     int pA, pB;             /* indices in the ParamTable */
     const ParamTable *params;

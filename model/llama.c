@@ -230,7 +230,12 @@ void llama_init_adapters(LlamaModel *m, const AdapterCfg *acfg, const Grid *g, M
     for (int64_t l = 0; l < m->L; l++) {
         for (int i = 0; i < MOD_NMODULES; i++) {
             if (!(acfg->targets & (1u << i))) continue;
+            const int64_t k = l * MOD_NMODULES + i;
+            const int r = acfg->slot_r ? acfg->slot_r[k] : acfg->r;
+            if (r <= 0) continue;
             AdapterSlot *s = &m->layers[l].slot[i];
+            s->r = r;
+            s->alpha = acfg->slot_alpha ? acfg->slot_alpha[k] : acfg->alpha;
             s->kind = kind;
             s->cfg = &m->acfg;
             s->layer = (int)l;

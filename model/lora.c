@@ -24,7 +24,7 @@ static uint64_t lora_coord_c(const AdapterSlot *s, int tensor) {
 static void lora_declare(AdapterSlot *s, ParamTable *pt) {
     char pre[160], name[192];
     const ShardDesc *sd = &s->shard;
-    const int r = s->cfg->r;
+    const int r = s->r;
     adapter_peft_prefix(pre, sizeof pre, s->layer, s->module);
     /* A [r, in] follows the input columns, B [out, r] the output rows of the shard. */
     snprintf(name, sizeof name, "%s.lora_A.weight", pre);
@@ -34,7 +34,7 @@ static void lora_declare(AdapterSlot *s, ParamTable *pt) {
     s->pB = params_add(pt, name, 2, sd->out, r, sd->o0, sd->no, 0, r,
                        adapter_sync_class(s->out_copies, s->tp), s->out_copies, s->layer);
     s->params = pt;
-    s->scale = s->cfg->use_rslora ? s->cfg->alpha / sqrtf((float)r) : s->cfg->alpha / (float)r;
+    s->scale = s->cfg->use_rslora ? s->alpha / sqrtf((float)r) : s->alpha / (float)r;
 }
 
 static void lora_init(AdapterSlot *s, ParamTable *pt) {
@@ -48,7 +48,7 @@ static void lora_init(AdapterSlot *s, ParamTable *pt) {
             A[i * ea->nc + j] =
                 s->cfg->init_gaussian
                     ? philox_normal(s->cfg->seed, PHILOX_LORA_INIT_A, a, (uint64_t)s->layer,
-                                    lora_coord_c(s, 0)) / (float)s->cfg->r
+                                    lora_coord_c(s, 0)) / (float)s->r
                     : philox_uniform(s->cfg->seed, PHILOX_LORA_INIT_A, a, (uint64_t)s->layer,
                                      lora_coord_c(s, 0), -bound, bound);
         }
@@ -57,7 +57,7 @@ static void lora_init(AdapterSlot *s, ParamTable *pt) {
 }
 
 static void lora_alloc(AdapterSlot *s, MemCtx *m, int64_t max_rows) {
-    const size_t r = (size_t)s->cfg->r, ni = (size_t)s->shard.ni, N = (size_t)max_rows;
+    const size_t r = (size_t)s->r, ni = (size_t)s->shard.ni, N = (size_t)max_rows;
     s->max_rows = max_rows;
     s->h = mem_alloc(m, MEM_ACTIVATION, N * r * sizeof(float));
     s->dh = mem_alloc(m, MEM_ACTIVATION, N * r * sizeof(float));
@@ -68,7 +68,7 @@ static void lora_alloc(AdapterSlot *s, MemCtx *m, int64_t max_rows) {
 }
 
 static void lora_release(AdapterSlot *s, MemCtx *m) {
-    const size_t r = (size_t)s->cfg->r, ni = (size_t)s->shard.ni, N = (size_t)s->max_rows;
+    const size_t r = (size_t)s->r, ni = (size_t)s->shard.ni, N = (size_t)s->max_rows;
     mem_free(m, MEM_ACTIVATION, s->h, N * r * sizeof(float));
     mem_free(m, MEM_ACTIVATION, s->dh, N * r * sizeof(float));
     if (s->xd) mem_free(m, MEM_ACTIVATION, s->xd, N * ni * sizeof(float));
@@ -91,7 +91,7 @@ static void lora_forward(AdapterSlot *s, const AdapterEnv *env, float *Y, const 
                          int64_t N) {
     SL_CHECK(N <= s->max_rows, "LoRA forward: %lld rows > %lld", (long long)N,
              (long long)s->max_rows);
-    const int64_t r = s->cfg->r, ni = s->shard.ni, no = s->shard.no;
+    const int64_t r = s->r, ni = s->shard.ni, no = s->shard.no;
     const float *A = params_value(s->params, s->pA); /* [r, ni] */
     const float *B = params_value(s->params, s->pB); /* [no, r] */
     const float *Xd = X;
@@ -108,7 +108,7 @@ static void lora_forward(AdapterSlot *s, const AdapterEnv *env, float *Y, const 
 
 static void lora_backward(AdapterSlot *s, const AdapterEnv *env, float *dX, const float *dY,
                           const float *X, int64_t N) {
-    const int64_t r = s->cfg->r, ni = s->shard.ni, no = s->shard.no;
+    const int64_t r = s->r, ni = s->shard.ni, no = s->shard.no;
     const float *A = params_value(s->params, s->pA);
     const float *B = params_value(s->params, s->pB);
     float *dA = params_grad(s->params, s->pA); /* [r, ni] */
@@ -133,7 +133,7 @@ static void lora_backward(AdapterSlot *s, const AdapterEnv *env, float *dX, cons
 
 static double lora_flops_per_token(const AdapterSlot *s) {
     /* forward 2 GEMMs + backward 4 GEMMs, each 2*r*dim flops per token, global shapes */
-    const double r = s->cfg->r, in = (double)s->shard.in, out = (double)s->shard.out;
+    const double r = s->r, in = (double)s->shard.in, out = (double)s->shard.out;
     return 2.0 * r * (in + out) + 2.0 * r * (2.0 * out + 2.0 * in);
 }
 
