@@ -451,7 +451,8 @@ typedef struct {
 } TrainTotals;
 
 /* Prints the closing summary on rank 0 and writes it to OUT/summary.json. */
-static int train_write_final(const char *out, const TrainTotals *t, const MemCtx *mem, ErrStatus *st) {
+static int train_write_final(const char *out, const TrainTotals *t, const TrainData *d, const MemCtx *mem,
+                             ErrStatus *st) {
     char d1[32], d2[32];
     const double tps = t->t_steps > 0 ? (double)t->tokens / t->t_steps : 0;
     const double mfu = t->t_steps > 0 ? t->flops / t->t_steps / t->peak_flops : 0;
@@ -465,6 +466,10 @@ static int train_write_final(const char *out, const TrainTotals *t, const MemCtx
                  (long long)t->best_step);
     else
         log_info("summary: no evaluation (no --eval-data or --eval-split)");
+    log_info("summary: data %lld documents in %lld sequences per epoch; longer than the sequence: %lld "
+             "truncated, %lld split, %lld dropped; bad lines skipped: %lld",
+             (long long)d->train.docs, (long long)d->train.nrows, (long long)d->train.truncated,
+             (long long)d->train.split, (long long)d->train.dropped, (long long)d->train_cache.stats.bad_lines);
     json_t *j = json_object(), *memj = json_object();
     json_object_set_new(j, "steps", json_integer((json_int_t)t->steps));
     json_object_set_new(j, "skipped_steps", json_integer((json_int_t)t->skipped));
@@ -482,6 +487,14 @@ static int train_write_final(const char *out, const TrainTotals *t, const MemCtx
     for (int c = 0; c < MEM_NCATEGORY; c++)
         json_object_set_new(memj, mem_category_name((MemCategory)c), json_integer((json_int_t)mem->peak[c]));
     json_object_set_new(j, "peak_memory_bytes_rank0", memj);
+    json_t *dj = json_object();
+    json_object_set_new(dj, "documents", json_integer((json_int_t)d->train.docs));
+    json_object_set_new(dj, "sequences_per_epoch", json_integer((json_int_t)d->train.nrows));
+    json_object_set_new(dj, "truncated", json_integer((json_int_t)d->train.truncated));
+    json_object_set_new(dj, "split", json_integer((json_int_t)d->train.split));
+    json_object_set_new(dj, "dropped", json_integer((json_int_t)d->train.dropped));
+    json_object_set_new(dj, "bad_lines_skipped", json_integer((json_int_t)d->train_cache.stats.bad_lines));
+    json_object_set_new(j, "data", dj);
     char path[4200];
     snprintf(path, sizeof path, "%s/summary.json", out);
     int ok = afile_write_json(path, j, JSON_INDENT(2), st);
@@ -1040,7 +1053,7 @@ int cmd_train(int argc, char **argv) {
         TrainTotals tot = {steps_run, skipped, steps_run * G * T, tokens_counted, timer_now() - t_start,
                            t_steps, t_eval, flops_done, peak * 1e9 * g.world_size, last_loss, last_eval,
                            best_eval, best_step};
-        if (g.world_rank == 0 && !train_write_final(o.out, &tot, &mem, &st)) {
+        if (g.world_rank == 0 && !train_write_final(o.out, &tot, &data, &mem, &st)) {
             fprintf(stderr, "shardlora: error: %s\n", st.msg);
             rc = EXIT_IO;
         }
