@@ -22,12 +22,26 @@ typedef struct {
     double lora_dropout;
     int use_rslora;
     int use_dora;
-    const char *target_modules; /* comma-separated */
+    const char *target_modules; /* comma-separated: short names ("q_proj") or full module
+                                 * names ("model.layers.0.self_attn.q_proj") */
     const char *base_model;     /* base_model_name_or_path */
     const char *init;           /* "default" or "gaussian" */
+    /* Optional (zero = none): rank_pattern / alpha_pattern entries, written in this order,
+     * and layers_to_transform (written with layers_pattern "layers"). */
+    int nrank_pattern;
+    const char *const *rank_keys;
+    const int *rank_values;
+    int nalpha_pattern;
+    const char *const *alpha_keys;
+    const double *alpha_values;
+    int nlayers;
+    const int *layers;
 } PeftConfig;
 
-/* Writes DIR/adapter_config.json (tmp + rename) with every key PEFT's LoraConfig reads. */
+/* Writes DIR/adapter_config.json (tmp + rename) with every key PEFT's LoraConfig reads
+ * (sorted keys, as PEFT's save_pretrained writes them; integral alphas as integers; reals
+ * with the fewest digits that read back exactly), so equal configurations give equal
+ * bytes. */
 int peft_write_config(const PeftConfig *c, const char *dir, ErrStatus *st);
 
 /* A pattern of rank_pattern / alpha_pattern. */
@@ -52,18 +66,37 @@ typedef struct {
     int nlayers_to_transform;
     char *base_model;           /* may be "" */
     StFile tensors;             /* adapter_model.safetensors, open */
+    /* (appended) */
+    char *target_regex;         /* "target_modules" as a regex string (re.fullmatch), or NULL */
+    void *target_re;            /* its compiled form (pcre2_code *) */
+    char **exclude_modules;     /* "exclude_modules" as a list, or NULL */
+    int nexclude;
+    void *exclude_re;           /* "exclude_modules" as a regex string (pcre2_code *) */
+    char **layers_pattern;      /* "layers_pattern" (a string or a list), or NULL */
+    int nlayers_pattern;
 } PeftAdapter;
 
 /* Reads DIR/adapter_config.json and opens DIR/adapter_model.safetensors. Refused with a
  * message naming the file and the key: peft_type other than LORA, fan_in_fan_out true, bias
- * other than "none", modules_to_save, a regex string as target_modules (only lists and
- * "all-linear"), a missing file, invalid JSON, wrong types. */
+ * other than "none", modules_to_save, trainable_token_indices, layer_replication, lora_bias,
+ * target_parameters, base-weight-changing initialisations (PiSSA, OLoRA, CorDA, LoftQ), a
+ * missing file, invalid JSON, wrong types, a regex that does not compile. target_modules may
+ * be a list, "all-linear" or a regex string (matched as PEFT does, with re.fullmatch).
+ * use_dora is read, not refused (the caller decides). Unknown keys (newer PEFT versions add
+ * some) are ignored. */
 int peft_read(PeftAdapter *a, const char *dir, ErrStatus *st);
 void peft_close(PeftAdapter *a);
 
 /* PEFT's rank and alpha of a module given by its full name (e.g.
  * "model.layers.3.self_attn.q_proj"): from the patterns, else r and lora_alpha. */
 void peft_module_rank(const PeftAdapter *a, const char *module, int *r, double *alpha);
+
+/* Whether PEFT puts an adapter on the module (check_target_module_exists in PEFT's
+ * tuners_utils.py): exclude_modules first; then target_modules ("all-linear": every module
+ * given here, the caller passes only linears that are not the output layer; a regex string:
+ * re.fullmatch; a list: the name itself, or a suffix after a '.', the latter filtered by
+ * layers_to_transform with the layer index found by layers_pattern). */
+int peft_module_targeted(const PeftAdapter *a, const char *module);
 
 /* The tensor of a module ("lora_A", "lora_B" or "lora_magnitude_vector"), or NULL. */
 const StTensor *peft_tensor(const PeftAdapter *a, const char *module, const char *which);

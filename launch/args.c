@@ -354,8 +354,10 @@ void args_print_help(FILE *f, const char *usage, const char *about, const ArgSpe
     for (int i = 0; i < nspecs; i++) {
         const ArgSpec *s = &specs[i];
         char left[96], def[128] = "";
-        if (s->type == ARG_BOOL)
+        if (s->type == ARG_BOOL && strncmp(s->name, "no-", 3) != 0)
             snprintf(left, sizeof left, "--%s, --no-%s", s->name, s->name);
+        else if (s->type == ARG_BOOL)
+            snprintf(left, sizeof left, "--%s", s->name);
         else
             snprintf(left, sizeof left, "--%s %s%s", s->name, s->metavar ? s->metavar : "X",
                      s->type == ARG_STRS ? " ..." : "");
@@ -370,7 +372,9 @@ void args_print_help(FILE *f, const char *usage, const char *about, const ArgSpe
             case ARG_U64: snprintf(def, sizeof def, " [default: %llu]", (unsigned long long)*(uint64_t *)s->dst); break;
             case ARG_FLOAT: snprintf(def, sizeof def, " [default: %g]", *(double *)s->dst); break;
             case ARG_BOOL: snprintf(def, sizeof def, " [default: %s]", *(int *)s->dst ? "on" : "off"); break;
-            case ARG_STRS: snprintf(def, sizeof def, " (repeatable)"); break;
+            case ARG_STRS:
+                if (!strstr(s->help, "repeatable")) snprintf(def, sizeof def, " (repeatable)");
+                break;
             case ARG_CONFIG: break;
             }
         }

@@ -14,6 +14,7 @@
 #include "../io/afile.h"
 #include "../io/peft.h"
 #include "../io/safetensors.h"
+#include "../model/adapter_io.h"
 #include "../model/llama.h"
 #include "../model/optim.h"
 #include "../model/sched.h"
@@ -29,7 +30,7 @@
 typedef struct {
     const char *model, *out, *targets, *lora_init, *optimizer, *pin, *kernels, *dump_grads,
         *log_level, *resume, *ckpt_failure, *chat_format, *long_examples, *cache_dir,
-        *lr_schedule, *progress;
+        *lr_schedule, *progress, *init_adapter;
     ArgStrs data, eval_data;
     ArgConfig config;
     int64_t r, seq_len, micro_batch, global_batch, steps, tp, threads, log_every, ckpt_every,
@@ -195,26 +196,27 @@ static int train_dump(const char *path, const TrainOpts *o, const char *targets_
     return ok;
 }
 
+/* OUT/adapter/: the PEFT files and the model card, from the configuration the checkpoints
+ * keep (so `shardlora export` of the final checkpoint writes the same bytes). */
 static int train_write_adapter(const TrainOpts *o, const ParamTable *p, const TrainFull *vals,
-                               const char *targets_csv, ErrStatus *st) {
-    char dir[4096], path[4200];
+                               const char *adapter_json, int64_t L, const AdioCard *card,
+                               ErrStatus *st) {
+    char dir[4096];
     snprintf(dir, sizeof dir, "%s/adapter", o->out);
-    if (!launch_mkdirs(dir)) return err_status_set(st, "%s: cannot create: %s", dir, strerror(errno));
-    StWriter w;
-    st_writer_init(&w);
-    st_writer_meta(&w, "format", "pt");
-    for (int i = 0; i < p->n; i++) {
-        const ParamEntry *e = &p->e[i];
-        int64_t shape[2] = {e->grows, e->gcols};
-        st_writer_add(&w, e->name, ST_F32, 2, shape, vals->t[i]);
-    }
-    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
-    int ok = st_writer_write(&w, path, st);
-    st_writer_free(&w);
-    if (!ok) return 0;
-    PeftConfig pc = {(int)o->r, o->alpha, o->dropout, o->rslora, 0, targets_csv, o->model,
-                     o->lora_init};
-    return peft_write_config(&pc, dir, st);
+    AdioCfg c;
+    if (!adio_cfg_from_json(&c, adapter_json, L, st)) return 0;
+    free(c.base_model);
+    c.base_model = strdup(o->model);
+    SL_CHECK(c.base_model, "out of memory");
+    AdioTensor *t = calloc((size_t)(p->n > 0 ? p->n : 1), sizeof *t);
+    SL_CHECK(t, "out of memory");
+    for (int i = 0; i < p->n; i++)
+        t[i] = (AdioTensor){p->e[i].name, p->e[i].grows, p->e[i].gcols, vals->t[i]};
+    int ok = launch_mkdirs(dir) ? adio_export(dir, &c, t, p->n, card, st)
+                                : err_status_set(st, "%s: cannot create: %s", dir, strerror(errno));
+    free(t);
+    adio_cfg_free(&c);
+    return ok;
 }
 
 /* OUT/summary-rank{R}.json: this rank's memory and communication figures (tests read it). */
@@ -502,6 +504,42 @@ static int train_write_final(const char *out, const TrainTotals *t, const TrainD
     return ok;
 }
 
+/* --init-adapter: the adapter's configuration replaces the LoRA flags; a flag given
+ * explicitly with another value is named in a warning. */
+static void train_init_overrides(TrainOpts *o, const ArgSpec *specs, int nspecs, const AdioCfg *ac,
+                                 int say, char *csv, size_t ncsv) {
+    train_targets_csv(ac->acfg.targets, csv, ncsv);
+    unsigned flag_targets = 0;
+    ErrStatus ignore;
+    adapter_parse_targets(o->targets, &flag_targets, &ignore);
+    const struct {
+        const char *flag;
+        int differs;
+    } checks[] = {
+        {"lora-r", o->r != ac->acfg.r || ac->slot_r},
+        {"lora-alpha", o->alpha != ac->alpha || ac->slot_alpha_d},
+        {"lora-dropout", o->dropout != ac->dropout},
+        {"use-rslora", o->rslora != ac->acfg.use_rslora},
+        {"target-modules", flag_targets != ac->acfg.targets || ac->slot_r},
+    };
+    for (size_t i = 0; say && i < sizeof checks / sizeof checks[0]; i++) {
+        const ArgSpec *a = args_find(specs, nspecs, checks[i].flag);
+        if (a && a->seen != ARG_FROM_DEFAULT && checks[i].differs)
+            log_warn("--%s ignored: --init-adapter %s sets the adapter's configuration", checks[i].flag,
+                     o->init_adapter);
+    }
+    if (say)
+        log_info("adapter from --init-adapter %s: r=%d alpha=%g dropout=%g rslora=%d targets=%s%s", o->init_adapter,
+                 ac->acfg.r, ac->alpha, ac->dropout, ac->acfg.use_rslora, csv,
+                 ac->slot_r ? " (per-module ranks / alphas / layers from rank_pattern, alpha_pattern, "
+                              "layers_to_transform)" : "");
+    o->r = ac->acfg.r;
+    o->alpha = ac->alpha;
+    o->dropout = ac->dropout;
+    o->rslora = ac->acfg.use_rslora;
+    o->targets = csv;
+}
+
 int cmd_train(int argc, char **argv) {
     TrainOpts o;
     memset(&o, 0, sizeof o);
@@ -554,6 +592,7 @@ int cmd_train(int argc, char **argv) {
         {"use-rslora", ARG_BOOL, &o.rslora, NULL, "rsLoRA scale alpha / sqrt(r)", 0, 0},
         {"lora-init", ARG_STR, &o.lora_init, "KIND", "default (A ~ U(+-1/sqrt(in))) | gaussian (A ~ N(0, 1/r)); B = 0", 0, 0},
         {"target-modules", ARG_STR, &o.targets, "LIST", "comma list of q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj, or all", 0, 0},
+        {"init-adapter", ARG_STR, &o.init_adapter, "DIR", "start from this PEFT adapter (adapter_config.json + adapter_model.safetensors: any r, alpha, targets, rank_pattern, alpha_pattern, layers_to_transform), sharded onto this layout; its configuration wins over --lora-r, --lora-alpha, --lora-dropout, --use-rslora and --target-modules (a warning names each flag it overrides); a checkpoint to resume from wins over its values", 0, 0},
         {"seq-len", ARG_INT, &o.seq_len, "T", "tokens per sequence", 0, 0},
         {"micro-batch", ARG_INT, &o.micro_batch, "B", "sequences per micro-batch on each data-parallel rank", 0, 0},
         {"global-batch", ARG_INT, &o.global_batch, "G", "sequences per optimizer step (0: micro-batch x dp); a multiple of micro-batch x dp, the rest is gradient accumulation", 0, 0},
@@ -669,6 +708,23 @@ int cmd_train(int argc, char **argv) {
     LlamaModel m;
     ok = llama_load(&m, o.model, &g, &mem, &st);
     if (!train_agree(&g, ok, &st)) return train_finish(&g, EXIT_BAD_INPUT);
+    /* The adapter's configuration: from --init-adapter (which wins over the LoRA flags) or
+     * from the flags. */
+    AdioCfg ac;
+    char init_targets[128];
+    PeftAdapter init_pa;
+    memset(&init_pa, 0, sizeof init_pa);
+    if (o.init_adapter) {
+        ok = peft_read(&init_pa, o.init_adapter, &st) && adio_cfg_from_peft(&ac, &init_pa, &m, &st);
+        if (!train_agree(&g, ok, &st)) {
+            peft_close(&init_pa);
+            return train_finish(&g, EXIT_BAD_INPUT);
+        }
+        train_init_overrides(&o, specs, nspecs, &ac, g.world_rank == 0, init_targets, sizeof init_targets);
+    } else {
+        adio_cfg_uniform(&ac, m.L, acfg.targets, (int)o.r, o.alpha, o.rslora, o.dropout,
+                         strcmp(o.lora_init, "gaussian") == 0, o.model);
+    }
     ok = launch_mkdirs(o.out) && launch_mkdirs(cache_dir);
     if (!ok) err_status_set(&st, "%s: cannot create the output directory: %s", o.out, strerror(errno));
     if (!train_agree(&g, ok, &st)) return train_finish(&g, EXIT_IO);
@@ -701,14 +757,26 @@ int cmd_train(int argc, char **argv) {
     kc.scratch_floats = kern_scratch_floats(o.seq_len, m.Hl, m.D, gc.nthreads);
     kc.scratch = mem_alloc(&mem, MEM_ACTIVATION, (kc.scratch_floats ? kc.scratch_floats : 1) * sizeof(float));
 
-    snprintf(acfg.kind, sizeof acfg.kind, "lora");
-    acfg.r = (int)o.r;
-    acfg.alpha = (float)o.alpha;
-    acfg.use_rslora = o.rslora;
-    acfg.dropout = (float)o.dropout;
+    if (o.init_adapter) {
+        acfg = ac.acfg; /* per-slot ranks and alphas point into ac */
+    } else {
+        snprintf(acfg.kind, sizeof acfg.kind, "lora");
+        acfg.r = (int)o.r;
+        acfg.alpha = (float)o.alpha;
+        acfg.use_rslora = o.rslora;
+        acfg.dropout = (float)o.dropout;
+    }
     acfg.init_gaussian = strcmp(o.lora_init, "gaussian") == 0;
     acfg.seed = o.seed;
+    ac.acfg.init_gaussian = acfg.init_gaussian;
     llama_init_adapters(&m, &acfg, &g, &mem);
+    if (o.init_adapter) {
+        ok = adio_load(&m, &init_pa, &st);
+        peft_close(&init_pa);
+        if (!train_agree(&g, ok, &st)) return train_finish(&g, EXIT_BAD_INPUT);
+        log_info("adapter: initialised from %s (PEFT, %d tensors, sharded onto tp=%d)", o.init_adapter,
+                 m.params.n, g.tp);
+    }
     const int64_t B = o.micro_batch, T = o.seq_len, N = B * T, G = o.global_batch;
     const int64_t rows_per_dp = G / g.dp, nmicro = rows_per_dp / B;
     const int64_t nrows = data.train.nrows;
@@ -752,7 +820,7 @@ int cmd_train(int argc, char **argv) {
     TrainSync ts = {&gs, &g, bucket, 0};
 
     /* Checkpoints: what must match to resume (model, adapter) and what is informational. */
-    char ckpt_root[4200], fingerprint[512], adapter_json[512], run_json[2048], hparams[256], sched_desc[128];
+    char ckpt_root[4200], fingerprint[512], run_json[6144], hparams[256], sched_desc[128];
     snprintf(ckpt_root, sizeof ckpt_root, "%s/checkpoints", o.out);
     snprintf(fingerprint, sizeof fingerprint,
              "%s hidden=%lld ffn=%lld layers=%lld heads=%lld kv_heads=%lld head_dim=%lld vocab=%lld "
@@ -761,10 +829,7 @@ int cmd_train(int argc, char **argv) {
              (long long)m.KV, (long long)m.D, (long long)m.V, m.cfg.tie_word_embeddings,
              m.cfg.qkv_bias, m.cfg.o_bias, m.cfg.rope_theta, m.cfg.rope_scaling_type,
              m.wdtype == GEMM_BF16 ? "BF16" : "F32");
-    snprintf(adapter_json, sizeof adapter_json,
-             "{\"kind\": \"lora\", \"r\": %lld, \"alpha\": %.9g, \"dropout\": %.9g, \"use_rslora\": %s, "
-             "\"init\": \"%s\", \"target_modules\": \"%s\"}",
-             (long long)o.r, o.alpha, o.dropout, o.rslora ? "true" : "false", o.lora_init, targets_csv);
+    char *adapter_json = adio_cfg_to_json(&ac); /* per-slot ranks and alphas too, when not uniform */
     snprintf(hparams, sizeof hparams,
              "{\"lr\": %.9g, \"beta1\": %.9g, \"beta2\": %.9g, \"eps\": %.9g, \"weight_decay\": %.9g, "
              "\"momentum\": %.9g, \"nesterov\": %d}",
@@ -774,9 +839,10 @@ int cmd_train(int argc, char **argv) {
     snprintf(run_json, sizeof run_json,
              "{\"model\": \"%s\", \"data_fingerprint\": \"%s\", \"seq_len\": %lld, \"micro_batch\": %lld, "
              "\"global_batch\": %lld, \"steps\": %lld, \"seed\": %llu, \"max_grad_norm\": %.9g, "
-             "\"lr_schedule\": \"%s\"}",
+             "\"lr_schedule\": \"%s\"%s%s%s}",
              o.model, data.fingerprint, (long long)T, (long long)B, (long long)G, (long long)total_steps,
-             (unsigned long long)o.seed, o.max_grad_norm, sched_desc);
+             (unsigned long long)o.seed, o.max_grad_norm, sched_desc, o.init_adapter ? ", \"init_adapter\": \"" : "",
+             o.init_adapter ? o.init_adapter : "", o.init_adapter ? "\"" : "");
     TckptCfg cc = {ckpt_root, fingerprint, adapter_json, run_json, hparams, o.seed,
                    (size_t)o.ckpt_chunk_bytes, (int)o.keep_ckpts};
     int64_t first_step = 1, cursor = 0;
@@ -1039,11 +1105,12 @@ int cmd_train(int argc, char **argv) {
     if (rc == 0) {
         train_gather(&m.params, m.params.values, &g, &full_vals);
         if (g.world_rank == 0) {
-            if (!train_write_adapter(&o, &m.params, &full_vals, targets_csv, &st)) {
+            AdioCard card = {run_json, optim_kind_name(ocfg.kind), hparams, steps_done, g.tp, g.dp};
+            if (!train_write_adapter(&o, &m.params, &full_vals, adapter_json, m.L, &card, &st)) {
                 fprintf(stderr, "shardlora: error: %s\n", st.msg);
                 rc = EXIT_IO;
             } else {
-                log_info("adapter written to %s/adapter (adapter_model.safetensors, adapter_config.json)", o.out);
+                log_info("adapter written to %s/adapter (adapter_model.safetensors, adapter_config.json, README.md)", o.out);
             }
         }
         if (!train_write_summary(&o, &g, &m, steps_done, &st)) {
@@ -1069,6 +1136,8 @@ int cmd_train(int argc, char **argv) {
     if (rc == 0 && final_ckpt_failed) rc = EXIT_IO;
     train_full_free(&full_vals);
     train_full_free(&full_grads);
+    free(adapter_json);
+    adio_cfg_free(&ac);
     gsync_free(&gs);
     free(bucket);
     if (kv_comm != MPI_COMM_SELF) MPI_Comm_free(&kv_comm);

@@ -17,6 +17,10 @@ int cmd_train(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_plot(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+int cmd_export(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_merge(int argc, char **argv);
 
 /* mkdir -p; returns 0 and sets errno on failure. */
 int launch_mkdirs(const char *path);

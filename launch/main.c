@@ -15,6 +15,10 @@ static void main_usage(FILE *f) {
             "  inspect      print a checkpoint's manifest and verify its checksums\n"
             "  tokenize     encode stdin with a model's tokenizer.json (or --decode ids)\n"
             "  plot         draw OUT/metrics.jsonl as an SVG chart of the train and eval loss\n"
+            "  generate     generate text from prompts (model + optional adapter, KV cache, any tp)\n"
+            "  export       write a training checkpoint's adapter as a PEFT adapter directory\n"
+            "  eval         mean loss and perplexity of a model (+ adapter) on a JSONL dataset\n"
+            "  merge        merge a PEFT LoRA/DoRA adapter into the model's weights (any number of ranks)\n"
             "\n"
             "environment:\n"
             "  SHARDLORA_BLAS_CORE   'keep' to keep OpenBLAS's core choice, or a core name to force\n"
@@ -34,6 +38,10 @@ int main(int argc, char **argv) {
     if (strcmp(argv[1], "inspect") == 0) return cmd_inspect(argc, argv);
     if (strcmp(argv[1], "tokenize") == 0) return cmd_tokenize(argc, argv);
     if (strcmp(argv[1], "plot") == 0) return cmd_plot(argc, argv);
+    if (strcmp(argv[1], "generate") == 0) return cmd_generate(argc, argv);
+    if (strcmp(argv[1], "export") == 0) return cmd_export(argc, argv);
+    if (strcmp(argv[1], "eval") == 0) return cmd_eval(argc, argv);
+    if (strcmp(argv[1], "merge") == 0) return cmd_merge(argc, argv);
     fprintf(stderr, "shardlora: unknown command '%s'\n", argv[1]);
     main_usage(stderr);
     return EXIT_USAGE;

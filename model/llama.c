@@ -13,19 +13,27 @@
 
 /* ---------------------------------------------------------------- loading */
 
-static void *llama_frozen_alloc(LlamaModel *m, MemCtx *mem, size_t bytes) {
-    if (m->nblocks == m->capblocks) {
-        m->capblocks = m->capblocks ? 2 * m->capblocks : 64;
-        m->blocks = realloc(m->blocks, (size_t)m->capblocks * sizeof *m->blocks);
-        m->block_bytes = realloc(m->block_bytes, (size_t)m->capblocks * sizeof *m->block_bytes);
-        SL_CHECK(m->blocks && m->block_bytes, "out of memory");
+/* mem_alloc, remembering the block in a growable list (ptrs, sizes, *n of *cap) so that a
+ * _free function can release every block of a struct. */
+static void *llama_tracked_alloc(MemCtx *mem, MemCategory cat, size_t bytes, void ***ptrs,
+                                 size_t **sizes, int *n, int *cap) {
+    if (*n == *cap) {
+        *cap = *cap ? 2 * *cap : 64;
+        *ptrs = realloc(*ptrs, (size_t)*cap * sizeof **ptrs);
+        *sizes = realloc(*sizes, (size_t)*cap * sizeof **sizes);
+        SL_CHECK(*ptrs && *sizes, "out of memory");
     }
-    void *p = mem_alloc(mem, MEM_FROZEN, bytes);
-    m->frozen_bytes += bytes;
-    m->blocks[m->nblocks] = p;
-    m->block_bytes[m->nblocks] = bytes;
-    m->nblocks++;
+    void *p = mem_alloc(mem, cat, bytes);
+    (*ptrs)[*n] = p;
+    (*sizes)[*n] = bytes;
+    (*n)++;
     return p;
+}
+
+static void *llama_frozen_alloc(LlamaModel *m, MemCtx *mem, size_t bytes) {
+    m->frozen_bytes += bytes;
+    return llama_tracked_alloc(mem, MEM_FROZEN, bytes, &m->blocks, &m->block_bytes, &m->nblocks,
+                               &m->capblocks);
 }
 
 static void llama_shape_str(char *buf, size_t n, const StTensor *t) {
@@ -138,9 +146,7 @@ int llama_load(LlamaModel *m, const char *dir, const Grid *g, MemCtx *mem, ErrSt
         m->kv0 = (int64_t)m->tp_rank * m->KV / m->tp;
     }
     /* vocabulary rows: an uneven split is fine (e.g. 32001 rows) */
-    int64_t vper = (m->V + m->tp - 1) / m->tp;
-    m->V0 = vper * m->tp_rank < m->V ? vper * m->tp_rank : m->V;
-    m->Vl = m->V0 + vper <= m->V ? vper : m->V - m->V0;
+    llama_vocab_range(m->V, m->tp, m->tp_rank, &m->V0, &m->Vl);
 
     StDir d;
     if (!st_dir_open(&d, dir, st)) return 0;
@@ -267,19 +273,10 @@ void llama_free(LlamaModel *m, MemCtx *mem) {
 /* ---------------------------------------------------------------- buffers */
 
 static float *acts_alloc(LlamaActs *a, MemCtx *mem, size_t floats) {
-    if (a->nallocs == a->capallocs) {
-        a->capallocs = a->capallocs ? 2 * a->capallocs : 256;
-        a->allocs = realloc(a->allocs, (size_t)a->capallocs * sizeof *a->allocs);
-        a->alloc_bytes = realloc(a->alloc_bytes, (size_t)a->capallocs * sizeof *a->alloc_bytes);
-        SL_CHECK(a->allocs && a->alloc_bytes, "out of memory");
-    }
     size_t bytes = (floats ? floats : 1) * sizeof(float);
-    float *p = mem_alloc(mem, MEM_ACTIVATION, bytes);
-    a->allocs[a->nallocs] = p;
-    a->alloc_bytes[a->nallocs] = bytes;
-    a->nallocs++;
     a->bytes += bytes;
-    return p;
+    return llama_tracked_alloc(mem, MEM_ACTIVATION, bytes, &a->allocs, &a->alloc_bytes,
+                               &a->nallocs, &a->capallocs);
 }
 
 static float **acts_alloc_layers(LlamaActs *a, MemCtx *mem, int64_t L, size_t floats) {
@@ -532,4 +529,189 @@ double llama_flops_per_token(const LlamaModel *m, int64_t T, double *n_big) {
             if (m->layers[l].lin[i].adapter)
                 adapter += m->layers[l].slot[i].kind->flops_per_token(&m->layers[l].slot[i]);
     return 4.0 * nb + 12.0 * L * HD * (double)T + adapter;
+}
+
+void llama_vocab_range(int64_t V, int tp, int r, int64_t *v0, int64_t *vl) {
+    const int64_t vper = (V + tp - 1) / tp;
+    *v0 = vper * r < V ? vper * r : V;
+    *vl = *v0 + vper <= V ? vper : V - *v0;
+}
+
+/* ---------------------------------------------------------------- inference */
+
+static float *infer_alloc(LlamaInfer *in, MemCtx *mem, size_t floats) {
+    size_t bytes = (floats ? floats : 1) * sizeof(float);
+    in->bytes += bytes;
+    return llama_tracked_alloc(mem, MEM_ACTIVATION, bytes, &in->allocs, &in->alloc_bytes,
+                               &in->nallocs, &in->capallocs);
+}
+
+void llama_infer_init(LlamaInfer *in, LlamaModel *m, int64_t S, int64_t Tmax, int64_t R,
+                      MemCtx *mem) {
+    memset(in, 0, sizeof *in);
+    SL_CHECK(S >= 1 && Tmax >= 1 && R >= S, "inference buffers: S %lld, Tmax %lld, R %lld",
+             (long long)S, (long long)Tmax, (long long)R);
+    const size_t C = (size_t)m->C, QD = (size_t)(m->Hl * m->D), KD = (size_t)(m->KVl * m->D),
+                 Fl = (size_t)m->Fl, half = (size_t)(m->D / 2), Rs = (size_t)R;
+    in->R = R;
+    in->S = S;
+    in->Tmax = Tmax;
+    kvc_init(&in->cache, m->L, S, Tmax, m->KVl, m->D, mem);
+    in->pos = mem_alloc(mem, MEM_OTHER, Rs * sizeof(int64_t));
+    in->doc0 = mem_alloc(mem, MEM_OTHER, Rs * sizeof(int32_t)); /* zero-filled */
+    in->cos = infer_alloc(in, mem, Rs * half);
+    in->sin = infer_alloc(in, mem, Rs * half);
+    in->x = infer_alloc(in, mem, Rs * C);
+    in->ln = infer_alloc(in, mem, Rs * C);
+    in->tmpc = infer_alloc(in, mem, Rs * C);
+    in->rstd = infer_alloc(in, mem, Rs);
+    in->q = infer_alloc(in, mem, Rs * QD);
+    in->att = infer_alloc(in, mem, Rs * QD);
+    in->k = infer_alloc(in, mem, Rs * KD);
+    in->v = infer_alloc(in, mem, Rs * KD);
+    in->lse = infer_alloc(in, mem, (size_t)m->Hl * Rs);
+    in->gate = infer_alloc(in, mem, Rs * Fl);
+    in->up = infer_alloc(in, mem, Rs * Fl);
+    in->act = infer_alloc(in, mem, Rs * Fl);
+    in->scores = infer_alloc(in, mem, kvc_scores_floats(R, Tmax, m->Hl, m->KVl));
+    in->last = infer_alloc(in, mem, (size_t)S * C);
+    in->lastn = infer_alloc(in, mem, (size_t)S * C);
+    in->rstd_last = infer_alloc(in, mem, (size_t)S);
+    in->logits = infer_alloc(in, mem, (size_t)S * (size_t)m->Vl);
+    for (int64_t l = 0; l < m->L; l++)
+        for (int i = 0; i < MOD_NMODULES; i++)
+            if (m->layers[l].lin[i].adapter) {
+                m->layers[l].slot[i].kind->alloc(&m->layers[l].slot[i], mem, R);
+                in->adapters_alloc = 1;
+            }
+}
+
+void llama_infer_free(LlamaInfer *in, LlamaModel *m, MemCtx *mem) {
+    for (int64_t l = 0; in->adapters_alloc && l < m->L; l++)
+        for (int i = 0; i < MOD_NMODULES; i++)
+            if (m->layers[l].slot[i].h) m->layers[l].slot[i].kind->release(&m->layers[l].slot[i], mem);
+    kvc_free(&in->cache, mem);
+    mem_free(mem, MEM_OTHER, in->pos, (size_t)in->R * sizeof(int64_t));
+    mem_free(mem, MEM_OTHER, in->doc0, (size_t)in->R * sizeof(int32_t));
+    for (int i = 0; i < in->nallocs; i++) mem_free(mem, MEM_ACTIVATION, in->allocs[i], in->alloc_bytes[i]);
+    free(in->allocs);
+    free(in->alloc_bytes);
+    memset(in, 0, sizeof *in);
+}
+
+void llama_infer_forward(LlamaModel *m, LlamaInfer *in, const LlamaSeg *segs, int nseg,
+                         const int32_t *ids, const AdapterEnv *env, const KernOps *k, KernCtx *kc,
+                         Grid *g) {
+    const int64_t C = m->C, D = m->D, QD = m->Hl * D, KD = m->KVl * D, Fl = m->Fl;
+    const float eps = (float)m->cfg.rms_norm_eps;
+    GemmCtx *gc = kc->gemm;
+    KvCache *cache = &in->cache;
+    SL_CHECK(!env->training, "inference runs without dropout");
+    SL_CHECK(nseg >= 1 && nseg <= in->S, "%d segments for %lld slots", nseg, (long long)in->S);
+    int64_t N = 0;
+    for (int i = 0; i < nseg; i++) {
+        const LlamaSeg *sg = &segs[i];
+        SL_CHECK(sg->slot >= 0 && sg->slot < in->S && sg->n >= 1 && sg->p0 == cache->len[sg->slot] &&
+                     sg->p0 + sg->n <= in->Tmax,
+                 "segment %d: slot %d positions [%lld, %lld), cached %lld, Tmax %lld", i, sg->slot,
+                 (long long)sg->p0, (long long)(sg->p0 + sg->n),
+                 (long long)(sg->slot >= 0 && sg->slot < in->S ? cache->len[sg->slot] : -1),
+                 (long long)in->Tmax);
+        for (int64_t t = 0; t < sg->n; t++) in->pos[N + t] = sg->p0 + t;
+        N += sg->n;
+        cache->len[sg->slot] = sg->p0 + sg->n; /* every layer writes these before reading */
+    }
+    SL_CHECK(N <= in->R, "%lld rows > %lld", (long long)N, (long long)in->R);
+    kern_rope_tables(in->cos, in->sin, in->pos, N, m->inv_freq, D / 2);
+
+    k->embed_forward(in->x, &m->embed, ids, m->V0, N, C);
+    if (m->Vl < m->V) grid_allreduce_sum_f32(g, g->tp_comm, in->x, (size_t)(N * C), GRID_BYTES_TP);
+    for (int64_t l = 0; l < m->L; l++) {
+        LlamaLayer *ly = &m->layers[l];
+        k->rmsnorm_forward(in->ln, in->rstd, in->x, ly->ln1_w, N, C, eps);
+        lin_forward(gc, &ly->lin[MOD_Q], env, in->q, in->ln, N);
+        lin_forward(gc, &ly->lin[MOD_K], env, in->k, in->ln, N);
+        lin_forward(gc, &ly->lin[MOD_V], env, in->v, in->ln, N);
+        k->rope_forward(in->q, in->cos, in->sin, N, m->Hl, D);
+        k->rope_forward(in->k, in->cos, in->sin, N, m->KVl, D);
+        int64_t r0 = 0;
+        for (int i = 0; i < nseg; i++) {
+            const LlamaSeg *sg = &segs[i];
+            kvc_write(cache, l, sg->slot, sg->p0, sg->n, in->k + r0 * KD, in->v + r0 * KD);
+            if (sg->p0 == 0) /* a whole sequence so far: the training kernel, over the cache */
+                k->attention_forward(kc, in->att + r0 * QD, in->lse, in->q + r0 * QD,
+                                     kvc_keys(cache, l, sg->slot), kvc_values(cache, l, sg->slot),
+                                     in->doc0, sg->n, m->Hl, m->KVl, D);
+            else
+                kvc_attention(gc, in->att + r0 * QD, in->q + r0 * QD, cache, l, sg->slot, sg->p0,
+                              sg->n, m->Hl, in->scores);
+            r0 += sg->n;
+        }
+        lin_forward(gc, &ly->lin[MOD_O], env, in->tmpc, in->att, N);
+        grid_allreduce_sum_f32(g, g->tp_comm, in->tmpc, (size_t)(N * C), GRID_BYTES_TP);
+        add_into(in->x, in->tmpc, (size_t)(N * C));
+
+        k->rmsnorm_forward(in->ln, in->rstd, in->x, ly->ln2_w, N, C, eps);
+        lin_forward(gc, &ly->lin[MOD_GATE], env, in->gate, in->ln, N);
+        lin_forward(gc, &ly->lin[MOD_UP], env, in->up, in->ln, N);
+        k->swiglu_forward(in->act, in->gate, in->up, N * Fl);
+        lin_forward(gc, &ly->lin[MOD_DOWN], env, in->tmpc, in->act, N);
+        grid_allreduce_sum_f32(g, g->tp_comm, in->tmpc, (size_t)(N * C), GRID_BYTES_TP);
+        add_into(in->x, in->tmpc, (size_t)(N * C));
+    }
+    /* only each segment's last row goes through the final norm and the lm_head */
+    int64_t r = 0;
+    for (int i = 0; i < nseg; i++) {
+        r += segs[i].n;
+        memcpy(in->last + i * C, in->x + (r - 1) * C, (size_t)C * sizeof(float));
+    }
+    k->rmsnorm_forward(in->lastn, in->rstd_last, in->last, m->norm_w, nseg, C, eps);
+    gemm_xwt(gc, in->logits, in->lastn, &m->lm_head, nseg, 0.0f);
+}
+
+int llama_merge_adapters(LlamaModel *m, GemmCtx *gc, ErrStatus *st) {
+    enum { BLOCK = 64 }; /* rows of W merged at a time: a bounded [BLOCK, ni] buffer */
+    int merged = 0;
+    int64_t maxcols = 0;
+    for (int64_t l = 0; l < m->L; l++)
+        for (int i = 0; i < MOD_NMODULES; i++) {
+            const Linear *lin = &m->layers[l].lin[i];
+            if (!lin->adapter) continue;
+            if (lin->adapter->kind != &adapter_lora) {
+                err_status_set(st, "adapter kind '%s' has no merge", lin->adapter->kind->name);
+                return -1;
+            }
+            if (lin->w.cols > maxcols) maxcols = lin->w.cols;
+        }
+    float *delta = malloc((size_t)(BLOCK * (maxcols ? maxcols : 1)) * sizeof(float));
+    SL_CHECK(delta, "out of memory");
+    for (int64_t l = 0; l < m->L; l++)
+        for (int i = 0; i < MOD_NMODULES; i++) {
+            Linear *lin = &m->layers[l].lin[i];
+            AdapterSlot *s = lin->adapter;
+            if (!s) continue;
+            /* local A [r, ni] and B [no, r] whichever way the layer is split (lora.c) */
+            const float *A = params_value(s->params, s->pA), *B = params_value(s->params, s->pB);
+            const int64_t no = lin->w.rows, ni = lin->w.cols, ld = lin->w.ld, r = s->r;
+            SL_CHECK(no == s->shard.no && ni == s->shard.ni, "merge: shard shape mismatch");
+            for (int64_t o0 = 0; o0 < no; o0 += BLOCK) {
+                const int64_t nb = no - o0 < BLOCK ? no - o0 : BLOCK;
+                gemm_f32(gc, 0, 0, nb, ni, r, s->scale, B + o0 * r, r, A, ni, 0.0f, delta, ni);
+                for (int64_t a = 0; a < nb; a++) {
+                    const float *d = delta + a * ni;
+                    if (lin->w.dtype == GEMM_F32) {
+                        float *w = (float *)lin->w.data + (o0 + a) * ld;
+                        for (int64_t j = 0; j < ni; j++) w[j] += d[j];
+                    } else {
+                        uint16_t *w = (uint16_t *)lin->w.data + (o0 + a) * ld;
+                        for (int64_t j = 0; j < ni; j++)
+                            w[j] = gemm_f32_to_bf16(gemm_bf16_to_f32(w[j]) + d[j]);
+                    }
+                }
+            }
+            lin->adapter = NULL;
+            merged++;
+        }
+    free(delta);
+    return merged;
 }

@@ -16,6 +16,7 @@
 #include "../parallel/grid.h"
 #include "../runtime/kernels.h"
 #include "adapter.h"
+#include "kvcache.h"
 #include "linear.h"
 #include "params.h"
 
@@ -120,5 +121,67 @@ void llama_backward(LlamaModel *m, LlamaActs *a, const LlamaBatch *b, const Adap
 
 /* Model FLOPs per token (DESIGN.md §9): 4 * N_big + 12 * L * (H*D) * T + adapter FLOPs. */
 double llama_flops_per_token(const LlamaModel *m, int64_t T, double *n_big);
+
+/* The vocabulary rows [*v0, *v0 + *vl) TP rank r holds (an uneven split is fine). */
+void llama_vocab_range(int64_t V, int tp, int r, int64_t *v0, int64_t *vl);
+
+/* ---------------------------------------------------------------- inference
+ * Inference runs the same frozen shards, kernels and adapter slots as training, without
+ * saving anything for backward. A forward takes segments: n new tokens of one sequence
+ * slot at positions [p0, p0 + n), p0 being what the slot's KV cache already holds. A prompt
+ * is one segment (prefill; in chunks when it is longer than the rows of a forward) and a
+ * decode step is one 1-row segment per slot, so prefill chunks and decode rows share the
+ * linears' GEMMs. Attention of a segment at p0 == 0 is the training kernel on the cached
+ * keys; at p0 > 0 it is kvc_attention. The logits of each segment's last row are left in
+ * vocab-parallel form (this rank's Vl columns). */
+typedef struct {
+    int32_t slot;     /* KV cache slot */
+    int64_t p0, n;    /* positions [p0, p0 + n); p0 == the slot's cached length */
+} LlamaSeg;
+
+/* Inference buffers for up to R rows per forward, S slots of Tmax positions (R rows of the
+ * current forward; the legend's N). */
+typedef struct {
+    int64_t R, S, Tmax;
+    KvCache cache;
+    int64_t *pos;        /* [R] positions */
+    int32_t *doc0;       /* [R] zeros: one document per segment for the training kernel */
+    float *cos, *sin;    /* [R, D/2] */
+    float *x;            /* [R, C] residual stream */
+    float *ln, *tmpc;    /* [R, C] */
+    float *rstd;         /* [R] */
+    float *q, *att;      /* [R, Hl*D] */
+    float *k, *v;        /* [R, KVl*D] this forward's keys (after RoPE) and values */
+    float *lse;          /* [Hl, R] */
+    float *gate, *up, *act; /* [R, Fl] */
+    float *scores;       /* [kvc_scores_floats(R, Tmax)] */
+    float *last, *lastn; /* [S, C] each segment's last residual row and its final norm */
+    float *rstd_last;    /* [S] */
+    float *logits;       /* [S, Vl] the local logits of each segment's last row */
+    size_t bytes;        /* activation bytes, without the cache */
+    int nallocs, capallocs;
+    void **allocs;
+    size_t *alloc_bytes;
+    int adapters_alloc;  /* adapter scratch allocated for R rows */
+} LlamaInfer;
+
+/* Allocates the cache and the buffers; the adapter slots get scratch for R rows (call after
+ * the adapters are loaded, and after llama_merge_adapters when merging). */
+void llama_infer_init(LlamaInfer *in, LlamaModel *m, int64_t S, int64_t Tmax, int64_t R,
+                      MemCtx *mem);
+void llama_infer_free(LlamaInfer *in, LlamaModel *m, MemCtx *mem);
+/* Runs the decoder over nseg segments (rows in segment order, ids [sum n]) and writes their
+ * keys and values into the cache; leaves in->logits [nseg, Vl] (row i: segment i's last
+ * row). Every TP rank calls it with the same segments. env->training must be 0. */
+void llama_infer_forward(LlamaModel *m, LlamaInfer *in, const LlamaSeg *segs, int nseg,
+                         const int32_t *ids, const AdapterEnv *env, const KernOps *k, KernCtx *kc,
+                         Grid *g);
+
+/* Merges every LoRA slot into this rank's shard of its frozen weight, W += s * B A (F32; BF16
+ * weights are rounded back to BF16), then detaches the adapters so inference has no adapter
+ * cost. Both factors are local ([no, r] and [r, ni], DESIGN.md §4), so no communication.
+ * Returns the number of merged modules, or -1 with st set for an adapter kind that has no
+ * merge. */
+int llama_merge_adapters(LlamaModel *m, GemmCtx *gc, ErrStatus *st);
 
 #endif

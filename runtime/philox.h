@@ -15,6 +15,7 @@ typedef enum {
     PHILOX_MODEL_INIT = 4,
     PHILOX_DATA_ORDER = 5,
     PHILOX_DATA_SPLIT = 6,
+    PHILOX_SAMPLE = 16, /* generate: token draws, keyed by (prompt index, step) */
 } PhiloxPurpose;
 
 /* One block: out = Philox4x32-10(counter, key). */

@@ -15,3 +15,16 @@ set_tests_properties(e2e_plot PROPERTIES LABELS e2e TIMEOUT 120)
 add_test(NAME e2e_data_pipeline
          COMMAND bash ${SL_E2E_DIR}/data_pipeline.sh $<TARGET_FILE:shardlora> ${CMAKE_BINARY_DIR}/test-work)
 set_tests_properties(e2e_data_pipeline PROPERTIES LABELS e2e TIMEOUT 600)
+add_test(NAME e2e_merge
+         COMMAND bash ${SL_E2E_DIR}/merge.sh $<TARGET_FILE:shardlora> ${CMAKE_BINARY_DIR}/test-work)
+set_tests_properties(e2e_merge PROPERTIES LABELS e2e TIMEOUT 900 RUN_SERIAL TRUE)
+# PEFT adapters in and out (issue 8): export / import / bad adapters, checked against the
+# PEFT formula on the PyTorch reference model (tests/reference/peft_check.py).
+foreach(t export import bad)
+  add_test(NAME e2e_peft_${t}
+           COMMAND bash ${SL_E2E_DIR}/peft_adapters.sh $<TARGET_FILE:shardlora> ${CMAKE_BINARY_DIR}/test-work ${t})
+  set_tests_properties(e2e_peft_${t} PROPERTIES LABELS "e2e;reference" TIMEOUT 600 PROCESSORS 2)
+endforeach()
+add_test(NAME e2e_generate_cli
+         COMMAND bash ${SL_E2E_DIR}/generate_cli.sh $<TARGET_FILE:shardlora> ${CMAKE_BINARY_DIR}/test-work)
+set_tests_properties(e2e_generate_cli PROPERTIES LABELS e2e TIMEOUT 600 PROCESSORS 2)

@@ -113,8 +113,8 @@ expect_refused() {
     expect_not_in "shardlora-run:   command"
 }
 ROOT_ENV="OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"
-ENV_4_AVX="OMP_NUM_THREADS=4 OPENBLAS_NUM_THREADS=4 OMP_PROC_BIND=close OMP_PLACES=cores OMP_WAIT_POLICY=PASSIVE OPENBLAS_CORETYPE=SkylakeX"
-X_VARS_AVX="-x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS -x OMP_PROC_BIND -x OMP_PLACES -x OMP_WAIT_POLICY -x OPENBLAS_CORETYPE"
+ENV_4_AVX="OMP_NUM_THREADS=4 OPENBLAS_NUM_THREADS=4 OMP_WAIT_POLICY=PASSIVE OPENBLAS_CORETYPE=SkylakeX"
+X_VARS_AVX="-x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS -x OMP_WAIT_POLICY -x OPENBLAS_CORETYPE"
 # q WORD: WORD as the launcher prints it in a command line (single-quoted unless plain)
 q() { if [[ "$1" =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then echo "$1"; else echo "'$1'"; fi; }
 FQ="$(q "$FAKE")"
@@ -273,12 +273,19 @@ expect_not_in OPENBLAS_CORETYPE command
 expect_in "no avx512f" blas
 case_end
 
-case_start "OPENBLAS_CORETYPE already set: kept as it is"
+case_start "OPENBLAS_CORETYPE=Haswell preset on an AVX-512 CPU: replaced, as shardlora would"
 plan OPENBLAS_CORETYPE=Haswell -- --dry-run --bin "$FAKE" train
 expect_rc 0
-expect_in "OPENBLAS_CORETYPE=Haswell" env
-expect_not_in SkylakeX env
+expect_in "OPENBLAS_CORETYPE=SkylakeX" env
+expect_in "replaces the preset Haswell" blas
 expect_in "-x OPENBLAS_CORETYPE" command
+case_end
+
+case_start "OPENBLAS_CORETYPE=Cooperlake preset (an AVX-512 core): kept"
+plan OPENBLAS_CORETYPE=Cooperlake -- --dry-run --bin "$FAKE" train
+expect_rc 0
+expect_in "OPENBLAS_CORETYPE=Cooperlake" env
+expect_not_in SkylakeX env
 case_end
 
 case_start "SHARDLORA_BLAS_CORE=keep: no OPENBLAS_CORETYPE, the setting passed on"
@@ -474,7 +481,7 @@ expect_rc 0
 expect_in "shardlora-run: rank mode (dry run"
 expect_field rank "0 of 4"; expect_source rank OMPI_COMM_WORLD_RANK
 expect_field threads/rank 3; expect_source threads/rank SLURM_CPUS_PER_TASK
-expect_field env "OMP_NUM_THREADS=3 OPENBLAS_NUM_THREADS=3 OMP_PROC_BIND=close OMP_PLACES=cores OMP_WAIT_POLICY=PASSIVE OPENBLAS_CORETYPE=SkylakeX"
+expect_field env "OMP_NUM_THREADS=3 OPENBLAS_NUM_THREADS=3 OMP_WAIT_POLICY=PASSIVE OPENBLAS_CORETYPE=SkylakeX"
 expect_field exec "$FQ train --threads 3 --out '/o 1'"
 expect_not_in "mpirun"; expect_not_in "srun"; expect_not_in "--tp"
 case_end
@@ -528,7 +535,7 @@ fake arg <2>
 fake arg <--out>
 fake arg <a  b>
 fake arg <>"
-for kv in OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 OMP_PROC_BIND=close OMP_PLACES=cores OPENBLAS_CORETYPE=SkylakeX; do
+for kv in OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 OPENBLAS_CORETYPE=SkylakeX; do
     expect_in "fake env $kv"
 done
 expect_not_in "fake env OMPI_ALLOW"

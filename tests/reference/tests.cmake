@@ -10,3 +10,16 @@ foreach(case mha gqa qwen2-bias llama-attention-bias tied llama3-rope bf16 shard
                    ${CMAKE_BINARY_DIR}/test-work/reference ${case})
   set_tests_properties(reference_${case} PROPERTIES LABELS reference TIMEOUT 600)
 endforeach()
+# generate: greedy decoding with the KV cache against full recomputation in PyTorch, sampling,
+# stop strings / EOS, adapters unmerged and merged in memory (tests/reference/generate_case.sh)
+foreach(case gqa kvrep qkv-bias tied sampling stop adapter adapter-bf16)
+  add_test(NAME reference_generate_${case}
+           COMMAND bash ${SL_REF_DIR}/generate_case.sh $<TARGET_FILE:shardlora>
+                   ${CMAKE_BINARY_DIR}/test-work/reference ${case})
+  set_tests_properties(reference_generate_${case} PROPERTIES LABELS reference TIMEOUT 600 PROCESSORS 2)
+endforeach()
+# shardlora eval against the reference loss at tp=1, tp=2 and dp=2, with and without a PEFT
+# adapter; train's own evaluation against eval of its adapter (issue 8).
+add_test(NAME reference_peft_eval
+         COMMAND ${SL_PYTHON3} ${SL_REF_DIR}/peft_eval.py $<TARGET_FILE:shardlora> ${CMAKE_BINARY_DIR}/test-work)
+set_tests_properties(reference_peft_eval PROPERTIES LABELS "reference;e2e" TIMEOUT 600 PROCESSORS 2)

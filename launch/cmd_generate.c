@@ -1,0 +1,953 @@
+/* `shardlora generate`: text generation with a frozen model and an optional PEFT adapter,
+ * tensor-parallel, under mpirun at any tp (dp = world / tp groups share the prompts).
+ *
+ * Each DP group takes a contiguous block of the prompts and decodes up to --batch-size of
+ * them at once (continuous batching: a finished sequence's KV-cache slot takes the next
+ * prompt at once). A forward carries the decode rows of every running sequence and, in the
+ * rows left (--prefill-rows), the prompt chunks of newly started ones (model/llama.h). Next
+ * tokens: greedy by a distributed argmax, sampling on TP rank 0 from gathered logits
+ * (model/sample.h). Every TP rank of a group sees the same tokens, so all take the same
+ * decisions (finish, next prompt) without more messages. Rank 0 prints the results in
+ * prompt order: the text as it comes for a single prompt, else JSONL lines
+ * {"prompt_index", "text", "ids", "finish_reason", ...} (stdout, or --out FILE). Progress and
+ * configuration go to stderr, so stdout holds only the generated text. */
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../io/chat.h"
+#include "../io/safetensors.h"
+#include "../io/tokenizer.h"
+#include "../model/adapter_io.h"
+#include "../model/llama.h"
+#include "../model/sample.h"
+#include "../parallel/grid.h"
+#include "../runtime/log.h"
+#include "../runtime/timer.h"
+#include "args.h"
+#include "cmds.h"
+
+typedef struct {
+    const char *model, *adapter, *prompt, *prompts, *out, *chat_format, *dump_logits, *pin,
+        *kernels, *log_level, *stream;
+    ArgStrs stop;
+    ArgConfig config;
+    int64_t max_new, top_k, batch, prefill_rows, max_seq_len, tp, threads;
+    double temperature, top_p, rep_penalty;
+    uint64_t seed;
+    int chat, ignore_eos, merge, no_kv_cache;
+} GenOpts;
+
+/* The ids of one prompt. */
+typedef struct {
+    int32_t *ids;
+    int64_t n;
+} GenPrompt;
+
+/* A finished prompt, kept until rank 0 prints it in prompt order. */
+typedef struct {
+    char *json;      /* the JSONL line, without the newline */
+    float *logits;   /* [ngen, V] the raw logits of each step (--dump-logits) */
+    int32_t *ids;    /* [ngen] for the dump */
+    int64_t ngen;
+    int done;
+} GenResult;
+
+/* A KV-cache slot: the sequence it decodes. */
+typedef struct {
+    int64_t prompt;  /* global prompt index; -1: free */
+    int32_t *ids;    /* [Tmax + 1] prompt, then generated ids */
+    int64_t nprompt, nids;
+    float *logits;   /* [max_new, V] on TP rank 0 with --dump-logits */
+    size_t printed;  /* streaming: bytes of text printed so far */
+} GenSlot;
+
+/* Rank 0's output: the JSONL lines (stdout unless streaming, or --out) and the dump. */
+typedef struct {
+    FILE *out;
+    int to_stdout;
+    StWriter dump;
+    const GenPrompt *prompts;
+    char (*names)[3][48];
+    int64_t next;  /* the next prompt index to print */
+} GenOutput;
+
+/* Everything the generation loop of a DP group uses. */
+typedef struct {
+    const GenOpts *o;
+    Grid *g;
+    LlamaModel *m;
+    LlamaInfer in;
+    Tokenizer *tk;
+    const KernOps *kops;
+    KernCtx *kc;
+    SampleCfg scfg;
+    SampleCtx sctx;
+    AdapterEnv env;
+    GenPrompt *prompts;
+    GenResult *results;   /* [nprompts] */
+    int64_t nprompts, b0, b1; /* this group's block [b0, b1) */
+    int64_t Tmax;
+    int32_t *eos;
+    int neos;
+    size_t max_stop;      /* longest --stop string */
+    int stream;           /* rank 0 prints the single prompt's text as it comes */
+    GenSlot *slots;       /* [S] */
+    LlamaSeg *segs;       /* [S] */
+    int *seg_sel;         /* [S] 1: the segment's last row yields the next token */
+    int32_t *row_ids;     /* [R] */
+    int32_t *tokens;      /* [S] */
+    void *argmax_tmp;
+    float *full, *recv;   /* [S, V] on TP rank 0 */
+    GenOutput *w;         /* world rank 0: where results go */
+    int64_t rows_done, generated;
+} GenRun;
+
+static int gen_finish(Grid *g, int code) {
+    grid_finalize(g);
+    return code;
+}
+
+/* One verdict for all ranks: the lowest failing rank prints its message. */
+static int gen_agree(Grid *g, int ok, const ErrStatus *st) {
+    int first = grid_first_failed(g, ok);
+    if (first == g->world_rank) fprintf(stderr, "shardlora generate: error: %s\n", st->msg);
+    return first < 0;
+}
+
+/* Progress and configuration lines: rank 0, stderr (stdout is the generated text). */
+static void gen_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void gen_log(const char *fmt, ...) {
+    if (log_level() < LOG_INFO || err_rank() != 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "[shardlora r0] ");
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+/* ---------------------------------------------------------------- prompts */
+
+static void gen_ids_push(TokIds *t, int32_t id) {
+    if (t->n == t->cap) {
+        t->cap = t->cap ? 2 * t->cap : 64;
+        t->ids = realloc(t->ids, t->cap * sizeof *t->ids);
+        SL_CHECK(t->ids, "out of memory");
+    }
+    t->ids[t->n++] = id;
+}
+
+/* What a chat template puts after the conversation so the model answers (HF's
+ * add_generation_prompt): the assistant header; nothing after Mistral's / Llama-2's
+ * "[/INST]". */
+static const char *gen_generation_prompt(ChatFormat f) {
+    switch (f) {
+    case CHAT_LLAMA3: return "<|start_header_id|>assistant<|end_header_id|>\n\n";
+    case CHAT_CHATML:
+    case CHAT_QWEN2: return "<|im_start|>assistant\n";
+    default: return "";
+    }
+}
+
+/* msgs rendered with the chat template plus the generation prompt, tokenised as the
+ * template's text (its special tokens written out, no post-processor BOS). */
+static int gen_encode_chat(Tokenizer *tk, ChatFormat f, const ChatMsg *msgs, size_t n, TokIds *out,
+                           ErrStatus *st) {
+    if (f == CHAT_NONE)
+        return err_status_set(st, "a chat prompt needs a chat template: the model's tokenizer_config.json "
+                                  "has none this reader knows; give --chat-format");
+    ChatPieces ps = {0};
+    if (!chat_render(f, msgs, n, &ps, st)) return 0;
+    size_t len = 0;
+    for (size_t i = 0; i < ps.n; i++) len += ps.p[i].len;
+    const char *gp = gen_generation_prompt(f);
+    char *text = malloc(len + strlen(gp) + 1);
+    SL_CHECK(text, "out of memory");
+    size_t off = 0;
+    for (size_t i = 0; i < ps.n; i++) {
+        memcpy(text + off, ps.p[i].text, ps.p[i].len);
+        off += ps.p[i].len;
+    }
+    memcpy(text + off, gp, strlen(gp) + 1);
+    off += strlen(gp);
+    chat_pieces_free(&ps);
+    int ok = tok_encode(tk, text, off, 0, out, st);
+    free(text);
+    return ok;
+}
+
+/* A text prompt: the model's tokenizer with special tokens (BOS) on, or with --chat as one
+ * user message in the chat template. */
+static int gen_encode_text(Tokenizer *tk, ChatFormat f, int chat, const char *text, size_t len,
+                           TokIds *out, ErrStatus *st) {
+    if (!tk) return err_status_set(st, "a text prompt needs the model's tokenizer.json");
+    if (!chat) return tok_encode(tk, text, len, 1, out, st);
+    ChatMsg msg = {"user", text};
+    return gen_encode_chat(tk, f, &msg, 1, out, st);
+}
+
+/* One JSONL line: {"input_ids": [...]}, {"messages": [...]} or {"prompt": "..."} (the first
+ * of these keys that is present and not null). */
+static int gen_parse_line(Tokenizer *tk, ChatFormat f, int chat, int64_t V, const char *line,
+                          size_t len, TokIds *out, int *used_chat, ErrStatus *st) {
+    json_error_t je;
+    json_t *root = json_loadb(line, len, 0, &je);
+    if (!root) return err_status_set(st, "not valid JSON (column %d): %s", je.column, je.text);
+    int ok = 1;
+    json_t *ids = json_object_get(root, "input_ids"), *msgs = json_object_get(root, "messages"),
+           *prompt = json_object_get(root, "prompt");
+    if (!json_is_object(root)) {
+        ok = err_status_set(st, "expected a JSON object");
+    } else if (ids && !json_is_null(ids)) {
+        if (!json_is_array(ids) || json_array_size(ids) == 0)
+            ok = err_status_set(st, "\"input_ids\" must be a non-empty list of token ids");
+        for (size_t i = 0; ok && i < json_array_size(ids); i++) {
+            json_t *e = json_array_get(ids, i);
+            json_int_t v = json_is_integer(e) ? json_integer_value(e) : -1;
+            if (v < 0 || v >= V)
+                ok = err_status_set(st, "\"input_ids\"[%zu] is not a token id in [0, %lld)", i, (long long)V);
+            else
+                gen_ids_push(out, (int32_t)v);
+        }
+    } else if (msgs && !json_is_null(msgs)) {
+        size_t n = json_is_array(msgs) ? json_array_size(msgs) : 0;
+        ChatMsg *cm = calloc(n ? n : 1, sizeof *cm);
+        SL_CHECK(cm, "out of memory");
+        if (!json_is_array(msgs)) ok = err_status_set(st, "\"messages\" must be a list");
+        for (size_t i = 0; ok && i < n; i++) {
+            json_t *e = json_array_get(msgs, i);
+            json_t *r = json_object_get(e, "role"), *c = json_object_get(e, "content");
+            if (!json_is_string(r) || !json_is_string(c))
+                ok = err_status_set(st, "messages[%zu] needs string \"role\" and \"content\"", i);
+            else
+                cm[i] = (ChatMsg){json_string_value(r), json_string_value(c)};
+        }
+        if (ok && !tk) ok = err_status_set(st, "\"messages\" need the model's tokenizer.json");
+        if (ok) ok = gen_encode_chat(tk, f, cm, n, out, st);
+        *used_chat = 1;
+        free(cm);
+    } else if (json_is_string(prompt)) {
+        ok = gen_encode_text(tk, f, chat, json_string_value(prompt), json_string_length(prompt), out, st);
+        *used_chat |= chat;
+    } else {
+        ok = err_status_set(st, "expected \"prompt\" (a string), \"messages\" or \"input_ids\"");
+    }
+    json_decref(root);
+    if (ok && out->n == 0) ok = err_status_set(st, "the prompt has no tokens");
+    return ok;
+}
+
+/* Reads --prompt or every non-empty line of --prompts. Errors name FILE:LINE. */
+static int gen_read_prompts(const GenOpts *o, Tokenizer *tk, ChatFormat f, int64_t V, GenPrompt **out,
+                            int64_t *nout, int *used_chat, ErrStatus *st) {
+    int64_t n = 0, cap = 0;
+    GenPrompt *p = NULL;
+    TokIds ids = {0};
+    int ok = 1;
+    if (o->prompt) {
+        ok = gen_encode_text(tk, f, o->chat, o->prompt, strlen(o->prompt), &ids, st);
+        if (ok && ids.n == 0) ok = err_status_set(st, "--prompt: the prompt has no tokens");
+        *used_chat = o->chat;
+        if (ok) {
+            p = malloc(sizeof *p);
+            SL_CHECK(p, "out of memory");
+            p[0] = (GenPrompt){ids.ids, (int64_t)ids.n};
+            n = 1;
+            memset(&ids, 0, sizeof ids);
+        }
+    } else {
+        FILE *fp = fopen(o->prompts, "rb");
+        if (!fp) return err_status_set(st, "%s: cannot open: %s", o->prompts, strerror(errno));
+        char *line = NULL;
+        size_t lcap = 0;
+        ssize_t len;
+        long lineno = 0;
+        while (ok && (len = getline(&line, &lcap, fp)) >= 0) {
+            lineno++;
+            while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = 0;
+            size_t k = 0;
+            while (k < (size_t)len && (line[k] == ' ' || line[k] == '\t')) k++;
+            if (k == (size_t)len) continue;
+            ids.n = 0;
+            ErrStatus e;
+            if (!gen_parse_line(tk, f, o->chat, V, line, (size_t)len, &ids, used_chat, &e)) {
+                ok = err_status_set(st, "%s:%ld: %s", o->prompts, lineno, e.msg);
+                break;
+            }
+            if (n == cap) {
+                cap = cap ? 2 * cap : 16;
+                p = realloc(p, (size_t)cap * sizeof *p);
+                SL_CHECK(p, "out of memory");
+            }
+            p[n].ids = malloc(ids.n * sizeof(int32_t));
+            SL_CHECK(p[n].ids, "out of memory");
+            memcpy(p[n].ids, ids.ids, ids.n * sizeof(int32_t));
+            p[n].n = (int64_t)ids.n;
+            n++;
+        }
+        free(line);
+        fclose(fp);
+        if (ok && n == 0) ok = err_status_set(st, "%s: no prompts (every line is empty)", o->prompts);
+    }
+    tok_ids_free(&ids);
+    *out = p;
+    *nout = n;
+    return ok;
+}
+
+/* ---------------------------------------------------------------- end of sequence */
+
+static void gen_eos_add(int32_t **eos, int *n, int64_t id) {
+    if (id < 0) return;
+    for (int i = 0; i < *n; i++)
+        if ((*eos)[i] == id) return;
+    *eos = realloc(*eos, (size_t)(*n + 1) * sizeof **eos);
+    SL_CHECK(*eos, "out of memory");
+    (*eos)[(*n)++] = (int32_t)id;
+}
+
+/* "eos_token_id" of DIR/NAME: an id or a list of ids (config.json, generation_config.json). */
+static void gen_eos_from_json(const char *dir, const char *name, int32_t **eos, int *n) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    json_t *root = json_load_file(path, JSON_DECODE_INT_AS_REAL, NULL);
+    if (!root) return;
+    json_t *e = json_object_get(root, "eos_token_id");
+    size_t k = json_is_array(e) ? json_array_size(e) : 1;
+    for (size_t i = 0; i < k; i++) {
+        json_t *x = json_is_array(e) ? json_array_get(e, i) : e;
+        if (json_is_number(x)) gen_eos_add(eos, n, (int64_t)json_number_value(x));
+    }
+    json_decref(root);
+}
+
+/* The ids that end a sequence: config.json's and generation_config.json's eos_token_id
+ * (one or a list, as HF generate reads them), tokenizer_config.json's eos_token, and the
+ * end-of-turn token of the chat template when prompts were chat-formatted. */
+static void gen_eos_ids(const char *dir, const LlamaModel *m, Tokenizer *tk, ChatFormat f, int used_chat,
+                        int32_t **eos, int *n) {
+    gen_eos_add(eos, n, m->cfg.eos_token_id);
+    gen_eos_from_json(dir, "config.json", eos, n);
+    gen_eos_from_json(dir, "generation_config.json", eos, n);
+    if (!tk) return;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    json_t *root = json_load_file(path, JSON_DECODE_INT_AS_REAL, NULL);
+    json_t *e = root ? json_object_get(root, "eos_token") : NULL;
+    if (json_is_object(e)) e = json_object_get(e, "content");
+    if (json_is_string(e)) gen_eos_add(eos, n, tok_token_id(tk, json_string_value(e)));
+    json_decref(root);
+    if (used_chat && f == CHAT_LLAMA3) gen_eos_add(eos, n, tok_token_id(tk, "<|eot_id|>"));
+    if (used_chat && (f == CHAT_CHATML || f == CHAT_QWEN2)) gen_eos_add(eos, n, tok_token_id(tk, "<|im_end|>"));
+}
+
+/* ---------------------------------------------------------------- results */
+
+/* The text of a slot's generated ids (special tokens skipped; without a final EOS).
+ * malloc'd. */
+static char *gen_text(GenRun *r, const GenSlot *s, int drop_last, size_t *len) {
+    if (!r->tk) {
+        *len = 0;
+        return calloc(1, 1);
+    }
+    const int64_t ngen = s->nids - s->nprompt - (drop_last ? 1 : 0);
+    return tok_decode(r->tk, s->ids + s->nprompt, (size_t)(ngen > 0 ? ngen : 0), 1, len);
+}
+
+/* Earliest end of text at a --stop string (its start), or -1. */
+static int64_t gen_find_stop(const GenOpts *o, const char *text, size_t len) {
+    int64_t best = -1;
+    for (int i = 0; i < o->stop.n; i++) {
+        const char *hit = memmem(text, len, o->stop.v[i], strlen(o->stop.v[i]));
+        if (hit && (best < 0 || hit - text < best)) best = hit - text;
+    }
+    return best;
+}
+
+/* Streaming: prints the part of text that can no longer change: not the last max_stop - 1
+ * bytes (they may start a stop string) nor a trailing U+FFFD (a character whose bytes are
+ * still coming), unless final. */
+static void gen_stream(GenRun *r, GenSlot *s, const char *text, size_t len, int final) {
+    size_t safe = len;
+    if (!final) {
+        safe = r->max_stop > 1 ? (len > r->max_stop - 1 ? len - (r->max_stop - 1) : 0) : len;
+        if (safe >= 3 && safe == len && memcmp(text + safe - 3, "\xEF\xBF\xBD", 3) == 0) safe -= 3;
+    }
+    if (safe > s->printed) {
+        fwrite(text + s->printed, 1, safe - s->printed, stdout);
+        s->printed = safe;
+    }
+    if (final) fputc('\n', stdout);
+    fflush(stdout);
+}
+
+/* The JSONL line of a finished slot. */
+static char *gen_result_json(const GenSlot *s, const char *text, size_t len, const char *reason) {
+    json_t *j = json_object(), *ids = json_array();
+    for (int64_t i = s->nprompt; i < s->nids; i++) json_array_append_new(ids, json_integer(s->ids[i]));
+    json_object_set_new(j, "prompt_index", json_integer((json_int_t)s->prompt));
+    json_object_set_new(j, "text", json_stringn(text, len));
+    json_object_set_new(j, "ids", ids);
+    json_object_set_new(j, "finish_reason", json_string(reason));
+    json_object_set_new(j, "prompt_tokens", json_integer((json_int_t)s->nprompt));
+    json_object_set_new(j, "generated_tokens", json_integer((json_int_t)(s->nids - s->nprompt)));
+    char *out = json_dumps(j, JSON_PRESERVE_ORDER);
+    json_decref(j);
+    return out;
+}
+
+static void gen_emit(GenOutput *w, GenResult *res, int64_t i, int64_t V);
+
+/* Decides whether slot s ends after its newest token; on the end, records its result (TP
+ * rank 0) and frees the slot. Every TP rank reaches the same verdict from the same ids. */
+static int gen_after_token(GenRun *r, GenSlot *s) {
+    const GenOpts *o = r->o;
+    const int32_t tok = s->ids[s->nids - 1];
+    const int64_t ngen = s->nids - s->nprompt;
+    const char *reason = NULL;
+    int is_eos = 0;
+    for (int i = 0; !o->ignore_eos && i < r->neos; i++) is_eos |= tok == r->eos[i];
+    if (is_eos) reason = "eos";
+    size_t len = 0;
+    char *text = NULL;
+    if (!reason && o->stop.n > 0) {
+        text = gen_text(r, s, 0, &len);
+        int64_t at = gen_find_stop(o, text, len);
+        if (at >= 0) {
+            reason = "stop";
+            len = (size_t)at;
+        }
+    }
+    /* the next token would need position nids - 1 in the cache */
+    if (!reason && (ngen >= o->max_new || s->nids > r->Tmax)) reason = "length";
+    const int tp0 = r->g->tp_rank == 0;
+    if (!reason) {
+        if (r->stream) {
+            if (!text) text = gen_text(r, s, 0, &len);
+            gen_stream(r, s, text, len, 0);
+        }
+        free(text);
+        return 0;
+    }
+    if (tp0) {
+        if (!text || is_eos) {
+            free(text);
+            text = gen_text(r, s, is_eos, &len);
+        }
+        if (r->stream) gen_stream(r, s, text, len, 1);
+        GenResult *res = &r->results[s->prompt];
+        res->json = gen_result_json(s, text, len, reason);
+        SL_CHECK(res->json, "cannot encode the result of prompt %lld as JSON", (long long)s->prompt);
+        res->ngen = ngen;
+        if (o->dump_logits) {
+            res->logits = s->logits;
+            s->logits = NULL;
+            res->ids = malloc((size_t)ngen * sizeof(int32_t));
+            SL_CHECK(res->ids, "out of memory");
+            memcpy(res->ids, s->ids + s->nprompt, (size_t)ngen * sizeof(int32_t));
+        }
+        res->done = 1;
+        /* rank 0 prints its own results as soon as those before them are done */
+        while (r->w && r->w->next < r->b1 && r->results[r->w->next].done) {
+            gen_emit(r->w, &r->results[r->w->next], r->w->next, r->m->V);
+            r->w->next++;
+        }
+    }
+    free(text);
+    s->prompt = -1;
+    return 1;
+}
+
+/* ---------------------------------------------------------------- the loop */
+
+/* Chooses the next token of each selected segment (logits rows [nsel, Vl] in
+ * r->in.logits): greedy by a distributed argmax after the repetition penalty on each
+ * rank's columns; sampling on TP rank 0 from the gathered rows, then broadcast. Raw logits
+ * are kept for --dump-logits. Every TP rank ends with the same r->tokens. */
+static void gen_choose(GenRun *r, const int *sel_slot, int nsel) {
+    LlamaModel *m = r->m;
+    Grid *g = r->g;
+    const GenOpts *o = r->o;
+    float *lg = r->in.logits; /* [nsel, Vl] */
+    const int greedy = o->temperature == 0;
+    const int tp0 = g->tp_rank == 0;
+    if (o->dump_logits || !greedy) {
+        sample_gather_rows(g, lg, nsel, m->V, r->full, r->recv);
+        for (int i = 0; tp0 && o->dump_logits && i < nsel; i++) {
+            GenSlot *s = &r->slots[sel_slot[i]];
+            memcpy(s->logits + (s->nids - s->nprompt) * m->V, r->full + i * m->V,
+                   (size_t)m->V * sizeof(float));
+        }
+    }
+    if (greedy) {
+        for (int i = 0; o->rep_penalty != 1.0 && i < nsel; i++) {
+            const GenSlot *s = &r->slots[sel_slot[i]];
+            sample_repetition_penalty(lg + i * m->Vl, m->V0, m->Vl, s->ids, s->nids,
+                                      (float)o->rep_penalty, r->sctx.mark);
+        }
+        sample_argmax_tp(g, lg, nsel, m->Vl, m->V0, r->tokens, r->argmax_tmp);
+        return;
+    }
+    if (tp0)
+        for (int i = 0; i < nsel; i++) {
+            const GenSlot *s = &r->slots[sel_slot[i]];
+            float *row = r->full + i * m->V;
+            if (o->rep_penalty != 1.0)
+                sample_repetition_penalty(row, 0, m->V, s->ids, s->nids, (float)o->rep_penalty,
+                                          r->sctx.mark);
+            r->tokens[i] = sample_token(&r->sctx, &r->scfg, row, (uint64_t)s->prompt,
+                                        (uint64_t)(s->nids - s->nprompt));
+        }
+    if (g->tp > 1) {
+        MPI_Bcast(r->tokens, nsel, MPI_INT32_T, 0, g->tp_comm);
+        g->bytes[GRID_BYTES_OTHER] += (uint64_t)nsel * sizeof(int32_t);
+        g->calls[GRID_BYTES_OTHER]++;
+    }
+}
+
+/* Decodes the group's prompts [b0, b1). Returns 0 and sets st when the logits of a step
+ * have no finite value (every TP rank of the group agrees). */
+static int gen_loop(GenRun *r, ErrStatus *st) {
+    const GenOpts *o = r->o;
+    LlamaModel *m = r->m;
+    const int64_t S = r->in.S, R = r->in.R;
+    int64_t next = r->b0, active = 0;
+    int *sel_slot = malloc((size_t)S * sizeof(int));
+    SL_CHECK(sel_slot, "out of memory");
+    int ok = 1;
+    while (ok && (next < r->b1 || active > 0)) {
+        for (int64_t s = 0; s < S && next < r->b1; s++) {
+            GenSlot *sl = &r->slots[s];
+            if (sl->prompt >= 0) continue;
+            const GenPrompt *p = &r->prompts[next];
+            sl->prompt = next++;
+            memcpy(sl->ids, p->ids, (size_t)p->n * sizeof(int32_t));
+            sl->nprompt = sl->nids = p->n;
+            sl->printed = 0;
+            if (o->dump_logits && r->g->tp_rank == 0) {
+                sl->logits = malloc((size_t)(o->max_new * m->V) * sizeof(float));
+                SL_CHECK(sl->logits, "out of memory");
+            }
+            r->in.cache.len[s] = 0;
+            active++;
+        }
+        /* decode rows first (one per running sequence), then prompt chunks in the rows left;
+         * --no-kv-cache recomputes every sequence from position 0 */
+        int nseg = 0;
+        int64_t rows = 0;
+        for (int pass = 0; pass < 2; pass++)
+            for (int64_t s = 0; s < S; s++) {
+                GenSlot *sl = &r->slots[s];
+                if (sl->prompt < 0) continue;
+                if (o->no_kv_cache) r->in.cache.len[s] = 0;
+                const int64_t len = r->in.cache.len[s], want = sl->nids - len;
+                if ((pass == 0) != (want == 1)) continue;
+                const int64_t take = want < R - rows ? want : R - rows;
+                if (take <= 0) continue;
+                memcpy(r->row_ids + rows, sl->ids + len, (size_t)take * sizeof(int32_t));
+                r->segs[nseg] = (LlamaSeg){(int32_t)s, len, take};
+                r->seg_sel[nseg] = len + take == sl->nids;
+                nseg++;
+                rows += take;
+            }
+        SL_CHECK(nseg > 0, "no work for %lld running sequences", (long long)active);
+        llama_infer_forward(m, &r->in, r->segs, nseg, r->row_ids, &r->env, r->kops, r->kc, r->g);
+        r->rows_done += rows;
+        /* the rows whose next token is due, packed to the front of the logits */
+        int nsel = 0;
+        for (int i = 0; i < nseg; i++) {
+            if (!r->seg_sel[i]) continue;
+            if (nsel != i)
+                memmove(r->in.logits + nsel * m->Vl, r->in.logits + i * m->Vl, (size_t)m->Vl * sizeof(float));
+            sel_slot[nsel++] = r->segs[i].slot;
+        }
+        if (nsel == 0) continue;
+        gen_choose(r, sel_slot, nsel);
+        for (int i = 0; i < nsel; i++) {
+            GenSlot *sl = &r->slots[sel_slot[i]];
+            if (r->tokens[i] < 0) {
+                ok = err_status_set(st, "prompt %lld, step %lld: no finite logit (the model produced NaN or inf)",
+                                    (long long)sl->prompt, (long long)(sl->nids - sl->nprompt));
+                break;
+            }
+            sl->ids[sl->nids++] = r->tokens[i];
+            r->generated++;
+            if (gen_after_token(r, sl)) active--;
+        }
+    }
+    free(sel_slot);
+    return ok;
+}
+
+/* ---------------------------------------------------------------- output */
+
+static void gen_emit(GenOutput *w, GenResult *res, int64_t i, int64_t V) {
+    if (w->out) fprintf(w->out, "%s\n", res->json);
+    if (w->to_stdout) printf("%s\n", res->json);
+    if (w->to_stdout) fflush(stdout);
+    if (res->logits) {
+        int64_t shape[2] = {res->ngen, V};
+        snprintf(w->names[i][0], sizeof w->names[i][0], "logits.%lld", (long long)i);
+        snprintf(w->names[i][1], sizeof w->names[i][1], "ids.%lld", (long long)i);
+        snprintf(w->names[i][2], sizeof w->names[i][2], "prompt.%lld", (long long)i);
+        st_writer_add(&w->dump, w->names[i][0], ST_F32, 2, shape, res->logits);
+        st_writer_add(&w->dump, w->names[i][1], ST_I32, 1, &res->ngen, res->ids);
+        st_writer_add(&w->dump, w->names[i][2], ST_I32, 1, &w->prompts[i].n, w->prompts[i].ids);
+    }
+    free(res->json);
+    res->json = NULL;
+}
+
+/* Results of the other DP groups come to rank 0 in prompt order, each from its group's TP
+ * rank 0: a header {json bytes, logits floats}, the JSON, the logits. */
+static void gen_collect(GenRun *r, GenOutput *w) {
+    Grid *g = r->g;
+    const int64_t n = r->nprompts, per = (n + g->dp - 1) / g->dp;
+    if (g->world_rank == 0) {
+        for (; w->next < n; w->next++) {
+            GenResult *res = &r->results[w->next];
+            if (!res->done) {
+                const int src = (int)(w->next / per) * g->tp;
+                int64_t hdr[3];
+                MPI_Recv(hdr, 3, MPI_INT64_T, src, 1, g->world, MPI_STATUS_IGNORE);
+                res->json = malloc((size_t)hdr[0] + 1);
+                SL_CHECK(res->json, "out of memory");
+                MPI_Recv(res->json, (int)hdr[0], MPI_CHAR, src, 2, g->world, MPI_STATUS_IGNORE);
+                res->json[hdr[0]] = 0;
+                res->ngen = hdr[2];
+                if (hdr[1] > 0) {
+                    res->logits = malloc((size_t)hdr[1] * sizeof(float));
+                    res->ids = malloc((size_t)hdr[2] * sizeof(int32_t));
+                    SL_CHECK(res->logits && res->ids, "out of memory");
+                    MPI_Recv(res->logits, (int)hdr[1], MPI_FLOAT, src, 3, g->world, MPI_STATUS_IGNORE);
+                    MPI_Recv(res->ids, (int)hdr[2], MPI_INT32_T, src, 4, g->world, MPI_STATUS_IGNORE);
+                }
+                res->done = 1;
+            }
+            gen_emit(w, res, w->next, r->m->V);
+        }
+    } else if (g->tp_rank == 0) {
+        for (int64_t i = r->b0; i < r->b1; i++) {
+            GenResult *res = &r->results[i];
+            const int64_t nl = res->logits ? res->ngen * r->m->V : 0;
+            int64_t hdr[3] = {(int64_t)strlen(res->json), nl, res->ngen};
+            SL_CHECK(hdr[0] < INT32_MAX && nl < INT32_MAX, "result %lld too large to send", (long long)i);
+            MPI_Send(hdr, 3, MPI_INT64_T, 0, 1, g->world);
+            MPI_Send(res->json, (int)hdr[0], MPI_CHAR, 0, 2, g->world);
+            if (nl > 0) {
+                MPI_Send(res->logits, (int)nl, MPI_FLOAT, 0, 3, g->world);
+                MPI_Send(res->ids, (int)res->ngen, MPI_INT32_T, 0, 4, g->world);
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- the command */
+
+int cmd_generate(int argc, char **argv) {
+    GenOpts o;
+    memset(&o, 0, sizeof o);
+    o.chat_format = "auto";
+    o.pin = "auto";
+    o.kernels = "fast";
+    o.log_level = "info";
+    o.stream = "auto";
+    o.max_new = 128;
+    o.top_p = 1.0;
+    o.rep_penalty = 1.0;
+    o.batch = 8;
+    o.prefill_rows = 512;
+    o.tp = 1;
+    o.seed = 42;
+    ArgSpec specs[] = {
+        {"config", ARG_CONFIG, &o.config, "FILE", "read options from FILE first (JSON object or `key = value` lines; flags override)", 0, 0},
+        {"model", ARG_STR, &o.model, "DIR", "Hugging Face model directory (config.json, safetensors, tokenizer.json)", 1, 0},
+        {"adapter", ARG_STR, &o.adapter, "DIR", "PEFT adapter directory (adapter_config.json, adapter_model.safetensors), applied unmerged", 0, 0},
+        {"merge-in-memory", ARG_BOOL, &o.merge, NULL, "merge the adapter into this rank's shards once (W += s B A), then run without adapter cost", 0, 0},
+        {"prompt", ARG_STR, &o.prompt, "TEXT", "one prompt, tokenised with the model's tokenizer (BOS per its post-processor)", 0, 0},
+        {"prompts", ARG_STR, &o.prompts, "FILE", "JSONL prompts, per line {\"prompt\": S}, {\"messages\": [{\"role\",\"content\"}]} (chat template + generation prompt) or {\"input_ids\": [...]}", 0, 0},
+        {"chat", ARG_BOOL, &o.chat, NULL, "format text prompts as one user message with the chat template", 0, 0},
+        {"chat-format", ARG_STR, &o.chat_format, "NAME", "template for \"messages\": auto (from tokenizer_config.json) | llama3 | mistral | llama2 | chatml | qwen2", 0, 0},
+        {"out", ARG_STR, &o.out, "FILE", "write the results as JSONL {\"prompt_index\", \"text\", \"ids\", \"finish_reason\", ...} in prompt order", 0, 0},
+        {"stream", ARG_STR, &o.stream, "WHEN", "auto (print the text as it comes when there is one prompt) | off", 0, 0},
+        {"max-new-tokens", ARG_INT, &o.max_new, "N", "tokens to generate at most per prompt", 0, 0},
+        {"temperature", ARG_FLOAT, &o.temperature, "X", "0: greedy (argmax); > 0: sample from softmax(logits / X)", 0, 0},
+        {"top-k", ARG_INT, &o.top_k, "K", "sample among the K most likely tokens (0: off)", 0, 0},
+        {"top-p", ARG_FLOAT, &o.top_p, "P", "nucleus sampling: the smallest set of most likely tokens with probability >= P (1: off)", 0, 0},
+        {"repetition-penalty", ARG_FLOAT, &o.rep_penalty, "X", "divide positive / multiply negative logits of tokens already in the prompt or output by X (1: off; HF's)", 0, 0},
+        {"seed", ARG_U64, &o.seed, "N", "seed of the draws (Philox keyed by seed, prompt index, step: the same at any layout)", 0, 0},
+        {"stop", ARG_STRS, &o.stop, "STRING", "end a sequence when its text contains STRING (repeatable; the text is cut before it)", 0, 0},
+        {"ignore-eos", ARG_BOOL, &o.ignore_eos, NULL, "do not stop at the EOS / end-of-turn tokens", 0, 0},
+        {"batch-size", ARG_INT, &o.batch, "N", "sequences decoded together per data-parallel group (KV-cache slots)", 0, 0},
+        {"prefill-rows", ARG_INT, &o.prefill_rows, "N", "tokens per forward at most (prompt chunks plus one decode row per sequence)", 0, 0},
+        {"max-seq-len", ARG_INT, &o.max_seq_len, "N", "positions of the KV cache per sequence (0: the longest prompt + --max-new-tokens)", 0, 0},
+        {"no-kv-cache", ARG_BOOL, &o.no_kv_cache, NULL, "recompute the whole sequence at every step (tests: must give the cached logits)", 0, 0},
+        {"dump-logits", ARG_STR, &o.dump_logits, "FILE", "write every step's raw logits (safetensors: logits.I [steps, V], ids.I, prompt.I) (tests)", 0, 0},
+        {"tp", ARG_INT, &o.tp, "N", "tensor-parallel size (world = dp x tp; the prompts are divided among the dp groups)", 0, 0},
+        {"threads", ARG_INT, &o.threads, "N", "threads per rank (0: the CPUs this rank may use)", 0, 0},
+        {"pin-memory", ARG_STR, &o.pin, "MODE", "auto | on | off: mlock the frozen weights", 0, 0},
+        {"kernels", ARG_STR, &o.kernels, "NAME", "fast | reference", 0, 0},
+        {"log-level", ARG_STR, &o.log_level, "LEVEL", "error | warn | info | debug", 0, 0},
+    };
+    const int nspecs = (int)(sizeof specs / sizeof specs[0]);
+
+    Grid g;
+    grid_init(&g, &argc, &argv);
+    int help = 0;
+    ErrStatus st;
+    err_status_ok(&st);
+    int ok = args_parse(specs, nspecs, argc, argv, 2, &help, &st);
+    if (ok && help) {
+        if (g.world_rank == 0)
+            args_print_help(stdout, "[mpirun -np N] shardlora generate --model DIR [--adapter DIR] (--prompt TEXT | --prompts FILE) [options]",
+                            "Generate text with a frozen Llama/Mistral/Qwen2 model and an optional PEFT adapter, "
+                            "tensor-parallel with a KV cache sharded by heads. One prompt: its text is printed as it "
+                            "comes; several: JSONL results in prompt order (stdout or --out). Progress goes to stderr.",
+                            specs, nspecs);
+        args_free(specs, nspecs);
+        return gen_finish(&g, 0);
+    }
+    int lvl = log_parse_level(o.log_level);
+    const KernOps *kops = kern_ops_by_name(o.kernels);
+    int pin = mem_parse_pin(o.pin);
+    if (ok && lvl < 0) ok = err_status_set(&st, "--log-level '%s': expected error, warn, info or debug", o.log_level);
+    if (ok && !kops) ok = err_status_set(&st, "--kernels '%s': expected fast or reference", o.kernels);
+    if (ok && pin < 0) ok = err_status_set(&st, "--pin-memory '%s': expected auto, on or off", o.pin);
+    if (ok && !o.prompt == !o.prompts) ok = err_status_set(&st, "give exactly one of --prompt TEXT and --prompts FILE");
+    if (ok && strcmp(o.chat_format, "auto") && chat_parse_format(o.chat_format) < 0)
+        ok = err_status_set(&st, "--chat-format '%s': expected auto, llama3, mistral, llama2, chatml or qwen2", o.chat_format);
+    if (ok && strcmp(o.stream, "auto") && strcmp(o.stream, "off"))
+        ok = err_status_set(&st, "--stream '%s': expected auto or off", o.stream);
+    if (ok && o.merge && !o.adapter) ok = err_status_set(&st, "--merge-in-memory needs --adapter");
+    if (ok && !(o.temperature >= 0 && isfinite(o.temperature))) ok = err_status_set(&st, "--temperature must be >= 0");
+    if (ok && !(o.top_p > 0 && o.top_p <= 1)) ok = err_status_set(&st, "--top-p must be in (0, 1]");
+    if (ok && !(o.rep_penalty > 0 && isfinite(o.rep_penalty))) ok = err_status_set(&st, "--repetition-penalty must be > 0");
+    if (ok && (o.top_k < 0 || o.max_seq_len < 0)) ok = err_status_set(&st, "--top-k and --max-seq-len must be >= 0");
+    if (ok && (o.max_new < 1 || o.batch < 1 || o.prefill_rows < 1))
+        ok = err_status_set(&st, "--max-new-tokens, --batch-size and --prefill-rows must be >= 1");
+    for (int i = 0; ok && i < o.stop.n; i++)
+        if (!o.stop.v[i][0]) ok = err_status_set(&st, "--stop: an empty string would stop at once");
+    if (ok) ok = grid_setup(&g, (int)o.tp, &st);
+    if (!ok) {
+        if (g.world_rank == 0) fprintf(stderr, "shardlora generate: %s\n", st.msg);
+        args_free(specs, nspecs);
+        return gen_finish(&g, EXIT_USAGE);
+    }
+    log_set_level((LogLevel)lvl);
+    if (g.world_rank == 0 && lvl >= LOG_INFO) {
+        fprintf(stderr, "configuration (%s):\n", o.config.path ? o.config.path : "flags and defaults");
+        args_print_resolved(stderr, specs, nspecs);
+    }
+
+    MemCtx mem;
+    mem_init(&mem, (MemPinMode)pin);
+    LlamaModel m;
+    ok = llama_load(&m, o.model, &g, &mem, &st);
+    if (!gen_agree(&g, ok, &st)) return gen_finish(&g, EXIT_BAD_INPUT);
+
+    /* tokenizer (optional with pre-tokenised prompts), chat template, prompts */
+    char path[4200];
+    snprintf(path, sizeof path, "%s/tokenizer.json", o.model);
+    Tokenizer *tk = NULL;
+    ChatFormat chat = CHAT_NONE;
+    if (access(path, F_OK) == 0) {
+        tk = tok_load(path, &st);
+        ok = tk != NULL;
+    }
+    if (ok && strcmp(o.chat_format, "auto") == 0) ok = chat_detect(o.model, &chat, &st);
+    else if (ok) chat = (ChatFormat)chat_parse_format(o.chat_format);
+    if (ok && !tk && o.stop.n > 0) ok = err_status_set(&st, "--stop needs the model's tokenizer.json to decode the text");
+    GenPrompt *prompts = NULL;
+    int64_t nprompts = 0;
+    int used_chat = 0;
+    if (ok) ok = gen_read_prompts(&o, tk, chat, m.V, &prompts, &nprompts, &used_chat, &st);
+    if (!gen_agree(&g, ok, &st)) return gen_finish(&g, EXIT_BAD_INPUT);
+    int32_t *eos = NULL;
+    int neos = 0;
+    gen_eos_ids(o.model, &m, tk, chat, used_chat, &eos, &neos);
+
+    /* adapter: this rank's slices through the adapter slots; merged on request */
+    AdioCfg acfg;
+    memset(&acfg, 0, sizeof acfg);
+    int merged = 0;
+    if (o.adapter) {
+        ok = adio_attach(&m, o.adapter, &acfg, &g, &mem, &st);
+        if (!gen_agree(&g, ok, &st)) return gen_finish(&g, EXIT_BAD_INPUT);
+    }
+    GemmCtx gc;
+    int64_t maxcols = m.C > m.F ? m.C : m.F;
+    if (m.H * m.D > maxcols) maxcols = m.H * m.D;
+    gemm_init(&gc, &mem, (int)o.threads, maxcols);
+    if (o.adapter && o.merge) {
+        merged = llama_merge_adapters(&m, &gc, &st);
+        if (!gen_agree(&g, merged >= 0, &st)) return gen_finish(&g, EXIT_BAD_INPUT);
+    }
+
+    /* layout of the work: DP group d takes prompts [d * per, (d + 1) * per) */
+    const int64_t per = (nprompts + g.dp - 1) / g.dp;
+    const int64_t b0 = (int64_t)g.dp_rank * per < nprompts ? (int64_t)g.dp_rank * per : nprompts;
+    const int64_t b1 = b0 + per < nprompts ? b0 + per : nprompts;
+    int64_t maxlen = 0;
+    for (int64_t i = 0; i < nprompts; i++) maxlen = prompts[i].n > maxlen ? prompts[i].n : maxlen;
+    const int64_t Tmax = o.max_seq_len > 0 ? o.max_seq_len : maxlen + o.max_new;
+    ok = 1;
+    for (int64_t i = 0; ok && i < nprompts; i++)
+        if (prompts[i].n > Tmax)
+            ok = err_status_set(&st, "prompt %lld has %lld tokens, more than --max-seq-len %lld", (long long)i,
+                                (long long)prompts[i].n, (long long)Tmax);
+    if (!gen_agree(&g, ok, &st)) return gen_finish(&g, EXIT_USAGE);
+    if (Tmax > m.cfg.max_position_embeddings && m.cfg.max_position_embeddings > 0 && g.world_rank == 0)
+        log_warn("sequences of up to %lld positions, beyond the model's max_position_embeddings %lld",
+                 (long long)Tmax, (long long)m.cfg.max_position_embeddings);
+    const int64_t mine = b1 - b0;
+    int64_t S = o.no_kv_cache ? 1 : (o.batch < mine ? o.batch : mine);
+    if (S < 1) S = 1;
+    int64_t R = o.no_kv_cache ? Tmax : (o.prefill_rows > S ? o.prefill_rows : S);
+
+    /* output files, checked before any work */
+    FILE *outf = NULL;
+    if (g.world_rank == 0 && o.out && !(outf = fopen(o.out, "w")))
+        ok = err_status_set(&st, "%s: cannot write: %s", o.out, strerror(errno));
+    if (!gen_agree(&g, ok || g.world_rank != 0, &st)) return gen_finish(&g, EXIT_IO);
+
+    KernCtx kc = {&gc, NULL, 0, gc.nthreads};
+    kc.scratch_floats = kern_scratch_floats(R, m.Hl, m.D, gc.nthreads);
+    kc.scratch = mem_alloc(&mem, MEM_ACTIVATION, (kc.scratch_floats ? kc.scratch_floats : 1) * sizeof(float));
+    GenRun r;
+    memset(&r, 0, sizeof r);
+    r.o = &o;
+    r.g = &g;
+    r.m = &m;
+    r.tk = tk;
+    r.kops = kops;
+    r.kc = &kc;
+    r.scfg = (SampleCfg){o.temperature, o.top_k, o.top_p, o.rep_penalty, o.seed};
+    r.env = (AdapterEnv){&gc, o.seed, 0, 0, 0};
+    r.prompts = prompts;
+    r.nprompts = nprompts;
+    r.results = calloc((size_t)nprompts, sizeof *r.results);
+    r.b0 = b0;
+    r.b1 = b1;
+    r.Tmax = Tmax;
+    r.eos = eos;
+    r.neos = neos;
+    for (int i = 0; i < o.stop.n; i++)
+        if (strlen(o.stop.v[i]) > r.max_stop) r.max_stop = strlen(o.stop.v[i]);
+    r.stream = g.world_rank == 0 && nprompts == 1 && strcmp(o.stream, "auto") == 0;
+    SL_CHECK(r.results, "out of memory");
+    sample_init(&r.sctx, m.V, &mem);
+    if (mine > 0) {
+        llama_infer_init(&r.in, &m, S, Tmax, R, &mem);
+        r.slots = calloc((size_t)S, sizeof *r.slots);
+        r.segs = calloc((size_t)S, sizeof *r.segs);
+        r.seg_sel = calloc((size_t)S, sizeof *r.seg_sel);
+        r.row_ids = calloc((size_t)R, sizeof *r.row_ids);
+        r.tokens = calloc((size_t)S, sizeof *r.tokens);
+        r.argmax_tmp = malloc(sample_argmax_tmp_bytes(S));
+        SL_CHECK(r.slots && r.segs && r.seg_sel && r.row_ids && r.tokens && r.argmax_tmp, "out of memory");
+        for (int64_t s = 0; s < S; s++) {
+            r.slots[s].prompt = -1;
+            r.slots[s].ids = calloc((size_t)Tmax + 1, sizeof(int32_t));
+            SL_CHECK(r.slots[s].ids, "out of memory");
+        }
+        if (g.tp_rank == 0) {
+            r.full = mem_alloc(&mem, MEM_OTHER, (size_t)(S * m.V) * sizeof(float));
+            r.recv = mem_alloc(&mem, MEM_OTHER, (size_t)(S * m.V) * sizeof(float));
+        }
+    }
+    gen_log("shardlora generate: %s (%s, %lld layers, hidden %lld, heads %lld/%lld, vocab %lld, %s weights)%s%s%s",
+            o.model, m.cfg.architecture, (long long)m.L, (long long)m.C, (long long)m.H, (long long)m.KV,
+            (long long)m.V, m.wdtype == GEMM_BF16 ? "BF16" : "F32", o.adapter ? "; adapter " : "",
+            o.adapter ? o.adapter : "", merged > 0 ? " (merged in memory)" : "");
+    gen_log("grid: world=%d = dp %d x tp %d; per TP rank: %lld heads, %lld kv heads%s, vocab rows %lld",
+            g.world_size, g.dp, g.tp, (long long)m.Hl, (long long)m.KVl,
+            m.KV < g.tp && g.tp > 1 ? " (replicated)" : "", (long long)m.Vl);
+    gen_log("%lld prompts (longest %lld tokens), %lld per DP group; %lld sequences at once, %lld rows per "
+            "forward; KV cache %.2f MiB per rank (%lld positions per sequence); %s; chat template %s; EOS ids %d",
+            (long long)nprompts, (long long)maxlen, (long long)per, (long long)S, (long long)R,
+            (double)r.in.cache.bytes * 2 / 1048576.0, (long long)Tmax,
+            o.temperature == 0 ? "greedy" : "sampling", chat_format_name(chat), neos);
+
+    GenOutput w;
+    memset(&w, 0, sizeof w);
+    w.out = outf;
+    w.to_stdout = !r.stream && !outf;
+    w.prompts = prompts;
+    st_writer_init(&w.dump);
+    w.names = calloc((size_t)nprompts, sizeof *w.names);
+    SL_CHECK(w.names, "out of memory");
+    if (g.world_rank == 0) r.w = &w;
+
+    double t0 = timer_now();
+    ok = mine > 0 ? gen_loop(&r, &st) : 1;
+    double dt = timer_now() - t0;
+    int rc = gen_agree(&g, ok, &st) ? 0 : EXIT_NONFINITE;
+
+    if (rc == 0) {
+        gen_collect(&r, &w);
+        int wok = 1;
+        if (g.world_rank == 0 && o.dump_logits) {
+            char buf[64];
+            snprintf(buf, sizeof buf, "%lld", (long long)g.tp);
+            st_writer_meta(&w.dump, "tp", buf);
+            snprintf(buf, sizeof buf, "%lld", (long long)nprompts);
+            st_writer_meta(&w.dump, "prompts", buf);
+            wok = st_writer_write(&w.dump, o.dump_logits, &st);
+        }
+        if (outf && fclose(outf) != 0 && wok) wok = err_status_set(&st, "%s: write failed: %s", o.out, strerror(errno));
+        outf = NULL;
+        if (!gen_agree(&g, wok || g.world_rank != 0, &st)) rc = EXIT_IO;
+        int64_t tot[2] = {r.generated, r.rows_done};
+        if (g.tp_rank != 0) tot[0] = tot[1] = 0;
+        grid_allreduce_sum_i64(&g, g.world, tot, 2, GRID_BYTES_OTHER);
+        double tmax = dt;
+        MPI_Allreduce(MPI_IN_PLACE, &tmax, 1, MPI_DOUBLE, MPI_MAX, g.world);
+        gen_log("generated %lld tokens for %lld prompts in %.2fs (%lld tokens through the model): %.1f tokens/s "
+                "generated, %.1f tokens/s through the model", (long long)tot[0], (long long)nprompts, tmax,
+                (long long)tot[1], tmax > 0 ? (double)tot[0] / tmax : 0, tmax > 0 ? (double)tot[1] / tmax : 0);
+    }
+    if (outf) fclose(outf);
+    st_writer_free(&w.dump);
+    free(w.names);
+
+    for (int64_t i = 0; i < nprompts; i++) {
+        free(prompts[i].ids);
+        free(r.results[i].json);
+        free(r.results[i].logits);
+        free(r.results[i].ids);
+    }
+    free(prompts);
+    free(r.results);
+    if (mine > 0) {
+        for (int64_t s = 0; s < S; s++) {
+            free(r.slots[s].ids);
+            free(r.slots[s].logits);
+        }
+        if (g.tp_rank == 0) {
+            mem_free(&mem, MEM_OTHER, r.full, (size_t)(S * m.V) * sizeof(float));
+            mem_free(&mem, MEM_OTHER, r.recv, (size_t)(S * m.V) * sizeof(float));
+        }
+        free(r.slots);
+        free(r.segs);
+        free(r.seg_sel);
+        free(r.row_ids);
+        free(r.tokens);
+        free(r.argmax_tmp);
+        llama_infer_free(&r.in, &m, &mem);
+    }
+    sample_free(&r.sctx, &mem);
+    mem_free(&mem, MEM_ACTIVATION, kc.scratch, (kc.scratch_floats ? kc.scratch_floats : 1) * sizeof(float));
+    gemm_free(&gc, &mem);
+    llama_free(&m, &mem);
+    if (o.adapter) adio_cfg_free(&acfg);
+    free(eos);
+    if (tk) tok_free(tk);
+    args_free(specs, nspecs);
+    return gen_finish(&g, rc);
+}

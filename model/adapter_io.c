@@ -1,0 +1,671 @@
+/* PEFT adapters <-> the model's sharded adapter slots (see adapter_io.h). */
+#include "adapter_io.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../io/afile.h"
+#include "../io/safetensors.h"
+#include "../runtime/err.h"
+
+static char *adio_strdup(const char *s) {
+    char *d = strdup(s ? s : "");
+    SL_CHECK(d, "out of memory");
+    return d;
+}
+
+/* A growing string. */
+typedef struct {
+    char *s;
+    size_t n, cap;
+} AdioBuf;
+
+static void adio_printf(AdioBuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void adio_printf(AdioBuf *b, const char *fmt, ...) {
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int k = vsnprintf(b->s ? b->s + b->n : NULL, b->s ? b->cap - b->n : 0, fmt, ap);
+        va_end(ap);
+        SL_CHECK(k >= 0, "vsnprintf");
+        if (b->s && b->n + (size_t)k < b->cap) {
+            b->n += (size_t)k;
+            return;
+        }
+        b->cap = (b->cap + (size_t)k + 1) * 2;
+        b->s = realloc(b->s, b->cap);
+        SL_CHECK(b->s, "out of memory");
+        if (b->n == 0) b->s[0] = 0;
+    }
+}
+
+static void adio_module_name(char *buf, size_t n, int64_t layer, int module) {
+    snprintf(buf, n, "model.layers.%lld.%s.%s", (long long)layer, adapter_module_group((ModuleId)module),
+             adapter_module_name((ModuleId)module));
+}
+
+static void adio_shape_str(char *buf, size_t n, const StTensor *t) {
+    size_t o = (size_t)snprintf(buf, n, "[");
+    for (int i = 0; i < t->ndim && o < n; i++)
+        o += (size_t)snprintf(buf + o, n - o, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+    if (o < n) snprintf(buf + o, n - o, "]");
+}
+
+/* ------------------------------------------------------------------------ configurations */
+
+void adio_cfg_uniform(AdioCfg *c, int64_t L, unsigned targets, int r, double alpha, int use_rslora,
+                      double dropout, int init_gaussian, const char *base_model) {
+    memset(c, 0, sizeof *c);
+    snprintf(c->acfg.kind, sizeof c->acfg.kind, "lora");
+    c->acfg.r = r;
+    c->acfg.alpha = (float)alpha;
+    c->acfg.use_rslora = use_rslora;
+    c->acfg.dropout = (float)dropout;
+    c->acfg.init_gaussian = init_gaussian;
+    c->acfg.targets = targets;
+    c->L = L;
+    c->alpha = alpha;
+    c->dropout = dropout;
+    c->base_model = adio_strdup(base_model);
+}
+
+void adio_cfg_free(AdioCfg *c) {
+    free(c->slot_r);
+    free(c->slot_alpha);
+    free(c->slot_alpha_d);
+    free(c->base_model);
+    memset(c, 0, sizeof *c);
+}
+
+void adio_cfg_slot(const AdioCfg *c, int64_t layer, int module, int *r, double *alpha) {
+    const int64_t k = layer * MOD_NMODULES + module;
+    if (!(c->acfg.targets & (1u << module))) {
+        *r = 0;
+        *alpha = c->alpha;
+        return;
+    }
+    *r = c->slot_r ? c->slot_r[k] : c->acfg.r;
+    *alpha = c->slot_alpha_d ? c->slot_alpha_d[k] : c->alpha;
+}
+
+/* The rank of (layer, module); 0: no adapter there. */
+static int adio_slot_r(const AdioCfg *c, int64_t layer, int module) {
+    int r;
+    double alpha;
+    adio_cfg_slot(c, layer, module, &r, &alpha);
+    return r;
+}
+
+static void adio_cfg_alloc_slots(AdioCfg *c) {
+    const size_t n = (size_t)(c->L * MOD_NMODULES);
+    c->slot_r = calloc(n ? n : 1, sizeof *c->slot_r);
+    c->slot_alpha = calloc(n ? n : 1, sizeof *c->slot_alpha);
+    c->slot_alpha_d = calloc(n ? n : 1, sizeof *c->slot_alpha_d);
+    SL_CHECK(c->slot_r && c->slot_alpha && c->slot_alpha_d, "out of memory");
+    c->acfg.slot_r = c->slot_r;
+    c->acfg.slot_alpha = c->slot_alpha;
+}
+
+/* Targets from the slots; drops the arrays when every target of every layer has r and
+ * alpha (then the configuration is the one flags give). */
+static void adio_cfg_settle(AdioCfg *c) {
+    unsigned targets = 0;
+    for (int64_t l = 0; l < c->L; l++)
+        for (int i = 0; i < MOD_NMODULES; i++)
+            if (c->slot_r[l * MOD_NMODULES + i] > 0) targets |= 1u << i;
+    c->acfg.targets = targets;
+    int uniform = 1;
+    for (int64_t l = 0; l < c->L && uniform; l++)
+        for (int i = 0; i < MOD_NMODULES && uniform; i++) {
+            if (!(targets & (1u << i))) continue;
+            const int64_t k = l * MOD_NMODULES + i;
+            uniform = c->slot_r[k] == c->acfg.r && c->slot_alpha_d[k] == c->alpha;
+        }
+    if (uniform) {
+        free(c->slot_r);
+        free(c->slot_alpha);
+        free(c->slot_alpha_d);
+        c->slot_r = NULL;
+        c->slot_alpha = NULL;
+        c->slot_alpha_d = NULL;
+        c->acfg.slot_r = NULL;
+        c->acfg.slot_alpha = NULL;
+    }
+}
+
+/* A PEFT tensor key: base_model.model.<module>.<kind>; module "model.layers.L.group.name"
+ * of this model's seven linears. Returns 1 with *layer, *module and *kind (0 lora_A, 1
+ * lora_B, 2 lora_magnitude_vector, -1 another kind) when the module is one; 0 otherwise. */
+static int adio_parse_key(const char *name, int64_t L, int64_t *layer, int *module, int *kind) {
+    static const char prefix[] = "base_model.model.model.layers.";
+    static const char *const suffix[3] = {".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector"};
+    if (strncmp(name, prefix, sizeof prefix - 1) != 0) return 0;
+    const char *p = name + sizeof prefix - 1;
+    char *end = NULL;
+    if (*p < '0' || *p > '9') return 0;
+    errno = 0;
+    long long l = strtoll(p, &end, 10);
+    if (errno || *end != '.' || l < 0 || l >= L) return 0;
+    p = end + 1;
+    for (int i = 0; i < MOD_NMODULES; i++) {
+        char mod[64];
+        snprintf(mod, sizeof mod, "%s.%s", adapter_module_group((ModuleId)i), adapter_module_name((ModuleId)i));
+        size_t ml = strlen(mod);
+        if (strncmp(p, mod, ml) != 0 || p[ml] != '.') continue;
+        *layer = l;
+        *module = i;
+        *kind = -1;
+        for (int k = 0; k < 3; k++)
+            if (strcmp(p + ml, suffix[k]) == 0) *kind = k;
+        return 1;
+    }
+    return 0;
+}
+
+int adio_cfg_from_peft(AdioCfg *c, const PeftAdapter *a, const LlamaModel *m, ErrStatus *st) {
+    err_status_ok(st);
+    memset(c, 0, sizeof *c);
+    const char *file = a->tensors.path;
+    if (a->use_dora)
+        return err_status_set(st, "%s/adapter_config.json: use_dora is true: DoRA import comes with the LoRA "
+                                  "variants (issue 9); only plain LoRA adapters load for now", a->dir);
+    adio_cfg_uniform(c, m->L, 0, a->r, a->lora_alpha, a->use_rslora, a->lora_dropout, 0, a->base_model);
+    adio_cfg_alloc_slots(c);
+    char mod[128];
+    int any = 0;
+    for (int64_t l = 0; l < m->L; l++)
+        for (int i = 0; i < MOD_NMODULES; i++) {
+            adio_module_name(mod, sizeof mod, l, i);
+            if (!peft_module_targeted(a, mod)) continue;
+            int r = 0;
+            double alpha = 0;
+            peft_module_rank(a, mod, &r, &alpha);
+            const int64_t k = l * MOD_NMODULES + i;
+            c->slot_r[k] = r;
+            c->slot_alpha_d[k] = alpha;
+            c->slot_alpha[k] = (float)alpha;
+            any = 1;
+        }
+    if (!any) {
+        adio_cfg_free(c);
+        return err_status_set(st, "%s/adapter_config.json: target_modules match no linear module of this model "
+                                  "(model.layers.N.self_attn.{q,k,v,o}_proj, model.layers.N.mlp.{gate,up,down}_proj, "
+                                  "N < %lld)", a->dir, (long long)m->L);
+    }
+    /* every tensor of the file belongs to a targeted module and is a LoRA factor */
+    for (int t = 0; t < a->tensors.ntensors; t++) {
+        const char *name = a->tensors.tensors[t].name;
+        int64_t l = 0;
+        int i = 0, kind = 0;
+        if (!adio_parse_key(name, m->L, &l, &i, &kind)) {
+            adio_cfg_free(c);
+            return err_status_set(st, "%s: tensor '%s' names no module of this model (expected "
+                                      "base_model.model.model.layers.N.{self_attn,mlp}.MODULE.lora_{A,B}.weight "
+                                      "with N < %lld and MODULE one of the seven linears)",
+                                  file, name, (long long)m->L);
+        }
+        if (kind == 2) {
+            adio_cfg_free(c);
+            return err_status_set(st, "%s: tensor '%s' is a DoRA magnitude vector: DoRA import comes with the "
+                                      "LoRA variants (issue 9)", file, name);
+        }
+        if (kind < 0) {
+            adio_cfg_free(c);
+            return err_status_set(st, "%s: tensor '%s' is not a LoRA factor (lora_A.weight / lora_B.weight); "
+                                      "shardlora does not load it", file, name);
+        }
+        if (c->slot_r[l * MOD_NMODULES + i] == 0) {
+            adio_cfg_free(c);
+            return err_status_set(st, "%s: tensor '%s' is for a module that adapter_config.json does not target "
+                                      "(target_modules / layers_to_transform / exclude_modules)", file, name);
+        }
+    }
+    /* every targeted module has both factors, with the shapes the config and the model imply */
+    for (int64_t l = 0; l < m->L; l++)
+        for (int i = 0; i < MOD_NMODULES; i++) {
+            const int r = c->slot_r[l * MOD_NMODULES + i];
+            if (r == 0) continue;
+            const ShardDesc *sd = &m->layers[l].lin[i].shard;
+            adio_module_name(mod, sizeof mod, l, i);
+            for (int f = 0; f < 2; f++) {
+                const StTensor *t = peft_tensor(a, mod, f ? "lora_B" : "lora_A");
+                const int64_t rows = f ? sd->out : r, cols = f ? r : sd->in;
+                if (!t) {
+                    adio_cfg_free(c);
+                    return err_status_set(st, "%s: tensor 'base_model.model.%s.%s.weight' is missing (adapter_config.json "
+                                              "targets %s)", file, mod, f ? "lora_B" : "lora_A", mod);
+                }
+                if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != cols) {
+                    char have[128];
+                    adio_shape_str(have, sizeof have, t);
+                    adio_cfg_free(c);
+                    return err_status_set(st, "%s: tensor '%s' has shape %s but adapter_config.json (r = %d) and the "
+                                              "model imply [%lld, %lld]", file, t->name, have, r, (long long)rows,
+                                          (long long)cols);
+                }
+                if (t->dtype != ST_F32 && t->dtype != ST_BF16 && t->dtype != ST_F16) {
+                    adio_cfg_free(c);
+                    return err_status_set(st, "%s: tensor '%s' has dtype %s; LoRA factors must be F32, BF16 or F16",
+                                          file, t->name, st_dtype_name(t->dtype));
+                }
+            }
+        }
+    adio_cfg_settle(c);
+    return 1;
+}
+
+int adio_load(LlamaModel *m, PeftAdapter *a, ErrStatus *st) {
+    err_status_ok(st);
+    const ParamTable *p = &m->params;
+    for (int i = 0; i < p->n; i++) {
+        const ParamEntry *e = &p->e[i];
+        const StTensor *t = st_find(&a->tensors, e->name);
+        if (!t) return err_status_set(st, "%s: tensor '%s' is missing", a->tensors.path, e->name);
+        if (t->ndim != 2 || t->shape[0] != e->grows || t->shape[1] != e->gcols) {
+            char have[128];
+            adio_shape_str(have, sizeof have, t);
+            return err_status_set(st, "%s: tensor '%s' has shape %s, the model's adapter has [%lld, %lld]",
+                                  a->tensors.path, e->name, have, (long long)e->grows, (long long)e->gcols);
+        }
+        if (!st_read_slice(&a->tensors, t, e->r0, e->nr, e->c0, e->nc, ST_F32, params_value(p, i), st)) return 0;
+    }
+    return 1;
+}
+
+int adio_attach(LlamaModel *m, const char *dir, AdioCfg *c, const Grid *g, MemCtx *mem, ErrStatus *st) {
+    PeftAdapter a;
+    memset(c, 0, sizeof *c);
+    if (!peft_read(&a, dir, st)) return 0;
+    int ok = adio_cfg_from_peft(c, &a, m, st);
+    if (ok) {
+        llama_init_adapters(m, &c->acfg, g, mem);
+        ok = adio_load(m, &a, st);
+    }
+    peft_close(&a);
+    return ok;
+}
+
+/* ------------------------------------------------------------------- checkpoint JSON */
+
+static void adio_targets_csv(unsigned targets, AdioBuf *b) {
+    int first = 1;
+    for (int i = 0; i < MOD_NMODULES; i++)
+        if (targets & (1u << i)) {
+            adio_printf(b, "%s%s", first ? "" : ",", adapter_module_name((ModuleId)i));
+            first = 0;
+        }
+    if (first) adio_printf(b, "%s", "");
+}
+
+char *adio_cfg_to_json(const AdioCfg *c) {
+    AdioBuf b = {NULL, 0, 0};
+    /* the uniform form is the one checkpoints of flag-configured runs have always had */
+    adio_printf(&b, "{\"kind\": \"%s\", \"r\": %lld, \"alpha\": %.9g, \"dropout\": %.9g, \"use_rslora\": %s, "
+                    "\"init\": \"%s\", \"target_modules\": \"",
+                c->acfg.kind, (long long)c->acfg.r, c->alpha, c->dropout, c->acfg.use_rslora ? "true" : "false",
+                c->acfg.init_gaussian ? "gaussian" : "default");
+    adio_targets_csv(c->acfg.targets, &b);
+    adio_printf(&b, "\"");
+    if (c->slot_r) {
+        const int64_t n = c->L * MOD_NMODULES;
+        adio_printf(&b, ", \"slot_r\": [");
+        for (int64_t k = 0; k < n; k++) adio_printf(&b, "%s%d", k ? ", " : "", c->slot_r[k]);
+        adio_printf(&b, "], \"slot_alpha\": [");
+        for (int64_t k = 0; k < n; k++) adio_printf(&b, "%s%.17g", k ? ", " : "", c->slot_alpha_d[k]);
+        adio_printf(&b, "]");
+    }
+    adio_printf(&b, "}");
+    return b.s;
+}
+
+int adio_cfg_from_json(AdioCfg *c, const char *json, int64_t L, ErrStatus *st) {
+    err_status_ok(st);
+    memset(c, 0, sizeof *c);
+    json_error_t je;
+    json_t *root = json_loads(json, 0, &je);
+    if (!root || !json_is_object(root)) {
+        if (root) json_decref(root);
+        return err_status_set(st, "adapter configuration: not a JSON object (%s)", je.text);
+    }
+    int ok = 1;
+    json_t *kind = json_object_get(root, "kind"), *r = json_object_get(root, "r"),
+           *alpha = json_object_get(root, "alpha"), *dropout = json_object_get(root, "dropout"),
+           *rs = json_object_get(root, "use_rslora"), *init = json_object_get(root, "init"),
+           *targets = json_object_get(root, "target_modules"), *sr = json_object_get(root, "slot_r"),
+           *sa = json_object_get(root, "slot_alpha");
+    if (!json_is_string(kind) || !json_is_integer(r) || !json_is_number(alpha) || !json_is_number(dropout) ||
+        !json_is_boolean(rs) || !json_is_string(init) || !json_is_string(targets)) {
+        ok = err_status_set(st, "adapter configuration: needs kind, r, alpha, dropout, use_rslora, init and "
+                                "target_modules");
+    } else if (strcmp(json_string_value(kind), "lora") != 0) {
+        ok = err_status_set(st, "adapter kind '%s': only LoRA adapters export to PEFT for now",
+                            json_string_value(kind));
+    }
+    unsigned tbits = 0;
+    if (ok && json_string_length(targets) > 0) ok = adapter_parse_targets(json_string_value(targets), &tbits, st);
+    if (ok && (sr || sa)) {
+        if (!json_is_array(sr) || !json_is_array(sa) || json_array_size(sr) != json_array_size(sa) ||
+            json_array_size(sr) == 0 || json_array_size(sr) % MOD_NMODULES != 0)
+            ok = err_status_set(st, "adapter configuration: slot_r and slot_alpha must be arrays of "
+                                    "layers x %d numbers", MOD_NMODULES);
+        else
+            L = (int64_t)(json_array_size(sr) / MOD_NMODULES);
+    }
+    if (ok) {
+        adio_cfg_uniform(c, L, tbits, (int)json_integer_value(r), json_number_value(alpha),
+                         json_is_true(rs), json_number_value(dropout),
+                         strcmp(json_string_value(init), "gaussian") == 0, "");
+        if (sr) {
+            adio_cfg_alloc_slots(c);
+            for (int64_t k = 0; ok && k < L * MOD_NMODULES; k++) {
+                json_t *x = json_array_get(sr, (size_t)k), *y = json_array_get(sa, (size_t)k);
+                if (!json_is_integer(x) || json_integer_value(x) < 0 || !json_is_number(y)) {
+                    ok = err_status_set(st, "adapter configuration: slot %lld: bad rank or alpha", (long long)k);
+                    break;
+                }
+                c->slot_r[k] = (int)json_integer_value(x);
+                c->slot_alpha_d[k] = json_number_value(y);
+                c->slot_alpha[k] = (float)c->slot_alpha_d[k];
+            }
+        }
+    }
+    json_decref(root);
+    if (!ok) adio_cfg_free(c);
+    return ok;
+}
+
+/* ------------------------------------------------------------------------------ export */
+
+/* adapter_config.json: targets as short names with layers_to_transform when the adapted
+ * (layer, module) pairs are a product, else as full module names; rank_pattern /
+ * alpha_pattern keyed by the short name when a module has one value in every layer, else by
+ * full module names. No two patterns match the same module, so their order does not
+ * matter. */
+static int adio_write_config(const AdioCfg *c, const char *dir, ErrStatus *st) {
+    const int64_t L = c->L;
+    int used_mod[MOD_NMODULES] = {0};
+    int *used_layer = calloc((size_t)(L > 0 ? L : 1), sizeof *used_layer);
+    SL_CHECK(used_layer, "out of memory");
+    for (int64_t l = 0; l < L; l++)
+        for (int i = 0; i < MOD_NMODULES; i++) {
+            const int r = adio_slot_r(c, l, i);
+            if (r > 0) used_mod[i] = used_layer[l] = 1;
+        }
+    int product = 1, nlayers_used = 0;
+    for (int64_t l = 0; l < L; l++) {
+        nlayers_used += used_layer[l];
+        for (int i = 0; i < MOD_NMODULES && product; i++) {
+            const int r = adio_slot_r(c, l, i);
+            if (used_layer[l] && used_mod[i] && r == 0) product = 0;
+        }
+    }
+    AdioBuf targets = {NULL, 0, 0};
+    adio_printf(&targets, "%s", "");
+    char mod[128];
+    int *layers = NULL, nlayers = 0;
+    if (product) {
+        unsigned bits = 0;
+        for (int i = 0; i < MOD_NMODULES; i++) bits |= used_mod[i] ? 1u << i : 0u;
+        adio_targets_csv(bits, &targets);
+        if (nlayers_used < L) {
+            layers = calloc((size_t)nlayers_used + 1, sizeof *layers);
+            SL_CHECK(layers, "out of memory");
+            for (int64_t l = 0; l < L; l++)
+                if (used_layer[l]) layers[nlayers++] = (int)l;
+        }
+    } else {
+        int first = 1;
+        for (int64_t l = 0; l < L; l++)
+            for (int i = 0; i < MOD_NMODULES; i++) {
+                const int r = adio_slot_r(c, l, i);
+                if (r == 0) continue;
+                adio_module_name(mod, sizeof mod, l, i);
+                adio_printf(&targets, "%s%s", first ? "" : ",", mod);
+                first = 0;
+            }
+    }
+    /* patterns */
+    const size_t cap = (size_t)(L * MOD_NMODULES) + MOD_NMODULES;
+    char **rkeys = calloc(cap, sizeof *rkeys), **akeys = calloc(cap, sizeof *akeys);
+    int *rvals = calloc(cap, sizeof *rvals);
+    double *avals = calloc(cap, sizeof *avals);
+    SL_CHECK(rkeys && akeys && rvals && avals, "out of memory");
+    int nr = 0, na = 0;
+    for (int i = 0; i < MOD_NMODULES; i++) {
+        if (!used_mod[i]) continue;
+        int r0 = -1, same_r = 1, same_a = 1;
+        double a0 = 0;
+        for (int64_t l = 0; l < L; l++) {
+            int r;
+            double al;
+            adio_cfg_slot(c, l, i, &r, &al);
+            if (r == 0) continue;
+            if (r0 < 0) {
+                r0 = r;
+                a0 = al;
+            }
+            same_r &= r == r0;
+            same_a &= al == a0;
+        }
+        for (int which = 0; which < 2; which++) {
+            const int same = which ? same_a : same_r;
+            if (same) {
+                if (which == 0 && r0 != c->acfg.r) {
+                    rkeys[nr] = adio_strdup(adapter_module_name((ModuleId)i));
+                    rvals[nr++] = r0;
+                }
+                if (which == 1 && a0 != c->alpha) {
+                    akeys[na] = adio_strdup(adapter_module_name((ModuleId)i));
+                    avals[na++] = a0;
+                }
+                continue;
+            }
+            for (int64_t l = 0; l < L; l++) {
+                int r;
+                double al;
+                adio_cfg_slot(c, l, i, &r, &al);
+                if (r == 0) continue;
+                adio_module_name(mod, sizeof mod, l, i);
+                if (which == 0 && r != c->acfg.r) {
+                    rkeys[nr] = adio_strdup(mod);
+                    rvals[nr++] = r;
+                }
+                if (which == 1 && al != c->alpha) {
+                    akeys[na] = adio_strdup(mod);
+                    avals[na++] = al;
+                }
+            }
+        }
+    }
+    PeftConfig pc;
+    memset(&pc, 0, sizeof pc);
+    pc.r = c->acfg.r;
+    pc.lora_alpha = c->alpha;
+    pc.lora_dropout = c->dropout;
+    pc.use_rslora = c->acfg.use_rslora;
+    pc.use_dora = 0;
+    pc.target_modules = targets.s;
+    pc.base_model = c->base_model ? c->base_model : "";
+    pc.init = c->acfg.init_gaussian ? "gaussian" : "default";
+    pc.nrank_pattern = nr;
+    pc.rank_keys = (const char *const *)rkeys;
+    pc.rank_values = rvals;
+    pc.nalpha_pattern = na;
+    pc.alpha_keys = (const char *const *)akeys;
+    pc.alpha_values = avals;
+    pc.nlayers = nlayers;
+    pc.layers = layers;
+    int ok = peft_write_config(&pc, dir, st);
+    for (int k = 0; k < nr; k++) free(rkeys[k]);
+    for (int k = 0; k < na; k++) free(akeys[k]);
+    free(rkeys);
+    free(akeys);
+    free(rvals);
+    free(avals);
+    free(layers);
+    free(used_layer);
+    free(targets.s);
+    return ok;
+}
+
+/* "key: value" lines of a flat JSON object, in its order. */
+static void adio_card_json_lines(AdioBuf *b, const char *json) {
+    if (!json || !*json) return;
+    json_t *root = json_loads(json, 0, NULL);
+    if (!json_is_object(root)) {
+        if (root) json_decref(root);
+        adio_printf(b, "- `%s`\n", json);
+        return;
+    }
+    const char *k;
+    json_t *v;
+    json_object_foreach(root, k, v) {
+        char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(9));
+        adio_printf(b, "- %s: `%s`\n", k, json_is_string(v) ? json_string_value(v) : s ? s : "?");
+        free(s);
+    }
+    json_decref(root);
+}
+
+static char *adio_card(const AdioCfg *c, const AdioTensor *t, int n, const AdioCard *card) {
+    AdioBuf b = {NULL, 0, 0};
+    const char *base = c->base_model && *c->base_model ? c->base_model : "(unknown base model)";
+    int64_t params = 0;
+    for (int i = 0; i < n; i++) params += t[i].rows * t[i].cols;
+    unsigned targets = 0;
+    int rmin = 0, rmax = 0, nslots = 0;
+    double amin = 0, amax = 0;
+    for (int64_t l = 0; l < c->L; l++)
+        for (int i = 0; i < MOD_NMODULES; i++) {
+            int r;
+            double al;
+            adio_cfg_slot(c, l, i, &r, &al);
+            if (r == 0) continue;
+            targets |= 1u << i;
+            if (!nslots || r < rmin) rmin = r;
+            if (!nslots || r > rmax) rmax = r;
+            if (!nslots || al < amin) amin = al;
+            if (!nslots || al > amax) amax = al;
+            nslots++;
+        }
+    adio_printf(&b, "---\nbase_model: %s\nlibrary_name: peft\ntags:\n- lora\n- shardlora\n---\n\n", base);
+    adio_printf(&b, "# LoRA adapter for %s\n\n", base);
+    adio_printf(&b, "Trained with shardlora %s: LoRA on a frozen base model, tensor-parallel over MPI ranks.", SHARDLORA_VERSION);
+    if (card && card->step >= 0)
+        adio_printf(&b, " %lld optimizer step%s", (long long)card->step, card->step == 1 ? "" : "s");
+    if (card && card->tp > 0) adio_printf(&b, " at tp=%d x dp=%d", card->tp, card->dp);
+    adio_printf(&b, ".\nThe files are in PEFT's format: `adapter_model.safetensors` (keys like "
+                    "`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`, A [r, in], B [out, r], "
+                    "float32) and `adapter_config.json`.\n\n");
+    adio_printf(&b, "## Adapter\n\n| setting | value |\n|---|---|\n");
+    adio_printf(&b, "| peft_type | LORA |\n");
+    if (rmin == rmax) adio_printf(&b, "| r | %d |\n", rmin);
+    else adio_printf(&b, "| r | %d to %d per module (rank_pattern; default %d) |\n", rmin, rmax, c->acfg.r);
+    if (amin == amax) adio_printf(&b, "| lora_alpha | %.9g |\n", amin);
+    else adio_printf(&b, "| lora_alpha | %.9g to %.9g per module (alpha_pattern; default %.9g) |\n", amin, amax, c->alpha);
+    adio_printf(&b, "| scale | %s |\n", c->acfg.use_rslora ? "lora_alpha / sqrt(r) (rsLoRA)" : "lora_alpha / r");
+    adio_printf(&b, "| target modules | ");
+    AdioBuf tb = {NULL, 0, 0};
+    adio_targets_csv(targets, &tb);
+    for (char *p = tb.s; p && *p; p++)
+        if (*p == ',') *p = ' ';
+    adio_printf(&b, "%s |\n", tb.s ? tb.s : "");
+    free(tb.s);
+    adio_printf(&b, "| adapted modules | %d of %lld (%lld layers x 7 linears) |\n", nslots,
+                (long long)(c->L * MOD_NMODULES), (long long)c->L);
+    adio_printf(&b, "| lora_dropout | %.9g |\n", c->dropout);
+    adio_printf(&b, "| initialisation | %s |\n",
+                c->acfg.init_gaussian ? "A ~ N(0, 1/r), B = 0" : "A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0 (PEFT's default)");
+    adio_printf(&b, "| trainable parameters | %lld |\n\n", (long long)params);
+    if (card && (card->run_config || card->optimizer || card->optim_hparams)) {
+        adio_printf(&b, "## Training configuration\n\n");
+        adio_card_json_lines(&b, card->run_config);
+        if (card->optimizer) adio_printf(&b, "- optimizer: `%s`\n", card->optimizer);
+        adio_card_json_lines(&b, card->optim_hparams);
+        adio_printf(&b, "\n");
+    }
+    adio_printf(&b, "## Usage\n\n```python\nfrom transformers import AutoModelForCausalLM\nfrom peft import PeftModel\n\n"
+                    "base = AutoModelForCausalLM.from_pretrained(\"%s\")\n"
+                    "model = PeftModel.from_pretrained(base, \"path/to/this/directory\")\n```\n\n"
+                    "With shardlora: `shardlora eval --model BASE_DIR --adapter THIS_DIR --data FILE.jsonl`, "
+                    "or `shardlora train ... --init-adapter THIS_DIR` to train on from it.\n",
+                base);
+    return b.s;
+}
+
+static int adio_name_cmp(const void *x, const void *y) {
+    const AdioTensor *a = *(const AdioTensor *const *)x, *b = *(const AdioTensor *const *)y;
+    return strcmp(a->name, b->name);
+}
+
+int adio_export(const char *dir, const AdioCfg *c, const AdioTensor *t, int n, const AdioCard *card,
+                ErrStatus *st) {
+    err_status_ok(st);
+    /* the tensors are exactly the slots' factors */
+    int64_t want = 0;
+    for (int64_t l = 0; l < c->L; l++)
+        for (int i = 0; i < MOD_NMODULES; i++) {
+            const int r = adio_slot_r(c, l, i);
+            want += r > 0 ? 2 : 0;
+        }
+    for (int k = 0; k < n; k++) {
+        int64_t l = 0;
+        int i = 0, kind = 0, r = 0;
+        double al;
+        if (!adio_parse_key(t[k].name, c->L, &l, &i, &kind) || kind < 0 || kind > 1)
+            return err_status_set(st, "export: tensor '%s' is not a LoRA factor of a %lld-layer model", t[k].name,
+                                  (long long)c->L);
+        adio_cfg_slot(c, l, i, &r, &al);
+        if (r == 0 || (kind == 0 ? t[k].rows : t[k].cols) != r)
+            return err_status_set(st, "export: tensor '%s' [%lld, %lld] does not match the adapter configuration "
+                                      "(r = %d there)", t[k].name, (long long)t[k].rows, (long long)t[k].cols, r);
+    }
+    if (want != n)
+        return err_status_set(st, "export: %d tensors for an adapter configuration with %lld", n, (long long)want);
+
+    char tmp[4200], path[4400], dst[4400];
+    snprintf(tmp, sizeof tmp, "%s/.export-tmp", dir);
+    if (!afile_rmdir_flat(tmp, st)) return 0;
+    if (mkdir(tmp, 0777) != 0) return err_status_set(st, "%s: cannot create: %s", tmp, strerror(errno));
+    const AdioTensor **order = malloc((size_t)(n > 0 ? n : 1) * sizeof *order);
+    SL_CHECK(order, "out of memory");
+    for (int k = 0; k < n; k++) order[k] = &t[k];
+    qsort(order, (size_t)n, sizeof *order, adio_name_cmp);
+    StWriter w;
+    st_writer_init(&w);
+    st_writer_meta(&w, "format", "pt");
+    for (int k = 0; k < n; k++) {
+        int64_t shape[2] = {order[k]->rows, order[k]->cols};
+        st_writer_add(&w, order[k]->name, ST_F32, 2, shape, order[k]->data);
+    }
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", tmp);
+    int ok = st_writer_write(&w, path, st);
+    st_writer_free(&w);
+    free(order);
+    if (ok) ok = adio_write_config(c, tmp, st);
+    if (ok) {
+        char *md = adio_card(c, t, n, card);
+        snprintf(path, sizeof path, "%s/README.md", tmp);
+        ok = afile_write_all(path, md, strlen(md), st);
+        free(md);
+    }
+    static const char *const files[3] = {"adapter_model.safetensors", "adapter_config.json", "README.md"};
+    for (int k = 0; ok && k < 3; k++) {
+        snprintf(path, sizeof path, "%s/%s", tmp, files[k]);
+        snprintf(dst, sizeof dst, "%s/%s", dir, files[k]);
+        if (rename(path, dst) != 0) ok = err_status_set(st, "%s: cannot move into place: %s", dst, strerror(errno));
+    }
+    if (ok) {
+        snprintf(dst, sizeof dst, "%s/README.md", dir);
+        ok = afile_fsync_dir(dst, st);
+    }
+    ErrStatus ignore;
+    afile_rmdir_flat(tmp, &ignore);
+    return ok;
+}

@@ -1,0 +1,88 @@
+/* PEFT adapters <-> the model's sharded adapter slots (DESIGN.md §4, §7; io/peft.h for the
+ * files). Import: a PEFT adapter directory gives the adapter configuration (targets, per
+ * (layer, module) rank and alpha from rank_pattern / alpha_pattern / layers_to_transform,
+ * rsLoRA) and the values of this rank's shards, read as slices, so any tp loads any adapter.
+ * Export: full tensors (gathered, or read from a checkpoint) become
+ * adapter_model.safetensors + adapter_config.json + README.md (a model card), written
+ * together: into a staging directory, then renamed into place.
+ *
+ * Typical import (every rank; the caller agrees on the verdict over the grid):
+ *   AdioCfg c;  adio_attach(&m, dir, &c, g, mem, &st)   (after llama_load; keep c alive
+ *               as long as m: m->acfg points at its per-slot arrays) ... adio_cfg_free(&c)
+ * or, to set the seed / dropout first: peft_read; adio_cfg_from_peft; llama_init_adapters;
+ * adio_load; peft_close. */
+#ifndef SHARDLORA_MODEL_ADAPTER_IO_H
+#define SHARDLORA_MODEL_ADAPTER_IO_H
+
+#include <stdint.h>
+
+#include "../io/peft.h"
+#include "adapter.h"
+#include "llama.h"
+
+/* An adapter configuration with the exact (JSON) alphas, for import and export. */
+typedef struct {
+    AdapterCfg acfg;      /* for llama_init_adapters; acfg.slot_r / slot_alpha point into this
+                           * struct (NULL when every target of every layer has r and alpha) */
+    int64_t L;            /* layers */
+    double alpha;         /* acfg.alpha as a double (the value in the file or the flag) */
+    double dropout;       /* acfg.dropout as a double */
+    int *slot_r;          /* [L * MOD_NMODULES], 0 = no adapter there; or NULL (uniform) */
+    float *slot_alpha;    /* [L * MOD_NMODULES] or NULL */
+    double *slot_alpha_d; /* [L * MOD_NMODULES] or NULL */
+    char *base_model;     /* base_model_name_or_path ("" if unknown) */
+} AdioCfg;
+
+/* A uniform configuration: r and alpha on `targets` (ModuleId bits) of every layer. */
+void adio_cfg_uniform(AdioCfg *c, int64_t L, unsigned targets, int r, double alpha, int use_rslora,
+                      double dropout, int init_gaussian, const char *base_model);
+void adio_cfg_free(AdioCfg *c);
+/* The rank and alpha of (layer, module); r = 0: no adapter there. */
+void adio_cfg_slot(const AdioCfg *c, int64_t layer, int module, int *r, double *alpha);
+
+/* The configuration of a PEFT adapter on model m (loaded, adapters not yet created):
+ * per-slot rank and alpha by PEFT's rules, and every tensor of the file checked against it.
+ * Refused, with st naming the file and the key: DoRA ("DoRA import comes with the LoRA
+ * variants"), a tensor whose shape differs from what the config and the model imply (both
+ * shapes named), a tensor of no module of this model or of an untargeted one, a tensor kind
+ * shardlora does not train (embeddings, biases, ...), a targeted module without its
+ * tensors, target_modules that match no module. acfg.seed is 0; acfg.init_gaussian 0. */
+int adio_cfg_from_peft(AdioCfg *c, const PeftAdapter *a, const LlamaModel *m, ErrStatus *st);
+/* Reads this rank's slice of every adapter tensor (after llama_init_adapters with the
+ * configuration from adio_cfg_from_peft) into m->params.values. */
+int adio_load(LlamaModel *m, PeftAdapter *a, ErrStatus *st);
+/* peft_read + adio_cfg_from_peft + llama_init_adapters + adio_load + peft_close. */
+int adio_attach(LlamaModel *m, const char *dir, AdioCfg *c, const Grid *g, MemCtx *mem, ErrStatus *st);
+
+/* The adapter configuration as the JSON a checkpoint manifest keeps (compared on resume):
+ * {"kind", "r", "alpha", "dropout", "use_rslora", "init", "target_modules"} and, when not
+ * uniform, "slot_r" / "slot_alpha" arrays [L * 7]. malloc'd. */
+char *adio_cfg_to_json(const AdioCfg *c);
+/* The inverse; L from the slot arrays or, when uniform, the given L. */
+int adio_cfg_from_json(AdioCfg *c, const char *json, int64_t L, ErrStatus *st);
+
+/* One full adapter tensor. */
+typedef struct {
+    const char *name;     /* PEFT key */
+    int64_t rows, cols;
+    const float *data;    /* [rows, cols] */
+} AdioTensor;
+
+/* What the model card says about the training run (strings may be NULL). */
+typedef struct {
+    const char *run_config;     /* JSON text (the checkpoint's run configuration) */
+    const char *optimizer;      /* e.g. "adamw" */
+    const char *optim_hparams;  /* JSON text */
+    int64_t step;               /* optimizer steps done (< 0: unknown) */
+    int tp, dp;                 /* layout trained at (0: unknown) */
+} AdioCard;
+
+/* Writes DIR/adapter_model.safetensors (F32, tensors sorted by name, metadata format=pt),
+ * DIR/adapter_config.json and DIR/README.md into an existing DIR. Every tensor must belong
+ * to a slot of c with the slot's rank. The three files are written (and fsynced) in
+ * DIR/.export-tmp/ first and then renamed into DIR, so a failure while writing leaves DIR
+ * as it was. */
+int adio_export(const char *dir, const AdioCfg *c, const AdioTensor *t, int n, const AdioCard *card,
+                ErrStatus *st);
+
+#endif
