@@ -17,4 +17,5 @@ export OMPI_MCA_rmaps_base_oversubscribe=1
 cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DSHARDLORA_WERROR=ON
 cmake --build "$BUILD" -j "$JOBS"
 cd "$BUILD"
-ctest --output-on-failure --timeout 900 "$@"
+# Tests run $JOBS at a time (those that need the whole machine are marked RUN_SERIAL).
+ctest --output-on-failure --timeout 900 -j "$JOBS" "$@"
