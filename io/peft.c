@@ -73,6 +73,33 @@ int peft_write_config(const PeftConfig *c, const char *dir, ErrStatus *st) {
         layers = json_array();
         for (int i = 0; i < c->nlayers; i++) json_array_append_new(layers, json_integer(c->layers[i]));
     }
+    if (c->peft_type && strcmp(c->peft_type, "VERA") == 0) {
+        /* PEFT's VeraConfig (peft/tuners/vera/config.py) */
+        json_decref(rank_pattern);
+        json_decref(alpha_pattern);
+        json_object_set_new(o, "base_model_name_or_path", json_string(c->base_model ? c->base_model : ""));
+        json_object_set_new(o, "bias", json_string("none"));
+        json_object_set_new(o, "d_initial", peft_real(c->d_initial, &digits));
+        json_object_set_new(o, "fan_in_fan_out", json_false());
+        json_object_set_new(o, "inference_mode", json_true());
+        json_object_set_new(o, "init_weights", json_true());
+        json_object_set_new(o, "layers_pattern", c->nlayers > 0 ? json_string("layers") : json_null());
+        json_object_set_new(o, "layers_to_transform", layers);
+        json_object_set_new(o, "modules_to_save", json_null());
+        json_object_set_new(o, "peft_type", json_string("VERA"));
+        json_object_set_new(o, "projection_prng_key", json_integer((json_int_t)c->projection_prng_key));
+        json_object_set_new(o, "r", json_integer(c->r));
+        json_object_set_new(o, "revision", json_null());
+        json_object_set_new(o, "save_projection", json_boolean(c->save_projection));
+        json_object_set_new(o, "target_modules", targets);
+        json_object_set_new(o, "task_type", json_string("CAUSAL_LM"));
+        json_object_set_new(o, "vera_dropout", peft_real(c->lora_dropout, &digits));
+        char vpath[4096];
+        snprintf(vpath, sizeof vpath, "%s/adapter_config.json", dir);
+        int vok = afile_write_json(vpath, o, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(digits), st);
+        json_decref(o);
+        return vok;
+    }
     json_object_set_new(o, "alpha_pattern", alpha_pattern);
     json_object_set_new(o, "base_model_name_or_path", json_string(c->base_model ? c->base_model : ""));
     json_object_set_new(o, "bias", json_string("none"));

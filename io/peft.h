@@ -36,6 +36,13 @@ typedef struct {
     const double *alpha_values;
     int nlayers;
     const int *layers;
+    /* (appended) peft_type: NULL or "LORA", or "VERA" (VeraConfig keys: vera_dropout =
+     * lora_dropout, d_initial, save_projection, projection_prng_key; no lora_alpha, use_dora,
+     * use_rslora, patterns). */
+    const char *peft_type;
+    double d_initial;
+    int save_projection;
+    uint64_t projection_prng_key;
 } PeftConfig;
 
 /* Writes DIR/adapter_config.json (tmp + rename) with every key PEFT's LoraConfig reads

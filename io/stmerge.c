@@ -13,6 +13,8 @@
 #define STM_BLOCK 512
 /* Linux transfers at most ~2 GiB per call; stay well below. */
 #define STM_IO_MAX ((size_t)1 << 30)
+/* DoRA's floor of the row norm, as model/dora.c's DORA_EPS */
+#define STM_DORA_EPS 1e-12f
 
 /* One row: w += (b A) * s, then the DoRA factor. Returns 1 if the row is bad. */
 static int stm_merge_row(float *restrict w, int64_t I, const float *restrict A,
@@ -35,8 +37,10 @@ static int stm_merge_row(float *restrict w, int64_t I, const float *restrict A,
         double ss = 0.0;
         for (int64_t j = 0; j < I; j++) ss += (double)w[j] * (double)w[j];
         const float norm = (float)sqrt(ss);
-        if (!(norm > 0.0f) || !isfinite(norm)) return 1;
-        const float f = *mag / norm;
+        if (!isfinite(norm)) return 1;
+        /* an all-zero row (real models have them): the norm floored as in training
+         * (model/dora.c DORA_EPS), so the row stays 0 instead of PEFT's 0/0 = NaN */
+        const float f = *mag / (norm > STM_DORA_EPS ? norm : STM_DORA_EPS);
         for (int64_t j = 0; j < I; j++) w[j] *= f;
     }
     for (int64_t j = 0; j < I; j++)

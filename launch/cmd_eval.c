@@ -288,6 +288,7 @@ int cmd_eval(int argc, char **argv) {
     log_info("evaluating %lld sequences of %lld tokens in %lld rounds of %lld (micro-batch %lld x dp %d)",
              (long long)rows, (long long)T, (long long)rounds, (long long)per_round, (long long)B, g.dp);
     AdapterEnv env = {&gc, 0, 0, 0, 0};
+    llama_adapters_step_begin(&m, &env); /* e.g. DoRA's norms, before the first forward */
     double sum[2] = {0, 0}; /* loss sum, counted tokens: this DP rank's */
     const double t0 = timer_now();
     int rc = 0;

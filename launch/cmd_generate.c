@@ -829,6 +829,7 @@ int cmd_generate(int argc, char **argv) {
     r.kc = &kc;
     r.scfg = (SampleCfg){o.temperature, o.top_k, o.top_p, o.rep_penalty, o.seed};
     r.env = (AdapterEnv){&gc, o.seed, 0, 0, 0};
+    llama_adapters_step_begin(&m, &r.env); /* e.g. DoRA's norms, before the first forward */
     r.prompts = prompts;
     r.nprompts = nprompts;
     r.results = calloc((size_t)nprompts, sizeof *r.results);

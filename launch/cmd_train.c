@@ -30,14 +30,14 @@
 typedef struct {
     const char *model, *out, *targets, *lora_init, *optimizer, *pin, *kernels, *dump_grads,
         *log_level, *resume, *ckpt_failure, *chat_format, *long_examples, *cache_dir,
-        *lr_schedule, *progress, *init_adapter;
+        *lr_schedule, *progress, *init_adapter, *adapter_kind, *init;
     ArgStrs data, eval_data;
     ArgConfig config;
     int64_t r, seq_len, micro_batch, global_batch, steps, tp, threads, log_every, ckpt_every,
-        keep_ckpts, ckpt_chunk_bytes, warmup_steps, eval_every, eval_rows;
+        keep_ckpts, ckpt_chunk_bytes, warmup_steps, eval_every, eval_rows, pissa_iters;
     double ckpt_minutes, epochs, eval_split;
     double alpha, dropout, lr, beta1, beta2, eps, weight_decay, momentum, peak_gflops,
-        max_grad_norm;
+        max_grad_norm, loraplus_ratio;
     int rslora, nesterov, train_on_prompt, pack, shuffle, skip_bad, add_eos, skip_nonfinite;
     uint64_t seed;
 } TrainOpts;
@@ -170,6 +170,8 @@ static int train_dump(const char *path, const TrainOpts *o, const char *targets_
     st_writer_meta(&w, "target_modules", targets_csv);
     META_F("lora_dropout", o->dropout);
     st_writer_meta(&w, "lora_init", o->lora_init);
+    st_writer_meta(&w, "adapter_kind", o->adapter_kind);
+    META_F("loraplus_ratio", o->loraplus_ratio);
     META_I("step", step);
     st_writer_meta(&w, "optimizer", o->optimizer);
     META_F("lr", o->lr);
@@ -235,11 +237,13 @@ static int train_write_summary(const TrainOpts *o, const Grid *g, const LlamaMod
     json_object_set_new(j, "frozen_bytes_read", json_integer((json_int_t)m->bytes_read));
     json_object_set_new(j, "replicated_frozen_bytes", json_integer((json_int_t)m->replicated_bytes));
     json_object_set_new(j, "adapter_bytes", json_integer((json_int_t)(m->params.total * sizeof(float))));
+    /* what has gradients and optimizer state (frozen entries, e.g. LoRA-FA's A, do not) */
+    json_object_set_new(j, "trainable_bytes", json_integer((json_int_t)(m->params.trainable * sizeof(float))));
     /* the gradient buffer by sync class; a class moves its bytes each step when its
      * communicator has more than one rank (dp_comm, world, the kv-head group) */
     json_t *regions = json_object();
-    static const char *rkeys[PARAM_NSYNC] = {"dp", "world", "kv"};
-    for (int s = 0; s < PARAM_NSYNC; s++)
+    static const char *rkeys[PARAM_NREGIONS] = {"dp", "world", "kv", "frozen"};
+    for (int s = 0; s < PARAM_NREGIONS; s++)
         json_object_set_new(regions, rkeys[s], json_integer((json_int_t)(m->params.region_len[s] * sizeof(float))));
     json_object_set_new(j, "adapter_region_bytes", regions);
     for (int c = 0; c < GRID_NBYTES; c++) {
@@ -352,6 +356,7 @@ static double train_eval(LlamaModel *m, LlamaActs *acts, LlamaBatch *batch, int6
     if (max_rows > 0 && max_rows < rows) rows = max_rows;
     const int64_t per_round = B * g->dp, rounds = (rows + per_round - 1) / per_round;
     AdapterEnv env = {gc, seed, 0, 0, 0};
+    llama_adapters_step_begin(m, &env); /* DoRA: norms of the current adapter */
     double sum[2] = {0, 0}; /* loss sum, counted tokens */
     for (int64_t k = 0; k < rounds; k++) {
         const int64_t row0 = k * per_round + (int64_t)g->dp_rank * B;
@@ -442,6 +447,20 @@ static void train_bar_draw(TrainProgress *p, int64_t step, int64_t total, double
            100.0 * (double)step / (double)(total > 0 ? total : 1), loss, train_fmt_dur(eta, dur, sizeof dur));
     fflush(stdout);
     p->shown = 1;
+}
+
+/* Removes the token caches of a run that stopped before training, then the cache and output
+ * directories if that leaves them empty (rmdir removes nothing else). */
+static void train_remove_caches(const char *cache_dir, const char *out) {
+    static const char *const names[] = {"train", "train.tmp", "eval", "eval.tmp"};
+    char path[4300];
+    ErrStatus st;
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        snprintf(path, sizeof path, "%s/%s", cache_dir, names[i]);
+        afile_rmdir_flat(path, &st);
+    }
+    rmdir(cache_dir);
+    rmdir(out);
 }
 
 /* What the run did, for the closing summary. */
@@ -545,6 +564,8 @@ int cmd_train(int argc, char **argv) {
     memset(&o, 0, sizeof o);
     o.targets = "all";
     o.lora_init = "default";
+    o.adapter_kind = "lora";
+    o.pissa_iters = 4;
     o.optimizer = "adamw";
     o.pin = "auto";
     o.kernels = "fast";
@@ -590,7 +611,11 @@ int cmd_train(int argc, char **argv) {
         {"lora-alpha", ARG_FLOAT, &o.alpha, "X", "LoRA alpha (scale = alpha / r)", 0, 0},
         {"lora-dropout", ARG_FLOAT, &o.dropout, "P", "dropout on the LoRA input, in [0, 1)", 0, 0},
         {"use-rslora", ARG_BOOL, &o.rslora, NULL, "rsLoRA scale alpha / sqrt(r)", 0, 0},
-        {"lora-init", ARG_STR, &o.lora_init, "KIND", "default (A ~ U(+-1/sqrt(in))) | gaussian (A ~ N(0, 1/r)); B = 0", 0, 0},
+        {"adapter", ARG_STR, &o.adapter_kind, "KIND", "lora | lora-fa (A frozen after init, only B trained) | dora | vera (the kinds this build has)", 0, 0},
+        {"init", ARG_STR, &o.init, "KIND", "default (A ~ U(+-1/sqrt(in))) | gaussian (A ~ N(0, 1/r)); B = 0 | pissa (top-r singular vectors of W, base replaced by the residual)", 0, 0},
+        {"lora-init", ARG_STR, &o.lora_init, "KIND", "alias of --init", 0, 0},
+        {"pissa-iters", ARG_INT, &o.pissa_iters, "N", "--init pissa: power iterations of the randomized SVD", 0, 0},
+        {"loraplus-ratio", ARG_FLOAT, &o.loraplus_ratio, "X", "LoRA+: lora_B's learning rate = X x lora_A's (paper default 16; 0: off)", 0, 0},
         {"target-modules", ARG_STR, &o.targets, "LIST", "comma list of q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj, or all", 0, 0},
         {"init-adapter", ARG_STR, &o.init_adapter, "DIR", "start from this PEFT adapter (adapter_config.json + adapter_model.safetensors: any r, alpha, targets, rank_pattern, alpha_pattern, layers_to_transform), sharded onto this layout; its configuration wins over --lora-r, --lora-alpha, --lora-dropout, --use-rslora and --target-modules (a warning names each flag it overrides); a checkpoint to resume from wins over its values", 0, 0},
         {"seq-len", ARG_INT, &o.seq_len, "T", "tokens per sequence", 0, 0},
@@ -681,8 +706,20 @@ int cmd_train(int argc, char **argv) {
                                  "--ckpt-every-minutes, --keep-checkpoints and --ckpt-chunk-bytes must be >= 0");
     if (ok && strcmp(o.ckpt_failure, "continue") && strcmp(o.ckpt_failure, "stop"))
         ok = err_status_set(&st, "--on-ckpt-failure '%s': expected continue or stop", o.ckpt_failure);
-    if (ok && strcmp(o.lora_init, "default") && strcmp(o.lora_init, "gaussian"))
-        ok = err_status_set(&st, "--lora-init '%s': expected default or gaussian", o.lora_init);
+    if (ok && o.init && strcmp(o.lora_init, "default") && strcmp(o.lora_init, o.init))
+        ok = err_status_set(&st, "--init %s and --lora-init %s disagree", o.init, o.lora_init);
+    if (ok && o.init) o.lora_init = o.init;
+    if (ok && !adapter_init_known(o.lora_init))
+        ok = err_status_set(&st, "--init '%s': expected default, gaussian or pissa", o.lora_init);
+    if (ok && !adapter_kind_by_name(o.adapter_kind)) {
+        char names[256];
+        adapter_kind_names(names, sizeof names);
+        ok = err_status_set(&st, "--adapter '%s': expected one of %s", o.adapter_kind, names);
+    }
+    if (ok && strcmp(o.lora_init, "pissa") == 0 && strcmp(o.adapter_kind, "lora") && strcmp(o.adapter_kind, "lora-fa"))
+        ok = err_status_set(&st, "--init pissa needs --adapter lora or lora-fa");
+    if (ok && o.pissa_iters < 0) ok = err_status_set(&st, "--pissa-iters must be >= 0");
+    if (ok && !(o.loraplus_ratio >= 0)) ok = err_status_set(&st, "--loraplus-ratio must be >= 0");
     if (ok && (o.seq_len < 2 || o.micro_batch < 1 || o.log_every < 1 || o.global_batch < 0))
         ok = err_status_set(&st, "--seq-len must be >= 2; --micro-batch and --log-every >= 1; --global-batch >= 0");
     if (ok) ok = adapter_parse_targets(o.targets, &acfg.targets, &st);
@@ -716,6 +753,13 @@ int cmd_train(int argc, char **argv) {
     memset(&init_pa, 0, sizeof init_pa);
     if (o.init_adapter) {
         ok = peft_read(&init_pa, o.init_adapter, &st) && adio_cfg_from_peft(&ac, &init_pa, &m, &st);
+        /* the adapter's kind (DoRA when use_dora) wins; an explicit other --adapter is a
+         * contradiction, not something to resolve silently */
+        const ArgSpec *ks = args_find(specs, nspecs, "adapter");
+        if (ok && ks && ks->seen && strcmp(o.adapter_kind, ac.acfg.kind) != 0)
+            ok = err_status_set(&st, "--adapter %s: the adapter in %s is a %s adapter (--init-adapter decides the kind)",
+                                o.adapter_kind, o.init_adapter, ac.acfg.kind);
+        if (ok) o.adapter_kind = ac.acfg.kind;
         if (!train_agree(&g, ok, &st)) {
             peft_close(&init_pa);
             return train_finish(&g, EXIT_BAD_INPUT);
@@ -725,6 +769,7 @@ int cmd_train(int argc, char **argv) {
         adio_cfg_uniform(&ac, m.L, acfg.targets, (int)o.r, o.alpha, o.rslora, o.dropout,
                          strcmp(o.lora_init, "gaussian") == 0, o.model);
     }
+    const int out_existed = access(o.out, F_OK) == 0;
     ok = launch_mkdirs(o.out) && launch_mkdirs(cache_dir);
     if (!ok) err_status_set(&st, "%s: cannot create the output directory: %s", o.out, strerror(errno));
     if (!train_agree(&g, ok, &st)) return train_finish(&g, EXIT_IO);
@@ -760,20 +805,33 @@ int cmd_train(int argc, char **argv) {
     if (o.init_adapter) {
         acfg = ac.acfg; /* per-slot ranks and alphas point into ac */
     } else {
-        snprintf(acfg.kind, sizeof acfg.kind, "lora");
         acfg.r = (int)o.r;
         acfg.alpha = (float)o.alpha;
         acfg.use_rslora = o.rslora;
         acfg.dropout = (float)o.dropout;
     }
+    snprintf(acfg.kind, sizeof acfg.kind, "%s", o.adapter_kind);
     acfg.init_gaussian = strcmp(o.lora_init, "gaussian") == 0;
+    acfg.init_pissa = strcmp(o.lora_init, "pissa") == 0;
+    acfg.pissa_iters = acfg.init_pissa ? (int)o.pissa_iters : 0;
+    acfg.loraplus_ratio = (float)o.loraplus_ratio;
     acfg.seed = o.seed;
+    /* the checkpoint's adapter JSON keeps the kind and these settings */
+    snprintf(ac.acfg.kind, sizeof ac.acfg.kind, "%s", acfg.kind);
     ac.acfg.init_gaussian = acfg.init_gaussian;
+    ac.acfg.init_pissa = acfg.init_pissa;
+    ac.acfg.pissa_iters = acfg.pissa_iters;
+    ac.acfg.loraplus_ratio = acfg.loraplus_ratio;
     llama_init_adapters(&m, &acfg, &g, &mem);
     if (o.init_adapter) {
         ok = adio_load(&m, &init_pa, &st);
         peft_close(&init_pa);
-        if (!train_agree(&g, ok, &st)) return train_finish(&g, EXIT_BAD_INPUT);
+        if (!train_agree(&g, ok, &st)) {
+            /* a refused adapter leaves no output directory behind when this run made it
+             * (only the token caches are in it yet) */
+            if (g.world_rank == 0 && !out_existed) train_remove_caches(cache_dir, o.out);
+            return train_finish(&g, EXIT_BAD_INPUT);
+        }
         log_info("adapter: initialised from %s (PEFT, %d tensors, sharded onto tp=%d)", o.init_adapter,
                  m.params.n, g.tp);
     }
@@ -795,7 +853,7 @@ int cmd_train(int argc, char **argv) {
     ocfg.momentum = (float)o.momentum;
     ocfg.nesterov = o.nesterov;
     Optim opt;
-    optim_init(&opt, &ocfg, m.params.total, &mem);
+    optim_init(&opt, &ocfg, m.params.trainable, &mem);
     char targets_csv[128];
     train_targets_csv(acfg.targets, targets_csv, sizeof targets_csv);
 
@@ -869,9 +927,10 @@ int cmd_train(int argc, char **argv) {
              "%.3g epochs of %lld sequences; lr %s; optimizer %s",
              (long long)total_steps, (long long)G, (long long)T, (long long)nmicro, (long long)B,
              (double)(total_steps * G) / (double)nrows, (long long)nrows, sched_desc, o.optimizer);
-    log_info("adapter: lora r=%lld alpha=%g dropout=%g rslora=%d init=%s targets=%s (%zu trainable floats on rank 0)",
-             (long long)o.r, o.alpha, o.dropout, o.rslora, o.lora_init, targets_csv,
-             m.params.total);
+    log_info("adapter: %s r=%lld alpha=%g dropout=%g rslora=%d init=%s loraplus_ratio=%g targets=%s (%zu "
+             "trainable of %zu adapter floats on rank 0)",
+             acfg.kind, (long long)o.r, o.alpha, o.dropout, o.rslora, o.lora_init, o.loraplus_ratio, targets_csv,
+             m.params.trainable, m.params.total);
     log_info("grid: world=%d = dp %d x tp %d; per TP rank: %lld heads, %lld kv heads%s, ffn %lld, vocab rows %lld; kernels=%s; %s",
              g.world_size, g.dp, g.tp, (long long)m.Hl, (long long)m.KVl,
              m.KV < g.tp && g.tp > 1 ? " (replicated)" : "", (long long)m.Fl, (long long)m.Vl,
@@ -940,8 +999,9 @@ int cmd_train(int argc, char **argv) {
         }
         grid_allreduce_sum_i64(&g, g.dp_comm, &count, 1, GRID_BYTES_OTHER);
         float scale = count > 0 ? 1.0f / (float)count : 0.0f;
-        memset(m.params.grads, 0, m.params.total * sizeof(float));
+        memset(m.params.grads, 0, m.params.trainable * sizeof(float));
         env.step = step;
+        llama_adapters_step_begin(&m, &env); /* once per optimizer step, before the first forward */
         double loss = 0;
         for (int64_t mb = 0; mb < nmicro; mb++) {
             const int64_t row0 = row_base + mb * B;
@@ -991,9 +1051,9 @@ int cmd_train(int argc, char **argv) {
                 /* torch.nn.utils.clip_grad_norm_: scale by min(1, max / (norm + 1e-6)) */
                 float coef = (float)(o.max_grad_norm / (gnorm + 1e-6));
                 if (coef < 1.0f)
-                    for (size_t i = 0; i < m.params.total; i++) m.params.grads[i] *= coef;
+                    for (size_t i = 0; i < m.params.trainable; i++) m.params.grads[i] *= coef;
             }
-            optim_step(&opt, m.params.values, m.params.grads, (float)lr_now);
+            optim_step_params(&opt, &m.params, (float)lr_now);
             last_loss = loss;
         } else {
             skipped++;

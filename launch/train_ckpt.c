@@ -10,8 +10,8 @@
 #include "../io/checkpoint.h"
 #include "../runtime/log.h"
 
-/* The optimizer state tensors stored next to each adapter tensor, named like PyTorch's
- * optimizer state keys. */
+/* The optimizer state tensors stored next to each trainable adapter tensor (frozen ones
+ * keep only their values), named like PyTorch's optimizer state keys. */
 static int tckpt_state_names(const Optim *o, const char **names) {
     if (o->cfg.kind == OPTIM_ADAMW) {
         names[0] = "exp_avg";
@@ -76,7 +76,7 @@ int tckpt_save(const TckptCfg *c, Grid *g, const ParamTable *p, const Optim *o, 
             const ParamEntry *e = &p->e[i];
             ok = ckpt_shard_put(&sh, e->name, e->grows, e->gcols, e->r0, e->nr, e->c0, e->nc,
                                 p->values + e->offset, &st);
-            for (int k = 0; ok && k < ns; k++) {
+            for (int k = 0; ok && k < ns && !params_is_frozen(p, i); k++) {
                 snprintf(tname, sizeof tname, "%s/%s", e->name, snames[k]);
                 ok = ckpt_shard_put(&sh, tname, e->grows, e->gcols, e->r0, e->nr, e->c0, e->nc,
                                     tckpt_state_buf(o, k) + e->offset, &st);
@@ -208,7 +208,7 @@ int tckpt_resume(const TckptCfg *c, const char *path, Grid *g, ParamTable *p, Op
     for (int i = 0; ok && i < p->n; i++) {
         const ParamEntry *e = &p->e[i];
         ok = ckpt_read_slice(&r, e->name, e->r0, e->nr, e->c0, e->nc, p->values + e->offset, &st);
-        for (int k = 0; ok && k < ns; k++) {
+        for (int k = 0; ok && k < ns && !params_is_frozen(p, i); k++) {
             snprintf(tname, sizeof tname, "%s/%s", e->name, snames[k]);
             ok = ckpt_read_slice(&r, tname, e->r0, e->nr, e->c0, e->nc,
                                  (float *)tckpt_state_buf(o, k) + e->offset, &st);

@@ -52,7 +52,35 @@ int adapter_parse_targets(const char *s, unsigned *targets, ErrStatus *st) {
     return 1;
 }
 
+/* The registry: adding a variant = its file + one line here. */
+static const AdapterKind *const adapter_kinds[] = {
+    &adapter_lora,
+    &adapter_lorafa,
+    &adapter_dora,
+    &adapter_vera,
+};
+enum { ADAPTER_NKINDS = (int)(sizeof adapter_kinds / sizeof adapter_kinds[0]) };
+
 const AdapterKind *adapter_kind_by_name(const char *name) {
-    if (strcmp(name, "lora") == 0) return &adapter_lora;
+    for (int i = 0; i < ADAPTER_NKINDS; i++)
+        if (strcmp(name, adapter_kinds[i]->name) == 0) return adapter_kinds[i];
     return NULL;
+}
+
+/* Initialisations of the LoRA factors (pissa: model/pissa.c). */
+static const char *const adapter_inits[] = {"default", "gaussian", "pissa"};
+
+int adapter_init_known(const char *name) {
+    for (size_t i = 0; i < sizeof adapter_inits / sizeof adapter_inits[0]; i++)
+        if (strcmp(name, adapter_inits[i]) == 0) return 1;
+    return 0;
+}
+
+void adapter_kind_names(char *buf, size_t n) {
+    size_t len = 0;
+    if (n) buf[0] = 0;
+    for (int i = 0; i < ADAPTER_NKINDS && len < n; i++) {
+        snprintf(buf + len, n - len, "%s%s", i ? "|" : "", adapter_kinds[i]->name);
+        len = strlen(buf);
+    }
 }

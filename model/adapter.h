@@ -9,6 +9,8 @@
 
 #include <stdint.h>
 
+#include <mpi.h>
+
 #include "../runtime/gemm.h"
 #include "../runtime/mem.h"
 #include "linear.h"
@@ -23,14 +25,20 @@ const char *adapter_module_name(ModuleId m);  /* "q_proj", ... */
 const char *adapter_module_group(ModuleId m); /* "self_attn" or "mlp" */
 
 typedef struct {
-    char kind[16];          /* "lora" */
+    char kind[16];          /* "lora", "lora-fa", "dora", "vera" (adapter_kind_by_name) */
     int r;
     float alpha;
     int use_rslora;
     float dropout;
-    int init_gaussian;      /* --lora-init gaussian: A ~ N(0, 1/r) as PEFT */
+    int init_gaussian;      /* --init gaussian: A ~ N(0, 1/r) as PEFT */
     unsigned targets;       /* bit per ModuleId */
     uint64_t seed;
+    /* LoRA+ (Hayou et al. 2024): B's learning rate = loraplus_ratio x A's; 0 or 1: off. */
+    float loraplus_ratio;
+    /* PiSSA (Meng et al. 2024): --init pissa, randomized SVD with pissa_iters power
+     * iterations (model/pissa.c). */
+    int init_pissa;
+    int pissa_iters;
     /* Per (layer, module) overrides, [L * MOD_NMODULES] or NULL (then r / alpha for every
      * target): PEFT's rank_pattern / alpha_pattern and layers_to_transform; slot_r = 0
      * leaves that module of that layer without an adapter. The caller keeps them alive. */
@@ -64,11 +72,17 @@ typedef struct AdapterSlot {
     float scale;            /* alpha / r, or alpha / sqrt(r) with rsLoRA */
     int pA, pB;             /* indices in the ParamTable */
     const ParamTable *params;
+    Linear *lin;            /* the adapted module: frozen shard lin->w [no, ni], lin->bias,
+                             * lin->add_bias; set before declare / init */
+    MPI_Comm tp_comm;       /* the TP group (sums over row-parallel shards) */
+    void *ext;              /* a kind's own per-slot state (owned by the kind), or NULL */
     /* saved for backward / scratch, sized for N rows at setup */
     float *h;               /* [N, r] X_d A^T (a TP partial sum for row layers) */
     float *xd;              /* [N, ni] dropout(X), only when dropout > 0 */
     float *dh;              /* [N, r] scratch */
     float *tmp;             /* [N, ni] scratch for the dropout path */
+    float *dys;             /* [N, no] lin_backward's out_scale-d dY; a kind with out_scale
+                             * allocates it in alloc */
     int64_t max_rows;
 } AdapterSlot;
 
@@ -88,11 +102,42 @@ typedef struct AdapterKind {
                      const float *X, int64_t N);
     /* Extra FLOPs per token of forward + backward (for MFU). */
     double (*flops_per_token)(const AdapterSlot *s);
+
+    /* Optional slots (NULL = not used). */
+    /* PEFT's peft_type of the exported adapter: "LORA" (lora, lora-fa, dora, pissa) or
+     * "VERA"; NULL = "LORA". */
+    const char *peft_type;
+    /* [no] factors multiplying the base output X W^T (not the bias) in lin_forward and dY of
+     * the base path in lin_backward (DoRA's m / ||W + sBA||); NULL = 1. forward / backward
+     * still get the unscaled dY and Y = scaled X W^T + bias. */
+    const float *(*out_scale)(const AdapterSlot *s);
+    /* Once per optimizer step before the first forward, and before eval / generation
+     * (DoRA: the norms). */
+    void (*step_begin)(AdapterSlot *s, const AdapterEnv *env);
+    /* Rows [r0, r0 + nr) of this rank's shard [no, ni] in F32 (W points at row r0)
+     * replaced by the merged weight (generate --merge-in-memory). */
+    void (*merge)(const AdapterSlot *s, float *W, int64_t r0, int64_t nr);
+    /* PEFT export / import of this kind's keys: see adapter_io.h (AdioKindIo). NULL = plain
+     * LoRA keys (lora_A.weight, lora_B.weight). */
+    const struct AdioKindIo *io;
 } AdapterKind;
 
-extern const AdapterKind adapter_lora;
+/* The kinds (one file each); adapter.c's table registers them by name. */
+extern const AdapterKind adapter_lora;   /* model/lora.c */
+extern const AdapterKind adapter_lorafa; /* model/lorafa.c */
+extern const AdapterKind adapter_dora;   /* model/dora.c */
+extern const AdapterKind adapter_vera;   /* model/vera.c */
+/* PiSSA (model/pissa.c), --init pissa of the LoRA kinds: A [r, ni] and B [no, r] of slot s
+ * from the top-r singular vectors of its frozen shard (collective over s->tp_comm), and
+ * s->lin->w replaced by the residual W - s B A. Called by LoRA's init instead of the default
+ * one. */
+void pissa_init(AdapterSlot *s, ParamTable *pt);
 /* NULL if unknown. */
 const AdapterKind *adapter_kind_by_name(const char *name);
+/* 1 if `name` is an initialisation this build has: "default", "gaussian", "pissa". */
+int adapter_init_known(const char *name);
+/* The registered kind names, "|"-separated, into buf (for help texts and errors). */
+void adapter_kind_names(char *buf, size_t n);
 /* Parse "q_proj,k_proj,..." or "all" into target bits; returns 0 and sets st on error. */
 int adapter_parse_targets(const char *s, unsigned *targets, ErrStatus *st);
 /* Sync class of a factor held identically by `copies` of the tp TP ranks. */

@@ -172,10 +172,13 @@ int adio_cfg_from_peft(AdioCfg *c, const PeftAdapter *a, const LlamaModel *m, Er
     err_status_ok(st);
     memset(c, 0, sizeof *c);
     const char *file = a->tensors.path;
-    if (a->use_dora)
+    /* the kind: DoRA when use_dora, once model/dora.c is registered */
+    const AdapterKind *kd = adapter_kind_by_name(a->use_dora ? "dora" : "lora");
+    if (!kd)
         return err_status_set(st, "%s/adapter_config.json: use_dora is true: DoRA import comes with the LoRA "
                                   "variants (issue 9); only plain LoRA adapters load for now", a->dir);
     adio_cfg_uniform(c, m->L, 0, a->r, a->lora_alpha, a->use_rslora, a->lora_dropout, 0, a->base_model);
+    snprintf(c->acfg.kind, sizeof c->acfg.kind, "%s", kd->name);
     adio_cfg_alloc_slots(c);
     char mod[128];
     int any = 0;
@@ -209,6 +212,11 @@ int adio_cfg_from_peft(AdioCfg *c, const PeftAdapter *a, const LlamaModel *m, Er
                                       "base_model.model.model.layers.N.{self_attn,mlp}.MODULE.lora_{A,B}.weight "
                                       "with N < %lld and MODULE one of the seven linears)",
                                   file, name, (long long)m->L);
+        }
+        if (kind != 0 && kind != 1 && kd->io && kd->io->import_key) {
+            const char *suffix = strstr(name, adapter_module_name((ModuleId)i));
+            suffix = suffix ? suffix + strlen(adapter_module_name((ModuleId)i)) : name;
+            if (kd->io->import_key(c, suffix)) continue;
         }
         if (kind == 2) {
             adio_cfg_free(c);
@@ -267,11 +275,16 @@ int adio_load(LlamaModel *m, PeftAdapter *a, ErrStatus *st) {
         const ParamEntry *e = &p->e[i];
         const StTensor *t = st_find(&a->tensors, e->name);
         if (!t) return err_status_set(st, "%s: tensor '%s' is missing", a->tensors.path, e->name);
-        if (t->ndim != 2 || t->shape[0] != e->grows || t->shape[1] != e->gcols) {
-            char have[128];
+        /* 1-D entries (e.g. DoRA's lora_magnitude_vector [out]) are [1, gcols] in the table */
+        const int same = e->ndim == 1 ? t->ndim == 1 && t->shape[0] == e->gcols
+                                      : t->ndim == 2 && t->shape[0] == e->grows && t->shape[1] == e->gcols;
+        if (!same) {
+            char have[128], want[64];
             adio_shape_str(have, sizeof have, t);
-            return err_status_set(st, "%s: tensor '%s' has shape %s, the model's adapter has [%lld, %lld]",
-                                  a->tensors.path, e->name, have, (long long)e->grows, (long long)e->gcols);
+            if (e->ndim == 1) snprintf(want, sizeof want, "[%lld]", (long long)e->gcols);
+            else snprintf(want, sizeof want, "[%lld, %lld]", (long long)e->grows, (long long)e->gcols);
+            return err_status_set(st, "%s: tensor '%s' has shape %s, the model's adapter has %s", a->tensors.path,
+                                  e->name, have, want);
         }
         if (!st_read_slice(&a->tensors, t, e->r0, e->nr, e->c0, e->nc, ST_F32, params_value(p, i), st)) return 0;
     }
@@ -309,9 +322,20 @@ char *adio_cfg_to_json(const AdioCfg *c) {
     adio_printf(&b, "{\"kind\": \"%s\", \"r\": %lld, \"alpha\": %.9g, \"dropout\": %.9g, \"use_rslora\": %s, "
                     "\"init\": \"%s\", \"target_modules\": \"",
                 c->acfg.kind, (long long)c->acfg.r, c->alpha, c->dropout, c->acfg.use_rslora ? "true" : "false",
-                c->acfg.init_gaussian ? "gaussian" : "default");
+                c->acfg.init_pissa ? "pissa" : c->acfg.init_gaussian ? "gaussian" : "default");
     adio_targets_csv(c->acfg.targets, &b);
     adio_printf(&b, "\"");
+    /* settings of the variants, only when set, so plain LoRA keeps the JSON its checkpoints
+     * have always had */
+    if (c->acfg.init_pissa) adio_printf(&b, ", \"pissa_iters\": %d", c->acfg.pissa_iters);
+    if (c->acfg.loraplus_ratio > 0 && c->acfg.loraplus_ratio != 1.0f)
+        adio_printf(&b, ", \"loraplus_ratio\": %.9g", (double)c->acfg.loraplus_ratio);
+    const AdapterKind *kd = adapter_kind_by_name(c->acfg.kind);
+    if (kd && kd->io && kd->io->cfg_json) {
+        char extra[1024] = "";
+        kd->io->cfg_json(&c->acfg, extra, sizeof extra);
+        adio_printf(&b, "%s", extra);
+    }
     if (c->slot_r) {
         const int64_t n = c->L * MOD_NMODULES;
         adio_printf(&b, ", \"slot_r\": [");
@@ -343,9 +367,10 @@ int adio_cfg_from_json(AdioCfg *c, const char *json, int64_t L, ErrStatus *st) {
         !json_is_boolean(rs) || !json_is_string(init) || !json_is_string(targets)) {
         ok = err_status_set(st, "adapter configuration: needs kind, r, alpha, dropout, use_rslora, init and "
                                 "target_modules");
-    } else if (strcmp(json_string_value(kind), "lora") != 0) {
-        ok = err_status_set(st, "adapter kind '%s': only LoRA adapters export to PEFT for now",
-                            json_string_value(kind));
+    } else if (!adapter_kind_by_name(json_string_value(kind))) {
+        char names[256];
+        adapter_kind_names(names, sizeof names);
+        ok = err_status_set(st, "adapter kind '%s' is not known to this build (%s)", json_string_value(kind), names);
     }
     unsigned tbits = 0;
     if (ok && json_string_length(targets) > 0) ok = adapter_parse_targets(json_string_value(targets), &tbits, st);
@@ -361,6 +386,13 @@ int adio_cfg_from_json(AdioCfg *c, const char *json, int64_t L, ErrStatus *st) {
         adio_cfg_uniform(c, L, tbits, (int)json_integer_value(r), json_number_value(alpha),
                          json_is_true(rs), json_number_value(dropout),
                          strcmp(json_string_value(init), "gaussian") == 0, "");
+        snprintf(c->acfg.kind, sizeof c->acfg.kind, "%s", json_string_value(kind));
+        c->acfg.init_pissa = strcmp(json_string_value(init), "pissa") == 0;
+        json_t *pi = json_object_get(root, "pissa_iters"), *lp = json_object_get(root, "loraplus_ratio");
+        if (json_is_integer(pi)) c->acfg.pissa_iters = (int)json_integer_value(pi);
+        if (json_is_number(lp)) c->acfg.loraplus_ratio = (float)json_number_value(lp);
+        const AdapterKind *kd = adapter_kind_by_name(c->acfg.kind);
+        if (kd->io && kd->io->cfg_from_json) ok = kd->io->cfg_from_json(&c->acfg, root, st);
         if (sr) {
             adio_cfg_alloc_slots(c);
             for (int64_t k = 0; ok && k < L * MOD_NMODULES; k++) {
@@ -501,6 +533,8 @@ static int adio_write_config(const AdioCfg *c, const char *dir, ErrStatus *st) {
     pc.alpha_values = avals;
     pc.nlayers = nlayers;
     pc.layers = layers;
+    const AdapterKind *kd = adapter_kind_by_name(c->acfg.kind);
+    if (kd && kd->io && kd->io->peft_config) kd->io->peft_config(c, &pc);
     int ok = peft_write_config(&pc, dir, st);
     for (int k = 0; k < nr; k++) free(rkeys[k]);
     for (int k = 0; k < na; k++) free(akeys[k]);
@@ -537,7 +571,7 @@ static char *adio_card(const AdioCfg *c, const AdioTensor *t, int n, const AdioC
     AdioBuf b = {NULL, 0, 0};
     const char *base = c->base_model && *c->base_model ? c->base_model : "(unknown base model)";
     int64_t params = 0;
-    for (int i = 0; i < n; i++) params += t[i].rows * t[i].cols;
+    for (int i = 0; i < n; i++) params += (t[i].rows ? t[i].rows : 1) * t[i].cols;
     unsigned targets = 0;
     int rmin = 0, rmax = 0, nslots = 0;
     double amin = 0, amax = 0;
@@ -604,9 +638,23 @@ static int adio_name_cmp(const void *x, const void *y) {
     return strcmp(a->name, b->name);
 }
 
+static int adio_export_files(const char *dir, const AdioCfg *c, const AdioTensor *t, int n, const AdioCard *card,
+                             ErrStatus *st);
+
 int adio_export(const char *dir, const AdioCfg *c, const AdioTensor *t, int n, const AdioCard *card,
                 ErrStatus *st) {
     err_status_ok(st);
+    const AdapterKind *kd = adapter_kind_by_name(c->acfg.kind);
+    if (kd && kd->io && kd->io->export_tensors) {
+        AdioTensor *t2 = NULL;
+        int n2 = 0;
+        void *keep = NULL;
+        if (!kd->io->export_tensors(c, t, n, &t2, &n2, &keep, st)) return 0;
+        int ok = adio_export_files(dir, c, t2, n2, card, st);
+        if (t2 != t) free(t2);
+        free(keep);
+        return ok;
+    }
     /* the tensors are exactly the slots' factors */
     int64_t want = 0;
     for (int64_t l = 0; l < c->L; l++)
@@ -628,7 +676,12 @@ int adio_export(const char *dir, const AdioCfg *c, const AdioTensor *t, int n, c
     }
     if (want != n)
         return err_status_set(st, "export: %d tensors for an adapter configuration with %lld", n, (long long)want);
+    return adio_export_files(dir, c, t, n, card, st);
+}
 
+/* The three files of adio_export, tensors already checked. */
+static int adio_export_files(const char *dir, const AdioCfg *c, const AdioTensor *t, int n, const AdioCard *card,
+                             ErrStatus *st) {
     char tmp[4200], path[4400], dst[4400];
     snprintf(tmp, sizeof tmp, "%s/.export-tmp", dir);
     if (!afile_rmdir_flat(tmp, st)) return 0;
@@ -641,8 +694,9 @@ int adio_export(const char *dir, const AdioCfg *c, const AdioTensor *t, int n, c
     st_writer_init(&w);
     st_writer_meta(&w, "format", "pt");
     for (int k = 0; k < n; k++) {
-        int64_t shape[2] = {order[k]->rows, order[k]->cols};
-        st_writer_add(&w, order[k]->name, ST_F32, 2, shape, order[k]->data);
+        /* rows = 0: a 1-D tensor [cols] (adapter_io.h) */
+        const int64_t shape[2] = {order[k]->rows ? order[k]->rows : order[k]->cols, order[k]->cols};
+        st_writer_add(&w, order[k]->name, ST_F32, order[k]->rows ? 2 : 1, shape, order[k]->data);
     }
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", tmp);
     int ok = st_writer_write(&w, path, st);

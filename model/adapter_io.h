@@ -64,7 +64,8 @@ int adio_cfg_from_json(AdioCfg *c, const char *json, int64_t L, ErrStatus *st);
 /* One full adapter tensor. */
 typedef struct {
     const char *name;     /* PEFT key */
-    int64_t rows, cols;
+    int64_t rows, cols;   /* rows = 0: a 1-D tensor [cols] (a kind's export_tensors sets it,
+                           * e.g. DoRA's lora_magnitude_vector) */
     const float *data;    /* [rows, cols] */
 } AdioTensor;
 
@@ -76,6 +77,28 @@ typedef struct {
     int64_t step;               /* optimizer steps done (< 0: unknown) */
     int tp, dp;                 /* layout trained at (0: unknown) */
 } AdioCard;
+
+/* A kind's own PEFT handling (AdapterKind.io; NULL = plain LoRA keys and config), in the
+ * kind's file, so a variant's import / export lives with it. Every slot is optional. */
+struct json_t;
+typedef struct AdioKindIo {
+    /* Extra members of the checkpoint's adapter configuration JSON for the kind's settings,
+     * appended after the common ones: ", \"key\": value, ..." into buf. */
+    void (*cfg_json)(const AdapterCfg *c, char *buf, size_t n);
+    /* Reads them back from the parsed JSON object into c; 0 with st set on error. */
+    int (*cfg_from_json)(AdapterCfg *c, const struct json_t *root, ErrStatus *st);
+    /* adapter_config.json: sets the kind's fields of pc (e.g. use_dora) after the common ones. */
+    void (*peft_config)(const AdioCfg *c, PeftConfig *pc);
+    /* Export: checks the tensors (instead of "every tensor is a lora_A / lora_B of a slot")
+     * and may replace them: *out = t, *nout = n to keep them, or a malloc'd list (its data
+     * owned by *keep, freed by adio_export) e.g. PiSSA's rank-2r conversion, VeRA's shared
+     * projections. */
+    int (*export_tensors)(const AdioCfg *c, const AdioTensor *t, int n, AdioTensor **out, int *nout,
+                          void **keep, ErrStatus *st);
+    /* Import: a key suffix other than .lora_A.weight / .lora_B.weight that the kind reads
+     * itself (returns 1 to accept the key). */
+    int (*import_key)(const AdioCfg *c, const char *suffix);
+} AdioKindIo;
 
 /* Writes DIR/adapter_model.safetensors (F32, tensors sorted by name, metadata format=pt),
  * DIR/adapter_config.json and DIR/README.md into an existing DIR. Every tensor must belong

@@ -92,6 +92,9 @@ typedef struct {
 int llama_load(LlamaModel *m, const char *dir, const Grid *g, MemCtx *mem, ErrStatus *st);
 /* Creates the adapters (declare, finalize the flat buffers, init from the seed). */
 void llama_init_adapters(LlamaModel *m, const AdapterCfg *acfg, const Grid *g, MemCtx *mem);
+/* Calls every slot's step_begin (adapter.h): once per optimizer step before the first
+ * forward, and before evaluation or generation. */
+void llama_adapters_step_begin(LlamaModel *m, const AdapterEnv *env);
 void llama_free(LlamaModel *m, MemCtx *mem);
 
 void llama_acts_init(LlamaActs *a, const LlamaModel *m, int64_t B, int64_t T, MemCtx *mem);

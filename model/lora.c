@@ -7,7 +7,11 @@
  * row-parallel: A sharded by columns, B replicated. Either way the local A is [r, ni] and the
  * local B is [no, r], so forward and backward are the same code; only the sync class of the
  * gradients differs. Every random number is keyed by global coordinates, so the adapter
- * at step 0 and the dropout masks do not depend on the layout. */
+ * at step 0 and the dropout masks do not depend on the layout.
+ *
+ * LoRA-FA (Zhang et al. 2023, "LoRA-FA: Memory-efficient Low-rank Adaptation"), kind
+ * "lora-fa": the same module with A frozen after its init (a PARAM_FROZEN entry: no
+ * gradient, no sync, no optimizer state), only B trained; it exports as plain LoRA. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -15,6 +19,8 @@
 #include "../runtime/err.h"
 #include "../runtime/philox.h"
 #include "adapter.h"
+#include "adapter_io.h"
+#include "pissa.h"
 
 /* Counter coordinates: the module id and the tensor (A/B) go into c. */
 static uint64_t lora_coord_c(const AdapterSlot *s, int tensor) {
@@ -35,9 +41,19 @@ static void lora_declare(AdapterSlot *s, ParamTable *pt) {
                        adapter_sync_class(s->out_copies, s->tp), s->out_copies, s->layer);
     s->params = pt;
     s->scale = s->cfg->use_rslora ? s->alpha / sqrtf((float)r) : s->alpha / (float)r;
+    if (s->cfg->init_pissa) pissa_declare_initial(s, pt); /* frozen A0, B0 for the export */
+}
+
+static void lorafa_declare(AdapterSlot *s, ParamTable *pt) {
+    lora_declare(s, pt);
+    params_set_frozen(pt, s->pA);
 }
 
 static void lora_init(AdapterSlot *s, ParamTable *pt) {
+    if (s->cfg->init_pissa) {
+        pissa_init(s, pt); /* model/pissa.c */
+        return;
+    }
     const ParamEntry *ea = &pt->e[s->pA];
     float *A = params_value(pt, s->pA); /* [r, ni] */
     const float bound = 1.0f / sqrtf((float)ea->gcols);
@@ -111,14 +127,15 @@ static void lora_backward(AdapterSlot *s, const AdapterEnv *env, float *dX, cons
     const int64_t r = s->r, ni = s->shard.ni, no = s->shard.no;
     const float *A = params_value(s->params, s->pA);
     const float *B = params_value(s->params, s->pB);
-    float *dA = params_grad(s->params, s->pA); /* [r, ni] */
+    float *dA = params_grad(s->params, s->pA); /* [r, ni]; not for a frozen A */
     float *dB = params_grad(s->params, s->pB); /* [no, r] */
     const int drop = s->cfg->dropout > 0 && env->training;
     const float *Xd = drop ? s->xd : X;
     /* dB += s * dY^T h ; dh = s * dY B ; dA += dh^T Xd ; dX += dropout'(dh A) */
     gemm_f32(env->gemm, 1, 0, no, r, N, s->scale, dY, no, s->h, r, 1.0f, dB, r);
     gemm_f32(env->gemm, 0, 0, N, r, no, s->scale, dY, no, B, r, 0.0f, s->dh, r);
-    gemm_f32(env->gemm, 1, 0, r, ni, N, 1.0f, s->dh, r, Xd, ni, 1.0f, dA, ni);
+    if (!params_is_frozen(s->params, s->pA)) /* LoRA-FA: A has no gradient */
+        gemm_f32(env->gemm, 1, 0, r, ni, N, 1.0f, s->dh, r, Xd, ni, 1.0f, dA, ni);
     if (!drop) {
         gemm_f32(env->gemm, 0, 0, N, ni, r, 1.0f, s->dh, r, A, ni, 1.0f, dX, ni);
         return;
@@ -137,6 +154,12 @@ static double lora_flops_per_token(const AdapterSlot *s) {
     return 2.0 * r * (in + out) + 2.0 * r * (2.0 * out + 2.0 * in);
 }
 
+static double lorafa_flops_per_token(const AdapterSlot *s) {
+    /* no dA GEMM */
+    const double r = s->r, in = (double)s->shard.in, out = (double)s->shard.out;
+    return 2.0 * r * (in + out) + 2.0 * r * (2.0 * out + in);
+}
+
 const AdapterKind adapter_lora = {
     .name = "lora",
     .declare = lora_declare,
@@ -146,4 +169,17 @@ const AdapterKind adapter_lora = {
     .forward = lora_forward,
     .backward = lora_backward,
     .flops_per_token = lora_flops_per_token,
+    .io = &pissa_lora_io, /* --init pissa exports the rank-2r conversion (model/pissa.c) */
+};
+
+const AdapterKind adapter_lorafa = {
+    .name = "lora-fa",
+    .declare = lorafa_declare,
+    .init = lora_init,
+    .alloc = lora_alloc,
+    .release = lora_release,
+    .forward = lora_forward,
+    .backward = lora_backward,
+    .flops_per_token = lorafa_flops_per_token,
+    .io = &pissa_lora_io,
 };

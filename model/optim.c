@@ -4,6 +4,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "../runtime/err.h"
+
 int optim_parse_kind(const char *s) {
     if (strcmp(s, "adamw") == 0) return OPTIM_ADAMW;
     if (strcmp(s, "sgd") == 0) return OPTIM_SGD;
@@ -42,10 +44,12 @@ void optim_free(Optim *o, MemCtx *mem) {
     memset(o, 0, sizeof *o);
 }
 
-void optim_step(Optim *o, float *p, const float *g, float lr) {
+/* The AdamW / SGD update of n elements at offset `off` of the flat buffers, with this
+ * entry's lr; o->step is the update being done (1-based). */
+static void optim_update(Optim *o, float *p, const float *g, size_t off, size_t n, float lr) {
     const OptimCfg *c = &o->cfg;
-    o->step++;
-    const size_t n = o->n;
+    p += off;
+    g += off;
     if (c->kind == OPTIM_ADAMW) {
         /* torch.optim.AdamW (single-tensor path): p *= 1 - lr*wd; m, v EMAs;
          * p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps) */
@@ -55,7 +59,7 @@ void optim_step(Optim *o, float *p, const float *g, float lr) {
         const double bc2 = 1.0 - pow((double)b2, (double)o->step);
         const float step_size = (float)((double)lr / bc1), sbc2 = (float)sqrt(bc2);
         const float decay = 1.0f - lr * c->weight_decay;
-        float *m = o->m, *v = o->v;
+        float *m = o->m + off, *v = o->v + off;
         for (size_t i = 0; i < n; i++) {
             float gi = g[i];
             p[i] *= decay;
@@ -68,12 +72,29 @@ void optim_step(Optim *o, float *p, const float *g, float lr) {
     /* torch.optim.SGD: d = g + wd*p; buf = d on the first step, else mu*buf + d;
      * nesterov: d += mu*buf, else d = buf; p -= lr*d */
     const float mu = c->momentum, wd = c->weight_decay;
+    float *buf = o->m + off;
     for (size_t i = 0; i < n; i++) {
         float d = g[i] + wd * p[i];
         if (mu != 0.0f) {
-            o->m[i] = o->step == 1 ? d : mu * o->m[i] + d;
-            d = c->nesterov ? d + mu * o->m[i] : o->m[i];
+            buf[i] = o->step == 1 ? d : mu * buf[i] + d;
+            d = c->nesterov ? d + mu * buf[i] : buf[i];
         }
         p[i] -= lr * d;
+    }
+}
+
+void optim_step(Optim *o, float *p, const float *g, float lr) {
+    o->step++;
+    optim_update(o, p, g, 0, o->n, lr);
+}
+
+void optim_step_params(Optim *o, ParamTable *p, float lr) {
+    SL_CHECK(o->n == p->trainable, "optimizer state of %zu floats for %zu trainable", o->n,
+             p->trainable);
+    o->step++;
+    for (int i = 0; i < p->n; i++) {
+        const ParamEntry *e = &p->e[i];
+        if (params_is_frozen(p, i)) continue;
+        optim_update(o, p->values, p->grads, e->offset, params_numel(e), lr * e->lr_scale);
     }
 }

@@ -1,7 +1,9 @@
 /* Optimizers on the flat adapter buffers (the frozen base has no state): AdamW
  * (Loshchilov & Hutter 2019, decoupled weight decay) and SGD with momentum / Nesterov, with
  * the update formulas of torch.optim.AdamW / torch.optim.SGD so the reference agrees to
- * float rounding. State buffers share the parameter layout (params.h). */
+ * float rounding. State buffers share the parameter layout (params.h) over its trainable
+ * part; each table entry is updated with lr x its lr_scale (LoRA+: B's lr = ratio x A's, as
+ * PEFT's create_loraplus_optimizer builds one param group per factor). */
 #ifndef SHARDLORA_MODEL_OPTIM_H
 #define SHARDLORA_MODEL_OPTIM_H
 
@@ -9,6 +11,7 @@
 #include <stdint.h>
 
 #include "../runtime/mem.h"
+#include "params.h"
 
 typedef enum { OPTIM_ADAMW = 0, OPTIM_SGD = 1 } OptimKind;
 
@@ -37,5 +40,8 @@ void optim_init(Optim *o, const OptimCfg *cfg, size_t n, MemCtx *mem);
 void optim_free(Optim *o, MemCtx *mem);
 /* One update of params [n] from grads [n] with learning rate lr (the schedule's value). */
 void optim_step(Optim *o, float *params, const float *grads, float lr);
+/* One update of the trainable entries of p (o sized p->trainable), entry i with
+ * lr * p->e[i].lr_scale; padding between entries is left alone. */
+void optim_step_params(Optim *o, ParamTable *p, float lr);
 
 #endif

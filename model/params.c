@@ -33,15 +33,22 @@ int params_add(ParamTable *p, const char *name, int ndim, int64_t grows, int64_t
     e->c0 = c0;
     e->nc = nc;
     e->sync = sync;
+    e->lr_scale = 1.0f;
     e->ncopies = ncopies > 0 ? ncopies : 1;
     e->layer = layer;
     return p->n++;
 }
 
+void params_set_frozen(ParamTable *p, int i) {
+    SL_CHECK(p->values == NULL, "params_set_frozen after params_finalize");
+    SL_CHECK(i >= 0 && i < p->n, "params_set_frozen: no entry %d", i);
+    p->e[i].sync = PARAM_FROZEN;
+}
+
 void params_finalize(ParamTable *p, MemCtx *m) {
     /* 16-float alignment of every tensor keeps vector loops aligned. */
     size_t off = 0;
-    for (int s = 0; s < PARAM_NSYNC; s++) {
+    for (int s = 0; s < PARAM_NREGIONS; s++) {
         p->region_off[s] = off;
         for (int i = 0; i < p->n; i++) {
             if (p->e[i].sync != (ParamSync)s) continue;
@@ -51,14 +58,14 @@ void params_finalize(ParamTable *p, MemCtx *m) {
         p->region_len[s] = off - p->region_off[s];
     }
     p->total = off;
+    p->trainable = p->region_off[PARAM_FROZEN];
     p->values = mem_alloc(m, MEM_ADAPTER, (p->total ? p->total : 16) * sizeof(float));
-    p->grads = mem_alloc(m, MEM_ADAPTER, (p->total ? p->total : 16) * sizeof(float));
+    p->grads = mem_alloc(m, MEM_ADAPTER, (p->trainable ? p->trainable : 16) * sizeof(float));
 }
 
 void params_free(ParamTable *p, MemCtx *m) {
-    size_t bytes = (p->total ? p->total : 16) * sizeof(float);
-    mem_free(m, MEM_ADAPTER, p->values, bytes);
-    mem_free(m, MEM_ADAPTER, p->grads, bytes);
+    mem_free(m, MEM_ADAPTER, p->values, (p->total ? p->total : 16) * sizeof(float));
+    mem_free(m, MEM_ADAPTER, p->grads, (p->trainable ? p->trainable : 16) * sizeof(float));
     free(p->e);
     memset(p, 0, sizeof *p);
 }
@@ -86,6 +93,7 @@ void params_layer_range(const ParamTable *p, ParamSync s, int layer, size_t *beg
 double params_sumsq(const ParamTable *p, const float *buf) {
     double total = 0;
     for (int i = 0; i < p->n; i++) {
+        if (params_is_frozen(p, i)) continue;
         const float *x = buf + p->e[i].offset;
         double s = 0;
         for (size_t k = 0; k < params_numel(&p->e[i]); k++) s += (double)x[k] * x[k];
@@ -110,8 +118,13 @@ void params_gather(const ParamTable *p, const float *buf, MPI_Comm tp_comm, floa
         if ((size_t)(p->e[i].grows * p->e[i].gcols) > maxn) maxn = (size_t)(p->e[i].grows * p->e[i].gcols);
     float *tmp = rank == 0 && size > 1 ? malloc(maxn * sizeof(float)) : NULL;
     SL_CHECK(rank != 0 || size == 1 || tmp, "out of memory");
+    const int no_frozen = buf == p->grads; /* frozen entries have no gradient */
     for (int i = 0; i < p->n; i++) {
         const ParamEntry *e = &p->e[i];
+        if (no_frozen && params_is_frozen(p, i)) {
+            if (rank == 0) memset(full[i], 0, (size_t)(e->grows * e->gcols) * sizeof(float));
+            continue;
+        }
         int64_t mine[4] = {e->r0, e->nr, e->c0, e->nc};
         if (rank != 0) {
             MPI_Send(mine, 4, MPI_INT64_T, 0, 2 * i, tp_comm);

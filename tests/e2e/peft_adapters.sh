@@ -197,7 +197,7 @@ bad)
     [peft-type]='peft_type "LOHA" is not supported'
     [bad-shape]="has shape \[4, 65\] but adapter_config.json (r = 4) and the model imply \[4, 64\]"
     [unknown-key]="tensor 'base_model.model.lm_head.lora_A.weight' names no module of this model"
-    [dora]="DoRA import comes with the LoRA variants"
+    [dora]="lora_magnitude_vector' has shape"
   )
   for c in missing-file missing-config peft-type bad-shape unknown-key dora; do
     check "d) $c: eval, 1 rank" refused "$c" "${WANT[$c]}" "$SL" "${EVAL[@]}" --adapter "$W/bad-$c"

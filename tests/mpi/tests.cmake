@@ -7,3 +7,18 @@ foreach(t equivalence init memory comm bad-layouts accumulation clipping)
            COMMAND bash ${SL_MPI_DIR}/layouts.sh $<TARGET_FILE:shardlora> ${CMAKE_BINARY_DIR}/test-work ${t})
   set_tests_properties(mpi_${t} PROPERTIES LABELS mpi TIMEOUT 300 PROCESSORS 2)
 endforeach()
+# DoRA at (tp, dp) in {(1,1), (2,1), (4,1), (2,2)} with kv-heads < tp (tests/mpi/dora_layouts.sh).
+add_test(NAME mpi_dora
+         COMMAND bash ${SL_MPI_DIR}/dora_layouts.sh $<TARGET_FILE:shardlora> ${CMAKE_BINARY_DIR}/test-work)
+set_tests_properties(mpi_dora PROPERTIES LABELS "mpi;reference" TIMEOUT 600 PROCESSORS 2)
+# VeRA / PiSSA at every (tp, dp) layout against the reference and tp=1 (issue 9).
+foreach(kind vera pissa)
+  add_test(NAME mpi_${kind}_layouts
+           COMMAND bash ${SL_MPI_DIR}/vera_pissa_layouts.sh $<TARGET_FILE:shardlora> ${CMAKE_BINARY_DIR}/test-work ${kind})
+  set_tests_properties(mpi_${kind}_layouts PROPERTIES LABELS mpi TIMEOUT 300 PROCESSORS 2)
+endforeach()
+# LoRA-FA and LoRA+ (issue 9): equal across (tp, dp), resume bit-exact, optimizer memory
+# halved, PEFT export / import with use_rslora (tests/mpi/variants_layouts.sh)
+add_test(NAME mpi_variants_layouts
+         COMMAND bash ${SL_MPI_DIR}/variants_layouts.sh $<TARGET_FILE:shardlora> ${CMAKE_BINARY_DIR}/test-work)
+set_tests_properties(mpi_variants_layouts PROPERTIES LABELS mpi TIMEOUT 600 PROCESSORS 2)

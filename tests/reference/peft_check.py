@@ -265,10 +265,11 @@ def make_adapter(model_dir, out, case, seed):
     elif bad == "unknown-key":
         tensors["base_model.model.lm_head.lora_A.weight"] = torch.zeros(4, cfg.hidden_size)
     elif bad == "dora":
+        # a DoRA adapter whose magnitude vectors are one element too long
         c["use_dora"] = True
         for k in list(tensors):
             if k.endswith("lora_B.weight"):
-                tensors[k.replace("lora_B.weight", "lora_magnitude_vector")] = torch.ones(tensors[k].shape[0])
+                tensors[k.replace("lora_B.weight", "lora_magnitude_vector")] = torch.ones(tensors[k].shape[0] + 1)
     os.makedirs(out, exist_ok=True)
     if bad != "missing-config":
         with open(os.path.join(out, "adapter_config.json"), "w") as f:

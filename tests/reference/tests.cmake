@@ -23,3 +23,29 @@ endforeach()
 add_test(NAME reference_peft_eval
          COMMAND ${SL_PYTHON3} ${SL_REF_DIR}/peft_eval.py $<TARGET_FILE:shardlora> ${CMAKE_BINARY_DIR}/test-work)
 set_tests_properties(reference_peft_eval PROPERTIES LABELS "reference;e2e" TIMEOUT 600 PROCESSORS 2)
+# DoRA (issue 9, model/dora.c) against the PEFT-formula reference: gradients at steps 1 and 5
+# (with and without dropout; BF16), all-zero rows of W, export + merge = unmerged eval,
+# checkpoint/resume byte-identical (tests/reference/dora_case.sh, dora_check.py).
+foreach(case grads bf16 zero-row merge resume)
+  add_test(NAME reference_dora_${case}
+           COMMAND bash ${SL_REF_DIR}/dora_case.sh $<TARGET_FILE:shardlora> ${CMAKE_BINARY_DIR}/test-work/reference ${case})
+  set_tests_properties(reference_dora_${case} PROPERTIES LABELS reference TIMEOUT 600 PROCESSORS 2)
+endforeach()
+# VeRA and PiSSA (issue 9): against PyTorch references written from PEFT's formulas, PEFT
+# export (VERA format; PiSSA converted to rank-2r LoRA on the original base), resume bit-exact.
+add_test(NAME reference_vera
+         COMMAND bash ${SL_REF_DIR}/vera_case.sh $<TARGET_FILE:shardlora> ${CMAKE_BINARY_DIR}/test-work/reference)
+set_tests_properties(reference_vera PROPERTIES LABELS reference TIMEOUT 600)
+foreach(case plain rslora)
+  add_test(NAME reference_pissa_${case}
+           COMMAND bash ${SL_REF_DIR}/pissa_case.sh $<TARGET_FILE:shardlora> ${CMAKE_BINARY_DIR}/test-work/reference ${case})
+  set_tests_properties(reference_pissa_${case} PROPERTIES LABELS reference TIMEOUT 600)
+endforeach()
+# LoRA-FA and LoRA+ (issue 9): gradients and replayed steps against the reference with lora_A
+# frozen / lora_B's lr x ratio (tests/reference/variants_case.sh, variants_check.py)
+foreach(case lorafa loraplus lorafa-loraplus-sgd)
+  add_test(NAME reference_variants_${case}
+           COMMAND bash ${SL_REF_DIR}/variants_case.sh $<TARGET_FILE:shardlora>
+                   ${CMAKE_BINARY_DIR}/test-work/reference ${case})
+  set_tests_properties(reference_variants_${case} PROPERTIES LABELS reference TIMEOUT 600)
+endforeach()

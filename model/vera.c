@@ -1,0 +1,411 @@
+/* VeRA (Kopiczko et al. 2024, "VeRA: Vector-based Random Matrix Adaptation") as PEFT
+ * implements it (peft/tuners/vera/layer.py, model.py): one pair of frozen random matrices
+ * shared by every adapted module, vera_A [r, max_in] and vera_B [max_out, r] (kaiming-uniform
+ * with gain sqrt(2): bounds sqrt(6 / max_in) and sqrt(6 / r)), each module using the leading
+ * slices A[:, :in] and B[:out, :]; trained vectors lambda_d [r] (init d_initial = 0.1) and
+ * lambda_b [out] (init 0):
+ *     y = W x + lambda_b ⊙ (B_s (lambda_d ⊙ (A_s dropout(x))))      (no alpha / r scale)
+ *
+ * The projections are regenerated from the run seed by Philox keyed by (tensor, global row,
+ * global column) -- independent of max_in / max_out and of the layout -- and held once per
+ * rank (not per layer), shared by the slots of one model. Each rank holds them whole: r x
+ * (max_in + max_out) floats (29 MB at r = 256 on a 70B model); the slices a rank uses (column
+ * layers: A[:, :in] and B's rows of its output shard; row layers: A's columns of its input
+ * shard and B[:out]) are views with a leading dimension, never copies.
+ *
+ * Tensor parallelism as LoRA's (DESIGN.md §4) with h = A_s x: column layers: lambda_d
+ * replicated (its gradient a TP partial sum through B's row shard), lambda_b sharded with the
+ * output rows; row layers: h is a TP partial sum, so y is one too (the caller's all-reduce
+ * sums it) and both gradients are TP partial sums; lambda_b replicated. lambda_d is thus
+ * always of class adapter_sync_class(tp, tp), lambda_b of the output rows' class.
+ * s->pA is lambda_d's entry, s->pB lambda_b's.
+ *
+ * Legend: N rows, r rank, ni / no local in / out, I / O global, mi / mo = max_in / max_out. */
+#include <jansson.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../runtime/err.h"
+#include "../runtime/philox.h"
+#include "adapter.h"
+#include "adapter_io.h"
+#include "vera.h"
+
+#define VERA_D_INITIAL 0.1f /* PEFT VeraConfig.d_initial */
+
+/* The projections of one model, shared by its slots. The slots of a model find it through
+ * their ParamTable (the one context every declare receives); the dimensions are the maxima
+ * over the declared slots (PEFT's _find_dim), final once the first slot allocates. This small
+ * table is the only state outside the slots: a kind gets no model-wide hook, and the
+ * alternative (one copy per slot) is the per-layer storage VeRA exists to avoid. */
+enum { VERA_MAX_MODELS = 16 };
+static VeraProj vera_models[VERA_MAX_MODELS];
+
+typedef struct {
+    VeraProj *proj;
+    float *Bl;  /* [no, r] lambda_b ⊙ B_s, rebuilt by forward and backward */
+    float *M;   /* [no, r] dY^T (h ⊙ lambda_d) */
+    float *g;   /* [N, r] dY Bl */
+} VeraSlot;
+
+static VeraProj *vera_proj_of(const ParamTable *pt) {
+    VeraProj *fresh = NULL;
+    for (int i = 0; i < VERA_MAX_MODELS; i++) {
+        if (vera_models[i].pt == pt) return &vera_models[i];
+        if (!vera_models[i].pt && !fresh) fresh = &vera_models[i];
+    }
+    SL_CHECK(fresh, "VeRA: more than %d models at once", VERA_MAX_MODELS);
+    memset(fresh, 0, sizeof *fresh);
+    fresh->pt = pt;
+    return fresh;
+}
+
+const VeraProj *vera_proj(const ParamTable *pt) {
+    for (int i = 0; i < VERA_MAX_MODELS; i++)
+        if (vera_models[i].pt == pt && vera_models[i].r > 0) return &vera_models[i];
+    return NULL;
+}
+
+float vera_proj_value(uint64_t seed, int tensor, int64_t row, int64_t col, int r, int64_t max_in) {
+    /* PEFT model.py _kaiming_init: gain sqrt(2), fan_in = columns: A [r, max_in] -> max_in,
+     * B [max_out, r] -> r; bound = sqrt(3) * gain / sqrt(fan_in). */
+    const float bound = sqrtf(6.0f / (float)(tensor == 0 ? max_in : r));
+    uint64_t a = ((uint64_t)row << 32) | (uint64_t)col;
+    return philox_uniform(seed, PHILOX_VERA_PROJ, a, 0, (uint64_t)tensor, -bound, bound);
+}
+
+void vera_proj_fill(float *dst, uint64_t seed, int tensor, int64_t rows, int64_t cols, int r,
+                    int64_t max_in) {
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < cols; j++)
+            dst[i * cols + j] = vera_proj_value(seed, tensor, i, j, r, max_in);
+}
+
+static VeraSlot *vera_ext(const AdapterSlot *s) {
+    return (VeraSlot *)s->ext;
+}
+
+static void vera_declare(AdapterSlot *s, ParamTable *pt) {
+    char pre[160], name[192];
+    const ShardDesc *sd = &s->shard;
+    SL_CHECK(!s->cfg->slot_r, "VeRA: one rank for every module (PEFT's VeRA has no rank_pattern)");
+    VeraProj *p = vera_proj_of(pt);
+    if (p->sealed) { /* a new model at the address of a freed table */
+        SL_CHECK(p->nalloc == 0, "VeRA: projections of a live model redeclared");
+        memset(p, 0, sizeof *p);
+        p->pt = pt;
+    }
+    SL_CHECK(p->r == 0 || p->r == s->r, "VeRA: rank %d here, %d elsewhere", s->r, p->r);
+    p->r = s->r;
+    p->seed = s->cfg->seed;
+    if (sd->in > p->max_in) p->max_in = sd->in;
+    if (sd->out > p->max_out) p->max_out = sd->out;
+    VeraSlot *v = calloc(1, sizeof *v);
+    SL_CHECK(v, "VeRA: out of memory");
+    v->proj = p;
+    s->ext = v;
+
+    adapter_peft_prefix(pre, sizeof pre, s->layer, s->module);
+    const int tp = s->tp;
+    snprintf(name, sizeof name, "%s.vera_lambda_d", pre);
+    s->pA = params_add(pt, name, 1, 1, s->r, 0, 1, 0, s->r, adapter_sync_class(tp, tp), tp, s->layer);
+    snprintf(name, sizeof name, "%s.vera_lambda_b", pre);
+    s->pB = params_add(pt, name, 1, 1, sd->out, 0, 1, sd->o0, sd->no,
+                       adapter_sync_class(s->out_copies, tp), s->out_copies, s->layer);
+    s->params = pt;
+    s->scale = 1.0f;
+}
+
+static void vera_init(AdapterSlot *s, ParamTable *pt) {
+    float *d = params_value(pt, s->pA); /* [r] */
+    for (int k = 0; k < s->r; k++) d[k] = VERA_D_INITIAL;
+    memset(params_value(pt, s->pB), 0, params_numel(&pt->e[s->pB]) * sizeof(float));
+}
+
+static void vera_alloc(AdapterSlot *s, MemCtx *m, int64_t max_rows) {
+    VeraSlot *v = vera_ext(s);
+    VeraProj *p = v->proj;
+    const size_t r = (size_t)s->r, ni = (size_t)s->shard.ni, no = (size_t)s->shard.no;
+    const size_t N = (size_t)max_rows;
+    if (p->nalloc++ == 0) {
+        p->sealed = 1;
+        p->A = mem_alloc(m, MEM_FROZEN, r * (size_t)p->max_in * sizeof(float));
+        p->B = mem_alloc(m, MEM_FROZEN, (size_t)p->max_out * r * sizeof(float));
+        vera_proj_fill(p->A, p->seed, 0, p->r, p->max_in, p->r, p->max_in);
+        vera_proj_fill(p->B, p->seed, 1, p->max_out, p->r, p->r, p->max_in);
+    }
+    s->max_rows = max_rows;
+    s->h = mem_alloc(m, MEM_ACTIVATION, N * r * sizeof(float));
+    s->dh = mem_alloc(m, MEM_ACTIVATION, N * r * sizeof(float));
+    v->g = mem_alloc(m, MEM_ACTIVATION, N * r * sizeof(float));
+    v->Bl = mem_alloc(m, MEM_ACTIVATION, no * r * sizeof(float));
+    v->M = mem_alloc(m, MEM_ACTIVATION, no * r * sizeof(float));
+    if (s->cfg->dropout > 0) {
+        s->xd = mem_alloc(m, MEM_ACTIVATION, N * ni * sizeof(float));
+        s->tmp = mem_alloc(m, MEM_ACTIVATION, N * ni * sizeof(float));
+    }
+}
+
+static void vera_release(AdapterSlot *s, MemCtx *m) {
+    VeraSlot *v = vera_ext(s);
+    VeraProj *p = v->proj;
+    const size_t r = (size_t)s->r, ni = (size_t)s->shard.ni, no = (size_t)s->shard.no;
+    const size_t N = (size_t)s->max_rows;
+    mem_free(m, MEM_ACTIVATION, s->h, N * r * sizeof(float));
+    mem_free(m, MEM_ACTIVATION, s->dh, N * r * sizeof(float));
+    mem_free(m, MEM_ACTIVATION, v->g, N * r * sizeof(float));
+    mem_free(m, MEM_ACTIVATION, v->Bl, no * r * sizeof(float));
+    mem_free(m, MEM_ACTIVATION, v->M, no * r * sizeof(float));
+    if (s->xd) mem_free(m, MEM_ACTIVATION, s->xd, N * ni * sizeof(float));
+    if (s->tmp) mem_free(m, MEM_ACTIVATION, s->tmp, N * ni * sizeof(float));
+    s->h = s->dh = s->xd = s->tmp = NULL;
+    v->g = v->Bl = v->M = NULL;
+    if (--p->nalloc == 0) {
+        mem_free(m, MEM_FROZEN, p->A, (size_t)p->r * (size_t)p->max_in * sizeof(float));
+        mem_free(m, MEM_FROZEN, p->B, (size_t)p->max_out * (size_t)p->r * sizeof(float));
+        p->A = p->B = NULL;
+    }
+}
+
+/* Dropout keep-scale of (row n, local column i): LoRA's masks (model/lora.c), keyed by
+ * (seed, step, layer, module, global token, global column), so the reference reproduces them
+ * with the same code (tests/reference/philox.py lora_dropout_scale). */
+static float vera_keep(const AdapterSlot *s, const AdapterEnv *env, int64_t n, int64_t i) {
+    const float p = s->cfg->dropout;
+    uint64_t a = (uint64_t)(env->token0 + n) * (uint64_t)s->shard.in + (uint64_t)(s->shard.i0 + i);
+    uint64_t c = ((uint64_t)s->layer << 8) | ((uint64_t)s->module * 4u + 2u);
+    uint32_t w[4];
+    philox_block(env->seed, PHILOX_LORA_DROPOUT, a, (uint64_t)env->step, c, w);
+    return philox_u01(w[0]) < p ? 0.0f : 1.0f / (1.0f - p);
+}
+
+/* A_s: this slot's [r, ni] view of vera_A (leading dimension max_in); B_s: [no, r] rows of
+ * vera_B. Bl = lambda_b ⊙ B_s (row o scaled by lambda_b[o]). */
+static const float *vera_A_slice(const AdapterSlot *s) {
+    return vera_ext(s)->proj->A + s->shard.i0;
+}
+
+static void vera_build_Bl(const AdapterSlot *s) {
+    VeraSlot *v = vera_ext(s);
+    const int64_t r = s->r, no = s->shard.no;
+    const float *B = v->proj->B + s->shard.o0 * r;
+    const float *lb = params_value(s->params, s->pB);
+    for (int64_t o = 0; o < no; o++)
+        for (int64_t k = 0; k < r; k++) v->Bl[o * r + k] = lb[o] * B[o * r + k];
+}
+
+/* Saves h = Xd A_s^T [N, r] (a TP partial sum for row layers) and, with dropout, Xd. */
+static void vera_forward(AdapterSlot *s, const AdapterEnv *env, float *Y, const float *X,
+                         int64_t N) {
+    SL_CHECK(N <= s->max_rows, "VeRA forward: %lld rows > %lld", (long long)N,
+             (long long)s->max_rows);
+    VeraSlot *v = vera_ext(s);
+    const int64_t r = s->r, ni = s->shard.ni, no = s->shard.no, mi = v->proj->max_in;
+    const float *ld = params_value(s->params, s->pA);
+    const float *Xd = X;
+    if (s->cfg->dropout > 0 && env->training) {
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t i = 0; i < ni; i++)
+                s->xd[n * ni + i] = X[n * ni + i] * vera_keep(s, env, n, i);
+        Xd = s->xd;
+    }
+    /* h = Xd A_s^T ; hd = h ⊙ lambda_d ; Y += hd Bl^T */
+    gemm_f32(env->gemm, 0, 1, N, r, ni, 1.0f, Xd, ni, vera_A_slice(s), mi, 0.0f, s->h, r);
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t k = 0; k < r; k++) s->dh[n * r + k] = s->h[n * r + k] * ld[k];
+    vera_build_Bl(s);
+    gemm_f32(env->gemm, 0, 1, N, no, r, 1.0f, s->dh, r, v->Bl, r, 1.0f, Y, no);
+}
+
+/* Accumulates d lambda_b [no] += rowsum(B_s ⊙ (dY^T hd)) and d lambda_d [r] += sum_n h ⊙ g with
+ * g = dY Bl; dX += dropout'((g ⊙ lambda_d) A_s). */
+static void vera_backward(AdapterSlot *s, const AdapterEnv *env, float *dX, const float *dY,
+                          const float *X, int64_t N) {
+    (void)X;
+    VeraSlot *v = vera_ext(s);
+    const int64_t r = s->r, ni = s->shard.ni, no = s->shard.no, mi = v->proj->max_in;
+    const float *ld = params_value(s->params, s->pA);
+    float *dld = params_grad(s->params, s->pA); /* [r] */
+    float *dlb = params_grad(s->params, s->pB); /* [no] */
+    const float *B = v->proj->B + s->shard.o0 * r;
+    const int drop = s->cfg->dropout > 0 && env->training;
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t k = 0; k < r; k++) s->dh[n * r + k] = s->h[n * r + k] * ld[k];
+    gemm_f32(env->gemm, 1, 0, no, r, N, 1.0f, dY, no, s->dh, r, 0.0f, v->M, r);
+    for (int64_t o = 0; o < no; o++) {
+        float acc = 0.0f;
+        for (int64_t k = 0; k < r; k++) acc += B[o * r + k] * v->M[o * r + k];
+        dlb[o] += acc;
+    }
+    vera_build_Bl(s);
+    gemm_f32(env->gemm, 0, 0, N, r, no, 1.0f, dY, no, v->Bl, r, 0.0f, v->g, r);
+    for (int64_t k = 0; k < r; k++) {
+        float acc = 0.0f;
+        for (int64_t n = 0; n < N; n++) acc += s->h[n * r + k] * v->g[n * r + k];
+        dld[k] += acc;
+    }
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t k = 0; k < r; k++) v->g[n * r + k] *= ld[k];
+    if (!drop) {
+        gemm_f32(env->gemm, 0, 0, N, ni, r, 1.0f, v->g, r, vera_A_slice(s), mi, 1.0f, dX, ni);
+        return;
+    }
+    gemm_f32(env->gemm, 0, 0, N, ni, r, 1.0f, v->g, r, vera_A_slice(s), mi, 0.0f, s->tmp, ni);
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t i = 0; i < ni; i++) {
+            float t = s->tmp[n * ni + i];
+            if (t != 0.0f) dX[n * ni + i] += t * vera_keep(s, env, n, i);
+        }
+}
+
+static double vera_flops_per_token(const AdapterSlot *s) {
+    /* forward: A (2 r in) and B (2 r out); backward: M and g (2 r out each), dX (2 r in) */
+    const double r = s->r, in = (double)s->shard.in, out = (double)s->shard.out;
+    return 2.0 * r * (in + out) + 2.0 * r * (2.0 * out + in);
+}
+
+/* W rows [r0, r0 + nr) of this rank's shard += lambda_b ⊙ B_s diag(lambda_d) A_s (PEFT's
+ * get_delta_weight: (lambda_b * B) @ (lambda_d * A)). Needs the projections (after alloc). */
+static void vera_merge(const AdapterSlot *s, float *W, int64_t r0, int64_t nr) {
+    VeraSlot *v = vera_ext(s);
+    SL_CHECK(v->proj->A, "VeRA merge before the projections exist");
+    const int64_t r = s->r, ni = s->shard.ni, mi = v->proj->max_in;
+    const float *A = vera_A_slice(s);
+    const float *B = v->proj->B + s->shard.o0 * r;
+    const float *ld = params_value(s->params, s->pA);
+    const float *lb = params_value(s->params, s->pB);
+    for (int64_t o = 0; o < nr; o++) {
+        float *w = W + o * ni;
+        for (int64_t k = 0; k < r; k++) {
+            const float c = lb[r0 + o] * B[(r0 + o) * r + k] * ld[k];
+            if (c == 0.0f) continue;
+            const float *a = A + k * mi;
+            for (int64_t i = 0; i < ni; i++) w[i] += c * a[i];
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- PEFT VERA (AdioKindIo) */
+
+/* The checkpoint's adapter JSON keeps what the export needs to regenerate the projections:
+ * the seed (PEFT's projection_prng_key) and the projection dimensions. The configuration an
+ * exporter reads back has no model, so the dimensions are kept here, keyed by the AdapterCfg
+ * the JSON was read into (the AdapterCfg has no field for them and is not this file's). */
+enum { VERA_MAX_CFGS = 16 };
+static struct {
+    const AdapterCfg *c;
+    uint64_t seed;
+    int64_t max_in, max_out;
+} vera_cfgs[VERA_MAX_CFGS];
+
+/* The live projections of a model with rank r (the one being trained), or NULL. */
+static const VeraProj *vera_live(int r) {
+    for (int i = 0; i < VERA_MAX_MODELS; i++)
+        if (vera_models[i].pt && vera_models[i].r == r && vera_models[i].sealed) return &vera_models[i];
+    return NULL;
+}
+
+static void vera_cfg_json(const AdapterCfg *c, char *buf, size_t n) {
+    const VeraProj *p = vera_live(c->r);
+    SL_CHECK(p, "VeRA: adapter configuration written before the adapters exist");
+    snprintf(buf, n, ", \"projection_prng_key\": %llu, \"vera_max_in\": %lld, \"vera_max_out\": %lld",
+             (unsigned long long)p->seed, (long long)p->max_in, (long long)p->max_out);
+}
+
+static int vera_cfg_from_json(AdapterCfg *c, const json_t *root, ErrStatus *st) {
+    const json_t *k = json_object_get(root, "projection_prng_key"), *mi = json_object_get(root, "vera_max_in"),
+                 *mo = json_object_get(root, "vera_max_out");
+    if (!json_is_integer(k) || !json_is_integer(mi) || !json_is_integer(mo) || json_integer_value(mi) <= 0 ||
+        json_integer_value(mo) <= 0)
+        return err_status_set(st, "adapter configuration: VeRA needs projection_prng_key, vera_max_in and "
+                                  "vera_max_out");
+    c->seed = (uint64_t)json_integer_value(k);
+    int slot = -1;
+    for (int i = 0; i < VERA_MAX_CFGS && slot < 0; i++)
+        if (vera_cfgs[i].c == c || !vera_cfgs[i].c) slot = i;
+    if (slot < 0) slot = 0; /* oldest entry reused: only the latest configurations matter */
+    vera_cfgs[slot].c = c;
+    vera_cfgs[slot].seed = c->seed;
+    vera_cfgs[slot].max_in = json_integer_value(mi);
+    vera_cfgs[slot].max_out = json_integer_value(mo);
+    return 1;
+}
+
+static int vera_cfg_dims(const AdapterCfg *c, int64_t *max_in, int64_t *max_out) {
+    for (int i = 0; i < VERA_MAX_CFGS; i++)
+        if (vera_cfgs[i].c == c && vera_cfgs[i].seed == c->seed) {
+            *max_in = vera_cfgs[i].max_in;
+            *max_out = vera_cfgs[i].max_out;
+            return 1;
+        }
+    return 0;
+}
+
+static void vera_peft_config(const AdioCfg *c, PeftConfig *pc) {
+    pc->peft_type = "VERA";
+    pc->d_initial = VERA_D_INITIAL;
+    pc->save_projection = 1;
+    pc->projection_prng_key = c->acfg.seed;
+}
+
+static int vera_has_suffix(const char *name, const char *suffix) {
+    const size_t n = strlen(name), k = strlen(suffix);
+    return n >= k && strcmp(name + n - k, suffix) == 0;
+}
+
+/* The lambdas as 1-D tensors plus the shared projections base_model.vera_A
+ * [r, max_in] and base_model.vera_B [max_out, r] regenerated from the seed (PEFT's
+ * get_peft_model_state_dict with save_projection: keys without the adapter name). */
+static int vera_export_tensors(const AdioCfg *c, const AdioTensor *t, int n, AdioTensor **out, int *nout,
+                               void **keep, ErrStatus *st) {
+    int64_t mi = 0, mo = 0;
+    if (!vera_cfg_dims(&c->acfg, &mi, &mo))
+        return err_status_set(st, "export: VeRA configuration without the projection dimensions");
+    const int r = c->acfg.r;
+    for (int k = 0; k < n; k++) {
+        const int is_d = vera_has_suffix(t[k].name, ".vera_lambda_d"), is_b = vera_has_suffix(t[k].name, ".vera_lambda_b");
+        if ((!is_d && !is_b) || t[k].rows != 1 || (is_d && t[k].cols != r) || (is_b && t[k].cols > mo))
+            return err_status_set(st, "export: tensor '%s' [%lld, %lld] is not a VeRA vector of this configuration "
+                                      "(vera_lambda_d [%d] / vera_lambda_b [out <= %lld])",
+                                  t[k].name, (long long)t[k].rows, (long long)t[k].cols, r, (long long)mo);
+    }
+    AdioTensor *o = calloc((size_t)n + 2, sizeof *o);
+    float *buf = malloc((size_t)r * (size_t)(mi + mo) * sizeof(float));
+    SL_CHECK(o && buf, "out of memory");
+    for (int k = 0; k < n; k++) {
+        o[k] = t[k];
+        o[k].rows = 0; /* a 1-D tensor (adapter_io.h), as PEFT's [r] / [out] */
+    }
+    vera_proj_fill(buf, c->acfg.seed, 0, r, mi, r, mi);
+    vera_proj_fill(buf + (size_t)r * (size_t)mi, c->acfg.seed, 1, mo, r, r, mi);
+    o[n] = (AdioTensor){"base_model.vera_A", r, mi, buf};
+    o[n + 1] = (AdioTensor){"base_model.vera_B", mo, r, buf + (size_t)r * (size_t)mi};
+    *out = o;
+    *nout = n + 2;
+    *keep = buf;
+    return 1;
+}
+
+static const AdioKindIo vera_io = {
+    .cfg_json = vera_cfg_json,
+    .cfg_from_json = vera_cfg_from_json,
+    .peft_config = vera_peft_config,
+    .export_tensors = vera_export_tensors,
+};
+
+const AdapterKind adapter_vera = {
+    .name = "vera",
+    .declare = vera_declare,
+    .init = vera_init,
+    .alloc = vera_alloc,
+    .release = vera_release,
+    .forward = vera_forward,
+    .backward = vera_backward,
+    .flops_per_token = vera_flops_per_token,
+    .peft_type = "VERA",
+    .merge = vera_merge,
+    .io = &vera_io,
+};

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# LoRA-FA and LoRA+ (issue 9) against the PyTorch reference: train 1 and 10 steps with
+# --dump-grads, check the loss and every gradient (step 1 and 10) and 10 replayed optimizer
+# steps (variants_check.py: lora_A frozen / lora_B's lr x ratio), and for LoRA-FA that no
+# lora_A moved in 10 steps.
+# usage: variants_case.sh SHARDLORA_BINARY WORK_DIR CASE
+set -euo pipefail
+SL="$1"; CASE="$3"; W="$2/variants-$CASE"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PY=/usr/bin/python3
+rm -rf "$W"; mkdir -p "$W"
+
+MM=(--layers 2 --hidden 64 --ffn 96 --heads 4 --kv-heads 2 --vocab 300 --seed 7)
+TRAIN=(--no-shuffle --no-pack --seq-len 24 --micro-batch 2 --lora-r 4 --lora-alpha 8 --lr 5e-3 --seed 11 --log-every 5)
+case "$CASE" in
+  lorafa) TRAIN+=(--adapter lora-fa) ;;
+  loraplus) TRAIN+=(--loraplus-ratio 16 --weight-decay 0.05) ;;
+  lorafa-loraplus-sgd) TRAIN+=(--adapter lora-fa --loraplus-ratio 4 --optimizer sgd --momentum 0.9 --lr 0.2
+                               --use-rslora --max-grad-norm 0.5) ;;
+  *) echo "variants_case.sh: unknown case $CASE" >&2; exit 2 ;;
+esac
+
+"$PY" - > "$W/data.jsonl" <<'PY'
+import json, random
+rng = random.Random(5)
+for i in range(8):
+    n = rng.randint(10, 30)
+    ids = [rng.randrange(300) for _ in range(n)]
+    k = rng.randint(0, 5)
+    row = {"input_ids": ids}
+    if i % 2:
+        row["labels"] = [-100] * k + ids[k:]
+    print(json.dumps(row))
+PY
+
+"$SL" make-model --out "$W/model" "${MM[@]}"
+"$SL" train --model "$W/model" --data "$W/data.jsonl" --out "$W/run1" "${TRAIN[@]}" \
+  --steps 1 --dump-grads "$W/dump1.safetensors"
+"$SL" train --model "$W/model" --data "$W/data.jsonl" --out "$W/run10" "${TRAIN[@]}" \
+  --steps 10 --dump-grads "$W/dump10.safetensors"
+"$PY" "$HERE/variants_check.py" grads --model "$W/model" --dump "$W/dump1.safetensors"
+"$PY" "$HERE/variants_check.py" grads --model "$W/model" --dump "$W/dump10.safetensors"
+"$PY" "$HERE/variants_check.py" steps --model "$W/model" --dump "$W/dump1.safetensors" \
+  --data "$W/data.jsonl" --metrics "$W/run10/metrics.jsonl" --steps 10
+case "$CASE" in
+  lorafa*) "$PY" "$HERE/variants_check.py" frozen "$W/dump1.safetensors" "$W/dump10.safetensors" ;;
+esac
+echo "variants case $CASE: OK"

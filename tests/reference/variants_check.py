@@ -1,0 +1,114 @@
+"""check_grads.py / check_steps.py for the LoRA-FA and LoRA+ variants (issue 9): the dump's
+metadata `adapter_kind` and `loraplus_ratio` turn the PyTorch reference into the variant,
+then the unchanged check runs.
+- LoRA-FA (Zhang et al. 2023): every lora_A is frozen after its init: it is left out of the
+  optimizer, and its gradient is zero (shardlora's dump writes zeros for a frozen tensor,
+  which has no gradient buffer; a hook gives the reference the same zeros, so the gradient
+  norm and clipping see only B, as in shardlora).
+- LoRA+ (Hayou et al. 2024; PEFT's create_loraplus_optimizer): lora_B in its own param group
+  with lr x ratio (weight decay with that lr, as torch applies it per group).
+Also `frozen A B`: every lora_A of dump B equals dump A's bit for bit.
+
+Usage: variants_check.py grads|steps ARGS-of-that-check...
+       variants_check.py frozen DUMP1 DUMP2
+Exit status 0 when the check passes."""
+
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import check_grads  # noqa: E402
+import check_steps  # noqa: E402
+import torch_llama as tl  # noqa: E402
+
+_state = {"lora": None, "kind": "lora", "ratio": 0.0}
+
+
+def _lora_from_dump_meta(orig):
+    def wrapped(cfg, meta, where, **kw):
+        lora = orig(cfg, meta, where, **kw)
+        _state["kind"] = meta.get("adapter_kind", "lora")
+        _state["ratio"] = float(meta.get("loraplus_ratio", "0"))
+        if _state["kind"] not in ("lora", "lora-fa"):
+            raise tl.ReferenceError_(f"{where}: adapter_kind {_state['kind']!r} is not lora or lora-fa")
+        if _state["kind"] == "lora-fa":
+            for k, p in lora.params.items():
+                if k.endswith("lora_A.weight"):
+                    p.register_hook(torch.zeros_like)
+        _state["lora"] = lora
+        print(f"variants_check: adapter_kind {_state['kind']}, loraplus_ratio {_state['ratio']:g}")
+        return lora
+    return wrapped
+
+
+def _scaled(cls):
+    """An optimizer class whose groups carry lr_scale: step() runs with lr x lr_scale (the
+    replay sets every group's lr to the schedule's value before each step)."""
+    class Scaled(cls):
+        def step(self, closure=None):
+            base = [g["lr"] for g in self.param_groups]
+            for g in self.param_groups:
+                g["lr"] = g["lr"] * g["lr_scale"]
+            try:
+                return super().step(closure)
+            finally:
+                for g, lr in zip(self.param_groups, base):
+                    g["lr"] = lr
+    return Scaled
+
+
+def _make_optimizer(orig):
+    def wrapped(params, kind, **kw):
+        lora = _state["lora"]
+        name = {id(p): k for k, p in lora.params.items()}
+        ratio = _state["ratio"] if _state["ratio"] > 0 else 1.0
+        groups = {"A": [], "B": []}
+        for p in params:
+            k = name[id(p)]
+            if k.endswith("lora_A.weight"):
+                if _state["kind"] != "lora-fa":
+                    groups["A"].append(p)
+            else:
+                groups["B"].append(p)
+        opt = orig([p for g in groups.values() for p in g], kind, **kw)  # validates the settings
+        cls = _scaled(type(opt))
+        pg = [{"params": groups[f], "lr_scale": s} for f, s in (("A", 1.0), ("B", ratio)) if groups[f]]
+        out = cls(pg, **opt.defaults)
+        print(f"variants_check: optimizer groups " + ", ".join(
+            f"{f}: {len(groups[f])} tensors x lr {s:g}" for f, s in (("A", 1.0), ("B", ratio)) if groups[f])
+              + (" (lora_A frozen)" if _state["kind"] == "lora-fa" else ""))
+        return out
+    return wrapped
+
+
+def frozen(d1, d2):
+    t1, _ = tl.read_safetensors(d1)
+    t2, _ = tl.read_safetensors(d2)
+    keys = sorted(k for k in t1 if k.endswith("lora_A.weight"))
+    bad = [k for k in keys if not torch.equal(t1[k], t2[k])]
+    bk = sorted(k for k in t1 if k.endswith("lora_B.weight"))
+    moved = sum(not torch.equal(t1[k], t2[k]) for k in bk)
+    for k in bad:
+        print(f"  FAIL {k} changed: max |diff| {float((t1[k] - t2[k]).abs().max()):.3e}")
+    print(f"variants_check frozen: {len(keys) - len(bad)}/{len(keys)} lora_A unchanged, "
+          f"{moved}/{len(bk)} lora_B moved")
+    return 1 if bad or moved == 0 else 0
+
+
+def main():
+    if len(sys.argv) < 2 or sys.argv[1] not in ("grads", "steps", "frozen"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    if sys.argv[1] == "frozen":
+        return frozen(sys.argv[2], sys.argv[3])
+    tl.lora_from_dump_meta = _lora_from_dump_meta(tl.lora_from_dump_meta)
+    tl.make_optimizer = _make_optimizer(tl.make_optimizer)
+    mod = check_grads if sys.argv[1] == "grads" else check_steps
+    sys.argv = [mod.__file__] + sys.argv[2:]
+    return mod.main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
