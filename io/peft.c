@@ -11,7 +11,10 @@
  *                                    re.match(rf".*\.{layers_pattern}\.(\d+)\.", name) or,
  *                                    without layers_pattern, re.match(r".*\.[^.]*\.(\d+)\.")
  *   src/peft/tuners/lora/model.py    _create_and_replace: r = rank_pattern.get(key, r),
- *                                    alpha = alpha_pattern.get(key, lora_alpha) */
+ *                                    alpha = alpha_pattern.get(key, lora_alpha)
+ *   src/peft/tuners/vera/config.py   VeraConfig fields and defaults (r 256, vera_dropout 0,
+ *                                    d_initial 0.1, save_projection true,
+ *                                    projection_prng_key 0; no alpha, no patterns) */
 #include "peft.h"
 #include "afile.h"
 
@@ -279,22 +282,38 @@ static int peft_parse(PeftAdapter *a, json_t *root, const char *path, ErrStatus 
     json_t *v = json_object_get(root, "peft_type");
     if (!json_is_string(v))
         return err_status_set(st, "%s: 'peft_type' is missing or not a string (expected \"LORA\")", path);
-    if (strcmp(json_string_value(v), "LORA") != 0)
-        return err_status_set(st, "%s: peft_type \"%s\" is not supported (only \"LORA\" adapters)", path,
-                              json_string_value(v));
+    a->vera = strcmp(json_string_value(v), "VERA") == 0;
+    if (!a->vera && strcmp(json_string_value(v), "LORA") != 0)
+        return err_status_set(st, "%s: peft_type \"%s\" is not supported (only \"LORA\" and \"VERA\" adapters)",
+                              path, json_string_value(v));
     v = json_object_get(root, "r");
-    a->r = 8;
+    a->r = a->vera ? 256 : 8; /* the defaults of VeraConfig / LoraConfig */
     if (v && !json_is_null(v)) {
         if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 1 << 20)
             return err_status_set(st, "%s: 'r' must be a positive integer", path);
         a->r = (int)json_integer_value(v);
     }
-    if (!peft_get_number(root, path, "lora_alpha", 8.0, &a->lora_alpha, st)) return 0;
-    if (!peft_get_number(root, path, "lora_dropout", 0.0, &a->lora_dropout, st)) return 0;
+    const char *dropout_key = a->vera ? "vera_dropout" : "lora_dropout";
+    if (!peft_get_number(root, path, dropout_key, 0.0, &a->lora_dropout, st)) return 0;
     if (!(a->lora_dropout >= 0 && a->lora_dropout < 1))
-        return err_status_set(st, "%s: 'lora_dropout' %g is not in [0, 1)", path, a->lora_dropout);
-    if (!peft_get_bool(root, path, "use_rslora", 0, &a->use_rslora, st)) return 0;
-    if (!peft_get_bool(root, path, "use_dora", 0, &a->use_dora, st)) return 0;
+        return err_status_set(st, "%s: '%s' %g is not in [0, 1)", path, dropout_key, a->lora_dropout);
+    if (a->vera) {
+        /* VeraConfig: no alpha (the update is unscaled: alpha / r = 1), no rsLoRA / DoRA /
+         * patterns; d_initial only sets lambda_d's initial value, which the file replaces */
+        a->lora_alpha = a->r;
+        if (!peft_get_number(root, path, "d_initial", 0.1, &a->d_initial, st)) return 0;
+        if (!peft_get_bool(root, path, "save_projection", 1, &a->save_projection, st)) return 0;
+        v = json_object_get(root, "projection_prng_key");
+        if (v && !json_is_null(v)) {
+            if (!json_is_integer(v) || json_integer_value(v) < 0)
+                return err_status_set(st, "%s: 'projection_prng_key' must be a non-negative integer", path);
+            a->projection_prng_key = (uint64_t)json_integer_value(v);
+        }
+    } else {
+        if (!peft_get_number(root, path, "lora_alpha", 8.0, &a->lora_alpha, st)) return 0;
+        if (!peft_get_bool(root, path, "use_rslora", 0, &a->use_rslora, st)) return 0;
+        if (!peft_get_bool(root, path, "use_dora", 0, &a->use_dora, st)) return 0;
+    }
     int fifo = 0;
     if (!peft_get_bool(root, path, "fan_in_fan_out", 0, &fifo, st)) return 0;
     if (fifo)
@@ -380,8 +399,11 @@ static int peft_parse(PeftAdapter *a, json_t *root, const char *path, ErrStatus 
     if (a->target_regex && (a->layers_to_transform || a->nlayers_pattern))
         return err_status_set(st, "%s: layers_to_transform / layers_pattern cannot be used with a regex "
                                   "target_modules (PEFT refuses it too)", path);
-    if (!peft_get_patterns(root, path, "rank_pattern", 1, &a->rank_pattern, &a->nrank_pattern, st)) return 0;
-    if (!peft_get_patterns(root, path, "alpha_pattern", 0, &a->alpha_pattern, &a->nalpha_pattern, st)) return 0;
+    if (!a->vera) {
+        if (!peft_get_patterns(root, path, "rank_pattern", 1, &a->rank_pattern, &a->nrank_pattern, st)) return 0;
+        if (!peft_get_patterns(root, path, "alpha_pattern", 0, &a->alpha_pattern, &a->nalpha_pattern, st))
+            return 0;
+    }
     v = json_object_get(root, "base_model_name_or_path");
     a->base_model = peft_strdup(json_is_string(v) ? json_string_value(v) : "");
     return 1;

@@ -81,10 +81,20 @@ typedef struct {
     void *exclude_re;           /* "exclude_modules" as a regex string (pcre2_code *) */
     char **layers_pattern;      /* "layers_pattern" (a string or a list), or NULL */
     int nlayers_pattern;
+    /* peft_type "VERA" (PEFT's VeraConfig, peft/tuners/vera/config.py): r (default 256),
+     * vera_dropout (read into lora_dropout), d_initial (0.1), save_projection (true),
+     * projection_prng_key (0); lora_alpha is set to r (VeRA has no scale), use_rslora /
+     * use_dora 0, no patterns. The tensors: per module `<prefix>.vera_lambda_d` [r] and
+     * `<prefix>.vera_lambda_b` [out], shared `base_model.vera_A` [r, max_in] and
+     * `base_model.vera_B` [max_out, r] when save_projection. */
+    int vera;                   /* 1: peft_type "VERA"; 0: "LORA" */
+    double d_initial;
+    int save_projection;
+    uint64_t projection_prng_key;
 } PeftAdapter;
 
 /* Reads DIR/adapter_config.json and opens DIR/adapter_model.safetensors. Refused with a
- * message naming the file and the key: peft_type other than LORA, fan_in_fan_out true, bias
+ * message naming the file and the key: peft_type other than LORA and VERA, fan_in_fan_out true, bias
  * other than "none", modules_to_save, trainable_token_indices, layer_replication, lora_bias,
  * target_parameters, base-weight-changing initialisations (PiSSA, OLoRA, CorDA, LoftQ), a
  * missing file, invalid JSON, wrong types, a regex that does not compile. target_modules may

@@ -239,6 +239,10 @@ static const char *merge_file_name(const MergeCtx *m, int f) {
 
 /* Every rank builds the same plan from the headers alone. */
 static int merge_plan(MergeCtx *m, ErrStatus *st) {
+    if (m->a.vera) /* peft_read accepts VeRA for eval / generate / train; this file merges LoRA and DoRA */
+        return err_status_set(st, "%s: a VeRA adapter (peft_type VERA): merge writes LoRA and DoRA merges only; "
+                                  "use `shardlora generate --merge-in-memory` or eval/generate with --adapter",
+                              m->a.dir);
     int n = 0;
     for (int f = 0; f < m->d.nfiles; f++) {
         n += m->d.files[f].ntensors;

@@ -39,6 +39,13 @@ typedef struct {
      * iterations (model/pissa.c). */
     int init_pissa;
     int pissa_iters;
+    /* VeRA (Kopiczko et al. 2024, model/vera.c): the shared projections' Philox key (PEFT's
+     * projection_prng_key) and dimensions vera_A [r, vera_max_in], vera_B [vera_max_out, r],
+     * fixed by an adapter (import, checkpoint JSON) when vera_keyed; otherwise the key is
+     * `seed` and the dimensions the maxima over the adapted modules (PEFT's _find_dim). */
+    int vera_keyed;
+    uint64_t vera_key;
+    int64_t vera_max_in, vera_max_out;
     /* Per (layer, module) overrides, [L * MOD_NMODULES] or NULL (then r / alpha for every
      * target): PEFT's rank_pattern / alpha_pattern and layers_to_transform; slot_r = 0
      * leaves that module of that layer without an adapter. The caller keeps them alive. */

@@ -172,11 +172,9 @@ int adio_cfg_from_peft(AdioCfg *c, const PeftAdapter *a, const LlamaModel *m, Er
     err_status_ok(st);
     memset(c, 0, sizeof *c);
     const char *file = a->tensors.path;
-    /* the kind: DoRA when use_dora, once model/dora.c is registered */
-    const AdapterKind *kd = adapter_kind_by_name(a->use_dora ? "dora" : "lora");
-    if (!kd)
-        return err_status_set(st, "%s/adapter_config.json: use_dora is true: DoRA import comes with the LoRA "
-                                  "variants (issue 9); only plain LoRA adapters load for now", a->dir);
+    /* the kind: DoRA when use_dora, VeRA for peft_type VERA */
+    const AdapterKind *kd = adapter_kind_by_name(a->vera ? "vera" : a->use_dora ? "dora" : "lora");
+    SL_CHECK(kd, "adapter kinds dora / vera not registered");
     adio_cfg_uniform(c, m->L, 0, a->r, a->lora_alpha, a->use_rslora, a->lora_dropout, 0, a->base_model);
     snprintf(c->acfg.kind, sizeof c->acfg.kind, "%s", kd->name);
     adio_cfg_alloc_slots(c);
@@ -207,6 +205,7 @@ int adio_cfg_from_peft(AdioCfg *c, const PeftAdapter *a, const LlamaModel *m, Er
         int64_t l = 0;
         int i = 0, kind = 0;
         if (!adio_parse_key(name, m->L, &l, &i, &kind)) {
+            if (kd->io && kd->io->import_key && kd->io->import_key(c, name)) continue; /* a shared tensor */
             adio_cfg_free(c);
             return err_status_set(st, "%s: tensor '%s' names no module of this model (expected "
                                       "base_model.model.model.layers.N.{self_attn,mlp}.MODULE.lora_{A,B}.weight "
@@ -220,8 +219,8 @@ int adio_cfg_from_peft(AdioCfg *c, const PeftAdapter *a, const LlamaModel *m, Er
         }
         if (kind == 2) {
             adio_cfg_free(c);
-            return err_status_set(st, "%s: tensor '%s' is a DoRA magnitude vector: DoRA import comes with the "
-                                      "LoRA variants (issue 9)", file, name);
+            return err_status_set(st, "%s: tensor '%s' is a DoRA magnitude vector but adapter_config.json has "
+                                      "use_dora false", file, name);
         }
         if (kind < 0) {
             adio_cfg_free(c);
@@ -233,6 +232,14 @@ int adio_cfg_from_peft(AdioCfg *c, const PeftAdapter *a, const LlamaModel *m, Er
             return err_status_set(st, "%s: tensor '%s' is for a module that adapter_config.json does not target "
                                       "(target_modules / layers_to_transform / exclude_modules)", file, name);
         }
+    }
+    if (kd->io && kd->io->import_cfg) {
+        if (!kd->io->import_cfg(c, a, m, st)) {
+            adio_cfg_free(c);
+            return 0;
+        }
+        adio_cfg_settle(c);
+        return 1;
     }
     /* every targeted module has both factors, with the shapes the config and the model imply */
     for (int64_t l = 0; l < m->L; l++)
@@ -588,6 +595,7 @@ static char *adio_card(const AdioCfg *c, const AdioTensor *t, int n, const AdioC
             if (!nslots || al > amax) amax = al;
             nslots++;
         }
+    const AdapterKind *kd = adapter_kind_by_name(c->acfg.kind);
     adio_printf(&b, "---\nbase_model: %s\nlibrary_name: peft\ntags:\n- lora\n- shardlora\n---\n\n", base);
     adio_printf(&b, "# LoRA adapter for %s\n\n", base);
     adio_printf(&b, "Trained with shardlora %s: LoRA on a frozen base model, tensor-parallel over MPI ranks.", SHARDLORA_VERSION);
@@ -598,7 +606,7 @@ static char *adio_card(const AdioCfg *c, const AdioTensor *t, int n, const AdioC
                     "`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`, A [r, in], B [out, r], "
                     "float32) and `adapter_config.json`.\n\n");
     adio_printf(&b, "## Adapter\n\n| setting | value |\n|---|---|\n");
-    adio_printf(&b, "| peft_type | LORA |\n");
+    adio_printf(&b, "| peft_type | %s |\n", kd && kd->peft_type ? kd->peft_type : "LORA");
     if (rmin == rmax) adio_printf(&b, "| r | %d |\n", rmin);
     else adio_printf(&b, "| r | %d to %d per module (rank_pattern; default %d) |\n", rmin, rmax, c->acfg.r);
     if (amin == amax) adio_printf(&b, "| lora_alpha | %.9g |\n", amin);

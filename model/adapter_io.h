@@ -42,8 +42,8 @@ void adio_cfg_slot(const AdioCfg *c, int64_t layer, int module, int *r, double *
 
 /* The configuration of a PEFT adapter on model m (loaded, adapters not yet created):
  * per-slot rank and alpha by PEFT's rules, and every tensor of the file checked against it.
- * Refused, with st naming the file and the key: DoRA ("DoRA import comes with the LoRA
- * variants"), a tensor whose shape differs from what the config and the model imply (both
+ * The kind: DoRA when use_dora, VeRA when peft_type is "VERA", else LoRA.
+ * Refused, with st naming the file and the key: a tensor whose shape differs from what the config and the model imply (both
  * shapes named), a tensor of no module of this model or of an untargeted one, a tensor kind
  * shardlora does not train (embeddings, biases, ...), a targeted module without its
  * tensors, target_modules that match no module. acfg.seed is 0; acfg.init_gaussian 0. */
@@ -96,8 +96,14 @@ typedef struct AdioKindIo {
     int (*export_tensors)(const AdioCfg *c, const AdioTensor *t, int n, AdioTensor **out, int *nout,
                           void **keep, ErrStatus *st);
     /* Import: a key suffix other than .lora_A.weight / .lora_B.weight that the kind reads
-     * itself (returns 1 to accept the key). */
+     * itself (returns 1 to accept the key); for a key that names no module (a shared
+     * tensor, e.g. VeRA's base_model.vera_A) the whole key. */
     int (*import_key)(const AdioCfg *c, const char *suffix);
+    /* Import: the kind's own checks of adapter a on model m, instead of LoRA's (every
+     * targeted module has lora_A [r, in] and lora_B [out, r]), after the common ones (c's
+     * targets and per-slot ranks set, every key accepted); sets the kind's settings in
+     * c->acfg (e.g. VeRA's projection key and dimensions). 0 with st set: refused. */
+    int (*import_cfg)(AdioCfg *c, const PeftAdapter *a, const LlamaModel *m, ErrStatus *st);
 } AdioKindIo;
 
 /* Writes DIR/adapter_model.safetensors (F32, tensors sorted by name, metadata format=pt),

@@ -180,11 +180,12 @@ void llama_infer_forward(LlamaModel *m, LlamaInfer *in, const LlamaSeg *segs, in
                          const int32_t *ids, const AdapterEnv *env, const KernOps *k, KernCtx *kc,
                          Grid *g);
 
-/* Merges every LoRA slot into this rank's shard of its frozen weight, W += s * B A (F32; BF16
- * weights are rounded back to BF16), then detaches the adapters so inference has no adapter
- * cost. Both factors are local ([no, r] and [r, ni], DESIGN.md §4), so no communication.
- * Returns the number of merged modules, or -1 with st set for an adapter kind that has no
- * merge. */
+/* Merges every adapter slot into this rank's shard of its frozen weight (LoRA and LoRA-FA:
+ * W += s * B A, both factors local ([no, r] and [r, ni], DESIGN.md §4); other kinds through
+ * their merge hook after their step_begin — DoRA's norms cost one [out] all-reduce per
+ * row-parallel slot), in F32 with BF16 weights rounded back to BF16, then detaches the
+ * adapters so inference has no adapter cost. Collective over the TP group. Returns the
+ * number of merged modules, or -1 with st set for an adapter kind that has no merge. */
 int llama_merge_adapters(LlamaModel *m, GemmCtx *gc, ErrStatus *st);
 
 #endif

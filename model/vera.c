@@ -20,6 +20,10 @@
  * always of class adapter_sync_class(tp, tp), lambda_b of the output rows' class.
  * s->pA is lambda_d's entry, s->pB lambda_b's.
  *
+ * PEFT's VERA files (export and import at the end of this file) carry the projections; an
+ * adapter loads when they equal the Philox ones of its projection_prng_key (shardlora's own
+ * exports): PEFT's torch-generated ones are refused, since only the key is kept here.
+ *
  * Legend: N rows, r rank, ni / no local in / out, I / O global, mi / mo = max_in / max_out. */
 #include <jansson.h>
 #include <math.h>
@@ -99,10 +103,16 @@ static void vera_declare(AdapterSlot *s, ParamTable *pt) {
         p->pt = pt;
     }
     SL_CHECK(p->r == 0 || p->r == s->r, "VeRA: rank %d here, %d elsewhere", s->r, p->r);
+    const AdapterCfg *c = s->cfg;
+    SL_CHECK(!c->vera_keyed || (sd->in <= c->vera_max_in && sd->out <= c->vera_max_out),
+             "VeRA: module [%lld, %lld] larger than the adapter's projections [%lld, %lld]", (long long)sd->out,
+             (long long)sd->in, (long long)c->vera_max_out, (long long)c->vera_max_in);
     p->r = s->r;
-    p->seed = s->cfg->seed;
+    p->seed = c->vera_keyed ? c->vera_key : c->seed;
     if (sd->in > p->max_in) p->max_in = sd->in;
     if (sd->out > p->max_out) p->max_out = sd->out;
+    if (c->vera_keyed && c->vera_max_in > p->max_in) p->max_in = c->vera_max_in;
+    if (c->vera_keyed && c->vera_max_out > p->max_out) p->max_out = c->vera_max_out;
     VeraSlot *v = calloc(1, sizeof *v);
     SL_CHECK(v, "VeRA: out of memory");
     v->proj = p;
@@ -291,17 +301,9 @@ static void vera_merge(const AdapterSlot *s, float *W, int64_t r0, int64_t nr) {
 /* ---------------------------------------------------------------- PEFT VERA (AdioKindIo) */
 
 /* The checkpoint's adapter JSON keeps what the export needs to regenerate the projections:
- * the seed (PEFT's projection_prng_key) and the projection dimensions. The configuration an
- * exporter reads back has no model, so the dimensions are kept here, keyed by the AdapterCfg
- * the JSON was read into (the AdapterCfg has no field for them and is not this file's). */
-enum { VERA_MAX_CFGS = 16 };
-static struct {
-    const AdapterCfg *c;
-    uint64_t seed;
-    int64_t max_in, max_out;
-} vera_cfgs[VERA_MAX_CFGS];
-
-/* The live projections of a model with rank r (the one being trained), or NULL. */
+ * their key (PEFT's projection_prng_key) and dimensions, read back into the AdapterCfg's
+ * vera_* fields. A configuration that does not carry them yet (a run trained from scratch,
+ * whose dimensions the declared slots decide) takes them from the live model of rank r. */
 static const VeraProj *vera_live(int r) {
     for (int i = 0; i < VERA_MAX_MODELS; i++)
         if (vera_models[i].pt && vera_models[i].r == r && vera_models[i].sealed) return &vera_models[i];
@@ -309,10 +311,17 @@ static const VeraProj *vera_live(int r) {
 }
 
 static void vera_cfg_json(const AdapterCfg *c, char *buf, size_t n) {
-    const VeraProj *p = vera_live(c->r);
-    SL_CHECK(p, "VeRA: adapter configuration written before the adapters exist");
+    uint64_t key = c->vera_key;
+    int64_t mi = c->vera_max_in, mo = c->vera_max_out;
+    if (!c->vera_keyed) {
+        const VeraProj *p = vera_live(c->r);
+        SL_CHECK(p, "VeRA: adapter configuration written before the adapters exist");
+        key = p->seed;
+        mi = p->max_in;
+        mo = p->max_out;
+    }
     snprintf(buf, n, ", \"projection_prng_key\": %llu, \"vera_max_in\": %lld, \"vera_max_out\": %lld",
-             (unsigned long long)p->seed, (long long)p->max_in, (long long)p->max_out);
+             (unsigned long long)key, (long long)mi, (long long)mo);
 }
 
 static int vera_cfg_from_json(AdapterCfg *c, const json_t *root, ErrStatus *st) {
@@ -322,33 +331,18 @@ static int vera_cfg_from_json(AdapterCfg *c, const json_t *root, ErrStatus *st) 
         json_integer_value(mo) <= 0)
         return err_status_set(st, "adapter configuration: VeRA needs projection_prng_key, vera_max_in and "
                                   "vera_max_out");
-    c->seed = (uint64_t)json_integer_value(k);
-    int slot = -1;
-    for (int i = 0; i < VERA_MAX_CFGS && slot < 0; i++)
-        if (vera_cfgs[i].c == c || !vera_cfgs[i].c) slot = i;
-    if (slot < 0) slot = 0; /* oldest entry reused: only the latest configurations matter */
-    vera_cfgs[slot].c = c;
-    vera_cfgs[slot].seed = c->seed;
-    vera_cfgs[slot].max_in = json_integer_value(mi);
-    vera_cfgs[slot].max_out = json_integer_value(mo);
+    c->vera_keyed = 1;
+    c->vera_key = (uint64_t)json_integer_value(k);
+    c->vera_max_in = json_integer_value(mi);
+    c->vera_max_out = json_integer_value(mo);
     return 1;
-}
-
-static int vera_cfg_dims(const AdapterCfg *c, int64_t *max_in, int64_t *max_out) {
-    for (int i = 0; i < VERA_MAX_CFGS; i++)
-        if (vera_cfgs[i].c == c && vera_cfgs[i].seed == c->seed) {
-            *max_in = vera_cfgs[i].max_in;
-            *max_out = vera_cfgs[i].max_out;
-            return 1;
-        }
-    return 0;
 }
 
 static void vera_peft_config(const AdioCfg *c, PeftConfig *pc) {
     pc->peft_type = "VERA";
     pc->d_initial = VERA_D_INITIAL;
     pc->save_projection = 1;
-    pc->projection_prng_key = c->acfg.seed;
+    pc->projection_prng_key = c->acfg.vera_key;
 }
 
 static int vera_has_suffix(const char *name, const char *suffix) {
@@ -361,9 +355,10 @@ static int vera_has_suffix(const char *name, const char *suffix) {
  * get_peft_model_state_dict with save_projection: keys without the adapter name). */
 static int vera_export_tensors(const AdioCfg *c, const AdioTensor *t, int n, AdioTensor **out, int *nout,
                                void **keep, ErrStatus *st) {
-    int64_t mi = 0, mo = 0;
-    if (!vera_cfg_dims(&c->acfg, &mi, &mo))
-        return err_status_set(st, "export: VeRA configuration without the projection dimensions");
+    if (!c->acfg.vera_keyed)
+        return err_status_set(st, "export: VeRA configuration without the projections' key and dimensions");
+    const int64_t mi = c->acfg.vera_max_in, mo = c->acfg.vera_max_out;
+    const uint64_t key = c->acfg.vera_key;
     const int r = c->acfg.r;
     for (int k = 0; k < n; k++) {
         const int is_d = vera_has_suffix(t[k].name, ".vera_lambda_d"), is_b = vera_has_suffix(t[k].name, ".vera_lambda_b");
@@ -379,8 +374,8 @@ static int vera_export_tensors(const AdioCfg *c, const AdioTensor *t, int n, Adi
         o[k] = t[k];
         o[k].rows = 0; /* a 1-D tensor (adapter_io.h), as PEFT's [r] / [out] */
     }
-    vera_proj_fill(buf, c->acfg.seed, 0, r, mi, r, mi);
-    vera_proj_fill(buf + (size_t)r * (size_t)mi, c->acfg.seed, 1, mo, r, r, mi);
+    vera_proj_fill(buf, key, 0, r, mi, r, mi);
+    vera_proj_fill(buf + (size_t)r * (size_t)mi, key, 1, mo, r, r, mi);
     o[n] = (AdioTensor){"base_model.vera_A", r, mi, buf};
     o[n + 1] = (AdioTensor){"base_model.vera_B", mo, r, buf + (size_t)r * (size_t)mi};
     *out = o;
@@ -389,11 +384,104 @@ static int vera_export_tensors(const AdioCfg *c, const AdioTensor *t, int n, Adi
     return 1;
 }
 
+static const char vera_key_A[] = "base_model.vera_A", vera_key_B[] = "base_model.vera_B";
+
+/* Import (PEFT's VERA format, the keys vera_export_tensors writes): the lambdas of the
+ * targeted modules and the shared projections. */
+static int vera_import_key(const AdioCfg *c, const char *key) {
+    (void)c;
+    return strcmp(key, ".vera_lambda_d") == 0 || strcmp(key, ".vera_lambda_b") == 0 || strcmp(key, vera_key_A) == 0 ||
+           strcmp(key, vera_key_B) == 0;
+}
+
+/* Elements of the file's tensor t [rows, cols] (F32 in buf) that differ from the Philox
+ * projection `tensor` of key; *maxdiff the largest |difference|. */
+static int64_t vera_proj_mismatch(const float *buf, uint64_t key, int tensor, int64_t rows, int64_t cols, int r,
+                                  int64_t max_in, double *maxdiff) {
+    int64_t bad = 0;
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < cols; j++) {
+            const float want = vera_proj_value(key, tensor, i, j, r, max_in), have = buf[i * cols + j];
+            if (have == want) continue;
+            bad++;
+            const double d = fabs((double)have - (double)want);
+            if (!(d <= *maxdiff)) *maxdiff = d; /* NaN counts as the largest */
+        }
+    return bad;
+}
+
+/* The projections are never stored per model (only regenerated from their key by Philox),
+ * so an adapter loads when its saved vera_A / vera_B are exactly the ones its
+ * projection_prng_key gives here: those shardlora exported. Every lambda's shape is
+ * checked by adio_load against the table. */
+static int vera_import_cfg(AdioCfg *c, const PeftAdapter *a, const LlamaModel *m, ErrStatus *st) {
+    const char *file = a->tensors.path;
+    const uint64_t key = a->projection_prng_key;
+    const int r = a->r;
+    for (int k = 0; k < a->tensors.ntensors; k++) {
+        const char *name = a->tensors.tensors[k].name;
+        if (!vera_has_suffix(name, ".vera_lambda_d") && !vera_has_suffix(name, ".vera_lambda_b") &&
+            strcmp(name, vera_key_A) != 0 && strcmp(name, vera_key_B) != 0)
+            return err_status_set(st, "%s: tensor '%s' is not a VeRA tensor (<module>.vera_lambda_d, "
+                                      "<module>.vera_lambda_b, %s, %s)", file, name, vera_key_A, vera_key_B);
+    }
+    int64_t need_in = 0, need_out = 0;
+    for (int64_t l = 0; l < m->L; l++)
+        for (int i = 0; i < MOD_NMODULES; i++) {
+            if (c->slot_r[l * MOD_NMODULES + i] == 0) continue;
+            const ShardDesc *sd = &m->layers[l].lin[i].shard;
+            if (sd->in > need_in) need_in = sd->in;
+            if (sd->out > need_out) need_out = sd->out;
+        }
+    const StTensor *tA = st_find(&a->tensors, vera_key_A), *tB = st_find(&a->tensors, vera_key_B);
+    if (!a->save_projection || !tA || !tB)
+        return err_status_set(st, "%s: the adapter's VeRA projections are not saved (%s): PEFT regenerates them from "
+                                  "projection_prng_key %llu with torch's generator, which shardlora cannot reproduce",
+                              file, a->save_projection ? "save_projection true but base_model.vera_A / vera_B missing"
+                                                       : "save_projection false",
+                              (unsigned long long)key);
+    if (tA->ndim != 2 || tA->shape[0] != r || tA->shape[1] < need_in || tB->ndim != 2 || tB->shape[1] != r ||
+        tB->shape[0] < need_out) {
+        char ha[96], hb[96];
+        snprintf(ha, sizeof ha, "[%lld, %lld]", (long long)tA->shape[0], tA->ndim > 1 ? (long long)tA->shape[1] : 0LL);
+        snprintf(hb, sizeof hb, "[%lld, %lld]", (long long)tB->shape[0], tB->ndim > 1 ? (long long)tB->shape[1] : 0LL);
+        return err_status_set(st, "%s: %s %s and %s %s do not fit r = %d and the targeted modules (need [%d, >= %lld] "
+                                  "and [>= %lld, %d])", file, vera_key_A, ha, vera_key_B, hb, r, r,
+                              (long long)need_in, (long long)need_out, r);
+    }
+    const int64_t mi = tA->shape[1], mo = tB->shape[0];
+    const size_t nA = (size_t)r * (size_t)mi, nB = (size_t)mo * (size_t)r;
+    float *buf = malloc((nA > nB ? nA : nB) * sizeof(float));
+    SL_CHECK(buf, "out of memory");
+    StFile *f = (StFile *)&a->tensors; /* reads only (pread) */
+    int64_t bad = 0;
+    double maxdiff = 0.0;
+    int ok = st_read_all(f, tA, ST_F32, buf, st);
+    if (ok) bad += vera_proj_mismatch(buf, key, 0, r, mi, r, mi, &maxdiff);
+    if (ok) ok = st_read_all(f, tB, ST_F32, buf, st);
+    if (ok) bad += vera_proj_mismatch(buf, key, 1, mo, r, r, mi, &maxdiff);
+    free(buf);
+    if (!ok) return 0;
+    if (bad)
+        return err_status_set(st, "%s: adapter's VeRA projections were not made by shardlora with seed %llu "
+                                  "(projection_prng_key): %lld of %lld values of %s / %s differ (max |difference| "
+                                  "%.3g); PEFT's torch-generated projections cannot be reproduced", file,
+                              (unsigned long long)key, (long long)bad, (long long)(nA + nB), vera_key_A, vera_key_B,
+                              maxdiff);
+    c->acfg.vera_keyed = 1;
+    c->acfg.vera_key = key;
+    c->acfg.vera_max_in = mi;
+    c->acfg.vera_max_out = mo;
+    return 1;
+}
+
 static const AdioKindIo vera_io = {
     .cfg_json = vera_cfg_json,
     .cfg_from_json = vera_cfg_from_json,
     .peft_config = vera_peft_config,
     .export_tensors = vera_export_tensors,
+    .import_key = vera_import_key,
+    .import_cfg = vera_import_cfg,
 };
 
 const AdapterKind adapter_vera = {

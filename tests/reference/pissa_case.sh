@@ -35,4 +35,27 @@ TRAIN=(--init pissa --pissa-iters $PISSA_ITERS --no-shuffle --no-pack --seq-len 
 "$SL" train --model "$W/model" --data "$W/data.jsonl" --out "$W/res" "${TRAIN[@]}" --steps 11 \
   --dump-grads "$W/dump11r.safetensors"
 cmp "$W/dump11.safetensors" "$W/dump11r.safetensors"
-echo "pissa_case $CASE: resume bit-exact (dump of step 11 identical); OK"
+echo "pissa_case $CASE: resume bit-exact (dump of step 11 identical)"
+# the run's own final evaluation (--eval-data, on the residual base) equals `shardlora eval
+# --adapter` of its converted rank-2r export on the ORIGINAL model (relative EVAL_TOL)
+EVAL_TOL=1e-5
+"$SL" train --model "$W/model" --data "$W/data.jsonl" --out "$W/ev" "${TRAIN[@]}" --steps 6 \
+  --eval-data "$W/data.jsonl" --log-level warn > "$W/ev.log"
+EV=(--no-pack --seq-len 24 --micro-batch 2 --threads 1 --log-level warn)
+"$SL" eval --model "$W/model" --adapter "$W/ev/adapter" --data "$W/data.jsonl" "${EV[@]}" --out "$W/eval.json"
+"$SL" eval --model "$W/model" --data "$W/data.jsonl" "${EV[@]}" --out "$W/eval-base.json"
+"$PY" - "$W" "$EVAL_TOL" <<'PY'
+import json, sys
+w, tol = sys.argv[1], float(sys.argv[2])
+train = [json.loads(l) for l in open(f"{w}/ev/metrics.jsonl") if "eval_loss" in l][-1]
+cfg = json.load(open(f"{w}/ev/adapter/adapter_config.json"))
+e = json.load(open(f"{w}/eval.json"))
+base = json.load(open(f"{w}/eval-base.json"))["loss"]
+rel = abs(e["loss"] - train["eval_loss"]) / abs(train["eval_loss"])
+ok = rel <= tol and e["tokens"] == train["eval_tokens"] and abs(base - e["loss"]) > 1e-4
+print(f"pissa: eval of the rank-{cfg['r']} export on the original model {e['loss']:.9f} vs the run's eval at step "
+      f"{train['step']} {train['eval_loss']:.9f} (relative {rel:.2e}, tol {tol:g}; base alone {base:.9f}) "
+      f"{'ok' if ok else 'FAIL'}")
+sys.exit(0 if ok else 1)
+PY
+echo "pissa_case $CASE: OK"

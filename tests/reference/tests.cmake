@@ -35,7 +35,7 @@ endforeach()
 # export (VERA format; PiSSA converted to rank-2r LoRA on the original base), resume bit-exact.
 add_test(NAME reference_vera
          COMMAND bash ${SL_REF_DIR}/vera_case.sh $<TARGET_FILE:shardlora> ${CMAKE_BINARY_DIR}/test-work/reference)
-set_tests_properties(reference_vera PROPERTIES LABELS reference TIMEOUT 600)
+set_tests_properties(reference_vera PROPERTIES LABELS "reference;mpi" TIMEOUT 600 PROCESSORS 2)
 foreach(case plain rslora)
   add_test(NAME reference_pissa_${case}
            COMMAND bash ${SL_REF_DIR}/pissa_case.sh $<TARGET_FILE:shardlora> ${CMAKE_BINARY_DIR}/test-work/reference ${case})

@@ -2,8 +2,11 @@
 # VeRA (model/vera.c) against the PyTorch reference written from PEFT's formula
 # (tests/reference/vera_check.py): loss and every lambda gradient at step 1 (the init:
 # lambda_d = 0.1, lambda_b = 0) and step 10, with Philox dropout; the PEFT VERA export
-# (projections saved, equal to Philox's); checkpoint / resume bit-exact.
+# (projections saved, equal to Philox's); checkpoint / resume bit-exact; import of the export
+# (eval at tp=1 / tp=2 = the run's own eval, byte-identical round trip, foreign projections
+# refused).
 # usage: vera_case.sh SHARDLORA_BINARY WORK_DIR
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 set -euo pipefail
 SL="$1"; W="$2/vera"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -42,4 +45,79 @@ TRAIN=(--adapter vera --no-shuffle --no-pack --seq-len 24 --micro-batch 2 --lora
   --dump-grads "$W/dump10r.safetensors"
 cmp "$W/dump10.safetensors" "$W/dump10r.safetensors"
 echo "vera_case: resume bit-exact (dump of step 10 identical)"
+
+# import (PEFT's VERA format read back): the run's own final evaluation (--eval-data) equals
+# `shardlora eval --adapter` of its exported adapter at tp=1 and tp=2 (relative EVAL_TOL);
+# export -> train --init-adapter (lr 0, another run seed: the projections keep the file's
+# projection_prng_key) -> export is byte-identical, through tp=2 and back to tp=1; an adapter
+# whose projections are not the Philox ones of its key (one value of vera_A changed, as a
+# PEFT-generated adapter would be) or that does not save them is refused with exit 3, and
+# train leaves no output directory.
+EVAL_TOL=1e-6
+EV=(--no-pack --seq-len 24 --micro-batch 2 --threads 1 --log-level warn)
+"$SL" train --model "$W/model" --data "$W/data.jsonl" --out "$W/ev" "${TRAIN[@]}" --steps 6 \
+  --eval-data "$W/data.jsonl" --log-level warn > "$W/ev.log"
+"$SL" eval --model "$W/model" --adapter "$W/ev/adapter" --data "$W/data.jsonl" "${EV[@]}" --out "$W/eval-tp1.json"
+mpiexec -n 2 "$SL" eval --model "$W/model" --adapter "$W/ev/adapter" --data "$W/data.jsonl" "${EV[@]}" --tp 2 \
+  --out "$W/eval-tp2.json"
+"$SL" eval --model "$W/model" --data "$W/data.jsonl" "${EV[@]}" --out "$W/eval-base.json"
+"$PY" - "$W" "$EVAL_TOL" <<'PY'
+import json, sys
+w, tol = sys.argv[1], float(sys.argv[2])
+train = [json.loads(l) for l in open(f"{w}/ev/metrics.jsonl") if "eval_loss" in l][-1]
+base = json.load(open(f"{w}/eval-base.json"))["loss"]
+ok = True
+for tp in (1, 2):
+    e = json.load(open(f"{w}/eval-tp{tp}.json"))
+    rel = abs(e["loss"] - train["eval_loss"]) / abs(train["eval_loss"])
+    good = rel <= tol and e["tokens"] == train["eval_tokens"]
+    ok &= good
+    print(f"vera import: eval --adapter at tp={tp}: {e['loss']:.9f} vs train's eval at step {train['step']}: "
+          f"{train['eval_loss']:.9f} (relative {rel:.2e}, tol {tol:g}) {'ok' if good else 'FAIL'}")
+moved = abs(base - train["eval_loss"]) > 1e-4
+print(f"vera import: base model without adapter {base:.9f} (the adapter changes the loss: {'ok' if moved else 'FAIL'})")
+sys.exit(0 if ok and moved else 1)
+PY
+RT=(--no-shuffle --no-pack --seq-len 24 --micro-batch 2 --lr 0 --lr-schedule constant --seed 3 --threads 1 --steps 1
+    --log-level warn)
+mpiexec -n 2 "$SL" train --model "$W/model" --data "$W/data.jsonl" --out "$W/rt1" "${RT[@]}" --tp 2 \
+  --init-adapter "$W/ev/adapter" > "$W/rt1.log"
+"$SL" train --model "$W/model" --data "$W/data.jsonl" --out "$W/rt2" "${RT[@]}" --init-adapter "$W/rt1/adapter" \
+  > "$W/rt2.log"
+for f in adapter_model.safetensors adapter_config.json; do
+  cmp "$W/ev/adapter/$f" "$W/rt1/adapter/$f"
+  cmp "$W/rt1/adapter/$f" "$W/rt2/adapter/$f"
+  echo "vera import: export -> import (tp=2) -> export -> import (tp=1) -> export: $f identical ($(stat -c %s "$W/rt2/adapter/$f") bytes)"
+done
+# refused: expect_refused NAME WANT CMD...: exit 3 and WANT in the message
+expect_refused() {
+  local name="$1" want="$2" rc=0; shift 2
+  "$@" > "$W/$name.log" 2>&1 || rc=$?
+  if [ "$rc" != 3 ] || ! grep -q "$want" "$W/$name.log"; then
+    cat "$W/$name.log"; echo "FAIL: $name: exit $rc, expected 3 with '$want'"; exit 1
+  fi
+  echo "vera import: $name refused (exit 3): $(grep -o "$want.*" "$W/$name.log" | head -1 | cut -c1-150)"
+}
+cp -r "$W/ev/adapter" "$W/tampered"
+"$PY" - "$W/tampered/adapter_model.safetensors" <<'PY'
+import json, struct, sys
+p = sys.argv[1]
+b = bytearray(open(p, "rb").read())
+n = struct.unpack("<Q", b[:8])[0]
+o = 8 + n + json.loads(b[8:8 + n])["base_model.vera_A"]["data_offsets"][0] + 4 * 5
+b[o:o + 4] = struct.pack("<f", struct.unpack("<f", b[o:o + 4])[0] * 1.5)
+open(p, "wb").write(b)
+PY
+WANT="adapter's VeRA projections were not made by shardlora with seed $SEED"
+expect_refused eval-tampered "$WANT" "$SL" eval --model "$W/model" --adapter "$W/tampered" --data "$W/data.jsonl" "${EV[@]}"
+expect_refused train-tampered "$WANT" "$SL" train --model "$W/model" --data "$W/data.jsonl" --out "$W/rt-bad" "${RT[@]}" \
+  --init-adapter "$W/tampered"
+[ ! -e "$W/rt-bad" ] || { echo "FAIL: a refused --init-adapter left $W/rt-bad"; exit 1; }
+echo '{"input_ids": [1, 2, 3]}' > "$W/prompts.jsonl"
+expect_refused generate-tampered "$WANT" "$SL" generate --model "$W/model" --adapter "$W/tampered" \
+  --prompts "$W/prompts.jsonl" --max-new-tokens 2 --threads 1 --log-level warn
+cp -r "$W/ev/adapter" "$W/nosave"
+sed -i 's/"save_projection": true/"save_projection": false/' "$W/nosave/adapter_config.json"
+expect_refused eval-nosave "projections are not saved (save_projection false)" "$SL" eval --model "$W/model" \
+  --adapter "$W/nosave" --data "$W/data.jsonl" "${EV[@]}"
 echo "vera_case: OK"
