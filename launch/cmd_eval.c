@@ -21,6 +21,7 @@
 #include "../runtime/timer.h"
 #include "args.h"
 #include "cmds.h"
+#include "mpicmd.h"
 #include "train_data.h"
 
 typedef struct {
@@ -196,29 +197,22 @@ int cmd_eval(int argc, char **argv) {
     };
     const int nspecs = (int)(sizeof specs / sizeof specs[0]);
     Grid g;
-    grid_init(&g, &argc, &argv);
     int help = 0;
     ErrStatus st;
-    err_status_ok(&st);
-    int ok = args_parse(specs, nspecs, argc, argv, 2, &help, &st);
+    int ok = mpicmd_start(&g, &argc, &argv, specs, nspecs, "[mpirun -np N] shardlora eval --model DIR [--adapter DIR] --data FILE [options]",
+                           "Mean loss and perplexity of the model (with a PEFT adapter, unmerged) over a JSONL "
+                           "dataset: the same formats, prompt masking and packing as `train`, in file order. "
+                           "Prints progress lines and one summary line. Exit status 0, 2 bad command line or "
+                           "layout, 3 bad model / adapter / data, 4 cannot write --out.",
+                           &help, &st);
     if (ok && help) {
-        if (g.world_rank == 0)
-            args_print_help(stdout, "[mpirun -np N] shardlora eval --model DIR [--adapter DIR] --data FILE [options]",
-                            "Mean loss and perplexity of the model (with a PEFT adapter, unmerged) over a JSONL "
-                            "dataset: the same formats, prompt masking and packing as `train`, in file order. "
-                            "Prints progress lines and one summary line. Exit status 0, 2 bad command line or "
-                            "layout, 3 bad model / adapter / data, 4 cannot write --out.",
-                            specs, nspecs);
         args_free(specs, nspecs);
         return eval_finish(&g, 0);
     }
-    int lvl = log_parse_level(o.log_level);
-    const KernOps *kops = kern_ops_by_name(o.kernels);
-    int pin = mem_parse_pin(o.pin);
+    int lvl = 0, pin = 0;
+    const KernOps *kops = NULL;
+    ok = ok && mpicmd_run_opts(o.log_level, o.kernels, o.pin, &lvl, &kops, &pin, &st);
     int lmode = pack_parse_long(o.long_examples);
-    if (ok && lvl < 0) ok = err_status_set(&st, "--log-level '%s': expected error, warn, info or debug", o.log_level);
-    if (ok && !kops) ok = err_status_set(&st, "--kernels '%s': expected fast or reference", o.kernels);
-    if (ok && pin < 0) ok = err_status_set(&st, "--pin-memory '%s': expected auto, on or off", o.pin);
     if (ok && lmode < 0) ok = err_status_set(&st, "--long-examples '%s': expected truncate, split or drop", o.long_examples);
     if (ok && strcmp(o.chat_format, "auto") && chat_parse_format(o.chat_format) < 0)
         ok = err_status_set(&st, "--chat-format '%s': expected auto, llama3, mistral, llama2, chatml or qwen2", o.chat_format);

@@ -31,6 +31,7 @@
 #include "../runtime/timer.h"
 #include "args.h"
 #include "cmds.h"
+#include "mpicmd.h"
 
 typedef struct {
     const char *model, *adapter, *prompt, *prompts, *out, *chat_format, *dump_logits, *pin,
@@ -698,27 +699,20 @@ int cmd_generate(int argc, char **argv) {
     const int nspecs = (int)(sizeof specs / sizeof specs[0]);
 
     Grid g;
-    grid_init(&g, &argc, &argv);
     int help = 0;
     ErrStatus st;
-    err_status_ok(&st);
-    int ok = args_parse(specs, nspecs, argc, argv, 2, &help, &st);
+    int ok = mpicmd_start(&g, &argc, &argv, specs, nspecs, "[mpirun -np N] shardlora generate --model DIR [--adapter DIR] (--prompt TEXT | --prompts FILE) [options]",
+                           "Generate text with a frozen Llama/Mistral/Qwen2 model and an optional PEFT adapter, "
+                           "tensor-parallel with a KV cache sharded by heads. One prompt: its text is printed as it "
+                           "comes; several: JSONL results in prompt order (stdout or --out). Progress goes to stderr.",
+                           &help, &st);
     if (ok && help) {
-        if (g.world_rank == 0)
-            args_print_help(stdout, "[mpirun -np N] shardlora generate --model DIR [--adapter DIR] (--prompt TEXT | --prompts FILE) [options]",
-                            "Generate text with a frozen Llama/Mistral/Qwen2 model and an optional PEFT adapter, "
-                            "tensor-parallel with a KV cache sharded by heads. One prompt: its text is printed as it "
-                            "comes; several: JSONL results in prompt order (stdout or --out). Progress goes to stderr.",
-                            specs, nspecs);
         args_free(specs, nspecs);
         return gen_finish(&g, 0);
     }
-    int lvl = log_parse_level(o.log_level);
-    const KernOps *kops = kern_ops_by_name(o.kernels);
-    int pin = mem_parse_pin(o.pin);
-    if (ok && lvl < 0) ok = err_status_set(&st, "--log-level '%s': expected error, warn, info or debug", o.log_level);
-    if (ok && !kops) ok = err_status_set(&st, "--kernels '%s': expected fast or reference", o.kernels);
-    if (ok && pin < 0) ok = err_status_set(&st, "--pin-memory '%s': expected auto, on or off", o.pin);
+    int lvl = 0, pin = 0;
+    const KernOps *kops = NULL;
+    ok = ok && mpicmd_run_opts(o.log_level, o.kernels, o.pin, &lvl, &kops, &pin, &st);
     if (ok && !o.prompt == !o.prompts) ok = err_status_set(&st, "give exactly one of --prompt TEXT and --prompts FILE");
     if (ok && strcmp(o.chat_format, "auto") && chat_parse_format(o.chat_format) < 0)
         ok = err_status_set(&st, "--chat-format '%s': expected auto, llama3, mistral, llama2, chatml or qwen2", o.chat_format);

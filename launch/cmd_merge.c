@@ -38,6 +38,7 @@
 #include "../runtime/timer.h"
 #include "args.h"
 #include "cmds.h"
+#include "mpicmd.h"
 
 #define MERGE_MIB ((int64_t)1 << 20)
 /* st_read_slice converts BF16 / F16 through a staging buffer of at most this (safetensors.c) */
@@ -655,20 +656,16 @@ int cmd_merge(int argc, char **argv) {
     };
     const int nspecs = (int)(sizeof specs / sizeof specs[0]);
     Grid g;
-    grid_init(&g, &argc, &argv);
     int help = 0;
     ErrStatus st;
-    err_status_ok(&st);
-    int ok = args_parse(specs, nspecs, argc, argv, 2, &help, &st);
+    int ok = mpicmd_start(&g, &argc, &argv, specs, nspecs, "[mpirun -np N] shardlora merge --model DIR --adapter DIR --out DIR [options]",
+                           "Merge a PEFT LoRA / DoRA adapter into the model's weights (W + s·B A; DoRA: "
+                           "m ⊙ (W + s·B A) / ||W + s·B A||) and write a complete Hugging Face model "
+                           "directory with the same files, tensors and dtypes. Any number of ranks: each "
+                           "streams its rows of every tensor with positioned writes, so no rank holds "
+                           "more than a chunk. Writes OUT/merge-summary.json (peak RSS and bytes per rank).",
+                           &help, &st);
     if (ok && help) {
-        if (g.world_rank == 0)
-            args_print_help(stdout, "[mpirun -np N] shardlora merge --model DIR --adapter DIR --out DIR [options]",
-                            "Merge a PEFT LoRA / DoRA adapter into the model's weights (W + s·B A; DoRA: "
-                            "m ⊙ (W + s·B A) / ||W + s·B A||) and write a complete Hugging Face model "
-                            "directory with the same files, tensors and dtypes. Any number of ranks: each "
-                            "streams its rows of every tensor with positioned writes, so no rank holds "
-                            "more than a chunk. Writes OUT/merge-summary.json (peak RSS and bytes per rank).",
-                            specs, nspecs);
         args_free(specs, nspecs);
         return merge_finish(&g, 0);
     }

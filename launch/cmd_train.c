@@ -24,6 +24,7 @@
 #include "../runtime/timer.h"
 #include "args.h"
 #include "cmds.h"
+#include "mpicmd.h"
 #include "train_ckpt.h"
 #include "train_data.h"
 
@@ -657,19 +658,15 @@ int cmd_train(int argc, char **argv) {
     const int nspecs = (int)(sizeof specs / sizeof specs[0]);
 
     Grid g;
-    grid_init(&g, &argc, &argv);
     int help = 0;
     ErrStatus st;
-    err_status_ok(&st);
-    int ok = args_parse(specs, nspecs, argc, argv, 2, &help, &st);
+    int ok = mpicmd_start(&g, &argc, &argv, specs, nspecs, "[mpirun -np N] shardlora train --model DIR --data FILE --out DIR [options]",
+                           "Train LoRA adapters on a frozen Llama/Mistral/Qwen2 model. Writes OUT/adapter/ "
+                           "(PEFT format), OUT/metrics.jsonl (a line per step and per evaluation), OUT/run.json "
+                           "(the resolved configuration), OUT/summary.json and OUT/summary-rank*.json; "
+                           "`shardlora plot OUT` draws the loss curve.",
+                           &help, &st);
     if (ok && help) {
-        if (g.world_rank == 0)
-            args_print_help(stdout, "[mpirun -np N] shardlora train --model DIR --data FILE --out DIR [options]",
-                            "Train LoRA adapters on a frozen Llama/Mistral/Qwen2 model. Writes OUT/adapter/ "
-                            "(PEFT format), OUT/metrics.jsonl (a line per step and per evaluation), OUT/run.json "
-                            "(the resolved configuration), OUT/summary.json and OUT/summary-rank*.json; "
-                            "`shardlora plot OUT` draws the loss curve.",
-                            specs, nspecs);
         args_free(specs, nspecs);
         return train_finish(&g, 0);
     }
@@ -678,15 +675,12 @@ int cmd_train(int argc, char **argv) {
     memset(&acfg, 0, sizeof acfg);
     OptimCfg ocfg;
     optim_defaults(&ocfg);
-    int lvl = log_parse_level(o.log_level);
-    const KernOps *kops = kern_ops_by_name(o.kernels);
-    int pin = mem_parse_pin(o.pin);
+    int lvl = 0, pin = 0;
+    const KernOps *kops = NULL;
+    ok = ok && mpicmd_run_opts(o.log_level, o.kernels, o.pin, &lvl, &kops, &pin, &st);
     int okind = optim_parse_kind(o.optimizer);
     int skind = sched_parse(o.lr_schedule);
     int lmode = pack_parse_long(o.long_examples);
-    if (ok && lvl < 0) ok = err_status_set(&st, "--log-level '%s': expected error, warn, info or debug", o.log_level);
-    if (ok && !kops) ok = err_status_set(&st, "--kernels '%s': expected fast or reference", o.kernels);
-    if (ok && pin < 0) ok = err_status_set(&st, "--pin-memory '%s': expected auto, on or off", o.pin);
     if (ok && okind < 0) ok = err_status_set(&st, "--optimizer '%s': expected adamw or sgd", o.optimizer);
     if (ok && skind < 0) ok = err_status_set(&st, "--lr-schedule '%s': expected constant, linear or cosine", o.lr_schedule);
     if (ok && lmode < 0) ok = err_status_set(&st, "--long-examples '%s': expected truncate, split or drop", o.long_examples);
