@@ -1047,6 +1047,7 @@ int cmd_train(int argc, char **argv) {
                 if (coef < 1.0f)
                     for (size_t i = 0; i < m.params.trainable; i++) m.params.grads[i] *= coef;
             }
+            llama_adapters_grad_post(&m, &env); /* LoRA-FA: PEFT's projected B gradient */
             optim_step_params(&opt, &m.params, (float)lr_now);
             last_loss = loss;
         } else {

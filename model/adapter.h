@@ -83,6 +83,7 @@ typedef struct AdapterSlot {
                              * lin->add_bias; set before declare / init */
     MPI_Comm tp_comm;       /* the TP group (sums over row-parallel shards) */
     void *ext;              /* a kind's own per-slot state (owned by the kind), or NULL */
+    void *shared;           /* the kind's model-wide state (AdapterKind.shared_new), or NULL */
     /* saved for backward / scratch, sized for N rows at setup */
     float *h;               /* [N, r] X_d A^T (a TP partial sum for row layers) */
     float *xd;              /* [N, ni] dropout(X), only when dropout > 0 */
@@ -127,6 +128,18 @@ typedef struct AdapterKind {
     /* PEFT export / import of this kind's keys: see adapter_io.h (AdioKindIo). NULL = plain
      * LoRA keys (lora_A.weight, lora_B.weight). */
     const struct AdioKindIo *io;
+    /* Model-wide state shared by every slot of one model (VeRA's projections): made once,
+     * after every slot is declared and before init, from the declared slots; it may complete
+     * the model's configuration (what its checkpoints record). Set into each slot's `shared`;
+     * shared_free releases it at llama_free. */
+    void *(*shared_new)(AdapterCfg *cfg, AdapterSlot *const *slots, int n, MemCtx *mem);
+    void (*shared_free)(void *shared, MemCtx *mem);
+    /* Frees what declare allocated (s->ext), at llama_free. */
+    void (*destroy)(AdapterSlot *s);
+    /* After the gradients are summed over the replicas and clipped, before the optimizer
+     * step: rewrites this slot's gradients in place (PEFT's LoRA-FA optimizer). Called on
+     * every rank for every slot in the same order, so it may be collective over tp_comm. */
+    void (*grad_post)(AdapterSlot *s, const AdapterEnv *env);
 } AdapterKind;
 
 /* The kinds (one file each); adapter.c's table registers them by name. */

@@ -256,6 +256,17 @@ void llama_init_adapters(LlamaModel *m, const AdapterCfg *acfg, const Grid *g, M
             m->layers[l].lin[i].adapter = s;
         }
     }
+    if (kind->shared_new) {
+        AdapterSlot **slots = calloc((size_t)(m->L * MOD_NMODULES), sizeof *slots);
+        SL_CHECK(slots, "out of memory");
+        int n = 0;
+        for (int64_t l = 0; l < m->L; l++)
+            for (int i = 0; i < MOD_NMODULES; i++)
+                if (m->layers[l].lin[i].adapter) slots[n++] = m->layers[l].lin[i].adapter;
+        m->adapter_shared = kind->shared_new(&m->acfg, slots, n, mem);
+        for (int k = 0; k < n; k++) slots[k]->shared = m->adapter_shared;
+        free(slots);
+    }
     /* LoRA+ (Hayou et al. 2024), as PEFT's create_loraplus_optimizer: every lora_B gets
      * lr x ratio, whatever the kind. */
     if (acfg->loraplus_ratio > 0 && acfg->loraplus_ratio != 1.0f)
@@ -275,7 +286,25 @@ void llama_adapters_step_begin(LlamaModel *m, const AdapterEnv *env) {
         }
 }
 
+void llama_adapters_grad_post(LlamaModel *m, const AdapterEnv *env) {
+    for (int64_t l = 0; l < m->L; l++)
+        for (int i = 0; i < MOD_NMODULES; i++) {
+            AdapterSlot *s = m->layers[l].lin[i].adapter;
+            if (s && s->kind->grad_post) s->kind->grad_post(s, env);
+        }
+}
+
 void llama_free(LlamaModel *m, MemCtx *mem) {
+    const AdapterKind *kind = NULL;
+    for (int64_t l = 0; m->layers && l < m->L; l++)
+        for (int i = 0; i < MOD_NMODULES; i++) {
+            AdapterSlot *s = m->layers[l].lin[i].adapter;
+            if (!s) continue;
+            kind = s->kind;
+            if (kind->destroy) kind->destroy(s);
+            s->ext = NULL;
+        }
+    if (kind && kind->shared_free && m->adapter_shared) kind->shared_free(m->adapter_shared, mem);
     if (m->params.e) params_free(&m->params, mem);
     for (int i = 0; i < m->nblocks; i++) mem_free(mem, MEM_FROZEN, m->blocks[i], m->block_bytes[i]);
     free(m->blocks);

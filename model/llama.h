@@ -40,6 +40,7 @@ typedef struct {
     LlamaLayer *layers;       /* [L] */
     float *inv_freq;          /* [D/2] */
     AdapterCfg acfg;
+    void *adapter_shared;     /* the kind's model-wide state (AdapterKind.shared_new), or NULL */
     ParamTable params;
     uint64_t bytes_read;      /* frozen bytes read from disk by this rank */
     uint64_t frozen_bytes;    /* frozen bytes resident on this rank */
@@ -95,6 +96,9 @@ void llama_init_adapters(LlamaModel *m, const AdapterCfg *acfg, const Grid *g, M
 /* Calls every slot's step_begin (adapter.h): once per optimizer step before the first
  * forward, and before evaluation or generation. */
 void llama_adapters_step_begin(LlamaModel *m, const AdapterEnv *env);
+/* Calls every slot's grad_post (adapter.h): after the gradients are summed and clipped,
+ * before the optimizer step. */
+void llama_adapters_grad_post(LlamaModel *m, const AdapterEnv *env);
 void llama_free(LlamaModel *m, MemCtx *mem);
 
 void llama_acts_init(LlamaActs *a, const LlamaModel *m, int64_t B, int64_t T, MemCtx *mem);
