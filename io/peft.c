@@ -545,6 +545,7 @@ void peft_module_rank(const PeftAdapter *a, const char *module, int *r, double *
 const StTensor *peft_tensor(const PeftAdapter *a, const char *module, const char *which) {
     char name[512];
     snprintf(name, sizeof name, "base_model.model.%s.%s%s", module, which,
-             strcmp(which, "lora_magnitude_vector") == 0 ? "" : ".weight");
+             strcmp(which, "lora_magnitude_vector") == 0 || strncmp(which, "vera_lambda_", 12) == 0 ? ""
+                                                                                              : ".weight");
     return st_find(&a->tensors, name);
 }

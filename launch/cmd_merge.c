@@ -1,9 +1,12 @@
-/* `shardlora merge`: a PEFT LoRA / DoRA adapter merged into the frozen model's weights,
+/* `shardlora merge`: a PEFT LoRA / DoRA / VeRA adapter merged into the frozen model's weights,
  * written as a complete Hugging Face directory (config and tokenizer files copied; the same
  * safetensors files, tensors, dtypes and header bytes; the index when the input has one).
  *   LoRA: W' = W + s·B A        s = alpha / r (alpha / sqrt(r) with use_rslora), per module
  *                               from rank_pattern / alpha_pattern (peft_module_rank)
  *   DoRA: W' = m ⊙ (W + s·B A) / ||W + s·B A||   (norm per output row; PEFT lora.Linear.merge)
+ *   VeRA: W' = W + (lambda_b ⊙ vera_B[:out]) (lambda_d ⊙ vera_A[:, :in])   (PEFT
+ *         vera.Linear.get_delta_weight; the projections from the file, or regenerated from
+ *         projection_prng_key when it does not save them; every rank holds them whole)
  * computed in F32 and rounded to the tensor's dtype.
  *
  * Scale: runs under mpirun with any number of ranks. Every tensor's rows are split into
@@ -32,6 +35,7 @@
 #include "../io/peft.h"
 #include "../io/safetensors.h"
 #include "../io/stmerge.h"
+#include "../model/vera.h"
 #include "../parallel/grid.h"
 #include "../runtime/log.h"
 #include "../runtime/mem.h"
@@ -66,6 +70,7 @@ typedef struct {
     int64_t r0, nr;            /* this rank's rows [r0, r0 + nr) */
     /* adapted linears (A != NULL); others are copied byte for byte */
     const StTensor *A, *B, *M; /* lora_A [r, cols], lora_B [rows, r], magnitude [rows] or NULL */
+    const StTensor *LD, *LB;   /* VeRA: vera_lambda_d [r], vera_lambda_b [rows] (A, B NULL) */
     int r;
     float scale;
 } MergeItem;
@@ -78,7 +83,10 @@ typedef struct {
     PeftAdapter a;
     int a_open;
     MergeItem *items;
-    int nitems, nadapted, ndora;
+    int nitems, nadapted, ndora, nvera;
+    /* VeRA's shared projections, whole, F32: vA [r, vmi], vB [vmo, r] (NULL for LoRA) */
+    float *vA, *vB;
+    int64_t vmi, vmo;
     uint64_t total_bytes;      /* tensor bytes of every file (what the ranks write together) */
     /* output files, parallel to d.files */
     char **tmp, **dst;
@@ -154,6 +162,89 @@ static void merge_shape_str(const StTensor *t, char *buf, size_t n) {
 
 /* ---- the plan: which tensors are adapted, checked against the model's shapes --------- */
 
+/* VeRA's lambdas of one linear (merge_plan_linear's VeRA half). */
+static int merge_plan_vera(MergeCtx *m, MergeItem *it, unsigned char *used, const char *module, ErrStatus *st) {
+    const StTensor *LD = peft_tensor(&m->a, module, "vera_lambda_d");
+    const StTensor *LB = peft_tensor(&m->a, module, "vera_lambda_b");
+    const StTensor *base = m->a.tensors.tensors;
+    if (LD) used[LD - base] = 1;
+    if (LB) used[LB - base] = 1;
+    if (!LD && !LB) return 1;
+    const char *ap = m->a.tensors.path;
+    if (!peft_module_targeted(&m->a, module))
+        return err_status_set(st, "%s: tensor '%s' is for module '%s', which adapter_config.json does not "
+                                  "target (target_modules / exclude_modules / layers_to_transform)",
+                              ap, LD ? LD->name : LB->name, module);
+    if (!LD || !LB)
+        return err_status_set(st, "%s: module '%s' has %s but no %s", ap, module, LD ? LD->name : LB->name,
+                              LD ? "vera_lambda_b" : "vera_lambda_d");
+    const StTensor *chk[2] = {LD, LB};
+    const int64_t want[2] = {m->a.r, it->rows};
+    for (int i = 0; i < 2; i++) {
+        if (!merge_is_float(chk[i]->dtype))
+            return err_status_set(st, "%s: tensor '%s': dtype %s (expected F32, BF16 or F16)", ap, chk[i]->name,
+                                  st_dtype_name(chk[i]->dtype));
+        if (chk[i]->ndim != 1 || chk[i]->shape[0] != want[i]) {
+            char got[96], mshape[96];
+            merge_shape_str(chk[i], got, sizeof got);
+            merge_shape_str(it->t, mshape, sizeof mshape);
+            return err_status_set(st, "%s: tensor '%s' has shape %s, but it must be [%" PRId64 "] (r = %d, the model's "
+                                      "'%s' is %s): adapter for another model?",
+                                  ap, chk[i]->name, got, want[i], m->a.r, it->t->name, mshape);
+        }
+    }
+    if (!merge_is_float(it->t->dtype))
+        return err_status_set(st, "%s: tensor '%s': dtype %s cannot take an adapter", m->d.files[it->file].path,
+                              it->t->name, st_dtype_name(it->t->dtype));
+    it->LD = LD;
+    it->LB = LB;
+    it->r = m->a.r;
+    it->scale = 1.0f;
+    if (it->cols > m->vmi) m->vmi = it->cols;
+    if (it->rows > m->vmo) m->vmo = it->rows;
+    m->nadapted++;
+    m->nvera++;
+    return 1;
+}
+
+/* VeRA's projections after the plan: read whole from the file (base_model.vera_A / vera_B,
+ * which must cover every adapted module), or, when the adapter does not save them,
+ * regenerated from projection_prng_key with the sizes PEFT's _find_dim gives (the maxima over
+ * the adapted modules). */
+static int merge_vera_projections(MergeCtx *m, unsigned char *used, ErrStatus *st) {
+    const char *ap = m->a.tensors.path;
+    const StTensor *tA = st_find(&m->a.tensors, "base_model.vera_A"), *tB = st_find(&m->a.tensors, "base_model.vera_B");
+    const StTensor *base = m->a.tensors.tensors;
+    const int r = m->a.r;
+    if (tA) used[tA - base] = 1;
+    if (tB) used[tB - base] = 1;
+    if (!tA && !tB && !m->a.save_projection) {
+        m->vA = malloc((size_t)r * (size_t)m->vmi * sizeof(float));
+        m->vB = malloc((size_t)m->vmo * (size_t)r * sizeof(float));
+        SL_CHECK(m->vA && m->vB, "out of memory");
+        vera_proj_fill(m->vA, m->vB, m->a.projection_prng_key, r, m->vmi, m->vmo);
+        return 1;
+    }
+    if (!tA || !tB)
+        return err_status_set(st, "%s: %s without %s: the file is incomplete", ap,
+                              tA ? "base_model.vera_A" : "base_model.vera_B", tA ? "base_model.vera_B" : "base_model.vera_A");
+    if (tA->ndim != 2 || tA->shape[0] != r || tA->shape[1] < m->vmi || tB->ndim != 2 || tB->shape[1] != r ||
+        tB->shape[0] < m->vmo || !merge_is_float(tA->dtype) || !merge_is_float(tB->dtype)) {
+        char ga[96], gb[96];
+        merge_shape_str(tA, ga, sizeof ga);
+        merge_shape_str(tB, gb, sizeof gb);
+        return err_status_set(st, "%s: base_model.vera_A %s %s and base_model.vera_B %s %s do not cover r = %d and the "
+                                  "adapted modules (need [%d, >= %" PRId64 "] and [>= %" PRId64 ", %d], float)",
+                              ap, ga, st_dtype_name(tA->dtype), gb, st_dtype_name(tB->dtype), r, r, m->vmi, m->vmo, r);
+    }
+    m->vmi = tA->shape[1];
+    m->vmo = tB->shape[0];
+    m->vA = malloc((size_t)r * (size_t)m->vmi * sizeof(float));
+    m->vB = malloc((size_t)m->vmo * (size_t)r * sizeof(float));
+    SL_CHECK(m->vA && m->vB, "out of memory");
+    return st_read_all(&m->a.tensors, tA, ST_F32, m->vA, st) && st_read_all(&m->a.tensors, tB, ST_F32, m->vB, st);
+}
+
 /* Looks up the adapter tensors of a linear's weight and checks them (names every key). */
 static int merge_plan_linear(MergeCtx *m, MergeItem *it, unsigned char *used, ErrStatus *st) {
     const StTensor *t = it->t;
@@ -163,6 +254,7 @@ static int merge_plan_linear(MergeCtx *m, MergeItem *it, unsigned char *used, Er
     if (n - 7 >= sizeof module) return 1;
     memcpy(module, t->name, n - 7);
     module[n - 7] = 0;
+    if (m->a.vera) return merge_plan_vera(m, it, used, module, st);
     const StTensor *A = peft_tensor(&m->a, module, "lora_A");
     const StTensor *B = peft_tensor(&m->a, module, "lora_B");
     const StTensor *M = peft_tensor(&m->a, module, "lora_magnitude_vector");
@@ -240,10 +332,6 @@ static const char *merge_file_name(const MergeCtx *m, int f) {
 
 /* Every rank builds the same plan from the headers alone. */
 static int merge_plan(MergeCtx *m, ErrStatus *st) {
-    if (m->a.vera) /* peft_read accepts VeRA for eval / generate / train; this file merges LoRA and DoRA */
-        return err_status_set(st, "%s: a VeRA adapter (peft_type VERA): merge writes LoRA and DoRA merges only; "
-                                  "use `shardlora generate --merge-in-memory` or eval/generate with --adapter",
-                              m->a.dir);
     int n = 0;
     for (int f = 0; f < m->d.nfiles; f++) {
         n += m->d.files[f].ntensors;
@@ -271,6 +359,7 @@ static int merge_plan(MergeCtx *m, ErrStatus *st) {
     qsort(m->items, (size_t)m->nitems, sizeof *m->items, merge_cmp_begin);
     int ok = 1;
     for (int i = 0; ok && i < m->nitems; i++) ok = merge_plan_linear(m, &m->items[i], used, st);
+    if (ok && m->a.vera && m->nvera > 0) ok = merge_vera_projections(m, used, st);
     for (int i = 0; ok && i < m->a.tensors.ntensors; i++)
         if (!used[i])
             ok = err_status_set(st,
@@ -299,16 +388,19 @@ static void merge_alloc(MergeCtx *m) {
         const MergeItem *it = &m->items[i];
         m->slice_bytes += (uint64_t)it->nr * it->row_bytes;
         if (it->nr == 0) continue;
-        if (it->A) {
+        if (it->A || it->LD) {
             size_t cr = (size_t)merge_chunk_rows(m, it);
             if (cr * (size_t)it->cols > work) work = cr * (size_t)it->cols;
             if (it->t->dtype != ST_F32 && cr * (size_t)it->cols * 2 > raw) raw = cr * (size_t)it->cols * 2;
-            if ((size_t)it->r * (size_t)it->cols > a) a = (size_t)it->r * (size_t)it->cols;
+            /* VeRA: A's floats, then lambda_d [r] */
+            const size_t af = (size_t)it->r * (size_t)it->cols + (it->LD ? (size_t)it->r : 0);
+            if (af > a) a = af;
             if (cr * (size_t)it->r > b) b = cr * (size_t)it->r;
-            if (it->M && cr > mm) mm = cr;
-            if (it->t->dtype != ST_F32 || it->A->dtype != ST_F32 || it->B->dtype != ST_F32 ||
-                (it->M && it->M->dtype != ST_F32))
-                stage = MERGE_ST_STAGE;
+            if ((it->M || it->LB) && cr > mm) mm = cr;
+            const StTensor *in[4] = {it->A, it->B, it->M ? it->M : it->LD, it->LB};
+            if (it->t->dtype != ST_F32) stage = MERGE_ST_STAGE;
+            for (int k = 0; k < 4; k++)
+                if (in[k] && in[k]->dtype != ST_F32) stage = MERGE_ST_STAGE;
         } else {
             uint64_t c = (uint64_t)it->nr * it->row_bytes;
             if (c > (uint64_t)m->o.chunk_bytes) c = (uint64_t)m->o.chunk_bytes;
@@ -335,7 +427,7 @@ static void merge_alloc(MergeCtx *m) {
 
 static uint64_t merge_buffer_bytes(const MergeCtx *m) {
     return (uint64_t)(m->work_floats + m->a_floats + m->b_floats + m->m_floats) * sizeof(float) +
-           m->raw_bytes + m->stage_bytes;
+           m->raw_bytes + m->stage_bytes + (uint64_t)m->a.r * (uint64_t)(m->vmi + m->vmo) * (m->vA ? sizeof(float) : 0);
 }
 
 static void merge_free(MergeCtx *m) {
@@ -353,6 +445,8 @@ static void merge_free(MergeCtx *m) {
     free(m->tmp);
     free(m->dst);
     free(m->items);
+    free(m->vA);
+    free(m->vB);
     if (m->a_open) peft_close(&m->a);
     if (m->d_open) st_dir_close(&m->d);
 }
@@ -511,19 +605,34 @@ static int merge_item(MergeCtx *m, const MergeItem *it, int *code, ErrStatus *st
     StFile *sf = &m->d.files[it->file];
     const int fd = m->fd[it->file];
     const char *out = m->tmp[it->file];
-    if (!it->A)
+    if (!it->A && !it->LD)
         return merge_copy_range(m, sf->fd, sf->path, fd, out, it->t->begin + (uint64_t)it->r0 * it->row_bytes,
                                 (uint64_t)it->nr * it->row_bytes, st);
     StFile *af = &m->a.tensors;
-    if (!st_read_all(af, it->A, ST_F32, m->abuf, st)) return 0;
+    const int64_t r = it->r;
+    if (it->LD) {
+        /* VeRA as a rank-r LoRA with s = 1: A = lambda_d ⊙ vera_A[:, :cols] (row k scaled by
+         * lambda_d[k]), B rows = lambda_b[o] ⊙ vera_B[o] (PEFT's get_delta_weight products) */
+        float *ld = m->abuf + r * it->cols;
+        if (!st_read_all(af, it->LD, ST_F32, ld, st)) return 0;
+        for (int64_t k = 0; k < r; k++)
+            for (int64_t i = 0; i < it->cols; i++) m->abuf[k * it->cols + i] = ld[k] * m->vA[k * m->vmi + i];
+    } else if (!st_read_all(af, it->A, ST_F32, m->abuf, st)) {
+        return 0;
+    }
     const int64_t cr = merge_chunk_rows(m, it), end = it->r0 + it->nr;
     for (int64_t row = it->r0; row < end; row += cr) {
         const int64_t k = end - row < cr ? end - row : cr;
         const size_t n = (size_t)(k * it->cols);
-        if (!st_read_slice(sf, it->t, row, k, 0, it->cols, ST_F32, m->work, st) ||
-            !st_read_slice(af, it->B, row, k, 0, it->r, ST_F32, m->bbuf, st) ||
-            (it->M && !st_read_slice(af, it->M, 0, 1, row, k, ST_F32, m->mbuf, st)))
+        if (!st_read_slice(sf, it->t, row, k, 0, it->cols, ST_F32, m->work, st)) return 0;
+        if (it->LB) {
+            if (!st_read_slice(af, it->LB, 0, 1, row, k, ST_F32, m->mbuf, st)) return 0;
+            for (int64_t o = 0; o < k; o++)
+                for (int64_t q = 0; q < r; q++) m->bbuf[o * r + q] = m->mbuf[o] * m->vB[(row + o) * r + q];
+        } else if (!st_read_slice(af, it->B, row, k, 0, it->r, ST_F32, m->bbuf, st) ||
+                   (it->M && !st_read_slice(af, it->M, 0, 1, row, k, ST_F32, m->mbuf, st))) {
             return 0;
+        }
         int64_t bad = stm_merge_rows(m->work, k, it->cols, m->abuf, m->bbuf, it->r, it->scale,
                                      it->M ? m->mbuf : NULL, (int)m->o.threads);
         if (bad) {
@@ -532,7 +641,7 @@ static int merge_item(MergeCtx *m, const MergeItem *it, int *code, ErrStatus *st
                                   "%s: tensor '%s': %" PRId64 " merged row(s) in [%" PRId64 ", %" PRId64
                                   ") are not finite%s; the adapter (%s) seems broken",
                                   sf->path, it->t->name, bad, row, row + k,
-                                  it->M ? " or have a zero norm" : "", it->A->name);
+                                  it->M ? " or have a zero norm" : "", it->A ? it->A->name : it->LD->name);
         }
         const void *src = m->work;
         if (it->t->dtype != ST_F32) {
@@ -610,6 +719,7 @@ static int merge_summary(MergeCtx *m, double seconds, uint64_t rss_start, ErrSta
     json_object_set_new(j, "tensors", json_integer(m->nitems));
     json_object_set_new(j, "adapted_tensors", json_integer(m->nadapted));
     json_object_set_new(j, "dora_tensors", json_integer(m->ndora));
+    json_object_set_new(j, "vera_tensors", json_integer(m->nvera));
     json_object_set_new(j, "total_bytes", json_integer((json_int_t)m->total_bytes));
     json_object_set_new(j, "seconds", json_real(seconds));
     json_object_set_new(j, "mb_per_s", json_real(seconds > 0 ? (double)m->total_bytes / 1e6 / seconds : 0));
@@ -659,8 +769,8 @@ int cmd_merge(int argc, char **argv) {
     int help = 0;
     ErrStatus st;
     int ok = mpicmd_start(&g, &argc, &argv, specs, nspecs, "[mpirun -np N] shardlora merge --model DIR --adapter DIR --out DIR [options]",
-                           "Merge a PEFT LoRA / DoRA adapter into the model's weights (W + s·B A; DoRA: "
-                           "m ⊙ (W + s·B A) / ||W + s·B A||) and write a complete Hugging Face model "
+                           "Merge a PEFT LoRA / DoRA / VeRA adapter into the model's weights (W + s·B A; DoRA: "
+                           "m ⊙ (W + s·B A) / ||W + s·B A||; VeRA: W + (lambda_b ⊙ B)(lambda_d ⊙ A)) and write a complete Hugging Face model "
                            "directory with the same files, tensors and dtypes. Any number of ranks: each "
                            "streams its rows of every tensor with positioned writes, so no rank holds "
                            "more than a chunk. Writes OUT/merge-summary.json (peak RSS and bytes per rank).",
@@ -709,10 +819,10 @@ int cmd_merge(int argc, char **argv) {
         printf("configuration:\n");
         args_print_resolved(stdout, specs, nspecs);
         printf("merge: %d ranks; model %s: %d file%s, %d tensors, %.1f MB; adapter %s: r %d, alpha %g, "
-               "%s%s%d adapted linears (%d DoRA), %d rank_pattern / %d alpha_pattern keys\n",
+               "%s%s%s%d adapted linears (%d DoRA), %d rank_pattern / %d alpha_pattern keys\n",
                g.world_size, o.model, m.d.nfiles, m.d.nfiles > 1 ? "s" : "", m.nitems,
                (double)m.total_bytes / 1e6, o.adapter, m.a.r, m.a.lora_alpha,
-               m.a.use_rslora ? "rsLoRA, " : "", m.a.use_dora ? "DoRA, " : "", m.nadapted, m.ndora,
+               m.a.use_rslora ? "rsLoRA, " : "", m.a.use_dora ? "DoRA, " : "", m.a.vera ? "VeRA, " : "", m.nadapted, m.ndora,
                m.a.nrank_pattern, m.a.nalpha_pattern);
         fflush(stdout);
     }

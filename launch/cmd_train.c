@@ -817,6 +817,15 @@ int cmd_train(int argc, char **argv) {
     ac.acfg.pissa_iters = acfg.pissa_iters;
     ac.acfg.loraplus_ratio = acfg.loraplus_ratio;
     llama_init_adapters(&m, &acfg, &g, &mem);
+    {
+        /* what the kind completed (VeRA: its projections' key and sizes) goes into the
+         * checkpoints' adapter JSON; the per-slot ranks stay ac's */
+        const int *sr = ac.acfg.slot_r;
+        const float *sa = ac.acfg.slot_alpha;
+        ac.acfg = m.acfg;
+        ac.acfg.slot_r = sr;
+        ac.acfg.slot_alpha = sa;
+    }
     if (o.init_adapter) {
         ok = adio_load(&m, &init_pa, &st);
         peft_close(&init_pa);

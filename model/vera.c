@@ -6,12 +6,14 @@
  * lambda_b [out] (init 0):
  *     y = W x + lambda_b ⊙ (B_s (lambda_d ⊙ (A_s dropout(x))))      (no alpha / r scale)
  *
- * The projections are regenerated from the run seed by Philox keyed by (tensor, global row,
- * global column) -- independent of max_in / max_out and of the layout -- and held once per
- * rank (not per layer), shared by the slots of one model. Each rank holds them whole: r x
- * (max_in + max_out) floats (29 MB at r = 256 on a 70B model); the slices a rank uses (column
- * layers: A[:, :in] and B's rows of its output shard; row layers: A's columns of its input
- * shard and B[:out]) are views with a leading dimension, never copies.
+ * The projections are regenerated from their key (PEFT's projection_prng_key; a run from
+ * scratch uses its --seed) exactly as PEFT makes them: torch's CPU generator seeded with the
+ * key fills vera_A, then vera_B (runtime/torchrng.h). So shardlora's projections are PEFT's
+ * for the same key and sizes, and PEFT's adapters load whether or not they saved them. They
+ * are the kind's model-wide state (AdapterKind.shared_new), held once per rank, not per
+ * layer: r x (max_in + max_out) floats (58 MB at r = 256 on a 70B model). Each rank holds
+ * them whole: column layers use all of A[:, :in], row layers all of B[:out]; the slices a rank
+ * uses are views with a leading dimension, never copies.
  *
  * Tensor parallelism as LoRA's (DESIGN.md §4) with h = A_s x: column layers: lambda_d
  * replicated (its gradient a TP partial sum through B's row shard), lambda_b sharded with the
@@ -19,10 +21,6 @@
  * sums it) and both gradients are TP partial sums; lambda_b replicated. lambda_d is thus
  * always of class adapter_sync_class(tp, tp), lambda_b of the output rows' class.
  * s->pA is lambda_d's entry, s->pB lambda_b's.
- *
- * PEFT's VERA files (export and import at the end of this file) carry the projections; an
- * adapter loads when they equal the Philox ones of its projection_prng_key (shardlora's own
- * exports): PEFT's torch-generated ones are refused, since only the key is kept here.
  *
  * Legend: N rows, r rank, ni / no local in / out, I / O global, mi / mo = max_in / max_out. */
 #include <jansson.h>
@@ -34,88 +32,56 @@
 
 #include "../runtime/err.h"
 #include "../runtime/philox.h"
+#include "../runtime/torchrng.h"
 #include "adapter.h"
 #include "adapter_io.h"
 #include "vera.h"
 
 #define VERA_D_INITIAL 0.1f /* PEFT VeraConfig.d_initial */
 
-/* The projections of one model, shared by its slots. The slots of a model find it through
- * their ParamTable (the one context every declare receives); the dimensions are the maxima
- * over the declared slots (PEFT's _find_dim), final once the first slot allocates. This small
- * table is the only state outside the slots: a kind gets no model-wide hook, and the
- * alternative (one copy per slot) is the per-layer storage VeRA exists to avoid. */
-enum { VERA_MAX_MODELS = 16 };
-static VeraProj vera_models[VERA_MAX_MODELS];
-
+/* The projections of one model (s->shared of its slots). */
 typedef struct {
-    VeraProj *proj;
+    int r;
+    int64_t max_in, max_out; /* PEFT's _find_dim: maxima over the adapted modules */
+    uint64_t key;            /* projection_prng_key */
+    float *A;                /* [r, max_in] */
+    float *B;                /* [max_out, r] */
+} VeraProj;
+
+/* Per-slot scratch (s->ext), sized in alloc. */
+typedef struct {
     float *Bl;  /* [no, r] lambda_b ⊙ B_s, rebuilt by forward and backward */
     float *M;   /* [no, r] dY^T (h ⊙ lambda_d) */
     float *g;   /* [N, r] dY Bl */
 } VeraSlot;
 
-static VeraProj *vera_proj_of(const ParamTable *pt) {
-    VeraProj *fresh = NULL;
-    for (int i = 0; i < VERA_MAX_MODELS; i++) {
-        if (vera_models[i].pt == pt) return &vera_models[i];
-        if (!vera_models[i].pt && !fresh) fresh = &vera_models[i];
-    }
-    SL_CHECK(fresh, "VeRA: more than %d models at once", VERA_MAX_MODELS);
-    memset(fresh, 0, sizeof *fresh);
-    fresh->pt = pt;
-    return fresh;
-}
-
-const VeraProj *vera_proj(const ParamTable *pt) {
-    for (int i = 0; i < VERA_MAX_MODELS; i++)
-        if (vera_models[i].pt == pt && vera_models[i].r > 0) return &vera_models[i];
-    return NULL;
-}
-
-float vera_proj_value(uint64_t seed, int tensor, int64_t row, int64_t col, int r, int64_t max_in) {
-    /* PEFT model.py _kaiming_init: gain sqrt(2), fan_in = columns: A [r, max_in] -> max_in,
-     * B [max_out, r] -> r; bound = sqrt(3) * gain / sqrt(fan_in). */
-    const float bound = sqrtf(6.0f / (float)(tensor == 0 ? max_in : r));
-    uint64_t a = ((uint64_t)row << 32) | (uint64_t)col;
-    return philox_uniform(seed, PHILOX_VERA_PROJ, a, 0, (uint64_t)tensor, -bound, bound);
-}
-
-void vera_proj_fill(float *dst, uint64_t seed, int tensor, int64_t rows, int64_t cols, int r,
-                    int64_t max_in) {
-    for (int64_t i = 0; i < rows; i++)
-        for (int64_t j = 0; j < cols; j++)
-            dst[i * cols + j] = vera_proj_value(seed, tensor, i, j, r, max_in);
+void vera_proj_fill(float *A, float *B, uint64_t key, int r, int64_t max_in, int64_t max_out) {
+    /* PEFT model.py _init_vera_A_vera_B: generator = torch.Generator(device="cpu")
+     * .manual_seed(projection_prng_key); vera_A = _kaiming_init((r, max_in)), then vera_B =
+     * _kaiming_init((max_out, r)) from the same generator. _kaiming_init: fan_in = columns,
+     * gain sqrt(2), std = gain / sqrt(fan), bound = sqrt(3) * std, uniform_(-bound, bound). */
+    TorchRng g;
+    torchrng_seed(&g, key);
+    const double bA = sqrt(3.0) * (sqrt(2.0) / sqrt((double)max_in));
+    const double bB = sqrt(3.0) * (sqrt(2.0) / sqrt((double)r));
+    torchrng_uniform_f32(&g, A, (size_t)r * (size_t)max_in, -bA, bA);
+    torchrng_uniform_f32(&g, B, (size_t)max_out * (size_t)r, -bB, bB);
 }
 
 static VeraSlot *vera_ext(const AdapterSlot *s) {
     return (VeraSlot *)s->ext;
 }
 
+static const VeraProj *vera_proj_of(const AdapterSlot *s) {
+    return (const VeraProj *)s->shared;
+}
+
 static void vera_declare(AdapterSlot *s, ParamTable *pt) {
     char pre[160], name[192];
     const ShardDesc *sd = &s->shard;
     SL_CHECK(!s->cfg->slot_r, "VeRA: one rank for every module (PEFT's VeRA has no rank_pattern)");
-    VeraProj *p = vera_proj_of(pt);
-    if (p->sealed) { /* a new model at the address of a freed table */
-        SL_CHECK(p->nalloc == 0, "VeRA: projections of a live model redeclared");
-        memset(p, 0, sizeof *p);
-        p->pt = pt;
-    }
-    SL_CHECK(p->r == 0 || p->r == s->r, "VeRA: rank %d here, %d elsewhere", s->r, p->r);
-    const AdapterCfg *c = s->cfg;
-    SL_CHECK(!c->vera_keyed || (sd->in <= c->vera_max_in && sd->out <= c->vera_max_out),
-             "VeRA: module [%lld, %lld] larger than the adapter's projections [%lld, %lld]", (long long)sd->out,
-             (long long)sd->in, (long long)c->vera_max_out, (long long)c->vera_max_in);
-    p->r = s->r;
-    p->seed = c->vera_keyed ? c->vera_key : c->seed;
-    if (sd->in > p->max_in) p->max_in = sd->in;
-    if (sd->out > p->max_out) p->max_out = sd->out;
-    if (c->vera_keyed && c->vera_max_in > p->max_in) p->max_in = c->vera_max_in;
-    if (c->vera_keyed && c->vera_max_out > p->max_out) p->max_out = c->vera_max_out;
     VeraSlot *v = calloc(1, sizeof *v);
     SL_CHECK(v, "VeRA: out of memory");
-    v->proj = p;
     s->ext = v;
 
     adapter_peft_prefix(pre, sizeof pre, s->layer, s->module);
@@ -129,6 +95,48 @@ static void vera_declare(AdapterSlot *s, ParamTable *pt) {
     s->scale = 1.0f;
 }
 
+static void vera_destroy(AdapterSlot *s) {
+    free(s->ext);
+}
+
+/* The projections, once every slot is declared: their sizes are the maxima over the slots
+ * (or the adapter's, when it fixes them: import, checkpoint), their key the adapter's or the
+ * run seed; both go into cfg so the checkpoints and exports record them. */
+static void *vera_shared_new(AdapterCfg *cfg, AdapterSlot *const *slots, int n, MemCtx *mem) {
+    VeraProj *p = calloc(1, sizeof *p);
+    SL_CHECK(p, "VeRA: out of memory");
+    p->r = cfg->r;
+    for (int k = 0; k < n; k++) {
+        const ShardDesc *sd = &slots[k]->shard;
+        SL_CHECK(slots[k]->r == p->r, "VeRA: rank %d at layer %d, %d elsewhere", slots[k]->r, slots[k]->layer, p->r);
+        SL_CHECK(!cfg->vera_keyed || (sd->in <= cfg->vera_max_in && sd->out <= cfg->vera_max_out),
+                 "VeRA: module [%lld, %lld] larger than the adapter's projections [%lld, %lld]", (long long)sd->out,
+                 (long long)sd->in, (long long)cfg->vera_max_out, (long long)cfg->vera_max_in);
+        if (sd->in > p->max_in) p->max_in = sd->in;
+        if (sd->out > p->max_out) p->max_out = sd->out;
+    }
+    if (cfg->vera_keyed) {
+        p->max_in = cfg->vera_max_in;
+        p->max_out = cfg->vera_max_out;
+    }
+    p->key = cfg->vera_keyed ? cfg->vera_key : cfg->seed;
+    cfg->vera_keyed = 1;
+    cfg->vera_key = p->key;
+    cfg->vera_max_in = p->max_in;
+    cfg->vera_max_out = p->max_out;
+    p->A = mem_alloc(mem, MEM_FROZEN, (size_t)p->r * (size_t)p->max_in * sizeof(float));
+    p->B = mem_alloc(mem, MEM_FROZEN, (size_t)p->max_out * (size_t)p->r * sizeof(float));
+    vera_proj_fill(p->A, p->B, p->key, p->r, p->max_in, p->max_out);
+    return p;
+}
+
+static void vera_shared_free(void *shared, MemCtx *mem) {
+    VeraProj *p = shared;
+    mem_free(mem, MEM_FROZEN, p->A, (size_t)p->r * (size_t)p->max_in * sizeof(float));
+    mem_free(mem, MEM_FROZEN, p->B, (size_t)p->max_out * (size_t)p->r * sizeof(float));
+    free(p);
+}
+
 static void vera_init(AdapterSlot *s, ParamTable *pt) {
     float *d = params_value(pt, s->pA); /* [r] */
     for (int k = 0; k < s->r; k++) d[k] = VERA_D_INITIAL;
@@ -137,16 +145,8 @@ static void vera_init(AdapterSlot *s, ParamTable *pt) {
 
 static void vera_alloc(AdapterSlot *s, MemCtx *m, int64_t max_rows) {
     VeraSlot *v = vera_ext(s);
-    VeraProj *p = v->proj;
     const size_t r = (size_t)s->r, ni = (size_t)s->shard.ni, no = (size_t)s->shard.no;
     const size_t N = (size_t)max_rows;
-    if (p->nalloc++ == 0) {
-        p->sealed = 1;
-        p->A = mem_alloc(m, MEM_FROZEN, r * (size_t)p->max_in * sizeof(float));
-        p->B = mem_alloc(m, MEM_FROZEN, (size_t)p->max_out * r * sizeof(float));
-        vera_proj_fill(p->A, p->seed, 0, p->r, p->max_in, p->r, p->max_in);
-        vera_proj_fill(p->B, p->seed, 1, p->max_out, p->r, p->r, p->max_in);
-    }
     s->max_rows = max_rows;
     s->h = mem_alloc(m, MEM_ACTIVATION, N * r * sizeof(float));
     s->dh = mem_alloc(m, MEM_ACTIVATION, N * r * sizeof(float));
@@ -161,7 +161,6 @@ static void vera_alloc(AdapterSlot *s, MemCtx *m, int64_t max_rows) {
 
 static void vera_release(AdapterSlot *s, MemCtx *m) {
     VeraSlot *v = vera_ext(s);
-    VeraProj *p = v->proj;
     const size_t r = (size_t)s->r, ni = (size_t)s->shard.ni, no = (size_t)s->shard.no;
     const size_t N = (size_t)s->max_rows;
     mem_free(m, MEM_ACTIVATION, s->h, N * r * sizeof(float));
@@ -173,11 +172,6 @@ static void vera_release(AdapterSlot *s, MemCtx *m) {
     if (s->tmp) mem_free(m, MEM_ACTIVATION, s->tmp, N * ni * sizeof(float));
     s->h = s->dh = s->xd = s->tmp = NULL;
     v->g = v->Bl = v->M = NULL;
-    if (--p->nalloc == 0) {
-        mem_free(m, MEM_FROZEN, p->A, (size_t)p->r * (size_t)p->max_in * sizeof(float));
-        mem_free(m, MEM_FROZEN, p->B, (size_t)p->max_out * (size_t)p->r * sizeof(float));
-        p->A = p->B = NULL;
-    }
 }
 
 /* Dropout keep-scale of (row n, local column i): LoRA's masks (model/lora.c), keyed by
@@ -195,13 +189,13 @@ static float vera_keep(const AdapterSlot *s, const AdapterEnv *env, int64_t n, i
 /* A_s: this slot's [r, ni] view of vera_A (leading dimension max_in); B_s: [no, r] rows of
  * vera_B. Bl = lambda_b ⊙ B_s (row o scaled by lambda_b[o]). */
 static const float *vera_A_slice(const AdapterSlot *s) {
-    return vera_ext(s)->proj->A + s->shard.i0;
+    return vera_proj_of(s)->A + s->shard.i0;
 }
 
 static void vera_build_Bl(const AdapterSlot *s) {
     VeraSlot *v = vera_ext(s);
     const int64_t r = s->r, no = s->shard.no;
-    const float *B = v->proj->B + s->shard.o0 * r;
+    const float *B = vera_proj_of(s)->B + s->shard.o0 * r;
     const float *lb = params_value(s->params, s->pB);
     for (int64_t o = 0; o < no; o++)
         for (int64_t k = 0; k < r; k++) v->Bl[o * r + k] = lb[o] * B[o * r + k];
@@ -213,7 +207,7 @@ static void vera_forward(AdapterSlot *s, const AdapterEnv *env, float *Y, const 
     SL_CHECK(N <= s->max_rows, "VeRA forward: %lld rows > %lld", (long long)N,
              (long long)s->max_rows);
     VeraSlot *v = vera_ext(s);
-    const int64_t r = s->r, ni = s->shard.ni, no = s->shard.no, mi = v->proj->max_in;
+    const int64_t r = s->r, ni = s->shard.ni, no = s->shard.no, mi = vera_proj_of(s)->max_in;
     const float *ld = params_value(s->params, s->pA);
     const float *Xd = X;
     if (s->cfg->dropout > 0 && env->training) {
@@ -236,11 +230,11 @@ static void vera_backward(AdapterSlot *s, const AdapterEnv *env, float *dX, cons
                           const float *X, int64_t N) {
     (void)X;
     VeraSlot *v = vera_ext(s);
-    const int64_t r = s->r, ni = s->shard.ni, no = s->shard.no, mi = v->proj->max_in;
+    const int64_t r = s->r, ni = s->shard.ni, no = s->shard.no, mi = vera_proj_of(s)->max_in;
     const float *ld = params_value(s->params, s->pA);
     float *dld = params_grad(s->params, s->pA); /* [r] */
     float *dlb = params_grad(s->params, s->pB); /* [no] */
-    const float *B = v->proj->B + s->shard.o0 * r;
+    const float *B = vera_proj_of(s)->B + s->shard.o0 * r;
     const int drop = s->cfg->dropout > 0 && env->training;
     for (int64_t n = 0; n < N; n++)
         for (int64_t k = 0; k < r; k++) s->dh[n * r + k] = s->h[n * r + k] * ld[k];
@@ -280,11 +274,9 @@ static double vera_flops_per_token(const AdapterSlot *s) {
 /* W rows [r0, r0 + nr) of this rank's shard += lambda_b ⊙ B_s diag(lambda_d) A_s (PEFT's
  * get_delta_weight: (lambda_b * B) @ (lambda_d * A)). Needs the projections (after alloc). */
 static void vera_merge(const AdapterSlot *s, float *W, int64_t r0, int64_t nr) {
-    VeraSlot *v = vera_ext(s);
-    SL_CHECK(v->proj->A, "VeRA merge before the projections exist");
-    const int64_t r = s->r, ni = s->shard.ni, mi = v->proj->max_in;
+    const int64_t r = s->r, ni = s->shard.ni, mi = vera_proj_of(s)->max_in;
     const float *A = vera_A_slice(s);
-    const float *B = v->proj->B + s->shard.o0 * r;
+    const float *B = vera_proj_of(s)->B + s->shard.o0 * r;
     const float *ld = params_value(s->params, s->pA);
     const float *lb = params_value(s->params, s->pB);
     for (int64_t o = 0; o < nr; o++) {
@@ -302,24 +294,11 @@ static void vera_merge(const AdapterSlot *s, float *W, int64_t r0, int64_t nr) {
 
 /* The checkpoint's adapter JSON keeps what the export needs to regenerate the projections:
  * their key (PEFT's projection_prng_key) and dimensions, read back into the AdapterCfg's
- * vera_* fields. A configuration that does not carry them yet (a run trained from scratch,
- * whose dimensions the declared slots decide) takes them from the live model of rank r. */
-static const VeraProj *vera_live(int r) {
-    for (int i = 0; i < VERA_MAX_MODELS; i++)
-        if (vera_models[i].pt && vera_models[i].r == r && vera_models[i].sealed) return &vera_models[i];
-    return NULL;
-}
-
+ * vera_* fields (vera_shared_new completes them for a run trained from scratch). */
 static void vera_cfg_json(const AdapterCfg *c, char *buf, size_t n) {
-    uint64_t key = c->vera_key;
-    int64_t mi = c->vera_max_in, mo = c->vera_max_out;
-    if (!c->vera_keyed) {
-        const VeraProj *p = vera_live(c->r);
-        SL_CHECK(p, "VeRA: adapter configuration written before the adapters exist");
-        key = p->seed;
-        mi = p->max_in;
-        mo = p->max_out;
-    }
+    SL_CHECK(c->vera_keyed, "VeRA: adapter configuration written before the model's projections exist");
+    const uint64_t key = c->vera_key;
+    const int64_t mi = c->vera_max_in, mo = c->vera_max_out;
     snprintf(buf, n, ", \"projection_prng_key\": %llu, \"vera_max_in\": %lld, \"vera_max_out\": %lld",
              (unsigned long long)key, (long long)mi, (long long)mo);
 }
@@ -340,7 +319,7 @@ static int vera_cfg_from_json(AdapterCfg *c, const json_t *root, ErrStatus *st) 
 
 static void vera_peft_config(const AdioCfg *c, PeftConfig *pc) {
     pc->peft_type = "VERA";
-    pc->d_initial = VERA_D_INITIAL;
+    pc->d_initial = 0.1; /* VERA_D_INITIAL, written as PEFT writes it */
     pc->save_projection = 1;
     pc->projection_prng_key = c->acfg.vera_key;
 }
@@ -351,7 +330,7 @@ static int vera_has_suffix(const char *name, const char *suffix) {
 }
 
 /* The lambdas as 1-D tensors plus the shared projections base_model.vera_A
- * [r, max_in] and base_model.vera_B [max_out, r] regenerated from the seed (PEFT's
+ * [r, max_in] and base_model.vera_B [max_out, r] regenerated from their key (PEFT's
  * get_peft_model_state_dict with save_projection: keys without the adapter name). */
 static int vera_export_tensors(const AdioCfg *c, const AdioTensor *t, int n, AdioTensor **out, int *nout,
                                void **keep, ErrStatus *st) {
@@ -374,8 +353,7 @@ static int vera_export_tensors(const AdioCfg *c, const AdioTensor *t, int n, Adi
         o[k] = t[k];
         o[k].rows = 0; /* a 1-D tensor (adapter_io.h), as PEFT's [r] / [out] */
     }
-    vera_proj_fill(buf, key, 0, r, mi, r, mi);
-    vera_proj_fill(buf + (size_t)r * (size_t)mi, key, 1, mo, r, r, mi);
+    vera_proj_fill(buf, buf + (size_t)r * (size_t)mi, key, r, mi, mo);
     o[n] = (AdioTensor){"base_model.vera_A", r, mi, buf};
     o[n + 1] = (AdioTensor){"base_model.vera_B", mo, r, buf + (size_t)r * (size_t)mi};
     *out = o;
@@ -394,25 +372,10 @@ static int vera_import_key(const AdioCfg *c, const char *key) {
            strcmp(key, vera_key_B) == 0;
 }
 
-/* Elements of the file's tensor t [rows, cols] (F32 in buf) that differ from the Philox
- * projection `tensor` of key; *maxdiff the largest |difference|. */
-static int64_t vera_proj_mismatch(const float *buf, uint64_t key, int tensor, int64_t rows, int64_t cols, int r,
-                                  int64_t max_in, double *maxdiff) {
-    int64_t bad = 0;
-    for (int64_t i = 0; i < rows; i++)
-        for (int64_t j = 0; j < cols; j++) {
-            const float want = vera_proj_value(key, tensor, i, j, r, max_in), have = buf[i * cols + j];
-            if (have == want) continue;
-            bad++;
-            const double d = fabs((double)have - (double)want);
-            if (!(d <= *maxdiff)) *maxdiff = d; /* NaN counts as the largest */
-        }
-    return bad;
-}
-
-/* The projections are never stored per model (only regenerated from their key by Philox),
- * so an adapter loads when its saved vera_A / vera_B are exactly the ones its
- * projection_prng_key gives here: those shardlora exported. Every lambda's shape is
+/* PEFT's adapters load whether they saved their projections or not: saved ones must be the
+ * projections of their projection_prng_key (which every PEFT adapter's are; a file whose
+ * projections were edited is refused, since only the key is kept here); unsaved ones are
+ * regenerated with the sizes PEFT's _find_dim gives on this model. Every lambda's shape is
  * checked by adio_load against the table. */
 static int vera_import_cfg(AdioCfg *c, const PeftAdapter *a, const LlamaModel *m, ErrStatus *st) {
     const char *file = a->tensors.path;
@@ -434,12 +397,15 @@ static int vera_import_cfg(AdioCfg *c, const PeftAdapter *a, const LlamaModel *m
             if (sd->out > need_out) need_out = sd->out;
         }
     const StTensor *tA = st_find(&a->tensors, vera_key_A), *tB = st_find(&a->tensors, vera_key_B);
-    if (!a->save_projection || !tA || !tB)
-        return err_status_set(st, "%s: the adapter's VeRA projections are not saved (%s): PEFT regenerates them from "
-                                  "projection_prng_key %llu with torch's generator, which shardlora cannot reproduce",
-                              file, a->save_projection ? "save_projection true but base_model.vera_A / vera_B missing"
-                                                       : "save_projection false",
-                              (unsigned long long)key);
+    c->acfg.vera_keyed = 1;
+    c->acfg.vera_key = key;
+    c->acfg.vera_max_in = need_in;
+    c->acfg.vera_max_out = need_out;
+    if (!a->save_projection && !tA && !tB) return 1;
+    if (!tA || !tB)
+        return err_status_set(st, "%s: %s without %s (save_projection %s): the file is incomplete", file,
+                              tA ? vera_key_A : vera_key_B, tA ? vera_key_B : vera_key_A,
+                              a->save_projection ? "true" : "false");
     if (tA->ndim != 2 || tA->shape[0] != r || tA->shape[1] < need_in || tB->ndim != 2 || tB->shape[1] != r ||
         tB->shape[0] < need_out) {
         char ha[96], hb[96];
@@ -451,25 +417,30 @@ static int vera_import_cfg(AdioCfg *c, const PeftAdapter *a, const LlamaModel *m
     }
     const int64_t mi = tA->shape[1], mo = tB->shape[0];
     const size_t nA = (size_t)r * (size_t)mi, nB = (size_t)mo * (size_t)r;
-    float *buf = malloc((nA > nB ? nA : nB) * sizeof(float));
-    SL_CHECK(buf, "out of memory");
+    float *want = malloc((nA + nB) * sizeof(float)), *have = malloc((nA + nB) * sizeof(float));
+    SL_CHECK(want && have, "out of memory");
+    vera_proj_fill(want, want + nA, key, r, mi, mo);
     StFile *f = (StFile *)&a->tensors; /* reads only (pread) */
-    int64_t bad = 0;
+    int ok = st_read_all(f, tA, ST_F32, have, st) && st_read_all(f, tB, ST_F32, have + nA, st);
+    int64_t bad = 0, first = -1;
     double maxdiff = 0.0;
-    int ok = st_read_all(f, tA, ST_F32, buf, st);
-    if (ok) bad += vera_proj_mismatch(buf, key, 0, r, mi, r, mi, &maxdiff);
-    if (ok) ok = st_read_all(f, tB, ST_F32, buf, st);
-    if (ok) bad += vera_proj_mismatch(buf, key, 1, mo, r, r, mi, &maxdiff);
-    free(buf);
+    for (size_t i = 0; ok && i < nA + nB; i++) {
+        if (have[i] == want[i]) continue;
+        if (first < 0) first = (int64_t)i;
+        bad++;
+        const double d = fabs((double)have[i] - (double)want[i]);
+        if (!(d <= maxdiff)) maxdiff = d; /* NaN counts as the largest */
+    }
+    free(want);
+    free(have);
     if (!ok) return 0;
     if (bad)
-        return err_status_set(st, "%s: adapter's VeRA projections were not made by shardlora with seed %llu "
-                                  "(projection_prng_key): %lld of %lld values of %s / %s differ (max |difference| "
-                                  "%.3g); PEFT's torch-generated projections cannot be reproduced", file,
-                              (unsigned long long)key, (long long)bad, (long long)(nA + nB), vera_key_A, vera_key_B,
-                              maxdiff);
-    c->acfg.vera_keyed = 1;
-    c->acfg.vera_key = key;
+        return err_status_set(st, "%s: the adapter's VeRA projections are not those of its projection_prng_key %llu "
+                                  "(PEFT: torch.Generator().manual_seed(key), kaiming-uniform vera_A then vera_B): "
+                                  "%lld of %lld values differ, the first at %s[%lld] (max |difference| %.3g)",
+                              file, (unsigned long long)key, (long long)bad, (long long)(nA + nB),
+                              first < (int64_t)nA ? vera_key_A : vera_key_B,
+                              (long long)(first < (int64_t)nA ? first : first - (int64_t)nA), maxdiff);
     c->acfg.vera_max_in = mi;
     c->acfg.vera_max_out = mo;
     return 1;
@@ -496,4 +467,7 @@ const AdapterKind adapter_vera = {
     .peft_type = "VERA",
     .merge = vera_merge,
     .io = &vera_io,
+    .shared_new = vera_shared_new,
+    .shared_free = vera_shared_free,
+    .destroy = vera_destroy,
 };

@@ -15,7 +15,6 @@ typedef enum {
     PHILOX_MODEL_INIT = 4,
     PHILOX_DATA_ORDER = 5,
     PHILOX_DATA_SPLIT = 6,
-    PHILOX_VERA_PROJ = 7, /* VeRA's shared projections, keyed by (row << 32 | col, 0, A=0/B=1) */
     PHILOX_SAMPLE = 16, /* generate: token draws, keyed by (prompt index, step) */
 } PhiloxPurpose;
 

@@ -36,6 +36,11 @@ endforeach()
 add_test(NAME reference_vera
          COMMAND bash ${SL_REF_DIR}/vera_case.sh $<TARGET_FILE:shardlora> ${CMAKE_BINARY_DIR}/test-work/reference)
 set_tests_properties(reference_vera PROPERTIES LABELS "reference;mpi" TIMEOUT 600 PROCESSORS 2)
+# VeRA adapters made as PEFT makes them (projections from torch's generator, saved or not):
+# eval at tp=1/2, `shardlora merge` vs PEFT's formula, generate --merge-in-memory, refusals.
+add_test(NAME reference_vera_peft
+         COMMAND bash ${SL_REF_DIR}/vera_peft_case.sh $<TARGET_FILE:shardlora> ${CMAKE_BINARY_DIR}/test-work/reference)
+set_tests_properties(reference_vera_peft PROPERTIES LABELS "reference;mpi" TIMEOUT 600 PROCESSORS 2)
 foreach(case plain rslora)
   add_test(NAME reference_pissa_${case}
            COMMAND bash ${SL_REF_DIR}/pissa_case.sh $<TARGET_FILE:shardlora> ${CMAKE_BINARY_DIR}/test-work/reference ${case})

@@ -2,23 +2,32 @@
 formula (peft/tuners/vera/layer.py Linear.forward):
     y = W x + lambda_b * F.linear(lambda_d * F.linear(dropout(x), A[:, :in]), B[:out, :])
 with one pair of projections vera_A [r, max_in], vera_B [max_out, r] shared by every module
-(max over the targeted modules, PEFT's _find_dim), regenerated here independently from
-shardlora's documented Philox coordinates (model/vera.c: purpose 7, a = row << 32 | col,
-b = 0, c = 0 for A / 1 for B; U(+-sqrt(6/max_in)) for A, U(+-sqrt(6/r)) for B, PEFT's
-kaiming init with gain sqrt(2)).
+(max over the targeted modules, PEFT's _find_dim), made here as PEFT makes them
+(peft/tuners/vera/model.py _init_vera_A_vera_B): torch.Generator(device="cpu")
+.manual_seed(projection_prng_key), then _kaiming_init((r, max_in)) and
+_kaiming_init((max_out, r)) from that generator, each uniform_(-bound, bound) with
+bound = sqrt(3) * sqrt(2) / sqrt(fan_in). shardlora's key is the run seed.
 
 Modes:
   --dump FILE       loss and the gradients of every vera_lambda_d / vera_lambda_b of a
                     `shardlora train --adapter vera --dump-grads` file (relative --tol);
                     --check-init: lambda_d == 0.1 and lambda_b == 0 exactly (a step-1 dump).
   --export DIR      an exported PEFT VERA adapter (adapter_config.json peft_type VERA,
-                    save_projection true): keys, shapes, the projections equal to Philox's,
-                    and (with --dump of the same adapter) the lambdas equal to the dump's.
+                    save_projection true): keys, shapes, the projections equal to PEFT's for
+                    the run seed, and (with --dump of the same adapter) the lambdas equal to
+                    the dump's.
+  --make-peft DIR   writes an adapter as PEFT's save_pretrained does for a VeraConfig(r=--r,
+                    target_modules=--targets, projection_prng_key=--key, save_projection=not
+                    --no-save-projection) with random lambdas (torch seed --lambda-seed).
+  --merged DIR --adapter A
+                    the logits of the merged model DIR equal those of --model with the VeRA
+                    adapter A applied unmerged by PEFT's formula (relative --tol).
 Exit 0 when everything matches, 1 otherwise.
 """
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -30,18 +39,24 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import philox  # noqa: E402
 import torch_llama as tl  # noqa: E402
 
-VERA_PROJ = 7
 D_INITIAL = 0.1
 
 
-def vera_projection(seed, tensor, rows, cols, r, max_in):
-    """float32 [rows, cols]: the leading block of vera_A (tensor 0) or vera_B (tensor 1)."""
-    a = (np.arange(rows, dtype=np.uint64)[:, None] << np.uint64(32)) | np.arange(cols, dtype=np.uint64)[None, :]
-    out = philox.block(seed, VERA_PROJ, a, 0, tensor)
-    hi = np.sqrt(np.float32(6.0) / np.float32(max_in if tensor == 0 else r)).astype(np.float32)
-    lo = -hi
-    v = lo + (hi - lo) * philox.u01(out[0])
-    return np.where(v >= hi, np.nextafter(hi, lo), v).astype(np.float32)
+def kaiming_init(shape, generator):
+    """PEFT's vera/model.py _kaiming_init on a new float32 tensor: fan_in = shape[1]."""
+    t = torch.empty(shape, dtype=torch.float32)
+    std = math.sqrt(2) / math.sqrt(shape[1])
+    bound = math.sqrt(3.0) * std
+    with torch.no_grad():
+        return t.uniform_(-bound, bound, generator=generator)
+
+
+def vera_projections(key, r, max_in, max_out):
+    """(vera_A [r, max_in], vera_B [max_out, r]) for projection_prng_key `key`, as PEFT."""
+    g = torch.Generator(device="cpu").manual_seed(int(key))
+    a = kaiming_init((r, max_in), g)
+    b = kaiming_init((max_out, r), g)
+    return a, b
 
 
 def vera_key(layer, module, which):
@@ -58,8 +73,7 @@ class Vera:
         shapes = [cfg.linear_shape(m) for m in self.targets]
         self.max_out = max(s[0] for s in shapes)
         self.max_in = max(s[1] for s in shapes)
-        self.A = torch.from_numpy(vera_projection(seed, 0, self.r, self.max_in, self.r, self.max_in))
-        self.B = torch.from_numpy(vera_projection(seed, 1, self.max_out, self.r, self.r, self.max_in))
+        self.A, self.B = vera_projections(seed, self.r, self.max_in, self.max_out)
         self.dropout = float(dropout)
         self.dropout_seed = seed
         self.dropout_step = None
@@ -161,6 +175,7 @@ def check_export(args):
 
     expect(cfg_json.get("peft_type") == "VERA", f"peft_type {cfg_json.get('peft_type')!r} == 'VERA'")
     expect(cfg_json.get("save_projection") is True, "save_projection true")
+    expect(cfg_json.get("projection_prng_key") == int(args.seed), f"projection_prng_key {cfg_json.get('projection_prng_key')} == run seed {args.seed}")
     r = int(cfg_json.get("r", 0))
     targets = cfg_json.get("target_modules")
     if isinstance(targets, list):
@@ -170,7 +185,7 @@ def check_export(args):
     for name, ref in (("base_model.vera_A", vera.A), ("base_model.vera_B", vera.B)):
         t = tensors.get(name)
         ok = t is not None and tuple(t.shape) == tuple(ref.shape) and bool(torch.equal(t.float(), ref))
-        expect(ok, f"{name} {list(ref.shape)} equal to the Philox projection")
+        expect(ok, f"{name} {list(ref.shape)} equal to PEFT's projection for key {seed}")
     want = set(vera.params) | {"base_model.vera_A", "base_model.vera_B"}
     expect(set(tensors) == want, f"keys: {len(tensors)} in the file, {len(want)} expected")
     for k, p in vera.params.items():
@@ -184,6 +199,65 @@ def check_export(args):
     return 1 if failed else 0
 
 
+def make_peft(args):
+    cfg_json, _ = tl.load_model_dir(args.model)
+    cfg = tl.ModelConfig(cfg_json)
+    targets = tl.parse_target_modules(args.targets)
+    shapes = [cfg.linear_shape(m) for m in targets]
+    max_out, max_in = max(s[0] for s in shapes), max(s[1] for s in shapes)
+    r = int(args.r)
+    g = torch.Generator().manual_seed(int(args.lambda_seed))
+    tensors = {}
+    for i in range(cfg.num_layers):
+        for m in targets:
+            out_f, _ = cfg.linear_shape(m)
+            tensors[vera_key(i, m, "d")] = 0.1 + 0.5 * torch.rand(r, generator=g)
+            tensors[vera_key(i, m, "b")] = 0.3 * torch.randn(out_f, generator=g)
+    if not args.no_save_projection:
+        tensors["base_model.vera_A"], tensors["base_model.vera_B"] = vera_projections(args.key, r, max_in, max_out)
+    os.makedirs(args.make_peft, exist_ok=True)
+    tl.write_safetensors(os.path.join(args.make_peft, "adapter_model.safetensors"), tensors, {"format": "pt"})
+    conf = {"peft_type": "VERA", "task_type": "CAUSAL_LM", "r": r, "target_modules": sorted(targets),
+            "projection_prng_key": int(args.key), "save_projection": not args.no_save_projection,
+            "vera_dropout": 0.0, "d_initial": 0.1, "fan_in_fan_out": False, "bias": "none",
+            "modules_to_save": None, "init_weights": True, "layers_to_transform": None, "layers_pattern": None,
+            "base_model_name_or_path": args.model, "revision": None, "inference_mode": True}
+    with open(os.path.join(args.make_peft, "adapter_config.json"), "w") as f:
+        json.dump(conf, f, indent=2)
+    print(f"vera_check: wrote a PEFT VeRA adapter to {args.make_peft}: r {r}, key {args.key}, projections "
+          f"[{r}, {max_in}] / [{max_out}, {r}] {'not ' if args.no_save_projection else ''}saved, "
+          f"{len(tensors)} tensors")
+    return 0
+
+
+def check_merged(args):
+    with open(os.path.join(args.adapter, "adapter_config.json")) as f:
+        conf = json.load(f)
+    tensors, _ = tl.read_safetensors(os.path.join(args.adapter, "adapter_model.safetensors"))
+    model = tl.LlamaReference.from_dir(args.model)
+    merged = tl.LlamaReference.from_dir(args.merged)
+    targets = conf["target_modules"]
+    targets = ",".join(targets) if isinstance(targets, list) else targets
+    vera = Vera(model.cfg, conf["r"], targets, conf["projection_prng_key"])
+    with torch.no_grad():
+        for k, p in vera.params.items():
+            p.copy_(tensors[k].reshape(-1))
+        if "base_model.vera_A" in tensors:  # PEFT uses the saved projections
+            vera.A, vera.B = tensors["base_model.vera_A"].float(), tensors["base_model.vera_B"].float()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, model.cfg.vocab_size, (2, 20), generator=g)
+    with torch.no_grad():
+        ref = model.logits(ids, lora=vera, training=False)
+        ours = merged.logits(ids)
+        base = model.logits(ids)
+    e, kind = tl.compare(ours, ref)
+    moved, _ = tl.compare(base, ref)
+    ok = tl.passes(e, kind, args.tol) and moved > 10 * args.tol
+    print(f"  {'ok  ' if ok else 'FAIL'} merged-model logits vs base + VeRA unmerged (PyTorch): {kind} err {e:.3e} "
+          f"(tol {args.tol:g}); the adapter moves the logits by {moved:.3e}")
+    return 0 if ok else 1
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True)
@@ -192,8 +266,20 @@ def main():
     ap.add_argument("--seed", default="0", help="run seed (for --export)")
     ap.add_argument("--tol", type=float, default=1e-4)
     ap.add_argument("--check-init", action="store_true")
+    ap.add_argument("--make-peft")
+    ap.add_argument("--key", default="0")
+    ap.add_argument("--r", default="8")
+    ap.add_argument("--targets", default="all")
+    ap.add_argument("--lambda-seed", default="1")
+    ap.add_argument("--no-save-projection", action="store_true")
+    ap.add_argument("--merged")
+    ap.add_argument("--adapter")
     args = ap.parse_args()
     try:
+        if args.make_peft:
+            return make_peft(args)
+        if args.merged:
+            return check_merged(args)
         return check_export(args) if args.export else check_dump(args)
     except tl.ReferenceError_ as e:
         print(f"vera_check: error: {e}")
