@@ -612,7 +612,7 @@ int cmd_train(int argc, char **argv) {
         {"lora-alpha", ARG_FLOAT, &o.alpha, "X", "LoRA alpha (scale = alpha / r)", 0, 0},
         {"lora-dropout", ARG_FLOAT, &o.dropout, "P", "dropout on the LoRA input, in [0, 1)", 0, 0},
         {"use-rslora", ARG_BOOL, &o.rslora, NULL, "rsLoRA scale alpha / sqrt(r)", 0, 0},
-        {"adapter", ARG_STR, &o.adapter_kind, "KIND", "lora | lora-fa (A frozen after init, only B trained) | dora | vera (the kinds this build has)", 0, 0},
+        {"adapter", ARG_STR, &o.adapter_kind, "KIND", "lora | lora-fa (PEFT's LoRA-FA optimizer: A frozen after init, B's gradient projected by (1/s^2) pinv(A A^T + 1e-8 I) before the update) | dora | vera (the kinds this build has)", 0, 0},
         {"init", ARG_STR, &o.init, "KIND", "default (A ~ U(+-1/sqrt(in))) | gaussian (A ~ N(0, 1/r)); B = 0 | pissa (top-r singular vectors of W, base replaced by the residual)", 0, 0},
         {"lora-init", ARG_STR, &o.lora_init, "KIND", "alias of --init", 0, 0},
         {"pissa-iters", ARG_INT, &o.pissa_iters, "N", "--init pissa: power iterations of the randomized SVD", 0, 0},

@@ -144,7 +144,7 @@ typedef struct AdapterKind {
 
 /* The kinds (one file each); adapter.c's table registers them by name. */
 extern const AdapterKind adapter_lora;   /* model/lora.c */
-extern const AdapterKind adapter_lorafa; /* model/lorafa.c */
+extern const AdapterKind adapter_lorafa; /* model/lora.c (LoRA with A frozen) */
 extern const AdapterKind adapter_dora;   /* model/dora.c */
 extern const AdapterKind adapter_vera;   /* model/vera.c */
 /* PiSSA (model/pissa.c), --init pissa of the LoRA kinds: A [r, ni] and B [no, r] of slot s

@@ -11,9 +11,13 @@
  *
  * LoRA-FA (Zhang et al. 2023, "LoRA-FA: Memory-efficient Low-rank Adaptation"), kind
  * "lora-fa": the same module with A frozen after its init (a PARAM_FROZEN entry: no
- * gradient, no sync, no optimizer state), only B trained; it exports as plain LoRA. */
+ * gradient, no sync, no optimizer state), only B trained, and B's gradient projected
+ * before the optimizer step as PEFT's LoraFAOptimizer does (lorafa_grad_post); it exports
+ * as plain LoRA. */
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "../runtime/err.h"
@@ -42,11 +46,6 @@ static void lora_declare(AdapterSlot *s, ParamTable *pt) {
     s->params = pt;
     s->scale = s->cfg->use_rslora ? s->alpha / sqrtf((float)r) : s->alpha / (float)r;
     if (s->cfg->init_pissa) pissa_declare_initial(s, pt); /* frozen A0, B0 for the export */
-}
-
-static void lorafa_declare(AdapterSlot *s, ParamTable *pt) {
-    lora_declare(s, pt);
-    params_set_frozen(pt, s->pA);
 }
 
 static void lora_init(AdapterSlot *s, ParamTable *pt) {
@@ -154,6 +153,146 @@ static double lora_flops_per_token(const AdapterSlot *s) {
     return 2.0 * r * (in + out) + 2.0 * r * (2.0 * out + 2.0 * in);
 }
 
+/* ---------------------------------------------------------------- LoRA-FA */
+
+/* PEFT's LoraFAOptimizer (peft/src/peft/optimizers/lorafa.py, step()): before B's AdamW
+ * update, g_B [out, r] <- (1 / s^2) g_B pinv(A A^T + 1e-8 I), with s the scaling passed to
+ * create_lorafa_optimizer: lora_alpha / r, or lora_alpha / sqrt(r) with use_rslora, one
+ * value for every module (so from the configuration's r and alpha, not a rank_pattern /
+ * alpha_pattern override). pinv is torch.linalg.pinv's: singular values <= r * FLT_EPSILON
+ * x the largest (its default rtol for float32) count as zero. */
+#define LORAFA_DELTA 1e-8
+
+/* Per-slot state (s->ext), allocated in declare. A is frozen, so P is made once, on the
+ * first grad_post (not at init: --init-adapter and a resumed checkpoint set A after init). */
+typedef struct {
+    int ready;
+    int r;
+    double *P;   /* [r, r] pinv(A A^T + delta I) / s^2 */
+    double *M;   /* [r, r] scratch: A A^T + delta I, then its eigenvalues on the diagonal */
+    double *V;   /* [r, r] scratch: eigenvectors (columns) */
+    double *row; /* [r] scratch: one row of g_B in double */
+} LorafaState;
+
+static void lorafa_declare(AdapterSlot *s, ParamTable *pt) {
+    lora_declare(s, pt);
+    params_set_frozen(pt, s->pA);
+    const size_t r = (size_t)s->r;
+    LorafaState *f = calloc(1, sizeof *f);
+    double *buf = calloc(3 * r * r + r, sizeof *buf);
+    SL_CHECK(f && buf, "LoRA-FA: out of memory (rank %d)", s->r);
+    f->r = s->r;
+    f->P = buf;
+    f->M = buf + r * r;
+    f->V = buf + 2 * r * r;
+    f->row = buf + 3 * r * r;
+    s->ext = f;
+}
+
+static void lorafa_destroy(AdapterSlot *s) {
+    LorafaState *f = s->ext;
+    if (!f) return;
+    free(f->P); /* the one block of P, M, V, row */
+    free(f);
+    s->ext = NULL;
+}
+
+/* Eigen-decomposition of the symmetric M [n, n] in place by cyclic Jacobi rotations
+ * (Golub & Van Loan, Matrix Computations, 8.5): M -> diag(eigenvalues), V [n, n] the
+ * eigenvectors as columns. n is a LoRA rank, so O(n^3) per sweep is nothing. */
+static void lorafa_jacobi(double *M, double *V, int n) {
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < n; j++) V[i * n + j] = i == j;
+    for (int sweep = 0; sweep < 64; sweep++) {
+        double off = 0.0, diag = 0.0;
+        for (int i = 0; i < n; i++) {
+            diag += M[i * n + i] * M[i * n + i];
+            for (int j = i + 1; j < n; j++) off += M[i * n + j] * M[i * n + j];
+        }
+        if (off <= 1e-32 * diag || off == 0.0) return;
+        for (int p = 0; p < n; p++)
+            for (int q = p + 1; q < n; q++) {
+                const double apq = M[p * n + q];
+                if (apq == 0.0) continue;
+                /* the rotation J (c at pp, qq; s at pq, -s at qp) that zeroes M[p, q] */
+                const double th = (M[q * n + q] - M[p * n + p]) / (2.0 * apq);
+                const double t = (th >= 0 ? 1.0 : -1.0) / (fabs(th) + sqrt(th * th + 1.0));
+                const double c = 1.0 / sqrt(t * t + 1.0), sn = t * c;
+                for (int k = 0; k < n; k++) { /* M <- M J, V <- V J */
+                    const double mp = M[k * n + p], mq = M[k * n + q];
+                    M[k * n + p] = c * mp - sn * mq;
+                    M[k * n + q] = sn * mp + c * mq;
+                    const double vp = V[k * n + p], vq = V[k * n + q];
+                    V[k * n + p] = c * vp - sn * vq;
+                    V[k * n + q] = sn * vp + c * vq;
+                }
+                for (int k = 0; k < n; k++) { /* M <- J^T M */
+                    const double mp = M[p * n + k], mq = M[q * n + k];
+                    M[p * n + k] = c * mp - sn * mq;
+                    M[q * n + k] = sn * mp + c * mq;
+                }
+            }
+    }
+}
+
+/* P = pinv(A A^T + delta I) / s^2 (see LORAFA_DELTA). A A^T is summed over the TP group
+ * when A is sharded by input columns (row-parallel layers at tp > 1): collective over
+ * tp_comm then. */
+static void lorafa_make_projection(AdapterSlot *s) {
+    LorafaState *f = s->ext;
+    const int r = f->r;
+    const int64_t ni = s->shard.ni;
+    const float *A = params_value(s->params, s->pA); /* [r, ni] */
+    for (int i = 0; i < r; i++)
+        for (int j = 0; j <= i; j++) {
+            double acc = 0.0;
+            for (int64_t k = 0; k < ni; k++) acc += (double)A[i * ni + k] * A[j * ni + k];
+            f->M[i * r + j] = f->M[j * r + i] = acc;
+        }
+    if (s->in_copies < s->tp) { /* each input column is on in_copies of the tp ranks */
+        MPI_Allreduce(MPI_IN_PLACE, f->M, r * r, MPI_DOUBLE, MPI_SUM, s->tp_comm);
+        for (int i = 0; i < r * r; i++) f->M[i] /= (double)s->in_copies;
+    }
+    for (int i = 0; i < r; i++) f->M[i * r + i] += LORAFA_DELTA;
+    lorafa_jacobi(f->M, f->V, r);
+    double lmax = 0.0;
+    for (int i = 0; i < r; i++) lmax = fmax(lmax, fabs(f->M[i * r + i]));
+    const double cut = (double)r * FLT_EPSILON * lmax;
+    const AdapterCfg *c = s->cfg;
+    const double sc = c->use_rslora ? (double)c->alpha / sqrt((double)c->r)
+                                    : (double)c->alpha / (double)c->r;
+    for (int i = 0; i < r; i++)
+        for (int j = 0; j < r; j++) {
+            double acc = 0.0;
+            for (int k = 0; k < r; k++) {
+                const double lk = f->M[k * r + k];
+                if (fabs(lk) > cut) acc += f->V[i * r + k] * f->V[j * r + k] / lk;
+            }
+            f->P[i * r + j] = acc / (sc * sc);
+        }
+    f->ready = 1;
+}
+
+/* g_B [no, r] <- g_B P, in place, after the gradients are summed over the replicas and
+ * clipped (PEFT projects in its optimizer's step, after the Trainer's clipping). */
+static void lorafa_grad_post(AdapterSlot *s, const AdapterEnv *env) {
+    (void)env;
+    LorafaState *f = s->ext;
+    if (!f->ready) lorafa_make_projection(s);
+    const int r = f->r;
+    const int64_t no = s->shard.no;
+    float *dB = params_grad(s->params, s->pB); /* [no, r] */
+    for (int64_t o = 0; o < no; o++) {
+        float *g = dB + o * r;
+        for (int k = 0; k < r; k++) f->row[k] = g[k];
+        for (int j = 0; j < r; j++) {
+            double acc = 0.0;
+            for (int k = 0; k < r; k++) acc += f->row[k] * f->P[k * r + j];
+            g[j] = (float)acc;
+        }
+    }
+}
+
 static double lorafa_flops_per_token(const AdapterSlot *s) {
     /* no dA GEMM */
     const double r = s->r, in = (double)s->shard.in, out = (double)s->shard.out;
@@ -182,4 +321,6 @@ const AdapterKind adapter_lorafa = {
     .backward = lora_backward,
     .flops_per_token = lorafa_flops_per_token,
     .io = &pissa_lora_io,
+    .destroy = lorafa_destroy,
+    .grad_post = lorafa_grad_post,
 };

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # LoRA-FA and LoRA+ (issue 9) over the process grid: 3 steps at (tp, dp) in (1,1) (2,1) (4,1)
-# (2,2) give the same loss, gradients and adapter; a resumed run ends bit-exact with an
+# (2,2) give the same loss, gradients and adapter, every target module adapted (so LoRA-FA's
+# B-gradient projection runs on row-parallel o_proj / down_proj with A sharded, A A^T summed
+# over TP); each layout's losses also replay against the PyTorch reference with PEFT's
+# LoRA-FA rule (reference/variants_check.py steps); a resumed run ends bit-exact with an
 # uninterrupted one; LoRA-FA keeps half the optimizer memory of LoRA when in = out; the
 # exported adapter is plain PEFT LoRA (use_rslora kept) and imports back with its scale.
 # usage: variants_layouts.sh SHARDLORA_BINARY WORK_DIR
@@ -40,9 +43,18 @@ train() {  # train NP OUT args...
 # 1. layouts
 for lay in $LAYOUTS; do
   tp=${lay%x*}; dp=${lay#*x}
-  train $((tp * dp)) "$W/run-$lay" --tp "$tp" --steps 3 --dump-grads "$W/dump-$lay.safetensors"
+  train $((tp * dp)) "$W/run-$lay" --tp "$tp" --steps 3 --target-modules all --dump-grads "$W/dump-$lay.safetensors"
 done
 "$PY" "$HERE/variants_layouts_check.py" layouts "$W" "$TOL" $LAYOUTS || fail "layouts"
+# the step-1 dump (initial adapter and batch, the same at every layout) for the replays
+train 1 "$W/run-step1" --steps 1 --target-modules all --dump-grads "$W/dump-step1.safetensors"
+for lay in $LAYOUTS; do
+  out=$("$PY" "$REF/variants_check.py" steps --model "$W/model" --dump "$W/dump-step1.safetensors" \
+        --data "$W/data.jsonl" --metrics "$W/run-$lay/metrics.jsonl" --steps 3 2>&1)
+  rc=$?
+  echo "$out" | grep -E "FAIL|error" ; echo "$(echo "$out" | tail -1) [$lay]"
+  [ $rc -eq 0 ] || fail "reference replay of layout $lay"
+done
 
 # 2. checkpoint / resume: 4 steps straight vs 2 steps, checkpoint, resume to 4 (at tp=2)
 train 2 "$W/straight" --tp 2 --steps 4

@@ -1,6 +1,9 @@
 """Checks of tests/mpi/variants_layouts.sh (issue 9, LoRA-FA / LoRA+):
   layouts DIR TOL LAYOUT...   dump-LAYOUT.safetensors (step 3) equal dump-1x1's: loss, every
-                              adapter tensor and gradient (relative max-abs per tensor)
+                              adapter tensor and gradient (relative max-abs per tensor); the
+                              row-parallel modules (o_proj, down_proj) are adapted and their
+                              lora_B moved (so tp > 1 exercises LoRA-FA's projection with A
+                              sharded by columns)
   memory LORA_OUT FA_OUT      summary.json peak optimizer bytes: LoRA-FA's = LoRA's / 2
   export ADAPTER DUMP         adapter_config.json is plain LoRA (peft_type LORA, use_rslora true,
                               use_dora false) and its tensors equal the dump's values
@@ -27,6 +30,12 @@ def rel(a, b):
 def layouts(w, tol, lays):
     ref, _ = tl.read_safetensors(os.path.join(w, "dump-1x1.safetensors"))
     bad = 0
+    row_b = [k for k in ref if k.endswith("lora_B.weight") and (".o_proj." in k or ".down_proj." in k)]
+    moved = sum(bool(ref[k].abs().max() > 0) for k in row_b)
+    ok = row_b and moved == len(row_b)
+    bad += not ok
+    print(f"  {'ok  ' if ok else 'FAIL'} row-parallel lora_B (o_proj, down_proj): {len(row_b)} adapted, "
+          f"{moved} moved from 0")
     for lay in lays[1:]:
         t, _ = tl.read_safetensors(os.path.join(w, f"dump-{lay}.safetensors"))
         worst, wk = 0.0, ""

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # LoRA-FA and LoRA+ (issue 9) against the PyTorch reference: train 1 and 10 steps with
-# --dump-grads, check the loss and every gradient (step 1 and 10) and 10 replayed optimizer
-# steps (variants_check.py: lora_A frozen / lora_B's lr x ratio), and for LoRA-FA that no
-# lora_A moved in 10 steps.
+# --dump-grads, check the loss and every (raw, unprojected) gradient (step 1 and 10) and 10
+# replayed optimizer steps (variants_check.py: LoRA-FA as PEFT's LoraFAOptimizer, lora_A frozen
+# and lora_B's gradient projected by (1/s^2) pinv(A A^T + 1e-8 I) / LoRA+: lora_B's lr x
+# ratio), and for LoRA-FA that no lora_A moved in 10 steps.
 # usage: variants_case.sh SHARDLORA_BINARY WORK_DIR CASE
 set -euo pipefail
 SL="$1"; CASE="$3"; W="$2/variants-$CASE"
