@@ -624,7 +624,7 @@ int cmd_train(int argc, char **argv) {
         {"global-batch", ARG_INT, &o.global_batch, "G", "sequences per optimizer step (0: micro-batch x dp); a multiple of micro-batch x dp, the rest is gradient accumulation", 0, 0},
         {"epochs", ARG_FLOAT, &o.epochs, "E", "passes over the training data (may be fractional); ignored when --steps is given", 0, 0},
         {"steps", ARG_INT, &o.steps, "N", "optimizer steps (0: from --epochs)", 0, 0},
-        {"optimizer", ARG_STR, &o.optimizer, "NAME", "adamw | sgd", 0, 0},
+        {"optimizer", ARG_STR, &o.optimizer, "NAME", "adamw (torch.optim.AdamW) | adamw-hf (transformers' AdamW, as PEFT's LoRA-FA optimizer: eps added before the bias corrections, decay after the update) | sgd", 0, 0},
         {"lr", ARG_FLOAT, &o.lr, "X", "peak learning rate", 0, 0},
         {"lr-schedule", ARG_STR, &o.lr_schedule, "NAME", "constant | linear | cosine (after the warmup; Hugging Face's definitions)", 0, 0},
         {"warmup-steps", ARG_INT, &o.warmup_steps, "N", "linear warmup from 0 over N steps", 0, 0},
@@ -681,7 +681,7 @@ int cmd_train(int argc, char **argv) {
     int okind = optim_parse_kind(o.optimizer);
     int skind = sched_parse(o.lr_schedule);
     int lmode = pack_parse_long(o.long_examples);
-    if (ok && okind < 0) ok = err_status_set(&st, "--optimizer '%s': expected adamw or sgd", o.optimizer);
+    if (ok && okind < 0) ok = err_status_set(&st, "--optimizer '%s': expected adamw, adamw-hf or sgd", o.optimizer);
     if (ok && skind < 0) ok = err_status_set(&st, "--lr-schedule '%s': expected constant, linear or cosine", o.lr_schedule);
     if (ok && lmode < 0) ok = err_status_set(&st, "--long-examples '%s': expected truncate, split or drop", o.long_examples);
     if (ok && strcmp(o.chat_format, "auto") && chat_parse_format(o.chat_format) < 0)

@@ -13,7 +13,7 @@
 /* The optimizer state tensors stored next to each trainable adapter tensor (frozen ones
  * keep only their values), named like PyTorch's optimizer state keys. */
 static int tckpt_state_names(const Optim *o, const char **names) {
-    if (o->cfg.kind == OPTIM_ADAMW) {
+    if (optim_is_adam(o->cfg.kind)) {
         names[0] = "exp_avg";
         names[1] = "exp_avg_sq";
         return 2;

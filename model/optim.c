@@ -8,12 +8,17 @@
 
 int optim_parse_kind(const char *s) {
     if (strcmp(s, "adamw") == 0) return OPTIM_ADAMW;
+    if (strcmp(s, "adamw-hf") == 0) return OPTIM_ADAMW_HF;
     if (strcmp(s, "sgd") == 0) return OPTIM_SGD;
     return -1;
 }
 
 const char *optim_kind_name(OptimKind k) {
-    return k == OPTIM_SGD ? "sgd" : "adamw";
+    return k == OPTIM_SGD ? "sgd" : k == OPTIM_ADAMW_HF ? "adamw-hf" : "adamw";
+}
+
+int optim_is_adam(OptimKind k) {
+    return k == OPTIM_ADAMW || k == OPTIM_ADAMW_HF;
 }
 
 void optim_defaults(OptimCfg *c) {
@@ -34,7 +39,7 @@ void optim_init(Optim *o, const OptimCfg *cfg, size_t n, MemCtx *mem) {
     o->n = n;
     size_t bytes = (n ? n : 1) * sizeof(float);
     o->m = mem_alloc(mem, MEM_OPTIMIZER, bytes);
-    if (cfg->kind == OPTIM_ADAMW) o->v = mem_alloc(mem, MEM_OPTIMIZER, bytes);
+    if (optim_is_adam(cfg->kind)) o->v = mem_alloc(mem, MEM_OPTIMIZER, bytes);
 }
 
 void optim_free(Optim *o, MemCtx *mem) {
@@ -66,6 +71,24 @@ static void optim_update(Optim *o, float *p, const float *g, size_t off, size_t 
             m[i] = b1 * m[i] + (1.0f - b1) * gi;
             v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
             p[i] -= step_size * m[i] / (sqrtf(v[i]) / sbc2 + c->eps);
+        }
+        return;
+    }
+    if (c->kind == OPTIM_ADAMW_HF) {
+        /* transformers' AdamW (as PEFT's LoraFAOptimizer.step): m, v EMAs;
+         * p -= lr sqrt(bc2) / bc1 * m / (sqrt(v) + eps); then p -= lr * wd * p */
+        const float b1 = c->beta1, b2 = c->beta2;
+        const double bc1 = 1.0 - pow((double)b1, (double)o->step);
+        const double bc2 = 1.0 - pow((double)b2, (double)o->step);
+        const float step_size = (float)((double)lr * sqrt(bc2) / bc1);
+        const float wd = lr * c->weight_decay;
+        float *m = o->m + off, *v = o->v + off;
+        for (size_t i = 0; i < n; i++) {
+            float gi = g[i];
+            m[i] = b1 * m[i] + (1.0f - b1) * gi;
+            v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
+            p[i] -= step_size * m[i] / (sqrtf(v[i]) + c->eps);
+            if (c->weight_decay > 0.0f) p[i] -= wd * p[i];
         }
         return;
     }

@@ -13,12 +13,15 @@
 #include "../runtime/mem.h"
 #include "params.h"
 
-typedef enum { OPTIM_ADAMW = 0, OPTIM_SGD = 1 } OptimKind;
+/* OPTIM_ADAMW: torch.optim.AdamW. OPTIM_ADAMW_HF: the AdamW of transformers (its
+ * optimization.AdamW) that PEFT's LoraFAOptimizer reimplements: eps added to sqrt(v) before
+ * the bias corrections, which go into the step size, and the decay applied after the update. */
+typedef enum { OPTIM_ADAMW = 0, OPTIM_SGD = 1, OPTIM_ADAMW_HF = 2 } OptimKind;
 
 typedef struct {
     OptimKind kind;
     float lr;
-    float beta1, beta2, eps;   /* AdamW */
+    float beta1, beta2, eps;   /* AdamW, AdamW-HF */
     float weight_decay;        /* AdamW: decoupled; SGD: L2 added to the gradient */
     float momentum;            /* SGD */
     int nesterov;              /* SGD */
@@ -32,7 +35,8 @@ typedef struct {
     int64_t step;              /* updates done */
 } Optim;
 
-/* Parse "adamw|sgd"; -1 if unknown. */
+/* Parse "adamw|adamw-hf|sgd"; -1 if unknown. */
+int optim_is_adam(OptimKind k);
 int optim_parse_kind(const char *s);
 const char *optim_kind_name(OptimKind k);
 void optim_defaults(OptimCfg *c);

@@ -9,7 +9,7 @@ shardlora's): step s (1-based) uses lines ((s-1)*G + i) mod N, i < G, each trunc
 padded to T (input_ids 0, labels -100, positions continuing); the whole global batch is one
 forward/backward here (its loss is the mean over all its counted tokens, so gradient
 accumulation over micro-batches and data parallelism give the same step). The
-optimizer is torch.optim.AdamW / torch.optim.SGD. The learning rate of each step is the
+optimizer is torch.optim.AdamW / torch.optim.SGD (or transformers' AdamW, torch_llama.AdamWHF). The learning rate of each step is the
 "lr" of that step's metrics line when every line has one (so a schedule is replayed),
 else the dump's `lr`; `--lr-source` forces either. If the metadata has `max_grad_norm`
 > 0 the gradients are clipped as torch.nn.utils.clip_grad_norm_ does.
@@ -84,13 +84,13 @@ def run(args):
     lora = tl.lora_from_dump_meta(model.cfg, meta, where)
     kind = tl.meta_get(meta, "optimizer", where)
     opt_kw = dict(lr=meta_num(meta, "lr", where), weight_decay=meta_num(meta, "weight_decay", where))
-    if kind == "adamw":  # only the keys of the chosen optimizer are required
+    if kind in ("adamw", "adamw-hf"):  # only the keys of the chosen optimizer are required
         opt_kw.update(beta1=meta_num(meta, "beta1", where), beta2=meta_num(meta, "beta2", where),
                       eps=meta_num(meta, "eps", where))
     elif kind == "sgd":
         opt_kw.update(momentum=meta_num(meta, "momentum", where), nesterov=meta_bool(meta, "nesterov", where))
     else:
-        raise tl.ReferenceError_(f"{where}: optimizer {kind!r} is not 'adamw' or 'sgd'")
+        raise tl.ReferenceError_(f"{where}: optimizer {kind!r} is not 'adamw', 'adamw-hf' or 'sgd'")
     B = meta_num(meta, "micro_batch", where, int)
     # G sequences per optimizer step (gradient accumulation / data parallelism); B if absent
     G = meta_num(meta, "global_batch", where, int) if "global_batch" in meta else B

@@ -48,7 +48,7 @@ foreach(case plain rslora)
 endforeach()
 # LoRA-FA and LoRA+ (issue 9): gradients and replayed steps against the reference with lora_A
 # frozen / lora_B's lr x ratio (tests/reference/variants_case.sh, variants_check.py)
-foreach(case lorafa loraplus lorafa-loraplus-sgd)
+foreach(case lorafa lorafa-peft loraplus lorafa-loraplus-sgd)
   add_test(NAME reference_variants_${case}
            COMMAND bash ${SL_REF_DIR}/variants_case.sh $<TARGET_FILE:shardlora>
                    ${CMAKE_BINARY_DIR}/test-work/reference ${case})

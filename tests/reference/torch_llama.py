@@ -610,16 +610,50 @@ def causal_lm_loss(logits, labels):
 # --------------------------------------------------------------------------------------
 # optimizers (torch.optim, configured the way shardlora's dump metadata names them)
 
+class AdamWHF(torch.optim.Optimizer):
+    """transformers' AdamW (transformers/optimization.py, correct_bias=True), which PEFT's
+    LoraFAOptimizer reimplements: m, v EMAs; denom = sqrt(v) + eps; p -= lr * sqrt(1 - b2^t) /
+    (1 - b1^t) * m / denom; then p -= lr * weight_decay * p."""
+
+    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0):
+        if lr < 0 or eps < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1) or weight_decay < 0:
+            raise ValueError(f"invalid AdamW-HF settings lr={lr} betas={betas} eps={eps} wd={weight_decay}")
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                if not st:
+                    st["step"] = 0
+                    st["exp_avg"] = torch.zeros_like(p)
+                    st["exp_avg_sq"] = torch.zeros_like(p)
+                st["step"] += 1
+                st["exp_avg"].mul_(b1).add_(p.grad, alpha=1.0 - b1)
+                st["exp_avg_sq"].mul_(b2).addcmul_(p.grad, p.grad, value=1.0 - b2)
+                denom = st["exp_avg_sq"].sqrt().add_(group["eps"])
+                step_size = group["lr"] * math.sqrt(1.0 - b2 ** st["step"]) / (1.0 - b1 ** st["step"])
+                p.addcdiv_(st["exp_avg"], denom, value=-step_size)
+                if group["weight_decay"] > 0.0:
+                    p.add_(p, alpha=-group["lr"] * group["weight_decay"])
+
+
 def make_optimizer(params, kind, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
                    momentum=0.0, nesterov=False):
     try:
         if kind == "adamw":
             return torch.optim.AdamW(params, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay)
+        if kind == "adamw-hf":
+            return AdamWHF(params, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay)
         if kind == "sgd":
             return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
     except ValueError as e:  # e.g. nesterov without momentum, a negative lr
         raise ReferenceError_(f"optimizer {kind}: {e}")
-    raise ReferenceError_(f"optimizer {kind!r} is not 'adamw' or 'sgd'")
+    raise ReferenceError_(f"optimizer {kind!r} is not 'adamw', 'adamw-hf' or 'sgd'")
 
 
 # --------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ MM=(--layers 2 --hidden 64 --ffn 96 --heads 4 --kv-heads 2 --vocab 300 --seed 7)
 TRAIN=(--no-shuffle --no-pack --seq-len 24 --micro-batch 2 --lora-r 4 --lora-alpha 8 --lr 5e-3 --seed 11 --log-every 5)
 case "$CASE" in
   lorafa) TRAIN+=(--adapter lora-fa) ;;
+  # PEFT's create_lorafa_optimizer as it runs: its AdamW (transformers') with its eps 1e-6
+  lorafa-peft) TRAIN+=(--adapter lora-fa --optimizer adamw-hf --eps 1e-6 --weight-decay 0.1) ;;
   loraplus) TRAIN+=(--loraplus-ratio 16 --weight-decay 0.05) ;;
   lorafa-loraplus-sgd) TRAIN+=(--adapter lora-fa --loraplus-ratio 4 --optimizer sgd --momentum 0.9 --lr 0.2
                                --use-rslora --max-grad-norm 0.5) ;;

@@ -9,17 +9,15 @@ then the unchanged check runs.
   the update: g_B <- (1 / s^2) g_B pinv(A A^T + 1e-8 I), s = lora_alpha / r (lora_alpha /
   sqrt(r) with use_rslora) as create_lorafa_optimizer computes it; the dumped gradients
   (`grads`) are the raw ones, taken before the projection.
-  Two switches (before the check's own arguments) replay PEFT's optimizer more literally, to
-  measure how much its differences from shardlora's torch-style AdamW matter; they are not
-  expected to pass at 1e-4: --peft-adamw (LoraFAOptimizer's own AdamW for B: denominator
-  sqrt(v) + eps with the bias corrections folded into the step size, weight decay after the
-  update) and --peft-bf16 (the projection's matmul under bf16 autocast, as PEFT runs it
-  when accelerate's is_bf16_available() is true, e.g. on any CPU).
+  PEFT's optimizer's own AdamW is shardlora's --optimizer adamw-hf (torch_llama.AdamWHF);
+  --peft-bf16 (before the check's own arguments) runs the projection's matmul under bf16
+  autocast, as PEFT does when accelerate's is_bf16_available() is true (e.g. on any CPU): a
+  measurement of what that rounding costs, not expected to pass at 1e-4.
 - LoRA+ (Hayou et al. 2024; PEFT's create_loraplus_optimizer): lora_B in its own param group
   with lr x ratio (weight decay with that lr, as torch applies it per group).
 Also `frozen A B`: every lora_A of dump B equals dump A's bit for bit.
 
-Usage: variants_check.py grads|steps [--peft-adamw] [--peft-bf16] ARGS-of-that-check...
+Usage: variants_check.py grads|steps [--peft-bf16] ARGS-of-that-check...
        variants_check.py frozen DUMP1 DUMP2
 Exit status 0 when the check passes."""
 
@@ -34,7 +32,7 @@ import check_grads  # noqa: E402
 import check_steps  # noqa: E402
 import torch_llama as tl  # noqa: E402
 
-_state = {"lora": None, "kind": "lora", "ratio": 0.0, "peft_adamw": False, "peft_bf16": False}
+_state = {"lora": None, "kind": "lora", "ratio": 0.0, "peft_bf16": False}
 
 
 def _lora_from_dump_meta(orig):
@@ -86,8 +84,6 @@ def _make_optimizer(orig):
         opt = orig([p for g in groups.values() for p in g], kind, **kw)  # validates the settings
         cls = _scaled(type(opt))
         if _state["kind"] == "lora-fa":
-            if _state["peft_adamw"] and kind != "adamw":
-                raise tl.ReferenceError_(f"--peft-adamw with optimizer {kind!r}")
             cls = _lorafa(cls, lora, name)
         pg = [{"params": groups[f], "lr_scale": s} for f, s in (("A", 1.0), ("B", ratio)) if groups[f]]
         out = cls(pg, **opt.defaults)
@@ -114,8 +110,7 @@ def _lorafa_project(lora, B, A):
 
 def _lorafa(cls, lora, name):
     """The optimizer class with LoRA-FA's step: every lora_B gradient projected (after the
-    replay's clipping, as PEFT projects inside step()), then the optimizer's update, or with
-    --peft-adamw LoraFAOptimizer's own AdamW update of B."""
+    replay's clipping, as PEFT projects inside step()), then the optimizer's update."""
     def a_of(b_key):
         return lora.params[b_key[: -len("lora_B.weight")] + "lora_A.weight"]
 
@@ -126,30 +121,7 @@ def _lorafa(cls, lora, name):
                     for p in g["params"]:
                         if p.grad is not None and name[id(p)].endswith("lora_B.weight"):
                             p.grad.copy_(_lorafa_project(lora, p, a_of(name[id(p)])))
-            if _state["peft_adamw"]:
-                return self._peft_adamw()
             return super().step(closure)
-
-        @torch.no_grad()
-        def _peft_adamw(self):
-            # LoraFAOptimizer's update of B: m, v EMAs; B -= lr sqrt(bc2) / bc1 * m / (sqrt(v) + eps);
-            # then B -= lr * wd * B
-            for g in self.param_groups:
-                lr = g["lr"] * g["lr_scale"]
-                b1, b2 = g["betas"]
-                for p in g["params"]:
-                    st = self.state[p]
-                    if not st:
-                        st["n"] = 0
-                        st["m"] = torch.zeros_like(p)
-                        st["v"] = torch.zeros_like(p)
-                    st["n"] += 1
-                    st["m"].mul_(b1).add_(p.grad, alpha=1 - b1)
-                    st["v"].mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-                    step = lr * math.sqrt(1 - b2 ** st["n"]) / (1 - b1 ** st["n"])
-                    p.addcdiv_(st["m"], st["v"].sqrt().add_(g["eps"]), value=-step)
-                    if g["weight_decay"] > 0:
-                        p.add_(p, alpha=-lr * g["weight_decay"])
     return LoraFA
 
 
@@ -173,7 +145,7 @@ def main():
         return 2
     if sys.argv[1] == "frozen":
         return frozen(sys.argv[2], sys.argv[3])
-    for flag in ("--peft-adamw", "--peft-bf16"):
+    for flag in ("--peft-bf16",):
         if flag in sys.argv:
             sys.argv.remove(flag)
             _state[flag[2:].replace("-", "_")] = True
