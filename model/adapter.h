@@ -112,6 +112,8 @@ typedef struct AdapterKind {
     double (*flops_per_token)(const AdapterSlot *s);
 
     /* Optional slots (NULL = not used). */
+    /* The name people know it by ("DoRA", "VeRA"), for the model card; NULL = "LoRA". */
+    const char *title;
     /* PEFT's peft_type of the exported adapter: "LORA" (lora, lora-fa, dora, pissa) or
      * "VERA"; NULL = "LORA". */
     const char *peft_type;

@@ -577,8 +577,12 @@ static void adio_card_json_lines(AdioBuf *b, const char *json) {
 static char *adio_card(const AdioCfg *c, const AdioTensor *t, int n, const AdioCard *card) {
     AdioBuf b = {NULL, 0, 0};
     const char *base = c->base_model && *c->base_model ? c->base_model : "(unknown base model)";
-    int64_t params = 0;
-    for (int i = 0; i < n; i++) params += (t[i].rows ? t[i].rows : 1) * t[i].cols;
+    int64_t params = 0, shared = 0; /* per-module tensors; shared ones (VeRA's projections) */
+    for (int i = 0; i < n; i++) {
+        const int64_t k = (t[i].rows ? t[i].rows : 1) * t[i].cols;
+        if (strstr(t[i].name, "_proj.")) params += k;
+        else shared += k;
+    }
     unsigned targets = 0;
     int rmin = 0, rmax = 0, nslots = 0;
     double amin = 0, amax = 0;
@@ -596,22 +600,59 @@ static char *adio_card(const AdioCfg *c, const AdioTensor *t, int n, const AdioC
             nslots++;
         }
     const AdapterKind *kd = adapter_kind_by_name(c->acfg.kind);
-    adio_printf(&b, "---\nbase_model: %s\nlibrary_name: peft\ntags:\n- lora\n- shardlora\n---\n\n", base);
-    adio_printf(&b, "# LoRA adapter for %s\n\n", base);
-    adio_printf(&b, "Trained with shardlora %s: LoRA on a frozen base model, tensor-parallel over MPI ranks.", SHARDLORA_VERSION);
+    const char *title = kd && kd->title ? kd->title : "LoRA";
+    const int vera = kd && kd->peft_type && strcmp(kd->peft_type, "VERA") == 0;
+    adio_printf(&b, "---\nbase_model: %s\nlibrary_name: peft\ntags:\n- %s\n- shardlora\n---\n\n", base,
+                vera ? "vera" : "lora");
+    adio_printf(&b, "# %s adapter for %s\n\n", title, base);
+    adio_printf(&b, "Trained with shardlora %s: %s on a frozen base model, tensor-parallel over MPI ranks.", SHARDLORA_VERSION,
+                title);
     if (card && card->step >= 0)
         adio_printf(&b, " %lld optimizer step%s", (long long)card->step, card->step == 1 ? "" : "s");
     if (card && card->tp > 0) adio_printf(&b, " at tp=%d x dp=%d", card->tp, card->dp);
-    adio_printf(&b, ".\nThe files are in PEFT's format: `adapter_model.safetensors` (keys like "
-                    "`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`, A [r, in], B [out, r], "
-                    "float32) and `adapter_config.json`.\n\n");
+    /* the kinds of tensor in the file, from the tensors themselves: per-module suffixes
+     * (after "<module>_proj.") with the first one's shape, and shared tensors by name */
+    adio_printf(&b, ".\nThe files are in PEFT's format: `adapter_config.json` and `adapter_model.safetensors` (float32:");
+    const char *seen[16];
+    int first[16], nseen = 0; /* per suffix, the tensor with the smallest name */
+    for (int k = 0; k < n; k++) {
+        const char *p = strstr(t[k].name, "_proj.");
+        const char *suffix = p ? p + 6 : t[k].name;
+        int j = 0;
+        while (j < nseen && strcmp(seen[j], suffix) != 0) j++;
+        if (j == nseen) {
+            if (nseen == 16) continue;
+            seen[nseen] = suffix;
+            first[nseen++] = k;
+        } else if (strcmp(t[k].name, t[first[j]].name) < 0) {
+            first[j] = k;
+        }
+    }
+    for (int j = 0; j < nseen; j++) {
+        const AdioTensor *x = &t[first[j]];
+        const int per_module = seen[j] != x->name;
+        if (x->rows)
+            adio_printf(&b, "%s `%s%s` [%lld, %lld]", j ? "," : "", per_module ? "<module>." : "", seen[j],
+                        (long long)x->rows, (long long)x->cols);
+        else
+            adio_printf(&b, "%s `%s%s` [%lld]", j ? "," : "", per_module ? "<module>." : "", seen[j], (long long)x->cols);
+    }
+    adio_printf(&b, "; <module> like `base_model.model.model.layers.0.mlp.down_proj`, the shapes of the first by name).\n\n");
     adio_printf(&b, "## Adapter\n\n| setting | value |\n|---|---|\n");
     adio_printf(&b, "| peft_type | %s |\n", kd && kd->peft_type ? kd->peft_type : "LORA");
     if (rmin == rmax) adio_printf(&b, "| r | %d |\n", rmin);
     else adio_printf(&b, "| r | %d to %d per module (rank_pattern; default %d) |\n", rmin, rmax, c->acfg.r);
-    if (amin == amax) adio_printf(&b, "| lora_alpha | %.9g |\n", amin);
-    else adio_printf(&b, "| lora_alpha | %.9g to %.9g per module (alpha_pattern; default %.9g) |\n", amin, amax, c->alpha);
-    adio_printf(&b, "| scale | %s |\n", c->acfg.use_rslora ? "lora_alpha / sqrt(r) (rsLoRA)" : "lora_alpha / r");
+    if (vera) {
+        /* PEFT's VeRA (peft/tuners/vera): no alpha; y = W x + lambda_b ⊙ B (lambda_d ⊙ A x) */
+        adio_printf(&b, "| scale | none: y = W x + lambda_b ⊙ vera_B (lambda_d ⊙ vera_A x) |\n");
+        adio_printf(&b, "| projection_prng_key | %llu (vera_A [%d, %lld], vera_B [%lld, %d]) |\n",
+                    (unsigned long long)c->acfg.vera_key, c->acfg.r, (long long)c->acfg.vera_max_in,
+                    (long long)c->acfg.vera_max_out, c->acfg.r);
+    } else {
+        if (amin == amax) adio_printf(&b, "| lora_alpha | %.9g |\n", amin);
+        else adio_printf(&b, "| lora_alpha | %.9g to %.9g per module (alpha_pattern; default %.9g) |\n", amin, amax, c->alpha);
+        adio_printf(&b, "| scale | %s |\n", c->acfg.use_rslora ? "lora_alpha / sqrt(r) (rsLoRA)" : "lora_alpha / r");
+    }
     adio_printf(&b, "| target modules | ");
     AdioBuf tb = {NULL, 0, 0};
     adio_targets_csv(targets, &tb);
@@ -621,10 +662,18 @@ static char *adio_card(const AdioCfg *c, const AdioTensor *t, int n, const AdioC
     free(tb.s);
     adio_printf(&b, "| adapted modules | %d of %lld (%lld layers x 7 linears) |\n", nslots,
                 (long long)(c->L * MOD_NMODULES), (long long)c->L);
-    adio_printf(&b, "| lora_dropout | %.9g |\n", c->dropout);
-    adio_printf(&b, "| initialisation | %s |\n",
-                c->acfg.init_gaussian ? "A ~ N(0, 1/r), B = 0" : "A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0 (PEFT's default)");
-    adio_printf(&b, "| trainable parameters | %lld |\n\n", (long long)params);
+    adio_printf(&b, "| %s | %.9g |\n", vera ? "vera_dropout" : "lora_dropout", c->dropout);
+    const char *init = c->acfg.init_gaussian ? "A ~ N(0, 1/r), B = 0"
+                       : vera ? "lambda_d = 0.1, lambda_b = 0; vera_A, vera_B kaiming-uniform from "
+                                "torch.Generator().manual_seed(projection_prng_key), as PEFT"
+                              : "A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0 (PEFT's default)";
+    if (c->acfg.init_pissa)
+        init = "PiSSA: A, B from the top singular vectors of W (randomized SVD); exported as PEFT does, a LoRA of "
+               "twice the rank that applies to the original base";
+    adio_printf(&b, "| initialisation | %s |\n", init);
+    adio_printf(&b, "| parameters | %lld in the adapted modules", (long long)params);
+    if (shared) adio_printf(&b, " (+ %lld in the frozen shared projections)", (long long)shared);
+    adio_printf(&b, " |\n\n");
     if (card && (card->run_config || card->optimizer || card->optim_hparams)) {
         adio_printf(&b, "## Training configuration\n\n");
         adio_card_json_lines(&b, card->run_config);

@@ -313,6 +313,7 @@ const AdapterKind adapter_lora = {
 
 const AdapterKind adapter_lorafa = {
     .name = "lora-fa",
+    .title = "LoRA-FA",
     .declare = lorafa_declare,
     .init = lora_init,
     .alloc = lora_alloc,

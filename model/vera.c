@@ -457,6 +457,7 @@ static const AdioKindIo vera_io = {
 
 const AdapterKind adapter_vera = {
     .name = "vera",
+    .title = "VeRA",
     .declare = vera_declare,
     .init = vera_init,
     .alloc = vera_alloc,
