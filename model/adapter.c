@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "../runtime/philox.h"
 #include "adapter.h"
 
 static const char *const adapter_module_names[MOD_NMODULES] = {
@@ -13,6 +14,15 @@ const char *adapter_module_name(ModuleId m) {
 
 const char *adapter_module_group(ModuleId m) {
     return m <= MOD_O ? "self_attn" : "mlp";
+}
+
+float adapter_dropout_keep(const AdapterSlot *s, const AdapterEnv *env, int64_t n, int64_t i) {
+    const float p = s->cfg->dropout;
+    const uint64_t a = (uint64_t)(env->token0 + n) * (uint64_t)s->shard.in + (uint64_t)(s->shard.i0 + i);
+    const uint64_t c = ((uint64_t)s->layer << 8) | ((uint64_t)s->module * 4u + 2u);
+    uint32_t w[4];
+    philox_block(env->seed, PHILOX_LORA_DROPOUT, a, (uint64_t)env->step, c, w);
+    return philox_u01(w[0]) < p ? 0.0f : 1.0f / (1.0f - p);
 }
 
 ParamSync adapter_sync_class(int copies, int tp) {

@@ -162,6 +162,11 @@ int adapter_init_known(const char *name);
 void adapter_kind_names(char *buf, size_t n);
 /* Parse "q_proj,k_proj,..." or "all" into target bits; returns 0 and sets st on error. */
 int adapter_parse_targets(const char *s, unsigned *targets, ErrStatus *st);
+/* The adapter dropout's keep-scale of element (row n, local input column i) of slot s: 0 or
+ * 1/(1-p), Philox keyed by (seed, step, layer, module, global token, global column), so any
+ * layout draws the same mask (tests/reference/philox.py lora_dropout_scale). Every kind's
+ * dropout uses it. */
+float adapter_dropout_keep(const AdapterSlot *s, const AdapterEnv *env, int64_t n, int64_t i);
 /* Sync class of a factor held identically by `copies` of the tp TP ranks. */
 ParamSync adapter_sync_class(int copies, int tp);
 /* The PEFT key prefix of a module: base_model.model.model.layers.{i}.{group}.{name} */

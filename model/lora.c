@@ -91,17 +91,6 @@ static void lora_release(AdapterSlot *s, MemCtx *m) {
     s->h = s->dh = s->xd = s->tmp = NULL;
 }
 
-/* Dropout keep-scale of element (row n, local column i): 0 or 1/(1-p), keyed by
- * (seed, step, layer, module, global token, global column). */
-static float lora_keep(const AdapterSlot *s, const AdapterEnv *env, int64_t n, int64_t i) {
-    const float p = s->cfg->dropout;
-    uint64_t a = (uint64_t)(env->token0 + n) * (uint64_t)s->shard.in + (uint64_t)(s->shard.i0 + i);
-    uint64_t c = ((uint64_t)s->layer << 8) | lora_coord_c(s, 2);
-    uint32_t w[4];
-    philox_block(env->seed, PHILOX_LORA_DROPOUT, a, (uint64_t)env->step, c, w);
-    return philox_u01(w[0]) < p ? 0.0f : 1.0f / (1.0f - p);
-}
-
 static void lora_forward(AdapterSlot *s, const AdapterEnv *env, float *Y, const float *X,
                          int64_t N) {
     SL_CHECK(N <= s->max_rows, "LoRA forward: %lld rows > %lld", (long long)N,
@@ -113,7 +102,7 @@ static void lora_forward(AdapterSlot *s, const AdapterEnv *env, float *Y, const 
     if (s->cfg->dropout > 0 && env->training) {
         for (int64_t n = 0; n < N; n++)
             for (int64_t i = 0; i < ni; i++)
-                s->xd[n * ni + i] = X[n * ni + i] * lora_keep(s, env, n, i);
+                s->xd[n * ni + i] = X[n * ni + i] * adapter_dropout_keep(s, env, n, i);
         Xd = s->xd;
     }
     /* h [N, r] = Xd A^T ; Y [N, no] += s * h B^T */
@@ -143,7 +132,7 @@ static void lora_backward(AdapterSlot *s, const AdapterEnv *env, float *dX, cons
     for (int64_t n = 0; n < N; n++)
         for (int64_t i = 0; i < ni; i++) {
             float t = s->tmp[n * ni + i];
-            if (t != 0.0f) dX[n * ni + i] += t * lora_keep(s, env, n, i);
+            if (t != 0.0f) dX[n * ni + i] += t * adapter_dropout_keep(s, env, n, i);
         }
 }
 

@@ -31,7 +31,6 @@
 #include <string.h>
 
 #include "../runtime/err.h"
-#include "../runtime/philox.h"
 #include "../runtime/torchrng.h"
 #include "adapter.h"
 #include "adapter_io.h"
@@ -174,18 +173,6 @@ static void vera_release(AdapterSlot *s, MemCtx *m) {
     v->g = v->Bl = v->M = NULL;
 }
 
-/* Dropout keep-scale of (row n, local column i): LoRA's masks (model/lora.c), keyed by
- * (seed, step, layer, module, global token, global column), so the reference reproduces them
- * with the same code (tests/reference/philox.py lora_dropout_scale). */
-static float vera_keep(const AdapterSlot *s, const AdapterEnv *env, int64_t n, int64_t i) {
-    const float p = s->cfg->dropout;
-    uint64_t a = (uint64_t)(env->token0 + n) * (uint64_t)s->shard.in + (uint64_t)(s->shard.i0 + i);
-    uint64_t c = ((uint64_t)s->layer << 8) | ((uint64_t)s->module * 4u + 2u);
-    uint32_t w[4];
-    philox_block(env->seed, PHILOX_LORA_DROPOUT, a, (uint64_t)env->step, c, w);
-    return philox_u01(w[0]) < p ? 0.0f : 1.0f / (1.0f - p);
-}
-
 /* A_s: this slot's [r, ni] view of vera_A (leading dimension max_in); B_s: [no, r] rows of
  * vera_B. Bl = lambda_b ⊙ B_s (row o scaled by lambda_b[o]). */
 static const float *vera_A_slice(const AdapterSlot *s) {
@@ -213,7 +200,7 @@ static void vera_forward(AdapterSlot *s, const AdapterEnv *env, float *Y, const 
     if (s->cfg->dropout > 0 && env->training) {
         for (int64_t n = 0; n < N; n++)
             for (int64_t i = 0; i < ni; i++)
-                s->xd[n * ni + i] = X[n * ni + i] * vera_keep(s, env, n, i);
+                s->xd[n * ni + i] = X[n * ni + i] * adapter_dropout_keep(s, env, n, i);
         Xd = s->xd;
     }
     /* h = Xd A_s^T ; hd = h ⊙ lambda_d ; Y += hd Bl^T */
@@ -261,7 +248,7 @@ static void vera_backward(AdapterSlot *s, const AdapterEnv *env, float *dX, cons
     for (int64_t n = 0; n < N; n++)
         for (int64_t i = 0; i < ni; i++) {
             float t = s->tmp[n * ni + i];
-            if (t != 0.0f) dX[n * ni + i] += t * vera_keep(s, env, n, i);
+            if (t != 0.0f) dX[n * ni + i] += t * adapter_dropout_keep(s, env, n, i);
         }
 }
 
