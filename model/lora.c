@@ -24,6 +24,7 @@
 #include "../runtime/philox.h"
 #include "adapter.h"
 #include "adapter_io.h"
+#include "linalg.h"
 #include "pissa.h"
 
 /* Counter coordinates: the module id and the tensor (A/B) go into c. */
@@ -158,8 +159,8 @@ typedef struct {
     int ready;
     int r;
     double *P;   /* [r, r] pinv(A A^T + delta I) / s^2 */
-    double *M;   /* [r, r] scratch: A A^T + delta I, then its eigenvalues on the diagonal */
-    double *V;   /* [r, r] scratch: eigenvectors (columns) */
+    double *M;   /* [r, r] scratch: A A^T + delta I */
+    double *V;   /* [r, r] scratch (linalg_pinv_sym) */
     double *row; /* [r] scratch: one row of g_B in double */
 } LorafaState;
 
@@ -186,44 +187,6 @@ static void lorafa_destroy(AdapterSlot *s) {
     s->ext = NULL;
 }
 
-/* Eigen-decomposition of the symmetric M [n, n] in place by cyclic Jacobi rotations
- * (Golub & Van Loan, Matrix Computations, 8.5): M -> diag(eigenvalues), V [n, n] the
- * eigenvectors as columns. n is a LoRA rank, so O(n^3) per sweep is nothing. */
-static void lorafa_jacobi(double *M, double *V, int n) {
-    for (int i = 0; i < n; i++)
-        for (int j = 0; j < n; j++) V[i * n + j] = i == j;
-    for (int sweep = 0; sweep < 64; sweep++) {
-        double off = 0.0, diag = 0.0;
-        for (int i = 0; i < n; i++) {
-            diag += M[i * n + i] * M[i * n + i];
-            for (int j = i + 1; j < n; j++) off += M[i * n + j] * M[i * n + j];
-        }
-        if (off <= 1e-32 * diag || off == 0.0) return;
-        for (int p = 0; p < n; p++)
-            for (int q = p + 1; q < n; q++) {
-                const double apq = M[p * n + q];
-                if (apq == 0.0) continue;
-                /* the rotation J (c at pp, qq; s at pq, -s at qp) that zeroes M[p, q] */
-                const double th = (M[q * n + q] - M[p * n + p]) / (2.0 * apq);
-                const double t = (th >= 0 ? 1.0 : -1.0) / (fabs(th) + sqrt(th * th + 1.0));
-                const double c = 1.0 / sqrt(t * t + 1.0), sn = t * c;
-                for (int k = 0; k < n; k++) { /* M <- M J, V <- V J */
-                    const double mp = M[k * n + p], mq = M[k * n + q];
-                    M[k * n + p] = c * mp - sn * mq;
-                    M[k * n + q] = sn * mp + c * mq;
-                    const double vp = V[k * n + p], vq = V[k * n + q];
-                    V[k * n + p] = c * vp - sn * vq;
-                    V[k * n + q] = sn * vp + c * vq;
-                }
-                for (int k = 0; k < n; k++) { /* M <- J^T M */
-                    const double mp = M[p * n + k], mq = M[q * n + k];
-                    M[p * n + k] = c * mp - sn * mq;
-                    M[q * n + k] = sn * mp + c * mq;
-                }
-            }
-    }
-}
-
 /* P = pinv(A A^T + delta I) / s^2 (see LORAFA_DELTA). A A^T is summed over the TP group
  * when A is sharded by input columns (row-parallel layers at tp > 1): collective over
  * tp_comm then. */
@@ -243,22 +206,11 @@ static void lorafa_make_projection(AdapterSlot *s) {
         for (int i = 0; i < r * r; i++) f->M[i] /= (double)s->in_copies;
     }
     for (int i = 0; i < r; i++) f->M[i * r + i] += LORAFA_DELTA;
-    lorafa_jacobi(f->M, f->V, r);
-    double lmax = 0.0;
-    for (int i = 0; i < r; i++) lmax = fmax(lmax, fabs(f->M[i * r + i]));
-    const double cut = (double)r * FLT_EPSILON * lmax;
+    linalg_pinv_sym(f->P, f->M, f->V, r, (double)r * FLT_EPSILON);
     const AdapterCfg *c = s->cfg;
     const double sc = c->use_rslora ? (double)c->alpha / sqrt((double)c->r)
                                     : (double)c->alpha / (double)c->r;
-    for (int i = 0; i < r; i++)
-        for (int j = 0; j < r; j++) {
-            double acc = 0.0;
-            for (int k = 0; k < r; k++) {
-                const double lk = f->M[k * r + k];
-                if (fabs(lk) > cut) acc += f->V[i * r + k] * f->V[j * r + k] / lk;
-            }
-            f->P[i * r + j] = acc / (sc * sc);
-        }
+    for (int i = 0; i < r * r; i++) f->P[i] /= sc * sc;
     f->ready = 1;
 }
 

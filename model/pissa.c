@@ -33,60 +33,8 @@
 #include "../runtime/err.h"
 #include "../runtime/philox.h"
 #include "adapter_io.h"
+#include "linalg.h"
 #include "pissa.h"
-
-/* Columns of X [n, q] (row-major, double) orthonormalised in place by modified Gram-Schmidt,
- * twice ("twice is enough", Giraud et al. 2005); a column that vanishes becomes 0. */
-static void pissa_orth(double *X, int64_t n, int q) {
-    for (int j = 0; j < q; j++) {
-        for (int pass = 0; pass < 2; pass++)
-            for (int k = 0; k < j; k++) {
-                double d = 0;
-                for (int64_t i = 0; i < n; i++) d += X[i * q + k] * X[i * q + j];
-                for (int64_t i = 0; i < n; i++) X[i * q + j] -= d * X[i * q + k];
-            }
-        double nn = 0;
-        for (int64_t i = 0; i < n; i++) nn += X[i * q + j] * X[i * q + j];
-        nn = sqrt(nn);
-        const double inv = nn > 1e-300 ? 1.0 / nn : 0.0;
-        for (int64_t i = 0; i < n; i++) X[i * q + j] *= inv;
-    }
-}
-
-/* One-sided Jacobi (Hestenes) on M [n, q]: M V = U S with V [q, q] orthogonal; on return M
- * holds U S (orthogonal columns) and V the rotations. */
-static void pissa_jacobi(double *M, double *V, int64_t n, int q) {
-    for (int i = 0; i < q; i++)
-        for (int j = 0; j < q; j++) V[i * q + j] = i == j;
-    for (int sweep = 0; sweep < 80; sweep++) {
-        int rotated = 0;
-        for (int p = 0; p < q; p++)
-            for (int k = p + 1; k < q; k++) {
-                double a = 0, b = 0, g = 0;
-                for (int64_t i = 0; i < n; i++) {
-                    a += M[i * q + p] * M[i * q + p];
-                    b += M[i * q + k] * M[i * q + k];
-                    g += M[i * q + p] * M[i * q + k];
-                }
-                if (fabs(g) <= 1e-15 * sqrt(a * b) || g == 0) continue;
-                rotated = 1;
-                const double zeta = (b - a) / (2 * g);
-                const double t = (zeta >= 0 ? 1.0 : -1.0) / (fabs(zeta) + sqrt(1 + zeta * zeta));
-                const double c = 1 / sqrt(1 + t * t), s = c * t;
-                for (int64_t i = 0; i < n; i++) {
-                    const double x = M[i * q + p], y = M[i * q + k];
-                    M[i * q + p] = c * x - s * y;
-                    M[i * q + k] = s * x + c * y;
-                }
-                for (int i = 0; i < q; i++) {
-                    const double x = V[i * q + p], y = V[i * q + k];
-                    V[i * q + p] = c * x - s * y;
-                    V[i * q + k] = s * x + c * y;
-                }
-            }
-        if (!rotated) break;
-    }
-}
 
 static void pissa_allreduce(float *buf, int64_t n, MPI_Comm comm, int tp) {
     if (tp <= 1 || comm == MPI_COMM_NULL) return;
@@ -121,7 +69,7 @@ static void pissa_product(float *out, double *D, int64_t n, int q, int trans, co
     pissa_allreduce(out, n * q, s->tp_comm, s->tp);
     pissa_to_double(D, out, n * q);
     if (!orth) return;
-    pissa_orth(D, n, q);
+    linalg_orth(D, n, q);
     pissa_to_float(out, D, n * q);
 }
 
@@ -170,7 +118,7 @@ void pissa_init(AdapterSlot *s, ParamTable *pt) {
         pissa_product(Y, Dy, O, q, 0, W, no, ni, o0, Z + i0 * q, contrib, s, 1);
     }
     pissa_product(Z, Dz, I, q, 1, W, no, ni, i0, Y + o0 * q, contrib, s, 0);
-    pissa_jacobi(Dz, V, I, q);
+    linalg_jacobi_svd(Dz, V, I, q);
     double *sig = malloc((size_t)q * sizeof(double));
     int *ord = malloc((size_t)q * sizeof(int));
     SL_CHECK(sig && ord, "PiSSA: out of memory");
