@@ -1,18 +1,17 @@
 /* DoRA (Liu et al. 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation") as PEFT implements
- * it (src/peft/tuners/lora/dora.py DoraLinearLayer, lora/layer.py Linear.forward):
+ * it (src/peft/tuners/lora/dora.py DoraLinearLayer.forward, lora/layer.py Linear.forward):
  *
- *   y = (m / n) ⊙ (W x + s B A dropout(x)) + bias,   n_o = ||W_o + s B_o A|| (input dimension)
+ *   y = W x + b + (m/n - 1) ⊙ (W x') + (m/n) ⊙ s B A x',   n_o = ||W_o + s B_o A|| (input dim.)
  *
- * with the magnitude m [out] trained, initialised to n at init (PEFT _update_layer: ||W_o||
- * while B = 0), and n treated as a constant in backward (PEFT: weight_norm.detach(), the
- * paper's section 4.3). A and B are LoRA's (model/lora.c: same init, same dropout masks, same
- * tensor-parallel split; this file calls adapter_lora's functions for them).
- *
- * Dropout (lora_dropout > 0, training): PEFT also feeds dropout(x) to the base term of its
- * correction, y = W x + b + (m/n - 1) ⊙ W dropout(x) + (m/n) ⊙ s B A dropout(x), which costs a
- * second GEMM with W in forward and backward; shardlora keeps W x (DESIGN.md §4's formula,
- * identical to PEFT at dropout 0 and in evaluation). tests/reference/dora_check.py computes
- * either.
+ * with x' = x at lora_dropout 0 and in evaluation (PEFT passes the base layer's output as
+ * base_result, so y = (m/n) ⊙ (W x + s B A x) + b), and x' = dropout(x) when training with
+ * lora_dropout > 0 (PEFT calls the DoRA layer on dropout(x) with base_result None, so it
+ * recomputes W x' on the dropped-out input while the base layer keeps W x). m [out] is
+ * trained, initialised to n at init (PEFT update_layer: ||W_o|| while B = 0), and n is a
+ * constant in backward (PEFT: weight_norm.detach(), the paper's section 4.3). A and B are
+ * LoRA's (model/lora.c: same init, same dropout masks, same tensor-parallel split; this file
+ * calls adapter_lora's declare/init/alloc/release and, without dropout, backward; forward
+ * does LoRA's two GEMMs itself, into u instead of Y).
  *
  * Zero rows: PEFT divides by n without an epsilon (an all-zero row of W gives 0/0 = NaN);
  * here n is clamped to DORA_EPS (as torch.nn.functional.normalize does), so such a row has
@@ -21,22 +20,36 @@
  * The norms, without materialising W + sBA (DESIGN.md §4), once per optimizer step
  * (step_begin, after the update):
  *   n_o² = ||W_o||² + 2 s B_o·(A W_o^T) + s² B_o (A A^T) B_o^T
- * ||W_o||² once at init; A W^T [r, no] is one GEMM with the local W shard, A A^T [r, r] a
- * small one. Column-parallel: all local. Row-parallel (o_proj, down_proj): W_t, A_t are
- * column slices, so ||W_o||², A W^T and A A^T are partial sums over TP and so is the whole
- * right-hand side (B is replicated): one all-reduce of an [no] vector over tp_comm per step
- * (and one at init for ||W_o||²).
+ * ||W_o||² once at init; A W^T [r, no] is one GEMM per row block of the local W shard,
+ * A A^T [r, r] and (A A^T) B^T [r, no] small ones. Column-parallel: all local. Row-parallel
+ * (o_proj, down_proj): W_t, A_t are column slices, so ||W_o||², A W^T and A A^T are partial
+ * sums over TP and so is the whole right-hand side (B is replicated): one all-reduce of an
+ * [no] vector over tp_comm per step (and one at init for ||W_o||²).
  *
- * The base path: lin_forward multiplies X W^T by out_scale = m/n before calling forward, and
- * lin_backward multiplies dY by it for dX = (f ⊙ dY) W (adapter.h out_scale). forward adds
- * f ⊙ s h B^T and saves u = X W^T + s h B^T [N, no] (unscaled), which dm needs:
- *   dm_o += Σ_t dY_t,o u_t,o / n_o;   dA, dB, dX(LoRA part) = LoRA's backward of f ⊙ dY.
- * Row-parallel layers: u is a TP partial sum (X_t W_t^T + s h_t B^T), and dm is linear in u,
- * so each TP rank's dm is a partial sum that the gradient sync adds up: m has B's sync class
- * (replicated on every TP rank -> PARAM_SYNC_WORLD, as B of row layers). No extra per-token
- * collective. Likewise for k/v rows replicated when kv-heads < tp (PARAM_SYNC_KV, as B).
+ * f = m / n. Two forms, chosen in step_begin from env->training (eval and generation call it
+ * with training 0) and checked in forward / backward:
+ *
+ * No dropout (lora_dropout 0, or evaluation): the base path is scaled. lin_forward multiplies
+ * X W^T by out_scale = f and lin_backward multiplies dY by it for dX = (f ⊙ dY) W (adapter.h
+ * out_scale). forward adds f ⊙ s h B^T and saves u = X W^T + s h B^T [N, no] (unscaled):
+ *   dm_o += Σ_n dY_n,o u_n,o / n_o;   dA, dB, dX(LoRA part) = LoRA's backward of f ⊙ dY.
  * X W^T is recovered from lin_forward's f ⊙ X W^T + bias by dividing by f; rows with a small
  * |f| (e.g. m = 0) are recomputed from their row of W instead.
+ *
+ * Dropout (training, lora_dropout > 0), PEFT's form: out_scale is NULL, so the base path is
+ * plain X W^T + bias (and dY W in backward); with Xd = dropout(X) (LoRA's keyed masks),
+ *   u = Xd W^T + s h B^T (h = Xd A^T),   Y += (f - 1) ⊙ u + s h B^T
+ *     (= (f - 1) ⊙ Xd W^T + f ⊙ s h B^T; a second GEMM with W),
+ *   dm_o += Σ_n dY_n,o u_n,o / n_o;   g = f ⊙ dY: dB += s g^T h, dh = s g B, dA += dh^T Xd,
+ *   dX += dropout'(((f - 1) ⊙ dY) W + dh A)   (a second GEMM with W).
+ *
+ * Tensor parallelism: for row-parallel layers u (X_t W_t^T, Xd_t W_t^T and s h_t B^T) is a
+ * TP partial sum added into Y before the caller's all-reduce, like the base output, and dm
+ * is linear in u, so each TP rank's dm is a partial sum that the gradient sync adds up: m
+ * has B's sync class (replicated on every TP rank -> PARAM_SYNC_WORLD, as B of row layers).
+ * No extra per-token collective. Likewise for k/v rows replicated when kv-heads < tp
+ * (PARAM_SYNC_KV, as B). dX of a row layer is local; of a column layer a partial sum that
+ * rides lin_backward's all-reduce.
  *
  * Legend: N rows (tokens), r rank, no / ni local out / in, CH rows per chunk of A W^T. */
 #include <math.h>
@@ -51,22 +64,28 @@
 #include "adapter_io.h"
 
 #define DORA_EPS 1e-12f     /* floor of n (zero rows of W); tests/reference/dora_check.py */
-#define DORA_CHUNK 256      /* output rows per A W^T GEMM in step_begin */
+#define DORA_CHUNK 512      /* output rows per A W^T GEMM in step_begin */
 #define DORA_RECOVER_MIN 1e-2f /* |f| below which u's base part is recomputed, not divided out */
 
-/* Per-slot state (s->ext), allocated in declare, kept for the model's lifetime. */
+/* Per-slot state (s->ext), allocated in declare, freed by destroy. */
 typedef struct {
     int pM;          /* ParamTable index of m (lora_magnitude_vector) */
+    int drop;        /* step_begin saw training with lora_dropout > 0: PEFT's dropout form */
     int64_t no, ni, r;
     double *wsq;     /* [no] ||W_o||² (summed over TP for row layers) */
     double *acc;     /* [no] scratch: n² partial sums (step_begin), dm sums (backward) */
     float *nrm;      /* [no] max(n, DORA_EPS), detached */
-    float *fac;      /* [no] m / nrm: out_scale */
-    float *aw;       /* [r, CH] a chunk of A W^T */
+    float *fac;      /* [no] f = m / nrm: out_scale */
+    float *div;      /* [no] f, or 1 for rows whose X W^T is recomputed (forward) */
+    float *rec;      /* [no] 1 where X W^T is recovered by dividing by f, else 0 */
+    int64_t *small;  /* [no] the rows with |f| < DORA_RECOVER_MIN, nsmall of them */
+    int64_t nsmall;
+    float *zero;     /* [no] zeros: the bias of a linear without one (or not adding it) */
+    float *aw;       /* [r, CH] a chunk of A W^T, then 2 A W^T + s (A A^T) B^T */
     float *aa;       /* [r, r] A A^T */
     float *wrow;     /* [ni] one row of W in F32 (BF16 weights) */
     /* activations (alloc / release) */
-    float *u;        /* [N, no] X W^T + s h B^T, saved for dm */
+    float *u;        /* [N, no] X W^T + s h B^T (Xd W^T + s h B^T with dropout), for dm */
     int64_t rows;    /* N the activations are sized for */
 } DoraState;
 
@@ -76,6 +95,15 @@ static DoraState *dora_state(const AdapterSlot *s) {
 
 static int dora_is_row(const AdapterSlot *s) {
     return s->shard.kind == SHARD_ROW && s->tp > 1;
+}
+
+/* PEFT's dropout form is in use for this forward / backward (and step_begin agreed). */
+static int dora_drop(const AdapterSlot *s, const AdapterEnv *env) {
+    const int drop = s->cfg->dropout > 0 && env->training;
+    SL_CHECK(drop == dora_state(s)->drop,
+             "DoRA %s layer %d: dropout form %d here, %d at step_begin",
+             adapter_module_name(s->module), s->layer, drop, dora_state(s)->drop);
+    return drop;
 }
 
 /* Row o of this rank's W shard as F32 (a pointer into W, or converted into d->wrow). */
@@ -107,42 +135,74 @@ static void dora_declare(AdapterSlot *s, ParamTable *pt) {
     d->no = sd->no;
     d->ni = sd->ni;
     d->r = s->r;
-    d->wsq = dora_calloc((size_t)d->no, sizeof *d->wsq);
-    d->acc = dora_calloc((size_t)d->no, sizeof *d->acc);
-    d->nrm = dora_calloc((size_t)d->no, sizeof *d->nrm);
-    d->fac = dora_calloc((size_t)d->no, sizeof *d->fac);
+    const size_t no = (size_t)d->no;
+    d->wsq = dora_calloc(no, sizeof *d->wsq);
+    d->acc = dora_calloc(no, sizeof *d->acc);
+    d->nrm = dora_calloc(no, sizeof *d->nrm);
+    d->fac = dora_calloc(no, sizeof *d->fac);
+    d->div = dora_calloc(no, sizeof *d->div);
+    d->rec = dora_calloc(no, sizeof *d->rec);
+    d->small = dora_calloc(no, sizeof *d->small);
+    d->zero = dora_calloc(no, sizeof *d->zero);
     d->aw = dora_calloc((size_t)(d->r * DORA_CHUNK), sizeof *d->aw);
     d->aa = dora_calloc((size_t)(d->r * d->r), sizeof *d->aa);
     d->wrow = dora_calloc((size_t)d->ni, sizeof *d->wrow);
     s->ext = d;
 }
 
-/* nrm and fac from n² in d->acc (after any all-reduce) and the current m. */
+static void dora_destroy(AdapterSlot *s) {
+    DoraState *d = dora_state(s);
+    if (!d) return;
+    free(d->wsq);
+    free(d->acc);
+    free(d->nrm);
+    free(d->fac);
+    free(d->div);
+    free(d->rec);
+    free(d->small);
+    free(d->zero);
+    free(d->aw);
+    free(d->aa);
+    free(d->wrow);
+    free(d);
+    s->ext = NULL;
+}
+
+/* nrm, fac and the recovery tables from n² in d->acc (after any all-reduce) and the
+ * current m. */
 static void dora_set_factors(AdapterSlot *s) {
     DoraState *d = dora_state(s);
     const float *M = params_value(s->params, d->pM);
+    d->nsmall = 0;
     for (int64_t o = 0; o < d->no; o++) {
         const double n2 = d->acc[o] > 0.0 ? d->acc[o] : 0.0; /* rounding can make it < 0 */
         const float n = (float)sqrt(n2);
         d->nrm[o] = n > DORA_EPS ? n : DORA_EPS;
-        d->fac[o] = M[o] / d->nrm[o];
+        const float f = M[o] / d->nrm[o];
+        const int ok = fabsf(f) >= DORA_RECOVER_MIN;
+        d->fac[o] = f;
+        d->div[o] = ok ? f : 1.0f;
+        d->rec[o] = ok ? 1.0f : 0.0f;
+        if (!ok) d->small[d->nsmall++] = o;
     }
 }
 
-/* d->acc = n² - ||W_o||² = 2 s B_o·(A W_o^T) + s² B_o (A A^T) B_o^T over this rank's shard
- * (a TP partial sum for row layers). g may be any valid GemmCtx (BF16 tiles use its
- * scratch); NULL: row by row from d->wrow (init, where no context exists). */
+/* d->acc = n² - ||W_o||² = Σ_k B_o,k (2 (A W_o^T)_k + s ((A A^T) B_o^T)_k) · s over this
+ * rank's shard (a TP partial sum for row layers). g may be any valid GemmCtx (BF16 tiles use
+ * its scratch); NULL: row by row from d->wrow (init, where no context exists). */
 static void dora_lora_terms(AdapterSlot *s, GemmCtx *g) {
     DoraState *d = dora_state(s);
     const int64_t r = d->r, ni = d->ni, no = d->no;
     const float *A = params_value(s->params, s->pA); /* [r, ni] */
     const float *B = params_value(s->params, s->pB); /* [no, r] */
-    const double sc = s->scale;
+    const float sc = s->scale;
     GemmCtx g0;
     memset(&g0, 0, sizeof g0);
-    gemm_f32(g ? g : &g0, 0, 1, r, r, ni, 1.0f, A, ni, A, ni, 0.0f, d->aa, r);
+    GemmCtx *gc = g ? g : &g0;
+    gemm_f32(gc, 0, 1, r, r, ni, 1.0f, A, ni, A, ni, 0.0f, d->aa, r);
     for (int64_t c0 = 0; c0 < no; c0 += DORA_CHUNK) {
         const int64_t nc = no - c0 < DORA_CHUNK ? no - c0 : DORA_CHUNK;
+        const float *Bc = B + c0 * r; /* [nc, r] */
         if (g) {
             /* aw [r, nc] = A W[c0:c0+nc]^T: one GEMM over a row block of the shard */
             const GemmWeight *w = &s->lin->w;
@@ -153,17 +213,15 @@ static void dora_lora_terms(AdapterSlot *s, GemmCtx *g) {
             for (int64_t j = 0; j < nc; j++) /* column j of aw: A w_o, ldc = nc */
                 gemm_f32(&g0, 0, 1, r, 1, ni, 1.0f, A, ni, dora_w_row(s, c0 + j), ni, 0.0f, d->aw + j, nc);
         }
-        for (int64_t j = 0; j < nc; j++) {
-            const float *b = B + (c0 + j) * r;
-            double cross = 0.0, quad = 0.0;
-            for (int64_t k = 0; k < r; k++) {
-                cross += (double)b[k] * d->aw[k * nc + j];
-                double t = 0.0;
-                for (int64_t l = 0; l < r; l++) t += (double)d->aa[k * r + l] * b[l];
-                quad += (double)b[k] * t;
-            }
-            d->acc[c0 + j] = 2.0 * sc * cross + sc * sc * quad;
+        /* aw = 2 A W^T + s (A A^T) B_c^T [r, nc] (A A^T symmetric) */
+        gemm_f32(gc, 0, 1, r, nc, r, sc, d->aa, r, Bc, r, 2.0f, d->aw, nc);
+        double *acc = d->acc + c0;
+        for (int64_t j = 0; j < nc; j++) acc[j] = 0.0;
+        for (int64_t k = 0; k < r; k++) {
+            const float *t = d->aw + k * nc;
+            for (int64_t j = 0; j < nc; j++) acc[j] += (double)Bc[j * r + k] * t[j];
         }
+        for (int64_t j = 0; j < nc; j++) acc[j] *= sc;
     }
 }
 
@@ -195,7 +253,7 @@ static void dora_init(AdapterSlot *s, ParamTable *pt) {
     const float *B = params_value(pt, s->pB);
     int bz = 1;
     for (size_t i = 0; i < params_numel(&pt->e[s->pB]); i++) bz &= B[i] == 0.0f;
-    /* m = ||W_o + s B_o A|| (PEFT _update_layer); B = 0 in every init but PiSSA's. */
+    /* m = ||W_o + s B_o A|| (PEFT update_layer); B = 0 in every init but PiSSA's. */
     dora_norms(s, NULL, bz);
     float *M = params_value(pt, d->pM);
     for (int64_t o = 0; o < d->no; o++) M[o] = (float)sqrt(d->acc[o] > 0.0 ? d->acc[o] : 0.0);
@@ -203,15 +261,18 @@ static void dora_init(AdapterSlot *s, ParamTable *pt) {
 }
 
 static void dora_step_begin(AdapterSlot *s, const AdapterEnv *env) {
+    dora_state(s)->drop = s->cfg->dropout > 0 && env->training;
     dora_norms(s, env->gemm, 0);
 }
 
+/* f on the base path, or NULL (1) in PEFT's dropout form, whose base path is plain W x. */
 static const float *dora_out_scale(const AdapterSlot *s) {
-    return dora_state(s)->fac;
+    const DoraState *d = dora_state(s);
+    return d->drop ? NULL : d->fac;
 }
 
 static void dora_alloc(AdapterSlot *s, MemCtx *m, int64_t max_rows) {
-    adapter_lora.alloc(s, m, max_rows);
+    adapter_lora.alloc(s, m, max_rows); /* h, dh; xd and tmp [N, ni] with dropout */
     DoraState *d = dora_state(s);
     const size_t bytes = (size_t)max_rows * (size_t)d->no * sizeof(float);
     d->u = mem_alloc(m, MEM_ACTIVATION, bytes);
@@ -229,56 +290,118 @@ static void dora_release(AdapterSlot *s, MemCtx *m) {
     adapter_lora.release(s, m);
 }
 
+/* Y [N, no] is lin_forward's output: f ⊙ X W^T + bias, or X W^T + bias in the dropout form.
+ * Saves h = Xd A^T [N, r] (a TP partial sum for row layers), Xd with dropout, and u. */
 static void dora_forward(AdapterSlot *s, const AdapterEnv *env, float *Y, const float *X,
                          int64_t N) {
     DoraState *d = dora_state(s);
     SL_CHECK(N <= d->rows, "DoRA forward: %lld rows > %lld", (long long)N, (long long)d->rows);
-    const int64_t no = d->no, ni = d->ni;
+    const int64_t no = d->no, ni = d->ni, r = d->r;
     const Linear *lin = s->lin;
-    const float *bias = lin->bias && lin->add_bias ? lin->bias : NULL;
-    /* u = s h B^T (LoRA's forward into zeros; it saves h and the dropout input) */
-    memset(d->u, 0, (size_t)(N * no) * sizeof(float));
-    adapter_lora.forward(s, env, d->u, X, N);
-    for (int64_t o = 0; o < no; o++) {
-        const float f = d->fac[o], b = bias ? bias[o] : 0.0f;
-        if (fabsf(f) >= DORA_RECOVER_MIN) {
-            for (int64_t n = 0; n < N; n++) {
-                float *y = Y + n * no + o, *u = d->u + n * no + o;
-                const float lo = *u;
-                *u += (*y - b) / f; /* X W^T = (f X W^T + bias - bias) / f */
-                *y += f * lo;
-            }
-        } else { /* |f| small or 0: X W_o^T from the row itself */
-            const float *w = dora_w_row(s, o);
-            for (int64_t n = 0; n < N; n++) {
-                const float *x = X + n * ni;
-                double t = 0.0;
-                for (int64_t i = 0; i < ni; i++) t += (double)x[i] * w[i];
-                float *y = Y + n * no + o, *u = d->u + n * no + o;
-                *y += f * *u;
-                *u += (float)t;
-            }
+    const int drop = dora_drop(s, env);
+    const float *A = params_value(s->params, s->pA); /* [r, ni] */
+    const float *B = params_value(s->params, s->pB); /* [no, r] */
+    const float *f = d->fac;
+    const float *Xd = X;
+    if (drop) {
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t i = 0; i < ni; i++)
+                s->xd[n * ni + i] = X[n * ni + i] * adapter_dropout_keep(s, env, n, i);
+        Xd = s->xd;
+    }
+    /* LoRA's GEMMs (model/lora.c lora_forward) into u, not Y: h = Xd A^T, u = s h B^T */
+    gemm_f32(env->gemm, 0, 1, N, r, ni, 1.0f, Xd, ni, A, ni, 0.0f, s->h, r);
+    gemm_f32(env->gemm, 0, 1, N, no, r, s->scale, s->h, r, B, r, 0.0f, d->u, no);
+    if (drop) {
+        /* Y += s h B^T; u += Xd W^T (a TP partial sum for row layers); Y += (f - 1) ⊙ u */
+        for (int64_t n = 0; n < N; n++) {
+            float *y = Y + n * no;
+            const float *u = d->u + n * no;
+            for (int64_t o = 0; o < no; o++) y[o] += u[o];
+        }
+        gemm_xwt(env->gemm, d->u, Xd, &lin->w, N, 1.0f);
+        for (int64_t n = 0; n < N; n++) {
+            float *y = Y + n * no;
+            const float *u = d->u + n * no;
+            for (int64_t o = 0; o < no; o++) y[o] += (f[o] - 1.0f) * u[o];
+        }
+        return;
+    }
+    /* u += X W^T = (Y - bias) / f where |f| is not small (rec 1, div f), Y += f ⊙ s h B^T:
+     * one row-major pass over Y and u */
+    const float *b = lin->bias && lin->add_bias ? lin->bias : d->zero;
+    const float *dv = d->div, *rc = d->rec;
+    for (int64_t n = 0; n < N; n++) {
+        float *y = Y + n * no, *u = d->u + n * no;
+        for (int64_t o = 0; o < no; o++) {
+            const float lo = u[o];
+            u[o] = lo + rc[o] * ((y[o] - b[o]) / dv[o]);
+            y[o] += f[o] * lo;
+        }
+    }
+    for (int64_t k = 0; k < d->nsmall; k++) { /* |f| small or 0: X W_o^T from the row itself */
+        const int64_t o = d->small[k];
+        const float *w = dora_w_row(s, o);
+        for (int64_t n = 0; n < N; n++) {
+            const float *x = X + n * ni;
+            double t = 0.0;
+            for (int64_t i = 0; i < ni; i++) t += (double)x[i] * w[i];
+            d->u[n * no + o] += (float)t;
         }
     }
 }
 
+/* dY [N, no] is the layer's output gradient. Without dropout lin_backward has already done
+ * dX += (f ⊙ dY) W and left g = f ⊙ dY in s->dys (adapter.h); in the dropout form it did
+ * dX += dY W. */
 static void dora_backward(AdapterSlot *s, const AdapterEnv *env, float *dX, const float *dY,
                           const float *X, int64_t N) {
     DoraState *d = dora_state(s);
-    const int64_t no = d->no;
+    const int64_t no = d->no, ni = d->ni, r = d->r;
+    const int drop = dora_drop(s, env);
     float *dM = params_grad(s->params, d->pM); /* [no] */
-    /* dm_o += Σ_n dY_n,o u_n,o / n_o (n detached); dys = f ⊙ dY for LoRA's backward */
+    /* dm_o += Σ_n dY_n,o u_n,o / n_o (n detached) */
     memset(d->acc, 0, (size_t)no * sizeof *d->acc);
     for (int64_t n = 0; n < N; n++) {
         const float *dy = dY + n * no, *u = d->u + n * no;
-        float *g = s->dys + n * no;
-        for (int64_t o = 0; o < no; o++) {
-            d->acc[o] += (double)dy[o] * u[o];
-            g[o] = dy[o] * d->fac[o];
-        }
+        for (int64_t o = 0; o < no; o++) d->acc[o] += (double)dy[o] * u[o];
     }
     for (int64_t o = 0; o < no; o++) dM[o] += (float)(d->acc[o] / d->nrm[o]);
-    adapter_lora.backward(s, env, dX, s->dys, X, N);
+    if (!drop) { /* dA, dB, dX += (s g B) A: LoRA's backward of g */
+        adapter_lora.backward(s, env, dX, s->dys, X, N);
+        return;
+    }
+    /* PEFT's dropout form: g = f ⊙ dY; LoRA's GEMMs on g (model/lora.c lora_backward), then
+     * dX += dropout'(((f - 1) ⊙ dY) W + dh A) with one mask pass */
+    const float *A = params_value(s->params, s->pA); /* [r, ni] */
+    const float *B = params_value(s->params, s->pB); /* [no, r] */
+    float *dA = params_grad(s->params, s->pA);
+    float *dB = params_grad(s->params, s->pB);
+    for (int64_t n = 0; n < N; n++) {
+        const float *dy = dY + n * no;
+        float *g = s->dys + n * no;
+        for (int64_t o = 0; o < no; o++) g[o] = d->fac[o] * dy[o];
+    }
+    gemm_f32(env->gemm, 1, 0, no, r, N, s->scale, s->dys, no, s->h, r, 1.0f, dB, r);
+    gemm_f32(env->gemm, 0, 0, N, r, no, s->scale, s->dys, no, B, r, 0.0f, s->dh, r);
+    gemm_f32(env->gemm, 1, 0, r, ni, N, 1.0f, s->dh, r, s->xd, ni, 1.0f, dA, ni);
+    for (int64_t n = 0; n < N; n++) {
+        const float *dy = dY + n * no;
+        float *g = s->dys + n * no;
+        for (int64_t o = 0; o < no; o++) g[o] = (d->fac[o] - 1.0f) * dy[o];
+    }
+    gemm_xw(env->gemm, s->tmp, s->dys, &s->lin->w, N, 0.0f);
+    gemm_f32(env->gemm, 0, 0, N, ni, r, 1.0f, s->dh, r, A, ni, 1.0f, s->tmp, ni);
+    /* the mask is read back from forward's Xd = X ⊙ keep: keep is 0 or 1/(1-p) > 1, so where
+     * X ≠ 0, Xd ≠ 0 exactly when the element was kept; only where X = 0 is it drawn again */
+    const float kept = 1.0f / (1.0f - s->cfg->dropout); /* lora_keep's scale */
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t i = 0; i < ni; i++) {
+            const float t = s->tmp[n * ni + i], x = X[n * ni + i], xd = s->xd[n * ni + i];
+            if (t == 0.0f) continue;
+            const float k = x != 0.0f ? (xd != 0.0f ? kept : 0.0f) : adapter_dropout_keep(s, env, n, i);
+            dX[n * ni + i] += t * k;
+        }
 }
 
 /* generate --merge-in-memory: W' = f ⊙ (W + s B A) on rows [r0, r0 + nr) of the shard
@@ -297,7 +420,9 @@ static void dora_merge(const AdapterSlot *s, float *W, int64_t r0, int64_t nr) {
 }
 
 static double dora_flops_per_token(const AdapterSlot *s) {
-    /* LoRA's GEMMs + u, f ⊙ s h B^T, f ⊙ dY and dm: about 6 flops per output */
+    /* LoRA's GEMMs + u, f ⊙ s h B^T, f ⊙ dY and dm: about 6 flops per output; with dropout
+     * in training also Xd W^T and ((f - 1) ⊙ dY) W, 4 flops per weight (not counted here:
+     * the MFU is of the model's useful work) */
     return adapter_lora.flops_per_token(s) + 6.0 * (double)s->shard.out;
 }
 
@@ -384,6 +509,7 @@ static const AdioKindIo dora_io = {
 
 const AdapterKind adapter_dora = {
     .name = "dora",
+    .title = "DoRA",
     .declare = dora_declare,
     .init = dora_init,
     .alloc = dora_alloc,
@@ -396,4 +522,5 @@ const AdapterKind adapter_dora = {
     .step_begin = dora_step_begin,
     .merge = dora_merge,
     .io = &dora_io,
+    .destroy = dora_destroy,
 };

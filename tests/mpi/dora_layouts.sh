@@ -3,7 +3,10 @@
 # kv-heads 2 < tp = 4 (replicated kv heads: m of k/v has B's PARAM_SYNC_KV class), tied
 # embeddings and q/k/v bias: the same loss, gradients (lora_A, lora_B, lora_magnitude_vector)
 # and adapter after 5 AdamW steps as (1,1), and (1,1) equals the PyTorch reference
-# (tests/reference/dora_check.py). Comparisons: tests/mpi/mpi_check.py (the layouts test's).
+# (tests/reference/dora_check.py); all of it at lora_dropout 0 and 0.1 (PEFT's dropout form:
+# a second pass with W on dropout(x), whose row-parallel part is a TP partial sum; the masks
+# are keyed by global token and column, so every layout draws the same ones).
+# Comparisons: tests/mpi/mpi_check.py (the layouts test's).
 # usage: dora_layouts.sh SHARDLORA_BINARY WORK_DIR
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 set -uo pipefail
@@ -54,28 +57,32 @@ train() {
   echo "run $name (tp $tp, dp $dp): OK"
 }
 
-ok1=() ok5=() okr=()
-for L in 1x1 2x1 4x1 2x2; do
-  tp=${L%x*}; dp=${L#*x}; n="tp$tp-dp$dp"
-  train "$n-s1" "$tp" "$dp" --steps 1 --dump-grads "$W/$n-s1.safetensors" && ok1+=("$W/$n-s1.safetensors@${tp}x$dp")
-  train "$n-s5" "$tp" "$dp" --steps 5 --dump-grads "$W/$n-s5.safetensors" \
-    && { ok5+=("$W/$n-s5.safetensors@${tp}x$dp"); okr+=("$W/$n-s5"); }
+for drop in 0 0.1; do
+  ok1=() ok5=() okr=()
+  P="$W/d$drop"
+  for L in 1x1 2x1 4x1 2x2; do
+    tp=${L%x*}; dp=${L#*x}; n="d$drop-tp$tp-dp$dp"
+    train "$n-s1" "$tp" "$dp" --lora-dropout "$drop" --steps 1 --dump-grads "$W/$n-s1.safetensors" \
+      && ok1+=("$W/$n-s1.safetensors@${tp}x$dp")
+    train "$n-s5" "$tp" "$dp" --lora-dropout "$drop" --steps 5 --dump-grads "$W/$n-s5.safetensors" \
+      && { ok5+=("$W/$n-s5.safetensors@${tp}x$dp"); okr+=("$W/$n-s5"); }
+  done
+  if [ -f "$P-tp1-dp1-s1.safetensors" ] && [ -f "$P-tp1-dp1-s5.safetensors" ]; then
+    check "dropout $drop: (1,1) step-1 dump vs PyTorch (m = ||W_o||, B = 0)" "$PY" "$HERE/../reference/dora_check.py" \
+      grads --model "$W/m" --dump "$P-tp1-dp1-s1.safetensors" --tol "$REF_TOL" --check-init
+    check "dropout $drop: (1,1) step-5 dump vs PyTorch" "$PY" "$HERE/../reference/dora_check.py" grads \
+      --model "$W/m" --dump "$P-tp1-dp1-s5.safetensors" --tol "$REF_TOL"
+  else
+    fail "dropout $drop: no (1,1) reference run"
+  fi
+  [ ${#ok1[@]} -gt 1 ] && check "dropout $drop: step-1 loss and gradients vs (1,1), rel $GRAD_TOL" \
+    "${CHECK[@]}" dumps --tol "$GRAD_TOL" "${ok1[0]%@*}" "${ok1[@]:1}"
+  [ ${#ok5[@]} -gt 1 ] && check "dropout $drop: step-5 gradients (rel $LATE_GRAD_TOL) and adapter (rel $ADAM_TOL) vs (1,1)" \
+    "${CHECK[@]}" dumps --tol "$LATE_GRAD_TOL" --value-tol "$ADAM_TOL" "${ok5[0]%@*}" "${ok5[@]:1}"
+  [ ${#okr[@]} -gt 1 ] && check "dropout $drop: adapter after 5 AdamW steps (rel $ADAM_TOL) and per-step metrics vs (1,1)" \
+    "${CHECK[@]}" adapters --steps 5 --tol "$ADAM_TOL" --norm-rel-tol "$ADAM_NORM_TOL" "${okr[0]}" "${okr[@]:1}"
+  [ ${#ok1[@]} -eq 4 ] && [ ${#ok5[@]} -eq 4 ] || fail "dropout $drop: only ${#ok1[@]} + ${#ok5[@]} of 4 + 4 runs succeeded"
 done
-if [ -f "$W/tp1-dp1-s1.safetensors" ] && [ -f "$W/tp1-dp1-s5.safetensors" ]; then
-  check "(1,1) step-1 dump vs PyTorch (m = ||W_o||, B = 0)" "$PY" "$HERE/../reference/dora_check.py" grads \
-    --model "$W/m" --dump "$W/tp1-dp1-s1.safetensors" --tol "$REF_TOL" --check-init
-  check "(1,1) step-5 dump vs PyTorch" "$PY" "$HERE/../reference/dora_check.py" grads \
-    --model "$W/m" --dump "$W/tp1-dp1-s5.safetensors" --tol "$REF_TOL"
-else
-  fail "no (1,1) reference run"
-fi
-[ ${#ok1[@]} -gt 1 ] && check "step-1 loss and gradients vs (1,1), rel $GRAD_TOL" \
-  "${CHECK[@]}" dumps --tol "$GRAD_TOL" "${ok1[0]%@*}" "${ok1[@]:1}"
-[ ${#ok5[@]} -gt 1 ] && check "step-5 gradients (rel $LATE_GRAD_TOL) and adapter (rel $ADAM_TOL) vs (1,1)" \
-  "${CHECK[@]}" dumps --tol "$LATE_GRAD_TOL" --value-tol "$ADAM_TOL" "${ok5[0]%@*}" "${ok5[@]:1}"
-[ ${#okr[@]} -gt 1 ] && check "adapter after 5 AdamW steps (rel $ADAM_TOL) and per-step metrics vs (1,1)" \
-  "${CHECK[@]}" adapters --steps 5 --tol "$ADAM_TOL" --norm-rel-tol "$ADAM_NORM_TOL" "${okr[0]}" "${okr[@]:1}"
-[ ${#ok1[@]} -eq 4 ] && [ ${#ok5[@]} -eq 4 ] || fail "only ${#ok1[@]} + ${#ok5[@]} of 4 + 4 runs succeeded"
 
 if [ ${#FAILS[@]} -gt 0 ]; then
   echo "mpi dora: FAILED ${#FAILS[@]} check(s):"; printf '  %s\n' "${FAILS[@]}"; exit 1

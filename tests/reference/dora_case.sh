@@ -3,8 +3,11 @@
 # (tests/reference/dora_check.py), one case per CTest test:
 #   grads      loss and every gradient (lora_A, lora_B, lora_magnitude_vector) at step 1
 #              (m = ||W_o||, B = 0) and step 5 (all trained) on a GQA model with q/k/v bias,
-#              relative 1e-4; the same with lora_dropout 0.1 (dropout on the LoRA branch).
-#   bf16       the same at step 5 on a BF16 model (||W||, A W^T from BF16 tiles).
+#              relative 1e-4; the same with lora_dropout 0.1 (PEFT's form: the base correction
+#              and the LoRA branch on dropout(x)) at tp = 1 and at tp = 2 (column- and
+#              row-parallel layers).
+#   bf16       the same at step 5 on a BF16 model (||W||, A W^T, and with dropout W Xd and
+#              dY W, from BF16 tiles).
 #   zero-row   all-zero rows of W in a column-parallel (q_proj) and a row-parallel (o_proj,
 #              down_proj) layer: finite loss and gradients, the rows' m stays 0, gradients vs
 #              the reference (clamped norm), at tp = 1 and tp = 2; `shardlora merge` keeps
@@ -59,11 +62,14 @@ grads|bf16)
   [ "$CASE" = bf16 ] && MM+=(--dtype BF16)
   "$SL" make-model --out "$W/model" "${MM[@]}" > /dev/null
   for drop in 0 0.1; do
-    [ "$CASE" = bf16 ] && [ "$drop" != 0 ] && continue
-    run 1 "$W/d$drop-s1" --model "$W/model" --lora-dropout "$drop" --steps 1 --dump-grads "$W/d$drop-s1.safetensors"
-    run 1 "$W/d$drop-s5" --model "$W/model" --lora-dropout "$drop" --steps 5 --dump-grads "$W/d$drop-s5.safetensors"
-    [ "$CASE" = grads ] && "${CHK[@]}" grads --model "$W/model" --dump "$W/d$drop-s1.safetensors" --tol "$TOL" --check-init
-    "${CHK[@]}" grads --model "$W/model" --dump "$W/d$drop-s5.safetensors" --tol "$TOL"
+    for tp in 1 2; do
+      [ "$tp" = 2 ] && [ "$drop" = 0 ] && continue # tp = 2 without dropout: zero-row, mpi_dora
+      D="$W/d$drop-tp$tp"
+      run "$tp" "$D-s1" --model "$W/model" --tp "$tp" --lora-dropout "$drop" --steps 1 --dump-grads "$D-s1.safetensors"
+      run "$tp" "$D-s5" --model "$W/model" --tp "$tp" --lora-dropout "$drop" --steps 5 --dump-grads "$D-s5.safetensors"
+      [ "$CASE" = grads ] && "${CHK[@]}" grads --model "$W/model" --dump "$D-s1.safetensors" --tol "$TOL" --check-init
+      "${CHK[@]}" grads --model "$W/model" --dump "$D-s5.safetensors" --tol "$TOL"
+    done
   done
   ;;
 zero-row)

@@ -1,17 +1,18 @@
 """DoRA (Liu et al. 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation") against a PyTorch
 reference written from PEFT's formula (huggingface/peft src/peft/tuners/lora/dora.py,
-DoraLinearLayer, and lora/layer.py Linear.forward):
+DoraLinearLayer.forward, and lora/layer.py Linear.forward): the base layer on the input x,
+plus what the DoRA layer adds on its input x',
 
-    y = W x + b + (m / n - 1) * (W x') + (m / n) * s * B A x'      n = ||W + s B A||_row, detached
+    y = (W x + b) + (m / n - 1) * (W x') + (m / n) * s * B A x'      n = ||W + s B A||_row, detached
 
-where x' = x without dropout or at eval, and PEFT applies the dropout mask to x' (both the
-base correction and the LoRA branch) when lora_dropout > 0 in training; that is
-y = (m / n) * (W x + s B A x) + b at dropout 0. shardlora applies the dropout to the LoRA
-branch only: y = (m / n) * (W x + s B A dropout(x)) + b (the DESIGN.md formula; PEFT's form
-would cost a second pass over W); --dropout-base ours|peft chooses which one the reference
-computes. m [out] starts at ||W_o|| (row norms over the input dimension, PEFT _update_layer).
-PEFT has no epsilon (a zero row of W gives 0/0); shardlora divides by max(n, DORA_EPS) and
-the reference does the same (--eps).
+where x' = x at lora_dropout 0 or at eval (PEFT hands the base output to the DoRA layer as
+base_result, so y = (m / n) * (W x + s B A x) + b), and x' = dropout(x) when training with
+lora_dropout > 0 (PEFT: `x = dropout(x); base_result = None`, so the DoRA layer recomputes
+W x' on the dropped-out input). The masks are shardlora's keyed Philox masks
+(philox.lora_dropout_scale via torch_llama.Lora), the same for the base correction and the
+LoRA branch. m [out] starts at ||W_o|| (row norms over the input dimension, PEFT
+update_layer). PEFT has no epsilon (a zero row of W gives 0/0); shardlora divides by
+max(n, DORA_EPS) and the reference does the same (--eps).
 
 Subcommands (each exits 1 on any failure, 0 otherwise, and prints the figures it checked):
   grads     --model DIR --dump FILE [--tol 1e-4] [--check-init]: loss and every gradient
@@ -55,11 +56,10 @@ class Dora:
     """DoRA on top of a torch_llama Lora (same A, B, scale, dropout masks) for the base
     weights w (LlamaReference.w). params: every trainable tensor, PEFT key -> leaf tensor."""
 
-    def __init__(self, lora, w, eps=DORA_EPS, dropout_base="ours"):
+    def __init__(self, lora, w, eps=DORA_EPS):
         self.lora = lora
         self.w = w
         self.eps = eps
-        self.dropout_base = dropout_base
         self.params = dict(lora.params)
         self.mag = {}
         for k in list(lora.params):
@@ -83,7 +83,8 @@ class Dora:
         return {k: tuple(v.shape) for k, v in self.params.items()}
 
     def delta(self, layer, module, x, training):
-        """What DoRA adds to F.linear(x, W, b) (torch_llama.LlamaReference._linear)."""
+        """What DoRA adds to the base layer's F.linear(x, W, b) (torch_llama.LlamaReference._linear):
+        PEFT's result_dora on x' = dropout(x) (training, lora_dropout > 0) or x."""
         m = self.mag.get((layer, module))
         if m is None:
             return None
@@ -93,18 +94,20 @@ class Dora:
         W = self.weight(layer, module)
         # PEFT get_weight_norm: torch.linalg.norm(W + scaling * lora_weight, dim=1), detached
         n = torch.linalg.norm(W + lo.scale * (b @ a).detach(), dim=1).detach()
-        f = (m / n.clamp_min(self.eps)).view(1, -1)
-        xd = x
+        mag_norm_scale = (m / n.clamp_min(self.eps)).view(1, -1)
         if lo.dropout > 0 and training:
+            # Linear.forward: x = dropout(x); base_result = None -> DoRA recomputes W x'
             n_in = x.shape[-1]
-            xd = x * lo.dropout_scale(layer, module, x.numel() // n_in, n_in).to(x.dtype).view(x.shape)
-        base = F.linear(xd if self.dropout_base == "peft" else x, W)
-        return (f - 1) * base + f * F.linear(F.linear(xd, a), b) * lo.scale
+            x = x * lo.dropout_scale(layer, module, x.numel() // n_in, n_in).to(x.dtype).view(x.shape)
+        # without dropout PEFT passes base_result = W x + b and subtracts b: the same W x
+        base_result = F.linear(x, W)
+        lora_result = F.linear(F.linear(x, a), b)
+        return (mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result * lo.scale
 
 
 def dora_from_dump(model, tensors, meta, where, args):
     lora = tl.lora_from_dump_meta(model.cfg, meta, where)
-    d = Dora(lora, model.w, eps=args.eps, dropout_base=args.dropout_base)
+    d = Dora(lora, model.w, eps=args.eps)
     problems = []
     for k, shape in d.shapes().items():
         for name in (k, k + ".grad"):
@@ -133,7 +136,7 @@ def cmd_grads(args):
     print(f"dora_check grads: model {args.model} (L={model.cfg.num_layers}, C={model.cfg.hidden_size}), dump "
           f"{where} step {meta.get('step', '?')} tp {meta.get('tp', '?')} dp {meta.get('dp', '?')}, r={lo.r} "
           f"alpha={lo.alpha:g} rslora={int(lo.use_rslora)} targets={','.join(lo.targets)} dropout={lo.dropout:g} "
-          f"(base path: {args.dropout_base}), eps {args.eps:g}")
+          f"(PEFT's DoRA dropout form), eps {args.eps:g}")
     if problems:
         for p in problems[:10]:
             print(f"  FAIL {p}")
@@ -296,7 +299,6 @@ def main():
     g.add_argument("--dump", required=True)
     g.add_argument("--tol", type=float, default=1e-4)
     g.add_argument("--eps", type=float, default=DORA_EPS)
-    g.add_argument("--dropout-base", choices=("ours", "peft"), default="ours")
     g.add_argument("--check-init", action="store_true")
     g.add_argument("--verbose", action="store_true")
     z = sub.add_parser("zero-row")
