@@ -16,7 +16,8 @@
 #              `shardlora merge` of it: its logits = PyTorch's base + adapter unmerged, and
 #              eval of the merged model = `shardlora eval` of the base model with the adapter
 #              unmerged (DoRA import; relative 1e-5), at tp = 1 and tp = 2; generate
-#              --merge-in-memory: greedy ids = unmerged, logits relative 1e-5 (tp = 1, 2).
+#              --merge-in-memory: greedy ids = unmerged, logits relative 1e-5 (tp = 1, 2);
+#              export -> --init-adapter (lr 0) -> export round trip byte-identical at tp 2, 1.
 #   resume     6 steps straight vs 3 steps + resume from the step-3 checkpoint: the adapters
 #              are byte-identical (tp = 1 and tp = 2).
 # usage: dora_case.sh SHARDLORA_BINARY WORK_DIR CASE
@@ -142,6 +143,18 @@ PY
     grep -q "(merged in memory)" "$W/gen-merged-tp$tp.log" || { tail "$W/gen-merged-tp$tp.log"; echo "FAIL: tp $tp did not merge in memory"; exit 1; }
     "$PY" "$HERE/generate_check.py" --same-results "$W/gen-unmerged-tp$tp.jsonl" "$W/gen-merged-tp$tp.jsonl"
     "$PY" "$HERE/generate_check.py" --dump "$W/gen-merged-tp$tp.st" --compare "$W/gen-unmerged-tp$tp.st" --tol "$EVAL_TOL"
+  done
+  # export -> train --init-adapter (lr 0; DoRA comes from use_dora, m from the file, not from
+  # ||W||) at tp=2 -> export, then back at tp=1: the PEFT files are byte-identical
+  for step in "2 $A $W/rt1" "1 $W/rt1/adapter $W/rt2"; do
+    set -- $step
+    run "$1" "$3" --model "$W/model" --tp "$1" --steps 1 --lr 0 --init-adapter "$2"
+    grep -q "adapter: initialised from" "$3.log" || { tail -3 "$3.log"; echo "FAIL: $3 did not start from the adapter"; exit 1; }
+  done
+  for f in adapter_model.safetensors adapter_config.json; do
+    cmp "$A/$f" "$W/rt1/adapter/$f" && cmp "$W/rt1/adapter/$f" "$W/rt2/adapter/$f" \
+      || { echo "FAIL: DoRA export -> import -> export: $f differs"; exit 1; }
+    echo "  ok   export -> import (tp=2) -> export -> import (tp=1) -> export: $f identical"
   done
   ;;
 resume)
