@@ -162,11 +162,26 @@ int adapter_init_known(const char *name);
 void adapter_kind_names(char *buf, size_t n);
 /* Parse "q_proj,k_proj,..." or "all" into target bits; returns 0 and sets st on error. */
 int adapter_parse_targets(const char *s, unsigned *targets, ErrStatus *st);
-/* The adapter dropout's keep-scale of element (row n, local input column i) of slot s: 0 or
- * 1/(1-p), Philox keyed by (seed, step, layer, module, global token, global column), so any
- * layout draws the same mask (tests/reference/philox.py lora_dropout_scale). Every kind's
- * dropout uses it. */
+/* LoRA dropout (every kind's): Xd = X ⊙ keep with keep 0 or 1/(1-p), PEFT's nn.Dropout on
+ * the adapter's input, with masks keyed so that any tp x dp layout draws the same one
+ * (DESIGN.md §4): element (row n, local input column i) of slot s is global token
+ * t = env->token0 + n, global column j = s->shard.i0 + i; its draw is word j % 4 of the
+ * Philox block (philox_block, PHILOX_LORA_DROPOUT, key env->seed) of
+ *   a = t * ceil(in / 4) + j / 4, b = env->step, c = (layer << 8) | (module * 4 + 2)
+ * (in = s->shard.in, the global input width; one block per 4 consecutive global columns,
+ * so a shard boundary inside a group is fine), and the element is dropped iff
+ * philox_u01(word) < p. tests/reference/philox.py lora_dropout_scale reproduces it.
+ * adapter_dropout_keep is the scalar reference (one element); the other two draw whole rows
+ * with philox_block_lanes, on GemmCtx's threads over rows. */
 float adapter_dropout_keep(const AdapterSlot *s, const AdapterEnv *env, int64_t n, int64_t i);
+/* Xd [N, ni] = X ⊙ keep (forward; Xd is what backward's dA needs). */
+void adapter_dropout_forward(const AdapterSlot *s, const AdapterEnv *env, float *Xd,
+                             const float *X, int64_t N);
+/* dX [N, ni] += G ⊙ keep (backward of the dropout: G is the gradient w.r.t. Xd). X and Xd
+ * must be forward's input and output: the mask is read back from them (Xd ≠ 0 where kept),
+ * drawn again only where X = 0. */
+void adapter_dropout_backward(const AdapterSlot *s, const AdapterEnv *env, float *dX,
+                              const float *G, const float *X, const float *Xd, int64_t N);
 /* Sync class of a factor held identically by `copies` of the tp TP ranks. */
 ParamSync adapter_sync_class(int copies, int tp);
 /* The PEFT key prefix of a module: base_model.model.model.layers.{i}.{group}.{name} */

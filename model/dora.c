@@ -304,9 +304,7 @@ static void dora_forward(AdapterSlot *s, const AdapterEnv *env, float *Y, const 
     const float *f = d->fac;
     const float *Xd = X;
     if (drop) {
-        for (int64_t n = 0; n < N; n++)
-            for (int64_t i = 0; i < ni; i++)
-                s->xd[n * ni + i] = X[n * ni + i] * adapter_dropout_keep(s, env, n, i);
+        adapter_dropout_forward(s, env, s->xd, X, N);
         Xd = s->xd;
     }
     /* LoRA's GEMMs (model/lora.c lora_forward) into u, not Y: h = Xd A^T, u = s h B^T */
@@ -392,16 +390,7 @@ static void dora_backward(AdapterSlot *s, const AdapterEnv *env, float *dX, cons
     }
     gemm_xw(env->gemm, s->tmp, s->dys, &s->lin->w, N, 0.0f);
     gemm_f32(env->gemm, 0, 0, N, ni, r, 1.0f, s->dh, r, A, ni, 1.0f, s->tmp, ni);
-    /* the mask is read back from forward's Xd = X ⊙ keep: keep is 0 or 1/(1-p) > 1, so where
-     * X ≠ 0, Xd ≠ 0 exactly when the element was kept; only where X = 0 is it drawn again */
-    const float kept = 1.0f / (1.0f - s->cfg->dropout); /* lora_keep's scale */
-    for (int64_t n = 0; n < N; n++)
-        for (int64_t i = 0; i < ni; i++) {
-            const float t = s->tmp[n * ni + i], x = X[n * ni + i], xd = s->xd[n * ni + i];
-            if (t == 0.0f) continue;
-            const float k = x != 0.0f ? (xd != 0.0f ? kept : 0.0f) : adapter_dropout_keep(s, env, n, i);
-            dX[n * ni + i] += t * k;
-        }
+    adapter_dropout_backward(s, env, dX, s->tmp, X, s->xd, N);
 }
 
 /* generate --merge-in-memory: W' = f ⊙ (W + s B A) on rows [r0, r0 + nr) of the shard

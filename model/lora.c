@@ -101,9 +101,7 @@ static void lora_forward(AdapterSlot *s, const AdapterEnv *env, float *Y, const 
     const float *B = params_value(s->params, s->pB); /* [no, r] */
     const float *Xd = X;
     if (s->cfg->dropout > 0 && env->training) {
-        for (int64_t n = 0; n < N; n++)
-            for (int64_t i = 0; i < ni; i++)
-                s->xd[n * ni + i] = X[n * ni + i] * adapter_dropout_keep(s, env, n, i);
+        adapter_dropout_forward(s, env, s->xd, X, N);
         Xd = s->xd;
     }
     /* h [N, r] = Xd A^T ; Y [N, no] += s * h B^T */
@@ -130,11 +128,7 @@ static void lora_backward(AdapterSlot *s, const AdapterEnv *env, float *dX, cons
         return;
     }
     gemm_f32(env->gemm, 0, 0, N, ni, r, 1.0f, s->dh, r, A, ni, 0.0f, s->tmp, ni);
-    for (int64_t n = 0; n < N; n++)
-        for (int64_t i = 0; i < ni; i++) {
-            float t = s->tmp[n * ni + i];
-            if (t != 0.0f) dX[n * ni + i] += t * adapter_dropout_keep(s, env, n, i);
-        }
+    adapter_dropout_backward(s, env, dX, s->tmp, X, s->xd, N);
 }
 
 static double lora_flops_per_token(const AdapterSlot *s) {

@@ -198,9 +198,7 @@ static void vera_forward(AdapterSlot *s, const AdapterEnv *env, float *Y, const 
     const float *ld = params_value(s->params, s->pA);
     const float *Xd = X;
     if (s->cfg->dropout > 0 && env->training) {
-        for (int64_t n = 0; n < N; n++)
-            for (int64_t i = 0; i < ni; i++)
-                s->xd[n * ni + i] = X[n * ni + i] * adapter_dropout_keep(s, env, n, i);
+        adapter_dropout_forward(s, env, s->xd, X, N);
         Xd = s->xd;
     }
     /* h = Xd A_s^T ; hd = h ⊙ lambda_d ; Y += hd Bl^T */
@@ -215,7 +213,6 @@ static void vera_forward(AdapterSlot *s, const AdapterEnv *env, float *Y, const 
  * g = dY Bl; dX += dropout'((g ⊙ lambda_d) A_s). */
 static void vera_backward(AdapterSlot *s, const AdapterEnv *env, float *dX, const float *dY,
                           const float *X, int64_t N) {
-    (void)X;
     VeraSlot *v = vera_ext(s);
     const int64_t r = s->r, ni = s->shard.ni, no = s->shard.no, mi = vera_proj_of(s)->max_in;
     const float *ld = params_value(s->params, s->pA);
@@ -245,11 +242,7 @@ static void vera_backward(AdapterSlot *s, const AdapterEnv *env, float *dX, cons
         return;
     }
     gemm_f32(env->gemm, 0, 0, N, ni, r, 1.0f, v->g, r, vera_A_slice(s), mi, 0.0f, s->tmp, ni);
-    for (int64_t n = 0; n < N; n++)
-        for (int64_t i = 0; i < ni; i++) {
-            float t = s->tmp[n * ni + i];
-            if (t != 0.0f) dX[n * ni + i] += t * adapter_dropout_keep(s, env, n, i);
-        }
+    adapter_dropout_backward(s, env, dX, s->tmp, X, s->xd, N);
 }
 
 static double vera_flops_per_token(const AdapterSlot *s) {

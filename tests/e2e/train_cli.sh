@@ -80,8 +80,13 @@ def tensors(d):
 l1, l2 = losses("dp1"), losses("dp2")
 err = max(abs(a - b) / abs(a) for a, b in zip(l1, l2))
 t1, t2 = tensors("dp1"), tensors("dp2")
+# the adapters after 5 AdamW steps: each tensor as a whole within 1e-4 (||a - b|| / ||b||), each
+# element within 5e-4 of the tensor's largest -- AdamW divides an element's tiny step-1
+# gradient (rounding noise near eps) by its own size, as tests/mpi/layouts.sh explains
 aerr = max(float(np.max(np.abs(t1[k] - t2[k])) / max(float(np.max(np.abs(t1[k]))), 1e-12)) for k in t1)
-print(f"dp=2 vs dp=1: loss max rel err {err:.2e}, adapter max rel err {aerr:.2e}")
-assert err < 1e-5 and aerr < 1e-4, "data-parallel run differs from the single-rank run"
+nerr = max(float(np.linalg.norm(t1[k] - t2[k]) / max(float(np.linalg.norm(t1[k])), 1e-12)) for k in t1)
+print(f"dp=2 vs dp=1: loss max rel err {err:.2e}, adapter tensors rel err {nerr:.2e} (tol 1e-4), "
+      f"elements {aerr:.2e} (tol 5e-4)")
+assert err < 1e-5 and nerr < 1e-4 and aerr < 5e-4, "data-parallel run differs from the single-rank run"
 PY
 echo "train_cli: OK"

@@ -1,6 +1,7 @@
 """Philox4x32-10 in numpy, vectorised over many counters, and the keyed draws shardlora builds
 on it (an independent re-implementation of runtime/philox.c and the random parts of
-model/lora.c, written from the paper and the documented coordinates, not translated).
+model/lora.c and model/adapter.c, written from the paper and the documented coordinates, not
+translated).
 
 Philox4x32-10: Salmon, Moraes, Dror, Shaw, "Parallel random numbers: as easy as 1, 2, 3"
 (SC'11), as in the Random123 reference: 10 rounds on a 4x32-bit counter with a 2x32-bit key;
@@ -86,7 +87,7 @@ def u01(w):
 
 
 # --------------------------------------------------------------------------------------
-# LoRA draws (model/lora.c)
+# LoRA draws (model/lora.c; dropout masks: model/adapter.c, keying documented in adapter.h)
 
 def lora_init_a(seed, layer, module, r, n_in, gaussian=False):
     """float32 [r, n_in]: the initial lora_A of (layer, module). Element (j, i) uses
@@ -112,14 +113,18 @@ def lora_init_a(seed, layer, module, r, n_in, gaussian=False):
 
 def lora_dropout_keep(seed, step, layer, module, n_tokens, n_in, p, token0=0):
     """bool [n_tokens, n_in]: True where the input element is kept. Row n is the global token
-    token0 + n (b * T + t within the step), column i the global input column; a = tok * in + i,
-    b = step (1-based optimizer step), c = (layer << 8) | (module_id * 4 + 2);
-    kept iff u01(word 0) >= p (p as float32)."""
+    tok = token0 + n (b * T + t within the step), column j the global input column. One Philox
+    block serves four consecutive columns: the block of a = tok * ceil(n_in / 4) + j // 4,
+    b = step (1-based optimizer step), c = (layer << 8) | (module_id * 4 + 2), and element
+    (tok, j) takes its word j % 4; kept iff u01(that word) >= p (p as float32)."""
     mid = MODULE_IDS[module]
+    groups = (n_in + 3) // 4
     tok = np.arange(token0, token0 + n_tokens, dtype=np.uint64)[:, None]
-    a = tok * _U64(n_in) + np.arange(n_in, dtype=np.uint64)[None, :]
-    out = block(seed, LORA_DROPOUT, a, step, (layer << 8) | (mid * 4 + 2))
-    return u01(out[0]) >= np.float32(p)
+    a = tok * _U64(groups) + np.arange(groups, dtype=np.uint64)[None, :]  # [n_tokens, groups]
+    words = block(seed, LORA_DROPOUT, a, step, (layer << 8) | (mid * 4 + 2))
+    # [n_tokens, groups, 4] -> columns 4 g + w, in order; the last group's spare words unused
+    per_col = np.stack(words, axis=-1).reshape(n_tokens, 4 * groups)[:, :n_in]
+    return u01(per_col) >= np.float32(p)
 
 
 def lora_dropout_scale(seed, step, layer, module, n_tokens, n_in, p, token0=0):

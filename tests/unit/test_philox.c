@@ -1,10 +1,13 @@
-/* Philox4x32-10: Random123 known-answer vectors, the keyed draws' moments, and that
- * distinct purposes / coordinates / seeds give distinct streams. */
+/* Philox4x32-10: Random123 known-answer vectors, the keyed draws' moments, that distinct
+ * purposes / coordinates / seeds give distinct streams, that the 16-lane path equals the
+ * scalar one, and that the LoRA dropout masks (model/adapter.c) follow their documented
+ * keying whatever the shard. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "model/adapter.h"
 #include "runtime/philox.h"
 #include "tests/unit/check.h"
 
@@ -140,10 +143,126 @@ static void test_distinct_streams(void) {
     CHECK_TRUE(mism == 0, "sharded draws differ");
 }
 
+/* philox4x32_10_lanes and philox_block_lanes equal the scalar reference lane by lane
+ * (random counters and keys, the KAT counters, and a run of a crossing 2^32 inside the
+ * lanes, where the counter's word 1 changes). */
+static void test_lanes(void) {
+    uint32_t ctr[4 * PHILOX_LANES], out[4 * PHILOX_LANES], one[4], c[4];
+    uint32_t x = 0x12345678u; /* xorshift32 for test inputs */
+    int bad = 0;
+    for (int rep = 0; rep < 200; rep++) {
+        uint32_t key[2];
+        for (int k = 0; k < 4 * PHILOX_LANES; k++) {
+            x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+            ctr[k] = rep == 0 ? 0u : rep == 1 ? 0xffffffffu : x;
+        }
+        x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+        key[0] = rep == 0 ? 0u : rep == 1 ? 0xffffffffu : x;
+        x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+        key[1] = rep == 0 ? 0u : rep == 1 ? 0xffffffffu : x;
+        philox4x32_10_lanes(ctr, key, out);
+        for (int l = 0; l < PHILOX_LANES; l++) {
+            for (int w = 0; w < 4; w++) c[w] = ctr[w * PHILOX_LANES + l];
+            philox4x32_10(c, key, one);
+            for (int w = 0; w < 4; w++) bad += out[w * PHILOX_LANES + l] != one[w];
+        }
+    }
+    CHECK_TRUE(bad == 0, "philox4x32_10_lanes: %d words differ from philox4x32_10", bad);
+    const uint64_t a0s[] = {0, 77, (1ull << 32) - 5, (7ull << 32) + 3};
+    for (size_t i = 0; i < sizeof a0s / sizeof a0s[0]; i++) {
+        philox_block_lanes(0x0123456789abcdefull, PHILOX_LORA_DROPOUT, a0s[i], 42, 0x305, out);
+        for (int l = 0; l < PHILOX_LANES; l++) {
+            philox_block(0x0123456789abcdefull, PHILOX_LORA_DROPOUT, a0s[i] + (uint64_t)l, 42,
+                         0x305, one);
+            for (int w = 0; w < 4; w++) bad += out[w * PHILOX_LANES + l] != one[w];
+        }
+    }
+    CHECK_TRUE(bad == 0, "philox_block_lanes: %d words differ from philox_block", bad);
+    printf("philox lanes: 200 x %d counters and 4 runs of philox_block equal the scalar path\n",
+           PHILOX_LANES);
+}
+
+/* The dropout mask of one slot (model/adapter.c): adapter_dropout_keep follows adapter.h's
+ * keying (word j % 4 of block a = t * ceil(in / 4) + j / 4); adapter_dropout_forward /
+ * _backward draw the same masks as it, for the whole width and for shards cut anywhere
+ * (inside a group of 4, widths not a multiple of 4 or of the 64-column chunk); the keep rate
+ * is 1 - p. */
+static void test_dropout(void) {
+    enum { N = 97, IN = 203 }; /* N x IN above ADAPTER_DROPOUT_OMP_MIN: rows on 2 threads */
+    static float X[N * IN], Xd[N * IN], G[N * IN], dX[N * IN], want_d[N * IN], want_x[N * IN];
+    AdapterCfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.dropout = 0.3f;
+    GemmCtx g;
+    memset(&g, 0, sizeof g);
+    g.nthreads = 2;
+    AdapterEnv env = {&g, 0x5eed0000000bull, 7, 1000, 1};
+    AdapterSlot s;
+    memset(&s, 0, sizeof s);
+    s.cfg = &cfg;
+    s.layer = 5;
+    s.module = MOD_DOWN;
+    s.shard = (ShardDesc){SHARD_NONE, 64, IN, 0, 64, 0, IN};
+    const float kept = 1.0f / (1.0f - cfg.dropout);
+
+    /* the documented keying, element by element */
+    int bad = 0;
+    int64_t dropped = 0;
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t j = 0; j < IN; j++) {
+            uint32_t w[4];
+            philox_block(env.seed, PHILOX_LORA_DROPOUT,
+                         (uint64_t)(env.token0 + n) * ((IN + 3) / 4) + (uint64_t)j / 4,
+                         (uint64_t)env.step, (5u << 8) | (MOD_DOWN * 4u + 2u), w);
+            float k = philox_u01(w[j % 4]) < cfg.dropout ? 0.0f : kept;
+            bad += adapter_dropout_keep(&s, &env, n, j) != k;
+            dropped += k == 0.0f;
+            X[n * IN + j] = 0.25f + (float)((n * 31 + j * 7) % 97) / 16.0f - 3.0f;
+            G[n * IN + j] = (float)((n * 13 + j * 5) % 89) / 8.0f - 5.0f;
+            want_x[n * IN + j] = X[n * IN + j] * k;
+            want_d[n * IN + j] = 1.0f + G[n * IN + j] * k;
+        }
+    CHECK_TRUE(bad == 0, "adapter_dropout_keep: %d elements differ from the documented keying",
+               bad);
+    double rate = (double)dropped / (N * IN), sd = sqrt(0.3 * 0.7 / (N * IN));
+    printf("dropout p 0.3: dropped %.4f of %d elements\n", rate, N * IN);
+    CHECK_TRUE(fabs(rate - 0.3) < 5 * sd, "drop rate %.4f", rate);
+
+    /* whole rows and shards [i0, i0 + ni): the same values as the scalar reference */
+    const int64_t cuts[][2] = {{0, IN},  {0, 101}, {101, 102}, {1, 66},
+                               {66, 137}, {200, 3}, {4, 64}};
+    for (size_t c = 0; c < sizeof cuts / sizeof cuts[0]; c++) {
+        const int64_t i0 = cuts[c][0], ni = cuts[c][1];
+        s.shard.i0 = i0;
+        s.shard.ni = ni;
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t i = 0; i < ni; i++) {
+                X[n * ni + i] = 0.25f + (float)((n * 31 + (i0 + i) * 7) % 97) / 16.0f - 3.0f;
+                G[n * ni + i] = (float)((n * 13 + (i0 + i) * 5) % 89) / 8.0f - 5.0f;
+                dX[n * ni + i] = 1.0f;
+            }
+        adapter_dropout_forward(&s, &env, Xd, X, N);
+        adapter_dropout_backward(&s, &env, dX, G, X, Xd, N);
+        int badx = 0, badd = 0;
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t i = 0; i < ni; i++) {
+                badx += memcmp(&Xd[n * ni + i], &want_x[n * IN + i0 + i], sizeof(float)) != 0;
+                badd += memcmp(&dX[n * ni + i], &want_d[n * IN + i0 + i], sizeof(float)) != 0;
+            }
+        CHECK_TRUE(badx == 0 && badd == 0,
+                   "shard [%lld, +%lld): forward %d, backward %d elements differ from the "
+                   "scalar keep", (long long)i0, (long long)ni, badx, badd);
+    }
+    printf("dropout: %zu shards' forward / backward masks equal adapter_dropout_keep\n",
+           sizeof cuts / sizeof cuts[0]);
+}
+
 int main(void) {
     test_kat();
     test_block_layout();
     test_moments();
     test_distinct_streams();
+    test_lanes();
+    test_dropout();
     return check_finish();
 }

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# LoRA dropout's cost in one run: step time of LoRA at --lora-dropout 0 and $DROPOUT, and of
+# DoRA and VeRA at 0 and $DROPOUT, relative to LoRA without dropout, on the step benchmark's model
+# (benchmarks/variants.sh), same threads, same data, same r. The masks are Philox draws
+# (model/adapter.c adapter_dropout_forward / _backward). Prints a Markdown table.
+# Every setting is a variable; override from the environment, e.g. LAYERS=4 STEPS=3.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUILD="${BUILD:-$ROOT/build}"
+WORK="${WORK:-$ROOT/out/bench-dropout}"
+LAYERS="${LAYERS:-8}"
+HIDDEN="${HIDDEN:-1024}"
+FFN="${FFN:-2816}"
+HEADS="${HEADS:-16}"
+KV_HEADS="${KV_HEADS:-16}"
+VOCAB="${VOCAB:-32000}"
+SEQ_LEN="${SEQ_LEN:-512}"
+LORA_R="${LORA_R:-16}"
+DROPOUT="${DROPOUT:-0.1}"
+STEPS="${STEPS:-4}"          # timed steps (after one warm-up step)
+REPEATS="${REPEATS:-3}"      # interleaved rounds over all runs; the table takes each run's best
+THREADS="${THREADS:-$(nproc)}"
+# name | extra train flags (the first is the baseline)
+RUNS=(
+  "lora, dropout 0|--lora-dropout 0"
+  "lora, dropout $DROPOUT|--lora-dropout $DROPOUT"
+  "dora, dropout 0|--adapter dora --lora-dropout 0"
+  "dora, dropout $DROPOUT|--adapter dora --lora-dropout $DROPOUT"
+  "vera (r 256), dropout 0|--adapter vera --lora-r 256 --lora-dropout 0"
+  "vera (r 256), dropout $DROPOUT|--adapter vera --lora-r 256 --lora-dropout $DROPOUT"
+)
+
+"$ROOT/launch/install-deps.sh"
+cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$BUILD" -j "$(nproc)" --target shardlora >/dev/null
+SL="$BUILD/shardlora"
+mkdir -p "$WORK"
+MODEL="$WORK/model-L${LAYERS}-C${HIDDEN}-F${FFN}-H${HEADS}-KV${KV_HEADS}-V${VOCAB}"
+[ -f "$MODEL/config.json" ] || "$SL" make-model --out "$MODEL" --layers "$LAYERS" --hidden "$HIDDEN" \
+  --ffn "$FFN" --heads "$HEADS" --kv-heads "$KV_HEADS" --vocab "$VOCAB" --seed 1 > /dev/null
+/usr/bin/python3 - "$VOCAB" "$SEQ_LEN" > "$WORK/data.jsonl" <<'PY'
+import json, random, sys
+r = random.Random(0); V = int(sys.argv[1]); T = int(sys.argv[2])
+for i in range(64):
+    print(json.dumps({"input_ids": [r.randrange(V) for _ in range(T)]}))
+PY
+
+# Interleaved rounds, so a load change on the machine hits every run alike.
+rows=()
+for rep in $(seq 1 "$REPEATS"); do
+  for v in "${RUNS[@]}"; do
+    name="${v%%|*}"; flags="${v#*|}"
+    out="$WORK/run-${name//[^a-z0-9]/_}-$rep"
+    rm -rf "$out"
+    echo "== [$rep/$REPEATS] $name: shardlora train $flags"
+    # shellcheck disable=SC2086
+    "$SL" train --model "$MODEL" --data "$WORK/data.jsonl" --out "$out" --seq-len "$SEQ_LEN" \
+      --steps $((STEPS + 1)) --lora-r "$LORA_R" --lora-alpha $((2 * LORA_R)) --threads "$THREADS" \
+      --peak-gflops 1 --lr-schedule constant --no-shuffle $flags > "$out.log" 2>&1 || { tail -3 "$out.log"; exit 1; }
+    rows+=("$name|$out")
+  done
+done
+
+/usr/bin/python3 - "${rows[@]}" <<'PY'
+import json, sys
+sec = {}   # name -> best mean seconds per token over the repeats
+order, tokens = [], 0
+for arg in sys.argv[1:]:
+    name, out = arg.split("|", 1)
+    m = [json.loads(l) for l in open(out + "/metrics.jsonl") if '"loss"' in l][1:]
+    s = sum(1.0 / r["tokens_per_s"] for r in m) / len(m)
+    tokens = m[0]["tokens"]
+    if name not in sec:
+        order.append(name)
+    sec[name] = min(sec.get(name, s), s)
+base = sec[order[0]]
+print(f"| run | step time vs {order[0]} | ms per step ({tokens} tokens) |")
+print("|---|---|---|")
+for name in order:
+    print(f"| {name} | {sec[name] / base:.2f}x | {sec[name] * tokens * 1e3:.0f} |")
+PY
