@@ -38,7 +38,9 @@ static int chat_has_qwen2_default(const char *tpl) {
 
 /* The family of a template, by the markers only its family's templates contain. */
 static ChatFormat chat_family(const char *tpl) {
-    if (strstr(tpl, "<|start_header_id|>")) return CHAT_LLAMA3;
+    /* Llama 3.1 and later always open with a system header holding "Cutting Knowledge Date"
+     * and a date (3.2: today's): not the llama3 layout, and not rendered here */
+    if (strstr(tpl, "<|start_header_id|>")) return strstr(tpl, "Cutting Knowledge Date") ? CHAT_NONE : CHAT_LLAMA3;
     if (strstr(tpl, "<|im_start|>")) return chat_has_qwen2_default(tpl) ? CHAT_QWEN2 : CHAT_CHATML;
     if (strstr(tpl, "[INST]")) return strstr(tpl, "<<SYS>>") ? CHAT_LLAMA2 : CHAT_MISTRAL;
     return CHAT_NONE;

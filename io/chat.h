@@ -46,7 +46,8 @@ const char *chat_format_name(ChatFormat f);
 
 /* Identifies the family of DIR/tokenizer_config.json's "chat_template" (a string, or a
  * list of {"name", "template"} where "default" is taken, else the first) by markers:
- * "<|start_header_id|>" llama3; "<|im_start|>" qwen2 when it holds Qwen2's exact default
+ * "<|start_header_id|>" llama3 (not Llama 3.1+'s, whose template adds a dated system header
+ * with "Cutting Knowledge Date": none); "<|im_start|>" qwen2 when it holds Qwen2's exact default
  * system turn, else chatml; "[INST]" with "<<SYS>>" llama2, else mistral. Sets *out to
  * CHAT_NONE and returns 1 when the file or the template is absent or the template is not
  * one of the families above; returns 0 with st naming the file when the file cannot be

@@ -189,9 +189,10 @@ static int ds_messages(Tokenizer *tk, const DsOptions *o, json_t *msgs, DsExampl
         ex->msgs[i].content = json_string_value(content);
     }
     if (o->chat == CHAT_NONE)
-        return err_status_set(st, "a \"messages\" line needs a chat template: pass "
-                                  "--chat-format, or use a model whose tokenizer_config.json "
-                                  "has a chat_template");
+        return err_status_set(st, "a \"messages\" line needs a chat template: the model's "
+                                  "tokenizer_config.json has none of the families shardlora renders "
+                                  "(llama3, mistral, llama2, chatml, qwen2; not Llama 3.1's dated system "
+                                  "header); pass --chat-format, or pre-tokenise (input_ids, labels)");
     if (!ds_need_tokenizer(tk, "\"messages\"", st)) return 0;
     ChatPieces ps = {0};
     if (!chat_render(o->chat, ex->msgs, nm, &ps, st)) {

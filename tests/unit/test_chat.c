@@ -354,6 +354,12 @@ static const char tpl_qwen25_part[] =
     "      {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
     "assistant.<|im_end|>\\n' }}\n    {%- endif %}\n{%- endif %}\n";
 /* HuggingFaceH4/zephyr-7b-beta: none of the families. */
+/* The start of Llama-3.1-8B-Instruct's template (its system header always names the
+ * knowledge cut-off and a date), enough for detection. */
+static const char tpl_llama31_part[] =
+    "{{- bos_token }}\n{%- if not date_string is defined %}\n    {%- set date_string = \"26 Jul 2024\" %}\n"
+    "{%- endif %}\n{{- \"<|start_header_id|>system<|end_header_id|>\\n\\n\" }}\n"
+    "{{- \"Cutting Knowledge Date: December 2023\\n\" }}\n{{- \"Today Date: \" + date_string + \"\\n\\n\" }}";
 static const char tpl_zephyr[] =
     "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + "
     "message['content'] + eos_token }}\n{% elif message['role'] == 'system' %}\n{{ "
@@ -430,6 +436,7 @@ static void test_detect(void) {
         {"OpenHermes ChatML", tpl_chatml, CHAT_CHATML},
         {"Qwen2.5 default system", tpl_qwen25_part, CHAT_CHATML},
         {"zephyr", tpl_zephyr, CHAT_NONE},
+        {"Llama-3.1 (dated system header)", tpl_llama31_part, CHAT_NONE},
     };
     for (size_t i = 0; i < NMSG(cases); i++) {
         write_config(json_string(cases[i].tpl));
