@@ -31,20 +31,9 @@ RUNS=(
   "vera (r 256), dropout $DROPOUT|--adapter vera --lora-r 256 --lora-dropout $DROPOUT"
 )
 
-"$ROOT/launch/install-deps.sh"
-cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build "$BUILD" -j "$(nproc)" --target shardlora >/dev/null
-SL="$BUILD/shardlora"
-mkdir -p "$WORK"
-MODEL="$WORK/model-L${LAYERS}-C${HIDDEN}-F${FFN}-H${HEADS}-KV${KV_HEADS}-V${VOCAB}"
-[ -f "$MODEL/config.json" ] || "$SL" make-model --out "$MODEL" --layers "$LAYERS" --hidden "$HIDDEN" \
-  --ffn "$FFN" --heads "$HEADS" --kv-heads "$KV_HEADS" --vocab "$VOCAB" --seed 1 > /dev/null
-/usr/bin/python3 - "$VOCAB" "$SEQ_LEN" > "$WORK/data.jsonl" <<'PY'
-import json, random, sys
-r = random.Random(0); V = int(sys.argv[1]); T = int(sys.argv[2])
-for i in range(64):
-    print(json.dumps({"input_ids": [r.randrange(V) for _ in range(T)]}))
-PY
+# shellcheck source=benchmarks/lib.sh
+. "$ROOT/benchmarks/lib.sh"
+bench_setup
 
 # Interleaved rounds, so a load change on the machine hits every run alike.
 rows=()
@@ -55,7 +44,7 @@ for rep in $(seq 1 "$REPEATS"); do
     rm -rf "$out"
     echo "== [$rep/$REPEATS] $name: shardlora train $flags"
     # shellcheck disable=SC2086
-    "$SL" train --model "$MODEL" --data "$WORK/data.jsonl" --out "$out" --seq-len "$SEQ_LEN" \
+    "$SL" train --model "$MODEL" --data "$DATA" --out "$out" --seq-len "$SEQ_LEN" \
       --steps $((STEPS + 1)) --lora-r "$LORA_R" --lora-alpha $((2 * LORA_R)) --threads "$THREADS" \
       --peak-gflops 1 --lr-schedule constant --no-shuffle $flags > "$out.log" 2>&1 || { tail -3 "$out.log"; exit 1; }
     rows+=("$name|$out")

@@ -29,20 +29,9 @@ VARIANTS=(
   "pissa init|--init pissa --pissa-iters 4"
 )
 
-"$ROOT/launch/install-deps.sh"
-cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build "$BUILD" -j "$(nproc)" --target shardlora >/dev/null
-SL="$BUILD/shardlora"
-mkdir -p "$WORK"
-MODEL="$WORK/model-L${LAYERS}-C${HIDDEN}-F${FFN}-H${HEADS}-KV${KV_HEADS}-V${VOCAB}"
-[ -f "$MODEL/config.json" ] || "$SL" make-model --out "$MODEL" --layers "$LAYERS" --hidden "$HIDDEN" \
-  --ffn "$FFN" --heads "$HEADS" --kv-heads "$KV_HEADS" --vocab "$VOCAB" --seed 1 > /dev/null
-/usr/bin/python3 - "$VOCAB" "$SEQ_LEN" > "$WORK/data.jsonl" <<'PY'
-import json, random, sys
-r = random.Random(0); V = int(sys.argv[1]); T = int(sys.argv[2])
-for i in range(64):
-    print(json.dumps({"input_ids": [r.randrange(V) for _ in range(T)]}))
-PY
+# shellcheck source=benchmarks/lib.sh
+. "$ROOT/benchmarks/lib.sh"
+bench_setup
 
 rows=()
 for v in "${VARIANTS[@]}"; do
@@ -51,7 +40,7 @@ for v in "${VARIANTS[@]}"; do
   rm -rf "$out"
   echo "== $name: shardlora train $flags"
   # shellcheck disable=SC2086
-  "$SL" train --model "$MODEL" --data "$WORK/data.jsonl" --out "$out" --seq-len "$SEQ_LEN" \
+  "$SL" train --model "$MODEL" --data "$DATA" --out "$out" --seq-len "$SEQ_LEN" \
     --steps $((STEPS + 1)) --lora-r "$LORA_R" --lora-alpha $((2 * LORA_R)) --threads "$THREADS" \
     --peak-gflops 1 --lr-schedule constant --no-shuffle $flags > "$out.log" 2>&1 || { tail -3 "$out.log"; exit 1; }
   rows+=("$name|$out")
