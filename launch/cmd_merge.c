@@ -35,6 +35,7 @@
 #include "../io/peft.h"
 #include "../io/safetensors.h"
 #include "../io/stmerge.h"
+#include "../model/adapter.h"
 #include "../model/vera.h"
 #include "../parallel/grid.h"
 #include "../runtime/log.h"
@@ -162,6 +163,26 @@ static void merge_shape_str(const StTensor *t, char *buf, size_t n) {
 
 /* ---- the plan: which tensors are adapted, checked against the model's shapes --------- */
 
+/* A module an adapter can target: one of the seven linears of a decoder layer
+ * ("model.layers.3.self_attn.q_proj"), not the embeddings or lm_head ("all-linear" names
+ * every linear, PEFT leaves lm_head out). */
+static int merge_adaptable(const char *module) {
+    if (!strstr(module, "layers.")) return 0;
+    const char *dot = strrchr(module, '.');
+    const char *leaf = dot ? dot + 1 : module;
+    for (int i = 0; i < MOD_NMODULES; i++)
+        if (strcmp(leaf, adapter_module_name((ModuleId)i)) == 0) return 1;
+    return 0;
+}
+
+/* A targeted module without its tensors: eval and train refuse such a file, and a merge
+ * that skipped the module would write a model the adapter does not describe (VeRA: with
+ * projections sized without it). */
+static int merge_missing(const MergeCtx *m, const char *module, const char *want, ErrStatus *st) {
+    return err_status_set(st, "%s: module '%s' is targeted by adapter_config.json (target_modules / "
+                              "layers_to_transform) but has no %s", m->a.tensors.path, module, want);
+}
+
 /* VeRA's lambdas of one linear (merge_plan_linear's VeRA half). */
 static int merge_plan_vera(MergeCtx *m, MergeItem *it, unsigned char *used, const char *module, ErrStatus *st) {
     const StTensor *LD = peft_tensor(&m->a, module, "vera_lambda_d");
@@ -169,7 +190,10 @@ static int merge_plan_vera(MergeCtx *m, MergeItem *it, unsigned char *used, cons
     const StTensor *base = m->a.tensors.tensors;
     if (LD) used[LD - base] = 1;
     if (LB) used[LB - base] = 1;
-    if (!LD && !LB) return 1;
+    if (!LD && !LB)
+        return merge_adaptable(module) && peft_module_targeted(&m->a, module)
+                   ? merge_missing(m, module, "vera_lambda_d / vera_lambda_b", st)
+                   : 1;
     const char *ap = m->a.tensors.path;
     if (!peft_module_targeted(&m->a, module))
         return err_status_set(st, "%s: tensor '%s' is for module '%s', which adapter_config.json does not "
@@ -208,9 +232,9 @@ static int merge_plan_vera(MergeCtx *m, MergeItem *it, unsigned char *used, cons
 }
 
 /* VeRA's projections after the plan: read whole from the file (base_model.vera_A / vera_B,
- * which must cover every adapted module), or, when the adapter does not save them,
- * regenerated from projection_prng_key with the sizes PEFT's _find_dim gives (the maxima over
- * the adapted modules). */
+ * which must cover every adapted module), or, when the adapter does not save them (PEFT
+ * then ignores any in the file), regenerated from projection_prng_key with the sizes PEFT's
+ * _find_dim gives (the maxima over the targeted modules, each of which has lambdas). */
 static int merge_vera_projections(MergeCtx *m, unsigned char *used, ErrStatus *st) {
     const char *ap = m->a.tensors.path;
     const StTensor *tA = st_find(&m->a.tensors, "base_model.vera_A"), *tB = st_find(&m->a.tensors, "base_model.vera_B");
@@ -218,13 +242,16 @@ static int merge_vera_projections(MergeCtx *m, unsigned char *used, ErrStatus *s
     const int r = m->a.r;
     if (tA) used[tA - base] = 1;
     if (tB) used[tB - base] = 1;
-    if (!tA && !tB && !m->a.save_projection) {
+    if (!m->a.save_projection) { /* PEFT's buffers are then not loaded from the file: regenerated */
         m->vA = malloc((size_t)r * (size_t)m->vmi * sizeof(float));
         m->vB = malloc((size_t)m->vmo * (size_t)r * sizeof(float));
         SL_CHECK(m->vA && m->vB, "out of memory");
         vera_proj_fill(m->vA, m->vB, m->a.projection_prng_key, r, m->vmi, m->vmo);
         return 1;
     }
+    if (!tA && !tB)
+        return err_status_set(st, "%s: save_projection is true but base_model.vera_A and base_model.vera_B are "
+                                  "absent (PEFT refuses such a file too)", ap);
     if (!tA || !tB)
         return err_status_set(st, "%s: %s without %s: the file is incomplete", ap,
                               tA ? "base_model.vera_A" : "base_model.vera_B", tA ? "base_model.vera_B" : "base_model.vera_A");
@@ -262,7 +289,10 @@ static int merge_plan_linear(MergeCtx *m, MergeItem *it, unsigned char *used, Er
     if (A) used[A - base] = 1;
     if (B) used[B - base] = 1;
     if (M) used[M - base] = 1;
-    if (!A && !B && !M) return 1;
+    if (!A && !B && !M)
+        return merge_adaptable(module) && peft_module_targeted(&m->a, module)
+                   ? merge_missing(m, module, "lora_A / lora_B", st)
+                   : 1;
     const char *ap = m->a.tensors.path;
     /* PEFT would not put a layer there and would drop these tensors with a warning; a merge
      * that silently did the same would hide a mismatched adapter */
@@ -760,7 +790,8 @@ int cmd_merge(int argc, char **argv) {
         {"out", ARG_STR, &o.out, "DIR", "output model directory (refused if it exists, unless --force)", 1, 0},
         {"chunk-bytes", ARG_INT, &o.chunk_bytes, "N",
          "bytes per working buffer: rows are merged in F32 chunks of at most N bytes (at least one row) and "
-         "copied in pieces of at most N bytes; a rank's memory is about 2N plus one lora_A", 0, 0},
+         "copied in pieces of at most N bytes; a rank's memory is about 2N plus one lora_A (VeRA: plus both "
+         "shared projections, r x (max_in + max_out) floats)", 0, 0},
         {"threads", ARG_INT, &o.threads, "N", "threads per rank for the merge arithmetic (the work is mostly I/O)", 0, 0},
         {"force", ARG_BOOL, &o.force, NULL, "write into an existing --out (its model files are replaced)", 0, 0},
     };

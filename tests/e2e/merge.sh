@@ -158,6 +158,18 @@ refuse 3 "no lora_magnitude_vector" 2 --model "$W/f32" --adapter "$W/a_nomag" --
 A "$W/f32" "$W/a_rp" --rank-pattern 'q_proj=4'
 "$PY" -c "import json,sys; p=sys.argv[1]; c=json.load(open(p)); c['rank_pattern']={}; json.dump(c,open(p,'w'))" "$W/a_rp/adapter_config.json"
 refuse 3 "q_proj.lora_A.weight' has shape \[4, 64\].*must be \[8, 64\]" 4 --model "$W/f32" --adapter "$W/a_rp" --out "$W/bad5"
+# a module the config targets without its tensors (eval and train refuse it too)
+cp -r "$W/a_pat" "$W/a_hole"
+"$PY" - "$W/a_hole/adapter_model.safetensors" "$(dirname "$CHK")/../reference" <<'PY'
+import sys
+sys.path.insert(0, sys.argv[2])
+import torch_llama as tl
+t, meta = tl.read_safetensors(sys.argv[1])
+tl.write_safetensors(sys.argv[1], {k: v for k, v in t.items() if "layers.1.self_attn.v_proj" not in k}, meta)
+PY
+refuse 3 "module 'model.layers.1.self_attn.v_proj' is targeted by adapter_config.json.*has no lora_A / lora_B" 3 \
+  --model "$W/f32" --adapter "$W/a_hole" --out "$W/bad_hole"
+gone "$W/bad_hole"
 # missing files
 mkdir -p "$W/a_nofile" && cp "$W/a_pat/adapter_config.json" "$W/a_nofile/"
 refuse 3 "adapter_model.safetensors: missing" 4 --model "$W/f32" --adapter "$W/a_nofile" --out "$W/bad6"

@@ -72,6 +72,29 @@ for src in peft peft-nosave; do
   echo "  ok   merge of $src on 1 and 2 ranks: model.safetensors identical"
   "${CHK[@]}" --merged "$W/merged-$src-1" --adapter "$W/peft" --tol $TOL
 done
+# a subset of the modules (q_proj [64, 64], down_proj [64, 128]): the regenerated projections
+# are sized by the targeted modules (PEFT's _find_dim), so merge = PEFT's formula here too; a
+# targeted module whose lambdas are missing is refused (a merge without it would also size
+# the projections differently), exit 3 and one line
+"${CHK[@]}" --make-peft "$W/sub" --key 77 --r 4 --targets q_proj,down_proj --no-save-projection
+timeout "$RUN_TIMEOUT" "$SL" merge --model "$W/model" --adapter "$W/sub" --out "$W/merged-sub" --threads 1 \
+  > "$W/merge-sub.log" 2>&1 || { tail "$W/merge-sub.log"; echo "FAIL: merge sub"; exit 1; }
+"${CHK[@]}" --merged "$W/merged-sub" --adapter "$W/sub" --tol $TOL
+cp -r "$W/sub" "$W/sub-missing"
+"$PY" - "$W/sub-missing/adapter_model.safetensors" "$HERE" <<'PY'
+import sys
+sys.path.insert(0, sys.argv[2])
+import torch_llama as tl
+t, meta = tl.read_safetensors(sys.argv[1])
+tl.write_safetensors(sys.argv[1], {k: v for k, v in t.items() if "layers.1.mlp.down_proj" not in k}, meta)
+PY
+rc=0
+"$SL" merge --model "$W/model" --adapter "$W/sub-missing" --out "$W/merged-missing" --threads 1 > "$W/missing.log" 2>&1 || rc=$?
+if [ "$rc" != 3 ] || ! grep -q "down_proj' is targeted by adapter_config.json .* but has no vera_lambda_d" "$W/missing.log" \
+   || [ "$(grep -c error "$W/missing.log")" != 1 ] || [ -e "$W/merged-missing" ]; then
+  cat "$W/missing.log"; echo "FAIL: merge of an adapter missing a targeted module's lambdas: exit $rc"; exit 1
+fi
+echo "  ok   targeted module without lambdas refused by merge (exit 3): $(grep -o "module '.*" "$W/missing.log" | cut -c1-90)"
 cmp "$W/merged-peft-1/model.safetensors" "$W/merged-peft-nosave-1/model.safetensors"
 echo "  ok   merge with saved and with regenerated projections: identical"
 grep -q '"vera_tensors": 14' "$W/merged-peft-1/merge-summary.json" || { cat "$W/merged-peft-1/merge-summary.json"; echo "FAIL: vera_tensors"; exit 1; }
