@@ -95,7 +95,7 @@ int cmd_tokenize(int argc, char **argv) {
          "--decode)", 0, 0},
     };
     int ns = (int)(sizeof specs / sizeof specs[0]);
-    const char *usage = "usage: shardlora tokenize --model DIR [--no-special] [--decode] [--jsonl]";
+    const char *usage = "shardlora tokenize --model DIR [--no-special] [--decode] [--jsonl]";
     const char *about = "Encode stdin (all of it, one text) to ids printed on one line, or with "
                         "--decode print the text of the ids on stdin.";
     ErrStatus st;

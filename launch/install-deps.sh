@@ -14,6 +14,7 @@ PACKAGES=(
   libpcre2-dev libutf8proc-dev                # tokenizer: Unicode regex pre-tokenizers, NFC
   python3-torch python3-numpy                 # the PyTorch reference and baseline (/usr/bin/python3)
   fortunes                                    # public-domain quotes: the quick start's text
+  procps                                      # pgrep / pkill: the tests' clean-up of stray ranks
 )
 
 missing=()

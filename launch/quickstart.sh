@@ -3,8 +3,9 @@
 # (synthetic weights, the byte-level tokenizer's vocabulary), turns real public-domain text
 # (Debian's `fortunes` quotes, one {"text"} example per quote) into JSONL, and trains LoRA
 # adapters on 2 MPI ranks with tensor parallelism (tp = 2): packed sequences, a held-out
-# eval split, the loss as it goes, a loss plot and the adapter at the end. A few minutes on
-# 2 cores. Every setting is a variable below; override from the environment, e.g.
+# eval split, the loss as it goes, a loss plot and the adapter at the end. About a minute on
+# 2 cores once installed and built. Every setting is a variable below; override from the
+# environment, e.g.
 #   STEPS=300 launch/quickstart.sh
 # To train a real model instead, run the same `mpirun ... shardlora train` line with
 # --model YOUR_HF_MODEL_DIR --data YOUR.jsonl (see README "Training").

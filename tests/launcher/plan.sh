@@ -554,7 +554,8 @@ env | grep -E '^(OMP_NUM_THREADS|OPENBLAS_CORETYPE|OMPI_ALLOW_RUN_AS_ROOT)=' | s
 trap 'echo "mpirun got USR1"; exit 75' USR1
 trap 'echo "mpirun got TERM"; exit 143' TERM
 : > "$FAKE_WAIT"
-while :; do sleep 0.05; done
+for _ in $(seq 600); do sleep 0.05; done   # at most 30 s: never left behind if the test fails
+exit 99
 EOF
 chmod +x "$FAKE_MPIRUN"
 

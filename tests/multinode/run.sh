@@ -6,7 +6,7 @@
 #     a small factor of the adapter gradient that crosses dp and far below the TP activations;
 #  2. kill -9 of one rank on host B ends the whole job (mpirun on A, the ranks on both hosts)
 #     non-zero within seconds, and the same command relaunched resumes and completes;
-#  3. the same 2-host run started through launch/shardlora-run (when that script exists).
+#  3. the same 2-host run started through launch/shardlora-run.
 # Needs root (network namespaces); never skipped. Deletes its namespaces and kills what runs
 # in them on exit, whatever happens.
 # usage: run.sh SHARDLORA_BINARY WORK_DIR
@@ -230,6 +230,6 @@ if [ -x "$LAUNCHER" ]; then
   [ $((rx1 - rx0 + tx1 - tx0)) -gt 0 ] || fail "the launcher's run sent nothing across the link"
   ok "launch/shardlora-run --hosts $IPA:2,$IPB:2 --ranks-per-node 2: tp 2 x dp 2, ranks 0-1 on $NSA, 2-3 on $NSB, link RX $((rx1 - rx0)) TX $((tx1 - tx0)) bytes"
 else
-  ok "launcher case not run: $LAUNCHER does not exist yet"
+  fail "$LAUNCHER is missing or not executable"
 fi
 finish

@@ -154,7 +154,8 @@ job_field() {
 }
 
 # job_wait ID TIMEOUT_S [PRED...]: polls every 0.5 s until JobState is a final state (sets
-# JOB_STATE, JOB_EXIT) or, when PRED is given, until the command PRED succeeds; fails on timeout
+# JOB_STATE, JOB_EXIT) or, when PRED is given, until the command PRED succeeds (failing at once
+# if the job ends first); fails on timeout
 job_wait() {
   local id="$1" tmo="$2" t0=$SECONDS
   shift 2
@@ -163,6 +164,10 @@ job_wait() {
     JOB_EXIT=$(job_field "$id" ExitCode)
     if [ $# -gt 0 ]; then
       "$@" && return 0
+      case "$JOB_STATE" in # ended before PRED held: waiting longer cannot help
+        COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY|PREEMPTED|BOOT_FAIL|DEADLINE)
+          fail "job $id: $JOB_STATE ($JOB_EXIT) before ${*}" ;;
+      esac
     else
       case "$JOB_STATE" in
         COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY|PREEMPTED|BOOT_FAIL|DEADLINE) return 0 ;;

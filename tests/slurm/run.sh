@@ -16,7 +16,7 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 TEMPLATE="$ROOT/launch/slurm/train-1node.sbatch"
 RUN="$ROOT/launch/shardlora-run"
 PY=/usr/bin/python3
-STEPS=400            # 400 small steps, ~5 s at tp 2 on 2 idle cores: time to signal mid-way
+STEPS=1500           # small steps, ~6 s at tp 2 on 2 idle cores: time to signal mid-way
 # Every wait for a job ends by this many seconds after the start, within CTest's 600 s.
 BUDGET="${SHARDLORA_SLURM_TEST_BUDGET:-540}"
 T_START=$(date +%s.%N)

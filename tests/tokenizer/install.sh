@@ -15,6 +15,14 @@ CACHE="${1:?usage: install.sh CACHE_DIR}"
 mkdir -p "$CACHE"
 CACHE="$(cd "$CACHE" && pwd)"
 NM="$CACHE/node_modules"
+# node and npm: Debian's nodejs and npm when missing (a machine may ship its own nodejs with
+# npm inside, which is then used as it is)
+if [ ! -x /usr/bin/node ] || ! command -v npm >/dev/null 2>&1; then
+  [ "$(id -u)" -eq 0 ] || { echo "install.sh: node / npm missing; run as root or install nodejs and npm" >&2; exit 1; }
+  echo "install.sh: apt-get install nodejs npm" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >&2
+fi
 # Tests run in parallel (ctest -j): one installer at a time per cache.
 exec 9>"$CACHE/.install.lock"
 flock 9
