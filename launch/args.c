@@ -184,6 +184,9 @@ static int args_config_lines(ArgSpec *specs, int nspecs, ArgConfig *c, const cha
         memcpy(key, k, kn);
         key[kn] = 0;
         if (vn >= 2 && v[0] == '[' && v[vn - 1] == ']') {
+            const ArgSpec *s = args_lookup(specs, nspecs, key);
+            if (s && s->type != ARG_STRS)
+                return err_status_set(st, "%s: a list is only allowed for repeatable options", where);
             const char *q = v + 1, *end = v + vn - 1;
             while (q < end) {
                 const char *comma = memchr(q, ',', (size_t)(end - q));
@@ -213,6 +216,7 @@ static int args_read_config(ArgSpec *specs, int nspecs, int argc, char **argv, i
         if (strncmp(a, "--", 2) || strncmp(a + 2, cs->name, nlen)) continue;
         if (a[2 + nlen] == '=') c->path = a + 3 + nlen;
         else if (!a[2 + nlen] && i + 1 < argc) c->path = argv[++i];
+        else if (!a[2 + nlen]) return err_status_set(st, "--%s needs a value", cs->name);
     }
     if (!c->path) return 1;
     cs->seen = ARG_FROM_FLAG;
@@ -224,15 +228,20 @@ static int args_read_config(ArgSpec *specs, int nspecs, int argc, char **argv, i
         if (len + 4096 + 1 > cap) {
             cap = cap ? 2 * cap : 8192;
             char *nt = realloc(text, cap);
-            if (!nt) break;
+            SL_CHECK(nt, "out of memory");
             text = nt;
         }
         size_t got = fread(text + len, 1, cap - len - 1, f);
         len += got;
         if (got == 0) break;
     }
+    /* a directory opens but does not read (EISDIR): an error, not an empty file */
+    const int read_failed = ferror(f), err = errno;
     fclose(f);
-    if (!text) return err_status_set(st, "%s: out of memory", c->path);
+    if (read_failed) {
+        free(text);
+        return err_status_set(st, "--%s %s: cannot read: %s", cs->name, c->path, strerror(err));
+    }
     text[len] = 0;
     if (strlen(text) != len) {
         free(text);

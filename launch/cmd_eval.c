@@ -174,7 +174,7 @@ int cmd_eval(int argc, char **argv) {
     ArgSpec specs[] = {
         {"config", ARG_CONFIG, &o.config, "FILE", "read options from FILE first (JSON object or `key = value` lines; flags override)", 0, 0},
         {"model", ARG_STR, &o.model, "DIR", "Hugging Face model directory (config.json, safetensors, tokenizer.json)", 1, 0},
-        {"adapter", ARG_STR, &o.adapter, "DIR", "PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors) applied unmerged", 0, 0},
+        {"adapter", ARG_STR, &o.adapter, "DIR", "PEFT adapter (LoRA, DoRA or VeRA: adapter_config.json + adapter_model.safetensors) applied unmerged", 0, 0},
         {"data", ARG_STRS, &o.data, "FILE", "JSONL data, the formats of `train` ({\"text\"}, {\"prompt\",\"completion\"}, {\"messages\"}, {\"input_ids\"[,\"labels\"]}); repeatable", 1, 0},
         {"tp", ARG_INT, &o.tp, "N", "tensor-parallel size (world = dp x tp; rows are split over dp)", 0, 0},
         {"seq-len", ARG_INT, &o.seq_len, "T", "tokens per sequence", 0, 0},
@@ -203,7 +203,8 @@ int cmd_eval(int argc, char **argv) {
                            "Mean loss and perplexity of the model (with a PEFT adapter, unmerged) over a JSONL "
                            "dataset: the same formats, prompt masking and packing as `train`, in file order. "
                            "Prints progress lines and one summary line. Exit status 0, 2 bad command line or "
-                           "layout, 3 bad model / adapter / data, 4 cannot write --out.",
+                           "layout, 3 bad model / adapter / data, 4 cannot write --out, 5 the loss is not finite (NaN / inf: "
+                           "nothing is written to --out).",
                            &help, &st);
     if (ok && help) {
         args_free(specs, nspecs);
@@ -253,8 +254,9 @@ int cmd_eval(int argc, char **argv) {
              m.wdtype == GEMM_BF16 ? "BF16" : "F32", o.adapter ? " + adapter " : " (no adapter)",
              o.adapter ? o.adapter : "", g.dp, g.tp);
     if (o.adapter)
-        log_info("adapter: lora r=%d alpha=%g rslora=%d, %d tensors%s", ac.acfg.r, ac.alpha, ac.acfg.use_rslora,
-                 m.params.n, ac.slot_r ? " (per-module ranks / alphas / layers)" : "");
+        log_info("adapter: %s r=%d alpha=%g rslora=%d, %d tensors%s", ac.acfg.kind[0] ? ac.acfg.kind : "lora",
+                 ac.acfg.r, ac.alpha, ac.acfg.use_rslora, m.params.n,
+                 ac.slot_r ? " (per-module ranks / alphas / layers)" : "");
 
     TrainData data;
     ArgStrs no_eval = {NULL, 0, 0};
@@ -315,7 +317,14 @@ int cmd_eval(int argc, char **argv) {
     const double loss = sum[1] > 0 ? sum[0] / sum[1] : NAN;
     const int64_t tokens = (int64_t)sum[1];
     MPI_Allreduce(MPI_IN_PLACE, &rc, 1, MPI_INT, MPI_MAX, g.world);
-    if (g.world_rank == 0) {
+    /* a NaN / inf loss (e.g. a corrupted adapter) is a failure, as in train, merge and
+     * generate: one line, exit 5, no --out (every rank has the same reduced sums) */
+    const int nonfinite = tokens > 0 && !isfinite(loss);
+    if (nonfinite && g.world_rank == 0)
+        fprintf(stderr, "shardlora: error: the eval loss is not finite (%g over %lld tokens): the model%s produced "
+                        "NaN or inf\n", loss, (long long)tokens, o.adapter ? " or the adapter" : "");
+    if (nonfinite && rc == 0) rc = EXIT_NONFINITE;
+    if (g.world_rank == 0 && !nonfinite) {
         printf("eval: loss %.6f | ppl %.4f | %lld tokens counted | %lld sequences of %lld | %.2fs (%.0f tok/s)%s%s\n",
                loss, exp(loss), (long long)tokens, (long long)rows, (long long)T, secs,
                (double)(rounds * per_round * T) / (secs > 0 ? secs : 1e-9), o.adapter ? " | adapter " : "",

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../io/afile.h"
 #include "../io/chat.h"
 #include "../io/safetensors.h"
 #include "../io/tokenizer.h"
@@ -68,9 +69,13 @@ typedef struct {
     size_t printed;  /* streaming: bytes of text printed so far */
 } GenSlot;
 
-/* Rank 0's output: the JSONL lines (stdout unless streaming, or --out) and the dump. */
+/* Rank 0's output: the JSONL lines (stdout unless streaming, or --out) and the dump.
+ * --out goes to FILE.tmp, renamed over FILE only when the whole run succeeded, so a failed
+ * run leaves FILE as it was. */
 typedef struct {
-    FILE *out;
+    AFile *out;      /* --out, or NULL */
+    int out_ok;      /* 0: a write to --out failed (out_st says why; the .tmp is gone) */
+    ErrStatus out_st;
     int to_stdout;
     StWriter dump;
     const GenPrompt *prompts;
@@ -480,7 +485,7 @@ static void gen_choose(GenRun *r, const int *sel_slot, int nsel) {
     const int greedy = o->temperature == 0;
     const int tp0 = g->tp_rank == 0;
     if (o->dump_logits || !greedy) {
-        sample_gather_rows(g, lg, nsel, m->V, r->full, r->recv);
+        sample_gather_rows(&r->sctx, g, lg, nsel, r->full, r->recv);
         for (int i = 0; tp0 && o->dump_logits && i < nsel; i++) {
             GenSlot *s = &r->slots[sel_slot[i]];
             memcpy(s->logits + (s->nids - s->nprompt) * m->V, r->full + i * m->V,
@@ -590,7 +595,12 @@ static int gen_loop(GenRun *r, ErrStatus *st) {
 /* ---------------------------------------------------------------- output */
 
 static void gen_emit(GenOutput *w, GenResult *res, int64_t i, int64_t V) {
-    if (w->out) fprintf(w->out, "%s\n", res->json);
+    if (w->out && w->out_ok) {
+        const size_t len = strlen(res->json);
+        res->json[len] = '\n'; /* the line with its newline in one write */
+        w->out_ok = afile_write(w->out, res->json, len + 1, &w->out_st);
+        res->json[len] = 0;
+    }
     if (w->to_stdout) printf("%s\n", res->json);
     if (w->to_stdout) fflush(stdout);
     if (res->logits) {
@@ -670,8 +680,8 @@ int cmd_generate(int argc, char **argv) {
     ArgSpec specs[] = {
         {"config", ARG_CONFIG, &o.config, "FILE", "read options from FILE first (JSON object or `key = value` lines; flags override)", 0, 0},
         {"model", ARG_STR, &o.model, "DIR", "Hugging Face model directory (config.json, safetensors, tokenizer.json)", 1, 0},
-        {"adapter", ARG_STR, &o.adapter, "DIR", "PEFT adapter directory (adapter_config.json, adapter_model.safetensors), applied unmerged", 0, 0},
-        {"merge-in-memory", ARG_BOOL, &o.merge, NULL, "merge the adapter into this rank's shards once (W += s B A), then run without adapter cost", 0, 0},
+        {"adapter", ARG_STR, &o.adapter, "DIR", "PEFT adapter directory (LoRA, DoRA or VeRA: adapter_config.json, adapter_model.safetensors), applied unmerged", 0, 0},
+        {"merge-in-memory", ARG_BOOL, &o.merge, NULL, "merge the adapter into this rank's shards once (W += its delta, e.g. s B A for LoRA), then run without adapter cost", 0, 0},
         {"prompt", ARG_STR, &o.prompt, "TEXT", "one prompt, tokenised with the model's tokenizer (BOS per its post-processor)", 0, 0},
         {"prompts", ARG_STR, &o.prompts, "FILE", "JSONL prompts, per line {\"prompt\": S}, {\"messages\": [{\"role\",\"content\"}]} (chat template + generation prompt) or {\"input_ids\": [...]}", 0, 0},
         {"chat", ARG_BOOL, &o.chat, NULL, "format text prompts as one user message with the chat template", 0, 0},
@@ -805,10 +815,14 @@ int cmd_generate(int argc, char **argv) {
     if (S < 1) S = 1;
     int64_t R = o.no_kv_cache ? Tmax : (o.prefill_rows > S ? o.prefill_rows : S);
 
-    /* output files, checked before any work */
-    FILE *outf = NULL;
-    if (g.world_rank == 0 && o.out && !(outf = fopen(o.out, "w")))
-        ok = err_status_set(&st, "%s: cannot write: %s", o.out, strerror(errno));
+    /* output files, checked before any work; --out is committed only after a good run */
+    AFile outfile;
+    AFile *outf = NULL;
+    if (g.world_rank == 0 && o.out) {
+        ErrStatus e;
+        if (afile_open(&outfile, o.out, &e)) outf = &outfile;
+        else ok = err_status_set(&st, "%s: cannot write: %s", o.out, e.msg);
+    }
     if (!gen_agree(&g, ok || g.world_rank != 0, &st)) return gen_finish(&g, EXIT_IO);
 
     KernCtx kc = {&gc, NULL, 0, gc.nthreads};
@@ -837,7 +851,7 @@ int cmd_generate(int argc, char **argv) {
         if (strlen(o.stop.v[i]) > r.max_stop) r.max_stop = strlen(o.stop.v[i]);
     r.stream = g.world_rank == 0 && nprompts == 1 && strcmp(o.stream, "auto") == 0;
     SL_CHECK(r.results, "out of memory");
-    sample_init(&r.sctx, m.V, &mem);
+    sample_init(&r.sctx, m.V, g.tp, &mem);
     if (mine > 0) {
         llama_infer_init(&r.in, &m, S, Tmax, R, &mem);
         r.slots = calloc((size_t)S, sizeof *r.slots);
@@ -873,6 +887,7 @@ int cmd_generate(int argc, char **argv) {
     GenOutput w;
     memset(&w, 0, sizeof w);
     w.out = outf;
+    w.out_ok = 1;
     w.to_stdout = !r.stream && !outf;
     w.prompts = prompts;
     st_writer_init(&w.dump);
@@ -896,7 +911,9 @@ int cmd_generate(int argc, char **argv) {
             st_writer_meta(&w.dump, "prompts", buf);
             wok = st_writer_write(&w.dump, o.dump_logits, &st);
         }
-        if (outf && fclose(outf) != 0 && wok) wok = err_status_set(&st, "%s: write failed: %s", o.out, strerror(errno));
+        if (outf && wok && !w.out_ok) wok = err_status_set(&st, "%s", w.out_st.msg);
+        else if (outf && wok && !afile_commit(outf, &st)) wok = 0;
+        else if (outf && !wok) afile_abort(outf);
         outf = NULL;
         if (!gen_agree(&g, wok || g.world_rank != 0, &st)) rc = EXIT_IO;
         int64_t tot[2] = {r.generated, r.rows_done};
@@ -908,7 +925,7 @@ int cmd_generate(int argc, char **argv) {
                 "generated, %.1f tokens/s through the model", (long long)tot[0], (long long)nprompts, tmax,
                 (long long)tot[1], tmax > 0 ? (double)tot[0] / tmax : 0, tmax > 0 ? (double)tot[1] / tmax : 0);
     }
-    if (outf) fclose(outf);
+    if (outf) afile_abort(outf); /* a failed run: FILE keeps its old contents */
     st_writer_free(&w.dump);
     free(w.names);
 

@@ -168,7 +168,8 @@ static int plot_token_nonfinite(const char *t, size_t n) {
 
 /* Copies line[0..n) to out (room for 2n + 1 bytes) with every non-finite token outside
  * strings replaced by null, which jansson reads and which plot_value() skips: jansson
- * rejects those tokens, but writers other than ours produce them. Anything else malformed
+ * rejects those tokens, but Python's json writes them, and so did `shardlora train` before
+ * it wrote null for a non-finite loss (old metrics.jsonl files). Anything else malformed
  * is left for jansson to report. Returns the new length. */
 static size_t plot_json_tolerate(const char *line, size_t n, char *out) {
     static const char delim[] = " \t\r\n,:[]{}\"";

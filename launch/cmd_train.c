@@ -6,6 +6,7 @@
 #include <math.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -464,6 +465,80 @@ static void train_remove_caches(const char *cache_dir, const char *out) {
     rmdir(out);
 }
 
+/* A run refused before training leaves no trace of itself: the caches and OUT go when this
+ * run created them (a --cache-dir that existed holds caches other runs may reuse; an --out
+ * that existed is the user's). */
+static void train_drop_outputs(const char *cache_dir, const char *out, int out_existed, int cache_existed) {
+    if (!out_existed && !cache_existed) {
+        train_remove_caches(cache_dir, out);
+        return;
+    }
+    if (!cache_existed) rmdir(cache_dir); /* only if empty: a finished cache stays reusable */
+    if (!out_existed) rmdir(out);
+}
+
+/* x as a JSON number, or null when it is not finite (JSON has no NaN or infinity). */
+static const char *train_json_num(double x, char *buf, size_t n) {
+    if (!isfinite(x)) return "null";
+    snprintf(buf, n, "%.9g", x);
+    return buf;
+}
+
+/* s as a quoted, escaped JSON string (malloc'd). Bytes that are not UTF-8 become '?'
+ * (jansson accepts only UTF-8). */
+static char *train_json_quote(const char *s) {
+    json_t *j = json_string(s);
+    if (!j) {
+        char *t = strdup(s);
+        SL_CHECK(t, "out of memory");
+        for (char *c = t; *c; c++)
+            if ((unsigned char)*c >= 0x80) *c = '?';
+        j = json_string(t);
+        free(t);
+    }
+    char *q = j ? json_dumps(j, JSON_ENCODE_ANY) : NULL;
+    SL_CHECK(q, "out of memory");
+    json_decref(j);
+    return q;
+}
+
+static char *train_asprintf(const char *fmt, ...) {
+    va_list ap, ap2;
+    va_start(ap, fmt);
+    va_copy(ap2, ap);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    char *out = n >= 0 ? malloc((size_t)n + 1) : NULL;
+    SL_CHECK(out, "out of memory");
+    vsnprintf(out, (size_t)n + 1, fmt, ap2);
+    va_end(ap2);
+    return out;
+}
+
+/* The run configuration the checkpoints keep (malloc'd JSON): its first keys are what
+ * export and the model card read; the row-stream keys from "pack" on are compared on
+ * resume (train_ckpt.c), with seq_len and data_fingerprint. */
+static char *train_run_config(const TrainOpts *o, const TrainData *d, int64_t T, int64_t B, int64_t G,
+                              int64_t total_steps, const char *sched_desc) {
+    char *model = train_json_quote(o->model), *sched = train_json_quote(sched_desc),
+         *init = o->init_adapter ? train_json_quote(o->init_adapter) : NULL,
+         *lmode = train_json_quote(o->long_examples);
+    char *j = train_asprintf(
+        "{\"model\": %s, \"data_fingerprint\": \"%s\", \"seq_len\": %lld, \"micro_batch\": %lld, "
+        "\"global_batch\": %lld, \"steps\": %lld, \"seed\": %llu, \"max_grad_norm\": %.9g, "
+        "\"lr_schedule\": %s%s%s, \"pack\": %s, \"long_examples\": %s, \"shuffle\": %s, "
+        "\"eval_split\": %.9g, \"train_rows\": %lld, \"train_tokens\": %lld, \"train_counted_tokens\": %lld}",
+        model, d->fingerprint, (long long)T, (long long)B, (long long)G, (long long)total_steps,
+        (unsigned long long)o->seed, o->max_grad_norm, sched, init ? ", \"init_adapter\": " : "",
+        init ? init : "", o->pack ? "true" : "false", lmode, o->shuffle ? "true" : "false", o->eval_split,
+        (long long)d->train.nrows, (long long)d->train.tokens, (long long)d->train.counted);
+    free(model);
+    free(sched);
+    free(init);
+    free(lmode);
+    return j;
+}
+
 /* What the run did, for the closing summary. */
 typedef struct {
     int64_t steps, skipped, tokens, counted;
@@ -692,8 +767,13 @@ int cmd_train(int argc, char **argv) {
     if (ok && !(o.dropout >= 0 && o.dropout < 1)) ok = err_status_set(&st, "--lora-dropout must be in [0, 1)");
     if (ok && !(o.eval_split >= 0 && o.eval_split < 1)) ok = err_status_set(&st, "--eval-split must be in [0, 1)");
     if (ok && o.eval_split > 0 && o.eval_data.n > 0) ok = err_status_set(&st, "--eval-split and --eval-data exclude each other");
-    if (ok && !(o.epochs > 0)) ok = err_status_set(&st, "--epochs must be > 0");
-    if (ok && o.max_grad_norm < 0) ok = err_status_set(&st, "--max-grad-norm must be >= 0");
+    if (ok && !(o.epochs > 0 && isfinite(o.epochs))) ok = err_status_set(&st, "--epochs must be a finite number > 0");
+    if (ok && !(o.max_grad_norm >= 0 && isfinite(o.max_grad_norm)))
+        ok = err_status_set(&st, "--max-grad-norm must be a finite number >= 0");
+    if (ok && !(o.lr >= 0 && isfinite(o.lr))) ok = err_status_set(&st, "--lr must be a finite number >= 0");
+    if (ok && !(o.beta1 >= 0 && o.beta1 < 1)) ok = err_status_set(&st, "--beta1 must be in [0, 1)");
+    if (ok && !(o.beta2 >= 0 && o.beta2 < 1)) ok = err_status_set(&st, "--beta2 must be in [0, 1)");
+    if (ok && !(o.eps > 0 && isfinite(o.eps))) ok = err_status_set(&st, "--eps must be a finite number > 0");
     if (ok && (o.ckpt_every < 0 || o.ckpt_minutes < 0 || o.keep_ckpts < 0 || o.ckpt_chunk_bytes < 0 ||
                o.warmup_steps < 0 || o.eval_every < 0 || o.eval_rows < 0 || o.steps < 0))
         ok = err_status_set(&st, "--steps, --warmup-steps, --eval-every, --eval-rows, --ckpt-every, "
@@ -712,8 +792,13 @@ int cmd_train(int argc, char **argv) {
     }
     if (ok && strcmp(o.lora_init, "pissa") == 0 && strcmp(o.adapter_kind, "lora") && strcmp(o.adapter_kind, "lora-fa"))
         ok = err_status_set(&st, "--init pissa needs --adapter lora or lora-fa");
+    /* VeRA's shared projections have their own init (PEFT's kaiming); the model card would
+     * name an init the run did not use */
+    if (ok && strcmp(o.lora_init, "gaussian") == 0 && strcmp(o.adapter_kind, "vera") == 0)
+        ok = err_status_set(&st, "--init gaussian does not apply to --adapter vera (VeRA initialises its own projections)");
     if (ok && o.pissa_iters < 0) ok = err_status_set(&st, "--pissa-iters must be >= 0");
-    if (ok && !(o.loraplus_ratio >= 0)) ok = err_status_set(&st, "--loraplus-ratio must be >= 0");
+    if (ok && !(o.loraplus_ratio >= 0 && isfinite(o.loraplus_ratio)))
+        ok = err_status_set(&st, "--loraplus-ratio must be a finite number >= 0");
     if (ok && (o.seq_len < 2 || o.micro_batch < 1 || o.log_every < 1 || o.global_batch < 0))
         ok = err_status_set(&st, "--seq-len must be >= 2; --micro-batch and --log-every >= 1; --global-batch >= 0");
     if (ok) ok = adapter_parse_targets(o.targets, &acfg.targets, &st);
@@ -763,7 +848,7 @@ int cmd_train(int argc, char **argv) {
         adio_cfg_uniform(&ac, m.L, acfg.targets, (int)o.r, o.alpha, o.rslora, o.dropout,
                          strcmp(o.lora_init, "gaussian") == 0, o.model);
     }
-    const int out_existed = access(o.out, F_OK) == 0;
+    const int out_existed = access(o.out, F_OK) == 0, cache_existed = access(cache_dir, F_OK) == 0;
     ok = launch_mkdirs(o.out) && launch_mkdirs(cache_dir);
     if (!ok) err_status_set(&st, "%s: cannot create the output directory: %s", o.out, strerror(errno));
     if (!train_agree(&g, ok, &st)) return train_finish(&g, EXIT_IO);
@@ -779,12 +864,22 @@ int cmd_train(int argc, char **argv) {
                       m.V, m.cfg.eos_token_id, o.seed};
     int data_rc = 0;
     if (!tdata_load(&data, &dopt, &g, &data_rc)) {
-        /* bad data leaves no trace: the directories this run created go again if empty */
-        if (g.world_rank == 0) {
-            rmdir(cache_dir);
-            rmdir(o.out);
-        }
+        /* bad data leaves no trace (token caches written before the refusal included) */
+        if (g.world_rank == 0) train_drop_outputs(cache_dir, o.out, out_existed, cache_existed);
         return train_finish(&g, data_rc);
+    }
+    /* --epochs: a whole number of steps, at least 1, that an int64 holds */
+    const double epoch_steps = ceil(o.epochs * (double)data.train.nrows / (double)o.global_batch - 1e-9);
+    if (o.steps == 0 && !(epoch_steps >= 1 && epoch_steps < 9.2e18)) {
+        if (g.world_rank == 0) {
+            fprintf(stderr, "shardlora train: --epochs %g: %.3g steps of %lld sequences (%lld per epoch); "
+                            "expected at least 1 and fewer than 2^63\n",
+                    o.epochs, epoch_steps, (long long)o.global_batch, (long long)data.train.nrows);
+            train_drop_outputs(cache_dir, o.out, out_existed, cache_existed);
+        }
+        tdata_free(&data);
+        args_free(specs, nspecs);
+        return train_finish(&g, EXIT_USAGE);
     }
     if (o.eval_every > 0 && !data.has_eval && g.world_rank == 0)
         log_warn("--eval-every %lld: no eval data (--eval-data or --eval-split), nothing to evaluate",
@@ -832,7 +927,7 @@ int cmd_train(int argc, char **argv) {
         if (!train_agree(&g, ok, &st)) {
             /* a refused adapter leaves no output directory behind when this run made it
              * (only the token caches are in it yet) */
-            if (g.world_rank == 0 && !out_existed) train_remove_caches(cache_dir, o.out);
+            if (g.world_rank == 0) train_drop_outputs(cache_dir, o.out, out_existed, cache_existed);
             return train_finish(&g, EXIT_BAD_INPUT);
         }
         log_info("adapter: initialised from %s (PEFT, %d tensors, sharded onto tp=%d)", o.init_adapter,
@@ -841,7 +936,7 @@ int cmd_train(int argc, char **argv) {
     const int64_t B = o.micro_batch, T = o.seq_len, N = B * T, G = o.global_batch;
     const int64_t rows_per_dp = G / g.dp, nmicro = rows_per_dp / B;
     const int64_t nrows = data.train.nrows;
-    const int64_t total_steps = o.steps > 0 ? o.steps : (int64_t)ceil(o.epochs * (double)nrows / (double)G - 1e-9);
+    int64_t total_steps = o.steps > 0 ? o.steps : (int64_t)epoch_steps; /* after a resume: see below */
     LlamaActs acts;
     llama_acts_init(&acts, &m, B, T, &mem);
     LlamaBatch batch;
@@ -881,7 +976,7 @@ int cmd_train(int argc, char **argv) {
     TrainSync ts = {&gs, &g, bucket, 0};
 
     /* Checkpoints: what must match to resume (model, adapter) and what is informational. */
-    char ckpt_root[4200], fingerprint[512], run_json[6144], hparams[256], sched_desc[128];
+    char ckpt_root[4200], fingerprint[512], hparams[256], sched_desc[128];
     snprintf(ckpt_root, sizeof ckpt_root, "%s/checkpoints", o.out);
     snprintf(fingerprint, sizeof fingerprint,
              "%s hidden=%lld ffn=%lld layers=%lld heads=%lld kv_heads=%lld head_dim=%lld vocab=%lld "
@@ -897,26 +992,46 @@ int cmd_train(int argc, char **argv) {
              o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, o.momentum, o.nesterov);
     snprintf(sched_desc, sizeof sched_desc, "%s, warmup %lld of %lld steps, peak lr %g",
              o.lr_schedule, (long long)o.warmup_steps, (long long)total_steps, o.lr);
-    snprintf(run_json, sizeof run_json,
-             "{\"model\": \"%s\", \"data_fingerprint\": \"%s\", \"seq_len\": %lld, \"micro_batch\": %lld, "
-             "\"global_batch\": %lld, \"steps\": %lld, \"seed\": %llu, \"max_grad_norm\": %.9g, "
-             "\"lr_schedule\": \"%s\"%s%s%s}",
-             o.model, data.fingerprint, (long long)T, (long long)B, (long long)G, (long long)total_steps,
-             (unsigned long long)o.seed, o.max_grad_norm, sched_desc, o.init_adapter ? ", \"init_adapter\": \"" : "",
-             o.init_adapter ? o.init_adapter : "", o.init_adapter ? "\"" : "");
+    char *run_json = train_run_config(&o, &data, T, B, G, total_steps, sched_desc);
     TckptCfg cc = {ckpt_root, fingerprint, adapter_json, run_json, hparams, o.seed,
                    (size_t)o.ckpt_chunk_bytes, (int)o.keep_ckpts};
     int64_t first_step = 1, cursor = 0;
     if (strcmp(o.resume, "none") != 0) {
-        int64_t done = 0, cur = 0;
+        TckptPos pos = {0, 0, 0, 0};
         int rr = tckpt_resume(&cc, strcmp(o.resume, "auto") == 0 ? NULL : o.resume, &g, &m.params,
-                              &opt, &done, &cur);
+                              &opt, &pos);
         if (rr < 0) return train_finish(&g, EXIT_BAD_INPUT);
         if (rr > 0) {
-            first_step = done + 1;
-            cursor = cur;
+            first_step = pos.step + 1;
+            cursor = pos.cursor;
+            /* --epochs counts rows, not steps: the rest of them in steps of this run's G (the
+             * checkpoint's G may differ, e.g. on another number of ranks) */
+            const int64_t planned = total_steps;
+            if (o.steps == 0) {
+                const double left = o.epochs * (double)nrows - (double)cursor;
+                total_steps = pos.step + (left > 0 ? (int64_t)ceil(left / (double)G - 1e-9) : 0);
+            }
+            if (pos.global_batch > 0 && pos.global_batch != G && g.world_rank == 0) {
+                if (o.steps == 0)
+                    log_warn("global batch %lld, the checkpoint's was %lld: the rest of the %g epochs takes %lld "
+                             "more steps, so the run and its lr schedule end at step %lld (a fresh run: %lld)",
+                             (long long)G, (long long)pos.global_batch, o.epochs, (long long)(total_steps - pos.step),
+                             (long long)total_steps, (long long)planned);
+                else
+                    log_warn("global batch %lld, the checkpoint's was %lld: steps %lld to %lld take %lld sequences "
+                             "each", (long long)G, (long long)pos.global_batch, (long long)first_step,
+                             (long long)total_steps, (long long)G);
+            }
+            if (total_steps != planned) {
+                snprintf(sched_desc, sizeof sched_desc, "%s, warmup %lld of %lld steps, peak lr %g",
+                         o.lr_schedule, (long long)o.warmup_steps, (long long)total_steps, o.lr);
+                free(run_json);
+                run_json = train_run_config(&o, &data, T, B, G, total_steps, sched_desc);
+                cc.run_json = run_json;
+            }
         }
     }
+    const int64_t cursor0 = first_step > 1 ? cursor : 0; /* rows before this run's first step */
     train_install_signals();
 
     double peak = o.peak_gflops > 0 ? o.peak_gflops : train_measure_peak(&gc, &mem);
@@ -929,7 +1044,8 @@ int cmd_train(int argc, char **argv) {
     log_info("schedule: %lld steps of %lld sequences x %lld tokens (%lld micro-batches of %lld per rank per step); "
              "%.3g epochs of %lld sequences; lr %s; optimizer %s",
              (long long)total_steps, (long long)G, (long long)T, (long long)nmicro, (long long)B,
-             (double)(total_steps * G) / (double)nrows, (long long)nrows, sched_desc, o.optimizer);
+             ((double)cursor0 + (double)(total_steps - first_step + 1) * (double)G) / (double)nrows,
+             (long long)nrows, sched_desc, o.optimizer);
     log_info("adapter: %s r=%lld alpha=%g dropout=%g rslora=%d init=%s loraplus_ratio=%g targets=%s (%zu "
              "trainable of %zu adapter floats on rank 0)",
              acfg.kind, (long long)o.r, o.alpha, o.dropout, o.rslora, o.lora_init, o.loraplus_ratio, targets_csv,
@@ -1059,6 +1175,7 @@ int cmd_train(int argc, char **argv) {
             llama_adapters_grad_post(&m, &env); /* LoRA-FA: PEFT's projected B gradient */
             optim_step_params(&opt, &m.params, (float)lr_now);
             last_loss = loss;
+            tokens_counted += count; /* a skipped step trained on nothing */
         } else {
             skipped++;
             if (g.world_rank == 0)
@@ -1066,7 +1183,6 @@ int cmd_train(int argc, char **argv) {
                          (long long)step, isfinite(loss) ? "gradient" : "loss", loss, gnorm, (long long)skipped);
         }
         cursor += G;
-        tokens_counted += count;
         steps_run++;
         double dt = timer_now() - t0;
         t_steps += dt;
@@ -1075,10 +1191,12 @@ int cmd_train(int argc, char **argv) {
         double mfu = fpt * (double)(G * T) / dt / (peak * 1e9 * g.world_size);
         const double epoch = (double)cursor / (double)nrows;
         if (metrics) {
+            char lb[32], gb[32];
             fprintf(metrics,
-                    "{\"step\": %lld, \"epoch\": %.6g, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"tokens\": %lld, "
+                    "{\"step\": %lld, \"epoch\": %.6g, \"loss\": %s, \"lr\": %.9g, \"grad_norm\": %s, \"tokens\": %lld, "
                     "\"tokens_per_s\": %.3f, \"mfu\": %.5f%s}\n",
-                    (long long)step, epoch, loss, lr_now, gnorm, (long long)count, tps, mfu,
+                    (long long)step, epoch, train_json_num(loss, lb, sizeof lb), lr_now,
+                    train_json_num(gnorm, gb, sizeof gb), (long long)count, tps, mfu,
                     finite ? "" : ", \"skipped\": true");
             fflush(metrics);
         }
@@ -1099,8 +1217,10 @@ int cmd_train(int argc, char **argv) {
             log_info("eval at step %lld: loss %.4f | ppl %.3f | %lld tokens | %.1fs", (long long)step, el,
                      exp(el), (long long)etok, te);
             if (metrics) {
-                fprintf(metrics, "{\"step\": %lld, \"epoch\": %.6g, \"eval_loss\": %.9g, \"eval_ppl\": %.9g, \"eval_tokens\": %lld}\n",
-                        (long long)step, epoch, el, exp(el), (long long)etok);
+                char lb[32], pb[32];
+                fprintf(metrics, "{\"step\": %lld, \"epoch\": %.6g, \"eval_loss\": %s, \"eval_ppl\": %s, \"eval_tokens\": %lld}\n",
+                        (long long)step, epoch, train_json_num(el, lb, sizeof lb), train_json_num(exp(el), pb, sizeof pb),
+                        (long long)etok);
                 fflush(metrics);
             }
         }
@@ -1201,6 +1321,7 @@ int cmd_train(int argc, char **argv) {
     train_full_free(&full_vals);
     train_full_free(&full_grads);
     free(adapter_json);
+    free(run_json);
     adio_cfg_free(&ac);
     gsync_free(&gs);
     free(bucket);

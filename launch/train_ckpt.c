@@ -2,6 +2,7 @@
 #include "train_ckpt.h"
 
 #include <dirent.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -157,19 +158,74 @@ int tckpt_save(const TckptCfg *c, Grid *g, const ParamTable *p, const Optim *o, 
     return ok;
 }
 
+/* A run_config value for a message (numbers as they were written, not as reals). */
+static void tckpt_json_text(const json_t *v, char *buf, size_t n) {
+    if (json_is_number(v)) {
+        snprintf(buf, n, "%.9g", json_number_value(v));
+        return;
+    }
+    char *t = json_dumps(v, JSON_ENCODE_ANY);
+    snprintf(buf, n, "%s", t ? t : "?");
+    free(t);
+}
+
+/* The run_config keys that fix the training row stream (DESIGN.md §5): resuming with
+ * another value would let the cursor count rows of a different stream. The data are
+ * compared by what they tokenised to (rows, tokens, counted tokens): their fingerprint also
+ * hashes the files' paths and times, so the same data copied or touched only warns. A key
+ * missing from an older checkpoint is not compared (without the counts, a differing
+ * fingerprint refuses). Sets st and returns 0 on the first difference. */
+static int tckpt_same_stream(const char *dir, const char *ckpt_run, const char *run, ErrStatus *st) {
+    static const char *const keys[] = {"seq_len", "pack", "long_examples", "shuffle", "eval_split",
+                                       "train_rows", "train_tokens", "train_counted_tokens",
+                                       "data_fingerprint"};
+    /* integers as reals: a seed above INT64_MAX is no error here (it is compared as meta.seed) */
+    json_t *a = json_loads(ckpt_run, JSON_DECODE_INT_AS_REAL, NULL), *b = json_loads(run, JSON_DECODE_INT_AS_REAL, NULL);
+    const int counts = a && json_object_get(a, "train_rows") != NULL;
+    int ok = 1;
+    for (size_t i = 0; a && b && ok && i < sizeof keys / sizeof keys[0]; i++) {
+        json_t *x = json_object_get(a, keys[i]), *y = json_object_get(b, keys[i]);
+        if (!x || !y || json_equal(x, y)) continue;
+        if (strcmp(keys[i], "data_fingerprint") == 0 && counts) {
+            log_warn("%s: the data files' names, sizes or times differ from the checkpoint's, but they give the "
+                     "same rows and tokens: resuming", dir);
+            continue;
+        }
+        char xs[128], ys[128];
+        tckpt_json_text(x, xs, sizeof xs);
+        tckpt_json_text(y, ys, sizeof ys);
+        ok = err_status_set(st, "%s was written with %s %s; this run's is %s (the data cursor counts rows of "
+                                "the stream --data, --seq-len, --pack, --long-examples, --shuffle, --eval-split and "
+                                "--seed fix)", dir, keys[i], xs, ys);
+    }
+    if (a) json_decref(a);
+    if (b) json_decref(b);
+    return ok;
+}
+
+/* An integer of the checkpoint's run_config (0 if absent). */
+static int64_t tckpt_run_int(const char *run, const char *key) {
+    json_t *j = json_loads(run, JSON_DECODE_INT_AS_REAL, NULL);
+    json_t *v = j ? json_object_get(j, key) : NULL;
+    int64_t x = json_is_number(v) ? (int64_t)json_number_value(v) : 0;
+    if (j) json_decref(j);
+    return x;
+}
+
 static void tckpt_warn(void *ctx, const char *msg) {
     (void)ctx;
     fprintf(stderr, "shardlora: WARNING: %s; falling back to an older checkpoint\n", msg);
 }
 
 int tckpt_resume(const TckptCfg *c, const char *path, Grid *g, ParamTable *p, Optim *o,
-                 int64_t *step, int64_t *cursor) {
+                 TckptPos *pos) {
     ErrStatus st;
     err_status_ok(&st);
     char dir[4096] = "";
     CkptReader r;
     memset(&r, 0, sizeof r);
     int rc = 0, opened = 0;
+    int64_t prev[2] = {0, 0}; /* the checkpoint run's global batch and total steps */
     if (g->world_rank == 0) {
         if (path) {
             snprintf(dir, sizeof dir, "%s", path);
@@ -191,6 +247,17 @@ int tckpt_resume(const TckptCfg *c, const char *path, Grid *g, ParamTable *p, Op
             err_status_set(&st, "%s was written with optimizer %s; this run uses %s", dir,
                            r.meta.optimizer_kind, optim_kind_name(o->cfg.kind));
             rc = -1;
+        } else if (rc == 1 && r.meta.seed != c->seed) {
+            err_status_set(&st, "%s was written with seed %llu; this run's is %llu (the data cursor counts rows "
+                                "of the stream it orders)", dir, (unsigned long long)r.meta.seed,
+                           (unsigned long long)c->seed);
+            rc = -1;
+        } else if (rc == 1 && !tckpt_same_stream(dir, r.meta.run_config, c->run_json, &st)) {
+            rc = -1;
+        }
+        if (rc == 1) {
+            prev[0] = tckpt_run_int(r.meta.run_config, "global_batch");
+            prev[1] = tckpt_run_int(r.meta.run_config, "steps");
         }
         if (rc < 0) fprintf(stderr, "shardlora: error: cannot resume: %s\n", st.msg);
     }
@@ -200,6 +267,9 @@ int tckpt_resume(const TckptCfg *c, const char *path, Grid *g, ParamTable *p, Op
         return rc;
     }
     MPI_Bcast(dir, (int)sizeof dir, MPI_CHAR, 0, g->world);
+    MPI_Bcast(prev, 2, MPI_INT64_T, 0, g->world);
+    pos->global_batch = prev[0];
+    pos->total_steps = prev[1];
     int ok = g->world_rank == 0 ? 1 : ckpt_open(&r, dir, &st);
     const int have_reader = ok;
     const char *snames[2];
@@ -220,8 +290,8 @@ int tckpt_resume(const TckptCfg *c, const char *path, Grid *g, ParamTable *p, Op
     if (have_reader) ckpt_close(&r);
     if (!tckpt_agree(g, ok, "cannot resume", &st)) return -1;
     o->step = ostep;
-    *step = s;
-    *cursor = cur;
+    pos->step = s;
+    pos->cursor = cur;
     log_info("resumed from %s (step %lld, written at tp=%d dp=%d; now tp=%d dp=%d)", dir,
              (long long)s, wtp, wdp, g->tp, g->dp);
     return 1;

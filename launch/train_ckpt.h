@@ -18,7 +18,7 @@ typedef struct {
     const char *root;          /* OUT/checkpoints */
     const char *fingerprint;   /* model: architecture, sizes, dtypes (refused if different) */
     const char *adapter_json;  /* adapter configuration (refused if different) */
-    const char *run_json;      /* the resolved run configuration (informational) */
+    const char *run_json;      /* the resolved run configuration (its row-stream keys must match) */
     const char *optim_hparams; /* JSON (informational) */
     uint64_t seed;
     size_t chunk_limit;        /* bytes per chunk (0: the format's default) */
@@ -31,11 +31,21 @@ typedef struct {
 int tckpt_save(const TckptCfg *c, Grid *g, const ParamTable *p, const Optim *o, int64_t step,
                int64_t cursor);
 
+/* Where a checkpoint left the run. */
+typedef struct {
+    int64_t step;         /* the checkpoint's step */
+    int64_t cursor;       /* its data cursor */
+    int64_t global_batch; /* its run's global batch (0: its run_config does not say) */
+    int64_t total_steps;  /* its run's total steps (0: its run_config does not say) */
+} TckptPos;
+
 /* Loads the checkpoint at `path`, or with path == NULL the newest usable one under c->root
- * (falling back, loudly, past unusable ones). Returns 1, *step = the checkpoint's step and
- * *cursor = its data cursor when resumed; 0 when there is nothing to resume (fresh start); -1 on an error that must
- * stop the run (printed once): no usable checkpoint, a different model or adapter. */
+ * (falling back, loudly, past unusable ones). Returns 1 and *pos when resumed; 0 when there
+ * is nothing to resume (fresh start); -1 on an error that must stop the run (printed once):
+ * no usable checkpoint, a different model or adapter, or a different row stream (the seed,
+ * and the data, seq_len, pack, long_examples, shuffle and eval_split of c->run_json: the
+ * cursor counts rows of that stream). */
 int tckpt_resume(const TckptCfg *c, const char *path, Grid *g, ParamTable *p, Optim *o,
-                 int64_t *step, int64_t *cursor);
+                 TckptPos *pos);
 
 #endif

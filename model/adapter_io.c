@@ -600,6 +600,22 @@ static char *adio_card(const AdioCfg *c, const AdioTensor *t, int n, const AdioC
             nslots++;
         }
     const AdapterKind *kd = adapter_kind_by_name(c->acfg.kind);
+    /* r and lora_alpha as adapter_config.json states them: a kind's peft_config may change
+     * them for the export (PiSSA: a LoRA of rank 2r, alpha converted), scaling every slot's
+     * value alike (adio_write_config) */
+    PeftConfig pc;
+    memset(&pc, 0, sizeof pc);
+    pc.r = c->acfg.r;
+    pc.lora_alpha = c->alpha;
+    if (kd && kd->io && kd->io->peft_config) kd->io->peft_config(c, &pc);
+    if (pc.r != c->acfg.r && c->acfg.r > 0) {
+        rmin = rmin * pc.r / c->acfg.r;
+        rmax = rmax * pc.r / c->acfg.r;
+    }
+    if (pc.lora_alpha != c->alpha && c->alpha != 0) {
+        amin *= pc.lora_alpha / c->alpha;
+        amax *= pc.lora_alpha / c->alpha;
+    }
     const char *title = kd && kd->title ? kd->title : "LoRA";
     const int vera = kd && kd->peft_type && strcmp(kd->peft_type, "VERA") == 0;
     adio_printf(&b, "---\nbase_model: %s\nlibrary_name: peft\ntags:\n- %s\n- shardlora\n---\n\n", base,
@@ -641,7 +657,7 @@ static char *adio_card(const AdioCfg *c, const AdioTensor *t, int n, const AdioC
     adio_printf(&b, "## Adapter\n\n| setting | value |\n|---|---|\n");
     adio_printf(&b, "| peft_type | %s |\n", kd && kd->peft_type ? kd->peft_type : "LORA");
     if (rmin == rmax) adio_printf(&b, "| r | %d |\n", rmin);
-    else adio_printf(&b, "| r | %d to %d per module (rank_pattern; default %d) |\n", rmin, rmax, c->acfg.r);
+    else adio_printf(&b, "| r | %d to %d per module (rank_pattern; default %d) |\n", rmin, rmax, pc.r);
     if (vera) {
         /* PEFT's VeRA (peft/tuners/vera): no alpha; y = W x + lambda_b ⊙ B (lambda_d ⊙ A x) */
         adio_printf(&b, "| scale | none: y = W x + lambda_b ⊙ vera_B (lambda_d ⊙ vera_A x) |\n");
@@ -650,7 +666,7 @@ static char *adio_card(const AdioCfg *c, const AdioTensor *t, int n, const AdioC
                     (long long)c->acfg.vera_max_out, c->acfg.r);
     } else {
         if (amin == amax) adio_printf(&b, "| lora_alpha | %.9g |\n", amin);
-        else adio_printf(&b, "| lora_alpha | %.9g to %.9g per module (alpha_pattern; default %.9g) |\n", amin, amax, c->alpha);
+        else adio_printf(&b, "| lora_alpha | %.9g to %.9g per module (alpha_pattern; default %.9g) |\n", amin, amax, pc.lora_alpha);
         adio_printf(&b, "| scale | %s |\n", c->acfg.use_rslora ? "lora_alpha / sqrt(r) (rsLoRA)" : "lora_alpha / r");
     }
     adio_printf(&b, "| target modules | ");
@@ -663,10 +679,11 @@ static char *adio_card(const AdioCfg *c, const AdioTensor *t, int n, const AdioC
     adio_printf(&b, "| adapted modules | %d of %lld (%lld layers x 7 linears) |\n", nslots,
                 (long long)(c->L * MOD_NMODULES), (long long)c->L);
     adio_printf(&b, "| %s | %.9g |\n", vera ? "vera_dropout" : "lora_dropout", c->dropout);
-    const char *init = c->acfg.init_gaussian ? "A ~ N(0, 1/r), B = 0"
-                       : vera ? "lambda_d = 0.1, lambda_b = 0; vera_A, vera_B kaiming-uniform from "
-                                "torch.Generator().manual_seed(projection_prng_key), as PEFT"
-                              : "A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0 (PEFT's default)";
+    /* VeRA first: its init does not depend on init_gaussian (which has no A to draw) */
+    const char *init = vera ? "lambda_d = 0.1, lambda_b = 0; vera_A, vera_B kaiming-uniform from "
+                              "torch.Generator().manual_seed(projection_prng_key), as PEFT"
+                       : c->acfg.init_gaussian ? "A ~ N(0, 1/r), B = 0"
+                                               : "A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0 (PEFT's default)";
     if (c->acfg.init_pissa)
         init = "PiSSA: A, B from the top singular vectors of W (randomized SVD); exported as PEFT does, a LoRA of "
                "twice the rank that applies to the original base";

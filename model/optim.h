@@ -35,8 +35,8 @@ typedef struct {
     int64_t step;              /* updates done */
 } Optim;
 
-/* Parse "adamw|adamw-hf|sgd"; -1 if unknown. */
 int optim_is_adam(OptimKind k);
+/* Parse "adamw|adamw-hf|sgd"; -1 if unknown. */
 int optim_parse_kind(const char *s);
 const char *optim_kind_name(OptimKind k);
 void optim_defaults(OptimCfg *c);

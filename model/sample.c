@@ -21,17 +21,26 @@ typedef struct {
     int id;
 } SampleMaxloc;
 
-void sample_init(SampleCtx *c, int64_t V, MemCtx *mem) {
+void sample_init(SampleCtx *c, int64_t V, int tp, MemCtx *mem) {
     c->V = V;
     c->cand = mem_alloc(mem, MEM_OTHER, (size_t)V * sizeof(SampleCand));
     c->prob = mem_alloc(mem, MEM_OTHER, (size_t)V * sizeof(double));
     c->mark = mem_alloc(mem, MEM_OTHER, (size_t)V);
+    c->tp = tp;
+    c->v0 = malloc((size_t)tp * 2 * sizeof(int64_t));
+    c->counts = malloc((size_t)tp * 2 * sizeof(int));
+    SL_CHECK(c->v0 && c->counts, "out of memory");
+    c->vl = c->v0 + tp;
+    c->displs = c->counts + tp;
+    for (int r = 0; r < tp; r++) llama_vocab_range(V, tp, r, &c->v0[r], &c->vl[r]);
 }
 
 void sample_free(SampleCtx *c, MemCtx *mem) {
     mem_free(mem, MEM_OTHER, c->cand, (size_t)c->V * sizeof(SampleCand));
     mem_free(mem, MEM_OTHER, c->prob, (size_t)c->V * sizeof(double));
     mem_free(mem, MEM_OTHER, c->mark, (size_t)c->V);
+    free(c->v0);
+    free(c->counts);
     memset(c, 0, sizeof *c);
 }
 
@@ -83,33 +92,30 @@ void sample_argmax_tp(Grid *g, const float *logits, int64_t n, int64_t Vl, int64
     for (int64_t i = 0; i < n; i++) out[i] = p[i].v > -INFINITY ? (int32_t)p[i].id : -1;
 }
 
-void sample_gather_rows(Grid *g, const float *logits, int64_t n, int64_t V, float *full,
+void sample_gather_rows(SampleCtx *c, Grid *g, const float *logits, int64_t n, float *full,
                         float *recv) {
-    int64_t v0, vl;
+    const int64_t V = c->V;
+    SL_CHECK(c->tp == g->tp, "sample_gather_rows: context for tp=%d used at tp=%d", c->tp, g->tp);
     if (g->tp == 1) {
         memcpy(full, logits, (size_t)(n * V) * sizeof(float));
         return;
     }
-    int *counts = malloc((size_t)g->tp * 2 * sizeof(int));
-    SL_CHECK(counts, "out of memory");
-    int *displs = counts + g->tp;
+    int *counts = c->counts, *displs = c->displs;
     for (int r = 0, off = 0; r < g->tp; r++) {
-        llama_vocab_range(V, g->tp, r, &v0, &vl);
-        counts[r] = (int)(n * vl);
+        counts[r] = (int)(n * c->vl[r]);
         displs[r] = off;
         off += counts[r];
     }
-    llama_vocab_range(V, g->tp, g->tp_rank, &v0, &vl);
-    MPI_Gatherv(logits, (int)(n * vl), MPI_FLOAT, recv, counts, displs, MPI_FLOAT, 0, g->tp_comm);
-    g->bytes[GRID_BYTES_TP] += (uint64_t)(n * vl) * sizeof(float);
+    const int mine = counts[g->tp_rank];
+    MPI_Gatherv(logits, mine, MPI_FLOAT, recv, counts, displs, MPI_FLOAT, 0, g->tp_comm);
+    g->bytes[GRID_BYTES_TP] += (uint64_t)mine * sizeof(float);
     g->calls[GRID_BYTES_TP]++;
     if (g->tp_rank == 0)
         for (int r = 0; r < g->tp; r++) {
-            llama_vocab_range(V, g->tp, r, &v0, &vl);
+            const int64_t v0 = c->v0[r], vl = c->vl[r];
             for (int64_t i = 0; i < n; i++)
                 memcpy(full + i * V + v0, recv + displs[r] + i * vl, (size_t)vl * sizeof(float));
         }
-    free(counts);
 }
 
 /* Descending logit, then ascending id (a deterministic order for equal logits). */

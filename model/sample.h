@@ -25,15 +25,19 @@ typedef struct {
     uint64_t seed;
 } SampleCfg;
 
-/* Scratch for sample_token over a vocabulary of V, allocated once. */
+/* Scratch for sample_token over a vocabulary of V and for sample_gather_rows over a TP
+ * group of tp ranks, allocated once (nothing is allocated per decode step). */
 typedef struct {
     int64_t V;
     void *cand;     /* [V] (logit, id) candidates */
     double *prob;   /* [V] */
     uint8_t *mark;  /* [V] zero between calls */
+    int tp;
+    int64_t *v0, *vl; /* [tp] each TP rank's vocabulary columns [v0, v0 + vl) */
+    int *counts, *displs; /* [tp] MPI_Gatherv's, refilled per call for its n rows */
 } SampleCtx;
 
-void sample_init(SampleCtx *c, int64_t V, MemCtx *mem);
+void sample_init(SampleCtx *c, int64_t V, int tp, MemCtx *mem);
 void sample_free(SampleCtx *c, MemCtx *mem);
 
 /* HF repetition penalty on the columns [v0, v0 + n) of one row: each distinct id of
@@ -55,8 +59,9 @@ void sample_argmax_tp(Grid *g, const float *logits, int64_t n, int64_t Vl, int64
 size_t sample_argmax_tmp_bytes(int64_t n);
 
 /* Gathers the vocab-parallel rows logits [n, Vl] of every TP rank into full [n, V] rows on
- * TP rank 0 (other ranks: full unused). recv: scratch of n * V floats on TP rank 0. */
-void sample_gather_rows(Grid *g, const float *logits, int64_t n, int64_t V, float *full,
+ * TP rank 0 (other ranks: full unused). recv: scratch of n * V floats on TP rank 0.
+ * c: from sample_init with this V and g->tp. */
+void sample_gather_rows(SampleCtx *c, Grid *g, const float *logits, int64_t n, float *full,
                         float *recv);
 
 /* Temperature, top-k, top-p, then a draw from a full row logits [V] (modified; apply the

@@ -28,3 +28,13 @@ endforeach()
 add_test(NAME e2e_generate_cli
          COMMAND bash ${SL_E2E_DIR}/generate_cli.sh $<TARGET_FILE:shardlora> ${CMAKE_BINARY_DIR}/test-work)
 set_tests_properties(e2e_generate_cli PROPERTIES LABELS e2e TIMEOUT 600 PROCESSORS 2)
+# eval / generate on non-finite numbers (exit 5, --out untouched), the adapter kinds they
+# name, the PiSSA card's r / lora_alpha.
+add_test(NAME e2e_eval_generate_inputs
+         COMMAND bash ${SL_E2E_DIR}/eval_generate_inputs.sh $<TARGET_FILE:shardlora> ${CMAKE_BINARY_DIR}/test-work)
+set_tests_properties(e2e_eval_generate_inputs PROPERTIES LABELS e2e TIMEOUT 600 PROCESSORS 2)
+# train's edges: --epochs resumes at another global batch, row-stream refusals, strict
+# metrics JSON, flag ranges, --config edge cases, quoted paths, cleanup of refused runs
+add_test(NAME e2e_train_inputs
+         COMMAND bash ${SL_E2E_DIR}/train_inputs.sh $<TARGET_FILE:shardlora> ${CMAKE_BINARY_DIR}/test-work)
+set_tests_properties(e2e_train_inputs PROPERTIES LABELS e2e TIMEOUT 600 PROCESSORS 2)
