@@ -1,5 +1,6 @@
 /* Chat templates of the supported families (see chat.h): each official Hugging Face Jinja
- * `chat_template` written out in C, rendered as pieces that are trained on or masked. */
+ * `chat_template` written out in C, rendered as pieces that are trained on or masked, and
+ * their detection, which names a family only for templates rendered here byte for byte. */
 #include "chat.h"
 
 #include <errno.h>
@@ -26,23 +27,57 @@ const char *chat_format_name(ChatFormat f) {
 
 /* ---- detection --------------------------------------------------------------------- */
 
-/* Qwen2's default system turn, with the newline as the template file has it: a real one
- * (JSON "\n") or the Jinja escape (JSON "\\n"). Matching the whole default, not just
- * "You are a helpful assistant", keeps Qwen1.5 ("...assistant" without the full stop) and
- * Qwen2.5 ("You are Qwen, created by Alibaba Cloud. You are a helpful assistant.") out of
- * qwen2: their defaults differ, so rendering them as qwen2 would be wrong. */
-static int chat_has_qwen2_default(const char *tpl) {
-    return strstr(tpl, "system\nYou are a helpful assistant.<|im_end|>") != NULL ||
-           strstr(tpl, "system\\nYou are a helpful assistant.<|im_end|>") != NULL;
+/* Qwen2's default system turn after "<|im_start|>system" and its newline as the template
+ * file has it: a real one (JSON "\n") or the Jinja escape (JSON "\\n"). */
+static int chat_is_qwen2_default(const char *after_system) {
+    static const char dflt[] = "You are a helpful assistant.<|im_end|>";
+    const char *p = after_system;
+    if (*p == '\n')
+        p += 1;
+    else if (p[0] == '\\' && p[1] == 'n')
+        p += 2;
+    else
+        return 0;
+    return strncmp(p, dflt, sizeof dflt - 1) == 0;
 }
 
-/* The family of a template, by the markers only its family's templates contain. */
+/* A ChatML template renders as chatml or qwen2 only when it writes no system turn of its
+ * own (the text "<|im_start|>system" is absent: plain ChatML) or when every one it writes
+ * is Qwen2's exact default ("<|im_start|>system" + newline + "You are a helpful
+ * assistant.<|im_end|>"). Any other is another layout: Qwen1.5's default lacks the full
+ * stop, Qwen2.5's is "You are Qwen, created by Alibaba Cloud. ..." and it writes the
+ * system turn in pieces, Qwen2.5-Math asks to reason step by step. Qwen3's templates
+ * (they contain "<think>") put "<think>\n\n</think>\n\n" before the last assistant reply.
+ * All of these are CHAT_NONE, so the user chooses with --chat-format. */
+static ChatFormat chat_family_chatml(const char *tpl) {
+    static const char sys[] = "<|im_start|>system";
+    if (strstr(tpl, "<think>")) return CHAT_NONE;
+    int n = 0;
+    for (const char *p = strstr(tpl, sys); p; p = strstr(p + 1, sys), n++)
+        if (!chat_is_qwen2_default(p + sizeof sys - 1)) return CHAT_NONE;
+    return n > 0 ? CHAT_QWEN2 : CHAT_CHATML;
+}
+
+/* The [INST] family renders "X [/INST]": Mistral v0.3 and later (and the tekken
+ * templates) write '[INST] ' + X + '[/INST]' with no space before "[/INST]" (and fold the
+ * system message into the last user turn), so any "[/INST]" in the template not preceded
+ * by a space means another layout: CHAT_NONE. */
+static ChatFormat chat_family_inst(const char *tpl) {
+    static const char close[] = "[/INST]";
+    for (const char *p = strstr(tpl, close); p; p = strstr(p + 1, close))
+        if (p == tpl || p[-1] != ' ') return CHAT_NONE;
+    return strstr(tpl, "<<SYS>>") ? CHAT_LLAMA2 : CHAT_MISTRAL;
+}
+
+/* The family of a template, by the markers only its family's templates contain; CHAT_NONE
+ * unless the template is one rendered here byte for byte. */
 static ChatFormat chat_family(const char *tpl) {
     /* Llama 3.1 and later always open with a system header holding "Cutting Knowledge Date"
      * and a date (3.2: today's): not the llama3 layout, and not rendered here */
-    if (strstr(tpl, "<|start_header_id|>")) return strstr(tpl, "Cutting Knowledge Date") ? CHAT_NONE : CHAT_LLAMA3;
-    if (strstr(tpl, "<|im_start|>")) return chat_has_qwen2_default(tpl) ? CHAT_QWEN2 : CHAT_CHATML;
-    if (strstr(tpl, "[INST]")) return strstr(tpl, "<<SYS>>") ? CHAT_LLAMA2 : CHAT_MISTRAL;
+    if (strstr(tpl, "<|start_header_id|>"))
+        return strstr(tpl, "Cutting Knowledge Date") ? CHAT_NONE : CHAT_LLAMA3;
+    if (strstr(tpl, "<|im_start|>")) return chat_family_chatml(tpl);
+    if (strstr(tpl, "[INST]")) return chat_family_inst(tpl);
     return CHAT_NONE;
 }
 

@@ -18,8 +18,9 @@
  *           strip() then applies to that whole text, so the system text and X's leading
  *           whitespace are kept), assistant " " + strip(X) + " </s>". Trained: the
  *           assistant piece. strip / trim remove what Python's str.isspace() calls space.
- *   chatml  ChatML (Qwen2/Qwen2.5): per message "<|im_start|>R\n" + X + "<|im_end|>\n";
- *           trained: X + "<|im_end|>" of assistant messages.
+ *   chatml  ChatML (e.g. OpenHermes-2.5): per message "<|im_start|>R\n" + X + "<|im_end|>\n";
+ *           trained: X + "<|im_end|>" of assistant messages. Not Qwen1.5/2.5 (other default
+ *           system turns) nor Qwen3 ("<think>\n\n</think>\n\n" before the last reply).
  *   qwen2   ChatML with Qwen2's default system message ("You are a helpful assistant.")
  *           when the conversation has none. */
 #ifndef SHARDLORA_IO_CHAT_H
@@ -45,12 +46,20 @@ int chat_parse_format(const char *name);
 const char *chat_format_name(ChatFormat f);
 
 /* Identifies the family of DIR/tokenizer_config.json's "chat_template" (a string, or a
- * list of {"name", "template"} where "default" is taken, else the first) by markers:
- * "<|start_header_id|>" llama3 (not Llama 3.1+'s, whose template adds a dated system header
- * with "Cutting Knowledge Date": none); "<|im_start|>" qwen2 when it holds Qwen2's exact default
- * system turn, else chatml; "[INST]" with "<<SYS>>" llama2, else mistral. Sets *out to
- * CHAT_NONE and returns 1 when the file or the template is absent or the template is not
- * one of the families above; returns 0 with st naming the file when the file cannot be
+ * list of {"name", "template"} where "default" is taken, else the first) by markers, and
+ * names one only for a template rendered here byte for byte:
+ *   "<|start_header_id|>"  llama3; none with "Cutting Knowledge Date" (Llama 3.1+'s dated
+ *                          system header)
+ *   "<|im_start|>"         none with "<think>" (Qwen3); else qwen2 when every
+ *                          "<|im_start|>system" in it is followed by a newline and Qwen2's
+ *                          exact default "You are a helpful assistant.<|im_end|>"; none when
+ *                          any is not (a template writing another system turn: Qwen1.5,
+ *                          Qwen2.5 "You are Qwen, ..."); chatml when there is none
+ *   "[INST]"               none when a "[/INST]" in it is not preceded by a space (Mistral
+ *                          v0.3+ '[INST] ' + X + '[/INST]', system folded into the last user
+ *                          turn); else llama2 with "<<SYS>>", mistral without.
+ * Sets *out to CHAT_NONE and returns 1 when the file or the template is absent or the
+ * template is none of these; returns 0 with st naming the file when the file cannot be
  * read or is not valid JSON. */
 int chat_detect(const char *model_dir, ChatFormat *out, ErrStatus *st);
 

@@ -190,9 +190,10 @@ static int ds_messages(Tokenizer *tk, const DsOptions *o, json_t *msgs, DsExampl
     }
     if (o->chat == CHAT_NONE)
         return err_status_set(st, "a \"messages\" line needs a chat template: the model's "
-                                  "tokenizer_config.json has none of the families shardlora renders "
-                                  "(llama3, mistral, llama2, chatml, qwen2; not Llama 3.1's dated system "
-                                  "header); pass --chat-format, or pre-tokenise (input_ids, labels)");
+                                  "tokenizer_config.json has none that shardlora renders exactly "
+                                  "(llama3, mistral v0.2, llama2, chatml, qwen2; not Llama 3.1+, "
+                                  "Qwen1.5/2.5/3 or Mistral v0.3+); pass --chat-format, or "
+                                  "pre-tokenise (input_ids, labels)");
     if (!ds_need_tokenizer(tk, "\"messages\"", st)) return 0;
     ChatPieces ps = {0};
     if (!chat_render(o->chat, ex->msgs, nm, &ps, st)) {
@@ -324,6 +325,21 @@ int ds_encode_line(Tokenizer *tk, const DsOptions *o, const char *line, size_t l
                            "\"input_ids\" key");
     }
     if (!ok) goto done;
+    /* Ids from the tokenizer (and the EOS appended) must fit the model as pre-tokenised ones
+     * do: an id past the embedding would stop the run in the model with no line to blame. */
+    if (ex->format != DS_TOKENS && o->vocab > 0) {
+        for (size_t i = 0; i < ex->ids.n; i++) {
+            if (ex->ids.ids[i] < o->vocab) continue;
+            ok = err_status_set(st,
+                                "token %zu has id %d, outside the model's vocabulary [0, %lld) "
+                                "(vocab_size in config.json): %s",
+                                i, ex->ids.ids[i], (long long)o->vocab,
+                                ex->ids.ids[i] == o->eos_id
+                                    ? "the EOS id (eos_token_id) is too big"
+                                    : "tokenizer.json does not match the model");
+            goto done;
+        }
+    }
     /* Under the Hugging Face shift, token 0 is never predicted. */
     for (size_t i = 1; i < ex->ids.n; i++)
         ex->counted += ex->labels[i] != DS_IGNORE;

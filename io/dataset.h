@@ -29,7 +29,9 @@ typedef struct {
     int train_on_prompt;  /* 1: prompts and non-assistant turns are counted too */
     int32_t eos_id;       /* appended to text and prompt/completion examples unless their
                              ids already end with it; -1: nothing appended */
-    int64_t vocab;        /* pre-tokenised ids must be in [0, vocab) (<= 0: [0, 2^31)) */
+    int64_t vocab;        /* every id (pre-tokenised, from the tokenizer, the EOS) must be
+                             in [0, vocab); <= 0: pre-tokenised ids in [0, 2^31), others
+                             unchecked */
 } DsOptions;
 
 /* One tokenised example; reuse it across lines (buffers grow, never shrink). */
@@ -51,7 +53,8 @@ typedef struct {
 /* Parses line[0..len) (no newline) and tokenises it into ex. tk may be NULL when every line
  * is pre-tokenised (a text line then asks for a tokenizer.json). Returns 1, or 0 with st
  * giving the reason only (the caller prefixes "file:line: "): not JSON, not an object, no
- * known format, wrong types, an id outside the vocabulary, labels / position_ids of
+ * known format, wrong types, an id outside the vocabulary (pre-tokenised or from the
+ * tokenizer), labels / position_ids of
  * another length, an empty text, or nothing to train on (every label masked; allowed for
  * pre-tokenised lines whose labels say so explicitly). */
 int ds_encode_line(Tokenizer *tk, const DsOptions *o, const char *line, size_t len,

@@ -141,6 +141,36 @@ static int tdata_cache(TokCache *c, const char *name, const ArgStrs *files, cons
     return 1;
 }
 
+/* "--data a.jsonl" or "--data a.jsonl (+2 more files)", for messages about a split. */
+static void tdata_files_name(char *buf, size_t cap, const char *flag, const ArgStrs *files) {
+    if (files->n > 1)
+        snprintf(buf, cap, "%s %s (+%d more file%s)", flag, files->v[0], files->n - 1,
+                 files->n > 2 ? "s" : "");
+    else
+        snprintf(buf, cap, "%s %s", flag, files->n > 0 ? files->v[0] : "(none)");
+}
+
+/* A run whose train split counts no label would exit 0 having learnt nothing: refused with
+ * what cut the labels and the ways out. */
+static int tdata_check_counted(const TrainData *d, const TdataOpts *o, const char *what,
+                               ErrStatus *st) {
+    const PackPlan *p = &d->train;
+    if (p->counted > 0) return 1;
+    if (p->tokens_cut == 0)
+        return err_status_set(
+            st,
+            "%s: nothing to train on: no token of the %lld training documents is counted in "
+            "the loss (every label is -100); count prompts with --train-on-prompt or fix the "
+            "labels",
+            what, (long long)d->ntrain_docs);
+    return err_status_set(
+        st,
+        "%s: nothing to train on: no counted token is left in the first --seq-len %lld tokens "
+        "of any document (%lld truncated, %lld split, %lld dropped); raise --seq-len or use "
+        "--long-examples split",
+        what, (long long)o->T, (long long)p->truncated, (long long)p->split, (long long)p->dropped);
+}
+
 static int64_t *tdata_iota(int64_t n) {
     int64_t *v = malloc((size_t)(n > 0 ? n : 1) * sizeof *v);
     SL_CHECK(v, "out of memory");
@@ -215,11 +245,26 @@ int tdata_load(TrainData *d, const TdataOpts *o, Grid *g, int *exit_code) {
         d->ntrain_docs = d->train_cache.ndocs;
         d->train_docs = tdata_iota(d->ntrain_docs);
     }
-    if (ok) ok = pack_plan(&d->train, &d->train_cache, d->train_docs, d->ntrain_docs, o->T, o->pack,
-                           o->long_mode, &st);
+    /* plan errors name the split and its files */
+    char what[1024]; /* as long as an ErrStatus message */
+    tdata_files_name(what, sizeof what, "--data", o->data);
+    if (ok && !pack_plan(&d->train, &d->train_cache, d->train_docs, d->ntrain_docs, o->T, o->pack,
+                         o->long_mode, &st)) {
+        ErrStatus inner = st;
+        ok = err_status_set(&st, "%s: %s", what, inner.msg);
+    }
+    if (ok) ok = tdata_check_counted(d, o, what, &st);
     d->has_eval = d->neval_docs > 0;
-    if (ok && d->has_eval)
-        ok = pack_plan(&d->eval, ec, d->eval_docs, d->neval_docs, o->T, o->pack, o->long_mode, &st);
+    if (ok && d->has_eval &&
+        !pack_plan(&d->eval, ec, d->eval_docs, d->neval_docs, o->T, o->pack, o->long_mode, &st)) {
+        char ewhat[sizeof what + 64];
+        if (d->have_eval_cache)
+            tdata_files_name(ewhat, sizeof ewhat, "--eval-data", o->eval_data);
+        else
+            snprintf(ewhat, sizeof ewhat, "--eval-split %g of %s", o->eval_split, what);
+        ErrStatus inner = st;
+        ok = err_status_set(&st, "%s: %s", ewhat, inner.msg);
+    }
     if (!tdata_agree(g, ok, &st)) return 0;
     tdata_log_plan("train data", &d->train, o->pack);
     if (d->has_eval)

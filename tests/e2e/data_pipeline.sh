@@ -10,6 +10,9 @@
 #   schedule  metrics lr of a cosine schedule with warmup equals the formula
 #   eval      --eval-data and --eval-split evaluate; --skip-bad-lines counts
 #   nonfinite a diverging run stops with exit 5, or skips the updates with --skip-nonfinite
+#   refusals  nothing to train on (every label masked, prompts cut at --seq-len), a plan
+#             error naming --data / --eval-data, an id past the model's vocabulary: exit 3
+#             with one line
 # usage: data_pipeline.sh SHARDLORA_BINARY WORK_DIR
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 set -uo pipefail
@@ -125,14 +128,16 @@ timeout 120 mpiexec -n 2 "$SL" train --threads 1 --peak-gflops 1 "${M[@]}" --dat
 compare_dumps "$W/packed-tp2.st" "$W/unpacked.st" && pass "packed at tp=2 = separate documents at tp=1" || fail "packing at tp=2"
 
 # ---- token cache: reuse and invalidation -------------------------------------------------
-C=("${M[@]}" --out "$W/cache" --steps 1 --seq-len 128)
-run cache1 "${C[@]}" --data "$W/more.jsonl" && grep -q "token cache.*tokenizing" "$W/cache1.log" || fail "cache: first run did not tokenize"
-run cache2 "${C[@]}" --data "$W/more.jsonl" && grep -q "token cache .*: reused" "$W/cache2.log" \
+# one --cache-dir, a fresh --out per run (a run into the same --out would resume, and a
+# resumed run refuses a changed data stream)
+C=("${M[@]}" --cache-dir "$W/tokcache" --steps 1 --seq-len 128)
+run cache1 "${C[@]}" --out "$W/cache1" --data "$W/more.jsonl" && grep -q "token cache.*tokenizing" "$W/cache1.log" || fail "cache: first run did not tokenize"
+run cache2 "${C[@]}" --out "$W/cache2" --data "$W/more.jsonl" && grep -q "token cache .*: reused" "$W/cache2.log" \
   && pass "cache reused on the second run" || fail "cache: not reused when nothing changed"
-run cache3 "${C[@]}" --data "$W/more.jsonl" --no-add-eos && grep -q "tokenizing" "$W/cache3.log" \
+run cache3 "${C[@]}" --out "$W/cache3" --data "$W/more.jsonl" --no-add-eos && grep -q "tokenizing" "$W/cache3.log" \
   && pass "cache rebuilt when a data option changes" || fail "cache: not rebuilt after --no-add-eos"
 echo '{"text": "one more line"}' >> "$W/more.jsonl"
-run cache4 "${C[@]}" --data "$W/more.jsonl" && grep -q "tokenizing" "$W/cache4.log" && grep -q "41 documents" "$W/cache4.log" \
+run cache4 "${C[@]}" --out "$W/cache4" --data "$W/more.jsonl" && grep -q "tokenizing" "$W/cache4.log" && grep -q "41 documents" "$W/cache4.log" \
   && pass "cache rebuilt when the data file changes" || fail "cache: not rebuilt after the data changed"
 
 # ---- config file, flags override, run.json -----------------------------------------------
@@ -211,6 +216,47 @@ run nf-stop "${D[@]}" --out "$W/nf-stop"; rc=$?
 run nf-skip "${D[@]}" --out "$W/nf-skip" --skip-nonfinite; rc=$?
 [ $rc -eq 0 ] && grep -q '"skipped": true' "$W/nf-skip/metrics.jsonl" && grep -q "update skipped" "$W/nf-skip.log" \
   && pass "--skip-nonfinite skips the update and goes on" || fail "--skip-nonfinite (exit $rc)"
+
+# ---- refusals: exit 3 and one line naming the files --------------------------------------
+# refused NAME PATTERN ARGS...: the run (--out $W/NAME) exits 3 with one error line matching
+# PATTERN and leaves no output directory
+refused() {
+  local n="$1" pat="$2"; shift 2
+  run "$n" "$@"; local rc=$?
+  if [ $rc -eq 3 ] && [ "$(grep -c '^shardlora: error:' "$W/$n.log")" = 1 ] && grep -q "^shardlora: error: $pat" "$W/$n.log" \
+     && [ ! -e "$W/$n" ]; then
+    return 0
+  fi
+  echo "  exit $rc; $(grep 'error' "$W/$n.log" | head -2); $W/$n $([ -e "$W/$n" ] && echo left || echo gone)"; return 1
+}
+"$PY" - "$W" <<'PY'
+import json, sys
+w = sys.argv[1]
+with open(f"{w}/masked.jsonl", "w") as f:     # pre-tokenised, every label -100
+    for i in range(3): f.write(json.dumps({"input_ids": [1, 2, 3 + i], "labels": [-100, -100, -100]}) + "\n")
+with open(f"{w}/longprompt.jsonl", "w") as f:  # prompts of 40 bytes: nothing counted within 16 tokens
+    for i in range(3): f.write(json.dumps({"prompt": "x" * 40, "completion": "answer %d" % i}) + "\n")
+with open(f"{w}/utf8.jsonl", "w") as f:        # byte 0xE2 of the check mark is id 226
+    f.write(json.dumps({"text": "plain"}) + "\n" + json.dumps({"text": "ok \u2713"}, ensure_ascii=False) + "\n")
+PY
+R=("${M[@]}" --steps 1 --lr 0)
+refused masked "--data $W/masked.jsonl: nothing to train on: no token of the 3 training documents is counted in the loss (every label is -100); count prompts with --train-on-prompt" \
+  "${R[@]}" --data "$W/masked.jsonl" --out "$W/masked" --seq-len 16 \
+  && pass "every label masked: refused (exit 3), not a run that learns nothing" || fail "every label masked"
+refused longprompt "--data $W/longprompt.jsonl: nothing to train on: .*--seq-len 16 .*(3 truncated, 0 split, 0 dropped); raise --seq-len or use --long-examples split" \
+  "${R[@]}" --data "$W/longprompt.jsonl" --out "$W/longprompt" --seq-len 16 \
+  && pass "prompts longer than --seq-len: refused, naming the files and the way out" || fail "prompts longer than --seq-len"
+refused longsplit "--data $W/longprompt.jsonl: no rows: every document (3) is longer" \
+  "${R[@]}" --data "$W/longprompt.jsonl" --out "$W/longsplit" --seq-len 16 --long-examples drop \
+  && pass "a plan error names --data and its file" || fail "plan error without --data"
+refused evaldrop "--eval-data $W/longprompt.jsonl: no rows: every document (3) is longer" \
+  "${R[@]}" --data "$W/utf8.jsonl" --eval-data "$W/longprompt.jsonl" --out "$W/evaldrop" --seq-len 16 --long-examples drop \
+  && pass "a plan error names --eval-data and its file" || fail "plan error without --eval-data"
+"$SL" make-model --out "$W/m200" --layers 1 --hidden 32 --ffn 64 --heads 2 --kv-heads 1 --vocab 200 \
+  --tokenizer "$W/m/tokenizer.json" > /dev/null || fail "make-model --vocab 200"
+refused vocab "$W/utf8.jsonl:2: token 3 has id 226, outside the model's vocabulary \[0, 200)" \
+  --model "$W/m200" --steps 1 --data "$W/utf8.jsonl" --out "$W/vocab" --seq-len 16 \
+  && pass "a tokenizer id past the model's vocabulary: FILE:LINE, the id and the vocabulary" || fail "tokenizer id past the vocabulary"
 
 echo "data_pipeline: ${#FAILS[@]} failed"
 [ ${#FAILS[@]} -eq 0 ]

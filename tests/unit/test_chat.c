@@ -347,12 +347,39 @@ static const char tpl_chatml[] =
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
     "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ "
     "'<|im_start|>assistant\n' }}{% endif %}";
-/* The default-system part of Qwen2.5-7B-Instruct's template: another default, so chatml. */
+/* The default-system part of Qwen2.5-7B-Instruct's template: another default, so none. */
 static const char tpl_qwen25_part[] =
     "{%- else %}\n    {%- if messages[0]['role'] == 'system' %}\n        {{- "
     "'<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}\n    {%- else %}\n  "
     "      {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
     "assistant.<|im_end|>\\n' }}\n    {%- endif %}\n{%- endif %}\n";
+/* Qwen1.5-7B-Chat: ChatML whose default system turn has no full stop. */
+static const char tpl_qwen15[] =
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ "
+    "'<|im_start|>system\nYou are a helpful assistant<|im_end|>\n' }}{% endif "
+    "%}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + "
+    "'\n'}}{% endfor %}";
+/* The message loop of Qwen3-8B's template (without its system part, so that "<think>" alone
+ * decides): ChatML turns, a "<think>" block in assistant replies after the last query. */
+static const char tpl_qwen3_part[] =
+    "{%- for message in messages %}\n    {%- if (message.role == \"user\") %}\n        {{- "
+    "'<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}\n"
+    "    {%- elif message.role == \"assistant\" %}\n        {{- '<|im_start|>' + message.role + "
+    "'\\n<think>\\n' + reasoning_content.strip('\\n') + '\\n</think>\\n\\n' + "
+    "content.lstrip('\\n') }}\n";
+/* Part of Mistral-7B-Instruct-v0.3's template: no space before [/INST], the system message
+ * in the last user turn. */
+static const char tpl_mistral_v03_part[] =
+    "{%- if loop.last and system_message is defined %}\n            {{- \"[INST] \" + "
+    "system_message + \"\\n\\n\" + message[\"content\"] + \"[/INST]\" }}\n        {%- else "
+    "%}\n            {{- \"[INST] \" + message[\"content\"] + \"[/INST]\" }}\n        {%- endif "
+    "%}\n    {%- elif message[\"role\"] == \"assistant\" %}\n        {{- \" \" + "
+    "message[\"content\"]|trim + eos_token}}\n";
+/* The same layout with single quotes ('[INST] ' + content + '[/INST]'). */
+static const char tpl_mistral_v03_single[] =
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ '[INST] ' "
+    "+ message['content'] + '[/INST]' }}{% elif message['role'] == 'assistant' %}{{ ' ' + "
+    "message['content'] + eos_token }}{% endif %}{% endfor %}";
 /* HuggingFaceH4/zephyr-7b-beta: none of the families. */
 /* The start of Llama-3.1-8B-Instruct's template (its system header always names the
  * knowledge cut-off and a date), enough for detection. */
@@ -434,7 +461,11 @@ static void test_detect(void) {
         {"Qwen2-7B-Instruct", tpl_qwen2, CHAT_QWEN2},
         {"Qwen2 with escaped newlines", tpl_qwen2_esc, CHAT_QWEN2},
         {"OpenHermes ChatML", tpl_chatml, CHAT_CHATML},
-        {"Qwen2.5 default system", tpl_qwen25_part, CHAT_CHATML},
+        {"Qwen2.5 default system", tpl_qwen25_part, CHAT_NONE},
+        {"Qwen1.5 default system", tpl_qwen15, CHAT_NONE},
+        {"Qwen3 (<think>)", tpl_qwen3_part, CHAT_NONE},
+        {"Mistral-7B-Instruct-v0.3", tpl_mistral_v03_part, CHAT_NONE},
+        {"Mistral v0.3 layout, single quotes", tpl_mistral_v03_single, CHAT_NONE},
         {"zephyr", tpl_zephyr, CHAT_NONE},
         {"Llama-3.1 (dated system header)", tpl_llama31_part, CHAT_NONE},
     };

@@ -115,9 +115,26 @@ static void test_text(Tokenizer *tk, Tokenizer *tb) {
     noeos.eos_id = -1;
     expect_ok("text, no eos", tk, &noeos, "{\"text\": \"Hi\"}", DS_TEXT, (int32_t[]){72, 105},
               (int32_t[]){72, 105}, 2, 1);
-    /* BOS from the post-processor, then the merge */
-    expect_ok("text bos+merge", tb, &o, "{\"text\": \"aHi\"}", DS_TEXT,
+    /* BOS from the post-processor, then the merge (259: tb's vocabulary has 261 ids) */
+    DsOptions ob = o;
+    ob.vocab = 261;
+    expect_ok("text bos+merge", tb, &ob, "{\"text\": \"aHi\"}", DS_TEXT,
               (int32_t[]){256, 97, 259, 257}, (int32_t[]){256, 97, 259, 257}, 4, 3);
+    /* ids from the tokenizer are checked against the model's vocabulary like pre-tokenised
+     * ones: 259 does not fit a model of 259 */
+    expect_err(tb, &o, "{\"text\": \"aHi\"}",
+               "token 2 has id 259, outside the model's vocabulary [0, 259) (vocab_size in "
+               "config.json): tokenizer.json does not match the model");
+    DsOptions chat = o;
+    chat.chat = CHAT_CHATML;
+    expect_err(tb, &chat, "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}, "
+                          "{\"role\": \"assistant\", \"content\": \"x\"}]}",
+               "has id 259, outside the model's vocabulary [0, 259)");
+    DsOptions big_eos = o;
+    big_eos.eos_id = 300;
+    expect_err(tk, &big_eos, "{\"text\": \"Hi\"}",
+               "token 2 has id 300, outside the model's vocabulary [0, 259) (vocab_size in "
+               "config.json): the EOS id (eos_token_id) is too big");
     /* a null key counts as absent (a table exported with every column) */
     expect_ok("null keys", tk, &noeos,
               "{\"input_ids\": null, \"messages\": null, \"text\": \"Hi\"}", DS_TEXT,
@@ -143,9 +160,13 @@ static void test_prompt_completion(Tokenizer *tk, Tokenizer *tb) {
     expect_err(tk, &o, "{\"prompt\": \"Q\", \"completion\": \"\"}", "\"completion\" is empty");
     /* TRL's boundary: BOS + len(encode("aH")) = 3 tokens masked, although the full text
      * merges "H" with the completion's "i" */
-    expect_ok("prompt boundary in a merge", tb, &o, "{\"prompt\": \"aH\", \"completion\": \"ix\"}",
+    DsOptions ob = o;
+    ob.vocab = 261; /* tb's merges are 259 and 260 */
+    expect_ok("prompt boundary in a merge", tb, &ob, "{\"prompt\": \"aH\", \"completion\": \"ix\"}",
               DS_PROMPT_COMPLETION, (int32_t[]){256, 97, 259, 120, 257},
               (int32_t[]){IGN, IGN, IGN, 120, 257}, 5, 2);
+    expect_err(tb, &o, "{\"prompt\": \"aH\", \"completion\": \"ix\"}",
+               "token 2 has id 259, outside the model's vocabulary [0, 259)");
     expect_ok("prompt with bos", tb, &o, "{\"prompt\": \"a\", \"completion\": \"b\"}",
               DS_PROMPT_COMPLETION, (int32_t[]){256, 97, 98, 257}, (int32_t[]){IGN, IGN, 98, 257},
               4, 2);
