@@ -167,8 +167,8 @@ static int gen_encode_chat(Tokenizer *tk, ChatFormat f, const ChatMsg *msgs, siz
                            ErrStatus *st) {
     if (f == CHAT_NONE)
         return err_status_set(st, "a chat prompt needs a chat template: the model's tokenizer_config.json "
-                                  "has none of the families shardlora renders (llama3, mistral, llama2, chatml, "
-                                  "qwen2; not Llama 3.1's dated system header); give --chat-format");
+                                  "has none that shardlora renders exactly (llama3, mistral v0.2, llama2, chatml, "
+                                  "qwen2; not Llama 3.1+, Qwen1.5/2.5/3 or Mistral v0.3+); give --chat-format");
     ChatPieces ps = {0};
     if (!chat_render(f, msgs, n, &ps, st)) return 0;
     size_t len = 0;
