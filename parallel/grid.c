@@ -2,6 +2,7 @@
 #include "grid.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "../runtime/log.h"
@@ -64,16 +65,31 @@ void grid_finalize(Grid *g) {
     }
 }
 
-const char *grid_bytes_name(GridBytes b) {
-    static const char *names[GRID_NBYTES] = {"tp-activations", "dp-gradients", "world-gradients",
-                                             "kv-gradients", "other"};
-    return b < GRID_NBYTES ? names[b] : "?";
-}
-
-static int grid_comm_size(MPI_Comm c) {
+int grid_comm_size(MPI_Comm c) {
     int n = 1;
     MPI_Comm_size(c, &n);
     return n;
+}
+
+int grid_comm_rank(MPI_Comm c) {
+    int r = 0;
+    MPI_Comm_rank(c, &r);
+    return r;
+}
+
+void grid_comm_free(MPI_Comm *c) {
+    if (*c != MPI_COMM_SELF && *c != MPI_COMM_WORLD && *c != MPI_COMM_NULL) MPI_Comm_free(c);
+    *c = MPI_COMM_NULL;
+}
+
+const char *grid_mpi_version(char *buf, size_t n) {
+    char v[MPI_MAX_LIBRARY_VERSION_STRING] = "";
+    int len = 0;
+    MPI_Get_library_version(v, &len);
+    char *nl = strchr(v, '\n');
+    if (nl) *nl = 0;
+    snprintf(buf, n, "%s", v);
+    return buf;
 }
 
 static void grid_allreduce(Grid *g, MPI_Comm comm, void *buf, size_t n, MPI_Datatype type,
@@ -84,8 +100,7 @@ static void grid_allreduce(Grid *g, MPI_Comm comm, void *buf, size_t n, MPI_Data
     char *p = buf;
     for (size_t off = 0; off < n; off += max_chunk) {
         size_t cnt = n - off < max_chunk ? n - off : max_chunk;
-        int rc = MPI_Allreduce(MPI_IN_PLACE, p + off * elem, (int)cnt, type, op, comm);
-        SL_CHECK(rc == MPI_SUCCESS, "MPI_Allreduce failed (%d)", rc);
+        MPI_Allreduce(MPI_IN_PLACE, p + off * elem, (int)cnt, type, op, comm);
     }
     g->bytes[cat] += n * elem;
     g->calls[cat]++;
@@ -107,6 +122,72 @@ void grid_allreduce_sum_i64(Grid *g, MPI_Comm comm, int64_t *buf, size_t n, Grid
     grid_allreduce(g, comm, buf, n, MPI_INT64_T, sizeof(int64_t), MPI_SUM, cat);
 }
 
+void grid_allreduce_max_int(Grid *g, MPI_Comm comm, int *buf, size_t n, GridBytes cat) {
+    grid_allreduce(g, comm, buf, n, MPI_INT, sizeof(int), MPI_MAX, cat);
+}
+
+void grid_allreduce_max_f64(Grid *g, MPI_Comm comm, double *buf, size_t n, GridBytes cat) {
+    grid_allreduce(g, comm, buf, n, MPI_DOUBLE, sizeof(double), MPI_MAX, cat);
+}
+
+void grid_allreduce_maxloc(Grid *g, MPI_Comm comm, GridMaxLoc *buf, size_t n, GridBytes cat) {
+    grid_allreduce(g, comm, buf, n, MPI_FLOAT_INT, sizeof(GridMaxLoc), MPI_MAXLOC, cat);
+}
+
+/* MPI counts are int: byte-wise messages are bounded (2 GiB) and checked, never wrapped. */
+static int grid_count(size_t bytes) {
+    SL_CHECK(bytes <= (size_t)INT32_MAX, "a %zu-byte message exceeds MPI's int count", bytes);
+    return (int)bytes;
+}
+
+void grid_bcast(Grid *g, MPI_Comm comm, void *buf, size_t bytes, int root, GridBytes cat) {
+    if (grid_comm_size(comm) == 1) return;
+    MPI_Bcast(buf, grid_count(bytes), MPI_BYTE, root, comm);
+    g->bytes[cat] += bytes;
+    g->calls[cat]++;
+}
+
+void grid_gather(Grid *g, MPI_Comm comm, const void *send, size_t bytes, void *recv, int root,
+                 GridBytes cat) {
+    MPI_Gather(send, grid_count(bytes), MPI_BYTE, recv, grid_count(bytes), MPI_BYTE, root, comm);
+    g->bytes[cat] += bytes;
+    g->calls[cat]++;
+}
+
+void grid_gatherv(Grid *g, MPI_Comm comm, const void *send, size_t bytes, void *recv,
+                  const size_t *lens, int root, GridBytes cat) {
+    const int n = grid_comm_size(comm), me = grid_comm_rank(comm);
+    int *counts = NULL, *displs = NULL;
+    if (me == root) {
+        counts = malloc((size_t)n * sizeof *counts);
+        displs = malloc((size_t)n * sizeof *displs);
+        SL_CHECK(counts && displs, "out of memory");
+        size_t off = 0;
+        for (int r = 0; r < n; r++) {
+            counts[r] = grid_count(lens[r]);
+            displs[r] = grid_count(off);
+            off += lens[r];
+        }
+    }
+    MPI_Gatherv(send, grid_count(bytes), MPI_BYTE, recv, counts, displs, MPI_BYTE, root, comm);
+    free(counts);
+    free(displs);
+    g->bytes[cat] += bytes;
+    g->calls[cat]++;
+}
+
+void grid_send(Grid *g, MPI_Comm comm, const void *buf, size_t bytes, int dest, int tag,
+               GridBytes cat) {
+    MPI_Send(buf, grid_count(bytes), MPI_BYTE, dest, tag, comm);
+    g->bytes[cat] += bytes;
+    g->calls[cat]++;
+}
+
+void grid_recv(Grid *g, MPI_Comm comm, void *buf, size_t bytes, int src, int tag) {
+    (void)g;
+    MPI_Recv(buf, grid_count(bytes), MPI_BYTE, src, tag, comm, MPI_STATUS_IGNORE);
+}
+
 int grid_all_ok(Grid *g, int ok) {
     int v = ok ? 1 : 0;
     if (g->world_size > 1) MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_INT, MPI_LAND, g->world);
@@ -121,6 +202,20 @@ int grid_first_failed(Grid *g, int ok) {
     int v = ok ? g->world_size : g->world_rank;
     if (g->world_size > 1) MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_INT, MPI_MIN, g->world);
     return v < g->world_size ? v : -1;
+}
+
+int grid_agree(Grid *g, int ok, const char *prefix, const ErrStatus *st) {
+    int first = grid_first_failed(g, ok);
+    if (first >= 0 && first == g->world_rank) fprintf(stderr, "%s: %s\n", prefix, st->msg);
+    return first < 0;
+}
+
+int grid_agree_code(Grid *g, int ok, int code, const char *prefix, const ErrStatus *st) {
+    int first = grid_first_failed(g, ok);
+    if (first < 0) return 0;
+    if (first == g->world_rank) fprintf(stderr, "%s: %s\n", prefix, st->msg);
+    grid_bcast(g, g->world, &code, sizeof code, first, GRID_BYTES_OTHER);
+    return code;
 }
 
 MPI_Comm grid_split_world(Grid *g, int color) {

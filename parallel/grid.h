@@ -36,20 +36,52 @@ void grid_init(Grid *g, int *argc, char ***argv);
  * reason in st; every rank computes the same verdict, so no rank waits for another. */
 int grid_setup(Grid *g, int tp, ErrStatus *st);
 void grid_finalize(Grid *g);
-const char *grid_bytes_name(GridBytes b);
 
 /* In-place sum / max all-reduce over comm (a no-op on a communicator of size 1). */
 void grid_allreduce_sum_f32(Grid *g, MPI_Comm comm, float *buf, size_t n, GridBytes cat);
 void grid_allreduce_max_f32(Grid *g, MPI_Comm comm, float *buf, size_t n, GridBytes cat);
 void grid_allreduce_sum_f64(Grid *g, MPI_Comm comm, double *buf, size_t n, GridBytes cat);
 void grid_allreduce_sum_i64(Grid *g, MPI_Comm comm, int64_t *buf, size_t n, GridBytes cat);
+void grid_allreduce_max_int(Grid *g, MPI_Comm comm, int *buf, size_t n, GridBytes cat);
+void grid_allreduce_max_f64(Grid *g, MPI_Comm comm, double *buf, size_t n, GridBytes cat);
+/* A value and the rank-chosen index it came from: MPI_MAXLOC keeps the largest value (the
+ * lowest index among equal ones), e.g. a distributed argmax. */
+typedef struct {
+    float v;
+    int i;
+} GridMaxLoc;
+void grid_allreduce_maxloc(Grid *g, MPI_Comm comm, GridMaxLoc *buf, size_t n, GridBytes cat);
+/* Byte-wise collectives over comm (root's rank in comm): bcast of `bytes` from root;
+ * gather of `bytes` from each rank into root's recv (rank-major); gatherv of each rank's
+ * `bytes` into root's recv at offsets sum(lens[0..r)) (lens: every rank's byte count, read on
+ * root only). Counted in cat (what this rank sends). */
+void grid_bcast(Grid *g, MPI_Comm comm, void *buf, size_t bytes, int root, GridBytes cat);
+void grid_gather(Grid *g, MPI_Comm comm, const void *send, size_t bytes, void *recv, int root,
+                 GridBytes cat);
+void grid_gatherv(Grid *g, MPI_Comm comm, const void *send, size_t bytes, void *recv,
+                  const size_t *lens, int root, GridBytes cat);
+/* Point-to-point, byte-wise (tag distinguishes messages between one pair). */
+void grid_send(Grid *g, MPI_Comm comm, const void *buf, size_t bytes, int dest, int tag,
+               GridBytes cat);
+void grid_recv(Grid *g, MPI_Comm comm, void *buf, size_t bytes, int src, int tag);
 /* Logical AND of a flag over world (for agreeing on errors and signals). */
 int grid_all_ok(Grid *g, int ok);
 /* The lowest world rank with ok == 0, or -1 when every rank is ok (so exactly one rank
  * prints a verdict that all ranks share). */
 int grid_first_failed(Grid *g, int ok);
+/* The "all ranks ok?" pattern: one verdict for every rank. When a rank has ok == 0, the lowest
+ * such rank prints "PREFIX: st->msg" on stderr (one line, not one per rank) and every rank
+ * returns 0; otherwise 1. */
+int grid_agree(Grid *g, int ok, const char *prefix, const ErrStatus *st);
+/* grid_agree that also hands the failing rank's `code` to every rank: 0 when all are ok. */
+int grid_agree_code(Grid *g, int ok, int code, const char *prefix, const ErrStatus *st);
 /* A communicator of all world ranks with the same color (MPI_Comm_split). */
 MPI_Comm grid_split_world(Grid *g, int color);
+void grid_comm_free(MPI_Comm *c); /* a no-op for MPI_COMM_SELF / WORLD / NULL */
+int grid_comm_rank(MPI_Comm c);
+int grid_comm_size(MPI_Comm c);
+/* The MPI library's version string (its first line) into buf. */
+const char *grid_mpi_version(char *buf, size_t n);
 /* Number of distinct shared-memory nodes spanned by the TP group (1 is what we want). */
 int grid_tp_nodes(Grid *g);
 void grid_barrier(Grid *g);

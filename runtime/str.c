@@ -1,0 +1,68 @@
+/* String and buffer helpers (see str.h). */
+#include "str.h"
+
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+
+char *str_ndup(const char *s, size_t n) {
+    size_t len = strnlen(s, n);
+    char *d = malloc(len + 1);
+    SL_CHECK(d != NULL, "out of memory");
+    memcpy(d, s, len);
+    d[len] = 0;
+    return d;
+}
+
+char *str_dup(const char *s) {
+    return str_ndup(s, strlen(s));
+}
+
+char *str_printf(const char *fmt, ...) {
+    va_list ap, ap2;
+    va_start(ap, fmt);
+    va_copy(ap2, ap);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    SL_CHECK(n >= 0, "bad format '%s'", fmt);
+    char *out = malloc((size_t)n + 1);
+    SL_CHECK(out != NULL, "out of memory");
+    vsnprintf(out, (size_t)n + 1, fmt, ap2);
+    va_end(ap2);
+    return out;
+}
+
+char *str_join_path(const char *dir, const char *name) {
+    size_t a = strlen(dir);
+    return str_printf("%s%s%s", dir, a > 0 && dir[a - 1] != '/' ? "/" : "", name);
+}
+
+void *str_xrealloc(void *p, size_t n) {
+    void *q = realloc(p, n ? n : 1);
+    SL_CHECK(q != NULL, "out of memory (%zu bytes)", n);
+    return q;
+}
+
+char *str_read_stream(FILE *f, size_t *n) {
+    size_t cap = 1 << 16, len = 0;
+    char *p = str_xrealloc(NULL, cap);
+    for (;;) {
+        if (len + 4096 > cap) p = str_xrealloc(p, cap *= 2);
+        size_t r = fread(p + len, 1, cap - len - 1, f);
+        len += r;
+        if (r == 0) break;
+    }
+    p[len] = 0;
+    *n = len;
+    return p;
+}
+
+const char *str_fmt_duration(double s, char *buf, size_t n) {
+    if (!(s >= 0) || s > 1e9) snprintf(buf, n, "?");
+    else if (s >= 3600) snprintf(buf, n, "%dh%02dm%02ds", (int)(s / 3600), (int)(s / 60) % 60, (int)s % 60);
+    else if (s >= 60) snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
+    else snprintf(buf, n, "%.1fs", s);
+    return buf;
+}

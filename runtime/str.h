@@ -1,0 +1,23 @@
+/* Small string and buffer helpers shared by every floor: checked allocation (out of memory
+ * is fatal, as everywhere in shardlora), formatting into new strings, paths, durations. */
+#ifndef SHARDLORA_RUNTIME_STR_H
+#define SHARDLORA_RUNTIME_STR_H
+
+#include <stdio.h>
+#include <stddef.h>
+
+/* Copies of s (malloc'd; never NULL). str_ndup copies at most n bytes and terminates. */
+char *str_dup(const char *s);
+char *str_ndup(const char *s, size_t n);
+/* printf into a new string (malloc'd; never NULL). */
+char *str_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* "dir/name" (one '/' between them; malloc'd). */
+char *str_join_path(const char *dir, const char *name);
+/* realloc that never returns NULL (n == 0 allocates 1 byte). */
+void *str_xrealloc(void *p, size_t n);
+/* Everything left in f (malloc'd, NUL-terminated, *n its length without the NUL). */
+char *str_read_stream(FILE *f, size_t *n);
+/* A duration for people: "1h02m03s", "4m05s", "7.3s" ("?" when not finite or negative). */
+const char *str_fmt_duration(double seconds, char *buf, size_t n);
+
+#endif
