@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static char *afile_strdup(const char *s, size_t extra) {
@@ -137,4 +138,19 @@ int afile_rmdir_flat(const char *dir, ErrStatus *st) {
     if (ok && rmdir(dir) != 0 && errno != ENOENT)
         ok = err_status_set(st, "%s: cannot remove: %s", dir, strerror(errno));
     return ok;
+}
+
+int afile_mkdirs(const char *path) {
+    char buf[4096];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) {
+        errno = ENAMETOOLONG;
+        return 0;
+    }
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(buf, 0777) != 0 && errno != EEXIST) return 0;
+        *p = '/';
+    }
+    return mkdir(buf, 0777) == 0 || errno == EEXIST;
 }

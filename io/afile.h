@@ -33,6 +33,8 @@ int afile_write_json(const char *path, const json_t *doc, size_t flags, ErrStatu
 /* Removes the files directly inside dir, then dir (no subdirectories expected: the
  * temporary directories of the token cache and checkpoints are flat). A missing dir is
  * fine. Returns 0 with st naming what could not be removed. */
+/* mkdir -p DIR (mode 0777 before the umask); 0 with errno set on failure. */
+int afile_mkdirs(const char *dir);
 int afile_rmdir_flat(const char *dir, ErrStatus *st);
 /* fsync the directory that holds path (a rename is durable only after this). */
 int afile_fsync_dir(const char *path, ErrStatus *st);

@@ -36,7 +36,7 @@ void err_fatal_at(const char *file, int line, const char *fmt, ...) {
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     fprintf(stderr, "%s:%d rank %d: %s\n", file, line, err_rank(), msg);
-    err_finish(70);
+    err_finish(EXIT_FATAL);
 }
 
 void err_check_failed(const char *file, int line, const char *cond, const char *fmt, ...) {
@@ -46,7 +46,7 @@ void err_check_failed(const char *file, int line, const char *cond, const char *
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     fprintf(stderr, "%s:%d rank %d: check failed: %s: %s\n", file, line, err_rank(), cond, msg);
-    err_finish(70);
+    err_finish(EXIT_FATAL);
 }
 
 void err_exit_user(int code, const char *fmt, ...) {

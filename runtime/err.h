@@ -6,6 +6,18 @@
 
 #include <stddef.h>
 
+/* The process exit statuses shardlora documents (README.md): the commands return them and
+ * the fatal path below ends with EXIT_FATAL. */
+enum {
+    EXIT_OK_STATUS = 0,
+    EXIT_USAGE = 2,      /* bad command line or impossible layout */
+    EXIT_BAD_INPUT = 3,  /* bad model, config or data files */
+    EXIT_IO = 4,         /* cannot write outputs */
+    EXIT_NONFINITE = 5,  /* the loss or gradient became NaN/inf */
+    EXIT_FATAL = 70,     /* an internal error (SL_CHECK / SL_FATAL): a bug or out of memory */
+    EXIT_REQUEUE = 75,   /* stopped on SIGUSR1/SIGTERM after writing a checkpoint: requeue */
+};
+
 /* Called once, after the message is printed. Must not return to the caller normally. */
 typedef void (*ErrAbortHook)(void *ctx, int exit_code);
 

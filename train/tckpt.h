@@ -5,8 +5,8 @@
  * directory atomically (step-N.tmp -> step-N, then `latest`). A failure leaves the previous
  * checkpoint untouched. Both calls are collective over the world and return the same
  * verdict on every rank. */
-#ifndef SHARDLORA_LAUNCH_TRAIN_CKPT_H
-#define SHARDLORA_LAUNCH_TRAIN_CKPT_H
+#ifndef SHARDLORA_TRAIN_TCKPT_H
+#define SHARDLORA_TRAIN_TCKPT_H
 
 #include <stdint.h>
 

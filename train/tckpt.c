@@ -1,5 +1,5 @@
 /* Saving and resuming training checkpoints over MPI (see train_ckpt.h). */
-#include "train_ckpt.h"
+#include "tckpt.h"
 
 #include <dirent.h>
 #include <jansson.h>
@@ -29,9 +29,9 @@ static const float *tckpt_state_buf(const Optim *o, int k) {
 
 /* Prints st on the lowest rank whose ok is 0; returns 1 if every rank is ok. */
 static int tckpt_agree(Grid *g, int ok, const char *what, const ErrStatus *st) {
-    int first = grid_first_failed(g, ok);
-    if (first == g->world_rank) fprintf(stderr, "shardlora: %s: %s\n", what, st->msg);
-    return first < 0;
+    char prefix[128];
+    snprintf(prefix, sizeof prefix, "shardlora: %s", what);
+    return grid_agree(g, ok, prefix, st);
 }
 
 /* Removes an abandoned step-N.tmp directory (flat: shard files and the manifest), so a
@@ -59,7 +59,7 @@ int tckpt_save(const TckptCfg *c, Grid *g, const ParamTable *p, const Optim *o, 
     int ok = 1;
     if (g->world_rank == 0) ok = ckpt_dir_begin(c->root, step, tmpdir, sizeof tmpdir, &st);
     if (!tckpt_agree(g, ok, what, &st)) return 0;
-    MPI_Bcast(tmpdir, (int)sizeof tmpdir, MPI_CHAR, 0, g->world);
+    grid_bcast(g, g->world, tmpdir, sizeof tmpdir, 0, GRID_BYTES_OTHER);
 
     /* DP rank 0 of each TP group writes its slices: values and optimizer state */
     CkptShard sh;
@@ -89,32 +89,25 @@ int tckpt_save(const TckptCfg *c, Grid *g, const ParamTable *p, const Optim *o, 
     int all = tckpt_agree(g, ok, what, &st);
 
     /* shard indexes to world rank 0 (small: one record per chunk) */
-    int mylen = all ? (int)index_len : 0;
-    int *lens = NULL, *displs = NULL, total = 0;
+    size_t mylen = all ? index_len : 0, *lens = NULL, total = 0;
     uint8_t *gathered = NULL;
     if (g->world_rank == 0) {
         lens = calloc((size_t)g->world_size, sizeof *lens);
-        displs = calloc((size_t)g->world_size, sizeof *displs);
-        SL_CHECK(lens && displs, "out of memory");
+        SL_CHECK(lens, "out of memory");
     }
-    MPI_Gather(&mylen, 1, MPI_INT, lens, 1, MPI_INT, 0, g->world);
+    grid_gather(g, g->world, &mylen, sizeof mylen, lens, 0, GRID_BYTES_OTHER);
     if (g->world_rank == 0) {
-        for (int r = 0; r < g->world_size; r++) {
-            displs[r] = total;
-            total += lens[r];
-        }
-        gathered = malloc(total ? (size_t)total : 1);
+        for (int r = 0; r < g->world_size; r++) total += lens[r];
+        gathered = malloc(total ? total : 1);
         SL_CHECK(gathered, "out of memory");
     }
-    MPI_Gatherv(index, mylen, MPI_BYTE, gathered, lens, displs, MPI_BYTE, 0, g->world);
-    g->bytes[GRID_BYTES_OTHER] += (uint64_t)mylen;
+    grid_gatherv(g, g->world, index, mylen, gathered, lens, 0, GRID_BYTES_OTHER);
 
     ok = all;
     if (!all) {
         /* every rank knows; the failing rank has said why */
         if (g->world_rank == 0) tckpt_remove_tmpdir(tmpdir);
         free(lens);
-        free(displs);
         free(gathered);
         free(index);
         if (writer) ckpt_shard_free(&sh);
@@ -137,8 +130,9 @@ int tckpt_save(const TckptCfg *c, Grid *g, const ParamTable *p, const Optim *o, 
         mb.meta.lr_schedule_position = step;
         mb.meta.tp = g->tp;
         mb.meta.dp = g->dp;
-        for (int r = 0; ok && r < g->world_size; r++)
-            if (lens[r]) ok = ckpt_manifest_add_index(&mb, gathered + displs[r], (size_t)lens[r], &st);
+        size_t off = 0;
+        for (int r = 0; ok && r < g->world_size; off += lens[r], r++)
+            if (lens[r]) ok = ckpt_manifest_add_index(&mb, gathered + off, lens[r], &st);
         if (ok) ok = ckpt_manifest_write(&mb, tmpdir, &st);
         if (ok) ok = ckpt_dir_commit(c->root, step, &st);
         if (!ok) tckpt_remove_tmpdir(tmpdir);
@@ -150,7 +144,6 @@ int tckpt_save(const TckptCfg *c, Grid *g, const ParamTable *p, const Optim *o, 
     }
     ok = tckpt_agree(g, ok, what, &st);
     free(lens);
-    free(displs);
     free(gathered);
     free(index);
     if (writer) ckpt_shard_free(&sh);
@@ -261,13 +254,13 @@ int tckpt_resume(const TckptCfg *c, const char *path, Grid *g, ParamTable *p, Op
         }
         if (rc < 0) fprintf(stderr, "shardlora: error: cannot resume: %s\n", st.msg);
     }
-    MPI_Bcast(&rc, 1, MPI_INT, 0, g->world);
+    grid_bcast(g, g->world, &rc, sizeof rc, 0, GRID_BYTES_OTHER);
     if (rc <= 0) {
         if (opened) ckpt_close(&r);
         return rc;
     }
-    MPI_Bcast(dir, (int)sizeof dir, MPI_CHAR, 0, g->world);
-    MPI_Bcast(prev, 2, MPI_INT64_T, 0, g->world);
+    grid_bcast(g, g->world, dir, sizeof dir, 0, GRID_BYTES_OTHER);
+    grid_bcast(g, g->world, prev, sizeof prev, 0, GRID_BYTES_OTHER);
     pos->global_batch = prev[0];
     pos->total_steps = prev[1];
     int ok = g->world_rank == 0 ? 1 : ckpt_open(&r, dir, &st);

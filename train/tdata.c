@@ -1,7 +1,7 @@
 /* The data of a training run (see train_data.h). Token caches are built by all ranks at
  * once, each tokenising its own byte range of the files into its own part, on the shared
  * file system that holds the output directory (as the checkpoints are). */
-#include "train_data.h"
+#include "tdata.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -14,13 +14,10 @@
 #include "../io/afile.h"
 #include "../runtime/log.h"
 #include "../runtime/timer.h"
-#include "cmds.h"
 
 /* One verdict for all ranks; the lowest failing rank prints its message. */
 static int tdata_agree(Grid *g, int ok, const ErrStatus *st) {
-    int first = grid_first_failed(g, ok);
-    if (first == g->world_rank) fprintf(stderr, "shardlora: error: %s\n", st->msg);
-    return first < 0;
+    return grid_agree(g, ok, "shardlora: error", st);
 }
 
 /* The EOS id named by tokenizer_config.json ("eos_token": "</s>" or {"content": ...}),
@@ -38,7 +35,7 @@ static int32_t tdata_eos_from_tokenizer_config(const char *dir, const Tokenizer 
     return id;
 }
 
-static int64_t tdata_files_bytes(const ArgStrs *files) {
+static int64_t tdata_files_bytes(const TdataFiles *files) {
     int64_t total = 0;
     struct stat sb;
     for (int i = 0; i < files->n; i++)
@@ -51,7 +48,7 @@ static int64_t tdata_files_bytes(const ArgStrs *files) {
 static void tdata_sum_stats(Grid *g, TcStats *s) {
     int64_t v[5 + DS_NFORMATS] = {s->lines, s->bad_lines, s->docs, s->tokens, s->counted};
     for (int f = 0; f < DS_NFORMATS; f++) v[5 + f] = s->per_format[f];
-    MPI_Allreduce(MPI_IN_PLACE, v, 5 + DS_NFORMATS, MPI_INT64_T, MPI_SUM, g->world);
+    grid_allreduce_sum_i64(g, g->world, v, 5 + DS_NFORMATS, GRID_BYTES_OTHER);
     s->lines = v[0];
     s->bad_lines = v[1];
     s->docs = v[2];
@@ -59,19 +56,19 @@ static void tdata_sum_stats(Grid *g, TcStats *s) {
     s->counted = v[4];
     for (int f = 0; f < DS_NFORMATS; f++) s->per_format[f] = v[5 + f];
     int who = grid_first_failed(g, s->first_bad[0] == 0);
-    if (who >= 0) MPI_Bcast(s->first_bad, (int)sizeof s->first_bad, MPI_CHAR, who, g->world);
+    if (who >= 0) grid_bcast(g, g->world, s->first_bad, sizeof s->first_bad, who, GRID_BYTES_OTHER);
 }
 
 /* After a failed build: removes the partial cache. Returns 0. */
 static int tdata_abandon(Grid *g, const char *tmp) {
-    MPI_Barrier(g->world);
+    grid_barrier(g);
     ErrStatus st;
     if (g->world_rank == 0) afile_rmdir_flat(tmp, &st);
     return 0;
 }
 
 /* Opens the cache `name` of files, or builds it with every rank tokenising one part. */
-static int tdata_cache(TokCache *c, const char *name, const ArgStrs *files, const TdataOpts *o,
+static int tdata_cache(TokCache *c, const char *name, const TdataFiles *files, const TdataOpts *o,
                        TrainData *d, Grid *g, int *exit_code, char fp[TCACHE_FP_LEN + 1]) {
     ErrStatus st;
     err_status_ok(&st);
@@ -106,7 +103,7 @@ static int tdata_cache(TokCache *c, const char *name, const ArgStrs *files, cons
     ok = 1;
     if (g->world_rank == 0) {
         ok = afile_rmdir_flat(tmp, &st);
-        if (ok && !launch_mkdirs(tmp)) ok = err_status_set(&st, "%s: cannot create: %s", tmp, strerror(errno));
+        if (ok && !afile_mkdirs(tmp)) ok = err_status_set(&st, "%s: cannot create: %s", tmp, strerror(errno));
     }
     if (!tdata_agree(g, ok, &st)) return 0;
 
@@ -142,7 +139,7 @@ static int tdata_cache(TokCache *c, const char *name, const ArgStrs *files, cons
 }
 
 /* "--data a.jsonl" or "--data a.jsonl (+2 more files)", for messages about a split. */
-static void tdata_files_name(char *buf, size_t cap, const char *flag, const ArgStrs *files) {
+static void tdata_files_name(char *buf, size_t cap, const char *flag, const TdataFiles *files) {
     if (files->n > 1)
         snprintf(buf, cap, "%s %s (+%d more file%s)", flag, files->v[0], files->n - 1,
                  files->n > 2 ? "s" : "");
@@ -221,10 +218,10 @@ int tdata_load(TrainData *d, const TdataOpts *o, Grid *g, int *exit_code) {
     if (o->add_eos && eos < 0 && d->tk)
         log_warn("no EOS token id in config.json or tokenizer_config.json: text examples get no EOS");
 
-    if (!tdata_cache(&d->train_cache, "train", o->data, o, d, g, exit_code, d->fingerprint)) return 0;
+    if (!tdata_cache(&d->train_cache, "train", &o->data, o, d, g, exit_code, d->fingerprint)) return 0;
     char efp[TCACHE_FP_LEN + 1];
-    if (o->eval_data->n > 0) {
-        if (!tdata_cache(&d->eval_cache, "eval", o->eval_data, o, d, g, exit_code, efp)) return 0;
+    if (o->eval_data.n > 0) {
+        if (!tdata_cache(&d->eval_cache, "eval", &o->eval_data, o, d, g, exit_code, efp)) return 0;
         d->have_eval_cache = 1;
     }
     *exit_code = EXIT_BAD_INPUT;
@@ -247,7 +244,7 @@ int tdata_load(TrainData *d, const TdataOpts *o, Grid *g, int *exit_code) {
     }
     /* plan errors name the split and its files */
     char what[1024]; /* as long as an ErrStatus message */
-    tdata_files_name(what, sizeof what, "--data", o->data);
+    tdata_files_name(what, sizeof what, "--data", &o->data);
     if (ok && !pack_plan(&d->train, &d->train_cache, d->train_docs, d->ntrain_docs, o->T, o->pack,
                          o->long_mode, &st)) {
         ErrStatus inner = st;
@@ -259,7 +256,7 @@ int tdata_load(TrainData *d, const TdataOpts *o, Grid *g, int *exit_code) {
         !pack_plan(&d->eval, ec, d->eval_docs, d->neval_docs, o->T, o->pack, o->long_mode, &st)) {
         char ewhat[sizeof what + 64];
         if (d->have_eval_cache)
-            tdata_files_name(ewhat, sizeof ewhat, "--eval-data", o->eval_data);
+            tdata_files_name(ewhat, sizeof ewhat, "--eval-data", &o->eval_data);
         else
             snprintf(ewhat, sizeof ewhat, "--eval-split %g of %s", o->eval_split, what);
         ErrStatus inner = st;
@@ -302,4 +299,22 @@ void tdata_eval_row(const TrainData *d, int64_t r, int64_t T, int32_t *ids, int6
         labels[t] = -100;
         pos[t] = t;
     }
+}
+
+static void tdata_train_src_row(void *ctx, int64_t i, int64_t T, int32_t *ids, int64_t *labels,
+                                int64_t *pos) {
+    tdata_train_row(ctx, i, T, ids, labels, pos);
+}
+
+static void tdata_eval_src_row(void *ctx, int64_t i, int64_t T, int32_t *ids, int64_t *labels,
+                               int64_t *pos) {
+    tdata_eval_row(ctx, i, T, ids, labels, pos);
+}
+
+RowSource tdata_train_source(TrainData *d) {
+    return (RowSource){d, tdata_train_src_row};
+}
+
+RowSource tdata_eval_source(TrainData *d) {
+    return (RowSource){d, tdata_eval_src_row};
 }

@@ -1,8 +1,8 @@
 /* The data of a training run: the token caches of the train and eval files (built in
  * parallel, one part per rank, or reused), the eval split, the packing plans and the row
  * order. Collective over the world; every rank ends with the same plans. */
-#ifndef SHARDLORA_LAUNCH_TRAIN_DATA_H
-#define SHARDLORA_LAUNCH_TRAIN_DATA_H
+#ifndef SHARDLORA_TRAIN_TDATA_H
+#define SHARDLORA_TRAIN_TDATA_H
 
 #include <stdint.h>
 
@@ -10,11 +10,17 @@
 #include "../io/pack.h"
 #include "../io/tokcache.h"
 #include "../parallel/grid.h"
-#include "args.h"
+#include "session.h"
+
+/* A list of data files (the values of a repeatable flag). */
+typedef struct {
+    const char *const *v;
+    int n;
+} TdataFiles;
 
 typedef struct {
     const char *model_dir;
-    const ArgStrs *data, *eval_data;
+    TdataFiles data, eval_data;
     double eval_split;
     const char *chat_format; /* "auto" or a format name */
     int train_on_prompt, add_eos, pack, shuffle, skip_bad;
@@ -48,5 +54,9 @@ void tdata_train_row(TrainData *d, int64_t i, int64_t T, int32_t *ids, int64_t *
 /* Eval row r; r >= eval.nrows gives an empty row (nothing counted). */
 void tdata_eval_row(const TrainData *d, int64_t r, int64_t T, int32_t *ids, int64_t *labels,
                     int64_t *pos);
+/* The same rows as RowSources: the training stream (stream indices; in file order without
+ * shuffle, as `shardlora eval` reads it) and the eval rows. */
+RowSource tdata_train_source(TrainData *d);
+RowSource tdata_eval_source(TrainData *d);
 
 #endif

@@ -1,0 +1,358 @@
+/* Progress, metrics and the run's files (see report.h). */
+#include "report.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../io/afile.h"
+#include "../io/safetensors.h"
+#include "../runtime/log.h"
+#include "../runtime/str.h"
+
+/* Keeps the metrics lines of steps <= last (a resumed run rewrites what came after). */
+static void report_trim_metrics(const char *path, int64_t last) {
+    FILE *f = fopen(path, "r");
+    if (!f) return;
+    char *line = NULL, *keep = NULL;
+    size_t cap = 0, klen = 0;
+    ssize_t n;
+    while ((n = getline(&line, &cap, f)) > 0) {
+        long long st = -1;
+        const char *p = strstr(line, "\"step\": ");
+        if (p) st = atoll(p + 8);
+        if (st < 0 || st > last) continue;
+        keep = realloc(keep, klen + (size_t)n + 1);
+        SL_CHECK(keep, "out of memory");
+        memcpy(keep + klen, line, (size_t)n);
+        klen += (size_t)n;
+    }
+    fclose(f);
+    free(line);
+    ErrStatus st;
+    if (!afile_write_all(path, keep ? keep : "", klen, &st)) log_warn("%s", st.msg);
+    free(keep);
+}
+
+int report_open(Report *r, const char *out, Grid *g, int64_t first_step, int bar,
+                ErrStatus *st) {
+    memset(r, 0, sizeof *r);
+    r->out = out;
+    r->g = g;
+    r->bar = bar;
+    if (g->world_rank != 0) return 1;
+    char *path = str_join_path(out, "metrics.jsonl");
+    if (first_step > 1) report_trim_metrics(path, first_step - 1);
+    r->metrics = fopen(path, first_step > 1 ? "a" : "w");
+    int ok = r->metrics != NULL || err_status_set(st, "%s: cannot write: %s", path, strerror(errno));
+    free(path);
+    return ok;
+}
+
+void report_close(Report *r) {
+    report_bar_clear(r);
+    if (r->metrics) fclose(r->metrics);
+    r->metrics = NULL;
+}
+
+const char *report_json_num(double x, char *buf, size_t n) {
+    if (!isfinite(x)) return "null";
+    snprintf(buf, n, "%.9g", x);
+    return buf;
+}
+
+void report_step(Report *r, const TrainerStep *s, double epoch, double lr, double tps,
+                 double mfu) {
+    if (!r->metrics) return;
+    char lb[32], gb[32];
+    fprintf(r->metrics,
+            "{\"step\": %lld, \"epoch\": %.6g, \"loss\": %s, \"lr\": %.9g, \"grad_norm\": %s, "
+            "\"tokens\": %lld, \"tokens_per_s\": %.3f, \"mfu\": %.5f%s}\n",
+            (long long)s->step, epoch, report_json_num(s->loss, lb, sizeof lb), lr,
+            report_json_num(s->grad_norm, gb, sizeof gb), (long long)s->counted, tps, mfu,
+            s->finite ? "" : ", \"skipped\": true");
+    fflush(r->metrics);
+}
+
+void report_eval(Report *r, int64_t step, double epoch, double loss, int64_t tokens,
+                 double seconds) {
+    report_bar_clear(r);
+    log_info("eval at step %lld: loss %.4f | ppl %.3f | %lld tokens | %.1fs", (long long)step, loss,
+             exp(loss), (long long)tokens, seconds);
+    if (!r->metrics) return;
+    char lb[32], pb[32];
+    fprintf(r->metrics,
+            "{\"step\": %lld, \"epoch\": %.6g, \"eval_loss\": %s, \"eval_ppl\": %s, "
+            "\"eval_tokens\": %lld}\n",
+            (long long)step, epoch, report_json_num(loss, lb, sizeof lb),
+            report_json_num(exp(loss), pb, sizeof pb), (long long)tokens);
+    fflush(r->metrics);
+}
+
+void report_progress(Report *r, const TrainerStep *s, int64_t total, double epoch, double lr,
+                     double tps, double mfu, double elapsed, double eta) {
+    char d1[32], d2[32];
+    report_bar_clear(r);
+    log_info("step %lld/%lld | epoch %.2f | loss %.4f | lr %.3e | grad_norm %.4f | %.0f tok/s | "
+             "MFU %.1f%% | elapsed %s | eta %s",
+             (long long)s->step, (long long)total, epoch, s->loss, lr, s->grad_norm, tps,
+             100.0 * mfu, str_fmt_duration(elapsed, d1, sizeof d1),
+             str_fmt_duration(eta, d2, sizeof d2));
+}
+
+void report_bar_clear(Report *r) {
+    if (!r->shown) return;
+    fputs("\r\033[K", stdout);
+    r->shown = 0;
+}
+
+void report_bar_draw(Report *r, int64_t step, int64_t total, double loss, double eta) {
+    if (!r->bar) return;
+    char bar[33], dur[32];
+    const double frac = (double)step / (double)(total > 0 ? total : 1);
+    int fill = (int)(32.0 * frac);
+    for (int i = 0; i < 32; i++) bar[i] = i < fill ? '#' : '.';
+    bar[32] = 0;
+    printf("\r\033[K[%s] %lld/%lld %3.0f%% loss %.4f eta %s", bar, (long long)step,
+           (long long)total, 100.0 * frac, loss, str_fmt_duration(eta, dur, sizeof dur));
+    fflush(stdout);
+    r->shown = 1;
+}
+
+/* jansson accepts only UTF-8 */
+char *report_json_quote(const char *s) {
+    json_t *j = json_string(s);
+    if (!j) {
+        char *t = strdup(s);
+        SL_CHECK(t, "out of memory");
+        for (char *c = t; *c; c++)
+            if ((unsigned char)*c >= 0x80) *c = '?';
+        j = json_string(t);
+        free(t);
+    }
+    char *q = j ? json_dumps(j, JSON_ENCODE_ANY) : NULL;
+    SL_CHECK(q, "out of memory");
+    json_decref(j);
+    return q;
+}
+
+
+/* OUT/run.json: the resolved configuration, the layout, the data, and the versions of what
+ * the run ran on. */
+int report_run_json(const char *out, const ReportRun *run, const Session *s, const TrainData *d,
+                    ErrStatus *st) {
+    const Grid *g = s->g;
+    json_t *j = json_object(), *cmd = json_array(), *layout = json_object(), *ver = json_object(),
+           *data = json_object();
+    for (int i = 0; i < run->argc; i++) json_array_append_new(cmd, json_string(run->argv[i]));
+    json_object_set_new(j, "shardlora_version", json_string(SHARDLORA_VERSION));
+    json_object_set_new(j, "command", cmd);
+    json_object_set_new(j, "config", run->config);
+    json_object_set_new(layout, "world", json_integer(g->world_size));
+    json_object_set_new(layout, "tp", json_integer(g->tp));
+    json_object_set_new(layout, "dp", json_integer(g->dp));
+    json_object_set_new(layout, "global_batch", json_integer((json_int_t)run->global_batch));
+    json_object_set_new(layout, "total_steps", json_integer((json_int_t)run->total_steps));
+    json_object_set_new(layout, "lr_schedule", json_string(run->sched_desc));
+    json_object_set_new(j, "resolved", layout);
+    json_object_set_new(data, "train_fingerprint", json_string(d->fingerprint));
+    json_object_set_new(data, "train_documents", json_integer((json_int_t)d->train.docs));
+    json_object_set_new(data, "train_rows_per_epoch", json_integer((json_int_t)d->train.nrows));
+    json_object_set_new(data, "train_tokens", json_integer((json_int_t)d->train.tokens));
+    json_object_set_new(data, "train_counted_tokens", json_integer((json_int_t)d->train.counted));
+    json_object_set_new(data, "truncated", json_integer((json_int_t)d->train.truncated));
+    json_object_set_new(data, "split", json_integer((json_int_t)d->train.split));
+    json_object_set_new(data, "dropped", json_integer((json_int_t)d->train.dropped));
+    json_object_set_new(data, "bad_lines_skipped", json_integer((json_int_t)d->train_cache.stats.bad_lines));
+    json_object_set_new(data, "chat_format", json_string(chat_format_name(d->ds.chat)));
+    json_object_set_new(data, "eval_documents", json_integer((json_int_t)(d->has_eval ? d->eval.docs : 0)));
+    json_object_set_new(data, "eval_rows", json_integer((json_int_t)(d->has_eval ? d->eval.nrows : 0)));
+    json_object_set_new(j, "data", data);
+    char mpiv[MPI_MAX_LIBRARY_VERSION_STRING], desc[256];
+    grid_mpi_version(mpiv, sizeof mpiv);
+    json_object_set_new(ver, "mpi", json_string(mpiv));
+    json_object_set_new(ver, "blas", json_string(gemm_describe(&s->gc, desc, sizeof desc)));
+    json_object_set_new(ver, "jansson", json_string(JANSSON_VERSION));
+    json_object_set_new(j, "versions", ver);
+    json_object_set_new(j, "model_fingerprint", json_string(run->fingerprint));
+    char path[4200];
+    snprintf(path, sizeof path, "%s/run.json", out);
+    int ok = afile_write_json(path, j, JSON_INDENT(2), st);
+    json_decref(j);
+    return ok;
+}
+
+int report_summary(const char *out, const ReportTotals *t, const TrainData *d, const MemCtx *mem,
+                   ErrStatus *st) {
+    char d1[32], d2[32];
+    const double tps = t->t_steps > 0 ? (double)t->tokens / t->t_steps : 0;
+    const double mfu = t->t_steps > 0 ? t->flops / t->t_steps / t->peak_flops : 0;
+    log_info("summary: %lld steps (%lld skipped) in %s (%s training, %.1fs evaluating); %lld tokens "
+             "processed, %lld trained on; %.0f tokens/s, MFU %.1f%%; last train loss %.4f",
+             (long long)t->steps, (long long)t->skipped, str_fmt_duration(t->wall, d1, sizeof d1),
+             str_fmt_duration(t->t_steps, d2, sizeof d2), t->t_eval, (long long)t->tokens,
+             (long long)t->counted, tps, 100.0 * mfu, t->last_loss);
+    if (t->best_step >= 0)
+        log_info("summary: best eval loss %.4f (ppl %.3f) at step %lld", t->best_eval, exp(t->best_eval),
+                 (long long)t->best_step);
+    else
+        log_info("summary: no evaluation (no --eval-data or --eval-split)");
+    log_info("summary: data %lld documents in %lld sequences per epoch; longer than the sequence: %lld "
+             "truncated, %lld split, %lld dropped; bad lines skipped: %lld",
+             (long long)d->train.docs, (long long)d->train.nrows, (long long)d->train.truncated,
+             (long long)d->train.split, (long long)d->train.dropped, (long long)d->train_cache.stats.bad_lines);
+    json_t *j = json_object(), *memj = json_object();
+    json_object_set_new(j, "steps", json_integer((json_int_t)t->steps));
+    json_object_set_new(j, "skipped_steps", json_integer((json_int_t)t->skipped));
+    json_object_set_new(j, "tokens_processed", json_integer((json_int_t)t->tokens));
+    json_object_set_new(j, "tokens_trained", json_integer((json_int_t)t->counted));
+    json_object_set_new(j, "wall_seconds", json_real(t->wall));
+    json_object_set_new(j, "train_seconds", json_real(t->t_steps));
+    json_object_set_new(j, "eval_seconds", json_real(t->t_eval));
+    json_object_set_new(j, "tokens_per_s", json_real(tps));
+    json_object_set_new(j, "mfu", json_real(mfu));
+    json_object_set_new(j, "last_loss", isfinite(t->last_loss) ? json_real(t->last_loss) : json_null());
+    json_object_set_new(j, "last_eval_loss", isfinite(t->last_eval) ? json_real(t->last_eval) : json_null());
+    json_object_set_new(j, "best_eval_loss", t->best_step >= 0 ? json_real(t->best_eval) : json_null());
+    json_object_set_new(j, "best_eval_step", t->best_step >= 0 ? json_integer((json_int_t)t->best_step) : json_null());
+    for (int c = 0; c < MEM_NCATEGORY; c++)
+        json_object_set_new(memj, mem_category_name((MemCategory)c), json_integer((json_int_t)mem->peak[c]));
+    json_object_set_new(j, "peak_memory_bytes_rank0", memj);
+    json_t *dj = json_object();
+    json_object_set_new(dj, "documents", json_integer((json_int_t)d->train.docs));
+    json_object_set_new(dj, "sequences_per_epoch", json_integer((json_int_t)d->train.nrows));
+    json_object_set_new(dj, "truncated", json_integer((json_int_t)d->train.truncated));
+    json_object_set_new(dj, "split", json_integer((json_int_t)d->train.split));
+    json_object_set_new(dj, "dropped", json_integer((json_int_t)d->train.dropped));
+    json_object_set_new(dj, "bad_lines_skipped", json_integer((json_int_t)d->train_cache.stats.bad_lines));
+    json_object_set_new(j, "data", dj);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/summary.json", out);
+    int ok = afile_write_json(path, j, JSON_INDENT(2), st);
+    json_decref(j);
+    return ok;
+}
+
+int report_rank_summary(const char *out, const Session *s, int64_t steps, ErrStatus *st) {
+    const Grid *g = s->g;
+    const LlamaModel *m = &s->m;
+    static const char *keys[GRID_NBYTES] = {"tp", "dp", "world", "kv", "other"};
+    json_t *j = json_object(), *bytes = json_object(), *calls = json_object();
+    json_object_set_new(j, "rank", json_integer(g->world_rank));
+    json_object_set_new(j, "world", json_integer(g->world_size));
+    json_object_set_new(j, "tp", json_integer(g->tp));
+    json_object_set_new(j, "dp", json_integer(g->dp));
+    json_object_set_new(j, "tp_rank", json_integer(g->tp_rank));
+    json_object_set_new(j, "dp_rank", json_integer(g->dp_rank));
+    json_object_set_new(j, "steps", json_integer(steps));
+    json_object_set_new(j, "frozen_bytes", json_integer((json_int_t)m->frozen_bytes));
+    json_object_set_new(j, "frozen_bytes_read", json_integer((json_int_t)m->bytes_read));
+    json_object_set_new(j, "replicated_frozen_bytes", json_integer((json_int_t)m->replicated_bytes));
+    json_object_set_new(j, "adapter_bytes", json_integer((json_int_t)(m->params.total * sizeof(float))));
+    /* what has gradients and optimizer state (frozen entries, e.g. LoRA-FA's A, do not) */
+    json_object_set_new(j, "trainable_bytes", json_integer((json_int_t)(m->params.trainable * sizeof(float))));
+    /* the gradient buffer by sync class; a class moves its bytes each step when its
+     * communicator has more than one rank (dp_comm, world, the kv-head group) */
+    json_t *regions = json_object();
+    static const char *rkeys[PARAM_NREGIONS] = {"dp", "world", "kv", "frozen"};
+    for (int s = 0; s < PARAM_NREGIONS; s++)
+        json_object_set_new(regions, rkeys[s], json_integer((json_int_t)(m->params.region_len[s] * sizeof(float))));
+    json_object_set_new(j, "adapter_region_bytes", regions);
+    for (int c = 0; c < GRID_NBYTES; c++) {
+        json_object_set_new(bytes, keys[c], json_integer((json_int_t)g->bytes[c]));
+        json_object_set_new(calls, keys[c], json_integer((json_int_t)g->calls[c]));
+    }
+    json_object_set_new(j, "comm_bytes", bytes);
+    json_object_set_new(j, "comm_calls", calls);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/summary-rank%d.json", out, g->world_rank);
+    int ok = afile_write_json(path, j, JSON_INDENT(2), st);
+    json_decref(j);
+    return ok;
+}
+
+void report_full_init(ReportFull *f, const ParamTable *p, const Grid *g) {
+    memset(f, 0, sizeof *f);
+    if (g->world_rank != 0) return;
+    f->n = p->n;
+    f->t = calloc((size_t)p->n, sizeof *f->t);
+    SL_CHECK(f->t, "out of memory");
+    for (int i = 0; i < p->n; i++) {
+        f->t[i] = malloc((size_t)(p->e[i].grows * p->e[i].gcols) * sizeof(float));
+        SL_CHECK(f->t[i], "out of memory");
+    }
+}
+
+void report_full_free(ReportFull *f) {
+    for (int i = 0; f->t && i < f->n; i++) free(f->t[i]);
+    free(f->t);
+    memset(f, 0, sizeof *f);
+}
+
+void report_gather(ReportFull *f, const ParamTable *p, const float *buf, Grid *g) {
+    if (g->dp_rank != 0) return;
+    params_gather(p, buf, g->tp_comm, g->world_rank == 0 ? f->t : NULL);
+}
+
+int report_write_adapter(const char *out, const char *model, const ParamTable *p,
+                         const ReportFull *vals, const char *adapter_json, int64_t L,
+                         const AdioCard *card, ErrStatus *st) {
+    AdioCfg c;
+    if (!adio_cfg_from_json(&c, adapter_json, L, st)) return 0;
+    free(c.base_model);
+    c.base_model = str_dup(model);
+    AdioTensor *t = calloc((size_t)(p->n > 0 ? p->n : 1), sizeof *t);
+    SL_CHECK(t, "out of memory");
+    for (int i = 0; i < p->n; i++)
+        t[i] = (AdioTensor){p->e[i].name, p->e[i].grows, p->e[i].gcols, vals->t[i]};
+    char *dir = str_join_path(out, "adapter");
+    int ok = afile_mkdirs(dir) ? adio_export(dir, &c, t, p->n, card, st)
+                               : err_status_set(st, "%s: cannot create: %s", dir, strerror(errno));
+    free(dir);
+    free(t);
+    adio_cfg_free(&c);
+    return ok;
+}
+
+int report_dump_grads(const char *path, const ParamTable *p, const ReportFull *vals,
+                      const ReportFull *grads, const ReportBatch *b, const char *const *meta,
+                      int nmeta, ErrStatus *st) {
+    StWriter w;
+    st_writer_init(&w);
+    float lossf = (float)b->loss;
+    int64_t one = 1, bt[2] = {b->G, b->T};
+    int64_t *ids64 = malloc((size_t)(b->G * b->T) * sizeof *ids64);
+    char(*gnames)[200] = malloc((size_t)(p->n > 0 ? p->n : 1) * sizeof *gnames);
+    SL_CHECK(ids64 && gnames, "out of memory");
+    for (int64_t i = 0; i < b->G * b->T; i++) ids64[i] = b->ids[i];
+    st_writer_add(&w, "loss", ST_F32, 1, &one, &lossf);
+    st_writer_add(&w, "input_ids", ST_I64, 2, bt, ids64);
+    st_writer_add(&w, "labels", ST_I64, 2, bt, b->labels);
+    st_writer_add(&w, "position_ids", ST_I64, 2, bt, b->pos);
+    for (int i = 0; i < p->n; i++) {
+        const ParamEntry *e = &p->e[i];
+        int64_t shape[2] = {e->grows, e->gcols};
+        snprintf(gnames[i], sizeof gnames[i], "%s.grad", e->name);
+        st_writer_add(&w, e->name, ST_F32, 2, shape, vals->t[i]);
+        st_writer_add(&w, gnames[i], ST_F32, 2, shape, grads->t[i]);
+    }
+    for (int i = 0; i < nmeta; i++) st_writer_meta(&w, meta[2 * i], meta[2 * i + 1]);
+    int ok = st_writer_write(&w, path, st);
+    st_writer_free(&w);
+    free(ids64);
+    free(gnames);
+    return ok;
+}
+
+void report_comm(const Session *s, int64_t steps) {
+    const uint64_t *b = s->g->bytes;
+    const double per = steps > 0 ? 1.0 / (double)steps : 0;
+    log_info("communication per step on rank 0: tp activations %.3f MB, gradients %.3f MB "
+             "(dp %.3f + world %.3f + kv %.3f; adapter buffer %.3f MB)",
+             (double)b[GRID_BYTES_TP] * per / 1e6,
+             (double)(b[GRID_BYTES_DP] + b[GRID_BYTES_WORLD] + b[GRID_BYTES_KV]) * per / 1e6,
+             (double)b[GRID_BYTES_DP] * per / 1e6, (double)b[GRID_BYTES_WORLD] * per / 1e6,
+             (double)b[GRID_BYTES_KV] * per / 1e6,
+             (double)(s->m.params.total * sizeof(float)) / 1e6);
+}

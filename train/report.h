@@ -1,0 +1,109 @@
+/* What a training run tells people and tools: the progress (lines, or a live bar on a
+ * terminal), OUT/metrics.jsonl (a line per step and per evaluation), OUT/run.json (the
+ * resolved configuration, layout, data counts and versions), OUT/summary.json (the closing
+ * summary) and OUT/summary-rank{R}.json (each rank's memory and communication), the adapter
+ * in PEFT format and --dump-grads (the reference tests' contract). Lines and files come from
+ * world rank 0 unless a function says otherwise. */
+#ifndef SHARDLORA_TRAIN_REPORT_H
+#define SHARDLORA_TRAIN_REPORT_H
+
+#include <jansson.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "../model/adapter_io.h"
+#include "session.h"
+#include "tdata.h"
+#include "trainer.h"
+
+typedef struct {
+    const char *out;  /* OUT */
+    Grid *g;
+    FILE *metrics;    /* OUT/metrics.jsonl, world rank 0 */
+    int bar, shown;   /* a live progress bar is drawn / is on the screen */
+} Report;
+
+/* Opens OUT/metrics.jsonl on world rank 0: a run that starts at first_step > 1 (a resume)
+ * keeps the lines of the steps before it and appends; a fresh run starts it anew. bar: draw
+ * a live progress bar. 0 with st set when the file cannot be written (rank 0 only: the
+ * caller agrees on the verdict). */
+int report_open(Report *r, const char *out, Grid *g, int64_t first_step, int bar,
+                ErrStatus *st);
+void report_close(Report *r);
+
+/* One metrics line for a step; s->finite == 0 writes "skipped": true. tps: tokens/s of the
+ * step, mfu: its model FLOP utilisation (a fraction). */
+void report_step(Report *r, const TrainerStep *s, double epoch, double lr, double tps,
+                 double mfu);
+/* The log line and the metrics line of an evaluation at `step`. */
+void report_eval(Report *r, int64_t step, double epoch, double loss, int64_t tokens,
+                 double seconds);
+/* The progress line of a step (elapsed: since the run started; eta: seconds left). */
+void report_progress(Report *r, const TrainerStep *s, int64_t total, double epoch, double lr,
+                     double tps, double mfu, double elapsed, double eta);
+/* The live bar (when on), and its removal before other output. */
+void report_bar_draw(Report *r, int64_t step, int64_t total, double loss, double eta);
+void report_bar_clear(Report *r);
+
+/* x as a JSON number ("%.9g"), or "null" when it is not finite (JSON has no NaN). */
+const char *report_json_num(double x, char *buf, size_t n);
+/* s as a quoted, escaped JSON string (malloc'd); bytes that are not UTF-8 become '?'. */
+char *report_json_quote(const char *s);
+
+/* OUT/run.json: command, resolved configuration (config: a JSON object, stolen), layout,
+ * schedule, data counts, versions, model fingerprint. */
+typedef struct {
+    int argc;
+    char **argv;
+    json_t *config;
+    int64_t global_batch, total_steps;
+    const char *sched_desc, *fingerprint;
+} ReportRun;
+int report_run_json(const char *out, const ReportRun *run, const Session *s, const TrainData *d,
+                    ErrStatus *st);
+
+/* What the run did, for the closing summary. */
+typedef struct {
+    int64_t steps, skipped, tokens, counted;
+    double wall, t_steps, t_eval, flops, peak_flops; /* peak over all ranks, FLOP/s */
+    double last_loss, last_eval, best_eval;
+    int64_t best_step;
+} ReportTotals;
+/* Prints the closing summary and writes OUT/summary.json. */
+int report_summary(const char *out, const ReportTotals *t, const TrainData *d, const MemCtx *mem,
+                   ErrStatus *st);
+/* OUT/summary-rank{R}.json, on every rank: its memory and communication figures. */
+int report_rank_summary(const char *out, const Session *s, int64_t steps, ErrStatus *st);
+/* The bytes each rank communicated per step, by category (rank 0's view). */
+void report_comm(const Session *s, int64_t steps);
+
+/* Full (gathered) adapter tensors on world rank 0: t[i] dense [grows, gcols] of entry i. */
+typedef struct {
+    int n;
+    float **t;
+} ReportFull;
+/* Allocates the full tensors on world rank 0 (nothing elsewhere). */
+void report_full_init(ReportFull *f, const ParamTable *p, const Grid *g);
+void report_full_free(ReportFull *f);
+/* Gathers buf (values or gradients) over the TP group of DP rank 0 into f on world rank 0.
+ * Every rank calls it; only DP rank 0's TP group communicates. */
+void report_gather(ReportFull *f, const ParamTable *p, const float *buf, Grid *g);
+/* OUT/adapter/: the PEFT files and the model card from the full values (world rank 0), with
+ * the configuration the checkpoints keep (so `shardlora export` of the final checkpoint
+ * writes the same bytes). */
+int report_write_adapter(const char *out, const char *model, const ParamTable *p,
+                         const ReportFull *vals, const char *adapter_json, int64_t L,
+                         const AdioCard *card, ErrStatus *st);
+/* --dump-grads: loss, the global batch (ids, labels, positions [G, T]), every adapter tensor
+ * and its gradient (full), and the run's settings as metadata (nmeta key/value pairs). */
+typedef struct {
+    double loss;
+    const int32_t *ids;
+    const int64_t *labels, *pos;
+    int64_t G, T;
+} ReportBatch;
+int report_dump_grads(const char *path, const ParamTable *p, const ReportFull *vals,
+                      const ReportFull *grads, const ReportBatch *b, const char *const *meta,
+                      int nmeta, ErrStatus *st);
+
+#endif

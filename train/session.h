@@ -1,0 +1,71 @@
+/* The set-up every model command shares (train, eval, generate): a Session owns the memory
+ * context, the model (frozen shards + adapter slots), the GEMM and kernel contexts and, for
+ * training and evaluation, the activation and batch buffers. The Grid is the caller's
+ * (launch/ starts MPI and parses the options); everything else is made here, once, and freed
+ * by session_free in reverse order.
+ *
+ * Typical use (every rank):
+ *   session_open(&s, &g, dir, pin, &st)        memory + this rank's shards of the model
+ *   [adapters: llama_init_adapters / adio_attach on &s.m]
+ *   session_compute_init(&s, threads, cols, rows)   GEMM threads + kernel scratch
+ *   session_batches_init(&s, B, T)             activations, batch, labels (train / eval)
+ *   ...
+ *   session_free(&s)
+ *
+ * Legend: B sequences per micro-batch, T tokens per sequence, N = B*T rows. */
+#ifndef SHARDLORA_TRAIN_SESSION_H
+#define SHARDLORA_TRAIN_SESSION_H
+
+#include <stdint.h>
+
+#include "../model/llama.h"
+#include "../parallel/grid.h"
+#include "../runtime/gemm.h"
+#include "../runtime/kernels.h"
+#include "../runtime/mem.h"
+
+typedef struct {
+    Grid *g;               /* the caller's */
+    MemCtx mem;
+    LlamaModel m;
+    GemmCtx gc;
+    KernCtx kc;
+    const KernOps *kops;
+    /* training / evaluation (session_batches_init) */
+    int64_t B, T;
+    LlamaActs acts;
+    LlamaBatch batch;
+    int64_t *labels;       /* [N] Hugging Face labels (-100 ignored) of the current micro-batch */
+    int have_model, have_compute, have_batches;
+} Session;
+
+/* mem_init + llama_load: this rank's shards of the model in DIR. 0 with st naming the file
+ * and the tensor on bad input (the caller agrees on the verdict over the grid). */
+int session_open(Session *s, Grid *g, const char *model_dir, MemPinMode pin, ErrStatus *st);
+/* GEMM threads (0: the CPUs this rank may use) for products up to max_cols columns, and
+ * kernel scratch for attention over up to `rows` rows; kops: the kernel table to run. */
+void session_compute_init(Session *s, int threads, int64_t max_cols, int64_t rows,
+                          const KernOps *kops);
+/* The widest product of the decoder's linears (max of hidden and ffn). */
+int64_t session_max_cols(const Session *s);
+/* Activations (what forward saves for backward), the batch and its labels for micro-batches
+ * of B sequences of T tokens. */
+void session_batches_init(Session *s, int64_t B, int64_t T);
+/* One line naming the model (architecture, sizes, weight dtype) into buf. */
+const char *session_describe_model(const Session *s, char *buf, size_t n);
+void session_free(Session *s);
+
+/* Where the rows of a micro-batch come from: row(ctx, i, T, ids, labels, pos) writes row i
+ * (ids [T], labels [T] with -100 ignored, position ids [T]). What i means is the source's:
+ * a stream index (training) or a row number (evaluation). */
+typedef struct {
+    void *ctx;
+    void (*row)(void *ctx, int64_t i, int64_t T, int32_t *ids, int64_t *labels, int64_t *pos);
+} RowSource;
+
+/* Rows [first, first + B) of src into the session's batch and labels, prepared for the
+ * kernels (llama_batch_prepare); rows from index `end` on are empty (nothing counted: they
+ * pad the last round of an evaluation). */
+void session_fill_batch(Session *s, const RowSource *src, int64_t first, int64_t end);
+
+#endif
