@@ -13,15 +13,15 @@
 
 #include <jansson.h>
 
-#include "../io/afile.h"
-#include "../io/hfconfig.h"
-#include "../io/safetensors.h"
-#include "../io/tokenizer.h"
-#include "../runtime/gemm.h"
-#include "../runtime/log.h"
-#include "../runtime/philox.h"
-#include "args.h"
-#include "cmds.h"
+#include "../../io/afile.h"
+#include "../../io/hfconfig.h"
+#include "../../io/safetensors.h"
+#include "../../runtime/gemm.h"
+#include "../../runtime/log.h"
+#include "../../runtime/philox.h"
+#include "../args.h"
+#include "../cmds.h"
+#include "bytetok.h"
 
 typedef enum { MM_MATRIX = 0, MM_NORM, MM_BIAS } MmKind;
 
@@ -33,19 +33,6 @@ typedef struct {
     size_t bytes;
     int file;
 } MmTensor;
-
-int launch_mkdirs(const char *path) {
-    char buf[4096];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        if (mkdir(buf, 0777) != 0 && errno != EEXIST) return 0;
-        *p = '/';
-    }
-    if (mkdir(buf, 0777) != 0 && errno != EEXIST) return 0;
-    return 1;
-}
 
 static void mm_add(MmTensor *t, int *n, const char *name, int64_t rows, int64_t cols, MmKind k) {
     MmTensor *x = &t[(*n)++];
@@ -172,7 +159,7 @@ int cmd_make_model(int argc, char **argv) {
     c.num_kv_heads = kv_heads > 0 ? kv_heads : heads;
     c.head_dim = head_dim > 0 ? head_dim : hidden / heads;
     c.vocab_size = vocab;
-    if (!tokenizer && vocab >= TOK_BYTELEVEL_SIZE) {
+    if (!tokenizer && vocab >= BYTETOK_VOCAB_SIZE) {
         c.bos_token_id = 256; /* the byte-level tokenizer's <s> and </s> */
         c.eos_token_id = 257;
     }
@@ -327,14 +314,14 @@ int cmd_make_model(int argc, char **argv) {
             if (in) fclose(in);
             if (o) fclose(o);
             if (rc == 0) rc = make_copy_tokenizer_config(tokenizer, out);
-        } else if (vocab >= TOK_BYTELEVEL_SIZE) {
-            if (!tok_write_bytelevel(path, &st)) {
+        } else if (vocab >= BYTETOK_VOCAB_SIZE) {
+            if (!bytetok_write(path, &st)) {
                 fprintf(stderr, "shardlora make-model: %s\n", st.msg);
                 rc = EXIT_IO;
             }
         } else {
             printf("make-model: no tokenizer.json written: the byte-level tokenizer needs "
-                   "--vocab >= %d (or pass --tokenizer FILE)\n", TOK_BYTELEVEL_SIZE);
+                   "--vocab >= %d (or pass --tokenizer FILE)\n", BYTETOK_VOCAB_SIZE);
         }
     }
     if (rc == 0) {
