@@ -1,9 +1,9 @@
 /* `shardlora make-model`: writes a real Hugging Face model directory (config.json,
- * safetensors weights, optionally sharded with an index, a byte-level tokenizer.json) with
- * deterministic SYNTHETIC random weights from Philox: linear and embedding weights
- * N(0, init_std^2) (default init_std = 1/sqrt(hidden)), biases N(0, 0.02^2), norm weights 1 + N(0, 0.1^2) (not all ones, so
- * tests exercise the norm weights). For tests, benchmarks and the demo: no package ships
- * pretrained weights. */
+ * safetensors weights, optionally sharded with an index, a byte-level tokenizer.json from
+ * bytetok.h or a copy of --tokenizer) with deterministic SYNTHETIC random weights from
+ * Philox: linear and embedding weights N(0, init_std^2) (default init_std = 1/sqrt(hidden)),
+ * biases N(0, 0.02^2), norm weights 1 + N(0, 0.1^2) (not all ones, so tests exercise the
+ * norm weights). For tests, benchmarks and the demo: no package ships pretrained weights. */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
