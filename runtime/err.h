@@ -21,11 +21,6 @@ void err_set_abort_hook(ErrAbortHook hook, void *ctx);
 _Noreturn void err_fatal_at(const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* Exit (through the hook, with exit code `code`) after printing a user-facing message,
- * `shardlora: error: message`, with no file:line (for bad input that launch/ has decided to
- * refuse). */
-_Noreturn void err_exit_user(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
 /* The condition's text goes in as an argument (it may contain '%'). */
 _Noreturn void err_check_failed(const char *file, int line, const char *cond, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
