@@ -53,7 +53,8 @@ int bytetok_write(const char *path, ErrStatus *st) {
         tok_byte_char(b, u);
         json_object_set_new(vocab, u, json_integer(b));
     }
-    for (int i = 0; i < 3; i++) json_object_set_new(vocab, specials[i], json_integer(256 + i));
+    for (int i = 0; i < 3; i++)
+        json_object_set_new(vocab, specials[i], json_integer(256 + i));
     json_object_set_new(model, "vocab", vocab);
     json_object_set_new(model, "merges", json_array());
     json_object_set_new(root, "model", model);
