@@ -1,7 +1,10 @@
 /* Durable, atomic file writes: data go to PATH.tmp, which is fsynced, renamed over PATH,
  * and the directory fsynced, so PATH is always either the old file or the complete new
- * one. On any error PATH is untouched and no .tmp file is left. Used by every writer of
- * outputs (safetensors, config.json, adapter_config.json, tokenizer.json, checkpoints). */
+ * one. On any error PATH is untouched and no .tmp file is left. Used by the writers of
+ * whole output files (safetensors, config.json, adapter_config.json, tokenizer.json, the
+ * checkpoint manifest, the token cache's files). Not by: checkpoint shards (their step
+ * directory is renamed instead), merge's weight files (several ranks fill OUT/NAME.tmp),
+ * metrics.jsonl (appended line by line). */
 #ifndef SHARDLORA_IO_AFILE_H
 #define SHARDLORA_IO_AFILE_H
 

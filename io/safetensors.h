@@ -48,7 +48,6 @@ typedef struct {
     char *dir;
     int nfiles;
     StFile *files;
-    uint64_t bytes_read; /* sum over files, updated by st_dir_bytes_read */
 } StDir;
 
 const char *st_dtype_name(StDtype d);
@@ -79,6 +78,7 @@ int st_dir_open(StDir *d, const char *dir, ErrStatus *st);
 void st_dir_close(StDir *d);
 /* Finds a tensor by name across files; *file receives its file. NULL if absent. */
 const StTensor *st_dir_find(StDir *d, const char *name, StFile **file);
+/* Data bytes read so far through all of the directory's files (the sum of their bytes_read). */
 uint64_t st_dir_bytes_read(const StDir *d);
 
 /* Writer: collects (name, dtype, shape, data pointer) entries — data is not copied — and

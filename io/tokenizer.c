@@ -1,4 +1,4 @@
-/* tokenizer.json reading, encoding, decoding and writing (see tokenizer.h). The byte-to-unicode
+/* tokenizer.json reading, encoding and decoding (see tokenizer.h). The byte-to-unicode
  * table is GPT-2's (Radford et al. 2019, encoder.py bytes_to_unicode): printable Latin-1
  * bytes map to themselves, the others to U+0100 upwards in byte order. The pipeline follows
  * the Hugging Face tokenizers docs ("The tokenization pipeline"): added tokens are split out
@@ -8,7 +8,6 @@
  * results per word are cached. */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "tokenizer.h"
-#include "afile.h"
 
 #include <jansson.h>
 #include <limits.h>
@@ -23,8 +22,7 @@ static int tok_byte_printable(int b) {
     return (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
 }
 
-/* UTF-8 of the code point byte b maps to. */
-static void tok_byte_to_utf8(int b, char out[4]) {
+void tok_byte_char(int b, char out[4]) {
     unsigned cp;
     if (tok_byte_printable(b)) {
         cp = (unsigned)b;
@@ -42,62 +40,6 @@ static void tok_byte_to_utf8(int b, char out[4]) {
         out[1] = (char)(0x80 | (cp & 0x3F));
         out[2] = 0;
     }
-}
-
-static json_t *tok_bytelevel_obj(int add_prefix_space) {
-    json_t *o = json_object();
-    json_object_set_new(o, "type", json_string("ByteLevel"));
-    json_object_set_new(o, "add_prefix_space", json_boolean(add_prefix_space));
-    json_object_set_new(o, "trim_offsets", json_true());
-    json_object_set_new(o, "use_regex", json_true());
-    return o;
-}
-
-int tok_write_bytelevel(const char *path, ErrStatus *st) {
-    err_status_ok(st);
-    static const char *specials[] = {"<s>", "</s>", "<pad>"};
-    json_t *root = json_object();
-    json_object_set_new(root, "version", json_string("1.0"));
-    json_object_set_new(root, "truncation", json_null());
-    json_object_set_new(root, "padding", json_null());
-    json_t *added = json_array();
-    for (int i = 0; i < 3; i++) {
-        json_t *t = json_object();
-        json_object_set_new(t, "id", json_integer(256 + i));
-        json_object_set_new(t, "content", json_string(specials[i]));
-        json_object_set_new(t, "single_word", json_false());
-        json_object_set_new(t, "lstrip", json_false());
-        json_object_set_new(t, "rstrip", json_false());
-        json_object_set_new(t, "normalized", json_false());
-        json_object_set_new(t, "special", json_true());
-        json_array_append_new(added, t);
-    }
-    json_object_set_new(root, "added_tokens", added);
-    json_object_set_new(root, "normalizer", json_null());
-    json_object_set_new(root, "pre_tokenizer", tok_bytelevel_obj(0));
-    json_object_set_new(root, "post_processor", tok_bytelevel_obj(0));
-    json_object_set_new(root, "decoder", tok_bytelevel_obj(0));
-    json_t *model = json_object();
-    json_object_set_new(model, "type", json_string("BPE"));
-    json_object_set_new(model, "dropout", json_null());
-    json_object_set_new(model, "unk_token", json_null());
-    json_object_set_new(model, "continuing_subword_prefix", json_null());
-    json_object_set_new(model, "end_of_word_suffix", json_null());
-    json_object_set_new(model, "fuse_unk", json_false());
-    json_object_set_new(model, "byte_fallback", json_false());
-    json_t *vocab = json_object();
-    for (int b = 0; b < 256; b++) {
-        char u[4];
-        tok_byte_to_utf8(b, u);
-        json_object_set_new(vocab, u, json_integer(b));
-    }
-    for (int i = 0; i < 3; i++) json_object_set_new(vocab, specials[i], json_integer(256 + i));
-    json_object_set_new(model, "vocab", vocab);
-    json_object_set_new(model, "merges", json_array());
-    json_object_set_new(root, "model", model);
-    int ok = afile_write_json(path, root, JSON_INDENT(1) | JSON_PRESERVE_ORDER, st);
-    json_decref(root);
-    return ok;
 }
 
 /* ==== reading and encoding ============================================================ */
@@ -962,7 +904,7 @@ static int tok_load_model(Tokenizer *tk, json_t *m, ErrStatus *st) {
     }
     for (int b = 0; b < 256; b++) {
         char u[4], fb[8];
-        tok_byte_to_utf8(b, u);
+        tok_byte_char(b, u);
         tk->byte_id[b] = tok_vocab_get(tk, u, strlen(u));
         tk->byte_u8len[b] = (unsigned char)strlen(u);
         memcpy(tk->byte_u8[b], u, tk->byte_u8len[b]);

@@ -1,6 +1,5 @@
 /* Hugging Face tokenizer.json: reading, encoding and decoding (BPE models as used by GPT-2,
- * Llama-3, Qwen2/3 byte-level and Llama-2/Mistral SentencePiece-style), and writing the
- * byte-level tokenizer that make-model puts next to a made model. The aim is the exact ids
+ * Llama-3, Qwen2/3 byte-level and Llama-2/Mistral SentencePiece-style). The aim is the exact ids
  * of the Hugging Face `tokenizers` library; a component this reader does not implement is
  * refused at load with its JSON path, never approximated. */
 #ifndef SHARDLORA_IO_TOKENIZER_H
@@ -11,11 +10,10 @@
 
 #include "../runtime/err.h"
 
-/* Number of ids the byte-level tokenizer uses: 256 bytes + <s>, </s>, <pad>. */
-#define TOK_BYTELEVEL_SIZE 259
-
-/* Writes PATH (tmp + rename): ids 0..255 bytes, 256 "<s>", 257 "</s>", 258 "<pad>". */
-int tok_write_bytelevel(const char *path, ErrStatus *st);
+/* The character GPT-2's byte-level alphabet (bytes_to_unicode) maps byte b (0..255) to, as
+ * NUL-terminated UTF-8 (1 or 2 bytes): the vocabulary string of that byte in a byte-level
+ * BPE model. */
+void tok_byte_char(int b, char out[4]);
 
 /* A loaded tokenizer. Not thread-safe (it owns the regex match data and the word cache):
  * use one per thread. */

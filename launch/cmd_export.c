@@ -10,6 +10,7 @@
 
 #include <jansson.h>
 
+#include "../io/afile.h"
 #include "../io/checkpoint.h"
 #include "../model/adapter_io.h"
 #include "args.h"
@@ -141,7 +142,7 @@ int cmd_export(int argc, char **argv) {
     if (ok) {
         AdioCard card = {r.meta.run_config, r.meta.optimizer_kind, r.meta.optimizer_hparams, r.meta.step,
                          r.meta.tp, r.meta.dp};
-        ok = launch_mkdirs(o.out) ? adio_export(o.out, &c, t, n, &card, &st)
+        ok = afile_mkdirs(o.out) ? adio_export(o.out, &c, t, n, &card, &st)
                                   : err_status_set(&st, "%s: cannot create: %s", o.out, strerror(errno));
         rc = ok ? 0 : EXIT_IO;
     }

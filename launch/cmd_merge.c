@@ -566,7 +566,7 @@ done:
 static int merge_prepare_out(MergeCtx *m, ErrStatus *st) {
     struct stat sb;
     if (stat(m->o.out, &sb) != 0) {
-        if (!launch_mkdirs(m->o.out))
+        if (!afile_mkdirs(m->o.out))
             return err_status_set(st, "%s: cannot create the output directory: %s", m->o.out, strerror(errno));
         m->out_created = 1;
     }

@@ -82,6 +82,122 @@ static void tokcli_fix_surrogates(char *s, size_t n) {
     }
 }
 
+/* The model's tokenizer.json into *tk; 0, or EXIT_BAD_INPUT with the message printed. */
+static int tokenize_load(const char *model, Tokenizer **tk) {
+    size_t plen = strlen(model) + 32;
+    char *path = malloc(plen);
+    SL_CHECK(path != NULL, "out of memory");
+    snprintf(path, plen, "%s/tokenizer.json", model);
+    FILE *probe = fopen(path, "rb");
+    if (!probe) {
+        fprintf(stderr, "shardlora tokenize: %s: %s\n", path, strerror(errno));
+        free(path);
+        return EXIT_BAD_INPUT;
+    }
+    fclose(probe);
+    ErrStatus st;
+    *tk = tok_load(path, &st);
+    free(path);
+    if (!*tk) {
+        fprintf(stderr, "shardlora tokenize: %s\n", st.msg);
+        return EXIT_BAD_INPUT;
+    }
+    return 0;
+}
+
+/* All of stdin as one text (or, with decode, one list of ids); the result on stdout.
+ * 0 or EXIT_BAD_INPUT. */
+static int tokenize_whole(Tokenizer *tk, int decode, int add_special, TokIds *ids) {
+    ErrStatus st;
+    int rc = 0;
+    size_t n;
+    char *in = tokenize_read_all(stdin, &n);
+    if (decode) {
+        if (!tokenize_parse_ids(in, ids)) {
+            fprintf(stderr, "shardlora tokenize: stdin: expected whitespace-separated ids\n");
+            rc = EXIT_BAD_INPUT;
+        } else {
+            size_t len;
+            char *text = tok_decode(tk, ids->ids, ids->n, 0, &len);
+            fwrite(text, 1, len, stdout);
+            free(text);
+        }
+    } else if (!tok_encode(tk, in, n, add_special, ids, &st)) {
+        fprintf(stderr, "shardlora tokenize: %s\n", st.msg);
+        rc = EXIT_BAD_INPUT;
+    } else {
+        for (size_t i = 0; i < ids->n; i++) printf(i ? " %d" : "%d", ids->ids[i]);
+        putchar('\n');
+    }
+    free(in);
+    return rc;
+}
+
+/* --jsonl --decode, one line: the JSON array of ids v to a JSON string. 0 or EXIT_BAD_INPUT. */
+static int tokenize_decode_json(Tokenizer *tk, json_t *v, long lineno, TokIds *ids) {
+    int rc = 0;
+    for (size_t i = 0; i < json_array_size(v) && rc == 0; i++) {
+        json_t *e = json_array_get(v, i);
+        if (!json_is_integer(e)) rc = EXIT_BAD_INPUT;
+        else if (ids->n == ids->cap) {
+            ids->cap = ids->cap ? 2 * ids->cap : 64;
+            ids->ids = realloc(ids->ids, ids->cap * sizeof *ids->ids);
+        }
+        if (rc == 0) ids->ids[ids->n++] = (int32_t)json_integer_value(e);
+    }
+    if (rc) {
+        fprintf(stderr, "shardlora tokenize: stdin line %ld: not an array of ids\n", lineno);
+        return rc;
+    }
+    size_t tl;
+    char *text = tok_decode(tk, ids->ids, ids->n, 0, &tl);
+    json_t *js = json_stringn(text, tl);
+    char *dump = json_dumps(js, JSON_ENCODE_ANY);
+    puts(dump);
+    free(dump);
+    json_decref(js);
+    free(text);
+    return 0;
+}
+
+/* --jsonl: one JSON string (or with decode, array of ids) per line of stdin, one result
+ * per line on stdout, up to the first bad line. 0 or EXIT_BAD_INPUT. */
+static int tokenize_lines(Tokenizer *tk, int decode, int add_special, TokIds *ids) {
+    ErrStatus st;
+    int rc = 0;
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    long lineno = 0;
+    while (rc == 0 && (len = getline(&line, &cap, stdin)) >= 0) {
+        lineno++;
+        json_error_t je;
+        tokcli_fix_surrogates(line, (size_t)len);
+        json_t *v = json_loadb(line, (size_t)len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
+        ids->n = 0;
+        if (!decode && json_is_string(v)) {
+            if (!tok_encode(tk, json_string_value(v), json_string_length(v), add_special, ids,
+                            &st)) {
+                fprintf(stderr, "shardlora tokenize: stdin line %ld: %s\n", lineno, st.msg);
+                rc = EXIT_BAD_INPUT;
+            } else {
+                putchar('[');
+                for (size_t i = 0; i < ids->n; i++) printf(i ? ",%d" : "%d", ids->ids[i]);
+                fputs("]\n", stdout);
+            }
+        } else if (decode && json_is_array(v)) {
+            rc = tokenize_decode_json(tk, v, lineno, ids);
+        } else {
+            fprintf(stderr, "shardlora tokenize: stdin line %ld: expected a JSON %s\n", lineno,
+                    decode ? "array of ids" : "string");
+            rc = EXIT_BAD_INPUT;
+        }
+        json_decref(v);
+    }
+    free(line);
+    return rc;
+}
+
 int cmd_tokenize(int argc, char **argv) {
     const char *model = NULL;
     int no_special = 0, decode = 0, jsonl = 0, help = 0;
@@ -108,98 +224,12 @@ int cmd_tokenize(int argc, char **argv) {
         args_print_help(stdout, usage, about, specs, ns);
         return 0;
     }
-    size_t plen = strlen(model) + 32;
-    char *path = malloc(plen);
-    snprintf(path, plen, "%s/tokenizer.json", model);
-    FILE *probe = fopen(path, "rb");
-    if (!probe) {
-        fprintf(stderr, "shardlora tokenize: %s: %s\n", path, strerror(errno));
-        free(path);
-        return EXIT_BAD_INPUT;
-    }
-    fclose(probe);
-    Tokenizer *tk = tok_load(path, &st);
-    free(path);
-    if (!tk) {
-        fprintf(stderr, "shardlora tokenize: %s\n", st.msg);
-        return EXIT_BAD_INPUT;
-    }
-    int rc = 0;
+    Tokenizer *tk;
+    int rc = tokenize_load(model, &tk);
+    if (rc) return rc;
     TokIds ids = {0};
-    if (!jsonl) {
-        size_t n;
-        char *in = tokenize_read_all(stdin, &n);
-        if (decode) {
-            if (!tokenize_parse_ids(in, &ids)) {
-                fprintf(stderr, "shardlora tokenize: stdin: expected whitespace-separated ids\n");
-                rc = EXIT_BAD_INPUT;
-            } else {
-                size_t len;
-                char *text = tok_decode(tk, ids.ids, ids.n, 0, &len);
-                fwrite(text, 1, len, stdout);
-                free(text);
-            }
-        } else if (!tok_encode(tk, in, n, !no_special, &ids, &st)) {
-            fprintf(stderr, "shardlora tokenize: %s\n", st.msg);
-            rc = EXIT_BAD_INPUT;
-        } else {
-            for (size_t i = 0; i < ids.n; i++) printf(i ? " %d" : "%d", ids.ids[i]);
-            putchar('\n');
-        }
-        free(in);
-    } else {
-        char *line = NULL;
-        size_t cap = 0;
-        ssize_t len;
-        long lineno = 0;
-        while (rc == 0 && (len = getline(&line, &cap, stdin)) >= 0) {
-            lineno++;
-            json_error_t je;
-            tokcli_fix_surrogates(line, (size_t)len);
-            json_t *v = json_loadb(line, (size_t)len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
-            ids.n = 0;
-            if (!decode && json_is_string(v)) {
-                if (!tok_encode(tk, json_string_value(v), json_string_length(v), !no_special,
-                                &ids, &st)) {
-                    fprintf(stderr, "shardlora tokenize: stdin line %ld: %s\n", lineno, st.msg);
-                    rc = EXIT_BAD_INPUT;
-                } else {
-                    putchar('[');
-                    for (size_t i = 0; i < ids.n; i++) printf(i ? ",%d" : "%d", ids.ids[i]);
-                    fputs("]\n", stdout);
-                }
-            } else if (decode && json_is_array(v)) {
-                for (size_t i = 0; i < json_array_size(v) && rc == 0; i++) {
-                    json_t *e = json_array_get(v, i);
-                    if (!json_is_integer(e)) rc = EXIT_BAD_INPUT;
-                    else if (ids.n == ids.cap) {
-                        ids.cap = ids.cap ? 2 * ids.cap : 64;
-                        ids.ids = realloc(ids.ids, ids.cap * sizeof *ids.ids);
-                    }
-                    if (rc == 0) ids.ids[ids.n++] = (int32_t)json_integer_value(e);
-                }
-                if (rc) {
-                    fprintf(stderr, "shardlora tokenize: stdin line %ld: not an array of ids\n",
-                            lineno);
-                } else {
-                    size_t tl;
-                    char *text = tok_decode(tk, ids.ids, ids.n, 0, &tl);
-                    json_t *js = json_stringn(text, tl);
-                    char *dump = json_dumps(js, JSON_ENCODE_ANY);
-                    puts(dump);
-                    free(dump);
-                    json_decref(js);
-                    free(text);
-                }
-            } else {
-                fprintf(stderr, "shardlora tokenize: stdin line %ld: expected a JSON %s\n",
-                        lineno, decode ? "array of ids" : "string");
-                rc = EXIT_BAD_INPUT;
-            }
-            json_decref(v);
-        }
-        free(line);
-    }
+    rc = jsonl ? tokenize_lines(tk, decode, !no_special, &ids)
+               : tokenize_whole(tk, decode, !no_special, &ids);
     tok_ids_free(&ids);
     tok_free(tk);
     return rc;

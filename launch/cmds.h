@@ -14,7 +14,4 @@ int cmd_export(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
 
-/* mkdir -p; returns 0 and sets errno on failure. */
-int launch_mkdirs(const char *path);
-
 #endif

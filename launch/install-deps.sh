@@ -15,6 +15,7 @@ PACKAGES=(
   python3-torch python3-numpy                 # the PyTorch reference and baseline (/usr/bin/python3)
   fortunes                                    # public-domain quotes: the quick start's text
   procps                                      # pgrep / pkill: the tests' clean-up of stray ranks
+  clang-format                                # the format check (tests/format/check.sh)
 )
 
 missing=()

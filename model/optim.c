@@ -106,11 +106,6 @@ static void optim_update(Optim *o, float *p, const float *g, size_t off, size_t 
     }
 }
 
-void optim_step(Optim *o, float *p, const float *g, float lr) {
-    o->step++;
-    optim_update(o, p, g, 0, o->n, lr);
-}
-
 void optim_step_params(Optim *o, ParamTable *p, float lr) {
     SL_CHECK(o->n == p->trainable, "optimizer state of %zu floats for %zu trainable", o->n,
              p->trainable);

@@ -42,8 +42,6 @@ const char *optim_kind_name(OptimKind k);
 void optim_defaults(OptimCfg *c);
 void optim_init(Optim *o, const OptimCfg *cfg, size_t n, MemCtx *mem);
 void optim_free(Optim *o, MemCtx *mem);
-/* One update of params [n] from grads [n] with learning rate lr (the schedule's value). */
-void optim_step(Optim *o, float *params, const float *grads, float lr);
 /* One update of the trainable entries of p (o sized p->trainable), entry i with
  * lr * p->e[i].lr_scale; padding between entries is left alone. */
 void optim_step_params(Optim *o, ParamTable *p, float lr);

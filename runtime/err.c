@@ -49,16 +49,6 @@ void err_check_failed(const char *file, int line, const char *cond, const char *
     err_finish(EXIT_FATAL);
 }
 
-void err_exit_user(int code, const char *fmt, ...) {
-    char msg[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "shardlora: error: %s\n", msg);
-    err_finish(code);
-}
-
 void err_status_ok(ErrStatus *st) {
     st->ok = 1;
     st->msg[0] = 0;

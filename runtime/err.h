@@ -1,6 +1,7 @@
 /* The one fatal path, CHECK macros that never compile out, and parser status values.
- * A fatal error prints `file:line rank R: message` to stderr, then calls the abort hook
- * (parallel/ installs one that calls MPI_Abort so no rank hangs), then abort(). */
+ * A fatal error prints `file:line rank R: message` to stderr, flushes stdout and stderr,
+ * calls the abort hook (parallel/ installs one that calls MPI_Abort so no rank hangs), and
+ * when the hook returns (no hook, or MPI not running) exits with status 70 (EX_SOFTWARE). */
 #ifndef SHARDLORA_RUNTIME_ERR_H
 #define SHARDLORA_RUNTIME_ERR_H
 
@@ -18,7 +19,8 @@ enum {
     EXIT_REQUEUE = 75,   /* stopped on SIGUSR1/SIGTERM after writing a checkpoint: requeue */
 };
 
-/* Called once, after the message is printed. Must not return to the caller normally. */
+/* Called once, after the message is printed, with the exit status. It may return (the
+ * process then exits with that status); it must not return into the failing code. */
 typedef void (*ErrAbortHook)(void *ctx, int exit_code);
 
 /* Process-wide: the rank shown in messages and the hook. These are the only process-global
@@ -30,10 +32,6 @@ void err_set_abort_hook(ErrAbortHook hook, void *ctx);
 
 _Noreturn void err_fatal_at(const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-
-/* Exit (through the hook, with exit code `code`) after printing a user-facing message with
- * no file:line (for bad input that launch/ has decided to refuse). */
-_Noreturn void err_exit_user(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* The condition's text goes in as an argument (it may contain '%'). */
 _Noreturn void err_check_failed(const char *file, int line, const char *cond, const char *fmt, ...)

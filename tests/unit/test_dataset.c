@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "../../io/dataset.h"
+#include "../../launch/tools/bytetok.h"
 #include "check.h"
 
 #define IGN (-100)
@@ -106,7 +107,7 @@ static Tokenizer *load_bos_merge(const char *dir, const char *base) {
 }
 
 static void test_text(Tokenizer *tk, Tokenizer *tb) {
-    DsOptions o = {CHAT_NONE, 0, 257, TOK_BYTELEVEL_SIZE};
+    DsOptions o = {CHAT_NONE, 0, 257, BYTETOK_VOCAB_SIZE};
     expect_ok("text + eos", tk, &o, "{\"text\": \"Hi\"}", DS_TEXT, (int32_t[]){72, 105, 257},
               (int32_t[]){72, 105, 257}, 3, 2);
     expect_ok("text, eos written", tk, &o, "{\"text\": \"Hi</s>\"}", DS_TEXT,
@@ -145,7 +146,7 @@ static void test_text(Tokenizer *tk, Tokenizer *tb) {
 }
 
 static void test_prompt_completion(Tokenizer *tk, Tokenizer *tb) {
-    DsOptions o = {CHAT_NONE, 0, 257, TOK_BYTELEVEL_SIZE};
+    DsOptions o = {CHAT_NONE, 0, 257, BYTETOK_VOCAB_SIZE};
     expect_ok("prompt masked", tk, &o, "{\"prompt\": \"Q:\", \"completion\": \"A\"}",
               DS_PROMPT_COMPLETION, (int32_t[]){81, 58, 65, 257}, (int32_t[]){IGN, IGN, 65, 257}, 4,
               2);
@@ -178,7 +179,7 @@ static void test_messages(Tokenizer *tk, Tokenizer *tb) {
     size_t n = 0;
     const char *conv = "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}, "
                        "{\"role\": \"assistant\", \"content\": \"Yo\"}]}";
-    DsOptions o = {CHAT_CHATML, 0, 257, TOK_BYTELEVEL_SIZE};
+    DsOptions o = {CHAT_CHATML, 0, 257, BYTETOK_VOCAB_SIZE};
     n = put_bytes(ids, labels, 0, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", 0);
     n = put_bytes(ids, labels, n, "Yo<|im_end|>", 1);
     n = put_bytes(ids, labels, n, "\n", 0);
@@ -234,7 +235,7 @@ static void test_messages(Tokenizer *tk, Tokenizer *tb) {
 }
 
 static void test_tokens(void) {
-    DsOptions o = {CHAT_NONE, 0, 257, TOK_BYTELEVEL_SIZE};
+    DsOptions o = {CHAT_NONE, 0, 257, BYTETOK_VOCAB_SIZE};
     ErrStatus st;
     /* no tokenizer needed, no eos appended */
     expect_ok("input_ids", NULL, &o, "{\"input_ids\": [5, 6, 7]}", DS_TOKENS, (int32_t[]){5, 6, 7},
@@ -262,7 +263,7 @@ static void test_tokens(void) {
 }
 
 static void test_errors(Tokenizer *tk) {
-    DsOptions o = {CHAT_NONE, 0, 257, TOK_BYTELEVEL_SIZE};
+    DsOptions o = {CHAT_NONE, 0, 257, BYTETOK_VOCAB_SIZE};
     expect_err(tk, &o, "{\"text\": \"Hi\"} x", "invalid JSON at column 16: ");
     expect_err(tk, &o, "{\"text\": \"Hi\",}", "invalid JSON at column 15: ");
     expect_err(tk, &o, "", "invalid JSON at column");
@@ -338,7 +339,7 @@ int main(void) {
     char path[512];
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
     ErrStatus st;
-    CHECK_TRUE(tok_write_bytelevel(path, &st), "%s", st.msg);
+    CHECK_TRUE(bytetok_write(path, &st), "%s", st.msg);
     Tokenizer *tk = tok_load(path, &st);
     CHECK_TRUE(tk != NULL, "%s", st.msg);
     Tokenizer *tb = load_bos_merge(dir, path);

@@ -13,12 +13,13 @@
 #include <unistd.h>
 
 #include "../../io/tokcache.h"
+#include "../../launch/tools/bytetok.h"
 #include "check.h"
 
 static char root[] = "/tmp/test_tokcache_XXXXXX";
 static char tok_path[600];
 static Tokenizer *tk;
-static DsOptions opts = {CHAT_NONE, 0, 257, TOK_BYTELEVEL_SIZE};
+static DsOptions opts = {CHAT_NONE, 0, 257, BYTETOK_VOCAB_SIZE};
 
 static const char *at_root(const char *name) {
     static char bufs[8][600];
@@ -568,7 +569,7 @@ int main(void) {
     CHECK_TRUE(mkdtemp(root) != NULL, "mkdtemp: %s", strerror(errno));
     snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", root);
     ErrStatus st;
-    CHECK_TRUE(tok_write_bytelevel(tok_path, &st), "%s", st.msg);
+    CHECK_TRUE(bytetok_write(tok_path, &st), "%s", st.msg);
     tk = tok_load(tok_path, &st);
     CHECK_TRUE(tk != NULL, "%s", st.msg);
     if (!tk) return check_finish();

@@ -12,9 +12,9 @@
 #include <strings.h>
 #include <utf8proc.h>
 
-#include "../io/afile.h"
-#include "args.h"
-#include "cmds.h"
+#include "../../io/afile.h"
+#include "../args.h"
+#include "../cmds.h"
 
 /* Canvas and plot area, in SVG user units (px). */
 enum {
