@@ -51,7 +51,8 @@ static void check_counted(const char *what, const Grid *g, const Counts *before,
     for (int k = 0; k < GRID_NBYTES; k++) {
         uint64_t db = g->bytes[k] - before->bytes[k], dc = g->calls[k] - before->calls[k];
         uint64_t wb = k == (int)cat ? bytes : 0, wc = k == (int)cat ? calls : 0;
-        CHECK(db == wb && dc == wc, "%s: category %d counted %llu bytes in %llu calls, want %llu in %llu",
+        CHECK(db == wb && dc == wc,
+              "%s: category %d counted %llu bytes in %llu calls, want %llu in %llu",
               what, k, (unsigned long long)db, (unsigned long long)dc, (unsigned long long)wb,
               (unsigned long long)wc);
     }
@@ -75,11 +76,13 @@ static void test_setup(Grid *g) {
     /* tp_comm: the consecutive block of my dp_rank, ordered by tp_rank */
     CHECK(members(g->tp_comm, m) == 2 && m[0] == 2 * g->dp_rank && m[1] == 2 * g->dp_rank + 1,
           "tp_comm members %d %d", m[0], m[1]);
-    CHECK(grid_comm_rank(g->tp_comm) == g->tp_rank, "rank in tp_comm %d", grid_comm_rank(g->tp_comm));
+    CHECK(grid_comm_rank(g->tp_comm) == g->tp_rank, "rank in tp_comm %d",
+          grid_comm_rank(g->tp_comm));
     /* dp_comm: the ranks with my tp_rank, ordered by dp_rank */
     CHECK(members(g->dp_comm, m) == 2 && m[0] == g->tp_rank && m[1] == g->tp_rank + 2,
           "dp_comm members %d %d", m[0], m[1]);
-    CHECK(grid_comm_rank(g->dp_comm) == g->dp_rank, "rank in dp_comm %d", grid_comm_rank(g->dp_comm));
+    CHECK(grid_comm_rank(g->dp_comm) == g->dp_rank, "rank in dp_comm %d",
+          grid_comm_rank(g->dp_comm));
     CHECK(members(g->world, m) == 4 && m[3] == 3, "world");
 
     /* other layouts on fresh Grids (MPI is up: grid_init does not own it) */
@@ -149,7 +152,8 @@ static void test_allreduce(Grid *g) {
     check_counted("max_int", g, &c, GRID_BYTES_OTHER, 2 * sizeof(int), 1);
 
     /* maxloc: the largest value, the lowest index among equal ones */
-    GridMaxLoc ml[2] = {{g_rank % 2 ? 1.0f : 2.0f, 10 + g_rank}, {(float)(g_rank == 2), 20 + g_rank}};
+    GridMaxLoc ml[2] = {{g_rank % 2 ? 1.0f : 2.0f, 10 + g_rank},
+                        {(float)(g_rank == 2), 20 + g_rank}};
     c = counts_of(g);
     grid_allreduce_maxloc(g, g->world, ml, 2, GRID_BYTES_OTHER);
     CHECK(ml[0].v == 2.0f && ml[0].i == 10 && ml[1].v == 1.0f && ml[1].i == 22,
@@ -196,8 +200,8 @@ static void test_bytewise(Grid *g) {
     grid_gatherv(g, g->world, vs, lens[g_rank], vr, lens, 1, GRID_BYTES_OTHER);
     if (g_rank == 1) {
         const int32_t want[6] = {0, 1, 2, 10, 11, 20};
-        CHECK(memcmp(vr, want, sizeof want) == 0, "gatherv on root: %d %d %d %d %d %d", vr[0], vr[1],
-              vr[2], vr[3], vr[4], vr[5]);
+        CHECK(memcmp(vr, want, sizeof want) == 0, "gatherv on root: %d %d %d %d %d %d", vr[0],
+              vr[1], vr[2], vr[3], vr[4], vr[5]);
     }
     check_counted("gatherv", g, &c, GRID_BYTES_OTHER, lens[g_rank], 1);
 
@@ -268,7 +272,8 @@ static void test_agree(Grid *g) {
     MPI_Allreduce(&lines, &total, 1, MPI_INT, MPI_SUM, g->world);
     CHECK(v == 0 && total == 1, "grid_agree ranks 1, 3 failing: verdict %d, %d lines", v, total);
     if (g_rank == 1)
-        CHECK(lines == 1 && strcmp(line, "test prefix: broken on rank 1\n") == 0, "printed '%s'", line);
+        CHECK(lines == 1 && strcmp(line, "test prefix: broken on rank 1\n") == 0, "printed '%s'",
+              line);
 
     /* grid_agree_code: 0 when all are ok; the first failing rank's code otherwise */
     Counts c = counts_of(g);
@@ -282,7 +287,8 @@ static void test_agree(Grid *g) {
     MPI_Allreduce(&lines, &total, 1, MPI_INT, MPI_SUM, g->world);
     CHECK(v == 42 && total == 1, "grid_agree_code ranks 2, 3 failing: code %d, %d lines", v, total);
     if (g_rank == 2)
-        CHECK(lines == 1 && strcmp(line, "test prefix: broken on rank 2\n") == 0, "printed '%s'", line);
+        CHECK(lines == 1 && strcmp(line, "test prefix: broken on rank 2\n") == 0, "printed '%s'",
+              line);
 
     CHECK(grid_all_ok(g, 1) == 1 && grid_all_ok(g, g_rank != 3) == 0, "grid_all_ok");
     CHECK(grid_first_failed(g, 1) == -1 && grid_first_failed(g, g_rank == 0) == 1,
@@ -331,7 +337,8 @@ static void test_gsync(Grid *g) {
                 want[b][i] = buf[b][i];
             }
         for (int b = 0; b < NB; b++)
-            if (len[b]) MPI_Allreduce(MPI_IN_PLACE, want[b], (int)len[b], MPI_FLOAT, MPI_SUM, comm[b]);
+            if (len[b])
+                MPI_Allreduce(MPI_IN_PLACE, want[b], (int)len[b], MPI_FLOAT, MPI_SUM, comm[b]);
         Counts c = counts_of(g);
         for (int k = 0; k < 3; k++) gsync_start(&s, g, order[step][k]);
         gsync_wait(&s, g);
@@ -342,8 +349,10 @@ static void test_gsync(Grid *g) {
         for (int b = 0; b < NB; b++) {
             uint64_t wb = grid_comm_size(comm[b]) > 1 ? len[b] * sizeof(float) : 0;
             uint64_t wc = grid_comm_size(comm[b]) > 1 && len[b] ? 1 : 0;
-            uint64_t db = g->bytes[cat[b]] - c.bytes[cat[b]], dc = g->calls[cat[b]] - c.calls[cat[b]];
-            CHECK(db == wb && dc == wc, "step %d bucket %d: %llu bytes in %llu calls, want %llu in %llu",
+            uint64_t db = g->bytes[cat[b]] - c.bytes[cat[b]];
+            uint64_t dc = g->calls[cat[b]] - c.calls[cat[b]];
+            CHECK(db == wb && dc == wc,
+                  "step %d bucket %d: %llu bytes in %llu calls, want %llu in %llu",
                   step, b, (unsigned long long)db, (unsigned long long)dc, (unsigned long long)wb,
                   (unsigned long long)wc);
         }
@@ -357,7 +366,8 @@ int main(int argc, char **argv) {
     grid_init(&g, &argc, &argv);
     g_rank = g.world_rank;
     if (g.world_size != 4) {
-        if (g_rank == 0) fprintf(stderr, "test_grid: run under mpiexec -n 4 (got %d ranks)\n", g.world_size);
+        if (g_rank == 0)
+            fprintf(stderr, "test_grid: run under mpiexec -n 4 (got %d ranks)\n", g.world_size);
         grid_finalize(&g);
         return 2;
     }
