@@ -22,3 +22,11 @@ endforeach()
 add_test(NAME mpi_variants_layouts
          COMMAND bash ${SL_MPI_DIR}/variants_layouts.sh $<TARGET_FILE:shardlora> ${CMAKE_BINARY_DIR}/test-work)
 set_tests_properties(mpi_variants_layouts PROPERTIES LABELS mpi TIMEOUT 600 PROCESSORS 2)
+# parallel/grid and parallel/gsync on 4 ranks at tp=2 (a C program, tests/mpi/test_grid.c):
+# communicators, every counted collective's values and byte / call counts, grid_agree(_code),
+# grid_split_world, gradient buckets started out of order.
+add_executable(test_grid ${SL_MPI_DIR}/test_grid.c)
+target_link_libraries(test_grid PRIVATE sl_parallel)
+add_test(NAME mpi_grid
+         COMMAND ${MPIEXEC_EXECUTABLE} --oversubscribe ${MPIEXEC_NUMPROC_FLAG} 4 $<TARGET_FILE:test_grid>)
+set_tests_properties(mpi_grid PROPERTIES LABELS mpi TIMEOUT 120 PROCESSORS 2)
