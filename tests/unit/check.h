@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 static int check_failures;
 static int check_count;
@@ -85,6 +87,20 @@ static inline int check_rm_one(const char *path, const struct stat *sb, int flag
     (void)flag;
     (void)ftw;
     return remove(path);
+}
+
+/* Reads what a forked child writes into the pipe end fd (at most outsz - 1 bytes, NUL-
+ * terminated; closes fd), then waits for it: its exit status, or 128 + the ending signal. */
+static inline int check_child_output(int fd, pid_t pid, char *out, size_t outsz) {
+    size_t len = 0;
+    ssize_t k;
+    while (len + 1 < outsz && (k = read(fd, out + len, outsz - 1 - len)) > 0)
+        len += (size_t)k;
+    out[len] = 0;
+    close(fd);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
 /* rm -rf path (links are removed, not followed). */
