@@ -3,24 +3,17 @@
 # DoRA and VeRA at 0 and $DROPOUT, relative to LoRA without dropout, on the step benchmark's model
 # (benchmarks/variants.sh), same threads, same data, same r. The masks are Philox draws
 # (model/adapter.c adapter_dropout_forward / _backward). Prints a Markdown table.
-# Every setting is a variable; override from the environment, e.g. LAYERS=4 STEPS=3.
+# Every setting is a variable; override from the environment, e.g. LAYERS=4 STEPS=3 (the
+# model's, LORA_R, THREADS and BUILD are set in benchmarks/lib.sh).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BUILD="${BUILD:-$ROOT/build}"
 WORK="${WORK:-$ROOT/out/bench-dropout}"
-LAYERS="${LAYERS:-8}"
-HIDDEN="${HIDDEN:-1024}"
-FFN="${FFN:-2816}"
-HEADS="${HEADS:-16}"
-KV_HEADS="${KV_HEADS:-16}"
-VOCAB="${VOCAB:-32000}"
-SEQ_LEN="${SEQ_LEN:-512}"
-LORA_R="${LORA_R:-16}"
+# shellcheck source=benchmarks/lib.sh
+. "$ROOT/benchmarks/lib.sh"
 DROPOUT="${DROPOUT:-0.1}"
 STEPS="${STEPS:-4}"          # timed steps (after one warm-up step)
 REPEATS="${REPEATS:-3}"      # interleaved rounds over all runs; the table takes each run's best
-THREADS="${THREADS:-$(nproc)}"
 # name | extra train flags (the first is the baseline)
 RUNS=(
   "lora, dropout 0|--lora-dropout 0"
@@ -31,23 +24,13 @@ RUNS=(
   "vera (r 256), dropout $DROPOUT|--adapter vera --lora-r 256 --lora-dropout $DROPOUT"
 )
 
-# shellcheck source=benchmarks/lib.sh
-. "$ROOT/benchmarks/lib.sh"
 bench_setup
 
 # Interleaved rounds, so a load change on the machine hits every run alike.
 rows=()
 for rep in $(seq 1 "$REPEATS"); do
   for v in "${RUNS[@]}"; do
-    name="${v%%|*}"; flags="${v#*|}"
-    out="$WORK/run-${name//[^a-z0-9]/_}-$rep"
-    rm -rf "$out"
-    echo "== [$rep/$REPEATS] $name: shardlora train $flags"
-    # shellcheck disable=SC2086
-    "$SL" train --model "$MODEL" --data "$DATA" --out "$out" --seq-len "$SEQ_LEN" \
-      --steps $((STEPS + 1)) --lora-r "$LORA_R" --lora-alpha $((2 * LORA_R)) --threads "$THREADS" \
-      --peak-gflops 1 --lr-schedule constant --no-shuffle $flags > "$out.log" 2>&1 || { tail -3 "$out.log"; exit 1; }
-    rows+=("$name|$out")
+    bench_run "$v" "$rep"
   done
 done
 

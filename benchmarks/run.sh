@@ -4,44 +4,22 @@
 #   2. shardlora train on a made model (tokens/s, MFU against that peak),
 #   3. the PyTorch baseline on the same model, LoRA config and threads, configured fairly
 #      (same OpenBLAS core, OPENBLAS_NUM_THREADS = OMP_NUM_THREADS = threads).
-# Prints ratios. Every setting is a variable; override from the environment.
+# Prints ratios. Every setting is a variable; override from the environment (the model's,
+# LORA_R, THREADS and BUILD are set in benchmarks/lib.sh).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BUILD="${BUILD:-$ROOT/build}"
 WORK="${WORK:-$ROOT/out/bench}"
-LAYERS="${LAYERS:-8}"
-HIDDEN="${HIDDEN:-1024}"
-FFN="${FFN:-2816}"
-HEADS="${HEADS:-16}"
-KV_HEADS="${KV_HEADS:-16}"
-VOCAB="${VOCAB:-32000}"
-SEQ_LEN="${SEQ_LEN:-512}"
+# shellcheck source=benchmarks/lib.sh
+. "$ROOT/benchmarks/lib.sh"
 MICRO_BATCH="${MICRO_BATCH:-1}"
-LORA_R="${LORA_R:-16}"
 LORA_ALPHA="${LORA_ALPHA:-32}"
 STEPS="${STEPS:-5}"          # timed steps (after one warm-up step)
-THREADS="${THREADS:-$(nproc)}"
 CORE="${CORE:-SkylakeX}"     # OpenBLAS core for both sides (shardlora picks it itself on AVX-512)
 SKIP_TORCH="${SKIP_TORCH:-0}"
 
-"$ROOT/launch/install-deps.sh"
-cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build "$BUILD" -j "$(nproc)" --target shardlora bench_gemm >/dev/null
-SL="$BUILD/shardlora"
+bench_setup bench_gemm
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-mkdir -p "$WORK"
-MODEL="$WORK/model-L${LAYERS}-C${HIDDEN}-F${FFN}-H${HEADS}-KV${KV_HEADS}-V${VOCAB}"
-if [ ! -f "$MODEL/config.json" ]; then
-  "$SL" make-model --out "$MODEL" --layers "$LAYERS" --hidden "$HIDDEN" --ffn "$FFN" \
-    --heads "$HEADS" --kv-heads "$KV_HEADS" --vocab "$VOCAB" --seed 1
-fi
-/usr/bin/python3 - "$VOCAB" "$SEQ_LEN" > "$WORK/data.jsonl" <<'PY'
-import json, random, sys
-r = random.Random(0); V = int(sys.argv[1]); T = int(sys.argv[2])
-for i in range(64):
-    print(json.dumps({"input_ids": [r.randrange(V) for _ in range(T)]}))
-PY
 
 echo "== sgemm peak (bench_gemm, OPENBLAS_CORETYPE chosen by shardlora)"
 "$BUILD/benchmarks/bench_gemm" | tee "$WORK/gemm.txt"
@@ -49,7 +27,7 @@ PEAK=$(grep -E '^sgemm_peak_gflops' "$WORK/gemm.txt" | sed -E "s/.*threads=${THR
 
 echo "== shardlora train ($STEPS timed steps + 1 warm-up, $THREADS threads)"
 rm -rf "$WORK/run"
-"$SL" train --model "$MODEL" --data "$WORK/data.jsonl" --out "$WORK/run" --seq-len "$SEQ_LEN" \
+"$SL" train --model "$MODEL" --data "$DATA" --out "$WORK/run" --seq-len "$SEQ_LEN" \
   --micro-batch "$MICRO_BATCH" --steps $((STEPS + 1)) --lora-r "$LORA_R" --lora-alpha "$LORA_ALPHA" \
   --threads "$THREADS" --peak-gflops "$PEAK" | grep -E "step |MFU =|grid:"
 read -r OURS_TPS OURS_MFU < <(/usr/bin/python3 - "$WORK/run/metrics.jsonl" <<'PY'
@@ -89,7 +67,7 @@ if [ "${SKIP_MPI:-0}" != 1 ]; then
   for TPN in 2 1; do
     echo "== mpiexec -n 2 shardlora train --tp $TPN (1 thread per rank, $STEPS timed steps + 1 warm-up)"
     rm -rf "$WORK/run-2r-tp$TPN"
-    mpiexec --oversubscribe -n 2 "$SL" train --model "$MODEL" --data "$WORK/data.jsonl" \
+    mpiexec --oversubscribe -n 2 "$SL" train --model "$MODEL" --data "$DATA" \
       --out "$WORK/run-2r-tp$TPN" --tp "$TPN" --seq-len "$SEQ_LEN" --micro-batch "$MICRO_BATCH" \
       --global-batch $((MICRO_BATCH * 2 / TPN)) --steps $((STEPS + 1)) --lora-r "$LORA_R" \
       --lora-alpha "$LORA_ALPHA" --threads 1 --peak-gflops "$PEAK1" | grep -E "step |communication"

@@ -17,16 +17,16 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOK="$ROOT/tests/tokenizer"
 FAMILIES="${FAMILIES:-llama3 qwen3 mistral gpt2}"
 MB="${MB:-10}"
-BUILD="${BUILD:-$ROOT/build}"
 CACHE="${CACHE:-${HOME:-/root}/.cache/shardlora/tokenizer}"
 WORK="${WORK:-$ROOT/out/tokenizer-bench}"
 NODE=/usr/bin/node
+# shellcheck source=benchmarks/lib.sh
+. "$ROOT/benchmarks/lib.sh"
 
 "$TOK/install.sh" "$CACHE" >&2
 if [ -z "${BIN:-}" ]; then
-  cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >/dev/null
-  cmake --build "$BUILD" -j "$(nproc)" --target shardlora >/dev/null
-  BIN="$BUILD/shardlora"
+  bench_build shardlora
+  BIN="$SL"
 fi
 mkdir -p "$WORK"
 $NODE "$TOK/build_models.js" "$CACHE" "$WORK/models" >&2

@@ -2,22 +2,15 @@
 # LoRA variants side by side in one run (issue: LoRA variants): step time and memory of each
 # variant relative to plain LoRA, on the step benchmark's model (benchmarks/run.sh), same
 # threads, same data, same r. Prints a Markdown table (the README carries one).
-# Every setting is a variable; override from the environment, e.g. LAYERS=4 STEPS=3.
+# Every setting is a variable; override from the environment, e.g. LAYERS=4 STEPS=3 (the
+# model's, LORA_R, THREADS and BUILD are set in benchmarks/lib.sh).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BUILD="${BUILD:-$ROOT/build}"
 WORK="${WORK:-$ROOT/out/bench-variants}"
-LAYERS="${LAYERS:-8}"
-HIDDEN="${HIDDEN:-1024}"
-FFN="${FFN:-2816}"
-HEADS="${HEADS:-16}"
-KV_HEADS="${KV_HEADS:-16}"
-VOCAB="${VOCAB:-32000}"
-SEQ_LEN="${SEQ_LEN:-512}"
-LORA_R="${LORA_R:-16}"
 STEPS="${STEPS:-4}"          # timed steps (after one warm-up step)
-THREADS="${THREADS:-$(nproc)}"
+# shellcheck source=benchmarks/lib.sh
+. "$ROOT/benchmarks/lib.sh"
 # name | extra train flags
 VARIANTS=(
   "lora|"
@@ -29,21 +22,11 @@ VARIANTS=(
   "pissa init|--init pissa --pissa-iters 4"
 )
 
-# shellcheck source=benchmarks/lib.sh
-. "$ROOT/benchmarks/lib.sh"
 bench_setup
 
 rows=()
 for v in "${VARIANTS[@]}"; do
-  name="${v%%|*}"; flags="${v#*|}"
-  out="$WORK/run-${name//[^a-z0-9]/_}"
-  rm -rf "$out"
-  echo "== $name: shardlora train $flags"
-  # shellcheck disable=SC2086
-  "$SL" train --model "$MODEL" --data "$DATA" --out "$out" --seq-len "$SEQ_LEN" \
-    --steps $((STEPS + 1)) --lora-r "$LORA_R" --lora-alpha $((2 * LORA_R)) --threads "$THREADS" \
-    --peak-gflops 1 --lr-schedule constant --no-shuffle $flags > "$out.log" 2>&1 || { tail -3 "$out.log"; exit 1; }
-  rows+=("$name|$out")
+  bench_run "$v"
 done
 
 /usr/bin/python3 - "${rows[@]}" <<'PY'

@@ -10,18 +10,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static char *afile_strdup(const char *s, size_t extra) {
-    size_t n = strlen(s);
-    char *p = malloc(n + extra + 1);
-    SL_CHECK(p != NULL, "out of memory");
-    memcpy(p, s, n + 1);
-    return p;
-}
+#include "runtime/str.h"
 
 int afile_open(AFile *f, const char *path, ErrStatus *st) {
-    f->path = afile_strdup(path, 0);
-    f->tmp = afile_strdup(path, 4);
-    strcat(f->tmp, ".tmp");
+    f->path = str_dup(path);
+    f->tmp = str_printf("%s.tmp", path);
     f->fd = open(f->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (f->fd < 0) {
         err_status_set(st, "%s: cannot create: %s", f->tmp, strerror(errno));
@@ -59,14 +52,8 @@ int afile_write(AFile *f, const void *data, size_t len, ErrStatus *st) {
 }
 
 int afile_fsync_dir(const char *path, ErrStatus *st) {
-    char *dir = afile_strdup(path, 1);
-    char *slash = strrchr(dir, '/');
-    if (!slash)
-        strcpy(dir, ".");
-    else if (slash == dir)
-        slash[1] = 0;
-    else
-        *slash = 0;
+    const char *slash = strrchr(path, '/');
+    char *dir = !slash ? str_dup(".") : str_ndup(path, slash == path ? 1 : (size_t)(slash - path));
     int ok = 1;
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) {

@@ -11,6 +11,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "runtime/str.h"
+
 /* Indexed by ChatFormat. */
 static const char *const chat_names[CHAT_NFORMATS] = {"none",   "llama3", "mistral",
                                                       "llama2", "chatml", "qwen2"};
@@ -157,14 +159,12 @@ static void chat_emit(ChatPieces *ps, const char *text, size_t len, int train) {
     if (ps->n == 0 || ps->p[ps->n - 1].train != train) {
         if (ps->n == ps->cap) {
             ps->cap = ps->cap ? 2 * ps->cap : 8;
-            ps->p = realloc(ps->p, ps->cap * sizeof *ps->p);
-            SL_CHECK(ps->p != NULL, "out of memory");
+            ps->p = str_xrealloc(ps->p, ps->cap * sizeof *ps->p);
         }
         ps->p[ps->n++] = (ChatPiece){NULL, 0, train};
     }
     ChatPiece *pc = &ps->p[ps->n - 1];
-    pc->text = realloc(pc->text, pc->len + len + 1);
-    SL_CHECK(pc->text != NULL, "out of memory");
+    pc->text = str_xrealloc(pc->text, pc->len + len + 1);
     memcpy(pc->text + pc->len, text, len);
     pc->len += len;
     pc->text[pc->len] = '\0';

@@ -8,6 +8,7 @@
 #include "afile.h"
 #include "crc32c.h"
 #include "io/checkpoint.pb-c.h"
+#include "runtime/str.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -37,30 +38,6 @@ struct CkptFile {
 };
 
 /* ---- small helpers ---------------------------------------------------------------------- */
-
-static char *ckpt_strdup(const char *s) {
-    size_t n = strlen(s);
-    char *p = malloc(n + 1);
-    SL_CHECK(p != NULL, "out of memory");
-    memcpy(p, s, n + 1);
-    return p;
-}
-
-static void *ckpt_xrealloc(void *p, size_t n) {
-    void *q = realloc(p, n ? n : 1);
-    SL_CHECK(q != NULL, "out of memory (%zu bytes)", n);
-    return q;
-}
-
-static char *ckpt_join(const char *dir, const char *name) {
-    size_t a = strlen(dir), b = strlen(name);
-    char *p = malloc(a + b + 2);
-    SL_CHECK(p != NULL, "out of memory");
-    memcpy(p, dir, a);
-    p[a] = '/';
-    memcpy(p + a + 1, name, b + 1);
-    return p;
-}
 
 static const char *ckpt_str(const char *s) {
     return s ? s : "";
@@ -164,7 +141,7 @@ static void ckpt_slots_rebuild(int32_t **slots, size_t *nslots, const CkptTensor
     size_t cap = 64;
     while (cap < 2 * (n + 1))
         cap *= 2;
-    int32_t *s = ckpt_xrealloc(*slots, cap * sizeof *s);
+    int32_t *s = str_xrealloc(*slots, cap * sizeof *s);
     for (size_t i = 0; i < cap; i++)
         s[i] = -1;
     for (size_t i = 0; i < n; i++) {
@@ -201,11 +178,11 @@ static CkptTensor *ckpt_table_get(CkptTensor **tensors, size_t *n, size_t *cap, 
     SL_CHECK(*n < INT32_MAX, "too many tensors");
     if (*n == *cap) {
         *cap = *cap ? 2 * *cap : 16;
-        *tensors = ckpt_xrealloc(*tensors, *cap * sizeof **tensors);
+        *tensors = str_xrealloc(*tensors, *cap * sizeof **tensors);
     }
     CkptTensor *t = &(*tensors)[*n];
     memset(t, 0, sizeof *t);
-    t->name = ckpt_strdup(name);
+    t->name = str_dup(name);
     t->rows = rows;
     t->cols = cols;
     (*slots)[k] = (int32_t)(*n)++;
@@ -223,7 +200,7 @@ static void ckpt_table_free(CkptTensor *tensors, size_t n) {
 static void ckpt_chunk_push(CkptTensor *t, const CkptChunk *c) {
     if (t->nchunks == t->chunks_cap) {
         t->chunks_cap = t->chunks_cap ? 2 * t->chunks_cap : 4;
-        t->chunks = ckpt_xrealloc(t->chunks, t->chunks_cap * sizeof *t->chunks);
+        t->chunks = str_xrealloc(t->chunks, t->chunks_cap * sizeof *t->chunks);
     }
     t->chunks[t->nchunks++] = *c;
 }
@@ -409,8 +386,8 @@ int ckpt_shard_open(CkptShard *s, const char *dir, const char *fname, size_t chu
     if (chunk_limit < 4 || chunk_limit > CKPT_MAX_RECORD / 2)
         return err_status_set(st, "%s/%s: chunk limit %zu bytes is outside [4, %" PRIu64 "]", dir,
                               fname, chunk_limit, CKPT_MAX_RECORD / 2);
-    s->path = ckpt_join(dir, fname);
-    s->fname = ckpt_strdup(fname);
+    s->path = str_join_path(dir, fname);
+    s->fname = str_dup(fname);
     s->chunk_limit = chunk_limit;
     s->stage = malloc(CKPT_STAGE_BYTES);
     SL_CHECK(s->stage != NULL, "out of memory");
@@ -619,8 +596,8 @@ void ckpt_manifest_free(CkptManifestBuilder *m) {
 static const char *ckpt_builder_file(CkptManifestBuilder *m, const char *name) {
     for (size_t i = 0; i < m->nfiles; i++)
         if (strcmp(m->files[i], name) == 0) return m->files[i];
-    m->files = ckpt_xrealloc(m->files, (m->nfiles + 1) * sizeof *m->files);
-    m->files[m->nfiles] = ckpt_strdup(name);
+    m->files = str_xrealloc(m->files, (m->nfiles + 1) * sizeof *m->files);
+    m->files[m->nfiles] = str_dup(name);
     return m->files[m->nfiles++];
 }
 
@@ -689,7 +666,7 @@ static int ckpt_cmp_tensor_ptr(const void *a, const void *b) {
 
 int ckpt_manifest_write(CkptManifestBuilder *m, const char *dir, ErrStatus *st) {
     err_status_ok(st);
-    char *path = ckpt_join(dir, CKPT_MANIFEST_NAME);
+    char *path = str_join_path(dir, CKPT_MANIFEST_NAME);
     /* Refuse to write a manifest that could not be loaded (e.g. a TP rank's index lost). */
     for (size_t i = 0; i < m->ntensors; i++)
         if (!ckpt_check_whole(path, &m->tensors[i], st)) {
@@ -766,7 +743,7 @@ void ckpt_close(CkptReader *r) {
 
 /* Reads dir/manifest.pb and checks the header and CRC; returns the unpacked message. */
 static Slckpt__Manifest *ckpt_read_manifest(const char *dir, ErrStatus *st) {
-    char *path = ckpt_join(dir, CKPT_MANIFEST_NAME);
+    char *path = str_join_path(dir, CKPT_MANIFEST_NAME);
     Slckpt__Manifest *man = NULL;
     uint8_t *buf = NULL;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -837,9 +814,9 @@ int ckpt_open(CkptReader *r, const char *dir, ErrStatus *st) {
     memset(r, 0, sizeof *r);
     Slckpt__Manifest *man = ckpt_read_manifest(dir, st);
     if (!man) return 0;
-    r->dir = ckpt_strdup(dir);
+    r->dir = str_dup(dir);
     r->pb = man;
-    char *mpath = ckpt_join(dir, CKPT_MANIFEST_NAME);
+    char *mpath = str_join_path(dir, CKPT_MANIFEST_NAME);
     if (man->format_version != CKPT_FORMAT_VERSION) {
         err_status_set(st, "%s: format version %u, this build reads version %d%s", mpath,
                        man->format_version, CKPT_FORMAT_VERSION,
@@ -897,11 +874,11 @@ int ckpt_open(CkptReader *r, const char *dir, ErrStatus *st) {
             if (!ckpt_chunk_check(mpath, t, k, st)) goto fail;
             struct CkptFile *f = ckpt_reader_file(r, k->file);
             if (!f) {
-                r->files = ckpt_xrealloc(r->files, (r->nfiles + 1) * sizeof *r->files);
+                r->files = str_xrealloc(r->files, (r->nfiles + 1) * sizeof *r->files);
                 f = &r->files[r->nfiles++];
                 f->name = k->file;
                 f->size = 0;
-                char *fp = ckpt_join(dir, k->file);
+                char *fp = str_join_path(dir, k->file);
                 struct stat sb;
                 f->fd = open(fp, O_RDONLY | O_CLOEXEC);
                 int bad = f->fd < 0 || fstat(f->fd, &sb) != 0;
@@ -1135,7 +1112,7 @@ static int ckpt_rm_rf(const char *path, ErrStatus *st) {
 }
 
 static int ckpt_mkdir_p(const char *dir, ErrStatus *st) {
-    char *p = ckpt_strdup(dir);
+    char *p = str_dup(dir);
     for (char *s = p + 1; *s; s++) {
         if (*s != '/') continue;
         *s = 0;
@@ -1239,7 +1216,7 @@ static int ckpt_list_all(const char *root, int64_t **out) {
             continue;
         if (n == cap) {
             cap = cap ? 2 * cap : 16;
-            v = ckpt_xrealloc(v, (size_t)cap * sizeof *v);
+            v = str_xrealloc(v, (size_t)cap * sizeof *v);
         }
         v[n++] = s;
     }

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/str.h"
+
 #define DS_IGNORE (-100) /* Hugging Face's ignore_index */
 
 const char *ds_format_name(DsFormat f) {
@@ -25,35 +27,31 @@ void ds_example_free(DsExample *ex) {
 
 /* ---- buffers (grow by doubling, never shrink) ---- */
 
-static void ds_reserve_labels(DsExample *ex, size_t n) {
-    if (n <= ex->cap) return;
-    size_t cap = ex->cap ? ex->cap : 256;
+/* The capacity for n elements: doubled from cap (first when 0) until it holds them. */
+static size_t ds_grow_cap(size_t cap, size_t n, size_t first) {
+    if (cap == 0) cap = first;
     while (cap < n)
         cap *= 2;
-    ex->labels = realloc(ex->labels, cap * sizeof *ex->labels);
-    ex->pos = realloc(ex->pos, cap * sizeof *ex->pos);
-    SL_CHECK(ex->labels && ex->pos, "out of memory (%zu labels)", cap);
-    ex->cap = cap;
+    return cap;
+}
+
+static void ds_reserve_labels(DsExample *ex, size_t n) {
+    if (n <= ex->cap) return;
+    ex->cap = ds_grow_cap(ex->cap, n, 256);
+    ex->labels = str_xrealloc(ex->labels, ex->cap * sizeof *ex->labels);
+    ex->pos = str_xrealloc(ex->pos, ex->cap * sizeof *ex->pos);
 }
 
 static void ds_reserve_text(DsExample *ex, size_t n) {
     if (n <= ex->text_cap) return;
-    size_t cap = ex->text_cap ? ex->text_cap : 4096;
-    while (cap < n)
-        cap *= 2;
-    ex->text = realloc(ex->text, cap);
-    SL_CHECK(ex->text != NULL, "out of memory (%zu bytes of text)", cap);
-    ex->text_cap = cap;
+    ex->text_cap = ds_grow_cap(ex->text_cap, n, 4096);
+    ex->text = str_xrealloc(ex->text, ex->text_cap);
 }
 
 static void ds_reserve_ids(TokIds *ids, size_t n) {
     if (n <= ids->cap) return;
-    size_t cap = ids->cap ? ids->cap : 256;
-    while (cap < n)
-        cap *= 2;
-    ids->ids = realloc(ids->ids, cap * sizeof *ids->ids);
-    SL_CHECK(ids->ids != NULL, "out of memory (%zu ids)", cap);
-    ids->cap = cap;
+    ids->cap = ds_grow_cap(ids->cap, n, 256);
+    ids->ids = str_xrealloc(ids->ids, ids->cap * sizeof *ids->ids);
 }
 
 static void ds_push_id(TokIds *ids, int32_t id) {

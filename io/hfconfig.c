@@ -219,6 +219,17 @@ static int hfc_validate(const HfcConfig *c, const char *path, ErrStatus *st) {
 
 /* ---- load ---------------------------------------------------------------------------- */
 
+/* Sets c->arch from an 'architectures' name or (by_type) a model_type; 0 if unsupported. */
+static int hfc_find_arch(const char *name, int by_type, HfcConfig *c) {
+    for (int i = 0; i < HFC_NARCH; i++) {
+        if (strcmp(name, by_type ? hfc_archs[i].model_type : hfc_archs[i].architecture) == 0) {
+            c->arch = hfc_archs[i].arch;
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static int hfc_parse_arch(HfcCtx *x, const json_t *root, HfcConfig *c) {
     const json_t *a = json_object_get(root, "architectures");
     if (a && !json_is_null(a)) {
@@ -226,12 +237,7 @@ static int hfc_parse_arch(HfcCtx *x, const json_t *root, HfcConfig *c) {
             return err_status_set(
                 x->st, "%s: field 'architectures' must be a non-empty array of strings", x->path);
         const char *name = json_string_value(json_array_get(a, 0));
-        for (int i = 0; i < HFC_NARCH; i++) {
-            if (strcmp(name, hfc_archs[i].architecture) == 0) {
-                c->arch = hfc_archs[i].arch;
-                return 1;
-            }
-        }
+        if (hfc_find_arch(name, 0, c)) return 1;
         return err_status_set(x->st,
                               "%s: unsupported architecture '%s' in 'architectures' (supported: "
                               "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)",
@@ -242,12 +248,7 @@ static int hfc_parse_arch(HfcCtx *x, const json_t *root, HfcConfig *c) {
     int r = hfc_get_str(x, root, NULL, "model_type", &mt);
     if (r == 0) return 0;
     if (r < 0) return err_status_set(x->st, "%s: missing field 'architectures'", x->path);
-    for (int i = 0; i < HFC_NARCH; i++) {
-        if (strcmp(mt, hfc_archs[i].model_type) == 0) {
-            c->arch = hfc_archs[i].arch;
-            return 1;
-        }
-    }
+    if (hfc_find_arch(mt, 1, c)) return 1;
     return err_status_set(x->st,
                           "%s: no 'architectures' and unsupported model_type '%s' (supported: "
                           "llama, mistral, qwen2)",

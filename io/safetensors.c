@@ -3,6 +3,7 @@
 #include "safetensors.h"
 
 #include "afile.h"
+#include "runtime/str.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -79,25 +80,6 @@ static int st_pread_full(int fd, const char *path, void *buf, size_t len, uint64
         done += (size_t)got;
     }
     return 1;
-}
-
-static char *st_strdup(const char *s) {
-    size_t n = strlen(s) + 1;
-    char *d = malloc(n);
-    SL_CHECK(d != NULL, "out of memory");
-    memcpy(d, s, n);
-    return d;
-}
-
-static char *st_join(const char *dir, const char *name) {
-    size_t a = strlen(dir), b = strlen(name);
-    char *p = malloc(a + b + 2);
-    SL_CHECK(p != NULL, "out of memory");
-    memcpy(p, dir, a);
-    size_t k = a;
-    if (a > 0 && dir[a - 1] != '/') p[k++] = '/';
-    memcpy(p + k, name, b + 1);
-    return p;
 }
 
 /* ---- header parsing ------------------------------------------------------------------ */
@@ -257,7 +239,7 @@ static int st_parse_header(StFile *f, const char *buf, size_t len, ErrStatus *st
     json_object_foreach(root, key, val) {
         if (strcmp(key, "__metadata__") == 0) continue;
         StTensor *t = &f->tensors[f->ntensors++];
-        t->name = st_strdup(key);
+        t->name = str_dup(key);
         if (!st_parse_entry(f, t, val, st)) {
             ok = 0;
             goto done;
@@ -284,7 +266,7 @@ int st_open(StFile *f, const char *path, ErrStatus *st) {
     memset(f, 0, sizeof *f);
     f->fd = -1;
     err_status_ok(st);
-    f->path = st_strdup(path);
+    f->path = str_dup(path);
     char *hdr = NULL;
     int ok = 0;
 
@@ -543,9 +525,7 @@ void st_dir_close(StDir *d) {
 }
 
 static int st_dir_add(StDir *d, const char *path, ErrStatus *st) {
-    StFile *nf = realloc(d->files, sizeof *nf * (size_t)(d->nfiles + 1));
-    SL_CHECK(nf != NULL, "out of memory");
-    d->files = nf;
+    d->files = str_xrealloc(d->files, sizeof *d->files * (size_t)(d->nfiles + 1));
     if (!st_open(&d->files[d->nfiles], path, st)) return 0;
     d->nfiles++;
     return 1;
@@ -624,7 +604,7 @@ static int st_dir_open_index(StDir *d, const char *ipath, ErrStatus *st) {
         while (k < d->nfiles && strcmp(fnames[k], fn) != 0)
             k++;
         if (k < d->nfiles) continue;
-        char *p = st_join(d->dir, fn);
+        char *p = str_join_path(d->dir, fn);
         ok = st_dir_add(d, p, st);
         free(p);
         if (!ok) goto done;
@@ -663,9 +643,9 @@ static int st_dir_check_unique(const StDir *d, ErrStatus *st) {
 int st_dir_open(StDir *d, const char *dir, ErrStatus *st) {
     memset(d, 0, sizeof *d);
     err_status_ok(st);
-    d->dir = st_strdup(dir);
-    char *ipath = st_join(dir, "model.safetensors.index.json");
-    char *spath = st_join(dir, "model.safetensors");
+    d->dir = str_dup(dir);
+    char *ipath = str_join_path(dir, "model.safetensors.index.json");
+    char *spath = str_join_path(dir, "model.safetensors");
     struct stat sb;
     int ok;
     if (stat(ipath, &sb) == 0)
@@ -711,9 +691,7 @@ void st_writer_add(StWriter *w, const char *name, StDtype dtype, int ndim, const
     SL_CHECK(ndim >= 0 && ndim <= ST_MAX_DIMS, "bad ndim %d for '%s'", ndim, name);
     if (w->n == w->cap) {
         int cap = w->cap ? 2 * w->cap : 16;
-        StWriteEntry *e = realloc(w->entries, sizeof *e * (size_t)cap);
-        SL_CHECK(e != NULL, "out of memory");
-        w->entries = e;
+        w->entries = str_xrealloc(w->entries, sizeof *w->entries * (size_t)cap);
         w->cap = cap;
     }
     StWriteEntry *e = &w->entries[w->n++];
@@ -730,13 +708,13 @@ void st_writer_meta(StWriter *w, const char *key, const char *value) {
     for (int i = 0; i < w->nmeta; i++) {
         if (strcmp(w->meta_keys[i], key) == 0) {
             free(w->meta_vals[i]);
-            w->meta_vals[i] = st_strdup(value);
+            w->meta_vals[i] = str_dup(value);
             return;
         }
     }
     SL_CHECK(w->nmeta < 32, "too many metadata entries (max 32)");
-    w->meta_keys[w->nmeta] = st_strdup(key);
-    w->meta_vals[w->nmeta] = st_strdup(value);
+    w->meta_keys[w->nmeta] = str_dup(key);
+    w->meta_vals[w->nmeta] = str_dup(value);
     w->nmeta++;
 }
 

@@ -264,6 +264,15 @@ static void gemm_check_weight(const GemmWeight *W) {
              (long long)W->rows, (long long)W->cols, (long long)W->ld);
 }
 
+/* Rows [r, r + n) of a BF16 weight, n = min(tr, rows - r), converted into g->scratch as an
+ * [n, cols] F32 tile; returns n. */
+static int64_t gemm_load_tile(GemmCtx *g, const GemmWeight *W, int64_t r, int64_t tr) {
+    int64_t n = W->rows - r < tr ? W->rows - r : tr;
+    gemm_bf16_tile_to_f32(g->scratch, (const uint16_t *)W->data + r * W->ld, n, W->cols, W->ld,
+                          g->nthreads);
+    return n;
+}
+
 void gemm_xwt(GemmCtx *g, float *Y, const float *X, const GemmWeight *W, int64_t T, float beta) {
     gemm_check_weight(W);
     const int64_t nout = W->rows, nin = W->cols;
@@ -277,12 +286,10 @@ void gemm_xwt(GemmCtx *g, float *Y, const float *X, const GemmWeight *W, int64_t
         return;
     }
     const int64_t tr = gemm_tile_rows(g, W);
-    const uint16_t *w = (const uint16_t *)W->data;
     /* Y[:, r:r+n] = beta * Y[:, r:r+n] + X W[r:r+n, :]^T; tiles own disjoint output
      * columns, so every tile applies beta. */
     for (int64_t r = 0; r < nout; r += tr) {
-        int64_t n = nout - r < tr ? nout - r : tr;
-        gemm_bf16_tile_to_f32(g->scratch, w + r * W->ld, n, nin, W->ld, g->nthreads);
+        int64_t n = gemm_load_tile(g, W, r, tr);
         gemm_f32(g, 0, 1, T, n, nin, 1.0f, X, nin, g->scratch, nin, beta, Y + r, nout);
     }
 }
@@ -301,12 +308,10 @@ void gemm_xw(GemmCtx *g, float *dX, const float *dY, const GemmWeight *W, int64_
         return;
     }
     const int64_t tr = gemm_tile_rows(g, W);
-    const uint16_t *w = (const uint16_t *)W->data;
     /* dX = beta * dX + sum over tiles of dY[:, r:r+n] W[r:r+n, :]: the first tile applies
      * beta, the others accumulate. */
     for (int64_t r = 0; r < nout; r += tr) {
-        int64_t n = nout - r < tr ? nout - r : tr;
-        gemm_bf16_tile_to_f32(g->scratch, w + r * W->ld, n, nin, W->ld, g->nthreads);
+        int64_t n = gemm_load_tile(g, W, r, tr);
         gemm_f32(g, 0, 0, T, nin, n, 1.0f, dY + r, nout, g->scratch, nin, r == 0 ? beta : 1.0f, dX,
                  nin);
     }

@@ -109,7 +109,9 @@ static double ref_dot(const float *a, const float *b, int64_t n) {
     return s;
 }
 
-static void ref_check_doc_start(const int32_t *doc_start, int64_t T) {
+/* The attention kernels' shape arguments: H a multiple of KV, each doc_start[t] in [0, t]. */
+static void ref_check_attention(const int32_t *doc_start, int64_t T, int64_t H, int64_t KV) {
+    SL_CHECK(KV > 0 && H == H / KV * KV, "H %lld not a multiple of KV %lld", (long long)H, (long long)KV);
     for (int64_t t = 0; t < T; t++)
         SL_CHECK(doc_start[t] >= 0 && doc_start[t] <= t, "doc_start[%lld] = %d", (long long)t,
                  (int)doc_start[t]);
@@ -119,8 +121,7 @@ static void ref_attention_forward(KernCtx *kc, float *out, float *lse, const flo
                                   const float *k, const float *v, const int32_t *doc_start,
                                   int64_t T, int64_t H, int64_t KV, int64_t D) {
     (void)kc;
-    SL_CHECK(KV > 0 && H == H / KV * KV, "H %lld not a multiple of KV %lld", (long long)H, (long long)KV);
-    ref_check_doc_start(doc_start, T);
+    ref_check_attention(doc_start, T, H, KV);
     int64_t G = H / KV;
     double scale = 1.0 / sqrt((double)D);
     for (int64_t h = 0; h < H; h++) {
@@ -157,8 +158,7 @@ static void ref_attention_backward(KernCtx *kc, float *dq, float *dk, float *dv,
                                    const int32_t *doc_start, int64_t T, int64_t H, int64_t KV,
                                    int64_t D) {
     (void)kc;
-    SL_CHECK(KV > 0 && H == H / KV * KV, "H %lld not a multiple of KV %lld", (long long)H, (long long)KV);
-    ref_check_doc_start(doc_start, T);
+    ref_check_attention(doc_start, T, H, KV);
     int64_t G = H / KV;
     double scale = 1.0 / sqrt((double)D);
     for (int64_t h = 0; h < H; h++) {

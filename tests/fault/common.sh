@@ -39,11 +39,26 @@ make_model() {
     --vocab 301 --seed 3 "$@" > /dev/null || fail "make-model $d failed"
 }
 
+# fault_setup NAME WORK_DIR HIDDEN: setup_work, make_data into $W/data.jsonl and make_model
+# $W/model HIDDEN
+fault_setup() {
+  setup_work "$1" "$2"
+  make_data "$W/data.jsonl"
+  make_model "$W/model" "$3"
+}
+
 MPI=(mpiexec --oversubscribe)
 # train NP ARGS... : runs `mpiexec -n NP shardlora train ARGS` in the foreground
 train() {
   local np="$1"; shift
   mpiexec --oversubscribe -n "$np" "$SL" train "$@"
+}
+
+# train_ref NP ARGS...: the uninterrupted reference run into $W/ref (log $W/ref.log); fails
+# the test if it fails
+train_ref() {
+  local np="$1"; shift
+  train "$np" "$@" --out "$W/ref" > "$W/ref.log" 2>&1 || { tail "$W/ref.log"; fail "the uninterrupted run failed"; }
 }
 
 # the pids of the shardlora ranks started by mpiexec pid $1 (Open MPI 4: its children)

@@ -5,14 +5,12 @@
 # the uninterrupted run's exact adapter bytes.
 # usage: corrupt.sh SHARDLORA_BINARY WORK_DIR
 source "$(dirname "$0")/common.sh"
-setup_work corrupt "$2"
-make_data "$W/data.jsonl"
-make_model "$W/model" 64
+fault_setup corrupt "$2" 64
 ARGS=(--model "$W/model" --data "$W/data.jsonl" --tp 2 --micro-batch 4 --global-batch 4 --seq-len 24
       --threads 1 --ckpt-every 10 --ckpt-chunk-bytes 4096 --lora-dropout 0.1 --log-every 1000
       --lr-schedule constant)  # runs to 40 then 60 steps: a decaying schedule would differ
 
-train 2 "${ARGS[@]}" --steps 60 --out "$W/ref" > "$W/ref.log" 2>&1 || { tail "$W/ref.log"; fail "the uninterrupted run failed"; }
+train_ref 2 "${ARGS[@]}" --steps 60
 train 2 "${ARGS[@]}" --steps 40 --out "$W/base" > "$W/base.log" 2>&1 || { tail "$W/base.log"; fail "the 40-step run failed"; }
 [ "$(latest_step "$W/base")" = 40 ] || fail "the 40-step run's latest is step $(latest_step "$W/base"), expected 40"
 ok "uninterrupted run to step 60; a run stopped at step 40 (checkpoints: $(cd "$W/base/checkpoints" && ls -d step-* | tr '\n' ' '))"

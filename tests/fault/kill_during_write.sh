@@ -6,15 +6,13 @@
 # The rounds chain: each resumes from the state the previous kill left.
 # usage: kill_during_write.sh SHARDLORA_BINARY WORK_DIR
 source "$(dirname "$0")/common.sh"
-setup_work kill_during_write "$2"
-make_data "$W/data.jsonl"
-make_model "$W/model" 128
+fault_setup kill_during_write "$2" 128
 STEPS=150
 ARGS=(--model "$W/model" --data "$W/data.jsonl" --tp 2 --micro-batch 2 --global-batch 4 --seq-len 16
       --steps $STEPS --threads 1 --ckpt-every 1 --ckpt-chunk-bytes 256 --lora-r 32 --lora-dropout 0.1 --log-every 1000)
 
 t=$(date +%s.%N)
-train 4 "${ARGS[@]}" --out "$W/ref" > "$W/ref.log" 2>&1 || { tail "$W/ref.log"; fail "the uninterrupted run failed"; }
+train_ref 4 "${ARGS[@]}"
 ok "uninterrupted run: $STEPS steps, a checkpoint every step ($(du -sk "$W/ref/checkpoints/latest/" | cut -f1) KiB each) in $(since "$t") s"
 
 mid_write=0

@@ -4,15 +4,13 @@
 # its final adapter is byte-identical to an uninterrupted run's.
 # usage: kill_rank.sh SHARDLORA_BINARY WORK_DIR
 source "$(dirname "$0")/common.sh"
-setup_work kill_rank "$2"
-make_data "$W/data.jsonl"
-make_model "$W/model" 256
+fault_setup kill_rank "$2" 256
 STEPS=200
 ARGS=(--model "$W/model" --data "$W/data.jsonl" --tp 2 --micro-batch 2 --global-batch 4 --seq-len 64
       --steps $STEPS --threads 1 --ckpt-every 10 --lora-dropout 0.1 --log-every 100)
 
 t=$(date +%s.%N)
-train 4 "${ARGS[@]}" --out "$W/ref" > "$W/ref.log" 2>&1 || { tail "$W/ref.log"; fail "the uninterrupted run failed"; }
+train_ref 4 "${ARGS[@]}"
 ok "uninterrupted run: $STEPS steps at tp=2 dp=2 in $(since "$t") s"
 
 "${MPI[@]}" -n 4 "$SL" train "${ARGS[@]}" --out "$W/run" > "$W/run1.log" 2>&1 &

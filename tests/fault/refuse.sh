@@ -4,9 +4,7 @@
 # OUT/checkpoints untouched (listing with sizes and mtimes, and sha256 of every file).
 # usage: refuse.sh SHARDLORA_BINARY WORK_DIR
 source "$(dirname "$0")/common.sh"
-setup_work refuse "$2"
-make_data "$W/data.jsonl"
-make_model "$W/model" 64
+fault_setup refuse "$2" 64
 make_model "$W/model128" 128
 COMMON=(--data "$W/data.jsonl" --tp 2 --micro-batch 4 --global-batch 4 --seq-len 16 --threads 1
         --ckpt-every 5 --log-every 1000 --out "$W/run")

@@ -4,9 +4,7 @@
 # run's within relative 1e-4 (max |a - b| / max |ref| per tensor; the max error is printed).
 # usage: reshard.sh SHARDLORA_BINARY WORK_DIR
 source "$(dirname "$0")/common.sh"
-setup_work reshard "$2"
-make_data "$W/data.jsonl"
-make_model "$W/model" 64
+fault_setup reshard "$2" 64
 ARGS=(--model "$W/model" --data "$W/data.jsonl" --global-batch 4 --seq-len 24 --threads 1
       --ckpt-every 5 --lora-dropout 0.1 --lr 3e-3 --log-every 1000
       --lr-schedule constant)  # runs to 15 then 30 steps: a decaying schedule would differ

@@ -5,16 +5,14 @@
 # process: "checkpoint written", intact, and the resume is exact.
 # usage: signals.sh SHARDLORA_BINARY WORK_DIR
 source "$(dirname "$0")/common.sh"
-setup_work signals "$2"
-make_data "$W/data.jsonl"
-make_model "$W/model" 256
+fault_setup signals "$2" 256
 STEPS=120
 EVERY=30
 ARGS=(--model "$W/model" --data "$W/data.jsonl" --tp 2 --micro-batch 2 --global-batch 4 --seq-len 64
       --steps $STEPS --threads 1 --ckpt-every $EVERY --lora-dropout 0.1 --log-every 1000)
 
 t=$(date +%s.%N)
-train 4 "${ARGS[@]}" --out "$W/ref" > "$W/ref.log" 2>&1 || { tail "$W/ref.log"; fail "the uninterrupted run failed"; }
+train_ref 4 "${ARGS[@]}"
 ok "uninterrupted run: $STEPS steps at tp=2 dp=2 in $(since "$t") s"
 
 # wait_exit PID SECONDS: waits for mpiexec; sets rc to its status; fails on a hang

@@ -7,13 +7,10 @@
 # uninterrupted one; LoRA-FA keeps half the optimizer memory of LoRA when in = out; the
 # exported adapter is plain PEFT LoRA (use_rslora kept) and imports back with its scale.
 # usage: variants_layouts.sh SHARDLORA_BINARY WORK_DIR
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 set -uo pipefail
 SL="$1"; W="$2/mpi/variants"
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REF="$HERE/../reference"
-PY=/usr/bin/python3
-RUN_TIMEOUT=120
+# shellcheck source=tests/mpi/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 TOL=1e-4               # loss, gradients and adapter at step 3, relative per tensor (the issue's
                        # bound; layouts.sh's LATE_GRAD_TOL: measured <= 1.9e-5, fp32 sum order)
 LAYOUTS="1x1 2x1 4x1 2x2"   # tp x dp
@@ -21,18 +18,9 @@ MM=(--layers 2 --hidden 64 --ffn 128 --heads 4 --kv-heads 2 --vocab 259)
 TRAIN=(--threads 1 --no-shuffle --no-pack --seq-len 16 --micro-batch 1 --global-batch 4 --lora-r 4
        --lora-alpha 8 --seed 3 --log-every 1 --optimizer sgd --momentum 0.9 --lr 0.3
        --adapter lora-fa --loraplus-ratio 8 --use-rslora)
-FAILS=()
-fail() { FAILS+=("$1"); echo "FAIL: $1"; }
-rm -rf "$W"; mkdir -p "$W"
 
 "$SL" make-model --out "$W/model" "${MM[@]}" --seed 5 >/dev/null || { echo "make-model failed"; exit 1; }
-"$PY" - > "$W/data.jsonl" <<'PY'
-import json, random
-rng = random.Random(9)
-for i in range(16):
-    n = rng.randint(8, 20)
-    print(json.dumps({"input_ids": [rng.randrange(259) for _ in range(n)]}))
-PY
+make_data "$W/data.jsonl" --seed 9 --rows 16 --len 8 20 --vocab 259
 
 train() {  # train NP OUT args...
   local np="$1" out="$2"; shift 2
@@ -45,7 +33,7 @@ for lay in $LAYOUTS; do
   tp=${lay%x*}; dp=${lay#*x}
   train $((tp * dp)) "$W/run-$lay" --tp "$tp" --steps 3 --target-modules all --dump-grads "$W/dump-$lay.safetensors"
 done
-"$PY" "$HERE/variants_layouts_check.py" layouts "$W" "$TOL" $LAYOUTS || fail "layouts"
+"$PY" "$MPI_DIR/variants_layouts_check.py" layouts "$W" "$TOL" $LAYOUTS || fail "layouts"
 # the step-1 dump (initial adapter and batch, the same at every layout) for the replays
 train 1 "$W/run-step1" --steps 1 --target-modules all --dump-grads "$W/dump-step1.safetensors"
 for lay in $LAYOUTS; do
@@ -73,16 +61,13 @@ fi
 for k in lora lora-fa; do
   train 1 "$W/mem-$k" --steps 1 --target-modules q_proj,o_proj --adapter "$k"
 done
-"$PY" "$HERE/variants_layouts_check.py" memory "$W/mem-lora" "$W/mem-lora-fa" || fail "memory"
+"$PY" "$MPI_DIR/variants_layouts_check.py" memory "$W/mem-lora" "$W/mem-lora-fa" || fail "memory"
 
 # 4. export / import: plain PEFT LoRA with use_rslora; imported back with the rsLoRA scale
-"$PY" "$HERE/variants_layouts_check.py" export "$W/run-1x1/adapter" "$W/dump-1x1.safetensors" || fail "export"
+"$PY" "$MPI_DIR/variants_layouts_check.py" export "$W/run-1x1/adapter" "$W/dump-1x1.safetensors" || fail "export"
 train 2 "$W/import" --tp 2 --steps 1 --adapter lora --loraplus-ratio 0 --init-adapter "$W/run-1x1/adapter" \
   --dump-grads "$W/dump-import.safetensors"
-"$PY" "$HERE/variants_layouts_check.py" import "$W/run-1x1/adapter" "$W/dump-import.safetensors" || fail "import"
+"$PY" "$MPI_DIR/variants_layouts_check.py" import "$W/run-1x1/adapter" "$W/dump-import.safetensors" || fail "import"
 "$PY" "$REF/check_grads.py" --model "$W/model" --dump "$W/dump-import.safetensors" | tail -1 || fail "import reference"
 
-if [ ${#FAILS[@]} -gt 0 ]; then
-  printf 'variants_layouts: FAILED: %s\n' "${FAILS[@]}"; exit 1
-fi
-echo "variants_layouts: OK"
+mpi_finish variants_layouts

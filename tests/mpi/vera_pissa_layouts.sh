@@ -2,26 +2,13 @@
 # VeRA / PiSSA at (tp, dp) in {(1,1), (2,1), (4,1), (2,2)} on a model with 2 kv heads (tp=4
 # replicates them): each layout's dump against the PyTorch reference, and against tp=1.
 # usage: vera_pissa_layouts.sh SHARDLORA_BINARY WORK_DIR vera|pissa
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 set -uo pipefail
 SL="$1"; KIND="$3"; W="$2/mpi/$KIND-layouts"
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REF="$HERE/../reference"
-PY=/usr/bin/python3
-RUN_TIMEOUT=120
+# shellcheck source=tests/mpi/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 LAYOUT_TOL=1e-4   # VeRA: gradients after 3 AdamW steps vs tp=1; PiSSA: initial adapters
-rm -rf "$W"; mkdir -p "$W"
-FAILS=()
-fail() { FAILS+=("$1"); echo "FAIL: $1"; }
-"$SL" make-model --out "$W/model" --layers 2 --hidden 64 --ffn 128 --heads 4 --kv-heads 2 --vocab 259 --seed 3 \
-  > "$W/model.log" 2>&1 || { cat "$W/model.log"; exit 1; }
-"$PY" - > "$W/data.jsonl" <<'PY'
-import json, random
-rng = random.Random(5)
-for i in range(7):
-    n = rng.randint(8, 28)
-    print(json.dumps({"input_ids": [rng.randrange(259) for _ in range(n)]}))
-PY
+model model --hidden 64 --ffn 128 --heads 4 --kv-heads 2 --vocab 259
+make_data "$W/data.jsonl" --seed 5 --rows 7 --len 8 28 --vocab 259
 COMMON=(--model "$W/model" --data "$W/data.jsonl" --no-shuffle --no-pack --seq-len 24 --micro-batch 1
         --global-batch 4 --lora-r 4 --lora-alpha 8 --lr 5e-3 --seed 11 --threads 1 --target-modules all)
 # VeRA steps with SGD + momentum: AdamW's first step divides each lambda_b gradient by its own
@@ -32,14 +19,8 @@ if [ "$KIND" = vera ]; then COMMON+=(--adapter vera --lora-dropout 0.1 --optimiz
 else COMMON+=(--init pissa --pissa-iters 40); STEPS=1; fi
 for l in "1 1" "2 1" "4 1" "2 2"; do
   set -- $l; tp=$1; dp=$2; n="t${tp}d${dp}"
-  timeout "$RUN_TIMEOUT" mpiexec --oversubscribe -n $((tp * dp)) "$SL" train "${COMMON[@]}" --tp "$tp" \
-    --out "$W/$n" --steps $STEPS --dump-grads "$W/$n.safetensors" > "$W/$n.log" 2>&1 \
-    || { tail -5 "$W/$n.log"; fail "train tp=$tp dp=$dp"; continue; }
-  if [ "$KIND" = vera ]; then
-    "$PY" "$REF/vera_check.py" --model "$W/model" --dump "$W/$n.safetensors" | tail -1 || fail "reference tp=$tp dp=$dp"
-  else
-    "$PY" "$REF/pissa_check.py" --model "$W/model" --dump "$W/$n.safetensors" | tail -1 || fail "reference tp=$tp dp=$dp"
-  fi
+  train "$n" "$tp" "$dp" --steps $STEPS --dump-grads "$W/$n.safetensors" || continue
+  "$PY" "$REF/${KIND}_check.py" --model "$W/model" --dump "$W/$n.safetensors" | tail -1 || fail "reference tp=$tp dp=$dp"
   [ "$n" = t1d1 ] && continue
   "$PY" -c "
 import sys; sys.path.insert(0, '$REF'); import torch_llama as tl
@@ -52,5 +33,4 @@ for k in a:
 print(f'  tp=$tp dp=$dp vs tp=1: every tensor and gradient, max rel diff {w:.3e} (tol $LAYOUT_TOL)')
 sys.exit(0 if w <= $LAYOUT_TOL else 1)" || fail "tp=$tp dp=$dp vs tp=1"
 done
-if [ ${#FAILS[@]} -gt 0 ]; then echo "$KIND layouts: FAILED: ${FAILS[*]}"; exit 1; fi
-echo "$KIND layouts: OK"
+mpi_finish "$KIND layouts"

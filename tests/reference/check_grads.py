@@ -104,23 +104,12 @@ def run(args):
           f"targets={','.join(lora.targets)} dropout={lora.dropout:g}"
           + (f" (Philox masks, seed {lora.dropout_seed}, step {lora.dropout_step})" if lora.dropout > 0 else ""))
 
-    problems = tl.check_dump_adapter(tensors, lora, where, need_grads=True)
-    if problems:
-        for p in problems:
-            print(f"  FAIL {p}")
-        print(f"check_grads: FAILED: {len(problems)} adapter key/shape problem(s) in {where}")
+    if not tl.load_dump_adapter("check_grads", tensors, lora, where, need_grads=True):
         return 1
-
-    lora.load(tensors, where)
     failed = 0
     if args.check_init:
         failed += check_init(tensors, meta, lora, where, args.init_kind, args.init_ulps)
-    loss, n = model.loss(ids, labels, pos, lora, training=True)
-    loss.backward()
-
-    ours_loss = float(tensors["loss"].reshape(-1)[0])
-    err, kind = tl.compare(torch.tensor([ours_loss]), loss.detach().reshape(1))
-    ok = tl.passes(err, kind, args.tol)
+    ours_loss, loss, n, err, kind, ok = tl.check_dump_loss(model, tensors, (ids, labels, pos), lora, args.tol)
     failed += not ok
     worst = err if kind == "rel" else 0.0
     print(f"  {'ok  ' if ok else 'FAIL'} loss  ours {ours_loss:.8f}  ref {float(loss):.8f}  "
@@ -155,11 +144,7 @@ def main():
     ap.add_argument("--init-ulps", type=int, default=0,
                     help="max float32 ulps between lora_A and the Philox init (default 0: bit for bit)")
     args = ap.parse_args()
-    try:
-        return run(args)
-    except (tl.ReferenceError_, OSError) as e:
-        print(f"check_grads: error: {e}", file=sys.stderr)
-        return 1
+    return tl.run_checker("check_grads", run, args)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ Exit status 0 when every step matches within tol (relative), 1 otherwise.
 """
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -55,16 +54,8 @@ def read_metrics(path):
     """step (1-based) -> the step's metrics object; lines without step+loss (eval lines,
     headers) are skipped; a repeated step (a resumed run) keeps its last line."""
     steps = {}
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise tl.ReferenceError_(f"{path}:{lineno}: not valid JSON: {e}")
-            if not isinstance(obj, dict) or "eval_loss" in obj or "step" not in obj or "loss" not in obj:
-                continue
+    for _, obj in tl.read_jsonl(path):
+        if isinstance(obj, dict) and "eval_loss" not in obj and "step" in obj and "loss" in obj:
             steps[int(obj["step"])] = obj
     return steps
 
@@ -98,13 +89,8 @@ def run(args):
         raise tl.ReferenceError_(f"{where}: global_batch {G} is not a positive multiple of micro_batch {B}")
     T = meta_num(meta, "seq_len", where, int)
     max_norm = meta_num(meta, "max_grad_norm", where) if "max_grad_norm" in meta else 0.0
-    problems = tl.check_dump_adapter(tensors, lora, where, need_grads=False)
-    if problems:
-        for p in problems:
-            print(f"  FAIL {p}")
-        print(f"check_steps: FAILED: {len(problems)} adapter key/shape problem(s) in {where}")
+    if not tl.load_dump_adapter("check_steps", tensors, lora, where, need_grads=False):
         return 1
-    lora.load(tensors, where)
 
     seqs = tl.read_jsonl_sequences(args.data)
     V = model.cfg.vocab_size
@@ -209,11 +195,7 @@ def main():
     args = ap.parse_args()
     if args.steps < 1:
         ap.error("--steps must be >= 1")
-    try:
-        return run(args)
-    except (tl.ReferenceError_, OSError) as e:
-        print(f"check_steps: error: {e}", file=sys.stderr)
-        return 1
+    return tl.run_checker("check_steps", run, args)
 
 
 if __name__ == "__main__":

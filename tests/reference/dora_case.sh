@@ -21,41 +21,25 @@
 #   resume     6 steps straight vs 3 steps + resume from the step-3 checkpoint: the adapters
 #              are byte-identical (tp = 1 and tp = 2).
 # usage: dora_case.sh SHARDLORA_BINARY WORK_DIR CASE
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 set -euo pipefail
 SL="$1"; CASE="$3"; W="$2/dora-$CASE"
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-PY=/usr/bin/python3
-CHK=("$PY" "$HERE/dora_check.py")
+# shellcheck source=tests/reference/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+CHK=("$PY" "$REF/dora_check.py")
 TOL=1e-4          # loss and gradients vs PyTorch (issue 9)
 EVAL_TOL=1e-5     # merged vs unmerged eval loss (F32)
 RUN_TIMEOUT=180
-rm -rf "$W"; mkdir -p "$W"
 
 MM=(--layers 2 --hidden 64 --ffn 128 --heads 4 --kv-heads 2 --vocab 259 --qkv-bias --seed 7)
 TRAIN=(--adapter dora --no-shuffle --no-pack --seq-len 24 --micro-batch 2 --lora-r 4 --lora-alpha 8
        --lr 5e-3 --seed 11 --log-every 100 --threads 1)
-
-"$PY" - > "$W/data.jsonl" <<'PY'
-import json, random
-rng = random.Random(5)
-for i in range(8):
-    n = rng.randint(10, 30)
-    ids = [rng.randrange(259) for _ in range(n)]
-    row = {"input_ids": ids}
-    if i % 2:
-        k = rng.randint(0, 5)
-        row["labels"] = [-100] * k + ids[k:]
-    print(json.dumps(row))
-PY
+make_data "$W/data.jsonl" --seed 5 --rows 8 --vocab 259 --mask odd:0:5
 
 # run NP OUT ARGS...: shardlora train on NP ranks (log in OUT.log)
 run() {
   local np="$1" out="$2"; shift 2
-  if ! timeout "$RUN_TIMEOUT" mpiexec --oversubscribe -n "$np" "$SL" train --data "$W/data.jsonl" --out "$out" \
-      "${TRAIN[@]}" "$@" > "$out.log" 2>&1; then
-    tail -n 5 "$out.log"; echo "FAIL: train $(basename "$out")"; exit 1
-  fi
+  must "$out.log" "train $(basename "$out")" mpiexec --oversubscribe -n "$np" "$SL" train --data "$W/data.jsonl" \
+    --out "$out" "${TRAIN[@]}" "$@"
 }
 
 case "$CASE" in
@@ -88,13 +72,10 @@ zero-row)
   done
   # `shardlora merge` keeps the zero rows at 0 (norm floored as in training, not PEFT's 0/0)
   # and the merged model's eval = the unmerged adapter's
-  timeout "$RUN_TIMEOUT" "$SL" merge --model "$W/model" --adapter "$W/tp1/adapter" --out "$W/merged" --threads 1 \
-    > "$W/merge.log" 2>&1 || { tail "$W/merge.log"; echo "FAIL: merge with zero rows"; exit 1; }
+  must "$W/merge.log" "merge with zero rows" "$SL" merge --model "$W/model" --adapter "$W/tp1/adapter" --out "$W/merged" --threads 1
   EV=(--data "$W/data.jsonl" --seq-len 24 --no-pack --threads 1)
-  "$SL" eval --model "$W/model" --adapter "$W/tp1/adapter" "${EV[@]}" --out "$W/unmerged.json" > "$W/eval-u.log" 2>&1 \
-    || { tail "$W/eval-u.log"; echo "FAIL: eval unmerged"; exit 1; }
-  "$SL" eval --model "$W/merged" "${EV[@]}" --out "$W/merged.json" > "$W/eval-m.log" 2>&1 \
-    || { tail "$W/eval-m.log"; echo "FAIL: eval merged"; exit 1; }
+  must "$W/eval-u.log" "eval unmerged" "$SL" eval --model "$W/model" --adapter "$W/tp1/adapter" "${EV[@]}" --out "$W/unmerged.json"
+  must "$W/eval-m.log" "eval merged" "$SL" eval --model "$W/merged" "${EV[@]}" --out "$W/merged.json"
   "${CHK[@]}" evals "$W/merged.json" "$W/unmerged.json" --tol 1e-5
   ;;
 merge)
@@ -116,34 +97,20 @@ print(f"  {'ok  ' if ok else 'FAIL'} export: use_dora {c.get('use_dora')}, peft_
       f"{len(mags)} lora_magnitude_vector [out] for {len(B)} modules{f', bad shapes {bad[:3]}' if bad else ''}")
 sys.exit(0 if ok else 1)
 PY
-  timeout "$RUN_TIMEOUT" "$SL" merge --model "$W/model" --adapter "$A" --out "$W/merged" --threads 1 > "$W/merge.log" 2>&1 \
-    || { tail "$W/merge.log"; echo "FAIL: merge"; exit 1; }
+  must "$W/merge.log" merge "$SL" merge --model "$W/model" --adapter "$A" --out "$W/merged" --threads 1
   "${CHK[@]}" merged --model "$W/model" --adapter "$A" --merged "$W/merged" --tol "$EVAL_TOL"
   EV=(--data "$W/data.jsonl" --seq-len 24 --no-pack --threads 1)
   for tp in 1 2; do
-    timeout "$RUN_TIMEOUT" mpiexec --oversubscribe -n "$tp" "$SL" eval --tp "$tp" --model "$W/model" --adapter "$A" \
-      "${EV[@]}" --out "$W/unmerged-tp$tp.json" > "$W/eval-u$tp.log" 2>&1 || { tail "$W/eval-u$tp.log"; echo "FAIL: eval unmerged"; exit 1; }
-    timeout "$RUN_TIMEOUT" mpiexec --oversubscribe -n "$tp" "$SL" eval --tp "$tp" --model "$W/merged" \
-      "${EV[@]}" --out "$W/merged-tp$tp.json" > "$W/eval-m$tp.log" 2>&1 || { tail "$W/eval-m$tp.log"; echo "FAIL: eval merged"; exit 1; }
+    must "$W/eval-u$tp.log" "eval unmerged" mpiexec --oversubscribe -n "$tp" "$SL" eval --tp "$tp" --model "$W/model" \
+      --adapter "$A" "${EV[@]}" --out "$W/unmerged-tp$tp.json"
+    must "$W/eval-m$tp.log" "eval merged" mpiexec --oversubscribe -n "$tp" "$SL" eval --tp "$tp" --model "$W/merged" \
+      "${EV[@]}" --out "$W/merged-tp$tp.json"
     "${CHK[@]}" evals "$W/merged-tp$tp.json" "$W/unmerged-tp$tp.json" --tol "$EVAL_TOL"
   done
   # generate --merge-in-memory (llama_merge_adapters -> dora_merge, after step_begin's norms):
   # greedy ids identical and logits equal to the unmerged adapter's, at tp = 1 and tp = 2
-  printf '%s\n' '{"input_ids": [1, 2, 3, 4, 5]}' '{"input_ids": [100, 200, 50, 7, 8, 9, 250, 33, 12]}' \
-    '{"input_ids": [42]}' > "$W/prompts.jsonl"
-  GEN=(--model "$W/model" --adapter "$A" --prompts "$W/prompts.jsonl" --max-new-tokens 16 --ignore-eos
-       --batch-size 2 --threads 1)
-  for tp in 1 2; do
-    for how in unmerged merged; do
-      extra=(); [ "$how" = merged ] && extra=(--merge-in-memory)
-      timeout "$RUN_TIMEOUT" mpiexec --oversubscribe -n "$tp" "$SL" generate --tp "$tp" "${GEN[@]}" "${extra[@]}" \
-        --out "$W/gen-$how-tp$tp.jsonl" --dump-logits "$W/gen-$how-tp$tp.st" > "$W/gen-$how-tp$tp.log" 2>&1 \
-        || { tail "$W/gen-$how-tp$tp.log"; echo "FAIL: generate $how tp $tp"; exit 1; }
-    done
-    grep -q "(merged in memory)" "$W/gen-merged-tp$tp.log" || { tail "$W/gen-merged-tp$tp.log"; echo "FAIL: tp $tp did not merge in memory"; exit 1; }
-    "$PY" "$HERE/generate_check.py" --same-results "$W/gen-unmerged-tp$tp.jsonl" "$W/gen-merged-tp$tp.jsonl"
-    "$PY" "$HERE/generate_check.py" --dump "$W/gen-merged-tp$tp.st" --compare "$W/gen-unmerged-tp$tp.st" --tol "$EVAL_TOL"
-  done
+  gen_merged_vs_unmerged "$EVAL_TOL" --model "$W/model" --adapter "$A" --max-new-tokens 16 --ignore-eos \
+    --batch-size 2 --threads 1
   # export -> train --init-adapter (lr 0; DoRA comes from use_dora, m from the file, not from
   # ||W||) at tp=2 -> export, then back at tp=1: the PEFT files are byte-identical
   for step in "2 $A $W/rt1" "1 $W/rt1/adapter $W/rt2"; do
@@ -169,7 +136,7 @@ resume)
       echo "  ok   tp $tp: 6 steps = 3 steps + resume to 6, adapter_model.safetensors byte-identical" \
            "($(stat -c %s "$W/ref$tp/adapter/adapter_model.safetensors") bytes)"
     else
-      "$PY" "$HERE/../fault/adapter_diff.py" "$W/ref$tp/adapter/adapter_model.safetensors" \
+      "$PY" "$REF/../fault/adapter_diff.py" "$W/ref$tp/adapter/adapter_model.safetensors" \
         "$W/cut$tp/adapter/adapter_model.safetensors" 0 || true
       echo "FAIL: tp $tp: resumed adapter differs from the uninterrupted run's"; exit 1
     fi

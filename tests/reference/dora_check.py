@@ -160,11 +160,7 @@ def cmd_grads(args):
         else:
             print(f"  ok   init: {len(dora.mag)} magnitudes = ||W_o|| (max rel err {worst:.3e}), every lora_B = 0")
     ids, labels, pos = tl.dump_batch(tensors, where)
-    loss, n = model.loss(ids, labels, pos, dora, training=True)
-    loss.backward()
-    ours = float(tensors["loss"].reshape(-1)[0])
-    e, kind = tl.compare(torch.tensor([ours]), loss.detach().reshape(1))
-    ok = tl.passes(e, kind, args.tol)
+    ours, loss, n, e, kind, ok = tl.check_dump_loss(model, tensors, (ids, labels, pos), dora, args.tol)
     failed += not ok
     total += 1
     worst = e
@@ -277,18 +273,7 @@ def cmd_merged(args):
                 print(f"  FAIL {k}: shape {list(tensors[k].shape)}, expected {list(p.shape)}")
                 return 1
             p.copy_(tensors[k])
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, model.cfg.vocab_size, (2, 20), generator=g)
-    with torch.no_grad():
-        ref = model.logits(ids, lora=d, training=False)
-        ours = merged.logits(ids)
-        base = model.logits(ids)
-    e, kind = tl.compare(ours, ref)
-    moved, _ = tl.compare(base, ref)
-    ok = tl.passes(e, kind, args.tol) and moved > 10 * args.tol
-    print(f"  {'ok  ' if ok else 'FAIL'} merged-model logits vs base + DoRA unmerged (PyTorch): rel err {e:.3e} "
-          f"(tol {args.tol:g}); the adapter moves the logits by rel {moved:.3e}")
-    return 0 if ok else 1
+    return tl.check_merged_logits(model, merged, d, args.tol, "DoRA")
 
 
 def main():
@@ -320,11 +305,9 @@ def main():
     mg.add_argument("--merged", required=True)
     mg.add_argument("--tol", type=float, default=1e-5)
     args = ap.parse_args()
-    try:
-        return {"grads": cmd_grads, "zero-row": cmd_zero_row, "finite": cmd_finite, "evals": cmd_evals, "merged": cmd_merged}[args.cmd](args)
-    except (tl.ReferenceError_, OSError, KeyError, ValueError) as ex:
-        print(f"dora_check {args.cmd}: error: {ex}", file=sys.stderr)
-        return 1
+    cmd = {"grads": cmd_grads, "zero-row": cmd_zero_row, "finite": cmd_finite, "evals": cmd_evals, "merged": cmd_merged}
+    return tl.run_checker(f"dora_check {args.cmd}", cmd[args.cmd], args,
+                          (tl.ReferenceError_, OSError, KeyError, ValueError))
 
 
 if __name__ == "__main__":

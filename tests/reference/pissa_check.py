@@ -75,11 +75,7 @@ def run_dump(args):
               f"S_r+1 {float(S[r]) if r < len(S) else 0:.4f})")
     ids, labels, pos = tl.dump_batch(tensors, args.dump)
     res = residual_model(model, lora)
-    loss, n = res.loss(ids, labels, pos, lora, training=True)
-    loss.backward()
-    ours = float(tensors["loss"].reshape(-1)[0])
-    err, kind = tl.compare(torch.tensor([ours]), loss.detach().reshape(1))
-    ok = tl.passes(err, kind, args.tol)
+    ours, loss, n, err, kind, ok = tl.check_dump_loss(res, tensors, (ids, labels, pos), lora, args.tol)
     failed += not ok
     with torch.no_grad():
         base_loss, _ = model.loss(ids, labels, pos, None, training=False)
@@ -164,15 +160,8 @@ def main():
     ap.add_argument("--svd-tol", type=float, default=1e-3)
     ap.add_argument("--layout-tol", type=float, default=1e-3)
     args = ap.parse_args()
-    try:
-        if args.same:
-            return run_same(args)
-        if args.export:
-            return run_export(args)
-        return run_dump(args)
-    except tl.ReferenceError_ as e:
-        print(f"pissa_check: error: {e}")
-        return 1
+    run = run_same if args.same else run_export if args.export else run_dump
+    return tl.run_checker("pissa_check", run, args, (tl.ReferenceError_,))
 
 
 if __name__ == "__main__":

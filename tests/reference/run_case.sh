@@ -7,9 +7,8 @@
 # usage: run_case.sh SHARDLORA_BINARY WORK_DIR CASE
 set -euo pipefail
 SL="$1"; CASE="$3"; W="$2/$CASE"
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-PY=/usr/bin/python3
-rm -rf "$W"; mkdir -p "$W"
+# shellcheck source=tests/reference/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 MM=(--layers 2 --hidden 64 --ffn 96 --heads 4 --vocab 300 --seed 7)
 TRAIN=(--no-shuffle --no-pack --seq-len 24 --micro-batch 2 --lora-r 4 --lora-alpha 8 --lr 5e-3 --seed 11 --log-every 5)
@@ -39,37 +38,17 @@ esac
 
 # Deterministic data: varied lengths (truncated and padded rows), masked prompt tokens;
 # 'packed' rows hold several documents with position_ids restarting at 0.
-"$PY" - "$DATA" > "$W/data.jsonl" <<'PY'
-import json, random, sys
-rng = random.Random(5)
-rows = []
-for i in range(8):
-    if sys.argv[1] == 'packed':
-        ids, pos, lab = [], [], []
-        for n in (rng.randint(5, 12), rng.randint(4, 9), rng.randint(3, 8)):
-            d = [rng.randrange(300) for _ in range(n)]
-            ids += d; pos += list(range(n)); lab += [-100] + d[1:]
-        rows.append({"input_ids": ids, "labels": lab, "position_ids": pos})
-    else:
-        n = rng.randint(10, 30)
-        ids = [rng.randrange(300) for _ in range(n)]
-        k = rng.randint(0, 5)
-        row = {"input_ids": ids}
-        if i % 2:
-            row["labels"] = [-100] * k + ids[k:]
-        rows.append(row)
-for r in rows:
-    print(json.dumps(r))
-PY
+if [ "$DATA" = packed ]; then
+  make_data "$W/data.jsonl" --seed 5 --rows 8 --vocab 300 --packed
+else
+  make_data "$W/data.jsonl" --seed 5 --rows 8 --vocab 300 --mask all:0:5
+fi
 
 "$SL" make-model --out "$W/model" "${MM[@]}"
-"$SL" train --model "$W/model" --data "$W/data.jsonl" --out "$W/run1" "${TRAIN[@]}" \
-  --steps 1 --dump-grads "$W/dump1.safetensors"
-"$SL" train --model "$W/model" --data "$W/data.jsonl" --out "$W/run10" "${TRAIN[@]}" \
-  --steps 10 --dump-grads "$W/dump10.safetensors"
-"$PY" "$HERE/check_grads.py" --model "$W/model" --dump "$W/dump1.safetensors" \
+train_dumps 1 10
+"$PY" "$REF/check_grads.py" --model "$W/model" --dump "$W/dump1.safetensors" \
   --check-init --init-kind "$INIT"
-"$PY" "$HERE/check_grads.py" --model "$W/model" --dump "$W/dump10.safetensors"
-"$PY" "$HERE/check_steps.py" --model "$W/model" --dump "$W/dump1.safetensors" \
+"$PY" "$REF/check_grads.py" --model "$W/model" --dump "$W/dump10.safetensors"
+"$PY" "$REF/check_steps.py" --model "$W/model" --dump "$W/dump1.safetensors" \
   --data "$W/data.jsonl" --metrics "$W/run10/metrics.jsonl" --steps 10
 echo "reference case $CASE: OK"

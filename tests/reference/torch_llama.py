@@ -24,6 +24,7 @@ import math
 import os
 import re
 import struct
+import sys
 
 import numpy as np
 import torch
@@ -709,26 +710,32 @@ def write_model_dir(model_dir, config, weights, shards=1, dtype=None):
 # --------------------------------------------------------------------------------------
 # data batches (the rule shardlora's pre-tokenised JSONL path implements)
 
-def read_jsonl_sequences(path):
-    """Lines of {"input_ids", "labels"?, "position_ids"?} -> list of (ids, labels, pos)."""
-    seqs = []
+def read_jsonl(path):
+    """(line number, object) for each non-blank line of a JSONL file; a line that is not JSON
+    raises ReferenceError_ naming FILE:LINE."""
     with open(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
                 raise ReferenceError_(f"{path}:{lineno}: not valid JSON: {e}")
-            ids = obj.get("input_ids")
-            if not isinstance(ids, list) or not all(isinstance(v, int) for v in ids):
-                raise ReferenceError_(f"{path}:{lineno}: 'input_ids' must be a list of integers")
-            labels = obj.get("labels", ids)
-            pos = obj.get("position_ids", list(range(len(ids))))
-            for key, val in (("labels", labels), ("position_ids", pos)):
-                if not isinstance(val, list) or len(val) != len(ids):
-                    raise ReferenceError_(f"{path}:{lineno}: '{key}' must be a list as long as input_ids")
-            seqs.append((ids, labels, pos))
+
+
+def read_jsonl_sequences(path):
+    """Lines of {"input_ids", "labels"?, "position_ids"?} -> list of (ids, labels, pos)."""
+    seqs = []
+    for lineno, obj in read_jsonl(path):
+        ids = obj.get("input_ids")
+        if not isinstance(ids, list) or not all(isinstance(v, int) for v in ids):
+            raise ReferenceError_(f"{path}:{lineno}: 'input_ids' must be a list of integers")
+        labels = obj.get("labels", ids)
+        pos = obj.get("position_ids", list(range(len(ids))))
+        for key, val in (("labels", labels), ("position_ids", pos)):
+            if not isinstance(val, list) or len(val) != len(ids):
+                raise ReferenceError_(f"{path}:{lineno}: '{key}' must be a list as long as input_ids")
+        seqs.append((ids, labels, pos))
     if not seqs:
         raise ReferenceError_(f"{path}: no sequences")
     return seqs
@@ -815,6 +822,19 @@ def check_dump_adapter(tensors, lora, where, need_grads=True):
     return problems
 
 
+def load_dump_adapter(name, tensors, lora, where, need_grads):
+    """check_dump_adapter, then lora.load of the dump's adapter. On a key or shape problem
+    prints each and a "NAME: FAILED" line and returns False (nothing loaded)."""
+    problems = check_dump_adapter(tensors, lora, where, need_grads=need_grads)
+    if problems:
+        for p in problems:
+            print(f"  FAIL {p}")
+        print(f"{name}: FAILED: {len(problems)} adapter key/shape problem(s) in {where}")
+        return False
+    lora.load(tensors, where)
+    return True
+
+
 def dump_batch(tensors, where):
     """input_ids, labels, position_ids (int64 [B, T]) from a dump."""
     out = []
@@ -850,3 +870,42 @@ def compare(ours, ref):
 
 def passes(err, kind, tol):
     return err <= (TINY_ABS_TOL if kind == "abs" else tol)
+
+
+def check_dump_loss(model, tensors, batch, adapter, tol):
+    """The reference loss of batch (ids, labels, pos) with the adapter in training mode against
+    the dump's "loss"; runs backward, so the adapter's parameters hold the reference gradients.
+    Returns (ours, ref loss tensor, counted tokens, err, kind, ok)."""
+    loss, n = model.loss(*batch, adapter, training=True)
+    loss.backward()
+    ours = float(tensors["loss"].reshape(-1)[0])
+    err, kind = compare(torch.tensor([ours]), loss.detach().reshape(1))
+    return ours, loss, n, err, kind, passes(err, kind, tol)
+
+
+def check_merged_logits(model, merged, adapter, tol, what):
+    """The merged model's logits on a fixed random batch against the base model's with the
+    adapter unmerged (what names it), and that the adapter moves them by more than 10 tol.
+    Prints one line; returns 0 when both hold, else 1."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, model.cfg.vocab_size, (2, 20), generator=g)
+    with torch.no_grad():
+        ref = model.logits(ids, lora=adapter, training=False)
+        ours = merged.logits(ids)
+        base = model.logits(ids)
+    e, kind = compare(ours, ref)
+    moved, _ = compare(base, ref)
+    ok = passes(e, kind, tol) and moved > 10 * tol
+    print(f"  {'ok  ' if ok else 'FAIL'} merged-model logits vs base + {what} unmerged (PyTorch): {kind} err "
+          f"{e:.3e} (tol {tol:g}); the adapter moves the logits by {moved:.3e}")
+    return 0 if ok else 1
+
+
+def run_checker(name, fn, args, errors=(ReferenceError_, OSError)):
+    """fn(args) as a checker's exit status; a bad input (errors) prints "NAME: error: ..." on
+    stderr and gives 1."""
+    try:
+        return fn(args)
+    except errors as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return 1

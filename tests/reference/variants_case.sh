@@ -7,9 +7,8 @@
 # usage: variants_case.sh SHARDLORA_BINARY WORK_DIR CASE
 set -euo pipefail
 SL="$1"; CASE="$3"; W="$2/variants-$CASE"
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-PY=/usr/bin/python3
-rm -rf "$W"; mkdir -p "$W"
+# shellcheck source=tests/reference/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 MM=(--layers 2 --hidden 64 --ffn 96 --heads 4 --kv-heads 2 --vocab 300 --seed 7)
 TRAIN=(--no-shuffle --no-pack --seq-len 24 --micro-batch 2 --lora-r 4 --lora-alpha 8 --lr 5e-3 --seed 11 --log-every 5)
@@ -23,29 +22,14 @@ case "$CASE" in
   *) echo "variants_case.sh: unknown case $CASE" >&2; exit 2 ;;
 esac
 
-"$PY" - > "$W/data.jsonl" <<'PY'
-import json, random
-rng = random.Random(5)
-for i in range(8):
-    n = rng.randint(10, 30)
-    ids = [rng.randrange(300) for _ in range(n)]
-    k = rng.randint(0, 5)
-    row = {"input_ids": ids}
-    if i % 2:
-        row["labels"] = [-100] * k + ids[k:]
-    print(json.dumps(row))
-PY
-
+make_data "$W/data.jsonl" --seed 5 --rows 8 --vocab 300 --mask all:0:5
 "$SL" make-model --out "$W/model" "${MM[@]}"
-"$SL" train --model "$W/model" --data "$W/data.jsonl" --out "$W/run1" "${TRAIN[@]}" \
-  --steps 1 --dump-grads "$W/dump1.safetensors"
-"$SL" train --model "$W/model" --data "$W/data.jsonl" --out "$W/run10" "${TRAIN[@]}" \
-  --steps 10 --dump-grads "$W/dump10.safetensors"
-"$PY" "$HERE/variants_check.py" grads --model "$W/model" --dump "$W/dump1.safetensors"
-"$PY" "$HERE/variants_check.py" grads --model "$W/model" --dump "$W/dump10.safetensors"
-"$PY" "$HERE/variants_check.py" steps --model "$W/model" --dump "$W/dump1.safetensors" \
+train_dumps 1 10
+"$PY" "$REF/variants_check.py" grads --model "$W/model" --dump "$W/dump1.safetensors"
+"$PY" "$REF/variants_check.py" grads --model "$W/model" --dump "$W/dump10.safetensors"
+"$PY" "$REF/variants_check.py" steps --model "$W/model" --dump "$W/dump1.safetensors" \
   --data "$W/data.jsonl" --metrics "$W/run10/metrics.jsonl" --steps 10
 case "$CASE" in
-  lorafa*) "$PY" "$HERE/variants_check.py" frozen "$W/dump1.safetensors" "$W/dump10.safetensors" ;;
+  lorafa*) "$PY" "$REF/variants_check.py" frozen "$W/dump1.safetensors" "$W/dump10.safetensors" ;;
 esac
 echo "variants case $CASE: OK"

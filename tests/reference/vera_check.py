@@ -138,11 +138,7 @@ def check_dump(args):
         failed += len(bad)
         print(f"  {'FAIL' if bad else 'ok  '} init: lambda_d = {D_INITIAL}, lambda_b = 0 "
               f"({len(vera.params)} tensors{', bad: ' + bad[0] if bad else ''})")
-    loss, n = model.loss(ids, labels, pos, vera, training=True)
-    loss.backward()
-    ours = float(tensors["loss"].reshape(-1)[0])
-    err, kind = tl.compare(torch.tensor([ours]), loss.detach().reshape(1))
-    ok = tl.passes(err, kind, args.tol)
+    ours, loss, n, err, kind, ok = tl.check_dump_loss(model, tensors, (ids, labels, pos), vera, args.tol)
     failed += not ok
     worst = err
     print(f"  {'ok  ' if ok else 'FAIL'} loss ours {ours:.8f} ref {float(loss):.8f} {kind} err {err:.3e} "
@@ -244,18 +240,7 @@ def check_merged(args):
             p.copy_(tensors[k].reshape(-1))
         if "base_model.vera_A" in tensors:  # PEFT uses the saved projections
             vera.A, vera.B = tensors["base_model.vera_A"].float(), tensors["base_model.vera_B"].float()
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, model.cfg.vocab_size, (2, 20), generator=g)
-    with torch.no_grad():
-        ref = model.logits(ids, lora=vera, training=False)
-        ours = merged.logits(ids)
-        base = model.logits(ids)
-    e, kind = tl.compare(ours, ref)
-    moved, _ = tl.compare(base, ref)
-    ok = tl.passes(e, kind, args.tol) and moved > 10 * args.tol
-    print(f"  {'ok  ' if ok else 'FAIL'} merged-model logits vs base + VeRA unmerged (PyTorch): {kind} err {e:.3e} "
-          f"(tol {args.tol:g}); the adapter moves the logits by {moved:.3e}")
-    return 0 if ok else 1
+    return tl.check_merged_logits(model, merged, vera, args.tol, "VeRA")
 
 
 def main():
@@ -275,15 +260,8 @@ def main():
     ap.add_argument("--merged")
     ap.add_argument("--adapter")
     args = ap.parse_args()
-    try:
-        if args.make_peft:
-            return make_peft(args)
-        if args.merged:
-            return check_merged(args)
-        return check_export(args) if args.export else check_dump(args)
-    except tl.ReferenceError_ as e:
-        print(f"vera_check: error: {e}")
-        return 1
+    run = make_peft if args.make_peft else check_merged if args.merged else check_export if args.export else check_dump
+    return tl.run_checker("vera_check", run, args, (tl.ReferenceError_,))
 
 
 if __name__ == "__main__":

@@ -11,24 +11,16 @@
 # - train --init-adapter continues from it (exports key 1234 and its projections);
 # - an adapter whose saved projections are not its key's is refused (exit 3, one line).
 # usage: vera_peft_case.sh SHARDLORA_BINARY WORK_DIR
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 set -euo pipefail
 SL="$1"; W="$2/vera-peft"
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-PY=/usr/bin/python3
+# shellcheck source=tests/reference/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 TOL=1e-5
 KEY=1234
 RUN_TIMEOUT=300
-rm -rf "$W"; mkdir -p "$W"
-"$PY" - > "$W/data.jsonl" <<'PY'
-import json, random
-rng = random.Random(9)
-for i in range(6):
-    n = rng.randint(12, 30)
-    print(json.dumps({"input_ids": [rng.randrange(259) for _ in range(n)]}))
-PY
+make_data "$W/data.jsonl" --seed 9 --rows 6 --len 12 30 --vocab 259
 "$SL" make-model --out "$W/model" --layers 2 --hidden 64 --ffn 128 --heads 4 --kv-heads 2 --vocab 259 --seed 3 > /dev/null
-CHK=("$PY" "$HERE/vera_check.py" --model "$W/model")
+CHK=("$PY" "$REF/vera_check.py" --model "$W/model")
 "${CHK[@]}" --make-peft "$W/peft" --key $KEY --r 8 --targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
 "${CHK[@]}" --make-peft "$W/peft-nosave" --key $KEY --r 8 --targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj --no-save-projection
 
@@ -46,8 +38,7 @@ PY
 }
 ev() { # ev TP OUT.json ARGS...
   local tp="$1" out="$2"; shift 2
-  timeout "$RUN_TIMEOUT" mpiexec -n "$tp" "$SL" eval --tp "$tp" "$@" "${EV[@]}" --out "$out" > "$out.log" 2>&1 \
-    || { tail "$out.log"; echo "FAIL: eval $*"; exit 1; }
+  must "$out.log" "eval $*" mpiexec -n "$tp" "$SL" eval --tp "$tp" "$@" "${EV[@]}" --out "$out"
 }
 ev 1 "$W/base.json" --model "$W/model"
 for tp in 1 2; do
@@ -65,8 +56,8 @@ sys.exit(0 if ok else 1)"
 
 for src in peft peft-nosave; do
   for n in 1 2; do
-    timeout "$RUN_TIMEOUT" mpiexec -n "$n" "$SL" merge --model "$W/model" --adapter "$W/$src" --out "$W/merged-$src-$n" \
-      --threads 1 --chunk-bytes 4096 > "$W/merge-$src-$n.log" 2>&1 || { tail "$W/merge-$src-$n.log"; echo "FAIL: merge $src"; exit 1; }
+    must "$W/merge-$src-$n.log" "merge $src" mpiexec -n "$n" "$SL" merge --model "$W/model" --adapter "$W/$src" \
+      --out "$W/merged-$src-$n" --threads 1 --chunk-bytes 4096
   done
   cmp "$W/merged-$src-1/model.safetensors" "$W/merged-$src-2/model.safetensors"
   echo "  ok   merge of $src on 1 and 2 ranks: model.safetensors identical"
@@ -77,24 +68,13 @@ done
 # targeted module whose lambdas are missing is refused (a merge without it would also size
 # the projections differently), exit 3 and one line
 "${CHK[@]}" --make-peft "$W/sub" --key 77 --r 4 --targets q_proj,down_proj --no-save-projection
-timeout "$RUN_TIMEOUT" "$SL" merge --model "$W/model" --adapter "$W/sub" --out "$W/merged-sub" --threads 1 \
-  > "$W/merge-sub.log" 2>&1 || { tail "$W/merge-sub.log"; echo "FAIL: merge sub"; exit 1; }
+must "$W/merge-sub.log" "merge sub" "$SL" merge --model "$W/model" --adapter "$W/sub" --out "$W/merged-sub" --threads 1
 "${CHK[@]}" --merged "$W/merged-sub" --adapter "$W/sub" --tol $TOL
 cp -r "$W/sub" "$W/sub-missing"
-"$PY" - "$W/sub-missing/adapter_model.safetensors" "$HERE" <<'PY'
-import sys
-sys.path.insert(0, sys.argv[2])
-import torch_llama as tl
-t, meta = tl.read_safetensors(sys.argv[1])
-tl.write_safetensors(sys.argv[1], {k: v for k, v in t.items() if "layers.1.mlp.down_proj" not in k}, meta)
-PY
-rc=0
-"$SL" merge --model "$W/model" --adapter "$W/sub-missing" --out "$W/merged-missing" --threads 1 > "$W/missing.log" 2>&1 || rc=$?
-if [ "$rc" != 3 ] || ! grep -q "down_proj' is targeted by adapter_config.json .* but has no vera_lambda_d" "$W/missing.log" \
-   || [ "$(grep -c error "$W/missing.log")" != 1 ] || [ -e "$W/merged-missing" ]; then
-  cat "$W/missing.log"; echo "FAIL: merge of an adapter missing a targeted module's lambdas: exit $rc"; exit 1
-fi
-echo "  ok   targeted module without lambdas refused by merge (exit 3): $(grep -o "module '.*" "$W/missing.log" | cut -c1-90)"
+st_drop "$W/sub-missing/adapter_model.safetensors" layers.1.mlp.down_proj
+ONE_LINE=1 expect_refused missing "down_proj' is targeted by adapter_config.json .* but has no vera_lambda_d" \
+  "$SL" merge --model "$W/model" --adapter "$W/sub-missing" --out "$W/merged-missing" --threads 1
+[ ! -e "$W/merged-missing" ] || { echo "FAIL: a refused merge left $W/merged-missing"; exit 1; }
 cmp "$W/merged-peft-1/model.safetensors" "$W/merged-peft-nosave-1/model.safetensors"
 echo "  ok   merge with saved and with regenerated projections: identical"
 grep -q '"vera_tensors": 14' "$W/merged-peft-1/merge-summary.json" || { cat "$W/merged-peft-1/merge-summary.json"; echo "FAIL: vera_tensors"; exit 1; }
@@ -103,26 +83,13 @@ for tp in 1 2; do
   evals "$W/merged-tp$tp.json" "$W/peft-tp$tp.json"
 done
 
-printf '%s\n' '{"input_ids": [1, 2, 3, 4, 5]}' '{"input_ids": [100, 200, 50, 7, 8, 9, 250, 33, 12]}' \
-  '{"input_ids": [42]}' > "$W/prompts.jsonl"
-GEN=(--model "$W/model" --adapter "$W/peft" --prompts "$W/prompts.jsonl" --max-new-tokens 12 --ignore-eos
-     --batch-size 2 --threads 1)
-for tp in 1 2; do
-  for how in unmerged merged; do
-    extra=(); [ "$how" = merged ] && extra=(--merge-in-memory)
-    timeout "$RUN_TIMEOUT" mpiexec -n "$tp" "$SL" generate --tp "$tp" "${GEN[@]}" "${extra[@]}" \
-      --out "$W/gen-$how-tp$tp.jsonl" --dump-logits "$W/gen-$how-tp$tp.st" > "$W/gen-$how-tp$tp.log" 2>&1 \
-      || { tail "$W/gen-$how-tp$tp.log"; echo "FAIL: generate $how tp $tp"; exit 1; }
-  done
-  grep -q "(merged in memory)" "$W/gen-merged-tp$tp.log" || { tail "$W/gen-merged-tp$tp.log"; echo "FAIL: tp $tp did not merge in memory"; exit 1; }
-  "$PY" "$HERE/generate_check.py" --same-results "$W/gen-unmerged-tp$tp.jsonl" "$W/gen-merged-tp$tp.jsonl"
-  "$PY" "$HERE/generate_check.py" --dump "$W/gen-merged-tp$tp.st" --compare "$W/gen-unmerged-tp$tp.st" --tol $TOL
-done
+gen_merged_vs_unmerged $TOL --model "$W/model" --adapter "$W/peft" --max-new-tokens 12 --ignore-eos \
+  --batch-size 2 --threads 1
 
 # training continues from the PEFT adapter: its key and projections are kept in the export
-"$SL" train --model "$W/model" --data "$W/data.jsonl" --out "$W/cont" --init-adapter "$W/peft-nosave" --steps 2 \
-  --seq-len 24 --no-pack --threads 1 --seed 5 --log-level warn > "$W/cont.log" 2>&1 || { tail "$W/cont.log"; echo "FAIL: train --init-adapter"; exit 1; }
-"$PY" - "$W/cont/adapter" "$W/peft" "$HERE" <<'PY'
+must "$W/cont.log" "train --init-adapter" "$SL" train --model "$W/model" --data "$W/data.jsonl" --out "$W/cont" \
+  --init-adapter "$W/peft-nosave" --steps 2 --seq-len 24 --no-pack --threads 1 --seed 5 --log-level warn
+"$PY" - "$W/cont/adapter" "$W/peft" "$REF" <<'PY'
 import json, os, sys
 sys.path.insert(0, sys.argv[3])
 import torch_llama as tl
@@ -139,20 +106,7 @@ PY
 
 # refused: projections that are not the key's (one value of vera_B changed)
 cp -r "$W/peft" "$W/tampered"
-"$PY" - "$W/tampered/adapter_model.safetensors" <<'PY'
-import json, struct, sys
-p = sys.argv[1]
-b = bytearray(open(p, "rb").read())
-n = struct.unpack("<Q", b[:8])[0]
-o = 8 + n + json.loads(b[8:8 + n])["base_model.vera_B"]["data_offsets"][0] + 4 * 7
-b[o:o + 4] = struct.pack("<f", struct.unpack("<f", b[o:o + 4])[0] * 1.5)
-open(p, "wb").write(b)
-PY
-rc=0
-"$SL" eval --model "$W/model" --adapter "$W/tampered" "${EV[@]}" > "$W/tampered.log" 2>&1 || rc=$?
-WANT="not those of its projection_prng_key $KEY"
-if [ "$rc" != 3 ] || ! grep -q "$WANT" "$W/tampered.log" || [ "$(grep -c error "$W/tampered.log")" != 1 ]; then
-  cat "$W/tampered.log"; echo "FAIL: tampered projections: exit $rc, expected 3 and one line with '$WANT'"; exit 1
-fi
-echo "  ok   tampered projections refused: $(grep -o 'vera_B\[.*' "$W/tampered.log" | head -1)"
+st_scale "$W/tampered/adapter_model.safetensors" base_model.vera_B 7
+ONE_LINE=1 expect_refused tampered "not those of its projection_prng_key $KEY" "$SL" eval --model "$W/model" \
+  --adapter "$W/tampered" "${EV[@]}"
 echo "vera_peft_case: OK"

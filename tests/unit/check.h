@@ -1,11 +1,18 @@
 /* Minimal test helpers shared by the C unit tests: comparisons that print the max error
- * they saw and count failures; main returns check_finish() (non-zero on any failure). */
+ * they saw and count failures; main returns check_finish() (non-zero on any failure); a
+ * scratch directory for tests that write files (the build defines _GNU_SOURCE). */
 #ifndef SHARDLORA_TESTS_CHECK_H
 #define SHARDLORA_TESTS_CHECK_H
 
+#include <errno.h>
+#include <ftw.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 static int check_failures;
 static int check_count;
@@ -43,6 +50,62 @@ static inline double check_close(const char *name, const float *a, const float *
 static inline int check_finish(void) {
     printf("%d passed, %d failed\n", check_count - check_failures, check_failures);
     return check_failures ? 1 : 0;
+}
+
+/* Scratch directory: main calls check_tmp_init("name") first (makes /tmp/name_XXXXXX, exits
+ * 1 if it cannot) and check_rm_rf(check_tmp) last; check_tmp_path("f") is "<dir>/f" in one of
+ * 8 rotating buffers (so a few can be live at once). */
+static char check_tmp[64];
+
+static inline void check_tmp_init(const char *prefix) {
+    snprintf(check_tmp, sizeof check_tmp, "/tmp/%s_XXXXXX", prefix);
+    if (!mkdtemp(check_tmp)) {
+        printf("FAIL mkdtemp %s: %s\n", check_tmp, strerror(errno));
+        exit(1);
+    }
+}
+
+static inline char *check_tmp_path(const char *name) {
+    static char buf[8][512];
+    static int k;
+    char *p = buf[k++ % 8];
+    snprintf(p, sizeof buf[0], "%s/%s", check_tmp, name);
+    return p;
+}
+
+/* Writes len bytes to path; a test input that cannot be written ends the test (exit 1). */
+static inline void check_write_file(const char *path, const void *buf, size_t len) {
+    FILE *fp = fopen(path, "wb");
+    if (!fp || fwrite(buf, 1, len, fp) != len || fclose(fp) != 0) {
+        printf("FAIL cannot write %s\n", path);
+        exit(1);
+    }
+}
+
+static inline int check_rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+/* Reads what a forked child writes into the pipe end fd (at most outsz - 1 bytes, NUL-
+ * terminated; closes fd), then waits for it: its exit status, or 128 + the ending signal. */
+static inline int check_child_output(int fd, pid_t pid, char *out, size_t outsz) {
+    size_t len = 0;
+    ssize_t k;
+    while (len + 1 < outsz && (k = read(fd, out + len, outsz - 1 - len)) > 0)
+        len += (size_t)k;
+    out[len] = 0;
+    close(fd);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* rm -rf path (links are removed, not followed). */
+static inline void check_rm_rf(const char *path) {
+    nftw(path, check_rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 #endif

@@ -23,8 +23,6 @@
 #include "io/crc32c.h"
 #include "tests/unit/check.h"
 
-static char g_tmp[64];
-
 /* Global shapes of the test tensors. A: rows split over 2 shards; B: columns over 4;
  * C: one shard, rows of 200 bytes (over a 64-byte limit, so rows split by columns);
  * R: replicated, written identically by two shards. */
@@ -121,25 +119,6 @@ static int write_ckpt(const char *dir, size_t limit, int64_t step) {
     return ok;
 }
 
-static char *tpath(const char *name) {
-    static char buf[8][512];
-    static int k;
-    char *p = buf[k++ % 8];
-    snprintf(p, 512, "%s/%s", g_tmp, name);
-    return p;
-}
-
-static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-static void rm_rf(const char *path) {
-    nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-}
-
 /* Reads [r0, r0+nr) x [c0, c0+nc) of tensor name (id) and compares exactly. */
 static int read_ok(CkptReader *r, const char *name, int id, int64_t r0, int64_t nr, int64_t c0,
                    int64_t nc) {
@@ -195,8 +174,8 @@ static size_t count_chunks(const CkptReader *r, const char *name) {
 
 static void test_roundtrip(size_t limit) {
     printf("-- round trip, chunk limit %zu\n", limit);
-    char *dir = tpath("rt");
-    rm_rf(dir);
+    char *dir = check_tmp_path("rt");
+    check_rm_rf(dir);
     mkdir(dir, 0755);
     CHECK_TRUE(write_ckpt(dir, limit, 120), "write");
     CkptReader r;
@@ -264,7 +243,7 @@ static void test_roundtrip(size_t limit) {
     ckpt_close(&r);
 
     /* The manifest is deterministic: rewriting the same content gives the same bytes. */
-    char *man1 = tpath("rt/manifest.pb");
+    char *man1 = check_tmp_path("rt/manifest.pb");
     FILE *fp = fopen(man1, "rb");
     uint8_t b1[1 << 16], b2[1 << 16];
     size_t n1 = fread(b1, 1, sizeof b1, fp);
@@ -274,7 +253,7 @@ static void test_roundtrip(size_t limit) {
     size_t n2 = fread(b2, 1, sizeof b2, fp);
     fclose(fp);
     CHECK_TRUE(n1 == n2 && memcmp(b1, b2, n1) == 0, "manifest bytes differ on rewrite");
-    rm_rf(dir);
+    check_rm_rf(dir);
 }
 
 /* Bytes of a file. */
@@ -308,10 +287,10 @@ static const CkptChunk *chunk_at(const CkptReader *r, const char *name, const ch
 
 static void test_corruption(void) {
     printf("-- corruption\n");
-    char *dir = tpath("bad");
+    char *dir = check_tmp_path("bad");
     ErrStatus st;
     CkptReader r;
-    rm_rf(dir);
+    check_rm_rf(dir);
     mkdir(dir, 0755);
     CHECK_TRUE(write_ckpt(dir, 64, 5), "write");
 
@@ -320,7 +299,7 @@ static void test_corruption(void) {
     const CkptChunk *c = chunk_at(&r, "A", "s1", 9);
     CHECK_TRUE(c != NULL, "no chunk of A with row 9 in s1");
     uint64_t off = c->offset;
-    flip_byte(tpath("bad/s1"), (long)(c->offset + c->length - 3));
+    flip_byte(check_tmp_path("bad/s1"), (long)(c->offset + c->length - 3));
     ckpt_close(&r);
     CHECK_TRUE(ckpt_open(&r, dir, &st), "open after flip (CRCs are checked on read): %s", st.msg);
     char offs[32];
@@ -339,7 +318,7 @@ static void test_corruption(void) {
 
     /* Truncated manifest. */
     CHECK_TRUE(write_ckpt(dir, 64, 5), "rewrite");
-    char *man = tpath("bad/manifest.pb");
+    char *man = check_tmp_path("bad/manifest.pb");
     long ms = file_size(man);
     CHECK_TRUE(truncate(man, ms - 7) == 0, "truncate");
     CHECK_TRUE(!ckpt_open(&r, dir, &st) && strstr(st.msg, "manifest.pb") &&
@@ -366,25 +345,25 @@ static void test_corruption(void) {
 
     /* A deleted shard file. */
     CHECK_TRUE(write_ckpt(dir, 64, 5), "rewrite");
-    unlink(tpath("bad/s2"));
+    unlink(check_tmp_path("bad/s2"));
     CHECK_TRUE(!ckpt_open(&r, dir, &st) && strstr(st.msg, "/s2") && strstr(st.msg, "missing"),
                "deleted shard: %s", st.msg);
     printf("PASS deleted shard: %s\n", st.msg);
     /* A shard cut short. */
     CHECK_TRUE(write_ckpt(dir, 64, 5), "rewrite");
-    CHECK_TRUE(truncate(tpath("bad/s3"), file_size(tpath("bad/s3")) - 1) == 0, "truncate");
+    CHECK_TRUE(truncate(check_tmp_path("bad/s3"), file_size(check_tmp_path("bad/s3")) - 1) == 0, "truncate");
     CHECK_TRUE(!ckpt_open(&r, dir, &st) && strstr(st.msg, "s3") && strstr(st.msg, "too short"),
                "short shard: %s", st.msg);
-    rm_rf(dir);
+    check_rm_rf(dir);
 }
 
 /* Gaps: the writer refuses a manifest with an uncovered element, and a hand-made manifest
  * with a gap is refused by the reader; both name the tensor and the element. */
 static void test_gaps(void) {
     printf("-- coverage gaps\n");
-    char *dir = tpath("gap");
+    char *dir = check_tmp_path("gap");
     ErrStatus st;
-    rm_rf(dir);
+    check_rm_rf(dir);
     mkdir(dir, 0755);
     CkptShard s;
     CHECK_TRUE(ckpt_shard_open(&s, dir, "s0", 0, &st), "open: %s", st.msg);
@@ -398,7 +377,7 @@ static void test_gaps(void) {
                    strstr(st.msg, "(2, 0)"),
                "writer should refuse the gap: %s", st.msg);
     printf("PASS writer refuses: %s\n", st.msg);
-    CHECK_TRUE(access(tpath("gap/manifest.pb"), F_OK) != 0, "no manifest written");
+    CHECK_TRUE(access(check_tmp_path("gap/manifest.pb"), F_OK) != 0, "no manifest written");
     ckpt_manifest_free(&m);
 
     /* Hand-made manifest with the same gap. */
@@ -434,7 +413,7 @@ static void test_gaps(void) {
     uint32_t crc = crc32c(out + 20, len);
     for (int i = 0; i < 4; i++)
         out[16 + i] = (uint8_t)(crc >> (8 * i));
-    FILE *fp = fopen(tpath("gap/manifest.pb"), "wb");
+    FILE *fp = fopen(check_tmp_path("gap/manifest.pb"), "wb");
     fwrite(out, 1, 20 + len, fp);
     fclose(fp);
     CkptReader r;
@@ -450,25 +429,25 @@ static void test_gaps(void) {
     crc = crc32c(out + 20, len);
     for (int i = 0; i < 4; i++)
         out[16 + i] = (uint8_t)(crc >> (8 * i));
-    fp = fopen(tpath("gap/manifest.pb"), "wb");
+    fp = fopen(check_tmp_path("gap/manifest.pb"), "wb");
     fwrite(out, 1, 20 + len, fp);
     fclose(fp);
     CHECK_TRUE(!ckpt_open(&r, dir, &st) && strstr(st.msg, "version 2"), "version: %s", st.msg);
     ckpt_shard_free(&s);
-    rm_rf(dir);
+    check_rm_rf(dir);
 }
 
 /* Bad arguments and inconsistent indexes. */
 static void test_writer_errors(void) {
     printf("-- writer errors\n");
-    char *dir = tpath("werr");
+    char *dir = check_tmp_path("werr");
     ErrStatus st;
-    rm_rf(dir);
+    check_rm_rf(dir);
     mkdir(dir, 0755);
     CkptShard s, s2;
     CHECK_TRUE(!ckpt_shard_open(&s, dir, "../x", 0, &st), "bad name accepted");
     CHECK_TRUE(!ckpt_shard_open(&s, dir, "x", 3, &st), "limit 3 accepted");
-    CHECK_TRUE(!ckpt_shard_open(&s, tpath("no/such"), "x", 0, &st) && strstr(st.msg, "no/such"),
+    CHECK_TRUE(!ckpt_shard_open(&s, check_tmp_path("no/such"), "x", 0, &st) && strstr(st.msg, "no/such"),
                "missing dir: %s", st.msg);
     CHECK_TRUE(ckpt_shard_open(&s, dir, "a", 0, &st), "open: %s", st.msg);
     float d[8] = {0};
@@ -495,7 +474,7 @@ static void test_writer_errors(void) {
     ckpt_shard_free(&s);
     ckpt_shard_free(&s2);
     /* A full disk: the shard file is a link to /dev/full, every write fails with ENOSPC. */
-    if (symlink("/dev/full", tpath("werr/full")) == 0 &&
+    if (symlink("/dev/full", check_tmp_path("werr/full")) == 0 &&
         ckpt_shard_open(&s, dir, "full", 0, &st)) {
         CHECK_TRUE(!ckpt_shard_put(&s, "T", 4, 2, 0, 4, 0, 2, d, &st) &&
                        strstr(st.msg, "werr/full") && strstr(st.msg, "tensor T") &&
@@ -509,7 +488,7 @@ static void test_writer_errors(void) {
     } else {
         CHECK_TRUE(0, "cannot set up the /dev/full shard");
     }
-    rm_rf(dir);
+    check_rm_rf(dir);
     printf("PASS bad names, limits, slices, shapes and index bytes are refused\n");
 }
 
@@ -552,7 +531,7 @@ static void on_warn(void *ctx, const char *msg) {
 
 static void test_dirs(void) {
     printf("-- directory protocol\n");
-    char *root = tpath("out/checkpoints");
+    char *root = check_tmp_path("out/checkpoints");
     ErrStatus st;
     char tmp[512], used[512];
     CkptReader r;
@@ -567,7 +546,7 @@ static void test_dirs(void) {
     CHECK_TRUE(list_is(root, (int64_t[]){10, 20, 30}, 3), "list 10 20 30");
     CHECK_TRUE(ckpt_latest_step(root) == 30, "latest %" PRId64, ckpt_latest_step(root));
     char link[64];
-    ssize_t ll = readlink(tpath("out/checkpoints/latest"), link, sizeof link - 1);
+    ssize_t ll = readlink(check_tmp_path("out/checkpoints/latest"), link, sizeof link - 1);
     CHECK_TRUE(ll > 0 && (link[ll] = 0, strcmp(link, "step-000000030") == 0), "latest link %s",
                ll > 0 ? link : "?");
     CHECK_TRUE(ckpt_list(root, g_steps, 2) == 3 && g_steps[0] == 20 && g_steps[1] == 30,
@@ -575,13 +554,13 @@ static void test_dirs(void) {
 
     /* A stale .tmp (interrupted write) is ignored, then replaced by begin. */
     CHECK_TRUE(ckpt_dir_begin(root, 40, tmp, sizeof tmp, &st), "begin 40: %s", st.msg);
-    FILE *fp = fopen(tpath("out/checkpoints/step-000000040.tmp/junk"), "w");
+    FILE *fp = fopen(check_tmp_path("out/checkpoints/step-000000040.tmp/junk"), "w");
     fputs("x", fp);
     fclose(fp);
     CHECK_TRUE(list_is(root, (int64_t[]){10, 20, 30}, 3), "stale .tmp listed");
     CHECK_TRUE(ckpt_latest_step(root) == 30, "latest moved");
     CHECK_TRUE(ckpt_dir_begin(root, 40, tmp, sizeof tmp, &st), "begin 40 again: %s", st.msg);
-    CHECK_TRUE(access(tpath("out/checkpoints/step-000000040.tmp/junk"), F_OK) != 0,
+    CHECK_TRUE(access(check_tmp_path("out/checkpoints/step-000000040.tmp/junk"), F_OK) != 0,
                "stale .tmp not emptied");
     CHECK_TRUE(write_ckpt(tmp, 64, 40) && ckpt_dir_commit(root, 40, &st), "commit 40: %s",
                st.msg);
@@ -591,7 +570,7 @@ static void test_dirs(void) {
     CHECK_TRUE(commit_step(root, 40), "recommit 40");
     CHECK_TRUE(list_is(root, (int64_t[]){10, 20, 30, 40}, 4) && ckpt_latest_step(root) == 40,
                "after recommit");
-    CHECK_TRUE(access(tpath("out/checkpoints/step-000000040.old"), F_OK) != 0, ".old left");
+    CHECK_TRUE(access(check_tmp_path("out/checkpoints/step-000000040.old"), F_OK) != 0, ".old left");
 
     /* Prune keeps the newest 3. */
     CHECK_TRUE(ckpt_prune(root, 3, &st), "prune: %s", st.msg);
@@ -605,7 +584,7 @@ static void test_dirs(void) {
                    strstr(used, "step-000000040") && w.n == 0,
                "open latest: %s", st.msg);
     ckpt_close(&r);
-    flip_byte(tpath("out/checkpoints/step-000000040/s0"), 30);
+    flip_byte(check_tmp_path("out/checkpoints/step-000000040/s0"), 30);
     CHECK_TRUE(ckpt_open_latest(root, 1, &r, used, sizeof used, on_warn, &w, &st) == 1,
                "fallback: %s", st.msg);
     CHECK_TRUE(strstr(used, "step-000000030") && r.meta.step == 30 && w.n == 1 &&
@@ -615,13 +594,13 @@ static void test_dirs(void) {
     ckpt_close(&r);
     printf("PASS fallback to %s\n", used);
     /* Next one has a missing shard file; the one before a truncated manifest. */
-    unlink(tpath("out/checkpoints/step-000000030/s3"));
+    unlink(check_tmp_path("out/checkpoints/step-000000030/s3"));
     w.n = 0;
     CHECK_TRUE(ckpt_open_latest(root, 1, &r, used, sizeof used, on_warn, &w, &st) == 1 &&
                    strstr(used, "step-000000020") && w.n == 2 && strstr(w.last, "s3"),
                "second fallback: %s, %d warnings", used, w.n);
     ckpt_close(&r);
-    CHECK_TRUE(truncate(tpath("out/checkpoints/step-000000020/manifest.pb"), 30) == 0, "trunc");
+    CHECK_TRUE(truncate(check_tmp_path("out/checkpoints/step-000000020/manifest.pb"), 30) == 0, "trunc");
     w.n = 0;
     CHECK_TRUE(ckpt_open_latest(root, 1, &r, used, sizeof used, on_warn, &w, &st) == -1 &&
                    w.n == 3 && strstr(st.msg, "none of the 3"),
@@ -630,11 +609,11 @@ static void test_dirs(void) {
 
     /* Latest pointing at an older step: newer ones are an abandoned timeline, never loaded,
      * and pruned. */
-    char *root2 = tpath("out2");
+    char *root2 = check_tmp_path("out2");
     CHECK_TRUE(commit_step(root2, 1) && commit_step(root2, 2) && commit_step(root2, 3),
                "commits");
-    unlink(tpath("out2/latest"));
-    CHECK_TRUE(symlink("step-000000002", tpath("out2/latest")) == 0, "symlink");
+    unlink(check_tmp_path("out2/latest"));
+    CHECK_TRUE(symlink("step-000000002", check_tmp_path("out2/latest")) == 0, "symlink");
     w.n = 0;
     CHECK_TRUE(ckpt_open_latest(root2, 0, &r, used, sizeof used, on_warn, &w, &st) == 1 &&
                    strstr(used, "step-000000002") && w.n == 0,
@@ -644,16 +623,12 @@ static void test_dirs(void) {
                "abandoned newer step pruned");
     CHECK_TRUE(ckpt_prune(root2, 1, &st) && list_is(root2, (int64_t[]){2}, 1),
                "prune keeps latest");
-    rm_rf(tpath("out"));
-    rm_rf(root2);
+    check_rm_rf(check_tmp_path("out"));
+    check_rm_rf(root2);
 }
 
 int main(void) {
-    snprintf(g_tmp, sizeof g_tmp, "/tmp/test_checkpoint.XXXXXX");
-    if (!mkdtemp(g_tmp)) {
-        printf("FAIL mkdtemp: %s\n", strerror(errno));
-        return 1;
-    }
+    check_tmp_init("test_checkpoint");
     test_roundtrip(64);
     test_roundtrip(100);
     test_roundtrip(CKPT_CHUNK_LIMIT_DEFAULT);
@@ -661,6 +636,6 @@ int main(void) {
     test_gaps();
     test_writer_errors();
     test_dirs();
-    rm_rf(g_tmp);
+    check_rm_rf(check_tmp);
     return check_finish();
 }

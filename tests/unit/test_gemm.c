@@ -108,6 +108,16 @@ static void ref_xw(float *dX, const float *dY, const float *Wf, int64_t T, int64
         }
 }
 
+/* An output and its reference copy, equal: random (tag) when beta != 0, NaN when beta == 0
+ * (gemm must overwrite it, not read it). */
+static void fill_out(float *y, float *yr, int64_t n, uint64_t tag, float beta) {
+    fill(y, n, tag);
+    if (beta == 0.0f)
+        for (int64_t k = 0; k < n; k++)
+            y[k] = NAN;
+    memcpy(yr, y, sizeof(float) * n);
+}
+
 static void test_linear(GemmCtx *g, GemmDtype dt, int64_t T, int64_t O, int64_t I, int64_t ld,
                         float beta) {
     /* W stored with leading dimension ld (> I), in its dtype; Wf = its exact F32 values. */
@@ -122,36 +132,27 @@ static void test_linear(GemmCtx *g, GemmDtype dt, int64_t T, int64_t O, int64_t 
                     dt == GEMM_BF16 ? gemm_bf16_to_f32(Wb[o * ld + i]) : Wsrc[o * ld + i];
         }
     GemmWeight W = {dt, dt == GEMM_BF16 ? (const void *)Wb : (const void *)Wsrc, O, I, ld};
+    char shape[80];
+    snprintf(shape, sizeof shape, "%s T=%lld O=%lld I=%lld beta=%g", dt == GEMM_BF16 ? "bf16" : "f32",
+             (long long)T, (long long)O, (long long)I, (double)beta);
 
     float *X = malloc(sizeof(float) * T * I), *Y = malloc(sizeof(float) * T * O);
     float *Yr = malloc(sizeof(float) * T * O);
     fill(X, T * I, 11);
-    fill(Y, T * O, 12);
-    if (beta == 0.0f)
-        for (int64_t k = 0; k < T * O; k++)
-            Y[k] = NAN;
-    memcpy(Yr, Y, sizeof(float) * T * O);
+    fill_out(Y, Yr, T * O, 12, beta);
     gemm_xwt(g, Y, X, &W, T, beta);
     ref_xwt(Yr, X, Wf, T, O, I, beta);
     char name[96];
-    snprintf(name, sizeof name, "xwt %s T=%lld O=%lld I=%lld beta=%g",
-             dt == GEMM_BF16 ? "bf16" : "f32", (long long)T, (long long)O, (long long)I,
-             (double)beta);
+    snprintf(name, sizeof name, "xwt %s", shape);
     check_close(name, Y, Yr, T * O, 1e-5);
 
     float *dY = malloc(sizeof(float) * T * O), *dX = malloc(sizeof(float) * T * I);
     float *dXr = malloc(sizeof(float) * T * I);
     fill(dY, T * O, 13);
-    fill(dX, T * I, 14);
-    if (beta == 0.0f)
-        for (int64_t k = 0; k < T * I; k++)
-            dX[k] = NAN;
-    memcpy(dXr, dX, sizeof(float) * T * I);
+    fill_out(dX, dXr, T * I, 14, beta);
     gemm_xw(g, dX, dY, &W, T, beta);
     ref_xw(dXr, dY, Wf, T, O, I, beta);
-    snprintf(name, sizeof name, "xw  %s T=%lld O=%lld I=%lld beta=%g",
-             dt == GEMM_BF16 ? "bf16" : "f32", (long long)T, (long long)O, (long long)I,
-             (double)beta);
+    snprintf(name, sizeof name, "xw  %s", shape);
     check_close(name, dX, dXr, T * I, 1e-5);
 
     free(Wsrc), free(Wf), free(Wb), free(X), free(Y), free(Yr), free(dY), free(dX), free(dXr);
@@ -254,15 +255,7 @@ static int run_child(const char *const env[][2], int nenv, char *out, size_t out
         _exit(127);
     }
     close(fd[1]);
-    size_t len = 0;
-    ssize_t k;
-    while (len + 1 < outsz && (k = read(fd[0], out + len, outsz - 1 - len)) > 0)
-        len += (size_t)k;
-    out[len] = 0;
-    close(fd[0]);
-    int st = 0;
-    waitpid(pid, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    return check_child_output(fd[0], pid, out, outsz);
 }
 
 static int core_is_avx512(const char *out) {

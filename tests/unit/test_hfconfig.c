@@ -17,29 +17,8 @@
 #include "io/hfconfig.h"
 #include "tests/unit/check.h"
 
-static char g_tmp[64];
-
-static char *tpath(const char *name) {
-    static char buf[4][512];
-    static int k;
-    char *p = buf[k++ % 4];
-    snprintf(p, 512, "%s/%s", g_tmp, name);
-    return p;
-}
-
 static void write_text(const char *path, const char *text) {
-    FILE *fp = fopen(path, "w");
-    if (!fp || fputs(text, fp) < 0 || fclose(fp) != 0) {
-        printf("FAIL cannot write %s\n", path);
-        exit(1);
-    }
-}
-
-static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(p);
+    check_write_file(path, text, strlen(text));
 }
 
 /* Field-by-field equality; prints the first difference. */
@@ -101,14 +80,14 @@ static void test_round_trip(void) {
             c.rope_high_freq_factor = 4.0;
             c.rope_original_max_position = 8192;
         }
-        const char *p = tpath("rt.json");
+        const char *p = check_tmp_path("rt.json");
         int ok = hfc_write(&c, p, &st);
         CHECK_TRUE(ok, "%s write: %s", c.architecture, st.msg);
         memset(&r, 0x5a, sizeof r);
         ok = ok && hfc_load(&r, p, &st);
         CHECK_TRUE(ok, "%s load: %s", c.architecture, st.msg);
         CHECK_TRUE(ok && cfg_equal(&c, &r), "%s round trip", c.architecture);
-        CHECK_TRUE(access(tpath("rt.json.tmp"), F_OK) != 0, "tmp left behind");
+        CHECK_TRUE(access(check_tmp_path("rt.json.tmp"), F_OK) != 0, "tmp left behind");
         printf("  %-20s written, read back: %s\n", c.architecture,
                ok && cfg_equal(&c, &r) ? "equal" : "DIFFERENT");
         /* The defaults themselves are valid. */
@@ -125,8 +104,8 @@ static void test_round_trip(void) {
     c.rope_low_freq_factor = 1;
     c.rope_high_freq_factor = 4;
     c.rope_original_max_position = 8192;
-    hfc_write(&c, tpath("text.json"), &st);
-    FILE *fp = fopen(tpath("text.json"), "r");
+    hfc_write(&c, check_tmp_path("text.json"), &st);
+    FILE *fp = fopen(check_tmp_path("text.json"), "r");
     char text[8192];
     size_t n = fread(text, 1, sizeof text - 1, fp);
     fclose(fp);
@@ -141,7 +120,7 @@ static void test_round_trip(void) {
 
 /* Parse a literal config; expect success. */
 static int load_text(HfcConfig *c, const char *text, ErrStatus *st) {
-    const char *p = tpath("config.json");
+    const char *p = check_tmp_path("config.json");
     write_text(p, text);
     return hfc_load(c, p, st);
 }
@@ -264,7 +243,7 @@ static void test_real_configs(void) {
 
 /* hfc_load must fail, leave c untouched, and name the file and each needle. */
 static void expect_fail(const char *what, const char *text, const char *n1, const char *n2) {
-    const char *p = tpath("bad_config.json");
+    const char *p = check_tmp_path("bad_config.json");
     write_text(p, text);
     HfcConfig c;
     ErrStatus st;
@@ -297,7 +276,7 @@ static void test_errors(void) {
                 "missing required field 'rms_norm_eps'", NULL);
     {
         /* The exact wording the brief gives. */
-        const char *p = tpath("bad_config.json");
+        const char *p = check_tmp_path("bad_config.json");
         write_text(p, LLAMA "\"hidden_size\": \"4096\", \"intermediate_size\": 160,"
                             " \"num_hidden_layers\": 2, \"num_attention_heads\": 4,"
                             " \"vocab_size\": 100, \"rms_norm_eps\": 1e-6}");
@@ -378,26 +357,26 @@ static void test_errors(void) {
 
     HfcConfig c;
     ErrStatus st;
-    CHECK_TRUE(!hfc_load(&c, tpath("missing.json"), &st) && strstr(st.msg, "cannot open"),
+    CHECK_TRUE(!hfc_load(&c, check_tmp_path("missing.json"), &st) && strstr(st.msg, "cannot open"),
                "missing file: %s", st.msg);
 
     /* Writer refusals: an invalid config, and an unwritable place (nothing created). */
     hfc_defaults(&c, HFC_MISTRAL);
     c.qkv_bias = 1;
-    CHECK_TRUE(!hfc_write(&c, tpath("w.json"), &st) && strstr(st.msg, "no biases") &&
-                   access(tpath("w.json"), F_OK) != 0,
+    CHECK_TRUE(!hfc_write(&c, check_tmp_path("w.json"), &st) && strstr(st.msg, "no biases") &&
+                   access(check_tmp_path("w.json"), F_OK) != 0,
                "mistral with bias written: %s", st.msg);
     hfc_defaults(&c, HFC_LLAMA);
     c.num_kv_heads = 3;
-    CHECK_TRUE(!hfc_write(&c, tpath("w.json"), &st) && strstr(st.msg, "num_key_value_heads"),
+    CHECK_TRUE(!hfc_write(&c, check_tmp_path("w.json"), &st) && strstr(st.msg, "num_key_value_heads"),
                "bad kv heads written: %s", st.msg);
     hfc_defaults(&c, HFC_LLAMA);
-    const char *p = tpath("no/such/dir/config.json");
+    const char *p = check_tmp_path("no/such/dir/config.json");
     CHECK_TRUE(!hfc_write(&c, p, &st) && strstr(st.msg, p) && strstr(st.msg, "No such file"),
                "nonexistent dir: %s", st.msg);
     printf("  %-26s -> %s\n", "write into missing dir", st.msg);
     /* An existing file survives a refused write. */
-    const char *keep = tpath("keep.json");
+    const char *keep = check_tmp_path("keep.json");
     CHECK_TRUE(hfc_write(&c, keep, &st), "write keep: %s", st.msg);
     c.head_dim = 7;
     CHECK_TRUE(!hfc_write(&c, keep, &st), "odd head_dim written");
@@ -406,17 +385,13 @@ static void test_errors(void) {
 }
 
 int main(void) {
-    snprintf(g_tmp, sizeof g_tmp, "/tmp/sl_test_hfc_XXXXXX");
-    if (!mkdtemp(g_tmp)) {
-        perror("mkdtemp");
-        return 1;
-    }
+    check_tmp_init("sl_test_hfc");
     CHECK_TRUE(!strcmp(hfc_arch_name(HFC_QWEN2), "Qwen2ForCausalLM") &&
                    !strcmp(hfc_arch_name(HFC_MISTRAL), "MistralForCausalLM"),
                "arch names");
     test_round_trip();
     test_real_configs();
     test_errors();
-    nftw(g_tmp, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+    check_rm_rf(check_tmp);
     return check_finish();
 }

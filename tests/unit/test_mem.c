@@ -211,15 +211,7 @@ static int run_pin_child(MemPinMode mode, char *err, size_t errsz) {
         _exit(pin_child(mode));
     }
     close(fd[1]);
-    size_t len = 0;
-    ssize_t k;
-    while (len + 1 < errsz && (k = read(fd[0], err + len, errsz - 1 - len)) > 0)
-        len += (size_t)k;
-    err[len] = 0;
-    close(fd[0]);
-    int st = 0;
-    waitpid(pid, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    return check_child_output(fd[0], pid, err, errsz);
 }
 
 static int count_substr(const char *s, const char *sub) {

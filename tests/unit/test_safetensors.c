@@ -20,24 +20,6 @@
 #include "io/safetensors.h"
 #include "tests/unit/check.h"
 
-static char g_tmp[64];
-
-static char *tpath(const char *name) {
-    static char buf[8][512];
-    static int k;
-    char *p = buf[k++ % 8];
-    snprintf(p, 512, "%s/%s", g_tmp, name);
-    return p;
-}
-
-static void write_bytes(const char *path, const void *buf, size_t len) {
-    FILE *fp = fopen(path, "wb");
-    if (!fp || fwrite(buf, 1, len, fp) != len || fclose(fp) != 0) {
-        printf("FAIL cannot write %s\n", path);
-        exit(1);
-    }
-}
-
 /* 8-byte LE length + header + data: a file built by hand from the spec. */
 static void make_file(const char *path, const char *header, const void *data, size_t dlen) {
     size_t hlen = strlen(header);
@@ -46,7 +28,7 @@ static void make_file(const char *path, const char *header, const void *data, si
         b[i] = (unsigned char)((uint64_t)hlen >> (8 * i));
     memcpy(b + 8, header, hlen);
     if (dlen) memcpy(b + 8 + hlen, data, dlen);
-    write_bytes(path, b, 8 + hlen + dlen);
+    check_write_file(path, b, 8 + hlen + dlen);
     free(b);
 }
 
@@ -58,13 +40,6 @@ static int count_fds(void) {
         n++;
     closedir(d);
     return n;
-}
-
-static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(p);
 }
 
 static uint16_t f32_to_bf16_trunc(float f) {
@@ -178,11 +153,11 @@ static void test_round_trip(void) {
     st_writer_meta(&w, "note", "first");
     st_writer_meta(&w, "note", "h\xc3\xa9llo \"quoted\""); /* replaces, UTF-8 + escapes */
     ErrStatus st;
-    const char *path = tpath("rt.safetensors");
+    const char *path = check_tmp_path("rt.safetensors");
     int ok = st_writer_write(&w, path, &st);
     CHECK_TRUE(ok, "write: %s", st.msg);
     st_writer_free(&w);
-    CHECK_TRUE(access(tpath("rt.safetensors.tmp"), F_OK) != 0, "tmp file left behind");
+    CHECK_TRUE(access(check_tmp_path("rt.safetensors.tmp"), F_OK) != 0, "tmp file left behind");
 
     StFile f;
     ok = st_open(&f, path, &st);
@@ -438,10 +413,10 @@ static void test_round_trip(void) {
     const int64_t s3[] = {3};
     st_writer_init(&w);
     st_writer_add(&w, "ids", ST_I64, 1, s3, huge);
-    ok = st_writer_write(&w, tpath("huge.safetensors"), &st);
+    ok = st_writer_write(&w, check_tmp_path("huge.safetensors"), &st);
     st_writer_free(&w);
     CHECK_TRUE(ok, "write huge: %s", st.msg);
-    if (st_open(&f, tpath("huge.safetensors"), &st)) {
+    if (st_open(&f, check_tmp_path("huge.safetensors"), &st)) {
         int32_t o[3];
         ok = st_read_all(&f, st_find(&f, "ids"), ST_I32, o, &st);
         CHECK_TRUE(!ok && strstr(st.msg, "element 1") && strstr(st.msg, "1099511627776"),
@@ -456,12 +431,12 @@ static void test_f16_exhaustive(void) {
     static float out[65536];
     for (int i = 0; i < 65536; i++)
         all[i] = (uint16_t)i;
-    make_file(tpath("f16.safetensors"),
+    make_file(check_tmp_path("f16.safetensors"),
               "{\"all\":{\"dtype\":\"F16\",\"shape\":[256,256],\"data_offsets\":[0,131072]}}", all,
               sizeof all);
     StFile f;
     ErrStatus st;
-    int ok = st_open(&f, tpath("f16.safetensors"), &st);
+    int ok = st_open(&f, check_tmp_path("f16.safetensors"), &st);
     CHECK_TRUE(ok, "open f16: %s", st.msg);
     if (!ok) return;
     ok = st_read_all(&f, st_find(&f, "all"), ST_F32, out, &st);
@@ -497,7 +472,7 @@ static void test_handmade(void) {
     int32_t bv[2] = {7, -9};
     memcpy(data, av, 8);
     memcpy(data + 8, bv, 8);
-    const char *path = tpath("hand.safetensors");
+    const char *path = check_tmp_path("hand.safetensors");
     make_file(path, hdr, data, 16);
     StFile f;
     ErrStatus st;
@@ -535,7 +510,7 @@ static void test_bad_inputs(void) {
     const char *ok_hdr = "{\"w\":{\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[0,16]},"
                          "\"v\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[16,32]}}";
     unsigned char data[32] = {0};
-    const char *good = tpath("good.safetensors");
+    const char *good = check_tmp_path("good.safetensors");
     make_file(good, ok_hdr, data, 32);
     StFile f;
     ErrStatus st;
@@ -544,21 +519,21 @@ static void test_bad_inputs(void) {
     uint64_t hl = strlen(ok_hdr);
 
     /* Truncations of the good file. */
-    const char *p = tpath("cut_header.safetensors");
+    const char *p = check_tmp_path("cut_header.safetensors");
     make_file(p, ok_hdr, data, 32);
     CHECK_TRUE(truncate(p, (off_t)(8 + hl / 2)) == 0, "truncate");
     expect_open_fail("cut in header", p, "header length", "past the end");
-    p = tpath("cut_data.safetensors");
+    p = check_tmp_path("cut_data.safetensors");
     make_file(p, ok_hdr, data, 32);
     CHECK_TRUE(truncate(p, (off_t)(8 + hl + 20)) == 0, "truncate");
     expect_open_fail("cut in data", p,
                      "tensor 'v': data_offsets end 32 is past the end of the file",
                      "(data size 20)");
-    p = tpath("cut_len.safetensors");
-    write_bytes(p, "\x10\x00\x00", 3);
+    p = check_tmp_path("cut_len.safetensors");
+    check_write_file(p, "\x10\x00\x00", 3);
     expect_open_fail("cut in length", p, "too short", NULL);
-    p = tpath("empty.safetensors");
-    write_bytes(p, "", 0);
+    p = check_tmp_path("empty.safetensors");
+    check_write_file(p, "", 0);
     expect_open_fail("empty file", p, "too short", NULL);
 
     /* Header length field. */
@@ -567,17 +542,17 @@ static void test_bad_inputs(void) {
     b[0] = 0x00;
     b[1] = 0x01; /* 256 > 56 bytes that follow */
     memset(b + 2, 0, 6);
-    p = tpath("len_past.safetensors");
-    write_bytes(p, b, sizeof b);
+    p = check_tmp_path("len_past.safetensors");
+    check_write_file(p, b, sizeof b);
     expect_open_fail("length past EOF", p, "header length 256", "past the end of the file");
     memset(b, 0, 8);
     b[5] = 0x10; /* 2^44 */
-    p = tpath("len_absurd.safetensors");
-    write_bytes(p, b, sizeof b);
+    p = check_tmp_path("len_absurd.safetensors");
+    check_write_file(p, b, sizeof b);
     expect_open_fail("absurd length", p, "absurd", NULL);
 
     /* JSON errors: the byte offset counts from the start of the file. */
-    p = tpath("bad_json.safetensors");
+    p = check_tmp_path("bad_json.safetensors");
     const char *bj = "{\"w\":{\"dtype\":\"F32\",,\"shape\":[1],\"data_offsets\":[0,4]}}";
     make_file(p, bj, data, 4);
     expect_open_fail("malformed JSON", p, "JSON error at byte", "line 1, column");
@@ -590,17 +565,17 @@ static void test_bad_inputs(void) {
         CHECK_TRUE(at >= comma && at <= comma + 2, "byte offset %ld, the error is at %ld", at,
                    comma);
     }
-    p = tpath("dup.safetensors");
+    p = check_tmp_path("dup.safetensors");
     make_file(p,
               "{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
               "\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
               data, 8);
     expect_open_fail("duplicate name", p, "duplicate", NULL);
-    p = tpath("array.safetensors");
+    p = check_tmp_path("array.safetensors");
     make_file(p, "[1, 2]", data, 0);
     expect_open_fail("root not object", p, "not a JSON object", NULL);
-    p = tpath("nul.safetensors");
-    write_bytes(p, "\x04\0\0\0\0\0\0\0{\0}  ", 12);
+    p = check_tmp_path("nul.safetensors");
+    check_write_file(p, "\x04\0\0\0\0\0\0\0{\0}  ", 12);
     expect_open_fail("NUL in header", p, "JSON error at byte", NULL);
 
     /* Entries. */
@@ -647,12 +622,12 @@ static void test_bad_inputs(void) {
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char name[64];
         snprintf(name, sizeof name, "case%zu.safetensors", i);
-        p = tpath(name);
+        p = check_tmp_path(name);
         make_file(p, cases[i].hdr, data, 32);
         expect_open_fail(cases[i].what, p, cases[i].n1, cases[i].n2);
     }
     /* Empty tensors may share an offset with anything; holes are allowed. */
-    p = tpath("empties.safetensors");
+    p = check_tmp_path("empties.safetensors");
     make_file(p,
               "{\"a\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]},"
               "\"e\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[8,8]},"
@@ -661,8 +636,8 @@ static void test_bad_inputs(void) {
     CHECK_TRUE(st_open(&f, p, &st), "empty tensors inside others rejected: %s", st.msg);
     st_close(&f);
 
-    expect_open_fail("missing file", tpath("nope.safetensors"), "cannot open", NULL);
-    expect_open_fail("directory", g_tmp, "not a regular file", NULL);
+    expect_open_fail("missing file", check_tmp_path("nope.safetensors"), "cannot open", NULL);
+    expect_open_fail("directory", check_tmp, "not a regular file", NULL);
     int fds2 = count_fds();
     CHECK_TRUE(fds == fds2, "file descriptors leaked: %d before, %d after", fds, fds2);
 }
@@ -690,7 +665,7 @@ static void test_dirs(void) {
         vals[i] = (float)i + 0.5f;
     const char *n1[] = {"model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight"};
     const char *n2[] = {"model.layers.1.mlp.up_proj.weight", "lm_head.weight"};
-    char *dir = tpath("sharded");
+    char *dir = check_tmp_path("sharded");
     mkdir(dir, 0755);
     char p1[600], p2[600], idx[600];
     snprintf(p1, sizeof p1, "%s/model-00001-of-00002.safetensors", dir);
@@ -704,7 +679,7 @@ static void test_dirs(void) {
         "\"model.embed_tokens.weight\": \"model-00001-of-00002.safetensors\","
         "\"model.layers.0.mlp.up_proj.weight\": \"model-00001-of-00002.safetensors\","
         "\"model.layers.1.mlp.up_proj.weight\": \"model-00002-of-00002.safetensors\"}}\n";
-    write_bytes(idx, index, strlen(index));
+    check_write_file(idx, index, strlen(index));
 
     StDir d;
     ErrStatus st;
@@ -736,26 +711,26 @@ static void test_dirs(void) {
     const char *bad_index = "{\"weight_map\": {"
                             "\"model.embed_tokens.weight\": \"model-00001-of-00002.safetensors\","
                             "\"lm_head.weight\": \"model-00001-of-00002.safetensors\"}}";
-    write_bytes(idx, bad_index, strlen(bad_index));
+    check_write_file(idx, bad_index, strlen(bad_index));
     ok = st_dir_open(&d, dir, &st);
     CHECK_TRUE(!ok && strstr(st.msg, idx) && strstr(st.msg, "'lm_head.weight'") &&
                    strstr(st.msg, "model-00001-of-00002.safetensors"),
                "wrong mapping: %s", st.msg);
     printf("  wrong mapping -> %s\n", st.msg);
     const char *missing_file = "{\"weight_map\": {\"x\": \"model-00009-of-00009.safetensors\"}}";
-    write_bytes(idx, missing_file, strlen(missing_file));
+    check_write_file(idx, missing_file, strlen(missing_file));
     ok = st_dir_open(&d, dir, &st);
     CHECK_TRUE(!ok && strstr(st.msg, "model-00009-of-00009.safetensors") &&
                    strstr(st.msg, "cannot open"),
                "missing shard: %s", st.msg);
     const char *escape = "{\"weight_map\": {\"x\": \"../rt.safetensors\"}}";
-    write_bytes(idx, escape, strlen(escape));
+    check_write_file(idx, escape, strlen(escape));
     ok = st_dir_open(&d, dir, &st);
     CHECK_TRUE(!ok && strstr(st.msg, "weight_map.'x'"), "path escape: %s", st.msg);
-    write_bytes(idx, "{\"weight_map\": {\"x\": ", 21);
+    check_write_file(idx, "{\"weight_map\": {\"x\": ", 21);
     ok = st_dir_open(&d, dir, &st);
     CHECK_TRUE(!ok && strstr(st.msg, idx) && strstr(st.msg, "byte"), "bad index JSON: %s", st.msg);
-    write_bytes(idx, "{\"metadata\": {}}", 16);
+    check_write_file(idx, "{\"metadata\": {}}", 16);
     ok = st_dir_open(&d, dir, &st);
     CHECK_TRUE(!ok && strstr(st.msg, "weight_map"), "no weight_map: %s", st.msg);
     /* Same tensor in two shards (the index lists only one). */
@@ -764,12 +739,12 @@ static void test_dirs(void) {
         "{\"weight_map\": {"
         "\"model.embed_tokens.weight\": \"model-00001-of-00002.safetensors\","
         "\"model.layers.0.mlp.up_proj.weight\": \"model-00002-of-00002.safetensors\"}}";
-    write_bytes(idx, dup_index, strlen(dup_index));
+    check_write_file(idx, dup_index, strlen(dup_index));
     ok = st_dir_open(&d, dir, &st);
     CHECK_TRUE(!ok && strstr(st.msg, "is in both"), "duplicate across shards: %s", st.msg);
 
     /* Single file. */
-    char *single = tpath("single");
+    char *single = check_tmp_path("single");
     mkdir(single, 0755);
     char sp[600];
     snprintf(sp, sizeof sp, "%s/model.safetensors", single);
@@ -780,7 +755,7 @@ static void test_dirs(void) {
     if (ok) st_dir_close(&d);
 
     /* Neither. */
-    char *none = tpath("none");
+    char *none = check_tmp_path("none");
     mkdir(none, 0755);
     ok = st_dir_open(&d, none, &st);
     char want[700];
@@ -806,20 +781,20 @@ static void test_writer_failures(void) {
     const int64_t s[] = {4};
     StWriter w;
     ErrStatus st;
-    int before = dir_entries(g_tmp);
+    int before = dir_entries(check_tmp);
 
-    char *p = tpath("no/such/dir/out.safetensors");
+    char *p = check_tmp_path("no/such/dir/out.safetensors");
     st_writer_init(&w);
     st_writer_add(&w, "x", ST_F32, 1, s, v);
     int ok = st_writer_write(&w, p, &st);
     st_writer_free(&w);
     CHECK_TRUE(!ok && strstr(st.msg, p) && strstr(st.msg, "No such file"), "nonexistent dir: %s",
                st.msg);
-    CHECK_TRUE(dir_entries(g_tmp) == before, "writer created something");
+    CHECK_TRUE(dir_entries(check_tmp) == before, "writer created something");
     printf("  nonexistent dir -> %s\n", st.msg);
 
     /* A failed write leaves an existing file untouched and no tmp behind. */
-    p = tpath("keep.safetensors");
+    p = check_tmp_path("keep.safetensors");
     st_writer_init(&w);
     st_writer_add(&w, "x", ST_F32, 1, s, v);
     ok = st_writer_write(&w, p, &st);
@@ -846,16 +821,16 @@ static void test_writer_failures(void) {
     CHECK_TRUE(!ok && strstr(st.msg, "reserved"), "reserved name: %s", st.msg);
     stat(p, &sb1);
     CHECK_TRUE(sb0.st_ino == sb1.st_ino && sb0.st_size == sb1.st_size, "existing file changed");
-    CHECK_TRUE(access(tpath("keep.safetensors.tmp"), F_OK) != 0, "tmp left behind");
+    CHECK_TRUE(access(check_tmp_path("keep.safetensors.tmp"), F_OK) != 0, "tmp left behind");
 
     /* The tmp path is occupied by a directory: creation fails, the target stays. */
-    mkdir(tpath("keep.safetensors.tmp"), 0755);
+    mkdir(check_tmp_path("keep.safetensors.tmp"), 0755);
     st_writer_init(&w);
     st_writer_add(&w, "z", ST_F32, 1, s, v);
     ok = st_writer_write(&w, p, &st);
     st_writer_free(&w);
     CHECK_TRUE(!ok && strstr(st.msg, "keep.safetensors.tmp"), "tmp is a dir: %s", st.msg);
-    rmdir(tpath("keep.safetensors.tmp"));
+    rmdir(check_tmp_path("keep.safetensors.tmp"));
     StFile f;
     ok = st_open(&f, p, &st);
     CHECK_TRUE(ok && st_find(&f, "x") && !st_find(&f, "z"), "existing file intact");
@@ -871,11 +846,7 @@ static void test_writer_failures(void) {
 }
 
 int main(void) {
-    snprintf(g_tmp, sizeof g_tmp, "/tmp/sl_test_st_XXXXXX");
-    if (!mkdtemp(g_tmp)) {
-        perror("mkdtemp");
-        return 1;
-    }
+    check_tmp_init("sl_test_st");
     CHECK_TRUE(st_dtype_parse("BF16") == ST_BF16 && st_dtype_parse("bf16") == -1 &&
                    st_dtype_size(ST_I64) == 8 && !strcmp(st_dtype_name(ST_F16), "F16"),
                "dtype table");
@@ -885,6 +856,6 @@ int main(void) {
     test_bad_inputs();
     test_dirs();
     test_writer_failures();
-    nftw(g_tmp, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+    check_rm_rf(check_tmp);
     return check_finish();
 }

@@ -16,23 +16,9 @@
 #include "../../launch/tools/bytetok.h"
 #include "check.h"
 
-static char root[] = "/tmp/test_tokcache_XXXXXX";
 static char tok_path[600];
 static Tokenizer *tk;
 static DsOptions opts = {CHAT_NONE, 0, 257, BYTETOK_VOCAB_SIZE};
-
-static const char *at_root(const char *name) {
-    static char bufs[8][600];
-    static int next;
-    char *p = bufs[next++ % 8];
-    snprintf(p, 600, "%s/%s", root, name);
-    return p;
-}
-
-static void write_file(const char *path, const char *data, size_t n) {
-    FILE *f = fopen(path, "wb");
-    CHECK_TRUE(f && fwrite(data, 1, n, f) == n && fclose(f) == 0, "cannot write %s", path);
-}
 
 static char *read_file(const char *path, size_t *n) {
     FILE *f = fopen(path, "rb");
@@ -161,7 +147,7 @@ static void check_cache(const char *const *files, int nfiles, const Ref *r, int 
     ErrStatus st;
     CHECK_TRUE(tcache_fingerprint(files, nfiles, tok_path, &opts, fp, &st), "%s", st.msg);
     TcStats sum;
-    const char *dir = at_root("cache");
+    const char *dir = check_tmp_path("cache");
     snprintf(name, sizeof name, "%s, %d parts", what, nparts);
     int ok = build(dir, files, nfiles, nparts, 0, fp, &sum, &st);
     CHECK_TRUE(ok, "%s: %s", name, st.msg);
@@ -231,7 +217,7 @@ static void gen_file(const char *path, int nlines, const int *bad, int nbad, con
 }
 
 static void test_parts(void) {
-    const char *file = at_root("mixed.jsonl");
+    const char *file = check_tmp_path("mixed.jsonl");
     gen_file(file, 400, NULL, 0, "\n");
     const char *files[] = {file};
     Ref r = {0};
@@ -256,8 +242,8 @@ static void test_parts(void) {
     TcStats sum;
     TokCache c;
     CHECK_TRUE(tcache_fingerprint(files, 1, tok_path, &opts, fp, &st), "%s", st.msg);
-    int ok = build(at_root("cache"), files, 1, 1, 0, fp, &sum, &st) &&
-             tcache_open(&c, at_root("cache"), fp, &st);
+    int ok = build(check_tmp_path("cache"), files, 1, 1, 0, fp, &sum, &st) &&
+             tcache_open(&c, check_tmp_path("cache"), fp, &st);
     CHECK_TRUE(ok, "%s", st.msg);
     if (!ok) return;
     TcDoc d;
@@ -268,13 +254,13 @@ static void test_parts(void) {
     ref_free(&r);
 
     /* a dataset without position_ids has none in the cache */
-    const char *plain = at_root("plain.jsonl");
+    const char *plain = check_tmp_path("plain.jsonl");
     const char *text = "{\"text\": \"one\"}\n{\"text\": \"two\"}\n";
-    write_file(plain, text, strlen(text));
+    check_write_file(plain, text, strlen(text));
     const char *pf[] = {plain};
     CHECK_TRUE(tcache_fingerprint(pf, 1, tok_path, &opts, fp, &st), "%s", st.msg);
-    ok = build(at_root("cache"), pf, 1, 2, 0, fp, &sum, &st) &&
-         tcache_open(&c, at_root("cache"), fp, &st);
+    ok = build(check_tmp_path("cache"), pf, 1, 2, 0, fp, &sum, &st) &&
+         tcache_open(&c, check_tmp_path("cache"), fp, &st);
     CHECK_TRUE(ok, "%s", st.msg);
     if (!ok) return;
     CHECK_TRUE(c.ndocs == 2 && !c.pos[0] && !c.pos[1], "positions in a plain cache");
@@ -285,10 +271,10 @@ static void test_parts(void) {
 
     /* a UTF-8 byte order mark at the start of a file is dropped */
     const char *bom = "\xEF\xBB\xBF{\"text\": \"Hi\"}\r\n";
-    write_file(plain, bom, strlen(bom));
+    check_write_file(plain, bom, strlen(bom));
     CHECK_TRUE(tcache_fingerprint(pf, 1, tok_path, &opts, fp, &st), "%s", st.msg);
-    ok = build(at_root("cache"), pf, 1, 1, 0, fp, &sum, &st) &&
-         tcache_open(&c, at_root("cache"), fp, &st);
+    ok = build(check_tmp_path("cache"), pf, 1, 1, 0, fp, &sum, &st) &&
+         tcache_open(&c, check_tmp_path("cache"), fp, &st);
     CHECK_TRUE(ok, "BOM: %s", st.msg);
     if (!ok) return;
     tcache_doc(&c, 0, &d);
@@ -296,26 +282,26 @@ static void test_parts(void) {
     tcache_close(&c);
 
     /* only blank lines: an empty cache, which opens */
-    write_file(plain, "\n  \n\r\n", 5);
+    check_write_file(plain, "\n  \n\r\n", 5);
     CHECK_TRUE(tcache_fingerprint(pf, 1, tok_path, &opts, fp, &st), "%s", st.msg);
-    ok = build(at_root("cache"), pf, 1, 2, 0, fp, &sum, &st) &&
-         tcache_open(&c, at_root("cache"), fp, &st);
+    ok = build(check_tmp_path("cache"), pf, 1, 2, 0, fp, &sum, &st) &&
+         tcache_open(&c, check_tmp_path("cache"), fp, &st);
     CHECK_TRUE(ok && c.ndocs == 0 && sum.lines == 0, "blank file: %s", st.msg);
     if (ok) tcache_close(&c);
 }
 
 static void test_files(void) {
     /* CRLF with a blank CRLF line, an empty file, one without a final newline */
-    const char *a = at_root("a.jsonl"), *b = at_root("b.jsonl"), *e = at_root("e.jsonl");
+    const char *a = check_tmp_path("a.jsonl"), *b = check_tmp_path("b.jsonl"), *e = check_tmp_path("e.jsonl");
     gen_file(a, 60, NULL, 0, "\r\n");
-    write_file(e, "", 0);
+    check_write_file(e, "", 0);
     char text[8192];
     size_t n = 0;
     for (int i = 0; i < 40; i++) {
         n += (size_t)gen_line(text + n, sizeof text - n, 1000 + i);
         if (i < 39) text[n++] = '\n';
     }
-    write_file(b, text, n);
+    check_write_file(b, text, n);
     const char *files[] = {a, e, b, e};
     Ref r = {0};
     ref_add_file(&r, a);
@@ -327,12 +313,12 @@ static void test_files(void) {
 }
 
 static void test_bad_lines(void) {
-    const char *file = at_root("bad.jsonl");
+    const char *file = check_tmp_path("bad.jsonl");
     const int bad[] = {77};
     gen_file(file, 100, bad, 1, "\n");
     const char *files[] = {file};
     char tmp[700], want[700];
-    snprintf(tmp, sizeof tmp, "%s", at_root("badparts"));
+    snprintf(tmp, sizeof tmp, "%s", check_tmp_path("badparts"));
     mkdir(tmp, 0755);
     snprintf(want, sizeof want, "%s:77: invalid JSON at column", file);
     int failed = 0, failed_part = -1;
@@ -350,7 +336,7 @@ static void test_bad_lines(void) {
                failed_part);
 
     /* the bad line in the second file, counted from that file's start */
-    const char *first = at_root("first.jsonl"), *second = at_root("second.jsonl");
+    const char *first = check_tmp_path("first.jsonl"), *second = check_tmp_path("second.jsonl");
     gen_file(first, 50, NULL, 0, "\n");
     const int bad2[] = {30};
     gen_file(second, 40, bad2, 1, "\n");
@@ -369,7 +355,7 @@ static void test_bad_lines(void) {
     CHECK_TRUE(failed == 1, "%d parts failed", failed);
 
     /* skip_bad: counted, the first remembered, the others give the same documents */
-    const char *many = at_root("many_bad.jsonl");
+    const char *many = check_tmp_path("many_bad.jsonl");
     const int bad3[] = {10, 51, 90, 91, 92, 93, 94, 95};
     gen_file(many, 120, bad3, 8, "\n");
     const char *mf[] = {many};
@@ -383,8 +369,8 @@ static void test_bad_lines(void) {
     for (int k = 0; k < 2; k++) {
         TcStats sum;
         TokCache c;
-        int ok = build(at_root("cache"), mf, 1, parts[k], 1, fp, &sum, &st) &&
-                 tcache_open(&c, at_root("cache"), fp, &st);
+        int ok = build(check_tmp_path("cache"), mf, 1, parts[k], 1, fp, &sum, &st) &&
+                 tcache_open(&c, check_tmp_path("cache"), fp, &st);
         CHECK_TRUE(ok, "%s", st.msg);
         if (!ok) continue;
         CHECK_TRUE(sum.bad_lines == 8 && c.stats.bad_lines == 8, "bad_lines %lld",
@@ -397,7 +383,7 @@ static void test_bad_lines(void) {
     ref_free(&r);
 
     /* an unreadable file */
-    const char *gone[] = {at_root("missing.jsonl")};
+    const char *gone[] = {check_tmp_path("missing.jsonl")};
     TcStats s;
     CHECK_TRUE(!tcache_build_part(tmp, 0, 1, gone, 1, tk, &opts, 0, &s, &st) &&
                    strstr(st.msg, "missing.jsonl: cannot read") != NULL,
@@ -408,7 +394,7 @@ static void test_bad_lines(void) {
 }
 
 static void test_fingerprint(void) {
-    const char *file = at_root("fp.jsonl");
+    const char *file = check_tmp_path("fp.jsonl");
     gen_file(file, 30, NULL, 0, "\n");
     const char *files[] = {file};
     char fp0[TCACHE_FP_LEN + 1], fp[TCACHE_FP_LEN + 1];
@@ -421,14 +407,14 @@ static void test_fingerprint(void) {
     /* the same tokenizer bytes elsewhere: same fingerprint */
     size_t n;
     char *tok = read_file(tok_path, &n);
-    const char *copy = at_root("copy-tokenizer.json");
-    write_file(copy, tok, n);
+    const char *copy = check_tmp_path("copy-tokenizer.json");
+    check_write_file(copy, tok, n);
     CHECK_TRUE(tcache_fingerprint(files, 1, copy, &opts, fp, &st) && strcmp(fp, fp0) == 0,
                "tokenizer path changed the fingerprint");
     /* one byte of the tokenizer changed (a space at the end) */
     tok = realloc(tok, n + 1);
     tok[n] = ' ';
-    write_file(copy, tok, n + 1);
+    check_write_file(copy, tok, n + 1);
     free(tok);
     CHECK_TRUE(tcache_fingerprint(files, 1, copy, &opts, fp, &st) && strcmp(fp, fp0) != 0,
                "tokenizer change not seen");
@@ -450,13 +436,13 @@ static void test_fingerprint(void) {
     size_t size;
     char *data = read_file(file, &size);
     data[size - 3] ^= 1;
-    write_file(file, data, size);
+    check_write_file(file, data, size);
     struct timespec times[2] = {sb.st_atim, sb.st_mtim};
     utimensat(AT_FDCWD, file, times, 0);
     CHECK_TRUE(tcache_fingerprint(files, 1, tok_path, &opts, fp, &st) && strcmp(fp, fp0) != 0,
                "data change not seen");
     data[size - 3] ^= 1;
-    write_file(file, data, size);
+    check_write_file(file, data, size);
     utimensat(AT_FDCWD, file, times, 0);
     CHECK_TRUE(tcache_fingerprint(files, 1, tok_path, &opts, fp, &st) && strcmp(fp, fp0) == 0,
                "restored data gives another fingerprint");
@@ -482,9 +468,9 @@ static void expect_refused(const char *dir, const char *fp, const char *reason) 
 }
 
 static void test_refusals(void) {
-    const char *file = at_root("mixed.jsonl");
+    const char *file = check_tmp_path("mixed.jsonl");
     const char *files[] = {file};
-    const char *dir = at_root("cache");
+    const char *dir = check_tmp_path("cache");
     char fp[TCACHE_FP_LEN + 1], part[700];
     ErrStatus st;
     TcStats sum;
@@ -501,25 +487,25 @@ static void test_refusals(void) {
     const size_t flips[] = {n / 2, n - 1, 32 /* the header's counted */};
     for (int k = 0; k < 3; k++) {
         good[flips[k]] ^= 0x10;
-        write_file(part, good, n);
+        check_write_file(part, good, n);
         good[flips[k]] ^= 0x10;
         expect_refused(dir, fp, "part-00001.tok: checksum mismatch");
     }
-    write_file(part, good, n - 4);
+    check_write_file(part, good, n - 4);
     expect_refused(dir, fp, "part-00001.tok: ");
     expect_refused(dir, fp, "(truncated?)");
-    write_file(part, good, 20);
+    check_write_file(part, good, 20);
     expect_refused(dir, fp, "part-00001.tok: truncated (20 bytes)");
     unlink(part);
     expect_refused(dir, fp, "part-00001.tok: cannot open");
-    write_file(part, good, n);
+    check_write_file(part, good, n);
     CHECK_TRUE(tcache_open(&c, dir, fp, &st), "restored: %s", st.msg);
     tcache_close(&c);
     char other[TCACHE_FP_LEN + 1];
     memcpy(other, fp, sizeof other);
     other[0] = other[0] == '0' ? '1' : '0';
     expect_refused(dir, other, "made from other data or tokenizer settings");
-    expect_refused(at_root("nothing-here"), fp, "no cache");
+    expect_refused(check_tmp_path("nothing-here"), fp, "no cache");
     free(good);
 
     /* commit replaces an old cache, but not a directory holding other files */
@@ -527,18 +513,18 @@ static void test_refusals(void) {
                    c.nparts == 2,
                "rebuild over an old cache: %s", st.msg);
     tcache_close(&c);
-    const char *foreign = at_root("foreign");
+    const char *foreign = check_tmp_path("foreign");
     mkdir(foreign, 0755);
     char keep[700];
     snprintf(keep, sizeof keep, "%s/notes.txt", foreign);
-    write_file(keep, "mine", 4);
+    check_write_file(keep, "mine", 4);
     CHECK_TRUE(!build(foreign, files, 1, 1, 0, fp, &sum, &st) &&
                    strstr(st.msg, "not a cache") != NULL && access(keep, F_OK) == 0,
                "a foreign directory: '%s'", st.msg);
 }
 
 static void test_large(void) {
-    const char *file = at_root("large.jsonl");
+    const char *file = check_tmp_path("large.jsonl");
     gen_file(file, 20000, NULL, 0, "\n");
     /* one line longer than the reader's 1 MiB buffer, in the middle */
     FILE *f = fopen(file, "ab");
@@ -547,7 +533,7 @@ static void test_large(void) {
         fputc(i % 7 == 6 ? ' ' : 'a' + i % 26, f);
     fputs("\"}\n", f);
     fclose(f);
-    const char *more = at_root("large2.jsonl");
+    const char *more = check_tmp_path("large2.jsonl");
     gen_file(more, 5000, NULL, 0, "\n");
     const char *files[] = {file, more};
     Ref r = {0};
@@ -559,15 +545,9 @@ static void test_large(void) {
     ref_free(&r);
 }
 
-static void remove_tree(const char *dir) {
-    char cmd[700];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0) printf("cannot remove %s\n", dir);
-}
-
 int main(void) {
-    CHECK_TRUE(mkdtemp(root) != NULL, "mkdtemp: %s", strerror(errno));
-    snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", root);
+    check_tmp_init("test_tokcache");
+    snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", check_tmp);
     ErrStatus st;
     CHECK_TRUE(bytetok_write(tok_path, &st), "%s", st.msg);
     tk = tok_load(tok_path, &st);
@@ -582,6 +562,6 @@ int main(void) {
     test_large();
 
     tok_free(tk);
-    remove_tree(root);
+    check_rm_rf(check_tmp);
     return check_finish();
 }
