@@ -138,6 +138,14 @@ char *report_json_quote(const char *s) {
 }
 
 
+/* What happened to documents longer than a sequence, and the skipped bad lines. */
+static void report_long_docs_json(json_t *o, const TrainData *d) {
+    json_object_set_new(o, "truncated", json_integer((json_int_t)d->train.truncated));
+    json_object_set_new(o, "split", json_integer((json_int_t)d->train.split));
+    json_object_set_new(o, "dropped", json_integer((json_int_t)d->train.dropped));
+    json_object_set_new(o, "bad_lines_skipped", json_integer((json_int_t)d->train_cache.stats.bad_lines));
+}
+
 /* OUT/run.json: the resolved configuration, the layout, the data, and the versions of what
  * the run ran on. */
 int report_run_json(const char *out, const ReportRun *run, const Session *s, const TrainData *d,
@@ -161,10 +169,7 @@ int report_run_json(const char *out, const ReportRun *run, const Session *s, con
     json_object_set_new(data, "train_rows_per_epoch", json_integer((json_int_t)d->train.nrows));
     json_object_set_new(data, "train_tokens", json_integer((json_int_t)d->train.tokens));
     json_object_set_new(data, "train_counted_tokens", json_integer((json_int_t)d->train.counted));
-    json_object_set_new(data, "truncated", json_integer((json_int_t)d->train.truncated));
-    json_object_set_new(data, "split", json_integer((json_int_t)d->train.split));
-    json_object_set_new(data, "dropped", json_integer((json_int_t)d->train.dropped));
-    json_object_set_new(data, "bad_lines_skipped", json_integer((json_int_t)d->train_cache.stats.bad_lines));
+    report_long_docs_json(data, d);
     json_object_set_new(data, "chat_format", json_string(chat_format_name(d->ds.chat)));
     json_object_set_new(data, "eval_documents", json_integer((json_int_t)(d->has_eval ? d->eval.docs : 0)));
     json_object_set_new(data, "eval_rows", json_integer((json_int_t)(d->has_eval ? d->eval.nrows : 0)));
@@ -222,10 +227,7 @@ int report_summary(const char *out, const ReportTotals *t, const TrainData *d, c
     json_t *dj = json_object();
     json_object_set_new(dj, "documents", json_integer((json_int_t)d->train.docs));
     json_object_set_new(dj, "sequences_per_epoch", json_integer((json_int_t)d->train.nrows));
-    json_object_set_new(dj, "truncated", json_integer((json_int_t)d->train.truncated));
-    json_object_set_new(dj, "split", json_integer((json_int_t)d->train.split));
-    json_object_set_new(dj, "dropped", json_integer((json_int_t)d->train.dropped));
-    json_object_set_new(dj, "bad_lines_skipped", json_integer((json_int_t)d->train_cache.stats.bad_lines));
+    report_long_docs_json(dj, d);
     json_object_set_new(j, "data", dj);
     char path[4200];
     snprintf(path, sizeof path, "%s/summary.json", out);
