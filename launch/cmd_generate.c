@@ -112,7 +112,7 @@ typedef struct {
     float *full, *recv;   /* [S, V] on TP rank 0 */
     GenOutput *w;         /* world rank 0: where results go */
     int64_t rows_done, generated;
-} GenRun;
+} GenLoop;
 
 static int gen_finish(Grid *g, int code) {
     grid_finalize(g);
@@ -358,7 +358,7 @@ static void gen_eos_ids(const char *dir, const LlamaModel *m, Tokenizer *tk, Cha
 
 /* The text of a slot's generated ids (special tokens skipped; without a final EOS).
  * malloc'd. */
-static char *gen_text(GenRun *r, const GenSlot *s, int drop_last, size_t *len) {
+static char *gen_text(GenLoop *r, const GenSlot *s, int drop_last, size_t *len) {
     if (!r->tk) {
         *len = 0;
         return calloc(1, 1);
@@ -380,7 +380,7 @@ static int64_t gen_find_stop(const GenOpts *o, const char *text, size_t len) {
 /* Streaming: prints the part of text that can no longer change: not the last max_stop - 1
  * bytes (they may start a stop string) nor a trailing U+FFFD (a character whose bytes are
  * still coming), unless final. */
-static void gen_stream(GenRun *r, GenSlot *s, const char *text, size_t len, int final) {
+static void gen_stream(GenLoop *r, GenSlot *s, const char *text, size_t len, int final) {
     size_t safe = len;
     if (!final) {
         safe = r->max_stop > 1 ? (len > r->max_stop - 1 ? len - (r->max_stop - 1) : 0) : len;
@@ -413,7 +413,7 @@ static void gen_emit(GenOutput *w, GenResult *res, int64_t i, int64_t V);
 
 /* Decides whether slot s ends after its newest token; on the end, records its result (TP
  * rank 0) and frees the slot. Every TP rank reaches the same verdict from the same ids. */
-static int gen_after_token(GenRun *r, GenSlot *s) {
+static int gen_after_token(GenLoop *r, GenSlot *s) {
     const GenOpts *o = r->o;
     const int32_t tok = s->ids[s->nids - 1];
     const int64_t ngen = s->nids - s->nprompt;
@@ -477,7 +477,7 @@ static int gen_after_token(GenRun *r, GenSlot *s) {
  * r->in.logits): greedy by a distributed argmax after the repetition penalty on each
  * rank's columns; sampling on TP rank 0 from the gathered rows, then broadcast. Raw logits
  * are kept for --dump-logits. Every TP rank ends with the same r->tokens. */
-static void gen_choose(GenRun *r, const int *sel_slot, int nsel) {
+static void gen_choose(GenLoop *r, const int *sel_slot, int nsel) {
     LlamaModel *m = r->m;
     Grid *g = r->g;
     const GenOpts *o = r->o;
@@ -511,16 +511,12 @@ static void gen_choose(GenRun *r, const int *sel_slot, int nsel) {
             r->tokens[i] = sample_token(&r->sctx, &r->scfg, row, (uint64_t)s->prompt,
                                         (uint64_t)(s->nids - s->nprompt));
         }
-    if (g->tp > 1) {
-        MPI_Bcast(r->tokens, nsel, MPI_INT32_T, 0, g->tp_comm);
-        g->bytes[GRID_BYTES_OTHER] += (uint64_t)nsel * sizeof(int32_t);
-        g->calls[GRID_BYTES_OTHER]++;
-    }
+    grid_bcast(g, g->tp_comm, r->tokens, (size_t)nsel * sizeof(int32_t), 0, GRID_BYTES_OTHER);
 }
 
 /* Decodes the group's prompts [b0, b1). Returns 0 and sets st when the logits of a step
  * have no finite value (every TP rank of the group agrees). */
-static int gen_loop(GenRun *r, ErrStatus *st) {
+static int gen_loop(GenLoop *r, ErrStatus *st) {
     const GenOpts *o = r->o;
     LlamaModel *m = r->m;
     const int64_t S = r->in.S, R = r->in.R;
@@ -618,7 +614,7 @@ static void gen_emit(GenOutput *w, GenResult *res, int64_t i, int64_t V) {
 
 /* Results of the other DP groups come to rank 0 in prompt order, each from its group's TP
  * rank 0: a header {json bytes, logits floats}, the JSON, the logits. */
-static void gen_collect(GenRun *r, GenOutput *w) {
+static void gen_collect(GenLoop *r, GenOutput *w) {
     Grid *g = r->g;
     const int64_t n = r->nprompts, per = (n + g->dp - 1) / g->dp;
     if (g->world_rank == 0) {
@@ -627,18 +623,18 @@ static void gen_collect(GenRun *r, GenOutput *w) {
             if (!res->done) {
                 const int src = (int)(w->next / per) * g->tp;
                 int64_t hdr[3];
-                MPI_Recv(hdr, 3, MPI_INT64_T, src, 1, g->world, MPI_STATUS_IGNORE);
+                grid_recv(g, g->world, hdr, sizeof hdr, src, 1);
                 res->json = malloc((size_t)hdr[0] + 1);
                 SL_CHECK(res->json, "out of memory");
-                MPI_Recv(res->json, (int)hdr[0], MPI_CHAR, src, 2, g->world, MPI_STATUS_IGNORE);
+                grid_recv(g, g->world, res->json, (size_t)hdr[0], src, 2);
                 res->json[hdr[0]] = 0;
                 res->ngen = hdr[2];
                 if (hdr[1] > 0) {
                     res->logits = malloc((size_t)hdr[1] * sizeof(float));
                     res->ids = malloc((size_t)hdr[2] * sizeof(int32_t));
                     SL_CHECK(res->logits && res->ids, "out of memory");
-                    MPI_Recv(res->logits, (int)hdr[1], MPI_FLOAT, src, 3, g->world, MPI_STATUS_IGNORE);
-                    MPI_Recv(res->ids, (int)hdr[2], MPI_INT32_T, src, 4, g->world, MPI_STATUS_IGNORE);
+                    grid_recv(g, g->world, res->logits, (size_t)hdr[1] * sizeof(float), src, 3);
+                    grid_recv(g, g->world, res->ids, (size_t)hdr[2] * sizeof(int32_t), src, 4);
                 }
                 res->done = 1;
             }
@@ -649,12 +645,14 @@ static void gen_collect(GenRun *r, GenOutput *w) {
             GenResult *res = &r->results[i];
             const int64_t nl = res->logits ? res->ngen * r->m->V : 0;
             int64_t hdr[3] = {(int64_t)strlen(res->json), nl, res->ngen};
-            SL_CHECK(hdr[0] < INT32_MAX && nl < INT32_MAX, "result %lld too large to send", (long long)i);
-            MPI_Send(hdr, 3, MPI_INT64_T, 0, 1, g->world);
-            MPI_Send(res->json, (int)hdr[0], MPI_CHAR, 0, 2, g->world);
+            /* grid_send's messages are bounded in bytes (MPI's int count) */
+            SL_CHECK(hdr[0] < INT32_MAX && nl < INT32_MAX / (int64_t)sizeof(float), "result %lld too large to send",
+                     (long long)i);
+            grid_send(g, g->world, hdr, sizeof hdr, 0, 1, GRID_BYTES_OTHER);
+            grid_send(g, g->world, res->json, (size_t)hdr[0], 0, 2, GRID_BYTES_OTHER);
             if (nl > 0) {
-                MPI_Send(res->logits, (int)nl, MPI_FLOAT, 0, 3, g->world);
-                MPI_Send(res->ids, (int)res->ngen, MPI_INT32_T, 0, 4, g->world);
+                grid_send(g, g->world, res->logits, (size_t)nl * sizeof(float), 0, 3, GRID_BYTES_OTHER);
+                grid_send(g, g->world, res->ids, (size_t)res->ngen * sizeof(int32_t), 0, 4, GRID_BYTES_OTHER);
             }
         }
     }
@@ -828,7 +826,7 @@ int cmd_generate(int argc, char **argv) {
     KernCtx kc = {&gc, NULL, 0, gc.nthreads};
     kc.scratch_floats = kern_scratch_floats(R, m.Hl, m.D, gc.nthreads);
     kc.scratch = mem_alloc(&mem, MEM_ACTIVATION, (kc.scratch_floats ? kc.scratch_floats : 1) * sizeof(float));
-    GenRun r;
+    GenLoop r;
     memset(&r, 0, sizeof r);
     r.o = &o;
     r.g = &g;
@@ -920,7 +918,7 @@ int cmd_generate(int argc, char **argv) {
         if (g.tp_rank != 0) tot[0] = tot[1] = 0;
         grid_allreduce_sum_i64(&g, g.world, tot, 2, GRID_BYTES_OTHER);
         double tmax = dt;
-        MPI_Allreduce(MPI_IN_PLACE, &tmax, 1, MPI_DOUBLE, MPI_MAX, g.world);
+        grid_allreduce_max_f64(&g, g.world, &tmax, 1, GRID_BYTES_OTHER);
         gen_log("generated %lld tokens for %lld prompts in %.2fs (%lld tokens through the model): %.1f tokens/s "
                 "generated, %.1f tokens/s through the model", (long long)tot[0], (long long)nprompts, tmax,
                 (long long)tot[1], tmax > 0 ? (double)tot[0] / tmax : 0, tmax > 0 ? (double)tot[1] / tmax : 0);
