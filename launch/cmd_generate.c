@@ -30,6 +30,7 @@
 #include "../parallel/grid.h"
 #include "../runtime/log.h"
 #include "../runtime/timer.h"
+#include "../train/session.h"
 #include "args.h"
 #include "cmds.h"
 #include "mpicmd.h"
@@ -83,7 +84,7 @@ typedef struct {
     int64_t next;  /* the next prompt index to print */
 } GenOutput;
 
-/* Everything the generation loop of a DP group uses. */
+/* Everything the generation loop of a DP group uses (made by gen_loop_init). */
 typedef struct {
     const GenOpts *o;
     Grid *g;
@@ -112,19 +113,7 @@ typedef struct {
     float *full, *recv;   /* [S, V] on TP rank 0 */
     GenOutput *w;         /* world rank 0: where results go */
     int64_t rows_done, generated;
-} GenRun;
-
-static int gen_finish(Grid *g, int code) {
-    grid_finalize(g);
-    return code;
-}
-
-/* One verdict for all ranks: the lowest failing rank prints its message. */
-static int gen_agree(Grid *g, int ok, const ErrStatus *st) {
-    int first = grid_first_failed(g, ok);
-    if (first == g->world_rank) fprintf(stderr, "shardlora generate: error: %s\n", st->msg);
-    return first < 0;
-}
+} GenLoop;
 
 /* Progress and configuration lines: rank 0, stderr (stdout is the generated text). */
 static void gen_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -358,7 +347,7 @@ static void gen_eos_ids(const char *dir, const LlamaModel *m, Tokenizer *tk, Cha
 
 /* The text of a slot's generated ids (special tokens skipped; without a final EOS).
  * malloc'd. */
-static char *gen_text(GenRun *r, const GenSlot *s, int drop_last, size_t *len) {
+static char *gen_text(GenLoop *r, const GenSlot *s, int drop_last, size_t *len) {
     if (!r->tk) {
         *len = 0;
         return calloc(1, 1);
@@ -380,7 +369,7 @@ static int64_t gen_find_stop(const GenOpts *o, const char *text, size_t len) {
 /* Streaming: prints the part of text that can no longer change: not the last max_stop - 1
  * bytes (they may start a stop string) nor a trailing U+FFFD (a character whose bytes are
  * still coming), unless final. */
-static void gen_stream(GenRun *r, GenSlot *s, const char *text, size_t len, int final) {
+static void gen_stream(GenLoop *r, GenSlot *s, const char *text, size_t len, int final) {
     size_t safe = len;
     if (!final) {
         safe = r->max_stop > 1 ? (len > r->max_stop - 1 ? len - (r->max_stop - 1) : 0) : len;
@@ -413,7 +402,7 @@ static void gen_emit(GenOutput *w, GenResult *res, int64_t i, int64_t V);
 
 /* Decides whether slot s ends after its newest token; on the end, records its result (TP
  * rank 0) and frees the slot. Every TP rank reaches the same verdict from the same ids. */
-static int gen_after_token(GenRun *r, GenSlot *s) {
+static int gen_after_token(GenLoop *r, GenSlot *s) {
     const GenOpts *o = r->o;
     const int32_t tok = s->ids[s->nids - 1];
     const int64_t ngen = s->nids - s->nprompt;
@@ -477,7 +466,7 @@ static int gen_after_token(GenRun *r, GenSlot *s) {
  * r->in.logits): greedy by a distributed argmax after the repetition penalty on each
  * rank's columns; sampling on TP rank 0 from the gathered rows, then broadcast. Raw logits
  * are kept for --dump-logits. Every TP rank ends with the same r->tokens. */
-static void gen_choose(GenRun *r, const int *sel_slot, int nsel) {
+static void gen_choose(GenLoop *r, const int *sel_slot, int nsel) {
     LlamaModel *m = r->m;
     Grid *g = r->g;
     const GenOpts *o = r->o;
@@ -511,16 +500,12 @@ static void gen_choose(GenRun *r, const int *sel_slot, int nsel) {
             r->tokens[i] = sample_token(&r->sctx, &r->scfg, row, (uint64_t)s->prompt,
                                         (uint64_t)(s->nids - s->nprompt));
         }
-    if (g->tp > 1) {
-        MPI_Bcast(r->tokens, nsel, MPI_INT32_T, 0, g->tp_comm);
-        g->bytes[GRID_BYTES_OTHER] += (uint64_t)nsel * sizeof(int32_t);
-        g->calls[GRID_BYTES_OTHER]++;
-    }
+    grid_bcast(g, g->tp_comm, r->tokens, (size_t)nsel * sizeof(int32_t), 0, GRID_BYTES_OTHER);
 }
 
 /* Decodes the group's prompts [b0, b1). Returns 0 and sets st when the logits of a step
  * have no finite value (every TP rank of the group agrees). */
-static int gen_loop(GenRun *r, ErrStatus *st) {
+static int gen_loop(GenLoop *r, ErrStatus *st) {
     const GenOpts *o = r->o;
     LlamaModel *m = r->m;
     const int64_t S = r->in.S, R = r->in.R;
@@ -618,7 +603,7 @@ static void gen_emit(GenOutput *w, GenResult *res, int64_t i, int64_t V) {
 
 /* Results of the other DP groups come to rank 0 in prompt order, each from its group's TP
  * rank 0: a header {json bytes, logits floats}, the JSON, the logits. */
-static void gen_collect(GenRun *r, GenOutput *w) {
+static void gen_collect(GenLoop *r, GenOutput *w) {
     Grid *g = r->g;
     const int64_t n = r->nprompts, per = (n + g->dp - 1) / g->dp;
     if (g->world_rank == 0) {
@@ -627,18 +612,18 @@ static void gen_collect(GenRun *r, GenOutput *w) {
             if (!res->done) {
                 const int src = (int)(w->next / per) * g->tp;
                 int64_t hdr[3];
-                MPI_Recv(hdr, 3, MPI_INT64_T, src, 1, g->world, MPI_STATUS_IGNORE);
+                grid_recv(g, g->world, hdr, sizeof hdr, src, 1);
                 res->json = malloc((size_t)hdr[0] + 1);
                 SL_CHECK(res->json, "out of memory");
-                MPI_Recv(res->json, (int)hdr[0], MPI_CHAR, src, 2, g->world, MPI_STATUS_IGNORE);
+                grid_recv(g, g->world, res->json, (size_t)hdr[0], src, 2);
                 res->json[hdr[0]] = 0;
                 res->ngen = hdr[2];
                 if (hdr[1] > 0) {
                     res->logits = malloc((size_t)hdr[1] * sizeof(float));
                     res->ids = malloc((size_t)hdr[2] * sizeof(int32_t));
                     SL_CHECK(res->logits && res->ids, "out of memory");
-                    MPI_Recv(res->logits, (int)hdr[1], MPI_FLOAT, src, 3, g->world, MPI_STATUS_IGNORE);
-                    MPI_Recv(res->ids, (int)hdr[2], MPI_INT32_T, src, 4, g->world, MPI_STATUS_IGNORE);
+                    grid_recv(g, g->world, res->logits, (size_t)hdr[1] * sizeof(float), src, 3);
+                    grid_recv(g, g->world, res->ids, (size_t)hdr[2] * sizeof(int32_t), src, 4);
                 }
                 res->done = 1;
             }
@@ -649,12 +634,14 @@ static void gen_collect(GenRun *r, GenOutput *w) {
             GenResult *res = &r->results[i];
             const int64_t nl = res->logits ? res->ngen * r->m->V : 0;
             int64_t hdr[3] = {(int64_t)strlen(res->json), nl, res->ngen};
-            SL_CHECK(hdr[0] < INT32_MAX && nl < INT32_MAX, "result %lld too large to send", (long long)i);
-            MPI_Send(hdr, 3, MPI_INT64_T, 0, 1, g->world);
-            MPI_Send(res->json, (int)hdr[0], MPI_CHAR, 0, 2, g->world);
+            /* grid_send's messages are bounded in bytes (MPI's int count) */
+            SL_CHECK(hdr[0] < INT32_MAX && nl < INT32_MAX / (int64_t)sizeof(float), "result %lld too large to send",
+                     (long long)i);
+            grid_send(g, g->world, hdr, sizeof hdr, 0, 1, GRID_BYTES_OTHER);
+            grid_send(g, g->world, res->json, (size_t)hdr[0], 0, 2, GRID_BYTES_OTHER);
             if (nl > 0) {
-                MPI_Send(res->logits, (int)nl, MPI_FLOAT, 0, 3, g->world);
-                MPI_Send(res->ids, (int)res->ngen, MPI_INT32_T, 0, 4, g->world);
+                grid_send(g, g->world, res->logits, (size_t)nl * sizeof(float), 0, 3, GRID_BYTES_OTHER);
+                grid_send(g, g->world, res->ids, (size_t)res->ngen * sizeof(int32_t), 0, 4, GRID_BYTES_OTHER);
             }
         }
     }
@@ -662,305 +649,395 @@ static void gen_collect(GenRun *r, GenOutput *w) {
 
 /* ---------------------------------------------------------------- the command */
 
-int cmd_generate(int argc, char **argv) {
+/* Everything one run of the command holds, released by gen_free on every path. */
+typedef struct {
     GenOpts o;
-    memset(&o, 0, sizeof o);
-    o.chat_format = "auto";
-    o.pin = "auto";
-    o.kernels = "fast";
-    o.log_level = "info";
-    o.stream = "auto";
-    o.max_new = 128;
-    o.top_p = 1.0;
-    o.rep_penalty = 1.0;
-    o.batch = 8;
-    o.prefill_rows = 512;
-    o.tp = 1;
-    o.seed = 42;
-    ArgSpec specs[] = {
-        {"config", ARG_CONFIG, &o.config, "FILE", "read options from FILE first (JSON object or `key = value` lines; flags override)", 0, 0},
-        {"model", ARG_STR, &o.model, "DIR", "Hugging Face model directory (config.json, safetensors, tokenizer.json)", 1, 0},
-        {"adapter", ARG_STR, &o.adapter, "DIR", "PEFT adapter directory (LoRA, DoRA or VeRA: adapter_config.json, adapter_model.safetensors), applied unmerged", 0, 0},
-        {"merge-in-memory", ARG_BOOL, &o.merge, NULL, "merge the adapter into this rank's shards once (W += its delta, e.g. s B A for LoRA), then run without adapter cost", 0, 0},
-        {"prompt", ARG_STR, &o.prompt, "TEXT", "one prompt, tokenised with the model's tokenizer (BOS per its post-processor)", 0, 0},
-        {"prompts", ARG_STR, &o.prompts, "FILE", "JSONL prompts, per line {\"prompt\": S}, {\"messages\": [{\"role\",\"content\"}]} (chat template + generation prompt) or {\"input_ids\": [...]}", 0, 0},
-        {"chat", ARG_BOOL, &o.chat, NULL, "format text prompts as one user message with the chat template", 0, 0},
-        {"chat-format", ARG_STR, &o.chat_format, "NAME", "template for \"messages\": auto (from tokenizer_config.json) | llama3 | mistral | llama2 | chatml | qwen2", 0, 0},
-        {"out", ARG_STR, &o.out, "FILE", "write the results as JSONL {\"prompt_index\", \"text\", \"ids\", \"finish_reason\", ...} in prompt order", 0, 0},
-        {"stream", ARG_STR, &o.stream, "WHEN", "auto (print the text as it comes when there is one prompt) | off", 0, 0},
-        {"max-new-tokens", ARG_INT, &o.max_new, "N", "tokens to generate at most per prompt", 0, 0},
-        {"temperature", ARG_FLOAT, &o.temperature, "X", "0: greedy (argmax); > 0: sample from softmax(logits / X)", 0, 0},
-        {"top-k", ARG_INT, &o.top_k, "K", "sample among the K most likely tokens (0: off)", 0, 0},
-        {"top-p", ARG_FLOAT, &o.top_p, "P", "nucleus sampling: the smallest set of most likely tokens with probability >= P (1: off)", 0, 0},
-        {"repetition-penalty", ARG_FLOAT, &o.rep_penalty, "X", "divide positive / multiply negative logits of tokens already in the prompt or output by X (1: off; HF's)", 0, 0},
-        {"seed", ARG_U64, &o.seed, "N", "seed of the draws (Philox keyed by seed, prompt index, step: the same at any layout)", 0, 0},
-        {"stop", ARG_STRS, &o.stop, "STRING", "end a sequence when its text contains STRING (repeatable; the text is cut before it)", 0, 0},
-        {"ignore-eos", ARG_BOOL, &o.ignore_eos, NULL, "do not stop at the EOS / end-of-turn tokens", 0, 0},
-        {"batch-size", ARG_INT, &o.batch, "N", "sequences decoded together per data-parallel group (KV-cache slots)", 0, 0},
-        {"prefill-rows", ARG_INT, &o.prefill_rows, "N", "tokens per forward at most (prompt chunks plus one decode row per sequence)", 0, 0},
-        {"max-seq-len", ARG_INT, &o.max_seq_len, "N", "positions of the KV cache per sequence (0: the longest prompt + --max-new-tokens)", 0, 0},
-        {"no-kv-cache", ARG_BOOL, &o.no_kv_cache, NULL, "recompute the whole sequence at every step (tests: must give the cached logits)", 0, 0},
-        {"dump-logits", ARG_STR, &o.dump_logits, "FILE", "write every step's raw logits (safetensors: logits.I [steps, V], ids.I, prompt.I) (tests)", 0, 0},
-        {"tp", ARG_INT, &o.tp, "N", "tensor-parallel size (world = dp x tp; the prompts are divided among the dp groups)", 0, 0},
-        {"threads", ARG_INT, &o.threads, "N", "threads per rank (0: the CPUs this rank may use)", 0, 0},
-        {"pin-memory", ARG_STR, &o.pin, "MODE", "auto | on | off: mlock the frozen weights", 0, 0},
-        {"kernels", ARG_STR, &o.kernels, "NAME", "fast | reference", 0, 0},
-        {"log-level", ARG_STR, &o.log_level, "LEVEL", "error | warn | info | debug", 0, 0},
-    };
-    const int nspecs = (int)(sizeof specs / sizeof specs[0]);
-
+    ArgSpec specs[32];
+    int nspecs;
     Grid g;
-    int help = 0;
-    ErrStatus st;
-    int ok = mpicmd_start(&g, &argc, &argv, specs, nspecs, "[mpirun -np N] shardlora generate --model DIR [--adapter DIR] (--prompt TEXT | --prompts FILE) [options]",
-                           "Generate text with a frozen Llama/Mistral/Qwen2 model and an optional PEFT adapter, "
-                           "tensor-parallel with a KV cache sharded by heads. One prompt: its text is printed as it "
-                           "comes; several: JSONL results in prompt order (stdout or --out). Progress goes to stderr.",
-                           &help, &st);
-    if (ok && help) {
-        args_free(specs, nspecs);
-        return gen_finish(&g, 0);
-    }
-    int lvl = 0, pin = 0;
-    const KernOps *kops = NULL;
-    ok = ok && mpicmd_run_opts(o.log_level, o.kernels, o.pin, &lvl, &kops, &pin, &st);
-    if (ok && !o.prompt == !o.prompts) ok = err_status_set(&st, "give exactly one of --prompt TEXT and --prompts FILE");
-    if (ok && strcmp(o.chat_format, "auto") && chat_parse_format(o.chat_format) < 0)
-        ok = err_status_set(&st, "--chat-format '%s': expected auto, llama3, mistral, llama2, chatml or qwen2", o.chat_format);
-    if (ok && strcmp(o.stream, "auto") && strcmp(o.stream, "off"))
-        ok = err_status_set(&st, "--stream '%s': expected auto or off", o.stream);
-    if (ok && o.merge && !o.adapter) ok = err_status_set(&st, "--merge-in-memory needs --adapter");
-    if (ok && !(o.temperature >= 0 && isfinite(o.temperature))) ok = err_status_set(&st, "--temperature must be >= 0");
-    if (ok && !(o.top_p > 0 && o.top_p <= 1)) ok = err_status_set(&st, "--top-p must be in (0, 1]");
-    if (ok && !(o.rep_penalty > 0 && isfinite(o.rep_penalty))) ok = err_status_set(&st, "--repetition-penalty must be > 0");
-    if (ok && (o.top_k < 0 || o.max_seq_len < 0)) ok = err_status_set(&st, "--top-k and --max-seq-len must be >= 0");
-    if (ok && (o.max_new < 1 || o.batch < 1 || o.prefill_rows < 1))
-        ok = err_status_set(&st, "--max-new-tokens, --batch-size and --prefill-rows must be >= 1");
-    for (int i = 0; ok && i < o.stop.n; i++)
-        if (!o.stop.v[i][0]) ok = err_status_set(&st, "--stop: an empty string would stop at once");
-    if (ok) ok = grid_setup(&g, (int)o.tp, &st);
-    if (!ok) {
-        if (g.world_rank == 0) fprintf(stderr, "shardlora generate: %s\n", st.msg);
-        args_free(specs, nspecs);
-        return gen_finish(&g, EXIT_USAGE);
-    }
-    log_set_level((LogLevel)lvl);
-    if (g.world_rank == 0 && lvl >= LOG_INFO) {
-        fprintf(stderr, "configuration (%s):\n", o.config.path ? o.config.path : "flags and defaults");
-        args_print_resolved(stderr, specs, nspecs);
-    }
-
-    MemCtx mem;
-    mem_init(&mem, (MemPinMode)pin);
-    LlamaModel m;
-    ok = llama_load(&m, o.model, &g, &mem, &st);
-    if (!gen_agree(&g, ok, &st)) return gen_finish(&g, EXIT_BAD_INPUT);
-
-    /* tokenizer (optional with pre-tokenised prompts), chat template, prompts */
-    char path[4200];
-    snprintf(path, sizeof path, "%s/tokenizer.json", o.model);
-    Tokenizer *tk = NULL;
-    ChatFormat chat = CHAT_NONE;
-    if (access(path, F_OK) == 0) {
-        tk = tok_load(path, &st);
-        ok = tk != NULL;
-    }
-    if (ok && strcmp(o.chat_format, "auto") == 0) ok = chat_detect(o.model, &chat, &st);
-    else if (ok) chat = (ChatFormat)chat_parse_format(o.chat_format);
-    if (ok && !tk && o.stop.n > 0) ok = err_status_set(&st, "--stop needs the model's tokenizer.json to decode the text");
-    GenPrompt *prompts = NULL;
-    int64_t nprompts = 0;
-    int used_chat = 0;
-    if (ok) ok = gen_read_prompts(&o, tk, chat, m.V, &prompts, &nprompts, &used_chat, &st);
-    if (!gen_agree(&g, ok, &st)) return gen_finish(&g, EXIT_BAD_INPUT);
-    int32_t *eos = NULL;
-    int neos = 0;
-    gen_eos_ids(o.model, &m, tk, chat, used_chat, &eos, &neos);
-
-    /* adapter: this rank's slices through the adapter slots; merged on request */
+    Session s;            /* memory, model (+ adapter slots), GEMM and kernel contexts */
+    int lvl, pin;
+    const KernOps *kops;
+    Tokenizer *tk;        /* NULL without tokenizer.json (pre-tokenised prompts only) */
+    ChatFormat chat;
+    GenPrompt *prompts;   /* [nprompts] */
+    int64_t nprompts;
+    int used_chat;        /* some prompt went through the chat template */
+    int32_t *eos;         /* [neos] */
+    int neos;
     AdioCfg acfg;
-    memset(&acfg, 0, sizeof acfg);
-    int merged = 0;
-    if (o.adapter) {
-        ok = adio_attach(&m, o.adapter, &acfg, &g, &mem, &st);
-        if (!gen_agree(&g, ok, &st)) return gen_finish(&g, EXIT_BAD_INPUT);
-    }
-    GemmCtx gc;
-    int64_t maxcols = m.C > m.F ? m.C : m.F;
-    if (m.H * m.D > maxcols) maxcols = m.H * m.D;
-    gemm_init(&gc, &mem, (int)o.threads, maxcols);
-    if (o.adapter && o.merge) {
-        merged = llama_merge_adapters(&m, &gc, &st);
-        if (!gen_agree(&g, merged >= 0, &st)) return gen_finish(&g, EXIT_BAD_INPUT);
-    }
-
-    /* layout of the work: DP group d takes prompts [d * per, (d + 1) * per) */
-    const int64_t per = (nprompts + g.dp - 1) / g.dp;
-    const int64_t b0 = (int64_t)g.dp_rank * per < nprompts ? (int64_t)g.dp_rank * per : nprompts;
-    const int64_t b1 = b0 + per < nprompts ? b0 + per : nprompts;
-    int64_t maxlen = 0;
-    for (int64_t i = 0; i < nprompts; i++) maxlen = prompts[i].n > maxlen ? prompts[i].n : maxlen;
-    const int64_t Tmax = o.max_seq_len > 0 ? o.max_seq_len : maxlen + o.max_new;
-    ok = 1;
-    for (int64_t i = 0; ok && i < nprompts; i++)
-        if (prompts[i].n > Tmax)
-            ok = err_status_set(&st, "prompt %lld has %lld tokens, more than --max-seq-len %lld", (long long)i,
-                                (long long)prompts[i].n, (long long)Tmax);
-    if (!gen_agree(&g, ok, &st)) return gen_finish(&g, EXIT_USAGE);
-    if (Tmax > m.cfg.max_position_embeddings && m.cfg.max_position_embeddings > 0 && g.world_rank == 0)
-        log_warn("sequences of up to %lld positions, beyond the model's max_position_embeddings %lld",
-                 (long long)Tmax, (long long)m.cfg.max_position_embeddings);
-    const int64_t mine = b1 - b0;
-    int64_t S = o.no_kv_cache ? 1 : (o.batch < mine ? o.batch : mine);
-    if (S < 1) S = 1;
-    int64_t R = o.no_kv_cache ? Tmax : (o.prefill_rows > S ? o.prefill_rows : S);
-
-    /* output files, checked before any work; --out is committed only after a good run */
+    int merged;           /* > 0: the adapter was merged into the shards */
+    int64_t per, b0, b1;  /* prompts per DP group; this group's block [b0, b1) */
+    int64_t maxlen, Tmax; /* longest prompt; positions per sequence */
+    int64_t S, R;         /* sequences decoded at once; rows per forward */
     AFile outfile;
-    AFile *outf = NULL;
-    if (g.world_rank == 0 && o.out) {
-        ErrStatus e;
-        if (afile_open(&outfile, o.out, &e)) outf = &outfile;
-        else ok = err_status_set(&st, "%s: cannot write: %s", o.out, e.msg);
-    }
-    if (!gen_agree(&g, ok || g.world_rank != 0, &st)) return gen_finish(&g, EXIT_IO);
+    AFile *outf;          /* world rank 0 with --out until committed or aborted */
+    GenLoop l;
+    GenOutput w;
+    double secs;          /* this rank's time in the loop */
+    int have_session, have_acfg, have_loop, have_output;
+} GenRun;
 
-    KernCtx kc = {&gc, NULL, 0, gc.nthreads};
-    kc.scratch_floats = kern_scratch_floats(R, m.Hl, m.D, gc.nthreads);
-    kc.scratch = mem_alloc(&mem, MEM_ACTIVATION, (kc.scratch_floats ? kc.scratch_floats : 1) * sizeof(float));
-    GenRun r;
-    memset(&r, 0, sizeof r);
-    r.o = &o;
-    r.g = &g;
-    r.m = &m;
-    r.tk = tk;
-    r.kops = kops;
-    r.kc = &kc;
-    r.scfg = (SampleCfg){o.temperature, o.top_k, o.top_p, o.rep_penalty, o.seed};
-    r.env = (AdapterEnv){&gc, o.seed, 0, 0, 0};
-    llama_adapters_step_begin(&m, &r.env); /* e.g. DoRA's norms, before the first forward */
-    r.prompts = prompts;
-    r.nprompts = nprompts;
-    r.results = calloc((size_t)nprompts, sizeof *r.results);
-    r.b0 = b0;
-    r.b1 = b1;
-    r.Tmax = Tmax;
-    r.eos = eos;
-    r.neos = neos;
-    for (int i = 0; i < o.stop.n; i++)
-        if (strlen(o.stop.v[i]) > r.max_stop) r.max_stop = strlen(o.stop.v[i]);
-    r.stream = g.world_rank == 0 && nprompts == 1 && strcmp(o.stream, "auto") == 0;
-    SL_CHECK(r.results, "out of memory");
-    sample_init(&r.sctx, m.V, g.tp, &mem);
-    if (mine > 0) {
-        llama_infer_init(&r.in, &m, S, Tmax, R, &mem);
-        r.slots = calloc((size_t)S, sizeof *r.slots);
-        r.segs = calloc((size_t)S, sizeof *r.segs);
-        r.seg_sel = calloc((size_t)S, sizeof *r.seg_sel);
-        r.row_ids = calloc((size_t)R, sizeof *r.row_ids);
-        r.tokens = calloc((size_t)S, sizeof *r.tokens);
-        r.argmax_tmp = malloc(sample_argmax_tmp_bytes(S));
-        SL_CHECK(r.slots && r.segs && r.seg_sel && r.row_ids && r.tokens && r.argmax_tmp, "out of memory");
+static const char gen_err[] = "shardlora generate: error";
+
+static void gen_spec_table(GenRun *r) {
+    GenOpts *o = &r->o;
+    memset(o, 0, sizeof *o);
+    o->chat_format = "auto";
+    o->pin = "auto";
+    o->kernels = "fast";
+    o->log_level = "info";
+    o->stream = "auto";
+    o->max_new = 128;
+    o->top_p = 1.0;
+    o->rep_penalty = 1.0;
+    o->batch = 8;
+    o->prefill_rows = 512;
+    o->tp = 1;
+    o->seed = 42;
+    const ArgSpec specs[] = {
+        {"config", ARG_CONFIG, &o->config, "FILE", "read options from FILE first (JSON object or `key = value` lines; flags override)", 0, 0},
+        {"model", ARG_STR, &o->model, "DIR", "Hugging Face model directory (config.json, safetensors, tokenizer.json)", 1, 0},
+        {"adapter", ARG_STR, &o->adapter, "DIR", "PEFT adapter directory (LoRA, DoRA or VeRA: adapter_config.json, adapter_model.safetensors), applied unmerged", 0, 0},
+        {"merge-in-memory", ARG_BOOL, &o->merge, NULL, "merge the adapter into this rank's shards once (W += its delta, e.g. s B A for LoRA), then run without adapter cost", 0, 0},
+        {"prompt", ARG_STR, &o->prompt, "TEXT", "one prompt, tokenised with the model's tokenizer (BOS per its post-processor)", 0, 0},
+        {"prompts", ARG_STR, &o->prompts, "FILE", "JSONL prompts, per line {\"prompt\": S}, {\"messages\": [{\"role\",\"content\"}]} (chat template + generation prompt) or {\"input_ids\": [...]}", 0, 0},
+        {"chat", ARG_BOOL, &o->chat, NULL, "format text prompts as one user message with the chat template", 0, 0},
+        {"chat-format", ARG_STR, &o->chat_format, "NAME", "template for \"messages\": auto (from tokenizer_config.json) | llama3 | mistral | llama2 | chatml | qwen2", 0, 0},
+        {"out", ARG_STR, &o->out, "FILE", "write the results as JSONL {\"prompt_index\", \"text\", \"ids\", \"finish_reason\", ...} in prompt order", 0, 0},
+        {"stream", ARG_STR, &o->stream, "WHEN", "auto (print the text as it comes when there is one prompt) | off", 0, 0},
+        {"max-new-tokens", ARG_INT, &o->max_new, "N", "tokens to generate at most per prompt", 0, 0},
+        {"temperature", ARG_FLOAT, &o->temperature, "X", "0: greedy (argmax); > 0: sample from softmax(logits / X)", 0, 0},
+        {"top-k", ARG_INT, &o->top_k, "K", "sample among the K most likely tokens (0: off)", 0, 0},
+        {"top-p", ARG_FLOAT, &o->top_p, "P", "nucleus sampling: the smallest set of most likely tokens with probability >= P (1: off)", 0, 0},
+        {"repetition-penalty", ARG_FLOAT, &o->rep_penalty, "X", "divide positive / multiply negative logits of tokens already in the prompt or output by X (1: off; HF's)", 0, 0},
+        {"seed", ARG_U64, &o->seed, "N", "seed of the draws (Philox keyed by seed, prompt index, step: the same at any layout)", 0, 0},
+        {"stop", ARG_STRS, &o->stop, "STRING", "end a sequence when its text contains STRING (repeatable; the text is cut before it)", 0, 0},
+        {"ignore-eos", ARG_BOOL, &o->ignore_eos, NULL, "do not stop at the EOS / end-of-turn tokens", 0, 0},
+        {"batch-size", ARG_INT, &o->batch, "N", "sequences decoded together per data-parallel group (KV-cache slots)", 0, 0},
+        {"prefill-rows", ARG_INT, &o->prefill_rows, "N", "tokens per forward at most (prompt chunks plus one decode row per sequence)", 0, 0},
+        {"max-seq-len", ARG_INT, &o->max_seq_len, "N", "positions of the KV cache per sequence (0: the longest prompt + --max-new-tokens)", 0, 0},
+        {"no-kv-cache", ARG_BOOL, &o->no_kv_cache, NULL, "recompute the whole sequence at every step (tests: must give the cached logits)", 0, 0},
+        {"dump-logits", ARG_STR, &o->dump_logits, "FILE", "write every step's raw logits (safetensors: logits.I [steps, V], ids.I, prompt.I) (tests)", 0, 0},
+        {"tp", ARG_INT, &o->tp, "N", "tensor-parallel size (world = dp x tp; the prompts are divided among the dp groups)", 0, 0},
+        {"threads", ARG_INT, &o->threads, "N", "threads per rank (0: the CPUs this rank may use)", 0, 0},
+        {"pin-memory", ARG_STR, &o->pin, "MODE", "auto | on | off: mlock the frozen weights", 0, 0},
+        {"kernels", ARG_STR, &o->kernels, "NAME", "fast | reference", 0, 0},
+        {"log-level", ARG_STR, &o->log_level, "LEVEL", "error | warn | info | debug", 0, 0},
+    };
+    r->nspecs = (int)(sizeof specs / sizeof specs[0]);
+    SL_CHECK(r->nspecs <= (int)(sizeof r->specs / sizeof r->specs[0]), "generate: option table too small");
+    memcpy(r->specs, specs, sizeof specs);
+}
+
+static int gen_check_opts(GenRun *r, int ok, ErrStatus *st) {
+    const GenOpts *o = &r->o;
+    ok = ok && mpicmd_run_opts(o->log_level, o->kernels, o->pin, &r->lvl, &r->kops, &r->pin, st);
+    if (ok && !o->prompt == !o->prompts) ok = err_status_set(st, "give exactly one of --prompt TEXT and --prompts FILE");
+    if (ok && strcmp(o->chat_format, "auto") && chat_parse_format(o->chat_format) < 0)
+        ok = err_status_set(st, "--chat-format '%s': expected auto, llama3, mistral, llama2, chatml or qwen2", o->chat_format);
+    if (ok && strcmp(o->stream, "auto") && strcmp(o->stream, "off"))
+        ok = err_status_set(st, "--stream '%s': expected auto or off", o->stream);
+    if (ok && o->merge && !o->adapter) ok = err_status_set(st, "--merge-in-memory needs --adapter");
+    if (ok && !(o->temperature >= 0 && isfinite(o->temperature))) ok = err_status_set(st, "--temperature must be >= 0");
+    if (ok && !(o->top_p > 0 && o->top_p <= 1)) ok = err_status_set(st, "--top-p must be in (0, 1]");
+    if (ok && !(o->rep_penalty > 0 && isfinite(o->rep_penalty))) ok = err_status_set(st, "--repetition-penalty must be > 0");
+    if (ok && (o->top_k < 0 || o->max_seq_len < 0)) ok = err_status_set(st, "--top-k and --max-seq-len must be >= 0");
+    if (ok && (o->max_new < 1 || o->batch < 1 || o->prefill_rows < 1))
+        ok = err_status_set(st, "--max-new-tokens, --batch-size and --prefill-rows must be >= 1");
+    for (int i = 0; ok && i < o->stop.n; i++)
+        if (!o->stop.v[i][0]) ok = err_status_set(st, "--stop: an empty string would stop at once");
+    if (ok) ok = grid_setup(&r->g, (int)o->tp, st);
+    return ok;
+}
+
+/* The model, the tokenizer (optional with pre-tokenised prompts), the chat template, the
+ * prompts, the EOS ids and the adapter (this rank's slices through the adapter slots).
+ * Returns 0 or an exit status. */
+static int gen_open(GenRun *r) {
+    const GenOpts *o = &r->o;
+    Grid *g = &r->g;
+    ErrStatus st;
+    int ok = session_open(&r->s, g, o->model, (MemPinMode)r->pin, &st);
+    r->have_session = 1;
+    if (!grid_agree(g, ok, gen_err, &st)) return EXIT_BAD_INPUT;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/tokenizer.json", o->model);
+    r->chat = CHAT_NONE;
+    if (access(path, F_OK) == 0) {
+        r->tk = tok_load(path, &st);
+        ok = r->tk != NULL;
+    }
+    if (ok && strcmp(o->chat_format, "auto") == 0) ok = chat_detect(o->model, &r->chat, &st);
+    else if (ok) r->chat = (ChatFormat)chat_parse_format(o->chat_format);
+    if (ok && !r->tk && o->stop.n > 0) ok = err_status_set(&st, "--stop needs the model's tokenizer.json to decode the text");
+    if (ok) ok = gen_read_prompts(o, r->tk, r->chat, r->s.m.V, &r->prompts, &r->nprompts, &r->used_chat, &st);
+    if (!grid_agree(g, ok, gen_err, &st)) return EXIT_BAD_INPUT;
+    gen_eos_ids(o->model, &r->s.m, r->tk, r->chat, r->used_chat, &r->eos, &r->neos);
+    if (o->adapter) {
+        ok = adio_attach(&r->s.m, o->adapter, &r->acfg, g, &r->s.mem, &st);
+        r->have_acfg = 1;
+        if (!grid_agree(g, ok, gen_err, &st)) return EXIT_BAD_INPUT;
+    }
+    return 0;
+}
+
+/* The layout of the work: DP group d takes prompts [d * per, (d + 1) * per); Tmax positions
+ * per sequence, S sequences at once, R rows per forward. 0 with st when a prompt is longer
+ * than Tmax (nothing collective: the caller agrees on it). */
+static int gen_layout(GenRun *r, ErrStatus *st) {
+    const GenOpts *o = &r->o;
+    const Grid *g = &r->g;
+    const int64_t n = r->nprompts;
+    r->per = (n + g->dp - 1) / g->dp;
+    r->b0 = (int64_t)g->dp_rank * r->per < n ? (int64_t)g->dp_rank * r->per : n;
+    r->b1 = r->b0 + r->per < n ? r->b0 + r->per : n;
+    for (int64_t i = 0; i < n; i++) r->maxlen = r->prompts[i].n > r->maxlen ? r->prompts[i].n : r->maxlen;
+    r->Tmax = o->max_seq_len > 0 ? o->max_seq_len : r->maxlen + o->max_new;
+    int ok = 1;
+    for (int64_t i = 0; ok && i < n; i++)
+        if (r->prompts[i].n > r->Tmax)
+            ok = err_status_set(st, "prompt %lld has %lld tokens, more than --max-seq-len %lld", (long long)i,
+                                (long long)r->prompts[i].n, (long long)r->Tmax);
+    const int64_t mine = r->b1 - r->b0;
+    r->S = o->no_kv_cache ? 1 : (o->batch < mine ? o->batch : mine);
+    if (r->S < 1) r->S = 1;
+    r->R = o->no_kv_cache ? r->Tmax : (o->prefill_rows > r->S ? o->prefill_rows : r->S);
+    return ok;
+}
+
+/* GEMM threads and kernel scratch for R rows, the merge on request, the layout's verdict and
+ * the output file, all checked before any work (--out is committed only after a good run).
+ * Returns 0 or an exit status. */
+static int gen_setup(GenRun *r) {
+    const GenOpts *o = &r->o;
+    Grid *g = &r->g;
+    const LlamaModel *m = &r->s.m;
+    ErrStatus st, lst;
+    const int len_ok = gen_layout(r, &lst);
+    int64_t maxcols = session_max_cols(&r->s);
+    if (m->H * m->D > maxcols) maxcols = m->H * m->D;
+    session_compute_init(&r->s, (int)o->threads, maxcols, r->R, r->kops);
+    if (o->adapter && o->merge) {
+        r->merged = llama_merge_adapters(&r->s.m, &r->s.gc, &st);
+        if (!grid_agree(g, r->merged >= 0, gen_err, &st)) return EXIT_BAD_INPUT;
+    }
+    if (!grid_agree(g, len_ok, gen_err, &lst)) return EXIT_USAGE;
+    if (r->Tmax > m->cfg.max_position_embeddings && m->cfg.max_position_embeddings > 0 && g->world_rank == 0)
+        log_warn("sequences of up to %lld positions, beyond the model's max_position_embeddings %lld",
+                 (long long)r->Tmax, (long long)m->cfg.max_position_embeddings);
+    int ok = 1;
+    if (g->world_rank == 0 && o->out) {
+        ErrStatus e;
+        if (afile_open(&r->outfile, o->out, &e)) r->outf = &r->outfile;
+        else ok = err_status_set(&st, "%s: cannot write: %s", o->out, e.msg);
+    }
+    if (!grid_agree(g, ok || g->world_rank != 0, gen_err, &st)) return EXIT_IO;
+    return 0;
+}
+
+/* The decode state of this rank's DP group (gen_loop's), and where rank 0's results go. */
+static void gen_loop_init(GenRun *r) {
+    const GenOpts *o = &r->o;
+    Grid *g = &r->g;
+    LlamaModel *m = &r->s.m;
+    MemCtx *mem = &r->s.mem;
+    GenLoop *l = &r->l;
+    const int64_t S = r->S, R = r->R;
+    l->o = o;
+    l->g = g;
+    l->m = m;
+    l->tk = r->tk;
+    l->kops = r->kops;
+    l->kc = &r->s.kc;
+    l->scfg = (SampleCfg){o->temperature, o->top_k, o->top_p, o->rep_penalty, o->seed};
+    l->env = (AdapterEnv){&r->s.gc, o->seed, 0, 0, 0};
+    llama_adapters_step_begin(m, &l->env); /* e.g. DoRA's norms, before the first forward */
+    l->prompts = r->prompts;
+    l->nprompts = r->nprompts;
+    l->results = calloc((size_t)r->nprompts, sizeof *l->results);
+    l->b0 = r->b0;
+    l->b1 = r->b1;
+    l->Tmax = r->Tmax;
+    l->eos = r->eos;
+    l->neos = r->neos;
+    for (int i = 0; i < o->stop.n; i++)
+        if (strlen(o->stop.v[i]) > l->max_stop) l->max_stop = strlen(o->stop.v[i]);
+    l->stream = g->world_rank == 0 && r->nprompts == 1 && strcmp(o->stream, "auto") == 0;
+    SL_CHECK(l->results, "out of memory");
+    sample_init(&l->sctx, m->V, g->tp, mem);
+    r->have_loop = 1;
+    if (r->b1 > r->b0) {
+        llama_infer_init(&l->in, m, S, r->Tmax, R, mem);
+        l->slots = calloc((size_t)S, sizeof *l->slots);
+        l->segs = calloc((size_t)S, sizeof *l->segs);
+        l->seg_sel = calloc((size_t)S, sizeof *l->seg_sel);
+        l->row_ids = calloc((size_t)R, sizeof *l->row_ids);
+        l->tokens = calloc((size_t)S, sizeof *l->tokens);
+        l->argmax_tmp = malloc(sample_argmax_tmp_bytes(S));
+        SL_CHECK(l->slots && l->segs && l->seg_sel && l->row_ids && l->tokens && l->argmax_tmp, "out of memory");
         for (int64_t s = 0; s < S; s++) {
-            r.slots[s].prompt = -1;
-            r.slots[s].ids = calloc((size_t)Tmax + 1, sizeof(int32_t));
-            SL_CHECK(r.slots[s].ids, "out of memory");
+            l->slots[s].prompt = -1;
+            l->slots[s].ids = calloc((size_t)r->Tmax + 1, sizeof(int32_t));
+            SL_CHECK(l->slots[s].ids, "out of memory");
         }
-        if (g.tp_rank == 0) {
-            r.full = mem_alloc(&mem, MEM_OTHER, (size_t)(S * m.V) * sizeof(float));
-            r.recv = mem_alloc(&mem, MEM_OTHER, (size_t)(S * m.V) * sizeof(float));
+        if (g->tp_rank == 0) {
+            l->full = mem_alloc(mem, MEM_OTHER, (size_t)(S * m->V) * sizeof(float));
+            l->recv = mem_alloc(mem, MEM_OTHER, (size_t)(S * m->V) * sizeof(float));
         }
     }
+    GenOutput *w = &r->w;
+    w->out = r->outf;
+    w->out_ok = 1;
+    w->to_stdout = !l->stream && !r->outf;
+    w->prompts = r->prompts;
+    st_writer_init(&w->dump);
+    w->names = calloc((size_t)r->nprompts, sizeof *w->names);
+    SL_CHECK(w->names, "out of memory");
+    r->have_output = 1;
+    if (g->world_rank == 0) l->w = w;
+}
+
+static void gen_loop_free(GenRun *r) {
+    GenLoop *l = &r->l;
+    MemCtx *mem = &r->s.mem;
+    const size_t full_bytes = (size_t)(r->S * r->s.m.V) * sizeof(float);
+    for (int64_t i = 0; i < r->nprompts; i++) {
+        free(l->results[i].json);
+        free(l->results[i].logits);
+        free(l->results[i].ids);
+    }
+    free(l->results);
+    if (r->b1 > r->b0) {
+        for (int64_t s = 0; s < r->S; s++) {
+            free(l->slots[s].ids);
+            free(l->slots[s].logits);
+        }
+        if (r->g.tp_rank == 0) {
+            mem_free(mem, MEM_OTHER, l->full, full_bytes);
+            mem_free(mem, MEM_OTHER, l->recv, full_bytes);
+        }
+        free(l->slots);
+        free(l->segs);
+        free(l->seg_sel);
+        free(l->row_ids);
+        free(l->tokens);
+        free(l->argmax_tmp);
+        llama_infer_free(&l->in, &r->s.m, mem);
+    }
+    sample_free(&l->sctx, mem);
+}
+
+/* The model, the grid and the plan of the run (stderr, rank 0). */
+static void gen_log_start(const GenRun *r) {
+    const GenOpts *o = &r->o;
+    const Grid *g = &r->g;
+    const LlamaModel *m = &r->s.m;
     gen_log("shardlora generate: %s (%s, %lld layers, hidden %lld, heads %lld/%lld, vocab %lld, %s weights)%s%s%s",
-            o.model, m.cfg.architecture, (long long)m.L, (long long)m.C, (long long)m.H, (long long)m.KV,
-            (long long)m.V, m.wdtype == GEMM_BF16 ? "BF16" : "F32", o.adapter ? "; adapter " : "",
-            o.adapter ? o.adapter : "", merged > 0 ? " (merged in memory)" : "");
+            o->model, m->cfg.architecture, (long long)m->L, (long long)m->C, (long long)m->H, (long long)m->KV,
+            (long long)m->V, m->wdtype == GEMM_BF16 ? "BF16" : "F32", o->adapter ? "; adapter " : "",
+            o->adapter ? o->adapter : "", r->merged > 0 ? " (merged in memory)" : "");
     gen_log("grid: world=%d = dp %d x tp %d; per TP rank: %lld heads, %lld kv heads%s, vocab rows %lld",
-            g.world_size, g.dp, g.tp, (long long)m.Hl, (long long)m.KVl,
-            m.KV < g.tp && g.tp > 1 ? " (replicated)" : "", (long long)m.Vl);
+            g->world_size, g->dp, g->tp, (long long)m->Hl, (long long)m->KVl,
+            m->KV < g->tp && g->tp > 1 ? " (replicated)" : "", (long long)m->Vl);
     gen_log("%lld prompts (longest %lld tokens), %lld per DP group; %lld sequences at once, %lld rows per "
             "forward; KV cache %.2f MiB per rank (%lld positions per sequence); %s; chat template %s; EOS ids %d",
-            (long long)nprompts, (long long)maxlen, (long long)per, (long long)S, (long long)R,
-            (double)r.in.cache.bytes * 2 / 1048576.0, (long long)Tmax,
-            o.temperature == 0 ? "greedy" : "sampling", chat_format_name(chat), neos);
+            (long long)r->nprompts, (long long)r->maxlen, (long long)r->per, (long long)r->S, (long long)r->R,
+            (double)r->l.in.cache.bytes * 2 / 1048576.0, (long long)r->Tmax,
+            o->temperature == 0 ? "greedy" : "sampling", chat_format_name(r->chat), r->neos);
+}
 
-    GenOutput w;
-    memset(&w, 0, sizeof w);
-    w.out = outf;
-    w.out_ok = 1;
-    w.to_stdout = !r.stream && !outf;
-    w.prompts = prompts;
-    st_writer_init(&w.dump);
-    w.names = calloc((size_t)nprompts, sizeof *w.names);
-    SL_CHECK(w.names, "out of memory");
-    if (g.world_rank == 0) r.w = &w;
+/* The generation of this DP group's prompts. Returns 0 or EXIT_NONFINITE (all ranks). */
+static int gen_run(GenRun *r) {
+    ErrStatus st;
+    const double t0 = timer_now();
+    const int ok = r->b1 > r->b0 ? gen_loop(&r->l, &st) : 1;
+    r->secs = timer_now() - t0;
+    return grid_agree(&r->g, ok, gen_err, &st) ? 0 : EXIT_NONFINITE;
+}
 
-    double t0 = timer_now();
-    ok = mine > 0 ? gen_loop(&r, &st) : 1;
-    double dt = timer_now() - t0;
-    int rc = gen_agree(&g, ok, &st) ? 0 : EXIT_NONFINITE;
-
-    if (rc == 0) {
-        gen_collect(&r, &w);
-        int wok = 1;
-        if (g.world_rank == 0 && o.dump_logits) {
-            char buf[64];
-            snprintf(buf, sizeof buf, "%lld", (long long)g.tp);
-            st_writer_meta(&w.dump, "tp", buf);
-            snprintf(buf, sizeof buf, "%lld", (long long)nprompts);
-            st_writer_meta(&w.dump, "prompts", buf);
-            wok = st_writer_write(&w.dump, o.dump_logits, &st);
-        }
-        if (outf && wok && !w.out_ok) wok = err_status_set(&st, "%s", w.out_st.msg);
-        else if (outf && wok && !afile_commit(outf, &st)) wok = 0;
-        else if (outf && !wok) afile_abort(outf);
-        outf = NULL;
-        if (!gen_agree(&g, wok || g.world_rank != 0, &st)) rc = EXIT_IO;
-        int64_t tot[2] = {r.generated, r.rows_done};
-        if (g.tp_rank != 0) tot[0] = tot[1] = 0;
-        grid_allreduce_sum_i64(&g, g.world, tot, 2, GRID_BYTES_OTHER);
-        double tmax = dt;
-        MPI_Allreduce(MPI_IN_PLACE, &tmax, 1, MPI_DOUBLE, MPI_MAX, g.world);
-        gen_log("generated %lld tokens for %lld prompts in %.2fs (%lld tokens through the model): %.1f tokens/s "
-                "generated, %.1f tokens/s through the model", (long long)tot[0], (long long)nprompts, tmax,
-                (long long)tot[1], tmax > 0 ? (double)tot[0] / tmax : 0, tmax > 0 ? (double)tot[1] / tmax : 0);
+/* The other groups' results printed by rank 0, --dump-logits, --out committed, the summary
+ * line. Returns 0 or EXIT_IO. */
+static int gen_outputs(GenRun *r) {
+    const GenOpts *o = &r->o;
+    Grid *g = &r->g;
+    GenOutput *w = &r->w;
+    ErrStatus st;
+    int rc = 0;
+    gen_collect(&r->l, w);
+    int wok = 1;
+    if (g->world_rank == 0 && o->dump_logits) {
+        char buf[64];
+        snprintf(buf, sizeof buf, "%lld", (long long)g->tp);
+        st_writer_meta(&w->dump, "tp", buf);
+        snprintf(buf, sizeof buf, "%lld", (long long)r->nprompts);
+        st_writer_meta(&w->dump, "prompts", buf);
+        wok = st_writer_write(&w->dump, o->dump_logits, &st);
     }
-    if (outf) afile_abort(outf); /* a failed run: FILE keeps its old contents */
-    st_writer_free(&w.dump);
-    free(w.names);
+    AFile *outf = r->outf;
+    if (outf && wok && !w->out_ok) wok = err_status_set(&st, "%s", w->out_st.msg);
+    else if (outf && wok && !afile_commit(outf, &st)) wok = 0;
+    else if (outf && !wok) afile_abort(outf);
+    r->outf = NULL;
+    if (!grid_agree(g, wok || g->world_rank != 0, gen_err, &st)) rc = EXIT_IO;
+    int64_t tot[2] = {r->l.generated, r->l.rows_done};
+    if (g->tp_rank != 0) tot[0] = tot[1] = 0;
+    grid_allreduce_sum_i64(g, g->world, tot, 2, GRID_BYTES_OTHER);
+    double tmax = r->secs;
+    grid_allreduce_max_f64(g, g->world, &tmax, 1, GRID_BYTES_OTHER);
+    gen_log("generated %lld tokens for %lld prompts in %.2fs (%lld tokens through the model): %.1f tokens/s "
+            "generated, %.1f tokens/s through the model", (long long)tot[0], (long long)r->nprompts, tmax,
+            (long long)tot[1], tmax > 0 ? (double)tot[0] / tmax : 0, tmax > 0 ? (double)tot[1] / tmax : 0);
+    return rc;
+}
 
-    for (int64_t i = 0; i < nprompts; i++) {
-        free(prompts[i].ids);
-        free(r.results[i].json);
-        free(r.results[i].logits);
-        free(r.results[i].ids);
+static int gen_free(GenRun *r, int rc) {
+    if (r->outf) afile_abort(r->outf); /* a failed run: FILE keeps its old contents */
+    if (r->have_output) {
+        st_writer_free(&r->w.dump);
+        free(r->w.names);
     }
-    free(prompts);
-    free(r.results);
-    if (mine > 0) {
-        for (int64_t s = 0; s < S; s++) {
-            free(r.slots[s].ids);
-            free(r.slots[s].logits);
-        }
-        if (g.tp_rank == 0) {
-            mem_free(&mem, MEM_OTHER, r.full, (size_t)(S * m.V) * sizeof(float));
-            mem_free(&mem, MEM_OTHER, r.recv, (size_t)(S * m.V) * sizeof(float));
-        }
-        free(r.slots);
-        free(r.segs);
-        free(r.seg_sel);
-        free(r.row_ids);
-        free(r.tokens);
-        free(r.argmax_tmp);
-        llama_infer_free(&r.in, &m, &mem);
+    if (r->have_loop) gen_loop_free(r);
+    for (int64_t i = 0; i < r->nprompts; i++) free(r->prompts[i].ids);
+    free(r->prompts);
+    if (r->have_session) session_free(&r->s);
+    if (r->have_acfg) adio_cfg_free(&r->acfg);
+    free(r->eos);
+    if (r->tk) tok_free(r->tk);
+    args_free(r->specs, r->nspecs);
+    grid_finalize(&r->g);
+    return rc;
+}
+
+int cmd_generate(int argc, char **argv) {
+    GenRun run;
+    GenRun *r = &run;
+    memset(r, 0, sizeof *r);
+    gen_spec_table(r);
+    int help = 0;
+    ErrStatus st;
+    int ok = mpicmd_start(&r->g, &argc, &argv, r->specs, r->nspecs,
+                          "[mpirun -np N] shardlora generate --model DIR [--adapter DIR] (--prompt TEXT | --prompts FILE) [options]",
+                          "Generate text with a frozen Llama/Mistral/Qwen2 model and an optional PEFT adapter, "
+                          "tensor-parallel with a KV cache sharded by heads. One prompt: its text is printed as it "
+                          "comes; several: JSONL results in prompt order (stdout or --out). Progress goes to stderr.",
+                          &help, &st);
+    if (ok && help) return gen_free(r, 0);
+    if (!gen_check_opts(r, ok, &st)) {
+        if (r->g.world_rank == 0) fprintf(stderr, "shardlora generate: %s\n", st.msg);
+        return gen_free(r, EXIT_USAGE);
     }
-    sample_free(&r.sctx, &mem);
-    mem_free(&mem, MEM_ACTIVATION, kc.scratch, (kc.scratch_floats ? kc.scratch_floats : 1) * sizeof(float));
-    gemm_free(&gc, &mem);
-    llama_free(&m, &mem);
-    if (o.adapter) adio_cfg_free(&acfg);
-    free(eos);
-    if (tk) tok_free(tk);
-    args_free(specs, nspecs);
-    return gen_finish(&g, rc);
+    log_set_level((LogLevel)r->lvl);
+    if (r->g.world_rank == 0 && r->lvl >= LOG_INFO) {
+        fprintf(stderr, "configuration (%s):\n", r->o.config.path ? r->o.config.path : "flags and defaults");
+        args_print_resolved(stderr, r->specs, r->nspecs);
+    }
+    int rc = gen_open(r);
+    if (!rc) rc = gen_setup(r);
+    if (rc) return gen_free(r, rc);
+    gen_loop_init(r);
+    gen_log_start(r);
+    rc = gen_run(r);
+    if (rc == 0) rc = gen_outputs(r);
+    return gen_free(r, rc);
 }
