@@ -24,20 +24,18 @@
 #include "mpicmd.h"
 
 typedef struct {
-    const char *model, *adapter, *out, *dump_logits, *chat_format, *long_examples, *cache_dir,
-        *kernels, *pin, *log_level;
-    ArgStrs data;
-    ArgConfig config;
-    int64_t tp, seq_len, micro_batch, threads, max_rows, log_every;
-    int train_on_prompt, add_eos, pack, skip_bad;
+    MpicmdRun run;
+    MpicmdRows rows;
+    const char *adapter, *out, *dump_logits;
+    int64_t max_rows, log_every;
 } EvalOpts;
 
 /* Default token-cache directory: ~/.cache/shardlora/eval/<hash of the model and data paths>,
  * so evaluations of different datasets do not rebuild each other's cache. */
 static void eval_default_cache(const EvalOpts *o, char *buf, size_t n) {
     uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (int i = -1; i < o->data.n; i++) {
-        const char *s = i < 0 ? o->model : o->data.v[i];
+    for (int i = -1; i < o->rows.data.n; i++) {
+        const char *s = i < 0 ? o->run.model : o->rows.data.v[i];
         char *rp = realpath(s, NULL);
         for (const char *p = rp ? rp : s; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
         h = (h ^ 0xff) * 1099511628211ull;
@@ -111,16 +109,16 @@ static int eval_dump_logits(const char *path, LlamaModel *m, const LlamaActs *ac
 static int eval_write_json(const char *path, const EvalOpts *o, const Grid *g, double loss, int64_t tokens,
                            int64_t rows, double secs, ErrStatus *st) {
     json_t *j = json_object(), *data = json_array();
-    for (int i = 0; i < o->data.n; i++) json_array_append_new(data, json_string(o->data.v[i]));
-    json_object_set_new(j, "model", json_string(o->model));
+    for (int i = 0; i < o->rows.data.n; i++) json_array_append_new(data, json_string(o->rows.data.v[i]));
+    json_object_set_new(j, "model", json_string(o->run.model));
     json_object_set_new(j, "adapter", o->adapter ? json_string(o->adapter) : json_null());
     json_object_set_new(j, "data", data);
     json_object_set_new(j, "loss", isfinite(loss) ? json_real(loss) : json_null());
     json_object_set_new(j, "ppl", isfinite(loss) ? json_real(exp(loss)) : json_null());
     json_object_set_new(j, "tokens", json_integer((json_int_t)tokens));
     json_object_set_new(j, "rows", json_integer((json_int_t)rows));
-    json_object_set_new(j, "seq_len", json_integer((json_int_t)o->seq_len));
-    json_object_set_new(j, "pack", json_boolean(o->pack));
+    json_object_set_new(j, "seq_len", json_integer((json_int_t)o->rows.seq_len));
+    json_object_set_new(j, "pack", json_boolean(o->rows.pack));
     json_object_set_new(j, "tp", json_integer(g->tp));
     json_object_set_new(j, "dp", json_integer(g->dp));
     json_object_set_new(j, "seconds", json_real(secs));
@@ -147,56 +145,35 @@ typedef struct {
 static void eval_spec_table(EvalRun *r) {
     EvalOpts *o = &r->o;
     memset(o, 0, sizeof *o);
-    o->chat_format = "auto";
-    o->long_examples = "truncate";
-    o->kernels = "fast";
-    o->pin = "auto";
-    o->log_level = "info";
-    o->tp = 1;
-    o->seq_len = 512;
-    o->micro_batch = 1;
+    mpicmd_run_defaults(&o->run);
+    mpicmd_rows_defaults(&o->rows);
     o->log_every = 10;
-    o->pack = 1;
-    o->add_eos = 1;
     const ArgSpec specs[] = {
-        {"config", ARG_CONFIG, &o->config, "FILE", "read options from FILE first (JSON object or `key = value` lines; flags override)", 0, 0},
-        {"model", ARG_STR, &o->model, "DIR", "Hugging Face model directory (config.json, safetensors, tokenizer.json)", 1, 0},
         {"adapter", ARG_STR, &o->adapter, "DIR", "PEFT adapter (LoRA, DoRA or VeRA: adapter_config.json + adapter_model.safetensors) applied unmerged", 0, 0},
-        {"data", ARG_STRS, &o->data, "FILE", "JSONL data, the formats of `train` ({\"text\"}, {\"prompt\",\"completion\"}, {\"messages\"}, {\"input_ids\"[,\"labels\"]}); repeatable", 1, 0},
-        {"tp", ARG_INT, &o->tp, "N", "tensor-parallel size (world = dp x tp; rows are split over dp)", 0, 0},
-        {"seq-len", ARG_INT, &o->seq_len, "T", "tokens per sequence", 0, 0},
-        {"micro-batch", ARG_INT, &o->micro_batch, "B", "sequences per forward pass on each data-parallel rank", 0, 0},
         {"max-rows", ARG_INT, &o->max_rows, "N", "evaluate the first N sequences only (0: all)", 0, 0},
-        {"chat-format", ARG_STR, &o->chat_format, "NAME", "template for \"messages\": auto | llama3 | mistral | llama2 | chatml | qwen2", 0, 0},
-        {"train-on-prompt", ARG_BOOL, &o->train_on_prompt, NULL, "count prompt tokens and non-assistant turns in the loss too", 0, 0},
-        {"add-eos", ARG_BOOL, &o->add_eos, NULL, "append the EOS token to text and prompt/completion examples", 0, 0},
-        {"pack", ARG_BOOL, &o->pack, NULL, "pack several documents per sequence (attention and positions restart per document), as train does", 0, 0},
-        {"long-examples", ARG_STR, &o->long_examples, "HOW", "documents longer than --seq-len: truncate | split | drop", 0, 0},
-        {"skip-bad-lines", ARG_BOOL, &o->skip_bad, NULL, "skip (and count) bad data lines instead of stopping at the first", 0, 0},
-        {"cache-dir", ARG_STR, &o->cache_dir, "DIR", "token cache (default: ~/.cache/shardlora/eval/HASH, on a file system every rank sees)", 0, 0},
         {"out", ARG_STR, &o->out, "FILE", "also write the result as JSON (loss, ppl, tokens, rows, layout, seconds)", 0, 0},
         {"dump-logits", ARG_STR, &o->dump_logits, "FILE", "(tests) write the full logits [B*T, V] of the first micro-batch with its input_ids, labels and position_ids (safetensors)", 0, 0},
-        {"threads", ARG_INT, &o->threads, "N", "threads per rank (0: the CPUs this rank may use)", 0, 0},
-        {"kernels", ARG_STR, &o->kernels, "NAME", "fast | reference", 0, 0},
-        {"pin-memory", ARG_STR, &o->pin, "MODE", "auto | on | off: mlock the frozen weights", 0, 0},
         {"log-every", ARG_INT, &o->log_every, "N", "a progress line every N rounds of micro-batches", 0, 0},
-        {"log-level", ARG_STR, &o->log_level, "LEVEL", "error | warn | info | debug", 0, 0},
     };
-    r->nspecs = (int)(sizeof specs / sizeof specs[0]);
-    SL_CHECK(r->nspecs <= (int)(sizeof r->specs / sizeof r->specs[0]), "eval: option table too small");
-    memcpy(r->specs, specs, sizeof specs);
+    int n = mpicmd_head_specs(r->specs, &o->run);
+    n += mpicmd_rows_specs(r->specs + n, &o->rows,
+                           "JSONL data, the formats of `train` ({\"text\"}, {\"prompt\",\"completion\"}, "
+                           "{\"messages\"}, {\"input_ids\"[,\"labels\"]}); repeatable",
+                           "token cache (default: ~/.cache/shardlora/eval/HASH, on a file system every rank sees)");
+    SL_CHECK(n + (int)(sizeof specs / sizeof specs[0]) + 5 <= (int)(sizeof r->specs / sizeof r->specs[0]),
+             "eval: option table too small");
+    memcpy(r->specs + n, specs, sizeof specs);
+    n += (int)(sizeof specs / sizeof specs[0]);
+    r->nspecs = n + mpicmd_tail_specs(r->specs + n, &o->run,
+                                      "tensor-parallel size (world = dp x tp; rows are split over dp)");
 }
 
 static int eval_check_opts(EvalRun *r, int ok, ErrStatus *st) {
     const EvalOpts *o = &r->o;
-    ok = ok && mpicmd_run_opts(o->log_level, o->kernels, o->pin, &r->lvl, &r->kops, &r->pin, st);
-    r->lmode = pack_parse_long(o->long_examples);
-    if (ok && r->lmode < 0) ok = err_status_set(st, "--long-examples '%s': expected truncate, split or drop", o->long_examples);
-    if (ok && strcmp(o->chat_format, "auto") && chat_parse_format(o->chat_format) < 0)
-        ok = err_status_set(st, "--chat-format '%s': expected auto, llama3, mistral, llama2, chatml or qwen2", o->chat_format);
-    if (ok && (o->seq_len < 2 || o->micro_batch < 1 || o->log_every < 1 || o->max_rows < 0))
-        ok = err_status_set(st, "--seq-len must be >= 2; --micro-batch and --log-every >= 1; --max-rows >= 0");
-    if (ok) ok = grid_setup(&r->g, (int)o->tp, st);
+    ok = ok && mpicmd_run_opts(o->run.log_level, o->run.kernels, o->run.pin, &r->lvl, &r->kops, &r->pin, st);
+    ok = ok && mpicmd_rows_check(&o->rows, &r->lmode, st);
+    if (ok && (o->log_every < 1 || o->max_rows < 0)) ok = err_status_set(st, "--log-every must be >= 1 and --max-rows >= 0");
+    if (ok) ok = grid_setup(&r->g, (int)o->run.tp, st);
     return ok;
 }
 
@@ -205,9 +182,9 @@ static int eval_setup(EvalRun *r) {
     const EvalOpts *o = &r->o;
     Grid *g = &r->g;
     ErrStatus st;
-    if (o->cache_dir) snprintf(r->cache_dir, sizeof r->cache_dir, "%s", o->cache_dir);
+    if (o->rows.cache_dir) snprintf(r->cache_dir, sizeof r->cache_dir, "%s", o->rows.cache_dir);
     else eval_default_cache(o, r->cache_dir, sizeof r->cache_dir);
-    int ok = session_open(&r->s, g, o->model, (MemPinMode)r->pin, &st);
+    int ok = session_open(&r->s, g, o->run.model, (MemPinMode)r->pin, &st);
     r->have_session = 1;
     if (!grid_agree(g, ok, "shardlora: error", &st)) return EXIT_BAD_INPUT;
     if (o->adapter) {
@@ -219,27 +196,27 @@ static int eval_setup(EvalRun *r) {
     if (!ok) err_status_set(&st, "%s: cannot create the token cache directory: %s", r->cache_dir, strerror(errno));
     if (!grid_agree(g, ok, "shardlora: error", &st)) return EXIT_IO;
     if (g->world_rank == 0 && log_level() >= LOG_INFO) {
-        printf("configuration (%s):\n", o->config.path ? o->config.path : "flags and defaults");
+        printf("configuration (%s):\n", o->run.config.path ? o->run.config.path : "flags and defaults");
         args_print_resolved(stdout, r->specs, r->nspecs);
         fflush(stdout);
     }
     const LlamaModel *m = &r->s.m;
     log_info("shardlora eval: %s (%s, %lld layers, hidden %lld, vocab %lld, %s weights)%s%s; grid: dp %d x tp %d",
-             o->model, m->cfg.architecture, (long long)m->L, (long long)m->C, (long long)m->V,
+             o->run.model, m->cfg.architecture, (long long)m->L, (long long)m->C, (long long)m->V,
              m->wdtype == GEMM_BF16 ? "BF16" : "F32", o->adapter ? " + adapter " : " (no adapter)",
              o->adapter ? o->adapter : "", g->dp, g->tp);
     if (o->adapter)
         log_info("adapter: %s r=%d alpha=%g rslora=%d, %d tensors%s", r->ac.acfg.kind[0] ? r->ac.acfg.kind : "lora",
                  r->ac.acfg.r, r->ac.alpha, r->ac.acfg.use_rslora, m->params.n,
                  r->ac.slot_r ? " (per-module ranks / alphas / layers)" : "");
-    TdataOpts dopt = {o->model, {o->data.v, o->data.n}, {NULL, 0}, 0.0, o->chat_format, o->train_on_prompt,
-                      o->add_eos, o->pack, 0 /* file order */, o->skip_bad, (PackLong)r->lmode, r->cache_dir,
-                      o->seq_len, m->V, m->cfg.eos_token_id, 0};
+    TdataOpts dopt = {o->run.model, {o->rows.data.v, o->rows.data.n}, {NULL, 0}, 0.0, o->rows.chat_format, o->rows.train_on_prompt,
+                      o->rows.add_eos, o->rows.pack, 0 /* file order */, o->rows.skip_bad, (PackLong)r->lmode, r->cache_dir,
+                      o->rows.seq_len, m->V, m->cfg.eos_token_id, 0};
     int data_rc = 0;
     if (!tdata_load(&r->data, &dopt, g, &data_rc)) return data_rc;
     r->have_data = 1;
-    session_compute_init(&r->s, (int)o->threads, session_max_cols(&r->s), o->seq_len, r->kops);
-    session_batches_init(&r->s, o->micro_batch, o->seq_len);
+    session_compute_init(&r->s, (int)o->run.threads, session_max_cols(&r->s), o->rows.seq_len, r->kops);
+    session_batches_init(&r->s, o->rows.micro_batch, o->rows.seq_len);
     return 0;
 }
 
@@ -276,7 +253,7 @@ static void eval_round(void *ctx, int64_t k, int64_t rounds, const double *sum) 
 static int eval_run(EvalRun *r) {
     const EvalOpts *o = &r->o;
     Grid *g = &r->g;
-    const int64_t B = o->micro_batch, T = o->seq_len;
+    const int64_t B = o->rows.micro_batch, T = o->rows.seq_len;
     int64_t rows = r->data.train.nrows;
     if (o->max_rows > 0 && o->max_rows < rows) rows = o->max_rows;
     const int64_t per_round = B * g->dp, rounds = (rows + per_round - 1) / per_round;

@@ -36,11 +36,10 @@
 #include "mpicmd.h"
 
 typedef struct {
-    const char *model, *adapter, *prompt, *prompts, *out, *chat_format, *dump_logits, *pin,
-        *kernels, *log_level, *stream;
+    MpicmdRun run;
+    const char *adapter, *prompt, *prompts, *out, *chat_format, *dump_logits, *stream;
     ArgStrs stop;
-    ArgConfig config;
-    int64_t max_new, top_k, batch, prefill_rows, max_seq_len, tp, threads;
+    int64_t max_new, top_k, batch, prefill_rows, max_seq_len;
     double temperature, top_p, rep_penalty;
     uint64_t seed;
     int chat, ignore_eos, merge, no_kv_cache;
@@ -683,21 +682,16 @@ static const char gen_err[] = "shardlora generate: error";
 static void gen_spec_table(GenRun *r) {
     GenOpts *o = &r->o;
     memset(o, 0, sizeof *o);
+    mpicmd_run_defaults(&o->run);
     o->chat_format = "auto";
-    o->pin = "auto";
-    o->kernels = "fast";
-    o->log_level = "info";
     o->stream = "auto";
     o->max_new = 128;
     o->top_p = 1.0;
     o->rep_penalty = 1.0;
     o->batch = 8;
     o->prefill_rows = 512;
-    o->tp = 1;
     o->seed = 42;
     const ArgSpec specs[] = {
-        {"config", ARG_CONFIG, &o->config, "FILE", "read options from FILE first (JSON object or `key = value` lines; flags override)", 0, 0},
-        {"model", ARG_STR, &o->model, "DIR", "Hugging Face model directory (config.json, safetensors, tokenizer.json)", 1, 0},
         {"adapter", ARG_STR, &o->adapter, "DIR", "PEFT adapter directory (LoRA, DoRA or VeRA: adapter_config.json, adapter_model.safetensors), applied unmerged", 0, 0},
         {"merge-in-memory", ARG_BOOL, &o->merge, NULL, "merge the adapter into this rank's shards once (W += its delta, e.g. s B A for LoRA), then run without adapter cost", 0, 0},
         {"prompt", ARG_STR, &o->prompt, "TEXT", "one prompt, tokenised with the model's tokenizer (BOS per its post-processor)", 0, 0},
@@ -719,20 +713,19 @@ static void gen_spec_table(GenRun *r) {
         {"max-seq-len", ARG_INT, &o->max_seq_len, "N", "positions of the KV cache per sequence (0: the longest prompt + --max-new-tokens)", 0, 0},
         {"no-kv-cache", ARG_BOOL, &o->no_kv_cache, NULL, "recompute the whole sequence at every step (tests: must give the cached logits)", 0, 0},
         {"dump-logits", ARG_STR, &o->dump_logits, "FILE", "write every step's raw logits (safetensors: logits.I [steps, V], ids.I, prompt.I) (tests)", 0, 0},
-        {"tp", ARG_INT, &o->tp, "N", "tensor-parallel size (world = dp x tp; the prompts are divided among the dp groups)", 0, 0},
-        {"threads", ARG_INT, &o->threads, "N", "threads per rank (0: the CPUs this rank may use)", 0, 0},
-        {"pin-memory", ARG_STR, &o->pin, "MODE", "auto | on | off: mlock the frozen weights", 0, 0},
-        {"kernels", ARG_STR, &o->kernels, "NAME", "fast | reference", 0, 0},
-        {"log-level", ARG_STR, &o->log_level, "LEVEL", "error | warn | info | debug", 0, 0},
     };
-    r->nspecs = (int)(sizeof specs / sizeof specs[0]);
-    SL_CHECK(r->nspecs <= (int)(sizeof r->specs / sizeof r->specs[0]), "generate: option table too small");
-    memcpy(r->specs, specs, sizeof specs);
+    int n = mpicmd_head_specs(r->specs, &o->run);
+    SL_CHECK(n + (int)(sizeof specs / sizeof specs[0]) + 5 <= (int)(sizeof r->specs / sizeof r->specs[0]),
+             "generate: option table too small");
+    memcpy(r->specs + n, specs, sizeof specs);
+    n += (int)(sizeof specs / sizeof specs[0]);
+    r->nspecs = n + mpicmd_tail_specs(r->specs + n, &o->run,
+                                      "tensor-parallel size (world = dp x tp; the prompts are divided among the dp groups)");
 }
 
 static int gen_check_opts(GenRun *r, int ok, ErrStatus *st) {
     const GenOpts *o = &r->o;
-    ok = ok && mpicmd_run_opts(o->log_level, o->kernels, o->pin, &r->lvl, &r->kops, &r->pin, st);
+    ok = ok && mpicmd_run_opts(o->run.log_level, o->run.kernels, o->run.pin, &r->lvl, &r->kops, &r->pin, st);
     if (ok && !o->prompt == !o->prompts) ok = err_status_set(st, "give exactly one of --prompt TEXT and --prompts FILE");
     if (ok && strcmp(o->chat_format, "auto") && chat_parse_format(o->chat_format) < 0)
         ok = err_status_set(st, "--chat-format '%s': expected auto, llama3, mistral, llama2, chatml or qwen2", o->chat_format);
@@ -747,7 +740,7 @@ static int gen_check_opts(GenRun *r, int ok, ErrStatus *st) {
         ok = err_status_set(st, "--max-new-tokens, --batch-size and --prefill-rows must be >= 1");
     for (int i = 0; ok && i < o->stop.n; i++)
         if (!o->stop.v[i][0]) ok = err_status_set(st, "--stop: an empty string would stop at once");
-    if (ok) ok = grid_setup(&r->g, (int)o->tp, st);
+    if (ok) ok = grid_setup(&r->g, (int)o->run.tp, st);
     return ok;
 }
 
@@ -758,22 +751,22 @@ static int gen_open(GenRun *r) {
     const GenOpts *o = &r->o;
     Grid *g = &r->g;
     ErrStatus st;
-    int ok = session_open(&r->s, g, o->model, (MemPinMode)r->pin, &st);
+    int ok = session_open(&r->s, g, o->run.model, (MemPinMode)r->pin, &st);
     r->have_session = 1;
     if (!grid_agree(g, ok, gen_err, &st)) return EXIT_BAD_INPUT;
     char path[4200];
-    snprintf(path, sizeof path, "%s/tokenizer.json", o->model);
+    snprintf(path, sizeof path, "%s/tokenizer.json", o->run.model);
     r->chat = CHAT_NONE;
     if (access(path, F_OK) == 0) {
         r->tk = tok_load(path, &st);
         ok = r->tk != NULL;
     }
-    if (ok && strcmp(o->chat_format, "auto") == 0) ok = chat_detect(o->model, &r->chat, &st);
+    if (ok && strcmp(o->chat_format, "auto") == 0) ok = chat_detect(o->run.model, &r->chat, &st);
     else if (ok) r->chat = (ChatFormat)chat_parse_format(o->chat_format);
     if (ok && !r->tk && o->stop.n > 0) ok = err_status_set(&st, "--stop needs the model's tokenizer.json to decode the text");
     if (ok) ok = gen_read_prompts(o, r->tk, r->chat, r->s.m.V, &r->prompts, &r->nprompts, &r->used_chat, &st);
     if (!grid_agree(g, ok, gen_err, &st)) return EXIT_BAD_INPUT;
-    gen_eos_ids(o->model, &r->s.m, r->tk, r->chat, r->used_chat, &r->eos, &r->neos);
+    gen_eos_ids(o->run.model, &r->s.m, r->tk, r->chat, r->used_chat, &r->eos, &r->neos);
     if (o->adapter) {
         ok = adio_attach(&r->s.m, o->adapter, &r->acfg, g, &r->s.mem, &st);
         r->have_acfg = 1;
@@ -817,7 +810,7 @@ static int gen_setup(GenRun *r) {
     const int len_ok = gen_layout(r, &lst);
     int64_t maxcols = session_max_cols(&r->s);
     if (m->H * m->D > maxcols) maxcols = m->H * m->D;
-    session_compute_init(&r->s, (int)o->threads, maxcols, r->R, r->kops);
+    session_compute_init(&r->s, (int)o->run.threads, maxcols, r->R, r->kops);
     if (o->adapter && o->merge) {
         r->merged = llama_merge_adapters(&r->s.m, &r->s.gc, &st);
         if (!grid_agree(g, r->merged >= 0, gen_err, &st)) return EXIT_BAD_INPUT;
@@ -934,7 +927,7 @@ static void gen_log_start(const GenRun *r) {
     const Grid *g = &r->g;
     const LlamaModel *m = &r->s.m;
     gen_log("shardlora generate: %s (%s, %lld layers, hidden %lld, heads %lld/%lld, vocab %lld, %s weights)%s%s%s",
-            o->model, m->cfg.architecture, (long long)m->L, (long long)m->C, (long long)m->H, (long long)m->KV,
+            o->run.model, m->cfg.architecture, (long long)m->L, (long long)m->C, (long long)m->H, (long long)m->KV,
             (long long)m->V, m->wdtype == GEMM_BF16 ? "BF16" : "F32", o->adapter ? "; adapter " : "",
             o->adapter ? o->adapter : "", r->merged > 0 ? " (merged in memory)" : "");
     gen_log("grid: world=%d = dp %d x tp %d; per TP rank: %lld heads, %lld kv heads%s, vocab rows %lld",
@@ -1029,7 +1022,7 @@ int cmd_generate(int argc, char **argv) {
     }
     log_set_level((LogLevel)r->lvl);
     if (r->g.world_rank == 0 && r->lvl >= LOG_INFO) {
-        fprintf(stderr, "configuration (%s):\n", r->o.config.path ? r->o.config.path : "flags and defaults");
+        fprintf(stderr, "configuration (%s):\n", r->o.run.config.path ? r->o.run.config.path : "flags and defaults");
         args_print_resolved(stderr, r->specs, r->nspecs);
     }
     int rc = gen_open(r);

@@ -30,17 +30,17 @@
 #include "mpicmd.h"
 
 typedef struct {
-    const char *model, *out, *targets, *lora_init, *optimizer, *pin, *kernels, *dump_grads,
-        *log_level, *resume, *ckpt_failure, *chat_format, *long_examples, *cache_dir,
+    MpicmdRun run;   /* --config, --model, --tp, --threads, ... */
+    MpicmdRows rows; /* --data, --seq-len, --micro-batch, --pack, ... */
+    const char *out, *targets, *lora_init, *optimizer, *dump_grads, *resume, *ckpt_failure,
         *lr_schedule, *progress, *init_adapter, *adapter_kind, *init;
-    ArgStrs data, eval_data;
-    ArgConfig config;
-    int64_t r, seq_len, micro_batch, global_batch, steps, tp, threads, log_every, ckpt_every,
-        keep_ckpts, ckpt_chunk_bytes, warmup_steps, eval_every, eval_rows, pissa_iters;
+    ArgStrs eval_data;
+    int64_t r, global_batch, steps, log_every, ckpt_every, keep_ckpts, ckpt_chunk_bytes,
+        warmup_steps, eval_every, eval_rows, pissa_iters;
     double ckpt_minutes, epochs, eval_split;
     double alpha, dropout, lr, beta1, beta2, eps, weight_decay, momentum, peak_gflops,
         max_grad_norm, loraplus_ratio;
-    int rslora, nesterov, train_on_prompt, pack, shuffle, skip_bad, add_eos, skip_nonfinite;
+    int rslora, nesterov, shuffle, skip_nonfinite;
     uint64_t seed;
 } TrainOpts;
 
@@ -89,24 +89,18 @@ typedef struct {
 
 static void train_defaults(TrainOpts *o) {
     memset(o, 0, sizeof *o);
+    mpicmd_run_defaults(&o->run);
+    mpicmd_rows_defaults(&o->rows);
     o->targets = "all";
     o->lora_init = "default";
     o->adapter_kind = "lora";
     o->pissa_iters = 4;
     o->optimizer = "adamw";
-    o->pin = "auto";
-    o->kernels = "fast";
-    o->log_level = "info";
-    o->chat_format = "auto";
-    o->long_examples = "truncate";
     o->lr_schedule = "linear";
     o->progress = "auto";
     o->r = 8;
     o->alpha = 16;
-    o->seq_len = 512;
-    o->micro_batch = 1;
     o->epochs = 1;
-    o->tp = 1;
     o->log_every = 10;
     o->lr = 2e-4;
     o->beta1 = 0.9;
@@ -116,9 +110,7 @@ static void train_defaults(TrainOpts *o) {
     o->resume = "auto";
     o->ckpt_failure = "continue";
     o->keep_ckpts = 3;
-    o->pack = 1;
     o->shuffle = 1;
-    o->add_eos = 1;
 }
 
 /* The option table (help texts that list kinds come from the registry). */
@@ -131,20 +123,10 @@ static void train_spec_table(TrainRun *r) {
              "B's gradient projected by (1/s^2) pinv(A A^T + 1e-8 I) before the update)",
              names);
     const ArgSpec specs[] = {
-        {"config", ARG_CONFIG, &o->config, "FILE", "read options from FILE first (JSON object or `key = value` lines; keys are these flag names; flags override)", 0, 0},
-        {"model", ARG_STR, &o->model, "DIR", "Hugging Face model directory (config.json, safetensors, tokenizer.json)", 1, 0},
-        {"data", ARG_STRS, &o->data, "FILE", "JSONL training data; per line {\"text\"}, {\"prompt\",\"completion\"}, {\"messages\":[{\"role\",\"content\"}]} or {\"input_ids\"[,\"labels\"]}", 1, 0},
         {"eval-data", ARG_STRS, &o->eval_data, "FILE", "JSONL evaluation data (same formats)", 0, 0},
         {"eval-split", ARG_FLOAT, &o->eval_split, "FRAC", "hold out this fraction of the training documents for evaluation (when no --eval-data)", 0, 0},
         {"out", ARG_STR, &o->out, "DIR", "output directory: adapter/, metrics.jsonl, run.json, summary.json, checkpoints/, cache/", 1, 0},
-        {"chat-format", ARG_STR, &o->chat_format, "NAME", "template for \"messages\": auto (from tokenizer_config.json) | llama3 | mistral | llama2 | chatml | qwen2", 0, 0},
-        {"train-on-prompt", ARG_BOOL, &o->train_on_prompt, NULL, "count prompt tokens and non-assistant turns in the loss too", 0, 0},
-        {"add-eos", ARG_BOOL, &o->add_eos, NULL, "append the EOS token to text and prompt/completion examples", 0, 0},
-        {"pack", ARG_BOOL, &o->pack, NULL, "pack several documents per sequence (attention and positions restart per document)", 0, 0},
-        {"long-examples", ARG_STR, &o->long_examples, "HOW", "documents longer than --seq-len: truncate | split | drop", 0, 0},
         {"shuffle", ARG_BOOL, &o->shuffle, NULL, "visit the sequences in a seeded permutation per epoch (off: file order)", 0, 0},
-        {"skip-bad-lines", ARG_BOOL, &o->skip_bad, NULL, "skip (and count) bad data lines instead of stopping at the first", 0, 0},
-        {"cache-dir", ARG_STR, &o->cache_dir, "DIR", "token caches (default: OUT/cache); reused while the data, tokenizer and data options are unchanged", 0, 0},
         {"lora-r", ARG_INT, &o->r, "N", "LoRA rank r", 0, 0},
         {"lora-alpha", ARG_FLOAT, &o->alpha, "X", "LoRA alpha (scale = alpha / r)", 0, 0},
         {"lora-dropout", ARG_FLOAT, &o->dropout, "P", "dropout on the LoRA input, in [0, 1)", 0, 0},
@@ -156,8 +138,6 @@ static void train_spec_table(TrainRun *r) {
         {"loraplus-ratio", ARG_FLOAT, &o->loraplus_ratio, "X", "LoRA+: lora_B's learning rate = X x lora_A's (paper default 16; 0: off)", 0, 0},
         {"target-modules", ARG_STR, &o->targets, "LIST", "comma list of q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj, or all", 0, 0},
         {"init-adapter", ARG_STR, &o->init_adapter, "DIR", "start from this PEFT adapter (adapter_config.json + adapter_model.safetensors: any r, alpha, targets, rank_pattern, alpha_pattern, layers_to_transform), sharded onto this layout; its configuration wins over --lora-r, --lora-alpha, --lora-dropout, --use-rslora and --target-modules (a warning names each flag it overrides); a checkpoint to resume from wins over its values", 0, 0},
-        {"seq-len", ARG_INT, &o->seq_len, "T", "tokens per sequence", 0, 0},
-        {"micro-batch", ARG_INT, &o->micro_batch, "B", "sequences per micro-batch on each data-parallel rank", 0, 0},
         {"global-batch", ARG_INT, &o->global_batch, "G", "sequences per optimizer step (0: micro-batch x dp); a multiple of micro-batch x dp, the rest is gradient accumulation", 0, 0},
         {"epochs", ARG_FLOAT, &o->epochs, "E", "passes over the training data (may be fractional); ignored when --steps is given", 0, 0},
         {"steps", ARG_INT, &o->steps, "N", "optimizer steps (0: from --epochs)", 0, 0},
@@ -176,10 +156,6 @@ static void train_spec_table(TrainRun *r) {
         {"eval-every", ARG_INT, &o->eval_every, "N", "evaluate every N steps (0: only at the end); needs --eval-data or --eval-split", 0, 0},
         {"eval-rows", ARG_INT, &o->eval_rows, "N", "evaluate on the first N eval sequences only (0: all)", 0, 0},
         {"seed", ARG_U64, &o->seed, "N", "seed of everything random (Philox keys): init, dropout, data order, eval split", 0, 0},
-        {"tp", ARG_INT, &o->tp, "N", "tensor-parallel size (world = dp x tp; a TP group is consecutive ranks)", 0, 0},
-        {"threads", ARG_INT, &o->threads, "N", "threads per rank (0: the CPUs this rank may use)", 0, 0},
-        {"pin-memory", ARG_STR, &o->pin, "MODE", "auto | on | off: mlock the frozen weights", 0, 0},
-        {"kernels", ARG_STR, &o->kernels, "NAME", "fast | reference", 0, 0},
         {"peak-gflops", ARG_FLOAT, &o->peak_gflops, "X", "GEMM peak per rank for MFU (0: measure at start-up)", 0, 0},
         {"dump-grads", ARG_STR, &o->dump_grads, "FILE", "at the last step, write loss, global batch, adapter and gradients (safetensors)", 0, 0},
         {"ckpt-every", ARG_INT, &o->ckpt_every, "N", "checkpoint every N steps (0: only at the end and on a signal)", 0, 0},
@@ -190,11 +166,18 @@ static void train_spec_table(TrainRun *r) {
         {"ckpt-chunk-bytes", ARG_INT, &o->ckpt_chunk_bytes, "N", "bytes per checkpoint chunk message (0: 64 MiB; small values are for tests)", 0, 0},
         {"log-every", ARG_INT, &o->log_every, "N", "progress line every N steps", 0, 0},
         {"progress", ARG_STR, &o->progress, "HOW", "auto (a live bar for a single process on a terminal; plain lines under mpirun/srun) | bar | lines", 0, 0},
-        {"log-level", ARG_STR, &o->log_level, "LEVEL", "error | warn | info | debug (debug: bytes communicated per step)", 0, 0},
     };
-    r->nspecs = (int)(sizeof specs / sizeof specs[0]);
-    SL_CHECK(r->nspecs <= TRAIN_MAX_SPECS, "TRAIN_MAX_SPECS too small");
-    memcpy(r->specs, specs, sizeof specs);
+    int n = mpicmd_head_specs(r->specs, &o->run);
+    n += mpicmd_rows_specs(r->specs + n, &o->rows,
+                           "JSONL training data; per line {\"text\"}, {\"prompt\",\"completion\"}, "
+                           "{\"messages\":[{\"role\",\"content\"}]} or {\"input_ids\"[,\"labels\"]}",
+                           "token caches (default: OUT/cache); reused while the data, tokenizer and data "
+                           "options are unchanged");
+    SL_CHECK(n + (int)(sizeof specs / sizeof specs[0]) + 5 <= TRAIN_MAX_SPECS, "TRAIN_MAX_SPECS too small");
+    memcpy(r->specs + n, specs, sizeof specs);
+    n += (int)(sizeof specs / sizeof specs[0]);
+    r->nspecs = n + mpicmd_tail_specs(r->specs + n, &o->run,
+                                      "tensor-parallel size (world = dp x tp; a TP group is consecutive ranks)");
 }
 
 /* Semantic checks of the options and the layout, identical on every rank. */
@@ -202,15 +185,12 @@ static int train_check_opts(TrainRun *r, int ok, ErrStatus *st) {
     TrainOpts *o = &r->o;
     Grid *g = &r->g;
     optim_defaults(&r->ocfg);
-    ok = ok && mpicmd_run_opts(o->log_level, o->kernels, o->pin, &r->lvl, &r->kops, &r->pin, st);
+    ok = ok && mpicmd_run_opts(o->run.log_level, o->run.kernels, o->run.pin, &r->lvl, &r->kops, &r->pin, st);
     const int okind = optim_parse_kind(o->optimizer);
     r->skind = sched_parse(o->lr_schedule);
-    r->lmode = pack_parse_long(o->long_examples);
+    ok = ok && mpicmd_rows_check(&o->rows, &r->lmode, st);
     if (ok && okind < 0) ok = err_status_set(st, "--optimizer '%s': expected adamw, adamw-hf or sgd", o->optimizer);
     if (ok && r->skind < 0) ok = err_status_set(st, "--lr-schedule '%s': expected constant, linear or cosine", o->lr_schedule);
-    if (ok && r->lmode < 0) ok = err_status_set(st, "--long-examples '%s': expected truncate, split or drop", o->long_examples);
-    if (ok && strcmp(o->chat_format, "auto") && chat_parse_format(o->chat_format) < 0)
-        ok = err_status_set(st, "--chat-format '%s': expected auto, llama3, mistral, llama2, chatml or qwen2", o->chat_format);
     if (ok && strcmp(o->progress, "auto") && strcmp(o->progress, "bar") && strcmp(o->progress, "lines"))
         ok = err_status_set(st, "--progress '%s': expected auto, bar or lines", o->progress);
     if (ok && o->r < 1) ok = err_status_set(st, "--lora-r must be at least 1");
@@ -249,16 +229,16 @@ static int train_check_opts(TrainRun *r, int ok, ErrStatus *st) {
     if (ok && o->pissa_iters < 0) ok = err_status_set(st, "--pissa-iters must be >= 0");
     if (ok && !(o->loraplus_ratio >= 0 && isfinite(o->loraplus_ratio)))
         ok = err_status_set(st, "--loraplus-ratio must be a finite number >= 0");
-    if (ok && (o->seq_len < 2 || o->micro_batch < 1 || o->log_every < 1 || o->global_batch < 0))
-        ok = err_status_set(st, "--seq-len must be >= 2; --micro-batch and --log-every >= 1; --global-batch >= 0");
+    if (ok && (o->log_every < 1 || o->global_batch < 0))
+        ok = err_status_set(st, "--log-every must be >= 1 and --global-batch >= 0");
     if (ok) ok = adapter_parse_targets(o->targets, &r->acfg.targets, st);
-    if (ok) ok = grid_setup(g, (int)o->tp, st);
-    if (ok && o->global_batch == 0) o->global_batch = o->micro_batch * g->dp;
-    if (ok && o->global_batch % (o->micro_batch * g->dp) != 0)
+    if (ok) ok = grid_setup(g, (int)o->run.tp, st);
+    if (ok && o->global_batch == 0) o->global_batch = o->rows.micro_batch * g->dp;
+    if (ok && o->global_batch % (o->rows.micro_batch * g->dp) != 0)
         ok = err_status_set(st,
                             "--global-batch %lld is not a multiple of --micro-batch %lld x dp %d "
                             "(each data-parallel rank must run whole micro-batches)",
-                            (long long)o->global_batch, (long long)o->micro_batch, g->dp);
+                            (long long)o->global_batch, (long long)o->rows.micro_batch, g->dp);
     r->ocfg.kind = (OptimKind)okind;
     return ok;
 }
@@ -335,9 +315,9 @@ static int train_open(TrainRun *r) {
     TrainOpts *o = &r->o;
     Grid *g = &r->g;
     ErrStatus st;
-    snprintf(r->cache_dir, sizeof r->cache_dir, "%s", o->cache_dir ? o->cache_dir : "");
-    if (!o->cache_dir) snprintf(r->cache_dir, sizeof r->cache_dir, "%s/cache", o->out);
-    int ok = session_open(&r->s, g, o->model, (MemPinMode)r->pin, &st);
+    snprintf(r->cache_dir, sizeof r->cache_dir, "%s", o->rows.cache_dir ? o->rows.cache_dir : "");
+    if (!o->rows.cache_dir) snprintf(r->cache_dir, sizeof r->cache_dir, "%s/cache", o->out);
+    int ok = session_open(&r->s, g, o->run.model, (MemPinMode)r->pin, &st);
     r->have_session = 1;
     if (!grid_agree(g, ok, "shardlora: error", &st)) return EXIT_BAD_INPUT;
     if (o->init_adapter) {
@@ -357,7 +337,7 @@ static int train_open(TrainRun *r) {
                              sizeof r->init_targets);
     } else {
         adio_cfg_uniform(&r->ac, r->s.m.L, r->acfg.targets, (int)o->r, o->alpha, o->rslora, o->dropout,
-                         strcmp(o->lora_init, "gaussian") == 0, o->model);
+                         strcmp(o->lora_init, "gaussian") == 0, o->run.model);
         r->have_ac = 1;
     }
     r->out_existed = access(o->out, F_OK) == 0;
@@ -366,7 +346,7 @@ static int train_open(TrainRun *r) {
     if (!ok) err_status_set(&st, "%s: cannot create the output directory: %s", o->out, strerror(errno));
     if (!grid_agree(g, ok, "shardlora: error", &st)) return EXIT_IO;
     if (g->world_rank == 0) {
-        printf("configuration (%s):\n", o->config.path ? o->config.path : "flags and defaults");
+        printf("configuration (%s):\n", o->run.config.path ? o->run.config.path : "flags and defaults");
         args_print_resolved(stdout, r->specs, r->nspecs);
         fflush(stdout);
     }
@@ -378,9 +358,9 @@ static int train_open(TrainRun *r) {
 static int train_load_data(TrainRun *r) {
     TrainOpts *o = &r->o;
     const LlamaModel *m = &r->s.m;
-    TdataOpts dopt = {o->model, {o->data.v, o->data.n}, {o->eval_data.v, o->eval_data.n},
-                      o->eval_split, o->chat_format, o->train_on_prompt, o->add_eos, o->pack,
-                      o->shuffle, o->skip_bad, (PackLong)r->lmode, r->cache_dir, o->seq_len, m->V,
+    TdataOpts dopt = {o->run.model, {o->rows.data.v, o->rows.data.n}, {o->eval_data.v, o->eval_data.n},
+                      o->eval_split, o->rows.chat_format, o->rows.train_on_prompt, o->rows.add_eos, o->rows.pack,
+                      o->shuffle, o->rows.skip_bad, (PackLong)r->lmode, r->cache_dir, o->rows.seq_len, m->V,
                       m->cfg.eos_token_id, o->seed};
     int data_rc = 0;
     if (!tdata_load(&r->data, &dopt, &r->g, &data_rc)) {
@@ -412,7 +392,7 @@ static int train_init_adapters(TrainRun *r) {
     TrainOpts *o = &r->o;
     LlamaModel *m = &r->s.m;
     AdapterCfg *acfg = &r->acfg;
-    session_compute_init(&r->s, (int)o->threads, session_max_cols(&r->s), o->seq_len, r->kops);
+    session_compute_init(&r->s, (int)o->run.threads, session_max_cols(&r->s), o->rows.seq_len, r->kops);
     if (o->init_adapter) {
         *acfg = r->ac.acfg; /* the per-slot ranks and alphas point into ac */
     } else {
@@ -462,9 +442,9 @@ static int train_init_adapters(TrainRun *r) {
  * resume (train/tckpt.c), with seq_len and data_fingerprint. */
 static char *train_run_config(const TrainOpts *o, const TrainData *d, int64_t T, int64_t B, int64_t G,
                               int64_t total_steps, const char *sched_desc) {
-    char *model = report_json_quote(o->model), *sched = report_json_quote(sched_desc),
+    char *model = report_json_quote(o->run.model), *sched = report_json_quote(sched_desc),
          *init = o->init_adapter ? report_json_quote(o->init_adapter) : NULL,
-         *lmode = report_json_quote(o->long_examples);
+         *lmode = report_json_quote(o->rows.long_examples);
     char *j = str_printf(
         "{\"model\": %s, \"data_fingerprint\": \"%s\", \"seq_len\": %lld, \"micro_batch\": %lld, "
         "\"global_batch\": %lld, \"steps\": %lld, \"seed\": %llu, \"max_grad_norm\": %.9g, "
@@ -472,7 +452,7 @@ static char *train_run_config(const TrainOpts *o, const TrainData *d, int64_t T,
         "\"eval_split\": %.9g, \"train_rows\": %lld, \"train_tokens\": %lld, \"train_counted_tokens\": %lld}",
         model, d->fingerprint, (long long)T, (long long)B, (long long)G, (long long)total_steps,
         (unsigned long long)o->seed, o->max_grad_norm, sched, init ? ", \"init_adapter\": " : "",
-        init ? init : "", o->pack ? "true" : "false", lmode, o->shuffle ? "true" : "false", o->eval_split,
+        init ? init : "", o->rows.pack ? "true" : "false", lmode, o->shuffle ? "true" : "false", o->eval_split,
         (long long)d->train.nrows, (long long)d->train.tokens, (long long)d->train.counted);
     free(model);
     free(sched);
@@ -518,8 +498,8 @@ static void train_ckpt_cfg(TrainRun *r) {
 /* Activations and batches, the optimizer and the gradient sync (train/trainer). */
 static void train_init_trainer(TrainRun *r) {
     TrainOpts *o = &r->o;
-    r->B = o->micro_batch;
-    r->T = o->seq_len;
+    r->B = o->rows.micro_batch;
+    r->T = o->rows.seq_len;
     r->G = o->global_batch;
     r->total_steps = o->steps > 0 ? o->steps : (int64_t)r->epoch_steps; /* after a resume: see below */
     session_batches_init(&r->s, r->B, r->T);
@@ -651,7 +631,7 @@ static void train_log_start(TrainRun *r) {
     char desc[256];
     r->peak = o->peak_gflops > 0 ? o->peak_gflops : train_measure_peak(&r->s.gc, &r->s.mem);
     r->fpt = llama_flops_per_token(m, r->T, &r->nbig);
-    log_info("shardlora train: %s (%s)", o->model, session_describe_model(&r->s, desc, sizeof desc));
+    log_info("shardlora train: %s (%s)", o->run.model, session_describe_model(&r->s, desc, sizeof desc));
     log_info("schedule: %lld steps of %lld sequences x %lld tokens (%lld micro-batches of %lld per rank per step); "
              "%.3g epochs of %lld sequences; lr %s; optimizer %s",
              (long long)r->total_steps, (long long)r->G, (long long)r->T, (long long)r->tr.nmicro, (long long)r->B,
@@ -742,7 +722,7 @@ static int train_dump_grads(TrainRun *r, TrainLoop *l, const TrainerStep *ts) {
     META("momentum", "%.9g", o->momentum);
     META("nesterov", "%d", o->nesterov);
     META("max_grad_norm", "%.9g", o->max_grad_norm);
-    META("micro_batch", "%lld", (long long)o->micro_batch);
+    META("micro_batch", "%lld", (long long)o->rows.micro_batch);
     META("global_batch", "%lld", (long long)r->G);
     META("seq_len", "%lld", (long long)r->T);
     META("tp", "%d", g->tp);
@@ -904,7 +884,7 @@ static int train_outputs(TrainRun *r, TrainLoop *l) {
     report_gather(&l->full_vals, p, p->values, g);
     if (g->world_rank == 0) {
         AdioCard card = {r->run_json, optim_kind_name(r->ocfg.kind), r->hparams, steps_done, g->tp, g->dp};
-        if (!report_write_adapter(r->o.out, r->o.model, p, &l->full_vals, r->adapter_json, r->s.m.L, &card, &st)) {
+        if (!report_write_adapter(r->o.out, r->o.run.model, p, &l->full_vals, r->adapter_json, r->s.m.L, &card, &st)) {
             fprintf(stderr, "shardlora: error: %s\n", st.msg);
             rc = EXIT_IO;
         } else {

@@ -2,7 +2,10 @@
 #include "mpicmd.h"
 
 #include <stdio.h>
+#include <string.h>
 
+#include "../io/chat.h"
+#include "../io/pack.h"
 #include "../runtime/log.h"
 #include "../runtime/mem.h"
 
@@ -25,5 +28,74 @@ int mpicmd_run_opts(const char *log_level, const char *kernels, const char *pin,
     if (*lvl < 0) return err_status_set(st, "--log-level '%s': expected error, warn, info or debug", log_level);
     if (!*kops) return err_status_set(st, "--kernels '%s': expected fast or reference", kernels);
     if (*pin_mode < 0) return err_status_set(st, "--pin-memory '%s': expected auto, on or off", pin);
+    return 1;
+}
+
+void mpicmd_run_defaults(MpicmdRun *o) {
+    memset(o, 0, sizeof *o);
+    o->pin = "auto";
+    o->kernels = "fast";
+    o->log_level = "info";
+    o->tp = 1;
+}
+
+int mpicmd_head_specs(ArgSpec *out, MpicmdRun *o) {
+    const ArgSpec specs[] = {
+        {"config", ARG_CONFIG, &o->config, "FILE", "read options from FILE first (JSON object or `key = value` lines; keys are these flag names; flags override)", 0, 0},
+        {"model", ARG_STR, &o->model, "DIR", "Hugging Face model directory (config.json, safetensors, tokenizer.json)", 1, 0},
+    };
+    memcpy(out, specs, sizeof specs);
+    return (int)(sizeof specs / sizeof specs[0]);
+}
+
+int mpicmd_tail_specs(ArgSpec *out, MpicmdRun *o, const char *tp_help) {
+    const ArgSpec specs[] = {
+        {"tp", ARG_INT, &o->tp, "N", tp_help, 0, 0},
+        {"threads", ARG_INT, &o->threads, "N", "threads per rank (0: the CPUs this rank may use)", 0, 0},
+        {"pin-memory", ARG_STR, &o->pin, "MODE", "auto | on | off: mlock the frozen weights", 0, 0},
+        {"kernels", ARG_STR, &o->kernels, "NAME", "fast | reference", 0, 0},
+        {"log-level", ARG_STR, &o->log_level, "LEVEL", "error | warn | info | debug (train: debug adds the bytes communicated per step)", 0, 0},
+    };
+    memcpy(out, specs, sizeof specs);
+    return (int)(sizeof specs / sizeof specs[0]);
+}
+
+void mpicmd_rows_defaults(MpicmdRows *o) {
+    memset(o, 0, sizeof *o);
+    o->chat_format = "auto";
+    o->long_examples = "truncate";
+    o->seq_len = 512;
+    o->micro_batch = 1;
+    o->pack = 1;
+    o->add_eos = 1;
+}
+
+int mpicmd_rows_specs(ArgSpec *out, MpicmdRows *o, const char *data_help, const char *cache_help) {
+    const ArgSpec specs[] = {
+        {"data", ARG_STRS, &o->data, "FILE", data_help, 1, 0},
+        {"chat-format", ARG_STR, &o->chat_format, "NAME", "template for \"messages\": auto (from tokenizer_config.json) | llama3 | mistral | llama2 | chatml | qwen2", 0, 0},
+        {"train-on-prompt", ARG_BOOL, &o->train_on_prompt, NULL, "count prompt tokens and non-assistant turns in the loss too", 0, 0},
+        {"add-eos", ARG_BOOL, &o->add_eos, NULL, "append the EOS token to text and prompt/completion examples", 0, 0},
+        {"pack", ARG_BOOL, &o->pack, NULL, "pack several documents per sequence (attention and positions restart per document)", 0, 0},
+        {"long-examples", ARG_STR, &o->long_examples, "HOW", "documents longer than --seq-len: truncate | split | drop", 0, 0},
+        {"skip-bad-lines", ARG_BOOL, &o->skip_bad, NULL, "skip (and count) bad data lines instead of stopping at the first", 0, 0},
+        {"cache-dir", ARG_STR, &o->cache_dir, "DIR", cache_help, 0, 0},
+        {"seq-len", ARG_INT, &o->seq_len, "T", "tokens per sequence", 0, 0},
+        {"micro-batch", ARG_INT, &o->micro_batch, "B", "sequences per micro-batch (one forward pass) on each data-parallel rank", 0, 0},
+    };
+    memcpy(out, specs, sizeof specs);
+    return (int)(sizeof specs / sizeof specs[0]);
+}
+
+int mpicmd_rows_check(const MpicmdRows *o, int *lmode, ErrStatus *st) {
+    if (!st->ok) return 0;
+    *lmode = pack_parse_long(o->long_examples);
+    if (*lmode < 0)
+        return err_status_set(st, "--long-examples '%s': expected truncate, split or drop", o->long_examples);
+    if (strcmp(o->chat_format, "auto") && chat_parse_format(o->chat_format) < 0)
+        return err_status_set(st, "--chat-format '%s': expected auto, llama3, mistral, llama2, chatml or qwen2",
+                              o->chat_format);
+    if (o->seq_len < 2 || o->micro_batch < 1)
+        return err_status_set(st, "--seq-len must be >= 2 and --micro-batch >= 1");
     return 1;
 }

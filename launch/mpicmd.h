@@ -14,6 +14,32 @@
 int mpicmd_start(Grid *g, int *argc, char ***argv, ArgSpec *specs, int nspecs, const char *usage,
                  const char *about, int *help, ErrStatus *st);
 
+/* The options every model command (train, eval, generate) has, and their table entries:
+ * --config and --model first (mpicmd_head_specs), --tp, --threads, --pin-memory, --kernels and
+ * --log-level last (mpicmd_tail_specs; tp_help says what the data-parallel groups share). Each
+ * returns the number of entries written to out. */
+typedef struct {
+    ArgConfig config;
+    const char *model, *pin, *kernels, *log_level;
+    int64_t tp, threads;
+} MpicmdRun;
+void mpicmd_run_defaults(MpicmdRun *o);
+int mpicmd_head_specs(ArgSpec *out, MpicmdRun *o);
+int mpicmd_tail_specs(ArgSpec *out, MpicmdRun *o, const char *tp_help);
+
+/* How train and eval turn JSONL files into rows of tokens (train/tdata), and their table
+ * entries (data_help: what --data is for; cache_help: where the token cache goes by
+ * default). mpicmd_rows_check checks them and sets *lmode (PackLong). */
+typedef struct {
+    ArgStrs data;
+    const char *chat_format, *long_examples, *cache_dir;
+    int train_on_prompt, add_eos, pack, skip_bad;
+    int64_t seq_len, micro_batch;
+} MpicmdRows;
+void mpicmd_rows_defaults(MpicmdRows *o);
+int mpicmd_rows_specs(ArgSpec *out, MpicmdRows *o, const char *data_help, const char *cache_help);
+int mpicmd_rows_check(const MpicmdRows *o, int *lmode, ErrStatus *st);
+
 /* --log-level, --kernels and --pin-memory: their parsed values, or 0 with st saying which
  * value is wrong (nothing checked when st is already failed: returns 0). */
 int mpicmd_run_opts(const char *log_level, const char *kernels, const char *pin, int *lvl,
