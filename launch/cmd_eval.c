@@ -137,8 +137,8 @@ typedef struct {
     TrainData data;
     AdioCfg ac;
     int have_session, have_data, have_ac;
-    int lvl, pin, lmode;
-    const KernOps *kops;
+    MpicmdEnv env;
+    int lmode;
     char cache_dir[4200];
 } EvalRun;
 
@@ -168,13 +168,12 @@ static void eval_spec_table(EvalRun *r) {
                                       "tensor-parallel size (world = dp x tp; rows are split over dp)");
 }
 
-static int eval_check_opts(EvalRun *r, int ok, ErrStatus *st) {
+static int eval_check_opts(void *ctx, ErrStatus *st) {
+    EvalRun *r = ctx;
     const EvalOpts *o = &r->o;
-    ok = ok && mpicmd_run_opts(o->run.log_level, o->run.kernels, o->run.pin, &r->lvl, &r->kops, &r->pin, st);
-    ok = ok && mpicmd_rows_check(&o->rows, &r->lmode, st);
-    if (ok && (o->log_every < 1 || o->max_rows < 0)) ok = err_status_set(st, "--log-every must be >= 1 and --max-rows >= 0");
-    if (ok) ok = grid_setup(&r->g, (int)o->run.tp, st);
-    return ok;
+    if (!mpicmd_rows_check(&o->rows, &r->lmode, st)) return 0;
+    if (o->log_every < 1 || o->max_rows < 0) return err_status_set(st, "--log-every must be >= 1 and --max-rows >= 0");
+    return 1;
 }
 
 /* The model, the adapter, the cache directory and the data. Returns 0 or an exit status. */
@@ -184,7 +183,7 @@ static int eval_setup(EvalRun *r) {
     ErrStatus st;
     if (o->rows.cache_dir) snprintf(r->cache_dir, sizeof r->cache_dir, "%s", o->rows.cache_dir);
     else eval_default_cache(o, r->cache_dir, sizeof r->cache_dir);
-    int ok = session_open(&r->s, g, o->run.model, (MemPinMode)r->pin, &st);
+    int ok = session_open(&r->s, g, o->run.model, (MemPinMode)r->env.pin, &st);
     r->have_session = 1;
     if (!grid_agree(g, ok, "shardlora: error", &st)) return EXIT_BAD_INPUT;
     if (o->adapter) {
@@ -215,7 +214,7 @@ static int eval_setup(EvalRun *r) {
     int data_rc = 0;
     if (!tdata_load(&r->data, &dopt, g, &data_rc)) return data_rc;
     r->have_data = 1;
-    session_compute_init(&r->s, (int)o->run.threads, session_max_cols(&r->s), o->rows.seq_len, r->kops);
+    session_compute_init(&r->s, (int)o->run.threads, session_max_cols(&r->s), o->rows.seq_len, r->env.kops);
     session_batches_init(&r->s, o->rows.micro_batch, o->rows.seq_len);
     return 0;
 }
@@ -303,22 +302,15 @@ int cmd_eval(int argc, char **argv) {
     EvalRun *r = &run;
     memset(r, 0, sizeof *r);
     eval_spec_table(r);
-    int help = 0;
-    ErrStatus st;
-    int ok = mpicmd_start(&r->g, &argc, &argv, r->specs, r->nspecs,
+    int rc = mpicmd_begin(&r->g, &argc, &argv, r->specs, r->nspecs, "eval",
                           "[mpirun -np N] shardlora eval --model DIR [--adapter DIR] --data FILE [options]",
                           "Mean loss and perplexity of the model (with a PEFT adapter, unmerged) over a JSONL "
                           "dataset: the same formats, prompt masking and packing as `train`, in file order. "
                           "Prints progress lines and one summary line. Exit status 0, 2 bad command line or "
                           "layout, 3 bad model / adapter / data, 4 cannot write --out, 5 the loss is not finite (NaN / inf: "
                           "nothing is written to --out).",
-                          &help, &st);
-    if (ok && help) return eval_free(r, 0);
-    if (!eval_check_opts(r, ok, &st)) {
-        if (r->g.world_rank == 0) fprintf(stderr, "shardlora eval: %s\n", st.msg);
-        return eval_free(r, EXIT_USAGE);
-    }
-    log_set_level((LogLevel)r->lvl);
-    int rc = eval_setup(r);
+                          &r->o.run, eval_check_opts, r, &r->env);
+    if (rc >= 0) return eval_free(r, rc);
+    rc = eval_setup(r);
     return eval_free(r, rc ? rc : eval_run(r));
 }

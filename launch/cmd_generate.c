@@ -655,8 +655,7 @@ typedef struct {
     int nspecs;
     Grid g;
     Session s;            /* memory, model (+ adapter slots), GEMM and kernel contexts */
-    int lvl, pin;
-    const KernOps *kops;
+    MpicmdEnv env;
     Tokenizer *tk;        /* NULL without tokenizer.json (pre-tokenised prompts only) */
     ChatFormat chat;
     GenPrompt *prompts;   /* [nprompts] */
@@ -723,9 +722,10 @@ static void gen_spec_table(GenRun *r) {
                                       "tensor-parallel size (world = dp x tp; the prompts are divided among the dp groups)");
 }
 
-static int gen_check_opts(GenRun *r, int ok, ErrStatus *st) {
+static int gen_check_opts(void *ctx, ErrStatus *st) {
+    GenRun *r = ctx;
     const GenOpts *o = &r->o;
-    ok = ok && mpicmd_run_opts(o->run.log_level, o->run.kernels, o->run.pin, &r->lvl, &r->kops, &r->pin, st);
+    int ok = 1;
     if (ok && !o->prompt == !o->prompts) ok = err_status_set(st, "give exactly one of --prompt TEXT and --prompts FILE");
     if (ok && strcmp(o->chat_format, "auto") && chat_parse_format(o->chat_format) < 0)
         ok = err_status_set(st, "--chat-format '%s': expected auto, llama3, mistral, llama2, chatml or qwen2", o->chat_format);
@@ -740,7 +740,6 @@ static int gen_check_opts(GenRun *r, int ok, ErrStatus *st) {
         ok = err_status_set(st, "--max-new-tokens, --batch-size and --prefill-rows must be >= 1");
     for (int i = 0; ok && i < o->stop.n; i++)
         if (!o->stop.v[i][0]) ok = err_status_set(st, "--stop: an empty string would stop at once");
-    if (ok) ok = grid_setup(&r->g, (int)o->run.tp, st);
     return ok;
 }
 
@@ -751,7 +750,7 @@ static int gen_open(GenRun *r) {
     const GenOpts *o = &r->o;
     Grid *g = &r->g;
     ErrStatus st;
-    int ok = session_open(&r->s, g, o->run.model, (MemPinMode)r->pin, &st);
+    int ok = session_open(&r->s, g, o->run.model, (MemPinMode)r->env.pin, &st);
     r->have_session = 1;
     if (!grid_agree(g, ok, gen_err, &st)) return EXIT_BAD_INPUT;
     char path[4200];
@@ -810,7 +809,7 @@ static int gen_setup(GenRun *r) {
     const int len_ok = gen_layout(r, &lst);
     int64_t maxcols = session_max_cols(&r->s);
     if (m->H * m->D > maxcols) maxcols = m->H * m->D;
-    session_compute_init(&r->s, (int)o->run.threads, maxcols, r->R, r->kops);
+    session_compute_init(&r->s, (int)o->run.threads, maxcols, r->R, r->env.kops);
     if (o->adapter && o->merge) {
         r->merged = llama_merge_adapters(&r->s.m, &r->s.gc, &st);
         if (!grid_agree(g, r->merged >= 0, gen_err, &st)) return EXIT_BAD_INPUT;
@@ -841,7 +840,7 @@ static void gen_loop_init(GenRun *r) {
     l->g = g;
     l->m = m;
     l->tk = r->tk;
-    l->kops = r->kops;
+    l->kops = r->env.kops;
     l->kc = &r->s.kc;
     l->scfg = (SampleCfg){o->temperature, o->top_k, o->top_p, o->rep_penalty, o->seed};
     l->env = (AdapterEnv){&r->s.gc, o->seed, 0, 0, 0};
@@ -1007,25 +1006,18 @@ int cmd_generate(int argc, char **argv) {
     GenRun *r = &run;
     memset(r, 0, sizeof *r);
     gen_spec_table(r);
-    int help = 0;
-    ErrStatus st;
-    int ok = mpicmd_start(&r->g, &argc, &argv, r->specs, r->nspecs,
+    int rc = mpicmd_begin(&r->g, &argc, &argv, r->specs, r->nspecs, "generate",
                           "[mpirun -np N] shardlora generate --model DIR [--adapter DIR] (--prompt TEXT | --prompts FILE) [options]",
                           "Generate text with a frozen Llama/Mistral/Qwen2 model and an optional PEFT adapter, "
                           "tensor-parallel with a KV cache sharded by heads. One prompt: its text is printed as it "
                           "comes; several: JSONL results in prompt order (stdout or --out). Progress goes to stderr.",
-                          &help, &st);
-    if (ok && help) return gen_free(r, 0);
-    if (!gen_check_opts(r, ok, &st)) {
-        if (r->g.world_rank == 0) fprintf(stderr, "shardlora generate: %s\n", st.msg);
-        return gen_free(r, EXIT_USAGE);
-    }
-    log_set_level((LogLevel)r->lvl);
-    if (r->g.world_rank == 0 && r->lvl >= LOG_INFO) {
+                          &r->o.run, gen_check_opts, r, &r->env);
+    if (rc >= 0) return gen_free(r, rc);
+    if (r->g.world_rank == 0 && r->env.log_level >= LOG_INFO) {
         fprintf(stderr, "configuration (%s):\n", r->o.run.config.path ? r->o.run.config.path : "flags and defaults");
         args_print_resolved(stderr, r->specs, r->nspecs);
     }
-    int rc = gen_open(r);
+    rc = gen_open(r);
     if (!rc) rc = gen_setup(r);
     if (rc) return gen_free(r, rc);
     gen_loop_init(r);

@@ -64,8 +64,8 @@ typedef struct {
     int have_ac, have_init_pa;
     AdapterCfg acfg;
     OptimCfg ocfg;
-    int lvl, pin, skind, lmode;
-    const KernOps *kops;
+    MpicmdEnv env;
+    int skind, lmode;
     char cache_dir[4200];
     int out_existed, cache_existed;
     char init_targets[128], targets_csv[128];
@@ -181,11 +181,12 @@ static void train_spec_table(TrainRun *r) {
 }
 
 /* Semantic checks of the options and the layout, identical on every rank. */
-static int train_check_opts(TrainRun *r, int ok, ErrStatus *st) {
+static int train_check_opts(void *ctx, ErrStatus *st) {
+    TrainRun *r = ctx;
     TrainOpts *o = &r->o;
     Grid *g = &r->g;
+    int ok = 1;
     optim_defaults(&r->ocfg);
-    ok = ok && mpicmd_run_opts(o->run.log_level, o->run.kernels, o->run.pin, &r->lvl, &r->kops, &r->pin, st);
     const int okind = optim_parse_kind(o->optimizer);
     r->skind = sched_parse(o->lr_schedule);
     ok = ok && mpicmd_rows_check(&o->rows, &r->lmode, st);
@@ -232,7 +233,6 @@ static int train_check_opts(TrainRun *r, int ok, ErrStatus *st) {
     if (ok && (o->log_every < 1 || o->global_batch < 0))
         ok = err_status_set(st, "--log-every must be >= 1 and --global-batch >= 0");
     if (ok) ok = adapter_parse_targets(o->targets, &r->acfg.targets, st);
-    if (ok) ok = grid_setup(g, (int)o->run.tp, st);
     if (ok && o->global_batch == 0) o->global_batch = o->rows.micro_batch * g->dp;
     if (ok && o->global_batch % (o->rows.micro_batch * g->dp) != 0)
         ok = err_status_set(st,
@@ -317,7 +317,7 @@ static int train_open(TrainRun *r) {
     ErrStatus st;
     snprintf(r->cache_dir, sizeof r->cache_dir, "%s", o->rows.cache_dir ? o->rows.cache_dir : "");
     if (!o->rows.cache_dir) snprintf(r->cache_dir, sizeof r->cache_dir, "%s/cache", o->out);
-    int ok = session_open(&r->s, g, o->run.model, (MemPinMode)r->pin, &st);
+    int ok = session_open(&r->s, g, o->run.model, (MemPinMode)r->env.pin, &st);
     r->have_session = 1;
     if (!grid_agree(g, ok, "shardlora: error", &st)) return EXIT_BAD_INPUT;
     if (o->init_adapter) {
@@ -392,7 +392,7 @@ static int train_init_adapters(TrainRun *r) {
     TrainOpts *o = &r->o;
     LlamaModel *m = &r->s.m;
     AdapterCfg *acfg = &r->acfg;
-    session_compute_init(&r->s, (int)o->run.threads, session_max_cols(&r->s), o->rows.seq_len, r->kops);
+    session_compute_init(&r->s, (int)o->run.threads, session_max_cols(&r->s), o->rows.seq_len, r->env.kops);
     if (o->init_adapter) {
         *acfg = r->ac.acfg; /* the per-slot ranks and alphas point into ac */
     } else {
@@ -644,7 +644,7 @@ static void train_log_start(TrainRun *r) {
     log_info("grid: world=%d = dp %d x tp %d; per TP rank: %lld heads, %lld kv heads%s, ffn %lld, vocab rows %lld; kernels=%s; %s",
              g->world_size, g->dp, g->tp, (long long)m->Hl, (long long)m->KVl,
              m->KV < g->tp && g->tp > 1 ? " (replicated)" : "", (long long)m->Fl, (long long)m->Vl,
-             r->kops->name, gemm_describe(&r->s.gc, desc, sizeof desc));
+             r->env.kops->name, gemm_describe(&r->s.gc, desc, sizeof desc));
     train_log_binding(g, &r->s.mem);
     int tp_nodes = grid_tp_nodes(&r->g);
     if (tp_nodes > 1 && g->tp_rank == 0)
@@ -934,24 +934,17 @@ int cmd_train(int argc, char **argv) {
     memset(r, 0, sizeof *r);
     train_defaults(&r->o);
     train_spec_table(r);
-    int help = 0;
-    ErrStatus st;
-    int ok = mpicmd_start(&r->g, &argc, &argv, r->specs, r->nspecs,
+    int rc = mpicmd_begin(&r->g, &argc, &argv, r->specs, r->nspecs, "train",
                           "[mpirun -np N] shardlora train --model DIR --data FILE --out DIR [options]",
                           "Train LoRA adapters on a frozen Llama/Mistral/Qwen2 model. Writes OUT/adapter/ "
                           "(PEFT format), OUT/metrics.jsonl (a line per step and per evaluation), OUT/run.json "
                           "(the resolved configuration), OUT/summary.json and OUT/summary-rank*.json; "
                           "`shardlora plot OUT` draws the loss curve.",
-                          &help, &st);
+                          &r->o.run, train_check_opts, r, &r->env);
+    if (rc >= 0) return train_free(r, NULL, rc);
     r->argc = argc;
     r->argv = argv;
-    if (ok && help) return train_free(r, NULL, 0);
-    if (!train_check_opts(r, ok, &st)) {
-        if (r->g.world_rank == 0) fprintf(stderr, "shardlora train: %s\n", st.msg);
-        return train_free(r, NULL, EXIT_USAGE);
-    }
-    log_set_level((LogLevel)r->lvl);
-    int rc = train_open(r);
+    rc = train_open(r);
     if (!rc) rc = train_load_data(r);
     if (!rc) rc = train_init_adapters(r);
     if (!rc) train_init_trainer(r);

@@ -8,6 +8,7 @@
 #include "../io/pack.h"
 #include "../runtime/log.h"
 #include "../runtime/mem.h"
+#include "cmds.h"
 
 int mpicmd_start(Grid *g, int *argc, char ***argv, ArgSpec *specs, int nspecs, const char *usage,
                  const char *about, int *help, ErrStatus *st) {
@@ -98,4 +99,23 @@ int mpicmd_rows_check(const MpicmdRows *o, int *lmode, ErrStatus *st) {
     if (o->seq_len < 2 || o->micro_batch < 1)
         return err_status_set(st, "--seq-len must be >= 2 and --micro-batch >= 1");
     return 1;
+}
+
+int mpicmd_begin(Grid *g, int *argc, char ***argv, ArgSpec *specs, int nspecs, const char *cmd,
+                 const char *usage, const char *about, const MpicmdRun *run, MpicmdCheck check,
+                 void *ctx, MpicmdEnv *env) {
+    int help = 0;
+    ErrStatus st;
+    int ok = mpicmd_start(g, argc, argv, specs, nspecs, usage, about, &help, &st);
+    if (ok && help) return 0;
+    ok = ok && mpicmd_run_opts(run->log_level, run->kernels, run->pin, &env->log_level, &env->kops,
+                               &env->pin, &st);
+    ok = ok && grid_setup(g, (int)run->tp, &st);
+    ok = ok && check(ctx, &st);
+    if (!ok) {
+        if (g->world_rank == 0) fprintf(stderr, "shardlora %s: %s\n", cmd, st.msg);
+        return EXIT_USAGE;
+    }
+    log_set_level((LogLevel)env->log_level);
+    return -1;
 }

@@ -27,6 +27,25 @@ void mpicmd_run_defaults(MpicmdRun *o);
 int mpicmd_head_specs(ArgSpec *out, MpicmdRun *o);
 int mpicmd_tail_specs(ArgSpec *out, MpicmdRun *o, const char *tp_help);
 
+/* What --log-level, --kernels and --pin-memory resolve to. */
+typedef struct {
+    int log_level;        /* LogLevel */
+    const KernOps *kops;  /* the kernel table */
+    int pin;              /* MemPinMode */
+} MpicmdEnv;
+
+/* The command's own checks of its options (after the grid is set up: g->tp and g->dp are
+ * known); 0 with st set to refuse. */
+typedef int (*MpicmdCheck)(void *ctx, ErrStatus *st);
+
+/* The start of train, eval and generate: mpicmd_start, then (unless --help) the shared
+ * options resolved into env, grid_setup at --tp, and check(ctx); a refusal is printed once as
+ * "shardlora CMD: reason". Returns -1 to go on (the log level is set), or the status to end
+ * with: 0 after --help, EXIT_USAGE on a refusal. */
+int mpicmd_begin(Grid *g, int *argc, char ***argv, ArgSpec *specs, int nspecs, const char *cmd,
+                 const char *usage, const char *about, const MpicmdRun *run, MpicmdCheck check,
+                 void *ctx, MpicmdEnv *env);
+
 /* How train and eval turn JSONL files into rows of tokens (train/tdata), and their table
  * entries (data_help: what --data is for; cache_help: where the token cache goes by
  * default). mpicmd_rows_check checks them and sets *lmode (PackLong). */
