@@ -133,7 +133,7 @@ static void train_full_free(TrainFull *f) {
  * rank 0. Every rank calls it; only DP rank 0's TP group communicates. */
 static void train_gather(const ParamTable *p, const float *buf, Grid *g, TrainFull *out) {
     if (g->dp_rank != 0) return;
-    params_gather(p, buf, g->tp_comm, g->world_rank == 0 ? out->t : NULL);
+    params_gather(p, buf, g, g->world_rank == 0 ? out->t : NULL);
 }
 
 /* --dump-grads: loss, the whole global batch, every adapter tensor and its synchronised
