@@ -15,6 +15,7 @@
 #include "../io/afile.h"
 #include "../io/peft.h"
 #include "../io/safetensors.h"
+#include "../model/adapter_init.h"
 #include "../model/adapter_io.h"
 #include "../model/llama.h"
 #include "../model/optim.h"
@@ -783,19 +784,20 @@ int cmd_train(int argc, char **argv) {
     if (ok && o.init && strcmp(o.lora_init, "default") && strcmp(o.lora_init, o.init))
         ok = err_status_set(&st, "--init %s and --lora-init %s disagree", o.init, o.lora_init);
     if (ok && o.init) o.lora_init = o.init;
-    if (ok && !adapter_init_known(o.lora_init))
+    if (ok && !adapter_init_by_name(o.lora_init))
         ok = err_status_set(&st, "--init '%s': expected default, gaussian or pissa", o.lora_init);
     if (ok && !adapter_kind_by_name(o.adapter_kind)) {
         char names[256];
         adapter_kind_names(names, sizeof names);
         ok = err_status_set(&st, "--adapter '%s': expected one of %s", o.adapter_kind, names);
     }
-    if (ok && strcmp(o.lora_init, "pissa") == 0 && strcmp(o.adapter_kind, "lora") && strcmp(o.adapter_kind, "lora-fa"))
-        ok = err_status_set(&st, "--init pissa needs --adapter lora or lora-fa");
-    /* VeRA's shared projections have their own init (PEFT's kaiming); the model card would
-     * name an init the run did not use */
-    if (ok && strcmp(o.lora_init, "gaussian") == 0 && strcmp(o.adapter_kind, "vera") == 0)
-        ok = err_status_set(&st, "--init gaussian does not apply to --adapter vera (VeRA initialises its own projections)");
+    /* e.g. PiSSA needs LoRA's plain factors; VeRA's shared projections have their own init
+     * (PEFT's kaiming), so the model card would name an init the run did not use */
+    char init_why[256];
+    const char *init_bad = ok ? adapter_init_compat(adapter_init_by_name(o.lora_init), adapter_kind_by_name(o.adapter_kind),
+                                                    init_why, sizeof init_why)
+                              : NULL;
+    if (init_bad) ok = err_status_set(&st, "--init %s %s", o.lora_init, init_bad);
     if (ok && o.pissa_iters < 0) ok = err_status_set(&st, "--pissa-iters must be >= 0");
     if (ok && !(o.loraplus_ratio >= 0 && isfinite(o.loraplus_ratio)))
         ok = err_status_set(&st, "--loraplus-ratio must be a finite number >= 0");
@@ -845,8 +847,7 @@ int cmd_train(int argc, char **argv) {
         }
         train_init_overrides(&o, specs, nspecs, &ac, g.world_rank == 0, init_targets, sizeof init_targets);
     } else {
-        adio_cfg_uniform(&ac, m.L, acfg.targets, (int)o.r, o.alpha, o.rslora, o.dropout,
-                         strcmp(o.lora_init, "gaussian") == 0, o.model);
+        adio_cfg_uniform(&ac, m.L, acfg.targets, (int)o.r, o.alpha, o.rslora, o.dropout, o.lora_init, o.model);
     }
     const int out_existed = access(o.out, F_OK) == 0, cache_existed = access(cache_dir, F_OK) == 0;
     ok = launch_mkdirs(o.out) && launch_mkdirs(cache_dir);
@@ -900,17 +901,16 @@ int cmd_train(int argc, char **argv) {
         acfg.dropout = (float)o.dropout;
     }
     snprintf(acfg.kind, sizeof acfg.kind, "%s", o.adapter_kind);
-    acfg.init_gaussian = strcmp(o.lora_init, "gaussian") == 0;
-    acfg.init_pissa = strcmp(o.lora_init, "pissa") == 0;
-    acfg.pissa_iters = acfg.init_pissa ? (int)o.pissa_iters : 0;
-    acfg.loraplus_ratio = (float)o.loraplus_ratio;
+    snprintf(acfg.init, sizeof acfg.init, "%s", o.lora_init);
+    /* settings of the initialisation / the kind (ignored by those without them) */
+    adapter_cfg_set_option(&acfg, "pissa_iters", (double)o.pissa_iters);
+    adapter_cfg_set_option(&acfg, "loraplus_ratio", o.loraplus_ratio);
     acfg.seed = o.seed;
     /* the checkpoint's adapter JSON keeps the kind and these settings */
     snprintf(ac.acfg.kind, sizeof ac.acfg.kind, "%s", acfg.kind);
-    ac.acfg.init_gaussian = acfg.init_gaussian;
-    ac.acfg.init_pissa = acfg.init_pissa;
-    ac.acfg.pissa_iters = acfg.pissa_iters;
-    ac.acfg.loraplus_ratio = acfg.loraplus_ratio;
+    snprintf(ac.acfg.init, sizeof ac.acfg.init, "%s", acfg.init);
+    ac.acfg.init_opts = acfg.init_opts;
+    ac.acfg.kind_opts = acfg.kind_opts;
     llama_init_adapters(&m, &acfg, &g, &mem);
     {
         /* what the kind completed (VeRA: its projections' key and sizes) goes into the
