@@ -1,4 +1,4 @@
-/* Row-local LoRA / DoRA merge, F32 -> BF16 / F16 rounding and positioned I/O (see stmerge.h). */
+/* F32 -> BF16 / F16 rounding and positioned I/O for the streaming merge (see stmerge.h). */
 #include "stmerge.h"
 
 #include <errno.h>
@@ -9,53 +9,8 @@
 
 #include "../runtime/gemm.h"
 
-/* Columns per block: the accumulator [STM_BLOCK] stays in L1 while the r rows of A stream. */
-#define STM_BLOCK 512
 /* Linux transfers at most ~2 GiB per call; stay well below. */
 #define STM_IO_MAX ((size_t)1 << 30)
-/* DoRA's floor of the row norm, as model/dora.c's DORA_EPS */
-#define STM_DORA_EPS 1e-12f
-
-/* One row: w += (b A) * s, then the DoRA factor. Returns 1 if the row is bad. */
-static int stm_merge_row(float *restrict w, int64_t I, const float *restrict A,
-                         const float *restrict b, int r, float s, const float *mag) {
-    float acc[STM_BLOCK];
-    for (int64_t c0 = 0; c0 < I; c0 += STM_BLOCK) {
-        const int64_t n = I - c0 < STM_BLOCK ? I - c0 : STM_BLOCK;
-        for (int64_t j = 0; j < n; j++) acc[j] = 0.0f;
-        for (int k = 0; k < r; k++) {
-            const float bk = b[k];
-            const float *restrict a = A + (int64_t)k * I + c0;
-            for (int64_t j = 0; j < n; j++) acc[j] += bk * a[j];
-        }
-        /* PEFT: delta = (B @ A) * scaling, then W + delta */
-        for (int64_t j = 0; j < n; j++) w[c0 + j] += acc[j] * s;
-    }
-    if (mag) {
-        /* DoRA (PEFT dora.py get_weight_norm: torch.linalg.norm(W + delta, dim=1)); the sum
-         * of squares in double, in column order. */
-        double ss = 0.0;
-        for (int64_t j = 0; j < I; j++) ss += (double)w[j] * (double)w[j];
-        const float norm = (float)sqrt(ss);
-        if (!isfinite(norm)) return 1;
-        /* an all-zero row (real models have them): the norm floored as in training
-         * (model/dora.c DORA_EPS), so the row stays 0 instead of PEFT's 0/0 = NaN */
-        const float f = *mag / (norm > STM_DORA_EPS ? norm : STM_DORA_EPS);
-        for (int64_t j = 0; j < I; j++) w[j] *= f;
-    }
-    for (int64_t j = 0; j < I; j++)
-        if (!isfinite(w[j])) return 1;
-    return 0;
-}
-
-int64_t stm_merge_rows(float *W, int64_t nr, int64_t I, const float *A, const float *B, int r,
-                       float s, const float *mag, int threads) {
-    int64_t bad = 0;
-#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : bad)
-    for (int64_t o = 0; o < nr; o++)
-        bad += stm_merge_row(W + o * I, I, A, B + o * r, r, s, mag ? mag + o : NULL);
-    return bad;
-}
 
 uint16_t stm_f32_to_f16(float f) {
     uint32_t x;

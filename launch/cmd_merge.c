@@ -1,13 +1,9 @@
-/* `shardlora merge`: a PEFT LoRA / DoRA / VeRA adapter merged into the frozen model's weights,
- * written as a complete Hugging Face directory (config and tokenizer files copied; the same
- * safetensors files, tensors, dtypes and header bytes; the index when the input has one).
- *   LoRA: W' = W + s·B A        s = alpha / r (alpha / sqrt(r) with use_rslora), per module
- *                               from rank_pattern / alpha_pattern (peft_module_rank)
- *   DoRA: W' = m ⊙ (W + s·B A) / ||W + s·B A||   (norm per output row; PEFT lora.Linear.merge)
- *   VeRA: W' = W + (lambda_b ⊙ vera_B[:out]) (lambda_d ⊙ vera_A[:, :in])   (PEFT
- *         vera.Linear.get_delta_weight; the projections from the file, or regenerated from
- *         projection_prng_key when it does not save them; every rank holds them whole)
- * computed in F32 and rounded to the tensor's dtype.
+/* `shardlora merge`: a PEFT adapter merged into the frozen model's weights, written as a
+ * complete Hugging Face directory (config and tokenizer files copied; the same safetensors
+ * files, tensors, dtypes and header bytes; the index when the input has one). The adapter's
+ * kind (adio_kind_of_peft: LoRA, DoRA, VeRA) owns the formula and the adapter tensors
+ * (AdioKindIo's merge_*, model/): this file plans which weights are adapted, streams their
+ * rows through the kind's merge_rows in F32 and rounds them to the tensor's dtype.
  *
  * Scale: runs under mpirun with any number of ranks. Every tensor's rows are split into
  * contiguous ranges over the ranks (independent of any training layout); a rank streams its
@@ -17,7 +13,7 @@
  * model (a 70B merge must not need 2x the model in RAM). When every rank is done and has
  * fsynced, rank 0 renames the files into place, config.json last: a failure leaves no
  * half-written model under the final names. Every rank reaches the same verdict at each
- * step (grid_first_failed), so a bad input ends all ranks with one line and no hang. */
+ * step (grid_agree_code), so a bad input ends all ranks with one line and no hang. */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -36,10 +32,11 @@
 #include "../io/safetensors.h"
 #include "../io/stmerge.h"
 #include "../model/adapter.h"
-#include "../model/vera.h"
+#include "../model/adapter_io.h"
 #include "../parallel/grid.h"
 #include "../runtime/log.h"
 #include "../runtime/mem.h"
+#include "../runtime/str.h"
 #include "../runtime/timer.h"
 #include "args.h"
 #include "cmds.h"
@@ -69,11 +66,10 @@ typedef struct {
     int64_t rows, cols;        /* [rows, cols] view: leading dims folded into rows */
     uint64_t row_bytes;
     int64_t r0, nr;            /* this rank's rows [r0, r0 + nr) */
-    /* adapted linears (A != NULL); others are copied byte for byte */
-    const StTensor *A, *B, *M; /* lora_A [r, cols], lora_B [rows, r], magnitude [rows] or NULL */
-    const StTensor *LD, *LB;   /* VeRA: vera_lambda_d [r], vera_lambda_b [rows] (A, B NULL) */
-    int r;
-    float scale;
+    /* the adapter's part (am.adapted: merged through the kind's merge_rows; else copied byte
+     * for byte) */
+    AdioMergeItem am;
+    char *module;              /* am.module: the weight's name without ".weight" */
 } MergeItem;
 
 typedef struct {
@@ -83,11 +79,12 @@ typedef struct {
     int d_open;
     PeftAdapter a;
     int a_open;
+    const AdapterKind *kind;   /* the adapter's kind (adio_kind_of_peft) */
+    const AdioKindIo *kio;     /* its merge hooks */
     MergeItem *items;
-    int nitems, nadapted, ndora, nvera;
-    /* VeRA's shared projections, whole, F32: vA [r, vmi], vB [vmo, r] (NULL for LoRA) */
-    float *vA, *vB;
-    int64_t vmi, vmo;
+    int nitems, nadapted;
+    void *shared;              /* what the kind's items share (merge_shared), or NULL */
+    uint64_t shared_bytes;
     uint64_t total_bytes;      /* tensor bytes of every file (what the ranks write together) */
     /* output files, parallel to d.files */
     char **tmp, **dst;
@@ -99,8 +96,9 @@ typedef struct {
     MemCtx mem;
     float *work;               /* [chunk rows, cols] F32 working rows */
     unsigned char *raw;        /* [raw_bytes] rounded output rows / byte copies */
-    float *abuf, *bbuf, *mbuf; /* A [r, cols], B [chunk rows, r], m [chunk rows] */
-    size_t work_floats, raw_bytes, a_floats, b_floats, m_floats;
+    float *ibuf;               /* [ibuf_floats] the kind's per-weight scratch (e.g. lora_A) */
+    float *rbuf;               /* [rbuf_floats] its per-chunk scratch (e.g. lora_B rows) */
+    size_t work_floats, raw_bytes, ibuf_floats, rbuf_floats;
     uint64_t stage_bytes;      /* st_read_slice's conversion buffer, when a read converts */
     /* accounting */
     uint64_t slice_bytes;      /* model bytes this rank writes */
@@ -136,11 +134,7 @@ static char *merge_path(const char *dir, const char *name, const char *suffix) {
 /* One verdict for all ranks: if any failed, the lowest failing rank prints its message and
  * its exit code reaches every rank. Returns 0 when all are ok, else the code. */
 static int merge_agree(Grid *g, int ok, const ErrStatus *st, int code) {
-    int first = grid_first_failed(g, ok);
-    if (first < 0) return 0;
-    if (first == g->world_rank) fprintf(stderr, "shardlora merge: error: %s\n", st->msg);
-    MPI_Bcast(&code, 1, MPI_INT, first, g->world);
-    return code;
+    return grid_agree_code(g, ok, code, "shardlora merge: error", st);
 }
 
 /* This rank's contiguous share [r0, r0 + nr) of n rows over `size` ranks. */
@@ -150,201 +144,25 @@ static void merge_share(int64_t n, int rank, int size, int64_t *r0, int64_t *nr)
     *nr = b - a;
 }
 
-static int merge_is_float(StDtype d) {
-    return d == ST_F32 || d == ST_BF16 || d == ST_F16;
-}
-
-static void merge_shape_str(const StTensor *t, char *buf, size_t n) {
-    size_t off = (size_t)snprintf(buf, n, "[");
-    for (int i = 0; i < t->ndim && off < n; i++)
-        off += (size_t)snprintf(buf + off, n - off, "%s%" PRId64, i ? ", " : "", t->shape[i]);
-    if (off < n) snprintf(buf + off, n - off, "]");
-}
-
 /* ---- the plan: which tensors are adapted, checked against the model's shapes --------- */
 
-/* A module an adapter can target: one of the seven linears of a decoder layer
- * ("model.layers.3.self_attn.q_proj"), not the embeddings or lm_head ("all-linear" names
- * every linear, PEFT leaves lm_head out). */
-static int merge_adaptable(const char *module) {
-    if (!strstr(module, "layers.")) return 0;
-    const char *dot = strrchr(module, '.');
-    const char *leaf = dot ? dot + 1 : module;
-    for (int i = 0; i < MOD_NMODULES; i++)
-        if (strcmp(leaf, adapter_module_name((ModuleId)i)) == 0) return 1;
-    return 0;
-}
+/* A weight file's name relative to the model directory (as the index names it). */
+static const char *merge_file_name(const MergeCtx *m, int f);
 
-/* A targeted module without its tensors: eval and train refuse such a file, and a merge
- * that skipped the module would write a model the adapter does not describe (VeRA: with
- * projections sized without it). */
-static int merge_missing(const MergeCtx *m, const char *module, const char *want, ErrStatus *st) {
-    return err_status_set(st, "%s: module '%s' is targeted by adapter_config.json (target_modules / "
-                              "layers_to_transform) but has no %s", m->a.tensors.path, module, want);
-}
-
-/* VeRA's lambdas of one linear (merge_plan_linear's VeRA half). */
-static int merge_plan_vera(MergeCtx *m, MergeItem *it, unsigned char *used, const char *module, ErrStatus *st) {
-    const StTensor *LD = peft_tensor(&m->a, module, "vera_lambda_d");
-    const StTensor *LB = peft_tensor(&m->a, module, "vera_lambda_b");
-    const StTensor *base = m->a.tensors.tensors;
-    if (LD) used[LD - base] = 1;
-    if (LB) used[LB - base] = 1;
-    if (!LD && !LB)
-        return merge_adaptable(module) && peft_module_targeted(&m->a, module)
-                   ? merge_missing(m, module, "vera_lambda_d / vera_lambda_b", st)
-                   : 1;
-    const char *ap = m->a.tensors.path;
-    if (!peft_module_targeted(&m->a, module))
-        return err_status_set(st, "%s: tensor '%s' is for module '%s', which adapter_config.json does not "
-                                  "target (target_modules / exclude_modules / layers_to_transform)",
-                              ap, LD ? LD->name : LB->name, module);
-    if (!LD || !LB)
-        return err_status_set(st, "%s: module '%s' has %s but no %s", ap, module, LD ? LD->name : LB->name,
-                              LD ? "vera_lambda_b" : "vera_lambda_d");
-    const StTensor *chk[2] = {LD, LB};
-    const int64_t want[2] = {m->a.r, it->rows};
-    for (int i = 0; i < 2; i++) {
-        if (!merge_is_float(chk[i]->dtype))
-            return err_status_set(st, "%s: tensor '%s': dtype %s (expected F32, BF16 or F16)", ap, chk[i]->name,
-                                  st_dtype_name(chk[i]->dtype));
-        if (chk[i]->ndim != 1 || chk[i]->shape[0] != want[i]) {
-            char got[96], mshape[96];
-            merge_shape_str(chk[i], got, sizeof got);
-            merge_shape_str(it->t, mshape, sizeof mshape);
-            return err_status_set(st, "%s: tensor '%s' has shape %s, but it must be [%" PRId64 "] (r = %d, the model's "
-                                      "'%s' is %s): adapter for another model?",
-                                  ap, chk[i]->name, got, want[i], m->a.r, it->t->name, mshape);
-        }
-    }
-    if (!merge_is_float(it->t->dtype))
-        return err_status_set(st, "%s: tensor '%s': dtype %s cannot take an adapter", m->d.files[it->file].path,
-                              it->t->name, st_dtype_name(it->t->dtype));
-    it->LD = LD;
-    it->LB = LB;
-    it->r = m->a.r;
-    it->scale = 1.0f;
-    if (it->cols > m->vmi) m->vmi = it->cols;
-    if (it->rows > m->vmo) m->vmo = it->rows;
-    m->nadapted++;
-    m->nvera++;
-    return 1;
-}
-
-/* VeRA's projections after the plan: read whole from the file (base_model.vera_A / vera_B,
- * which must cover every adapted module), or, when the adapter does not save them (PEFT
- * then ignores any in the file), regenerated from projection_prng_key with the sizes PEFT's
- * _find_dim gives (the maxima over the targeted modules, each of which has lambdas). */
-static int merge_vera_projections(MergeCtx *m, unsigned char *used, ErrStatus *st) {
-    const char *ap = m->a.tensors.path;
-    const StTensor *tA = st_find(&m->a.tensors, "base_model.vera_A"), *tB = st_find(&m->a.tensors, "base_model.vera_B");
-    const StTensor *base = m->a.tensors.tensors;
-    const int r = m->a.r;
-    if (tA) used[tA - base] = 1;
-    if (tB) used[tB - base] = 1;
-    if (!m->a.save_projection) { /* PEFT's buffers are then not loaded from the file: regenerated */
-        m->vA = malloc((size_t)r * (size_t)m->vmi * sizeof(float));
-        m->vB = malloc((size_t)m->vmo * (size_t)r * sizeof(float));
-        SL_CHECK(m->vA && m->vB, "out of memory");
-        vera_proj_fill(m->vA, m->vB, m->a.projection_prng_key, r, m->vmi, m->vmo);
-        return 1;
-    }
-    if (!tA && !tB)
-        return err_status_set(st, "%s: save_projection is true but base_model.vera_A and base_model.vera_B are "
-                                  "absent (PEFT refuses such a file too)", ap);
-    if (!tA || !tB)
-        return err_status_set(st, "%s: %s without %s: the file is incomplete", ap,
-                              tA ? "base_model.vera_A" : "base_model.vera_B", tA ? "base_model.vera_B" : "base_model.vera_A");
-    if (tA->ndim != 2 || tA->shape[0] != r || tA->shape[1] < m->vmi || tB->ndim != 2 || tB->shape[1] != r ||
-        tB->shape[0] < m->vmo || !merge_is_float(tA->dtype) || !merge_is_float(tB->dtype)) {
-        char ga[96], gb[96];
-        merge_shape_str(tA, ga, sizeof ga);
-        merge_shape_str(tB, gb, sizeof gb);
-        return err_status_set(st, "%s: base_model.vera_A %s %s and base_model.vera_B %s %s do not cover r = %d and the "
-                                  "adapted modules (need [%d, >= %" PRId64 "] and [>= %" PRId64 ", %d], float)",
-                              ap, ga, st_dtype_name(tA->dtype), gb, st_dtype_name(tB->dtype), r, r, m->vmi, m->vmo, r);
-    }
-    m->vmi = tA->shape[1];
-    m->vmo = tB->shape[0];
-    m->vA = malloc((size_t)r * (size_t)m->vmi * sizeof(float));
-    m->vB = malloc((size_t)m->vmo * (size_t)r * sizeof(float));
-    SL_CHECK(m->vA && m->vB, "out of memory");
-    return st_read_all(&m->a.tensors, tA, ST_F32, m->vA, st) && st_read_all(&m->a.tensors, tB, ST_F32, m->vB, st);
-}
-
-/* Looks up the adapter tensors of a linear's weight and checks them (names every key). */
+/* Asks the kind about a linear's weight: its adapter tensors, checked (names every key). */
 static int merge_plan_linear(MergeCtx *m, MergeItem *it, unsigned char *used, ErrStatus *st) {
     const StTensor *t = it->t;
     size_t n = strlen(t->name);
     if (t->ndim != 2 || n < 8 || strcmp(t->name + n - 7, ".weight") != 0) return 1;
-    char module[1024];
-    if (n - 7 >= sizeof module) return 1;
-    memcpy(module, t->name, n - 7);
-    module[n - 7] = 0;
-    if (m->a.vera) return merge_plan_vera(m, it, used, module, st);
-    const StTensor *A = peft_tensor(&m->a, module, "lora_A");
-    const StTensor *B = peft_tensor(&m->a, module, "lora_B");
-    const StTensor *M = peft_tensor(&m->a, module, "lora_magnitude_vector");
-    const StTensor *base = m->a.tensors.tensors;
-    if (A) used[A - base] = 1;
-    if (B) used[B - base] = 1;
-    if (M) used[M - base] = 1;
-    if (!A && !B && !M)
-        return merge_adaptable(module) && peft_module_targeted(&m->a, module)
-                   ? merge_missing(m, module, "lora_A / lora_B", st)
-                   : 1;
-    const char *ap = m->a.tensors.path;
-    /* PEFT would not put a layer there and would drop these tensors with a warning; a merge
-     * that silently did the same would hide a mismatched adapter */
-    if (!peft_module_targeted(&m->a, module))
-        return err_status_set(st, "%s: tensor '%s' is for module '%s', which adapter_config.json does not "
-                                  "target (target_modules / exclude_modules / layers_to_transform)",
-                              ap, A ? A->name : B ? B->name : M->name, module);
-    if (!A || !B)
-        return err_status_set(st, "%s: module '%s' has %s but no %s", ap, module,
-                              A ? A->name : B ? B->name : M->name, A ? "lora_B" : "lora_A");
-    if (M && !m->a.use_dora)
-        return err_status_set(st, "%s: tensor '%s': a DoRA magnitude, but adapter_config.json has use_dora false",
-                              ap, M->name);
-    if (!M && m->a.use_dora)
-        return err_status_set(st, "%s: module '%s' has no lora_magnitude_vector, but adapter_config.json has use_dora true",
-                              ap, module);
-    int r = 0;
-    double alpha = 0;
-    peft_module_rank(&m->a, module, &r, &alpha);
-    char got[96], mshape[96];
-    merge_shape_str(t, mshape, sizeof mshape);
-    const StTensor *chk[3] = {A, B, M};
-    for (int i = 0; i < 3; i++) {
-        if (!chk[i]) continue;
-        if (!merge_is_float(chk[i]->dtype))
-            return err_status_set(st, "%s: tensor '%s': dtype %s (expected F32, BF16 or F16)", ap,
-                                  chk[i]->name, st_dtype_name(chk[i]->dtype));
-        merge_shape_str(chk[i], got, sizeof got);
-        int64_t want0 = i == 0 ? r : it->rows, want1 = i == 0 ? it->cols : r;
-        int good = i == 2 ? (chk[i]->ndim == 1 && chk[i]->shape[0] == it->rows)
-                          : (chk[i]->ndim == 2 && chk[i]->shape[0] == want0 && chk[i]->shape[1] == want1);
-        if (good) continue;
-        char want[96];
-        if (i == 2)
-            snprintf(want, sizeof want, "[%" PRId64 "]", it->rows);
-        else
-            snprintf(want, sizeof want, "[%" PRId64 ", %" PRId64 "]", want0, want1);
-        return err_status_set(st,
-                              "%s: tensor '%s' has shape %s, but the model's '%s' is %s, so it must be "
-                              "%s (r = %d for this module): adapter for another model?",
-                              ap, chk[i]->name, got, t->name, mshape, want, r);
-    }
-    if (!merge_is_float(t->dtype))
-        return err_status_set(st, "%s: tensor '%s': dtype %s cannot take an adapter", m->d.files[it->file].path,
-                              t->name, st_dtype_name(t->dtype));
-    it->A = A;
-    it->B = B;
-    it->M = M;
-    it->r = r;
-    it->scale = (float)(m->a.use_rslora ? alpha / sqrt((double)r) : alpha / (double)r);
-    m->nadapted++;
-    m->ndora += M != NULL;
+    if (n - 7 >= 1024) return 1;
+    it->module = str_ndup(t->name, n - 7);
+    it->am.module = it->module;
+    it->am.w = t;
+    it->am.w_path = m->d.files[it->file].path;
+    it->am.rows = it->rows;
+    it->am.cols = it->cols;
+    if (!m->kio->merge_plan(&it->am, &m->a, used, st)) return 0;
+    m->nadapted += it->am.adapted;
     return 1;
 }
 
@@ -354,7 +172,6 @@ static int merge_cmp_begin(const void *x, const void *y) {
     return (a->t->begin > b->t->begin) - (a->t->begin < b->t->begin);
 }
 
-/* A weight file's name relative to the model directory (as the index names it). */
 static const char *merge_file_name(const MergeCtx *m, int f) {
     size_t n = strlen(m->d.dir);
     return m->d.files[f].path + n + (n > 0 && m->d.dir[n - 1] != '/');
@@ -388,8 +205,26 @@ static int merge_plan(MergeCtx *m, ErrStatus *st) {
     }
     qsort(m->items, (size_t)m->nitems, sizeof *m->items, merge_cmp_begin);
     int ok = 1;
+    m->kind = adio_kind_of_peft(&m->a);
+    m->kio = m->kind->io;
+    if (!m->kio || !m->kio->merge_plan) {
+        char names[256] = "", *p = names;
+        for (int i = 0; adapter_kind_at(i); i++) {
+            const AdapterKind *k = adapter_kind_at(i);
+            if (k->io && k->io->merge_plan)
+                p += snprintf(p, sizeof names - (size_t)(p - names), "%s%s", p == names ? "" : "|", k->name);
+        }
+        ok = err_status_set(st, "%s: adapter kind '%s' cannot be merged by this build (mergeable: %s)",
+                            m->a.tensors.path, m->kind->name, names);
+    }
     for (int i = 0; ok && i < m->nitems; i++) ok = merge_plan_linear(m, &m->items[i], used, st);
-    if (ok && m->a.vera && m->nvera > 0) ok = merge_vera_projections(m, used, st);
+    if (ok && m->nadapted > 0 && m->kio->merge_shared) {
+        AdioMergeItem *am = malloc(sizeof *am * (size_t)(m->nitems ? m->nitems : 1));
+        SL_CHECK(am, "out of memory");
+        for (int i = 0; i < m->nitems; i++) am[i] = m->items[i].am;
+        ok = m->kio->merge_shared(&m->a, am, m->nitems, used, &m->shared, &m->shared_bytes, st);
+        free(am);
+    }
     for (int i = 0; ok && i < m->a.tensors.ntensors; i++)
         if (!used[i])
             ok = err_status_set(st,
@@ -412,25 +247,21 @@ static int64_t merge_chunk_rows(const MergeCtx *m, const MergeItem *it) {
 }
 
 static void merge_alloc(MergeCtx *m) {
-    size_t work = 0, raw = 0, a = 0, b = 0, mm = 0;
+    size_t work = 0, raw = 0, ib = 0, rb = 0;
     uint64_t stage = 0;
     for (int i = 0; i < m->nitems; i++) {
         const MergeItem *it = &m->items[i];
         m->slice_bytes += (uint64_t)it->nr * it->row_bytes;
         if (it->nr == 0) continue;
-        if (it->A || it->LD) {
+        if (it->am.adapted) {
             size_t cr = (size_t)merge_chunk_rows(m, it);
             if (cr * (size_t)it->cols > work) work = cr * (size_t)it->cols;
             if (it->t->dtype != ST_F32 && cr * (size_t)it->cols * 2 > raw) raw = cr * (size_t)it->cols * 2;
-            /* VeRA: A's floats, then lambda_d [r] */
-            const size_t af = (size_t)it->r * (size_t)it->cols + (it->LD ? (size_t)it->r : 0);
-            if (af > a) a = af;
-            if (cr * (size_t)it->r > b) b = cr * (size_t)it->r;
-            if ((it->M || it->LB) && cr > mm) mm = cr;
-            const StTensor *in[4] = {it->A, it->B, it->M ? it->M : it->LD, it->LB};
+            if (it->am.item_floats > ib) ib = it->am.item_floats;
+            if (cr * it->am.row_floats > rb) rb = cr * it->am.row_floats;
             if (it->t->dtype != ST_F32) stage = MERGE_ST_STAGE;
-            for (int k = 0; k < 4; k++)
-                if (in[k] && in[k]->dtype != ST_F32) stage = MERGE_ST_STAGE;
+            for (int k = 0; k < 3; k++)
+                if (it->am.t[k] && it->am.t[k]->dtype != ST_F32) stage = MERGE_ST_STAGE;
         } else {
             uint64_t c = (uint64_t)it->nr * it->row_bytes;
             if (c > (uint64_t)m->o.chunk_bytes) c = (uint64_t)m->o.chunk_bytes;
@@ -444,28 +275,25 @@ static void merge_alloc(MergeCtx *m) {
     mem_init(&m->mem, MEM_PIN_OFF);
     m->work_floats = work;
     m->raw_bytes = raw;
-    m->a_floats = a;
-    m->b_floats = b;
-    m->m_floats = mm;
+    m->ibuf_floats = ib;
+    m->rbuf_floats = rb;
     m->stage_bytes = stage;
     m->work = mem_alloc(&m->mem, MEM_OTHER, work * sizeof(float));
     m->raw = mem_alloc(&m->mem, MEM_OTHER, raw);
-    m->abuf = mem_alloc(&m->mem, MEM_OTHER, a * sizeof(float));
-    m->bbuf = mem_alloc(&m->mem, MEM_OTHER, b * sizeof(float));
-    m->mbuf = mem_alloc(&m->mem, MEM_OTHER, mm * sizeof(float));
+    m->ibuf = mem_alloc(&m->mem, MEM_OTHER, ib * sizeof(float));
+    m->rbuf = mem_alloc(&m->mem, MEM_OTHER, rb * sizeof(float));
 }
 
 static uint64_t merge_buffer_bytes(const MergeCtx *m) {
-    return (uint64_t)(m->work_floats + m->a_floats + m->b_floats + m->m_floats) * sizeof(float) +
-           m->raw_bytes + m->stage_bytes + (uint64_t)m->a.r * (uint64_t)(m->vmi + m->vmo) * (m->vA ? sizeof(float) : 0);
+    return (uint64_t)(m->work_floats + m->ibuf_floats + m->rbuf_floats) * sizeof(float) + m->raw_bytes +
+           m->stage_bytes + m->shared_bytes;
 }
 
 static void merge_free(MergeCtx *m) {
     mem_free(&m->mem, MEM_OTHER, m->work, m->work_floats * sizeof(float));
     mem_free(&m->mem, MEM_OTHER, m->raw, m->raw_bytes);
-    mem_free(&m->mem, MEM_OTHER, m->abuf, m->a_floats * sizeof(float));
-    mem_free(&m->mem, MEM_OTHER, m->bbuf, m->b_floats * sizeof(float));
-    mem_free(&m->mem, MEM_OTHER, m->mbuf, m->m_floats * sizeof(float));
+    mem_free(&m->mem, MEM_OTHER, m->ibuf, m->ibuf_floats * sizeof(float));
+    mem_free(&m->mem, MEM_OTHER, m->rbuf, m->rbuf_floats * sizeof(float));
     for (int f = 0; m->fd && f < m->d.nfiles; f++) {
         if (m->fd[f] >= 0) close(m->fd[f]);
         free(m->tmp[f]);
@@ -474,9 +302,9 @@ static void merge_free(MergeCtx *m) {
     free(m->fd);
     free(m->tmp);
     free(m->dst);
+    for (int i = 0; i < m->nitems; i++) free(m->items[i].module);
     free(m->items);
-    free(m->vA);
-    free(m->vB);
+    if (m->shared && m->kio->merge_shared_free) m->kio->merge_shared_free(m->shared);
     if (m->a_open) peft_close(&m->a);
     if (m->d_open) st_dir_close(&m->d);
 }
@@ -635,43 +463,25 @@ static int merge_item(MergeCtx *m, const MergeItem *it, int *code, ErrStatus *st
     StFile *sf = &m->d.files[it->file];
     const int fd = m->fd[it->file];
     const char *out = m->tmp[it->file];
-    if (!it->A && !it->LD)
+    if (!it->am.adapted)
         return merge_copy_range(m, sf->fd, sf->path, fd, out, it->t->begin + (uint64_t)it->r0 * it->row_bytes,
                                 (uint64_t)it->nr * it->row_bytes, st);
-    StFile *af = &m->a.tensors;
-    const int64_t r = it->r;
-    if (it->LD) {
-        /* VeRA as a rank-r LoRA with s = 1: A = lambda_d ⊙ vera_A[:, :cols] (row k scaled by
-         * lambda_d[k]), B rows = lambda_b[o] ⊙ vera_B[o] (PEFT's get_delta_weight products) */
-        float *ld = m->abuf + r * it->cols;
-        if (!st_read_all(af, it->LD, ST_F32, ld, st)) return 0;
-        for (int64_t k = 0; k < r; k++)
-            for (int64_t i = 0; i < it->cols; i++) m->abuf[k * it->cols + i] = ld[k] * m->vA[k * m->vmi + i];
-    } else if (!st_read_all(af, it->A, ST_F32, m->abuf, st)) {
-        return 0;
-    }
+    const AdioMergeItem *am = &it->am;
+    if (!m->kio->merge_begin(am, &m->a, m->shared, m->ibuf, st)) return 0;
     const int64_t cr = merge_chunk_rows(m, it), end = it->r0 + it->nr;
     for (int64_t row = it->r0; row < end; row += cr) {
         const int64_t k = end - row < cr ? end - row : cr;
         const size_t n = (size_t)(k * it->cols);
         if (!st_read_slice(sf, it->t, row, k, 0, it->cols, ST_F32, m->work, st)) return 0;
-        if (it->LB) {
-            if (!st_read_slice(af, it->LB, 0, 1, row, k, ST_F32, m->mbuf, st)) return 0;
-            for (int64_t o = 0; o < k; o++)
-                for (int64_t q = 0; q < r; q++) m->bbuf[o * r + q] = m->mbuf[o] * m->vB[(row + o) * r + q];
-        } else if (!st_read_slice(af, it->B, row, k, 0, it->r, ST_F32, m->bbuf, st) ||
-                   (it->M && !st_read_slice(af, it->M, 0, 1, row, k, ST_F32, m->mbuf, st))) {
-            return 0;
-        }
-        int64_t bad = stm_merge_rows(m->work, k, it->cols, m->abuf, m->bbuf, it->r, it->scale,
-                                     it->M ? m->mbuf : NULL, (int)m->o.threads);
+        const int64_t bad =
+            m->kio->merge_rows(am, &m->a, m->shared, m->ibuf, m->rbuf, m->work, row, k, (int)m->o.threads, st);
+        if (bad < 0) return 0;
         if (bad) {
             *code = EXIT_BAD_INPUT;
             return err_status_set(st,
                                   "%s: tensor '%s': %" PRId64 " merged row(s) in [%" PRId64 ", %" PRId64
                                   ") are not finite%s; the adapter (%s) seems broken",
-                                  sf->path, it->t->name, bad, row, row + k,
-                                  it->M ? " or have a zero norm" : "", it->A ? it->A->name : it->LD->name);
+                                  sf->path, it->t->name, bad, row, row + k, am->bad_note, am->t[0]->name);
         }
         const void *src = m->work;
         if (it->t->dtype != ST_F32) {
@@ -737,7 +547,7 @@ static int merge_summary(MergeCtx *m, double seconds, uint64_t rss_start, ErrSta
              (double)mine[MS_READ] / 1e6, (double)mine[MS_WRITTEN] / 1e6);
     int64_t *all = m->g->world_rank == 0 ? malloc(sizeof *all * MS_N * (size_t)m->g->world_size) : NULL;
     SL_CHECK(m->g->world_rank != 0 || all, "out of memory");
-    MPI_Gather(mine, MS_N, MPI_INT64_T, all, MS_N, MPI_INT64_T, 0, m->g->world);
+    grid_gather(m->g, m->g->world, mine, sizeof mine, all, 0, GRID_BYTES_OTHER);
     if (m->g->world_rank != 0) return 1;
     json_t *j = json_object(), *ranks = json_array();
     json_object_set_new(j, "model", json_string(m->o.model));
@@ -748,8 +558,14 @@ static int merge_summary(MergeCtx *m, double seconds, uint64_t rss_start, ErrSta
     json_object_set_new(j, "files", json_integer(m->d.nfiles));
     json_object_set_new(j, "tensors", json_integer(m->nitems));
     json_object_set_new(j, "adapted_tensors", json_integer(m->nadapted));
-    json_object_set_new(j, "dora_tensors", json_integer(m->ndora));
-    json_object_set_new(j, "vera_tensors", json_integer(m->nvera));
+    /* per registered kind besides plain LoRA: how many of the adapted tensors are of it */
+    for (int i = 0; adapter_kind_at(i); i++) {
+        const AdapterKind *k = adapter_kind_at(i);
+        if (strcmp(k->name, "lora") == 0) continue;
+        char key[48];
+        snprintf(key, sizeof key, "%s_tensors", k->name);
+        json_object_set_new(j, key, json_integer(k == m->kind ? m->nadapted : 0));
+    }
     json_object_set_new(j, "total_bytes", json_integer((json_int_t)m->total_bytes));
     json_object_set_new(j, "seconds", json_real(seconds));
     json_object_set_new(j, "mb_per_s", json_real(seconds > 0 ? (double)m->total_bytes / 1e6 / seconds : 0));
@@ -782,6 +598,29 @@ static int merge_finish(Grid *g, int code) {
     return code;
 }
 
+/* --help's description, with the kinds this build merges and their formulas from the
+ * registry (each io listed once: lora-fa shares LoRA's). malloc'd. */
+static char *merge_about(void) {
+    char *kinds = str_dup("");
+    for (int i = 0; adapter_kind_at(i); i++) {
+        const AdioKindIo *io = adapter_kind_at(i)->io;
+        int seen = 0;
+        for (int j = 0; j < i; j++) seen |= adapter_kind_at(j)->io == io;
+        if (seen || !io || !io->merge_plan) continue;
+        char *k = str_printf("%s%s%s: %s", kinds, *kinds ? "; " : "", adapter_kind_at(i)->name,
+                             io->merge_help ? io->merge_help : "its own formula");
+        free(kinds);
+        kinds = k;
+    }
+    char *about = str_printf("Merge a PEFT adapter into the model's weights as PEFT merges it (%s) and write a complete "
+                             "Hugging Face model directory with the same files, tensors and dtypes. Any number of "
+                             "ranks: each streams its rows of every tensor with positioned writes, so no rank holds "
+                             "more than a chunk. Writes OUT/merge-summary.json (peak RSS and bytes per rank).",
+                             kinds);
+    free(kinds);
+    return about;
+}
+
 int cmd_merge(int argc, char **argv) {
     MergeOpts o = {NULL, NULL, NULL, 64 * MERGE_MIB, 1, 0};
     ArgSpec specs[] = {
@@ -790,8 +629,9 @@ int cmd_merge(int argc, char **argv) {
         {"out", ARG_STR, &o.out, "DIR", "output model directory (refused if it exists, unless --force)", 1, 0},
         {"chunk-bytes", ARG_INT, &o.chunk_bytes, "N",
          "bytes per working buffer: rows are merged in F32 chunks of at most N bytes (at least one row) and "
-         "copied in pieces of at most N bytes; a rank's memory is about 2N plus one lora_A (VeRA: plus both "
-         "shared projections, r x (max_in + max_out) floats)", 0, 0},
+         "copied in pieces of at most N bytes; a rank's memory is about 2N plus the kind's buffers: one "
+         "adapter tensor per weight (e.g. lora_A) and what every weight shares (e.g. VeRA's projections, "
+         "r x (max_in + max_out) floats)", 0, 0},
         {"threads", ARG_INT, &o.threads, "N", "threads per rank for the merge arithmetic (the work is mostly I/O)", 0, 0},
         {"force", ARG_BOOL, &o.force, NULL, "write into an existing --out (its model files are replaced)", 0, 0},
     };
@@ -799,13 +639,11 @@ int cmd_merge(int argc, char **argv) {
     Grid g;
     int help = 0;
     ErrStatus st;
-    int ok = mpicmd_start(&g, &argc, &argv, specs, nspecs, "[mpirun -np N] shardlora merge --model DIR --adapter DIR --out DIR [options]",
-                           "Merge a PEFT LoRA / DoRA / VeRA adapter into the model's weights (W + s·B A; DoRA: "
-                           "m ⊙ (W + s·B A) / ||W + s·B A||; VeRA: W + (lambda_b ⊙ B)(lambda_d ⊙ A)) and write a complete Hugging Face model "
-                           "directory with the same files, tensors and dtypes. Any number of ranks: each "
-                           "streams its rows of every tensor with positioned writes, so no rank holds "
-                           "more than a chunk. Writes OUT/merge-summary.json (peak RSS and bytes per rank).",
-                           &help, &st);
+    char *about = merge_about();
+    int ok = mpicmd_start(&g, &argc, &argv, specs, nspecs,
+                          "[mpirun -np N] shardlora merge --model DIR --adapter DIR --out DIR [options]", about, &help,
+                          &st);
+    free(about);
     if (ok && help) {
         args_free(specs, nspecs);
         return merge_finish(&g, 0);
@@ -850,10 +688,11 @@ int cmd_merge(int argc, char **argv) {
         printf("configuration:\n");
         args_print_resolved(stdout, specs, nspecs);
         printf("merge: %d ranks; model %s: %d file%s, %d tensors, %.1f MB; adapter %s: r %d, alpha %g, "
-               "%s%s%s%d adapted linears (%d DoRA), %d rank_pattern / %d alpha_pattern keys\n",
+               "%s%s%s%d adapted linears (%s), %d rank_pattern / %d alpha_pattern keys\n",
                g.world_size, o.model, m.d.nfiles, m.d.nfiles > 1 ? "s" : "", m.nitems,
                (double)m.total_bytes / 1e6, o.adapter, m.a.r, m.a.lora_alpha,
-               m.a.use_rslora ? "rsLoRA, " : "", m.a.use_dora ? "DoRA, " : "", m.a.vera ? "VeRA, " : "", m.nadapted, m.ndora,
+               m.a.use_rslora ? "rsLoRA, " : "", m.kind->title ? m.kind->title : "", m.kind->title ? ", " : "",
+               m.nadapted, m.kind->name,
                m.a.nrank_pattern, m.a.nalpha_pattern);
         fflush(stdout);
     }

@@ -16,6 +16,7 @@
 
 #include "../io/afile.h"
 #include "../io/peft.h"
+#include "../model/adapter_init.h"
 #include "../model/adapter_io.h"
 #include "../model/sched.h"
 #include "../runtime/log.h"
@@ -52,7 +53,7 @@ typedef struct {
     ArgSpec specs[TRAIN_MAX_SPECS];
     int nspecs, argc;
     char **argv;
-    char kinds_help[512];
+    char kinds_help[512], inits_help[768]; /* --adapter, --init: from the registries */
     Grid g;
     Session s;
     TrainData data;
@@ -122,6 +123,10 @@ static void train_spec_table(TrainRun *r) {
              "%s (the kinds this build has; lora-fa is PEFT's LoRA-FA optimizer: A frozen after init, "
              "B's gradient projected by (1/s^2) pinv(A A^T + 1e-8 I) before the update)",
              names);
+    size_t off = 0;
+    for (int i = 0; adapter_init_at(i) && off < sizeof r->inits_help; i++)
+        off += (size_t)snprintf(r->inits_help + off, sizeof r->inits_help - off, "%s%s (%s)", i ? " | " : "",
+                                adapter_init_at(i)->name, adapter_init_at(i)->help);
     const ArgSpec specs[] = {
         {"eval-data", ARG_STRS, &o->eval_data, "FILE", "JSONL evaluation data (same formats)", 0, 0},
         {"eval-split", ARG_FLOAT, &o->eval_split, "FRAC", "hold out this fraction of the training documents for evaluation (when no --eval-data)", 0, 0},
@@ -132,7 +137,7 @@ static void train_spec_table(TrainRun *r) {
         {"lora-dropout", ARG_FLOAT, &o->dropout, "P", "dropout on the LoRA input, in [0, 1)", 0, 0},
         {"use-rslora", ARG_BOOL, &o->rslora, NULL, "rsLoRA scale alpha / sqrt(r)", 0, 0},
         {"adapter", ARG_STR, &o->adapter_kind, "KIND", r->kinds_help, 0, 0},
-        {"init", ARG_STR, &o->init, "KIND", "default (A ~ U(+-1/sqrt(in))) | gaussian (A ~ N(0, 1/r)); B = 0 | pissa (top-r singular vectors of W, base replaced by the residual)", 0, 0},
+        {"init", ARG_STR, &o->init, "KIND", r->inits_help, 0, 0},
         {"lora-init", ARG_STR, &o->lora_init, "KIND", "alias of --init", 0, 0},
         {"pissa-iters", ARG_INT, &o->pissa_iters, "N", "--init pissa: power iterations of the randomized SVD", 0, 0},
         {"loraplus-ratio", ARG_FLOAT, &o->loraplus_ratio, "X", "LoRA+: lora_B's learning rate = X x lora_A's (paper default 16; 0: off)", 0, 0},
@@ -214,19 +219,21 @@ static int train_check_opts(void *ctx, ErrStatus *st) {
     if (ok && o->init && strcmp(o->lora_init, "default") && strcmp(o->lora_init, o->init))
         ok = err_status_set(st, "--init %s and --lora-init %s disagree", o->init, o->lora_init);
     if (ok && o->init) o->lora_init = o->init;
-    if (ok && !adapter_init_known(o->lora_init))
-        ok = err_status_set(st, "--init '%s': expected default, gaussian or pissa", o->lora_init);
+    char names[256], why[256];
+    if (ok && !adapter_init_by_name(o->lora_init)) {
+        adapter_init_names(names, sizeof names);
+        ok = err_status_set(st, "--init '%s': expected one of %s", o->lora_init, names);
+    }
     if (ok && !adapter_kind_by_name(o->adapter_kind)) {
-        char names[256];
         adapter_kind_names(names, sizeof names);
         ok = err_status_set(st, "--adapter '%s': expected one of %s", o->adapter_kind, names);
     }
-    if (ok && strcmp(o->lora_init, "pissa") == 0 && strcmp(o->adapter_kind, "lora") && strcmp(o->adapter_kind, "lora-fa"))
-        ok = err_status_set(st, "--init pissa needs --adapter lora or lora-fa");
-    /* VeRA's shared projections have their own init (PEFT's kaiming); the model card would
-     * name an init the run did not use */
-    if (ok && strcmp(o->lora_init, "gaussian") == 0 && strcmp(o->adapter_kind, "vera") == 0)
-        ok = err_status_set(st, "--init gaussian does not apply to --adapter vera (VeRA initialises its own projections)");
+    /* e.g. PiSSA needs LoRA's plain factors; VeRA's shared projections have their own init
+     * (PEFT's kaiming), so the model card would name an init the run did not use */
+    const char *bad = ok ? adapter_init_compat(adapter_init_by_name(o->lora_init),
+                                               adapter_kind_by_name(o->adapter_kind), why, sizeof why)
+                         : NULL;
+    if (bad) ok = err_status_set(st, "--init %s %s", o->lora_init, bad);
     if (ok && o->pissa_iters < 0) ok = err_status_set(st, "--pissa-iters must be >= 0");
     if (ok && !(o->loraplus_ratio >= 0 && isfinite(o->loraplus_ratio)))
         ok = err_status_set(st, "--loraplus-ratio must be a finite number >= 0");
@@ -337,7 +344,7 @@ static int train_open(TrainRun *r) {
                              sizeof r->init_targets);
     } else {
         adio_cfg_uniform(&r->ac, r->s.m.L, r->acfg.targets, (int)o->r, o->alpha, o->rslora, o->dropout,
-                         strcmp(o->lora_init, "gaussian") == 0, o->run.model);
+                         o->lora_init, o->run.model);
         r->have_ac = 1;
     }
     r->out_existed = access(o->out, F_OK) == 0;
@@ -402,17 +409,16 @@ static int train_init_adapters(TrainRun *r) {
         acfg->dropout = (float)o->dropout;
     }
     snprintf(acfg->kind, sizeof acfg->kind, "%s", o->adapter_kind);
-    acfg->init_gaussian = strcmp(o->lora_init, "gaussian") == 0;
-    acfg->init_pissa = strcmp(o->lora_init, "pissa") == 0;
-    acfg->pissa_iters = acfg->init_pissa ? (int)o->pissa_iters : 0;
-    acfg->loraplus_ratio = (float)o->loraplus_ratio;
+    snprintf(acfg->init, sizeof acfg->init, "%s", o->lora_init);
+    /* settings of the initialisation / the kind (ignored by those without them) */
+    adapter_cfg_set_option(acfg, "pissa_iters", (double)o->pissa_iters);
+    adapter_cfg_set_option(acfg, "loraplus_ratio", o->loraplus_ratio);
     acfg->seed = o->seed;
     /* the checkpoint's adapter JSON keeps the kind and these settings */
     snprintf(r->ac.acfg.kind, sizeof r->ac.acfg.kind, "%s", acfg->kind);
-    r->ac.acfg.init_gaussian = acfg->init_gaussian;
-    r->ac.acfg.init_pissa = acfg->init_pissa;
-    r->ac.acfg.pissa_iters = acfg->pissa_iters;
-    r->ac.acfg.loraplus_ratio = acfg->loraplus_ratio;
+    snprintf(r->ac.acfg.init, sizeof r->ac.acfg.init, "%s", acfg->init);
+    r->ac.acfg.init_opts = acfg->init_opts;
+    r->ac.acfg.kind_opts = acfg->kind_opts;
     llama_init_adapters(m, acfg, &r->g, &r->s.mem);
     /* what the kind completed (VeRA: its projections' key and sizes) goes into the
      * checkpoints' adapter JSON; the per-slot ranks stay ac's */

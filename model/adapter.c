@@ -4,6 +4,7 @@
 
 #include "../runtime/philox.h"
 #include "adapter.h"
+#include "adapter_init.h"
 
 static const char *const adapter_module_names[MOD_NMODULES] = {
     "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
@@ -168,13 +169,15 @@ const AdapterKind *adapter_kind_by_name(const char *name) {
     return NULL;
 }
 
-/* Initialisations of the LoRA factors (pissa: model/pissa.c). */
-static const char *const adapter_inits[] = {"default", "gaussian", "pissa"};
+const AdapterKind *adapter_kind_at(int i) {
+    return i >= 0 && i < ADAPTER_NKINDS ? adapter_kinds[i] : NULL;
+}
 
-int adapter_init_known(const char *name) {
-    for (size_t i = 0; i < sizeof adapter_inits / sizeof adapter_inits[0]; i++)
-        if (strcmp(name, adapter_inits[i]) == 0) return 1;
-    return 0;
+int adapter_cfg_set_option(AdapterCfg *c, const char *key, double value) {
+    const AdapterKind *k = adapter_kind_by_name(c->kind);
+    const AdapterInit *ini = adapter_init_by_name(c->init[0] ? c->init : "default");
+    if (ini && ini->set_option && ini->set_option(&c->init_opts, key, value)) return 1;
+    return k && k->set_option && k->set_option(&c->kind_opts, key, value);
 }
 
 void adapter_kind_names(char *buf, size_t n) {

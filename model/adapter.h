@@ -1,7 +1,16 @@
-/* The adapter interface: an adapter kind (LoRA, and later its variants) is a table of
- * function pointers, one file per kind, so a new variant touches one file and one
- * registration line (adapter_kind_by_name). An AdapterSlot is one adapted module (a
- * Linear of one layer) with its parameters in the flat ParamTable.
+/* The adapter interface. An adapter kind (LoRA, LoRA-FA, DoRA, VeRA, ...) is a table of
+ * function pointers (AdapterKind), defined in one file under model/ and registered by one
+ * line in adapter.c's table; nothing outside its file knows its formulas or its settings:
+ *   - training: declare / init / alloc / release / forward / backward (+ optional step_begin,
+ *     out_scale, grad_post), on an AdapterSlot = one adapted Linear of one layer, whose
+ *     parameters live in the flat ParamTable;
+ *   - its own settings: AdapterCfg.kind_opts, bytes only the kind reads (set_option, and its
+ *     checkpoint JSON through io->cfg_json / cfg_from_json);
+ *   - merging: merge (generate --merge-in-memory, on this rank's shard) and io->merge_*
+ *     (`shardlora merge`, streamed from a PEFT file), sharing the kind's row formula;
+ *   - PEFT import / export: io (adapter_io.h).
+ * Initialisations of LoRA's factors (default, gaussian, pissa) are a second table with the
+ * same shape (adapter_init.h); AdapterCfg.init names one, init_opts holds its settings.
  *
  * Legend: N rows, r rank, no / ni local out / in of the module. */
 #ifndef SHARDLORA_MODEL_ADAPTER_H
@@ -9,8 +18,7 @@
 
 #include <stdint.h>
 
-#include <mpi.h>
-
+#include "../parallel/grid.h"
 #include "../runtime/gemm.h"
 #include "../runtime/mem.h"
 #include "linear.h"
@@ -24,28 +32,27 @@ typedef enum {
 const char *adapter_module_name(ModuleId m);  /* "q_proj", ... */
 const char *adapter_module_group(ModuleId m); /* "self_attn" or "mlp" */
 
+/* A kind's or an initialisation's own settings inside AdapterCfg: bytes that only their owner
+ * interprets (it memcpy's its own struct in and out: lora.c's LoRA+ ratio, vera.c's projection
+ * key and sizes, pissa.c's iterations); all zero means the owner's defaults. Plain bytes, so
+ * an AdapterCfg still copies by value. */
+#define ADAPTER_OPTS_BYTES 64
+typedef struct {
+    unsigned char b[ADAPTER_OPTS_BYTES];
+} AdapterOpts;
+
+/* What every kind shares; the rest is in kind_opts / init_opts. */
 typedef struct {
     char kind[16];          /* "lora", "lora-fa", "dora", "vera" (adapter_kind_by_name) */
+    char init[16];          /* initialisation (adapter_init_by_name); "" = "default" */
     int r;
     float alpha;
     int use_rslora;
     float dropout;
-    int init_gaussian;      /* --init gaussian: A ~ N(0, 1/r) as PEFT */
     unsigned targets;       /* bit per ModuleId */
     uint64_t seed;
-    /* LoRA+ (Hayou et al. 2024): B's learning rate = loraplus_ratio x A's; 0 or 1: off. */
-    float loraplus_ratio;
-    /* PiSSA (Meng et al. 2024): --init pissa, randomized SVD with pissa_iters power
-     * iterations (model/pissa.c). */
-    int init_pissa;
-    int pissa_iters;
-    /* VeRA (Kopiczko et al. 2024, model/vera.c): the shared projections' Philox key (PEFT's
-     * projection_prng_key) and dimensions vera_A [r, vera_max_in], vera_B [vera_max_out, r],
-     * fixed by an adapter (import, checkpoint JSON) when vera_keyed; otherwise the key is
-     * `seed` and the dimensions the maxima over the adapted modules (PEFT's _find_dim). */
-    int vera_keyed;
-    uint64_t vera_key;
-    int64_t vera_max_in, vera_max_out;
+    AdapterOpts kind_opts;  /* the kind's settings (AdapterKind.set_option) */
+    AdapterOpts init_opts;  /* the initialisation's settings (AdapterInit.set_option) */
     /* Per (layer, module) overrides, [L * MOD_NMODULES] or NULL (then r / alpha for every
      * target): PEFT's rank_pattern / alpha_pattern and layers_to_transform; slot_r = 0
      * leaves that module of that layer without an adapter. The caller keeps them alive. */
@@ -81,7 +88,8 @@ typedef struct AdapterSlot {
     const ParamTable *params;
     Linear *lin;            /* the adapted module: frozen shard lin->w [no, ni], lin->bias,
                              * lin->add_bias; set before declare / init */
-    MPI_Comm tp_comm;       /* the TP group (sums over row-parallel shards) */
+    Grid *grid;             /* counted collectives over grid->tp_comm (sums over row-parallel
+                             * shards); NULL when the model has no grid (tp = 1) */
     void *ext;              /* a kind's own per-slot state (owned by the kind), or NULL */
     void *shared;           /* the kind's model-wide state (AdapterKind.shared_new), or NULL */
     /* saved for backward / scratch, sized for N rows at setup */
@@ -94,11 +102,13 @@ typedef struct AdapterSlot {
     int64_t max_rows;
 } AdapterSlot;
 
+/* A kind: the required slots first, then the optional ones (NULL / 0 = not used). */
 typedef struct AdapterKind {
     const char *name;
     /* Declares this slot's tensors in the ParamTable (before params_finalize). */
     void (*declare)(AdapterSlot *s, ParamTable *pt);
-    /* Writes the initial values (after params_finalize), keyed by global coordinates. */
+    /* Writes the initial values (after params_finalize), keyed by global coordinates. A kind
+     * with LoRA factors calls the configured initialisation (adapter_init_of(s->cfg)). */
     void (*init)(AdapterSlot *s, ParamTable *pt);
     /* Allocates what forward saves for up to max_rows rows. */
     void (*alloc)(AdapterSlot *s, MemCtx *m, int64_t max_rows);
@@ -117,6 +127,13 @@ typedef struct AdapterKind {
     /* PEFT's peft_type of the exported adapter: "LORA" (lora, lora-fa, dora, pissa) or
      * "VERA"; NULL = "LORA". */
     const char *peft_type;
+    /* Non-NULL: the kind initialises its own tensors and has no LoRA factors for an
+     * initialisation to draw (only "default" applies); the text says so in errors, e.g.
+     * "VeRA initialises its own projections". */
+    const char *own_init;
+    /* Sets one of the kind's settings by name in o (AdapterCfg.kind_opts), e.g. LoRA's
+     * "loraplus_ratio"; returns 0 when the kind has no such setting. */
+    int (*set_option)(AdapterOpts *o, const char *key, double value);
     /* [no] factors multiplying the base output X W^T (not the bias) in lin_forward and dY of
      * the base path in lin_backward (DoRA's m / ||W + sBA||); NULL = 1. forward / backward
      * still get the unscaled dY and Y = scaled X W^T + bias. */
@@ -124,11 +141,14 @@ typedef struct AdapterKind {
     /* Once per optimizer step before the first forward, and before eval / generation
      * (DoRA: the norms). */
     void (*step_begin)(AdapterSlot *s, const AdapterEnv *env);
-    /* Rows [r0, r0 + nr) of this rank's shard [no, ni] in F32 (W points at row r0)
-     * replaced by the merged weight (generate --merge-in-memory). */
-    void (*merge)(const AdapterSlot *s, float *W, int64_t r0, int64_t nr);
-    /* PEFT export / import of this kind's keys: see adapter_io.h (AdioKindIo). NULL = plain
-     * LoRA keys (lora_A.weight, lora_B.weight). */
+    /* generate --merge-in-memory: rows [r0, r0 + nr) of this rank's shard [no, ni] in F32 (W
+     * points at row r0) replaced by the merged weight, with the row formula the kind's
+     * io->merge_rows (shardlora merge) uses. Called on every rank for every slot in the same
+     * order with the same blocks, so it may be collective over s->grid's tp_comm. NULL: the
+     * kind cannot be merged. */
+    void (*merge)(const AdapterSlot *s, const AdapterEnv *env, float *W, int64_t r0, int64_t nr);
+    /* PEFT export / import / streaming merge of this kind's keys: see adapter_io.h
+     * (AdioKindIo). NULL = plain LoRA keys (lora_A.weight, lora_B.weight), no merge. */
     const struct AdioKindIo *io;
     /* Model-wide state shared by every slot of one model (VeRA's projections): made once,
      * after every slot is declared and before init, from the declared slots; it may complete
@@ -149,17 +169,15 @@ extern const AdapterKind adapter_lora;   /* model/lora.c */
 extern const AdapterKind adapter_lorafa; /* model/lora.c (LoRA with A frozen) */
 extern const AdapterKind adapter_dora;   /* model/dora.c */
 extern const AdapterKind adapter_vera;   /* model/vera.c */
-/* PiSSA (model/pissa.c), --init pissa of the LoRA kinds: A [r, ni] and B [no, r] of slot s
- * from the top-r singular vectors of its frozen shard (collective over s->tp_comm), and
- * s->lin->w replaced by the residual W - s B A. Called by LoRA's init instead of the default
- * one. */
-void pissa_init(AdapterSlot *s, ParamTable *pt);
 /* NULL if unknown. */
 const AdapterKind *adapter_kind_by_name(const char *name);
-/* 1 if `name` is an initialisation this build has: "default", "gaussian", "pissa". */
-int adapter_init_known(const char *name);
+/* The i-th registered kind, NULL past the last (for listing them). */
+const AdapterKind *adapter_kind_at(int i);
 /* The registered kind names, "|"-separated, into buf (for help texts and errors). */
 void adapter_kind_names(char *buf, size_t n);
+/* Sets a setting of c's kind or of its initialisation by name (set_option of each; c->kind
+ * and c->init chosen first): 1 when one of them has it, 0 when neither does (c unchanged). */
+int adapter_cfg_set_option(AdapterCfg *c, const char *key, double value);
 /* Parse "q_proj,k_proj,..." or "all" into target bits; returns 0 and sets st on error. */
 int adapter_parse_targets(const char *s, unsigned *targets, ErrStatus *st);
 /* LoRA dropout (every kind's): Xd = X ⊙ keep with keep 0 or 1/(1-p), PEFT's nn.Dropout on

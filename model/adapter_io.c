@@ -13,12 +13,8 @@
 #include "../io/afile.h"
 #include "../io/safetensors.h"
 #include "../runtime/err.h"
-
-static char *adio_strdup(const char *s) {
-    char *d = strdup(s ? s : "");
-    SL_CHECK(d, "out of memory");
-    return d;
-}
+#include "../runtime/str.h"
+#include "adapter_init.h"
 
 /* A growing string. */
 typedef struct {
@@ -39,8 +35,7 @@ static void adio_printf(AdioBuf *b, const char *fmt, ...) {
             return;
         }
         b->cap = (b->cap + (size_t)k + 1) * 2;
-        b->s = realloc(b->s, b->cap);
-        SL_CHECK(b->s, "out of memory");
+        b->s = str_xrealloc(b->s, b->cap);
         if (b->n == 0) b->s[0] = 0;
     }
 }
@@ -50,29 +45,47 @@ static void adio_module_name(char *buf, size_t n, int64_t layer, int module) {
              adapter_module_name((ModuleId)module));
 }
 
-static void adio_shape_str(char *buf, size_t n, const StTensor *t) {
+void adio_shape_str(char *buf, size_t n, const StTensor *t) {
     size_t o = (size_t)snprintf(buf, n, "[");
     for (int i = 0; i < t->ndim && o < n; i++)
         o += (size_t)snprintf(buf + o, n - o, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
     if (o < n) snprintf(buf + o, n - o, "]");
 }
 
+/* The PEFT hooks of c's initialisation and of its kind (either may be NULL). */
+static const AdioKindIo *adio_init_io(const AdioCfg *c) {
+    return adapter_init_of(&c->acfg)->io;
+}
+
+static const AdioKindIo *adio_kind_io(const AdioCfg *c) {
+    const AdapterKind *kd = adapter_kind_by_name(c->acfg.kind);
+    return kd ? kd->io : NULL;
+}
+
+/* adapter_config.json's fields of the initialisation (PiSSA: r, alpha of the conversion),
+ * then of the kind, after the common ones. */
+static void adio_peft_config_hooks(const AdioCfg *c, PeftConfig *pc) {
+    const AdioKindIo *io[2] = {adio_init_io(c), adio_kind_io(c)};
+    for (int k = 0; k < 2; k++)
+        if (io[k] && io[k]->peft_config) io[k]->peft_config(c, pc);
+}
+
 /* ------------------------------------------------------------------------ configurations */
 
 void adio_cfg_uniform(AdioCfg *c, int64_t L, unsigned targets, int r, double alpha, int use_rslora,
-                      double dropout, int init_gaussian, const char *base_model) {
+                      double dropout, const char *init, const char *base_model) {
     memset(c, 0, sizeof *c);
     snprintf(c->acfg.kind, sizeof c->acfg.kind, "lora");
     c->acfg.r = r;
     c->acfg.alpha = (float)alpha;
     c->acfg.use_rslora = use_rslora;
     c->acfg.dropout = (float)dropout;
-    c->acfg.init_gaussian = init_gaussian;
+    snprintf(c->acfg.init, sizeof c->acfg.init, "%s", init ? init : "default");
     c->acfg.targets = targets;
     c->L = L;
     c->alpha = alpha;
     c->dropout = dropout;
-    c->base_model = adio_strdup(base_model);
+    c->base_model = str_dup(base_model ? base_model : "");
 }
 
 void adio_cfg_free(AdioCfg *c) {
@@ -168,14 +181,18 @@ static int adio_parse_key(const char *name, int64_t L, int64_t *layer, int *modu
     return 0;
 }
 
+const AdapterKind *adio_kind_of_peft(const PeftAdapter *a) {
+    const AdapterKind *kd = adapter_kind_by_name(a->vera ? "vera" : a->use_dora ? "dora" : "lora");
+    SL_CHECK(kd, "adapter kinds lora / dora / vera not registered");
+    return kd;
+}
+
 int adio_cfg_from_peft(AdioCfg *c, const PeftAdapter *a, const LlamaModel *m, ErrStatus *st) {
     err_status_ok(st);
     memset(c, 0, sizeof *c);
     const char *file = a->tensors.path;
-    /* the kind: DoRA when use_dora, VeRA for peft_type VERA */
-    const AdapterKind *kd = adapter_kind_by_name(a->vera ? "vera" : a->use_dora ? "dora" : "lora");
-    SL_CHECK(kd, "adapter kinds dora / vera not registered");
-    adio_cfg_uniform(c, m->L, 0, a->r, a->lora_alpha, a->use_rslora, a->lora_dropout, 0, a->base_model);
+    const AdapterKind *kd = adio_kind_of_peft(a);
+    adio_cfg_uniform(c, m->L, 0, a->r, a->lora_alpha, a->use_rslora, a->lora_dropout, NULL, a->base_model);
     snprintf(c->acfg.kind, sizeof c->acfg.kind, "%s", kd->name);
     adio_cfg_alloc_slots(c);
     char mod[128];
@@ -298,7 +315,7 @@ int adio_load(LlamaModel *m, PeftAdapter *a, ErrStatus *st) {
     return 1;
 }
 
-int adio_attach(LlamaModel *m, const char *dir, AdioCfg *c, const Grid *g, MemCtx *mem, ErrStatus *st) {
+int adio_attach(LlamaModel *m, const char *dir, AdioCfg *c, Grid *g, MemCtx *mem, ErrStatus *st) {
     PeftAdapter a;
     memset(c, 0, sizeof *c);
     if (!peft_read(&a, dir, st)) return 0;
@@ -329,20 +346,18 @@ char *adio_cfg_to_json(const AdioCfg *c) {
     adio_printf(&b, "{\"kind\": \"%s\", \"r\": %lld, \"alpha\": %.9g, \"dropout\": %.9g, \"use_rslora\": %s, "
                     "\"init\": \"%s\", \"target_modules\": \"",
                 c->acfg.kind, (long long)c->acfg.r, c->alpha, c->dropout, c->acfg.use_rslora ? "true" : "false",
-                c->acfg.init_pissa ? "pissa" : c->acfg.init_gaussian ? "gaussian" : "default");
+                adapter_init_of(&c->acfg)->name);
     adio_targets_csv(c->acfg.targets, &b);
     adio_printf(&b, "\"");
-    /* settings of the variants, only when set, so plain LoRA keeps the JSON its checkpoints
-     * have always had */
-    if (c->acfg.init_pissa) adio_printf(&b, ", \"pissa_iters\": %d", c->acfg.pissa_iters);
-    if (c->acfg.loraplus_ratio > 0 && c->acfg.loraplus_ratio != 1.0f)
-        adio_printf(&b, ", \"loraplus_ratio\": %.9g", (double)c->acfg.loraplus_ratio);
-    const AdapterKind *kd = adapter_kind_by_name(c->acfg.kind);
-    if (kd && kd->io && kd->io->cfg_json) {
-        char extra[1024] = "";
-        kd->io->cfg_json(&c->acfg, extra, sizeof extra);
-        adio_printf(&b, "%s", extra);
-    }
+    /* the initialisation's settings, then the kind's (each only when it has some, so plain
+     * LoRA keeps the JSON its checkpoints have always had) */
+    const AdioKindIo *io[2] = {adio_init_io(c), adio_kind_io(c)};
+    for (int k = 0; k < 2; k++)
+        if (io[k] && io[k]->cfg_json) {
+            char extra[1024] = "";
+            io[k]->cfg_json(&c->acfg, extra, sizeof extra);
+            adio_printf(&b, "%s", extra);
+        }
     if (c->slot_r) {
         const int64_t n = c->L * MOD_NMODULES;
         adio_printf(&b, ", \"slot_r\": [");
@@ -378,6 +393,10 @@ int adio_cfg_from_json(AdioCfg *c, const char *json, int64_t L, ErrStatus *st) {
         char names[256];
         adapter_kind_names(names, sizeof names);
         ok = err_status_set(st, "adapter kind '%s' is not known to this build (%s)", json_string_value(kind), names);
+    } else if (!adapter_init_by_name(json_string_value(init))) {
+        char names[256];
+        adapter_init_names(names, sizeof names);
+        ok = err_status_set(st, "initialisation '%s' is not known to this build (%s)", json_string_value(init), names);
     }
     unsigned tbits = 0;
     if (ok && json_string_length(targets) > 0) ok = adapter_parse_targets(json_string_value(targets), &tbits, st);
@@ -391,15 +410,11 @@ int adio_cfg_from_json(AdioCfg *c, const char *json, int64_t L, ErrStatus *st) {
     }
     if (ok) {
         adio_cfg_uniform(c, L, tbits, (int)json_integer_value(r), json_number_value(alpha),
-                         json_is_true(rs), json_number_value(dropout),
-                         strcmp(json_string_value(init), "gaussian") == 0, "");
+                         json_is_true(rs), json_number_value(dropout), json_string_value(init), "");
         snprintf(c->acfg.kind, sizeof c->acfg.kind, "%s", json_string_value(kind));
-        c->acfg.init_pissa = strcmp(json_string_value(init), "pissa") == 0;
-        json_t *pi = json_object_get(root, "pissa_iters"), *lp = json_object_get(root, "loraplus_ratio");
-        if (json_is_integer(pi)) c->acfg.pissa_iters = (int)json_integer_value(pi);
-        if (json_is_number(lp)) c->acfg.loraplus_ratio = (float)json_number_value(lp);
-        const AdapterKind *kd = adapter_kind_by_name(c->acfg.kind);
-        if (kd->io && kd->io->cfg_from_json) ok = kd->io->cfg_from_json(&c->acfg, root, st);
+        const AdioKindIo *io[2] = {adio_init_io(c), adio_kind_io(c)};
+        for (int k = 0; ok && k < 2; k++)
+            if (io[k] && io[k]->cfg_from_json) ok = io[k]->cfg_from_json(&c->acfg, root, st);
         if (sr) {
             adio_cfg_alloc_slots(c);
             for (int64_t k = 0; ok && k < L * MOD_NMODULES; k++) {
@@ -496,11 +511,11 @@ static int adio_write_config(const AdioCfg *c, const char *dir, ErrStatus *st) {
             const int same = which ? same_a : same_r;
             if (same) {
                 if (which == 0 && r0 != c->acfg.r) {
-                    rkeys[nr] = adio_strdup(adapter_module_name((ModuleId)i));
+                    rkeys[nr] = str_dup(adapter_module_name((ModuleId)i));
                     rvals[nr++] = r0;
                 }
                 if (which == 1 && a0 != c->alpha) {
-                    akeys[na] = adio_strdup(adapter_module_name((ModuleId)i));
+                    akeys[na] = str_dup(adapter_module_name((ModuleId)i));
                     avals[na++] = a0;
                 }
                 continue;
@@ -512,11 +527,11 @@ static int adio_write_config(const AdioCfg *c, const char *dir, ErrStatus *st) {
                 if (r == 0) continue;
                 adio_module_name(mod, sizeof mod, l, i);
                 if (which == 0 && r != c->acfg.r) {
-                    rkeys[nr] = adio_strdup(mod);
+                    rkeys[nr] = str_dup(mod);
                     rvals[nr++] = r;
                 }
                 if (which == 1 && al != c->alpha) {
-                    akeys[na] = adio_strdup(mod);
+                    akeys[na] = str_dup(mod);
                     avals[na++] = al;
                 }
             }
@@ -531,7 +546,8 @@ static int adio_write_config(const AdioCfg *c, const char *dir, ErrStatus *st) {
     pc.use_dora = 0;
     pc.target_modules = targets.s;
     pc.base_model = c->base_model ? c->base_model : "";
-    pc.init = c->acfg.init_gaussian ? "gaussian" : "default";
+    const char *pinit = adapter_init_of(&c->acfg)->peft_init;
+    pc.init = pinit ? pinit : "default";
     pc.nrank_pattern = nr;
     pc.rank_keys = (const char *const *)rkeys;
     pc.rank_values = rvals;
@@ -540,8 +556,7 @@ static int adio_write_config(const AdioCfg *c, const char *dir, ErrStatus *st) {
     pc.alpha_values = avals;
     pc.nlayers = nlayers;
     pc.layers = layers;
-    const AdapterKind *kd = adapter_kind_by_name(c->acfg.kind);
-    if (kd && kd->io && kd->io->peft_config) kd->io->peft_config(c, &pc);
+    adio_peft_config_hooks(c, &pc);
     int ok = peft_write_config(&pc, dir, st);
     for (int k = 0; k < nr; k++) free(rkeys[k]);
     for (int k = 0; k < na; k++) free(akeys[k]);
@@ -607,7 +622,7 @@ static char *adio_card(const AdioCfg *c, const AdioTensor *t, int n, const AdioC
     memset(&pc, 0, sizeof pc);
     pc.r = c->acfg.r;
     pc.lora_alpha = c->alpha;
-    if (kd && kd->io && kd->io->peft_config) kd->io->peft_config(c, &pc);
+    adio_peft_config_hooks(c, &pc);
     if (pc.r != c->acfg.r && c->acfg.r > 0) {
         rmin = rmin * pc.r / c->acfg.r;
         rmax = rmax * pc.r / c->acfg.r;
@@ -617,9 +632,13 @@ static char *adio_card(const AdioCfg *c, const AdioTensor *t, int n, const AdioC
         amax *= pc.lora_alpha / c->alpha;
     }
     const char *title = kd && kd->title ? kd->title : "LoRA";
-    const int vera = kd && kd->peft_type && strcmp(kd->peft_type, "VERA") == 0;
-    adio_printf(&b, "---\nbase_model: %s\nlibrary_name: peft\ntags:\n- %s\n- shardlora\n---\n\n", base,
-                vera ? "vera" : "lora");
+    const AdioKindIo *kio = kd ? kd->io : NULL;
+    /* the PEFT type in lower case names the tag and the dropout key ("lora", "vera") */
+    char ptype[16];
+    snprintf(ptype, sizeof ptype, "%s", kd && kd->peft_type ? kd->peft_type : "LORA");
+    for (char *p = ptype; *p; p++)
+        if (*p >= 'A' && *p <= 'Z') *p = (char)(*p - 'A' + 'a');
+    adio_printf(&b, "---\nbase_model: %s\nlibrary_name: peft\ntags:\n- %s\n- shardlora\n---\n\n", base, ptype);
     adio_printf(&b, "# %s adapter for %s\n\n", title, base);
     adio_printf(&b, "Trained with shardlora %s: %s on a frozen base model, tensor-parallel over MPI ranks.", SHARDLORA_VERSION,
                 title);
@@ -658,12 +677,10 @@ static char *adio_card(const AdioCfg *c, const AdioTensor *t, int n, const AdioC
     adio_printf(&b, "| peft_type | %s |\n", kd && kd->peft_type ? kd->peft_type : "LORA");
     if (rmin == rmax) adio_printf(&b, "| r | %d |\n", rmin);
     else adio_printf(&b, "| r | %d to %d per module (rank_pattern; default %d) |\n", rmin, rmax, pc.r);
-    if (vera) {
-        /* PEFT's VeRA (peft/tuners/vera): no alpha; y = W x + lambda_b ⊙ B (lambda_d ⊙ A x) */
-        adio_printf(&b, "| scale | none: y = W x + lambda_b ⊙ vera_B (lambda_d ⊙ vera_A x) |\n");
-        adio_printf(&b, "| projection_prng_key | %llu (vera_A [%d, %lld], vera_B [%lld, %d]) |\n",
-                    (unsigned long long)c->acfg.vera_key, c->acfg.r, (long long)c->acfg.vera_max_in,
-                    (long long)c->acfg.vera_max_out, c->acfg.r);
+    if (kio && kio->card_rows) { /* the kind's rows instead of alpha and scale (VeRA) */
+        char rows[1024] = "";
+        kio->card_rows(c, rows, sizeof rows);
+        adio_printf(&b, "%s", rows);
     } else {
         if (amin == amax) adio_printf(&b, "| lora_alpha | %.9g |\n", amin);
         else adio_printf(&b, "| lora_alpha | %.9g to %.9g per module (alpha_pattern; default %.9g) |\n", amin, amax, pc.lora_alpha);
@@ -678,15 +695,9 @@ static char *adio_card(const AdioCfg *c, const AdioTensor *t, int n, const AdioC
     free(tb.s);
     adio_printf(&b, "| adapted modules | %d of %lld (%lld layers x 7 linears) |\n", nslots,
                 (long long)(c->L * MOD_NMODULES), (long long)c->L);
-    adio_printf(&b, "| %s | %.9g |\n", vera ? "vera_dropout" : "lora_dropout", c->dropout);
-    /* VeRA first: its init does not depend on init_gaussian (which has no A to draw) */
-    const char *init = vera ? "lambda_d = 0.1, lambda_b = 0; vera_A, vera_B kaiming-uniform from "
-                              "torch.Generator().manual_seed(projection_prng_key), as PEFT"
-                       : c->acfg.init_gaussian ? "A ~ N(0, 1/r), B = 0"
-                                               : "A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0 (PEFT's default)";
-    if (c->acfg.init_pissa)
-        init = "PiSSA: A, B from the top singular vectors of W (randomized SVD); exported as PEFT does, a LoRA of "
-               "twice the rank that applies to the original base";
+    adio_printf(&b, "| %s_dropout | %.9g |\n", ptype, c->dropout);
+    /* a kind that initialises itself (VeRA) says how; else the initialisation of the factors */
+    const char *init = kio && kio->card_init ? kio->card_init : adapter_init_of(&c->acfg)->card;
     adio_printf(&b, "| initialisation | %s |\n", init);
     adio_printf(&b, "| parameters | %lld in the adapted modules", (long long)params);
     if (shared) adio_printf(&b, " (+ %lld in the frozen shared projections)", (long long)shared);
@@ -718,15 +729,30 @@ static int adio_export_files(const char *dir, const AdioCfg *c, const AdioTensor
 int adio_export(const char *dir, const AdioCfg *c, const AdioTensor *t, int n, const AdioCard *card,
                 ErrStatus *st) {
     err_status_ok(st);
-    const AdapterKind *kd = adapter_kind_by_name(c->acfg.kind);
-    if (kd && kd->io && kd->io->export_tensors) {
-        AdioTensor *t2 = NULL;
-        int n2 = 0;
-        void *keep = NULL;
-        if (!kd->io->export_tensors(c, t, n, &t2, &n2, &keep, st)) return 0;
-        int ok = adio_export_files(dir, c, t2, n2, card, st);
-        if (t2 != t) free(t2);
-        free(keep);
+    /* the initialisation's export (PiSSA's conversion), then the kind's; each checks and may
+     * replace the tensors */
+    const AdioKindIo *io[2] = {adio_init_io(c), adio_kind_io(c)};
+    if ((io[0] && io[0]->export_tensors) || (io[1] && io[1]->export_tensors)) {
+        const AdioTensor *cur = t;
+        AdioTensor *list[2] = {NULL, NULL};
+        void *keep[2] = {NULL, NULL};
+        int ncur = n, ok = 1;
+        for (int k = 0; ok && k < 2; k++) {
+            if (!io[k] || !io[k]->export_tensors) continue;
+            AdioTensor *t2 = NULL;
+            int n2 = 0;
+            ok = io[k]->export_tensors(c, cur, ncur, &t2, &n2, &keep[k], st);
+            if (ok && t2 != cur) list[k] = t2;
+            if (ok) {
+                cur = t2;
+                ncur = n2;
+            }
+        }
+        if (ok) ok = adio_export_files(dir, c, cur, ncur, card, st);
+        for (int k = 0; k < 2; k++) {
+            free(list[k]);
+            free(keep[k]);
+        }
         return ok;
     }
     /* the tensors are exactly the slots' factors */
@@ -796,4 +822,56 @@ static int adio_export_files(const char *dir, const AdioCfg *c, const AdioTensor
     ErrStatus ignore;
     afile_rmdir_flat(tmp, &ignore);
     return ok;
+}
+
+/* ------------------------------------------------------------- merge_plan helpers */
+
+int adio_merge_adaptable(const char *module) {
+    if (!strstr(module, "layers.")) return 0;
+    const char *dot = strrchr(module, '.');
+    const char *leaf = dot ? dot + 1 : module;
+    for (int i = 0; i < MOD_NMODULES; i++)
+        if (strcmp(leaf, adapter_module_name((ModuleId)i)) == 0) return 1;
+    return 0;
+}
+
+int adio_merge_untargeted(const PeftAdapter *a, const char *module, const char *want, ErrStatus *st) {
+    if (!adio_merge_adaptable(module) || !peft_module_targeted(a, module)) return 1;
+    return err_status_set(st, "%s: module '%s' is targeted by adapter_config.json (target_modules / "
+                              "layers_to_transform) but has no %s", a->tensors.path, module, want);
+}
+
+int adio_merge_targeted(const PeftAdapter *a, const char *module, const StTensor *t, ErrStatus *st) {
+    if (peft_module_targeted(a, module)) return 1;
+    return err_status_set(st, "%s: tensor '%s' is for module '%s', which adapter_config.json does not "
+                              "target (target_modules / exclude_modules / layers_to_transform)",
+                          a->tensors.path, t->name, module);
+}
+
+static int adio_is_float(StDtype d) {
+    return d == ST_F32 || d == ST_BF16 || d == ST_F16;
+}
+
+int adio_merge_check(const AdioMergeItem *it, const PeftAdapter *a, const StTensor *t, int64_t d0, int64_t d1,
+                     const char *why, ErrStatus *st) {
+    if (!t) {
+        if (adio_is_float(it->w->dtype)) return 1;
+        return err_status_set(st, "%s: tensor '%s': dtype %s cannot take an adapter", it->w_path, it->w->name,
+                              st_dtype_name(it->w->dtype));
+    }
+    const char *ap = a->tensors.path;
+    if (!adio_is_float(t->dtype))
+        return err_status_set(st, "%s: tensor '%s': dtype %s (expected F32, BF16 or F16)", ap, t->name,
+                              st_dtype_name(t->dtype));
+    if (d0 < 0) return 1;
+    const int good = d1 < 0 ? t->ndim == 1 && t->shape[0] == d0
+                            : t->ndim == 2 && t->shape[0] == d0 && t->shape[1] == d1;
+    if (good) return 1;
+    char got[96], mshape[96], want[96];
+    adio_shape_str(got, sizeof got, t);
+    adio_shape_str(mshape, sizeof mshape, it->w);
+    if (d1 < 0) snprintf(want, sizeof want, "[%lld]", (long long)d0);
+    else snprintf(want, sizeof want, "[%lld, %lld]", (long long)d0, (long long)d1);
+    return err_status_set(st, "%s: tensor '%s' has shape %s, but the model's '%s' is %s, so it must be %s %s: "
+                              "adapter for another model?", ap, t->name, got, it->w->name, mshape, want, why);
 }

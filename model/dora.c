@@ -57,11 +57,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <mpi.h>
-
 #include "../runtime/err.h"
 #include "adapter.h"
 #include "adapter_io.h"
+#include "lora.h"
 
 #define DORA_EPS 1e-12f     /* floor of n (zero rows of W); tests/reference/dora_check.py */
 #define DORA_CHUNK 512      /* output rows per A W^T GEMM in step_begin */
@@ -234,7 +233,7 @@ static void dora_norms(AdapterSlot *s, GemmCtx *g, int b_is_zero) {
     else
         dora_lora_terms(s, g);
     if (dora_is_row(s)) /* [no] doubles over the TP group, once per step */
-        MPI_Allreduce(MPI_IN_PLACE, d->acc, (int)d->no, MPI_DOUBLE, MPI_SUM, s->tp_comm);
+        grid_allreduce_sum_f64(s->grid, s->grid->tp_comm, d->acc, (size_t)d->no, GRID_BYTES_OTHER);
     for (int64_t o = 0; o < d->no; o++) d->acc[o] += d->wsq[o];
     dora_set_factors(s);
 }
@@ -249,7 +248,7 @@ static void dora_init(AdapterSlot *s, ParamTable *pt) {
         d->wsq[o] = ss;
     }
     if (dora_is_row(s))
-        MPI_Allreduce(MPI_IN_PLACE, d->wsq, (int)d->no, MPI_DOUBLE, MPI_SUM, s->tp_comm);
+        grid_allreduce_sum_f64(s->grid, s->grid->tp_comm, d->wsq, (size_t)d->no, GRID_BYTES_OTHER);
     const float *B = params_value(pt, s->pB);
     int bz = 1;
     for (size_t i = 0; i < params_numel(&pt->e[s->pB]); i++) bz &= B[i] == 0.0f;
@@ -393,19 +392,71 @@ static void dora_backward(AdapterSlot *s, const AdapterEnv *env, float *dX, cons
     adapter_dropout_backward(s, env, dX, s->tmp, X, s->xd, N);
 }
 
-/* generate --merge-in-memory: W' = f ⊙ (W + s B A) on rows [r0, r0 + nr) of the shard
- * (f from the last step_begin; row layers: n is the TP-global norm, so each column slice
- * scales alike). */
-static void dora_merge(const AdapterSlot *s, float *W, int64_t r0, int64_t nr) {
-    const DoraState *d = dora_state(s);
+/* ---- merging: PEFT's merge (peft/tuners/lora/layer.py Linear.merge with DoRA; the norm from
+ * peft/tuners/lora/dora.py DoraLinearLayer.get_weight_norm):
+ *   W' = W + s B A (lora_merge_rows);  W'_o <- (m_o / ||W'_o||) W'_o
+ * (dora_factor = m / ||W + delta||_row; dora_factor.view(-1, 1) * (W + delta)), the norm of
+ * the merged row itself, so generate --merge-in-memory and `shardlora merge` use one
+ * formula. */
+
+/* ss [nr] = ||W_o||² of each row of W [nr, I] in double, in column order. */
+static void dora_row_sumsq(double *ss, const float *W, int64_t nr, int64_t I, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t o = 0; o < nr; o++) {
+        const float *w = W + o * I;
+        double acc = 0.0;
+        for (int64_t j = 0; j < I; j++) acc += (double)w[j] * (double)w[j];
+        ss[o] = acc;
+    }
+}
+
+/* W_o *= m_o / ||W_o|| on the rows of W [nr, I], mag [nr]; ss [nr] the rows' squared norms
+ * (summed over TP for row-parallel shards), or NULL to compute them here, row by row. The
+ * norm is floored at DORA_EPS as in training, so an all-zero row (real models have them)
+ * stays 0 instead of PEFT's 0/0 = NaN. Returns the rows with a non-finite norm or value. */
+static int64_t dora_scale_rows(float *W, int64_t nr, int64_t I, const float *mag, const double *ss, int threads) {
+    int64_t bad = 0;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : bad)
+    for (int64_t o = 0; o < nr; o++) {
+        float *w = W + o * I;
+        double sq = 0.0;
+        if (ss) {
+            sq = ss[o];
+        } else {
+            for (int64_t j = 0; j < I; j++) sq += (double)w[j] * (double)w[j];
+        }
+        const float norm = (float)sqrt(sq);
+        if (!isfinite(norm)) {
+            bad++;
+            continue;
+        }
+        const float f = mag[o] / (norm > DORA_EPS ? norm : DORA_EPS);
+        int row_bad = 0;
+        for (int64_t j = 0; j < I; j++) w[j] *= f;
+        for (int64_t j = 0; j < I; j++) row_bad |= !isfinite(w[j]);
+        bad += row_bad;
+    }
+    return bad;
+}
+
+/* generate --merge-in-memory on rows [r0, r0 + nr) of the shard. Row-parallel shards hold a
+ * column slice of each row: the squared norms are summed over the TP group (collective over
+ * tp_comm, [nr] doubles; every TP rank merges the same blocks). */
+static void dora_merge(const AdapterSlot *s, const AdapterEnv *env, float *W, int64_t r0, int64_t nr) {
+    DoraState *d = dora_state(s);
     const int64_t r = d->r, ni = d->ni;
-    const float *A = params_value(s->params, s->pA);
-    const float *B = params_value(s->params, s->pB);
-    GemmCtx g0;
-    memset(&g0, 0, sizeof g0);
-    gemm_f32(&g0, 0, 0, nr, ni, r, s->scale, B + r0 * r, r, A, ni, 1.0f, W, ni);
-    for (int64_t o = 0; o < nr; o++)
-        for (int64_t i = 0; i < ni; i++) W[o * ni + i] *= d->fac[r0 + o];
+    const int threads = env->gemm && env->gemm->nthreads > 0 ? env->gemm->nthreads : 1;
+    const float *A = params_value(s->params, s->pA); /* [r, ni] */
+    const float *B = params_value(s->params, s->pB); /* [no, r] */
+    const float *M = params_value(s->params, d->pM); /* [no] */
+    lora_merge_rows(W, nr, ni, A, B + r0 * r, (int)r, s->scale, threads);
+    if (!dora_is_row(s)) {
+        dora_scale_rows(W, nr, ni, M + r0, NULL, threads);
+        return;
+    }
+    dora_row_sumsq(d->acc, W, nr, ni, threads); /* acc [no] is free outside step_begin */
+    grid_allreduce_sum_f64(s->grid, s->grid->tp_comm, d->acc, (size_t)nr, GRID_BYTES_OTHER);
+    dora_scale_rows(W, nr, ni, M + r0, d->acc, threads);
 }
 
 static double dora_flops_per_token(const AdapterSlot *s) {
@@ -421,7 +472,8 @@ static double dora_flops_per_token(const AdapterSlot *s) {
  * next to lora_A / lora_B, and writes use_dora true in adapter_config.json. The table keeps
  * m as a 1-D entry [1, out]; adapter_io reads it back as such (the import selects this kind
  * when use_dora is true and asks dora_import_key about the extra key). The checkpoint's
- * adapter JSON keeps "kind": "dora" from the common fields, so no cfg_json is needed. */
+ * adapter JSON keeps "kind": "dora" from the common fields, and LoRA's settings (LoRA+)
+ * through adapter_lora's cfg_json. */
 
 static const char dora_mag_suffix[] = ".lora_magnitude_vector";
 
@@ -490,10 +542,46 @@ static int dora_export_tensors(const AdioCfg *c, const AdioTensor *t, int n, Adi
     return 1;
 }
 
+/* `shardlora merge`: LoRA's planning with the magnitude required; rows as dora_merge with
+ * whole rows (ibuf = lora_A [r, cols]; rbuf = lora_B rows [k, r], then m [k]). */
+static int dora_merge_plan(AdioMergeItem *it, const PeftAdapter *a, unsigned char *used, ErrStatus *st) {
+    return lora_merge_plan_factors(it, a, used, 1, st);
+}
+
+static int64_t dora_merge_stream(const AdioMergeItem *it, PeftAdapter *a, const void *shared, const float *ibuf,
+                                 float *rbuf, float *W, int64_t row0, int64_t k, int threads, ErrStatus *st) {
+    (void)shared;
+    float *B = rbuf, *mag = rbuf + k * it->r;
+    if (!lora_merge_read_b(it, a, B, row0, k, st) ||
+        !st_read_slice(&a->tensors, it->t[2], 0, 1, row0, k, ST_F32, mag, st))
+        return -1;
+    lora_merge_rows(W, k, it->cols, ibuf, B, it->r, it->scale, threads);
+    return dora_scale_rows(W, k, it->cols, mag, NULL, threads);
+}
+
+/* DoRA's factors are LoRA's: LoRA+ (its setting and checkpoint JSON) comes from adapter_lora. */
+static int dora_set_option(AdapterOpts *o, const char *key, double value) {
+    return adapter_lora.set_option(o, key, value);
+}
+
+static void dora_cfg_json(const AdapterCfg *c, char *buf, size_t n) {
+    adapter_lora.io->cfg_json(c, buf, n);
+}
+
+static int dora_cfg_from_json(AdapterCfg *c, const struct json_t *root, ErrStatus *st) {
+    return adapter_lora.io->cfg_from_json(c, root, st);
+}
+
 static const AdioKindIo dora_io = {
+    .cfg_json = dora_cfg_json,
+    .cfg_from_json = dora_cfg_from_json,
     .peft_config = dora_peft_config,
     .export_tensors = dora_export_tensors,
     .import_key = dora_import_key,
+    .merge_help = "m ⊙ (W + s·B A) / ||W + s·B A|| (norm per output row)",
+    .merge_plan = dora_merge_plan,
+    .merge_begin = lora_merge_begin,
+    .merge_rows = dora_merge_stream,
 };
 
 const AdapterKind adapter_dora = {
@@ -507,6 +595,7 @@ const AdapterKind adapter_dora = {
     .backward = dora_backward,
     .flops_per_token = dora_flops_per_token,
     .peft_type = "LORA",
+    .set_option = dora_set_option,
     .out_scale = dora_out_scale,
     .step_begin = dora_step_begin,
     .merge = dora_merge,

@@ -227,7 +227,7 @@ done:
     return ok;
 }
 
-void llama_init_adapters(LlamaModel *m, const AdapterCfg *acfg, const Grid *g, MemCtx *mem) {
+void llama_init_adapters(LlamaModel *m, const AdapterCfg *acfg, Grid *g, MemCtx *mem) {
     m->acfg = *acfg;
     const AdapterKind *kind = adapter_kind_by_name(acfg->kind);
     SL_CHECK(kind, "unknown adapter kind %s", acfg->kind);
@@ -247,7 +247,7 @@ void llama_init_adapters(LlamaModel *m, const AdapterCfg *acfg, const Grid *g, M
             s->module = (ModuleId)i;
             s->shard = m->layers[l].lin[i].shard;
             s->lin = &m->layers[l].lin[i];
-            s->tp_comm = g ? g->tp_comm : MPI_COMM_SELF;
+            s->grid = g;
             s->tp = m->tp;
             int row = i == MOD_O || i == MOD_DOWN, kv = i == MOD_K || i == MOD_V;
             s->in_copies = row ? 1 : m->tp;
@@ -267,11 +267,6 @@ void llama_init_adapters(LlamaModel *m, const AdapterCfg *acfg, const Grid *g, M
         for (int k = 0; k < n; k++) slots[k]->shared = m->adapter_shared;
         free(slots);
     }
-    /* LoRA+ (Hayou et al. 2024), as PEFT's create_loraplus_optimizer: every lora_B gets
-     * lr x ratio, whatever the kind. */
-    if (acfg->loraplus_ratio > 0 && acfg->loraplus_ratio != 1.0f)
-        for (int i = 0; i < m->params.n; i++)
-            if (strstr(m->params.e[i].name, ".lora_B.")) m->params.e[i].lr_scale = acfg->loraplus_ratio;
     params_finalize(&m->params, mem);
     for (int64_t l = 0; l < m->L; l++)
         for (int i = 0; i < MOD_NMODULES; i++)
@@ -721,15 +716,15 @@ int llama_merge_adapters(LlamaModel *m, GemmCtx *gc, ErrStatus *st) {
             const Linear *lin = &m->layers[l].lin[i];
             if (!lin->adapter) continue;
             const AdapterKind *kd = lin->adapter->kind;
-            if (!kd->merge && kd != &adapter_lora && kd != &adapter_lorafa) {
+            if (!kd->merge) {
                 err_status_set(st, "adapter kind '%s' has no merge", kd->name);
                 return -1;
             }
             if (lin->w.cols > maxcols) maxcols = lin->w.cols;
         }
-    float *delta = malloc((size_t)(BLOCK * (maxcols ? maxcols : 1)) * sizeof(float));
-    SL_CHECK(delta, "out of memory");
-    /* what a kind's step_begin needs (DoRA: the norms of the loaded adapter) */
+    float *rows = malloc((size_t)(BLOCK * (maxcols ? maxcols : 1)) * sizeof(float));
+    SL_CHECK(rows, "out of memory");
+    /* what a kind's step_begin and merge need (GemmCtx's threads) */
     AdapterEnv env;
     memset(&env, 0, sizeof env);
     env.gemm = gc;
@@ -738,57 +733,35 @@ int llama_merge_adapters(LlamaModel *m, GemmCtx *gc, ErrStatus *st) {
             Linear *lin = &m->layers[l].lin[i];
             AdapterSlot *s = lin->adapter;
             if (!s) continue;
-            const int64_t no = lin->w.rows, ni = lin->w.cols, ld = lin->w.ld, r = s->r;
+            const int64_t no = lin->w.rows, ni = lin->w.cols, ld = lin->w.ld;
             SL_CHECK(no == s->shard.no && ni == s->shard.ni, "merge: shard shape mismatch");
-            if (s->kind->merge) {
-                /* the kind's formula on F32 blocks of rows (collective over tp_comm when
-                 * step_begin is: every rank merges the same slots in the same order) */
-                if (s->kind->step_begin) s->kind->step_begin(s, &env);
-                for (int64_t o0 = 0; o0 < no; o0 += BLOCK) {
-                    const int64_t nb = no - o0 < BLOCK ? no - o0 : BLOCK;
-                    for (int64_t a = 0; a < nb; a++) {
-                        float *d = delta + a * ni;
-                        if (lin->w.dtype == GEMM_F32)
-                            memcpy(d, (const float *)lin->w.data + (o0 + a) * ld, (size_t)ni * sizeof(float));
-                        else
-                            for (int64_t j = 0; j < ni; j++)
-                                d[j] = gemm_bf16_to_f32(((const uint16_t *)lin->w.data)[(o0 + a) * ld + j]);
-                    }
-                    s->kind->merge(s, delta, o0, nb);
-                    for (int64_t a = 0; a < nb; a++) {
-                        const float *d = delta + a * ni;
-                        if (lin->w.dtype == GEMM_F32)
-                            memcpy((float *)lin->w.data + (o0 + a) * ld, d, (size_t)ni * sizeof(float));
-                        else
-                            for (int64_t j = 0; j < ni; j++)
-                                ((uint16_t *)lin->w.data)[(o0 + a) * ld + j] = gemm_f32_to_bf16(d[j]);
-                    }
-                }
-                lin->adapter = NULL;
-                merged++;
-                continue;
-            }
-            /* LoRA / LoRA-FA: local A [r, ni] and B [no, r] whichever way the layer is split
-             * (lora.c); W += s B A */
-            const float *A = params_value(s->params, s->pA), *B = params_value(s->params, s->pB);
+            /* the kind's formula on F32 blocks of rows (collective over tp_comm when
+             * step_begin or merge is: every rank merges the same slots and blocks in the same
+             * order) */
+            if (s->kind->step_begin) s->kind->step_begin(s, &env);
             for (int64_t o0 = 0; o0 < no; o0 += BLOCK) {
                 const int64_t nb = no - o0 < BLOCK ? no - o0 : BLOCK;
-                gemm_f32(gc, 0, 0, nb, ni, r, s->scale, B + o0 * r, r, A, ni, 0.0f, delta, ni);
                 for (int64_t a = 0; a < nb; a++) {
-                    const float *d = delta + a * ni;
-                    if (lin->w.dtype == GEMM_F32) {
-                        float *w = (float *)lin->w.data + (o0 + a) * ld;
-                        for (int64_t j = 0; j < ni; j++) w[j] += d[j];
-                    } else {
-                        uint16_t *w = (uint16_t *)lin->w.data + (o0 + a) * ld;
+                    float *d = rows + a * ni;
+                    if (lin->w.dtype == GEMM_F32)
+                        memcpy(d, (const float *)lin->w.data + (o0 + a) * ld, (size_t)ni * sizeof(float));
+                    else
                         for (int64_t j = 0; j < ni; j++)
-                            w[j] = gemm_f32_to_bf16(gemm_bf16_to_f32(w[j]) + d[j]);
-                    }
+                            d[j] = gemm_bf16_to_f32(((const uint16_t *)lin->w.data)[(o0 + a) * ld + j]);
+                }
+                s->kind->merge(s, &env, rows, o0, nb);
+                for (int64_t a = 0; a < nb; a++) {
+                    const float *d = rows + a * ni;
+                    if (lin->w.dtype == GEMM_F32)
+                        memcpy((float *)lin->w.data + (o0 + a) * ld, d, (size_t)ni * sizeof(float));
+                    else
+                        for (int64_t j = 0; j < ni; j++)
+                            ((uint16_t *)lin->w.data)[(o0 + a) * ld + j] = gemm_f32_to_bf16(d[j]);
                 }
             }
             lin->adapter = NULL;
             merged++;
         }
-    free(delta);
+    free(rows);
     return merged;
 }

@@ -92,7 +92,7 @@ typedef struct {
  * names the file and the tensor. */
 int llama_load(LlamaModel *m, const char *dir, const Grid *g, MemCtx *mem, ErrStatus *st);
 /* Creates the adapters (declare, finalize the flat buffers, init from the seed). */
-void llama_init_adapters(LlamaModel *m, const AdapterCfg *acfg, const Grid *g, MemCtx *mem);
+void llama_init_adapters(LlamaModel *m, const AdapterCfg *acfg, Grid *g, MemCtx *mem);
 /* Calls every slot's step_begin (adapter.h): once per optimizer step before the first
  * forward, and before evaluation or generation. */
 void llama_adapters_step_begin(LlamaModel *m, const AdapterEnv *env);
@@ -184,12 +184,13 @@ void llama_infer_forward(LlamaModel *m, LlamaInfer *in, const LlamaSeg *segs, in
                          const int32_t *ids, const AdapterEnv *env, const KernOps *k, KernCtx *kc,
                          Grid *g);
 
-/* Merges every adapter slot into this rank's shard of its frozen weight (LoRA and LoRA-FA:
- * W += s * B A, both factors local ([no, r] and [r, ni], DESIGN.md §4); other kinds through
- * their merge hook after their step_begin — DoRA's norms cost one [out] all-reduce per
- * row-parallel slot), in F32 with BF16 weights rounded back to BF16, then detaches the
- * adapters so inference has no adapter cost. Collective over the TP group. Returns the
- * number of merged modules, or -1 with st set for an adapter kind that has no merge. */
+/* Merges every adapter slot into this rank's shard of its frozen weight through its kind's
+ * merge hook (after its step_begin), on F32 blocks of rows with BF16 weights rounded back to
+ * BF16 (the row formula `shardlora merge` uses: LoRA W += s B A with both factors local,
+ * [no, r] and [r, ni], DESIGN.md §4; DoRA's row norms cost one all-reduce per block of a
+ * row-parallel slot), then detaches the adapters so inference has no adapter cost.
+ * Collective over the TP group. Returns the number of merged modules, or -1 with st set for
+ * an adapter kind that has no merge. */
 int llama_merge_adapters(LlamaModel *m, GemmCtx *gc, ErrStatus *st);
 
 #endif

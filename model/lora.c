@@ -1,7 +1,8 @@
 /* LoRA (Hu et al. 2021) as PEFT implements it: y = W x + s * B A dropout(x), A [r, in],
- * B [out, r], s = alpha / r (rsLoRA, Kalajdzievski 2023: alpha / sqrt(r)). Init: A from
- * PEFT's kaiming_uniform(a = sqrt(5)), i.e. uniform(-1/sqrt(in), 1/sqrt(in)), or
- * N(0, 1/r) for init "gaussian"; B = 0.
+ * B [out, r], s = alpha / r (rsLoRA, Kalajdzievski 2023: alpha / sqrt(r)). Init: the
+ * configured initialisation (adapter_init.h: default, gaussian, pissa) draws A and B.
+ * LoRA+ (Hayou et al. 2024, PEFT's create_loraplus_optimizer): lora_B's learning rate =
+ * ratio x lora_A's, a setting of the kinds with LoRA factors (LoraOpts, also DoRA's).
  *
  * On sharded linears (DESIGN.md §4): column-parallel: A replicated, B sharded by rows;
  * row-parallel: A sharded by columns, B replicated. Either way the local A is [r, ni] and the
@@ -13,8 +14,13 @@
  * "lora-fa": the same module with A frozen after its init (a PARAM_FROZEN entry: no
  * gradient, no sync, no optimizer state), only B trained, and B's gradient projected
  * before the optimizer step as PEFT's LoraFAOptimizer does (lorafa_grad_post); it exports
- * as plain LoRA. */
+ * as plain LoRA.
+ *
+ * Merging (lora.h): W + s B A row by row, the same code for generate --merge-in-memory
+ * (lora_merge, on the shard) and `shardlora merge` (the io's merge_*, streamed from the PEFT
+ * file); DoRA and VeRA merge through lora_merge_rows too. */
 #include <float.h>
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,13 +29,35 @@
 #include "../runtime/err.h"
 #include "../runtime/philox.h"
 #include "adapter.h"
+#include "adapter_init.h"
 #include "adapter_io.h"
 #include "linalg.h"
-#include "pissa.h"
+#include "lora.h"
 
-/* Counter coordinates: the module id and the tensor (A/B) go into c. */
-static uint64_t lora_coord_c(const AdapterSlot *s, int tensor) {
-    return (uint64_t)s->module * 4u + (uint64_t)tensor;
+/* The LoRA kinds' settings (AdapterCfg.kind_opts, also DoRA's): LoRA+'s ratio, 0 or 1: off. */
+typedef struct {
+    float loraplus_ratio;
+} LoraOpts;
+
+static LoraOpts lora_opts(const AdapterCfg *c) {
+    LoraOpts o;
+    _Static_assert(sizeof o <= sizeof c->kind_opts.b, "LoraOpts does not fit AdapterOpts");
+    memcpy(&o, c->kind_opts.b, sizeof o);
+    return o;
+}
+
+static int lora_set_option(AdapterOpts *o, const char *key, double value) {
+    if (strcmp(key, "loraplus_ratio") != 0) return 0;
+    LoraOpts l;
+    memcpy(&l, o->b, sizeof l);
+    l.loraplus_ratio = (float)value;
+    memcpy(o->b, &l, sizeof l);
+    return 1;
+}
+
+/* LoRA+ is on (PEFT: ratio 1 is plain AdamW). */
+static int lora_plus_on(float ratio) {
+    return ratio > 0 && ratio != 1.0f;
 }
 
 static void lora_declare(AdapterSlot *s, ParamTable *pt) {
@@ -46,30 +74,14 @@ static void lora_declare(AdapterSlot *s, ParamTable *pt) {
                        adapter_sync_class(s->out_copies, s->tp), s->out_copies, s->layer);
     s->params = pt;
     s->scale = s->cfg->use_rslora ? s->alpha / sqrtf((float)r) : s->alpha / (float)r;
-    if (s->cfg->init_pissa) pissa_declare_initial(s, pt); /* frozen A0, B0 for the export */
+    const float ratio = lora_opts(s->cfg).loraplus_ratio;
+    if (lora_plus_on(ratio)) pt->e[s->pB].lr_scale = ratio;
+    const AdapterInit *ini = adapter_init_of(s->cfg);
+    if (ini->declare) ini->declare(s, pt); /* e.g. PiSSA's frozen A0, B0 for the export */
 }
 
 static void lora_init(AdapterSlot *s, ParamTable *pt) {
-    if (s->cfg->init_pissa) {
-        pissa_init(s, pt); /* model/pissa.c */
-        return;
-    }
-    const ParamEntry *ea = &pt->e[s->pA];
-    float *A = params_value(pt, s->pA); /* [r, ni] */
-    const float bound = 1.0f / sqrtf((float)ea->gcols);
-    for (int64_t i = 0; i < ea->nr; i++) {
-        for (int64_t j = 0; j < ea->nc; j++) {
-            uint64_t gi = (uint64_t)(ea->r0 + i), gj = (uint64_t)(ea->c0 + j);
-            uint64_t a = gi * (uint64_t)ea->gcols + gj;
-            A[i * ea->nc + j] =
-                s->cfg->init_gaussian
-                    ? philox_normal(s->cfg->seed, PHILOX_LORA_INIT_A, a, (uint64_t)s->layer,
-                                    lora_coord_c(s, 0)) / (float)s->r
-                    : philox_uniform(s->cfg->seed, PHILOX_LORA_INIT_A, a, (uint64_t)s->layer,
-                                     lora_coord_c(s, 0), -bound, bound);
-        }
-    }
-    memset(params_value(pt, s->pB), 0, params_numel(&pt->e[s->pB]) * sizeof(float));
+    adapter_init_of(s->cfg)->init(s, pt);
 }
 
 static void lora_alloc(AdapterSlot *s, MemCtx *m, int64_t max_rows) {
@@ -183,7 +195,7 @@ static void lorafa_destroy(AdapterSlot *s) {
 
 /* P = pinv(A A^T + delta I) / s^2 (see LORAFA_DELTA). A A^T is summed over the TP group
  * when A is sharded by input columns (row-parallel layers at tp > 1): collective over
- * tp_comm then. */
+ * tp_comm then ([r, r] doubles, counted as GRID_BYTES_OTHER). */
 static void lorafa_make_projection(AdapterSlot *s) {
     LorafaState *f = s->ext;
     const int r = f->r;
@@ -196,7 +208,7 @@ static void lorafa_make_projection(AdapterSlot *s) {
             f->M[i * r + j] = f->M[j * r + i] = acc;
         }
     if (s->in_copies < s->tp) { /* each input column is on in_copies of the tp ranks */
-        MPI_Allreduce(MPI_IN_PLACE, f->M, r * r, MPI_DOUBLE, MPI_SUM, s->tp_comm);
+        grid_allreduce_sum_f64(s->grid, s->grid->tp_comm, f->M, (size_t)r * (size_t)r, GRID_BYTES_OTHER);
         for (int i = 0; i < r * r; i++) f->M[i] /= (double)s->in_copies;
     }
     for (int i = 0; i < r; i++) f->M[i * r + i] += LORAFA_DELTA;
@@ -234,6 +246,137 @@ static double lorafa_flops_per_token(const AdapterSlot *s) {
     return 2.0 * r * (in + out) + 2.0 * r * (2.0 * out + in);
 }
 
+/* ---------------------------------------------------------------- merging (lora.h) */
+
+/* Columns per block: the accumulator [LORA_MERGE_BLOCK] stays in L1 while the r rows of A
+ * stream. */
+#define LORA_MERGE_BLOCK 512
+
+/* One row: w [I] += (b A) * s. Returns 1 if the row came out non-finite. */
+static int lora_merge_row(float *restrict w, int64_t I, const float *restrict A, const float *restrict b, int r,
+                          float s) {
+    float acc[LORA_MERGE_BLOCK];
+    for (int64_t c0 = 0; c0 < I; c0 += LORA_MERGE_BLOCK) {
+        const int64_t n = I - c0 < LORA_MERGE_BLOCK ? I - c0 : LORA_MERGE_BLOCK;
+        for (int64_t j = 0; j < n; j++) acc[j] = 0.0f;
+        for (int k = 0; k < r; k++) {
+            const float bk = b[k];
+            const float *restrict a = A + (int64_t)k * I + c0;
+            for (int64_t j = 0; j < n; j++) acc[j] += bk * a[j];
+        }
+        /* PEFT: delta = (B @ A) * scaling, then W + delta */
+        for (int64_t j = 0; j < n; j++) w[c0 + j] += acc[j] * s;
+    }
+    for (int64_t j = 0; j < I; j++)
+        if (!isfinite(w[j])) return 1;
+    return 0;
+}
+
+int64_t lora_merge_rows(float *W, int64_t nr, int64_t I, const float *A, const float *B, int r, float s,
+                        int threads) {
+    int64_t bad = 0;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : bad)
+    for (int64_t o = 0; o < nr; o++) bad += lora_merge_row(W + o * I, I, A, B + o * r, r, s);
+    return bad;
+}
+
+/* generate --merge-in-memory: the shard's rows [r0, r0 + nr) += s B A with the local A
+ * [r, ni] and B [no, r] (whichever way the layer is split, each element sees its own row of
+ * B and column of A, so the values are those of the unsharded merge). */
+static void lora_merge(const AdapterSlot *s, const AdapterEnv *env, float *W, int64_t r0, int64_t nr) {
+    const float *A = params_value(s->params, s->pA); /* [r, ni] */
+    const float *B = params_value(s->params, s->pB); /* [no, r] */
+    const int threads = env->gemm && env->gemm->nthreads > 0 ? env->gemm->nthreads : 1;
+    lora_merge_rows(W, nr, s->shard.ni, A, B + r0 * s->r, s->r, s->scale, threads);
+}
+
+/* ---------------------------------------------------------------- PEFT file (AdioKindIo) */
+
+/* The checkpoint JSON keeps LoRA+'s ratio when it is on, so plain LoRA keeps the JSON its
+ * checkpoints have always had. */
+static void lora_cfg_json(const AdapterCfg *c, char *buf, size_t n) {
+    const float ratio = lora_opts(c).loraplus_ratio;
+    if (lora_plus_on(ratio)) snprintf(buf, n, ", \"loraplus_ratio\": %.9g", (double)ratio);
+}
+
+static int lora_cfg_from_json(AdapterCfg *c, const json_t *root, ErrStatus *st) {
+    (void)st;
+    const json_t *lp = json_object_get(root, "loraplus_ratio");
+    if (json_is_number(lp)) lora_set_option(&c->kind_opts, "loraplus_ratio", json_number_value(lp));
+    return 1;
+}
+
+int lora_merge_plan_factors(AdioMergeItem *it, const PeftAdapter *a, unsigned char *used, int magnitude,
+                            ErrStatus *st) {
+    const StTensor *A = peft_tensor(a, it->module, "lora_A");
+    const StTensor *B = peft_tensor(a, it->module, "lora_B");
+    const StTensor *M = peft_tensor(a, it->module, "lora_magnitude_vector");
+    const StTensor *base = a->tensors.tensors;
+    if (A) used[A - base] = 1;
+    if (B) used[B - base] = 1;
+    if (M) used[M - base] = 1;
+    if (!A && !B && !M) return adio_merge_untargeted(a, it->module, "lora_A / lora_B", st);
+    const char *ap = a->tensors.path;
+    if (!adio_merge_targeted(a, it->module, A ? A : B ? B : M, st)) return 0;
+    if (!A || !B)
+        return err_status_set(st, "%s: module '%s' has %s but no %s", ap, it->module,
+                              A ? A->name : B ? B->name : M->name, A ? "lora_B" : "lora_A");
+    if (M && !magnitude)
+        return err_status_set(st, "%s: tensor '%s': a DoRA magnitude, but adapter_config.json has use_dora false",
+                              ap, M->name);
+    if (!M && magnitude)
+        return err_status_set(st, "%s: module '%s' has no lora_magnitude_vector, but adapter_config.json has "
+                                  "use_dora true", ap, it->module);
+    int r = 0;
+    double alpha = 0;
+    peft_module_rank(a, it->module, &r, &alpha);
+    char why[64];
+    snprintf(why, sizeof why, "(r = %d for this module)", r);
+    if (!adio_merge_check(it, a, A, r, it->cols, why, st) || !adio_merge_check(it, a, B, it->rows, r, why, st) ||
+        (M && !adio_merge_check(it, a, M, it->rows, -1, why, st)) || !adio_merge_check(it, a, NULL, 0, 0, NULL, st))
+        return 0;
+    it->adapted = 1;
+    it->t[0] = A;
+    it->t[1] = B;
+    it->t[2] = M;
+    it->r = r;
+    it->scale = (float)(a->use_rslora ? alpha / sqrt((double)r) : alpha / (double)r);
+    it->bad_note = M ? " or have a zero norm" : "";
+    it->item_floats = (size_t)r * (size_t)it->cols;
+    it->row_floats = (size_t)r + (M ? 1u : 0u);
+    return 1;
+}
+
+static int lora_merge_plan(AdioMergeItem *it, const PeftAdapter *a, unsigned char *used, ErrStatus *st) {
+    return lora_merge_plan_factors(it, a, used, 0, st);
+}
+
+int lora_merge_begin(const AdioMergeItem *it, PeftAdapter *a, const void *shared, float *ibuf, ErrStatus *st) {
+    (void)shared;
+    return st_read_all(&a->tensors, it->t[0], ST_F32, ibuf, st);
+}
+
+int lora_merge_read_b(const AdioMergeItem *it, PeftAdapter *a, float *B, int64_t row0, int64_t k, ErrStatus *st) {
+    return st_read_slice(&a->tensors, it->t[1], row0, k, 0, it->r, ST_F32, B, st);
+}
+
+/* W + s B A on rows [row0, row0 + k): ibuf = A [r, cols], rbuf = B rows [k, r]. */
+static int64_t lora_merge_stream(const AdioMergeItem *it, PeftAdapter *a, const void *shared, const float *ibuf,
+                                 float *rbuf, float *W, int64_t row0, int64_t k, int threads, ErrStatus *st) {
+    (void)shared;
+    if (!lora_merge_read_b(it, a, rbuf, row0, k, st)) return -1;
+    return lora_merge_rows(W, k, it->cols, ibuf, rbuf, it->r, it->scale, threads);
+}
+
+static const AdioKindIo lora_io = {
+    .cfg_json = lora_cfg_json,
+    .cfg_from_json = lora_cfg_from_json,
+    .merge_help = "W + s·B A, s = alpha / r (alpha / sqrt(r) with use_rslora) per module",
+    .merge_plan = lora_merge_plan,
+    .merge_begin = lora_merge_begin,
+    .merge_rows = lora_merge_stream,
+};
+
 const AdapterKind adapter_lora = {
     .name = "lora",
     .declare = lora_declare,
@@ -243,7 +386,9 @@ const AdapterKind adapter_lora = {
     .forward = lora_forward,
     .backward = lora_backward,
     .flops_per_token = lora_flops_per_token,
-    .io = &pissa_lora_io, /* --init pissa exports the rank-2r conversion (model/pissa.c) */
+    .set_option = lora_set_option,
+    .merge = lora_merge,
+    .io = &lora_io, /* LoRA+ in the checkpoint JSON; the merge */
 };
 
 const AdapterKind adapter_lorafa = {
@@ -256,7 +401,9 @@ const AdapterKind adapter_lorafa = {
     .forward = lora_forward,
     .backward = lora_backward,
     .flops_per_token = lorafa_flops_per_token,
-    .io = &pissa_lora_io,
+    .set_option = lora_set_option,
+    .merge = lora_merge,
+    .io = &lora_io,
     .destroy = lorafa_destroy,
     .grad_post = lorafa_grad_post,
 };

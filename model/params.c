@@ -109,10 +109,9 @@ static void params_place(float *full, const ParamEntry *e, const int64_t *slice,
         memcpy(full + (r0 + r) * e->gcols + c0, src + r * nc, (size_t)nc * sizeof(float));
 }
 
-void params_gather(const ParamTable *p, const float *buf, MPI_Comm tp_comm, float **full) {
-    int rank = 0, size = 1;
-    MPI_Comm_rank(tp_comm, &rank);
-    MPI_Comm_size(tp_comm, &size);
+void params_gather(const ParamTable *p, const float *buf, Grid *g, float **full) {
+    const MPI_Comm tp_comm = g->tp_comm;
+    const int rank = grid_comm_rank(tp_comm), size = grid_comm_size(tp_comm);
     size_t maxn = 0;
     for (int i = 0; i < p->n; i++)
         if ((size_t)(p->e[i].grows * p->e[i].gcols) > maxn) maxn = (size_t)(p->e[i].grows * p->e[i].gcols);
@@ -127,18 +126,18 @@ void params_gather(const ParamTable *p, const float *buf, MPI_Comm tp_comm, floa
         }
         int64_t mine[4] = {e->r0, e->nr, e->c0, e->nc};
         if (rank != 0) {
-            MPI_Send(mine, 4, MPI_INT64_T, 0, 2 * i, tp_comm);
-            MPI_Send(buf + e->offset, (int)params_numel(e), MPI_FLOAT, 0, 2 * i + 1, tp_comm);
+            grid_send(g, tp_comm, mine, sizeof mine, 0, 2 * i, GRID_BYTES_OTHER);
+            grid_send(g, tp_comm, buf + e->offset, params_numel(e) * sizeof(float), 0, 2 * i + 1, GRID_BYTES_OTHER);
             continue;
         }
         params_place(full[i], e, mine, buf + e->offset);
         for (int t = 1; t < size; t++) {
             int64_t sl[4];
-            MPI_Recv(sl, 4, MPI_INT64_T, t, 2 * i, tp_comm, MPI_STATUS_IGNORE);
+            grid_recv(g, tp_comm, sl, sizeof sl, t, 2 * i);
             SL_CHECK(sl[0] >= 0 && sl[1] >= 0 && sl[0] + sl[1] <= e->grows && sl[2] >= 0 &&
                          sl[3] >= 0 && sl[2] + sl[3] <= e->gcols,
                      "bad slice of %s from TP rank %d", e->name, t);
-            MPI_Recv(tmp, (int)(sl[1] * sl[3]), MPI_FLOAT, t, 2 * i + 1, tp_comm, MPI_STATUS_IGNORE);
+            grid_recv(g, tp_comm, tmp, (size_t)(sl[1] * sl[3]) * sizeof(float), t, 2 * i + 1);
             params_place(full[i], e, sl, tmp);
         }
     }

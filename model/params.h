@@ -15,8 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include <mpi.h>
-
+#include "../parallel/grid.h"
 #include "../runtime/mem.h"
 
 typedef enum {
@@ -88,7 +87,8 @@ double params_sumsq(const ParamTable *p, const float *buf);
 /* Full tensors from the shards of a TP group: every TP rank calls it with the same table
  * layout; on TP rank 0 full[i] receives entry i as a dense [grows, gcols] array (the caller
  * allocates them, sizes from the table); other ranks pass full = NULL. With buf = grads,
- * frozen entries are not sent and full[i] of a frozen entry is zero-filled. */
-void params_gather(const ParamTable *p, const float *buf, MPI_Comm tp_comm, float **full);
+ * frozen entries are not sent and full[i] of a frozen entry is zero-filled. Point-to-point
+ * over g->tp_comm, counted as GRID_BYTES_OTHER. */
+void params_gather(const ParamTable *p, const float *buf, Grid *g, float **full);
 
 #endif

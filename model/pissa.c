@@ -10,7 +10,7 @@
  * Tensor parallelism: this rank holds the block W[o0:o0+no, i0:i0+ni] (column-parallel: a row
  * block, all columns; row-parallel: a column block, all rows). Every product with W is formed
  * as the full [O, q], [I, q] or [q, I] matrix: each rank adds its block's contribution into a
- * zeroed buffer and one MPI_Allreduce(SUM) over tp_comm completes it -- a sum of partial
+ * zeroed buffer and one counted all-reduce (SUM) over tp_comm completes it -- a sum of partial
  * products where the block splits the contracted dimension, a gather where it splits the
  * kept one (ranks holding a duplicate block, replicated kv heads, contribute once). The small
  * computations (Gram-Schmidt, Jacobi) then run identically on every TP rank, in double.
@@ -28,22 +28,38 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <mpi.h>
+#include <jansson.h>
 
 #include "../runtime/err.h"
 #include "../runtime/philox.h"
+#include "adapter_init.h"
 #include "adapter_io.h"
 #include "linalg.h"
 #include "pissa.h"
 
-static void pissa_allreduce(float *buf, int64_t n, MPI_Comm comm, int tp) {
-    if (tp <= 1 || comm == MPI_COMM_NULL) return;
-    for (int64_t off = 0; off < n;) { /* counts are int */
-        int c = (int)(n - off < (1 << 30) ? n - off : (1 << 30));
-        SL_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf + off, c, MPI_FLOAT, MPI_SUM, comm) == MPI_SUCCESS,
-                 "PiSSA: MPI_Allreduce failed");
-        off += c;
-    }
+/* PiSSA's settings (AdapterCfg.init_opts): power iterations of the randomized SVD. */
+typedef struct {
+    int iters;
+} PissaOpts;
+
+static PissaOpts pissa_opts(const AdapterCfg *c) {
+    PissaOpts o;
+    _Static_assert(sizeof o <= sizeof c->init_opts.b, "PissaOpts does not fit AdapterOpts");
+    memcpy(&o, c->init_opts.b, sizeof o);
+    return o;
+}
+
+static int pissa_set_option(AdapterOpts *o, const char *key, double value) {
+    if (strcmp(key, "pissa_iters") != 0) return 0;
+    const PissaOpts p = {(int)value};
+    memcpy(o->b, &p, sizeof p);
+    return 1;
+}
+
+/* The sum over the TP group, counted as adapter-internal traffic (a no-op at tp = 1). */
+static void pissa_allreduce(const AdapterSlot *s, float *buf, int64_t n) {
+    if (s->tp <= 1 || !s->grid) return;
+    grid_allreduce_sum_f32(s->grid, s->grid->tp_comm, buf, (size_t)n, GRID_BYTES_OTHER);
 }
 
 static void pissa_to_double(double *d, const float *f, int64_t n) {
@@ -66,26 +82,25 @@ static void pissa_product(float *out, double *D, int64_t n, int q, int trans, co
         gemm_f32(NULL, 1, 0, ni, q, no, contrib, W, ni, X, q, 0.0f, out + row0 * q, q);
     else
         gemm_f32(NULL, 0, 0, no, q, ni, contrib, W, ni, X, q, 0.0f, out + row0 * q, q);
-    pissa_allreduce(out, n * q, s->tp_comm, s->tp);
+    pissa_allreduce(s, out, n * q);
     pissa_to_double(D, out, n * q);
     if (!orth) return;
     linalg_orth(D, n, q);
     pissa_to_float(out, D, n * q);
 }
 
-void pissa_init(AdapterSlot *s, ParamTable *pt) {
+static void pissa_init(AdapterSlot *s, ParamTable *pt) {
     const ShardDesc *sd = &s->shard;
     const int64_t O = sd->out, I = sd->in, no = sd->no, ni = sd->ni, o0 = sd->o0, i0 = sd->i0;
     const int r = s->r;
     const int64_t mn = O < I ? O : I;
     SL_CHECK(r <= mn, "PiSSA: rank %d > min(out %lld, in %lld)", r, (long long)O, (long long)I);
     const int q = (int)(r + PISSA_OVERSAMPLE < mn ? r + PISSA_OVERSAMPLE : mn);
-    const int iters = s->cfg->pissa_iters;
+    const int iters = pissa_opts(s->cfg).iters;
     const GemmWeight *gw = &s->lin->w;
     SL_CHECK(gw->rows == no && gw->cols == ni, "PiSSA: weight %lldx%lld, shard %lldx%lld",
              (long long)gw->rows, (long long)gw->cols, (long long)no, (long long)ni);
-    int t = 0;
-    if (s->tp > 1) MPI_Comm_rank(s->tp_comm, &t);
+    const int t = s->tp > 1 && s->grid ? s->grid->tp_rank : 0;
     /* ranks holding the same block (kv heads replicated): only the first contributes */
     const int dup = s->in_copies * s->out_copies / s->tp;
     const float contrib = (dup <= 1 || t % dup == 0) ? 1.0f : 0.0f;
@@ -228,7 +243,10 @@ void pissa_declare_initial(AdapterSlot *s, ParamTable *pt) {
     params_set_frozen(pt, b0);
 }
 
-/* ------------------------------------------------------------------ PEFT export (pissa.h) */
+/* ---------------------------------------------- PEFT export and settings (adapter_init_pissa.io)
+ * With init pissa, every slot's lora_A / lora_B / pissa_A0 / pissa_B0 become the rank-2r
+ * lora_A / lora_B (pissa_convert) and adapter_config.json gets r = 2r, lora_alpha =
+ * pissa_converted_alpha. */
 
 static int pissa_has_suffix(const char *name, const char *suffix) {
     const size_t n = strlen(name), k = strlen(suffix);
@@ -245,14 +263,6 @@ static const AdioTensor *pissa_find(const AdioTensor *t, int n, const char *pref
 
 static int pissa_export_tensors(const AdioCfg *c, const AdioTensor *t, int n, AdioTensor **out, int *nout,
                                 void **keep, ErrStatus *st) {
-    if (!c->acfg.init_pissa) { /* plain LoRA / LoRA-FA: the factors as they are */
-        for (int k = 0; k < n; k++)
-            if (!pissa_has_suffix(t[k].name, ".lora_A.weight") && !pissa_has_suffix(t[k].name, ".lora_B.weight"))
-                return err_status_set(st, "export: tensor '%s' is not a LoRA factor", t[k].name);
-        *out = (AdioTensor *)(uintptr_t)t;
-        *nout = n;
-        return 1;
-    }
     if (c->slot_r)
         return err_status_set(st, "export: PiSSA with per-module ranks or alphas (rank_pattern / alpha_pattern) "
                                   "cannot be converted yet; export a uniform-rank PiSSA run");
@@ -307,7 +317,6 @@ static int pissa_export_tensors(const AdioCfg *c, const AdioTensor *t, int n, Ad
 }
 
 static void pissa_peft_config(const AdioCfg *c, PeftConfig *pc) {
-    if (!c->acfg.init_pissa) return;
     /* PEFT (save_pretrained with path_initial_model_for_weight_conversion): init_lora_weights
      * = True, r *= 2, lora_alpha *= 2 (rsLoRA: *= sqrt(2), the scale alpha / sqrt(r) kept) */
     pc->r = 2 * c->acfg.r;
@@ -315,7 +324,34 @@ static void pissa_peft_config(const AdioCfg *c, PeftConfig *pc) {
     pc->init = "default";
 }
 
-const AdioKindIo pissa_lora_io = {
+/* pissa_iters in the checkpoint JSON (always, with --init pissa). */
+static void pissa_cfg_json(const AdapterCfg *c, char *buf, size_t n) {
+    snprintf(buf, n, ", \"pissa_iters\": %d", pissa_opts(c).iters);
+}
+
+static int pissa_cfg_from_json(AdapterCfg *c, const json_t *root, ErrStatus *st) {
+    (void)st;
+    const json_t *pi = json_object_get(root, "pissa_iters");
+    if (json_is_integer(pi)) pissa_set_option(&c->init_opts, "pissa_iters", (double)json_integer_value(pi));
+    return 1;
+}
+
+static const AdioKindIo pissa_io = {
+    .cfg_json = pissa_cfg_json,
+    .cfg_from_json = pissa_cfg_from_json,
     .peft_config = pissa_peft_config,
     .export_tensors = pissa_export_tensors,
+};
+
+const AdapterInit adapter_init_pissa = {
+    .name = "pissa",
+    .help = "A, B from the top-r singular vectors of W, the base replaced by the residual (--pissa-iters)",
+    .needs = 2, /* LoRA factors, merged as W + s B A: lora, lora-fa */
+    .init = pissa_init,
+    .declare = pissa_declare_initial,
+    .set_option = pissa_set_option,
+    .peft_init = "default", /* the export is the converted plain LoRA */
+    .card = "PiSSA: A, B from the top singular vectors of W (randomized SVD); exported as PEFT does, a LoRA of "
+            "twice the rank that applies to the original base",
+    .io = &pissa_io,
 };

@@ -1,7 +1,7 @@
 /* PiSSA (Meng et al. 2024, "PiSSA: Principal Singular Values and Singular Vectors Adaptation")
- * on tensor-parallel shards (model/pissa.c). The initialisation itself is pissa_init
- * (adapter.h), called by the LoRA kinds' init with --init pissa; this header has the pieces
- * the tests and the exporter use. */
+ * on tensor-parallel shards (model/pissa.c). The initialisation itself is the entry
+ * adapter_init_pissa (adapter_init.h: its init, declare, settings and PEFT export), which the
+ * LoRA kinds call through the registry; this header has the pieces behind it. */
 #ifndef SHARDLORA_MODEL_PISSA_H
 #define SHARDLORA_MODEL_PISSA_H
 
@@ -27,17 +27,10 @@ double pissa_converted_alpha(double alpha, int use_rslora);
 /* The initial factors A0 [r, in] and B0 [out, r] of a PiSSA slot, kept for the export's
  * conversion as frozen ParamTable entries (no gradient, no optimizer state; checkpoints carry
  * them) named <prefix>.PISSA_A0_SUFFIX / PISSA_B0_SUFFIX, sharded as lora_A / lora_B.
- * Declared by the LoRA kinds' declare under --init pissa (after lora_A / lora_B), written by
- * pissa_init. */
+ * Declared through adapter_init_pissa.declare by the LoRA kinds' declare (after lora_A /
+ * lora_B), written by its init. */
 #define PISSA_A0_SUFFIX ".pissa_A0"
 #define PISSA_B0_SUFFIX ".pissa_B0"
 void pissa_declare_initial(AdapterSlot *s, ParamTable *pt);
-
-/* The PEFT export of the LoRA kinds (AdapterKind.io of lora / lora-fa): with init pissa,
- * every slot's lora_A / lora_B / pissa_A0 / pissa_B0 become the rank-2r lora_A / lora_B
- * (pissa_convert) and adapter_config.json gets r = 2r, lora_alpha = pissa_converted_alpha;
- * otherwise the tensors pass unchanged. */
-struct AdioKindIo;
-extern const struct AdioKindIo pissa_lora_io;
 
 #endif

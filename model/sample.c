@@ -15,11 +15,6 @@ typedef struct {
     int32_t id;
 } SampleCand;
 
-/* MPI_FLOAT_INT's layout, for MPI_MAXLOC. */
-typedef struct {
-    float v;
-    int id;
-} SampleMaxloc;
 
 void sample_init(SampleCtx *c, int64_t V, int tp, MemCtx *mem) {
     c->V = V;
@@ -28,10 +23,10 @@ void sample_init(SampleCtx *c, int64_t V, int tp, MemCtx *mem) {
     c->mark = mem_alloc(mem, MEM_OTHER, (size_t)V);
     c->tp = tp;
     c->v0 = malloc((size_t)tp * 2 * sizeof(int64_t));
-    c->counts = malloc((size_t)tp * 2 * sizeof(int));
-    SL_CHECK(c->v0 && c->counts, "out of memory");
+    c->lens = malloc((size_t)tp * 2 * sizeof(size_t));
+    SL_CHECK(c->v0 && c->lens, "out of memory");
     c->vl = c->v0 + tp;
-    c->displs = c->counts + tp;
+    c->offs = c->lens + tp;
     for (int r = 0; r < tp; r++) llama_vocab_range(V, tp, r, &c->v0[r], &c->vl[r]);
 }
 
@@ -40,7 +35,7 @@ void sample_free(SampleCtx *c, MemCtx *mem) {
     mem_free(mem, MEM_OTHER, c->prob, (size_t)c->V * sizeof(double));
     mem_free(mem, MEM_OTHER, c->mark, (size_t)c->V);
     free(c->v0);
-    free(c->counts);
+    free(c->lens);
     memset(c, 0, sizeof *c);
 }
 
@@ -71,25 +66,21 @@ int64_t sample_argmax(const float *x, int64_t n, float *best) {
 }
 
 size_t sample_argmax_tmp_bytes(int64_t n) {
-    return (size_t)(n > 0 ? n : 1) * sizeof(SampleMaxloc);
+    return (size_t)(n > 0 ? n : 1) * sizeof(GridMaxLoc);
 }
 
 void sample_argmax_tp(Grid *g, const float *logits, int64_t n, int64_t Vl, int64_t v0,
                       int32_t *out, void *tmp) {
-    SampleMaxloc *p = tmp;
+    GridMaxLoc *p = tmp;
     for (int64_t i = 0; i < n; i++) {
         float b;
         int64_t a = sample_argmax(logits + i * Vl, Vl, &b);
         /* a rank with nothing finite offers -inf at an id no real winner has */
         p[i].v = a >= 0 ? b : -INFINITY;
-        p[i].id = a >= 0 ? (int)(v0 + a) : INT32_MAX;
+        p[i].i = a >= 0 ? (int)(v0 + a) : INT32_MAX;
     }
-    if (g->tp > 1) {
-        MPI_Allreduce(MPI_IN_PLACE, p, (int)n, MPI_FLOAT_INT, MPI_MAXLOC, g->tp_comm);
-        g->bytes[GRID_BYTES_TP] += (uint64_t)n * sizeof *p;
-        g->calls[GRID_BYTES_TP]++;
-    }
-    for (int64_t i = 0; i < n; i++) out[i] = p[i].v > -INFINITY ? (int32_t)p[i].id : -1;
+    if (g->tp > 1) grid_allreduce_maxloc(g, g->tp_comm, p, (size_t)n, GRID_BYTES_TP);
+    for (int64_t i = 0; i < n; i++) out[i] = p[i].v > -INFINITY ? (int32_t)p[i].i : -1;
 }
 
 void sample_gather_rows(SampleCtx *c, Grid *g, const float *logits, int64_t n, float *full,
@@ -100,21 +91,19 @@ void sample_gather_rows(SampleCtx *c, Grid *g, const float *logits, int64_t n, f
         memcpy(full, logits, (size_t)(n * V) * sizeof(float));
         return;
     }
-    int *counts = c->counts, *displs = c->displs;
-    for (int r = 0, off = 0; r < g->tp; r++) {
-        counts[r] = (int)(n * c->vl[r]);
-        displs[r] = off;
-        off += counts[r];
+    size_t *lens = c->lens, *offs = c->offs;
+    size_t off = 0; /* floats */
+    for (int r = 0; r < g->tp; r++) {
+        lens[r] = (size_t)(n * c->vl[r]) * sizeof(float);
+        offs[r] = off;
+        off += (size_t)(n * c->vl[r]);
     }
-    const int mine = counts[g->tp_rank];
-    MPI_Gatherv(logits, mine, MPI_FLOAT, recv, counts, displs, MPI_FLOAT, 0, g->tp_comm);
-    g->bytes[GRID_BYTES_TP] += (uint64_t)mine * sizeof(float);
-    g->calls[GRID_BYTES_TP]++;
+    grid_gatherv(g, g->tp_comm, logits, lens[g->tp_rank], recv, lens, 0, GRID_BYTES_TP);
     if (g->tp_rank == 0)
         for (int r = 0; r < g->tp; r++) {
             const int64_t v0 = c->v0[r], vl = c->vl[r];
             for (int64_t i = 0; i < n; i++)
-                memcpy(full + i * V + v0, recv + displs[r] + i * vl, (size_t)vl * sizeof(float));
+                memcpy(full + i * V + v0, recv + offs[r] + i * vl, (size_t)vl * sizeof(float));
         }
 }
 

@@ -5,7 +5,7 @@
  * by (seed, prompt index, step), so a text depends on neither the layout nor the batching.
  *
  * Vocab-parallel logits: greedy needs only a distributed argmax (each TP rank reduces its
- * Vl columns, then one MPI_MAXLOC all-reduce of a (value, id) pair per row); sampling
+ * Vl columns, then one MAXLOC all-reduce (grid_allreduce_maxloc) of a (value, id) pair per row); sampling
  * gathers the full rows on TP rank 0 (sample_gather_rows), which draws and broadcasts.
  *
  * Legend: V vocabulary, Vl this rank's columns [v0, v0 + Vl), n rows. */
@@ -34,7 +34,8 @@ typedef struct {
     uint8_t *mark;  /* [V] zero between calls */
     int tp;
     int64_t *v0, *vl; /* [tp] each TP rank's vocabulary columns [v0, v0 + vl) */
-    int *counts, *displs; /* [tp] MPI_Gatherv's, refilled per call for its n rows */
+    size_t *lens, *offs; /* [tp] grid_gatherv's byte counts and float offsets, refilled per
+                          * call for its n rows */
 } SampleCtx;
 
 void sample_init(SampleCtx *c, int64_t V, int tp, MemCtx *mem);

@@ -34,9 +34,31 @@
 #include "../runtime/torchrng.h"
 #include "adapter.h"
 #include "adapter_io.h"
-#include "vera.h"
+#include "lora.h"
 
 #define VERA_D_INITIAL 0.1f /* PEFT VeraConfig.d_initial */
+
+/* VeRA's settings (AdapterCfg.kind_opts): the shared projections' Philox key (PEFT's
+ * projection_prng_key) and dimensions vera_A [r, max_in], vera_B [max_out, r], fixed by an
+ * adapter (import, checkpoint JSON) when keyed; otherwise vera_shared_new takes the key from
+ * the run's seed and the dimensions from the adapted modules (PEFT's _find_dim) and records
+ * them here. */
+typedef struct {
+    int keyed;
+    uint64_t key;
+    int64_t max_in, max_out;
+} VeraOpts;
+
+static VeraOpts vera_opts(const AdapterCfg *c) {
+    VeraOpts o;
+    _Static_assert(sizeof o <= sizeof c->kind_opts.b, "VeraOpts does not fit AdapterOpts");
+    memcpy(&o, c->kind_opts.b, sizeof o);
+    return o;
+}
+
+static void vera_opts_set(AdapterCfg *c, const VeraOpts *o) {
+    memcpy(c->kind_opts.b, o, sizeof *o);
+}
 
 /* The projections of one model (s->shared of its slots). */
 typedef struct {
@@ -54,7 +76,8 @@ typedef struct {
     float *g;   /* [N, r] dY Bl */
 } VeraSlot;
 
-void vera_proj_fill(float *A, float *B, uint64_t key, int r, int64_t max_in, int64_t max_out) {
+/* A [r, max_in] and B [max_out, r] as PEFT makes them for projection_prng_key `key`. */
+static void vera_proj_fill(float *A, float *B, uint64_t key, int r, int64_t max_in, int64_t max_out) {
     /* PEFT model.py _init_vera_A_vera_B: generator = torch.Generator(device="cpu")
      * .manual_seed(projection_prng_key); vera_A = _kaiming_init((r, max_in)), then vera_B =
      * _kaiming_init((max_out, r)) from the same generator. _kaiming_init: fan_in = columns,
@@ -104,25 +127,27 @@ static void vera_destroy(AdapterSlot *s) {
 static void *vera_shared_new(AdapterCfg *cfg, AdapterSlot *const *slots, int n, MemCtx *mem) {
     VeraProj *p = calloc(1, sizeof *p);
     SL_CHECK(p, "VeRA: out of memory");
+    VeraOpts o = vera_opts(cfg);
     p->r = cfg->r;
     for (int k = 0; k < n; k++) {
         const ShardDesc *sd = &slots[k]->shard;
         SL_CHECK(slots[k]->r == p->r, "VeRA: rank %d at layer %d, %d elsewhere", slots[k]->r, slots[k]->layer, p->r);
-        SL_CHECK(!cfg->vera_keyed || (sd->in <= cfg->vera_max_in && sd->out <= cfg->vera_max_out),
+        SL_CHECK(!o.keyed || (sd->in <= o.max_in && sd->out <= o.max_out),
                  "VeRA: module [%lld, %lld] larger than the adapter's projections [%lld, %lld]", (long long)sd->out,
-                 (long long)sd->in, (long long)cfg->vera_max_out, (long long)cfg->vera_max_in);
+                 (long long)sd->in, (long long)o.max_out, (long long)o.max_in);
         if (sd->in > p->max_in) p->max_in = sd->in;
         if (sd->out > p->max_out) p->max_out = sd->out;
     }
-    if (cfg->vera_keyed) {
-        p->max_in = cfg->vera_max_in;
-        p->max_out = cfg->vera_max_out;
+    if (o.keyed) {
+        p->max_in = o.max_in;
+        p->max_out = o.max_out;
     }
-    p->key = cfg->vera_keyed ? cfg->vera_key : cfg->seed;
-    cfg->vera_keyed = 1;
-    cfg->vera_key = p->key;
-    cfg->vera_max_in = p->max_in;
-    cfg->vera_max_out = p->max_out;
+    p->key = o.keyed ? o.key : cfg->seed;
+    o.keyed = 1;
+    o.key = p->key;
+    o.max_in = p->max_in;
+    o.max_out = p->max_out;
+    vera_opts_set(cfg, &o);
     p->A = mem_alloc(mem, MEM_FROZEN, (size_t)p->r * (size_t)p->max_in * sizeof(float));
     p->B = mem_alloc(mem, MEM_FROZEN, (size_t)p->max_out * (size_t)p->r * sizeof(float));
     vera_proj_fill(p->A, p->B, p->key, p->r, p->max_in, p->max_out);
@@ -251,34 +276,50 @@ static double vera_flops_per_token(const AdapterSlot *s) {
     return 2.0 * r * (in + out) + 2.0 * r * (2.0 * out + in);
 }
 
-/* W rows [r0, r0 + nr) of this rank's shard += lambda_b ⊙ B_s diag(lambda_d) A_s (PEFT's
- * get_delta_weight: (lambda_b * B) @ (lambda_d * A)). Needs the projections (after alloc). */
-static void vera_merge(const AdapterSlot *s, float *W, int64_t r0, int64_t nr) {
-    const int64_t r = s->r, ni = s->shard.ni, mi = vera_proj_of(s)->max_in;
-    const float *A = vera_A_slice(s);
-    const float *B = vera_proj_of(s)->B + s->shard.o0 * r;
-    const float *ld = params_value(s->params, s->pA);
-    const float *lb = params_value(s->params, s->pB);
-    for (int64_t o = 0; o < nr; o++) {
-        float *w = W + o * ni;
-        for (int64_t k = 0; k < r; k++) {
-            const float c = lb[r0 + o] * B[(r0 + o) * r + k] * ld[k];
-            if (c == 0.0f) continue;
-            const float *a = A + k * mi;
-            for (int64_t i = 0; i < ni; i++) w[i] += c * a[i];
-        }
-    }
+/* ---- merging: PEFT's get_delta_weight (vera/layer.py): delta = (lambda_b ⊙ B_s)
+ * (lambda_d ⊙ A_s), i.e. LoRA's merge (lora_merge_rows) with s = 1 of the factors
+ *   Ad [r, I] = lambda_d ⊙ A_s (row k scaled by lambda_d[k]), Bd [nr, r] = lambda_b ⊙ B_s rows,
+ * formed here for generate --merge-in-memory (on the shard) and `shardlora merge` alike. */
+
+/* Ad [r, n] = lambda_d[k] x A[k, c0 + i] for A with leading dimension lda. */
+static void vera_scaled_A(float *Ad, const float *A, int64_t lda, int64_t c0, const float *ld, int r, int64_t n) {
+    for (int64_t k = 0; k < r; k++)
+        for (int64_t i = 0; i < n; i++) Ad[k * n + i] = ld[k] * A[k * lda + c0 + i];
+}
+
+/* Bd [nr, r] = lambda_b[o] x B[row0 + o, :] for B [*, r] and lb [nr]. */
+static void vera_scaled_B(float *Bd, const float *B, int64_t row0, const float *lb, int r, int64_t nr) {
+    for (int64_t o = 0; o < nr; o++)
+        for (int64_t k = 0; k < r; k++) Bd[o * r + k] = lb[o] * B[(row0 + o) * r + k];
+}
+
+/* generate --merge-in-memory: rows [r0, r0 + nr) of this rank's shard (columns i0.. of A,
+ * rows o0.. of B); the values are those of the unsharded merge. */
+static void vera_merge(const AdapterSlot *s, const AdapterEnv *env, float *W, int64_t r0, int64_t nr) {
+    const VeraProj *p = vera_proj_of(s);
+    const int r = s->r;
+    const int64_t ni = s->shard.ni;
+    const int threads = env->gemm && env->gemm->nthreads > 0 ? env->gemm->nthreads : 1;
+    float *Ad = malloc((size_t)r * (size_t)ni * sizeof(float)); /* [r, ni] */
+    float *Bd = malloc((size_t)nr * (size_t)r * sizeof(float)); /* [nr, r] */
+    SL_CHECK(Ad && Bd, "VeRA merge: out of memory");
+    vera_scaled_A(Ad, p->A, p->max_in, s->shard.i0, params_value(s->params, s->pA), r, ni);
+    vera_scaled_B(Bd, p->B, s->shard.o0 + r0, params_value(s->params, s->pB) + r0, r, nr);
+    lora_merge_rows(W, nr, ni, Ad, Bd, r, 1.0f, threads);
+    free(Ad);
+    free(Bd);
 }
 
 /* ---------------------------------------------------------------- PEFT VERA (AdioKindIo) */
 
 /* The checkpoint's adapter JSON keeps what the export needs to regenerate the projections:
- * their key (PEFT's projection_prng_key) and dimensions, read back into the AdapterCfg's
- * vera_* fields (vera_shared_new completes them for a run trained from scratch). */
+ * their key (PEFT's projection_prng_key) and dimensions, read back into VeraOpts
+ * (vera_shared_new completes them for a run trained from scratch). */
 static void vera_cfg_json(const AdapterCfg *c, char *buf, size_t n) {
-    SL_CHECK(c->vera_keyed, "VeRA: adapter configuration written before the model's projections exist");
-    const uint64_t key = c->vera_key;
-    const int64_t mi = c->vera_max_in, mo = c->vera_max_out;
+    const VeraOpts o = vera_opts(c);
+    SL_CHECK(o.keyed, "VeRA: adapter configuration written before the model's projections exist");
+    const uint64_t key = o.key;
+    const int64_t mi = o.max_in, mo = o.max_out;
     snprintf(buf, n, ", \"projection_prng_key\": %llu, \"vera_max_in\": %lld, \"vera_max_out\": %lld",
              (unsigned long long)key, (long long)mi, (long long)mo);
 }
@@ -290,10 +331,8 @@ static int vera_cfg_from_json(AdapterCfg *c, const json_t *root, ErrStatus *st) 
         json_integer_value(mo) <= 0)
         return err_status_set(st, "adapter configuration: VeRA needs projection_prng_key, vera_max_in and "
                                   "vera_max_out");
-    c->vera_keyed = 1;
-    c->vera_key = (uint64_t)json_integer_value(k);
-    c->vera_max_in = json_integer_value(mi);
-    c->vera_max_out = json_integer_value(mo);
+    const VeraOpts o = {1, (uint64_t)json_integer_value(k), json_integer_value(mi), json_integer_value(mo)};
+    vera_opts_set(c, &o);
     return 1;
 }
 
@@ -301,7 +340,7 @@ static void vera_peft_config(const AdioCfg *c, PeftConfig *pc) {
     pc->peft_type = "VERA";
     pc->d_initial = 0.1; /* VERA_D_INITIAL, written as PEFT writes it */
     pc->save_projection = 1;
-    pc->projection_prng_key = c->acfg.vera_key;
+    pc->projection_prng_key = vera_opts(&c->acfg).key;
 }
 
 static int vera_has_suffix(const char *name, const char *suffix) {
@@ -314,10 +353,11 @@ static int vera_has_suffix(const char *name, const char *suffix) {
  * get_peft_model_state_dict with save_projection: keys without the adapter name). */
 static int vera_export_tensors(const AdioCfg *c, const AdioTensor *t, int n, AdioTensor **out, int *nout,
                                void **keep, ErrStatus *st) {
-    if (!c->acfg.vera_keyed)
+    const VeraOpts vo = vera_opts(&c->acfg);
+    if (!vo.keyed)
         return err_status_set(st, "export: VeRA configuration without the projections' key and dimensions");
-    const int64_t mi = c->acfg.vera_max_in, mo = c->acfg.vera_max_out;
-    const uint64_t key = c->acfg.vera_key;
+    const int64_t mi = vo.max_in, mo = vo.max_out;
+    const uint64_t key = vo.key;
     const int r = c->acfg.r;
     for (int k = 0; k < n; k++) {
         const int is_d = vera_has_suffix(t[k].name, ".vera_lambda_d"), is_b = vera_has_suffix(t[k].name, ".vera_lambda_b");
@@ -377,10 +417,8 @@ static int vera_import_cfg(AdioCfg *c, const PeftAdapter *a, const LlamaModel *m
             if (sd->out > need_out) need_out = sd->out;
         }
     const StTensor *tA = st_find(&a->tensors, vera_key_A), *tB = st_find(&a->tensors, vera_key_B);
-    c->acfg.vera_keyed = 1;
-    c->acfg.vera_key = key;
-    c->acfg.vera_max_in = need_in;
-    c->acfg.vera_max_out = need_out;
+    VeraOpts vo = {1, key, need_in, need_out};
+    vera_opts_set(&c->acfg, &vo);
     if (!a->save_projection && !tA && !tB) return 1;
     if (!tA || !tB)
         return err_status_set(st, "%s: %s without %s (save_projection %s): the file is incomplete", file,
@@ -421,9 +459,153 @@ static int vera_import_cfg(AdioCfg *c, const PeftAdapter *a, const LlamaModel *m
                               file, (unsigned long long)key, (long long)bad, (long long)(nA + nB),
                               first < (int64_t)nA ? vera_key_A : vera_key_B,
                               (long long)(first < (int64_t)nA ? first : first - (int64_t)nA), maxdiff);
-    c->acfg.vera_max_in = mi;
-    c->acfg.vera_max_out = mo;
+    vo.max_in = mi;
+    vo.max_out = mo;
+    vera_opts_set(&c->acfg, &vo);
     return 1;
+}
+
+/* Model card: VeRA has no alpha; its scale and projections instead. */
+static void vera_card_rows(const AdioCfg *c, char *buf, size_t n) {
+    const VeraOpts o = vera_opts(&c->acfg);
+    const int r = c->acfg.r;
+    /* PEFT's VeRA (peft/tuners/vera): no alpha; y = W x + lambda_b ⊙ B (lambda_d ⊙ A x) */
+    snprintf(buf, n,
+             "| scale | none: y = W x + lambda_b ⊙ vera_B (lambda_d ⊙ vera_A x) |\n"
+             "| projection_prng_key | %llu (vera_A [%d, %lld], vera_B [%lld, %d]) |\n",
+             (unsigned long long)o.key, r, (long long)o.max_in, (long long)o.max_out, r);
+}
+
+/* ---- `shardlora merge` from a PEFT VERA file (AdioKindIo merge_*) ------------------------ */
+
+/* The projections every item uses, whole, F32: A [r, mi], B [mo, r]. */
+typedef struct {
+    int r;
+    int64_t mi, mo;
+    float *A, *B;
+} VeraMergeProj;
+
+/* it->module's lambdas: vera_lambda_d [r], vera_lambda_b [rows]; t = {lambda_d, lambda_b}. */
+static int vera_merge_plan(AdioMergeItem *it, const PeftAdapter *a, unsigned char *used, ErrStatus *st) {
+    const StTensor *LD = peft_tensor(a, it->module, "vera_lambda_d");
+    const StTensor *LB = peft_tensor(a, it->module, "vera_lambda_b");
+    const StTensor *base = a->tensors.tensors;
+    if (LD) used[LD - base] = 1;
+    if (LB) used[LB - base] = 1;
+    if (!LD && !LB) return adio_merge_untargeted(a, it->module, "vera_lambda_d / vera_lambda_b", st);
+    const char *ap = a->tensors.path;
+    if (!adio_merge_targeted(a, it->module, LD ? LD : LB, st)) return 0;
+    if (!LD || !LB)
+        return err_status_set(st, "%s: module '%s' has %s but no %s", ap, it->module, LD ? LD->name : LB->name,
+                              LD ? "vera_lambda_b" : "vera_lambda_d");
+    const StTensor *chk[2] = {LD, LB};
+    const int64_t want[2] = {a->r, it->rows};
+    for (int i = 0; i < 2; i++) {
+        if (!adio_merge_check(it, a, chk[i], -1, -1, NULL, st)) return 0;
+        if (chk[i]->ndim != 1 || chk[i]->shape[0] != want[i]) {
+            char got[96], mshape[96];
+            adio_shape_str(got, sizeof got, chk[i]);
+            adio_shape_str(mshape, sizeof mshape, it->w);
+            return err_status_set(st, "%s: tensor '%s' has shape %s, but it must be [%lld] (r = %d, the model's "
+                                      "'%s' is %s): adapter for another model?",
+                                  ap, chk[i]->name, got, (long long)want[i], a->r, it->w->name, mshape);
+        }
+    }
+    if (!adio_merge_check(it, a, NULL, 0, 0, NULL, st)) return 0;
+    it->adapted = 1;
+    it->t[0] = LD;
+    it->t[1] = LB;
+    it->r = a->r;
+    it->scale = 1.0f;
+    it->bad_note = "";
+    it->item_floats = (size_t)a->r * (size_t)it->cols + (size_t)a->r; /* Ad, then lambda_d */
+    it->row_floats = (size_t)a->r + 1;                                 /* Bd rows, lambda_b */
+    return 1;
+}
+
+/* The projections: read whole from the file (base_model.vera_A / vera_B, which must cover
+ * every adapted module), or, when the adapter does not save them (PEFT then ignores any in
+ * the file), regenerated from projection_prng_key with the sizes PEFT's _find_dim gives (the
+ * maxima over the targeted modules, each of which has lambdas). */
+static int vera_merge_shared(PeftAdapter *a, const AdioMergeItem *items, int n, unsigned char *used, void **shared,
+                             uint64_t *bytes, ErrStatus *st) {
+    const char *ap = a->tensors.path;
+    const StTensor *tA = st_find(&a->tensors, vera_key_A), *tB = st_find(&a->tensors, vera_key_B);
+    const StTensor *base = a->tensors.tensors;
+    const int r = a->r;
+    int64_t mi = 0, mo = 0;
+    for (int i = 0; i < n; i++)
+        if (items[i].adapted) {
+            if (items[i].cols > mi) mi = items[i].cols;
+            if (items[i].rows > mo) mo = items[i].rows;
+        }
+    if (tA) used[tA - base] = 1;
+    if (tB) used[tB - base] = 1;
+    if (a->save_projection) {
+        if (!tA && !tB)
+            return err_status_set(st, "%s: save_projection is true but %s and %s are absent (PEFT refuses such a "
+                                      "file too)", ap, vera_key_A, vera_key_B);
+        if (!tA || !tB)
+            return err_status_set(st, "%s: %s without %s: the file is incomplete", ap, tA ? vera_key_A : vera_key_B,
+                                  tA ? vera_key_B : vera_key_A);
+        const int fa = tA->dtype == ST_F32 || tA->dtype == ST_BF16 || tA->dtype == ST_F16;
+        const int fb = tB->dtype == ST_F32 || tB->dtype == ST_BF16 || tB->dtype == ST_F16;
+        if (tA->ndim != 2 || tA->shape[0] != r || tA->shape[1] < mi || tB->ndim != 2 || tB->shape[1] != r ||
+            tB->shape[0] < mo || !fa || !fb) {
+            char ga[96], gb[96];
+            adio_shape_str(ga, sizeof ga, tA);
+            adio_shape_str(gb, sizeof gb, tB);
+            return err_status_set(st, "%s: %s %s %s and %s %s %s do not cover r = %d and the adapted modules (need "
+                                      "[%d, >= %lld] and [>= %lld, %d], float)",
+                                  ap, vera_key_A, ga, st_dtype_name(tA->dtype), vera_key_B, gb,
+                                  st_dtype_name(tB->dtype), r, r, (long long)mi, (long long)mo, r);
+        }
+        mi = tA->shape[1];
+        mo = tB->shape[0];
+    }
+    VeraMergeProj *p = calloc(1, sizeof *p);
+    SL_CHECK(p, "out of memory");
+    p->r = r;
+    p->mi = mi;
+    p->mo = mo;
+    p->A = malloc((size_t)r * (size_t)mi * sizeof(float));
+    p->B = malloc((size_t)mo * (size_t)r * sizeof(float));
+    SL_CHECK(p->A && p->B, "out of memory");
+    *shared = p;
+    *bytes = (uint64_t)r * (uint64_t)(mi + mo) * sizeof(float);
+    if (!a->save_projection) { /* PEFT's buffers are then not loaded from the file: regenerated */
+        vera_proj_fill(p->A, p->B, a->projection_prng_key, r, mi, mo);
+        return 1;
+    }
+    return st_read_all(&a->tensors, tA, ST_F32, p->A, st) && st_read_all(&a->tensors, tB, ST_F32, p->B, st);
+}
+
+static void vera_merge_shared_free(void *shared) {
+    VeraMergeProj *p = shared;
+    if (!p) return;
+    free(p->A);
+    free(p->B);
+    free(p);
+}
+
+/* ibuf = Ad [r, cols] (lambda_d [r] read into its tail first). */
+static int vera_merge_begin(const AdioMergeItem *it, PeftAdapter *a, const void *shared, float *ibuf,
+                            ErrStatus *st) {
+    const VeraMergeProj *p = shared;
+    float *ld = ibuf + (int64_t)it->r * it->cols;
+    if (!st_read_all(&a->tensors, it->t[0], ST_F32, ld, st)) return 0;
+    vera_scaled_A(ibuf, p->A, p->mi, 0, ld, it->r, it->cols);
+    return 1;
+}
+
+/* rbuf = Bd [k, r], then lambda_b [k]. */
+static int64_t vera_merge_stream(const AdioMergeItem *it, PeftAdapter *a, const void *shared, const float *ibuf,
+                                 float *rbuf, float *W, int64_t row0, int64_t k, int threads, ErrStatus *st) {
+    const VeraMergeProj *p = shared;
+    float *Bd = rbuf, *lb = rbuf + k * it->r;
+    if (!st_read_slice(&a->tensors, it->t[1], 0, 1, row0, k, ST_F32, lb, st)) return -1;
+    vera_scaled_B(Bd, p->B, row0, lb, it->r, k);
+    return lora_merge_rows(W, k, it->cols, ibuf, Bd, it->r, it->scale, threads);
 }
 
 static const AdioKindIo vera_io = {
@@ -433,6 +615,16 @@ static const AdioKindIo vera_io = {
     .export_tensors = vera_export_tensors,
     .import_key = vera_import_key,
     .import_cfg = vera_import_cfg,
+    .card_init = "lambda_d = 0.1, lambda_b = 0; vera_A, vera_B kaiming-uniform from "
+                 "torch.Generator().manual_seed(projection_prng_key), as PEFT",
+    .card_rows = vera_card_rows,
+    .merge_help = "W + (lambda_b ⊙ vera_B[:out]) (lambda_d ⊙ vera_A[:, :in]), the projections from the "
+                  "file or regenerated from projection_prng_key",
+    .merge_plan = vera_merge_plan,
+    .merge_shared = vera_merge_shared,
+    .merge_shared_free = vera_merge_shared_free,
+    .merge_begin = vera_merge_begin,
+    .merge_rows = vera_merge_stream,
 };
 
 const AdapterKind adapter_vera = {
@@ -446,6 +638,7 @@ const AdapterKind adapter_vera = {
     .backward = vera_backward,
     .flops_per_token = vera_flops_per_token,
     .peft_type = "VERA",
+    .own_init = "VeRA initialises its own projections",
     .merge = vera_merge,
     .io = &vera_io,
     .shared_new = vera_shared_new,

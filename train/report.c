@@ -294,7 +294,7 @@ void report_full_free(ReportFull *f) {
 
 void report_gather(ReportFull *f, const ParamTable *p, const float *buf, Grid *g) {
     if (g->dp_rank != 0) return;
-    params_gather(p, buf, g->tp_comm, g->world_rank == 0 ? f->t : NULL);
+    params_gather(p, buf, g, g->world_rank == 0 ? f->t : NULL);
 }
 
 int report_write_adapter(const char *out, const char *model, const ParamTable *p,

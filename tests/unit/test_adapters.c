@@ -120,6 +120,7 @@ typedef struct {
     ParamTable pt;
     AdapterSlot slot;
     Linear lin;
+    Grid grid; /* one rank: the slot's counted collectives are no-ops at tp = 1 */
     MemCtx *mem;
 } Rig;
 
@@ -158,7 +159,9 @@ static void rig_setup(Rig *t, const AdapterKind *kind, const Case *c, const floa
     s->module = RIG_MODULE;
     s->shard = t->lin.shard;
     s->lin = &t->lin;
-    s->tp_comm = MPI_COMM_SELF;
+    t->grid.tp = t->grid.dp = t->grid.world_size = 1;
+    t->grid.world = t->grid.tp_comm = t->grid.dp_comm = MPI_COMM_SELF;
+    s->grid = &t->grid;
     s->tp = 1;
     s->in_copies = 1;
     s->out_copies = 1;
