@@ -108,4 +108,60 @@ static inline void check_rm_rf(const char *path) {
     nftw(path, check_rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+
+/* ---- test data and finite differences ---------------------------------------------------- */
+
+static uint64_t check_rng_state = 0x9e3779b97f4a7c15ull;
+
+/* Uniform in [-1, 1) (xorshift64*: deterministic, good enough for test data). */
+static inline float check_rnd(void) {
+    check_rng_state ^= check_rng_state >> 12;
+    check_rng_state ^= check_rng_state << 25;
+    check_rng_state ^= check_rng_state >> 27;
+    uint64_t r = check_rng_state * 0x2545f4914f6cdd1dull;
+    return (float)((double)(r >> 40) / (double)(1ull << 24) * 2.0 - 1.0);
+}
+
+/* n zeroed floats (at least one); out of memory ends the test (exit 2). */
+static inline float *check_falloc(int64_t n) {
+    float *p = calloc((size_t)(n > 0 ? n : 1), sizeof *p);
+    if (!p) {
+        fprintf(stderr, "out of memory\n");
+        exit(2);
+    }
+    return p;
+}
+
+/* n values scale x check_rnd() (malloc'd). */
+static inline float *check_frand(int64_t n, float scale) {
+    float *p = check_falloc(n);
+    for (int64_t i = 0; i < n; i++) p[i] = scale * check_rnd();
+    return p;
+}
+
+static inline double check_dot_f64(const float *a, const float *b, int64_t n) {
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) s += (double)a[i] * b[i];
+    return s;
+}
+
+/* Central differences of loss(ctx) w.r.t. x[0..n), step h relative to max(1, |x|). The step
+ * actually taken is measured from the rounded floats, so fp32 rounding of x +- h does not
+ * bias the quotient. */
+typedef double (*CheckLossFn)(void *ctx);
+
+static inline void check_fd_grad(float *g, float *x, int64_t n, double h, CheckLossFn loss, void *ctx) {
+    for (int64_t i = 0; i < n; i++) {
+        float x0 = x[i];
+        double step = h * (fabs(x0) > 1 ? fabs(x0) : 1);
+        float xp = (float)(x0 + step), xm = (float)(x0 - step);
+        x[i] = xp;
+        double lp = loss(ctx);
+        x[i] = xm;
+        double lm = loss(ctx);
+        x[i] = x0;
+        g[i] = (float)((lp - lm) / ((double)xp - (double)xm));
+    }
+}
+
 #endif

@@ -26,38 +26,6 @@
 
 /* ---- helpers ---------------------------------------------------------------------------- */
 
-static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
-
-/* Uniform in [-1, 1) (xorshift64*). */
-static float rnd(void) {
-    g_rng ^= g_rng >> 12;
-    g_rng ^= g_rng << 25;
-    g_rng ^= g_rng >> 27;
-    uint64_t r = g_rng * 0x2545f4914f6cdd1dull;
-    return (float)((double)(r >> 40) / (double)(1ull << 24) * 2.0 - 1.0);
-}
-
-static float *falloc(int64_t n) {
-    float *p = calloc((size_t)(n > 0 ? n : 1), sizeof *p);
-    if (!p) {
-        fprintf(stderr, "out of memory\n");
-        exit(2);
-    }
-    return p;
-}
-
-static float *frand(int64_t n, float scale) {
-    float *p = falloc(n);
-    for (int64_t i = 0; i < n; i++) p[i] = scale * rnd();
-    return p;
-}
-
-static double dot_f64(const float *a, const float *b, int64_t n) {
-    double s = 0;
-    for (int64_t i = 0; i < n; i++) s += (double)a[i] * b[i];
-    return s;
-}
-
 static double max_abs(const float *a, int64_t n) {
     double m = 0;
     for (int64_t i = 0; i < n; i++) m = fabs((double)a[i]) > m ? fabs((double)a[i]) : m;
@@ -71,24 +39,6 @@ static double rel_err(const float *a, const float *b, int64_t n) {
         if (!(d <= md)) md = d;
     }
     return md / (mr > 1e-6 ? mr : 1e-6);
-}
-
-/* Central differences of loss() w.r.t. x[0..n) with step h * max(1, |x|), divided by the
- * step actually taken between the rounded floats (as tests/unit/test_kernels.c). */
-typedef double (*LossFn)(void *ctx);
-
-static void fd_grad(float *g, float *x, int64_t n, double h, LossFn loss, void *ctx) {
-    for (int64_t i = 0; i < n; i++) {
-        float x0 = x[i];
-        double step = h * (fabs(x0) > 1 ? fabs(x0) : 1);
-        float xp = (float)(x0 + step), xm = (float)(x0 - step);
-        x[i] = xp;
-        double lp = loss(ctx);
-        x[i] = xm;
-        double lm = loss(ctx);
-        x[i] = x0;
-        g[i] = (float)((lp - lm) / ((double)xp - (double)xm));
-    }
 }
 
 /* Every kind is linear in each single parameter and input element (LoRA: s B A x, DoRA with
@@ -189,7 +139,7 @@ static void rig_fill_zero_tensors(Rig *t) {
         float *v = params_value(&t->pt, i);
         size_t n = params_numel(&t->pt.e[i]);
         if (max_abs(v, (int64_t)n) != 0) continue;
-        for (size_t k = 0; k < n; k++) v[k] = 0.5f * rnd();
+        for (size_t k = 0; k < n; k++) v[k] = 0.5f * check_rnd();
     }
 }
 
@@ -225,7 +175,7 @@ static double loss_adapter(void *p) {
     LossCtx *c = p;
     if (c->refresh) rig_step_begin(c->t, &c->env);
     lin_forward(c->gc, &c->t->lin, &c->env, c->Y, c->X, c->N);
-    return dot_f64(c->Y, c->R, c->N * c->O);
+    return check_dot_f64(c->Y, c->R, c->N * c->O);
 }
 
 /* Only entries whose forward effect step_begin caches need the refresh (see LossCtx). */
@@ -243,8 +193,8 @@ static void test_fd_case(const AdapterKind *kind, const Case *c, GemmCtx *gc, Me
     char label[96], name[320];
     snprintf(label, sizeof label, "%s r%d a%g rs%d p%g", kind->name, c->r, (double)c->alpha,
              c->use_rslora, (double)c->dropout);
-    float *W = frand(O * I, 0.4f), *bias = frand(O, 0.5f), *X = frand(N * I, 1.0f);
-    float *R = frand(N * O, 1.0f), *Y = falloc(N * O), *Y2 = falloc(N * O);
+    float *W = check_frand(O * I, 0.4f), *bias = check_frand(O, 0.5f), *X = check_frand(N * I, 1.0f);
+    float *R = check_frand(N * O, 1.0f), *Y = check_falloc(N * O), *Y2 = check_falloc(N * O);
     X[3] = 0.0f; /* dropout's backward draws the mask again where X = 0 */
     Rig t;
     rig_setup(&t, kind, c, W, bias, O, I, N, mem);
@@ -281,20 +231,20 @@ static void test_fd_case(const AdapterKind *kind, const Case *c, GemmCtx *gc, Me
     for (int i = 0; i < pt->n; i++) {
         if (params_is_frozen(pt, i)) continue;
         int64_t n = (int64_t)params_numel(&pt->e[i]);
-        num[i] = falloc(n);
+        num[i] = check_falloc(n);
         lc.refresh = needs_refresh(&t, i);
-        fd_grad(num[i], params_value(pt, i), n, FD_H, loss_adapter, &lc);
+        check_fd_grad(num[i], params_value(pt, i), n, FD_H, loss_adapter, &lc);
         lc.refresh = 0;
         rig_step_begin(&t, &lc.env); /* back to the base point's f after refreshed steps */
     }
-    float *numx = falloc(N * I);
-    fd_grad(numx, X, N * I, FD_H, loss_adapter, &lc);
+    float *numx = check_falloc(N * I);
+    check_fd_grad(numx, X, N * I, FD_H, loss_adapter, &lc);
 
     /* analytic: forward at the base point, backward into pre-filled buffers (both accumulate) */
     rig_step_begin(&t, &lc.env);
     lin_forward(gc, &t.lin, &lc.env, Y, X, N);
-    float *g0 = frand((int64_t)pt->trainable, 1.0f), *dx0 = frand(N * I, 1.0f);
-    float *dx = falloc(N * I);
+    float *g0 = check_frand((int64_t)pt->trainable, 1.0f), *dx0 = check_frand(N * I, 1.0f);
+    float *dx = check_falloc(N * I);
     memcpy(pt->grads, g0, pt->trainable * sizeof *g0);
     memcpy(dx, dx0, (size_t)(N * I) * sizeof *dx);
     lin_backward(gc, &t.lin, &lc.env, dx, R, X, N, 1.0f);
@@ -304,7 +254,7 @@ static void test_fd_case(const AdapterKind *kind, const Case *c, GemmCtx *gc, Me
         ntrained++;
         int64_t n = (int64_t)params_numel(&pt->e[i]);
         size_t off = pt->e[i].offset;
-        float *ana = falloc(n);
+        float *ana = check_falloc(n);
         for (int64_t k = 0; k < n; k++) ana[k] = pt->grads[off + k] - g0[off + k];
         snprintf(name, sizeof name, "%s d%s", label, short_name(&t, i));
         check_close(name, ana, num[i], n, FD_TOL);
@@ -334,8 +284,8 @@ static void test_fd_case(const AdapterKind *kind, const Case *c, GemmCtx *gc, Me
 static void test_lora_formula(const Case *c, GemmCtx *gc, MemCtx *mem) {
     const int64_t O = 9, I = 70, N = 5; /* I > one 64-column mask chunk */
     const AdapterKind *kind = adapter_kind_by_name("lora");
-    float *W = frand(O * I, 0.3f), *bias = frand(O, 0.5f), *X = frand(N * I, 1.0f);
-    float *Y = falloc(N * O), *want = falloc(N * O);
+    float *W = check_frand(O * I, 0.3f), *bias = check_frand(O, 0.5f), *X = check_frand(N * I, 1.0f);
+    float *Y = check_falloc(N * O), *want = check_falloc(N * O);
     Rig t;
     rig_setup(&t, kind, c, W, bias, O, I, N, mem);
     rig_fill_zero_tensors(&t);
@@ -378,17 +328,17 @@ static void test_lora_formula(const Case *c, GemmCtx *gc, MemCtx *mem) {
 static void test_rslora_equivalence(const AdapterKind *kind, GemmCtx *gc, MemCtx *mem) {
     const int64_t O = 8, I = 6, N = 4;
     const Case rs = {kind->name, 4, 6.0f, 1, 0.0f}, plain = {kind->name, 4, 12.0f, 0, 0.0f};
-    float *W = frand(O * I, 0.4f), *bias = frand(O, 0.5f), *X = frand(N * I, 1.0f);
-    float *Y1 = falloc(N * O), *Y2 = falloc(N * O);
+    float *W = check_frand(O * I, 0.4f), *bias = check_frand(O, 0.5f), *X = check_frand(N * I, 1.0f);
+    float *Y1 = check_falloc(N * O), *Y2 = check_falloc(N * O);
     const AdapterEnv env = {gc, 5, 1, 0, 1};
-    uint64_t saved = g_rng;
+    uint64_t saved = check_rng_state;
     Rig t;
     rig_setup(&t, kind, &rs, W, bias, O, I, N, mem);
     rig_fill_zero_tensors(&t);
     rig_step_begin(&t, &env);
     lin_forward(gc, &t.lin, &env, Y1, X, N);
     rig_free(&t);
-    g_rng = saved; /* the same fill */
+    check_rng_state = saved; /* the same fill */
     rig_setup(&t, kind, &plain, W, bias, O, I, N, mem);
     rig_fill_zero_tensors(&t);
     rig_step_begin(&t, &env);

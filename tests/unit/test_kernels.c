@@ -19,42 +19,10 @@
 
 /* ---- helpers ---------------------------------------------------------------------------- */
 
-static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
-
-/* Uniform in [-1, 1) (xorshift64*: deterministic, good enough for test data). */
-static float rnd(void) {
-    g_rng ^= g_rng >> 12;
-    g_rng ^= g_rng << 25;
-    g_rng ^= g_rng >> 27;
-    uint64_t r = g_rng * 0x2545f4914f6cdd1dull;
-    return (float)((double)(r >> 40) / (double)(1ull << 24) * 2.0 - 1.0);
-}
-
-static float *falloc(int64_t n) {
-    float *p = calloc((size_t)(n > 0 ? n : 1), sizeof *p);
-    if (!p) {
-        fprintf(stderr, "out of memory\n");
-        exit(2);
-    }
-    return p;
-}
-
-static float *frand(int64_t n, float scale) {
-    float *p = falloc(n);
-    for (int64_t i = 0; i < n; i++) p[i] = scale * rnd();
-    return p;
-}
-
 static float *fcopy(const float *x, int64_t n) {
-    float *p = falloc(n);
+    float *p = check_falloc(n);
     memcpy(p, x, (size_t)n * sizeof *p);
     return p;
-}
-
-static double dot_f64(const float *a, const float *b, int64_t n) {
-    double s = 0;
-    for (int64_t i = 0; i < n; i++) s += (double)a[i] * b[i];
-    return s;
 }
 
 /* max |a - b| / max |b| without counting a check (for negative controls). */
@@ -70,28 +38,9 @@ static double rel_err(const float *a, const float *b, int64_t n) {
 
 /* a - b elementwise into a new buffer (the increment a backward added to a pre-filled dx). */
 static float *fdiff(const float *a, const float *b, int64_t n) {
-    float *p = falloc(n);
+    float *p = check_falloc(n);
     for (int64_t i = 0; i < n; i++) p[i] = a[i] - b[i];
     return p;
-}
-
-/* Central differences of loss() w.r.t. x[0..n), step h relative to max(1, |x|). The step
- * actually taken is measured from the rounded floats, so fp32 rounding of x +- h does not
- * bias the quotient. */
-typedef double (*LossFn)(void *ctx);
-
-static void fd_grad(float *g, float *x, int64_t n, double h, LossFn loss, void *ctx) {
-    for (int64_t i = 0; i < n; i++) {
-        float x0 = x[i];
-        double step = h * (fabs(x0) > 1 ? fabs(x0) : 1);
-        float xp = (float)(x0 + step), xm = (float)(x0 - step);
-        x[i] = xp;
-        double lp = loss(ctx);
-        x[i] = xm;
-        double lm = loss(ctx);
-        x[i] = x0;
-        g[i] = (float)((lp - lm) / ((double)xp - (double)xm));
-    }
 }
 
 #define FD_H 1e-2
@@ -115,7 +64,7 @@ typedef struct {
 static double loss_rmsnorm(void *p) {
     FdCtx *c = p;
     c->ops->rmsnorm_forward(c->out, c->rstd, c->x, c->w, c->T, c->C, 1e-5f);
-    return dot_f64(c->out, c->R, c->T * c->C);
+    return check_dot_f64(c->out, c->R, c->T * c->C);
 }
 
 static double loss_rope(void *p) {
@@ -123,20 +72,20 @@ static double loss_rope(void *p) {
     int64_t n = c->T * c->H * c->D;
     memcpy(c->out, c->x, (size_t)n * sizeof(float));
     c->ops->rope_forward(c->out, c->cos, c->sin, c->T, c->H, c->D);
-    return dot_f64(c->out, c->R, n);
+    return check_dot_f64(c->out, c->R, n);
 }
 
 static double loss_swiglu(void *p) {
     FdCtx *c = p;
     c->ops->swiglu_forward(c->out, c->gate, c->up, c->n);
-    return dot_f64(c->out, c->R, c->n);
+    return check_dot_f64(c->out, c->R, c->n);
 }
 
 static double loss_attention(void *p) {
     FdCtx *c = p;
     c->ops->attention_forward(c->kc, c->out, c->lse, c->q, c->k, c->v, c->doc, c->T, c->H, c->KV,
                               c->D);
-    return dot_f64(c->out, c->R, c->T * c->H * c->D);
+    return check_dot_f64(c->out, c->R, c->T * c->H * c->D);
 }
 
 static void make_rope_tables(float *cos, float *sin, const int64_t *pos, int64_t T, int64_t D) {
@@ -149,13 +98,13 @@ static void make_rope_tables(float *cos, float *sin, const int64_t *pos, int64_t
 static void test_fd_rmsnorm(const KernOps *ops) {
     FdCtx c = {.ops = ops, .T = 7, .C = 12};
     int64_t n = c.T * c.C;
-    c.x = frand(n, 1.0f);
-    c.w = frand(c.C, 1.0f);
-    c.out = falloc(n);
-    c.rstd = falloc(c.T);
-    c.R = frand(n, 1.0f);
-    float *num = falloc(n), *dx0 = frand(n, 1.0f), *dx = fcopy(dx0, n);
-    fd_grad(num, c.x, n, FD_H, loss_rmsnorm, &c);
+    c.x = check_frand(n, 1.0f);
+    c.w = check_frand(c.C, 1.0f);
+    c.out = check_falloc(n);
+    c.rstd = check_falloc(c.T);
+    c.R = check_frand(n, 1.0f);
+    float *num = check_falloc(n), *dx0 = check_frand(n, 1.0f), *dx = fcopy(dx0, n);
+    check_fd_grad(num, c.x, n, FD_H, loss_rmsnorm, &c);
     loss_rmsnorm(&c);
     ops->rmsnorm_backward(dx, c.R, c.x, c.w, c.rstd, c.T, c.C);
     float *ana = fdiff(dx, dx0, n);
@@ -170,14 +119,14 @@ static void test_fd_rmsnorm(const KernOps *ops) {
 static void test_fd_rope(const KernOps *ops) {
     FdCtx c = {.ops = ops, .T = 7, .H = 3, .D = 6};
     int64_t n = c.T * c.H * c.D, pos[7] = {0, 1, 2, 0, 1, 2, 3};
-    c.x = frand(n, 1.0f);
-    c.out = falloc(n);
-    c.R = frand(n, 1.0f);
-    c.cos = falloc(c.T * c.D / 2);
-    c.sin = falloc(c.T * c.D / 2);
+    c.x = check_frand(n, 1.0f);
+    c.out = check_falloc(n);
+    c.R = check_frand(n, 1.0f);
+    c.cos = check_falloc(c.T * c.D / 2);
+    c.sin = check_falloc(c.T * c.D / 2);
     make_rope_tables(c.cos, c.sin, pos, c.T, c.D);
-    float *num = falloc(n), *g = fcopy(c.R, n);
-    fd_grad(num, c.x, n, FD_H, loss_rope, &c);
+    float *num = check_falloc(n), *g = fcopy(c.R, n);
+    check_fd_grad(num, c.x, n, FD_H, loss_rope, &c);
     ops->rope_backward(g, c.cos, c.sin, c.T, c.H, c.D); /* in place: dL/dx */
     check_close("fd rope dx", g, num, n, FD_TOL);
     free(c.x), free(c.out), free(c.R), free(c.cos), free(c.sin), free(num), free(g);
@@ -185,15 +134,15 @@ static void test_fd_rope(const KernOps *ops) {
 
 static void test_fd_swiglu(const KernOps *ops) {
     FdCtx c = {.ops = ops, .n = 84};
-    c.gate = frand(c.n, 4.0f); /* through the curved part of silu */
-    c.up = frand(c.n, 1.0f);
-    c.out = falloc(c.n);
-    c.R = frand(c.n, 1.0f);
-    float *ng = falloc(c.n), *nu = falloc(c.n);
-    float *dg0 = frand(c.n, 1.0f), *du0 = frand(c.n, 1.0f);
+    c.gate = check_frand(c.n, 4.0f); /* through the curved part of silu */
+    c.up = check_frand(c.n, 1.0f);
+    c.out = check_falloc(c.n);
+    c.R = check_frand(c.n, 1.0f);
+    float *ng = check_falloc(c.n), *nu = check_falloc(c.n);
+    float *dg0 = check_frand(c.n, 1.0f), *du0 = check_frand(c.n, 1.0f);
     float *dg = fcopy(dg0, c.n), *du = fcopy(du0, c.n);
-    fd_grad(ng, c.gate, c.n, FD_H, loss_swiglu, &c);
-    fd_grad(nu, c.up, c.n, FD_H, loss_swiglu, &c);
+    check_fd_grad(ng, c.gate, c.n, FD_H, loss_swiglu, &c);
+    check_fd_grad(nu, c.up, c.n, FD_H, loss_swiglu, &c);
     ops->swiglu_backward(dg, du, c.R, c.gate, c.up, c.n);
     float *ag = fdiff(dg, dg0, c.n), *au = fdiff(du, du0, c.n);
     check_close("fd swiglu dgate", ag, ng, c.n, FD_TOL);
@@ -209,18 +158,18 @@ static void test_fd_attention(const KernOps *ops, KernCtx *kc) {
     kern_doc_starts(doc, pos, 7);
     FdCtx c = {.ops = ops, .T = 7, .H = 4, .KV = 2, .D = 6, .doc = doc, .kc = kc};
     int64_t nq = c.T * c.H * c.D, nk = c.T * c.KV * c.D;
-    c.q = frand(nq, 1.5f);
-    c.k = frand(nk, 1.5f);
-    c.v = frand(nk, 1.0f);
-    c.out = falloc(nq);
-    c.lse = falloc(c.H * c.T);
-    c.R = frand(nq, 1.0f);
-    float *nq_ = falloc(nq), *nk_ = falloc(nk), *nv_ = falloc(nk);
-    fd_grad(nq_, c.q, nq, FD_H, loss_attention, &c);
-    fd_grad(nk_, c.k, nk, FD_H, loss_attention, &c);
-    fd_grad(nv_, c.v, nk, FD_H, loss_attention, &c);
+    c.q = check_frand(nq, 1.5f);
+    c.k = check_frand(nk, 1.5f);
+    c.v = check_frand(nk, 1.0f);
+    c.out = check_falloc(nq);
+    c.lse = check_falloc(c.H * c.T);
+    c.R = check_frand(nq, 1.0f);
+    float *nq_ = check_falloc(nq), *nk_ = check_falloc(nk), *nv_ = check_falloc(nk);
+    check_fd_grad(nq_, c.q, nq, FD_H, loss_attention, &c);
+    check_fd_grad(nk_, c.k, nk, FD_H, loss_attention, &c);
+    check_fd_grad(nv_, c.v, nk, FD_H, loss_attention, &c);
     loss_attention(&c);
-    float *dq0 = frand(nq, 1.0f), *dk0 = frand(nk, 1.0f), *dv0 = frand(nk, 1.0f);
+    float *dq0 = check_frand(nq, 1.0f), *dk0 = check_frand(nk, 1.0f), *dv0 = check_frand(nk, 1.0f);
     float *dq = fcopy(dq0, nq), *dk = fcopy(dk0, nk), *dv = fcopy(dv0, nk);
     ops->attention_backward(kc, dq, dk, dv, c.R, c.out, c.lse, c.q, c.k, c.v, doc, c.T, c.H, c.KV,
                             c.D);
@@ -233,7 +182,7 @@ static void test_fd_attention(const KernOps *ops, KernCtx *kc) {
         int64_t h = 3, t = 5, kvh = h / (c.H / c.KV);
         double se = 0;
         for (int64_t s = doc[t]; s <= t; s++)
-            se += exp(dot_f64(c.q + (t * c.H + h) * c.D, c.k + (s * c.KV + kvh) * c.D, c.D) /
+            se += exp(check_dot_f64(c.q + (t * c.H + h) * c.D, c.k + (s * c.KV + kvh) * c.D, c.D) /
                       sqrt((double)c.D));
         float want = (float)log(se);
         check_close("attention lse[3, 5] direct", &c.lse[h * c.T + t], &want, 1, 1e-6);
@@ -269,9 +218,9 @@ static void test_fd_ce(const KernOps *ops) {
     float w[5] = {0.5f, 1.0f, 0.0f, 2.0f, 0.25f};
     CeCtx c = {.ops = ops, .target = target, .w = w, .Tc = 5, .V = 11};
     int64_t n = c.Tc * c.V;
-    c.logits = frand(n, 3.0f);
-    float *num = falloc(n);
-    fd_grad(num, c.logits, n, FD_H, loss_ce, &c);
+    c.logits = check_frand(n, 3.0f);
+    float *num = check_falloc(n);
+    check_fd_grad(num, c.logits, n, FD_H, loss_ce, &c);
     float mx[5], se[5];
     float *g = fcopy(c.logits, n);
     ops->ce_max(mx, g, c.Tc, c.V);
@@ -284,21 +233,21 @@ static void test_fd_ce(const KernOps *ops) {
 static void test_fd_embed(const KernOps *ops) {
     int64_t Vloc = 9, C = 12, T = 7, v0 = 4;
     int32_t ids[7] = {4, 12, 3, 7, 7, -100, 13}; /* 3, 13, -100 are not in [4, 13) */
-    float *tab = frand(Vloc * C, 1.0f), *out = falloc(T * C), *R = frand(T * C, 1.0f);
+    float *tab = check_frand(Vloc * C, 1.0f), *out = check_falloc(T * C), *R = check_frand(T * C, 1.0f);
     GemmWeight W = {.dtype = GEMM_F32, .data = tab, .rows = Vloc, .cols = C, .ld = C};
-    float *num = falloc(Vloc * C);
+    float *num = check_falloc(Vloc * C);
     for (int64_t i = 0; i < Vloc * C; i++) { /* L is linear in the table: exact differences */
         float x0 = tab[i];
         tab[i] = x0 + 0.5f;
         ops->embed_forward(out, &W, ids, v0, T, C);
-        double lp = dot_f64(out, R, T * C);
+        double lp = check_dot_f64(out, R, T * C);
         tab[i] = x0 - 0.5f;
         ops->embed_forward(out, &W, ids, v0, T, C);
-        double lm = dot_f64(out, R, T * C);
+        double lm = check_dot_f64(out, R, T * C);
         tab[i] = x0;
         num[i] = (float)(lp - lm);
     }
-    float *d0 = frand(Vloc * C, 1.0f), *d = fcopy(d0, Vloc * C);
+    float *d0 = check_frand(Vloc * C, 1.0f), *d = fcopy(d0, Vloc * C);
     ops->embed_backward(d, R, ids, v0, Vloc, T, C);
     float *a = fdiff(d, d0, Vloc * C);
     check_close("fd embed dtable", a, num, Vloc * C, 1e-5);
@@ -314,8 +263,8 @@ static void test_fd_embed(const KernOps *ops) {
 
 static void test_fast_rmsnorm(const KernOps *ref, const KernOps *fast, int64_t T, int64_t C) {
     int64_t n = T * C;
-    float *x = frand(n, 2.0f), *w = frand(C, 1.0f), *g = frand(n, 1.0f);
-    float *o1 = falloc(n), *o2 = falloc(n), *r1 = falloc(T), *r2 = falloc(T);
+    float *x = check_frand(n, 2.0f), *w = check_frand(C, 1.0f), *g = check_frand(n, 1.0f);
+    float *o1 = check_falloc(n), *o2 = check_falloc(n), *r1 = check_falloc(T), *r2 = check_falloc(T);
     ref->rmsnorm_forward(o1, r1, x, w, T, C, 1e-6f);
     fast->rmsnorm_forward(o2, r2, x, w, T, C, 1e-6f);
     char name[96];
@@ -323,7 +272,7 @@ static void test_fast_rmsnorm(const KernOps *ref, const KernOps *fast, int64_t T
     check_close(name, o2, o1, n, FR_TOL);
     snprintf(name, sizeof name, "fast rmsnorm rstd T=%lld C=%lld", (long long)T, (long long)C);
     check_close(name, r2, r1, T, FR_TOL);
-    float *d1 = frand(n, 1.0f), *d2 = fcopy(d1, n);
+    float *d1 = check_frand(n, 1.0f), *d2 = fcopy(d1, n);
     ref->rmsnorm_backward(d1, g, x, w, r1, T, C);
     fast->rmsnorm_backward(d2, g, x, w, r1, T, C);
     snprintf(name, sizeof name, "fast rmsnorm dx T=%lld C=%lld", (long long)T, (long long)C);
@@ -335,9 +284,9 @@ static void test_fast_rope(const KernOps *ref, const KernOps *fast) {
     int64_t T = 37, nh = 6, D = 10, n = T * nh * D;
     int64_t pos[37];
     for (int64_t t = 0; t < T; t++) pos[t] = t < 20 ? t + 5 : t - 20;
-    float *cs = falloc(T * D / 2), *sn = falloc(T * D / 2);
+    float *cs = check_falloc(T * D / 2), *sn = check_falloc(T * D / 2);
     make_rope_tables(cs, sn, pos, T, D);
-    float *x = frand(n, 1.0f), *a = fcopy(x, n), *b = fcopy(x, n);
+    float *x = check_frand(n, 1.0f), *a = fcopy(x, n), *b = fcopy(x, n);
     ref->rope_forward(a, cs, sn, T, nh, D);
     fast->rope_forward(b, cs, sn, T, nh, D);
     check_close("fast rope forward T=37 nh=6 D=10", b, a, n, FR_TOL);
@@ -350,15 +299,15 @@ static void test_fast_rope(const KernOps *ref, const KernOps *fast) {
 }
 
 static void test_fast_swiglu(const KernOps *ref, const KernOps *fast, int64_t n) {
-    float *g = frand(n, 12.0f), *u = frand(n, 2.0f), *go = frand(n, 1.0f);
+    float *g = check_frand(n, 12.0f), *u = check_frand(n, 2.0f), *go = check_frand(n, 1.0f);
     g[0] = -95.0f, g[1] = 95.0f, g[2] = 0.0f; /* saturated sigmoid on both sides */
-    float *o1 = falloc(n), *o2 = falloc(n);
+    float *o1 = check_falloc(n), *o2 = check_falloc(n);
     ref->swiglu_forward(o1, g, u, n);
     fast->swiglu_forward(o2, g, u, n);
     char name[96];
     snprintf(name, sizeof name, "fast swiglu out n=%lld", (long long)n);
     check_close(name, o2, o1, n, FR_TOL);
-    float *dg1 = frand(n, 1.0f), *du1 = frand(n, 1.0f), *dg2 = fcopy(dg1, n), *du2 = fcopy(du1, n);
+    float *dg1 = check_frand(n, 1.0f), *du1 = check_frand(n, 1.0f), *dg2 = fcopy(dg1, n), *du2 = fcopy(du1, n);
     ref->swiglu_backward(dg1, du1, go, g, u, n);
     fast->swiglu_backward(dg2, du2, go, g, u, n);
     snprintf(name, sizeof name, "fast swiglu dgate n=%lld", (long long)n);
@@ -382,8 +331,8 @@ static void test_fast_attention(const KernOps *ref, const KernOps *fast, KernCtx
     int32_t *doc = malloc((size_t)T * sizeof *doc);
     kern_doc_starts(doc, pos, T);
     int64_t nq = T * H * D, nk = T * KV * D;
-    float *q = frand(nq, 2.0f), *k = frand(nk, 2.0f), *v = frand(nk, 1.0f), *go = frand(nq, 1.0f);
-    float *o1 = falloc(nq), *o2 = falloc(nq), *l1 = falloc(H * T), *l2 = falloc(H * T);
+    float *q = check_frand(nq, 2.0f), *k = check_frand(nk, 2.0f), *v = check_frand(nk, 1.0f), *go = check_frand(nq, 1.0f);
+    float *o1 = check_falloc(nq), *o2 = check_falloc(nq), *l1 = check_falloc(H * T), *l2 = check_falloc(H * T);
     ref->attention_forward(kc, o1, l1, q, k, v, doc, T, H, KV, D);
     fast->attention_forward(kc, o2, l2, q, k, v, doc, T, H, KV, D);
     char name[128];
@@ -391,7 +340,7 @@ static void test_fast_attention(const KernOps *ref, const KernOps *fast, KernCtx
     check_close(name, o2, o1, nq, FR_TOL);
     snprintf(name, sizeof name, "fast attn lse %s", label);
     check_close(name, l2, l1, H * T, FR_TOL);
-    float *dq1 = frand(nq, 1.0f), *dk1 = frand(nk, 1.0f), *dv1 = frand(nk, 1.0f);
+    float *dq1 = check_frand(nq, 1.0f), *dk1 = check_frand(nk, 1.0f), *dv1 = check_frand(nk, 1.0f);
     float *dq2 = fcopy(dq1, nq), *dk2 = fcopy(dk1, nk), *dv2 = fcopy(dv1, nk);
     float *dq0 = fcopy(dq1, nq), *dk0 = fcopy(dk1, nk), *dv0 = fcopy(dv1, nk);
     ref->attention_backward(kc, dq1, dk1, dv1, go, o1, l1, q, k, v, doc, T, H, KV, D);
@@ -431,8 +380,8 @@ static void test_doc_isolation(const KernOps *ops, KernCtx *kc, const int64_t *p
             break;
         }
     }
-    float *q = frand(nq, 2.0f), *k = frand(nk, 2.0f), *v = frand(nk, 1.0f);
-    float *o1 = falloc(nq), *o2 = falloc(nq), *lse = falloc(H * T);
+    float *q = check_frand(nq, 2.0f), *k = check_frand(nk, 2.0f), *v = check_frand(nk, 1.0f);
+    float *o1 = check_falloc(nq), *o2 = check_falloc(nq), *lse = check_falloc(H * T);
     ops->attention_forward(kc, o1, lse, q, k, v, doc, T, H, KV, D);
     for (int64_t t = v0; t < v1; t++) {
         for (int64_t i = 0; i < H * D; i++) q[t * H * D + i] += 3.0f;
@@ -450,10 +399,10 @@ static void test_doc_isolation(const KernOps *ops, KernCtx *kc, const int64_t *p
                (long long)leaks);
     CHECK_TRUE(changed > 0, "%s %s: the victim document's outputs did not change", ops->name,
                label);
-    float *go = frand(nq, 1.0f);
+    float *go = check_frand(nq, 1.0f);
     for (int64_t t = v0; t < v1; t++)
         for (int64_t i = 0; i < H * D; i++) go[t * H * D + i] = 0;
-    float *dq = falloc(nq), *dk = falloc(nk), *dv = falloc(nk);
+    float *dq = check_falloc(nq), *dk = check_falloc(nk), *dv = check_falloc(nk);
     ops->attention_backward(kc, dq, dk, dv, go, o2, lse, q, k, v, doc, T, H, KV, D);
     int64_t nonzero = 0;
     for (int64_t t = v0; t < v1; t++) {
@@ -474,9 +423,9 @@ static void test_doc_isolation(const KernOps *ops, KernCtx *kc, const int64_t *p
 
 static void test_ce(const KernOps *ops, int64_t Tc, int64_t V, int64_t split) {
     int64_t n = Tc * V;
-    float *logits = frand(n, 8.0f);
+    float *logits = check_frand(n, 8.0f);
     int32_t *target = malloc((size_t)Tc * sizeof *target);
-    float *w = falloc(Tc);
+    float *w = check_falloc(Tc);
     for (int64_t t = 0; t < Tc; t++) {
         target[t] = (int32_t)((t * 7919) % V);
         w[t] = 0.5f + (float)(t % 3);
@@ -490,7 +439,7 @@ static void test_ce(const KernOps *ops, int64_t Tc, int64_t V, int64_t split) {
 
     /* direct: softmax in double over the whole row */
     double *loss_d = calloc((size_t)Tc, sizeof *loss_d);
-    float *grad_d = falloc(n);
+    float *grad_d = check_falloc(n);
     for (int64_t t = 0; t < Tc; t++) {
         const float *l = logits + t * V;
         double m = -INFINITY, s = 0;
@@ -505,12 +454,12 @@ static void test_ce(const KernOps *ops, int64_t Tc, int64_t V, int64_t split) {
 
     /* two "ranks": columns [0, split) and [split, V), combined as the caller would */
     int64_t vr[2][2] = {{0, split}, {split, V}};
-    float *mx = falloc(Tc), *se = falloc(Tc), *tl = falloc(Tc);
-    float *m_r = falloc(Tc), *s_r = falloc(Tc), *tl_r = falloc(Tc);
+    float *mx = check_falloc(Tc), *se = check_falloc(Tc), *tl = check_falloc(Tc);
+    float *m_r = check_falloc(Tc), *s_r = check_falloc(Tc), *tl_r = check_falloc(Tc);
     float *shard[2];
     for (int r = 0; r < 2; r++) {
         int64_t Vr = vr[r][1] - vr[r][0];
-        shard[r] = falloc(Tc * Vr);
+        shard[r] = check_falloc(Tc * Vr);
         for (int64_t t = 0; t < Tc; t++)
             memcpy(shard[r] + t * Vr, logits + t * V + vr[r][0], (size_t)Vr * sizeof(float));
     }
@@ -525,7 +474,7 @@ static void test_ce(const KernOps *ops, int64_t Tc, int64_t V, int64_t split) {
         ops->ce_target(tl_r, shard[r], target, vr[r][0], Tc, Vr);
         for (int64_t t = 0; t < Tc; t++) se[t] += s_r[t], tl[t] += tl_r[t];
     }
-    float *loss_k = falloc(Tc), *loss_dd = falloc(Tc);
+    float *loss_k = check_falloc(Tc), *loss_dd = check_falloc(Tc);
     for (int64_t t = 0; t < Tc; t++) {
         loss_k[t] = logf(se[t]) + mx[t] - tl[t];
         loss_dd[t] = (float)loss_d[t];
@@ -534,7 +483,7 @@ static void test_ce(const KernOps *ops, int64_t Tc, int64_t V, int64_t split) {
     snprintf(name, sizeof name, "%s ce loss Tc=%lld V=%lld split", ops->name, (long long)Tc,
              (long long)V);
     check_close(name, loss_k, loss_dd, Tc, 1e-5);
-    float *grad_k = falloc(n);
+    float *grad_k = check_falloc(n);
     for (int r = 0; r < 2; r++) {
         int64_t Vr = vr[r][1] - vr[r][0];
         ops->ce_backward(shard[r], target, vr[r][0], mx, se, w, Tc, Vr);
@@ -555,9 +504,9 @@ static void test_ce(const KernOps *ops, int64_t Tc, int64_t V, int64_t split) {
 static void test_fast_ce(const KernOps *ref, const KernOps *fast, int64_t Tc, int64_t V,
                          int64_t v0) {
     int64_t n = Tc * V;
-    float *l = frand(n, 10.0f);
+    float *l = check_frand(n, 10.0f);
     int32_t *target = malloc((size_t)Tc * sizeof *target);
-    float *w = falloc(Tc);
+    float *w = check_falloc(Tc);
     for (int64_t t = 0; t < Tc; t++) {
         target[t] = (int32_t)(v0 - 3 + (t * 31) % (V + 6)); /* some below v0, some beyond */
         w[t] = (t % 4 == 1) ? 0.0f : 0.1f * (float)(t % 7 + 1);
@@ -586,13 +535,13 @@ static void test_fast_ce(const KernOps *ref, const KernOps *fast, int64_t Tc, in
 
 static void test_fast_embed(const KernOps *ref, const KernOps *fast) {
     int64_t Vloc = 23, C = 70, ld = 75, T = 37, v0 = 100;
-    float *tf = frand(Vloc * ld, 1.0f);
+    float *tf = check_frand(Vloc * ld, 1.0f);
     uint16_t *tb = malloc((size_t)(Vloc * ld) * sizeof *tb);
     for (int64_t i = 0; i < Vloc * ld; i++) tb[i] = gemm_f32_to_bf16(tf[i]);
     int32_t ids[37];
     for (int64_t t = 0; t < T; t++) ids[t] = (int32_t)(v0 - 2 + (t * 5) % (Vloc + 4));
     ids[3] = -100;
-    float *o1 = falloc(T * C), *o2 = falloc(T * C);
+    float *o1 = check_falloc(T * C), *o2 = check_falloc(T * C);
     for (int bf = 0; bf < 2; bf++) {
         GemmWeight W = {.dtype = bf ? GEMM_BF16 : GEMM_F32,
                         .data = bf ? (const void *)tb : (const void *)tf,
@@ -606,11 +555,11 @@ static void test_fast_embed(const KernOps *ref, const KernOps *fast) {
                     T * C, 0);
     }
     /* BF16 rows are the rounded F32 rows */
-    float *o3 = falloc(T * C);
+    float *o3 = check_falloc(T * C);
     GemmWeight WF = {.dtype = GEMM_F32, .data = tf, .rows = Vloc, .cols = C, .ld = ld};
     ref->embed_forward(o3, &WF, ids, v0, T, C);
     check_close("embed BF16 vs F32 table (bf16 rounding)", o1, o3, T * C, 4e-3);
-    float *g = frand(T * C, 1.0f), *d1 = frand(Vloc * C, 1.0f), *d2 = fcopy(d1, Vloc * C);
+    float *g = check_frand(T * C, 1.0f), *d1 = check_frand(Vloc * C, 1.0f), *d2 = fcopy(d1, Vloc * C);
     ref->embed_backward(d1, g, ids, v0, Vloc, T, C);
     fast->embed_backward(d2, g, ids, v0, Vloc, T, C);
     check_close("fast embed backward (repeated ids)", d2, d1, Vloc * C, 0);
@@ -793,7 +742,7 @@ int main(int argc, char **argv) {
         for (int nt = 1; nt <= 3; nt += 2) {
             KernCtx k2 = {.gemm = &g, .nthreads = nt};
             k2.scratch_floats = kern_scratch_floats(T, 7, 64, nt);
-            k2.scratch = falloc((int64_t)k2.scratch_floats);
+            k2.scratch = check_falloc((int64_t)k2.scratch_floats);
             char label[64];
             snprintf(label, sizeof label, "T=300 H=7 KV=1 D=64 docs nthreads=%d", nt);
             test_fast_attention(ref, fast, &k2, pos, T, 7, 1, 64, label);

@@ -27,25 +27,6 @@
 
 enum { L = 2, C = 16, H = 4, KV = 2, D = 4, F = 24, V = 50, T = 8, G = 2 };
 
-static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
-
-static float rnd(void) { /* uniform in [-1, 1), xorshift64* */
-    g_rng ^= g_rng >> 12;
-    g_rng ^= g_rng << 25;
-    g_rng ^= g_rng >> 27;
-    uint64_t r = g_rng * 0x2545f4914f6cdd1dull;
-    return (float)((double)(r >> 40) / (double)(1ull << 24) * 2.0 - 1.0);
-}
-
-static float *xalloc(size_t n) {
-    float *p = calloc(n ? n : 1, sizeof *p);
-    if (!p) {
-        fprintf(stderr, "out of memory\n");
-        exit(2);
-    }
-    return p;
-}
-
 /* ---- the tiny model directory ------------------------------------------------------------ */
 
 typedef struct {
@@ -65,8 +46,8 @@ static void add_tensor(const char *name, int64_t rows, int64_t cols, float scale
     t->shape[0] = rows;
     t->shape[1] = cols;
     size_t n = (size_t)rows * (size_t)(cols ? cols : 1);
-    t->data = xalloc(n);
-    for (size_t i = 0; i < n; i++) t->data[i] = offset + scale * rnd();
+    t->data = check_falloc((int64_t)n);
+    for (size_t i = 0; i < n; i++) t->data[i] = offset + scale * check_rnd();
 }
 
 /* config.json + model.safetensors of a Llama with GQA (H = 4, KV = 2), untied lm_head. */
@@ -201,7 +182,7 @@ static void test_step_composed(Session *s, const float *v0) {
     OptimCfg oc;
     optim_cfg(&oc, OPTIM_ADAMW, 1e-2f);
     ParamTable *p = &s->m.params;
-    float *va = xalloc(p->total), *ma = xalloc(p->trainable);
+    float *va = check_falloc((int64_t)p->total), *ma = check_falloc((int64_t)p->trainable);
     TrainerStep a[2], b[2];
     reset(&t, s, v0, 1.0, &oc);
     for (int k = 0; k < 2; k++) trainer_step(&t, &g_src, k * G, k + 1, 1e-2f, &a[k]);
@@ -261,7 +242,7 @@ static void test_clip(Session *s, const float *v0, double norm) {
     OptimCfg oc;
     optim_cfg(&oc, OPTIM_ADAMW, 1e-2f);
     ParamTable *p = &s->m.params;
-    float *g0 = xalloc(p->trainable), *scaled = xalloc(p->trainable);
+    float *g0 = check_falloc((int64_t)p->trainable), *scaled = check_falloc((int64_t)p->trainable);
     const double maxn = 0.3 * norm;
     reset(&t, s, v0, maxn, &oc);
     TrainerStep o;
@@ -315,7 +296,7 @@ static void test_accumulation(Session *s1, Session *s2, const float *v0) {
                 (int64_t)p1->trainable, 1e-5);
     trainer_update(&t1, 0.5f, &o1);
     trainer_update(&t2, 0.5f, &o2);
-    float *d1 = xalloc(p1->total), *d2 = xalloc(p1->total);
+    float *d1 = check_falloc((int64_t)p1->total), *d2 = check_falloc((int64_t)p1->total);
     for (size_t i = 0; i < p1->total; i++) {
         d1[i] = p1->values[i] - v0[i];
         d2[i] = p2->values[i] - v0[i];
@@ -343,7 +324,7 @@ static void test_nan(Session *s, const float *v0) {
     CHECK_TRUE(ia >= 0, "no lora_A of layer 1's q_proj");
     if (ia < 0) return;
     params_value(p, ia)[3] = NAN;
-    float *v = xalloc(p->total), *m = xalloc(p->trainable);
+    float *v = check_falloc((int64_t)p->total), *m = check_falloc((int64_t)p->trainable);
     memcpy(v, p->values, p->total * sizeof(float));
     memcpy(m, t.opt.m, p->trainable * sizeof(float));
     const int64_t steps = t.opt.step;
@@ -373,7 +354,7 @@ int main(int argc, char **argv) {
     Session s1, s2;
     if (!open_session(&s1, &g, dir, 1) || !open_session(&s2, &g, dir, 2)) return 2;
     ParamTable *p = &s1.m.params;
-    float *v0 = xalloc(p->total);
+    float *v0 = check_falloc((int64_t)p->total);
     memcpy(v0, p->values, p->total * sizeof(float));
     CHECK_TRUE(memcmp(v0, s2.m.params.values, p->total * sizeof(float)) == 0,
                "two sessions start from different adapters");
