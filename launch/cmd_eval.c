@@ -23,6 +23,14 @@
 #include "cmds.h"
 #include "mpicmd.h"
 
+static const char EVAL_USAGE[] = "[mpirun -np N] shardlora eval --model DIR [--adapter DIR] --data FILE [options]";
+static const char EVAL_ABOUT[] =
+    "Mean loss and perplexity of the model (with a PEFT adapter, unmerged) over a JSONL "
+    "dataset: the same formats, prompt masking and packing as `train`, in file order. "
+    "Prints progress lines and one summary line. Exit status 0, 2 bad command line or "
+    "layout, 3 bad model / adapter / data, 4 cannot write --out, 5 the loss is not finite (NaN / inf: "
+    "nothing is written to --out).";
+
 typedef struct {
     MpicmdRun run;
     MpicmdRows rows;
@@ -292,24 +300,22 @@ static int eval_free(EvalRun *r, int rc) {
     if (r->have_session) session_free(&r->s);
     if (r->have_ac) adio_cfg_free(&r->ac);
     if (r->have_data) tdata_free(&r->data);
-    args_free(r->specs, r->nspecs);
-    grid_finalize(&r->g);
-    return rc;
+    return mpicmd_end(&r->g, r->specs, r->nspecs, rc);
+}
+
+/* Options parsed, checked and the grid set up (mpicmd_begin): -1 to go on, or the exit
+ * status to end with. */
+static int eval_start(EvalRun *r, int *argc, char ***argv) {
+    memset(r, 0, sizeof *r);
+    eval_spec_table(r);
+    return mpicmd_begin(&r->g, argc, argv, r->specs, r->nspecs, "eval", EVAL_USAGE, EVAL_ABOUT, &r->o.run,
+                        eval_check_opts, r, &r->env);
 }
 
 int cmd_eval(int argc, char **argv) {
     EvalRun run;
     EvalRun *r = &run;
-    memset(r, 0, sizeof *r);
-    eval_spec_table(r);
-    int rc = mpicmd_begin(&r->g, &argc, &argv, r->specs, r->nspecs, "eval",
-                          "[mpirun -np N] shardlora eval --model DIR [--adapter DIR] --data FILE [options]",
-                          "Mean loss and perplexity of the model (with a PEFT adapter, unmerged) over a JSONL "
-                          "dataset: the same formats, prompt masking and packing as `train`, in file order. "
-                          "Prints progress lines and one summary line. Exit status 0, 2 bad command line or "
-                          "layout, 3 bad model / adapter / data, 4 cannot write --out, 5 the loss is not finite (NaN / inf: "
-                          "nothing is written to --out).",
-                          &r->o.run, eval_check_opts, r, &r->env);
+    int rc = eval_start(r, &argc, &argv);
     if (rc >= 0) return eval_free(r, rc);
     rc = eval_setup(r);
     return eval_free(r, rc ? rc : eval_run(r));

@@ -35,6 +35,12 @@
 #include "cmds.h"
 #include "mpicmd.h"
 
+static const char GEN_USAGE[] = "[mpirun -np N] shardlora generate --model DIR [--adapter DIR] (--prompt TEXT | --prompts FILE) [options]";
+static const char GEN_ABOUT[] =
+    "Generate text with a frozen Llama/Mistral/Qwen2 model and an optional PEFT adapter, "
+    "tensor-parallel with a KV cache sharded by heads. One prompt: its text is printed as it "
+    "comes; several: JSONL results in prompt order (stdout or --out). Progress goes to stderr.";
+
 typedef struct {
     MpicmdRun run;
     const char *adapter, *prompt, *prompts, *out, *chat_format, *dump_logits, *stream;
@@ -680,16 +686,9 @@ static const char gen_err[] = "shardlora generate: error";
 
 static void gen_spec_table(GenRun *r) {
     GenOpts *o = &r->o;
-    memset(o, 0, sizeof *o);
+    *o = (GenOpts){.chat_format = "auto", .stream = "auto", .max_new = 128, .top_p = 1.0,
+                   .rep_penalty = 1.0, .batch = 8, .prefill_rows = 512, .seed = 42};
     mpicmd_run_defaults(&o->run);
-    o->chat_format = "auto";
-    o->stream = "auto";
-    o->max_new = 128;
-    o->top_p = 1.0;
-    o->rep_penalty = 1.0;
-    o->batch = 8;
-    o->prefill_rows = 512;
-    o->seed = 42;
     const ArgSpec specs[] = {
         {"adapter", ARG_STR, &o->adapter, "DIR", "PEFT adapter directory (LoRA, DoRA or VeRA: adapter_config.json, adapter_model.safetensors), applied unmerged", 0, 0},
         {"merge-in-memory", ARG_BOOL, &o->merge, NULL, "merge the adapter into this rank's shards once (W += its delta, e.g. s B A for LoRA), then run without adapter cost", 0, 0},
@@ -996,22 +995,22 @@ static int gen_free(GenRun *r, int rc) {
     if (r->have_acfg) adio_cfg_free(&r->acfg);
     free(r->eos);
     if (r->tk) tok_free(r->tk);
-    args_free(r->specs, r->nspecs);
-    grid_finalize(&r->g);
-    return rc;
+    return mpicmd_end(&r->g, r->specs, r->nspecs, rc);
+}
+
+/* Options parsed, checked and the grid set up (mpicmd_begin): -1 to go on, or the exit
+ * status to end with. */
+static int gen_start(GenRun *r, int *argc, char ***argv) {
+    memset(r, 0, sizeof *r);
+    gen_spec_table(r);
+    return mpicmd_begin(&r->g, argc, argv, r->specs, r->nspecs, "generate", GEN_USAGE, GEN_ABOUT, &r->o.run,
+                        gen_check_opts, r, &r->env);
 }
 
 int cmd_generate(int argc, char **argv) {
     GenRun run;
     GenRun *r = &run;
-    memset(r, 0, sizeof *r);
-    gen_spec_table(r);
-    int rc = mpicmd_begin(&r->g, &argc, &argv, r->specs, r->nspecs, "generate",
-                          "[mpirun -np N] shardlora generate --model DIR [--adapter DIR] (--prompt TEXT | --prompts FILE) [options]",
-                          "Generate text with a frozen Llama/Mistral/Qwen2 model and an optional PEFT adapter, "
-                          "tensor-parallel with a KV cache sharded by heads. One prompt: its text is printed as it "
-                          "comes; several: JSONL results in prompt order (stdout or --out). Progress goes to stderr.",
-                          &r->o.run, gen_check_opts, r, &r->env);
+    int rc = gen_start(r, &argc, &argv);
     if (rc >= 0) return gen_free(r, rc);
     if (r->g.world_rank == 0 && r->env.log_level >= LOG_INFO) {
         fprintf(stderr, "configuration (%s):\n", r->o.run.config.path ? r->o.run.config.path : "flags and defaults");

@@ -30,6 +30,13 @@
 #include "cmds.h"
 #include "mpicmd.h"
 
+static const char TRAIN_USAGE[] = "[mpirun -np N] shardlora train --model DIR --data FILE --out DIR [options]";
+static const char TRAIN_ABOUT[] =
+    "Train LoRA adapters on a frozen Llama/Mistral/Qwen2 model. Writes OUT/adapter/ "
+    "(PEFT format), OUT/metrics.jsonl (a line per step and per evaluation), OUT/run.json "
+    "(the resolved configuration), OUT/summary.json and OUT/summary-rank*.json; "
+    "`shardlora plot OUT` draws the loss curve.";
+
 typedef struct {
     MpicmdRun run;   /* --config, --model, --tp, --threads, ... */
     MpicmdRows rows; /* --data, --seq-len, --micro-batch, --pack, ... */
@@ -89,29 +96,13 @@ typedef struct {
 } TrainLoop;
 
 static void train_defaults(TrainOpts *o) {
-    memset(o, 0, sizeof *o);
+    *o = (TrainOpts){.targets = "all", .lora_init = "default", .adapter_kind = "lora",
+                     .optimizer = "adamw", .lr_schedule = "linear", .progress = "auto",
+                     .resume = "auto", .ckpt_failure = "continue", .r = 8, .alpha = 16,
+                     .pissa_iters = 4, .epochs = 1, .log_every = 10, .keep_ckpts = 3, .lr = 2e-4,
+                     .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .seed = 42, .shuffle = 1};
     mpicmd_run_defaults(&o->run);
     mpicmd_rows_defaults(&o->rows);
-    o->targets = "all";
-    o->lora_init = "default";
-    o->adapter_kind = "lora";
-    o->pissa_iters = 4;
-    o->optimizer = "adamw";
-    o->lr_schedule = "linear";
-    o->progress = "auto";
-    o->r = 8;
-    o->alpha = 16;
-    o->epochs = 1;
-    o->log_every = 10;
-    o->lr = 2e-4;
-    o->beta1 = 0.9;
-    o->beta2 = 0.999;
-    o->eps = 1e-8;
-    o->seed = 42;
-    o->resume = "auto";
-    o->ckpt_failure = "continue";
-    o->keep_ckpts = 3;
-    o->shuffle = 1;
 }
 
 /* The option table (help texts that list kinds come from the registry). */
@@ -706,35 +697,29 @@ static int train_dump_grads(TrainRun *r, TrainLoop *l, const TrainerStep *ts) {
     SL_CHECK(ids && labels && pos, "out of memory");
     for (int64_t j = 0; j < r->G; j++)
         tdata_train_row(&r->data, r->cursor + j, r->T, ids + j * r->T, labels + j * r->T, pos + j * r->T);
-    char v[24][160];
-    const char *meta[48];
-    int k = 0;
-#define META(key, ...) (snprintf(v[k], sizeof v[k], __VA_ARGS__), meta[2 * k] = key, meta[2 * k + 1] = v[k], k++)
-    META("lora_r", "%lld", (long long)o->r);
-    META("lora_alpha", "%.9g", o->alpha);
-    META("use_rslora", "%d", o->rslora);
-    META("target_modules", "%s", r->targets_csv);
-    META("lora_dropout", "%.9g", o->dropout);
-    META("lora_init", "%s", o->lora_init);
-    META("adapter_kind", "%s", o->adapter_kind);
-    META("loraplus_ratio", "%.9g", o->loraplus_ratio);
-    META("step", "%lld", (long long)ts->step);
-    META("optimizer", "%s", o->optimizer);
-    META("lr", "%.9g", o->lr);
-    META("beta1", "%.9g", o->beta1);
-    META("beta2", "%.9g", o->beta2);
-    META("eps", "%.9g", o->eps);
-    META("weight_decay", "%.9g", o->weight_decay);
-    META("momentum", "%.9g", o->momentum);
-    META("nesterov", "%d", o->nesterov);
-    META("max_grad_norm", "%.9g", o->max_grad_norm);
-    META("micro_batch", "%lld", (long long)o->rows.micro_batch);
-    META("global_batch", "%lld", (long long)r->G);
-    META("seq_len", "%lld", (long long)r->T);
-    META("tp", "%d", g->tp);
-    META("dp", "%d", g->dp);
-    META("seed", "%llu", (unsigned long long)o->seed);
-#undef META
+    /* numbers as "%.9g" (exact for the integers here), strings as they are */
+    const struct {
+        const char *key;
+        double v;
+    } num[] = {{"lora_r", (double)o->r}, {"lora_alpha", o->alpha}, {"use_rslora", o->rslora},
+               {"lora_dropout", o->dropout}, {"loraplus_ratio", o->loraplus_ratio},
+               {"step", (double)ts->step}, {"lr", o->lr}, {"beta1", o->beta1}, {"beta2", o->beta2},
+               {"eps", o->eps}, {"weight_decay", o->weight_decay}, {"momentum", o->momentum},
+               {"nesterov", o->nesterov}, {"max_grad_norm", o->max_grad_norm},
+               {"micro_batch", (double)o->rows.micro_batch}, {"global_batch", (double)r->G},
+               {"seq_len", (double)r->T}, {"tp", g->tp}, {"dp", g->dp}};
+    enum { NNUM = sizeof num / sizeof num[0] };
+    char v[NNUM + 1][32];
+    const char *meta[2 * (NNUM + 5)] = {"target_modules", r->targets_csv, "lora_init", o->lora_init,
+                                        "adapter_kind", o->adapter_kind, "optimizer", o->optimizer,
+                                        "seed", v[NNUM]};
+    snprintf(v[NNUM], sizeof v[NNUM], "%llu", (unsigned long long)o->seed);
+    int k = 5;
+    for (int i = 0; i < NNUM; i++, k++) {
+        snprintf(v[i], sizeof v[i], "%.9g", num[i].v);
+        meta[2 * k] = num[i].key;
+        meta[2 * k + 1] = v[i];
+    }
     ReportBatch b = {ts->loss, ids, labels, pos, r->G, r->T};
     ErrStatus st;
     int ok = report_dump_grads(o->dump_grads, p, &l->full_vals, &l->full_grads, &b, meta, k, &st);
@@ -929,24 +914,23 @@ static int train_free(TrainRun *r, TrainLoop *l, int rc) {
     if (r->have_trainer) trainer_free(&r->tr);
     if (r->have_session) session_free(&r->s);
     if (r->have_data) tdata_free(&r->data);
-    args_free(r->specs, r->nspecs);
-    grid_finalize(&r->g);
-    return rc;
+    return mpicmd_end(&r->g, r->specs, r->nspecs, rc);
+}
+
+/* Options parsed, checked and the grid set up (mpicmd_begin): -1 to go on, or the exit
+ * status to end with. */
+static int train_start(TrainRun *r, int *argc, char ***argv) {
+    memset(r, 0, sizeof *r);
+    train_defaults(&r->o);
+    train_spec_table(r);
+    return mpicmd_begin(&r->g, argc, argv, r->specs, r->nspecs, "train", TRAIN_USAGE, TRAIN_ABOUT, &r->o.run,
+                        train_check_opts, r, &r->env);
 }
 
 int cmd_train(int argc, char **argv) {
     TrainRun run;
     TrainRun *r = &run;
-    memset(r, 0, sizeof *r);
-    train_defaults(&r->o);
-    train_spec_table(r);
-    int rc = mpicmd_begin(&r->g, &argc, &argv, r->specs, r->nspecs, "train",
-                          "[mpirun -np N] shardlora train --model DIR --data FILE --out DIR [options]",
-                          "Train LoRA adapters on a frozen Llama/Mistral/Qwen2 model. Writes OUT/adapter/ "
-                          "(PEFT format), OUT/metrics.jsonl (a line per step and per evaluation), OUT/run.json "
-                          "(the resolved configuration), OUT/summary.json and OUT/summary-rank*.json; "
-                          "`shardlora plot OUT` draws the loss curve.",
-                          &r->o.run, train_check_opts, r, &r->env);
+    int rc = train_start(r, &argc, &argv);
     if (rc >= 0) return train_free(r, NULL, rc);
     r->argc = argc;
     r->argv = argv;

@@ -33,11 +33,7 @@ int mpicmd_run_opts(const char *log_level, const char *kernels, const char *pin,
 }
 
 void mpicmd_run_defaults(MpicmdRun *o) {
-    memset(o, 0, sizeof *o);
-    o->pin = "auto";
-    o->kernels = "fast";
-    o->log_level = "info";
-    o->tp = 1;
+    *o = (MpicmdRun){.pin = "auto", .kernels = "fast", .log_level = "info", .tp = 1};
 }
 
 int mpicmd_head_specs(ArgSpec *out, MpicmdRun *o) {
@@ -62,13 +58,8 @@ int mpicmd_tail_specs(ArgSpec *out, MpicmdRun *o, const char *tp_help) {
 }
 
 void mpicmd_rows_defaults(MpicmdRows *o) {
-    memset(o, 0, sizeof *o);
-    o->chat_format = "auto";
-    o->long_examples = "truncate";
-    o->seq_len = 512;
-    o->micro_batch = 1;
-    o->pack = 1;
-    o->add_eos = 1;
+    *o = (MpicmdRows){.chat_format = "auto", .long_examples = "truncate", .seq_len = 512,
+                      .micro_batch = 1, .pack = 1, .add_eos = 1};
 }
 
 int mpicmd_rows_specs(ArgSpec *out, MpicmdRows *o, const char *data_help, const char *cache_help) {
@@ -118,4 +109,10 @@ int mpicmd_begin(Grid *g, int *argc, char ***argv, ArgSpec *specs, int nspecs, c
     }
     log_set_level((LogLevel)env->log_level);
     return -1;
+}
+
+int mpicmd_end(Grid *g, ArgSpec *specs, int nspecs, int rc) {
+    args_free(specs, nspecs);
+    grid_finalize(g);
+    return rc;
 }

@@ -46,6 +46,9 @@ int mpicmd_begin(Grid *g, int *argc, char ***argv, ArgSpec *specs, int nspecs, c
                  const char *usage, const char *about, const MpicmdRun *run, MpicmdCheck check,
                  void *ctx, MpicmdEnv *env);
 
+/* The end of a command: frees the option table, ends MPI; returns rc. */
+int mpicmd_end(Grid *g, ArgSpec *specs, int nspecs, int rc);
+
 /* How train and eval turn JSONL files into rows of tokens (train/tdata), and their table
  * entries (data_help: what --data is for; cache_help: where the token cache goes by
  * default). mpicmd_rows_check checks them and sets *lmode (PackLong). */

@@ -106,33 +106,19 @@ static void grid_allreduce(Grid *g, MPI_Comm comm, void *buf, size_t n, MPI_Data
     g->calls[cat]++;
 }
 
-void grid_allreduce_sum_f32(Grid *g, MPI_Comm comm, float *buf, size_t n, GridBytes cat) {
-    grid_allreduce(g, comm, buf, n, MPI_FLOAT, sizeof(float), MPI_SUM, cat);
-}
-
-void grid_allreduce_max_f32(Grid *g, MPI_Comm comm, float *buf, size_t n, GridBytes cat) {
-    grid_allreduce(g, comm, buf, n, MPI_FLOAT, sizeof(float), MPI_MAX, cat);
-}
-
-void grid_allreduce_sum_f64(Grid *g, MPI_Comm comm, double *buf, size_t n, GridBytes cat) {
-    grid_allreduce(g, comm, buf, n, MPI_DOUBLE, sizeof(double), MPI_SUM, cat);
-}
-
-void grid_allreduce_sum_i64(Grid *g, MPI_Comm comm, int64_t *buf, size_t n, GridBytes cat) {
-    grid_allreduce(g, comm, buf, n, MPI_INT64_T, sizeof(int64_t), MPI_SUM, cat);
-}
-
-void grid_allreduce_max_int(Grid *g, MPI_Comm comm, int *buf, size_t n, GridBytes cat) {
-    grid_allreduce(g, comm, buf, n, MPI_INT, sizeof(int), MPI_MAX, cat);
-}
-
-void grid_allreduce_max_f64(Grid *g, MPI_Comm comm, double *buf, size_t n, GridBytes cat) {
-    grid_allreduce(g, comm, buf, n, MPI_DOUBLE, sizeof(double), MPI_MAX, cat);
-}
-
-void grid_allreduce_maxloc(Grid *g, MPI_Comm comm, GridMaxLoc *buf, size_t n, GridBytes cat) {
-    grid_allreduce(g, comm, buf, n, MPI_FLOAT_INT, sizeof(GridMaxLoc), MPI_MAXLOC, cat);
-}
+/* The typed all-reduces of grid.h, one line each. */
+#define GRID_ALLREDUCE_FN(name, T, type, op)                                                   \
+    void name(Grid *g, MPI_Comm comm, T *buf, size_t n, GridBytes cat) {                       \
+        grid_allreduce(g, comm, buf, n, type, sizeof(T), op, cat);                             \
+    }
+GRID_ALLREDUCE_FN(grid_allreduce_sum_f32, float, MPI_FLOAT, MPI_SUM)
+GRID_ALLREDUCE_FN(grid_allreduce_max_f32, float, MPI_FLOAT, MPI_MAX)
+GRID_ALLREDUCE_FN(grid_allreduce_sum_f64, double, MPI_DOUBLE, MPI_SUM)
+GRID_ALLREDUCE_FN(grid_allreduce_max_f64, double, MPI_DOUBLE, MPI_MAX)
+GRID_ALLREDUCE_FN(grid_allreduce_sum_i64, int64_t, MPI_INT64_T, MPI_SUM)
+GRID_ALLREDUCE_FN(grid_allreduce_max_int, int, MPI_INT, MPI_MAX)
+GRID_ALLREDUCE_FN(grid_allreduce_maxloc, GridMaxLoc, MPI_FLOAT_INT, MPI_MAXLOC)
+#undef GRID_ALLREDUCE_FN
 
 /* MPI counts are int: byte-wise messages are bounded (2 GiB) and checked, never wrapped. */
 static int grid_count(size_t bytes) {
