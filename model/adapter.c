@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "../runtime/philox.h"
+#include "../runtime/str.h"
 #include "adapter.h"
 #include "adapter_init.h"
 
@@ -180,11 +181,10 @@ int adapter_cfg_set_option(AdapterCfg *c, const char *key, double value) {
     return k && k->set_option && k->set_option(&c->kind_opts, key, value);
 }
 
+static const char *adapter_kind_name_at(int i) {
+    return i >= 0 && i < ADAPTER_NKINDS ? adapter_kinds[i]->name : NULL;
+}
+
 void adapter_kind_names(char *buf, size_t n) {
-    size_t len = 0;
-    if (n) buf[0] = 0;
-    for (int i = 0; i < ADAPTER_NKINDS && len < n; i++) {
-        snprintf(buf + len, n - len, "%s%s", i ? "|" : "", adapter_kinds[i]->name);
-        len = strlen(buf);
-    }
+    str_join_names(buf, n, "|", adapter_kind_name_at);
 }

@@ -8,6 +8,7 @@
 
 #include "../runtime/err.h"
 #include "../runtime/philox.h"
+#include "../runtime/str.h"
 
 /* A [r, ni] from Philox keyed by (seed, layer, module, global row, global column), so every
  * layout draws the same adapter (DESIGN.md §4): element (i, j) is counter
@@ -75,13 +76,12 @@ const AdapterInit *adapter_init_by_name(const char *name) {
     return NULL;
 }
 
+static const char *adapter_init_name_at(int i) {
+    return i >= 0 && i < ADAPTER_NINITS ? adapter_inits[i]->name : NULL;
+}
+
 void adapter_init_names(char *buf, size_t n) {
-    size_t len = 0;
-    if (n) buf[0] = 0;
-    for (int i = 0; i < ADAPTER_NINITS && len < n; i++) {
-        snprintf(buf + len, n - len, "%s%s", i ? "|" : "", adapter_inits[i]->name);
-        len = strlen(buf);
-    }
+    str_join_names(buf, n, "|", adapter_init_name_at);
 }
 
 const AdapterInit *adapter_init_of(const AdapterCfg *c) {

@@ -167,35 +167,25 @@ static void vera_init(AdapterSlot *s, ParamTable *pt) {
     memset(params_value(pt, s->pB), 0, params_numel(&pt->e[s->pB]) * sizeof(float));
 }
 
+/* The slot's h, dh [N, r] and, with dropout, xd, tmp [N, ni] are LoRA's (h = Xd A_s^T has
+ * LoRA's shape), so adapter_lora's alloc / release size them, as for DoRA; VeraSlot's here. */
 static void vera_alloc(AdapterSlot *s, MemCtx *m, int64_t max_rows) {
+    adapter_lora.alloc(s, m, max_rows);
     VeraSlot *v = vera_ext(s);
-    const size_t r = (size_t)s->r, ni = (size_t)s->shard.ni, no = (size_t)s->shard.no;
-    const size_t N = (size_t)max_rows;
-    s->max_rows = max_rows;
-    s->h = mem_alloc(m, MEM_ACTIVATION, N * r * sizeof(float));
-    s->dh = mem_alloc(m, MEM_ACTIVATION, N * r * sizeof(float));
+    const size_t r = (size_t)s->r, no = (size_t)s->shard.no, N = (size_t)max_rows;
     v->g = mem_alloc(m, MEM_ACTIVATION, N * r * sizeof(float));
     v->Bl = mem_alloc(m, MEM_ACTIVATION, no * r * sizeof(float));
     v->M = mem_alloc(m, MEM_ACTIVATION, no * r * sizeof(float));
-    if (s->cfg->dropout > 0) {
-        s->xd = mem_alloc(m, MEM_ACTIVATION, N * ni * sizeof(float));
-        s->tmp = mem_alloc(m, MEM_ACTIVATION, N * ni * sizeof(float));
-    }
 }
 
 static void vera_release(AdapterSlot *s, MemCtx *m) {
     VeraSlot *v = vera_ext(s);
-    const size_t r = (size_t)s->r, ni = (size_t)s->shard.ni, no = (size_t)s->shard.no;
-    const size_t N = (size_t)s->max_rows;
-    mem_free(m, MEM_ACTIVATION, s->h, N * r * sizeof(float));
-    mem_free(m, MEM_ACTIVATION, s->dh, N * r * sizeof(float));
+    const size_t r = (size_t)s->r, no = (size_t)s->shard.no, N = (size_t)s->max_rows;
     mem_free(m, MEM_ACTIVATION, v->g, N * r * sizeof(float));
     mem_free(m, MEM_ACTIVATION, v->Bl, no * r * sizeof(float));
     mem_free(m, MEM_ACTIVATION, v->M, no * r * sizeof(float));
-    if (s->xd) mem_free(m, MEM_ACTIVATION, s->xd, N * ni * sizeof(float));
-    if (s->tmp) mem_free(m, MEM_ACTIVATION, s->tmp, N * ni * sizeof(float));
-    s->h = s->dh = s->xd = s->tmp = NULL;
     v->g = v->Bl = v->M = NULL;
+    adapter_lora.release(s, m);
 }
 
 /* A_s: this slot's [r, ni] view of vera_A (leading dimension max_in); B_s: [no, r] rows of

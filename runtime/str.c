@@ -59,6 +59,16 @@ char *str_read_stream(FILE *f, size_t *n) {
     return p;
 }
 
+void str_join_names(char *buf, size_t n, const char *sep, const char *(*name_at)(int i)) {
+    size_t len = 0;
+    const char *name;
+    if (n) buf[0] = 0;
+    for (int i = 0; len < n && (name = name_at(i)) != NULL; i++) {
+        snprintf(buf + len, n - len, "%s%s", i ? sep : "", name);
+        len = strlen(buf);
+    }
+}
+
 const char *str_fmt_duration(double s, char *buf, size_t n) {
     if (!(s >= 0) || s > 1e9) snprintf(buf, n, "?");
     else if (s >= 3600) snprintf(buf, n, "%dh%02dm%02ds", (int)(s / 3600), (int)(s / 60) % 60, (int)s % 60);

@@ -17,6 +17,9 @@ char *str_join_path(const char *dir, const char *name);
 void *str_xrealloc(void *p, size_t n);
 /* Everything left in f (malloc'd, NUL-terminated, *n its length without the NUL). */
 char *str_read_stream(FILE *f, size_t *n);
+/* The names name_at(0), name_at(1), ... up to the first NULL, joined by sep, into buf [n]
+ * (truncated to fit; "" when there are none), e.g. a registry's names for help texts. */
+void str_join_names(char *buf, size_t n, const char *sep, const char *(*name_at)(int i));
 /* A duration for people: "1h02m03s", "4m05s", "7.3s" ("?" when not finite or negative). */
 const char *str_fmt_duration(double seconds, char *buf, size_t n);
 
