@@ -141,3 +141,8 @@ int afile_mkdirs(const char *path) {
     }
     return mkdir(buf, 0777) == 0 || errno == EEXIST;
 }
+
+int afile_json_error(ErrStatus *st, const char *path, const json_error_t *e) {
+    return err_status_set(st, "%s: JSON error at byte %d (line %d, column %d): %s", path, e->position,
+                          e->line, e->column, e->text);
+}

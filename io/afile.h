@@ -31,6 +31,9 @@ void afile_abort(AFile *f);
 
 /* One call for a whole buffer. */
 int afile_write_all(const char *path, const void *data, size_t len, ErrStatus *st);
+/* Sets st to "PATH: JSON error at byte B (line L, column C): what" from jansson's error;
+ * returns 0 (so a reader can `return afile_json_error(...)`). */
+int afile_json_error(ErrStatus *st, const char *path, const json_error_t *e);
 /* A JSON document (json_dumps flags), durably. Does not take the reference. */
 int afile_write_json(const char *path, const json_t *doc, size_t flags, ErrStatus *st);
 /* Removes the files directly inside dir, then dir (no subdirectories expected: the

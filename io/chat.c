@@ -3,6 +3,8 @@
  * their detection, which names a family only for templates rendered here byte for byte. */
 #include "chat.h"
 
+#include "afile.h"
+
 #include <errno.h>
 #include <jansson.h>
 #include <stdint.h>
@@ -125,9 +127,7 @@ static json_t *chat_load_config(const char *path, int *absent, ErrStatus *st) {
     json_error_t jerr;
     json_t *root = json_loadf(fp, JSON_DECODE_INT_AS_REAL, &jerr);
     fclose(fp);
-    if (!root)
-        err_status_set(st, "%s: JSON error at byte %d (line %d, column %d): %s", path,
-                       jerr.position, jerr.line, jerr.column, jerr.text);
+    if (!root) afile_json_error(st, path, &jerr);
     return root;
 }
 

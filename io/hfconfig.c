@@ -85,17 +85,24 @@ static void hfc_field_name(char *buf, size_t n, const char *prefix, const char *
         snprintf(buf, n, "%s", key);
 }
 
+/* The field `key` of obj into *v: 1 present, 0 error (a required one missing), -1 absent or
+ * null (optional); fname gets its dotted name for messages. */
+static int hfc_field(HfcCtx *x, const json_t *obj, const char *prefix, const char *key,
+                     int required, char *fname, size_t nfname, const json_t **v) {
+    hfc_field_name(fname, nfname, prefix, key);
+    *v = json_object_get(obj, key);
+    if (*v && (required || !json_is_null(*v))) return 1;
+    if (required) return err_status_set(x->st, "%s: missing required field '%s'", x->path, fname);
+    return -1;
+}
+
 /* 1 value read, 0 error, -1 absent/null (optional). */
 static int hfc_get_pos_int(HfcCtx *x, const json_t *obj, const char *prefix, const char *key,
                            int required, int64_t *out) {
     char fname[128];
-    hfc_field_name(fname, sizeof fname, prefix, key);
-    const json_t *v = json_object_get(obj, key);
-    if (!v || (!required && json_is_null(v))) {
-        if (required)
-            return err_status_set(x->st, "%s: missing required field '%s'", x->path, fname);
-        return -1;
-    }
+    const json_t *v;
+    int have = hfc_field(x, obj, prefix, key, required, fname, sizeof fname, &v);
+    if (have <= 0) return have;
     if (!json_is_integer(v) || json_integer_value(v) <= 0)
         return err_status_set(x->st, "%s: field '%s' must be a positive integer", x->path, fname);
     *out = (int64_t)json_integer_value(v);
@@ -105,13 +112,9 @@ static int hfc_get_pos_int(HfcCtx *x, const json_t *obj, const char *prefix, con
 static int hfc_get_pos_num(HfcCtx *x, const json_t *obj, const char *prefix, const char *key,
                            int required, double *out) {
     char fname[128];
-    hfc_field_name(fname, sizeof fname, prefix, key);
-    const json_t *v = json_object_get(obj, key);
-    if (!v || (!required && json_is_null(v))) {
-        if (required)
-            return err_status_set(x->st, "%s: missing required field '%s'", x->path, fname);
-        return -1;
-    }
+    const json_t *v;
+    int have = hfc_field(x, obj, prefix, key, required, fname, sizeof fname, &v);
+    if (have <= 0) return have;
     if (!json_is_number(v) || !(json_number_value(v) > 0) || !isfinite(json_number_value(v)))
         return err_status_set(x->st, "%s: field '%s' must be a positive number", x->path, fname);
     *out = json_number_value(v);
@@ -410,9 +413,7 @@ int hfc_load(HfcConfig *c, const char *path, ErrStatus *st) {
     json_error_t jerr;
     json_t *root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
     free(buf);
-    if (!root)
-        return err_status_set(st, "%s: JSON error at byte %d (line %d, column %d): %s", path,
-                              jerr.position, jerr.line, jerr.column, jerr.text);
+    if (!root) return afile_json_error(st, path, &jerr);
     HfcConfig tmp;
     memset(&tmp, 0, sizeof tmp);
     ok = hfc_parse(&x, root, &tmp);

@@ -578,9 +578,7 @@ static int st_dir_open_index(StDir *d, const char *ipath, ErrStatus *st) {
     json_error_t jerr;
     json_t *root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
     free(buf);
-    if (!root)
-        return err_status_set(st, "%s: JSON error at byte %d (line %d, column %d): %s", ipath,
-                              jerr.position, jerr.line, jerr.column, jerr.text);
+    if (!root) return afile_json_error(st, ipath, &jerr);
     int ok = 1;
     const json_t *wm = json_is_object(root) ? json_object_get(root, "weight_map") : NULL;
     const char *name;

@@ -150,9 +150,9 @@ typedef struct {
     char cache_dir[4200];
 } EvalRun;
 
-static void eval_spec_table(EvalRun *r) {
+static void eval_options(EvalRun *r) {
+    memset(r, 0, sizeof *r);
     EvalOpts *o = &r->o;
-    memset(o, 0, sizeof *o);
     mpicmd_run_defaults(&o->run);
     mpicmd_rows_defaults(&o->rows);
     o->log_every = 10;
@@ -163,17 +163,16 @@ static void eval_spec_table(EvalRun *r) {
         {"dump-logits", ARG_STR, &o->dump_logits, "FILE", "(tests) write the full logits [B*T, V] of the first micro-batch with its input_ids, labels and position_ids (safetensors)", 0, 0},
         {"log-every", ARG_INT, &o->log_every, "N", "a progress line every N rounds of micro-batches", 0, 0},
     };
-    int n = mpicmd_head_specs(r->specs, &o->run);
-    n += mpicmd_rows_specs(r->specs + n, &o->rows,
-                           "JSONL data, the formats of `train` ({\"text\"}, {\"prompt\",\"completion\"}, "
-                           "{\"messages\"}, {\"input_ids\"[,\"labels\"]}); repeatable",
-                           "token cache (default: ~/.cache/shardlora/eval/HASH, on a file system every rank sees)");
-    SL_CHECK(n + (int)(sizeof specs / sizeof specs[0]) + 5 <= (int)(sizeof r->specs / sizeof r->specs[0]),
-             "eval: option table too small");
-    memcpy(r->specs + n, specs, sizeof specs);
-    n += (int)(sizeof specs / sizeof specs[0]);
-    r->nspecs = n + mpicmd_tail_specs(r->specs + n, &o->run,
-                                      "tensor-parallel size (world = dp x tp; rows are split over dp)");
+    const MpicmdHelp help = {"JSONL data, the formats of `train` ({\"text\"}, {\"prompt\",\"completion\"}, "
+                               "{\"messages\"}, {\"input_ids\"[,\"labels\"]}); repeatable", "token cache (default: ~/.cache/shardlora/eval/HASH, on a file system every rank sees)", "tensor-parallel size (world = dp x tp; rows are split over dp)"};
+    r->nspecs = mpicmd_table(r->specs, (int)(sizeof r->specs / sizeof r->specs[0]), &o->run, &o->rows, &help, specs, (int)(sizeof specs / sizeof specs[0]));
+}
+
+static int eval_free(EvalRun *r, int rc) {
+    if (r->have_session) session_free(&r->s);
+    if (r->have_ac) adio_cfg_free(&r->ac);
+    if (r->have_data) tdata_free(&r->data);
+    return mpicmd_end(&r->g, r->specs, r->nspecs, rc);
 }
 
 static int eval_check_opts(void *ctx, ErrStatus *st) {
@@ -296,26 +295,12 @@ static int eval_run(EvalRun *r) {
     return rc;
 }
 
-static int eval_free(EvalRun *r, int rc) {
-    if (r->have_session) session_free(&r->s);
-    if (r->have_ac) adio_cfg_free(&r->ac);
-    if (r->have_data) tdata_free(&r->data);
-    return mpicmd_end(&r->g, r->specs, r->nspecs, rc);
-}
-
-/* Options parsed, checked and the grid set up (mpicmd_begin): -1 to go on, or the exit
- * status to end with. */
-static int eval_start(EvalRun *r, int *argc, char ***argv) {
-    memset(r, 0, sizeof *r);
-    eval_spec_table(r);
-    return mpicmd_begin(&r->g, argc, argv, r->specs, r->nspecs, "eval", EVAL_USAGE, EVAL_ABOUT, &r->o.run,
-                        eval_check_opts, r, &r->env);
-}
-
 int cmd_eval(int argc, char **argv) {
     EvalRun run;
     EvalRun *r = &run;
-    int rc = eval_start(r, &argc, &argv);
+    eval_options(r);
+    int rc = mpicmd_begin(&r->g, &argc, &argv, r->specs, r->nspecs, "eval", EVAL_USAGE, EVAL_ABOUT, &r->o.run,
+                          eval_check_opts, r, &r->env);
     if (rc >= 0) return eval_free(r, rc);
     rc = eval_setup(r);
     return eval_free(r, rc ? rc : eval_run(r));

@@ -684,7 +684,8 @@ typedef struct {
 
 static const char gen_err[] = "shardlora generate: error";
 
-static void gen_spec_table(GenRun *r) {
+static void gen_options(GenRun *r) {
+    memset(r, 0, sizeof *r);
     GenOpts *o = &r->o;
     *o = (GenOpts){.chat_format = "auto", .stream = "auto", .max_new = 128, .top_p = 1.0,
                    .rep_penalty = 1.0, .batch = 8, .prefill_rows = 512, .seed = 42};
@@ -712,13 +713,8 @@ static void gen_spec_table(GenRun *r) {
         {"no-kv-cache", ARG_BOOL, &o->no_kv_cache, NULL, "recompute the whole sequence at every step (tests: must give the cached logits)", 0, 0},
         {"dump-logits", ARG_STR, &o->dump_logits, "FILE", "write every step's raw logits (safetensors: logits.I [steps, V], ids.I, prompt.I) (tests)", 0, 0},
     };
-    int n = mpicmd_head_specs(r->specs, &o->run);
-    SL_CHECK(n + (int)(sizeof specs / sizeof specs[0]) + 5 <= (int)(sizeof r->specs / sizeof r->specs[0]),
-             "generate: option table too small");
-    memcpy(r->specs + n, specs, sizeof specs);
-    n += (int)(sizeof specs / sizeof specs[0]);
-    r->nspecs = n + mpicmd_tail_specs(r->specs + n, &o->run,
-                                      "tensor-parallel size (world = dp x tp; the prompts are divided among the dp groups)");
+    const MpicmdHelp help = {NULL, NULL, "tensor-parallel size (world = dp x tp; the prompts are divided among the dp groups)"};
+    r->nspecs = mpicmd_table(r->specs, (int)(sizeof r->specs / sizeof r->specs[0]), &o->run, NULL, &help, specs, (int)(sizeof specs / sizeof specs[0]));
 }
 
 static int gen_check_opts(void *ctx, ErrStatus *st) {
@@ -919,6 +915,22 @@ static void gen_loop_free(GenRun *r) {
     sample_free(&l->sctx, mem);
 }
 
+static int gen_free(GenRun *r, int rc) {
+    if (r->outf) afile_abort(r->outf); /* a failed run: FILE keeps its old contents */
+    if (r->have_output) {
+        st_writer_free(&r->w.dump);
+        free(r->w.names);
+    }
+    if (r->have_loop) gen_loop_free(r);
+    for (int64_t i = 0; i < r->nprompts; i++) free(r->prompts[i].ids);
+    free(r->prompts);
+    if (r->have_session) session_free(&r->s);
+    if (r->have_acfg) adio_cfg_free(&r->acfg);
+    free(r->eos);
+    if (r->tk) tok_free(r->tk);
+    return mpicmd_end(&r->g, r->specs, r->nspecs, rc);
+}
+
 /* The model, the grid and the plan of the run (stderr, rank 0). */
 static void gen_log_start(const GenRun *r) {
     const GenOpts *o = &r->o;
@@ -982,35 +994,12 @@ static int gen_outputs(GenRun *r) {
     return rc;
 }
 
-static int gen_free(GenRun *r, int rc) {
-    if (r->outf) afile_abort(r->outf); /* a failed run: FILE keeps its old contents */
-    if (r->have_output) {
-        st_writer_free(&r->w.dump);
-        free(r->w.names);
-    }
-    if (r->have_loop) gen_loop_free(r);
-    for (int64_t i = 0; i < r->nprompts; i++) free(r->prompts[i].ids);
-    free(r->prompts);
-    if (r->have_session) session_free(&r->s);
-    if (r->have_acfg) adio_cfg_free(&r->acfg);
-    free(r->eos);
-    if (r->tk) tok_free(r->tk);
-    return mpicmd_end(&r->g, r->specs, r->nspecs, rc);
-}
-
-/* Options parsed, checked and the grid set up (mpicmd_begin): -1 to go on, or the exit
- * status to end with. */
-static int gen_start(GenRun *r, int *argc, char ***argv) {
-    memset(r, 0, sizeof *r);
-    gen_spec_table(r);
-    return mpicmd_begin(&r->g, argc, argv, r->specs, r->nspecs, "generate", GEN_USAGE, GEN_ABOUT, &r->o.run,
-                        gen_check_opts, r, &r->env);
-}
-
 int cmd_generate(int argc, char **argv) {
     GenRun run;
     GenRun *r = &run;
-    int rc = gen_start(r, &argc, &argv);
+    gen_options(r);
+    int rc = mpicmd_begin(&r->g, &argc, &argv, r->specs, r->nspecs, "generate", GEN_USAGE, GEN_ABOUT, &r->o.run,
+                          gen_check_opts, r, &r->env);
     if (rc >= 0) return gen_free(r, rc);
     if (r->g.world_rank == 0 && r->env.log_level >= LOG_INFO) {
         fprintf(stderr, "configuration (%s):\n", r->o.run.config.path ? r->o.run.config.path : "flags and defaults");

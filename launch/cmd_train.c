@@ -163,17 +163,10 @@ static void train_spec_table(TrainRun *r) {
         {"log-every", ARG_INT, &o->log_every, "N", "progress line every N steps", 0, 0},
         {"progress", ARG_STR, &o->progress, "HOW", "auto (a live bar for a single process on a terminal; plain lines under mpirun/srun) | bar | lines", 0, 0},
     };
-    int n = mpicmd_head_specs(r->specs, &o->run);
-    n += mpicmd_rows_specs(r->specs + n, &o->rows,
-                           "JSONL training data; per line {\"text\"}, {\"prompt\",\"completion\"}, "
-                           "{\"messages\":[{\"role\",\"content\"}]} or {\"input_ids\"[,\"labels\"]}",
-                           "token caches (default: OUT/cache); reused while the data, tokenizer and data "
-                           "options are unchanged");
-    SL_CHECK(n + (int)(sizeof specs / sizeof specs[0]) + 5 <= TRAIN_MAX_SPECS, "TRAIN_MAX_SPECS too small");
-    memcpy(r->specs + n, specs, sizeof specs);
-    n += (int)(sizeof specs / sizeof specs[0]);
-    r->nspecs = n + mpicmd_tail_specs(r->specs + n, &o->run,
-                                      "tensor-parallel size (world = dp x tp; a TP group is consecutive ranks)");
+    const MpicmdHelp help = {"JSONL training data; per line {\"text\"}, {\"prompt\",\"completion\"}, "
+                               "{\"messages\":[{\"role\",\"content\"}]} or {\"input_ids\"[,\"labels\"]}", "token caches (default: OUT/cache); reused while the data, tokenizer and data "
+                               "options are unchanged", "tensor-parallel size (world = dp x tp; a TP group is consecutive ranks)"};
+    r->nspecs = mpicmd_table(r->specs, TRAIN_MAX_SPECS, &o->run, &o->rows, &help, specs, (int)(sizeof specs / sizeof specs[0]));
 }
 
 /* Semantic checks of the options and the layout, identical on every rank. */

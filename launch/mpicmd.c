@@ -36,7 +36,7 @@ void mpicmd_run_defaults(MpicmdRun *o) {
     *o = (MpicmdRun){.pin = "auto", .kernels = "fast", .log_level = "info", .tp = 1};
 }
 
-int mpicmd_head_specs(ArgSpec *out, MpicmdRun *o) {
+static int mpicmd_head_specs(ArgSpec *out, MpicmdRun *o) {
     const ArgSpec specs[] = {
         {"config", ARG_CONFIG, &o->config, "FILE", "read options from FILE first (JSON object or `key = value` lines; keys are these flag names; flags override)", 0, 0},
         {"model", ARG_STR, &o->model, "DIR", "Hugging Face model directory (config.json, safetensors, tokenizer.json)", 1, 0},
@@ -45,7 +45,7 @@ int mpicmd_head_specs(ArgSpec *out, MpicmdRun *o) {
     return (int)(sizeof specs / sizeof specs[0]);
 }
 
-int mpicmd_tail_specs(ArgSpec *out, MpicmdRun *o, const char *tp_help) {
+static int mpicmd_tail_specs(ArgSpec *out, MpicmdRun *o, const char *tp_help) {
     const ArgSpec specs[] = {
         {"tp", ARG_INT, &o->tp, "N", tp_help, 0, 0},
         {"threads", ARG_INT, &o->threads, "N", "threads per rank (0: the CPUs this rank may use)", 0, 0},
@@ -62,7 +62,7 @@ void mpicmd_rows_defaults(MpicmdRows *o) {
                       .micro_batch = 1, .pack = 1, .add_eos = 1};
 }
 
-int mpicmd_rows_specs(ArgSpec *out, MpicmdRows *o, const char *data_help, const char *cache_help) {
+static int mpicmd_rows_specs(ArgSpec *out, MpicmdRows *o, const char *data_help, const char *cache_help) {
     const ArgSpec specs[] = {
         {"data", ARG_STRS, &o->data, "FILE", data_help, 1, 0},
         {"chat-format", ARG_STR, &o->chat_format, "NAME", "template for \"messages\": auto (from tokenizer_config.json) | llama3 | mistral | llama2 | chatml | qwen2", 0, 0},
@@ -115,4 +115,15 @@ int mpicmd_end(Grid *g, ArgSpec *specs, int nspecs, int rc) {
     args_free(specs, nspecs);
     grid_finalize(g);
     return rc;
+}
+
+int mpicmd_table(ArgSpec *out, int cap, MpicmdRun *run, MpicmdRows *rows, const MpicmdHelp *help,
+                 const ArgSpec *own, int nown) {
+    enum { NHEAD = 2, NROWS = 10, NTAIL = 5 };
+    SL_CHECK(NHEAD + (rows ? NROWS : 0) + nown + NTAIL <= cap, "option table of %d entries too small", cap);
+    int n = mpicmd_head_specs(out, run);
+    if (rows) n += mpicmd_rows_specs(out + n, rows, help->data, help->cache);
+    memcpy(out + n, own, (size_t)nown * sizeof *own);
+    n += nown;
+    return n + mpicmd_tail_specs(out + n, run, help->tp);
 }

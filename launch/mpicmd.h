@@ -14,18 +14,13 @@
 int mpicmd_start(Grid *g, int *argc, char ***argv, ArgSpec *specs, int nspecs, const char *usage,
                  const char *about, int *help, ErrStatus *st);
 
-/* The options every model command (train, eval, generate) has, and their table entries:
- * --config and --model first (mpicmd_head_specs), --tp, --threads, --pin-memory, --kernels and
- * --log-level last (mpicmd_tail_specs; tp_help says what the data-parallel groups share). Each
- * returns the number of entries written to out. */
+/* The options every model command (train, eval, generate) has. */
 typedef struct {
     ArgConfig config;
     const char *model, *pin, *kernels, *log_level;
     int64_t tp, threads;
 } MpicmdRun;
 void mpicmd_run_defaults(MpicmdRun *o);
-int mpicmd_head_specs(ArgSpec *out, MpicmdRun *o);
-int mpicmd_tail_specs(ArgSpec *out, MpicmdRun *o, const char *tp_help);
 
 /* What --log-level, --kernels and --pin-memory resolve to. */
 typedef struct {
@@ -49,9 +44,8 @@ int mpicmd_begin(Grid *g, int *argc, char ***argv, ArgSpec *specs, int nspecs, c
 /* The end of a command: frees the option table, ends MPI; returns rc. */
 int mpicmd_end(Grid *g, ArgSpec *specs, int nspecs, int rc);
 
-/* How train and eval turn JSONL files into rows of tokens (train/tdata), and their table
- * entries (data_help: what --data is for; cache_help: where the token cache goes by
- * default). mpicmd_rows_check checks them and sets *lmode (PackLong). */
+/* How train and eval turn JSONL files into rows of tokens (train/tdata); mpicmd_rows_check
+ * checks them and sets *lmode (PackLong). */
 typedef struct {
     ArgStrs data;
     const char *chat_format, *long_examples, *cache_dir;
@@ -59,8 +53,17 @@ typedef struct {
     int64_t seq_len, micro_batch;
 } MpicmdRows;
 void mpicmd_rows_defaults(MpicmdRows *o);
-int mpicmd_rows_specs(ArgSpec *out, MpicmdRows *o, const char *data_help, const char *cache_help);
 int mpicmd_rows_check(const MpicmdRows *o, int *lmode, ErrStatus *st);
+
+/* A command's option table into out (cap entries; fatal past it): --config and --model, the
+ * row options when rows != NULL (help.data: what --data is for; help.cache: where the token
+ * cache goes), the command's own nown options, then --tp (help.tp: what the data-parallel
+ * groups share), --threads, --pin-memory, --kernels and --log-level. Returns the count. */
+typedef struct {
+    const char *data, *cache, *tp;
+} MpicmdHelp;
+int mpicmd_table(ArgSpec *out, int cap, MpicmdRun *run, MpicmdRows *rows, const MpicmdHelp *help,
+                 const ArgSpec *own, int nown);
 
 /* --log-level, --kernels and --pin-memory: their parsed values, or 0 with st saying which
  * value is wrong (nothing checked when st is already failed: returns 0). */

@@ -100,9 +100,7 @@ def run(args):
         raise tl.ReferenceError_(f"{where}: input_ids outside [0, {model.cfg.vocab_size})")
     print(f"check_grads: model {args.model} ({model.cfg.arch}, L={model.cfg.num_layers}, "
           f"C={model.cfg.hidden_size}), dump {args.dump} step {meta.get('step', '?')}, "
-          f"batch {list(ids.shape)}, r={lora.r} alpha={lora.alpha:g} rslora={int(lora.use_rslora)} "
-          f"targets={','.join(lora.targets)} dropout={lora.dropout:g}"
-          + (f" (Philox masks, seed {lora.dropout_seed}, step {lora.dropout_step})" if lora.dropout > 0 else ""))
+          f"batch {list(ids.shape)}, {tl.describe_lora(lora, with_step=True)}")
 
     if not tl.load_dump_adapter("check_grads", tensors, lora, where, need_grads=True):
         return 1

@@ -109,9 +109,7 @@ def run(args):
 
     print(f"check_steps: model {args.model} ({model.cfg.arch}), {len(seqs)} sequences, B={B} G={G} T={T}, "
           f"{args.steps} steps, {kind} {', '.join(f'{k}={v:g}' for k, v in opt_kw.items())}, "
-          f"lr from {lr_source}, max_grad_norm={max_norm:g}, r={lora.r} alpha={lora.alpha:g} "
-          f"targets={','.join(lora.targets)} dropout={lora.dropout:g}"
-          + (f" (Philox masks, seed {lora.dropout_seed})" if lora.dropout > 0 else ""))
+          f"lr from {lr_source}, max_grad_norm={max_norm:g}, {tl.describe_lora(lora)}")
 
     failed = 0
     # the batch of step 1 must be the dump's

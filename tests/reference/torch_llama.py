@@ -803,6 +803,15 @@ def lora_from_dump_meta(cfg, meta, where, dtype=torch.float32):
     return lora
 
 
+def describe_lora(lora, with_step=False):
+    """The adapter's settings for a checker's opening line."""
+    masks = ""
+    if lora.dropout > 0:
+        masks = f" (Philox masks, seed {lora.dropout_seed}" + (f", step {lora.dropout_step})" if with_step else ")")
+    return (f"r={lora.r} alpha={lora.alpha:g} rslora={int(lora.use_rslora)} "
+            f"targets={','.join(lora.targets)} dropout={lora.dropout:g}{masks}")
+
+
 def check_dump_adapter(tensors, lora, where, need_grads=True):
     """Compare the dump's adapter keys with the expected ones. Returns a list of problems
     (missing / extra / wrong shape), empty when all is well."""
