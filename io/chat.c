@@ -3,8 +3,6 @@
  * their detection, which names a family only for templates rendered here byte for byte. */
 #include "chat.h"
 
-#include "afile.h"
-
 #include <errno.h>
 #include <jansson.h>
 #include <stdint.h>
@@ -13,6 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "afile.h"
 #include "runtime/str.h"
 
 /* Indexed by ChatFormat. */
