@@ -41,7 +41,8 @@ int afile_write(AFile *f, const void *data, size_t len, ErrStatus *st) {
         ssize_t put = write(f->fd, p, len);
         if (put < 0 && errno == EINTR) continue;
         if (put <= 0) {
-            err_status_set(st, "%s: write failed: %s", f->tmp, put < 0 ? strerror(errno) : "no progress");
+            err_status_set(st, "%s: write failed: %s", f->tmp,
+                           put < 0 ? strerror(errno) : "no progress");
             afile_abort(f);
             return 0;
         }
@@ -111,7 +112,9 @@ int afile_write_json(const char *path, const json_t *doc, size_t flags, ErrStatu
 
 int afile_rmdir_flat(const char *dir, ErrStatus *st) {
     DIR *d = opendir(dir);
-    if (!d) return errno == ENOENT ? 1 : err_status_set(st, "%s: cannot open: %s", dir, strerror(errno));
+    if (!d)
+        return errno == ENOENT ? 1
+                               : err_status_set(st, "%s: cannot open: %s", dir, strerror(errno));
     struct dirent *e;
     char path[4352];
     int ok = 1;
@@ -143,6 +146,6 @@ int afile_mkdirs(const char *path) {
 }
 
 int afile_json_error(ErrStatus *st, const char *path, const json_error_t *e) {
-    return err_status_set(st, "%s: JSON error at byte %d (line %d, column %d): %s", path, e->position,
-                          e->line, e->column, e->text);
+    return err_status_set(st, "%s: JSON error at byte %d (line %d, column %d): %s", path,
+                          e->position, e->line, e->column, e->text);
 }

@@ -69,9 +69,9 @@ typedef struct {
 } ChatMsg;
 
 typedef struct {
-    char *text;  /* malloc'd, NUL-terminated */
+    char *text; /* malloc'd, NUL-terminated */
     size_t len;
-    int train;   /* 1: part of an assistant reply the loss counts */
+    int train; /* 1: part of an assistant reply the loss counts */
 } ChatPiece;
 
 typedef struct {

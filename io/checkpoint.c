@@ -22,14 +22,14 @@
 #include <unistd.h>
 
 #define CKPT_MAGIC "SLCKPT01"
-#define CKPT_HEADER_BYTES 20                    /* magic 8 + length 8 + crc 4 */
-#define CKPT_MAX_MANIFEST ((uint64_t)1 << 30)    /* sanity bound before allocating */
-#define CKPT_MAX_RECORD ((uint64_t)1 << 30)     /* one chunk record; protobuf's limit is 2 GiB */
+#define CKPT_HEADER_BYTES 20                  /* magic 8 + length 8 + crc 4 */
+#define CKPT_MAX_MANIFEST ((uint64_t)1 << 30) /* sanity bound before allocating */
+#define CKPT_MAX_RECORD ((uint64_t)1 << 30)   /* one chunk record; protobuf's limit is 2 GiB */
 #define CKPT_MAX_DIM ((int64_t)1 << 40)
 #define CKPT_MAX_NAME 4096
 #define CKPT_MAX_FILE_NAME 255
-#define CKPT_MAX_CELLS ((uint64_t)1 << 28)      /* coverage grid bound (bytes) */
-#define CKPT_STAGE_BYTES ((size_t)1 << 20)      /* write staging, per shard */
+#define CKPT_MAX_CELLS ((uint64_t)1 << 28) /* coverage grid bound (bytes) */
+#define CKPT_STAGE_BYTES ((size_t)1 << 20) /* write staging, per shard */
 
 struct CkptFile {
     const char *name;
@@ -401,8 +401,8 @@ int ckpt_shard_open(CkptShard *s, const char *dir, const char *fname, size_t chu
 }
 
 /* One record: varint(len) + Chunk message, data being `nr * nc` contiguous floats. */
-static int ckpt_shard_write_chunk(CkptShard *s, CkptTensor *t, int64_t r0, int64_t nr,
-                                  int64_t c0, int64_t nc, const float *data, ErrStatus *st) {
+static int ckpt_shard_write_chunk(CkptShard *s, CkptTensor *t, int64_t r0, int64_t nr, int64_t c0,
+                                  int64_t nc, const float *data, ErrStatus *st) {
     Slckpt__Chunk msg = SLCKPT__CHUNK__INIT;
     msg.tensor = (char *)t->name;
     msg.r0 = r0;
@@ -424,11 +424,17 @@ static int ckpt_shard_write_chunk(CkptShard *s, CkptTensor *t, int64_t r0, int64
              mlen);
     if (k.err) {
         s->failed = 1;
-        return err_status_set(st, "%s: write failed at byte %" PRIu64 " (tensor %s): %s",
-                              s->path, s->off, t->name, strerror(k.err));
+        return err_status_set(st, "%s: write failed at byte %" PRIu64 " (tensor %s): %s", s->path,
+                              s->off, t->name, strerror(k.err));
     }
-    CkptChunk c = {.file = s->fname, .offset = s->off, .length = plen + mlen, .r0 = r0,
-                   .nr = nr, .c0 = c0, .nc = nc, .crc32c = k.crc};
+    CkptChunk c = {.file = s->fname,
+                   .offset = s->off,
+                   .length = plen + mlen,
+                   .r0 = r0,
+                   .nr = nr,
+                   .c0 = c0,
+                   .nc = nc,
+                   .crc32c = k.crc};
     ckpt_chunk_push(t, &c);
     s->off += plen + mlen;
     return 1;
@@ -601,8 +607,7 @@ static const char *ckpt_builder_file(CkptManifestBuilder *m, const char *name) {
     return m->files[m->nfiles++];
 }
 
-int ckpt_manifest_add_index(CkptManifestBuilder *m, const uint8_t *buf, size_t len,
-                            ErrStatus *st) {
+int ckpt_manifest_add_index(CkptManifestBuilder *m, const uint8_t *buf, size_t len, ErrStatus *st) {
     err_status_ok(st);
     Slckpt__ShardIndex *idx = slckpt__shard_index__unpack(NULL, len, buf);
     if (!idx)
@@ -627,9 +632,14 @@ int ckpt_manifest_add_index(CkptManifestBuilder *m, const uint8_t *buf, size_t l
         }
         for (size_t j = 0; ok && j < e->n_chunks; j++) {
             const Slckpt__ChunkRef *r = e->chunks[j];
-            CkptChunk c = {.file = r->file[0] ? r->file : idx->file, .offset = r->offset,
-                           .length = r->length, .r0 = r->r0, .nr = r->nr, .c0 = r->c0,
-                           .nc = r->nc, .crc32c = r->crc32c};
+            CkptChunk c = {.file = r->file[0] ? r->file : idx->file,
+                           .offset = r->offset,
+                           .length = r->length,
+                           .r0 = r->r0,
+                           .nr = r->nr,
+                           .c0 = r->c0,
+                           .nc = r->nc,
+                           .crc32c = r->crc32c};
             if (!ckpt_chunk_check(where, t, &c, st)) {
                 ok = 0;
                 break;
@@ -782,20 +792,23 @@ static Slckpt__Manifest *ckpt_read_manifest(const char *dir, ErrStatus *st) {
     uint32_t want = (uint32_t)ckpt_get_le(buf + 16, 4);
     if (mlen != size - CKPT_HEADER_BYTES) {
         err_status_set(st,
-                       "%s: byte 8: header says %" PRIu64 " message bytes but the file holds %" PRIu64
-                       " (truncated or appended to)",
+                       "%s: byte 8: header says %" PRIu64
+                       " message bytes but the file holds %" PRIu64 " (truncated or appended to)",
                        path, mlen, size - CKPT_HEADER_BYTES);
         goto done;
     }
     uint32_t have = crc32c(buf + CKPT_HEADER_BYTES, mlen);
     if (have != want) {
-        err_status_set(st, "%s: CRC-32C mismatch over bytes [%d, %" PRIu64 "): stored 0x%08x, "
-                       "computed 0x%08x", path, CKPT_HEADER_BYTES, size, want, have);
+        err_status_set(st,
+                       "%s: CRC-32C mismatch over bytes [%d, %" PRIu64 "): stored 0x%08x, "
+                       "computed 0x%08x",
+                       path, CKPT_HEADER_BYTES, size, want, have);
         goto done;
     }
     man = slckpt__manifest__unpack(NULL, mlen, buf + CKPT_HEADER_BYTES);
-    if (!man) err_status_set(st, "%s: byte %d: cannot parse the Manifest message", path,
-                             CKPT_HEADER_BYTES);
+    if (!man)
+        err_status_set(st, "%s: byte %d: cannot parse the Manifest message", path,
+                       CKPT_HEADER_BYTES);
 done:
     if (fd >= 0) close(fd);
     free(buf);
@@ -861,15 +874,21 @@ int ckpt_open(CkptReader *r, const char *dir, ErrStatus *st) {
         t->chunks = r->chunk_store + q;
         t->nchunks = e->n_chunks;
         if (!e->name[0] || !ckpt_shape_ok(e->rows, e->cols)) {
-            err_status_set(st, "%s: tensor %zu (\"%.64s\"): bad name or shape [%" PRId64
-                           ", %" PRId64 "]", mpath, i, e->name, e->rows, e->cols);
+            err_status_set(
+                st, "%s: tensor %zu (\"%.64s\"): bad name or shape [%" PRId64 ", %" PRId64 "]",
+                mpath, i, e->name, e->rows, e->cols);
             goto fail;
         }
         for (size_t j = 0; j < e->n_chunks; j++, q++) {
             const Slckpt__ChunkRef *c = e->chunks[j];
             CkptChunk *k = &r->chunk_store[q];
-            *k = (CkptChunk){.file = c->file, .offset = c->offset, .length = c->length,
-                             .r0 = c->r0, .nr = c->nr, .c0 = c->c0, .nc = c->nc,
+            *k = (CkptChunk){.file = c->file,
+                             .offset = c->offset,
+                             .length = c->length,
+                             .r0 = c->r0,
+                             .nr = c->nr,
+                             .c0 = c->c0,
+                             .nc = c->nc,
                              .crc32c = c->crc32c};
             if (!ckpt_chunk_check(mpath, t, k, st)) goto fail;
             struct CkptFile *f = ckpt_reader_file(r, k->file);
@@ -883,9 +902,10 @@ int ckpt_open(CkptReader *r, const char *dir, ErrStatus *st) {
                 f->fd = open(fp, O_RDONLY | O_CLOEXEC);
                 int bad = f->fd < 0 || fstat(f->fd, &sb) != 0;
                 if (bad) {
-                    err_status_set(st, "%s: missing or unreadable shard file (tensor %s, chunk "
-                                   "at byte offset %" PRIu64 "): %s", fp, t->name, k->offset,
-                                   strerror(errno));
+                    err_status_set(st,
+                                   "%s: missing or unreadable shard file (tensor %s, chunk "
+                                   "at byte offset %" PRIu64 "): %s",
+                                   fp, t->name, k->offset, strerror(errno));
                     free(fp);
                     goto fail;
                 }
@@ -893,7 +913,8 @@ int ckpt_open(CkptReader *r, const char *dir, ErrStatus *st) {
                 f->size = (uint64_t)sb.st_size;
             }
             if (k->offset + k->length > f->size) {
-                err_status_set(st, "%s/%s: too short: tensor %s's chunk at byte offset %" PRIu64
+                err_status_set(st,
+                               "%s/%s: too short: tensor %s's chunk at byte offset %" PRIu64
                                " ends at %" PRIu64 ", the file has %" PRIu64 " bytes",
                                dir, k->file, t->name, k->offset, k->offset + k->length, f->size);
                 goto fail;
@@ -972,10 +993,11 @@ static Slckpt__Chunk *ckpt_read_chunk(CkptReader *r, const CkptTensor *t, const 
     }
     if (strcmp(k->tensor, t->name) != 0 || k->r0 != c->r0 || k->nr != c->nr || k->c0 != c->c0 ||
         k->nc != c->nc || k->n_data != (size_t)(c->nr * c->nc)) {
-        err_status_set(st, "%s/%s: %s: the chunk holds tensor %.64s rows [%" PRId64 ", +%" PRId64
+        err_status_set(st,
+                       "%s/%s: %s: the chunk holds tensor %.64s rows [%" PRId64 ", +%" PRId64
                        ") cols [%" PRId64 ", +%" PRId64 ") with %zu values, not what the manifest "
-                       "says", r->dir, c->file, what, k->tensor, k->r0, k->nr, k->c0, k->nc,
-                       k->n_data);
+                       "says",
+                       r->dir, c->file, what, k->tensor, k->r0, k->nr, k->c0, k->nc, k->n_data);
         slckpt__chunk__free_unpacked(k, NULL);
         return NULL;
     }
@@ -1042,8 +1064,7 @@ int ckpt_verify(CkptReader *r, ErrStatus *st) {
             }
             if (bad++ == 0) first = one;
         }
-    if (bad)
-        return err_status_set(st, "%zu of %zu chunks bad; first: %s", bad, total, first.msg);
+    if (bad) return err_status_set(st, "%zu of %zu chunks bad; first: %s", bad, total, first.msg);
     return 1;
 }
 
@@ -1072,7 +1093,8 @@ void ckpt_print(const CkptReader *r, FILE *f) {
     for (size_t i = 0; i < r->ntensors; i++) {
         nch += r->tensors[i].nchunks;
         for (size_t j = 0; j < r->tensors[i].nchunks; j++)
-            payload += (uint64_t)r->tensors[i].chunks[j].nr * (uint64_t)r->tensors[i].chunks[j].nc * 4;
+            payload +=
+                (uint64_t)r->tensors[i].chunks[j].nr * (uint64_t)r->tensors[i].chunks[j].nc * 4;
     }
     fprintf(f, "  files                 %zu:", r->nfiles);
     for (size_t i = 0; i < r->nfiles; i++)
@@ -1085,7 +1107,8 @@ void ckpt_print(const CkptReader *r, FILE *f) {
                 t->nchunks);
         for (size_t j = 0; j < t->nchunks; j++) {
             const CkptChunk *c = &t->chunks[j];
-            fprintf(f, "    rows [%" PRId64 ", %" PRId64 ") cols [%" PRId64 ", %" PRId64
+            fprintf(f,
+                    "    rows [%" PRId64 ", %" PRId64 ") cols [%" PRId64 ", %" PRId64
                     ")  %s @%" PRIu64 " +%" PRIu64 "  crc32c %08x\n",
                     c->r0, c->r0 + c->nr, c->c0, c->c0 + c->nc, c->file, c->offset, c->length,
                     c->crc32c);
@@ -1182,8 +1205,7 @@ int ckpt_dir_commit(const char *root, int64_t step, ErrStatus *st) {
          * aside rather than delete it first, so a crash here loses nothing committed. */
         if (!ckpt_rm_rf(old, st)) return 0;
         if (rename(fin, old) != 0)
-            return err_status_set(st, "%s: cannot move aside to %s: %s", fin, old,
-                                  strerror(errno));
+            return err_status_set(st, "%s: cannot move aside to %s: %s", fin, old, strerror(errno));
     }
     if (rename(tmp, fin) != 0)
         return err_status_set(st, "%s: cannot rename to %s: %s", tmp, fin, strerror(errno));
@@ -1193,8 +1215,7 @@ int ckpt_dir_commit(const char *root, int64_t step, ErrStatus *st) {
     if (symlink(target, link_tmp) != 0)
         return err_status_set(st, "%s: cannot create symlink: %s", link_tmp, strerror(errno));
     if (rename(link_tmp, link) != 0)
-        return err_status_set(st, "%s: cannot rename over %s: %s", link_tmp, link,
-                              strerror(errno));
+        return err_status_set(st, "%s: cannot rename over %s: %s", link_tmp, link, strerror(errno));
     if (!ckpt_fsync_dir_path(root, st)) return 0;
     if (replacing && !ckpt_rm_rf(old, st)) return 0;
     return 1;

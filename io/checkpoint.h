@@ -43,11 +43,11 @@
 
 /* One stored block: the dense row-major [nr, nc] slice [r0, r0+nr) x [c0, c0+nc). */
 typedef struct {
-    const char *file;  /* shard file name in the checkpoint directory */
-    uint64_t offset;   /* byte offset of the varint length prefix */
-    uint64_t length;   /* prefix + message bytes */
+    const char *file; /* shard file name in the checkpoint directory */
+    uint64_t offset;  /* byte offset of the varint length prefix */
+    uint64_t length;  /* prefix + message bytes */
     int64_t r0, nr, c0, nc;
-    uint32_t crc32c;   /* of the message bytes */
+    uint32_t crc32c; /* of the message bytes */
 } CkptChunk;
 
 /* A tensor of global shape [rows, cols] and its chunks (1-D tensors: use [1, n] or [n, 1]
@@ -70,20 +70,20 @@ typedef struct {
     const char *adapter_config;    /* JSON text */
     int64_t step, epoch, data_cursor;
     uint64_t seed;
-    const uint64_t *rng_counters;  /* caller-defined */
+    const uint64_t *rng_counters; /* caller-defined */
     size_t n_rng_counters;
-    const char *optimizer_kind;    /* e.g. "adamw" */
+    const char *optimizer_kind; /* e.g. "adamw" */
     int64_t optimizer_step;
     const char *optimizer_hparams; /* JSON text */
     int64_t lr_schedule_position;
-    int32_t tp, dp;                /* layout written at; informational */
-    const char *extra_json;        /* anything else, JSON text */
+    int32_t tp, dp;         /* layout written at; informational */
+    const char *extra_json; /* anything else, JSON text */
 } CkptMeta;
 
 /* ---- shard writer: one file, one writer ------------------------------------------------- */
 
 typedef struct {
-    char *path;  /* dir/fname */
+    char *path; /* dir/fname */
     char *fname;
     int fd;
     uint64_t off; /* bytes written so far */
@@ -134,8 +134,7 @@ void ckpt_manifest_free(CkptManifestBuilder *m);
 /* Merges one shard's index (from ckpt_shard_index_pack, possibly from another rank). The
  * same tensor may get chunks from several shards; its global shape must agree. Validates
  * everything (slices inside shapes, file names) since the bytes crossed a network. */
-int ckpt_manifest_add_index(CkptManifestBuilder *m, const uint8_t *buf, size_t len,
-                            ErrStatus *st);
+int ckpt_manifest_add_index(CkptManifestBuilder *m, const uint8_t *buf, size_t len, ErrStatus *st);
 /* Same, straight from a local shard (pack + add). */
 int ckpt_manifest_add_shard(CkptManifestBuilder *m, const CkptShard *s, ErrStatus *st);
 /* Checks every tensor is fully covered by its chunks, then writes dir/manifest.pb durably

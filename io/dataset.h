@@ -24,29 +24,29 @@
 typedef enum { DS_TEXT = 0, DS_PROMPT_COMPLETION, DS_MESSAGES, DS_TOKENS, DS_NFORMATS } DsFormat;
 
 typedef struct {
-    ChatFormat chat;      /* template for "messages" lines; CHAT_NONE: such a line is an
-                             error that asks for --chat-format */
-    int train_on_prompt;  /* 1: prompts and non-assistant turns are counted too */
-    int32_t eos_id;       /* appended to text and prompt/completion examples unless their
-                             ids already end with it; -1: nothing appended */
-    int64_t vocab;        /* every id (pre-tokenised, from the tokenizer, the EOS) must be
-                             in [0, vocab); <= 0: pre-tokenised ids in [0, 2^31), others
-                             unchecked */
+    ChatFormat chat;     /* template for "messages" lines; CHAT_NONE: such a line is an
+                            error that asks for --chat-format */
+    int train_on_prompt; /* 1: prompts and non-assistant turns are counted too */
+    int32_t eos_id;      /* appended to text and prompt/completion examples unless their
+                            ids already end with it; -1: nothing appended */
+    int64_t vocab;       /* every id (pre-tokenised, from the tokenizer, the EOS) must be
+                            in [0, vocab); <= 0: pre-tokenised ids in [0, 2^31), others
+                            unchecked */
 } DsOptions;
 
 /* One tokenised example; reuse it across lines (buffers grow, never shrink). */
 typedef struct {
     DsFormat format;
     TokIds ids;
-    int32_t *labels;   /* [ids.n] the label of each token, -100 = not counted */
-    int32_t *pos;      /* [ids.n] from "position_ids" when has_pos, else unused */
+    int32_t *labels; /* [ids.n] the label of each token, -100 = not counted */
+    int32_t *pos;    /* [ids.n] from "position_ids" when has_pos, else unused */
     int has_pos;
-    int64_t counted;   /* labels != -100, excluding the first token (it is never a target) */
-    size_t cap;        /* of labels and pos */
+    int64_t counted; /* labels != -100, excluding the first token (it is never a target) */
+    size_t cap;      /* of labels and pos */
     TokIds scratch;
-    char *text;        /* scratch: the whole text of a prompt/completion or messages line */
+    char *text; /* scratch: the whole text of a prompt/completion or messages line */
     size_t text_cap;
-    ChatMsg *msgs;     /* scratch: the messages of a line */
+    ChatMsg *msgs; /* scratch: the messages of a line */
     size_t msgs_cap;
 } DsExample;
 
@@ -57,8 +57,8 @@ typedef struct {
  * tokenizer), labels / position_ids of
  * another length, an empty text, or nothing to train on (every label masked; allowed for
  * pre-tokenised lines whose labels say so explicitly). */
-int ds_encode_line(Tokenizer *tk, const DsOptions *o, const char *line, size_t len,
-                   DsExample *ex, ErrStatus *st);
+int ds_encode_line(Tokenizer *tk, const DsOptions *o, const char *line, size_t len, DsExample *ex,
+                   ErrStatus *st);
 void ds_example_free(DsExample *ex);
 
 /* "text", "prompt/completion", "messages", "tokens". */

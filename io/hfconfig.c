@@ -137,7 +137,8 @@ static int hfc_get_token_id(HfcCtx *x, const json_t *obj, const char *key, int64
     if (!v || json_is_null(v)) return -1;
     if (json_is_array(v) && json_array_size(v) > 0) v = json_array_get(v, 0);
     if (!json_is_integer(v) || json_integer_value(v) < 0)
-        return err_status_set(x->st, "%s: field '%s' must be a token id or a list of them", x->path, key);
+        return err_status_set(x->st, "%s: field '%s' must be a token id or a list of them", x->path,
+                              key);
     *out = json_integer_value(v);
     return 1;
 }

@@ -22,15 +22,15 @@ typedef struct {
     int64_t vocab_size;        /* V */
     int64_t max_position_embeddings;
     double rms_norm_eps;
-    double rope_theta;         /* default 10000 */
-    int rope_scaling_type;     /* 0 none, 1 llama3 */
+    double rope_theta;     /* default 10000 */
+    int rope_scaling_type; /* 0 none, 1 llama3 */
     double rope_factor, rope_low_freq_factor, rope_high_freq_factor;
     int64_t rope_original_max_position;
-    int tie_word_embeddings;   /* default 0 */
-    int qkv_bias;              /* Qwen2: always 1; Llama: attention_bias */
-    int o_bias;                /* Llama attention_bias also puts a bias on o_proj */
-    int mlp_bias;              /* Llama mlp_bias */
-    char torch_dtype[16];      /* as written, informational */
+    int tie_word_embeddings;            /* default 0 */
+    int qkv_bias;                       /* Qwen2: always 1; Llama: attention_bias */
+    int o_bias;                         /* Llama attention_bias also puts a bias on o_proj */
+    int mlp_bias;                       /* Llama mlp_bias */
+    char torch_dtype[16];               /* as written, informational */
     int64_t bos_token_id, eos_token_id; /* -1 when absent (a list: its first id) */
 } HfcConfig;
 

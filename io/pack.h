@@ -26,8 +26,8 @@ int pack_parse_long(const char *s);
  * Both lists come back sorted (free() them); eval_frac = 0: every document trains and
  * *eval is NULL. 0 with st when ndocs < 2 and a split is asked for, or eval_frac is not in
  * [0, 1). */
-int pack_split(int64_t ndocs, double eval_frac, uint64_t seed, int64_t **train,
-               int64_t *ntrain, int64_t **eval, int64_t *neval, ErrStatus *st);
+int pack_split(int64_t ndocs, double eval_frac, uint64_t seed, int64_t **train, int64_t *ntrain,
+               int64_t **eval, int64_t *neval, ErrStatus *st);
 
 typedef struct {
     int64_t doc, start, len; /* tokens [start, start + len) of a document */
@@ -36,7 +36,7 @@ typedef struct {
 typedef struct {
     int64_t T;
     int64_t nrows, npieces;
-    int64_t *row_off;   /* [nrows + 1] into pieces */
+    int64_t *row_off; /* [nrows + 1] into pieces */
     PackPiece *pieces;
     /* what the plan did, for the summary: documents placed (whole, truncated or split);
      * of them truncated, split; dropped; tokens placed; tokens lost to truncation and

@@ -70,27 +70,32 @@ int peft_write_config(const PeftConfig *c, const char *dir, ErrStatus *st) {
     for (int i = 0; i < c->nrank_pattern; i++)
         json_object_set_new(rank_pattern, c->rank_keys[i], json_integer(c->rank_values[i]));
     for (int i = 0; i < c->nalpha_pattern; i++)
-        json_object_set_new(alpha_pattern, c->alpha_keys[i], peft_number(c->alpha_values[i], &digits));
+        json_object_set_new(alpha_pattern, c->alpha_keys[i],
+                            peft_number(c->alpha_values[i], &digits));
     json_t *layers = json_null();
     if (c->nlayers > 0) {
         layers = json_array();
-        for (int i = 0; i < c->nlayers; i++) json_array_append_new(layers, json_integer(c->layers[i]));
+        for (int i = 0; i < c->nlayers; i++)
+            json_array_append_new(layers, json_integer(c->layers[i]));
     }
     if (c->peft_type && strcmp(c->peft_type, "VERA") == 0) {
         /* PEFT's VeraConfig (peft/tuners/vera/config.py) */
         json_decref(rank_pattern);
         json_decref(alpha_pattern);
-        json_object_set_new(o, "base_model_name_or_path", json_string(c->base_model ? c->base_model : ""));
+        json_object_set_new(o, "base_model_name_or_path",
+                            json_string(c->base_model ? c->base_model : ""));
         json_object_set_new(o, "bias", json_string("none"));
         json_object_set_new(o, "d_initial", peft_real(c->d_initial, &digits));
         json_object_set_new(o, "fan_in_fan_out", json_false());
         json_object_set_new(o, "inference_mode", json_true());
         json_object_set_new(o, "init_weights", json_true());
-        json_object_set_new(o, "layers_pattern", c->nlayers > 0 ? json_string("layers") : json_null());
+        json_object_set_new(o, "layers_pattern",
+                            c->nlayers > 0 ? json_string("layers") : json_null());
         json_object_set_new(o, "layers_to_transform", layers);
         json_object_set_new(o, "modules_to_save", json_null());
         json_object_set_new(o, "peft_type", json_string("VERA"));
-        json_object_set_new(o, "projection_prng_key", json_integer((json_int_t)c->projection_prng_key));
+        json_object_set_new(o, "projection_prng_key",
+                            json_integer((json_int_t)c->projection_prng_key));
         json_object_set_new(o, "r", json_integer(c->r));
         json_object_set_new(o, "revision", json_null());
         json_object_set_new(o, "save_projection", json_boolean(c->save_projection));
@@ -99,17 +104,20 @@ int peft_write_config(const PeftConfig *c, const char *dir, ErrStatus *st) {
         json_object_set_new(o, "vera_dropout", peft_real(c->lora_dropout, &digits));
         char vpath[4096];
         snprintf(vpath, sizeof vpath, "%s/adapter_config.json", dir);
-        int vok = afile_write_json(vpath, o, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(digits), st);
+        int vok = afile_write_json(
+            vpath, o, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(digits), st);
         json_decref(o);
         return vok;
     }
     json_object_set_new(o, "alpha_pattern", alpha_pattern);
-    json_object_set_new(o, "base_model_name_or_path", json_string(c->base_model ? c->base_model : ""));
+    json_object_set_new(o, "base_model_name_or_path",
+                        json_string(c->base_model ? c->base_model : ""));
     json_object_set_new(o, "bias", json_string("none"));
     json_object_set_new(o, "fan_in_fan_out", json_false());
     json_object_set_new(o, "inference_mode", json_true());
     json_object_set_new(o, "init_lora_weights",
-                        c->init && strcmp(c->init, "gaussian") == 0 ? json_string("gaussian") : json_true());
+                        c->init && strcmp(c->init, "gaussian") == 0 ? json_string("gaussian")
+                                                                    : json_true());
     json_object_set_new(o, "layers_pattern", c->nlayers > 0 ? json_string("layers") : json_null());
     json_object_set_new(o, "layers_to_transform", layers);
     json_object_set_new(o, "lora_alpha", peft_number(c->lora_alpha, &digits));
@@ -127,7 +135,8 @@ int peft_write_config(const PeftConfig *c, const char *dir, ErrStatus *st) {
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
     /* Keys sorted, as PEFT writes them; the patterns we write never overlap, so their order
      * does not matter for PEFT's first-match rule. */
-    int ok = afile_write_json(path, o, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(digits), st);
+    int ok = afile_write_json(path, o,
+                              JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(digits), st);
     json_decref(o);
     return ok;
 }
@@ -145,7 +154,8 @@ static char *peft_strdup(const char *s) {
 static pcre2_code *peft_compile(const char *pat, const char *path, const char *key, ErrStatus *st) {
     int ec;
     PCRE2_SIZE eo;
-    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED, PCRE2_UTF, &ec, &eo, NULL);
+    pcre2_code *re =
+        pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED, PCRE2_UTF, &ec, &eo, NULL);
     if (!re) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(ec, msg, sizeof msg);
@@ -221,7 +231,8 @@ static int peft_get_patterns(json_t *root, const char *path, const char *key, in
     *n = 0;
     json_t *v = json_object_get(root, key);
     if (!v || json_is_null(v)) return 1;
-    if (!json_is_object(v)) return err_status_set(st, "%s: '%s' must be an object {name: value}", path, key);
+    if (!json_is_object(v))
+        return err_status_set(st, "%s: '%s' must be an object {name: value}", path, key);
     size_t k = json_object_size(v);
     *out = calloc(k ? k : 1, sizeof **out);
     SL_CHECK(*out, "out of memory");
@@ -281,11 +292,13 @@ static int peft_parse(PeftAdapter *a, json_t *root, const char *path, ErrStatus 
     if (!json_is_object(root)) return err_status_set(st, "%s: not a JSON object", path);
     json_t *v = json_object_get(root, "peft_type");
     if (!json_is_string(v))
-        return err_status_set(st, "%s: 'peft_type' is missing or not a string (expected \"LORA\")", path);
+        return err_status_set(st, "%s: 'peft_type' is missing or not a string (expected \"LORA\")",
+                              path);
     a->vera = strcmp(json_string_value(v), "VERA") == 0;
     if (!a->vera && strcmp(json_string_value(v), "LORA") != 0)
-        return err_status_set(st, "%s: peft_type \"%s\" is not supported (only \"LORA\" and \"VERA\" adapters)",
-                              path, json_string_value(v));
+        return err_status_set(
+            st, "%s: peft_type \"%s\" is not supported (only \"LORA\" and \"VERA\" adapters)", path,
+            json_string_value(v));
     v = json_object_get(root, "r");
     a->r = a->vera ? 256 : 8; /* the defaults of VeraConfig / LoraConfig */
     if (v && !json_is_null(v)) {
@@ -296,7 +309,8 @@ static int peft_parse(PeftAdapter *a, json_t *root, const char *path, ErrStatus 
     const char *dropout_key = a->vera ? "vera_dropout" : "lora_dropout";
     if (!peft_get_number(root, path, dropout_key, 0.0, &a->lora_dropout, st)) return 0;
     if (!(a->lora_dropout >= 0 && a->lora_dropout < 1))
-        return err_status_set(st, "%s: '%s' %g is not in [0, 1)", path, dropout_key, a->lora_dropout);
+        return err_status_set(st, "%s: '%s' %g is not in [0, 1)", path, dropout_key,
+                              a->lora_dropout);
     if (a->vera) {
         /* VeraConfig: no alpha (the update is unscaled: alpha / r = 1), no rsLoRA / DoRA /
          * patterns; d_initial only sets lambda_d's initial value, which the file replaces */
@@ -306,7 +320,8 @@ static int peft_parse(PeftAdapter *a, json_t *root, const char *path, ErrStatus 
         v = json_object_get(root, "projection_prng_key");
         if (v && !json_is_null(v)) {
             if (!json_is_integer(v) || json_integer_value(v) < 0)
-                return err_status_set(st, "%s: 'projection_prng_key' must be a non-negative integer", path);
+                return err_status_set(
+                    st, "%s: 'projection_prng_key' must be a non-negative integer", path);
             a->projection_prng_key = (uint64_t)json_integer_value(v);
         }
     } else {
@@ -317,12 +332,16 @@ static int peft_parse(PeftAdapter *a, json_t *root, const char *path, ErrStatus 
     int fifo = 0;
     if (!peft_get_bool(root, path, "fan_in_fan_out", 0, &fifo, st)) return 0;
     if (fifo)
-        return err_status_set(st, "%s: fan_in_fan_out true (GPT-2 Conv1D layout) is not supported: Llama-family "
-                                  "linears store W as [out, in]", path);
+        return err_status_set(
+            st,
+            "%s: fan_in_fan_out true (GPT-2 Conv1D layout) is not supported: Llama-family "
+            "linears store W as [out, in]",
+            path);
     v = json_object_get(root, "bias");
     if (v && !json_is_null(v) && !(json_is_string(v) && strcmp(json_string_value(v), "none") == 0))
-        return err_status_set(st, "%s: bias %s is not supported (only \"none\": the adapter trains no biases)",
-                              path, json_is_string(v) ? json_string_value(v) : "(not a string)");
+        return err_status_set(
+            st, "%s: bias %s is not supported (only \"none\": the adapter trains no biases)", path,
+            json_is_string(v) ? json_string_value(v) : "(not a string)");
     static const char *const refused[][2] = {
         {"modules_to_save", "whole modules saved next to the adapter"},
         {"trainable_token_indices", "trainable embedding rows"},
@@ -341,10 +360,12 @@ static int peft_parse(PeftAdapter *a, json_t *root, const char *path, ErrStatus 
         const char *s = json_string_value(v);
         if (strncmp(s, "pissa", 5) == 0 || strcmp(s, "olora") == 0 || strcmp(s, "corda") == 0 ||
             strcmp(s, "loftq") == 0)
-            return err_status_set(st,
-                                  "%s: init_lora_weights \"%s\" changes the base weights, which this adapter "
-                                  "then needs; convert it to a plain LoRA adapter first (PEFT's "
-                                  "path_initial_model_for_weight_conversion)", path, s);
+            return err_status_set(
+                st,
+                "%s: init_lora_weights \"%s\" changes the base weights, which this adapter "
+                "then needs; convert it to a plain LoRA adapter first (PEFT's "
+                "path_initial_model_for_weight_conversion)",
+                path, s);
     }
     v = json_object_get(root, "target_modules");
     if (!v || json_is_null(v))
@@ -354,17 +375,21 @@ static int peft_parse(PeftAdapter *a, json_t *root, const char *path, ErrStatus 
             a->all_linear = 1;
         } else {
             a->target_regex = peft_strdup(json_string_value(v));
-            if (!(a->target_re = peft_compile(a->target_regex, path, "target_modules", st))) return 0;
+            if (!(a->target_re = peft_compile(a->target_regex, path, "target_modules", st)))
+                return 0;
         }
     } else {
-        if (!peft_get_strings(v, path, "target_modules", 0, &a->target_modules, &a->ntargets, st)) return 0;
+        if (!peft_get_strings(v, path, "target_modules", 0, &a->target_modules, &a->ntargets, st))
+            return 0;
         if (a->ntargets == 0) return err_status_set(st, "%s: 'target_modules' is empty", path);
     }
     v = json_object_get(root, "exclude_modules");
     if (json_is_string(v)) {
-        if (!(a->exclude_re = peft_compile(json_string_value(v), path, "exclude_modules", st))) return 0;
+        if (!(a->exclude_re = peft_compile(json_string_value(v), path, "exclude_modules", st)))
+            return 0;
     } else if (v && !json_is_null(v)) {
-        if (!peft_get_strings(v, path, "exclude_modules", 0, &a->exclude_modules, &a->nexclude, st)) return 0;
+        if (!peft_get_strings(v, path, "exclude_modules", 0, &a->exclude_modules, &a->nexclude, st))
+            return 0;
     }
     v = json_object_get(root, "layers_to_transform");
     if (json_is_integer(v)) {
@@ -379,7 +404,8 @@ static int peft_parse(PeftAdapter *a, json_t *root, const char *path, ErrStatus 
         for (size_t i = 0; i < k; i++) {
             json_t *x = json_array_get(v, i);
             if (!json_is_integer(x) || json_integer_value(x) < 0)
-                return err_status_set(st, "%s: layers_to_transform[%zu] must be a layer index", path, i);
+                return err_status_set(st, "%s: layers_to_transform[%zu] must be a layer index",
+                                      path, i);
             a->layers_to_transform[i] = (int)json_integer_value(x);
         }
         /* PEFT: an empty list transforms every layer */
@@ -389,19 +415,27 @@ static int peft_parse(PeftAdapter *a, json_t *root, const char *path, ErrStatus 
             a->layers_to_transform = NULL;
         }
     } else if (v && !json_is_null(v)) {
-        return err_status_set(st, "%s: 'layers_to_transform' must be a layer index or a list of them", path);
+        return err_status_set(
+            st, "%s: 'layers_to_transform' must be a layer index or a list of them", path);
     }
     v = json_object_get(root, "layers_pattern");
     if (v && !json_is_null(v)) {
-        if (!peft_get_strings(v, path, "layers_pattern", 1, &a->layers_pattern, &a->nlayers_pattern, st))
+        if (!peft_get_strings(v, path, "layers_pattern", 1, &a->layers_pattern, &a->nlayers_pattern,
+                              st))
             return 0;
     }
     if (a->target_regex && (a->layers_to_transform || a->nlayers_pattern))
-        return err_status_set(st, "%s: layers_to_transform / layers_pattern cannot be used with a regex "
-                                  "target_modules (PEFT refuses it too)", path);
+        return err_status_set(
+            st,
+            "%s: layers_to_transform / layers_pattern cannot be used with a regex "
+            "target_modules (PEFT refuses it too)",
+            path);
     if (!a->vera) {
-        if (!peft_get_patterns(root, path, "rank_pattern", 1, &a->rank_pattern, &a->nrank_pattern, st)) return 0;
-        if (!peft_get_patterns(root, path, "alpha_pattern", 0, &a->alpha_pattern, &a->nalpha_pattern, st))
+        if (!peft_get_patterns(root, path, "rank_pattern", 1, &a->rank_pattern, &a->nrank_pattern,
+                               st))
+            return 0;
+        if (!peft_get_patterns(root, path, "alpha_pattern", 0, &a->alpha_pattern,
+                               &a->nalpha_pattern, st))
             return 0;
     }
     v = json_object_get(root, "base_model_name_or_path");
@@ -434,11 +468,12 @@ int peft_read(PeftAdapter *a, const char *dir, ErrStatus *st) {
         if (access(path, F_OK) != 0) {
             char bin[4200];
             snprintf(bin, sizeof bin, "%s/adapter_model.bin", dir);
-            ok = err_status_set(st, "%s: missing%s", path,
-                                access(bin, F_OK) == 0
-                                    ? " (adapter_model.bin, a pickle, is not read: save the adapter with "
-                                      "safe_serialization=True)"
-                                    : "");
+            ok = err_status_set(
+                st, "%s: missing%s", path,
+                access(bin, F_OK) == 0
+                    ? " (adapter_model.bin, a pickle, is not read: save the adapter with "
+                      "safe_serialization=True)"
+                    : "");
         } else {
             ok = st_open(&a->tensors, path, st);
         }
@@ -448,7 +483,8 @@ int peft_read(PeftAdapter *a, const char *dir, ErrStatus *st) {
 }
 
 static void peft_free_strings(char **v, int n) {
-    for (int i = 0; v && i < n; i++) free(v[i]);
+    for (int i = 0; v && i < n; i++)
+        free(v[i]);
     free(v);
 }
 
@@ -516,9 +552,11 @@ int peft_module_targeted(const PeftAdapter *a, const char *module) {
     if (a->all_linear) return 1;
     if (a->target_re) return peft_re_match(a->target_re, module, 1);
     for (int i = 0; i < a->ntargets; i++)
-        if (strcmp(module, a->target_modules[i]) == 0) return 1; /* named in full: no layer filter */
+        if (strcmp(module, a->target_modules[i]) == 0)
+            return 1; /* named in full: no layer filter */
     int found = 0;
-    for (int i = 0; i < a->ntargets && !found; i++) found = peft_name_matches(module, a->target_modules[i]);
+    for (int i = 0; i < a->ntargets && !found; i++)
+        found = peft_name_matches(module, a->target_modules[i]);
     if (!found || !a->layers_to_transform) return found;
     long idx = peft_layer_index(a, module);
     if (idx < 0) return 0;
@@ -545,7 +583,8 @@ void peft_module_rank(const PeftAdapter *a, const char *module, int *r, double *
 const StTensor *peft_tensor(const PeftAdapter *a, const char *module, const char *which) {
     char name[512];
     snprintf(name, sizeof name, "base_model.model.%s.%s%s", module, which,
-             strcmp(which, "lora_magnitude_vector") == 0 || strncmp(which, "vera_lambda_", 12) == 0 ? ""
-                                                                                              : ".weight");
+             strcmp(which, "lora_magnitude_vector") == 0 || strncmp(which, "vera_lambda_", 12) == 0
+                 ? ""
+                 : ".weight");
     return st_find(&a->tensors, name);
 }

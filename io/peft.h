@@ -64,22 +64,22 @@ typedef struct {
     int r;
     double lora_alpha, lora_dropout;
     int use_rslora, use_dora;
-    char **target_modules;      /* the module names of "target_modules" (a list, or "all-linear") */
+    char **target_modules; /* the module names of "target_modules" (a list, or "all-linear") */
     int ntargets;
-    int all_linear;             /* "all-linear" */
+    int all_linear; /* "all-linear" */
     PeftPattern *rank_pattern, *alpha_pattern;
     int nrank_pattern, nalpha_pattern;
-    int *layers_to_transform;   /* NULL: every layer */
+    int *layers_to_transform; /* NULL: every layer */
     int nlayers_to_transform;
-    char *base_model;           /* may be "" */
-    StFile tensors;             /* adapter_model.safetensors, open */
+    char *base_model; /* may be "" */
+    StFile tensors;   /* adapter_model.safetensors, open */
     /* (appended) */
-    char *target_regex;         /* "target_modules" as a regex string (re.fullmatch), or NULL */
-    void *target_re;            /* its compiled form (pcre2_code *) */
-    char **exclude_modules;     /* "exclude_modules" as a list, or NULL */
+    char *target_regex;     /* "target_modules" as a regex string (re.fullmatch), or NULL */
+    void *target_re;        /* its compiled form (pcre2_code *) */
+    char **exclude_modules; /* "exclude_modules" as a list, or NULL */
     int nexclude;
-    void *exclude_re;           /* "exclude_modules" as a regex string (pcre2_code *) */
-    char **layers_pattern;      /* "layers_pattern" (a string or a list), or NULL */
+    void *exclude_re;      /* "exclude_modules" as a regex string (pcre2_code *) */
+    char **layers_pattern; /* "layers_pattern" (a string or a list), or NULL */
     int nlayers_pattern;
     /* peft_type "VERA" (PEFT's VeraConfig, peft/tuners/vera/config.py): r (default 256),
      * vera_dropout (read into lora_dropout), d_initial (0.1), save_projection (true),
@@ -87,15 +87,15 @@ typedef struct {
      * use_dora 0, no patterns. The tensors: per module `<prefix>.vera_lambda_d` [r] and
      * `<prefix>.vera_lambda_b` [out], shared `base_model.vera_A` [r, max_in] and
      * `base_model.vera_B` [max_out, r] when save_projection. */
-    int vera;                   /* 1: peft_type "VERA"; 0: "LORA" */
+    int vera; /* 1: peft_type "VERA"; 0: "LORA" */
     double d_initial;
     int save_projection;
     uint64_t projection_prng_key;
 } PeftAdapter;
 
 /* Reads DIR/adapter_config.json and opens DIR/adapter_model.safetensors. Refused with a
- * message naming the file and the key: peft_type other than LORA and VERA, fan_in_fan_out true, bias
- * other than "none", modules_to_save, trainable_token_indices, layer_replication, lora_bias,
+ * message naming the file and the key: peft_type other than LORA and VERA, fan_in_fan_out true,
+ * bias other than "none", modules_to_save, trainable_token_indices, layer_replication, lora_bias,
  * target_parameters, base-weight-changing initialisations (PiSSA, OLoRA, CorDA, LoftQ), a
  * missing file, invalid JSON, wrong types, a regex that does not compile. target_modules may
  * be a list, "all-linear" or a regex string (matched as PEFT does, with re.fullmatch).

@@ -14,14 +14,7 @@
 
 #include "../runtime/err.h"
 
-typedef enum {
-    ST_F32 = 0,
-    ST_BF16,
-    ST_F16,
-    ST_I64,
-    ST_I32,
-    ST_NDTYPE
-} StDtype;
+typedef enum { ST_F32 = 0, ST_BF16, ST_F16, ST_I64, ST_I32, ST_NDTYPE } StDtype;
 
 #define ST_MAX_DIMS 8
 

@@ -40,11 +40,13 @@ void stm_from_f32(void *dst, StDtype dt, const float *src, size_t n) {
         memcpy(dst, src, n * sizeof(float));
     } else if (dt == ST_BF16) {
         uint16_t *d = dst;
-        for (size_t i = 0; i < n; i++) d[i] = gemm_f32_to_bf16(src[i]);
+        for (size_t i = 0; i < n; i++)
+            d[i] = gemm_f32_to_bf16(src[i]);
     } else {
         SL_CHECK(dt == ST_F16, "stm_from_f32: dtype %s is not a float type", st_dtype_name(dt));
         uint16_t *d = dst;
-        for (size_t i = 0; i < n; i++) d[i] = stm_f32_to_f16(src[i]);
+        for (size_t i = 0; i < n; i++)
+            d[i] = stm_f32_to_f16(src[i]);
     }
 }
 
@@ -59,7 +61,8 @@ int stm_pread_full(int fd, const char *path, void *buf, size_t len, uint64_t off
             return err_status_set(st, "%s: read of %zu bytes at byte %" PRIu64 " failed: %s", path,
                                   len, off + done, strerror(errno));
         if (got == 0)
-            return err_status_set(st, "%s: unexpected end of file at byte %" PRIu64 " (file shrank?)",
+            return err_status_set(st,
+                                  "%s: unexpected end of file at byte %" PRIu64 " (file shrank?)",
                                   path, off + done);
         done += (size_t)got;
     }

@@ -31,11 +31,11 @@ int tcache_fingerprint(const char *const *files, int nfiles, const char *tokeniz
                        const DsOptions *o, char out[TCACHE_FP_LEN + 1], ErrStatus *st);
 
 typedef struct {
-    int64_t lines;        /* non-blank lines read */
-    int64_t bad_lines;    /* skipped (skip_bad) */
+    int64_t lines;     /* non-blank lines read */
+    int64_t bad_lines; /* skipped (skip_bad) */
     int64_t docs, tokens, counted;
     int64_t per_format[DS_NFORMATS];
-    char first_bad[512];  /* "file:line: reason" of the first skipped line, or "" */
+    char first_bad[512]; /* "file:line: reason" of the first skipped line, or "" */
 } TcStats;
 
 /* Tokenises part `part` of `nparts` (lines starting in bytes [part*S/nparts,
@@ -48,8 +48,8 @@ typedef struct {
  * warnings) and the part goes on. An unreadable file: 0 with st naming it. stats is this
  * part's alone. */
 int tcache_build_part(const char *tmp_dir, int part, int nparts, const char *const *files,
-                      int nfiles, Tokenizer *tk, const DsOptions *o, int skip_bad,
-                      TcStats *stats, ErrStatus *st);
+                      int nfiles, Tokenizer *tk, const DsOptions *o, int skip_bad, TcStats *stats,
+                      ErrStatus *st);
 
 /* After every part exists in tmp_dir: writes tmp_dir/index.json (stats = the sum over
  * parts), fsyncs, and renames tmp_dir to dir (replacing an old cache: only the files a
@@ -64,8 +64,8 @@ typedef struct {
     /* per part: mapping and where its arrays start */
     void **maps;
     size_t *map_len;
-    int64_t *doc0;        /* [nparts + 1] first global document of each part */
-    const int64_t **off;  /* [nparts] doc offsets of the part */
+    int64_t *doc0;                        /* [nparts + 1] first global document of each part */
+    const int64_t **off;                  /* [nparts] doc offsets of the part */
     const int32_t **ids, **labels, **pos; /* pos[p] NULL when the part has no positions */
 } TokCache;
 

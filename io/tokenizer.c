@@ -54,7 +54,8 @@ typedef struct {
 static void tok_buf_reserve(TokBuf *b, size_t extra) {
     if (b->n + extra <= b->cap) return;
     size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->n + extra) cap *= 2;
+    while (cap < b->n + extra)
+        cap *= 2;
     b->p = realloc(b->p, cap);
     SL_CHECK(b->p != NULL, "out of memory (%zu bytes)", cap);
     b->cap = cap;
@@ -85,7 +86,8 @@ void tok_ids_free(TokIds *ids) {
 /* 64-bit FNV-1a then a final mix (words are short; the mix spreads the low bits). */
 static uint64_t tok_hash(const char *s, size_t n) {
     uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
     h ^= h >> 29;
     h *= 0xbf58476d1ce4e5b9ull;
     return h ^ (h >> 32);
@@ -109,20 +111,41 @@ static size_t tok_utf8_seq(const unsigned char *s, size_t n, size_t *bad) {
     if (c < 0x80) return 1;
     size_t len;
     unsigned lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) len = 2;
-    else if (c == 0xE0) { len = 3; lo = 0xA0; }
-    else if (c >= 0xE1 && c <= 0xEC) len = 3;
-    else if (c == 0xED) { len = 3; hi = 0x9F; }
-    else if (c >= 0xEE && c <= 0xEF) len = 3;
-    else if (c == 0xF0) { len = 4; lo = 0x90; }
-    else if (c >= 0xF1 && c <= 0xF3) len = 4;
-    else if (c == 0xF4) { len = 4; hi = 0x8F; }
-    else { *bad = 1; return 0; }
+    if (c >= 0xC2 && c <= 0xDF)
+        len = 2;
+    else if (c == 0xE0) {
+        len = 3;
+        lo = 0xA0;
+    } else if (c >= 0xE1 && c <= 0xEC)
+        len = 3;
+    else if (c == 0xED) {
+        len = 3;
+        hi = 0x9F;
+    } else if (c >= 0xEE && c <= 0xEF)
+        len = 3;
+    else if (c == 0xF0) {
+        len = 4;
+        lo = 0x90;
+    } else if (c >= 0xF1 && c <= 0xF3)
+        len = 4;
+    else if (c == 0xF4) {
+        len = 4;
+        hi = 0x8F;
+    } else {
+        *bad = 1;
+        return 0;
+    }
     for (size_t k = 1; k < len; k++) {
-        if (k >= n) { *bad = k; return 0; }
+        if (k >= n) {
+            *bad = k;
+            return 0;
+        }
         unsigned d = s[k];
         unsigned l = k == 1 ? lo : 0x80, h = k == 1 ? hi : 0xBF;
-        if (d < l || d > h) { *bad = k; return 0; }
+        if (d < l || d > h) {
+            *bad = k;
+            return 0;
+        }
     }
     return len;
 }
@@ -136,7 +159,10 @@ static int tok_utf8_lossy(TokBuf *b, const char *s, size_t n) {
     tok_buf_reserve(b, n + 1);
     while (i < n) {
         size_t bad = 0, l = tok_utf8_seq(u + i, n - i, &bad);
-        if (l) { i += l; continue; }
+        if (l) {
+            i += l;
+            continue;
+        }
         valid = 0;
         tok_buf_put(b, s + start, i - start);
         tok_buf_put(b, "\xEF\xBF\xBD", 3);
@@ -161,7 +187,10 @@ static int tok_utf8_valid(const char *s, size_t n) {
 static size_t tok_utf8_cp(const char *s, size_t n, int32_t *cp) {
     utf8proc_int32_t c;
     utf8proc_ssize_t l = utf8proc_iterate((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)n, &c);
-    if (l <= 0) { *cp = 0xFFFD; return 1; }
+    if (l <= 0) {
+        *cp = 0xFFFD;
+        return 1;
+    }
     *cp = c;
     return (size_t)l;
 }
@@ -191,7 +220,8 @@ static int tok_is_numeric_cp(int32_t c) {
 /* Code point ending just before s[end] (s[0..end) valid UTF-8). */
 static int32_t tok_cp_before(const char *s, size_t end) {
     size_t i = end - 1;
-    while (i > 0 && ((unsigned char)s[i] & 0xC0) == 0x80) i--;
+    while (i > 0 && ((unsigned char)s[i] & 0xC0) == 0x80)
+        i--;
     int32_t c;
     tok_utf8_cp(s + i, end - i, &c);
     return c;
@@ -221,9 +251,9 @@ typedef enum { TOK_PREPEND_ALWAYS, TOK_PREPEND_FIRST, TOK_PREPEND_NEVER } TokPre
 
 typedef struct {
     TokPreKind kind;
-    pcre2_code *re;          /* Split (Regex) and ByteLevel use_regex */
+    pcre2_code *re; /* Split (Regex) and ByteLevel use_regex */
     pcre2_match_data *md;
-    char *lit;               /* Split (String) pattern; Metaspace replacement */
+    char *lit; /* Split (String) pattern; Metaspace replacement */
     size_t litlen;
     TokSplitBehavior behavior;
     int invert;
@@ -254,7 +284,7 @@ typedef struct {
 typedef struct {
     char *content;
     size_t len;
-    char *pat;   /* what is matched: content, or for normalized tokens the normalised content */
+    char *pat; /* what is matched: content, or for normalized tokens the normalised content */
     size_t patlen;
     int32_t id;
     int special, lstrip, rstrip, normalized, single_word;
@@ -263,7 +293,7 @@ typedef struct {
 /* Added tokens of one kind (normalized or not), bucketed by their pattern's first byte,
  * longest first. */
 typedef struct {
-    int32_t *idx;     /* indices into Tokenizer.added */
+    int32_t *idx; /* indices into Tokenizer.added */
     size_t n;
     size_t first[257]; /* idx[first[b]..first[b+1]) start with byte b */
 } TokAddedSet;
@@ -297,7 +327,7 @@ typedef struct {
 } TokSpans;
 
 typedef struct {
-    uint64_t hash;     /* 0 = empty */
+    uint64_t hash;                   /* 0 = empty */
     uint32_t koff, klen, voff, vlen; /* key in cache_keys, ids in cache_ids */
 } TokCacheSlot;
 
@@ -311,9 +341,9 @@ struct Tokenizer {
     TokBuf strs;
     TokVocabSlot *vslots;
     size_t vcap;
-    int32_t nid;       /* vocab size: 1 + max id */
-    int64_t *id_off;   /* [nid] offset of the token's string in strs, -1 none */
-    uint32_t *id_len;  /* [nid] */
+    int32_t nid;               /* vocab size: 1 + max id */
+    int64_t *id_off;           /* [nid] offset of the token's string in strs, -1 none */
+    uint32_t *id_len;          /* [nid] */
     unsigned char *id_special; /* [nid] 1 if an added special token */
     /* merges: (a, b) -> (rank, merged id) */
     TokMerge *mslots;
@@ -322,10 +352,10 @@ struct Tokenizer {
     size_t nmerges;
     /* model options */
     int ignore_merges, byte_fallback, fuse_unk;
-    int meta_cut;          /* long words may be cut before a ▁ run (see tok_word) */
-    int32_t unk_id;        /* -1 none */
-    int32_t byte_id[256];  /* byte-level: id of each byte's GPT-2 character, -1 missing */
-    char byte_u8[256][3];  /* UTF-8 of each byte's GPT-2 character, byte_u8len[b] bytes */
+    int meta_cut;         /* long words may be cut before a ▁ run (see tok_word) */
+    int32_t unk_id;       /* -1 none */
+    int32_t byte_id[256]; /* byte-level: id of each byte's GPT-2 character, -1 missing */
+    char byte_u8[256][3]; /* UTF-8 of each byte's GPT-2 character, byte_u8len[b] bytes */
     unsigned char byte_u8len[256];
     int32_t ascii_id[128]; /* not byte-level: id of each one-byte character, -1 missing */
     int32_t fb_id[256];    /* byte_fallback: id of <0xNN>, -1 missing */
@@ -345,15 +375,15 @@ struct Tokenizer {
     int has_decoder;
     /* scratch (why the tokenizer is not thread-safe) */
     TokBuf s_in, s_norm, s_norm2, s_pre, s_word;
-    uint32_t *pieces[2];  /* (off, len) pairs into s_pre */
+    uint32_t *pieces[2]; /* (off, len) pairs into s_pre */
     size_t piece_cap[2];
-    TokSpans spans;       /* matches of one pre-tokenizer in one piece */
-    int32_t *nfc;         /* [nfc_cap] code points for NFC (utf8proc works in place) */
+    TokSpans spans; /* matches of one pre-tokenizer in one piece */
+    int32_t *nfc;   /* [nfc_cap] code points for NFC (utf8proc works in place) */
     size_t nfc_cap;
-    int32_t *sym, *rank;  /* [sym_cap] symbols of a word, rank of (sym[i], sym[i+1]) */
+    int32_t *sym, *rank; /* [sym_cap] symbols of a word, rank of (sym[i], sym[i+1]) */
     size_t sym_cap;
-    TokSym *hsym;         /* [hsym_cap] heap BPE: the symbols as a linked list */
-    uint64_t *heap;       /* [2 * hsym_cap] heap BPE: rank << 32 | position, a min-heap */
+    TokSym *hsym;   /* [hsym_cap] heap BPE: the symbols as a linked list */
+    uint64_t *heap; /* [2 * hsym_cap] heap BPE: rank << 32 | position, a min-heap */
     size_t hsym_cap;
     /* word cache: pre-token bytes -> ids */
     TokCacheSlot *cache;
@@ -363,7 +393,9 @@ struct Tokenizer {
     size_t cache_nids, cache_ids_cap;
 };
 
-int32_t tok_vocab_size(const Tokenizer *tk) { return tk->nid; }
+int32_t tok_vocab_size(const Tokenizer *tk) {
+    return tk->nid;
+}
 
 static int32_t tok_vocab_get(const Tokenizer *tk, const char *s, size_t n) {
     size_t mask = tk->vcap - 1, i = tok_hash(s, n) & mask;
@@ -377,7 +409,8 @@ static int32_t tok_vocab_get(const Tokenizer *tk, const char *s, size_t n) {
 int32_t tok_token_id(const Tokenizer *tk, const char *token) {
     size_t n = strlen(token);
     for (size_t i = 0; i < tk->nadded; i++)
-        if (tk->added[i].len == n && memcmp(tk->added[i].content, token, n) == 0) return tk->added[i].id;
+        if (tk->added[i].len == n && memcmp(tk->added[i].content, token, n) == 0)
+            return tk->added[i].id;
     return tok_vocab_get(tk, token, n);
 }
 
@@ -463,8 +496,8 @@ static int tok_compile(Tokenizer *tk, pcre2_code **re, pcre2_match_data **md, co
     if (!*re) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(ec, msg, sizeof msg);
-        return tok_err(st, tk, "%s: regex does not compile at offset %zu: %s", where,
-                       (size_t)eo, (char *)msg);
+        return tok_err(st, tk, "%s: regex does not compile at offset %zu: %s", where, (size_t)eo,
+                       (char *)msg);
     }
     pcre2_jit_compile(*re, PCRE2_JIT_COMPLETE); /* falls back to the interpreter */
     *md = pcre2_match_data_create_from_pattern(*re, NULL);
@@ -485,10 +518,14 @@ static int tok_parse_scheme(Tokenizer *tk, json_t *o, TokPrependScheme *s, const
     *s = TOK_PREPEND_ALWAYS;
     if (given) {
         const char *v = json_string_value(ps);
-        if (v && strcmp(v, "always") == 0) *s = TOK_PREPEND_ALWAYS;
-        else if (v && strcmp(v, "first") == 0) *s = TOK_PREPEND_FIRST;
-        else if (v && strcmp(v, "never") == 0) *s = TOK_PREPEND_NEVER;
-        else return tok_err(st, tk, "%s.prepend_scheme: unknown value '%s'", where, v ? v : "?");
+        if (v && strcmp(v, "always") == 0)
+            *s = TOK_PREPEND_ALWAYS;
+        else if (v && strcmp(v, "first") == 0)
+            *s = TOK_PREPEND_FIRST;
+        else if (v && strcmp(v, "never") == 0)
+            *s = TOK_PREPEND_NEVER;
+        else
+            return tok_err(st, tk, "%s.prepend_scheme: unknown value '%s'", where, v ? v : "?");
     }
     if (json_is_false(json_object_get(o, "add_prefix_space"))) {
         if (given && *s != TOK_PREPEND_NEVER)
@@ -509,8 +546,7 @@ static int tok_replace_pattern(Tokenizer *tk, json_t *o, char **a, size_t *alen,
         return tok_compile(tk, re, md, json_string_value(r), json_string_length(r), sub, st);
     }
     if (!tok_string_pattern(pat, a, alen))
-        return tok_err(st, tk, "%s.pattern: expected {\"String\": ...} or {\"Regex\": ...}",
-                       where);
+        return tok_err(st, tk, "%s.pattern: expected {\"String\": ...} or {\"Regex\": ...}", where);
     if (*alen == 0) return tok_err(st, tk, "%s.pattern: empty", where);
     return 1;
 }
@@ -553,8 +589,8 @@ static int tok_load_normalizer(Tokenizer *tk, json_t *o, const char *where, ErrS
     return 1;
 }
 
-static const char *tok_behaviors[] = {"Removed", "Isolated", "MergedWithPrevious",
-                                      "MergedWithNext", "Contiguous"};
+static const char *tok_behaviors[] = {"Removed", "Isolated", "MergedWithPrevious", "MergedWithNext",
+                                      "Contiguous"};
 
 static int tok_load_pre(Tokenizer *tk, json_t *o, const char *where, ErrStatus *st) {
     if (json_is_null(o) || !o) return 1;
@@ -581,8 +617,8 @@ static int tok_load_pre(Tokenizer *tk, json_t *o, const char *where, ErrStatus *
         json_t *re = json_object_get(pat, "Regex");
         if (json_is_string(re)) {
             snprintf(sub, sizeof sub, "%s.pattern.Regex", where);
-            if (!tok_compile(tk, &p->re, &p->md, json_string_value(re), json_string_length(re),
-                             sub, st))
+            if (!tok_compile(tk, &p->re, &p->md, json_string_value(re), json_string_length(re), sub,
+                             st))
                 return 0;
         } else if (!tok_string_pattern(pat, &p->lit, &p->litlen) || p->litlen == 0) {
             return tok_err(st, tk, "%s.pattern: expected {\"Regex\": ...} or {\"String\": ...}",
@@ -591,7 +627,10 @@ static int tok_load_pre(Tokenizer *tk, json_t *o, const char *where, ErrStatus *
         const char *b = json_string_value(json_object_get(o, "behavior"));
         int found = 0;
         for (int i = 0; b && i < 5; i++)
-            if (strcmp(b, tok_behaviors[i]) == 0) { p->behavior = (TokSplitBehavior)i; found = 1; }
+            if (strcmp(b, tok_behaviors[i]) == 0) {
+                p->behavior = (TokSplitBehavior)i;
+                found = 1;
+            }
         if (!found)
             return tok_err(st, tk, "%s.behavior: unsupported '%s'", where, b ? b : "(missing)");
         p->invert = tok_json_bool(o, "invert", 0);
@@ -747,8 +786,7 @@ static int tok_load_post(Tokenizer *tk, json_t *o, const char *where, ErrStatus 
     TokIds before = {0}, after = {0};
     int seq = 0, ok = tok_parse_template(tk, o, "single", &before, &after, &seq, where, st);
     if (ok && seq != 1)
-        ok = tok_err(st, tk, "%s.single: unsupported: must use sequence A once (and not B)",
-                     where);
+        ok = tok_err(st, tk, "%s.single: unsupported: must use sequence A once (and not B)", where);
     json_t *pair = json_object_get(o, "pair");
     if (ok && pair && !json_is_null(pair))
         ok = tok_parse_template(tk, o, "pair", NULL, NULL, &seq, where, st);
@@ -797,7 +835,8 @@ static void tok_build_set(Tokenizer *tk, TokAddedSet *s, int normalized) {
     qsort_r(s->idx, s->n, sizeof *s->idx, tok_cmp_added_len, tk->added);
     size_t k = 0;
     for (int b = 0; b <= 256; b++) {
-        while (k < s->n && (unsigned char)tk->added[s->idx[k]].pat[0] < b) k++;
+        while (k < s->n && (unsigned char)tk->added[s->idx[k]].pat[0] < b)
+            k++;
         s->first[b] = k;
     }
 }
@@ -808,10 +847,12 @@ static void tok_build_set(Tokenizer *tk, TokAddedSet *s, int normalized) {
  * so far, but at least the vocabulary's size (its number of entries). */
 static void tok_assign_added_ids(Tokenizer *tk, size_t vocab_size) {
     size_t cap = 16;
-    while (cap < 2 * tk->nadded + 2) cap *= 2;
+    while (cap < 2 * tk->nadded + 2)
+        cap *= 2;
     int32_t *seen = malloc(cap * sizeof *seen); /* open addressing: index into added */
     SL_CHECK(seen != NULL, "out of memory");
-    for (size_t i = 0; i < cap; i++) seen[i] = -1;
+    for (size_t i = 0; i < cap; i++)
+        seen[i] = -1;
     int64_t maxid = -1;
     for (size_t i = 0; i < tk->nadded; i++) {
         TokAdded *a = &tk->added[i];
@@ -826,8 +867,9 @@ static void tok_assign_added_ids(Tokenizer *tk, size_t vocab_size) {
         } else {
             seen[h] = (int32_t)i;
             id = tok_vocab_get(tk, a->content, a->len);
-            if (id < 0) id = maxid >= (int64_t)vocab_size || vocab_size == 0 ? maxid + 1
-                                                                            : (int64_t)vocab_size;
+            if (id < 0)
+                id = maxid >= (int64_t)vocab_size || vocab_size == 0 ? maxid + 1
+                                                                     : (int64_t)vocab_size;
         }
         SL_CHECK(id < INT32_MAX, "added token id overflow");
         a->id = (int32_t)id;
@@ -859,9 +901,11 @@ static int tok_load_model(Tokenizer *tk, json_t *m, ErrStatus *st) {
 
     size_t nv = json_object_size(vocab);
     tk->vcap = 64;
-    while (tk->vcap < 2 * (nv + tk->nadded) + 2) tk->vcap *= 2;
+    while (tk->vcap < 2 * (nv + tk->nadded) + 2)
+        tk->vcap *= 2;
     tk->vslots = malloc(tk->vcap * sizeof *tk->vslots);
-    for (size_t i = 0; i < tk->vcap; i++) tk->vslots[i].id = -1;
+    for (size_t i = 0; i < tk->vcap; i++)
+        tk->vslots[i].id = -1;
     const char *key;
     json_t *val;
     int32_t maxid = -1;
@@ -880,10 +924,14 @@ static int tok_load_model(Tokenizer *tk, json_t *m, ErrStatus *st) {
     tk->id_off = malloc((size_t)tk->nid * sizeof *tk->id_off);
     tk->id_len = calloc((size_t)tk->nid, sizeof *tk->id_len);
     tk->id_special = calloc((size_t)tk->nid, 1);
-    for (int32_t i = 0; i < tk->nid; i++) tk->id_off[i] = -1;
+    for (int32_t i = 0; i < tk->nid; i++)
+        tk->id_off[i] = -1;
     for (size_t i = 0; i < tk->vcap; i++) {
         TokVocabSlot *v = &tk->vslots[i];
-        if (v->id >= 0) { tk->id_off[v->id] = v->off; tk->id_len[v->id] = v->len; }
+        if (v->id >= 0) {
+            tk->id_off[v->id] = v->off;
+            tk->id_len[v->id] = v->len;
+        }
     }
     /* Added tokens override the vocabulary's string for their id (HF id_to_token). */
     for (size_t i = 0; i < tk->nadded; i++) {
@@ -919,7 +967,8 @@ static int tok_load_model(Tokenizer *tk, json_t *m, ErrStatus *st) {
     size_t nm = json_array_size(merges);
     tk->meta_cut = !tk->ignore_merges && tok_vocab_get(tk, TOK_META, 3) >= 0;
     tk->mcap = 64;
-    while (tk->mcap < 2 * nm + 2) tk->mcap *= 2;
+    while (tk->mcap < 2 * nm + 2)
+        tk->mcap *= 2;
     tk->mslots = calloc(tk->mcap, sizeof *tk->mslots);
     SL_CHECK(nm < INT32_MAX, "model.merges: %zu merges", nm);
     tk->nmerges = nm;
@@ -937,7 +986,10 @@ static int tok_load_model(Tokenizer *tk, json_t *m, ErrStatus *st) {
                 free(cat.p);
                 return tok_err(st, tk, "model.merges[%zu]: '%s' is not two tokens 'a b'", r, s);
             }
-            a = s; al = (size_t)(sp - s); b = sp + 1; bl = strlen(b);
+            a = s;
+            al = (size_t)(sp - s);
+            b = sp + 1;
+            bl = strlen(b);
         } else if (json_is_array(e) && json_array_size(e) == 2 &&
                    json_is_string(json_array_get(e, 0)) && json_is_string(json_array_get(e, 1))) {
             a = json_string_value(json_array_get(e, 0));
@@ -957,15 +1009,18 @@ static int tok_load_model(Tokenizer *tk, json_t *m, ErrStatus *st) {
         tok_buf_put(&cat, b, bl);
         int32_t im = tok_vocab_get(tk, cat.p, cat.n);
         if (ia < 0 || ib < 0 || im < 0) {
-            int rc = tok_err(st, tk, "model.merges[%zu]: '%.*s' + '%.*s': %s not in model.vocab",
-                             r, (int)al, a, (int)bl, b,
-                             ia < 0 ? "first token" : ib < 0 ? "second token" : "merged token");
+            int rc = tok_err(st, tk, "model.merges[%zu]: '%.*s' + '%.*s': %s not in model.vocab", r,
+                             (int)al, a, (int)bl, b,
+                             ia < 0   ? "first token"
+                             : ib < 0 ? "second token"
+                                      : "merged token");
             free(cat.p);
             return rc;
         }
         uint64_t key = ((uint64_t)(uint32_t)(ia + 1) << 32) | (uint32_t)(ib + 1);
         size_t mask = tk->mcap - 1, i = tok_hash_u64(key) & mask;
-        while (tk->mslots[i].key && tk->mslots[i].key != key) i = (i + 1) & mask;
+        while (tk->mslots[i].key && tk->mslots[i].key != key)
+            i = (i + 1) & mask;
         /* a pair listed twice keeps its last rank: HF collects the merges into a hash map */
         if (tk->mslots[i].key == key) tk->by_rank[tk->mslots[i].rank].a = -1;
         tk->mslots[i].key = key;
@@ -1136,7 +1191,8 @@ static void tok_replace_re_into(TokBuf *o, pcre2_code *re, pcre2_match_data *md,
         size_t a = ov[0], e = ov[1];
         if (a == e && e == last_end) {
             at = e + 1;
-            while (at < n && ((unsigned char)s[at] & 0xC0) == 0x80) at++;
+            while (at < n && ((unsigned char)s[at] & 0xC0) == 0x80)
+                at++;
             continue;
         }
         tok_buf_put(o, s + copied, a - copied);
@@ -1178,7 +1234,8 @@ static void tok_normalize(Tokenizer *tk, const char *s, size_t n, TokBuf *out) {
         tok_buf_put(alt, "", 0);
         if (nm->kind == TOK_NORM_NFC) {
             size_t i = 0;
-            while (i < cur->n && !((unsigned char)cur->p[i] & 0x80)) i++;
+            while (i < cur->n && !((unsigned char)cur->p[i] & 0x80))
+                i++;
             if (i == cur->n) continue; /* ASCII is always NFC */
             tok_nfc_into(tk, alt, cur->p, cur->n);
         } else if (nm->kind == TOK_NORM_PREPEND) {
@@ -1256,7 +1313,8 @@ static void tok_find_matches(const TokPre *p, const char *s, size_t n, TokSpans 
             } else {
                 /* empty match: step over one character (as Rust's find_iter does) */
                 at = a + 1;
-                while (at < n && ((unsigned char)s[at] & 0xC0) == 0x80) at++;
+                while (at < n && ((unsigned char)s[at] & 0xC0) == 0x80)
+                    at++;
             }
         }
         return;
@@ -1286,9 +1344,14 @@ static void tok_split_piece(Tokenizer *tk, const TokPre *p, TokSplitBehavior beh
         size_t a, b;
         int is_match;
         if (k < sp->n && sp->m[k] == cur) {
-            a = sp->m[k]; b = sp->m[k + 1]; k += 2; is_match = 1;
+            a = sp->m[k];
+            b = sp->m[k + 1];
+            k += 2;
+            is_match = 1;
         } else {
-            a = cur; b = k < sp->n ? sp->m[k] : n; is_match = 0;
+            a = cur;
+            b = k < sp->n ? sp->m[k] : n;
+            is_match = 0;
         }
         cur = b;
         if (invert) is_match = !is_match;
@@ -1305,7 +1368,9 @@ static void tok_split_piece(Tokenizer *tk, const TokPre *p, TokSplitBehavior beh
                 pend_b = b;
             } else {
                 if (have_pend) tok_piece_push(tk, w, np, off + pend_a, pend_b - pend_a);
-                pend_a = a; pend_b = b; have_pend = 1;
+                pend_a = a;
+                pend_b = b;
+                have_pend = 1;
             }
             pend_match = is_match;
             break;
@@ -1313,7 +1378,9 @@ static void tok_split_piece(Tokenizer *tk, const TokPre *p, TokSplitBehavior beh
             /* a match joins the piece after it unless that one is a match too */
             if (is_match) {
                 if (have_pend) tok_piece_push(tk, w, np, off + pend_a, pend_b - pend_a);
-                pend_a = a; pend_b = b; have_pend = 1;
+                pend_a = a;
+                pend_b = b;
+                have_pend = 1;
             } else if (have_pend) {
                 tok_piece_push(tk, w, np, off + pend_a, b - pend_a);
                 have_pend = 0;
@@ -1322,10 +1389,14 @@ static void tok_split_piece(Tokenizer *tk, const TokPre *p, TokSplitBehavior beh
             }
             break;
         case TOK_SPLIT_CONTIGUOUS:
-            if (have_pend && pend_match == is_match) { pend_b = b; }
-            else {
+            if (have_pend && pend_match == is_match) {
+                pend_b = b;
+            } else {
                 if (have_pend) tok_piece_push(tk, w, np, off + pend_a, pend_b - pend_a);
-                pend_a = a; pend_b = b; have_pend = 1; pend_match = is_match;
+                pend_a = a;
+                pend_b = b;
+                have_pend = 1;
+                pend_match = is_match;
             }
             break;
         }
@@ -1347,10 +1418,10 @@ static int tok_pretokenize(Tokenizer *tk, int first_segment, size_t *np_out) {
         for (size_t i = 0; i < np; i++) {
             size_t off = tk->pieces[w][2 * i], len = tk->pieces[w][2 * i + 1];
             if (p->kind == TOK_PRE_SPLIT || p->kind == TOK_PRE_DIGITS) {
-                TokSplitBehavior beh = p->kind == TOK_PRE_DIGITS
-                                           ? (p->individual_digits ? TOK_SPLIT_ISOLATED
-                                                                   : TOK_SPLIT_CONTIGUOUS)
-                                           : p->behavior;
+                TokSplitBehavior beh =
+                    p->kind == TOK_PRE_DIGITS
+                        ? (p->individual_digits ? TOK_SPLIT_ISOLATED : TOK_SPLIT_CONTIGUOUS)
+                        : p->behavior;
                 tok_split_piece(tk, p, beh, p->kind == TOK_PRE_SPLIT && p->invert, off, len, o,
                                 &no);
             } else if (p->kind == TOK_PRE_BYTELEVEL) {
@@ -1366,8 +1437,10 @@ static int tok_pretokenize(Tokenizer *tk, int first_segment, size_t *np_out) {
                     off = noff;
                     len++;
                 }
-                if (p->re) tok_split_piece(tk, p, TOK_SPLIT_ISOLATED, 0, off, len, o, &no);
-                else tok_piece_push(tk, o, &no, off, len);
+                if (p->re)
+                    tok_split_piece(tk, p, TOK_SPLIT_ISOLATED, 0, off, len, o, &no);
+                else
+                    tok_piece_push(tk, o, &no, off, len);
             } else {
                 /* Metaspace (HF pre_tokenizers/metaspace.rs): spaces become the replacement;
                  * then the replacement is prepended unless the piece starts with it (after
@@ -1424,12 +1497,16 @@ static int32_t tok_pair_rank(const Tokenizer *tk, int32_t a, int32_t b) {
  * leftmost on ties. O(ns^2), for short words. */
 static size_t tok_bpe_scan(Tokenizer *tk, size_t ns) {
     int32_t *sym = tk->sym, *rank = tk->rank;
-    for (size_t i = 0; i + 1 < ns; i++) rank[i] = tok_pair_rank(tk, sym[i], sym[i + 1]);
+    for (size_t i = 0; i + 1 < ns; i++)
+        rank[i] = tok_pair_rank(tk, sym[i], sym[i + 1]);
     while (ns > 1) {
         size_t best = 0;
         int32_t br = INT32_MAX;
         for (size_t i = 0; i + 1 < ns; i++)
-            if (rank[i] < br) { br = rank[i]; best = i; }
+            if (rank[i] < br) {
+                br = rank[i];
+                best = i;
+            }
         if (br == INT32_MAX) break;
         sym[best] = tok_merge_get(tk, sym[best], sym[best + 1])->merged;
         memmove(sym + best + 1, sym + best + 2, (ns - best - 2) * sizeof *sym);
@@ -1503,7 +1580,8 @@ static size_t tok_bpe_heap(Tokenizer *tk, size_t ns) {
         const TokMerge *m = tok_merge_get(tk, s[i].id, s[i + 1].id);
         if (m) h[nh++] = (uint64_t)(uint32_t)m->rank << 32 | (uint32_t)i;
     }
-    for (size_t i = nh / 4 + 1; i-- > 0;) tok_heap_down(h, nh, i);
+    for (size_t i = nh / 4 + 1; i-- > 0;)
+        tok_heap_down(h, nh, i);
     while (nh > 0) {
         uint64_t top = h[0];
         h[0] = h[--nh];
@@ -1522,7 +1600,8 @@ static size_t tok_bpe_heap(Tokenizer *tk, size_t ns) {
         if (a->next >= 0) tok_heap_push_pair(tk, h, &nh, pos);
     }
     size_t n = 0;
-    for (int32_t i = 0; i >= 0; i = s[i].next) tk->sym[n++] = s[i].id;
+    for (int32_t i = 0; i >= 0; i = s[i].next)
+        tk->sym[n++] = s[i].id;
     return n;
 }
 
@@ -1541,7 +1620,10 @@ static void tok_bpe_word(Tokenizer *tk, const char *w, size_t n, TokIds *out) {
         } else {
             id = tok_vocab_get(tk, w, n);
         }
-        if (id >= 0) { tok_ids_push(out, id); return; }
+        if (id >= 0) {
+            tok_ids_push(out, id);
+            return;
+        }
     }
     tok_sym_reserve(tk, 4 * n + 4);
     int32_t *sym = tk->sym;
@@ -1561,9 +1643,11 @@ static void tok_bpe_word(Tokenizer *tk, const char *w, size_t n, TokIds *out) {
         }
         if (id < 0 && tk->byte_fallback) {
             int all = 1;
-            for (size_t j = 0; j < l; j++) all &= tk->fb_id[(unsigned char)w[i + j]] >= 0;
+            for (size_t j = 0; j < l; j++)
+                all &= tk->fb_id[(unsigned char)w[i + j]] >= 0;
             if (all) {
-                for (size_t j = 0; j < l; j++) sym[ns++] = tk->fb_id[(unsigned char)w[i + j]];
+                for (size_t j = 0; j < l; j++)
+                    sym[ns++] = tk->fb_id[(unsigned char)w[i + j]];
                 prev_unk = 0;
                 i += l;
                 continue;
@@ -1580,20 +1664,25 @@ static void tok_bpe_word(Tokenizer *tk, const char *w, size_t n, TokIds *out) {
         i += l;
     }
     ns = ns < TOK_BPE_HEAP_MIN ? tok_bpe_scan(tk, ns) : tok_bpe_heap(tk, ns);
-    for (size_t i = 0; i < ns; i++) tok_ids_push(out, sym[i]);
+    for (size_t i = 0; i < ns; i++)
+        tok_ids_push(out, sym[i]);
 }
 
 /* The word cache: pre-tokens repeat (Zipf), so most words skip the merge loop. Cleared
  * when full rather than evicted one by one. */
 static void tok_word_cached(Tokenizer *tk, const char *w, size_t n, TokIds *out) {
-    if (n > TOK_CACHE_WORD_MAX) { tok_bpe_word(tk, w, n, out); return; }
+    if (n > TOK_CACHE_WORD_MAX) {
+        tok_bpe_word(tk, w, n, out);
+        return;
+    }
     uint64_t h = tok_hash(w, n) | 1;
     size_t mask = TOK_CACHE_SLOTS - 1, i = h & mask;
     for (;; i = (i + 1) & mask) {
         TokCacheSlot *c = &tk->cache[i];
         if (c->hash == 0) break;
         if (c->hash == h && c->klen == n && memcmp(tk->cache_keys.p + c->koff, w, n) == 0) {
-            for (uint32_t j = 0; j < c->vlen; j++) tok_ids_push(out, tk->cache_ids[c->voff + j]);
+            for (uint32_t j = 0; j < c->vlen; j++)
+                tok_ids_push(out, tk->cache_ids[c->voff + j]);
             return;
         }
     }
@@ -1710,7 +1799,8 @@ int tok_encode(Tokenizer *tk, const char *text, size_t len, int add_special, Tok
         len = tk->s_in.n;
     }
     if (add_special)
-        for (size_t i = 0; i < tk->npost_before; i++) tok_ids_push(out, tk->post_before[i]);
+        for (size_t i = 0; i < tk->npost_before; i++)
+            tok_ids_push(out, tk->post_before[i]);
     /* pass 1: added tokens matched on the raw text */
     size_t pos = 0;
     int first = 1;
@@ -1739,7 +1829,8 @@ int tok_encode(Tokenizer *tk, const char *text, size_t len, int add_special, Tok
         pos = me;
     }
     if (add_special)
-        for (size_t i = 0; i < tk->npost_after; i++) tok_ids_push(out, tk->post_after[i]);
+        for (size_t i = 0; i < tk->npost_after; i++)
+            tok_ids_push(out, tk->post_after[i]);
     return 1;
 }
 
@@ -1763,7 +1854,8 @@ static TokBuf *tok_list_add(TokList *l) {
 }
 
 static void tok_list_free(TokList *l) {
-    for (size_t i = 0; i < l->n; i++) free(l->t[i].p);
+    for (size_t i = 0; i < l->n; i++)
+        free(l->t[i].p);
     free(l->t);
     *l = (TokList){0};
 }
@@ -1776,7 +1868,8 @@ static void tok_dec_step(const TokDec *d, TokList *in, TokList *out) {
     if (d->kind == TOK_DEC_BYTELEVEL || d->kind == TOK_DEC_FUSE) {
         TokBuf *o = tok_list_add(out);
         if (d->kind == TOK_DEC_FUSE) {
-            for (size_t i = 0; i < in->n; i++) tok_buf_put(o, in->t[i].p, in->t[i].n);
+            for (size_t i = 0; i < in->n; i++)
+                tok_buf_put(o, in->t[i].p, in->t[i].n);
             return;
         }
         /* each token's characters back to bytes via GPT-2's table, or the token's own
@@ -1791,16 +1884,27 @@ static void tok_dec_step(const TokDec *d, TokList *in, TokList *out) {
                 int32_t cp;
                 j += tok_utf8_cp(s + j, n - j, &cp);
                 int b = -1;
-                if (cp < 256 && tok_byte_printable(cp)) b = cp;
+                if (cp < 256 && tok_byte_printable(cp))
+                    b = cp;
                 else if (cp >= 256 && cp < 256 + 68) {
                     int k = 0;
                     for (int x = 0; x < 256; x++)
-                        if (!tok_byte_printable(x) && k++ == cp - 256) { b = x; break; }
+                        if (!tok_byte_printable(x) && k++ == cp - 256) {
+                            b = x;
+                            break;
+                        }
                 }
-                if (b < 0) ok = 0;
-                else { char c = (char)b; tok_buf_put(&raw, &c, 1); }
+                if (b < 0)
+                    ok = 0;
+                else {
+                    char c = (char)b;
+                    tok_buf_put(&raw, &c, 1);
+                }
             }
-            if (!ok) { raw.n = start; tok_buf_put(&raw, s, n); }
+            if (!ok) {
+                raw.n = start;
+                tok_buf_put(&raw, s, n);
+            }
         }
         tok_utf8_lossy(o, raw.p, raw.n);
         free(raw.p);
@@ -1819,9 +1923,11 @@ static void tok_dec_step(const TokDec *d, TokList *in, TokList *out) {
             }
             if (bytes.n) {
                 TokBuf *o = tok_list_add(out);
-                if (tok_utf8_valid(bytes.p, bytes.n)) tok_buf_put(o, bytes.p, bytes.n);
+                if (tok_utf8_valid(bytes.p, bytes.n))
+                    tok_buf_put(o, bytes.p, bytes.n);
                 else
-                    for (size_t j = 0; j < bytes.n; j++) tok_buf_put(o, "\xEF\xBF\xBD", 3);
+                    for (size_t j = 0; j < bytes.n; j++)
+                        tok_buf_put(o, "\xEF\xBF\xBD", 3);
                 bytes.n = 0;
             }
             if (t) tok_buf_put(tok_list_add(out), t->p, t->n);
@@ -1834,8 +1940,10 @@ static void tok_dec_step(const TokDec *d, TokList *in, TokList *out) {
         size_t n = in->t[i].n;
         TokBuf *o = tok_list_add(out);
         if (d->kind == TOK_DEC_REPLACE) {
-            if (d->re) tok_replace_re_into(o, d->re, d->md, s, n, d->b, d->blen);
-            else tok_replace_into(o, s, n, d->a, d->alen, d->b, d->blen);
+            if (d->re)
+                tok_replace_re_into(o, d->re, d->md, s, n, d->b, d->blen);
+            else
+                tok_replace_into(o, s, n, d->a, d->alen, d->b, d->blen);
         } else if (d->kind == TOK_DEC_METASPACE) {
             /* HF metaspace.rs decode_chain: each replacement becomes a space, except in the
              * first token, where every one is dropped (unless prepend_scheme is "never") */
@@ -1843,19 +1951,19 @@ static void tok_dec_step(const TokDec *d, TokList *in, TokList *out) {
             tok_replace_into(o, s, n, d->a, d->alen, " ", drop ? 0 : 1);
         } else { /* Strip: up to start leading and stop trailing copies of content */
             size_t a = 0, b = n;
-            for (int k = 0; k < d->start && a + d->alen <= b &&
-                            memcmp(s + a, d->a, d->alen) == 0; k++)
+            for (int k = 0; k < d->start && a + d->alen <= b && memcmp(s + a, d->a, d->alen) == 0;
+                 k++)
                 a += d->alen;
-            for (int k = 0; k < d->stop && b >= a + d->alen &&
-                            memcmp(s + b - d->alen, d->a, d->alen) == 0; k++)
+            for (int k = 0;
+                 k < d->stop && b >= a + d->alen && memcmp(s + b - d->alen, d->a, d->alen) == 0;
+                 k++)
                 b -= d->alen;
             tok_buf_put(o, s + a, b - a);
         }
     }
 }
 
-char *tok_decode(Tokenizer *tk, const int32_t *ids, size_t n, int skip_special,
-                 size_t *len_out) {
+char *tok_decode(Tokenizer *tk, const int32_t *ids, size_t n, int skip_special, size_t *len_out) {
     TokList cur = {0}, nxt = {0};
     for (size_t i = 0; i < n; i++) {
         int32_t id = ids[i];

@@ -41,8 +41,7 @@ int tok_encode(Tokenizer *tk, const char *text, size_t len, int add_special, Tok
 /* The text of ids (HF decode with skip_special_tokens = skip_special); ids outside the
  * vocabulary are skipped, as in HF. Returns a malloc'd NUL-terminated string, length in
  * *len_out (the text may contain NUL). */
-char *tok_decode(Tokenizer *tk, const int32_t *ids, size_t n, int skip_special,
-                 size_t *len_out);
+char *tok_decode(Tokenizer *tk, const int32_t *ids, size_t n, int skip_special, size_t *len_out);
 
 /* The id of a token given by its content (an added token or a vocabulary string, e.g.
  * "</s>" or "<|eot_id|>"), or -1. */

@@ -82,7 +82,8 @@ static ArgSpec *args_lookup(ArgSpec *specs, int nspecs, const char *name) {
     char buf[128];
     size_t n = strlen(name);
     if (n >= sizeof buf) return NULL;
-    for (size_t i = 0; i <= n; i++) buf[i] = name[i] == '_' ? '-' : name[i];
+    for (size_t i = 0; i <= n; i++)
+        buf[i] = name[i] == '_' ? '-' : name[i];
     return (ArgSpec *)args_find(specs, nspecs, buf);
 }
 
@@ -103,15 +104,17 @@ static const char *args_keep(ArgConfig *c, const char *v, size_t n) {
 }
 
 /* One key of the config file set to value v[0..n); `where` names the place for errors. */
-static int args_config_set(ArgSpec *specs, int nspecs, ArgConfig *c, const char *key,
-                           const char *v, size_t n, const char *where, ErrStatus *st) {
+static int args_config_set(ArgSpec *specs, int nspecs, ArgConfig *c, const char *key, const char *v,
+                           size_t n, const char *where, ErrStatus *st) {
     ArgSpec *s = args_lookup(specs, nspecs, key);
     if (!s || s->type == ARG_CONFIG)
-        return err_status_set(st, "%s: unknown option '%s' (the keys are the flag names of --help)", where, key);
+        return err_status_set(st, "%s: unknown option '%s' (the keys are the flag names of --help)",
+                              where, key);
     const char *kept = args_keep(c, v, n);
     if (!kept) return err_status_set(st, "%s: out of memory", where);
     ErrStatus inner;
-    if (!args_apply(s, kept, ARG_FROM_CONFIG, &inner)) return err_status_set(st, "%s: %s", where, inner.msg);
+    if (!args_apply(s, kept, ARG_FROM_CONFIG, &inner))
+        return err_status_set(st, "%s: %s", where, inner.msg);
     return 1;
 }
 
@@ -120,8 +123,11 @@ static int args_config_json(ArgSpec *specs, int nspecs, ArgConfig *c, const char
     json_error_t je;
     json_t *root = json_loads(text, 0, &je);
     if (!root)
-        return err_status_set(st, "%s: invalid JSON at line %d column %d: %s", c->path, je.line, je.column, je.text);
-    int ok = json_is_object(root) ? 1 : err_status_set(st, "%s: expected a JSON object of options", c->path);
+        return err_status_set(st, "%s: invalid JSON at line %d column %d: %s", c->path, je.line,
+                              je.column, je.text);
+    int ok = json_is_object(root)
+                 ? 1
+                 : err_status_set(st, "%s: expected a JSON object of options", c->path);
     const char *key;
     json_t *val;
     json_object_foreach(root, key, val) {
@@ -138,13 +144,20 @@ static int args_config_json(ArgSpec *specs, int nspecs, ArgConfig *c, const char
         for (size_t i = 0; ok && i < nitems; i++) {
             json_t *x = items ? json_array_get(items, i) : val;
             const char *v = NULL;
-            if (json_is_string(x)) v = json_string_value(x);
-            else if (json_is_true(x)) v = "true";
-            else if (json_is_false(x)) v = "false";
-            else if (json_is_integer(x)) snprintf(num, sizeof num, "%lld", (long long)json_integer_value(x)), v = num;
-            else if (json_is_real(x)) snprintf(num, sizeof num, "%.17g", json_real_value(x)), v = num;
-            else if (json_is_null(x)) continue;
-            else ok = err_status_set(st, "%s: expected a string, number or boolean", where);
+            if (json_is_string(x))
+                v = json_string_value(x);
+            else if (json_is_true(x))
+                v = "true";
+            else if (json_is_false(x))
+                v = "false";
+            else if (json_is_integer(x))
+                snprintf(num, sizeof num, "%lld", (long long)json_integer_value(x)), v = num;
+            else if (json_is_real(x))
+                snprintf(num, sizeof num, "%.17g", json_real_value(x)), v = num;
+            else if (json_is_null(x))
+                continue;
+            else
+                ok = err_status_set(st, "%s: expected a string, number or boolean", where);
             if (ok) ok = args_config_set(specs, nspecs, c, key, v, strlen(v), where, st);
         }
     }
@@ -154,8 +167,10 @@ static int args_config_json(ArgSpec *specs, int nspecs, ArgConfig *c, const char
 
 /* s[0..*n) without surrounding blanks and one pair of double quotes. */
 static const char *args_trim(const char *s, size_t *n) {
-    while (*n && isspace((unsigned char)s[0])) s++, (*n)--;
-    while (*n && isspace((unsigned char)s[*n - 1])) (*n)--;
+    while (*n && isspace((unsigned char)s[0]))
+        s++, (*n)--;
+    while (*n && isspace((unsigned char)s[*n - 1]))
+        (*n)--;
     if (*n >= 2 && s[0] == '"' && s[*n - 1] == '"') s++, *n -= 2;
     return s;
 }
@@ -186,7 +201,8 @@ static int args_config_lines(ArgSpec *specs, int nspecs, ArgConfig *c, const cha
         if (vn >= 2 && v[0] == '[' && v[vn - 1] == ']') {
             const ArgSpec *s = args_lookup(specs, nspecs, key);
             if (s && s->type != ARG_STRS)
-                return err_status_set(st, "%s: a list is only allowed for repeatable options", where);
+                return err_status_set(st, "%s: a list is only allowed for repeatable options",
+                                      where);
             const char *q = v + 1, *end = v + vn - 1;
             while (q < end) {
                 const char *comma = memchr(q, ',', (size_t)(end - q));
@@ -214,14 +230,18 @@ static int args_read_config(ArgSpec *specs, int nspecs, int argc, char **argv, i
     for (int i = first; i < argc; i++) {
         const char *a = argv[i];
         if (strncmp(a, "--", 2) || strncmp(a + 2, cs->name, nlen)) continue;
-        if (a[2 + nlen] == '=') c->path = a + 3 + nlen;
-        else if (!a[2 + nlen] && i + 1 < argc) c->path = argv[++i];
-        else if (!a[2 + nlen]) return err_status_set(st, "--%s needs a value", cs->name);
+        if (a[2 + nlen] == '=')
+            c->path = a + 3 + nlen;
+        else if (!a[2 + nlen] && i + 1 < argc)
+            c->path = argv[++i];
+        else if (!a[2 + nlen])
+            return err_status_set(st, "--%s needs a value", cs->name);
     }
     if (!c->path) return 1;
     cs->seen = ARG_FROM_FLAG;
     FILE *f = fopen(c->path, "rb");
-    if (!f) return err_status_set(st, "--%s %s: cannot read: %s", cs->name, c->path, strerror(errno));
+    if (!f)
+        return err_status_set(st, "--%s %s: cannot read: %s", cs->name, c->path, strerror(errno));
     char *text = NULL;
     size_t len = 0, cap = 0;
     for (;;) {
@@ -248,7 +268,8 @@ static int args_read_config(ArgSpec *specs, int nspecs, int argc, char **argv, i
         return err_status_set(st, "%s: not a text file (NUL byte)", c->path);
     }
     size_t skip = 0;
-    while (skip < len && isspace((unsigned char)text[skip])) skip++;
+    while (skip < len && isspace((unsigned char)text[skip]))
+        skip++;
     int ok = text[skip] == '{' ? args_config_json(specs, nspecs, c, text, st)
                                : args_config_lines(specs, nspecs, c, text, st);
     free(text);
@@ -308,7 +329,8 @@ void args_free(ArgSpec *specs, int nspecs) {
             memset(l, 0, sizeof *l);
         } else if (specs[i].type == ARG_CONFIG) {
             ArgConfig *c = specs[i].dst;
-            for (int k = 0; k < c->nowned; k++) free(c->owned[k]);
+            for (int k = 0; k < c->nowned; k++)
+                free(c->owned[k]);
             free(c->owned);
             c->owned = NULL;
             c->nowned = c->cap = 0;
@@ -322,14 +344,19 @@ static json_t *args_value_json(const ArgSpec *s) {
         const char *v = *(const char *const *)s->dst;
         return v ? json_string(v) : json_null();
     }
-    case ARG_INT: return json_integer((json_int_t) * (const int64_t *)s->dst);
-    case ARG_U64: return json_integer((json_int_t) * (const uint64_t *)s->dst);
-    case ARG_FLOAT: return json_real(*(const double *)s->dst);
-    case ARG_BOOL: return json_boolean(*(const int *)s->dst);
+    case ARG_INT:
+        return json_integer((json_int_t) * (const int64_t *)s->dst);
+    case ARG_U64:
+        return json_integer((json_int_t) * (const uint64_t *)s->dst);
+    case ARG_FLOAT:
+        return json_real(*(const double *)s->dst);
+    case ARG_BOOL:
+        return json_boolean(*(const int *)s->dst);
     case ARG_STRS: {
         const ArgStrs *l = s->dst;
         json_t *a = json_array();
-        for (int k = 0; k < l->n; k++) json_array_append_new(a, json_string(l->v[k]));
+        for (int k = 0; k < l->n; k++)
+            json_array_append_new(a, json_string(l->v[k]));
         return a;
     }
     case ARG_CONFIG: {
@@ -342,7 +369,8 @@ static json_t *args_value_json(const ArgSpec *s) {
 
 json_t *args_to_json(const ArgSpec *specs, int nspecs) {
     json_t *o = json_object();
-    for (int i = 0; i < nspecs; i++) json_object_set_new(o, specs[i].name, args_value_json(&specs[i]));
+    for (int i = 0; i < nspecs; i++)
+        json_object_set_new(o, specs[i].name, args_value_json(&specs[i]));
     return o;
 }
 
@@ -375,16 +403,27 @@ void args_print_help(FILE *f, const char *usage, const char *about, const ArgSpe
         } else {
             switch (s->type) {
             case ARG_STR:
-                if (*(const char **)s->dst) snprintf(def, sizeof def, " [default: %s]", *(const char **)s->dst);
+                if (*(const char **)s->dst)
+                    snprintf(def, sizeof def, " [default: %s]", *(const char **)s->dst);
                 break;
-            case ARG_INT: snprintf(def, sizeof def, " [default: %lld]", (long long)*(int64_t *)s->dst); break;
-            case ARG_U64: snprintf(def, sizeof def, " [default: %llu]", (unsigned long long)*(uint64_t *)s->dst); break;
-            case ARG_FLOAT: snprintf(def, sizeof def, " [default: %g]", *(double *)s->dst); break;
-            case ARG_BOOL: snprintf(def, sizeof def, " [default: %s]", *(int *)s->dst ? "on" : "off"); break;
+            case ARG_INT:
+                snprintf(def, sizeof def, " [default: %lld]", (long long)*(int64_t *)s->dst);
+                break;
+            case ARG_U64:
+                snprintf(def, sizeof def, " [default: %llu]",
+                         (unsigned long long)*(uint64_t *)s->dst);
+                break;
+            case ARG_FLOAT:
+                snprintf(def, sizeof def, " [default: %g]", *(double *)s->dst);
+                break;
+            case ARG_BOOL:
+                snprintf(def, sizeof def, " [default: %s]", *(int *)s->dst ? "on" : "off");
+                break;
             case ARG_STRS:
                 if (!strstr(s->help, "repeatable")) snprintf(def, sizeof def, " (repeatable)");
                 break;
-            case ARG_CONFIG: break;
+            case ARG_CONFIG:
+                break;
             }
         }
         fprintf(f, "  %-30s %s%s\n", left, s->help, def);

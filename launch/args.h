@@ -34,14 +34,14 @@ typedef struct {
 } ArgConfig;
 
 typedef struct {
-    const char *name;   /* without leading dashes */
+    const char *name; /* without leading dashes */
     ArgType type;
-    void *dst;          /* const char **, int64_t *, double *, int *, uint64_t *, ArgStrs *,
-                           ArgConfig * */
+    void *dst; /* const char **, int64_t *, double *, int *, uint64_t *, ArgStrs *,
+                  ArgConfig * */
     const char *metavar;
-    const char *help;   /* the default is printed from *dst */
+    const char *help; /* the default is printed from *dst */
     int required;
-    int seen;           /* set by args_parse: the ArgSource of the value (0: default) */
+    int seen; /* set by args_parse: the ArgSource of the value (0: default) */
 } ArgSpec;
 
 /* Parses argv[first..argc) (after the config file of an ARG_CONFIG option, if one is

@@ -23,12 +23,14 @@
 #include "cmds.h"
 #include "mpicmd.h"
 
-static const char EVAL_USAGE[] = "[mpirun -np N] shardlora eval --model DIR [--adapter DIR] --data FILE [options]";
+static const char EVAL_USAGE[] =
+    "[mpirun -np N] shardlora eval --model DIR [--adapter DIR] --data FILE [options]";
 static const char EVAL_ABOUT[] =
     "Mean loss and perplexity of the model (with a PEFT adapter, unmerged) over a JSONL "
     "dataset: the same formats, prompt masking and packing as `train`, in file order. "
     "Prints progress lines and one summary line. Exit status 0, 2 bad command line or "
-    "layout, 3 bad model / adapter / data, 4 cannot write --out, 5 the loss is not finite (NaN / inf: "
+    "layout, 3 bad model / adapter / data, 4 cannot write --out, 5 the loss is not finite (NaN / "
+    "inf: "
     "nothing is written to --out).";
 
 typedef struct {
@@ -45,20 +47,25 @@ static void eval_default_cache(const EvalOpts *o, char *buf, size_t n) {
     for (int i = -1; i < o->rows.data.n; i++) {
         const char *s = i < 0 ? o->run.model : o->rows.data.v[i];
         char *rp = realpath(s, NULL);
-        for (const char *p = rp ? rp : s; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
+        for (const char *p = rp ? rp : s; *p; p++)
+            h = (h ^ (unsigned char)*p) * 1099511628211ull;
         h = (h ^ 0xff) * 1099511628211ull;
         free(rp);
     }
     const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
-    if (xdg && *xdg) snprintf(buf, n, "%s/shardlora/eval/%016llx", xdg, (unsigned long long)h);
-    else snprintf(buf, n, "%s/.cache/shardlora/eval/%016llx", home && *home ? home : "/tmp", (unsigned long long)h);
+    if (xdg && *xdg)
+        snprintf(buf, n, "%s/shardlora/eval/%016llx", xdg, (unsigned long long)h);
+    else
+        snprintf(buf, n, "%s/.cache/shardlora/eval/%016llx", home && *home ? home : "/tmp",
+                 (unsigned long long)h);
 }
 
 /* --dump-logits: the full logits [B*T, V] of DP rank 0's first micro-batch, gathered over
  * its TP group from the vocabulary slices (which may be uneven), with the batch. Collective
  * over tp_comm of DP rank 0; written by world rank 0. */
-static int eval_dump_logits(const char *path, LlamaModel *m, const LlamaActs *acts, const LlamaBatch *b,
-                            const int64_t *labels, GemmCtx *gc, Grid *g, ErrStatus *st) {
+static int eval_dump_logits(const char *path, LlamaModel *m, const LlamaActs *acts,
+                            const LlamaBatch *b, const int64_t *labels, GemmCtx *gc, Grid *g,
+                            ErrStatus *st) {
     const int64_t N = b->B * b->T, Vl = m->Vl, V = m->V;
     float *local = malloc((size_t)(N * Vl) * sizeof(float));
     SL_CHECK(local, "out of memory");
@@ -91,7 +98,8 @@ static int eval_dump_logits(const char *path, LlamaModel *m, const LlamaActs *ac
         }
         int64_t *ids = malloc((size_t)N * sizeof *ids);
         SL_CHECK(ids, "out of memory");
-        for (int64_t i = 0; i < N; i++) ids[i] = b->ids[i];
+        for (int64_t i = 0; i < N; i++)
+            ids[i] = b->ids[i];
         StWriter w;
         st_writer_init(&w);
         int64_t ls[2] = {N, V}, bt[2] = {b->B, b->T};
@@ -114,10 +122,11 @@ static int eval_dump_logits(const char *path, LlamaModel *m, const LlamaActs *ac
     return ok;
 }
 
-static int eval_write_json(const char *path, const EvalOpts *o, const Grid *g, double loss, int64_t tokens,
-                           int64_t rows, double secs, ErrStatus *st) {
+static int eval_write_json(const char *path, const EvalOpts *o, const Grid *g, double loss,
+                           int64_t tokens, int64_t rows, double secs, ErrStatus *st) {
     json_t *j = json_object(), *data = json_array();
-    for (int i = 0; i < o->rows.data.n; i++) json_array_append_new(data, json_string(o->rows.data.v[i]));
+    for (int i = 0; i < o->rows.data.n; i++)
+        json_array_append_new(data, json_string(o->rows.data.v[i]));
     json_object_set_new(j, "model", json_string(o->run.model));
     json_object_set_new(j, "adapter", o->adapter ? json_string(o->adapter) : json_null());
     json_object_set_new(j, "data", data);
@@ -156,6 +165,8 @@ static void eval_options(EvalRun *r) {
     mpicmd_run_defaults(&o->run);
     mpicmd_rows_defaults(&o->rows);
     o->log_every = 10;
+    /* one option per line: name, type, destination, metavar, help, required, seen */
+    // clang-format off
     const ArgSpec specs[] = {
         {"adapter", ARG_STR, &o->adapter, "DIR", "PEFT adapter (LoRA, DoRA or VeRA: adapter_config.json + adapter_model.safetensors) applied unmerged", 0, 0},
         {"max-rows", ARG_INT, &o->max_rows, "N", "evaluate the first N sequences only (0: all)", 0, 0},
@@ -163,9 +174,14 @@ static void eval_options(EvalRun *r) {
         {"dump-logits", ARG_STR, &o->dump_logits, "FILE", "(tests) write the full logits [B*T, V] of the first micro-batch with its input_ids, labels and position_ids (safetensors)", 0, 0},
         {"log-every", ARG_INT, &o->log_every, "N", "a progress line every N rounds of micro-batches", 0, 0},
     };
-    const MpicmdHelp help = {"JSONL data, the formats of `train` ({\"text\"}, {\"prompt\",\"completion\"}, "
-                               "{\"messages\"}, {\"input_ids\"[,\"labels\"]}); repeatable", "token cache (default: ~/.cache/shardlora/eval/HASH, on a file system every rank sees)", "tensor-parallel size (world = dp x tp; rows are split over dp)"};
-    r->nspecs = mpicmd_table(r->specs, (int)(sizeof r->specs / sizeof r->specs[0]), &o->run, &o->rows, &help, specs, (int)(sizeof specs / sizeof specs[0]));
+    // clang-format on
+    const MpicmdHelp help = {
+        "JSONL data, the formats of `train` ({\"text\"}, {\"prompt\",\"completion\"}, "
+        "{\"messages\"}, {\"input_ids\"[,\"labels\"]}); repeatable",
+        "token cache (default: ~/.cache/shardlora/eval/HASH, on a file system every rank sees)",
+        "tensor-parallel size (world = dp x tp; rows are split over dp)"};
+    r->nspecs = mpicmd_table(r->specs, (int)(sizeof r->specs / sizeof r->specs[0]), &o->run,
+                             &o->rows, &help, specs, (int)(sizeof specs / sizeof specs[0]));
 }
 
 static int eval_free(EvalRun *r, int rc) {
@@ -179,7 +195,8 @@ static int eval_check_opts(void *ctx, ErrStatus *st) {
     EvalRun *r = ctx;
     const EvalOpts *o = &r->o;
     if (!mpicmd_rows_check(&o->rows, &r->lmode, st)) return 0;
-    if (o->log_every < 1 || o->max_rows < 0) return err_status_set(st, "--log-every must be >= 1 and --max-rows >= 0");
+    if (o->log_every < 1 || o->max_rows < 0)
+        return err_status_set(st, "--log-every must be >= 1 and --max-rows >= 0");
     return 1;
 }
 
@@ -188,8 +205,10 @@ static int eval_setup(EvalRun *r) {
     const EvalOpts *o = &r->o;
     Grid *g = &r->g;
     ErrStatus st;
-    if (o->rows.cache_dir) snprintf(r->cache_dir, sizeof r->cache_dir, "%s", o->rows.cache_dir);
-    else eval_default_cache(o, r->cache_dir, sizeof r->cache_dir);
+    if (o->rows.cache_dir)
+        snprintf(r->cache_dir, sizeof r->cache_dir, "%s", o->rows.cache_dir);
+    else
+        eval_default_cache(o, r->cache_dir, sizeof r->cache_dir);
     int ok = session_open(&r->s, g, o->run.model, (MemPinMode)r->env.pin, &st);
     r->have_session = 1;
     if (!grid_agree(g, ok, "shardlora: error", &st)) return EXIT_BAD_INPUT;
@@ -199,29 +218,40 @@ static int eval_setup(EvalRun *r) {
         if (!grid_agree(g, ok, "shardlora: error", &st)) return EXIT_BAD_INPUT;
     }
     ok = afile_mkdirs(r->cache_dir);
-    if (!ok) err_status_set(&st, "%s: cannot create the token cache directory: %s", r->cache_dir, strerror(errno));
+    if (!ok)
+        err_status_set(&st, "%s: cannot create the token cache directory: %s", r->cache_dir,
+                       strerror(errno));
     if (!grid_agree(g, ok, "shardlora: error", &st)) return EXIT_IO;
     if (g->world_rank == 0 && log_level() >= LOG_INFO) {
-        printf("configuration (%s):\n", o->run.config.path ? o->run.config.path : "flags and defaults");
+        printf("configuration (%s):\n",
+               o->run.config.path ? o->run.config.path : "flags and defaults");
         args_print_resolved(stdout, r->specs, r->nspecs);
         fflush(stdout);
     }
     const LlamaModel *m = &r->s.m;
-    log_info("shardlora eval: %s (%s, %lld layers, hidden %lld, vocab %lld, %s weights)%s%s; grid: dp %d x tp %d",
+    log_info("shardlora eval: %s (%s, %lld layers, hidden %lld, vocab %lld, %s weights)%s%s; grid: "
+             "dp %d x tp %d",
              o->run.model, m->cfg.architecture, (long long)m->L, (long long)m->C, (long long)m->V,
              m->wdtype == GEMM_BF16 ? "BF16" : "F32", o->adapter ? " + adapter " : " (no adapter)",
              o->adapter ? o->adapter : "", g->dp, g->tp);
     if (o->adapter)
-        log_info("adapter: %s r=%d alpha=%g rslora=%d, %d tensors%s", r->ac.acfg.kind[0] ? r->ac.acfg.kind : "lora",
-                 r->ac.acfg.r, r->ac.alpha, r->ac.acfg.use_rslora, m->params.n,
+        log_info("adapter: %s r=%d alpha=%g rslora=%d, %d tensors%s",
+                 r->ac.acfg.kind[0] ? r->ac.acfg.kind : "lora", r->ac.acfg.r, r->ac.alpha,
+                 r->ac.acfg.use_rslora, m->params.n,
                  r->ac.slot_r ? " (per-module ranks / alphas / layers)" : "");
-    TdataOpts dopt = {o->run.model, {o->rows.data.v, o->rows.data.n}, {NULL, 0}, 0.0, o->rows.chat_format, o->rows.train_on_prompt,
-                      o->rows.add_eos, o->rows.pack, 0 /* file order */, o->rows.skip_bad, (PackLong)r->lmode, r->cache_dir,
-                      o->rows.seq_len, m->V, m->cfg.eos_token_id, 0};
+    TdataOpts dopt = {o->run.model,        {o->rows.data.v, o->rows.data.n},
+                      {NULL, 0},           0.0,
+                      o->rows.chat_format, o->rows.train_on_prompt,
+                      o->rows.add_eos,     o->rows.pack,
+                      0 /* file order */,  o->rows.skip_bad,
+                      (PackLong)r->lmode,  r->cache_dir,
+                      o->rows.seq_len,     m->V,
+                      m->cfg.eos_token_id, 0};
     int data_rc = 0;
     if (!tdata_load(&r->data, &dopt, g, &data_rc)) return data_rc;
     r->have_data = 1;
-    session_compute_init(&r->s, (int)o->run.threads, session_max_cols(&r->s), o->rows.seq_len, r->env.kops);
+    session_compute_init(&r->s, (int)o->run.threads, session_max_cols(&r->s), o->rows.seq_len,
+                         r->env.kops);
     session_batches_init(&r->s, o->rows.micro_batch, o->rows.seq_len);
     return 0;
 }
@@ -240,7 +270,8 @@ static void eval_round(void *ctx, int64_t k, int64_t rounds, const double *sum) 
     Session *s = &r->s;
     ErrStatus st;
     if (k == 0 && r->o.dump_logits && g->dp_rank == 0 &&
-        !eval_dump_logits(r->o.dump_logits, &s->m, &s->acts, &s->batch, s->labels, &s->gc, g, &st)) {
+        !eval_dump_logits(r->o.dump_logits, &s->m, &s->acts, &s->batch, s->labels, &s->gc, g,
+                          &st)) {
         fprintf(stderr, "shardlora: error: --dump-logits: %s\n", st.msg);
         p->rc = EXIT_IO;
     }
@@ -249,7 +280,8 @@ static void eval_round(void *ctx, int64_t k, int64_t rounds, const double *sum) 
     grid_allreduce_sum_f64(g, g->dp_comm, part, 2, GRID_BYTES_OTHER);
     const double el = timer_now() - p->t0;
     const int64_t per_round = s->B * g->dp;
-    log_info("eval: %lld/%lld rounds (%.0f%%) | running loss %.4f | %.0f tok/s | elapsed %.1fs | eta %.1fs",
+    log_info("eval: %lld/%lld rounds (%.0f%%) | running loss %.4f | %.0f tok/s | elapsed %.1fs | "
+             "eta %.1fs",
              (long long)(k + 1), (long long)rounds, 100.0 * (double)(k + 1) / (double)rounds,
              part[1] > 0 ? part[0] / part[1] : NAN, (double)((k + 1) * per_round * s->T) / el, el,
              el / (double)(k + 1) * (double)(rounds - k - 1));
@@ -263,8 +295,10 @@ static int eval_run(EvalRun *r) {
     int64_t rows = r->data.train.nrows;
     if (o->max_rows > 0 && o->max_rows < rows) rows = o->max_rows;
     const int64_t per_round = B * g->dp, rounds = (rows + per_round - 1) / per_round;
-    log_info("evaluating %lld sequences of %lld tokens in %lld rounds of %lld (micro-batch %lld x dp %d)",
-             (long long)rows, (long long)T, (long long)rounds, (long long)per_round, (long long)B, g->dp);
+    log_info("evaluating %lld sequences of %lld tokens in %lld rounds of %lld (micro-batch %lld x "
+             "dp %d)",
+             (long long)rows, (long long)T, (long long)rounds, (long long)per_round, (long long)B,
+             g->dp);
     EvalProgress prog = {r, timer_now(), 0};
     const RowSource src = tdata_train_source(&r->data);
     int64_t tokens = 0;
@@ -276,16 +310,21 @@ static int eval_run(EvalRun *r) {
      * generate: one line, exit 5, no --out (every rank has the same reduced sums) */
     const int nonfinite = tokens > 0 && !isfinite(loss);
     if (nonfinite && g->world_rank == 0)
-        fprintf(stderr, "shardlora: error: the eval loss is not finite (%g over %lld tokens): the model%s produced "
-                        "NaN or inf\n", loss, (long long)tokens, o->adapter ? " or the adapter" : "");
+        fprintf(stderr,
+                "shardlora: error: the eval loss is not finite (%g over %lld tokens): the model%s "
+                "produced "
+                "NaN or inf\n",
+                loss, (long long)tokens, o->adapter ? " or the adapter" : "");
     if (nonfinite && rc == 0) rc = EXIT_NONFINITE;
     if (g->world_rank == 0 && !nonfinite) {
-        printf("eval: loss %.6f | ppl %.4f | %lld tokens counted | %lld sequences of %lld | %.2fs (%.0f tok/s)%s%s\n",
+        printf("eval: loss %.6f | ppl %.4f | %lld tokens counted | %lld sequences of %lld | %.2fs "
+               "(%.0f tok/s)%s%s\n",
                loss, exp(loss), (long long)tokens, (long long)rows, (long long)T, secs,
-               (double)(rounds * per_round * T) / (secs > 0 ? secs : 1e-9), o->adapter ? " | adapter " : "",
-               o->adapter ? o->adapter : "");
+               (double)(rounds * per_round * T) / (secs > 0 ? secs : 1e-9),
+               o->adapter ? " | adapter " : "", o->adapter ? o->adapter : "");
         fflush(stdout);
-        if (tokens == 0) log_warn("no label token was counted (every label masked?): the loss is undefined");
+        if (tokens == 0)
+            log_warn("no label token was counted (every label masked?): the loss is undefined");
     }
     if (rc == 0 && o->out) {
         ErrStatus st;
@@ -299,8 +338,8 @@ int cmd_eval(int argc, char **argv) {
     EvalRun run;
     EvalRun *r = &run;
     eval_options(r);
-    int rc = mpicmd_begin(&r->g, &argc, &argv, r->specs, r->nspecs, "eval", EVAL_USAGE, EVAL_ABOUT, &r->o.run,
-                          eval_check_opts, r, &r->env);
+    int rc = mpicmd_begin(&r->g, &argc, &argv, r->specs, r->nspecs, "eval", EVAL_USAGE, EVAL_ABOUT,
+                          &r->o.run, eval_check_opts, r, &r->env);
     if (rc >= 0) return eval_free(r, rc);
     rc = eval_setup(r);
     return eval_free(r, rc ? rc : eval_run(r));

@@ -48,10 +48,12 @@ static int export_open(CkptReader *r, const char *ckpt, char *used, size_t n, Er
     char root[4200];
     snprintf(root, sizeof root, "%s/checkpoints", ckpt);
     if (!export_is_dir(root)) snprintf(root, sizeof root, "%s", ckpt);
-    if (!export_is_dir(root)) return err_status_set(st, "%s: no such checkpoint or directory", ckpt);
+    if (!export_is_dir(root))
+        return err_status_set(st, "%s: no such checkpoint or directory", ckpt);
     int rc = ckpt_open_latest(root, 1, r, used, n, export_warn, NULL, st);
-    if (rc == 0) return err_status_set(st, "%s: no checkpoint here (expected %s or step-N/ directories)", ckpt,
-                                       CKPT_MANIFEST_NAME);
+    if (rc == 0)
+        return err_status_set(st, "%s: no checkpoint here (expected %s or step-N/ directories)",
+                              ckpt, CKPT_MANIFEST_NAME);
     return rc > 0;
 }
 
@@ -70,11 +72,14 @@ static int64_t export_layers(const CkptReader *r) {
 
 int cmd_export(int argc, char **argv) {
     ExportOpts o = {NULL, NULL, NULL};
+    /* one option per line: name, type, destination, metavar, help, required, seen */
+    // clang-format off
     ArgSpec specs[] = {
         {"checkpoint", ARG_STR, &o.ckpt, "CKPT", "the checkpoint (also the first argument): OUT/checkpoints/step-N, .../latest, OUT/checkpoints or OUT (its newest usable checkpoint)", 0, 0},
         {"out", ARG_STR, &o.out, "DIR", "output directory: adapter_model.safetensors, adapter_config.json, README.md (created; existing files replaced)", 1, 0},
         {"base-model", ARG_STR, &o.base_model, "NAME", "base_model_name_or_path to write (default: the training run's --model)", 0, 0},
     };
+    // clang-format on
     const int nspecs = (int)(sizeof specs / sizeof specs[0]);
     int first = 2;
     if (argc > 2 && strncmp(argv[2], "--", 2) != 0 && strcmp(argv[2], "-h") != 0) {
@@ -85,17 +90,20 @@ int cmd_export(int argc, char **argv) {
     ErrStatus st;
     int ok = args_parse(specs, nspecs, argc, argv, first, &help, &st);
     if (ok && help) {
-        args_print_help(stdout, "shardlora export CKPT --out DIR [options]",
-                        "Write the adapter of a training checkpoint as a PEFT adapter directory "
-                        "(adapter_model.safetensors with PEFT's keys, adapter_config.json, and a README.md model "
-                        "card with the training configuration). One process, no mpirun: a checkpoint holds "
-                        "full tensors whatever layout wrote it. Exit status 0, 2 bad command line, 3 bad or "
-                        "missing checkpoint, 4 cannot write DIR.",
-                        specs, nspecs);
+        args_print_help(
+            stdout, "shardlora export CKPT --out DIR [options]",
+            "Write the adapter of a training checkpoint as a PEFT adapter directory "
+            "(adapter_model.safetensors with PEFT's keys, adapter_config.json, and a README.md "
+            "model "
+            "card with the training configuration). One process, no mpirun: a checkpoint holds "
+            "full tensors whatever layout wrote it. Exit status 0, 2 bad command line, 3 bad or "
+            "missing checkpoint, 4 cannot write DIR.",
+            specs, nspecs);
         args_free(specs, nspecs);
         return 0;
     }
-    if (ok && !o.ckpt) ok = err_status_set(&st, "which checkpoint? (shardlora export CKPT --out DIR)");
+    if (ok && !o.ckpt)
+        ok = err_status_set(&st, "which checkpoint? (shardlora export CKPT --out DIR)");
     if (!ok) {
         fprintf(stderr, "shardlora export: %s\n", st.msg);
         args_free(specs, nspecs);
@@ -120,7 +128,9 @@ int cmd_export(int argc, char **argv) {
     json_t *mv = run ? json_object_get(run, "model") : NULL;
     if (ok) {
         free(c.base_model);
-        c.base_model = strdup(o.base_model ? o.base_model : json_is_string(mv) ? json_string_value(mv) : "");
+        c.base_model = strdup(o.base_model         ? o.base_model
+                              : json_is_string(mv) ? json_string_value(mv)
+                                                   : "");
         SL_CHECK(c.base_model, "out of memory");
     }
     if (run) json_decref(run);
@@ -140,19 +150,26 @@ int cmd_export(int argc, char **argv) {
     }
     int rc = ok ? 0 : EXIT_BAD_INPUT;
     if (ok) {
-        AdioCard card = {r.meta.run_config, r.meta.optimizer_kind, r.meta.optimizer_hparams, r.meta.step,
-                         r.meta.tp, r.meta.dp};
-        ok = afile_mkdirs(o.out) ? adio_export(o.out, &c, t, n, &card, &st)
-                                  : err_status_set(&st, "%s: cannot create: %s", o.out, strerror(errno));
+        AdioCard card = {r.meta.run_config,
+                         r.meta.optimizer_kind,
+                         r.meta.optimizer_hparams,
+                         r.meta.step,
+                         r.meta.tp,
+                         r.meta.dp};
+        ok = afile_mkdirs(o.out)
+                 ? adio_export(o.out, &c, t, n, &card, &st)
+                 : err_status_set(&st, "%s: cannot create: %s", o.out, strerror(errno));
         rc = ok ? 0 : EXIT_IO;
     }
     if (ok)
-        printf("shardlora export: %s (step %lld, written at tp=%d dp=%d) -> %s: %d tensors, r=%d, lora_alpha=%g%s\n",
+        printf("shardlora export: %s (step %lld, written at tp=%d dp=%d) -> %s: %d tensors, r=%d, "
+               "lora_alpha=%g%s\n",
                used, (long long)r.meta.step, r.meta.tp, r.meta.dp, o.out, n, c.acfg.r, c.alpha,
                c.slot_r ? " (per-module ranks/alphas in rank_pattern / alpha_pattern)" : "");
     else
         fprintf(stderr, "shardlora export: %s\n", st.msg);
-    for (int i = 0; i < n; i++) free(buf[i]);
+    for (int i = 0; i < n; i++)
+        free(buf[i]);
     free(buf);
     free(t);
     if (c.acfg.kind[0]) adio_cfg_free(&c);

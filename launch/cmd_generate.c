@@ -35,7 +35,8 @@
 #include "cmds.h"
 #include "mpicmd.h"
 
-static const char GEN_USAGE[] = "[mpirun -np N] shardlora generate --model DIR [--adapter DIR] (--prompt TEXT | --prompts FILE) [options]";
+static const char GEN_USAGE[] = "[mpirun -np N] shardlora generate --model DIR [--adapter DIR] "
+                                "(--prompt TEXT | --prompts FILE) [options]";
 static const char GEN_ABOUT[] =
     "Generate text with a frozen Llama/Mistral/Qwen2 model and an optional PEFT adapter, "
     "tensor-parallel with a KV cache sharded by heads. One prompt: its text is printed as it "
@@ -59,34 +60,34 @@ typedef struct {
 
 /* A finished prompt, kept until rank 0 prints it in prompt order. */
 typedef struct {
-    char *json;      /* the JSONL line, without the newline */
-    float *logits;   /* [ngen, V] the raw logits of each step (--dump-logits) */
-    int32_t *ids;    /* [ngen] for the dump */
+    char *json;    /* the JSONL line, without the newline */
+    float *logits; /* [ngen, V] the raw logits of each step (--dump-logits) */
+    int32_t *ids;  /* [ngen] for the dump */
     int64_t ngen;
     int done;
 } GenResult;
 
 /* A KV-cache slot: the sequence it decodes. */
 typedef struct {
-    int64_t prompt;  /* global prompt index; -1: free */
-    int32_t *ids;    /* [Tmax + 1] prompt, then generated ids */
+    int64_t prompt; /* global prompt index; -1: free */
+    int32_t *ids;   /* [Tmax + 1] prompt, then generated ids */
     int64_t nprompt, nids;
-    float *logits;   /* [max_new, V] on TP rank 0 with --dump-logits */
-    size_t printed;  /* streaming: bytes of text printed so far */
+    float *logits;  /* [max_new, V] on TP rank 0 with --dump-logits */
+    size_t printed; /* streaming: bytes of text printed so far */
 } GenSlot;
 
 /* Rank 0's output: the JSONL lines (stdout unless streaming, or --out) and the dump.
  * --out goes to FILE.tmp, renamed over FILE only when the whole run succeeded, so a failed
  * run leaves FILE as it was. */
 typedef struct {
-    AFile *out;      /* --out, or NULL */
-    int out_ok;      /* 0: a write to --out failed (out_st says why; the .tmp is gone) */
+    AFile *out; /* --out, or NULL */
+    int out_ok; /* 0: a write to --out failed (out_st says why; the .tmp is gone) */
     ErrStatus out_st;
     int to_stdout;
     StWriter dump;
     const GenPrompt *prompts;
     char (*names)[3][48];
-    int64_t next;  /* the next prompt index to print */
+    int64_t next; /* the next prompt index to print */
 } GenOutput;
 
 /* Everything the generation loop of a DP group uses (made by gen_loop_init). */
@@ -102,21 +103,21 @@ typedef struct {
     SampleCtx sctx;
     AdapterEnv env;
     GenPrompt *prompts;
-    GenResult *results;   /* [nprompts] */
+    GenResult *results;       /* [nprompts] */
     int64_t nprompts, b0, b1; /* this group's block [b0, b1) */
     int64_t Tmax;
     int32_t *eos;
     int neos;
-    size_t max_stop;      /* longest --stop string */
-    int stream;           /* rank 0 prints the single prompt's text as it comes */
-    GenSlot *slots;       /* [S] */
-    LlamaSeg *segs;       /* [S] */
-    int *seg_sel;         /* [S] 1: the segment's last row yields the next token */
-    int32_t *row_ids;     /* [R] */
-    int32_t *tokens;      /* [S] */
+    size_t max_stop;  /* longest --stop string */
+    int stream;       /* rank 0 prints the single prompt's text as it comes */
+    GenSlot *slots;   /* [S] */
+    LlamaSeg *segs;   /* [S] */
+    int *seg_sel;     /* [S] 1: the segment's last row yields the next token */
+    int32_t *row_ids; /* [R] */
+    int32_t *tokens;  /* [S] */
     void *argmax_tmp;
-    float *full, *recv;   /* [S, V] on TP rank 0 */
-    GenOutput *w;         /* world rank 0: where results go */
+    float *full, *recv; /* [S, V] on TP rank 0 */
+    GenOutput *w;       /* world rank 0: where results go */
     int64_t rows_done, generated;
 } GenLoop;
 
@@ -148,10 +149,13 @@ static void gen_ids_push(TokIds *t, int32_t id) {
  * "[/INST]". */
 static const char *gen_generation_prompt(ChatFormat f) {
     switch (f) {
-    case CHAT_LLAMA3: return "<|start_header_id|>assistant<|end_header_id|>\n\n";
+    case CHAT_LLAMA3:
+        return "<|start_header_id|>assistant<|end_header_id|>\n\n";
     case CHAT_CHATML:
-    case CHAT_QWEN2: return "<|im_start|>assistant\n";
-    default: return "";
+    case CHAT_QWEN2:
+        return "<|im_start|>assistant\n";
+    default:
+        return "";
     }
 }
 
@@ -160,13 +164,15 @@ static const char *gen_generation_prompt(ChatFormat f) {
 static int gen_encode_chat(Tokenizer *tk, ChatFormat f, const ChatMsg *msgs, size_t n, TokIds *out,
                            ErrStatus *st) {
     if (f == CHAT_NONE)
-        return err_status_set(st, "a chat prompt needs a chat template: the model's tokenizer_config.json "
-                                  "has none that shardlora renders exactly (llama3, mistral v0.2, llama2, chatml, "
-                                  "qwen2; not Llama 3.1+, Qwen1.5/2.5/3 or Mistral v0.3+); give --chat-format");
+        return err_status_set(
+            st, "a chat prompt needs a chat template: the model's tokenizer_config.json "
+                "has none that shardlora renders exactly (llama3, mistral v0.2, llama2, chatml, "
+                "qwen2; not Llama 3.1+, Qwen1.5/2.5/3 or Mistral v0.3+); give --chat-format");
     ChatPieces ps = {0};
     if (!chat_render(f, msgs, n, &ps, st)) return 0;
     size_t len = 0;
-    for (size_t i = 0; i < ps.n; i++) len += ps.p[i].len;
+    for (size_t i = 0; i < ps.n; i++)
+        len += ps.p[i].len;
     const char *gp = gen_generation_prompt(f);
     char *text = malloc(len + strlen(gp) + 1);
     SL_CHECK(text, "out of memory");
@@ -212,7 +218,8 @@ static int gen_parse_line(Tokenizer *tk, ChatFormat f, int chat, int64_t V, cons
             json_t *e = json_array_get(ids, i);
             json_int_t v = json_is_integer(e) ? json_integer_value(e) : -1;
             if (v < 0 || v >= V)
-                ok = err_status_set(st, "\"input_ids\"[%zu] is not a token id in [0, %lld)", i, (long long)V);
+                ok = err_status_set(st, "\"input_ids\"[%zu] is not a token id in [0, %lld)", i,
+                                    (long long)V);
             else
                 gen_ids_push(out, (int32_t)v);
         }
@@ -234,7 +241,8 @@ static int gen_parse_line(Tokenizer *tk, ChatFormat f, int chat, int64_t V, cons
         *used_chat = 1;
         free(cm);
     } else if (json_is_string(prompt)) {
-        ok = gen_encode_text(tk, f, chat, json_string_value(prompt), json_string_length(prompt), out, st);
+        ok = gen_encode_text(tk, f, chat, json_string_value(prompt), json_string_length(prompt),
+                             out, st);
         *used_chat |= chat;
     } else {
         ok = err_status_set(st, "expected \"prompt\" (a string), \"messages\" or \"input_ids\"");
@@ -245,8 +253,8 @@ static int gen_parse_line(Tokenizer *tk, ChatFormat f, int chat, int64_t V, cons
 }
 
 /* Reads --prompt or every non-empty line of --prompts. Errors name FILE:LINE. */
-static int gen_read_prompts(const GenOpts *o, Tokenizer *tk, ChatFormat f, int64_t V, GenPrompt **out,
-                            int64_t *nout, int *used_chat, ErrStatus *st) {
+static int gen_read_prompts(const GenOpts *o, Tokenizer *tk, ChatFormat f, int64_t V,
+                            GenPrompt **out, int64_t *nout, int *used_chat, ErrStatus *st) {
     int64_t n = 0, cap = 0;
     GenPrompt *p = NULL;
     TokIds ids = {0};
@@ -271,9 +279,11 @@ static int gen_read_prompts(const GenOpts *o, Tokenizer *tk, ChatFormat f, int64
         long lineno = 0;
         while (ok && (len = getline(&line, &lcap, fp)) >= 0) {
             lineno++;
-            while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = 0;
+            while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+                line[--len] = 0;
             size_t k = 0;
-            while (k < (size_t)len && (line[k] == ' ' || line[k] == '\t')) k++;
+            while (k < (size_t)len && (line[k] == ' ' || line[k] == '\t'))
+                k++;
             if (k == (size_t)len) continue;
             ids.n = 0;
             ErrStatus e;
@@ -294,7 +304,8 @@ static int gen_read_prompts(const GenOpts *o, Tokenizer *tk, ChatFormat f, int64
         }
         free(line);
         fclose(fp);
-        if (ok && n == 0) ok = err_status_set(st, "%s: no prompts (every line is empty)", o->prompts);
+        if (ok && n == 0)
+            ok = err_status_set(st, "%s: no prompts (every line is empty)", o->prompts);
     }
     tok_ids_free(&ids);
     *out = p;
@@ -331,8 +342,8 @@ static void gen_eos_from_json(const char *dir, const char *name, int32_t **eos, 
 /* The ids that end a sequence: config.json's and generation_config.json's eos_token_id
  * (one or a list, as HF generate reads them), tokenizer_config.json's eos_token, and the
  * end-of-turn token of the chat template when prompts were chat-formatted. */
-static void gen_eos_ids(const char *dir, const LlamaModel *m, Tokenizer *tk, ChatFormat f, int used_chat,
-                        int32_t **eos, int *n) {
+static void gen_eos_ids(const char *dir, const LlamaModel *m, Tokenizer *tk, ChatFormat f,
+                        int used_chat, int32_t **eos, int *n) {
     gen_eos_add(eos, n, m->cfg.eos_token_id);
     gen_eos_from_json(dir, "config.json", eos, n);
     gen_eos_from_json(dir, "generation_config.json", eos, n);
@@ -345,7 +356,8 @@ static void gen_eos_ids(const char *dir, const LlamaModel *m, Tokenizer *tk, Cha
     if (json_is_string(e)) gen_eos_add(eos, n, tok_token_id(tk, json_string_value(e)));
     json_decref(root);
     if (used_chat && f == CHAT_LLAMA3) gen_eos_add(eos, n, tok_token_id(tk, "<|eot_id|>"));
-    if (used_chat && (f == CHAT_CHATML || f == CHAT_QWEN2)) gen_eos_add(eos, n, tok_token_id(tk, "<|im_end|>"));
+    if (used_chat && (f == CHAT_CHATML || f == CHAT_QWEN2))
+        gen_eos_add(eos, n, tok_token_id(tk, "<|im_end|>"));
 }
 
 /* ---------------------------------------------------------------- results */
@@ -391,7 +403,8 @@ static void gen_stream(GenLoop *r, GenSlot *s, const char *text, size_t len, int
 /* The JSONL line of a finished slot. */
 static char *gen_result_json(const GenSlot *s, const char *text, size_t len, const char *reason) {
     json_t *j = json_object(), *ids = json_array();
-    for (int64_t i = s->nprompt; i < s->nids; i++) json_array_append_new(ids, json_integer(s->ids[i]));
+    for (int64_t i = s->nprompt; i < s->nids; i++)
+        json_array_append_new(ids, json_integer(s->ids[i]));
     json_object_set_new(j, "prompt_index", json_integer((json_int_t)s->prompt));
     json_object_set_new(j, "text", json_stringn(text, len));
     json_object_set_new(j, "ids", ids);
@@ -413,7 +426,8 @@ static int gen_after_token(GenLoop *r, GenSlot *s) {
     const int64_t ngen = s->nids - s->nprompt;
     const char *reason = NULL;
     int is_eos = 0;
-    for (int i = 0; !o->ignore_eos && i < r->neos; i++) is_eos |= tok == r->eos[i];
+    for (int i = 0; !o->ignore_eos && i < r->neos; i++)
+        is_eos |= tok == r->eos[i];
     if (is_eos) reason = "eos";
     size_t len = 0;
     char *text = NULL;
@@ -444,7 +458,8 @@ static int gen_after_token(GenLoop *r, GenSlot *s) {
         if (r->stream) gen_stream(r, s, text, len, 1);
         GenResult *res = &r->results[s->prompt];
         res->json = gen_result_json(s, text, len, reason);
-        SL_CHECK(res->json, "cannot encode the result of prompt %lld as JSON", (long long)s->prompt);
+        SL_CHECK(res->json, "cannot encode the result of prompt %lld as JSON",
+                 (long long)s->prompt);
         res->ngen = ngen;
         if (o->dump_logits) {
             res->logits = s->logits;
@@ -561,7 +576,8 @@ static int gen_loop(GenLoop *r, ErrStatus *st) {
         for (int i = 0; i < nseg; i++) {
             if (!r->seg_sel[i]) continue;
             if (nsel != i)
-                memmove(r->in.logits + nsel * m->Vl, r->in.logits + i * m->Vl, (size_t)m->Vl * sizeof(float));
+                memmove(r->in.logits + nsel * m->Vl, r->in.logits + i * m->Vl,
+                        (size_t)m->Vl * sizeof(float));
             sel_slot[nsel++] = r->segs[i].slot;
         }
         if (nsel == 0) continue;
@@ -569,8 +585,9 @@ static int gen_loop(GenLoop *r, ErrStatus *st) {
         for (int i = 0; i < nsel; i++) {
             GenSlot *sl = &r->slots[sel_slot[i]];
             if (r->tokens[i] < 0) {
-                ok = err_status_set(st, "prompt %lld, step %lld: no finite logit (the model produced NaN or inf)",
-                                    (long long)sl->prompt, (long long)(sl->nids - sl->nprompt));
+                ok = err_status_set(
+                    st, "prompt %lld, step %lld: no finite logit (the model produced NaN or inf)",
+                    (long long)sl->prompt, (long long)(sl->nids - sl->nprompt));
                 break;
             }
             sl->ids[sl->nids++] = r->tokens[i];
@@ -640,13 +657,15 @@ static void gen_collect(GenLoop *r, GenOutput *w) {
             const int64_t nl = res->logits ? res->ngen * r->m->V : 0;
             int64_t hdr[3] = {(int64_t)strlen(res->json), nl, res->ngen};
             /* grid_send's messages are bounded in bytes (MPI's int count) */
-            SL_CHECK(hdr[0] < INT32_MAX && nl < INT32_MAX / (int64_t)sizeof(float), "result %lld too large to send",
-                     (long long)i);
+            SL_CHECK(hdr[0] < INT32_MAX && nl < INT32_MAX / (int64_t)sizeof(float),
+                     "result %lld too large to send", (long long)i);
             grid_send(g, g->world, hdr, sizeof hdr, 0, 1, GRID_BYTES_OTHER);
             grid_send(g, g->world, res->json, (size_t)hdr[0], 0, 2, GRID_BYTES_OTHER);
             if (nl > 0) {
-                grid_send(g, g->world, res->logits, (size_t)nl * sizeof(float), 0, 3, GRID_BYTES_OTHER);
-                grid_send(g, g->world, res->ids, (size_t)res->ngen * sizeof(int32_t), 0, 4, GRID_BYTES_OTHER);
+                grid_send(g, g->world, res->logits, (size_t)nl * sizeof(float), 0, 3,
+                          GRID_BYTES_OTHER);
+                grid_send(g, g->world, res->ids, (size_t)res->ngen * sizeof(int32_t), 0, 4,
+                          GRID_BYTES_OTHER);
             }
         }
     }
@@ -660,14 +679,14 @@ typedef struct {
     ArgSpec specs[32];
     int nspecs;
     Grid g;
-    Session s;            /* memory, model (+ adapter slots), GEMM and kernel contexts */
+    Session s; /* memory, model (+ adapter slots), GEMM and kernel contexts */
     MpicmdEnv env;
-    Tokenizer *tk;        /* NULL without tokenizer.json (pre-tokenised prompts only) */
+    Tokenizer *tk; /* NULL without tokenizer.json (pre-tokenised prompts only) */
     ChatFormat chat;
-    GenPrompt *prompts;   /* [nprompts] */
+    GenPrompt *prompts; /* [nprompts] */
     int64_t nprompts;
-    int used_chat;        /* some prompt went through the chat template */
-    int32_t *eos;         /* [neos] */
+    int used_chat; /* some prompt went through the chat template */
+    int32_t *eos;  /* [neos] */
     int neos;
     AdioCfg acfg;
     int merged;           /* > 0: the adapter was merged into the shards */
@@ -675,10 +694,10 @@ typedef struct {
     int64_t maxlen, Tmax; /* longest prompt; positions per sequence */
     int64_t S, R;         /* sequences decoded at once; rows per forward */
     AFile outfile;
-    AFile *outf;          /* world rank 0 with --out until committed or aborted */
+    AFile *outf; /* world rank 0 with --out until committed or aborted */
     GenLoop l;
     GenOutput w;
-    double secs;          /* this rank's time in the loop */
+    double secs; /* this rank's time in the loop */
     int have_session, have_acfg, have_loop, have_output;
 } GenRun;
 
@@ -687,9 +706,17 @@ static const char gen_err[] = "shardlora generate: error";
 static void gen_options(GenRun *r) {
     memset(r, 0, sizeof *r);
     GenOpts *o = &r->o;
-    *o = (GenOpts){.chat_format = "auto", .stream = "auto", .max_new = 128, .top_p = 1.0,
-                   .rep_penalty = 1.0, .batch = 8, .prefill_rows = 512, .seed = 42};
+    *o = (GenOpts){.chat_format = "auto",
+                   .stream = "auto",
+                   .max_new = 128,
+                   .top_p = 1.0,
+                   .rep_penalty = 1.0,
+                   .batch = 8,
+                   .prefill_rows = 512,
+                   .seed = 42};
     mpicmd_run_defaults(&o->run);
+    /* one option per line: name, type, destination, metavar, help, required, seen */
+    // clang-format off
     const ArgSpec specs[] = {
         {"adapter", ARG_STR, &o->adapter, "DIR", "PEFT adapter directory (LoRA, DoRA or VeRA: adapter_config.json, adapter_model.safetensors), applied unmerged", 0, 0},
         {"merge-in-memory", ARG_BOOL, &o->merge, NULL, "merge the adapter into this rank's shards once (W += its delta, e.g. s B A for LoRA), then run without adapter cost", 0, 0},
@@ -713,24 +740,35 @@ static void gen_options(GenRun *r) {
         {"no-kv-cache", ARG_BOOL, &o->no_kv_cache, NULL, "recompute the whole sequence at every step (tests: must give the cached logits)", 0, 0},
         {"dump-logits", ARG_STR, &o->dump_logits, "FILE", "write every step's raw logits (safetensors: logits.I [steps, V], ids.I, prompt.I) (tests)", 0, 0},
     };
-    const MpicmdHelp help = {NULL, NULL, "tensor-parallel size (world = dp x tp; the prompts are divided among the dp groups)"};
-    r->nspecs = mpicmd_table(r->specs, (int)(sizeof r->specs / sizeof r->specs[0]), &o->run, NULL, &help, specs, (int)(sizeof specs / sizeof specs[0]));
+    // clang-format on
+    const MpicmdHelp help = {
+        NULL, NULL,
+        "tensor-parallel size (world = dp x tp; the prompts are divided among the dp groups)"};
+    r->nspecs = mpicmd_table(r->specs, (int)(sizeof r->specs / sizeof r->specs[0]), &o->run, NULL,
+                             &help, specs, (int)(sizeof specs / sizeof specs[0]));
 }
 
 static int gen_check_opts(void *ctx, ErrStatus *st) {
     GenRun *r = ctx;
     const GenOpts *o = &r->o;
     int ok = 1;
-    if (ok && !o->prompt == !o->prompts) ok = err_status_set(st, "give exactly one of --prompt TEXT and --prompts FILE");
+    if (ok && !o->prompt == !o->prompts)
+        ok = err_status_set(st, "give exactly one of --prompt TEXT and --prompts FILE");
     if (ok && strcmp(o->chat_format, "auto") && chat_parse_format(o->chat_format) < 0)
-        ok = err_status_set(st, "--chat-format '%s': expected auto, llama3, mistral, llama2, chatml or qwen2", o->chat_format);
+        ok = err_status_set(
+            st, "--chat-format '%s': expected auto, llama3, mistral, llama2, chatml or qwen2",
+            o->chat_format);
     if (ok && strcmp(o->stream, "auto") && strcmp(o->stream, "off"))
         ok = err_status_set(st, "--stream '%s': expected auto or off", o->stream);
     if (ok && o->merge && !o->adapter) ok = err_status_set(st, "--merge-in-memory needs --adapter");
-    if (ok && !(o->temperature >= 0 && isfinite(o->temperature))) ok = err_status_set(st, "--temperature must be >= 0");
-    if (ok && !(o->top_p > 0 && o->top_p <= 1)) ok = err_status_set(st, "--top-p must be in (0, 1]");
-    if (ok && !(o->rep_penalty > 0 && isfinite(o->rep_penalty))) ok = err_status_set(st, "--repetition-penalty must be > 0");
-    if (ok && (o->top_k < 0 || o->max_seq_len < 0)) ok = err_status_set(st, "--top-k and --max-seq-len must be >= 0");
+    if (ok && !(o->temperature >= 0 && isfinite(o->temperature)))
+        ok = err_status_set(st, "--temperature must be >= 0");
+    if (ok && !(o->top_p > 0 && o->top_p <= 1))
+        ok = err_status_set(st, "--top-p must be in (0, 1]");
+    if (ok && !(o->rep_penalty > 0 && isfinite(o->rep_penalty)))
+        ok = err_status_set(st, "--repetition-penalty must be > 0");
+    if (ok && (o->top_k < 0 || o->max_seq_len < 0))
+        ok = err_status_set(st, "--top-k and --max-seq-len must be >= 0");
     if (ok && (o->max_new < 1 || o->batch < 1 || o->prefill_rows < 1))
         ok = err_status_set(st, "--max-new-tokens, --batch-size and --prefill-rows must be >= 1");
     for (int i = 0; ok && i < o->stop.n; i++)
@@ -755,10 +793,15 @@ static int gen_open(GenRun *r) {
         r->tk = tok_load(path, &st);
         ok = r->tk != NULL;
     }
-    if (ok && strcmp(o->chat_format, "auto") == 0) ok = chat_detect(o->run.model, &r->chat, &st);
-    else if (ok) r->chat = (ChatFormat)chat_parse_format(o->chat_format);
-    if (ok && !r->tk && o->stop.n > 0) ok = err_status_set(&st, "--stop needs the model's tokenizer.json to decode the text");
-    if (ok) ok = gen_read_prompts(o, r->tk, r->chat, r->s.m.V, &r->prompts, &r->nprompts, &r->used_chat, &st);
+    if (ok && strcmp(o->chat_format, "auto") == 0)
+        ok = chat_detect(o->run.model, &r->chat, &st);
+    else if (ok)
+        r->chat = (ChatFormat)chat_parse_format(o->chat_format);
+    if (ok && !r->tk && o->stop.n > 0)
+        ok = err_status_set(&st, "--stop needs the model's tokenizer.json to decode the text");
+    if (ok)
+        ok = gen_read_prompts(o, r->tk, r->chat, r->s.m.V, &r->prompts, &r->nprompts, &r->used_chat,
+                              &st);
     if (!grid_agree(g, ok, gen_err, &st)) return EXIT_BAD_INPUT;
     gen_eos_ids(o->run.model, &r->s.m, r->tk, r->chat, r->used_chat, &r->eos, &r->neos);
     if (o->adapter) {
@@ -779,13 +822,14 @@ static int gen_layout(GenRun *r, ErrStatus *st) {
     r->per = (n + g->dp - 1) / g->dp;
     r->b0 = (int64_t)g->dp_rank * r->per < n ? (int64_t)g->dp_rank * r->per : n;
     r->b1 = r->b0 + r->per < n ? r->b0 + r->per : n;
-    for (int64_t i = 0; i < n; i++) r->maxlen = r->prompts[i].n > r->maxlen ? r->prompts[i].n : r->maxlen;
+    for (int64_t i = 0; i < n; i++)
+        r->maxlen = r->prompts[i].n > r->maxlen ? r->prompts[i].n : r->maxlen;
     r->Tmax = o->max_seq_len > 0 ? o->max_seq_len : r->maxlen + o->max_new;
     int ok = 1;
     for (int64_t i = 0; ok && i < n; i++)
         if (r->prompts[i].n > r->Tmax)
-            ok = err_status_set(st, "prompt %lld has %lld tokens, more than --max-seq-len %lld", (long long)i,
-                                (long long)r->prompts[i].n, (long long)r->Tmax);
+            ok = err_status_set(st, "prompt %lld has %lld tokens, more than --max-seq-len %lld",
+                                (long long)i, (long long)r->prompts[i].n, (long long)r->Tmax);
     const int64_t mine = r->b1 - r->b0;
     r->S = o->no_kv_cache ? 1 : (o->batch < mine ? o->batch : mine);
     if (r->S < 1) r->S = 1;
@@ -810,14 +854,18 @@ static int gen_setup(GenRun *r) {
         if (!grid_agree(g, r->merged >= 0, gen_err, &st)) return EXIT_BAD_INPUT;
     }
     if (!grid_agree(g, len_ok, gen_err, &lst)) return EXIT_USAGE;
-    if (r->Tmax > m->cfg.max_position_embeddings && m->cfg.max_position_embeddings > 0 && g->world_rank == 0)
-        log_warn("sequences of up to %lld positions, beyond the model's max_position_embeddings %lld",
-                 (long long)r->Tmax, (long long)m->cfg.max_position_embeddings);
+    if (r->Tmax > m->cfg.max_position_embeddings && m->cfg.max_position_embeddings > 0 &&
+        g->world_rank == 0)
+        log_warn(
+            "sequences of up to %lld positions, beyond the model's max_position_embeddings %lld",
+            (long long)r->Tmax, (long long)m->cfg.max_position_embeddings);
     int ok = 1;
     if (g->world_rank == 0 && o->out) {
         ErrStatus e;
-        if (afile_open(&r->outfile, o->out, &e)) r->outf = &r->outfile;
-        else ok = err_status_set(&st, "%s: cannot write: %s", o->out, e.msg);
+        if (afile_open(&r->outfile, o->out, &e))
+            r->outf = &r->outfile;
+        else
+            ok = err_status_set(&st, "%s: cannot write: %s", o->out, e.msg);
     }
     if (!grid_agree(g, ok || g->world_rank != 0, gen_err, &st)) return EXIT_IO;
     return 0;
@@ -862,7 +910,8 @@ static void gen_loop_init(GenRun *r) {
         l->row_ids = calloc((size_t)R, sizeof *l->row_ids);
         l->tokens = calloc((size_t)S, sizeof *l->tokens);
         l->argmax_tmp = malloc(sample_argmax_tmp_bytes(S));
-        SL_CHECK(l->slots && l->segs && l->seg_sel && l->row_ids && l->tokens && l->argmax_tmp, "out of memory");
+        SL_CHECK(l->slots && l->segs && l->seg_sel && l->row_ids && l->tokens && l->argmax_tmp,
+                 "out of memory");
         for (int64_t s = 0; s < S; s++) {
             l->slots[s].prompt = -1;
             l->slots[s].ids = calloc((size_t)r->Tmax + 1, sizeof(int32_t));
@@ -922,7 +971,8 @@ static int gen_free(GenRun *r, int rc) {
         free(r->w.names);
     }
     if (r->have_loop) gen_loop_free(r);
-    for (int64_t i = 0; i < r->nprompts; i++) free(r->prompts[i].ids);
+    for (int64_t i = 0; i < r->nprompts; i++)
+        free(r->prompts[i].ids);
     free(r->prompts);
     if (r->have_session) session_free(&r->s);
     if (r->have_acfg) adio_cfg_free(&r->acfg);
@@ -936,17 +986,22 @@ static void gen_log_start(const GenRun *r) {
     const GenOpts *o = &r->o;
     const Grid *g = &r->g;
     const LlamaModel *m = &r->s.m;
-    gen_log("shardlora generate: %s (%s, %lld layers, hidden %lld, heads %lld/%lld, vocab %lld, %s weights)%s%s%s",
-            o->run.model, m->cfg.architecture, (long long)m->L, (long long)m->C, (long long)m->H, (long long)m->KV,
-            (long long)m->V, m->wdtype == GEMM_BF16 ? "BF16" : "F32", o->adapter ? "; adapter " : "",
-            o->adapter ? o->adapter : "", r->merged > 0 ? " (merged in memory)" : "");
-    gen_log("grid: world=%d = dp %d x tp %d; per TP rank: %lld heads, %lld kv heads%s, vocab rows %lld",
-            g->world_size, g->dp, g->tp, (long long)m->Hl, (long long)m->KVl,
-            m->KV < g->tp && g->tp > 1 ? " (replicated)" : "", (long long)m->Vl);
-    gen_log("%lld prompts (longest %lld tokens), %lld per DP group; %lld sequences at once, %lld rows per "
-            "forward; KV cache %.2f MiB per rank (%lld positions per sequence); %s; chat template %s; EOS ids %d",
-            (long long)r->nprompts, (long long)r->maxlen, (long long)r->per, (long long)r->S, (long long)r->R,
-            (double)r->l.in.cache.bytes * 2 / 1048576.0, (long long)r->Tmax,
+    gen_log("shardlora generate: %s (%s, %lld layers, hidden %lld, heads %lld/%lld, vocab %lld, %s "
+            "weights)%s%s%s",
+            o->run.model, m->cfg.architecture, (long long)m->L, (long long)m->C, (long long)m->H,
+            (long long)m->KV, (long long)m->V, m->wdtype == GEMM_BF16 ? "BF16" : "F32",
+            o->adapter ? "; adapter " : "", o->adapter ? o->adapter : "",
+            r->merged > 0 ? " (merged in memory)" : "");
+    gen_log(
+        "grid: world=%d = dp %d x tp %d; per TP rank: %lld heads, %lld kv heads%s, vocab rows %lld",
+        g->world_size, g->dp, g->tp, (long long)m->Hl, (long long)m->KVl,
+        m->KV < g->tp && g->tp > 1 ? " (replicated)" : "", (long long)m->Vl);
+    gen_log("%lld prompts (longest %lld tokens), %lld per DP group; %lld sequences at once, %lld "
+            "rows per "
+            "forward; KV cache %.2f MiB per rank (%lld positions per sequence); %s; chat template "
+            "%s; EOS ids %d",
+            (long long)r->nprompts, (long long)r->maxlen, (long long)r->per, (long long)r->S,
+            (long long)r->R, (double)r->l.in.cache.bytes * 2 / 1048576.0, (long long)r->Tmax,
             o->temperature == 0 ? "greedy" : "sampling", chat_format_name(r->chat), r->neos);
 }
 
@@ -978,9 +1033,12 @@ static int gen_outputs(GenRun *r) {
         wok = st_writer_write(&w->dump, o->dump_logits, &st);
     }
     AFile *outf = r->outf;
-    if (outf && wok && !w->out_ok) wok = err_status_set(&st, "%s", w->out_st.msg);
-    else if (outf && wok && !afile_commit(outf, &st)) wok = 0;
-    else if (outf && !wok) afile_abort(outf);
+    if (outf && wok && !w->out_ok)
+        wok = err_status_set(&st, "%s", w->out_st.msg);
+    else if (outf && wok && !afile_commit(outf, &st))
+        wok = 0;
+    else if (outf && !wok)
+        afile_abort(outf);
     r->outf = NULL;
     if (!grid_agree(g, wok || g->world_rank != 0, gen_err, &st)) rc = EXIT_IO;
     int64_t tot[2] = {r->l.generated, r->l.rows_done};
@@ -988,9 +1046,11 @@ static int gen_outputs(GenRun *r) {
     grid_allreduce_sum_i64(g, g->world, tot, 2, GRID_BYTES_OTHER);
     double tmax = r->secs;
     grid_allreduce_max_f64(g, g->world, &tmax, 1, GRID_BYTES_OTHER);
-    gen_log("generated %lld tokens for %lld prompts in %.2fs (%lld tokens through the model): %.1f tokens/s "
-            "generated, %.1f tokens/s through the model", (long long)tot[0], (long long)r->nprompts, tmax,
-            (long long)tot[1], tmax > 0 ? (double)tot[0] / tmax : 0, tmax > 0 ? (double)tot[1] / tmax : 0);
+    gen_log("generated %lld tokens for %lld prompts in %.2fs (%lld tokens through the model): %.1f "
+            "tokens/s "
+            "generated, %.1f tokens/s through the model",
+            (long long)tot[0], (long long)r->nprompts, tmax, (long long)tot[1],
+            tmax > 0 ? (double)tot[0] / tmax : 0, tmax > 0 ? (double)tot[1] / tmax : 0);
     return rc;
 }
 
@@ -998,11 +1058,12 @@ int cmd_generate(int argc, char **argv) {
     GenRun run;
     GenRun *r = &run;
     gen_options(r);
-    int rc = mpicmd_begin(&r->g, &argc, &argv, r->specs, r->nspecs, "generate", GEN_USAGE, GEN_ABOUT, &r->o.run,
-                          gen_check_opts, r, &r->env);
+    int rc = mpicmd_begin(&r->g, &argc, &argv, r->specs, r->nspecs, "generate", GEN_USAGE,
+                          GEN_ABOUT, &r->o.run, gen_check_opts, r, &r->env);
     if (rc >= 0) return gen_free(r, rc);
     if (r->g.world_rank == 0 && r->env.log_level >= LOG_INFO) {
-        fprintf(stderr, "configuration (%s):\n", r->o.run.config.path ? r->o.run.config.path : "flags and defaults");
+        fprintf(stderr, "configuration (%s):\n",
+                r->o.run.config.path ? r->o.run.config.path : "flags and defaults");
         args_print_resolved(stderr, r->specs, r->nspecs);
     }
     rc = gen_open(r);

@@ -8,9 +8,10 @@
 int cmd_inspect(int argc, char **argv) {
     if (argc != 3 || strcmp(argv[2], "--help") == 0 || strcmp(argv[2], "-h") == 0) {
         FILE *f = argc == 3 ? stdout : stderr;
-        fprintf(f, "usage: shardlora inspect CHECKPOINT_DIR\n\n"
-                   "Print the manifest of a checkpoint (OUT/checkpoints/step-N or .../latest) and "
-                   "verify the checksum of every chunk. Exit status 0 if it is intact, 3 if not.\n");
+        fprintf(f,
+                "usage: shardlora inspect CHECKPOINT_DIR\n\n"
+                "Print the manifest of a checkpoint (OUT/checkpoints/step-N or .../latest) and "
+                "verify the checksum of every chunk. Exit status 0 if it is intact, 3 if not.\n");
         return argc == 3 ? 0 : EXIT_USAGE;
     }
     CkptReader r;

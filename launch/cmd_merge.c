@@ -47,10 +47,16 @@
 #define MERGE_ST_STAGE ((uint64_t)1 << 20)
 
 /* Copied beside the weights when present; config.json is renamed into place last. */
-static const char *const merge_aux_files[] = {
-    "generation_config.json", "tokenizer.json",   "tokenizer_config.json", "special_tokens_map.json",
-    "tokenizer.model",        "added_tokens.json", "vocab.json",            "merges.txt",
-    "chat_template.jinja",    "chat_template.json"};
+static const char *const merge_aux_files[] = {"generation_config.json",
+                                              "tokenizer.json",
+                                              "tokenizer_config.json",
+                                              "special_tokens_map.json",
+                                              "tokenizer.model",
+                                              "added_tokens.json",
+                                              "vocab.json",
+                                              "merges.txt",
+                                              "chat_template.jinja",
+                                              "chat_template.json"};
 #define MERGE_NAUX ((int)(sizeof merge_aux_files / sizeof merge_aux_files[0]))
 
 typedef struct {
@@ -61,15 +67,15 @@ typedef struct {
 
 /* One tensor of the model, and this rank's share of it. */
 typedef struct {
-    int file;                  /* index in MergeCtx.d.files */
+    int file; /* index in MergeCtx.d.files */
     const StTensor *t;
-    int64_t rows, cols;        /* [rows, cols] view: leading dims folded into rows */
+    int64_t rows, cols; /* [rows, cols] view: leading dims folded into rows */
     uint64_t row_bytes;
-    int64_t r0, nr;            /* this rank's rows [r0, r0 + nr) */
+    int64_t r0, nr; /* this rank's rows [r0, r0 + nr) */
     /* the adapter's part (am.adapted: merged through the kind's merge_rows; else copied byte
      * for byte) */
     AdioMergeItem am;
-    char *module;              /* am.module: the weight's name without ".weight" */
+    char *module; /* am.module: the weight's name without ".weight" */
 } MergeItem;
 
 typedef struct {
@@ -79,13 +85,13 @@ typedef struct {
     int d_open;
     PeftAdapter a;
     int a_open;
-    const AdapterKind *kind;   /* the adapter's kind (adio_kind_of_peft) */
-    const AdioKindIo *kio;     /* its merge hooks */
+    const AdapterKind *kind; /* the adapter's kind (adio_kind_of_peft) */
+    const AdioKindIo *kio;   /* its merge hooks */
     MergeItem *items;
     int nitems, nadapted;
-    void *shared;              /* what the kind's items share (merge_shared), or NULL */
+    void *shared; /* what the kind's items share (merge_shared), or NULL */
     uint64_t shared_bytes;
-    uint64_t total_bytes;      /* tensor bytes of every file (what the ranks write together) */
+    uint64_t total_bytes; /* tensor bytes of every file (what the ranks write together) */
     /* output files, parallel to d.files */
     char **tmp, **dst;
     int *fd;
@@ -94,14 +100,14 @@ typedef struct {
     int naux;
     /* buffers, allocated once after the plan (sizes from this rank's share) */
     MemCtx mem;
-    float *work;               /* [chunk rows, cols] F32 working rows */
-    unsigned char *raw;        /* [raw_bytes] rounded output rows / byte copies */
-    float *ibuf;               /* [ibuf_floats] the kind's per-weight scratch (e.g. lora_A) */
-    float *rbuf;               /* [rbuf_floats] its per-chunk scratch (e.g. lora_B rows) */
+    float *work;        /* [chunk rows, cols] F32 working rows */
+    unsigned char *raw; /* [raw_bytes] rounded output rows / byte copies */
+    float *ibuf;        /* [ibuf_floats] the kind's per-weight scratch (e.g. lora_A) */
+    float *rbuf;        /* [rbuf_floats] its per-chunk scratch (e.g. lora_B rows) */
     size_t work_floats, raw_bytes, ibuf_floats, rbuf_floats;
-    uint64_t stage_bytes;      /* st_read_slice's conversion buffer, when a read converts */
+    uint64_t stage_bytes; /* st_read_slice's conversion buffer, when a read converts */
     /* accounting */
-    uint64_t slice_bytes;      /* model bytes this rank writes */
+    uint64_t slice_bytes; /* model bytes this rank writes */
     uint64_t copy_read, written;
 } MergeCtx;
 
@@ -183,8 +189,10 @@ static int merge_plan(MergeCtx *m, ErrStatus *st) {
     for (int f = 0; f < m->d.nfiles; f++) {
         n += m->d.files[f].ntensors;
         if (strchr(merge_file_name(m, f), '/'))
-            return err_status_set(st, "%s: weight file '%s' is in a subdirectory; merge writes flat model directories",
-                                  m->o.model, merge_file_name(m, f));
+            return err_status_set(
+                st,
+                "%s: weight file '%s' is in a subdirectory; merge writes flat model directories",
+                m->o.model, merge_file_name(m, f));
     }
     m->items = calloc((size_t)(n ? n : 1), sizeof *m->items);
     unsigned char *used = calloc((size_t)m->a.tensors.ntensors + 1, 1);
@@ -198,7 +206,8 @@ static int merge_plan(MergeCtx *m, ErrStatus *st) {
             it->t = &sf->tensors[k];
             it->cols = it->t->ndim ? it->t->shape[it->t->ndim - 1] : 1;
             it->rows = 1;
-            for (int i = 0; i + 1 < it->t->ndim; i++) it->rows *= it->t->shape[i];
+            for (int i = 0; i + 1 < it->t->ndim; i++)
+                it->rows *= it->t->shape[i];
             it->row_bytes = (uint64_t)it->cols * st_dtype_size(it->t->dtype);
             merge_share(it->rows, m->g->world_rank, m->g->world_size, &it->r0, &it->nr);
         }
@@ -212,25 +221,30 @@ static int merge_plan(MergeCtx *m, ErrStatus *st) {
         for (int i = 0; adapter_kind_at(i); i++) {
             const AdapterKind *k = adapter_kind_at(i);
             if (k->io && k->io->merge_plan)
-                p += snprintf(p, sizeof names - (size_t)(p - names), "%s%s", p == names ? "" : "|", k->name);
+                p += snprintf(p, sizeof names - (size_t)(p - names), "%s%s", p == names ? "" : "|",
+                              k->name);
         }
-        ok = err_status_set(st, "%s: adapter kind '%s' cannot be merged by this build (mergeable: %s)",
+        ok = err_status_set(st,
+                            "%s: adapter kind '%s' cannot be merged by this build (mergeable: %s)",
                             m->a.tensors.path, m->kind->name, names);
     }
-    for (int i = 0; ok && i < m->nitems; i++) ok = merge_plan_linear(m, &m->items[i], used, st);
+    for (int i = 0; ok && i < m->nitems; i++)
+        ok = merge_plan_linear(m, &m->items[i], used, st);
     if (ok && m->nadapted > 0 && m->kio->merge_shared) {
         AdioMergeItem *am = malloc(sizeof *am * (size_t)(m->nitems ? m->nitems : 1));
         SL_CHECK(am, "out of memory");
-        for (int i = 0; i < m->nitems; i++) am[i] = m->items[i].am;
+        for (int i = 0; i < m->nitems; i++)
+            am[i] = m->items[i].am;
         ok = m->kio->merge_shared(&m->a, am, m->nitems, used, &m->shared, &m->shared_bytes, st);
         free(am);
     }
     for (int i = 0; ok && i < m->a.tensors.ntensors; i++)
         if (!used[i])
-            ok = err_status_set(st,
-                                "%s: tensor '%s' matches no linear weight of the model in %s: adapter "
-                                "for another model, or a kind of adapter tensor merge does not support",
-                                m->a.tensors.path, m->a.tensors.tensors[i].name, m->o.model);
+            ok = err_status_set(
+                st,
+                "%s: tensor '%s' matches no linear weight of the model in %s: adapter "
+                "for another model, or a kind of adapter tensor merge does not support",
+                m->a.tensors.path, m->a.tensors.tensors[i].name, m->o.model);
     if (ok && m->nadapted == 0)
         ok = err_status_set(st, "%s: the adapter has no tensors to merge", m->a.tensors.path);
     free(used);
@@ -256,7 +270,8 @@ static void merge_alloc(MergeCtx *m) {
         if (it->am.adapted) {
             size_t cr = (size_t)merge_chunk_rows(m, it);
             if (cr * (size_t)it->cols > work) work = cr * (size_t)it->cols;
-            if (it->t->dtype != ST_F32 && cr * (size_t)it->cols * 2 > raw) raw = cr * (size_t)it->cols * 2;
+            if (it->t->dtype != ST_F32 && cr * (size_t)it->cols * 2 > raw)
+                raw = cr * (size_t)it->cols * 2;
             if (it->am.item_floats > ib) ib = it->am.item_floats;
             if (cr * it->am.row_floats > rb) rb = cr * it->am.row_floats;
             if (it->t->dtype != ST_F32) stage = MERGE_ST_STAGE;
@@ -285,8 +300,8 @@ static void merge_alloc(MergeCtx *m) {
 }
 
 static uint64_t merge_buffer_bytes(const MergeCtx *m) {
-    return (uint64_t)(m->work_floats + m->ibuf_floats + m->rbuf_floats) * sizeof(float) + m->raw_bytes +
-           m->stage_bytes + m->shared_bytes;
+    return (uint64_t)(m->work_floats + m->ibuf_floats + m->rbuf_floats) * sizeof(float) +
+           m->raw_bytes + m->stage_bytes + m->shared_bytes;
 }
 
 static void merge_free(MergeCtx *m) {
@@ -302,7 +317,8 @@ static void merge_free(MergeCtx *m) {
     free(m->fd);
     free(m->tmp);
     free(m->dst);
-    for (int i = 0; i < m->nitems; i++) free(m->items[i].module);
+    for (int i = 0; i < m->nitems; i++)
+        free(m->items[i].module);
     free(m->items);
     if (m->shared && m->kio->merge_shared_free) m->kio->merge_shared_free(m->shared);
     if (m->a_open) peft_close(&m->a);
@@ -364,7 +380,8 @@ static int merge_copy_small(MergeCtx *m, const char *name, int required, ErrStat
     int ok = 1;
     int fd = open(src, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        if (required || errno != ENOENT) ok = err_status_set(st, "%s: cannot open: %s", src, strerror(errno));
+        if (required || errno != ENOENT)
+            ok = err_status_set(st, "%s: cannot open: %s", src, strerror(errno));
         goto done;
     }
     AFile *af = &m->aux[m->naux];
@@ -381,8 +398,10 @@ static int merge_copy_small(MergeCtx *m, const char *name, int required, ErrStat
             break;
         }
         ok = afile_write(af, m->raw, (size_t)got, st);
-        if (!ok) m->naux--; /* afile_write aborted it */
-        else m->written += (uint64_t)got;
+        if (!ok)
+            m->naux--; /* afile_write aborted it */
+        else
+            m->written += (uint64_t)got;
     }
 done:
     if (fd >= 0) close(fd);
@@ -395,13 +414,15 @@ static int merge_prepare_out(MergeCtx *m, ErrStatus *st) {
     struct stat sb;
     if (stat(m->o.out, &sb) != 0) {
         if (!afile_mkdirs(m->o.out))
-            return err_status_set(st, "%s: cannot create the output directory: %s", m->o.out, strerror(errno));
+            return err_status_set(st, "%s: cannot create the output directory: %s", m->o.out,
+                                  strerror(errno));
         m->out_created = 1;
     }
     struct statvfs vs;
     if (statvfs(m->o.out, &vs) == 0) {
         uint64_t avail = (uint64_t)vs.f_bavail * (uint64_t)vs.f_frsize, need = 0;
-        for (int f = 0; f < m->d.nfiles; f++) need += m->d.files[f].file_size;
+        for (int f = 0; f < m->d.nfiles; f++)
+            need += m->d.files[f].file_size;
         if (avail < need)
             return err_status_set(st, "%s: %.1f MB free, the merged model needs %.1f MB", m->o.out,
                                   (double)avail / 1e6, (double)need / 1e6);
@@ -416,8 +437,10 @@ static int merge_prepare_out(MergeCtx *m, ErrStatus *st) {
 /* Rank 0 after a failure: no .tmp file stays, nor an OUT this run made. */
 static void merge_discard(MergeCtx *m) {
     if (m->g->world_rank != 0 || !m->tmp) return;
-    for (int f = 0; f < m->d.nfiles; f++) unlink(m->tmp[f]);
-    for (int i = 0; i < m->naux; i++) afile_abort(&m->aux[i]);
+    for (int f = 0; f < m->d.nfiles; f++)
+        unlink(m->tmp[f]);
+    for (int i = 0; i < m->naux; i++)
+        afile_abort(&m->aux[i]);
     m->naux = 0;
     if (m->out_created) rmdir(m->o.out);
 }
@@ -444,7 +467,8 @@ static int merge_commit(MergeCtx *m, ErrStatus *st) {
     for (int i = 0; i < m->naux; i++) {
         int ok = afile_commit(&m->aux[i], st);
         if (!ok) {
-            for (int j = i + 1; j < m->naux; j++) afile_abort(&m->aux[j]);
+            for (int j = i + 1; j < m->naux; j++)
+                afile_abort(&m->aux[j]);
             m->naux = 0;
             return 0;
         }
@@ -464,7 +488,8 @@ static int merge_item(MergeCtx *m, const MergeItem *it, int *code, ErrStatus *st
     const int fd = m->fd[it->file];
     const char *out = m->tmp[it->file];
     if (!it->am.adapted)
-        return merge_copy_range(m, sf->fd, sf->path, fd, out, it->t->begin + (uint64_t)it->r0 * it->row_bytes,
+        return merge_copy_range(m, sf->fd, sf->path, fd, out,
+                                it->t->begin + (uint64_t)it->r0 * it->row_bytes,
                                 (uint64_t)it->nr * it->row_bytes, st);
     const AdioMergeItem *am = &it->am;
     if (!m->kio->merge_begin(am, &m->a, m->shared, m->ibuf, st)) return 0;
@@ -473,15 +498,16 @@ static int merge_item(MergeCtx *m, const MergeItem *it, int *code, ErrStatus *st
         const int64_t k = end - row < cr ? end - row : cr;
         const size_t n = (size_t)(k * it->cols);
         if (!st_read_slice(sf, it->t, row, k, 0, it->cols, ST_F32, m->work, st)) return 0;
-        const int64_t bad =
-            m->kio->merge_rows(am, &m->a, m->shared, m->ibuf, m->rbuf, m->work, row, k, (int)m->o.threads, st);
+        const int64_t bad = m->kio->merge_rows(am, &m->a, m->shared, m->ibuf, m->rbuf, m->work, row,
+                                               k, (int)m->o.threads, st);
         if (bad < 0) return 0;
         if (bad) {
             *code = EXIT_BAD_INPUT;
             return err_status_set(st,
-                                  "%s: tensor '%s': %" PRId64 " merged row(s) in [%" PRId64 ", %" PRId64
-                                  ") are not finite%s; the adapter (%s) seems broken",
-                                  sf->path, it->t->name, bad, row, row + k, am->bad_note, am->t[0]->name);
+                                  "%s: tensor '%s': %" PRId64 " merged row(s) in [%" PRId64
+                                  ", %" PRId64 ") are not finite%s; the adapter (%s) seems broken",
+                                  sf->path, it->t->name, bad, row, row + k, am->bad_note,
+                                  am->t[0]->name);
         }
         const void *src = m->work;
         if (it->t->dtype != ST_F32) {
@@ -489,7 +515,8 @@ static int merge_item(MergeCtx *m, const MergeItem *it, int *code, ErrStatus *st
             src = m->raw;
         }
         size_t bytes = n * st_dtype_size(it->t->dtype);
-        if (!stm_pwrite_full(fd, out, src, bytes, it->t->begin + (uint64_t)row * it->row_bytes, st)) return 0;
+        if (!stm_pwrite_full(fd, out, src, bytes, it->t->begin + (uint64_t)row * it->row_bytes, st))
+            return 0;
         m->written += bytes;
     }
     return 1;
@@ -502,7 +529,8 @@ static void merge_progress(const MergeCtx *m, uint64_t done, double t0, double *
     *last = now;
     double el = now - t0;
     printf("merge: %.1f / %.1f MB (%.0f%%), %.1f MB/s, %.1f s\n", (double)done / 1e6,
-           (double)m->total_bytes / 1e6, m->total_bytes ? 100.0 * (double)done / (double)m->total_bytes : 100.0,
+           (double)m->total_bytes / 1e6,
+           m->total_bytes ? 100.0 * (double)done / (double)m->total_bytes : 100.0,
            el > 0 ? (double)done / 1e6 / el : 0.0, el);
     fflush(stdout);
 }
@@ -526,7 +554,8 @@ static int merge_run(MergeCtx *m, double *seconds) {
     /* each rank makes its own writes durable (on a cluster file system only the writer can) */
     int ok = 1;
     for (int f = 0; ok && f < m->d.nfiles; f++)
-        if (fdatasync(m->fd[f]) != 0) ok = err_status_set(&st, "%s: fsync failed: %s", m->tmp[f], strerror(errno));
+        if (fdatasync(m->fd[f]) != 0)
+            ok = err_status_set(&st, "%s: fsync failed: %s", m->tmp[f], strerror(errno));
     int rc = merge_agree(m->g, ok, &st, EXIT_IO);
     *seconds = timer_now() - t0;
     return rc;
@@ -537,15 +566,20 @@ static int merge_run(MergeCtx *m, double *seconds) {
 enum { MS_PEAK, MS_START, MS_READ, MS_WRITTEN, MS_SLICE, MS_BUFFER, MS_N };
 
 static int merge_summary(MergeCtx *m, double seconds, uint64_t rss_start, ErrStatus *st) {
-    int64_t mine[MS_N] = {(int64_t)merge_status_bytes("VmHWM"), (int64_t)rss_start,
-                          (int64_t)(st_dir_bytes_read(&m->d) + m->a.tensors.bytes_read + m->copy_read),
-                          (int64_t)m->written, (int64_t)m->slice_bytes, (int64_t)merge_buffer_bytes(m)};
+    int64_t mine[MS_N] = {
+        (int64_t)merge_status_bytes("VmHWM"),
+        (int64_t)rss_start,
+        (int64_t)(st_dir_bytes_read(&m->d) + m->a.tensors.bytes_read + m->copy_read),
+        (int64_t)m->written,
+        (int64_t)m->slice_bytes,
+        (int64_t)merge_buffer_bytes(m)};
     log_rank("rank %d: peak RSS %.1f MiB (%.1f MiB at start + buffers %.1f MiB; slice %.1f MiB); "
              "read %.1f MB, wrote %.1f MB",
              m->g->world_rank, (double)mine[MS_PEAK] / MERGE_MIB, (double)rss_start / MERGE_MIB,
              (double)mine[MS_BUFFER] / MERGE_MIB, (double)mine[MS_SLICE] / MERGE_MIB,
              (double)mine[MS_READ] / 1e6, (double)mine[MS_WRITTEN] / 1e6);
-    int64_t *all = m->g->world_rank == 0 ? malloc(sizeof *all * MS_N * (size_t)m->g->world_size) : NULL;
+    int64_t *all =
+        m->g->world_rank == 0 ? malloc(sizeof *all * MS_N * (size_t)m->g->world_size) : NULL;
     SL_CHECK(m->g->world_rank != 0 || all, "out of memory");
     grid_gather(m->g, m->g->world, mine, sizeof mine, all, 0, GRID_BYTES_OTHER);
     if (m->g->world_rank != 0) return 1;
@@ -568,13 +602,15 @@ static int merge_summary(MergeCtx *m, double seconds, uint64_t rss_start, ErrSta
     }
     json_object_set_new(j, "total_bytes", json_integer((json_int_t)m->total_bytes));
     json_object_set_new(j, "seconds", json_real(seconds));
-    json_object_set_new(j, "mb_per_s", json_real(seconds > 0 ? (double)m->total_bytes / 1e6 / seconds : 0));
+    json_object_set_new(j, "mb_per_s",
+                        json_real(seconds > 0 ? (double)m->total_bytes / 1e6 / seconds : 0));
     static const char *keys[MS_N] = {"peak_rss_bytes", "start_rss_bytes", "bytes_read",
                                      "bytes_written",  "slice_bytes",     "buffer_bytes"};
     for (int r = 0; r < m->g->world_size; r++) {
         json_t *o = json_object();
         json_object_set_new(o, "rank", json_integer(r));
-        for (int k = 0; k < MS_N; k++) json_object_set_new(o, keys[k], json_integer(all[r * MS_N + k]));
+        for (int k = 0; k < MS_N; k++)
+            json_object_set_new(o, keys[k], json_integer(all[r * MS_N + k]));
         json_array_append_new(ranks, o);
     }
     json_object_set_new(j, "per_rank", ranks);
@@ -605,24 +641,28 @@ static char *merge_about(void) {
     for (int i = 0; adapter_kind_at(i); i++) {
         const AdioKindIo *io = adapter_kind_at(i)->io;
         int seen = 0;
-        for (int j = 0; j < i; j++) seen |= adapter_kind_at(j)->io == io;
+        for (int j = 0; j < i; j++)
+            seen |= adapter_kind_at(j)->io == io;
         if (seen || !io || !io->merge_plan) continue;
         char *k = str_printf("%s%s%s: %s", kinds, *kinds ? "; " : "", adapter_kind_at(i)->name,
                              io->merge_help ? io->merge_help : "its own formula");
         free(kinds);
         kinds = k;
     }
-    char *about = str_printf("Merge a PEFT adapter into the model's weights as PEFT merges it (%s) and write a complete "
-                             "Hugging Face model directory with the same files, tensors and dtypes. Any number of "
-                             "ranks: each streams its rows of every tensor with positioned writes, so no rank holds "
-                             "more than a chunk. Writes OUT/merge-summary.json (peak RSS and bytes per rank).",
-                             kinds);
+    char *about = str_printf(
+        "Merge a PEFT adapter into the model's weights as PEFT merges it (%s) and write a complete "
+        "Hugging Face model directory with the same files, tensors and dtypes. Any number of "
+        "ranks: each streams its rows of every tensor with positioned writes, so no rank holds "
+        "more than a chunk. Writes OUT/merge-summary.json (peak RSS and bytes per rank).",
+        kinds);
     free(kinds);
     return about;
 }
 
 int cmd_merge(int argc, char **argv) {
     MergeOpts o = {NULL, NULL, NULL, 64 * MERGE_MIB, 1, 0};
+    /* one option per line: name, type, destination, metavar, help, required, seen */
+    // clang-format off
     ArgSpec specs[] = {
         {"model", ARG_STR, &o.model, "DIR", "Hugging Face model directory (config.json, safetensors, tokenizer files)", 1, 0},
         {"adapter", ARG_STR, &o.adapter, "DIR", "PEFT adapter directory (adapter_config.json, adapter_model.safetensors)", 1, 0},
@@ -635,14 +675,16 @@ int cmd_merge(int argc, char **argv) {
         {"threads", ARG_INT, &o.threads, "N", "threads per rank for the merge arithmetic (the work is mostly I/O)", 0, 0},
         {"force", ARG_BOOL, &o.force, NULL, "write into an existing --out (its model files are replaced)", 0, 0},
     };
+    // clang-format on
     const int nspecs = (int)(sizeof specs / sizeof specs[0]);
     Grid g;
     int help = 0;
     ErrStatus st;
     char *about = merge_about();
-    int ok = mpicmd_start(&g, &argc, &argv, specs, nspecs,
-                          "[mpirun -np N] shardlora merge --model DIR --adapter DIR --out DIR [options]", about, &help,
-                          &st);
+    int ok =
+        mpicmd_start(&g, &argc, &argv, specs, nspecs,
+                     "[mpirun -np N] shardlora merge --model DIR --adapter DIR --out DIR [options]",
+                     about, &help, &st);
     free(about);
     if (ok && help) {
         args_free(specs, nspecs);
@@ -672,7 +714,8 @@ int cmd_merge(int argc, char **argv) {
     m.d_open = ok;
     if (ok) {
         char *cfg = merge_path(o.model, "config.json", "");
-        if (access(cfg, R_OK) != 0) ok = err_status_set(&st, "%s: cannot read: %s", cfg, strerror(errno));
+        if (access(cfg, R_OK) != 0)
+            ok = err_status_set(&st, "%s: cannot read: %s", cfg, strerror(errno));
         free(cfg);
     }
     if (ok) ok = m.a_open = peft_read(&m.a, o.adapter, &st);
@@ -687,13 +730,14 @@ int cmd_merge(int argc, char **argv) {
     if (g.world_rank == 0) {
         printf("configuration:\n");
         args_print_resolved(stdout, specs, nspecs);
-        printf("merge: %d ranks; model %s: %d file%s, %d tensors, %.1f MB; adapter %s: r %d, alpha %g, "
+        printf("merge: %d ranks; model %s: %d file%s, %d tensors, %.1f MB; adapter %s: r %d, alpha "
+               "%g, "
                "%s%s%s%d adapted linears (%s), %d rank_pattern / %d alpha_pattern keys\n",
                g.world_size, o.model, m.d.nfiles, m.d.nfiles > 1 ? "s" : "", m.nitems,
                (double)m.total_bytes / 1e6, o.adapter, m.a.r, m.a.lora_alpha,
-               m.a.use_rslora ? "rsLoRA, " : "", m.kind->title ? m.kind->title : "", m.kind->title ? ", " : "",
-               m.nadapted, m.kind->name,
-               m.a.nrank_pattern, m.a.nalpha_pattern);
+               m.a.use_rslora ? "rsLoRA, " : "", m.kind->title ? m.kind->title : "",
+               m.kind->title ? ", " : "", m.nadapted, m.kind->name, m.a.nrank_pattern,
+               m.a.nalpha_pattern);
         fflush(stdout);
     }
 
@@ -711,7 +755,8 @@ int cmd_merge(int argc, char **argv) {
     rc = merge_agree(&g, ok, &st, EXIT_IO);
     for (int f = 0; !rc && f < m.d.nfiles; f++) {
         if (m.fd[f] < 0) m.fd[f] = open(m.tmp[f], O_WRONLY | O_CLOEXEC);
-        if (m.fd[f] < 0 && ok) ok = err_status_set(&st, "%s: cannot open: %s", m.tmp[f], strerror(errno));
+        if (m.fd[f] < 0 && ok)
+            ok = err_status_set(&st, "%s: cannot open: %s", m.tmp[f], strerror(errno));
     }
     if (!rc) rc = merge_agree(&g, ok, &st, EXIT_IO);
     double seconds = 0;
@@ -725,7 +770,8 @@ int cmd_merge(int argc, char **argv) {
     } else {
         ok = merge_summary(&m, seconds, rss_start, &st);
         if (g.world_rank == 0 && ok)
-            printf("merge: wrote %s: %.1f MB in %.2f s (%.1f MB/s), %d adapted tensors; %s/merge-summary.json\n",
+            printf("merge: wrote %s: %.1f MB in %.2f s (%.1f MB/s), %d adapted tensors; "
+                   "%s/merge-summary.json\n",
                    o.out, (double)m.total_bytes / 1e6, seconds,
                    seconds > 0 ? (double)m.total_bytes / 1e6 / seconds : 0.0, m.nadapted, o.out);
         rc = merge_agree(&g, ok, &st, EXIT_IO);

@@ -32,7 +32,8 @@ static char *tokenize_read_all(FILE *f, size_t *n) {
 static int tokenize_parse_ids(const char *s, TokIds *out) {
     char *end;
     for (;;) {
-        while (*s == ' ' || *s == '\n' || *s == '\t' || *s == '\r') s++;
+        while (*s == ' ' || *s == '\n' || *s == '\t' || *s == '\r')
+            s++;
         if (!*s) return 1;
         errno = 0;
         long v = strtol(s, &end, 10);
@@ -54,8 +55,10 @@ static int tokcli_hex4(const char *p, unsigned *v) {
     unsigned x = 0;
     for (int i = 0; i < 4; i++) {
         char c = p[i];
-        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        int d = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                       : -1;
         if (d < 0) return 0;
         x = x * 16 + (unsigned)d;
     }
@@ -66,7 +69,10 @@ static int tokcli_hex4(const char *p, unsigned *v) {
 static void tokcli_fix_surrogates(char *s, size_t n) {
     for (size_t i = 0; i + 6 <= n; i++) {
         if (s[i] != '\\') continue;
-        if (s[i + 1] != 'u') { i++; continue; } /* another escape: skip its character */
+        if (s[i + 1] != 'u') {
+            i++;
+            continue;
+        } /* another escape: skip its character */
         unsigned u, lo;
         if (!tokcli_hex4(s + i + 2, &u)) continue;
         int paired = u >= 0xD800 && u <= 0xDBFF && i + 12 <= n && s[i + 6] == '\\' &&
@@ -126,7 +132,8 @@ static int tokenize_whole(Tokenizer *tk, int decode, int add_special, TokIds *id
         fprintf(stderr, "shardlora tokenize: %s\n", st.msg);
         rc = EXIT_BAD_INPUT;
     } else {
-        for (size_t i = 0; i < ids->n; i++) printf(i ? " %d" : "%d", ids->ids[i]);
+        for (size_t i = 0; i < ids->n; i++)
+            printf(i ? " %d" : "%d", ids->ids[i]);
         putchar('\n');
     }
     free(in);
@@ -138,7 +145,8 @@ static int tokenize_decode_json(Tokenizer *tk, json_t *v, long lineno, TokIds *i
     int rc = 0;
     for (size_t i = 0; i < json_array_size(v) && rc == 0; i++) {
         json_t *e = json_array_get(v, i);
-        if (!json_is_integer(e)) rc = EXIT_BAD_INPUT;
+        if (!json_is_integer(e))
+            rc = EXIT_BAD_INPUT;
         else if (ids->n == ids->cap) {
             ids->cap = ids->cap ? 2 * ids->cap : 64;
             ids->ids = realloc(ids->ids, ids->cap * sizeof *ids->ids);
@@ -182,7 +190,8 @@ static int tokenize_lines(Tokenizer *tk, int decode, int add_special, TokIds *id
                 rc = EXIT_BAD_INPUT;
             } else {
                 putchar('[');
-                for (size_t i = 0; i < ids->n; i++) printf(i ? ",%d" : "%d", ids->ids[i]);
+                for (size_t i = 0; i < ids->n; i++)
+                    printf(i ? ",%d" : "%d", ids->ids[i]);
                 fputs("]\n", stdout);
             }
         } else if (decode && json_is_array(v)) {
@@ -201,6 +210,8 @@ static int tokenize_lines(Tokenizer *tk, int decode, int add_special, TokIds *id
 int cmd_tokenize(int argc, char **argv) {
     const char *model = NULL;
     int no_special = 0, decode = 0, jsonl = 0, help = 0;
+    /* one option per line: name, type, destination, metavar, help, required, seen */
+    // clang-format off
     ArgSpec specs[] = {
         {"model", ARG_STR, &model, "DIR", "model directory holding tokenizer.json", 1, 0},
         {"no-special", ARG_BOOL, &no_special, NULL,
@@ -210,6 +221,7 @@ int cmd_tokenize(int argc, char **argv) {
          "one JSON string per line in, one JSON array of ids per line out (reversed with "
          "--decode)", 0, 0},
     };
+    // clang-format on
     int ns = (int)(sizeof specs / sizeof specs[0]);
     const char *usage = "shardlora tokenize --model DIR [--no-special] [--decode] [--jsonl]";
     const char *about = "Encode stdin (all of it, one text) to ids printed on one line, or with "

@@ -30,7 +30,8 @@
 #include "cmds.h"
 #include "mpicmd.h"
 
-static const char TRAIN_USAGE[] = "[mpirun -np N] shardlora train --model DIR --data FILE --out DIR [options]";
+static const char TRAIN_USAGE[] =
+    "[mpirun -np N] shardlora train --model DIR --data FILE --out DIR [options]";
 static const char TRAIN_ABOUT[] =
     "Train LoRA adapters on a frozen Llama/Mistral/Qwen2 model. Writes OUT/adapter/ "
     "(PEFT format), OUT/metrics.jsonl (a line per step and per evaluation), OUT/run.json "
@@ -96,11 +97,26 @@ typedef struct {
 } TrainLoop;
 
 static void train_defaults(TrainOpts *o) {
-    *o = (TrainOpts){.targets = "all", .lora_init = "default", .adapter_kind = "lora",
-                     .optimizer = "adamw", .lr_schedule = "linear", .progress = "auto",
-                     .resume = "auto", .ckpt_failure = "continue", .r = 8, .alpha = 16,
-                     .pissa_iters = 4, .epochs = 1, .log_every = 10, .keep_ckpts = 3, .lr = 2e-4,
-                     .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .seed = 42, .shuffle = 1};
+    *o = (TrainOpts){.targets = "all",
+                     .lora_init = "default",
+                     .adapter_kind = "lora",
+                     .optimizer = "adamw",
+                     .lr_schedule = "linear",
+                     .progress = "auto",
+                     .resume = "auto",
+                     .ckpt_failure = "continue",
+                     .r = 8,
+                     .alpha = 16,
+                     .pissa_iters = 4,
+                     .epochs = 1,
+                     .log_every = 10,
+                     .keep_ckpts = 3,
+                     .lr = 2e-4,
+                     .beta1 = 0.9,
+                     .beta2 = 0.999,
+                     .eps = 1e-8,
+                     .seed = 42,
+                     .shuffle = 1};
     mpicmd_run_defaults(&o->run);
     mpicmd_rows_defaults(&o->rows);
 }
@@ -110,14 +126,17 @@ static void train_spec_table(TrainRun *r) {
     TrainOpts *o = &r->o;
     char names[256];
     adapter_kind_names(names, sizeof names);
-    snprintf(r->kinds_help, sizeof r->kinds_help,
-             "%s (the kinds this build has; lora-fa is PEFT's LoRA-FA optimizer: A frozen after init, "
-             "B's gradient projected by (1/s^2) pinv(A A^T + 1e-8 I) before the update)",
-             names);
+    snprintf(
+        r->kinds_help, sizeof r->kinds_help,
+        "%s (the kinds this build has; lora-fa is PEFT's LoRA-FA optimizer: A frozen after init, "
+        "B's gradient projected by (1/s^2) pinv(A A^T + 1e-8 I) before the update)",
+        names);
     size_t off = 0;
     for (int i = 0; adapter_init_at(i) && off < sizeof r->inits_help; i++)
-        off += (size_t)snprintf(r->inits_help + off, sizeof r->inits_help - off, "%s%s (%s)", i ? " | " : "",
-                                adapter_init_at(i)->name, adapter_init_at(i)->help);
+        off += (size_t)snprintf(r->inits_help + off, sizeof r->inits_help - off, "%s%s (%s)",
+                                i ? " | " : "", adapter_init_at(i)->name, adapter_init_at(i)->help);
+    /* one option per line: name, type, destination, metavar, help, required, seen */
+    // clang-format off
     const ArgSpec specs[] = {
         {"eval-data", ARG_STRS, &o->eval_data, "FILE", "JSONL evaluation data (same formats)", 0, 0},
         {"eval-split", ARG_FLOAT, &o->eval_split, "FRAC", "hold out this fraction of the training documents for evaluation (when no --eval-data)", 0, 0},
@@ -163,10 +182,15 @@ static void train_spec_table(TrainRun *r) {
         {"log-every", ARG_INT, &o->log_every, "N", "progress line every N steps", 0, 0},
         {"progress", ARG_STR, &o->progress, "HOW", "auto (a live bar for a single process on a terminal; plain lines under mpirun/srun) | bar | lines", 0, 0},
     };
-    const MpicmdHelp help = {"JSONL training data; per line {\"text\"}, {\"prompt\",\"completion\"}, "
-                               "{\"messages\":[{\"role\",\"content\"}]} or {\"input_ids\"[,\"labels\"]}", "token caches (default: OUT/cache); reused while the data, tokenizer and data "
-                               "options are unchanged", "tensor-parallel size (world = dp x tp; a TP group is consecutive ranks)"};
-    r->nspecs = mpicmd_table(r->specs, TRAIN_MAX_SPECS, &o->run, &o->rows, &help, specs, (int)(sizeof specs / sizeof specs[0]));
+    // clang-format on
+    const MpicmdHelp help = {
+        "JSONL training data; per line {\"text\"}, {\"prompt\",\"completion\"}, "
+        "{\"messages\":[{\"role\",\"content\"}]} or {\"input_ids\"[,\"labels\"]}",
+        "token caches (default: OUT/cache); reused while the data, tokenizer and data "
+        "options are unchanged",
+        "tensor-parallel size (world = dp x tp; a TP group is consecutive ranks)"};
+    r->nspecs = mpicmd_table(r->specs, TRAIN_MAX_SPECS, &o->run, &o->rows, &help, specs,
+                             (int)(sizeof specs / sizeof specs[0]));
 }
 
 /* Semantic checks of the options and the layout, identical on every rank. */
@@ -179,27 +203,42 @@ static int train_check_opts(void *ctx, ErrStatus *st) {
     const int okind = optim_parse_kind(o->optimizer);
     r->skind = sched_parse(o->lr_schedule);
     ok = ok && mpicmd_rows_check(&o->rows, &r->lmode, st);
-    if (ok && okind < 0) ok = err_status_set(st, "--optimizer '%s': expected adamw, adamw-hf or sgd", o->optimizer);
-    if (ok && r->skind < 0) ok = err_status_set(st, "--lr-schedule '%s': expected constant, linear or cosine", o->lr_schedule);
-    if (ok && strcmp(o->progress, "auto") && strcmp(o->progress, "bar") && strcmp(o->progress, "lines"))
+    if (ok && okind < 0)
+        ok = err_status_set(st, "--optimizer '%s': expected adamw, adamw-hf or sgd", o->optimizer);
+    if (ok && r->skind < 0)
+        ok = err_status_set(st, "--lr-schedule '%s': expected constant, linear or cosine",
+                            o->lr_schedule);
+    if (ok && strcmp(o->progress, "auto") && strcmp(o->progress, "bar") &&
+        strcmp(o->progress, "lines"))
         ok = err_status_set(st, "--progress '%s': expected auto, bar or lines", o->progress);
     if (ok && o->r < 1) ok = err_status_set(st, "--lora-r must be at least 1");
-    if (ok && !(o->dropout >= 0 && o->dropout < 1)) ok = err_status_set(st, "--lora-dropout must be in [0, 1)");
-    if (ok && !(o->eval_split >= 0 && o->eval_split < 1)) ok = err_status_set(st, "--eval-split must be in [0, 1)");
-    if (ok && o->eval_split > 0 && o->eval_data.n > 0) ok = err_status_set(st, "--eval-split and --eval-data exclude each other");
-    if (ok && !(o->epochs > 0 && isfinite(o->epochs))) ok = err_status_set(st, "--epochs must be a finite number > 0");
+    if (ok && !(o->dropout >= 0 && o->dropout < 1))
+        ok = err_status_set(st, "--lora-dropout must be in [0, 1)");
+    if (ok && !(o->eval_split >= 0 && o->eval_split < 1))
+        ok = err_status_set(st, "--eval-split must be in [0, 1)");
+    if (ok && o->eval_split > 0 && o->eval_data.n > 0)
+        ok = err_status_set(st, "--eval-split and --eval-data exclude each other");
+    if (ok && !(o->epochs > 0 && isfinite(o->epochs)))
+        ok = err_status_set(st, "--epochs must be a finite number > 0");
     if (ok && !(o->max_grad_norm >= 0 && isfinite(o->max_grad_norm)))
         ok = err_status_set(st, "--max-grad-norm must be a finite number >= 0");
-    if (ok && !(o->lr >= 0 && isfinite(o->lr))) ok = err_status_set(st, "--lr must be a finite number >= 0");
-    if (ok && !(o->beta1 >= 0 && o->beta1 < 1)) ok = err_status_set(st, "--beta1 must be in [0, 1)");
-    if (ok && !(o->beta2 >= 0 && o->beta2 < 1)) ok = err_status_set(st, "--beta2 must be in [0, 1)");
-    if (ok && !(o->eps > 0 && isfinite(o->eps))) ok = err_status_set(st, "--eps must be a finite number > 0");
-    if (ok && (o->ckpt_every < 0 || o->ckpt_minutes < 0 || o->keep_ckpts < 0 || o->ckpt_chunk_bytes < 0 ||
-               o->warmup_steps < 0 || o->eval_every < 0 || o->eval_rows < 0 || o->steps < 0))
-        ok = err_status_set(st, "--steps, --warmup-steps, --eval-every, --eval-rows, --ckpt-every, "
-                                 "--ckpt-every-minutes, --keep-checkpoints and --ckpt-chunk-bytes must be >= 0");
+    if (ok && !(o->lr >= 0 && isfinite(o->lr)))
+        ok = err_status_set(st, "--lr must be a finite number >= 0");
+    if (ok && !(o->beta1 >= 0 && o->beta1 < 1))
+        ok = err_status_set(st, "--beta1 must be in [0, 1)");
+    if (ok && !(o->beta2 >= 0 && o->beta2 < 1))
+        ok = err_status_set(st, "--beta2 must be in [0, 1)");
+    if (ok && !(o->eps > 0 && isfinite(o->eps)))
+        ok = err_status_set(st, "--eps must be a finite number > 0");
+    if (ok &&
+        (o->ckpt_every < 0 || o->ckpt_minutes < 0 || o->keep_ckpts < 0 || o->ckpt_chunk_bytes < 0 ||
+         o->warmup_steps < 0 || o->eval_every < 0 || o->eval_rows < 0 || o->steps < 0))
+        ok = err_status_set(
+            st, "--steps, --warmup-steps, --eval-every, --eval-rows, --ckpt-every, "
+                "--ckpt-every-minutes, --keep-checkpoints and --ckpt-chunk-bytes must be >= 0");
     if (ok && strcmp(o->ckpt_failure, "continue") && strcmp(o->ckpt_failure, "stop"))
-        ok = err_status_set(st, "--on-ckpt-failure '%s': expected continue or stop", o->ckpt_failure);
+        ok = err_status_set(st, "--on-ckpt-failure '%s': expected continue or stop",
+                            o->ckpt_failure);
     if (ok && o->init && strcmp(o->lora_init, "default") && strcmp(o->lora_init, o->init))
         ok = err_status_set(st, "--init %s and --lora-init %s disagree", o->init, o->lora_init);
     if (ok && o->init) o->lora_init = o->init;
@@ -214,9 +253,10 @@ static int train_check_opts(void *ctx, ErrStatus *st) {
     }
     /* e.g. PiSSA needs LoRA's plain factors; VeRA's shared projections have their own init
      * (PEFT's kaiming), so the model card would name an init the run did not use */
-    const char *bad = ok ? adapter_init_compat(adapter_init_by_name(o->lora_init),
-                                               adapter_kind_by_name(o->adapter_kind), why, sizeof why)
-                         : NULL;
+    const char *bad =
+        ok ? adapter_init_compat(adapter_init_by_name(o->lora_init),
+                                 adapter_kind_by_name(o->adapter_kind), why, sizeof why)
+           : NULL;
     if (bad) ok = err_status_set(st, "--init %s %s", o->lora_init, bad);
     if (ok && o->pissa_iters < 0) ok = err_status_set(st, "--pissa-iters must be >= 0");
     if (ok && !(o->loraplus_ratio >= 0 && isfinite(o->loraplus_ratio)))
@@ -284,21 +324,22 @@ static void train_init_overrides(TrainOpts *o, const ArgSpec *specs, int nspecs,
     for (size_t i = 0; say && i < sizeof checks / sizeof checks[0]; i++) {
         const ArgSpec *a = args_find(specs, nspecs, checks[i].flag);
         if (a && a->seen != ARG_FROM_DEFAULT && checks[i].differs)
-            log_warn("--%s ignored: --init-adapter %s sets the adapter's configuration", checks[i].flag,
-                     o->init_adapter);
+            log_warn("--%s ignored: --init-adapter %s sets the adapter's configuration",
+                     checks[i].flag, o->init_adapter);
     }
     if (say)
-        log_info("adapter from --init-adapter %s: r=%d alpha=%g dropout=%g rslora=%d targets=%s%s", o->init_adapter,
-                 ac->acfg.r, ac->alpha, ac->dropout, ac->acfg.use_rslora, csv,
-                 ac->slot_r ? " (per-module ranks / alphas / layers from rank_pattern, alpha_pattern, "
-                              "layers_to_transform)" : "");
+        log_info("adapter from --init-adapter %s: r=%d alpha=%g dropout=%g rslora=%d targets=%s%s",
+                 o->init_adapter, ac->acfg.r, ac->alpha, ac->dropout, ac->acfg.use_rslora, csv,
+                 ac->slot_r
+                     ? " (per-module ranks / alphas / layers from rank_pattern, alpha_pattern, "
+                       "layers_to_transform)"
+                     : "");
     o->r = ac->acfg.r;
     o->alpha = ac->alpha;
     o->dropout = ac->dropout;
     o->rslora = ac->acfg.use_rslora;
     o->targets = csv;
 }
-
 
 /* The model's shards, the adapter configuration (from --init-adapter, which wins over the
  * LoRA flags, or from the flags), OUT and the cache directory. Returns 0 or an exit status. */
@@ -320,24 +361,28 @@ static int train_open(TrainRun *r) {
          * contradiction, not something to resolve silently */
         const ArgSpec *ks = args_find(r->specs, r->nspecs, "adapter");
         if (ok && ks && ks->seen && strcmp(o->adapter_kind, r->ac.acfg.kind) != 0)
-            ok = err_status_set(&st, "--adapter %s: the adapter in %s is a %s adapter (--init-adapter decides the kind)",
-                                o->adapter_kind, o->init_adapter, r->ac.acfg.kind);
+            ok = err_status_set(
+                &st,
+                "--adapter %s: the adapter in %s is a %s adapter (--init-adapter decides the kind)",
+                o->adapter_kind, o->init_adapter, r->ac.acfg.kind);
         if (ok) o->adapter_kind = r->ac.acfg.kind;
         if (!grid_agree(g, ok, "shardlora: error", &st)) return EXIT_BAD_INPUT;
         train_init_overrides(o, r->specs, r->nspecs, &r->ac, g->world_rank == 0, r->init_targets,
                              sizeof r->init_targets);
     } else {
-        adio_cfg_uniform(&r->ac, r->s.m.L, r->acfg.targets, (int)o->r, o->alpha, o->rslora, o->dropout,
-                         o->lora_init, o->run.model);
+        adio_cfg_uniform(&r->ac, r->s.m.L, r->acfg.targets, (int)o->r, o->alpha, o->rslora,
+                         o->dropout, o->lora_init, o->run.model);
         r->have_ac = 1;
     }
     r->out_existed = access(o->out, F_OK) == 0;
     r->cache_existed = access(r->cache_dir, F_OK) == 0;
     ok = afile_mkdirs(o->out) && afile_mkdirs(r->cache_dir);
-    if (!ok) err_status_set(&st, "%s: cannot create the output directory: %s", o->out, strerror(errno));
+    if (!ok)
+        err_status_set(&st, "%s: cannot create the output directory: %s", o->out, strerror(errno));
     if (!grid_agree(g, ok, "shardlora: error", &st)) return EXIT_IO;
     if (g->world_rank == 0) {
-        printf("configuration (%s):\n", o->run.config.path ? o->run.config.path : "flags and defaults");
+        printf("configuration (%s):\n",
+               o->run.config.path ? o->run.config.path : "flags and defaults");
         args_print_resolved(stdout, r->specs, r->nspecs);
         fflush(stdout);
     }
@@ -349,10 +394,22 @@ static int train_open(TrainRun *r) {
 static int train_load_data(TrainRun *r) {
     TrainOpts *o = &r->o;
     const LlamaModel *m = &r->s.m;
-    TdataOpts dopt = {o->run.model, {o->rows.data.v, o->rows.data.n}, {o->eval_data.v, o->eval_data.n},
-                      o->eval_split, o->rows.chat_format, o->rows.train_on_prompt, o->rows.add_eos, o->rows.pack,
-                      o->shuffle, o->rows.skip_bad, (PackLong)r->lmode, r->cache_dir, o->rows.seq_len, m->V,
-                      m->cfg.eos_token_id, o->seed};
+    TdataOpts dopt = {o->run.model,
+                      {o->rows.data.v, o->rows.data.n},
+                      {o->eval_data.v, o->eval_data.n},
+                      o->eval_split,
+                      o->rows.chat_format,
+                      o->rows.train_on_prompt,
+                      o->rows.add_eos,
+                      o->rows.pack,
+                      o->shuffle,
+                      o->rows.skip_bad,
+                      (PackLong)r->lmode,
+                      r->cache_dir,
+                      o->rows.seq_len,
+                      m->V,
+                      m->cfg.eos_token_id,
+                      o->seed};
     int data_rc = 0;
     if (!tdata_load(&r->data, &dopt, &r->g, &data_rc)) {
         /* bad data leaves no trace (token caches written before the refusal included) */
@@ -365,15 +422,17 @@ static int train_load_data(TrainRun *r) {
     r->epoch_steps = ceil(o->epochs * (double)r->nrows / (double)o->global_batch - 1e-9);
     if (o->steps == 0 && !(r->epoch_steps >= 1 && r->epoch_steps < 9.2e18)) {
         if (r->g.world_rank == 0)
-            fprintf(stderr, "shardlora train: --epochs %g: %.3g steps of %lld sequences (%lld per epoch); "
-                            "expected at least 1 and fewer than 2^63\n",
+            fprintf(stderr,
+                    "shardlora train: --epochs %g: %.3g steps of %lld sequences (%lld per epoch); "
+                    "expected at least 1 and fewer than 2^63\n",
                     o->epochs, r->epoch_steps, (long long)o->global_batch, (long long)r->nrows);
         train_drop_outputs(r);
         return EXIT_USAGE;
     }
     if (o->eval_every > 0 && !r->data.has_eval && r->g.world_rank == 0)
-        log_warn("--eval-every %lld: no eval data (--eval-data or --eval-split), nothing to evaluate",
-                 (long long)o->eval_every);
+        log_warn(
+            "--eval-every %lld: no eval data (--eval-data or --eval-split), nothing to evaluate",
+            (long long)o->eval_every);
     return 0;
 }
 
@@ -383,7 +442,8 @@ static int train_init_adapters(TrainRun *r) {
     TrainOpts *o = &r->o;
     LlamaModel *m = &r->s.m;
     AdapterCfg *acfg = &r->acfg;
-    session_compute_init(&r->s, (int)o->run.threads, session_max_cols(&r->s), o->rows.seq_len, r->env.kops);
+    session_compute_init(&r->s, (int)o->run.threads, session_max_cols(&r->s), o->rows.seq_len,
+                         r->env.kops);
     if (o->init_adapter) {
         *acfg = r->ac.acfg; /* the per-slot ranks and alphas point into ac */
     } else {
@@ -430,8 +490,8 @@ static int train_init_adapters(TrainRun *r) {
 /* The run configuration the checkpoints keep (malloc'd JSON): its first keys are what
  * export and the model card read; the row-stream keys from "pack" on are compared on
  * resume (train/tckpt.c), with seq_len and data_fingerprint. */
-static char *train_run_config(const TrainOpts *o, const TrainData *d, int64_t T, int64_t B, int64_t G,
-                              int64_t total_steps, const char *sched_desc) {
+static char *train_run_config(const TrainOpts *o, const TrainData *d, int64_t T, int64_t B,
+                              int64_t G, int64_t total_steps, const char *sched_desc) {
     char *model = report_json_quote(o->run.model), *sched = report_json_quote(sched_desc),
          *init = o->init_adapter ? report_json_quote(o->init_adapter) : NULL,
          *lmode = report_json_quote(o->rows.long_examples);
@@ -439,18 +499,19 @@ static char *train_run_config(const TrainOpts *o, const TrainData *d, int64_t T,
         "{\"model\": %s, \"data_fingerprint\": \"%s\", \"seq_len\": %lld, \"micro_batch\": %lld, "
         "\"global_batch\": %lld, \"steps\": %lld, \"seed\": %llu, \"max_grad_norm\": %.9g, "
         "\"lr_schedule\": %s%s%s, \"pack\": %s, \"long_examples\": %s, \"shuffle\": %s, "
-        "\"eval_split\": %.9g, \"train_rows\": %lld, \"train_tokens\": %lld, \"train_counted_tokens\": %lld}",
+        "\"eval_split\": %.9g, \"train_rows\": %lld, \"train_tokens\": %lld, "
+        "\"train_counted_tokens\": %lld}",
         model, d->fingerprint, (long long)T, (long long)B, (long long)G, (long long)total_steps,
         (unsigned long long)o->seed, o->max_grad_norm, sched, init ? ", \"init_adapter\": " : "",
-        init ? init : "", o->rows.pack ? "true" : "false", lmode, o->shuffle ? "true" : "false", o->eval_split,
-        (long long)d->train.nrows, (long long)d->train.tokens, (long long)d->train.counted);
+        init ? init : "", o->rows.pack ? "true" : "false", lmode, o->shuffle ? "true" : "false",
+        o->eval_split, (long long)d->train.nrows, (long long)d->train.tokens,
+        (long long)d->train.counted);
     free(model);
     free(sched);
     free(init);
     free(lmode);
     return j;
 }
-
 
 /* The schedule's description and the run configuration for `total` steps. */
 static void train_set_schedule(TrainRun *r, int64_t total) {
@@ -468,21 +529,30 @@ static void train_ckpt_cfg(TrainRun *r) {
     const TrainOpts *o = &r->o;
     const LlamaModel *m = &r->s.m;
     snprintf(r->ckpt_root, sizeof r->ckpt_root, "%s/checkpoints", o->out);
-    snprintf(r->fingerprint, sizeof r->fingerprint,
-             "%s hidden=%lld ffn=%lld layers=%lld heads=%lld kv_heads=%lld head_dim=%lld vocab=%lld "
-             "tie=%d qkv_bias=%d o_bias=%d rope_theta=%g rope_scaling=%d dtype=%s",
-             m->cfg.architecture, (long long)m->C, (long long)m->F, (long long)m->L, (long long)m->H,
-             (long long)m->KV, (long long)m->D, (long long)m->V, m->cfg.tie_word_embeddings,
-             m->cfg.qkv_bias, m->cfg.o_bias, m->cfg.rope_theta, m->cfg.rope_scaling_type,
-             m->wdtype == GEMM_BF16 ? "BF16" : "F32");
-    r->adapter_json = adio_cfg_to_json(&r->ac); /* per-slot ranks and alphas too, when not uniform */
-    snprintf(r->hparams, sizeof r->hparams,
-             "{\"lr\": %.9g, \"beta1\": %.9g, \"beta2\": %.9g, \"eps\": %.9g, \"weight_decay\": %.9g, "
-             "\"momentum\": %.9g, \"nesterov\": %d}",
-             o->lr, o->beta1, o->beta2, o->eps, o->weight_decay, o->momentum, o->nesterov);
+    snprintf(
+        r->fingerprint, sizeof r->fingerprint,
+        "%s hidden=%lld ffn=%lld layers=%lld heads=%lld kv_heads=%lld head_dim=%lld vocab=%lld "
+        "tie=%d qkv_bias=%d o_bias=%d rope_theta=%g rope_scaling=%d dtype=%s",
+        m->cfg.architecture, (long long)m->C, (long long)m->F, (long long)m->L, (long long)m->H,
+        (long long)m->KV, (long long)m->D, (long long)m->V, m->cfg.tie_word_embeddings,
+        m->cfg.qkv_bias, m->cfg.o_bias, m->cfg.rope_theta, m->cfg.rope_scaling_type,
+        m->wdtype == GEMM_BF16 ? "BF16" : "F32");
+    r->adapter_json =
+        adio_cfg_to_json(&r->ac); /* per-slot ranks and alphas too, when not uniform */
+    snprintf(
+        r->hparams, sizeof r->hparams,
+        "{\"lr\": %.9g, \"beta1\": %.9g, \"beta2\": %.9g, \"eps\": %.9g, \"weight_decay\": %.9g, "
+        "\"momentum\": %.9g, \"nesterov\": %d}",
+        o->lr, o->beta1, o->beta2, o->eps, o->weight_decay, o->momentum, o->nesterov);
     train_set_schedule(r, r->total_steps);
-    r->cc = (TckptCfg){r->ckpt_root, r->fingerprint, r->adapter_json, r->run_json, r->hparams, o->seed,
-                       (size_t)o->ckpt_chunk_bytes, (int)o->keep_ckpts};
+    r->cc = (TckptCfg){r->ckpt_root,
+                       r->fingerprint,
+                       r->adapter_json,
+                       r->run_json,
+                       r->hparams,
+                       o->seed,
+                       (size_t)o->ckpt_chunk_bytes,
+                       (int)o->keep_ckpts};
 }
 
 /* Activations and batches, the optimizer and the gradient sync (train/trainer). */
@@ -491,7 +561,8 @@ static void train_init_trainer(TrainRun *r) {
     r->B = o->rows.micro_batch;
     r->T = o->rows.seq_len;
     r->G = o->global_batch;
-    r->total_steps = o->steps > 0 ? o->steps : (int64_t)r->epoch_steps; /* after a resume: see below */
+    r->total_steps =
+        o->steps > 0 ? o->steps : (int64_t)r->epoch_steps; /* after a resume: see below */
     session_batches_init(&r->s, r->B, r->T);
     r->ocfg.lr = (float)o->lr;
     r->ocfg.beta1 = (float)o->beta1;
@@ -531,13 +602,17 @@ static int train_resume(TrainRun *r) {
     }
     if (pos.global_batch > 0 && pos.global_batch != G && r->g.world_rank == 0) {
         if (o->steps == 0)
-            log_warn("global batch %lld, the checkpoint's was %lld: the rest of the %g epochs takes %lld "
-                     "more steps, so the run and its lr schedule end at step %lld (a fresh run: %lld)",
-                     (long long)G, (long long)pos.global_batch, o->epochs, (long long)(total - pos.step),
-                     (long long)total, (long long)planned);
+            log_warn(
+                "global batch %lld, the checkpoint's was %lld: the rest of the %g epochs takes "
+                "%lld "
+                "more steps, so the run and its lr schedule end at step %lld (a fresh run: %lld)",
+                (long long)G, (long long)pos.global_batch, o->epochs, (long long)(total - pos.step),
+                (long long)total, (long long)planned);
         else
-            log_warn("global batch %lld, the checkpoint's was %lld: steps %lld to %lld take %lld sequences "
-                     "each", (long long)G, (long long)pos.global_batch, (long long)r->first_step,
+            log_warn("global batch %lld, the checkpoint's was %lld: steps %lld to %lld take %lld "
+                     "sequences "
+                     "each",
+                     (long long)G, (long long)pos.global_batch, (long long)r->first_step,
                      (long long)total, (long long)G);
     }
     if (total != planned) {
@@ -546,7 +621,6 @@ static int train_resume(TrainRun *r) {
     }
     return 0;
 }
-
 
 /* Where each rank runs: host, CPUs it may use, NUMA node (one line per rank). */
 static void train_log_binding(const Grid *g, const MemCtx *mem) {
@@ -559,7 +633,8 @@ static void train_log_binding(const Grid *g, const MemCtx *mem) {
         for (int c = 0; c < CPU_SETSIZE && off + 8 < sizeof cpus; c++) {
             if (!CPU_ISSET(c, &set)) continue;
             int e = c;
-            while (e + 1 < CPU_SETSIZE && CPU_ISSET(e + 1, &set)) e++;
+            while (e + 1 < CPU_SETSIZE && CPU_ISSET(e + 1, &set))
+                e++;
             off += (size_t)snprintf(cpus + off, sizeof cpus - off, off ? ",%d" : "%d", c);
             if (e > c) off += (size_t)snprintf(cpus + off, sizeof cpus - off, "-%d", e);
             c = e;
@@ -588,7 +663,6 @@ static void train_install_signals(void) {
     sigaction(SIGTERM, &sa, NULL);
 }
 
-
 /* Measures this rank's sgemm speed for MFU (all ranks at once, as in training): the best of
  * several short repetitions, so a moment of contention on a shared machine does not lower
  * the peak (and raise the MFU) for the whole run. */
@@ -597,7 +671,8 @@ static double train_measure_peak(GemmCtx *gc, MemCtx *mem) {
     size_t bytes = (size_t)(n * n) * sizeof(float);
     float *a = mem_alloc(mem, MEM_OTHER, bytes), *b = mem_alloc(mem, MEM_OTHER, bytes),
           *c = mem_alloc(mem, MEM_OTHER, bytes);
-    for (int64_t i = 0; i < n * n; i++) a[i] = b[i] = (float)(i % 7) * 0.01f;
+    for (int64_t i = 0; i < n * n; i++)
+        a[i] = b[i] = (float)(i % 7) * 0.01f;
     gemm_f32(gc, 0, 1, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
     double best = 0;
     for (int r = 0; r < 10; r++) {
@@ -612,7 +687,6 @@ static double train_measure_peak(GemmCtx *gc, MemCtx *mem) {
     return best;
 }
 
-
 /* The start-up lines: model, schedule, adapter, grid, binding, MFU formula, memory. */
 static void train_log_start(TrainRun *r) {
     const TrainOpts *o = &r->o;
@@ -621,33 +695,41 @@ static void train_log_start(TrainRun *r) {
     char desc[256];
     r->peak = o->peak_gflops > 0 ? o->peak_gflops : train_measure_peak(&r->s.gc, &r->s.mem);
     r->fpt = llama_flops_per_token(m, r->T, &r->nbig);
-    log_info("shardlora train: %s (%s)", o->run.model, session_describe_model(&r->s, desc, sizeof desc));
-    log_info("schedule: %lld steps of %lld sequences x %lld tokens (%lld micro-batches of %lld per rank per step); "
+    log_info("shardlora train: %s (%s)", o->run.model,
+             session_describe_model(&r->s, desc, sizeof desc));
+    log_info("schedule: %lld steps of %lld sequences x %lld tokens (%lld micro-batches of %lld per "
+             "rank per step); "
              "%.3g epochs of %lld sequences; lr %s; optimizer %s",
-             (long long)r->total_steps, (long long)r->G, (long long)r->T, (long long)r->tr.nmicro, (long long)r->B,
-             ((double)r->cursor0 + (double)(r->total_steps - r->first_step + 1) * (double)r->G) / (double)r->nrows,
+             (long long)r->total_steps, (long long)r->G, (long long)r->T, (long long)r->tr.nmicro,
+             (long long)r->B,
+             ((double)r->cursor0 + (double)(r->total_steps - r->first_step + 1) * (double)r->G) /
+                 (double)r->nrows,
              (long long)r->nrows, r->sched_desc, o->optimizer);
-    log_info("adapter: %s r=%lld alpha=%g dropout=%g rslora=%d init=%s loraplus_ratio=%g targets=%s (%zu "
+    log_info("adapter: %s r=%lld alpha=%g dropout=%g rslora=%d init=%s loraplus_ratio=%g "
+             "targets=%s (%zu "
              "trainable of %zu adapter floats on rank 0)",
-             r->acfg.kind, (long long)o->r, o->alpha, o->dropout, o->rslora, o->lora_init, o->loraplus_ratio,
-             r->targets_csv, m->params.trainable, m->params.total);
-    log_info("grid: world=%d = dp %d x tp %d; per TP rank: %lld heads, %lld kv heads%s, ffn %lld, vocab rows %lld; kernels=%s; %s",
+             r->acfg.kind, (long long)o->r, o->alpha, o->dropout, o->rslora, o->lora_init,
+             o->loraplus_ratio, r->targets_csv, m->params.trainable, m->params.total);
+    log_info("grid: world=%d = dp %d x tp %d; per TP rank: %lld heads, %lld kv heads%s, ffn %lld, "
+             "vocab rows %lld; kernels=%s; %s",
              g->world_size, g->dp, g->tp, (long long)m->Hl, (long long)m->KVl,
              m->KV < g->tp && g->tp > 1 ? " (replicated)" : "", (long long)m->Fl, (long long)m->Vl,
              r->env.kops->name, gemm_describe(&r->s.gc, desc, sizeof desc));
     train_log_binding(g, &r->s.mem);
     int tp_nodes = grid_tp_nodes(&r->g);
     if (tp_nodes > 1 && g->tp_rank == 0)
-        log_warn("the TP group of dp_rank %d spans %d nodes: its per-layer all-reduces will cross the "
-                 "network (place consecutive ranks on one node, e.g. mpirun --map-by node:PE=...)",
-                 g->dp_rank, tp_nodes);
+        log_warn(
+            "the TP group of dp_rank %d spans %d nodes: its per-layer all-reduces will cross the "
+            "network (place consecutive ranks on one node, e.g. mpirun --map-by node:PE=...)",
+            g->dp_rank, tp_nodes);
     log_info("MFU = model FLOPs/s / peak; model FLOPs/token = 4*N_big + 12*L*(H*D)*T + adapter = "
              "4*%.4g + 12*%lld*%lld*%lld + ... = %.4g; peak = %.1f GFLOP/s per rank (%s)",
              r->nbig, (long long)m->L, (long long)(m->H * m->D), (long long)r->T, r->fpt, r->peak,
              o->peak_gflops > 0 ? "--peak-gflops" : "measured sgemm at start-up");
-    log_rank("rank %d: frozen weights %.1f MiB resident (%.1f MiB not divided by tp), %.1f MiB read from disk",
-             g->world_rank, (double)m->frozen_bytes / 1048576.0, (double)m->replicated_bytes / 1048576.0,
-             (double)m->bytes_read / 1048576.0);
+    log_rank("rank %d: frozen weights %.1f MiB resident (%.1f MiB not divided by tp), %.1f MiB "
+             "read from disk",
+             g->world_rank, (double)m->frozen_bytes / 1048576.0,
+             (double)m->replicated_bytes / 1048576.0, (double)m->bytes_read / 1048576.0);
     mem_print_table(&r->s.mem, "at start-up");
 }
 
@@ -658,17 +740,19 @@ static int train_open_report(TrainRun *r) {
     ErrStatus st;
     int ok = 1;
     if (g->world_rank == 0) {
-        ReportRun run = {r->argc, r->argv, args_to_json(r->specs, r->nspecs), r->G, r->total_steps,
-                         r->sched_desc, r->fingerprint};
+        ReportRun run = {r->argc,       r->argv,        args_to_json(r->specs, r->nspecs),
+                         r->G,          r->total_steps, r->sched_desc,
+                         r->fingerprint};
         ok = report_run_json(o->out, &run, &r->s, &r->data, &st);
     }
     if (!grid_agree(g, ok || g->world_rank != 0, "shardlora: error", &st)) return EXIT_IO;
     /* Under mpirun / srun rank 0's stdout may be a pseudo-terminal even when the job's output
      * goes to a file, so `auto` draws the bar only for a single process on a terminal. */
-    const int launched = g->world_size > 1 || getenv("SLURM_JOB_ID") || getenv("OMPI_COMM_WORLD_SIZE");
-    const int bar = g->world_rank == 0 && (strcmp(o->progress, "bar") == 0 ||
-                                           (strcmp(o->progress, "auto") == 0 && !launched &&
-                                            isatty(STDOUT_FILENO)));
+    const int launched =
+        g->world_size > 1 || getenv("SLURM_JOB_ID") || getenv("OMPI_COMM_WORLD_SIZE");
+    const int bar = g->world_rank == 0 &&
+                    (strcmp(o->progress, "bar") == 0 ||
+                     (strcmp(o->progress, "auto") == 0 && !launched && isatty(STDOUT_FILENO)));
     ok = report_open(&r->rep, o->out, g, r->first_step, bar, &st);
     r->have_report = 1;
     if (!grid_agree(g, ok || g->world_rank != 0, "shardlora: error", &st)) return EXIT_IO;
@@ -689,23 +773,36 @@ static int train_dump_grads(TrainRun *r, TrainLoop *l, const TrainerStep *ts) {
     int64_t *labels = malloc((size_t)n * sizeof *labels), *pos = malloc((size_t)n * sizeof *pos);
     SL_CHECK(ids && labels && pos, "out of memory");
     for (int64_t j = 0; j < r->G; j++)
-        tdata_train_row(&r->data, r->cursor + j, r->T, ids + j * r->T, labels + j * r->T, pos + j * r->T);
+        tdata_train_row(&r->data, r->cursor + j, r->T, ids + j * r->T, labels + j * r->T,
+                        pos + j * r->T);
     /* numbers as "%.9g" (exact for the integers here), strings as they are */
     const struct {
         const char *key;
         double v;
-    } num[] = {{"lora_r", (double)o->r}, {"lora_alpha", o->alpha}, {"use_rslora", o->rslora},
-               {"lora_dropout", o->dropout}, {"loraplus_ratio", o->loraplus_ratio},
-               {"step", (double)ts->step}, {"lr", o->lr}, {"beta1", o->beta1}, {"beta2", o->beta2},
-               {"eps", o->eps}, {"weight_decay", o->weight_decay}, {"momentum", o->momentum},
-               {"nesterov", o->nesterov}, {"max_grad_norm", o->max_grad_norm},
-               {"micro_batch", (double)o->rows.micro_batch}, {"global_batch", (double)r->G},
-               {"seq_len", (double)r->T}, {"tp", g->tp}, {"dp", g->dp}};
+    } num[] = {{"lora_r", (double)o->r},
+               {"lora_alpha", o->alpha},
+               {"use_rslora", o->rslora},
+               {"lora_dropout", o->dropout},
+               {"loraplus_ratio", o->loraplus_ratio},
+               {"step", (double)ts->step},
+               {"lr", o->lr},
+               {"beta1", o->beta1},
+               {"beta2", o->beta2},
+               {"eps", o->eps},
+               {"weight_decay", o->weight_decay},
+               {"momentum", o->momentum},
+               {"nesterov", o->nesterov},
+               {"max_grad_norm", o->max_grad_norm},
+               {"micro_batch", (double)o->rows.micro_batch},
+               {"global_batch", (double)r->G},
+               {"seq_len", (double)r->T},
+               {"tp", g->tp},
+               {"dp", g->dp}};
     enum { NNUM = sizeof num / sizeof num[0] };
     char v[NNUM + 1][32];
-    const char *meta[2 * (NNUM + 5)] = {"target_modules", r->targets_csv, "lora_init", o->lora_init,
-                                        "adapter_kind", o->adapter_kind, "optimizer", o->optimizer,
-                                        "seed", v[NNUM]};
+    const char *meta[2 * (NNUM + 5)] = {
+        "target_modules", r->targets_csv, "lora_init",  o->lora_init, "adapter_kind",
+        o->adapter_kind,  "optimizer",    o->optimizer, "seed",       v[NNUM]};
     snprintf(v[NNUM], sizeof v[NNUM], "%llu", (unsigned long long)o->seed);
     int k = 5;
     for (int i = 0; i < NNUM; i++, k++) {
@@ -746,10 +843,11 @@ static void train_eval_at(TrainRun *r, TrainLoop *l, int64_t step, double epoch)
 static int train_maybe_checkpoint(TrainRun *r, TrainLoop *l, int64_t step) {
     const TrainOpts *o = &r->o;
     Grid *g = &r->g;
-    int want[2] = {(int)g_train_signal,
-                   g->world_rank == 0 && o->ckpt_minutes > 0 && timer_now() - l->t_ckpt >= 60.0 * o->ckpt_minutes};
+    int want[2] = {(int)g_train_signal, g->world_rank == 0 && o->ckpt_minutes > 0 &&
+                                            timer_now() - l->t_ckpt >= 60.0 * o->ckpt_minutes};
     grid_allreduce_max_int(g, g->world, want, 2, GRID_BYTES_OTHER);
-    const int due = step == r->total_steps || (o->ckpt_every > 0 && step % o->ckpt_every == 0) || want[0] || want[1];
+    const int due = step == r->total_steps || (o->ckpt_every > 0 && step % o->ckpt_every == 0) ||
+                    want[0] || want[1];
     if (!due) return 0;
     report_bar_clear(&r->rep);
     const int saved = tckpt_save(&r->cc, g, &r->s.m.params, &r->tr.opt, step, r->cursor);
@@ -757,8 +855,10 @@ static int train_maybe_checkpoint(TrainRun *r, TrainLoop *l, int64_t step) {
     if (!saved && step == r->total_steps && !want[0]) {
         /* the adapter is still written, but the run did not end cleanly */
         if (g->world_rank == 0)
-            fprintf(stderr, "shardlora: error: the final checkpoint (step %lld) was not written; "
-                            "the previous checkpoint is intact\n", (long long)step);
+            fprintf(stderr,
+                    "shardlora: error: the final checkpoint (step %lld) was not written; "
+                    "the previous checkpoint is intact\n",
+                    (long long)step);
         l->final_ckpt_failed = 1;
     } else if (!saved && strcmp(o->ckpt_failure, "stop") == 0 && !want[0]) {
         if (g->world_rank == 0)
@@ -769,13 +869,14 @@ static int train_maybe_checkpoint(TrainRun *r, TrainLoop *l, int64_t step) {
         if (g->world_rank == 0) log_warn("training goes on; the previous checkpoint is intact");
     }
     if (!want[0]) return 0;
-    log_info("signal %d: %s; exiting with status %d so the job can be requeued and resumed", want[0],
-             saved ? "checkpoint written" : "the checkpoint FAILED", EXIT_REQUEUE);
+    log_info("signal %d: %s; exiting with status %d so the job can be requeued and resumed",
+             want[0], saved ? "checkpoint written" : "the checkpoint FAILED", EXIT_REQUEUE);
     return saved ? EXIT_REQUEUE : EXIT_IO;
 }
 
 /* Metrics, progress and evaluation after a step. */
-static void train_after_step(TrainRun *r, TrainLoop *l, const TrainerStep *ts, double lr, double dt) {
+static void train_after_step(TrainRun *r, TrainLoop *l, const TrainerStep *ts, double lr,
+                             double dt) {
     const TrainOpts *o = &r->o;
     const int64_t step = ts->step;
     l->t_steps += dt;
@@ -784,7 +885,8 @@ static void train_after_step(TrainRun *r, TrainLoop *l, const TrainerStep *ts, d
     const double mfu = r->fpt * (double)(r->G * r->T) / dt / (r->peak * 1e9 * r->g.world_size);
     const double epoch = (double)r->cursor / (double)r->nrows;
     report_step(&r->rep, ts, epoch, lr, tps, mfu);
-    if (r->data.has_eval && ((o->eval_every > 0 && step % o->eval_every == 0) || step == r->total_steps))
+    if (r->data.has_eval &&
+        ((o->eval_every > 0 && step % o->eval_every == 0) || step == r->total_steps))
         train_eval_at(r, l, step, epoch);
     const double el = timer_now() - l->t_start;
     const double eta = el / (double)l->steps_run * (double)(r->total_steps - step);
@@ -793,8 +895,8 @@ static void train_after_step(TrainRun *r, TrainLoop *l, const TrainerStep *ts, d
     report_bar_draw(&r->rep, step, r->total_steps, ts->loss, eta);
     if (log_level() >= LOG_DEBUG) {
         const uint64_t *b = r->g.bytes, *p = l->bytes_prev;
-        log_debug("step %lld bytes: tp %.3g MB, dp %.3g MB, world %.3g MB, kv %.3g MB", (long long)step,
-                  (double)(b[GRID_BYTES_TP] - p[GRID_BYTES_TP]) / 1e6,
+        log_debug("step %lld bytes: tp %.3g MB, dp %.3g MB, world %.3g MB, kv %.3g MB",
+                  (long long)step, (double)(b[GRID_BYTES_TP] - p[GRID_BYTES_TP]) / 1e6,
                   (double)(b[GRID_BYTES_DP] - p[GRID_BYTES_DP]) / 1e6,
                   (double)(b[GRID_BYTES_WORLD] - p[GRID_BYTES_WORLD]) / 1e6,
                   (double)(b[GRID_BYTES_KV] - p[GRID_BYTES_KV]) / 1e6);
@@ -814,9 +916,11 @@ static int train_one_step(TrainRun *r, TrainLoop *l, int64_t step) {
     if (!ts.finite && !o->skip_nonfinite) {
         report_bar_clear(&r->rep);
         if (r->g.world_rank == 0)
-            fprintf(stderr, "shardlora: error: step %lld: non-finite %s (loss %g, grad norm %g); stopping "
-                            "(--skip-nonfinite skips such steps instead)\n",
-                    (long long)step, isfinite(ts.loss) ? "gradient" : "loss", ts.loss, ts.grad_norm);
+            fprintf(stderr,
+                    "shardlora: error: step %lld: non-finite %s (loss %g, grad norm %g); stopping "
+                    "(--skip-nonfinite skips such steps instead)\n",
+                    (long long)step, isfinite(ts.loss) ? "gradient" : "loss", ts.loss,
+                    ts.grad_norm);
         return EXIT_NONFINITE;
     }
     int rc = 0;
@@ -828,9 +932,10 @@ static int train_one_step(TrainRun *r, TrainLoop *l, int64_t step) {
     } else {
         l->skipped++;
         if (r->g.world_rank == 0)
-            log_warn("step %lld: non-finite %s (loss %g, grad norm %g): update skipped (--skip-nonfinite; %lld so far)",
-                     (long long)step, isfinite(ts.loss) ? "gradient" : "loss", ts.loss, ts.grad_norm,
-                     (long long)l->skipped);
+            log_warn("step %lld: non-finite %s (loss %g, grad norm %g): update skipped "
+                     "(--skip-nonfinite; %lld so far)",
+                     (long long)step, isfinite(ts.loss) ? "gradient" : "loss", ts.loss,
+                     ts.grad_norm, (long long)l->skipped);
     }
     r->cursor += r->G;
     l->steps_run++;
@@ -853,8 +958,8 @@ static int train_loop(TrainRun *r, TrainLoop *l) {
         rc = train_one_step(r, l, l->step);
     report_close(&r->rep);
     if ((rc == 0 || rc == EXIT_REQUEUE) && r->first_step > r->total_steps)
-        log_info("nothing to do: the checkpoint is at step %lld of %lld", (long long)(r->first_step - 1),
-                 (long long)r->total_steps);
+        log_info("nothing to do: the checkpoint is at step %lld of %lld",
+                 (long long)(r->first_step - 1), (long long)r->total_steps);
     return rc;
 }
 
@@ -867,12 +972,15 @@ static int train_outputs(TrainRun *r, TrainLoop *l) {
     int rc = 0;
     report_gather(&l->full_vals, p, p->values, g);
     if (g->world_rank == 0) {
-        AdioCard card = {r->run_json, optim_kind_name(r->ocfg.kind), r->hparams, steps_done, g->tp, g->dp};
-        if (!report_write_adapter(r->o.out, r->o.run.model, p, &l->full_vals, r->adapter_json, r->s.m.L, &card, &st)) {
+        AdioCard card = {r->run_json, optim_kind_name(r->ocfg.kind), r->hparams, steps_done, g->tp,
+                         g->dp};
+        if (!report_write_adapter(r->o.out, r->o.run.model, p, &l->full_vals, r->adapter_json,
+                                  r->s.m.L, &card, &st)) {
             fprintf(stderr, "shardlora: error: %s\n", st.msg);
             rc = EXIT_IO;
         } else {
-            log_info("adapter written to %s/adapter (adapter_model.safetensors, adapter_config.json, README.md)",
+            log_info("adapter written to %s/adapter (adapter_model.safetensors, "
+                     "adapter_config.json, README.md)",
                      r->o.out);
         }
     }
@@ -880,9 +988,19 @@ static int train_outputs(TrainRun *r, TrainLoop *l) {
         fprintf(stderr, "shardlora: error: %s\n", st.msg);
         rc = EXIT_IO;
     }
-    ReportTotals tot = {l->steps_run, l->skipped, l->steps_run * r->G * r->T, l->tokens_counted,
-                        timer_now() - l->t_start, l->t_steps, l->t_eval, l->flops_done,
-                        r->peak * 1e9 * g->world_size, l->last_loss, l->last_eval, l->best_eval, l->best_step};
+    ReportTotals tot = {l->steps_run,
+                        l->skipped,
+                        l->steps_run * r->G * r->T,
+                        l->tokens_counted,
+                        timer_now() - l->t_start,
+                        l->t_steps,
+                        l->t_eval,
+                        l->flops_done,
+                        r->peak * 1e9 * g->world_size,
+                        l->last_loss,
+                        l->last_eval,
+                        l->best_eval,
+                        l->best_step};
     if (g->world_rank == 0 && !report_summary(r->o.out, &tot, &r->data, &r->s.mem, &st)) {
         fprintf(stderr, "shardlora: error: %s\n", st.msg);
         rc = EXIT_IO;
@@ -916,8 +1034,8 @@ static int train_start(TrainRun *r, int *argc, char ***argv) {
     memset(r, 0, sizeof *r);
     train_defaults(&r->o);
     train_spec_table(r);
-    return mpicmd_begin(&r->g, argc, argv, r->specs, r->nspecs, "train", TRAIN_USAGE, TRAIN_ABOUT, &r->o.run,
-                        train_check_opts, r, &r->env);
+    return mpicmd_begin(&r->g, argc, argv, r->specs, r->nspecs, "train", TRAIN_USAGE, TRAIN_ABOUT,
+                        &r->o.run, train_check_opts, r, &r->env);
 }
 
 int cmd_train(int argc, char **argv) {

@@ -7,23 +7,25 @@
 #include "cmds.h"
 
 static void main_usage(FILE *f) {
-    fprintf(f,
-            "usage: shardlora COMMAND [options]   (shardlora COMMAND --help for its options)\n\n"
-            "commands (train, eval, generate, merge: one process or under mpirun / srun):\n"
-            "  make-model   write a Hugging Face model directory with synthetic random weights\n"
-            "  train        train LoRA, LoRA-FA, DoRA or VeRA adapters on a frozen model (tp x dp)\n"
-            "  inspect      print a checkpoint's manifest and verify its checksums\n"
-            "  tokenize     encode stdin with a model's tokenizer.json (or --decode ids)\n"
-            "  plot         draw OUT/metrics.jsonl as an SVG chart of the train and eval loss\n"
-            "  generate     generate text from prompts (model + optional adapter, KV cache, any tp)\n"
-            "  export       write a training checkpoint's adapter as a PEFT adapter directory\n"
-            "  eval         mean loss and perplexity of a model (+ adapter) on a JSONL dataset\n"
-            "  merge        merge a PEFT LoRA, DoRA or VeRA adapter into the weights (any number of ranks)\n"
-            "\n"
-            "environment:\n"
-            "  SHARDLORA_BLAS_CORE   'keep' to keep OpenBLAS's core choice, or a core name to force\n"
-            "                        (default: use AVX-512 kernels when the CPU has them)\n"
-            "  OMP_WAIT_POLICY       PASSIVE when unset (idle OpenMP threads sleep, not spin)\n");
+    fprintf(
+        f,
+        "usage: shardlora COMMAND [options]   (shardlora COMMAND --help for its options)\n\n"
+        "commands (train, eval, generate, merge: one process or under mpirun / srun):\n"
+        "  make-model   write a Hugging Face model directory with synthetic random weights\n"
+        "  train        train LoRA, LoRA-FA, DoRA or VeRA adapters on a frozen model (tp x dp)\n"
+        "  inspect      print a checkpoint's manifest and verify its checksums\n"
+        "  tokenize     encode stdin with a model's tokenizer.json (or --decode ids)\n"
+        "  plot         draw OUT/metrics.jsonl as an SVG chart of the train and eval loss\n"
+        "  generate     generate text from prompts (model + optional adapter, KV cache, any tp)\n"
+        "  export       write a training checkpoint's adapter as a PEFT adapter directory\n"
+        "  eval         mean loss and perplexity of a model (+ adapter) on a JSONL dataset\n"
+        "  merge        merge a PEFT LoRA, DoRA or VeRA adapter into the weights (any number of "
+        "ranks)\n"
+        "\n"
+        "environment:\n"
+        "  SHARDLORA_BLAS_CORE   'keep' to keep OpenBLAS's core choice, or a core name to force\n"
+        "                        (default: use AVX-512 kernels when the CPU has them)\n"
+        "  OMP_WAIT_POLICY       PASSIVE when unset (idle OpenMP threads sleep, not spin)\n");
 }
 
 int main(int argc, char **argv) {

@@ -26,9 +26,12 @@ int mpicmd_run_opts(const char *log_level, const char *kernels, const char *pin,
     *lvl = log_parse_level(log_level);
     *kops = kern_ops_by_name(kernels);
     *pin_mode = mem_parse_pin(pin);
-    if (*lvl < 0) return err_status_set(st, "--log-level '%s': expected error, warn, info or debug", log_level);
+    if (*lvl < 0)
+        return err_status_set(st, "--log-level '%s': expected error, warn, info or debug",
+                              log_level);
     if (!*kops) return err_status_set(st, "--kernels '%s': expected fast or reference", kernels);
-    if (*pin_mode < 0) return err_status_set(st, "--pin-memory '%s': expected auto, on or off", pin);
+    if (*pin_mode < 0)
+        return err_status_set(st, "--pin-memory '%s': expected auto, on or off", pin);
     return 1;
 }
 
@@ -37,15 +40,20 @@ void mpicmd_run_defaults(MpicmdRun *o) {
 }
 
 static int mpicmd_head_specs(ArgSpec *out, MpicmdRun *o) {
+    /* one option per line: name, type, destination, metavar, help, required, seen */
+    // clang-format off
     const ArgSpec specs[] = {
         {"config", ARG_CONFIG, &o->config, "FILE", "read options from FILE first (JSON object or `key = value` lines; keys are these flag names; flags override)", 0, 0},
         {"model", ARG_STR, &o->model, "DIR", "Hugging Face model directory (config.json, safetensors, tokenizer.json)", 1, 0},
     };
+    // clang-format on
     memcpy(out, specs, sizeof specs);
     return (int)(sizeof specs / sizeof specs[0]);
 }
 
 static int mpicmd_tail_specs(ArgSpec *out, MpicmdRun *o, const char *tp_help) {
+    /* one option per line: name, type, destination, metavar, help, required, seen */
+    // clang-format off
     const ArgSpec specs[] = {
         {"tp", ARG_INT, &o->tp, "N", tp_help, 0, 0},
         {"threads", ARG_INT, &o->threads, "N", "threads per rank (0: the CPUs this rank may use)", 0, 0},
@@ -53,16 +61,24 @@ static int mpicmd_tail_specs(ArgSpec *out, MpicmdRun *o, const char *tp_help) {
         {"kernels", ARG_STR, &o->kernels, "NAME", "fast | reference", 0, 0},
         {"log-level", ARG_STR, &o->log_level, "LEVEL", "error | warn | info | debug (train: debug adds the bytes communicated per step)", 0, 0},
     };
+    // clang-format on
     memcpy(out, specs, sizeof specs);
     return (int)(sizeof specs / sizeof specs[0]);
 }
 
 void mpicmd_rows_defaults(MpicmdRows *o) {
-    *o = (MpicmdRows){.chat_format = "auto", .long_examples = "truncate", .seq_len = 512,
-                      .micro_batch = 1, .pack = 1, .add_eos = 1};
+    *o = (MpicmdRows){.chat_format = "auto",
+                      .long_examples = "truncate",
+                      .seq_len = 512,
+                      .micro_batch = 1,
+                      .pack = 1,
+                      .add_eos = 1};
 }
 
-static int mpicmd_rows_specs(ArgSpec *out, MpicmdRows *o, const char *data_help, const char *cache_help) {
+static int mpicmd_rows_specs(ArgSpec *out, MpicmdRows *o, const char *data_help,
+                             const char *cache_help) {
+    /* one option per line: name, type, destination, metavar, help, required, seen */
+    // clang-format off
     const ArgSpec specs[] = {
         {"data", ARG_STRS, &o->data, "FILE", data_help, 1, 0},
         {"chat-format", ARG_STR, &o->chat_format, "NAME", "template for \"messages\": auto (from tokenizer_config.json) | llama3 | mistral | llama2 | chatml | qwen2", 0, 0},
@@ -75,6 +91,7 @@ static int mpicmd_rows_specs(ArgSpec *out, MpicmdRows *o, const char *data_help,
         {"seq-len", ARG_INT, &o->seq_len, "T", "tokens per sequence", 0, 0},
         {"micro-batch", ARG_INT, &o->micro_batch, "B", "sequences per micro-batch (one forward pass) on each data-parallel rank", 0, 0},
     };
+    // clang-format on
     memcpy(out, specs, sizeof specs);
     return (int)(sizeof specs / sizeof specs[0]);
 }
@@ -83,10 +100,12 @@ int mpicmd_rows_check(const MpicmdRows *o, int *lmode, ErrStatus *st) {
     if (!st->ok) return 0;
     *lmode = pack_parse_long(o->long_examples);
     if (*lmode < 0)
-        return err_status_set(st, "--long-examples '%s': expected truncate, split or drop", o->long_examples);
+        return err_status_set(st, "--long-examples '%s': expected truncate, split or drop",
+                              o->long_examples);
     if (strcmp(o->chat_format, "auto") && chat_parse_format(o->chat_format) < 0)
-        return err_status_set(st, "--chat-format '%s': expected auto, llama3, mistral, llama2, chatml or qwen2",
-                              o->chat_format);
+        return err_status_set(
+            st, "--chat-format '%s': expected auto, llama3, mistral, llama2, chatml or qwen2",
+            o->chat_format);
     if (o->seq_len < 2 || o->micro_batch < 1)
         return err_status_set(st, "--seq-len must be >= 2 and --micro-batch >= 1");
     return 1;
@@ -120,7 +139,8 @@ int mpicmd_end(Grid *g, ArgSpec *specs, int nspecs, int rc) {
 int mpicmd_table(ArgSpec *out, int cap, MpicmdRun *run, MpicmdRows *rows, const MpicmdHelp *help,
                  const ArgSpec *own, int nown) {
     enum { NHEAD = 2, NROWS = 10, NTAIL = 5 };
-    SL_CHECK(NHEAD + (rows ? NROWS : 0) + nown + NTAIL <= cap, "option table of %d entries too small", cap);
+    SL_CHECK(NHEAD + (rows ? NROWS : 0) + nown + NTAIL <= cap,
+             "option table of %d entries too small", cap);
     int n = mpicmd_head_specs(out, run);
     if (rows) n += mpicmd_rows_specs(out + n, rows, help->data, help->cache);
     memcpy(out + n, own, (size_t)nown * sizeof *own);

@@ -24,9 +24,9 @@ void mpicmd_run_defaults(MpicmdRun *o);
 
 /* What --log-level, --kernels and --pin-memory resolve to. */
 typedef struct {
-    int log_level;        /* LogLevel */
-    const KernOps *kops;  /* the kernel table */
-    int pin;              /* MemPinMode */
+    int log_level;       /* LogLevel */
+    const KernOps *kops; /* the kernel table */
+    int pin;             /* MemPinMode */
 } MpicmdEnv;
 
 /* The command's own checks of its options (after the grid is set up: g->tp and g->dp are

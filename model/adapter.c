@@ -52,8 +52,8 @@ typedef struct {
 } DropoutKey;
 
 static DropoutKey dropout_key(const AdapterSlot *s, const AdapterEnv *env) {
-    DropoutKey k = {env->seed, (uint64_t)env->step, dropout_coord_c(s), dropout_groups(s),
-                    s->cfg->dropout, 1.0f / (1.0f - s->cfg->dropout)};
+    DropoutKey k = {env->seed,         (uint64_t)env->step, dropout_coord_c(s),
+                    dropout_groups(s), s->cfg->dropout,     1.0f / (1.0f - s->cfg->dropout)};
     return k;
 }
 
@@ -64,7 +64,7 @@ static DropoutKey dropout_key(const AdapterSlot *s, const AdapterEnv *env) {
 static void dropout_chunk(const DropoutKey *k, uint64_t t, uint64_t g0, float *restrict scale) {
     uint32_t w[4 * PHILOX_LANES];
     philox_block_lanes(k->seed, PHILOX_LORA_DROPOUT, t * k->groups + g0, k->step, k->c, w);
-    const float p = k->p, kept = k->kept; /* locals, so that the stores cannot alias them */
+    const float p = k->p, kept = k->kept;  /* locals, so that the stores cannot alias them */
     for (int l = 0; l < PHILOX_LANES; l++) /* vectorised: compares, then a 4-way interleave */
         for (int q = 0; q < 4; q++)
             scale[4 * l + q] = philox_u01(w[q * PHILOX_LANES + l]) < p ? 0.0f : kept;
@@ -76,8 +76,8 @@ static int dropout_threads(const AdapterEnv *env, int64_t N, int64_t ni) {
     return N * ni >= ADAPTER_DROPOUT_OMP_MIN ? nt : 1;
 }
 
-void adapter_dropout_forward(const AdapterSlot *s, const AdapterEnv *env, float *Xd,
-                             const float *X, int64_t N) {
+void adapter_dropout_forward(const AdapterSlot *s, const AdapterEnv *env, float *Xd, const float *X,
+                             int64_t N) {
     const int64_t ni = s->shard.ni, i0 = s->shard.i0;
     const DropoutKey key = dropout_key(s, env);
 #pragma omp parallel for num_threads(dropout_threads(env, N, ni)) schedule(static)
@@ -91,7 +91,8 @@ void adapter_dropout_forward(const AdapterSlot *s, const AdapterEnv *env, float 
             dropout_chunk(&key, (uint64_t)(env->token0 + n), (uint64_t)(i0 + c0) / 4u, scale);
             const int64_t lo = c0 > 0 ? c0 : 0;
             const int64_t hi = c0 + ADAPTER_DROPOUT_CHUNK < ni ? c0 + ADAPTER_DROPOUT_CHUNK : ni;
-            for (int64_t i = lo; i < hi; i++) xd[i] = x[i] * scale[i - c0];
+            for (int64_t i = lo; i < hi; i++)
+                xd[i] = x[i] * scale[i - c0];
         }
     }
 }
@@ -141,7 +142,8 @@ int adapter_parse_targets(const char *s, unsigned *targets, ErrStatus *st) {
         size_t len = e ? (size_t)(e - p) : strlen(p);
         int found = -1;
         for (int m = 0; m < MOD_NMODULES; m++)
-            if (strlen(adapter_module_names[m]) == len && strncmp(p, adapter_module_names[m], len) == 0)
+            if (strlen(adapter_module_names[m]) == len &&
+                strncmp(p, adapter_module_names[m], len) == 0)
                 found = m;
         if (found < 0)
             return err_status_set(st,

@@ -25,9 +25,7 @@
 #include "params.h"
 
 /* The seven Llama modules an adapter can target, in this fixed order. */
-typedef enum {
-    MOD_Q = 0, MOD_K, MOD_V, MOD_O, MOD_GATE, MOD_UP, MOD_DOWN, MOD_NMODULES
-} ModuleId;
+typedef enum { MOD_Q = 0, MOD_K, MOD_V, MOD_O, MOD_GATE, MOD_UP, MOD_DOWN, MOD_NMODULES } ModuleId;
 
 const char *adapter_module_name(ModuleId m);  /* "q_proj", ... */
 const char *adapter_module_group(ModuleId m); /* "self_attn" or "mlp" */
@@ -43,16 +41,16 @@ typedef struct {
 
 /* What every kind shares; the rest is in kind_opts / init_opts. */
 typedef struct {
-    char kind[16];          /* "lora", "lora-fa", "dora", "vera" (adapter_kind_by_name) */
-    char init[16];          /* initialisation (adapter_init_by_name); "" = "default" */
+    char kind[16]; /* "lora", "lora-fa", "dora", "vera" (adapter_kind_by_name) */
+    char init[16]; /* initialisation (adapter_init_by_name); "" = "default" */
     int r;
     float alpha;
     int use_rslora;
     float dropout;
-    unsigned targets;       /* bit per ModuleId */
+    unsigned targets; /* bit per ModuleId */
     uint64_t seed;
-    AdapterOpts kind_opts;  /* the kind's settings (AdapterKind.set_option) */
-    AdapterOpts init_opts;  /* the initialisation's settings (AdapterInit.set_option) */
+    AdapterOpts kind_opts; /* the kind's settings (AdapterKind.set_option) */
+    AdapterOpts init_opts; /* the initialisation's settings (AdapterInit.set_option) */
     /* Per (layer, module) overrides, [L * MOD_NMODULES] or NULL (then r / alpha for every
      * target): PEFT's rank_pattern / alpha_pattern and layers_to_transform; slot_r = 0
      * leaves that module of that layer without an adapter. The caller keeps them alive. */
@@ -64,9 +62,9 @@ typedef struct {
 typedef struct AdapterEnv {
     GemmCtx *gemm;
     uint64_t seed;
-    int64_t step;           /* optimizer step (1-based), keys dropout masks */
-    int64_t token0;         /* global token index of row 0 of this micro-batch */
-    int training;           /* dropout only when training */
+    int64_t step;   /* optimizer step (1-based), keys dropout masks */
+    int64_t token0; /* global token index of row 0 of this micro-batch */
+    int training;   /* dropout only when training */
 } AdapterEnv;
 
 struct AdapterKind;
@@ -77,28 +75,28 @@ typedef struct AdapterSlot {
     int layer;
     ModuleId module;
     ShardDesc shard;
-    int in_copies;          /* TP ranks holding the same input columns (tp for column layers) */
-    int out_copies;         /* TP ranks holding the same output rows (tp for row layers; tp/KV
-                             * for k/v when kv heads are replicated) */
+    int in_copies;  /* TP ranks holding the same input columns (tp for column layers) */
+    int out_copies; /* TP ranks holding the same output rows (tp for row layers; tp/KV
+                     * for k/v when kv heads are replicated) */
     int tp;
-    int r;                  /* this slot's rank (cfg->r unless overridden) */
-    float alpha;            /* this slot's alpha (cfg->alpha unless overridden) */
-    float scale;            /* alpha / r, or alpha / sqrt(r) with rsLoRA */
-    int pA, pB;             /* indices in the ParamTable */
+    int r;       /* this slot's rank (cfg->r unless overridden) */
+    float alpha; /* this slot's alpha (cfg->alpha unless overridden) */
+    float scale; /* alpha / r, or alpha / sqrt(r) with rsLoRA */
+    int pA, pB;  /* indices in the ParamTable */
     const ParamTable *params;
-    Linear *lin;            /* the adapted module: frozen shard lin->w [no, ni], lin->bias,
-                             * lin->add_bias; set before declare / init */
-    Grid *grid;             /* counted collectives over grid->tp_comm (sums over row-parallel
-                             * shards); NULL when the model has no grid (tp = 1) */
-    void *ext;              /* a kind's own per-slot state (owned by the kind), or NULL */
-    void *shared;           /* the kind's model-wide state (AdapterKind.shared_new), or NULL */
+    Linear *lin;  /* the adapted module: frozen shard lin->w [no, ni], lin->bias,
+                   * lin->add_bias; set before declare / init */
+    Grid *grid;   /* counted collectives over grid->tp_comm (sums over row-parallel
+                   * shards); NULL when the model has no grid (tp = 1) */
+    void *ext;    /* a kind's own per-slot state (owned by the kind), or NULL */
+    void *shared; /* the kind's model-wide state (AdapterKind.shared_new), or NULL */
     /* saved for backward / scratch, sized for N rows at setup */
-    float *h;               /* [N, r] X_d A^T (a TP partial sum for row layers) */
-    float *xd;              /* [N, ni] dropout(X), only when dropout > 0 */
-    float *dh;              /* [N, r] scratch */
-    float *tmp;             /* [N, ni] scratch for the dropout path */
-    float *dys;             /* [N, no] lin_backward's out_scale-d dY; a kind with out_scale
-                             * allocates it in alloc */
+    float *h;   /* [N, r] X_d A^T (a TP partial sum for row layers) */
+    float *xd;  /* [N, ni] dropout(X), only when dropout > 0 */
+    float *dh;  /* [N, r] scratch */
+    float *tmp; /* [N, ni] scratch for the dropout path */
+    float *dys; /* [N, no] lin_backward's out_scale-d dY; a kind with out_scale
+                 * allocates it in alloc */
     int64_t max_rows;
 } AdapterSlot;
 
@@ -193,8 +191,8 @@ int adapter_parse_targets(const char *s, unsigned *targets, ErrStatus *st);
  * with philox_block_lanes, on GemmCtx's threads over rows. */
 float adapter_dropout_keep(const AdapterSlot *s, const AdapterEnv *env, int64_t n, int64_t i);
 /* Xd [N, ni] = X ⊙ keep (forward; Xd is what backward's dA needs). */
-void adapter_dropout_forward(const AdapterSlot *s, const AdapterEnv *env, float *Xd,
-                             const float *X, int64_t N);
+void adapter_dropout_forward(const AdapterSlot *s, const AdapterEnv *env, float *Xd, const float *X,
+                             int64_t N);
 /* dX [N, ni] += G ⊙ keep (backward of the dropout: G is the gradient w.r.t. Xd). X and Xd
  * must be forward's input and output: the mask is read back from them (Xd ≠ 0 where kept),
  * drawn again only where X = 0. */

@@ -24,9 +24,11 @@ static void adapter_init_draw(AdapterSlot *s, ParamTable *pt, int gaussian) {
         for (int64_t j = 0; j < ea->nc; j++) {
             uint64_t gi = (uint64_t)(ea->r0 + i), gj = (uint64_t)(ea->c0 + j);
             uint64_t a = gi * (uint64_t)ea->gcols + gj;
-            A[i * ea->nc + j] =
-                gaussian ? philox_normal(s->cfg->seed, PHILOX_LORA_INIT_A, a, (uint64_t)s->layer, c) / (float)s->r
-                         : philox_uniform(s->cfg->seed, PHILOX_LORA_INIT_A, a, (uint64_t)s->layer, c, -bound, bound);
+            A[i * ea->nc + j] = gaussian ? philox_normal(s->cfg->seed, PHILOX_LORA_INIT_A, a,
+                                                         (uint64_t)s->layer, c) /
+                                               (float)s->r
+                                         : philox_uniform(s->cfg->seed, PHILOX_LORA_INIT_A, a,
+                                                          (uint64_t)s->layer, c, -bound, bound);
         }
     }
     memset(params_value(pt, s->pB), 0, params_numel(&pt->e[s->pB]) * sizeof(float));
@@ -95,7 +97,8 @@ static int adapter_init_fits(const AdapterInit *init, const AdapterKind *k) {
     return !(init->needs >= 2 && k->out_scale);
 }
 
-const char *adapter_init_compat(const AdapterInit *init, const AdapterKind *k, char *buf, size_t n) {
+const char *adapter_init_compat(const AdapterInit *init, const AdapterKind *k, char *buf,
+                                size_t n) {
     if (adapter_init_fits(init, k)) return NULL;
     if (init->needs == 1) { /* the kind has no LoRA factors */
         snprintf(buf, n, "does not apply to --adapter %s (%s)", k->name, k->own_init);
@@ -108,7 +111,10 @@ const char *adapter_init_compat(const AdapterInit *init, const AdapterKind *k, c
         if (adapter_init_fits(init, adapter_kind_at(i))) fit[nf++] = adapter_kind_at(i);
     size_t len = (size_t)snprintf(buf, n, "needs --adapter");
     for (int i = 0; i < nf && len < n; i++)
-        len += (size_t)snprintf(buf + len, n - len, "%s%s", i == 0 ? " " : i + 1 == nf ? " or " : ", ",
+        len += (size_t)snprintf(buf + len, n - len, "%s%s",
+                                i == 0        ? " "
+                                : i + 1 == nf ? " or "
+                                              : ", ",
                                 fit[i]->name);
     return buf;
 }

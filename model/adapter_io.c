@@ -41,8 +41,8 @@ static void adio_printf(AdioBuf *b, const char *fmt, ...) {
 }
 
 static void adio_module_name(char *buf, size_t n, int64_t layer, int module) {
-    snprintf(buf, n, "model.layers.%lld.%s.%s", (long long)layer, adapter_module_group((ModuleId)module),
-             adapter_module_name((ModuleId)module));
+    snprintf(buf, n, "model.layers.%lld.%s.%s", (long long)layer,
+             adapter_module_group((ModuleId)module), adapter_module_name((ModuleId)module));
 }
 
 void adio_shape_str(char *buf, size_t n, const StTensor *t) {
@@ -157,7 +157,8 @@ static void adio_cfg_settle(AdioCfg *c) {
  * lora_B, 2 lora_magnitude_vector, -1 another kind) when the module is one; 0 otherwise. */
 static int adio_parse_key(const char *name, int64_t L, int64_t *layer, int *module, int *kind) {
     static const char prefix[] = "base_model.model.model.layers.";
-    static const char *const suffix[3] = {".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector"};
+    static const char *const suffix[3] = {".lora_A.weight", ".lora_B.weight",
+                                          ".lora_magnitude_vector"};
     if (strncmp(name, prefix, sizeof prefix - 1) != 0) return 0;
     const char *p = name + sizeof prefix - 1;
     char *end = NULL;
@@ -168,7 +169,8 @@ static int adio_parse_key(const char *name, int64_t L, int64_t *layer, int *modu
     p = end + 1;
     for (int i = 0; i < MOD_NMODULES; i++) {
         char mod[64];
-        snprintf(mod, sizeof mod, "%s.%s", adapter_module_group((ModuleId)i), adapter_module_name((ModuleId)i));
+        snprintf(mod, sizeof mod, "%s.%s", adapter_module_group((ModuleId)i),
+                 adapter_module_name((ModuleId)i));
         size_t ml = strlen(mod);
         if (strncmp(p, mod, ml) != 0 || p[ml] != '.') continue;
         *layer = l;
@@ -192,7 +194,8 @@ int adio_cfg_from_peft(AdioCfg *c, const PeftAdapter *a, const LlamaModel *m, Er
     memset(c, 0, sizeof *c);
     const char *file = a->tensors.path;
     const AdapterKind *kd = adio_kind_of_peft(a);
-    adio_cfg_uniform(c, m->L, 0, a->r, a->lora_alpha, a->use_rslora, a->lora_dropout, NULL, a->base_model);
+    adio_cfg_uniform(c, m->L, 0, a->r, a->lora_alpha, a->use_rslora, a->lora_dropout, NULL,
+                     a->base_model);
     snprintf(c->acfg.kind, sizeof c->acfg.kind, "%s", kd->name);
     adio_cfg_alloc_slots(c);
     char mod[128];
@@ -212,9 +215,12 @@ int adio_cfg_from_peft(AdioCfg *c, const PeftAdapter *a, const LlamaModel *m, Er
         }
     if (!any) {
         adio_cfg_free(c);
-        return err_status_set(st, "%s/adapter_config.json: target_modules match no linear module of this model "
-                                  "(model.layers.N.self_attn.{q,k,v,o}_proj, model.layers.N.mlp.{gate,up,down}_proj, "
-                                  "N < %lld)", a->dir, (long long)m->L);
+        return err_status_set(
+            st,
+            "%s/adapter_config.json: target_modules match no linear module of this model "
+            "(model.layers.N.self_attn.{q,k,v,o}_proj, model.layers.N.mlp.{gate,up,down}_proj, "
+            "N < %lld)",
+            a->dir, (long long)m->L);
     }
     /* every tensor of the file belongs to a targeted module and is a LoRA factor */
     for (int t = 0; t < a->tensors.ntensors; t++) {
@@ -222,12 +228,15 @@ int adio_cfg_from_peft(AdioCfg *c, const PeftAdapter *a, const LlamaModel *m, Er
         int64_t l = 0;
         int i = 0, kind = 0;
         if (!adio_parse_key(name, m->L, &l, &i, &kind)) {
-            if (kd->io && kd->io->import_key && kd->io->import_key(c, name)) continue; /* a shared tensor */
+            if (kd->io && kd->io->import_key && kd->io->import_key(c, name))
+                continue; /* a shared tensor */
             adio_cfg_free(c);
-            return err_status_set(st, "%s: tensor '%s' names no module of this model (expected "
-                                      "base_model.model.model.layers.N.{self_attn,mlp}.MODULE.lora_{A,B}.weight "
-                                      "with N < %lld and MODULE one of the seven linears)",
-                                  file, name, (long long)m->L);
+            return err_status_set(
+                st,
+                "%s: tensor '%s' names no module of this model (expected "
+                "base_model.model.model.layers.N.{self_attn,mlp}.MODULE.lora_{A,B}.weight "
+                "with N < %lld and MODULE one of the seven linears)",
+                file, name, (long long)m->L);
         }
         if (kind != 0 && kind != 1 && kd->io && kd->io->import_key) {
             const char *suffix = strstr(name, adapter_module_name((ModuleId)i));
@@ -236,18 +245,27 @@ int adio_cfg_from_peft(AdioCfg *c, const PeftAdapter *a, const LlamaModel *m, Er
         }
         if (kind == 2) {
             adio_cfg_free(c);
-            return err_status_set(st, "%s: tensor '%s' is a DoRA magnitude vector but adapter_config.json has "
-                                      "use_dora false", file, name);
+            return err_status_set(
+                st,
+                "%s: tensor '%s' is a DoRA magnitude vector but adapter_config.json has "
+                "use_dora false",
+                file, name);
         }
         if (kind < 0) {
             adio_cfg_free(c);
-            return err_status_set(st, "%s: tensor '%s' is not a LoRA factor (lora_A.weight / lora_B.weight); "
-                                      "shardlora does not load it", file, name);
+            return err_status_set(
+                st,
+                "%s: tensor '%s' is not a LoRA factor (lora_A.weight / lora_B.weight); "
+                "shardlora does not load it",
+                file, name);
         }
         if (c->slot_r[l * MOD_NMODULES + i] == 0) {
             adio_cfg_free(c);
-            return err_status_set(st, "%s: tensor '%s' is for a module that adapter_config.json does not target "
-                                      "(target_modules / layers_to_transform / exclude_modules)", file, name);
+            return err_status_set(
+                st,
+                "%s: tensor '%s' is for a module that adapter_config.json does not target "
+                "(target_modules / layers_to_transform / exclude_modules)",
+                file, name);
         }
     }
     if (kd->io && kd->io->import_cfg) {
@@ -270,21 +288,27 @@ int adio_cfg_from_peft(AdioCfg *c, const PeftAdapter *a, const LlamaModel *m, Er
                 const int64_t rows = f ? sd->out : r, cols = f ? r : sd->in;
                 if (!t) {
                     adio_cfg_free(c);
-                    return err_status_set(st, "%s: tensor 'base_model.model.%s.%s.weight' is missing (adapter_config.json "
-                                              "targets %s)", file, mod, f ? "lora_B" : "lora_A", mod);
+                    return err_status_set(st,
+                                          "%s: tensor 'base_model.model.%s.%s.weight' is missing "
+                                          "(adapter_config.json "
+                                          "targets %s)",
+                                          file, mod, f ? "lora_B" : "lora_A", mod);
                 }
                 if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != cols) {
                     char have[128];
                     adio_shape_str(have, sizeof have, t);
                     adio_cfg_free(c);
-                    return err_status_set(st, "%s: tensor '%s' has shape %s but adapter_config.json (r = %d) and the "
-                                              "model imply [%lld, %lld]", file, t->name, have, r, (long long)rows,
-                                          (long long)cols);
+                    return err_status_set(
+                        st,
+                        "%s: tensor '%s' has shape %s but adapter_config.json (r = %d) and the "
+                        "model imply [%lld, %lld]",
+                        file, t->name, have, r, (long long)rows, (long long)cols);
                 }
                 if (t->dtype != ST_F32 && t->dtype != ST_BF16 && t->dtype != ST_F16) {
                     adio_cfg_free(c);
-                    return err_status_set(st, "%s: tensor '%s' has dtype %s; LoRA factors must be F32, BF16 or F16",
-                                          file, t->name, st_dtype_name(t->dtype));
+                    return err_status_set(
+                        st, "%s: tensor '%s' has dtype %s; LoRA factors must be F32, BF16 or F16",
+                        file, t->name, st_dtype_name(t->dtype));
                 }
             }
         }
@@ -300,17 +324,23 @@ int adio_load(LlamaModel *m, PeftAdapter *a, ErrStatus *st) {
         const StTensor *t = st_find(&a->tensors, e->name);
         if (!t) return err_status_set(st, "%s: tensor '%s' is missing", a->tensors.path, e->name);
         /* 1-D entries (e.g. DoRA's lora_magnitude_vector [out]) are [1, gcols] in the table */
-        const int same = e->ndim == 1 ? t->ndim == 1 && t->shape[0] == e->gcols
-                                      : t->ndim == 2 && t->shape[0] == e->grows && t->shape[1] == e->gcols;
+        const int same = e->ndim == 1
+                             ? t->ndim == 1 && t->shape[0] == e->gcols
+                             : t->ndim == 2 && t->shape[0] == e->grows && t->shape[1] == e->gcols;
         if (!same) {
             char have[128], want[64];
             adio_shape_str(have, sizeof have, t);
-            if (e->ndim == 1) snprintf(want, sizeof want, "[%lld]", (long long)e->gcols);
-            else snprintf(want, sizeof want, "[%lld, %lld]", (long long)e->grows, (long long)e->gcols);
-            return err_status_set(st, "%s: tensor '%s' has shape %s, the model's adapter has %s", a->tensors.path,
-                                  e->name, have, want);
+            if (e->ndim == 1)
+                snprintf(want, sizeof want, "[%lld]", (long long)e->gcols);
+            else
+                snprintf(want, sizeof want, "[%lld, %lld]", (long long)e->grows,
+                         (long long)e->gcols);
+            return err_status_set(st, "%s: tensor '%s' has shape %s, the model's adapter has %s",
+                                  a->tensors.path, e->name, have, want);
         }
-        if (!st_read_slice(&a->tensors, t, e->r0, e->nr, e->c0, e->nc, ST_F32, params_value(p, i), st)) return 0;
+        if (!st_read_slice(&a->tensors, t, e->r0, e->nr, e->c0, e->nc, ST_F32, params_value(p, i),
+                           st))
+            return 0;
     }
     return 1;
 }
@@ -343,10 +373,12 @@ static void adio_targets_csv(unsigned targets, AdioBuf *b) {
 char *adio_cfg_to_json(const AdioCfg *c) {
     AdioBuf b = {NULL, 0, 0};
     /* the uniform form is the one checkpoints of flag-configured runs have always had */
-    adio_printf(&b, "{\"kind\": \"%s\", \"r\": %lld, \"alpha\": %.9g, \"dropout\": %.9g, \"use_rslora\": %s, "
-                    "\"init\": \"%s\", \"target_modules\": \"",
-                c->acfg.kind, (long long)c->acfg.r, c->alpha, c->dropout, c->acfg.use_rslora ? "true" : "false",
-                adapter_init_of(&c->acfg)->name);
+    adio_printf(
+        &b,
+        "{\"kind\": \"%s\", \"r\": %lld, \"alpha\": %.9g, \"dropout\": %.9g, \"use_rslora\": %s, "
+        "\"init\": \"%s\", \"target_modules\": \"",
+        c->acfg.kind, (long long)c->acfg.r, c->alpha, c->dropout,
+        c->acfg.use_rslora ? "true" : "false", adapter_init_of(&c->acfg)->name);
     adio_targets_csv(c->acfg.targets, &b);
     adio_printf(&b, "\"");
     /* the initialisation's settings, then the kind's (each only when it has some, so plain
@@ -361,9 +393,11 @@ char *adio_cfg_to_json(const AdioCfg *c) {
     if (c->slot_r) {
         const int64_t n = c->L * MOD_NMODULES;
         adio_printf(&b, ", \"slot_r\": [");
-        for (int64_t k = 0; k < n; k++) adio_printf(&b, "%s%d", k ? ", " : "", c->slot_r[k]);
+        for (int64_t k = 0; k < n; k++)
+            adio_printf(&b, "%s%d", k ? ", " : "", c->slot_r[k]);
         adio_printf(&b, "], \"slot_alpha\": [");
-        for (int64_t k = 0; k < n; k++) adio_printf(&b, "%s%.17g", k ? ", " : "", c->slot_alpha_d[k]);
+        for (int64_t k = 0; k < n; k++)
+            adio_printf(&b, "%s%.17g", k ? ", " : "", c->slot_alpha_d[k]);
         adio_printf(&b, "]");
     }
     adio_printf(&b, "}");
@@ -383,28 +417,36 @@ int adio_cfg_from_json(AdioCfg *c, const char *json, int64_t L, ErrStatus *st) {
     json_t *kind = json_object_get(root, "kind"), *r = json_object_get(root, "r"),
            *alpha = json_object_get(root, "alpha"), *dropout = json_object_get(root, "dropout"),
            *rs = json_object_get(root, "use_rslora"), *init = json_object_get(root, "init"),
-           *targets = json_object_get(root, "target_modules"), *sr = json_object_get(root, "slot_r"),
-           *sa = json_object_get(root, "slot_alpha");
-    if (!json_is_string(kind) || !json_is_integer(r) || !json_is_number(alpha) || !json_is_number(dropout) ||
-        !json_is_boolean(rs) || !json_is_string(init) || !json_is_string(targets)) {
-        ok = err_status_set(st, "adapter configuration: needs kind, r, alpha, dropout, use_rslora, init and "
-                                "target_modules");
+           *targets = json_object_get(root, "target_modules"),
+           *sr = json_object_get(root, "slot_r"), *sa = json_object_get(root, "slot_alpha");
+    if (!json_is_string(kind) || !json_is_integer(r) || !json_is_number(alpha) ||
+        !json_is_number(dropout) || !json_is_boolean(rs) || !json_is_string(init) ||
+        !json_is_string(targets)) {
+        ok = err_status_set(
+            st, "adapter configuration: needs kind, r, alpha, dropout, use_rslora, init and "
+                "target_modules");
     } else if (!adapter_kind_by_name(json_string_value(kind))) {
         char names[256];
         adapter_kind_names(names, sizeof names);
-        ok = err_status_set(st, "adapter kind '%s' is not known to this build (%s)", json_string_value(kind), names);
+        ok = err_status_set(st, "adapter kind '%s' is not known to this build (%s)",
+                            json_string_value(kind), names);
     } else if (!adapter_init_by_name(json_string_value(init))) {
         char names[256];
         adapter_init_names(names, sizeof names);
-        ok = err_status_set(st, "initialisation '%s' is not known to this build (%s)", json_string_value(init), names);
+        ok = err_status_set(st, "initialisation '%s' is not known to this build (%s)",
+                            json_string_value(init), names);
     }
     unsigned tbits = 0;
-    if (ok && json_string_length(targets) > 0) ok = adapter_parse_targets(json_string_value(targets), &tbits, st);
+    if (ok && json_string_length(targets) > 0)
+        ok = adapter_parse_targets(json_string_value(targets), &tbits, st);
     if (ok && (sr || sa)) {
-        if (!json_is_array(sr) || !json_is_array(sa) || json_array_size(sr) != json_array_size(sa) ||
-            json_array_size(sr) == 0 || json_array_size(sr) % MOD_NMODULES != 0)
-            ok = err_status_set(st, "adapter configuration: slot_r and slot_alpha must be arrays of "
-                                    "layers x %d numbers", MOD_NMODULES);
+        if (!json_is_array(sr) || !json_is_array(sa) ||
+            json_array_size(sr) != json_array_size(sa) || json_array_size(sr) == 0 ||
+            json_array_size(sr) % MOD_NMODULES != 0)
+            ok = err_status_set(st,
+                                "adapter configuration: slot_r and slot_alpha must be arrays of "
+                                "layers x %d numbers",
+                                MOD_NMODULES);
         else
             L = (int64_t)(json_array_size(sr) / MOD_NMODULES);
     }
@@ -420,7 +462,8 @@ int adio_cfg_from_json(AdioCfg *c, const char *json, int64_t L, ErrStatus *st) {
             for (int64_t k = 0; ok && k < L * MOD_NMODULES; k++) {
                 json_t *x = json_array_get(sr, (size_t)k), *y = json_array_get(sa, (size_t)k);
                 if (!json_is_integer(x) || json_integer_value(x) < 0 || !json_is_number(y)) {
-                    ok = err_status_set(st, "adapter configuration: slot %lld: bad rank or alpha", (long long)k);
+                    ok = err_status_set(st, "adapter configuration: slot %lld: bad rank or alpha",
+                                        (long long)k);
                     break;
                 }
                 c->slot_r[k] = (int)json_integer_value(x);
@@ -465,7 +508,8 @@ static int adio_write_config(const AdioCfg *c, const char *dir, ErrStatus *st) {
     int *layers = NULL, nlayers = 0;
     if (product) {
         unsigned bits = 0;
-        for (int i = 0; i < MOD_NMODULES; i++) bits |= used_mod[i] ? 1u << i : 0u;
+        for (int i = 0; i < MOD_NMODULES; i++)
+            bits |= used_mod[i] ? 1u << i : 0u;
         adio_targets_csv(bits, &targets);
         if (nlayers_used < L) {
             layers = calloc((size_t)nlayers_used + 1, sizeof *layers);
@@ -558,8 +602,10 @@ static int adio_write_config(const AdioCfg *c, const char *dir, ErrStatus *st) {
     pc.layers = layers;
     adio_peft_config_hooks(c, &pc);
     int ok = peft_write_config(&pc, dir, st);
-    for (int k = 0; k < nr; k++) free(rkeys[k]);
-    for (int k = 0; k < na; k++) free(akeys[k]);
+    for (int k = 0; k < nr; k++)
+        free(rkeys[k]);
+    for (int k = 0; k < na; k++)
+        free(akeys[k]);
     free(rkeys);
     free(akeys);
     free(rvals);
@@ -595,8 +641,10 @@ static char *adio_card(const AdioCfg *c, const AdioTensor *t, int n, const AdioC
     int64_t params = 0, shared = 0; /* per-module tensors; shared ones (VeRA's projections) */
     for (int i = 0; i < n; i++) {
         const int64_t k = (t[i].rows ? t[i].rows : 1) * t[i].cols;
-        if (strstr(t[i].name, "_proj.")) params += k;
-        else shared += k;
+        if (strstr(t[i].name, "_proj."))
+            params += k;
+        else
+            shared += k;
     }
     unsigned targets = 0;
     int rmin = 0, rmax = 0, nslots = 0;
@@ -638,23 +686,28 @@ static char *adio_card(const AdioCfg *c, const AdioTensor *t, int n, const AdioC
     snprintf(ptype, sizeof ptype, "%s", kd && kd->peft_type ? kd->peft_type : "LORA");
     for (char *p = ptype; *p; p++)
         if (*p >= 'A' && *p <= 'Z') *p = (char)(*p - 'A' + 'a');
-    adio_printf(&b, "---\nbase_model: %s\nlibrary_name: peft\ntags:\n- %s\n- shardlora\n---\n\n", base, ptype);
+    adio_printf(&b, "---\nbase_model: %s\nlibrary_name: peft\ntags:\n- %s\n- shardlora\n---\n\n",
+                base, ptype);
     adio_printf(&b, "# %s adapter for %s\n\n", title, base);
-    adio_printf(&b, "Trained with shardlora %s: %s on a frozen base model, tensor-parallel over MPI ranks.", SHARDLORA_VERSION,
-                title);
+    adio_printf(
+        &b, "Trained with shardlora %s: %s on a frozen base model, tensor-parallel over MPI ranks.",
+        SHARDLORA_VERSION, title);
     if (card && card->step >= 0)
-        adio_printf(&b, " %lld optimizer step%s", (long long)card->step, card->step == 1 ? "" : "s");
+        adio_printf(&b, " %lld optimizer step%s", (long long)card->step,
+                    card->step == 1 ? "" : "s");
     if (card && card->tp > 0) adio_printf(&b, " at tp=%d x dp=%d", card->tp, card->dp);
     /* the kinds of tensor in the file, from the tensors themselves: per-module suffixes
      * (after "<module>_proj.") with the first one's shape, and shared tensors by name */
-    adio_printf(&b, ".\nThe files are in PEFT's format: `adapter_config.json` and `adapter_model.safetensors` (float32:");
+    adio_printf(&b, ".\nThe files are in PEFT's format: `adapter_config.json` and "
+                    "`adapter_model.safetensors` (float32:");
     const char *seen[16];
     int first[16], nseen = 0; /* per suffix, the tensor with the smallest name */
     for (int k = 0; k < n; k++) {
         const char *p = strstr(t[k].name, "_proj.");
         const char *suffix = p ? p + 6 : t[k].name;
         int j = 0;
-        while (j < nseen && strcmp(seen[j], suffix) != 0) j++;
+        while (j < nseen && strcmp(seen[j], suffix) != 0)
+            j++;
         if (j == nseen) {
             if (nseen == 16) continue;
             seen[nseen] = suffix;
@@ -667,24 +720,34 @@ static char *adio_card(const AdioCfg *c, const AdioTensor *t, int n, const AdioC
         const AdioTensor *x = &t[first[j]];
         const int per_module = seen[j] != x->name;
         if (x->rows)
-            adio_printf(&b, "%s `%s%s` [%lld, %lld]", j ? "," : "", per_module ? "<module>." : "", seen[j],
-                        (long long)x->rows, (long long)x->cols);
+            adio_printf(&b, "%s `%s%s` [%lld, %lld]", j ? "," : "", per_module ? "<module>." : "",
+                        seen[j], (long long)x->rows, (long long)x->cols);
         else
-            adio_printf(&b, "%s `%s%s` [%lld]", j ? "," : "", per_module ? "<module>." : "", seen[j], (long long)x->cols);
+            adio_printf(&b, "%s `%s%s` [%lld]", j ? "," : "", per_module ? "<module>." : "",
+                        seen[j], (long long)x->cols);
     }
-    adio_printf(&b, "; <module> like `base_model.model.model.layers.0.mlp.down_proj`, the shapes of the first by name).\n\n");
+    adio_printf(&b, "; <module> like `base_model.model.model.layers.0.mlp.down_proj`, the shapes "
+                    "of the first by name).\n\n");
     adio_printf(&b, "## Adapter\n\n| setting | value |\n|---|---|\n");
     adio_printf(&b, "| peft_type | %s |\n", kd && kd->peft_type ? kd->peft_type : "LORA");
-    if (rmin == rmax) adio_printf(&b, "| r | %d |\n", rmin);
-    else adio_printf(&b, "| r | %d to %d per module (rank_pattern; default %d) |\n", rmin, rmax, pc.r);
+    if (rmin == rmax)
+        adio_printf(&b, "| r | %d |\n", rmin);
+    else
+        adio_printf(&b, "| r | %d to %d per module (rank_pattern; default %d) |\n", rmin, rmax,
+                    pc.r);
     if (kio && kio->card_rows) { /* the kind's rows instead of alpha and scale (VeRA) */
         char rows[1024] = "";
         kio->card_rows(c, rows, sizeof rows);
         adio_printf(&b, "%s", rows);
     } else {
-        if (amin == amax) adio_printf(&b, "| lora_alpha | %.9g |\n", amin);
-        else adio_printf(&b, "| lora_alpha | %.9g to %.9g per module (alpha_pattern; default %.9g) |\n", amin, amax, pc.lora_alpha);
-        adio_printf(&b, "| scale | %s |\n", c->acfg.use_rslora ? "lora_alpha / sqrt(r) (rsLoRA)" : "lora_alpha / r");
+        if (amin == amax)
+            adio_printf(&b, "| lora_alpha | %.9g |\n", amin);
+        else
+            adio_printf(&b,
+                        "| lora_alpha | %.9g to %.9g per module (alpha_pattern; default %.9g) |\n",
+                        amin, amax, pc.lora_alpha);
+        adio_printf(&b, "| scale | %s |\n",
+                    c->acfg.use_rslora ? "lora_alpha / sqrt(r) (rsLoRA)" : "lora_alpha / r");
     }
     adio_printf(&b, "| target modules | ");
     AdioBuf tb = {NULL, 0, 0};
@@ -709,12 +772,15 @@ static char *adio_card(const AdioCfg *c, const AdioTensor *t, int n, const AdioC
         adio_card_json_lines(&b, card->optim_hparams);
         adio_printf(&b, "\n");
     }
-    adio_printf(&b, "## Usage\n\n```python\nfrom transformers import AutoModelForCausalLM\nfrom peft import PeftModel\n\n"
-                    "base = AutoModelForCausalLM.from_pretrained(\"%s\")\n"
-                    "model = PeftModel.from_pretrained(base, \"path/to/this/directory\")\n```\n\n"
-                    "With shardlora: `shardlora eval --model BASE_DIR --adapter THIS_DIR --data FILE.jsonl`, "
-                    "or `shardlora train ... --init-adapter THIS_DIR` to train on from it.\n",
-                base);
+    adio_printf(
+        &b,
+        "## Usage\n\n```python\nfrom transformers import AutoModelForCausalLM\nfrom peft import "
+        "PeftModel\n\n"
+        "base = AutoModelForCausalLM.from_pretrained(\"%s\")\n"
+        "model = PeftModel.from_pretrained(base, \"path/to/this/directory\")\n```\n\n"
+        "With shardlora: `shardlora eval --model BASE_DIR --adapter THIS_DIR --data FILE.jsonl`, "
+        "or `shardlora train ... --init-adapter THIS_DIR` to train on from it.\n",
+        base);
     return b.s;
 }
 
@@ -723,8 +789,8 @@ static int adio_name_cmp(const void *x, const void *y) {
     return strcmp(a->name, b->name);
 }
 
-static int adio_export_files(const char *dir, const AdioCfg *c, const AdioTensor *t, int n, const AdioCard *card,
-                             ErrStatus *st);
+static int adio_export_files(const char *dir, const AdioCfg *c, const AdioTensor *t, int n,
+                             const AdioCard *card, ErrStatus *st);
 
 int adio_export(const char *dir, const AdioCfg *c, const AdioTensor *t, int n, const AdioCard *card,
                 ErrStatus *st) {
@@ -767,28 +833,35 @@ int adio_export(const char *dir, const AdioCfg *c, const AdioTensor *t, int n, c
         int i = 0, kind = 0, r = 0;
         double al;
         if (!adio_parse_key(t[k].name, c->L, &l, &i, &kind) || kind < 0 || kind > 1)
-            return err_status_set(st, "export: tensor '%s' is not a LoRA factor of a %lld-layer model", t[k].name,
-                                  (long long)c->L);
+            return err_status_set(st,
+                                  "export: tensor '%s' is not a LoRA factor of a %lld-layer model",
+                                  t[k].name, (long long)c->L);
         adio_cfg_slot(c, l, i, &r, &al);
         if (r == 0 || (kind == 0 ? t[k].rows : t[k].cols) != r)
-            return err_status_set(st, "export: tensor '%s' [%lld, %lld] does not match the adapter configuration "
-                                      "(r = %d there)", t[k].name, (long long)t[k].rows, (long long)t[k].cols, r);
+            return err_status_set(
+                st,
+                "export: tensor '%s' [%lld, %lld] does not match the adapter configuration "
+                "(r = %d there)",
+                t[k].name, (long long)t[k].rows, (long long)t[k].cols, r);
     }
     if (want != n)
-        return err_status_set(st, "export: %d tensors for an adapter configuration with %lld", n, (long long)want);
+        return err_status_set(st, "export: %d tensors for an adapter configuration with %lld", n,
+                              (long long)want);
     return adio_export_files(dir, c, t, n, card, st);
 }
 
 /* The three files of adio_export, tensors already checked. */
-static int adio_export_files(const char *dir, const AdioCfg *c, const AdioTensor *t, int n, const AdioCard *card,
-                             ErrStatus *st) {
+static int adio_export_files(const char *dir, const AdioCfg *c, const AdioTensor *t, int n,
+                             const AdioCard *card, ErrStatus *st) {
     char tmp[4200], path[4400], dst[4400];
     snprintf(tmp, sizeof tmp, "%s/.export-tmp", dir);
     if (!afile_rmdir_flat(tmp, st)) return 0;
-    if (mkdir(tmp, 0777) != 0) return err_status_set(st, "%s: cannot create: %s", tmp, strerror(errno));
+    if (mkdir(tmp, 0777) != 0)
+        return err_status_set(st, "%s: cannot create: %s", tmp, strerror(errno));
     const AdioTensor **order = malloc((size_t)(n > 0 ? n : 1) * sizeof *order);
     SL_CHECK(order, "out of memory");
-    for (int k = 0; k < n; k++) order[k] = &t[k];
+    for (int k = 0; k < n; k++)
+        order[k] = &t[k];
     qsort(order, (size_t)n, sizeof *order, adio_name_cmp);
     StWriter w;
     st_writer_init(&w);
@@ -809,11 +882,13 @@ static int adio_export_files(const char *dir, const AdioCfg *c, const AdioTensor
         ok = afile_write_all(path, md, strlen(md), st);
         free(md);
     }
-    static const char *const files[3] = {"adapter_model.safetensors", "adapter_config.json", "README.md"};
+    static const char *const files[3] = {"adapter_model.safetensors", "adapter_config.json",
+                                         "README.md"};
     for (int k = 0; ok && k < 3; k++) {
         snprintf(path, sizeof path, "%s/%s", tmp, files[k]);
         snprintf(dst, sizeof dst, "%s/%s", dir, files[k]);
-        if (rename(path, dst) != 0) ok = err_status_set(st, "%s: cannot move into place: %s", dst, strerror(errno));
+        if (rename(path, dst) != 0)
+            ok = err_status_set(st, "%s: cannot move into place: %s", dst, strerror(errno));
     }
     if (ok) {
         snprintf(dst, sizeof dst, "%s/README.md", dir);
@@ -835,16 +910,21 @@ int adio_merge_adaptable(const char *module) {
     return 0;
 }
 
-int adio_merge_untargeted(const PeftAdapter *a, const char *module, const char *want, ErrStatus *st) {
+int adio_merge_untargeted(const PeftAdapter *a, const char *module, const char *want,
+                          ErrStatus *st) {
     if (!adio_merge_adaptable(module) || !peft_module_targeted(a, module)) return 1;
-    return err_status_set(st, "%s: module '%s' is targeted by adapter_config.json (target_modules / "
-                              "layers_to_transform) but has no %s", a->tensors.path, module, want);
+    return err_status_set(st,
+                          "%s: module '%s' is targeted by adapter_config.json (target_modules / "
+                          "layers_to_transform) but has no %s",
+                          a->tensors.path, module, want);
 }
 
-int adio_merge_targeted(const PeftAdapter *a, const char *module, const StTensor *t, ErrStatus *st) {
+int adio_merge_targeted(const PeftAdapter *a, const char *module, const StTensor *t,
+                        ErrStatus *st) {
     if (peft_module_targeted(a, module)) return 1;
-    return err_status_set(st, "%s: tensor '%s' is for module '%s', which adapter_config.json does not "
-                              "target (target_modules / exclude_modules / layers_to_transform)",
+    return err_status_set(st,
+                          "%s: tensor '%s' is for module '%s', which adapter_config.json does not "
+                          "target (target_modules / exclude_modules / layers_to_transform)",
                           a->tensors.path, t->name, module);
 }
 
@@ -852,17 +932,17 @@ static int adio_is_float(StDtype d) {
     return d == ST_F32 || d == ST_BF16 || d == ST_F16;
 }
 
-int adio_merge_check(const AdioMergeItem *it, const PeftAdapter *a, const StTensor *t, int64_t d0, int64_t d1,
-                     const char *why, ErrStatus *st) {
+int adio_merge_check(const AdioMergeItem *it, const PeftAdapter *a, const StTensor *t, int64_t d0,
+                     int64_t d1, const char *why, ErrStatus *st) {
     if (!t) {
         if (adio_is_float(it->w->dtype)) return 1;
-        return err_status_set(st, "%s: tensor '%s': dtype %s cannot take an adapter", it->w_path, it->w->name,
-                              st_dtype_name(it->w->dtype));
+        return err_status_set(st, "%s: tensor '%s': dtype %s cannot take an adapter", it->w_path,
+                              it->w->name, st_dtype_name(it->w->dtype));
     }
     const char *ap = a->tensors.path;
     if (!adio_is_float(t->dtype))
-        return err_status_set(st, "%s: tensor '%s': dtype %s (expected F32, BF16 or F16)", ap, t->name,
-                              st_dtype_name(t->dtype));
+        return err_status_set(st, "%s: tensor '%s': dtype %s (expected F32, BF16 or F16)", ap,
+                              t->name, st_dtype_name(t->dtype));
     if (d0 < 0) return 1;
     const int good = d1 < 0 ? t->ndim == 1 && t->shape[0] == d0
                             : t->ndim == 2 && t->shape[0] == d0 && t->shape[1] == d1;
@@ -870,8 +950,13 @@ int adio_merge_check(const AdioMergeItem *it, const PeftAdapter *a, const StTens
     char got[96], mshape[96], want[96];
     adio_shape_str(got, sizeof got, t);
     adio_shape_str(mshape, sizeof mshape, it->w);
-    if (d1 < 0) snprintf(want, sizeof want, "[%lld]", (long long)d0);
-    else snprintf(want, sizeof want, "[%lld, %lld]", (long long)d0, (long long)d1);
-    return err_status_set(st, "%s: tensor '%s' has shape %s, but the model's '%s' is %s, so it must be %s %s: "
-                              "adapter for another model?", ap, t->name, got, it->w->name, mshape, want, why);
+    if (d1 < 0)
+        snprintf(want, sizeof want, "[%lld]", (long long)d0);
+    else
+        snprintf(want, sizeof want, "[%lld, %lld]", (long long)d0, (long long)d1);
+    return err_status_set(
+        st,
+        "%s: tensor '%s' has shape %s, but the model's '%s' is %s, so it must be %s %s: "
+        "adapter for another model?",
+        ap, t->name, got, it->w->name, mshape, want, why);
 }

@@ -46,10 +46,10 @@ const AdapterKind *adio_kind_of_peft(const PeftAdapter *a);
 /* The configuration of a PEFT adapter on model m (loaded, adapters not yet created):
  * per-slot rank and alpha by PEFT's rules, and every tensor of the file checked against it.
  * The kind: DoRA when use_dora, VeRA when peft_type is "VERA", else LoRA.
- * Refused, with st naming the file and the key: a tensor whose shape differs from what the config and the model imply (both
- * shapes named), a tensor of no module of this model or of an untargeted one, a tensor kind
- * shardlora does not train (embeddings, biases, ...), a targeted module without its
- * tensors, target_modules that match no module. acfg.seed is 0; acfg.init "default". */
+ * Refused, with st naming the file and the key: a tensor whose shape differs from what the config
+ * and the model imply (both shapes named), a tensor of no module of this model or of an untargeted
+ * one, a tensor kind shardlora does not train (embeddings, biases, ...), a targeted module without
+ * its tensors, target_modules that match no module. acfg.seed is 0; acfg.init "default". */
 int adio_cfg_from_peft(AdioCfg *c, const PeftAdapter *a, const LlamaModel *m, ErrStatus *st);
 /* Reads this rank's slice of every adapter tensor (after llama_init_adapters with the
  * configuration from adio_cfg_from_peft) into m->params.values. */
@@ -66,38 +66,38 @@ int adio_cfg_from_json(AdioCfg *c, const char *json, int64_t L, ErrStatus *st);
 
 /* One full adapter tensor. */
 typedef struct {
-    const char *name;     /* PEFT key */
-    int64_t rows, cols;   /* rows = 0: a 1-D tensor [cols] (a kind's export_tensors sets it,
-                           * e.g. DoRA's lora_magnitude_vector) */
-    const float *data;    /* [rows, cols] */
+    const char *name;   /* PEFT key */
+    int64_t rows, cols; /* rows = 0: a 1-D tensor [cols] (a kind's export_tensors sets it,
+                         * e.g. DoRA's lora_magnitude_vector) */
+    const float *data;  /* [rows, cols] */
 } AdioTensor;
 
 /* What the model card says about the training run (strings may be NULL). */
 typedef struct {
-    const char *run_config;     /* JSON text (the checkpoint's run configuration) */
-    const char *optimizer;      /* e.g. "adamw" */
-    const char *optim_hparams;  /* JSON text */
-    int64_t step;               /* optimizer steps done (< 0: unknown) */
-    int tp, dp;                 /* layout trained at (0: unknown) */
+    const char *run_config;    /* JSON text (the checkpoint's run configuration) */
+    const char *optimizer;     /* e.g. "adamw" */
+    const char *optim_hparams; /* JSON text */
+    int64_t step;              /* optimizer steps done (< 0: unknown) */
+    int tp, dp;                /* layout trained at (0: unknown) */
 } AdioCard;
 
 /* One linear of the base model in `shardlora merge` (launch/cmd_merge.c streams the frozen
  * weight's rows through the kind's merge_* hooks in bounded chunks). */
 typedef struct {
     /* set by the caller */
-    const char *module;     /* "model.layers.3.self_attn.q_proj" */
-    const StTensor *w;      /* the frozen weight (its name and shape, for messages) */
-    const char *w_path;     /* the model file holding it (for messages) */
-    int64_t rows, cols;     /* W [rows, cols] */
+    const char *module; /* "model.layers.3.self_attn.q_proj" */
+    const StTensor *w;  /* the frozen weight (its name and shape, for messages) */
+    const char *w_path; /* the model file holding it (for messages) */
+    int64_t rows, cols; /* W [rows, cols] */
     /* set by merge_plan */
-    int adapted;            /* 0: W is copied as it is */
-    int r;                  /* the module's rank */
-    float scale;            /* s of W + s B A (1 for a kind without one) */
-    const StTensor *t[3];   /* the kind's tensors of this module (t[0] names it in errors) */
-    const char *bad_note;   /* what else makes merge_rows call a row bad ("" or e.g.
-                             * " or have a zero norm"), for the error message */
-    size_t item_floats;     /* F32 scratch merge_begin fills once per weight */
-    size_t row_floats;      /* F32 scratch per row of a chunk, for merge_rows */
+    int adapted;          /* 0: W is copied as it is */
+    int r;                /* the module's rank */
+    float scale;          /* s of W + s B A (1 for a kind without one) */
+    const StTensor *t[3]; /* the kind's tensors of this module (t[0] names it in errors) */
+    const char *bad_note; /* what else makes merge_rows call a row bad ("" or e.g.
+                           * " or have a zero norm"), for the error message */
+    size_t item_floats;   /* F32 scratch merge_begin fills once per weight */
+    size_t row_floats;    /* F32 scratch per row of a chunk, for merge_rows */
 } AdioMergeItem;
 
 /* Helpers of the kinds' merge_plan. 1 when `module` is one of the seven linears of a decoder
@@ -107,14 +107,15 @@ int adio_merge_adaptable(const char *module);
 /* A module without adapter tensors: 1 when a does not target it; else 0 with st saying that
  * the module has no `want` (eval and train refuse such a file, and a merge that skipped the
  * module would write a model the adapter does not describe). */
-int adio_merge_untargeted(const PeftAdapter *a, const char *module, const char *want, ErrStatus *st);
+int adio_merge_untargeted(const PeftAdapter *a, const char *module, const char *want,
+                          ErrStatus *st);
 /* 0 with st set unless module is targeted by a (PEFT would not put a layer there and would
  * drop the tensor t with a warning; a merge that did the same would hide a mismatch). */
 int adio_merge_targeted(const PeftAdapter *a, const char *module, const StTensor *t, ErrStatus *st);
 /* 0 with st set unless t is F32 / BF16 / F16 with shape [d0] (d1 < 0) or [d0, d1]; `why`
  * completes the message ("(r = 4 for this module)"); the item's weight is named in it. */
-int adio_merge_check(const AdioMergeItem *it, const PeftAdapter *a, const StTensor *t, int64_t d0, int64_t d1,
-                     const char *why, ErrStatus *st);
+int adio_merge_check(const AdioMergeItem *it, const PeftAdapter *a, const StTensor *t, int64_t d0,
+                     int64_t d1, const char *why, ErrStatus *st);
 /* "[2, 3]" of t into buf. */
 void adio_shape_str(char *buf, size_t n, const StTensor *t);
 
@@ -160,17 +161,19 @@ typedef struct AdioKindIo {
     int (*merge_plan)(AdioMergeItem *it, const PeftAdapter *a, unsigned char *used, ErrStatus *st);
     /* After every item is planned: what all items share (VeRA's projections), *bytes its
      * size (NULL *shared is fine); may mark more tensors used. */
-    int (*merge_shared)(PeftAdapter *a, const AdioMergeItem *items, int n, unsigned char *used, void **shared,
-                        uint64_t *bytes, ErrStatus *st);
+    int (*merge_shared)(PeftAdapter *a, const AdioMergeItem *items, int n, unsigned char *used,
+                        void **shared, uint64_t *bytes, ErrStatus *st);
     void (*merge_shared_free)(void *shared);
     /* Once per adapted weight before its rows: ibuf [item_floats] (e.g. lora_A, read whole). */
-    int (*merge_begin)(const AdioMergeItem *it, PeftAdapter *a, const void *shared, float *ibuf, ErrStatus *st);
+    int (*merge_begin)(const AdioMergeItem *it, PeftAdapter *a, const void *shared, float *ibuf,
+                       ErrStatus *st);
     /* W [k, cols]: rows [row0, row0 + k) of the weight in F32, replaced by the merged rows
      * (rbuf [k * row_floats] scratch; threads >= 1). Every row comes out the same whatever k,
      * row0 or threads. Returns how many rows came out bad (non-finite), or -1 with st set
      * when a read failed. */
-    int64_t (*merge_rows)(const AdioMergeItem *it, PeftAdapter *a, const void *shared, const float *ibuf,
-                          float *rbuf, float *W, int64_t row0, int64_t k, int threads, ErrStatus *st);
+    int64_t (*merge_rows)(const AdioMergeItem *it, PeftAdapter *a, const void *shared,
+                          const float *ibuf, float *rbuf, float *W, int64_t row0, int64_t k,
+                          int threads, ErrStatus *st);
 } AdioKindIo;
 
 /* Writes DIR/adapter_model.safetensors (F32, tensors sorted by name, metadata format=pt),

@@ -62,30 +62,30 @@
 #include "adapter_io.h"
 #include "lora.h"
 
-#define DORA_EPS 1e-12f     /* floor of n (zero rows of W); tests/reference/dora_check.py */
-#define DORA_CHUNK 512      /* output rows per A W^T GEMM in step_begin */
+#define DORA_EPS 1e-12f        /* floor of n (zero rows of W); tests/reference/dora_check.py */
+#define DORA_CHUNK 512         /* output rows per A W^T GEMM in step_begin */
 #define DORA_RECOVER_MIN 1e-2f /* |f| below which u's base part is recomputed, not divided out */
 
 /* Per-slot state (s->ext), allocated in declare, freed by destroy. */
 typedef struct {
-    int pM;          /* ParamTable index of m (lora_magnitude_vector) */
-    int drop;        /* step_begin saw training with lora_dropout > 0: PEFT's dropout form */
+    int pM;   /* ParamTable index of m (lora_magnitude_vector) */
+    int drop; /* step_begin saw training with lora_dropout > 0: PEFT's dropout form */
     int64_t no, ni, r;
-    double *wsq;     /* [no] ||W_o||² (summed over TP for row layers) */
-    double *acc;     /* [no] scratch: n² partial sums (step_begin), dm sums (backward) */
-    float *nrm;      /* [no] max(n, DORA_EPS), detached */
-    float *fac;      /* [no] f = m / nrm: out_scale */
-    float *div;      /* [no] f, or 1 for rows whose X W^T is recomputed (forward) */
-    float *rec;      /* [no] 1 where X W^T is recovered by dividing by f, else 0 */
-    int64_t *small;  /* [no] the rows with |f| < DORA_RECOVER_MIN, nsmall of them */
+    double *wsq;    /* [no] ||W_o||² (summed over TP for row layers) */
+    double *acc;    /* [no] scratch: n² partial sums (step_begin), dm sums (backward) */
+    float *nrm;     /* [no] max(n, DORA_EPS), detached */
+    float *fac;     /* [no] f = m / nrm: out_scale */
+    float *div;     /* [no] f, or 1 for rows whose X W^T is recomputed (forward) */
+    float *rec;     /* [no] 1 where X W^T is recovered by dividing by f, else 0 */
+    int64_t *small; /* [no] the rows with |f| < DORA_RECOVER_MIN, nsmall of them */
     int64_t nsmall;
-    float *zero;     /* [no] zeros: the bias of a linear without one (or not adding it) */
-    float *aw;       /* [r, CH] a chunk of A W^T, then 2 A W^T + s (A A^T) B^T */
-    float *aa;       /* [r, r] A A^T */
-    float *wrow;     /* [ni] one row of W in F32 (BF16 weights) */
+    float *zero; /* [no] zeros: the bias of a linear without one (or not adding it) */
+    float *aw;   /* [r, CH] a chunk of A W^T, then 2 A W^T + s (A A^T) B^T */
+    float *aa;   /* [r, r] A A^T */
+    float *wrow; /* [ni] one row of W in F32 (BF16 weights) */
     /* activations (alloc / release) */
-    float *u;        /* [N, no] X W^T + s h B^T (Xd W^T + s h B^T with dropout), for dm */
-    int64_t rows;    /* N the activations are sized for */
+    float *u;     /* [N, no] X W^T + s h B^T (Xd W^T + s h B^T with dropout), for dm */
+    int64_t rows; /* N the activations are sized for */
 } DoraState;
 
 static DoraState *dora_state(const AdapterSlot *s) {
@@ -111,7 +111,8 @@ static const float *dora_w_row(const AdapterSlot *s, int64_t o) {
     if (w->dtype == GEMM_F32) return (const float *)w->data + o * w->ld;
     DoraState *d = dora_state(s);
     const uint16_t *h = (const uint16_t *)w->data + o * w->ld;
-    for (int64_t i = 0; i < d->ni; i++) d->wrow[i] = gemm_bf16_to_f32(h[i]);
+    for (int64_t i = 0; i < d->ni; i++)
+        d->wrow[i] = gemm_bf16_to_f32(h[i]);
     return d->wrow;
 }
 
@@ -206,21 +207,26 @@ static void dora_lora_terms(AdapterSlot *s, GemmCtx *g) {
             /* aw [r, nc] = A W[c0:c0+nc]^T: one GEMM over a row block of the shard */
             const GemmWeight *w = &s->lin->w;
             const size_t esz = w->dtype == GEMM_F32 ? sizeof(float) : sizeof(uint16_t);
-            GemmWeight blk = {w->dtype, (const char *)w->data + (size_t)(c0 * w->ld) * esz, nc, ni, w->ld};
+            GemmWeight blk = {w->dtype, (const char *)w->data + (size_t)(c0 * w->ld) * esz, nc, ni,
+                              w->ld};
             gemm_xwt(g, d->aw, A, &blk, r, 0.0f);
         } else {
             for (int64_t j = 0; j < nc; j++) /* column j of aw: A w_o, ldc = nc */
-                gemm_f32(&g0, 0, 1, r, 1, ni, 1.0f, A, ni, dora_w_row(s, c0 + j), ni, 0.0f, d->aw + j, nc);
+                gemm_f32(&g0, 0, 1, r, 1, ni, 1.0f, A, ni, dora_w_row(s, c0 + j), ni, 0.0f,
+                         d->aw + j, nc);
         }
         /* aw = 2 A W^T + s (A A^T) B_c^T [r, nc] (A A^T symmetric) */
         gemm_f32(gc, 0, 1, r, nc, r, sc, d->aa, r, Bc, r, 2.0f, d->aw, nc);
         double *acc = d->acc + c0;
-        for (int64_t j = 0; j < nc; j++) acc[j] = 0.0;
+        for (int64_t j = 0; j < nc; j++)
+            acc[j] = 0.0;
         for (int64_t k = 0; k < r; k++) {
             const float *t = d->aw + k * nc;
-            for (int64_t j = 0; j < nc; j++) acc[j] += (double)Bc[j * r + k] * t[j];
+            for (int64_t j = 0; j < nc; j++)
+                acc[j] += (double)Bc[j * r + k] * t[j];
         }
-        for (int64_t j = 0; j < nc; j++) acc[j] *= sc;
+        for (int64_t j = 0; j < nc; j++)
+            acc[j] *= sc;
     }
 }
 
@@ -234,7 +240,8 @@ static void dora_norms(AdapterSlot *s, GemmCtx *g, int b_is_zero) {
         dora_lora_terms(s, g);
     if (dora_is_row(s)) /* [no] doubles over the TP group, once per step */
         grid_allreduce_sum_f64(s->grid, s->grid->tp_comm, d->acc, (size_t)d->no, GRID_BYTES_OTHER);
-    for (int64_t o = 0; o < d->no; o++) d->acc[o] += d->wsq[o];
+    for (int64_t o = 0; o < d->no; o++)
+        d->acc[o] += d->wsq[o];
     dora_set_factors(s);
 }
 
@@ -244,18 +251,21 @@ static void dora_init(AdapterSlot *s, ParamTable *pt) {
     for (int64_t o = 0; o < d->no; o++) {
         const float *w = dora_w_row(s, o);
         double ss = 0.0;
-        for (int64_t i = 0; i < d->ni; i++) ss += (double)w[i] * w[i];
+        for (int64_t i = 0; i < d->ni; i++)
+            ss += (double)w[i] * w[i];
         d->wsq[o] = ss;
     }
     if (dora_is_row(s))
         grid_allreduce_sum_f64(s->grid, s->grid->tp_comm, d->wsq, (size_t)d->no, GRID_BYTES_OTHER);
     const float *B = params_value(pt, s->pB);
     int bz = 1;
-    for (size_t i = 0; i < params_numel(&pt->e[s->pB]); i++) bz &= B[i] == 0.0f;
+    for (size_t i = 0; i < params_numel(&pt->e[s->pB]); i++)
+        bz &= B[i] == 0.0f;
     /* m = ||W_o + s B_o A|| (PEFT update_layer); B = 0 in every init but PiSSA's. */
     dora_norms(s, NULL, bz);
     float *M = params_value(pt, d->pM);
-    for (int64_t o = 0; o < d->no; o++) M[o] = (float)sqrt(d->acc[o] > 0.0 ? d->acc[o] : 0.0);
+    for (int64_t o = 0; o < d->no; o++)
+        M[o] = (float)sqrt(d->acc[o] > 0.0 ? d->acc[o] : 0.0);
     dora_set_factors(s);
 }
 
@@ -314,13 +324,15 @@ static void dora_forward(AdapterSlot *s, const AdapterEnv *env, float *Y, const 
         for (int64_t n = 0; n < N; n++) {
             float *y = Y + n * no;
             const float *u = d->u + n * no;
-            for (int64_t o = 0; o < no; o++) y[o] += u[o];
+            for (int64_t o = 0; o < no; o++)
+                y[o] += u[o];
         }
         gemm_xwt(env->gemm, d->u, Xd, &lin->w, N, 1.0f);
         for (int64_t n = 0; n < N; n++) {
             float *y = Y + n * no;
             const float *u = d->u + n * no;
-            for (int64_t o = 0; o < no; o++) y[o] += (f[o] - 1.0f) * u[o];
+            for (int64_t o = 0; o < no; o++)
+                y[o] += (f[o] - 1.0f) * u[o];
         }
         return;
     }
@@ -342,7 +354,8 @@ static void dora_forward(AdapterSlot *s, const AdapterEnv *env, float *Y, const 
         for (int64_t n = 0; n < N; n++) {
             const float *x = X + n * ni;
             double t = 0.0;
-            for (int64_t i = 0; i < ni; i++) t += (double)x[i] * w[i];
+            for (int64_t i = 0; i < ni; i++)
+                t += (double)x[i] * w[i];
             d->u[n * no + o] += (float)t;
         }
     }
@@ -361,9 +374,11 @@ static void dora_backward(AdapterSlot *s, const AdapterEnv *env, float *dX, cons
     memset(d->acc, 0, (size_t)no * sizeof *d->acc);
     for (int64_t n = 0; n < N; n++) {
         const float *dy = dY + n * no, *u = d->u + n * no;
-        for (int64_t o = 0; o < no; o++) d->acc[o] += (double)dy[o] * u[o];
+        for (int64_t o = 0; o < no; o++)
+            d->acc[o] += (double)dy[o] * u[o];
     }
-    for (int64_t o = 0; o < no; o++) dM[o] += (float)(d->acc[o] / d->nrm[o]);
+    for (int64_t o = 0; o < no; o++)
+        dM[o] += (float)(d->acc[o] / d->nrm[o]);
     if (!drop) { /* dA, dB, dX += (s g B) A: LoRA's backward of g */
         adapter_lora.backward(s, env, dX, s->dys, X, N);
         return;
@@ -377,7 +392,8 @@ static void dora_backward(AdapterSlot *s, const AdapterEnv *env, float *dX, cons
     for (int64_t n = 0; n < N; n++) {
         const float *dy = dY + n * no;
         float *g = s->dys + n * no;
-        for (int64_t o = 0; o < no; o++) g[o] = d->fac[o] * dy[o];
+        for (int64_t o = 0; o < no; o++)
+            g[o] = d->fac[o] * dy[o];
     }
     gemm_f32(env->gemm, 1, 0, no, r, N, s->scale, s->dys, no, s->h, r, 1.0f, dB, r);
     gemm_f32(env->gemm, 0, 0, N, r, no, s->scale, s->dys, no, B, r, 0.0f, s->dh, r);
@@ -385,7 +401,8 @@ static void dora_backward(AdapterSlot *s, const AdapterEnv *env, float *dX, cons
     for (int64_t n = 0; n < N; n++) {
         const float *dy = dY + n * no;
         float *g = s->dys + n * no;
-        for (int64_t o = 0; o < no; o++) g[o] = (d->fac[o] - 1.0f) * dy[o];
+        for (int64_t o = 0; o < no; o++)
+            g[o] = (d->fac[o] - 1.0f) * dy[o];
     }
     gemm_xw(env->gemm, s->tmp, s->dys, &s->lin->w, N, 0.0f);
     gemm_f32(env->gemm, 0, 0, N, ni, r, 1.0f, s->dh, r, A, ni, 1.0f, s->tmp, ni);
@@ -405,7 +422,8 @@ static void dora_row_sumsq(double *ss, const float *W, int64_t nr, int64_t I, in
     for (int64_t o = 0; o < nr; o++) {
         const float *w = W + o * I;
         double acc = 0.0;
-        for (int64_t j = 0; j < I; j++) acc += (double)w[j] * (double)w[j];
+        for (int64_t j = 0; j < I; j++)
+            acc += (double)w[j] * (double)w[j];
         ss[o] = acc;
     }
 }
@@ -414,7 +432,8 @@ static void dora_row_sumsq(double *ss, const float *W, int64_t nr, int64_t I, in
  * (summed over TP for row-parallel shards), or NULL to compute them here, row by row. The
  * norm is floored at DORA_EPS as in training, so an all-zero row (real models have them)
  * stays 0 instead of PEFT's 0/0 = NaN. Returns the rows with a non-finite norm or value. */
-static int64_t dora_scale_rows(float *W, int64_t nr, int64_t I, const float *mag, const double *ss, int threads) {
+static int64_t dora_scale_rows(float *W, int64_t nr, int64_t I, const float *mag, const double *ss,
+                               int threads) {
     int64_t bad = 0;
 #pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : bad)
     for (int64_t o = 0; o < nr; o++) {
@@ -423,7 +442,8 @@ static int64_t dora_scale_rows(float *W, int64_t nr, int64_t I, const float *mag
         if (ss) {
             sq = ss[o];
         } else {
-            for (int64_t j = 0; j < I; j++) sq += (double)w[j] * (double)w[j];
+            for (int64_t j = 0; j < I; j++)
+                sq += (double)w[j] * (double)w[j];
         }
         const float norm = (float)sqrt(sq);
         if (!isfinite(norm)) {
@@ -432,8 +452,10 @@ static int64_t dora_scale_rows(float *W, int64_t nr, int64_t I, const float *mag
         }
         const float f = mag[o] / (norm > DORA_EPS ? norm : DORA_EPS);
         int row_bad = 0;
-        for (int64_t j = 0; j < I; j++) w[j] *= f;
-        for (int64_t j = 0; j < I; j++) row_bad |= !isfinite(w[j]);
+        for (int64_t j = 0; j < I; j++)
+            w[j] *= f;
+        for (int64_t j = 0; j < I; j++)
+            row_bad |= !isfinite(w[j]);
         bad += row_bad;
     }
     return bad;
@@ -442,7 +464,8 @@ static int64_t dora_scale_rows(float *W, int64_t nr, int64_t I, const float *mag
 /* generate --merge-in-memory on rows [r0, r0 + nr) of the shard. Row-parallel shards hold a
  * column slice of each row: the squared norms are summed over the TP group (collective over
  * tp_comm, [nr] doubles; every TP rank merges the same blocks). */
-static void dora_merge(const AdapterSlot *s, const AdapterEnv *env, float *W, int64_t r0, int64_t nr) {
+static void dora_merge(const AdapterSlot *s, const AdapterEnv *env, float *W, int64_t r0,
+                       int64_t nr) {
     DoraState *d = dora_state(s);
     const int64_t r = d->r, ni = d->ni;
     const int threads = env->gemm && env->gemm->nthreads > 0 ? env->gemm->nthreads : 1;
@@ -496,8 +519,8 @@ static const AdioTensor *dora_find(const AdioTensor *t, int n, const char *name)
 
 /* Every slot of c has lora_A [r, in], lora_B [out, r] and lora_magnitude_vector [1, out]
  * (or already 1-D) and nothing else is there; the magnitudes leave as 1-D [out]. */
-static int dora_export_tensors(const AdioCfg *c, const AdioTensor *t, int n, AdioTensor **out, int *nout,
-                               void **keep, ErrStatus *st) {
+static int dora_export_tensors(const AdioCfg *c, const AdioTensor *t, int n, AdioTensor **out,
+                               int *nout, void **keep, ErrStatus *st) {
     *keep = NULL;
     AdioTensor *o = malloc((size_t)(n > 0 ? n : 1) * sizeof *o);
     SL_CHECK(o, "out of memory");
@@ -518,24 +541,30 @@ static int dora_export_tensors(const AdioCfg *c, const AdioTensor *t, int n, Adi
             const AdioTensor *b = dora_find(t, n, name);
             snprintf(name, sizeof name, "%s%s", pre, dora_mag_suffix);
             const AdioTensor *m = dora_find(t, n, name);
-            const char *bad = !a ? "lora_A.weight" : !b ? "lora_B.weight" : !m ? dora_mag_suffix + 1 : NULL;
+            const char *bad = !a   ? "lora_A.weight"
+                              : !b ? "lora_B.weight"
+                              : !m ? dora_mag_suffix + 1
+                                   : NULL;
             if (bad) {
                 free(o);
                 return err_status_set(st, "export: DoRA adapter without %s.%s", pre, bad);
             }
-            if (a->rows != r || b->cols != r || (m->rows != 1 && m->rows != 0) || m->cols != b->rows) {
+            if (a->rows != r || b->cols != r || (m->rows != 1 && m->rows != 0) ||
+                m->cols != b->rows) {
                 free(o);
-                return err_status_set(st, "export: DoRA module %s: lora_A [%lld, %lld], lora_B [%lld, %lld], "
-                                          "magnitude [%lld] do not match r = %d", pre, (long long)a->rows,
-                                      (long long)a->cols, (long long)b->rows, (long long)b->cols,
-                                      (long long)m->cols, r);
+                return err_status_set(
+                    st,
+                    "export: DoRA module %s: lora_A [%lld, %lld], lora_B [%lld, %lld], "
+                    "magnitude [%lld] do not match r = %d",
+                    pre, (long long)a->rows, (long long)a->cols, (long long)b->rows,
+                    (long long)b->cols, (long long)m->cols, r);
             }
             o[m - t].rows = 0; /* 1-D [out] */
         }
     if (want != n) {
         free(o);
-        return err_status_set(st, "export: %d tensors for a DoRA adapter configuration with %lld", n,
-                              (long long)want);
+        return err_status_set(st, "export: %d tensors for a DoRA adapter configuration with %lld",
+                              n, (long long)want);
     }
     *out = o;
     *nout = n;
@@ -544,12 +573,14 @@ static int dora_export_tensors(const AdioCfg *c, const AdioTensor *t, int n, Adi
 
 /* `shardlora merge`: LoRA's planning with the magnitude required; rows as dora_merge with
  * whole rows (ibuf = lora_A [r, cols]; rbuf = lora_B rows [k, r], then m [k]). */
-static int dora_merge_plan(AdioMergeItem *it, const PeftAdapter *a, unsigned char *used, ErrStatus *st) {
+static int dora_merge_plan(AdioMergeItem *it, const PeftAdapter *a, unsigned char *used,
+                           ErrStatus *st) {
     return lora_merge_plan_factors(it, a, used, 1, st);
 }
 
-static int64_t dora_merge_stream(const AdioMergeItem *it, PeftAdapter *a, const void *shared, const float *ibuf,
-                                 float *rbuf, float *W, int64_t row0, int64_t k, int threads, ErrStatus *st) {
+static int64_t dora_merge_stream(const AdioMergeItem *it, PeftAdapter *a, const void *shared,
+                                 const float *ibuf, float *rbuf, float *W, int64_t row0, int64_t k,
+                                 int threads, ErrStatus *st) {
     (void)shared;
     float *B = rbuf, *mag = rbuf + k * it->r;
     if (!lora_merge_read_b(it, a, B, row0, k, st) ||

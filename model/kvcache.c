@@ -49,15 +49,18 @@ static void kvc_softmax_rows(float *S, int64_t M, int64_t nk, int64_t lim0, int6
         float *row = S + r * nk;
         const int64_t lim = lim0 + r * step;
         float mx = -INFINITY;
-        for (int64_t j = 0; j < lim; j++) mx = row[j] > mx ? row[j] : mx;
+        for (int64_t j = 0; j < lim; j++)
+            mx = row[j] > mx ? row[j] : mx;
         double sum = 0;
         for (int64_t j = 0; j < lim; j++) {
             row[j] = expf(row[j] - mx);
             sum += row[j];
         }
         const float inv = (float)(1.0 / sum);
-        for (int64_t j = 0; j < lim; j++) row[j] *= inv;
-        for (int64_t j = lim; j < nk; j++) row[j] = 0.0f;
+        for (int64_t j = 0; j < lim; j++)
+            row[j] *= inv;
+        for (int64_t j = lim; j < nk; j++)
+            row[j] = 0.0f;
     }
 }
 
@@ -74,7 +77,8 @@ void kvc_attention(GemmCtx *g, float *out, const float *q, const KvCache *c, int
         for (int64_t kv = 0; kv < c->KVl; kv++) {
             gemm_f32(g, 0, 1, G, nk, D, scale, q + kv * G * D, D, K + kv * D, KD, 0.0f, scores, nk);
             kvc_softmax_rows(scores, G, nk, nk, 0);
-            gemm_f32(g, 0, 0, G, D, nk, 1.0f, scores, nk, V + kv * D, KD, 0.0f, out + kv * G * D, D);
+            gemm_f32(g, 0, 0, G, D, nk, 1.0f, scores, nk, V + kv * D, KD, 0.0f, out + kv * G * D,
+                     D);
         }
         return;
     }

@@ -17,9 +17,9 @@
 
 typedef struct {
     int64_t L, S, Tmax, KVl, D;
-    float *k, *v;   /* [L, S, Tmax, KVl*D] keys (after RoPE) and values */
-    int64_t *len;   /* [S] positions filled in every layer */
-    size_t bytes;   /* of k and v (MEM_ACTIVATION) */
+    float *k, *v; /* [L, S, Tmax, KVl*D] keys (after RoPE) and values */
+    int64_t *len; /* [S] positions filled in every layer */
+    size_t bytes; /* of k and v (MEM_ACTIVATION) */
 } KvCache;
 
 void kvc_init(KvCache *c, int64_t L, int64_t S, int64_t Tmax, int64_t KVl, int64_t D, MemCtx *mem);

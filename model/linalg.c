@@ -9,20 +9,25 @@ void linalg_orth(double *X, int64_t n, int q) {
         for (int pass = 0; pass < 2; pass++)
             for (int k = 0; k < j; k++) {
                 double d = 0;
-                for (int64_t i = 0; i < n; i++) d += X[i * q + k] * X[i * q + j];
-                for (int64_t i = 0; i < n; i++) X[i * q + j] -= d * X[i * q + k];
+                for (int64_t i = 0; i < n; i++)
+                    d += X[i * q + k] * X[i * q + j];
+                for (int64_t i = 0; i < n; i++)
+                    X[i * q + j] -= d * X[i * q + k];
             }
         double nn = 0;
-        for (int64_t i = 0; i < n; i++) nn += X[i * q + j] * X[i * q + j];
+        for (int64_t i = 0; i < n; i++)
+            nn += X[i * q + j] * X[i * q + j];
         nn = sqrt(nn);
         const double inv = nn > 1e-300 ? 1.0 / nn : 0.0;
-        for (int64_t i = 0; i < n; i++) X[i * q + j] *= inv;
+        for (int64_t i = 0; i < n; i++)
+            X[i * q + j] *= inv;
     }
 }
 
 void linalg_jacobi_svd(double *M, double *V, int64_t n, int q) {
     for (int i = 0; i < q; i++)
-        for (int j = 0; j < q; j++) V[i * q + j] = i == j;
+        for (int j = 0; j < q; j++)
+            V[i * q + j] = i == j;
     for (int sweep = 0; sweep < 80; sweep++) {
         int rotated = 0;
         for (int p = 0; p < q; p++)
@@ -60,19 +65,23 @@ void linalg_pinv_sym(double *P, double *M, double *V, int q, double rtol) {
     double smax = 0.0;
     for (int j = 0; j < q; j++) {
         double nn = 0.0;
-        for (int i = 0; i < q; i++) nn += M[i * q + j] * M[i * q + j];
+        for (int i = 0; i < q; i++)
+            nn += M[i * q + j] * M[i * q + j];
         smax = fmax(smax, sqrt(nn));
     }
     for (int j = 0; j < q; j++) { /* column j of M becomes u_j / sigma_j, or 0 below the cut */
         double nn = 0.0;
-        for (int i = 0; i < q; i++) nn += M[i * q + j] * M[i * q + j];
+        for (int i = 0; i < q; i++)
+            nn += M[i * q + j] * M[i * q + j];
         const double s = sqrt(nn), w = s > rtol * smax && s > 0 ? 1.0 / (s * s) : 0.0;
-        for (int i = 0; i < q; i++) M[i * q + j] *= w;
+        for (int i = 0; i < q; i++)
+            M[i * q + j] *= w;
     }
     for (int i = 0; i < q; i++)
         for (int k = 0; k < q; k++) {
             double acc = 0.0;
-            for (int j = 0; j < q; j++) acc += V[i * q + j] * M[k * q + j];
+            for (int j = 0; j < q; j++)
+                acc += V[i * q + j] * M[k * q + j];
             P[i * q + k] = acc;
         }
 }

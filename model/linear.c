@@ -27,17 +27,20 @@ void lin_forward(GemmCtx *g, const Linear *l, const AdapterEnv *env, float *Y, c
                  int64_t N) {
     const int64_t no = l->shard.no;
     gemm_xwt(g, Y, X, &l->w, N, 0.0f);
-    const float *sc = l->adapter && l->adapter->kind->out_scale ? l->adapter->kind->out_scale(l->adapter) : NULL;
+    const float *sc =
+        l->adapter && l->adapter->kind->out_scale ? l->adapter->kind->out_scale(l->adapter) : NULL;
     if (sc) {
         for (int64_t n = 0; n < N; n++) {
             float *y = Y + n * no;
-            for (int64_t o = 0; o < no; o++) y[o] *= sc[o];
+            for (int64_t o = 0; o < no; o++)
+                y[o] *= sc[o];
         }
     }
     if (l->bias && l->add_bias) {
         for (int64_t n = 0; n < N; n++) {
             float *y = Y + n * no;
-            for (int64_t o = 0; o < no; o++) y[o] += l->bias[o];
+            for (int64_t o = 0; o < no; o++)
+                y[o] += l->bias[o];
         }
     }
     if (l->adapter) l->adapter->kind->forward(l->adapter, env, Y, X, N);
@@ -45,7 +48,8 @@ void lin_forward(GemmCtx *g, const Linear *l, const AdapterEnv *env, float *Y, c
 
 void lin_backward(GemmCtx *g, const Linear *l, const AdapterEnv *env, float *dX, const float *dY,
                   const float *X, int64_t N, float beta) {
-    const float *sc = l->adapter && l->adapter->kind->out_scale ? l->adapter->kind->out_scale(l->adapter) : NULL;
+    const float *sc =
+        l->adapter && l->adapter->kind->out_scale ? l->adapter->kind->out_scale(l->adapter) : NULL;
     if (sc) {
         /* the base path's dY is scaled per output column (adapter.h out_scale) */
         const int64_t no = l->shard.no;
@@ -53,7 +57,8 @@ void lin_backward(GemmCtx *g, const Linear *l, const AdapterEnv *env, float *dX,
         SL_CHECK(d && N <= l->adapter->max_rows, "out_scale without dY scratch for %lld rows",
                  (long long)N);
         for (int64_t n = 0; n < N; n++)
-            for (int64_t o = 0; o < no; o++) d[n * no + o] = dY[n * no + o] * sc[o];
+            for (int64_t o = 0; o < no; o++)
+                d[n * no + o] = dY[n * no + o] * sc[o];
         gemm_xw(g, dX, d, &l->w, N, beta);
     } else {
         gemm_xw(g, dX, dY, &l->w, N, beta);

@@ -74,9 +74,9 @@ static const StTensor *llama_find(StDir *d, const char *name, int64_t rows, int6
 
 /* Reads rows [r0, r0+nr) x cols [c0, c0+nc) of a [rows, cols] matrix into frozen memory,
  * keeping BF16 as BF16 (F16 becomes F32). */
-static int llama_load_matrix(LlamaModel *m, StDir *d, MemCtx *mem, const char *name,
-                             int64_t rows, int64_t cols, int64_t r0, int64_t nr, int64_t c0,
-                             int64_t nc, GemmWeight *w, ErrStatus *st) {
+static int llama_load_matrix(LlamaModel *m, StDir *d, MemCtx *mem, const char *name, int64_t rows,
+                             int64_t cols, int64_t r0, int64_t nr, int64_t c0, int64_t nc,
+                             GemmWeight *w, ErrStatus *st) {
     StFile *f = NULL;
     const StTensor *t = llama_find(d, name, rows, cols, &f, st);
     if (!t) return 0;
@@ -94,8 +94,8 @@ static int llama_load_matrix(LlamaModel *m, StDir *d, MemCtx *mem, const char *n
 }
 
 /* A replicated or sliced 1-D tensor as F32: elements [e0, e0+ne) of [n]. */
-static float *llama_load_vector(LlamaModel *m, StDir *d, MemCtx *mem, const char *name,
-                                int64_t n, int64_t e0, int64_t ne, ErrStatus *st) {
+static float *llama_load_vector(LlamaModel *m, StDir *d, MemCtx *mem, const char *name, int64_t n,
+                                int64_t e0, int64_t ne, ErrStatus *st) {
     StFile *f = NULL;
     const StTensor *t = llama_find(d, name, n, 0, &f, st);
     if (!t) return NULL;
@@ -111,8 +111,7 @@ static int llama_check_layout(const HfcConfig *c, int tp, ErrStatus *st) {
         return err_status_set(st, "--tp %d does not divide num_attention_heads %lld", tp,
                               (long long)c->num_heads);
     if (c->num_kv_heads % tp && tp % c->num_kv_heads)
-        return err_status_set(st,
-                              "--tp %d and num_key_value_heads %lld: one must divide the other",
+        return err_status_set(st, "--tp %d and num_key_value_heads %lld: one must divide the other",
                               tp, (long long)c->num_kv_heads);
     if (c->intermediate_size % tp)
         return err_status_set(st, "--tp %d does not divide intermediate_size %lld", tp,
@@ -177,7 +176,8 @@ int llama_load(LlamaModel *m, const char *dir, const Grid *g, MemCtx *mem, ErrSt
         sd[MOD_UP] = sd[MOD_GATE];
         sd[MOD_DOWN] = shard_even(SHARD_ROW, C, m->F, m->tp, m->tp_rank);
         if (m->tp == 1)
-            for (int i = 0; i < MOD_NMODULES; i++) sd[i].kind = SHARD_NONE;
+            for (int i = 0; i < MOD_NMODULES; i++)
+                sd[i].kind = SHARD_NONE;
         for (int i = 0; i < MOD_NMODULES; i++) {
             Linear *lin = &ly->lin[i];
             lin->shard = sd[i];
@@ -193,10 +193,10 @@ int llama_load(LlamaModel *m, const char *dir, const Grid *g, MemCtx *mem, ErrSt
                          adapter_module_group((ModuleId)i), adapter_module_name((ModuleId)i));
                 int row_layer = i == MOD_O || i == MOD_DOWN;
                 /* row layers: the bias is replicated and added by TP rank 0 only */
-                lin->bias = row_layer ? llama_load_vector(m, &d, mem, name, sd[i].out, 0,
-                                                          sd[i].out, st)
-                                      : llama_load_vector(m, &d, mem, name, sd[i].out, sd[i].o0,
-                                                          sd[i].no, st);
+                lin->bias =
+                    row_layer
+                        ? llama_load_vector(m, &d, mem, name, sd[i].out, 0, sd[i].out, st)
+                        : llama_load_vector(m, &d, mem, name, sd[i].out, sd[i].o0, sd[i].no, st);
                 if (!lin->bias) goto done;
                 lin->add_bias = !row_layer || m->tp_rank == 0;
             }
@@ -218,7 +218,8 @@ int llama_load(LlamaModel *m, const char *dir, const Grid *g, MemCtx *mem, ErrSt
         if (c->o_bias) rep += (uint64_t)m->L * (uint64_t)C * 4;
         if (c->mlp_bias) rep += (uint64_t)m->L * (uint64_t)C * 4;
         if (m->KV < m->tp && m->tp > 1)
-            rep += (uint64_t)m->L * 2 * (uint64_t)(m->KVl * D) * ((uint64_t)C * es + (c->qkv_bias ? 4 : 0));
+            rep += (uint64_t)m->L * 2 * (uint64_t)(m->KVl * D) *
+                   ((uint64_t)C * es + (c->qkv_bias ? 4 : 0));
         m->replicated_bytes = rep;
     }
     ok = 1;
@@ -264,13 +265,15 @@ void llama_init_adapters(LlamaModel *m, const AdapterCfg *acfg, Grid *g, MemCtx 
             for (int i = 0; i < MOD_NMODULES; i++)
                 if (m->layers[l].lin[i].adapter) slots[n++] = m->layers[l].lin[i].adapter;
         m->adapter_shared = kind->shared_new(&m->acfg, slots, n, mem);
-        for (int k = 0; k < n; k++) slots[k]->shared = m->adapter_shared;
+        for (int k = 0; k < n; k++)
+            slots[k]->shared = m->adapter_shared;
         free(slots);
     }
     params_finalize(&m->params, mem);
     for (int64_t l = 0; l < m->L; l++)
         for (int i = 0; i < MOD_NMODULES; i++)
-            if (m->layers[l].lin[i].adapter) m->layers[l].slot[i].kind->init(&m->layers[l].slot[i], &m->params);
+            if (m->layers[l].lin[i].adapter)
+                m->layers[l].slot[i].kind->init(&m->layers[l].slot[i], &m->params);
 }
 
 void llama_adapters_step_begin(LlamaModel *m, const AdapterEnv *env) {
@@ -301,7 +304,8 @@ void llama_free(LlamaModel *m, MemCtx *mem) {
         }
     if (kind && kind->shared_free && m->adapter_shared) kind->shared_free(m->adapter_shared, mem);
     if (m->params.e) params_free(&m->params, mem);
-    for (int i = 0; i < m->nblocks; i++) mem_free(mem, MEM_FROZEN, m->blocks[i], m->block_bytes[i]);
+    for (int i = 0; i < m->nblocks; i++)
+        mem_free(mem, MEM_FROZEN, m->blocks[i], m->block_bytes[i]);
     free(m->blocks);
     free(m->block_bytes);
     free(m->layers);
@@ -313,14 +317,15 @@ void llama_free(LlamaModel *m, MemCtx *mem) {
 static float *acts_alloc(LlamaActs *a, MemCtx *mem, size_t floats) {
     size_t bytes = (floats ? floats : 1) * sizeof(float);
     a->bytes += bytes;
-    return llama_tracked_alloc(mem, MEM_ACTIVATION, bytes, &a->allocs, &a->alloc_bytes,
-                               &a->nallocs, &a->capallocs);
+    return llama_tracked_alloc(mem, MEM_ACTIVATION, bytes, &a->allocs, &a->alloc_bytes, &a->nallocs,
+                               &a->capallocs);
 }
 
 static float **acts_alloc_layers(LlamaActs *a, MemCtx *mem, int64_t L, size_t floats) {
     float **p = calloc((size_t)L, sizeof *p);
     SL_CHECK(p, "out of memory");
-    for (int64_t l = 0; l < L; l++) p[l] = acts_alloc(a, mem, floats);
+    for (int64_t l = 0; l < L; l++)
+        p[l] = acts_alloc(a, mem, floats);
     return p;
 }
 
@@ -367,8 +372,7 @@ void llama_acts_init(LlamaActs *a, const LlamaModel *m, int64_t B, int64_t T, Me
     for (int64_t l = 0; l < m->L; l++)
         for (int i = 0; i < MOD_NMODULES; i++)
             if (m->layers[l].lin[i].adapter)
-                m->layers[l].slot[i].kind->alloc((AdapterSlot *)&m->layers[l].slot[i], mem,
-                                                 a->N);
+                m->layers[l].slot[i].kind->alloc((AdapterSlot *)&m->layers[l].slot[i], mem, a->N);
 }
 
 void llama_acts_free(LlamaActs *a, const LlamaModel *m, MemCtx *mem) {
@@ -376,10 +380,12 @@ void llama_acts_free(LlamaActs *a, const LlamaModel *m, MemCtx *mem) {
         for (int i = 0; i < MOD_NMODULES; i++)
             if (m->layers[l].lin[i].adapter && m->layers[l].slot[i].h)
                 m->layers[l].slot[i].kind->release((AdapterSlot *)&m->layers[l].slot[i], mem);
-    for (int i = 0; i < a->nallocs; i++) mem_free(mem, MEM_ACTIVATION, a->allocs[i], a->alloc_bytes[i]);
-    float **lists[] = {a->res, a->ln1, a->ln2, a->rstd1, a->rstd2, a->q, a->k, a->v,
-                       a->att, a->lse, a->mid, a->gate, a->up, a->act};
-    for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) free(lists[i]);
+    for (int i = 0; i < a->nallocs; i++)
+        mem_free(mem, MEM_ACTIVATION, a->allocs[i], a->alloc_bytes[i]);
+    float **lists[] = {a->res, a->ln1, a->ln2, a->rstd1, a->rstd2, a->q,  a->k,
+                       a->v,   a->att, a->lse, a->mid,   a->gate,  a->up, a->act};
+    for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++)
+        free(lists[i]);
     free(a->allocs);
     free(a->alloc_bytes);
     memset(a, 0, sizeof *a);
@@ -424,12 +430,13 @@ void llama_batch_prepare(LlamaBatch *b, const LlamaModel *m, const int64_t *labe
 /* ---------------------------------------------------------------- forward */
 
 static void add_into(float *y, const float *x, size_t n) {
-    for (size_t i = 0; i < n; i++) y[i] += x[i];
+    for (size_t i = 0; i < n; i++)
+        y[i] += x[i];
 }
 
 double llama_forward(LlamaModel *m, LlamaActs *a, const LlamaBatch *b, float loss_scale,
-                     int want_grad, const AdapterEnv *env, const KernOps *k, KernCtx *kc,
-                     Grid *g, int64_t *counted) {
+                     int want_grad, const AdapterEnv *env, const KernOps *k, KernCtx *kc, Grid *g,
+                     int64_t *counted) {
     const int64_t N = b->B * b->T, T = b->T, C = m->C, D = m->D;
     const int64_t QD = m->Hl * D, KD = m->KVl * D, Fl = m->Fl;
     const float eps = (float)m->cfg.rms_norm_eps;
@@ -438,7 +445,8 @@ double llama_forward(LlamaModel *m, LlamaActs *a, const LlamaBatch *b, float los
 
     /* embedding: vocab-parallel rows, zeros elsewhere, summed over TP */
     k->embed_forward(a->res[0], &m->embed, b->ids, m->V0, N, C);
-    if (m->Vl < m->V) grid_allreduce_sum_f32(g, g->tp_comm, a->res[0], (size_t)(N * C), GRID_BYTES_TP);
+    if (m->Vl < m->V)
+        grid_allreduce_sum_f32(g, g->tp_comm, a->res[0], (size_t)(N * C), GRID_BYTES_TP);
 
     for (int64_t l = 0; l < m->L; l++) {
         LlamaLayer *ly = &m->layers[l];
@@ -542,8 +550,8 @@ void llama_backward(LlamaModel *m, LlamaActs *a, const LlamaBatch *b, const Adap
             k->attention_backward(kc, a->dq + s * T * QD, a->dk + s * T * KD, a->dv + s * T * KD,
                                   a->datt + s * T * QD, a->att[l] + s * T * QD,
                                   a->lse[l] + s * m->Hl * T, a->q[l] + s * T * QD,
-                                  a->k[l] + s * T * KD, a->v[l] + s * T * KD,
-                                  b->doc_start + s * T, T, m->Hl, m->KVl, D);
+                                  a->k[l] + s * T * KD, a->v[l] + s * T * KD, b->doc_start + s * T,
+                                  T, m->Hl, m->KVl, D);
         k->rope_backward(a->dq, b->cos, b->sin, N, m->Hl, D);
         k->rope_backward(a->dk, b->cos, b->sin, N, m->KVl, D);
         lin_backward(gc, &ly->lin[MOD_Q], env, a->dln, a->dq, a->ln1[l], N, 0.0f);
@@ -627,11 +635,13 @@ void llama_infer_init(LlamaInfer *in, LlamaModel *m, int64_t S, int64_t Tmax, in
 void llama_infer_free(LlamaInfer *in, LlamaModel *m, MemCtx *mem) {
     for (int64_t l = 0; in->adapters_alloc && l < m->L; l++)
         for (int i = 0; i < MOD_NMODULES; i++)
-            if (m->layers[l].slot[i].h) m->layers[l].slot[i].kind->release(&m->layers[l].slot[i], mem);
+            if (m->layers[l].slot[i].h)
+                m->layers[l].slot[i].kind->release(&m->layers[l].slot[i], mem);
     kvc_free(&in->cache, mem);
     mem_free(mem, MEM_OTHER, in->pos, (size_t)in->R * sizeof(int64_t));
     mem_free(mem, MEM_OTHER, in->doc0, (size_t)in->R * sizeof(int32_t));
-    for (int i = 0; i < in->nallocs; i++) mem_free(mem, MEM_ACTIVATION, in->allocs[i], in->alloc_bytes[i]);
+    for (int i = 0; i < in->nallocs; i++)
+        mem_free(mem, MEM_ACTIVATION, in->allocs[i], in->alloc_bytes[i]);
     free(in->allocs);
     free(in->alloc_bytes);
     memset(in, 0, sizeof *in);
@@ -649,13 +659,14 @@ void llama_infer_forward(LlamaModel *m, LlamaInfer *in, const LlamaSeg *segs, in
     int64_t N = 0;
     for (int i = 0; i < nseg; i++) {
         const LlamaSeg *sg = &segs[i];
-        SL_CHECK(sg->slot >= 0 && sg->slot < in->S && sg->n >= 1 && sg->p0 == cache->len[sg->slot] &&
-                     sg->p0 + sg->n <= in->Tmax,
+        SL_CHECK(sg->slot >= 0 && sg->slot < in->S && sg->n >= 1 &&
+                     sg->p0 == cache->len[sg->slot] && sg->p0 + sg->n <= in->Tmax,
                  "segment %d: slot %d positions [%lld, %lld), cached %lld, Tmax %lld", i, sg->slot,
                  (long long)sg->p0, (long long)(sg->p0 + sg->n),
                  (long long)(sg->slot >= 0 && sg->slot < in->S ? cache->len[sg->slot] : -1),
                  (long long)in->Tmax);
-        for (int64_t t = 0; t < sg->n; t++) in->pos[N + t] = sg->p0 + t;
+        for (int64_t t = 0; t < sg->n; t++)
+            in->pos[N + t] = sg->p0 + t;
         N += sg->n;
         cache->len[sg->slot] = sg->p0 + sg->n; /* every layer writes these before reading */
     }
@@ -744,10 +755,12 @@ int llama_merge_adapters(LlamaModel *m, GemmCtx *gc, ErrStatus *st) {
                 for (int64_t a = 0; a < nb; a++) {
                     float *d = rows + a * ni;
                     if (lin->w.dtype == GEMM_F32)
-                        memcpy(d, (const float *)lin->w.data + (o0 + a) * ld, (size_t)ni * sizeof(float));
+                        memcpy(d, (const float *)lin->w.data + (o0 + a) * ld,
+                               (size_t)ni * sizeof(float));
                     else
                         for (int64_t j = 0; j < ni; j++)
-                            d[j] = gemm_bf16_to_f32(((const uint16_t *)lin->w.data)[(o0 + a) * ld + j]);
+                            d[j] = gemm_bf16_to_f32(
+                                ((const uint16_t *)lin->w.data)[(o0 + a) * ld + j]);
                 }
                 s->kind->merge(s, &env, rows, o0, nb);
                 for (int64_t a = 0; a < nb; a++) {

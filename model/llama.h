@@ -40,10 +40,10 @@ typedef struct {
     LlamaLayer *layers;       /* [L] */
     float *inv_freq;          /* [D/2] */
     AdapterCfg acfg;
-    void *adapter_shared;     /* the kind's model-wide state (AdapterKind.shared_new), or NULL */
+    void *adapter_shared; /* the kind's model-wide state (AdapterKind.shared_new), or NULL */
     ParamTable params;
-    uint64_t bytes_read;      /* frozen bytes read from disk by this rank */
-    uint64_t frozen_bytes;    /* frozen bytes resident on this rank */
+    uint64_t bytes_read;       /* frozen bytes read from disk by this rank */
+    uint64_t frozen_bytes;     /* frozen bytes resident on this rank */
     uint64_t replicated_bytes; /* of which not divided by tp: norms, row-layer biases, RoPE
                                 * table, and k/v when kv heads are replicated (KV < tp) */
     /* frozen allocations, for llama_free */
@@ -55,31 +55,31 @@ typedef struct {
 /* One micro-batch, laid out for the kernels. */
 typedef struct {
     int64_t B, T;
-    int32_t *ids;        /* [N] input ids */
-    int32_t *targets;    /* [N] label of the next token in the same row, -1 if ignored */
-    int64_t *pos;        /* [N] position ids */
-    int32_t *doc_start;  /* [N] per row, relative to the row's start */
-    float *cos, *sin;    /* [N, D/2] RoPE tables */
+    int32_t *ids;       /* [N] input ids */
+    int32_t *targets;   /* [N] label of the next token in the same row, -1 if ignored */
+    int64_t *pos;       /* [N] position ids */
+    int32_t *doc_start; /* [N] per row, relative to the row's start */
+    float *cos, *sin;   /* [N, D/2] RoPE tables */
 } LlamaBatch;
 
 typedef struct {
     int64_t N, B, T, chunk;
     /* per layer, saved by forward */
-    float **res;         /* [L+1][N, C] residual stream: input of layer l; res[L] final */
-    float **ln1, **ln2;  /* [L][N, C] */
-    float **rstd1, **rstd2; /* [L][N] */
-    float **q, **k, **v; /* [L][N, Hl*D], [L][N, KVl*D] (q, k after RoPE) */
-    float **att;         /* [L][N, Hl*D] */
-    float **lse;         /* [L][B, Hl, T] */
-    float **mid;         /* [L][N, C] residual after attention */
+    float **res;               /* [L+1][N, C] residual stream: input of layer l; res[L] final */
+    float **ln1, **ln2;        /* [L][N, C] */
+    float **rstd1, **rstd2;    /* [L][N] */
+    float **q, **k, **v;       /* [L][N, Hl*D], [L][N, KVl*D] (q, k after RoPE) */
+    float **att;               /* [L][N, Hl*D] */
+    float **lse;               /* [L][B, Hl, T] */
+    float **mid;               /* [L][N, C] residual after attention */
     float **gate, **up, **act; /* [L][N, Fl] */
-    float *lnf, *rstdf;  /* [N, C], [N] */
+    float *lnf, *rstdf;        /* [N, C], [N] */
     /* backward and loss scratch */
-    float *dres, *dmid, *dln, *tmpc; /* [N, C] */
-    float *dq, *datt;    /* [N, Hl*D] */
-    float *dk, *dv;      /* [N, KVl*D] */
-    float *dgate, *dup, *dact; /* [N, Fl] */
-    float *logits;       /* [chunk, Vl] */
+    float *dres, *dmid, *dln, *tmpc;     /* [N, C] */
+    float *dq, *datt;                    /* [N, Hl*D] */
+    float *dk, *dv;                      /* [N, KVl*D] */
+    float *dgate, *dup, *dact;           /* [N, Fl] */
+    float *logits;                       /* [chunk, Vl] */
     float *ce_mx, *ce_se, *ce_tl, *ce_w; /* [chunk] */
     size_t bytes;
     /* every allocation, for llama_acts_free */
@@ -114,8 +114,8 @@ void llama_batch_prepare(LlamaBatch *b, const LlamaModel *m, const int64_t *labe
  * *counted receives the number of counted targets in this micro-batch. With want_grad,
  * leaves dL/d(final norm input) in a->dres for llama_backward. */
 double llama_forward(LlamaModel *m, LlamaActs *a, const LlamaBatch *b, float loss_scale,
-                     int want_grad, const AdapterEnv *env, const KernOps *k, KernCtx *kc,
-                     Grid *g, int64_t *counted);
+                     int want_grad, const AdapterEnv *env, const KernOps *k, KernCtx *kc, Grid *g,
+                     int64_t *counted);
 /* Called after layer l's backward has accumulated its adapter gradients (layers finish from
  * L-1 down to 0), so their gradient sync can start while the backward goes on. */
 typedef void (*LlamaLayerDone)(void *ctx, int layer);
@@ -142,8 +142,8 @@ void llama_vocab_range(int64_t V, int tp, int r, int64_t *v0, int64_t *vl);
  * keys; at p0 > 0 it is kvc_attention. The logits of each segment's last row are left in
  * vocab-parallel form (this rank's Vl columns). */
 typedef struct {
-    int32_t slot;     /* KV cache slot */
-    int64_t p0, n;    /* positions [p0, p0 + n); p0 == the slot's cached length */
+    int32_t slot;  /* KV cache slot */
+    int64_t p0, n; /* positions [p0, p0 + n); p0 == the slot's cached length */
 } LlamaSeg;
 
 /* Inference buffers for up to R rows per forward, S slots of Tmax positions (R rows of the
@@ -151,25 +151,25 @@ typedef struct {
 typedef struct {
     int64_t R, S, Tmax;
     KvCache cache;
-    int64_t *pos;        /* [R] positions */
-    int32_t *doc0;       /* [R] zeros: one document per segment for the training kernel */
-    float *cos, *sin;    /* [R, D/2] */
-    float *x;            /* [R, C] residual stream */
-    float *ln, *tmpc;    /* [R, C] */
-    float *rstd;         /* [R] */
-    float *q, *att;      /* [R, Hl*D] */
-    float *k, *v;        /* [R, KVl*D] this forward's keys (after RoPE) and values */
-    float *lse;          /* [Hl, R] */
+    int64_t *pos;           /* [R] positions */
+    int32_t *doc0;          /* [R] zeros: one document per segment for the training kernel */
+    float *cos, *sin;       /* [R, D/2] */
+    float *x;               /* [R, C] residual stream */
+    float *ln, *tmpc;       /* [R, C] */
+    float *rstd;            /* [R] */
+    float *q, *att;         /* [R, Hl*D] */
+    float *k, *v;           /* [R, KVl*D] this forward's keys (after RoPE) and values */
+    float *lse;             /* [Hl, R] */
     float *gate, *up, *act; /* [R, Fl] */
-    float *scores;       /* [kvc_scores_floats(R, Tmax)] */
-    float *last, *lastn; /* [S, C] each segment's last residual row and its final norm */
-    float *rstd_last;    /* [S] */
-    float *logits;       /* [S, Vl] the local logits of each segment's last row */
-    size_t bytes;        /* activation bytes, without the cache */
+    float *scores;          /* [kvc_scores_floats(R, Tmax)] */
+    float *last, *lastn;    /* [S, C] each segment's last residual row and its final norm */
+    float *rstd_last;       /* [S] */
+    float *logits;          /* [S, Vl] the local logits of each segment's last row */
+    size_t bytes;           /* activation bytes, without the cache */
     int nallocs, capallocs;
     void **allocs;
     size_t *alloc_bytes;
-    int adapters_alloc;  /* adapter scratch allocated for R rows */
+    int adapters_alloc; /* adapter scratch allocated for R rows */
 } LlamaInfer;
 
 /* Allocates the cache and the buffers; the adapter slots get scratch for R rows (call after

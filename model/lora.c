@@ -204,19 +204,24 @@ static void lorafa_make_projection(AdapterSlot *s) {
     for (int i = 0; i < r; i++)
         for (int j = 0; j <= i; j++) {
             double acc = 0.0;
-            for (int64_t k = 0; k < ni; k++) acc += (double)A[i * ni + k] * A[j * ni + k];
+            for (int64_t k = 0; k < ni; k++)
+                acc += (double)A[i * ni + k] * A[j * ni + k];
             f->M[i * r + j] = f->M[j * r + i] = acc;
         }
     if (s->in_copies < s->tp) { /* each input column is on in_copies of the tp ranks */
-        grid_allreduce_sum_f64(s->grid, s->grid->tp_comm, f->M, (size_t)r * (size_t)r, GRID_BYTES_OTHER);
-        for (int i = 0; i < r * r; i++) f->M[i] /= (double)s->in_copies;
+        grid_allreduce_sum_f64(s->grid, s->grid->tp_comm, f->M, (size_t)r * (size_t)r,
+                               GRID_BYTES_OTHER);
+        for (int i = 0; i < r * r; i++)
+            f->M[i] /= (double)s->in_copies;
     }
-    for (int i = 0; i < r; i++) f->M[i * r + i] += LORAFA_DELTA;
+    for (int i = 0; i < r; i++)
+        f->M[i * r + i] += LORAFA_DELTA;
     linalg_pinv_sym(f->P, f->M, f->V, r, (double)r * FLT_EPSILON);
     const AdapterCfg *c = s->cfg;
-    const double sc = c->use_rslora ? (double)c->alpha / sqrt((double)c->r)
-                                    : (double)c->alpha / (double)c->r;
-    for (int i = 0; i < r * r; i++) f->P[i] /= sc * sc;
+    const double sc =
+        c->use_rslora ? (double)c->alpha / sqrt((double)c->r) : (double)c->alpha / (double)c->r;
+    for (int i = 0; i < r * r; i++)
+        f->P[i] /= sc * sc;
     f->ready = 1;
 }
 
@@ -231,10 +236,12 @@ static void lorafa_grad_post(AdapterSlot *s, const AdapterEnv *env) {
     float *dB = params_grad(s->params, s->pB); /* [no, r] */
     for (int64_t o = 0; o < no; o++) {
         float *g = dB + o * r;
-        for (int k = 0; k < r; k++) f->row[k] = g[k];
+        for (int k = 0; k < r; k++)
+            f->row[k] = g[k];
         for (int j = 0; j < r; j++) {
             double acc = 0.0;
-            for (int k = 0; k < r; k++) acc += f->row[k] * f->P[k * r + j];
+            for (int k = 0; k < r; k++)
+                acc += f->row[k] * f->P[k * r + j];
             g[j] = (float)acc;
         }
     }
@@ -253,37 +260,42 @@ static double lorafa_flops_per_token(const AdapterSlot *s) {
 #define LORA_MERGE_BLOCK 512
 
 /* One row: w [I] += (b A) * s. Returns 1 if the row came out non-finite. */
-static int lora_merge_row(float *restrict w, int64_t I, const float *restrict A, const float *restrict b, int r,
-                          float s) {
+static int lora_merge_row(float *restrict w, int64_t I, const float *restrict A,
+                          const float *restrict b, int r, float s) {
     float acc[LORA_MERGE_BLOCK];
     for (int64_t c0 = 0; c0 < I; c0 += LORA_MERGE_BLOCK) {
         const int64_t n = I - c0 < LORA_MERGE_BLOCK ? I - c0 : LORA_MERGE_BLOCK;
-        for (int64_t j = 0; j < n; j++) acc[j] = 0.0f;
+        for (int64_t j = 0; j < n; j++)
+            acc[j] = 0.0f;
         for (int k = 0; k < r; k++) {
             const float bk = b[k];
             const float *restrict a = A + (int64_t)k * I + c0;
-            for (int64_t j = 0; j < n; j++) acc[j] += bk * a[j];
+            for (int64_t j = 0; j < n; j++)
+                acc[j] += bk * a[j];
         }
         /* PEFT: delta = (B @ A) * scaling, then W + delta */
-        for (int64_t j = 0; j < n; j++) w[c0 + j] += acc[j] * s;
+        for (int64_t j = 0; j < n; j++)
+            w[c0 + j] += acc[j] * s;
     }
     for (int64_t j = 0; j < I; j++)
         if (!isfinite(w[j])) return 1;
     return 0;
 }
 
-int64_t lora_merge_rows(float *W, int64_t nr, int64_t I, const float *A, const float *B, int r, float s,
-                        int threads) {
+int64_t lora_merge_rows(float *W, int64_t nr, int64_t I, const float *A, const float *B, int r,
+                        float s, int threads) {
     int64_t bad = 0;
 #pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : bad)
-    for (int64_t o = 0; o < nr; o++) bad += lora_merge_row(W + o * I, I, A, B + o * r, r, s);
+    for (int64_t o = 0; o < nr; o++)
+        bad += lora_merge_row(W + o * I, I, A, B + o * r, r, s);
     return bad;
 }
 
 /* generate --merge-in-memory: the shard's rows [r0, r0 + nr) += s B A with the local A
  * [r, ni] and B [no, r] (whichever way the layer is split, each element sees its own row of
  * B and column of A, so the values are those of the unsharded merge). */
-static void lora_merge(const AdapterSlot *s, const AdapterEnv *env, float *W, int64_t r0, int64_t nr) {
+static void lora_merge(const AdapterSlot *s, const AdapterEnv *env, float *W, int64_t r0,
+                       int64_t nr) {
     const float *A = params_value(s->params, s->pA); /* [r, ni] */
     const float *B = params_value(s->params, s->pB); /* [no, r] */
     const int threads = env->gemm && env->gemm->nthreads > 0 ? env->gemm->nthreads : 1;
@@ -306,8 +318,8 @@ static int lora_cfg_from_json(AdapterCfg *c, const json_t *root, ErrStatus *st) 
     return 1;
 }
 
-int lora_merge_plan_factors(AdioMergeItem *it, const PeftAdapter *a, unsigned char *used, int magnitude,
-                            ErrStatus *st) {
+int lora_merge_plan_factors(AdioMergeItem *it, const PeftAdapter *a, unsigned char *used,
+                            int magnitude, ErrStatus *st) {
     const StTensor *A = peft_tensor(a, it->module, "lora_A");
     const StTensor *B = peft_tensor(a, it->module, "lora_B");
     const StTensor *M = peft_tensor(a, it->module, "lora_magnitude_vector");
@@ -320,20 +332,29 @@ int lora_merge_plan_factors(AdioMergeItem *it, const PeftAdapter *a, unsigned ch
     if (!adio_merge_targeted(a, it->module, A ? A : B ? B : M, st)) return 0;
     if (!A || !B)
         return err_status_set(st, "%s: module '%s' has %s but no %s", ap, it->module,
-                              A ? A->name : B ? B->name : M->name, A ? "lora_B" : "lora_A");
+                              A   ? A->name
+                              : B ? B->name
+                                  : M->name,
+                              A ? "lora_B" : "lora_A");
     if (M && !magnitude)
-        return err_status_set(st, "%s: tensor '%s': a DoRA magnitude, but adapter_config.json has use_dora false",
-                              ap, M->name);
+        return err_status_set(
+            st, "%s: tensor '%s': a DoRA magnitude, but adapter_config.json has use_dora false", ap,
+            M->name);
     if (!M && magnitude)
-        return err_status_set(st, "%s: module '%s' has no lora_magnitude_vector, but adapter_config.json has "
-                                  "use_dora true", ap, it->module);
+        return err_status_set(
+            st,
+            "%s: module '%s' has no lora_magnitude_vector, but adapter_config.json has "
+            "use_dora true",
+            ap, it->module);
     int r = 0;
     double alpha = 0;
     peft_module_rank(a, it->module, &r, &alpha);
     char why[64];
     snprintf(why, sizeof why, "(r = %d for this module)", r);
-    if (!adio_merge_check(it, a, A, r, it->cols, why, st) || !adio_merge_check(it, a, B, it->rows, r, why, st) ||
-        (M && !adio_merge_check(it, a, M, it->rows, -1, why, st)) || !adio_merge_check(it, a, NULL, 0, 0, NULL, st))
+    if (!adio_merge_check(it, a, A, r, it->cols, why, st) ||
+        !adio_merge_check(it, a, B, it->rows, r, why, st) ||
+        (M && !adio_merge_check(it, a, M, it->rows, -1, why, st)) ||
+        !adio_merge_check(it, a, NULL, 0, 0, NULL, st))
         return 0;
     it->adapted = 1;
     it->t[0] = A;
@@ -347,22 +368,26 @@ int lora_merge_plan_factors(AdioMergeItem *it, const PeftAdapter *a, unsigned ch
     return 1;
 }
 
-static int lora_merge_plan(AdioMergeItem *it, const PeftAdapter *a, unsigned char *used, ErrStatus *st) {
+static int lora_merge_plan(AdioMergeItem *it, const PeftAdapter *a, unsigned char *used,
+                           ErrStatus *st) {
     return lora_merge_plan_factors(it, a, used, 0, st);
 }
 
-int lora_merge_begin(const AdioMergeItem *it, PeftAdapter *a, const void *shared, float *ibuf, ErrStatus *st) {
+int lora_merge_begin(const AdioMergeItem *it, PeftAdapter *a, const void *shared, float *ibuf,
+                     ErrStatus *st) {
     (void)shared;
     return st_read_all(&a->tensors, it->t[0], ST_F32, ibuf, st);
 }
 
-int lora_merge_read_b(const AdioMergeItem *it, PeftAdapter *a, float *B, int64_t row0, int64_t k, ErrStatus *st) {
+int lora_merge_read_b(const AdioMergeItem *it, PeftAdapter *a, float *B, int64_t row0, int64_t k,
+                      ErrStatus *st) {
     return st_read_slice(&a->tensors, it->t[1], row0, k, 0, it->r, ST_F32, B, st);
 }
 
 /* W + s B A on rows [row0, row0 + k): ibuf = A [r, cols], rbuf = B rows [k, r]. */
-static int64_t lora_merge_stream(const AdioMergeItem *it, PeftAdapter *a, const void *shared, const float *ibuf,
-                                 float *rbuf, float *W, int64_t row0, int64_t k, int threads, ErrStatus *st) {
+static int64_t lora_merge_stream(const AdioMergeItem *it, PeftAdapter *a, const void *shared,
+                                 const float *ibuf, float *rbuf, float *W, int64_t row0, int64_t k,
+                                 int threads, ErrStatus *st) {
     (void)shared;
     if (!lora_merge_read_b(it, a, rbuf, row0, k, st)) return -1;
     return lora_merge_rows(W, k, it->cols, ibuf, rbuf, it->r, it->scale, threads);

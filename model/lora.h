@@ -17,18 +17,20 @@
  * B [nr, r]. Each element is summed in the same order (k = 0..r-1) whatever nr, the block's
  * first row or the thread count, so a merge split over any ranks or shards writes identical
  * values. Returns the number of rows with a non-finite value. threads >= 1 (OpenMP). */
-int64_t lora_merge_rows(float *W, int64_t nr, int64_t I, const float *A, const float *B, int r, float s,
-                        int threads);
+int64_t lora_merge_rows(float *W, int64_t nr, int64_t I, const float *A, const float *B, int r,
+                        float s, int threads);
 
 /* merge_plan of the kinds with LoRA factors: it->module's lora_A [r, cols] and lora_B
  * [rows, r] (r, s from rank_pattern / alpha_pattern), and lora_magnitude_vector [rows] when
  * `magnitude` (DoRA; refused when present otherwise). it->t = {A, B, magnitude or NULL};
  * item_floats r x cols (A), row_floats r (+ 1 with the magnitude). */
-int lora_merge_plan_factors(AdioMergeItem *it, const PeftAdapter *a, unsigned char *used, int magnitude,
-                            ErrStatus *st);
+int lora_merge_plan_factors(AdioMergeItem *it, const PeftAdapter *a, unsigned char *used,
+                            int magnitude, ErrStatus *st);
 /* merge_begin of those kinds: lora_A read whole into ibuf [r, cols]. */
-int lora_merge_begin(const AdioMergeItem *it, PeftAdapter *a, const void *shared, float *ibuf, ErrStatus *st);
+int lora_merge_begin(const AdioMergeItem *it, PeftAdapter *a, const void *shared, float *ibuf,
+                     ErrStatus *st);
 /* Rows [row0, row0 + k) of lora_B into B [k, r]. */
-int lora_merge_read_b(const AdioMergeItem *it, PeftAdapter *a, float *B, int64_t row0, int64_t k, ErrStatus *st);
+int lora_merge_read_b(const AdioMergeItem *it, PeftAdapter *a, float *B, int64_t row0, int64_t k,
+                      ErrStatus *st);
 
 #endif

@@ -21,18 +21,18 @@ typedef enum { OPTIM_ADAMW = 0, OPTIM_SGD = 1, OPTIM_ADAMW_HF = 2 } OptimKind;
 typedef struct {
     OptimKind kind;
     float lr;
-    float beta1, beta2, eps;   /* AdamW, AdamW-HF */
-    float weight_decay;        /* AdamW: decoupled; SGD: L2 added to the gradient */
-    float momentum;            /* SGD */
-    int nesterov;              /* SGD */
+    float beta1, beta2, eps; /* AdamW, AdamW-HF */
+    float weight_decay;      /* AdamW: decoupled; SGD: L2 added to the gradient */
+    float momentum;          /* SGD */
+    int nesterov;            /* SGD */
 } OptimCfg;
 
 typedef struct {
     OptimCfg cfg;
     size_t n;
-    float *m;                  /* [n] Adam first moment / SGD momentum buffer */
-    float *v;                  /* [n] Adam second moment (NULL for SGD) */
-    int64_t step;              /* updates done */
+    float *m;     /* [n] Adam first moment / SGD momentum buffer */
+    float *v;     /* [n] Adam second moment (NULL for SGD) */
+    int64_t step; /* updates done */
 } Optim;
 
 int optim_is_adam(OptimKind k);

@@ -10,9 +10,8 @@ void params_init(ParamTable *p) {
     memset(p, 0, sizeof *p);
 }
 
-int params_add(ParamTable *p, const char *name, int ndim, int64_t grows, int64_t gcols,
-               int64_t r0, int64_t nr, int64_t c0, int64_t nc, ParamSync sync, int ncopies,
-               int layer) {
+int params_add(ParamTable *p, const char *name, int ndim, int64_t grows, int64_t gcols, int64_t r0,
+               int64_t nr, int64_t c0, int64_t nc, ParamSync sync, int ncopies, int layer) {
     SL_CHECK(p->values == NULL, "params_add after params_finalize");
     SL_CHECK(strlen(name) < sizeof p->e[0].name, "parameter name too long: %s", name);
     SL_CHECK(r0 >= 0 && nr >= 0 && r0 + nr <= grows && c0 >= 0 && nc >= 0 && c0 + nc <= gcols,
@@ -96,7 +95,8 @@ double params_sumsq(const ParamTable *p, const float *buf) {
         if (params_is_frozen(p, i)) continue;
         const float *x = buf + p->e[i].offset;
         double s = 0;
-        for (size_t k = 0; k < params_numel(&p->e[i]); k++) s += (double)x[k] * x[k];
+        for (size_t k = 0; k < params_numel(&p->e[i]); k++)
+            s += (double)x[k] * x[k];
         total += s / p->e[i].ncopies;
     }
     return total;
@@ -114,7 +114,8 @@ void params_gather(const ParamTable *p, const float *buf, Grid *g, float **full)
     const int rank = grid_comm_rank(tp_comm), size = grid_comm_size(tp_comm);
     size_t maxn = 0;
     for (int i = 0; i < p->n; i++)
-        if ((size_t)(p->e[i].grows * p->e[i].gcols) > maxn) maxn = (size_t)(p->e[i].grows * p->e[i].gcols);
+        if ((size_t)(p->e[i].grows * p->e[i].gcols) > maxn)
+            maxn = (size_t)(p->e[i].grows * p->e[i].gcols);
     float *tmp = rank == 0 && size > 1 ? malloc(maxn * sizeof(float)) : NULL;
     SL_CHECK(rank != 0 || size == 1 || tmp, "out of memory");
     const int no_frozen = buf == p->grads; /* frozen entries have no gradient */
@@ -127,7 +128,8 @@ void params_gather(const ParamTable *p, const float *buf, Grid *g, float **full)
         int64_t mine[4] = {e->r0, e->nr, e->c0, e->nc};
         if (rank != 0) {
             grid_send(g, tp_comm, mine, sizeof mine, 0, 2 * i, GRID_BYTES_OTHER);
-            grid_send(g, tp_comm, buf + e->offset, params_numel(e) * sizeof(float), 0, 2 * i + 1, GRID_BYTES_OTHER);
+            grid_send(g, tp_comm, buf + e->offset, params_numel(e) * sizeof(float), 0, 2 * i + 1,
+                      GRID_BYTES_OTHER);
             continue;
         }
         params_place(full[i], e, mine, buf + e->offset);

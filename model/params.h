@@ -30,17 +30,18 @@ enum {
 };
 
 typedef struct {
-    char name[192];        /* PEFT key, e.g. base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight */
-    int ndim;              /* 1 or 2 */
-    int64_t grows, gcols;  /* global shape [rows, cols] (1-D: rows = 1) */
-    int64_t r0, nr;        /* this rank's rows in global coordinates */
-    int64_t c0, nc;        /* this rank's columns */
-    ParamSync sync;        /* PARAM_FROZEN once params_set_frozen */
-    float lr_scale;        /* learning rate multiplier (1; LoRA+ sets lora_B's to the ratio) */
-    int ncopies;           /* TP ranks holding this same slice (1 sharded .. tp replicated);
-                            * norms divide by it so each distinct value counts once */
-    int layer;             /* decoder layer (bucketing of the gradient sync) */
-    size_t offset;         /* into the flat buffers, in floats; set by params_finalize */
+    char name[192]; /* PEFT key, e.g. base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight
+                     */
+    int ndim;       /* 1 or 2 */
+    int64_t grows, gcols; /* global shape [rows, cols] (1-D: rows = 1) */
+    int64_t r0, nr;       /* this rank's rows in global coordinates */
+    int64_t c0, nc;       /* this rank's columns */
+    ParamSync sync;       /* PARAM_FROZEN once params_set_frozen */
+    float lr_scale;       /* learning rate multiplier (1; LoRA+ sets lora_B's to the ratio) */
+    int ncopies;          /* TP ranks holding this same slice (1 sharded .. tp replicated);
+                           * norms divide by it so each distinct value counts once */
+    int layer;            /* decoder layer (bucketing of the gradient sync) */
+    size_t offset;        /* into the flat buffers, in floats; set by params_finalize */
 } ParamEntry;
 
 typedef struct {
@@ -48,17 +49,16 @@ typedef struct {
     ParamEntry *e;
     size_t region_off[PARAM_NREGIONS]; /* start of each region (floats) */
     size_t region_len[PARAM_NREGIONS];
-    size_t total;                     /* floats */
-    size_t trainable;                 /* floats before the frozen region */
-    float *values;                    /* [total] */
-    float *grads;                     /* [trainable] */
+    size_t total;     /* floats */
+    size_t trainable; /* floats before the frozen region */
+    float *values;    /* [total] */
+    float *grads;     /* [trainable] */
 } ParamTable;
 
 void params_init(ParamTable *p);
 /* Declares a tensor; returns its index. Offsets are assigned by params_finalize. */
-int params_add(ParamTable *p, const char *name, int ndim, int64_t grows, int64_t gcols,
-               int64_t r0, int64_t nr, int64_t c0, int64_t nc, ParamSync sync, int ncopies,
-               int layer);
+int params_add(ParamTable *p, const char *name, int ndim, int64_t grows, int64_t gcols, int64_t r0,
+               int64_t nr, int64_t c0, int64_t nc, ParamSync sync, int ncopies, int layer);
 /* Entry i gets no gradient and no optimizer state (before params_finalize). */
 void params_set_frozen(ParamTable *p, int i);
 static inline int params_is_frozen(const ParamTable *p, int i) {

@@ -63,11 +63,13 @@ static void pissa_allreduce(const AdapterSlot *s, float *buf, int64_t n) {
 }
 
 static void pissa_to_double(double *d, const float *f, int64_t n) {
-    for (int64_t i = 0; i < n; i++) d[i] = f[i];
+    for (int64_t i = 0; i < n; i++)
+        d[i] = f[i];
 }
 
 static void pissa_to_float(float *f, const double *d, int64_t n) {
-    for (int64_t i = 0; i < n; i++) f[i] = (float)d[i];
+    for (int64_t i = 0; i < n; i++)
+        f[i] = (float)d[i];
 }
 
 /* One product with the sharded W completed over the TP group: out [n, q] = W X (trans = 0:
@@ -105,10 +107,10 @@ static void pissa_init(AdapterSlot *s, ParamTable *pt) {
     const int dup = s->in_copies * s->out_copies / s->tp;
     const float contrib = (dup <= 1 || t % dup == 0) ? 1.0f : 0.0f;
 
-    float *W = malloc((size_t)(no * ni) * sizeof(float));       /* [no, ni] */
-    float *Om = malloc((size_t)(ni * q) * sizeof(float));       /* [ni, q] rows i0.. of Omega */
-    float *Y = malloc((size_t)(O * q) * sizeof(float));         /* [O, q] */
-    float *Z = malloc((size_t)(I * q) * sizeof(float));         /* [I, q] */
+    float *W = malloc((size_t)(no * ni) * sizeof(float)); /* [no, ni] */
+    float *Om = malloc((size_t)(ni * q) * sizeof(float)); /* [ni, q] rows i0.. of Omega */
+    float *Y = malloc((size_t)(O * q) * sizeof(float));   /* [O, q] */
+    float *Z = malloc((size_t)(I * q) * sizeof(float));   /* [I, q] */
     double *Dy = malloc((size_t)(O * q) * sizeof(double));
     double *Dz = malloc((size_t)(I * q) * sizeof(double));
     double *V = malloc((size_t)q * q * sizeof(double));
@@ -139,19 +141,22 @@ static void pissa_init(AdapterSlot *s, ParamTable *pt) {
     SL_CHECK(sig && ord, "PiSSA: out of memory");
     for (int j = 0; j < q; j++) {
         double nn = 0;
-        for (int64_t i = 0; i < I; i++) nn += Dz[i * q + j] * Dz[i * q + j];
+        for (int64_t i = 0; i < I; i++)
+            nn += Dz[i * q + j] * Dz[i * q + j];
         sig[j] = sqrt(nn);
         ord[j] = j;
     }
     for (int a = 1; a < q; a++) /* descending singular values (insertion sort, q small) */
         for (int b = a; b > 0 && sig[ord[b]] > sig[ord[b - 1]]; b--) {
-            int x = ord[b]; ord[b] = ord[b - 1]; ord[b - 1] = x;
+            int x = ord[b];
+            ord[b] = ord[b - 1];
+            ord[b - 1] = x;
         }
 
     /* A [r, I] = sqrt(S/s) Ub^T, B [O, r] = (Q V) sqrt(S/s); this rank's slices of each */
     const ParamEntry *ea = &pt->e[s->pA], *eb = &pt->e[s->pB];
-    float *A = params_value(pt, s->pA); /* [r, ea->nc] columns from ea->c0 */
-    float *B = params_value(pt, s->pB); /* [eb->nr, r] rows from eb->r0 */
+    float *A = params_value(pt, s->pA);                       /* [r, ea->nc] columns from ea->c0 */
+    float *B = params_value(pt, s->pB);                       /* [eb->nr, r] rows from eb->r0 */
     double *Bfull = malloc((size_t)(O * r) * sizeof(double)); /* [O, r] */
     double *Afull = malloc((size_t)(r * I) * sizeof(double)); /* [r, I] */
     SL_CHECK(Bfull && Afull, "PiSSA: out of memory");
@@ -164,17 +169,21 @@ static void pissa_init(AdapterSlot *s, ParamTable *pt) {
         for (int64_t i = 1; i < I; i++)
             if (fabs(Dz[i * q + j]) > fabs(Dz[imax * q + j])) imax = i;
         const double sgn = Dz[imax * q + j] < 0 ? -1.0 : 1.0;
-        for (int64_t i = 0; i < I; i++) Afull[k * I + i] = sgn * sq * Dz[i * q + j] * inv;
+        for (int64_t i = 0; i < I; i++)
+            Afull[k * I + i] = sgn * sq * Dz[i * q + j] * inv;
         for (int64_t o = 0; o < O; o++) {
             double u = 0;
-            for (int c = 0; c < q; c++) u += Dy[o * q + c] * V[c * q + j];
+            for (int c = 0; c < q; c++)
+                u += Dy[o * q + c] * V[c * q + j];
             Bfull[o * r + k] = sgn * sq * u;
         }
     }
     for (int k = 0; k < r; k++)
-        for (int64_t c = 0; c < ea->nc; c++) A[k * ea->nc + c] = (float)Afull[k * I + ea->c0 + c];
+        for (int64_t c = 0; c < ea->nc; c++)
+            A[k * ea->nc + c] = (float)Afull[k * I + ea->c0 + c];
     for (int64_t o = 0; o < eb->nr; o++)
-        for (int k = 0; k < r; k++) B[o * r + k] = (float)Bfull[(eb->r0 + o) * r + k];
+        for (int k = 0; k < r; k++)
+            B[o * r + k] = (float)Bfull[(eb->r0 + o) * r + k];
 
     /* W_res = W - s B A on this rank's block, from the float factors the adapter holds (so
      * W_res + s B A reproduces W to rounding), written back in the shard's dtype. */
@@ -234,11 +243,11 @@ void pissa_declare_initial(AdapterSlot *s, ParamTable *pt) {
     adapter_peft_prefix(pre, sizeof pre, s->layer, s->module);
     /* values only: the sync class is irrelevant once frozen */
     snprintf(name, sizeof name, "%s" PISSA_A0_SUFFIX, pre);
-    const int a0 = params_add(pt, name, 2, ea->grows, ea->gcols, ea->r0, ea->nr, ea->c0, ea->nc, ea->sync,
-                              ea->ncopies, s->layer);
+    const int a0 = params_add(pt, name, 2, ea->grows, ea->gcols, ea->r0, ea->nr, ea->c0, ea->nc,
+                              ea->sync, ea->ncopies, s->layer);
     snprintf(name, sizeof name, "%s" PISSA_B0_SUFFIX, pre);
-    const int b0 = params_add(pt, name, 2, eb->grows, eb->gcols, eb->r0, eb->nr, eb->c0, eb->nc, eb->sync,
-                              eb->ncopies, s->layer);
+    const int b0 = params_add(pt, name, 2, eb->grows, eb->gcols, eb->r0, eb->nr, eb->c0, eb->nc,
+                              eb->sync, eb->ncopies, s->layer);
     params_set_frozen(pt, a0);
     params_set_frozen(pt, b0);
 }
@@ -257,15 +266,17 @@ static int pissa_has_suffix(const char *name, const char *suffix) {
 static const AdioTensor *pissa_find(const AdioTensor *t, int n, const char *prefix, size_t plen,
                                     const char *suffix) {
     for (int k = 0; k < n; k++)
-        if (strncmp(t[k].name, prefix, plen) == 0 && strcmp(t[k].name + plen, suffix) == 0) return &t[k];
+        if (strncmp(t[k].name, prefix, plen) == 0 && strcmp(t[k].name + plen, suffix) == 0)
+            return &t[k];
     return NULL;
 }
 
-static int pissa_export_tensors(const AdioCfg *c, const AdioTensor *t, int n, AdioTensor **out, int *nout,
-                                void **keep, ErrStatus *st) {
+static int pissa_export_tensors(const AdioCfg *c, const AdioTensor *t, int n, AdioTensor **out,
+                                int *nout, void **keep, ErrStatus *st) {
     if (c->slot_r)
-        return err_status_set(st, "export: PiSSA with per-module ranks or alphas (rank_pattern / alpha_pattern) "
-                                  "cannot be converted yet; export a uniform-rank PiSSA run");
+        return err_status_set(
+            st, "export: PiSSA with per-module ranks or alphas (rank_pattern / alpha_pattern) "
+                "cannot be converted yet; export a uniform-rank PiSSA run");
     /* PEFT's conversion (peft_model.py save_pretrained with
      * path_initial_model_for_weight_conversion -> LoraModel.subtract_mutated_init):
      * lora_A = cat([A, A0], dim 0), lora_B = cat([B, -B0], dim 1), r' = 2r, alpha' as
@@ -278,13 +289,20 @@ static int pissa_export_tensors(const AdioCfg *c, const AdioTensor *t, int n, Ad
             floats += 2 * (size_t)(t[k].rows * t[k].cols);
         } else if (pissa_has_suffix(t[k].name, ".lora_B.weight")) {
             floats += 2 * (size_t)(t[k].rows * t[k].cols);
-        } else if (!pissa_has_suffix(t[k].name, PISSA_A0_SUFFIX) && !pissa_has_suffix(t[k].name, PISSA_B0_SUFFIX)) {
-            return err_status_set(st, "export: tensor '%s' is not a PiSSA factor (lora_A / lora_B / pissa_A0 / "
-                                      "pissa_B0)", t[k].name);
+        } else if (!pissa_has_suffix(t[k].name, PISSA_A0_SUFFIX) &&
+                   !pissa_has_suffix(t[k].name, PISSA_B0_SUFFIX)) {
+            return err_status_set(
+                st,
+                "export: tensor '%s' is not a PiSSA factor (lora_A / lora_B / pissa_A0 / "
+                "pissa_B0)",
+                t[k].name);
         }
     if (4 * npairs != n)
-        return err_status_set(st, "export: PiSSA needs lora_A, lora_B, pissa_A0 and pissa_B0 of every module: %d "
-                                  "tensors for %d modules", n, npairs);
+        return err_status_set(
+            st,
+            "export: PiSSA needs lora_A, lora_B, pissa_A0 and pissa_B0 of every module: %d "
+            "tensors for %d modules",
+            n, npairs);
     AdioTensor *o = calloc((size_t)(2 * npairs > 0 ? 2 * npairs : 1), sizeof *o);
     float *buf = malloc((floats ? floats : 1) * sizeof(float));
     SL_CHECK(o && buf, "out of memory");
@@ -300,8 +318,9 @@ static int pissa_export_tensors(const AdioCfg *c, const AdioTensor *t, int n, Ad
             B0->rows != B->rows || B0->cols != B->cols) {
             free(o);
             free(buf);
-            return err_status_set(st, "export: PiSSA factors of '%.*s' missing or of inconsistent shapes", (int)plen,
-                                  A->name);
+            return err_status_set(
+                st, "export: PiSSA factors of '%.*s' missing or of inconsistent shapes", (int)plen,
+                A->name);
         }
         const int r = (int)A->rows;
         float *A2 = buf + off, *B2 = A2 + 2 * (size_t)(r * A->cols);
@@ -332,7 +351,8 @@ static void pissa_cfg_json(const AdapterCfg *c, char *buf, size_t n) {
 static int pissa_cfg_from_json(AdapterCfg *c, const json_t *root, ErrStatus *st) {
     (void)st;
     const json_t *pi = json_object_get(root, "pissa_iters");
-    if (json_is_integer(pi)) pissa_set_option(&c->init_opts, "pissa_iters", (double)json_integer_value(pi));
+    if (json_is_integer(pi))
+        pissa_set_option(&c->init_opts, "pissa_iters", (double)json_integer_value(pi));
     return 1;
 }
 
@@ -345,13 +365,15 @@ static const AdioKindIo pissa_io = {
 
 const AdapterInit adapter_init_pissa = {
     .name = "pissa",
-    .help = "A, B from the top-r singular vectors of W, the base replaced by the residual (--pissa-iters)",
+    .help = "A, B from the top-r singular vectors of W, the base replaced by the residual "
+            "(--pissa-iters)",
     .needs = 2, /* LoRA factors, merged as W + s B A: lora, lora-fa */
     .init = pissa_init,
     .declare = pissa_declare_initial,
     .set_option = pissa_set_option,
     .peft_init = "default", /* the export is the converted plain LoRA */
-    .card = "PiSSA: A, B from the top singular vectors of W (randomized SVD); exported as PEFT does, a LoRA of "
+    .card = "PiSSA: A, B from the top singular vectors of W (randomized SVD); exported as PEFT "
+            "does, a LoRA of "
             "twice the rank that applies to the original base",
     .io = &pissa_io,
 };

@@ -15,7 +15,6 @@ typedef struct {
     int32_t id;
 } SampleCand;
 
-
 void sample_init(SampleCtx *c, int64_t V, int tp, MemCtx *mem) {
     c->V = V;
     c->cand = mem_alloc(mem, MEM_OTHER, (size_t)V * sizeof(SampleCand));
@@ -27,7 +26,8 @@ void sample_init(SampleCtx *c, int64_t V, int tp, MemCtx *mem) {
     SL_CHECK(c->v0 && c->lens, "out of memory");
     c->vl = c->v0 + tp;
     c->offs = c->lens + tp;
-    for (int r = 0; r < tp; r++) llama_vocab_range(V, tp, r, &c->v0[r], &c->vl[r]);
+    for (int r = 0; r < tp; r++)
+        llama_vocab_range(V, tp, r, &c->v0[r], &c->vl[r]);
 }
 
 void sample_free(SampleCtx *c, MemCtx *mem) {
@@ -69,8 +69,8 @@ size_t sample_argmax_tmp_bytes(int64_t n) {
     return (size_t)(n > 0 ? n : 1) * sizeof(GridMaxLoc);
 }
 
-void sample_argmax_tp(Grid *g, const float *logits, int64_t n, int64_t Vl, int64_t v0,
-                      int32_t *out, void *tmp) {
+void sample_argmax_tp(Grid *g, const float *logits, int64_t n, int64_t Vl, int64_t v0, int32_t *out,
+                      void *tmp) {
     GridMaxLoc *p = tmp;
     for (int64_t i = 0; i < n; i++) {
         float b;
@@ -80,7 +80,8 @@ void sample_argmax_tp(Grid *g, const float *logits, int64_t n, int64_t Vl, int64
         p[i].i = a >= 0 ? (int)(v0 + a) : INT32_MAX;
     }
     if (g->tp > 1) grid_allreduce_maxloc(g, g->tp_comm, p, (size_t)n, GRID_BYTES_TP);
-    for (int64_t i = 0; i < n; i++) out[i] = p[i].v > -INFINITY ? (int32_t)p[i].i : -1;
+    for (int64_t i = 0; i < n; i++)
+        out[i] = p[i].v > -INFINITY ? (int32_t)p[i].i : -1;
 }
 
 void sample_gather_rows(SampleCtx *c, Grid *g, const float *logits, int64_t n, float *full,
@@ -136,7 +137,7 @@ int32_t sample_token(SampleCtx *c, const SampleCfg *cfg, float *logits, uint64_t
     SL_CHECK(temp > 0, "sample_token needs a temperature > 0");
     int64_t n = 0;
     for (int64_t id = 0; id < c->V; id++) {
-        const float x = logits[id] / temp; /* TemperatureLogitsWarper */
+        const float x = logits[id] / temp;                           /* TemperatureLogitsWarper */
         if (x > -INFINITY) cand[n++] = (SampleCand){x, (int32_t)id}; /* NaN, -inf: never */
     }
     if (n == 0) return -1;
@@ -147,7 +148,8 @@ int32_t sample_token(SampleCtx *c, const SampleCfg *cfg, float *logits, uint64_t
         sorted = 1;
         const float kth = cand[cfg->top_k - 1].v;
         int64_t keep = cfg->top_k;
-        while (keep < n && cand[keep].v >= kth) keep++;
+        while (keep < n && cand[keep].v >= kth)
+            keep++;
         n = keep;
     }
     if (cfg->top_p < 1.0) {
@@ -156,7 +158,8 @@ int32_t sample_token(SampleCtx *c, const SampleCfg *cfg, float *logits, uint64_t
         if (!sorted) qsort(cand, (size_t)n, sizeof *cand, sample_cmp_desc);
         sorted = 1;
         double z = 0;
-        for (int64_t j = 0; j < n; j++) z += prob[j] = exp((double)cand[j].v - (double)cand[0].v);
+        for (int64_t j = 0; j < n; j++)
+            z += prob[j] = exp((double)cand[j].v - (double)cand[0].v);
         double cum = 0;
         int64_t keep = n;
         for (int64_t j = n - 1; j >= 1; j--) {
@@ -170,9 +173,11 @@ int32_t sample_token(SampleCtx *c, const SampleCfg *cfg, float *logits, uint64_t
      * in id order (the order of the vocabulary, so no sort is needed without top-k / top-p) */
     if (sorted) qsort(cand, (size_t)n, sizeof *cand, sample_cmp_id);
     float mx = cand[0].v;
-    for (int64_t j = 1; j < n; j++) mx = cand[j].v > mx ? cand[j].v : mx;
+    for (int64_t j = 1; j < n; j++)
+        mx = cand[j].v > mx ? cand[j].v : mx;
     double z = 0;
-    for (int64_t j = 0; j < n; j++) z += prob[j] = exp((double)cand[j].v - (double)mx);
+    for (int64_t j = 0; j < n; j++)
+        z += prob[j] = exp((double)cand[j].v - (double)mx);
     const double target = sample_u01(cfg->seed, prompt, step) * z;
     double cum = 0;
     for (int64_t j = 0; j < n; j++) {

@@ -5,8 +5,8 @@
  * by (seed, prompt index, step), so a text depends on neither the layout nor the batching.
  *
  * Vocab-parallel logits: greedy needs only a distributed argmax (each TP rank reduces its
- * Vl columns, then one MAXLOC all-reduce (grid_allreduce_maxloc) of a (value, id) pair per row); sampling
- * gathers the full rows on TP rank 0 (sample_gather_rows), which draws and broadcasts.
+ * Vl columns, then one MAXLOC all-reduce (grid_allreduce_maxloc) of a (value, id) pair per row);
+ * sampling gathers the full rows on TP rank 0 (sample_gather_rows), which draws and broadcasts.
  *
  * Legend: V vocabulary, Vl this rank's columns [v0, v0 + Vl), n rows. */
 #ifndef SHARDLORA_MODEL_SAMPLE_H
@@ -29,11 +29,11 @@ typedef struct {
  * group of tp ranks, allocated once (nothing is allocated per decode step). */
 typedef struct {
     int64_t V;
-    void *cand;     /* [V] (logit, id) candidates */
-    double *prob;   /* [V] */
-    uint8_t *mark;  /* [V] zero between calls */
+    void *cand;    /* [V] (logit, id) candidates */
+    double *prob;  /* [V] */
+    uint8_t *mark; /* [V] zero between calls */
     int tp;
-    int64_t *v0, *vl; /* [tp] each TP rank's vocabulary columns [v0, v0 + vl) */
+    int64_t *v0, *vl;    /* [tp] each TP rank's vocabulary columns [v0, v0 + vl) */
     size_t *lens, *offs; /* [tp] grid_gatherv's byte counts and float offsets, refilled per
                           * call for its n rows */
 } SampleCtx;
@@ -54,8 +54,8 @@ int64_t sample_argmax(const float *x, int64_t n, float *best);
 /* Distributed greedy over the TP group: logits [n, Vl] hold columns [v0, v0 + Vl) of every
  * row; out[i] = the global argmax of row i (ties: the lowest id), the same on every TP
  * rank; -1 when a row has no value above -inf. tmp: sample_argmax_tmp_bytes(n) bytes. */
-void sample_argmax_tp(Grid *g, const float *logits, int64_t n, int64_t Vl, int64_t v0,
-                      int32_t *out, void *tmp);
+void sample_argmax_tp(Grid *g, const float *logits, int64_t n, int64_t Vl, int64_t v0, int32_t *out,
+                      void *tmp);
 /* Bytes of sample_argmax_tp's tmp for n rows. */
 size_t sample_argmax_tmp_bytes(int64_t n);
 

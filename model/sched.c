@@ -12,16 +12,21 @@ int sched_parse(const char *name) {
     return -1;
 }
 
-const char *sched_name(SchedKind k) { return sched_names[k]; }
+const char *sched_name(SchedKind k) {
+    return sched_names[k];
+}
 
 double sched_lr(SchedKind k, double lr, int64_t step, int64_t warmup, int64_t total) {
     const double s = (double)(step - 1);
     if (s < (double)warmup) return lr * s / (double)(warmup > 1 ? warmup : 1);
     const double span = (double)(total - warmup > 1 ? total - warmup : 1);
     switch (k) {
-    case SCHED_LINEAR: return lr * fmax(0.0, ((double)total - s) / span);
-    case SCHED_COSINE: return lr * fmax(0.0, 0.5 * (1.0 + cos(M_PI * (s - (double)warmup) / span)));
-    case SCHED_CONSTANT: break;
+    case SCHED_LINEAR:
+        return lr * fmax(0.0, ((double)total - s) / span);
+    case SCHED_COSINE:
+        return lr * fmax(0.0, 0.5 * (1.0 + cos(M_PI * (s - (double)warmup) / span)));
+    case SCHED_CONSTANT:
+        break;
     }
     return lr;
 }

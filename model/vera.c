@@ -71,13 +71,14 @@ typedef struct {
 
 /* Per-slot scratch (s->ext), sized in alloc. */
 typedef struct {
-    float *Bl;  /* [no, r] lambda_b ⊙ B_s, rebuilt by forward and backward */
-    float *M;   /* [no, r] dY^T (h ⊙ lambda_d) */
-    float *g;   /* [N, r] dY Bl */
+    float *Bl; /* [no, r] lambda_b ⊙ B_s, rebuilt by forward and backward */
+    float *M;  /* [no, r] dY^T (h ⊙ lambda_d) */
+    float *g;  /* [N, r] dY Bl */
 } VeraSlot;
 
 /* A [r, max_in] and B [max_out, r] as PEFT makes them for projection_prng_key `key`. */
-static void vera_proj_fill(float *A, float *B, uint64_t key, int r, int64_t max_in, int64_t max_out) {
+static void vera_proj_fill(float *A, float *B, uint64_t key, int r, int64_t max_in,
+                           int64_t max_out) {
     /* PEFT model.py _init_vera_A_vera_B: generator = torch.Generator(device="cpu")
      * .manual_seed(projection_prng_key); vera_A = _kaiming_init((r, max_in)), then vera_B =
      * _kaiming_init((max_out, r)) from the same generator. _kaiming_init: fan_in = columns,
@@ -109,7 +110,8 @@ static void vera_declare(AdapterSlot *s, ParamTable *pt) {
     adapter_peft_prefix(pre, sizeof pre, s->layer, s->module);
     const int tp = s->tp;
     snprintf(name, sizeof name, "%s.vera_lambda_d", pre);
-    s->pA = params_add(pt, name, 1, 1, s->r, 0, 1, 0, s->r, adapter_sync_class(tp, tp), tp, s->layer);
+    s->pA =
+        params_add(pt, name, 1, 1, s->r, 0, 1, 0, s->r, adapter_sync_class(tp, tp), tp, s->layer);
     snprintf(name, sizeof name, "%s.vera_lambda_b", pre);
     s->pB = params_add(pt, name, 1, 1, sd->out, 0, 1, sd->o0, sd->no,
                        adapter_sync_class(s->out_copies, tp), s->out_copies, s->layer);
@@ -131,10 +133,11 @@ static void *vera_shared_new(AdapterCfg *cfg, AdapterSlot *const *slots, int n, 
     p->r = cfg->r;
     for (int k = 0; k < n; k++) {
         const ShardDesc *sd = &slots[k]->shard;
-        SL_CHECK(slots[k]->r == p->r, "VeRA: rank %d at layer %d, %d elsewhere", slots[k]->r, slots[k]->layer, p->r);
+        SL_CHECK(slots[k]->r == p->r, "VeRA: rank %d at layer %d, %d elsewhere", slots[k]->r,
+                 slots[k]->layer, p->r);
         SL_CHECK(!o.keyed || (sd->in <= o.max_in && sd->out <= o.max_out),
-                 "VeRA: module [%lld, %lld] larger than the adapter's projections [%lld, %lld]", (long long)sd->out,
-                 (long long)sd->in, (long long)o.max_out, (long long)o.max_in);
+                 "VeRA: module [%lld, %lld] larger than the adapter's projections [%lld, %lld]",
+                 (long long)sd->out, (long long)sd->in, (long long)o.max_out, (long long)o.max_in);
         if (sd->in > p->max_in) p->max_in = sd->in;
         if (sd->out > p->max_out) p->max_out = sd->out;
     }
@@ -163,7 +166,8 @@ static void vera_shared_free(void *shared, MemCtx *mem) {
 
 static void vera_init(AdapterSlot *s, ParamTable *pt) {
     float *d = params_value(pt, s->pA); /* [r] */
-    for (int k = 0; k < s->r; k++) d[k] = VERA_D_INITIAL;
+    for (int k = 0; k < s->r; k++)
+        d[k] = VERA_D_INITIAL;
     memset(params_value(pt, s->pB), 0, params_numel(&pt->e[s->pB]) * sizeof(float));
 }
 
@@ -200,7 +204,8 @@ static void vera_build_Bl(const AdapterSlot *s) {
     const float *B = vera_proj_of(s)->B + s->shard.o0 * r;
     const float *lb = params_value(s->params, s->pB);
     for (int64_t o = 0; o < no; o++)
-        for (int64_t k = 0; k < r; k++) v->Bl[o * r + k] = lb[o] * B[o * r + k];
+        for (int64_t k = 0; k < r; k++)
+            v->Bl[o * r + k] = lb[o] * B[o * r + k];
 }
 
 /* Saves h = Xd A_s^T [N, r] (a TP partial sum for row layers) and, with dropout, Xd. */
@@ -219,7 +224,8 @@ static void vera_forward(AdapterSlot *s, const AdapterEnv *env, float *Y, const 
     /* h = Xd A_s^T ; hd = h ⊙ lambda_d ; Y += hd Bl^T */
     gemm_f32(env->gemm, 0, 1, N, r, ni, 1.0f, Xd, ni, vera_A_slice(s), mi, 0.0f, s->h, r);
     for (int64_t n = 0; n < N; n++)
-        for (int64_t k = 0; k < r; k++) s->dh[n * r + k] = s->h[n * r + k] * ld[k];
+        for (int64_t k = 0; k < r; k++)
+            s->dh[n * r + k] = s->h[n * r + k] * ld[k];
     vera_build_Bl(s);
     gemm_f32(env->gemm, 0, 1, N, no, r, 1.0f, s->dh, r, v->Bl, r, 1.0f, Y, no);
 }
@@ -236,22 +242,26 @@ static void vera_backward(AdapterSlot *s, const AdapterEnv *env, float *dX, cons
     const float *B = vera_proj_of(s)->B + s->shard.o0 * r;
     const int drop = s->cfg->dropout > 0 && env->training;
     for (int64_t n = 0; n < N; n++)
-        for (int64_t k = 0; k < r; k++) s->dh[n * r + k] = s->h[n * r + k] * ld[k];
+        for (int64_t k = 0; k < r; k++)
+            s->dh[n * r + k] = s->h[n * r + k] * ld[k];
     gemm_f32(env->gemm, 1, 0, no, r, N, 1.0f, dY, no, s->dh, r, 0.0f, v->M, r);
     for (int64_t o = 0; o < no; o++) {
         float acc = 0.0f;
-        for (int64_t k = 0; k < r; k++) acc += B[o * r + k] * v->M[o * r + k];
+        for (int64_t k = 0; k < r; k++)
+            acc += B[o * r + k] * v->M[o * r + k];
         dlb[o] += acc;
     }
     vera_build_Bl(s);
     gemm_f32(env->gemm, 0, 0, N, r, no, 1.0f, dY, no, v->Bl, r, 0.0f, v->g, r);
     for (int64_t k = 0; k < r; k++) {
         float acc = 0.0f;
-        for (int64_t n = 0; n < N; n++) acc += s->h[n * r + k] * v->g[n * r + k];
+        for (int64_t n = 0; n < N; n++)
+            acc += s->h[n * r + k] * v->g[n * r + k];
         dld[k] += acc;
     }
     for (int64_t n = 0; n < N; n++)
-        for (int64_t k = 0; k < r; k++) v->g[n * r + k] *= ld[k];
+        for (int64_t k = 0; k < r; k++)
+            v->g[n * r + k] *= ld[k];
     if (!drop) {
         gemm_f32(env->gemm, 0, 0, N, ni, r, 1.0f, v->g, r, vera_A_slice(s), mi, 1.0f, dX, ni);
         return;
@@ -272,20 +282,25 @@ static double vera_flops_per_token(const AdapterSlot *s) {
  * formed here for generate --merge-in-memory (on the shard) and `shardlora merge` alike. */
 
 /* Ad [r, n] = lambda_d[k] x A[k, c0 + i] for A with leading dimension lda. */
-static void vera_scaled_A(float *Ad, const float *A, int64_t lda, int64_t c0, const float *ld, int r, int64_t n) {
+static void vera_scaled_A(float *Ad, const float *A, int64_t lda, int64_t c0, const float *ld,
+                          int r, int64_t n) {
     for (int64_t k = 0; k < r; k++)
-        for (int64_t i = 0; i < n; i++) Ad[k * n + i] = ld[k] * A[k * lda + c0 + i];
+        for (int64_t i = 0; i < n; i++)
+            Ad[k * n + i] = ld[k] * A[k * lda + c0 + i];
 }
 
 /* Bd [nr, r] = lambda_b[o] x B[row0 + o, :] for B [*, r] and lb [nr]. */
-static void vera_scaled_B(float *Bd, const float *B, int64_t row0, const float *lb, int r, int64_t nr) {
+static void vera_scaled_B(float *Bd, const float *B, int64_t row0, const float *lb, int r,
+                          int64_t nr) {
     for (int64_t o = 0; o < nr; o++)
-        for (int64_t k = 0; k < r; k++) Bd[o * r + k] = lb[o] * B[(row0 + o) * r + k];
+        for (int64_t k = 0; k < r; k++)
+            Bd[o * r + k] = lb[o] * B[(row0 + o) * r + k];
 }
 
 /* generate --merge-in-memory: rows [r0, r0 + nr) of this rank's shard (columns i0.. of A,
  * rows o0.. of B); the values are those of the unsharded merge. */
-static void vera_merge(const AdapterSlot *s, const AdapterEnv *env, float *W, int64_t r0, int64_t nr) {
+static void vera_merge(const AdapterSlot *s, const AdapterEnv *env, float *W, int64_t r0,
+                       int64_t nr) {
     const VeraProj *p = vera_proj_of(s);
     const int r = s->r;
     const int64_t ni = s->shard.ni;
@@ -310,18 +325,22 @@ static void vera_cfg_json(const AdapterCfg *c, char *buf, size_t n) {
     SL_CHECK(o.keyed, "VeRA: adapter configuration written before the model's projections exist");
     const uint64_t key = o.key;
     const int64_t mi = o.max_in, mo = o.max_out;
-    snprintf(buf, n, ", \"projection_prng_key\": %llu, \"vera_max_in\": %lld, \"vera_max_out\": %lld",
+    snprintf(buf, n,
+             ", \"projection_prng_key\": %llu, \"vera_max_in\": %lld, \"vera_max_out\": %lld",
              (unsigned long long)key, (long long)mi, (long long)mo);
 }
 
 static int vera_cfg_from_json(AdapterCfg *c, const json_t *root, ErrStatus *st) {
-    const json_t *k = json_object_get(root, "projection_prng_key"), *mi = json_object_get(root, "vera_max_in"),
+    const json_t *k = json_object_get(root, "projection_prng_key"),
+                 *mi = json_object_get(root, "vera_max_in"),
                  *mo = json_object_get(root, "vera_max_out");
-    if (!json_is_integer(k) || !json_is_integer(mi) || !json_is_integer(mo) || json_integer_value(mi) <= 0 ||
-        json_integer_value(mo) <= 0)
-        return err_status_set(st, "adapter configuration: VeRA needs projection_prng_key, vera_max_in and "
-                                  "vera_max_out");
-    const VeraOpts o = {1, (uint64_t)json_integer_value(k), json_integer_value(mi), json_integer_value(mo)};
+    if (!json_is_integer(k) || !json_is_integer(mi) || !json_is_integer(mo) ||
+        json_integer_value(mi) <= 0 || json_integer_value(mo) <= 0)
+        return err_status_set(
+            st, "adapter configuration: VeRA needs projection_prng_key, vera_max_in and "
+                "vera_max_out");
+    const VeraOpts o = {1, (uint64_t)json_integer_value(k), json_integer_value(mi),
+                        json_integer_value(mo)};
     vera_opts_set(c, &o);
     return 1;
 }
@@ -341,20 +360,25 @@ static int vera_has_suffix(const char *name, const char *suffix) {
 /* The lambdas as 1-D tensors plus the shared projections base_model.vera_A
  * [r, max_in] and base_model.vera_B [max_out, r] regenerated from their key (PEFT's
  * get_peft_model_state_dict with save_projection: keys without the adapter name). */
-static int vera_export_tensors(const AdioCfg *c, const AdioTensor *t, int n, AdioTensor **out, int *nout,
-                               void **keep, ErrStatus *st) {
+static int vera_export_tensors(const AdioCfg *c, const AdioTensor *t, int n, AdioTensor **out,
+                               int *nout, void **keep, ErrStatus *st) {
     const VeraOpts vo = vera_opts(&c->acfg);
     if (!vo.keyed)
-        return err_status_set(st, "export: VeRA configuration without the projections' key and dimensions");
+        return err_status_set(
+            st, "export: VeRA configuration without the projections' key and dimensions");
     const int64_t mi = vo.max_in, mo = vo.max_out;
     const uint64_t key = vo.key;
     const int r = c->acfg.r;
     for (int k = 0; k < n; k++) {
-        const int is_d = vera_has_suffix(t[k].name, ".vera_lambda_d"), is_b = vera_has_suffix(t[k].name, ".vera_lambda_b");
-        if ((!is_d && !is_b) || t[k].rows != 1 || (is_d && t[k].cols != r) || (is_b && t[k].cols > mo))
-            return err_status_set(st, "export: tensor '%s' [%lld, %lld] is not a VeRA vector of this configuration "
-                                      "(vera_lambda_d [%d] / vera_lambda_b [out <= %lld])",
-                                  t[k].name, (long long)t[k].rows, (long long)t[k].cols, r, (long long)mo);
+        const int is_d = vera_has_suffix(t[k].name, ".vera_lambda_d"),
+                  is_b = vera_has_suffix(t[k].name, ".vera_lambda_b");
+        if ((!is_d && !is_b) || t[k].rows != 1 || (is_d && t[k].cols != r) ||
+            (is_b && t[k].cols > mo))
+            return err_status_set(
+                st,
+                "export: tensor '%s' [%lld, %lld] is not a VeRA vector of this configuration "
+                "(vera_lambda_d [%d] / vera_lambda_b [out <= %lld])",
+                t[k].name, (long long)t[k].rows, (long long)t[k].cols, r, (long long)mo);
     }
     AdioTensor *o = calloc((size_t)n + 2, sizeof *o);
     float *buf = malloc((size_t)r * (size_t)(mi + mo) * sizeof(float));
@@ -378,8 +402,8 @@ static const char vera_key_A[] = "base_model.vera_A", vera_key_B[] = "base_model
  * targeted modules and the shared projections. */
 static int vera_import_key(const AdioCfg *c, const char *key) {
     (void)c;
-    return strcmp(key, ".vera_lambda_d") == 0 || strcmp(key, ".vera_lambda_b") == 0 || strcmp(key, vera_key_A) == 0 ||
-           strcmp(key, vera_key_B) == 0;
+    return strcmp(key, ".vera_lambda_d") == 0 || strcmp(key, ".vera_lambda_b") == 0 ||
+           strcmp(key, vera_key_A) == 0 || strcmp(key, vera_key_B) == 0;
 }
 
 /* PEFT's adapters load whether they saved their projections or not: saved ones must be the
@@ -395,8 +419,10 @@ static int vera_import_cfg(AdioCfg *c, const PeftAdapter *a, const LlamaModel *m
         const char *name = a->tensors.tensors[k].name;
         if (!vera_has_suffix(name, ".vera_lambda_d") && !vera_has_suffix(name, ".vera_lambda_b") &&
             strcmp(name, vera_key_A) != 0 && strcmp(name, vera_key_B) != 0)
-            return err_status_set(st, "%s: tensor '%s' is not a VeRA tensor (<module>.vera_lambda_d, "
-                                      "<module>.vera_lambda_b, %s, %s)", file, name, vera_key_A, vera_key_B);
+            return err_status_set(st,
+                                  "%s: tensor '%s' is not a VeRA tensor (<module>.vera_lambda_d, "
+                                  "<module>.vera_lambda_b, %s, %s)",
+                                  file, name, vera_key_A, vera_key_B);
     }
     int64_t need_in = 0, need_out = 0;
     for (int64_t l = 0; l < m->L; l++)
@@ -411,17 +437,21 @@ static int vera_import_cfg(AdioCfg *c, const PeftAdapter *a, const LlamaModel *m
     vera_opts_set(&c->acfg, &vo);
     if (!a->save_projection && !tA && !tB) return 1;
     if (!tA || !tB)
-        return err_status_set(st, "%s: %s without %s (save_projection %s): the file is incomplete", file,
-                              tA ? vera_key_A : vera_key_B, tA ? vera_key_B : vera_key_A,
+        return err_status_set(st, "%s: %s without %s (save_projection %s): the file is incomplete",
+                              file, tA ? vera_key_A : vera_key_B, tA ? vera_key_B : vera_key_A,
                               a->save_projection ? "true" : "false");
-    if (tA->ndim != 2 || tA->shape[0] != r || tA->shape[1] < need_in || tB->ndim != 2 || tB->shape[1] != r ||
-        tB->shape[0] < need_out) {
+    if (tA->ndim != 2 || tA->shape[0] != r || tA->shape[1] < need_in || tB->ndim != 2 ||
+        tB->shape[1] != r || tB->shape[0] < need_out) {
         char ha[96], hb[96];
-        snprintf(ha, sizeof ha, "[%lld, %lld]", (long long)tA->shape[0], tA->ndim > 1 ? (long long)tA->shape[1] : 0LL);
-        snprintf(hb, sizeof hb, "[%lld, %lld]", (long long)tB->shape[0], tB->ndim > 1 ? (long long)tB->shape[1] : 0LL);
-        return err_status_set(st, "%s: %s %s and %s %s do not fit r = %d and the targeted modules (need [%d, >= %lld] "
-                                  "and [>= %lld, %d])", file, vera_key_A, ha, vera_key_B, hb, r, r,
-                              (long long)need_in, (long long)need_out, r);
+        snprintf(ha, sizeof ha, "[%lld, %lld]", (long long)tA->shape[0],
+                 tA->ndim > 1 ? (long long)tA->shape[1] : 0LL);
+        snprintf(hb, sizeof hb, "[%lld, %lld]", (long long)tB->shape[0],
+                 tB->ndim > 1 ? (long long)tB->shape[1] : 0LL);
+        return err_status_set(
+            st,
+            "%s: %s %s and %s %s do not fit r = %d and the targeted modules (need [%d, >= %lld] "
+            "and [>= %lld, %d])",
+            file, vera_key_A, ha, vera_key_B, hb, r, r, (long long)need_in, (long long)need_out, r);
     }
     const int64_t mi = tA->shape[1], mo = tB->shape[0];
     const size_t nA = (size_t)r * (size_t)mi, nB = (size_t)mo * (size_t)r;
@@ -443,12 +473,14 @@ static int vera_import_cfg(AdioCfg *c, const PeftAdapter *a, const LlamaModel *m
     free(have);
     if (!ok) return 0;
     if (bad)
-        return err_status_set(st, "%s: the adapter's VeRA projections are not those of its projection_prng_key %llu "
-                                  "(PEFT: torch.Generator().manual_seed(key), kaiming-uniform vera_A then vera_B): "
-                                  "%lld of %lld values differ, the first at %s[%lld] (max |difference| %.3g)",
-                              file, (unsigned long long)key, (long long)bad, (long long)(nA + nB),
-                              first < (int64_t)nA ? vera_key_A : vera_key_B,
-                              (long long)(first < (int64_t)nA ? first : first - (int64_t)nA), maxdiff);
+        return err_status_set(
+            st,
+            "%s: the adapter's VeRA projections are not those of its projection_prng_key %llu "
+            "(PEFT: torch.Generator().manual_seed(key), kaiming-uniform vera_A then vera_B): "
+            "%lld of %lld values differ, the first at %s[%lld] (max |difference| %.3g)",
+            file, (unsigned long long)key, (long long)bad, (long long)(nA + nB),
+            first < (int64_t)nA ? vera_key_A : vera_key_B,
+            (long long)(first < (int64_t)nA ? first : first - (int64_t)nA), maxdiff);
     vo.max_in = mi;
     vo.max_out = mo;
     vera_opts_set(&c->acfg, &vo);
@@ -476,18 +508,20 @@ typedef struct {
 } VeraMergeProj;
 
 /* it->module's lambdas: vera_lambda_d [r], vera_lambda_b [rows]; t = {lambda_d, lambda_b}. */
-static int vera_merge_plan(AdioMergeItem *it, const PeftAdapter *a, unsigned char *used, ErrStatus *st) {
+static int vera_merge_plan(AdioMergeItem *it, const PeftAdapter *a, unsigned char *used,
+                           ErrStatus *st) {
     const StTensor *LD = peft_tensor(a, it->module, "vera_lambda_d");
     const StTensor *LB = peft_tensor(a, it->module, "vera_lambda_b");
     const StTensor *base = a->tensors.tensors;
     if (LD) used[LD - base] = 1;
     if (LB) used[LB - base] = 1;
-    if (!LD && !LB) return adio_merge_untargeted(a, it->module, "vera_lambda_d / vera_lambda_b", st);
+    if (!LD && !LB)
+        return adio_merge_untargeted(a, it->module, "vera_lambda_d / vera_lambda_b", st);
     const char *ap = a->tensors.path;
     if (!adio_merge_targeted(a, it->module, LD ? LD : LB, st)) return 0;
     if (!LD || !LB)
-        return err_status_set(st, "%s: module '%s' has %s but no %s", ap, it->module, LD ? LD->name : LB->name,
-                              LD ? "vera_lambda_b" : "vera_lambda_d");
+        return err_status_set(st, "%s: module '%s' has %s but no %s", ap, it->module,
+                              LD ? LD->name : LB->name, LD ? "vera_lambda_b" : "vera_lambda_d");
     const StTensor *chk[2] = {LD, LB};
     const int64_t want[2] = {a->r, it->rows};
     for (int i = 0; i < 2; i++) {
@@ -496,9 +530,11 @@ static int vera_merge_plan(AdioMergeItem *it, const PeftAdapter *a, unsigned cha
             char got[96], mshape[96];
             adio_shape_str(got, sizeof got, chk[i]);
             adio_shape_str(mshape, sizeof mshape, it->w);
-            return err_status_set(st, "%s: tensor '%s' has shape %s, but it must be [%lld] (r = %d, the model's "
-                                      "'%s' is %s): adapter for another model?",
-                                  ap, chk[i]->name, got, (long long)want[i], a->r, it->w->name, mshape);
+            return err_status_set(
+                st,
+                "%s: tensor '%s' has shape %s, but it must be [%lld] (r = %d, the model's "
+                "'%s' is %s): adapter for another model?",
+                ap, chk[i]->name, got, (long long)want[i], a->r, it->w->name, mshape);
         }
     }
     if (!adio_merge_check(it, a, NULL, 0, 0, NULL, st)) return 0;
@@ -509,7 +545,7 @@ static int vera_merge_plan(AdioMergeItem *it, const PeftAdapter *a, unsigned cha
     it->scale = 1.0f;
     it->bad_note = "";
     it->item_floats = (size_t)a->r * (size_t)it->cols + (size_t)a->r; /* Ad, then lambda_d */
-    it->row_floats = (size_t)a->r + 1;                                 /* Bd rows, lambda_b */
+    it->row_floats = (size_t)a->r + 1;                                /* Bd rows, lambda_b */
     return 1;
 }
 
@@ -517,8 +553,8 @@ static int vera_merge_plan(AdioMergeItem *it, const PeftAdapter *a, unsigned cha
  * every adapted module), or, when the adapter does not save them (PEFT then ignores any in
  * the file), regenerated from projection_prng_key with the sizes PEFT's _find_dim gives (the
  * maxima over the targeted modules, each of which has lambdas). */
-static int vera_merge_shared(PeftAdapter *a, const AdioMergeItem *items, int n, unsigned char *used, void **shared,
-                             uint64_t *bytes, ErrStatus *st) {
+static int vera_merge_shared(PeftAdapter *a, const AdioMergeItem *items, int n, unsigned char *used,
+                             void **shared, uint64_t *bytes, ErrStatus *st) {
     const char *ap = a->tensors.path;
     const StTensor *tA = st_find(&a->tensors, vera_key_A), *tB = st_find(&a->tensors, vera_key_B);
     const StTensor *base = a->tensors.tensors;
@@ -533,22 +569,27 @@ static int vera_merge_shared(PeftAdapter *a, const AdioMergeItem *items, int n, 
     if (tB) used[tB - base] = 1;
     if (a->save_projection) {
         if (!tA && !tB)
-            return err_status_set(st, "%s: save_projection is true but %s and %s are absent (PEFT refuses such a "
-                                      "file too)", ap, vera_key_A, vera_key_B);
+            return err_status_set(
+                st,
+                "%s: save_projection is true but %s and %s are absent (PEFT refuses such a "
+                "file too)",
+                ap, vera_key_A, vera_key_B);
         if (!tA || !tB)
-            return err_status_set(st, "%s: %s without %s: the file is incomplete", ap, tA ? vera_key_A : vera_key_B,
-                                  tA ? vera_key_B : vera_key_A);
+            return err_status_set(st, "%s: %s without %s: the file is incomplete", ap,
+                                  tA ? vera_key_A : vera_key_B, tA ? vera_key_B : vera_key_A);
         const int fa = tA->dtype == ST_F32 || tA->dtype == ST_BF16 || tA->dtype == ST_F16;
         const int fb = tB->dtype == ST_F32 || tB->dtype == ST_BF16 || tB->dtype == ST_F16;
-        if (tA->ndim != 2 || tA->shape[0] != r || tA->shape[1] < mi || tB->ndim != 2 || tB->shape[1] != r ||
-            tB->shape[0] < mo || !fa || !fb) {
+        if (tA->ndim != 2 || tA->shape[0] != r || tA->shape[1] < mi || tB->ndim != 2 ||
+            tB->shape[1] != r || tB->shape[0] < mo || !fa || !fb) {
             char ga[96], gb[96];
             adio_shape_str(ga, sizeof ga, tA);
             adio_shape_str(gb, sizeof gb, tB);
-            return err_status_set(st, "%s: %s %s %s and %s %s %s do not cover r = %d and the adapted modules (need "
-                                      "[%d, >= %lld] and [>= %lld, %d], float)",
-                                  ap, vera_key_A, ga, st_dtype_name(tA->dtype), vera_key_B, gb,
-                                  st_dtype_name(tB->dtype), r, r, (long long)mi, (long long)mo, r);
+            return err_status_set(
+                st,
+                "%s: %s %s %s and %s %s %s do not cover r = %d and the adapted modules (need "
+                "[%d, >= %lld] and [>= %lld, %d], float)",
+                ap, vera_key_A, ga, st_dtype_name(tA->dtype), vera_key_B, gb,
+                st_dtype_name(tB->dtype), r, r, (long long)mi, (long long)mo, r);
         }
         mi = tA->shape[1];
         mo = tB->shape[0];
@@ -567,7 +608,8 @@ static int vera_merge_shared(PeftAdapter *a, const AdioMergeItem *items, int n, 
         vera_proj_fill(p->A, p->B, a->projection_prng_key, r, mi, mo);
         return 1;
     }
-    return st_read_all(&a->tensors, tA, ST_F32, p->A, st) && st_read_all(&a->tensors, tB, ST_F32, p->B, st);
+    return st_read_all(&a->tensors, tA, ST_F32, p->A, st) &&
+           st_read_all(&a->tensors, tB, ST_F32, p->B, st);
 }
 
 static void vera_merge_shared_free(void *shared) {
@@ -579,8 +621,8 @@ static void vera_merge_shared_free(void *shared) {
 }
 
 /* ibuf = Ad [r, cols] (lambda_d [r] read into its tail first). */
-static int vera_merge_begin(const AdioMergeItem *it, PeftAdapter *a, const void *shared, float *ibuf,
-                            ErrStatus *st) {
+static int vera_merge_begin(const AdioMergeItem *it, PeftAdapter *a, const void *shared,
+                            float *ibuf, ErrStatus *st) {
     const VeraMergeProj *p = shared;
     float *ld = ibuf + (int64_t)it->r * it->cols;
     if (!st_read_all(&a->tensors, it->t[0], ST_F32, ld, st)) return 0;
@@ -589,8 +631,9 @@ static int vera_merge_begin(const AdioMergeItem *it, PeftAdapter *a, const void 
 }
 
 /* rbuf = Bd [k, r], then lambda_b [k]. */
-static int64_t vera_merge_stream(const AdioMergeItem *it, PeftAdapter *a, const void *shared, const float *ibuf,
-                                 float *rbuf, float *W, int64_t row0, int64_t k, int threads, ErrStatus *st) {
+static int64_t vera_merge_stream(const AdioMergeItem *it, PeftAdapter *a, const void *shared,
+                                 const float *ibuf, float *rbuf, float *W, int64_t row0, int64_t k,
+                                 int threads, ErrStatus *st) {
     const VeraMergeProj *p = shared;
     float *Bd = rbuf, *lb = rbuf + k * it->r;
     if (!st_read_slice(&a->tensors, it->t[1], 0, 1, row0, k, ST_F32, lb, st)) return -1;
@@ -608,8 +651,9 @@ static const AdioKindIo vera_io = {
     .card_init = "lambda_d = 0.1, lambda_b = 0; vera_A, vera_B kaiming-uniform from "
                  "torch.Generator().manual_seed(projection_prng_key), as PEFT",
     .card_rows = vera_card_rows,
-    .merge_help = "W + (lambda_b ⊙ vera_B[:out]) (lambda_d ⊙ vera_A[:, :in]), the projections from the "
-                  "file or regenerated from projection_prng_key",
+    .merge_help =
+        "W + (lambda_b ⊙ vera_B[:out]) (lambda_d ⊙ vera_A[:, :in]), the projections from the "
+        "file or regenerated from projection_prng_key",
     .merge_plan = vera_merge_plan,
     .merge_shared = vera_merge_shared,
     .merge_shared_free = vera_merge_shared_free,

@@ -107,9 +107,9 @@ static void grid_allreduce(Grid *g, MPI_Comm comm, void *buf, size_t n, MPI_Data
 }
 
 /* The typed all-reduces of grid.h, one line each. */
-#define GRID_ALLREDUCE_FN(name, T, type, op)                                                   \
-    void name(Grid *g, MPI_Comm comm, T *buf, size_t n, GridBytes cat) {                       \
-        grid_allreduce(g, comm, buf, n, type, sizeof(T), op, cat);                             \
+#define GRID_ALLREDUCE_FN(name, T, type, op)                                                       \
+    void name(Grid *g, MPI_Comm comm, T *buf, size_t n, GridBytes cat) {                           \
+        grid_allreduce(g, comm, buf, n, type, sizeof(T), op, cat);                                 \
     }
 GRID_ALLREDUCE_FN(grid_allreduce_sum_f32, float, MPI_FLOAT, MPI_SUM)
 GRID_ALLREDUCE_FN(grid_allreduce_max_f32, float, MPI_FLOAT, MPI_MAX)

@@ -24,8 +24,8 @@ typedef struct {
     int world_rank, world_size;
     int tp, dp, tp_rank, dp_rank;
     MPI_Comm world, tp_comm, dp_comm;
-    int mpi_owned;                 /* this Grid called MPI_Init */
-    uint64_t bytes[GRID_NBYTES];   /* bytes sent per category (payload size per call) */
+    int mpi_owned;               /* this Grid called MPI_Init */
+    uint64_t bytes[GRID_NBYTES]; /* bytes sent per category (payload size per call) */
     uint64_t calls[GRID_NBYTES];
 } Grid;
 

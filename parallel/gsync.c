@@ -11,7 +11,8 @@ void gsync_init(Gsync *s, int max_buckets) {
     s->req = calloc((size_t)max_buckets, sizeof *s->req);
     s->started = calloc((size_t)max_buckets, sizeof *s->started);
     SL_CHECK(s->buckets && s->req && s->started, "out of memory");
-    for (int i = 0; i < max_buckets; i++) s->req[i] = MPI_REQUEST_NULL;
+    for (int i = 0; i < max_buckets; i++)
+        s->req[i] = MPI_REQUEST_NULL;
 }
 
 void gsync_free(Gsync *s) {
@@ -35,7 +36,8 @@ void gsync_start(Gsync *s, Grid *g, int i) {
     int size = 1;
     MPI_Comm_size(b->comm, &size);
     if (b->n == 0 || size == 1) return;
-    int rc = MPI_Iallreduce(MPI_IN_PLACE, b->buf, (int)b->n, MPI_FLOAT, MPI_SUM, b->comm, &s->req[i]);
+    int rc =
+        MPI_Iallreduce(MPI_IN_PLACE, b->buf, (int)b->n, MPI_FLOAT, MPI_SUM, b->comm, &s->req[i]);
     SL_CHECK(rc == MPI_SUCCESS, "MPI_Iallreduce failed (%d)", rc);
     g->bytes[b->cat] += b->n * sizeof(float);
     g->calls[b->cat]++;

@@ -20,8 +20,8 @@ typedef struct {
 typedef struct {
     int n, cap;
     GsyncBucket *buckets;
-    MPI_Request *req;  /* [cap] */
-    int *started;      /* [cap] */
+    MPI_Request *req; /* [cap] */
+    int *started;     /* [cap] */
 } Gsync;
 
 void gsync_init(Gsync *s, int max_buckets);

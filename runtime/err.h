@@ -11,12 +11,12 @@
  * the fatal path below ends with EXIT_FATAL. */
 enum {
     EXIT_OK_STATUS = 0,
-    EXIT_USAGE = 2,      /* bad command line or impossible layout */
-    EXIT_BAD_INPUT = 3,  /* bad model, config or data files */
-    EXIT_IO = 4,         /* cannot write outputs */
-    EXIT_NONFINITE = 5,  /* the loss or gradient became NaN/inf */
-    EXIT_FATAL = 70,     /* an internal error (SL_CHECK / SL_FATAL): a bug or out of memory */
-    EXIT_REQUEUE = 75,   /* stopped on SIGUSR1/SIGTERM after writing a checkpoint: requeue */
+    EXIT_USAGE = 2,     /* bad command line or impossible layout */
+    EXIT_BAD_INPUT = 3, /* bad model, config or data files */
+    EXIT_IO = 4,        /* cannot write outputs */
+    EXIT_NONFINITE = 5, /* the loss or gradient became NaN/inf */
+    EXIT_FATAL = 70,    /* an internal error (SL_CHECK / SL_FATAL): a bug or out of memory */
+    EXIT_REQUEUE = 75,  /* stopped on SIGUSR1/SIGTERM after writing a checkpoint: requeue */
 };
 
 /* Called once, after the message is printed, with the exit status. It may return (the
@@ -39,9 +39,9 @@ _Noreturn void err_check_failed(const char *file, int line, const char *cond, co
 
 #define SL_FATAL(...) err_fatal_at(__FILE__, __LINE__, __VA_ARGS__)
 /* SL_CHECK(cond, "format", args...): never compiled out. */
-#define SL_CHECK(cond, ...)                                                                    \
-    do {                                                                                       \
-        if (!(cond)) err_check_failed(__FILE__, __LINE__, #cond, __VA_ARGS__);                 \
+#define SL_CHECK(cond, ...)                                                                        \
+    do {                                                                                           \
+        if (!(cond)) err_check_failed(__FILE__, __LINE__, #cond, __VA_ARGS__);                     \
     } while (0)
 
 /* Status returned by parsers and loaders: ok == 1, or msg names the file and the place

@@ -22,9 +22,9 @@ typedef struct {
 
 typedef struct {
     int nthreads;
-    float *scratch;          /* [scratch_floats] tile buffer for BF16 -> F32 */
+    float *scratch; /* [scratch_floats] tile buffer for BF16 -> F32 */
     size_t scratch_floats;
-    char core[64];           /* OpenBLAS core name in use */
+    char core[64]; /* OpenBLAS core name in use */
 } GemmCtx;
 
 /* Call first thing in main(), before anything else touches BLAS: if this CPU has AVX-512

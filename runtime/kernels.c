@@ -15,17 +15,19 @@
 /* ---- RMSNorm (HF LlamaRMSNorm) ------------------------------------------------------- */
 
 /* y = x * r * w with r = (mean(x^2) + eps)^-1/2. */
-static void ref_rmsnorm_forward(float *out, float *rstd, const float *x, const float *w,
-                                int64_t T, int64_t C, float eps) {
+static void ref_rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int64_t T,
+                                int64_t C, float eps) {
     for (int64_t t = 0; t < T; t++) {
         const float *xt = x + t * C; /* [C] */
         float *ot = out + t * C;     /* [C] */
         double ss = 0;
-        for (int64_t i = 0; i < C; i++) ss += (double)xt[i] * xt[i];
+        for (int64_t i = 0; i < C; i++)
+            ss += (double)xt[i] * xt[i];
         float r = (float)(1.0 / sqrt(ss / (double)C + (double)eps));
         rstd[t] = r;
         /* HF order: (x * rsqrt(var + eps)) then * weight. */
-        for (int64_t i = 0; i < C; i++) ot[i] = (xt[i] * r) * w[i];
+        for (int64_t i = 0; i < C; i++)
+            ot[i] = (xt[i] * r) * w[i];
     }
 }
 
@@ -38,9 +40,11 @@ static void ref_rmsnorm_backward(float *dx, const float *dout, const float *x, c
         float *dxt = dx + t * C;        /* [C] */
         double r = rstd[t];
         double dot = 0;
-        for (int64_t i = 0; i < C; i++) dot += (double)gt[i] * w[i] * xt[i];
+        for (int64_t i = 0; i < C; i++)
+            dot += (double)gt[i] * w[i] * xt[i];
         double c = r * r * r * dot / (double)C;
-        for (int64_t i = 0; i < C; i++) dxt[i] += (float)(r * w[i] * gt[i] - c * xt[i]);
+        for (int64_t i = 0; i < C; i++)
+            dxt[i] += (float)(r * w[i] * gt[i] - c * xt[i]);
     }
 }
 
@@ -63,8 +67,8 @@ static void ref_rope_forward(float *x, const float *cos, const float *sin, int64
 }
 
 /* The transpose of the rotation above (a rotation by -angle). */
-static void ref_rope_backward(float *dx, const float *cos, const float *sin, int64_t T,
-                              int64_t nh, int64_t D) {
+static void ref_rope_backward(float *dx, const float *cos, const float *sin, int64_t T, int64_t nh,
+                              int64_t D) {
     int64_t half = D / 2;
     for (int64_t t = 0; t < T; t++) {
         const float *ct = cos + t * half, *st = sin + t * half; /* [half] */
@@ -105,13 +109,15 @@ static void ref_swiglu_backward(float *dgate, float *dup, const float *dout, con
 
 static double ref_dot(const float *a, const float *b, int64_t n) {
     double s = 0;
-    for (int64_t i = 0; i < n; i++) s += (double)a[i] * b[i];
+    for (int64_t i = 0; i < n; i++)
+        s += (double)a[i] * b[i];
     return s;
 }
 
 /* The attention kernels' shape arguments: H a multiple of KV, each doc_start[t] in [0, t]. */
 static void ref_check_attention(const int32_t *doc_start, int64_t T, int64_t H, int64_t KV) {
-    SL_CHECK(KV > 0 && H == H / KV * KV, "H %lld not a multiple of KV %lld", (long long)H, (long long)KV);
+    SL_CHECK(KV > 0 && H == H / KV * KV, "H %lld not a multiple of KV %lld", (long long)H,
+             (long long)KV);
     for (int64_t t = 0; t < T; t++)
         SL_CHECK(doc_start[t] >= 0 && doc_start[t] <= t, "doc_start[%lld] = %d", (long long)t,
                  (int)doc_start[t]);
@@ -140,11 +146,13 @@ static void ref_attention_forward(KernCtx *kc, float *out, float *lse, const flo
                 se += exp(ref_dot(qt, k + (s * KV + kvh) * D, D) * scale - m);
             double l = m + log(se);
             lse[h * T + t] = (float)l;
-            for (int64_t d = 0; d < D; d++) ot[d] = 0;
+            for (int64_t d = 0; d < D; d++)
+                ot[d] = 0;
             for (int64_t s = s0; s <= t; s++) {
                 double p = exp(ref_dot(qt, k + (s * KV + kvh) * D, D) * scale - l);
                 const float *vs = v + (s * KV + kvh) * D; /* [D] */
-                for (int64_t d = 0; d < D; d++) ot[d] += (float)(p * vs[d]);
+                for (int64_t d = 0; d < D; d++)
+                    ot[d] += (float)(p * vs[d]);
             }
         }
     }
@@ -152,11 +160,10 @@ static void ref_attention_forward(KernCtx *kc, float *out, float *lse, const flo
 
 /* FlashAttention-2 (Dao 2023) backward: P recomputed from lse, Drow = rowsum(dO * O),
  * dS = P (dP - Drow), dP = dO V^T; dq += scale dS K, dk += scale dS^T Q, dv += P^T dO. */
-static void ref_attention_backward(KernCtx *kc, float *dq, float *dk, float *dv,
-                                   const float *dout, const float *out, const float *lse,
-                                   const float *q, const float *k, const float *v,
-                                   const int32_t *doc_start, int64_t T, int64_t H, int64_t KV,
-                                   int64_t D) {
+static void ref_attention_backward(KernCtx *kc, float *dq, float *dk, float *dv, const float *dout,
+                                   const float *out, const float *lse, const float *q,
+                                   const float *k, const float *v, const int32_t *doc_start,
+                                   int64_t T, int64_t H, int64_t KV, int64_t D) {
     (void)kc;
     ref_check_attention(doc_start, T, H, KV);
     int64_t G = H / KV;
@@ -164,9 +171,9 @@ static void ref_attention_backward(KernCtx *kc, float *dq, float *dk, float *dv,
     for (int64_t h = 0; h < H; h++) {
         int64_t kvh = h / G;
         for (int64_t t = 0; t < T; t++) {
-            const float *qt = q + (t * H + h) * D;    /* [D] */
+            const float *qt = q + (t * H + h) * D;     /* [D] */
             const float *got = dout + (t * H + h) * D; /* [D] */
-            float *dqt = dq + (t * H + h) * D;        /* [D] */
+            float *dqt = dq + (t * H + h) * D;         /* [D] */
             double drow = ref_dot(got, out + (t * H + h) * D, D);
             for (int64_t s = doc_start[t]; s <= t; s++) {
                 const float *ks = k + (s * KV + kvh) * D; /* [D] */
@@ -197,12 +204,12 @@ static void ref_ce_max(float *mx, const float *logits, int64_t Tc, int64_t V) {
     }
 }
 
-static void ref_ce_sumexp(float *se, const float *logits, const float *mx, int64_t Tc,
-                          int64_t V) {
+static void ref_ce_sumexp(float *se, const float *logits, const float *mx, int64_t Tc, int64_t V) {
     for (int64_t t = 0; t < Tc; t++) {
         const float *lt = logits + t * V; /* [V] */
         double s = 0;
-        for (int64_t j = 0; j < V; j++) s += exp((double)lt[j] - mx[t]);
+        for (int64_t j = 0; j < V; j++)
+            s += exp((double)lt[j] - mx[t]);
         se[t] = (float)s;
     }
 }
@@ -224,7 +231,8 @@ static void ref_ce_backward(float *logits, const int32_t *target, int64_t v0, co
             memset(lt, 0, (size_t)V * sizeof *lt);
             continue;
         }
-        for (int64_t j = 0; j < V; j++) lt[j] = (float)(w[t] * (exp((double)lt[j] - mx[t]) / se[t]));
+        for (int64_t j = 0; j < V; j++)
+            lt[j] = (float)(w[t] * (exp((double)lt[j] - mx[t]) / se[t]));
         int64_t j = (int64_t)target[t] - v0;
         if (target[t] >= 0 && j >= 0 && j < V) lt[j] -= w[t];
     }
@@ -232,21 +240,24 @@ static void ref_ce_backward(float *logits, const int32_t *target, int64_t v0, co
 
 /* ---- embedding ------------------------------------------------------------------------- */
 
-static void ref_embed_forward(float *out, const GemmWeight *table, const int32_t *ids,
-                              int64_t v0, int64_t T, int64_t C) {
-    SL_CHECK(table->cols == C, "embedding table has %lld cols, C = %lld",
-             (long long)table->cols, (long long)C);
+static void ref_embed_forward(float *out, const GemmWeight *table, const int32_t *ids, int64_t v0,
+                              int64_t T, int64_t C) {
+    SL_CHECK(table->cols == C, "embedding table has %lld cols, C = %lld", (long long)table->cols,
+             (long long)C);
     for (int64_t t = 0; t < T; t++) {
         float *ot = out + t * C; /* [C] */
         int64_t r = (int64_t)ids[t] - v0;
         if (ids[t] < 0 || r < 0 || r >= table->rows) {
-            for (int64_t i = 0; i < C; i++) ot[i] = 0;
+            for (int64_t i = 0; i < C; i++)
+                ot[i] = 0;
         } else if (table->dtype == GEMM_F32) {
             const float *row = (const float *)table->data + r * table->ld; /* [C] */
-            for (int64_t i = 0; i < C; i++) ot[i] = row[i];
+            for (int64_t i = 0; i < C; i++)
+                ot[i] = row[i];
         } else {
             const uint16_t *row = (const uint16_t *)table->data + r * table->ld; /* [C] */
-            for (int64_t i = 0; i < C; i++) ot[i] = gemm_bf16_to_f32(row[i]);
+            for (int64_t i = 0; i < C; i++)
+                ot[i] = gemm_bf16_to_f32(row[i]);
         }
     }
 }
@@ -256,7 +267,8 @@ static void ref_embed_backward(float *dtable, const float *dout, const int32_t *
     for (int64_t t = 0; t < T; t++) {
         int64_t r = (int64_t)ids[t] - v0;
         if (ids[t] < 0 || r < 0 || r >= Vloc) continue;
-        for (int64_t i = 0; i < C; i++) dtable[r * C + i] += dout[t * C + i];
+        for (int64_t i = 0; i < C; i++)
+            dtable[r * C + i] += dout[t * C + i];
     }
 }
 
@@ -309,8 +321,8 @@ void kern_rope_inv_freq(float *inv_freq, int64_t D, double theta, const KernRope
     }
     if (!s || s->type == 0) return;
     SL_CHECK(s->type == 1, "unknown rope scaling type %d", s->type);
-    SL_CHECK(s->factor > 0 && s->high_freq_factor != s->low_freq_factor &&
-                 s->low_freq_factor > 0 && s->high_freq_factor > 0 && s->original_max_position > 0,
+    SL_CHECK(s->factor > 0 && s->high_freq_factor != s->low_freq_factor && s->low_freq_factor > 0 &&
+                 s->high_freq_factor > 0 && s->original_max_position > 0,
              "bad llama3 rope_scaling parameters");
     /* torch evaluates `scalar / tensor` as tensor.reciprocal() * scalar (Tensor.__rtruediv__),
      * and Python-float scalars enter float32 arithmetic rounded to float32. */
@@ -335,8 +347,8 @@ void kern_rope_inv_freq(float *inv_freq, int64_t D, double theta, const KernRope
 
 /* HF LlamaRotaryEmbedding.forward: freqs = inv_freq (x) position (a float32 product),
  * emb = cat(freqs, freqs); we keep only the first half since both halves are equal. */
-void kern_rope_tables(float *cos, float *sin, const int64_t *pos, int64_t T,
-                      const float *inv_freq, int64_t half) {
+void kern_rope_tables(float *cos, float *sin, const int64_t *pos, int64_t T, const float *inv_freq,
+                      int64_t half) {
     for (int64_t t = 0; t < T; t++) {
         float p = (float)pos[t];
         for (int64_t i = 0; i < half; i++) {

@@ -18,17 +18,17 @@
 
 /* Llama-3 rope_scaling ("rope_type": "llama3"); type 0 = none. */
 typedef struct {
-    int type;                       /* 0 none, 1 llama3 */
+    int type; /* 0 none, 1 llama3 */
     double factor;
     double low_freq_factor;
     double high_freq_factor;
-    int64_t original_max_position;  /* original_max_position_embeddings */
+    int64_t original_max_position; /* original_max_position_embeddings */
 } KernRopeScaling;
 
 /* Context the fast kernels may use (GEMM for attention, scratch, threads). */
 typedef struct {
     GemmCtx *gemm;
-    float *scratch;          /* [scratch_floats] */
+    float *scratch; /* [scratch_floats] */
     size_t scratch_floats;
     int nthreads;
 } KernCtx;
@@ -78,8 +78,8 @@ typedef struct {
     /* se [Tc] = sum exp(logits - mx). */
     void (*ce_sumexp)(float *se, const float *logits, const float *mx, int64_t Tc, int64_t V);
     /* tl [Tc] = logits[t, target[t] - v0] if target in [v0, v0+V) else 0 (target < 0: 0). */
-    void (*ce_target)(float *tl, const float *logits, const int32_t *target, int64_t v0,
-                      int64_t Tc, int64_t V);
+    void (*ce_target)(float *tl, const float *logits, const int32_t *target, int64_t v0, int64_t Tc,
+                      int64_t V);
     /* IN PLACE on logits: dlogits = w[t] * (exp(l - mx) / se - onehot(target)).
      * w [Tc] is the per-token loss weight (0 for ignored tokens). */
     void (*ce_backward)(float *logits, const int32_t *target, int64_t v0, const float *mx,
@@ -106,8 +106,8 @@ size_t kern_scratch_floats(int64_t T, int64_t H, int64_t D, int nthreads);
  * _compute_llama3_parameters). Computed in float32 like transformers does. */
 void kern_rope_inv_freq(float *inv_freq, int64_t D, double theta, const KernRopeScaling *s);
 /* cos, sin [T, D/2] for positions pos [T]: angle = (float)pos * inv_freq (float32). */
-void kern_rope_tables(float *cos, float *sin, const int64_t *pos, int64_t T,
-                      const float *inv_freq, int64_t half);
+void kern_rope_tables(float *cos, float *sin, const int64_t *pos, int64_t T, const float *inv_freq,
+                      int64_t half);
 /* doc_start [T]: index of the first token of t's document; a document starts at t = 0
  * and wherever pos[t] == 0 (Hugging Face packed sequences via position_ids). */
 void kern_doc_starts(int32_t *doc_start, const int64_t *pos, int64_t T);

@@ -72,7 +72,8 @@ static float row_max(const float *x, int64_t n) {
     return _mm512_reduce_max_ps(m);
 #else
     float m = -INFINITY;
-    for (int64_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
+    for (int64_t i = 0; i < n; i++)
+        m = x[i] > m ? x[i] : m;
     return m;
 #endif
 }
@@ -106,14 +107,17 @@ static double row_exp_sum_f64(const float *x, float c, int64_t n) {
     __m512 vc = _mm512_set1_ps(c);
     for (int64_t i = 0; i < n; i += 16) {
         __mmask16 mk = tail_mask(n - i);
-        __m512 e = _mm512_maskz_mov_ps(mk, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x + i), vc)));
+        __m512 e =
+            _mm512_maskz_mov_ps(mk, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x + i), vc)));
         s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
-        s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+        s1 = _mm512_add_pd(
+            s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
     }
     return _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
 #else
     double s = 0;
-    for (int64_t i = 0; i < n; i++) s += expf(x[i] - c);
+    for (int64_t i = 0; i < n; i++)
+        s += expf(x[i] - c);
     return s;
 #endif
 }
@@ -128,19 +132,22 @@ static void row_exp_scale(float *y, const float *x, float c, float a, int64_t n)
         _mm512_mask_storeu_ps(y + i, mk, _mm512_mul_ps(e, va));
     }
 #else
-    for (int64_t i = 0; i < n; i++) y[i] = a * expf(x[i] - c);
+    for (int64_t i = 0; i < n; i++)
+        y[i] = a * expf(x[i] - c);
 #endif
 }
 
 static void row_scale(float *x, float a, int64_t n) {
 #pragma omp simd
-    for (int64_t i = 0; i < n; i++) x[i] *= a;
+    for (int64_t i = 0; i < n; i++)
+        x[i] *= a;
 }
 
 static float row_dot(const float *a, const float *b, int64_t n) {
     float s = 0;
 #pragma omp simd reduction(+ : s)
-    for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
+    for (int64_t i = 0; i < n; i++)
+        s += a[i] * b[i];
     return s;
 }
 
@@ -166,8 +173,8 @@ static void row_softmax_grad(float *s, float *dp, float lse, float drow, int64_t
 
 /* ---- RMSNorm ------------------------------------------------------------------------- */
 
-static void fast_rmsnorm_forward(float *out, float *rstd, const float *x, const float *w,
-                                 int64_t T, int64_t C, float eps) {
+static void fast_rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int64_t T,
+                                 int64_t C, float eps) {
 #pragma omp parallel for if (T * C >= FAST_OMP_MIN) schedule(static)
     for (int64_t t = 0; t < T; t++) {
         const float *xt = x + t * C; /* [C] */
@@ -175,7 +182,8 @@ static void fast_rmsnorm_forward(float *out, float *rstd, const float *x, const 
         float r = 1.0f / sqrtf(row_dot(xt, xt, C) / (float)C + eps);
         rstd[t] = r;
 #pragma omp simd
-        for (int64_t i = 0; i < C; i++) ot[i] = (xt[i] * r) * w[i];
+        for (int64_t i = 0; i < C; i++)
+            ot[i] = (xt[i] * r) * w[i];
     }
 }
 
@@ -189,17 +197,19 @@ static void fast_rmsnorm_backward(float *dx, const float *dout, const float *x, 
         float r = rstd[t];
         float dot = 0;
 #pragma omp simd reduction(+ : dot)
-        for (int64_t i = 0; i < C; i++) dot += gt[i] * w[i] * xt[i];
+        for (int64_t i = 0; i < C; i++)
+            dot += gt[i] * w[i] * xt[i];
         float c = r * r * r * dot / (float)C;
 #pragma omp simd
-        for (int64_t i = 0; i < C; i++) dxt[i] += r * w[i] * gt[i] - c * xt[i];
+        for (int64_t i = 0; i < C; i++)
+            dxt[i] += r * w[i] * gt[i] - c * xt[i];
     }
 }
 
 /* ---- RoPE ------------------------------------------------------------------------------ */
 
-static void fast_rope_forward(float *x, const float *cos, const float *sin, int64_t T,
-                              int64_t nh, int64_t D) {
+static void fast_rope_forward(float *x, const float *cos, const float *sin, int64_t T, int64_t nh,
+                              int64_t D) {
     int64_t half = D / 2;
 #pragma omp parallel for if (T * nh * D >= FAST_OMP_MIN) schedule(static)
     for (int64_t t = 0; t < T; t++) {
@@ -217,8 +227,8 @@ static void fast_rope_forward(float *x, const float *cos, const float *sin, int6
     }
 }
 
-static void fast_rope_backward(float *dx, const float *cos, const float *sin, int64_t T,
-                               int64_t nh, int64_t D) {
+static void fast_rope_backward(float *dx, const float *cos, const float *sin, int64_t T, int64_t nh,
+                               int64_t D) {
     int64_t half = D / 2;
 #pragma omp parallel for if (T * nh * D >= FAST_OMP_MIN) schedule(static)
     for (int64_t t = 0; t < T; t++) {
@@ -257,7 +267,8 @@ static void fast_swiglu_forward(float *out, const float *gate, const float *up, 
             _mm512_mask_storeu_ps(out + i, mk, _mm512_mul_ps(silu, u));
         }
 #else
-        for (int64_t i = i0; i < i1; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+        for (int64_t i = i0; i < i1; i++)
+            out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 #endif
     }
 }
@@ -275,7 +286,8 @@ static void fast_swiglu_backward(float *dgate, float *dup, const float *dout, co
             __m512 g = _mm512_maskz_loadu_ps(mk, gate + i);
             __m512 u = _mm512_maskz_loadu_ps(mk, up + i);
             __m512 go = _mm512_maskz_loadu_ps(mk, dout + i);
-            __m512 s = _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+            __m512 s = _mm512_div_ps(
+                one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), g))));
             /* silu'(g) = s (1 + g (1 - s)) */
             __m512 ds = _mm512_mul_ps(s, _mm512_fmadd_ps(g, _mm512_sub_ps(one, s), one));
             __m512 dg = _mm512_maskz_loadu_ps(mk, dgate + i);
@@ -322,8 +334,8 @@ static int attn_threads(const KernCtx *kc, int64_t H) {
     return nt;
 }
 
-static void fast_check_attention(const KernCtx *kc, const int32_t *doc_start, int64_t T,
-                                 int64_t H, int64_t KV, int64_t D, int64_t bq, int nt) {
+static void fast_check_attention(const KernCtx *kc, const int32_t *doc_start, int64_t T, int64_t H,
+                                 int64_t KV, int64_t D, int64_t bq, int nt) {
     SL_CHECK(kc && kc->gemm && kc->scratch, "fast attention needs a KernCtx with gemm and scratch");
     SL_CHECK(KV > 0 && H == H / KV * KV, "H %lld not a multiple of KV %lld", (long long)H,
              (long long)KV);
@@ -356,8 +368,7 @@ static void attn_blas_serial_end(const KernCtx *kc, int prev) {
 static int64_t block_end(const int32_t *doc_start, int64_t t0, int64_t T, int64_t bq) {
     int64_t lim = t0 + bq < T ? t0 + bq : T;
     for (int64_t t = t0 + 1; t < lim; t++)
-        if (doc_start[t] != doc_start[t - 1] && t - doc_start[t0] >= FAST_ATTN_MIN_SKIP)
-            return t;
+        if (doc_start[t] != doc_start[t - 1] && t - doc_start[t0] >= FAST_ATTN_MIN_SKIP) return t;
     return lim;
 }
 
@@ -370,12 +381,12 @@ static int64_t block_kmin(const int32_t *doc_start, int64_t t0, int64_t t1) {
 
 /* Forward of heads [h0, h1) on one thread, scratch ws [attn_thread_floats]. */
 static void attn_forward_heads(GemmCtx *gm, float *ws, float *out, float *lse, const float *q,
-                               const float *k, const float *v, const int32_t *doc_start,
-                               int64_t T, int64_t H, int64_t KV, int64_t D, int64_t bq,
-                               int64_t h0, int64_t h1) {
+                               const float *k, const float *v, const int32_t *doc_start, int64_t T,
+                               int64_t H, int64_t KV, int64_t D, int64_t bq, int64_t h0,
+                               int64_t h1) {
     int64_t HD = H * D, KVD = KV * D, G = H / KV;
     float scale = 1.0f / sqrtf((float)D);
-    float *S = ws;                    /* [bq, n] scaled scores, then exp(s - rowmax) */
+    float *S = ws;                             /* [bq, n] scaled scores, then exp(s - rowmax) */
     float *rinv = ws + 2 * bq * T + 2 * T * D; /* [bq] 1 / row sum */
     for (int64_t h = h0; h < h1; h++) {
         int64_t kvh = h / G;
@@ -390,7 +401,7 @@ static void attn_forward_heads(GemmCtx *gm, float *ws, float *out, float *lse, c
             for (int64_t i = 0; i < m; i++) {
                 int64_t t = t0 + i;
                 int64_t a = doc_start[t] - kmin, b = t - kmin + 1; /* keys [a, b) of row i */
-                float *row = S + i * n;                           /* [n] */
+                float *row = S + i * n;                            /* [n] */
                 float mx = row_max(row + a, b - a);
                 float se = row_exp_sum(row + a, row + a, mx, b - a);
                 lse[h * T + t] = mx + logf(se);
@@ -401,7 +412,8 @@ static void attn_forward_heads(GemmCtx *gm, float *ws, float *out, float *lse, c
             /* O = (exp(S - max) V) / rowsum: normalising the [m, D] result is cheaper than
              * normalising the [m, n] probabilities */
             gemm_f32(gm, 0, 0, m, D, n, 1.0f, S, n, vb, KVD, 0.0f, ob, HD);
-            for (int64_t i = 0; i < m; i++) row_scale(ob + i * HD, rinv[i], D);
+            for (int64_t i = 0; i < m; i++)
+                row_scale(ob + i * HD, rinv[i], D);
         }
     }
 }
@@ -418,8 +430,8 @@ static void fast_attention_forward(KernCtx *kc, float *out, float *lse, const fl
     {
         int tid = omp_get_thread_num(), nth = omp_get_num_threads();
         int64_t h0 = H * tid / nth, h1 = H * (tid + 1) / nth; /* this thread's heads */
-        attn_forward_heads(kc->gemm, kc->scratch + tid * per, out, lse, q, k, v, doc_start, T,
-                           H, KV, D, bq, h0, h1);
+        attn_forward_heads(kc->gemm, kc->scratch + tid * per, out, lse, q, k, v, doc_start, T, H,
+                           KV, D, bq, h0, h1);
     }
     attn_blas_serial_end(kc, prev);
 }
@@ -435,10 +447,10 @@ static void attn_backward_heads(GemmCtx *gm, float *ws, float *dq, float *dk, fl
                                 int64_t D, int64_t bq, int64_t h0, int64_t h1) {
     int64_t HD = H * D, KVD = KV * D, G = H / KV;
     float scale = 1.0f / sqrtf((float)D);
-    float *S = ws;                 /* [bq, n] scaled scores, then P */
-    float *dP = ws + bq * T;       /* [bq, n] dO V^T, then dS = P (dP - Drow) */
-    float *pdk = ws + 2 * bq * T;  /* [T, D] private dK of a shared kv head */
-    float *pdv = pdk + T * D;      /* [T, D] private dV of a shared kv head */
+    float *S = ws;                /* [bq, n] scaled scores, then P */
+    float *dP = ws + bq * T;      /* [bq, n] dO V^T, then dS = P (dP - Drow) */
+    float *pdk = ws + 2 * bq * T; /* [T, D] private dK of a shared kv head */
+    float *pdv = pdk + T * D;     /* [T, D] private dV of a shared kv head */
     for (int64_t h = h0; h < h1; h++) {
         int64_t kvh = h / G;
         int shared = kvh * G < h0 || (kvh + 1) * G > h1;
@@ -463,7 +475,7 @@ static void attn_backward_heads(GemmCtx *gm, float *ws, float *dq, float *dk, fl
             for (int64_t i = 0; i < m; i++) {
                 int64_t t = t0 + i;
                 int64_t a = doc_start[t] - kmin, b = t - kmin + 1; /* keys [a, b) of row i */
-                float *srow = S + i * n, *drow = dP + i * n;      /* [n], [n] */
+                float *srow = S + i * n, *drow = dP + i * n;       /* [n], [n] */
                 float dsum = row_dot(gb + i * HD, out + t * HD + h * D, D); /* Drow_t */
                 row_softmax_grad(srow + a, drow + a, lse[h * T + t], dsum, b - a);
                 memset(srow, 0, (size_t)a * sizeof *srow);
@@ -489,11 +501,10 @@ static void attn_backward_heads(GemmCtx *gm, float *ws, float *dq, float *dk, fl
     }
 }
 
-static void fast_attention_backward(KernCtx *kc, float *dq, float *dk, float *dv,
-                                    const float *dout, const float *out, const float *lse,
-                                    const float *q, const float *k, const float *v,
-                                    const int32_t *doc_start, int64_t T, int64_t H, int64_t KV,
-                                    int64_t D) {
+static void fast_attention_backward(KernCtx *kc, float *dq, float *dk, float *dv, const float *dout,
+                                    const float *out, const float *lse, const float *q,
+                                    const float *k, const float *v, const int32_t *doc_start,
+                                    int64_t T, int64_t H, int64_t KV, int64_t D) {
     int64_t bq = T < FAST_ATTN_BQ ? T : FAST_ATTN_BQ;
     int nt = attn_threads(kc, H);
     fast_check_attention(kc, doc_start, T, H, KV, D, bq, nt);
@@ -503,8 +514,8 @@ static void fast_attention_backward(KernCtx *kc, float *dq, float *dk, float *dv
     {
         int tid = omp_get_thread_num(), nth = omp_get_num_threads();
         int64_t h0 = H * tid / nth, h1 = H * (tid + 1) / nth; /* this thread's heads */
-        attn_backward_heads(kc->gemm, kc->scratch + tid * per, dq, dk, dv, dout, out, lse, q, k,
-                            v, doc_start, T, H, KV, D, bq, h0, h1);
+        attn_backward_heads(kc->gemm, kc->scratch + tid * per, dq, dk, dv, dout, out, lse, q, k, v,
+                            doc_start, T, H, KV, D, bq, h0, h1);
     }
     attn_blas_serial_end(kc, prev);
 }
@@ -520,13 +531,14 @@ size_t kern_scratch_floats(int64_t T, int64_t H, int64_t D, int nthreads) {
 
 static void fast_ce_max(float *mx, const float *logits, int64_t Tc, int64_t V) {
 #pragma omp parallel for if (Tc * V >= FAST_OMP_MIN) schedule(static)
-    for (int64_t t = 0; t < Tc; t++) mx[t] = row_max(logits + t * V, V);
+    for (int64_t t = 0; t < Tc; t++)
+        mx[t] = row_max(logits + t * V, V);
 }
 
-static void fast_ce_sumexp(float *se, const float *logits, const float *mx, int64_t Tc,
-                           int64_t V) {
+static void fast_ce_sumexp(float *se, const float *logits, const float *mx, int64_t Tc, int64_t V) {
 #pragma omp parallel for if (Tc * V >= FAST_OMP_MIN) schedule(static)
-    for (int64_t t = 0; t < Tc; t++) se[t] = (float)row_exp_sum_f64(logits + t * V, mx[t], V);
+    for (int64_t t = 0; t < Tc; t++)
+        se[t] = (float)row_exp_sum_f64(logits + t * V, mx[t], V);
 }
 
 static void fast_ce_target(float *tl, const float *logits, const int32_t *target, int64_t v0,
@@ -554,10 +566,10 @@ static void fast_ce_backward(float *logits, const int32_t *target, int64_t v0, c
 
 /* ---- embedding ------------------------------------------------------------------------------ */
 
-static void fast_embed_forward(float *out, const GemmWeight *table, const int32_t *ids,
-                               int64_t v0, int64_t T, int64_t C) {
-    SL_CHECK(table->cols == C, "embedding table has %lld cols, C = %lld",
-             (long long)table->cols, (long long)C);
+static void fast_embed_forward(float *out, const GemmWeight *table, const int32_t *ids, int64_t v0,
+                               int64_t T, int64_t C) {
+    SL_CHECK(table->cols == C, "embedding table has %lld cols, C = %lld", (long long)table->cols,
+             (long long)C);
 #pragma omp parallel for if (T * C >= FAST_OMP_MIN) schedule(static)
     for (int64_t t = 0; t < T; t++) {
         float *ot = out + t * C; /* [C] */
@@ -581,16 +593,17 @@ static void fast_embed_forward(float *out, const GemmWeight *table, const int32_
     }
 }
 
-static void fast_embed_backward(float *dtable, const float *dout, const int32_t *ids,
-                                int64_t v0, int64_t Vloc, int64_t T, int64_t C) {
+static void fast_embed_backward(float *dtable, const float *dout, const int32_t *ids, int64_t v0,
+                                int64_t Vloc, int64_t T, int64_t C) {
     /* Sequential over tokens (repeated ids would race), vectorised over C. */
     for (int64_t t = 0; t < T; t++) {
         int64_t r = (int64_t)ids[t] - v0;
         if (ids[t] < 0 || r < 0 || r >= Vloc) continue;
-        float *dr = dtable + r * C;      /* [C] */
-        const float *g = dout + t * C;   /* [C] */
+        float *dr = dtable + r * C;    /* [C] */
+        const float *g = dout + t * C; /* [C] */
 #pragma omp simd
-        for (int64_t i = 0; i < C; i++) dr[i] += g[i];
+        for (int64_t i = 0; i < C; i++)
+            dr[i] += g[i];
     }
 }
 

@@ -12,12 +12,12 @@
 #include "err.h"
 
 typedef enum {
-    MEM_FROZEN = 0,  /* frozen base weights (this rank's shards) */
-    MEM_ADAPTER,     /* adapter parameters + gradients */
-    MEM_OPTIMIZER,   /* optimizer state (Adam m, v / momentum) */
-    MEM_ACTIVATION,  /* activations and scratch of forward/backward */
-    MEM_COMM,        /* communication buffers */
-    MEM_OTHER,       /* everything else (batches, tables) */
+    MEM_FROZEN = 0, /* frozen base weights (this rank's shards) */
+    MEM_ADAPTER,    /* adapter parameters + gradients */
+    MEM_OPTIMIZER,  /* optimizer state (Adam m, v / momentum) */
+    MEM_ACTIVATION, /* activations and scratch of forward/backward */
+    MEM_COMM,       /* communication buffers */
+    MEM_OTHER,      /* everything else (batches, tables) */
     MEM_NCATEGORY
 } MemCategory;
 
@@ -25,13 +25,13 @@ typedef enum { MEM_PIN_AUTO = 0, MEM_PIN_ON, MEM_PIN_OFF } MemPinMode;
 
 typedef struct {
     MemPinMode pin;
-    int numa_node;                     /* node of the CPUs this process runs on (-1: no NUMA) */
-    int numa_available;                /* libnuma usable */
-    int pin_warned;                    /* auto mode warned once already */
-    size_t bytes[MEM_NCATEGORY];       /* live bytes per category */
-    size_t peak[MEM_NCATEGORY];        /* peak live bytes per category */
-    size_t pinned_bytes;               /* bytes currently mlock'ed */
-    size_t numa_bytes;                 /* bytes currently from numa_alloc_onnode */
+    int numa_node;               /* node of the CPUs this process runs on (-1: no NUMA) */
+    int numa_available;          /* libnuma usable */
+    int pin_warned;              /* auto mode warned once already */
+    size_t bytes[MEM_NCATEGORY]; /* live bytes per category */
+    size_t peak[MEM_NCATEGORY];  /* peak live bytes per category */
+    size_t pinned_bytes;         /* bytes currently mlock'ed */
+    size_t numa_bytes;           /* bytes currently from numa_alloc_onnode */
 } MemCtx;
 
 /* Parse "auto|on|off"; returns -1 if unknown. */

@@ -94,8 +94,8 @@ void philox_block(uint64_t seed, PhiloxPurpose purpose, uint64_t a, uint64_t b, 
     philox4x32_10(ctr, key, out);
 }
 
-void philox_block_lanes(uint64_t seed, PhiloxPurpose purpose, uint64_t a0, uint64_t b,
-                        uint64_t c, uint32_t out[4 * PHILOX_LANES]) {
+void philox_block_lanes(uint64_t seed, PhiloxPurpose purpose, uint64_t a0, uint64_t b, uint64_t c,
+                        uint32_t out[4 * PHILOX_LANES]) {
     uint32_t ctr[4 * PHILOX_LANES];
     for (int l = 0; l < PHILOX_LANES; l++) { /* philox_block's layout, a = a0 + l */
         const uint64_t a = a0 + (uint64_t)l;

@@ -41,8 +41,8 @@ void philox_block(uint64_t seed, PhiloxPurpose purpose, uint64_t a, uint64_t b, 
 
 /* philox_block of (seed, purpose, a0 + l, b, c) for the lanes l in [0, PHILOX_LANES):
  * out[w * PHILOX_LANES + l] is word w of lane l's block. */
-void philox_block_lanes(uint64_t seed, PhiloxPurpose purpose, uint64_t a0, uint64_t b,
-                        uint64_t c, uint32_t out[4 * PHILOX_LANES]);
+void philox_block_lanes(uint64_t seed, PhiloxPurpose purpose, uint64_t a0, uint64_t b, uint64_t c,
+                        uint32_t out[4 * PHILOX_LANES]);
 
 /* Uniform float in [0, 1) from a 32-bit word (24 high bits; exactly representable). */
 static inline float philox_u01(uint32_t w) {

@@ -70,9 +70,13 @@ void str_join_names(char *buf, size_t n, const char *sep, const char *(*name_at)
 }
 
 const char *str_fmt_duration(double s, char *buf, size_t n) {
-    if (!(s >= 0) || s > 1e9) snprintf(buf, n, "?");
-    else if (s >= 3600) snprintf(buf, n, "%dh%02dm%02ds", (int)(s / 3600), (int)(s / 60) % 60, (int)s % 60);
-    else if (s >= 60) snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
-    else snprintf(buf, n, "%.1fs", s);
+    if (!(s >= 0) || s > 1e9)
+        snprintf(buf, n, "?");
+    else if (s >= 3600)
+        snprintf(buf, n, "%dh%02dm%02ds", (int)(s / 3600), (int)(s / 60) % 60, (int)s % 60);
+    else if (s >= 60)
+        snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
+    else
+        snprintf(buf, n, "%.1fs", s);
     return buf;
 }

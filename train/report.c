@@ -35,8 +35,7 @@ static void report_trim_metrics(const char *path, int64_t last) {
     free(keep);
 }
 
-int report_open(Report *r, const char *out, Grid *g, int64_t first_step, int bar,
-                ErrStatus *st) {
+int report_open(Report *r, const char *out, Grid *g, int64_t first_step, int bar, ErrStatus *st) {
     memset(r, 0, sizeof *r);
     r->out = out;
     r->g = g;
@@ -45,7 +44,8 @@ int report_open(Report *r, const char *out, Grid *g, int64_t first_step, int bar
     char *path = str_join_path(out, "metrics.jsonl");
     if (first_step > 1) report_trim_metrics(path, first_step - 1);
     r->metrics = fopen(path, first_step > 1 ? "a" : "w");
-    int ok = r->metrics != NULL || err_status_set(st, "%s: cannot write: %s", path, strerror(errno));
+    int ok =
+        r->metrics != NULL || err_status_set(st, "%s: cannot write: %s", path, strerror(errno));
     free(path);
     return ok;
 }
@@ -62,8 +62,7 @@ const char *report_json_num(double x, char *buf, size_t n) {
     return buf;
 }
 
-void report_step(Report *r, const TrainerStep *s, double epoch, double lr, double tps,
-                 double mfu) {
+void report_step(Report *r, const TrainerStep *s, double epoch, double lr, double tps, double mfu) {
     if (!r->metrics) return;
     char lb[32], gb[32];
     fprintf(r->metrics,
@@ -112,7 +111,8 @@ void report_bar_draw(Report *r, int64_t step, int64_t total, double loss, double
     char bar[33], dur[32];
     const double frac = (double)step / (double)(total > 0 ? total : 1);
     int fill = (int)(32.0 * frac);
-    for (int i = 0; i < 32; i++) bar[i] = i < fill ? '#' : '.';
+    for (int i = 0; i < 32; i++)
+        bar[i] = i < fill ? '#' : '.';
     bar[32] = 0;
     printf("\r\033[K[%s] %lld/%lld %3.0f%% loss %.4f eta %s", bar, (long long)step,
            (long long)total, 100.0 * frac, loss, str_fmt_duration(eta, dur, sizeof dur));
@@ -137,13 +137,13 @@ char *report_json_quote(const char *s) {
     return q;
 }
 
-
 /* What happened to documents longer than a sequence, and the skipped bad lines. */
 static void report_long_docs_json(json_t *o, const TrainData *d) {
     json_object_set_new(o, "truncated", json_integer((json_int_t)d->train.truncated));
     json_object_set_new(o, "split", json_integer((json_int_t)d->train.split));
     json_object_set_new(o, "dropped", json_integer((json_int_t)d->train.dropped));
-    json_object_set_new(o, "bad_lines_skipped", json_integer((json_int_t)d->train_cache.stats.bad_lines));
+    json_object_set_new(o, "bad_lines_skipped",
+                        json_integer((json_int_t)d->train_cache.stats.bad_lines));
 }
 
 /* OUT/run.json: the resolved configuration, the layout, the data, and the versions of what
@@ -153,7 +153,8 @@ int report_run_json(const char *out, const ReportRun *run, const Session *s, con
     const Grid *g = s->g;
     json_t *j = json_object(), *cmd = json_array(), *layout = json_object(), *ver = json_object(),
            *data = json_object();
-    for (int i = 0; i < run->argc; i++) json_array_append_new(cmd, json_string(run->argv[i]));
+    for (int i = 0; i < run->argc; i++)
+        json_array_append_new(cmd, json_string(run->argv[i]));
     json_object_set_new(j, "shardlora_version", json_string(SHARDLORA_VERSION));
     json_object_set_new(j, "command", cmd);
     json_object_set_new(j, "config", run->config);
@@ -171,8 +172,10 @@ int report_run_json(const char *out, const ReportRun *run, const Session *s, con
     json_object_set_new(data, "train_counted_tokens", json_integer((json_int_t)d->train.counted));
     report_long_docs_json(data, d);
     json_object_set_new(data, "chat_format", json_string(chat_format_name(d->ds.chat)));
-    json_object_set_new(data, "eval_documents", json_integer((json_int_t)(d->has_eval ? d->eval.docs : 0)));
-    json_object_set_new(data, "eval_rows", json_integer((json_int_t)(d->has_eval ? d->eval.nrows : 0)));
+    json_object_set_new(data, "eval_documents",
+                        json_integer((json_int_t)(d->has_eval ? d->eval.docs : 0)));
+    json_object_set_new(data, "eval_rows",
+                        json_integer((json_int_t)(d->has_eval ? d->eval.nrows : 0)));
     json_object_set_new(j, "data", data);
     char mpiv[MPI_MAX_LIBRARY_VERSION_STRING], desc[256];
     grid_mpi_version(mpiv, sizeof mpiv);
@@ -193,20 +196,23 @@ int report_summary(const char *out, const ReportTotals *t, const TrainData *d, c
     char d1[32], d2[32];
     const double tps = t->t_steps > 0 ? (double)t->tokens / t->t_steps : 0;
     const double mfu = t->t_steps > 0 ? t->flops / t->t_steps / t->peak_flops : 0;
-    log_info("summary: %lld steps (%lld skipped) in %s (%s training, %.1fs evaluating); %lld tokens "
-             "processed, %lld trained on; %.0f tokens/s, MFU %.1f%%; last train loss %.4f",
-             (long long)t->steps, (long long)t->skipped, str_fmt_duration(t->wall, d1, sizeof d1),
-             str_fmt_duration(t->t_steps, d2, sizeof d2), t->t_eval, (long long)t->tokens,
-             (long long)t->counted, tps, 100.0 * mfu, t->last_loss);
+    log_info(
+        "summary: %lld steps (%lld skipped) in %s (%s training, %.1fs evaluating); %lld tokens "
+        "processed, %lld trained on; %.0f tokens/s, MFU %.1f%%; last train loss %.4f",
+        (long long)t->steps, (long long)t->skipped, str_fmt_duration(t->wall, d1, sizeof d1),
+        str_fmt_duration(t->t_steps, d2, sizeof d2), t->t_eval, (long long)t->tokens,
+        (long long)t->counted, tps, 100.0 * mfu, t->last_loss);
     if (t->best_step >= 0)
-        log_info("summary: best eval loss %.4f (ppl %.3f) at step %lld", t->best_eval, exp(t->best_eval),
-                 (long long)t->best_step);
+        log_info("summary: best eval loss %.4f (ppl %.3f) at step %lld", t->best_eval,
+                 exp(t->best_eval), (long long)t->best_step);
     else
         log_info("summary: no evaluation (no --eval-data or --eval-split)");
-    log_info("summary: data %lld documents in %lld sequences per epoch; longer than the sequence: %lld "
-             "truncated, %lld split, %lld dropped; bad lines skipped: %lld",
-             (long long)d->train.docs, (long long)d->train.nrows, (long long)d->train.truncated,
-             (long long)d->train.split, (long long)d->train.dropped, (long long)d->train_cache.stats.bad_lines);
+    log_info(
+        "summary: data %lld documents in %lld sequences per epoch; longer than the sequence: %lld "
+        "truncated, %lld split, %lld dropped; bad lines skipped: %lld",
+        (long long)d->train.docs, (long long)d->train.nrows, (long long)d->train.truncated,
+        (long long)d->train.split, (long long)d->train.dropped,
+        (long long)d->train_cache.stats.bad_lines);
     json_t *j = json_object(), *memj = json_object();
     json_object_set_new(j, "steps", json_integer((json_int_t)t->steps));
     json_object_set_new(j, "skipped_steps", json_integer((json_int_t)t->skipped));
@@ -217,12 +223,17 @@ int report_summary(const char *out, const ReportTotals *t, const TrainData *d, c
     json_object_set_new(j, "eval_seconds", json_real(t->t_eval));
     json_object_set_new(j, "tokens_per_s", json_real(tps));
     json_object_set_new(j, "mfu", json_real(mfu));
-    json_object_set_new(j, "last_loss", isfinite(t->last_loss) ? json_real(t->last_loss) : json_null());
-    json_object_set_new(j, "last_eval_loss", isfinite(t->last_eval) ? json_real(t->last_eval) : json_null());
-    json_object_set_new(j, "best_eval_loss", t->best_step >= 0 ? json_real(t->best_eval) : json_null());
-    json_object_set_new(j, "best_eval_step", t->best_step >= 0 ? json_integer((json_int_t)t->best_step) : json_null());
+    json_object_set_new(j, "last_loss",
+                        isfinite(t->last_loss) ? json_real(t->last_loss) : json_null());
+    json_object_set_new(j, "last_eval_loss",
+                        isfinite(t->last_eval) ? json_real(t->last_eval) : json_null());
+    json_object_set_new(j, "best_eval_loss",
+                        t->best_step >= 0 ? json_real(t->best_eval) : json_null());
+    json_object_set_new(j, "best_eval_step",
+                        t->best_step >= 0 ? json_integer((json_int_t)t->best_step) : json_null());
     for (int c = 0; c < MEM_NCATEGORY; c++)
-        json_object_set_new(memj, mem_category_name((MemCategory)c), json_integer((json_int_t)mem->peak[c]));
+        json_object_set_new(memj, mem_category_name((MemCategory)c),
+                            json_integer((json_int_t)mem->peak[c]));
     json_object_set_new(j, "peak_memory_bytes_rank0", memj);
     json_t *dj = json_object();
     json_object_set_new(dj, "documents", json_integer((json_int_t)d->train.docs));
@@ -250,16 +261,20 @@ int report_rank_summary(const char *out, const Session *s, int64_t steps, ErrSta
     json_object_set_new(j, "steps", json_integer(steps));
     json_object_set_new(j, "frozen_bytes", json_integer((json_int_t)m->frozen_bytes));
     json_object_set_new(j, "frozen_bytes_read", json_integer((json_int_t)m->bytes_read));
-    json_object_set_new(j, "replicated_frozen_bytes", json_integer((json_int_t)m->replicated_bytes));
-    json_object_set_new(j, "adapter_bytes", json_integer((json_int_t)(m->params.total * sizeof(float))));
+    json_object_set_new(j, "replicated_frozen_bytes",
+                        json_integer((json_int_t)m->replicated_bytes));
+    json_object_set_new(j, "adapter_bytes",
+                        json_integer((json_int_t)(m->params.total * sizeof(float))));
     /* what has gradients and optimizer state (frozen entries, e.g. LoRA-FA's A, do not) */
-    json_object_set_new(j, "trainable_bytes", json_integer((json_int_t)(m->params.trainable * sizeof(float))));
+    json_object_set_new(j, "trainable_bytes",
+                        json_integer((json_int_t)(m->params.trainable * sizeof(float))));
     /* the gradient buffer by sync class; a class moves its bytes each step when its
      * communicator has more than one rank (dp_comm, world, the kv-head group) */
     json_t *regions = json_object();
     static const char *rkeys[PARAM_NREGIONS] = {"dp", "world", "kv", "frozen"};
     for (int s = 0; s < PARAM_NREGIONS; s++)
-        json_object_set_new(regions, rkeys[s], json_integer((json_int_t)(m->params.region_len[s] * sizeof(float))));
+        json_object_set_new(regions, rkeys[s],
+                            json_integer((json_int_t)(m->params.region_len[s] * sizeof(float))));
     json_object_set_new(j, "adapter_region_bytes", regions);
     for (int c = 0; c < GRID_NBYTES; c++) {
         json_object_set_new(bytes, keys[c], json_integer((json_int_t)g->bytes[c]));
@@ -287,7 +302,8 @@ void report_full_init(ReportFull *f, const ParamTable *p, const Grid *g) {
 }
 
 void report_full_free(ReportFull *f) {
-    for (int i = 0; f->t && i < f->n; i++) free(f->t[i]);
+    for (int i = 0; f->t && i < f->n; i++)
+        free(f->t[i]);
     free(f->t);
     memset(f, 0, sizeof *f);
 }
@@ -327,7 +343,8 @@ int report_dump_grads(const char *path, const ParamTable *p, const ReportFull *v
     int64_t *ids64 = malloc((size_t)(b->G * b->T) * sizeof *ids64);
     char(*gnames)[200] = malloc((size_t)(p->n > 0 ? p->n : 1) * sizeof *gnames);
     SL_CHECK(ids64 && gnames, "out of memory");
-    for (int64_t i = 0; i < b->G * b->T; i++) ids64[i] = b->ids[i];
+    for (int64_t i = 0; i < b->G * b->T; i++)
+        ids64[i] = b->ids[i];
     st_writer_add(&w, "loss", ST_F32, 1, &one, &lossf);
     st_writer_add(&w, "input_ids", ST_I64, 2, bt, ids64);
     st_writer_add(&w, "labels", ST_I64, 2, bt, b->labels);
@@ -339,7 +356,8 @@ int report_dump_grads(const char *path, const ParamTable *p, const ReportFull *v
         st_writer_add(&w, e->name, ST_F32, 2, shape, vals->t[i]);
         st_writer_add(&w, gnames[i], ST_F32, 2, shape, grads->t[i]);
     }
-    for (int i = 0; i < nmeta; i++) st_writer_meta(&w, meta[2 * i], meta[2 * i + 1]);
+    for (int i = 0; i < nmeta; i++)
+        st_writer_meta(&w, meta[2 * i], meta[2 * i + 1]);
     int ok = st_writer_write(&w, path, st);
     st_writer_free(&w);
     free(ids64);

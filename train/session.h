@@ -25,7 +25,7 @@
 #include "../runtime/mem.h"
 
 typedef struct {
-    Grid *g;               /* the caller's */
+    Grid *g; /* the caller's */
     MemCtx mem;
     LlamaModel m;
     GemmCtx gc;
@@ -35,7 +35,7 @@ typedef struct {
     int64_t B, T;
     LlamaActs acts;
     LlamaBatch batch;
-    int64_t *labels;       /* [N] Hugging Face labels (-100 ignored) of the current micro-batch */
+    int64_t *labels; /* [N] Hugging Face labels (-100 ignored) of the current micro-batch */
     int have_model, have_compute, have_batches;
 } Session;
 

@@ -97,7 +97,8 @@ int tckpt_save(const TckptCfg *c, Grid *g, const ParamTable *p, const Optim *o, 
     }
     grid_gather(g, g->world, &mylen, sizeof mylen, lens, 0, GRID_BYTES_OTHER);
     if (g->world_rank == 0) {
-        for (int r = 0; r < g->world_size; r++) total += lens[r];
+        for (int r = 0; r < g->world_size; r++)
+            total += lens[r];
         gathered = malloc(total ? total : 1);
         SL_CHECK(gathered, "out of memory");
     }
@@ -137,7 +138,8 @@ int tckpt_save(const TckptCfg *c, Grid *g, const ParamTable *p, const Optim *o, 
         if (ok) ok = ckpt_dir_commit(c->root, step, &st);
         if (!ok) tckpt_remove_tmpdir(tmpdir);
         if (ok && !ckpt_prune(c->root, c->keep, &st)) {
-            log_warn("checkpoint %lld written, but pruning old ones failed: %s", (long long)step, st.msg);
+            log_warn("checkpoint %lld written, but pruning old ones failed: %s", (long long)step,
+                     st.msg);
             err_status_ok(&st);
         }
         ckpt_manifest_free(&mb);
@@ -147,7 +149,9 @@ int tckpt_save(const TckptCfg *c, Grid *g, const ParamTable *p, const Optim *o, 
     free(gathered);
     free(index);
     if (writer) ckpt_shard_free(&sh);
-    if (ok) log_info("checkpoint: step %lld written to %s/step-%09lld", (long long)step, c->root, (long long)step);
+    if (ok)
+        log_info("checkpoint: step %lld written to %s/step-%09lld", (long long)step, c->root,
+                 (long long)step);
     return ok;
 }
 
@@ -168,28 +172,35 @@ static void tckpt_json_text(const json_t *v, char *buf, size_t n) {
  * hashes the files' paths and times, so the same data copied or touched only warns. A key
  * missing from an older checkpoint is not compared (without the counts, a differing
  * fingerprint refuses). Sets st and returns 0 on the first difference. */
-static int tckpt_same_stream(const char *dir, const char *ckpt_run, const char *run, ErrStatus *st) {
-    static const char *const keys[] = {"seq_len", "pack", "long_examples", "shuffle", "eval_split",
-                                       "train_rows", "train_tokens", "train_counted_tokens",
-                                       "data_fingerprint"};
+static int tckpt_same_stream(const char *dir, const char *ckpt_run, const char *run,
+                             ErrStatus *st) {
+    static const char *const keys[] = {
+        "seq_len",    "pack",         "long_examples",        "shuffle",         "eval_split",
+        "train_rows", "train_tokens", "train_counted_tokens", "data_fingerprint"};
     /* integers as reals: a seed above INT64_MAX is no error here (it is compared as meta.seed) */
-    json_t *a = json_loads(ckpt_run, JSON_DECODE_INT_AS_REAL, NULL), *b = json_loads(run, JSON_DECODE_INT_AS_REAL, NULL);
+    json_t *a = json_loads(ckpt_run, JSON_DECODE_INT_AS_REAL, NULL),
+           *b = json_loads(run, JSON_DECODE_INT_AS_REAL, NULL);
     const int counts = a && json_object_get(a, "train_rows") != NULL;
     int ok = 1;
     for (size_t i = 0; a && b && ok && i < sizeof keys / sizeof keys[0]; i++) {
         json_t *x = json_object_get(a, keys[i]), *y = json_object_get(b, keys[i]);
         if (!x || !y || json_equal(x, y)) continue;
         if (strcmp(keys[i], "data_fingerprint") == 0 && counts) {
-            log_warn("%s: the data files' names, sizes or times differ from the checkpoint's, but they give the "
-                     "same rows and tokens: resuming", dir);
+            log_warn("%s: the data files' names, sizes or times differ from the checkpoint's, but "
+                     "they give the "
+                     "same rows and tokens: resuming",
+                     dir);
             continue;
         }
         char xs[128], ys[128];
         tckpt_json_text(x, xs, sizeof xs);
         tckpt_json_text(y, ys, sizeof ys);
-        ok = err_status_set(st, "%s was written with %s %s; this run's is %s (the data cursor counts rows of "
-                                "the stream --data, --seq-len, --pack, --long-examples, --shuffle, --eval-split and "
-                                "--seed fix)", dir, keys[i], xs, ys);
+        ok = err_status_set(
+            st,
+            "%s was written with %s %s; this run's is %s (the data cursor counts rows of "
+            "the stream --data, --seq-len, --pack, --long-examples, --shuffle, --eval-split and "
+            "--seed fix)",
+            dir, keys[i], xs, ys);
     }
     if (a) json_decref(a);
     if (b) json_decref(b);
@@ -233,17 +244,19 @@ int tckpt_resume(const TckptCfg *c, const char *path, Grid *g, ParamTable *p, Op
                            dir, r.meta.model_fingerprint, c->fingerprint);
             rc = -1;
         } else if (rc == 1 && strcmp(r.meta.adapter_config, c->adapter_json) != 0) {
-            err_status_set(&st, "%s has another adapter configuration (%s); this run's is %s",
-                           dir, r.meta.adapter_config, c->adapter_json);
+            err_status_set(&st, "%s has another adapter configuration (%s); this run's is %s", dir,
+                           r.meta.adapter_config, c->adapter_json);
             rc = -1;
         } else if (rc == 1 && strcmp(r.meta.optimizer_kind, optim_kind_name(o->cfg.kind)) != 0) {
             err_status_set(&st, "%s was written with optimizer %s; this run uses %s", dir,
                            r.meta.optimizer_kind, optim_kind_name(o->cfg.kind));
             rc = -1;
         } else if (rc == 1 && r.meta.seed != c->seed) {
-            err_status_set(&st, "%s was written with seed %llu; this run's is %llu (the data cursor counts rows "
-                                "of the stream it orders)", dir, (unsigned long long)r.meta.seed,
-                           (unsigned long long)c->seed);
+            err_status_set(
+                &st,
+                "%s was written with seed %llu; this run's is %llu (the data cursor counts rows "
+                "of the stream it orders)",
+                dir, (unsigned long long)r.meta.seed, (unsigned long long)c->seed);
             rc = -1;
         } else if (rc == 1 && !tckpt_same_stream(dir, r.meta.run_config, c->run_json, &st)) {
             rc = -1;

@@ -21,8 +21,8 @@ typedef struct {
     const char *run_json;      /* the resolved run configuration (its row-stream keys must match) */
     const char *optim_hparams; /* JSON (informational) */
     uint64_t seed;
-    size_t chunk_limit;        /* bytes per chunk (0: the format's default) */
-    int keep;                  /* checkpoints kept (<= 0: all) */
+    size_t chunk_limit; /* bytes per chunk (0: the format's default) */
+    int keep;           /* checkpoints kept (<= 0: all) */
 } TckptCfg;
 
 /* Writes checkpoint `step` (the state after that step's update; `cursor` is where the data

@@ -47,14 +47,16 @@ static int64_t tdata_files_bytes(const TdataFiles *files) {
  * one. */
 static void tdata_sum_stats(Grid *g, TcStats *s) {
     int64_t v[5 + DS_NFORMATS] = {s->lines, s->bad_lines, s->docs, s->tokens, s->counted};
-    for (int f = 0; f < DS_NFORMATS; f++) v[5 + f] = s->per_format[f];
+    for (int f = 0; f < DS_NFORMATS; f++)
+        v[5 + f] = s->per_format[f];
     grid_allreduce_sum_i64(g, g->world, v, 5 + DS_NFORMATS, GRID_BYTES_OTHER);
     s->lines = v[0];
     s->bad_lines = v[1];
     s->docs = v[2];
     s->tokens = v[3];
     s->counted = v[4];
-    for (int f = 0; f < DS_NFORMATS; f++) s->per_format[f] = v[5 + f];
+    for (int f = 0; f < DS_NFORMATS; f++)
+        s->per_format[f] = v[5 + f];
     int who = grid_first_failed(g, s->first_bad[0] == 0);
     if (who >= 0) grid_bcast(g, g->world, s->first_bad, sizeof s->first_bad, who, GRID_BYTES_OTHER);
 }
@@ -85,25 +87,27 @@ static int tdata_cache(TokCache *c, const char *name, const TdataFiles *files, c
     int opened = tcache_open(c, dir, fp, &why);
     if (opened && !o->skip_bad && c->stats.bad_lines > 0) {
         /* built with --skip-bad-lines: without it, the bad lines must stop the run */
-        err_status_set(&why, "built with --skip-bad-lines (%lld lines skipped)", (long long)c->stats.bad_lines);
+        err_status_set(&why, "built with --skip-bad-lines (%lld lines skipped)",
+                       (long long)c->stats.bad_lines);
         tcache_close(c);
         opened = 0;
     }
     if (grid_all_ok(g, opened)) {
-        log_info("token cache %s: reused (%lld documents, %lld tokens, %lld counted in the loss)", dir,
-                 (long long)c->ndocs, (long long)c->ntok, (long long)c->stats.counted);
+        log_info("token cache %s: reused (%lld documents, %lld tokens, %lld counted in the loss)",
+                 dir, (long long)c->ndocs, (long long)c->ntok, (long long)c->stats.counted);
         return 1;
     }
     if (opened) tcache_close(c);
     const int64_t bytes = tdata_files_bytes(files);
-    log_info("token cache: %s; tokenizing %.1f MB in %d part(s), one per rank", g->world_rank == 0 ? why.msg : "",
-             (double)bytes / 1e6, g->world_size);
+    log_info("token cache: %s; tokenizing %.1f MB in %d part(s), one per rank",
+             g->world_rank == 0 ? why.msg : "", (double)bytes / 1e6, g->world_size);
 
     *exit_code = EXIT_IO;
     ok = 1;
     if (g->world_rank == 0) {
         ok = afile_rmdir_flat(tmp, &st);
-        if (ok && !afile_mkdirs(tmp)) ok = err_status_set(&st, "%s: cannot create: %s", tmp, strerror(errno));
+        if (ok && !afile_mkdirs(tmp))
+            ok = err_status_set(&st, "%s: cannot create: %s", tmp, strerror(errno));
     }
     if (!tdata_agree(g, ok, &st)) return 0;
 
@@ -119,7 +123,8 @@ static int tdata_cache(TokCache *c, const char *name, const TdataFiles *files, c
         if (g->world_rank == 0)
             fprintf(stderr, "shardlora: error: %s%s: no examples (%s)\n", files->v[0],
                     files->n > 1 ? " and the other files" : "",
-                    stats.bad_lines > 0 ? "every line was bad and skipped" : "the data is empty or blank");
+                    stats.bad_lines > 0 ? "every line was bad and skipped"
+                                        : "the data is empty or blank");
         return tdata_abandon(g, tmp);
     }
     *exit_code = EXIT_IO;
@@ -131,7 +136,8 @@ static int tdata_cache(TokCache *c, const char *name, const TdataFiles *files, c
     log_info("token cache %s: %lld lines -> %lld documents, %lld tokens (%lld counted in the loss) "
              "in %.1f s (%.1f MB/s over %d ranks)",
              dir, (long long)stats.lines, (long long)stats.docs, (long long)stats.tokens,
-             (long long)stats.counted, dt, (double)bytes / 1e6 / (dt > 0 ? dt : 1e-9), g->world_size);
+             (long long)stats.counted, dt, (double)bytes / 1e6 / (dt > 0 ? dt : 1e-9),
+             g->world_size);
     if (stats.bad_lines > 0 && g->world_rank == 0)
         log_warn("%s: skipped %lld bad line(s) (--skip-bad-lines); the first: %s", name,
                  (long long)stats.bad_lines, stats.first_bad);
@@ -171,7 +177,8 @@ static int tdata_check_counted(const TrainData *d, const TdataOpts *o, const cha
 static int64_t *tdata_iota(int64_t n) {
     int64_t *v = malloc((size_t)(n > 0 ? n : 1) * sizeof *v);
     SL_CHECK(v, "out of memory");
-    for (int64_t i = 0; i < n; i++) v[i] = i;
+    for (int64_t i = 0; i < n; i++)
+        v[i] = i;
     return v;
 }
 
@@ -199,8 +206,10 @@ int tdata_load(TrainData *d, const TdataOpts *o, Grid *g, int *exit_code) {
         ok = d->tk != NULL;
     }
     ChatFormat chat = CHAT_NONE;
-    if (ok && strcmp(o->chat_format, "auto") == 0) ok = chat_detect(o->model_dir, &chat, &st);
-    else if (ok) chat = (ChatFormat)chat_parse_format(o->chat_format);
+    if (ok && strcmp(o->chat_format, "auto") == 0)
+        ok = chat_detect(o->model_dir, &chat, &st);
+    else if (ok)
+        chat = (ChatFormat)chat_parse_format(o->chat_format);
     if (!tdata_agree(g, ok, &st)) return 0;
     int64_t eos = o->eos_id;
     if (eos < 0 && d->tk) eos = tdata_eos_from_tokenizer_config(o->model_dir, d->tk);
@@ -211,14 +220,18 @@ int tdata_load(TrainData *d, const TdataOpts *o, Grid *g, int *exit_code) {
     log_info("data: tokenizer %s; chat format %s (%s); EOS %s; prompt tokens %s",
              d->tk ? tkpath : "none (pre-tokenised data only)", chat_format_name(chat),
              strcmp(o->chat_format, "auto") != 0 ? "--chat-format"
-             : chat != CHAT_NONE              ? "from tokenizer_config.json"
-                                              : "no chat template recognised in tokenizer_config.json",
-             !o->add_eos ? "not appended (--no-add-eos)" : eos >= 0 ? "appended to text examples" : "unknown, not appended",
+             : chat != CHAT_NONE                 ? "from tokenizer_config.json"
+                                 : "no chat template recognised in tokenizer_config.json",
+             !o->add_eos ? "not appended (--no-add-eos)"
+             : eos >= 0  ? "appended to text examples"
+                         : "unknown, not appended",
              o->train_on_prompt ? "counted (--train-on-prompt)" : "masked");
     if (o->add_eos && eos < 0 && d->tk)
-        log_warn("no EOS token id in config.json or tokenizer_config.json: text examples get no EOS");
+        log_warn(
+            "no EOS token id in config.json or tokenizer_config.json: text examples get no EOS");
 
-    if (!tdata_cache(&d->train_cache, "train", &o->data, o, d, g, exit_code, d->fingerprint)) return 0;
+    if (!tdata_cache(&d->train_cache, "train", &o->data, o, d, g, exit_code, d->fingerprint))
+        return 0;
     char efp[TCACHE_FP_LEN + 1];
     if (o->eval_data.n > 0) {
         if (!tdata_cache(&d->eval_cache, "eval", &o->eval_data, o, d, g, exit_code, efp)) return 0;
@@ -232,8 +245,8 @@ int tdata_load(TrainData *d, const TdataOpts *o, Grid *g, int *exit_code) {
         d->neval_docs = d->eval_cache.ndocs;
         d->eval_docs = tdata_iota(d->neval_docs);
     } else if (o->eval_split > 0) {
-        ok = pack_split(d->train_cache.ndocs, o->eval_split, o->seed, &d->train_docs, &d->ntrain_docs,
-                        &d->eval_docs, &d->neval_docs, &st);
+        ok = pack_split(d->train_cache.ndocs, o->eval_split, o->seed, &d->train_docs,
+                        &d->ntrain_docs, &d->eval_docs, &d->neval_docs, &st);
         if (!ok) {
             ErrStatus inner = st;
             err_status_set(&st, "--eval-split %g: %s", o->eval_split, inner.msg);
@@ -265,7 +278,8 @@ int tdata_load(TrainData *d, const TdataOpts *o, Grid *g, int *exit_code) {
     if (!tdata_agree(g, ok, &st)) return 0;
     tdata_log_plan("train data", &d->train, o->pack);
     if (d->has_eval)
-        tdata_log_plan(d->have_eval_cache ? "eval data (--eval-data)" : "eval data (--eval-split)", &d->eval, o->pack);
+        tdata_log_plan(d->have_eval_cache ? "eval data (--eval-data)" : "eval data (--eval-split)",
+                       &d->eval, o->pack);
     pack_order_init(&d->order, &d->train, o->seed, o->shuffle);
     return 1;
 }
@@ -291,7 +305,8 @@ void tdata_train_row(TrainData *d, int64_t i, int64_t T, int32_t *ids, int64_t *
 void tdata_eval_row(const TrainData *d, int64_t r, int64_t T, int32_t *ids, int64_t *labels,
                     int64_t *pos) {
     if (r < d->eval.nrows) {
-        pack_row(&d->eval, d->have_eval_cache ? &d->eval_cache : &d->train_cache, r, 0, ids, labels, pos);
+        pack_row(&d->eval, d->have_eval_cache ? &d->eval_cache : &d->train_cache, r, 0, ids, labels,
+                 pos);
         return;
     }
     for (int64_t t = 0; t < T; t++) {

@@ -25,13 +25,13 @@ typedef struct {
     const char *chat_format; /* "auto" or a format name */
     int train_on_prompt, add_eos, pack, shuffle, skip_bad;
     PackLong long_mode;
-    const char *cache_dir;   /* token caches go to cache_dir/train and cache_dir/eval */
+    const char *cache_dir;    /* token caches go to cache_dir/train and cache_dir/eval */
     int64_t T, vocab, eos_id; /* eos_id: from config.json, -1 unknown */
     uint64_t seed;
 } TdataOpts;
 
 typedef struct {
-    Tokenizer *tk;            /* NULL when the model has no tokenizer.json */
+    Tokenizer *tk; /* NULL when the model has no tokenizer.json */
     DsOptions ds;
     TokCache train_cache, eval_cache;
     int have_eval_cache;

@@ -69,7 +69,8 @@ static int64_t trainer_count_labels(Trainer *t, const RowSource *src, int64_t ba
             src->row(src->ctx, base + mb * B + j, T, s->batch.ids + j * T, s->labels + j * T,
                      s->batch.pos + j * T);
         for (int64_t j = 0; j < B; j++)
-            for (int64_t k = 1; k < T; k++) count += s->labels[j * T + k] != -100;
+            for (int64_t k = 1; k < T; k++)
+                count += s->labels[j * T + k] != -100;
     }
     grid_allreduce_sum_i64(s->g, s->g->dp_comm, &count, 1, GRID_BYTES_OTHER);
     return count;
@@ -113,7 +114,8 @@ void trainer_update(Trainer *t, float lr, TrainerStep *out) {
         /* torch.nn.utils.clip_grad_norm_: scale by min(1, max / (norm + 1e-6)) */
         float coef = (float)(t->cfg.max_grad_norm / (out->grad_norm + 1e-6));
         if (coef < 1.0f)
-            for (size_t i = 0; i < p->trainable; i++) p->grads[i] *= coef;
+            for (size_t i = 0; i < p->trainable; i++)
+                p->grads[i] *= coef;
     }
     llama_adapters_grad_post(&t->s->m, &t->env); /* LoRA-FA: PEFT's projected B gradient */
     optim_step_params(&t->opt, p, lr);
@@ -136,8 +138,8 @@ double trainer_eval(Session *s, const RowSource *src, int64_t nrows, uint64_t se
     for (int64_t k = 0; k < rounds; k++) {
         session_fill_batch(s, src, k * per_round + (int64_t)g->dp_rank * B, nrows);
         int64_t counted = 0;
-        sum[0] += llama_forward(&s->m, &s->acts, &s->batch, 1.0f, 0, &env, s->kops, &s->kc, g,
-                                &counted);
+        sum[0] +=
+            llama_forward(&s->m, &s->acts, &s->batch, 1.0f, 0, &env, s->kops, &s->kc, g, &counted);
         sum[1] += (double)counted;
         if (round) round(round_ctx, k, rounds, sum);
     }

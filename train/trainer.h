@@ -35,20 +35,20 @@ typedef struct {
     int64_t rows_per_dp, nmicro; /* G / dp rows per DP rank, in nmicro micro-batches */
     Optim opt;
     Gsync gs;
-    int *bucket;          /* [L][PARAM_NSYNC] gsync bucket of each layer and sync class */
-    MPI_Comm kv_comm;     /* ranks sharing a kv head when kv heads are replicated (KV < tp) */
-    int sync_active;      /* the buckets start as layers finish (last micro-batch only) */
-    AdapterEnv env;       /* the current step's (dropout keys) */
+    int *bucket;      /* [L][PARAM_NSYNC] gsync bucket of each layer and sync class */
+    MPI_Comm kv_comm; /* ranks sharing a kv head when kv heads are replicated (KV < tp) */
+    int sync_active;  /* the buckets start as layers finish (last micro-batch only) */
+    AdapterEnv env;   /* the current step's (dropout keys) */
 } Trainer;
 
 /* What one step did (the same on every rank). */
 typedef struct {
     int64_t step;
-    double loss;          /* mean loss over the global batch's counted label tokens */
-    double grad_norm;     /* global norm of the synchronised gradient, before clipping */
-    int64_t counted;      /* counted label tokens of the global batch */
-    int finite;           /* loss and norm are finite */
-    int updated;          /* the optimizer step ran */
+    double loss;      /* mean loss over the global batch's counted label tokens */
+    double grad_norm; /* global norm of the synchronised gradient, before clipping */
+    int64_t counted;  /* counted label tokens of the global batch */
+    int finite;       /* loss and norm are finite */
+    int updated;      /* the optimizer step ran */
 } TrainerStep;
 
 /* Optimizer state and gradient-sync buckets for the session's model and adapters (after
@@ -57,8 +57,7 @@ void trainer_init(Trainer *t, Session *s, const TrainerCfg *cfg, const OptimCfg 
 void trainer_free(Trainer *t);
 
 /* Gradients of step `step` (1-based; keys dropout) over rows [first, first + G) of src. */
-void trainer_grads(Trainer *t, const RowSource *src, int64_t first, int64_t step,
-                   TrainerStep *out);
+void trainer_grads(Trainer *t, const RowSource *src, int64_t first, int64_t step, TrainerStep *out);
 /* Clipping, grad_post and the optimizer step at learning rate lr; sets out->updated. */
 void trainer_update(Trainer *t, float lr, TrainerStep *out);
 /* trainer_grads, then trainer_update when out->finite. */

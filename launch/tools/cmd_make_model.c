@@ -87,11 +87,28 @@ typedef struct {
 
 /* Parses argv into o. Returns 1 to go on, or 0 with *rc the exit status (0 after --help). */
 static int mm_parse_opts(MmOpts *o, int argc, char **argv, int *rc) {
-    *o = (MmOpts){.arch = "llama", .dtype = "F32", .rope_scaling = "none", .layers = 2,
-                  .hidden = 64, .ffn = 176, .heads = 4, .kv_heads = -1, .head_dim = -1,
-                  .vocab = 512, .shards = 1, .max_pos = 2048, .rope_orig = 256,
-                  .rope_theta = 10000.0, .rms_eps = 1e-5, .init_std = -1, .rope_factor = 8.0,
-                  .rope_low = 1.0, .rope_high = 4.0, .seed = 1234};
+    *o = (MmOpts){.arch = "llama",
+                  .dtype = "F32",
+                  .rope_scaling = "none",
+                  .layers = 2,
+                  .hidden = 64,
+                  .ffn = 176,
+                  .heads = 4,
+                  .kv_heads = -1,
+                  .head_dim = -1,
+                  .vocab = 512,
+                  .shards = 1,
+                  .max_pos = 2048,
+                  .rope_orig = 256,
+                  .rope_theta = 10000.0,
+                  .rms_eps = 1e-5,
+                  .init_std = -1,
+                  .rope_factor = 8.0,
+                  .rope_low = 1.0,
+                  .rope_high = 4.0,
+                  .seed = 1234};
+    /* one option per line: name, type, destination, metavar, help, required, seen */
+    // clang-format off
     ArgSpec specs[] = {
         {"out", ARG_STR, &o->out, "DIR", "output model directory", 1, 0},
         {"arch", ARG_STR, &o->arch, "NAME", "llama | mistral | qwen2", 0, 0},
@@ -127,6 +144,7 @@ static int mm_parse_opts(MmOpts *o, int argc, char **argv, int *rc) {
          "(default: write a byte-level one when vocab >= 259)", 0, 0},
         {"force", ARG_BOOL, &o->force, NULL, "overwrite an existing model in --out", 0, 0},
     };
+    // clang-format on
     const int nspecs = (int)(sizeof specs / sizeof specs[0]);
     int help = 0;
     ErrStatus st;
@@ -201,8 +219,7 @@ static int mm_config(MmOpts *o, HfcConfig *c, HfcArch *arch, StDtype *dtype) {
                 o->rope_scaling);
         return EXIT_USAGE;
     }
-    snprintf(c->torch_dtype, sizeof c->torch_dtype, "%s",
-             sdt == ST_BF16 ? "bfloat16" : "float32");
+    snprintf(c->torch_dtype, sizeof c->torch_dtype, "%s", sdt == ST_BF16 ? "bfloat16" : "float32");
     if (c->num_heads % c->num_kv_heads || c->head_dim % 2) {
         fprintf(stderr,
                 "shardlora make-model: heads must be a multiple of kv-heads and head-dim even\n");
@@ -365,13 +382,14 @@ static int mm_write_tokenizer(const MmOpts *o) {
     if (o->tokenizer) {
         FILE *in = fopen(o->tokenizer, "rb"), *out = in ? fopen(path, "wb") : NULL;
         if (!in || !out) {
-            fprintf(stderr, "shardlora make-model: cannot copy %s to %s: %s\n", o->tokenizer,
-                    path, strerror(errno));
+            fprintf(stderr, "shardlora make-model: cannot copy %s to %s: %s\n", o->tokenizer, path,
+                    strerror(errno));
             rc = EXIT_IO;
         } else {
             char buf[65536];
             size_t k;
-            while ((k = fread(buf, 1, sizeof buf, in)) > 0) fwrite(buf, 1, k, out);
+            while ((k = fread(buf, 1, sizeof buf, in)) > 0)
+                fwrite(buf, 1, k, out);
         }
         if (in) fclose(in);
         if (out) fclose(out);
@@ -417,7 +435,8 @@ int cmd_make_model(int argc, char **argv) {
             rc = EXIT_IO;
         }
     }
-    for (int i = 0; i < n; i++) free(t[i].data);
+    for (int i = 0; i < n; i++)
+        free(t[i].data);
     free(t);
     if (rc == 0)
         printf("make-model: wrote %s (%s, %lld layers, hidden %lld, %lld tensors, %.1f MiB %s in "

@@ -566,6 +566,8 @@ int cmd_plot(int argc, char **argv) {
     const char *out_file = NULL, *title = NULL;
     int help = 0;
     /* Designated initializers: the fields args_parse fills in start at zero. */
+    /* one option per line: name, type, destination, metavar, help, required, seen */
+    // clang-format off
     ArgSpec specs[] = {
         {.name = "out",
          .type = ARG_STR,
@@ -578,6 +580,7 @@ int cmd_plot(int argc, char **argv) {
          .metavar = "TEXT",
          .help = "the chart's title (default: the name of the OUT directory)"},
     };
+    // clang-format on
     int ns = (int)(sizeof specs / sizeof specs[0]);
     const char *usage = "shardlora plot OUT [--out FILE] [--title TEXT]";
     const char *about =

@@ -19,16 +19,16 @@
 
 static int g_fail, g_count;
 
-#define CHECK(cond, ...)                                                                       \
-    do {                                                                                       \
-        g_count++;                                                                             \
-        if (!(cond)) {                                                                         \
-            g_fail++;                                                                          \
-            printf("FAIL rank %d %s:%d: %s: ", g_rank, __FILE__, __LINE__, #cond);             \
-            printf(__VA_ARGS__);                                                               \
-            printf("\n");                                                                      \
-            fflush(stdout);                                                                    \
-        }                                                                                      \
+#define CHECK(cond, ...)                                                                           \
+    do {                                                                                           \
+        g_count++;                                                                                 \
+        if (!(cond)) {                                                                             \
+            g_fail++;                                                                              \
+            printf("FAIL rank %d %s:%d: %s: ", g_rank, __FILE__, __LINE__, #cond);                 \
+            printf(__VA_ARGS__);                                                                   \
+            printf("\n");                                                                          \
+            fflush(stdout);                                                                        \
+        }                                                                                          \
     } while (0)
 
 static int g_rank;
@@ -52,8 +52,8 @@ static void check_counted(const char *what, const Grid *g, const Counts *before,
         uint64_t db = g->bytes[k] - before->bytes[k], dc = g->calls[k] - before->calls[k];
         uint64_t wb = k == (int)cat ? bytes : 0, wc = k == (int)cat ? calls : 0;
         CHECK(db == wb && dc == wc,
-              "%s: category %d counted %llu bytes in %llu calls, want %llu in %llu",
-              what, k, (unsigned long long)db, (unsigned long long)dc, (unsigned long long)wb,
+              "%s: category %d counted %llu bytes in %llu calls, want %llu in %llu", what, k,
+              (unsigned long long)db, (unsigned long long)dc, (unsigned long long)wb,
               (unsigned long long)wc);
     }
 }
@@ -110,7 +110,8 @@ static void test_allreduce(Grid *g) {
     Counts c;
     /* sum f32 over tp_comm: ranks 2d, 2d+1 */
     float f[5];
-    for (int i = 0; i < 5; i++) f[i] = (float)(g_rank * 10 + i) + 0.5f;
+    for (int i = 0; i < 5; i++)
+        f[i] = (float)(g_rank * 10 + i) + 0.5f;
     c = counts_of(g);
     grid_allreduce_sum_f32(g, g->tp_comm, f, 5, GRID_BYTES_TP);
     int ok = 1;
@@ -186,7 +187,8 @@ static void test_bytewise(Grid *g) {
     grid_gather(g, g->world, send, sizeof send, recv, 2, GRID_BYTES_OTHER);
     if (g_rank == 2) {
         int ok = 1;
-        for (int r = 0; r < 4; r++) ok &= recv[2 * r] == r && recv[2 * r + 1] == 100 + r;
+        for (int r = 0; r < 4; r++)
+            ok &= recv[2 * r] == r && recv[2 * r + 1] == 100 + r;
         CHECK(ok, "gather on root: %d %d %d %d", recv[0], recv[1], recv[2], recv[3]);
     }
     check_counted("gather", g, &c, GRID_BYTES_OTHER, sizeof send, 1);
@@ -194,7 +196,8 @@ static void test_bytewise(Grid *g) {
     /* gatherv with uneven lengths (rank r sends 3 - r ints; rank 3 none) into world rank 1 */
     int32_t vs[3] = {g_rank * 10, g_rank * 10 + 1, g_rank * 10 + 2}, vr[6];
     size_t lens[4];
-    for (int r = 0; r < 4; r++) lens[r] = (size_t)(3 - r) * sizeof(int32_t);
+    for (int r = 0; r < 4; r++)
+        lens[r] = (size_t)(3 - r) * sizeof(int32_t);
     memset(vr, 0xff, sizeof vr);
     c = counts_of(g);
     grid_gatherv(g, g->world, vs, lens[g_rank], vr, lens, 1, GRID_BYTES_OTHER);
@@ -340,7 +343,8 @@ static void test_gsync(Grid *g) {
             if (len[b])
                 MPI_Allreduce(MPI_IN_PLACE, want[b], (int)len[b], MPI_FLOAT, MPI_SUM, comm[b]);
         Counts c = counts_of(g);
-        for (int k = 0; k < 3; k++) gsync_start(&s, g, order[step][k]);
+        for (int k = 0; k < 3; k++)
+            gsync_start(&s, g, order[step][k]);
         gsync_wait(&s, g);
         for (int b = 0; b < NB; b++)
             CHECK(memcmp(buf[b], want[b], len[b] * sizeof(float)) == 0,
@@ -352,13 +356,14 @@ static void test_gsync(Grid *g) {
             uint64_t db = g->bytes[cat[b]] - c.bytes[cat[b]];
             uint64_t dc = g->calls[cat[b]] - c.calls[cat[b]];
             CHECK(db == wb && dc == wc,
-                  "step %d bucket %d: %llu bytes in %llu calls, want %llu in %llu",
-                  step, b, (unsigned long long)db, (unsigned long long)dc, (unsigned long long)wb,
+                  "step %d bucket %d: %llu bytes in %llu calls, want %llu in %llu", step, b,
+                  (unsigned long long)db, (unsigned long long)dc, (unsigned long long)wb,
                   (unsigned long long)wc);
         }
     }
     gsync_free(&s);
-    for (int b = 0; b < NB; b++) free(buf[b]), free(want[b]);
+    for (int b = 0; b < NB; b++)
+        free(buf[b]), free(want[b]);
 }
 
 int main(int argc, char **argv) {
@@ -381,8 +386,9 @@ int main(int argc, char **argv) {
     test_gsync(&g);
     int fails = g_fail, all = 0, count = g_count;
     MPI_Allreduce(&fails, &all, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
-    if (g_rank == 0) printf("%s test_grid: %d checks per rank, %d failed over 4 ranks\n",
-                            all ? "FAIL" : "PASS", count, all);
+    if (g_rank == 0)
+        printf("%s test_grid: %d checks per rank, %d failed over 4 ranks\n", all ? "FAIL" : "PASS",
+               count, all);
     grid_finalize(&g);
     return all ? 1 : 0;
 }

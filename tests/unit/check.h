@@ -24,7 +24,10 @@ static inline double check_close(const char *name, const float *a, const float *
     int64_t worst = 0;
     for (int64_t i = 0; i < n; i++) {
         double d = fabs((double)a[i] - (double)b[i]);
-        if (!(d <= maxdiff)) { maxdiff = d; worst = i; } /* NaN counts as worst */
+        if (!(d <= maxdiff)) {
+            maxdiff = d;
+            worst = i;
+        } /* NaN counts as worst */
         if (fabs((double)b[i]) > maxref) maxref = fabs((double)b[i]);
     }
     double rel = maxdiff / (maxref > 1e-6 ? maxref : 1e-6);
@@ -36,15 +39,15 @@ static inline double check_close(const char *name, const float *a, const float *
     return rel;
 }
 
-#define CHECK_TRUE(cond, ...)                                                                  \
-    do {                                                                                       \
-        check_count++;                                                                         \
-        if (!(cond)) {                                                                         \
-            check_failures++;                                                                  \
-            printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                             \
-            printf(__VA_ARGS__);                                                               \
-            printf("\n");                                                                      \
-        }                                                                                      \
+#define CHECK_TRUE(cond, ...)                                                                      \
+    do {                                                                                           \
+        check_count++;                                                                             \
+        if (!(cond)) {                                                                             \
+            check_failures++;                                                                      \
+            printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                                 \
+            printf(__VA_ARGS__);                                                                   \
+            printf("\n");                                                                          \
+        }                                                                                          \
     } while (0)
 
 static inline int check_finish(void) {
@@ -108,7 +111,6 @@ static inline void check_rm_rf(const char *path) {
     nftw(path, check_rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-
 /* ---- test data and finite differences ---------------------------------------------------- */
 
 static uint64_t check_rng_state = 0x9e3779b97f4a7c15ull;
@@ -135,13 +137,15 @@ static inline float *check_falloc(int64_t n) {
 /* n values scale x check_rnd() (malloc'd). */
 static inline float *check_frand(int64_t n, float scale) {
     float *p = check_falloc(n);
-    for (int64_t i = 0; i < n; i++) p[i] = scale * check_rnd();
+    for (int64_t i = 0; i < n; i++)
+        p[i] = scale * check_rnd();
     return p;
 }
 
 static inline double check_dot_f64(const float *a, const float *b, int64_t n) {
     double s = 0;
-    for (int64_t i = 0; i < n; i++) s += (double)a[i] * b[i];
+    for (int64_t i = 0; i < n; i++)
+        s += (double)a[i] * b[i];
     return s;
 }
 
@@ -150,7 +154,8 @@ static inline double check_dot_f64(const float *a, const float *b, int64_t n) {
  * bias the quotient. */
 typedef double (*CheckLossFn)(void *ctx);
 
-static inline void check_fd_grad(float *g, float *x, int64_t n, double h, CheckLossFn loss, void *ctx) {
+static inline void check_fd_grad(float *g, float *x, int64_t n, double h, CheckLossFn loss,
+                                 void *ctx) {
     for (int64_t i = 0; i < n; i++) {
         float x0 = x[i];
         double step = h * (fabs(x0) > 1 ? fabs(x0) : 1);

@@ -28,7 +28,8 @@
 
 static double max_abs(const float *a, int64_t n) {
     double m = 0;
-    for (int64_t i = 0; i < n; i++) m = fabs((double)a[i]) > m ? fabs((double)a[i]) : m;
+    for (int64_t i = 0; i < n; i++)
+        m = fabs((double)a[i]) > m ? fabs((double)a[i]) : m;
     return m;
 }
 
@@ -81,8 +82,8 @@ typedef struct {
 /* declare -> shared_new (VeRA's projections) -> params_finalize -> init -> alloc, for one
  * slot on a Linear holding the whole W at tp = 1 (SHARD_NONE, as llama_load at tp = 1).
  * The only place that knows the slot's fields: adapt it when the adapter interface moves. */
-static void rig_setup(Rig *t, const AdapterKind *kind, const Case *c, const float *W,
-                      float *bias, int64_t O, int64_t I, int64_t N, MemCtx *mem) {
+static void rig_setup(Rig *t, const AdapterKind *kind, const Case *c, const float *W, float *bias,
+                      int64_t O, int64_t I, int64_t N, MemCtx *mem) {
     memset(t, 0, sizeof *t);
     t->kind = kind;
     t->mem = mem;
@@ -139,7 +140,8 @@ static void rig_fill_zero_tensors(Rig *t) {
         float *v = params_value(&t->pt, i);
         size_t n = params_numel(&t->pt.e[i]);
         if (max_abs(v, (int64_t)n) != 0) continue;
-        for (size_t k = 0; k < n; k++) v[k] = 0.5f * check_rnd();
+        for (size_t k = 0; k < n; k++)
+            v[k] = 0.5f * check_rnd();
     }
 }
 
@@ -193,7 +195,8 @@ static void test_fd_case(const AdapterKind *kind, const Case *c, GemmCtx *gc, Me
     char label[96], name[320];
     snprintf(label, sizeof label, "%s r%d a%g rs%d p%g", kind->name, c->r, (double)c->alpha,
              c->use_rslora, (double)c->dropout);
-    float *W = check_frand(O * I, 0.4f), *bias = check_frand(O, 0.5f), *X = check_frand(N * I, 1.0f);
+    float *W = check_frand(O * I, 0.4f), *bias = check_frand(O, 0.5f),
+          *X = check_frand(N * I, 1.0f);
     float *R = check_frand(N * O, 1.0f), *Y = check_falloc(N * O), *Y2 = check_falloc(N * O);
     X[3] = 0.0f; /* dropout's backward draws the mask again where X = 0 */
     Rig t;
@@ -213,15 +216,17 @@ static void test_fd_case(const AdapterKind *kind, const Case *c, GemmCtx *gc, Me
         e2.step++;
         lin_forward(gc, &t.lin, &e2, Y2, X, N);
         double d = rel_err(Y2, Y, N * O);
-        CHECK_TRUE(d > 1e-3, "%s: step %lld and %lld gave the same dropout mask (diff %.3e)",
-                   label, (long long)lc.env.step, (long long)e2.step, d);
+        CHECK_TRUE(d > 1e-3, "%s: step %lld and %lld gave the same dropout mask (diff %.3e)", label,
+                   (long long)lc.env.step, (long long)e2.step, d);
         AdapterEnv ev = lc.env;
         ev.training = 0;
         rig_step_begin(&t, &ev);
         lin_forward(gc, &t.lin, &ev, Y2, X, N);
         d = rel_err(Y2, Y, N * O);
-        CHECK_TRUE(d > 1e-3, "%s: dropout %g changed nothing in training (diff %.3e): does the "
-                             "kind apply it?", label, (double)c->dropout, d);
+        CHECK_TRUE(d > 1e-3,
+                   "%s: dropout %g changed nothing in training (diff %.3e): does the "
+                   "kind apply it?",
+                   label, (double)c->dropout, d);
         rig_step_begin(&t, &lc.env);
     }
 
@@ -255,7 +260,8 @@ static void test_fd_case(const AdapterKind *kind, const Case *c, GemmCtx *gc, Me
         int64_t n = (int64_t)params_numel(&pt->e[i]);
         size_t off = pt->e[i].offset;
         float *ana = check_falloc(n);
-        for (int64_t k = 0; k < n; k++) ana[k] = pt->grads[off + k] - g0[off + k];
+        for (int64_t k = 0; k < n; k++)
+            ana[k] = pt->grads[off + k] - g0[off + k];
         snprintf(name, sizeof name, "%s d%s", label, short_name(&t, i));
         check_close(name, ana, num[i], n, FD_TOL);
         CHECK_TRUE(max_abs(num[i], n) > 1e-3, "%s: the loss does not depend on it", name);
@@ -267,11 +273,13 @@ static void test_fd_case(const AdapterKind *kind, const Case *c, GemmCtx *gc, Me
         free(ana);
     }
     CHECK_TRUE(ntrained > 0, "%s: no trainable tensor", label);
-    for (int64_t k = 0; k < N * I; k++) dx[k] -= dx0[k];
+    for (int64_t k = 0; k < N * I; k++)
+        dx[k] -= dx0[k];
     snprintf(name, sizeof name, "%s dX", label);
     check_close(name, dx, numx, N * I, FD_TOL);
 
-    for (int i = 0; i < pt->n; i++) free(num[i]);
+    for (int i = 0; i < pt->n; i++)
+        free(num[i]);
     free(num), free(numx), free(g0), free(dx0), free(dx);
     rig_free(&t);
     free(W), free(bias), free(X), free(R), free(Y), free(Y2);
@@ -284,7 +292,8 @@ static void test_fd_case(const AdapterKind *kind, const Case *c, GemmCtx *gc, Me
 static void test_lora_formula(const Case *c, GemmCtx *gc, MemCtx *mem) {
     const int64_t O = 9, I = 70, N = 5; /* I > one 64-column mask chunk */
     const AdapterKind *kind = adapter_kind_by_name("lora");
-    float *W = check_frand(O * I, 0.3f), *bias = check_frand(O, 0.5f), *X = check_frand(N * I, 1.0f);
+    float *W = check_frand(O * I, 0.3f), *bias = check_frand(O, 0.5f),
+          *X = check_frand(N * I, 1.0f);
     float *Y = check_falloc(N * O), *want = check_falloc(N * O);
     Rig t;
     rig_setup(&t, kind, c, W, bias, O, I, N, mem);
@@ -305,8 +314,10 @@ static void test_lora_formula(const Case *c, GemmCtx *gc, MemCtx *mem) {
             }
         for (int64_t o = 0; o < O; o++) {
             double y = bias[o];
-            for (int64_t i = 0; i < I; i++) y += (double)X[n * I + i] * W[o * I + i];
-            for (int k = 0; k < r; k++) y += s * h[k] * B[o * r + k];
+            for (int64_t i = 0; i < I; i++)
+                y += (double)X[n * I + i] * W[o * I + i];
+            for (int k = 0; k < r; k++)
+                y += s * h[k] * B[o * r + k];
             want[n * O + o] = (float)y;
         }
     }
@@ -328,7 +339,8 @@ static void test_lora_formula(const Case *c, GemmCtx *gc, MemCtx *mem) {
 static void test_rslora_equivalence(const AdapterKind *kind, GemmCtx *gc, MemCtx *mem) {
     const int64_t O = 8, I = 6, N = 4;
     const Case rs = {kind->name, 4, 6.0f, 1, 0.0f}, plain = {kind->name, 4, 12.0f, 0, 0.0f};
-    float *W = check_frand(O * I, 0.4f), *bias = check_frand(O, 0.5f), *X = check_frand(N * I, 1.0f);
+    float *W = check_frand(O * I, 0.4f), *bias = check_frand(O, 0.5f),
+          *X = check_frand(N * I, 1.0f);
     float *Y1 = check_falloc(N * O), *Y2 = check_falloc(N * O);
     const AdapterEnv env = {gc, 5, 1, 0, 1};
     uint64_t saved = check_rng_state;
@@ -388,9 +400,11 @@ int main(int argc, char **argv) {
     }
     CHECK_TRUE(nkinds >= 4, "only %d kinds tested", nkinds);
 
-    const Case fcases[] = {
-        {"lora", 4, 8.0f, 0, 0.0f}, {"lora", 4, 8.0f, 1, 0.0f}, {"lora", 3, 5.0f, 0, 0.0f},
-        {"lora", 4, 8.0f, 0, 0.3f}, {"lora", 3, 5.0f, 1, 0.25f}};
+    const Case fcases[] = {{"lora", 4, 8.0f, 0, 0.0f},
+                           {"lora", 4, 8.0f, 1, 0.0f},
+                           {"lora", 3, 5.0f, 0, 0.0f},
+                           {"lora", 4, 8.0f, 0, 0.3f},
+                           {"lora", 3, 5.0f, 1, 0.25f}};
     for (size_t i = 0; i < sizeof fcases / sizeof fcases[0]; i++)
         test_lora_formula(&fcases[i], &gc, &mem);
 

@@ -326,8 +326,7 @@ static void test_corruption(void) {
                "truncated manifest: %s", st.msg);
     printf("PASS truncated manifest: %s\n", st.msg);
     CHECK_TRUE(truncate(man, 11) == 0, "truncate");
-    CHECK_TRUE(!ckpt_open(&r, dir, &st) && strstr(st.msg, "manifest.pb"), "header cut: %s",
-               st.msg);
+    CHECK_TRUE(!ckpt_open(&r, dir, &st) && strstr(st.msg, "manifest.pb"), "header cut: %s", st.msg);
     /* A flipped manifest byte: CRC. */
     CHECK_TRUE(write_ckpt(dir, 64, 5), "rewrite");
     flip_byte(man, ms / 2);
@@ -351,7 +350,8 @@ static void test_corruption(void) {
     printf("PASS deleted shard: %s\n", st.msg);
     /* A shard cut short. */
     CHECK_TRUE(write_ckpt(dir, 64, 5), "rewrite");
-    CHECK_TRUE(truncate(check_tmp_path("bad/s3"), file_size(check_tmp_path("bad/s3")) - 1) == 0, "truncate");
+    CHECK_TRUE(truncate(check_tmp_path("bad/s3"), file_size(check_tmp_path("bad/s3")) - 1) == 0,
+               "truncate");
     CHECK_TRUE(!ckpt_open(&r, dir, &st) && strstr(st.msg, "s3") && strstr(st.msg, "too short"),
                "short shard: %s", st.msg);
     check_rm_rf(dir);
@@ -447,7 +447,8 @@ static void test_writer_errors(void) {
     CkptShard s, s2;
     CHECK_TRUE(!ckpt_shard_open(&s, dir, "../x", 0, &st), "bad name accepted");
     CHECK_TRUE(!ckpt_shard_open(&s, dir, "x", 3, &st), "limit 3 accepted");
-    CHECK_TRUE(!ckpt_shard_open(&s, check_tmp_path("no/such"), "x", 0, &st) && strstr(st.msg, "no/such"),
+    CHECK_TRUE(!ckpt_shard_open(&s, check_tmp_path("no/such"), "x", 0, &st) &&
+                   strstr(st.msg, "no/such"),
                "missing dir: %s", st.msg);
     CHECK_TRUE(ckpt_shard_open(&s, dir, "a", 0, &st), "open: %s", st.msg);
     float d[8] = {0};
@@ -481,8 +482,7 @@ static void test_writer_errors(void) {
                        strstr(st.msg, strerror(ENOSPC)),
                    "disk full: %s", st.msg);
         printf("PASS disk full: %s\n", st.msg);
-        CHECK_TRUE(!ckpt_shard_put(&s, "U", 4, 2, 0, 4, 0, 2, d, &st) &&
-                       !ckpt_shard_close(&s, &st),
+        CHECK_TRUE(!ckpt_shard_put(&s, "U", 4, 2, 0, 4, 0, 2, d, &st) && !ckpt_shard_close(&s, &st),
                    "a failed shard must refuse further puts and close");
         ckpt_shard_free(&s);
     } else {
@@ -562,15 +562,15 @@ static void test_dirs(void) {
     CHECK_TRUE(ckpt_dir_begin(root, 40, tmp, sizeof tmp, &st), "begin 40 again: %s", st.msg);
     CHECK_TRUE(access(check_tmp_path("out/checkpoints/step-000000040.tmp/junk"), F_OK) != 0,
                "stale .tmp not emptied");
-    CHECK_TRUE(write_ckpt(tmp, 64, 40) && ckpt_dir_commit(root, 40, &st), "commit 40: %s",
-               st.msg);
+    CHECK_TRUE(write_ckpt(tmp, 64, 40) && ckpt_dir_commit(root, 40, &st), "commit 40: %s", st.msg);
     CHECK_TRUE(list_is(root, (int64_t[]){10, 20, 30, 40}, 4), "list 10..40");
 
     /* Re-committing an existing step replaces it. */
     CHECK_TRUE(commit_step(root, 40), "recommit 40");
     CHECK_TRUE(list_is(root, (int64_t[]){10, 20, 30, 40}, 4) && ckpt_latest_step(root) == 40,
                "after recommit");
-    CHECK_TRUE(access(check_tmp_path("out/checkpoints/step-000000040.old"), F_OK) != 0, ".old left");
+    CHECK_TRUE(access(check_tmp_path("out/checkpoints/step-000000040.old"), F_OK) != 0,
+               ".old left");
 
     /* Prune keeps the newest 3. */
     CHECK_TRUE(ckpt_prune(root, 3, &st), "prune: %s", st.msg);
@@ -600,7 +600,8 @@ static void test_dirs(void) {
                    strstr(used, "step-000000020") && w.n == 2 && strstr(w.last, "s3"),
                "second fallback: %s, %d warnings", used, w.n);
     ckpt_close(&r);
-    CHECK_TRUE(truncate(check_tmp_path("out/checkpoints/step-000000020/manifest.pb"), 30) == 0, "trunc");
+    CHECK_TRUE(truncate(check_tmp_path("out/checkpoints/step-000000020/manifest.pb"), 30) == 0,
+               "trunc");
     w.n = 0;
     CHECK_TRUE(ckpt_open_latest(root, 1, &r, used, sizeof used, on_warn, &w, &st) == -1 &&
                    w.n == 3 && strstr(st.msg, "none of the 3"),
@@ -610,8 +611,7 @@ static void test_dirs(void) {
     /* Latest pointing at an older step: newer ones are an abandoned timeline, never loaded,
      * and pruned. */
     char *root2 = check_tmp_path("out2");
-    CHECK_TRUE(commit_step(root2, 1) && commit_step(root2, 2) && commit_step(root2, 3),
-               "commits");
+    CHECK_TRUE(commit_step(root2, 1) && commit_step(root2, 2) && commit_step(root2, 3), "commits");
     unlink(check_tmp_path("out2/latest"));
     CHECK_TRUE(symlink("step-000000002", check_tmp_path("out2/latest")) == 0, "symlink");
     w.n = 0;

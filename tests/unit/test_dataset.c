@@ -128,8 +128,9 @@ static void test_text(Tokenizer *tk, Tokenizer *tb) {
                "config.json): tokenizer.json does not match the model");
     DsOptions chat = o;
     chat.chat = CHAT_CHATML;
-    expect_err(tb, &chat, "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}, "
-                          "{\"role\": \"assistant\", \"content\": \"x\"}]}",
+    expect_err(tb, &chat,
+               "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}, "
+               "{\"role\": \"assistant\", \"content\": \"x\"}]}",
                "has id 259, outside the model's vocabulary [0, 259)");
     DsOptions big_eos = o;
     big_eos.eos_id = 300;

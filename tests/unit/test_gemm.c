@@ -133,8 +133,9 @@ static void test_linear(GemmCtx *g, GemmDtype dt, int64_t T, int64_t O, int64_t 
         }
     GemmWeight W = {dt, dt == GEMM_BF16 ? (const void *)Wb : (const void *)Wsrc, O, I, ld};
     char shape[80];
-    snprintf(shape, sizeof shape, "%s T=%lld O=%lld I=%lld beta=%g", dt == GEMM_BF16 ? "bf16" : "f32",
-             (long long)T, (long long)O, (long long)I, (double)beta);
+    snprintf(shape, sizeof shape, "%s T=%lld O=%lld I=%lld beta=%g",
+             dt == GEMM_BF16 ? "bf16" : "f32", (long long)T, (long long)O, (long long)I,
+             (double)beta);
 
     float *X = malloc(sizeof(float) * T * I), *Y = malloc(sizeof(float) * T * O);
     float *Yr = malloc(sizeof(float) * T * O);

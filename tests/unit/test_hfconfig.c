@@ -368,7 +368,8 @@ static void test_errors(void) {
                "mistral with bias written: %s", st.msg);
     hfc_defaults(&c, HFC_LLAMA);
     c.num_kv_heads = 3;
-    CHECK_TRUE(!hfc_write(&c, check_tmp_path("w.json"), &st) && strstr(st.msg, "num_key_value_heads"),
+    CHECK_TRUE(!hfc_write(&c, check_tmp_path("w.json"), &st) &&
+                   strstr(st.msg, "num_key_value_heads"),
                "bad kv heads written: %s", st.msg);
     hfc_defaults(&c, HFC_LLAMA);
     const char *p = check_tmp_path("no/such/dir/config.json");

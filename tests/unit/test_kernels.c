@@ -39,7 +39,8 @@ static double rel_err(const float *a, const float *b, int64_t n) {
 /* a - b elementwise into a new buffer (the increment a backward added to a pre-filled dx). */
 static float *fdiff(const float *a, const float *b, int64_t n) {
     float *p = check_falloc(n);
-    for (int64_t i = 0; i < n; i++) p[i] = a[i] - b[i];
+    for (int64_t i = 0; i < n; i++)
+        p[i] = a[i] - b[i];
     return p;
 }
 
@@ -53,11 +54,11 @@ static float *fdiff(const float *a, const float *b, int64_t n) {
 typedef struct {
     const KernOps *ops;
     int64_t T, C, H, KV, D, n;
-    float *x, *w, *out, *rstd, *R;     /* rmsnorm: x, out [T, C]; w [C]; rstd [T] */
-    float *gate, *up;                  /* swiglu: [n] */
-    float *cos, *sin;                  /* rope: [T, D/2] */
-    float *q, *k, *v, *lse;            /* attention: q, out [T, H*D]; k, v [T, KV*D]; lse [H, T] */
-    const int32_t *doc;                /* [T] */
+    float *x, *w, *out, *rstd, *R; /* rmsnorm: x, out [T, C]; w [C]; rstd [T] */
+    float *gate, *up;              /* swiglu: [n] */
+    float *cos, *sin;              /* rope: [T, D/2] */
+    float *q, *k, *v, *lse;        /* attention: q, out [T, H*D]; k, v [T, KV*D]; lse [H, T] */
+    const int32_t *doc;            /* [T] */
     KernCtx *kc;
 } FdCtx;
 
@@ -233,7 +234,8 @@ static void test_fd_ce(const KernOps *ops) {
 static void test_fd_embed(const KernOps *ops) {
     int64_t Vloc = 9, C = 12, T = 7, v0 = 4;
     int32_t ids[7] = {4, 12, 3, 7, 7, -100, 13}; /* 3, 13, -100 are not in [4, 13) */
-    float *tab = check_frand(Vloc * C, 1.0f), *out = check_falloc(T * C), *R = check_frand(T * C, 1.0f);
+    float *tab = check_frand(Vloc * C, 1.0f), *out = check_falloc(T * C),
+          *R = check_frand(T * C, 1.0f);
     GemmWeight W = {.dtype = GEMM_F32, .data = tab, .rows = Vloc, .cols = C, .ld = C};
     float *num = check_falloc(Vloc * C);
     for (int64_t i = 0; i < Vloc * C; i++) { /* L is linear in the table: exact differences */
@@ -264,7 +266,8 @@ static void test_fd_embed(const KernOps *ops) {
 static void test_fast_rmsnorm(const KernOps *ref, const KernOps *fast, int64_t T, int64_t C) {
     int64_t n = T * C;
     float *x = check_frand(n, 2.0f), *w = check_frand(C, 1.0f), *g = check_frand(n, 1.0f);
-    float *o1 = check_falloc(n), *o2 = check_falloc(n), *r1 = check_falloc(T), *r2 = check_falloc(T);
+    float *o1 = check_falloc(n), *o2 = check_falloc(n), *r1 = check_falloc(T),
+          *r2 = check_falloc(T);
     ref->rmsnorm_forward(o1, r1, x, w, T, C, 1e-6f);
     fast->rmsnorm_forward(o2, r2, x, w, T, C, 1e-6f);
     char name[96];
@@ -283,7 +286,8 @@ static void test_fast_rmsnorm(const KernOps *ref, const KernOps *fast, int64_t T
 static void test_fast_rope(const KernOps *ref, const KernOps *fast) {
     int64_t T = 37, nh = 6, D = 10, n = T * nh * D;
     int64_t pos[37];
-    for (int64_t t = 0; t < T; t++) pos[t] = t < 20 ? t + 5 : t - 20;
+    for (int64_t t = 0; t < T; t++)
+        pos[t] = t < 20 ? t + 5 : t - 20;
     float *cs = check_falloc(T * D / 2), *sn = check_falloc(T * D / 2);
     make_rope_tables(cs, sn, pos, T, D);
     float *x = check_frand(n, 1.0f), *a = fcopy(x, n), *b = fcopy(x, n);
@@ -307,7 +311,8 @@ static void test_fast_swiglu(const KernOps *ref, const KernOps *fast, int64_t n)
     char name[96];
     snprintf(name, sizeof name, "fast swiglu out n=%lld", (long long)n);
     check_close(name, o2, o1, n, FR_TOL);
-    float *dg1 = check_frand(n, 1.0f), *du1 = check_frand(n, 1.0f), *dg2 = fcopy(dg1, n), *du2 = fcopy(du1, n);
+    float *dg1 = check_frand(n, 1.0f), *du1 = check_frand(n, 1.0f), *dg2 = fcopy(dg1, n),
+          *du2 = fcopy(du1, n);
     ref->swiglu_backward(dg1, du1, go, g, u, n);
     fast->swiglu_backward(dg2, du2, go, g, u, n);
     snprintf(name, sizeof name, "fast swiglu dgate n=%lld", (long long)n);
@@ -321,7 +326,8 @@ static void test_fast_swiglu(const KernOps *ref, const KernOps *fast, int64_t n)
 static int64_t make_docs(int64_t *pos, const int64_t *lens, int ndoc) {
     int64_t T = 0;
     for (int d = 0; d < ndoc; d++)
-        for (int64_t i = 0; i < lens[d]; i++) pos[T++] = i;
+        for (int64_t i = 0; i < lens[d]; i++)
+            pos[T++] = i;
     return T;
 }
 
@@ -331,8 +337,10 @@ static void test_fast_attention(const KernOps *ref, const KernOps *fast, KernCtx
     int32_t *doc = malloc((size_t)T * sizeof *doc);
     kern_doc_starts(doc, pos, T);
     int64_t nq = T * H * D, nk = T * KV * D;
-    float *q = check_frand(nq, 2.0f), *k = check_frand(nk, 2.0f), *v = check_frand(nk, 1.0f), *go = check_frand(nq, 1.0f);
-    float *o1 = check_falloc(nq), *o2 = check_falloc(nq), *l1 = check_falloc(H * T), *l2 = check_falloc(H * T);
+    float *q = check_frand(nq, 2.0f), *k = check_frand(nk, 2.0f), *v = check_frand(nk, 1.0f),
+          *go = check_frand(nq, 1.0f);
+    float *o1 = check_falloc(nq), *o2 = check_falloc(nq), *l1 = check_falloc(H * T),
+          *l2 = check_falloc(H * T);
     ref->attention_forward(kc, o1, l1, q, k, v, doc, T, H, KV, D);
     fast->attention_forward(kc, o2, l2, q, k, v, doc, T, H, KV, D);
     char name[128];
@@ -374,7 +382,8 @@ static void test_doc_isolation(const KernOps *ops, KernCtx *kc, const int64_t *p
     /* victim: the second document */
     int64_t v0 = -1, v1 = T;
     for (int64_t t = 1; t < T; t++) {
-        if (pos[t] == 0 && v0 < 0) v0 = t;
+        if (pos[t] == 0 && v0 < 0)
+            v0 = t;
         else if (pos[t] == 0 && v0 >= 0) {
             v1 = t;
             break;
@@ -384,16 +393,20 @@ static void test_doc_isolation(const KernOps *ops, KernCtx *kc, const int64_t *p
     float *o1 = check_falloc(nq), *o2 = check_falloc(nq), *lse = check_falloc(H * T);
     ops->attention_forward(kc, o1, lse, q, k, v, doc, T, H, KV, D);
     for (int64_t t = v0; t < v1; t++) {
-        for (int64_t i = 0; i < H * D; i++) q[t * H * D + i] += 3.0f;
-        for (int64_t i = 0; i < KV * D; i++) k[t * KV * D + i] -= 5.0f, v[t * KV * D + i] += 100.0f;
+        for (int64_t i = 0; i < H * D; i++)
+            q[t * H * D + i] += 3.0f;
+        for (int64_t i = 0; i < KV * D; i++)
+            k[t * KV * D + i] -= 5.0f, v[t * KV * D + i] += 100.0f;
     }
     ops->attention_forward(kc, o2, lse, q, k, v, doc, T, H, KV, D);
     int64_t leaks = 0, changed = 0;
     for (int64_t t = 0; t < T; t++)
         for (int64_t i = 0; i < H * D; i++) {
             int differ = o1[t * H * D + i] != o2[t * H * D + i];
-            if (t >= v0 && t < v1) changed += differ;
-            else leaks += differ;
+            if (t >= v0 && t < v1)
+                changed += differ;
+            else
+                leaks += differ;
         }
     CHECK_TRUE(leaks == 0, "%s %s: %lld outputs of other documents changed", ops->name, label,
                (long long)leaks);
@@ -401,12 +414,14 @@ static void test_doc_isolation(const KernOps *ops, KernCtx *kc, const int64_t *p
                label);
     float *go = check_frand(nq, 1.0f);
     for (int64_t t = v0; t < v1; t++)
-        for (int64_t i = 0; i < H * D; i++) go[t * H * D + i] = 0;
+        for (int64_t i = 0; i < H * D; i++)
+            go[t * H * D + i] = 0;
     float *dq = check_falloc(nq), *dk = check_falloc(nk), *dv = check_falloc(nk);
     ops->attention_backward(kc, dq, dk, dv, go, o2, lse, q, k, v, doc, T, H, KV, D);
     int64_t nonzero = 0;
     for (int64_t t = v0; t < v1; t++) {
-        for (int64_t i = 0; i < H * D; i++) nonzero += dq[t * H * D + i] != 0;
+        for (int64_t i = 0; i < H * D; i++)
+            nonzero += dq[t * H * D + i] != 0;
         for (int64_t i = 0; i < KV * D; i++)
             nonzero += (dk[t * KV * D + i] != 0) + (dv[t * KV * D + i] != 0);
     }
@@ -430,10 +445,10 @@ static void test_ce(const KernOps *ops, int64_t Tc, int64_t V, int64_t split) {
         target[t] = (int32_t)((t * 7919) % V);
         w[t] = 0.5f + (float)(t % 3);
     }
-    target[0] = -100;                 /* ignored label (w 0 by the caller) */
+    target[0] = -100; /* ignored label (w 0 by the caller) */
     w[0] = 0.0f;
-    target[1] = (int32_t)V;           /* beyond the vocabulary: no one-hot anywhere */
-    w[2] = 0.0f;                      /* weight-0 row with a valid target */
+    target[1] = (int32_t)V;            /* beyond the vocabulary: no one-hot anywhere */
+    w[2] = 0.0f;                       /* weight-0 row with a valid target */
     target[Tc - 1] = (int32_t)(split); /* first id of the second shard */
     logits[(Tc - 1) * V + 5] = 80.0f;  /* a dominant logit */
 
@@ -443,8 +458,10 @@ static void test_ce(const KernOps *ops, int64_t Tc, int64_t V, int64_t split) {
     for (int64_t t = 0; t < Tc; t++) {
         const float *l = logits + t * V;
         double m = -INFINITY, s = 0;
-        for (int64_t j = 0; j < V; j++) m = l[j] > m ? l[j] : m;
-        for (int64_t j = 0; j < V; j++) s += exp(l[j] - m);
+        for (int64_t j = 0; j < V; j++)
+            m = l[j] > m ? l[j] : m;
+        for (int64_t j = 0; j < V; j++)
+            s += exp(l[j] - m);
         int in = target[t] >= 0 && target[t] < V;
         loss_d[t] = log(s) + m - (in ? l[target[t]] : 0.0);
         for (int64_t j = 0; j < V; j++)
@@ -463,16 +480,19 @@ static void test_ce(const KernOps *ops, int64_t Tc, int64_t V, int64_t split) {
         for (int64_t t = 0; t < Tc; t++)
             memcpy(shard[r] + t * Vr, logits + t * V + vr[r][0], (size_t)Vr * sizeof(float));
     }
-    for (int64_t t = 0; t < Tc; t++) mx[t] = -INFINITY, se[t] = 0, tl[t] = 0;
+    for (int64_t t = 0; t < Tc; t++)
+        mx[t] = -INFINITY, se[t] = 0, tl[t] = 0;
     for (int r = 0; r < 2; r++) { /* allreduce_max */
         ops->ce_max(m_r, shard[r], Tc, vr[r][1] - vr[r][0]);
-        for (int64_t t = 0; t < Tc; t++) mx[t] = m_r[t] > mx[t] ? m_r[t] : mx[t];
+        for (int64_t t = 0; t < Tc; t++)
+            mx[t] = m_r[t] > mx[t] ? m_r[t] : mx[t];
     }
     for (int r = 0; r < 2; r++) { /* allreduce_sum of sumexp and of the target logit */
         int64_t Vr = vr[r][1] - vr[r][0];
         ops->ce_sumexp(s_r, shard[r], mx, Tc, Vr);
         ops->ce_target(tl_r, shard[r], target, vr[r][0], Tc, Vr);
-        for (int64_t t = 0; t < Tc; t++) se[t] += s_r[t], tl[t] += tl_r[t];
+        for (int64_t t = 0; t < Tc; t++)
+            se[t] += s_r[t], tl[t] += tl_r[t];
     }
     float *loss_k = check_falloc(Tc), *loss_dd = check_falloc(Tc);
     for (int64_t t = 0; t < Tc; t++) {
@@ -494,7 +514,8 @@ static void test_ce(const KernOps *ops, int64_t Tc, int64_t V, int64_t split) {
              (long long)V);
     check_close(name, grad_k, grad_d, n, 1e-5);
     int zero_rows = 1;
-    for (int64_t j = 0; j < V; j++) zero_rows &= grad_k[j] == 0 && grad_k[2 * V + j] == 0;
+    for (int64_t j = 0; j < V; j++)
+        zero_rows &= grad_k[j] == 0 && grad_k[2 * V + j] == 0;
     CHECK_TRUE(zero_rows, "%s: weight-0 rows must have exactly zero gradient", ops->name);
     free(logits), free(target), free(w), free(loss_d), free(grad_d), free(mx), free(se), free(tl),
         free(m_r), free(s_r), free(tl_r), free(shard[0]), free(shard[1]), free(loss_k),
@@ -537,9 +558,11 @@ static void test_fast_embed(const KernOps *ref, const KernOps *fast) {
     int64_t Vloc = 23, C = 70, ld = 75, T = 37, v0 = 100;
     float *tf = check_frand(Vloc * ld, 1.0f);
     uint16_t *tb = malloc((size_t)(Vloc * ld) * sizeof *tb);
-    for (int64_t i = 0; i < Vloc * ld; i++) tb[i] = gemm_f32_to_bf16(tf[i]);
+    for (int64_t i = 0; i < Vloc * ld; i++)
+        tb[i] = gemm_f32_to_bf16(tf[i]);
     int32_t ids[37];
-    for (int64_t t = 0; t < T; t++) ids[t] = (int32_t)(v0 - 2 + (t * 5) % (Vloc + 4));
+    for (int64_t t = 0; t < T; t++)
+        ids[t] = (int32_t)(v0 - 2 + (t * 5) % (Vloc + 4));
     ids[3] = -100;
     float *o1 = check_falloc(T * C), *o2 = check_falloc(T * C);
     for (int bf = 0; bf < 2; bf++) {
@@ -559,7 +582,8 @@ static void test_fast_embed(const KernOps *ref, const KernOps *fast) {
     GemmWeight WF = {.dtype = GEMM_F32, .data = tf, .rows = Vloc, .cols = C, .ld = ld};
     ref->embed_forward(o3, &WF, ids, v0, T, C);
     check_close("embed BF16 vs F32 table (bf16 rounding)", o1, o3, T * C, 4e-3);
-    float *g = check_frand(T * C, 1.0f), *d1 = check_frand(Vloc * C, 1.0f), *d2 = fcopy(d1, Vloc * C);
+    float *g = check_frand(T * C, 1.0f), *d1 = check_frand(Vloc * C, 1.0f),
+          *d2 = fcopy(d1, Vloc * C);
     ref->embed_backward(d1, g, ids, v0, Vloc, T, C);
     fast->embed_backward(d2, g, ids, v0, Vloc, T, C);
     check_close("fast embed backward (repeated ids)", d2, d1, Vloc * C, 0);
@@ -572,14 +596,38 @@ static void test_fast_embed(const KernOps *ref, const KernOps *fast) {
  * Generated with torch 2.x float32 by transcribing transformers' _compute_default_rope_
  * parameters + _compute_llama3_parameters (entries 15-17 are the smoothed band):
  * inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)) ... */
-static const float k_torch_llama32_inv_freq[32] = {
-    1.0f,            0.663601279f,    0.440366626f,    0.292227834f,    0.193922758f,
-    0.128687382f,    0.0853971019f,   0.0566696189f,   0.0376060307f,   0.0249554086f,
-    0.0165604409f,   0.0109895291f,   0.00729266508f,  0.00483942125f,  0.00321144611f,
-    0.00129054801f,  0.000429556705f, 9.70828623e-05f, 1.94616387e-05f, 1.29147675e-05f,
-    8.57025589e-06f, 5.68723226e-06f, 3.77405445e-06f, 2.50446715e-06f, 1.66196742e-06f,
-    1.10288363e-06f, 7.31874934e-07f, 4.85673127e-07f, 3.22293289e-07f, 2.1387423e-07f,
-    1.41927202e-07f, 9.41830649e-08f};
+static const float k_torch_llama32_inv_freq[32] = {1.0f,
+                                                   0.663601279f,
+                                                   0.440366626f,
+                                                   0.292227834f,
+                                                   0.193922758f,
+                                                   0.128687382f,
+                                                   0.0853971019f,
+                                                   0.0566696189f,
+                                                   0.0376060307f,
+                                                   0.0249554086f,
+                                                   0.0165604409f,
+                                                   0.0109895291f,
+                                                   0.00729266508f,
+                                                   0.00483942125f,
+                                                   0.00321144611f,
+                                                   0.00129054801f,
+                                                   0.000429556705f,
+                                                   9.70828623e-05f,
+                                                   1.94616387e-05f,
+                                                   1.29147675e-05f,
+                                                   8.57025589e-06f,
+                                                   5.68723226e-06f,
+                                                   3.77405445e-06f,
+                                                   2.50446715e-06f,
+                                                   1.66196742e-06f,
+                                                   1.10288363e-06f,
+                                                   7.31874934e-07f,
+                                                   4.85673127e-07f,
+                                                   3.22293289e-07f,
+                                                   2.1387423e-07f,
+                                                   1.41927202e-07f,
+                                                   9.41830649e-08f};
 
 /* The same HF formulas evaluated independently in double. */
 static void inv_freq_f64(double *out, int64_t D, double theta, const KernRopeScaling *s) {
@@ -606,7 +654,10 @@ static void inv_freq_f64(double *out, int64_t D, double theta, const KernRopeSca
 static void test_rope_tables(void) {
     float inv[64], want[64];
     double wd[64];
-    KernRopeScaling l3 = {.type = 1, .factor = 32, .low_freq_factor = 1, .high_freq_factor = 4,
+    KernRopeScaling l3 = {.type = 1,
+                          .factor = 32,
+                          .low_freq_factor = 1,
+                          .high_freq_factor = 4,
                           .original_max_position = 8192};
     kern_rope_inv_freq(inv, 64, 500000.0, &l3);
     check_close("rope inv_freq llama3 vs torch float32", inv, k_torch_llama32_inv_freq, 32, 2e-7);
@@ -621,12 +672,17 @@ static void test_rope_tables(void) {
            worst < 3e-7 ? "PASS" : "FAIL", worst);
 
     /* independent double computation, several configurations, elementwise relative */
-    KernRopeScaling cfgs[3] = {
-        {.type = 0},
-        {.type = 1, .factor = 8, .low_freq_factor = 1, .high_freq_factor = 4,
-         .original_max_position = 8192},
-        {.type = 1, .factor = 32, .low_freq_factor = 1, .high_freq_factor = 4,
-         .original_max_position = 8192}};
+    KernRopeScaling cfgs[3] = {{.type = 0},
+                               {.type = 1,
+                                .factor = 8,
+                                .low_freq_factor = 1,
+                                .high_freq_factor = 4,
+                                .original_max_position = 8192},
+                               {.type = 1,
+                                .factor = 32,
+                                .low_freq_factor = 1,
+                                .high_freq_factor = 4,
+                                .original_max_position = 8192}};
     int64_t Ds[3] = {128, 128, 64};
     double thetas[3] = {10000.0, 500000.0, 500000.0};
     for (int c = 0; c < 3; c++) {
@@ -656,7 +712,8 @@ static void test_rope_tables(void) {
     check_close("rope cos table", cs, wc, 6 * half, 1e-6);
     check_close("rope sin table", sn, ws, 6 * half, 1e-6);
     /* torch: freqs.cos() at position 131071, first entries (float32, same formulas) */
-    for (int i = 0; i < 4; i++) want[i] = cs[5 * half + i];
+    for (int i = 0; i < 4; i++)
+        want[i] = cs[5 * half + i];
     const float torch_cos[4] = {-0.817983508f, 0.732638896f, -0.372722f, 0.956476688f};
     check_close("rope cos(131071 * inv_freq) vs torch", want, torch_cos, 4, 1e-5);
 }
@@ -668,7 +725,8 @@ static void test_doc_starts(void) {
     int32_t doc[38];
     kern_doc_starts(doc, pos, T);
     int ok = T == 38;
-    for (int64_t t = 0; t < T; t++) ok &= doc[t] == (t < 10 ? 0 : t < 25 ? 10 : 25);
+    for (int64_t t = 0; t < T; t++)
+        ok &= doc[t] == (t < 10 ? 0 : t < 25 ? 10 : 25);
     CHECK_TRUE(ok, "doc starts for 0..9, 0..14, 0..12");
     /* a sequence that begins mid-document: the first document starts at t = 0 */
     int64_t pos2[6] = {5, 6, 7, 0, 1, 0};
@@ -711,14 +769,16 @@ int main(int argc, char **argv) {
     test_fast_swiglu(ref, fast, 70001); /* threaded, ragged chunk */
     {
         int64_t pos[300];
-        for (int64_t t = 0; t < 37; t++) pos[t] = t;
+        for (int64_t t = 0; t < 37; t++)
+            pos[t] = t;
         test_fast_attention(ref, fast, &kc, pos, 37, 6, 2, 10, "T=37 H=6 KV=2 D=10 one doc");
         int64_t l1[3] = {10, 15, 13};
         int64_t T = make_docs(pos, l1, 3);
         test_fast_attention(ref, fast, &kc, pos, T, 6, 2, 10, "T=38 H=6 KV=2 D=10 docs");
         test_doc_isolation(ref, &kc, pos, T, 6, 2, 10, "T=38 D=10");
         test_doc_isolation(fast, &kc, pos, T, 6, 2, 10, "T=38 D=10");
-        for (int64_t t = 0; t < 130; t++) pos[t] = t + 17; /* starts mid-document */
+        for (int64_t t = 0; t < 130; t++)
+            pos[t] = t + 17; /* starts mid-document */
         test_fast_attention(ref, fast, &kc, pos, 130, 4, 1, 64, "T=130 H=4 KV=1 D=64");
         int64_t l2[3] = {50, 70, 10};
         T = make_docs(pos, l2, 3);
@@ -732,7 +792,8 @@ int main(int argc, char **argv) {
         /* many tiny documents (1..7 tokens): blocks are not cut at each of them */
         T = 0;
         for (int64_t d = 0; T < 300; d++)
-            for (int64_t i = 0; i < 1 + d % 7 && T < 300; i++) pos[T++] = i;
+            for (int64_t i = 0; i < 1 + d % 7 && T < 300; i++)
+                pos[T++] = i;
         test_fast_attention(ref, fast, &kc, pos, T, 4, 2, 16, "T=300 H=4 KV=2 D=16 tiny docs");
         test_doc_isolation(fast, &kc, pos, T, 4, 2, 16, "T=300 D=16 tiny docs");
         T = make_docs(pos, l3, 4); /* back to the T=300 documents */

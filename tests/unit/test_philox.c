@@ -162,9 +162,11 @@ static void test_lanes(void) {
         key[1] = rep == 0 ? 0u : rep == 1 ? 0xffffffffu : x;
         philox4x32_10_lanes(ctr, key, out);
         for (int l = 0; l < PHILOX_LANES; l++) {
-            for (int w = 0; w < 4; w++) c[w] = ctr[w * PHILOX_LANES + l];
+            for (int w = 0; w < 4; w++)
+                c[w] = ctr[w * PHILOX_LANES + l];
             philox4x32_10(c, key, one);
-            for (int w = 0; w < 4; w++) bad += out[w * PHILOX_LANES + l] != one[w];
+            for (int w = 0; w < 4; w++)
+                bad += out[w * PHILOX_LANES + l] != one[w];
         }
     }
     CHECK_TRUE(bad == 0, "philox4x32_10_lanes: %d words differ from philox4x32_10", bad);
@@ -174,7 +176,8 @@ static void test_lanes(void) {
         for (int l = 0; l < PHILOX_LANES; l++) {
             philox_block(0x0123456789abcdefull, PHILOX_LORA_DROPOUT, a0s[i] + (uint64_t)l, 42,
                          0x305, one);
-            for (int w = 0; w < 4; w++) bad += out[w * PHILOX_LANES + l] != one[w];
+            for (int w = 0; w < 4; w++)
+                bad += out[w * PHILOX_LANES + l] != one[w];
         }
     }
     CHECK_TRUE(bad == 0, "philox_block_lanes: %d words differ from philox_block", bad);
@@ -229,7 +232,7 @@ static void test_dropout(void) {
     CHECK_TRUE(fabs(rate - 0.3) < 5 * sd, "drop rate %.4f", rate);
 
     /* whole rows and shards [i0, i0 + ni): the same values as the scalar reference */
-    const int64_t cuts[][2] = {{0, IN},  {0, 101}, {101, 102}, {1, 66},
+    const int64_t cuts[][2] = {{0, IN},   {0, 101}, {101, 102}, {1, 66},
                                {66, 137}, {200, 3}, {4, 64}};
     for (size_t c = 0; c < sizeof cuts / sizeof cuts[0]; c++) {
         const int64_t i0 = cuts[c][0], ni = cuts[c][1];
@@ -251,7 +254,8 @@ static void test_dropout(void) {
             }
         CHECK_TRUE(badx == 0 && badd == 0,
                    "shard [%lld, +%lld): forward %d, backward %d elements differ from the "
-                   "scalar keep", (long long)i0, (long long)ni, badx, badd);
+                   "scalar keep",
+                   (long long)i0, (long long)ni, badx, badd);
     }
     printf("dropout: %zu shards' forward / backward masks equal adapter_dropout_keep\n",
            sizeof cuts / sizeof cuts[0]);

@@ -6,8 +6,9 @@
 
 static void expect(SchedKind k, int64_t step, int64_t warmup, int64_t total, double want) {
     double got = sched_lr(k, 2.0, step, warmup, total);
-    CHECK_TRUE(fabs(got - want) < 1e-12, "%s step %lld warmup %lld total %lld: got %.15g want %.15g",
-               sched_name(k), (long long)step, (long long)warmup, (long long)total, got, want);
+    CHECK_TRUE(fabs(got - want) < 1e-12,
+               "%s step %lld warmup %lld total %lld: got %.15g want %.15g", sched_name(k),
+               (long long)step, (long long)warmup, (long long)total, got, want);
 }
 
 int main(void) {

@@ -292,7 +292,8 @@ static void test_parts(void) {
 
 static void test_files(void) {
     /* CRLF with a blank CRLF line, an empty file, one without a final newline */
-    const char *a = check_tmp_path("a.jsonl"), *b = check_tmp_path("b.jsonl"), *e = check_tmp_path("e.jsonl");
+    const char *a = check_tmp_path("a.jsonl"), *b = check_tmp_path("b.jsonl"),
+               *e = check_tmp_path("e.jsonl");
     gen_file(a, 60, NULL, 0, "\r\n");
     check_write_file(e, "", 0);
     char text[8192];

@@ -33,11 +33,13 @@ static void check_ids_n(Tokenizer *tk, const char *text, size_t len, int special
     ErrStatus st;
     CHECK_TRUE(tok_encode(tk, text, len, special, &ids, &st), "%s", st.msg);
     size_t same = 0;
-    while (same < ids.n && same < nwant && ids.ids[same] == want[same]) same++;
-    CHECK_TRUE(ids.n == nwant && same == nwant,
-               "'%.40s' (%zu bytes): got %zu ids, want %zu; first difference at %zu (got %d, want %d)",
-               text, len, ids.n, nwant, same, same < ids.n ? ids.ids[same] : -1,
-               same < nwant ? want[same] : -1);
+    while (same < ids.n && same < nwant && ids.ids[same] == want[same])
+        same++;
+    CHECK_TRUE(
+        ids.n == nwant && same == nwant,
+        "'%.40s' (%zu bytes): got %zu ids, want %zu; first difference at %zu (got %d, want %d)",
+        text, len, ids.n, nwant, same, same < ids.n ? ids.ids[same] : -1,
+        same < nwant ? want[same] : -1);
     size_t dlen;
     char *back = tok_decode(tk, ids.ids, ids.n, 1, &dlen);
     free(back);
@@ -60,8 +62,8 @@ static void check_decode(Tokenizer *tk, const int32_t *ids, size_t n, const char
 static void check_error(const char *json, const char *needle) {
     ErrStatus st;
     Tokenizer *tk = tok_load(write_tmp(json), &st);
-    CHECK_TRUE(tk == NULL && strstr(st.msg, needle) != NULL, "want error '%s', got '%s'",
-               needle, tk ? "(loaded)" : st.msg);
+    CHECK_TRUE(tk == NULL && strstr(st.msg, needle) != NULL, "want error '%s', got '%s'", needle,
+               tk ? "(loaded)" : st.msg);
     tok_free(tk);
 }
 
@@ -132,29 +134,42 @@ static void test_bytelevel(void) {
 /* HF word.rs merge_all on long words (>= 32 symbols: the heap) and short ones (the rescan):
  * the same pair at several places merges leftmost first. */
 static void test_bpe_heap(void) {
-    Tokenizer *tk = load(
-        "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"aa\":2,\"ab\":3,\"aab\":4,"
-        "\"aaaa\":5,\"ba\":6,\"aba\":7,\"bab\":8,\"abab\":9},\"merges\":[\"a b\",\"a a\","
-        "\"aa aa\",\"b a\",\"a ba\",\"aa b\",\"ab ab\",\"b ab\"]}}");
+    Tokenizer *tk =
+        load("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"aa\":2,\"ab\":3,\"aab\":4,"
+             "\"aaaa\":5,\"ba\":6,\"aba\":7,\"bab\":8,\"abab\":9},\"merges\":[\"a b\",\"a a\","
+             "\"aa aa\",\"b a\",\"a ba\",\"aa b\",\"ab ab\",\"b ab\"]}}");
     if (!tk) return;
     char w[256];
     int32_t want[64];
     size_t n = 0, k = 0;
-    for (int i = 0; i < 10; i++) { memcpy(w + n, "aaab", 4); n += 4; want[k++] = 2; want[k++] = 3; }
+    for (int i = 0; i < 10; i++) {
+        memcpy(w + n, "aaab", 4);
+        n += 4;
+        want[k++] = 2;
+        want[k++] = 3;
+    }
     w[n++] = 'a';
     want[k++] = 0;
     check_ids_n(tk, w, n, 0, want, k);
     n = k = 0;
-    for (int i = 0; i < 20; i++) { memcpy(w + n, "ab", 2); n += 2; }
+    for (int i = 0; i < 20; i++) {
+        memcpy(w + n, "ab", 2);
+        n += 2;
+    }
     memcpy(w + n, "aaaaa", 5);
     n += 5;
-    for (int i = 0; i < 7; i++) { memcpy(w + n, "ba", 2); n += 2; }
+    for (int i = 0; i < 7; i++) {
+        memcpy(w + n, "ba", 2);
+        n += 2;
+    }
     const int32_t w2[] = {9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 5, 9, 9, 9, 3, 0};
     check_ids_n(tk, w, n, 0, w2, N(w2));
     n = k = 0;
-    for (int i = 0; i < 45; i++) w[n++] = 'a';
+    for (int i = 0; i < 45; i++)
+        w[n++] = 'a';
     w[n++] = 'b';
-    for (int i = 0; i < 11; i++) want[k++] = 5;
+    for (int i = 0; i < 11; i++)
+        want[k++] = 5;
     want[k++] = 3;
     check_ids_n(tk, w, n, 0, want, k);
     const int32_t w3[] = {2, 3, 0};
@@ -175,13 +190,13 @@ static void test_duplicate_merge(void) {
 /* HF gives added tokens their ids itself: the vocabulary's id for a content in it, else the
  * next one from the vocabulary's size, in file order; the "id" fields are not used. */
 static void test_added_ids(void) {
-    Tokenizer *tk = load(
-        "{\"added_tokens\":["
-        "{\"id\":10,\"content\":\"X\",\"special\":false,\"normalized\":false},"
-        "{\"id\":5,\"content\":\"Y\",\"special\":true,\"normalized\":false},"
-        "{\"id\":7,\"content\":\"b\",\"special\":true,\"normalized\":false},"
-        "{\"id\":3,\"content\":\"Z\",\"special\":false,\"normalized\":false}],"
-        "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"c\":2},\"merges\":[]}}");
+    Tokenizer *tk =
+        load("{\"added_tokens\":["
+             "{\"id\":10,\"content\":\"X\",\"special\":false,\"normalized\":false},"
+             "{\"id\":5,\"content\":\"Y\",\"special\":true,\"normalized\":false},"
+             "{\"id\":7,\"content\":\"b\",\"special\":true,\"normalized\":false},"
+             "{\"id\":3,\"content\":\"Z\",\"special\":false,\"normalized\":false}],"
+             "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"c\":2},\"merges\":[]}}");
     if (!tk) return;
     const int32_t w[] = {3, 4, 1, 5, 0};
     check_ids(tk, "XYbZa", 1, w, N(w));
@@ -216,13 +231,13 @@ static void test_replace_regex(void) {
 /* Metaspace (legacy add_prefix_space form): a piece that starts with a space gets no second
  * metaspace; the decoder drops every metaspace of the first token. */
 static void test_metaspace(void) {
-    Tokenizer *tk = load(
-        "{\"pre_tokenizer\":{\"type\":\"Metaspace\",\"replacement\":\"\\u2581\","
-        "\"add_prefix_space\":true},"
-        "\"decoder\":{\"type\":\"Metaspace\",\"replacement\":\"\\u2581\",\"prepend_scheme\":"
-        "\"always\",\"split\":true},"
-        "\"model\":{\"type\":\"BPE\",\"vocab\":{\"\\u2581\":0,\"a\":1,\"\\u2581\\u2581\":2,"
-        "\"\\u2581a\":3,\"b\":4},\"merges\":[\"\\u2581 \\u2581\",\"\\u2581 a\"]}}");
+    Tokenizer *tk =
+        load("{\"pre_tokenizer\":{\"type\":\"Metaspace\",\"replacement\":\"\\u2581\","
+             "\"add_prefix_space\":true},"
+             "\"decoder\":{\"type\":\"Metaspace\",\"replacement\":\"\\u2581\",\"prepend_scheme\":"
+             "\"always\",\"split\":true},"
+             "\"model\":{\"type\":\"BPE\",\"vocab\":{\"\\u2581\":0,\"a\":1,\"\\u2581\\u2581\":2,"
+             "\"\\u2581a\":3,\"b\":4},\"merges\":[\"\\u2581 \\u2581\",\"\\u2581 a\"]}}");
     if (!tk) return;
     const int32_t w1[] = {0, 3}, w2[] = {3, 4, 0, 3};
     check_ids(tk, "  a", 0, w1, N(w1));
@@ -244,7 +259,10 @@ static void test_nfc_nul(void) {
                          "\"\\u00e9\":3},\"merges\":[]}}");
     if (!tk) return;
     const int32_t w[] = {1, 0, 3, 2};
-    check_ids_n(tk, "a\0e\xCC\x81" "b", 6, 0, w, N(w));
+    check_ids_n(tk,
+                "a\0e\xCC\x81"
+                "b",
+                6, 0, w, N(w));
     tok_free(tk);
 }
 

@@ -47,7 +47,8 @@ static void add_tensor(const char *name, int64_t rows, int64_t cols, float scale
     t->shape[1] = cols;
     size_t n = (size_t)rows * (size_t)(cols ? cols : 1);
     t->data = check_falloc((int64_t)n);
-    for (size_t i = 0; i < n; i++) t->data[i] = offset + scale * check_rnd();
+    for (size_t i = 0; i < n; i++)
+        t->data[i] = offset + scale * check_rnd();
 }
 
 /* config.json + model.safetensors of a Llama with GQA (H = 4, KV = 2), untied lm_head. */
@@ -74,7 +75,7 @@ static int write_model(const char *dir) {
     add_tensor("lm_head.weight", V, C, ws, 0.0f);
     add_tensor("model.norm.weight", C, 0, 0.1f, 1.0f);
     static const char *const mods[7] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                        "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
+                                        "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
                                         "mlp.down_proj"};
     const int64_t rows[7] = {H * D, KV * D, KV * D, C, F, F, C};
     const int64_t cols[7] = {C, C, C, H * D, C, C, F};
@@ -97,7 +98,8 @@ static int write_model(const char *dir) {
     int ok = st_writer_write(&w, path, &st);
     if (!ok) fprintf(stderr, "%s\n", st.msg);
     st_writer_free(&w);
-    for (int i = 0; i < g_nt; i++) free(g_t[i].data);
+    for (int i = 0; i < g_nt; i++)
+        free(g_t[i].data);
     return ok;
 }
 
@@ -185,7 +187,8 @@ static void test_step_composed(Session *s, const float *v0) {
     float *va = check_falloc((int64_t)p->total), *ma = check_falloc((int64_t)p->trainable);
     TrainerStep a[2], b[2];
     reset(&t, s, v0, 1.0, &oc);
-    for (int k = 0; k < 2; k++) trainer_step(&t, &g_src, k * G, k + 1, 1e-2f, &a[k]);
+    for (int k = 0; k < 2; k++)
+        trainer_step(&t, &g_src, k * G, k + 1, 1e-2f, &a[k]);
     memcpy(va, p->values, p->total * sizeof(float));
     memcpy(ma, t.opt.m, p->trainable * sizeof(float));
     reset(&t, s, v0, 1.0, &oc);
@@ -202,7 +205,8 @@ static void test_step_composed(Session *s, const float *v0) {
     CHECK_TRUE(same, "trainer_step != trainer_grads + trainer_update (losses %.9g %.9g)", a[1].loss,
                b[1].loss);
     double moved = 0;
-    for (size_t i = 0; i < p->total; i++) moved += fabs((double)p->values[i] - v0[i]);
+    for (size_t i = 0; i < p->total; i++)
+        moved += fabs((double)p->values[i] - v0[i]);
     CHECK_TRUE(moved > 0, "two steps did not change the adapter");
     printf("%s trainer_step = trainer_grads + trainer_update, 2 steps (losses %.6f %.6f)\n",
            same ? "PASS" : "FAIL", a[0].loss, a[1].loss);
@@ -258,10 +262,11 @@ static void test_clip(Session *s, const float *v0, double norm) {
     want = (float)maxn;
     check_close("norm after clipping = max_grad_norm", &got, &want, 1, 1e-5);
     const float coef = (float)(maxn / norm);
-    for (size_t i = 0; i < p->trainable; i++) scaled[i] = g0[i] * coef;
+    for (size_t i = 0; i < p->trainable; i++)
+        scaled[i] = g0[i] * coef;
     /* torch's coefficient is max / (norm + 1e-6): 1e-6 / norm relative off this one */
-    check_close("clipped gradient = gradient x max / norm", p->grads, scaled,
-                (int64_t)p->trainable, 1e-5);
+    check_close("clipped gradient = gradient x max / norm", p->grads, scaled, (int64_t)p->trainable,
+                1e-5);
     /* below the threshold: untouched */
     reset(&t, s, v0, 2.0 * norm, &oc);
     trainer_grads(&t, &g_src, 0, 1, &o);
