@@ -551,19 +551,27 @@ static int tok_replace_pattern(Tokenizer *tk, json_t *o, char **a, size_t *alen,
     return 1;
 }
 
+/* The loader of one tokenizer component (normalizer, pre-tokenizer, decoder, post-processor). */
+typedef int (*TokLoadFn)(Tokenizer *tk, json_t *o, const char *where, ErrStatus *st);
+
+/* A "Sequence" component: each element of o[key] through load, in order. */
+static int tok_load_sequence(Tokenizer *tk, json_t *o, const char *key, const char *where,
+                             TokLoadFn load, ErrStatus *st) {
+    json_t *arr = json_object_get(o, key);
+    if (!json_is_array(arr)) return tok_err(st, tk, "%s.%s: missing", where, key);
+    char sub[256];
+    for (size_t i = 0; i < json_array_size(arr); i++) {
+        snprintf(sub, sizeof sub, "%s.%s[%zu]", where, key, i);
+        if (!load(tk, json_array_get(arr, i), sub, st)) return 0;
+    }
+    return 1;
+}
+
 static int tok_load_normalizer(Tokenizer *tk, json_t *o, const char *where, ErrStatus *st) {
     if (json_is_null(o) || !o) return 1;
     const char *t = tok_type(o);
-    char sub[256];
-    if (strcmp(t, "Sequence") == 0) {
-        json_t *arr = json_object_get(o, "normalizers");
-        if (!json_is_array(arr)) return tok_err(st, tk, "%s.normalizers: missing", where);
-        for (size_t i = 0; i < json_array_size(arr); i++) {
-            snprintf(sub, sizeof sub, "%s.normalizers[%zu]", where, i);
-            if (!tok_load_normalizer(tk, json_array_get(arr, i), sub, st)) return 0;
-        }
-        return 1;
-    }
+    if (strcmp(t, "Sequence") == 0)
+        return tok_load_sequence(tk, o, "normalizers", where, tok_load_normalizer, st);
     tk->norm = realloc(tk->norm, (tk->nnorm + 1) * sizeof *tk->norm);
     TokNorm *n = &tk->norm[tk->nnorm];
     memset(n, 0, sizeof *n);
@@ -596,15 +604,8 @@ static int tok_load_pre(Tokenizer *tk, json_t *o, const char *where, ErrStatus *
     if (json_is_null(o) || !o) return 1;
     const char *t = tok_type(o);
     char sub[256];
-    if (strcmp(t, "Sequence") == 0) {
-        json_t *arr = json_object_get(o, "pretokenizers");
-        if (!json_is_array(arr)) return tok_err(st, tk, "%s.pretokenizers: missing", where);
-        for (size_t i = 0; i < json_array_size(arr); i++) {
-            snprintf(sub, sizeof sub, "%s.pretokenizers[%zu]", where, i);
-            if (!tok_load_pre(tk, json_array_get(arr, i), sub, st)) return 0;
-        }
-        return 1;
-    }
+    if (strcmp(t, "Sequence") == 0)
+        return tok_load_sequence(tk, o, "pretokenizers", where, tok_load_pre, st);
     if (tk->bytelevel)
         return tok_err(st, tk, "unsupported: pre_tokenizer '%s' after ByteLevel (%s)", t, where);
     tk->pre = realloc(tk->pre, (tk->npre + 1) * sizeof *tk->pre);
@@ -664,16 +665,8 @@ static int tok_load_dec(Tokenizer *tk, json_t *o, const char *where, ErrStatus *
     if (json_is_null(o) || !o) return 1;
     tk->has_decoder = 1;
     const char *t = tok_type(o);
-    char sub[256];
-    if (strcmp(t, "Sequence") == 0) {
-        json_t *arr = json_object_get(o, "decoders");
-        if (!json_is_array(arr)) return tok_err(st, tk, "%s.decoders: missing", where);
-        for (size_t i = 0; i < json_array_size(arr); i++) {
-            snprintf(sub, sizeof sub, "%s.decoders[%zu]", where, i);
-            if (!tok_load_dec(tk, json_array_get(arr, i), sub, st)) return 0;
-        }
-        return 1;
-    }
+    if (strcmp(t, "Sequence") == 0)
+        return tok_load_sequence(tk, o, "decoders", where, tok_load_dec, st);
     tk->dec = realloc(tk->dec, (tk->ndec + 1) * sizeof *tk->dec);
     TokDec *d = &tk->dec[tk->ndec];
     memset(d, 0, sizeof *d);
@@ -764,16 +757,8 @@ static int tok_parse_template(Tokenizer *tk, json_t *o, const char *key, TokIds 
 static int tok_load_post(Tokenizer *tk, json_t *o, const char *where, ErrStatus *st) {
     if (json_is_null(o) || !o) return 1;
     const char *t = tok_type(o);
-    char sub[256];
-    if (strcmp(t, "Sequence") == 0) {
-        json_t *arr = json_object_get(o, "processors");
-        if (!json_is_array(arr)) return tok_err(st, tk, "%s.processors: missing", where);
-        for (size_t i = 0; i < json_array_size(arr); i++) {
-            snprintf(sub, sizeof sub, "%s.processors[%zu]", where, i);
-            if (!tok_load_post(tk, json_array_get(arr, i), sub, st)) return 0;
-        }
-        return 1;
-    }
+    if (strcmp(t, "Sequence") == 0)
+        return tok_load_sequence(tk, o, "processors", where, tok_load_post, st);
     if (strcmp(t, "ByteLevel") == 0) return 1; /* only adjusts offsets */
     if (strcmp(t, "TemplateProcessing") != 0)
         return tok_err(st, tk, "unsupported post_processor type '%s' (%s)", t, where);
