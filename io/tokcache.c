@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "../runtime/log.h"
+#include "../runtime/str.h"
 #include "afile.h"
 #include "crc32c.h"
 
@@ -120,14 +121,6 @@ static void tc_hash_bytes(TcHash *h, const void *data, size_t n) {
     tc_hash(h, data, n);
 }
 
-static uint64_t tc_mix(uint64_t x) {
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ull;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
-
 static int tc_hash_file_edges(TcHash *h, const char *path, unsigned char *buf, ErrStatus *st) {
     struct stat sb;
     int fd = tc_open_file(path, &sb, "read", st);
@@ -193,8 +186,8 @@ int tcache_fingerprint(const char *const *files, int nfiles, const char *tokeniz
     tc_hash_u64(&h, (uint64_t)o->vocab);
     free(buf);
     if (!ok) return 0;
-    snprintf(out, TCACHE_FP_LEN + 1, "%016llx%016llx", (unsigned long long)tc_mix(h.a),
-             (unsigned long long)tc_mix(h.b));
+    snprintf(out, TCACHE_FP_LEN + 1, "%016llx%016llx", (unsigned long long)str_mix64(h.a),
+             (unsigned long long)str_mix64(h.b));
     return 1;
 }
 

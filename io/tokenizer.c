@@ -18,6 +18,8 @@
 #include <string.h>
 #include <utf8proc.h>
 
+#include "../runtime/str.h"
+
 static int tok_byte_printable(int b) {
     return (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
 }
@@ -93,14 +95,6 @@ static uint64_t tok_hash(const char *s, size_t n) {
     return h ^ (h >> 32);
 }
 
-static uint64_t tok_hash_u64(uint64_t x) {
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdull;
-    x ^= x >> 33;
-    x *= 0xc4ceb9fe1a85ec53ull;
-    return x ^ (x >> 33);
-}
-
 /* ---- UTF-8 ---- */
 
 /* Length of the valid UTF-8 sequence at s[0..n), or 0 and *bad = bytes of the maximal
@@ -109,32 +103,23 @@ static uint64_t tok_hash_u64(uint64_t x) {
 static size_t tok_utf8_seq(const unsigned char *s, size_t n, size_t *bad) {
     unsigned c = s[0];
     if (c < 0x80) return 1;
-    size_t len;
-    unsigned lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF)
-        len = 2;
-    else if (c == 0xE0) {
-        len = 3;
-        lo = 0xA0;
-    } else if (c >= 0xE1 && c <= 0xEC)
-        len = 3;
-    else if (c == 0xED) {
-        len = 3;
-        hi = 0x9F;
-    } else if (c >= 0xEE && c <= 0xEF)
-        len = 3;
-    else if (c == 0xF0) {
-        len = 4;
-        lo = 0x90;
-    } else if (c >= 0xF1 && c <= 0xF3)
-        len = 4;
-    else if (c == 0xF4) {
-        len = 4;
-        hi = 0x8F;
-    } else {
+    /* well-formed lead bytes: their sequence length and the range of the second byte
+     * (Unicode 15 Table 3-7); later bytes are always 80..BF */
+    static const struct {
+        unsigned char c0, c1, len, lo, hi;
+    } lead[] = {{0xC2, 0xDF, 2, 0x80, 0xBF}, {0xE0, 0xE0, 3, 0xA0, 0xBF},
+                {0xE1, 0xEC, 3, 0x80, 0xBF}, {0xED, 0xED, 3, 0x80, 0x9F},
+                {0xEE, 0xEF, 3, 0x80, 0xBF}, {0xF0, 0xF0, 4, 0x90, 0xBF},
+                {0xF1, 0xF3, 4, 0x80, 0xBF}, {0xF4, 0xF4, 4, 0x80, 0x8F}};
+    size_t f = 0, nlead = sizeof lead / sizeof lead[0];
+    while (f < nlead && !(c >= lead[f].c0 && c <= lead[f].c1))
+        f++;
+    if (f == nlead) {
         *bad = 1;
         return 0;
     }
+    const size_t len = lead[f].len;
+    const unsigned lo = lead[f].lo, hi = lead[f].hi;
     for (size_t k = 1; k < len; k++) {
         if (k >= n) {
             *bad = k;
@@ -436,7 +421,7 @@ static int tok_vocab_put(Tokenizer *tk, const char *s, size_t n, int32_t id) {
 
 static const TokMerge *tok_merge_get(const Tokenizer *tk, int32_t a, int32_t b) {
     uint64_t key = ((uint64_t)(uint32_t)(a + 1) << 32) | (uint32_t)(b + 1);
-    size_t mask = tk->mcap - 1, i = tok_hash_u64(key) & mask;
+    size_t mask = tk->mcap - 1, i = str_mix64(key) & mask;
     for (;; i = (i + 1) & mask) {
         const TokMerge *m = &tk->mslots[i];
         if (m->key == key) return m;
@@ -1003,7 +988,7 @@ static int tok_load_model(Tokenizer *tk, json_t *m, ErrStatus *st) {
             return rc;
         }
         uint64_t key = ((uint64_t)(uint32_t)(ia + 1) << 32) | (uint32_t)(ib + 1);
-        size_t mask = tk->mcap - 1, i = tok_hash_u64(key) & mask;
+        size_t mask = tk->mcap - 1, i = str_mix64(key) & mask;
         while (tk->mslots[i].key && tk->mslots[i].key != key)
             i = (i + 1) & mask;
         /* a pair listed twice keeps its last rank: HF collects the merges into a hash map */
@@ -1315,6 +1300,21 @@ static void tok_find_matches(const TokPre *p, const char *s, size_t n, TokSpans 
     }
 }
 
+/* A piece of tok_split_piece not yet pushed: [a, b), whether it is set and a match. */
+typedef struct {
+    size_t a, b;
+    int have, match;
+} TokPend;
+
+/* Pushes the pending piece, if any, and makes [a, b) the pending one. */
+static void tok_pend_restart(Tokenizer *tk, int w, size_t *np, size_t off, TokPend *pd, size_t a,
+                             size_t b) {
+    if (pd->have) tok_piece_push(tk, w, np, off + pd->a, pd->b - pd->a);
+    pd->a = a;
+    pd->b = b;
+    pd->have = 1;
+}
+
 /* HF normalizer.rs split(): the matches cut the piece by the behaviour. */
 static void tok_split_piece(Tokenizer *tk, const TokPre *p, TokSplitBehavior beh, int invert,
                             size_t off, size_t n, int w, size_t *np) {
@@ -1322,9 +1322,8 @@ static void tok_split_piece(Tokenizer *tk, const TokPre *p, TokSplitBehavior beh
     TokSpans *sp = &tk->spans;
     tok_find_matches(p, s, n, sp);
     /* (start, end, is_match) covering the piece */
-    size_t cur = 0, pend_a = 0, pend_b = 0;
-    int have_pend = 0, pend_match = 0;
-    size_t k = 0;
+    size_t cur = 0, k = 0;
+    TokPend pd = {0, 0, 0, 0}; /* the piece not yet pushed */
     while (cur < n) {
         size_t a, b;
         int is_match;
@@ -1349,44 +1348,35 @@ static void tok_split_piece(Tokenizer *tk, const TokPre *p, TokSplitBehavior beh
             break;
         case TOK_SPLIT_MERGED_PREV:
             /* a match joins the piece before it unless that one was a match too */
-            if (is_match && have_pend && !pend_match) {
-                pend_b = b;
+            if (is_match && pd.have && !pd.match) {
+                pd.b = b;
             } else {
-                if (have_pend) tok_piece_push(tk, w, np, off + pend_a, pend_b - pend_a);
-                pend_a = a;
-                pend_b = b;
-                have_pend = 1;
+                tok_pend_restart(tk, w, np, off, &pd, a, b);
             }
-            pend_match = is_match;
+            pd.match = is_match;
             break;
         case TOK_SPLIT_MERGED_NEXT:
             /* a match joins the piece after it unless that one is a match too */
             if (is_match) {
-                if (have_pend) tok_piece_push(tk, w, np, off + pend_a, pend_b - pend_a);
-                pend_a = a;
-                pend_b = b;
-                have_pend = 1;
-            } else if (have_pend) {
-                tok_piece_push(tk, w, np, off + pend_a, b - pend_a);
-                have_pend = 0;
+                tok_pend_restart(tk, w, np, off, &pd, a, b);
+            } else if (pd.have) {
+                tok_piece_push(tk, w, np, off + pd.a, b - pd.a);
+                pd.have = 0;
             } else {
                 tok_piece_push(tk, w, np, off + a, b - a);
             }
             break;
         case TOK_SPLIT_CONTIGUOUS:
-            if (have_pend && pend_match == is_match) {
-                pend_b = b;
+            if (pd.have && pd.match == is_match) {
+                pd.b = b;
             } else {
-                if (have_pend) tok_piece_push(tk, w, np, off + pend_a, pend_b - pend_a);
-                pend_a = a;
-                pend_b = b;
-                have_pend = 1;
-                pend_match = is_match;
+                tok_pend_restart(tk, w, np, off, &pd, a, b);
+                pd.match = is_match;
             }
             break;
         }
     }
-    if (have_pend) tok_piece_push(tk, w, np, off + pend_a, pend_b - pend_a);
+    if (pd.have) tok_piece_push(tk, w, np, off + pd.a, pd.b - pd.a);
 }
 
 /* Runs the pre-tokenizers over s_pre[0..n); the pieces end in pieces[returned w]. Pieces

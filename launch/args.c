@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../runtime/err.h"
+
 const ArgSpec *args_find(const ArgSpec *specs, int nspecs, const char *name) {
     for (int i = 0; i < nspecs; i++)
         if (strcmp(specs[i].name, name) == 0) return &specs[i];
@@ -429,4 +431,18 @@ void args_print_help(FILE *f, const char *usage, const char *about, const ArgSpe
         fprintf(f, "  %-30s %s%s\n", left, s->help, def);
     }
     fprintf(f, "  %-30s %s\n", "--help", "print this help and exit");
+}
+
+int args_command(ArgSpec *specs, int nspecs, int argc, char **argv, int first, const char *cmd,
+                 const char *usage, const char *about, int *rc) {
+    int help = 0;
+    ErrStatus st;
+    *rc = 0;
+    if (!args_parse(specs, nspecs, argc, argv, first, &help, &st)) {
+        fprintf(stderr, "shardlora %s: %s\n", cmd, st.msg);
+        *rc = EXIT_USAGE;
+        return 0;
+    }
+    if (help) args_print_help(stdout, usage, about, specs, nspecs);
+    return !help;
 }

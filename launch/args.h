@@ -51,6 +51,11 @@ int args_parse(ArgSpec *specs, int nspecs, int argc, char **argv, int first, int
                ErrStatus *st);
 void args_print_help(FILE *f, const char *usage, const char *about, const ArgSpec *specs,
                      int nspecs);
+/* The start of a one-process command: args_parse from argv[first], --help printed on stdout,
+ * a bad command line as one "shardlora CMD: reason" line on stderr. Returns 1 to go on, or
+ * 0 with *rc the exit status to end with (0 after --help, 2 on a bad command line). */
+int args_command(ArgSpec *specs, int nspecs, int argc, char **argv, int first, const char *cmd,
+                 const char *usage, const char *about, int *rc);
 const ArgSpec *args_find(const ArgSpec *specs, int nspecs, const char *name);
 /* Releases what args_parse allocated (config strings, ARG_STRS arrays). */
 void args_free(ArgSpec *specs, int nspecs);

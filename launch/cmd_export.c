@@ -86,24 +86,22 @@ int cmd_export(int argc, char **argv) {
         o.ckpt = argv[2];
         first = 3;
     }
-    int help = 0;
-    ErrStatus st;
-    int ok = args_parse(specs, nspecs, argc, argv, first, &help, &st);
-    if (ok && help) {
-        args_print_help(
-            stdout, "shardlora export CKPT --out DIR [options]",
-            "Write the adapter of a training checkpoint as a PEFT adapter directory "
-            "(adapter_model.safetensors with PEFT's keys, adapter_config.json, and a README.md "
-            "model "
-            "card with the training configuration). One process, no mpirun: a checkpoint holds "
-            "full tensors whatever layout wrote it. Exit status 0, 2 bad command line, 3 bad or "
-            "missing checkpoint, 4 cannot write DIR.",
-            specs, nspecs);
+    int rc;
+    if (!args_command(specs, nspecs, argc, argv, first, "export",
+                      "shardlora export CKPT --out DIR [options]",
+                      "Write the adapter of a training checkpoint as a PEFT adapter directory "
+                      "(adapter_model.safetensors with PEFT's keys, adapter_config.json, and a "
+                      "README.md model card with the training configuration). One process, no "
+                      "mpirun: a checkpoint holds full tensors whatever layout wrote it. Exit "
+                      "status 0, 2 bad command line, 3 bad or missing checkpoint, 4 cannot write "
+                      "DIR.",
+                      &rc)) {
         args_free(specs, nspecs);
-        return 0;
+        return rc;
     }
-    if (ok && !o.ckpt)
-        ok = err_status_set(&st, "which checkpoint? (shardlora export CKPT --out DIR)");
+    ErrStatus st;
+    int ok = 1;
+    if (!o.ckpt) ok = err_status_set(&st, "which checkpoint? (shardlora export CKPT --out DIR)");
     if (!ok) {
         fprintf(stderr, "shardlora export: %s\n", st.msg);
         args_free(specs, nspecs);
@@ -148,7 +146,7 @@ int cmd_export(int argc, char **argv) {
         ok = ckpt_read_slice(&r, ct->name, 0, ct->rows, 0, ct->cols, buf[n], &st);
         n++;
     }
-    int rc = ok ? 0 : EXIT_BAD_INPUT;
+    rc = ok ? 0 : EXIT_BAD_INPUT;
     if (ok) {
         AdioCard card = {r.meta.run_config,
                          r.meta.optimizer_kind,

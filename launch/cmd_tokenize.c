@@ -209,7 +209,7 @@ static int tokenize_lines(Tokenizer *tk, int decode, int add_special, TokIds *id
 
 int cmd_tokenize(int argc, char **argv) {
     const char *model = NULL;
-    int no_special = 0, decode = 0, jsonl = 0, help = 0;
+    int no_special = 0, decode = 0, jsonl = 0;
     /* one option per line: name, type, destination, metavar, help, required, seen */
     // clang-format off
     ArgSpec specs[] = {
@@ -226,18 +226,10 @@ int cmd_tokenize(int argc, char **argv) {
     const char *usage = "shardlora tokenize --model DIR [--no-special] [--decode] [--jsonl]";
     const char *about = "Encode stdin (all of it, one text) to ids printed on one line, or with "
                         "--decode print the text of the ids on stdin.";
-    ErrStatus st;
-    if (!args_parse(specs, ns, argc, argv, 2, &help, &st)) {
-        fprintf(stderr, "shardlora tokenize: %s\n", st.msg);
-        args_print_help(stderr, usage, about, specs, ns);
-        return EXIT_USAGE;
-    }
-    if (help) {
-        args_print_help(stdout, usage, about, specs, ns);
-        return 0;
-    }
+    int rc;
+    if (!args_command(specs, ns, argc, argv, 2, "tokenize", usage, about, &rc)) return rc;
     Tokenizer *tk;
-    int rc = tokenize_load(model, &tk);
+    rc = tokenize_load(model, &tk);
     if (rc) return rc;
     TokIds ids = {0};
     rc = jsonl ? tokenize_lines(tk, decode, !no_special, &ids)

@@ -80,3 +80,11 @@ const char *str_fmt_duration(double s, char *buf, size_t n) {
         snprintf(buf, n, "%.1fs", s);
     return buf;
 }
+
+uint64_t str_mix64(uint64_t x) {
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}

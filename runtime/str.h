@@ -5,6 +5,7 @@
 
 #include <stdio.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* Copies of s (malloc'd; never NULL). str_ndup copies at most n bytes and terminates. */
 char *str_dup(const char *s);
@@ -20,6 +21,9 @@ char *str_read_stream(FILE *f, size_t *n);
 /* The names name_at(0), name_at(1), ... up to the first NULL, joined by sep, into buf [n]
  * (truncated to fit; "" when there are none), e.g. a registry's names for help texts. */
 void str_join_names(char *buf, size_t n, const char *sep, const char *(*name_at)(int i));
+/* splitmix64's finaliser (Steele, Lea, Flood 2014): spreads every input bit over the
+ * output, for hash tables and fingerprints. */
+uint64_t str_mix64(uint64_t x);
 /* A duration for people: "1h02m03s", "4m05s", "7.3s" ("?" when not finite or negative). */
 const char *str_fmt_duration(double seconds, char *buf, size_t n);
 

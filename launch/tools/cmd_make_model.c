@@ -146,20 +146,11 @@ static int mm_parse_opts(MmOpts *o, int argc, char **argv, int *rc) {
     };
     // clang-format on
     const int nspecs = (int)(sizeof specs / sizeof specs[0]);
-    int help = 0;
-    ErrStatus st;
-    *rc = 0;
-    if (args_parse(specs, nspecs, argc, argv, 2, &help, &st) && !help) return 1;
-    if (help) {
-        args_print_help(stdout, "shardlora make-model --out DIR [options]",
+    return args_command(specs, nspecs, argc, argv, 2, "make-model",
+                        "shardlora make-model --out DIR [options]",
                         "Write a Hugging Face model directory with deterministic synthetic "
                         "random weights (for tests, benchmarks and demos).",
-                        specs, nspecs);
-        return 0;
-    }
-    fprintf(stderr, "shardlora make-model: %s\n", st.msg);
-    *rc = EXIT_USAGE;
-    return 0;
+                        rc);
 }
 
 /* The config.json of the options (and o->init_std's default); 0, or EXIT_USAGE with the

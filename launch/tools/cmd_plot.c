@@ -564,7 +564,6 @@ static void plot_default_title(char *buf, size_t n, const char *dir) {
 
 int cmd_plot(int argc, char **argv) {
     const char *out_file = NULL, *title = NULL;
-    int help = 0;
     /* Designated initializers: the fields args_parse fills in start at zero. */
     /* one option per line: name, type, destination, metavar, help, required, seen */
     // clang-format off
@@ -596,15 +595,8 @@ int cmd_plot(int argc, char **argv) {
         "training loss in it, 4 the SVG cannot be written.";
     ErrStatus st;
     const char *dir = argc >= 3 && strncmp(argv[2], "-", 1) != 0 ? argv[2] : NULL;
-    if (!args_parse(specs, ns, argc, argv, dir ? 3 : 2, &help, &st)) {
-        fprintf(stderr, "shardlora plot: %s\n", st.msg);
-        args_print_help(stderr, usage, about, specs, ns);
-        return EXIT_USAGE;
-    }
-    if (help) {
-        args_print_help(stdout, usage, about, specs, ns);
-        return 0;
-    }
+    int rc;
+    if (!args_command(specs, ns, argc, argv, dir ? 3 : 2, "plot", usage, about, &rc)) return rc;
     if (!dir) {
         fprintf(stderr, "shardlora plot: the OUT directory is required (the first argument)\n");
         args_print_help(stderr, usage, about, specs, ns);
@@ -629,7 +621,7 @@ int cmd_plot(int argc, char **argv) {
 
     PlotSeries train = {0}, eval = {0};
     long lines = 0;
-    int rc = 0, read_ok = plot_read_metrics(mpath, &train, &eval, &lines, &st);
+    int read_ok = plot_read_metrics(mpath, &train, &eval, &lines, &st);
     size_t train_lines = train.n;
     plot_series_finish(&train);
     plot_series_finish(&eval);
