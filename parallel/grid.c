@@ -143,11 +143,13 @@ void grid_gather(Grid *g, MPI_Comm comm, const void *send, size_t bytes, void *r
 void grid_gatherv(Grid *g, MPI_Comm comm, const void *send, size_t bytes, void *recv,
                   const size_t *lens, int root, GridBytes cat) {
     const int n = grid_comm_size(comm), me = grid_comm_rank(comm);
-    int *counts = NULL, *displs = NULL;
+    /* the common case (a TP group, a node) needs no allocation: sampling gathers per token */
+    enum { GRID_SMALL = 64 };
+    int small[2 * GRID_SMALL], *counts = NULL, *displs = NULL;
     if (me == root) {
-        counts = malloc((size_t)n * sizeof *counts);
-        displs = malloc((size_t)n * sizeof *displs);
-        SL_CHECK(counts && displs, "out of memory");
+        counts = n <= GRID_SMALL ? small : malloc(2 * (size_t)n * sizeof *counts);
+        SL_CHECK(counts, "out of memory");
+        displs = counts + n;
         size_t off = 0;
         for (int r = 0; r < n; r++) {
             counts[r] = grid_count(lens[r]);
@@ -156,8 +158,7 @@ void grid_gatherv(Grid *g, MPI_Comm comm, const void *send, size_t bytes, void *
         }
     }
     MPI_Gatherv(send, grid_count(bytes), MPI_BYTE, recv, counts, displs, MPI_BYTE, root, comm);
-    free(counts);
-    free(displs);
+    if (counts != small) free(counts);
     g->bytes[cat] += bytes;
     g->calls[cat]++;
 }
