@@ -848,27 +848,9 @@ static void tok_assign_added_ids(Tokenizer *tk, size_t vocab_size) {
     free(seen);
 }
 
-static int tok_load_model(Tokenizer *tk, json_t *m, ErrStatus *st) {
-    if (!json_is_object(m)) return tok_err(st, tk, "model: missing");
-    const char *t = tok_type(m);
-    if (*t && strcmp(t, "BPE") != 0)
-        return tok_err(st, tk, "unsupported model type '%s' (model.type)", t);
-    json_t *vocab = json_object_get(m, "vocab"), *merges = json_object_get(m, "merges");
-    if (!json_is_object(vocab)) return tok_err(st, tk, "model.vocab: missing or not an object");
-    if (!json_is_array(merges)) return tok_err(st, tk, "model.merges: missing or not an array");
-    json_t *dr = json_object_get(m, "dropout");
-    if (dr && !json_is_null(dr) && json_number_value(dr) != 0.0)
-        return tok_err(st, tk, "model.dropout: unsupported (must be null)");
-    const char *opts[] = {"continuing_subword_prefix", "end_of_word_suffix"};
-    for (int i = 0; i < 2; i++) {
-        json_t *v = json_object_get(m, opts[i]);
-        if (v && !json_is_null(v) && !(json_is_string(v) && json_string_length(v) == 0))
-            return tok_err(st, tk, "model.%s: unsupported (must be null)", opts[i]);
-    }
-    tk->ignore_merges = tok_json_bool(m, "ignore_merges", 0);
-    tk->byte_fallback = tok_json_bool(m, "byte_fallback", 0);
-    tk->fuse_unk = tok_json_bool(m, "fuse_unk", 0);
-
+/* model.vocab: the vocabulary table, the id -> string index, and the added tokens' strings
+ * (they override the vocabulary's for their id, as HF's id_to_token). */
+static int tok_load_vocab(Tokenizer *tk, json_t *vocab, ErrStatus *st) {
     size_t nv = json_object_size(vocab);
     tk->vcap = 64;
     while (tk->vcap < 2 * (nv + tk->nadded) + 2)
@@ -903,7 +885,6 @@ static int tok_load_model(Tokenizer *tk, json_t *m, ErrStatus *st) {
             tk->id_len[v->id] = v->len;
         }
     }
-    /* Added tokens override the vocabulary's string for their id (HF id_to_token). */
     for (size_t i = 0; i < tk->nadded; i++) {
         TokAdded *a = &tk->added[i];
         tk->id_off[a->id] = (int64_t)tk->strs.n;
@@ -911,7 +892,11 @@ static int tok_load_model(Tokenizer *tk, json_t *m, ErrStatus *st) {
         tok_buf_put(&tk->strs, a->content, a->len);
         if (a->special) tk->id_special[a->id] = 1;
     }
+    return 1;
+}
 
+/* model.unk_token, and the ids of single bytes (byte-level) and of <0xNN> (byte fallback). */
+static int tok_load_byte_ids(Tokenizer *tk, json_t *m, ErrStatus *st) {
     json_t *unk = json_object_get(m, "unk_token");
     tk->unk_id = -1;
     if (json_is_string(unk)) {
@@ -933,7 +918,11 @@ static int tok_load_model(Tokenizer *tk, json_t *m, ErrStatus *st) {
         snprintf(fb, sizeof fb, "<0x%02X>", b);
         tk->fb_id[b] = tok_vocab_get(tk, fb, 6);
     }
+    return 1;
+}
 
+/* model.merges ("a b" or ["a", "b"]) into the pair -> (rank, merged id) table. */
+static int tok_load_merges(Tokenizer *tk, json_t *merges, ErrStatus *st) {
     size_t nm = json_array_size(merges);
     tk->meta_cut = !tk->ignore_merges && tok_vocab_get(tk, TOK_META, 3) >= 0;
     tk->mcap = 64;
@@ -1000,6 +989,31 @@ static int tok_load_model(Tokenizer *tk, json_t *m, ErrStatus *st) {
     }
     free(cat.p);
     return 1;
+}
+
+static int tok_load_model(Tokenizer *tk, json_t *m, ErrStatus *st) {
+    if (!json_is_object(m)) return tok_err(st, tk, "model: missing");
+    const char *t = tok_type(m);
+    if (*t && strcmp(t, "BPE") != 0)
+        return tok_err(st, tk, "unsupported model type '%s' (model.type)", t);
+    json_t *vocab = json_object_get(m, "vocab"), *merges = json_object_get(m, "merges");
+    if (!json_is_object(vocab)) return tok_err(st, tk, "model.vocab: missing or not an object");
+    if (!json_is_array(merges)) return tok_err(st, tk, "model.merges: missing or not an array");
+    json_t *dr = json_object_get(m, "dropout");
+    if (dr && !json_is_null(dr) && json_number_value(dr) != 0.0)
+        return tok_err(st, tk, "model.dropout: unsupported (must be null)");
+    const char *opts[] = {"continuing_subword_prefix", "end_of_word_suffix"};
+    for (int i = 0; i < 2; i++) {
+        json_t *v = json_object_get(m, opts[i]);
+        if (v && !json_is_null(v) && !(json_is_string(v) && json_string_length(v) == 0))
+            return tok_err(st, tk, "model.%s: unsupported (must be null)", opts[i]);
+    }
+    tk->ignore_merges = tok_json_bool(m, "ignore_merges", 0);
+    tk->byte_fallback = tok_json_bool(m, "byte_fallback", 0);
+    tk->fuse_unk = tok_json_bool(m, "fuse_unk", 0);
+
+    return tok_load_vocab(tk, vocab, st) && tok_load_byte_ids(tk, m, st) &&
+           tok_load_merges(tk, merges, st);
 }
 
 static int tok_load_added(Tokenizer *tk, json_t *arr, ErrStatus *st) {
