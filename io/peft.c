@@ -288,8 +288,8 @@ static int peft_is_unset(json_t *v) {
            (json_is_object(v) && json_object_size(v) == 0);
 }
 
-static int peft_parse(PeftAdapter *a, json_t *root, const char *path, ErrStatus *st) {
-    if (!json_is_object(root)) return err_status_set(st, "%s: not a JSON object", path);
+/* peft_type (LORA or VERA), r, the dropout and the kind's own keys. */
+static int peft_parse_kind(PeftAdapter *a, json_t *root, const char *path, ErrStatus *st) {
     json_t *v = json_object_get(root, "peft_type");
     if (!json_is_string(v))
         return err_status_set(st, "%s: 'peft_type' is missing or not a string (expected \"LORA\")",
@@ -329,6 +329,13 @@ static int peft_parse(PeftAdapter *a, json_t *root, const char *path, ErrStatus 
         if (!peft_get_bool(root, path, "use_rslora", 0, &a->use_rslora, st)) return 0;
         if (!peft_get_bool(root, path, "use_dora", 0, &a->use_dora, st)) return 0;
     }
+    return 1;
+}
+
+/* What shardlora cannot honour: a Conv1D layout, trained biases, modules or tokens saved
+ * whole, and initialisations that changed the base weights -- refused, naming the key. */
+static int peft_parse_refused(json_t *root, const char *path, ErrStatus *st) {
+    json_t *v;
     int fifo = 0;
     if (!peft_get_bool(root, path, "fan_in_fan_out", 0, &fifo, st)) return 0;
     if (fifo)
@@ -367,6 +374,12 @@ static int peft_parse(PeftAdapter *a, json_t *root, const char *path, ErrStatus 
                 "path_initial_model_for_weight_conversion)",
                 path, s);
     }
+    return 1;
+}
+
+/* target_modules (a list, a regex or "all-linear") and exclude_modules. */
+static int peft_parse_targets(PeftAdapter *a, json_t *root, const char *path, ErrStatus *st) {
+    json_t *v;
     v = json_object_get(root, "target_modules");
     if (!v || json_is_null(v))
         return err_status_set(st, "%s: 'target_modules' is missing (null)", path);
@@ -391,6 +404,12 @@ static int peft_parse(PeftAdapter *a, json_t *root, const char *path, ErrStatus 
         if (!peft_get_strings(v, path, "exclude_modules", 0, &a->exclude_modules, &a->nexclude, st))
             return 0;
     }
+    return 1;
+}
+
+/* layers_to_transform and layers_pattern (not with a regex target_modules). */
+static int peft_parse_layers(PeftAdapter *a, json_t *root, const char *path, ErrStatus *st) {
+    json_t *v;
     v = json_object_get(root, "layers_to_transform");
     if (json_is_integer(v)) {
         a->layers_to_transform = malloc(sizeof(int));
@@ -430,6 +449,15 @@ static int peft_parse(PeftAdapter *a, json_t *root, const char *path, ErrStatus 
             "%s: layers_to_transform / layers_pattern cannot be used with a regex "
             "target_modules (PEFT refuses it too)",
             path);
+    return 1;
+}
+
+static int peft_parse(PeftAdapter *a, json_t *root, const char *path, ErrStatus *st) {
+    if (!json_is_object(root)) return err_status_set(st, "%s: not a JSON object", path);
+    if (!peft_parse_kind(a, root, path, st) || !peft_parse_refused(root, path, st) ||
+        !peft_parse_targets(a, root, path, st) || !peft_parse_layers(a, root, path, st))
+        return 0;
+    json_t *v;
     if (!a->vera) {
         if (!peft_get_patterns(root, path, "rank_pattern", 1, &a->rank_pattern, &a->nrank_pattern,
                                st))
