@@ -101,90 +101,92 @@ enum {
     WBC = 12000
 };
 
-static void test_round_trip(void) {
-    printf("round trip: writer -> reader, every dtype, slices\n");
-    static float f32[FR * FC];
-    static uint16_t bf16[BR * BC], f16[3 * 3 * 4], bigbf[BIGR * BIGC];
-    static int64_t i64[10];
-    static int32_t i32[2 * 3];
-    static float wide[WR * WC];
-    static uint16_t wbf[WBR * WBC];
-    float scalar = -3.25f;
+/* The tensors of the round trip: every dtype, corner values, shapes that take every read path. */
+typedef struct {
+    float f32[FR * FC], wide[WR * WC], scalar;
+    uint16_t bf16[BR * BC], f16[3 * 3 * 4], bigbf[BIGR * BIGC], wbf[WBR * WBC];
+    int64_t i64[10];
+    int32_t i32[2 * 3];
+} RtData;
+
+static void rt_fill(RtData *d) {
+    d->scalar = -3.25f;
     for (int i = 0; i < FR * FC; i++)
-        f32[i] = (float)i * 0.37f - 3.0f;
+        d->f32[i] = (float)i * 0.37f - 3.0f;
     for (int i = 0; i < BR * BC; i++)
-        bf16[i] = f32_to_bf16_trunc((float)i * -1.5f + 0.125f);
+        d->bf16[i] = f32_to_bf16_trunc((float)i * -1.5f + 0.125f);
     /* F16 corner cases: zeros, subnormals, max, inf, NaN, ordinary values. */
     const uint16_t f16v[36] = {0x0000, 0x8000, 0x0001, 0x8001, 0x03ff, 0x0400, 0x3c00, 0xbc00,
                                0x7bff, 0xfbff, 0x7c00, 0xfc00, 0x7e00, 0x7c01, 0x3555, 0x4248,
                                0x5640, 0x1234, 0x2345, 0x3456, 0x4567, 0x5678, 0x6789, 0x789a,
                                0x0200, 0x8200, 0x0010, 0xc000, 0x4000, 0x3800, 0xb800, 0x3bff,
                                0x3c01, 0x0401, 0x83ff, 0x7000};
-    memcpy(f16, f16v, sizeof f16);
+    memcpy(d->f16, f16v, sizeof d->f16);
     for (int i = 0; i < 10; i++)
-        i64[i] = (int64_t)(i - 5) * 100000007LL;
-    i64[9] = 2147483647LL;
+        d->i64[i] = (int64_t)(i - 5) * 100000007LL;
+    d->i64[9] = 2147483647LL;
     for (int i = 0; i < 6; i++)
-        i32[i] = (i - 2) * 123457;
+        d->i32[i] = (i - 2) * 123457;
     for (int i = 0; i < BIGR * BIGC; i++)
-        bigbf[i] = f32_to_bf16_trunc((float)(i % 9973) - 4000.5f);
+        d->bigbf[i] = f32_to_bf16_trunc((float)(i % 9973) - 4000.5f);
     for (int i = 0; i < WR * WC; i++)
-        wide[i] = (float)i;
+        d->wide[i] = (float)i;
     for (int i = 0; i < WBR * WBC; i++)
-        wbf[i] = f32_to_bf16_trunc((float)i * 0.001f - 7.0f);
+        d->wbf[i] = f32_to_bf16_trunc((float)i * 0.001f - 7.0f);
+}
 
+/* Writes d in an insertion order that differs from name order, with metadata. */
+static void rt_write(RtData *d, const char *path) {
     StWriter w;
     st_writer_init(&w);
     const int64_t sf[] = {FR, FC}, sb[] = {BR, BC}, sh[] = {3, 3, 4}, si64[] = {10},
                   si32[] = {2, 3}, sempty[] = {0, 4}, sbig[] = {BIGR, BIGC}, swide[] = {WR, WC},
                   swbf[] = {WBR, WBC};
     /* Insertion order differs from name order on purpose. */
-    st_writer_add(&w, "z.f32", ST_F32, 2, sf, f32);
-    st_writer_add(&w, "b.bf16", ST_BF16, 2, sb, bf16);
-    st_writer_add(&w, "h.f16.3d", ST_F16, 3, sh, f16);
-    st_writer_add(&w, "i.i64.1d", ST_I64, 1, si64, i64);
-    st_writer_add(&w, "j.i32", ST_I32, 2, si32, i32);
-    st_writer_add(&w, "a.scalar", ST_F32, 0, NULL, &scalar);
+    st_writer_add(&w, "z.f32", ST_F32, 2, sf, d->f32);
+    st_writer_add(&w, "b.bf16", ST_BF16, 2, sb, d->bf16);
+    st_writer_add(&w, "h.f16.3d", ST_F16, 3, sh, d->f16);
+    st_writer_add(&w, "i.i64.1d", ST_I64, 1, si64, d->i64);
+    st_writer_add(&w, "j.i32", ST_I32, 2, si32, d->i32);
+    st_writer_add(&w, "a.scalar", ST_F32, 0, NULL, &d->scalar);
     st_writer_add(&w, "e.empty", ST_F32, 2, sempty, NULL);
-    st_writer_add(&w, "big.bf16", ST_BF16, 2, sbig, bigbf);
-    st_writer_add(&w, "wide.f32", ST_F32, 2, swide, wide);
-    st_writer_add(&w, "wbf.bf16", ST_BF16, 2, swbf, wbf);
+    st_writer_add(&w, "big.bf16", ST_BF16, 2, sbig, d->bigbf);
+    st_writer_add(&w, "wide.f32", ST_F32, 2, swide, d->wide);
+    st_writer_add(&w, "wbf.bf16", ST_BF16, 2, swbf, d->wbf);
     st_writer_meta(&w, "format", "pt");
     st_writer_meta(&w, "note", "first");
     st_writer_meta(&w, "note", "h\xc3\xa9llo \"quoted\""); /* replaces, UTF-8 + escapes */
     ErrStatus st;
-    const char *path = check_tmp_path("rt.safetensors");
     int ok = st_writer_write(&w, path, &st);
     CHECK_TRUE(ok, "write: %s", st.msg);
     st_writer_free(&w);
     CHECK_TRUE(access(check_tmp_path("rt.safetensors.tmp"), F_OK) != 0, "tmp file left behind");
+}
 
-    StFile f;
-    ok = st_open(&f, path, &st);
-    CHECK_TRUE(ok, "open: %s", st.msg);
-    if (!ok) return;
-    CHECK_TRUE(f.ntensors == 10, "ntensors %d", f.ntensors);
-    CHECK_TRUE(f.data_start % 8 == 0, "data_start %llu not 8-aligned",
-               (unsigned long long)f.data_start);
-    for (int i = 1; i < f.ntensors; i++)
-        CHECK_TRUE(strcmp(f.tensors[i - 1].name, f.tensors[i].name) < 0, "not sorted at %d", i);
-    for (int i = 0; i < f.ntensors; i++)
-        CHECK_TRUE(st_find(&f, f.tensors[i].name) == &f.tensors[i], "st_find(%s)",
-                   f.tensors[i].name);
-    CHECK_TRUE(st_find(&f, "nope") == NULL && st_find(&f, "") == NULL && st_find(&f, "zz") == NULL,
+/* Sorted names, lookup, data layout in insertion order, the header's metadata and padding. */
+static void rt_check_layout(StFile *f, const char *path) {
+    CHECK_TRUE(f->ntensors == 10, "ntensors %d", f->ntensors);
+    CHECK_TRUE(f->data_start % 8 == 0, "data_start %llu not 8-aligned",
+               (unsigned long long)f->data_start);
+    for (int i = 1; i < f->ntensors; i++)
+        CHECK_TRUE(strcmp(f->tensors[i - 1].name, f->tensors[i].name) < 0, "not sorted at %d", i);
+    for (int i = 0; i < f->ntensors; i++)
+        CHECK_TRUE(st_find(f, f->tensors[i].name) == &f->tensors[i], "st_find(%s)",
+                   f->tensors[i].name);
+    CHECK_TRUE(st_find(f, "nope") == NULL && st_find(f, "") == NULL && st_find(f, "zz") == NULL,
                "st_find of absent names");
 
     /* Layout in insertion order, contiguous from the data start. */
     const char *order[] = {"z.f32",    "b.bf16",  "h.f16.3d", "i.i64.1d", "j.i32",
                            "a.scalar", "e.empty", "big.bf16", "wide.f32", "wbf.bf16"};
-    uint64_t pos = f.data_start;
+    uint64_t pos = f->data_start;
     for (int i = 0; i < 10; i++) {
-        const StTensor *t = st_find(&f, order[i]);
+        const StTensor *t = st_find(f, order[i]);
         CHECK_TRUE(t && t->begin == pos, "layout of %s", order[i]);
         if (t) pos = t->end;
     }
-    CHECK_TRUE(pos == f.file_size, "data end %llu != file size %llu", (unsigned long long)pos,
-               (unsigned long long)f.file_size);
+    CHECK_TRUE(pos == f->file_size, "data end %llu != file size %llu", (unsigned long long)pos,
+               (unsigned long long)f->file_size);
 
     /* Header: metadata present and readable by a JSON parser; padding is spaces. */
     {
@@ -209,13 +211,21 @@ static void test_round_trip(void) {
         json_decref(root);
         free(h);
     }
+}
 
+/* Shapes, whole tensors read in their own dtype (bit-exact) and converted. */
+static void rt_check_whole(StFile *f, const RtData *d) {
+    ErrStatus st;
+    int ok;
+    const StTensor *tf = st_find(f, "z.f32");
+    const StTensor *tb = st_find(f, "b.bf16");
+    const StTensor *th = st_find(f, "h.f16.3d");
+    const StTensor *ti64 = st_find(f, "i.i64.1d");
+    const StTensor *ti32 = st_find(f, "j.i32");
+    const StTensor *ts = st_find(f, "a.scalar");
+    const StTensor *te = st_find(f, "e.empty");
+    const StTensor *twide = st_find(f, "wide.f32");
     /* Shapes and dtypes. */
-    const StTensor *tf = st_find(&f, "z.f32"), *tb = st_find(&f, "b.bf16"),
-                   *th = st_find(&f, "h.f16.3d"), *ti64 = st_find(&f, "i.i64.1d"),
-                   *ti32 = st_find(&f, "j.i32"), *ts = st_find(&f, "a.scalar"),
-                   *te = st_find(&f, "e.empty"), *tbig = st_find(&f, "big.bf16"),
-                   *twide = st_find(&f, "wide.f32"), *twbf = st_find(&f, "wbf.bf16");
     CHECK_TRUE(th->dtype == ST_F16 && th->ndim == 3 && th->shape[0] == 3 && th->shape[2] == 4 &&
                    st_numel(th) == 36,
                "3-D shape");
@@ -229,63 +239,71 @@ static void test_round_trip(void) {
     int64_t o64[10];
     int32_t o32[6];
     float os = 0;
-    ok = st_read_all(&f, tf, ST_F32, of, &st) && st_read_all(&f, tb, ST_BF16, ob, &st) &&
-         st_read_all(&f, th, ST_F16, oh, &st) && st_read_all(&f, ti64, ST_I64, o64, &st) &&
-         st_read_all(&f, ti32, ST_I32, o32, &st) && st_read_all(&f, ts, ST_F32, &os, &st) &&
-         st_read_all(&f, te, ST_F32, NULL, &st) && st_read_all(&f, twide, ST_F32, owide, &st);
+    ok = st_read_all(f, tf, ST_F32, of, &st) && st_read_all(f, tb, ST_BF16, ob, &st) &&
+         st_read_all(f, th, ST_F16, oh, &st) && st_read_all(f, ti64, ST_I64, o64, &st) &&
+         st_read_all(f, ti32, ST_I32, o32, &st) && st_read_all(f, ts, ST_F32, &os, &st) &&
+         st_read_all(f, te, ST_F32, NULL, &st) && st_read_all(f, twide, ST_F32, owide, &st);
     CHECK_TRUE(ok, "read_all: %s", st.msg);
-    CHECK_TRUE(!memcmp(of, f32, sizeof of) && !memcmp(ob, bf16, sizeof ob) &&
-                   !memcmp(oh, f16, sizeof oh) && !memcmp(o64, i64, sizeof o64) &&
-                   !memcmp(o32, i32, sizeof o32) && os == scalar &&
-                   !memcmp(owide, wide, sizeof owide),
+    CHECK_TRUE(!memcmp(of, d->f32, sizeof of) && !memcmp(ob, d->bf16, sizeof ob) &&
+                   !memcmp(oh, d->f16, sizeof oh) && !memcmp(o64, d->i64, sizeof o64) &&
+                   !memcmp(o32, d->i32, sizeof o32) && os == d->scalar &&
+                   !memcmp(owide, d->wide, sizeof owide),
                "same-dtype read_all not bit-exact");
 
     /* Conversions. */
     float cf[BR * BC];
-    ok = st_read_all(&f, tb, ST_F32, cf, &st);
+    ok = st_read_all(f, tb, ST_F32, cf, &st);
     int bad = 0;
     for (int i = 0; i < BR * BC; i++)
-        bad += !bits_equal(cf[i], bf16_ref(bf16[i]));
+        bad += !bits_equal(cf[i], bf16_ref(d->bf16[i]));
     CHECK_TRUE(ok && bad == 0, "BF16->F32: %d mismatches (%s)", bad, st.msg);
     float ch[36];
-    ok = st_read_all(&f, th, ST_F32, ch, &st);
+    ok = st_read_all(f, th, ST_F32, ch, &st);
     bad = 0;
     for (int i = 0; i < 36; i++) {
-        float r = f16_ref(f16[i]);
+        float r = f16_ref(d->f16[i]);
         bad += isnan(r) ? !isnan(ch[i]) : !bits_equal(ch[i], r);
     }
     CHECK_TRUE(ok && bad == 0, "F16->F32 corner values: %d mismatches (%s)", bad, st.msg);
     int32_t n32[10];
-    ok = st_read_all(&f, ti64, ST_I32, n32, &st);
+    ok = st_read_all(f, ti64, ST_I32, n32, &st);
     bad = 0;
     for (int i = 0; i < 10; i++)
-        bad += n32[i] != i64[i];
+        bad += n32[i] != d->i64[i];
     CHECK_TRUE(ok && bad == 0, "I64->I32: %d mismatches (%s)", bad, st.msg);
     int64_t w64[6];
-    ok = st_read_all(&f, ti32, ST_I64, w64, &st);
+    ok = st_read_all(f, ti32, ST_I64, w64, &st);
     bad = 0;
     for (int i = 0; i < 6; i++)
-        bad += w64[i] != i32[i];
+        bad += w64[i] != d->i32[i];
     CHECK_TRUE(ok && bad == 0, "I32->I64: %d mismatches (%s)", bad, st.msg);
+}
 
+/* Every slice of the small F32 and BF16 matrices, of the 3-D F16 viewed as [9, 4], of 1-D I64. */
+static void rt_check_slices(StFile *f, const RtData *d) {
+    ErrStatus st;
+    int ok;
+    const StTensor *tf = st_find(f, "z.f32");
+    const StTensor *tb = st_find(f, "b.bf16");
+    const StTensor *th = st_find(f, "h.f16.3d");
+    const StTensor *ti64 = st_find(f, "i.i64.1d");
     /* Every slice of the small F32 and BF16 matrices, and of the 3-D F16 viewed as [9, 4]. */
-    int nslices = 0;
-    bad = 0;
+    int nslices = 0, bad = 0;
     for (int r0 = 0; r0 <= FR; r0++)
         for (int nr = 0; r0 + nr <= FR; nr++)
             for (int c0 = 0; c0 <= FC; c0++)
                 for (int nc = 0; c0 + nc <= FC; nc++) {
                     float out[FR * FC];
-                    uint64_t before = f.bytes_read;
-                    if (!st_read_slice(&f, tf, r0, nr, c0, nc, ST_F32, out, &st)) {
+                    uint64_t before = f->bytes_read;
+                    if (!st_read_slice(f, tf, r0, nr, c0, nc, ST_F32, out, &st)) {
                         bad++;
                         continue;
                     }
                     nslices++;
-                    if (f.bytes_read - before != (uint64_t)nr * nc * 4) bad++;
+                    if (f->bytes_read - before != (uint64_t)nr * nc * 4) bad++;
                     for (int i = 0; i < nr; i++)
                         for (int j = 0; j < nc; j++)
-                            bad += !bits_equal(out[i * nc + j], f32[(r0 + i) * FC + c0 + j]);
+                            bad += !bits_equal(out[i * nc + j], d->f32[(r0 + i) * FC + c0 + j]);
                 }
     for (int r0 = 0; r0 <= BR; r0++)
         for (int nr = 0; r0 + nr <= BR; nr++)
@@ -293,15 +311,15 @@ static void test_round_trip(void) {
                 for (int nc = 0; c0 + nc <= BC; nc++) {
                     float out[BR * BC];
                     uint16_t raw[BR * BC];
-                    if (!st_read_slice(&f, tb, r0, nr, c0, nc, ST_F32, out, &st) ||
-                        !st_read_slice(&f, tb, r0, nr, c0, nc, ST_BF16, raw, &st)) {
+                    if (!st_read_slice(f, tb, r0, nr, c0, nc, ST_F32, out, &st) ||
+                        !st_read_slice(f, tb, r0, nr, c0, nc, ST_BF16, raw, &st)) {
                         bad++;
                         continue;
                     }
                     nslices += 2;
                     for (int i = 0; i < nr; i++)
                         for (int j = 0; j < nc; j++) {
-                            uint16_t want = bf16[(r0 + i) * BC + c0 + j];
+                            uint16_t want = d->bf16[(r0 + i) * BC + c0 + j];
                             bad += !bits_equal(out[i * nc + j], bf16_ref(want));
                             bad += raw[i * nc + j] != want;
                         }
@@ -310,14 +328,14 @@ static void test_round_trip(void) {
         for (int c0 = 0; c0 < 4; c0++) {
             float out[36];
             int nr = 9 - r0, nc = 4 - c0;
-            if (!st_read_slice(&f, th, r0, nr, c0, nc, ST_F32, out, &st)) {
+            if (!st_read_slice(f, th, r0, nr, c0, nc, ST_F32, out, &st)) {
                 bad++;
                 continue;
             }
             nslices++;
             for (int i = 0; i < nr; i++)
                 for (int j = 0; j < nc; j++) {
-                    float r = f16_ref(f16[(r0 + i) * 4 + c0 + j]);
+                    float r = f16_ref(d->f16[(r0 + i) * 4 + c0 + j]);
                     float g = out[i * nc + j];
                     bad += isnan(r) ? !isnan(g) : !bits_equal(g, r);
                 }
@@ -325,89 +343,107 @@ static void test_round_trip(void) {
     /* 1-D is [1, n]: a column range is an element range. */
     {
         int64_t out[4];
-        ok = st_read_slice(&f, ti64, 0, 1, 3, 4, ST_I64, out, &st);
+        ok = st_read_slice(f, ti64, 0, 1, 3, 4, ST_I64, out, &st);
         nslices++;
-        bad += !ok || memcmp(out, i64 + 3, sizeof out) != 0;
-        ok = st_read_slice(&f, ti64, 1, 1, 0, 1, ST_I64, out, &st);
+        bad += !ok || memcmp(out, d->i64 + 3, sizeof out) != 0;
+        ok = st_read_slice(f, ti64, 1, 1, 0, 1, ST_I64, out, &st);
         bad += ok; /* row 1 of a [1, 10] view does not exist */
     }
     printf("  %d slices of F32/BF16/F16/I64 tensors compared exactly: %d mismatches\n", nslices,
            bad);
     CHECK_TRUE(bad == 0, "slices: %d mismatches", bad);
+}
 
+/* Large reads through every path of st_read_slice. */
+static void rt_check_large(StFile *f, const RtData *d) {
+    ErrStatus st;
+    int ok;
+    const StTensor *tbig = st_find(f, "big.bf16");
+    const StTensor *twide = st_find(f, "wide.f32");
+    const StTensor *twbf = st_find(f, "wbf.bf16");
     /* Large reads through the three paths: batched short column runs (BF16 -> F32, staging in
-     * several blocks), wide per-row runs (same dtype straight into dst), per-row runs with
+     * several blocks), d->wide per-row runs (same dtype straight into dst), per-row runs with
      * conversion, and a contiguous multi-chunk conversion. */
     {
         const int r0 = 123, nr = BIGR - 200, c0 = 10, nc = 20;
         float *out = malloc(sizeof(float) * (size_t)nr * nc);
-        uint64_t before = f.bytes_read;
-        ok = st_read_slice(&f, tbig, r0, nr, c0, nc, ST_F32, out, &st);
+        uint64_t before = f->bytes_read;
+        ok = st_read_slice(f, tbig, r0, nr, c0, nc, ST_F32, out, &st);
         long nb = 0;
         for (int i = 0; ok && i < nr; i++)
             for (int j = 0; j < nc; j++)
                 nb += !bits_equal(out[(size_t)i * nc + j],
-                                  bf16_ref(bigbf[(size_t)(r0 + i) * BIGC + c0 + j]));
+                                  bf16_ref(d->bigbf[(size_t)(r0 + i) * BIGC + c0 + j]));
         CHECK_TRUE(ok && nb == 0, "batched column slice: %ld mismatches (%s)", nb, st.msg);
-        CHECK_TRUE(f.bytes_read - before == (uint64_t)nr * nc * 2, "bytes_read of batched slice");
+        CHECK_TRUE(f->bytes_read - before == (uint64_t)nr * nc * 2, "bytes_read of batched slice");
         printf("  batched column slice [%d rows, %d cols] of BF16 [%d, %d]: %ld mismatches\n", nr,
                nc, BIGR, BIGC, nb);
         free(out);
 
         float *all = malloc(sizeof(float) * BIGR * BIGC);
-        ok = st_read_all(&f, tbig, ST_F32, all, &st);
+        ok = st_read_all(f, tbig, ST_F32, all, &st);
         nb = 0;
         for (int i = 0; ok && i < BIGR * BIGC; i++)
-            nb += !bits_equal(all[i], bf16_ref(bigbf[i]));
+            nb += !bits_equal(all[i], bf16_ref(d->bigbf[i]));
         CHECK_TRUE(ok && nb == 0, "contiguous BF16->F32 in chunks: %ld mismatches", nb);
         free(all);
 
         const int wc0 = 1000, wnc = 6000, wr0 = 3, wnr = 11;
         float *wo = malloc(sizeof(float) * wnr * wnc);
-        ok = st_read_slice(&f, twide, wr0, wnr, wc0, wnc, ST_F32, wo, &st);
+        ok = st_read_slice(f, twide, wr0, wnr, wc0, wnc, ST_F32, wo, &st);
         nb = 0;
         for (int i = 0; ok && i < wnr; i++)
             for (int j = 0; j < wnc; j++)
-                nb += wo[i * wnc + j] != wide[(wr0 + i) * WC + wc0 + j];
+                nb += wo[i * wnc + j] != d->wide[(wr0 + i) * WC + wc0 + j];
         CHECK_TRUE(ok && nb == 0, "wide per-row F32 slice: %ld mismatches", nb);
         free(wo);
 
         /* Per-row runs with conversion: 18000-byte BF16 runs go through the staging buffer. */
         const int bc0 = 7, bnc = 9000;
         float *bo = malloc(sizeof(float) * (WBR - 2) * bnc);
-        ok = st_read_slice(&f, twbf, 1, WBR - 2, bc0, bnc, ST_F32, bo, &st);
+        ok = st_read_slice(f, twbf, 1, WBR - 2, bc0, bnc, ST_F32, bo, &st);
         nb = 0;
         for (int i = 0; ok && i < WBR - 2; i++)
             for (int j = 0; j < bnc; j++)
-                nb += !bits_equal(bo[i * bnc + j], bf16_ref(wbf[(1 + i) * WBC + bc0 + j]));
+                nb += !bits_equal(bo[i * bnc + j], bf16_ref(d->wbf[(1 + i) * WBC + bc0 + j]));
         CHECK_TRUE(ok && nb == 0, "wide per-row BF16->F32 slice: %ld mismatches", nb);
         free(bo);
 
         float rows[3 * BIGC];
-        ok = st_read_slice(&f, tbig, 5, 3, 0, BIGC, ST_F32, rows, &st);
+        ok = st_read_slice(f, tbig, 5, 3, 0, BIGC, ST_F32, rows, &st);
         nb = 0;
         for (int i = 0; ok && i < 3 * BIGC; i++)
-            nb += !bits_equal(rows[i], bf16_ref(bigbf[5 * BIGC + i]));
+            nb += !bits_equal(rows[i], bf16_ref(d->bigbf[5 * BIGC + i]));
         CHECK_TRUE(ok && nb == 0, "row range BF16->F32: %ld mismatches", nb);
     }
+}
 
+/* Reads refused: out of range, impossible conversions. */
+static void rt_check_rejected(StFile *f) {
+    ErrStatus st;
+    int ok;
+    const StTensor *tf = st_find(f, "z.f32");
     /* Rejected reads: out of range, impossible conversion, I64 value out of I32 range. */
     {
         float out[64];
-        ok = st_read_slice(&f, tf, 4, 2, 0, 1, ST_F32, out, &st);
+        ok = st_read_slice(f, tf, 4, 2, 0, 1, ST_F32, out, &st);
         CHECK_TRUE(!ok && strstr(st.msg, "z.f32") && strstr(st.msg, "out of range"),
                    "range error: %s", st.msg);
-        ok = st_read_slice(&f, tf, 0, 1, -1, 1, ST_F32, out, &st);
+        ok = st_read_slice(f, tf, 0, 1, -1, 1, ST_F32, out, &st);
         CHECK_TRUE(!ok, "negative c0 accepted");
-        ok = st_read_all(&f, tf, ST_I32, out, &st);
+        ok = st_read_all(f, tf, ST_I32, out, &st);
         CHECK_TRUE(!ok && strstr(st.msg, "cannot read F32 as I32"), "conversion error: %s", st.msg);
-        ok = st_read_all(&f, tf, ST_BF16, out, &st);
+        ok = st_read_all(f, tf, ST_BF16, out, &st);
         CHECK_TRUE(!ok, "F32 -> BF16 accepted");
     }
-    st_close(&f);
-    CHECK_TRUE(f.fd == -1 && f.tensors == NULL, "st_close resets the handle");
-    st_close(&f); /* closing twice is harmless */
+}
 
+/* I64 -> I32 narrowing of a value that does not fit is refused, naming the element. */
+static void rt_check_narrowing(void) {
+    StWriter w;
+    StFile f;
+    ErrStatus st;
+    int ok;
     /* I64 -> I32 narrowing of a value that does not fit. */
     int64_t huge[3] = {1, (int64_t)1 << 40, 3};
     const int64_t s3[] = {3};
@@ -423,6 +459,30 @@ static void test_round_trip(void) {
                    "narrowing error: %s", st.msg);
         st_close(&f);
     }
+}
+
+static void test_round_trip(void) {
+    printf("round trip: writer -> reader, every dtype, slices\n");
+    static RtData data;
+    RtData *d = &data;
+    rt_fill(d);
+    const char *path = check_tmp_path("rt.safetensors");
+    rt_write(d, path);
+    StFile f;
+    ErrStatus st;
+    int ok = st_open(&f, path, &st);
+    CHECK_TRUE(ok, "open: %s", st.msg);
+    if (!ok) return;
+    rt_check_layout(&f, path);
+    rt_check_whole(&f, d);
+    rt_check_slices(&f, d);
+    rt_check_large(&f, d);
+    rt_check_rejected(&f);
+    st_close(&f);
+    CHECK_TRUE(f.fd == -1 && f.tensors == NULL, "st_close resets the handle");
+    st_close(&f); /* closing twice is harmless */
+
+    rt_check_narrowing();
 }
 
 /* Every binary16 value through a real file, against the definition. */
