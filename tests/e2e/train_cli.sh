@@ -62,6 +62,21 @@ PY
 for opt in model data out lora-r lora-alpha lora-dropout target-modules seq-len micro-batch steps lr seed optimizer dump-grads tp; do
   grep -q -- "--$opt" "$W/help.txt" || { echo "FAIL: train --help lacks --$opt"; exit 1; }
 done
+# the kinds and initialisations are listed from the registries (model/adapter.c,
+# model/adapter_init.c), in the help and in the refusal of an unknown one
+grep -q -- "--adapter KIND .*lora|lora-fa|dora|vera" "$W/help.txt" || { echo "FAIL: --adapter help lacks the kinds"; exit 1; }
+for i in default gaussian pissa; do
+  grep -- "--init KIND" "$W/help.txt" | grep -q "$i (" || { echo "FAIL: --init help lacks $i"; exit 1; }
+done
+if "$SL" train --model "$W/model" --data "$W/data.jsonl" --out "$W/refused" --adapter nope 2> "$W/refused.err"; then
+  echo "FAIL: --adapter nope accepted"; exit 1
+fi
+grep -q "expected one of lora|lora-fa|dora|vera" "$W/refused.err" || { echo "FAIL: --adapter refusal: $(cat "$W/refused.err")"; exit 1; }
+if "$SL" train --model "$W/model" --data "$W/data.jsonl" --out "$W/refused" --init nope 2> "$W/refused.err"; then
+  echo "FAIL: --init nope accepted"; exit 1
+fi
+grep -q "expected one of default|gaussian|pissa" "$W/refused.err" || { echo "FAIL: --init refusal: $(cat "$W/refused.err")"; exit 1; }
+[ ! -e "$W/refused" ] || { echo "FAIL: a refused command line left $W/refused"; exit 1; }
 "$SL" make-model --help | grep -q -- "--shards" || { echo "FAIL: make-model --help lacks --shards"; exit 1; }
 
 # Data parallelism: the same global batch of 4 sequences as 1 rank x 4 or 2 ranks x 2, with
