@@ -104,6 +104,7 @@ int afile_write_all(const char *path, const void *data, size_t len, ErrStatus *s
 int afile_write_json(const char *path, const json_t *doc, size_t flags, ErrStatus *st) {
     char *text = json_dumps(doc, flags);
     if (!text) return err_status_set(st, "%s: cannot encode JSON", path);
+    if (!(flags & JSON_REAL_PRECISION(31))) str_json_shorten(text); /* 0.05, not 0.05000...03 */
     size_t n = strlen(text);
     int ok = afile_write_all(path, text, n, st);
     free(text);

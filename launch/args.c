@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "../runtime/err.h"
+#include "../runtime/str.h"
 
 const ArgSpec *args_find(const ArgSpec *specs, int nspecs, const char *name) {
     for (int i = 0; i < nspecs; i++)
@@ -155,7 +156,7 @@ static int args_config_json(ArgSpec *specs, int nspecs, ArgConfig *c, const char
             else if (json_is_integer(x))
                 snprintf(num, sizeof num, "%lld", (long long)json_integer_value(x)), v = num;
             else if (json_is_real(x))
-                snprintf(num, sizeof num, "%.17g", json_real_value(x)), v = num;
+                v = str_fmt_double(json_real_value(x), num, sizeof num);
             else if (json_is_null(x))
                 continue;
             else
@@ -381,6 +382,7 @@ void args_print_resolved(FILE *f, const ArgSpec *specs, int nspecs) {
     for (int i = 0; i < nspecs; i++) {
         json_t *v = args_value_json(&specs[i]);
         char *txt = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+        if (txt) str_json_shorten(txt);
         fprintf(f, "  %-22s = %-40s (%s)\n", specs[i].name, txt ? txt : "?", from[specs[i].seen]);
         free(txt);
         json_decref(v);

@@ -42,14 +42,14 @@ typedef struct {
     MpicmdRun run;   /* --config, --model, --tp, --threads, ... */
     MpicmdRows rows; /* --data, --seq-len, --micro-batch, --pack, ... */
     const char *out, *targets, *lora_init, *optimizer, *dump_grads, *resume, *ckpt_failure,
-        *lr_schedule, *progress, *init_adapter, *adapter_kind, *init;
+        *lr_schedule, *progress, *init_adapter, *adapter_kind, *init, *base_model_name;
     ArgStrs eval_data;
     int64_t r, global_batch, steps, log_every, ckpt_every, keep_ckpts, ckpt_chunk_bytes,
-        warmup_steps, eval_every, eval_rows, pissa_iters;
-    double ckpt_minutes, epochs, eval_split;
+        warmup_steps, eval_every, eval_rows, pissa_iters, grad_accum;
+    double ckpt_minutes, epochs, eval_split, warmup_ratio;
     double alpha, dropout, lr, beta1, beta2, eps, weight_decay, momentum, peak_gflops,
         max_grad_norm, loraplus_ratio;
-    int rslora, nesterov, shuffle, skip_nonfinite;
+    int rslora, nesterov, shuffle, skip_nonfinite, overwrite;
     uint64_t seed;
 } TrainOpts;
 
@@ -79,7 +79,7 @@ typedef struct {
     int out_existed, cache_existed;
     char init_targets[128], targets_csv[128];
     double epoch_steps;
-    int64_t B, T, G, nrows, total_steps, first_step, cursor, cursor0;
+    int64_t B, T, G, nrows, total_steps, first_step, cursor, cursor0, warmup;
     char ckpt_root[4200], fingerprint[512], hparams[256], sched_desc[128];
     char *adapter_json, *run_json;
     TckptCfg cc;
@@ -111,6 +111,7 @@ static void train_defaults(TrainOpts *o) {
                      .epochs = 1,
                      .log_every = 10,
                      .keep_ckpts = 3,
+                     .ckpt_minutes = 30,
                      .lr = 2e-4,
                      .beta1 = 0.9,
                      .beta2 = 0.999,
@@ -153,13 +154,15 @@ static void train_spec_table(TrainRun *r) {
         {"loraplus-ratio", ARG_FLOAT, &o->loraplus_ratio, "X", "LoRA+: lora_B's learning rate = X x lora_A's (paper default 16; 0: off)", 0, 0},
         {"target-modules", ARG_STR, &o->targets, "LIST", "comma list of q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj, or all", 0, 0},
         {"init-adapter", ARG_STR, &o->init_adapter, "DIR", "start from this PEFT adapter (adapter_config.json + adapter_model.safetensors: any r, alpha, targets, rank_pattern, alpha_pattern, layers_to_transform), sharded onto this layout; its configuration wins over --lora-r, --lora-alpha, --lora-dropout, --use-rslora and --target-modules (a warning names each flag it overrides); a checkpoint to resume from wins over its values", 0, 0},
-        {"global-batch", ARG_INT, &o->global_batch, "G", "sequences per optimizer step (0: micro-batch x dp); a multiple of micro-batch x dp, the rest is gradient accumulation", 0, 0},
+        {"global-batch", ARG_INT, &o->global_batch, "G", "sequences per optimizer step (0: micro-batch x dp x --gradient-accumulation-steps); a multiple of micro-batch x dp, the rest is gradient accumulation", 0, 0},
+        {"gradient-accumulation-steps", ARG_INT, &o->grad_accum, "K", "micro-batches per rank per optimizer step (Hugging Face's name; sets --global-batch to micro-batch x dp x K; 0: from --global-batch)", 0, 0},
         {"epochs", ARG_FLOAT, &o->epochs, "E", "passes over the training data (may be fractional); ignored when --steps is given", 0, 0},
         {"steps", ARG_INT, &o->steps, "N", "optimizer steps (0: from --epochs)", 0, 0},
         {"optimizer", ARG_STR, &o->optimizer, "NAME", "adamw (torch.optim.AdamW) | adamw-hf (transformers' AdamW, as PEFT's LoRA-FA optimizer: eps added before the bias corrections, decay after the update) | sgd", 0, 0},
         {"lr", ARG_FLOAT, &o->lr, "X", "peak learning rate", 0, 0},
         {"lr-schedule", ARG_STR, &o->lr_schedule, "NAME", "constant | linear | cosine (after the warmup; Hugging Face's definitions)", 0, 0},
         {"warmup-steps", ARG_INT, &o->warmup_steps, "N", "linear warmup from 0 over N steps", 0, 0},
+        {"warmup-ratio", ARG_FLOAT, &o->warmup_ratio, "F", "warmup over ceil(F x total steps) steps instead (Hugging Face's rule; excludes --warmup-steps)", 0, 0},
         {"beta1", ARG_FLOAT, &o->beta1, "X", "AdamW beta1", 0, 0},
         {"beta2", ARG_FLOAT, &o->beta2, "X", "AdamW beta2", 0, 0},
         {"eps", ARG_FLOAT, &o->eps, "X", "AdamW epsilon", 0, 0},
@@ -174,8 +177,10 @@ static void train_spec_table(TrainRun *r) {
         {"peak-gflops", ARG_FLOAT, &o->peak_gflops, "X", "GEMM peak per rank for MFU (0: measure at start-up)", 0, 0},
         {"dump-grads", ARG_STR, &o->dump_grads, "FILE", "at the last step, write loss, global batch, adapter and gradients (safetensors)", 0, 0},
         {"ckpt-every", ARG_INT, &o->ckpt_every, "N", "checkpoint every N steps (0: only at the end and on a signal)", 0, 0},
-        {"ckpt-every-minutes", ARG_FLOAT, &o->ckpt_minutes, "M", "also checkpoint when M minutes passed since the last one (0: off)", 0, 0},
+        {"ckpt-every-minutes", ARG_FLOAT, &o->ckpt_minutes, "M", "also checkpoint when M minutes passed since the last one (0: off), so a crash or Ctrl-C never costs more than M minutes", 0, 0},
         {"keep-checkpoints", ARG_INT, &o->keep_ckpts, "K", "checkpoints kept in OUT/checkpoints (0: all)", 0, 0},
+        {"overwrite", ARG_BOOL, &o->overwrite, NULL, "start over in an OUT that holds another run or a finished one: first removes what shardlora wrote there (listed in the log), nothing else", 0, 0},
+        {"base-model-name", ARG_STR, &o->base_model_name, "NAME", "the Hub id the model card names as base_model (default: config.json's _name_or_path, else none)", 0, 0},
         {"resume", ARG_STR, &o->resume, "WHAT", "auto (the newest usable checkpoint in OUT/checkpoints, if any) | none | a checkpoint directory", 0, 0},
         {"on-ckpt-failure", ARG_STR, &o->ckpt_failure, "WHAT", "continue | stop (exit 4) when a checkpoint cannot be written; the previous one stays intact either way", 0, 0},
         {"ckpt-chunk-bytes", ARG_INT, &o->ckpt_chunk_bytes, "N", "bytes per checkpoint chunk message (0: 64 MiB; small values are for tests)", 0, 0},
@@ -261,10 +266,25 @@ static int train_check_opts(void *ctx, ErrStatus *st) {
     if (ok && o->pissa_iters < 0) ok = err_status_set(st, "--pissa-iters must be >= 0");
     if (ok && !(o->loraplus_ratio >= 0 && isfinite(o->loraplus_ratio)))
         ok = err_status_set(st, "--loraplus-ratio must be a finite number >= 0");
-    if (ok && (o->log_every < 1 || o->global_batch < 0))
-        ok = err_status_set(st, "--log-every must be >= 1 and --global-batch >= 0");
+    if (ok && (o->log_every < 1 || o->global_batch < 0 || o->grad_accum < 0))
+        ok = err_status_set(
+            st, "--log-every must be >= 1, --global-batch and --gradient-accumulation-steps >= 0");
+    if (ok && !(o->warmup_ratio >= 0 && o->warmup_ratio <= 1))
+        ok = err_status_set(st, "--warmup-ratio must be in [0, 1]");
+    if (ok && o->warmup_ratio > 0 && o->warmup_steps > 0)
+        ok = err_status_set(st, "--warmup-ratio and --warmup-steps exclude each other");
     if (ok) ok = adapter_parse_targets(o->targets, &r->acfg.targets, st);
-    if (ok && o->global_batch == 0) o->global_batch = o->rows.micro_batch * g->dp;
+    const int64_t per_step = o->rows.micro_batch * g->dp;
+    if (ok && o->grad_accum > 0 && o->global_batch > 0 &&
+        o->global_batch != per_step * o->grad_accum)
+        ok = err_status_set(st,
+                            "--global-batch %lld disagrees with --gradient-accumulation-steps %lld "
+                            "(x --micro-batch %lld x dp %d = %lld); give one of them",
+                            (long long)o->global_batch, (long long)o->grad_accum,
+                            (long long)o->rows.micro_batch, g->dp,
+                            (long long)(per_step * o->grad_accum));
+    if (ok && o->global_batch == 0)
+        o->global_batch = per_step * (o->grad_accum > 0 ? o->grad_accum : 1);
     if (ok && o->global_batch % (o->rows.micro_batch * g->dp) != 0)
         ok = err_status_set(st,
                             "--global-batch %lld is not a multiple of --micro-batch %lld x dp %d "
@@ -517,8 +537,11 @@ static char *train_run_config(const TrainOpts *o, const TrainData *d, int64_t T,
 static void train_set_schedule(TrainRun *r, int64_t total) {
     const TrainOpts *o = &r->o;
     r->total_steps = total;
+    /* --warmup-ratio: transformers' get_warmup_steps, ceil(ratio x total steps) */
+    r->warmup =
+        o->warmup_ratio > 0 ? (int64_t)ceil(o->warmup_ratio * (double)total) : o->warmup_steps;
     snprintf(r->sched_desc, sizeof r->sched_desc, "%s, warmup %lld of %lld steps, peak lr %g",
-             o->lr_schedule, (long long)o->warmup_steps, (long long)total, o->lr);
+             o->lr_schedule, (long long)r->warmup, (long long)total, o->lr);
     free(r->run_json);
     r->run_json = train_run_config(o, &r->data, r->T, r->B, r->G, total, r->sched_desc);
 }
@@ -909,7 +932,7 @@ static void train_after_step(TrainRun *r, TrainLoop *l, const TrainerStep *ts, d
 static int train_one_step(TrainRun *r, TrainLoop *l, int64_t step) {
     const TrainOpts *o = &r->o;
     const double t0 = timer_now();
-    const double lr = sched_lr((SchedKind)r->skind, o->lr, step, o->warmup_steps, r->total_steps);
+    const double lr = sched_lr((SchedKind)r->skind, o->lr, step, r->warmup, r->total_steps);
     const RowSource src = tdata_train_source(&r->data);
     TrainerStep ts;
     trainer_grads(&r->tr, &src, r->cursor, step, &ts);

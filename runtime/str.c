@@ -81,6 +81,52 @@ const char *str_fmt_duration(double s, char *buf, size_t n) {
     return buf;
 }
 
+const char *str_fmt_double(double x, char *buf, size_t n) {
+    for (int p = 1; p <= 17; p++) {
+        snprintf(buf, n, "%.*g", p, x);
+        if (strtod(buf, NULL) == x || x != x) break;
+    }
+    return buf;
+}
+
+void str_json_shorten(char *t) {
+    char *w = t;
+    for (const char *r = t; *r;) {
+        if (*r == '"') { /* a string, escapes included, copied as it is */
+            *w++ = *r++;
+            while (*r && *r != '"') {
+                if (*r == '\\' && r[1]) *w++ = *r++;
+                *w++ = *r++;
+            }
+            if (*r) *w++ = *r++;
+            continue;
+        }
+        if (*r == '-' || (*r >= '0' && *r <= '9')) {
+            size_t len = strspn(r, "-+0123456789.eE");
+            char num[64], shortest[32];
+            if (len < sizeof num && strcspn(r, ".eE") < len) {
+                memcpy(num, r, len);
+                num[len] = 0;
+                str_fmt_double(strtod(num, NULL), shortest, sizeof shortest);
+                /* jansson's "1.0" style stays a real: keep a '.' or exponent */
+                size_t sl = strlen(shortest);
+                if (strcspn(shortest, ".eEn") == sl && sl + 2 < sizeof shortest)
+                    memcpy(shortest + sl, ".0", 3), sl += 2;
+                if (sl <= len) {
+                    memcpy(w, shortest, sl);
+                    w += sl, r += len;
+                    continue;
+                }
+            }
+            memmove(w, r, len);
+            w += len, r += len;
+            continue;
+        }
+        *w++ = *r++;
+    }
+    *w = 0;
+}
+
 uint64_t str_mix64(uint64_t x) {
     x ^= x >> 30;
     x *= 0xbf58476d1ce4e5b9ull;

@@ -21,6 +21,13 @@ char *str_read_stream(FILE *f, size_t *n);
 /* The names name_at(0), name_at(1), ... up to the first NULL, joined by sep, into buf [n]
  * (truncated to fit; "" when there are none), e.g. a registry's names for help texts. */
 void str_join_names(char *buf, size_t n, const char *sep, const char *(*name_at)(int i));
+/* x in the fewest significant digits that read back as the same double ("%.{1..17}g": 0.05,
+ * not 0.050000000000000003), for numbers people read and tools parse. */
+const char *str_fmt_double(double x, char *buf, size_t n);
+/* Rewrites, in place, every number with a fraction or exponent in the JSON text t into its
+ * str_fmt_double form (never longer), leaving strings alone. For jansson's output, which
+ * prints reals with 17 digits. */
+void str_json_shorten(char *t);
 /* splitmix64's finaliser (Steele, Lea, Flood 2014): spreads every input bit over the
  * output, for hash tables and fingerprints. */
 uint64_t str_mix64(uint64_t x);
