@@ -47,6 +47,11 @@ int report_open(Report *r, const char *out, Grid *g, int64_t first_step, int bar
     int ok =
         r->metrics != NULL || err_status_set(st, "%s: cannot write: %s", path, strerror(errno));
     free(path);
+    r->resume_step = first_step > 1 ? first_step : 0;
+    if (ok) { /* these two only warn when they cannot write: training goes on */
+        mcsv_open(&r->csv, out, first_step);
+        tboard_open(&r->tb, out, first_step);
+    }
     return ok;
 }
 
@@ -54,6 +59,8 @@ void report_close(Report *r) {
     report_bar_clear(r);
     if (r->metrics) fclose(r->metrics);
     r->metrics = NULL;
+    mcsv_close(&r->csv);
+    tboard_close(&r->tb);
 }
 
 const char *report_json_num(double x, char *buf, size_t n) {
@@ -67,11 +74,14 @@ void report_step(Report *r, const TrainerStep *s, double epoch, double lr, doubl
     char lb[32], gb[32];
     fprintf(r->metrics,
             "{\"step\": %lld, \"epoch\": %.6g, \"loss\": %s, \"lr\": %.9g, \"grad_norm\": %s, "
-            "\"tokens\": %lld, \"tokens_per_s\": %.3f, \"mfu\": %.5f%s}\n",
+            "\"tokens\": %lld, \"tokens_per_s\": %.3f, \"mfu\": %.5f%s%s}\n",
             (long long)s->step, epoch, report_json_num(s->loss, lb, sizeof lb), lr,
             report_json_num(s->grad_norm, gb, sizeof gb), (long long)s->counted, tps, mfu,
-            s->finite ? "" : ", \"skipped\": true");
+            s->finite ? "" : ", \"skipped\": true",
+            s->step == r->resume_step ? ", \"resumed\": true" : "");
     fflush(r->metrics);
+    mcsv_step(&r->csv, s, epoch, lr, tps, mfu);
+    tboard_train(&r->tb, s, epoch, lr, tps, mfu);
 }
 
 void report_eval(Report *r, int64_t step, double epoch, double loss, int64_t tokens,
@@ -87,6 +97,8 @@ void report_eval(Report *r, int64_t step, double epoch, double loss, int64_t tok
             (long long)step, epoch, report_json_num(loss, lb, sizeof lb),
             report_json_num(exp(loss), pb, sizeof pb), (long long)tokens);
     fflush(r->metrics);
+    mcsv_eval(&r->csv, step, epoch, loss, tokens);
+    tboard_eval(&r->tb, step, loss);
 }
 
 void report_progress(Report *r, const TrainerStep *s, int64_t total, double epoch, double lr,

@@ -12,25 +12,32 @@
 #include <stdio.h>
 
 #include "../model/adapter_io.h"
+#include "mcsv.h"
 #include "session.h"
+#include "tboard.h"
 #include "tdata.h"
 #include "trainer.h"
 
 typedef struct {
     const char *out; /* OUT */
     Grid *g;
-    FILE *metrics;  /* OUT/metrics.jsonl, world rank 0 */
-    int bar, shown; /* a live progress bar is drawn / is on the screen */
+    FILE *metrics;       /* OUT/metrics.jsonl, world rank 0 */
+    int bar, shown;      /* a live progress bar is drawn / is on the screen */
+    int64_t resume_step; /* the first step of a resumed run (its line says "resumed"), or 0 */
+    MCsv csv;            /* OUT/metrics.csv, world rank 0 */
+    TBoard tb;           /* OUT/events.out.tfevents.*, world rank 0 */
 } Report;
 
 /* Opens OUT/metrics.jsonl on world rank 0: a run that starts at first_step > 1 (a resume)
- * keeps the lines of the steps before it and appends; a fresh run starts it anew. bar: draw
+ * keeps the lines of the steps before it and appends; a fresh run starts it anew. The same
+ * for OUT/metrics.csv; a new TensorBoard event file each time (train/tboard.h). bar: draw
  * a live progress bar. 0 with st set when the file cannot be written (rank 0 only: the
  * caller agrees on the verdict). */
 int report_open(Report *r, const char *out, Grid *g, int64_t first_step, int bar, ErrStatus *st);
 void report_close(Report *r);
 
-/* One metrics line for a step; s->finite == 0 writes "skipped": true. tps: tokens/s of the
+/* One metrics line (and CSV row, TensorBoard event) for a step; s->finite == 0 writes
+ * "skipped": true, the first step of a resumed run "resumed": true. tps: tokens/s of the
  * step, mfu: its model FLOP utilisation (a fraction). */
 void report_step(Report *r, const TrainerStep *s, double epoch, double lr, double tps, double mfu);
 /* The log line and the metrics line of an evaluation at `step`. */
