@@ -13,6 +13,7 @@
 #include <utf8proc.h>
 
 #include "../../io/afile.h"
+#include "../../runtime/str.h"
 #include "../args.h"
 #include "../cmds.h"
 
@@ -57,6 +58,21 @@ typedef struct {
     PlotPoint *p;
     size_t n, cap;
 } PlotSeries;
+
+/* One run (an OUT directory): its name in the legend, its series, and the steps where it
+ * resumed. A resume is a train line with "resumed": true (what `shardlora train` writes on
+ * the first step of a resumed run; a stretch of such lines counts once) or a train line
+ * whose step is not after the previous train line's (a log that repeats or restarts). */
+typedef struct {
+    char name[PATH_MAX];
+    PlotSeries train, eval;
+    int64_t *resumes; /* [nres], sorted, distinct after plot_run_finish */
+    size_t nres, cap_res;
+    long lines;         /* lines that are not blank */
+    size_t train_lines; /* lines with a "loss", before plot_run_finish */
+    int64_t prev_step;  /* the previous train line's step (-1: none yet) */
+    int prev_resumed;   /* ... and whether it said "resumed" */
+} PlotRun;
 
 /* The SVG text being built. */
 typedef struct {
@@ -234,10 +250,28 @@ static int plot_value(json_t *x, const char *key, const char *where, double *v, 
     return err_status_set(st, "%s: \"%s\" is not a number", where, key);
 }
 
-/* One line of metrics.jsonl into train/eval; lines with neither "loss" nor "eval_loss"
- * are ignored. 0 with st = "PATH:LINE: reason" if the line is malformed. */
-static int plot_parse_line(const char *line, size_t len, const char *where, long seq,
-                           PlotSeries *train, PlotSeries *eval, ErrStatus *st) {
+static void plot_run_add_resume(PlotRun *r, int64_t step) {
+    if (r->nres == r->cap_res) {
+        r->cap_res = r->cap_res ? 2 * r->cap_res : 8;
+        r->resumes = realloc(r->resumes, r->cap_res * sizeof *r->resumes);
+        SL_CHECK(r->resumes != NULL, "out of memory");
+    }
+    r->resumes[r->nres++] = step;
+}
+
+/* A train line at `step` ("resumed" as given): a resume when it says so first, or when the
+ * step does not move forward. */
+static void plot_run_train_line(PlotRun *r, int64_t step, int resumed) {
+    if ((resumed && !r->prev_resumed) || (r->prev_step >= 0 && step <= r->prev_step))
+        plot_run_add_resume(r, step);
+    r->prev_step = step;
+    r->prev_resumed = resumed;
+}
+
+/* One line of metrics.jsonl into the run; lines with neither "loss" nor "eval_loss" are
+ * ignored. 0 with st = "PATH:LINE: reason" if the line is malformed. */
+static int plot_parse_line(const char *line, size_t len, const char *where, long seq, PlotRun *r,
+                           ErrStatus *st) {
     char *fixed = malloc(2 * len + 1);
     SL_CHECK(fixed != NULL, "out of memory");
     size_t flen = plot_json_tolerate(line, len, fixed);
@@ -254,18 +288,19 @@ static int plot_parse_line(const char *line, size_t len, const char *where, long
         ok = err_status_set(st, "%s: expected a JSON object", where);
     else if ((loss || eloss) && !(step >= 0 && step <= PLOT_MAX_STEP && step == floor(step)))
         ok = err_status_set(st, "%s: \"step\" is missing or not a whole number >= 0", where);
-    if (ok && loss && (ok = plot_value(loss, "loss", where, &v, st)))
-        plot_series_push(train, (int64_t)step, seq, v);
+    if (ok && loss && (ok = plot_value(loss, "loss", where, &v, st))) {
+        plot_series_push(&r->train, (int64_t)step, seq, v);
+        plot_run_train_line(r, (int64_t)step, json_is_true(json_object_get(o, "resumed")));
+        r->train_lines++;
+    }
     if (ok && eloss && (ok = plot_value(eloss, "eval_loss", where, &v, st)))
-        plot_series_push(eval, (int64_t)step, seq, v);
+        plot_series_push(&r->eval, (int64_t)step, seq, v);
     json_decref(o);
     return ok;
 }
 
-/* Reads path into train and eval, in file order (plot_series_finish sorts them).
- * *lines counts the lines that are not blank. */
-static int plot_read_metrics(const char *path, PlotSeries *train, PlotSeries *eval, long *lines,
-                             ErrStatus *st) {
+/* Reads path into the run, in file order (plot_run_finish sorts it). */
+static int plot_read_metrics(const char *path, PlotRun *r, ErrStatus *st) {
     FILE *f = fopen(path, "rb");
     if (!f) return err_status_set(st, "cannot read %s: %s", path, strerror(errno));
     char *line = NULL;
@@ -273,20 +308,42 @@ static int plot_read_metrics(const char *path, PlotSeries *train, PlotSeries *ev
     ssize_t len;
     long lineno = 0;
     int ok = 1;
-    *lines = 0;
+    r->prev_step = -1;
     while (ok && (len = getline(&line, &cap, f)) >= 0) {
         lineno++;
         size_t blank = strspn(line, " \t\r\n");
         if (blank == (size_t)len) continue;
-        (*lines)++;
+        r->lines++;
         char where[PATH_MAX + 32];
         snprintf(where, sizeof where, "%s:%ld", path, lineno);
-        ok = plot_parse_line(line, (size_t)len, where, lineno, train, eval, st);
+        ok = plot_parse_line(line, (size_t)len, where, lineno, r, st);
     }
     if (ok && ferror(f)) ok = err_status_set(st, "cannot read %s: %s", path, strerror(errno));
     free(line);
     fclose(f);
     return ok;
+}
+
+static int plot_step_cmp(const void *a, const void *b) {
+    const int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Both series sorted and reduced (plot_series_finish), the resumes sorted and distinct. */
+static void plot_run_finish(PlotRun *r) {
+    plot_series_finish(&r->train);
+    plot_series_finish(&r->eval);
+    if (r->nres) qsort(r->resumes, r->nres, sizeof *r->resumes, plot_step_cmp);
+    size_t k = 0;
+    for (size_t i = 0; i < r->nres; i++)
+        if (k == 0 || r->resumes[i] != r->resumes[k - 1]) r->resumes[k++] = r->resumes[i];
+    r->nres = k;
+}
+
+static void plot_run_free(PlotRun *r) {
+    free(r->train.p);
+    free(r->eval.p);
+    free(r->resumes);
 }
 
 /* The smoothing weight per point for n points: TensorBoard's 0.6 up to 1000 points; past
@@ -326,6 +383,9 @@ static PlotAxis plot_axis_nice(double min, double max, int target, double min_st
     if (a.step < min_step) a.step = min_step;
     a.lo = floor(min / a.step) * a.step;
     a.hi = ceil(max / a.step) * a.step;
+    /* the quotients are rounded: a bound one step further out rather than a clipped point */
+    if (a.lo > min) a.lo -= a.step;
+    if (a.hi < max) a.hi += a.step;
     return a;
 }
 
@@ -395,14 +455,21 @@ static void plot_put_axes(PlotBuf *b, const PlotAxis *ax, const PlotAxis *ay) {
                 ym, ym);
 }
 
+/* How a line is drawn: colour, width, opacity, and a dash pattern (NULL: solid). */
+typedef struct {
+    const char *colour;
+    double width, opacity;
+    const char *dash;
+} PlotStroke;
+
 /* A polyline through the points (y from ys if given, else the points' values). */
-static void plot_put_line(PlotBuf *b, const char *id, const char *colour, double width,
-                          double opacity, const PlotPoint *p, const double *ys, size_t n,
-                          const PlotAxis *ax, const PlotAxis *ay) {
+static void plot_put_line(PlotBuf *b, const char *id, PlotStroke k, const PlotPoint *p,
+                          const double *ys, size_t n, const PlotAxis *ax, const PlotAxis *ay) {
     plot_printf(b,
                 "<polyline id=\"%s\" fill=\"none\" stroke=\"%s\" stroke-width=\"%.1f\" "
-                "stroke-opacity=\"%.2f\" stroke-linejoin=\"round\" points=\"",
-                id, colour, width, opacity);
+                "stroke-opacity=\"%.2f\"%s%s%s stroke-linejoin=\"round\" points=\"",
+                id, k.colour, k.width, k.opacity, k.dash ? " stroke-dasharray=\"" : "",
+                k.dash ? k.dash : "", k.dash ? "\"" : "");
     for (size_t i = 0; i < n; i++)
         plot_printf(b, "%s%.2f,%.2f", i ? " " : "", plot_px(ax, (double)p[i].step),
                     plot_py(ay, ys ? ys[i] : p[i].v));
@@ -433,15 +500,16 @@ static size_t plot_count_in(const PlotPoint *p, size_t n, const PlotAxis *ax, co
     return c;
 }
 
+/* A legend line: its text, the stroke of its sample line, a marker on it. */
 typedef struct {
-    const char *text, *colour;
-    double opacity;
+    char text[PATH_MAX + 96];
+    PlotStroke k;
     int marker;
 } PlotLegendEntry;
 
 /* The legend box in the corner of the plot area that hides the fewest points. */
-static void plot_put_legend(PlotBuf *b, const PlotLegendEntry *e, int ne, const PlotSeries *train,
-                            const PlotSeries *eval, const PlotAxis *ax, const PlotAxis *ay) {
+static void plot_put_legend(PlotBuf *b, const PlotLegendEntry *e, int ne, const PlotRun *runs,
+                            int nruns, const PlotAxis *ax, const PlotAxis *ay) {
     size_t longest = 0;
     for (int i = 0; i < ne; i++)
         longest = strlen(e[i].text) > longest ? strlen(e[i].text) : longest;
@@ -451,8 +519,12 @@ static void plot_put_legend(PlotBuf *b, const PlotLegendEntry *e, int ne, const 
     int best = 0;
     size_t best_n = SIZE_MAX;
     for (int k = 0; k < 4; k++) {
-        size_t c = plot_count_in(train->p, train->n, ax, ay, cx[k], cy[k], cx[k] + w, cy[k] + h) +
-                   plot_count_in(eval->p, eval->n, ax, ay, cx[k], cy[k], cx[k] + w, cy[k] + h);
+        size_t c = 0;
+        for (int r = 0; r < nruns; r++)
+            c += plot_count_in(runs[r].train.p, runs[r].train.n, ax, ay, cx[k], cy[k], cx[k] + w,
+                               cy[k] + h) +
+                 plot_count_in(runs[r].eval.p, runs[r].eval.n, ax, ay, cx[k], cy[k], cx[k] + w,
+                               cy[k] + h);
         if (c < best_n) best = k, best_n = c;
     }
     double x = cx[best], y = cy[best];
@@ -464,11 +536,13 @@ static void plot_put_legend(PlotBuf *b, const PlotLegendEntry *e, int ne, const 
         double ly = y + 14 + 18.0 * i;
         plot_printf(b,
                     "<line x1=\"%.2f\" y1=\"%.2f\" x2=\"%.2f\" y2=\"%.2f\" stroke=\"%s\" "
-                    "stroke-width=\"2\" stroke-opacity=\"%.2f\"/>",
-                    x + 8, ly, x + 32, ly, e[i].colour, e[i].opacity);
+                    "stroke-width=\"2\" stroke-opacity=\"%.2f\"%s%s%s/>",
+                    x + 8, ly, x + 32, ly, e[i].k.colour, e[i].k.opacity,
+                    e[i].k.dash ? " stroke-dasharray=\"" : "", e[i].k.dash ? e[i].k.dash : "",
+                    e[i].k.dash ? "\"" : "");
         if (e[i].marker)
             plot_printf(b, "<circle cx=\"%.2f\" cy=\"%.2f\" r=\"3\" fill=\"%s\"/>", x + 20, ly,
-                        e[i].colour);
+                        e[i].k.colour);
         plot_printf(b, "<text x=\"%.2f\" y=\"%.2f\">", x + 38, ly + 4);
         plot_put_xml(b, e[i].text);
         plot_printf(b, "</text>\n");
@@ -476,22 +550,30 @@ static void plot_put_legend(PlotBuf *b, const PlotLegendEntry *e, int ne, const 
     plot_printf(b, "</g>\n");
 }
 
-/* The whole SVG document into b. train has at least one point. */
-static void plot_render(PlotBuf *b, const char *title, const PlotSeries *train,
-                        const PlotSeries *eval) {
-    double xmin = (double)train->p[0].step, xmax = (double)train->p[train->n - 1].step;
-    double ymin = INFINITY, ymax = -INFINITY;
-    for (size_t i = 0; i < train->n; i++)
-        ymin = fmin(ymin, train->p[i].v), ymax = fmax(ymax, train->p[i].v);
-    for (size_t i = 0; i < eval->n; i++)
-        ymin = fmin(ymin, eval->p[i].v), ymax = fmax(ymax, eval->p[i].v);
-    if (eval->n) {
-        xmin = fmin(xmin, (double)eval->p[0].step);
-        xmax = fmax(xmax, (double)eval->p[eval->n - 1].step);
+/* Axes that hold every finite point of every run and every resume step. */
+static void plot_bounds(const PlotRun *runs, int n, PlotAxis *ax, PlotAxis *ay) {
+    double xmin = INFINITY, xmax = -INFINITY, ymin = INFINITY, ymax = -INFINITY;
+    for (int r = 0; r < n; r++) {
+        const PlotSeries *ser[2] = {&runs[r].train, &runs[r].eval};
+        for (int k = 0; k < 2; k++)
+            for (size_t i = 0; i < ser[k]->n; i++) {
+                const PlotPoint *p = &ser[k]->p[i];
+                xmin = fmin(xmin, (double)p->step), xmax = fmax(xmax, (double)p->step);
+                ymin = fmin(ymin, p->v), ymax = fmax(ymax, p->v);
+            }
+        for (size_t i = 0; i < runs[r].nres; i++) {
+            xmin = fmin(xmin, (double)runs[r].resumes[i]);
+            xmax = fmax(xmax, (double)runs[r].resumes[i]);
+        }
     }
     if (xmax == xmin) xmin = xmin >= 1 ? xmin - 1 : 0, xmax += 1;
-    PlotAxis ax = plot_axis_nice(xmin, xmax, 8, 1), ay = plot_axis_nice(ymin, ymax, 6, 0);
+    *ax = plot_axis_nice(xmin, xmax, 8, 1);
+    *ay = plot_axis_nice(ymin, ymax, 6, 0);
+}
 
+/* The XML prolog, the <svg> element, the document title, the background and the title
+ * text at the top. */
+static void plot_put_head(PlotBuf *b, const char *title) {
     plot_printf(
         b,
         "<?xml version=\"1.0\" encoding=\"UTF-8\" standalone=\"no\"?>\n"
@@ -508,45 +590,123 @@ static void plot_render(PlotBuf *b, const char *title, const PlotSeries *train,
                 (PLOT_X0 + PLOT_X1) / 2);
     plot_put_xml(b, title);
     plot_printf(b, "</text>\n");
-    plot_put_axes(b, &ax, &ay);
+}
 
+/* The smoothed train curve of r (n >= PLOT_SMOOTH_MIN_POINTS) and its legend text. */
+static void plot_put_smooth(PlotBuf *b, const char *id, const PlotRun *r, const char *colour,
+                            const char *prefix, const PlotAxis *ax, const PlotAxis *ay,
+                            PlotLegendEntry *leg) {
+    double *ys = malloc(r->train.n * sizeof *ys);
+    SL_CHECK(ys != NULL, "out of memory");
+    double w = plot_smooth_weight(r->train.n);
+    plot_smooth_ema(ys, r->train.p, r->train.n, w);
+    const PlotStroke k = {colour, 2, 1, NULL};
+    plot_put_line(b, id, k, r->train.p, ys, r->train.n, ax, ay);
+    free(ys);
+    *leg = (PlotLegendEntry){.k = k};
+    if (w == PLOT_SMOOTH_WEIGHT)
+        snprintf(leg->text, sizeof leg->text, "%strain loss, smoothed (EMA %g, as TensorBoard)",
+                 prefix, w);
+    else
+        snprintf(leg->text, sizeof leg->text,
+                 "%strain loss, smoothed (EMA %.4g, as TensorBoard's %g on %d samples)", prefix, w,
+                 PLOT_SMOOTH_WEIGHT, PLOT_SMOOTH_SAMPLES);
+}
+
+/* Up to 10 runs get a colour each (matplotlib's default cycle, "tab10"); more reuse them. */
+static const char *const plot_palette[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+                                           "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"};
+#define PLOT_NPALETTE ((int)(sizeof plot_palette / sizeof plot_palette[0]))
+/* A resume of a single run; with several, a resume has its run's colour. */
+#define PLOT_RESUME_COLOUR "#555555"
+
+static const char *plot_run_colour(int k, int multi) {
+    return multi ? plot_palette[k % PLOT_NPALETTE] : PLOT_TRAIN_COLOUR;
+}
+
+/* Run k's curves and legend lines (returns how many): the train loss (raw, faint under a
+ * smoothed one from PLOT_SMOOTH_MIN_POINTS points on, else with markers) and the eval loss
+ * with markers. With several runs (multi) the ids get a "runK-" prefix, the texts the run's
+ * name, and each run one colour, its eval line dashed; a single run keeps train blue and
+ * eval red. */
+static int plot_put_run(PlotBuf *b, const PlotRun *r, int k, int multi, const PlotAxis *ax,
+                        const PlotAxis *ay, PlotLegendEntry *leg) {
+    const char *tc = plot_run_colour(k, multi), *ec = multi ? tc : PLOT_EVAL_COLOUR;
+    char pre[32] = "", id[64], prefix[PATH_MAX + 4] = "", what[PATH_MAX + 32];
+    if (multi) {
+        snprintf(pre, sizeof pre, "run%d-", k + 1);
+        snprintf(prefix, sizeof prefix, "%s: ", r->name);
+    }
     /* Markers on the train line only while it is not smoothed: the raw points are then
      * few enough to tell apart, and a faint line with solid markers would not be faint. */
-    int smooth = train->n >= PLOT_SMOOTH_MIN_POINTS, markers = !smooth;
-    PlotLegendEntry legend[3];
-    char smooth_text[128];
+    const int smooth = r->train.n >= PLOT_SMOOTH_MIN_POINTS;
+    const PlotStroke raw = {tc, 1.5, smooth ? 0.3 : 1, NULL};
     int nl = 0;
-    plot_put_line(b, "train-raw", PLOT_TRAIN_COLOUR, 1.5, smooth ? 0.3 : 1, train->p, NULL,
-                  train->n, &ax, &ay);
-    legend[nl++] = (PlotLegendEntry){smooth ? "train loss (raw)" : "train loss", PLOT_TRAIN_COLOUR,
-                                     smooth ? 0.3 : 1, markers};
-    if (markers)
-        plot_put_markers(b, "train-points", PLOT_TRAIN_COLOUR, "train loss", train->p, train->n,
-                         &ax, &ay);
-    if (smooth) {
-        double *ys = malloc(train->n * sizeof *ys);
-        SL_CHECK(ys != NULL, "out of memory");
-        double w = plot_smooth_weight(train->n);
-        plot_smooth_ema(ys, train->p, train->n, w);
-        plot_put_line(b, "train-smooth", PLOT_TRAIN_COLOUR, 2, 1, train->p, ys, train->n, &ax, &ay);
-        free(ys);
-        if (w == PLOT_SMOOTH_WEIGHT)
-            snprintf(smooth_text, sizeof smooth_text,
-                     "train loss, smoothed (EMA %g, as TensorBoard)", w);
-        else
-            snprintf(smooth_text, sizeof smooth_text,
-                     "train loss, smoothed (EMA %.4g, as TensorBoard's %g on %d samples)", w,
-                     PLOT_SMOOTH_WEIGHT, PLOT_SMOOTH_SAMPLES);
-        legend[nl++] = (PlotLegendEntry){smooth_text, PLOT_TRAIN_COLOUR, 1, 0};
+    snprintf(id, sizeof id, "%strain-raw", pre);
+    plot_put_line(b, id, raw, r->train.p, NULL, r->train.n, ax, ay);
+    leg[nl] = (PlotLegendEntry){.k = raw, .marker = !smooth};
+    snprintf(leg[nl++].text, sizeof leg->text, "%strain loss%s", prefix, smooth ? " (raw)" : "");
+    snprintf(what, sizeof what, "%strain loss", prefix);
+    snprintf(id, sizeof id, smooth ? "%strain-smooth" : "%strain-points", pre);
+    if (smooth)
+        plot_put_smooth(b, id, r, tc, prefix, ax, ay, &leg[nl++]);
+    else
+        plot_put_markers(b, id, tc, what, r->train.p, r->train.n, ax, ay);
+    if (r->eval.n) {
+        const PlotStroke ek = {ec, 1.5, 1, multi ? "6 3" : NULL};
+        snprintf(id, sizeof id, "%seval", pre);
+        plot_put_line(b, id, ek, r->eval.p, NULL, r->eval.n, ax, ay);
+        snprintf(id, sizeof id, "%seval-points", pre);
+        snprintf(what, sizeof what, "%seval loss", prefix);
+        plot_put_markers(b, id, ec, what, r->eval.p, r->eval.n, ax, ay);
+        leg[nl] = (PlotLegendEntry){.k = ek, .marker = 1};
+        snprintf(leg[nl++].text, sizeof leg->text, "%seval loss", prefix);
     }
-    if (eval->n) {
-        plot_put_line(b, "eval", PLOT_EVAL_COLOUR, 1.5, 1, eval->p, NULL, eval->n, &ax, &ay);
-        plot_put_markers(b, "eval-points", PLOT_EVAL_COLOUR, "eval loss", eval->p, eval->n, &ax,
-                         &ay);
-        legend[nl++] = (PlotLegendEntry){"eval loss", PLOT_EVAL_COLOUR, 1, 1};
+    return nl;
+}
+
+/* A dashed vertical line across the plot area at every step where a run resumed, with
+ * "NAME: resumed at step S" as its tooltip (group "resumes"). 0 if no run resumed. */
+static int plot_put_resumes(PlotBuf *b, const PlotRun *runs, int n, const PlotAxis *ax) {
+    size_t total = 0;
+    for (int r = 0; r < n; r++)
+        total += runs[r].nres;
+    if (total == 0) return 0;
+    plot_printf(b, "<g id=\"resumes\" stroke-width=\"1.2\" stroke-dasharray=\"5 4\">\n");
+    for (int r = 0; r < n; r++)
+        for (size_t i = 0; i < runs[r].nres; i++) {
+            const double x = plot_px(ax, (double)runs[r].resumes[i]);
+            plot_printf(b,
+                        "<line x1=\"%.2f\" y1=\"%.2f\" x2=\"%.2f\" y2=\"%.2f\" stroke=\"%s\">"
+                        "<title>",
+                        x, PLOT_Y0, x, PLOT_Y1, n > 1 ? plot_run_colour(r, 1) : PLOT_RESUME_COLOUR);
+            plot_put_xml(b, runs[r].name);
+            plot_printf(b, ": resumed at step %lld</title></line>\n",
+                        (long long)runs[r].resumes[i]);
+        }
+    plot_printf(b, "</g>\n");
+    return 1;
+}
+
+/* The whole SVG document into b. Every run has at least one train point. */
+static void plot_render(PlotBuf *b, const char *title, const PlotRun *runs, int n) {
+    PlotAxis ax, ay;
+    plot_bounds(runs, n, &ax, &ay);
+    plot_put_head(b, title);
+    plot_put_axes(b, &ax, &ay);
+    const int resumed = plot_put_resumes(b, runs, n, &ax);
+    PlotLegendEntry *leg = calloc((size_t)(3 * n + 1), sizeof *leg);
+    SL_CHECK(leg != NULL, "out of memory");
+    int nl = 0;
+    for (int k = 0; k < n; k++)
+        nl += plot_put_run(b, &runs[k], k, n > 1, &ax, &ay, leg + nl);
+    if (resumed) {
+        leg[nl] = (PlotLegendEntry){.k = {PLOT_RESUME_COLOUR, 1.2, 1, "5 4"}};
+        snprintf(leg[nl++].text, sizeof leg->text, "resumed (dashed vertical line)");
     }
-    plot_put_legend(b, legend, nl, train, eval, &ax, &ay);
+    plot_put_legend(b, leg, nl, runs, n, &ax, &ay);
     plot_printf(b, "</svg>\n");
+    free(leg);
 }
 
 /* The default title: the name of the OUT directory (resolved if it is "." or ".."). */
@@ -560,6 +720,127 @@ static void plot_default_title(char *buf, size_t n, const char *dir) {
         return;
     }
     snprintf(buf, n, "%s", *name ? name : dir);
+}
+
+/* dir without trailing slashes (malloc'd), so that messages read OUT/metrics.jsonl. */
+static char *plot_trim_dir(const char *dir) {
+    size_t dlen = strlen(dir);
+    while (dlen > 1 && dir[dlen - 1] == '/')
+        dlen--;
+    char *out = malloc(dlen + 1);
+    SL_CHECK(out != NULL, "out of memory");
+    memcpy(out, dir, dlen);
+    out[dlen] = 0;
+    return out;
+}
+
+/* dir/name, without a doubled slash when dir is "/" (malloc'd). */
+static char *plot_in_dir(const char *dir, const char *name) {
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *p = malloc(n);
+    SL_CHECK(p != NULL, "out of memory");
+    snprintf(p, n, "%s%s%s", dir, strcmp(dir, "/") ? "/" : "", name);
+    return p;
+}
+
+/* Reads dir/metrics.jsonl into r and names r after dir. 0 with st set (and the exit status
+ * in *rc) when the file is missing or malformed or has no finite train loss. */
+static int plot_load_run(PlotRun *r, const char *dir, int *rc, ErrStatus *st) {
+    char *mpath = plot_in_dir(dir, "metrics.jsonl");
+    plot_default_title(r->name, sizeof r->name, dir);
+    int ok = plot_read_metrics(mpath, r, st);
+    plot_run_finish(r);
+    if (ok && r->train.n == 0)
+        ok = err_status_set(st, "%s: %s: nothing to plot", mpath,
+                            r->lines == 0         ? "no JSON lines (the file is empty)"
+                            : r->train_lines == 0 ? "no training lines (objects with a \"loss\")"
+                                                  : "every training loss is NaN or infinite");
+    if (!ok) *rc = EXIT_BAD_INPUT;
+    free(mpath);
+    return ok;
+}
+
+/* Runs whose directories share a name are named by their paths as given instead. */
+static void plot_unique_names(PlotRun *runs, char **dirs, int n) {
+    char *clash = calloc((size_t)n, 1);
+    SL_CHECK(clash != NULL, "out of memory");
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < n; j++)
+            clash[i] |= j != i && strcmp(runs[i].name, runs[j].name) == 0;
+    for (int i = 0; i < n; i++)
+        if (clash[i]) snprintf(runs[i].name, sizeof runs[i].name, "%s", dirs[i]);
+    free(clash);
+    for (int i = 0; i < n; i++) /* still equal: the same directory twice */
+        for (int j = 0; j < i; j++)
+            if (strcmp(runs[i].name, runs[j].name) == 0) {
+                size_t l = strlen(runs[i].name);
+                snprintf(runs[i].name + l, sizeof runs[i].name - l, " (%d)", i + 1);
+            }
+}
+
+/* The default title: the run's name, or the names of several runs joined by ", " (past
+ * PLOT_TITLE_MAX bytes, the count and as many names as fit). */
+#define PLOT_TITLE_MAX 90
+static void plot_title(char *buf, size_t n, const PlotRun *runs, int nruns) {
+    if (nruns == 1) {
+        snprintf(buf, n, "%s", runs[0].name);
+        return;
+    }
+    size_t total = 0;
+    for (int i = 0; i < nruns; i++)
+        total += strlen(runs[i].name) + 2;
+    size_t off = total > PLOT_TITLE_MAX ? (size_t)snprintf(buf, n, "%d runs: ", nruns) : 0;
+    buf[off] = 0;
+    for (int i = 0; i < nruns && off < n; i++) {
+        if (total > PLOT_TITLE_MAX && off + strlen(runs[i].name) > PLOT_TITLE_MAX) {
+            snprintf(buf + off, n - off, "...");
+            return;
+        }
+        off +=
+            (size_t)snprintf(buf + off, n - off, "%s%s", runs[i].name, i + 1 < nruns ? ", " : "");
+    }
+}
+
+/* The line that says what was written: "(N train points, M eval points)" for one run; per
+ * run, with its resumes, for several. */
+static void plot_print_written(const char *svg, const PlotRun *runs, int n) {
+    if (n == 1) {
+        printf("wrote %s (%zu train points, %zu eval points)\n", svg, runs[0].train.n,
+               runs[0].eval.n);
+        return;
+    }
+    printf("wrote %s (", svg);
+    for (int i = 0; i < n; i++)
+        printf("%s%s: %zu train points, %zu eval points, %zu resume%s", i ? "; " : "", runs[i].name,
+               runs[i].train.n, runs[i].eval.n, runs[i].nres, runs[i].nres == 1 ? "" : "s");
+    printf(")\n");
+}
+
+/* Loads the runs, draws them and writes svg; returns the exit status. */
+static int plot_runs(char **dirs, int n, const char *svg, const char *title) {
+    PlotRun *runs = calloc((size_t)n, sizeof *runs);
+    SL_CHECK(runs != NULL, "out of memory");
+    ErrStatus st;
+    int rc = 0, ok = 1;
+    for (int i = 0; i < n && ok; i++)
+        ok = plot_load_run(&runs[i], dirs[i], &rc, &st);
+    if (ok) {
+        plot_unique_names(runs, dirs, n);
+        char deftitle[PATH_MAX];
+        plot_title(deftitle, sizeof deftitle, runs, n);
+        PlotBuf b = {0};
+        plot_render(&b, title ? title : deftitle, runs, n);
+        if (!afile_write_all(svg, b.s, b.n, &st))
+            ok = 0, rc = EXIT_IO;
+        else
+            plot_print_written(svg, runs, n);
+        free(b.s);
+    }
+    if (!ok) fprintf(stderr, "shardlora plot: %s\n", st.msg);
+    for (int i = 0; i < n; i++)
+        plot_run_free(&runs[i]);
+    free(runs);
+    return rc;
 }
 
 int cmd_plot(int argc, char **argv) {
@@ -581,7 +862,7 @@ int cmd_plot(int argc, char **argv) {
     };
     // clang-format on
     int ns = (int)(sizeof specs / sizeof specs[0]);
-    const char *usage = "shardlora plot OUT [--out FILE] [--title TEXT]";
+    const char *usage = "shardlora plot OUT [OUT ...] [--out FILE] [--title TEXT]";
     const char *about =
         "Read OUT/metrics.jsonl (written by `shardlora train --out OUT`) and write a\n"
         "self-contained SVG chart, to open in a browser, of the training and evaluation loss\n"
@@ -590,67 +871,35 @@ int cmd_plot(int argc, char **argv) {
         "0.6 (past 1000 points, 0.6 per 1/1000 of the points, as TensorBoard smooths the 1000\n"
         "samples it keeps). Where a step appears more than once (a resumed run) its last line\n"
         "wins; NaN and infinite values (numbers, strings such as \"NaN\", bare NaN/Infinity,\n"
-        "magnitudes over 1e300) are left out.\n"
+        "magnitudes over 1e300) are left out. A dashed vertical line marks each resume: a\n"
+        "line with \"resumed\": true (train writes it on a resumed run's first step) or a\n"
+        "step that is not after the one before it.\n"
+        "Several OUT directories are overlaid in one chart, a colour per run (its eval loss\n"
+        "dashed), named by their directories in the legend; the default title lists them and\n"
+        "the default file is ./loss-compare.svg. The axes hold every point of every run.\n"
         "Exit status: 2 bad command line, 3 missing or malformed metrics file or no finite\n"
         "training loss in it, 4 the SVG cannot be written.";
-    ErrStatus st;
-    const char *dir = argc >= 3 && strncmp(argv[2], "-", 1) != 0 ? argv[2] : NULL;
-    int rc;
-    if (!args_command(specs, ns, argc, argv, dir ? 3 : 2, "plot", usage, about, &rc)) return rc;
-    if (!dir) {
-        fprintf(stderr, "shardlora plot: the OUT directory is required (the first argument)\n");
+    int nruns = 0, rc;
+    while (2 + nruns < argc && strncmp(argv[2 + nruns], "-", 1) != 0)
+        nruns++;
+    if (!args_command(specs, ns, argc, argv, 2 + nruns, "plot", usage, about, &rc)) return rc;
+    if (nruns == 0) {
+        fprintf(stderr, "shardlora plot: the OUT directory is required (the first argument; "
+                        "several to overlay runs)\n");
         args_print_help(stderr, usage, about, specs, ns);
         return EXIT_USAGE;
     }
-    /* OUT without trailing slashes, so that messages read OUT/metrics.jsonl */
-    size_t dlen = strlen(dir);
-    while (dlen > 1 && dir[dlen - 1] == '/')
-        dlen--;
-    char *out = malloc(dlen + 1), *mpath = malloc(dlen + 32), *svg = malloc(dlen + 32);
-    SL_CHECK(out && mpath && svg, "out of memory");
-    memcpy(out, dir, dlen);
-    out[dlen] = 0;
-    const char *sep = strcmp(out, "/") ? "/" : "";
-    snprintf(mpath, dlen + 32, "%s%smetrics.jsonl", out, sep);
-    snprintf(svg, dlen + 32, "%s%sloss.svg", out, sep);
-    if (out_file) {
-        free(svg);
-        svg = strdup(out_file);
-        SL_CHECK(svg != NULL, "out of memory");
-    }
-
-    PlotSeries train = {0}, eval = {0};
-    long lines = 0;
-    int read_ok = plot_read_metrics(mpath, &train, &eval, &lines, &st);
-    size_t train_lines = train.n;
-    plot_series_finish(&train);
-    plot_series_finish(&eval);
-    if (!read_ok) {
-        fprintf(stderr, "shardlora plot: %s\n", st.msg);
-        rc = EXIT_BAD_INPUT;
-    } else if (train.n == 0) {
-        fprintf(stderr, "shardlora plot: %s: %s: nothing to plot\n", mpath,
-                lines == 0         ? "no JSON lines (the file is empty)"
-                : train_lines == 0 ? "no training lines (objects with a \"loss\")"
-                                   : "every training loss is NaN or infinite");
-        rc = EXIT_BAD_INPUT;
-    } else {
-        char deftitle[PATH_MAX];
-        if (!title) plot_default_title(deftitle, sizeof deftitle, out);
-        PlotBuf b = {0};
-        plot_render(&b, title ? title : deftitle, &train, &eval);
-        if (!afile_write_all(svg, b.s, b.n, &st)) {
-            fprintf(stderr, "shardlora plot: %s\n", st.msg);
-            rc = EXIT_IO;
-        } else {
-            printf("wrote %s (%zu train points, %zu eval points)\n", svg, train.n, eval.n);
-        }
-        free(b.s);
-    }
-    free(train.p);
-    free(eval.p);
-    free(out);
-    free(mpath);
+    char **dirs = malloc((size_t)nruns * sizeof *dirs);
+    SL_CHECK(dirs != NULL, "out of memory");
+    for (int i = 0; i < nruns; i++)
+        dirs[i] = plot_trim_dir(argv[2 + i]);
+    char *svg = out_file     ? str_dup(out_file)
+                : nruns == 1 ? plot_in_dir(dirs[0], "loss.svg")
+                             : str_dup("loss-compare.svg");
+    rc = plot_runs(dirs, nruns, svg, title);
+    for (int i = 0; i < nruns; i++)
+        free(dirs[i]);
+    free(dirs);
     free(svg);
     return rc;
 }

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # `shardlora plot OUT` on metrics.jsonl files written by hand: with evals, with a repeated
 # step (the last line wins), with NaN written as a string, a bare token or a huge number,
-# and with only train lines; the SVG is checked with Python's xml.etree (root, size, one
+# and with only train lines, several runs overlaid (colours, legend names, resume markers,
+# nothing clipped); the SVG is checked with Python's xml.etree (root, size, one
 # polyline point per step, legend, title, 1/2/5 x 10^k ticks). Bad input: a missing
 # directory, an empty file, a malformed line (named file:line), no train lines: exit 3 and
 # nothing written.
 # usage: plot.sh SHARDLORA_BINARY WORK_DIR
 set -uo pipefail
-SL="$1"; W="$2/plot"
+SL="$(readlink -f "$1")"; W="$2/plot"
 PY=/usr/bin/python3
 rm -rf "$W"; mkdir -p "$W"
 fails=0; passes=0
@@ -97,6 +98,7 @@ assert byid('train-raw')[0].get('stroke') != byid('eval')[0].get('stroke'), 'eva
 leg = ''.join(byid('legend')[0].itertext())
 assert 'train loss (raw)' in leg and 'eval loss' in leg and 'smoothed' in leg and 'EMA 0.6' in leg, leg
 assert ''.join(byid('title')[0].itertext()) == 'evals', 'default title is not the directory name'
+assert 'resumes' not in ids(), 'a resume marker in a run that did not resume'
 print(f'{len(raw)} train, {len(ev)} eval points; y ticks {ticks(\"y-ticks\")}')
 "
 fi
@@ -120,7 +122,9 @@ assert tt[5] == 'step 6: train loss 4.6' and tt[4] == 'step 5: train loss 5.5', 
 assert marker_titles('eval-points') == ['step 10: eval loss 4.25', 'step 12: eval loss 4.125']
 assert ''.join(byid('title')[0].itertext()) == 'resumed <run> & \"co\"', 'title not escaped and read back'
 leg = ''.join(byid('legend')[0].itertext())
-assert 'train loss' in leg and 'eval loss' in leg and 'smoothed' not in leg, leg
+assert 'train loss' in leg and 'eval loss' in leg and 'smoothed' not in leg and 'resumed' in leg, leg
+res = [l.find(NS + 'title').text for l in byid('resumes')[0].iter(NS + 'line')]
+assert res == ['repeat: resumed at step 6'], res
 "
 fi
 
@@ -172,6 +176,53 @@ mkdir -p "$W/one"
 echo '{"step": 1, "loss": 3}' > "$W/one/metrics.jsonl"
 if run one "$W/one"; then check one "$W/one/loss.svg" "assert len(pts('train-raw')) == 1"; fi
 
+# 6. several runs: x restarts its step count at 4 (no "resumed" key), y says "resumed" at 4
+#    and has a NaN and a spike of 1e6, z starts at step 0; x and y are both named "run" (so
+#    they are named by their paths), y is given with a trailing slash; the default file is
+#    ./loss-compare.svg
+mkdir -p "$W/multi/x/run" "$W/multi/y/run" "$W/multi/z"
+{ for s in 1 2 3 4 5 6; do echo "{\"step\": $s, \"loss\": 3.$s}"; done
+  for s in 4 5 6 7 8; do echo "{\"step\": $s, \"loss\": 2.$s}"; done
+  echo '{"step": 8, "eval_loss": 2.5}'; } > "$W/multi/x/run/metrics.jsonl"
+{ for s in 1 2 3; do echo "{\"step\": $s, \"loss\": 4.$s}"; done
+  echo '{"step": 4, "loss": 1e6, "resumed": true}'
+  echo '{"step": 5, "loss": NaN}'
+  for s in 6 7 8 9 10; do echo "{\"step\": $s, \"loss\": 1.$s}"; done
+  echo '{"step": 10, "eval_loss": 0.5}'; } > "$W/multi/y/run/metrics.jsonl"
+for s in 0 5 10 15; do echo "{\"step\": $s, \"loss\": 2.0}"; done > "$W/multi/z/metrics.jsonl"
+msg=$(cd "$W/multi" && "$SL" plot x/run y/run/ z 2>&1); rc=$?
+want="wrote loss-compare.svg (x/run: 8 train points, 1 eval points, 1 resume; y/run: 9 train points, 1 eval points, 1 resume; z: 4 train points, 0 eval points, 0 resumes)"
+if [ $rc -ne 0 ] || [ "$msg" != "$want" ]; then
+  fail "multi: exit $rc, printed '$msg'"
+else
+  check multi "$W/multi/loss-compare.svg" "
+runs = [pts(f'run{k}-train-raw') for k in (1, 2, 3)]
+assert [len(r) for r in runs] == [8, 9, 4], [len(r) for r in runs]
+assert len(pts('run1-eval')) == 1 and len(pts('run2-eval')) == 1 and 'run3-eval' not in ids()
+cols = [byid(f'run{k}-train-raw')[0].get('stroke') for k in (1, 2, 3)]
+assert len(set(cols)) == 3, cols
+assert byid('run1-eval')[0].get('stroke') == cols[0] and byid('run1-eval')[0].get('stroke-dasharray'), 'eval not dashed in its run colour'
+res = [l.find(NS + 'title').text for l in byid('resumes')[0].iter(NS + 'line')]
+assert res == ['x/run: resumed at step 4', 'y/run: resumed at step 4'], res
+assert [l.get('stroke') for l in byid('resumes')[0].iter(NS + 'line')] == cols[:2]
+fr = byid('frame')[0]
+x0, y0 = float(fr.get('x')), float(fr.get('y'))
+x1, y1 = x0 + float(fr.get('width')), y0 + float(fr.get('height'))
+for i in ids():
+    if i.endswith(('-raw', 'eval')):
+        for x, y in pts(i):
+            assert x0 - 0.01 <= x <= x1 + 0.01 and y0 - 0.01 <= y <= y1 + 0.01, f'{i}: {x},{y} clipped'
+assert min(y for _, y in pts('run2-train-raw')) >= y0 - 0.01, 'the spike is clipped'
+xt = ticks('x-ticks')
+assert xt[0] <= 0 and xt[-1] >= 15, xt
+assert ''.join(byid('title')[0].itertext()) == 'x/run, y/run, z'
+leg = ''.join(byid('legend')[0].itertext())
+for name in ('x/run: train loss', 'y/run: train loss', 'z: train loss', 'x/run: eval loss', 'resumed'):
+    assert name in leg, (name, leg)
+print('3 runs, 2 resumes, nothing clipped')
+"
+fi
+
 # expect NAME EXIT REGEX -- ARGS...: plot fails with that status, stderr matches REGEX, no SVG
 expect() {
   local name="$1" want="$2" regex="$3"; shift 4
@@ -204,6 +255,8 @@ mkdir -p "$W/allnan"; printf '%s\n' '{"step": 1, "loss": "NaN"}' > "$W/allnan/me
 expect all-nan 3 "allnan/metrics.jsonl: every training loss is NaN" -- "$W/allnan"
 expect no-dir-arg 2 "OUT directory is required" --
 expect bad-flag 2 "unknown option --colour" -- "$W/evalonly" --colour red
+expect multi-bad 3 "allnan/metrics.jsonl: every training loss" -- "$W/trainonly" "$W/allnan" --out "$W/multi-bad.svg"
+[ -e "$W/multi-bad.svg" ] && fail "multi-bad: the SVG was written"
 expect unwritable 4 "cannot|No such file" -- "$W/trainonly" --out "$W/no/such/dir/x.svg"
 
 help=$("$SL" plot --help); rc=$?
