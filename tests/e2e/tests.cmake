@@ -12,6 +12,10 @@ endfunction()
 sl_e2e(e2e_bad_input bad_input.sh 600)
 sl_e2e(e2e_train_cli train_cli.sh 600)
 sl_e2e(e2e_plot plot.sh 120)
+# TensorBoard event files and metrics.csv read by an independent checker (tracking_check.py:
+# its own CRC-32C, TFRecord parser and tb_event.proto) against metrics.jsonl, across a
+# resume and at dp=2; plot of two runs with a resume marker.
+sl_e2e(e2e_tracking tracking.sh 300 PROCESSORS 2)
 sl_e2e(e2e_data_pipeline data_pipeline.sh 600)
 sl_e2e(e2e_merge merge.sh 900 RUN_SERIAL TRUE)
 sl_e2e(e2e_generate_cli generate_cli.sh 600 PROCESSORS 2)
