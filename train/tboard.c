@@ -99,14 +99,12 @@ int tboard_open(TBoard *tb, const char *dir, int64_t first_step) {
     ev.what_case = SLTB__EVENT__WHAT_FILE_VERSION;
     ev.file_version = (char *)"brain.Event:2";
     tboard_write(tb, &ev);
-    if (first_step > 1) {
-        Sltb__SessionLog log = SLTB__SESSION_LOG__INIT;
-        log.status = SLTB__SESSION_LOG__SESSION_STATUS__START;
-        ev.step = first_step;
-        ev.what_case = SLTB__EVENT__WHAT_SESSION_LOG;
-        ev.session_log = &log;
-        tboard_write(tb, &ev);
-    }
+    Sltb__SessionLog log = SLTB__SESSION_LOG__INIT;
+    log.status = SLTB__SESSION_LOG__SESSION_STATUS__START;
+    ev.step = first_step;
+    ev.what_case = SLTB__EVENT__WHAT_SESSION_LOG;
+    ev.session_log = &log;
+    tboard_write(tb, &ev);
     return !tb->failed;
 }
 

@@ -31,10 +31,11 @@ typedef struct {
 } TBoardScalar;
 
 /* Creates a new event file in dir (another name if one of this second and host exists) and
- * writes its first Event, file_version "brain.Event:2". first_step > 1 (a resumed run) adds
- * a SessionLog START at first_step: TensorBoard then drops the events of steps >= first_step
- * it read from the older files, which the resumed run writes again. Returns 0 (with a
- * warning, tb left closed) when the file cannot be created. */
+ * writes its first Event, file_version "brain.Event:2", then a SessionLog START at
+ * first_step: TensorBoard drops the events of steps >= first_step it read from the older
+ * files of dir, which this run writes again (a resumed run's steps after its checkpoint;
+ * everything, for a fresh run in a used directory), as metrics.jsonl drops those lines.
+ * Returns 0 (with a warning, tb left closed) when the file cannot be created. */
 int tboard_open(TBoard *tb, const char *dir, int64_t first_step);
 void tboard_close(TBoard *tb);
 

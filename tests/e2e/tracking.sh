@@ -2,14 +2,16 @@
 # Experiment tracking on real runs of a small made model:
 #   events    OUT/events.out.tfevents.* read by tracking_check.py (its own CRC-32C and
 #             TFRecord parser, protobuf decoded from its own tb_event.proto by protoc and
-#             python3-protobuf): CRCs, file_version, one event per step and per evaluation
+#             python3-protobuf): CRCs, file_version, a SessionLog START at step 1, one event
+#             per step and per evaluation
 #             with metrics.jsonl's values; metrics.csv = metrics.jsonl
 #   resume    a run cut after step 8 with its last checkpoint at 6 (the step-8 checkpoint
 #             removed) and resumed to step 12: a second event file opening with a SessionLog
 #             START at 7, metrics.jsonl / metrics.csv rows 7..8 replaced, "resumed" at 7
 #   dp=2      two ranks write one event file (world rank 0)
 #   nonfinite --skip-nonfinite steps: NaN in the events, nan and skipped 1 in the CSV
-#   corrupt   the checker fails on a flipped byte (a test that can fail)
+#   corrupt   the checker fails on a flipped byte and on a loss changed by 1e-5 (a test
+#             that can fail)
 #   plot      `shardlora plot A B`: both runs in one SVG, a legend with both names, A's
 #             resume marker at step 7, every point inside the frame
 # usage: tracking.sh SHARDLORA_BINARY WORK_DIR
@@ -74,6 +76,16 @@ f=$(ls "$W/corrupt"/events.out.tfevents.* | head -1)
 "$PY" -c "import sys; p=sys.argv[1]; b=bytearray(open(p,'rb').read()); b[len(b)//2]^=0x10; open(p,'wb').write(b)" "$f"
 if out=$("${CHECK[@]}" "$W/corrupt" --files 1 2>&1); then fail "a flipped byte went unnoticed"
 else pass "a flipped byte is caught: $(tail -1 <<<"$out")"; fi
+
+cp -r "$W/run-b" "$W/changed"
+"$PY" - "$W/changed/metrics.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+rows[2]["loss"] *= 1 + 1e-5   # above float32's precision, below the eye's
+open(sys.argv[1], "w").write("".join(json.dumps(r) + "\n" for r in rows))
+PY
+if out=$("${CHECK[@]}" "$W/changed" --files 1 2>&1); then fail "a loss changed by 1e-5 went unnoticed"
+else pass "a loss changed by 1e-5 is caught: $(tail -1 <<<"$out")"; fi
 
 # ---- plot: two runs overlaid, A's resume marked ---------------------------------------------
 if msg=$("$SL" plot "$W/run-a" "$W/run-b" --out "$W/ab.svg" 2>&1); then

@@ -6,8 +6,8 @@ Event files: the TFRecord framing is parsed here (uint64 LE length, masked CRC-3
 length, data, masked CRC-32C of the data) with a CRC-32C implemented here and checked on
 the standard vector; each record is decoded with python3-protobuf from tb_event.proto (this
 directory), which protoc compiles into a temporary directory. Checked: every CRC; each file
-opens with file_version "brain.Event:2"; a resumed run's file then has a SessionLog START
-at the resume step; after TensorBoard's purge rule (a START at step S drops the events of
+opens with file_version "brain.Event:2" and has one SessionLog START, at step 1 in the
+first file and at the resume step in a resumed run's; after TensorBoard's purge rule (a START at step S drops the events of
 steps >= S read before) there is one train event per step and one eval event per
 evaluation, with the values of metrics.jsonl at float32 precision.
 metrics.csv: the header, then the rows in the order of metrics.jsonl's lines (a step row
@@ -103,41 +103,43 @@ def close(a, b, tol):
     return abs(a - b) <= (t * abs(a) if kind == "rel" else t) + slack
 
 
+def read_file_events(path, pb2):
+    """The decoded events of one file, with its first event checked."""
+    evs = []
+    for data in records(path):
+        e = pb2.Event()
+        e.ParseFromString(data)
+        assert 1.7e9 < e.wall_time < 4e9, f"{path}: wall_time {e.wall_time}"
+        evs.append(e)
+    assert evs and evs[0].WhichOneof("what") == "file_version", f"{path}: no file_version first"
+    assert evs[0].file_version == "brain.Event:2", f"{path}: {evs[0].file_version!r}"
+    return evs
+
+
 def read_events(out, pb2, nfiles, resumed_at):
-    """TensorBoard's view: tag -> {step: value} after the purge rule; also the counts."""
+    """TensorBoard's view: tag -> {step: value} after the purge rule; also the record count."""
     files = sorted(glob.glob(os.path.join(out, "events.out.tfevents.*")))
     assert len(files) == nfiles, f"{len(files)} event files, expected {nfiles}: {files}"
     view, nrec = {}, 0
     for i, path in enumerate(files):
-        evs = []
-        for data in records(path):
-            e = pb2.Event()
-            e.ParseFromString(data)
-            evs.append(e)
+        evs = read_file_events(path, pb2)
         nrec += len(evs)
-        assert evs and evs[0].WhichOneof("what") == "file_version", f"{path}: no file_version first"
-        assert evs[0].file_version == "brain.Event:2", f"{path}: {evs[0].file_version!r}"
-        seen = {}
+        starts, seen = [], set()
         for e in evs:
-            assert 1.7e9 < e.wall_time < 4e9, f"{path}: wall_time {e.wall_time}"
             kind = e.WhichOneof("what")
             if kind == "session_log":
                 assert e.session_log.status == pb2.SessionLog.START, f"{path}: {e.session_log}"
                 for tag in view:
                     view[tag] = {s: v for s, v in view[tag].items() if s < e.step}
-                seen.setdefault("start", []).append(e.step)
+                starts.append(e.step)
             elif kind == "summary":
                 for v in e.summary.value:
                     assert v.WhichOneof("value") == "simple_value", f"{path}: {v}"
-                    key = (v.tag, e.step)
-                    assert key not in seen, f"{path}: two events of {v.tag} at step {e.step}"
-                    seen[key] = 1
+                    assert (v.tag, e.step) not in seen, f"{path}: two events of {v.tag} at step {e.step}"
+                    seen.add((v.tag, e.step))
                     view.setdefault(v.tag, {})[e.step] = v.simple_value
-        starts = seen.get("start", [])
-        if i == 0:
-            assert starts == [], f"{path}: the first file has SessionLog START at {starts}"
-        else:
-            assert starts == [resumed_at], f"{path}: SessionLog START at {starts}, want {resumed_at}"
+        want = [1] if i == 0 else [resumed_at]
+        assert starts == want, f"{path}: SessionLog START at {starts}, want {want}"
     return view, nrec
 
 

@@ -1,8 +1,9 @@
 /* Unit test of train/tboard and train/mcsv: TFRecord frames (length, masked CRCs checked with
- * a bit-at-a-time CRC-32C written here), the first event of a file (file_version), the
- * SessionLog START of a resumed run, a zero scalar still encoded (oneof), two files in the
- * same second, a full disk (warned once, nothing more written, no crash), and metrics.csv's
- * trim and append on a resume. The protobuf decoding itself is tests/e2e/tracking_check.py's. */
+ * a bit-at-a-time CRC-32C written here), the first events of a file (file_version, a
+ * SessionLog START at the run's first step: 1, or a resumed run's), a zero scalar still encoded
+ * (oneof), two files in the same second, a full disk (warned once, nothing more written, no crash),
+ * and metrics.csv's trim and append on a resume. The protobuf decoding itself is
+ * tests/e2e/tracking_check.py's. */
 #include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -106,16 +107,19 @@ static void test_files(void) {
     size_t len[8];
     size_t n = read_file(a.path, buf, sizeof buf);
     int k = parse_records(buf, n, rec, len, 8);
-    CHECK_TRUE(k == 2, "%d records in the fresh file", k);
+    CHECK_TRUE(k == 3, "%d records in the fresh file", k);
     const char ver[] = "\x1a\x0d"
                        "brain.Event:2"; /* field 3, length-delimited, 13 bytes */
     CHECK_TRUE(k >= 1 && has_bytes(rec[0], len[0], ver, sizeof ver - 1), "file_version");
+    const uint8_t step1[] = {0x10, 0x01}, start[] = {0x3a, 0x02, 0x08, 0x01};
+    CHECK_TRUE(k == 3 && has_bytes(rec[1], len[1], step1, 2) && has_bytes(rec[1], len[1], start, 4),
+               "a SessionLog START at step 1");
     const uint8_t zero[] = {0x15, 0, 0, 0, 0}; /* simple_value (field 2, 32-bit) = 0.0f */
-    CHECK_TRUE(k == 2 && has_bytes(rec[1], len[1], zero, sizeof zero), "a zero scalar is encoded");
-    CHECK_TRUE(k == 2 && has_bytes(rec[1], len[1], "train/loss", 10), "the tag");
+    CHECK_TRUE(k == 3 && has_bytes(rec[2], len[2], zero, sizeof zero), "a zero scalar is encoded");
+    CHECK_TRUE(k == 3 && has_bytes(rec[2], len[2], "train/loss", 10), "the tag");
     n = read_file(b.path, buf, sizeof buf);
     k = parse_records(buf, n, rec, len, 8);
-    const uint8_t step5[] = {0x10, 0x05}, start[] = {0x3a, 0x02, 0x08, 0x01};
+    const uint8_t step5[] = {0x10, 0x05};
     CHECK_TRUE(k == 2 && has_bytes(rec[1], len[1], step5, 2) && has_bytes(rec[1], len[1], start, 4),
                "the resumed file's SessionLog START at step 5 (%d records)", k);
     tboard_close(&a);
