@@ -1,5 +1,6 @@
 /* What a training run tells people and tools: the progress (lines, or a live bar on a
- * terminal), OUT/metrics.jsonl (a line per step and per evaluation), OUT/run.json (the
+ * terminal), OUT/metrics.jsonl (a line per step and per evaluation) with the same numbers in
+ * OUT/metrics.csv (train/mcsv.h) and TensorBoard event files (train/tboard.h), OUT/run.json (the
  * resolved configuration, layout, data counts and versions), OUT/summary.json (the closing
  * summary) and OUT/summary-rank{R}.json (each rank's memory and communication), the adapter
  * in PEFT format and --dump-grads (the reference tests' contract). Lines and files come from

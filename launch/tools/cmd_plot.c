@@ -1,5 +1,6 @@
-/* `shardlora plot OUT`: OUT/metrics.jsonl to OUT/loss.svg, a self-contained SVG 1.1 line
- * chart of the training and evaluation loss against the step (no script, no external files). */
+/* `shardlora plot OUT [OUT ...]`: OUT/metrics.jsonl to OUT/loss.svg, a self-contained SVG 1.1
+ * line chart of the training and evaluation loss against the step (no script, no external
+ * files); several runs overlaid in one chart, with their resumes marked. */
 #include <errno.h>
 #include <jansson.h>
 #include <limits.h>
@@ -853,12 +854,12 @@ int cmd_plot(int argc, char **argv) {
          .type = ARG_STR,
          .dst = &out_file,
          .metavar = "FILE",
-         .help = "where to write the SVG (default: OUT/loss.svg)"},
+         .help = "where to write the SVG (default: OUT/loss.svg; ./loss-compare.svg for several runs)"},
         {.name = "title",
          .type = ARG_STR,
          .dst = &title,
          .metavar = "TEXT",
-         .help = "the chart's title (default: the name of the OUT directory)"},
+         .help = "the chart's title (default: the name of the OUT directory, or the names of several)"},
     };
     // clang-format on
     int ns = (int)(sizeof specs / sizeof specs[0]);
