@@ -355,8 +355,9 @@ static int args_quote_starts(const char *l, size_t i) {
 static size_t args_uncomment(const char *l, size_t n) {
     char q = 0;
     for (size_t i = 0; i < n; i++) {
-        if (q == '"' && l[i] == '\\') {
-            i++;
+        if ((q == '"' && l[i] == '\\') ||
+            (q == '\'' && l[i] == '\'' && i + 1 < n && l[i + 1] == '\'')) {
+            i++; /* an escaped character, or '' inside single quotes */
         } else if (q) {
             if (l[i] == q) q = 0;
         } else if ((l[i] == '"' || l[i] == '\'') && args_quote_starts(l, i)) {
@@ -440,7 +441,8 @@ static int args_flow_list(ArgLines *p, ArgSpec *row, const char *v, size_t n, co
     char q = 0;
     for (size_t i = 1; i < n; i++) {
         const char ch = v[i];
-        if (q == '"' && ch == '\\') {
+        if ((q == '"' && ch == '\\') ||
+            (q == '\'' && ch == '\'' && i + 1 < n && v[i + 1] == '\'')) {
             i++;
         } else if (q) {
             if (ch == q) q = 0;
