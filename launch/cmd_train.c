@@ -223,6 +223,12 @@ static void train_spec_table(TrainRun *r) {
                              (int)(sizeof specs / sizeof specs[0]));
 }
 
+/* The name the user gave option `name` by (its own or an alias), for messages. */
+static const char *train_spelling(const TrainRun *r, const char *name) {
+    const ArgSpec *s = args_find(r->specs, r->nspecs, name);
+    return s && s->seen_as ? s->seen_as : name;
+}
+
 /* Semantic checks of the options and the layout, identical on every rank. */
 static int train_check_opts(void *ctx, ErrStatus *st) {
     TrainRun *r = ctx;
@@ -239,7 +245,7 @@ static int train_check_opts(void *ctx, ErrStatus *st) {
         ok = err_status_set(st,
                             "--%s '%s': expected constant, linear, cosine or "
                             "constant_with_warmup (= constant)",
-                            args_find(r->specs, r->nspecs, "lr-schedule")->seen_as, o->lr_schedule);
+                            train_spelling(r, "lr-schedule"), o->lr_schedule);
     if (ok) o->lr_schedule = sched_name((SchedKind)r->skind); /* run.json: our name */
     if (ok && strcmp(o->progress, "auto") && strcmp(o->progress, "bar") &&
         strcmp(o->progress, "lines"))
