@@ -147,7 +147,7 @@ static int eval_write_json(const char *path, const EvalOpts *o, const Grid *g, d
 /* Everything one evaluation holds, released by eval_free. */
 typedef struct {
     EvalOpts o;
-    ArgSpec specs[32];
+    ArgSpec specs[64];
     int nspecs;
     Grid g;
     Session s;
@@ -168,11 +168,16 @@ static void eval_options(EvalRun *r) {
     /* one option per line: name, type, destination, metavar, help, required, seen */
     // clang-format off
     const ArgSpec specs[] = {
+        {.type = ARG_GROUP, .group = ARGG_MODEL},
         {"adapter", ARG_STR, &o->adapter, "DIR", "PEFT adapter (LoRA, DoRA or VeRA: adapter_config.json + adapter_model.safetensors) applied unmerged", 0, 0},
-        {"max-rows", ARG_INT, &o->max_rows, "N", "evaluate the first N sequences only (0: all)", 0, 0},
         {"out", ARG_STR, &o->out, "FILE", "also write the result as JSON (loss, ppl, tokens, rows, layout, seconds)", 0, 0},
-        {"dump-logits", ARG_STR, &o->dump_logits, "FILE", "(tests) write the full logits [B*T, V] of the first micro-batch with its input_ids, labels and position_ids (safetensors)", 0, 0},
+        {.type = ARG_GROUP, .group = ARGG_DATA},
+        {"max-rows", ARG_INT, &o->max_rows, "N", "evaluate the first N sequences only (0: all)", 0, 0},
+        {.name = "per-device-eval-batch-size", .type = ARG_ALIAS, .target = "micro-batch"},
+        {.type = ARG_GROUP, .group = ARGG_LOGGING},
         {"log-every", ARG_INT, &o->log_every, "N", "a progress line every N rounds of micro-batches", 0, 0},
+        {.type = ARG_GROUP, .group = ARGG_EXPERT},
+        {"dump-logits", ARG_STR, &o->dump_logits, "FILE", "(tests) write the full logits [B*T, V] of the first micro-batch with its input_ids, labels and position_ids (safetensors)", 0, 0},
     };
     // clang-format on
     const MpicmdHelp help = {

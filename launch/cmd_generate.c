@@ -676,7 +676,7 @@ static void gen_collect(GenLoop *r, GenOutput *w) {
 /* Everything one run of the command holds, released by gen_free on every path. */
 typedef struct {
     GenOpts o;
-    ArgSpec specs[32];
+    ArgSpec specs[64];
     int nspecs;
     Grid g;
     Session s; /* memory, model (+ adapter slots), GEMM and kernel contexts */
@@ -718,14 +718,16 @@ static void gen_options(GenRun *r) {
     /* one option per line: name, type, destination, metavar, help, required, seen */
     // clang-format off
     const ArgSpec specs[] = {
+        {.type = ARG_GROUP, .group = ARGG_MODEL},
         {"adapter", ARG_STR, &o->adapter, "DIR", "PEFT adapter directory (LoRA, DoRA or VeRA: adapter_config.json, adapter_model.safetensors), applied unmerged", 0, 0},
         {"merge-in-memory", ARG_BOOL, &o->merge, NULL, "merge the adapter into this rank's shards once (W += its delta, e.g. s B A for LoRA), then run without adapter cost", 0, 0},
+        {"out", ARG_STR, &o->out, "FILE", "write the results as JSONL {\"prompt_index\", \"text\", \"ids\", \"finish_reason\", ...} in prompt order", 0, 0},
+        {.type = ARG_GROUP, .group = ARGG_DATA},
         {"prompt", ARG_STR, &o->prompt, "TEXT", "one prompt, tokenised with the model's tokenizer (BOS per its post-processor)", 0, 0},
         {"prompts", ARG_STR, &o->prompts, "FILE", "JSONL prompts, per line {\"prompt\": S}, {\"messages\": [{\"role\",\"content\"}]} (chat template + generation prompt) or {\"input_ids\": [...]}", 0, 0},
         {"chat", ARG_BOOL, &o->chat, NULL, "format text prompts as one user message with the chat template", 0, 0},
         {"chat-format", ARG_STR, &o->chat_format, "NAME", "template for \"messages\": auto (from tokenizer_config.json) | llama3 | mistral | llama2 | chatml | qwen2", 0, 0},
-        {"out", ARG_STR, &o->out, "FILE", "write the results as JSONL {\"prompt_index\", \"text\", \"ids\", \"finish_reason\", ...} in prompt order", 0, 0},
-        {"stream", ARG_STR, &o->stream, "WHEN", "auto (print the text as it comes when there is one prompt) | off", 0, 0},
+        {.type = ARG_GROUP, .group = ARGG_GENERATION},
         {"max-new-tokens", ARG_INT, &o->max_new, "N", "tokens to generate at most per prompt", 0, 0},
         {"temperature", ARG_FLOAT, &o->temperature, "X", "0: greedy (argmax); > 0: sample from softmax(logits / X)", 0, 0},
         {"top-k", ARG_INT, &o->top_k, "K", "sample among the K most likely tokens (0: off)", 0, 0},
@@ -734,9 +736,11 @@ static void gen_options(GenRun *r) {
         {"seed", ARG_U64, &o->seed, "N", "seed of the draws (Philox keyed by seed, prompt index, step: the same at any layout)", 0, 0},
         {"stop", ARG_STRS, &o->stop, "STRING", "end a sequence when its text contains STRING (repeatable; the text is cut before it)", 0, 0},
         {"ignore-eos", ARG_BOOL, &o->ignore_eos, NULL, "do not stop at the EOS / end-of-turn tokens", 0, 0},
+        {"stream", ARG_STR, &o->stream, "WHEN", "auto (print the text as it comes when there is one prompt) | off", 0, 0},
         {"batch-size", ARG_INT, &o->batch, "N", "sequences decoded together per data-parallel group (KV-cache slots)", 0, 0},
         {"prefill-rows", ARG_INT, &o->prefill_rows, "N", "tokens per forward at most (prompt chunks plus one decode row per sequence)", 0, 0},
         {"max-seq-len", ARG_INT, &o->max_seq_len, "N", "positions of the KV cache per sequence (0: the longest prompt + --max-new-tokens)", 0, 0},
+        {.type = ARG_GROUP, .group = ARGG_EXPERT},
         {"no-kv-cache", ARG_BOOL, &o->no_kv_cache, NULL, "recompute the whole sequence at every step (tests: must give the cached logits)", 0, 0},
         {"dump-logits", ARG_STR, &o->dump_logits, "FILE", "write every step's raw logits (safetensors: logits.I [steps, V], ids.I, prompt.I) (tests)", 0, 0},
     };

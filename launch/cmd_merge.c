@@ -664,16 +664,19 @@ int cmd_merge(int argc, char **argv) {
     /* one option per line: name, type, destination, metavar, help, required, seen */
     // clang-format off
     ArgSpec specs[] = {
+        {.type = ARG_GROUP, .group = ARGG_MODEL},
         {"model", ARG_STR, &o.model, "DIR", "Hugging Face model directory (config.json, safetensors, tokenizer files)", 1, 0},
         {"adapter", ARG_STR, &o.adapter, "DIR", "PEFT adapter directory (adapter_config.json, adapter_model.safetensors)", 1, 0},
         {"out", ARG_STR, &o.out, "DIR", "output model directory (refused if it exists, unless --force)", 1, 0},
+        {"force", ARG_BOOL, &o.force, NULL, "write into an existing --out (its model files are replaced)", 0, 0},
+        {.type = ARG_GROUP, .group = ARGG_PARALLEL},
+        {"threads", ARG_INT, &o.threads, "N", "threads per rank for the merge arithmetic (the work is mostly I/O)", 0, 0},
+        {.type = ARG_GROUP, .group = ARGG_EXPERT},
         {"chunk-bytes", ARG_INT, &o.chunk_bytes, "N",
          "bytes per working buffer: rows are merged in F32 chunks of at most N bytes (at least one row) and "
          "copied in pieces of at most N bytes; a rank's memory is about 2N plus the kind's buffers: one "
          "adapter tensor per weight (e.g. lora_A) and what every weight shares (e.g. VeRA's projections, "
          "r x (max_in + max_out) floats)", 0, 0},
-        {"threads", ARG_INT, &o.threads, "N", "threads per rank for the merge arithmetic (the work is mostly I/O)", 0, 0},
-        {"force", ARG_BOOL, &o.force, NULL, "write into an existing --out (its model files are replaced)", 0, 0},
     };
     // clang-format on
     const int nspecs = (int)(sizeof specs / sizeof specs[0]);

@@ -53,7 +53,7 @@ typedef struct {
     uint64_t seed;
 } TrainOpts;
 
-enum { TRAIN_MAX_SPECS = 80 };
+enum { TRAIN_MAX_SPECS = 128 };
 
 /* Everything one run holds, set up in order by cmd_train and released by train_free. */
 typedef struct {
@@ -139,53 +139,78 @@ static void train_spec_table(TrainRun *r) {
     /* one option per line: name, type, destination, metavar, help, required, seen */
     // clang-format off
     const ArgSpec specs[] = {
+        {.type = ARG_GROUP, .group = ARGG_MODEL},
+        {"out", ARG_STR, &o->out, "DIR", "output directory: adapter/, metrics.jsonl, run.json, summary.json, checkpoints/, cache/", 1, 0},
+        {.name = "output-dir", .type = ARG_ALIAS, .target = "out"},
+        {"init-adapter", ARG_STR, &o->init_adapter, "DIR", "start from this PEFT adapter (adapter_config.json + adapter_model.safetensors: any r, alpha, targets, rank_pattern, alpha_pattern, layers_to_transform), sharded onto this layout; its configuration wins over --lora-r, --lora-alpha, --lora-dropout, --use-rslora and --target-modules (a warning names each flag it overrides); a checkpoint to resume from wins over its values", 0, 0},
+        {"base-model-name", ARG_STR, &o->base_model_name, "NAME", "the Hub id the model card names as base_model (default: config.json's _name_or_path, else none)", 0, 0},
+        {"overwrite", ARG_BOOL, &o->overwrite, NULL, "start over in an OUT that holds another run or a finished one: first removes what shardlora wrote there (listed in the log), nothing else", 0, 0},
+        {.type = ARG_GROUP, .group = ARGG_DATA},
         {"eval-data", ARG_STRS, &o->eval_data, "FILE", "JSONL evaluation data (same formats)", 0, 0},
         {"eval-split", ARG_FLOAT, &o->eval_split, "FRAC", "hold out this fraction of the training documents for evaluation (when no --eval-data)", 0, 0},
-        {"out", ARG_STR, &o->out, "DIR", "output directory: adapter/, metrics.jsonl, run.json, summary.json, checkpoints/, cache/", 1, 0},
+        {"eval-rows", ARG_INT, &o->eval_rows, "N", "evaluate on the first N eval sequences only (0: all)", 0, 0},
         {"shuffle", ARG_BOOL, &o->shuffle, NULL, "visit the sequences in a seeded permutation per epoch (off: file order)", 0, 0},
+        {.name = "per-device-train-batch-size", .type = ARG_ALIAS, .target = "micro-batch"},
+        {"global-batch", ARG_INT, &o->global_batch, "G", "sequences per optimizer step (0: micro-batch x dp x --gradient-accumulation-steps); a multiple of micro-batch x dp, the rest is gradient accumulation", 0, 0},
+        {"gradient-accumulation-steps", ARG_INT, &o->grad_accum, "K", "micro-batches per rank per optimizer step (Hugging Face's name; sets --global-batch to micro-batch x dp x K; 0: from --global-batch)", 0, 0},
+        {.type = ARG_GROUP, .group = ARGG_ADAPTER},
+        {"adapter", ARG_STR, &o->adapter_kind, "KIND", r->kinds_help, 0, 0},
+        {.name = "use-dora", .type = ARG_ALIAS, .target = "adapter", .value = "dora"},
         {"lora-r", ARG_INT, &o->r, "N", "LoRA rank r", 0, 0},
+        {.name = "lora-rank", .type = ARG_ALIAS, .target = "lora-r"},
         {"lora-alpha", ARG_FLOAT, &o->alpha, "X", "LoRA alpha (scale = alpha / r)", 0, 0},
         {"lora-dropout", ARG_FLOAT, &o->dropout, "P", "dropout on the LoRA input, in [0, 1)", 0, 0},
         {"use-rslora", ARG_BOOL, &o->rslora, NULL, "rsLoRA scale alpha / sqrt(r)", 0, 0},
-        {"adapter", ARG_STR, &o->adapter_kind, "KIND", r->kinds_help, 0, 0},
+        {"target-modules", ARG_STR, &o->targets, "LIST", "comma list of q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj, or all", 0, 0},
+        {.name = "lora-target-modules", .type = ARG_ALIAS, .target = "target-modules"},
         {"init", ARG_STR, &o->init, "KIND", r->inits_help, 0, 0},
         {"lora-init", ARG_STR, &o->lora_init, "KIND", "alias of --init", 0, 0},
         {"pissa-iters", ARG_INT, &o->pissa_iters, "N", "--init pissa: power iterations of the randomized SVD", 0, 0},
-        {"loraplus-ratio", ARG_FLOAT, &o->loraplus_ratio, "X", "LoRA+: lora_B's learning rate = X x lora_A's (paper default 16; 0: off)", 0, 0},
-        {"target-modules", ARG_STR, &o->targets, "LIST", "comma list of q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj, or all", 0, 0},
-        {"init-adapter", ARG_STR, &o->init_adapter, "DIR", "start from this PEFT adapter (adapter_config.json + adapter_model.safetensors: any r, alpha, targets, rank_pattern, alpha_pattern, layers_to_transform), sharded onto this layout; its configuration wins over --lora-r, --lora-alpha, --lora-dropout, --use-rslora and --target-modules (a warning names each flag it overrides); a checkpoint to resume from wins over its values", 0, 0},
-        {"global-batch", ARG_INT, &o->global_batch, "G", "sequences per optimizer step (0: micro-batch x dp x --gradient-accumulation-steps); a multiple of micro-batch x dp, the rest is gradient accumulation", 0, 0},
-        {"gradient-accumulation-steps", ARG_INT, &o->grad_accum, "K", "micro-batches per rank per optimizer step (Hugging Face's name; sets --global-batch to micro-batch x dp x K; 0: from --global-batch)", 0, 0},
-        {"epochs", ARG_FLOAT, &o->epochs, "E", "passes over the training data (may be fractional); ignored when --steps is given", 0, 0},
-        {"steps", ARG_INT, &o->steps, "N", "optimizer steps (0: from --epochs)", 0, 0},
+        {.type = ARG_GROUP, .group = ARGG_OPTIM},
         {"optimizer", ARG_STR, &o->optimizer, "NAME", "adamw (torch.optim.AdamW) | adamw-hf (transformers' AdamW, as PEFT's LoRA-FA optimizer: eps added before the bias corrections, decay after the update) | sgd", 0, 0},
         {"lr", ARG_FLOAT, &o->lr, "X", "peak learning rate", 0, 0},
-        {"lr-schedule", ARG_STR, &o->lr_schedule, "NAME", "constant | linear | cosine (after the warmup; Hugging Face's definitions)", 0, 0},
-        {"warmup-steps", ARG_INT, &o->warmup_steps, "N", "linear warmup from 0 over N steps", 0, 0},
-        {"warmup-ratio", ARG_FLOAT, &o->warmup_ratio, "F", "warmup over ceil(F x total steps) steps instead (Hugging Face's rule; excludes --warmup-steps)", 0, 0},
+        {.name = "learning-rate", .type = ARG_ALIAS, .target = "lr"},
         {"beta1", ARG_FLOAT, &o->beta1, "X", "AdamW beta1", 0, 0},
+        {.name = "adam-beta1", .type = ARG_ALIAS, .target = "beta1"},
         {"beta2", ARG_FLOAT, &o->beta2, "X", "AdamW beta2", 0, 0},
+        {.name = "adam-beta2", .type = ARG_ALIAS, .target = "beta2"},
         {"eps", ARG_FLOAT, &o->eps, "X", "AdamW epsilon", 0, 0},
+        {.name = "adam-epsilon", .type = ARG_ALIAS, .target = "eps"},
         {"weight-decay", ARG_FLOAT, &o->weight_decay, "X", "AdamW decoupled weight decay / SGD L2", 0, 0},
         {"momentum", ARG_FLOAT, &o->momentum, "X", "SGD momentum", 0, 0},
         {"nesterov", ARG_BOOL, &o->nesterov, NULL, "SGD Nesterov momentum", 0, 0},
         {"max-grad-norm", ARG_FLOAT, &o->max_grad_norm, "X", "clip the gradient to this global norm (0: off)", 0, 0},
+        {"loraplus-ratio", ARG_FLOAT, &o->loraplus_ratio, "X", "LoRA+: lora_B's learning rate = X x lora_A's (paper default 16; 0: off)", 0, 0},
         {"skip-nonfinite", ARG_BOOL, &o->skip_nonfinite, NULL, "on a non-finite loss or gradient, skip the update and count it (default: stop, exit 5)", 0, 0},
-        {"eval-every", ARG_INT, &o->eval_every, "N", "evaluate every N steps (0: only at the end); needs --eval-data or --eval-split", 0, 0},
-        {"eval-rows", ARG_INT, &o->eval_rows, "N", "evaluate on the first N eval sequences only (0: all)", 0, 0},
         {"seed", ARG_U64, &o->seed, "N", "seed of everything random (Philox keys): init, dropout, data order, eval split", 0, 0},
-        {"peak-gflops", ARG_FLOAT, &o->peak_gflops, "X", "GEMM peak per rank for MFU (0: measure at start-up)", 0, 0},
-        {"dump-grads", ARG_STR, &o->dump_grads, "FILE", "at the last step, write loss, global batch, adapter and gradients (safetensors)", 0, 0},
+        {.type = ARG_GROUP, .group = ARGG_SCHEDULE},
+        {"epochs", ARG_FLOAT, &o->epochs, "E", "passes over the training data (may be fractional); ignored when --steps is given", 0, 0},
+        {.name = "num-train-epochs", .type = ARG_ALIAS, .target = "epochs"},
+        {"steps", ARG_INT, &o->steps, "N", "optimizer steps (0: from --epochs)", 0, 0},
+        {.name = "max-steps", .type = ARG_ALIAS, .target = "steps"},
+        {"lr-schedule", ARG_STR, &o->lr_schedule, "NAME", "constant | linear | cosine (after the warmup; Hugging Face's definitions; its constant_with_warmup is constant)", 0, 0},
+        {.name = "lr-scheduler-type", .type = ARG_ALIAS, .target = "lr-schedule"},
+        {"warmup-steps", ARG_INT, &o->warmup_steps, "N", "linear warmup from 0 over N steps", 0, 0},
+        {"warmup-ratio", ARG_FLOAT, &o->warmup_ratio, "F", "warmup over ceil(F x total steps) steps instead (Hugging Face's rule; excludes --warmup-steps)", 0, 0},
+        {.type = ARG_GROUP, .group = ARGG_CHECKPOINTS},
         {"ckpt-every", ARG_INT, &o->ckpt_every, "N", "checkpoint every N steps (0: only at the end and on a signal)", 0, 0},
+        {.name = "save-steps", .type = ARG_ALIAS, .target = "ckpt-every"},
         {"ckpt-every-minutes", ARG_FLOAT, &o->ckpt_minutes, "M", "also checkpoint when M minutes passed since the last one (0: off), so a crash or Ctrl-C never costs more than M minutes", 0, 0},
         {"keep-checkpoints", ARG_INT, &o->keep_ckpts, "K", "checkpoints kept in OUT/checkpoints (0: all)", 0, 0},
-        {"overwrite", ARG_BOOL, &o->overwrite, NULL, "start over in an OUT that holds another run or a finished one: first removes what shardlora wrote there (listed in the log), nothing else", 0, 0},
-        {"base-model-name", ARG_STR, &o->base_model_name, "NAME", "the Hub id the model card names as base_model (default: config.json's _name_or_path, else none)", 0, 0},
+        {.name = "save-total-limit", .type = ARG_ALIAS, .target = "keep-checkpoints"},
         {"resume", ARG_STR, &o->resume, "WHAT", "auto (the newest usable checkpoint in OUT/checkpoints, if any) | none | a checkpoint directory", 0, 0},
+        {.name = "resume-from-checkpoint", .type = ARG_ALIAS, .target = "resume"},
         {"on-ckpt-failure", ARG_STR, &o->ckpt_failure, "WHAT", "continue | stop (exit 4) when a checkpoint cannot be written; the previous one stays intact either way", 0, 0},
-        {"ckpt-chunk-bytes", ARG_INT, &o->ckpt_chunk_bytes, "N", "bytes per checkpoint chunk message (0: 64 MiB; small values are for tests)", 0, 0},
+        {.type = ARG_GROUP, .group = ARGG_LOGGING},
         {"log-every", ARG_INT, &o->log_every, "N", "progress line every N steps", 0, 0},
+        {.name = "logging-steps", .type = ARG_ALIAS, .target = "log-every"},
         {"progress", ARG_STR, &o->progress, "HOW", "auto (a live bar for a single process on a terminal; plain lines under mpirun/srun) | bar | lines", 0, 0},
+        {"eval-every", ARG_INT, &o->eval_every, "N", "evaluate every N steps (0: only at the end); needs --eval-data or --eval-split", 0, 0},
+        {.name = "eval-steps", .type = ARG_ALIAS, .target = "eval-every"},
+        {.type = ARG_GROUP, .group = ARGG_EXPERT},
+        {"ckpt-chunk-bytes", ARG_INT, &o->ckpt_chunk_bytes, "N", "bytes per checkpoint chunk message (0: 64 MiB; small values are for tests)", 0, 0},
+        {"dump-grads", ARG_STR, &o->dump_grads, "FILE", "at the last step, write loss, global batch, adapter and gradients (safetensors)", 0, 0},
+        {"peak-gflops", ARG_FLOAT, &o->peak_gflops, "X", "GEMM peak per rank for MFU (0: measure at start-up)", 0, 0},
     };
     // clang-format on
     const MpicmdHelp help = {
@@ -196,6 +221,12 @@ static void train_spec_table(TrainRun *r) {
         "tensor-parallel size (world = dp x tp; a TP group is consecutive ranks)"};
     r->nspecs = mpicmd_table(r->specs, TRAIN_MAX_SPECS, &o->run, &o->rows, &help, specs,
                              (int)(sizeof specs / sizeof specs[0]));
+}
+
+/* The name the user gave option `name` by (its own or an alias), for messages. */
+static const char *train_spelling(const TrainRun *r, const char *name) {
+    const ArgSpec *s = args_find(r->specs, r->nspecs, name);
+    return s && s->seen_as ? s->seen_as : name;
 }
 
 /* Semantic checks of the options and the layout, identical on every rank. */
@@ -211,8 +242,11 @@ static int train_check_opts(void *ctx, ErrStatus *st) {
     if (ok && okind < 0)
         ok = err_status_set(st, "--optimizer '%s': expected adamw, adamw-hf or sgd", o->optimizer);
     if (ok && r->skind < 0)
-        ok = err_status_set(st, "--lr-schedule '%s': expected constant, linear or cosine",
-                            o->lr_schedule);
+        ok = err_status_set(st,
+                            "--%s '%s': expected constant, linear, cosine or "
+                            "constant_with_warmup (= constant)",
+                            train_spelling(r, "lr-schedule"), o->lr_schedule);
+    if (ok) o->lr_schedule = sched_name((SchedKind)r->skind); /* run.json: our name */
     if (ok && strcmp(o->progress, "auto") && strcmp(o->progress, "bar") &&
         strcmp(o->progress, "lines"))
         ok = err_status_set(st, "--progress '%s': expected auto, bar or lines", o->progress);

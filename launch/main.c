@@ -3,8 +3,13 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "../parallel/grid.h"
 #include "../runtime/gemm.h"
 #include "cmds.h"
+
+#ifndef SHARDLORA_GIT
+#define SHARDLORA_GIT "" /* `git describe` when the build was configured in a git tree */
+#endif
 
 static void main_usage(FILE *f) {
     fprintf(
@@ -21,11 +26,24 @@ static void main_usage(FILE *f) {
         "  eval         mean loss and perplexity of a model (+ adapter) on a JSONL dataset\n"
         "  merge        merge a PEFT LoRA, DoRA or VeRA adapter into the weights (any number of "
         "ranks)\n"
+        "  version      print the versions of shardlora, its MPI library and its BLAS (also "
+        "--version)\n"
         "\n"
         "environment:\n"
         "  SHARDLORA_BLAS_CORE   'keep' to keep OpenBLAS's core choice, or a core name to force\n"
         "                        (default: use AVX-512 kernels when the CPU has them)\n"
         "  OMP_WAIT_POLICY       PASSIVE when unset (idle OpenMP threads sleep, not spin)\n");
+}
+
+/* Three lines: shardlora, the MPI library (MPI_Get_library_version needs no MPI_Init), the
+ * BLAS with its build configuration. */
+static int main_version(void) {
+    char mpi[8192];
+    printf("shardlora %s%s%s%s\n", SHARDLORA_VERSION, SHARDLORA_GIT[0] ? " (git " : "",
+           SHARDLORA_GIT, SHARDLORA_GIT[0] ? ")" : "");
+    printf("MPI: %s\n", grid_mpi_version(mpi, sizeof mpi));
+    printf("BLAS: %s\n", gemm_blas_config());
+    return 0;
 }
 
 int main(int argc, char **argv) {
@@ -36,6 +54,7 @@ int main(int argc, char **argv) {
         main_usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? EXIT_USAGE : 0;
     }
+    if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "version") == 0) return main_version();
     if (strcmp(argv[1], "make-model") == 0) return cmd_make_model(argc, argv);
     if (strcmp(argv[1], "train") == 0) return cmd_train(argc, argv);
     if (strcmp(argv[1], "inspect") == 0) return cmd_inspect(argc, argv);

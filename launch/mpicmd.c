@@ -39,31 +39,40 @@ void mpicmd_run_defaults(MpicmdRun *o) {
     *o = (MpicmdRun){.pin = "auto", .kernels = "fast", .log_level = "info", .tp = 1};
 }
 
-static int mpicmd_head_specs(ArgSpec *out, MpicmdRun *o) {
+/* Appends count rows to out[*n..cap) (fatal past cap). */
+static void mpicmd_put(ArgSpec *out, int cap, int *n, const ArgSpec *rows, int count) {
+    SL_CHECK(*n + count <= cap, "option table of %d entries too small", cap);
+    memcpy(out + *n, rows, (size_t)count * sizeof *rows);
+    *n += count;
+}
+
+static void mpicmd_head_specs(ArgSpec *out, int cap, int *n, MpicmdRun *o) {
     /* one option per line: name, type, destination, metavar, help, required, seen */
     // clang-format off
     const ArgSpec specs[] = {
-        {"config", ARG_CONFIG, &o->config, "FILE", "read options from FILE first (JSON object or `key = value` lines; keys are these flag names; flags override)", 0, 0},
+        {.type = ARG_GROUP, .group = ARGG_MODEL},
+        {"config", ARG_CONFIG, &o->config, "FILE", "read options from FILE first: a JSON object, flat YAML (key: value, lists as [a, b] or - item lines) or key = value lines; keys are these flag names or their aliases, with - or _; flags override", 0, 0},
         {"model", ARG_STR, &o->model, "DIR", "Hugging Face model directory (config.json, safetensors, tokenizer.json)", 1, 0},
     };
     // clang-format on
-    memcpy(out, specs, sizeof specs);
-    return (int)(sizeof specs / sizeof specs[0]);
+    mpicmd_put(out, cap, n, specs, (int)(sizeof specs / sizeof specs[0]));
 }
 
-static int mpicmd_tail_specs(ArgSpec *out, MpicmdRun *o, const char *tp_help) {
+static void mpicmd_tail_specs(ArgSpec *out, int cap, int *n, MpicmdRun *o, const char *tp_help) {
     /* one option per line: name, type, destination, metavar, help, required, seen */
     // clang-format off
     const ArgSpec specs[] = {
+        {.type = ARG_GROUP, .group = ARGG_PARALLEL},
         {"tp", ARG_INT, &o->tp, "N", tp_help, 0, 0},
         {"threads", ARG_INT, &o->threads, "N", "threads per rank (0: the CPUs this rank may use)", 0, 0},
-        {"pin-memory", ARG_STR, &o->pin, "MODE", "auto | on | off: mlock the frozen weights", 0, 0},
-        {"kernels", ARG_STR, &o->kernels, "NAME", "fast | reference", 0, 0},
+        {.type = ARG_GROUP, .group = ARGG_LOGGING},
         {"log-level", ARG_STR, &o->log_level, "LEVEL", "error | warn | info | debug (train: debug adds the bytes communicated per step)", 0, 0},
+        {.type = ARG_GROUP, .group = ARGG_EXPERT},
+        {"pin-memory", ARG_STR, &o->pin, "MODE", "auto | on | off: mlock the frozen weights", 0, 0},
+        {"kernels", ARG_STR, &o->kernels, "NAME", "fast | reference (the plain kernels the fast ones are tested against)", 0, 0},
     };
     // clang-format on
-    memcpy(out, specs, sizeof specs);
-    return (int)(sizeof specs / sizeof specs[0]);
+    mpicmd_put(out, cap, n, specs, (int)(sizeof specs / sizeof specs[0]));
 }
 
 void mpicmd_rows_defaults(MpicmdRows *o) {
@@ -75,25 +84,28 @@ void mpicmd_rows_defaults(MpicmdRows *o) {
                       .add_eos = 1};
 }
 
-static int mpicmd_rows_specs(ArgSpec *out, MpicmdRows *o, const char *data_help,
-                             const char *cache_help) {
+static void mpicmd_rows_specs(ArgSpec *out, int cap, int *n, MpicmdRows *o, const char *data_help,
+                              const char *cache_help) {
     /* one option per line: name, type, destination, metavar, help, required, seen */
     // clang-format off
     const ArgSpec specs[] = {
+        {.type = ARG_GROUP, .group = ARGG_DATA},
         {"data", ARG_STRS, &o->data, "FILE", data_help, 1, 0},
         {"chat-format", ARG_STR, &o->chat_format, "NAME", "template for \"messages\": auto (from tokenizer_config.json) | llama3 | mistral | llama2 | chatml | qwen2", 0, 0},
         {"train-on-prompt", ARG_BOOL, &o->train_on_prompt, NULL, "count prompt tokens and non-assistant turns in the loss too", 0, 0},
         {"add-eos", ARG_BOOL, &o->add_eos, NULL, "append the EOS token to text and prompt/completion examples", 0, 0},
         {"pack", ARG_BOOL, &o->pack, NULL, "pack several documents per sequence (attention and positions restart per document)", 0, 0},
+        {.name = "packing", .type = ARG_ALIAS, .target = "pack"},
         {"long-examples", ARG_STR, &o->long_examples, "HOW", "documents longer than --seq-len: truncate | split | drop", 0, 0},
         {"skip-bad-lines", ARG_BOOL, &o->skip_bad, NULL, "skip (and count) bad data lines instead of stopping at the first", 0, 0},
         {"cache-dir", ARG_STR, &o->cache_dir, "DIR", cache_help, 0, 0},
         {"seq-len", ARG_INT, &o->seq_len, "T", "tokens per sequence", 0, 0},
+        {.name = "max-seq-length", .type = ARG_ALIAS, .target = "seq-len"},
+        {.name = "max-length", .type = ARG_ALIAS, .target = "seq-len"},
         {"micro-batch", ARG_INT, &o->micro_batch, "B", "sequences per micro-batch (one forward pass) on each data-parallel rank", 0, 0},
     };
     // clang-format on
-    memcpy(out, specs, sizeof specs);
-    return (int)(sizeof specs / sizeof specs[0]);
+    mpicmd_put(out, cap, n, specs, (int)(sizeof specs / sizeof specs[0]));
 }
 
 int mpicmd_rows_check(const MpicmdRows *o, int *lmode, ErrStatus *st) {
@@ -138,12 +150,10 @@ int mpicmd_end(Grid *g, ArgSpec *specs, int nspecs, int rc) {
 
 int mpicmd_table(ArgSpec *out, int cap, MpicmdRun *run, MpicmdRows *rows, const MpicmdHelp *help,
                  const ArgSpec *own, int nown) {
-    enum { NHEAD = 2, NROWS = 10, NTAIL = 5 };
-    SL_CHECK(NHEAD + (rows ? NROWS : 0) + nown + NTAIL <= cap,
-             "option table of %d entries too small", cap);
-    int n = mpicmd_head_specs(out, run);
-    if (rows) n += mpicmd_rows_specs(out + n, rows, help->data, help->cache);
-    memcpy(out + n, own, (size_t)nown * sizeof *own);
-    n += nown;
-    return n + mpicmd_tail_specs(out + n, run, help->tp);
+    int n = 0;
+    mpicmd_head_specs(out, cap, &n, run);
+    if (rows) mpicmd_rows_specs(out, cap, &n, rows, help->data, help->cache);
+    mpicmd_put(out, cap, &n, own, nown);
+    mpicmd_tail_specs(out, cap, &n, run, help->tp);
+    return n;
 }

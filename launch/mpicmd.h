@@ -55,10 +55,13 @@ typedef struct {
 void mpicmd_rows_defaults(MpicmdRows *o);
 int mpicmd_rows_check(const MpicmdRows *o, int *lmode, ErrStatus *st);
 
-/* A command's option table into out (cap entries; fatal past it): --config and --model, the
- * row options when rows != NULL (help.data: what --data is for; help.cache: where the token
- * cache goes), the command's own nown options, then --tp (help.tp: what the data-parallel
- * groups share), --threads, --pin-memory, --kernels and --log-level. Returns the count. */
+/* A command's option table into out (cap entries; fatal past it): --config and --model
+ * (--help section "model"), the row options when rows != NULL ("data"; help.data: what
+ * --data is for; help.cache: where the token cache goes; aliases max-seq-length, max-length
+ * and packing), the command's own nown rows (starting with an ARG_GROUP row, else they join
+ * the section before them), then --tp (help.tp: what the data-parallel groups share) and
+ * --threads ("parallelism"), --log-level ("logging"), --pin-memory and --kernels ("expert").
+ * Returns the count. */
 typedef struct {
     const char *data, *cache, *tp;
 } MpicmdHelp;

@@ -7,6 +7,9 @@
 static const char *const sched_names[] = {"constant", "linear", "cosine"};
 
 int sched_parse(const char *name) {
+    /* Hugging Face's lr_scheduler_type spelling of the constant rate after a linear warmup
+     * (its "constant" has no warmup; ours takes --warmup-steps either way) */
+    if (strcmp(name, "constant_with_warmup") == 0) return SCHED_CONSTANT;
     for (int i = 0; i < (int)(sizeof sched_names / sizeof sched_names[0]); i++)
         if (strcmp(name, sched_names[i]) == 0) return i;
     return -1;

@@ -14,7 +14,8 @@
 
 typedef enum { SCHED_CONSTANT = 0, SCHED_LINEAR, SCHED_COSINE } SchedKind;
 
-/* "constant" | "linear" | "cosine"; -1 otherwise. */
+/* "constant" | "linear" | "cosine" (or Hugging Face's "constant_with_warmup" = constant);
+ * -1 otherwise. */
 int sched_parse(const char *name);
 const char *sched_name(SchedKind k);
 

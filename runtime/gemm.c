@@ -176,6 +176,11 @@ void gemm_free(GemmCtx *g, MemCtx *m) {
     memset(g, 0, sizeof *g);
 }
 
+const char *gemm_blas_config(void) {
+    const char *cfg = openblas_get_config();
+    return cfg ? cfg : "OpenBLAS (no configuration string)";
+}
+
 const char *gemm_describe(const GemmCtx *g, char *buf, size_t n) {
     /* openblas_get_config(): "OpenBLAS 0.3.21 NO_LAPACKE DYNAMIC_ARCH ..." -> keep 2 words */
     char version[64] = "OpenBLAS";

@@ -46,6 +46,9 @@ void gemm_free(GemmCtx *g, MemCtx *m);
  * that run several GEMMs in parallel from their own threads (e.g. attention heads) set 1 for
  * the duration and restore the previous value after. */
 int gemm_set_blas_threads(GemmCtx *g, int nthreads);
+/* OpenBLAS's build configuration, e.g. "OpenBLAS 0.3.21 NO_LAPACKE DYNAMIC_ARCH NO_AFFINITY
+ * Haswell MAX_THREADS=64" (needs no GemmCtx: for `shardlora --version`). */
+const char *gemm_blas_config(void);
 /* "OpenBLAS 0.3.21 core=SkylakeX threads=2" */
 const char *gemm_describe(const GemmCtx *g, char *buf, size_t n);
 

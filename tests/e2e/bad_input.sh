@@ -135,7 +135,7 @@ for i in range(400): print(json.dumps({'text': 'line %d of a longer file' % i}) 
 expect mpi-2-ranks-bad-line "late-bad.jsonl:338: .*JSON" -- \
   mpiexec --oversubscribe -n 2 "$SL" train --model "$W/good" --data "$W/late-bad.jsonl" --threads 1
 
-expect unknown-flag "unknown option --lora-rank" -- "$SL" train --model "$W/good" --data "$W/good.jsonl" --lora-rank 4
+expect unknown-flag "unknown option --lora-rnk; did you mean --lora-rank \(= --lora-r\)\?" -- "$SL" train --model "$W/good" --data "$W/good.jsonl" --lora-rnk 4
 expect bad-number "--lora-r: 'four' is not an integer" -- "$SL" train --model "$W/good" --data "$W/good.jsonl" --lora-r four
 expect bad-target "unknown module 'qq_proj'" -- "$SL" train --model "$W/good" --data "$W/good.jsonl" --target-modules q_proj,qq_proj
 expect impossible-tp "--tp 3 does not divide the 1 MPI ranks" -- "$SL" train --model "$W/good" --data "$W/good.jsonl" --tp 3

@@ -166,8 +166,9 @@ grep -q "model .*(config)" "$W/cfg-cfg.json.log" && grep -q "steps .*(flag)" "$W
   && pass "the resolved configuration names each value's source" || fail "resolved configuration lacks sources"
 printf 'lr = 0.1\nlearning_rate = 3\n' > "$W/cfg-bad.txt"
 run cfg-bad "${M[@]}" --data "$W/more.jsonl" --out "$W/cfg-bad" --config "$W/cfg-bad.txt"; rc=$?
-[ $rc -eq 2 ] && grep -q "cfg-bad.txt:2: unknown option 'learning_rate'" "$W/cfg-bad.log" \
-  && pass "a bad config key is refused with file:line" || fail "bad config key (exit $rc)"
+[ $rc -eq 2 ] && grep -q "cfg-bad.txt:2: lr and learning-rate both set lr" "$W/cfg-bad.log" \
+  && pass "a config key given twice (as lr and its alias learning_rate) is refused with file:line" \
+  || fail "config key given twice (exit $rc)"
 
 # ---- schedule values in metrics.jsonl ----------------------------------------------------
 run sched "${M[@]}" --data "$W/more.jsonl" --out "$W/sched" --seq-len 64 --steps 9 --lr 0.01 --lr-schedule cosine --warmup-steps 3 \

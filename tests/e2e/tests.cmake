@@ -25,6 +25,9 @@ sl_e2e(e2e_eval_generate_inputs eval_generate_inputs.sh 600 PROCESSORS 2)
 # train's edges: --epochs resumes at another global batch, row-stream refusals, strict
 # metrics JSON, flag ranges, --config edge cases, quoted paths, cleanup of refused runs
 sl_e2e(e2e_train_inputs train_inputs.sh 600 PROCESSORS 2)
+# the names users already know: Hugging Face / TRL / PEFT aliases (flags, underscores, YAML
+# and JSON configs) resolve to the same run; did-you-mean; grouped --help; --version
+sl_e2e(e2e_cli_names cli_names.sh 300 PROCESSORS 2)
 
 # The quick start itself (takes the build directory, not the binary).
 add_test(NAME e2e_quickstart

@@ -37,7 +37,8 @@ int main(void) {
     expect(SCHED_COSINE, 1, 0, 1, 2.0);
     expect(SCHED_LINEAR, 3, 5, 4, 0.8);
     CHECK_TRUE(sched_parse("cosine") == SCHED_COSINE && sched_parse("linear") == SCHED_LINEAR &&
-                   sched_parse("constant") == SCHED_CONSTANT && sched_parse("step") == -1,
+                   sched_parse("constant") == SCHED_CONSTANT && sched_parse("step") == -1 &&
+                   sched_parse("constant_with_warmup") == SCHED_CONSTANT,
                "sched_parse");
     return check_finish();
 }
