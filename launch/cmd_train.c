@@ -80,6 +80,7 @@ typedef struct {
     char init_targets[128], targets_csv[128];
     double epoch_steps;
     int64_t B, T, G, nrows, total_steps, first_step, cursor, cursor0, warmup;
+    SchedAnchor anchor; /* where the lr decay is anchored (model/sched.h; plain: warmup, 0) */
     char ckpt_root[4200], fingerprint[512], hparams[256], sched_desc[128];
     char *adapter_json, *run_json;
     TckptCfg cc;
@@ -511,21 +512,25 @@ static int train_init_adapters(TrainRun *r) {
  * export and the model card read; the row-stream keys from "pack" on are compared on
  * resume (train/tckpt.c), with seq_len and data_fingerprint. */
 static char *train_run_config(const TrainOpts *o, const TrainData *d, int64_t T, int64_t B,
-                              int64_t G, int64_t total_steps, const char *sched_desc) {
+                              int64_t G, int64_t total_steps, const char *sched_desc,
+                              int64_t warmup, SchedAnchor anchor) {
+    char progress[40];
+    str_fmt_double(anchor.progress, progress, sizeof progress);
     char *model = report_json_quote(o->run.model), *sched = report_json_quote(sched_desc),
          *init = o->init_adapter ? report_json_quote(o->init_adapter) : NULL,
          *lmode = report_json_quote(o->rows.long_examples);
     char *j = str_printf(
         "{\"model\": %s, \"data_fingerprint\": \"%s\", \"seq_len\": %lld, \"micro_batch\": %lld, "
         "\"global_batch\": %lld, \"steps\": %lld, \"seed\": %llu, \"max_grad_norm\": %.9g, "
-        "\"lr_schedule\": %s%s%s, \"pack\": %s, \"long_examples\": %s, \"shuffle\": %s, "
+        "\"lr_schedule\": %s, \"warmup_steps\": %lld, \"sched_anchor_step\": %lld, "
+        "\"sched_anchor_progress\": %s%s%s, \"pack\": %s, \"long_examples\": %s, \"shuffle\": %s, "
         "\"eval_split\": %.9g, \"train_rows\": %lld, \"train_tokens\": %lld, "
         "\"train_counted_tokens\": %lld}",
         model, d->fingerprint, (long long)T, (long long)B, (long long)G, (long long)total_steps,
-        (unsigned long long)o->seed, o->max_grad_norm, sched, init ? ", \"init_adapter\": " : "",
-        init ? init : "", o->rows.pack ? "true" : "false", lmode, o->shuffle ? "true" : "false",
-        o->eval_split, (long long)d->train.nrows, (long long)d->train.tokens,
-        (long long)d->train.counted);
+        (unsigned long long)o->seed, o->max_grad_norm, sched, (long long)warmup,
+        (long long)anchor.step, progress, init ? ", \"init_adapter\": " : "", init ? init : "",
+        o->rows.pack ? "true" : "false", lmode, o->shuffle ? "true" : "false", o->eval_split,
+        (long long)d->train.nrows, (long long)d->train.tokens, (long long)d->train.counted);
     free(model);
     free(sched);
     free(init);
@@ -533,17 +538,36 @@ static char *train_run_config(const TrainOpts *o, const TrainData *d, int64_t T,
     return j;
 }
 
-/* The schedule's description and the run configuration for `total` steps. */
+/* The schedule's description and the run configuration for `total` steps, with the
+ * warmup and the decay's anchor in r (train_set_schedule sets them). */
+static void train_describe_schedule(TrainRun *r) {
+    const TrainOpts *o = &r->o;
+    const int64_t total = r->total_steps;
+    const SchedAnchor plain = sched_anchor_plain(r->warmup);
+    if (r->anchor.step == plain.step && r->anchor.progress == plain.progress)
+        snprintf(r->sched_desc, sizeof r->sched_desc, "%s, warmup %lld of %lld steps, peak lr %g",
+                 o->lr_schedule, (long long)r->warmup, (long long)total, o->lr);
+    else
+        snprintf(r->sched_desc, sizeof r->sched_desc,
+                 "%s, warmup %lld of %lld steps, peak lr %g, decay re-anchored at step %lld "
+                 "(%.3g%% of its course; README: Resuming)",
+                 o->lr_schedule, (long long)r->warmup, (long long)total, o->lr,
+                 (long long)r->anchor.step, 100.0 * r->anchor.progress);
+    free(r->run_json);
+    r->run_json =
+        train_run_config(o, &r->data, r->T, r->B, r->G, total, r->sched_desc, r->warmup, r->anchor);
+    r->cc.run_json = r->run_json;
+}
+
+/* The plain schedule of `total` steps (a fresh run, or the rule of an older checkpoint). */
 static void train_set_schedule(TrainRun *r, int64_t total) {
     const TrainOpts *o = &r->o;
     r->total_steps = total;
     /* --warmup-ratio: transformers' get_warmup_steps, ceil(ratio x total steps) */
     r->warmup =
         o->warmup_ratio > 0 ? (int64_t)ceil(o->warmup_ratio * (double)total) : o->warmup_steps;
-    snprintf(r->sched_desc, sizeof r->sched_desc, "%s, warmup %lld of %lld steps, peak lr %g",
-             o->lr_schedule, (long long)r->warmup, (long long)total, o->lr);
-    free(r->run_json);
-    r->run_json = train_run_config(o, &r->data, r->T, r->B, r->G, total, r->sched_desc);
+    r->anchor = sched_anchor_plain(r->warmup);
+    train_describe_schedule(r);
 }
 
 /* What the checkpoints must match to resume (model, adapter) and keep (run configuration,
@@ -601,6 +625,42 @@ static void train_init_trainer(TrainRun *r) {
     train_ckpt_cfg(r);
 }
 
+/* The lr schedule of a resumed run of `total` steps. The checkpoint's rule (its warmup and
+ * anchor) goes on when its total is unchanged; a new total (--steps, or --epochs / the
+ * global batch) bends the decay at the checkpoint's step (model/sched.h): the lr goes on
+ * from where it was, with the same shape, to 0 at the new end, said in one line. A
+ * checkpoint without an anchor (older versions) gets the plain schedule of the new total. */
+static void train_resume_schedule(TrainRun *r, const TckptPos *pos, int64_t total) {
+    const TrainOpts *o = &r->o;
+    if (!pos->has_anchor) {
+        if (total != r->total_steps) train_set_schedule(r, total);
+        return;
+    }
+    const int64_t was = pos->total_steps, at = pos->step;
+    r->total_steps = total;
+    r->warmup = pos->warmup;
+    r->anchor = total == was ? pos->anchor : sched_anchor_resume(pos->anchor, r->warmup, was, at);
+    train_describe_schedule(r);
+    if (total == was || total <= at || r->g.world_rank != 0) return;
+    const SchedKind k = (SchedKind)r->skind;
+    const double lr = sched_lr_resumed(k, o->lr, at, r->warmup, r->anchor, total);
+    char rest[160];
+    if (k == SCHED_CONSTANT)
+        snprintf(rest, sizeof rest, "the lr stays %g", o->lr);
+    else if (at <= r->warmup)
+        snprintf(rest, sizeof rest,
+                 "the warmup ends after step %lld as planned, then the lr decays (%s) from %g to "
+                 "0 after step %lld",
+                 (long long)r->warmup, sched_name(k), o->lr, (long long)total);
+    else
+        snprintf(rest, sizeof rest,
+                 "the lr continues from step %lld's %.3e and decays (%s) to 0 after step %lld",
+                 (long long)at, lr, sched_name(k), (long long)total);
+    log_info("%s %lld -> %lld steps on resume at step %lld: %s (README: Resuming)",
+             o->steps > 0 ? "--steps" : "--epochs / global batch:", (long long)was,
+             (long long)total, (long long)at, rest);
+}
+
 /* --resume: where the run goes on (step, data cursor) and, for --epochs, how many steps the
  * rest of the data takes at this run's global batch. Returns 0 or an exit status. */
 static int train_resume(TrainRun *r) {
@@ -608,7 +668,8 @@ static int train_resume(TrainRun *r) {
     r->first_step = 1;
     r->cursor = 0;
     if (strcmp(o->resume, "none") == 0) return 0;
-    TckptPos pos = {0, 0, 0, 0};
+    TckptPos pos;
+    memset(&pos, 0, sizeof pos);
     int rr = tckpt_resume(&r->cc, strcmp(o->resume, "auto") == 0 ? NULL : o->resume, &r->g,
                           &r->s.m.params, &r->tr.opt, &pos);
     if (rr < 0) return EXIT_BAD_INPUT;
@@ -638,10 +699,7 @@ static int train_resume(TrainRun *r) {
                      (long long)G, (long long)pos.global_batch, (long long)r->first_step,
                      (long long)total, (long long)G);
     }
-    if (total != planned) {
-        train_set_schedule(r, total);
-        r->cc.run_json = r->run_json;
-    }
+    train_resume_schedule(r, &pos, total);
     return 0;
 }
 
@@ -932,7 +990,8 @@ static void train_after_step(TrainRun *r, TrainLoop *l, const TrainerStep *ts, d
 static int train_one_step(TrainRun *r, TrainLoop *l, int64_t step) {
     const TrainOpts *o = &r->o;
     const double t0 = timer_now();
-    const double lr = sched_lr((SchedKind)r->skind, o->lr, step, r->warmup, r->total_steps);
+    const double lr =
+        sched_lr_resumed((SchedKind)r->skind, o->lr, step, r->warmup, r->anchor, r->total_steps);
     const RowSource src = tdata_train_source(&r->data);
     TrainerStep ts;
     trainer_grads(&r->tr, &src, r->cursor, step, &ts);
