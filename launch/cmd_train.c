@@ -787,8 +787,6 @@ static void train_log_protection(const TrainRun *r) {
 static void train_log_mfu(const TrainRun *r) {
     const LlamaModel *m = &r->s.m;
     const MfuPeak *p = &r->peak;
-    char theo[128];
-    mfu_theoretical_gflops(theo, sizeof theo);
     const double attn = 6.0 * (double)m->L * (double)(m->H * m->D) * (double)(r->T + 1);
     log_info("MFU = model FLOPs/s / peak (never above 100%%); model FLOPs/token = 4*N_big + "
              "6*L*(H*D)*(T+1) (causal attention as computed: the masked half is skipped) + "
@@ -798,7 +796,7 @@ static void train_log_mfu(const TrainRun *r) {
              r->fpt - attn + r->dense_attn);
     log_info("MFU peak = %.4g GFLOP/s per rank (%s); the CPU's theoretical FMA peak: %s%s%.1f "
              "GFLOP/s; a step faster than the peak raises it to that step's rate",
-             p->gflops, p->source, theo, p->theoretical > 0 ? " = " : "",
+             p->gflops, p->source, p->theoretical_desc, p->theoretical > 0 ? " = " : "",
              p->theoretical > 0 ? p->theoretical : 0.0);
 }
 

@@ -34,8 +34,7 @@ static double mfu_sgemm_gflops(GemmCtx *gc, MemCtx *mem, int64_t n, double min_s
 void mfu_peak_init(MfuPeak *p, double given, Grid *g, GemmCtx *gc, MemCtx *mem,
                    double min_seconds) {
     memset(p, 0, sizeof *p);
-    char desc[128];
-    p->theoretical = mfu_theoretical_gflops(desc, sizeof desc);
+    p->theoretical = mfu_theoretical_gflops(p->theoretical_desc, sizeof p->theoretical_desc);
     if (given > 0) {
         p->gflops = given;
         snprintf(p->source, sizeof p->source, "--peak-gflops");
@@ -58,7 +57,8 @@ int mfu_peak_observe(MfuPeak *p, double gflops, long long step) {
     p->raised_at = step;
     if (first) {
         const size_t len = strlen(p->source);
-        snprintf(p->source + len, sizeof p->source - len, "; raised to the run's own rate");
+        snprintf(p->source + len, sizeof p->source - len,
+                 "; raised to the run's best step rate (first at step %lld)", step);
     }
     return first;
 }

@@ -14,11 +14,12 @@
 #include "../runtime/mem.h"
 
 typedef struct {
-    double gflops;       /* the peak per rank, GFLOP/s */
-    double measured;     /* what the sgemm gave (0: --peak-gflops) */
-    double theoretical;  /* cores x clock x FMA lanes x 2 FMA units x 2 (0: unknown) */
-    char source[160];    /* how gflops came about (summary.json "peak_source") */
-    long long raised_at; /* the step that raised it (0: never) */
+    double gflops;              /* the peak per rank, GFLOP/s */
+    double measured;            /* what the sgemm gave (0: --peak-gflops) */
+    double theoretical;         /* cores x clock x FMA lanes x 2 FMA units x 2 (0: unknown) */
+    char theoretical_desc[128]; /* how theoretical was worked out */
+    char source[160];           /* how gflops came about (summary.json "peak_source") */
+    long long raised_at;        /* the step that raised it (0: never) */
 } MfuPeak;
 
 /* The peak: `given` (--peak-gflops) when > 0, else the sgemm measured on every rank at once
