@@ -636,6 +636,11 @@ static void train_resume_schedule(TrainRun *r, const TckptPos *pos, int64_t tota
     const TrainOpts *o = &r->o;
     if (!pos->has_anchor) {
         if (total != r->total_steps) train_set_schedule(r, total);
+        if (pos->total_steps > 0 && total != pos->total_steps && r->g.world_rank == 0)
+            log_warn("the checkpoint predates anchored schedules (it keeps no anchor): the lr "
+                     "follows a fresh run's schedule of %lld steps, not %lld, from step %lld on "
+                     "(README: Resuming)",
+                     (long long)total, (long long)pos->total_steps, (long long)(pos->step + 1));
         return;
     }
     const int64_t was = pos->total_steps, at = pos->step;
