@@ -112,10 +112,11 @@ def build_model(a):
 
 def flops_per_token(cfg, lora, T):
     """DESIGN.md §9: 4·N (forward + input-gradient backward of the frozen matmuls, lm_head
-    included) + 12·L·C·T (attention, PaLM's count) + adapters (fwd 2r(in+out), bwd 4r(in+out))."""
+    included) + 6·L·(H·D)·(T+1) (causal attention: PaLM's 12·L·(H·D)·T over the (T+1)/2 keys a
+    query sees, as shardlora's llama_flops_per_token) + adapters (fwd 2r(in+out), bwd 4r(in+out))."""
     n = sum(o * i for o, i in (cfg.linear_shape(m) for m in tl.LORA_MODULES)) * cfg.num_layers
     n += cfg.vocab_size * cfg.hidden_size
-    attn = 12 * cfg.num_layers * cfg.hidden_size * T
+    attn = 6 * cfg.num_layers * cfg.num_heads * cfg.head_dim * (T + 1)
     ad = sum(6 * lora.r * sum(cfg.linear_shape(m)) for m in lora.targets) * cfg.num_layers
     return 4 * n + attn + ad, n
 

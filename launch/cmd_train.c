@@ -22,6 +22,7 @@
 #include "../runtime/log.h"
 #include "../runtime/str.h"
 #include "../runtime/timer.h"
+#include "../train/mfu.h"
 #include "../train/report.h"
 #include "../train/tckpt.h"
 #include "../train/tdata.h"
@@ -80,10 +81,12 @@ typedef struct {
     char init_targets[128], targets_csv[128];
     double epoch_steps;
     int64_t B, T, G, nrows, total_steps, first_step, cursor, cursor0, warmup;
+    SchedAnchor anchor; /* where the lr decay is anchored (model/sched.h; plain: warmup, 0) */
     char ckpt_root[4200], fingerprint[512], hparams[256], sched_desc[128];
     char *adapter_json, *run_json;
     TckptCfg cc;
-    double peak, fpt, nbig;
+    MfuPeak peak;                 /* the MFU denominator per rank (train/mfu.h) */
+    double fpt, nbig, dense_attn; /* model FLOPs per token, N_big, PaLM's dense attention */
 } TrainRun;
 
 /* The loop's running figures. */
@@ -545,21 +548,25 @@ static int train_init_adapters(TrainRun *r) {
  * export and the model card read; the row-stream keys from "pack" on are compared on
  * resume (train/tckpt.c), with seq_len and data_fingerprint. */
 static char *train_run_config(const TrainOpts *o, const TrainData *d, int64_t T, int64_t B,
-                              int64_t G, int64_t total_steps, const char *sched_desc) {
+                              int64_t G, int64_t total_steps, const char *sched_desc,
+                              int64_t warmup, SchedAnchor anchor) {
+    char progress[40];
+    str_fmt_double(anchor.progress, progress, sizeof progress);
     char *model = report_json_quote(o->run.model), *sched = report_json_quote(sched_desc),
          *init = o->init_adapter ? report_json_quote(o->init_adapter) : NULL,
          *lmode = report_json_quote(o->rows.long_examples);
     char *j = str_printf(
         "{\"model\": %s, \"data_fingerprint\": \"%s\", \"seq_len\": %lld, \"micro_batch\": %lld, "
         "\"global_batch\": %lld, \"steps\": %lld, \"seed\": %llu, \"max_grad_norm\": %.9g, "
-        "\"lr_schedule\": %s%s%s, \"pack\": %s, \"long_examples\": %s, \"shuffle\": %s, "
+        "\"lr_schedule\": %s, \"warmup_steps\": %lld, \"sched_anchor_step\": %lld, "
+        "\"sched_anchor_progress\": %s%s%s, \"pack\": %s, \"long_examples\": %s, \"shuffle\": %s, "
         "\"eval_split\": %.9g, \"train_rows\": %lld, \"train_tokens\": %lld, "
         "\"train_counted_tokens\": %lld}",
         model, d->fingerprint, (long long)T, (long long)B, (long long)G, (long long)total_steps,
-        (unsigned long long)o->seed, o->max_grad_norm, sched, init ? ", \"init_adapter\": " : "",
-        init ? init : "", o->rows.pack ? "true" : "false", lmode, o->shuffle ? "true" : "false",
-        o->eval_split, (long long)d->train.nrows, (long long)d->train.tokens,
-        (long long)d->train.counted);
+        (unsigned long long)o->seed, o->max_grad_norm, sched, (long long)warmup,
+        (long long)anchor.step, progress, init ? ", \"init_adapter\": " : "", init ? init : "",
+        o->rows.pack ? "true" : "false", lmode, o->shuffle ? "true" : "false", o->eval_split,
+        (long long)d->train.nrows, (long long)d->train.tokens, (long long)d->train.counted);
     free(model);
     free(sched);
     free(init);
@@ -567,17 +574,36 @@ static char *train_run_config(const TrainOpts *o, const TrainData *d, int64_t T,
     return j;
 }
 
-/* The schedule's description and the run configuration for `total` steps. */
+/* The schedule's description and the run configuration for `total` steps, with the
+ * warmup and the decay's anchor in r (train_set_schedule sets them). */
+static void train_describe_schedule(TrainRun *r) {
+    const TrainOpts *o = &r->o;
+    const int64_t total = r->total_steps;
+    const SchedAnchor plain = sched_anchor_plain(r->warmup);
+    if (r->anchor.step == plain.step && r->anchor.progress == plain.progress)
+        snprintf(r->sched_desc, sizeof r->sched_desc, "%s, warmup %lld of %lld steps, peak lr %g",
+                 o->lr_schedule, (long long)r->warmup, (long long)total, o->lr);
+    else
+        snprintf(r->sched_desc, sizeof r->sched_desc,
+                 "%s, warmup %lld of %lld steps, peak lr %g, decay re-anchored at step %lld "
+                 "(%.3g%% of its course; README: Resuming)",
+                 o->lr_schedule, (long long)r->warmup, (long long)total, o->lr,
+                 (long long)r->anchor.step, 100.0 * r->anchor.progress);
+    free(r->run_json);
+    r->run_json =
+        train_run_config(o, &r->data, r->T, r->B, r->G, total, r->sched_desc, r->warmup, r->anchor);
+    r->cc.run_json = r->run_json;
+}
+
+/* The plain schedule of `total` steps (a fresh run, or the rule of an older checkpoint). */
 static void train_set_schedule(TrainRun *r, int64_t total) {
     const TrainOpts *o = &r->o;
     r->total_steps = total;
     /* --warmup-ratio: transformers' get_warmup_steps, ceil(ratio x total steps) */
     r->warmup =
         o->warmup_ratio > 0 ? (int64_t)ceil(o->warmup_ratio * (double)total) : o->warmup_steps;
-    snprintf(r->sched_desc, sizeof r->sched_desc, "%s, warmup %lld of %lld steps, peak lr %g",
-             o->lr_schedule, (long long)r->warmup, (long long)total, o->lr);
-    free(r->run_json);
-    r->run_json = train_run_config(o, &r->data, r->T, r->B, r->G, total, r->sched_desc);
+    r->anchor = sched_anchor_plain(r->warmup);
+    train_describe_schedule(r);
 }
 
 /* What the checkpoints must match to resume (model, adapter) and keep (run configuration,
@@ -635,6 +661,47 @@ static void train_init_trainer(TrainRun *r) {
     train_ckpt_cfg(r);
 }
 
+/* The lr schedule of a resumed run of `total` steps. The checkpoint's rule (its warmup and
+ * anchor) goes on when its total is unchanged; a new total (--steps, or --epochs / the
+ * global batch) bends the decay at the checkpoint's step (model/sched.h): the lr goes on
+ * from where it was, with the same shape, to 0 at the new end, said in one line. A
+ * checkpoint without an anchor (older versions) gets the plain schedule of the new total. */
+static void train_resume_schedule(TrainRun *r, const TckptPos *pos, int64_t total) {
+    const TrainOpts *o = &r->o;
+    if (!pos->has_anchor) {
+        if (total != r->total_steps) train_set_schedule(r, total);
+        if (pos->total_steps > 0 && total != pos->total_steps && r->g.world_rank == 0)
+            log_warn("the checkpoint predates anchored schedules (it keeps no anchor): the lr "
+                     "follows a fresh run's schedule of %lld steps, not %lld, from step %lld on "
+                     "(README: Resuming)",
+                     (long long)total, (long long)pos->total_steps, (long long)(pos->step + 1));
+        return;
+    }
+    const int64_t was = pos->total_steps, at = pos->step;
+    r->total_steps = total;
+    r->warmup = pos->warmup;
+    r->anchor = total == was ? pos->anchor : sched_anchor_resume(pos->anchor, r->warmup, was, at);
+    train_describe_schedule(r);
+    if (total == was || total <= at || r->g.world_rank != 0) return;
+    const SchedKind k = (SchedKind)r->skind;
+    const double lr = sched_lr_resumed(k, o->lr, at, r->warmup, r->anchor, total);
+    char rest[160];
+    if (k == SCHED_CONSTANT)
+        snprintf(rest, sizeof rest, "the lr stays %g", o->lr);
+    else if (at <= r->warmup)
+        snprintf(rest, sizeof rest,
+                 "the warmup ends after step %lld as planned, then the lr decays (%s) from %g to "
+                 "0 after step %lld",
+                 (long long)r->warmup, sched_name(k), o->lr, (long long)total);
+    else
+        snprintf(rest, sizeof rest,
+                 "the lr continues from step %lld's %.3e and decays (%s) to 0 after step %lld",
+                 (long long)at, lr, sched_name(k), (long long)total);
+    log_info("%s %lld -> %lld steps on resume at step %lld: %s (README: Resuming)",
+             o->steps > 0 ? "--steps" : "--epochs / global batch:", (long long)was,
+             (long long)total, (long long)at, rest);
+}
+
 /* --resume: where the run goes on (step, data cursor) and, for --epochs, how many steps the
  * rest of the data takes at this run's global batch. Returns 0 or an exit status. */
 static int train_resume(TrainRun *r) {
@@ -642,7 +709,8 @@ static int train_resume(TrainRun *r) {
     r->first_step = 1;
     r->cursor = 0;
     if (strcmp(o->resume, "none") == 0) return 0;
-    TckptPos pos = {0, 0, 0, 0};
+    TckptPos pos;
+    memset(&pos, 0, sizeof pos);
     int rr = tckpt_resume(&r->cc, strcmp(o->resume, "auto") == 0 ? NULL : o->resume, &r->g,
                           &r->s.m.params, &r->tr.opt, &pos);
     if (rr < 0) return EXIT_BAD_INPUT;
@@ -672,10 +740,7 @@ static int train_resume(TrainRun *r) {
                      (long long)G, (long long)pos.global_batch, (long long)r->first_step,
                      (long long)total, (long long)G);
     }
-    if (total != planned) {
-        train_set_schedule(r, total);
-        r->cc.run_json = r->run_json;
-    }
+    train_resume_schedule(r, &pos, total);
     return 0;
 }
 
@@ -701,47 +766,77 @@ static void train_log_binding(const Grid *g, const MemCtx *mem) {
              g->tp_rank, g->dp_rank, host, cpus, mem->numa_node);
 }
 
-/* SIGUSR1 (Slurm's --signal) or SIGTERM asks for a checkpoint and a clean exit at the next
- * step boundary; a second SIGTERM exits at once. Signal state is process-wide by nature. */
+/* SIGUSR1 (Slurm's --signal), SIGTERM or SIGINT (Ctrl-C) asks for a checkpoint and a clean
+ * exit (status 75) at the next step boundary; a second SIGTERM or SIGINT exits at once, with
+ * no checkpoint of the current step. Signal state is process-wide by nature; the handler
+ * only sets flags and write(2)s. */
 static volatile sig_atomic_t g_train_signal;
-static volatile sig_atomic_t g_train_terms;
+static volatile sig_atomic_t g_train_stops;  /* SIGTERM / SIGINT received so far */
+static volatile sig_atomic_t g_train_speaks; /* 1 on world rank 0: the handler may print */
+
+static void train_say(const char *msg, size_t n) {
+    if (g_train_speaks) (void)!write(STDERR_FILENO, msg, n);
+}
 
 static void train_on_signal(int sig) {
-    if (sig == SIGTERM && g_train_terms++ > 0) _exit(128 + SIGTERM);
+    static const char again[] =
+        "\nshardlora: interrupted again: exiting NOW without a checkpoint of the current step "
+        "(the newest one in OUT/checkpoints is intact)\n";
+    static const char first[] =
+        "\nshardlora: interrupt: writing a checkpoint after the current step, then exiting "
+        "(status 75; the same command resumes); interrupt again to stop at once without it\n";
+    if (sig != SIGUSR1 && g_train_stops++ > 0) {
+        train_say(again, sizeof again - 1);
+        _exit(128 + sig);
+    }
+    if (sig == SIGINT) train_say(first, sizeof first - 1);
     g_train_signal = sig;
 }
 
-static void train_install_signals(void) {
+static void train_install_signals(const Grid *g) {
+    g_train_speaks = g->world_rank == 0;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = train_on_signal;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGUSR1, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
 }
 
-/* Measures this rank's sgemm speed for MFU (all ranks at once, as in training): the best of
- * several short repetitions, so a moment of contention on a shared machine does not lower
- * the peak (and raise the MFU) for the whole run. */
-static double train_measure_peak(GemmCtx *gc, MemCtx *mem) {
-    const int64_t n = 1024;
-    size_t bytes = (size_t)(n * n) * sizeof(float);
-    float *a = mem_alloc(mem, MEM_OTHER, bytes), *b = mem_alloc(mem, MEM_OTHER, bytes),
-          *c = mem_alloc(mem, MEM_OTHER, bytes);
-    for (int64_t i = 0; i < n * n; i++)
-        a[i] = b[i] = (float)(i % 7) * 0.01f;
-    gemm_f32(gc, 0, 1, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
-    double best = 0;
-    for (int r = 0; r < 10; r++) {
-        double t0 = timer_now();
-        gemm_f32(gc, 0, 1, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
-        double g = 2.0 * (double)n * n * n / (timer_now() - t0) / 1e9;
-        if (g > best) best = g;
-    }
-    mem_free(mem, MEM_OTHER, a, bytes);
-    mem_free(mem, MEM_OTHER, b, bytes);
-    mem_free(mem, MEM_OTHER, c, bytes);
-    return best;
+/* One line on what protects the run's work: when checkpoints are written. */
+static void train_log_protection(const TrainRun *r) {
+    const TrainOpts *o = &r->o;
+    char every[64] = "", minutes[64] = "";
+    if (o->ckpt_every > 0)
+        snprintf(every, sizeof every, "every %lld steps, ", (long long)o->ckpt_every);
+    if (o->ckpt_minutes > 0)
+        snprintf(minutes, sizeof minutes, "every %g minutes, ", o->ckpt_minutes);
+    log_info("checkpoints: %s%sat the end, and on SIGTERM, SIGUSR1 or Ctrl-C (SIGINT) after the "
+             "current step (then exit 75; a second SIGTERM or Ctrl-C exits at once without one)%s",
+             every, minutes,
+             getenv("OMPI_COMM_WORLD_SIZE")
+                 ? "; under Open MPI's mpirun Ctrl-C reaches the ranks as SIGTERM followed by "
+                   "SIGKILL after --mca odls_base_sigkill_timeout seconds (default 1): raise it, "
+                   "or send SIGUSR1 to mpirun, which forwards it"
+                 : "");
+}
+
+/* How MFU is counted: the FLOPs formula with its figures and the peak. */
+static void train_log_mfu(const TrainRun *r) {
+    const LlamaModel *m = &r->s.m;
+    const MfuPeak *p = &r->peak;
+    const double attn = 6.0 * (double)m->L * (double)(m->H * m->D) * (double)(r->T + 1);
+    log_info("MFU = model FLOPs/s / peak (never above 100%%); model FLOPs/token = 4*N_big + "
+             "6*L*(H*D)*(T+1) (causal attention as computed: the masked half is skipped) + "
+             "adapter = 4*%.4g + 6*%lld*%lld*%lld + ... = %.4g (with PaLM's dense attention "
+             "12*L*(H*D)*T, masked half included: %.4g)",
+             r->nbig, (long long)m->L, (long long)(m->H * m->D), (long long)(r->T + 1), r->fpt,
+             r->fpt - attn + r->dense_attn);
+    log_info("MFU peak = %.4g GFLOP/s per rank (%s); the CPU's theoretical FMA peak: %s%s%.1f "
+             "GFLOP/s; a step faster than the peak raises it to that step's rate",
+             p->gflops, p->source, p->theoretical_desc, p->theoretical > 0 ? " = " : "",
+             p->theoretical > 0 ? p->theoretical : 0.0);
 }
 
 /* The start-up lines: model, schedule, adapter, grid, binding, MFU formula, memory. */
@@ -750,8 +845,8 @@ static void train_log_start(TrainRun *r) {
     const Grid *g = &r->g;
     const LlamaModel *m = &r->s.m;
     char desc[256];
-    r->peak = o->peak_gflops > 0 ? o->peak_gflops : train_measure_peak(&r->s.gc, &r->s.mem);
-    r->fpt = llama_flops_per_token(m, r->T, &r->nbig);
+    mfu_peak_init(&r->peak, o->peak_gflops, &r->g, &r->s.gc, &r->s.mem, 0.5);
+    r->fpt = llama_flops_per_token(m, r->T, &r->nbig, &r->dense_attn);
     log_info("shardlora train: %s (%s)", o->run.model,
              session_describe_model(&r->s, desc, sizeof desc));
     log_info("schedule: %lld steps of %lld sequences x %lld tokens (%lld micro-batches of %lld per "
@@ -773,16 +868,14 @@ static void train_log_start(TrainRun *r) {
              m->KV < g->tp && g->tp > 1 ? " (replicated)" : "", (long long)m->Fl, (long long)m->Vl,
              r->env.kops->name, gemm_describe(&r->s.gc, desc, sizeof desc));
     train_log_binding(g, &r->s.mem);
+    train_log_protection(r);
     int tp_nodes = grid_tp_nodes(&r->g);
     if (tp_nodes > 1 && g->tp_rank == 0)
         log_warn(
             "the TP group of dp_rank %d spans %d nodes: its per-layer all-reduces will cross the "
             "network (place consecutive ranks on one node, e.g. mpirun --map-by node:PE=...)",
             g->dp_rank, tp_nodes);
-    log_info("MFU = model FLOPs/s / peak; model FLOPs/token = 4*N_big + 12*L*(H*D)*T + adapter = "
-             "4*%.4g + 12*%lld*%lld*%lld + ... = %.4g; peak = %.1f GFLOP/s per rank (%s)",
-             r->nbig, (long long)m->L, (long long)(m->H * m->D), (long long)r->T, r->fpt, r->peak,
-             o->peak_gflops > 0 ? "--peak-gflops" : "measured sgemm at start-up");
+    train_log_mfu(r);
     log_rank("rank %d: frozen weights %.1f MiB resident (%.1f MiB not divided by tp), %.1f MiB "
              "read from disk",
              g->world_rank, (double)m->frozen_bytes / 1048576.0,
@@ -939,7 +1032,17 @@ static void train_after_step(TrainRun *r, TrainLoop *l, const TrainerStep *ts, d
     l->t_steps += dt;
     l->flops_done += r->fpt * (double)(r->G * r->T);
     const double tps = (double)(r->G * r->T) / dt;
-    const double mfu = r->fpt * (double)(r->G * r->T) / dt / (r->peak * 1e9 * r->g.world_size);
+    /* this rank's share of the step's model FLOPs per second, against the peak per rank */
+    const double gflops = r->fpt * (double)(r->G * r->T) / dt / r->g.world_size / 1e9;
+    const double was = r->peak.gflops;
+    if (mfu_peak_observe(&r->peak, gflops, step) && r->g.world_rank == 0) {
+        report_bar_clear(&r->rep);
+        log_info("MFU: step %lld ran at %.4g model GFLOP/s per rank, above the peak %.4g (%s): "
+                 "the peak follows the run's best rate from now on (MFU stays <= 100%%)",
+                 (long long)step, gflops, was,
+                 r->o.peak_gflops > 0 ? "--peak-gflops" : "measured sgemm");
+    }
+    const double mfu = gflops / r->peak.gflops;
     const double epoch = (double)r->cursor / (double)r->nrows;
     report_step(&r->rep, ts, epoch, lr, tps, mfu);
     if (r->data.has_eval &&
@@ -966,7 +1069,8 @@ static void train_after_step(TrainRun *r, TrainLoop *l, const TrainerStep *ts, d
 static int train_one_step(TrainRun *r, TrainLoop *l, int64_t step) {
     const TrainOpts *o = &r->o;
     const double t0 = timer_now();
-    const double lr = sched_lr((SchedKind)r->skind, o->lr, step, r->warmup, r->total_steps);
+    const double lr =
+        sched_lr_resumed((SchedKind)r->skind, o->lr, step, r->warmup, r->anchor, r->total_steps);
     const RowSource src = tdata_train_source(&r->data);
     TrainerStep ts;
     trainer_grads(&r->tr, &src, r->cursor, step, &ts);
@@ -1053,7 +1157,8 @@ static int train_outputs(TrainRun *r, TrainLoop *l) {
                         l->t_steps,
                         l->t_eval,
                         l->flops_done,
-                        r->peak * 1e9 * g->world_size,
+                        r->peak.gflops * 1e9 * g->world_size,
+                        r->peak.source,
                         l->last_loss,
                         l->last_eval,
                         l->best_eval,
@@ -1109,7 +1214,7 @@ int cmd_train(int argc, char **argv) {
     if (!rc) rc = train_resume(r);
     if (rc) return train_free(r, NULL, rc);
     r->cursor0 = r->first_step > 1 ? r->cursor : 0; /* rows before this run's first step */
-    train_install_signals();
+    train_install_signals(&r->g);
     train_log_start(r);
     rc = train_open_report(r);
     if (rc) return train_free(r, NULL, rc);

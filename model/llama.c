@@ -564,7 +564,7 @@ void llama_backward(LlamaModel *m, LlamaActs *a, const LlamaBatch *b, const Adap
     }
 }
 
-double llama_flops_per_token(const LlamaModel *m, int64_t T, double *n_big) {
+double llama_flops_per_token(const LlamaModel *m, int64_t T, double *n_big, double *dense_attn) {
     const double C = (double)m->C, F = (double)m->F, HD = (double)(m->H * m->D),
                  KD = (double)(m->KV * m->D), V = (double)m->V, L = (double)m->L;
     double nb = L * (C * HD * 2 + C * KD * 2 + 3 * C * F) + V * C; /* + lm_head */
@@ -574,7 +574,8 @@ double llama_flops_per_token(const LlamaModel *m, int64_t T, double *n_big) {
         for (int i = 0; i < MOD_NMODULES; i++)
             if (m->layers[l].lin[i].adapter)
                 adapter += m->layers[l].slot[i].kind->flops_per_token(&m->layers[l].slot[i]);
-    return 4.0 * nb + 12.0 * L * HD * (double)T + adapter;
+    if (dense_attn) *dense_attn = 12.0 * L * HD * (double)T;
+    return 4.0 * nb + 6.0 * L * HD * (double)(T + 1) + adapter;
 }
 
 void llama_vocab_range(int64_t V, int tp, int r, int64_t *v0, int64_t *vl) {

@@ -126,8 +126,16 @@ void llama_backward(LlamaModel *m, LlamaActs *a, const LlamaBatch *b, const Adap
                     const KernOps *k, KernCtx *kc, Grid *g, LlamaLayerDone layer_done,
                     void *done_ctx);
 
-/* Model FLOPs per token (DESIGN.md §9): 4 * N_big + 12 * L * (H*D) * T + adapter FLOPs. */
-double llama_flops_per_token(const LlamaModel *m, int64_t T, double *n_big);
+/* Model FLOPs per token of a training step (DESIGN.md §9), counting causal attention as the
+ * kernels compute it: 4 * N_big (forward and input-gradient matmuls of the frozen weights,
+ * lm_head included) + 6 * L * (H*D) * (T + 1) + adapter FLOPs. Attention: QK^T and PV
+ * forward (2 matmuls) and backward (4) at 2 FLOPs per multiply-add over the (T + 1) / 2
+ * keys a query sees on average under the causal mask; the masked half is skipped, not
+ * computed, and the backward's recomputation of the scores is not counted (model FLOPs,
+ * not hardware FLOPs). Packed documents see fewer keys, so with packing this is an upper
+ * bound. *dense_attn (may be NULL) gets PaLM's dense count 12 * L * (H*D) * T, which
+ * includes the masked half; *n_big (may be NULL) N_big. */
+double llama_flops_per_token(const LlamaModel *m, int64_t T, double *n_big, double *dense_attn);
 
 /* The vocabulary rows [*v0, *v0 + *vl) TP rank r holds (an uneven split is fine). */
 void llama_vocab_range(int64_t V, int tp, int r, int64_t *v0, int64_t *vl);

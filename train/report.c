@@ -235,6 +235,8 @@ int report_summary(const char *out, const ReportTotals *t, const TrainData *d, c
     json_object_set_new(j, "eval_seconds", json_real(t->t_eval));
     json_object_set_new(j, "tokens_per_s", json_real(tps));
     json_object_set_new(j, "mfu", json_real(mfu));
+    json_object_set_new(j, "peak_flops", json_real(t->peak_flops));
+    json_object_set_new(j, "peak_source", json_string(t->peak_source ? t->peak_source : ""));
     json_object_set_new(j, "last_loss",
                         isfinite(t->last_loss) ? json_real(t->last_loss) : json_null());
     json_object_set_new(j, "last_eval_loss",

@@ -72,6 +72,7 @@ int report_run_json(const char *out, const ReportRun *run, const Session *s, con
 typedef struct {
     int64_t steps, skipped, tokens, counted;
     double wall, t_steps, t_eval, flops, peak_flops; /* peak over all ranks, FLOP/s */
+    const char *peak_source;                         /* how the peak came about (train/mfu.h) */
     double last_loss, last_eval, best_eval;
     int64_t best_step;
 } ReportTotals;

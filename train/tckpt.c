@@ -207,13 +207,18 @@ static int tckpt_same_stream(const char *dir, const char *ckpt_run, const char *
     return ok;
 }
 
-/* An integer of the checkpoint's run_config (0 if absent). */
-static int64_t tckpt_run_int(const char *run, const char *key) {
+/* A number of the checkpoint's run_config (`absent` if it has none). */
+static double tckpt_run_num(const char *run, const char *key, double absent) {
     json_t *j = json_loads(run, JSON_DECODE_INT_AS_REAL, NULL);
     json_t *v = j ? json_object_get(j, key) : NULL;
-    int64_t x = json_is_number(v) ? (int64_t)json_number_value(v) : 0;
+    double x = json_is_number(v) ? json_number_value(v) : absent;
     if (j) json_decref(j);
     return x;
+}
+
+/* An integer of the checkpoint's run_config (0 if absent). */
+static int64_t tckpt_run_int(const char *run, const char *key) {
+    return (int64_t)tckpt_run_num(run, key, 0);
 }
 
 static void tckpt_warn(void *ctx, const char *msg) {
@@ -229,7 +234,9 @@ int tckpt_resume(const TckptCfg *c, const char *path, Grid *g, ParamTable *p, Op
     CkptReader r;
     memset(&r, 0, sizeof r);
     int rc = 0, opened = 0;
-    int64_t prev[2] = {0, 0}; /* the checkpoint run's global batch and total steps */
+    /* the checkpoint run's global batch, total steps, warmup and schedule anchor */
+    int64_t prev[5] = {0, 0, 0, 0, 0};
+    double anchor_progress = 0;
     if (g->world_rank == 0) {
         if (path) {
             snprintf(dir, sizeof dir, "%s", path);
@@ -264,6 +271,10 @@ int tckpt_resume(const TckptCfg *c, const char *path, Grid *g, ParamTable *p, Op
         if (rc == 1) {
             prev[0] = tckpt_run_int(r.meta.run_config, "global_batch");
             prev[1] = tckpt_run_int(r.meta.run_config, "steps");
+            prev[2] = tckpt_run_num(r.meta.run_config, "sched_anchor_step", -1) >= 0;
+            prev[3] = tckpt_run_int(r.meta.run_config, "warmup_steps");
+            prev[4] = tckpt_run_int(r.meta.run_config, "sched_anchor_step");
+            anchor_progress = tckpt_run_num(r.meta.run_config, "sched_anchor_progress", 0);
         }
         if (rc < 0) fprintf(stderr, "shardlora: error: cannot resume: %s\n", st.msg);
     }
@@ -274,8 +285,12 @@ int tckpt_resume(const TckptCfg *c, const char *path, Grid *g, ParamTable *p, Op
     }
     grid_bcast(g, g->world, dir, sizeof dir, 0, GRID_BYTES_OTHER);
     grid_bcast(g, g->world, prev, sizeof prev, 0, GRID_BYTES_OTHER);
+    grid_bcast(g, g->world, &anchor_progress, sizeof anchor_progress, 0, GRID_BYTES_OTHER);
     pos->global_batch = prev[0];
     pos->total_steps = prev[1];
+    pos->has_anchor = (int)prev[2];
+    pos->warmup = prev[3];
+    pos->anchor = (SchedAnchor){prev[4], anchor_progress};
     int ok = g->world_rank == 0 ? 1 : ckpt_open(&r, dir, &st);
     const int have_reader = ok;
     const char *snames[2];

@@ -12,6 +12,7 @@
 
 #include "../model/optim.h"
 #include "../model/params.h"
+#include "../model/sched.h"
 #include "../parallel/grid.h"
 
 typedef struct {
@@ -37,6 +38,11 @@ typedef struct {
     int64_t cursor;       /* its data cursor */
     int64_t global_batch; /* its run's global batch (0: its run_config does not say) */
     int64_t total_steps;  /* its run's total steps (0: its run_config does not say) */
+    /* its run's lr schedule (model/sched.h), when its run_config has "sched_anchor_step"
+     * (older checkpoints do not: has_anchor 0) */
+    int has_anchor;
+    int64_t warmup;     /* "warmup_steps" */
+    SchedAnchor anchor; /* "sched_anchor_step", "sched_anchor_progress" */
 } TckptPos;
 
 /* Loads the checkpoint at `path`, or with path == NULL the newest usable one under c->root

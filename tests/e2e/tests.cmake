@@ -40,3 +40,6 @@ foreach(t export import bad)
            COMMAND bash ${SL_E2E_DIR}/peft_adapters.sh $<TARGET_FILE:shardlora> ${CMAKE_BINARY_DIR}/test-work ${t})
   set_tests_properties(e2e_peft_${t} PROPERTIES LABELS "e2e;reference" TIMEOUT 600 PROCESSORS 2)
 endforeach()
+# issue 15's safety nets: the lr schedule when --steps changes on resume, Ctrl-C (1 and 2
+# ranks, twice), time-based checkpoints, MFU <= 100% at a long sequence
+sl_e2e(e2e_train_ckpt train_ckpt.sh 300 PROCESSORS 2)
