@@ -21,6 +21,9 @@ sl_e2e(e2e_eval_generate_inputs eval_generate_inputs.sh 600 PROCESSORS 2)
 # train's edges: --epochs resumes at another global batch, row-stream refusals, strict
 # metrics JSON, flag ranges, --config edge cases, quoted paths, cleanup of refused runs
 sl_e2e(e2e_train_inputs train_inputs.sh 600 PROCESSORS 2)
+# a run directory belongs to one run: --resume none, another run's settings, a finished
+# run re-run, --overwrite, stale per-rank summaries (sha256 of OUT before and after)
+sl_e2e(e2e_run_safety run_safety.sh 300 PROCESSORS 2)
 
 # The quick start itself (takes the build directory, not the binary).
 add_test(NAME e2e_quickstart
