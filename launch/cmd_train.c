@@ -423,8 +423,14 @@ static void train_identity(TrainRun *r) {
     if (strcmp(o->lora_init, "pissa") == 0)
         json_object_set_new(id, "--pissa-iters", json_integer((json_int_t)o->pissa_iters));
     json_object_set_new(id, "--loraplus-ratio", json_real(o->loraplus_ratio));
-    json_object_set_new(id, "--init-adapter",
-                        o->init_adapter ? json_string(o->init_adapter) : json_null());
+    json_t *init = o->init_adapter ? json_array() : json_null(); /* by its bytes too */
+    static const char *const peft_files[] = {"adapter_config.json", "adapter_model.safetensors"};
+    for (int i = 0; o->init_adapter && i < 2; i++) {
+        char *f = str_join_path(o->init_adapter, peft_files[i]);
+        json_array_append_new(init, train_file_id(f));
+        free(f);
+    }
+    json_object_set_new(id, "--init-adapter", init);
     json_object_set_new(id, "--optimizer", json_string(o->optimizer));
     r->identity = id;
     r->data_files = files;
@@ -1197,7 +1203,7 @@ int cmd_train(int argc, char **argv) {
     if (!rc) rc = train_load_data(r);
     if (!rc) rc = train_init_adapters(r);
     if (!rc) train_init_trainer(r);
-    if (!rc) rc = train_resume(r);
+    if (!rc && (rc = train_resume(r)) != 0) train_drop_outputs(r); /* a refused checkpoint */
     if (!rc) rc = train_claim(r);
     if (rc) return train_free(r, NULL, rc);
     r->cursor0 = r->first_step > 1 ? r->cursor : 0; /* rows before this run's first step */

@@ -3,7 +3,8 @@
 # file under OUT (and the list of its entries) before and after.
 #   restart   --resume none on a run's OUT: exit 2, OUT unchanged, the line names --overwrite
 #   other     another run's settings (other data, --lora-r): exit 2 before tokenising (the
-#             token cache unchanged too), naming the option, both values and the remedies
+#             token cache unchanged too), naming the option, both values and the remedies;
+#             another run's checkpoint by --resume CKPT into a new OUT: exit 3, no OUT left
 #   done      re-running a finished run (and as 2 ranks, and by --epochs as a requeue does):
 #             exit 0, OUT unchanged, "nothing to do" with the best eval loss
 #   overwrite --overwrite removes shardlora's files (each logged), keeps the user's, trains
@@ -64,6 +65,10 @@ says other-r "its --lora-r is 8, this one's 4"
 says other-r "or give --lora-r as it was"
 [ "$(grep -c "error" "$W/other-r.log")" -eq 1 ] && pass "other-r: one error line" || fail "other-r: not one error line"
 same other "$O" "$W/before"
+run other-ckpt "${D[@]}" --out "$W/fresh" --steps 6 --seed 7 --resume "$O/checkpoints/step-000000004"; status other-ckpt $? 3
+says other-ckpt "cannot resume: .*seed 42; this run's is 7"
+[ ! -e "$W/fresh" ] && pass "other-ckpt: a refused --resume CKPT leaves no new OUT" || fail "other-ckpt: left $W/fresh behind"
+same other-ckpt "$O" "$W/before"
 
 # ---- done: a finished run re-run, on 1 and 2 ranks, and by --epochs -----------------------
 run done1 "${D[@]}" --out "$O" --steps 4 --eval-split 0.1; status done1 $? 0
