@@ -57,7 +57,7 @@ typedef struct {
     int cache;          /* the default cache directory holds token caches */
 } RundirScan;
 
-/* "checkpoints/ (latest step N), adapter/ and K other files", for messages. */
+/* "checkpoints/ (latest step N), adapter/, K files", for messages. */
 static void rundir_describe(const RundirScan *s, const char *out, char *buf, size_t n) {
     char *root = str_join_path(out, "checkpoints"), at[64] = "";
     const int64_t latest = ckpt_latest_step(root);
