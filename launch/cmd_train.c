@@ -24,6 +24,7 @@
 #include "../runtime/timer.h"
 #include "../train/mfu.h"
 #include "../train/report.h"
+#include "../train/rundir.h"
 #include "../train/tckpt.h"
 #include "../train/tdata.h"
 #include "../train/trainer.h"
@@ -87,6 +88,8 @@ typedef struct {
     TckptCfg cc;
     MfuPeak peak;                 /* the MFU denominator per rank (train/mfu.h) */
     double fpt, nbig, dense_attn; /* model FLOPs per token, N_big, PaLM's dense attention */
+    json_t *identity, *data_files; /* world rank 0: what OUT/run-state.json records */
+    int nothing_to_do;             /* OUT holds this run, finished: exit 0, no file written */
 } TrainRun;
 
 /* The loop's running figures. */
@@ -398,6 +401,117 @@ static void train_init_overrides(TrainOpts *o, const ArgSpec *specs, int nspecs,
     o->targets = csv;
 }
 
+/* The model's architecture, sizes and dtypes: what a checkpoint must have been written for. */
+static void train_model_fingerprint(TrainRun *r) {
+    const LlamaModel *m = &r->s.m;
+    snprintf(
+        r->fingerprint, sizeof r->fingerprint,
+        "%s hidden=%lld ffn=%lld layers=%lld heads=%lld kv_heads=%lld head_dim=%lld vocab=%lld "
+        "tie=%d qkv_bias=%d o_bias=%d rope_theta=%g rope_scaling=%d dtype=%s",
+        m->cfg.architecture, (long long)m->C, (long long)m->F, (long long)m->L, (long long)m->H,
+        (long long)m->KV, (long long)m->D, (long long)m->V, m->cfg.tie_word_embeddings,
+        m->cfg.qkv_bias, m->cfg.o_bias, m->cfg.rope_theta, m->cfg.rope_scaling_type,
+        m->wdtype == GEMM_BF16 ? "BF16" : "F32");
+}
+
+/* A file's contents as an identity value ("N bytes, crc32c X"; the reason if unreadable). */
+static json_t *train_file_id(const char *path) {
+    char id[128];
+    ErrStatus st;
+    return json_string(rundir_file_id(path, id, sizeof id, &st) ? id : st.msg);
+}
+
+/* What makes two invocations the same run (train/rundir.h), on world rank 0: what the
+ * checkpoints must match to resume (model, adapter, optimizer, seed, row stream, with the
+ * data by its bytes), labelled as the options. Not: --steps, --epochs, the lr schedule, the
+ * global batch or the layout (a resume may change them). */
+static void train_identity(TrainRun *r) {
+    const TrainOpts *o = &r->o;
+    const MpicmdRows *w = &o->rows;
+    json_t *id = json_object(), *data = json_array(), *files = json_array();
+    json_object_set_new(id, "model", json_string(r->fingerprint));
+    char *tk = str_join_path(o->run.model, "tokenizer.json");
+    if (access(tk, F_OK) == 0) json_object_set_new(id, "tokenizer.json", train_file_id(tk));
+    free(tk);
+    for (int i = 0; i < w->data.n; i++) {
+        json_array_append_new(data, train_file_id(w->data.v[i]));
+        json_array_append_new(files, json_string(w->data.v[i]));
+    }
+    json_object_set_new(id, "--data", data);
+    json_object_set_new(id, "--seq-len", json_integer((json_int_t)w->seq_len));
+    json_object_set_new(id, "--pack", json_boolean(w->pack));
+    json_object_set_new(id, "--long-examples", json_string(w->long_examples));
+    json_object_set_new(id, "--chat-format", json_string(w->chat_format));
+    json_object_set_new(id, "--train-on-prompt", json_boolean(w->train_on_prompt));
+    json_object_set_new(id, "--add-eos", json_boolean(w->add_eos));
+    json_object_set_new(id, "--skip-bad-lines", json_boolean(w->skip_bad));
+    json_object_set_new(id, "--shuffle", json_boolean(o->shuffle));
+    json_object_set_new(id, "--eval-split", json_real(o->eval_split));
+    json_object_set_new(id, "--seed", json_integer((json_int_t)o->seed));
+    char targets[128];
+    train_targets_csv(r->ac.acfg.targets, targets, sizeof targets);
+    json_object_set_new(id, "--adapter", json_string(o->adapter_kind));
+    json_object_set_new(id, "--lora-r", json_integer((json_int_t)o->r));
+    json_object_set_new(id, "--lora-alpha", json_real(o->alpha));
+    json_object_set_new(id, "--lora-dropout", json_real(o->dropout));
+    json_object_set_new(id, "--use-rslora", json_boolean(o->rslora));
+    json_object_set_new(id, "--target-modules", json_string(targets));
+    json_object_set_new(id, "--init", json_string(o->lora_init));
+    if (strcmp(o->lora_init, "pissa") == 0)
+        json_object_set_new(id, "--pissa-iters", json_integer((json_int_t)o->pissa_iters));
+    json_object_set_new(id, "--loraplus-ratio", json_real(o->loraplus_ratio));
+    json_t *init = o->init_adapter ? json_array() : json_null(); /* by its bytes too */
+    static const char *const peft_files[] = {"adapter_config.json", "adapter_model.safetensors"};
+    for (int i = 0; o->init_adapter && i < 2; i++) {
+        char *f = str_join_path(o->init_adapter, peft_files[i]);
+        json_array_append_new(init, train_file_id(f));
+        free(f);
+    }
+    json_object_set_new(id, "--init-adapter", init);
+    json_object_set_new(id, "--optimizer", json_string(o->optimizer));
+    r->identity = id;
+    r->data_files = files;
+}
+
+/* Whose OUT is it (train/rundir): before anything is written, one plan for every rank.
+ * Returns 0 to go on (r->nothing_to_do: exit 0 at once) or the exit status of a refusal. */
+static int train_own_out(TrainRun *r) {
+    const TrainOpts *o = &r->o;
+    Grid *g = &r->g;
+    char def_cache[4200];
+    snprintf(def_cache, sizeof def_cache, "%s/cache", o->out);
+    RundirAsk ask = {o->out,         strcmp(r->cache_dir, def_cache) == 0 ? r->cache_dir : NULL,
+                     NULL,           NULL,
+                     o->resume,      o->overwrite,
+                     o->steps,       o->epochs,
+                     o->global_batch};
+    if (g->world_rank == 0) {
+        train_identity(r);
+        ask.identity = r->identity;
+        ask.data_files = r->data_files;
+    }
+    RundirPlan plan;
+    rundir_decide(&ask, g, &plan);
+    if (plan.verdict == RUNDIR_REFUSE) {
+        if (g->world_rank == 0) fprintf(stderr, "shardlora: error: %s\n", plan.msg);
+        return plan.code;
+    }
+    if (plan.verdict == RUNDIR_DONE) {
+        if (g->world_rank == 0) log_info("%s", plan.msg);
+        r->nothing_to_do = 1;
+        return 0;
+    }
+    if (plan.verdict == RUNDIR_UNKNOWN && g->world_rank == 0)
+        log_info("%s has no %s (an older shardlora's run, or checkpoints copied in): going on as "
+                 "its checkpoints allow",
+                 o->out, RUNDIR_STATE_NAME);
+    if (plan.verdict != RUNDIR_OVERWRITE) return 0;
+    ErrStatus st;
+    err_status_ok(&st);
+    const int ok = g->world_rank != 0 || rundir_clear(o->out, ask.cache_dir, &st);
+    return grid_agree(g, ok, "shardlora: error: --overwrite", &st) ? 0 : EXIT_IO;
+}
+
 /* The model's shards, the adapter configuration (from --init-adapter, which wins over the
  * LoRA flags, or from the flags), OUT and the cache directory. Returns 0 or an exit status. */
 static int train_open(TrainRun *r) {
@@ -431,6 +545,9 @@ static int train_open(TrainRun *r) {
                          o->dropout, o->lora_init, o->run.model);
         r->have_ac = 1;
     }
+    train_model_fingerprint(r);
+    const int rc = train_own_out(r);
+    if (rc || r->nothing_to_do) return rc;
     r->out_existed = access(o->out, F_OK) == 0;
     r->cache_existed = access(r->cache_dir, F_OK) == 0;
     ok = afile_mkdirs(o->out) && afile_mkdirs(r->cache_dir);
@@ -610,16 +727,7 @@ static void train_set_schedule(TrainRun *r, int64_t total) {
  * optimizer hyper-parameters). */
 static void train_ckpt_cfg(TrainRun *r) {
     const TrainOpts *o = &r->o;
-    const LlamaModel *m = &r->s.m;
     snprintf(r->ckpt_root, sizeof r->ckpt_root, "%s/checkpoints", o->out);
-    snprintf(
-        r->fingerprint, sizeof r->fingerprint,
-        "%s hidden=%lld ffn=%lld layers=%lld heads=%lld kv_heads=%lld head_dim=%lld vocab=%lld "
-        "tie=%d qkv_bias=%d o_bias=%d rope_theta=%g rope_scaling=%d dtype=%s",
-        m->cfg.architecture, (long long)m->C, (long long)m->F, (long long)m->L, (long long)m->H,
-        (long long)m->KV, (long long)m->D, (long long)m->V, m->cfg.tie_word_embeddings,
-        m->cfg.qkv_bias, m->cfg.o_bias, m->cfg.rope_theta, m->cfg.rope_scaling_type,
-        m->wdtype == GEMM_BF16 ? "BF16" : "F32");
     r->adapter_json =
         adio_cfg_to_json(&r->ac); /* per-slot ranks and alphas too, when not uniform */
     snprintf(
@@ -1119,7 +1227,8 @@ static int train_loop(TrainRun *r, TrainLoop *l) {
         rc = train_one_step(r, l, l->step);
     report_close(&r->rep);
     if ((rc == 0 || rc == EXIT_REQUEUE) && r->first_step > r->total_steps)
-        log_info("nothing to do: the checkpoint is at step %lld of %lld",
+        log_info("no step left: the checkpoint is at step %lld of %lld; writing the adapter and "
+                 "summaries from it",
                  (long long)(r->first_step - 1), (long long)r->total_steps);
     return rc;
 }
@@ -1173,6 +1282,25 @@ static int train_outputs(TrainRun *r, TrainLoop *l) {
     return rc;
 }
 
+/* OUT/run-state.json names this run before the loop writes its files (train/rundir). */
+static int train_claim(TrainRun *r) {
+    ErrStatus st;
+    err_status_ok(&st);
+    const int ok = r->g.world_rank != 0 || rundir_claim(r->o.out, r->identity, r->data_files, &st);
+    return grid_agree(&r->g, ok, "shardlora: error", &st) ? 0 : EXIT_IO;
+}
+
+/* After the adapter and the summaries: the run is marked finished where it ended, and the
+ * summaries of ranks an earlier layout had are removed. */
+static int train_finish(TrainRun *r, const TrainLoop *l) {
+    ErrStatus st;
+    err_status_ok(&st);
+    const RundirEnd end = {l->step - 1, r->cursor, r->nrows, r->g.world_size};
+    const int ok =
+        r->g.world_rank != 0 || rundir_finish(r->o.out, r->identity, r->data_files, &end, &st);
+    return grid_agree(&r->g, ok, "shardlora: error", &st) ? 0 : EXIT_IO;
+}
+
 /* Releases what the run set up (in reverse) and ends MPI; returns rc. */
 static int train_free(TrainRun *r, TrainLoop *l, int rc) {
     if (l) {
@@ -1182,6 +1310,8 @@ static int train_free(TrainRun *r, TrainLoop *l, int rc) {
     if (r->have_report) report_close(&r->rep);
     free(r->adapter_json);
     free(r->run_json);
+    if (r->identity) json_decref(r->identity);
+    if (r->data_files) json_decref(r->data_files);
     if (r->have_init_pa) peft_close(&r->init_pa);
     if (r->have_ac) adio_cfg_free(&r->ac);
     if (r->have_trainer) trainer_free(&r->tr);
@@ -1208,10 +1338,12 @@ int cmd_train(int argc, char **argv) {
     r->argc = argc;
     r->argv = argv;
     rc = train_open(r);
+    if (!rc && r->nothing_to_do) return train_free(r, NULL, 0);
     if (!rc) rc = train_load_data(r);
     if (!rc) rc = train_init_adapters(r);
     if (!rc) train_init_trainer(r);
-    if (!rc) rc = train_resume(r);
+    if (!rc && (rc = train_resume(r)) != 0) train_drop_outputs(r); /* a refused checkpoint */
+    if (!rc) rc = train_claim(r);
     if (rc) return train_free(r, NULL, rc);
     r->cursor0 = r->first_step > 1 ? r->cursor : 0; /* rows before this run's first step */
     train_install_signals(&r->g);
@@ -1221,5 +1353,6 @@ int cmd_train(int argc, char **argv) {
     TrainLoop l;
     rc = train_loop(r, &l);
     if (rc == 0) rc = train_outputs(r, &l);
+    if (rc == 0) rc = train_finish(r, &l);
     return train_free(r, &l, rc);
 }

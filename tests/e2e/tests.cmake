@@ -28,6 +28,9 @@ sl_e2e(e2e_train_inputs train_inputs.sh 600 PROCESSORS 2)
 # the names users already know: Hugging Face / TRL / PEFT aliases (flags, underscores, YAML
 # and JSON configs) resolve to the same run; did-you-mean; grouped --help; --version
 sl_e2e(e2e_cli_names cli_names.sh 300 PROCESSORS 2)
+# a run directory belongs to one run: --resume none, another run's settings, a finished
+# run re-run, --overwrite, stale per-rank summaries (sha256 of OUT before and after)
+sl_e2e(e2e_run_safety run_safety.sh 300 PROCESSORS 2)
 
 # The quick start itself (takes the build directory, not the binary).
 add_test(NAME e2e_quickstart

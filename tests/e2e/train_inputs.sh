@@ -2,8 +2,9 @@
 # What `shardlora train` accepts, refuses and writes at its edges:
 #   epochs    an --epochs run resumed on another number of ranks (another global batch)
 #             ends after exactly its epochs, with one warning
-#   resume    a checkpoint of another row stream (seq-len, seed, data, shuffle) is refused
-#             with one line, exit 3, OUT untouched; the same data copied elsewhere resumes
+#   resume    OUT's run with another row stream (seq-len, seed, data, shuffle) is refused
+#             with one line, exit 2, OUT untouched (token cache included); the same data
+#             copied elsewhere resumes
 #   metrics   --skip-nonfinite writes null for a non-finite loss (every line is strict JSON);
 #             tokens_trained counts only the applied steps
 #   flags     non-finite or out-of-range --epochs, --lr, --loraplus-ratio, --max-grad-norm,
@@ -64,12 +65,12 @@ PY
   && pass "one warning names the changed global batch" || fail "no global-batch warning"
 
 # ---- resume: another row stream is refused, OUT untouched -------------------------------
-snap() { (cd "$W/ep" && find metrics.jsonl run.json summary.json adapter checkpoints -type f | sort | xargs md5sum; readlink checkpoints/latest); }
+snap() { (cd "$W/ep" && find . -type f | sort | xargs sha256sum; readlink checkpoints/latest); }
 snap > "$W/snap.before"
-refused rs-seqlen 3 "seq_len 64; this run's is 32" "${D[@]}" --out "$W/ep" --micro-batch 2 --epochs 2 --seq-len 32
-refused rs-seed 3 "seed 42; this run's is 7" "${D[@]}" --out "$W/ep" --micro-batch 2 --epochs 2 --seed 7
-refused rs-shuffle 3 "shuffle true; this run's is false" "${D[@]}" --out "$W/ep" --micro-batch 2 --epochs 2 --no-shuffle
-refused rs-data 3 "train_rows 40; this run's is 36" --model "$W/m" --data "$W/other.jsonl" --out "$W/ep" --micro-batch 2 --epochs 2
+refused rs-seqlen 2 "its --seq-len is 64, this one's 32" "${D[@]}" --out "$W/ep" --micro-batch 2 --epochs 2 --seq-len 32
+refused rs-seed 2 "its --seed is 42, this one's 7" "${D[@]}" --out "$W/ep" --micro-batch 2 --epochs 2 --seed 7
+refused rs-shuffle 2 "its --shuffle is true, this one's false" "${D[@]}" --out "$W/ep" --micro-batch 2 --epochs 2 --no-shuffle
+refused rs-data 2 "other.jsonl" --model "$W/m" --data "$W/other.jsonl" --out "$W/ep" --micro-batch 2 --epochs 2
 snap > "$W/snap.after"
 cmp -s "$W/snap.before" "$W/snap.after" && pass "refused resumes leave OUT's files alone" || fail "a refused resume changed OUT"
 cp "$W/data.jsonl" "$W/copy.jsonl"
