@@ -86,8 +86,8 @@ typedef struct {
     char ckpt_root[4200], fingerprint[512], hparams[256], sched_desc[128];
     char *adapter_json, *run_json;
     TckptCfg cc;
-    MfuPeak peak;                 /* the MFU denominator per rank (train/mfu.h) */
-    double fpt, nbig, dense_attn; /* model FLOPs per token, N_big, PaLM's dense attention */
+    MfuPeak peak;                  /* the MFU denominator per rank (train/mfu.h) */
+    double fpt, nbig, dense_attn;  /* model FLOPs per token, N_big, PaLM's dense attention */
     json_t *identity, *data_files; /* world rank 0: what OUT/run-state.json records */
     int nothing_to_do;             /* OUT holds this run, finished: exit 0, no file written */
 } TrainRun;
