@@ -36,9 +36,11 @@ static const char TRAIN_USAGE[] =
     "[mpirun -np N] shardlora train --model DIR --data FILE --out DIR [options]";
 static const char TRAIN_ABOUT[] =
     "Train LoRA adapters on a frozen Llama/Mistral/Qwen2 model. Writes OUT/adapter/ "
-    "(PEFT format), OUT/metrics.jsonl (a line per step and per evaluation), OUT/run.json "
-    "(the resolved configuration), OUT/summary.json and OUT/summary-rank*.json; "
-    "`shardlora plot OUT` draws the loss curve.";
+    "(PEFT format), OUT/metrics.jsonl and OUT/metrics.csv (a line per step and per "
+    "evaluation), TensorBoard event files, OUT/run.json (the resolved configuration), "
+    "OUT/summary.json and OUT/summary-rank*.json; `shardlora plot OUT [OUT2 ...]` draws the "
+    "loss curves. Running the same command again resumes (or, for a finished run, does "
+    "nothing).";
 
 typedef struct {
     MpicmdRun run;   /* --config, --model, --tp, --threads, ... */
@@ -146,7 +148,7 @@ static void train_spec_table(TrainRun *r) {
     // clang-format off
     const ArgSpec specs[] = {
         {.type = ARG_GROUP, .group = ARGG_MODEL},
-        {"out", ARG_STR, &o->out, "DIR", "output directory: adapter/, metrics.jsonl, run.json, summary.json, checkpoints/, cache/", 1, 0},
+        {"out", ARG_STR, &o->out, "DIR", "output directory, one run's (see --overwrite): adapter/, checkpoints/, cache/, metrics.jsonl, metrics.csv, events.out.tfevents.*, run.json, run-state.json, summary*.json", 1, 0},
         {.name = "output-dir", .type = ARG_ALIAS, .target = "out"},
         {"init-adapter", ARG_STR, &o->init_adapter, "DIR", "start from this PEFT adapter (adapter_config.json + adapter_model.safetensors: any r, alpha, targets, rank_pattern, alpha_pattern, layers_to_transform), sharded onto this layout; its configuration wins over --lora-r, --lora-alpha, --lora-dropout, --use-rslora and --target-modules (a warning names each flag it overrides); a checkpoint to resume from wins over its values", 0, 0},
         {"base-model-name", ARG_STR, &o->base_model_name, "NAME", "the Hub id the model card names as base_model (default: config.json's _name_or_path, else none)", 0, 0},
@@ -204,7 +206,7 @@ static void train_spec_table(TrainRun *r) {
         {"ckpt-every-minutes", ARG_FLOAT, &o->ckpt_minutes, "M", "also checkpoint when M minutes passed since the last one (0: off), so a crash or Ctrl-C never costs more than M minutes", 0, 0},
         {"keep-checkpoints", ARG_INT, &o->keep_ckpts, "K", "checkpoints kept in OUT/checkpoints (0: all)", 0, 0},
         {.name = "save-total-limit", .type = ARG_ALIAS, .target = "keep-checkpoints"},
-        {"resume", ARG_STR, &o->resume, "WHAT", "auto (the newest usable checkpoint in OUT/checkpoints, if any) | none | a checkpoint directory", 0, 0},
+        {"resume", ARG_STR, &o->resume, "WHAT", "auto (the newest usable checkpoint in OUT/checkpoints, if any) | none (a fresh start; refused where OUT holds a run: see --overwrite) | a checkpoint directory; true / false (Hugging Face's spelling) mean auto / none", 0, 0},
         {.name = "resume-from-checkpoint", .type = ARG_ALIAS, .target = "resume"},
         {"on-ckpt-failure", ARG_STR, &o->ckpt_failure, "WHAT", "continue | stop (exit 4) when a checkpoint cannot be written; the previous one stays intact either way", 0, 0},
         {.type = ARG_GROUP, .group = ARGG_LOGGING},
@@ -281,6 +283,9 @@ static int train_check_opts(void *ctx, ErrStatus *st) {
         ok = err_status_set(
             st, "--steps, --warmup-steps, --eval-every, --eval-rows, --ckpt-every, "
                 "--ckpt-every-minutes, --keep-checkpoints and --ckpt-chunk-bytes must be >= 0");
+    /* Hugging Face's resume_from_checkpoint takes a boolean too: True = the newest one */
+    if (strcmp(o->resume, "true") == 0) o->resume = "auto";
+    if (strcmp(o->resume, "false") == 0) o->resume = "none";
     if (ok && strcmp(o->ckpt_failure, "continue") && strcmp(o->ckpt_failure, "stop"))
         ok = err_status_set(st, "--on-ckpt-failure '%s': expected continue or stop",
                             o->ckpt_failure);

@@ -57,7 +57,7 @@ save_steps: 1
 save_total_limit: 2
 logging_steps: 1
 eval_steps: 0
-resume_from_checkpoint: none
+resume_from_checkpoint: false   # HF: a boolean (false = start fresh)
 lora_rank: 4
 lora_target_modules: "q_proj,v_proj"
 use_dora: yes
@@ -73,7 +73,7 @@ cat > "$W/hf.json" <<EOF
 {"model": "$W/m", "data": ["$W/d.jsonl"], "threads": 1, "peak-gflops": 1, "progress": "lines",
  "learning_rate": 0.003, "max_steps": 2, "num_train_epochs": 3, "per_device_train_batch_size": 2,
  "max_seq_length": 32, "lr_scheduler_type": "cosine", "save_steps": 1, "save_total_limit": 2,
- "logging_steps": 1, "eval_steps": 0, "resume_from_checkpoint": "none", "lora_rank": 4,
+ "logging_steps": 1, "eval_steps": 0, "resume_from_checkpoint": false, "lora_rank": 4,
  "lora_target_modules": "q_proj,v_proj", "use_dora": true, "adam_beta1": 0.8, "adam_beta2": 0.99,
  "adam_epsilon": 1e-6, "packing": false, "warmup_ratio": 0.5, "gradient_accumulation_steps": 2}
 EOF
