@@ -643,7 +643,7 @@ int cmd_plot(int argc, char **argv) {
             fprintf(stderr, "shardlora plot: %s\n", st.msg);
             rc = EXIT_IO;
         } else {
-            printf("wrote %s (%zu train points, %zu eval points)\n", svg, train.n, eval.n);
+            fprintf(stderr, "wrote %s (%zu train points, %zu eval points)\n", svg, train.n, eval.n);
         }
         free(b.s);
     }
