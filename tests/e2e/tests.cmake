@@ -21,6 +21,11 @@ sl_e2e(e2e_eval_generate_inputs eval_generate_inputs.sh 600 PROCESSORS 2)
 # train's edges: --epochs resumes at another global batch, row-stream refusals, strict
 # metrics JSON, flag ranges, --config edge cases, quoted paths, cleanup of refused runs
 sl_e2e(e2e_train_inputs train_inputs.sh 600 PROCESSORS 2)
+# what each command puts on stdout (results) and stderr (the rest), shortest floats in the
+# files, the live bar's width and fields (COLUMNS and a pseudo-terminal)
+sl_e2e(e2e_outputs outputs.sh 120)
+# the adapter's model card: best eval, data files, versions, base_model; export = train's card
+sl_e2e(e2e_model_card model_card.sh 120 PROCESSORS 2)
 
 # The quick start itself (takes the build directory, not the binary).
 add_test(NAME e2e_quickstart
