@@ -409,7 +409,7 @@ static int train_open(TrainRun *r) {
     if (!ok)
         err_status_set(&st, "%s: cannot create the output directory: %s", o->out, strerror(errno));
     if (!grid_agree(g, ok, "shardlora: error", &st)) return EXIT_IO;
-    if (g->world_rank == 0) {
+    if (g->world_rank == 0 && log_level() >= LOG_INFO) {
         fprintf(stderr, "configuration (%s):\n",
                 o->run.config.path ? o->run.config.path : "flags and defaults");
         args_print_resolved(stderr, r->specs, r->nspecs);
@@ -1073,6 +1073,9 @@ static int train_loop(TrainRun *r, TrainLoop *l) {
     if (r->o.dump_grads) report_full_init(&l->full_grads, &r->s.m.params, &r->g);
     l->t_start = l->t_ckpt = timer_now();
     memcpy(l->bytes_prev, r->g.bytes, sizeof l->bytes_prev);
+    /* a resumed run's best evaluation may be an earlier run's (the card and summary say so) */
+    if (r->first_step > 1 && r->g.world_rank == 0)
+        report_best_eval(r->o.out, r->first_step - 1, &l->best_eval, &l->best_step);
     int rc = 0;
     for (l->step = r->first_step; l->step <= r->total_steps && rc == 0; l->step++)
         rc = train_one_step(r, l, l->step);

@@ -60,8 +60,7 @@ void report_close(Report *r) {
 
 const char *report_json_num(double x, char *buf, size_t n) {
     if (!isfinite(x)) return "null";
-    snprintf(buf, n, "%.9g", x);
-    return buf;
+    return str_fmt_double(x, buf, n); /* exact: a resumed run compares its evals with these */
 }
 
 void report_step(Report *r, const TrainerStep *s, double epoch, double lr, double tps, double mfu) {
@@ -89,6 +88,27 @@ void report_eval(Report *r, int64_t step, double epoch, double loss, int64_t tok
             (long long)step, epoch, report_json_num(loss, lb, sizeof lb),
             report_json_num(exp(loss), pb, sizeof pb), (long long)tokens);
     fflush(r->metrics);
+}
+
+void report_best_eval(const char *out, int64_t last, double *loss, int64_t *step) {
+    char *path = str_join_path(out, "metrics.jsonl");
+    FILE *f = fopen(path, "r");
+    free(path);
+    if (!f) return;
+    char *line = NULL;
+    size_t cap = 0;
+    while (getline(&line, &cap, f) > 0) {
+        json_t *j = json_loads(line, 0, NULL);
+        const json_t *s = json_object_get(j, "step"), *e = json_object_get(j, "eval_loss");
+        if (json_is_integer(s) && json_is_number(e) && json_integer_value(s) <= last &&
+            json_number_value(e) < *loss) {
+            *loss = json_number_value(e);
+            *step = (int64_t)json_integer_value(s);
+        }
+        if (j) json_decref(j);
+    }
+    free(line);
+    fclose(f);
 }
 
 void report_progress(Report *r, const TrainerStep *s, int64_t total, double epoch, double lr,

@@ -36,7 +36,8 @@ rows = [json.dumps({"input_ids": list(b[i:i + 64])}) for i in range(0, len(b) - 
 open(sys.argv[2], "w").write("\n".join(rows[:150]) + "\n")
 open(sys.argv[3], "w").write("\n".join(rows[150:]) + "\n")
 PY
-T=(--data "$W/train.jsonl" --seq-len 64 --threads 1 --peak-gflops 1 --steps 6 --lr 2e-2 --log-every 100)
+R=(--data "$W/train.jsonl" --seq-len 64 --threads 1 --peak-gflops 1 --log-every 100)
+T=("${R[@]}" --steps 6 --lr 2e-2)
 
 # --- a run on 2 ranks with --eval-data: every section, and export = the run's card ---------
 timeout 120 mpiexec --oversubscribe -n 2 "$SL" train --model "$W/hub" "${T[@]}" --micro-batch 2 \
@@ -78,6 +79,24 @@ cmp -s "$W/exp/README.md" "$W/run/adapter/README.md" \
 "$SL" export "$W/run" --out "$W/exp-hub" --base-model other-org/renamed 2> /dev/null || fail "export --base-model"
 grep -q '^base_model: other-org/renamed$' "$W/exp-hub/README.md" \
   && ok "export --base-model (a Hub id) names the card's base_model" || fail "export --base-model: $(grep -m1 base_model "$W/exp-hub/README.md")"
+
+# --- a resumed run (to step 8 on the same layout, lr 0: its evaluations equal the last one,
+# never better) keeps the best evaluation of the run it resumed
+cp -r "$W/run" "$W/resumed"
+timeout 120 mpiexec --oversubscribe -n 2 "$SL" train --model "$W/hub" "${R[@]}" --steps 8 --micro-batch 2 --lr 0 --eval-data "$W/eval.jsonl" \
+  --eval-every 2 --out "$W/resumed" > "$W/resumed.log" 2>&1 || { tail -5 "$W/resumed.log"; fail "the resumed run exited non-zero"; }
+"$PY" - "$W/resumed" <<'PY' && ok "a resumed run's card: the best evaluation over both runs" || fail "the resumed run's best evaluation"
+import json, sys
+out = sys.argv[1]
+ev = [json.loads(l) for l in open(out + "/metrics.jsonl") if "eval_loss" in l]
+best = min(ev, key=lambda e: (e["eval_loss"], e["step"]))
+summ = json.load(open(out + "/summary.json"))
+card = open(out + "/adapter/README.md").read()
+want = f"| best eval loss | {best['eval_loss']:.4f} (step {best['step']}) |"
+print(f"evaluations at steps {[e['step'] for e in ev]}; best {best['eval_loss']:.4f} at step {best['step']}; "
+      f"summary.json: step {summ['best_eval_step']}")
+assert ev[-1]["step"] == 8 and best["step"] <= 6 and want in card and summ["best_eval_step"] == best["step"], want
+PY
 
 # --- base_model: --base-model-name wins; a local _name_or_path gives none ----------------
 timeout 120 "$SL" train --model "$W/local" "${T[@]}" --out "$W/named" --base-model-name my-org/my-model \
