@@ -5,7 +5,8 @@
 # 0.050000000000000003) in run.json, summary.json, eval's JSON, the configuration printout
 # and the model card; the live bar (--progress bar) fits the terminal's width ($COLUMNS, or
 # the pseudo-terminal's size under `script`) and shows step/total, loss, tok/s, elapsed, ETA
-# and "evaluating k/n".
+# and "evaluating k/n". launch/shardlora-run keeps the rule: its plan on stderr before a
+# launch, on stdout for --dry-run.
 # usage: outputs.sh SHARDLORA_BINARY WORK_DIR
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 set -uo pipefail
@@ -111,6 +112,16 @@ streams merge "" "^merge: wrote"
 streams plot "" "^wrote .*loss.svg"
 "$SL" train --help > "$W/help.out" 2> "$W/help.err" || fail "train --help exited non-zero"
 streams help "--base-model-name" ""
+# the launcher: its plan is a log before a launch (stderr), the result of --dry-run (stdout)
+RUN="$(cd "$(dirname "$0")/../.." && pwd)/launch/shardlora-run"
+L=(--bin "$SL" --ranks-per-node 1 --threads 1 --oversubscribe)
+timeout 120 "$RUN" "${L[@]}" eval --model "$W/m" --data "$W/d.jsonl" --seq-len 64 \
+  > "$W/launcher.out" 2> "$W/launcher.err" || fail "shardlora-run eval exited non-zero"
+streams launcher '^\{"model":' '^shardlora-run: plan \(launch mode\)'
+[ "$(wc -l < "$W/launcher.out")" = 1 ] || fail "shardlora-run eval: $(wc -l < "$W/launcher.out") lines on stdout"
+"$RUN" "${L[@]}" --dry-run eval --model "$W/m" > "$W/dryrun.out" 2> /dev/null || fail "shardlora-run --dry-run exited non-zero"
+grep -q '^shardlora-run: plan (dry run' "$W/dryrun.out" && ok "shardlora-run --dry-run: the plan on stdout" \
+  || fail "shardlora-run --dry-run: no plan on stdout"
 
 # --- the live bar -------------------------------------------------------------------------
 # bar_check NAME WIDTH FILE: every drawn bar (text after "\r ESC[K" up to the next "\r", no
