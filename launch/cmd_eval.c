@@ -244,10 +244,11 @@ static int eval_setup(EvalRun *r) {
              o->run.model, m->cfg.architecture, (long long)m->L, (long long)m->C, (long long)m->V,
              m->wdtype == GEMM_BF16 ? "BF16" : "F32", o->adapter ? " + adapter " : " (no adapter)",
              o->adapter ? o->adapter : "", g->dp, g->tp);
+    char ab[32];
     if (o->adapter)
-        log_info("adapter: %s r=%d alpha=%g rslora=%d, %d tensors%s",
-                 r->ac.acfg.kind[0] ? r->ac.acfg.kind : "lora", r->ac.acfg.r, r->ac.alpha,
-                 r->ac.acfg.use_rslora, m->params.n,
+        log_info("adapter: %s r=%d alpha=%s rslora=%d, %d tensors%s",
+                 r->ac.acfg.kind[0] ? r->ac.acfg.kind : "lora", r->ac.acfg.r,
+                 str_fmt_double(r->ac.alpha, ab, sizeof ab), r->ac.acfg.use_rslora, m->params.n,
                  r->ac.slot_r ? " (per-module ranks / alphas / layers)" : "");
     TdataOpts dopt = {o->run.model,        {o->rows.data.v, o->rows.data.n},
                       {NULL, 0},           0.0,

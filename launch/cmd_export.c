@@ -13,6 +13,7 @@
 #include "../io/afile.h"
 #include "../io/checkpoint.h"
 #include "../model/adapter_io.h"
+#include "../runtime/str.h"
 #include "args.h"
 #include "cmds.h"
 
@@ -160,11 +161,13 @@ int cmd_export(int argc, char **argv) {
                  : err_status_set(&st, "%s: cannot create: %s", o.out, strerror(errno));
         rc = ok ? 0 : EXIT_IO;
     }
+    char ab[32];
     if (ok)
         fprintf(stderr,
                 "shardlora export: %s (step %lld, written at tp=%d dp=%d) -> %s: %d tensors, r=%d, "
-                "lora_alpha=%g%s\n",
-                used, (long long)r.meta.step, r.meta.tp, r.meta.dp, o.out, n, c.acfg.r, c.alpha,
+                "lora_alpha=%s%s\n",
+                used, (long long)r.meta.step, r.meta.tp, r.meta.dp, o.out, n, c.acfg.r,
+                str_fmt_double(c.alpha, ab, sizeof ab),
                 c.slot_r ? " (per-module ranks/alphas in rank_pattern / alpha_pattern)" : "");
     else
         fprintf(stderr, "shardlora export: %s\n", st.msg);

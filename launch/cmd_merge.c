@@ -726,19 +726,20 @@ int cmd_merge(int argc, char **argv) {
         return merge_finish(&g, rc);
     }
     merge_alloc(&m);
+    char ab[32];
     if (g.world_rank == 0) {
         fprintf(stderr, "configuration:\n");
         args_print_resolved(stderr, specs, nspecs);
         fprintf(
             stderr,
             "merge: %d ranks; model %s: %d file%s, %d tensors, %.1f MB; adapter %s: r %d, alpha "
-            "%g, "
+            "%s, "
             "%s%s%s%d adapted linears (%s), %d rank_pattern / %d alpha_pattern keys\n",
             g.world_size, o.model, m.d.nfiles, m.d.nfiles > 1 ? "s" : "", m.nitems,
-            (double)m.total_bytes / 1e6, o.adapter, m.a.r, m.a.lora_alpha,
-            m.a.use_rslora ? "rsLoRA, " : "", m.kind->title ? m.kind->title : "",
-            m.kind->title ? ", " : "", m.nadapted, m.kind->name, m.a.nrank_pattern,
-            m.a.nalpha_pattern);
+            (double)m.total_bytes / 1e6, o.adapter, m.a.r,
+            str_fmt_double(m.a.lora_alpha, ab, sizeof ab), m.a.use_rslora ? "rsLoRA, " : "",
+            m.kind->title ? m.kind->title : "", m.kind->title ? ", " : "", m.nadapted, m.kind->name,
+            m.a.nrank_pattern, m.a.nalpha_pattern);
     }
 
     /* rank 0 creates the outputs; then every rank opens them */

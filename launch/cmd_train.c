@@ -356,9 +356,11 @@ static void train_init_overrides(TrainOpts *o, const ArgSpec *specs, int nspecs,
             log_warn("--%s ignored: --init-adapter %s sets the adapter's configuration",
                      checks[i].flag, o->init_adapter);
     }
+    char ab[32], db[32];
     if (say)
-        log_info("adapter from --init-adapter %s: r=%d alpha=%g dropout=%g rslora=%d targets=%s%s",
-                 o->init_adapter, ac->acfg.r, ac->alpha, ac->dropout, ac->acfg.use_rslora, csv,
+        log_info("adapter from --init-adapter %s: r=%d alpha=%s dropout=%s rslora=%d targets=%s%s",
+                 o->init_adapter, ac->acfg.r, str_fmt_double(ac->alpha, ab, sizeof ab),
+                 str_fmt_double(ac->dropout, db, sizeof db), ac->acfg.use_rslora, csv,
                  ac->slot_r
                      ? " (per-module ranks / alphas / layers from rank_pattern, alpha_pattern, "
                        "layers_to_transform)"
