@@ -29,7 +29,7 @@ echo "== shardlora train ($STEPS timed steps + 1 warm-up, $THREADS threads)"
 rm -rf "$WORK/run"
 "$SL" train --model "$MODEL" --data "$DATA" --out "$WORK/run" --seq-len "$SEQ_LEN" \
   --micro-batch "$MICRO_BATCH" --steps $((STEPS + 1)) --lora-r "$LORA_R" --lora-alpha "$LORA_ALPHA" \
-  --threads "$THREADS" --peak-gflops "$PEAK" | grep -E "step |MFU =|grid:"
+  --threads "$THREADS" --peak-gflops "$PEAK" 2>&1 | grep -E "step |MFU =|grid:"
 read -r OURS_TPS OURS_MFU < <(/usr/bin/python3 - "$WORK/run/metrics.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if '"step"' in l][1:]
@@ -70,7 +70,7 @@ if [ "${SKIP_MPI:-0}" != 1 ]; then
     mpiexec --oversubscribe -n 2 "$SL" train --model "$MODEL" --data "$DATA" \
       --out "$WORK/run-2r-tp$TPN" --tp "$TPN" --seq-len "$SEQ_LEN" --micro-batch "$MICRO_BATCH" \
       --global-batch $((MICRO_BATCH * 2 / TPN)) --steps $((STEPS + 1)) --lora-r "$LORA_R" \
-      --lora-alpha "$LORA_ALPHA" --threads 1 --peak-gflops "$PEAK1" | grep -E "step |communication"
+      --lora-alpha "$LORA_ALPHA" --threads 1 --peak-gflops "$PEAK1" 2>&1 | grep -E "step |communication"
   done
   /usr/bin/python3 - "$WORK" "$LAYERS" "$HIDDEN" "$SEQ_LEN" "$MICRO_BATCH" "$VOCAB" <<'PY'
 import json, sys

@@ -374,6 +374,10 @@ static int hfc_parse(HfcCtx *x, const json_t *root, HfcConfig *c) {
                                   dt);
         snprintf(c->torch_dtype, sizeof c->torch_dtype, "%s", dt);
     }
+    /* informational (the model card's base_model when it is a Hub id): never refused */
+    const json_t *np = json_object_get(root, "_name_or_path");
+    if (json_is_string(np) && strlen(json_string_value(np)) < sizeof c->name_or_path)
+        snprintf(c->name_or_path, sizeof c->name_or_path, "%s", json_string_value(np));
     if (!hfc_parse_rope(x, root, c)) return 0;
     return hfc_validate(c, x->path, x->st);
 }

@@ -31,6 +31,7 @@ typedef struct {
     int o_bias;                         /* Llama attention_bias also puts a bias on o_proj */
     int mlp_bias;                       /* Llama mlp_bias */
     char torch_dtype[16];               /* as written, informational */
+    char name_or_path[256];             /* _name_or_path as written ("" when absent or longer) */
     int64_t bos_token_id, eos_token_id; /* -1 when absent (a list: its first id) */
 } HfcConfig;
 

@@ -16,6 +16,7 @@
 #include "../io/safetensors.h"
 #include "../model/adapter_io.h"
 #include "../runtime/log.h"
+#include "../runtime/str.h"
 #include "../runtime/timer.h"
 #include "../train/tdata.h"
 #include "../train/trainer.h"
@@ -28,7 +29,8 @@ static const char EVAL_USAGE[] =
 static const char EVAL_ABOUT[] =
     "Mean loss and perplexity of the model (with a PEFT adapter, unmerged) over a JSONL "
     "dataset: the same formats, prompt masking and packing as `train`, in file order. "
-    "Prints progress lines and one summary line. Exit status 0, 2 bad command line or "
+    "Prints the result as one JSON line on stdout (loss, ppl, tokens, ...; --out writes it "
+    "too), progress and a summary line on stderr. Exit status 0, 2 bad command line or "
     "layout, 3 bad model / adapter / data, 4 cannot write --out, 5 the loss is not finite (NaN / "
     "inf: "
     "nothing is written to --out).";
@@ -122,8 +124,9 @@ static int eval_dump_logits(const char *path, LlamaModel *m, const LlamaActs *ac
     return ok;
 }
 
-static int eval_write_json(const char *path, const EvalOpts *o, const Grid *g, double loss,
-                           int64_t tokens, int64_t rows, double secs, ErrStatus *st) {
+/* The result: what stdout carries (one line) and --out holds (indented). */
+static json_t *eval_result_json(const EvalOpts *o, const Grid *g, double loss, int64_t tokens,
+                                int64_t rows, double secs) {
     json_t *j = json_object(), *data = json_array();
     for (int i = 0; i < o->rows.data.n; i++)
         json_array_append_new(data, json_string(o->rows.data.v[i]));
@@ -139,9 +142,17 @@ static int eval_write_json(const char *path, const EvalOpts *o, const Grid *g, d
     json_object_set_new(j, "tp", json_integer(g->tp));
     json_object_set_new(j, "dp", json_integer(g->dp));
     json_object_set_new(j, "seconds", json_real(secs));
-    int ok = afile_write_json(path, j, JSON_INDENT(2), st);
-    json_decref(j);
-    return ok;
+    return j;
+}
+
+/* The result as one JSON line on stdout (shortest round-trip reals, as in the files). */
+static void eval_print_json(const json_t *j) {
+    char *text = json_dumps(j, JSON_COMPACT);
+    SL_CHECK(text, "out of memory");
+    str_json_shorten(text);
+    printf("%s\n", text);
+    fflush(stdout);
+    free(text);
 }
 
 /* Everything one evaluation holds, released by eval_free. */
@@ -228,10 +239,9 @@ static int eval_setup(EvalRun *r) {
                        strerror(errno));
     if (!grid_agree(g, ok, "shardlora: error", &st)) return EXIT_IO;
     if (g->world_rank == 0 && log_level() >= LOG_INFO) {
-        printf("configuration (%s):\n",
-               o->run.config.path ? o->run.config.path : "flags and defaults");
-        args_print_resolved(stdout, r->specs, r->nspecs);
-        fflush(stdout);
+        fprintf(stderr, "configuration (%s):\n",
+                o->run.config.path ? o->run.config.path : "flags and defaults");
+        args_print_resolved(stderr, r->specs, r->nspecs);
     }
     const LlamaModel *m = &r->s.m;
     log_info("shardlora eval: %s (%s, %lld layers, hidden %lld, vocab %lld, %s weights)%s%s; grid: "
@@ -239,10 +249,11 @@ static int eval_setup(EvalRun *r) {
              o->run.model, m->cfg.architecture, (long long)m->L, (long long)m->C, (long long)m->V,
              m->wdtype == GEMM_BF16 ? "BF16" : "F32", o->adapter ? " + adapter " : " (no adapter)",
              o->adapter ? o->adapter : "", g->dp, g->tp);
+    char ab[32];
     if (o->adapter)
-        log_info("adapter: %s r=%d alpha=%g rslora=%d, %d tensors%s",
-                 r->ac.acfg.kind[0] ? r->ac.acfg.kind : "lora", r->ac.acfg.r, r->ac.alpha,
-                 r->ac.acfg.use_rslora, m->params.n,
+        log_info("adapter: %s r=%d alpha=%s rslora=%d, %d tensors%s",
+                 r->ac.acfg.kind[0] ? r->ac.acfg.kind : "lora", r->ac.acfg.r,
+                 str_fmt_double(r->ac.alpha, ab, sizeof ab), r->ac.acfg.use_rslora, m->params.n,
                  r->ac.slot_r ? " (per-module ranks / alphas / layers)" : "");
     TdataOpts dopt = {o->run.model,        {o->rows.data.v, o->rows.data.n},
                       {NULL, 0},           0.0,
@@ -321,21 +332,25 @@ static int eval_run(EvalRun *r) {
                 "NaN or inf\n",
                 loss, (long long)tokens, o->adapter ? " or the adapter" : "");
     if (nonfinite && rc == 0) rc = EXIT_NONFINITE;
+    json_t *res = NULL;
     if (g->world_rank == 0 && !nonfinite) {
-        printf("eval: loss %.6f | ppl %.4f | %lld tokens counted | %lld sequences of %lld | %.2fs "
-               "(%.0f tok/s)%s%s\n",
-               loss, exp(loss), (long long)tokens, (long long)rows, (long long)T, secs,
-               (double)(rounds * per_round * T) / (secs > 0 ? secs : 1e-9),
-               o->adapter ? " | adapter " : "", o->adapter ? o->adapter : "");
-        fflush(stdout);
+        fprintf(stderr,
+                "eval: loss %.6f | ppl %.4f | %lld tokens counted | %lld sequences of %lld | %.2fs "
+                "(%.0f tok/s)%s%s\n",
+                loss, exp(loss), (long long)tokens, (long long)rows, (long long)T, secs,
+                (double)(rounds * per_round * T) / (secs > 0 ? secs : 1e-9),
+                o->adapter ? " | adapter " : "", o->adapter ? o->adapter : "");
         if (tokens == 0)
             log_warn("no label token was counted (every label masked?): the loss is undefined");
+        res = eval_result_json(o, g, loss, tokens, rows, secs);
+        if (rc == 0) eval_print_json(res);
     }
     if (rc == 0 && o->out) {
         ErrStatus st;
-        int ok = g->world_rank != 0 || eval_write_json(o->out, o, g, loss, tokens, rows, secs, &st);
+        int ok = g->world_rank != 0 || afile_write_json(o->out, res, JSON_INDENT(2), &st);
         if (!grid_agree(g, ok, "shardlora: error", &st)) rc = EXIT_IO;
     }
+    if (res) json_decref(res);
     return rc;
 }
 

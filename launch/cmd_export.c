@@ -13,6 +13,7 @@
 #include "../io/afile.h"
 #include "../io/checkpoint.h"
 #include "../model/adapter_io.h"
+#include "../runtime/str.h"
 #include "args.h"
 #include "cmds.h"
 
@@ -77,7 +78,7 @@ int cmd_export(int argc, char **argv) {
     ArgSpec specs[] = {
         {"checkpoint", ARG_STR, &o.ckpt, "CKPT", "the checkpoint (also the first argument): OUT/checkpoints/step-N, .../latest, OUT/checkpoints or OUT (its newest usable checkpoint)", 0, 0},
         {"out", ARG_STR, &o.out, "DIR", "output directory: adapter_model.safetensors, adapter_config.json, README.md (created; existing files replaced)", 1, 0},
-        {"base-model", ARG_STR, &o.base_model, "NAME", "base_model_name_or_path to write (default: the training run's --model)", 0, 0},
+        {"base-model", ARG_STR, &o.base_model, "NAME", "base_model_name_or_path to write (default: the training run's --model); a Hub id (owner/name) also becomes the model card's base_model", 0, 0},
     };
     // clang-format on
     const int nspecs = (int)(sizeof specs / sizeof specs[0]);
@@ -153,17 +154,21 @@ int cmd_export(int argc, char **argv) {
                          r.meta.optimizer_hparams,
                          r.meta.step,
                          r.meta.tp,
-                         r.meta.dp};
+                         r.meta.dp,
+                         adio_hub_id_ok(o.base_model, 0) ? o.base_model : NULL};
         ok = afile_mkdirs(o.out)
                  ? adio_export(o.out, &c, t, n, &card, &st)
                  : err_status_set(&st, "%s: cannot create: %s", o.out, strerror(errno));
         rc = ok ? 0 : EXIT_IO;
     }
+    char ab[32];
     if (ok)
-        printf("shardlora export: %s (step %lld, written at tp=%d dp=%d) -> %s: %d tensors, r=%d, "
-               "lora_alpha=%g%s\n",
-               used, (long long)r.meta.step, r.meta.tp, r.meta.dp, o.out, n, c.acfg.r, c.alpha,
-               c.slot_r ? " (per-module ranks/alphas in rank_pattern / alpha_pattern)" : "");
+        fprintf(stderr,
+                "shardlora export: %s (step %lld, written at tp=%d dp=%d) -> %s: %d tensors, r=%d, "
+                "lora_alpha=%s%s\n",
+                used, (long long)r.meta.step, r.meta.tp, r.meta.dp, o.out, n, c.acfg.r,
+                str_fmt_double(c.alpha, ab, sizeof ab),
+                c.slot_r ? " (per-module ranks/alphas in rank_pattern / alpha_pattern)" : "");
     else
         fprintf(stderr, "shardlora export: %s\n", st.msg);
     for (int i = 0; i < n; i++)

@@ -14,7 +14,6 @@
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -120,18 +119,6 @@ typedef struct {
     GenOutput *w;       /* world rank 0: where results go */
     int64_t rows_done, generated;
 } GenLoop;
-
-/* Progress and configuration lines: rank 0, stderr (stdout is the generated text). */
-static void gen_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void gen_log(const char *fmt, ...) {
-    if (log_level() < LOG_INFO || err_rank() != 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "[shardlora r0] ");
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-}
 
 /* ---------------------------------------------------------------- prompts */
 
@@ -990,23 +977,24 @@ static void gen_log_start(const GenRun *r) {
     const GenOpts *o = &r->o;
     const Grid *g = &r->g;
     const LlamaModel *m = &r->s.m;
-    gen_log("shardlora generate: %s (%s, %lld layers, hidden %lld, heads %lld/%lld, vocab %lld, %s "
-            "weights)%s%s%s",
-            o->run.model, m->cfg.architecture, (long long)m->L, (long long)m->C, (long long)m->H,
-            (long long)m->KV, (long long)m->V, m->wdtype == GEMM_BF16 ? "BF16" : "F32",
-            o->adapter ? "; adapter " : "", o->adapter ? o->adapter : "",
-            r->merged > 0 ? " (merged in memory)" : "");
-    gen_log(
+    log_info(
+        "shardlora generate: %s (%s, %lld layers, hidden %lld, heads %lld/%lld, vocab %lld, %s "
+        "weights)%s%s%s",
+        o->run.model, m->cfg.architecture, (long long)m->L, (long long)m->C, (long long)m->H,
+        (long long)m->KV, (long long)m->V, m->wdtype == GEMM_BF16 ? "BF16" : "F32",
+        o->adapter ? "; adapter " : "", o->adapter ? o->adapter : "",
+        r->merged > 0 ? " (merged in memory)" : "");
+    log_info(
         "grid: world=%d = dp %d x tp %d; per TP rank: %lld heads, %lld kv heads%s, vocab rows %lld",
         g->world_size, g->dp, g->tp, (long long)m->Hl, (long long)m->KVl,
         m->KV < g->tp && g->tp > 1 ? " (replicated)" : "", (long long)m->Vl);
-    gen_log("%lld prompts (longest %lld tokens), %lld per DP group; %lld sequences at once, %lld "
-            "rows per "
-            "forward; KV cache %.2f MiB per rank (%lld positions per sequence); %s; chat template "
-            "%s; EOS ids %d",
-            (long long)r->nprompts, (long long)r->maxlen, (long long)r->per, (long long)r->S,
-            (long long)r->R, (double)r->l.in.cache.bytes * 2 / 1048576.0, (long long)r->Tmax,
-            o->temperature == 0 ? "greedy" : "sampling", chat_format_name(r->chat), r->neos);
+    log_info("%lld prompts (longest %lld tokens), %lld per DP group; %lld sequences at once, %lld "
+             "rows per "
+             "forward; KV cache %.2f MiB per rank (%lld positions per sequence); %s; chat template "
+             "%s; EOS ids %d",
+             (long long)r->nprompts, (long long)r->maxlen, (long long)r->per, (long long)r->S,
+             (long long)r->R, (double)r->l.in.cache.bytes * 2 / 1048576.0, (long long)r->Tmax,
+             o->temperature == 0 ? "greedy" : "sampling", chat_format_name(r->chat), r->neos);
 }
 
 /* The generation of this DP group's prompts. Returns 0 or EXIT_NONFINITE (all ranks). */
@@ -1050,11 +1038,12 @@ static int gen_outputs(GenRun *r) {
     grid_allreduce_sum_i64(g, g->world, tot, 2, GRID_BYTES_OTHER);
     double tmax = r->secs;
     grid_allreduce_max_f64(g, g->world, &tmax, 1, GRID_BYTES_OTHER);
-    gen_log("generated %lld tokens for %lld prompts in %.2fs (%lld tokens through the model): %.1f "
-            "tokens/s "
-            "generated, %.1f tokens/s through the model",
-            (long long)tot[0], (long long)r->nprompts, tmax, (long long)tot[1],
-            tmax > 0 ? (double)tot[0] / tmax : 0, tmax > 0 ? (double)tot[1] / tmax : 0);
+    log_info(
+        "generated %lld tokens for %lld prompts in %.2fs (%lld tokens through the model): %.1f "
+        "tokens/s "
+        "generated, %.1f tokens/s through the model",
+        (long long)tot[0], (long long)r->nprompts, tmax, (long long)tot[1],
+        tmax > 0 ? (double)tot[0] / tmax : 0, tmax > 0 ? (double)tot[1] / tmax : 0);
     return rc;
 }
 

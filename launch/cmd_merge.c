@@ -528,11 +528,10 @@ static void merge_progress(const MergeCtx *m, uint64_t done, double t0, double *
     if (m->g->world_rank != 0 || (!final && now - *last < 1.0)) return;
     *last = now;
     double el = now - t0;
-    printf("merge: %.1f / %.1f MB (%.0f%%), %.1f MB/s, %.1f s\n", (double)done / 1e6,
-           (double)m->total_bytes / 1e6,
-           m->total_bytes ? 100.0 * (double)done / (double)m->total_bytes : 100.0,
-           el > 0 ? (double)done / 1e6 / el : 0.0, el);
-    fflush(stdout);
+    fprintf(stderr, "merge: %.1f / %.1f MB (%.0f%%), %.1f MB/s, %.1f s\n", (double)done / 1e6,
+            (double)m->total_bytes / 1e6,
+            m->total_bytes ? 100.0 * (double)done / (double)m->total_bytes : 100.0,
+            el > 0 ? (double)done / 1e6 / el : 0.0, el);
 }
 
 /* Every rank: its share of every tensor, agreeing after each tensor (so a failure on one
@@ -730,18 +729,20 @@ int cmd_merge(int argc, char **argv) {
         return merge_finish(&g, rc);
     }
     merge_alloc(&m);
+    char ab[32];
     if (g.world_rank == 0) {
-        printf("configuration:\n");
-        args_print_resolved(stdout, specs, nspecs);
-        printf("merge: %d ranks; model %s: %d file%s, %d tensors, %.1f MB; adapter %s: r %d, alpha "
-               "%g, "
-               "%s%s%s%d adapted linears (%s), %d rank_pattern / %d alpha_pattern keys\n",
-               g.world_size, o.model, m.d.nfiles, m.d.nfiles > 1 ? "s" : "", m.nitems,
-               (double)m.total_bytes / 1e6, o.adapter, m.a.r, m.a.lora_alpha,
-               m.a.use_rslora ? "rsLoRA, " : "", m.kind->title ? m.kind->title : "",
-               m.kind->title ? ", " : "", m.nadapted, m.kind->name, m.a.nrank_pattern,
-               m.a.nalpha_pattern);
-        fflush(stdout);
+        fprintf(stderr, "configuration:\n");
+        args_print_resolved(stderr, specs, nspecs);
+        fprintf(
+            stderr,
+            "merge: %d ranks; model %s: %d file%s, %d tensors, %.1f MB; adapter %s: r %d, alpha "
+            "%s, "
+            "%s%s%s%d adapted linears (%s), %d rank_pattern / %d alpha_pattern keys\n",
+            g.world_size, o.model, m.d.nfiles, m.d.nfiles > 1 ? "s" : "", m.nitems,
+            (double)m.total_bytes / 1e6, o.adapter, m.a.r,
+            str_fmt_double(m.a.lora_alpha, ab, sizeof ab), m.a.use_rslora ? "rsLoRA, " : "",
+            m.kind->title ? m.kind->title : "", m.kind->title ? ", " : "", m.nadapted, m.kind->name,
+            m.a.nrank_pattern, m.a.nalpha_pattern);
     }
 
     /* rank 0 creates the outputs; then every rank opens them */
@@ -773,10 +774,11 @@ int cmd_merge(int argc, char **argv) {
     } else {
         ok = merge_summary(&m, seconds, rss_start, &st);
         if (g.world_rank == 0 && ok)
-            printf("merge: wrote %s: %.1f MB in %.2f s (%.1f MB/s), %d adapted tensors; "
-                   "%s/merge-summary.json\n",
-                   o.out, (double)m.total_bytes / 1e6, seconds,
-                   seconds > 0 ? (double)m.total_bytes / 1e6 / seconds : 0.0, m.nadapted, o.out);
+            fprintf(stderr,
+                    "merge: wrote %s: %.1f MB in %.2f s (%.1f MB/s), %d adapted tensors; "
+                    "%s/merge-summary.json\n",
+                    o.out, (double)m.total_bytes / 1e6, seconds,
+                    seconds > 0 ? (double)m.total_bytes / 1e6 / seconds : 0.0, m.nadapted, o.out);
         rc = merge_agree(&g, ok, &st, EXIT_IO);
     }
     merge_free(&m);

@@ -12,7 +12,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <jansson.h>
 
 #include "../io/afile.h"
 #include "../io/peft.h"
@@ -87,6 +90,7 @@ typedef struct {
     SchedAnchor anchor; /* where the lr decay is anchored (model/sched.h; plain: warmup, 0) */
     char ckpt_root[4200], fingerprint[512], hparams[256], sched_desc[128];
     char *adapter_json, *run_json;
+    char *run_card; /* run_json with the model card's "card" object (what checkpoints keep) */
     TckptCfg cc;
     MfuPeak peak;                  /* the MFU denominator per rank (train/mfu.h) */
     double fpt, nbig, dense_attn;  /* model FLOPs per token, N_big, PaLM's dense attention */
@@ -314,6 +318,11 @@ static int train_check_opts(void *ctx, ErrStatus *st) {
     if (ok && (o->log_every < 1 || o->global_batch < 0 || o->grad_accum < 0))
         ok = err_status_set(
             st, "--log-every must be >= 1, --global-batch and --gradient-accumulation-steps >= 0");
+    if (ok && o->base_model_name && !adio_hub_id_ok(o->base_model_name, 0))
+        ok = err_status_set(st,
+                            "--base-model-name '%s': not a Hugging Face Hub id (owner/name: "
+                            "letters, digits, '-', '_', '.')",
+                            o->base_model_name);
     if (ok && !(o->warmup_ratio >= 0 && o->warmup_ratio <= 1))
         ok = err_status_set(st, "--warmup-ratio must be in [0, 1]");
     if (ok && o->warmup_ratio > 0 && o->warmup_steps > 0)
@@ -392,9 +401,11 @@ static void train_init_overrides(TrainOpts *o, const ArgSpec *specs, int nspecs,
             log_warn("--%s ignored: --init-adapter %s sets the adapter's configuration",
                      checks[i].flag, o->init_adapter);
     }
+    char ab[32], db[32];
     if (say)
-        log_info("adapter from --init-adapter %s: r=%d alpha=%g dropout=%g rslora=%d targets=%s%s",
-                 o->init_adapter, ac->acfg.r, ac->alpha, ac->dropout, ac->acfg.use_rslora, csv,
+        log_info("adapter from --init-adapter %s: r=%d alpha=%s dropout=%s rslora=%d targets=%s%s",
+                 o->init_adapter, ac->acfg.r, str_fmt_double(ac->alpha, ab, sizeof ab),
+                 str_fmt_double(ac->dropout, db, sizeof db), ac->acfg.use_rslora, csv,
                  ac->slot_r
                      ? " (per-module ranks / alphas / layers from rank_pattern, alpha_pattern, "
                        "layers_to_transform)"
@@ -559,11 +570,10 @@ static int train_open(TrainRun *r) {
     if (!ok)
         err_status_set(&st, "%s: cannot create the output directory: %s", o->out, strerror(errno));
     if (!grid_agree(g, ok, "shardlora: error", &st)) return EXIT_IO;
-    if (g->world_rank == 0) {
-        printf("configuration (%s):\n",
-               o->run.config.path ? o->run.config.path : "flags and defaults");
-        args_print_resolved(stdout, r->specs, r->nspecs);
-        fflush(stdout);
+    if (g->world_rank == 0 && log_level() >= LOG_INFO) {
+        fprintf(stderr, "configuration (%s):\n",
+                o->run.config.path ? o->run.config.path : "flags and defaults");
+        args_print_resolved(stderr, r->specs, r->nspecs);
     }
     return 0;
 }
@@ -1009,13 +1019,13 @@ static int train_open_report(TrainRun *r) {
         ok = report_run_json(o->out, &run, &r->s, &r->data, &st);
     }
     if (!grid_agree(g, ok || g->world_rank != 0, "shardlora: error", &st)) return EXIT_IO;
-    /* Under mpirun / srun rank 0's stdout may be a pseudo-terminal even when the job's output
+    /* Under mpirun / srun rank 0's stderr may be a pseudo-terminal even when the job's output
      * goes to a file, so `auto` draws the bar only for a single process on a terminal. */
     const int launched =
         g->world_size > 1 || getenv("SLURM_JOB_ID") || getenv("OMPI_COMM_WORLD_SIZE");
     const int bar = g->world_rank == 0 &&
                     (strcmp(o->progress, "bar") == 0 ||
-                     (strcmp(o->progress, "auto") == 0 && !launched && isatty(STDOUT_FILENO)));
+                     (strcmp(o->progress, "auto") == 0 && !launched && isatty(STDERR_FILENO)));
     ok = report_open(&r->rep, o->out, g, r->first_step, bar, &st);
     r->have_report = 1;
     if (!grid_agree(g, ok || g->world_rank != 0, "shardlora: error", &st)) return EXIT_IO;
@@ -1083,13 +1093,101 @@ static int train_dump_grads(TrainRun *r, TrainLoop *l, const TrainerStep *ts) {
     return ok;
 }
 
+/* The Hub id the model card names as base_model: --base-model-name, else config.json's
+ * _name_or_path when it reads as owner/name and is not a directory here; else none. */
+static const char *train_base_model(const TrainRun *r) {
+    if (r->o.base_model_name) return r->o.base_model_name;
+    const char *np = r->s.m.cfg.name_or_path;
+    struct stat sb;
+    if (!adio_hub_id_ok(np, 1) || stat(np, &sb) == 0) return NULL;
+    return np;
+}
+
+/* {"files": [{"name": base name, "bytes"}], "documents", "rows", "tokens", "counted_tokens"}
+ * of one side of the data (a model card's "train_data" / "eval_data"). */
+static json_t *train_card_data(const ArgStrs *files, const PackPlan *p, const char *note) {
+    json_t *d = json_object(), *fa = json_array();
+    for (int i = 0; files && i < files->n; i++) {
+        const char *path = files->v[i], *slash = strrchr(path, '/');
+        json_t *f = json_object();
+        struct stat sb;
+        json_object_set_new(f, "name", json_string(slash && slash[1] ? slash + 1 : path));
+        if (stat(path, &sb) == 0) json_object_set_new(f, "bytes", json_integer(sb.st_size));
+        json_array_append_new(fa, f);
+    }
+    json_object_set_new(d, "files", fa);
+    if (note) json_object_set_new(d, "note", json_string(note));
+    json_object_set_new(d, "documents", json_integer((json_int_t)p->docs));
+    json_object_set_new(d, "rows", json_integer((json_int_t)p->nrows));
+    json_object_set_new(d, "tokens", json_integer((json_int_t)p->tokens));
+    json_object_set_new(d, "counted_tokens", json_integer((json_int_t)p->counted));
+    return d;
+}
+
+/* r->run_card: the run configuration with the model card's "card" object (model/adapter_io.h:
+ * base model, data files and sizes, best evaluation so far, versions), which the
+ * checkpoints keep so that `shardlora export` writes the card this run writes. */
+static void train_card_refresh(TrainRun *r, const TrainLoop *l) {
+    const TrainOpts *o = &r->o;
+    json_t *c = json_object(), *ver = json_object();
+    const char *hub = train_base_model(r);
+    if (hub) json_object_set_new(c, "base_model", json_string(hub));
+    json_object_set_new(c, "train_data", train_card_data(&o->rows.data, &r->data.train, NULL));
+    char note[96];
+    snprintf(note, sizeof note, "held out of the training files (--eval-split %s)",
+             str_fmt_double(o->eval_split, (char[32]){0}, 32));
+    if (r->data.has_eval)
+        json_object_set_new(c, "eval_data",
+                            train_card_data(o->eval_data.n ? &o->eval_data : NULL, &r->data.eval,
+                                            o->eval_data.n ? NULL : note));
+    if (l && l->best_step >= 0) {
+        json_t *be = json_object();
+        json_object_set_new(be, "loss", json_real(l->best_eval));
+        json_object_set_new(be, "ppl", json_real(exp(l->best_eval)));
+        json_object_set_new(be, "step", json_integer((json_int_t)l->best_step));
+        json_object_set_new(c, "best_eval", be);
+    }
+    char mpiv[MPI_MAX_LIBRARY_VERSION_STRING], desc[256];
+    json_object_set_new(ver, "shardlora", json_string(SHARDLORA_VERSION));
+    json_object_set_new(ver, "MPI", json_string(grid_mpi_version(mpiv, sizeof mpiv)));
+    json_object_set_new(ver, "BLAS", json_string(gemm_describe(&r->s.gc, desc, sizeof desc)));
+    json_object_set_new(c, "versions", ver);
+    char *text = json_dumps(c, JSON_COMPACT);
+    SL_CHECK(text, "out of memory");
+    str_json_shorten(text);
+    json_decref(c);
+    /* spliced in as the last key: the keys before it stay byte for byte as run_json has them */
+    const size_t n = strlen(r->run_json);
+    SL_CHECK(n >= 2 && r->run_json[n - 1] == '}', "run configuration is not a JSON object");
+    free(r->run_card);
+    r->run_card = str_printf("%.*s, \"card\": %s}", (int)(n - 1), r->run_json, text);
+    free(text);
+    r->cc.run_json = r->run_card;
+}
+
+/* What the live bar shows during an evaluation (trainer_eval's round callback). */
+typedef struct {
+    Report *rep;
+    int64_t step;
+    double t_start;
+} TrainEvalBar;
+
+static void train_eval_round(void *ctx, int64_t k, int64_t rounds, const double *sum) {
+    (void)sum;
+    const TrainEvalBar *b = ctx;
+    report_bar_eval(b->rep, b->step, k + 1, rounds, timer_now() - b->t_start);
+}
+
 /* Evaluation at `step` (every --eval-every steps and at the end). */
 static void train_eval_at(TrainRun *r, TrainLoop *l, int64_t step, double epoch) {
     int64_t rows = r->data.eval.nrows, tokens = 0;
     if (r->o.eval_rows > 0 && r->o.eval_rows < rows) rows = r->o.eval_rows;
     const RowSource src = tdata_eval_source(&r->data);
+    const int64_t per_round = r->B * r->g.dp;
+    TrainEvalBar bar = {&r->rep, step, l->t_start};
+    report_bar_eval(&r->rep, step, 0, (rows + per_round - 1) / per_round, timer_now() - l->t_start);
     double te = timer_now();
-    const double loss = trainer_eval(&r->s, &src, rows, r->o.seed, NULL, NULL, &tokens);
+    const double loss = trainer_eval(&r->s, &src, rows, r->o.seed, train_eval_round, &bar, &tokens);
     te = timer_now() - te;
     l->t_eval += te;
     l->last_eval = loss;
@@ -1113,6 +1211,7 @@ static int train_maybe_checkpoint(TrainRun *r, TrainLoop *l, int64_t step) {
                     want[0] || want[1];
     if (!due) return 0;
     report_bar_clear(&r->rep);
+    train_card_refresh(r, l);
     const int saved = tckpt_save(&r->cc, g, &r->s.m.params, &r->tr.opt, step, r->cursor);
     if (saved) l->t_ckpt = timer_now();
     if (!saved && step == r->total_steps && !want[0]) {
@@ -1165,7 +1264,7 @@ static void train_after_step(TrainRun *r, TrainLoop *l, const TrainerStep *ts, d
     const double eta = el / (double)l->steps_run * (double)(r->total_steps - step);
     if (step % o->log_every == 0 || step == r->total_steps || step == r->first_step)
         report_progress(&r->rep, ts, r->total_steps, epoch, lr, tps, mfu, el, eta);
-    report_bar_draw(&r->rep, step, r->total_steps, ts->loss, eta);
+    report_bar_draw(&r->rep, step, r->total_steps, ts->loss, tps, el, eta);
     if (log_level() >= LOG_DEBUG) {
         const uint64_t *b = r->g.bytes, *p = l->bytes_prev;
         log_debug("step %lld bytes: tp %.3g MB, dp %.3g MB, world %.3g MB, kv %.3g MB",
@@ -1227,6 +1326,9 @@ static int train_loop(TrainRun *r, TrainLoop *l) {
     if (r->o.dump_grads) report_full_init(&l->full_grads, &r->s.m.params, &r->g);
     l->t_start = l->t_ckpt = timer_now();
     memcpy(l->bytes_prev, r->g.bytes, sizeof l->bytes_prev);
+    /* a resumed run's best evaluation may be an earlier run's (the card and summary say so) */
+    if (r->first_step > 1 && r->g.world_rank == 0)
+        report_best_eval(r->o.out, r->first_step - 1, &l->best_eval, &l->best_step);
     int rc = 0;
     for (l->step = r->first_step; l->step <= r->total_steps && rc == 0; l->step++)
         rc = train_one_step(r, l, l->step);
@@ -1247,8 +1349,9 @@ static int train_outputs(TrainRun *r, TrainLoop *l) {
     int rc = 0;
     report_gather(&l->full_vals, p, p->values, g);
     if (g->world_rank == 0) {
-        AdioCard card = {r->run_json, optim_kind_name(r->ocfg.kind), r->hparams, steps_done, g->tp,
-                         g->dp};
+        train_card_refresh(r, l);
+        AdioCard card = {
+            r->run_card, optim_kind_name(r->ocfg.kind), r->hparams, steps_done, g->tp, g->dp, NULL};
         if (!report_write_adapter(r->o.out, r->o.run.model, p, &l->full_vals, r->adapter_json,
                                   r->s.m.L, &card, &st)) {
             fprintf(stderr, "shardlora: error: %s\n", st.msg);
@@ -1317,6 +1420,7 @@ static int train_free(TrainRun *r, TrainLoop *l, int rc) {
     free(r->run_json);
     if (r->identity) json_decref(r->identity);
     if (r->data_files) json_decref(r->data_files);
+    free(r->run_card);
     if (r->have_init_pa) peft_close(&r->init_pa);
     if (r->have_ac) adio_cfg_free(&r->ac);
     if (r->have_trainer) trainer_free(&r->tr);

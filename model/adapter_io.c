@@ -616,7 +616,39 @@ static int adio_write_config(const AdioCfg *c, const char *dir, ErrStatus *st) {
     return ok;
 }
 
-/* "key: value" lines of a flat JSON object, in its order. */
+/* One part of a Hub id: 1-96 of [A-Za-z0-9_.-], no '-' or '.' at either end, no "--" or
+ * "..". */
+static int adio_hub_part_ok(const char *s, size_t n) {
+    if (n < 1 || n > 96 || strchr("-.", s[0]) || strchr("-.", s[n - 1])) return 0;
+    for (size_t i = 0; i < n; i++) {
+        const char c = s[i];
+        const int word = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                         (c >= '0' && c <= '9') || c == '_' || c == '-' || c == '.';
+        if (!word) return 0;
+        if (i > 0 && (c == '-' || c == '.') && s[i - 1] == c) return 0;
+    }
+    return 1;
+}
+
+int adio_hub_id_ok(const char *s, int need_owner) {
+    if (!s) return 0;
+    const char *slash = strchr(s, '/');
+    if (!slash) return !need_owner && adio_hub_part_ok(s, strlen(s));
+    return adio_hub_part_ok(s, (size_t)(slash - s)) &&
+           adio_hub_part_ok(slash + 1, strlen(slash + 1));
+}
+
+/* A JSON value as the card shows it: strings as they are, numbers in their shortest
+ * round-trip form (0.05, not 0.050000000000000003). malloc'd. */
+static char *adio_card_value(const json_t *v) {
+    if (json_is_string(v)) return str_dup(json_string_value(v));
+    char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+    SL_CHECK(s, "out of memory");
+    str_json_shorten(s);
+    return s;
+}
+
+/* "key: value" lines of a flat JSON object, in its order ("card" is the card's own part). */
 static void adio_card_json_lines(AdioBuf *b, const char *json) {
     if (!json || !*json) return;
     json_t *root = json_loads(json, 0, NULL);
@@ -628,16 +660,104 @@ static void adio_card_json_lines(AdioBuf *b, const char *json) {
     const char *k;
     json_t *v;
     json_object_foreach(root, k, v) {
-        char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(9));
-        adio_printf(b, "- %s: `%s`\n", k, json_is_string(v) ? json_string_value(v) : s ? s : "?");
+        if (strcmp(k, "card") == 0) continue;
+        char *s = adio_card_value(v);
+        adio_printf(b, "- %s: `%s`\n", k, s);
         free(s);
     }
     json_decref(root);
 }
 
+/* The run configuration's "card" object (a new reference, or NULL). */
+static json_t *adio_card_extra(const AdioCard *card) {
+    if (!card || !card->run_config) return NULL;
+    json_t *root = json_loads(card->run_config, 0, NULL);
+    json_t *c = json_object_get(root, "card");
+    if (json_is_object(c))
+        json_incref(c);
+    else
+        c = NULL;
+    if (root) json_decref(root);
+    return c;
+}
+
+static long long adio_json_ll(const json_t *o, const char *key) {
+    const json_t *v = json_object_get(o, key);
+    return json_is_integer(v) ? (long long)json_integer_value(v) : -1;
+}
+
+/* "- train: `a.jsonl` (123 bytes), ...; 40 documents -> 12 rows, 700 tokens (650 counted in
+ * the loss)" for one of the card's data objects. */
+static void adio_card_data_line(AdioBuf *b, const char *what, const json_t *d) {
+    if (!json_is_object(d)) return;
+    adio_printf(b, "- %s:", what);
+    const json_t *files = json_object_get(d, "files"), *f;
+    size_t i;
+    json_array_foreach(files, i, f) {
+        const json_t *name = json_object_get(f, "name");
+        adio_printf(b, "%s `%s`", i ? "," : "",
+                    json_is_string(name) ? json_string_value(name) : "?");
+        if (adio_json_ll(f, "bytes") >= 0)
+            adio_printf(b, " (%lld bytes)", adio_json_ll(f, "bytes"));
+    }
+    const json_t *note = json_object_get(d, "note");
+    if (json_is_string(note)) adio_printf(b, " %s", json_string_value(note));
+    const long long docs = adio_json_ll(d, "documents"), rows = adio_json_ll(d, "rows"),
+                    tokens = adio_json_ll(d, "tokens"), counted = adio_json_ll(d, "counted_tokens");
+    if (docs >= 0) adio_printf(b, "; %lld documents", docs);
+    if (rows >= 0) adio_printf(b, " -> %lld rows", rows);
+    if (tokens >= 0) adio_printf(b, ", %lld tokens", tokens);
+    if (counted >= 0) adio_printf(b, " (%lld counted in the loss)", counted);
+    adio_printf(b, "\n");
+}
+
+/* The card's sections from run_config's "card" object: data, evaluation, versions. */
+static void adio_card_sections(AdioBuf *b, const json_t *x) {
+    if (!x) return;
+    const json_t *td = json_object_get(x, "train_data"), *ed = json_object_get(x, "eval_data");
+    if (json_is_object(td) || json_is_object(ed)) {
+        adio_printf(b, "## Training data\n\n");
+        adio_card_data_line(b, "train", td);
+        adio_card_data_line(b, "eval", ed);
+        adio_printf(b, "\n");
+    }
+    const json_t *be = json_object_get(x, "best_eval");
+    const json_t *loss = json_object_get(be, "loss"), *ppl = json_object_get(be, "ppl");
+    if (json_is_number(loss)) {
+        adio_printf(b, "## Evaluation\n\n| metric | value |\n|---|---|\n");
+        adio_printf(b, "| best eval loss | %.4f (step %lld) |\n", json_number_value(loss),
+                    adio_json_ll(be, "step"));
+        if (json_is_number(ppl))
+            adio_printf(b, "| eval perplexity | %.3f |\n", json_number_value(ppl));
+        adio_printf(b, "\n");
+    }
+    const json_t *ver = json_object_get(x, "versions");
+    if (json_is_object(ver) && json_object_size(ver) > 0) {
+        adio_printf(b, "## Framework versions\n\n");
+        const char *k;
+        json_t *v;
+        json_object_foreach((json_t *)ver, k, v) {
+            char *s = adio_card_value(v);
+            adio_printf(b, "- %s: %s\n", k, s);
+            free(s);
+        }
+        adio_printf(b, "\n");
+    }
+}
+
 static char *adio_card(const AdioCfg *c, const AdioTensor *t, int n, const AdioCard *card) {
     AdioBuf b = {NULL, 0, 0};
-    const char *base = c->base_model && *c->base_model ? c->base_model : "(unknown base model)";
+    json_t *extra = adio_card_extra(card);
+    /* base_model in the front matter only when it is a Hub id (a local path is not valid
+     * there): the caller's, else the run's */
+    const json_t *hv = json_object_get(extra, "base_model");
+    const char *hub = card && card->base_model ? card->base_model
+                      : json_is_string(hv)     ? json_string_value(hv)
+                                               : NULL;
+    if (hub && !adio_hub_id_ok(hub, 0)) hub = NULL;
+    const char *base = hub                               ? hub
+                       : c->base_model && *c->base_model ? c->base_model
+                                                         : "(unknown base model)";
     int64_t params = 0, shared = 0; /* per-module tensors; shared ones (VeRA's projections) */
     for (int i = 0; i < n; i++) {
         const int64_t k = (t[i].rows ? t[i].rows : 1) * t[i].cols;
@@ -686,8 +806,9 @@ static char *adio_card(const AdioCfg *c, const AdioTensor *t, int n, const AdioC
     snprintf(ptype, sizeof ptype, "%s", kd && kd->peft_type ? kd->peft_type : "LORA");
     for (char *p = ptype; *p; p++)
         if (*p >= 'A' && *p <= 'Z') *p = (char)(*p - 'A' + 'a');
-    adio_printf(&b, "---\nbase_model: %s\nlibrary_name: peft\ntags:\n- %s\n- shardlora\n---\n\n",
-                base, ptype);
+    adio_printf(&b, "---\n");
+    if (hub) adio_printf(&b, "base_model: %s\n", hub);
+    adio_printf(&b, "library_name: peft\ntags:\n- %s\n- shardlora\n---\n\n", ptype);
     adio_printf(&b, "# %s adapter for %s\n\n", title, base);
     adio_printf(
         &b, "Trained with shardlora %s: %s on a frozen base model, tensor-parallel over MPI ranks.",
@@ -772,6 +893,7 @@ static char *adio_card(const AdioCfg *c, const AdioTensor *t, int n, const AdioC
         adio_card_json_lines(&b, card->optim_hparams);
         adio_printf(&b, "\n");
     }
+    adio_card_sections(&b, extra);
     adio_printf(
         &b,
         "## Usage\n\n```python\nfrom transformers import AutoModelForCausalLM\nfrom peft import "
@@ -781,6 +903,7 @@ static char *adio_card(const AdioCfg *c, const AdioTensor *t, int n, const AdioC
         "With shardlora: `shardlora eval --model BASE_DIR --adapter THIS_DIR --data FILE.jsonl`, "
         "or `shardlora train ... --init-adapter THIS_DIR` to train on from it.\n",
         base);
+    if (extra) json_decref(extra); /* after the last use of hub, which points into it */
     return b.s;
 }
 

@@ -72,14 +72,27 @@ typedef struct {
     const float *data;  /* [rows, cols] */
 } AdioTensor;
 
-/* What the model card says about the training run (strings may be NULL). */
+/* What the model card says about the training run (strings may be NULL). run_config's
+ * "card" object, when present, gives the card's own sections (what a checkpoint keeps, so
+ * `shardlora export` writes the card training wrote):
+ *   "base_model": Hub id for the front matter (absent: no base_model line),
+ *   "train_data" / "eval_data": {"files": [{"name", "bytes"}], "documents", "rows",
+ *                                "tokens", "counted_tokens"},
+ *   "best_eval": {"loss", "ppl", "step"},  "versions": {"shardlora", "mpi", "blas"}. */
 typedef struct {
     const char *run_config;    /* JSON text (the checkpoint's run configuration) */
     const char *optimizer;     /* e.g. "adamw" */
     const char *optim_hparams; /* JSON text */
     int64_t step;              /* optimizer steps done (< 0: unknown) */
     int tp, dp;                /* layout trained at (0: unknown) */
+    const char *base_model;    /* Hub id that replaces run_config's card.base_model, or NULL */
 } AdioCard;
+
+/* Whether s is a Hugging Face Hub repository id as huggingface_hub's validate_repo_id
+ * accepts it: "name" or "owner/name", each part 1-96 of [A-Za-z0-9_.-], not starting or
+ * ending with '-' or '.', without "--" or "..". need_owner: only "owner/name" (what a
+ * config.json's _name_or_path must look like to be taken for a Hub id, not a local path). */
+int adio_hub_id_ok(const char *s, int need_owner);
 
 /* One linear of the base model in `shardlora merge` (launch/cmd_merge.c streams the frozen
  * weight's rows through the kind's merge_* hooks in bounded chunks). */

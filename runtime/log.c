@@ -34,7 +34,7 @@ void log_info(const char *fmt, ...) {
     if (g_log_level < LOG_INFO || err_rank() != 0) return;
     va_list ap;
     va_start(ap, fmt);
-    log_emit(stdout, "", fmt, ap);
+    log_emit(stderr, "", fmt, ap);
     va_end(ap);
 }
 
@@ -42,7 +42,7 @@ void log_debug(const char *fmt, ...) {
     if (g_log_level < LOG_DEBUG) return;
     va_list ap;
     va_start(ap, fmt);
-    log_emit(stdout, " debug:", fmt, ap);
+    log_emit(stderr, " debug:", fmt, ap);
     va_end(ap);
 }
 
@@ -58,6 +58,6 @@ void log_rank(const char *fmt, ...) {
     if (g_log_level < LOG_INFO) return;
     va_list ap;
     va_start(ap, fmt);
-    log_emit(stdout, "", fmt, ap);
+    log_emit(stderr, "", fmt, ap);
     va_end(ap);
 }

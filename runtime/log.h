@@ -1,7 +1,8 @@
-/* Rank-aware logging: `[shardlora rR] message` (warnings `[shardlora rR] warning: ...` on
- * stderr, the rest on stdout). Info lines from rank 0 only (log_rank: from every rank);
- * warnings and debug lines from every rank that calls them; each only when the level
- * allows. */
+/* Rank-aware logging: `[shardlora rR] message` (warnings `[shardlora rR] warning: ...`),
+ * all on stderr: stdout carries only a command's results (generate's text, eval's JSON,
+ * tokenize's ids, ...), so a script can pipe them. Info lines from rank 0 only (log_rank:
+ * from every rank); warnings and debug lines from every rank that calls them; each only
+ * when the level allows. */
 #ifndef SHARDLORA_RUNTIME_LOG_H
 #define SHARDLORA_RUNTIME_LOG_H
 

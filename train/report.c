@@ -5,6 +5,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
 
 #include "../io/afile.h"
 #include "../io/safetensors.h"
@@ -65,8 +67,7 @@ void report_close(Report *r) {
 
 const char *report_json_num(double x, char *buf, size_t n) {
     if (!isfinite(x)) return "null";
-    snprintf(buf, n, "%.9g", x);
-    return buf;
+    return str_fmt_double(x, buf, n); /* exact: a resumed run compares its evals with these */
 }
 
 void report_step(Report *r, const TrainerStep *s, double epoch, double lr, double tps, double mfu) {
@@ -101,6 +102,27 @@ void report_eval(Report *r, int64_t step, double epoch, double loss, int64_t tok
     tboard_eval(&r->tb, step, loss);
 }
 
+void report_best_eval(const char *out, int64_t last, double *loss, int64_t *step) {
+    char *path = str_join_path(out, "metrics.jsonl");
+    FILE *f = fopen(path, "r");
+    free(path);
+    if (!f) return;
+    char *line = NULL;
+    size_t cap = 0;
+    while (getline(&line, &cap, f) > 0) {
+        json_t *j = json_loads(line, 0, NULL);
+        const json_t *s = json_object_get(j, "step"), *e = json_object_get(j, "eval_loss");
+        if (json_is_integer(s) && json_is_number(e) && json_integer_value(s) <= last &&
+            json_number_value(e) < *loss) {
+            *loss = json_number_value(e);
+            *step = (int64_t)json_integer_value(s);
+        }
+        if (j) json_decref(j);
+    }
+    free(line);
+    fclose(f);
+}
+
 void report_progress(Report *r, const TrainerStep *s, int64_t total, double epoch, double lr,
                      double tps, double mfu, double elapsed, double eta) {
     char d1[32], d2[32];
@@ -114,22 +136,93 @@ void report_progress(Report *r, const TrainerStep *s, int64_t total, double epoc
 
 void report_bar_clear(Report *r) {
     if (!r->shown) return;
-    fputs("\r\033[K", stdout);
+    fputs("\r\033[K", stderr);
+    fflush(stderr);
     r->shown = 0;
 }
 
-void report_bar_draw(Report *r, int64_t step, int64_t total, double loss, double eta) {
-    if (!r->bar) return;
-    char bar[33], dur[32];
-    const double frac = (double)step / (double)(total > 0 ? total : 1);
-    int fill = (int)(32.0 * frac);
-    for (int i = 0; i < 32; i++)
-        bar[i] = i < fill ? '#' : '.';
-    bar[32] = 0;
-    printf("\r\033[K[%s] %lld/%lld %3.0f%% loss %.4f eta %s", bar, (long long)step,
-           (long long)total, 100.0 * frac, loss, str_fmt_duration(eta, dur, sizeof dur));
-    fflush(stdout);
+/* Columns of the terminal the bar is drawn on: TIOCGWINSZ on stderr, else $COLUMNS, else 80
+ * (asked at every draw, so a resized window is followed). */
+static int report_bar_columns(void) {
+    struct winsize ws;
+    if (ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0) return ws.ws_col;
+    const char *env = getenv("COLUMNS");
+    const long c = env ? strtol(env, NULL, 10) : 0;
+    return c > 0 && c < 10000 ? (int)c : 80;
+}
+
+enum { REPORT_BAR_FIELDS = 6, REPORT_BAR_MAXW = 32, REPORT_BAR_MINW = 8 };
+
+/* The bar's fields in display order, field 0 the "[###...]" gauge drawn in what room is left;
+ * prio: lower is kept longer. The line fits in cols - 1 characters (a character in the last
+ * column makes some terminals wrap): fields are dropped from the least important up, and a
+ * field that alone does not fit is cut. */
+static void report_bar_put(Report *r, double frac, char fields[][64], const int *prio) {
+    const int cols = report_bar_columns(), room = cols > 1 ? cols - 1 : 1;
+    int on[REPORT_BAR_FIELDS], len = 0, nf = 0;
+    for (int i = 1; i < REPORT_BAR_FIELDS; i++) {
+        on[i] = fields[i][0] != 0;
+        if (on[i]) len += (nf++ ? 3 : 0) + (int)strlen(fields[i]);
+    }
+    while (len > room && nf > 1) { /* drop the least important field shown */
+        int worst = -1;
+        for (int i = 1; i < REPORT_BAR_FIELDS; i++)
+            if (on[i] && (worst < 0 || prio[i] > prio[worst])) worst = i;
+        on[worst] = 0;
+        len -= (int)strlen(fields[worst]) + 3;
+        nf--;
+    }
+    int gauge = room - len - 3; /* "[" + gauge + "] " */
+    if (gauge > REPORT_BAR_MAXW) gauge = REPORT_BAR_MAXW;
+    char line[512];
+    int off = 0;
+    if (gauge >= REPORT_BAR_MINW) {
+        const int fill = (int)((double)gauge * (frac < 0 ? 0 : frac > 1 ? 1 : frac));
+        line[off++] = '[';
+        for (int i = 0; i < gauge; i++)
+            line[off++] = i < fill ? '#' : '.';
+        line[off++] = ']';
+        line[off++] = ' ';
+    }
+    for (int i = 1, first = 1; i < REPORT_BAR_FIELDS; i++) {
+        if (!on[i]) continue;
+        off +=
+            snprintf(line + off, sizeof line - (size_t)off, "%s%s", first ? "" : " | ", fields[i]);
+        first = 0;
+    }
+    if (off > room) off = room; /* one field wider than the terminal: cut */
+    line[off] = 0;
+    fprintf(stderr, "\r\033[K%s", line);
+    fflush(stderr);
     r->shown = 1;
+}
+
+void report_bar_draw(Report *r, int64_t step, int64_t total, double loss, double tps,
+                     double elapsed, double eta) {
+    if (!r->bar) return;
+    char f[REPORT_BAR_FIELDS][64], d1[32], d2[32];
+    const double frac = (double)step / (double)(total > 0 ? total : 1);
+    f[0][0] = 0;
+    snprintf(f[1], sizeof f[1], "%lld/%lld %.0f%%", (long long)step, (long long)total,
+             100.0 * frac);
+    snprintf(f[2], sizeof f[2], "loss %.4f", loss);
+    snprintf(f[3], sizeof f[3], "%.0f tok/s", tps);
+    snprintf(f[4], sizeof f[4], "elapsed %s", str_fmt_duration(elapsed, d1, sizeof d1));
+    snprintf(f[5], sizeof f[5], "eta %s", str_fmt_duration(eta, d2, sizeof d2));
+    static const int prio[REPORT_BAR_FIELDS] = {0, 1, 2, 4, 5, 3};
+    report_bar_put(r, frac, f, prio);
+}
+
+void report_bar_eval(Report *r, int64_t step, int64_t k, int64_t rounds, double elapsed) {
+    if (!r->bar) return;
+    char f[REPORT_BAR_FIELDS][64], d1[32];
+    f[0][0] = 0;
+    snprintf(f[1], sizeof f[1], "evaluating %lld/%lld", (long long)k, (long long)rounds);
+    snprintf(f[2], sizeof f[2], "step %lld", (long long)step);
+    snprintf(f[3], sizeof f[3], "elapsed %s", str_fmt_duration(elapsed, d1, sizeof d1));
+    f[4][0] = f[5][0] = 0;
+    static const int prio[REPORT_BAR_FIELDS] = {0, 1, 3, 2, 4, 5};
+    report_bar_put(r, (double)k / (double)(rounds > 0 ? rounds : 1), f, prio);
 }
 
 /* jansson accepts only UTF-8 */

@@ -44,14 +44,23 @@ void report_step(Report *r, const TrainerStep *s, double epoch, double lr, doubl
 /* The log line and the metrics line of an evaluation at `step`. */
 void report_eval(Report *r, int64_t step, double epoch, double loss, int64_t tokens,
                  double seconds);
+/* The lowest eval_loss in OUT/metrics.jsonl at steps <= last (what a resumed run evaluated
+ * before), into *loss and *step when lower than *loss; a missing file changes nothing. */
+void report_best_eval(const char *out, int64_t last, double *loss, int64_t *step);
 /* The progress line of a step (elapsed: since the run started; eta: seconds left). */
 void report_progress(Report *r, const TrainerStep *s, int64_t total, double epoch, double lr,
                      double tps, double mfu, double elapsed, double eta);
-/* The live bar (when on), and its removal before other output. */
-void report_bar_draw(Report *r, int64_t step, int64_t total, double loss, double eta);
+/* The live bar on stderr (when on): one line that fits the terminal's width (TIOCGWINSZ,
+ * else $COLUMNS, else 80; fields dropped by priority, never wrapped) with a gauge, step/total,
+ * loss, tokens/s, elapsed and ETA (seconds); report_bar_eval shows "evaluating k/rounds" of
+ * the evaluation at `step` instead. report_bar_clear removes it before other output. */
+void report_bar_draw(Report *r, int64_t step, int64_t total, double loss, double tps,
+                     double elapsed, double eta);
+void report_bar_eval(Report *r, int64_t step, int64_t k, int64_t rounds, double elapsed);
 void report_bar_clear(Report *r);
 
-/* x as a JSON number ("%.9g"), or "null" when it is not finite (JSON has no NaN). */
+/* x as a JSON number (its shortest round-trip form, runtime/str.h), or "null" when it is not
+ * finite (JSON has no NaN). */
 const char *report_json_num(double x, char *buf, size_t n);
 /* s as a quoted, escaped JSON string (malloc'd); bytes that are not UTF-8 become '?'. */
 char *report_json_quote(const char *s);

@@ -363,7 +363,7 @@ static int mm_write_weights(const MmTensor *t, int n, const char *out, int64_t s
 }
 
 /* OUT/tokenizer.json: a copy of --tokenizer (with its tokenizer_config.json), else the
- * byte-level one when the vocabulary has room for it, else none (said on stdout).
+ * byte-level one when the vocabulary has room for it, else none (said on stderr).
  * 0 or EXIT_IO with the message printed. */
 static int mm_write_tokenizer(const MmOpts *o) {
     char path[4096];
@@ -391,9 +391,10 @@ static int mm_write_tokenizer(const MmOpts *o) {
             rc = EXIT_IO;
         }
     } else {
-        printf("make-model: no tokenizer.json written: the byte-level tokenizer needs "
-               "--vocab >= %d (or pass --tokenizer FILE)\n",
-               BYTETOK_VOCAB_SIZE);
+        fprintf(stderr,
+                "make-model: no tokenizer.json written: the byte-level tokenizer needs "
+                "--vocab >= %d (or pass --tokenizer FILE)\n",
+                BYTETOK_VOCAB_SIZE);
     }
     return rc;
 }
@@ -430,10 +431,11 @@ int cmd_make_model(int argc, char **argv) {
         free(t[i].data);
     free(t);
     if (rc == 0)
-        printf("make-model: wrote %s (%s, %lld layers, hidden %lld, %lld tensors, %.1f MiB %s in "
-               "%lld file%s; synthetic weights, seed %llu)\n",
-               o.out, hfc_arch_name(arch), (long long)o.layers, (long long)c.hidden_size,
-               (long long)n, (double)total / 1048576.0, o.dtype, (long long)o.shards,
-               o.shards > 1 ? "s" : "", (unsigned long long)o.seed);
+        fprintf(stderr,
+                "make-model: wrote %s (%s, %lld layers, hidden %lld, %lld tensors, %.1f MiB %s in "
+                "%lld file%s; synthetic weights, seed %llu)\n",
+                o.out, hfc_arch_name(arch), (long long)o.layers, (long long)c.hidden_size,
+                (long long)n, (double)total / 1048576.0, o.dtype, (long long)o.shards,
+                o.shards > 1 ? "s" : "", (unsigned long long)o.seed);
     return rc;
 }

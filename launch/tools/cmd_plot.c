@@ -806,15 +806,16 @@ static void plot_title(char *buf, size_t n, const PlotRun *runs, int nruns) {
  * run, with its resumes, for several. */
 static void plot_print_written(const char *svg, const PlotRun *runs, int n) {
     if (n == 1) {
-        printf("wrote %s (%zu train points, %zu eval points)\n", svg, runs[0].train.n,
-               runs[0].eval.n);
+        fprintf(stderr, "wrote %s (%zu train points, %zu eval points)\n", svg, runs[0].train.n,
+                runs[0].eval.n);
         return;
     }
-    printf("wrote %s (", svg);
+    fprintf(stderr, "wrote %s (", svg);
     for (int i = 0; i < n; i++)
-        printf("%s%s: %zu train points, %zu eval points, %zu resume%s", i ? "; " : "", runs[i].name,
-               runs[i].train.n, runs[i].eval.n, runs[i].nres, runs[i].nres == 1 ? "" : "s");
-    printf(")\n");
+        fprintf(stderr, "%s%s: %zu train points, %zu eval points, %zu resume%s", i ? "; " : "",
+                runs[i].name, runs[i].train.n, runs[i].eval.n, runs[i].nres,
+                runs[i].nres == 1 ? "" : "s");
+    fprintf(stderr, ")\n");
 }
 
 /* Loads the runs, draws them and writes svg; returns the exit status. */

@@ -214,7 +214,7 @@ PY
 script -qec "$SL train --threads 1 --peak-gflops 1 --model $W/m --data $W/more.jsonl --out $W/tty --seq-len 64 --steps 3" \
   /dev/null > "$W/tty.log" 2>&1
 grep -q $'\r.*\\[#' "$W/tty.log" && pass "progress bar on a terminal" || fail "no progress bar on a terminal"
-grep -q $'\r' "$W/cache1.log" && fail "a carriage return in a log written to a file" || pass "plain lines when stdout is a file"
+grep -q $'\r' "$W/cache1.log" && fail "a carriage return in a log written to a file" || pass "plain lines when the log goes to a file"
 
 # ---- non-finite loss: stop (exit 5) or skip ----------------------------------------------
 D=("${M[@]}" --data "$W/more.jsonl" --seq-len 64 --steps 4 --optimizer sgd --lr 1e30 --lr-schedule constant)

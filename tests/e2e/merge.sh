@@ -37,9 +37,9 @@ merge() { # merge NP ARGS...: shardlora merge on NP ranks (one thread each)
 
 # ---- models ----------------------------------------------------------------------------
 "$SL" make-model --out "$W/f32" --layers 2 --hidden 64 --ffn 176 --heads 4 --kv-heads 2 --vocab 300 \
-  --qkv-bias --seed 5 > /dev/null
+  --qkv-bias --seed 5 > /dev/null 2>&1
 "$SL" make-model --out "$W/bf16" --layers 3 --hidden 64 --ffn 160 --heads 4 --kv-heads 2 --vocab 300 \
-  --tie --dtype BF16 --shards 3 --seed 6 > /dev/null
+  --tie --dtype BF16 --shards 3 --seed 6 > /dev/null 2>&1
 "$PY" - "$W/f16" "$(dirname "$CHK")/../reference" <<'PY'
 import json, os, sys, torch
 sys.path.insert(0, sys.argv[2])
@@ -83,7 +83,7 @@ CASES=(
 for c in "${CASES[@]}"; do
   read -r name model adapter tol exact <<< "$c"
   echo "== $name: $model + $adapter"
-  merge 1 --model "$W/$model" --adapter "$W/$adapter" --out "$W/out_$name" > "$W/$name.log" \
+  merge 1 --model "$W/$model" --adapter "$W/$adapter" --out "$W/out_$name" > "$W/$name.log" 2>&1 \
     || { cat "$W/$name.log"; echo "FAIL: merge $name"; exit 1; }
   "$PY" "$CHK" validate "$W/out_$name" "$W/$model" | tail -n 1
   "$PY" "$CHK" weights "$W/$model" "$W/$adapter" "$W/out_$name" $exact
@@ -103,7 +103,7 @@ for name in trained_f32 dora_f32 trained_bf16 pattern_f16; do
   read -r _ model adapter _ <<< "$(printf '%s\n' "${CASES[@]}" | grep "^$name ")"
   for np in 3 4; do
     merge "$np" --model "$W/$model" --adapter "$W/$adapter" --out "$W/out_${name}_np$np" --chunk-bytes 4096 \
-      > "$W/${name}_np$np.log" || { cat "$W/${name}_np$np.log"; echo "FAIL: merge $name on $np ranks"; exit 1; }
+      > "$W/${name}_np$np.log" 2>&1 || { cat "$W/${name}_np$np.log"; echo "FAIL: merge $name on $np ranks"; exit 1; }
     same "$W/out_$name" "$W/out_${name}_np$np"
   done
   echo "ranks: $name: 1, 3 and 4 ranks (4 KiB chunks) wrote byte-identical files"
@@ -111,15 +111,15 @@ done
 
 # ---- 4: memory and speed on a larger model -------------------------------------------------
 "$SL" make-model --out "$W/big" --layers 8 --hidden 512 --ffn 1408 --heads 8 --kv-heads 4 --vocab 32000 \
-  --shards 4 --seed 9 | sed 's/^/big: /'
+  --shards 4 --seed 9 2>&1 | sed 's/^/big: /'
 A "$W/big" "$W/a_big" --r 16 --alpha 32 --seed 6
-merge 1 --model "$W/big" --adapter "$W/a_big" --out "$W/big_np1" --chunk-bytes 1048576 > "$W/big_np1.log"
+merge 1 --model "$W/big" --adapter "$W/a_big" --out "$W/big_np1" --chunk-bytes 1048576 > "$W/big_np1.log" 2>&1
 grep -E '^merge: (wrote|[0-9])|peak RSS' "$W/big_np1.log" | tail -n 3
 "$PY" "$CHK" validate "$W/big_np1" "$W/big" | tail -n 1
 "$PY" "$CHK" weights "$W/big" "$W/a_big" "$W/big_np1"
 "$PY" "$CHK" rss "$W/big_np1/merge-summary.json" "$SLACK_MIB" --max-buffer-mib 4
 for chunk in 1048576 67108864; do
-  merge 4 --model "$W/big" --adapter "$W/a_big" --out "$W/big_np4_$chunk" --chunk-bytes "$chunk" > "$W/big_np4_$chunk.log"
+  merge 4 --model "$W/big" --adapter "$W/a_big" --out "$W/big_np4_$chunk" --chunk-bytes "$chunk" > "$W/big_np4_$chunk.log" 2>&1
   grep -E 'peak RSS|^merge: wrote' "$W/big_np4_$chunk.log"
   same "$W/big_np1" "$W/big_np4_$chunk"
   "$PY" "$CHK" rss "$W/big_np4_$chunk/merge-summary.json" "$SLACK_MIB"
@@ -179,7 +179,7 @@ refuse 3 "no model.safetensors" 2 --model "$W/nonexistent" --adapter "$W/a_pat" 
 gone "$W/bad8"
 # an existing OUT: refused without --force; with --force replaced by the same bytes
 refuse 2 "already exists" 4 --model "$W/f32" --adapter "$W/a_pat" --out "$W/out_pattern_f32"
-merge 2 --model "$W/f32" --adapter "$W/a_pat" --out "$W/out_trained_f32_np3" --force > /dev/null
+merge 2 --model "$W/f32" --adapter "$W/a_pat" --out "$W/out_trained_f32_np3" --force > /dev/null 2>&1
 same "$W/out_pattern_f32" "$W/out_trained_f32_np3"
 echo "force: an existing OUT replaced with the same bytes a fresh merge writes"
 # a failure on one rank only (a NaN in the last row of a lora_B: the last rank's rows): every

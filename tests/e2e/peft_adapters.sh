@@ -122,10 +122,12 @@ if sorted(c["target_modules"]) != sorted(["q_proj", "k_proj", "o_proj", "up_proj
 if not c.get("base_model_name_or_path"):
     bad.append("base_model_name_or_path empty")
 card = open(d + "/README.md").read()
-for want in ("base_model:", "library_name: peft", "## Training configuration", "seq_len", "lr_schedule",
-             "optimizer", "tp=2"):
+for want in ("library_name: peft", "## Training configuration", "seq_len", "lr_schedule",
+             "optimizer", "tp=2", "## Training data", "## Framework versions"):
     if want not in card:
         bad.append(f"README.md lacks {want!r}")
+if "base_model:" in card:  # the model is a local directory: not a Hub id
+    bad.append("README.md names a local path as base_model")
 print("adapter_config.json: " + (", ".join(bad) if bad else f"all {len(need) + 2} keys as PEFT writes them; "
       f"README.md model card with the training configuration ({len(card)} bytes)"))
 sys.exit(1 if bad else 0)

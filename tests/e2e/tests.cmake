@@ -31,6 +31,11 @@ sl_e2e(e2e_cli_names cli_names.sh 300 PROCESSORS 2)
 # a run directory belongs to one run: --resume none, another run's settings, a finished
 # run re-run, --overwrite, stale per-rank summaries (sha256 of OUT before and after)
 sl_e2e(e2e_run_safety run_safety.sh 300 PROCESSORS 2)
+# what each command puts on stdout (results) and stderr (the rest), shortest floats in the
+# files, the live bar's width and fields (COLUMNS and a pseudo-terminal)
+sl_e2e(e2e_outputs outputs.sh 120)
+# the adapter's model card: best eval, data files, versions, base_model; export = train's card
+sl_e2e(e2e_model_card model_card.sh 120 PROCESSORS 2)
 
 # The quick start itself (takes the build directory, not the binary).
 add_test(NAME e2e_quickstart

@@ -20,7 +20,7 @@ for i in range(0, len(b) - 64, 64):
 PY
 
 "$SL" train --model "$W/model" --data "$W/data.jsonl" --out "$W/run" --seq-len 64 --micro-batch 4 \
-  --steps 40 --lr 3e-3 --lora-r 8 --lora-alpha 16 --log-every 10 | tee "$W/train.log"
+  --steps 40 --lr 3e-3 --lora-r 8 --lora-alpha 16 --log-every 10 2>&1 | tee "$W/train.log"
 
 "$PY" - "$W" <<'PY'
 import json, struct, sys

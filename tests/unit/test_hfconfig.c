@@ -239,6 +239,21 @@ static void test_real_configs(void) {
     CHECK_TRUE(ok && c.arch == HFC_QWEN2 && !strcmp(c.torch_dtype, "float16") &&
                    c.rope_theta == 1e6 && c.rope_scaling_type == 0,
                "model_type only / v5 fields: %s", st.msg);
+
+    /* _name_or_path (what save_pretrained wrote: a Hub id or a local path) is kept as written,
+     * informational: absent, or not a string, gives "" and never refuses the config. */
+#define SMALL                                                                                      \
+    "{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": 64, "                            \
+    "\"intermediate_size\": 160, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, "           \
+    "\"vocab_size\": 100, \"rms_norm_eps\": 1e-6"
+    ok = load_text(&c, SMALL ", \"_name_or_path\": \"meta-llama/Llama-3.1-8B\"}", &st);
+    CHECK_TRUE(ok && !strcmp(c.name_or_path, "meta-llama/Llama-3.1-8B"), "_name_or_path: %s '%s'",
+               st.msg, c.name_or_path);
+    ok = load_text(&c, SMALL ", \"_name_or_path\": 7}", &st);
+    CHECK_TRUE(ok && c.name_or_path[0] == 0, "_name_or_path not a string: %s", st.msg);
+    ok = load_text(&c, SMALL "}", &st);
+    CHECK_TRUE(ok && c.name_or_path[0] == 0, "no _name_or_path: %s", st.msg);
+#undef SMALL
 }
 
 /* hfc_load must fail, leave c untouched, and name the file and each needle. */
