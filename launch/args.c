@@ -717,7 +717,7 @@ void args_print_resolved(FILE *f, const ArgSpec *specs, int nspecs) {
         json_t *v = args_value_json(&specs[i]);
         char *txt = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
         if (txt) str_json_shorten(txt);
-        fprintf(f, "  %-22s = %-40s (%s)\n", specs[i].name, txt ? txt : "?", from[specs[i].seen]);
+        fprintf(f, "  %-27s = %-40s (%s)\n", specs[i].name, txt ? txt : "?", from[specs[i].seen]);
         free(txt);
         json_decref(v);
     }

@@ -88,7 +88,7 @@ typedef struct {
     double epoch_steps;
     int64_t B, T, G, nrows, total_steps, first_step, cursor, cursor0, warmup;
     SchedAnchor anchor; /* where the lr decay is anchored (model/sched.h; plain: warmup, 0) */
-    char ckpt_root[4200], fingerprint[512], hparams[256], sched_desc[128];
+    char ckpt_root[4200], fingerprint[512], hparams[256], sched_desc[256];
     char *adapter_json, *run_json;
     char *run_card; /* run_json with the model card's "card" object (what checkpoints keep) */
     TckptCfg cc;
@@ -712,14 +712,16 @@ static void train_describe_schedule(TrainRun *r) {
     const TrainOpts *o = &r->o;
     const int64_t total = r->total_steps;
     const SchedAnchor plain = sched_anchor_plain(r->warmup);
+    char lr[32];
+    str_fmt_double(o->lr, lr, sizeof lr); /* as the user gave it */
     if (r->anchor.step == plain.step && r->anchor.progress == plain.progress)
-        snprintf(r->sched_desc, sizeof r->sched_desc, "%s, warmup %lld of %lld steps, peak lr %g",
-                 o->lr_schedule, (long long)r->warmup, (long long)total, o->lr);
+        snprintf(r->sched_desc, sizeof r->sched_desc, "%s, warmup %lld of %lld steps, peak lr %s",
+                 o->lr_schedule, (long long)r->warmup, (long long)total, lr);
     else
         snprintf(r->sched_desc, sizeof r->sched_desc,
-                 "%s, warmup %lld of %lld steps, peak lr %g, decay re-anchored at step %lld "
+                 "%s, warmup %lld of %lld steps, peak lr %s, decay re-anchored at step %lld "
                  "(%.3g%% of its course; README: Resuming)",
-                 o->lr_schedule, (long long)r->warmup, (long long)total, o->lr,
+                 o->lr_schedule, (long long)r->warmup, (long long)total, lr,
                  (long long)r->anchor.step, 100.0 * r->anchor.progress);
     free(r->run_json);
     r->run_json =
@@ -980,11 +982,13 @@ static void train_log_start(TrainRun *r) {
              ((double)r->cursor0 + (double)(r->total_steps - r->first_step + 1) * (double)r->G) /
                  (double)r->nrows,
              (long long)r->nrows, r->sched_desc, o->optimizer);
-    log_info("adapter: %s r=%lld alpha=%g dropout=%g rslora=%d init=%s loraplus_ratio=%g "
-             "targets=%s (%zu "
-             "trainable of %zu adapter floats on rank 0)",
-             r->acfg.kind, (long long)o->r, o->alpha, o->dropout, o->rslora, o->lora_init,
-             o->loraplus_ratio, r->targets_csv, m->params.trainable, m->params.total);
+    char alpha[32], dropout[32], ratio[32];
+    log_info("adapter: %s r=%lld alpha=%s dropout=%s rslora=%d init=%s loraplus_ratio=%s "
+             "targets=%s (%zu trainable of %zu adapter floats on rank 0)",
+             r->acfg.kind, (long long)o->r, str_fmt_double(o->alpha, alpha, sizeof alpha),
+             str_fmt_double(o->dropout, dropout, sizeof dropout), o->rslora, o->lora_init,
+             str_fmt_double(o->loraplus_ratio, ratio, sizeof ratio), r->targets_csv,
+             m->params.trainable, m->params.total);
     log_info("grid: world=%d = dp %d x tp %d; per TP rank: %lld heads, %lld kv heads%s, ffn %lld, "
              "vocab rows %lld; kernels=%s; %s",
              g->world_size, g->dp, g->tp, (long long)m->Hl, (long long)m->KVl,
