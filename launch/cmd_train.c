@@ -805,7 +805,10 @@ static void train_resume_schedule(TrainRun *r, const TckptPos *pos, int64_t tota
     const int64_t was = pos->total_steps, at = pos->step;
     r->total_steps = total;
     r->warmup = pos->warmup;
-    r->anchor = total == was ? pos->anchor : sched_anchor_resume(pos->anchor, r->warmup, was, at);
+    /* a constant lr has no decay to re-anchor: its runs stay byte-identical to one that
+     * was given the final --steps from the start */
+    const int moved = total != was && r->skind != SCHED_CONSTANT;
+    r->anchor = moved ? sched_anchor_resume(pos->anchor, r->warmup, was, at) : pos->anchor;
     train_describe_schedule(r);
     if (total == was || total <= at || r->g.world_rank != 0) return;
     const SchedKind k = (SchedKind)r->skind;
