@@ -17,7 +17,7 @@ typedef struct {
     double gflops;              /* the peak per rank, GFLOP/s */
     double measured;            /* what the sgemm gave (0: --peak-gflops) */
     double theoretical;         /* cores x clock x FMA lanes x 2 FMA units x 2 (0: unknown) */
-    char theoretical_desc[128]; /* how theoretical was worked out */
+    char theoretical_desc[192]; /* how theoretical was worked out */
     char source[160];           /* how gflops came about (summary.json "peak_source") */
     long long raised_at;        /* the step that raised it (0: never) */
 } MfuPeak;
@@ -31,7 +31,8 @@ void mfu_peak_init(MfuPeak *p, double given, Grid *g, GemmCtx *gc, MemCtx *mem, 
 int mfu_peak_observe(MfuPeak *p, double gflops, long long step);
 
 /* The CPU's theoretical single-precision peak of this process's CPUs in GFLOP/s, assuming
- * 2 FMA units per core (an upper bound: some cores have 1); 0 when the clock or the vector
+ * 2 FMA units per core (some cores have 1) at the clock the system reports (a base clock
+ * under boost is exceeded in practice: a reference, not a bound); 0 when the clock or the vector
  * width is unknown. desc gets how it was computed. */
 double mfu_theoretical_gflops(char *desc, size_t n);
 
