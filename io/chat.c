@@ -105,18 +105,12 @@ static const char *chat_template_text(const json_t *v) {
  * file simply has no template to detect) or with st set when it cannot be read or parsed. */
 static json_t *chat_load_config(const char *path, int *absent, ErrStatus *st) {
     *absent = 0;
-    FILE *fp = fopen(path, "rb");
+    FILE *fp = afile_fopen_input(path, st);
     if (!fp) {
-        if (errno == ENOENT)
+        if (errno == ENOENT) {
             *absent = 1;
-        else
-            err_status_set(st, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    struct stat sb;
-    if (fstat(fileno(fp), &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        fclose(fp);
-        err_status_set(st, "%s: not a regular file", path);
+            err_status_ok(st);
+        }
         return NULL;
     }
     /* Numbers as doubles: the Hub's files say "model_max_length":

@@ -17,7 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define HFC_MAX_FILE ((off_t)16 * 1024 * 1024)
+#define HFC_MAX_FILE ((size_t)16 * 1024 * 1024)
 
 typedef struct {
     HfcArch arch;
@@ -385,43 +385,11 @@ static int hfc_parse(HfcCtx *x, const json_t *root, HfcConfig *c) {
 int hfc_load(HfcConfig *c, const char *path, ErrStatus *st) {
     err_status_ok(st);
     HfcCtx x = {path, st};
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return err_status_set(st, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    char *buf = NULL;
-    size_t len = 0;
-    int ok = 1;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        ok = err_status_set(st, "%s: not a regular file", path);
-    } else if (sb.st_size > HFC_MAX_FILE) {
-        ok = err_status_set(st, "%s: %lld bytes is too large for a config.json", path,
-                            (long long)sb.st_size);
-    } else {
-        buf = malloc((size_t)sb.st_size + 1);
-        SL_CHECK(buf != NULL, "out of memory");
-        while (ok && len < (size_t)sb.st_size) {
-            ssize_t got = read(fd, buf + len, (size_t)sb.st_size - len);
-            if (got < 0 && errno == EINTR) continue;
-            if (got < 0)
-                ok = err_status_set(st, "%s: read failed: %s", path, strerror(errno));
-            else if (got == 0)
-                break; /* shrank while reading: parse what is there */
-            else
-                len += (size_t)got;
-        }
-    }
-    close(fd);
-    if (!ok) {
-        free(buf);
-        return 0;
-    }
-    json_error_t jerr;
-    json_t *root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
-    free(buf);
-    if (!root) return afile_json_error(st, path, &jerr);
+    json_t *root = afile_read_json(path, HFC_MAX_FILE, JSON_REJECT_DUPLICATES, st);
+    if (!root) return 0;
     HfcConfig tmp;
     memset(&tmp, 0, sizeof tmp);
-    ok = hfc_parse(&x, root, &tmp);
+    int ok = hfc_parse(&x, root, &tmp);
     json_decref(root);
     if (ok) *c = tmp; /* c is untouched on error */
     return ok;
