@@ -1284,6 +1284,34 @@ int64_t ckpt_latest_step(const char *root) {
     return ckpt_parse_step(target, "");
 }
 
+int ckpt_remove_leftovers(const char *root, void (*note)(void *ctx, const char *name), void *ctx,
+                          ErrStatus *st) {
+    err_status_ok(st);
+    DIR *d = opendir(root);
+    if (!d && errno == ENOENT) return 0;
+    if (!d) {
+        err_status_set(st, "%s: cannot list: %s", root, strerror(errno));
+        return -1;
+    }
+    static const char *const suffixes[] = {".tmp", ".del", ".old"};
+    char path[PATH_MAX];
+    int removed = 0, ok = 1;
+    struct dirent *e;
+    while (ok && (e = readdir(d)) != NULL)
+        for (size_t k = 0; k < sizeof suffixes / sizeof suffixes[0]; k++) {
+            if (ckpt_parse_step(e->d_name, suffixes[k]) < 0) continue;
+            snprintf(path, sizeof path, "%s/%s", root, e->d_name);
+            ok = ckpt_rm_rf(path, st);
+            if (ok) {
+                removed++;
+                if (note) note(ctx, path);
+            }
+            break;
+        }
+    closedir(d);
+    return ok ? removed : -1;
+}
+
 int ckpt_prune(const char *root, int keep, ErrStatus *st) {
     err_status_ok(st);
     int64_t *v;
