@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Inputs that used to hang or be accepted without a word (issue 16):
-#   a FIFO as model.safetensors, config.json, tokenizer.json, --data, manifest.pb, --config,
-#   and a directory as a file: one error line, exit 3 (2 for --config), no hang (timeout 20);
+#   a FIFO as model.safetensors, config.json, tokenizer.json, --data, --prompts, manifest.pb
+#   and --config, and a directory as a file: one error line, exit 3 (2 for --config), no hang (timeout 20);
 #   an unknown extra tensor (warning) or one past num_hidden_layers (refused); config.json
 #   without architectures (warning) or with a contradicting model_type (refused); a JSONL
 #   line with input_ids and text, or a key twice (refused, file:line); an empty tokenizer
@@ -66,6 +66,9 @@ refused "FIFO tokenizer.json" 3 "fifo-tok/tokenizer.json: $FIFO_RE" \
 mkfifo data.fifo
 refused "FIFO --data" 3 "data.fifo: $FIFO_RE" \
   "$SL" train --model m --data data.fifo --out o-fifo "${T[@]}" --steps 1
+mkfifo prompts.fifo
+refused "FIFO --prompts (generate)" 3 "prompts.fifo: $FIFO_RE" \
+  "$SL" generate --model m --prompts prompts.fifo --threads 1
 mkfifo cfg.fifo
 refused "FIFO --config" 2 "cfg.fifo: $FIFO_RE" \
   "$SL" train --model m --data d.jsonl --out o-fifo "${T[@]}" --steps 1 --config cfg.fifo
