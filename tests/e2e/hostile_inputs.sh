@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Inputs that used to hang or be accepted without a word (issue 16):
 #   a FIFO as model.safetensors, config.json, tokenizer.json, --data, --prompts, manifest.pb
-#   and --config, and a directory as a file: one error line, exit 3 (2 for --config), no hang (timeout 20);
+#   and --config, and a directory as a file: one error line, exit 3 (2 for --config), no
+#   hang (timeout 20);
 #   an unknown extra tensor (warning) or one past num_hidden_layers (refused); config.json
 #   without architectures (warning) or with a contradicting model_type (refused); a JSONL
 #   line with input_ids and text, or a key twice (refused, file:line); an empty tokenizer
