@@ -67,6 +67,11 @@ refused "FIFO tokenizer.json" 3 "fifo-tok/tokenizer.json: $FIFO_RE" \
 mkfifo data.fifo
 refused "FIFO --data" 3 "data.fifo: $FIFO_RE" \
   "$SL" train --model m --data data.fifo --out o-fifo "${T[@]}" --steps 1
+# two ranks: both refuse, none waits for the other (one line: rank 0 speaks for the job)
+refused "FIFO --data at 2 ranks" 3 "data.fifo: $FIFO_RE" \
+  mpiexec --oversubscribe -np 2 "$SL" train --model m --data data.fifo --out o-fifo "${T[@]}" --steps 1
+refused "FIFO model.safetensors at tp=2" 3 "fifo-st/model.safetensors: $FIFO_RE" \
+  mpiexec --oversubscribe -np 2 "$SL" train --model fifo-st --data d.jsonl --out o-fifo "${T[@]}" --steps 1 --tp 2
 mkfifo prompts.fifo
 refused "FIFO --prompts (generate)" 3 "prompts.fifo: $FIFO_RE" \
   "$SL" generate --model m --prompts prompts.fifo --threads 1
