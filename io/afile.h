@@ -1,4 +1,5 @@
-/* Durable, atomic file writes: data go to PATH.tmp, which is fsynced, renamed over PATH,
+/* Durable, atomic file writes, and (below) the one safe way to open an input file.
+ * Writes: data go to PATH.tmp, which is fsynced, renamed over PATH,
  * and the directory fsynced, so PATH is always either the old file or the complete new
  * one. On any error PATH is untouched and no .tmp file is left. Used by the writers of
  * whole output files (safetensors, config.json, adapter_config.json, tokenizer.json, the
