@@ -150,3 +150,113 @@ int afile_json_error(ErrStatus *st, const char *path, const json_error_t *e) {
     return err_status_set(st, "%s: JSON error at byte %d (line %d, column %d): %s", path,
                           e->position, e->line, e->column, e->text);
 }
+
+/* ---- reading inputs ------------------------------------------------------------------ */
+
+static const char *afile_kind(mode_t m) {
+    if (S_ISFIFO(m)) return "a FIFO";
+    if (S_ISDIR(m)) return "a directory";
+    if (S_ISCHR(m)) return "a character device";
+    if (S_ISBLK(m)) return "a block device";
+    if (S_ISSOCK(m)) return "a socket";
+    return "not a plain file";
+}
+
+int afile_open_input(const char *path, struct stat *sb, ErrStatus *st) {
+    /* O_NONBLOCK: opening a FIFO for reading blocks until a writer appears; a non-blocking
+     * open returns at once, and fstat then shows what it is. */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) {
+        const int why = errno;
+        err_status_set(st, "%s: cannot open: %s", path, strerror(why));
+        errno = why;
+        return -1;
+    }
+    if (fstat(fd, sb) != 0) {
+        err_status_set(st, "%s: cannot stat: %s", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    if (!S_ISREG(sb->st_mode)) {
+        err_status_set(st, "%s: not a regular file (%s)", path, afile_kind(sb->st_mode));
+        close(fd);
+        errno = S_ISDIR(sb->st_mode) ? EISDIR : EINVAL; /* never a stale ENOENT */
+        return -1;
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0) {
+        err_status_set(st, "%s: cannot clear O_NONBLOCK: %s", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+FILE *afile_fopen_input(const char *path, ErrStatus *st) {
+    struct stat sb;
+    int fd = afile_open_input(path, &sb, st);
+    if (fd < 0) return NULL;
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        err_status_set(st, "%s: cannot open: %s", path, strerror(errno));
+        close(fd);
+    }
+    return f;
+}
+
+char *afile_read_input(const char *path, size_t max, size_t *len, ErrStatus *st) {
+    struct stat sb;
+    int fd = afile_open_input(path, &sb, st);
+    if (fd < 0) return NULL;
+    if (sb.st_size < 0 || (unsigned long long)sb.st_size > max) {
+        err_status_set(st, "%s: %lld bytes is more than the %zu this file may have", path,
+                       (long long)sb.st_size, max);
+        close(fd);
+        return NULL;
+    }
+    const size_t want = (size_t)sb.st_size;
+    char *buf = malloc(want + 1);
+    SL_CHECK(buf != NULL, "out of memory reading %s (%zu bytes)", path, want);
+    size_t got = 0;
+    int ok = 1;
+    for (;;) {
+        /* one byte past the size fstat gave: a file that grew is noticed, not cut */
+        char extra;
+        ssize_t n = got < want ? read(fd, buf + got, want - got) : read(fd, &extra, 1);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+            ok = err_status_set(st, "%s: read failed: %s", path, strerror(errno));
+            break;
+        }
+        if (n == 0) {
+            if (got < want)
+                ok = err_status_set(st, "%s: shrank from %zu to %zu bytes while being read", path,
+                                    want, got);
+            break;
+        }
+        if (got == want) {
+            ok = err_status_set(st, "%s: grew past %zu bytes while being read", path, want);
+            break;
+        }
+        got += (size_t)n;
+    }
+    close(fd);
+    if (!ok) {
+        free(buf);
+        return NULL;
+    }
+    buf[got] = 0;
+    *len = got;
+    return buf;
+}
+
+json_t *afile_read_json(const char *path, size_t max, size_t flags, ErrStatus *st) {
+    size_t len = 0;
+    char *buf = afile_read_input(path, max, &len, st);
+    if (!buf) return NULL;
+    json_error_t je;
+    json_t *root = json_loadb(buf, len, flags, &je);
+    free(buf);
+    if (!root) afile_json_error(st, path, &je);
+    return root;
+}

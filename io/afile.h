@@ -1,4 +1,5 @@
-/* Durable, atomic file writes: data go to PATH.tmp, which is fsynced, renamed over PATH,
+/* Durable, atomic file writes, and (below) the one safe way to open an input file.
+ * Writes: data go to PATH.tmp, which is fsynced, renamed over PATH,
  * and the directory fsynced, so PATH is always either the old file or the complete new
  * one. On any error PATH is untouched and no .tmp file is left. Used by the writers of
  * whole output files (safetensors, config.json, adapter_config.json, tokenizer.json, the
@@ -9,6 +10,8 @@
 #define SHARDLORA_IO_AFILE_H
 
 #include <stddef.h>
+#include <stdio.h>
+#include <sys/stat.h>
 
 #include <jansson.h>
 
@@ -44,5 +47,26 @@ int afile_mkdirs(const char *dir);
 int afile_rmdir_flat(const char *dir, ErrStatus *st);
 /* fsync the directory that holds path (a rename is durable only after this). */
 int afile_fsync_dir(const char *path, ErrStatus *st);
+
+/* ---- reading what a user names -------------------------------------------------------
+ * Every input file (model, configs, tokenizer, data, checkpoints, adapters, --config,
+ * prompts) is opened through these, so a FIFO, directory or device never blocks or
+ * half-reads: open() uses O_NONBLOCK (a FIFO with no writer would otherwise wait forever),
+ * the descriptor is fstat'ed and anything but a regular file is refused, then O_NONBLOCK
+ * is cleared. */
+
+/* Opens PATH read-only. Returns the descriptor (O_CLOEXEC) with *sb filled, or -1 with st
+ * set to "PATH: cannot open: why" (errno kept from open(), so ENOENT can be told apart) or
+ * "PATH: not a regular file (a FIFO)". */
+int afile_open_input(const char *path, struct stat *sb, ErrStatus *st);
+/* The same as a stdio stream (for line readers); NULL with st set. */
+FILE *afile_fopen_input(const char *path, ErrStatus *st);
+/* The whole of PATH, NUL-terminated (malloc'd, *len without the NUL), or NULL with st set.
+ * A file larger than max bytes is refused before anything is read; a file that changes
+ * size while being read is refused too. */
+char *afile_read_input(const char *path, size_t max, size_t *len, ErrStatus *st);
+/* afile_read_input + json_loadb with jansson's flags (pass JSON_REJECT_DUPLICATES unless the
+ * file's producer reads the last duplicate, as Python's json does). NULL with st set. */
+json_t *afile_read_json(const char *path, size_t max, size_t flags, ErrStatus *st);
 
 #endif

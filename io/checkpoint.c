@@ -756,16 +756,9 @@ static Slckpt__Manifest *ckpt_read_manifest(const char *dir, ErrStatus *st) {
     char *path = str_join_path(dir, CKPT_MANIFEST_NAME);
     Slckpt__Manifest *man = NULL;
     uint8_t *buf = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
     struct stat sb;
-    if (fd < 0) {
-        err_status_set(st, "%s: cannot open: %s", path, strerror(errno));
-        goto done;
-    }
-    if (fstat(fd, &sb) != 0) {
-        err_status_set(st, "%s: cannot stat: %s", path, strerror(errno));
-        goto done;
-    }
+    int fd = afile_open_input(path, &sb, st);
+    if (fd < 0) goto done;
     uint64_t size = (uint64_t)sb.st_size;
     if (size < CKPT_HEADER_BYTES) {
         err_status_set(st, "%s: truncated: %" PRIu64 " bytes, the header alone is %d", path, size,
@@ -822,6 +815,29 @@ static struct CkptFile *ckpt_reader_file(CkptReader *r, const char *name) {
     return NULL;
 }
 
+/* Counters a CRC cannot vouch for (a buggy or hostile writer computes a valid CRC too):
+ * a checkpoint always holds the adapter, and its steps are counts a real run reaches.
+ * 2^53: a double (the schedule's arithmetic) still counts every step exactly below it. */
+static int ckpt_check_counts(const char *mpath, const Slckpt__Manifest *man, ErrStatus *st) {
+    const int64_t most = (int64_t)1 << 53;
+    if (man->n_tensors == 0)
+        return err_status_set(st, "%s: damaged: the manifest lists no tensors", mpath);
+    if (man->step < 0 || man->step > most)
+        return err_status_set(st, "%s: damaged: step %" PRId64 " is not in [0, 2^53]", mpath,
+                              man->step);
+    if (man->epoch < 0 || man->data_cursor < 0)
+        return err_status_set(
+            st, "%s: damaged: negative epoch (%" PRId64 ") or data cursor (%" PRId64 ")", mpath,
+            man->epoch, man->data_cursor);
+    /* the optimizer counts updates from 1 (the next one to do), one per step */
+    const int64_t ostep = man->optimizer ? man->optimizer->step : 0;
+    if (ostep < 0 || ostep > man->step + 1)
+        return err_status_set(
+            st, "%s: damaged: optimizer step %" PRId64 " is not in [0, step + 1 = %" PRId64 "]",
+            mpath, ostep, man->step + 1);
+    return 1;
+}
+
 int ckpt_open(CkptReader *r, const char *dir, ErrStatus *st) {
     err_status_ok(st);
     memset(r, 0, sizeof *r);
@@ -837,6 +853,7 @@ int ckpt_open(CkptReader *r, const char *dir, ErrStatus *st) {
                                                                  : "");
         goto fail;
     }
+    if (!ckpt_check_counts(mpath, man, st)) goto fail;
     CkptMeta *mt = &r->meta;
     mt->format_version = man->format_version;
     mt->run_config = man->run_config;
@@ -899,13 +916,13 @@ int ckpt_open(CkptReader *r, const char *dir, ErrStatus *st) {
                 f->size = 0;
                 char *fp = str_join_path(dir, k->file);
                 struct stat sb;
-                f->fd = open(fp, O_RDONLY | O_CLOEXEC);
-                int bad = f->fd < 0 || fstat(f->fd, &sb) != 0;
-                if (bad) {
+                ErrStatus why;
+                f->fd = afile_open_input(fp, &sb, &why);
+                if (f->fd < 0) {
                     err_status_set(st,
-                                   "%s: missing or unreadable shard file (tensor %s, chunk "
-                                   "at byte offset %" PRIu64 "): %s",
-                                   fp, t->name, k->offset, strerror(errno));
+                                   "missing or unreadable shard file: %s (tensor %s, chunk at byte "
+                                   "offset %" PRIu64 ")",
+                                   why.msg, t->name, k->offset);
                     free(fp);
                     goto fail;
                 }
@@ -1265,6 +1282,34 @@ int64_t ckpt_latest_step(const char *root) {
     if (len <= 0) return -1;
     target[len] = 0;
     return ckpt_parse_step(target, "");
+}
+
+int ckpt_remove_leftovers(const char *root, void (*note)(void *ctx, const char *name), void *ctx,
+                          ErrStatus *st) {
+    err_status_ok(st);
+    DIR *d = opendir(root);
+    if (!d && errno == ENOENT) return 0;
+    if (!d) {
+        err_status_set(st, "%s: cannot list: %s", root, strerror(errno));
+        return -1;
+    }
+    static const char *const suffixes[] = {".tmp", ".del", ".old"};
+    char path[PATH_MAX];
+    int removed = 0, ok = 1;
+    struct dirent *e;
+    while (ok && (e = readdir(d)) != NULL)
+        for (size_t k = 0; k < sizeof suffixes / sizeof suffixes[0]; k++) {
+            if (ckpt_parse_step(e->d_name, suffixes[k]) < 0) continue;
+            snprintf(path, sizeof path, "%s/%s", root, e->d_name);
+            ok = ckpt_rm_rf(path, st);
+            if (ok) {
+                removed++;
+                if (note) note(ctx, path);
+            }
+            break;
+        }
+    closedir(d);
+    return ok ? removed : -1;
 }
 
 int ckpt_prune(const char *root, int keep, ErrStatus *st) {

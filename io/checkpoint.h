@@ -199,6 +199,13 @@ int64_t ckpt_latest_step(const char *root);
  * are removed, so a half-removed one is never taken for a committed one. */
 int ckpt_prune(const char *root, int keep, ErrStatus *st);
 
+/* Removes every step-N.tmp / .del / .old directory under root: leftovers of a write or
+ * removal that a crash interrupted. Only for a run starting on root, when no write of its
+ * own can be in progress. Each removed name goes to note(ctx, name) (note may be NULL).
+ * Returns how many were removed, or -1 with st set (what could not be removed). */
+int ckpt_remove_leftovers(const char *root, void (*note)(void *ctx, const char *name), void *ctx,
+                          ErrStatus *st);
+
 /* Called once per skipped checkpoint with a message saying which and why. */
 typedef void (*CkptWarnFn)(void *ctx, const char *msg);
 

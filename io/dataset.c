@@ -66,6 +66,14 @@ static json_t *ds_get(json_t *obj, const char *key) {
     return json_is_null(v) ? NULL : v;
 }
 
+/* The first of the keys that carry text, or NULL. */
+static const char *ds_text_key(json_t *obj) {
+    static const char *const keys[] = {"messages", "prompt", "completion", "text"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        if (ds_get(obj, keys[i])) return keys[i];
+    return NULL;
+}
+
 static const char *ds_json_kind(const json_t *v) {
     switch (json_typeof(v)) {
     case JSON_OBJECT:
@@ -295,16 +303,26 @@ int ds_encode_line(Tokenizer *tk, const DsOptions *o, const char *line, size_t l
     ex->counted = 0;
     json_error_t je;
     /* DECODE_ANY: a line that is a bare value gets "must be a JSON object" below;
-     * ALLOW_NUL: "\u0000" is valid JSON (Python writes it) and lengths are kept. */
-    json_t *root = json_loadb(line, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
+     * ALLOW_NUL: "\u0000" is valid JSON (Python writes it) and lengths are kept;
+     * REJECT_DUPLICATES: {"text": "a", "text": "b"} has no one meaning (Python keeps the last,
+     * other readers the first). */
+    json_t *root =
+        json_loadb(line, len, JSON_DECODE_ANY | JSON_ALLOW_NUL | JSON_REJECT_DUPLICATES, &je);
     if (!root) return err_status_set(st, "invalid JSON at column %d: %s", je.column, je.text);
     int ok = 0, explicit_labels = 0;
     if (!json_is_object(root)) {
         err_status_set(st, "a line must be a JSON object, not %s", ds_json_kind(root));
         goto done;
     }
-    /* A line that has several of these keys is read by the first in this order. */
+    /* A line that has several of these keys is read by the first in this order, except that
+     * ids beside a text are refused: either may be stale, and nothing says which is meant. */
     json_t *v;
+    const char *text_key = ds_text_key(root);
+    if (ds_get(root, "input_ids") && text_key) {
+        err_status_set(st, "both \"input_ids\" and \"%s\": give the ids or the text, not both",
+                       text_key);
+        goto done;
+    }
     if ((v = ds_get(root, "input_ids"))) {
         ex->format = DS_TOKENS;
         ok = ds_tokens(o, root, v, ex, &explicit_labels, st);

@@ -4,6 +4,7 @@
 #include "hfconfig.h"
 
 #include "afile.h"
+#include "runtime/log.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -17,7 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define HFC_MAX_FILE ((off_t)16 * 1024 * 1024)
+#define HFC_MAX_FILE ((size_t)16 * 1024 * 1024)
 
 typedef struct {
     HfcArch arch;
@@ -223,6 +224,12 @@ static int hfc_validate(const HfcConfig *c, const char *path, ErrStatus *st) {
 
 /* ---- load ---------------------------------------------------------------------------- */
 
+static const char *hfc_arch_model_type(HfcArch a) {
+    for (int i = 0; i < HFC_NARCH; i++)
+        if (hfc_archs[i].arch == a) return hfc_archs[i].model_type;
+    return "unknown";
+}
+
 /* Sets c->arch from an 'architectures' name or (by_type) a model_type; 0 if unsupported. */
 static int hfc_find_arch(const char *name, int by_type, HfcConfig *c) {
     for (int i = 0; i < HFC_NARCH; i++) {
@@ -234,29 +241,46 @@ static int hfc_find_arch(const char *name, int by_type, HfcConfig *c) {
     return 0;
 }
 
+/* architectures[0] picks the model class, model_type the config class (transformers'
+ * AutoModel / AutoConfig): both must name the same architecture. Without architectures the
+ * model_type decides, with a warning; without both the file is refused. */
 static int hfc_parse_arch(HfcCtx *x, const json_t *root, HfcConfig *c) {
+    const char *mt = NULL;
+    const int rt = hfc_get_str(x, root, NULL, "model_type", &mt);
+    if (rt == 0) return 0;
     const json_t *a = json_object_get(root, "architectures");
     if (a && !json_is_null(a)) {
         if (!json_is_array(a) || json_array_size(a) == 0 || !json_is_string(json_array_get(a, 0)))
             return err_status_set(
                 x->st, "%s: field 'architectures' must be a non-empty array of strings", x->path);
         const char *name = json_string_value(json_array_get(a, 0));
-        if (hfc_find_arch(name, 0, c)) return 1;
-        return err_status_set(x->st,
-                              "%s: unsupported architecture '%s' in 'architectures' (supported: "
-                              "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)",
-                              x->path, name);
+        if (!hfc_find_arch(name, 0, c))
+            return err_status_set(x->st,
+                                  "%s: unsupported architecture '%s' in 'architectures' "
+                                  "(supported: LlamaForCausalLM, MistralForCausalLM, "
+                                  "Qwen2ForCausalLM)",
+                                  x->path, name);
+        HfcConfig by_type;
+        if (rt > 0 && (!hfc_find_arch(mt, 1, &by_type) || by_type.arch != c->arch))
+            return err_status_set(x->st,
+                                  "%s: model_type '%s' contradicts architectures '%s' (which "
+                                  "has model_type '%s')",
+                                  x->path, mt, name, hfc_arch_model_type(c->arch));
+        return 1;
     }
-    /* Some hand-made configs carry only model_type; transformers resolves those too. */
-    const char *mt = NULL;
-    int r = hfc_get_str(x, root, NULL, "model_type", &mt);
-    if (r == 0) return 0;
-    if (r < 0) return err_status_set(x->st, "%s: missing field 'architectures'", x->path);
-    if (hfc_find_arch(mt, 1, c)) return 1;
-    return err_status_set(x->st,
-                          "%s: no 'architectures' and unsupported model_type '%s' (supported: "
-                          "llama, mistral, qwen2)",
-                          x->path, mt);
+    if (rt < 0)
+        return err_status_set(
+            x->st, "%s: missing field 'architectures' (and no 'model_type' to infer it from)",
+            x->path);
+    if (!hfc_find_arch(mt, 1, c))
+        return err_status_set(x->st,
+                              "%s: no 'architectures' and unsupported model_type '%s' (supported: "
+                              "llama, mistral, qwen2)",
+                              x->path, mt);
+    if (err_rank() == 0)
+        log_warn("%s: no 'architectures'; using %s from model_type '%s'", x->path,
+                 hfc_arch_name(c->arch), mt);
+    return 1;
 }
 
 /* rope_scaling (or transformers v5's rope_parameters): null, "default", or llama3. */
@@ -385,43 +409,11 @@ static int hfc_parse(HfcCtx *x, const json_t *root, HfcConfig *c) {
 int hfc_load(HfcConfig *c, const char *path, ErrStatus *st) {
     err_status_ok(st);
     HfcCtx x = {path, st};
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return err_status_set(st, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    char *buf = NULL;
-    size_t len = 0;
-    int ok = 1;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        ok = err_status_set(st, "%s: not a regular file", path);
-    } else if (sb.st_size > HFC_MAX_FILE) {
-        ok = err_status_set(st, "%s: %lld bytes is too large for a config.json", path,
-                            (long long)sb.st_size);
-    } else {
-        buf = malloc((size_t)sb.st_size + 1);
-        SL_CHECK(buf != NULL, "out of memory");
-        while (ok && len < (size_t)sb.st_size) {
-            ssize_t got = read(fd, buf + len, (size_t)sb.st_size - len);
-            if (got < 0 && errno == EINTR) continue;
-            if (got < 0)
-                ok = err_status_set(st, "%s: read failed: %s", path, strerror(errno));
-            else if (got == 0)
-                break; /* shrank while reading: parse what is there */
-            else
-                len += (size_t)got;
-        }
-    }
-    close(fd);
-    if (!ok) {
-        free(buf);
-        return 0;
-    }
-    json_error_t jerr;
-    json_t *root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
-    free(buf);
-    if (!root) return afile_json_error(st, path, &jerr);
+    json_t *root = afile_read_json(path, HFC_MAX_FILE, JSON_REJECT_DUPLICATES, st);
+    if (!root) return 0;
     HfcConfig tmp;
     memset(&tmp, 0, sizeof tmp);
-    ok = hfc_parse(&x, root, &tmp);
+    int ok = hfc_parse(&x, root, &tmp);
     json_decref(root);
     if (ok) *c = tmp; /* c is untouched on error */
     return ok;

@@ -19,6 +19,8 @@
 #include "afile.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
+/* adapter_config.json is a few kB; patterns for every module of a big model stay far below */
+#define PEFT_MAX_CONFIG ((size_t)64 << 20)
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
@@ -326,6 +328,11 @@ static int peft_parse_kind(PeftAdapter *a, json_t *root, const char *path, ErrSt
         }
     } else {
         if (!peft_get_number(root, path, "lora_alpha", 8.0, &a->lora_alpha, st)) return 0;
+        /* scaling = lora_alpha / r (PEFT LoraLayer.update_layer): 0 makes every update zero */
+        if (a->lora_alpha == 0)
+            return err_status_set(
+                st, "%s: lora_alpha 0 scales the update to zero: the adapter would change nothing",
+                path);
         if (!peft_get_bool(root, path, "use_rslora", 0, &a->use_rslora, st)) return 0;
         if (!peft_get_bool(root, path, "use_dora", 0, &a->use_dora, st)) return 0;
     }
@@ -477,14 +484,12 @@ int peft_read(PeftAdapter *a, const char *dir, ErrStatus *st) {
     a->dir = peft_strdup(dir);
     char path[4200];
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-    json_error_t je;
-    json_t *root = json_load_file(path, 0, &je);
+    /* Python's json (PEFT) lets the last duplicate win; jansson does the same */
+    json_t *root = afile_read_json(path, PEFT_MAX_CONFIG, 0, st);
     if (!root) {
-        if (access(path, F_OK) != 0) {
+        if (access(path, F_OK) != 0) { /* the message the missing-adapter case always had */
             int e = errno;
             err_status_set(st, "%s: cannot read the adapter: %s", path, strerror(e));
-        } else {
-            err_status_set(st, "%s:%d:%d: not valid JSON: %s", path, je.line, je.column, je.text);
         }
         peft_close(a);
         return 0;

@@ -270,20 +270,9 @@ int st_open(StFile *f, const char *path, ErrStatus *st) {
     char *hdr = NULL;
     int ok = 0;
 
-    f->fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (f->fd < 0) {
-        err_status_set(st, "%s: cannot open: %s", path, strerror(errno));
-        goto done;
-    }
     struct stat sb;
-    if (fstat(f->fd, &sb) != 0) {
-        err_status_set(st, "%s: cannot stat: %s", path, strerror(errno));
-        goto done;
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        err_status_set(st, "%s: not a regular file", path);
-        goto done;
-    }
+    f->fd = afile_open_input(path, &sb, st);
+    if (f->fd < 0) goto done;
     f->file_size = (uint64_t)sb.st_size;
     if (f->file_size < 8) {
         err_status_set(st, "%s: file is %" PRIu64 " bytes, too short for the 8-byte header length",
@@ -531,34 +520,6 @@ static int st_dir_add(StDir *d, const char *path, ErrStatus *st) {
     return 1;
 }
 
-/* Reads the whole (small) file for jansson so parse errors carry a byte offset. */
-static char *st_slurp(const char *path, size_t *len, ErrStatus *st) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        err_status_set(st, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    struct stat sb;
-    char *buf = NULL;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        err_status_set(st, "%s: not a readable regular file", path);
-    } else if ((uint64_t)sb.st_size > ST_MAX_HEADER) {
-        err_status_set(st, "%s: file is %lld bytes, too large for an index", path,
-                       (long long)sb.st_size);
-    } else {
-        buf = malloc((size_t)sb.st_size + 1);
-        SL_CHECK(buf != NULL, "out of memory");
-        if (!st_pread_full(fd, path, buf, (size_t)sb.st_size, 0, st)) {
-            free(buf);
-            buf = NULL;
-        } else {
-            *len = (size_t)sb.st_size;
-        }
-    }
-    close(fd);
-    return buf;
-}
-
 /* Index file names are plain relative paths inside the model directory. */
 static int st_safe_rel(const char *s) {
     if (!*s || s[0] == '/') return 0;
@@ -572,13 +533,8 @@ static int st_safe_rel(const char *s) {
 }
 
 static int st_dir_open_index(StDir *d, const char *ipath, ErrStatus *st) {
-    size_t len = 0;
-    char *buf = st_slurp(ipath, &len, st);
-    if (!buf) return 0;
-    json_error_t jerr;
-    json_t *root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
-    free(buf);
-    if (!root) return afile_json_error(st, ipath, &jerr);
+    json_t *root = afile_read_json(ipath, ST_MAX_HEADER, JSON_REJECT_DUPLICATES, st);
+    if (!root) return 0;
     int ok = 1;
     const json_t *wm = json_is_object(root) ? json_object_get(root, "weight_map") : NULL;
     const char *name;

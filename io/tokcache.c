@@ -73,14 +73,9 @@ static ssize_t tc_pread(int fd, void *buf, size_t n, off_t at) {
     return (ssize_t)got;
 }
 
-/* open + fstat; -1 with st = "PATH: cannot VERB: reason". */
-static int tc_open_file(const char *path, struct stat *sb, const char *verb, ErrStatus *st) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd >= 0 && fstat(fd, sb) == 0) return fd;
-    int e = errno;
-    if (fd >= 0) close(fd);
-    err_status_set(st, "%s: cannot %s: %s", path, verb, strerror(e));
-    return -1;
+/* open + fstat of a regular file (never blocks on a FIFO); -1 with st set. */
+static int tc_open_file(const char *path, struct stat *sb, ErrStatus *st) {
+    return afile_open_input(path, sb, st);
 }
 
 static void tc_part_path(char *out, size_t n, const char *dir, int part, const char *suffix) {
@@ -123,7 +118,7 @@ static void tc_hash_bytes(TcHash *h, const void *data, size_t n) {
 
 static int tc_hash_file_edges(TcHash *h, const char *path, unsigned char *buf, ErrStatus *st) {
     struct stat sb;
-    int fd = tc_open_file(path, &sb, "read", st);
+    int fd = tc_open_file(path, &sb, st);
     if (fd < 0) return 0;
     tc_hash_bytes(h, path, strlen(path));
     tc_hash_u64(h, (uint64_t)sb.st_size);
@@ -146,7 +141,7 @@ static int tc_hash_file_edges(TcHash *h, const char *path, unsigned char *buf, E
 
 static int tc_hash_file_all(TcHash *h, const char *path, unsigned char *buf, ErrStatus *st) {
     struct stat sb;
-    int fd = tc_open_file(path, &sb, "read", st);
+    int fd = tc_open_file(path, &sb, st);
     if (fd < 0) return 0;
     off_t at = 0;
     for (;;) {
@@ -490,11 +485,12 @@ int tcache_build_part(const char *tmp_dir, int part, int nparts, const char *con
     SL_CHECK(size != NULL, "out of memory");
     for (int i = 0; i < nfiles; i++) {
         struct stat sb;
-        if (stat(files[i], &sb) != 0) {
-            err_status_set(st, "%s: cannot read: %s", files[i], strerror(errno));
+        const int fd = afile_open_input(files[i], &sb, st);
+        if (fd < 0) {
             free(size);
             return 0;
         }
+        close(fd);
         size[i] = (int64_t)sb.st_size;
         total += size[i];
     }
@@ -520,9 +516,9 @@ int tcache_build_part(const char *tmp_dir, int part, int nparts, const char *con
         const int64_t fhi = hi - base < size[i] ? hi - base : size[i];
         if (flo >= fhi) continue;
         TcInput in = {.path = files[i], .lines_before = -1};
-        in.f = fopen(files[i], "rbe");
+        in.f = afile_fopen_input(files[i], st);
         if (!in.f) {
-            ok = err_status_set(st, "%s: cannot read: %s", files[i], strerror(errno));
+            ok = 0;
             break;
         }
         in.buf = malloc(TC_IO);
@@ -631,7 +627,7 @@ static int tc_open_part(TokCache *c, const char *dir, int p, ErrStatus *st) {
     char path[PATH_MAX];
     tc_part_path(path, sizeof path, dir, p, ".tok");
     struct stat sb;
-    int fd = tc_open_file(path, &sb, "open", st);
+    int fd = tc_open_file(path, &sb, st);
     if (fd < 0) return 0;
     const int64_t size = (int64_t)sb.st_size;
     if (size < (int64_t)sizeof(TcHeader) + 8) {
@@ -682,6 +678,9 @@ static int tc_open_part(TokCache *c, const char *dir, int p, ErrStatus *st) {
 }
 
 /* An integer member of index.json, or -1 (every count is non-negative). */
+/* index.json is a few hundred bytes; anything near this is not one */
+#define TC_MAX_INDEX ((size_t)1 << 20)
+
 static int64_t tc_json_int(json_t *o, const char *key) {
     json_t *v = json_object_get(o, key);
     return json_is_integer(v) && json_integer_value(v) >= 0 ? (int64_t)json_integer_value(v) : -1;
@@ -692,9 +691,8 @@ static int tc_read_index(TokCache *c, const char *dir, const char *fingerprint, 
     snprintf(path, sizeof path, "%s/index.json", dir);
     struct stat sb;
     if (stat(path, &sb) != 0) return err_status_set(st, "%s: no cache", dir);
-    json_error_t je;
-    json_t *idx = json_load_file(path, 0, &je);
-    if (!idx) return err_status_set(st, "%s: invalid JSON at line %d: %s", path, je.line, je.text);
+    json_t *idx = afile_read_json(path, TC_MAX_INDEX, JSON_REJECT_DUPLICATES, st);
+    if (!idx) return 0;
     int ok = 0;
     const char *fp = json_string_value(json_object_get(idx, "fingerprint"));
     int64_t version = tc_json_int(idx, "version"), nparts = tc_json_int(idx, "nparts");

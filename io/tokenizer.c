@@ -19,6 +19,10 @@
 #include <utf8proc.h>
 
 #include "../runtime/str.h"
+#include "afile.h"
+
+/* The largest Hub tokenizer.json files are tens of MB; a GB is not a tokenizer. */
+#define TOK_MAX_FILE ((size_t)1 << 30)
 
 static int tok_byte_printable(int b) {
     return (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
@@ -998,6 +1002,8 @@ static int tok_load_model(Tokenizer *tk, json_t *m, ErrStatus *st) {
         return tok_err(st, tk, "unsupported model type '%s' (model.type)", t);
     json_t *vocab = json_object_get(m, "vocab"), *merges = json_object_get(m, "merges");
     if (!json_is_object(vocab)) return tok_err(st, tk, "model.vocab: missing or not an object");
+    if (json_object_size(vocab) == 0) /* every text would become unknown tokens */
+        return tok_err(st, tk, "model.vocab: empty (a tokenizer needs at least one token)");
     if (!json_is_array(merges)) return tok_err(st, tk, "model.merges: missing or not an array");
     json_t *dr = json_object_get(m, "dropout");
     if (dr && !json_is_null(dr) && json_number_value(dr) != 0.0)
@@ -1044,10 +1050,9 @@ Tokenizer *tok_load(const char *path, ErrStatus *st) {
     Tokenizer *tk = calloc(1, sizeof *tk);
     SL_CHECK(tk != NULL, "out of memory");
     tk->path = tok_strndup(path, strlen(path));
-    json_error_t je;
-    json_t *root = json_load_file(path, 0, &je);
+    /* duplicates: the last one wins, as it always has here */
+    json_t *root = afile_read_json(path, TOK_MAX_FILE, 0, st);
     if (!root) {
-        err_status_set(st, "%s: line %d column %d: %s", path, je.line, je.column, je.text);
         tok_free(tk);
         return NULL;
     }

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "../io/afile.h"
 #include "../runtime/err.h"
 #include "../runtime/str.h"
 
@@ -559,30 +560,11 @@ static int args_read_config(ArgSpec *specs, int nspecs, int argc, char **argv, i
     }
     if (!c->path) return 1;
     cs->seen = ARG_FROM_FLAG;
-    FILE *f = fopen(c->path, "rb");
-    if (!f)
-        return err_status_set(st, "--%s %s: cannot read: %s", cs->name, c->path, strerror(errno));
-    char *text = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len + 4096 + 1 > cap) {
-            cap = cap ? 2 * cap : 8192;
-            char *nt = realloc(text, cap);
-            SL_CHECK(nt, "out of memory");
-            text = nt;
-        }
-        size_t got = fread(text + len, 1, cap - len - 1, f);
-        len += got;
-        if (got == 0) break;
-    }
-    /* a directory opens but does not read (EISDIR): an error, not an empty file */
-    const int read_failed = ferror(f), err = errno;
-    fclose(f);
-    if (read_failed) {
-        free(text);
-        return err_status_set(st, "--%s %s: cannot read: %s", cs->name, c->path, strerror(err));
-    }
-    text[len] = 0;
+    /* a FIFO or directory is refused without blocking; a config is a few kB */
+    ErrStatus why;
+    size_t len = 0;
+    char *text = afile_read_input(c->path, (size_t)16 << 20, &len, &why);
+    if (!text) return err_status_set(st, "--%s %s", cs->name, why.msg);
     if (strlen(text) != len) {
         free(text);
         return err_status_set(st, "%s: not a text file (NUL byte)", c->path);

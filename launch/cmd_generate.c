@@ -258,8 +258,8 @@ static int gen_read_prompts(const GenOpts *o, Tokenizer *tk, ChatFormat f, int64
             memset(&ids, 0, sizeof ids);
         }
     } else {
-        FILE *fp = fopen(o->prompts, "rb");
-        if (!fp) return err_status_set(st, "%s: cannot open: %s", o->prompts, strerror(errno));
+        FILE *fp = afile_fopen_input(o->prompts, st);
+        if (!fp) return 0;
         char *line = NULL;
         size_t lcap = 0;
         ssize_t len;
@@ -311,11 +311,15 @@ static void gen_eos_add(int32_t **eos, int *n, int64_t id) {
     (*eos)[(*n)++] = (int32_t)id;
 }
 
+/* config.json and friends are kB; tokenizer_config.json may embed a large chat template */
+#define GEN_MAX_JSON ((size_t)64 << 20)
+
 /* "eos_token_id" of DIR/NAME: an id or a list of ids (config.json, generation_config.json). */
 static void gen_eos_from_json(const char *dir, const char *name, int32_t **eos, int *n) {
     char path[4200];
     snprintf(path, sizeof path, "%s/%s", dir, name);
-    json_t *root = json_load_file(path, JSON_DECODE_INT_AS_REAL, NULL);
+    ErrStatus ignore; /* an optional file: absent or unreadable adds no ids */
+    json_t *root = afile_read_json(path, GEN_MAX_JSON, JSON_DECODE_INT_AS_REAL, &ignore);
     if (!root) return;
     json_t *e = json_object_get(root, "eos_token_id");
     size_t k = json_is_array(e) ? json_array_size(e) : 1;
@@ -337,7 +341,8 @@ static void gen_eos_ids(const char *dir, const LlamaModel *m, Tokenizer *tk, Cha
     if (!tk) return;
     char path[4200];
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
-    json_t *root = json_load_file(path, JSON_DECODE_INT_AS_REAL, NULL);
+    ErrStatus ignore;
+    json_t *root = afile_read_json(path, GEN_MAX_JSON, JSON_DECODE_INT_AS_REAL, &ignore);
     json_t *e = root ? json_object_get(root, "eos_token") : NULL;
     if (json_is_object(e)) e = json_object_get(e, "content");
     if (json_is_string(e)) gen_eos_add(eos, n, tok_token_id(tk, json_string_value(e)));

@@ -378,10 +378,13 @@ static int merge_copy_small(MergeCtx *m, const char *name, int required, ErrStat
     char *src = merge_path(m->o.model, name, "");
     char *dst = merge_path(m->o.out, name, "");
     int ok = 1;
-    int fd = open(src, O_RDONLY | O_CLOEXEC);
+    struct stat sb;
+    int fd = afile_open_input(src, &sb, st);
     if (fd < 0) {
         if (required || errno != ENOENT)
-            ok = err_status_set(st, "%s: cannot open: %s", src, strerror(errno));
+            ok = 0;
+        else
+            err_status_ok(st);
         goto done;
     }
     AFile *af = &m->aux[m->naux];

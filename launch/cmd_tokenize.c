@@ -94,13 +94,6 @@ static int tokenize_load(const char *model, Tokenizer **tk) {
     char *path = malloc(plen);
     SL_CHECK(path != NULL, "out of memory");
     snprintf(path, plen, "%s/tokenizer.json", model);
-    FILE *probe = fopen(path, "rb");
-    if (!probe) {
-        fprintf(stderr, "shardlora tokenize: %s: %s\n", path, strerror(errno));
-        free(path);
-        return EXIT_BAD_INPUT;
-    }
-    fclose(probe);
     ErrStatus st;
     *tk = tok_load(path, &st);
     free(path);

@@ -836,6 +836,7 @@ static int train_resume(TrainRun *r) {
     const TrainOpts *o = &r->o;
     r->first_step = 1;
     r->cursor = 0;
+    tckpt_remove_leftovers(&r->cc, &r->g); /* fresh or resumed: no write of ours is running */
     if (strcmp(o->resume, "none") == 0) return 0;
     TckptPos pos;
     memset(&pos, 0, sizeof pos);

@@ -13,6 +13,7 @@
 #include "../io/afile.h"
 #include "../io/safetensors.h"
 #include "../runtime/err.h"
+#include "../runtime/log.h"
 #include "../runtime/str.h"
 #include "adapter_init.h"
 
@@ -189,6 +190,29 @@ const AdapterKind *adio_kind_of_peft(const PeftAdapter *a) {
     return kd;
 }
 
+/* A target_modules entry that names no linear of this model: PEFT skips such an entry when
+ * another one matches (huggingface/peft issue 1959), so it is a warning here too; when none
+ * match, the caller refuses the adapter. */
+static void adio_warn_unmatched_targets(const PeftAdapter *a, const LlamaModel *m) {
+    char mod[128];
+    for (int t = 0; t < a->ntargets; t++) {
+        int hit = 0;
+        for (int64_t l = 0; l < m->L && !hit; l++)
+            for (int i = 0; i < MOD_NMODULES && !hit; i++) {
+                adio_module_name(mod, sizeof mod, l, i);
+                const char *x = a->target_modules[t];
+                const size_t ml = strlen(mod), xl = strlen(x);
+                hit = strcmp(mod, x) == 0 ||
+                      (xl < ml && mod[ml - xl - 1] == '.' && strcmp(mod + ml - xl, x) == 0);
+            }
+        if (!hit && err_rank() == 0) /* once, not once per rank */
+            log_warn("%s/adapter_config.json: target_modules entry '%s' names no module of this "
+                     "model (known: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj); "
+                     "ignored, as PEFT does",
+                     a->dir, a->target_modules[t]);
+    }
+}
+
 int adio_cfg_from_peft(AdioCfg *c, const PeftAdapter *a, const LlamaModel *m, ErrStatus *st) {
     err_status_ok(st);
     memset(c, 0, sizeof *c);
@@ -200,6 +224,7 @@ int adio_cfg_from_peft(AdioCfg *c, const PeftAdapter *a, const LlamaModel *m, Er
     adio_cfg_alloc_slots(c);
     char mod[128];
     int any = 0;
+    adio_warn_unmatched_targets(a, m);
     for (int64_t l = 0; l < m->L; l++)
         for (int i = 0; i < MOD_NMODULES; i++) {
             adio_module_name(mod, sizeof mod, l, i);

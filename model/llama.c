@@ -106,6 +106,71 @@ static float *llama_load_vector(LlamaModel *m, StDir *d, MemCtx *mem, const char
     return dst;
 }
 
+/* What a tensor name the loader did not ask for means: 0 expected or harmless, 1 unknown
+ * (warned), -1 a sign that config.json does not describe the file (refused, st set). */
+static int llama_classify_extra(const LlamaModel *m, const HfcConfig *c, const char *file,
+                                const char *name, ErrStatus *st) {
+    if (!strcmp(name, "model.embed_tokens.weight") || !strcmp(name, "model.norm.weight") ||
+        !strcmp(name, "lm_head.weight")) /* a tied model may still carry lm_head: unused */
+        return 0;
+    long long l = -1;
+    int at = 0;
+    if (sscanf(name, "model.layers.%lld.%n", &l, &at) != 1 || at == 0) return 1;
+    if (l < 0 || l >= m->L) {
+        err_status_set(st,
+                       "%s: tensor '%s' is in layer %lld, but config.json has "
+                       "num_hidden_layers %lld",
+                       file, name, l, (long long)m->L);
+        return -1;
+    }
+    const char *rest = name + at;
+    /* older Llama checkpoints saved the RoPE table; transformers ignores it too */
+    if (!strcmp(rest, "self_attn.rotary_emb.inv_freq") || !strcmp(rest, "input_layernorm.weight") ||
+        !strcmp(rest, "post_attention_layernorm.weight"))
+        return 0;
+    char want[128];
+    for (int i = 0; i < MOD_NMODULES; i++) {
+        snprintf(want, sizeof want, "%s.%s.", adapter_module_group((ModuleId)i),
+                 adapter_module_name((ModuleId)i));
+        if (strncmp(rest, want, strlen(want)) != 0) continue;
+        const char *leaf = rest + strlen(want);
+        if (!strcmp(leaf, "weight")) return 0;
+        if (strcmp(leaf, "bias") != 0) return 1;
+        const int has_bias = (i <= MOD_V && c->qkv_bias) || (i == MOD_O && c->o_bias) ||
+                             (i >= MOD_GATE && c->mlp_bias);
+        if (has_bias) return 0;
+        err_status_set(st,
+                       "%s: tensor '%s' is a bias config.json does not enable (%s); the model "
+                       "would run without it",
+                       file, name, i >= MOD_GATE ? "mlp_bias" : "attention_bias");
+        return -1;
+    }
+    return 1;
+}
+
+/* Every tensor of the files is one the model uses (or a known leftover). A layer past
+ * num_hidden_layers or a bias the config does not enable is refused: the config does not
+ * describe the weights. Anything else is named in one warning and not read. */
+static int llama_check_extra(const LlamaModel *m, const HfcConfig *c, const StDir *d,
+                             ErrStatus *st) {
+    int64_t unknown = 0;
+    const char *first = NULL, *first_file = NULL;
+    for (int f = 0; f < d->nfiles; f++)
+        for (int t = 0; t < d->files[f].ntensors; t++) {
+            const char *name = d->files[f].tensors[t].name;
+            const int k = llama_classify_extra(m, c, d->files[f].path, name, st);
+            if (k < 0) return 0;
+            if (k == 1 && unknown++ == 0) {
+                first = name;
+                first_file = d->files[f].path;
+            }
+        }
+    if (unknown && err_rank() == 0)
+        log_warn("%s: %lld tensor%s the model does not use, ignored (first: '%s')", first_file,
+                 (long long)unknown, unknown == 1 ? "" : "s", first);
+    return 1;
+}
+
 static int llama_check_layout(const HfcConfig *c, int tp, ErrStatus *st) {
     if (c->num_heads % tp)
         return err_status_set(st, "--tp %d does not divide num_attention_heads %lld", tp,
@@ -150,6 +215,7 @@ int llama_load(LlamaModel *m, const char *dir, const Grid *g, MemCtx *mem, ErrSt
     StDir d;
     if (!st_dir_open(&d, dir, st)) return 0;
     int ok = 0;
+    if (!llama_check_extra(m, c, &d, st)) goto done;
     const int64_t C = m->C, D = m->D, HD = m->H * m->D, KD = m->KV * m->D;
     char name[256];
     if (!llama_load_matrix(m, &d, mem, "model.embed_tokens.weight", m->V, C, m->V0, m->Vl, 0, C,

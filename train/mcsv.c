@@ -22,7 +22,8 @@ static const char *mcsv_num(double x, char *buf, size_t n) {
 /* Rewrites the file as the header and its rows of steps <= last (a resumed run writes the
  * later ones again); 0 if there is no file. */
 static int mcsv_trim(const char *path, int64_t last) {
-    FILE *f = fopen(path, "r");
+    ErrStatus ignore; /* no file (or not a regular one): nothing to trim */
+    FILE *f = afile_fopen_input(path, &ignore);
     if (!f) return 0;
     char *line = NULL, *keep = str_dup(MCSV_HEADER "\n");
     size_t cap = 0, klen = strlen(keep);

@@ -93,8 +93,8 @@ static void rundir_scan(const char *out, const char *cache_dir, RundirScan *s) {
 }
 
 int rundir_file_id(const char *path, char *buf, size_t n, ErrStatus *st) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return err_status_set(st, "%s: cannot read: %s", path, strerror(errno));
+    FILE *f = afile_fopen_input(path, st);
+    if (!f) return 0;
     enum { CHUNK = 1 << 20 };
     unsigned char *b = malloc(CHUNK);
     SL_CHECK(b, "out of memory");
@@ -117,11 +117,8 @@ int rundir_file_id(const char *path, char *buf, size_t n, ErrStatus *st) {
 
 static json_t *rundir_load_state(const char *out, ErrStatus *st) {
     char *path = str_join_path(out, RUNDIR_STATE_NAME);
-    json_error_t e;
-    json_t *j = json_load_file(path, 0, &e);
-    if (!j)
-        afile_json_error(st, path, &e);
-    else if (!json_is_object(json_object_get(j, "identity"))) {
+    json_t *j = afile_read_json(path, (size_t)16 << 20, 0, st);
+    if (j && !json_is_object(json_object_get(j, "identity"))) {
         err_status_set(st, "%s: no \"identity\" object", path);
         json_decref(j);
         j = NULL;
@@ -225,7 +222,8 @@ static int64_t rundir_steps_left(const RundirAsk *a, int64_t step, int64_t curso
 /* The lowest eval loss in OUT/metrics.jsonl and its step; 0 when there is none. */
 static int rundir_best_eval(const char *out, double *loss, int64_t *step) {
     char *path = str_join_path(out, "metrics.jsonl");
-    FILE *f = fopen(path, "r");
+    ErrStatus ignore; /* no metrics, no best */
+    FILE *f = afile_fopen_input(path, &ignore);
     free(path);
     if (!f) return 0;
     char *line = NULL;

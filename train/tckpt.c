@@ -221,6 +221,17 @@ static int64_t tckpt_run_int(const char *run, const char *key) {
     return (int64_t)tckpt_run_num(run, key, 0);
 }
 
+static void tckpt_note_removed(void *ctx, const char *path) {
+    (void)ctx;
+    log_info("removed %s, left by an interrupted checkpoint write", path);
+}
+
+void tckpt_remove_leftovers(const TckptCfg *c, const Grid *g) {
+    if (g->world_rank != 0) return;
+    ErrStatus st;
+    if (ckpt_remove_leftovers(c->root, tckpt_note_removed, NULL, &st) < 0) log_warn("%s", st.msg);
+}
+
 static void tckpt_warn(void *ctx, const char *msg) {
     (void)ctx;
     fprintf(stderr, "shardlora: WARNING: %s; falling back to an older checkpoint\n", msg);

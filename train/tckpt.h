@@ -32,6 +32,10 @@ typedef struct {
 int tckpt_save(const TckptCfg *c, Grid *g, const ParamTable *p, const Optim *o, int64_t step,
                int64_t cursor);
 
+/* Rank 0, as a run starts: removes step-N.tmp (and .del / .old) directories that a crash
+ * left under c->root, with one log line each; one that cannot be removed is a warning. */
+void tckpt_remove_leftovers(const TckptCfg *c, const Grid *g);
+
 /* Where a checkpoint left the run. */
 typedef struct {
     int64_t step;         /* the checkpoint's step */

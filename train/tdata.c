@@ -26,7 +26,8 @@ static int32_t tdata_eos_from_tokenizer_config(const char *dir, const Tokenizer 
     char path[4200];
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
     /* as numbers: the Hub's files carry model_max_length = 1e30, too big for an integer */
-    json_t *root = json_load_file(path, JSON_DECODE_INT_AS_REAL, NULL);
+    ErrStatus ignore; /* optional: chat_detect has already refused an unreadable one */
+    json_t *root = afile_read_json(path, (size_t)64 << 20, JSON_DECODE_INT_AS_REAL, &ignore);
     if (!root) return -1;
     json_t *e = json_object_get(root, "eos_token");
     if (json_is_object(e)) e = json_object_get(e, "content");

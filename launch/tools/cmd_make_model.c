@@ -51,7 +51,8 @@ static int mm_copy_tokenizer_config(const char *tokenizer_file, const char *out)
     int dirlen = slash ? (int)(slash - tokenizer_file) : 1;
     snprintf(src, sizeof src, "%.*s/tokenizer_config.json", dirlen, slash ? tokenizer_file : ".");
     snprintf(dst, sizeof dst, "%s/tokenizer_config.json", out);
-    FILE *in = fopen(src, "rb");
+    ErrStatus ignore; /* optional beside the tokenizer */
+    FILE *in = afile_fopen_input(src, &ignore);
     if (!in) return 0;
     char *buf = NULL;
     size_t n = 0, cap = 0, k;
@@ -371,8 +372,12 @@ static int mm_write_tokenizer(const MmOpts *o) {
     int rc = 0;
     snprintf(path, sizeof path, "%s/tokenizer.json", o->out);
     if (o->tokenizer) {
-        FILE *in = fopen(o->tokenizer, "rb"), *out = in ? fopen(path, "wb") : NULL;
-        if (!in || !out) {
+        ErrStatus why;
+        FILE *in = afile_fopen_input(o->tokenizer, &why), *out = in ? fopen(path, "wb") : NULL;
+        if (!in) {
+            fprintf(stderr, "shardlora make-model: %s\n", why.msg);
+            rc = EXIT_BAD_INPUT;
+        } else if (!out) {
             fprintf(stderr, "shardlora make-model: cannot copy %s to %s: %s\n", o->tokenizer, path,
                     strerror(errno));
             rc = EXIT_IO;

@@ -302,8 +302,8 @@ static int plot_parse_line(const char *line, size_t len, const char *where, long
 
 /* Reads path into the run, in file order (plot_run_finish sorts it). */
 static int plot_read_metrics(const char *path, PlotRun *r, ErrStatus *st) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return err_status_set(st, "cannot read %s: %s", path, strerror(errno));
+    FILE *f = afile_fopen_input(path, st);
+    if (!f) return 0;
     char *line = NULL;
     size_t cap = 0;
     ssize_t len;

@@ -10,6 +10,9 @@ function(sl_e2e name script timeout)
 endfunction()
 
 sl_e2e(e2e_bad_input bad_input.sh 600)
+# FIFOs and directories as every input kind (no hang), the silent accepts of issue 16 made
+# refusals or warnings, CRC-valid manifests with no tensors or absurd steps, stale step-N.tmp
+sl_e2e(e2e_hostile_inputs hostile_inputs.sh 300 PROCESSORS 2)
 sl_e2e(e2e_train_cli train_cli.sh 600)
 sl_e2e(e2e_plot plot.sh 120)
 # TensorBoard event files and metrics.csv read by an independent checker (tracking_check.py:

@@ -111,7 +111,7 @@ refused eps-inf 2 "--eps must be" "${D[@]}" --out "$W/x" --eps inf
 refused vera-gaussian 2 "--init gaussian does not apply to --adapter vera" "${D[@]}" --out "$W/x" --adapter vera --init gaussian
 refused config-last 2 "--config needs a value" "${D[@]}" --out "$W/x" --config
 mkdir -p "$W/cfgdir"
-refused config-dir 2 "cfgdir: cannot read: Is a directory" "${D[@]}" --out "$W/x" --config "$W/cfgdir"
+refused config-dir 2 "cfgdir: not a regular file (a directory)" "${D[@]}" --out "$W/x" --config "$W/cfgdir"
 printf 'lr = [1e-3, 2e-3]\n' > "$W/list.cfg"
 refused config-list 2 "list.cfg:1: a list is only allowed for repeatable options" "${D[@]}" --out "$W/x" --config "$W/list.cfg"
 [ -e "$W/x" ] && fail "a refused flag left $W/x behind"

@@ -342,6 +342,15 @@ static void test_corruption(void) {
     flip_byte(man, 0);
     CHECK_TRUE(!ckpt_open(&r, dir, &st) && strstr(st.msg, "magic"), "magic: %s", st.msg);
 
+    /* Counters a valid CRC cannot vouch for: a negative step is damage. */
+    CHECK_TRUE(write_ckpt(dir, 64, -3), "rewrite with step -3");
+    CHECK_TRUE(!ckpt_open(&r, dir, &st) && strstr(st.msg, "damaged: step -3 is not in [0, 2^53]"),
+               "negative step: %s", st.msg);
+    printf("PASS negative step: %s\n", st.msg);
+    CHECK_TRUE(write_ckpt(dir, 64, ((int64_t)1 << 53) + 1), "rewrite with step 2^53 + 1");
+    CHECK_TRUE(!ckpt_open(&r, dir, &st) && strstr(st.msg, "is not in [0, 2^53]"),
+               "step past 2^53: %s", st.msg);
+
     /* A deleted shard file. */
     CHECK_TRUE(write_ckpt(dir, 64, 5), "rewrite");
     unlink(check_tmp_path("bad/s2"));
@@ -627,8 +636,38 @@ static void test_dirs(void) {
     check_rm_rf(root2);
 }
 
+static void count_note(void *ctx, const char *name) {
+    (void)name;
+    ++*(int *)ctx;
+}
+
+/* ckpt_remove_leftovers: every step-N.tmp / .del / .old goes, committed steps and other
+ * names stay; a missing root is 0. */
+static void test_leftovers(void) {
+    printf("-- leftovers\n");
+    char *root = check_tmp_path("lo");
+    ErrStatus st;
+    int notes = 0;
+    CHECK_TRUE(ckpt_remove_leftovers(root, count_note, &notes, &st) == 0 && notes == 0,
+               "missing root: %s", st.msg);
+    CHECK_TRUE(commit_step(root, 5), "commit 5");
+    const char *dirs[] = {"lo/step-000000009.tmp", "lo/step-000000003.del", "lo/step-7.old",
+                          "lo/keep.tmp"};
+    for (int i = 0; i < 4; i++)
+        CHECK_TRUE(mkdir(check_tmp_path(dirs[i]), 0755) == 0, "mkdir %s", dirs[i]);
+    check_write_file(check_tmp_path("lo/step-000000009.tmp/shard-tp0.pb"), "x", 1);
+    CHECK_TRUE(ckpt_remove_leftovers(root, count_note, &notes, &st) == 3 && notes == 3,
+               "three leftovers removed (%d notes): %s", notes, st.msg);
+    CHECK_TRUE(access(check_tmp_path("lo/step-000000009.tmp"), F_OK) != 0 &&
+                   access(check_tmp_path("lo/keep.tmp"), F_OK) == 0 &&
+                   list_is(root, (int64_t[]){5}, 1),
+               "only the leftovers went");
+    check_rm_rf(root);
+}
+
 int main(void) {
     check_tmp_init("test_checkpoint");
+    test_leftovers();
     test_roundtrip(64);
     test_roundtrip(100);
     test_roundtrip(CKPT_CHUNK_LIMIT_DEFAULT);

@@ -273,6 +273,13 @@ static void test_errors(Tokenizer *tk) {
     expect_err(tk, &o, "{\"txt\": \"a\"}",
                "no \"text\", \"prompt\"/\"completion\", \"messages\" or \"input_ids\" key");
     expect_err(tk, &o, "{\"text\": 5}", "\"text\" must be a string");
+    /* ids beside a text, and a key given twice: refused, not read one way silently */
+    expect_err(tk, &o, "{\"text\": \"ab\", \"input_ids\": [1, 2]}",
+               "both \"input_ids\" and \"text\"");
+    expect_err(tk, &o,
+               "{\"input_ids\": [1], \"messages\": [{\"role\": \"user\", \"content\": \"a\"}]}",
+               "both \"input_ids\" and \"messages\"");
+    expect_err(tk, &o, "{\"text\": \"a\", \"text\": \"b\"}", "duplicate object key");
     expect_err(tk, &o, "{\"text\": \"\"}", "\"text\" is empty");
     expect_err(NULL, &o, "{\"text\": \"a\"}", "needs the model's tokenizer.json");
     expect_err(tk, &o, "{\"prompt\": \"a\", \"completion\": 3}", "\"completion\" must be a string");

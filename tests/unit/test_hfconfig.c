@@ -327,6 +327,14 @@ static void test_errors(void) {
     expect_fail("architectures not array", "{\"architectures\": \"LlamaForCausalLM\", " BASE "}",
                 "field 'architectures' must be a non-empty array of strings", NULL);
     expect_fail("no architecture", "{" BASE "}", "missing field 'architectures'", NULL);
+    /* transformers would build a Mistral config for a Llama model class: refused */
+    expect_fail("model_type contradicts",
+                "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"mistral\", " BASE
+                "}",
+                "model_type 'mistral' contradicts architectures 'LlamaForCausalLM'", NULL);
+    expect_fail("unknown model_type with architectures",
+                "{\"architectures\": [\"Qwen2ForCausalLM\"], \"model_type\": \"gpt2\", " BASE "}",
+                "model_type 'gpt2' contradicts architectures 'Qwen2ForCausalLM'", NULL);
     expect_fail("unknown model_type", "{\"model_type\": \"gpt2\", " BASE "}",
                 "unsupported model_type 'gpt2'", NULL);
     expect_fail("linear rope",

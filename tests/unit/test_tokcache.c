@@ -387,10 +387,10 @@ static void test_bad_lines(void) {
     const char *gone[] = {check_tmp_path("missing.jsonl")};
     TcStats s;
     CHECK_TRUE(!tcache_build_part(tmp, 0, 1, gone, 1, tk, &opts, 0, &s, &st) &&
-                   strstr(st.msg, "missing.jsonl: cannot read") != NULL,
+                   strstr(st.msg, "missing.jsonl: cannot open") != NULL,
                "got '%s'", st.msg);
     CHECK_TRUE(!tcache_fingerprint(gone, 1, tok_path, &opts, (char[TCACHE_FP_LEN + 1]){0}, &st) &&
-                   strstr(st.msg, "missing.jsonl: cannot read") != NULL,
+                   strstr(st.msg, "missing.jsonl: cannot open") != NULL,
                "got '%s'", st.msg);
 }
 

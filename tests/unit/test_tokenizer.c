@@ -224,8 +224,10 @@ static void test_replace_regex(void) {
     check_decode(tk, d2, N(d2), "c+b+b");
     tok_free(tk);
     check_error("{\"normalizer\":{\"type\":\"Replace\",\"pattern\":{\"Regex\":\"(\"},\"content\":"
-                "\"\"},\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}",
+                "\"\"},\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}",
                 "normalizer.pattern.Regex: regex does not compile");
+    /* an empty vocab would turn every text into nothing but unknown tokens */
+    check_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}", "model.vocab: empty");
 }
 
 /* Metaspace (legacy add_prefix_space form): a piece that starts with a space gets no second
@@ -248,7 +250,7 @@ static void test_metaspace(void) {
     tok_free(tk);
     check_error("{\"pre_tokenizer\":{\"type\":\"Metaspace\",\"replacement\":\"_\","
                 "\"add_prefix_space\":false,\"prepend_scheme\":\"first\"},"
-                "\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}",
+                "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}",
                 "pre_tokenizer: add_prefix_space false contradicts prepend_scheme");
 }
 
