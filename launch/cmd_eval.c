@@ -213,7 +213,8 @@ static int eval_check_opts(void *ctx, ErrStatus *st) {
     if (!mpicmd_rows_check(&o->rows, &r->lmode, st)) return 0;
     if (o->log_every < 1 || o->max_rows < 0)
         return err_status_set(st, "--log-every must be >= 1 and --max-rows >= 0");
-    return 1;
+    return mpicmd_bound("log-every", o->log_every, 1, MPICMD_MAX_COUNT, st) &&
+           mpicmd_bound("max-rows", o->max_rows, 0, MPICMD_MAX_COUNT, st);
 }
 
 /* The model, the adapter, the cache directory and the data. Returns 0 or an exit status. */

@@ -762,6 +762,11 @@ static int gen_check_opts(void *ctx, ErrStatus *st) {
         ok = err_status_set(st, "--top-k and --max-seq-len must be >= 0");
     if (ok && (o->max_new < 1 || o->batch < 1 || o->prefill_rows < 1))
         ok = err_status_set(st, "--max-new-tokens, --batch-size and --prefill-rows must be >= 1");
+    ok = ok && mpicmd_bound("max-new-tokens", o->max_new, 1, MPICMD_MAX_SEQ_LEN, st) &&
+         mpicmd_bound("max-seq-len", o->max_seq_len, 0, MPICMD_MAX_SEQ_LEN, st) &&
+         mpicmd_bound("batch-size", o->batch, 1, MPICMD_MAX_BATCH, st) &&
+         mpicmd_bound("prefill-rows", o->prefill_rows, 1, MPICMD_MAX_SEQ_LEN, st) &&
+         mpicmd_bound("top-k", o->top_k, 0, INT32_MAX, st);
     for (int i = 0; ok && i < o->stop.n; i++)
         if (!o->stop.v[i][0]) ok = err_status_set(st, "--stop: an empty string would stop at once");
     return ok;

@@ -694,6 +694,8 @@ int cmd_merge(int argc, char **argv) {
     }
     if (ok && o.chunk_bytes < 1024) ok = err_status_set(&st, "--chunk-bytes must be at least 1024");
     if (ok && o.threads < 1) ok = err_status_set(&st, "--threads must be at least 1");
+    ok = ok && mpicmd_bound("threads", o.threads, 1, MPICMD_MAX_THREADS, &st) &&
+         mpicmd_bound("chunk-bytes", o.chunk_bytes, 1024, (int64_t)1 << 40, &st);
     if (ok && (merge_same_dir(o.out, o.model) || merge_same_dir(o.out, o.adapter)))
         ok = err_status_set(&st, "--out %s is the --model or --adapter directory", o.out);
     /* rank 0 alone asks the file system, so the ranks cannot disagree */

@@ -23,6 +23,7 @@
 #include "../model/adapter_io.h"
 #include "../model/sched.h"
 #include "../runtime/log.h"
+#include "../runtime/sizes.h"
 #include "../runtime/str.h"
 #include "../runtime/timer.h"
 #include "../train/mfu.h"
@@ -241,6 +242,45 @@ static const char *train_spelling(const TrainRun *r, const char *name) {
     return s && s->seen_as ? s->seen_as : name;
 }
 
+/* Every integer option within a range whose products (steps x global batch, micro-batch x
+ * dp x accumulation, ...) fit int64_t: a huge value is refused here, before it sizes
+ * anything. */
+static int train_check_sizes(const TrainRun *r, ErrStatus *st) {
+    const TrainOpts *o = &r->o;
+    const int64_t C = MPICMD_MAX_COUNT;
+    const struct {
+        const char *name;
+        int64_t v, lo, hi;
+    } b[] = {
+        {"lora-r", o->r, 1, 1 << 16},
+        {"global-batch", o->global_batch, 0, (int64_t)1 << 30},
+        {"gradient-accumulation-steps", o->grad_accum, 0, (int64_t)1 << 30},
+        {"steps", o->steps, 0, C},
+        {"warmup-steps", o->warmup_steps, 0, C},
+        {"log-every", o->log_every, 1, C},
+        {"eval-every", o->eval_every, 0, C},
+        {"eval-rows", o->eval_rows, 0, C},
+        {"ckpt-every", o->ckpt_every, 0, C},
+        {"keep-checkpoints", o->keep_ckpts, 0, 1 << 30},
+        {"ckpt-chunk-bytes", o->ckpt_chunk_bytes, 0, (int64_t)1 << 40},
+        {"pissa-iters", o->pissa_iters, 0, 1 << 16},
+    };
+    for (size_t i = 0; i < sizeof b / sizeof b[0]; i++)
+        if (!mpicmd_bound(train_spelling(r, b[i].name), b[i].v, b[i].lo, b[i].hi, st)) return 0;
+    int64_t per_step;
+    if (!sizes_mul3(o->rows.micro_batch, r->g.dp, o->grad_accum > 0 ? o->grad_accum : 1,
+                    &per_step) ||
+        per_step > ((int64_t)1 << 30))
+        return err_status_set(st,
+                              "--micro-batch %lld x dp %d x --gradient-accumulation-steps %lld: "
+                              "more than 2^30 sequences per step",
+                              (long long)o->rows.micro_batch, r->g.dp,
+                              (long long)(o->grad_accum > 0 ? o->grad_accum : 1));
+    if (!(o->ckpt_minutes <= 1e9))
+        return err_status_set(st, "--ckpt-every-minutes must be at most 1e9");
+    return 1;
+}
+
 /* Semantic checks of the options and the layout, identical on every rank. */
 static int train_check_opts(void *ctx, ErrStatus *st) {
     TrainRun *r = ctx;
@@ -327,6 +367,7 @@ static int train_check_opts(void *ctx, ErrStatus *st) {
         ok = err_status_set(st, "--warmup-ratio must be in [0, 1]");
     if (ok && o->warmup_ratio > 0 && o->warmup_steps > 0)
         ok = err_status_set(st, "--warmup-ratio and --warmup-steps exclude each other");
+    if (ok) ok = train_check_sizes(r, st);
     if (ok) ok = adapter_parse_targets(o->targets, &r->acfg.targets, st);
     const int64_t per_step = o->rows.micro_batch * g->dp;
     if (ok && o->grad_accum > 0 && o->global_batch > 0 &&
@@ -576,6 +617,31 @@ static int train_open(TrainRun *r) {
         args_print_resolved(stderr, r->specs, r->nspecs);
     }
     return 0;
+}
+
+/* The memory estimate of this run against what the node allows, before the adapters and
+ * the activations are allocated (launch/mpicmd.h). Returns 0 or an exit status. */
+static int train_memcheck(TrainRun *r) {
+    const TrainOpts *o = &r->o;
+    MemplanIn in = {.B = o->rows.micro_batch,
+                    .T = o->rows.seq_len,
+                    .training = 1,
+                    .r = (int)o->r,
+                    .targets = r->ac.acfg.targets,
+                    .dropout = o->dropout > 0,
+                    .optim_states = optim_is_adam(r->ocfg.kind) ? 2 : 1,
+                    .threads = (int)o->run.threads,
+                    .mfu_probe = !(o->peak_gflops > 0)};
+    MemPlan p;
+    memplan_estimate(&p, &r->s.m, &in);
+    char why[128];
+    snprintf(why, sizeof why, "--%s %lld x --%s %lld", train_spelling(r, "micro-batch"),
+             (long long)o->rows.micro_batch, train_spelling(r, "seq-len"),
+             (long long)o->rows.seq_len);
+    const int rc = mpicmd_memcheck(&r->g, "train", &o->run, &p, why,
+                                   "lower --micro-batch or --seq-len, or raise --tp");
+    if (rc) train_drop_outputs(r);
+    return rc;
 }
 
 /* The token caches, the eval split, the packing plans and the row order; the number of
@@ -1455,6 +1521,7 @@ int cmd_train(int argc, char **argv) {
     r->argv = argv;
     rc = train_open(r);
     if (!rc && r->nothing_to_do) return train_free(r, NULL, 0);
+    if (!rc) rc = train_memcheck(r);
     if (!rc) rc = train_load_data(r);
     if (!rc) rc = train_init_adapters(r);
     if (!rc) train_init_trainer(r);
