@@ -217,6 +217,25 @@ static int eval_check_opts(void *ctx, ErrStatus *st) {
            mpicmd_bound("max-rows", o->max_rows, 0, MPICMD_MAX_COUNT, st);
 }
 
+/* The memory estimate against what the node allows, before the activations are allocated
+ * (launch/mpicmd.h). Returns 0 or EXIT_USAGE. */
+static int eval_memcheck(EvalRun *r) {
+    const EvalOpts *o = &r->o;
+    MemplanIn in = {.B = o->rows.micro_batch,
+                    .T = o->rows.seq_len,
+                    .r = o->adapter ? r->ac.acfg.r : 0,
+                    .targets = o->adapter ? r->ac.acfg.targets : 0,
+                    .dropout = o->adapter && r->ac.dropout > 0,
+                    .threads = (int)o->run.threads};
+    MemPlan p;
+    memplan_estimate(&p, &r->s.m, &in);
+    char why[128];
+    snprintf(why, sizeof why, "--micro-batch %lld x --seq-len %lld", (long long)o->rows.micro_batch,
+             (long long)o->rows.seq_len);
+    return mpicmd_memcheck(&r->g, "eval", &o->run, &p, why,
+                           "lower --micro-batch or --seq-len, or raise --tp");
+}
+
 /* The model, the adapter, the cache directory and the data. Returns 0 or an exit status. */
 static int eval_setup(EvalRun *r) {
     const EvalOpts *o = &r->o;
@@ -234,6 +253,8 @@ static int eval_setup(EvalRun *r) {
         r->have_ac = 1;
         if (!grid_agree(g, ok, "shardlora: error", &st)) return EXIT_BAD_INPUT;
     }
+    const int rc = eval_memcheck(r);
+    if (rc) return rc;
     ok = afile_mkdirs(r->cache_dir);
     if (!ok)
         err_status_set(&st, "%s: cannot create the token cache directory: %s", r->cache_dir,

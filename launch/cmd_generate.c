@@ -28,6 +28,7 @@
 #include "../model/sample.h"
 #include "../parallel/grid.h"
 #include "../runtime/log.h"
+#include "../runtime/sizes.h"
 #include "../runtime/timer.h"
 #include "../train/session.h"
 #include "args.h"
@@ -833,6 +834,34 @@ static int gen_layout(GenRun *r, ErrStatus *st) {
     return ok;
 }
 
+/* The memory estimate (KV cache of S sequences x Tmax positions, buffers of R rows, the
+ * sampler; --dump-logits keeps max-new-tokens x V floats per sequence) against what the
+ * node allows, before the buffers are allocated (launch/mpicmd.h). 0 or EXIT_USAGE. */
+static int gen_memcheck(GenRun *r) {
+    const GenOpts *o = &r->o;
+    MemplanIn in = {.r = o->adapter && !o->merge ? r->acfg.acfg.r : 0,
+                    .targets = o->adapter && !o->merge ? r->acfg.acfg.targets : 0,
+                    .dropout = o->adapter && r->acfg.dropout > 0,
+                    .threads = (int)o->run.threads,
+                    .S = r->S,
+                    .Tmax = r->Tmax,
+                    .R = r->R};
+    MemPlan p;
+    memplan_estimate(&p, &r->s.m, &in);
+    if (o->dump_logits && r->g.tp_rank == 0) {
+        const int64_t b = sizes_mul_sat(sizes_mul_sat(r->S, o->max_new), r->s.m.V * 4);
+        p.bytes[MEM_OTHER] = sizes_add_sat(p.bytes[MEM_OTHER], b);
+        p.total = sizes_add_sat(p.total, b);
+    }
+    char why[160];
+    snprintf(why, sizeof why,
+             "a KV cache of --batch-size %lld x %lld positions (longest prompt + "
+             "--max-new-tokens, or --max-seq-len) and --prefill-rows %lld",
+             (long long)r->S, (long long)r->Tmax, (long long)r->R);
+    return mpicmd_memcheck(&r->g, "generate", &o->run, &p, why,
+                           "lower --batch-size, --max-new-tokens or --prefill-rows, or raise --tp");
+}
+
 /* GEMM threads and kernel scratch for R rows, the merge on request, the layout's verdict and
  * the output file, all checked before any work (--out is committed only after a good run).
  * Returns 0 or an exit status. */
@@ -842,6 +871,8 @@ static int gen_setup(GenRun *r) {
     const LlamaModel *m = &r->s.m;
     ErrStatus st, lst;
     const int len_ok = gen_layout(r, &lst);
+    const int mrc = gen_memcheck(r);
+    if (mrc) return mrc;
     int64_t maxcols = session_max_cols(&r->s);
     if (m->H * m->D > maxcols) maxcols = m->H * m->D;
     session_compute_init(&r->s, (int)o->run.threads, maxcols, r->R, r->env.kops);
