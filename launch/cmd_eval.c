@@ -224,6 +224,7 @@ static int eval_memcheck(EvalRun *r) {
     MemplanIn in = {.B = o->rows.micro_batch,
                     .T = o->rows.seq_len,
                     .r = o->adapter ? r->ac.acfg.r : 0,
+                    .kind = r->ac.acfg.kind[0] ? r->ac.acfg.kind : NULL,
                     .targets = o->adapter ? r->ac.acfg.targets : 0,
                     .dropout = o->adapter && r->ac.dropout > 0,
                     .threads = (int)o->run.threads};

@@ -840,6 +840,7 @@ static int gen_layout(GenRun *r, ErrStatus *st) {
 static int gen_memcheck(GenRun *r) {
     const GenOpts *o = &r->o;
     MemplanIn in = {.r = o->adapter && !o->merge ? r->acfg.acfg.r : 0,
+                    .kind = r->acfg.acfg.kind[0] ? r->acfg.acfg.kind : NULL,
                     .targets = o->adapter && !o->merge ? r->acfg.acfg.targets : 0,
                     .dropout = o->adapter && r->acfg.dropout > 0,
                     .threads = (int)o->run.threads,

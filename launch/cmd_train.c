@@ -627,6 +627,7 @@ static int train_memcheck(TrainRun *r) {
                     .T = o->rows.seq_len,
                     .training = 1,
                     .r = (int)o->r,
+                    .kind = o->adapter_kind,
                     .targets = r->ac.acfg.targets,
                     .dropout = o->dropout > 0,
                     .optim_states = optim_is_adam(r->ocfg.kind) ? 2 : 1,

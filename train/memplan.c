@@ -15,32 +15,49 @@ static int64_t mp_fma(int64_t a, int64_t b, int64_t c) {
     return sizes_add_sat(a, sizes_mul_sat(b, c));
 }
 
-/* Adapter floats of one slot (LoRA's A [r, ni] and B [no, r] on this rank) and its input
- * width ni, from the module's shard (DESIGN.md §2: column layers split outputs, row layers
- * inputs). */
-static int64_t mp_slot_floats(const LlamaModel *m, int module, int64_t r, int64_t *ni) {
+/* This rank's output and input widths of a module's shard (DESIGN.md §2: column layers
+ * split outputs, row layers inputs). */
+static void mp_slot_dims(const LlamaModel *m, int module, int64_t *no, int64_t *ni) {
     const int64_t QD = m->Hl * m->D, KD = m->KVl * m->D;
-    int64_t no = 0;
     switch (module) {
     case MOD_Q:
-        no = QD, *ni = m->C;
+        *no = QD, *ni = m->C;
         break;
     case MOD_K:
     case MOD_V:
-        no = KD, *ni = m->C;
+        *no = KD, *ni = m->C;
         break;
     case MOD_O:
-        no = m->C, *ni = QD;
+        *no = m->C, *ni = QD;
         break;
     case MOD_GATE:
     case MOD_UP:
-        no = m->Fl, *ni = m->C;
+        *no = m->Fl, *ni = m->C;
         break;
     default:
-        no = m->C, *ni = m->Fl;
+        *no = m->C, *ni = m->Fl;
         break;
     }
-    return sizes_mul_sat(r, sizes_add_sat(no, *ni));
+}
+
+/* One slot of a kind: its parameter floats and the activation floats it adds for N rows
+ * (besides LoRA's h, dh [N, r] and, with dropout, xd, tmp [N, ni]).
+ * LoRA: A [r, ni], B [no, r]. DoRA (model/dora.c): + magnitude [no]; u and dys [N, no].
+ * VeRA (model/vera.c): lambda_d [r], lambda_b [no]; g [N, r], Bl and M [no, r]; its shared
+ * projections are counted once, by the caller. */
+typedef struct {
+    int64_t params, acts;
+} MpSlot;
+
+static MpSlot mp_slot(const char *kind, int64_t r, int64_t no, int64_t ni, int64_t N) {
+    if (strcmp(kind, "vera") == 0)
+        return (MpSlot){r + no, sizes_add_sat(sizes_mul_sat(N, r), sizes_mul_sat(2 * no, r))};
+    MpSlot s = {sizes_mul_sat(r, sizes_add_sat(no, ni)), 0};
+    if (strcmp(kind, "dora") == 0) {
+        s.params = sizes_add_sat(s.params, no);
+        s.acts = sizes_mul_sat(2 * N, no);
+    }
+    return s;
 }
 
 static int mp_threads(int threads) {
@@ -77,15 +94,23 @@ static int64_t mp_infer_acts(const LlamaModel *m, int64_t S, int64_t Tmax, int64
 void memplan_estimate(MemPlan *p, const LlamaModel *m, const MemplanIn *in) {
     memset(p, 0, sizeof *p);
     const int64_t rows = in->B > 0 ? sizes_mul_sat(in->B, in->T) : in->R;
-    int64_t adapter = 0, scratch = 0;
+    const char *kind = in->kind ? in->kind : "lora";
+    int64_t adapter = 0, scratch = 0, max_no = 0, max_ni = 0;
     for (int i = 0; in->r > 0 && i < MOD_NMODULES; i++) {
         if (!(in->targets & (1u << i))) continue;
-        int64_t ni = 0;
-        adapter = mp_fma(adapter, m->L, mp_slot_floats(m, i, in->r, &ni));
+        int64_t no = 0, ni = 0;
+        mp_slot_dims(m, i, &no, &ni);
+        max_no = no > max_no ? no : max_no;
+        max_ni = ni > max_ni ? ni : max_ni;
+        const MpSlot s = mp_slot(kind, in->r, no, ni, rows);
+        adapter = mp_fma(adapter, m->L, s.params);
         /* h and dh [N, r]; with dropout the dropped input and a temporary [N, ni] */
         const int64_t per_row = 2 * (int64_t)in->r + (in->dropout ? 2 * ni : 0);
-        scratch = mp_fma(scratch, m->L, sizes_mul_sat(rows, per_row));
+        scratch = mp_fma(scratch, m->L, sizes_add_sat(sizes_mul_sat(rows, per_row), s.acts));
     }
+    /* VeRA's shared frozen projections A [r, max ni], B [max no, r], once per rank */
+    const int64_t shared =
+        strcmp(kind, "vera") == 0 ? sizes_mul_sat(in->r, sizes_add_sat(max_no, max_ni)) : 0;
     int64_t acts = scratch, other = 0;
     int64_t max_cols = m->C > m->F ? m->C : m->F;
     if (in->B > 0) {
@@ -106,7 +131,7 @@ void memplan_estimate(MemPlan *p, const LlamaModel *m, const MemplanIn *in) {
         acts, (int64_t)kern_scratch_floats(attn_rows, m->Hl, m->D, mp_threads(in->threads)));
     acts = mp_fma(acts, 512, max_cols); /* runtime/gemm.c: a BF16 tile of 512 rows */
     if (in->mfu_probe) other = mp_fma(other, 3 * 1536 * 1536, 4);
-    p->bytes[MEM_FROZEN] = (int64_t)m->frozen_bytes;
+    p->bytes[MEM_FROZEN] = mp_fma((int64_t)m->frozen_bytes, shared, 4);
     p->bytes[MEM_ADAPTER] = sizes_mul_sat(adapter, 2 * 4); /* values and gradients */
     p->bytes[MEM_OPTIMIZER] = in->training ? sizes_mul_sat(adapter, 4 * in->optim_states) : 0;
     p->bytes[MEM_ACTIVATION] = sizes_mul_sat(acts, 4);

@@ -23,6 +23,7 @@ typedef struct {
     int64_t B, T;       /* train / eval micro-batches (B = 0: none) */
     int training;       /* gradients, optimizer state and what backward needs */
     int r;              /* adapter rank (0: no adapter) */
+    const char *kind;   /* adapter kind (model/adapter.h; NULL: lora) */
     unsigned targets;   /* modules with an adapter (bit per ModuleId) */
     int dropout;        /* adapter dropout on: input copies per slot */
     int optim_states;   /* floats of optimizer state per trainable float (AdamW 2, SGD 1) */
