@@ -16,6 +16,7 @@
 #include "../io/safetensors.h"
 #include "../model/adapter_io.h"
 #include "../runtime/log.h"
+#include "../runtime/sizes.h"
 #include "../runtime/str.h"
 #include "../runtime/timer.h"
 #include "../train/tdata.h"
@@ -230,6 +231,13 @@ static int eval_memcheck(EvalRun *r) {
                     .threads = (int)o->run.threads};
     MemPlan p;
     memplan_estimate(&p, &r->s.m, &in);
+    if (o->dump_logits) { /* [N, Vl] logits; gathered [N, V] twice on TP rank 0 */
+        const int64_t N = o->rows.micro_batch * o->rows.seq_len;
+        const int64_t f = r->g.tp_rank == 0 ? 2 * r->s.m.V + r->s.m.Vl : r->s.m.Vl;
+        const int64_t b = sizes_mul_sat(N, sizes_mul_sat(f, 4));
+        p.bytes[MEM_OTHER] = sizes_add_sat(p.bytes[MEM_OTHER], b);
+        p.total = sizes_add_sat(p.total, b);
+    }
     char why[128];
     snprintf(why, sizeof why, "--micro-batch %lld x --seq-len %lld", (long long)o->rows.micro_batch,
              (long long)o->rows.seq_len);

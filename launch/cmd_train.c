@@ -635,6 +635,11 @@ static int train_memcheck(TrainRun *r) {
                     .mfu_probe = !(o->peak_gflops > 0)};
     MemPlan p;
     memplan_estimate(&p, &r->s.m, &in);
+    if (o->dump_grads && r->g.world_rank == 0) { /* the global batch: ids, labels, positions */
+        const int64_t b = sizes_mul_sat(sizes_mul_sat(o->global_batch, o->rows.seq_len), 20);
+        p.bytes[MEM_OTHER] = sizes_add_sat(p.bytes[MEM_OTHER], b);
+        p.total = sizes_add_sat(p.total, b);
+    }
     char why[128];
     snprintf(why, sizeof why, "--%s %lld x --%s %lld", train_spelling(r, "micro-batch"),
              (long long)o->rows.micro_batch, train_spelling(r, "seq-len"),
