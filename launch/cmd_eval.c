@@ -254,6 +254,8 @@ static int eval_setup(EvalRun *r) {
         snprintf(r->cache_dir, sizeof r->cache_dir, "%s", o->rows.cache_dir);
     else
         eval_default_cache(o, r->cache_dir, sizeof r->cache_dir);
+    const int frc = mpicmd_frozen_check(g, "eval", &o->run);
+    if (frc) return frc;
     int ok = session_open(&r->s, g, o->run.model, (MemPinMode)r->env.pin, &st);
     r->have_session = 1;
     if (!grid_agree(g, ok, "shardlora: error", &st)) return EXIT_BAD_INPUT;

@@ -780,6 +780,8 @@ static int gen_open(GenRun *r) {
     const GenOpts *o = &r->o;
     Grid *g = &r->g;
     ErrStatus st;
+    const int frc = mpicmd_frozen_check(g, "generate", &o->run);
+    if (frc) return frc;
     int ok = session_open(&r->s, g, o->run.model, (MemPinMode)r->env.pin, &st);
     r->have_session = 1;
     if (!grid_agree(g, ok, gen_err, &st)) return EXIT_BAD_INPUT;

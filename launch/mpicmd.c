@@ -1,6 +1,7 @@
 /* The shared start of the MPI commands (see mpicmd.h). */
 #include "mpicmd.h"
 
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -8,6 +9,7 @@
 #include "../io/pack.h"
 #include "../runtime/log.h"
 #include "../runtime/mem.h"
+#include "../runtime/str.h"
 #include "cmds.h"
 
 int mpicmd_start(Grid *g, int *argc, char ***argv, ArgSpec *specs, int nspecs, const char *usage,
@@ -163,18 +165,52 @@ int mpicmd_begin(Grid *g, int *argc, char ***argv, ArgSpec *specs, int nspecs, c
     return -1;
 }
 
+/* Bytes per rank the check allows for a rank holding `frozen` bytes of the model already
+ * (the node's room is what is left after them), or -1 when unknown. */
+static double mpicmd_allowed(Grid *g, const MpicmdRun *run, int64_t frozen) {
+    grid_barrier(g); /* every rank is at the same point: MemAvailable is settled */
+    const int on_node = grid_node_ranks(g);
+    if (run->memory_limit > 0) return run->memory_limit * 1073741824.0;
+    const int64_t avail = memplan_node_available();
+    return avail < 0 ? -1 : (double)frozen + (double)avail / on_node;
+}
+
+int mpicmd_frozen_check(Grid *g, const char *cmd, const MpicmdRun *run) {
+    char *path = str_join_path(run->model, "config.json");
+    HfcConfig c;
+    ErrStatus st;
+    const int have = hfc_load(&c, path, &st);
+    free(path);
+    const int es =
+        have && (strcmp(c.torch_dtype, "float32") == 0 || strcmp(c.torch_dtype, "float16") == 0)
+            ? 4
+            : 2;
+    const int64_t need = have ? memplan_frozen(&c, g->tp, g->tp_rank, es) : 0;
+    if (have && g->world_rank == 0)
+        log_debug("frozen weights from config.json: %lld bytes on rank 0 (%s elements)",
+                  (long long)need, es == 2 ? "BF16" : "F32");
+    const double allowed = mpicmd_allowed(g, run, 0);
+    const double gib = 1073741824.0;
+    err_status_ok(&st);
+    const int ok = !run->memory_check || allowed < 0 || (double)need <= allowed;
+    if (!ok)
+        err_status_set(&st,
+                       "the frozen weights of %s need ~%.3g GiB per rank at --tp %d, this node "
+                       "allows %.3g GiB per rank%s: raise --tp (more ranks, more nodes) (or "
+                       "--memory-limit GIB / --no-memory-check to try anyway)",
+                       run->model, (double)need / gib, g->tp, allowed / gib,
+                       run->memory_limit > 0 ? " (--memory-limit)" : "");
+    char prefix[64];
+    snprintf(prefix, sizeof prefix, "shardlora %s", cmd);
+    return grid_agree(g, ok, prefix, &st) ? 0 : EXIT_USAGE;
+}
+
 int mpicmd_memcheck(Grid *g, const char *cmd, const MpicmdRun *run, const MemPlan *p,
                     const char *why, const char *advice) {
     if (g->world_rank == 0) memplan_print(p, "per rank before allocating (rank 0)");
-    grid_barrier(g); /* every rank's frozen weights are loaded: MemAvailable is settled */
-    const int on_node = grid_node_ranks(g);
-    const int64_t avail = run->memory_limit > 0 ? -1 : memplan_node_available();
-    const double gib = 1024.0 * 1024.0 * 1024.0;
-    double allowed = -1; /* bytes this rank may hold, frozen included */
-    if (run->memory_limit > 0)
-        allowed = run->memory_limit * gib;
-    else if (avail >= 0)
-        allowed = (double)p->bytes[MEM_FROZEN] + (double)avail / on_node;
+    /* bytes this rank may hold, its frozen weights (loaded already) included */
+    const double allowed = mpicmd_allowed(g, run, p->bytes[MEM_FROZEN]);
+    const double gib = 1073741824.0;
     ErrStatus st;
     err_status_ok(&st);
     const int ok = !run->memory_check || allowed < 0 || (double)p->total <= allowed;

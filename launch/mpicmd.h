@@ -66,6 +66,13 @@ int mpicmd_bound(const char *flag, int64_t v, int64_t lo, int64_t hi, ErrStatus 
 int mpicmd_memcheck(Grid *g, const char *cmd, const MpicmdRun *run, const MemPlan *p,
                     const char *why, const char *advice);
 
+/* The same check before the model is read: this rank's frozen weights (from config.json;
+ * BF16 unless its torch_dtype says float32 or float16, which are held as F32) against the
+ * node's share, so a model the node cannot hold is refused before it is loaded ("raise
+ * --tp"). A config.json that cannot be read passes (the loader reports it). Collective over
+ * world; 0 to go on or EXIT_USAGE. */
+int mpicmd_frozen_check(Grid *g, const char *cmd, const MpicmdRun *run);
+
 /* The end of a command: frees the option table, ends MPI; returns rc. */
 int mpicmd_end(Grid *g, ArgSpec *specs, int nspecs, int rc);
 

@@ -140,6 +140,26 @@ void memplan_estimate(MemPlan *p, const LlamaModel *m, const MemplanIn *in) {
         p->total = sizes_add_sat(p->total, p->bytes[c]);
 }
 
+int64_t memplan_frozen(const HfcConfig *c, int tp, int tp_rank, int elem_bytes) {
+    if (tp < 1 || c->num_heads % tp || c->intermediate_size % tp ||
+        (c->num_kv_heads % tp && tp % c->num_kv_heads))
+        return 0;
+    const int64_t C = c->hidden_size, D = c->head_dim, Hl = c->num_heads / tp;
+    const int64_t KVl = c->num_kv_heads >= tp ? c->num_kv_heads / tp : 1;
+    const int64_t Fl = c->intermediate_size / tp;
+    int64_t v0 = 0, Vl = 0;
+    llama_vocab_range(c->vocab_size, tp, tp_rank, &v0, &Vl);
+    /* q, o [Hl D, C]; k, v [KVl D, C]; gate, up, down [Fl, C] */
+    const int64_t layer = sizes_mul_sat(C, 2 * Hl * D + 2 * KVl * D + 3 * Fl);
+    int64_t e = sizes_mul_sat(c->num_layers, layer);
+    e = mp_fma(e, c->tie_word_embeddings ? 1 : 2, sizes_mul_sat(Vl, C));
+    /* norms (2 per layer and the final one), the RoPE table, biases at most [out] per linear */
+    int64_t f = sizes_mul_sat(2 * c->num_layers + 1, C) + D / 2;
+    if (c->qkv_bias || c->o_bias || c->mlp_bias)
+        f = mp_fma(f, c->num_layers, 2 * (Hl + KVl) * D + 2 * C + 3 * Fl);
+    return sizes_add_sat(sizes_mul_sat(e, elem_bytes), sizes_mul_sat(f, 4));
+}
+
 /* The first integer of a file (e.g. "max" -> -1), or -1. */
 static int64_t mp_read_num(const char *path) {
     FILE *f = fopen(path, "r");

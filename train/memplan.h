@@ -41,6 +41,11 @@ typedef struct {
  * INT64_MAX instead of overflowing. */
 void memplan_estimate(MemPlan *p, const LlamaModel *m, const MemplanIn *in);
 
+/* The frozen bytes TP rank tp_rank of tp will load for config c, before anything is read
+ * (the matrices of model/llama.c's llama_load at elem_bytes each, norms and biases in F32);
+ * 0 for a layout llama_load refuses. elem_bytes: 2 for BF16, 4 for F32 (F16 is widened). */
+int64_t memplan_frozen(const HfcConfig *c, int tp, int tp_rank, int elem_bytes);
+
 /* The bytes this node can still give, for all its ranks: min(MemAvailable of /proc/meminfo,
  * cgroup v2 memory.max - memory.current or v1 limit - usage); -1 if unknown. */
 int64_t memplan_node_available(void);

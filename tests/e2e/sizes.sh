@@ -93,6 +93,11 @@ refused mem_train_np2 2 2 "lower --micro-batch or --seq-len" \
 refused mem_eval 2 2 "from --micro-batch 1000000" eval "${M[@]}" --micro-batch 1000000 --seq-len 64
 refused mem_gen 1 2 "KV cache" generate --model "$W/model" --prompt hi --max-new-tokens 16000000
 refused mem_limit 1 2 "(--memory-limit)" train "${M[@]}" --out "$W/mem3" --micro-batch 4 --seq-len 64 --memory-limit 0.001
+# a model the node cannot hold is refused before it is read (here: the limit is below the
+# 0.4 MiB of frozen weights)
+refused mem_frozen 2 2 "the frozen weights of .* need ~.* GiB per rank at --tp 2.*raise --tp" \
+  train "${M[@]}" --out "$W/mem5" --tp 2 --memory-limit 0.0001
+refused mem_frozen_gen 1 2 "the frozen weights" generate --model "$W/model" --prompt hi --memory-limit 0.0001
 timeout 60 "$SL" train "${M[@]}" --out "$W/mem4" --micro-batch 4 --seq-len 64 --steps 1 --memory-limit 0.001 \
   --no-memory-check > "$W/mem4.log" 2>&1 || { tail -3 "$W/mem4.log"; fail "--no-memory-check: the run failed"; }
 ok "--no-memory-check: the run goes on past a --memory-limit it exceeds"
