@@ -188,7 +188,7 @@ static int hfc_check_maxima(const HfcConfig *c, const char *path, ErrStatus *st)
     return 1;
 }
 
-static int hfc_validate(const HfcConfig *c, const char *path, ErrStatus *st) {
+int hfc_validate(const HfcConfig *c, const char *path, ErrStatus *st) {
     const struct {
         const char *name;
         int64_t v;

@@ -841,6 +841,17 @@ static int gen_layout(GenRun *r, ErrStatus *st) {
  * node allows, before the buffers are allocated (launch/mpicmd.h). 0 or EXIT_USAGE. */
 static int gen_memcheck(GenRun *r) {
     const GenOpts *o = &r->o;
+    /* a DP group's results travel to rank 0 in one message each (an int count of bytes) */
+    if (o->dump_logits && r->g.dp > 1 &&
+        sizes_mul_sat(o->max_new, r->s.m.V) >= INT32_MAX / (int64_t)sizeof(float)) {
+        if (r->g.world_rank == 0)
+            fprintf(stderr,
+                    "shardlora generate: --dump-logits at dp %d: --max-new-tokens %lld x vocab "
+                    "%lld floats per prompt is more than one message holds (2^29 floats): lower "
+                    "--max-new-tokens\n",
+                    r->g.dp, (long long)o->max_new, (long long)r->s.m.V);
+        return EXIT_USAGE;
+    }
     MemplanIn in = {.r = o->adapter && !o->merge ? r->acfg.acfg.r : 0,
                     .kind = r->acfg.acfg.kind[0] ? r->acfg.acfg.kind : NULL,
                     .targets = o->adapter && !o->merge ? r->acfg.acfg.targets : 0,

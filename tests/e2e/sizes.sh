@@ -67,6 +67,10 @@ refused max_new 1 2 "--max-new-tokens" generate --model "$W/model" --prompt hi -
 refused gen_threads 1 2 "--threads" generate --model "$W/model" --prompt hi --threads -3
 refused merge_threads 1 2 "--threads" merge --model "$W/model" --adapter "$W/none" --out "$W/o8" --threads -3
 
+refused gen_dump 2 2 "--dump-logits at dp 2" generate --model "$W/model" --prompt hi --max-new-tokens 3000000 --dump-logits "$W/logits.st"
+refused mm_layers 1 2 "field 'num_hidden_layers'" make-model --out "$W/mm1" --layers 2147483648
+refused mm_vocab 1 2 "field 'vocab_size'" make-model --out "$W/mm2" --vocab 9223372036854775807
+
 # config.json sizes: the file and the key
 for kv in num_hidden_layers:2147483648 vocab_size:9223372036854775807 hidden_size:4294967296 \
           intermediate_size:1099511627776 num_attention_heads:2147483648; do
