@@ -170,31 +170,56 @@ static int64_t mp_read_num(const char *path) {
     return v;
 }
 
-/* The cgroup's room: limit - usage (v2 memory.max / memory.current of this process's group,
- * else v1's limit_in_bytes / usage_in_bytes), or -1 if unlimited or unknown. */
-static int64_t mp_cgroup_room(void) {
-    char rel[1024] = "", path[1200];
+/* The cgroup path of controller `ctrl` in /proc/self/cgroup ("" for v2's unified line "0::"),
+ * into rel; 0 if absent. */
+static int mp_cgroup_path(const char *ctrl, char *rel, size_t n) {
     FILE *f = fopen("/proc/self/cgroup", "r");
-    if (f) {
-        char line[1200];
-        while (fgets(line, sizeof line, f))
-            if (strncmp(line, "0::", 3) == 0 && sscanf(line + 3, "%1023s", rel) == 1) break;
-        fclose(f);
+    if (!f) return 0;
+    char line[1200], want[64];
+    snprintf(want, sizeof want, ":%s:", ctrl);
+    int found = 0;
+    while (!found && fgets(line, sizeof line, f)) {
+        const char *p = strstr(line, want);
+        if (!p || (!ctrl[0] && strncmp(line, "0::", 3) != 0)) continue;
+        p += strlen(want);
+        snprintf(rel, n, "%.*s", (int)strcspn(p, "\n"), p);
+        if (strcmp(rel, "/") == 0) rel[0] = 0;
+        found = 1;
     }
-    int64_t lim = -1, use = -1;
-    if (rel[0]) {
-        snprintf(path, sizeof path, "/sys/fs/cgroup%s/memory.max", strcmp(rel, "/") ? rel : "");
-        lim = mp_read_num(path);
-        snprintf(path, sizeof path, "/sys/fs/cgroup%s/memory.current", strcmp(rel, "/") ? rel : "");
-        use = mp_read_num(path);
+    fclose(f);
+    return found;
+}
+
+/* limit - usage of the files lim_name and use_name in dir (-1: no limit or unknown). */
+static int64_t mp_room_in(const char *dir, const char *lim_name, const char *use_name) {
+    char path[1400];
+    snprintf(path, sizeof path, "%s/%s", dir, lim_name);
+    const int64_t lim = mp_read_num(path);
+    snprintf(path, sizeof path, "%s/%s", dir, use_name);
+    const int64_t use = mp_read_num(path);
+    if (lim < 0 || lim >= ((int64_t)1 << 60)) return -1; /* "max", or v1's unlimited */
+    return use >= 0 && lim > use ? lim - use : 0;
+}
+
+/* The cgroup's room: limit - usage of this process's group (v2 memory.max / memory.current,
+ * else v1's memory.limit_in_bytes / memory.usage_in_bytes), looked up at the group's path and,
+ * inside a container whose cgroup namespace hides it, at the mount's root; -1 if unlimited or
+ * unknown. */
+static int64_t mp_cgroup_room(void) {
+    char rel[1024] = "", dir[1200];
+    int64_t room = -1;
+    if (mp_cgroup_path("", rel, sizeof rel)) {
+        snprintf(dir, sizeof dir, "/sys/fs/cgroup%s", rel);
+        room = mp_room_in(dir, "memory.max", "memory.current");
     }
-    if (lim < 0) {
-        lim = mp_read_num("/sys/fs/cgroup/memory/memory.limit_in_bytes");
-        use = mp_read_num("/sys/fs/cgroup/memory/memory.usage_in_bytes");
-        if (lim >= ((int64_t)1 << 60)) lim = -1; /* v1's "unlimited" */
+    if (room < 0 && mp_cgroup_path("memory", rel, sizeof rel)) {
+        snprintf(dir, sizeof dir, "/sys/fs/cgroup/memory%s", rel);
+        room = mp_room_in(dir, "memory.limit_in_bytes", "memory.usage_in_bytes");
+        if (room < 0)
+            room = mp_room_in("/sys/fs/cgroup/memory", "memory.limit_in_bytes",
+                              "memory.usage_in_bytes");
     }
-    if (lim < 0) return -1;
-    return lim > use && use >= 0 ? lim - use : 0;
+    return room;
 }
 
 int64_t memplan_node_available(void) {

@@ -106,6 +106,26 @@ timeout 60 "$SL" train "${M[@]}" --out "$W/mem4" --micro-batch 4 --seq-len 64 --
   --no-memory-check > "$W/mem4.log" 2>&1 || { tail -3 "$W/mem4.log"; fail "--no-memory-check: the run failed"; }
 ok "--no-memory-check: the run goes on past a --memory-limit it exceeds"
 
+# the node's share comes from the cgroup too: in a memory cgroup of 256 MiB, a run whose
+# activations need about 1.4 GiB is refused, naming a limit below 0.25 GiB (v1 hierarchy, else
+# v2; needs root, as the disk-full case)
+CG=""
+V1=$(sed -n 's/^[0-9]*:memory://p' /proc/self/cgroup)
+if [ -n "$V1" ] && mkdir "/sys/fs/cgroup/memory${V1%/}/sl_sizes_$$" 2> /dev/null; then
+  CG="/sys/fs/cgroup/memory${V1%/}/sl_sizes_$$"; echo $((256 << 20)) > "$CG/memory.limit_in_bytes"
+elif V2=$(sed -n 's/^0:://p' /proc/self/cgroup) && mkdir "/sys/fs/cgroup${V2%/}/sl_sizes_$$" 2> /dev/null; then
+  CG="/sys/fs/cgroup${V2%/}/sl_sizes_$$"; echo $((256 << 20)) > "$CG/memory.max"
+fi
+[ -n "$CG" ] || fail "cannot make a memory cgroup (needs root and a writable cgroup hierarchy)"
+rc=0
+timeout 30 bash -c 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"' _ "$CG" "$SL" train "${M[@]}" \
+  --out "$W/cg" --micro-batch 64 --seq-len 2048 > "$W/cg.out" 2> "$W/cg.err" || rc=$?
+for i in $(seq 1 100); do rmdir "$CG" 2> /dev/null && break; sleep 0.1; done  # once its last process is gone
+[ "$rc" = 2 ] || { tail -3 "$W/cg.err"; fail "cgroup: exit $rc, expected 2"; }
+grep "^shardlora" "$W/cg.err" | grep -q "this node allows 0\.[0-2][0-9]* GiB per rank" \
+  || { grep "^shardlora" "$W/cg.err"; fail "cgroup: the refusal does not name the cgroup's limit"; }
+ok "cgroup of 256 MiB: $(grep "^shardlora" "$W/cg.err" | cut -c1-170)"
+
 # the estimate against the memory table measured at the end (peak per category), on a few
 # layouts and adapter kinds: within 10% (or 0.1 MiB) per category and in total
 measure() {
