@@ -385,6 +385,10 @@ static int train_check_opts(void *ctx, ErrStatus *st) {
                             "--global-batch %lld is not a multiple of --micro-batch %lld x dp %d "
                             "(each data-parallel rank must run whole micro-batches)",
                             (long long)o->global_batch, (long long)o->rows.micro_batch, g->dp);
+    int64_t seqs; /* the data cursor after the last step */
+    if (ok && (!sizes_mul(o->steps, o->global_batch, &seqs) || seqs > ((int64_t)1 << 62)))
+        ok = err_status_set(st, "--steps %lld x --global-batch %lld: more than 2^62 sequences",
+                            (long long)o->steps, (long long)o->global_batch);
     r->ocfg.kind = (OptimKind)okind;
     return ok;
 }
@@ -683,11 +687,13 @@ static int train_load_data(TrainRun *r) {
     r->nrows = r->data.train.nrows;
     /* --epochs: a whole number of steps, at least 1, that an int64 holds */
     r->epoch_steps = ceil(o->epochs * (double)r->nrows / (double)o->global_batch - 1e-9);
-    if (o->steps == 0 && !(r->epoch_steps >= 1 && r->epoch_steps < 9.2e18)) {
+    /* the data cursor (epochs x rows) must fit int64_t too */
+    if (o->steps == 0 && !(r->epoch_steps >= 1 && r->epoch_steps < 9.2e18 &&
+                           o->epochs * (double)r->nrows < 4.6e18)) {
         if (r->g.world_rank == 0)
             fprintf(stderr,
                     "shardlora train: --epochs %g: %.3g steps of %lld sequences (%lld per epoch); "
-                    "expected at least 1 and fewer than 2^63\n",
+                    "expected at least 1 step and fewer than 2^62 sequences in all\n",
                     o->epochs, r->epoch_steps, (long long)o->global_batch, (long long)r->nrows);
         train_drop_outputs(r);
         return EXIT_USAGE;

@@ -1,8 +1,8 @@
 /* The shared start of the MPI commands (see mpicmd.h). */
 #include "mpicmd.h"
 
-#include <stdlib.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "../io/chat.h"

@@ -62,6 +62,8 @@ refused micro_1e12 2 2 "--micro-batch" train "${M[@]}" --out "$W/o4" --micro-bat
 refused micro_x_seq 2 2 "--micro-batch" train "${M[@]}" --out "$W/o5" --micro-batch 1000000 --seq-len 4096
 refused threads 1 2 "--threads" train "${M[@]}" --out "$W/o6" --threads -3
 refused steps 1 2 "--steps" train "${M[@]}" --out "$W/o7" --steps 9000000000000000000
+refused steps_x_batch 1 2 "--steps 1099511627776 x --global-batch 1073741824" train "${M[@]}" --out "$W/o9" --steps 1099511627776 --global-batch 1073741824
+refused epochs 1 2 "--epochs 2e+18" train "${M[@]}" --out "$W/o10" --epochs 2e18
 refused eval_micro 2 2 "--micro-batch" eval "${M[@]}" --micro-batch 2147483648
 refused max_new 1 2 "--max-new-tokens" generate --model "$W/model" --prompt hi --max-new-tokens 100000000000
 refused gen_threads 1 2 "--threads" generate --model "$W/model" --prompt hi --threads -3
