@@ -52,6 +52,27 @@ int afile_write(AFile *f, const void *data, size_t len, ErrStatus *st) {
     return 1;
 }
 
+int afile_append_record(int fd, const char *path, const void *data, size_t len, ErrStatus *st) {
+    const off_t start = lseek(fd, 0, SEEK_END);
+    if (start < 0) return err_status_set(st, "%s: cannot write: %s", path, strerror(errno));
+    const char *p = data;
+    size_t left = len;
+    while (left > 0) {
+        ssize_t put = write(fd, p, left);
+        if (put < 0 && errno == EINTR) continue;
+        if (put <= 0) {
+            const int e = put < 0 ? errno : ENOSPC;
+            /* no torn record: readers stop at the last whole one */
+            const int cut = left == len || ftruncate(fd, start) == 0;
+            return err_status_set(st, "%s: cannot write: %s%s", path, strerror(e),
+                                  cut ? "" : " (and cannot cut the partial line off)");
+        }
+        p += put;
+        left -= (size_t)put;
+    }
+    return 1;
+}
+
 int afile_fsync_dir(const char *path, ErrStatus *st) {
     const char *slash = strrchr(path, '/');
     char *dir = !slash ? str_dup(".") : str_ndup(path, slash == path ? 1 : (size_t)(slash - path));

@@ -32,6 +32,12 @@ int afile_commit(AFile *f, ErrStatus *st);
 /* Closes and removes PATH.tmp (safe to call twice). */
 void afile_abort(AFile *f);
 
+/* Appends one record (a line of a log file) of len bytes at the end of the file open at fd
+ * (not through a stdio buffer); if the writes fail part-way (a full disk), the file is cut
+ * back to where the record began, so it never ends in a torn record. 0 with st =
+ * "PATH: cannot write: reason" on failure. */
+int afile_append_record(int fd, const char *path, const void *data, size_t len, ErrStatus *st);
+
 /* One call for a whole buffer. */
 int afile_write_all(const char *path, const void *data, size_t len, ErrStatus *st);
 /* Sets st to "PATH: JSON error at byte B (line L, column C): what" from jansson's error;

@@ -159,7 +159,37 @@ static int hfc_get_str(HfcCtx *x, const json_t *obj, const char *prefix, const c
 
 /* ---- validation shared by load and write --------------------------------------------- */
 
-static int hfc_validate(const HfcConfig *c, const char *path, ErrStatus *st) {
+/* Sizes past any real model's are refused before they become allocations: with these
+ * maxima every product of two or three of them (a matrix, a layer's weights, an activation
+ * row) fits int64_t and size_t. Token ids are int32_t, hence the vocabulary's bound. */
+static int hfc_check_maxima(const HfcConfig *c, const char *path, ErrStatus *st) {
+    const struct {
+        const char *name;
+        int64_t v, max;
+    } sizes[] = {
+        {"hidden_size", c->hidden_size, (int64_t)1 << 20},
+        {"intermediate_size", c->intermediate_size, (int64_t)1 << 22},
+        {"num_hidden_layers", c->num_layers, (int64_t)1 << 14},
+        {"num_attention_heads", c->num_heads, (int64_t)1 << 14},
+        {"num_key_value_heads", c->num_kv_heads, (int64_t)1 << 14},
+        {"head_dim", c->head_dim, (int64_t)1 << 14},
+        {"vocab_size", c->vocab_size, INT32_MAX},
+        {"max_position_embeddings", c->max_position_embeddings, (int64_t)1 << 40},
+    };
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+        if (sizes[i].v > sizes[i].max)
+            return err_status_set(
+                st, "%s: field '%s' is %" PRId64 ", more than the %" PRId64 " shardlora accepts",
+                path, sizes[i].name, sizes[i].v, sizes[i].max);
+    if (c->num_heads * c->head_dim > ((int64_t)1 << 20))
+        return err_status_set(st,
+                              "%s: num_attention_heads %" PRId64 " x head_dim %" PRId64
+                              " is more than the %d shardlora accepts",
+                              path, c->num_heads, c->head_dim, 1 << 20);
+    return 1;
+}
+
+int hfc_validate(const HfcConfig *c, const char *path, ErrStatus *st) {
     const struct {
         const char *name;
         int64_t v;
@@ -177,6 +207,7 @@ static int hfc_validate(const HfcConfig *c, const char *path, ErrStatus *st) {
         if (sizes[i].v <= 0)
             return err_status_set(st, "%s: field '%s' must be a positive integer (got %" PRId64 ")",
                                   path, sizes[i].name, sizes[i].v);
+    if (!hfc_check_maxima(c, path, st)) return 0;
     const HfcArchInfo *ai = hfc_arch_info(c->arch);
     if (!ai) return err_status_set(st, "%s: unknown architecture enum %d", path, (int)c->arch);
     if (c->num_heads % c->num_kv_heads != 0)

@@ -40,6 +40,9 @@ int hfc_load(HfcConfig *c, const char *path, ErrStatus *st);
 /* Write a config.json that hfc_load and transformers both read (atomically, io/afile.h).
  * c is validated as hfc_load validates; 0 with st on a bad config or a failed write. */
 int hfc_write(const HfcConfig *c, const char *path, ErrStatus *st);
+/* The checks hfc_load and hfc_write make (positive sizes within shardlora's maxima, H % KV
+ * == 0, even D, ...); messages start with path. */
+int hfc_validate(const HfcConfig *c, const char *path, ErrStatus *st);
 /* Fill defaults for a given architecture (used by make-model before flags). */
 void hfc_defaults(HfcConfig *c, HfcArch arch);
 const char *hfc_arch_name(HfcArch a);

@@ -16,6 +16,7 @@
 #include "../io/safetensors.h"
 #include "../model/adapter_io.h"
 #include "../runtime/log.h"
+#include "../runtime/sizes.h"
 #include "../runtime/str.h"
 #include "../runtime/timer.h"
 #include "../train/tdata.h"
@@ -213,7 +214,35 @@ static int eval_check_opts(void *ctx, ErrStatus *st) {
     if (!mpicmd_rows_check(&o->rows, &r->lmode, st)) return 0;
     if (o->log_every < 1 || o->max_rows < 0)
         return err_status_set(st, "--log-every must be >= 1 and --max-rows >= 0");
-    return 1;
+    return mpicmd_bound("log-every", o->log_every, 1, MPICMD_MAX_COUNT, st) &&
+           mpicmd_bound("max-rows", o->max_rows, 0, MPICMD_MAX_COUNT, st);
+}
+
+/* The memory estimate against what the node allows, before the activations are allocated
+ * (launch/mpicmd.h). Returns 0 or EXIT_USAGE. */
+static int eval_memcheck(EvalRun *r) {
+    const EvalOpts *o = &r->o;
+    MemplanIn in = {.B = o->rows.micro_batch,
+                    .T = o->rows.seq_len,
+                    .r = o->adapter ? r->ac.acfg.r : 0,
+                    .kind = r->ac.acfg.kind[0] ? r->ac.acfg.kind : NULL,
+                    .targets = o->adapter ? r->ac.acfg.targets : 0,
+                    .dropout = o->adapter && r->ac.dropout > 0,
+                    .threads = (int)o->run.threads};
+    MemPlan p;
+    memplan_estimate(&p, &r->s.m, &in);
+    if (o->dump_logits) { /* [N, Vl] logits; gathered [N, V] twice on TP rank 0 */
+        const int64_t N = o->rows.micro_batch * o->rows.seq_len;
+        const int64_t f = r->g.tp_rank == 0 ? 2 * r->s.m.V + r->s.m.Vl : r->s.m.Vl;
+        const int64_t b = sizes_mul_sat(N, sizes_mul_sat(f, 4));
+        p.bytes[MEM_OTHER] = sizes_add_sat(p.bytes[MEM_OTHER], b);
+        p.total = sizes_add_sat(p.total, b);
+    }
+    char why[128];
+    snprintf(why, sizeof why, "--micro-batch %lld x --seq-len %lld", (long long)o->rows.micro_batch,
+             (long long)o->rows.seq_len);
+    return mpicmd_memcheck(&r->g, "eval", &o->run, &p, why,
+                           "lower --micro-batch or --seq-len, or raise --tp");
 }
 
 /* The model, the adapter, the cache directory and the data. Returns 0 or an exit status. */
@@ -225,6 +254,8 @@ static int eval_setup(EvalRun *r) {
         snprintf(r->cache_dir, sizeof r->cache_dir, "%s", o->rows.cache_dir);
     else
         eval_default_cache(o, r->cache_dir, sizeof r->cache_dir);
+    const int frc = mpicmd_frozen_check(g, "eval", &o->run);
+    if (frc) return frc;
     int ok = session_open(&r->s, g, o->run.model, (MemPinMode)r->env.pin, &st);
     r->have_session = 1;
     if (!grid_agree(g, ok, "shardlora: error", &st)) return EXIT_BAD_INPUT;
@@ -233,6 +264,8 @@ static int eval_setup(EvalRun *r) {
         r->have_ac = 1;
         if (!grid_agree(g, ok, "shardlora: error", &st)) return EXIT_BAD_INPUT;
     }
+    const int rc = eval_memcheck(r);
+    if (rc) return rc;
     ok = afile_mkdirs(r->cache_dir);
     if (!ok)
         err_status_set(&st, "%s: cannot create the token cache directory: %s", r->cache_dir,

@@ -28,6 +28,7 @@
 #include "../model/sample.h"
 #include "../parallel/grid.h"
 #include "../runtime/log.h"
+#include "../runtime/sizes.h"
 #include "../runtime/timer.h"
 #include "../train/session.h"
 #include "args.h"
@@ -767,6 +768,11 @@ static int gen_check_opts(void *ctx, ErrStatus *st) {
         ok = err_status_set(st, "--top-k and --max-seq-len must be >= 0");
     if (ok && (o->max_new < 1 || o->batch < 1 || o->prefill_rows < 1))
         ok = err_status_set(st, "--max-new-tokens, --batch-size and --prefill-rows must be >= 1");
+    ok = ok && mpicmd_bound("max-new-tokens", o->max_new, 1, MPICMD_MAX_SEQ_LEN, st) &&
+         mpicmd_bound("max-seq-len", o->max_seq_len, 0, MPICMD_MAX_SEQ_LEN, st) &&
+         mpicmd_bound("batch-size", o->batch, 1, MPICMD_MAX_BATCH, st) &&
+         mpicmd_bound("prefill-rows", o->prefill_rows, 1, MPICMD_MAX_SEQ_LEN, st) &&
+         mpicmd_bound("top-k", o->top_k, 0, INT32_MAX, st);
     for (int i = 0; ok && i < o->stop.n; i++)
         if (!o->stop.v[i][0]) ok = err_status_set(st, "--stop: an empty string would stop at once");
     return ok;
@@ -779,6 +785,8 @@ static int gen_open(GenRun *r) {
     const GenOpts *o = &r->o;
     Grid *g = &r->g;
     ErrStatus st;
+    const int frc = mpicmd_frozen_check(g, "generate", &o->run);
+    if (frc) return frc;
     int ok = session_open(&r->s, g, o->run.model, (MemPinMode)r->env.pin, &st);
     r->have_session = 1;
     if (!grid_agree(g, ok, gen_err, &st)) return EXIT_BAD_INPUT;
@@ -833,6 +841,46 @@ static int gen_layout(GenRun *r, ErrStatus *st) {
     return ok;
 }
 
+/* The memory estimate (KV cache of S sequences x Tmax positions, buffers of R rows, the
+ * sampler; --dump-logits keeps max-new-tokens x V floats per sequence) against what the
+ * node allows, before the buffers are allocated (launch/mpicmd.h). 0 or EXIT_USAGE. */
+static int gen_memcheck(GenRun *r) {
+    const GenOpts *o = &r->o;
+    /* a DP group's results travel to rank 0 in one message each (an int count of bytes) */
+    if (o->dump_logits && r->g.dp > 1 &&
+        sizes_mul_sat(o->max_new, r->s.m.V) >= INT32_MAX / (int64_t)sizeof(float)) {
+        if (r->g.world_rank == 0)
+            fprintf(stderr,
+                    "shardlora generate: --dump-logits at dp %d: --max-new-tokens %lld x vocab "
+                    "%lld floats per prompt is more than one message holds (2^29 floats): lower "
+                    "--max-new-tokens\n",
+                    r->g.dp, (long long)o->max_new, (long long)r->s.m.V);
+        return EXIT_USAGE;
+    }
+    MemplanIn in = {.r = o->adapter && !o->merge ? r->acfg.acfg.r : 0,
+                    .kind = r->acfg.acfg.kind[0] ? r->acfg.acfg.kind : NULL,
+                    .targets = o->adapter && !o->merge ? r->acfg.acfg.targets : 0,
+                    .dropout = o->adapter && r->acfg.dropout > 0,
+                    .threads = (int)o->run.threads,
+                    .S = r->S,
+                    .Tmax = r->Tmax,
+                    .R = r->R};
+    MemPlan p;
+    memplan_estimate(&p, &r->s.m, &in);
+    if (o->dump_logits && r->g.tp_rank == 0) {
+        const int64_t b = sizes_mul_sat(sizes_mul_sat(r->S, o->max_new), r->s.m.V * 4);
+        p.bytes[MEM_OTHER] = sizes_add_sat(p.bytes[MEM_OTHER], b);
+        p.total = sizes_add_sat(p.total, b);
+    }
+    char why[160];
+    snprintf(why, sizeof why,
+             "a KV cache of --batch-size %lld x %lld positions (longest prompt + "
+             "--max-new-tokens, or --max-seq-len) and --prefill-rows %lld",
+             (long long)r->S, (long long)r->Tmax, (long long)r->R);
+    return mpicmd_memcheck(&r->g, "generate", &o->run, &p, why,
+                           "lower --batch-size, --max-new-tokens or --prefill-rows, or raise --tp");
+}
+
 /* GEMM threads and kernel scratch for R rows, the merge on request, the layout's verdict and
  * the output file, all checked before any work (--out is committed only after a good run).
  * Returns 0 or an exit status. */
@@ -842,6 +890,8 @@ static int gen_setup(GenRun *r) {
     const LlamaModel *m = &r->s.m;
     ErrStatus st, lst;
     const int len_ok = gen_layout(r, &lst);
+    const int mrc = gen_memcheck(r);
+    if (mrc) return mrc;
     int64_t maxcols = session_max_cols(&r->s);
     if (m->H * m->D > maxcols) maxcols = m->H * m->D;
     session_compute_init(&r->s, (int)o->run.threads, maxcols, r->R, r->env.kops);

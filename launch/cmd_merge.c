@@ -260,7 +260,7 @@ static int64_t merge_chunk_rows(const MergeCtx *m, const MergeItem *it) {
     return cr < it->nr ? cr : it->nr;
 }
 
-static void merge_alloc(MergeCtx *m) {
+static void merge_size_buffers(MergeCtx *m) {
     size_t work = 0, raw = 0, ib = 0, rb = 0;
     uint64_t stage = 0;
     for (int i = 0; i < m->nitems; i++) {
@@ -293,15 +293,37 @@ static void merge_alloc(MergeCtx *m) {
     m->ibuf_floats = ib;
     m->rbuf_floats = rb;
     m->stage_bytes = stage;
-    m->work = mem_alloc(&m->mem, MEM_OTHER, work * sizeof(float));
-    m->raw = mem_alloc(&m->mem, MEM_OTHER, raw);
-    m->ibuf = mem_alloc(&m->mem, MEM_OTHER, ib * sizeof(float));
-    m->rbuf = mem_alloc(&m->mem, MEM_OTHER, rb * sizeof(float));
+}
+
+/* The buffers merge_size_buffers sized. */
+static void merge_alloc(MergeCtx *m) {
+    m->work = mem_alloc(&m->mem, MEM_OTHER, m->work_floats * sizeof(float));
+    m->raw = mem_alloc(&m->mem, MEM_OTHER, m->raw_bytes);
+    m->ibuf = mem_alloc(&m->mem, MEM_OTHER, m->ibuf_floats * sizeof(float));
+    m->rbuf = mem_alloc(&m->mem, MEM_OTHER, m->rbuf_floats * sizeof(float));
 }
 
 static uint64_t merge_buffer_bytes(const MergeCtx *m) {
     return (uint64_t)(m->work_floats + m->ibuf_floats + m->rbuf_floats) * sizeof(float) +
            m->raw_bytes + m->stage_bytes + m->shared_bytes;
+}
+
+/* The buffers against this rank's share of the node's memory (train/memplan.h), before they
+ * are allocated: a --chunk-bytes the node cannot hold is refused (exit 2), not a failed
+ * allocation. Collective over world; 0 to go on. */
+static int merge_memcheck(MergeCtx *m) {
+    const int on_node = grid_node_ranks(m->g);
+    const int64_t avail = memplan_node_available();
+    const double need = (double)merge_buffer_bytes(m), gib = 1073741824.0;
+    const int ok = avail < 0 || need <= (double)avail / on_node;
+    ErrStatus st;
+    err_status_ok(&st);
+    if (!ok)
+        err_status_set(&st,
+                       "the merge buffers need ~%.3g GiB per rank (from --chunk-bytes %lld), this "
+                       "node allows %.3g GiB per rank: lower --chunk-bytes",
+                       need / gib, (long long)m->o.chunk_bytes, (double)avail / on_node / gib);
+    return merge_agree(m->g, ok, &st, EXIT_USAGE);
 }
 
 static void merge_free(MergeCtx *m) {
@@ -697,6 +719,8 @@ int cmd_merge(int argc, char **argv) {
     }
     if (ok && o.chunk_bytes < 1024) ok = err_status_set(&st, "--chunk-bytes must be at least 1024");
     if (ok && o.threads < 1) ok = err_status_set(&st, "--threads must be at least 1");
+    ok = ok && mpicmd_bound("threads", o.threads, 1, MPICMD_MAX_THREADS, &st) &&
+         mpicmd_bound("chunk-bytes", o.chunk_bytes, 1024, (int64_t)1 << 40, &st);
     if (ok && (merge_same_dir(o.out, o.model) || merge_same_dir(o.out, o.adapter)))
         ok = err_status_set(&st, "--out %s is the --model or --adapter directory", o.out);
     /* rank 0 alone asks the file system, so the ranks cannot disagree */
@@ -726,6 +750,13 @@ int cmd_merge(int argc, char **argv) {
     if (ok) ok = m.a_open = peft_read(&m.a, o.adapter, &st);
     if (ok) ok = merge_plan(&m, &st);
     rc = merge_agree(&g, ok, &st, EXIT_BAD_INPUT);
+    if (rc) {
+        merge_free(&m);
+        args_free(specs, nspecs);
+        return merge_finish(&g, rc);
+    }
+    merge_size_buffers(&m);
+    rc = merge_memcheck(&m);
     if (rc) {
         merge_free(&m);
         args_free(specs, nspecs);

@@ -23,6 +23,7 @@
 #include "../model/adapter_io.h"
 #include "../model/sched.h"
 #include "../runtime/log.h"
+#include "../runtime/sizes.h"
 #include "../runtime/str.h"
 #include "../runtime/timer.h"
 #include "../train/mfu.h"
@@ -241,6 +242,45 @@ static const char *train_spelling(const TrainRun *r, const char *name) {
     return s && s->seen_as ? s->seen_as : name;
 }
 
+/* Every integer option within a range whose products (steps x global batch, micro-batch x
+ * dp x accumulation, ...) fit int64_t: a huge value is refused here, before it sizes
+ * anything. */
+static int train_check_sizes(const TrainRun *r, ErrStatus *st) {
+    const TrainOpts *o = &r->o;
+    const int64_t C = MPICMD_MAX_COUNT;
+    const struct {
+        const char *name;
+        int64_t v, lo, hi;
+    } b[] = {
+        {"lora-r", o->r, 1, 1 << 16},
+        {"global-batch", o->global_batch, 0, (int64_t)1 << 30},
+        {"gradient-accumulation-steps", o->grad_accum, 0, (int64_t)1 << 30},
+        {"steps", o->steps, 0, C},
+        {"warmup-steps", o->warmup_steps, 0, C},
+        {"log-every", o->log_every, 1, C},
+        {"eval-every", o->eval_every, 0, C},
+        {"eval-rows", o->eval_rows, 0, C},
+        {"ckpt-every", o->ckpt_every, 0, C},
+        {"keep-checkpoints", o->keep_ckpts, 0, 1 << 30},
+        {"ckpt-chunk-bytes", o->ckpt_chunk_bytes, 0, (int64_t)1 << 40},
+        {"pissa-iters", o->pissa_iters, 0, 1 << 16},
+    };
+    for (size_t i = 0; i < sizeof b / sizeof b[0]; i++)
+        if (!mpicmd_bound(train_spelling(r, b[i].name), b[i].v, b[i].lo, b[i].hi, st)) return 0;
+    int64_t per_step;
+    if (!sizes_mul3(o->rows.micro_batch, r->g.dp, o->grad_accum > 0 ? o->grad_accum : 1,
+                    &per_step) ||
+        per_step > ((int64_t)1 << 30))
+        return err_status_set(st,
+                              "--micro-batch %lld x dp %d x --gradient-accumulation-steps %lld: "
+                              "more than 2^30 sequences per step",
+                              (long long)o->rows.micro_batch, r->g.dp,
+                              (long long)(o->grad_accum > 0 ? o->grad_accum : 1));
+    if (!(o->ckpt_minutes <= 1e9))
+        return err_status_set(st, "--ckpt-every-minutes must be at most 1e9");
+    return 1;
+}
+
 /* Semantic checks of the options and the layout, identical on every rank. */
 static int train_check_opts(void *ctx, ErrStatus *st) {
     TrainRun *r = ctx;
@@ -327,6 +367,7 @@ static int train_check_opts(void *ctx, ErrStatus *st) {
         ok = err_status_set(st, "--warmup-ratio must be in [0, 1]");
     if (ok && o->warmup_ratio > 0 && o->warmup_steps > 0)
         ok = err_status_set(st, "--warmup-ratio and --warmup-steps exclude each other");
+    if (ok) ok = train_check_sizes(r, st);
     if (ok) ok = adapter_parse_targets(o->targets, &r->acfg.targets, st);
     const int64_t per_step = o->rows.micro_batch * g->dp;
     if (ok && o->grad_accum > 0 && o->global_batch > 0 &&
@@ -344,6 +385,10 @@ static int train_check_opts(void *ctx, ErrStatus *st) {
                             "--global-batch %lld is not a multiple of --micro-batch %lld x dp %d "
                             "(each data-parallel rank must run whole micro-batches)",
                             (long long)o->global_batch, (long long)o->rows.micro_batch, g->dp);
+    int64_t seqs; /* the data cursor after the last step */
+    if (ok && (!sizes_mul(o->steps, o->global_batch, &seqs) || seqs > ((int64_t)1 << 62)))
+        ok = err_status_set(st, "--steps %lld x --global-batch %lld: more than 2^62 sequences",
+                            (long long)o->steps, (long long)o->global_batch);
     r->ocfg.kind = (OptimKind)okind;
     return ok;
 }
@@ -536,6 +581,8 @@ static int train_open(TrainRun *r) {
     ErrStatus st;
     snprintf(r->cache_dir, sizeof r->cache_dir, "%s", o->rows.cache_dir ? o->rows.cache_dir : "");
     if (!o->rows.cache_dir) snprintf(r->cache_dir, sizeof r->cache_dir, "%s/cache", o->out);
+    const int frc = mpicmd_frozen_check(g, "train", &o->run);
+    if (frc) return frc;
     int ok = session_open(&r->s, g, o->run.model, (MemPinMode)r->env.pin, &st);
     r->have_session = 1;
     if (!grid_agree(g, ok, "shardlora: error", &st)) return EXIT_BAD_INPUT;
@@ -578,6 +625,37 @@ static int train_open(TrainRun *r) {
     return 0;
 }
 
+/* The memory estimate of this run against what the node allows, before the adapters and
+ * the activations are allocated (launch/mpicmd.h). Returns 0 or an exit status. */
+static int train_memcheck(TrainRun *r) {
+    const TrainOpts *o = &r->o;
+    MemplanIn in = {.B = o->rows.micro_batch,
+                    .T = o->rows.seq_len,
+                    .training = 1,
+                    .r = (int)o->r,
+                    .kind = o->adapter_kind,
+                    .targets = r->ac.acfg.targets,
+                    .dropout = o->dropout > 0,
+                    .optim_states = optim_is_adam(r->ocfg.kind) ? 2 : 1,
+                    .threads = (int)o->run.threads,
+                    .mfu_probe = !(o->peak_gflops > 0)};
+    MemPlan p;
+    memplan_estimate(&p, &r->s.m, &in);
+    if (o->dump_grads && r->g.world_rank == 0) { /* the global batch: ids, labels, positions */
+        const int64_t b = sizes_mul_sat(sizes_mul_sat(o->global_batch, o->rows.seq_len), 20);
+        p.bytes[MEM_OTHER] = sizes_add_sat(p.bytes[MEM_OTHER], b);
+        p.total = sizes_add_sat(p.total, b);
+    }
+    char why[128];
+    snprintf(why, sizeof why, "--%s %lld x --%s %lld", train_spelling(r, "micro-batch"),
+             (long long)o->rows.micro_batch, train_spelling(r, "seq-len"),
+             (long long)o->rows.seq_len);
+    const int rc = mpicmd_memcheck(&r->g, "train", &o->run, &p, why,
+                                   "lower --micro-batch or --seq-len, or raise --tp");
+    if (rc) train_drop_outputs(r);
+    return rc;
+}
+
 /* The token caches, the eval split, the packing plans and the row order; the number of
  * steps --epochs means. Returns 0 or an exit status. */
 static int train_load_data(TrainRun *r) {
@@ -609,11 +687,13 @@ static int train_load_data(TrainRun *r) {
     r->nrows = r->data.train.nrows;
     /* --epochs: a whole number of steps, at least 1, that an int64 holds */
     r->epoch_steps = ceil(o->epochs * (double)r->nrows / (double)o->global_batch - 1e-9);
-    if (o->steps == 0 && !(r->epoch_steps >= 1 && r->epoch_steps < 9.2e18)) {
+    /* the data cursor (epochs x rows) must fit int64_t too */
+    if (o->steps == 0 && !(r->epoch_steps >= 1 && r->epoch_steps < 9.2e18 &&
+                           o->epochs * (double)r->nrows < 4.6e18)) {
         if (r->g.world_rank == 0)
             fprintf(stderr,
                     "shardlora train: --epochs %g: %.3g steps of %lld sequences (%lld per epoch); "
-                    "expected at least 1 and fewer than 2^63\n",
+                    "expected at least 1 step and fewer than 2^62 sequences in all\n",
                     o->epochs, r->epoch_steps, (long long)o->global_batch, (long long)r->nrows);
         train_drop_outputs(r);
         return EXIT_USAGE;
@@ -1456,6 +1536,7 @@ int cmd_train(int argc, char **argv) {
     r->argv = argv;
     rc = train_open(r);
     if (!rc && r->nothing_to_do) return train_free(r, NULL, 0);
+    if (!rc) rc = train_memcheck(r);
     if (!rc) rc = train_load_data(r);
     if (!rc) rc = train_init_adapters(r);
     if (!rc) train_init_trainer(r);

@@ -2,12 +2,14 @@
 #include "mpicmd.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "../io/chat.h"
 #include "../io/pack.h"
 #include "../runtime/log.h"
 #include "../runtime/mem.h"
+#include "../runtime/str.h"
 #include "cmds.h"
 
 int mpicmd_start(Grid *g, int *argc, char ***argv, ArgSpec *specs, int nspecs, const char *usage,
@@ -35,8 +37,16 @@ int mpicmd_run_opts(const char *log_level, const char *kernels, const char *pin,
     return 1;
 }
 
+int mpicmd_bound(const char *flag, int64_t v, int64_t lo, int64_t hi, ErrStatus *st) {
+    if (!st->ok) return 0;
+    if (v >= lo && v <= hi) return 1;
+    return err_status_set(st, "--%s %lld: expected %lld to %lld", flag, (long long)v, (long long)lo,
+                          (long long)hi);
+}
+
 void mpicmd_run_defaults(MpicmdRun *o) {
-    *o = (MpicmdRun){.pin = "auto", .kernels = "fast", .log_level = "info", .tp = 1};
+    *o = (MpicmdRun){
+        .pin = "auto", .kernels = "fast", .log_level = "info", .tp = 1, .memory_check = 1};
 }
 
 /* Appends count rows to out[*n..cap) (fatal past cap). */
@@ -70,6 +80,8 @@ static void mpicmd_tail_specs(ArgSpec *out, int cap, int *n, MpicmdRun *o, const
         {.type = ARG_GROUP, .group = ARGG_EXPERT},
         {"pin-memory", ARG_STR, &o->pin, "MODE", "auto | on | off: mlock the frozen weights", 0, 0},
         {"kernels", ARG_STR, &o->kernels, "NAME", "fast | reference (the plain kernels the fast ones are tested against)", 0, 0},
+        {"memory-limit", ARG_FLOAT, &o->memory_limit, "GIB", "memory per rank the start-up estimate may use (0: this rank's share of what the node has: MemAvailable or the cgroup's limit, divided among its ranks)", 0, 0},
+        {"memory-check", ARG_BOOL, &o->memory_check, NULL, "refuse (exit 2) a run whose memory estimate exceeds the limit before allocating (--no-memory-check: try anyway)", 0, 0},
     };
     // clang-format on
     mpicmd_put(out, cap, n, specs, (int)(sizeof specs / sizeof specs[0]));
@@ -118,8 +130,15 @@ int mpicmd_rows_check(const MpicmdRows *o, int *lmode, ErrStatus *st) {
         return err_status_set(
             st, "--chat-format '%s': expected auto, llama3, mistral, llama2, chatml or qwen2",
             o->chat_format);
-    if (o->seq_len < 2 || o->micro_batch < 1)
-        return err_status_set(st, "--seq-len must be >= 2 and --micro-batch >= 1");
+    if (!mpicmd_bound("seq-len", o->seq_len, 2, MPICMD_MAX_SEQ_LEN, st) ||
+        !mpicmd_bound("micro-batch", o->micro_batch, 1, MPICMD_MAX_BATCH, st))
+        return 0;
+    if (o->seq_len * o->micro_batch > MPICMD_MAX_ROWS)
+        return err_status_set(st,
+                              "--micro-batch %lld x --seq-len %lld = %lld tokens per micro-batch, "
+                              "more than %lld: lower one of them",
+                              (long long)o->micro_batch, (long long)o->seq_len,
+                              (long long)(o->micro_batch * o->seq_len), (long long)MPICMD_MAX_ROWS);
     return 1;
 }
 
@@ -132,6 +151,10 @@ int mpicmd_begin(Grid *g, int *argc, char ***argv, ArgSpec *specs, int nspecs, c
     if (ok && help) return 0;
     ok = ok && mpicmd_run_opts(run->log_level, run->kernels, run->pin, &env->log_level, &env->kops,
                                &env->pin, &st);
+    ok = ok && mpicmd_bound("threads", run->threads, 0, MPICMD_MAX_THREADS, &st);
+    if (ok && !(run->memory_limit >= 0 && run->memory_limit <= 1e9))
+        ok = err_status_set(&st, "--memory-limit %g: expected 0 to 1e9 GiB", run->memory_limit);
+    ok = ok && mpicmd_bound("tp", run->tp, 1, 1 << 20, &st);
     ok = ok && grid_setup(g, (int)run->tp, &st);
     ok = ok && check(ctx, &st);
     if (!ok) {
@@ -140,6 +163,67 @@ int mpicmd_begin(Grid *g, int *argc, char ***argv, ArgSpec *specs, int nspecs, c
     }
     log_set_level((LogLevel)env->log_level);
     return -1;
+}
+
+/* Bytes per rank the check allows for a rank holding `frozen` bytes of the model already
+ * (the node's room is what is left after them), or -1 when unknown. */
+static double mpicmd_allowed(Grid *g, const MpicmdRun *run, int64_t frozen) {
+    grid_barrier(g); /* every rank is at the same point: MemAvailable is settled */
+    const int on_node = grid_node_ranks(g);
+    if (run->memory_limit > 0) return run->memory_limit * 1073741824.0;
+    const int64_t avail = memplan_node_available();
+    return avail < 0 ? -1 : (double)frozen + (double)avail / on_node;
+}
+
+int mpicmd_frozen_check(Grid *g, const char *cmd, const MpicmdRun *run) {
+    char *path = str_join_path(run->model, "config.json");
+    HfcConfig c;
+    ErrStatus st;
+    const int have = hfc_load(&c, path, &st);
+    free(path);
+    const int es =
+        have && (strcmp(c.torch_dtype, "float32") == 0 || strcmp(c.torch_dtype, "float16") == 0)
+            ? 4
+            : 2;
+    const int64_t need = have ? memplan_frozen(&c, g->tp, g->tp_rank, es) : 0;
+    if (have && g->world_rank == 0)
+        log_debug("frozen weights from config.json: %lld bytes on rank 0 (%s elements)",
+                  (long long)need, es == 2 ? "BF16" : "F32");
+    const double allowed = mpicmd_allowed(g, run, 0);
+    const double gib = 1073741824.0;
+    err_status_ok(&st);
+    const int ok = !run->memory_check || allowed < 0 || (double)need <= allowed;
+    if (!ok)
+        err_status_set(&st,
+                       "the frozen weights of %s need ~%.3g GiB per rank at --tp %d, this node "
+                       "allows %.3g GiB per rank%s: raise --tp (more ranks, more nodes) (or "
+                       "--memory-limit GIB / --no-memory-check to try anyway)",
+                       run->model, (double)need / gib, g->tp, allowed / gib,
+                       run->memory_limit > 0 ? " (--memory-limit)" : "");
+    char prefix[64];
+    snprintf(prefix, sizeof prefix, "shardlora %s", cmd);
+    return grid_agree(g, ok, prefix, &st) ? 0 : EXIT_USAGE;
+}
+
+int mpicmd_memcheck(Grid *g, const char *cmd, const MpicmdRun *run, const MemPlan *p,
+                    const char *why, const char *advice) {
+    if (g->world_rank == 0) memplan_print(p, "per rank before allocating (rank 0)");
+    /* bytes this rank may hold, its frozen weights (loaded already) included */
+    const double allowed = mpicmd_allowed(g, run, p->bytes[MEM_FROZEN]);
+    const double gib = 1073741824.0;
+    ErrStatus st;
+    err_status_ok(&st);
+    const int ok = !run->memory_check || allowed < 0 || (double)p->total <= allowed;
+    if (!ok)
+        err_status_set(&st,
+                       "needs ~%.3g GiB per rank (activations %.3g GiB from %s), this node allows "
+                       "%.3g GiB per rank%s: %s (or --memory-limit GIB / --no-memory-check to "
+                       "try anyway)",
+                       (double)p->total / gib, (double)p->bytes[MEM_ACTIVATION] / gib, why,
+                       allowed / gib, run->memory_limit > 0 ? " (--memory-limit)" : "", advice);
+    char prefix[64];
+    snprintf(prefix, sizeof prefix, "shardlora %s", cmd);
+    return grid_agree(g, ok, prefix, &st) ? 0 : EXIT_USAGE;
 }
 
 int mpicmd_end(Grid *g, ArgSpec *specs, int nspecs, int rc) {

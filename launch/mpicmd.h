@@ -6,6 +6,7 @@
 
 #include "../parallel/grid.h"
 #include "../runtime/kernels.h"
+#include "../train/memplan.h"
 #include "args.h"
 
 /* grid_init, then args_parse of argv[2..]; with --help, rank 0 prints usage + about + the
@@ -19,6 +20,8 @@ typedef struct {
     ArgConfig config;
     const char *model, *pin, *kernels, *log_level;
     int64_t tp, threads;
+    double memory_limit; /* GiB per rank the memory check allows (0: what the node has) */
+    int memory_check;    /* refuse a run whose estimate exceeds it (--no-memory-check) */
 } MpicmdRun;
 void mpicmd_run_defaults(MpicmdRun *o);
 
@@ -40,6 +43,35 @@ typedef int (*MpicmdCheck)(void *ctx, ErrStatus *st);
 int mpicmd_begin(Grid *g, int *argc, char ***argv, ArgSpec *specs, int nspecs, const char *cmd,
                  const char *usage, const char *about, const MpicmdRun *run, MpicmdCheck check,
                  void *ctx, MpicmdEnv *env);
+
+/* An integer option's range: 1, or 0 with st = "--FLAG V: expected LO to HI" (nothing checked
+ * when st is already failed: returns 0). Every size a user types is bounded this way before
+ * it sizes an allocation; the maxima are far above any real run and keep the products of
+ * sizes inside int64_t. */
+int mpicmd_bound(const char *flag, int64_t v, int64_t lo, int64_t hi, ErrStatus *st);
+
+/* Maxima shared by the commands' options. */
+#define MPICMD_MAX_SEQ_LEN ((int64_t)1 << 24) /* tokens per sequence */
+#define MPICMD_MAX_BATCH ((int64_t)1 << 20)   /* sequences per micro-batch */
+#define MPICMD_MAX_ROWS ((int64_t)1 << 31)    /* tokens per micro-batch (B x T) */
+#define MPICMD_MAX_COUNT ((int64_t)1 << 40)   /* steps, rows, intervals */
+#define MPICMD_MAX_THREADS 4096
+
+/* The memory check before the buffers are allocated (train/memplan.h): rank 0 prints the
+ * estimate; when a rank's estimate exceeds what it may use (--memory-limit GiB, else its
+ * share of the node: frozen bytes already loaded + MemAvailable or the cgroup's room divided
+ * by the ranks on the node), every rank returns EXIT_USAGE and one line says
+ * "shardlora CMD: needs ~X GiB per rank (activations Y GiB from WHY), this node allows Z GiB
+ * per rank: ADVICE". Collective over world; 0 to go on. */
+int mpicmd_memcheck(Grid *g, const char *cmd, const MpicmdRun *run, const MemPlan *p,
+                    const char *why, const char *advice);
+
+/* The same check before the model is read: this rank's frozen weights (from config.json;
+ * BF16 unless its torch_dtype says float32 or float16, which are held as F32) against the
+ * node's share, so a model the node cannot hold is refused before it is loaded ("raise
+ * --tp"). A config.json that cannot be read passes (the loader reports it). Collective over
+ * world; 0 to go on or EXIT_USAGE. */
+int mpicmd_frozen_check(Grid *g, const char *cmd, const MpicmdRun *run);
 
 /* The end of a command: frees the option table, ends MPI; returns rc. */
 int mpicmd_end(Grid *g, ArgSpec *specs, int nspecs, int rc);

@@ -645,9 +645,11 @@ double llama_flops_per_token(const LlamaModel *m, int64_t T, double *n_big, doub
 }
 
 void llama_vocab_range(int64_t V, int tp, int r, int64_t *v0, int64_t *vl) {
-    const int64_t vper = (V + tp - 1) / tp;
-    *v0 = vper * r < V ? vper * r : V;
-    *vl = *v0 + vper <= V ? vper : V - *v0;
+    /* ceil(V / tp) without V + tp - 1, and vper * r only when it stays <= V: no overflow
+     * even at V = INT64_MAX */
+    const int64_t vper = V / tp + (V % tp != 0);
+    *v0 = r > 0 && vper > V / r ? V : vper * r;
+    *vl = vper <= V - *v0 ? vper : V - *v0;
 }
 
 /* ---------------------------------------------------------------- inference */

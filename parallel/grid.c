@@ -211,6 +211,15 @@ MPI_Comm grid_split_world(Grid *g, int color) {
     return c;
 }
 
+int grid_node_ranks(Grid *g) {
+    MPI_Comm shm;
+    MPI_Comm_split_type(g->world, MPI_COMM_TYPE_SHARED, g->world_rank, MPI_INFO_NULL, &shm);
+    int n = 1;
+    MPI_Comm_size(shm, &n);
+    MPI_Comm_free(&shm);
+    return n;
+}
+
 int grid_tp_nodes(Grid *g) {
     if (g->tp == 1) return 1;
     MPI_Comm shm;

@@ -85,5 +85,7 @@ const char *grid_mpi_version(char *buf, size_t n);
 /* Number of distinct shared-memory nodes spanned by the TP group (1 is what we want). */
 int grid_tp_nodes(Grid *g);
 void grid_barrier(Grid *g);
+/* Number of world ranks on this rank's shared-memory node (collective over world). */
+int grid_node_ranks(Grid *g);
 
 #endif

@@ -15,7 +15,8 @@ enum {
     EXIT_BAD_INPUT = 3, /* bad model, config or data files */
     EXIT_IO = 4,        /* cannot write outputs */
     EXIT_NONFINITE = 5, /* the loss or gradient became NaN/inf */
-    EXIT_FATAL = 70,    /* an internal error (SL_CHECK / SL_FATAL): a bug or out of memory */
+    EXIT_FATAL = 70,    /* an internal error (SL_CHECK / SL_FATAL): a bug, or memory the checks
+                           before allocating did not foresee (--no-memory-check) */
     EXIT_REQUEUE = 75,  /* stopped on SIGUSR1/SIGTERM after writing a checkpoint: requeue */
 };
 

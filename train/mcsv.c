@@ -46,10 +46,11 @@ static int mcsv_trim(const char *path, int64_t last) {
 /* Writes one row and flushes; the first failure is a warning. */
 static void mcsv_put(MCsv *c, const char *row) {
     if (!c->f || c->failed) return;
-    if (fputs(row, c->f) < 0 || fflush(c->f) != 0) {
+    ErrStatus st;
+    if (!afile_append_record(fileno(c->f), c->path, row, strlen(row), &st)) {
         c->failed = 1;
-        log_warn("%s: cannot write: %s; no more CSV rows (training goes on)", c->path,
-                 strerror(errno));
+        log_warn("%s; no more CSV rows (training goes on; the file ends with the last whole row)",
+                 st.msg);
     }
 }
 

@@ -13,6 +13,8 @@
 #include "../runtime/log.h"
 #include "../runtime/str.h"
 
+enum { REPORT_LINE_MAX = 1024 }; /* a metrics line is about 200 bytes */
+
 /* Keeps the metrics lines of steps <= last (a resumed run rewrites what came after). */
 static void report_trim_metrics(const char *path, int64_t last) {
     FILE *f = fopen(path, "r");
@@ -48,7 +50,7 @@ int report_open(Report *r, const char *out, Grid *g, int64_t first_step, int bar
     r->metrics = fopen(path, first_step > 1 ? "a" : "w");
     int ok =
         r->metrics != NULL || err_status_set(st, "%s: cannot write: %s", path, strerror(errno));
-    free(path);
+    r->metrics_path = path;
     r->resume_step = first_step > 1 ? first_step : 0;
     if (ok) { /* these two only warn when they cannot write: training goes on */
         mcsv_open(&r->csv, out, first_step);
@@ -61,6 +63,8 @@ void report_close(Report *r) {
     report_bar_clear(r);
     if (r->metrics) fclose(r->metrics);
     r->metrics = NULL;
+    free(r->metrics_path);
+    r->metrics_path = NULL;
     mcsv_close(&r->csv);
     tboard_close(&r->tb);
 }
@@ -70,17 +74,38 @@ const char *report_json_num(double x, char *buf, size_t n) {
     return str_fmt_double(x, buf, n); /* exact: a resumed run compares its evals with these */
 }
 
+/* One metrics line, formatted first and written whole (afile_append_record): a full disk
+ * leaves the file ending at the last whole line, so plot and resume still read it. The
+ * first failure is a warning; training goes on without more lines. */
+static void report_line(Report *r, const char *line, int n) {
+    if (!r->metrics || r->metrics_failed) return;
+    ErrStatus st;
+    char big[64];
+    if (n < 0 || n >= REPORT_LINE_MAX) {
+        snprintf(big, sizeof big, "a line of %d bytes is over the limit", n);
+        err_status_set(&st, "%s: cannot write: %s", r->metrics_path, big);
+    } else if (afile_append_record(fileno(r->metrics), r->metrics_path, line, (size_t)n, &st)) {
+        return;
+    }
+    r->metrics_failed = 1;
+    report_bar_clear(r);
+    log_warn("%s; no more metrics lines (training goes on; the file ends with the last whole "
+             "line)",
+             st.msg);
+}
+
 void report_step(Report *r, const TrainerStep *s, double epoch, double lr, double tps, double mfu) {
     if (!r->metrics) return;
-    char lb[32], gb[32];
-    fprintf(r->metrics,
-            "{\"step\": %lld, \"epoch\": %.6g, \"loss\": %s, \"lr\": %.9g, \"grad_norm\": %s, "
-            "\"tokens\": %lld, \"tokens_per_s\": %.3f, \"mfu\": %.5f%s%s}\n",
-            (long long)s->step, epoch, report_json_num(s->loss, lb, sizeof lb), lr,
-            report_json_num(s->grad_norm, gb, sizeof gb), (long long)s->counted, tps, mfu,
-            s->finite ? "" : ", \"skipped\": true",
-            s->step == r->resume_step ? ", \"resumed\": true" : "");
-    fflush(r->metrics);
+    char lb[32], gb[32], line[REPORT_LINE_MAX];
+    const int n =
+        snprintf(line, sizeof line,
+                 "{\"step\": %lld, \"epoch\": %.6g, \"loss\": %s, \"lr\": %.9g, \"grad_norm\": %s, "
+                 "\"tokens\": %lld, \"tokens_per_s\": %.3f, \"mfu\": %.5f%s%s}\n",
+                 (long long)s->step, epoch, report_json_num(s->loss, lb, sizeof lb), lr,
+                 report_json_num(s->grad_norm, gb, sizeof gb), (long long)s->counted, tps, mfu,
+                 s->finite ? "" : ", \"skipped\": true",
+                 s->step == r->resume_step ? ", \"resumed\": true" : "");
+    report_line(r, line, n);
     mcsv_step(&r->csv, s, epoch, lr, tps, mfu);
     tboard_train(&r->tb, s, epoch, lr, tps, mfu);
 }
@@ -91,13 +116,13 @@ void report_eval(Report *r, int64_t step, double epoch, double loss, int64_t tok
     log_info("eval at step %lld: loss %.4f | ppl %.3f | %lld tokens | %.1fs", (long long)step, loss,
              exp(loss), (long long)tokens, seconds);
     if (!r->metrics) return;
-    char lb[32], pb[32];
-    fprintf(r->metrics,
-            "{\"step\": %lld, \"epoch\": %.6g, \"eval_loss\": %s, \"eval_ppl\": %s, "
-            "\"eval_tokens\": %lld}\n",
-            (long long)step, epoch, report_json_num(loss, lb, sizeof lb),
-            report_json_num(exp(loss), pb, sizeof pb), (long long)tokens);
-    fflush(r->metrics);
+    char lb[32], pb[32], line[REPORT_LINE_MAX];
+    const int n = snprintf(line, sizeof line,
+                           "{\"step\": %lld, \"epoch\": %.6g, \"eval_loss\": %s, \"eval_ppl\": %s, "
+                           "\"eval_tokens\": %lld}\n",
+                           (long long)step, epoch, report_json_num(loss, lb, sizeof lb),
+                           report_json_num(exp(loss), pb, sizeof pb), (long long)tokens);
+    report_line(r, line, n);
     mcsv_eval(&r->csv, step, epoch, loss, tokens);
     tboard_eval(&r->tb, step, loss);
 }

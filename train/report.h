@@ -22,7 +22,10 @@
 typedef struct {
     const char *out; /* OUT */
     Grid *g;
-    FILE *metrics;       /* OUT/metrics.jsonl, world rank 0 */
+    FILE *metrics;       /* OUT/metrics.jsonl, world rank 0 (written with write(2), a line
+                            at a time: never a torn line) */
+    char *metrics_path;  /* its path (malloc'd) */
+    int metrics_failed;  /* a write failed: warned once, no more lines */
     int bar, shown;      /* a live progress bar is drawn / is on the screen */
     int64_t resume_step; /* the first step of a resumed run (its line says "resumed"), or 0 */
     MCsv csv;            /* OUT/metrics.csv, world rank 0 */

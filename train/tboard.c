@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../io/afile.h"
 #include "../io/crc32c.h"
 #include "../runtime/err.h"
 #include "../runtime/log.h"
@@ -53,10 +54,10 @@ static void tboard_write(TBoard *tb, const Sltb__Event *ev) {
     }
     sltb__event__pack(ev, tb->rec + 12);
     const size_t n = tboard_frame(tb->rec, tb->rec + 12, len);
-    if (fwrite(tb->rec, 1, n, tb->f) != n || fflush(tb->f) != 0) {
+    ErrStatus st; /* a whole record or none: readers stop at the last whole one */
+    if (!afile_append_record(fileno(tb->f), tb->path, tb->rec, n, &st)) {
         tb->failed = 1;
-        log_warn("%s: cannot write: %s; no more TensorBoard events (training goes on)", tb->path,
-                 strerror(errno));
+        log_warn("%s; no more TensorBoard events (training goes on)", st.msg);
     }
 }
 

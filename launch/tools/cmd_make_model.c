@@ -217,6 +217,11 @@ static int mm_config(MmOpts *o, HfcConfig *c, HfcArch *arch, StDtype *dtype) {
                 "shardlora make-model: heads must be a multiple of kv-heads and head-dim even\n");
         return EXIT_USAGE;
     }
+    ErrStatus st; /* sizes within what the loader accepts, before any tensor is made */
+    if (!hfc_validate(c, "config.json", &st)) {
+        fprintf(stderr, "shardlora make-model: %s\n", st.msg);
+        return EXIT_USAGE;
+    }
     *arch = a;
     *dtype = (StDtype)sdt;
     return 0;

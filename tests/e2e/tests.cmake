@@ -54,3 +54,4 @@ endforeach()
 # issue 15's safety nets: the lr schedule when --steps changes on resume, Ctrl-C (1 and 2
 # ranks, twice), time-based checkpoints, MFU <= 100% at a long sequence
 sl_e2e(e2e_train_ckpt train_ckpt.sh 300 PROCESSORS 2)
+sl_e2e(e2e_sizes sizes.sh 300)

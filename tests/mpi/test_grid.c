@@ -2,10 +2,10 @@
  * tp = 2 (ranks, sizes and members of tp_comm / dp_comm as DESIGN.md §2 says; tp = 4, 1 and
  * refused layouts), every counted collective's values and the bytes / calls it adds to its
  * category (and to no other), grid_agree / grid_agree_code (one rank prints, every rank gets
- * the verdict and the first failing rank's code), grid_split_world, and gsync buckets over
- * dp_comm, tp_comm and world started out of order: the same sums as MPI_Allreduce, the bytes
- * counted once per bucket, twice in a row. Every rank checks; rank 0 prints the verdict and
- * the exit status is non-zero on any rank's failure. */
+ * the verdict and the first failing rank's code), grid_split_world, grid_node_ranks (4 on one
+ * machine), and gsync buckets over dp_comm, tp_comm and world started out of order: the same
+ * sums as MPI_Allreduce, the bytes counted once per bucket, twice in a row. Every rank checks;
+ * rank 0 prints the verdict and the exit status is non-zero on any rank's failure. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -84,6 +84,8 @@ static void test_setup(Grid *g) {
     CHECK(grid_comm_rank(g->dp_comm) == g->dp_rank, "rank in dp_comm %d",
           grid_comm_rank(g->dp_comm));
     CHECK(members(g->world, m) == 4 && m[3] == 3, "world");
+    /* the test runs its 4 ranks on one machine */
+    CHECK(grid_node_ranks(g) == 4, "grid_node_ranks %d, expected 4", grid_node_ranks(g));
 
     /* other layouts on fresh Grids (MPI is up: grid_init does not own it) */
     Grid h;
