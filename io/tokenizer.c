@@ -634,6 +634,8 @@ static int tok_load_pre(Tokenizer *tk, json_t *o, const char *where, ErrStatus *
         p->kind = TOK_PRE_METASPACE;
         json_t *r = json_object_get(o, "replacement");
         if (!json_is_string(r)) return tok_err(st, tk, "%s.replacement: missing", where);
+        /* HF's replacement is one char; an empty one would match everywhere, without end */
+        if (json_string_length(r) == 0) return tok_err(st, tk, "%s.replacement: empty", where);
         p->litlen = json_string_length(r);
         p->lit = tok_strndup(json_string_value(r), p->litlen);
         if (!tok_parse_scheme(tk, o, &p->scheme, where, st)) return 0;

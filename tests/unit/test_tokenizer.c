@@ -267,7 +267,8 @@ static void test_nfc_nul(void) {
 }
 
 /* Issue 16's sanitizer findings: an empty vocab encodes to no ids (the word cache copied
- * from a NULL id list, UBSan), and a refused Replace normalizer frees its pattern (LSan). */
+ * from a NULL id list, UBSan), a refused Replace normalizer frees its pattern (LSan), an
+ * empty Metaspace replacement is refused (ASan: unbounded allocation). */
 static void test_sanitizer_findings(void) {
     Tokenizer *tk = load("{\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}");
     if (tk) {
@@ -281,6 +282,10 @@ static void test_sanitizer_findings(void) {
     check_error("{\"normalizer\":{\"type\":\"Replace\",\"pattern\":{\"String\":\"\"},"
                 "\"content\":\"x\"},\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}",
                 "normalizer.pattern: empty");
+    /* an empty Metaspace replacement matched at every offset until ASan's allocator gave up */
+    check_error("{\"pre_tokenizer\":{\"type\":\"Metaspace\",\"replacement\":\"\"},"
+                "\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}",
+                "pre_tokenizer.replacement: empty");
 }
 
 int main(void) {
