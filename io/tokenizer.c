@@ -562,8 +562,10 @@ static int tok_load_normalizer(Tokenizer *tk, json_t *o, const char *where, ErrS
     if (strcmp(t, "Sequence") == 0)
         return tok_load_sequence(tk, o, "normalizers", where, tok_load_normalizer, st);
     tk->norm = realloc(tk->norm, (tk->nnorm + 1) * sizeof *tk->norm);
+    SL_CHECK(tk->norm != NULL, "out of memory");
     TokNorm *n = &tk->norm[tk->nnorm];
     memset(n, 0, sizeof *n);
+    tk->nnorm++; /* counted now, so tok_free frees what a refused entry allocated */
     if (strcmp(t, "NFC") == 0) {
         n->kind = TOK_NORM_NFC;
     } else if (strcmp(t, "Prepend") == 0) {
@@ -582,7 +584,6 @@ static int tok_load_normalizer(Tokenizer *tk, json_t *o, const char *where, ErrS
     } else {
         return tok_err(st, tk, "unsupported normalizer type '%s' (%s)", t, where);
     }
-    tk->nnorm++;
     return 1;
 }
 
@@ -637,6 +638,8 @@ static int tok_load_pre(Tokenizer *tk, json_t *o, const char *where, ErrStatus *
         p->kind = TOK_PRE_METASPACE;
         json_t *r = json_object_get(o, "replacement");
         if (!json_is_string(r)) return tok_err(st, tk, "%s.replacement: missing", where);
+        /* HF's replacement is one char; an empty one would match everywhere, without end */
+        if (json_string_length(r) == 0) return tok_err(st, tk, "%s.replacement: empty", where);
         p->litlen = json_string_length(r);
         p->lit = tok_strndup(json_string_value(r), p->litlen);
         if (!tok_parse_scheme(tk, o, &p->scheme, where, st)) return 0;
@@ -1702,7 +1705,8 @@ static void tok_word_cached(Tokenizer *tk, const char *w, size_t n, TokIds *out)
     c->voff = (uint32_t)tk->cache_nids;
     c->vlen = (uint32_t)nv;
     tok_buf_put(&tk->cache_keys, w, n);
-    memcpy(tk->cache_ids + tk->cache_nids, out->ids + before, nv * sizeof *out->ids);
+    /* a word with no ids (an empty vocab) leaves out->ids NULL: memcpy must not see it */
+    if (nv > 0) memcpy(tk->cache_ids + tk->cache_nids, out->ids + before, nv * sizeof *out->ids);
     tk->cache_nids += nv;
     tk->cache_used++;
 }

@@ -291,6 +291,7 @@ int llama_load(LlamaModel *m, const char *dir, const Grid *g, MemCtx *mem, ErrSt
     ok = 1;
 done:
     st_dir_close(&d);
+    if (!ok) llama_free(m, mem); /* the shards read before the refusal */
     return ok;
 }
 

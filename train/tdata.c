@@ -194,8 +194,8 @@ static void tdata_log_plan(const char *what, const PackPlan *p, int pack) {
              (long long)p->dropped, (long long)p->tokens_cut);
 }
 
-int tdata_load(TrainData *d, const TdataOpts *o, Grid *g, int *exit_code) {
-    memset(d, 0, sizeof *d);
+/* tdata_load's steps; on failure d holds what was set up so far (tdata_free releases it). */
+static int tdata_load_parts(TrainData *d, const TdataOpts *o, Grid *g, int *exit_code) {
     *exit_code = EXIT_BAD_INPUT;
     ErrStatus st;
     err_status_ok(&st);
@@ -285,12 +285,19 @@ int tdata_load(TrainData *d, const TdataOpts *o, Grid *g, int *exit_code) {
     return 1;
 }
 
+int tdata_load(TrainData *d, const TdataOpts *o, Grid *g, int *exit_code) {
+    memset(d, 0, sizeof *d);
+    if (tdata_load_parts(d, o, g, exit_code)) return 1;
+    tdata_free(d); /* a refusal frees what it loaded, so the exit status survives LeakSanitizer */
+    return 0;
+}
+
 void tdata_free(TrainData *d) {
     pack_order_free(&d->order);
     pack_plan_free(&d->train);
     if (d->has_eval) pack_plan_free(&d->eval);
     if (d->train_cache.nparts) tcache_close(&d->train_cache);
-    if (d->have_eval_cache) tcache_close(&d->eval_cache);
+    if (d->eval_cache.nparts) tcache_close(&d->eval_cache);
     free(d->train_docs);
     free(d->eval_docs);
     if (d->tk) tok_free(d->tk);

@@ -90,6 +90,9 @@ COMMON=(--model "$W/model" --data "$W/data.jsonl" --seq-len 64 --steps 5 --lr 3e
         --threads 1 --optimizer sgd --momentum 0.9)
 "$SL" train "${COMMON[@]}" --out "$W/dp1" --micro-batch 4 > /dev/null
 mpiexec --oversubscribe -n 2 "$SL" train "${COMMON[@]}" --out "$W/dp2" --micro-batch 2 > /dev/null
+# the noise floor, as tests/mpi/layouts.sh takes it: dp=1 again with the reference kernels
+# (the same sums in another order)
+"$SL" train "${COMMON[@]}" --out "$W/dp1-refkernels" --micro-batch 4 --kernels reference > /dev/null
 "$PY" - "$W" <<'PY'
 import json, struct, sys
 import numpy as np
@@ -99,15 +102,27 @@ def tensors(d):
     b = open(f"{w}/{d}/adapter/adapter_model.safetensors", "rb").read()
     n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n]); h.pop("__metadata__", None)
     return {k: np.frombuffer(b[8 + n + v["data_offsets"][0]: 8 + n + v["data_offsets"][1]], np.float32) for k, v in h.items()}
-l1, l2 = losses("dp1"), losses("dp2")
-err = max(abs(a - b) / abs(a) for a, b in zip(l1, l2))
-t1, t2 = tensors("dp1"), tensors("dp2")
-# the adapters after 5 SGD steps: each tensor within 1e-5 (||a - b|| / ||b||) and each element
-# within 1e-5 of the tensor's largest (measured: 6e-7 and 5e-7)
-aerr = max(float(np.max(np.abs(t1[k] - t2[k])) / max(float(np.max(np.abs(t1[k]))), 1e-12)) for k in t1)
-nerr = max(float(np.linalg.norm(t1[k] - t2[k]) / max(float(np.linalg.norm(t1[k])), 1e-12)) for k in t1)
-print(f"dp=2 vs dp=1: loss max rel err {err:.2e}, adapter tensors rel err {nerr:.2e} (tol 1e-5), "
-      f"elements {aerr:.2e} (tol 1e-5)")
-assert err < 1e-5 and nerr < 1e-5 and aerr < 1e-5, "data-parallel run differs from the single-rank run"
+def errs(a, b):
+    """loss: max relative error per step; tensors: ||a - b|| / ||a||; elements: max |a - b| /
+    max |a|, each the worst over the adapter's tensors"""
+    la, lb, ta, tb = losses(a), losses(b), tensors(a), tensors(b)
+    loss = max(abs(x - y) / abs(x) for x, y in zip(la, lb))
+    norm = max(float(np.linalg.norm(ta[k] - tb[k]) / max(float(np.linalg.norm(ta[k])), 1e-12)) for k in ta)
+    elem = max(float(np.max(np.abs(ta[k] - tb[k])) / max(float(np.max(np.abs(ta[k]))), 1e-12)) for k in ta)
+    return loss, norm, elem
+# The adapters after 5 SGD steps. Measured over --seed 1..5 on the 2-core AVX-512 test
+# machine, the worst of the five, at -O3 (Release) / -O1 (the ASan + UBSan build):
+#   dp=2 vs dp=1:                 loss 1.1e-8 / 1.1e-8, tensors 6.9e-7 / 6.6e-7, elements 7.6e-7 / 1.0e-6
+#   reference vs fast kernels:    loss 1.3e-8 / 1.4e-8, tensors 8.8e-7 / 9.6e-7, elements 1.2e-6 / 1.1e-6
+# so dp=2 sits at the noise floor of summation order at both levels; 1e-5 for all three is
+# about 8x the largest element error seen, and far below a missing gradient sync (each rank
+# training on its half of the batch: 0.58 on a tensor's norm, measured as dp=1 at B=2).
+TOL = 1e-5
+err, nerr, aerr = errs("dp1", "dp2")
+floor = errs("dp1", "dp1-refkernels")
+print(f"dp=2 vs dp=1: loss max rel err {err:.2e}, adapter tensors rel err {nerr:.2e}, "
+      f"elements {aerr:.2e} (tol {TOL:g}); noise floor (reference kernels at dp=1): "
+      f"loss {floor[0]:.2e}, tensors {floor[1]:.2e}, elements {floor[2]:.2e}")
+assert err < TOL and nerr < TOL and aerr < TOL, "data-parallel run differs from the single-rank run"
 PY
 echo "train_cli: OK"
