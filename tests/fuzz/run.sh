@@ -17,9 +17,15 @@ CC_FUZZ="${CC_FUZZ:-clang}"
 FUZZ_DIR="$ROOT/tests/fuzz"
 WORK="$BUILD/fuzz-work"
 
-CC="$CC_FUZZ" cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHARDLORA_FUZZ=ON \
-  -DSHARDLORA_BUILD_TESTS=OFF -DSHARDLORA_BUILD_BENCHMARKS=OFF >/dev/null
-cmake --build "$BUILD" --target fuzz_all -j "$JOBS" >/dev/null
+# The build's output (clang's remarks on vectorisation hints included) is shown on failure.
+mkdir -p "$BUILD"
+if ! { CC="$CC_FUZZ" cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+         -DSHARDLORA_FUZZ=ON -DSHARDLORA_BUILD_TESTS=OFF -DSHARDLORA_BUILD_BENCHMARKS=OFF &&
+       cmake --build "$BUILD" --target fuzz_all -j "$JOBS"; } >"$BUILD/fuzz-build.log" 2>&1; then
+  cat "$BUILD/fuzz-build.log" >&2
+  echo "fuzz: the fuzz build failed (is clang with libFuzzer installed? launch/install-deps.sh)" >&2
+  exit 1
+fi
 
 harnesses=()
 for src in "$FUZZ_DIR"/fuzz_*.c; do
