@@ -23,6 +23,7 @@
 #define PEFT_MAX_CONFIG ((size_t)64 << 20)
 #include <errno.h>
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <pcre2.h>
 #include <stdio.h>
@@ -242,9 +243,12 @@ static int peft_get_patterns(json_t *root, const char *path, const char *key, in
     json_t *val;
     json_object_foreach(v, name, val) {
         PeftPattern *p = &(*out)[*n];
-        if (integer ? !json_is_integer(val) || json_integer_value(val) < 1 : !json_is_number(val))
+        /* A rank is an int (peft_module_rank): larger values are refused, not truncated. */
+        if (integer ? !json_is_integer(val) || json_integer_value(val) < 1 ||
+                          json_integer_value(val) > INT_MAX
+                    : !json_is_number(val))
             return err_status_set(st, "%s: %s['%s'] must be %s", path, key, name,
-                                  integer ? "a positive integer" : "a number");
+                                  integer ? "a positive integer below 2^31" : "a number");
         p->key = peft_strdup(name);
         p->value = json_number_value(val);
         /* PEFT: re.match(rf"(.*\.)?({key})$", module_name) */

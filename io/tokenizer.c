@@ -1705,7 +1705,7 @@ static void tok_word_cached(Tokenizer *tk, const char *w, size_t n, TokIds *out)
     c->voff = (uint32_t)tk->cache_nids;
     c->vlen = (uint32_t)nv;
     tok_buf_put(&tk->cache_keys, w, n);
-    /* a word with no ids (an empty vocab) leaves out->ids NULL: memcpy must not see it */
+    /* A word may give no ids (and the cache no buffer yet): NULL + 0 is undefined in C. */
     if (nv > 0) memcpy(tk->cache_ids + tk->cache_nids, out->ids + before, nv * sizeof *out->ids);
     tk->cache_nids += nv;
     tk->cache_used++;

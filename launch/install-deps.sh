@@ -17,6 +17,7 @@ PACKAGES=(
   fortunes                                    # public-domain quotes: the quick start's text
   procps                                      # pgrep / pkill: the tests' clean-up of stray ranks
   clang-format                                # the format check (tests/format/check.sh)
+  clang libclang-rt-14-dev libomp-dev         # the fuzz build (tests/fuzz/run.sh): clang, libFuzzer, OpenMP
 )
 
 missing=()

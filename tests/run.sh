@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the tests need, builds shardlora with warnings as errors, and runs the whole
 # CTest suite (labels: unit, reference, e2e, ...); then builds a second tree with ASan + UBSan
-# (build-san/, -DSHARDLORA_SANITIZE=ON) and runs the tests labelled sanitize in it.
-# Usage: tests/run.sh [extra ctest args]. The sanitized pass runs when no ctest arguments are
-# given (the whole suite, as CI runs it); SHARDLORA_SANITIZE_PASS=1 runs it anyway (with the
-# same arguments, e.g. -R test_tokenizer), =0 skips it.
+# (build-san/, -DSHARDLORA_SANITIZE=ON) and runs the tests labelled sanitize in it; then the
+# fuzz harnesses for a bounded time (tests/fuzz/run.sh: FUZZ_SECONDS per harness, $JOBS at a
+# time, default 20; 0 runs only the committed crash inputs; FUZZ_SECONDS=skip leaves fuzzing
+# out). Usage: tests/run.sh [extra ctest args]. The sanitized pass and the fuzz step run when
+# no ctest arguments are given (the whole suite, as CI runs it); SHARDLORA_SANITIZE_PASS=1
+# runs the sanitized pass anyway (with the same arguments, e.g. -R test_tokenizer), =0 skips it.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,13 +28,21 @@ cd "$BUILD"
 # Tests run $JOBS at a time (those that need the whole machine are marked RUN_SERIAL).
 ctest --output-on-failure --timeout 900 -j "$JOBS" "$@"
 
-[ "$SAN_PASS" = 1 ] || exit 0
-# The sanitized pass: -O1 -g, ASan (with LeakSanitizer at exit) and UBSan, any report fatal.
-# Which tests carry the label and why the others do not: tests/README.md.
-cmake -S "$ROOT" -B "$SAN_BUILD" -DCMAKE_BUILD_TYPE=Release -DSHARDLORA_WERROR=ON \
-  -DSHARDLORA_SANITIZE=ON -DSHARDLORA_BUILD_BENCHMARKS=OFF
-cmake --build "$SAN_BUILD" -j "$JOBS"
-# shellcheck source=tests/sanitize/env.sh
-. "$ROOT/tests/sanitize/env.sh"
-cd "$SAN_BUILD"
-ctest --output-on-failure --timeout 900 -j "$JOBS" -L sanitize "$@"
+if [ "$SAN_PASS" = 1 ]; then
+  # The sanitized pass: -O1 -g, ASan (with LeakSanitizer at exit) and UBSan, any report fatal.
+  # Which tests carry the label and why the others do not: tests/README.md.
+  cmake -S "$ROOT" -B "$SAN_BUILD" -DCMAKE_BUILD_TYPE=Release -DSHARDLORA_WERROR=ON \
+    -DSHARDLORA_SANITIZE=ON -DSHARDLORA_BUILD_BENCHMARKS=OFF
+  cmake --build "$SAN_BUILD" -j "$JOBS"
+  (
+    # shellcheck source=tests/sanitize/env.sh
+    . "$ROOT/tests/sanitize/env.sh"
+    cd "$SAN_BUILD"
+    ctest --output-on-failure --timeout 900 -j "$JOBS" -L sanitize "$@"
+  )
+fi
+
+FUZZ_SECONDS="${FUZZ_SECONDS:-20}"
+if [ $# -eq 0 ] && [ "$FUZZ_SECONDS" != skip ]; then
+  FUZZ_JOBS="$JOBS" "$ROOT/tests/fuzz/run.sh" "$FUZZ_SECONDS"
+fi
