@@ -3,7 +3,7 @@
 # CTest suite (labels: unit, reference, e2e, ...); then builds a second tree with ASan + UBSan
 # (build-san/, -DSHARDLORA_SANITIZE=ON) and runs the tests labelled sanitize in it; then the
 # fuzz harnesses for a bounded time (tests/fuzz/run.sh: FUZZ_SECONDS per harness, $JOBS at a
-# time, default 20; 0 runs only the committed crash inputs; FUZZ_SECONDS=skip leaves fuzzing
+# time, default 10; 0 runs only the committed crash inputs; FUZZ_SECONDS=skip leaves fuzzing
 # out). Usage: tests/run.sh [extra ctest args]. The sanitized pass and the fuzz step run when
 # no ctest arguments are given (the whole suite, as CI runs it); SHARDLORA_SANITIZE_PASS=1
 # runs the sanitized pass anyway (with the same arguments, e.g. -R test_tokenizer), =0 skips it.
@@ -42,7 +42,7 @@ if [ "$SAN_PASS" = 1 ]; then
   )
 fi
 
-FUZZ_SECONDS="${FUZZ_SECONDS:-20}"
+FUZZ_SECONDS="${FUZZ_SECONDS:-10}"
 if [ $# -eq 0 ] && [ "$FUZZ_SECONDS" != skip ]; then
   FUZZ_JOBS="$JOBS" "$ROOT/tests/fuzz/run.sh" "$FUZZ_SECONDS"
 fi
