@@ -770,6 +770,37 @@ static void adio_card_sections(AdioBuf *b, const json_t *x) {
     }
 }
 
+/* The kinds of tensor in the file, from the tensors themselves: per-module suffixes (after
+ * "<module>_proj.") with the first one's shape, and shared tensors by name. */
+static void adio_card_tensor_kinds(AdioBuf *b, const AdioTensor *t, int n) {
+    const char *seen[16];
+    int first[16], nseen = 0; /* per suffix, the tensor with the smallest name */
+    for (int k = 0; k < n; k++) {
+        const char *p = strstr(t[k].name, "_proj.");
+        const char *suffix = p ? p + 6 : t[k].name;
+        int j = 0;
+        while (j < nseen && strcmp(seen[j], suffix) != 0)
+            j++;
+        if (j == nseen) {
+            if (nseen == 16) continue;
+            seen[nseen] = suffix;
+            first[nseen++] = k;
+        } else if (strcmp(t[k].name, t[first[j]].name) < 0) {
+            first[j] = k;
+        }
+    }
+    for (int j = 0; j < nseen; j++) {
+        const AdioTensor *x = &t[first[j]];
+        const int per_module = seen[j] != x->name;
+        if (x->rows)
+            adio_printf(b, "%s `%s%s` [%lld, %lld]", j ? "," : "", per_module ? "<module>." : "",
+                        seen[j], (long long)x->rows, (long long)x->cols);
+        else
+            adio_printf(b, "%s `%s%s` [%lld]", j ? "," : "", per_module ? "<module>." : "", seen[j],
+                        (long long)x->cols);
+    }
+}
+
 static char *adio_card(const AdioCfg *c, const AdioTensor *t, int n, const AdioCard *card) {
     AdioBuf b = {NULL, 0, 0};
     json_t *extra = adio_card_extra(card);
@@ -842,36 +873,9 @@ static char *adio_card(const AdioCfg *c, const AdioTensor *t, int n, const AdioC
         adio_printf(&b, " %lld optimizer step%s", (long long)card->step,
                     card->step == 1 ? "" : "s");
     if (card && card->tp > 0) adio_printf(&b, " at tp=%d x dp=%d", card->tp, card->dp);
-    /* the kinds of tensor in the file, from the tensors themselves: per-module suffixes
-     * (after "<module>_proj.") with the first one's shape, and shared tensors by name */
     adio_printf(&b, ".\nThe files are in PEFT's format: `adapter_config.json` and "
                     "`adapter_model.safetensors` (float32:");
-    const char *seen[16];
-    int first[16], nseen = 0; /* per suffix, the tensor with the smallest name */
-    for (int k = 0; k < n; k++) {
-        const char *p = strstr(t[k].name, "_proj.");
-        const char *suffix = p ? p + 6 : t[k].name;
-        int j = 0;
-        while (j < nseen && strcmp(seen[j], suffix) != 0)
-            j++;
-        if (j == nseen) {
-            if (nseen == 16) continue;
-            seen[nseen] = suffix;
-            first[nseen++] = k;
-        } else if (strcmp(t[k].name, t[first[j]].name) < 0) {
-            first[j] = k;
-        }
-    }
-    for (int j = 0; j < nseen; j++) {
-        const AdioTensor *x = &t[first[j]];
-        const int per_module = seen[j] != x->name;
-        if (x->rows)
-            adio_printf(&b, "%s `%s%s` [%lld, %lld]", j ? "," : "", per_module ? "<module>." : "",
-                        seen[j], (long long)x->rows, (long long)x->cols);
-        else
-            adio_printf(&b, "%s `%s%s` [%lld]", j ? "," : "", per_module ? "<module>." : "",
-                        seen[j], (long long)x->cols);
-    }
+    adio_card_tensor_kinds(&b, t, n);
     adio_printf(&b, "; <module> like `base_model.model.model.layers.0.mlp.down_proj`, the shapes "
                     "of the first by name).\n\n");
     adio_printf(&b, "## Adapter\n\n| setting | value |\n|---|---|\n");
