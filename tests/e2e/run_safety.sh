@@ -31,16 +31,8 @@ same() { if snap "$2" | cmp -s - "$3"; then pass "$1: OUT unchanged"; else fail 
 says() { grep -q -- "$2" "$W/$1.log" && pass "$1: says '$2'" || { fail "$1: no '$2'"; tail -3 "$W/$1.log"; }; }
 status() { [ "$2" -eq "$3" ] && pass "$1: exit $2" || { fail "$1: exit $2 (want $3)"; tail -3 "$W/$1.log"; }; }
 
-"$SL" make-model --out "$W/m" --layers 2 --hidden 64 --ffn 128 --heads 4 --kv-heads 2 --vocab 259 --seed 3 > /dev/null \
-  || { echo "FAIL: make-model"; exit 1; }
-"$PY" - /usr/share/common-licenses/GPL-3 "$W" <<'PY'
-import json, sys
-b = open(sys.argv[1], 'rb').read()[:64 * 41]
-with open(sys.argv[2] + "/data.jsonl", "w") as f:
-    for i in range(0, 64 * 40, 64): f.write(json.dumps({"input_ids": list(b[i:i + 64])}) + "\n")
-with open(sys.argv[2] + "/other.jsonl", "w") as f:
-    for i in range(0, 64 * 36, 64): f.write(json.dumps({"input_ids": list(b[i:i + 64])}) + "\n")
-PY
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+e2e_model_and_data "$SL" "$PY" "$W"
 D=(--data "$W/data.jsonl")
 O="$W/run"
 run2 first "${D[@]}" --out "$O" --steps 4 --eval-split 0.1 || { fail "the first (2-rank) run failed"; tail "$W/first.log"; }

@@ -32,16 +32,8 @@ refused() {
   else fail "$n: exit $rc (want $code), $lines error lines, pattern '$pat'"; tail -3 "$W/$n.log"; fi
 }
 
-"$SL" make-model --out "$W/m" --layers 2 --hidden 64 --ffn 128 --heads 4 --kv-heads 2 --vocab 259 --seed 3 > /dev/null \
-  || { echo "FAIL: make-model"; exit 1; }
-"$PY" - /usr/share/common-licenses/GPL-3 "$W" <<'PY'
-import json, sys
-b = open(sys.argv[1], 'rb').read()[:64 * 41]
-with open(sys.argv[2] + "/data.jsonl", "w") as f:
-    for i in range(0, 64 * 40, 64): f.write(json.dumps({"input_ids": list(b[i:i + 64])}) + "\n")
-with open(sys.argv[2] + "/other.jsonl", "w") as f:
-    for i in range(0, 64 * 36, 64): f.write(json.dumps({"input_ids": list(b[i:i + 64])}) + "\n")
-PY
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+e2e_model_and_data "$SL" "$PY" "$W"
 D=(--model "$W/m" --data "$W/data.jsonl")
 
 # ---- epochs: dp=2 (global batch 4) to 0.5 epochs, resumed at dp=1 (global batch 2) to 1 epoch
