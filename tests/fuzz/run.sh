@@ -10,7 +10,7 @@ SECONDS_EACH="${1:-30}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BUILD="${SHARDLORA_FUZZ_BUILD_DIR:-$ROOT/build-fuzz}"
 JOBS="${FUZZ_JOBS:-2}"            # harnesses fuzzed at the same time
-HARNESS_FILTER="${FUZZ_ONLY:-}"   # e.g. FUZZ_ONLY=fuzz_peft: one harness
+HARNESS_FILTER="${FUZZ_ONLY:-}"   # e.g. FUZZ_ONLY="fuzz_peft fuzz_chat": only these
 RSS_LIMIT_MB=2048                 # libFuzzer's out-of-memory limit per harness
 TIMEOUT_S=10                      # one input running longer is a failure
 CC_FUZZ="${CC_FUZZ:-clang}"
@@ -31,7 +31,7 @@ harnesses=()
 for src in "$FUZZ_DIR"/fuzz_*.c; do
   h="$(basename "$src" .c)"
   [ "$h" = fuzz_common ] && continue
-  [ -n "$HARNESS_FILTER" ] && [ "$h" != "$HARNESS_FILTER" ] && continue
+  [ -n "$HARNESS_FILTER" ] && [[ " $HARNESS_FILTER " != *" $h "* ]] && continue
   harnesses+=("$h")
 done
 rm -rf "$WORK"
