@@ -37,9 +37,11 @@
 #define TC_MAGIC "SLTOKP01"
 #define TC_F_POS 1u
 #define TC_BYTE_ORDER 0x01020304u
-#define TC_EDGE (64 * 1024) /* bytes hashed at each end of a data file */
-#define TC_IO (1 << 20)     /* buffer of each stream */
-#define TC_LOG_BAD 5        /* skipped lines logged one by one */
+#define TC_EDGE (64 * 1024)             /* bytes hashed at each end of a data file */
+#define TC_IO (1 << 20)                 /* buffer of each stream */
+#define TC_LOG_BAD 5                    /* skipped lines logged one by one */
+#define TC_MAX_LINE ((size_t)256 << 20) /* bytes of one JSONL line: far beyond any example */
+#define TC_MAX_PARTS (1 << 20)          /* parts of a cache: one per rank that built it */
 
 typedef struct {
     char magic[8];        /* "SLTOKP01" */
@@ -398,7 +400,7 @@ typedef struct {
     TcStats *stats;
     TcPartWriter w;
     DsExample ex;
-    char *line; /* getline's */
+    char *line; /* str_getline's */
     size_t line_cap;
     char *scratch; /* [TC_IO] for counting newlines */
 } TcBuild;
@@ -434,12 +436,13 @@ static int tc_bad_line(TcBuild *b, TcInput *in, const char *reason, ErrStatus *s
 static int tc_read_range(TcBuild *b, TcInput *in, int64_t lo, int64_t hi, ErrStatus *st) {
     int64_t at = lo;
     ssize_t n;
+    int cut = 0;
     if (lo > 0) {
         /* lo is a line start only if the byte before it is '\n': otherwise the line that
          * holds lo belongs to the previous part, and this one starts after it */
         if (fseeko(in->f, (off_t)(lo - 1), SEEK_SET) != 0)
             return err_status_set(st, "%s: cannot seek: %s", in->path, strerror(errno));
-        n = getline(&b->line, &b->line_cap, in->f);
+        n = str_getline(&b->line, &b->line_cap, in->f, TC_MAX_LINE, &cut);
         at = n > 0 ? lo - 1 + n : hi;
     }
     in->first = at;
@@ -447,10 +450,20 @@ static int tc_read_range(TcBuild *b, TcInput *in, int64_t lo, int64_t hi, ErrSta
     in->lines_before = -1;
     TcStats *stats = b->stats;
     ErrStatus lst;
-    while (at < hi && (n = getline(&b->line, &b->line_cap, in->f)) > 0) {
+    while (at < hi && (n = str_getline(&b->line, &b->line_cap, in->f, TC_MAX_LINE, &cut)) > 0) {
         const int64_t start = at;
         at += n;
         in->nread++;
+        if (cut) {
+            char reason[160];
+            snprintf(reason, sizeof reason,
+                     "a line of %lld bytes, longer than the %zu MiB one example may have "
+                     "(JSONL holds one example per line)",
+                     (long long)n, TC_MAX_LINE >> 20);
+            stats->lines++;
+            if (!tc_bad_line(b, in, reason, st)) return 0;
+            continue;
+        }
         char *s = b->line;
         size_t len = (size_t)n;
         if (len && s[len - 1] == '\n') len--;
@@ -715,7 +728,7 @@ static int tc_read_index(TokCache *c, const char *dir, const char *fingerprint, 
                        (long long)version, TCACHE_VERSION);
     else if (!fp || strcmp(fp, fingerprint) != 0)
         err_status_set(st, "%s: made from other data or tokenizer settings", dir);
-    else if (nparts < 1 || nparts > INT_MAX / 2 || bad)
+    else if (nparts < 1 || nparts > TC_MAX_PARTS || bad)
         err_status_set(st, "%s: damaged (a count is missing or negative)", path);
     else
         ok = 1;

@@ -29,11 +29,14 @@
 #include "../parallel/grid.h"
 #include "../runtime/log.h"
 #include "../runtime/sizes.h"
+#include "../runtime/str.h"
 #include "../runtime/timer.h"
 #include "../train/session.h"
 #include "args.h"
 #include "cmds.h"
 #include "mpicmd.h"
+
+#define GEN_LINE_MAX ((size_t)64 << 20) /* bytes of one line of --prompts */
 
 static const char GEN_USAGE[] = "[mpirun -np N] shardlora generate --model DIR [--adapter DIR] "
                                 "(--prompt TEXT | --prompts FILE) [options]";
@@ -265,8 +268,16 @@ static int gen_read_prompts(const GenOpts *o, Tokenizer *tk, ChatFormat f, int64
         size_t lcap = 0;
         ssize_t len;
         long lineno = 0;
-        while (ok && (len = getline(&line, &lcap, fp)) >= 0) {
+        int cut;
+        while (ok && (len = str_getline(&line, &lcap, fp, GEN_LINE_MAX, &cut)) >= 0) {
             lineno++;
+            if (cut) {
+                ok = err_status_set(st,
+                                    "%s:%ld: a line of %lld bytes, longer than the %zu MiB a "
+                                    "prompt may have",
+                                    o->prompts, lineno, (long long)len, GEN_LINE_MAX >> 20);
+                break;
+            }
             while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
                 line[--len] = 0;
             size_t k = 0;

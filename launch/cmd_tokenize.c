@@ -7,8 +7,11 @@
 #include <string.h>
 
 #include "../io/tokenizer.h"
+#include "../runtime/str.h"
 #include "args.h"
 #include "cmds.h"
+
+#define TOKCLI_LINE_MAX ((size_t)256 << 20) /* bytes of one --jsonl line of stdin */
 
 static char *tokenize_read_all(FILE *f, size_t *n) {
     size_t cap = 1 << 16, len = 0;
@@ -170,8 +173,15 @@ static int tokenize_lines(Tokenizer *tk, int decode, int add_special, TokIds *id
     size_t cap = 0;
     ssize_t len;
     long lineno = 0;
-    while (rc == 0 && (len = getline(&line, &cap, stdin)) >= 0) {
+    int cut;
+    while (rc == 0 && (len = str_getline(&line, &cap, stdin, TOKCLI_LINE_MAX, &cut)) >= 0) {
         lineno++;
+        if (cut) {
+            fprintf(stderr, "shardlora tokenize: stdin line %ld: %lld bytes, longer than %zu MiB\n",
+                    lineno, (long long)len, TOKCLI_LINE_MAX >> 20);
+            rc = EXIT_BAD_INPUT;
+            break;
+        }
         json_error_t je;
         tokcli_fix_surrogates(line, (size_t)len);
         json_t *v = json_loadb(line, (size_t)len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);

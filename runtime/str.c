@@ -1,6 +1,7 @@
 /* String and buffer helpers (see str.h). */
 #include "str.h"
 
+#include <limits.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,6 +44,34 @@ void *str_xrealloc(void *p, size_t n) {
     void *q = realloc(p, n ? n : 1);
     SL_CHECK(q != NULL, "out of memory (%zu bytes)", n);
     return q;
+}
+
+ssize_t str_getline(char **line, size_t *cap, FILE *f, size_t max, int *cut) {
+    size_t n = 0, kept = 0;
+    int c;
+    *cut = 0;
+    flockfile(f);
+    while ((c = getc_unlocked(f)) != EOF) {
+        if (kept < max) {
+            if (kept + 2 > *cap) {
+                size_t want = *cap < 256 ? 256 : *cap * 2;
+                if (want > max + 1) want = max + 1;
+                if (want < kept + 2) want = kept + 2;
+                *line = str_xrealloc(*line, want);
+                *cap = want;
+            }
+            (*line)[kept++] = (char)c;
+        } else {
+            *cut = 1;
+        }
+        n++;
+        if (c == '\n') break;
+    }
+    funlockfile(f);
+    if (n == 0) return -1;
+    if (*cap == 0) *line = str_xrealloc(*line, *cap = 1);
+    (*line)[kept] = 0;
+    return n > (size_t)SSIZE_MAX ? SSIZE_MAX : (ssize_t)n;
 }
 
 char *str_read_stream(FILE *f, size_t *n) {

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 /* Copies of s (malloc'd; never NULL). str_ndup copies at most n bytes and terminates. */
 char *str_dup(const char *s);
@@ -18,6 +19,12 @@ char *str_join_path(const char *dir, const char *name);
 void *str_xrealloc(void *p, size_t n);
 /* Everything left in f (malloc'd, NUL-terminated, *n its length without the NUL). */
 char *str_read_stream(FILE *f, size_t *n);
+/* getline(3) with a bound: reads one line of f up to and including '\n' and returns the
+ * number of bytes read (-1 at the end of f, or on a read error: check ferror), keeping at
+ * most the first `max` of them in *line (grown as needed, NUL-terminated, may hold NULs).
+ * *cut = 1 when the line was longer than max (its rest is read and dropped, so file offsets
+ * stay right), else 0. A file with no newline cannot make it allocate more than max + 1. */
+ssize_t str_getline(char **line, size_t *cap, FILE *f, size_t max, int *cut);
 /* The names name_at(0), name_at(1), ... up to the first NULL, joined by sep, into buf [n]
  * (truncated to fit; "" when there are none), e.g. a registry's names for help texts. */
 void str_join_names(char *buf, size_t n, const char *sep, const char *(*name_at)(int i));

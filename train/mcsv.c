@@ -11,6 +11,9 @@
 #include "../runtime/log.h"
 #include "../runtime/str.h"
 
+/* a longer metrics.csv line was not written by shardlora: dropped when trimming */
+#define MCSV_LINE_MAX ((size_t)1 << 20)
+
 /* x in its shortest round-trip form; nan, inf or -inf when it is not finite (what Python's
  * float() and pandas read). */
 static const char *mcsv_num(double x, char *buf, size_t n) {
@@ -28,8 +31,9 @@ static int mcsv_trim(const char *path, int64_t last) {
     char *line = NULL, *keep = str_dup(MCSV_HEADER "\n");
     size_t cap = 0, klen = strlen(keep);
     ssize_t n;
-    while ((n = getline(&line, &cap, f)) > 0) {
-        if (!(line[0] >= '0' && line[0] <= '9' && atoll(line) <= last)) continue;
+    int cut;
+    while ((n = str_getline(&line, &cap, f, MCSV_LINE_MAX, &cut)) > 0) {
+        if (cut || !(line[0] >= '0' && line[0] <= '9' && atoll(line) <= last)) continue;
         keep = realloc(keep, klen + (size_t)n + 1);
         SL_CHECK(keep, "out of memory");
         memcpy(keep + klen, line, (size_t)n);

@@ -14,6 +14,8 @@
 #include "../runtime/str.h"
 
 enum { REPORT_LINE_MAX = 1024 }; /* a metrics line is about 200 bytes */
+/* a longer line in metrics.jsonl was not written by shardlora: skipped when read back */
+#define REPORT_METRICS_MAX ((size_t)1 << 20)
 
 /* Keeps the metrics lines of steps <= last (a resumed run rewrites what came after). */
 static void report_trim_metrics(const char *path, int64_t last) {
@@ -22,8 +24,10 @@ static void report_trim_metrics(const char *path, int64_t last) {
     char *line = NULL, *keep = NULL;
     size_t cap = 0, klen = 0;
     ssize_t n;
-    while ((n = getline(&line, &cap, f)) > 0) {
+    int cut;
+    while ((n = str_getline(&line, &cap, f, REPORT_METRICS_MAX, &cut)) > 0) {
         long long st = -1;
+        if (cut) continue; /* not a line shardlora wrote */
         const char *p = strstr(line, "\"step\": ");
         if (p) st = atoll(p + 8);
         if (st < 0 || st > last) continue;
@@ -134,8 +138,9 @@ void report_best_eval(const char *out, int64_t last, double *loss, int64_t *step
     if (!f) return;
     char *line = NULL;
     size_t cap = 0;
-    while (getline(&line, &cap, f) > 0) {
-        json_t *j = json_loads(line, 0, NULL);
+    int cut;
+    while (str_getline(&line, &cap, f, REPORT_METRICS_MAX, &cut) > 0) {
+        json_t *j = cut ? NULL : json_loads(line, 0, NULL);
         const json_t *s = json_object_get(j, "step"), *e = json_object_get(j, "eval_loss");
         if (json_is_integer(s) && json_is_number(e) && json_integer_value(s) <= last &&
             json_number_value(e) < *loss) {

@@ -29,6 +29,8 @@ static const char *const RUNDIR_ADAPTER_FILES[] = {"adapter_model.safetensors",
 static const char *const RUNDIR_CACHES[] = {"train", "train.tmp", "eval", "eval.tmp"};
 
 enum { RUNDIR_NFILES = sizeof RUNDIR_FILES / sizeof RUNDIR_FILES[0] };
+/* a longer metrics.jsonl line was not written by shardlora: skipped */
+#define RUNDIR_METRICS_LINE_MAX ((size_t)1 << 20)
 
 /* "summary-rank<R>.json": R, or -1 when name is not one. */
 static int rundir_rank_summary(const char *name) {
@@ -229,8 +231,9 @@ static int rundir_best_eval(const char *out, double *loss, int64_t *step) {
     char *line = NULL;
     size_t cap = 0;
     int found = 0;
-    while (getline(&line, &cap, f) > 0) {
-        if (!strstr(line, "\"eval_loss\"")) continue;
+    int cut;
+    while (str_getline(&line, &cap, f, RUNDIR_METRICS_LINE_MAX, &cut) > 0) {
+        if (cut || !strstr(line, "\"eval_loss\"")) continue;
         json_t *j = json_loads(line, 0, NULL);
         json_t *l = j ? json_object_get(j, "eval_loss") : NULL,
                *s = j ? json_object_get(j, "step") : NULL;

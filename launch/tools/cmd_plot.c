@@ -43,6 +43,8 @@ enum {
 #define PLOT_MAX_ABS 1e300
 /* Steps are whole numbers read as doubles: up to 2^53 they are exact. */
 #define PLOT_MAX_STEP 9007199254740992.0
+/* a metrics.jsonl line is ~200 bytes; a longer one is not one */
+#define PLOT_LINE_MAX ((size_t)1 << 20)
 
 #define PLOT_TRAIN_COLOUR "#1f77b4"
 #define PLOT_EVAL_COLOUR "#d62728"
@@ -310,8 +312,14 @@ static int plot_read_metrics(const char *path, PlotRun *r, ErrStatus *st) {
     long lineno = 0;
     int ok = 1;
     r->prev_step = -1;
-    while (ok && (len = getline(&line, &cap, f)) >= 0) {
+    int cut;
+    while (ok && (len = str_getline(&line, &cap, f, PLOT_LINE_MAX, &cut)) >= 0) {
         lineno++;
+        if (cut) {
+            ok = err_status_set(st, "%s:%ld: a line of %lld bytes: not a metrics.jsonl line", path,
+                                lineno, (long long)len);
+            break;
+        }
         size_t blank = strspn(line, " \t\r\n");
         if (blank == (size_t)len) continue;
         r->lines++;

@@ -18,7 +18,34 @@ static void check_shorten(const char *in, const char *want) {
     free(t);
 }
 
+/* str_getline over a memory stream: lengths, the bound, NULs, no final newline. */
+static void test_getline(void) {
+    static const char data[] = "ab\n\ncdefgh\nx\0y\nlast";
+    FILE *f = fmemopen((void *)data, sizeof data - 1, "r");
+    char *line = NULL;
+    size_t cap = 0;
+    int cut = -1;
+    struct {
+        ssize_t n;
+        const char *keep;
+        size_t klen;
+        int cut;
+    } want[] = {{3, "ab\n", 3, 0},   {1, "\n", 1, 0},   {7, "cdef", 4, 1},
+                {4, "x\0y\n", 4, 0}, {4, "last", 4, 0}, {-1, NULL, 0, 0}};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        ssize_t n = str_getline(&line, &cap, f, 4, &cut);
+        CHECK_TRUE(n == want[i].n, "line %zu: read %zd bytes, expected %zd", i, n, want[i].n);
+        if (n < 0 || want[i].n < 0) continue;
+        CHECK_TRUE(cut == want[i].cut && memcmp(line, want[i].keep, want[i].klen) == 0 &&
+                       line[want[i].klen] == 0 && cap <= 5,
+                   "line %zu: cut %d, cap %zu", i, cut, cap);
+    }
+    fclose(f);
+    free(line);
+}
+
 int main(void) {
+    test_getline();
     check_fmt(0.05, "0.05");
     check_fmt(2e-4, "0.0002");
     check_fmt(1e-8, "1e-08");

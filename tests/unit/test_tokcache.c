@@ -383,6 +383,26 @@ static void test_bad_lines(void) {
     }
     ref_free(&r);
 
+    /* a line beyond the 256 MiB bound (a sparse file: NUL bytes, no newline): refused without
+     * holding it in memory, and skipped with skip_bad */
+    const char *huge = check_tmp_path("huge.jsonl");
+    FILE *hf = fopen(huge, "w");
+    CHECK_TRUE(hf && fputs("{\"text\": \"a b\"}\n", hf) >= 0 &&
+                   ftruncate(fileno(hf), ((off_t)257 << 20)) == 0 && fclose(hf) == 0,
+               "cannot make %s", huge);
+    const char *hfs[] = {huge};
+    snprintf(want, sizeof want, "%s:2: a line of %lld bytes, longer than the 256 MiB", huge,
+             (long long)((257 << 20) - 16));
+    TcStats hs;
+    CHECK_TRUE(!tcache_build_part(tmp, 0, 1, hfs, 1, tk, &opts, 0, &hs, &st) &&
+                   strncmp(st.msg, want, strlen(want)) == 0,
+               "got '%s', want '%s...'", st.msg, want);
+    CHECK_TRUE(tcache_build_part(tmp, 0, 1, hfs, 1, tk, &opts, 1, &hs, &st) && hs.docs == 1 &&
+                   hs.bad_lines == 1,
+               "skip_bad: %s (docs %lld, bad %lld)", st.msg, (long long)hs.docs,
+               (long long)hs.bad_lines);
+    unlink(huge);
+
     /* an unreadable file */
     const char *gone[] = {check_tmp_path("missing.jsonl")};
     TcStats s;
