@@ -345,6 +345,80 @@ static void test_errors(Tokenizer *tk) {
                "nothing to train on: every token is masked (prompt only?)");
 }
 
+/* The model's own template through a line: an inconsistent template (the last reply gets a
+ * "*" the earlier ones lose) gives two segments in one example, positions restarting at 0,
+ * the second segment's first label -100; --chat-format markers must be single tokens. */
+static void test_template(Tokenizer *tk, const char *dir) {
+    ChatTemplate ct;
+    ErrStatus st;
+    int status;
+    ChatSetup s = {dir, NULL, NULL, "chatml", tk};
+    CHECK_TRUE(!chat_template_load(&ct, &s, &status, &st) && status == EXIT_BAD_INPUT &&
+                   strstr(st.msg, "--chat-format chatml writes the special token <|im_start|>, "
+                                  "which is not a single token"),
+               "chatml markers on a byte vocabulary: %s", st.msg);
+    chat_template_free(&ct);
+    s.format = "mistral"; /* <s> and </s> are this vocabulary's specials */
+    CHECK_TRUE(chat_template_load(&ct, &s, &status, &st) && ct.format == CHAT_MISTRAL && !ct.tpl,
+               "mistral markers: %s", st.msg);
+    chat_template_free(&ct);
+
+    char path[512];
+    snprintf(path, sizeof path, "%s/chat_template.jinja", dir);
+    FILE *fp = fopen(path, "w");
+    CHECK_TRUE(fp != NULL, "cannot write %s", path);
+    if (!fp) return;
+    fputs("{% for m in messages %}{{ m.role[0] }}:{% if m.role == 'assistant' and loop.last %}*"
+          "{% endif %}{{ m.content }}</s>{% endfor %}{% if add_generation_prompt %}a:{% endif %}",
+          fp);
+    fclose(fp);
+    s.format = NULL;
+    CHECK_TRUE(chat_template_load(&ct, &s, &status, &st) && ct.tpl, "template: %s", st.msg);
+    DsOptions o = {&ct, 0, 257, BYTETOK_VOCAB_SIZE};
+    int32_t ids[64], labels[64];
+    size_t n = put_bytes(ids, labels, 0, "u:x", 0);
+    n = put_id(ids, labels, n, 257, 0);
+    n = put_bytes(ids, labels, n, "a:", 0);
+    n = put_bytes(ids, labels, n, "*y", 1);
+    n = put_id(ids, labels, n, 257, 1);
+    size_t seg1 = n;
+    n = put_bytes(ids, labels, n, "u:x", 0);
+    n = put_id(ids, labels, n, 257, 0);
+    n = put_bytes(ids, labels, n, "a:y", 0);
+    n = put_id(ids, labels, n, 257, 0);
+    n = put_bytes(ids, labels, n, "u:z", 0);
+    n = put_id(ids, labels, n, 257, 0);
+    n = put_bytes(ids, labels, n, "a:", 0);
+    n = put_bytes(ids, labels, n, "*w", 1);
+    n = put_id(ids, labels, n, 257, 1);
+    expect_ok("template, two segments", tk, &o,
+              "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}, {\"role\": "
+              "\"assistant\", \"content\": \"y\"}, {\"role\": \"user\", \"content\": \"z\"}, "
+              "{\"role\": \"assistant\", \"content\": \"w\"}]}",
+              DS_MESSAGES, ids, labels, n, 6);
+    CHECK_TRUE(ex.nseg == 2 && ex.seg_ntok[0] == seg1 && ex.seg_ntok[1] == n - seg1 && ex.has_pos,
+               "segments: %zu", ex.nseg);
+    int pos_ok = ex.ids.n == n;
+    for (size_t i = 0; pos_ok && i < n; i++)
+        pos_ok = ex.pos[i] == (int32_t)(i < seg1 ? i : i - seg1);
+    CHECK_TRUE(pos_ok, "positions do not restart at the second segment");
+    CHECK_TRUE(ex.text_len == strlen("u:x</s>a:*y</s>u:x</s>a:y</s>u:z</s>a:*w</s>") &&
+                   memcmp(ex.text, "u:x</s>a:*y</s>u:x</s>a:y</s>u:z</s>a:*w</s>", ex.text_len) ==
+                       0,
+               "text of the segments: %.*s", (int)ex.text_len, ex.text);
+    /* train_on_prompt: every token, but the second segment's first (nothing predicts it) */
+    o.train_on_prompt = 1;
+    for (size_t i = 0; i < n; i++)
+        labels[i] = i == seg1 ? IGN : ids[i];
+    expect_ok("template, two segments, train_on_prompt", tk, &o,
+              "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}, {\"role\": "
+              "\"assistant\", \"content\": \"y\"}, {\"role\": \"user\", \"content\": \"z\"}, "
+              "{\"role\": \"assistant\", \"content\": \"w\"}]}",
+              DS_MESSAGES, ids, labels, n, (int64_t)n - 2);
+    chat_template_free(&ct);
+    unlink(path);
+}
+
 int main(void) {
     char dir[] = "/tmp/test_dataset_XXXXXX";
     CHECK_TRUE(mkdtemp(dir) != NULL, "mkdtemp");
@@ -370,6 +444,7 @@ int main(void) {
     test_messages(tk, tb);
     test_tokens();
     test_errors(tk);
+    test_template(tk, dir);
 
     ds_example_free(&ex);
     chat_template_free(&t_chatml);
