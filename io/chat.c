@@ -727,6 +727,7 @@ static int chat_template_load_parts(ChatTemplate *ct, const ChatSetup *s, int *s
     if (cfg) json_decref(cfg);
     free(cfg_path);
     if (!ok) return 0;
+    *status = EXIT_USAGE; /* --chat-format names a layout that is not the model's */
     if (f != CHAT_NONE && s->tk && !chat_check_markers(f, s->tk, st)) return 0;
     if (ct->tpl && f != CHAT_NONE && !chat_check_format(ct, f, st)) return 0;
     ct->format = f;

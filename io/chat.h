@@ -152,7 +152,8 @@ json_t *chat_parse_kwargs(const char *kwargs, ErrStatus *st);
  * keeps the model's template. A format whose special markers are not single tokens of
  * s->tk is refused naming the marker. Returns 1, or 0 with st (one line naming the file and,
  * for a template the engine refuses, the construct and its line) and *status = EXIT_USAGE
- * (bad kwargs or format name) or EXIT_BAD_INPUT (files, templates, mismatches). */
+ * (bad kwargs, a format name, a format that is not the model's) or EXIT_BAD_INPUT (files,
+ * templates). */
 int chat_template_load(ChatTemplate *ct, const ChatSetup *s, int *status, ErrStatus *st);
 /* A ChatTemplate of the hand-written format f (CHAT_NONE: no template), for tests and for
  * commands without a model directory. */

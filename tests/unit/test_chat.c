@@ -806,7 +806,7 @@ static void test_format_check(void) {
     ErrStatus st;
     int status;
     write_config(json_string(jt_qwen3ish));
-    CHECK_TRUE(!load_tpl(&ct, NULL, NULL, "chatml", &status, &st) && status == EXIT_BAD_INPUT &&
+    CHECK_TRUE(!load_tpl(&ct, NULL, NULL, "chatml", &status, &st) && status == EXIT_USAGE &&
                    strstr(st.msg, "--chat-format chatml does not match the model's own chat "
                                   "template (") &&
                    strstr(st.msg, "drop --chat-format"),

@@ -353,7 +353,7 @@ static void test_template(Tokenizer *tk, const char *dir) {
     ErrStatus st;
     int status;
     ChatSetup s = {dir, NULL, NULL, "chatml", tk};
-    CHECK_TRUE(!chat_template_load(&ct, &s, &status, &st) && status == EXIT_BAD_INPUT &&
+    CHECK_TRUE(!chat_template_load(&ct, &s, &status, &st) && status == EXIT_USAGE &&
                    strstr(st.msg, "--chat-format chatml writes the special token <|im_start|>, "
                                   "which is not a single token"),
                "chatml markers on a byte vocabulary: %s", st.msg);
