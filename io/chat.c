@@ -986,8 +986,8 @@ int chat_render_line(const ChatTemplate *ct, json_t *line, int train_on_prompt, 
     ChatConv c;
     chat_conv_init(&c, ct, msgs, json_object_get(line, "tools"),
                    json_object_get(line, "documents"));
-    int ok = ct->has_generation ? chat_conv_generation(&c, n, out, st)
-                                : chat_conv_incremental(&c, n, train_on_prompt, out, st);
+    int ok = jinja_has_generation(c.t) ? chat_conv_generation(&c, n, out, st)
+                                       : chat_conv_incremental(&c, n, train_on_prompt, out, st);
     json_decref(c.vars);
     return ok;
 }
