@@ -11,7 +11,8 @@
 #   generate  a "messages" prompt gets the template's generation prompt: its token count is
 #             the one Python's Jinja2 + tokenizers give
 #   refusals  raise_exception on a line: exit 3 "FILE:LINE: template error: MSG"; a template
-#             construct the engine refuses: exit 3, one line naming the file and line; bad
+#             construct the engine refuses: exit 3, one line naming the file and line; a
+#             hostile template stopped by the render's bounds; bad
 #             --chat-template-kwargs: exit 2; --chat-format chatml on Qwen3: exit 2, the
 #             mismatch named
 # usage: chat_template.sh SHARDLORA_BINARY WORK_DIR
@@ -162,6 +163,14 @@ run unsupported "${TRAIN[@]}" --chat-template "$W/unsupported.jinja" --out "$W/u
   && [ "$(grep -c 'error' "$W/unsupported.log")" = 1 ] \
   && pass "a refused template construct: exit 3, one line naming the file and line" \
   || { tail -3 "$W/unsupported.log"; fail "refused construct (exit $rc)"; }
+
+# a hostile template (10^10 iterations) is stopped by the render's bounds, quickly
+printf '%s' "{% for i in range(100000) %}{% for j in range(100000) %}xxxxxxxx{% endfor %}{% endfor %}" > "$W/hostile.jinja"
+SECONDS=0
+run hostile preview --model "$W/m" --data "$W/data.jsonl" --chat-template "$W/hostile.jinja"; rc=$?
+[ "$rc" = 3 ] && [ "$SECONDS" -lt 60 ] && grep -q "data.jsonl:1: chat template: line 1: .*limit" "$W/hostile.log" \
+  && pass "a hostile template: stopped by the output / step bound in ${SECONDS} s, exit 3" \
+  || { tail -2 "$W/hostile.log"; fail "hostile template (exit $rc, ${SECONDS} s)"; }
 
 run kwargs "${TRAIN[@]}" --chat-template-kwargs '{"enable_thinking": fals' --out "$W/kwargs_out"; rc=$?
 [ "$rc" = 2 ] && grep -q -- "--chat-template-kwargs: not valid JSON" "$W/kwargs.log" \
