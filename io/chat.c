@@ -1,6 +1,7 @@
-/* Chat templates of the supported families (see chat.h): each official Hugging Face Jinja
- * `chat_template` written out in C, rendered as pieces that are trained on or masked, and
- * their detection, which names a family only for templates rendered here byte for byte. */
+/* Chat templates (see chat.h): the model's own Jinja template found, compiled and rendered
+ * by the label rule into segments and counted ranges; and the hand-written fallback layouts
+ * (official Hugging Face templates written out in C, as pieces that are trained on or
+ * masked) with their detection and their check against the model's template. */
 #include "chat.h"
 
 #include <errno.h>
@@ -610,43 +611,64 @@ static const char *chat_excerpt(const char *s, size_t n, size_t off, char *buf, 
     return buf;
 }
 
-/* --chat-format f against the model's template on the probe conversation. */
-static int chat_check_format(const ChatTemplate *ct, ChatFormat f, ErrStatus *st) {
-    json_t *msgs = chat_probe_messages();
-    json_t *vars = json_copy(ct->vars);
-    json_object_set(vars, "messages", msgs);
-    json_object_set_new(vars, "add_generation_prompt", json_false());
-    JinjaLimits lim = {ct->max_output, ct->max_steps, ct->now};
-    JinjaOutput out = {0};
-    JinjaErr kind;
-    ErrStatus e;
-    int rendered = jinja_render(ct->tpl, vars, &lim, &out, &kind, &e);
-    json_decref(vars);
-    ChatMsg cm[5];
-    for (size_t i = 0; i < 5; i++) {
-        json_t *m = json_array_get(msgs, i);
+/* The probe msgs[first..) rendered by the template (1, out filled; else 0 with e) and by
+ * format f (*mine, malloc'd). */
+static int chat_probe_both(const ChatTemplate *ct, ChatFormat f, json_t *msgs, size_t first,
+                           JinjaOutput *out, char **mine, size_t *mlen, ErrStatus *e) {
+    size_t n = json_array_size(msgs) - first;
+    json_t *sub = json_array(), *vars = json_copy(ct->vars);
+    ChatMsg cm[8];
+    for (size_t i = 0; i < n && i < 8; i++) {
+        json_t *m = json_array_get(msgs, first + i);
+        json_array_append(sub, m);
         cm[i] = (ChatMsg){json_string_value(json_object_get(m, "role")),
                           json_string_value(json_object_get(m, "content"))};
     }
+    json_object_set_new(vars, "messages", sub);
+    json_object_set_new(vars, "add_generation_prompt", json_false());
+    JinjaLimits lim = {ct->max_output, ct->max_steps, ct->now};
+    JinjaErr kind;
+    memset(out, 0, sizeof *out);
+    int rendered = jinja_render(ct->tpl, vars, &lim, out, &kind, e);
+    json_decref(vars);
     ChatPieces ps = {0};
     ErrStatus ignore;
-    chat_render(f, cm, 5, &ps, &ignore); /* the probe suits every format */
-    char *mine = NULL;
-    size_t mlen = 0;
+    chat_render(f, cm, n, &ps, &ignore); /* the probe suits every format */
+    *mine = NULL;
+    *mlen = 0;
     for (size_t i = 0; i < ps.n; i++) {
-        mine = str_xrealloc(mine, mlen + ps.p[i].len + 1);
-        memcpy(mine + mlen, ps.p[i].text, ps.p[i].len);
-        mlen += ps.p[i].len;
+        *mine = str_xrealloc(*mine, *mlen + ps.p[i].len + 1);
+        memcpy(*mine + *mlen, ps.p[i].text, ps.p[i].len);
+        *mlen += ps.p[i].len;
     }
     chat_pieces_free(&ps);
+    return rendered;
+}
+
+/* --chat-format f against the model's template on the probe conversation (without its
+ * system message when the template refuses one, as Mistral v0.2's does). */
+static int chat_check_format(const ChatTemplate *ct, ChatFormat f, ErrStatus *st) {
+    json_t *msgs = chat_probe_messages();
+    JinjaOutput out;
+    char *mine;
+    size_t mlen;
+    ErrStatus e;
+    err_status_ok(&e);
+    const char *conv = "a system/user/assistant conversation";
+    int rendered = chat_probe_both(ct, f, msgs, 0, &out, &mine, &mlen, &e);
+    if (!rendered) {
+        free(mine);
+        rendered = chat_probe_both(ct, f, msgs, 1, &out, &mine, &mlen, &e);
+        conv = "a user/assistant conversation";
+    }
     int ok = 1;
     const char *name = chat_format_name(f);
     if (!rendered) {
         ok = err_status_set(st,
                             "--chat-format %s does not match the model's own chat template (%s): "
-                            "the template fails on a system/user/assistant conversation (%s); "
-                            "drop --chat-format to use the model's template",
-                            name, ct->source, e.msg);
+                            "the template fails on %s (%s); drop --chat-format to use the "
+                            "model's template",
+                            name, ct->source, conv, e.msg);
     } else if (out.len != mlen || memcmp(out.text, mine, mlen) != 0) {
         size_t k = 0;
         while (k < out.len && k < mlen && out.text[k] == mine[k])
@@ -654,11 +676,11 @@ static int chat_check_format(const ChatTemplate *ct, ChatFormat f, ErrStatus *st
         char a[128], b[128];
         ok = err_status_set(st,
                             "--chat-format %s does not match the model's own chat template (%s): "
-                            "at byte %zu of a system/user/assistant conversation the template "
-                            "writes %s, %s writes %s; drop --chat-format to use the model's "
-                            "template",
-                            name, ct->source, k, chat_excerpt(out.text, out.len, k, a, sizeof a),
-                            name, chat_excerpt(mine, mlen, k, b, sizeof b));
+                            "at byte %zu of %s the template writes %s, %s writes %s; drop "
+                            "--chat-format to use the model's template",
+                            name, ct->source, k, conv,
+                            chat_excerpt(out.text, out.len, k, a, sizeof a), name,
+                            chat_excerpt(mine, mlen, k, b, sizeof b));
     }
     free(mine);
     jinja_output_free(&out);

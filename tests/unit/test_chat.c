@@ -822,6 +822,26 @@ static void test_format_check(void) {
     CHECK_TRUE(!load_tpl(&ct, NULL, NULL, "chatml2", &status, &st) && status == EXIT_USAGE,
                "unknown format: %s", st.msg);
     chat_template_free(&ct);
+    /* each hand-written layout equals its family's official template (rendered by the
+     * engine); Mistral v0.2's refuses a system message: compared without one */
+    static const struct {
+        const char *tpl, *format, *bos, *eos;
+    } fam[] = {{tpl_llama3, "llama3", "<|begin_of_text|>", "<|eot_id|>"},
+               {tpl_mistral, "mistral", "<s>", "</s>"},
+               {tpl_llama2, "llama2", "<s>", "</s>"},
+               {tpl_qwen2, "qwen2", "<|endoftext|>", "<|im_end|>"},
+               {tpl_chatml, "chatml", "<s>", "</s>"}};
+    for (size_t i = 0; i < NMSG(fam); i++) {
+        json_t *cfg = json_pack("{s:s, s:s, s:s}", "bos_token", fam[i].bos, "eos_token", fam[i].eos,
+                                "chat_template", fam[i].tpl);
+        char *path = tmp_path("tokenizer_config.json");
+        CHECK_TRUE(json_dump_file(cfg, path, 0) == 0, "cannot write %s", path);
+        free(path);
+        json_decref(cfg);
+        CHECK_TRUE(load_tpl(&ct, NULL, NULL, fam[i].format, &status, &st) && ct.tpl,
+                   "--chat-format %s against its official template: %s", fam[i].format, st.msg);
+        chat_template_free(&ct);
+    }
     printf("done --chat-format against the model's template\n");
 }
 
