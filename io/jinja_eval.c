@@ -606,6 +606,7 @@ static void exec_for(JCtx *c, JScope *sc, const JNode *n) {
     lv.u.loop = lp;
     JStr loopname = {"loop", 4};
     for (size_t i = 0; i < items->n; i++) {
+        step(c, n); /* an iteration is a step even when the body is empty */
         lp->i = i;
         is->vars.n = 0;
         assign(c, is, n->a, items->v[i]);

@@ -10,7 +10,7 @@
 
 #include "jinja_int.h"
 
-#define JP_MAX_DEPTH 100 /* nested expressions / statements: deeper is a syntax error */
+#define JP_MAX_DEPTH 256 /* nested expressions / statements: deeper is a syntax error */
 
 typedef enum {
     TK_EOF = 0,
@@ -1297,8 +1297,17 @@ static JNode *parse_statement(JP *p) {
         n->nkids2 = v.n;
         n->b = parse_body_drop(p, end_with);
     } else if (tok_is(t, TK_NAME, "print")) {
-        n = nnew(p, JN_OUTPUT, line);
-        n->a = parse_tuple(p, 0, 1, NULL, 0);
+        /* each comma-separated expression is printed on its own */
+        n = nnew(p, JN_BODY, line);
+        NList l = {0};
+        while (cur(p)->type != TK_BEND) {
+            if (l.n) expect_op(p, ",");
+            JNode *o = nnew(p, JN_OUTPUT, line);
+            o->a = parse_expression(p, 1);
+            nl_push(p, &l, o, NULL);
+        }
+        n->kids = l.v;
+        n->nkids = l.n;
     } else if (tok_is(t, TK_NAME, "break") || tok_is(t, TK_NAME, "continue")) {
         if (p->loop_depth == 0)
             jerr_throw(p->e, JINJA_ERR_SYNTAX, line, "'%.*s' outside loop", (int)t->s.n, t->s.p);

@@ -1038,6 +1038,10 @@ static JVal float_op(JCtx *c, int op, double x, double y) {
 
 JVal jv_binop(JCtx *c, int op, const JVal *a, const JVal *b) {
     static const char *const names[] = {"", "+", "-", "*", "/", "//", "%", "**"};
+    /* Markup (|safe, |e) escapes the other operand of + */
+    if ((a->t == JV_STR && a->unsafe) || (b->t == JV_STR && b->unsafe))
+        jc_throw(c, JINJA_ERR_UNSUPPORTED, "unsupported: operator %s on a |safe or |e string",
+                 names[op]);
     if (is_intlike(a) && is_intlike(b)) {
         int64_t x = as_int(a), y = as_int(b), r;
         switch (op) {
