@@ -715,20 +715,40 @@ static JList *sorted_by(JCtx *c, JList *items, const JVal *keys, int reverse) {
     return r;
 }
 
+/* Jinja 3.1's sort key (make_multi_attrgetter): a list of the attributes named by the
+ * comma-separated `attribute` (the item itself without one), lowered unless case_sensitive;
+ * lists compare element by element with == first, as Python's sorted compares them. */
 static JVal f_sort(JCtx *c, JVal in, JVal *a) {
+    if (given(&a[0]) && a[0].t != JV_BOOL && a[0].t != JV_INT)
+        jc_throw(c, JINJA_ERR_RUNTIME, "'%s' object cannot be interpreted as an integer",
+                 jv_typename(&a[0]));
     int reverse = given(&a[0]) && jv_truthy(&a[0]);
     int cs = given(&a[1]) && jv_truthy(&a[1]);
+    JStr attr = {0};
+    if (given_notnone(&a[2])) {
+        if (a[2].t != JV_STR)
+            jc_throw(c, JINJA_ERR_UNSUPPORTED,
+                     "unsupported: a sort attribute that is not a string");
+        attr = a[2].u.s;
+    }
     JList *items = jv_iterate(c, &in);
     JVal *keys = jc_alloc(c, (items->n + 1) * sizeof *keys);
     for (size_t i = 0; i < items->n; i++) {
-        JVal k = items->v[i];
-        if (given_notnone(&a[2])) {
-            JStr attr = want_str(c, &a[2], "sort");
-            if (memchr(attr.p, ',', attr.n))
-                jc_throw(c, JINJA_ERR_UNSUPPORTED, "unsupported: sort by several attributes");
-            k = attr_get(c, k, attr, NULL);
+        JList *k = jl_new(c, 1, JL_LIST);
+        if (!given_notnone(&a[2])) {
+            jl_push(c, k, sort_key(c, items->v[i], cs));
+        } else {
+            size_t p = 0;
+            while (p <= attr.n) {
+                size_t q = p;
+                while (q < attr.n && attr.p[q] != ',')
+                    q++;
+                JStr part = {attr.p + p, q - p};
+                jl_push(c, k, sort_key(c, attr_get(c, items->v[i], part, NULL), cs));
+                p = q + 1;
+            }
         }
-        keys[i] = sort_key(c, k, cs);
+        keys[i] = jv_list(k);
     }
     return jv_list(sorted_by(c, items, keys, reverse));
 }

@@ -462,6 +462,7 @@ static void lx_run(JP *p) {
         line += count_lines(s, pos, k);
         pos = k + 2 + (sign ? 1 : 0);
         if (kind == '#') {
+            if (pos >= len) break; /* Jinja's lexer ends quietly on "{#" at the very end */
             size_t j = pos;
             while (j + 1 < len && !(s[j] == '#' && s[j + 1] == '}'))
                 j++;
