@@ -14,6 +14,10 @@
 
 #define JV_MISSING 255 /* an argument the call did not pass */
 
+_Noreturn static void undefined_error(JCtx *c, const JVal *u) {
+    jc_throw(c, JINJA_ERR_RUNTIME, "%.*s", (int)u->u.s.n, u->u.s.p);
+}
+
 /* ---- argument binding ------------------------------------------------------------------- */
 
 /* Binds positional args and keywords to the parameters names[0..np) into out (missing ones
@@ -994,14 +998,18 @@ JVal jb_filter(JCtx *c, int fid, JVal in, JVal *args, size_t nargs, JVal *kwv, J
     case F_LAST:
         NOARGS();
         return f_first_last(c, in, 1);
+    /* int(), float() and `s += "\n"` of an Undefined raise (the other filters print it) */
     case F_FLOAT:
         BIND("default");
+        if (in.t == JV_UNDEF) undefined_error(c, &in);
         return f_float(c, in, a);
     case F_INDENT:
         BIND("width", "first", "blank");
+        if (in.t == JV_UNDEF) undefined_error(c, &in);
         return f_indent(c, in, a);
     case F_INT:
         BIND("default", "base");
+        if (in.t == JV_UNDEF) undefined_error(c, &in);
         return f_int(c, in, a);
     case F_ITEMS:
         NOARGS();

@@ -1314,8 +1314,13 @@ static JNode *parse_statement(JP *p) {
             jerr_throw(p->e, JINJA_ERR_SYNTAX, line, "'%.*s' outside loop", (int)t->s.n, t->s.p);
         n = nnew(p, tok_is(t, TK_NAME, "break") ? JN_BREAK : JN_CONTINUE, line);
     } else if (tok_is(t, TK_NAME, "generation")) {
+        /* transformers' block is a call block: its body is a function of its own, where
+         * break / continue of an enclosing loop are syntax errors */
         n = nnew(p, JN_GENERATION, line);
+        int saved = p->loop_depth;
+        p->loop_depth = 0;
         n->b = parse_body_drop(p, end_gen);
+        p->loop_depth = saved;
         p->t->has_generation = 1;
     } else {
         static const char *const known[] = {"block", "extends",    "include", "import",
