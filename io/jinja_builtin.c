@@ -789,7 +789,7 @@ static JVal f_unique(JCtx *c, JVal in, JVal *a) {
         JVal k = items->v[i];
         if (given_notnone(&a[1])) k = attr_get(c, k, want_str(c, &a[1], "unique"), NULL);
         k = sort_key(c, k, cs);
-        if (!jv_hashable(&k))
+        if (!jv_hashable(c, &k))
             jc_throw(c, JINJA_ERR_RUNTIME, "unhashable type: '%s'", jv_typename(&k));
         int dup = 0;
         for (size_t j = 0; j < seen->n && !dup; j++)
@@ -1634,7 +1634,13 @@ JVal jb_call_func(JCtx *c, JFunc *f, JVal *args, size_t nargs, JVal *kwv, JStr *
         if (nargs != 1 || nkw)
             jc_throw(c, JINJA_ERR_RUNTIME, "raise_exception() takes one argument");
         JVal s = jv_to_str(c, &args[0]);
-        jc_throw(c, JINJA_ERR_RAISED, "%.*s", (int)(s.u.s.n > 800 ? 800 : s.u.s.n), s.u.s.p);
+        size_t n = s.u.s.n;
+        if (n > 800) { /* cut at a character boundary */
+            n = 800;
+            while (n > 0 && ((unsigned char)s.u.s.p[n] & 0xC0) == 0x80)
+                n--;
+        }
+        jc_throw(c, JINJA_ERR_RAISED, "%.*s", (int)n, s.u.s.p);
     }
     case JF_STRFTIME:
         return g_strftime(c, args, nargs, nkw);

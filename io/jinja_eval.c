@@ -162,7 +162,7 @@ JVal je_getitem(JCtx *c, const JVal *obj, const JVal *key) {
     if (obj->t == JV_UNDEF) undefined_error(c, obj);
     int intkey = key->t == JV_INT || key->t == JV_BOOL;
     if (obj->t == JV_DICT) {
-        if (jv_hashable(key)) {
+        if (jv_hashable(c, key)) {
             JVal *v = jd_get(c, obj->u.d, *key);
             if (v) return *v;
         }
@@ -598,10 +598,15 @@ static void exec_set(JCtx *c, JScope *sc, const JNode *target, JVal v) {
     assign(c, sc, target, v);
 }
 
+/* The filters of a block set / filter block: f is the last of the chain (f->a the one
+ * before, NULL at the start). */
 static JVal apply_filters(JCtx *c, JScope *sc, const JNode *f, JVal v) {
     if (!f) return v;
+    enter(c);
     v = apply_filters(c, sc, f->a, v);
-    return eval_filter(c, sc, f, v);
+    v = eval_filter(c, sc, f, v);
+    c->depth--;
+    return v;
 }
 
 static void exec_for(JCtx *c, JScope *sc, const JNode *n) {

@@ -226,11 +226,16 @@ JVal jv_dict(JDict *d) {
     return v;
 }
 
-int jv_hashable(const JVal *v) {
+int jv_hashable(JCtx *c, const JVal *v) {
     if (v->t == JV_LIST) {
         if (v->u.l->kind != JL_TUPLE) return 0;
+        if (++c->depth > JCTX_MAX_DEPTH) jc_throw(c, JINJA_ERR_LIMIT, "values nested too deeply");
         for (size_t i = 0; i < v->u.l->n; i++)
-            if (!jv_hashable(&v->u.l->v[i])) return 0;
+            if (!jv_hashable(c, &v->u.l->v[i])) {
+                c->depth--;
+                return 0;
+            }
+        c->depth--;
         return 1;
     }
     return v->t != JV_DICT && v->t != JV_NS;
@@ -245,7 +250,8 @@ JVal *jd_gets(JDict *d, const char *name, size_t n) {
 
 JVal *jd_get(JCtx *c, JDict *d, JVal k) {
     if (k.t == JV_STR) return jd_gets(d, k.u.s.p, k.u.s.n);
-    if (!jv_hashable(&k)) jc_throw(c, JINJA_ERR_RUNTIME, "unhashable type: '%s'", jv_typename(&k));
+    if (!jv_hashable(c, &k))
+        jc_throw(c, JINJA_ERR_RUNTIME, "unhashable type: '%s'", jv_typename(&k));
     for (size_t i = 0; i < d->n; i++)
         if (d->k[i].t != JV_STR && jv_eq(c, &d->k[i], &k)) return &d->v[i];
     return NULL;
