@@ -300,6 +300,34 @@ static const Case cases[] = {
      "nice.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi "
      "there<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|><|start_"
      "header_id|>assistant<|end_header_id|>\n\n"},
+    {"sort_multi_attr",
+     "{{ messages|sort(attribute='role,content')|map(attribute='role')|list }}{{ "
+     "messages|sort(attribute='nokey')|map(attribute='role')|list }}{{ [[2, 'x'], [1, "
+     "'y']]|sort(attribute='0') }}",
+     "['assistant', 'system', 'user']['system', 'user', 'assistant'][[1, 'y'], [2, 'x']]"},
+    {"const_slice_folds", "[{{ 'abc'['a':] }}]", "[]"},
+    {"comment_open_at_end", "a  {#-", "a"},
+    {"scope_loop_reads_outer",
+     "{% set x = 1 %}{% for i in xs %}{{ x }}{% set x = 2 %}{{ x }}{% endfor %}{{ x }}", "1212121"},
+    {"scope_macro_local",
+     "{% set x = 1 %}{% macro m() %}{{ x }}{% set x = 3 %}{{ x }}{% endmacro %}{{ m() }}{{ x }}",
+     "131"},
+    {"scope_loop_var_shadow",
+     "{% set loop = 5 %}{{ loop }}{% for i in xs %}{{ loop.index }}{% endfor %}{{ loop }}{% for x "
+     "in xs %}{% for x in 'ab' %}{{ x }}{% endfor %}{{ x }}{% endfor %}",
+     "51235ab1ab2ab3"},
+    {"recursive_macro",
+     "{%- macro ty(spec) -%}{%- set m = {'string': 'str', 'integer': 'int'} -%}{%- if m[spec.type] "
+     "is defined -%}{{ m[spec.type] }}{%- elif spec.type == 'array' -%}list[{{ ty(spec['items']) "
+     "}}]{%- elif spec.type is iterable -%}Union[{%- for t in spec.type -%}{{ ty({'type': t}) }}{{ "
+     "',' if not loop.last }}{%- endfor -%}]{%- else -%}Any{%- endif -%}{%- endmacro -%}{{ "
+     "ty({'type': 'array', 'items': {'type': 'array', 'items': {'type': ['string', 'integer']}}}) "
+     "}} {{ ty({}) }}",
+     "list[list[Union[str,int]]] Union[]"},
+    {"items_method_vs_key",
+     "{% set p = {'type': 'array', 'items': {'type': 'string'}} %}{{ p.items.type }}|{{ "
+     "p['items'].type }}",
+     "|string"},
 };
 /* clang-format on */
 
@@ -430,6 +458,16 @@ static void test_errors(void) {
     expect_err("{{ d|tojson }}{{ zz|tojson }}", JINJA_ERR_RUNTIME, "not JSON serializable");
     expect_err("{{ 'a'.split('') }}", JINJA_ERR_RUNTIME, "empty separator");
     expect_err("{{ xs[::0] }}", JINJA_ERR_RUNTIME, "slice step cannot be zero");
+    expect_err("{{ xs[zz:] }}", JINJA_ERR_RUNTIME, "slice indices must be integers");
+    expect_err("{{ d[1:2] }}", JINJA_ERR_RUNTIME, "unhashable type: 'slice'");
+    expect_err("{{ nope|int }}", JINJA_ERR_RUNTIME, "'nope' is undefined");
+    expect_err("{{ nope|float }}", JINJA_ERR_RUNTIME, "'nope' is undefined");
+    expect_err("{{ nope|indent }}", JINJA_ERR_RUNTIME, "'nope' is undefined");
+    expect_err("{{ [1, 'a']|sort }}", JINJA_ERR_RUNTIME, "not supported between");
+    expect_err("{% macro m() %}x{% endmacro %}{% call m() %}y{% endcall %}", JINJA_ERR_RUNTIME,
+               "special caller argument");
+    expect_err("{% for x in xs %}{% generation %}{% break %}{% endgeneration %}{% endfor %}",
+               JINJA_ERR_SYNTAX, "'break' outside loop");
     /* raise_exception: the message only, as the template wrote it */
     JinjaErr kind;
     ErrStatus st;
