@@ -328,24 +328,32 @@ static JList *str_splitlines(JCtx *c, JStr s) {
 
 /* ---- Python number parsing (int(), float()) --------------------------------------------- */
 
-/* s without surrounding whitespace and with the underscores Python allows between digits
- * removed into buf; 0 when an underscore is misplaced or s is too long. */
-static int clean_number(JStr s, char *buf, size_t cap) {
+static int digit_of(char ch) {
+    if (ch >= '0' && ch <= '9') return ch - '0';
+    ch = (char)(ch | 0x20);
+    return ch >= 'a' && ch <= 'z' ? ch - 'a' + 10 : 99;
+}
+
+/* s without surrounding whitespace and with the underscores Python allows (one between two
+ * digits of the base, or after a 0x / 0o / 0b prefix: base > 10 counts letters as digits)
+ * removed into buf; 0 when an underscore is misplaced. Non-ASCII text (Python takes any
+ * Unicode digit) and numbers longer than buf are refused. */
+static int clean_number(JCtx *c, JStr s, int base, char *buf, size_t cap) {
     JStr t = str_strip(s, NULL, 3);
-    if (t.n == 0 || t.n + 1 > cap) return 0;
+    if (t.n == 0) return 0;
+    if (t.n + 1 > cap) jc_throw(c, JINJA_ERR_UNSUPPORTED, "unsupported: a number this long");
     size_t k = 0;
     for (size_t i = 0; i < t.n; i++) {
         char ch = t.p[i];
+        if ((unsigned char)ch >= 0x80)
+            jc_throw(c, JINJA_ERR_UNSUPPORTED, "unsupported: int() / float() of non-ASCII text");
         if (ch == '_') {
-            int ok = i > 0 && i + 1 < t.n &&
-                     (((t.p[i - 1] >= '0' && t.p[i - 1] <= '9') ||
-                       ((t.p[i - 1] | 0x20) >= 'a' && (t.p[i - 1] | 0x20) <= 'f')) &&
-                      ((t.p[i + 1] >= '0' && t.p[i + 1] <= '9') ||
-                       ((t.p[i + 1] | 0x20) >= 'a' && (t.p[i + 1] | 0x20) <= 'f')));
+            int prev_prefix = i == 2 && base != 10 && t.p[0] == '0';
+            int ok = i > 0 && i + 1 < t.n && digit_of(t.p[i + 1]) < base &&
+                     (digit_of(t.p[i - 1]) < base || prev_prefix);
             if (!ok) return 0;
             continue;
         }
-        if ((unsigned char)ch >= 0x80) return 0;
         buf[k++] = ch;
     }
     buf[k] = 0;
@@ -355,7 +363,7 @@ static int clean_number(JStr s, char *buf, size_t cap) {
 /* int(s, base) for base 10 / 16 / 8 / 2; 0 when invalid (ValueError); overflow refused. */
 static int parse_int(JCtx *c, JStr s, int base, int64_t *out) {
     char buf[128];
-    if (!clean_number(s, buf, sizeof buf)) return 0;
+    if (!clean_number(c, s, base, buf, sizeof buf)) return 0;
     const char *p = buf;
     int neg = 0;
     if (*p == '+' || *p == '-') neg = *p++ == '-';
@@ -380,9 +388,9 @@ static int parse_int(JCtx *c, JStr s, int base, int64_t *out) {
 }
 
 /* float(s): decimal / exponent forms, inf, infinity, nan (any case, signed). */
-static int parse_float(JStr s, double *out) {
+static int parse_float(JCtx *c, JStr s, double *out) {
     char buf[512];
-    if (!clean_number(s, buf, sizeof buf)) return 0;
+    if (!clean_number(c, s, 10, buf, sizeof buf)) return 0;
     const char *p = buf;
     const char *q = p + (*p == '+' || *p == '-');
     if (!strcasecmp(q, "inf") || !strcasecmp(q, "infinity")) {
@@ -647,7 +655,7 @@ static JVal f_int(JCtx *c, JVal in, JVal *a) {
         if (base != 10 && base != 16 && base != 8 && base != 2)
             jc_throw(c, JINJA_ERR_UNSUPPORTED, "unsupported: int base %lld", (long long)base);
         if (parse_int(c, in.u.s, (int)base, &r)) return jv_int(r);
-        if (!parse_float(in.u.s, &f)) return deflt;
+        if (!parse_float(c, in.u.s, &f)) return deflt;
     } else if (in.t == JV_INT || in.t == JV_BOOL) {
         return jv_int(in.t == JV_INT ? in.u.i : in.u.b);
     } else if (in.t == JV_FLOAT) {
@@ -674,7 +682,7 @@ static JVal f_float(JCtx *c, JVal in, JVal *a) {
     case JV_BOOL:
         return jv_float(in.u.b);
     case JV_STR:
-        return parse_float(in.u.s, &f) ? jv_float(f) : deflt;
+        return parse_float(c, in.u.s, &f) ? jv_float(f) : deflt;
     default:
         return deflt;
     }

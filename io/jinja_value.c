@@ -1062,6 +1062,9 @@ JVal jv_binop(JCtx *c, int op, const JVal *a, const JVal *b) {
             return jv_int(r);
         case JOP_DIV:
             if (y == 0) jc_throw(c, JINJA_ERR_RUNTIME, "division by zero");
+            /* exact in doubles up to 2^53; Python rounds larger quotients once, C twice */
+            if (x > (1LL << 53) || x < -(1LL << 53) || y > (1LL << 53) || y < -(1LL << 53))
+                jc_throw(c, JINJA_ERR_UNSUPPORTED, "unsupported: / of integers above 2**53");
             return jv_float((double)x / (double)y);
         case JOP_FLOORDIV:
         case JOP_MOD: {
