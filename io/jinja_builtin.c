@@ -14,6 +14,10 @@
 
 #define JV_MISSING 255 /* an argument the call did not pass */
 
+_Noreturn static void undefined_error(JCtx *c, const JVal *u) {
+    jc_throw(c, JINJA_ERR_RUNTIME, "%.*s", (int)u->u.s.n, u->u.s.p);
+}
+
 /* ---- argument binding ------------------------------------------------------------------- */
 
 /* Binds positional args and keywords to the parameters names[0..np) into out (missing ones
@@ -324,24 +328,32 @@ static JList *str_splitlines(JCtx *c, JStr s) {
 
 /* ---- Python number parsing (int(), float()) --------------------------------------------- */
 
-/* s without surrounding whitespace and with the underscores Python allows between digits
- * removed into buf; 0 when an underscore is misplaced or s is too long. */
-static int clean_number(JStr s, char *buf, size_t cap) {
+static int digit_of(char ch) {
+    if (ch >= '0' && ch <= '9') return ch - '0';
+    ch = (char)(ch | 0x20);
+    return ch >= 'a' && ch <= 'z' ? ch - 'a' + 10 : 99;
+}
+
+/* s without surrounding whitespace and with the underscores Python allows (one between two
+ * digits of the base, or after a 0x / 0o / 0b prefix: base > 10 counts letters as digits)
+ * removed into buf; 0 when an underscore is misplaced. Non-ASCII text (Python takes any
+ * Unicode digit) and numbers longer than buf are refused. */
+static int clean_number(JCtx *c, JStr s, int base, char *buf, size_t cap) {
     JStr t = str_strip(s, NULL, 3);
-    if (t.n == 0 || t.n + 1 > cap) return 0;
+    if (t.n == 0) return 0;
+    if (t.n + 1 > cap) jc_throw(c, JINJA_ERR_UNSUPPORTED, "unsupported: a number this long");
     size_t k = 0;
     for (size_t i = 0; i < t.n; i++) {
         char ch = t.p[i];
+        if ((unsigned char)ch >= 0x80)
+            jc_throw(c, JINJA_ERR_UNSUPPORTED, "unsupported: int() / float() of non-ASCII text");
         if (ch == '_') {
-            int ok = i > 0 && i + 1 < t.n &&
-                     (((t.p[i - 1] >= '0' && t.p[i - 1] <= '9') ||
-                       ((t.p[i - 1] | 0x20) >= 'a' && (t.p[i - 1] | 0x20) <= 'f')) &&
-                      ((t.p[i + 1] >= '0' && t.p[i + 1] <= '9') ||
-                       ((t.p[i + 1] | 0x20) >= 'a' && (t.p[i + 1] | 0x20) <= 'f')));
+            int prev_prefix = i == 2 && base != 10 && t.p[0] == '0';
+            int ok = i > 0 && i + 1 < t.n && digit_of(t.p[i + 1]) < base &&
+                     (digit_of(t.p[i - 1]) < base || prev_prefix);
             if (!ok) return 0;
             continue;
         }
-        if ((unsigned char)ch >= 0x80) return 0;
         buf[k++] = ch;
     }
     buf[k] = 0;
@@ -351,7 +363,7 @@ static int clean_number(JStr s, char *buf, size_t cap) {
 /* int(s, base) for base 10 / 16 / 8 / 2; 0 when invalid (ValueError); overflow refused. */
 static int parse_int(JCtx *c, JStr s, int base, int64_t *out) {
     char buf[128];
-    if (!clean_number(s, buf, sizeof buf)) return 0;
+    if (!clean_number(c, s, base, buf, sizeof buf)) return 0;
     const char *p = buf;
     int neg = 0;
     if (*p == '+' || *p == '-') neg = *p++ == '-';
@@ -376,9 +388,9 @@ static int parse_int(JCtx *c, JStr s, int base, int64_t *out) {
 }
 
 /* float(s): decimal / exponent forms, inf, infinity, nan (any case, signed). */
-static int parse_float(JStr s, double *out) {
+static int parse_float(JCtx *c, JStr s, double *out) {
     char buf[512];
-    if (!clean_number(s, buf, sizeof buf)) return 0;
+    if (!clean_number(c, s, 10, buf, sizeof buf)) return 0;
     const char *p = buf;
     const char *q = p + (*p == '+' || *p == '-');
     if (!strcasecmp(q, "inf") || !strcasecmp(q, "infinity")) {
@@ -643,7 +655,7 @@ static JVal f_int(JCtx *c, JVal in, JVal *a) {
         if (base != 10 && base != 16 && base != 8 && base != 2)
             jc_throw(c, JINJA_ERR_UNSUPPORTED, "unsupported: int base %lld", (long long)base);
         if (parse_int(c, in.u.s, (int)base, &r)) return jv_int(r);
-        if (!parse_float(in.u.s, &f)) return deflt;
+        if (!parse_float(c, in.u.s, &f)) return deflt;
     } else if (in.t == JV_INT || in.t == JV_BOOL) {
         return jv_int(in.t == JV_INT ? in.u.i : in.u.b);
     } else if (in.t == JV_FLOAT) {
@@ -670,7 +682,7 @@ static JVal f_float(JCtx *c, JVal in, JVal *a) {
     case JV_BOOL:
         return jv_float(in.u.b);
     case JV_STR:
-        return parse_float(in.u.s, &f) ? jv_float(f) : deflt;
+        return parse_float(c, in.u.s, &f) ? jv_float(f) : deflt;
     default:
         return deflt;
     }
@@ -715,20 +727,40 @@ static JList *sorted_by(JCtx *c, JList *items, const JVal *keys, int reverse) {
     return r;
 }
 
+/* Jinja 3.1's sort key (make_multi_attrgetter): a list of the attributes named by the
+ * comma-separated `attribute` (the item itself without one), lowered unless case_sensitive;
+ * lists compare element by element with == first, as Python's sorted compares them. */
 static JVal f_sort(JCtx *c, JVal in, JVal *a) {
+    if (given(&a[0]) && a[0].t != JV_BOOL && a[0].t != JV_INT)
+        jc_throw(c, JINJA_ERR_RUNTIME, "'%s' object cannot be interpreted as an integer",
+                 jv_typename(&a[0]));
     int reverse = given(&a[0]) && jv_truthy(&a[0]);
     int cs = given(&a[1]) && jv_truthy(&a[1]);
+    JStr attr = {0};
+    if (given_notnone(&a[2])) {
+        if (a[2].t != JV_STR)
+            jc_throw(c, JINJA_ERR_UNSUPPORTED,
+                     "unsupported: a sort attribute that is not a string");
+        attr = a[2].u.s;
+    }
     JList *items = jv_iterate(c, &in);
     JVal *keys = jc_alloc(c, (items->n + 1) * sizeof *keys);
     for (size_t i = 0; i < items->n; i++) {
-        JVal k = items->v[i];
-        if (given_notnone(&a[2])) {
-            JStr attr = want_str(c, &a[2], "sort");
-            if (memchr(attr.p, ',', attr.n))
-                jc_throw(c, JINJA_ERR_UNSUPPORTED, "unsupported: sort by several attributes");
-            k = attr_get(c, k, attr, NULL);
+        JList *k = jl_new(c, 1, JL_LIST);
+        if (!given_notnone(&a[2])) {
+            jl_push(c, k, sort_key(c, items->v[i], cs));
+        } else {
+            size_t p = 0;
+            while (p <= attr.n) {
+                size_t q = p;
+                while (q < attr.n && attr.p[q] != ',')
+                    q++;
+                JStr part = {attr.p + p, q - p};
+                jl_push(c, k, sort_key(c, attr_get(c, items->v[i], part, NULL), cs));
+                p = q + 1;
+            }
         }
-        keys[i] = sort_key(c, k, cs);
+        keys[i] = jv_list(k);
     }
     return jv_list(sorted_by(c, items, keys, reverse));
 }
@@ -765,7 +797,7 @@ static JVal f_unique(JCtx *c, JVal in, JVal *a) {
         JVal k = items->v[i];
         if (given_notnone(&a[1])) k = attr_get(c, k, want_str(c, &a[1], "unique"), NULL);
         k = sort_key(c, k, cs);
-        if (!jv_hashable(&k))
+        if (!jv_hashable(c, &k))
             jc_throw(c, JINJA_ERR_RUNTIME, "unhashable type: '%s'", jv_typename(&k));
         int dup = 0;
         for (size_t j = 0; j < seen->n && !dup; j++)
@@ -974,14 +1006,18 @@ JVal jb_filter(JCtx *c, int fid, JVal in, JVal *args, size_t nargs, JVal *kwv, J
     case F_LAST:
         NOARGS();
         return f_first_last(c, in, 1);
+    /* int(), float() and `s += "\n"` of an Undefined raise (the other filters print it) */
     case F_FLOAT:
         BIND("default");
+        if (in.t == JV_UNDEF) undefined_error(c, &in);
         return f_float(c, in, a);
     case F_INDENT:
         BIND("width", "first", "blank");
+        if (in.t == JV_UNDEF) undefined_error(c, &in);
         return f_indent(c, in, a);
     case F_INT:
         BIND("default", "base");
+        if (in.t == JV_UNDEF) undefined_error(c, &in);
         return f_int(c, in, a);
     case F_ITEMS:
         NOARGS();
@@ -1606,7 +1642,13 @@ JVal jb_call_func(JCtx *c, JFunc *f, JVal *args, size_t nargs, JVal *kwv, JStr *
         if (nargs != 1 || nkw)
             jc_throw(c, JINJA_ERR_RUNTIME, "raise_exception() takes one argument");
         JVal s = jv_to_str(c, &args[0]);
-        jc_throw(c, JINJA_ERR_RAISED, "%.*s", (int)(s.u.s.n > 800 ? 800 : s.u.s.n), s.u.s.p);
+        size_t n = s.u.s.n;
+        if (n > 800) { /* cut at a character boundary */
+            n = 800;
+            while (n > 0 && ((unsigned char)s.u.s.p[n] & 0xC0) == 0x80)
+                n--;
+        }
+        jc_throw(c, JINJA_ERR_RAISED, "%.*s", (int)n, s.u.s.p);
     }
     case JF_STRFTIME:
         return g_strftime(c, args, nargs, nkw);

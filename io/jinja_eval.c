@@ -130,10 +130,18 @@ JVal je_getattr(JCtx *c, const JVal *obj, const char *name, size_t n) {
     }
     case JV_LOOP:
         return loop_attr(c, (JVal *)obj, name, n);
-    case JV_MACRO:
-    case JV_FUNC:
-        jc_throw(c, JINJA_ERR_UNSUPPORTED, "unsupported: attribute '%.*s' of a %s",
-                 (int)(n > 60 ? 60 : n), name, jv_typename(obj));
+    case JV_MACRO: {
+        /* Jinja's Macro object attributes: refused; any other name is undefined */
+        static const char *const attrs[] = {
+            "name",          "arguments", "defaults",        "catch_kwargs",
+            "catch_varargs", "caller",    "explicit_caller", NULL};
+        for (int i = 0; attrs[i]; i++)
+            if (strlen(attrs[i]) == n && memcmp(attrs[i], name, n) == 0)
+                jc_throw(c, JINJA_ERR_UNSUPPORTED, "unsupported: attribute '%s' of a macro",
+                         attrs[i]);
+        break;
+    }
+    case JV_FUNC: /* a builtin function has no attributes but dunder ones */
     case JV_NONE:
         break;
     default: {
@@ -154,7 +162,7 @@ JVal je_getitem(JCtx *c, const JVal *obj, const JVal *key) {
     if (obj->t == JV_UNDEF) undefined_error(c, obj);
     int intkey = key->t == JV_INT || key->t == JV_BOOL;
     if (obj->t == JV_DICT) {
-        if (jv_hashable(key)) {
+        if (jv_hashable(c, key)) {
             JVal *v = jd_get(c, obj->u.d, *key);
             if (v) return *v;
         }
@@ -222,7 +230,10 @@ static int slice_arg_ok(const JVal *v) {
 
 static JVal do_slice(JCtx *c, const JVal *obj, const JVal *a, const JVal *b, const JVal *s) {
     if (obj->t == JV_UNDEF) undefined_error(c, obj);
-    if (!slice_arg_ok(a) || !slice_arg_ok(b) || !slice_arg_ok(s)) return jv_undef("bad slice");
+    /* Jinja compiles a slice to Python's own subscription: no undefined fallback */
+    if (!slice_arg_ok(a) || !slice_arg_ok(b) || !slice_arg_ok(s))
+        jc_throw(c, JINJA_ERR_RUNTIME,
+                 "slice indices must be integers or None or have an __index__ method");
     int64_t x, y, st;
     if (obj->t == JV_LIST && obj->u.l->kind <= JL_TUPLE) {
         const JList *l = obj->u.l;
@@ -259,7 +270,8 @@ static JVal do_slice(JCtx *c, const JVal *obj, const JVal *a, const JVal *b, con
         }
         return buf.p ? jb_val(&buf) : jv_strref("", 0);
     }
-    return jv_undef("not sliceable");
+    if (obj->t == JV_DICT) jc_throw(c, JINJA_ERR_RUNTIME, "unhashable type: 'slice'");
+    jc_throw(c, JINJA_ERR_RUNTIME, "'%s' object is not subscriptable", jv_typename(obj));
 }
 
 /* ---- calls ------------------------------------------------------------------------------ */
@@ -380,6 +392,10 @@ static JVal eval_call(JCtx *c, JScope *sc, const JNode *n, const JVal *caller) {
     if (caller) {
         if (f.t != JV_MACRO)
             jc_throw(c, JINJA_ERR_UNSUPPORTED, "unsupported: a call block of a non-macro");
+        if (f.u.m->def->kind == JN_MACRO && !(f.u.m->def->flags & 4))
+            jc_throw(c, JINJA_ERR_RUNTIME,
+                     "macro '%.*s' was invoked with two values for the special caller argument",
+                     (int)f.u.m->def->s.n, f.u.m->def->s.p);
         JMacro *m = jc_alloc(c, sizeof *m);
         *m = *f.u.m;
         m->caller = *caller;
@@ -481,7 +497,15 @@ JVal je_eval(JCtx *c, JScope *sc, const JNode *n) {
         for (int i = 0; i < 3; i++)
             v[i] = parts[i] ? je_eval(c, sc, parts[i]) : jv_none();
         c->line = n->line;
-        r = do_slice(c, &o, &v[0], &v[1], &v[2]);
+        /* Jinja folds an all-constant subscription at compile time through the sandbox's
+         * getitem, whose failure is an undefined rather than an error */
+        int folded = n->a->kind == JN_CONST;
+        for (int i = 0; i < 3; i++)
+            folded &= !parts[i] || parts[i]->kind == JN_CONST;
+        if (folded && (o.t == JV_STR || o.t == JV_LIST))
+            for (int i = 0; i < 3; i++)
+                if (v[i].t != JV_NONE && v[i].t != JV_INT && v[i].t != JV_BOOL) folded = 2;
+        r = folded == 2 ? jv_undef("no such item") : do_slice(c, &o, &v[0], &v[1], &v[2]);
         break;
     }
     case JN_CALL:
@@ -574,10 +598,15 @@ static void exec_set(JCtx *c, JScope *sc, const JNode *target, JVal v) {
     assign(c, sc, target, v);
 }
 
+/* The filters of a block set / filter block: f is the last of the chain (f->a the one
+ * before, NULL at the start). */
 static JVal apply_filters(JCtx *c, JScope *sc, const JNode *f, JVal v) {
     if (!f) return v;
+    enter(c);
     v = apply_filters(c, sc, f->a, v);
-    return eval_filter(c, sc, f, v);
+    v = eval_filter(c, sc, f, v);
+    c->depth--;
+    return v;
 }
 
 static void exec_for(JCtx *c, JScope *sc, const JNode *n) {
@@ -606,6 +635,7 @@ static void exec_for(JCtx *c, JScope *sc, const JNode *n) {
     lv.u.loop = lp;
     JStr loopname = {"loop", 4};
     for (size_t i = 0; i < items->n; i++) {
+        step(c, n); /* an iteration is a step even when the body is empty */
         lp->i = i;
         is->vars.n = 0;
         assign(c, is, n->a, items->v[i]);

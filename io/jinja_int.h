@@ -276,7 +276,7 @@ int jv_truthy(const JVal *v);
 int jv_is_str(const JVal *v, const char *s);
 int jv_eq(JCtx *c, const JVal *a, const JVal *b);
 int jv_cmp(JCtx *c, const JVal *a, const JVal *b); /* <0, 0, >0; TypeError when unordered */
-int jv_hashable(const JVal *v);
+int jv_hashable(JCtx *c, const JVal *v);
 const char *jv_typename(const JVal *v);
 
 /* Growable byte buffer in the arena. */

@@ -10,7 +10,7 @@
 
 #include "jinja_int.h"
 
-#define JP_MAX_DEPTH 100 /* nested expressions / statements: deeper is a syntax error */
+#define JP_MAX_DEPTH 256 /* nested expressions / statements: deeper is a syntax error */
 
 typedef enum {
     TK_EOF = 0,
@@ -462,6 +462,7 @@ static void lx_run(JP *p) {
         line += count_lines(s, pos, k);
         pos = k + 2 + (sign ? 1 : 0);
         if (kind == '#') {
+            if (pos >= len) break; /* Jinja's lexer ends quietly on "{#" at the very end */
             size_t j = pos;
             while (j + 1 < len && !(s[j] == '#' && s[j + 1] == '}'))
                 j++;
@@ -1297,15 +1298,29 @@ static JNode *parse_statement(JP *p) {
         n->nkids2 = v.n;
         n->b = parse_body_drop(p, end_with);
     } else if (tok_is(t, TK_NAME, "print")) {
-        n = nnew(p, JN_OUTPUT, line);
-        n->a = parse_tuple(p, 0, 1, NULL, 0);
+        /* each comma-separated expression is printed on its own */
+        n = nnew(p, JN_BODY, line);
+        NList l = {0};
+        while (cur(p)->type != TK_BEND) {
+            if (l.n) expect_op(p, ",");
+            JNode *o = nnew(p, JN_OUTPUT, line);
+            o->a = parse_expression(p, 1);
+            nl_push(p, &l, o, NULL);
+        }
+        n->kids = l.v;
+        n->nkids = l.n;
     } else if (tok_is(t, TK_NAME, "break") || tok_is(t, TK_NAME, "continue")) {
         if (p->loop_depth == 0)
             jerr_throw(p->e, JINJA_ERR_SYNTAX, line, "'%.*s' outside loop", (int)t->s.n, t->s.p);
         n = nnew(p, tok_is(t, TK_NAME, "break") ? JN_BREAK : JN_CONTINUE, line);
     } else if (tok_is(t, TK_NAME, "generation")) {
+        /* transformers' block is a call block: its body is a function of its own, where
+         * break / continue of an enclosing loop are syntax errors */
         n = nnew(p, JN_GENERATION, line);
+        int saved = p->loop_depth;
+        p->loop_depth = 0;
         n->b = parse_body_drop(p, end_gen);
+        p->loop_depth = saved;
         p->t->has_generation = 1;
     } else {
         static const char *const known[] = {"block", "extends",    "include", "import",

@@ -226,11 +226,16 @@ JVal jv_dict(JDict *d) {
     return v;
 }
 
-int jv_hashable(const JVal *v) {
+int jv_hashable(JCtx *c, const JVal *v) {
     if (v->t == JV_LIST) {
         if (v->u.l->kind != JL_TUPLE) return 0;
+        if (++c->depth > JCTX_MAX_DEPTH) jc_throw(c, JINJA_ERR_LIMIT, "values nested too deeply");
         for (size_t i = 0; i < v->u.l->n; i++)
-            if (!jv_hashable(&v->u.l->v[i])) return 0;
+            if (!jv_hashable(c, &v->u.l->v[i])) {
+                c->depth--;
+                return 0;
+            }
+        c->depth--;
         return 1;
     }
     return v->t != JV_DICT && v->t != JV_NS;
@@ -245,7 +250,8 @@ JVal *jd_gets(JDict *d, const char *name, size_t n) {
 
 JVal *jd_get(JCtx *c, JDict *d, JVal k) {
     if (k.t == JV_STR) return jd_gets(d, k.u.s.p, k.u.s.n);
-    if (!jv_hashable(&k)) jc_throw(c, JINJA_ERR_RUNTIME, "unhashable type: '%s'", jv_typename(&k));
+    if (!jv_hashable(c, &k))
+        jc_throw(c, JINJA_ERR_RUNTIME, "unhashable type: '%s'", jv_typename(&k));
     for (size_t i = 0; i < d->n; i++)
         if (d->k[i].t != JV_STR && jv_eq(c, &d->k[i], &k)) return &d->v[i];
     return NULL;
@@ -1038,6 +1044,10 @@ static JVal float_op(JCtx *c, int op, double x, double y) {
 
 JVal jv_binop(JCtx *c, int op, const JVal *a, const JVal *b) {
     static const char *const names[] = {"", "+", "-", "*", "/", "//", "%", "**"};
+    /* Markup (|safe, |e) escapes the other operand of + */
+    if ((a->t == JV_STR && a->unsafe) || (b->t == JV_STR && b->unsafe))
+        jc_throw(c, JINJA_ERR_UNSUPPORTED, "unsupported: operator %s on a |safe or |e string",
+                 names[op]);
     if (is_intlike(a) && is_intlike(b)) {
         int64_t x = as_int(a), y = as_int(b), r;
         switch (op) {
@@ -1052,6 +1062,9 @@ JVal jv_binop(JCtx *c, int op, const JVal *a, const JVal *b) {
             return jv_int(r);
         case JOP_DIV:
             if (y == 0) jc_throw(c, JINJA_ERR_RUNTIME, "division by zero");
+            /* exact in doubles up to 2^53; Python rounds larger quotients once, C twice */
+            if (x > (1LL << 53) || x < -(1LL << 53) || y > (1LL << 53) || y < -(1LL << 53))
+                jc_throw(c, JINJA_ERR_UNSUPPORTED, "unsupported: / of integers above 2**53");
             return jv_float((double)x / (double)y);
         case JOP_FLOORDIV:
         case JOP_MOD: {
