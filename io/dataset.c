@@ -21,7 +21,9 @@ void ds_example_free(DsExample *ex) {
     free(ex->labels);
     free(ex->pos);
     free(ex->text);
-    free(ex->msgs);
+    free(ex->seg_ntok);
+    free(ex->offs);
+    chat_render_free(&ex->render);
     memset(ex, 0, sizeof *ex);
 }
 
@@ -46,6 +48,13 @@ static void ds_reserve_text(DsExample *ex, size_t n) {
     if (n <= ex->text_cap) return;
     ex->text_cap = ds_grow_cap(ex->text_cap, n, 4096);
     ex->text = str_xrealloc(ex->text, ex->text_cap);
+}
+
+static void ds_set_text(DsExample *ex, const char *s, size_t n) {
+    ds_reserve_text(ex, n + 1);
+    memcpy(ex->text, s, n);
+    ex->text[n] = '\0';
+    ex->text_len = n;
 }
 
 static void ds_reserve_ids(TokIds *ids, size_t n) {
@@ -123,6 +132,7 @@ static int ds_text(Tokenizer *tk, const DsOptions *o, json_t *text, DsExample *e
     if (!ds_need_tokenizer(tk, "\"text\"", st)) return 0;
     if (!tok_encode(tk, json_string_value(text), json_string_length(text), 1, &ex->ids, st))
         return 0;
+    ds_set_text(ex, json_string_value(text), json_string_length(text));
     ds_reserve_labels(ex, ex->ids.n);
     ds_label_range(ex, 0, ex->ids.n, 1);
     ds_append_eos(ex, o);
@@ -144,9 +154,11 @@ static int ds_prompt_completion(Tokenizer *tk, const DsOptions *o, json_t *promp
                                   "(--train-on-prompt counts prompts too)");
     if (np + nc == 0) return err_status_set(st, "\"prompt\" and \"completion\" are empty");
     if (!ds_need_tokenizer(tk, "\"prompt\"/\"completion\"", st)) return 0;
-    ds_reserve_text(ex, np + nc);
+    ds_reserve_text(ex, np + nc + 1);
     memcpy(ex->text, json_string_value(prompt), np);
     memcpy(ex->text + np, json_string_value(completion), nc);
+    ex->text[np + nc] = '\0';
+    ex->text_len = np + nc;
     if (!tok_encode(tk, ex->text, np + nc, 1, &ex->ids, st)) return 0;
     ex->scratch.n = 0;
     if (!tok_encode(tk, ex->text, np, 0, &ex->scratch, st)) return 0;
@@ -161,85 +173,110 @@ static int ds_prompt_completion(Tokenizer *tk, const DsOptions *o, json_t *promp
     return 1;
 }
 
-/* Renders the conversation into pieces, encodes their concatenation once (no special
- * tokens added: each template writes its own BOS as text), and places each boundary
- * between a masked and a trained stretch at the token count of the text before it. */
-static int ds_messages(Tokenizer *tk, const DsOptions *o, json_t *msgs, DsExample *ex,
-                       ErrStatus *st) {
-    if (!json_is_array(msgs)) return err_status_set(st, "\"messages\" must be an array");
-    size_t nm = json_array_size(msgs);
-    if (nm == 0) return err_status_set(st, "\"messages\" is empty");
-    if (nm > ex->msgs_cap) {
-        size_t cap = ex->msgs_cap ? ex->msgs_cap : 16;
-        while (cap < nm)
-            cap *= 2;
-        ex->msgs = realloc(ex->msgs, cap * sizeof *ex->msgs);
-        SL_CHECK(ex->msgs != NULL, "out of memory (%zu messages)", cap);
-        ex->msgs_cap = cap;
+static void ds_push_segment(DsExample *ex, size_t ntok) {
+    if (ex->nseg == ex->seg_cap) {
+        ex->seg_cap = ex->seg_cap ? 2 * ex->seg_cap : 4;
+        ex->seg_ntok = str_xrealloc(ex->seg_ntok, ex->seg_cap * sizeof *ex->seg_ntok);
     }
-    for (size_t i = 0; i < nm; i++) {
-        json_t *m = json_array_get(msgs, i);
-        if (!json_is_object(m))
-            return err_status_set(st, "\"messages\"[%zu] must be an object, not %s", i,
-                                  ds_json_kind(m));
-        json_t *role = json_object_get(m, "role"), *content = json_object_get(m, "content");
-        if (!json_is_string(role))
-            return err_status_set(st, "\"messages\"[%zu].\"role\" must be a string", i);
-        if (!json_is_string(content))
-            return err_status_set(st, "\"messages\"[%zu].\"content\" must be a string", i);
-        /* chat.h takes NUL-terminated strings; a \u0000 would silently cut the text */
-        if (strlen(json_string_value(content)) != json_string_length(content) ||
-            strlen(json_string_value(role)) != json_string_length(role))
-            return err_status_set(st, "\"messages\"[%zu] contains a \\u0000 character", i);
-        ex->msgs[i].role = json_string_value(role);
-        ex->msgs[i].content = json_string_value(content);
+    ex->seg_ntok[ex->nseg++] = ntok;
+}
+
+/* The byte ranges of tokens ids[0..n) in text[0..len): offs[j] .. offs[j + 1]. Exact, and 1,
+ * when each token's bytes (decoded alone, special tokens kept) concatenate to the text, as
+ * for byte-level BPE without a normaliser; 0 otherwise (the caller falls back to token
+ * counts of prefixes). */
+static int ds_token_offsets(Tokenizer *tk, const char *text, size_t len, const int32_t *ids,
+                            size_t n, DsExample *ex) {
+    if (n + 1 > ex->offs_cap) {
+        ex->offs_cap = ds_grow_cap(ex->offs_cap, n + 1, 256);
+        ex->offs = str_xrealloc(ex->offs, ex->offs_cap * sizeof *ex->offs);
     }
-    if (o->chat == CHAT_NONE)
-        return err_status_set(st, "a \"messages\" line needs a chat template: the model's "
-                                  "tokenizer_config.json has none that shardlora renders exactly "
-                                  "(llama3, mistral v0.2, llama2, chatml, qwen2; not Llama 3.1+, "
-                                  "Qwen1.5/2.5/3 or Mistral v0.3+); pass --chat-format, or "
-                                  "pre-tokenise (input_ids, labels)");
-    if (!ds_need_tokenizer(tk, "\"messages\"", st)) return 0;
-    ChatPieces ps = {0};
-    if (!chat_render(o->chat, ex->msgs, nm, &ps, st)) {
-        chat_pieces_free(&ps);
-        return 0;
-    }
-    size_t total = 0;
-    for (size_t k = 0; k < ps.n; k++)
-        total += ps.p[k].len;
-    ds_reserve_text(ex, total + 1);
     size_t at = 0;
-    for (size_t k = 0; k < ps.n; k++) {
-        memcpy(ex->text + at, ps.p[k].text, ps.p[k].len);
-        at += ps.p[k].len;
+    ex->offs[0] = 0;
+    for (size_t j = 0; j < n; j++) {
+        size_t l;
+        char *piece = tok_decode(tk, &ids[j], 1, 0, &l);
+        int same = at + l <= len && memcmp(text + at, piece, l) == 0;
+        free(piece);
+        if (!same) return 0;
+        at += l;
+        ex->offs[j + 1] = at;
     }
-    int ok = tok_encode(tk, ex->text, total, 0, &ex->ids, st);
-    size_t n = ex->ids.n;
-    ds_reserve_labels(ex, n);
-    /* walk the non-empty pieces; `from` is the first token of the current stretch */
-    size_t from = 0, off = 0;
-    int flag = -1;
-    for (size_t k = 0; ok && k < ps.n; k++) {
-        const ChatPiece *pc = &ps.p[k];
-        if (pc->len == 0) continue;
-        int train = pc->train || o->train_on_prompt;
-        if (flag >= 0 && train != flag) {
-            ex->scratch.n = 0;
-            ok = tok_encode(tk, ex->text, off, 0, &ex->scratch, st);
-            size_t b = ex->scratch.n;
-            if (b < from) b = from; /* a merge across the boundary: keep them ordered */
-            if (b > n) b = n;
-            ds_label_range(ex, from, b, flag);
-            from = b;
+    return at == len;
+}
+
+/* Tokens of encode(text[0..end)) (no special tokens), or -1 with st set. */
+static int64_t ds_prefix_tokens(Tokenizer *tk, const char *text, size_t end, DsExample *ex,
+                                ErrStatus *st) {
+    ex->scratch.n = 0;
+    if (!tok_encode(tk, text, end, 0, &ex->scratch, st)) return -1;
+    return (int64_t)ex->scratch.n;
+}
+
+/* Labels of the segment text[a..b) whose tokens are ex->ids [t0, t0 + nt): counted where a
+ * token overlaps a counted span of r (see dataset.h for the exact and the fallback rule). */
+static int ds_count_spans(Tokenizer *tk, const ChatRender *r, size_t a, size_t b, size_t t0,
+                          size_t nt, DsExample *ex, ErrStatus *st) {
+    const char *seg = r->text + a;
+    int exact = ds_token_offsets(tk, seg, b - a, ex->ids.ids + t0, nt, ex);
+    for (size_t k = 0; k < r->nspan; k++) {
+        size_t s = r->span[k].start, e = r->span[k].end;
+        if (e <= a || s >= b) continue;
+        s = (s < a ? a : s) - a;
+        e = (e > b ? b : e) - a;
+        size_t from, to; /* tokens [from, to) of the segment */
+        if (exact) {
+            from = 0;
+            while (from < nt && ex->offs[from + 1] <= s)
+                from++;
+            to = from;
+            while (to < nt && ex->offs[to] < e)
+                to++;
+        } else {
+            int64_t x = ds_prefix_tokens(tk, seg, s, ex, st);
+            int64_t y = x < 0 ? -1 : ds_prefix_tokens(tk, seg, e, ex, st);
+            if (y < 0) return 0;
+            from = (size_t)x < nt ? (size_t)x : nt;
+            to = (size_t)y < nt ? (size_t)y : nt;
         }
-        flag = train;
-        off += pc->len;
+        for (size_t j = from; j < to; j++)
+            ex->labels[t0 + j] = ex->ids.ids[t0 + j];
     }
-    if (ok) ds_label_range(ex, from, n, flag > 0);
-    chat_pieces_free(&ps);
-    return ok;
+    return 1;
+}
+
+/* Renders the conversation by the label rule (io/chat.h) and tokenises each segment whole
+ * (no special tokens added: the template writes its own BOS); positions restart at 0 at
+ * each segment, whose first label is -100 (nothing predicts it across the restart). */
+static int ds_messages(Tokenizer *tk, const DsOptions *o, json_t *root, DsExample *ex,
+                       ErrStatus *st) {
+    ChatTemplate none;
+    const ChatTemplate *ct = o->chat;
+    if (!ct) {
+        chat_template_init_format(&none, CHAT_NONE);
+        ct = &none;
+    }
+    int ok = chat_render_line(ct, root, o->train_on_prompt, &ex->render, st);
+    if (ct == &none) chat_template_free(&none);
+    if (!ok || !ds_need_tokenizer(tk, "\"messages\"", st)) return 0;
+    const ChatRender *r = &ex->render;
+    ex->nseg = 0;
+    for (size_t k = 0; k < r->nseg; k++) {
+        size_t a = k ? r->seg_end[k - 1] : 0, b = r->seg_end[k], t0 = ex->ids.n;
+        if (!tok_encode(tk, r->text + a, b - a, 0, &ex->ids, st)) return 0;
+        size_t nt = ex->ids.n - t0;
+        if (nt == 0) continue;
+        ds_reserve_labels(ex, ex->ids.n);
+        for (size_t j = 0; j < nt; j++)
+            ex->pos[t0 + j] = (int32_t)j;
+        ds_label_range(ex, t0, t0 + nt, o->train_on_prompt);
+        if (!o->train_on_prompt && !ds_count_spans(tk, r, a, b, t0, nt, ex, st)) return 0;
+        if (ex->nseg > 0) ex->labels[t0] = DS_IGNORE;
+        ds_push_segment(ex, nt);
+    }
+    ex->has_pos = ex->nseg > 1;
+    ds_set_text(ex, r->text, r->len);
+    return 1;
 }
 
 /* Reads the integer array `key` of a pre-tokenised line, which must have n entries, into
@@ -301,6 +338,8 @@ int ds_encode_line(Tokenizer *tk, const DsOptions *o, const char *line, size_t l
     ex->ids.n = 0;
     ex->has_pos = 0;
     ex->counted = 0;
+    ex->nseg = 0;
+    ex->text_len = 0;
     json_error_t je;
     /* DECODE_ANY: a line that is a bare value gets "must be a JSON object" below;
      * ALLOW_NUL: "\u0000" is valid JSON (Python writes it) and lengths are kept;
@@ -328,7 +367,7 @@ int ds_encode_line(Tokenizer *tk, const DsOptions *o, const char *line, size_t l
         ok = ds_tokens(o, root, v, ex, &explicit_labels, st);
     } else if ((v = ds_get(root, "messages"))) {
         ex->format = DS_MESSAGES;
-        ok = ds_messages(tk, o, v, ex, st);
+        ok = ds_messages(tk, o, root, ex, st);
     } else if (ds_get(root, "prompt") || ds_get(root, "completion")) {
         ex->format = DS_PROMPT_COMPLETION;
         ok =
@@ -355,6 +394,10 @@ int ds_encode_line(Tokenizer *tk, const DsOptions *o, const char *line, size_t l
                                     : "tokenizer.json does not match the model");
             goto done;
         }
+    }
+    if (ex->format != DS_MESSAGES) {
+        ex->nseg = 0;
+        ds_push_segment(ex, ex->ids.n);
     }
     /* Under the Hugging Face shift, token 0 is never predicted. */
     for (size_t i = 1; i < ex->ids.n; i++)

@@ -1,13 +1,25 @@
 /* Training examples from JSONL, one JSON object per line, the format detected per line:
  *   {"text": S}                               every token counted
  *   {"prompt": S, "completion": S}            prompt tokens masked (unless train_on_prompt)
- *   {"messages": [{"role": R, "content": S}, ...]}   rendered with a chat template
- *                                             (io/chat.h); only assistant replies counted
+ *   {"messages": [{"role": R, "content": S, ...}, ...], "tools"?: [...], "documents"?: [...]}
+ *                                             rendered with the chat template (io/chat.h)
+ *                                             by its label rule; only assistant replies
+ *                                             counted; several segments (a template that
+ *                                             renders earlier turns differently later) are
+ *                                             one example whose positions restart at 0 at
+ *                                             each segment
  *   {"input_ids": [...], "labels"?: [...], "position_ids"?: [...]}   pre-tokenised
  * Text is tokenised with the model's tokenizer.json (io/tokenizer.h). Masks follow TRL:
- * the ids are those of the whole text, and a boundary between a masked and a counted part
- * is placed at the token count of the text before it (encode(prefix)), so the ids equal
- * what Hugging Face gives for the full string. Labels are -100 where not counted.
+ * the ids are those of the whole text (of each segment, for messages, with no special
+ * tokens added: the template writes them), so the ids equal what Hugging Face gives for the
+ * full string. A prompt/completion boundary is placed at the token count of the prompt
+ * (encode(prefix)). A chat token is counted when its characters overlap a counted range of
+ * the rendered text (transformers' return_assistant_tokens_mask: char_to_token of the
+ * range's first and last byte): exact when the tokens' bytes concatenate to the text
+ * (byte-level BPE without a normaliser: Llama 3, Qwen); otherwise (a normaliser, as
+ * SentencePiece-style Llama 2 / Mistral) each range's ends are placed at the token counts
+ * of the text before them, which differs only for a token that straddles a range's start
+ * (HF counts it, this masks it). Labels are -100 where not counted.
  * A line with several of these keys is read by the first of "input_ids", "messages",
  * "prompt"/"completion", "text"; a key whose value is null counts as absent (tables
  * exported from HF `datasets` or pandas carry every column on every line). */
@@ -24,14 +36,15 @@
 typedef enum { DS_TEXT = 0, DS_PROMPT_COMPLETION, DS_MESSAGES, DS_TOKENS, DS_NFORMATS } DsFormat;
 
 typedef struct {
-    ChatFormat chat;     /* template for "messages" lines; CHAT_NONE: such a line is an
-                            error that asks for --chat-format */
-    int train_on_prompt; /* 1: prompts and non-assistant turns are counted too */
-    int32_t eos_id;      /* appended to text and prompt/completion examples unless their
-                            ids already end with it; -1: nothing appended */
-    int64_t vocab;       /* every id (pre-tokenised, from the tokenizer, the EOS) must be
-                            in [0, vocab); <= 0: pre-tokenised ids in [0, 2^31), others
-                            unchecked */
+    const ChatTemplate *chat; /* how "messages" lines are rendered; NULL (or one without a
+                                 template or format): such a line is an error that asks
+                                 for --chat-template or --chat-format */
+    int train_on_prompt;      /* 1: prompts and non-assistant turns are counted too */
+    int32_t eos_id;           /* appended to text and prompt/completion examples unless their
+                                 ids already end with it; -1: nothing appended */
+    int64_t vocab;            /* every id (pre-tokenised, from the tokenizer, the EOS) must be
+                                 in [0, vocab); <= 0: pre-tokenised ids in [0, 2^31), others
+                                 unchecked */
 } DsOptions;
 
 /* One tokenised example; reuse it across lines (buffers grow, never shrink). */
@@ -41,13 +54,16 @@ typedef struct {
     int32_t *labels; /* [ids.n] the label of each token, -100 = not counted */
     int32_t *pos;    /* [ids.n] from "position_ids" when has_pos, else unused */
     int has_pos;
-    int64_t counted; /* labels != -100, excluding the first token (it is never a target) */
-    size_t cap;      /* of labels and pos */
+    int64_t counted;  /* labels != -100, excluding the first token (it is never a target) */
+    size_t cap;       /* of labels and pos */
+    size_t *seg_ntok; /* [nseg] tokens of each segment (messages lines; else nseg = 1) */
+    size_t nseg, seg_cap;
     TokIds scratch;
-    char *text; /* scratch: the whole text of a prompt/completion or messages line */
-    size_t text_cap;
-    ChatMsg *msgs; /* scratch: the messages of a line */
-    size_t msgs_cap;
+    char *text; /* the text the ids encode (segments concatenated; not for "tokens" lines) */
+    size_t text_len, text_cap;
+    ChatRender render; /* scratch: a messages line rendered */
+    size_t *offs;      /* scratch: byte offsets of a segment's tokens */
+    size_t offs_cap;
 } DsExample;
 
 /* Parses line[0..len) (no newline) and tokenises it into ex. tk may be NULL when every line

@@ -34,7 +34,9 @@ typedef enum {
     JINJA_ERR_RAISED,      /* raise_exception(msg): st->msg is msg, as the template wrote it */
     JINJA_ERR_RUNTIME,     /* an error Jinja2 raises too (undefined attribute, bad operand
                               types, division by zero, a sandbox violation) */
-    JINJA_ERR_LIMIT        /* the output or step bound of JinjaLimits was reached */
+    JINJA_ERR_LIMIT        /* the output or step bound of JinjaLimits was reached, or the
+                              render's memory (4 x max_output, at least 64 MiB) or its
+                              evaluation depth (macro recursion, values nested ~400 deep) */
 } JinjaErr;
 
 /* Compiles src[0..len) (UTF-8). Returns NULL with *kind set and st saying "line L: what"
@@ -47,7 +49,8 @@ int jinja_has_generation(const JinjaTemplate *t);
 
 typedef struct {
     size_t max_output;  /* bytes of output; 0: 64 MiB */
-    uint64_t max_steps; /* evaluation steps (expressions and statements); 0: 100,000,000 */
+    uint64_t max_steps; /* evaluation steps (expressions, statements, loop iterations);
+                           0: 100,000,000 */
     int64_t now;        /* seconds since the epoch for strftime_now (local time); -1: the
                            current time */
 } JinjaLimits;
@@ -59,8 +62,10 @@ typedef struct {
 typedef struct {
     char *text; /* malloc'd, NUL-terminated */
     size_t len;
-    JinjaSpan *gen; /* the output of each {% generation %} block run, in order (nested or
-                       empty ones included as they are) */
+    JinjaSpan *gen; /* the output of each {% generation %} block run, in the order the
+                       blocks close (as transformers records them: an inner block before the
+                       one around it; empty ones included); a block inside a macro, call or
+                       block set is refused */
     size_t ngen;
 } JinjaOutput;
 

@@ -33,7 +33,7 @@
 
 /* Bump when the part layout or the ids a line gives change (a tokenizer or chat-template
  * fix): the fingerprint then differs and old caches are rebuilt. */
-#define TCACHE_VERSION 1
+#define TCACHE_VERSION 2
 #define TC_MAGIC "SLTOKP01"
 #define TC_F_POS 1u
 #define TC_BYTE_ORDER 0x01020304u
@@ -177,7 +177,9 @@ int tcache_fingerprint(const char *const *files, int nfiles, const char *tokeniz
     /* the tokenizer's bytes, not its path: the same file elsewhere gives the same ids */
     tc_hash_u64(&h, tokenizer_path != NULL);
     if (ok && tokenizer_path) ok = tc_hash_file_all(&h, tokenizer_path, buf, st);
-    tc_hash_u64(&h, (uint64_t)o->chat);
+    /* the chat template's id: its texts, variables (special tokens, kwargs) and format */
+    const char *chat = o->chat ? o->chat->id : "none";
+    tc_hash_bytes(&h, chat, strlen(chat));
     tc_hash_u64(&h, (uint64_t)o->train_on_prompt);
     tc_hash_u64(&h, (uint64_t)(int64_t)o->eos_id);
     tc_hash_u64(&h, (uint64_t)o->vocab);

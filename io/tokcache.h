@@ -13,7 +13,8 @@
  * commits), each from the lines that start in its byte range of the concatenated files.
  * A cache is reused only when its fingerprint matches: the data files (path, size,
  * modification time, and their first and last 64 KiB), the tokenizer.json bytes and the
- * DsOptions. Stale or damaged caches are rebuilt, never trusted. */
+ * DsOptions (the chat template by its id: its texts, variables and format). Stale or damaged caches
+ * are rebuilt, never trusted. */
 #ifndef SHARDLORA_IO_TOKCACHE_H
 #define SHARDLORA_IO_TOKCACHE_H
 

@@ -47,7 +47,8 @@ static const char GEN_ABOUT[] =
 
 typedef struct {
     MpicmdRun run;
-    const char *adapter, *prompt, *prompts, *out, *chat_format, *dump_logits, *stream;
+    const char *adapter, *prompt, *prompts, *out, *chat_format, *chat_template, *chat_kwargs;
+    const char *dump_logits, *stream;
     ArgStrs stop;
     int64_t max_new, top_k, batch, prefill_rows, max_seq_len;
     double temperature, top_p, rep_penalty;
@@ -135,67 +136,39 @@ static void gen_ids_push(TokIds *t, int32_t id) {
     t->ids[t->n++] = id;
 }
 
-/* What a chat template puts after the conversation so the model answers (HF's
- * add_generation_prompt): the assistant header; nothing after Mistral's / Llama-2's
- * "[/INST]". */
-static const char *gen_generation_prompt(ChatFormat f) {
-    switch (f) {
-    case CHAT_LLAMA3:
-        return "<|start_header_id|>assistant<|end_header_id|>\n\n";
-    case CHAT_CHATML:
-    case CHAT_QWEN2:
-        return "<|im_start|>assistant\n";
-    default:
-        return "";
-    }
-}
-
-/* msgs rendered with the chat template plus the generation prompt, tokenised as the
- * template's text (its special tokens written out, no post-processor BOS). */
-static int gen_encode_chat(Tokenizer *tk, ChatFormat f, const ChatMsg *msgs, size_t n, TokIds *out,
-                           ErrStatus *st) {
-    if (f == CHAT_NONE)
-        return err_status_set(
-            st, "a chat prompt needs a chat template: the model's tokenizer_config.json "
-                "has none that shardlora renders exactly (llama3, mistral v0.2, llama2, chatml, "
-                "qwen2; not Llama 3.1+, Qwen1.5/2.5/3 or Mistral v0.3+); give --chat-format");
-    ChatPieces ps = {0};
-    if (!chat_render(f, msgs, n, &ps, st)) return 0;
-    size_t len = 0;
-    for (size_t i = 0; i < ps.n; i++)
-        len += ps.p[i].len;
-    const char *gp = gen_generation_prompt(f);
-    char *text = malloc(len + strlen(gp) + 1);
-    SL_CHECK(text, "out of memory");
-    size_t off = 0;
-    for (size_t i = 0; i < ps.n; i++) {
-        memcpy(text + off, ps.p[i].text, ps.p[i].len);
-        off += ps.p[i].len;
-    }
-    memcpy(text + off, gp, strlen(gp) + 1);
-    off += strlen(gp);
-    chat_pieces_free(&ps);
-    int ok = tok_encode(tk, text, off, 0, out, st);
+/* messages (+ tools, documents) rendered with the chat template and the generation prompt
+ * (add_generation_prompt=True), tokenised as the template's text (its special tokens
+ * written out, no post-processor BOS). */
+static int gen_encode_chat(Tokenizer *tk, const ChatTemplate *ct, json_t *msgs, json_t *tools,
+                           json_t *docs, TokIds *out, ErrStatus *st) {
+    char *text;
+    size_t len;
+    if (!chat_render_prompt(ct, msgs, tools, docs, &text, &len, st)) return 0;
+    int ok = tok_encode(tk, text, len, 0, out, st);
     free(text);
     return ok;
 }
 
 /* A text prompt: the model's tokenizer with special tokens (BOS) on, or with --chat as one
  * user message in the chat template. */
-static int gen_encode_text(Tokenizer *tk, ChatFormat f, int chat, const char *text, size_t len,
-                           TokIds *out, ErrStatus *st) {
+static int gen_encode_text(Tokenizer *tk, const ChatTemplate *ct, int chat, const char *text,
+                           size_t len, TokIds *out, ErrStatus *st) {
     if (!tk) return err_status_set(st, "a text prompt needs the model's tokenizer.json");
     if (!chat) return tok_encode(tk, text, len, 1, out, st);
-    ChatMsg msg = {"user", text};
-    return gen_encode_chat(tk, f, &msg, 1, out, st);
+    json_t *msgs = json_pack("[{s:s, s:s#}]", "role", "user", "content", text, (int)len);
+    SL_CHECK(msgs, "out of memory");
+    int ok = gen_encode_chat(tk, ct, msgs, NULL, NULL, out, st);
+    json_decref(msgs);
+    return ok;
 }
 
-/* One JSONL line: {"input_ids": [...]}, {"messages": [...]} or {"prompt": "..."} (the first
- * of these keys that is present and not null). */
-static int gen_parse_line(Tokenizer *tk, ChatFormat f, int chat, int64_t V, const char *line,
-                          size_t len, TokIds *out, int *used_chat, ErrStatus *st) {
+/* One JSONL line: {"input_ids": [...]}, {"messages": [...]} (+ "tools", "documents") or
+ * {"prompt": "..."} (the first of these keys that is present and not null). */
+static int gen_parse_line(Tokenizer *tk, const ChatTemplate *ct, int chat, int64_t V,
+                          const char *line, size_t len, TokIds *out, int *used_chat,
+                          ErrStatus *st) {
     json_error_t je;
-    json_t *root = json_loadb(line, len, 0, &je);
+    json_t *root = json_loadb(line, len, JSON_ALLOW_NUL, &je);
     if (!root) return err_status_set(st, "not valid JSON (column %d): %s", je.column, je.text);
     int ok = 1;
     json_t *ids = json_object_get(root, "input_ids"), *msgs = json_object_get(root, "messages"),
@@ -215,24 +188,13 @@ static int gen_parse_line(Tokenizer *tk, ChatFormat f, int chat, int64_t V, cons
                 gen_ids_push(out, (int32_t)v);
         }
     } else if (msgs && !json_is_null(msgs)) {
-        size_t n = json_is_array(msgs) ? json_array_size(msgs) : 0;
-        ChatMsg *cm = calloc(n ? n : 1, sizeof *cm);
-        SL_CHECK(cm, "out of memory");
-        if (!json_is_array(msgs)) ok = err_status_set(st, "\"messages\" must be a list");
-        for (size_t i = 0; ok && i < n; i++) {
-            json_t *e = json_array_get(msgs, i);
-            json_t *r = json_object_get(e, "role"), *c = json_object_get(e, "content");
-            if (!json_is_string(r) || !json_is_string(c))
-                ok = err_status_set(st, "messages[%zu] needs string \"role\" and \"content\"", i);
-            else
-                cm[i] = (ChatMsg){json_string_value(r), json_string_value(c)};
-        }
-        if (ok && !tk) ok = err_status_set(st, "\"messages\" need the model's tokenizer.json");
-        if (ok) ok = gen_encode_chat(tk, f, cm, n, out, st);
+        if (!tk) ok = err_status_set(st, "\"messages\" need the model's tokenizer.json");
+        if (ok)
+            ok = gen_encode_chat(tk, ct, msgs, json_object_get(root, "tools"),
+                                 json_object_get(root, "documents"), out, st);
         *used_chat = 1;
-        free(cm);
     } else if (json_is_string(prompt)) {
-        ok = gen_encode_text(tk, f, chat, json_string_value(prompt), json_string_length(prompt),
+        ok = gen_encode_text(tk, ct, chat, json_string_value(prompt), json_string_length(prompt),
                              out, st);
         *used_chat |= chat;
     } else {
@@ -244,7 +206,7 @@ static int gen_parse_line(Tokenizer *tk, ChatFormat f, int chat, int64_t V, cons
 }
 
 /* Reads --prompt or every non-empty line of --prompts. Errors name FILE:LINE. */
-static int gen_read_prompts(const GenOpts *o, Tokenizer *tk, ChatFormat f, int64_t V,
+static int gen_read_prompts(const GenOpts *o, Tokenizer *tk, const ChatTemplate *f, int64_t V,
                             GenPrompt **out, int64_t *nout, int *used_chat, ErrStatus *st) {
     int64_t n = 0, cap = 0;
     GenPrompt *p = NULL;
@@ -345,8 +307,9 @@ static void gen_eos_from_json(const char *dir, const char *name, int32_t **eos, 
 /* The ids that end a sequence: config.json's and generation_config.json's eos_token_id
  * (one or a list, as HF generate reads them), tokenizer_config.json's eos_token, and the
  * end-of-turn token of the chat template when prompts were chat-formatted. */
-static void gen_eos_ids(const char *dir, const LlamaModel *m, Tokenizer *tk, ChatFormat f,
+static void gen_eos_ids(const char *dir, const LlamaModel *m, Tokenizer *tk, const ChatTemplate *ct,
                         int used_chat, int32_t **eos, int *n) {
+    ChatFormat f = ct->tpl ? CHAT_NONE : ct->format; /* a template's end is its eos_token */
     gen_eos_add(eos, n, m->cfg.eos_token_id);
     gen_eos_from_json(dir, "config.json", eos, n);
     gen_eos_from_json(dir, "generation_config.json", eos, n);
@@ -686,7 +649,7 @@ typedef struct {
     Session s; /* memory, model (+ adapter slots), GEMM and kernel contexts */
     MpicmdEnv env;
     Tokenizer *tk; /* NULL without tokenizer.json (pre-tokenised prompts only) */
-    ChatFormat chat;
+    ChatTemplate chat;
     GenPrompt *prompts; /* [nprompts] */
     int64_t nprompts;
     int used_chat; /* some prompt went through the chat template */
@@ -730,7 +693,9 @@ static void gen_options(GenRun *r) {
         {"prompt", ARG_STR, &o->prompt, "TEXT", "one prompt, tokenised with the model's tokenizer (BOS per its post-processor)", 0, 0},
         {"prompts", ARG_STR, &o->prompts, "FILE", "JSONL prompts, per line {\"prompt\": S}, {\"messages\": [{\"role\",\"content\"}]} (chat template + generation prompt) or {\"input_ids\": [...]}", 0, 0},
         {"chat", ARG_BOOL, &o->chat, NULL, "format text prompts as one user message with the chat template", 0, 0},
-        {"chat-format", ARG_STR, &o->chat_format, "NAME", "template for \"messages\": auto (from tokenizer_config.json) | llama3 | mistral | llama2 | chatml | qwen2", 0, 0},
+        {"chat-template", ARG_STR, &o->chat_template, "FILE", "a Jinja chat template for \"messages\" and --chat (default: the model's own: MODEL/chat_template.jinja, else tokenizer_config.json's \"chat_template\")", 0, 0},
+        {"chat-template-kwargs", ARG_STR, &o->chat_kwargs, "JSON", "a JSON object of extra template variables, e.g. '{\"enable_thinking\": false}'", 0, 0},
+        {"chat-format", ARG_STR, &o->chat_format, "NAME", "fallback layout for a model without a chat template: auto (the model's template) | llama3 | mistral | llama2 | chatml | qwen2", 0, 0},
         {.type = ARG_GROUP, .group = ARGG_GENERATION},
         {"max-new-tokens", ARG_INT, &o->max_new, "N", "tokens to generate at most per prompt", 0, 0},
         {"temperature", ARG_FLOAT, &o->temperature, "X", "0: greedy (argmax); > 0: sample from softmax(logits / X)", 0, 0},
@@ -766,6 +731,9 @@ static int gen_check_opts(void *ctx, ErrStatus *st) {
         ok = err_status_set(
             st, "--chat-format '%s': expected auto, llama3, mistral, llama2, chatml or qwen2",
             o->chat_format);
+    json_t *kw = ok && o->chat_kwargs ? chat_parse_kwargs(o->chat_kwargs, st) : NULL;
+    if (ok && o->chat_kwargs && !kw) ok = 0;
+    json_decref(kw);
     if (ok && strcmp(o->stream, "auto") && strcmp(o->stream, "off"))
         ok = err_status_set(st, "--stream '%s': expected auto or off", o->stream);
     if (ok && o->merge && !o->adapter) ok = err_status_set(st, "--merge-in-memory needs --adapter");
@@ -803,22 +771,23 @@ static int gen_open(GenRun *r) {
     if (!grid_agree(g, ok, gen_err, &st)) return EXIT_BAD_INPUT;
     char path[4200];
     snprintf(path, sizeof path, "%s/tokenizer.json", o->run.model);
-    r->chat = CHAT_NONE;
     if (access(path, F_OK) == 0) {
         r->tk = tok_load(path, &st);
         ok = r->tk != NULL;
     }
-    if (ok && strcmp(o->chat_format, "auto") == 0)
-        ok = chat_detect(o->run.model, &r->chat, &st);
-    else if (ok)
-        r->chat = (ChatFormat)chat_parse_format(o->chat_format);
+    int status = EXIT_BAD_INPUT;
+    if (ok) {
+        ChatSetup cs = {o->run.model, o->chat_template, o->chat_kwargs, o->chat_format, r->tk};
+        ok = chat_template_load(&r->chat, &cs, &status, &st);
+    }
+    if (!grid_agree(g, ok, gen_err, &st)) return status;
     if (ok && !r->tk && o->stop.n > 0)
         ok = err_status_set(&st, "--stop needs the model's tokenizer.json to decode the text");
     if (ok)
-        ok = gen_read_prompts(o, r->tk, r->chat, r->s.m.V, &r->prompts, &r->nprompts, &r->used_chat,
-                              &st);
+        ok = gen_read_prompts(o, r->tk, &r->chat, r->s.m.V, &r->prompts, &r->nprompts,
+                              &r->used_chat, &st);
     if (!grid_agree(g, ok, gen_err, &st)) return EXIT_BAD_INPUT;
-    gen_eos_ids(o->run.model, &r->s.m, r->tk, r->chat, r->used_chat, &r->eos, &r->neos);
+    gen_eos_ids(o->run.model, &r->s.m, r->tk, &r->chat, r->used_chat, &r->eos, &r->neos);
     if (o->adapter) {
         ok = adio_attach(&r->s.m, o->adapter, &r->acfg, g, &r->s.mem, &st);
         r->have_acfg = 1;
@@ -1035,6 +1004,7 @@ static int gen_free(GenRun *r, int rc) {
     if (r->have_acfg) adio_cfg_free(&r->acfg);
     free(r->eos);
     if (r->tk) tok_free(r->tk);
+    chat_template_free(&r->chat);
     return mpicmd_end(&r->g, r->specs, r->nspecs, rc);
 }
 
@@ -1054,13 +1024,15 @@ static void gen_log_start(const GenRun *r) {
         "grid: world=%d = dp %d x tp %d; per TP rank: %lld heads, %lld kv heads%s, vocab rows %lld",
         g->world_size, g->dp, g->tp, (long long)m->Hl, (long long)m->KVl,
         m->KV < g->tp && g->tp > 1 ? " (replicated)" : "", (long long)m->Vl);
+    char chat[4400];
     log_info("%lld prompts (longest %lld tokens), %lld per DP group; %lld sequences at once, %lld "
              "rows per "
              "forward; KV cache %.2f MiB per rank (%lld positions per sequence); %s; chat template "
              "%s; EOS ids %d",
              (long long)r->nprompts, (long long)r->maxlen, (long long)r->per, (long long)r->S,
              (long long)r->R, (double)r->l.in.cache.bytes * 2 / 1048576.0, (long long)r->Tmax,
-             o->temperature == 0 ? "greedy" : "sampling", chat_format_name(r->chat), r->neos);
+             o->temperature == 0 ? "greedy" : "sampling",
+             chat_template_describe(&r->chat, chat, sizeof chat), r->neos);
 }
 
 /* The generation of this DP group's prompts. Returns 0 or EXIT_NONFINITE (all ranks). */

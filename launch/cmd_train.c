@@ -503,6 +503,17 @@ static void train_identity(TrainRun *r) {
     json_object_set_new(id, "--pack", json_boolean(w->pack));
     json_object_set_new(id, "--long-examples", json_string(w->long_examples));
     json_object_set_new(id, "--chat-format", json_string(w->chat_format));
+    /* the template by its bytes: --chat-template, else the model's files that hold it */
+    char *tpl = w->chat_template ? str_dup(w->chat_template)
+                                 : str_join_path(o->run.model, "chat_template.jinja");
+    if (!w->chat_template && access(tpl, F_OK) != 0) {
+        free(tpl);
+        tpl = str_join_path(o->run.model, "tokenizer_config.json");
+    }
+    if (access(tpl, F_OK) == 0) json_object_set_new(id, "chat_template", train_file_id(tpl));
+    free(tpl);
+    if (w->chat_kwargs)
+        json_object_set_new(id, "--chat-template-kwargs", json_string(w->chat_kwargs));
     json_object_set_new(id, "--train-on-prompt", json_boolean(w->train_on_prompt));
     json_object_set_new(id, "--add-eos", json_boolean(w->add_eos));
     json_object_set_new(id, "--skip-bad-lines", json_boolean(w->skip_bad));
@@ -676,7 +687,9 @@ static int train_load_data(TrainRun *r) {
                       o->rows.seq_len,
                       m->V,
                       m->cfg.eos_token_id,
-                      o->seed};
+                      o->seed,
+                      o->rows.chat_template,
+                      o->rows.chat_kwargs};
     int data_rc = 0;
     if (!tdata_load(&r->data, &dopt, &r->g, &data_rc)) {
         /* bad data leaves no trace (token caches written before the refusal included) */

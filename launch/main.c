@@ -20,6 +20,8 @@ static void main_usage(FILE *f) {
         "  train        train LoRA, LoRA-FA, DoRA or VeRA adapters on a frozen model (tp x dp)\n"
         "  inspect      print a checkpoint's manifest and verify its checksums\n"
         "  tokenize     encode stdin with a model's tokenizer.json (or --decode ids)\n"
+        "  preview      show data examples as train tokenises them (chat template, counted "
+        "tokens)\n"
         "  plot         draw OUT/metrics.jsonl as an SVG chart of the train and eval loss\n"
         "  generate     generate text from prompts (model + optional adapter, KV cache, any tp)\n"
         "  export       write a training checkpoint's adapter as a PEFT adapter directory\n"
@@ -64,6 +66,7 @@ int main(int argc, char **argv) {
     if (strcmp(argv[1], "export") == 0) return cmd_export(argc, argv);
     if (strcmp(argv[1], "eval") == 0) return cmd_eval(argc, argv);
     if (strcmp(argv[1], "merge") == 0) return cmd_merge(argc, argv);
+    if (strcmp(argv[1], "preview") == 0) return cmd_preview(argc, argv);
     fprintf(stderr, "shardlora: unknown command '%s'\n", argv[1]);
     main_usage(stderr);
     return EXIT_USAGE;

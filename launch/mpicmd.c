@@ -103,7 +103,9 @@ static void mpicmd_rows_specs(ArgSpec *out, int cap, int *n, MpicmdRows *o, cons
     const ArgSpec specs[] = {
         {.type = ARG_GROUP, .group = ARGG_DATA},
         {"data", ARG_STRS, &o->data, "FILE", data_help, 1, 0},
-        {"chat-format", ARG_STR, &o->chat_format, "NAME", "template for \"messages\": auto (from tokenizer_config.json) | llama3 | mistral | llama2 | chatml | qwen2", 0, 0},
+        {"chat-template", ARG_STR, &o->chat_template, "FILE", "a Jinja chat template for \"messages\" lines (default: the model's own: MODEL/chat_template.jinja, else tokenizer_config.json's \"chat_template\")", 0, 0},
+        {"chat-template-kwargs", ARG_STR, &o->chat_kwargs, "JSON", "a JSON object of extra template variables, e.g. '{\"enable_thinking\": false}'", 0, 0},
+        {"chat-format", ARG_STR, &o->chat_format, "NAME", "fallback layout for a model without a chat template: auto (the model's template) | llama3 | mistral | llama2 | chatml | qwen2 (refused when the model's template renders differently)", 0, 0},
         {"train-on-prompt", ARG_BOOL, &o->train_on_prompt, NULL, "count prompt tokens and non-assistant turns in the loss too", 0, 0},
         {"add-eos", ARG_BOOL, &o->add_eos, NULL, "append the EOS token to text and prompt/completion examples", 0, 0},
         {"pack", ARG_BOOL, &o->pack, NULL, "pack several documents per sequence (attention and positions restart per document)", 0, 0},
@@ -130,6 +132,9 @@ int mpicmd_rows_check(const MpicmdRows *o, int *lmode, ErrStatus *st) {
         return err_status_set(
             st, "--chat-format '%s': expected auto, llama3, mistral, llama2, chatml or qwen2",
             o->chat_format);
+    json_t *kw = o->chat_kwargs ? chat_parse_kwargs(o->chat_kwargs, st) : NULL;
+    if (o->chat_kwargs && !kw) return 0;
+    json_decref(kw);
     if (!mpicmd_bound("seq-len", o->seq_len, 2, MPICMD_MAX_SEQ_LEN, st) ||
         !mpicmd_bound("micro-batch", o->micro_batch, 1, MPICMD_MAX_BATCH, st))
         return 0;

@@ -80,7 +80,7 @@ int mpicmd_end(Grid *g, ArgSpec *specs, int nspecs, int rc);
  * checks them and sets *lmode (PackLong). */
 typedef struct {
     ArgStrs data;
-    const char *chat_format, *long_examples, *cache_dir;
+    const char *chat_format, *chat_template, *chat_kwargs, *long_examples, *cache_dir;
     int train_on_prompt, add_eos, pack, skip_bad;
     int64_t seq_len, micro_batch;
 } MpicmdRows;

@@ -306,7 +306,12 @@ int report_run_json(const char *out, const ReportRun *run, const Session *s, con
     json_object_set_new(data, "train_tokens", json_integer((json_int_t)d->train.tokens));
     json_object_set_new(data, "train_counted_tokens", json_integer((json_int_t)d->train.counted));
     report_long_docs_json(data, d);
-    json_object_set_new(data, "chat_format", json_string(chat_format_name(d->ds.chat)));
+    /* the chat template: the model's (its source and id) or a --chat-format, or "none" */
+    json_object_set_new(data, "chat_format",
+                        json_string(d->chat.tpl ? "template" : chat_format_name(d->chat.format)));
+    json_object_set_new(data, "chat_template",
+                        d->chat.source ? json_string(d->chat.source) : json_null());
+    json_object_set_new(data, "chat_template_id", json_string(d->chat.id));
     json_object_set_new(data, "eval_documents",
                         json_integer((json_int_t)(d->has_eval ? d->eval.docs : 0)));
     json_object_set_new(data, "eval_rows",

@@ -26,7 +26,7 @@ static int32_t tdata_eos_from_tokenizer_config(const char *dir, const Tokenizer 
     char path[4200];
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
     /* as numbers: the Hub's files carry model_max_length = 1e30, too big for an integer */
-    ErrStatus ignore; /* optional: chat_detect has already refused an unreadable one */
+    ErrStatus ignore; /* optional: the chat template's load has refused an unreadable one */
     json_t *root = afile_read_json(path, (size_t)64 << 20, JSON_DECODE_INT_AS_REAL, &ignore);
     if (!root) return -1;
     json_t *e = json_object_get(root, "eos_token");
@@ -206,23 +206,25 @@ static int tdata_load_parts(TrainData *d, const TdataOpts *o, Grid *g, int *exit
         d->tk = tok_load(tkpath, &st);
         ok = d->tk != NULL;
     }
-    ChatFormat chat = CHAT_NONE;
-    if (ok && strcmp(o->chat_format, "auto") == 0)
-        ok = chat_detect(o->model_dir, &chat, &st);
-    else if (ok)
-        chat = (ChatFormat)chat_parse_format(o->chat_format);
-    if (!tdata_agree(g, ok, &st)) return 0;
+    int status = EXIT_BAD_INPUT;
+    if (ok) {
+        ChatSetup cs = {o->model_dir, o->chat_template, o->chat_kwargs, o->chat_format, d->tk};
+        ok = chat_template_load(&d->chat, &cs, &status, &st);
+    }
+    if (!tdata_agree(g, ok, &st)) {
+        *exit_code = status;
+        return 0;
+    }
     int64_t eos = o->eos_id;
     if (eos < 0 && d->tk) eos = tdata_eos_from_tokenizer_config(o->model_dir, d->tk);
-    d->ds.chat = chat;
+    d->ds.chat = &d->chat;
     d->ds.train_on_prompt = o->train_on_prompt;
     d->ds.eos_id = o->add_eos ? (int32_t)eos : -1;
     d->ds.vocab = o->vocab;
-    log_info("data: tokenizer %s; chat format %s (%s); EOS %s; prompt tokens %s",
-             d->tk ? tkpath : "none (pre-tokenised data only)", chat_format_name(chat),
-             strcmp(o->chat_format, "auto") != 0 ? "--chat-format"
-             : chat != CHAT_NONE                 ? "from tokenizer_config.json"
-                                 : "no chat template recognised in tokenizer_config.json",
+    char chat[4400];
+    log_info("data: tokenizer %s; chat template %s; EOS %s; prompt tokens %s",
+             d->tk ? tkpath : "none (pre-tokenised data only)",
+             chat_template_describe(&d->chat, chat, sizeof chat),
              !o->add_eos ? "not appended (--no-add-eos)"
              : eos >= 0  ? "appended to text examples"
                          : "unknown, not appended",
@@ -301,6 +303,7 @@ void tdata_free(TrainData *d) {
     free(d->train_docs);
     free(d->eval_docs);
     if (d->tk) tok_free(d->tk);
+    chat_template_free(&d->chat);
     memset(d, 0, sizeof *d);
 }
 

@@ -28,10 +28,13 @@ typedef struct {
     const char *cache_dir;    /* token caches go to cache_dir/train and cache_dir/eval */
     int64_t T, vocab, eos_id; /* eos_id: from config.json, -1 unknown */
     uint64_t seed;
+    const char *chat_template; /* --chat-template FILE, or NULL */
+    const char *chat_kwargs;   /* --chat-template-kwargs JSON object, or NULL */
 } TdataOpts;
 
 typedef struct {
-    Tokenizer *tk; /* NULL when the model has no tokenizer.json */
+    Tokenizer *tk;     /* NULL when the model has no tokenizer.json */
+    ChatTemplate chat; /* how "messages" lines are rendered (ds.chat points here) */
     DsOptions ds;
     TokCache train_cache, eval_cache;
     int have_eval_cache;

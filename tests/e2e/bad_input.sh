@@ -122,7 +122,7 @@ expect missing-completion "no-completion.jsonl:1: .*completion" -- "$SL" train -
 printf '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n' > "$W/chat.jsonl"
 expect messages-no-template "chat.jsonl:1: .*--chat-format" -- "$SL" train --model "$W/good" --data "$W/chat.jsonl"
 printf '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": 5}]}\n' > "$W/chat-type.jsonl"
-expect messages-wrong-type "chat-type.jsonl:1: .*messages.*\[1\].*content.*string" -- "$SL" train --model "$W/good" --data "$W/chat-type.jsonl" --chat-format chatml
+expect messages-wrong-type "chat-type.jsonl:1: .*messages.*\[1\].*content.*string" -- "$SL" train --model "$W/good" --data "$W/chat-type.jsonl" --chat-format mistral
 expect bad-chat-format "--chat-format 'vicuna'" -- "$SL" train --model "$W/good" --data "$W/chat.jsonl" --chat-format vicuna
 rm -rf "$W/no-tokenizer"; cp -r "$W/good" "$W/no-tokenizer"; rm "$W/no-tokenizer/tokenizer.json"
 expect text-without-tokenizer "text-type.jsonl:1: .*tokenizer" -- "$SL" train --model "$W/no-tokenizer" --data "$W/text-type.jsonl"

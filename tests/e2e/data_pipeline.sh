@@ -47,6 +47,9 @@ with open(f"{w}/chat.jsonl", "w") as f:
     f.write(json.dumps({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"},
                                      {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye?"},
                                      {"role": "assistant", "content": "Bye."}]}) + "\n")
+with open(f"{w}/chatml.jinja", "w") as f:     # ChatML as a Jinja template (the byte vocabulary has
+    f.write("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")  # no <|im_start|> token)
 with open(f"{w}/more.jsonl", "w") as f:        # 40 documents of varied length for eval / config runs
     for i in range(40): f.write(json.dumps({"text": text(i, 20 + (i * 37) % 90)}) + "\n")
 with open(f"{w}/bad.jsonl", "w") as f:
@@ -76,10 +79,11 @@ if kind == "pc":
 else:
     turns = json.loads(open(f"{w}/chat.jsonl").readline())["messages"]
     x, lab = [], []
-    for m in turns:  # ChatML, written out: <|im_start|>ROLE\nCONTENT<|im_end|>\n
-        head, body, tail = enc("<|im_start|>" + m["role"] + "\n"), enc(m["content"] + "<|im_end|>"), enc("\n")
-        x += head + body + tail
-        lab += head + body + tail if top else [-100] * len(head) + (body if m["role"] == "assistant" else [-100] * len(body)) + [-100] * len(tail)
+    for m in turns:  # ChatML, written out: <|im_start|>ROLE\nCONTENT<|im_end|>\n; an assistant turn
+        # counts what it adds to its prompt: CONTENT<|im_end|>\n (io/chat.h's label rule)
+        head, body = enc("<|im_start|>" + m["role"] + "\n"), enc(m["content"] + "<|im_end|>\n")
+        x += head + body
+        lab += head + body if top else [-100] * len(head) + (body if m["role"] == "assistant" else [-100] * len(body))
     want.append((x, lab))
 assert ids.shape[0] == len(want), f"{ids.shape[0]} rows, want {len(want)}"
 for i, (x, lab) in enumerate(want):
@@ -95,7 +99,7 @@ run pc "${M[@]}" --data "$W/pc.jsonl" --out "$W/pc" "${COMMON[@]}" --global-batc
   && check_rows "$W/pc.st" pc && pass "prompt/completion: prompt masked" || fail "prompt/completion rows"
 run pct "${M[@]}" --data "$W/pc.jsonl" --out "$W/pct" "${COMMON[@]}" --global-batch 4 --train-on-prompt --dump-grads "$W/pct.st" \
   && check_rows "$W/pct.st" pc 1 && pass "prompt/completion --train-on-prompt" || fail "--train-on-prompt rows"
-run chat "${M[@]}" --data "$W/chat.jsonl" --out "$W/chat" "${COMMON[@]}" --global-batch 1 --chat-format chatml --dump-grads "$W/chat.st" \
+run chat "${M[@]}" --data "$W/chat.jsonl" --out "$W/chat" "${COMMON[@]}" --global-batch 1 --chat-template "$W/chatml.jinja" --dump-grads "$W/chat.st" \
   && check_rows "$W/chat.st" chat && pass "messages (chatml): only assistant replies counted" || fail "messages rows"
 
 # ---- packing: same loss and gradients as one document per row ----------------------------

@@ -55,3 +55,6 @@ endforeach()
 # ranks, twice), time-based checkpoints, MFU <= 100% at a long sequence
 sl_e2e(e2e_train_ckpt train_ckpt.sh 300 PROCESSORS 2)
 sl_e2e(e2e_sizes sizes.sh 300)
+# the model's own Jinja chat template (Qwen3's real tokenizer files): train, preview, generate,
+# and the refusals (raise_exception, a refused construct, bad kwargs, --chat-format mismatch)
+sl_e2e(e2e_chat_template chat_template.sh 900)

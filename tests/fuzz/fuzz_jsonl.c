@@ -31,15 +31,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     /* Loaded once and reused across lines, as the data pipeline does. */
     static Tokenizer *tk;
     static DsExample ex;
+    static ChatTemplate chat[CHAT_NFORMATS]; /* the hand-written formats (no model template) */
     ErrStatus st;
     if (size == 0) return 0;
     if (!tk && !(tk = tok_load(fz_fixed_tokenizer(), &st))) {
         fprintf(stderr, "fuzz_jsonl: the fixed tokenizer does not load: %s\n", st.msg);
         abort();
     }
+    if (!chat[1].vars)
+        for (int f = 0; f < CHAT_NFORMATS; f++)
+            chat_template_init_format(&chat[f], (ChatFormat)f);
     uint8_t opt = data[0];
     DsOptions o = {
-        .chat = (ChatFormat)(opt % CHAT_NFORMATS),
+        .chat = &chat[opt % CHAT_NFORMATS],
         .train_on_prompt = (opt >> 3) & 1,
         .eos_id = (opt >> 4) & 1 ? tok_token_id(tk, "</s>") : -1,
         .vocab = (opt >> 5) & 1 ? tok_vocab_size(tk) : 0,

@@ -166,8 +166,11 @@ PY
     "${MPI[@]}" "$SL" generate --model "$W/model" --prompt "$PROMPT" --max-new-tokens 24 --ignore-eos \
       --stop="$STOP" --tp 2 --threads 1 --log-level warn --out "$W/one-tp2.jsonl" > "$W/one-tp2.out"
     # a chat prompt: chatml text plus the generation prompt, no post-processor BOS
+    # (ChatML as a Jinja template: --chat-format chatml is refused on the byte vocabulary, which
+    # has no <|im_start|> token)
     echo '{"messages": [{"role": "user", "content": "Hi"}]}' > "$W/chat.jsonl"
-    "$SL" generate --model "$W/model" --prompts "$W/chat.jsonl" --chat-format chatml --max-new-tokens 3 \
+    printf '%s' "{% for m in messages %}<|im_start|>{{ m.role }}"$'\n'"{{ m.content }}<|im_end|>"$'\n'"{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant"$'\n'"{% endif %}" > "$W/chatml.jinja"
+    "$SL" generate --model "$W/model" --prompts "$W/chat.jsonl" --chat-template "$W/chatml.jinja" --max-new-tokens 3 \
       --threads 1 --log-level warn --dump-logits "$W/chat.st" --out "$W/chat-out.jsonl"
     "$PY" - "$W" <<'PY'
 import json, sys, os

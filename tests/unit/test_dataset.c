@@ -15,6 +15,8 @@
 #define IGN (-100)
 
 static DsExample ex; /* reused by every line, as a reader does */
+/* the hand-written formats as templates of a run (chat_template_init_format) */
+static ChatTemplate t_chatml, t_mistral;
 
 static int encode(Tokenizer *tk, const DsOptions *o, const char *line, ErrStatus *st) {
     return ds_encode_line(tk, o, line, strlen(line), &ex, st);
@@ -107,7 +109,7 @@ static Tokenizer *load_bos_merge(const char *dir, const char *base) {
 }
 
 static void test_text(Tokenizer *tk, Tokenizer *tb) {
-    DsOptions o = {CHAT_NONE, 0, 257, BYTETOK_VOCAB_SIZE};
+    DsOptions o = {NULL, 0, 257, BYTETOK_VOCAB_SIZE};
     expect_ok("text + eos", tk, &o, "{\"text\": \"Hi\"}", DS_TEXT, (int32_t[]){72, 105, 257},
               (int32_t[]){72, 105, 257}, 3, 2);
     expect_ok("text, eos written", tk, &o, "{\"text\": \"Hi</s>\"}", DS_TEXT,
@@ -127,7 +129,7 @@ static void test_text(Tokenizer *tk, Tokenizer *tb) {
                "token 2 has id 259, outside the model's vocabulary [0, 259) (vocab_size in "
                "config.json): tokenizer.json does not match the model");
     DsOptions chat = o;
-    chat.chat = CHAT_CHATML;
+    chat.chat = &t_chatml;
     expect_err(tb, &chat,
                "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}, "
                "{\"role\": \"assistant\", \"content\": \"x\"}]}",
@@ -147,7 +149,7 @@ static void test_text(Tokenizer *tk, Tokenizer *tb) {
 }
 
 static void test_prompt_completion(Tokenizer *tk, Tokenizer *tb) {
-    DsOptions o = {CHAT_NONE, 0, 257, BYTETOK_VOCAB_SIZE};
+    DsOptions o = {NULL, 0, 257, BYTETOK_VOCAB_SIZE};
     expect_ok("prompt masked", tk, &o, "{\"prompt\": \"Q:\", \"completion\": \"A\"}",
               DS_PROMPT_COMPLETION, (int32_t[]){81, 58, 65, 257}, (int32_t[]){IGN, IGN, 65, 257}, 4,
               2);
@@ -180,7 +182,7 @@ static void test_messages(Tokenizer *tk, Tokenizer *tb) {
     size_t n = 0;
     const char *conv = "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}, "
                        "{\"role\": \"assistant\", \"content\": \"Yo\"}]}";
-    DsOptions o = {CHAT_CHATML, 0, 257, BYTETOK_VOCAB_SIZE};
+    DsOptions o = {&t_chatml, 0, 257, BYTETOK_VOCAB_SIZE};
     n = put_bytes(ids, labels, 0, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", 0);
     n = put_bytes(ids, labels, n, "Yo<|im_end|>", 1);
     n = put_bytes(ids, labels, n, "\n", 0);
@@ -194,7 +196,7 @@ static void test_messages(Tokenizer *tk, Tokenizer *tb) {
 
     /* mistral: "<s>" and "</s>" in the template text are matched as special tokens; no
      * eos is appended to messages (the template ends the reply) */
-    o.chat = CHAT_MISTRAL;
+    o.chat = &t_mistral;
     n = put_id(ids, labels, 0, 256, 0);
     n = put_bytes(ids, labels, n, "[INST] Hi [/INST]", 0);
     n = put_bytes(ids, labels, n, "Yo", 1);
@@ -202,7 +204,7 @@ static void test_messages(Tokenizer *tk, Tokenizer *tb) {
     expect_ok("mistral", tk, &o, conv, DS_MESSAGES, ids, labels, n, count_labels(labels, n));
 
     /* two turns: every assistant reply counted, the user turn between masked */
-    o.chat = CHAT_CHATML;
+    o.chat = &t_chatml;
     n = put_bytes(ids, labels, 0, "<|im_start|>user\na<|im_end|>\n<|im_start|>assistant\n", 0);
     n = put_bytes(ids, labels, n, "b<|im_end|>", 1);
     n = put_bytes(ids, labels, n, "\n<|im_start|>user\nc<|im_end|>\n<|im_start|>assistant\n", 0);
@@ -214,29 +216,29 @@ static void test_messages(Tokenizer *tk, Tokenizer *tb) {
               "{\"role\": \"assistant\", \"content\": \"d\"}]}",
               DS_MESSAGES, ids, labels, n, count_labels(labels, n));
 
-    /* a merge across a boundary: "...[/INST" + "]" | "]x</s>" has "]]" as one token; the
-     * boundary is len(encode(prefix)) = 17, the index after "]]", so "]]" stays masked */
-    o.chat = CHAT_MISTRAL;
+    /* a merge across a boundary: "...[/INST" + "]" | "]x</s>" has "]]" as one token; it
+     * overlaps the counted "]x</s>", so it is counted (transformers' char_to_token rule) */
+    o.chat = &t_mistral;
     o.vocab = 261;
     const int32_t mids[] = {256, '[', 'I', 'N', 'S', 'T', ']', ' ', 259, ' ',
                             '[', '/', 'I', 'N', 'S', 'T', 260, 'x', 257};
     n = sizeof mids / sizeof *mids;
     for (size_t i = 0; i < n; i++) {
         ids[i] = mids[i];
-        labels[i] = i >= 17 ? mids[i] : IGN;
+        labels[i] = i >= 16 ? mids[i] : IGN;
     }
     expect_ok("boundary in a merge", tb, &o,
               "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}, "
               "{\"role\": \"assistant\", \"content\": \"]x\"}]}",
-              DS_MESSAGES, ids, labels, n, 2);
+              DS_MESSAGES, ids, labels, n, 3);
 
-    o.chat = CHAT_CHATML;
+    o.chat = &t_chatml;
     expect_err(tk, &o, "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}]}",
                "nothing to train on: every token is masked (prompt only?)");
 }
 
 static void test_tokens(void) {
-    DsOptions o = {CHAT_NONE, 0, 257, BYTETOK_VOCAB_SIZE};
+    DsOptions o = {NULL, 0, 257, BYTETOK_VOCAB_SIZE};
     ErrStatus st;
     /* no tokenizer needed, no eos appended */
     expect_ok("input_ids", NULL, &o, "{\"input_ids\": [5, 6, 7]}", DS_TOKENS, (int32_t[]){5, 6, 7},
@@ -264,7 +266,7 @@ static void test_tokens(void) {
 }
 
 static void test_errors(Tokenizer *tk) {
-    DsOptions o = {CHAT_NONE, 0, 257, BYTETOK_VOCAB_SIZE};
+    DsOptions o = {NULL, 0, 257, BYTETOK_VOCAB_SIZE};
     expect_err(tk, &o, "{\"text\": \"Hi\"} x", "invalid JSON at column 16: ");
     expect_err(tk, &o, "{\"text\": \"Hi\",}", "invalid JSON at column 15: ");
     expect_err(tk, &o, "", "invalid JSON at column");
@@ -300,16 +302,18 @@ static void test_errors(Tokenizer *tk) {
     expect_err(tk, &o, "{\"messages\": []}", "\"messages\" is empty");
     expect_err(tk, &o, "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, 3]}",
                "\"messages\"[1] must be an object, not a number");
-    expect_err(tk, &o,
+    DsOptions chatml = o;
+    chatml.chat = &t_chatml; /* the hand-written formats take string contents only */
+    expect_err(tk, &chatml,
                "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, "
                "{\"role\": \"assistant\", \"content\": null}]}",
-               "\"messages\"[1].\"content\" must be a string");
+               "\"messages\"[1].\"content\" must be a string for --chat-format chatml");
     expect_err(tk, &o, "{\"messages\": [{\"content\": \"a\"}]}",
                "\"messages\"[0].\"role\" must be a string");
-    expect_err(tk, &o, "{\"messages\": [{\"role\": \"user\", \"content\": \"a\\u0000\"}]}",
+    expect_err(tk, &chatml, "{\"messages\": [{\"role\": \"user\", \"content\": \"a\\u0000\"}]}",
                "\"messages\"[0] contains a \\u0000 character");
     DsOptions mistral = o;
-    mistral.chat = CHAT_MISTRAL; /* chat.c's own reasons come through */
+    mistral.chat = &t_mistral; /* chat.c's own reasons come through */
     ErrStatus st;
     CHECK_TRUE(!encode(tk, &mistral,
                        "{\"messages\": [{\"role\": \"assistant\", \"content\": "
@@ -341,6 +345,80 @@ static void test_errors(Tokenizer *tk) {
                "nothing to train on: every token is masked (prompt only?)");
 }
 
+/* The model's own template through a line: an inconsistent template (the last reply gets a
+ * "*" the earlier ones lose) gives two segments in one example, positions restarting at 0,
+ * the second segment's first label -100; --chat-format markers must be single tokens. */
+static void test_template(Tokenizer *tk, const char *dir) {
+    ChatTemplate ct;
+    ErrStatus st;
+    int status;
+    ChatSetup s = {dir, NULL, NULL, "chatml", tk};
+    CHECK_TRUE(!chat_template_load(&ct, &s, &status, &st) && status == EXIT_USAGE &&
+                   strstr(st.msg, "--chat-format chatml writes the special token <|im_start|>, "
+                                  "which is not a single token"),
+               "chatml markers on a byte vocabulary: %s", st.msg);
+    chat_template_free(&ct);
+    s.format = "mistral"; /* <s> and </s> are this vocabulary's specials */
+    CHECK_TRUE(chat_template_load(&ct, &s, &status, &st) && ct.format == CHAT_MISTRAL && !ct.tpl,
+               "mistral markers: %s", st.msg);
+    chat_template_free(&ct);
+
+    char path[512];
+    snprintf(path, sizeof path, "%s/chat_template.jinja", dir);
+    FILE *fp = fopen(path, "w");
+    CHECK_TRUE(fp != NULL, "cannot write %s", path);
+    if (!fp) return;
+    fputs("{% for m in messages %}{{ m.role[0] }}:{% if m.role == 'assistant' and loop.last %}*"
+          "{% endif %}{{ m.content }}</s>{% endfor %}{% if add_generation_prompt %}a:{% endif %}",
+          fp);
+    fclose(fp);
+    s.format = NULL;
+    CHECK_TRUE(chat_template_load(&ct, &s, &status, &st) && ct.tpl, "template: %s", st.msg);
+    DsOptions o = {&ct, 0, 257, BYTETOK_VOCAB_SIZE};
+    int32_t ids[64], labels[64];
+    size_t n = put_bytes(ids, labels, 0, "u:x", 0);
+    n = put_id(ids, labels, n, 257, 0);
+    n = put_bytes(ids, labels, n, "a:", 0);
+    n = put_bytes(ids, labels, n, "*y", 1);
+    n = put_id(ids, labels, n, 257, 1);
+    size_t seg1 = n;
+    n = put_bytes(ids, labels, n, "u:x", 0);
+    n = put_id(ids, labels, n, 257, 0);
+    n = put_bytes(ids, labels, n, "a:y", 0);
+    n = put_id(ids, labels, n, 257, 0);
+    n = put_bytes(ids, labels, n, "u:z", 0);
+    n = put_id(ids, labels, n, 257, 0);
+    n = put_bytes(ids, labels, n, "a:", 0);
+    n = put_bytes(ids, labels, n, "*w", 1);
+    n = put_id(ids, labels, n, 257, 1);
+    expect_ok("template, two segments", tk, &o,
+              "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}, {\"role\": "
+              "\"assistant\", \"content\": \"y\"}, {\"role\": \"user\", \"content\": \"z\"}, "
+              "{\"role\": \"assistant\", \"content\": \"w\"}]}",
+              DS_MESSAGES, ids, labels, n, 6);
+    CHECK_TRUE(ex.nseg == 2 && ex.seg_ntok[0] == seg1 && ex.seg_ntok[1] == n - seg1 && ex.has_pos,
+               "segments: %zu", ex.nseg);
+    int pos_ok = ex.ids.n == n;
+    for (size_t i = 0; pos_ok && i < n; i++)
+        pos_ok = ex.pos[i] == (int32_t)(i < seg1 ? i : i - seg1);
+    CHECK_TRUE(pos_ok, "positions do not restart at the second segment");
+    CHECK_TRUE(ex.text_len == strlen("u:x</s>a:*y</s>u:x</s>a:y</s>u:z</s>a:*w</s>") &&
+                   memcmp(ex.text, "u:x</s>a:*y</s>u:x</s>a:y</s>u:z</s>a:*w</s>", ex.text_len) ==
+                       0,
+               "text of the segments: %.*s", (int)ex.text_len, ex.text);
+    /* train_on_prompt: every token, but the second segment's first (nothing predicts it) */
+    o.train_on_prompt = 1;
+    for (size_t i = 0; i < n; i++)
+        labels[i] = i == seg1 ? IGN : ids[i];
+    expect_ok("template, two segments, train_on_prompt", tk, &o,
+              "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}, {\"role\": "
+              "\"assistant\", \"content\": \"y\"}, {\"role\": \"user\", \"content\": \"z\"}, "
+              "{\"role\": \"assistant\", \"content\": \"w\"}]}",
+              DS_MESSAGES, ids, labels, n, (int64_t)n - 2);
+    chat_template_free(&ct);
+    unlink(path);
+}
+
 int main(void) {
     char dir[] = "/tmp/test_dataset_XXXXXX";
     CHECK_TRUE(mkdtemp(dir) != NULL, "mkdtemp");
@@ -359,13 +437,18 @@ int main(void) {
     CHECK_TRUE(before == 1 && after == 0, "bos template adds %zu/%zu specials", before, after);
     CHECK_TRUE(strcmp(ds_format_name(DS_PROMPT_COMPLETION), "prompt/completion") == 0, "name");
 
+    chat_template_init_format(&t_chatml, CHAT_CHATML);
+    chat_template_init_format(&t_mistral, CHAT_MISTRAL);
     test_text(tk, tb);
     test_prompt_completion(tk, tb);
     test_messages(tk, tb);
     test_tokens();
     test_errors(tk);
+    test_template(tk, dir);
 
     ds_example_free(&ex);
+    chat_template_free(&t_chatml);
+    chat_template_free(&t_mistral);
     tok_free(tk);
     tok_free(tb);
     unlink(path);

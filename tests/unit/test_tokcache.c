@@ -18,7 +18,7 @@
 
 static char tok_path[600];
 static Tokenizer *tk;
-static DsOptions opts = {CHAT_NONE, 0, 257, BYTETOK_VOCAB_SIZE};
+static DsOptions opts = {NULL, 0, 257, BYTETOK_VOCAB_SIZE};
 
 static char *read_file(const char *path, size_t *n) {
     FILE *f = fopen(path, "rb");
@@ -442,15 +442,18 @@ static void test_fingerprint(void) {
     CHECK_TRUE(tcache_fingerprint(files, 1, NULL, &opts, fp, &st) && strcmp(fp, fp0) != 0,
                "no tokenizer not seen");
     /* every option */
+    ChatTemplate chatml;
+    chat_template_init_format(&chatml, CHAT_CHATML);
     for (int k = 0; k < 4; k++) {
         DsOptions o = opts;
-        if (k == 0) o.chat = CHAT_CHATML;
+        if (k == 0) o.chat = &chatml;
         if (k == 1) o.train_on_prompt = 1;
         if (k == 2) o.eos_id = -1;
         if (k == 3) o.vocab++;
         CHECK_TRUE(tcache_fingerprint(files, 1, tok_path, &o, fp, &st) && strcmp(fp, fp0) != 0,
                    "option %d not seen", k);
     }
+    chat_template_free(&chatml);
     /* the data: a changed byte near the end (same size, same mtime); the mtime alone */
     struct stat sb;
     stat(file, &sb);
