@@ -6,11 +6,14 @@ conversations, computed independently of shardlora's C code, from
     the character offsets of the tokens (the node binding gives offsets in characters, i.e.
     code points, as the Python binding does: checked on an emoji in check_offsets()).
 
-Variables given to the template: messages, tools and documents (when the line has them),
-add_generation_prompt, the special tokens of tokenizer_config.json (every "*_token" key whose
-value is a string, or an AddedToken object's "content"), then --chat-template-kwargs.
+Variables given to the template: messages, tools and documents (when the line has them, not
+null), add_generation_prompt, the special tokens of tokenizer_config.json as transformers'
+special_tokens_map gives them (bos, eos, unk, sep, pad, cls, mask tokens and
+additional_special_tokens, those set; an AddedToken object gives its "content"), then
+--chat-template-kwargs.
 The template: --chat-template FILE, else MODEL/chat_template.jinja, else tokenizer_config.json's
-"chat_template" (a string, or a list of {"name", "template"}: "default", else the first).
+"chat_template" (a string, or a list of {"name", "template"}: "default", and "tool_use" for a
+line with tools when there is one, as transformers picks them).
 
 The label rule (issue 17 brief): R(k, g) = render(messages[:k], add_generation_prompt=g),
 F = R(n, False).
@@ -36,6 +39,7 @@ TOKENIZER_CACHE is the npm cache of tests/tokenizer/install.sh (node_modules/tok
 """
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -93,37 +97,44 @@ def check_offsets(cache, tokenizer_json):
 
 
 def load_template(model, template_file):
+    """(template, template for lines with tools or None)."""
     if template_file:
         with open(template_file, encoding="utf-8") as f:
-            return f.read()
+            return f.read(), None
     jpath = os.path.join(model, "chat_template.jinja")
     if os.path.exists(jpath):
         with open(jpath, encoding="utf-8") as f:
-            return f.read()
+            return f.read(), None
     with open(os.path.join(model, "tokenizer_config.json"), encoding="utf-8") as f:
         t = json.load(f).get("chat_template")
-    if isinstance(t, list):
+    tools_t = None
+    if isinstance(t, list):  # transformers: "default", and "tool_use" for calls with tools
         named = {x.get("name"): x.get("template") for x in t if isinstance(x, dict)}
-        t = named.get("default", t[0].get("template") if t else None)
+        t, tools_t = named.get("default"), named.get("tool_use")
     if not isinstance(t, str):
         sys.exit(f"chat_oracle: {model}: no chat template")
-    return t
+    return t, tools_t
+
+
+# transformers' SPECIAL_TOKENS_ATTRIBUTES: special_tokens_map holds the ones that are set
+SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token",
+                  "mask_token", "additional_special_tokens")
 
 
 def special_tokens(model):
     with open(os.path.join(model, "tokenizer_config.json"), encoding="utf-8") as f:
         cfg = json.load(f)
+    text = lambda v: v["content"] if isinstance(v, dict) else v  # noqa: E731 - AddedToken
     out = {}
-    for k, v in cfg.items():
-        if not k.endswith("_token"):
-            continue
-        if isinstance(v, dict) and isinstance(v.get("content"), str):
-            v = v["content"]
-        if isinstance(v, str):
+    for k in SPECIAL_TOKENS:
+        v = cfg.get(k)
+        v = [text(x) for x in v] if isinstance(v, list) else text(v)
+        if v:
             out[k] = v
     return out
 
 
+@functools.lru_cache(maxsize=16)
 def has_generation(source):
     env = jinja_oracle.make_env()
     try:
@@ -141,10 +152,13 @@ def has_generation(source):
     return walk(tree)
 
 
-def segments_of(row, source, base_ctx, now, generation):
-    """[(text, [(s, e) counted char ranges])] for one conversation, per the label rule."""
+def segments_of(row, sources, base_ctx, now):
+    """[(text, [(s, e) counted char ranges])] for one conversation, per the label rule.
+    sources: (template, template for lines with tools or None)."""
     msgs = row["messages"]
-    extra = {k: row[k] for k in ("tools", "documents") if k in row}
+    extra = {k: row[k] for k in ("tools", "documents") if row.get(k) is not None}
+    source = sources[1] if "tools" in extra and sources[1] else sources[0]
+    generation = has_generation(source)
 
     def render(k, gen_prompt, spans=False):
         ctx = dict(base_ctx)
@@ -221,14 +235,13 @@ def main():
     ap.add_argument("--train-on-prompt", action="store_true")
     ap.add_argument("--now", type=int)
     a = ap.parse_args()
-    source = load_template(a.model, a.chat_template)
+    sources = load_template(a.model, a.chat_template)
     base = special_tokens(a.model)
     if a.chat_template_kwargs:
         kw = json.loads(a.chat_template_kwargs)
         if not isinstance(kw, dict):
             sys.exit("chat_oracle: --chat-template-kwargs is not a JSON object")
         base.update(kw)
-    generation = has_generation(source)
     tj = os.path.join(a.model, "tokenizer.json")
     check_offsets(a.cache, tj)
     rows = []
@@ -238,7 +251,7 @@ def main():
                 continue
             try:
                 row = json.loads(line)
-                rows.append(segments_of(row, source, base, a.now, generation))
+                rows.append(segments_of(row, sources, base, a.now))
             except LineError as e:
                 sys.stderr.write(f"{a.data}:{lineno}: {e}\n")
                 return 3

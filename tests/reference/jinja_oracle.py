@@ -83,9 +83,21 @@ class GenerationExtension(jinja2.ext.Extension):
     def parse(self, parser):
         lineno = next(parser.stream).lineno
         body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        # transformers compiles the body as a callable (a call block): a break or continue in
+        # it, outside a loop of its own, does not compile there (Python's SyntaxError)
+        if any(self._loose_loopcontrol(n) for n in body):
+            parser.fail("break or continue inside {% generation %} outside a loop of its own",
+                        lineno)
         mark = lambda opening: jn.Output(  # noqa: E731
             [self.call_method("_gen_mark", [jn.Const(opening)], lineno=lineno)], lineno=lineno)
         return [mark(True)] + body + [mark(False)]
+
+    def _loose_loopcontrol(self, node):
+        if isinstance(node, (jn.Break, jn.Continue)):
+            return True
+        if isinstance(node, jn.For):  # its body may break; its else and test may not
+            return any(self._loose_loopcontrol(n) for n in node.else_)
+        return any(self._loose_loopcontrol(n) for n in node.iter_child_nodes())
 
     def _gen_mark(self, opening):
         if opening:
@@ -145,18 +157,36 @@ def _template_line(tb):
     return line
 
 
+_COMPILED = {}  # (source, now) -> (env, template, buffered generation?), or the OracleError
+
+
+def _compile(source, now):
+    key = (source, now)
+    if key not in _COMPILED:
+        env = make_env(now)
+        try:
+            _COMPILED[key] = (env, env.from_string(source), _buffered_generation(env.parse(source)))
+        except TemplateSyntaxError as e:
+            _COMPILED[key] = OracleError("syntax", f"line {e.lineno}: {e.message}")
+        except Exception as e:  # noqa: BLE001 - e.g. Python's SyntaxError for a {% break %}
+            # outside a loop: Jinja2 fails while compiling, so it is a syntax error too
+            _COMPILED[key] = OracleError("syntax", f"{type(e).__name__}: {e}")
+        if len(_COMPILED) > 512:
+            _COMPILED.pop(next(iter(_COMPILED)))
+    return _COMPILED[key]
+
+
 def render(source, context, now=None, spans=False):
     """Renders source with the variables of dict context. Returns (text, [[s, e], ...]) with
     byte offsets; raises OracleError(kind, message)."""
-    env = make_env(now)
+    compiled = _compile(source, now)
+    if isinstance(compiled, OracleError):
+        raise OracleError(compiled.kind, compiled.message)
+    env, tmpl, buffered = compiled
+    if spans and buffered:
+        raise OracleError("unsupported", "{% generation %} inside a macro, call, set, "
+                          "filter block or recursive loop has no position in the output")
     ext = env.extensions[GenerationExtension.identifier]
-    try:
-        if spans and _buffered_generation(env.parse(source)):
-            raise OracleError("unsupported", "{% generation %} inside a macro, call, set, "
-                              "filter block or recursive loop has no position in the output")
-        tmpl = env.from_string(source)
-    except TemplateSyntaxError as e:
-        raise OracleError("syntax", f"line {e.lineno}: {e.message}") from None
     ext.reset()
     parts = []
     try:
