@@ -10,8 +10,10 @@ json.dumps with those arguments; the globals raise_exception(msg) (raises Templa
 and strftime_now(fmt) (datetime.now().strftime(fmt)).
 
 {% generation %}...{% endgeneration %} is written here as an extension of our own: the block
-renders its body unchanged and records the UTF-8 BYTE range [start, end) of that output in
-the final text (transformers records character offsets; shardlora works in bytes). The range
+renders its body unchanged, in a scope of its own as transformers' call block does (a
+{% set %} in it does not outlive it; a break / continue in it outside its own loop does not
+compile), and records the UTF-8 BYTE range [start, end) of that output in the final text
+(transformers records character offsets; shardlora works in bytes). The range
 is taken from the position of the output stream when the block opens and closes, so it is
 exact wherever the block writes straight to the output (top level, if, for, nested
 generation blocks). Inside a macro, a call block, a {% set %} block, a {% filter %} block or
@@ -90,7 +92,8 @@ class GenerationExtension(jinja2.ext.Extension):
                         lineno)
         mark = lambda opening: jn.Output(  # noqa: E731
             [self.call_method("_gen_mark", [jn.Const(opening)], lineno=lineno)], lineno=lineno)
-        return [mark(True)] + body + [mark(False)]
+        # transformers renders the body as a call block's caller: a {% set %} in it stays local
+        return [mark(True), jn.Scope(body, lineno=lineno), mark(False)]
 
     def _loose_loopcontrol(self, node):
         if isinstance(node, (jn.Break, jn.Continue)):
