@@ -13,7 +13,9 @@ and strftime_now(fmt) (datetime.now().strftime(fmt)).
 renders its body unchanged, in a scope of its own as transformers' call block does (a
 {% set %} in it does not outlive it; a break / continue in it outside its own loop does not
 compile), and records the UTF-8 BYTE range [start, end) of that output in the final text
-(transformers records character offsets; shardlora works in bytes). The range
+(transformers records character offsets; shardlora works in bytes). Spans are listed in
+the order the blocks close, as transformers appends them (a nested block before its outer
+one). The range
 is taken from the position of the output stream when the block opens and closes, so it is
 exact wherever the block writes straight to the output (top level, if, for, nested
 generation blocks). Inside a macro, a call block, a {% set %} block, a {% filter %} block or
@@ -69,7 +71,8 @@ class RaisedError(TemplateError):
 
 class GenerationExtension(jinja2.ext.Extension):
     """{% generation %} body {% endgeneration %}: the body unchanged, between two marks that
-    record the byte position of the output stream (kept by render() in self.pos)."""
+    record the byte position of the output stream (kept by render() in self.pos). Spans are
+    listed in the order the blocks close."""
 
     tags = {"generation"}
 
@@ -79,8 +82,9 @@ class GenerationExtension(jinja2.ext.Extension):
 
     def reset(self):
         self.pos = 0  # bytes yielded so far by the top-level render
-        self.spans = []  # [start, end or None], in the order the blocks open
-        self.open = []  # indexes into spans of the blocks still open
+        self.spans = []  # [start, end], in the order the blocks close (as transformers
+        #                   appends a span when its block's caller returns: inner first)
+        self.open = []  # starts of the blocks still open
 
     def parse(self, parser):
         lineno = next(parser.stream).lineno
@@ -104,10 +108,9 @@ class GenerationExtension(jinja2.ext.Extension):
 
     def _gen_mark(self, opening):
         if opening:
-            self.open.append(len(self.spans))
-            self.spans.append([self.pos, None])
+            self.open.append(self.pos)
         else:
-            self.spans[self.open.pop()][1] = self.pos
+            self.spans.append([self.open.pop(), self.pos])
         return ""
 
 
@@ -235,7 +238,7 @@ SELFTEST = [
     ("{% for x in [1,2,3] %}{% if x == 2 %}{% continue %}{% endif %}{{ x }}{% endfor %}",
      {}, None, "13", None),
     ("a{% generation %}é€{% generation %}😀{% endgeneration %}{% endgeneration %}b",
-     {}, None, "aé€😀b", [[1, 10], [6, 10]]),
+     {}, None, "aé€😀b", [[6, 10], [1, 10]]),
     ("{% for m in ms %}{{ m.r }}:{% if m.r == 'assistant' %}{% generation %}{{ m.c }}"
      "{% endgeneration %}{% else %}{{ m.c }}{% endif %};{% endfor %}",
      {"ms": [{"r": "user", "c": "日本"}, {"r": "assistant", "c": "はい"}]}, None,
