@@ -25,7 +25,10 @@ F = R(n, False).
   - Each segment is tokenised whole (no special tokens added). For a counted span [s, e) the
     tokens char_to_token(s) .. char_to_token(e - 1) are counted (transformers'
     return_assistant_tokens_mask rule); char_to_token(c) = the first token whose offsets
-    [start, end) hold c. --train-on-prompt counts every token.
+    [start, end) hold c. --train-on-prompt counts every token. The first token of every
+    segment after the first is masked in any case: positions restart there, so nothing
+    before it in the example may predict it (the first segment's first token is the HF
+    shift's to drop, and stays as the rule says).
 Output, one line per input line: {"text": the segments' texts joined, "input_ids": [...],
 "labels": [id where counted, else -100], "segments": [tokens per segment] only when there are
 several}. An input line that fails (template error, nothing to train on, a non-prefix render)
@@ -260,9 +263,12 @@ def main():
     out = []
     for segs in rows:
         ids, labels, lens = [], [], []
-        for text, counted in segs:
+        for k, (text, counted) in enumerate(segs):
             sid, offs = next(encs)
-            labels += labels_of(sid, offs, counted, a.train_on_prompt)
+            lab = labels_of(sid, offs, counted, a.train_on_prompt)
+            if k and lab:
+                lab[0] = -100
+            labels += lab
             ids += sid
             lens.append(len(sid))
         obj = {"text": "".join(t for t, _ in segs), "input_ids": ids, "labels": labels}
