@@ -116,9 +116,9 @@ def main(argv):
             for c in convs:
                 row = {k: v for k, v in c.items() if k != "name"}
                 try:
-                    chat_oracle.segments_of(row, sources, base, None)
+                    chat_oracle.segments_of(row, sources, base, None, top)
                 except chat_oracle.LineError as e:
-                    skipped.append(f"{c['name']} ({str(e)[:60]})")
+                    skipped.append((c["name"], row, str(e)))
                     continue
                 names.append(c["name"])
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -134,8 +134,8 @@ def main(argv):
                    data, "--cache", cache] + opts)
         ours = run([sl, "preview", "--model", model, "--data", data, "--jsonl", "--rows", "0"]
                    + opts)
-        print(f"{fam}/{variant}: {len(names)} conversations"
-              + (f" (not rendered or nothing to train on: {', '.join(skipped)})" if skipped else ""))
+        print(f"{fam}/{variant}: {len(names)} conversations, {len(skipped)} refused by the oracle"
+              + (f" ({', '.join(n for n, _, _ in skipped)})" if skipped else ""))
         if orc.returncode != 0:
             print(f"FAIL: the oracle: {orc.stderr.decode()[-800:]}")
             return 1
@@ -162,6 +162,22 @@ def main(argv):
             if shown < 5:
                 print(explain(f"{fam}/{variant} line {i + 1} ({name})", w, g))
             shown += 1
+        # the lines the oracle refuses: preview refuses each too (exit 3, FILE:1: ...), with
+        # the template's own message when the template raised
+        for name, row, why in skipped:
+            total += 1
+            one = os.path.join(vdir, f"refused-{name}.jsonl")
+            with open(one, "w", encoding="utf-8") as f:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            r = run([sl, "preview", "--model", model, "--data", one, "--jsonl"] + opts)
+            err = r.stderr.decode("utf-8", errors="replace")
+            want = f"{one}:1: {why}" if why.startswith("template error: ") else f"{one}:1: "
+            if r.returncode == 3 and want in err:
+                continue
+            fails += 1
+            print(f"DIFF {fam}/{variant} refused line ({name}): the oracle says {why!r}\n"
+                  f"      preview exit {r.returncode} (want 3 and a line with {want!r}): "
+                  f"{err.strip()[-300:]!r}")
         with open(os.path.join(vdir, "oracle.jsonl"), "wb") as f:
             f.write(orc.stdout)
         with open(os.path.join(vdir, "ours.jsonl"), "wb") as f:

@@ -18,6 +18,8 @@ line with tools when there is one, as transformers picks them).
 The label rule (issue 17 brief): R(k, g) = render(messages[:k], add_generation_prompt=g),
 F = R(n, False).
   - A template with {% generation %} blocks: one segment, text F, counted = the blocks' spans.
+  - No assistant message: "nothing to train on", except with --train-on-prompt (one segment,
+    text F, every token counted, as such lines were taken before templates).
   - Otherwise, for each assistant message i in order: P = R(i, True), N = R(i + 1, False);
     N must start with P; A = N[len(P):] is counted. If P starts with the current segment's text
     E, P[len(E):] (masked) and A (counted) are appended to it, else a new segment P + A starts;
@@ -155,7 +157,7 @@ def has_generation(source):
     return walk(tree)
 
 
-def segments_of(row, sources, base_ctx, now):
+def segments_of(row, sources, base_ctx, now, train_on_prompt=False):
     """[(text, [(s, e) counted char ranges])] for one conversation, per the label rule.
     sources: (template, template for lines with tools or None)."""
     msgs = row["messages"]
@@ -177,6 +179,8 @@ def segments_of(row, sources, base_ctx, now):
         return text, sp
 
     if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in msgs):
+        if train_on_prompt:  # every token counts: the whole conversation, one segment
+            return [(render(len(msgs), False)[0].decode("utf-8"), [])]
         raise LineError("nothing to train on (no assistant message)")
     if generation:
         text, spans = render(len(msgs), False, spans=True)
@@ -254,7 +258,7 @@ def main():
                 continue
             try:
                 row = json.loads(line)
-                rows.append(segments_of(row, sources, base, a.now))
+                rows.append(segments_of(row, sources, base, a.now, a.train_on_prompt))
             except LineError as e:
                 sys.stderr.write(f"{a.data}:{lineno}: {e}\n")
                 return 3
