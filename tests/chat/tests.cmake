@@ -5,7 +5,7 @@
 # npm cache of tests/tokenizer/install.sh (SL_TOKENIZER_CACHE, set by tokenizer/tests.cmake).
 set(SL_CHAT_DIR ${CMAKE_CURRENT_SOURCE_DIR}/chat)
 add_test(NAME chat_jinja_oracle_selftest COMMAND ${SL_PYTHON3} ${SL_REF_DIR}/jinja_oracle.py --selftest)
-set_tests_properties(chat_jinja_oracle_selftest PROPERTIES LABELS "reference;tokenizer" TIMEOUT 120)
+set_tests_properties(chat_jinja_oracle_selftest PROPERTIES LABELS reference TIMEOUT 120)
 # The engine through tests/unit/jinja_render: every construct case and every render of the
 # real templates byte for byte (a missing jinja_render exits 77, which fails here).
 set(SL_JINJA_RENDER
