@@ -33,9 +33,10 @@ printf '%s\n%s\n%s\n' "$GOOD" "$GOOD" \
   '{"messages": [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."}, {"role": "system", "content": "Be formal."}, {"role": "user", "content": "Greet me."}, {"role": "assistant", "content": "Good day."}]}' \
   > "$W/system_after_user.jsonl"
 
-# check NAME MODEL DATA [--chat-template FILE]: the oracle's message, then preview and train
+# check "CMDS" NAME MODEL DATA [--chat-template FILE]: the oracle's message, then each of CMDS
+# (preview, train)
 check() {
-  local name="$1" model="$W/$2" data="$3"; shift 3
+  local cmds="$1" name="$2" model="$W/$3" data="$4"; shift 4
   local rc=0 want
   /usr/bin/python3 "$HERE/../reference/chat_oracle.py" --model "$model" --data "$data" --cache "$CACHE" "$@" \
     > /dev/null 2> "$W/$name.oracle" || rc=$?
@@ -44,7 +45,7 @@ check() {
     echo "FAIL $name: the oracle did not reject the line (exit $rc): $want"; fails=$((fails + 1)); return
   fi
   local cmd
-  for cmd in preview train; do
+  for cmd in $cmds; do
     local args=(--model "$model" --data "$data" "$@")
     if [ "$cmd" = preview ]; then
       args+=(--jsonl --rows 0)
@@ -60,8 +61,9 @@ check() {
     fi
   done
 }
-check gemma3_two_users gemma3 "$W/two_users.jsonl"
-check gemma3_system_after_user gemma3 "$W/system_after_user.jsonl"
-check mistral_two_users mistral "$W/two_users.jsonl" --chat-template "$HERE/templates/mistral_v03_style.jinja"
+check "preview train" gemma3_two_users gemma3 "$W/two_users.jsonl"
+check "preview" gemma3_system_after_user gemma3 "$W/system_after_user.jsonl"
+check "preview train" mistral_two_users mistral "$W/two_users.jsonl" \
+  --chat-template "$HERE/templates/mistral_v03_style.jinja"
 echo "chat bad_input: $passes passed, $fails failed"
 [ "$fails" = 0 ]

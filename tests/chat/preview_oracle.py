@@ -162,9 +162,13 @@ def main(argv):
             if shown < 5:
                 print(explain(f"{fam}/{variant} line {i + 1} ({name})", w, g))
             shown += 1
-        # the lines the oracle refuses: preview refuses each too (exit 3, FILE:1: ...), with
-        # the template's own message when the template raised
+        # the lines the oracle refuses: preview refuses them too (exit 3, FILE:1: ...), with
+        # the template's own message when the template raised; one line per distinct reason
+        # (each run loads the tokenizer again: Gemma 3's takes a second or two)
+        reasons = {}
         for name, row, why in skipped:
+            reasons.setdefault(why, (name, row))
+        for why, (name, row) in reasons.items():
             total += 1
             one = os.path.join(vdir, f"refused-{name}.jsonl")
             with open(one, "w", encoding="utf-8") as f:
