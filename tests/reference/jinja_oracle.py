@@ -15,10 +15,9 @@ renders its body unchanged, in a scope of its own as transformers' call block do
 compile), and records the UTF-8 BYTE range [start, end) of that output in the final text
 (transformers records character offsets; shardlora works in bytes). Spans are listed in
 the order the blocks close, as transformers appends them (a nested block before its outer
-one). The range
-is taken from the position of the output stream when the block opens and closes, so it is
-exact wherever the block writes straight to the output (top level, if, for, nested
-generation blocks). Inside a macro, a call block, a {% set %} block, a {% filter %} block or
+one). The range is taken from the position of the output stream when the block opens and
+closes, so it is exact wherever the block writes straight to the output (top level, if,
+for, nested generation blocks). Inside a macro, a call block, a {% set %} block, a {% filter %} block or
 a recursive loop the output is buffered and moved around later, so no honest position
 exists: with --spans such a template is refused ("unsupported").
 
