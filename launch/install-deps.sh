@@ -14,6 +14,7 @@ PACKAGES=(
   libpcre2-dev libutf8proc-dev                # tokenizer: Unicode regex pre-tokenizers, NFC
   python3-torch python3-numpy                 # the PyTorch reference and baseline (/usr/bin/python3)
   python3-protobuf protobuf-compiler          # the tests' own reader of TensorBoard event files
+  python3-jinja2                              # the chat-template oracle (tests/reference/jinja_oracle.py)
   fortunes                                    # public-domain quotes: the quick start's text
   procps                                      # pgrep / pkill: the tests' clean-up of stray ranks
   clang-format                                # the format check (tests/format/check.sh)

