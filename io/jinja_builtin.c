@@ -800,6 +800,7 @@ static JVal f_unique(JCtx *c, JVal in, JVal *a) {
         if (!jv_hashable(c, &k))
             jc_throw(c, JINJA_ERR_RUNTIME, "unhashable type: '%s'", jv_typename(&k));
         int dup = 0;
+        jc_work(c, seen->n * JC_ELEM);
         for (size_t j = 0; j < seen->n && !dup; j++)
             dup = jv_eq(c, &seen->v[j], &k);
         if (dup) continue;
@@ -1339,6 +1340,7 @@ static int64_t cp_index(JStr s, const char *at) {
 static JVal call_str_method(JCtx *c, JStr s, const char *m, JVal *args, size_t nargs, JVal *kwv,
                             JStr *kwn, size_t nkw) {
     JVal a[3];
+    jc_work(c, s.n); /* a method scans the string a few times at most */
 #define M(name) (strcmp(m, name) == 0)
 #define BINDM(...)                                                                                 \
     do {                                                                                           \
@@ -1513,6 +1515,7 @@ static JVal call_method(JCtx *c, JFunc *f, JVal *args, size_t nargs, JVal *kwv, 
         JList *l = self->u.l;
         if ((M("count") || M("index")) && nargs == 1 && !nkw) {
             int64_t k = 0;
+            jc_work(c, l->n * JC_ELEM);
             for (size_t i = 0; i < l->n; i++)
                 if (jv_eq(c, &l->v[i], &args[0])) {
                     if (M("index")) return jv_int((int64_t)i);

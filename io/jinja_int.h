@@ -253,6 +253,10 @@ typedef struct {
 _Noreturn void jc_throw(JCtx *c, JinjaErr kind, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void *jc_alloc(JCtx *c, size_t n);
+/* Charges work that is not one evaluation step (scanning or copying): 64 units are a step,
+ * a byte is a unit, comparing an element 64 units. Bounds the time of every render. */
+void jc_work(JCtx *c, size_t units);
+#define JC_ELEM 64
 
 /* Values (jinja_value.c). */
 JVal jv_undef(const char *name);
