@@ -660,8 +660,12 @@ static void exec_stmt(JCtx *c, JScope *sc, const JNode *n) {
     case JN_OUTPUT: {
         JVal v = je_eval(c, sc, n->a);
         c->line = n->line;
+        char buf[64];
+        const char *sc_str = jv_scalar_str(&v, buf);
         if (v.t == JV_STR) {
             out_write(c, v.u.s.p, v.u.s.n);
+        } else if (sc_str) { /* no arena garbage for numbers printed in a loop */
+            out_write(c, sc_str, strlen(sc_str));
         } else {
             JBuf b = {0};
             jv_write_str(c, &b, &v);

@@ -425,13 +425,9 @@ JVal jb_val(JBuf *b) {
 
 /* Python's repr(float): the shortest digits that read back, fixed notation for decimal
  * exponents -4 <= e < 16, else d.ddde+XX. */
-void jv_write_float(JBuf *b, JCtx *c, double f) {
-    if (isnan(f)) {
-        jb_adds(c, b, "nan");
-        return;
-    }
-    if (isinf(f)) {
-        jb_adds(c, b, f < 0 ? "-inf" : "inf");
+static void format_float(double f, char out[64]) {
+    if (isnan(f) || isinf(f)) {
+        strcpy(out, isnan(f) ? "nan" : f < 0 ? "-inf" : "inf");
         return;
     }
     char tmp[64];
@@ -449,7 +445,6 @@ void jv_write_float(JBuf *b, JCtx *c, double f) {
     int exp = atoi(q + 1);
     while (nd > 1 && digits[nd - 1] == '0')
         nd--;
-    char out[64];
     int k = 0;
     if (neg) out[k++] = '-';
     if (exp >= -4 && exp < 16) {
@@ -478,10 +473,33 @@ void jv_write_float(JBuf *b, JCtx *c, double f) {
             for (int i = 1; i < nd; i++)
                 out[k++] = digits[i];
         }
-        snprintf(out + k, sizeof out - (size_t)k, "e%c%02d", exp < 0 ? '-' : '+',
-                 exp < 0 ? -exp : exp);
+        snprintf(out + k, 64 - (size_t)k, "e%c%02d", exp < 0 ? '-' : '+', exp < 0 ? -exp : exp);
     }
+}
+
+void jv_write_float(JBuf *b, JCtx *c, double f) {
+    char out[64];
+    format_float(f, out);
     jb_adds(c, b, out);
+}
+
+const char *jv_scalar_str(const JVal *v, char buf[64]) {
+    switch (v->t) {
+    case JV_UNDEF:
+        return "";
+    case JV_NONE:
+        return "None";
+    case JV_BOOL:
+        return v->u.b ? "True" : "False";
+    case JV_INT:
+        snprintf(buf, 64, "%lld", (long long)v->u.i);
+        return buf;
+    case JV_FLOAT:
+        format_float(v->u.f, buf);
+        return buf;
+    default:
+        return NULL;
+    }
 }
 
 static int py_printable(int32_t cp) {
