@@ -328,6 +328,14 @@ static const Case cases[] = {
      "{% set p = {'type': 'array', 'items': {'type': 'string'}} %}{{ p.items.type }}|{{ "
      "p['items'].type }}",
      "|string"},
+    {"empty_repeat", "{{ ([] * 10**18)|length }}{{ ('' * 10**18)|length }}", "00"},
+    {"strftime_naive", "[{{ strftime_now('%z%Z') }}]{{ strftime_now('%%Y') }}", "[]%Y"},
+    {"lazy_generator_args",
+     "{{ nothing|selectattr|list }}{{ []|map(e=1)|list }}{{ []|select('no_such_test')|list }}",
+     "[][][]"},
+    {"print_scalars_loop",
+     "{% for i in range(3) %}{{ i }}{{ i / 2 }}{{ i is even }}{{ none }}{% endfor %}",
+     "00.0TrueNone10.5FalseNone21.0TrueNone"},
 };
 /* clang-format on */
 
@@ -494,6 +502,12 @@ static void test_limits(void) {
     expect_err("{% macro m() %}{{ caller() }}{% endmacro %}{% macro r() %}{% call m() %}"
                "{{ r() }}{% endcall %}{% endmacro %}{{ r() }}",
                JINJA_ERR_LIMIT, "recursion limit");
+    /* scans that are not evaluation steps count too: 'in' over a long list in a loop */
+    expect_err_lim("{% set r = range(100000)|list %}{% for i in range(100000) %}"
+                   "{% if -1 in r %}{% endif %}{% endfor %}",
+                   &steps, JINJA_ERR_LIMIT, "step limit");
+    expect_err_lim("{{ (range(100000)|list * 10)|unique|list|length }}", &steps, JINJA_ERR_LIMIT,
+                   "step limit");
     JinjaLimits small = {1000, 0, 0};
     expect_err_lim("{% for i in range(100000) %}xxxxxxxxxx{% endfor %}", &small, JINJA_ERR_LIMIT,
                    "output limit: more than 1000 bytes");
