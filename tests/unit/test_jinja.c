@@ -336,6 +336,9 @@ static const Case cases[] = {
     {"print_scalars_loop",
      "{% for i in range(3) %}{{ i }}{{ i / 2 }}{{ i is even }}{{ none }}{% endfor %}",
      "00.0TrueNone10.5FalseNone21.0TrueNone"},
+    {"raw_block",
+     "a\n  {% raw %}\n  {{ x }}{% if %}\n  {% endraw %}\nb{%- raw -%}  x  {%- endraw -%}  y",
+     "a\n\n  {{ x }}{% if %}\nbxy"},
 };
 /* clang-format on */
 
@@ -412,7 +415,8 @@ static void test_refusals(void) {
     expect_err("a\n\n{{ x|wordwrap }}", JINJA_ERR_UNSUPPORTED,
                "line 3: unsupported: filter 'wordwrap'");
     expect_err("{{ x|no_such_filter }}", JINJA_ERR_UNSUPPORTED, "filter 'no_such_filter'");
-    expect_err("\n{% raw %}x{% endraw %}", JINJA_ERR_UNSUPPORTED, "line 2: unsupported: {% raw %}");
+    expect_err("\n{% autoescape true %}x{% endautoescape %}", JINJA_ERR_UNSUPPORTED,
+               "line 2: unsupported: {% autoescape %}");
     expect_err("{{ x is escaped }}", JINJA_ERR_UNSUPPORTED, "test 'escaped'");
     expect_err("{% for x in xs recursive %}{% endfor %}", JINJA_ERR_UNSUPPORTED, "recursive");
     expect_err("{% extends 'base' %}", JINJA_ERR_UNSUPPORTED, "{% extends %}");
@@ -442,6 +446,7 @@ static void test_errors(void) {
     expect_err("ok \xff", JINJA_ERR_SYNTAX, "invalid UTF-8");
     expect_err("{{ 'abc }}", JINJA_ERR_SYNTAX, "unexpected end of string");
     expect_err("{# x", JINJA_ERR_SYNTAX, "missing end of comment tag");
+    expect_err("{% raw %}x", JINJA_ERR_SYNTAX, "Missing end of raw directive");
     expect_err("{{ (1 }}", JINJA_ERR_SYNTAX, "");
     expect_err("{{ x is defined is defined }}", JINJA_ERR_SYNTAX, "");
     expect_err("{% macro m(a=1, b) %}{% endmacro %}", JINJA_ERR_SYNTAX, "non-default argument");
