@@ -12,7 +12,7 @@
  * {'k': 'v'} as repr() writes them.
  *
  * A template is compiled once. A construct outside what the engine implements (an
- * unknown filter, test or statement, {% include %}, {% raw %}, ...) is refused at compile
+ * unknown filter, test or statement, {% include %}, {% extends %}, ...) is refused at compile
  * time, and an unknown method at render time, with one line naming the construct and the
  * template's line: a template is never rendered differently from Jinja2. */
 #ifndef SHARDLORA_IO_JINJA_H

@@ -800,6 +800,7 @@ static JVal f_unique(JCtx *c, JVal in, JVal *a) {
         if (!jv_hashable(c, &k))
             jc_throw(c, JINJA_ERR_RUNTIME, "unhashable type: '%s'", jv_typename(&k));
         int dup = 0;
+        jc_work(c, seen->n * JC_ELEM);
         for (size_t j = 0; j < seen->n && !dup; j++)
             dup = jv_eq(c, &seen->v[j], &k);
         if (dup) continue;
@@ -810,9 +811,12 @@ static JVal f_unique(JCtx *c, JVal in, JVal *a) {
 }
 
 /* select / reject / selectattr / rejectattr: Jinja's select_or_reject. */
+/* The generator filters check their arguments lazily in Jinja: only when there is an item
+ * (an empty input never looks up the test or filter). */
 static JVal f_select(JCtx *c, JVal in, JVal *args, size_t nargs, int attr, int want) {
-    if (attr && nargs == 0) jc_throw(c, JINJA_ERR_RUNTIME, "Missing parameter for attribute name");
     JList *items = jv_iterate(c, &in), *out = jl_new(c, 0, JL_GEN);
+    if (items->n == 0) return jv_list(out);
+    if (attr && nargs == 0) jc_throw(c, JINJA_ERR_RUNTIME, "Missing parameter for attribute name");
     size_t k = attr ? 1 : 0;
     int tid = -1;
     if (nargs > k) {
@@ -833,6 +837,7 @@ static JVal f_select(JCtx *c, JVal in, JVal *args, size_t nargs, int attr, int w
 
 static JVal f_map(JCtx *c, JVal in, JVal *args, size_t nargs, JVal *kwv, JStr *kwn, size_t nkw) {
     JList *items = jv_iterate(c, &in), *out = jl_new(c, items->n, JL_GEN);
+    if (items->n == 0) return jv_list(out);
     if (nargs == 0) {
         JVal attr = {0}, deflt = {0};
         attr.t = deflt.t = JV_MISSING;
@@ -909,9 +914,10 @@ static JVal f_join(JCtx *c, JVal in, JVal *a) {
 }
 
 static JVal f_batch(JCtx *c, JVal in, JVal *a) {
-    int64_t n = given(&a[0]) ? want_int(c, &a[0], "batch") : 0;
-    if (n <= 0) jc_throw(c, JINJA_ERR_RUNTIME, "batch size must be positive");
     JList *items = jv_iterate(c, &in), *out = jl_new(c, 0, JL_GEN), *cur = NULL;
+    if (items->n == 0) return jv_list(out);
+    int64_t n = given(&a[0]) ? want_int(c, &a[0], "batch") : 0;
+    if (n <= 0) jc_throw(c, JINJA_ERR_UNSUPPORTED, "unsupported: batch of %lld", (long long)n);
     for (size_t i = 0; i < items->n; i++) {
         if (!cur) cur = jl_new(c, 0, JL_LIST);
         jl_push(c, cur, items->v[i]);
@@ -1334,6 +1340,7 @@ static int64_t cp_index(JStr s, const char *at) {
 static JVal call_str_method(JCtx *c, JStr s, const char *m, JVal *args, size_t nargs, JVal *kwv,
                             JStr *kwn, size_t nkw) {
     JVal a[3];
+    jc_work(c, s.n); /* a method scans the string a few times at most */
 #define M(name) (strcmp(m, name) == 0)
 #define BINDM(...)                                                                                 \
     do {                                                                                           \
@@ -1508,6 +1515,7 @@ static JVal call_method(JCtx *c, JFunc *f, JVal *args, size_t nargs, JVal *kwv, 
         JList *l = self->u.l;
         if ((M("count") || M("index")) && nargs == 1 && !nkw) {
             int64_t k = 0;
+            jc_work(c, l->n * JC_ELEM);
             for (size_t i = 0; i < l->n; i++)
                 if (jv_eq(c, &l->v[i], &args[0])) {
                     if (M("index")) return jv_int((int64_t)i);
@@ -1608,21 +1616,35 @@ static JVal g_strftime(JCtx *c, JVal *args, size_t nargs, size_t nkw) {
     if (nargs != 1 || nkw) jc_throw(c, JINJA_ERR_RUNTIME, "strftime_now() takes one argument");
     JStr fmt = want_str(c, &args[0], "strftime_now");
     if (memchr(fmt.p, 0, fmt.n)) jc_throw(c, JINJA_ERR_RUNTIME, "embedded null character");
-    for (size_t i = 0; i + 1 < fmt.n; i++)
+    /* C's directives (a letter or %%); Python's own %f and glibc's flags and widths are
+     * refused, and so is a trailing % */
+    for (size_t i = 0; i < fmt.n; i++)
         if (fmt.p[i] == '%') {
-            char d = fmt.p[i + 1];
-            if (d == 'f' || d == ':' || d == 'E' || d == 'O' || d == '-')
-                jc_throw(c, JINJA_ERR_UNSUPPORTED, "unsupported: strftime directive %%%c", d);
+            char d = i + 1 < fmt.n ? fmt.p[i + 1] : 0;
+            int letter = (d >= 'a' && d <= 'z') || (d >= 'A' && d <= 'Z');
+            if ((!letter && d != '%') || d == 'f' || d == 'E' || d == 'O')
+                jc_throw(c, JINJA_ERR_UNSUPPORTED, "unsupported: strftime directive %%%c",
+                         d ? d : ' ');
             i++;
         }
     time_t t = c->now >= 0 ? (time_t)c->now : time(NULL);
     struct tm tm;
     if (!localtime_r(&t, &tm)) jc_throw(c, JINJA_ERR_RUNTIME, "cannot convert the time");
-    JVal f0 = jv_str(c, fmt.p, fmt.n);
+    /* datetime.now() is naive: %z and %Z print nothing */
+    JBuf fb = {0};
+    for (size_t i = 0; i < fmt.n; i++) {
+        if (fmt.p[i] == '%' && (fmt.p[i + 1] == 'z' || fmt.p[i + 1] == 'Z')) {
+            i++;
+            continue;
+        }
+        jb_addc(c, &fb, fmt.p[i]);
+        if (fmt.p[i] == '%') jb_addc(c, &fb, fmt.p[++i]);
+    }
+    JVal f0 = fb.p ? jb_val(&fb) : jv_strref("", 0);
     for (size_t cap = 256 + 8 * fmt.n; cap < ((size_t)1 << 26); cap *= 4) {
         char *buf = jc_alloc(c, cap);
         size_t k = strftime(buf, cap, f0.u.s.p, &tm);
-        if (k > 0 || fmt.n == 0) return jv_strref(buf, k);
+        if (k > 0 || f0.u.s.n == 0) return jv_strref(buf, k);
     }
     return jv_strref("", 0); /* a format whose expansion is empty */
 }

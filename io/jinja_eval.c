@@ -117,6 +117,7 @@ JVal je_getattr(JCtx *c, const JVal *obj, const char *name, size_t n) {
                  name);
     switch (obj->t) {
     case JV_DICT: {
+        jc_work(c, obj->u.d->n);
         JVal m = jb_method(c, obj, name, n);
         if (m.t != JV_UNDEF || m.unsafe) return m;
         JVal *v = jd_gets(obj->u.d, name, n);
@@ -172,6 +173,7 @@ JVal je_getitem(JCtx *c, const JVal *obj, const JVal *key) {
         if (i >= 0 && i < n) return obj->u.l->v[i];
         return jv_undef("list index out of range");
     } else if (obj->t == JV_STR && intkey) {
+        jc_work(c, obj->u.s.n);
         int64_t i = idx_of(key), n = (int64_t)ju_count(obj->u.s.p, obj->u.s.n);
         if (i < 0) i += n;
         if (i >= 0 && i < n) {
@@ -248,6 +250,7 @@ static JVal do_slice(JCtx *c, const JVal *obj, const JVal *a, const JVal *b, con
     if (obj->t == JV_STR) {
         const char *p = obj->u.s.p;
         size_t n = obj->u.s.n, cnt = ju_count(p, n);
+        jc_work(c, n);
         size_t *off = NULL;
         if (cnt != n) {
             off = jc_alloc(c, (cnt + 1) * sizeof *off);
@@ -657,8 +660,12 @@ static void exec_stmt(JCtx *c, JScope *sc, const JNode *n) {
     case JN_OUTPUT: {
         JVal v = je_eval(c, sc, n->a);
         c->line = n->line;
+        char buf[64];
+        const char *sc_str = jv_scalar_str(&v, buf);
         if (v.t == JV_STR) {
             out_write(c, v.u.s.p, v.u.s.n);
+        } else if (sc_str) { /* no arena garbage for numbers printed in a loop */
+            out_write(c, sc_str, strlen(sc_str));
         } else {
             JBuf b = {0};
             jv_write_str(c, &b, &v);

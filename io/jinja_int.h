@@ -253,6 +253,10 @@ typedef struct {
 _Noreturn void jc_throw(JCtx *c, JinjaErr kind, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void *jc_alloc(JCtx *c, size_t n);
+/* Charges work that is not one evaluation step (scanning or copying): 64 units are a step,
+ * a byte is a unit, comparing an element 64 units. Bounds the time of every render. */
+void jc_work(JCtx *c, size_t units);
+#define JC_ELEM 64
 
 /* Values (jinja_value.c). */
 JVal jv_undef(const char *name);
@@ -293,6 +297,8 @@ void jv_write_str(JCtx *c, JBuf *b, const JVal *v);  /* Python str() */
 void jv_write_repr(JCtx *c, JBuf *b, const JVal *v); /* Python repr() */
 JVal jv_to_str(JCtx *c, const JVal *v);
 void jv_write_float(JBuf *b, JCtx *c, double f);
+/* str() of undefined, none, bool, int or float into buf (or a constant); NULL otherwise. */
+const char *jv_scalar_str(const JVal *v, char buf[64]);
 /* json.dumps(v, ensure_ascii, indent (NULL: none), separators, sort_keys). */
 void jv_write_json(JCtx *c, JBuf *b, const JVal *v, int ensure_ascii, const JStr *indent,
                    JStr item_sep, JStr key_sep, int sort_keys, int level);

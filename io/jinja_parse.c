@@ -431,6 +431,53 @@ static int lx_is_raw(const char *s, size_t pos, size_t len) {
     return k + 1 < len && s[k] == '%' && s[k + 1] == '}';
 }
 
+/* The length of the text s[pos..k) kept before a tag whose opening has whitespace-control
+ * sign (0, '-', '+'): '-' strips all whitespace before it; otherwise lstrip_blocks removes
+ * the spaces between the line start and a block or comment tag (line_starting: the text
+ * begins a line, as after a tag that consumed a newline). */
+static size_t lx_strip_text(const char *s, size_t pos, size_t k, char sign, int lstrip,
+                            int line_starting) {
+    size_t tlen = k - pos;
+    if (sign == '-') return rstrip_len(s + pos, tlen);
+    if (sign == '+' || !lstrip) return tlen;
+    size_t lp = tlen;
+    while (lp > 0 && s[pos + lp - 1] != '\n')
+        lp--;
+    if ((lp > 0 || line_starting) && lp < tlen && skip_ws(s, pos + lp, k) == k) return lp;
+    return tlen;
+}
+
+/* {% raw %}...{% endraw %} from pos (after the opening tag): the body is data, stripped as
+ * the text before a block tag; the closing tag takes trim_blocks' newline. Returns the
+ * position after it. */
+static size_t lx_raw(JP *p, size_t pos, int *line, int *line_starting) {
+    const char *s = p->src;
+    size_t len = p->len;
+    for (size_t e = pos; e + 1 < len; e++) {
+        if (s[e] != '{' || s[e + 1] != '%') continue;
+        size_t k = e + 2;
+        char sign = k < len && (s[k] == '-' || s[k] == '+') ? s[k] : 0;
+        if (sign) k++;
+        k = skip_ws(s, k, len);
+        if (k + 6 > len || memcmp(s + k, "endraw", 6) != 0) continue;
+        k = skip_ws(s, k + 6, len);
+        char esign = k < len && (s[k] == '-' || s[k] == '+') ? s[k] : 0;
+        size_t q = k + (esign ? 1 : 0);
+        if (!(q + 1 < len && s[q] == '%' && s[q + 1] == '}')) continue;
+        size_t tlen = lx_strip_text(s, pos, e, sign, 1, *line_starting);
+        if (tlen) lx_push(p, TK_DATA, *line, s + pos, tlen);
+        size_t end = q + 2;
+        if (esign == '-')
+            end = skip_ws(s, end, len);
+        else if (!esign && end < len && s[end] == '\n')
+            end++;
+        *line += count_lines(s, pos, end);
+        *line_starting = s[end - 1] == '\n';
+        return end;
+    }
+    jerr_throw(p->e, JINJA_ERR_SYNTAX, *line, "Missing end of raw directive");
+}
+
 static void lx_run(JP *p) {
     const char *s = p->src;
     size_t len = p->len, pos = 0;
@@ -446,21 +493,22 @@ static void lx_run(JP *p) {
         }
         char kind = s[k + 1];
         char sign = k + 2 < len && (s[k + 2] == '-' || s[k + 2] == '+') ? s[k + 2] : 0;
-        if (kind == '%' && lx_is_raw(s, k, len))
-            jerr_throw(p->e, JINJA_ERR_UNSUPPORTED, line + count_lines(s, pos, k),
-                       "unsupported: {%% raw %%}");
-        size_t tlen = k - pos;
-        if (sign == '-') {
-            tlen = rstrip_len(s + pos, tlen);
-        } else if (sign != '+' && kind != '{') {
-            size_t lp = tlen;
-            while (lp > 0 && s[pos + lp - 1] != '\n')
-                lp--;
-            if ((lp > 0 || line_starting) && lp < tlen && skip_ws(s, pos + lp, k) == k) tlen = lp;
-        }
+        size_t tlen = lx_strip_text(s, pos, k, sign, kind != '{', line_starting);
         if (tlen) lx_push(p, TK_DATA, line, s + pos, tlen);
         line += count_lines(s, pos, k);
         pos = k + 2 + (sign ? 1 : 0);
+        if (kind == '%' && lx_is_raw(s, k, len)) {
+            /* the opening ends at its %} (no trim_blocks newline), or -%} and whitespace */
+            size_t q = pos;
+            while (!(s[q] == '%' && s[q + 1] == '}'))
+                q++;
+            size_t e = q + 2;
+            if (s[q - 1] == '-') e = skip_ws(s, e, len);
+            line += count_lines(s, pos, e);
+            line_starting = s[e - 1] == '\n';
+            pos = lx_raw(p, e, &line, &line_starting);
+            continue;
+        }
         if (kind == '#') {
             if (pos >= len) break; /* Jinja's lexer ends quietly on "{#" at the very end */
             size_t j = pos;

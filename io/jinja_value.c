@@ -60,7 +60,15 @@ _Noreturn void jc_throw(JCtx *c, JinjaErr kind, const char *fmt, ...) {
     jerr_throw(&c->err, kind, c->line, "%s", msg);
 }
 
+void jc_work(JCtx *c, size_t units) {
+    c->steps += units / 64;
+    if (c->steps > c->max_steps)
+        jc_throw(c, JINJA_ERR_LIMIT, "step limit: more than %llu evaluation steps",
+                 (unsigned long long)c->max_steps);
+}
+
 void *jc_alloc(JCtx *c, size_t n) {
+    jc_work(c, n);
     void *p = ja_alloc_raw(&c->arena, n);
     if (!p)
         jc_throw(c, JINJA_ERR_LIMIT, "memory limit: the render allocated more than %zu bytes",
@@ -249,20 +257,18 @@ JVal *jd_gets(JDict *d, const char *name, size_t n) {
 }
 
 JVal *jd_get(JCtx *c, JDict *d, JVal k) {
+    jc_work(c, d->n);
     if (k.t == JV_STR) return jd_gets(d, k.u.s.p, k.u.s.n);
     if (!jv_hashable(c, &k))
         jc_throw(c, JINJA_ERR_RUNTIME, "unhashable type: '%s'", jv_typename(&k));
+    jc_work(c, d->n * JC_ELEM);
     for (size_t i = 0; i < d->n; i++)
         if (d->k[i].t != JV_STR && jv_eq(c, &d->k[i], &k)) return &d->v[i];
     return NULL;
 }
 
-void jd_set(JCtx *c, JDict *d, JVal k, JVal v) {
-    JVal *old = jd_get(c, d, k);
-    if (old) {
-        *old = v;
-        return;
-    }
+/* Appends k (not in d) to d. */
+static void jd_append(JCtx *c, JDict *d, JVal k, JVal v) {
     if (d->n == d->cap) {
         size_t cap = d->cap ? d->cap * 2 : 8;
         JVal *nk = jc_alloc(c, cap * sizeof *nk), *nv = jc_alloc(c, cap * sizeof *nv);
@@ -276,6 +282,15 @@ void jd_set(JCtx *c, JDict *d, JVal k, JVal v) {
     }
     d->k[d->n] = k;
     d->v[d->n++] = v;
+}
+
+void jd_set(JCtx *c, JDict *d, JVal k, JVal v) {
+    JVal *old = jd_get(c, d, k);
+    if (old) {
+        *old = v;
+        return;
+    }
+    jd_append(c, d, k, v);
 }
 
 JVal jv_from_json(JCtx *c, const json_t *j) {
@@ -302,8 +317,8 @@ JVal jv_from_json(JCtx *c, const json_t *j) {
         JDict *d = jd_new(c);
         const char *k;
         json_t *v;
-        json_object_foreach((json_t *)j, k, v) {
-            jd_set(c, d, jv_strref(k, strlen(k)), jv_from_json(c, v));
+        json_object_foreach((json_t *)j, k, v) { /* jansson's keys are unique */
+            jd_append(c, d, jv_strref(k, strlen(k)), jv_from_json(c, v));
         }
         return jv_dict(d);
     }
@@ -410,13 +425,9 @@ JVal jb_val(JBuf *b) {
 
 /* Python's repr(float): the shortest digits that read back, fixed notation for decimal
  * exponents -4 <= e < 16, else d.ddde+XX. */
-void jv_write_float(JBuf *b, JCtx *c, double f) {
-    if (isnan(f)) {
-        jb_adds(c, b, "nan");
-        return;
-    }
-    if (isinf(f)) {
-        jb_adds(c, b, f < 0 ? "-inf" : "inf");
+static void format_float(double f, char out[64]) {
+    if (isnan(f) || isinf(f)) {
+        strcpy(out, isnan(f) ? "nan" : f < 0 ? "-inf" : "inf");
         return;
     }
     char tmp[64];
@@ -434,7 +445,6 @@ void jv_write_float(JBuf *b, JCtx *c, double f) {
     int exp = atoi(q + 1);
     while (nd > 1 && digits[nd - 1] == '0')
         nd--;
-    char out[64];
     int k = 0;
     if (neg) out[k++] = '-';
     if (exp >= -4 && exp < 16) {
@@ -463,10 +473,33 @@ void jv_write_float(JBuf *b, JCtx *c, double f) {
             for (int i = 1; i < nd; i++)
                 out[k++] = digits[i];
         }
-        snprintf(out + k, sizeof out - (size_t)k, "e%c%02d", exp < 0 ? '-' : '+',
-                 exp < 0 ? -exp : exp);
+        snprintf(out + k, 64 - (size_t)k, "e%c%02d", exp < 0 ? '-' : '+', exp < 0 ? -exp : exp);
     }
+}
+
+void jv_write_float(JBuf *b, JCtx *c, double f) {
+    char out[64];
+    format_float(f, out);
     jb_adds(c, b, out);
+}
+
+const char *jv_scalar_str(const JVal *v, char buf[64]) {
+    switch (v->t) {
+    case JV_UNDEF:
+        return "";
+    case JV_NONE:
+        return "None";
+    case JV_BOOL:
+        return v->u.b ? "True" : "False";
+    case JV_INT:
+        snprintf(buf, 64, "%lld", (long long)v->u.i);
+        return buf;
+    case JV_FLOAT:
+        format_float(v->u.f, buf);
+        return buf;
+    default:
+        return NULL;
+    }
 }
 
 static int py_printable(int32_t cp) {
@@ -864,7 +897,9 @@ int jv_eq(JCtx *c, const JVal *a, const JVal *b) {
     case JV_NONE:
         return 1;
     case JV_STR:
-        return a->u.s.n == b->u.s.n && memcmp(a->u.s.p, b->u.s.p, a->u.s.n) == 0;
+        if (a->u.s.n != b->u.s.n) return 0;
+        jc_work(c, a->u.s.n);
+        return memcmp(a->u.s.p, b->u.s.p, a->u.s.n) == 0;
     case JV_LIST: {
         const JList *x = a->u.l, *y = b->u.l;
         if (x == y) return 1;
@@ -878,6 +913,7 @@ int jv_eq(JCtx *c, const JVal *a, const JVal *b) {
         if (x->kind >= JL_ITEMS)
             jc_throw(c, JINJA_ERR_UNSUPPORTED, "unsupported: comparing dict views");
         if (x->n != y->n) return 0;
+        jc_work(c, x->n * JC_ELEM);
         if (++c->depth > JCTX_MAX_DEPTH) jc_throw(c, JINJA_ERR_LIMIT, "values nested too deeply");
         for (size_t i = 0; i < x->n; i++)
             if (!jv_eq(c, &x->v[i], &y->v[i])) {
@@ -891,6 +927,7 @@ int jv_eq(JCtx *c, const JVal *a, const JVal *b) {
         const JDict *x = a->u.d, *y = b->u.d;
         if (x == y) return 1;
         if (x->n != y->n) return 0;
+        jc_work(c, x->n * JC_ELEM);
         if (++c->depth > JCTX_MAX_DEPTH) jc_throw(c, JINJA_ERR_LIMIT, "values nested too deeply");
         for (size_t i = 0; i < x->n; i++) {
             JVal *o = jd_get(c, (JDict *)y, x->k[i]);
@@ -925,6 +962,7 @@ int jv_cmp(JCtx *c, const JVal *a, const JVal *b) {
     }
     if (a->t == JV_STR && b->t == JV_STR) {
         size_t n = a->u.s.n < b->u.s.n ? a->u.s.n : b->u.s.n;
+        jc_work(c, n);
         int r = n ? memcmp(a->u.s.p, b->u.s.p, n) : 0;
         if (r) return r < 0 ? -1 : 1;
         return a->u.s.n < b->u.s.n ? -1 : a->u.s.n > b->u.s.n;
@@ -963,6 +1001,9 @@ _Noreturn static void bad_operands(JCtx *c, const char *op, const JVal *a, const
 
 static JVal repeat(JCtx *c, const JVal *seq, int64_t k) {
     if (k < 0) k = 0;
+    /* an empty sequence repeated any number of times is empty (no loop over k) */
+    if (seq->t == JV_STR && seq->u.s.n == 0) return jv_strref("", 0);
+    if (seq->t == JV_LIST && seq->u.l->n == 0) return jv_list(jl_new(c, 0, seq->u.l->kind));
     if (seq->t == JV_STR) {
         if (seq->u.s.n && (uint64_t)k > c->arena.limit / seq->u.s.n)
             jc_throw(c, JINJA_ERR_LIMIT, "memory limit: a string of more than %zu bytes",
@@ -1171,6 +1212,7 @@ int64_t jv_pylen(JCtx *c, const JVal *v) {
     case JV_UNDEF:
         return 0;
     case JV_STR:
+        jc_work(c, v->u.s.n);
         return (int64_t)ju_count(v->u.s.p, v->u.s.n);
     case JV_LIST:
         if (v->u.l->kind == JL_GEN) break;
@@ -1191,6 +1233,7 @@ int jv_contains(JCtx *c, const JVal *hay, const JVal *x) {
                      jv_typename(x));
         if (x->u.s.n == 0) return 1;
         if (x->u.s.n > hay->u.s.n) return 0;
+        jc_work(c, hay->u.s.n);
         return memmem(hay->u.s.p, hay->u.s.n, x->u.s.p, x->u.s.n) != NULL;
     case JV_DICT:
         return jd_get(c, hay->u.d, *x) != NULL;
@@ -1201,6 +1244,7 @@ int jv_contains(JCtx *c, const JVal *hay, const JVal *x) {
                 if (jv_eq(c, &l->v[l->pos++], x)) return 1;
             return 0;
         }
+        jc_work(c, hay->u.l->n * JC_ELEM);
         for (size_t i = 0; i < hay->u.l->n; i++)
             if (jv_eq(c, &hay->u.l->v[i], x)) return 1;
         return 0;

@@ -328,6 +328,17 @@ static const Case cases[] = {
      "{% set p = {'type': 'array', 'items': {'type': 'string'}} %}{{ p.items.type }}|{{ "
      "p['items'].type }}",
      "|string"},
+    {"empty_repeat", "{{ ([] * 10**18)|length }}{{ ('' * 10**18)|length }}", "00"},
+    {"strftime_naive", "[{{ strftime_now('%z%Z') }}]{{ strftime_now('%%Y') }}", "[]%Y"},
+    {"lazy_generator_args",
+     "{{ nothing|selectattr|list }}{{ []|map(e=1)|list }}{{ []|select('no_such_test')|list }}",
+     "[][][]"},
+    {"print_scalars_loop",
+     "{% for i in range(3) %}{{ i }}{{ i / 2 }}{{ i is even }}{{ none }}{% endfor %}",
+     "00.0TrueNone10.5FalseNone21.0TrueNone"},
+    {"raw_block",
+     "a\n  {% raw %}\n  {{ x }}{% if %}\n  {% endraw %}\nb{%- raw -%}  x  {%- endraw -%}  y",
+     "a\n\n  {{ x }}{% if %}\nbxy"},
 };
 /* clang-format on */
 
@@ -404,7 +415,8 @@ static void test_refusals(void) {
     expect_err("a\n\n{{ x|wordwrap }}", JINJA_ERR_UNSUPPORTED,
                "line 3: unsupported: filter 'wordwrap'");
     expect_err("{{ x|no_such_filter }}", JINJA_ERR_UNSUPPORTED, "filter 'no_such_filter'");
-    expect_err("\n{% raw %}x{% endraw %}", JINJA_ERR_UNSUPPORTED, "line 2: unsupported: {% raw %}");
+    expect_err("\n{% autoescape true %}x{% endautoescape %}", JINJA_ERR_UNSUPPORTED,
+               "line 2: unsupported: {% autoescape %}");
     expect_err("{{ x is escaped }}", JINJA_ERR_UNSUPPORTED, "test 'escaped'");
     expect_err("{% for x in xs recursive %}{% endfor %}", JINJA_ERR_UNSUPPORTED, "recursive");
     expect_err("{% extends 'base' %}", JINJA_ERR_UNSUPPORTED, "{% extends %}");
@@ -434,6 +446,7 @@ static void test_errors(void) {
     expect_err("ok \xff", JINJA_ERR_SYNTAX, "invalid UTF-8");
     expect_err("{{ 'abc }}", JINJA_ERR_SYNTAX, "unexpected end of string");
     expect_err("{# x", JINJA_ERR_SYNTAX, "missing end of comment tag");
+    expect_err("{% raw %}x", JINJA_ERR_SYNTAX, "Missing end of raw directive");
     expect_err("{{ (1 }}", JINJA_ERR_SYNTAX, "");
     expect_err("{{ x is defined is defined }}", JINJA_ERR_SYNTAX, "");
     expect_err("{% macro m(a=1, b) %}{% endmacro %}", JINJA_ERR_SYNTAX, "non-default argument");
@@ -494,6 +507,12 @@ static void test_limits(void) {
     expect_err("{% macro m() %}{{ caller() }}{% endmacro %}{% macro r() %}{% call m() %}"
                "{{ r() }}{% endcall %}{% endmacro %}{{ r() }}",
                JINJA_ERR_LIMIT, "recursion limit");
+    /* scans that are not evaluation steps count too: 'in' over a long list in a loop */
+    expect_err_lim("{% set r = range(100000)|list %}{% for i in range(100000) %}"
+                   "{% if -1 in r %}{% endif %}{% endfor %}",
+                   &steps, JINJA_ERR_LIMIT, "step limit");
+    expect_err_lim("{{ (range(100000)|list * 10)|unique|list|length }}", &steps, JINJA_ERR_LIMIT,
+                   "step limit");
     JinjaLimits small = {1000, 0, 0};
     expect_err_lim("{% for i in range(100000) %}xxxxxxxxxx{% endfor %}", &small, JINJA_ERR_LIMIT,
                    "output limit: more than 1000 bytes");
