@@ -181,10 +181,14 @@ static void ds_push_segment(DsExample *ex, size_t ntok) {
     ex->seg_ntok[ex->nseg++] = ntok;
 }
 
-/* The byte ranges of tokens ids[0..n) in text[0..len): offs[j] .. offs[j + 1]. Exact, and 1,
- * when each token's bytes (decoded alone, special tokens kept) concatenate to the text, as
- * for byte-level BPE without a normaliser; 0 otherwise (the caller falls back to token
- * counts of prefixes). */
+/* The byte ranges of tokens ids[0..n) in text[0..len): offs[j] .. offs[j + 1]. 1 when each
+ * token's bytes (decoded alone, special tokens kept) line up with the text: exactly, as for
+ * byte-level BPE, or up to spaces, as for SentencePiece-style tokenizers whose normaliser
+ * adds a "▁" at the start of each piece of text (a space in the token the text does not
+ * have) and whose decoder drops a token's leading space when it is decoded alone (a space
+ * in the text the token does not show: it belongs to that token, as its "▁" does in
+ * Hugging Face's offsets). 0 otherwise (byte-fallback pieces of a character, other
+ * normalisers): the caller falls back to token counts of prefixes. */
 static int ds_token_offsets(Tokenizer *tk, const char *text, size_t len, const int32_t *ids,
                             size_t n, DsExample *ex) {
     if (n + 1 > ex->offs_cap) {
@@ -196,10 +200,22 @@ static int ds_token_offsets(Tokenizer *tk, const char *text, size_t len, const i
     for (size_t j = 0; j < n; j++) {
         size_t l;
         char *piece = tok_decode(tk, &ids[j], 1, 0, &l);
-        int same = at + l <= len && memcmp(text + at, piece, l) == 0;
+        size_t i = 0;
+        while (i < l) {
+            if (at < len && text[at] == piece[i]) {
+                at++;
+                i++;
+            } else if (piece[i] == ' ') {
+                i++; /* a space the normaliser added */
+            } else if (at < len && text[at] == ' ') {
+                at++; /* a space the decoder dropped */
+            } else {
+                break;
+            }
+        }
         free(piece);
-        if (!same) return 0;
-        at += l;
+        if (i < l) return 0;
+        if (l == 0 && at < len && text[at] == ' ') at++; /* a lone "▁", decoded as nothing */
         ex->offs[j + 1] = at;
     }
     return at == len;

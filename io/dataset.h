@@ -15,11 +15,13 @@
  * full string. A prompt/completion boundary is placed at the token count of the prompt
  * (encode(prefix)). A chat token is counted when its characters overlap a counted range of
  * the rendered text (transformers' return_assistant_tokens_mask: char_to_token of the
- * range's first and last byte): exact when the tokens' bytes concatenate to the text
- * (byte-level BPE without a normaliser: Llama 3, Qwen); otherwise (a normaliser, as
- * SentencePiece-style Llama 2 / Mistral) each range's ends are placed at the token counts
- * of the text before them, which differs only for a token that straddles a range's start
- * (HF counts it, this masks it). Labels are -100 where not counted.
+ * range's first and last byte). Each token's place in the text comes from decoding it
+ * alone: exact for byte-level BPE (Llama 3, Qwen), and up to the spaces a SentencePiece
+ * normaliser adds or its decoder drops (Llama 2, Mistral: a "▁" belongs to its token). When
+ * the tokens do not line up so (a character split into byte-fallback tokens, another
+ * normaliser), each range's ends are placed at the token counts of the text before them,
+ * which differs only for a token that straddles a range's start (HF counts it, this masks
+ * it). Labels are -100 where not counted.
  * A line with several of these keys is read by the first of "input_ids", "messages",
  * "prompt"/"completion", "text"; a key whose value is null counts as absent (tables
  * exported from HF `datasets` or pandas carry every column on every line). */
