@@ -983,7 +983,9 @@ static const char chat_no_template[] =
     "FILE or --chat-format llama3|mistral|llama2|chatml|qwen2, or pre-tokenise (input_ids, "
     "labels)";
 
-/* The variables of one line: the template's, plus the line's tools and documents. */
+/* The variables of one line: the template's, plus the line's tools and documents, none
+ * when the line has none (transformers passes tools=None, documents=None: a template's
+ * `tools is defined` is true and `tools is none` tells). */
 static void chat_conv_init(ChatConv *c, const ChatTemplate *ct, json_t *msgs, json_t *tools,
                            json_t *docs) {
     if (json_is_null(tools)) tools = NULL;
@@ -992,8 +994,10 @@ static void chat_conv_init(ChatConv *c, const ChatTemplate *ct, json_t *msgs, js
     c->t = tools && ct->tpl_tools ? ct->tpl_tools : ct->tpl;
     c->vars = json_copy(ct->vars);
     c->msgs = msgs;
-    if (tools) json_object_set(c->vars, "tools", tools);
-    if (docs) json_object_set(c->vars, "documents", docs);
+    if (tools || !json_object_get(c->vars, "tools"))
+        json_object_set_new(c->vars, "tools", tools ? json_incref(tools) : json_null());
+    if (docs || !json_object_get(c->vars, "documents"))
+        json_object_set_new(c->vars, "documents", docs ? json_incref(docs) : json_null());
 }
 
 int chat_render_line(const ChatTemplate *ct, json_t *line, int train_on_prompt, ChatRender *out,

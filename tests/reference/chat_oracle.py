@@ -167,6 +167,8 @@ def segments_of(row, sources, base_ctx, now, train_on_prompt=False):
 
     def render(k, gen_prompt, spans=False):
         ctx = dict(base_ctx)
+        ctx.setdefault("tools", None)  # transformers passes tools=None, documents=None
+        ctx.setdefault("documents", None)
         ctx.update(extra)
         ctx["messages"] = msgs[:k]
         ctx["add_generation_prompt"] = gen_prompt
