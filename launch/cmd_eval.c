@@ -288,24 +288,8 @@ static int eval_setup(EvalRun *r) {
                  r->ac.acfg.kind[0] ? r->ac.acfg.kind : "lora", r->ac.acfg.r,
                  str_fmt_double(r->ac.alpha, ab, sizeof ab), r->ac.acfg.use_rslora, m->params.n,
                  r->ac.slot_r ? " (per-module ranks / alphas / layers)" : "");
-    TdataOpts dopt = {o->run.model,
-                      {o->rows.data.v, o->rows.data.n},
-                      {NULL, 0},
-                      0.0,
-                      o->rows.chat_format,
-                      o->rows.train_on_prompt,
-                      o->rows.add_eos,
-                      o->rows.pack,
-                      0 /* file order */,
-                      o->rows.skip_bad,
-                      (PackLong)r->lmode,
-                      r->cache_dir,
-                      o->rows.seq_len,
-                      m->V,
-                      m->cfg.eos_token_id,
-                      0,
-                      o->rows.chat_template,
-                      o->rows.chat_kwargs};
+    const TdataOpts dopt = mpicmd_tdata_opts(&o->rows, o->run.model, r->lmode, r->cache_dir, m->V,
+                                             m->cfg.eos_token_id);
     int data_rc = 0;
     if (!tdata_load(&r->data, &dopt, g, &data_rc)) return data_rc;
     r->have_data = 1;

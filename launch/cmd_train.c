@@ -672,24 +672,12 @@ static int train_memcheck(TrainRun *r) {
 static int train_load_data(TrainRun *r) {
     TrainOpts *o = &r->o;
     const LlamaModel *m = &r->s.m;
-    TdataOpts dopt = {o->run.model,
-                      {o->rows.data.v, o->rows.data.n},
-                      {o->eval_data.v, o->eval_data.n},
-                      o->eval_split,
-                      o->rows.chat_format,
-                      o->rows.train_on_prompt,
-                      o->rows.add_eos,
-                      o->rows.pack,
-                      o->shuffle,
-                      o->rows.skip_bad,
-                      (PackLong)r->lmode,
-                      r->cache_dir,
-                      o->rows.seq_len,
-                      m->V,
-                      m->cfg.eos_token_id,
-                      o->seed,
-                      o->rows.chat_template,
-                      o->rows.chat_kwargs};
+    TdataOpts dopt = mpicmd_tdata_opts(&o->rows, o->run.model, r->lmode, r->cache_dir, m->V,
+                                       m->cfg.eos_token_id);
+    dopt.eval_data = (TdataFiles){o->eval_data.v, o->eval_data.n};
+    dopt.eval_split = o->eval_split;
+    dopt.shuffle = o->shuffle;
+    dopt.seed = o->seed;
     int data_rc = 0;
     if (!tdata_load(&r->data, &dopt, &r->g, &data_rc)) {
         /* bad data leaves no trace (token caches written before the refusal included) */

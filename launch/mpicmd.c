@@ -122,6 +122,24 @@ static void mpicmd_rows_specs(ArgSpec *out, int cap, int *n, MpicmdRows *o, cons
     mpicmd_put(out, cap, n, specs, (int)(sizeof specs / sizeof specs[0]));
 }
 
+TdataOpts mpicmd_tdata_opts(const MpicmdRows *o, const char *model_dir, int lmode,
+                            const char *cache_dir, int64_t vocab, int64_t eos_id) {
+    return (TdataOpts){.model_dir = model_dir,
+                       .data = {o->data.v, o->data.n},
+                       .chat_format = o->chat_format,
+                       .chat_template = o->chat_template,
+                       .chat_kwargs = o->chat_kwargs,
+                       .train_on_prompt = o->train_on_prompt,
+                       .add_eos = o->add_eos,
+                       .pack = o->pack,
+                       .skip_bad = o->skip_bad,
+                       .long_mode = (PackLong)lmode,
+                       .cache_dir = cache_dir,
+                       .T = o->seq_len,
+                       .vocab = vocab,
+                       .eos_id = eos_id};
+}
+
 int mpicmd_rows_check(const MpicmdRows *o, int *lmode, ErrStatus *st) {
     if (!st->ok) return 0;
     *lmode = pack_parse_long(o->long_examples);

@@ -7,6 +7,7 @@
 #include "../parallel/grid.h"
 #include "../runtime/kernels.h"
 #include "../train/memplan.h"
+#include "../train/tdata.h"
 #include "args.h"
 
 /* grid_init, then args_parse of argv[2..]; with --help, rank 0 prints usage + about + the
@@ -86,6 +87,11 @@ typedef struct {
 } MpicmdRows;
 void mpicmd_rows_defaults(MpicmdRows *o);
 int mpicmd_rows_check(const MpicmdRows *o, int *lmode, ErrStatus *st);
+/* tdata's options for the rows of o over model_dir's model (vocab, eos_id from its
+ * config.json), long examples by lmode, token caches under cache_dir; no eval data, file
+ * order, seed 0 (train sets its own). */
+TdataOpts mpicmd_tdata_opts(const MpicmdRows *o, const char *model_dir, int lmode,
+                            const char *cache_dir, int64_t vocab, int64_t eos_id);
 
 /* A command's option table into out (cap entries; fatal past it): --config and --model
  * (--help section "model"), the row options when rows != NULL ("data"; help.data: what
