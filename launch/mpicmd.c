@@ -104,6 +104,7 @@ static void mpicmd_rows_specs(ArgSpec *out, int cap, int *n, MpicmdRows *o, cons
         {.type = ARG_GROUP, .group = ARGG_DATA},
         {"data", ARG_STRS, &o->data, "FILE", data_help, 1, 0},
         {"chat-template", ARG_STR, &o->chat_template, "FILE", "a Jinja chat template for \"messages\" lines (default: the model's own: MODEL/chat_template.jinja, else tokenizer_config.json's \"chat_template\")", 0, 0},
+        {.name = "chat-template-path", .type = ARG_ALIAS, .target = "chat-template"},
         {"chat-template-kwargs", ARG_STR, &o->chat_kwargs, "JSON", "a JSON object of extra template variables, e.g. '{\"enable_thinking\": false}'", 0, 0},
         {"chat-format", ARG_STR, &o->chat_format, "NAME", "fallback layout for a model without a chat template: auto (the model's template) | llama3 | mistral | llama2 | chatml | qwen2 (refused when the model's template renders differently)", 0, 0},
         {"train-on-prompt", ARG_BOOL, &o->train_on_prompt, NULL, "count prompt tokens and non-assistant turns in the loss too", 0, 0},

@@ -158,7 +158,8 @@ run raise "${TRAIN[@]}" --data "$W/raise.jsonl" --chat-template "$W/raise.jinja"
   || { tail -3 "$W/raise.log"; fail "raise_exception (exit $rc)"; }
 
 printf '%s\n' '<|im_start|>' "{% include 'other.jinja' %}" > "$W/unsupported.jinja"
-run unsupported "${TRAIN[@]}" --chat-template "$W/unsupported.jinja" --out "$W/unsupported_out"; rc=$?
+# (under TRL's name for the option, chat_template_path)
+run unsupported "${TRAIN[@]}" --chat_template_path "$W/unsupported.jinja" --out "$W/unsupported_out"; rc=$?
 [ "$rc" = 3 ] && grep -q "unsupported.jinja: chat template: line 2" "$W/unsupported.log" \
   && [ "$(grep -c 'error' "$W/unsupported.log")" = 1 ] \
   && pass "a refused template construct: exit 3, one line naming the file and line" \
