@@ -915,7 +915,8 @@ static int chat_conv_generation(const ChatConv *c, size_t n, ChatRender *out, Er
     JinjaOutput f;
     if (!chat_conv_render(c, n, 0, &f, st)) return 0;
     chat_out_text(out, f.text, f.len);
-    qsort(f.gen, f.ngen, sizeof *f.gen, chat_span_cmp); /* nested blocks come out of order */
+    /* nested blocks come out of order; none rendered: f.gen is NULL, which qsort must not get */
+    if (f.ngen > 1) qsort(f.gen, f.ngen, sizeof *f.gen, chat_span_cmp);
     for (size_t i = 0; i < f.ngen; i++)
         chat_out_span(out, f.gen[i].start, f.gen[i].end);
     chat_out_segment(out);

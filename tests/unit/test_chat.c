@@ -765,6 +765,16 @@ static void test_label_rule(void) {
     const char *gen[] = {"U:u1|A:a1!|U:u2|A:a2!|"};
     expect_line("label rule: {% generation %} blocks counted", &ct, four_turns, gen, 1, "a1!a2!");
     chat_template_free(&ct);
+    /* blocks the line never reaches: nothing counted (no spans once meant qsort(NULL, 0)) */
+    write_config(json_string("{% for m in messages %}{% if m.role == 'tool' %}{% generation %}"
+                             "{{ m.content }}{% endgeneration %}{% endif %}{{ m.content }}|"
+                             "{% endfor %}"));
+    CHECK_TRUE(load_tpl(&ct, NULL, NULL, NULL, &status, &st) && ct.has_generation,
+               "unreached generation: %s", st.msg);
+    const char *unreached[] = {"u1|a1|u2|a2|"};
+    expect_line("label rule: {% generation %} blocks never rendered", &ct, four_turns, unreached, 1,
+                "");
+    chat_template_free(&ct);
 
     /* raise_exception on a line; a line without an assistant message */
     write_config(json_string("{% for m in messages %}{% if loop.first and m.role != 'user' %}"
