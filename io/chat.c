@@ -1,7 +1,6 @@
 /* Chat templates (see chat.h): the model's own Jinja template found, compiled and rendered
- * by the label rule into segments and counted ranges; and the hand-written fallback layouts
- * (official Hugging Face templates written out in C, as pieces that are trained on or
- * masked) with their detection and their check against the model's template. */
+ * by the label rule into segments and counted ranges; a hand-written layout (io/chatfmt.h)
+ * as the fallback, checked against the model's template when both are given. */
 #include "chat.h"
 
 #include <errno.h>
@@ -16,384 +15,24 @@
 #include "afile.h"
 #include "runtime/str.h"
 
-/* Indexed by ChatFormat. */
-static const char *const chat_names[CHAT_NFORMATS] = {"none",   "llama3", "mistral",
-                                                      "llama2", "chatml", "qwen2"};
+/* ---- the template of a run ----------------------------------------------------------- */
 
-int chat_parse_format(const char *name) {
-    for (int f = CHAT_NONE + 1; name && f < CHAT_NFORMATS; f++)
-        if (strcmp(name, chat_names[f]) == 0) return f;
-    return -1;
-}
-
-const char *chat_format_name(ChatFormat f) {
-    return f >= CHAT_NONE && f < CHAT_NFORMATS ? chat_names[f] : "unknown";
-}
-
-/* ---- detection --------------------------------------------------------------------- */
-
-/* Qwen2's default system turn after "<|im_start|>system" and its newline as the template
- * file has it: a real one (JSON "\n") or the Jinja escape (JSON "\\n"). */
-static int chat_is_qwen2_default(const char *after_system) {
-    static const char dflt[] = "You are a helpful assistant.<|im_end|>";
-    const char *p = after_system;
-    if (*p == '\n')
-        p += 1;
-    else if (p[0] == '\\' && p[1] == 'n')
-        p += 2;
-    else
-        return 0;
-    return strncmp(p, dflt, sizeof dflt - 1) == 0;
-}
-
-/* A ChatML template renders as chatml or qwen2 only when it writes no system turn of its
- * own (the text "<|im_start|>system" is absent: plain ChatML) or when every one it writes
- * is Qwen2's exact default ("<|im_start|>system" + newline + "You are a helpful
- * assistant.<|im_end|>"). Any other is another layout: Qwen1.5's default lacks the full
- * stop, Qwen2.5's is "You are Qwen, created by Alibaba Cloud. ..." and it writes the
- * system turn in pieces, Qwen2.5-Math asks to reason step by step. Qwen3's templates
- * (they contain "<think>") put "<think>\n\n</think>\n\n" before the last assistant reply.
- * All of these are CHAT_NONE, so the user chooses with --chat-format. */
-static ChatFormat chat_family_chatml(const char *tpl) {
-    static const char sys[] = "<|im_start|>system";
-    if (strstr(tpl, "<think>")) return CHAT_NONE;
-    int n = 0;
-    for (const char *p = strstr(tpl, sys); p; p = strstr(p + 1, sys), n++)
-        if (!chat_is_qwen2_default(p + sizeof sys - 1)) return CHAT_NONE;
-    return n > 0 ? CHAT_QWEN2 : CHAT_CHATML;
-}
-
-/* The [INST] family renders "X [/INST]": Mistral v0.3 and later (and the tekken
- * templates) write '[INST] ' + X + '[/INST]' with no space before "[/INST]" (and fold the
- * system message into the last user turn), so any "[/INST]" in the template not preceded
- * by a space means another layout: CHAT_NONE. */
-static ChatFormat chat_family_inst(const char *tpl) {
-    static const char close[] = "[/INST]";
-    for (const char *p = strstr(tpl, close); p; p = strstr(p + 1, close))
-        if (p == tpl || p[-1] != ' ') return CHAT_NONE;
-    return strstr(tpl, "<<SYS>>") ? CHAT_LLAMA2 : CHAT_MISTRAL;
-}
-
-/* The family of a template, by the markers only its family's templates contain; CHAT_NONE
- * unless the template is one rendered here byte for byte. */
-static ChatFormat chat_family(const char *tpl) {
-    /* Llama 3.1 and later always open with a system header holding "Cutting Knowledge Date"
-     * and a date (3.2: today's): not the llama3 layout, and not rendered here */
-    if (strstr(tpl, "<|start_header_id|>"))
-        return strstr(tpl, "Cutting Knowledge Date") ? CHAT_NONE : CHAT_LLAMA3;
-    if (strstr(tpl, "<|im_start|>")) return chat_family_chatml(tpl);
-    if (strstr(tpl, "[INST]")) return chat_family_inst(tpl);
-    return CHAT_NONE;
-}
-
-/* "chat_template" is a string, or (transformers >= 4.40, several templates) a list of
- * {"name", "template"}: the one named "default", else the first. NULL if there is none. */
-static const char *chat_template_text(const json_t *v) {
-    if (json_is_string(v)) return json_string_value(v);
-    const char *first = NULL;
-    size_t i;
-    const json_t *e;
-    json_array_foreach(v, i, e) {
-        const char *name = json_string_value(json_object_get(e, "name"));
-        const char *text = json_string_value(json_object_get(e, "template"));
-        if (!text) continue;
-        if (name && strcmp(name, "default") == 0) return text;
-        if (!first) first = text;
-    }
-    return first;
-}
+#define CHAT_MAX_FILE ((size_t)64 << 20) /* a template file or tokenizer_config.json */
 
 /* Parses path. NULL when it does not exist (*absent = 1: a model directory without the
- * file simply has no template to detect) or with st set when it cannot be read or parsed. */
+ * file simply has no template there) or with st set when it cannot be read or parsed. */
 static json_t *chat_load_config(const char *path, int *absent, ErrStatus *st) {
     *absent = 0;
     /* Numbers as doubles: the Hub's files say "model_max_length":
      * 1000000000000000019884624838656 (int(1e30)), which jansson's int64 integers reject.
      * No JSON_REJECT_DUPLICATES: transformers reads the file with Python's json, where the
-     * last duplicate wins, as it does in jansson. 64 MB: far above any chat template. */
+     * last duplicate wins, as it does in jansson. */
     if (access(path, F_OK) != 0 && errno == ENOENT) {
         *absent = 1;
         return NULL;
     }
-    return afile_read_json(path, (size_t)64 << 20, JSON_DECODE_INT_AS_REAL, st);
+    return afile_read_json(path, CHAT_MAX_FILE, JSON_DECODE_INT_AS_REAL, st);
 }
-
-int chat_detect(const char *model_dir, ChatFormat *out, ErrStatus *st) {
-    err_status_ok(st);
-    *out = CHAT_NONE;
-    static const char leaf[] = "/tokenizer_config.json";
-    size_t dlen = strlen(model_dir);
-    char *path = malloc(dlen + sizeof leaf);
-    SL_CHECK(path != NULL, "out of memory");
-    memcpy(path, model_dir, dlen);
-    memcpy(path + dlen, leaf, sizeof leaf);
-    int absent;
-    json_t *root = chat_load_config(path, &absent, st);
-    free(path);
-    if (!root) return absent;
-    const char *tpl = chat_template_text(json_object_get(root, "chat_template"));
-    if (tpl) *out = chat_family(tpl);
-    json_decref(root);
-    return 1;
-}
-
-/* ---- pieces ------------------------------------------------------------------------ */
-
-/* Appends text[0..len) to the last piece when that has the same flag, else as a new piece,
- * so adjacent pieces always differ in flag. Empty text adds nothing. */
-static void chat_emit(ChatPieces *ps, const char *text, size_t len, int train) {
-    if (len == 0) return;
-    if (ps->n == 0 || ps->p[ps->n - 1].train != train) {
-        if (ps->n == ps->cap) {
-            ps->cap = ps->cap ? 2 * ps->cap : 8;
-            ps->p = str_xrealloc(ps->p, ps->cap * sizeof *ps->p);
-        }
-        ps->p[ps->n++] = (ChatPiece){NULL, 0, train};
-    }
-    ChatPiece *pc = &ps->p[ps->n - 1];
-    pc->text = str_xrealloc(pc->text, pc->len + len + 1);
-    memcpy(pc->text + pc->len, text, len);
-    pc->len += len;
-    pc->text[pc->len] = '\0';
-}
-
-static void chat_emit_str(ChatPieces *ps, const char *s, int train) {
-    chat_emit(ps, s, strlen(s), train);
-}
-
-void chat_pieces_free(ChatPieces *ps) {
-    for (size_t i = 0; i < ps->n; i++)
-        free(ps->p[i].text);
-    free(ps->p);
-    memset(ps, 0, sizeof *ps);
-}
-
-/* ---- Python's str.strip() ---------------------------------------------------------- */
-
-/* The code points for which Python's str.isspace() is true: Jinja's `trim` filter and
- * str.strip() (what the templates call) remove exactly these, not only ASCII blanks. */
-static int chat_is_space(uint32_t c) {
-    return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20) || c == 0x85 || c == 0xA0 ||
-           c == 0x1680 || (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 ||
-           c == 0x202F || c == 0x205F || c == 0x3000;
-}
-
-/* Decodes s[0..n) when it is exactly one well-formed UTF-8 code point; else returns 0 (such
- * bytes are never whitespace, so stripping stops there). */
-static int chat_utf8_exact(const unsigned char *s, size_t n, uint32_t *cp) {
-    static const unsigned char lead_bits[5] = {0, 0x7F, 0x1F, 0x0F, 0x07};
-    static const uint32_t least[5] = {0, 0, 0x80, 0x800, 0x10000}; /* below: overlong */
-    size_t want = s[0] < 0x80 ? 1 : (s[0] >> 5) == 6 ? 2 : (s[0] >> 4) == 14 ? 3 : 4;
-    if (n != want || (n == 4 && (s[0] >> 3) != 30)) return 0;
-    uint32_t c = s[0] & lead_bits[n];
-    for (size_t k = 1; k < n; k++) {
-        if ((s[k] & 0xC0) != 0x80) return 0;
-        c = (c << 6) | (s[k] & 0x3F);
-    }
-    *cp = c;
-    return c >= least[n];
-}
-
-/* The span [*off, *off + *len) of s[0..n) without leading and trailing whitespace. */
-static void chat_strip(const char *s, size_t n, size_t *off, size_t *len) {
-    const unsigned char *u = (const unsigned char *)s;
-    size_t b = 0, e = n;
-    uint32_t c;
-    while (b < e) {
-        size_t k = 1;
-        while (b + k < e && k < 4 && (u[b + k] & 0xC0) == 0x80)
-            k++;
-        if (!chat_utf8_exact(u + b, k, &c) || !chat_is_space(c)) break;
-        b += k;
-    }
-    while (e > b) {
-        size_t k = e - 1;
-        while (k > b && e - k < 4 && (u[k] & 0xC0) == 0x80)
-            k--;
-        if (!chat_utf8_exact(u + k, e - k, &c) || !chat_is_space(c)) break;
-        e = k;
-    }
-    *off = b;
-    *len = e - b;
-}
-
-static void chat_emit_stripped(ChatPieces *ps, const char *s, size_t n, int train) {
-    size_t off, len;
-    chat_strip(s, n, &off, &len);
-    chat_emit(ps, s + off, len, train);
-}
-
-/* ---- checks (before anything is written, so out is untouched on error) ------------- */
-
-static int chat_is(const char *role, const char *name) {
-    return strcmp(role, name) == 0;
-}
-
-/* mistral and llama2: the templates raise unless the roles after an optional leading
- * system message go user, assistant, user, ... and know no other role. */
-static int chat_check_alternating(ChatFormat f, const ChatMsg *m, size_t n, ErrStatus *st) {
-    const char *fmt = chat_format_name(f);
-    size_t first = chat_is(m[0].role, "system") ? 1 : 0;
-    if (first == 1 && n == 1)
-        return err_status_set(st,
-                              "messages[0]: a system message needs a user message after it "
-                              "(the %s chat format puts it into the first user turn)",
-                              fmt);
-    for (size_t i = first; i < n; i++) {
-        const char *role = m[i].role;
-        const char *want = (i - first) % 2 == 0 ? "user" : "assistant";
-        if (chat_is(role, "system"))
-            return err_status_set(st,
-                                  "messages[%zu]: the %s chat format supports a system message "
-                                  "only as the first message",
-                                  i, fmt);
-        if (!chat_is(role, "user") && !chat_is(role, "assistant"))
-            return err_status_set(st,
-                                  "messages[%zu]: role '%s' is not supported by the %s "
-                                  "chat format",
-                                  i, role, fmt);
-        if (!chat_is(role, want))
-            return err_status_set(st,
-                                  "messages[%zu]: role '%s' where '%s' was expected (the %s chat "
-                                  "format needs user/assistant/user/... after the optional "
-                                  "system message)",
-                                  i, role, want, fmt);
-    }
-    return 1;
-}
-
-static int chat_check(ChatFormat f, const ChatMsg *m, size_t n, ErrStatus *st) {
-    if (f <= CHAT_NONE || f >= CHAT_NFORMATS)
-        return err_status_set(st, "no chat format to render messages with (format '%s')",
-                              chat_format_name(f));
-    if (n == 0) return err_status_set(st, "messages: the list is empty");
-    for (size_t i = 0; i < n; i++) {
-        if (!m[i].role) return err_status_set(st, "messages[%zu]: role is missing", i);
-        if (!m[i].content) return err_status_set(st, "messages[%zu]: content is null", i);
-    }
-    if (f == CHAT_MISTRAL || f == CHAT_LLAMA2) return chat_check_alternating(f, m, n, st);
-    return 1;
-}
-
-/* ---- the formats ------------------------------------------------------------------- */
-
-/* meta-llama/Meta-Llama-3-8B-Instruct tokenizer_config.json:
- *   {% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' +
- *      message['content'] | trim + '<|eot_id|>' %}, bos_token before the first only
- * (`|` binds tighter than `+`: only the content is trimmed). */
-static void chat_render_llama3(const ChatMsg *m, size_t n, ChatPieces *ps) {
-    chat_emit_str(ps, "<|begin_of_text|>", 0);
-    for (size_t i = 0; i < n; i++) {
-        int train = chat_is(m[i].role, "assistant");
-        chat_emit_str(ps, "<|start_header_id|>", 0);
-        chat_emit_str(ps, m[i].role, 0);
-        chat_emit_str(ps, "<|end_header_id|>\n\n", 0);
-        chat_emit_stripped(ps, m[i].content, strlen(m[i].content), train);
-        chat_emit_str(ps, "<|eot_id|>", train);
-    }
-}
-
-/* mistralai/Mistral-7B-Instruct-v0.2 (and Mixtral-8x7B-Instruct-v0.1) tokenizer_config.json
- * as of December 2023: bos_token, then user '[INST] ' + content + ' [/INST]', assistant
- * content + eos_token, no strip. That template raises on a system message; here a leading
- * one goes before the first user content with "\n\n", as mistral-common's v1 tokenizer and
- * Mistral-7B-Instruct-v0.1's 2024 Hub template do. */
-static void chat_render_mistral(const ChatMsg *m, size_t n, ChatPieces *ps) {
-    size_t first = chat_is(m[0].role, "system") ? 1 : 0;
-    chat_emit_str(ps, "<s>", 0);
-    for (size_t i = first; i < n; i++) {
-        if (chat_is(m[i].role, "assistant")) {
-            chat_emit_str(ps, m[i].content, 1);
-            chat_emit_str(ps, "</s>", 1);
-            continue;
-        }
-        chat_emit_str(ps, "[INST] ", 0);
-        if (i == first && first == 1) {
-            chat_emit_str(ps, m[0].content, 0);
-            chat_emit_str(ps, "\n\n", 0);
-        }
-        chat_emit_str(ps, m[i].content, 0);
-        chat_emit_str(ps, " [/INST]", 0);
-    }
-}
-
-/* meta-llama/Llama-2-7b-chat-hf tokenizer_config.json: user bos_token + '[INST] ' +
- * content.strip() + ' [/INST]', assistant ' ' + content.strip() + ' ' + eos_token, where the
- * first user content is '<<SYS>>\n' + system + '\n<</SYS>>\n\n' + content when a system
- * message leads. strip() applies to that whole text, so the system text and the user text's
- * leading whitespace stay as they are there. */
-static void chat_render_llama2(const ChatMsg *m, size_t n, ChatPieces *ps) {
-    size_t first = chat_is(m[0].role, "system") ? 1 : 0;
-    for (size_t i = first; i < n; i++) {
-        const char *x = m[i].content;
-        if (chat_is(m[i].role, "assistant")) {
-            chat_emit_str(ps, " ", 1);
-            chat_emit_stripped(ps, x, strlen(x), 1);
-            chat_emit_str(ps, " </s>", 1);
-            continue;
-        }
-        chat_emit_str(ps, "<s>[INST] ", 0);
-        if (i == first && first == 1) {
-            size_t cap = strlen(m[0].content) + strlen(x) + sizeof "<<SYS>>\n\n<</SYS>>\n\n";
-            char *t = malloc(cap);
-            SL_CHECK(t != NULL, "out of memory");
-            int tlen = snprintf(t, cap, "<<SYS>>\n%s\n<</SYS>>\n\n%s", m[0].content, x);
-            chat_emit_stripped(ps, t, (size_t)tlen, 0);
-            free(t);
-        } else {
-            chat_emit_stripped(ps, x, strlen(x), 0);
-        }
-        chat_emit_str(ps, " [/INST]", 0);
-    }
-}
-
-/* ChatML as in Qwen/Qwen2-7B-Instruct tokenizer_config.json:
- *   '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'
- * and for qwen2, when messages[0]['role'] != 'system', first
- *   '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n'.
- * The "\n" after <|im_end|> is not part of the reply, so it is not trained. */
-static void chat_render_chatml(const ChatMsg *m, size_t n, int qwen2_default, ChatPieces *ps) {
-    if (qwen2_default && !chat_is(m[0].role, "system"))
-        chat_emit_str(ps, "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n", 0);
-    for (size_t i = 0; i < n; i++) {
-        int train = chat_is(m[i].role, "assistant");
-        chat_emit_str(ps, "<|im_start|>", 0);
-        chat_emit_str(ps, m[i].role, 0);
-        chat_emit_str(ps, "\n", 0);
-        chat_emit_str(ps, m[i].content, train);
-        chat_emit_str(ps, "<|im_end|>", train);
-        chat_emit_str(ps, "\n", 0);
-    }
-}
-
-int chat_render(ChatFormat f, const ChatMsg *msgs, size_t n, ChatPieces *out, ErrStatus *st) {
-    err_status_ok(st);
-    if (!chat_check(f, msgs, n, st)) return 0;
-    switch (f) {
-    case CHAT_LLAMA3:
-        chat_render_llama3(msgs, n, out);
-        break;
-    case CHAT_MISTRAL:
-        chat_render_mistral(msgs, n, out);
-        break;
-    case CHAT_LLAMA2:
-        chat_render_llama2(msgs, n, out);
-        break;
-    case CHAT_CHATML:
-        chat_render_chatml(msgs, n, 0, out);
-        break;
-    case CHAT_QWEN2:
-        chat_render_chatml(msgs, n, 1, out);
-        break;
-    default:
-        SL_FATAL("chat format %d passed the check", (int)f);
-    }
-    return 1;
-}
-
-/* ---- the template of a run ----------------------------------------------------------- */
-
-#define CHAT_MAX_FILE ((size_t)64 << 20) /* a template file or tokenizer_config.json */
 
 /* 128 bits of FNV-1a in two lanes (different offsets), for ChatTemplate.id: a cache key,
  * not a defence against a chosen collision. Each item is prefixed with its length. */
@@ -546,32 +185,11 @@ static int chat_find_template(ChatTemplate *ct, const ChatSetup *s, const json_t
     return ct->tpl != NULL;
 }
 
-/* The special tokens each hand-written format writes as text: the tokenizer must read each
- * as one token, else the model sees other ids than its template's. */
-static const char *const *chat_markers(ChatFormat f) {
-    static const char *const llama3[] = {"<|begin_of_text|>", "<|start_header_id|>",
-                                         "<|end_header_id|>", "<|eot_id|>", NULL};
-    static const char *const inst[] = {"<s>", "</s>", NULL};
-    static const char *const chatml[] = {"<|im_start|>", "<|im_end|>", NULL};
-    static const char *const none[] = {NULL};
-    switch (f) {
-    case CHAT_LLAMA3:
-        return llama3;
-    case CHAT_MISTRAL:
-    case CHAT_LLAMA2:
-        return inst;
-    case CHAT_CHATML:
-    case CHAT_QWEN2:
-        return chatml;
-    default:
-        return none;
-    }
-}
-
+/* Each special token format f writes (chatfmt_markers) must be one token of tk. */
 static int chat_check_markers(ChatFormat f, Tokenizer *tk, ErrStatus *st) {
     TokIds ids = {0};
     int ok = 1;
-    for (const char *const *m = chat_markers(f); ok && *m; m++) {
+    for (const char *const *m = chatfmt_markers(f); ok && *m; m++) {
         ids.n = 0;
         ErrStatus e;
         if (!tok_encode(tk, *m, strlen(*m), 0, &ids, &e) || ids.n != 1)
@@ -579,7 +197,7 @@ static int chat_check_markers(ChatFormat f, Tokenizer *tk, ErrStatus *st) {
                                 "--chat-format %s writes the special token %s, which is not a "
                                 "single token of the model's tokenizer.json (it encodes to %zu "
                                 "tokens): this format is not the model's",
-                                chat_format_name(f), *m, ids.n);
+                                chatfmt_name(f), *m, ids.n);
     }
     tok_ids_free(&ids);
     return ok;
@@ -633,7 +251,7 @@ static int chat_probe_both(const ChatTemplate *ct, ChatFormat f, json_t *msgs, s
     json_decref(vars);
     ChatPieces ps = {0};
     ErrStatus ignore;
-    chat_render(f, cm, n, &ps, &ignore); /* the probe suits every format */
+    chatfmt_render(f, cm, n, &ps, &ignore); /* the probe suits every format */
     *mine = NULL;
     *mlen = 0;
     for (size_t i = 0; i < ps.n; i++) {
@@ -641,7 +259,7 @@ static int chat_probe_both(const ChatTemplate *ct, ChatFormat f, json_t *msgs, s
         memcpy(*mine + *mlen, ps.p[i].text, ps.p[i].len);
         *mlen += ps.p[i].len;
     }
-    chat_pieces_free(&ps);
+    chatfmt_pieces_free(&ps);
     return rendered;
 }
 
@@ -662,7 +280,7 @@ static int chat_check_format(const ChatTemplate *ct, ChatFormat f, ErrStatus *st
         conv = "a user/assistant conversation";
     }
     int ok = 1;
-    const char *name = chat_format_name(f);
+    const char *name = chatfmt_name(f);
     if (!rendered) {
         ok = err_status_set(st,
                             "--chat-format %s does not match the model's own chat template (%s): "
@@ -696,7 +314,7 @@ void chat_template_init_format(ChatTemplate *ct, ChatFormat f) {
     ct->max_output = (size_t)16 << 20;
     ct->max_steps = 20000000;
     ct->now = -1;
-    snprintf(ct->id, sizeof ct->id, "%s", f == CHAT_NONE ? "none" : chat_format_name(f));
+    snprintf(ct->id, sizeof ct->id, "%s", f == CHAT_NONE ? "none" : chatfmt_name(f));
 }
 
 void chat_template_free(ChatTemplate *ct) {
@@ -713,7 +331,7 @@ const char *chat_template_describe(const ChatTemplate *ct, char *buf, size_t cap
                  ct->has_generation ? ", {% generation %} blocks" : "",
                  ct->format != CHAT_NONE ? "; --chat-format matches it" : "");
     else if (ct->format != CHAT_NONE)
-        snprintf(buf, cap, "%s (--chat-format)", chat_format_name(ct->format));
+        snprintf(buf, cap, "%s (--chat-format)", chatfmt_name(ct->format));
     else
         snprintf(buf, cap, "none");
     return buf;
@@ -725,7 +343,7 @@ static int chat_template_load_parts(ChatTemplate *ct, const ChatSetup *s, int *s
     *status = EXIT_USAGE;
     ChatFormat f = CHAT_NONE;
     if (s->format && strcmp(s->format, "auto") != 0) {
-        int k = chat_parse_format(s->format);
+        int k = chatfmt_parse(s->format);
         if (k < 0)
             return err_status_set(
                 st, "--chat-format '%s': expected auto, llama3, mistral, llama2, chatml or qwen2",
@@ -763,7 +381,7 @@ static int chat_template_load_parts(ChatTemplate *ct, const ChatSetup *s, int *s
     char *vars = json_dumps(ct->vars, JSON_SORT_KEYS | JSON_COMPACT);
     chat_hash_str(h, vars);
     free(vars);
-    chat_hash_str(h, ct->tpl ? "jinja" : chat_format_name(f));
+    chat_hash_str(h, ct->tpl ? "jinja" : chatfmt_name(f));
     snprintf(ct->id, sizeof ct->id, "%016llx%016llx", (unsigned long long)str_mix64(h[0]),
              (unsigned long long)str_mix64(h[1]));
     return 1;
@@ -915,7 +533,8 @@ static int chat_conv_generation(const ChatConv *c, size_t n, ChatRender *out, Er
     JinjaOutput f;
     if (!chat_conv_render(c, n, 0, &f, st)) return 0;
     chat_out_text(out, f.text, f.len);
-    qsort(f.gen, f.ngen, sizeof *f.gen, chat_span_cmp); /* nested blocks come out of order */
+    /* nested blocks come out of order; none rendered: f.gen is NULL, which qsort must not get */
+    if (f.ngen > 1) qsort(f.gen, f.ngen, sizeof *f.gen, chat_span_cmp);
     for (size_t i = 0; i < f.ngen; i++)
         chat_out_span(out, f.gen[i].start, f.gen[i].end);
     chat_out_segment(out);
@@ -934,7 +553,7 @@ static int chat_conv_format(ChatFormat f, json_t *msgs, size_t n, ChatRender *ou
             ok = err_status_set(st,
                                 "\"messages\"[%zu].\"content\" must be a string for --chat-format "
                                 "%s (the model's own template takes lists and null)",
-                                i, chat_format_name(f));
+                                i, chatfmt_name(f));
         else if (strlen(json_string_value(content)) != json_string_length(content))
             ok = err_status_set(st, "\"messages\"[%zu] contains a \\u0000 character", i);
         else
@@ -942,14 +561,14 @@ static int chat_conv_format(ChatFormat f, json_t *msgs, size_t n, ChatRender *ou
                               json_string_value(content)};
     }
     ChatPieces ps = {0};
-    if (ok) ok = chat_render(f, cm, n, &ps, st);
+    if (ok) ok = chatfmt_render(f, cm, n, &ps, st);
     for (size_t k = 0; ok && k < ps.n; k++) {
         size_t a = out->len;
         chat_out_text(out, ps.p[k].text, ps.p[k].len);
         if (ps.p[k].train) chat_out_span(out, a, out->len);
     }
     if (ok) chat_out_segment(out);
-    chat_pieces_free(&ps);
+    chatfmt_pieces_free(&ps);
     free(cm);
     return ok;
 }
@@ -1018,21 +637,6 @@ int chat_render_line(const ChatTemplate *ct, json_t *line, int train_on_prompt, 
     return ok;
 }
 
-/* What a hand-written format puts after the conversation so the model answers (HF's
- * add_generation_prompt): the assistant header; nothing after Mistral's / Llama-2's
- * "[/INST]". */
-static const char *chat_generation_prompt(ChatFormat f) {
-    switch (f) {
-    case CHAT_LLAMA3:
-        return "<|start_header_id|>assistant<|end_header_id|>\n\n";
-    case CHAT_CHATML:
-    case CHAT_QWEN2:
-        return "<|im_start|>assistant\n";
-    default:
-        return "";
-    }
-}
-
 int chat_render_prompt(const ChatTemplate *ct, json_t *messages, json_t *tools, json_t *documents,
                        char **text, size_t *len, ErrStatus *st) {
     err_status_ok(st);
@@ -1049,7 +653,7 @@ int chat_render_prompt(const ChatTemplate *ct, json_t *messages, json_t *tools, 
             chat_render_free(&r);
             return 0;
         }
-        const char *gp = chat_generation_prompt(ct->format);
+        const char *gp = chatfmt_generation_prompt(ct->format);
         chat_out_text(&r, gp, strlen(gp));
         *text = r.text;
         *len = r.len;

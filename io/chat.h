@@ -1,9 +1,9 @@
 /* Chat templates: the model's own Jinja `chat_template` (io/jinja.h), rendered as Hugging Face
  * transformers' apply_chat_template renders it, and the label rule that turns a conversation
- * into counted (assistant) and masked text; and, as a named fallback for models without a
- * template, a few families' official templates written out in C as pieces that are either
- * trained on (assistant replies and their end-of-turn token) or masked. Special tokens
- * appear as their text ("<|eot_id|>", "<s>"); the tokenizer matches them.
+ * into counted (assistant) and masked text. A model without a template can name one of the
+ * hand-written layouts of io/chatfmt.h instead (--chat-format); with a template, a named
+ * layout must render as the template does. Special tokens appear as their text
+ * ("<|eot_id|>", "<s>"); the tokenizer matches them.
  *
  * Where a template comes from, the first found wins: --chat-template FILE (a Jinja file),
  * MODEL/chat_template.jinja, tokenizer_config.json's "chat_template" (a string, or a list
@@ -22,27 +22,7 @@
  * an earlier turn differently once later messages are added: Qwen3 drops earlier
  * reasoning, Mistral v0.3 moves the system prompt), a new segment starts with P_i. What F
  * adds after the last segment's text is appended masked. A consistent template gives one
- * segment equal to F.
- *
- * Hand-written formats (with the documented strings; R = role, X = content):
- *   llama3  Llama-3 Instruct: "<|begin_of_text|>" then per message
- *           "<|start_header_id|>R<|end_header_id|>\n\n" + trim(X) + "<|eot_id|>";
- *           trained: trim(X) + "<|eot_id|>" of assistant messages.
- *   mistral Mistral Instruct v0.2 / Mixtral v0.1 as of Dec 2023 (v0.1's file then had
- *           "X</s> "; Mistral's 2024 Hub templates differ again): "<s>" then user
- *           "[INST] X [/INST]", assistant "X</s>", no strip; a leading system message is put
- *           before the first user message's content followed by "\n\n" (as mistral-common
- *           does); roles must alternate user/assistant. Trained: "X</s>" of assistant messages.
- *   llama2  Llama-2 Chat: user "<s>[INST] " + strip(X) + " [/INST]" (the first one with
- *           "<<SYS>>\n" + system + "\n<</SYS>>\n\n" before X when a system message leads;
- *           strip() then applies to that whole text, so the system text and X's leading
- *           whitespace are kept), assistant " " + strip(X) + " </s>". Trained: the
- *           assistant piece. strip / trim remove what Python's str.isspace() calls space.
- *   chatml  ChatML (e.g. OpenHermes-2.5): per message "<|im_start|>R\n" + X + "<|im_end|>\n";
- *           trained: X + "<|im_end|>" of assistant messages. Not Qwen1.5/2.5 (other default
- *           system turns) nor Qwen3 ("<think>\n\n</think>\n\n" before the last reply).
- *   qwen2   ChatML with Qwen2's default system message ("You are a helpful assistant.")
- *           when the conversation has none. */
+ * segment equal to F. A hand-written layout gives one segment, its trained pieces counted. */
 #ifndef SHARDLORA_IO_CHAT_H
 #define SHARDLORA_IO_CHAT_H
 
@@ -51,66 +31,9 @@
 #include <stdint.h>
 
 #include "../runtime/err.h"
+#include "chatfmt.h"
 #include "jinja.h"
 #include "tokenizer.h"
-
-typedef enum {
-    CHAT_NONE = 0,
-    CHAT_LLAMA3,
-    CHAT_MISTRAL,
-    CHAT_LLAMA2,
-    CHAT_CHATML,
-    CHAT_QWEN2,
-    CHAT_NFORMATS
-} ChatFormat;
-
-/* "llama3" | "mistral" | "llama2" | "chatml" | "qwen2"; -1 if none of these. */
-int chat_parse_format(const char *name);
-/* The name of a format ("none" for CHAT_NONE). */
-const char *chat_format_name(ChatFormat f);
-
-/* Identifies the family of DIR/tokenizer_config.json's "chat_template" (a string, or a
- * list of {"name", "template"} where "default" is taken, else the first) by markers, and
- * names one only for a template rendered here byte for byte:
- *   "<|start_header_id|>"  llama3; none with "Cutting Knowledge Date" (Llama 3.1+'s dated
- *                          system header)
- *   "<|im_start|>"         none with "<think>" (Qwen3); else qwen2 when every
- *                          "<|im_start|>system" in it is followed by a newline and Qwen2's
- *                          exact default "You are a helpful assistant.<|im_end|>"; none when
- *                          any is not (a template writing another system turn: Qwen1.5,
- *                          Qwen2.5 "You are Qwen, ..."); chatml when there is none
- *   "[INST]"               none when a "[/INST]" in it is not preceded by a space (Mistral
- *                          v0.3+ '[INST] ' + X + '[/INST]', system folded into the last user
- *                          turn); else llama2 with "<<SYS>>", mistral without.
- * Sets *out to CHAT_NONE and returns 1 when the file or the template is absent or the
- * template is none of these; returns 0 with st naming the file when the file cannot be
- * read or is not valid JSON. */
-int chat_detect(const char *model_dir, ChatFormat *out, ErrStatus *st);
-
-typedef struct {
-    const char *role;    /* "system", "user", "assistant" (llama3 / chatml: any role) */
-    const char *content; /* UTF-8, NUL-terminated */
-} ChatMsg;
-
-typedef struct {
-    char *text; /* malloc'd, NUL-terminated */
-    size_t len;
-    int train; /* 1: part of an assistant reply the loss counts */
-} ChatPiece;
-
-typedef struct {
-    ChatPiece *p;
-    size_t n, cap;
-} ChatPieces;
-
-/* Renders msgs[0..n) in format f, appending to out (zero-initialised by the caller).
- * Returns 1, or 0 with st saying what is wrong (no message, an unknown role for the format,
- * roles not alternating where the format needs it) without a file or line: the caller
- * prefixes "file:line: ". The concatenation of the pieces' texts is the template's text. */
-int chat_render(ChatFormat f, const ChatMsg *msgs, size_t n, ChatPieces *out, ErrStatus *st);
-void chat_pieces_free(ChatPieces *ps);
-
-/* ---- the template of a run ------------------------------------------------------------ */
 
 #define CHAT_ID_LEN 32 /* hex characters of ChatTemplate.id */
 
@@ -153,7 +76,7 @@ json_t *chat_parse_kwargs(const char *kwargs, ErrStatus *st);
  * s->tk is refused naming the marker. Returns 1, or 0 with st (one line naming the file and,
  * for a template the engine refuses, the construct and its line) and *status = EXIT_USAGE
  * (bad kwargs, a format name, a format that is not the model's) or EXIT_BAD_INPUT (files,
- * templates). */
+ * templates). Either way ct holds allocations: chat_template_free it. */
 int chat_template_load(ChatTemplate *ct, const ChatSetup *s, int *status, ErrStatus *st);
 /* A ChatTemplate of the hand-written format f (CHAT_NONE: no template), for tests and for
  * commands without a model directory. */

@@ -21,6 +21,7 @@
 
 #include "../io/afile.h"
 #include "../io/chat.h"
+#include "../io/chatfmt.h"
 #include "../io/safetensors.h"
 #include "../io/tokenizer.h"
 #include "../model/adapter_io.h"
@@ -727,7 +728,7 @@ static int gen_check_opts(void *ctx, ErrStatus *st) {
     int ok = 1;
     if (ok && !o->prompt == !o->prompts)
         ok = err_status_set(st, "give exactly one of --prompt TEXT and --prompts FILE");
-    if (ok && strcmp(o->chat_format, "auto") && chat_parse_format(o->chat_format) < 0)
+    if (ok && strcmp(o->chat_format, "auto") && chatfmt_parse(o->chat_format) < 0)
         ok = err_status_set(
             st, "--chat-format '%s': expected auto, llama3, mistral, llama2, chatml or qwen2",
             o->chat_format);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "../io/chat.h"
+#include "../io/chatfmt.h"
 #include "../io/pack.h"
 #include "../runtime/log.h"
 #include "../runtime/mem.h"
@@ -147,7 +148,7 @@ int mpicmd_rows_check(const MpicmdRows *o, int *lmode, ErrStatus *st) {
     if (*lmode < 0)
         return err_status_set(st, "--long-examples '%s': expected truncate, split or drop",
                               o->long_examples);
-    if (strcmp(o->chat_format, "auto") && chat_parse_format(o->chat_format) < 0)
+    if (strcmp(o->chat_format, "auto") && chatfmt_parse(o->chat_format) < 0)
         return err_status_set(
             st, "--chat-format '%s': expected auto, llama3, mistral, llama2, chatml or qwen2",
             o->chat_format);

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "../io/afile.h"
+#include "../io/chatfmt.h"
 #include "../io/safetensors.h"
 #include "../runtime/log.h"
 #include "../runtime/str.h"
@@ -308,7 +309,7 @@ int report_run_json(const char *out, const ReportRun *run, const Session *s, con
     report_long_docs_json(data, d);
     /* the chat template: the model's (its source and id) or a --chat-format, or "none" */
     json_object_set_new(data, "chat_format",
-                        json_string(d->chat.tpl ? "template" : chat_format_name(d->chat.format)));
+                        json_string(d->chat.tpl ? "template" : chatfmt_name(d->chat.format)));
     json_object_set_new(data, "chat_template",
                         d->chat.source ? json_string(d->chat.source) : json_null());
     json_object_set_new(data, "chat_template_id", json_string(d->chat.id));

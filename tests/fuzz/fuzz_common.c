@@ -45,7 +45,7 @@ const char *fz_write(const char *name, const uint8_t *data, size_t n) {
     return path;
 }
 
-/* Special tokens of the chat templates in io/chat.h and the usual BOS / EOS. */
+/* Special tokens of the hand-written chat layouts (io/chatfmt.h) and the usual BOS / EOS. */
 static const char *const fz_specials[] = {
     "<s>",        "</s>",     "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
     "<|eot_id|>", "[INST]",   "[/INST]",           "<|im_start|>",        "<|im_end|>",

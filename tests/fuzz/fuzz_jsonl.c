@@ -1,6 +1,6 @@
 /* libFuzzer harness: one JSONL example line through ds_encode_line with the fixed tokenizer
  * (fuzz_common.c). The first byte picks the options (chat format, train_on_prompt, EOS,
- * vocabulary check), so "messages" lines also drive every chat template of io/chat.c. An
+ * vocabulary check), so "messages" lines also drive every hand-written layout of io/chatfmt.c. An
  * accepted example must be consistent: labels -100 or their token, ids in the vocabulary,
  * `counted` equal to the labels that count. */
 #include <stdio.h>
