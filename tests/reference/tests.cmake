@@ -54,3 +54,14 @@ foreach(case lorafa lorafa-peft loraplus lorafa-loraplus-sgd)
                    ${CMAKE_BINARY_DIR}/test-work/reference ${case})
   set_tests_properties(reference_variants_${case} PROPERTIES LABELS reference TIMEOUT 600)
 endforeach()
+# Frozen-base storage formats (issue 18, runtime/quant.c): int8 and NF4 codes, scales and
+# dequantised values of a matrix with the edge cases, from F32 and BF16 rows, bit for bit
+# against tests/reference/quant_ref.py (torch, written from the rules and bitsandbytes'
+# algorithm); the reference's own known values.
+add_executable(quant_dump unit/quant_dump.c)
+target_link_libraries(quant_dump PRIVATE sl_runtime)
+add_test(NAME reference_quant_selftest COMMAND ${SL_PYTHON3} ${SL_REF_DIR}/quant_ref.py --selftest)
+add_test(NAME reference_quant
+         COMMAND ${SL_PYTHON3} ${SL_REF_DIR}/quant_ref.py --check $<TARGET_FILE:quant_dump>
+                 ${CMAKE_BINARY_DIR}/test-work/reference/quant)
+set_tests_properties(reference_quant_selftest reference_quant PROPERTIES LABELS reference TIMEOUT 120)
