@@ -157,6 +157,17 @@ run raise "${TRAIN[@]}" --data "$W/raise.jsonl" --chat-template "$W/raise.jinja"
   && pass "raise_exception on line 2: exit 3, one line FILE:LINE: template error: MSG" \
   || { tail -3 "$W/raise.log"; fail "raise_exception (exit $rc)"; }
 
+# the same at 2 ranks, the rejected line in the last part (rank 1 tokenises it): every rank
+# stops, exit 3, one error line, no hang
+for i in $(seq 20); do sed -n 1p "$W/raise.jsonl"; done > "$W/raise2.jsonl"
+sed -n 2p "$W/raise.jsonl" >> "$W/raise2.jsonl"
+timeout 300 mpiexec --oversubscribe -n 2 "$SL" train "${TRAIN[@]:1}" --data "$W/raise2.jsonl" \
+  --chat-template "$W/raise.jinja" --global-batch 2 --out "$W/raise2_out" > "$W/raise2.log" 2>&1; rc=$?
+[ "$rc" = 3 ] && grep -q "raise2.jsonl:21: template error: tools are not supported here$" "$W/raise2.log" \
+  && [ "$(grep -c 'template error' "$W/raise2.log")" = 1 ] \
+  && pass "raise_exception on rank 1's line at -n 2: exit 3, one line, no hang" \
+  || { tail -3 "$W/raise2.log"; fail "raise_exception at 2 ranks (exit $rc)"; }
+
 printf '%s\n' '<|im_start|>' "{% include 'other.jinja' %}" > "$W/unsupported.jinja"
 # (under TRL's name for the option, chat_template_path)
 run unsupported "${TRAIN[@]}" --chat_template_path "$W/unsupported.jinja" --out "$W/unsupported_out"; rc=$?
