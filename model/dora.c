@@ -110,9 +110,7 @@ static const float *dora_w_row(const AdapterSlot *s, int64_t o) {
     const GemmWeight *w = &s->lin->w;
     if (w->dtype == GEMM_F32) return (const float *)w->data + o * w->ld;
     DoraState *d = dora_state(s);
-    const uint16_t *h = (const uint16_t *)w->data + o * w->ld;
-    for (int64_t i = 0; i < d->ni; i++)
-        d->wrow[i] = gemm_bf16_to_f32(h[i]);
+    gemm_weight_rows_f32(w, o, o + 1, d->wrow, d->ni);
     return d->wrow;
 }
 
@@ -205,10 +203,7 @@ static void dora_lora_terms(AdapterSlot *s, GemmCtx *g) {
         const float *Bc = B + c0 * r; /* [nc, r] */
         if (g) {
             /* aw [r, nc] = A W[c0:c0+nc]^T: one GEMM over a row block of the shard */
-            const GemmWeight *w = &s->lin->w;
-            const size_t esz = w->dtype == GEMM_F32 ? sizeof(float) : sizeof(uint16_t);
-            GemmWeight blk = {w->dtype, (const char *)w->data + (size_t)(c0 * w->ld) * esz, nc, ni,
-                              w->ld};
+            GemmWeight blk = gemm_weight_block(&s->lin->w, c0, nc);
             gemm_xwt(g, d->aw, A, &blk, r, 0.0f);
         } else {
             for (int64_t j = 0; j < nc; j++) /* column j of aw: A w_o, ldc = nc */

@@ -16,6 +16,7 @@
 
 #include "err.h"
 #include "log.h"
+#include "quant.h"
 
 /* Rows of W converted per BF16 tile (the tile is GEMM_TILE_ROWS x cols floats): 2 MiB for a
  * 1024-wide weight (this machine's L2 per core), 5.5 MiB for a 2816-wide one (L3 is 32 MiB).
@@ -257,24 +258,116 @@ static void gemm_bf16_tile_to_f32(float *restrict dst, const uint16_t *restrict 
 static int64_t gemm_tile_rows(const GemmCtx *g, const GemmWeight *W) {
     SL_CHECK(g->scratch != NULL && W->cols > 0 &&
                  (size_t)W->cols * GEMM_TILE_ROWS <= g->scratch_floats,
-             "BF16 weight [%lld, %lld] wider than the GEMM scratch (gemm_init max_cols %zu)",
-             (long long)W->rows, (long long)W->cols, g->scratch_floats / GEMM_TILE_ROWS);
+             "%s weight [%lld, %lld] wider than the GEMM scratch (gemm_init max_cols %zu)",
+             gemm_dtype_name(W->dtype), (long long)W->rows, (long long)W->cols,
+             g->scratch_floats / GEMM_TILE_ROWS);
     return GEMM_TILE_ROWS;
 }
 
 static void gemm_check_weight(const GemmWeight *W) {
-    SL_CHECK(W->dtype == GEMM_F32 || W->dtype == GEMM_BF16, "unknown weight dtype %d",
+    SL_CHECK(W->dtype >= GEMM_F32 && W->dtype <= GEMM_NF4, "unknown weight dtype %d",
              (int)W->dtype);
     SL_CHECK(W->rows >= 0 && W->cols >= 0 && W->ld >= W->cols, "bad weight [%lld, %lld] ld %lld",
              (long long)W->rows, (long long)W->cols, (long long)W->ld);
+    SL_CHECK(W->dtype < GEMM_INT8 || (W->ld == W->cols && W->scales),
+             "quantised weight [%lld, %lld] must be dense (ld %lld) with scales",
+             (long long)W->rows, (long long)W->cols, (long long)W->ld);
 }
 
-/* Rows [r, r + n) of a BF16 weight, n = min(tr, rows - r), converted into g->scratch as an
- * [n, cols] F32 tile; returns n. */
+/* The runtime/quant.h view of an INT8 / NF4 weight (quant never writes through it here). */
+static QuantWeight gemm_quant_view(const GemmWeight *W) {
+    QuantWeight q = {W->dtype == GEMM_INT8 ? QUANT_INT8 : QUANT_NF4, W->rows, W->cols,
+                     (uint8_t *)(uintptr_t)W->data, (float *)(uintptr_t)W->scales};
+    return q;
+}
+
+/* Rows [r0, r1) as F32 into dst (leading dimension ld), threads for big tiles. */
+static void gemm_rows_f32(const GemmWeight *W, int64_t r0, int64_t r1, float *dst, int64_t ld,
+                          int nthreads) {
+    const int64_t cols = W->cols;
+    if (W->dtype == GEMM_BF16 && ld == cols) {
+        gemm_bf16_tile_to_f32(dst, (const uint16_t *)W->data + r0 * W->ld, r1 - r0, cols, W->ld,
+                              nthreads);
+        return;
+    }
+    int nt = (r1 - r0) * cols >= GEMM_CONVERT_PAR_MIN ? nthreads : 1;
+    if (W->dtype == GEMM_INT8 || W->dtype == GEMM_NF4) {
+        QuantWeight q = gemm_quant_view(W);
+        /* disjoint row ranges per thread; any sub-tile equals that part of the whole */
+        const int64_t step = nt > 1 ? (r1 - r0 + nt - 1) / nt : r1 - r0;
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (int64_t a = r0; a < r1; a += step) {
+            const int64_t b = a + step < r1 ? a + step : r1;
+            quant_dequant_f32(&q, a, b, 0, cols, dst + (a - r0) * ld, ld);
+        }
+        return;
+    }
+    for (int64_t r = r0; r < r1; r++) {
+        float *d = dst + (r - r0) * ld;
+        if (W->dtype == GEMM_F32) {
+            memcpy(d, (const float *)W->data + r * W->ld, (size_t)cols * sizeof(float));
+        } else {
+            const uint16_t *s = (const uint16_t *)W->data + r * W->ld;
+            for (int64_t c = 0; c < cols; c++)
+                d[c] = gemm_bf16_to_f32(s[c]);
+        }
+    }
+}
+
+void gemm_weight_rows_f32(const GemmWeight *W, int64_t r0, int64_t r1, float *dst, int64_t ld) {
+    gemm_check_weight(W);
+    SL_CHECK(0 <= r0 && r0 <= r1 && r1 <= W->rows && ld >= W->cols, "rows [%lld, %lld) of %lld",
+             (long long)r0, (long long)r1, (long long)W->rows);
+    gemm_rows_f32(W, r0, r1, dst, ld, 1);
+}
+
+GemmWeight gemm_weight_block(const GemmWeight *W, int64_t r0, int64_t n) {
+    gemm_check_weight(W);
+    SL_CHECK(0 <= r0 && 0 <= n && r0 + n <= W->rows, "rows [%lld, +%lld) of %lld", (long long)r0,
+             (long long)n, (long long)W->rows);
+    GemmWeight b = *W;
+    b.rows = n;
+    const char *d = W->data;
+    switch (W->dtype) {
+    case GEMM_F32: b.data = d + (size_t)(r0 * W->ld) * 4; break;
+    case GEMM_BF16: b.data = d + (size_t)(r0 * W->ld) * 2; break;
+    case GEMM_INT8:
+        b.data = d + (size_t)(r0 * W->cols);
+        b.scales = W->scales + r0;
+        break;
+    case GEMM_NF4:
+        b.data = d + (size_t)(r0 * W->cols) / 2;
+        b.scales = W->scales + (size_t)(r0 * W->cols) / QUANT_NF4_BLOCK;
+        break;
+    }
+    return b;
+}
+
+const char *gemm_dtype_name(GemmDtype d) {
+    switch (d) {
+    case GEMM_F32: return "F32";
+    case GEMM_BF16: return "BF16";
+    case GEMM_INT8: return "INT8";
+    case GEMM_NF4: return "NF4";
+    }
+    return "?";
+}
+
+size_t gemm_weight_bytes(const GemmWeight *W) {
+    switch (W->dtype) {
+    case GEMM_F32: return (size_t)(W->rows * W->ld) * 4;
+    case GEMM_BF16: return (size_t)(W->rows * W->ld) * 2;
+    case GEMM_INT8: return quant_bytes(QUANT_INT8, W->rows, W->cols);
+    case GEMM_NF4: return quant_bytes(QUANT_NF4, W->rows, W->cols);
+    }
+    return 0;
+}
+
+/* Rows [r, r + n) of a non-F32 weight, n = min(tr, rows - r), converted into g->scratch as
+ * an [n, cols] F32 tile; returns n. */
 static int64_t gemm_load_tile(GemmCtx *g, const GemmWeight *W, int64_t r, int64_t tr) {
     int64_t n = W->rows - r < tr ? W->rows - r : tr;
-    gemm_bf16_tile_to_f32(g->scratch, (const uint16_t *)W->data + r * W->ld, n, W->cols, W->ld,
-                          g->nthreads);
+    gemm_rows_f32(W, r, r + n, g->scratch, W->cols, g->nthreads);
     return n;
 }
 

@@ -1,6 +1,7 @@
-/* The GEMM backend interface. Frozen weights keep their checkpoint dtype (F32 or BF16)
- * behind this interface; BF16 weights are converted to F32 in tiles into a scratch buffer
- * owned by the context (no allocation per call). OpenBLAS is the first backend.
+/* The GEMM backend interface. Frozen weights keep their storage dtype behind this interface
+ * (F32, BF16, or quantised INT8 / NF4, runtime/quant.h); anything but F32 is converted to F32
+ * in tiles of rows into a scratch buffer owned by the context (no allocation per call).
+ * OpenBLAS is the first backend.
  *
  * Row-major everywhere. Weights follow PyTorch's Linear layout W [O, I] (out rows). */
 #ifndef SHARDLORA_RUNTIME_GEMM_H
@@ -11,13 +12,16 @@
 
 #include "mem.h"
 
-typedef enum { GEMM_F32 = 0, GEMM_BF16 = 1 } GemmDtype;
+typedef enum { GEMM_F32 = 0, GEMM_BF16 = 1, GEMM_INT8 = 2, GEMM_NF4 = 3 } GemmDtype;
 
-/* A weight matrix W [rows, cols] (row-major, leading dimension ld >= cols) in its dtype. */
+/* A weight matrix W [rows, cols] (row-major, leading dimension ld >= cols) in its dtype.
+ * INT8 and NF4 are runtime/quant.h's formats (data = codes, scales = its scales) and dense:
+ * ld == cols. */
 typedef struct {
     GemmDtype dtype;
     const void *data;
     int64_t rows, cols, ld;
+    const float *scales; /* INT8 [rows]; NF4 [rows, cols / 64]; F32 / BF16: NULL */
 } GemmWeight;
 
 typedef struct {
@@ -61,6 +65,16 @@ void gemm_xw(GemmCtx *g, float *dX, const float *dY, const GemmWeight *W, int64_
 void gemm_f32(GemmCtx *g, int transA, int transB, int64_t M, int64_t N, int64_t K, float alpha,
               const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
               int64_t ldc);
+
+/* Rows [r0, r1) of W as F32 (dequantised / widened): dst[(r - r0) * ld + c], ld >= W->cols.
+ * Any dtype; the same values every GEMM sees. */
+void gemm_weight_rows_f32(const GemmWeight *W, int64_t r0, int64_t r1, float *dst, int64_t ld);
+/* The view of rows [r0, r0 + n) of W (no copy). */
+GemmWeight gemm_weight_block(const GemmWeight *W, int64_t r0, int64_t n);
+/* "F32" | "BF16" | "INT8" | "NF4" */
+const char *gemm_dtype_name(GemmDtype d);
+/* Bytes W's storage takes (codes + scales). */
+size_t gemm_weight_bytes(const GemmWeight *W);
 
 /* BF16 <-> F32 (round to nearest even; NaN preserved). */
 float gemm_bf16_to_f32(uint16_t h);

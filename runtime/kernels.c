@@ -254,10 +254,12 @@ static void ref_embed_forward(float *out, const GemmWeight *table, const int32_t
             const float *row = (const float *)table->data + r * table->ld; /* [C] */
             for (int64_t i = 0; i < C; i++)
                 ot[i] = row[i];
-        } else {
+        } else if (table->dtype == GEMM_BF16) {
             const uint16_t *row = (const uint16_t *)table->data + r * table->ld; /* [C] */
             for (int64_t i = 0; i < C; i++)
                 ot[i] = gemm_bf16_to_f32(row[i]);
+        } else { /* quantised: dequantise the one row */
+            gemm_weight_rows_f32(table, r, r + 1, ot, C);
         }
     }
 }

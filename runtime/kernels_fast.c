@@ -578,6 +578,8 @@ static void fast_embed_forward(float *out, const GemmWeight *table, const int32_
             memset(ot, 0, (size_t)C * sizeof *ot);
         } else if (table->dtype == GEMM_F32) {
             memcpy(ot, (const float *)table->data + r * table->ld, (size_t)C * sizeof *ot);
+        } else if (table->dtype != GEMM_BF16) { /* quantised: dequantise the one row */
+            gemm_weight_rows_f32(table, r, r + 1, ot, C);
         } else {
             const uint16_t *row = (const uint16_t *)table->data + r * table->ld; /* [C] */
             /* BF16 is the top half of an F32: shift into place (gemm_bf16_to_f32, inlined

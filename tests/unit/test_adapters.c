@@ -96,7 +96,7 @@ static void rig_setup(Rig *t, const AdapterKind *kind, const Case *c, const floa
     t->cfg.seed = RIG_SEED;
 
     t->lin.shard = shard_even(SHARD_NONE, O, I, 1, 0);
-    t->lin.w = (GemmWeight){GEMM_F32, W, O, I, I};
+    t->lin.w = (GemmWeight){GEMM_F32, W, O, I, I, NULL};
     t->lin.bias = bias;
     t->lin.add_bias = bias != NULL;
 

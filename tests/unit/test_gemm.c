@@ -131,7 +131,7 @@ static void test_linear(GemmCtx *g, GemmDtype dt, int64_t T, int64_t O, int64_t 
                 Wf[o * I + i] =
                     dt == GEMM_BF16 ? gemm_bf16_to_f32(Wb[o * ld + i]) : Wsrc[o * ld + i];
         }
-    GemmWeight W = {dt, dt == GEMM_BF16 ? (const void *)Wb : (const void *)Wsrc, O, I, ld};
+    GemmWeight W = {dt, dt == GEMM_BF16 ? (const void *)Wb : (const void *)Wsrc, O, I, ld, NULL};
     char shape[80];
     snprintf(shape, sizeof shape, "%s T=%lld O=%lld I=%lld beta=%g",
              dt == GEMM_BF16 ? "bf16" : "f32", (long long)T, (long long)O, (long long)I,
