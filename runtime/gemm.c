@@ -415,6 +415,23 @@ void gemm_xw(GemmCtx *g, float *dX, const float *dY, const GemmWeight *W, int64_
     }
 }
 
+/* ---- compute dtype (stub until the oneDNN path lands: F32 everywhere) ------------------- */
+
+int gemm_bf16_native(void) {
+    return 0;
+}
+
+const char *gemm_isa(void) {
+    return "unknown";
+}
+
+GemmCompute gemm_set_compute(GemmCtx *g, GemmCompute c, char *why, size_t n) {
+    g->compute = GEMM_COMPUTE_F32;
+    if (why)
+        snprintf(why, n, c == GEMM_COMPUTE_BF16 ? "fp32 (BF16 compute is not built in)" : "fp32");
+    return g->compute;
+}
+
 /* ---- BF16 <-> F32 -------------------------------------------------------------------- */
 
 float gemm_bf16_to_f32(uint16_t h) {

@@ -24,8 +24,13 @@ typedef struct {
     const float *scales; /* INT8 [rows]; NF4 [rows, cols / 64]; F32 / BF16: NULL */
 } GemmWeight;
 
+/* What the frozen base's products (gemm_xwt / gemm_xw) compute in: F32, or BF16 operands
+ * (activations rounded to BF16, weights BF16 or dequantised to BF16) with F32 accumulation. */
+typedef enum { GEMM_COMPUTE_F32 = 0, GEMM_COMPUTE_BF16 = 1 } GemmCompute;
+
 typedef struct {
     int nthreads;
+    GemmCompute compute; /* gemm_set_compute */
     float *scratch; /* [scratch_floats] tile buffer for BF16 -> F32 */
     size_t scratch_floats;
     char core[64]; /* OpenBLAS core name in use */
@@ -55,6 +60,16 @@ int gemm_set_blas_threads(GemmCtx *g, int nthreads);
 const char *gemm_blas_config(void);
 /* "OpenBLAS 0.3.21 core=SkylakeX threads=2" */
 const char *gemm_describe(const GemmCtx *g, char *buf, size_t n);
+
+/* Asks for compute dtype c for gemm_xwt / gemm_xw and returns what will run: BF16 only on a
+ * CPU whose BF16 matmul is native (AVX512_BF16 or AMX), else F32. why (n bytes) receives one
+ * line saying what runs and why, e.g. "bf16 (oneDNN avx512_core_bf16)" or "fp32 (this CPU has
+ * no native BF16: oneDNN ISA avx2)". */
+GemmCompute gemm_set_compute(GemmCtx *g, GemmCompute c, char *why, size_t n);
+/* 1 if this CPU runs BF16 matmuls natively. */
+int gemm_bf16_native(void);
+/* The instruction set oneDNN uses on this CPU, e.g. "avx512_core_amx", "avx2". */
+const char *gemm_isa(void);
 
 /* Y[T, O] = beta * Y + X[T, I] W^T      (W [O, I]; forward of a linear) */
 void gemm_xwt(GemmCtx *g, float *Y, const float *X, const GemmWeight *W, int64_t T, float beta);
