@@ -256,7 +256,7 @@ static int eval_setup(EvalRun *r) {
         eval_default_cache(o, r->cache_dir, sizeof r->cache_dir);
     const int frc = mpicmd_frozen_check(g, "eval", &o->run);
     if (frc) return frc;
-    int ok = session_open(&r->s, g, o->run.model, (MemPinMode)r->env.pin, &st);
+    int ok = session_open(&r->s, g, o->run.model, (MemPinMode)r->env.pin, r->env.base, &st);
     r->have_session = 1;
     if (!grid_agree(g, ok, "shardlora: error", &st)) return EXIT_BAD_INPUT;
     if (o->adapter) {
@@ -295,6 +295,8 @@ static int eval_setup(EvalRun *r) {
     r->have_data = 1;
     session_compute_init(&r->s, (int)o->run.threads, session_max_cols(&r->s), o->rows.seq_len,
                          r->env.kops);
+    session_set_compute(&r->s, r->env.compute);
+    if (g->world_rank == 0) log_info("frozen GEMMs compute in %s", r->s.compute_why);
     session_batches_init(&r->s, o->rows.micro_batch, o->rows.seq_len);
     return 0;
 }

@@ -767,7 +767,7 @@ static int gen_open(GenRun *r) {
     ErrStatus st;
     const int frc = mpicmd_frozen_check(g, "generate", &o->run);
     if (frc) return frc;
-    int ok = session_open(&r->s, g, o->run.model, (MemPinMode)r->env.pin, &st);
+    int ok = session_open(&r->s, g, o->run.model, (MemPinMode)r->env.pin, r->env.base, &st);
     r->have_session = 1;
     if (!grid_agree(g, ok, gen_err, &st)) return EXIT_BAD_INPUT;
     char path[4200];
@@ -876,6 +876,16 @@ static int gen_setup(GenRun *r) {
     int64_t maxcols = session_max_cols(&r->s);
     if (m->H * m->D > maxcols) maxcols = m->H * m->D;
     session_compute_init(&r->s, (int)o->run.threads, maxcols, r->R, r->env.kops);
+    session_set_compute(&r->s, r->env.compute);
+    if (g->world_rank == 0) log_info("frozen GEMMs compute in %s", r->s.compute_why);
+    if (o->adapter && o->merge && (m->wdtype == GEMM_INT8 || m->wdtype == GEMM_NF4)) {
+        err_status_set(&st,
+                       "--merge with --base-dtype %s: a quantised base cannot hold the merged "
+                       "weights (drop --merge: the adapter is applied beside the base)",
+                       mpicmd_base_name(m->wdtype));
+        grid_agree(g, 0, gen_err, &st);
+        return EXIT_USAGE;
+    }
     if (o->adapter && o->merge) {
         r->merged = llama_merge_adapters(&r->s.m, &r->s.gc, &st);
         if (!grid_agree(g, r->merged >= 0, gen_err, &st)) return EXIT_BAD_INPUT;

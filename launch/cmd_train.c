@@ -472,7 +472,7 @@ static void train_model_fingerprint(TrainRun *r) {
         m->cfg.architecture, (long long)m->C, (long long)m->F, (long long)m->L, (long long)m->H,
         (long long)m->KV, (long long)m->D, (long long)m->V, m->cfg.tie_word_embeddings,
         m->cfg.qkv_bias, m->cfg.o_bias, m->cfg.rope_theta, m->cfg.rope_scaling_type,
-        m->wdtype == GEMM_BF16 ? "BF16" : "F32");
+        gemm_dtype_name(m->wdtype));
 }
 
 /* A file's contents as an identity value ("N bytes, crc32c X"; the reason if unreadable). */
@@ -594,7 +594,7 @@ static int train_open(TrainRun *r) {
     if (!o->rows.cache_dir) snprintf(r->cache_dir, sizeof r->cache_dir, "%s/cache", o->out);
     const int frc = mpicmd_frozen_check(g, "train", &o->run);
     if (frc) return frc;
-    int ok = session_open(&r->s, g, o->run.model, (MemPinMode)r->env.pin, &st);
+    int ok = session_open(&r->s, g, o->run.model, (MemPinMode)r->env.pin, r->env.base, &st);
     r->have_session = 1;
     if (!grid_agree(g, ok, "shardlora: error", &st)) return EXIT_BAD_INPUT;
     if (o->init_adapter) {
@@ -714,6 +714,7 @@ static int train_init_adapters(TrainRun *r) {
     AdapterCfg *acfg = &r->acfg;
     session_compute_init(&r->s, (int)o->run.threads, session_max_cols(&r->s), o->rows.seq_len,
                          r->env.kops);
+    session_set_compute(&r->s, r->env.compute);
     if (o->init_adapter) {
         *acfg = r->ac.acfg; /* the per-slot ranks and alphas point into ac */
     } else {
@@ -1079,6 +1080,8 @@ static void train_log_start(TrainRun *r) {
              g->world_size, g->dp, g->tp, (long long)m->Hl, (long long)m->KVl,
              m->KV < g->tp && g->tp > 1 ? " (replicated)" : "", (long long)m->Fl, (long long)m->Vl,
              r->env.kops->name, gemm_describe(&r->s.gc, desc, sizeof desc));
+    log_info("frozen base held as %s, its GEMMs compute in %s", gemm_dtype_name(m->wdtype),
+             r->s.compute_why);
     train_log_binding(g, &r->s.mem);
     train_log_protection(r);
     int tp_nodes = grid_tp_nodes(&r->g);
@@ -1088,9 +1091,14 @@ static void train_log_start(TrainRun *r) {
             "network (place consecutive ranks on one node, e.g. mpirun --map-by node:PE=...)",
             g->dp_rank, tp_nodes);
     train_log_mfu(r);
-    log_rank("rank %d: frozen weights %.1f MiB resident (%.1f MiB not divided by tp), %.1f MiB "
+    char bytype[160] = "";
+    for (int d = 0, at = 0; d < 4; d++)
+        if (m->dtype_bytes[d] && at < (int)sizeof bytype)
+            at += snprintf(bytype + at, sizeof bytype - (size_t)at, "%s%s %.1f MiB", at ? ", " : "",
+                           gemm_dtype_name((GemmDtype)d), (double)m->dtype_bytes[d] / 1048576.0);
+    log_rank("rank %d: frozen weights %.1f MiB resident (%s; %.1f MiB not divided by tp), %.1f MiB "
              "read from disk",
-             g->world_rank, (double)m->frozen_bytes / 1048576.0,
+             g->world_rank, (double)m->frozen_bytes / 1048576.0, bytype,
              (double)m->replicated_bytes / 1048576.0, (double)m->bytes_read / 1048576.0);
     mem_print_table(&r->s.mem, "at start-up");
 }

@@ -8,6 +8,7 @@
 #include "../io/chat.h"
 #include "../io/chatfmt.h"
 #include "../io/pack.h"
+#include "../model/llama.h"
 #include "../runtime/log.h"
 #include "../runtime/mem.h"
 #include "../runtime/str.h"
@@ -38,6 +39,32 @@ int mpicmd_run_opts(const char *log_level, const char *kernels, const char *pin,
     return 1;
 }
 
+int mpicmd_dtype_opts(const char *base_dtype, const char *compute_dtype, int *base, int *compute,
+                      ErrStatus *st) {
+    if (!st->ok) return 0;
+    static const char *const bases[] = {"fp32", "bf16", "int8", "nf4"}; /* GemmDtype order */
+    *base = -2;
+    if (strcmp(base_dtype, "file") == 0) *base = LLAMA_BASE_FILE;
+    for (int i = 0; i < 4; i++)
+        if (strcmp(base_dtype, bases[i]) == 0) *base = i;
+    if (*base == -2)
+        return err_status_set(st, "--base-dtype '%s': expected file, fp32, bf16, int8 or nf4",
+                              base_dtype);
+    *compute = strcmp(compute_dtype, "auto") == 0   ? -1
+               : strcmp(compute_dtype, "fp32") == 0 ? GEMM_COMPUTE_F32
+               : strcmp(compute_dtype, "bf16") == 0 ? GEMM_COMPUTE_BF16
+                                                    : -2;
+    if (*compute == -2)
+        return err_status_set(st, "--compute-dtype '%s': expected auto, fp32 or bf16",
+                              compute_dtype);
+    return 1;
+}
+
+const char *mpicmd_base_name(GemmDtype d) {
+    static const char *const names[] = {"fp32", "bf16", "int8", "nf4"};
+    return d >= GEMM_F32 && d <= GEMM_NF4 ? names[d] : "?";
+}
+
 int mpicmd_bound(const char *flag, int64_t v, int64_t lo, int64_t hi, ErrStatus *st) {
     if (!st->ok) return 0;
     if (v >= lo && v <= hi) return 1;
@@ -46,8 +73,13 @@ int mpicmd_bound(const char *flag, int64_t v, int64_t lo, int64_t hi, ErrStatus 
 }
 
 void mpicmd_run_defaults(MpicmdRun *o) {
-    *o = (MpicmdRun){
-        .pin = "auto", .kernels = "fast", .log_level = "info", .tp = 1, .memory_check = 1};
+    *o = (MpicmdRun){.pin = "auto",
+                     .kernels = "fast",
+                     .log_level = "info",
+                     .base_dtype = "file",
+                     .compute_dtype = "auto",
+                     .tp = 1,
+                     .memory_check = 1};
 }
 
 /* Appends count rows to out[*n..cap) (fatal past cap). */
@@ -64,6 +96,8 @@ static void mpicmd_head_specs(ArgSpec *out, int cap, int *n, MpicmdRun *o) {
         {.type = ARG_GROUP, .group = ARGG_MODEL},
         {"config", ARG_CONFIG, &o->config, "FILE", "read options from FILE first: a JSON object, flat YAML (key: value, lists as [a, b] or - item lines) or key = value lines; keys are these flag names or their aliases, with - or _; flags override", 0, 0},
         {"model", ARG_STR, &o->model, "DIR", "Hugging Face model directory (config.json, safetensors, tokenizer.json)", 1, 0},
+        {"base-dtype", ARG_STR, &o->base_dtype, "DTYPE", "file | fp32 | bf16 | int8 | nf4: how the frozen weights are held in memory (file: as stored, F16 as F32; int8: per output channel; nf4: QLoRA's 4-bit NormalFloat, blocks of 64), quantised while each rank loads its shard", 0, 0},
+        {"compute-dtype", ARG_STR, &o->compute_dtype, "DTYPE", "auto | fp32 | bf16: the frozen weights' matrix products (bf16: BF16 operands, F32 sums, via oneDNN where the CPU has native BF16, else fp32 runs; auto: bf16 there when the base is held in 16 bits or fewer)", 0, 0},
     };
     // clang-format on
     mpicmd_put(out, cap, n, specs, (int)(sizeof specs / sizeof specs[0]));
@@ -176,6 +210,8 @@ int mpicmd_begin(Grid *g, int *argc, char ***argv, ArgSpec *specs, int nspecs, c
     if (ok && help) return 0;
     ok = ok && mpicmd_run_opts(run->log_level, run->kernels, run->pin, &env->log_level, &env->kops,
                                &env->pin, &st);
+    ok = ok &&
+         mpicmd_dtype_opts(run->base_dtype, run->compute_dtype, &env->base, &env->compute, &st);
     ok = ok && mpicmd_bound("threads", run->threads, 0, MPICMD_MAX_THREADS, &st);
     if (ok && !(run->memory_limit >= 0 && run->memory_limit <= 1e9))
         ok = err_status_set(&st, "--memory-limit %g: expected 0 to 1e9 GiB", run->memory_limit);
@@ -206,14 +242,20 @@ int mpicmd_frozen_check(Grid *g, const char *cmd, const MpicmdRun *run) {
     ErrStatus st;
     const int have = hfc_load(&c, path, &st);
     free(path);
-    const int es =
-        have && (strcmp(c.torch_dtype, "float32") == 0 || strcmp(c.torch_dtype, "float16") == 0)
-            ? 4
-            : 2;
-    const int64_t need = have ? memplan_frozen(&c, g->tp, g->tp_rank, es) : 0;
+    int base = LLAMA_BASE_FILE, compute = 0;
+    mpicmd_dtype_opts(run->base_dtype, run->compute_dtype, &base, &compute, &st);
+    if (base == LLAMA_BASE_FILE)
+        base =
+            have && (strcmp(c.torch_dtype, "float32") == 0 || strcmp(c.torch_dtype, "float16") == 0)
+                ? GEMM_F32
+                : GEMM_BF16;
+    /* 16ths of a byte per element: F32 64, BF16 32, INT8 16 (+ a scale per row, small),
+     * NF4 9 (4 bits + an F32 absmax per 64) */
+    static const int sixteenths[] = {64, 32, 17, 9};
+    const int64_t need = have ? memplan_frozen(&c, g->tp, g->tp_rank, sixteenths[base]) : 0;
     if (have && g->world_rank == 0)
         log_debug("frozen weights from config.json: %lld bytes on rank 0 (%s elements)",
-                  (long long)need, es == 2 ? "BF16" : "F32");
+                  (long long)need, gemm_dtype_name((GemmDtype)base));
     const double allowed = mpicmd_allowed(g, run, 0);
     const double gib = 1073741824.0;
     err_status_ok(&st);

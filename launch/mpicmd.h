@@ -20,6 +20,8 @@ int mpicmd_start(Grid *g, int *argc, char ***argv, ArgSpec *specs, int nspecs, c
 typedef struct {
     ArgConfig config;
     const char *model, *pin, *kernels, *log_level;
+    const char *base_dtype;    /* file | fp32 | bf16 | int8 | nf4 (frozen storage) */
+    const char *compute_dtype; /* auto | fp32 | bf16 (the base's GEMMs) */
     int64_t tp, threads;
     double memory_limit; /* GiB per rank the memory check allows (0: what the node has) */
     int memory_check;    /* refuse a run whose estimate exceeds it (--no-memory-check) */
@@ -31,7 +33,17 @@ typedef struct {
     int log_level;       /* LogLevel */
     const KernOps *kops; /* the kernel table */
     int pin;             /* MemPinMode */
+    int base;            /* LLAMA_BASE_FILE or a GemmDtype (--base-dtype) */
+    int compute;         /* -1 (auto) or a GemmCompute (--compute-dtype) */
 } MpicmdEnv;
+
+/* --base-dtype and --compute-dtype: their values (base: LLAMA_BASE_FILE or a GemmDtype;
+ * compute: -1 for auto or a GemmCompute), or 0 with st naming the flag and the choices
+ * (nothing checked when st is already failed). */
+int mpicmd_dtype_opts(const char *base_dtype, const char *compute_dtype, int *base, int *compute,
+                      ErrStatus *st);
+/* The name --base-dtype takes for a resolved storage dtype ("fp32", "bf16", "int8", "nf4"). */
+const char *mpicmd_base_name(GemmDtype d);
 
 /* The command's own checks of its options (after the grid is set up: g->tp and g->dp are
  * known); 0 with st set to refuse. */

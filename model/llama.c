@@ -10,6 +10,7 @@
 #include "../io/safetensors.h"
 #include "../runtime/err.h"
 #include "../runtime/log.h"
+#include "../runtime/quant.h"
 
 /* ---------------------------------------------------------------- loading */
 
@@ -72,25 +73,97 @@ static const StTensor *llama_find(StDir *d, const char *name, int64_t rows, int6
     return t;
 }
 
-/* Reads rows [r0, r0+nr) x cols [c0, c0+nc) of a [rows, cols] matrix into frozen memory,
- * keeping BF16 as BF16 (F16 becomes F32). */
+/* Rows per tile when a shard is converted or quantised while it loads: tiles of about
+ * LLAMA_TILE_BYTES of F32, so no rank holds more than that of a weight in full precision. */
+#define LLAMA_TILE_BYTES ((int64_t)4 << 20)
+
+/* Reads rows [r0, r0+nr) x cols [c0, c0+nc) of t ([rows, cols]) tile by tile as F32 and
+ * stores them in w's format (BF16 rounded, INT8 or NF4 quantised, runtime/quant.h) in w->data /
+ * w->scales (allocated by the caller). INT8's scale is per output channel over the whole row,
+ * so a shard holding part of each row (o_proj / down_proj at tp > 1) reads whole rows and keeps
+ * its columns: every layout stores the same codes. */
+static int llama_quant_slice(LlamaModel *m, StFile *f, const StTensor *t, const char *name,
+                             int64_t cols, int64_t r0, int64_t nr, int64_t c0, int64_t nc,
+                             GemmWeight *w, ErrStatus *st) {
+    const QuantFormat fmt = w->dtype == GEMM_BF16   ? QUANT_BF16
+                            : w->dtype == GEMM_INT8 ? QUANT_INT8
+                                                    : QUANT_NF4;
+    const int whole = fmt == QUANT_INT8 && nc < cols; /* read whole rows, keep [c0, c0+nc) */
+    const int64_t rc0 = whole ? 0 : c0, rnc = whole ? cols : nc;
+    int64_t tr = LLAMA_TILE_BYTES / (rnc * (int64_t)sizeof(float));
+    tr = tr < 1 ? 1 : tr > nr ? nr : tr;
+    float *tile = malloc((size_t)(tr * rnc) * sizeof(float));
+    /* whole rows: their codes [tr, cols] and scales [tr] before the slice is kept */
+    int8_t *wcodes = whole ? malloc((size_t)(tr * cols)) : NULL;
+    float *wscales = whole ? malloc((size_t)tr * sizeof(float)) : NULL;
+    SL_CHECK(tile && (!whole || (wcodes && wscales)), "out of memory (a %lld x %lld tile)",
+             (long long)tr, (long long)rnc);
+    QuantWeight q = {fmt, nr, nc, (uint8_t *)(uintptr_t)w->data, (float *)(uintptr_t)w->scales};
+    int ok = 1;
+    for (int64_t r = 0; ok && r < nr; r += tr) {
+        const int64_t n = nr - r < tr ? nr - r : tr;
+        uint64_t before = f->bytes_read;
+        ok = st_read_slice(f, t, r0 + r, n, rc0, rnc, ST_F32, tile, st);
+        m->bytes_read += f->bytes_read - before;
+        if (!ok) break;
+        if (whole) {
+            QuantWeight qw = {QUANT_INT8, n, cols, (uint8_t *)wcodes, wscales};
+            ok = quant_rows_f32(&qw, 0, n, tile, cols, st);
+            for (int64_t a = 0; ok && a < n; a++) {
+                memcpy(q.codes + (r + a) * nc, wcodes + a * cols + c0, (size_t)nc);
+                q.scales[r + a] = wscales[a];
+            }
+        } else {
+            /* quant_rows_f32 takes row indices of q and src rows from tile */
+            ok = quant_rows_f32(&q, r, r + n, tile, nc, st);
+        }
+        if (!ok) {
+            ErrStatus why = *st;
+            err_status_set(st, "%s: tensor '%s': %s", f->path, name, why.msg);
+        }
+    }
+    free(tile);
+    free(wcodes);
+    free(wscales);
+    return ok;
+}
+
+/* Reads rows [r0, r0+nr) x cols [c0, c0+nc) of a [rows, cols] matrix into frozen memory in
+ * the storage dtype `base` (LLAMA_BASE_FILE: BF16 stays BF16, F32 and F16 become F32). */
 static int llama_load_matrix(LlamaModel *m, StDir *d, MemCtx *mem, const char *name, int64_t rows,
                              int64_t cols, int64_t r0, int64_t nr, int64_t c0, int64_t nc,
                              GemmWeight *w, ErrStatus *st) {
     StFile *f = NULL;
     const StTensor *t = llama_find(d, name, rows, cols, &f, st);
     if (!t) return 0;
-    StDtype dt = t->dtype == ST_BF16 ? ST_BF16 : ST_F32;
-    void *dst = llama_frozen_alloc(m, mem, (size_t)(nr * nc) * st_dtype_size(dt));
-    uint64_t before = f->bytes_read;
-    if (!st_read_slice(f, t, r0, nr, c0, nc, dt, dst, st)) return 0;
-    m->bytes_read += f->bytes_read - before;
-    w->dtype = dt == ST_BF16 ? GEMM_BF16 : GEMM_F32;
-    w->data = dst;
-    w->rows = nr;
-    w->cols = nc;
-    w->ld = nc;
-    return 1;
+    GemmDtype dt = m->base == LLAMA_BASE_FILE ? (t->dtype == ST_BF16 ? GEMM_BF16 : GEMM_F32)
+                                              : (GemmDtype)m->base;
+    *w = (GemmWeight){dt, NULL, nr, nc, nc, NULL};
+    if (dt == GEMM_INT8 || dt == GEMM_NF4) {
+        const QuantFormat fmt = dt == GEMM_INT8 ? QUANT_INT8 : QUANT_NF4;
+        ErrStatus why;
+        err_status_ok(&why);
+        if (!quant_check_shape(fmt, nr, nc, &why))
+            return err_status_set(st,
+                                  "%s: tensor '%s' (this rank's part [%lld, %lld]) cannot be "
+                                  "stored as --base-dtype %s: %s",
+                                  f->path, name, (long long)nr, (long long)nc, quant_name(fmt),
+                                  why.msg);
+        w->data = llama_frozen_alloc(m, mem, quant_codes_bytes(fmt, nr, nc));
+        w->scales = llama_frozen_alloc(m, mem, quant_scales_count(fmt, nr, nc) * sizeof(float));
+    } else {
+        w->data = llama_frozen_alloc(m, mem, (size_t)(nr * nc) * (dt == GEMM_BF16 ? 2 : 4));
+    }
+    m->dtype_bytes[dt] += gemm_weight_bytes(w);
+    if (dt == GEMM_F32 || (dt == GEMM_BF16 && t->dtype == ST_BF16)) {
+        /* as stored (F32 from any file dtype; BF16 copied) */
+        uint64_t before = f->bytes_read;
+        int ok = st_read_slice(f, t, r0, nr, c0, nc, dt == GEMM_BF16 ? ST_BF16 : ST_F32,
+                               (void *)(uintptr_t)w->data, st);
+        m->bytes_read += f->bytes_read - before;
+        return ok;
+    }
+    return llama_quant_slice(m, f, t, name, cols, r0, nr, c0, nc, w, st);
 }
 
 /* A replicated or sliced 1-D tensor as F32: elements [e0, e0+ne) of [n]. */
@@ -100,6 +173,7 @@ static float *llama_load_vector(LlamaModel *m, StDir *d, MemCtx *mem, const char
     const StTensor *t = llama_find(d, name, n, 0, &f, st);
     if (!t) return NULL;
     float *dst = llama_frozen_alloc(m, mem, (size_t)ne * sizeof(float));
+    m->dtype_bytes[GEMM_F32] += (uint64_t)ne * sizeof(float);
     uint64_t before = f->bytes_read;
     if (!st_read_slice(f, t, 0, 1, e0, ne, ST_F32, dst, st)) return NULL;
     m->bytes_read += f->bytes_read - before;
@@ -184,8 +258,11 @@ static int llama_check_layout(const HfcConfig *c, int tp, ErrStatus *st) {
     return 1;
 }
 
-int llama_load(LlamaModel *m, const char *dir, const Grid *g, MemCtx *mem, ErrStatus *st) {
+int llama_load(LlamaModel *m, const char *dir, const Grid *g, int base, MemCtx *mem,
+               ErrStatus *st) {
     memset(m, 0, sizeof *m);
+    SL_CHECK(base >= LLAMA_BASE_FILE && base <= GEMM_NF4, "base dtype %d", base);
+    m->base = base;
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
     if (!hfc_load(&m->cfg, path, st)) return 0;
@@ -274,18 +351,19 @@ int llama_load(LlamaModel *m, const char *dir, const Grid *g, MemCtx *mem, ErrSt
         if (!(ly->ln2_w = llama_load_vector(m, &d, mem, name, C, 0, C, st))) goto done;
     }
     m->inv_freq = llama_frozen_alloc(m, mem, (size_t)(D / 2) * sizeof(float));
+    m->dtype_bytes[GEMM_F32] += (uint64_t)(D / 2) * sizeof(float);
     KernRopeScaling rs = {c->rope_scaling_type, c->rope_factor, c->rope_low_freq_factor,
                           c->rope_high_freq_factor, c->rope_original_max_position};
     kern_rope_inv_freq(m->inv_freq, D, c->rope_theta, &rs);
     {
         /* what tp does not divide (for the memory report and its test) */
-        const uint64_t es = m->wdtype == GEMM_BF16 ? 2 : 4;
         uint64_t rep = (uint64_t)(2 * m->L + 1) * (uint64_t)C * 4 + (uint64_t)(D / 2) * 4;
         if (c->o_bias) rep += (uint64_t)m->L * (uint64_t)C * 4;
         if (c->mlp_bias) rep += (uint64_t)m->L * (uint64_t)C * 4;
         if (m->KV < m->tp && m->tp > 1)
-            rep += (uint64_t)m->L * 2 * (uint64_t)(m->KVl * D) *
-                   ((uint64_t)C * es + (c->qkv_bias ? 4 : 0));
+            rep += (uint64_t)m->L * 2 *
+                   (gemm_weight_bytes(&m->layers[0].lin[MOD_K].w) +
+                    (uint64_t)(m->KVl * D) * (c->qkv_bias ? 4 : 0));
         m->replicated_bytes = rep;
     }
     ok = 1;

@@ -33,6 +33,7 @@ typedef struct {
     int64_t C, F, L, H, KV, D, V;
     int64_t Hl, KVl, Fl, kv0; /* local heads, kv heads, ffn; first local kv head */
     int64_t V0, Vl;           /* local vocabulary rows [V0, V0 + Vl) */
+    int base;                 /* storage asked for: LLAMA_BASE_FILE or a GemmDtype */
     GemmDtype wdtype;         /* dtype of the big frozen matrices */
     GemmWeight embed;         /* [Vl, C] */
     GemmWeight lm_head;       /* [Vl, C]; shares embed's memory when tied */
@@ -44,6 +45,7 @@ typedef struct {
     ParamTable params;
     uint64_t bytes_read;       /* frozen bytes read from disk by this rank */
     uint64_t frozen_bytes;     /* frozen bytes resident on this rank */
+    uint64_t dtype_bytes[4];   /* of which in each GemmDtype (norms, biases, RoPE: F32) */
     uint64_t replicated_bytes; /* of which not divided by tp: norms, row-layer biases, RoPE
                                 * table, and k/v when kv heads are replicated (KV < tp) */
     /* frozen allocations, for llama_free */
@@ -88,9 +90,15 @@ typedef struct {
     size_t *alloc_bytes;
 } LlamaActs;
 
-/* Reads config.json and this rank's shards from DIR. Bad files / shapes / layouts: 0 and st
- * names the file and the tensor. */
-int llama_load(LlamaModel *m, const char *dir, const Grid *g, MemCtx *mem, ErrStatus *st);
+/* The frozen matrices as the files store them (BF16 stays BF16, F32 and F16 become F32). */
+#define LLAMA_BASE_FILE (-1)
+
+/* Reads config.json and this rank's shards from DIR. The seven projections of every layer,
+ * the embedding and lm_head are stored as `base` (LLAMA_BASE_FILE or a GemmDtype: F32, BF16
+ * rounded, INT8 / NF4 quantised tile by tile while loading, runtime/quant.h); norms, biases
+ * and the RoPE table stay F32. Bad files / shapes / layouts (or a shard that cannot be stored
+ * as `base`): 0 and st names the file and the tensor. */
+int llama_load(LlamaModel *m, const char *dir, const Grid *g, int base, MemCtx *mem, ErrStatus *st);
 /* Creates the adapters (declare, finalize the flat buffers, init from the seed). */
 void llama_init_adapters(LlamaModel *m, const AdapterCfg *acfg, Grid *g, MemCtx *mem);
 /* Calls every slot's step_begin (adapter.h): once per optimizer step before the first

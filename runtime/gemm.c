@@ -329,8 +329,12 @@ GemmWeight gemm_weight_block(const GemmWeight *W, int64_t r0, int64_t n) {
     b.rows = n;
     const char *d = W->data;
     switch (W->dtype) {
-    case GEMM_F32: b.data = d + (size_t)(r0 * W->ld) * 4; break;
-    case GEMM_BF16: b.data = d + (size_t)(r0 * W->ld) * 2; break;
+    case GEMM_F32:
+        b.data = d + (size_t)(r0 * W->ld) * 4;
+        break;
+    case GEMM_BF16:
+        b.data = d + (size_t)(r0 * W->ld) * 2;
+        break;
     case GEMM_INT8:
         b.data = d + (size_t)(r0 * W->cols);
         b.scales = W->scales + r0;
@@ -345,20 +349,28 @@ GemmWeight gemm_weight_block(const GemmWeight *W, int64_t r0, int64_t n) {
 
 const char *gemm_dtype_name(GemmDtype d) {
     switch (d) {
-    case GEMM_F32: return "F32";
-    case GEMM_BF16: return "BF16";
-    case GEMM_INT8: return "INT8";
-    case GEMM_NF4: return "NF4";
+    case GEMM_F32:
+        return "F32";
+    case GEMM_BF16:
+        return "BF16";
+    case GEMM_INT8:
+        return "INT8";
+    case GEMM_NF4:
+        return "NF4";
     }
     return "?";
 }
 
 size_t gemm_weight_bytes(const GemmWeight *W) {
     switch (W->dtype) {
-    case GEMM_F32: return (size_t)(W->rows * W->ld) * 4;
-    case GEMM_BF16: return (size_t)(W->rows * W->ld) * 2;
-    case GEMM_INT8: return quant_bytes(QUANT_INT8, W->rows, W->cols);
-    case GEMM_NF4: return quant_bytes(QUANT_NF4, W->rows, W->cols);
+    case GEMM_F32:
+        return (size_t)(W->rows * W->ld) * 4;
+    case GEMM_BF16:
+        return (size_t)(W->rows * W->ld) * 2;
+    case GEMM_INT8:
+        return quant_bytes(QUANT_INT8, W->rows, W->cols);
+    case GEMM_NF4:
+        return quant_bytes(QUANT_NF4, W->rows, W->cols);
     }
     return 0;
 }

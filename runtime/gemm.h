@@ -31,7 +31,7 @@ typedef enum { GEMM_COMPUTE_F32 = 0, GEMM_COMPUTE_BF16 = 1 } GemmCompute;
 typedef struct {
     int nthreads;
     GemmCompute compute; /* gemm_set_compute */
-    float *scratch; /* [scratch_floats] tile buffer for BF16 -> F32 */
+    float *scratch;      /* [scratch_floats] tile buffer for BF16 -> F32 */
     size_t scratch_floats;
     char core[64]; /* OpenBLAS core name in use */
 } GemmCtx;

@@ -140,7 +140,7 @@ void memplan_estimate(MemPlan *p, const LlamaModel *m, const MemplanIn *in) {
         p->total = sizes_add_sat(p->total, p->bytes[c]);
 }
 
-int64_t memplan_frozen(const HfcConfig *c, int tp, int tp_rank, int elem_bytes) {
+int64_t memplan_frozen(const HfcConfig *c, int tp, int tp_rank, int sixteenths) {
     if (tp < 1 || c->num_heads % tp || c->intermediate_size % tp ||
         (c->num_kv_heads % tp && tp % c->num_kv_heads))
         return 0;
@@ -157,7 +157,7 @@ int64_t memplan_frozen(const HfcConfig *c, int tp, int tp_rank, int elem_bytes) 
     int64_t f = sizes_mul_sat(2 * c->num_layers + 1, C) + D / 2;
     if (c->qkv_bias || c->o_bias || c->mlp_bias)
         f = mp_fma(f, c->num_layers, 2 * (Hl + KVl) * D + 2 * C + 3 * Fl);
-    return sizes_add_sat(sizes_mul_sat(e, elem_bytes), sizes_mul_sat(f, 4));
+    return sizes_add_sat(sizes_mul_sat(e / 16 + 1, sixteenths), sizes_mul_sat(f, 4));
 }
 
 /* The first integer of a file (e.g. "max" -> -1), or -1. */

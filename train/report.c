@@ -322,6 +322,11 @@ int report_run_json(const char *out, const ReportRun *run, const Session *s, con
     grid_mpi_version(mpiv, sizeof mpiv);
     json_object_set_new(ver, "mpi", json_string(mpiv));
     json_object_set_new(ver, "blas", json_string(gemm_describe(&s->gc, desc, sizeof desc)));
+    json_object_set_new(ver, "onednn_isa", json_string(gemm_isa()));
+    json_object_set_new(layout, "base_dtype", json_string(gemm_dtype_name(s->m.wdtype)));
+    json_object_set_new(layout, "compute_dtype",
+                        json_string(s->gc.compute == GEMM_COMPUTE_BF16 ? "bf16" : "fp32"));
+    json_object_set_new(layout, "compute", json_string(s->compute_why));
     json_object_set_new(ver, "jansson", json_string(JANSSON_VERSION));
     json_object_set_new(j, "versions", ver);
     json_object_set_new(j, "model_fingerprint", json_string(run->fingerprint));
@@ -406,6 +411,12 @@ int report_rank_summary(const char *out, const Session *s, int64_t steps, ErrSta
     json_object_set_new(j, "frozen_bytes_read", json_integer((json_int_t)m->bytes_read));
     json_object_set_new(j, "replicated_frozen_bytes",
                         json_integer((json_int_t)m->replicated_bytes));
+    json_t *bydt = json_object();
+    for (int d = 0; d < 4; d++)
+        if (m->dtype_bytes[d])
+            json_object_set_new(bydt, gemm_dtype_name((GemmDtype)d),
+                                json_integer((json_int_t)m->dtype_bytes[d]));
+    json_object_set_new(j, "frozen_bytes_by_dtype", bydt);
     json_object_set_new(j, "adapter_bytes",
                         json_integer((json_int_t)(m->params.total * sizeof(float))));
     /* what has gradients and optimizer state (frozen entries, e.g. LoRA-FA's A, do not) */

@@ -4,11 +4,12 @@
 #include <stdio.h>
 #include <string.h>
 
-int session_open(Session *s, Grid *g, const char *model_dir, MemPinMode pin, ErrStatus *st) {
+int session_open(Session *s, Grid *g, const char *model_dir, MemPinMode pin, int base,
+                 ErrStatus *st) {
     memset(s, 0, sizeof *s);
     s->g = g;
     mem_init(&s->mem, pin);
-    s->have_model = llama_load(&s->m, model_dir, g, &s->mem, st);
+    s->have_model = llama_load(&s->m, model_dir, g, base, &s->mem, st);
     return s->have_model;
 }
 
@@ -25,6 +26,25 @@ void session_compute_init(Session *s, int threads, int64_t max_cols, int64_t row
     s->kc.scratch = mem_alloc(&s->mem, MEM_ACTIVATION,
                               (s->kc.scratch_floats ? s->kc.scratch_floats : 1) * sizeof(float));
     s->have_compute = 1;
+    snprintf(s->compute_why, sizeof s->compute_why, "fp32");
+}
+
+int session_set_compute(Session *s, int compute) {
+    char why[128];
+    if (compute < 0) {
+        /* auto: BF16 where the CPU runs it natively and the base is held in 16 bits or less */
+        const int bf = s->m.wdtype != GEMM_F32 && gemm_bf16_native();
+        gemm_set_compute(&s->gc, bf ? GEMM_COMPUTE_BF16 : GEMM_COMPUTE_F32, why, sizeof why);
+        snprintf(s->compute_why, sizeof s->compute_why, "%s (auto: %s base%s)", why,
+                 gemm_dtype_name(s->m.wdtype),
+                 s->m.wdtype == GEMM_F32 ? ""
+                 : bf                    ? ", native BF16"
+                                         : ", no native BF16");
+    } else {
+        gemm_set_compute(&s->gc, (GemmCompute)compute, why, sizeof why);
+        snprintf(s->compute_why, sizeof s->compute_why, "%s", why);
+    }
+    return s->gc.compute;
 }
 
 void session_batches_init(Session *s, int64_t B, int64_t T) {
@@ -40,10 +60,10 @@ const char *session_describe_model(const Session *s, char *buf, size_t n) {
     const LlamaModel *m = &s->m;
     snprintf(buf, n,
              "%s, %lld layers, hidden %lld, heads %lld/%lld, head_dim %lld, ffn %lld, vocab %lld, "
-             "%s weights",
+             "%s weights (%s)",
              m->cfg.architecture, (long long)m->L, (long long)m->C, (long long)m->H,
              (long long)m->KV, (long long)m->D, (long long)m->F, (long long)m->V,
-             m->wdtype == GEMM_BF16 ? "BF16" : "F32");
+             gemm_dtype_name(m->wdtype), m->base == LLAMA_BASE_FILE ? "as stored" : "--base-dtype");
     return buf;
 }
 

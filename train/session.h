@@ -31,6 +31,7 @@ typedef struct {
     GemmCtx gc;
     KernCtx kc;
     const KernOps *kops;
+    char compute_why[160]; /* what the base's GEMMs compute in, and why (gemm_set_compute) */
     /* training / evaluation (session_batches_init) */
     int64_t B, T;
     LlamaActs acts;
@@ -39,13 +40,19 @@ typedef struct {
     int have_model, have_compute, have_batches;
 } Session;
 
-/* mem_init + llama_load: this rank's shards of the model in DIR. 0 with st naming the file
- * and the tensor on bad input (the caller agrees on the verdict over the grid). */
-int session_open(Session *s, Grid *g, const char *model_dir, MemPinMode pin, ErrStatus *st);
+/* mem_init + llama_load: this rank's shards of the model in DIR, stored as `base`
+ * (LLAMA_BASE_FILE or a GemmDtype). 0 with st naming the file and the tensor on bad input
+ * (the caller agrees on the verdict over the grid). */
+int session_open(Session *s, Grid *g, const char *model_dir, MemPinMode pin, int base,
+                 ErrStatus *st);
 /* GEMM threads (0: the CPUs this rank may use) for products up to max_cols columns, and
- * kernel scratch for attention over up to `rows` rows; kops: the kernel table to run. */
+ * kernel scratch for attention over up to `rows` rows; kops: the kernel table to run. The
+ * base's GEMMs compute in F32 (session_set_compute changes it). */
 void session_compute_init(Session *s, int threads, int64_t max_cols, int64_t rows,
                           const KernOps *kops);
+/* The base's GEMMs in `compute` (-1: auto, mpicmd_compute_auto's rule, or a GemmCompute);
+ * what runs and why into s->compute_why. Returns what runs. */
+int session_set_compute(Session *s, int compute);
 /* The widest product of the decoder's linears (max of hidden and ffn). */
 int64_t session_max_cols(const Session *s);
 /* Activations (what forward saves for backward), the batch and its labels for micro-batches

@@ -8,6 +8,12 @@ paper (Dettmers et al. 2023, Appendix E) and bitsandbytes' algorithm, not from o
   quant_ref.py --check DRIVER WORKDIR runs DRIVER WORKDIR (tests/unit/quant_dump.c), which
                                       writes a matrix and our quantised bytes, and compares
                                       them bit for bit (indices, scales, dequantised values)
+  quant_ref.py --dequant-model SRC DST FORMAT
+                                      SRC's model with every weight shardlora stores as
+                                      --base-dtype FORMAT (bf16, int8, nf4: the embedding,
+                                      lm_head and the seven projections of each layer)
+                                      quantised and dequantised here, written to DST in F32:
+                                      the model a quantised run trains against
 """
 import os
 import subprocess
@@ -200,7 +206,42 @@ def check_driver(driver, work):
     return fails
 
 
+QUANTISED = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def stored_by_base_dtype(name):
+    """Whether --base-dtype applies to this tensor (norms and biases stay F32)."""
+    if name in ("model.embed_tokens.weight", "lm_head.weight"):
+        return True
+    parts = name.split(".")
+    return (len(parts) == 6 and parts[:2] == ["model", "layers"] and parts[4] in QUANTISED
+            and parts[5] == "weight")
+
+
+def dequant_model(src, dst, fmt):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import torch_llama as tl
+    config, weights = tl.load_model_dir(src)
+    n = 0
+    for name in sorted(weights):
+        if not stored_by_base_dtype(name):
+            continue
+        w = weights[name].float()
+        if fmt == "bf16":
+            weights[name] = w.to(torch.bfloat16).float()
+        elif fmt == "int8":
+            weights[name] = int8_dequant(*int8_quant(w))
+        else:
+            weights[name] = nf4_dequant(*nf4_quant(w))
+        n += 1
+    tl.write_model_dir(dst, config, weights)
+    print(f"quant_ref: {dst}: {n} tensors of {src} through {fmt} and back, written in F32")
+    return 0
+
+
 def main():
+    if len(sys.argv) == 5 and sys.argv[1] == "--dequant-model" and sys.argv[4] in ("bf16", "int8", "nf4"):
+        return dequant_model(sys.argv[2], sys.argv[3], sys.argv[4])
     if len(sys.argv) == 2 and sys.argv[1] == "--selftest":
         fails = selftest()
     elif len(sys.argv) == 4 and sys.argv[1] == "--check":

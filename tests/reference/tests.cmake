@@ -65,3 +65,11 @@ add_test(NAME reference_quant
          COMMAND ${SL_PYTHON3} ${SL_REF_DIR}/quant_ref.py --check $<TARGET_FILE:quant_dump>
                  ${CMAKE_BINARY_DIR}/test-work/reference/quant)
 set_tests_properties(reference_quant_selftest reference_quant PROPERTIES LABELS reference TIMEOUT 120)
+# A quantised frozen base (--base-dtype int8 / nf4 / bf16) trains exactly the model quant_ref.py
+# dequantises: gradients and steps against PyTorch at tp=1, tp=2, dp=2 (quant_case.sh).
+foreach(case int8 nf4 bf16 nf4-tied)
+  add_test(NAME reference_quant_${case}
+           COMMAND bash ${SL_REF_DIR}/quant_case.sh $<TARGET_FILE:shardlora>
+                   ${CMAKE_BINARY_DIR}/test-work/reference ${case})
+  set_tests_properties(reference_quant_${case} PROPERTIES LABELS "reference;mpi" TIMEOUT 600 PROCESSORS 2)
+endforeach()

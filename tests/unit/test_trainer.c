@@ -132,7 +132,7 @@ static const RowSource g_src = {NULL, row_fn};
  * module; B of every slot gets fixed non-zero values (PEFT's B = 0 leaves A's gradient 0). */
 static int open_session(Session *s, Grid *g, const char *dir, int64_t B) {
     ErrStatus st;
-    if (!session_open(s, g, dir, MEM_PIN_OFF, &st)) {
+    if (!session_open(s, g, dir, MEM_PIN_OFF, LLAMA_BASE_FILE, &st)) {
         fprintf(stderr, "session_open: %s\n", st.msg);
         return 0;
     }
