@@ -56,8 +56,8 @@ static void run_once(GemmCtx *g, const BenchShape *s, BenchBufs *b) {
     }
     /* xwt: Y[T,O] = X[T,I] W^T; xw: dX[T,I] = dY[T,O] W; W [O, I] */
     int64_t T = s->M, O = s->N, I = s->K;
-    GemmWeight W = {s->dtype, s->dtype == GEMM_BF16 ? (const void *)b->Wb : (const void *)b->B, O,
-                    I, I, NULL};
+    GemmWeight W = {
+        s->dtype, s->dtype == GEMM_BF16 ? (const void *)b->Wb : (const void *)b->B, O, I, I, NULL};
     if (s->op == OP_XWT)
         gemm_xwt(g, b->C, b->A, &W, T, 0.0f);
     else

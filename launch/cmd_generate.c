@@ -880,8 +880,8 @@ static int gen_setup(GenRun *r) {
     if (g->world_rank == 0) log_info("frozen GEMMs compute in %s", r->s.compute_why);
     if (o->adapter && o->merge && (m->wdtype == GEMM_INT8 || m->wdtype == GEMM_NF4)) {
         err_status_set(&st,
-                       "--merge with --base-dtype %s: a quantised base cannot hold the merged "
-                       "weights (drop --merge: the adapter is applied beside the base)",
+                       "--merge-in-memory with --base-dtype %s: a quantised base cannot hold the "
+                       "merged weights (drop it: the adapter is applied beside the base)",
                        mpicmd_base_name(m->wdtype));
         grid_agree(g, 0, gen_err, &st);
         return EXIT_USAGE;

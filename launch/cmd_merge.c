@@ -36,6 +36,7 @@
 #include "../parallel/grid.h"
 #include "../runtime/log.h"
 #include "../runtime/mem.h"
+#include "../runtime/quant.h"
 #include "../runtime/str.h"
 #include "../runtime/timer.h"
 #include "args.h"
@@ -61,6 +62,7 @@ static const char *const merge_aux_files[] = {"generation_config.json",
 
 typedef struct {
     const char *model, *adapter, *out;
+    const char *base_dtype; /* file | bf16 | int8 | nf4: what the base was held as in training */
     int64_t chunk_bytes, threads;
     int force;
 } MergeOpts;
@@ -76,11 +78,14 @@ typedef struct {
      * for byte) */
     AdioMergeItem am;
     char *module; /* am.module: the weight's name without ".weight" */
+    int quant;    /* --base-dtype applies: rows go through quantise + dequantise first */
 } MergeItem;
 
 typedef struct {
     Grid *g;
     MergeOpts o;
+    int quant; /* --base-dtype other than file; fmt its format */
+    QuantFormat fmt;
     StDir d;
     int d_open;
     PeftAdapter a;
@@ -184,6 +189,54 @@ static const char *merge_file_name(const MergeCtx *m, int f) {
 }
 
 /* Every rank builds the same plan from the headers alone. */
+/* Whether training's --base-dtype stores tensor `name` (model/llama.c llama_load): the
+ * embedding, lm_head and the seven projections of every layer. */
+static int merge_base_stored(const char *name) {
+    if (!strcmp(name, "model.embed_tokens.weight") || !strcmp(name, "lm_head.weight")) return 1;
+    long long l = -1;
+    int at = 0;
+    if (sscanf(name, "model.layers.%lld.%n", &l, &at) != 1 || at == 0) return 0;
+    char want[128];
+    for (int i = 0; i < MOD_NMODULES; i++) {
+        snprintf(want, sizeof want, "%s.%s.weight", adapter_module_group((ModuleId)i),
+                 adapter_module_name((ModuleId)i));
+        if (!strcmp(name + at, want)) return 1;
+    }
+    return 0;
+}
+
+/* --base-dtype: marks the tensors training held quantised; their rows must quantise. */
+static int merge_plan_quant(MergeCtx *m, MergeItem *it, ErrStatus *st) {
+    if (!merge_base_stored(it->t->name)) return 1;
+    ErrStatus why;
+    err_status_ok(&why);
+    if (it->t->ndim != 2 || !quant_check_shape(m->fmt, it->rows, it->cols, &why))
+        return err_status_set(st, "%s: tensor '%s' cannot be held as --base-dtype %s: %s",
+                              m->d.files[it->file].path, it->t->name, quant_name(m->fmt),
+                              it->t->ndim != 2 ? "not a matrix" : why.msg);
+    it->quant = 1;
+    return 1;
+}
+
+/* Rows [.., +k) of a --base-dtype tensor in work (F32 [k, cols]) replaced by what training
+ * held: quantised by runtime/quant's rule and dequantised (BF16: rounded). */
+static int merge_quant_rows(const MergeCtx *m, const MergeItem *it, float *work, int64_t k,
+                            ErrStatus *st) {
+    QuantWeight q = {m->fmt, k, it->cols, malloc(quant_codes_bytes(m->fmt, k, it->cols)),
+                     malloc((quant_scales_count(m->fmt, k, it->cols) + 1) * sizeof(float))};
+    SL_CHECK(q.codes && q.scales, "out of memory");
+    ErrStatus why;
+    err_status_ok(&why);
+    int ok = quant_rows_f32(&q, 0, k, work, it->cols, &why);
+    if (ok)
+        quant_dequant_f32(&q, 0, k, 0, it->cols, work, it->cols);
+    else
+        err_status_set(st, "%s: tensor '%s': %s", m->d.files[it->file].path, it->t->name, why.msg);
+    free(q.codes);
+    free(q.scales);
+    return ok;
+}
+
 static int merge_plan(MergeCtx *m, ErrStatus *st) {
     int n = 0;
     for (int f = 0; f < m->d.nfiles; f++) {
@@ -214,6 +267,8 @@ static int merge_plan(MergeCtx *m, ErrStatus *st) {
     }
     qsort(m->items, (size_t)m->nitems, sizeof *m->items, merge_cmp_begin);
     int ok = 1;
+    for (int i = 0; ok && m->quant && i < m->nitems; i++)
+        ok = merge_plan_quant(m, &m->items[i], st);
     m->kind = adio_kind_of_peft(&m->a);
     m->kio = m->kind->io;
     if (!m->kio || !m->kio->merge_plan) {
@@ -267,7 +322,7 @@ static void merge_size_buffers(MergeCtx *m) {
         const MergeItem *it = &m->items[i];
         m->slice_bytes += (uint64_t)it->nr * it->row_bytes;
         if (it->nr == 0) continue;
-        if (it->am.adapted) {
+        if (it->am.adapted || it->quant) {
             size_t cr = (size_t)merge_chunk_rows(m, it);
             if (cr * (size_t)it->cols > work) work = cr * (size_t)it->cols;
             if (it->t->dtype != ST_F32 && cr * (size_t)it->cols * 2 > raw)
@@ -512,19 +567,25 @@ static int merge_item(MergeCtx *m, const MergeItem *it, int *code, ErrStatus *st
     StFile *sf = &m->d.files[it->file];
     const int fd = m->fd[it->file];
     const char *out = m->tmp[it->file];
-    if (!it->am.adapted)
+    if (!it->am.adapted && !it->quant)
         return merge_copy_range(m, sf->fd, sf->path, fd, out,
                                 it->t->begin + (uint64_t)it->r0 * it->row_bytes,
                                 (uint64_t)it->nr * it->row_bytes, st);
     const AdioMergeItem *am = &it->am;
-    if (!m->kio->merge_begin(am, &m->a, m->shared, m->ibuf, st)) return 0;
+    if (am->adapted && !m->kio->merge_begin(am, &m->a, m->shared, m->ibuf, st)) return 0;
     const int64_t cr = merge_chunk_rows(m, it), end = it->r0 + it->nr;
     for (int64_t row = it->r0; row < end; row += cr) {
         const int64_t k = end - row < cr ? end - row : cr;
         const size_t n = (size_t)(k * it->cols);
         if (!st_read_slice(sf, it->t, row, k, 0, it->cols, ST_F32, m->work, st)) return 0;
-        const int64_t bad = m->kio->merge_rows(am, &m->a, m->shared, m->ibuf, m->rbuf, m->work, row,
-                                               k, (int)m->o.threads, st);
+        if (it->quant && !merge_quant_rows(m, it, m->work, k, st)) {
+            *code = EXIT_BAD_INPUT;
+            return 0;
+        }
+        const int64_t bad = !am->adapted
+                                ? 0
+                                : m->kio->merge_rows(am, &m->a, m->shared, m->ibuf, m->rbuf,
+                                                     m->work, row, k, (int)m->o.threads, st);
         if (bad < 0) return 0;
         if (bad) {
             *code = EXIT_BAD_INPUT;
@@ -684,7 +745,7 @@ static char *merge_about(void) {
 }
 
 int cmd_merge(int argc, char **argv) {
-    MergeOpts o = {NULL, NULL, NULL, 64 * MERGE_MIB, 1, 0};
+    MergeOpts o = {NULL, NULL, NULL, "file", 64 * MERGE_MIB, 1, 0};
     /* one option per line: name, type, destination, metavar, help, required, seen */
     // clang-format off
     ArgSpec specs[] = {
@@ -693,6 +754,7 @@ int cmd_merge(int argc, char **argv) {
         {"adapter", ARG_STR, &o.adapter, "DIR", "PEFT adapter directory (adapter_config.json, adapter_model.safetensors)", 1, 0},
         {"out", ARG_STR, &o.out, "DIR", "output model directory (refused if it exists, unless --force)", 1, 0},
         {"force", ARG_BOOL, &o.force, NULL, "write into an existing --out (its model files are replaced)", 0, 0},
+        {"base-dtype", ARG_STR, &o.base_dtype, "DTYPE", "file | bf16 | int8 | nf4: the --base-dtype the adapter was trained with; other than file, every weight training held that way (embedding, lm_head, the projections) is first quantised and dequantised by training's rule, so the merged model is the one the adapter was trained on, written in the files' dtypes (file: merged into the weights as stored)", 0, 0},
         {.type = ARG_GROUP, .group = ARGG_PARALLEL},
         {"threads", ARG_INT, &o.threads, "N", "threads per rank for the merge arithmetic (the work is mostly I/O)", 0, 0},
         {.type = ARG_GROUP, .group = ARGG_EXPERT},
@@ -719,6 +781,10 @@ int cmd_merge(int argc, char **argv) {
     }
     if (ok && o.chunk_bytes < 1024) ok = err_status_set(&st, "--chunk-bytes must be at least 1024");
     if (ok && o.threads < 1) ok = err_status_set(&st, "--threads must be at least 1");
+    QuantFormat fmt = QUANT_BF16;
+    if (ok && strcmp(o.base_dtype, "file") != 0 && !quant_parse(o.base_dtype, &fmt))
+        ok = err_status_set(&st, "--base-dtype '%s': expected file, bf16, int8 or nf4",
+                            o.base_dtype);
     ok = ok && mpicmd_bound("threads", o.threads, 1, MPICMD_MAX_THREADS, &st) &&
          mpicmd_bound("chunk-bytes", o.chunk_bytes, 1024, (int64_t)1 << 40, &st);
     if (ok && (merge_same_dir(o.out, o.model) || merge_same_dir(o.out, o.adapter)))
@@ -739,6 +805,8 @@ int cmd_merge(int argc, char **argv) {
     memset(&m, 0, sizeof m);
     m.g = &g;
     m.o = o;
+    m.quant = strcmp(o.base_dtype, "file") != 0;
+    m.fmt = fmt;
     ok = st_dir_open(&m.d, o.model, &st);
     m.d_open = ok;
     if (ok) {

@@ -353,6 +353,14 @@ static int train_check_opts(void *ctx, ErrStatus *st) {
            : NULL;
     if (bad) ok = err_status_set(st, "--init %s %s", o->lora_init, bad);
     if (ok && o->pissa_iters < 0) ok = err_status_set(st, "--pissa-iters must be >= 0");
+    /* PiSSA writes its residual W - s B A into the frozen weights: a quantised base cannot
+     * hold it (QLoRA + PiSSA would re-quantise the residual, a different model) */
+    if (ok && adapter_init_by_name(o->lora_init)->needs == 2 &&
+        (strcmp(o->run.base_dtype, "int8") == 0 || strcmp(o->run.base_dtype, "nf4") == 0))
+        ok = err_status_set(st,
+                            "--init %s rewrites the frozen weights, which --base-dtype %s "
+                            "cannot hold: use --base-dtype bf16 or file",
+                            o->lora_init, o->run.base_dtype);
     if (ok && !(o->loraplus_ratio >= 0 && isfinite(o->loraplus_ratio)))
         ok = err_status_set(st, "--loraplus-ratio must be a finite number >= 0");
     if (ok && (o->log_every < 1 || o->global_batch < 0 || o->grad_accum < 0))
@@ -490,6 +498,10 @@ static void train_identity(TrainRun *r) {
     const TrainOpts *o = &r->o;
     const MpicmdRows *w = &o->rows;
     json_t *id = json_object(), *data = json_array(), *files = json_array();
+    /* first, so a resume with another --base-dtype is named as that (the model fingerprint
+     * below differs too); absent for the default, as in runs from before the option */
+    if (strcmp(o->run.base_dtype, "file") != 0)
+        json_object_set_new(id, "--base-dtype", json_string(o->run.base_dtype));
     json_object_set_new(id, "model", json_string(r->fingerprint));
     char *tk = str_join_path(o->run.model, "tokenizer.json");
     if (access(tk, F_OK) == 0) json_object_set_new(id, "tokenizer.json", train_file_id(tk));

@@ -58,3 +58,7 @@ sl_e2e(e2e_sizes sizes.sh 300)
 # the model's own Jinja chat template (Qwen3's real tokenizer files): train, preview, generate,
 # and the refusals (raise_exception, a refused construct, bad kwargs, --chat-format mismatch)
 sl_e2e(e2e_chat_template chat_template.sh 900)
+# A quantised frozen base around train (issue 18): merge --base-dtype = eval of the quantised
+# base + adapter, eval at tp=2, generate, the refusals (shapes naming the tensor, resume with
+# another --base-dtype), what --compute-dtype bf16 runs on this CPU.
+sl_e2e(e2e_quant_base quant_base.sh 300 PROCESSORS 2)
