@@ -142,9 +142,9 @@ static void run_linear(GemmCtx *g, const TestWeight *tw, int64_t T, float beta, 
         if (beta == 0.0f) /* beta 0 must not read the output */
             for (int64_t k = 0; k < T * N; k++)
                 out[k] = NAN;
-        double *ref = malloc(sizeof(double) * (size_t)(T * N));
-        double *bound = malloc(sizeof(double) * (size_t)(T * N));
-        double *unr = malloc(sizeof(double) * (size_t)(T * N));
+        double *ref = calloc((size_t)(T * N), sizeof(double));
+        double *bound = calloc((size_t)(T * N), sizeof(double));
+        double *unr = calloc((size_t)(T * N), sizeof(double));
         if (xw)
             gemm_xw(g, out, in, &tw->W, T, beta);
         else
@@ -229,11 +229,14 @@ static void bmm_case(BmmCtx *b, BmmType ty, int tb, int64_t M, int64_t N, int64_
     BmmShape s = {ty, tb, M, N, K, lda, ldb, ldc, beta};
     int ready = bmm_ready(b, &s);
     CHECK_TRUE(ready, "bmm_ready: %s", bmm_last_status(b));
-    if (!ready) goto out;
+    if (!ready) {
+        free(A), free(B), free(A16), free(B16), free(C0), free(C);
+        return;
+    }
     bmm_run(b, &s, ty == BMM_BF16 ? (void *)A16 : (void *)A,
             ty == BMM_BF16 ? (void *)B16 : (void *)B, C);
-    double *ref = malloc(sizeof(double) * (size_t)(M * N)),
-           *bd = malloc(sizeof(double) * (size_t)(M * N));
+    double *ref = calloc((size_t)(M * N), sizeof(double)),
+           *bd = calloc((size_t)(M * N), sizeof(double));
     float *got = check_falloc(M * N);
     int pad_ok = 1;
     for (int64_t i = 0; i < M; i++) {
@@ -261,7 +264,6 @@ static void bmm_case(BmmCtx *b, BmmType ty, int tb, int64_t M, int64_t N, int64_
     check_bounded(name, got, ref, bd, NULL, M * N);
     CHECK_TRUE(pad_ok, "%s wrote past N", name);
     free(ref), free(bd), free(got);
-out:
     free(A), free(B), free(A16), free(B16), free(C0), free(C);
 }
 
