@@ -1,7 +1,10 @@
 /* sgemm throughput at the training shapes of the step benchmark model (hidden C = 1024,
  * ffn F = 2816, vocab V = 32000, T = 512 tokens, LoRA rank r = 16), at 1 and 2 threads,
  * against the 2048^3 "peak" measured in the same run; F32 and BF16 weights through the
- * linear-layer interface (gemm_xwt / gemm_xw). Prints a table and, last,
+ * linear-layer interface (gemm_xwt / gemm_xw). Then the frozen base's products in fp32 vs
+ * bf16 compute side by side (same shapes, F32 / BF16 / NF4 weights, 2 threads, ratio), with
+ * oneDNN's ISA and whether BF16 runs natively or emulated (SHARDLORA_BF16=emulate, on CPUs
+ * without native BF16: a numerics path, slower than fp32 by design). Prints the tables and
  * `sgemm_peak_gflops threads=1 X threads=2 Y` for the MFU denominators. */
 #include <stdint.h>
 #include <stdio.h>
@@ -12,6 +15,7 @@
 #include "runtime/gemm.h"
 #include "runtime/log.h"
 #include "runtime/mem.h"
+#include "runtime/quant.h"
 
 enum { T_TOK = 512, C_HID = 1024, F_FFN = 2816, V_VOC = 32000, R_LORA = 16, N_PEAK = 2048 };
 
@@ -41,6 +45,8 @@ static double now_s(void) {
 typedef struct {
     float *A, *B, *C; /* big enough for every shape */
     uint16_t *Wb;     /* BF16 weights */
+    uint8_t *codes;   /* NF4 weights (codes, absmax), quantised per shape by bench_compute */
+    float *scales;
 } BenchBufs;
 
 static double flops_of(const BenchShape *s) {
@@ -58,6 +64,7 @@ static void run_once(GemmCtx *g, const BenchShape *s, BenchBufs *b) {
     int64_t T = s->M, O = s->N, I = s->K;
     GemmWeight W = {
         s->dtype, s->dtype == GEMM_BF16 ? (const void *)b->Wb : (const void *)b->B, O, I, I, NULL};
+    if (s->dtype == GEMM_NF4) W.data = b->codes, W.scales = b->scales;
     if (s->op == OP_XWT)
         gemm_xwt(g, b->C, b->A, &W, T, 0.0f);
     else
@@ -84,7 +91,53 @@ static void shape_label(const BenchShape *s, char *buf, size_t n) {
                  (long long)s->K, s->transA ? " tA" : "", s->transB ? " tB" : "");
     else
         snprintf(buf, n, "%-26s T=%lld O=%lld I=%lld %s", s->name, (long long)s->M, (long long)s->N,
-                 (long long)s->K, s->dtype == GEMM_BF16 ? "bf16" : "f32");
+                 (long long)s->K, gemm_dtype_name(s->dtype));
+}
+
+/* The frozen base's products (the OP_XWT / OP_XW shapes) in fp32 and in bf16 compute, side by
+ * side at nt threads, for F32, BF16 and NF4 weights. */
+static void bench_compute(MemCtx *m, const BenchShape *shapes, int nshapes, BenchBufs *b, int nt) {
+    GemmCtx g;
+    gemm_init(&g, m, nt, F_FFN);
+    char why[256];
+    GemmCompute c = gemm_set_compute(&g, GEMM_COMPUTE_BF16, why, sizeof why);
+    const char *how = "native";
+    if (c != GEMM_COMPUTE_BF16) {
+        printf("bf16 compute asked: %s; timing the emulation instead (SHARDLORA_BF16=emulate)\n",
+               why);
+        setenv("SHARDLORA_BF16", "emulate", 1);
+        c = gemm_set_compute(&g, GEMM_COMPUTE_BF16, why, sizeof why);
+        unsetenv("SHARDLORA_BF16");
+        how = "emulated";
+    }
+    printf("== fp32 vs bf16 compute (gemm_xwt / gemm_xw), %d threads, oneDNN ISA %s, BF16 %s: "
+           "%s\n",
+           nt, gemm_isa(), how, why);
+    printf("%-58s %9s %9s %7s\n", "layer T/O/I weights", "fp32 GF/s", "bf16 GF/s", "bf16/fp32");
+    const GemmDtype dts[] = {GEMM_F32, GEMM_BF16, GEMM_NF4};
+    char label[128];
+    for (int i = 0; i < nshapes; i++) {
+        if (shapes[i].op == OP_F32 || shapes[i].dtype != GEMM_F32) continue;
+        for (int d = 0; d < 3; d++) {
+            BenchShape s = shapes[i];
+            s.dtype = dts[d];
+            if (s.dtype == GEMM_NF4) { /* W [O, I] from B's F32 values */
+                QuantWeight q = {QUANT_NF4, s.N, s.K, b->codes, b->scales};
+                ErrStatus st;
+                SL_CHECK(quant_rows_f32(&q, 0, s.N, b->B, s.K, &st), "%s", st.msg);
+            }
+            gemm_set_compute(&g, GEMM_COMPUTE_F32, NULL, 0);
+            double f32 = measure(&g, &s, b);
+            if (strcmp(how, "emulated") == 0) setenv("SHARDLORA_BF16", "emulate", 1);
+            gemm_set_compute(&g, GEMM_COMPUTE_BF16, NULL, 0);
+            unsetenv("SHARDLORA_BF16");
+            double b16 = measure(&g, &s, b);
+            shape_label(&s, label, sizeof label);
+            printf("%-58s %9.1f %9.1f %6.2fx\n", label, f32, b16, b16 / f32);
+            fflush(stdout);
+        }
+    }
+    gemm_free(&g, m);
 }
 
 int main(int argc, char **argv) {
@@ -154,6 +207,9 @@ int main(int argc, char **argv) {
         b.B[i] = (float)((i * 104729) % 1000) * 1e-3f - 0.5f;
         b.Wb[i] = gemm_f32_to_bf16(b.B[i]);
     }
+    /* every weight shape here has I % 64 == 0: NF4 blocks fit; bmax bounds O * I */
+    b.codes = mem_alloc(&m, MEM_FROZEN, bmax / 2);
+    b.scales = mem_alloc(&m, MEM_FROZEN, bmax / QUANT_NF4_BLOCK * sizeof(float));
 
     double peak[3] = {0, 0, 0};
     const int threads[2] = {1, 2};
@@ -176,11 +232,14 @@ int main(int argc, char **argv) {
         }
         gemm_free(&g, &m);
     }
+    bench_compute(&m, shapes, nshapes, &b, threads[1]);
     printf("sgemm_peak_gflops threads=1 %.1f threads=2 %.1f\n", peak[1], peak[2]);
 
     mem_free(&m, MEM_ACTIVATION, b.A, amax * sizeof(float));
     mem_free(&m, MEM_FROZEN, b.B, bmax * sizeof(float));
     mem_free(&m, MEM_ACTIVATION, b.C, cmax * sizeof(float));
     mem_free(&m, MEM_FROZEN, b.Wb, bmax * sizeof(uint16_t));
+    mem_free(&m, MEM_FROZEN, b.codes, bmax / 2);
+    mem_free(&m, MEM_FROZEN, b.scales, bmax / QUANT_NF4_BLOCK * sizeof(float));
     return 0;
 }

@@ -7,6 +7,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake pkg-config            # toolchain
   libopenblas-dev                             # GEMM backend (OpenBLAS)
+  libdnnl-dev                                 # BF16 matmuls (oneDNN: --compute-dtype bf16)
   libopenmpi-dev openmpi-bin                  # MPI
   libnuma-dev numactl                         # NUMA-local pinned memory
   libprotobuf-c-dev protobuf-c-compiler       # checkpoints

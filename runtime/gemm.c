@@ -1,6 +1,7 @@
 /* GEMM backend over OpenBLAS (see gemm.h): core selection by re-exec, thread setup, plain
  * F32 GEMM and the linear-layer products for F32 and BF16 weights (BF16 converted to F32
- * in row tiles into a scratch buffer owned by the context). */
+ * in row tiles into a scratch buffer owned by the context); BF16 compute through oneDNN
+ * (runtime/bmm.h) or emulated by sgemm. */
 #include "gemm.h"
 
 #include <cblas.h>
@@ -14,6 +15,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "bmm.h"
 #include "err.h"
 #include "log.h"
 #include "quant.h"
@@ -152,6 +154,7 @@ void gemm_init(GemmCtx *g, MemCtx *m, int nthreads, int64_t max_cols) {
     memset(g, 0, sizeof *g);
     SL_CHECK(max_cols >= 0, "max_cols %lld", (long long)max_cols);
     g->nthreads = nthreads > 0 ? nthreads : gemm_affinity_cpus();
+    g->mem = m;
     /* One thread count for both pools: OpenBLAS's pthreads run the GEMMs, OpenMP runs our
      * kernels; they take turns, never overlap, so each may use every core. */
     openblas_set_num_threads(g->nthreads);
@@ -174,6 +177,8 @@ int gemm_set_blas_threads(GemmCtx *g, int nthreads) {
 
 void gemm_free(GemmCtx *g, MemCtx *m) {
     mem_free(m, MEM_ACTIVATION, g->scratch, g->scratch_floats * sizeof(float));
+    mem_free(m, MEM_ACTIVATION, g->act, g->act_bytes);
+    bmm_destroy(g->bmm);
     memset(g, 0, sizeof *g);
 }
 
@@ -383,9 +388,167 @@ static int64_t gemm_load_tile(GemmCtx *g, const GemmWeight *W, int64_t r, int64_
     return n;
 }
 
+/* ---- BF16 compute ------------------------------------------------------------------------ */
+
+/* gemm_f32_to_bf16 on the bits, without branches, so the loops below vectorise. */
+static inline uint32_t gemm_bf16_bits(uint32_t u) {
+    uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    return (u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : rounded;
+}
+
+/* rows x cols of src (leading dimension lds) rounded to BF16 into the dense dst [rows, cols]:
+ * BF16 bits (uint16_t) when !wide, else the BF16 value as an F32 (emulation). dst may be src
+ * when wide and lds == cols (in place, element by element). */
+static void gemm_round_rows(void *dst, int wide, const float *src, int64_t rows, int64_t cols,
+                            int64_t lds, int nthreads) {
+    int nt = rows * cols >= GEMM_CONVERT_PAR_MIN ? nthreads : 1;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *s = src + r * lds;
+        if (wide) {
+            float *d = (float *)dst + r * cols;
+            for (int64_t c = 0; c < cols; c++) {
+                uint32_t u;
+                memcpy(&u, &s[c], 4);
+                u = gemm_bf16_bits(u) << 16;
+                memcpy(&d[c], &u, 4);
+            }
+        } else {
+            uint16_t *d = (uint16_t *)dst + r * cols;
+            for (int64_t c = 0; c < cols; c++) {
+                uint32_t u;
+                memcpy(&u, &s[c], 4);
+                d[c] = (uint16_t)gemm_bf16_bits(u);
+            }
+        }
+    }
+}
+
+/* X [T, width] rounded to BF16 into g->act (grown when too small; the first step allocates,
+ * the later ones reuse it). */
+static const void *gemm_round_act(GemmCtx *g, int wide, const float *X, int64_t T, int64_t width) {
+    const size_t esize = wide ? sizeof(float) : sizeof(uint16_t);
+    SL_CHECK((uint64_t)T <= SIZE_MAX / esize / (uint64_t)width, "activation [%lld, %lld] too large",
+             (long long)T, (long long)width);
+    const size_t bytes = (size_t)T * (size_t)width * esize;
+    if (bytes > g->act_bytes) {
+        mem_free(g->mem, MEM_ACTIVATION, g->act, g->act_bytes);
+        g->act = mem_alloc(g->mem, MEM_ACTIVATION, bytes);
+        g->act_bytes = bytes;
+    }
+    gemm_round_rows(g->act, wide, X, T, width, width, g->nthreads);
+    return g->act;
+}
+
+/* Rows [r, r + n) of W as BF16 into g->scratch, a dense [n, cols] tile: BF16 bits (!wide, for
+ * oneDNN; the F32 scratch holds twice the elements needed) or BF16 values as F32 (wide). */
+static const void *gemm_bf16_tile(GemmCtx *g, const GemmWeight *W, int64_t r, int64_t n, int wide) {
+    const int64_t cols = W->cols;
+    if (wide) {
+        gemm_rows_f32(W, r, r + n, g->scratch, cols, g->nthreads);
+        /* BF16 widened is already exact; quant_dequant_bf16 = the F32 panel rounded */
+        if (W->dtype != GEMM_BF16)
+            gemm_round_rows(g->scratch, 1, g->scratch, n, cols, cols, g->nthreads);
+        return g->scratch;
+    }
+    uint16_t *dst = (uint16_t *)g->scratch;
+    if (W->dtype == GEMM_F32) {
+        gemm_round_rows(dst, 0, (const float *)W->data + r * W->ld, n, cols, W->ld, g->nthreads);
+    } else if (W->dtype == GEMM_BF16) {
+        for (int64_t k = 0; k < n; k++)
+            memcpy(dst + k * cols, (const uint16_t *)W->data + (r + k) * W->ld,
+                   (size_t)cols * sizeof(uint16_t));
+    } else {
+        QuantWeight q = gemm_quant_view(W);
+        int nt = n * cols >= GEMM_CONVERT_PAR_MIN ? g->nthreads : 1;
+        const int64_t step = nt > 1 ? (n + nt - 1) / nt : n;
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (int64_t a = 0; a < n; a += step) {
+            const int64_t b = a + step < n ? a + step : n;
+            quant_dequant_bf16(&q, r + a, r + b, 0, cols, dst + a * cols, cols);
+        }
+    }
+    return dst;
+}
+
+/* C = beta C + A op(B) for one BF16-compute product: oneDNN on BF16 operands (native), or
+ * sgemm on the BF16 values widened to F32 (emulated). */
+static void gemm_bf16_product(GemmCtx *g, int wide, const BmmShape *s, const void *A, const void *B,
+                              float *C) {
+    if (!wide) {
+        bmm_run(g->bmm, s, A, B, C);
+        return;
+    }
+    gemm_f32(g, 0, s->trans_b, s->M, s->N, s->K, 1.0f, A, s->lda, B, s->ldb, s->beta, C, s->ldc);
+}
+
+/* The product of rows [r, r + n) of W (tile, or W itself in place) for gemm_xwt (xw = 0) or
+ * gemm_xw (xw = 1); T, O, I of the layer. */
+static BmmShape gemm_bf16_shape(const GemmWeight *W, int xw, int wide, int inplace, int64_t T,
+                                int64_t r, int64_t n, float beta) {
+    const int64_t nout = W->rows, nin = W->cols, ldw = inplace ? W->ld : nin;
+    BmmShape s = {wide ? BMM_F32 : BMM_BF16, !xw, T, 0, 0, 0, ldw, 0, beta};
+    if (!xw) { /* Y[:, r:r+n] (ldc O) = beta Y[:, r:r+n] + X[T, I] W[r:r+n, :]^T */
+        s.N = n, s.K = nin, s.lda = nin, s.ldc = nout;
+    } else { /* dX[T, I] = beta' dX + dY[:, r:r+n] (lda O) W[r:r+n, :]; beta' = beta on the
+                first tile, 1 on the others */
+        s.N = nin, s.K = n, s.lda = nout, s.ldc = nin;
+        s.beta = r == 0 ? beta : 1.0f;
+    }
+    return s;
+}
+
+/* out = beta out + (X W^T | dY W) in BF16 compute, for T, O, I >= 1. Native (!wide): returns 0,
+ * with nothing written, when oneDNN has no primitive for one of the products; else 1. */
+static int gemm_bf16_linear(GemmCtx *g, int xw, int wide, float *out, const float *in,
+                            const GemmWeight *W, int64_t T, float beta) {
+    const int64_t nout = W->rows, nin = W->cols;
+    const int inplace = !wide && W->dtype == GEMM_BF16;
+    const int64_t tr = inplace ? nout : gemm_tile_rows(g, W);
+    /* Every product must have its primitive before the first one writes (a fallback must not
+     * see half-updated output); the tiles have at most three distinct shapes. */
+    for (int64_t r = 0; r < nout && !wide; r += tr) {
+        BmmShape s =
+            gemm_bf16_shape(W, xw, wide, inplace, T, r, nout - r < tr ? nout - r : tr, beta);
+        if (!bmm_ready(g->bmm, &s)) return 0;
+    }
+    const size_t esize = wide ? sizeof(float) : sizeof(uint16_t);
+    const char *a = gemm_round_act(g, wide, in, T, xw ? nout : nin);
+    for (int64_t r = 0; r < nout; r += tr) {
+        const int64_t n = nout - r < tr ? nout - r : tr;
+        BmmShape s = gemm_bf16_shape(W, xw, wide, inplace, T, r, n, beta);
+        const void *w = inplace ? W->data : gemm_bf16_tile(g, W, r, n, wide);
+        if (!xw)
+            gemm_bf16_product(g, wide, &s, a, w, out + r);
+        else
+            gemm_bf16_product(g, wide, &s, a + (size_t)r * esize, w, out);
+    }
+    return 1;
+}
+
+/* The BF16-compute dispatch of gemm_xwt / gemm_xw: oneDNN, else (emulation asked for, or a
+ * shape oneDNN lacks) sgemm on widened BF16 operands. */
+static void gemm_bf16_dispatch(GemmCtx *g, int xw, float *out, const float *in, const GemmWeight *W,
+                               int64_t T, float beta) {
+    if (!g->bf16_emulate) {
+        if (gemm_bf16_linear(g, xw, 0, out, in, W, T, beta)) return;
+        if (!g->bf16_warned)
+            log_warn("oneDNN has no BF16 matmul for %s T=%lld [%lld, %lld] %s weights (%s); "
+                     "emulating it with sgemm (same numerics, slower)",
+                     xw ? "dY W" : "X W^T", (long long)T, (long long)W->rows, (long long)W->cols,
+                     gemm_dtype_name(W->dtype), bmm_last_status(g->bmm));
+        g->bf16_warned = 1;
+    }
+    gemm_bf16_linear(g, xw, 1, out, in, W, T, beta);
+}
+
 void gemm_xwt(GemmCtx *g, float *Y, const float *X, const GemmWeight *W, int64_t T, float beta) {
     gemm_check_weight(W);
     const int64_t nout = W->rows, nin = W->cols;
+    if (g->compute == GEMM_COMPUTE_BF16 && T > 0 && nout > 0 && nin > 0) {
+        gemm_bf16_dispatch(g, 0, Y, X, W, T, beta);
+        return;
+    }
     if (W->dtype == GEMM_F32) {
         gemm_f32(g, 0, 1, T, nout, nin, 1.0f, X, nin, (const float *)W->data, W->ld, beta, Y, nout);
         return;
@@ -407,6 +570,10 @@ void gemm_xwt(GemmCtx *g, float *Y, const float *X, const GemmWeight *W, int64_t
 void gemm_xw(GemmCtx *g, float *dX, const float *dY, const GemmWeight *W, int64_t T, float beta) {
     gemm_check_weight(W);
     const int64_t nout = W->rows, nin = W->cols;
+    if (g->compute == GEMM_COMPUTE_BF16 && T > 0 && nout > 0 && nin > 0) {
+        gemm_bf16_dispatch(g, 1, dX, dY, W, T, beta);
+        return;
+    }
     if (W->dtype == GEMM_F32) {
         gemm_f32(g, 0, 0, T, nin, nout, 1.0f, dY, nout, (const float *)W->data, W->ld, beta, dX,
                  nin);
@@ -427,20 +594,66 @@ void gemm_xw(GemmCtx *g, float *dX, const float *dY, const GemmWeight *W, int64_
     }
 }
 
-/* ---- compute dtype (stub until the oneDNN path lands: F32 everywhere) ------------------- */
+/* ---- compute dtype ------------------------------------------------------------------ */
 
 int gemm_bf16_native(void) {
-    return 0;
+    return bmm_isa_bf16();
 }
 
 const char *gemm_isa(void) {
-    return "unknown";
+    return bmm_isa();
+}
+
+int64_t gemm_bf16_primitives(const GemmCtx *g) {
+    return g->bmm ? bmm_created(g->bmm) : 0;
 }
 
 GemmCompute gemm_set_compute(GemmCtx *g, GemmCompute c, char *why, size_t n) {
+    char dummy[8];
+    if (!why) why = dummy, n = sizeof dummy;
     g->compute = GEMM_COMPUTE_F32;
-    if (why)
-        snprintf(why, n, c == GEMM_COMPUTE_BF16 ? "fp32 (BF16 compute is not built in)" : "fp32");
+    g->bf16_emulate = 0;
+    if (c != GEMM_COMPUTE_BF16) {
+        snprintf(why, n, "fp32");
+        return g->compute;
+    }
+    const char *env = getenv("SHARDLORA_BF16");
+    if (env && *env && strcmp(env, "auto") != 0 && strcmp(env, "off") != 0 &&
+        strcmp(env, "emulate") != 0) {
+        log_warn("SHARDLORA_BF16=%s is not auto, off or emulate; taken as auto", env);
+        env = NULL;
+    }
+    if (env && strcmp(env, "off") == 0) {
+        snprintf(why, n, "fp32 (SHARDLORA_BF16=off)");
+        return g->compute;
+    }
+    if (env && strcmp(env, "emulate") == 0) {
+        g->compute = GEMM_COMPUTE_BF16;
+        g->bf16_emulate = 1;
+        snprintf(why, n,
+                 "bf16 (emulated: SHARDLORA_BF16=emulate, sgemm on BF16 operands; oneDNN ISA %s)",
+                 gemm_isa());
+        return g->compute;
+    }
+    if (!gemm_bf16_native()) {
+        snprintf(why, n, "fp32 (this CPU has no native BF16: oneDNN ISA %s)", gemm_isa());
+        return g->compute;
+    }
+    char err[160] = "";
+    if (!g->bmm) g->bmm = bmm_create(err, sizeof err);
+    if (!g->bmm) {
+        snprintf(why, n, "fp32 (%s)", err);
+        return g->compute;
+    }
+    /* A small product proves that oneDNN has a BF16 matmul here, and names it. */
+    BmmShape probe = {BMM_BF16, 1, 16, 16, 16, 16, 16, 16, 0.0f};
+    if (!bmm_ready(g->bmm, &probe)) {
+        snprintf(why, n, "fp32 (oneDNN cannot create a BF16 matmul: %s; ISA %s)",
+                 bmm_last_status(g->bmm), gemm_isa());
+        return g->compute;
+    }
+    g->compute = GEMM_COMPUTE_BF16;
+    snprintf(why, n, "bf16 (oneDNN %s, ISA %s)", bmm_impl(g->bmm), gemm_isa());
     return g->compute;
 }
 

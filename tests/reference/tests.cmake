@@ -73,3 +73,13 @@ foreach(case int8 nf4 bf16 nf4-tied)
                    ${CMAKE_BINARY_DIR}/test-work/reference ${case})
   set_tests_properties(reference_quant_${case} PROPERTIES LABELS "reference;mpi" TIMEOUT 600 PROCESSORS 2)
 endforeach()
+# BF16 compute of the frozen base's products (issue 18, runtime/gemm.c + runtime/bmm.c): our
+# Y = X W^T and dX = dY W with F32 / BF16 / INT8 / NF4 weights, emulated and (where the CPU has
+# it) through oneDNN, against torch's F32 matmul on bfloat16 operands and its CPU
+# autocast(bfloat16), with the tolerances tests/reference/gemm_bf16_ref.py derives.
+add_executable(gemm_bf16_dump unit/gemm_bf16_dump.c)
+target_link_libraries(gemm_bf16_dump PRIVATE sl_runtime)
+add_test(NAME reference_gemm_bf16
+         COMMAND ${SL_PYTHON3} ${SL_REF_DIR}/gemm_bf16_ref.py --check $<TARGET_FILE:gemm_bf16_dump>
+                 ${CMAKE_BINARY_DIR}/test-work/reference/gemm_bf16)
+set_tests_properties(reference_gemm_bf16 PROPERTIES LABELS reference TIMEOUT 120)
