@@ -85,6 +85,8 @@ def run(args):
     where = args.dump
     tensors, meta = tl.read_safetensors(args.dump)
     model = tl.LlamaReference.from_dir(args.model)
+    if args.compute == "bf16":
+        model.frozen_compute = "bf16"
     lora = tl.lora_from_dump_meta(model.cfg, meta, where)
     ids, labels, pos = tl.dump_batch(tensors, where)
     if "global_batch" in meta:  # a run with gradient accumulation / dp: the dump is the global batch
@@ -107,7 +109,11 @@ def run(args):
     failed = 0
     if args.check_init:
         failed += check_init(tensors, meta, lora, where, args.init_kind, args.init_ulps)
-    ours_loss, loss, n, err, kind, ok = tl.check_dump_loss(model, tensors, (ids, labels, pos), lora, args.tol)
+    if args.compute == "autocast":  # every matmul in BF16 as torch runs it (adapters too)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ours_loss, loss, n, err, kind, ok = tl.check_dump_loss(model, tensors, (ids, labels, pos), lora, args.tol)
+    else:
+        ours_loss, loss, n, err, kind, ok = tl.check_dump_loss(model, tensors, (ids, labels, pos), lora, args.tol)
     failed += not ok
     worst = err if kind == "rel" else 0.0
     print(f"  {'ok  ' if ok else 'FAIL'} loss  ours {ours_loss:.8f}  ref {float(loss):.8f}  "
@@ -141,6 +147,9 @@ def main():
                     help="expected lora_init (default: the dump metadata's)")
     ap.add_argument("--init-ulps", type=int, default=0,
                     help="max float32 ulps between lora_A and the Philox init (default 0: bit for bit)")
+    ap.add_argument("--compute", choices=("fp32", "bf16", "autocast"), default="fp32",
+                    help="the reference's frozen products: fp32; bf16 = shardlora's --compute-dtype "
+                         "bf16 (BF16 operands, exact sums); autocast = torch.autocast(cpu, bfloat16)")
     args = ap.parse_args()
     return tl.run_checker("check_grads", run, args)
 

@@ -83,3 +83,8 @@ add_test(NAME reference_gemm_bf16
          COMMAND ${SL_PYTHON3} ${SL_REF_DIR}/gemm_bf16_ref.py --check $<TARGET_FILE:gemm_bf16_dump>
                  ${CMAKE_BINARY_DIR}/test-work/reference/gemm_bf16)
 set_tests_properties(reference_gemm_bf16 PROPERTIES LABELS reference TIMEOUT 120)
+# --compute-dtype bf16 through training against PyTorch: shardlora's BF16 semantics, torch's CPU
+# autocast(bfloat16) (documented tolerances) and not fp32, at tp=1, tp=2, dp=2 (bf16_case.sh).
+add_test(NAME reference_bf16_compute
+         COMMAND bash ${SL_REF_DIR}/bf16_case.sh $<TARGET_FILE:shardlora> ${CMAKE_BINARY_DIR}/test-work/reference)
+set_tests_properties(reference_bf16_compute PROPERTIES LABELS "reference;mpi" TIMEOUT 600 PROCESSORS 2)

@@ -493,6 +493,26 @@ def default_position_ids(input_ids):
     return torch.arange(T, dtype=torch.int64)[None].expand(B, T).contiguous()
 
 
+def bf16_round(t):
+    """t rounded to bfloat16 (nearest even) and widened back."""
+    return t.to(torch.bfloat16).to(t.dtype)
+
+
+class Bf16FrozenLinear(torch.autograd.Function):
+    """y = bf16(x) bf16(W)^T; dx = bf16(dy) bf16(W); W frozen (no gradient)."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        wb = bf16_round(w).double()
+        ctx.save_for_backward(wb)
+        return (bf16_round(x).double() @ wb.T).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, dy):
+        (wb,) = ctx.saved_tensors
+        return (bf16_round(dy).double() @ wb).to(dy.dtype), None
+
+
 class LlamaReference:
     """The frozen base model. weights: HF names -> tensors (converted to dtype, no grad)."""
 
@@ -523,9 +543,20 @@ class LlamaReference:
         config, weights = load_model_dir(model_dir, dtype)
         return cls(config, weights, dtype)
 
+    # "fp32", or "bf16": the frozen weights' products as shardlora's --compute-dtype bf16
+    # defines them (BF16-rounded operands, exact products, sums in float64 here: closer to
+    # exact than any F32 order), forward X W^T and backward dY W alike
+    frozen_compute = "fp32"
+
+    def _frozen(self, x, w, bias=None):
+        if self.frozen_compute == "bf16":
+            y = Bf16FrozenLinear.apply(x, w)
+            return y if bias is None else y + bias
+        return F.linear(x, w, bias)
+
     def _linear(self, x, layer, module, lora, training):
         name = f"model.layers.{layer}.{module_path(module)}"
-        y = F.linear(x, self.w[name + ".weight"], self.w.get(name + ".bias"))
+        y = self._frozen(x, self.w[name + ".weight"], self.w.get(name + ".bias"))
         if lora is not None:
             d = lora.delta(layer, module, x, training)
             if d is not None:
@@ -585,7 +616,7 @@ class LlamaReference:
     def logits(self, input_ids, position_ids=None, lora=None, training=False, recompute=False):
         """[B, T, V]."""
         h = self.hidden_states(input_ids, position_ids, lora, training, recompute)
-        return F.linear(h, self.w["lm_head.weight"])
+        return self._frozen(h, self.w["lm_head.weight"])
 
     def loss(self, input_ids, labels, position_ids=None, lora=None, training=True, recompute=False):
         """(mean loss over all counted label tokens of the batch, count)."""
