@@ -3,10 +3,9 @@
 # adapter gradient, at tp=1, tp=2 and dp=2, checked three ways by check_grads.py:
 #  1. --compute bf16: the reference's frozen products as shardlora defines them (BF16-rounded
 #     operands, exact sums): rel 1e-2. Measured 2.7e-3 (tp=1, dp=2) and 3.5e-3 (tp=2), on lora_B
-#     of layer 0 ( where the rounding
-#     of dY at every frozen product of the backward has compounded through both layers: which
-#     F32 values get rounded differs by the F32 noise and the order in which ours and torch
-#     scale and sum them; each rounding is 2^-9 relative);
+#     of layer 0, where the rounding of dY at every frozen product of the backward has
+#     compounded through both layers: which F32 values get rounded differs by the F32 noise
+#     and the order in which ours and torch scale and sum them (each rounding 2^-9 relative);
 #  2. --compute autocast: torch.autocast("cpu", bfloat16), where torch also runs the adapters,
 #     attention and the loss's matmul in BF16 and keeps BF16 outputs: rel 0.2 for gradients
 #     (measured 6.3e-2), and the loss within 2e-3 (measured 3.9e-4);
