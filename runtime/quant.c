@@ -4,6 +4,9 @@
 
 #include <math.h>
 #include <string.h>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 #include "gemm.h"
 
@@ -294,6 +297,35 @@ static void quant_check_tile(const QuantWeight *w, int64_t r0, int64_t r1, int64
 }
 
 /* One row of the tile into F32: out[j] = W[r, c0 + j], j < n. */
+/* One NF4 block: 32 bytes of codes -> 64 values code[i] * s (the first of each byte's pair
+ * from its high nibble). The AVX2 path looks the 16 codes up with two 8-entry permutes and
+ * computes the same F32 products as the plain loop, bit for bit. */
+static void quant_nf4_block(const uint8_t *qb, float s, float *o) {
+#if defined(__AVX2__)
+    const __m256 lo = _mm256_loadu_ps(quant_nf4_code), hi = _mm256_loadu_ps(quant_nf4_code + 8);
+    const __m256i shift = _mm256_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0);
+    const __m256i low4 = _mm256_set1_epi32(15), seven = _mm256_set1_epi32(7);
+    const __m256 vs = _mm256_set1_ps(s);
+    for (int j = 0; j < QB / 2; j += 4) {
+        int32_t four;
+        memcpy(&four, qb + j, sizeof four);
+        const __m128i x = _mm_cvtsi32_si128(four);
+        const __m128i dup = _mm_unpacklo_epi8(x, x); /* b0 b0 b1 b1 b2 b2 b3 b3 */
+        __m256i idx = _mm256_cvtepu8_epi32(dup);
+        idx = _mm256_and_si256(_mm256_srlv_epi32(idx, shift), low4);
+        const __m256 a = _mm256_permutevar8x32_ps(lo, idx), b = _mm256_permutevar8x32_ps(hi, idx);
+        const __m256 v =
+            _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx, seven)));
+        _mm256_storeu_ps(o + 2 * j, _mm256_mul_ps(v, vs));
+    }
+#else
+    for (int j = 0; j < QB / 2; j++) {
+        o[2 * j] = quant_nf4_code[qb[j] >> 4] * s;
+        o[2 * j + 1] = quant_nf4_code[qb[j] & 15] * s;
+    }
+#endif
+}
+
 static void quant_row_f32(const QuantWeight *w, int64_t r, int64_t c0, int64_t n, float *out) {
     if (w->format == QUANT_INT8) {
         const int8_t *q = (const int8_t *)w->codes + r * w->cols + c0;
@@ -303,15 +335,8 @@ static void quant_row_f32(const QuantWeight *w, int64_t r, int64_t c0, int64_t n
     } else if (w->format == QUANT_NF4) {
         const uint8_t *q = w->codes + (r * w->cols + c0) / 2;
         const float *absmax = w->scales + (r * w->cols + c0) / QB;
-        for (int64_t b = 0; b < n / QB; b++) {
-            const float s = absmax[b];
-            const uint8_t *qb = q + b * (QB / 2);
-            float *o = out + b * QB;
-            for (int j = 0; j < QB / 2; j++) {
-                o[2 * j] = quant_nf4_code[qb[j] >> 4] * s;
-                o[2 * j + 1] = quant_nf4_code[qb[j] & 15] * s;
-            }
-        }
+        for (int64_t b = 0; b < n / QB; b++)
+            quant_nf4_block(q + b * (QB / 2), absmax[b], out + b * QB);
     } else {
         const uint16_t *q = (const uint16_t *)(const void *)w->codes + r * w->cols + c0;
         for (int64_t j = 0; j < n; j++)
