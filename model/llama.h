@@ -1,5 +1,6 @@
 /* The Llama-family decoder (Llama, Mistral, Qwen2) with a frozen, tensor-parallel base and
- * adapters on any subset of its seven linears. fp32 compute; frozen weights F32 or BF16.
+ * adapters on any subset of its seven linears. Frozen weights held as F32, BF16, INT8 or NF4
+ * (--base-dtype); their products in F32 or BF16 (runtime/gemm.h); everything else F32.
  *
  * Legend: B sequences per micro-batch, T tokens per sequence, N = B*T rows, C hidden,
  * F ffn, L layers, H heads, KV kv-heads, D head dim, V vocabulary; suffix l = this TP
