@@ -85,8 +85,8 @@ typedef struct {
     void (*ce_backward)(float *logits, const int32_t *target, int64_t v0, const float *mx,
                         const float *se, const float *w, int64_t Tc, int64_t V);
 
-    /* Embedding rows [v0, v0 + Vloc) of the global table (any GemmDtype, [Vloc, C];:
-     * INT8 / NF4 rows dequantised): out [T, C] = table[ids[t] - v0], or 0 when the id is not in
+    /* Embedding rows [v0, v0 + Vloc) of the global table (any GemmDtype, [Vloc, C]; INT8 /
+     * NF4 rows are dequantised): out [T, C] = table[ids[t] - v0], or 0 when the id is not in
      * this rank's range. */
     void (*embed_forward)(float *out, const GemmWeight *table, const int32_t *ids, int64_t v0,
                           int64_t T, int64_t C);
