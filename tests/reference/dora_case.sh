@@ -8,6 +8,9 @@
 #              row-parallel layers).
 #   bf16       the same at step 5 on a BF16 model (||W||, A W^T, and with dropout W Xd and
 #              dY W, from BF16 tiles).
+#   nf4        the grads case at step 5 with --base-dtype nf4 (hidden 128, ffn 256: whole NF4
+#              blocks at tp = 2) against the reference on the model quant_ref.py quantises
+#              and dequantises: ||W||, A W^T and the dropout form's W Xd / dY W from NF4 tiles.
 #   zero-row   all-zero rows of W in a column-parallel (q_proj) and a row-parallel (o_proj,
 #              down_proj) layer: finite loss and gradients, the rows' m stays 0, gradients vs
 #              the reference (clamped norm), at tp = 1 and tp = 2; `shardlora merge` keeps
@@ -43,6 +46,17 @@ run() {
 }
 
 case "$CASE" in
+nf4)
+  MM=(--layers 2 --hidden 128 --ffn 256 --heads 4 --kv-heads 2 --vocab 259 --qkv-bias --seed 7)
+  "$SL" make-model --out "$W/model" "${MM[@]}" > /dev/null
+  "$PY" "$REF/quant_ref.py" --dequant-model "$W/model" "$W/deq" nf4
+  for tp in 1 2; do
+    D="$W/d0.1-tp$tp"
+    run "$tp" "$D-s5" --model "$W/model" --base-dtype nf4 --tp "$tp" --lora-dropout 0.1 --steps 5 \
+      --dump-grads "$D-s5.safetensors"
+    "${CHK[@]}" grads --model "$W/deq" --dump "$D-s5.safetensors" --tol "$TOL"
+  done
+  ;;
 grads|bf16)
   [ "$CASE" = bf16 ] && MM+=(--dtype BF16)
   "$SL" make-model --out "$W/model" "${MM[@]}" > /dev/null

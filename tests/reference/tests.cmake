@@ -26,7 +26,7 @@ set_tests_properties(reference_peft_eval PROPERTIES LABELS "reference;e2e" TIMEO
 # DoRA (issue 9, model/dora.c) against the PEFT-formula reference: gradients at steps 1 and 5
 # (with and without dropout; BF16), all-zero rows of W, export + merge = unmerged eval,
 # checkpoint/resume byte-identical (tests/reference/dora_case.sh, dora_check.py).
-foreach(case grads bf16 zero-row merge resume)
+foreach(case grads bf16 nf4 zero-row merge resume)
   add_test(NAME reference_dora_${case}
            COMMAND bash ${SL_REF_DIR}/dora_case.sh $<TARGET_FILE:shardlora> ${CMAKE_BINARY_DIR}/test-work/reference ${case})
   set_tests_properties(reference_dora_${case} PROPERTIES LABELS reference TIMEOUT 600 PROCESSORS 2)
