@@ -258,8 +258,21 @@ int tckpt_resume(const TckptCfg *c, const char *path, Grid *g, ParamTable *p, Op
         }
         opened = rc == 1;
         if (rc == 1 && strcmp(r.meta.model_fingerprint, c->fingerprint) != 0) {
-            err_status_set(&st, "%s was written for another model (%s); this run's model is %s",
-                           dir, r.meta.model_fingerprint, c->fingerprint);
+            /* the same model held another way (--base-dtype): say so */
+            const char *da = strstr(r.meta.model_fingerprint, " dtype="),
+                       *db = strstr(c->fingerprint, " dtype=");
+            const int only_dtype = da && db &&
+                                   da - r.meta.model_fingerprint == db - c->fingerprint &&
+                                   strncmp(r.meta.model_fingerprint, c->fingerprint,
+                                           (size_t)(da - r.meta.model_fingerprint)) == 0;
+            if (only_dtype)
+                err_status_set(&st,
+                               "%s was written with the frozen weights held as %s; this run holds "
+                               "them as %s (give the --base-dtype it was trained with)",
+                               dir, da + 7, db + 7);
+            else
+                err_status_set(&st, "%s was written for another model (%s); this run's model is %s",
+                               dir, r.meta.model_fingerprint, c->fingerprint);
             rc = -1;
         } else if (rc == 1 && strcmp(r.meta.adapter_config, c->adapter_json) != 0) {
             err_status_set(&st, "%s has another adapter configuration (%s); this run's is %s", dir,

@@ -6,8 +6,9 @@
 #     --base-dtype nf4 at tp=2 too (same loss as tp=1 within 1e-5);
 #  2. bad input, one line each and the documented status: a shape NF4 cannot hold names the
 #     tensor (exit 3, train and merge); an unknown --base-dtype / --compute-dtype (exit 2);
-#     --init pissa with a quantised base (2); generate --merge with a quantised base (2); a run
-#     resumed with another --base-dtype (2), and the checkpoint is left as it was;
+#     --init pissa with a quantised base (2); generate --merge-in-memory with a quantised base
+#     (2); a run resumed with another --base-dtype (its OUT: 2; its checkpoint into another
+#     OUT: 3), and the checkpoints are left as they were;
 #  3. --compute-dtype bf16 says what runs: bf16 where oneDNN has native BF16, else fp32 with
 #     the reason, in the log and run.json.
 # usage: quant_base.sh SHARDLORA_BINARY WORK_DIR
@@ -94,6 +95,8 @@ refused gen-merge 2 "--merge-in-memory with --base-dtype nf4" \
   --prompts "$W/prompts.jsonl" --max-new-tokens 2
 sum0=$(find "$W/run/checkpoints" -type f -exec md5sum {} + | sort | md5sum)
 refused resume-other 2 "its --base-dtype is \"nf4\", this one's \"int8\"" "$SL" train --model "$W/m" "${T[@]}" --out "$W/run" --steps 8 --base-dtype int8
+refused resume-ckpt 3 "held as NF4; this run holds them as INT8" \
+  "$SL" train --model "$W/m" "${T[@]}" --out "$W/other" --resume "$W/run/checkpoints/latest" --steps 8 --base-dtype int8
 [ "$(find "$W/run/checkpoints" -type f -exec md5sum {} + | sort | md5sum)" = "$sum0" ] ||
   fail "the refused resume changed the checkpoints"
 
