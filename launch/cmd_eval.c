@@ -295,7 +295,7 @@ static int eval_setup(EvalRun *r) {
     r->have_data = 1;
     session_compute_init(&r->s, (int)o->run.threads, session_max_cols(&r->s), o->rows.seq_len,
                          r->env.kops);
-    session_batches_init(&r->s, o->rows.micro_batch, o->rows.seq_len);
+    session_batches_init(&r->s, o->rows.micro_batch, o->rows.seq_len, LLAMA_RECOMPUTE_NONE);
     return 0;
 }
 
