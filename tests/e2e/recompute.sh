@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # --recompute layer (activation checkpointing per decoder layer) against --recompute none on a
 # small made model (3 layers, sequences of 128): the trained adapter and the --dump-grads
-# file (loss, batch, adapter, synchronised gradients) are byte-identical (cmp) at tp=1 and at
-# tp=2 (mpiexec -n 2), for LoRA with dropout (the recomputed forward must draw the same
-# masks), DoRA without dropout (its out_scale form) and DoRA with dropout, over 3 steps of 2
-# micro-batches; the activation memory (summary.json's peak, rank 0) is smaller with layer,
+# file (loss, batch, adapter, synchronised gradients) are byte-identical (cmp) at tp=1, at
+# tp=2 (mpiexec -n 2) and at tp=2 x dp=2, for LoRA with dropout (the recomputed forward must
+# draw the same masks), DoRA without dropout (its out_scale form) and DoRA with dropout, over
+# 3 steps of 2 micro-batches; the activation memory (summary.json's peak, rank 0) is smaller with layer,
 # and the start-up estimate matches that peak; run.json records the choice
 # (--gradient-checkpointing is --recompute layer); a run checkpointed with none resumes with
 # layer to the adapter of an uninterrupted run; a bad value and a run too big for the node
@@ -71,6 +71,8 @@ same lora-tp1 1 --threads 2 --lora-dropout 0.1
 same dora-tp1 1 --threads 2 --adapter dora
 same lora-tp2 2 --threads 1 --tp 2 --lora-dropout 0.1
 same dora-tp2 2 --threads 1 --tp 2 --adapter dora --lora-dropout 0.1
+# tp 2 x dp 2: the gradient sync of finished layers runs while later layers are recomputed
+same dora-tp2-dp2 4 --threads 1 --tp 2 --adapter dora --lora-dropout 0.1 --micro-batch 1
 
 # the Hugging Face spelling
 train hf 1 --threads 2 --gradient-checkpointing --steps 1 &&

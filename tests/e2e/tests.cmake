@@ -58,6 +58,7 @@ sl_e2e(e2e_sizes sizes.sh 300)
 # the model's own Jinja chat template (Qwen3's real tokenizer files): train, preview, generate,
 # and the refusals (raise_exception, a refused construct, bad kwargs, --chat-format mismatch)
 sl_e2e(e2e_chat_template chat_template.sh 900)
-# --recompute layer = none byte for byte (adapter and --dump-grads) at tp 1 and 2, LoRA with
-# dropout and DoRA, smaller activation peak, resume across the two, the refusals
+# --recompute layer = none byte for byte (adapter and --dump-grads) at tp 1, tp 2 and
+# tp 2 x dp 2, LoRA with dropout and DoRA, smaller activation peak, resume across the two,
+# the refusals
 sl_e2e(e2e_recompute recompute.sh 600 PROCESSORS 2)
