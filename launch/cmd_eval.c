@@ -228,7 +228,8 @@ static int eval_memcheck(EvalRun *r) {
                     .kind = r->ac.acfg.kind[0] ? r->ac.acfg.kind : NULL,
                     .targets = o->adapter ? r->ac.acfg.targets : 0,
                     .dropout = o->adapter && r->ac.dropout > 0,
-                    .threads = (int)o->run.threads};
+                    .threads = (int)o->run.threads,
+                    .recompute = LLAMA_RECOMPUTE_LAYER};
     MemPlan p;
     memplan_estimate(&p, &r->s.m, &in);
     if (o->dump_logits) { /* [N, Vl] logits; gathered [N, V] twice on TP rank 0 */
@@ -297,7 +298,8 @@ static int eval_setup(EvalRun *r) {
                          r->env.kops);
     session_set_compute(&r->s, r->env.compute);
     if (g->world_rank == 0) log_info("frozen GEMMs compute in %s", r->s.compute_why);
-    session_batches_init(&r->s, o->rows.micro_batch, o->rows.seq_len);
+    /* no backward: one set of per-layer buffers serves every layer (llama.h recompute) */
+    session_batches_init(&r->s, o->rows.micro_batch, o->rows.seq_len, LLAMA_RECOMPUTE_LAYER);
     return 0;
 }
 

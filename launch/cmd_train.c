@@ -50,7 +50,7 @@ typedef struct {
     MpicmdRun run;   /* --config, --model, --tp, --threads, ... */
     MpicmdRows rows; /* --data, --seq-len, --micro-batch, --pack, ... */
     const char *out, *targets, *lora_init, *optimizer, *dump_grads, *resume, *ckpt_failure,
-        *lr_schedule, *progress, *init_adapter, *adapter_kind, *init, *base_model_name;
+        *lr_schedule, *progress, *init_adapter, *adapter_kind, *init, *base_model_name, *recompute;
     ArgStrs eval_data;
     int64_t r, global_batch, steps, log_every, ckpt_every, keep_ckpts, ckpt_chunk_bytes,
         warmup_steps, eval_every, eval_rows, pissa_iters, grad_accum;
@@ -83,6 +83,7 @@ typedef struct {
     OptimCfg ocfg;
     MpicmdEnv env;
     int skind, lmode;
+    LlamaRecompute recompute; /* --recompute */
     char cache_dir[4200];
     int out_existed, cache_existed;
     char init_targets[128], targets_csv[128];
@@ -116,6 +117,7 @@ static void train_defaults(TrainOpts *o) {
                      .optimizer = "adamw",
                      .lr_schedule = "linear",
                      .progress = "auto",
+                     .recompute = "none",
                      .resume = "auto",
                      .ckpt_failure = "continue",
                      .r = 8,
@@ -214,6 +216,9 @@ static void train_spec_table(TrainRun *r) {
         {"resume", ARG_STR, &o->resume, "WHAT", "auto (the newest usable checkpoint in OUT/checkpoints, if any) | none (a fresh start; refused where OUT holds a run: see --overwrite) | a checkpoint directory; true / false (Hugging Face's spelling) mean auto / none", 0, 0},
         {.name = "resume-from-checkpoint", .type = ARG_ALIAS, .target = "resume"},
         {"on-ckpt-failure", ARG_STR, &o->ckpt_failure, "WHAT", "continue | stop (exit 4) when a checkpoint cannot be written; the previous one stays intact either way", 0, 0},
+        {.type = ARG_GROUP, .group = ARGG_PARALLEL},
+        {"recompute", ARG_STR, &o->recompute, "WHAT", "none | layer: activation checkpointing per decoder layer: forward keeps only each layer's input (one layer's activations and adapter buffers exist at a time) and backward runs each layer's forward again; the same results bit for bit, for about one more forward of the layers per step; a resume may change it", 0, 0},
+        {.name = "gradient-checkpointing", .type = ARG_ALIAS, .target = "recompute", .value = "layer"},
         {.type = ARG_GROUP, .group = ARGG_LOGGING},
         {"log-every", ARG_INT, &o->log_every, "N", "progress line every N steps", 0, 0},
         {.name = "logging-steps", .type = ARG_ALIAS, .target = "log-every"},
@@ -302,6 +307,10 @@ static int train_check_opts(void *ctx, ErrStatus *st) {
     if (ok && strcmp(o->progress, "auto") && strcmp(o->progress, "bar") &&
         strcmp(o->progress, "lines"))
         ok = err_status_set(st, "--progress '%s': expected auto, bar or lines", o->progress);
+    const int rc = llama_recompute_parse(o->recompute);
+    if (ok && rc < 0)
+        ok = err_status_set(st, "--recompute '%s': expected none or layer", o->recompute);
+    r->recompute = rc < 0 ? LLAMA_RECOMPUTE_NONE : (LlamaRecompute)rc;
     if (ok && o->r < 1) ok = err_status_set(st, "--lora-r must be at least 1");
     if (ok && !(o->dropout >= 0 && o->dropout < 1))
         ok = err_status_set(st, "--lora-dropout must be in [0, 1)");
@@ -659,6 +668,7 @@ static int train_memcheck(TrainRun *r) {
                     .kind = o->adapter_kind,
                     .targets = r->ac.acfg.targets,
                     .dropout = o->dropout > 0,
+                    .recompute = r->recompute,
                     .optim_states = optim_is_adam(r->ocfg.kind) ? 2 : 1,
                     .threads = (int)o->run.threads,
                     .mfu_probe = !(o->peak_gflops > 0)};
@@ -673,8 +683,18 @@ static int train_memcheck(TrainRun *r) {
     snprintf(why, sizeof why, "--%s %lld x --%s %lld", train_spelling(r, "micro-batch"),
              (long long)o->rows.micro_batch, train_spelling(r, "seq-len"),
              (long long)o->rows.seq_len);
-    const int rc = mpicmd_memcheck(&r->g, "train", &o->run, &p, why,
-                                   "lower --micro-batch or --seq-len, or raise --tp");
+    /* when recompute would shrink the activations, the advice says by how much */
+    char advice[192] = "lower --micro-batch or --seq-len, or raise --tp";
+    MemplanIn layer = in;
+    layer.recompute = LLAMA_RECOMPUTE_LAYER;
+    MemPlan pl;
+    memplan_estimate(&pl, &r->s.m, &layer);
+    if (pl.bytes[MEM_ACTIVATION] < p.bytes[MEM_ACTIVATION])
+        snprintf(advice, sizeof advice,
+                 "use --recompute layer (activations ~%.3g GiB), lower --micro-batch or "
+                 "--seq-len, or raise --tp",
+                 (double)pl.bytes[MEM_ACTIVATION] / 1073741824.0);
+    const int rc = mpicmd_memcheck(&r->g, "train", &o->run, &p, why, advice);
     if (rc) train_drop_outputs(r);
     return rc;
 }
@@ -865,7 +885,7 @@ static void train_init_trainer(TrainRun *r) {
     r->G = o->global_batch;
     r->total_steps =
         o->steps > 0 ? o->steps : (int64_t)r->epoch_steps; /* after a resume: see below */
-    session_batches_init(&r->s, r->B, r->T);
+    session_batches_init(&r->s, r->B, r->T, r->recompute);
     r->ocfg.lr = (float)o->lr;
     r->ocfg.beta1 = (float)o->beta1;
     r->ocfg.beta2 = (float)o->beta2;
@@ -1087,6 +1107,13 @@ static void train_log_start(TrainRun *r) {
              str_fmt_double(o->dropout, dropout, sizeof dropout), o->rslora, o->lora_init,
              str_fmt_double(o->loraplus_ratio, ratio, sizeof ratio), r->targets_csv,
              m->params.trainable, m->params.total);
+    log_info("activations: recompute=%s (%s); the decoder's %.1f MiB on rank 0 (the memory table "
+             "adds the adapters' buffers)",
+             llama_recompute_name(r->recompute),
+             r->recompute == LLAMA_RECOMPUTE_LAYER
+                 ? "forward keeps each layer's input, backward runs each layer's forward again"
+                 : "forward keeps every layer's activations for backward",
+             (double)r->s.acts.bytes / 1048576.0);
     log_info("grid: world=%d = dp %d x tp %d; per TP rank: %lld heads, %lld kv heads%s, ffn %lld, "
              "vocab rows %lld; kernels=%s; %s",
              g->world_size, g->dp, g->tp, (long long)m->Hl, (long long)m->KVl,

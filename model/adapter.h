@@ -98,6 +98,8 @@ typedef struct AdapterSlot {
     float *dys; /* [N, no] lin_backward's out_scale-d dY; a kind with out_scale
                  * allocates it in alloc */
     int64_t max_rows;
+    const struct AdapterSlot *acts_of; /* the slot whose buffers these are (share), or NULL:
+                                        * this slot's own (alloc) */
 } AdapterSlot;
 
 /* A kind: the required slots first, then the optional ones (NULL / 0 = not used). */
@@ -108,7 +110,7 @@ typedef struct AdapterKind {
     /* Writes the initial values (after params_finalize), keyed by global coordinates. A kind
      * with LoRA factors calls the configured initialisation (adapter_init_of(s->cfg)). */
     void (*init)(AdapterSlot *s, ParamTable *pt);
-    /* Allocates what forward saves for up to max_rows rows. */
+    /* Allocates what forward saves (and backward's scratch) for up to max_rows rows. */
     void (*alloc)(AdapterSlot *s, MemCtx *m, int64_t max_rows);
     void (*release)(AdapterSlot *s, MemCtx *m);
     /* Y [N, no] += adapter(X [N, ni]); saves what backward needs. */
@@ -160,6 +162,12 @@ typedef struct AdapterKind {
      * step: rewrites this slot's gradients in place (PEFT's LoRA-FA optimizer). Called on
      * every rank for every slot in the same order, so it may be collective over tp_comm. */
     void (*grad_post)(AdapterSlot *s, const AdapterEnv *env);
+    /* Activation recompute (llama.h LLAMA_RECOMPUTE_LAYER): points every buffer alloc makes
+     * for s at owner's, a slot of the same module in another layer alloc'd for as many rows
+     * and at least s's rank, so that the layers share one set (each layer's forward runs
+     * again just before its backward, so nothing in them must outlive a layer); owner NULL
+     * forgets them (owner is released alone). NULL: every slot allocates its own. */
+    void (*share)(AdapterSlot *s, const AdapterSlot *owner);
 } AdapterKind;
 
 /* The kinds (one file each); adapter.c's table registers them by name. */

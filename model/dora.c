@@ -294,6 +294,14 @@ static void dora_release(AdapterSlot *s, MemCtx *m) {
     adapter_lora.release(s, m);
 }
 
+/* LoRA's buffers and dys (adapter_lora.share), and u. */
+static void dora_share(AdapterSlot *s, const AdapterSlot *owner) {
+    adapter_lora.share(s, owner);
+    DoraState *d = dora_state(s);
+    d->u = owner ? dora_state(owner)->u : NULL;
+    d->rows = owner ? dora_state(owner)->rows : 0;
+}
+
 /* Y [N, no] is lin_forward's output: f ⊙ X W^T + bias, or X W^T + bias in the dropout form.
  * Saves h = Xd A^T [N, r] (a TP partial sum for row layers), Xd with dropout, and u. */
 static void dora_forward(AdapterSlot *s, const AdapterEnv *env, float *Y, const float *X,
@@ -627,4 +635,5 @@ const AdapterKind adapter_dora = {
     .merge = dora_merge,
     .io = &dora_io,
     .destroy = dora_destroy,
+    .share = dora_share,
 };

@@ -466,36 +466,72 @@ static float *acts_alloc(LlamaActs *a, MemCtx *mem, size_t floats) {
                                &a->capallocs);
 }
 
-static float **acts_alloc_layers(LlamaActs *a, MemCtx *mem, int64_t L, size_t floats) {
+/* [L] buffers of `floats` each, or (one = 1) one buffer that all L entries point at. */
+static float **acts_alloc_layers(LlamaActs *a, MemCtx *mem, int64_t L, size_t floats, int one) {
     float **p = calloc((size_t)L, sizeof *p);
     SL_CHECK(p, "out of memory");
     for (int64_t l = 0; l < L; l++)
-        p[l] = acts_alloc(a, mem, floats);
+        p[l] = one && l > 0 ? p[0] : acts_alloc(a, mem, floats);
     return p;
 }
 
-void llama_acts_init(LlamaActs *a, const LlamaModel *m, int64_t B, int64_t T, MemCtx *mem) {
+int llama_recompute_parse(const char *s) {
+    if (strcmp(s, "none") == 0) return LLAMA_RECOMPUTE_NONE;
+    if (strcmp(s, "layer") == 0) return LLAMA_RECOMPUTE_LAYER;
+    return -1;
+}
+
+const char *llama_recompute_name(LlamaRecompute r) {
+    return r == LLAMA_RECOMPUTE_LAYER ? "layer" : "none";
+}
+
+/* The adapter slots' buffers for N rows. With one (recompute), the slots of a module share
+ * those of its slot with the largest rank (the first such layer) when the kind can share
+ * (AdapterKind.share); otherwise every slot gets its own. */
+static void acts_alloc_adapters(const LlamaModel *m, MemCtx *mem, int64_t N, int one) {
+    for (int i = 0; i < MOD_NMODULES; i++) {
+        AdapterSlot *owner = NULL;
+        for (int64_t l = 0; one && l < m->L; l++) {
+            AdapterSlot *s = m->layers[l].lin[i].adapter;
+            if (s && s->kind->share && (!owner || s->r > owner->r)) owner = s;
+        }
+        if (owner) owner->kind->alloc(owner, mem, N);
+        for (int64_t l = 0; l < m->L; l++) {
+            AdapterSlot *s = m->layers[l].lin[i].adapter;
+            if (!s || s == owner) continue;
+            if (owner)
+                s->kind->share(s, owner);
+            else
+                s->kind->alloc(s, mem, N);
+        }
+    }
+}
+
+void llama_acts_init(LlamaActs *a, const LlamaModel *m, int64_t B, int64_t T, LlamaRecompute rc,
+                     MemCtx *mem) {
     memset(a, 0, sizeof *a);
     const size_t N = (size_t)(B * T), C = (size_t)m->C, QD = (size_t)(m->Hl * m->D),
                  KD = (size_t)(m->KVl * m->D), Fl = (size_t)m->Fl;
+    const int one = rc == LLAMA_RECOMPUTE_LAYER; /* one set of the per-layer buffers */
     a->N = (int64_t)N;
     a->B = B;
     a->T = T;
+    a->recompute = rc;
     a->chunk = a->N < 256 ? a->N : 256;
-    a->res = acts_alloc_layers(a, mem, m->L + 1, N * C);
-    a->ln1 = acts_alloc_layers(a, mem, m->L, N * C);
-    a->ln2 = acts_alloc_layers(a, mem, m->L, N * C);
-    a->rstd1 = acts_alloc_layers(a, mem, m->L, N);
-    a->rstd2 = acts_alloc_layers(a, mem, m->L, N);
-    a->q = acts_alloc_layers(a, mem, m->L, N * QD);
-    a->k = acts_alloc_layers(a, mem, m->L, N * KD);
-    a->v = acts_alloc_layers(a, mem, m->L, N * KD);
-    a->att = acts_alloc_layers(a, mem, m->L, N * QD);
-    a->lse = acts_alloc_layers(a, mem, m->L, (size_t)m->Hl * N);
-    a->mid = acts_alloc_layers(a, mem, m->L, N * C);
-    a->gate = acts_alloc_layers(a, mem, m->L, N * Fl);
-    a->up = acts_alloc_layers(a, mem, m->L, N * Fl);
-    a->act = acts_alloc_layers(a, mem, m->L, N * Fl);
+    a->res = acts_alloc_layers(a, mem, m->L + 1, N * C, 0);
+    a->ln1 = acts_alloc_layers(a, mem, m->L, N * C, one);
+    a->ln2 = acts_alloc_layers(a, mem, m->L, N * C, one);
+    a->rstd1 = acts_alloc_layers(a, mem, m->L, N, one);
+    a->rstd2 = acts_alloc_layers(a, mem, m->L, N, one);
+    a->q = acts_alloc_layers(a, mem, m->L, N * QD, one);
+    a->k = acts_alloc_layers(a, mem, m->L, N * KD, one);
+    a->v = acts_alloc_layers(a, mem, m->L, N * KD, one);
+    a->att = acts_alloc_layers(a, mem, m->L, N * QD, one);
+    a->lse = acts_alloc_layers(a, mem, m->L, (size_t)m->Hl * N, one);
+    a->mid = acts_alloc_layers(a, mem, m->L, N * C, one);
+    a->gate = acts_alloc_layers(a, mem, m->L, N * Fl, one);
+    a->up = acts_alloc_layers(a, mem, m->L, N * Fl, one);
+    a->act = acts_alloc_layers(a, mem, m->L, N * Fl, one);
     a->lnf = acts_alloc(a, mem, N * C);
     a->rstdf = acts_alloc(a, mem, N);
     a->dres = acts_alloc(a, mem, N * C);
@@ -514,17 +550,18 @@ void llama_acts_init(LlamaActs *a, const LlamaModel *m, int64_t B, int64_t T, Me
     a->ce_se = acts_alloc(a, mem, (size_t)a->chunk);
     a->ce_tl = acts_alloc(a, mem, (size_t)a->chunk);
     a->ce_w = acts_alloc(a, mem, (size_t)a->chunk);
-    for (int64_t l = 0; l < m->L; l++)
-        for (int i = 0; i < MOD_NMODULES; i++)
-            if (m->layers[l].lin[i].adapter)
-                m->layers[l].slot[i].kind->alloc((AdapterSlot *)&m->layers[l].slot[i], mem, a->N);
+    acts_alloc_adapters(m, mem, a->N, one);
 }
 
 void llama_acts_free(LlamaActs *a, const LlamaModel *m, MemCtx *mem) {
     for (int64_t l = 0; l < m->L; l++)
-        for (int i = 0; i < MOD_NMODULES; i++)
-            if (m->layers[l].lin[i].adapter && m->layers[l].slot[i].h)
-                m->layers[l].slot[i].kind->release((AdapterSlot *)&m->layers[l].slot[i], mem);
+        for (int i = 0; i < MOD_NMODULES; i++) {
+            AdapterSlot *s = m->layers[l].lin[i].adapter;
+            if (s && s->acts_of)
+                s->kind->share(s, NULL); /* its owner releases them */
+            else if (s && s->h)
+                s->kind->release(s, mem);
+        }
     for (int i = 0; i < a->nallocs; i++)
         mem_free(mem, MEM_ACTIVATION, a->allocs[i], a->alloc_bytes[i]);
     float **lists[] = {a->res, a->ln1, a->ln2, a->rstd1, a->rstd2, a->q,  a->k,
@@ -579,11 +616,49 @@ static void add_into(float *y, const float *x, size_t n) {
         y[i] += x[i];
 }
 
+/* Decoder layer l from a->res[l]: saves its activations (a->ln1[l], ...) and the adapters'
+ * and, unless `again`, writes its output a->res[l + 1]. again (recompute, in backward): the
+ * output exists already, so down_proj runs only for its adapter's saves, into a->tmpc, and
+ * is not all-reduced. Every step as in the first run, so the saves are the same bits. */
+static void llama_layer_forward(LlamaModel *m, LlamaActs *a, const LlamaBatch *b,
+                                const AdapterEnv *env, const KernOps *k, KernCtx *kc, Grid *g,
+                                int64_t l, int again) {
+    const int64_t N = b->B * b->T, T = b->T, C = m->C, D = m->D;
+    const int64_t QD = m->Hl * D, KD = m->KVl * D, Fl = m->Fl;
+    const float eps = (float)m->cfg.rms_norm_eps;
+    GemmCtx *gc = kc->gemm;
+    LlamaLayer *ly = &m->layers[l];
+    k->rmsnorm_forward(a->ln1[l], a->rstd1[l], a->res[l], ly->ln1_w, N, C, eps);
+    lin_forward(gc, &ly->lin[MOD_Q], env, a->q[l], a->ln1[l], N);
+    lin_forward(gc, &ly->lin[MOD_K], env, a->k[l], a->ln1[l], N);
+    lin_forward(gc, &ly->lin[MOD_V], env, a->v[l], a->ln1[l], N);
+    k->rope_forward(a->q[l], b->cos, b->sin, N, m->Hl, D);
+    k->rope_forward(a->k[l], b->cos, b->sin, N, m->KVl, D);
+    for (int64_t s = 0; s < b->B; s++)
+        k->attention_forward(kc, a->att[l] + s * T * QD, a->lse[l] + s * m->Hl * T,
+                             a->q[l] + s * T * QD, a->k[l] + s * T * KD, a->v[l] + s * T * KD,
+                             b->doc_start + s * T, T, m->Hl, m->KVl, D);
+    lin_forward(gc, &ly->lin[MOD_O], env, a->tmpc, a->att[l], N);
+    grid_allreduce_sum_f32(g, g->tp_comm, a->tmpc, (size_t)(N * C), GRID_BYTES_TP);
+    memcpy(a->mid[l], a->res[l], (size_t)(N * C) * sizeof(float));
+    add_into(a->mid[l], a->tmpc, (size_t)(N * C));
+
+    k->rmsnorm_forward(a->ln2[l], a->rstd2[l], a->mid[l], ly->ln2_w, N, C, eps);
+    lin_forward(gc, &ly->lin[MOD_GATE], env, a->gate[l], a->ln2[l], N);
+    lin_forward(gc, &ly->lin[MOD_UP], env, a->up[l], a->ln2[l], N);
+    k->swiglu_forward(a->act[l], a->gate[l], a->up[l], N * Fl);
+    if (again && !ly->lin[MOD_DOWN].adapter) return;
+    lin_forward(gc, &ly->lin[MOD_DOWN], env, a->tmpc, a->act[l], N);
+    if (again) return;
+    grid_allreduce_sum_f32(g, g->tp_comm, a->tmpc, (size_t)(N * C), GRID_BYTES_TP);
+    memcpy(a->res[l + 1], a->mid[l], (size_t)(N * C) * sizeof(float));
+    add_into(a->res[l + 1], a->tmpc, (size_t)(N * C));
+}
+
 double llama_forward(LlamaModel *m, LlamaActs *a, const LlamaBatch *b, float loss_scale,
                      int want_grad, const AdapterEnv *env, const KernOps *k, KernCtx *kc, Grid *g,
                      int64_t *counted) {
-    const int64_t N = b->B * b->T, T = b->T, C = m->C, D = m->D;
-    const int64_t QD = m->Hl * D, KD = m->KVl * D, Fl = m->Fl;
+    const int64_t N = b->B * b->T, C = m->C;
     const float eps = (float)m->cfg.rms_norm_eps;
     GemmCtx *gc = kc->gemm;
     SL_CHECK(N == a->N, "batch rows %lld != activation rows %lld", (long long)N, (long long)a->N);
@@ -593,32 +668,8 @@ double llama_forward(LlamaModel *m, LlamaActs *a, const LlamaBatch *b, float los
     if (m->Vl < m->V)
         grid_allreduce_sum_f32(g, g->tp_comm, a->res[0], (size_t)(N * C), GRID_BYTES_TP);
 
-    for (int64_t l = 0; l < m->L; l++) {
-        LlamaLayer *ly = &m->layers[l];
-        k->rmsnorm_forward(a->ln1[l], a->rstd1[l], a->res[l], ly->ln1_w, N, C, eps);
-        lin_forward(gc, &ly->lin[MOD_Q], env, a->q[l], a->ln1[l], N);
-        lin_forward(gc, &ly->lin[MOD_K], env, a->k[l], a->ln1[l], N);
-        lin_forward(gc, &ly->lin[MOD_V], env, a->v[l], a->ln1[l], N);
-        k->rope_forward(a->q[l], b->cos, b->sin, N, m->Hl, D);
-        k->rope_forward(a->k[l], b->cos, b->sin, N, m->KVl, D);
-        for (int64_t s = 0; s < b->B; s++)
-            k->attention_forward(kc, a->att[l] + s * T * QD, a->lse[l] + s * m->Hl * T,
-                                 a->q[l] + s * T * QD, a->k[l] + s * T * KD, a->v[l] + s * T * KD,
-                                 b->doc_start + s * T, T, m->Hl, m->KVl, D);
-        lin_forward(gc, &ly->lin[MOD_O], env, a->tmpc, a->att[l], N);
-        grid_allreduce_sum_f32(g, g->tp_comm, a->tmpc, (size_t)(N * C), GRID_BYTES_TP);
-        memcpy(a->mid[l], a->res[l], (size_t)(N * C) * sizeof(float));
-        add_into(a->mid[l], a->tmpc, (size_t)(N * C));
-
-        k->rmsnorm_forward(a->ln2[l], a->rstd2[l], a->mid[l], ly->ln2_w, N, C, eps);
-        lin_forward(gc, &ly->lin[MOD_GATE], env, a->gate[l], a->ln2[l], N);
-        lin_forward(gc, &ly->lin[MOD_UP], env, a->up[l], a->ln2[l], N);
-        k->swiglu_forward(a->act[l], a->gate[l], a->up[l], N * Fl);
-        lin_forward(gc, &ly->lin[MOD_DOWN], env, a->tmpc, a->act[l], N);
-        grid_allreduce_sum_f32(g, g->tp_comm, a->tmpc, (size_t)(N * C), GRID_BYTES_TP);
-        memcpy(a->res[l + 1], a->mid[l], (size_t)(N * C) * sizeof(float));
-        add_into(a->res[l + 1], a->tmpc, (size_t)(N * C));
-    }
+    for (int64_t l = 0; l < m->L; l++)
+        llama_layer_forward(m, a, b, env, k, kc, g, l, 0);
     k->rmsnorm_forward(a->lnf, a->rstdf, a->res[m->L], m->norm_w, N, C, eps);
 
     /* Chunked vocab-parallel cross-entropy (DESIGN.md §3): the [N, V] logits never exist;
@@ -675,6 +726,10 @@ void llama_backward(LlamaModel *m, LlamaActs *a, const LlamaBatch *b, const Adap
     GemmCtx *gc = kc->gemm;
     for (int64_t l = m->L - 1; l >= 0; l--) {
         LlamaLayer *ly = &m->layers[l];
+        /* recompute: the layer's saves again, from its input; the last layer's are still
+         * those of llama_forward (nothing ran in between but the loss) */
+        if (a->recompute == LLAMA_RECOMPUTE_LAYER && l < m->L - 1)
+            llama_layer_forward(m, a, b, env, k, kc, g, l, 1);
         /* MLP: a->dres holds dL/d res[l+1] */
         lin_backward(gc, &ly->lin[MOD_DOWN], env, a->dact, a->dres, a->act[l], N, 0.0f);
         memset(a->dgate, 0, (size_t)(N * Fl) * sizeof(float));

@@ -7,7 +7,10 @@
  * rank's part (Hl heads, KVl kv heads, Fl ffn columns, Vl vocabulary rows).
  * Forward saves, per layer: the layer input, both norm outputs and rstd, q/k (after RoPE),
  * v, the attention output and lse, the mid residual, gate, up and the SwiGLU output; the
- * adapters save their own h. */
+ * adapters save their own h (and dropped-out input, DoRA's u) in their slots. With
+ * LLAMA_RECOMPUTE_LAYER (activation checkpointing per decoder layer) it keeps only the layer
+ * inputs: the other buffers, the adapters' included, exist once and every layer writes them;
+ * backward runs each layer's forward again from its input just before that layer's backward. */
 #ifndef SHARDLORA_MODEL_LLAMA_H
 #define SHARDLORA_MODEL_LLAMA_H
 
@@ -65,9 +68,25 @@ typedef struct {
     float *cos, *sin;   /* [N, D/2] RoPE tables */
 } LlamaBatch;
 
+/* What forward keeps for backward (llama_acts_init). LAYER gives the same numbers, bit for
+ * bit: the recomputed forward runs the same kernels on the same inputs with the same dropout
+ * keys (AdapterEnv), and the adapters' per-step state (DoRA's norms) is made once, by
+ * step_begin. It costs one more forward of the decoder layers per backward (the o_proj
+ * all-reduce included; down_proj only when it has an adapter, and without its all-reduce). */
+typedef enum {
+    LLAMA_RECOMPUTE_NONE = 0, /* every layer's activations saved */
+    LLAMA_RECOMPUTE_LAYER     /* only the layer inputs; each layer recomputed in backward */
+} LlamaRecompute;
+
+/* "none" / "layer" (-1 if unknown), and back. */
+int llama_recompute_parse(const char *s);
+const char *llama_recompute_name(LlamaRecompute r);
+
 typedef struct {
     int64_t N, B, T, chunk;
-    /* per layer, saved by forward */
+    LlamaRecompute recompute;
+    /* per layer, saved by forward (with LLAMA_RECOMPUTE_LAYER all but res point at one
+     * buffer each: the layer being run) */
     float **res;               /* [L+1][N, C] residual stream: input of layer l; res[L] final */
     float **ln1, **ln2;        /* [L][N, C] */
     float **rstd1, **rstd2;    /* [L][N] */
@@ -110,7 +129,11 @@ void llama_adapters_step_begin(LlamaModel *m, const AdapterEnv *env);
 void llama_adapters_grad_post(LlamaModel *m, const AdapterEnv *env);
 void llama_free(LlamaModel *m, MemCtx *mem);
 
-void llama_acts_init(LlamaActs *a, const LlamaModel *m, int64_t B, int64_t T, MemCtx *mem);
+/* Activations for micro-batches of B sequences of T tokens, and the adapter slots' scratch
+ * (with LLAMA_RECOMPUTE_LAYER one set per module for all layers, when the kind can share it:
+ * AdapterKind.share). */
+void llama_acts_init(LlamaActs *a, const LlamaModel *m, int64_t B, int64_t T, LlamaRecompute rc,
+                     MemCtx *mem);
 void llama_acts_free(LlamaActs *a, const LlamaModel *m, MemCtx *mem);
 void llama_batch_init(LlamaBatch *b, const LlamaModel *m, int64_t B, int64_t T, MemCtx *mem);
 void llama_batch_free(LlamaBatch *b, const LlamaModel *m, MemCtx *mem);
@@ -129,7 +152,9 @@ double llama_forward(LlamaModel *m, LlamaActs *a, const LlamaBatch *b, float los
  * L-1 down to 0), so their gradient sync can start while the backward goes on. */
 typedef void (*LlamaLayerDone)(void *ctx, int layer);
 
-/* Backward through the layers; accumulates adapter gradients into m->params.grads.
+/* Backward through the layers, right after llama_forward with want_grad on the same batch;
+ * accumulates adapter gradients into m->params.grads. With LLAMA_RECOMPUTE_LAYER it first
+ * runs each layer's forward again but the last's (the same env: the same dropout masks).
  * layer_done may be NULL. */
 void llama_backward(LlamaModel *m, LlamaActs *a, const LlamaBatch *b, const AdapterEnv *env,
                     const KernOps *k, KernCtx *kc, Grid *g, LlamaLayerDone layer_done,

@@ -104,6 +104,17 @@ static void lora_release(AdapterSlot *s, MemCtx *m) {
     s->h = s->dh = s->xd = s->tmp = NULL;
 }
 
+/* h, dh, xd, tmp (and dys, which DoRA allocates) of owner (adapter.h share). */
+static void lora_share(AdapterSlot *s, const AdapterSlot *owner) {
+    s->h = owner ? owner->h : NULL;
+    s->dh = owner ? owner->dh : NULL;
+    s->xd = owner ? owner->xd : NULL;
+    s->tmp = owner ? owner->tmp : NULL;
+    s->dys = owner ? owner->dys : NULL;
+    s->max_rows = owner ? owner->max_rows : 0;
+    s->acts_of = owner;
+}
+
 static void lora_forward(AdapterSlot *s, const AdapterEnv *env, float *Y, const float *X,
                          int64_t N) {
     SL_CHECK(N <= s->max_rows, "LoRA forward: %lld rows > %lld", (long long)N,
@@ -414,6 +425,7 @@ const AdapterKind adapter_lora = {
     .set_option = lora_set_option,
     .merge = lora_merge,
     .io = &lora_io, /* LoRA+ in the checkpoint JSON; the merge */
+    .share = lora_share,
 };
 
 const AdapterKind adapter_lorafa = {
@@ -431,4 +443,5 @@ const AdapterKind adapter_lorafa = {
     .io = &lora_io,
     .destroy = lorafa_destroy,
     .grad_post = lorafa_grad_post,
+    .share = lora_share,
 };

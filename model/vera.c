@@ -192,6 +192,16 @@ static void vera_release(AdapterSlot *s, MemCtx *m) {
     adapter_lora.release(s, m);
 }
 
+/* LoRA's buffers (adapter_lora.share) and VeraSlot's. */
+static void vera_share(AdapterSlot *s, const AdapterSlot *owner) {
+    adapter_lora.share(s, owner);
+    VeraSlot *v = vera_ext(s);
+    const VeraSlot *o = owner ? vera_ext(owner) : NULL;
+    v->g = o ? o->g : NULL;
+    v->Bl = o ? o->Bl : NULL;
+    v->M = o ? o->M : NULL;
+}
+
 /* A_s: this slot's [r, ni] view of vera_A (leading dimension max_in); B_s: [no, r] rows of
  * vera_B. Bl = lambda_b ⊙ B_s (row o scaled by lambda_b[o]). */
 static const float *vera_A_slice(const AdapterSlot *s) {
@@ -678,4 +688,5 @@ const AdapterKind adapter_vera = {
     .shared_new = vera_shared_new,
     .shared_free = vera_shared_free,
     .destroy = vera_destroy,
+    .share = vera_share,
 };

@@ -69,12 +69,13 @@ static int mp_threads(int threads) {
     return n > 0 ? n : 1;
 }
 
-/* Floats saved by forward and used by backward for N rows (llama_acts_init). */
-static int64_t mp_train_acts(const LlamaModel *m, int64_t N) {
+/* Floats saved by forward and used by backward for N rows (llama_acts_init), with `sets`
+ * sets of the per-layer buffers (L, or 1 with recompute). */
+static int64_t mp_train_acts(const LlamaModel *m, int64_t N, int64_t sets) {
     const int64_t C = m->C, QD = m->Hl * m->D, KD = m->KVl * m->D, Fl = m->Fl, L = m->L;
     const int64_t per_layer = 3 * C + 2 + 2 * QD + 2 * KD + m->Hl + 3 * Fl;
     const int64_t fixed = 5 * C + 1 + 2 * QD + 2 * KD + 3 * Fl;
-    const int64_t per_row = sizes_add_sat(mp_fma(fixed, L + 1, C), sizes_mul_sat(L, per_layer));
+    const int64_t per_row = sizes_add_sat(mp_fma(fixed, L + 1, C), sizes_mul_sat(sets, per_layer));
     const int64_t chunk = N < 256 ? N : 256;
     return mp_fma(sizes_mul_sat(N, per_row), chunk, m->Vl + 4);
 }
@@ -95,6 +96,9 @@ void memplan_estimate(MemPlan *p, const LlamaModel *m, const MemplanIn *in) {
     memset(p, 0, sizeof *p);
     const int64_t rows = in->B > 0 ? sizes_mul_sat(in->B, in->T) : in->R;
     const char *kind = in->kind ? in->kind : "lora";
+    /* sets of per-layer activations and adapter scratch: every kind shares its scratch
+     * across layers under recompute (AdapterKind.share) */
+    const int64_t sets = in->B > 0 && in->recompute == LLAMA_RECOMPUTE_LAYER ? 1 : m->L;
     int64_t adapter = 0, scratch = 0, max_no = 0, max_ni = 0;
     for (int i = 0; in->r > 0 && i < MOD_NMODULES; i++) {
         if (!(in->targets & (1u << i))) continue;
@@ -106,7 +110,7 @@ void memplan_estimate(MemPlan *p, const LlamaModel *m, const MemplanIn *in) {
         adapter = mp_fma(adapter, m->L, s.params);
         /* h and dh [N, r]; with dropout the dropped input and a temporary [N, ni] */
         const int64_t per_row = 2 * (int64_t)in->r + (in->dropout ? 2 * ni : 0);
-        scratch = mp_fma(scratch, m->L, sizes_add_sat(sizes_mul_sat(rows, per_row), s.acts));
+        scratch = mp_fma(scratch, sets, sizes_add_sat(sizes_mul_sat(rows, per_row), s.acts));
     }
     /* VeRA's shared frozen projections A [r, max ni], B [max no, r], once per rank */
     const int64_t shared =
@@ -115,7 +119,7 @@ void memplan_estimate(MemPlan *p, const LlamaModel *m, const MemplanIn *in) {
     int64_t max_cols = m->C > m->F ? m->C : m->F;
     if (in->B > 0) {
         const int64_t N = rows;
-        acts = sizes_add_sat(acts, mp_train_acts(m, N));
+        acts = sizes_add_sat(acts, mp_train_acts(m, N, sets));
         /* ids, targets, pos, doc_start, cos, sin (llama_batch_init) and labels */
         other = sizes_mul_sat(N, 4 + 4 + 8 + 4 + 8 + 4 * m->D);
     } else {

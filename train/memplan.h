@@ -26,6 +26,8 @@ typedef struct {
     const char *kind;   /* adapter kind (model/adapter.h; NULL: lora) */
     unsigned targets;   /* modules with an adapter (bit per ModuleId) */
     int dropout;        /* adapter dropout on: input copies per slot */
+    int recompute;      /* LLAMA_RECOMPUTE_LAYER: one layer's activations and adapter
+                         * scratch, besides the layer inputs (llama_acts_init) */
     int optim_states;   /* floats of optimizer state per trainable float (AdamW 2, SGD 1) */
     int threads;        /* threads per rank (0: the CPUs this rank may use) */
     int mfu_probe;      /* train measures the GEMM peak with three 1536^2 matrices */

@@ -8,7 +8,7 @@
  *   session_open(&s, &g, dir, pin, &st)        memory + this rank's shards of the model
  *   [adapters: llama_init_adapters / adio_attach on &s.m]
  *   session_compute_init(&s, threads, cols, rows)   GEMM threads + kernel scratch
- *   session_batches_init(&s, B, T)             activations, batch, labels (train / eval)
+ *   session_batches_init(&s, B, T, rc)         activations, batch, labels (train / eval)
  *   ...
  *   session_free(&s)
  *
@@ -55,9 +55,9 @@ void session_compute_init(Session *s, int threads, int64_t max_cols, int64_t row
 int session_set_compute(Session *s, int compute);
 /* The widest product of the decoder's linears (max of hidden and ffn). */
 int64_t session_max_cols(const Session *s);
-/* Activations (what forward saves for backward), the batch and its labels for micro-batches
- * of B sequences of T tokens. */
-void session_batches_init(Session *s, int64_t B, int64_t T);
+/* Activations (what forward saves for backward: all of it, or with LLAMA_RECOMPUTE_LAYER
+ * the layer inputs), the batch and its labels for micro-batches of B sequences of T tokens. */
+void session_batches_init(Session *s, int64_t B, int64_t T, LlamaRecompute rc);
 /* One line naming the model (architecture, sizes, weight dtype) into buf. */
 const char *session_describe_model(const Session *s, char *buf, size_t n);
 void session_free(Session *s);

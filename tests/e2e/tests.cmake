@@ -62,3 +62,7 @@ sl_e2e(e2e_chat_template chat_template.sh 900)
 # base + adapter, eval at tp=2, generate, the refusals (shapes naming the tensor, resume with
 # another --base-dtype), what --compute-dtype bf16 runs on this CPU.
 sl_e2e(e2e_quant_base quant_base.sh 300 PROCESSORS 2)
+# --recompute layer = none byte for byte (adapter and --dump-grads) at tp 1, tp 2 and
+# tp 2 x dp 2, LoRA with dropout and DoRA, smaller activation peak, resume across the two,
+# the refusals
+sl_e2e(e2e_recompute recompute.sh 600 PROCESSORS 2)

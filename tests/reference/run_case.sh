@@ -33,6 +33,8 @@ case "$CASE" in
   dropout) TRAIN+=(--lora-dropout 0.1) ;;
   dropout-gqa) MM+=(--kv-heads 2)
                TRAIN+=(--lora-dropout 0.3 --target-modules q_proj,k_proj,v_proj,o_proj,down_proj) ;;
+  recompute) MM=(--layers 3 --hidden 64 --ffn 96 --heads 4 --kv-heads 2 --vocab 300 --seed 7)
+             TRAIN+=(--lora-dropout 0.2 --recompute layer) ;;  # layers 0 and 1 recomputed
   *) echo "run_case.sh: unknown case $CASE" >&2; exit 2 ;;
 esac
 

@@ -5,7 +5,9 @@
  * max_grad_norm (the norm after it, the direction kept, no clipping below the threshold);
  * gradient accumulation exact (G = 2 as 2 micro-batches of 1 and as 1 of 2: the same loss,
  * gradients and SGD update); a NaN reports finite = 0 and trainer_step skips the update
- * (parameters and optimizer state untouched). Exits non-zero on any failure.
+ * (parameters and optimizer state untouched); --recompute layer gives the same bits as none
+ * with fewer activation bytes (LoRA with dropout, DoRA, VeRA, per-slot ranks). Exits non-zero
+ * on any failure.
  *
  * Legend: B sequences per micro-batch, T tokens per sequence, G sequences per step, C hidden,
  * F ffn, L layers, H heads, KV kv heads, D head dim, V vocabulary. */
@@ -128,9 +130,12 @@ static const RowSource g_src = {NULL, row_fn};
 
 /* ---- set-up -------------------------------------------------------------------------------- */
 
-/* A session with micro-batches of B sequences and LoRA (r 4, alpha 8, no dropout) on every
- * module; B of every slot gets fixed non-zero values (PEFT's B = 0 leaves A's gradient 0). */
-static int open_session(Session *s, Grid *g, const char *dir, int64_t B) {
+/* A session with micro-batches of B sequences and adapters of `kind` (r 4, alpha 8, the
+ * given dropout; slot_r: per-slot ranks or NULL) on every module, keeping activations as rc
+ * says; B (VeRA: lambda_b) of every slot gets fixed non-zero values (PEFT's B = 0 leaves A's
+ * gradient 0). */
+static int open_session_as(Session *s, Grid *g, const char *dir, int64_t B, const char *kind,
+                           float dropout, const int *slot_r, LlamaRecompute rc) {
     ErrStatus st;
     if (!session_open(s, g, dir, MEM_PIN_OFF, LLAMA_BASE_FILE, &st)) {
         fprintf(stderr, "session_open: %s\n", st.msg);
@@ -139,22 +144,27 @@ static int open_session(Session *s, Grid *g, const char *dir, int64_t B) {
     session_compute_init(s, 1, session_max_cols(s), T, kern_ops_reference());
     AdapterCfg a;
     memset(&a, 0, sizeof a);
-    snprintf(a.kind, sizeof a.kind, "lora");
+    snprintf(a.kind, sizeof a.kind, "%s", kind);
     a.r = 4;
     a.alpha = 8.0f;
-    a.dropout = 0.0f;
+    a.dropout = dropout;
     a.targets = (1u << MOD_NMODULES) - 1;
     a.seed = 1234;
+    a.slot_r = slot_r;
     llama_init_adapters(&s->m, &a, g, &s->mem);
     ParamTable *p = &s->m.params;
     for (int i = 0; i < p->n; i++) {
-        if (!strstr(p->e[i].name, ".lora_B.")) continue;
+        if (!strstr(p->e[i].name, ".lora_B.") && !strstr(p->e[i].name, ".vera_lambda_b")) continue;
         float *v = params_value(p, i);
         for (size_t k = 0; k < params_numel(&p->e[i]); k++)
             v[k] = 0.05f * (float)sin(0.7 * (double)k + 1.3 * i);
     }
-    session_batches_init(s, B, T);
+    session_batches_init(s, B, T, rc);
     return 1;
+}
+
+static int open_session(Session *s, Grid *g, const char *dir, int64_t B) {
+    return open_session_as(s, g, dir, B, "lora", 0.0f, NULL, LLAMA_RECOMPUTE_NONE);
 }
 
 static void optim_cfg(OptimCfg *o, OptimKind kind, float lr) {
@@ -345,6 +355,80 @@ static void test_nan(Session *s, const float *v0) {
     free(v), free(m);
 }
 
+/* --recompute layer = none bit for bit: two AdamW steps of G = 2 in micro-batches of 1 (so
+ * two forward/backward pairs per step) give the same losses, gradients, adapter and
+ * optimizer state, with LoRA dropout (the recomputed forward draws the same masks), DoRA
+ * (norms once per step, with and without dropout: its two forms), VeRA and per-slot ranks
+ * (the shared buffers sized by the largest); the per-layer activations and the adapters'
+ * buffers exist once (fewer activation bytes). */
+static void test_recompute(Grid *g, const char *dir) {
+    static int ranks[L * MOD_NMODULES];
+    for (int k = 0; k < L * MOD_NMODULES; k++)
+        ranks[k] = 2 + 2 * (k / MOD_NMODULES) + (k % 3 == 0); /* 2..5, layer 1 larger */
+    const struct {
+        const char *kind;
+        float dropout;
+        const int *slot_r;
+    } cases[] = {{"lora", 0.25f, NULL},
+                 {"lora", 0.0f, ranks},
+                 {"dora", 0.0f, NULL},
+                 {"dora", 0.25f, NULL},
+                 {"vera", 0.25f, NULL}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        Session sn, sl;
+        if (!open_session_as(&sn, g, dir, 1, cases[c].kind, cases[c].dropout, cases[c].slot_r,
+                             LLAMA_RECOMPUTE_NONE) ||
+            !open_session_as(&sl, g, dir, 1, cases[c].kind, cases[c].dropout, cases[c].slot_r,
+                             LLAMA_RECOMPUTE_LAYER)) {
+            CHECK_TRUE(0, "cannot open the sessions");
+            return;
+        }
+        ParamTable *pn = &sn.m.params, *pl = &sl.m.params;
+        CHECK_TRUE(pn->total == pl->total && pn->trainable == pl->trainable &&
+                       memcmp(pn->values, pl->values, pn->total * sizeof(float)) == 0,
+                   "%s: the sessions start from different adapters", cases[c].kind);
+        Trainer tn = {0}, tl = {0};
+        OptimCfg oc;
+        optim_cfg(&oc, OPTIM_ADAMW, 1e-2f);
+        TrainerCfg tc = {G, 1.0, 99};
+        trainer_init(&tn, &sn, &tc, &oc);
+        trainer_init(&tl, &sl, &tc, &oc);
+        int same = tn.nmicro == 2 && tl.nmicro == 2;
+        TrainerStep on, ol;
+        for (int k = 0; k < 2; k++) {
+            trainer_grads(&tn, &g_src, k * G, k + 1, &on);
+            trainer_grads(&tl, &g_src, k * G, k + 1, &ol);
+            same &= memcmp(&on.loss, &ol.loss, sizeof on.loss) == 0 && on.counted == ol.counted &&
+                    memcmp(pn->grads, pl->grads, pn->trainable * sizeof(float)) == 0;
+            trainer_update(&tn, 1e-2f, &on);
+            trainer_update(&tl, 1e-2f, &ol);
+        }
+        same &= memcmp(pn->values, pl->values, pn->total * sizeof(float)) == 0 &&
+                memcmp(tn.opt.m, tl.opt.m, pn->trainable * sizeof(float)) == 0;
+        double gmax = 0;
+        for (size_t i = 0; i < pn->trainable; i++)
+            gmax = fmax(gmax, fabs((double)pn->grads[i] - pl->grads[i]));
+        const int64_t an = sn.mem.peak[MEM_ACTIVATION], al = sl.mem.peak[MEM_ACTIVATION];
+        const int smaller = sl.acts.bytes < sn.acts.bytes && al < an;
+        CHECK_TRUE(same,
+                   "%s dropout %g%s: recompute layer differs from none (loss %.9g vs %.9g, "
+                   "max gradient difference %.3g)",
+                   cases[c].kind, (double)cases[c].dropout, cases[c].slot_r ? " per-slot r" : "",
+                   on.loss, ol.loss, gmax);
+        CHECK_TRUE(smaller, "%s: activation bytes %lld (peak %lld) with layer, %lld (%lld) without",
+                   cases[c].kind, (long long)sl.acts.bytes, (long long)al, (long long)sn.acts.bytes,
+                   (long long)an);
+        printf("%s recompute layer = none bit for bit: %s dropout %g%s (loss %.6f, max gradient "
+               "difference %g); activation peak %lld -> %lld bytes\n",
+               same && smaller ? "PASS" : "FAIL", cases[c].kind, (double)cases[c].dropout,
+               cases[c].slot_r ? " per-slot r" : "", ol.loss, gmax, (long long)an, (long long)al);
+        trainer_free(&tn);
+        trainer_free(&tl);
+        session_free(&sl);
+        session_free(&sn);
+    }
+}
+
 int main(int argc, char **argv) {
     gemm_ensure_blas_core(argc, argv);
     Grid g;
@@ -370,6 +454,7 @@ int main(int argc, char **argv) {
     test_clip(&s1, v0, norm);
     test_accumulation(&s1, &s2, v0);
     test_nan(&s1, v0);
+    test_recompute(&g, dir);
 
     free(v0);
     session_free(&s2);
