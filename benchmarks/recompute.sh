@@ -24,6 +24,7 @@ REPEATS="${REPEATS:-2}"       # interleaved rounds (none, layer, none, ...); the
 # shellcheck source=benchmarks/lib.sh
 . "$ROOT/benchmarks/lib.sh"   # THREADS (default: nproc), BUILD, bench_build
 
+"$ROOT/launch/install-deps.sh"
 bench_build shardlora
 mkdir -p "$WORK"
 MODEL="$WORK/model-L${LAYERS}-C${HIDDEN}-F${FFN}-H${HEADS}-KV${KV_HEADS}-V${VOCAB}"

@@ -18,6 +18,7 @@ PACKAGES=(
   python3-jinja2                              # the chat-template oracle (tests/reference/jinja_oracle.py)
   fortunes                                    # public-domain quotes: the quick start's text
   procps                                      # pgrep / pkill: the tests' clean-up of stray ranks
+  time                                        # /usr/bin/time: peak RSS in benchmarks/recompute.sh
   clang-format                                # the format check (tests/format/check.sh)
   clang libclang-rt-14-dev libomp-dev         # the fuzz build (tests/fuzz/run.sh): clang, libFuzzer, OpenMP
 )
