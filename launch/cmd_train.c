@@ -1119,8 +1119,9 @@ static void train_log_start(TrainRun *r) {
              g->world_size, g->dp, g->tp, (long long)m->Hl, (long long)m->KVl,
              m->KV < g->tp && g->tp > 1 ? " (replicated)" : "", (long long)m->Fl, (long long)m->Vl,
              r->env.kops->name, gemm_describe(&r->s.gc, desc, sizeof desc));
-    log_info("frozen base held as %s, its GEMMs compute in %s", gemm_dtype_name(m->wdtype),
-             r->s.compute_why);
+    log_info("frozen base held as %s, its GEMMs compute in %s; oneDNN ISA %s%s",
+             gemm_dtype_name(m->wdtype), r->s.compute_why, gemm_isa(),
+             gemm_bf16_native() ? " (native BF16)" : " (no native BF16)");
     train_log_binding(g, &r->s.mem);
     train_log_protection(r);
     int tp_nodes = grid_tp_nodes(&r->g);
