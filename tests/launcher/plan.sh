@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Unit tests of launch/shardlora-run: the plan and command line it derives from sample
 # environments (Slurm allocations, Open MPI and PMIx ranks, a plain machine described by a
-# fake sysfs tree and cpuinfo, --hosts/--hostfile), its refusals (exit 2 and one line), rank
-# mode's exec, and signal forwarding to a stand-in launcher. Prints PASS/FAIL per case.
+# fake sysfs tree and cpuinfo, --hosts/--hostfile with and without slots), the query of the
+# nodes' own facts (stand-in mpirun/srun that answer for each host from its own fake sysfs),
+# its refusals (exit 2 and one line), rank mode's exec, and signal forwarding to a stand-in
+# launcher. Prints PASS/FAIL per case.
 # usage: plan.sh [WORK_DIR]   (exits 1 if any case fails)
 set -uo pipefail
 
@@ -11,9 +13,12 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 FIX="$HERE/fixtures"
 RUN="$ROOT/launch/shardlora-run"
 WORK="${1:-$(mktemp -d)}/launcher-plan"
-BASE_PATH="/usr/local/bin:/usr/bin:/bin"
 rm -rf "$WORK"
 mkdir -p "$WORK"
+# Stand-in mpirun and srun first on PATH: no case reaches a real launcher.
+QUERY_DIR="$WORK/query-bin"
+BASE_PATH="$QUERY_DIR:/usr/local/bin:/usr/bin:/bin"
+QUERY_LOG="$WORK/query.log"
 
 # A stand-in shardlora in a directory with a space: prints its pid, arguments and thread/BLAS
 # environment, one per line.
@@ -29,6 +34,39 @@ exit "${FAKE_EXIT:-0}"
 EOF
 chmod +x "$FAKE"
 
+# Stand-in mpirun / srun for the launcher's query of the nodes (PROG --node-facts, once a
+# node): logs its command line to FAKE_QUERY_LOG, takes the hosts from --host / --hostfile
+# (else node1..nodeN from --nodes / -np) and runs PROG --node-facts for each as that host: its
+# sysfs from FAKE_NODES ("host=DIR ..."), else FAKE_NODE_SYSFS; its cpuinfo FAKE_NODE_CPUINFO.
+# FAKE_QUERY_FAIL=N: exits N as an unreachable host would. Anything but a query: exits 97.
+mkdir -p "$QUERY_DIR"
+cat >"$QUERY_DIR/mpirun" <<'EOF'
+#!/usr/bin/env bash
+echo "$(basename "$0") $*" >>"${FAKE_QUERY_LOG:-/dev/null}"
+[ "${!#}" = --node-facts ] || { echo "stand-in $(basename "$0"): only the node query is expected" >&2; exit 97; }
+[ -z "${FAKE_QUERY_FAIL:-}" ] || { echo "stand-in: cannot reach the hosts" >&2; exit "$FAKE_QUERY_FAIL"; }
+prog="${*: -2:1}"
+hosts=()
+n=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --host) IFS=, read -ra list <<<"$2"; for h in "${list[@]}"; do hosts+=("${h%%:*}"); done; shift 2 ;;
+        --hostfile) while read -r h _; do [[ -z "$h" || "$h" == \#* ]] || hosts+=("$h"); done <"$2"; shift 2 ;;
+        --nodes | -np) n="$2"; shift 2 ;;
+        *) shift ;;
+    esac
+done
+[ "${#hosts[@]}" -gt 0 ] || for ((i = 1; i <= n; i++)); do hosts+=("node$i"); done
+for h in "${hosts[@]}"; do
+    sys="$FAKE_NODE_SYSFS"
+    for m in ${FAKE_NODES:-}; do [ "${m%%=*}" = "$h" ] && sys="${m#*=}"; done
+    SHARDLORA_RUN_SYSFS="$sys" SHARDLORA_RUN_CPUINFO="$FAKE_NODE_CPUINFO" SHARDLORA_RUN_HOSTNAME="$h" \
+        "$prog" --node-facts || exit
+done
+EOF
+chmod +x "$QUERY_DIR/mpirun"
+cp "$QUERY_DIR/mpirun" "$QUERY_DIR/srun"
+
 IS_ROOT=0
 [ "$(id -u)" = 0 ] && IS_ROOT=1
 NFAIL=0
@@ -39,13 +77,18 @@ OUT=""
 RC=0
 
 # plan [VAR=VALUE...] -- ARGS...: runs the launcher under `env -i` with a fake sysfs (2 NUMA
-# domains, 8 CPUs) and an AVX-512 cpuinfo unless VARs replace them; sets OUT and RC.
+# domains, 8 CPUs) and an AVX-512 cpuinfo for this machine, and for the nodes the stand-in
+# query answers for, the same sysfs and a cpuinfo without AVX-512, unless VARs replace them;
+# sets OUT and RC; the query's command lines go to QUERY_LOG (emptied first).
 plan() {
     local -a vars=()
     while [ "$1" != -- ]; do vars+=("$1"); shift; done
     shift
+    : >"$QUERY_LOG"
     OUT="$(env -i PATH="$BASE_PATH" HOME="$WORK" SHARDLORA_RUN_SYSFS="$FIX/sysfs-2numa" \
-        SHARDLORA_RUN_CPUINFO="$FIX/cpuinfo-avx512" "${vars[@]}" "$RUN" "$@" 2>&1)"
+        SHARDLORA_RUN_CPUINFO="$FIX/cpuinfo-avx512" FAKE_QUERY_LOG="$QUERY_LOG" \
+        FAKE_NODE_SYSFS="$FIX/sysfs-2numa" FAKE_NODE_CPUINFO="$FIX/cpuinfo-noavx512" \
+        "${vars[@]}" "$RUN" "$@" 2>&1)"
     RC=$?
 }
 
@@ -113,8 +156,12 @@ expect_refused() {
     expect_not_in "shardlora-run:   command"
 }
 ROOT_ENV="OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"
-ENV_4_AVX="OMP_NUM_THREADS=4 OPENBLAS_NUM_THREADS=4 OMP_WAIT_POLICY=PASSIVE OPENBLAS_CORETYPE=SkylakeX"
-X_VARS_AVX="-x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS -x OMP_WAIT_POLICY -x OPENBLAS_CORETYPE"
+# launch mode sets no OpenBLAS core: shardlora decides it on each rank's node
+ENV_4="OMP_NUM_THREADS=4 OPENBLAS_NUM_THREADS=4 OMP_WAIT_POLICY=PASSIVE"
+X_VARS="-x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS -x OMP_WAIT_POLICY"
+# query_log_has STRING: the stand-in query was run with STRING in its command line
+query_log_has() { grep -qF -- "$1" "$QUERY_LOG" || err "the node query lacks: $1 (log: $(cat "$QUERY_LOG"))"; }
+query_log_empty() { [ ! -s "$QUERY_LOG" ] || err "the nodes were queried: $(cat "$QUERY_LOG")"; }
 # q WORD: WORD as the launcher prints it in a command line (single-quoted unless plain)
 q() { if [[ "$1" =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then echo "$1"; else echo "'$1'"; fi; }
 FQ="$(q "$FAKE")"
@@ -130,7 +177,7 @@ expect_field np 4
 expect_field threads/rank 4; expect_source threads/rank "8 CPUs per node / 2 ranks"
 expect_field tp 2; expect_field dp 2
 expect_field launcher srun
-expect_field env "$ENV_4_AVX"
+expect_field env "$ENV_4"
 expect_field command "srun --mpi=pmix --nodes 2 -n 4 --ntasks-per-node 2 --cpus-per-task 4 --cpu-bind=cores $FQ train --tp 2 --threads 4 --model /m --out '/runs/out 1'"
 expect_not_in OMPI_ALLOW_RUN_AS_ROOT
 expect_not_in "fake pid"
@@ -163,18 +210,31 @@ expect_field threads/rank 8; expect_field tp 2; expect_field dp 3
 expect_in "srun --mpi=pmix --nodes 3 -n 6 --ntasks-per-node 2 --cpus-per-task 8" command
 case_end
 
-case_start "slurm allocation given nodes only (1(x2), no SLURM_NTASKS): one rank per NUMA domain"
-plan SLURM_JOB_ID=9 SLURM_NNODES=2 "SLURM_TASKS_PER_NODE=1(x2)" SLURM_CPUS_ON_NODE=8 -- --dry-run --bin "$FAKE" train
+case_start "slurm allocation given nodes only (1(x2)): one rank per NUMA domain of the nodes (srun query), not of this machine"
+plan SLURM_JOB_ID=9 SLURM_NNODES=2 "SLURM_TASKS_PER_NODE=1(x2)" SLURM_CPUS_ON_NODE=8 \
+    SHARDLORA_RUN_SYSFS="$FIX/sysfs-4numa" -- --dry-run --bin "$FAKE" train
 expect_rc 0
-expect_field ranks/node 2; expect_source ranks/node "NUMA domain (2 in"
+expect_field ranks/node 2; expect_source ranks/node "one per NUMA domain: 2 on each of the 2 nodes, queried"
 expect_field np 4; expect_field threads/rank 4; expect_field tp 2
+expect_field cpus/node 8; expect_source cpus/node SLURM_CPUS_ON_NODE
+expect_in "queried on each of the 2 nodes (srun" node-facts
+query_log_has "srun --nodes 2 --ntasks 2 --ntasks-per-node 1 --cpu-bind=none $RUN --node-facts"
+case_end
+
+case_start "slurm one-node job, this script on that node (SLURMD_NODENAME): its own NUMA domains, no query"
+plan SLURM_JOB_ID=9 SLURM_NNODES=1 SLURM_TASKS_PER_NODE=1 SLURM_CPUS_ON_NODE=16 SLURMD_NODENAME=n1 \
+    SHARDLORA_RUN_SYSFS="$FIX/sysfs-4numa" -- --dry-run --bin "$FAKE" train
+expect_rc 0
+expect_field ranks/node 4; expect_source ranks/node "NUMA domain (4 in $FIX/sysfs-4numa"
+expect_in "read on this machine, the only node" node-facts
+query_log_empty
 case_end
 
 case_start "slurm with --launcher mpirun: mpirun maps ppr:2:node:PE=4 inside the allocation"
 plan "${SLURM_2X2[@]}" -- --dry-run --launcher mpirun --bin "$FAKE" train
 expect_rc 0
 expect_field launcher mpirun
-expect_field command "mpirun -np 4 --map-by ppr:2:node:PE=4 --bind-to core $X_VARS_AVX $FQ train --tp 2 --threads 4"
+expect_field command "mpirun -np 4 --map-by ppr:2:node:PE=4 --bind-to core $X_VARS $FQ train --tp 2 --threads 4"
 if [ "$IS_ROOT" = 1 ]; then expect_field launcher-env "$ROOT_ENV"; else expect_not_in OMPI_ALLOW_RUN_AS_ROOT; fi
 case_end
 
@@ -259,9 +319,11 @@ expect_field nodes 1; expect_field ranks/node 2; expect_source ranks/node "NUMA 
 expect_field np 2; expect_field threads/rank 4; expect_field cpus/node 8
 expect_field tp 2; expect_field dp 1
 expect_field launcher mpirun; expect_source launcher "no Slurm allocation"
-expect_field env "$ENV_4_AVX"
-expect_field command "mpirun -np 2 --map-by ppr:2:node:PE=4 --bind-to core $X_VARS_AVX $FQ train --tp 2 --threads 4 --steps 5"
-expect_in "OPENBLAS_CORETYPE=SkylakeX (avx512f in $FIX/cpuinfo-avx512)" blas
+expect_field env "$ENV_4"
+expect_field command "mpirun -np 2 --map-by ppr:2:node:PE=4 --bind-to core $X_VARS $FQ train --tp 2 --threads 4 --steps 5"
+expect_in "shardlora decides on each rank's node: SkylakeX where the CPU has avx512f (avx512f in $FIX/cpuinfo-avx512)" blas
+expect_in "read on this machine, the only node" node-facts
+query_log_empty
 if [ "$IS_ROOT" = 1 ]; then expect_field launcher-env "$ROOT_ENV"; else expect_not_in OMPI_ALLOW_RUN_AS_ROOT; fi
 case_end
 
@@ -273,19 +335,19 @@ expect_not_in OPENBLAS_CORETYPE command
 expect_in "no avx512f" blas
 case_end
 
-case_start "OPENBLAS_CORETYPE=Haswell preset on an AVX-512 CPU: replaced, as shardlora would"
+case_start "OPENBLAS_CORETYPE=Haswell preset in this shell: not passed on (shardlora picks per node)"
 plan OPENBLAS_CORETYPE=Haswell -- --dry-run --bin "$FAKE" train
 expect_rc 0
-expect_in "OPENBLAS_CORETYPE=SkylakeX" env
-expect_in "replaces the preset Haswell" blas
-expect_in "-x OPENBLAS_CORETYPE" command
+expect_not_in OPENBLAS_CORETYPE env
+expect_not_in "-x OPENBLAS_CORETYPE" command
+expect_in "this shell's OPENBLAS_CORETYPE=Haswell is not passed on" blas
 case_end
 
-case_start "OPENBLAS_CORETYPE=Cooperlake preset (an AVX-512 core): kept"
-plan OPENBLAS_CORETYPE=Cooperlake -- --dry-run --bin "$FAKE" train
+case_start "SHARDLORA_BLAS_CORE=keep with OPENBLAS_CORETYPE=Cooperlake: both passed on"
+plan SHARDLORA_BLAS_CORE=keep OPENBLAS_CORETYPE=Cooperlake -- --dry-run --bin "$FAKE" train
 expect_rc 0
-expect_in "OPENBLAS_CORETYPE=Cooperlake" env
-expect_not_in SkylakeX env
+expect_in "SHARDLORA_BLAS_CORE=keep OPENBLAS_CORETYPE=Cooperlake" env
+expect_in "-x SHARDLORA_BLAS_CORE -x OPENBLAS_CORETYPE" command
 case_end
 
 case_start "SHARDLORA_BLAS_CORE=keep: no OPENBLAS_CORETYPE, the setting passed on"
@@ -369,7 +431,7 @@ plan -- --dry-run --hosts a:2,b:2 --bin "$FAKE" train
 expect_rc 0
 expect_field nodes 2; expect_source nodes "--hosts"
 expect_field ranks/node 2; expect_field np 4; expect_field threads/rank 4; expect_field tp 2; expect_field dp 2
-expect_field command "mpirun -np 4 --map-by ppr:2:node:PE=4 --bind-to core --host a:2,b:2 $X_VARS_AVX $FQ train --tp 2 --threads 4"
+expect_field command "mpirun -np 4 --map-by ppr:2:node:PE=4 --bind-to core --host a:2,b:2 $X_VARS $FQ train --tp 2 --threads 4"
 case_end
 
 case_start "--hosts a,b without slots: ranks per node become the slots"
@@ -378,25 +440,107 @@ expect_rc 0
 expect_field np 6; expect_field tp 3; expect_in "--host a:3,b:3" command
 case_end
 
-case_start "--hosts inside a Slurm allocation with auto launcher: mpirun on the given hosts"
+case_start "--hosts inside a Slurm allocation with auto launcher: mpirun on the given hosts, K from their slots"
 plan "${SLURM_2X2[@]}" -- --dry-run --hosts x:4,y:4,z:4 --bin "$FAKE" train
 expect_rc 0
-expect_field launcher mpirun; expect_field nodes 3; expect_field ranks/node 2; expect_field np 6
+expect_field launcher mpirun; expect_field nodes 3; expect_field ranks/node 4; expect_field np 12
+expect_source ranks/node "K from --hosts slots"
+expect_field threads/rank 2; expect_source cpus/node "queried"
 expect_in "--host x:4,y:4,z:4" command
 case_end
 
-case_start "refused: --hosts a:1,b:2 has fewer slots than 2 ranks a node"
-plan -- --dry-run --hosts a:1,b:2 --bin "$FAKE" train
+case_start "--hosts a:2,b:2 on a start machine with 4 NUMA domains and 16 CPUs: K 2 from the slots, CPUs from the nodes"
+plan SHARDLORA_RUN_SYSFS="$FIX/sysfs-4numa" -- --dry-run --hosts a:2,b:2 --bin "$FAKE" train
+expect_rc 0
+expect_field ranks/node 2; expect_source ranks/node "K from --hosts slots"
+expect_field np 4; expect_field tp 2; expect_field dp 2
+expect_field cpus/node 8; expect_source cpus/node "on each node, queried"
+expect_field threads/rank 4
+expect_in "queried on each of the 2 nodes (mpirun" node-facts
+query_log_has "mpirun -np 2 --map-by ppr:1:node --bind-to none --host a:1,b:1 $RUN --node-facts"
+expect_in "--host a:2,b:2" command
+case_end
+
+case_start "refused: --hosts a:2,b:4 (slots differ): one line naming the slots and the fixes"
+plan -- --dry-run --hosts a:2,b:4 --bin "$FAKE" train
+expect_refused "--hosts: the hosts' slots differ (a:2, b:4), and every node must run the same number of ranks (tensor-parallel groups stay inside a node): give --ranks-per-node K (K ranks on each host), or the same slots on every host"
+query_log_empty
+case_end
+
+case_start "--hosts a:2,b:4 --ranks-per-node 2: the flag wins over the slots (they are a maximum)"
+plan -- --dry-run --hosts a:2,b:4 --ranks-per-node 2 --bin "$FAKE" train
+expect_rc 0
+expect_field ranks/node 2; expect_source ranks/node "--ranks-per-node"
+expect_field np 4; expect_in "--host a:2,b:4" command
+case_end
+
+case_start "refused: --hosts a:1,b:1 --ranks-per-node 2: fewer slots than ranks a node"
+plan -- --dry-run --hosts a:1,b:1 --ranks-per-node 2 --bin "$FAKE" train
 expect_refused "host a has 1 slots, fewer than 2 ranks per node; add --oversubscribe"
+case_end
+
+case_start "--hosts a,b without slots: one rank per NUMA domain of the nodes (2), not of this machine (4)"
+plan SHARDLORA_RUN_SYSFS="$FIX/sysfs-4numa" -- --dry-run --hosts a,b --bin "$FAKE" train
+expect_rc 0
+expect_field ranks/node 2; expect_source ranks/node "one per NUMA domain: 2 on each of the 2 nodes, queried"
+expect_field cpus/node 8; expect_field threads/rank 4; expect_field np 4
+expect_in "--host a:2,b:2" command
+# the nodes have no avx512f (this machine has): no core forced, the plan says where it is decided
+expect_not_in OPENBLAS_CORETYPE env
+expect_in "avx512f on 0 of 2 nodes" blas
+case_end
+
+case_start "refused: --hosts a,b whose NUMA domains differ (2 and 4), K from them"
+plan FAKE_NODES="b=$FIX/sysfs-4numa" -- --dry-run --hosts a,b --bin "$FAKE" train
+expect_refused "the nodes differ in NUMA domains (a: 2, b: 4), so one rank per domain gives no common ranks per node: give --ranks-per-node"
+case_end
+
+case_start "--hosts a:2,b:2 with nodes of 8 and 16 CPUs: threads from the smallest node"
+plan FAKE_NODES="b=$FIX/sysfs-4numa" SHARDLORA_RUN_SYSFS="$FIX/sysfs-4numa" -- --dry-run --hosts b:2,a:2 --bin "$FAKE" train
+expect_rc 0
+expect_field cpus/node 8; expect_source cpus/node "the smallest node's, a; queried"
+expect_field threads/rank 4
+case_end
+
+case_start "the query fails: this machine's facts, and the plan says so"
+plan FAKE_QUERY_FAIL=3 SHARDLORA_RUN_SYSFS="$FIX/sysfs-4numa" -- --dry-run --hosts a,b --bin "$FAKE" train
+expect_rc 0
+expect_field ranks/node 4; expect_source ranks/node "NUMA domain (4 in $FIX/sysfs-4numa"
+expect_field cpus/node 16
+expect_in "read on this machine, not on the nodes: querying them failed (mpirun exited with status 3)" node-facts
+case_end
+
+case_start "--no-node-query: no query, this machine's facts, the plan says so"
+plan SHARDLORA_RUN_SYSFS="$FIX/sysfs-4numa" -- --dry-run --no-node-query --hosts a,b --bin "$FAKE" train
+expect_rc 0
+expect_field ranks/node 4
+expect_in "read on this machine, not on the nodes (--no-node-query)" node-facts
+query_log_empty
+case_end
+
+case_start "--node-facts prints this machine's facts, also inside an mpirun rank (OMPI_COMM_WORLD_RANK set)"
+plan OMPI_COMM_WORLD_RANK=1 SHARDLORA_RUN_HOSTNAME=h7 -- --node-facts
+expect_rc 0
+[ "$OUT" = "shardlora-run-facts: host=h7 domains=2 kind=numa cpus=8 avx512f=1" ] || err "unexpected --node-facts line"
+plan SHARDLORA_RUN_SYSFS="$FIX/sysfs-2sockets" SHARDLORA_RUN_CPUINFO="$FIX/cpuinfo-noavx512" SHARDLORA_RUN_HOSTNAME=h8 -- --node-facts
+[ "$OUT" = "shardlora-run-facts: host=h8 domains=2 kind=socket cpus=4 avx512f=0" ] || err "unexpected --node-facts line (sockets)"
 case_end
 
 case_start "--hostfile (path with spaces): 3 hosts, comments and blank lines skipped"
 mkdir -p "$WORK/my hosts"
 cp "$FIX/hostfile" "$WORK/my hosts/host file"
-plan -- --dry-run --hostfile "$WORK/my hosts/host file" --bin "$FAKE" train
+plan SHARDLORA_RUN_SYSFS="$FIX/sysfs-4numa" -- --dry-run --hostfile "$WORK/my hosts/host file" --bin "$FAKE" train
 expect_rc 0
 expect_field nodes 3; expect_field np 6; expect_field tp 2; expect_field dp 3
+expect_field ranks/node 2; expect_source ranks/node "K from --hostfile slots"
 expect_in "--hostfile $(q "$WORK/my hosts/host file")" command
+query_log_has "mpirun -np 3 --map-by ppr:1:node --bind-to none --hostfile $WORK/my hosts/host file"
+case_end
+
+case_start "refused: a hostfile whose slots differ (2 and 3)"
+printf 'x slots=2\ny slots=3 max_slots=4\n' >"$WORK/uneven-hosts"
+plan -- --dry-run --hostfile "$WORK/uneven-hosts" --bin "$FAKE" train
+expect_refused "--hostfile: the hosts' slots differ (x:2, y:3)"
 case_end
 
 case_start "refused: --hosts and --hostfile together; unreadable hostfile"
@@ -449,7 +593,7 @@ expect_rc 0
 expect_in "$FQ train --tp 2 --threads 4 --dry-run" command
 plan -- --help
 expect_rc 0
-for o in --ranks-per-node --threads --hosts --hostfile --launcher --oversubscribe --allow-tp-across-nodes --bin --dry-run --help; do
+for o in --ranks-per-node --threads --hosts --hostfile --launcher --oversubscribe --allow-tp-across-nodes --bin --no-node-query --dry-run --node-facts --help; do
     expect_in " $o "
 done
 expect_in "[auto:"; expect_in "[off]"; expect_in "SHARDLORA_RUN_DRY"
@@ -559,14 +703,14 @@ exit 99
 EOF
 chmod +x "$FAKE_MPIRUN"
 
-case_start "launch mode: starts the launcher with the plan's environment, exits with its status (75)"
-plan SHARDLORA_RUN_MPIRUN="$FAKE_MPIRUN" FAKE_EXIT=75 -- --bin "$FAKE" train --out "x y"
+case_start "launch mode: starts the launcher with the plan's environment (not this shell's OpenBLAS core), exits with its status (75)"
+plan SHARDLORA_RUN_MPIRUN="$FAKE_MPIRUN" FAKE_EXIT=75 OPENBLAS_CORETYPE=SkylakeX -- --bin "$FAKE" train --out "x y"
 expect_rc 75
 expect_in "mpirun arg <--map-by>
 mpirun arg <ppr:2:node:PE=4>"
 expect_in "mpirun arg <x y>"
 expect_in "mpirun env OMP_NUM_THREADS=4"
-expect_in "mpirun env OPENBLAS_CORETYPE=SkylakeX"
+expect_not_in "mpirun env OPENBLAS_CORETYPE"
 [ "$IS_ROOT" = 0 ] || expect_in "mpirun env OMPI_ALLOW_RUN_AS_ROOT=1"
 expect_in "stopped after a checkpoint: requeue"
 case_end

@@ -1,7 +1,8 @@
 # Tests of launch/shardlora-run. launcher_plan (unit): the plan and command line derived from
 # sample Slurm / Open MPI / PMIx / plain-machine environments (fixtures/: fake sysfs trees,
-# cpuinfo files, a hostfile, --config files), the refusals, rank mode's exec and signal
-# forwarding to a stand-in launcher; no MPI. launcher_real_run (e2e): 2 ranks through mpirun
+# cpuinfo files, a hostfile, --config files), host slots, the query of each node's CPU facts
+# (stand-in mpirun/srun answering per host from its own fake sysfs), the refusals, rank
+# mode's exec and signal forwarding to a stand-in launcher; no MPI. launcher_real_run (e2e): 2 ranks through mpirun
 # at tp=2 with the real binary, and SIGUSR1 to the launcher ending the run with a checkpoint
 # and status 75.
 set(SL_LAUNCHER_TEST_DIR ${CMAKE_CURRENT_SOURCE_DIR}/launcher)
