@@ -6,7 +6,9 @@
 #     a small factor of the adapter gradient that crosses dp and far below the TP activations;
 #  2. kill -9 of one rank on host B ends the whole job (mpirun on A, the ranks on both hosts)
 #     non-zero within seconds, and the same command relaunched resumes and completes;
-#  3. the same 2-host run started through launch/shardlora-run.
+#  3. the same 2-host run started through launch/shardlora-run, ranks per node from the hosts'
+#     slots (--hosts A:2,B:2, no --ranks-per-node) and the nodes' CPU facts queried on each
+#     host through mpirun (shardlora-run --node-facts, answered under each host's own name).
 # Needs root (network namespaces); never skipped. Deletes its namespaces and kills what runs
 # in them on exit, whatever happens.
 # usage: run.sh SHARDLORA_BINARY WORK_DIR
@@ -220,15 +222,20 @@ if [ -x "$LAUNCHER" ]; then
   read -r rx0 tx0 < <(link_bytes)
   timeout -k 5 $RUN_TIMEOUT "${ON_A[@]}" env OMPI_MCA_plm_rsh_agent="$AGENT" OMPI_MCA_btl=vader,tcp,self \
     OMPI_MCA_oob_tcp_if_include=$NET OMPI_MCA_btl_tcp_if_include=$NET \
-    "$LAUNCHER" --hosts $IPA:2,$IPB:2 --ranks-per-node 2 --threads 1 --bin "$SL" -- \
+    "$LAUNCHER" --hosts $IPA:2,$IPB:2 --threads 1 --bin "$SL" -- \
     train --model "$W/model" --data "$W/data.jsonl" --out "$W/launcher" --seq-len 64 --global-batch 4 \
     --steps 3 --peak-gflops 1 > "$W/launcher.log" 2>&1 || fail "the launcher's 2-host run failed (exit $?)"
   read -r rx1 tx1 < <(link_bytes)
   placed "$W/launcher.log" "launcher run"
   grep -q '"tp": 2,' "$W/launcher/summary-rank0.json" && grep -q '"dp": 2,' "$W/launcher/summary-rank0.json" \
     || fail "the launcher's run was not tp 2 x dp 2 (tp = ranks per node)"
+  grep -q '^shardlora-run:   ranks/node    2   (K from --hosts slots)$' "$W/launcher.log" \
+    || fail "the launcher did not take 2 ranks per node from the hosts' slots"
+  grep -q '^shardlora-run:   node-facts    queried on each of the 2 nodes (mpirun' "$W/launcher.log" \
+    && grep -Eq "^shardlora-run:   cpus/node .*\((on each node, |the smallest node's, ($NSA|$NSB); )queried\)$" "$W/launcher.log" \
+    || fail "the launcher did not query the CPU facts on the two hosts"
   [ $((rx1 - rx0 + tx1 - tx0)) -gt 0 ] || fail "the launcher's run sent nothing across the link"
-  ok "launch/shardlora-run --hosts $IPA:2,$IPB:2 --ranks-per-node 2: tp 2 x dp 2, ranks 0-1 on $NSA, 2-3 on $NSB, link RX $((rx1 - rx0)) TX $((tx1 - tx0)) bytes"
+  ok "launch/shardlora-run --hosts $IPA:2,$IPB:2 (K 2 from the slots, node facts queried on both hosts): tp 2 x dp 2, ranks 0-1 on $NSA, 2-3 on $NSB, link RX $((rx1 - rx0)) TX $((tx1 - tx0)) bytes"
 else
   fail "$LAUNCHER is missing or not executable"
 fi
