@@ -76,7 +76,7 @@ static int plan_parse(PlanOpts *o, int argc, char **argv, int *rc) {
         {.type = ARG_GROUP, .group = ARGG_PARALLEL},
         {"nodes", ARG_INT, &o->nodes, "N", "nodes of the cluster", 1, 0},
         {"mem-per-node", ARG_FLOAT, &o->mem_per_node, "GIB", "memory per node the ranks may use, in GiB (shared equally by its ranks)", 1, 0},
-        {"ranks-per-node", ARG_INT, &o->ranks_per_node, "K", "MPI ranks per node (world = nodes x K; say it: the default 1 is not this machine's NUMA count, a plan is for the cluster's nodes); a TP group is K or fewer consecutive ranks to stay inside a node", 0, 0},
+        {"ranks-per-node", ARG_INT, &o->ranks_per_node, "K", "MPI ranks per node of the cluster (world = nodes x K); give it: the default is 1, not the NUMA domains of this machine as shardlora-run assumes, since a plan is for other nodes. A TP group of consecutive ranks stays inside a node when tp divides K", 0, 0},
         {"threads", ARG_INT, &o->threads, "N", "threads per rank (each has its own attention scratch)", 0, 0},
         {.type = ARG_GROUP, .group = ARGG_DATA},
         {"seq-len", ARG_INT, &o->seq_len, "T", "tokens per sequence", 0, 0},
@@ -327,7 +327,7 @@ static void plan_print_table(const PlanLayout *p, int n, const HfcConfig *c, con
            o->model, c->architecture, (long long)c->num_layers, (long long)c->hidden_size,
            (long long)c->intermediate_size, (long long)c->num_heads, (long long)c->num_kv_heads,
            (long long)c->vocab_size);
-    printf("%lld nodes x %lld ranks = %lld ranks, %g GiB per node; base %s, seq %lld x "
+    printf("%lld nodes x %lld ranks per node = %lld ranks, %g GiB per node; base %s, seq %lld x "
            "micro-batch %lld, global batch %s, LoRA r %lld on all modules, recompute %s\n\n",
            (long long)o->nodes, (long long)o->ranks_per_node,
            (long long)(o->nodes * o->ranks_per_node), o->mem_per_node, mpicmd_base_name(dt),
@@ -336,7 +336,7 @@ static void plan_print_table(const PlanLayout *p, int n, const HfcConfig *c, con
                            : "micro-batch x dp",
            (long long)o->r, o->recompute);
     printf("%-14s %-4s %11s %11s %11s %11s  %-26s %-26s %s\n", "layout", "fits", "frozen",
-           "+act/adapt", "total", "per rank", "TP sent/step", "gradient sent/step",
+           "+act/adapt", "total", "budget", "TP sent/step", "gradient sent/step",
            "between nodes/step");
     int spans = 0, refused = 0;
     for (int i = 0; i < n; i++) {
@@ -364,7 +364,8 @@ static void plan_print_table(const PlanLayout *p, int n, const HfcConfig *c, con
                "nodes (prefer a tp that divides --ranks-per-node)\n");
     printf("memory per rank: frozen weights (exact) + activations, adapter, optimizer state "
            "(estimate, as train's start-up check); bytes a rank sends per optimizer step (a "
-           "ring all-reduce over n ranks sends 2(n-1)/n of its buffer)\n");
+           "ring all-reduce over n ranks sends 2(n-1)/n of its buffer; all of it counts as "
+           "between nodes when its group spans nodes)\n");
     if (refused) {
         printf("not possible:\n");
         for (int i = 0; i < n; i++)
