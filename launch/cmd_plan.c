@@ -117,9 +117,9 @@ static int plan_check(const PlanOpts *o, int *base, int *recompute, ErrStatus *s
                        (long long)(o->micro_batch * o->seq_len), (long long)MPICMD_MAX_ROWS);
     if (st->ok && !(o->mem_per_node > 0 && o->mem_per_node < 1e9))
         err_status_set(st, "--mem-per-node %g: expected a positive number of GiB", o->mem_per_node);
-    if (st->ok && (int64_t)o->nodes * o->ranks_per_node > (1 << 20))
+    if (st->ok && (int64_t)o->nodes * o->ranks_per_node > (1 << 16))
         err_status_set(st, "--nodes x --ranks-per-node %lld: expected at most %d",
-                       (long long)(o->nodes * o->ranks_per_node), 1 << 20);
+                       (long long)(o->nodes * o->ranks_per_node), 1 << 16);
     mpicmd_dtype_opts(o->base_dtype, "auto", base, &compute, st);
     if (st->ok && (*recompute = llama_recompute_parse(o->recompute)) < 0)
         err_status_set(st, "--recompute '%s': expected none or layer", o->recompute);
