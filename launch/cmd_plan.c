@@ -143,7 +143,7 @@ static int64_t plan_comm_key(PlanComm c, const LlamaModel *m, int tp, int64_t w)
 }
 
 /* n (ranks in rank 0's group) and spans (a group with ranks on two nodes) of class c, for
- * ranks placed K per node in world-rank order (mpirun --map-by node:PE... fills a node
+ * ranks placed K per node in world-rank order (shardlora-run's --map-by ppr:K:node fills a node
  * first; DESIGN.md §2). */
 static void plan_comm_shape(PlanTraffic *t, PlanComm c, const LlamaModel *m, int tp, int64_t world,
                             int64_t K) {
