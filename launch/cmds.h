@@ -14,5 +14,6 @@ int cmd_export(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
 int cmd_preview(int argc, char **argv);
+int cmd_plan(int argc, char **argv);
 
 #endif

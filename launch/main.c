@@ -28,6 +28,8 @@ static void main_usage(FILE *f) {
         "  eval         mean loss and perplexity of a model (+ adapter) on a JSONL dataset\n"
         "  merge        merge a PEFT LoRA, DoRA or VeRA adapter into the weights (any number of "
         "ranks)\n"
+        "  plan         which tp x dp layouts of a model fit N nodes, and the bytes per link per "
+        "step (config.json only)\n"
         "  version      print the versions of shardlora, its MPI library and its BLAS (also "
         "--version)\n"
         "\n"
@@ -67,6 +69,7 @@ int main(int argc, char **argv) {
     if (strcmp(argv[1], "eval") == 0) return cmd_eval(argc, argv);
     if (strcmp(argv[1], "merge") == 0) return cmd_merge(argc, argv);
     if (strcmp(argv[1], "preview") == 0) return cmd_preview(argc, argv);
+    if (strcmp(argv[1], "plan") == 0) return cmd_plan(argc, argv);
     fprintf(stderr, "shardlora: unknown command '%s'\n", argv[1]);
     main_usage(stderr);
     return EXIT_USAGE;

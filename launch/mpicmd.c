@@ -65,6 +65,13 @@ const char *mpicmd_base_name(GemmDtype d) {
     return d >= GEMM_F32 && d <= GEMM_NF4 ? names[d] : "?";
 }
 
+GemmDtype mpicmd_base_dtype(int base, const HfcConfig *c) {
+    if (base != LLAMA_BASE_FILE) return (GemmDtype)base;
+    const int f32 =
+        c && (strcmp(c->torch_dtype, "float32") == 0 || strcmp(c->torch_dtype, "float16") == 0);
+    return f32 ? GEMM_F32 : GEMM_BF16;
+}
+
 int mpicmd_bound(const char *flag, int64_t v, int64_t lo, int64_t hi, ErrStatus *st) {
     if (!st->ok) return 0;
     if (v >= lo && v <= hi) return 1;
@@ -244,18 +251,11 @@ int mpicmd_frozen_check(Grid *g, const char *cmd, const MpicmdRun *run) {
     free(path);
     int base = LLAMA_BASE_FILE, compute = 0;
     mpicmd_dtype_opts(run->base_dtype, run->compute_dtype, &base, &compute, &st);
-    if (base == LLAMA_BASE_FILE)
-        base =
-            have && (strcmp(c.torch_dtype, "float32") == 0 || strcmp(c.torch_dtype, "float16") == 0)
-                ? GEMM_F32
-                : GEMM_BF16;
-    /* 16ths of a byte per element: F32 64, BF16 32, INT8 16 (+ a scale per row, small),
-     * NF4 9 (4 bits + an F32 absmax per 64) */
-    static const int sixteenths[] = {64, 32, 17, 9};
-    const int64_t need = have ? memplan_frozen(&c, g->tp, g->tp_rank, sixteenths[base]) : 0;
+    const GemmDtype dt = mpicmd_base_dtype(base, have ? &c : NULL);
+    const int64_t need = have ? memplan_frozen(&c, g->tp, g->tp_rank, dt) : 0;
     if (have && g->world_rank == 0)
         log_debug("frozen weights from config.json: %lld bytes on rank 0 (%s elements)",
-                  (long long)need, gemm_dtype_name((GemmDtype)base));
+                  (long long)need, gemm_dtype_name(dt));
     const double allowed = mpicmd_allowed(g, run, 0);
     const double gib = 1073741824.0;
     err_status_ok(&st);

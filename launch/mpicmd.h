@@ -45,6 +45,11 @@ int mpicmd_dtype_opts(const char *base_dtype, const char *compute_dtype, int *ba
 /* The name --base-dtype takes for a resolved storage dtype ("fp32", "bf16", "int8", "nf4"). */
 const char *mpicmd_base_name(GemmDtype d);
 
+/* The storage dtype of the big frozen matrices for a resolved --base-dtype, before any weight
+ * is read: `base` itself, or for LLAMA_BASE_FILE the dtype config c's torch_dtype implies
+ * (float32 and float16 are held as F32, anything else or no config (c NULL) as BF16). */
+GemmDtype mpicmd_base_dtype(int base, const HfcConfig *c);
+
 /* The command's own checks of its options (after the grid is set up: g->tp and g->dp are
  * known); 0 with st set to refuse. */
 typedef int (*MpicmdCheck)(void *ctx, ErrStatus *st);

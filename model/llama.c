@@ -258,17 +258,11 @@ static int llama_check_layout(const HfcConfig *c, int tp, ErrStatus *st) {
     return 1;
 }
 
-int llama_load(LlamaModel *m, const char *dir, const Grid *g, int base, MemCtx *mem,
-               ErrStatus *st) {
+int llama_shape(LlamaModel *m, const HfcConfig *c, int tp, int tp_rank, ErrStatus *st) {
     memset(m, 0, sizeof *m);
-    SL_CHECK(base >= LLAMA_BASE_FILE && base <= GEMM_NF4, "base dtype %d", base);
-    m->base = base;
-    char path[4096];
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    if (!hfc_load(&m->cfg, path, st)) return 0;
-    const HfcConfig *c = &m->cfg;
-    m->tp = g->tp;
-    m->tp_rank = g->tp_rank;
+    m->cfg = *c;
+    m->tp = tp;
+    m->tp_rank = tp_rank;
     if (!llama_check_layout(c, m->tp, st)) return 0;
     m->C = c->hidden_size;
     m->F = c->intermediate_size;
@@ -288,6 +282,19 @@ int llama_load(LlamaModel *m, const char *dir, const Grid *g, int base, MemCtx *
     }
     /* vocabulary rows: an uneven split is fine (e.g. 32001 rows) */
     llama_vocab_range(m->V, m->tp, m->tp_rank, &m->V0, &m->Vl);
+    return 1;
+}
+
+int llama_load(LlamaModel *m, const char *dir, const Grid *g, int base, MemCtx *mem,
+               ErrStatus *st) {
+    SL_CHECK(base >= LLAMA_BASE_FILE && base <= GEMM_NF4, "base dtype %d", base);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    HfcConfig cfg;
+    memset(m, 0, sizeof *m);
+    if (!hfc_load(&cfg, path, st) || !llama_shape(m, &cfg, g->tp, g->tp_rank, st)) return 0;
+    m->base = base;
+    const HfcConfig *c = &m->cfg;
 
     StDir d;
     if (!st_dir_open(&d, dir, st)) return 0;

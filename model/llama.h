@@ -119,6 +119,12 @@ typedef struct {
  * and the RoPE table stay F32. Bad files / shapes / layouts (or a shard that cannot be stored
  * as `base`): 0 and st names the file and the tensor. */
 int llama_load(LlamaModel *m, const char *dir, const Grid *g, int base, MemCtx *mem, ErrStatus *st);
+/* The dimensions llama_load sets before it reads a weight (cfg, tp, tp_rank, C .. Vl, kv0)
+ * for TP rank tp_rank of tp, from config c alone; everything else zero (no weights, no
+ * frozen bytes). For plans and estimates of a model that is not loaded (`shardlora plan`).
+ * 0 with st when llama_load would refuse the layout (--tp against the heads, kv heads and
+ * intermediate_size). */
+int llama_shape(LlamaModel *m, const HfcConfig *c, int tp, int tp_rank, ErrStatus *st);
 /* Creates the adapters (declare, finalize the flat buffers, init from the seed). */
 void llama_init_adapters(LlamaModel *m, const AdapterCfg *acfg, Grid *g, MemCtx *mem);
 /* Calls every slot's step_begin (adapter.h): once per optimizer step before the first

@@ -8,6 +8,7 @@
 #include "../model/kvcache.h"
 #include "../runtime/kernels.h"
 #include "../runtime/log.h"
+#include "../runtime/quant.h"
 #include "../runtime/sizes.h"
 
 /* Saturating: a + b * c (an estimate of absurd sizes stays huge instead of wrapping). */
@@ -144,24 +145,40 @@ void memplan_estimate(MemPlan *p, const LlamaModel *m, const MemplanIn *in) {
         p->total = sizes_add_sat(p->total, p->bytes[c]);
 }
 
-int64_t memplan_frozen(const HfcConfig *c, int tp, int tp_rank, int sixteenths) {
-    if (tp < 1 || c->num_heads % tp || c->intermediate_size % tp ||
-        (c->num_kv_heads % tp && tp % c->num_kv_heads))
-        return 0;
-    const int64_t C = c->hidden_size, D = c->head_dim, Hl = c->num_heads / tp;
-    const int64_t KVl = c->num_kv_heads >= tp ? c->num_kv_heads / tp : 1;
-    const int64_t Fl = c->intermediate_size / tp;
-    int64_t v0 = 0, Vl = 0;
-    llama_vocab_range(c->vocab_size, tp, tp_rank, &v0, &Vl);
-    /* q, o [Hl D, C]; k, v [KVl D, C]; gate, up, down [Fl, C] */
-    const int64_t layer = sizes_mul_sat(C, 2 * Hl * D + 2 * KVl * D + 3 * Fl);
-    int64_t e = sizes_mul_sat(c->num_layers, layer);
-    e = mp_fma(e, c->tie_word_embeddings ? 1 : 2, sizes_mul_sat(Vl, C));
-    /* norms (2 per layer and the final one), the RoPE table, biases at most [out] per linear */
-    int64_t f = sizes_mul_sat(2 * c->num_layers + 1, C) + D / 2;
-    if (c->qkv_bias || c->o_bias || c->mlp_bias)
-        f = mp_fma(f, c->num_layers, 2 * (Hl + KVl) * D + 2 * C + 3 * Fl);
-    return sizes_add_sat(sizes_mul_sat(e / 16 + 1, sixteenths), sizes_mul_sat(f, 4));
+/* Bytes of one [nr, nc] frozen matrix held as dt (as runtime/gemm.c's gemm_weight_bytes
+ * counts the loaded one), or -1 when dt cannot store that shape (nf4: nc % 64). */
+static int64_t mp_matrix_bytes(GemmDtype dt, int64_t nr, int64_t nc) {
+    if (dt == GEMM_F32 || dt == GEMM_BF16)
+        return sizes_mul_sat(sizes_mul_sat(nr, nc), dt == GEMM_F32 ? 4 : 2);
+    const QuantFormat f = dt == GEMM_INT8 ? QUANT_INT8 : QUANT_NF4;
+    ErrStatus st;
+    err_status_ok(&st);
+    return quant_check_shape(f, nr, nc, &st) ? (int64_t)quant_bytes(f, nr, nc) : -1;
+}
+
+int64_t memplan_frozen(const HfcConfig *c, int tp, int tp_rank, GemmDtype dt) {
+    LlamaModel m;
+    ErrStatus st;
+    if (!llama_shape(&m, c, tp, tp_rank, &st)) return 0;
+    const int64_t C = m.C, QD = m.Hl * m.D, KD = m.KVl * m.D, Fl = m.Fl;
+    /* this rank's q, k, v, o, gate, up, down shards (llama_load's ShardDescs) */
+    const int64_t rows[MOD_NMODULES] = {QD, KD, KD, C, Fl, Fl, C};
+    const int64_t cols[MOD_NMODULES] = {C, C, C, QD, C, C, Fl};
+    int64_t layer = 0, e = mp_matrix_bytes(dt, m.Vl, C);
+    for (int i = 0; i < MOD_NMODULES; i++) {
+        const int64_t b = mp_matrix_bytes(dt, rows[i], cols[i]);
+        if (b < 0) return 0;
+        layer = sizes_add_sat(layer, b);
+    }
+    if (e < 0) return 0;
+    e = sizes_add_sat(sizes_mul_sat(e, c->tie_word_embeddings ? 1 : 2), sizes_mul_sat(m.L, layer));
+    /* F32: norms (2 per layer and the final one), the RoPE table, and the biases: column
+     * layers' sharded [rows], row layers' replicated [C] */
+    int64_t f = sizes_mul_sat(2 * m.L + 1, C) + m.D / 2;
+    const int64_t bias =
+        (c->qkv_bias ? QD + 2 * KD : 0) + (c->o_bias ? C : 0) + (c->mlp_bias ? 2 * Fl + C : 0);
+    f = mp_fma(f, m.L, bias);
+    return sizes_add_sat(e, sizes_mul_sat(f, 4));
 }
 
 /* The first integer of a file (e.g. "max" -> -1), or -1. */

@@ -43,11 +43,12 @@ typedef struct {
  * INT64_MAX instead of overflowing. */
 void memplan_estimate(MemPlan *p, const LlamaModel *m, const MemplanIn *in);
 
-/* The frozen bytes TP rank tp_rank of tp will load for config c, before anything is read
- * (the matrices of model/llama.c's llama_load at `sixteenths` / 16 bytes per element, norms
- * and biases in F32); 0 for a layout llama_load refuses. sixteenths: 64 for F32 (F16 is
- * widened), 32 for BF16, 17 for INT8 (the per-row scales rounded up), 9 for NF4. */
-int64_t memplan_frozen(const HfcConfig *c, int tp, int tp_rank, int sixteenths);
+/* The frozen bytes TP rank tp_rank of tp will load for config c, before anything is read:
+ * exactly what llama_load's frozen_bytes will be when the big matrices (the seven projections,
+ * embedding, lm_head) are held as dt (their quantised codes and scales as runtime/quant.h
+ * sizes them), norms, biases and the RoPE table as F32. 0 for a layout llama_load refuses or
+ * a shard dt cannot store (nf4: columns not a multiple of 64). */
+int64_t memplan_frozen(const HfcConfig *c, int tp, int tp_rank, GemmDtype dt);
 
 /* The bytes this node can still give, for all its ranks: min(MemAvailable of /proc/meminfo,
  * cgroup v2 memory.max - memory.current or v1 limit - usage); -1 if unknown. */
