@@ -1404,11 +1404,12 @@ static void train_after_step(TrainRun *r, TrainLoop *l, const TrainerStep *ts, d
     report_bar_draw(&r->rep, step, r->total_steps, ts->loss, tps, el, eta);
     if (log_level() >= LOG_DEBUG) {
         const uint64_t *b = r->g.bytes, *p = l->bytes_prev;
-        log_debug("step %lld bytes: tp %.3g MB, dp %.3g MB, world %.3g MB, kv %.3g MB",
+        log_debug("step %lld bytes: tp %.3g MB, dp %.3g MB, world %.3g MB, kv %.3g MB, pp %.3g MB",
                   (long long)step, (double)(b[GRID_BYTES_TP] - p[GRID_BYTES_TP]) / 1e6,
                   (double)(b[GRID_BYTES_DP] - p[GRID_BYTES_DP]) / 1e6,
                   (double)(b[GRID_BYTES_WORLD] - p[GRID_BYTES_WORLD]) / 1e6,
-                  (double)(b[GRID_BYTES_KV] - p[GRID_BYTES_KV]) / 1e6);
+                  (double)(b[GRID_BYTES_KV] - p[GRID_BYTES_KV]) / 1e6,
+                  (double)(b[GRID_BYTES_PP] - p[GRID_BYTES_PP]) / 1e6);
         memcpy(l->bytes_prev, r->g.bytes, sizeof l->bytes_prev);
     }
 }

@@ -30,34 +30,57 @@ void grid_init(Grid *g, int *argc, char ***argv) {
     err_set_rank(g->world_rank);
     err_set_abort_hook(grid_abort_hook, NULL);
     g->tp = 1;
+    g->pp = 1;
     g->dp = g->world_size;
     g->tp_rank = 0;
+    g->pp_rank = 0;
     g->dp_rank = g->world_rank;
     g->tp_comm = MPI_COMM_SELF;
+    g->pp_comm = MPI_COMM_SELF;
     g->dp_comm = MPI_COMM_WORLD;
 }
 
 int grid_setup(Grid *g, int tp, ErrStatus *st) {
+    return grid_setup_pp(g, tp, 1, st);
+}
+
+int grid_setup_pp(Grid *g, int tp, int pp, ErrStatus *st) {
     err_status_ok(st);
     if (tp < 1)
         return err_status_set(st, "--tp %d: the tensor-parallel size must be at least 1", tp);
-    if (g->world_size % tp != 0)
+    if (pp < 1)
+        return err_status_set(st, "--pp %d: the pipeline-parallel size must be at least 1", pp);
+    /* pp = 1 keeps the message of the dp x tp grid word for word */
+    if (pp == 1 && g->world_size % tp != 0)
         return err_status_set(st,
                               "--tp %d does not divide the %d MPI ranks (world = dp x tp); "
                               "launch a multiple of %d ranks",
                               tp, g->world_size, tp);
+    /* tp * pp in 64 bits: both are ints, their product need not be */
+    const int64_t block = (int64_t)tp * pp;
+    if (pp > 1 && g->world_size % block != 0)
+        return err_status_set(st,
+                              "--tp %d x --pp %d = %lld does not divide the %d MPI ranks "
+                              "(world = dp x pp x tp); launch a multiple of %lld ranks",
+                              tp, pp, (long long)block, g->world_size, (long long)block);
     g->tp = tp;
-    g->dp = g->world_size / tp;
+    g->pp = pp;
+    g->dp = (int)(g->world_size / block);
     g->tp_rank = g->world_rank % tp;
-    g->dp_rank = g->world_rank / tp;
-    MPI_Comm_split(g->world, g->dp_rank, g->tp_rank, &g->tp_comm);
-    MPI_Comm_split(g->world, g->tp_rank, g->dp_rank, &g->dp_comm);
+    g->pp_rank = (g->world_rank / tp) % pp;
+    g->dp_rank = (int)(g->world_rank / block);
+    /* colours: tp_comm = the block world_rank / tp, i.e. (dp_rank, pp_rank); dp_comm =
+     * (pp_rank, tp_rank); pp_comm = (dp_rank, tp_rank). Keys order each by its own rank. */
+    MPI_Comm_split(g->world, g->world_rank / tp, g->tp_rank, &g->tp_comm);
+    MPI_Comm_split(g->world, g->pp_rank * tp + g->tp_rank, g->dp_rank, &g->dp_comm);
+    if (pp > 1) MPI_Comm_split(g->world, g->dp_rank * tp + g->tp_rank, g->pp_rank, &g->pp_comm);
     return 1;
 }
 
 void grid_finalize(Grid *g) {
     if (g->tp_comm != MPI_COMM_SELF && g->tp_comm != MPI_COMM_NULL) MPI_Comm_free(&g->tp_comm);
     if (g->dp_comm != MPI_COMM_WORLD && g->dp_comm != MPI_COMM_NULL) MPI_Comm_free(&g->dp_comm);
+    if (g->pp_comm != MPI_COMM_SELF && g->pp_comm != MPI_COMM_NULL) MPI_Comm_free(&g->pp_comm);
     if (g->mpi_owned) {
         int down = 0;
         MPI_Finalized(&down);

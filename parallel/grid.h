@@ -1,7 +1,11 @@
-/* The process grid world = dp x tp (DESIGN.md §2): tp_rank = world_rank % tp,
- * dp_rank = world_rank / tp, so a TP group is a block of consecutive ranks. Communicators
- * tp_comm (same dp_rank), dp_comm (same tp_rank) and world; collectives count the bytes they
- * move per category. grid_init installs the abort hook that calls MPI_Abort. */
+/* The process grid world = dp x pp x tp (DESIGN.md §2), TP innermost, then PP, then DP:
+ * tp_rank = world_rank % tp, pp_rank = (world_rank / tp) % pp, dp_rank = world_rank / (tp * pp),
+ * so a TP group is a block of consecutive ranks (one node) and a pipeline a block of tp * pp.
+ * Communicators tp_comm (same dp_rank and pp_rank), pp_comm (same dp_rank and tp_rank: the
+ * stages of one pipeline that hold the same TP shard), dp_comm (same tp_rank and pp_rank) and
+ * world; at pp = 1 this is world = dp x tp as before and pp_comm is MPI_COMM_SELF. Collectives
+ * count the bytes they move per category. grid_init installs the abort hook that calls
+ * MPI_Abort. */
 #ifndef SHARDLORA_PARALLEL_GRID_H
 #define SHARDLORA_PARALLEL_GRID_H
 
@@ -16,14 +20,15 @@ typedef enum {
     GRID_BYTES_DP,     /* gradient sync of sharded adapter factors */
     GRID_BYTES_WORLD,  /* gradient sync of replicated adapter factors */
     GRID_BYTES_KV,     /* gradient sync of factors replicated within a kv-head group */
+    GRID_BYTES_PP,     /* stage-boundary activations and their gradients (pp_comm) */
     GRID_BYTES_OTHER,  /* counts, norms, control */
     GRID_NBYTES
 } GridBytes;
 
 typedef struct {
     int world_rank, world_size;
-    int tp, dp, tp_rank, dp_rank;
-    MPI_Comm world, tp_comm, dp_comm;
+    int tp, dp, pp, tp_rank, dp_rank, pp_rank;
+    MPI_Comm world, tp_comm, dp_comm, pp_comm;
     int mpi_owned;               /* this Grid called MPI_Init */
     uint64_t bytes[GRID_NBYTES]; /* bytes sent per category (payload size per call) */
     uint64_t calls[GRID_NBYTES];
@@ -32,9 +37,14 @@ typedef struct {
 /* MPI_Init (if not yet), world rank/size, error rank, abort hook. Call after
  * gemm_ensure_blas_core (which may re-exec). */
 void grid_init(Grid *g, int *argc, char ***argv);
-/* Split into tp x dp. Impossible layouts (world % tp != 0, tp < 1): returns 0 with the
- * reason in st; every rank computes the same verdict, so no rank waits for another. */
+/* Split into tp x dp (grid_setup_pp at pp = 1). Impossible layouts (world % tp != 0, tp < 1):
+ * returns 0 with the reason in st; every rank computes the same verdict, so no rank waits for
+ * another. */
 int grid_setup(Grid *g, int tp, ErrStatus *st);
+/* Split into dp x pp x tp. Refused as grid_setup, and also pp < 1 and world % (tp * pp) != 0
+ * (the same verdict on every rank). At pp = 1 exactly grid_setup: the same two MPI_Comm_split
+ * calls, and pp_comm stays MPI_COMM_SELF. */
+int grid_setup_pp(Grid *g, int tp, int pp, ErrStatus *st);
 void grid_finalize(Grid *g);
 
 /* In-place sum / max all-reduce over comm (a no-op on a communicator of size 1). */

@@ -398,14 +398,17 @@ int report_summary(const char *out, const ReportTotals *t, const TrainData *d, c
 int report_rank_summary(const char *out, const Session *s, int64_t steps, ErrStatus *st) {
     const Grid *g = s->g;
     const LlamaModel *m = &s->m;
-    static const char *keys[GRID_NBYTES] = {"tp", "dp", "world", "kv", "other"};
+    static const char *keys[] = {"tp", "dp", "world", "kv", "pp", "other"};
+    _Static_assert(sizeof keys / sizeof *keys == GRID_NBYTES, "a key per GridBytes category");
     json_t *j = json_object(), *bytes = json_object(), *calls = json_object();
     json_object_set_new(j, "rank", json_integer(g->world_rank));
     json_object_set_new(j, "world", json_integer(g->world_size));
     json_object_set_new(j, "tp", json_integer(g->tp));
     json_object_set_new(j, "dp", json_integer(g->dp));
+    json_object_set_new(j, "pp", json_integer(g->pp));
     json_object_set_new(j, "tp_rank", json_integer(g->tp_rank));
     json_object_set_new(j, "dp_rank", json_integer(g->dp_rank));
+    json_object_set_new(j, "pp_rank", json_integer(g->pp_rank));
     json_object_set_new(j, "steps", json_integer(steps));
     json_object_set_new(j, "frozen_bytes", json_integer((json_int_t)m->frozen_bytes));
     json_object_set_new(j, "frozen_bytes_read", json_integer((json_int_t)m->bytes_read));
@@ -529,4 +532,7 @@ void report_comm(const Session *s, int64_t steps) {
              (double)b[GRID_BYTES_DP] * per / 1e6, (double)b[GRID_BYTES_WORLD] * per / 1e6,
              (double)b[GRID_BYTES_KV] * per / 1e6,
              (double)(s->m.params.total * sizeof(float)) / 1e6);
+    if (s->g->pp > 1)
+        log_info("communication per step on rank 0: pp stage boundaries %.3f MB",
+                 (double)b[GRID_BYTES_PP] * per / 1e6);
 }

@@ -274,17 +274,19 @@ def read_summaries(out, world):
         except (OSError, json.JSONDecodeError) as e:
             fail(f"{p}: {e}")
             continue
-        missing = [k for k in ("rank", "world", "tp", "dp", "tp_rank", "dp_rank", "steps", "frozen_bytes",
-                               "frozen_bytes_read", "replicated_frozen_bytes", "adapter_bytes", "comm_bytes",
-                               "comm_calls") if k not in s]
-        missing += [f"comm_bytes.{k}" for k in ("tp", "dp", "world", "kv", "other")
+        missing = [k for k in ("rank", "world", "tp", "dp", "pp", "tp_rank", "dp_rank", "pp_rank", "steps",
+                               "frozen_bytes", "frozen_bytes_read", "replicated_frozen_bytes", "adapter_bytes",
+                               "comm_bytes", "comm_calls") if k not in s]
+        missing += [f"comm_bytes.{k}" for k in ("tp", "dp", "world", "kv", "pp", "other")
                     if k not in s.get("comm_bytes", {})]
         if missing:
             fail(f"{p}: lacks {', '.join(missing)}")
             continue
-        tp = s["tp"]
-        want = {"rank": r, "world": world, "dp": world // tp if tp else -1, "tp_rank": r % tp if tp else -1,
-                "dp_rank": r // tp if tp else -1}
+        # world = dp x pp x tp, TP innermost, then PP, then DP (parallel/grid.h)
+        tp, pp = s["tp"], s["pp"]
+        blk = tp * pp
+        want = {"rank": r, "world": world, "dp": world // blk if blk else -1, "tp_rank": r % tp if tp else -1,
+                "pp_rank": (r // tp) % pp if blk else -1, "dp_rank": r // blk if blk else -1}
         wrong = [f"{k} = {s[k]} (expected {v})" for k, v in want.items() if s[k] != v]
         if wrong:
             fail(f"{p}: {'; '.join(wrong)}")

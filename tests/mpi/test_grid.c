@@ -1,10 +1,13 @@
 /* MPI tests of parallel/grid and parallel/gsync on 4 ranks (mpiexec -n 4): grid_setup at
  * tp = 2 (ranks, sizes and members of tp_comm / dp_comm as DESIGN.md §2 says; tp = 4, 1 and
- * refused layouts), every counted collective's values and the bytes / calls it adds to its
- * category (and to no other), grid_agree / grid_agree_code (one rank prints, every rank gets
- * the verdict and the first failing rank's code), grid_split_world, grid_node_ranks (4 on one
- * machine), and gsync buckets over dp_comm, tp_comm and world started out of order: the same
- * sums as MPI_Allreduce, the bytes counted once per bucket, twice in a row. Every rank checks;
+ * refused layouts), grid_setup_pp at (tp, pp, dp) = (1,2,2), (2,2,1), (1,4,1) against tables
+ * written out by hand (every rank's coordinates and the members of tp_comm, pp_comm and
+ * dp_comm; stage-boundary bytes counted as pp), at pp = 1 the same communicators as
+ * grid_setup and pp_comm = SELF, and its refusals; every counted collective's values and the bytes
+ * / calls it adds to its category (and to no other), grid_agree / grid_agree_code (one rank prints,
+ * every rank gets the verdict and the first failing rank's code), grid_split_world, grid_node_ranks
+ * (4 on one machine), and gsync buckets over dp_comm, tp_comm and world started out of order: the
+ * same sums as MPI_Allreduce, the bytes counted once per bucket, twice in a row. Every rank checks;
  * rank 0 prints the verdict and the exit status is non-zero on any rank's failure. */
 #include <stdint.h>
 #include <stdio.h>
@@ -105,6 +108,136 @@ static void test_setup(Grid *g) {
           "tp=3 of 4 ranks refused: '%s'", st.msg);
     CHECK(!grid_setup(&h, 0, &st) && strstr(st.msg, "at least 1"), "tp=0 refused: '%s'", st.msg);
     CHECK(h.tp == 1 && h.tp_comm == MPI_COMM_SELF, "a refused grid_setup changed the grid");
+    grid_finalize(&h);
+}
+
+/* One (tp, pp) layout of 4 ranks written out by hand (TP innermost, then PP, then DP):
+ * each rank's (tp_rank, pp_rank, dp_rank) and the world ranks of its tp_comm, pp_comm and
+ * dp_comm in communicator order (-1 ends a list). */
+typedef struct {
+    int tp, pp, dp;
+    int coord[4][3];
+    int tpm[4][5], ppm[4][5], dpm[4][5];
+} PpLayout;
+
+static const PpLayout pp_layouts[] = {
+    /* (tp, pp, dp) = (1, 2, 2): two pipelines {0, 1} and {2, 3}; stage s of both in dp_comm */
+    {1,
+     2,
+     2,
+     {{0, 0, 0}, {0, 1, 0}, {0, 0, 1}, {0, 1, 1}},
+     {{0, -1}, {1, -1}, {2, -1}, {3, -1}},
+     {{0, 1, -1}, {0, 1, -1}, {2, 3, -1}, {2, 3, -1}},
+     {{0, 2, -1}, {1, 3, -1}, {0, 2, -1}, {1, 3, -1}}},
+    /* (2, 2, 1): stage 0 = TP group {0, 1}, stage 1 = {2, 3}; shard t's pipeline {t, t + 2} */
+    {2,
+     2,
+     1,
+     {{0, 0, 0}, {1, 0, 0}, {0, 1, 0}, {1, 1, 0}},
+     {{0, 1, -1}, {0, 1, -1}, {2, 3, -1}, {2, 3, -1}},
+     {{0, 2, -1}, {1, 3, -1}, {0, 2, -1}, {1, 3, -1}},
+     {{0, -1}, {1, -1}, {2, -1}, {3, -1}}},
+    /* (1, 4, 1): one pipeline of four stages */
+    {1,
+     4,
+     1,
+     {{0, 0, 0}, {0, 1, 0}, {0, 2, 0}, {0, 3, 0}},
+     {{0, -1}, {1, -1}, {2, -1}, {3, -1}},
+     {{0, 1, 2, 3, -1}, {0, 1, 2, 3, -1}, {0, 1, 2, 3, -1}, {0, 1, 2, 3, -1}},
+     {{0, -1}, {1, -1}, {2, -1}, {3, -1}}},
+};
+
+/* comm's members (world ranks, comm order) = want (-1 terminated) and my rank in comm = me. */
+static void check_members(const char *what, const PpLayout *l, MPI_Comm comm, const int *want,
+                          int me) {
+    int m[4] = {-1, -1, -1, -1}, n = members(comm, m), wn = 0;
+    while (want[wn] >= 0)
+        wn++;
+    int same = n == wn;
+    for (int i = 0; same && i < n; i++)
+        same = m[i] == want[i];
+    CHECK(same && grid_comm_rank(comm) == me,
+          "(tp %d pp %d dp %d) %s: %d members %d %d %d %d, my rank %d; want %d members "
+          "starting %d, my rank %d",
+          l->tp, l->pp, l->dp, what, n, m[0], m[1], m[2], m[3], grid_comm_rank(comm), wn, want[0],
+          me);
+}
+
+/* Stage-boundary traffic of one pipeline: stage s sends to s + 1 over pp_comm, counted as pp. */
+static void check_pp_send(Grid *h) {
+    Counts c = counts_of(h);
+    double x = 100.0 * h->dp_rank + 10.0 * h->tp_rank + h->pp_rank, got = -1;
+    if (h->pp_rank + 1 < h->pp) {
+        grid_send(h, h->pp_comm, &x, sizeof x, h->pp_rank + 1, 3, GRID_BYTES_PP);
+        check_counted("pp send", h, &c, GRID_BYTES_PP, sizeof x, 1);
+    }
+    if (h->pp_rank > 0) {
+        grid_recv(h, h->pp_comm, &got, sizeof got, h->pp_rank - 1, 3);
+        CHECK(got == x - 1, "stage %d received %g from the stage before, want %g", h->pp_rank, got,
+              x - 1);
+    }
+}
+
+static void test_setup_pp(void) {
+    ErrStatus st;
+    Grid h;
+    for (size_t i = 0; i < sizeof pp_layouts / sizeof *pp_layouts; i++) {
+        const PpLayout *l = &pp_layouts[i];
+        const int *want = l->coord[g_rank];
+        grid_init(&h, NULL, NULL);
+        CHECK(grid_setup_pp(&h, l->tp, l->pp, &st), "grid_setup_pp tp %d pp %d: %s", l->tp, l->pp,
+              st.msg);
+        CHECK(h.tp == l->tp && h.pp == l->pp && h.dp == l->dp, "(tp %d pp %d) sizes %d %d %d",
+              l->tp, l->pp, h.tp, h.pp, h.dp);
+        CHECK(h.tp_rank == want[0] && h.pp_rank == want[1] && h.dp_rank == want[2],
+              "(tp %d pp %d) rank %d: tp_rank %d pp_rank %d dp_rank %d, want %d %d %d", l->tp,
+              l->pp, g_rank, h.tp_rank, h.pp_rank, h.dp_rank, want[0], want[1], want[2]);
+        check_members("tp_comm", l, h.tp_comm, l->tpm[g_rank], want[0]);
+        check_members("pp_comm", l, h.pp_comm, l->ppm[g_rank], want[1]);
+        check_members("dp_comm", l, h.dp_comm, l->dpm[g_rank], want[2]);
+        /* only when every rank's pp_comm is ordered by pp_rank (else it would hang, not fail) */
+        int ordered = grid_comm_rank(h.pp_comm) == h.pp_rank && h.pp_rank + 1 <= h.pp;
+        MPI_Allreduce(MPI_IN_PLACE, &ordered, 1, MPI_INT, MPI_LAND, MPI_COMM_WORLD);
+        if (ordered) check_pp_send(&h);
+        grid_finalize(&h);
+    }
+
+    /* pp = 1: the communicators of grid_setup (congruent: same members, same order) */
+    for (int tp = 1; tp <= 4; tp *= 2) {
+        Grid a, b;
+        grid_init(&a, NULL, NULL);
+        grid_init(&b, NULL, NULL);
+        CHECK(grid_setup(&a, tp, &st) && grid_setup_pp(&b, tp, 1, &st), "tp %d pp 1: %s", tp,
+              st.msg);
+        int ct = -1, cd = -1;
+        MPI_Comm_compare(a.tp_comm, b.tp_comm, &ct);
+        MPI_Comm_compare(a.dp_comm, b.dp_comm, &cd);
+        CHECK((ct == MPI_CONGRUENT || ct == MPI_IDENT) && (cd == MPI_CONGRUENT || cd == MPI_IDENT),
+              "tp %d: grid_setup_pp(pp 1) communicators differ from grid_setup's (%d %d)", tp, ct,
+              cd);
+        CHECK(a.pp == 1 && a.pp_rank == 0 && a.pp_comm == MPI_COMM_SELF && b.pp == 1 &&
+                  b.pp_rank == 0 && b.pp_comm == MPI_COMM_SELF && a.tp_rank == b.tp_rank &&
+                  a.dp_rank == b.dp_rank && a.dp == b.dp,
+              "tp %d pp 1: pp %d/%d pp_rank %d/%d", tp, a.pp, b.pp, a.pp_rank, b.pp_rank);
+        grid_finalize(&a);
+        grid_finalize(&b);
+    }
+
+    /* refusals: the same verdict on every rank, the grid untouched */
+    grid_init(&h, NULL, NULL);
+    CHECK(!grid_setup_pp(&h, 1, 0, &st) && strstr(st.msg, "--pp 0") && strstr(st.msg, "at least 1"),
+          "pp=0 refused: '%s'", st.msg);
+    CHECK(!grid_setup_pp(&h, 1, 3, &st) && strstr(st.msg, "--pp 3") && strstr(st.msg, "4 MPI"),
+          "pp=3 of 4 ranks refused: '%s'", st.msg);
+    CHECK(!grid_setup_pp(&h, 2, 4, &st) && strstr(st.msg, "= 8") && strstr(st.msg, "4 MPI"),
+          "tp=2 x pp=4 of 4 ranks refused: '%s'", st.msg);
+    CHECK(!grid_setup_pp(&h, 0, 2, &st) && strstr(st.msg, "--tp 0"), "tp=0 refused: '%s'", st.msg);
+    CHECK(!grid_setup_pp(&h, 3, 1, &st) &&
+              strcmp(st.msg, "--tp 3 does not divide the 4 MPI ranks (world = dp x tp); launch a "
+                             "multiple of 3 ranks") == 0,
+          "pp=1 keeps grid_setup's message: '%s'", st.msg);
+    CHECK(h.pp == 1 && h.tp == 1 && h.pp_comm == MPI_COMM_SELF && h.tp_comm == MPI_COMM_SELF,
+          "a refused grid_setup_pp changed the grid");
     grid_finalize(&h);
 }
 
@@ -378,9 +511,11 @@ int main(int argc, char **argv) {
         grid_finalize(&g);
         return 2;
     }
-    CHECK(g.tp == 1 && g.dp == 4 && g.dp_rank == g_rank && g.tp_comm == MPI_COMM_SELF,
+    CHECK(g.tp == 1 && g.dp == 4 && g.dp_rank == g_rank && g.tp_comm == MPI_COMM_SELF &&
+              g.pp == 1 && g.pp_rank == 0 && g.pp_comm == MPI_COMM_SELF,
           "grid_init's default layout");
     test_setup(&g);
+    test_setup_pp();
     test_allreduce(&g);
     test_bytewise(&g);
     test_agree(&g);

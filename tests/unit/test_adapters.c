@@ -110,8 +110,8 @@ static void rig_setup(Rig *t, const AdapterKind *kind, const Case *c, const floa
     s->module = RIG_MODULE;
     s->shard = t->lin.shard;
     s->lin = &t->lin;
-    t->grid.tp = t->grid.dp = t->grid.world_size = 1;
-    t->grid.world = t->grid.tp_comm = t->grid.dp_comm = MPI_COMM_SELF;
+    t->grid.tp = t->grid.dp = t->grid.pp = t->grid.world_size = 1;
+    t->grid.world = t->grid.tp_comm = t->grid.dp_comm = t->grid.pp_comm = MPI_COMM_SELF;
     s->grid = &t->grid;
     s->tp = 1;
     s->in_copies = 1;
