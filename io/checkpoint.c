@@ -714,6 +714,7 @@ int ckpt_manifest_write(CkptManifestBuilder *m, const char *dir, ErrStatus *st) 
     man.lr_schedule_position = mt->lr_schedule_position;
     man.tp = mt->tp;
     man.dp = mt->dp;
+    man.pp = mt->pp;
     man.extra_json = (char *)ckpt_str(mt->extra_json);
     man.n_tensors = m->ntensors;
     man.tensors = pb.tp;
@@ -871,6 +872,7 @@ int ckpt_open(CkptReader *r, const char *dir, ErrStatus *st) {
     mt->lr_schedule_position = man->lr_schedule_position;
     mt->tp = man->tp;
     mt->dp = man->dp;
+    mt->pp = man->pp;
     mt->extra_json = man->extra_json;
 
     size_t nch = 0;
@@ -1100,7 +1102,7 @@ void ckpt_print(const CkptReader *r, FILE *f) {
     fprintf(f, "  optimizer             %s step %" PRId64 " %s\n", m->optimizer_kind,
             m->optimizer_step, m->optimizer_hparams);
     fprintf(f, "  lr_schedule_position  %" PRId64 "\n", m->lr_schedule_position);
-    fprintf(f, "  written at            tp=%d dp=%d\n", m->tp, m->dp);
+    fprintf(f, "  written at            tp=%d pp=%d dp=%d\n", m->tp, m->pp > 0 ? m->pp : 1, m->dp);
     fprintf(f, "  model_fingerprint     %s\n", m->model_fingerprint);
     fprintf(f, "  adapter_config        %s\n", m->adapter_config);
     fprintf(f, "  run_config            %s\n", m->run_config);

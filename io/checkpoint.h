@@ -76,7 +76,7 @@ typedef struct {
     int64_t optimizer_step;
     const char *optimizer_hparams; /* JSON text */
     int64_t lr_schedule_position;
-    int32_t tp, dp;         /* layout written at; informational */
+    int32_t tp, dp, pp;     /* layout written at; informational (pp 0 in older files: 1) */
     const char *extra_json; /* anything else, JSON text */
 } CkptMeta;
 

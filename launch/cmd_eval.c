@@ -175,6 +175,7 @@ static void eval_options(EvalRun *r) {
     memset(r, 0, sizeof *r);
     EvalOpts *o = &r->o;
     mpicmd_run_defaults(&o->run);
+    o->run.seq_len = &o->rows.seq_len;
     mpicmd_rows_defaults(&o->rows);
     o->log_every = 10;
     /* one option per line: name, type, destination, metavar, help, required, seen */
@@ -255,9 +256,10 @@ static int eval_setup(EvalRun *r) {
         snprintf(r->cache_dir, sizeof r->cache_dir, "%s", o->rows.cache_dir);
     else
         eval_default_cache(o, r->cache_dir, sizeof r->cache_dir);
-    const int frc = mpicmd_frozen_check(g, "eval", &o->run);
+    const int frc = mpicmd_frozen_check(g, "eval", &o->run, &r->env);
     if (frc) return frc;
-    int ok = session_open(&r->s, g, o->run.model, (MemPinMode)r->env.pin, r->env.base, &st);
+    int ok = session_open(&r->s, g, o->run.model, (MemPinMode)r->env.pin, r->env.base,
+                          r->env.has_stages ? r->env.stages : NULL, &st);
     r->have_session = 1;
     if (!grid_agree(g, ok, "shardlora: error", &st)) return EXIT_BAD_INPUT;
     if (o->adapter) {
@@ -299,7 +301,7 @@ static int eval_setup(EvalRun *r) {
     session_set_compute(&r->s, r->env.compute);
     if (g->world_rank == 0) log_info("frozen GEMMs compute in %s", r->s.compute_why);
     /* no backward: one set of per-layer buffers serves every layer (llama.h recompute) */
-    session_batches_init(&r->s, o->rows.micro_batch, o->rows.seq_len, LLAMA_RECOMPUTE_LAYER);
+    session_batches_init(&r->s, o->rows.micro_batch, o->rows.seq_len, LLAMA_RECOMPUTE_LAYER, 1);
     return 0;
 }
 

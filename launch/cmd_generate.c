@@ -726,6 +726,11 @@ static int gen_check_opts(void *ctx, ErrStatus *st) {
     GenRun *r = ctx;
     const GenOpts *o = &r->o;
     int ok = 1;
+    if (r->g.pp > 1)
+        ok = err_status_set(st,
+                            "--pp %d: generate runs without pipeline stages for now; use "
+                            "--tp across the ranks (eval and train take --pp)",
+                            r->g.pp);
     if (ok && !o->prompt == !o->prompts)
         ok = err_status_set(st, "give exactly one of --prompt TEXT and --prompts FILE");
     if (ok && strcmp(o->chat_format, "auto") && chatfmt_parse(o->chat_format) < 0)
@@ -765,9 +770,10 @@ static int gen_open(GenRun *r) {
     const GenOpts *o = &r->o;
     Grid *g = &r->g;
     ErrStatus st;
-    const int frc = mpicmd_frozen_check(g, "generate", &o->run);
+    const int frc = mpicmd_frozen_check(g, "generate", &o->run, &r->env);
     if (frc) return frc;
-    int ok = session_open(&r->s, g, o->run.model, (MemPinMode)r->env.pin, r->env.base, &st);
+    int ok = session_open(&r->s, g, o->run.model, (MemPinMode)r->env.pin, r->env.base,
+                          r->env.has_stages ? r->env.stages : NULL, &st);
     r->have_session = 1;
     if (!grid_agree(g, ok, gen_err, &st)) return EXIT_BAD_INPUT;
     char path[4200];

@@ -242,7 +242,7 @@ static void plan_layout(PlanLayout *p, const HfcConfig *c, const PlanOpts *o, Ge
                  (long long)o->micro_batch, p->dp);
         return;
     }
-    m.frozen_bytes = (uint64_t)memplan_frozen(c, tp, 0, dt);
+    m.frozen_bytes = (uint64_t)memplan_frozen(c, tp, 0, 0, -1, dt);
     if (m.frozen_bytes == 0) {
         snprintf(p->refused, sizeof p->refused,
                  "--base-dtype %s cannot store a shard at --tp %d (nf4: columns must be a "

@@ -134,6 +134,7 @@ static void train_defaults(TrainOpts *o) {
                      .seed = 42,
                      .shuffle = 1};
     mpicmd_run_defaults(&o->run);
+    o->run.seq_len = &o->rows.seq_len;
     mpicmd_rows_defaults(&o->rows);
 }
 
@@ -613,9 +614,10 @@ static int train_open(TrainRun *r) {
     ErrStatus st;
     snprintf(r->cache_dir, sizeof r->cache_dir, "%s", o->rows.cache_dir ? o->rows.cache_dir : "");
     if (!o->rows.cache_dir) snprintf(r->cache_dir, sizeof r->cache_dir, "%s/cache", o->out);
-    const int frc = mpicmd_frozen_check(g, "train", &o->run);
+    const int frc = mpicmd_frozen_check(g, "train", &o->run, &r->env);
     if (frc) return frc;
-    int ok = session_open(&r->s, g, o->run.model, (MemPinMode)r->env.pin, r->env.base, &st);
+    int ok = session_open(&r->s, g, o->run.model, (MemPinMode)r->env.pin, r->env.base,
+                          r->env.has_stages ? r->env.stages : NULL, &st);
     r->have_session = 1;
     if (!grid_agree(g, ok, "shardlora: error", &st)) return EXIT_BAD_INPUT;
     if (o->init_adapter) {
@@ -885,7 +887,7 @@ static void train_init_trainer(TrainRun *r) {
     r->G = o->global_batch;
     r->total_steps =
         o->steps > 0 ? o->steps : (int64_t)r->epoch_steps; /* after a resume: see below */
-    session_batches_init(&r->s, r->B, r->T, r->recompute);
+    session_batches_init(&r->s, r->B, r->T, r->recompute, trainer_sets(&r->g, r->G, r->B));
     r->ocfg.lr = (float)o->lr;
     r->ocfg.beta1 = (float)o->beta1;
     r->ocfg.beta2 = (float)o->beta2;
@@ -1090,6 +1092,13 @@ static void train_log_start(TrainRun *r) {
     char desc[256];
     mfu_peak_init(&r->peak, o->peak_gflops, &r->g, &r->s.gc, &r->s.mem, 0.5);
     r->fpt = llama_flops_per_token(m, r->T, &r->nbig, &r->dense_attn);
+    if (g->pp > 1) { /* the adapters of every stage */
+        const double base =
+            4.0 * r->nbig + 6.0 * (double)m->L * (double)(m->H * m->D) * (double)(r->T + 1);
+        double adapters = r->fpt - base;
+        grid_allreduce_sum_f64(&r->g, r->g.pp_comm, &adapters, 1, GRID_BYTES_OTHER);
+        r->fpt = base + adapters;
+    }
     log_info("shardlora train: %s (%s)", o->run.model,
              session_describe_model(&r->s, desc, sizeof desc));
     log_info("schedule: %lld steps of %lld sequences x %lld tokens (%lld micro-batches of %lld per "
@@ -1222,7 +1231,7 @@ static int train_dump_grads(TrainRun *r, TrainLoop *l, const TrainerStep *ts) {
     }
     ReportBatch b = {ts->loss, ids, labels, pos, r->G, r->T};
     ErrStatus st;
-    int ok = report_dump_grads(o->dump_grads, p, &l->full_vals, &l->full_grads, &b, meta, k, &st);
+    int ok = report_dump_grads(o->dump_grads, &l->full_vals, &l->full_grads, &b, meta, k, &st);
     if (!ok) fprintf(stderr, "shardlora: error: --dump-grads: %s\n", st.msg);
     free(ids);
     free(labels);
@@ -1490,7 +1499,7 @@ static int train_outputs(TrainRun *r, TrainLoop *l) {
         train_card_refresh(r, l);
         AdioCard card = {
             r->run_card, optim_kind_name(r->ocfg.kind), r->hparams, steps_done, g->tp, g->dp, NULL};
-        if (!report_write_adapter(r->o.out, r->o.run.model, p, &l->full_vals, r->adapter_json,
+        if (!report_write_adapter(r->o.out, r->o.run.model, &l->full_vals, r->adapter_json,
                                   r->s.m.L, &card, &st)) {
             fprintf(stderr, "shardlora: error: %s\n", st.msg);
             rc = EXIT_IO;

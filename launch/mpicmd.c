@@ -9,6 +9,7 @@
 #include "../io/chatfmt.h"
 #include "../io/pack.h"
 #include "../model/llama.h"
+#include "../model/stage.h"
 #include "../runtime/log.h"
 #include "../runtime/mem.h"
 #include "../runtime/str.h"
@@ -86,6 +87,7 @@ void mpicmd_run_defaults(MpicmdRun *o) {
                      .base_dtype = "file",
                      .compute_dtype = "auto",
                      .tp = 1,
+                     .pp = 0, /* 1, or the count of --pp-layers */
                      .memory_check = 1};
 }
 
@@ -116,6 +118,8 @@ static void mpicmd_tail_specs(ArgSpec *out, int cap, int *n, MpicmdRun *o, const
     const ArgSpec specs[] = {
         {.type = ARG_GROUP, .group = ARGG_PARALLEL},
         {"tp", ARG_INT, &o->tp, "N", tp_help, 0, 0},
+        {"pp", ARG_INT, &o->pp, "P", "pipeline stages: the decoder's layers in P contiguous stages (embedding with the first, final norm, lm_head and loss with the last), world = dp x pp x tp with TP innermost (one node) and stages across nodes; 1F1B schedule over the micro-batches of a step (default 1, or the count of --pp-layers)", 0, 0},
+        {"pp-layers", ARG_STR, &o->pp_layers, "N,N,..", "layers per pipeline stage, e.g. 10,11,11 (default: the split that balances the modelled cost per stage, lm_head counted)", 0, 0},
         {"threads", ARG_INT, &o->threads, "N", "threads per rank (0: the CPUs this rank may use)", 0, 0},
         {.type = ARG_GROUP, .group = ARGG_LOGGING},
         {"log-level", ARG_STR, &o->log_level, "LEVEL", "error | warn | info | debug (train: debug adds the bytes communicated per step)", 0, 0},
@@ -208,6 +212,47 @@ int mpicmd_rows_check(const MpicmdRows *o, int *lmode, ErrStatus *st) {
     return 1;
 }
 
+/* The pipeline's stages into env (pp > 1), from the model's config.json: --pp-layers or
+ * stage_split over stage_cost_model; rank 0 prints the split. 0 with st on a refusal (more
+ * stages than layers, bad --pp-layers, an unreadable config.json). */
+static int mpicmd_stages(Grid *g, const MpicmdRun *run, MpicmdEnv *env, ErrStatus *st) {
+    env->has_stages = g->pp > 1;
+    if (g->pp == 1 && !run->pp_layers) return 1;
+    char *path = str_join_path(run->model, "config.json");
+    HfcConfig c;
+    const int have = hfc_load(&c, path, st);
+    free(path);
+    if (!have) return 0;
+    const int P = g->pp;
+    if (run->pp_layers) {
+        if (!stage_parse_layers(run->pp_layers, c.num_layers, P, env->stages, st)) return 0;
+    } else {
+        StageCost sc;
+        stage_cost_model(&sc, &c, run->seq_len ? *run->seq_len : 512);
+        double *cost = malloc((size_t)(c.num_layers > 0 ? c.num_layers : 1) * sizeof *cost);
+        SL_CHECK(cost, "out of memory");
+        for (int64_t l = 0; l < c.num_layers; l++)
+            cost[l] = sc.layer;
+        const int ok = stage_split(c.num_layers, P, cost, sc.first, sc.last, env->stages, st);
+        free(cost);
+        if (!ok) {
+            ErrStatus why = *st;
+            return err_status_set(st, "--pp %d: %s", P, why.msg);
+        }
+    }
+    if (g->world_rank == 0) {
+        char buf[1024];
+        size_t o = 0;
+        for (int s = 0; s < P && o < sizeof buf; s++)
+            o += (size_t)snprintf(buf + o, sizeof buf - o, "%s[%lld, %lld)", s ? " " : "",
+                                  (long long)env->stages[s], (long long)env->stages[s + 1]);
+        log_info("pipeline: %d stages of layers %s%s", P, buf,
+                 run->pp_layers ? " (--pp-layers)"
+                                : " (balanced by modelled cost, lm_head counted)");
+    }
+    return 1;
+}
+
 int mpicmd_begin(Grid *g, int *argc, char ***argv, ArgSpec *specs, int nspecs, const char *cmd,
                  const char *usage, const char *about, const MpicmdRun *run, MpicmdCheck check,
                  void *ctx, MpicmdEnv *env) {
@@ -223,7 +268,17 @@ int mpicmd_begin(Grid *g, int *argc, char ***argv, ArgSpec *specs, int nspecs, c
     if (ok && !(run->memory_limit >= 0 && run->memory_limit <= 1e9))
         ok = err_status_set(&st, "--memory-limit %g: expected 0 to 1e9 GiB", run->memory_limit);
     ok = ok && mpicmd_bound("tp", run->tp, 1, 1 << 20, &st);
-    ok = ok && grid_setup(g, (int)run->tp, &st);
+    ok = ok && mpicmd_bound("pp", run->pp, 0, MPICMD_MAX_PP, &st);
+    int64_t pp = run->pp;
+    if (ok && pp == 0) { /* --pp-layers alone names the stages */
+        pp = 1;
+        for (const char *c = run->pp_layers; c && *c; c++)
+            pp += *c == ',';
+        if (pp > MPICMD_MAX_PP) pp = MPICMD_MAX_PP;
+    }
+    ok = ok && grid_setup_pp(g, (int)run->tp, (int)pp, &st);
+    if (ok) log_set_level((LogLevel)env->log_level);
+    ok = ok && mpicmd_stages(g, run, env, &st);
     ok = ok && check(ctx, &st);
     if (!ok) {
         if (g->world_rank == 0) fprintf(stderr, "shardlora %s: %s\n", cmd, st.msg);
@@ -243,7 +298,7 @@ static double mpicmd_allowed(Grid *g, const MpicmdRun *run, int64_t frozen) {
     return avail < 0 ? -1 : (double)frozen + (double)avail / on_node;
 }
 
-int mpicmd_frozen_check(Grid *g, const char *cmd, const MpicmdRun *run) {
+int mpicmd_frozen_check(Grid *g, const char *cmd, const MpicmdRun *run, const MpicmdEnv *env) {
     char *path = str_join_path(run->model, "config.json");
     HfcConfig c;
     ErrStatus st;
@@ -252,7 +307,10 @@ int mpicmd_frozen_check(Grid *g, const char *cmd, const MpicmdRun *run) {
     int base = LLAMA_BASE_FILE, compute = 0;
     mpicmd_dtype_opts(run->base_dtype, run->compute_dtype, &base, &compute, &st);
     const GemmDtype dt = mpicmd_base_dtype(base, have ? &c : NULL);
-    const int64_t need = have ? memplan_frozen(&c, g->tp, g->tp_rank, dt) : 0;
+    const int64_t need =
+        have ? memplan_frozen(&c, g->tp, g->tp_rank, env->has_stages ? env->stages[g->pp_rank] : 0,
+                              env->has_stages ? env->stages[g->pp_rank + 1] : -1, dt)
+             : 0;
     if (have && g->world_rank == 0)
         log_debug("frozen weights from config.json: %lld bytes on rank 0 (%s elements)",
                   (long long)need, gemm_dtype_name(dt));
@@ -262,10 +320,10 @@ int mpicmd_frozen_check(Grid *g, const char *cmd, const MpicmdRun *run) {
     const int ok = !run->memory_check || allowed < 0 || (double)need <= allowed;
     if (!ok)
         err_status_set(&st,
-                       "the frozen weights of %s need ~%.3g GiB per rank at --tp %d, this node "
-                       "allows %.3g GiB per rank%s: raise --tp (more ranks, more nodes) (or "
-                       "--memory-limit GIB / --no-memory-check to try anyway)",
-                       run->model, (double)need / gib, g->tp, allowed / gib,
+                       "the frozen weights of %s need ~%.3g GiB per rank at --tp %d --pp %d, "
+                       "this node allows %.3g GiB per rank%s: raise --tp or --pp (more ranks, "
+                       "more nodes) (or --memory-limit GIB / --no-memory-check to try anyway)",
+                       run->model, (double)need / gib, g->tp, g->pp, allowed / gib,
                        run->memory_limit > 0 ? " (--memory-limit)" : "");
     char prefix[64];
     snprintf(prefix, sizeof prefix, "shardlora %s", cmd);

@@ -16,6 +16,8 @@
 int mpicmd_start(Grid *g, int *argc, char ***argv, ArgSpec *specs, int nspecs, const char *usage,
                  const char *about, int *help, ErrStatus *st);
 
+#define MPICMD_MAX_PP 1024 /* pipeline stages */
+
 /* The options every model command (train, eval, generate) has. */
 typedef struct {
     ArgConfig config;
@@ -23,8 +25,12 @@ typedef struct {
     const char *base_dtype;    /* file | fp32 | bf16 | int8 | nf4 (frozen storage) */
     const char *compute_dtype; /* auto | fp32 | bf16 (the base's GEMMs) */
     int64_t tp, threads;
-    double memory_limit; /* GiB per rank the memory check allows (0: what the node has) */
-    int memory_check;    /* refuse a run whose estimate exceeds it (--no-memory-check) */
+    int64_t pp;             /* pipeline stages (--pp; 0: one, or --pp-layers' count) */
+    const char *pp_layers;  /* --pp-layers "10,11,11" (NULL: the modelled balanced split) */
+    const int64_t *seq_len; /* the command's tokens per sequence, for the stage split's cost
+                             * model (NULL: 512) */
+    double memory_limit;    /* GiB per rank the memory check allows (0: what the node has) */
+    int memory_check;       /* refuse a run whose estimate exceeds it (--no-memory-check) */
 } MpicmdRun;
 void mpicmd_run_defaults(MpicmdRun *o);
 
@@ -35,6 +41,10 @@ typedef struct {
     int pin;             /* MemPinMode */
     int base;            /* LLAMA_BASE_FILE or a GemmDtype (--base-dtype) */
     int compute;         /* -1 (auto) or a GemmCompute (--compute-dtype) */
+    /* the pipeline's stages: stage s holds layers [stages[s], stages[s + 1]) (model/stage.h);
+     * has_stages 0 at pp = 1 */
+    int has_stages;
+    int64_t stages[MPICMD_MAX_PP + 1];
 } MpicmdEnv;
 
 /* --base-dtype and --compute-dtype: their values (base: LLAMA_BASE_FILE or a GemmDtype;
@@ -55,9 +65,10 @@ GemmDtype mpicmd_base_dtype(int base, const HfcConfig *c);
 typedef int (*MpicmdCheck)(void *ctx, ErrStatus *st);
 
 /* The start of train, eval and generate: mpicmd_start, then (unless --help) the shared
- * options resolved into env, grid_setup at --tp, and check(ctx); a refusal is printed once as
- * "shardlora CMD: reason". Returns -1 to go on (the log level is set), or the status to end
- * with: 0 after --help, EXIT_USAGE on a refusal. */
+ * options resolved into env, grid_setup_pp at --tp and --pp, the stage split (--pp-layers, or
+ * the balanced split of the model's layers by stage_cost_model; printed), and check(ctx); a
+ * refusal is printed once as "shardlora CMD: reason". Returns -1 to go on (the log level is set),
+ * or the status to end with: 0 after --help, EXIT_USAGE on a refusal. */
 int mpicmd_begin(Grid *g, int *argc, char ***argv, ArgSpec *specs, int nspecs, const char *cmd,
                  const char *usage, const char *about, const MpicmdRun *run, MpicmdCheck check,
                  void *ctx, MpicmdEnv *env);
@@ -84,12 +95,12 @@ int mpicmd_bound(const char *flag, int64_t v, int64_t lo, int64_t hi, ErrStatus 
 int mpicmd_memcheck(Grid *g, const char *cmd, const MpicmdRun *run, const MemPlan *p,
                     const char *why, const char *advice);
 
-/* The same check before the model is read: this rank's frozen weights (from config.json;
- * BF16 unless its torch_dtype says float32 or float16, which are held as F32) against the
- * node's share, so a model the node cannot hold is refused before it is loaded ("raise
+/* The same check before the model is read: this rank's frozen weights (its stage's, from
+ * config.json; BF16 unless its torch_dtype says float32 or float16, which are held as F32) against
+ * the node's share, so a model the node cannot hold is refused before it is loaded ("raise
  * --tp"). A config.json that cannot be read passes (the loader reports it). Collective over
  * world; 0 to go on or EXIT_USAGE. */
-int mpicmd_frozen_check(Grid *g, const char *cmd, const MpicmdRun *run);
+int mpicmd_frozen_check(Grid *g, const char *cmd, const MpicmdRun *run, const MpicmdEnv *env);
 
 /* The end of a command: frees the option table, ends MPI; returns rc. */
 int mpicmd_end(Grid *g, ArgSpec *specs, int nspecs, int rc);

@@ -263,10 +263,13 @@ int llama_shape(LlamaModel *m, const HfcConfig *c, int tp, int tp_rank, ErrStatu
     m->cfg = *c;
     m->tp = tp;
     m->tp_rank = tp_rank;
+    m->pp = 1;
+    m->first = m->last = 1;
     if (!llama_check_layout(c, m->tp, st)) return 0;
     m->C = c->hidden_size;
     m->F = c->intermediate_size;
     m->L = c->num_layers;
+    m->l1 = m->L;
     m->H = c->num_heads;
     m->KV = c->num_kv_heads;
     m->D = c->head_dim;
@@ -285,14 +288,37 @@ int llama_shape(LlamaModel *m, const HfcConfig *c, int tp, int tp_rank, ErrStatu
     return 1;
 }
 
-int llama_load(LlamaModel *m, const char *dir, const Grid *g, int base, MemCtx *mem,
-               ErrStatus *st) {
+/* This rank's stage of g->pp: layers [stages[r], stages[r + 1]); refused (st) when the split
+ * does not cover the model's layers. */
+static int llama_set_stage(LlamaModel *m, const Grid *g, const int64_t *stages, ErrStatus *st) {
+    m->pp = g->pp;
+    m->pp_rank = g->pp_rank;
+    if (g->pp == 1) return 1;
+    SL_CHECK(stages, "pp %d without a stage split", g->pp);
+    if (stages[0] != 0 || stages[g->pp] != m->L)
+        return err_status_set(st,
+                              "the %d pipeline stages cover layers [%lld, %lld), but "
+                              "config.json has num_hidden_layers %lld",
+                              g->pp, (long long)stages[0], (long long)stages[g->pp],
+                              (long long)m->L);
+    m->l0 = stages[g->pp_rank];
+    m->l1 = stages[g->pp_rank + 1];
+    SL_CHECK(m->l0 < m->l1, "stage %d holds no layer", g->pp_rank);
+    m->first = g->pp_rank == 0;
+    m->last = g->pp_rank == g->pp - 1;
+    return 1;
+}
+
+int llama_load(LlamaModel *m, const char *dir, const Grid *g, int base, const int64_t *stages,
+               MemCtx *mem, ErrStatus *st) {
     SL_CHECK(base >= LLAMA_BASE_FILE && base <= GEMM_NF4, "base dtype %d", base);
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
     HfcConfig cfg;
     memset(m, 0, sizeof *m);
-    if (!hfc_load(&cfg, path, st) || !llama_shape(m, &cfg, g->tp, g->tp_rank, st)) return 0;
+    if (!hfc_load(&cfg, path, st) || !llama_shape(m, &cfg, g->tp, g->tp_rank, st) ||
+        !llama_set_stage(m, g, stages, st))
+        return 0;
     m->base = base;
     const HfcConfig *c = &m->cfg;
 
@@ -302,20 +328,24 @@ int llama_load(LlamaModel *m, const char *dir, const Grid *g, int base, MemCtx *
     if (!llama_check_extra(m, c, &d, st)) goto done;
     const int64_t C = m->C, D = m->D, HD = m->H * m->D, KD = m->KV * m->D;
     char name[256];
-    if (!llama_load_matrix(m, &d, mem, "model.embed_tokens.weight", m->V, C, m->V0, m->Vl, 0, C,
+    /* a tied lm_head is the embedding: the last stage holds its own copy (frozen, so the
+     * two copies never need a gradient exchange) */
+    const int tied = c->tie_word_embeddings;
+    if ((m->first || (m->last && tied)) &&
+        !llama_load_matrix(m, &d, mem, "model.embed_tokens.weight", m->V, C, m->V0, m->Vl, 0, C,
                            &m->embed, st))
         goto done;
-    if (c->tie_word_embeddings) {
+    if (m->last && tied) {
         m->lm_head = m->embed;
-    } else if (!llama_load_matrix(m, &d, mem, "lm_head.weight", m->V, C, m->V0, m->Vl, 0, C,
-                                  &m->lm_head, st)) {
+    } else if (m->last && !llama_load_matrix(m, &d, mem, "lm_head.weight", m->V, C, m->V0, m->Vl, 0,
+                                             C, &m->lm_head, st)) {
         goto done;
     }
-    if (!(m->norm_w = llama_load_vector(m, &d, mem, "model.norm.weight", C, 0, C, st))) goto done;
-    m->wdtype = m->embed.dtype;
+    if (m->last && !(m->norm_w = llama_load_vector(m, &d, mem, "model.norm.weight", C, 0, C, st)))
+        goto done;
     m->layers = calloc((size_t)m->L, sizeof *m->layers);
     SL_CHECK(m->layers, "out of memory");
-    for (int64_t l = 0; l < m->L; l++) {
+    for (int64_t l = m->l0; l < m->l1; l++) {
         LlamaLayer *ly = &m->layers[l];
         ShardDesc sd[MOD_NMODULES];
         sd[MOD_Q] = shard_rows(HD, C, m->Hl * D * m->tp_rank, m->Hl * D);
@@ -351,6 +381,7 @@ int llama_load(LlamaModel *m, const char *dir, const Grid *g, int base, MemCtx *
                 lin->add_bias = !row_layer || m->tp_rank == 0;
             }
         }
+        if (l == m->l0) m->wdtype = ly->lin[MOD_Q].w.dtype;
         snprintf(name, sizeof name, "model.layers.%lld.input_layernorm.weight", (long long)l);
         if (!(ly->ln1_w = llama_load_vector(m, &d, mem, name, C, 0, C, st))) goto done;
         snprintf(name, sizeof name, "model.layers.%lld.post_attention_layernorm.weight",
@@ -364,12 +395,13 @@ int llama_load(LlamaModel *m, const char *dir, const Grid *g, int base, MemCtx *
     kern_rope_inv_freq(m->inv_freq, D, c->rope_theta, &rs);
     {
         /* what tp does not divide (for the memory report and its test) */
-        uint64_t rep = (uint64_t)(2 * m->L + 1) * (uint64_t)C * 4 + (uint64_t)(D / 2) * 4;
-        if (c->o_bias) rep += (uint64_t)m->L * (uint64_t)C * 4;
-        if (c->mlp_bias) rep += (uint64_t)m->L * (uint64_t)C * 4;
+        const uint64_t Ls = (uint64_t)(m->l1 - m->l0);
+        uint64_t rep = (2 * Ls + (uint64_t)m->last) * (uint64_t)C * 4 + (uint64_t)(D / 2) * 4;
+        if (c->o_bias) rep += Ls * (uint64_t)C * 4;
+        if (c->mlp_bias) rep += Ls * (uint64_t)C * 4;
         if (m->KV < m->tp && m->tp > 1)
-            rep += (uint64_t)m->L * 2 *
-                   (gemm_weight_bytes(&m->layers[0].lin[MOD_K].w) +
+            rep += Ls * 2 *
+                   (gemm_weight_bytes(&m->layers[m->l0].lin[MOD_K].w) +
                     (uint64_t)(m->KVl * D) * (c->qkv_bias ? 4 : 0));
         m->replicated_bytes = rep;
     }
@@ -385,7 +417,7 @@ void llama_init_adapters(LlamaModel *m, const AdapterCfg *acfg, Grid *g, MemCtx 
     const AdapterKind *kind = adapter_kind_by_name(acfg->kind);
     SL_CHECK(kind, "unknown adapter kind %s", acfg->kind);
     params_init(&m->params);
-    for (int64_t l = 0; l < m->L; l++) {
+    for (int64_t l = m->l0; l < m->l1; l++) {
         for (int i = 0; i < MOD_NMODULES; i++) {
             if (!(acfg->targets & (1u << i))) continue;
             const int64_t k = l * MOD_NMODULES + i;
@@ -413,7 +445,7 @@ void llama_init_adapters(LlamaModel *m, const AdapterCfg *acfg, Grid *g, MemCtx 
         AdapterSlot **slots = calloc((size_t)(m->L * MOD_NMODULES), sizeof *slots);
         SL_CHECK(slots, "out of memory");
         int n = 0;
-        for (int64_t l = 0; l < m->L; l++)
+        for (int64_t l = m->l0; l < m->l1; l++)
             for (int i = 0; i < MOD_NMODULES; i++)
                 if (m->layers[l].lin[i].adapter) slots[n++] = m->layers[l].lin[i].adapter;
         m->adapter_shared = kind->shared_new(&m->acfg, slots, n, mem);
@@ -422,14 +454,14 @@ void llama_init_adapters(LlamaModel *m, const AdapterCfg *acfg, Grid *g, MemCtx 
         free(slots);
     }
     params_finalize(&m->params, mem);
-    for (int64_t l = 0; l < m->L; l++)
+    for (int64_t l = m->l0; l < m->l1; l++)
         for (int i = 0; i < MOD_NMODULES; i++)
             if (m->layers[l].lin[i].adapter)
                 m->layers[l].slot[i].kind->init(&m->layers[l].slot[i], &m->params);
 }
 
 void llama_adapters_step_begin(LlamaModel *m, const AdapterEnv *env) {
-    for (int64_t l = 0; l < m->L; l++)
+    for (int64_t l = m->l0; l < m->l1; l++)
         for (int i = 0; i < MOD_NMODULES; i++) {
             AdapterSlot *s = m->layers[l].lin[i].adapter;
             if (s && s->kind->step_begin) s->kind->step_begin(s, env);
@@ -437,7 +469,7 @@ void llama_adapters_step_begin(LlamaModel *m, const AdapterEnv *env) {
 }
 
 void llama_adapters_grad_post(LlamaModel *m, const AdapterEnv *env) {
-    for (int64_t l = 0; l < m->L; l++)
+    for (int64_t l = m->l0; l < m->l1; l++)
         for (int i = 0; i < MOD_NMODULES; i++) {
             AdapterSlot *s = m->layers[l].lin[i].adapter;
             if (s && s->kind->grad_post) s->kind->grad_post(s, env);
@@ -473,12 +505,14 @@ static float *acts_alloc(LlamaActs *a, MemCtx *mem, size_t floats) {
                                &a->capallocs);
 }
 
-/* [L] buffers of `floats` each, or (one = 1) one buffer that all L entries point at. */
-static float **acts_alloc_layers(LlamaActs *a, MemCtx *mem, int64_t L, size_t floats, int one) {
-    float **p = calloc((size_t)L, sizeof *p);
+/* [L + extra] entries of which [l0, l1 + extra) get buffers of `floats` each, or (one = 1)
+ * one buffer they all point at; the other layers' are NULL (another pipeline stage's). */
+static float **acts_alloc_layers(LlamaActs *a, const LlamaModel *m, MemCtx *mem, int extra,
+                                 size_t floats, int one) {
+    float **p = calloc((size_t)(m->L + extra), sizeof *p);
     SL_CHECK(p, "out of memory");
-    for (int64_t l = 0; l < L; l++)
-        p[l] = one && l > 0 ? p[0] : acts_alloc(a, mem, floats);
+    for (int64_t l = m->l0; l < m->l1 + extra; l++)
+        p[l] = one && l > m->l0 ? p[m->l0] : acts_alloc(a, mem, floats);
     return p;
 }
 
@@ -498,12 +532,12 @@ const char *llama_recompute_name(LlamaRecompute r) {
 static void acts_alloc_adapters(const LlamaModel *m, MemCtx *mem, int64_t N, int one) {
     for (int i = 0; i < MOD_NMODULES; i++) {
         AdapterSlot *owner = NULL;
-        for (int64_t l = 0; one && l < m->L; l++) {
+        for (int64_t l = m->l0; one && l < m->l1; l++) {
             AdapterSlot *s = m->layers[l].lin[i].adapter;
             if (s && s->kind->share && (!owner || s->r > owner->r)) owner = s;
         }
         if (owner) owner->kind->alloc(owner, mem, N);
-        for (int64_t l = 0; l < m->L; l++) {
+        for (int64_t l = m->l0; l < m->l1; l++) {
             AdapterSlot *s = m->layers[l].lin[i].adapter;
             if (!s || s == owner) continue;
             if (owner)
@@ -515,8 +549,10 @@ static void acts_alloc_adapters(const LlamaModel *m, MemCtx *mem, int64_t N, int
 }
 
 void llama_acts_init(LlamaActs *a, const LlamaModel *m, int64_t B, int64_t T, LlamaRecompute rc,
-                     MemCtx *mem) {
+                     int sets, MemCtx *mem) {
     memset(a, 0, sizeof *a);
+    SL_CHECK(sets >= 1 && (sets == 1 || rc == LLAMA_RECOMPUTE_LAYER),
+             "%d sets of layer inputs need recompute", sets);
     const size_t N = (size_t)(B * T), C = (size_t)m->C, QD = (size_t)(m->Hl * m->D),
                  KD = (size_t)(m->KVl * m->D), Fl = (size_t)m->Fl;
     const int one = rc == LLAMA_RECOMPUTE_LAYER; /* one set of the per-layer buffers */
@@ -525,22 +561,28 @@ void llama_acts_init(LlamaActs *a, const LlamaModel *m, int64_t B, int64_t T, Ll
     a->T = T;
     a->recompute = rc;
     a->chunk = a->N < 256 ? a->N : 256;
-    a->res = acts_alloc_layers(a, mem, m->L + 1, N * C, 0);
-    a->ln1 = acts_alloc_layers(a, mem, m->L, N * C, one);
-    a->ln2 = acts_alloc_layers(a, mem, m->L, N * C, one);
-    a->rstd1 = acts_alloc_layers(a, mem, m->L, N, one);
-    a->rstd2 = acts_alloc_layers(a, mem, m->L, N, one);
-    a->q = acts_alloc_layers(a, mem, m->L, N * QD, one);
-    a->k = acts_alloc_layers(a, mem, m->L, N * KD, one);
-    a->v = acts_alloc_layers(a, mem, m->L, N * KD, one);
-    a->att = acts_alloc_layers(a, mem, m->L, N * QD, one);
-    a->lse = acts_alloc_layers(a, mem, m->L, (size_t)m->Hl * N, one);
-    a->mid = acts_alloc_layers(a, mem, m->L, N * C, one);
-    a->gate = acts_alloc_layers(a, mem, m->L, N * Fl, one);
-    a->up = acts_alloc_layers(a, mem, m->L, N * Fl, one);
-    a->act = acts_alloc_layers(a, mem, m->L, N * Fl, one);
-    a->lnf = acts_alloc(a, mem, N * C);
-    a->rstdf = acts_alloc(a, mem, N);
+    a->nsets = sets;
+    a->res_set = calloc((size_t)sets, sizeof *a->res_set);
+    SL_CHECK(a->res_set, "out of memory");
+    for (int k = 0; k < sets; k++)
+        a->res_set[k] = acts_alloc_layers(a, m, mem, 1, N * C, 0);
+    a->res = a->res_set[0];
+    a->ln1 = acts_alloc_layers(a, m, mem, 0, N * C, one);
+    a->ln2 = acts_alloc_layers(a, m, mem, 0, N * C, one);
+    a->rstd1 = acts_alloc_layers(a, m, mem, 0, N, one);
+    a->rstd2 = acts_alloc_layers(a, m, mem, 0, N, one);
+    a->q = acts_alloc_layers(a, m, mem, 0, N * QD, one);
+    a->k = acts_alloc_layers(a, m, mem, 0, N * KD, one);
+    a->v = acts_alloc_layers(a, m, mem, 0, N * KD, one);
+    a->att = acts_alloc_layers(a, m, mem, 0, N * QD, one);
+    a->lse = acts_alloc_layers(a, m, mem, 0, (size_t)m->Hl * N, one);
+    a->mid = acts_alloc_layers(a, m, mem, 0, N * C, one);
+    a->gate = acts_alloc_layers(a, m, mem, 0, N * Fl, one);
+    a->up = acts_alloc_layers(a, m, mem, 0, N * Fl, one);
+    a->act = acts_alloc_layers(a, m, mem, 0, N * Fl, one);
+    const size_t NL = m->last ? N : 0; /* the final norm and the loss: last stage only */
+    a->lnf = acts_alloc(a, mem, NL * C);
+    a->rstdf = acts_alloc(a, mem, NL);
     a->dres = acts_alloc(a, mem, N * C);
     a->dmid = acts_alloc(a, mem, N * C);
     a->dln = acts_alloc(a, mem, N * C);
@@ -552,7 +594,7 @@ void llama_acts_init(LlamaActs *a, const LlamaModel *m, int64_t B, int64_t T, Ll
     a->dgate = acts_alloc(a, mem, N * Fl);
     a->dup = acts_alloc(a, mem, N * Fl);
     a->dact = acts_alloc(a, mem, N * Fl);
-    a->logits = acts_alloc(a, mem, (size_t)a->chunk * (size_t)m->Vl);
+    a->logits = acts_alloc(a, mem, m->last ? (size_t)a->chunk * (size_t)m->Vl : 0);
     a->ce_mx = acts_alloc(a, mem, (size_t)a->chunk);
     a->ce_se = acts_alloc(a, mem, (size_t)a->chunk);
     a->ce_tl = acts_alloc(a, mem, (size_t)a->chunk);
@@ -561,7 +603,7 @@ void llama_acts_init(LlamaActs *a, const LlamaModel *m, int64_t B, int64_t T, Ll
 }
 
 void llama_acts_free(LlamaActs *a, const LlamaModel *m, MemCtx *mem) {
-    for (int64_t l = 0; l < m->L; l++)
+    for (int64_t l = m->l0; l < m->l1; l++)
         for (int i = 0; i < MOD_NMODULES; i++) {
             AdapterSlot *s = m->layers[l].lin[i].adapter;
             if (s && s->acts_of)
@@ -571,13 +613,21 @@ void llama_acts_free(LlamaActs *a, const LlamaModel *m, MemCtx *mem) {
         }
     for (int i = 0; i < a->nallocs; i++)
         mem_free(mem, MEM_ACTIVATION, a->allocs[i], a->alloc_bytes[i]);
-    float **lists[] = {a->res, a->ln1, a->ln2, a->rstd1, a->rstd2, a->q,  a->k,
-                       a->v,   a->att, a->lse, a->mid,   a->gate,  a->up, a->act};
+    float **lists[] = {a->ln1, a->ln2, a->rstd1, a->rstd2, a->q,  a->k,  a->v,
+                       a->att, a->lse, a->mid,   a->gate,  a->up, a->act};
     for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++)
         free(lists[i]);
+    for (int k = 0; k < a->nsets; k++)
+        free(a->res_set[k]);
+    free(a->res_set);
     free(a->allocs);
     free(a->alloc_bytes);
     memset(a, 0, sizeof *a);
+}
+
+void llama_acts_select(LlamaActs *a, int set) {
+    SL_CHECK(set >= 0 && set < a->nsets, "set %d of %d", set, a->nsets);
+    a->res = a->res_set[set];
 }
 
 void llama_batch_init(LlamaBatch *b, const LlamaModel *m, int64_t B, int64_t T, MemCtx *mem) {
@@ -670,13 +720,18 @@ double llama_forward(LlamaModel *m, LlamaActs *a, const LlamaBatch *b, float los
     GemmCtx *gc = kc->gemm;
     SL_CHECK(N == a->N, "batch rows %lld != activation rows %lld", (long long)N, (long long)a->N);
 
-    /* embedding: vocab-parallel rows, zeros elsewhere, summed over TP */
-    k->embed_forward(a->res[0], &m->embed, b->ids, m->V0, N, C);
-    if (m->Vl < m->V)
-        grid_allreduce_sum_f32(g, g->tp_comm, a->res[0], (size_t)(N * C), GRID_BYTES_TP);
-
-    for (int64_t l = 0; l < m->L; l++)
+    /* embedding: vocab-parallel rows, zeros elsewhere, summed over TP (first stage; the
+     * others start from the input the stage before sent) */
+    if (m->first) {
+        k->embed_forward(a->res[0], &m->embed, b->ids, m->V0, N, C);
+        if (m->Vl < m->V)
+            grid_allreduce_sum_f32(g, g->tp_comm, a->res[0], (size_t)(N * C), GRID_BYTES_TP);
+    }
+    for (int64_t l = m->l0; l < m->l1; l++)
         llama_layer_forward(m, a, b, env, k, kc, g, l, 0);
+    a->fresh = a->res;
+    if (counted) *counted = 0;
+    if (!m->last) return 0;
     k->rmsnorm_forward(a->lnf, a->rstdf, a->res[m->L], m->norm_w, N, C, eps);
 
     /* Chunked vocab-parallel cross-entropy (DESIGN.md §3): the [N, V] logits never exist;
@@ -731,11 +786,11 @@ void llama_backward(LlamaModel *m, LlamaActs *a, const LlamaBatch *b, const Adap
     const int64_t N = b->B * b->T, T = b->T, C = m->C, D = m->D;
     const int64_t QD = m->Hl * D, KD = m->KVl * D, Fl = m->Fl;
     GemmCtx *gc = kc->gemm;
-    for (int64_t l = m->L - 1; l >= 0; l--) {
+    for (int64_t l = m->l1 - 1; l >= m->l0; l--) {
         LlamaLayer *ly = &m->layers[l];
-        /* recompute: the layer's saves again, from its input; the last layer's are still
-         * those of llama_forward (nothing ran in between but the loss) */
-        if (a->recompute == LLAMA_RECOMPUTE_LAYER && l < m->L - 1)
+        /* recompute: the layer's saves again, from its input; the stage's last layer's are
+         * still those of llama_forward when no other micro-batch ran forward since */
+        if (a->recompute == LLAMA_RECOMPUTE_LAYER && (l < m->l1 - 1 || a->fresh != a->res))
             llama_layer_forward(m, a, b, env, k, kc, g, l, 1);
         /* MLP: a->dres holds dL/d res[l+1] */
         lin_backward(gc, &ly->lin[MOD_DOWN], env, a->dact, a->dres, a->act[l], N, 0.0f);
@@ -769,6 +824,7 @@ void llama_backward(LlamaModel *m, LlamaActs *a, const LlamaBatch *b, const Adap
         k->rmsnorm_backward(a->dres, a->dln, a->res[l], ly->ln1_w, a->rstd1[l], N, C);
         if (layer_done) layer_done(done_ctx, (int)l);
     }
+    a->fresh = NULL; /* the recomputed layers overwrote the shared buffers */
 }
 
 double llama_flops_per_token(const LlamaModel *m, int64_t T, double *n_big, double *dense_attn) {
@@ -777,7 +833,7 @@ double llama_flops_per_token(const LlamaModel *m, int64_t T, double *n_big, doub
     double nb = L * (C * HD * 2 + C * KD * 2 + 3 * C * F) + V * C; /* + lm_head */
     if (n_big) *n_big = nb;
     double adapter = 0;
-    for (int64_t l = 0; l < m->L; l++)
+    for (int64_t l = m->l0; l < m->l1; l++)
         for (int i = 0; i < MOD_NMODULES; i++)
             if (m->layers[l].lin[i].adapter)
                 adapter += m->layers[l].slot[i].kind->flops_per_token(&m->layers[l].slot[i]);
@@ -834,7 +890,7 @@ void llama_infer_init(LlamaInfer *in, LlamaModel *m, int64_t S, int64_t Tmax, in
     in->lastn = infer_alloc(in, mem, (size_t)S * C);
     in->rstd_last = infer_alloc(in, mem, (size_t)S);
     in->logits = infer_alloc(in, mem, (size_t)S * (size_t)m->Vl);
-    for (int64_t l = 0; l < m->L; l++)
+    for (int64_t l = m->l0; l < m->l1; l++)
         for (int i = 0; i < MOD_NMODULES; i++)
             if (m->layers[l].lin[i].adapter) {
                 m->layers[l].slot[i].kind->alloc(&m->layers[l].slot[i], mem, R);
@@ -843,7 +899,7 @@ void llama_infer_init(LlamaInfer *in, LlamaModel *m, int64_t S, int64_t Tmax, in
 }
 
 void llama_infer_free(LlamaInfer *in, LlamaModel *m, MemCtx *mem) {
-    for (int64_t l = 0; in->adapters_alloc && l < m->L; l++)
+    for (int64_t l = m->l0; in->adapters_alloc && l < m->l1; l++)
         for (int i = 0; i < MOD_NMODULES; i++)
             if (m->layers[l].slot[i].h)
                 m->layers[l].slot[i].kind->release(&m->layers[l].slot[i], mem);
@@ -885,7 +941,7 @@ void llama_infer_forward(LlamaModel *m, LlamaInfer *in, const LlamaSeg *segs, in
 
     k->embed_forward(in->x, &m->embed, ids, m->V0, N, C);
     if (m->Vl < m->V) grid_allreduce_sum_f32(g, g->tp_comm, in->x, (size_t)(N * C), GRID_BYTES_TP);
-    for (int64_t l = 0; l < m->L; l++) {
+    for (int64_t l = m->l0; l < m->l1; l++) {
         LlamaLayer *ly = &m->layers[l];
         k->rmsnorm_forward(in->ln, in->rstd, in->x, ly->ln1_w, N, C, eps);
         lin_forward(gc, &ly->lin[MOD_Q], env, in->q, in->ln, N);
@@ -932,7 +988,7 @@ int llama_merge_adapters(LlamaModel *m, GemmCtx *gc, ErrStatus *st) {
     enum { BLOCK = 64 }; /* rows of W merged at a time: a bounded [BLOCK, ni] buffer */
     int merged = 0;
     int64_t maxcols = 0;
-    for (int64_t l = 0; l < m->L; l++)
+    for (int64_t l = m->l0; l < m->l1; l++)
         for (int i = 0; i < MOD_NMODULES; i++) {
             const Linear *lin = &m->layers[l].lin[i];
             if (!lin->adapter) continue;
@@ -949,7 +1005,7 @@ int llama_merge_adapters(LlamaModel *m, GemmCtx *gc, ErrStatus *st) {
     AdapterEnv env;
     memset(&env, 0, sizeof env);
     env.gemm = gc;
-    for (int64_t l = 0; l < m->L; l++)
+    for (int64_t l = m->l0; l < m->l1; l++)
         for (int i = 0; i < MOD_NMODULES; i++) {
             Linear *lin = &m->layers[l].lin[i];
             AdapterSlot *s = lin->adapter;

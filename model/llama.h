@@ -34,14 +34,19 @@ typedef struct {
 typedef struct {
     HfcConfig cfg;
     int tp, tp_rank;
+    int pp, pp_rank; /* pipeline stages (issue 19) and this rank's */
+    int64_t l0, l1;  /* this stage's decoder layers [l0, l1) (0, L at pp = 1); layers[]
+                      * and the per-layer activations are indexed by the global layer and
+                      * only [l0, l1) exist */
+    int first, last; /* the stage holds the embedding / the final norm, lm_head and loss */
     int64_t C, F, L, H, KV, D, V;
     int64_t Hl, KVl, Fl, kv0; /* local heads, kv heads, ffn; first local kv head */
     int64_t V0, Vl;           /* local vocabulary rows [V0, V0 + Vl) */
     int base;                 /* storage asked for: LLAMA_BASE_FILE or a GemmDtype */
     GemmDtype wdtype;         /* dtype of the big frozen matrices */
-    GemmWeight embed;         /* [Vl, C] */
-    GemmWeight lm_head;       /* [Vl, C]; shares embed's memory when tied */
-    float *norm_w;            /* [C] */
+    GemmWeight embed;         /* [Vl, C] (first stage; and the last when tied) */
+    GemmWeight lm_head;       /* [Vl, C]; shares embed's memory when tied (last stage) */
+    float *norm_w;            /* [C] (last stage) */
     LlamaLayer *layers;       /* [L] */
     float *inv_freq;          /* [D/2] */
     AdapterCfg acfg;
@@ -85,10 +90,18 @@ const char *llama_recompute_name(LlamaRecompute r);
 typedef struct {
     int64_t N, B, T, chunk;
     LlamaRecompute recompute;
+    /* Pipeline stages keep several micro-batches in flight: nsets sets of layer inputs
+     * (llama_acts_init's `sets`), res points at the one in use (llama_acts_select); the
+     * other buffers exist once (LLAMA_RECOMPUTE_LAYER). fresh: the set whose last layer's
+     * saves the shared buffers hold (the last forward's), so its backward need not run that
+     * layer again. */
+    int nsets;
+    float ***res_set; /* [nsets][L+1] */
+    float **fresh;
     /* per layer, saved by forward (with LLAMA_RECOMPUTE_LAYER all but res point at one
      * buffer each: the layer being run) */
-    float **res;               /* [L+1][N, C] residual stream: input of layer l; res[L] final */
-    float **ln1, **ln2;        /* [L][N, C] */
+    float **res;        /* [L+1][N, C] residual stream: input of layer l; res[L] final; [l0, l1] */
+    float **ln1, **ln2; /* [L][N, C] */
     float **rstd1, **rstd2;    /* [L][N] */
     float **q, **k, **v;       /* [L][N, Hl*D], [L][N, KVl*D] (q, k after RoPE) */
     float **att;               /* [L][N, Hl*D] */
@@ -113,12 +126,16 @@ typedef struct {
 /* The frozen matrices as the files store them (BF16 stays BF16, F32 and F16 become F32). */
 #define LLAMA_BASE_FILE (-1)
 
-/* Reads config.json and this rank's shards from DIR. The seven projections of every layer,
- * the embedding and lm_head are stored as `base` (LLAMA_BASE_FILE or a GemmDtype: F32, BF16
+/* Reads config.json and this rank's shards from DIR: at pp > 1 (g->pp) only the layers of
+ * its stage, [stages[pp_rank], stages[pp_rank + 1]) (stages: g->pp + 1 entries, model/stage.h;
+ * NULL at pp = 1), the embedding on the first stage and the final norm and lm_head on the
+ * last (a tied lm_head: the last stage's own copy of the embedding). The seven projections of every
+ * layer, the embedding and lm_head are stored as `base` (LLAMA_BASE_FILE or a GemmDtype: F32, BF16
  * rounded, INT8 / NF4 quantised tile by tile while loading, runtime/quant.h); norms, biases
  * and the RoPE table stay F32. Bad files / shapes / layouts (or a shard that cannot be stored
  * as `base`): 0 and st names the file and the tensor. */
-int llama_load(LlamaModel *m, const char *dir, const Grid *g, int base, MemCtx *mem, ErrStatus *st);
+int llama_load(LlamaModel *m, const char *dir, const Grid *g, int base, const int64_t *stages,
+               MemCtx *mem, ErrStatus *st);
 /* The dimensions llama_load sets before it reads a weight (cfg, tp, tp_rank, C .. Vl, kv0)
  * for TP rank tp_rank of tp, from config c alone; everything else zero (no weights, no
  * frozen bytes). For plans and estimates of a model that is not loaded (`shardlora plan`).
@@ -137,9 +154,12 @@ void llama_free(LlamaModel *m, MemCtx *mem);
 
 /* Activations for micro-batches of B sequences of T tokens, and the adapter slots' scratch
  * (with LLAMA_RECOMPUTE_LAYER one set per module for all layers, when the kind can share it:
- * AdapterKind.share). */
+ * AdapterKind.share), for this stage's layers. sets > 1 (a pipeline stage: needs
+ * LLAMA_RECOMPUTE_LAYER) keeps that many micro-batches' layer inputs. */
 void llama_acts_init(LlamaActs *a, const LlamaModel *m, int64_t B, int64_t T, LlamaRecompute rc,
-                     MemCtx *mem);
+                     int sets, MemCtx *mem);
+/* The set of layer inputs forward and backward use from now on (0 .. nsets-1). */
+void llama_acts_select(LlamaActs *a, int set);
 void llama_acts_free(LlamaActs *a, const LlamaModel *m, MemCtx *mem);
 void llama_batch_init(LlamaBatch *b, const LlamaModel *m, int64_t B, int64_t T, MemCtx *mem);
 void llama_batch_free(LlamaBatch *b, const LlamaModel *m, MemCtx *mem);
@@ -150,7 +170,9 @@ void llama_batch_prepare(LlamaBatch *b, const LlamaModel *m, const int64_t *labe
 /* Forward over one micro-batch; returns sum over rows of w * token_loss with
  * w = loss_scale for counted targets (1 / global count of label tokens gives the mean).
  * *counted receives the number of counted targets in this micro-batch. With want_grad,
- * leaves dL/d(final norm input) in a->dres for llama_backward. */
+ * leaves dL/d(final norm input) in a->dres for llama_backward. A pipeline stage runs its
+ * part: the first embeds b->ids, the others start from a->res[l0] (the stage before's
+ * output); all but the last stop at a->res[l1] and return 0 (*counted 0). */
 double llama_forward(LlamaModel *m, LlamaActs *a, const LlamaBatch *b, float loss_scale,
                      int want_grad, const AdapterEnv *env, const KernOps *k, KernCtx *kc, Grid *g,
                      int64_t *counted);
@@ -158,9 +180,11 @@ double llama_forward(LlamaModel *m, LlamaActs *a, const LlamaBatch *b, float los
  * L-1 down to 0), so their gradient sync can start while the backward goes on. */
 typedef void (*LlamaLayerDone)(void *ctx, int layer);
 
-/* Backward through the layers, right after llama_forward with want_grad on the same batch;
- * accumulates adapter gradients into m->params.grads. With LLAMA_RECOMPUTE_LAYER it first
- * runs each layer's forward again but the last's (the same env: the same dropout masks).
+/* Backward through the layers after llama_forward with want_grad on the same batch (and
+ * the same set of layer inputs); accumulates adapter gradients into m->params.grads. With
+ * LLAMA_RECOMPUTE_LAYER it first runs each layer's forward again but the last's when that
+ * is fresh (the same env: the same dropout masks). A pipeline stage but the last starts from
+ * a->dres = dL/d res[l1] (the next stage's); every stage leaves dL/d res[l0] in a->dres.
  * layer_done may be NULL. */
 void llama_backward(LlamaModel *m, LlamaActs *a, const LlamaBatch *b, const AdapterEnv *env,
                     const KernOps *k, KernCtx *kc, Grid *g, LlamaLayerDone layer_done,
@@ -174,7 +198,8 @@ void llama_backward(LlamaModel *m, LlamaActs *a, const LlamaBatch *b, const Adap
  * computed, and the backward's recomputation of the scores is not counted (model FLOPs,
  * not hardware FLOPs). Packed documents see fewer keys, so with packing this is an upper
  * bound. *dense_attn (may be NULL) gets PaLM's dense count 12 * L * (H*D) * T, which
- * includes the masked half; *n_big (may be NULL) N_big. */
+ * includes the masked half; *n_big (may be NULL) N_big. The adapter FLOPs are those of this
+ * stage's layers (train sums them over a pipeline's stages). */
 double llama_flops_per_token(const LlamaModel *m, int64_t T, double *n_big, double *dense_attn);
 
 /* The vocabulary rows [*v0, *v0 + *vl) TP rank r holds (an uneven split is fine). */

@@ -1,6 +1,7 @@
 /* Process grid and counted collectives (see grid.h). */
 #include "grid.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -196,6 +197,49 @@ void grid_send(Grid *g, MPI_Comm comm, const void *buf, size_t bytes, int dest, 
 void grid_recv(Grid *g, MPI_Comm comm, void *buf, size_t bytes, int src, int tag) {
     (void)g;
     MPI_Recv(buf, grid_count(bytes), MPI_BYTE, src, tag, comm, MPI_STATUS_IGNORE);
+}
+
+void grid_isend(Grid *g, MPI_Comm comm, const void *buf, size_t bytes, int dest, int tag,
+                GridBytes cat, MPI_Request *req) {
+    MPI_Isend(buf, grid_count(bytes), MPI_BYTE, dest, tag, comm, req);
+    g->bytes[cat] += bytes;
+    g->calls[cat]++;
+}
+
+void grid_irecv(MPI_Comm comm, void *buf, size_t bytes, int src, int tag, MPI_Request *req) {
+    MPI_Irecv(buf, grid_count(bytes), MPI_BYTE, src, tag, comm, req);
+}
+
+double grid_wait(MPI_Request *req) {
+    if (*req == MPI_REQUEST_NULL) return 0;
+    const double t0 = MPI_Wtime();
+    MPI_Wait(req, MPI_STATUS_IGNORE);
+    return MPI_Wtime() - t0;
+}
+
+void grid_part(size_t n, int parts, int r, size_t *off, size_t *len) {
+    const size_t base = n / (size_t)parts, extra = n % (size_t)parts, ur = (size_t)r;
+    *off = ur * base + (ur < extra ? ur : extra);
+    *len = base + (ur < extra);
+}
+
+void grid_allgather_f32(Grid *g, MPI_Comm comm, float *full, size_t n, GridBytes cat) {
+    const int size = grid_comm_size(comm), me = grid_comm_rank(comm);
+    if (size == 1) return;
+    int *counts = malloc((size_t)size * 2 * sizeof *counts);
+    SL_CHECK(counts, "out of memory");
+    for (int r = 0; r < size; r++) {
+        size_t off, len;
+        grid_part(n, size, r, &off, &len);
+        SL_CHECK(off + len <= (size_t)INT_MAX, "all-gather of %zu floats", n);
+        counts[r] = (int)len;
+        counts[size + r] = (int)off;
+    }
+    MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, full, counts, counts + size, MPI_FLOAT,
+                   comm);
+    g->bytes[cat] += (uint64_t)counts[me] * sizeof(float);
+    g->calls[cat]++;
+    free(counts);
 }
 
 int grid_all_ok(Grid *g, int ok) {

@@ -74,6 +74,17 @@ void grid_gatherv(Grid *g, MPI_Comm comm, const void *send, size_t bytes, void *
 void grid_send(Grid *g, MPI_Comm comm, const void *buf, size_t bytes, int dest, int tag,
                GridBytes cat);
 void grid_recv(Grid *g, MPI_Comm comm, void *buf, size_t bytes, int src, int tag);
+/* Non-blocking point-to-point (pipeline stages): *req completes in grid_wait, which returns
+ * the seconds it waited (MPI_REQUEST_NULL: none). Isend is counted in cat when posted. */
+void grid_isend(Grid *g, MPI_Comm comm, const void *buf, size_t bytes, int dest, int tag,
+                GridBytes cat, MPI_Request *req);
+void grid_irecv(MPI_Comm comm, void *buf, size_t bytes, int src, int tag, MPI_Request *req);
+double grid_wait(MPI_Request *req);
+/* Part r of n elements cut into `parts` nearly equal pieces: [*off, *off + *len). */
+void grid_part(size_t n, int parts, int r, size_t *off, size_t *len);
+/* full [n] on every rank of comm from each rank's part (grid_part of n over comm's size, in
+ * full at its offset already): an in-place all-gather, counted in cat. */
+void grid_allgather_f32(Grid *g, MPI_Comm comm, float *full, size_t n, GridBytes cat);
 /* Logical AND of a flag over world (for agreeing on errors and signals). */
 int grid_all_ok(Grid *g, int ok);
 /* The lowest world rank with ok == 0, or -1 when every rank is ok (so exactly one rank

@@ -156,10 +156,14 @@ static int64_t mp_matrix_bytes(GemmDtype dt, int64_t nr, int64_t nc) {
     return quant_check_shape(f, nr, nc, &st) ? (int64_t)quant_bytes(f, nr, nc) : -1;
 }
 
-int64_t memplan_frozen(const HfcConfig *c, int tp, int tp_rank, GemmDtype dt) {
+int64_t memplan_frozen(const HfcConfig *c, int tp, int tp_rank, int64_t l0, int64_t l1,
+                       GemmDtype dt) {
     LlamaModel m;
     ErrStatus st;
     if (!llama_shape(&m, c, tp, tp_rank, &st)) return 0;
+    if (l1 < 0) l1 = m.L;
+    const int first = l0 == 0, last = l1 == m.L, tied = c->tie_word_embeddings;
+    const int64_t Ls = l1 - l0, mats = (first || (last && tied)) + (last && !tied);
     const int64_t C = m.C, QD = m.Hl * m.D, KD = m.KVl * m.D, Fl = m.Fl;
     /* this rank's q, k, v, o, gate, up, down shards (llama_load's ShardDescs) */
     const int64_t rows[MOD_NMODULES] = {QD, KD, KD, C, Fl, Fl, C};
@@ -171,13 +175,14 @@ int64_t memplan_frozen(const HfcConfig *c, int tp, int tp_rank, GemmDtype dt) {
         layer = sizes_add_sat(layer, b);
     }
     if (e < 0) return 0;
-    e = sizes_add_sat(sizes_mul_sat(e, c->tie_word_embeddings ? 1 : 2), sizes_mul_sat(m.L, layer));
+    /* the embedding (first stage; and the last when tied) and lm_head (last, untied) */
+    e = sizes_add_sat(sizes_mul_sat(e, mats), sizes_mul_sat(Ls, layer));
     /* F32: norms (2 per layer and the final one), the RoPE table, and the biases: column
      * layers' sharded [rows], row layers' replicated [C] */
-    int64_t f = sizes_mul_sat(2 * m.L + 1, C) + m.D / 2;
+    int64_t f = sizes_mul_sat(2 * Ls + last, C) + m.D / 2;
     const int64_t bias =
         (c->qkv_bias ? QD + 2 * KD : 0) + (c->o_bias ? C : 0) + (c->mlp_bias ? 2 * Fl + C : 0);
-    f = mp_fma(f, m.L, bias);
+    f = mp_fma(f, Ls, bias);
     return sizes_add_sat(e, sizes_mul_sat(f, 4));
 }
 

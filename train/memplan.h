@@ -43,12 +43,15 @@ typedef struct {
  * INT64_MAX instead of overflowing. */
 void memplan_estimate(MemPlan *p, const LlamaModel *m, const MemplanIn *in);
 
-/* The frozen bytes TP rank tp_rank of tp will load for config c, before anything is read:
+/* The frozen bytes TP rank tp_rank of tp will load for config c, holding the decoder layers
+ * [l0, l1) of a pipeline (0, -1: all of them; the embedding with layer 0, the final norm and
+ * lm_head with the last layer, a tied lm_head as a copy of the embedding), before anything is read:
  * exactly what llama_load's frozen_bytes will be when the big matrices (the seven projections,
  * embedding, lm_head) are held as dt (their quantised codes and scales as runtime/quant.h
  * sizes them), norms, biases and the RoPE table as F32. 0 for a layout llama_load refuses or
  * a shard dt cannot store (nf4: columns not a multiple of 64). */
-int64_t memplan_frozen(const HfcConfig *c, int tp, int tp_rank, GemmDtype dt);
+int64_t memplan_frozen(const HfcConfig *c, int tp, int tp_rank, int64_t l0, int64_t l1,
+                       GemmDtype dt);
 
 /* The bytes this node can still give, for all its ranks: min(MemAvailable of /proc/meminfo,
  * cgroup v2 memory.max - memory.current or v1 limit - usage); -1 if unknown. */

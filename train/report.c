@@ -446,43 +446,115 @@ int report_rank_summary(const char *out, const Session *s, int64_t steps, ErrSta
     return ok;
 }
 
-void report_full_init(ReportFull *f, const ParamTable *p, const Grid *g) {
+/* The ranks that hold a stage's full tensors after params_gather: DP rank 0, TP rank 0 of
+ * each stage; they form pp_comm of (dp 0, tp 0), in which world rank 0 is stage 0. */
+static int report_stage_head(const Grid *g) {
+    return g->dp_rank == 0 && g->tp_rank == 0;
+}
+
+void report_full_init(ReportFull *f, const ParamTable *p, Grid *g) {
     memset(f, 0, sizeof *f);
+    if (!report_stage_head(g)) return;
+    f->stage_n = calloc((size_t)g->pp, sizeof *f->stage_n);
+    SL_CHECK(f->stage_n, "out of memory");
+    f->stage_n[0] = p->n;
+    for (int s = 1; s < g->pp; s++) { /* every stage's table to world rank 0 */
+        if (g->pp_rank == s) {
+            grid_send(g, g->pp_comm, &p->n, sizeof p->n, 0, 0, GRID_BYTES_OTHER);
+            grid_send(g, g->pp_comm, p->e, (size_t)p->n * sizeof *p->e, 0, 1, GRID_BYTES_OTHER);
+        } else if (g->pp_rank == 0) {
+            grid_recv(g, g->pp_comm, &f->stage_n[s], sizeof f->stage_n[s], s, 0);
+        }
+    }
     if (g->world_rank != 0) return;
-    f->n = p->n;
-    f->t = calloc((size_t)p->n, sizeof *f->t);
-    SL_CHECK(f->t, "out of memory");
-    for (int i = 0; i < p->n; i++) {
-        f->t[i] = malloc((size_t)(p->e[i].grows * p->e[i].gcols) * sizeof(float));
+    for (int s = 0; s < g->pp; s++)
+        f->n += f->stage_n[s];
+    f->e = calloc((size_t)(f->n > 0 ? f->n : 1), sizeof *f->e);
+    f->t = calloc((size_t)(f->n > 0 ? f->n : 1), sizeof *f->t);
+    SL_CHECK(f->e && f->t, "out of memory");
+    memcpy(f->e, p->e, (size_t)p->n * sizeof *p->e);
+    for (int s = 1, at = p->n; s < g->pp; at += f->stage_n[s], s++)
+        grid_recv(g, g->pp_comm, f->e + at, (size_t)f->stage_n[s] * sizeof *f->e, s, 1);
+    for (int i = 0; i < f->n; i++) {
+        f->t[i] = malloc((size_t)(f->e[i].grows * f->e[i].gcols) * sizeof(float));
         SL_CHECK(f->t[i], "out of memory");
     }
+    /* a model-wide tensor every stage holds (VeRA's shared projections): kept once */
+    int k = 0;
+    f->keep = calloc((size_t)(f->n > 0 ? f->n : 1), sizeof *f->keep);
+    SL_CHECK(f->keep, "out of memory");
+    for (int i = 0; i < f->n; i++) {
+        int dup = 0;
+        for (int j = 0; j < i && !dup; j++)
+            dup = strcmp(f->e[j].name, f->e[i].name) == 0;
+        f->keep[i] = !dup;
+        k += !dup;
+    }
+    f->nkept = k;
 }
 
 void report_full_free(ReportFull *f) {
     for (int i = 0; f->t && i < f->n; i++)
         free(f->t[i]);
     free(f->t);
+    free(f->e);
+    free(f->keep);
+    free(f->stage_n);
     memset(f, 0, sizeof *f);
 }
 
 void report_gather(ReportFull *f, const ParamTable *p, const float *buf, Grid *g) {
     if (g->dp_rank != 0) return;
-    params_gather(p, buf, g, g->world_rank == 0 ? f->t : NULL);
+    if (g->pp == 1) {
+        params_gather(p, buf, g, g->world_rank == 0 ? f->t : NULL);
+        return;
+    }
+    /* each stage's TP rank 0 gathers its stage, then sends it to world rank 0 */
+    float **mine = NULL;
+    if (g->tp_rank == 0 && g->pp_rank > 0) {
+        mine = calloc((size_t)(p->n > 0 ? p->n : 1), sizeof *mine);
+        SL_CHECK(mine, "out of memory");
+        for (int i = 0; i < p->n; i++) {
+            mine[i] = malloc((size_t)(p->e[i].grows * p->e[i].gcols) * sizeof(float));
+            SL_CHECK(mine[i], "out of memory");
+        }
+    }
+    params_gather(p, buf, g, g->tp_rank != 0 ? NULL : g->pp_rank == 0 ? f->t : mine);
+    if (g->tp_rank != 0) return;
+    for (int s = 1, at = p->n; s < g->pp; s++) {
+        const int n = g->pp_rank == 0 ? f->stage_n[s] : p->n;
+        for (int i = 0; i < n; i++) {
+            if (g->pp_rank == s) {
+                grid_send(g, g->pp_comm, mine[i],
+                          (size_t)(p->e[i].grows * p->e[i].gcols) * sizeof(float), 0, 2,
+                          GRID_BYTES_OTHER);
+            } else if (g->pp_rank == 0) {
+                const ParamEntry *e = &f->e[at + i];
+                grid_recv(g, g->pp_comm, f->t[at + i],
+                          (size_t)(e->grows * e->gcols) * sizeof(float), s, 2);
+            }
+        }
+        if (g->pp_rank == 0) at += n;
+    }
+    for (int i = 0; mine && i < p->n; i++)
+        free(mine[i]);
+    free(mine);
 }
 
-int report_write_adapter(const char *out, const char *model, const ParamTable *p,
-                         const ReportFull *vals, const char *adapter_json, int64_t L,
-                         const AdioCard *card, ErrStatus *st) {
+int report_write_adapter(const char *out, const char *model, const ReportFull *vals,
+                         const char *adapter_json, int64_t L, const AdioCard *card, ErrStatus *st) {
     AdioCfg c;
     if (!adio_cfg_from_json(&c, adapter_json, L, st)) return 0;
     free(c.base_model);
     c.base_model = str_dup(model);
-    AdioTensor *t = calloc((size_t)(p->n > 0 ? p->n : 1), sizeof *t);
+    AdioTensor *t = calloc((size_t)(vals->n > 0 ? vals->n : 1), sizeof *t);
     SL_CHECK(t, "out of memory");
-    for (int i = 0; i < p->n; i++)
-        t[i] = (AdioTensor){p->e[i].name, p->e[i].grows, p->e[i].gcols, vals->t[i]};
+    int n = 0;
+    for (int i = 0; i < vals->n; i++)
+        if (vals->keep[i])
+            t[n++] = (AdioTensor){vals->e[i].name, vals->e[i].grows, vals->e[i].gcols, vals->t[i]};
     char *dir = str_join_path(out, "adapter");
-    int ok = afile_mkdirs(dir) ? adio_export(dir, &c, t, p->n, card, st)
+    int ok = afile_mkdirs(dir) ? adio_export(dir, &c, t, n, card, st)
                                : err_status_set(st, "%s: cannot create: %s", dir, strerror(errno));
     free(dir);
     free(t);
@@ -490,15 +562,14 @@ int report_write_adapter(const char *out, const char *model, const ParamTable *p
     return ok;
 }
 
-int report_dump_grads(const char *path, const ParamTable *p, const ReportFull *vals,
-                      const ReportFull *grads, const ReportBatch *b, const char *const *meta,
-                      int nmeta, ErrStatus *st) {
+int report_dump_grads(const char *path, const ReportFull *vals, const ReportFull *grads,
+                      const ReportBatch *b, const char *const *meta, int nmeta, ErrStatus *st) {
     StWriter w;
     st_writer_init(&w);
     float lossf = (float)b->loss;
     int64_t one = 1, bt[2] = {b->G, b->T};
     int64_t *ids64 = malloc((size_t)(b->G * b->T) * sizeof *ids64);
-    char(*gnames)[200] = malloc((size_t)(p->n > 0 ? p->n : 1) * sizeof *gnames);
+    char(*gnames)[200] = malloc((size_t)(vals->n > 0 ? vals->n : 1) * sizeof *gnames);
     SL_CHECK(ids64 && gnames, "out of memory");
     for (int64_t i = 0; i < b->G * b->T; i++)
         ids64[i] = b->ids[i];
@@ -506,8 +577,9 @@ int report_dump_grads(const char *path, const ParamTable *p, const ReportFull *v
     st_writer_add(&w, "input_ids", ST_I64, 2, bt, ids64);
     st_writer_add(&w, "labels", ST_I64, 2, bt, b->labels);
     st_writer_add(&w, "position_ids", ST_I64, 2, bt, b->pos);
-    for (int i = 0; i < p->n; i++) {
-        const ParamEntry *e = &p->e[i];
+    for (int i = 0; i < vals->n; i++) {
+        const ParamEntry *e = &vals->e[i];
+        if (!vals->keep[i]) continue;
         int64_t shape[2] = {e->grows, e->gcols};
         snprintf(gnames[i], sizeof gnames[i], "%s.grad", e->name);
         st_writer_add(&w, e->name, ST_F32, 2, shape, vals->t[i]);

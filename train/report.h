@@ -96,23 +96,28 @@ int report_rank_summary(const char *out, const Session *s, int64_t steps, ErrSta
 /* The bytes each rank communicated per step, by category (rank 0's view). */
 void report_comm(const Session *s, int64_t steps);
 
-/* Full (gathered) adapter tensors on world rank 0: t[i] dense [grows, gcols] of entry i. */
+/* Full (gathered) adapter tensors of every pipeline stage on world rank 0: entry i (e[i]: a
+ * copy of its stage's table entry, stages in order) dense [grows, gcols] in t[i]; keep[i] 0
+ * for a model-wide tensor an earlier stage has too (written once). */
 typedef struct {
-    int n;
+    int n, nkept;
+    ParamEntry *e;
     float **t;
+    int *keep;
+    int *stage_n; /* [pp] entries per stage (stage heads) */
 } ReportFull;
-/* Allocates the full tensors on world rank 0 (nothing elsewhere). */
-void report_full_init(ReportFull *f, const ParamTable *p, const Grid *g);
+/* Allocates the full tensors on world rank 0 (nothing elsewhere but the stage heads' counts).
+ * Collective over world (the stage tables travel over pp_comm). */
+void report_full_init(ReportFull *f, const ParamTable *p, Grid *g);
 void report_full_free(ReportFull *f);
-/* Gathers buf (values or gradients) over the TP group of DP rank 0 into f on world rank 0.
- * Every rank calls it; only DP rank 0's TP group communicates. */
+/* Gathers buf (values or gradients) over the TP group of DP rank 0 of each stage, and from
+ * the stages into f on world rank 0. Every rank calls it; only DP rank 0 communicates. */
 void report_gather(ReportFull *f, const ParamTable *p, const float *buf, Grid *g);
 /* OUT/adapter/: the PEFT files and the model card from the full values (world rank 0), with
  * the configuration the checkpoints keep (so `shardlora export` of the final checkpoint
  * writes the same bytes). */
-int report_write_adapter(const char *out, const char *model, const ParamTable *p,
-                         const ReportFull *vals, const char *adapter_json, int64_t L,
-                         const AdioCard *card, ErrStatus *st);
+int report_write_adapter(const char *out, const char *model, const ReportFull *vals,
+                         const char *adapter_json, int64_t L, const AdioCard *card, ErrStatus *st);
 /* --dump-grads: loss, the global batch (ids, labels, positions [G, T]), every adapter tensor
  * and its gradient (full), and the run's settings as metadata (nmeta key/value pairs). */
 typedef struct {
@@ -121,8 +126,7 @@ typedef struct {
     const int64_t *labels, *pos;
     int64_t G, T;
 } ReportBatch;
-int report_dump_grads(const char *path, const ParamTable *p, const ReportFull *vals,
-                      const ReportFull *grads, const ReportBatch *b, const char *const *meta,
-                      int nmeta, ErrStatus *st);
+int report_dump_grads(const char *path, const ReportFull *vals, const ReportFull *grads,
+                      const ReportBatch *b, const char *const *meta, int nmeta, ErrStatus *st);
 
 #endif

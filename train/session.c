@@ -5,11 +5,11 @@
 #include <string.h>
 
 int session_open(Session *s, Grid *g, const char *model_dir, MemPinMode pin, int base,
-                 ErrStatus *st) {
+                 const int64_t *stages, ErrStatus *st) {
     memset(s, 0, sizeof *s);
     s->g = g;
     mem_init(&s->mem, pin);
-    s->have_model = llama_load(&s->m, model_dir, g, base, &s->mem, st);
+    s->have_model = llama_load(&s->m, model_dir, g, base, stages, &s->mem, st);
     return s->have_model;
 }
 
@@ -47,10 +47,10 @@ int session_set_compute(Session *s, int compute) {
     return s->gc.compute;
 }
 
-void session_batches_init(Session *s, int64_t B, int64_t T, LlamaRecompute rc) {
+void session_batches_init(Session *s, int64_t B, int64_t T, LlamaRecompute rc, int sets) {
     s->B = B;
     s->T = T;
-    llama_acts_init(&s->acts, &s->m, B, T, rc, &s->mem);
+    llama_acts_init(&s->acts, &s->m, B, T, sets > 1 ? LLAMA_RECOMPUTE_LAYER : rc, sets, &s->mem);
     llama_batch_init(&s->batch, &s->m, B, T, &s->mem);
     s->labels = mem_alloc(&s->mem, MEM_OTHER, (size_t)(B * T) * sizeof(int64_t));
     s->have_batches = 1;
@@ -68,10 +68,14 @@ const char *session_describe_model(const Session *s, char *buf, size_t n) {
 }
 
 void session_fill_batch(Session *s, const RowSource *src, int64_t first, int64_t end) {
+    session_fill(s, &s->batch, src, first, end);
+}
+
+void session_fill(Session *s, LlamaBatch *b, const RowSource *src, int64_t first, int64_t end) {
     const int64_t T = s->T;
     for (int64_t j = 0; j < s->B; j++) {
-        int32_t *ids = s->batch.ids + j * T;
-        int64_t *labels = s->labels + j * T, *pos = s->batch.pos + j * T;
+        int32_t *ids = b->ids + j * T;
+        int64_t *labels = s->labels + j * T, *pos = b->pos + j * T;
         if (first + j < end) {
             src->row(src->ctx, first + j, T, ids, labels, pos);
             continue;
@@ -82,7 +86,7 @@ void session_fill_batch(Session *s, const RowSource *src, int64_t first, int64_t
             pos[t] = t;
         }
     }
-    llama_batch_prepare(&s->batch, &s->m, s->labels);
+    llama_batch_prepare(b, &s->m, s->labels);
 }
 
 void session_free(Session *s) {

@@ -40,11 +40,12 @@ typedef struct {
     int have_model, have_compute, have_batches;
 } Session;
 
-/* mem_init + llama_load: this rank's shards of the model in DIR, stored as `base`
+/* mem_init + llama_load: this rank's shards of the model in DIR (of its pipeline stage:
+ * stages = the split, g->pp + 1 entries, or NULL at pp = 1), stored as `base`
  * (LLAMA_BASE_FILE or a GemmDtype). 0 with st naming the file and the tensor on bad input
  * (the caller agrees on the verdict over the grid). */
 int session_open(Session *s, Grid *g, const char *model_dir, MemPinMode pin, int base,
-                 ErrStatus *st);
+                 const int64_t *stages, ErrStatus *st);
 /* GEMM threads (0: the CPUs this rank may use) for products up to max_cols columns, and
  * kernel scratch for attention over up to `rows` rows; kops: the kernel table to run. The
  * base's GEMMs compute in F32 (session_set_compute changes it). */
@@ -56,8 +57,10 @@ int session_set_compute(Session *s, int compute);
 /* The widest product of the decoder's linears (max of hidden and ffn). */
 int64_t session_max_cols(const Session *s);
 /* Activations (what forward saves for backward: all of it, or with LLAMA_RECOMPUTE_LAYER
- * the layer inputs), the batch and its labels for micro-batches of B sequences of T tokens. */
-void session_batches_init(Session *s, int64_t B, int64_t T, LlamaRecompute rc);
+ * the layer inputs), the batch and its labels for micro-batches of B sequences of T tokens.
+ * sets > 1 (a pipeline stage with micro-batches in flight, train/pipe.h) keeps that many
+ * micro-batches' layer inputs and recomputes the rest (LLAMA_RECOMPUTE_LAYER whatever rc). */
+void session_batches_init(Session *s, int64_t B, int64_t T, LlamaRecompute rc, int sets);
 /* One line naming the model (architecture, sizes, weight dtype) into buf. */
 const char *session_describe_model(const Session *s, char *buf, size_t n);
 void session_free(Session *s);
@@ -74,5 +77,8 @@ typedef struct {
  * kernels (llama_batch_prepare); rows from index `end` on are empty (nothing counted: they
  * pad the last round of an evaluation). */
 void session_fill_batch(Session *s, const RowSource *src, int64_t first, int64_t end);
+/* The same into batch b (one of B x T sequences, llama_batch_init: a pipeline's micro-batch in
+ * flight); s->labels receives the labels. */
+void session_fill(Session *s, LlamaBatch *b, const RowSource *src, int64_t first, int64_t end);
 
 #endif

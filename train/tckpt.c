@@ -69,7 +69,10 @@ int tckpt_save(const TckptCfg *c, Grid *g, const ParamTable *p, const Optim *o, 
     const int writer = g->dp_rank == 0;
     if (writer) {
         char fname[64], tname[256];
-        snprintf(fname, sizeof fname, "shard-tp%d.pb", g->tp_rank);
+        if (g->pp > 1) /* one shard per (stage, TP rank) */
+            snprintf(fname, sizeof fname, "shard-pp%d-tp%d.pb", g->pp_rank, g->tp_rank);
+        else
+            snprintf(fname, sizeof fname, "shard-tp%d.pb", g->tp_rank);
         const char *snames[2];
         const int ns = tckpt_state_names(o, snames);
         ok = ckpt_shard_open(&sh, tmpdir, fname, c->chunk_limit, &st);
@@ -131,6 +134,7 @@ int tckpt_save(const TckptCfg *c, Grid *g, const ParamTable *p, const Optim *o, 
         mb.meta.lr_schedule_position = step;
         mb.meta.tp = g->tp;
         mb.meta.dp = g->dp;
+        mb.meta.pp = g->pp;
         size_t off = 0;
         for (int r = 0; ok && r < g->world_size; off += lens[r], r++)
             if (lens[r]) ok = ckpt_manifest_add_index(&mb, gathered + off, lens[r], &st);
@@ -331,13 +335,13 @@ int tckpt_resume(const TckptCfg *c, const char *path, Grid *g, ParamTable *p, Op
     }
     int64_t s = ok ? r.meta.step : 0, ostep = ok ? r.meta.optimizer_step : 0,
             cur = ok ? r.meta.data_cursor : 0;
-    int wtp = ok ? r.meta.tp : 0, wdp = ok ? r.meta.dp : 0;
+    int wtp = ok ? r.meta.tp : 0, wdp = ok ? r.meta.dp : 0, wpp = ok ? r.meta.pp : 0;
     if (have_reader) ckpt_close(&r);
     if (!tckpt_agree(g, ok, "cannot resume", &st)) return -1;
     o->step = ostep;
     pos->step = s;
     pos->cursor = cur;
-    log_info("resumed from %s (step %lld, written at tp=%d dp=%d; now tp=%d dp=%d)", dir,
-             (long long)s, wtp, wdp, g->tp, g->dp);
+    log_info("resumed from %s (step %lld, written at tp=%d pp=%d dp=%d; now tp=%d pp=%d dp=%d)",
+             dir, (long long)s, wtp, wpp > 0 ? wpp : 1, wdp, g->tp, g->pp, g->dp);
     return 1;
 }

@@ -11,14 +11,17 @@
 static void trainer_buckets_init(Trainer *t) {
     Grid *g = t->s->g;
     LlamaModel *m = &t->s->m;
+    /* replicated factors sync over the ranks of their stage (all of them at pp = 1) */
+    t->stage_comm = g->pp > 1 ? grid_split_world(g, g->pp_rank) : g->world;
     t->kv_comm = MPI_COMM_SELF;
-    if (g->tp > 1 && m->KV < g->tp) t->kv_comm = grid_split_world(g, (int)m->kv0);
-    const MPI_Comm comm[PARAM_NSYNC] = {g->dp_comm, g->world, t->kv_comm};
+    if (g->tp > 1 && m->KV < g->tp)
+        t->kv_comm = grid_split_world(g, (int)(g->pp_rank * m->KV + m->kv0));
+    const MPI_Comm comm[PARAM_NSYNC] = {g->dp_comm, t->stage_comm, t->kv_comm};
     const GridBytes cat[PARAM_NSYNC] = {GRID_BYTES_DP, GRID_BYTES_WORLD, GRID_BYTES_KV};
     gsync_init(&t->gs, (int)m->L * PARAM_NSYNC);
     t->bucket = calloc((size_t)(m->L * PARAM_NSYNC), sizeof *t->bucket);
     SL_CHECK(t->bucket, "out of memory");
-    for (int64_t l = 0; l < m->L; l++)
+    for (int64_t l = m->l0; l < m->l1; l++)
         for (int c = 0; c < PARAM_NSYNC; c++) {
             size_t b0, b1;
             params_layer_range(&m->params, (ParamSync)c, (int)l, &b0, &b1);
@@ -39,12 +42,19 @@ void trainer_init(Trainer *t, Session *s, const TrainerCfg *cfg, const OptimCfg 
     optim_init(&t->opt, ocfg, s->m.params.trainable, &s->mem);
     trainer_buckets_init(t);
     t->env = (AdapterEnv){&s->gc, cfg->seed, 0, 0, 1};
+    if (s->g->pp > 1) pipe_init(&t->pipe, s, t->nmicro);
+}
+
+int trainer_sets(const Grid *g, int64_t G, int64_t B) {
+    return pipe_sets(g, G / ((int64_t)g->dp * B));
 }
 
 void trainer_free(Trainer *t) {
+    pipe_free(&t->pipe);
     gsync_free(&t->gs);
     free(t->bucket);
     grid_comm_free(&t->kv_comm);
+    if (t->stage_comm != t->s->g->world) grid_comm_free(&t->stage_comm);
     optim_free(&t->opt, &t->s->mem);
     memset(t, 0, sizeof *t);
 }
@@ -91,7 +101,10 @@ void trainer_grads(Trainer *t, const RowSource *src, int64_t first, int64_t step
     t->env.step = step;
     llama_adapters_step_begin(m, &t->env); /* once per optimizer step, before the first forward */
     double loss = 0;
-    for (int64_t mb = 0; mb < t->nmicro; mb++) {
+    if (g->pp > 1)
+        loss = pipe_grads(&t->pipe, src, first, row_base, scale, &t->env, trainer_layer_done, t,
+                          &t->sync_active);
+    for (int64_t mb = 0; g->pp == 1 && mb < t->nmicro; mb++) {
         const int64_t row0 = row_base + mb * B;
         session_fill_batch(s, src, first + row0, INT64_MAX);
         t->env.token0 = row0 * T; /* global token index within the step keys dropout */
@@ -100,9 +113,14 @@ void trainer_grads(Trainer *t, const RowSource *src, int64_t first, int64_t step
         llama_backward(m, &s->acts, &s->batch, &t->env, s->kops, &s->kc, g, trainer_layer_done, t);
     }
     gsync_wait(&t->gs, g);
-    grid_allreduce_sum_f64(g, g->dp_comm, &loss, 1, GRID_BYTES_OTHER);
-    double ss = params_sumsq(&m->params, m->params.grads);
-    grid_allreduce_sum_f64(g, g->tp_comm, &ss, 1, GRID_BYTES_OTHER);
+    /* the loss of the last stage, the norm of every stage's gradients (pp_comm: SELF at
+     * pp = 1, where these are the calls they always were) */
+    double v[2] = {loss, params_sumsq(&m->params, m->params.grads)};
+    grid_allreduce_sum_f64(g, g->dp_comm, &v[0], 1, GRID_BYTES_OTHER);
+    grid_allreduce_sum_f64(g, g->tp_comm, &v[1], 1, GRID_BYTES_OTHER);
+    if (g->pp > 1) grid_allreduce_sum_f64(g, g->pp_comm, v, 2, GRID_BYTES_OTHER);
+    loss = v[0];
+    const double ss = v[1];
     out->loss = loss;
     out->grad_norm = sqrt(ss);
     out->finite = isfinite(out->loss) && isfinite(out->grad_norm);
@@ -135,15 +153,25 @@ double trainer_eval(Session *s, const RowSource *src, int64_t nrows, uint64_t se
     AdapterEnv env = {&s->gc, seed, 0, 0, 0};
     llama_adapters_step_begin(&s->m, &env); /* DoRA: norms of the current adapter */
     double sum[2] = {0, 0};                 /* loss sum, counted tokens: this DP rank's */
+    Pipe pipe = {0};
+    if (g->pp > 1) pipe_init(&pipe, s, 1);
     for (int64_t k = 0; k < rounds; k++) {
-        session_fill_batch(s, src, k * per_round + (int64_t)g->dp_rank * B, nrows);
+        const int64_t row0 = k * per_round + (int64_t)g->dp_rank * B;
         int64_t counted = 0;
-        sum[0] +=
-            llama_forward(&s->m, &s->acts, &s->batch, 1.0f, 0, &env, s->kops, &s->kc, g, &counted);
+        if (g->pp > 1) {
+            sum[0] += pipe_eval(&pipe, src, row0, nrows, &env, &counted);
+        } else {
+            session_fill_batch(s, src, row0, nrows);
+            sum[0] += llama_forward(&s->m, &s->acts, &s->batch, 1.0f, 0, &env, s->kops, &s->kc, g,
+                                    &counted);
+        }
         sum[1] += (double)counted;
         if (round) round(round_ctx, k, rounds, sum);
     }
+    pipe_free(&pipe);
     grid_allreduce_sum_f64(g, g->dp_comm, sum, 2, GRID_BYTES_OTHER);
+    /* the last stage's sums (the others' are 0) */
+    if (g->pp > 1) grid_allreduce_sum_f64(g, g->pp_comm, sum, 2, GRID_BYTES_OTHER);
     *tokens = (int64_t)sum[1];
     return sum[1] > 0 ? sum[0] / sum[1] : NAN;
 }

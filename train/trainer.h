@@ -11,7 +11,10 @@
  *   trainer_update: clip to max_grad_norm (torch's clip_grad_norm_), the kinds' grad_post
  *                   (LoRA-FA), the optimizer step.
  * trainer_step runs both, the update only when the loss and the norm are finite. Everything
- * is collective over the world: every rank calls them with the same arguments.
+ * is collective over the world: every rank calls them with the same arguments. At pp > 1 the
+ * micro-batches run through the pipeline's stages in the 1F1B order (pipe.h): each stage
+ * syncs its own layers' gradients over its dp x tp ranks, the loss comes from the last stage
+ * and the gradient norm sums over all stages.
  *
  * Legend: B sequences per micro-batch, T tokens per sequence, G sequences per step. */
 #ifndef SHARDLORA_TRAIN_TRAINER_H
@@ -21,6 +24,7 @@
 
 #include "../model/optim.h"
 #include "../parallel/gsync.h"
+#include "pipe.h"
 #include "session.h"
 
 typedef struct {
@@ -35,10 +39,12 @@ typedef struct {
     int64_t rows_per_dp, nmicro; /* G / dp rows per DP rank, in nmicro micro-batches */
     Optim opt;
     Gsync gs;
-    int *bucket;      /* [L][PARAM_NSYNC] gsync bucket of each layer and sync class */
-    MPI_Comm kv_comm; /* ranks sharing a kv head when kv heads are replicated (KV < tp) */
-    int sync_active;  /* the buckets start as layers finish (last micro-batch only) */
-    AdapterEnv env;   /* the current step's (dropout keys) */
+    int *bucket;         /* [L][PARAM_NSYNC] gsync bucket of each layer and sync class */
+    MPI_Comm stage_comm; /* the ranks of this pipeline stage (world at pp = 1) */
+    MPI_Comm kv_comm;    /* ranks sharing a kv head when kv heads are replicated (KV < tp) */
+    Pipe pipe;           /* the 1F1B schedule at pp > 1 (pipe.s NULL at pp = 1) */
+    int sync_active;     /* the buckets start as layers finish (last micro-batch only) */
+    AdapterEnv env;      /* the current step's (dropout keys) */
 } Trainer;
 
 /* What one step did (the same on every rank). */
@@ -52,9 +58,12 @@ typedef struct {
 } TrainerStep;
 
 /* Optimizer state and gradient-sync buckets for the session's model and adapters (after
- * the adapters are initialised and session_batches_init). */
+ * the adapters are initialised and session_batches_init with trainer_sets' sets). */
 void trainer_init(Trainer *t, Session *s, const TrainerCfg *cfg, const OptimCfg *ocfg);
 void trainer_free(Trainer *t);
+/* The sets of layer inputs session_batches_init must keep for global batch G in micro-batches
+ * of B (pipe_sets; 1 at pp = 1). */
+int trainer_sets(const Grid *g, int64_t G, int64_t B);
 
 /* Gradients of step `step` (1-based; keys dropout) over rows [first, first + G) of src. */
 void trainer_grads(Trainer *t, const RowSource *src, int64_t first, int64_t step, TrainerStep *out);

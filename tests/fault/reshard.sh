@@ -20,7 +20,7 @@ for layout in "4x1 4 4 4" "1x1 1 1 4" "1x2 2 1 2" "4x1-accum 4 4 2"; do
   O="$W/r$name"
   rm -rf "$O"; cp -a "$W/base" "$O"
   train "$np" "${ARGS[@]}" --tp "$tp" --micro-batch "$mb" --steps 30 --out "$O" > "$W/$name.log" 2>&1 || { tail "$W/$name.log"; fail "resume at $name failed"; }
-  grep -q "resumed from .*step-000000015 (step 15, written at tp=2 dp=2; now tp=$tp dp=$((np / tp)))" "$W/$name.log" || { grep resumed "$W/$name.log"; fail "$name: not resumed from step 15 of the (2,2) run"; }
+  grep -q "resumed from .*step-000000015 (step 15, written at tp=2 pp=1 dp=2; now tp=$tp pp=1 dp=$((np / tp)))" "$W/$name.log" || { grep resumed "$W/$name.log"; fail "$name: not resumed from step 15 of the (2,2) run"; }
   res=$("$PY" "$FAULT_DIR/adapter_diff.py" "$W/ref/adapter/adapter_model.safetensors" "$O/adapter/adapter_model.safetensors" 1e-4) \
     || fail "resumed at (tp,dp)=($tp,$((np / tp))) micro-batch $mb: $res"
   ok "resumed at (tp,dp)=($tp,$((np / tp))) micro-batch $mb from step 15 to 30: $res"

@@ -137,7 +137,7 @@ static const RowSource g_src = {NULL, row_fn};
 static int open_session_as(Session *s, Grid *g, const char *dir, int64_t B, const char *kind,
                            float dropout, const int *slot_r, LlamaRecompute rc) {
     ErrStatus st;
-    if (!session_open(s, g, dir, MEM_PIN_OFF, LLAMA_BASE_FILE, &st)) {
+    if (!session_open(s, g, dir, MEM_PIN_OFF, LLAMA_BASE_FILE, NULL, &st)) {
         fprintf(stderr, "session_open: %s\n", st.msg);
         return 0;
     }
@@ -159,7 +159,7 @@ static int open_session_as(Session *s, Grid *g, const char *dir, int64_t B, cons
         for (size_t k = 0; k < params_numel(&p->e[i]); k++)
             v[k] = 0.05f * (float)sin(0.7 * (double)k + 1.3 * i);
     }
-    session_batches_init(s, B, T, rc);
+    session_batches_init(s, B, T, rc, 1);
     return 1;
 }
 
