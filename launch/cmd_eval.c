@@ -141,6 +141,7 @@ static json_t *eval_result_json(const EvalOpts *o, const Grid *g, double loss, i
     json_object_set_new(j, "seq_len", json_integer((json_int_t)o->rows.seq_len));
     json_object_set_new(j, "pack", json_boolean(o->rows.pack));
     json_object_set_new(j, "tp", json_integer(g->tp));
+    json_object_set_new(j, "pp", json_integer(g->pp));
     json_object_set_new(j, "dp", json_integer(g->dp));
     json_object_set_new(j, "seconds", json_real(secs));
     return j;
@@ -215,6 +216,8 @@ static int eval_check_opts(void *ctx, ErrStatus *st) {
     if (!mpicmd_rows_check(&o->rows, &r->lmode, st)) return 0;
     if (o->log_every < 1 || o->max_rows < 0)
         return err_status_set(st, "--log-every must be >= 1 and --max-rows >= 0");
+    if (o->dump_logits && r->g.pp > 1)
+        return err_status_set(st, "--dump-logits needs --pp 1 (the logits are the last stage's)");
     return mpicmd_bound("log-every", o->log_every, 1, MPICMD_MAX_COUNT, st) &&
            mpicmd_bound("max-rows", o->max_rows, 0, MPICMD_MAX_COUNT, st);
 }

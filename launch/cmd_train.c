@@ -671,6 +671,7 @@ static int train_memcheck(TrainRun *r) {
                     .targets = r->ac.acfg.targets,
                     .dropout = o->dropout > 0,
                     .recompute = r->recompute,
+                    .sets = trainer_sets(&r->g, o->global_batch, o->rows.micro_batch),
                     .optim_states = optim_is_adam(r->ocfg.kind) ? 2 : 1,
                     .threads = (int)o->run.threads,
                     .mfu_probe = !(o->peak_gflops > 0)};
@@ -1216,7 +1217,8 @@ static int train_dump_grads(TrainRun *r, TrainLoop *l, const TrainerStep *ts) {
                {"global_batch", (double)r->G},
                {"seq_len", (double)r->T},
                {"tp", g->tp},
-               {"dp", g->dp}};
+               {"dp", g->dp},
+               {"pp", g->pp}};
     enum { NNUM = sizeof num / sizeof num[0] };
     char v[NNUM + 1][32];
     const char *meta[2 * (NNUM + 5)] = {
@@ -1509,7 +1511,7 @@ static int train_outputs(TrainRun *r, TrainLoop *l) {
                      r->o.out);
         }
     }
-    if (!report_rank_summary(r->o.out, &r->s, steps_done, &st)) {
+    if (!report_rank_summary(r->o.out, &r->s, &r->tr.pipe, steps_done, &st)) {
         fprintf(stderr, "shardlora: error: %s\n", st.msg);
         rc = EXIT_IO;
     }
@@ -1532,6 +1534,15 @@ static int train_outputs(TrainRun *r, TrainLoop *l) {
         rc = EXIT_IO;
     }
     report_comm(&r->s, steps_done);
+    if (g->pp > 1 && steps_done > 0) {
+        const Pipe *pp = &r->tr.pipe;
+        const double all = pp->busy + pp->idle;
+        log_info("pipeline stage 0 of %d: computed %.3f s, waited %.3f s for its neighbours "
+                 "(%.1f%%; 1F1B with %lld micro-batches expects %.1f%%; per rank in "
+                 "summary-rank*.json)",
+                 g->pp, pp->busy, pp->idle, all > 0 ? 100.0 * pp->idle / all : 0.0,
+                 (long long)pp->nmicro, 100.0 * (g->pp - 1) / (double)(pp->nmicro + g->pp - 1));
+    }
     if (g->world_rank == 0) mem_print_table(&r->s.mem, "at the end (rank 0)");
     if (rc == 0 && l->final_ckpt_failed) rc = EXIT_IO;
     return rc;

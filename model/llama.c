@@ -345,7 +345,8 @@ int llama_load(LlamaModel *m, const char *dir, const Grid *g, int base, const in
         goto done;
     m->layers = calloc((size_t)m->L, sizeof *m->layers);
     SL_CHECK(m->layers, "out of memory");
-    for (int64_t l = m->l0; l < m->l1; l++) {
+    /* every layer's shards (the adapters' shapes); weights only for this stage's layers */
+    for (int64_t l = 0; l < m->L; l++) {
         LlamaLayer *ly = &m->layers[l];
         ShardDesc sd[MOD_NMODULES];
         sd[MOD_Q] = shard_rows(HD, C, m->Hl * D * m->tp_rank, m->Hl * D);
@@ -358,9 +359,11 @@ int llama_load(LlamaModel *m, const char *dir, const Grid *g, int base, const in
         if (m->tp == 1)
             for (int i = 0; i < MOD_NMODULES; i++)
                 sd[i].kind = SHARD_NONE;
+        for (int i = 0; i < MOD_NMODULES; i++)
+            ly->lin[i].shard = sd[i];
+        if (l < m->l0 || l >= m->l1) continue;
         for (int i = 0; i < MOD_NMODULES; i++) {
             Linear *lin = &ly->lin[i];
-            lin->shard = sd[i];
             snprintf(name, sizeof name, "model.layers.%lld.%s.%s.weight", (long long)l,
                      adapter_module_group((ModuleId)i), adapter_module_name((ModuleId)i));
             if (!llama_load_matrix(m, &d, mem, name, sd[i].out, sd[i].in, sd[i].o0, sd[i].no,

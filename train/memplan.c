@@ -70,13 +70,15 @@ static int mp_threads(int threads) {
     return n > 0 ? n : 1;
 }
 
-/* Floats saved by forward and used by backward for N rows (llama_acts_init), with `sets`
- * sets of the per-layer buffers (L, or 1 with recompute). */
-static int64_t mp_train_acts(const LlamaModel *m, int64_t N, int64_t sets) {
-    const int64_t C = m->C, QD = m->Hl * m->D, KD = m->KVl * m->D, Fl = m->Fl, L = m->L;
+/* Floats saved by forward and used by backward for N rows (llama_acts_init) of this stage's
+ * layers, with `sets` sets of the per-layer buffers (its layers, or 1 with recompute) and
+ * `inputs` sets of layer inputs (micro-batches in flight on a pipeline stage). */
+static int64_t mp_train_acts(const LlamaModel *m, int64_t N, int64_t sets, int64_t inputs) {
+    const int64_t C = m->C, QD = m->Hl * m->D, KD = m->KVl * m->D, Fl = m->Fl, L = m->l1 - m->l0;
     const int64_t per_layer = 3 * C + 2 + 2 * QD + 2 * KD + m->Hl + 3 * Fl;
     const int64_t fixed = 5 * C + 1 + 2 * QD + 2 * KD + 3 * Fl;
-    const int64_t per_row = sizes_add_sat(mp_fma(fixed, L + 1, C), sizes_mul_sat(sets, per_layer));
+    const int64_t per_row = sizes_add_sat(mp_fma(fixed, sizes_mul_sat(L + 1, inputs), C),
+                                          sizes_mul_sat(sets, per_layer));
     const int64_t chunk = N < 256 ? N : 256;
     return mp_fma(sizes_mul_sat(N, per_row), chunk, m->Vl + 4);
 }
@@ -99,7 +101,9 @@ void memplan_estimate(MemPlan *p, const LlamaModel *m, const MemplanIn *in) {
     const char *kind = in->kind ? in->kind : "lora";
     /* sets of per-layer activations and adapter scratch: every kind shares its scratch
      * across layers under recompute (AdapterKind.share) */
-    const int64_t sets = in->B > 0 && in->recompute == LLAMA_RECOMPUTE_LAYER ? 1 : m->L;
+    const int64_t Ls = m->l1 - m->l0, inputs = in->sets > 1 ? in->sets : 1;
+    const int64_t sets =
+        in->B > 0 && (in->recompute == LLAMA_RECOMPUTE_LAYER || inputs > 1) ? 1 : Ls;
     int64_t adapter = 0, scratch = 0, max_no = 0, max_ni = 0;
     for (int i = 0; in->r > 0 && i < MOD_NMODULES; i++) {
         if (!(in->targets & (1u << i))) continue;
@@ -108,7 +112,7 @@ void memplan_estimate(MemPlan *p, const LlamaModel *m, const MemplanIn *in) {
         max_no = no > max_no ? no : max_no;
         max_ni = ni > max_ni ? ni : max_ni;
         const MpSlot s = mp_slot(kind, in->r, no, ni, rows);
-        adapter = mp_fma(adapter, m->L, s.params);
+        adapter = mp_fma(adapter, Ls, s.params);
         /* h and dh [N, r]; with dropout the dropped input and a temporary [N, ni] */
         const int64_t per_row = 2 * (int64_t)in->r + (in->dropout ? 2 * ni : 0);
         scratch = mp_fma(scratch, sets, sizes_add_sat(sizes_mul_sat(rows, per_row), s.acts));
@@ -120,7 +124,7 @@ void memplan_estimate(MemPlan *p, const LlamaModel *m, const MemplanIn *in) {
     int64_t max_cols = m->C > m->F ? m->C : m->F;
     if (in->B > 0) {
         const int64_t N = rows;
-        acts = sizes_add_sat(acts, mp_train_acts(m, N, sets));
+        acts = sizes_add_sat(acts, mp_train_acts(m, N, sets, inputs));
         /* ids, targets, pos, doc_start, cos, sin (llama_batch_init) and labels */
         other = sizes_mul_sat(N, 4 + 4 + 8 + 4 + 8 + 4 * m->D);
     } else {

@@ -28,6 +28,8 @@ typedef struct {
     int dropout;        /* adapter dropout on: input copies per slot */
     int recompute;      /* LLAMA_RECOMPUTE_LAYER: one layer's activations and adapter
                          * scratch, besides the layer inputs (llama_acts_init) */
+    int sets;           /* micro-batches in flight on a pipeline stage (pipe_sets; 0: 1):
+                         * their layer inputs, with recompute */
     int optim_states;   /* floats of optimizer state per trainable float (AdamW 2, SGD 1) */
     int threads;        /* threads per rank (0: the CPUs this rank may use) */
     int mfu_probe;      /* train measures the GEMM peak with three 1536^2 matrices */

@@ -297,6 +297,7 @@ int report_run_json(const char *out, const ReportRun *run, const Session *s, con
     json_object_set_new(layout, "world", json_integer(g->world_size));
     json_object_set_new(layout, "tp", json_integer(g->tp));
     json_object_set_new(layout, "dp", json_integer(g->dp));
+    json_object_set_new(layout, "pp", json_integer(g->pp));
     json_object_set_new(layout, "global_batch", json_integer((json_int_t)run->global_batch));
     json_object_set_new(layout, "total_steps", json_integer((json_int_t)run->total_steps));
     json_object_set_new(layout, "lr_schedule", json_string(run->sched_desc));
@@ -395,7 +396,28 @@ int report_summary(const char *out, const ReportTotals *t, const TrainData *d, c
     return ok;
 }
 
-int report_rank_summary(const char *out, const Session *s, int64_t steps, ErrStatus *st) {
+/* A pipeline stage's figures: its layers, the 1F1B schedule's in-flight micro-batches, and
+ * the seconds it computed and waited for a neighbour (the measured bubble). */
+static json_t *report_pipeline(const Session *s, const Pipe *p) {
+    json_t *j = json_object(), *layers = json_array();
+    json_array_append_new(layers, json_integer(s->m.l0));
+    json_array_append_new(layers, json_integer(s->m.l1));
+    json_object_set_new(j, "stage", json_integer(s->g->pp_rank));
+    json_object_set_new(j, "layers", layers);
+    json_object_set_new(j, "micro_batches_per_step", json_integer(p->nmicro));
+    json_object_set_new(j, "in_flight", json_integer(p->K));
+    json_object_set_new(j, "busy_s", json_real(p->busy));
+    json_object_set_new(j, "idle_s", json_real(p->idle));
+    const double all = p->busy + p->idle;
+    json_object_set_new(j, "idle_fraction", json_real(all > 0 ? p->idle / all : 0));
+    /* 1F1B with equal stages: (P - 1) / (m + P - 1) of a step is fill and drain */
+    json_object_set_new(j, "expected_bubble",
+                        json_real((double)(p->P - 1) / (double)(p->nmicro + p->P - 1)));
+    return j;
+}
+
+int report_rank_summary(const char *out, const Session *s, const Pipe *pipe, int64_t steps,
+                        ErrStatus *st) {
     const Grid *g = s->g;
     const LlamaModel *m = &s->m;
     static const char *keys[] = {"tp", "dp", "world", "kv", "pp", "other"};
@@ -438,6 +460,7 @@ int report_rank_summary(const char *out, const Session *s, int64_t steps, ErrSta
         json_object_set_new(calls, keys[c], json_integer((json_int_t)g->calls[c]));
     }
     json_object_set_new(j, "comm_bytes", bytes);
+    if (pipe && pipe->s) json_object_set_new(j, "pipeline", report_pipeline(s, pipe));
     json_object_set_new(j, "comm_calls", calls);
     char path[4200];
     snprintf(path, sizeof path, "%s/summary-rank%d.json", out, g->world_rank);

@@ -91,8 +91,11 @@ typedef struct {
 /* Prints the closing summary and writes OUT/summary.json. */
 int report_summary(const char *out, const ReportTotals *t, const TrainData *d, const MemCtx *mem,
                    ErrStatus *st);
-/* OUT/summary-rank{R}.json, on every rank: its memory and communication figures. */
-int report_rank_summary(const char *out, const Session *s, int64_t steps, ErrStatus *st);
+/* OUT/summary-rank{R}.json, on every rank: its memory and communication figures, and with
+ * pipeline stages (pipe->s set) its stage's layers, busy and idle seconds and the bubble
+ * 1F1B leads to expect. */
+int report_rank_summary(const char *out, const Session *s, const Pipe *pipe, int64_t steps,
+                        ErrStatus *st);
 /* The bytes each rank communicated per step, by category (rank 0's view). */
 void report_comm(const Session *s, int64_t steps);
 
