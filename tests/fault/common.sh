@@ -109,7 +109,7 @@ same_adapter() {
   # the final checkpoint holds the optimizer state (Adam m and v) too: byte-identical as well
   local ca="$1/checkpoints/latest" cb="$2/checkpoints/latest" f n=0
   [ -f "$cb/manifest.pb" ] || fail "$3: no final checkpoint at $cb"
-  for f in "$ca"/manifest.pb "$ca"/shard-tp*.pb; do
+  for f in "$ca"/manifest.pb "$ca"/shard-*.pb; do
     cmp -s "$f" "$cb/$(basename "$f")" || fail "$3: final checkpoint file $(basename "$f") (adapter + optimizer state) differs from the uninterrupted run's"
     n=$((n + 1))
   done
