@@ -1,6 +1,6 @@
 # Fault injection with real processes (label fault): kill -9 of a rank (also in each pipeline
-# stage) and of the whole job during checkpoint writes, damaged checkpoints, a full filesystem (mounts a tmpfs: needs
-# root), resharding on resume, SIGUSR1/SIGTERM checkpoint-and-exit, refused resumes.
+# stage) and of the whole job during checkpoint writes, damaged checkpoints, a full filesystem
+# (mounts a tmpfs: needs root), resharding on resume, SIGUSR1/SIGTERM checkpoint-and-exit, refused resumes.
 # Each script: bash tests/fault/NAME.sh SHARDLORA_BINARY WORK_DIR; exits 1 on a failure.
 set(SL_FAULT_DIR ${CMAKE_CURRENT_SOURCE_DIR}/fault)
 foreach(t kill_rank kill_during_write corrupt disk_full reshard signals refuse timing)
