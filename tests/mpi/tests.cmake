@@ -32,3 +32,12 @@ add_test(NAME mpi_grid
 # Open MPI refuses root unless told (the scripts set this themselves; tests/run.sh does too).
 set_tests_properties(mpi_grid PROPERTIES LABELS mpi TIMEOUT 120 PROCESSORS 2
                      ENVIRONMENT "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1")
+# Pipeline stages (issue 19, tests/mpi/pp_layouts.sh + pp_check.py): (tp, pp, dp) layouts vs
+# pp = 1 (the same bits at the same tp x dp) and vs (1,1,1), DoRA, eval; checkpoints written
+# at (2,2,1) resumed at (4,1,1), (1,1,1), (1,2,2); stage-boundary bytes, frozen bytes per
+# stage and the bubble figures in the summaries; refused layouts.
+foreach(t equivalence checkpoint summary bad-layouts)
+  add_test(NAME mpi_pp_${t}
+           COMMAND bash ${SL_MPI_DIR}/pp_layouts.sh $<TARGET_FILE:shardlora> ${CMAKE_BINARY_DIR}/test-work ${t})
+  set_tests_properties(mpi_pp_${t} PROPERTIES LABELS mpi TIMEOUT 300 PROCESSORS 2)
+endforeach()
