@@ -330,6 +330,8 @@ static void eval_round(void *ctx, int64_t k, int64_t rounds, const double *sum) 
     if ((k + 1) % r->o.log_every != 0 || k + 1 >= rounds) return;
     double part[2] = {sum[0], sum[1]};
     grid_allreduce_sum_f64(g, g->dp_comm, part, 2, GRID_BYTES_OTHER);
+    /* the last stage's sums (every stage reaches round k; the others' are 0) */
+    if (g->pp > 1) grid_allreduce_sum_f64(g, g->pp_comm, part, 2, GRID_BYTES_OTHER);
     const double el = timer_now() - p->t0;
     const int64_t per_round = s->B * g->dp;
     log_info("eval: %lld/%lld rounds (%.0f%%) | running loss %.4f | %.0f tok/s | elapsed %.1fs | "
