@@ -1117,16 +1117,21 @@ static void train_log_start(TrainRun *r) {
              str_fmt_double(o->dropout, dropout, sizeof dropout), o->rslora, o->lora_init,
              str_fmt_double(o->loraplus_ratio, ratio, sizeof ratio), r->targets_csv,
              m->params.trainable, m->params.total);
-    log_info("activations: recompute=%s (%s); the decoder's %.1f MiB on rank 0 (the memory table "
-             "adds the adapters' buffers)",
-             llama_recompute_name(r->recompute),
-             r->recompute == LLAMA_RECOMPUTE_LAYER
+    const LlamaActs *acts = &r->s.acts;
+    char inflight[96] = "";
+    if (acts->nsets > 1)
+        snprintf(inflight, sizeof inflight, ", for each of %d micro-batches in flight on stage 0",
+                 acts->nsets);
+    log_info("activations: recompute=%s (%s%s); the decoder's %.1f MiB on rank 0 (the memory "
+             "table adds the adapters' buffers)",
+             llama_recompute_name(acts->recompute),
+             acts->recompute == LLAMA_RECOMPUTE_LAYER
                  ? "forward keeps each layer's input, backward runs each layer's forward again"
                  : "forward keeps every layer's activations for backward",
-             (double)r->s.acts.bytes / 1048576.0);
-    log_info("grid: world=%d = dp %d x tp %d; per TP rank: %lld heads, %lld kv heads%s, ffn %lld, "
-             "vocab rows %lld; kernels=%s; %s",
-             g->world_size, g->dp, g->tp, (long long)m->Hl, (long long)m->KVl,
+             inflight, (double)acts->bytes / 1048576.0);
+    log_info("grid: world=%d = dp %d x pp %d x tp %d; per TP rank: %lld heads, %lld kv heads%s, "
+             "ffn %lld, vocab rows %lld; kernels=%s; %s",
+             g->world_size, g->dp, g->pp, g->tp, (long long)m->Hl, (long long)m->KVl,
              m->KV < g->tp && g->tp > 1 ? " (replicated)" : "", (long long)m->Fl, (long long)m->Vl,
              r->env.kops->name, gemm_describe(&r->s.gc, desc, sizeof desc));
     log_info("frozen base held as %s, its GEMMs compute in %s; oneDNN ISA %s%s",

@@ -118,7 +118,7 @@ static void mpicmd_tail_specs(ArgSpec *out, int cap, int *n, MpicmdRun *o, const
     const ArgSpec specs[] = {
         {.type = ARG_GROUP, .group = ARGG_PARALLEL},
         {"tp", ARG_INT, &o->tp, "N", tp_help, 0, 0},
-        {"pp", ARG_INT, &o->pp, "P", "pipeline stages: the decoder's layers in P contiguous stages (embedding with the first, final norm, lm_head and loss with the last), world = dp x pp x tp with TP innermost (one node) and stages across nodes; 1F1B schedule over the micro-batches of a step (default 1, or the count of --pp-layers)", 0, 0},
+        {"pp", ARG_INT, &o->pp, "P", "pipeline stages: the decoder's layers in P contiguous stages (embedding with the first, final norm and lm_head with the last), each rank holding its stage's layers; world = dp x pp x tp with TP innermost (one node) and stages across nodes; train runs a step's micro-batches in the 1F1B order (default 1, or the count of --pp-layers)", 0, 0},
         {"pp-layers", ARG_STR, &o->pp_layers, "N,N,..", "layers per pipeline stage, e.g. 10,11,11 (default: the split that balances the modelled cost per stage, lm_head counted)", 0, 0},
         {"threads", ARG_INT, &o->threads, "N", "threads per rank (0: the CPUs this rank may use)", 0, 0},
         {.type = ARG_GROUP, .group = ARGG_LOGGING},

@@ -69,6 +69,14 @@ typedef struct AdapterEnv {
 
 struct AdapterKind;
 
+/* One buffer forward fills and backward reads (AdapterKind.saves): *p holds rows x per_row
+ * floats for up to max_rows rows. */
+#define ADAPTER_MAX_SAVES 4
+typedef struct {
+    float **p;
+    int64_t per_row;
+} AdapterSave;
+
 typedef struct AdapterSlot {
     const struct AdapterKind *kind;
     const AdapterCfg *cfg;
@@ -168,6 +176,12 @@ typedef struct AdapterKind {
      * again just before its backward, so nothing in them must outlive a layer); owner NULL
      * forgets them (owner is released alone). NULL: every slot allocates its own. */
     void (*share)(AdapterSlot *s, const AdapterSlot *owner);
+    /* The buffers forward fills for backward (after alloc; not backward's scratch, not the
+     * per-step state step_begin makes) into out[ADAPTER_MAX_SAVES]; returns their count. A
+     * pipeline stage with micro-batches in flight keeps one set of them per micro-batch and
+     * points *p at the set of the micro-batch it runs (llama_acts_select). NULL: the kind
+     * cannot, and such stages recompute each layer in backward instead. */
+    int (*saves)(AdapterSlot *s, AdapterSave *out);
 } AdapterKind;
 
 /* The kinds (one file each); adapter.c's table registers them by name. */
@@ -175,6 +189,8 @@ extern const AdapterKind adapter_lora;   /* model/lora.c */
 extern const AdapterKind adapter_lorafa; /* model/lora.c (LoRA with A frozen) */
 extern const AdapterKind adapter_dora;   /* model/dora.c */
 extern const AdapterKind adapter_vera;   /* model/vera.c */
+/* LoRA's AdapterKind.saves (h, and Xd with dropout), which DoRA and VeRA build on. */
+int adapter_lora_saves(AdapterSlot *s, AdapterSave *out);
 /* NULL if unknown. */
 const AdapterKind *adapter_kind_by_name(const char *name);
 /* The i-th registered kind, NULL past the last (for listing them). */

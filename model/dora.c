@@ -294,6 +294,13 @@ static void dora_release(AdapterSlot *s, MemCtx *m) {
     adapter_lora.release(s, m);
 }
 
+/* LoRA's saves (h, Xd with dropout) and u [N, no], which backward reads. */
+static int dora_saves(AdapterSlot *s, AdapterSave *out) {
+    const int n = adapter_lora_saves(s, out);
+    out[n] = (AdapterSave){&dora_state(s)->u, dora_state(s)->no};
+    return n + 1;
+}
+
 /* LoRA's buffers and dys (adapter_lora.share), and u. */
 static void dora_share(AdapterSlot *s, const AdapterSlot *owner) {
     adapter_lora.share(s, owner);
@@ -636,4 +643,5 @@ const AdapterKind adapter_dora = {
     .io = &dora_io,
     .destroy = dora_destroy,
     .share = dora_share,
+    .saves = dora_saves,
 };

@@ -551,13 +551,59 @@ static void acts_alloc_adapters(const LlamaModel *m, MemCtx *mem, int64_t N, int
     }
 }
 
+/* The per-layer pointer lists of a (LlamaActs), in LLAMA_ACT_LISTS order: res first. */
+static void acts_lists(LlamaActs *a, float ****out) {
+    float ***l[LLAMA_ACT_LISTS] = {&a->res, &a->ln1,  &a->ln2, &a->rstd1, &a->rstd2,
+                                   &a->q,   &a->k,    &a->v,   &a->att,   &a->lse,
+                                   &a->mid, &a->gate, &a->up,  &a->act};
+    memcpy(out, l, sizeof l);
+}
+
+/* Can every adapter slot of m say what its forward saves (AdapterKind.saves)? */
+static int acts_adapters_swappable(const LlamaModel *m) {
+    for (int64_t l = m->l0; l < m->l1; l++)
+        for (int i = 0; i < MOD_NMODULES; i++) {
+            const AdapterSlot *s = m->layers[l].lin[i].adapter;
+            if (s && !s->kind->saves) return 0;
+        }
+    return 1;
+}
+
+/* Sets 1 .. nsets-1 of the adapters' saves (set 0 is what alloc made), without recompute. */
+static void acts_alloc_adapter_sets(LlamaActs *a, const LlamaModel *m, MemCtx *mem) {
+    for (int64_t l = m->l0; l < m->l1; l++)
+        for (int i = 0; i < MOD_NMODULES; i++) {
+            AdapterSlot *s = m->layers[l].lin[i].adapter;
+            if (!s) continue;
+            AdapterSave sv[ADAPTER_MAX_SAVES];
+            const int n = s->kind->saves(s, sv);
+            for (int j = 0; j < n; j++) {
+                if (a->nswap == a->capswap) {
+                    a->capswap = a->capswap ? 2 * a->capswap : 64;
+                    a->swap = realloc(a->swap, (size_t)a->capswap * sizeof *a->swap);
+                    SL_CHECK(a->swap, "out of memory");
+                }
+                LlamaSwap *w = &a->swap[a->nswap++];
+                w->p = sv[j].p;
+                w->buf = calloc((size_t)a->nsets, sizeof *w->buf);
+                SL_CHECK(w->buf, "out of memory");
+                w->buf[0] = *sv[j].p;
+                for (int k = 1; k < a->nsets; k++)
+                    w->buf[k] = acts_alloc(a, mem, (size_t)(a->N * sv[j].per_row));
+            }
+        }
+}
+
 void llama_acts_init(LlamaActs *a, const LlamaModel *m, int64_t B, int64_t T, LlamaRecompute rc,
                      int sets, MemCtx *mem) {
     memset(a, 0, sizeof *a);
-    SL_CHECK(sets >= 1 && (sets == 1 || rc == LLAMA_RECOMPUTE_LAYER),
-             "%d sets of layer inputs need recompute", sets);
+    SL_CHECK(sets >= 1, "%d sets of activations", sets);
     const size_t N = (size_t)(B * T), C = (size_t)m->C, QD = (size_t)(m->Hl * m->D),
                  KD = (size_t)(m->KVl * m->D), Fl = (size_t)m->Fl;
+    /* several micro-batches in flight keep every layer's saves each, unless an adapter kind
+     * cannot swap its own (then each layer is recomputed) */
+    if (sets > 1 && rc == LLAMA_RECOMPUTE_NONE && !acts_adapters_swappable(m))
+        rc = LLAMA_RECOMPUTE_LAYER;
     const int one = rc == LLAMA_RECOMPUTE_LAYER; /* one set of the per-layer buffers */
     a->N = (int64_t)N;
     a->B = B;
@@ -566,23 +612,22 @@ void llama_acts_init(LlamaActs *a, const LlamaModel *m, int64_t B, int64_t T, Ll
     a->chunk = a->N < 256 ? a->N : 256;
     a->nsets = sets;
     a->res_set = calloc((size_t)sets, sizeof *a->res_set);
-    SL_CHECK(a->res_set, "out of memory");
-    for (int k = 0; k < sets; k++)
-        a->res_set[k] = acts_alloc_layers(a, m, mem, 1, N * C, 0);
-    a->res = a->res_set[0];
-    a->ln1 = acts_alloc_layers(a, m, mem, 0, N * C, one);
-    a->ln2 = acts_alloc_layers(a, m, mem, 0, N * C, one);
-    a->rstd1 = acts_alloc_layers(a, m, mem, 0, N, one);
-    a->rstd2 = acts_alloc_layers(a, m, mem, 0, N, one);
-    a->q = acts_alloc_layers(a, m, mem, 0, N * QD, one);
-    a->k = acts_alloc_layers(a, m, mem, 0, N * KD, one);
-    a->v = acts_alloc_layers(a, m, mem, 0, N * KD, one);
-    a->att = acts_alloc_layers(a, m, mem, 0, N * QD, one);
-    a->lse = acts_alloc_layers(a, m, mem, 0, (size_t)m->Hl * N, one);
-    a->mid = acts_alloc_layers(a, m, mem, 0, N * C, one);
-    a->gate = acts_alloc_layers(a, m, mem, 0, N * Fl, one);
-    a->up = acts_alloc_layers(a, m, mem, 0, N * Fl, one);
-    a->act = acts_alloc_layers(a, m, mem, 0, N * Fl, one);
+    a->lists_set = calloc((size_t)sets, sizeof *a->lists_set);
+    SL_CHECK(a->res_set && a->lists_set, "out of memory");
+    /* floats per row of each per-layer list (LLAMA_ACT_LISTS order, res first) */
+    const size_t per[LLAMA_ACT_LISTS] = {C, C,  C,  1, 1, QD, KD, KD, QD, (size_t)m->Hl,
+                                         C, Fl, Fl, Fl};
+    for (int k = 0; k < sets; k++) {
+        float ***lists[LLAMA_ACT_LISTS];
+        acts_lists(a, lists);
+        for (int i = 0; i < LLAMA_ACT_LISTS; i++) /* with recompute only res per set */
+            *lists[i] = k > 0 && i > 0 && one
+                            ? a->lists_set[0][i]
+                            : acts_alloc_layers(a, m, mem, i == 0, N * per[i], one && i > 0);
+        for (int i = 0; i < LLAMA_ACT_LISTS; i++)
+            a->lists_set[k][i] = *lists[i];
+        a->res_set[k] = a->res;
+    }
     const size_t NL = m->last ? N : 0; /* the final norm and the loss: last stage only */
     a->lnf = acts_alloc(a, mem, NL * C);
     a->rstdf = acts_alloc(a, mem, NL);
@@ -603,9 +648,12 @@ void llama_acts_init(LlamaActs *a, const LlamaModel *m, int64_t B, int64_t T, Ll
     a->ce_tl = acts_alloc(a, mem, (size_t)a->chunk);
     a->ce_w = acts_alloc(a, mem, (size_t)a->chunk);
     acts_alloc_adapters(m, mem, a->N, one);
+    if (sets > 1 && !one) acts_alloc_adapter_sets(a, m, mem);
+    llama_acts_select(a, 0);
 }
 
 void llama_acts_free(LlamaActs *a, const LlamaModel *m, MemCtx *mem) {
+    if (a->nsets > 0) llama_acts_select(a, 0); /* the adapters release their own buffers */
     for (int64_t l = m->l0; l < m->l1; l++)
         for (int i = 0; i < MOD_NMODULES; i++) {
             AdapterSlot *s = m->layers[l].lin[i].adapter;
@@ -616,13 +664,14 @@ void llama_acts_free(LlamaActs *a, const LlamaModel *m, MemCtx *mem) {
         }
     for (int i = 0; i < a->nallocs; i++)
         mem_free(mem, MEM_ACTIVATION, a->allocs[i], a->alloc_bytes[i]);
-    float **lists[] = {a->ln1, a->ln2, a->rstd1, a->rstd2, a->q,  a->k,  a->v,
-                       a->att, a->lse, a->mid,   a->gate,  a->up, a->act};
-    for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++)
-        free(lists[i]);
     for (int k = 0; k < a->nsets; k++)
-        free(a->res_set[k]);
+        for (int i = 0; i < LLAMA_ACT_LISTS; i++)
+            if (k == 0 || a->lists_set[k][i] != a->lists_set[0][i]) free(a->lists_set[k][i]);
+    free(a->lists_set);
     free(a->res_set);
+    for (int j = 0; j < a->nswap; j++)
+        free(a->swap[j].buf);
+    free(a->swap);
     free(a->allocs);
     free(a->alloc_bytes);
     memset(a, 0, sizeof *a);
@@ -630,7 +679,12 @@ void llama_acts_free(LlamaActs *a, const LlamaModel *m, MemCtx *mem) {
 
 void llama_acts_select(LlamaActs *a, int set) {
     SL_CHECK(set >= 0 && set < a->nsets, "set %d of %d", set, a->nsets);
-    a->res = a->res_set[set];
+    float ***lists[LLAMA_ACT_LISTS];
+    acts_lists(a, lists);
+    for (int i = 0; i < LLAMA_ACT_LISTS; i++)
+        *lists[i] = a->lists_set[set][i];
+    for (int j = 0; j < a->nswap; j++)
+        *a->swap[j].p = a->swap[j].buf[set];
 }
 
 void llama_batch_init(LlamaBatch *b, const LlamaModel *m, int64_t B, int64_t T, MemCtx *mem) {

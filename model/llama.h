@@ -87,16 +87,28 @@ typedef enum {
 int llama_recompute_parse(const char *s);
 const char *llama_recompute_name(LlamaRecompute r);
 
+/* An adapter buffer kept once per micro-batch in flight (AdapterKind.saves). */
+typedef struct {
+    float **p;   /* where the slot keeps it */
+    float **buf; /* [nsets] */
+} LlamaSwap;
+
+#define LLAMA_ACT_LISTS 14 /* res, ln1, ln2, rstd1, rstd2, q, k, v, att, lse, mid, gate, up, act   \
+                            */
+
 typedef struct {
     int64_t N, B, T, chunk;
     LlamaRecompute recompute;
-    /* Pipeline stages keep several micro-batches in flight: nsets sets of layer inputs
-     * (llama_acts_init's `sets`), res points at the one in use (llama_acts_select); the
-     * other buffers exist once (LLAMA_RECOMPUTE_LAYER). fresh: the set whose last layer's
-     * saves the shared buffers hold (the last forward's), so its backward need not run that
-     * layer again. */
+    /* Pipeline stages keep several micro-batches in flight: nsets sets of what forward saves
+     * (llama_acts_init's `sets`), the per-layer lists below and the adapters' saves pointing
+     * at the set in use (llama_acts_select). With LLAMA_RECOMPUTE_LAYER only the layer inputs
+     * (res) are per set. fresh: the res set whose last layer's saves the shared buffers hold
+     * (the last forward's), so its backward need not run that layer again. */
     int nsets;
-    float ***res_set; /* [nsets][L+1] */
+    float ***res_set;                      /* [nsets] res lists, [L+1] each */
+    float **(*lists_set)[LLAMA_ACT_LISTS]; /* [nsets]: the per-layer lists of each set */
+    int nswap, capswap;
+    LlamaSwap *swap; /* the adapters' saves of every set */
     float **fresh;
     /* per layer, saved by forward (with LLAMA_RECOMPUTE_LAYER all but res point at one
      * buffer each: the layer being run) */
@@ -154,8 +166,10 @@ void llama_free(LlamaModel *m, MemCtx *mem);
 
 /* Activations for micro-batches of B sequences of T tokens, and the adapter slots' scratch
  * (with LLAMA_RECOMPUTE_LAYER one set per module for all layers, when the kind can share it:
- * AdapterKind.share), for this stage's layers. sets > 1 (a pipeline stage: needs
- * LLAMA_RECOMPUTE_LAYER) keeps that many micro-batches' layer inputs. */
+ * AdapterKind.share), for this stage's layers. sets > 1 (a pipeline stage's micro-batches in
+ * flight): that many sets of what forward saves, the adapters' included (AdapterKind.saves);
+ * with LLAMA_RECOMPUTE_LAYER, or when an adapter kind has no saves, that many sets of layer
+ * inputs and each layer recomputed in backward. */
 void llama_acts_init(LlamaActs *a, const LlamaModel *m, int64_t B, int64_t T, LlamaRecompute rc,
                      int sets, MemCtx *mem);
 /* The set of layer inputs forward and backward use from now on (0 .. nsets-1). */

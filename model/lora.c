@@ -104,6 +104,15 @@ static void lora_release(AdapterSlot *s, MemCtx *m) {
     s->h = s->dh = s->xd = s->tmp = NULL;
 }
 
+/* What forward saves for backward (adapter.h saves): h [N, r] and, with dropout, Xd [N, ni];
+ * dh and tmp are backward's scratch. DoRA and VeRA call it for theirs. */
+int adapter_lora_saves(AdapterSlot *s, AdapterSave *out) {
+    int n = 0;
+    out[n++] = (AdapterSave){&s->h, s->r};
+    if (s->xd) out[n++] = (AdapterSave){&s->xd, s->shard.ni};
+    return n;
+}
+
 /* h, dh, xd, tmp (and dys, which DoRA allocates) of owner (adapter.h share). */
 static void lora_share(AdapterSlot *s, const AdapterSlot *owner) {
     s->h = owner ? owner->h : NULL;
@@ -426,6 +435,7 @@ const AdapterKind adapter_lora = {
     .merge = lora_merge,
     .io = &lora_io, /* LoRA+ in the checkpoint JSON; the merge */
     .share = lora_share,
+    .saves = adapter_lora_saves,
 };
 
 const AdapterKind adapter_lorafa = {
@@ -444,4 +454,5 @@ const AdapterKind adapter_lorafa = {
     .destroy = lorafa_destroy,
     .grad_post = lorafa_grad_post,
     .share = lora_share,
+    .saves = adapter_lora_saves,
 };

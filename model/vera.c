@@ -689,4 +689,5 @@ const AdapterKind adapter_vera = {
     .shared_free = vera_shared_free,
     .destroy = vera_destroy,
     .share = vera_share,
+    .saves = adapter_lora_saves, /* h and Xd (g, Bl and M are backward's scratch) */
 };

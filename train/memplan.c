@@ -90,8 +90,10 @@ static int64_t mp_infer_acts(const LlamaModel *m, int64_t S, int64_t Tmax, int64
     const int64_t per_row = m->D + 3 * C + 1 + 2 * QD + 2 * KD + m->Hl + 3 * Fl;
     int64_t f = sizes_mul_sat(R, per_row);
     f = sizes_add_sat(f, (int64_t)kvc_scores_floats(R, Tmax, m->Hl, m->KVl));
-    f = mp_fma(f, S, 2 * C + 1 + m->Vl);
-    const int64_t cache = sizes_mul_sat(sizes_mul_sat(2 * m->L, S), sizes_mul_sat(Tmax, KD));
+    /* the stage's layers' cache; the logits on the last stage only */
+    f = mp_fma(f, S, 2 * C + 1 + (m->last ? m->Vl : 0));
+    const int64_t cache =
+        sizes_mul_sat(sizes_mul_sat(2 * (m->l1 - m->l0), S), sizes_mul_sat(Tmax, KD));
     return sizes_add_sat(f, cache);
 }
 
@@ -101,9 +103,10 @@ void memplan_estimate(MemPlan *p, const LlamaModel *m, const MemplanIn *in) {
     const char *kind = in->kind ? in->kind : "lora";
     /* sets of per-layer activations and adapter scratch: every kind shares its scratch
      * across layers under recompute (AdapterKind.share) */
+    /* a pipeline stage's micro-batches in flight: each its own saves (sets of all of them
+     * without recompute, of the layer inputs with it) */
     const int64_t Ls = m->l1 - m->l0, inputs = in->sets > 1 ? in->sets : 1;
-    const int64_t sets =
-        in->B > 0 && (in->recompute == LLAMA_RECOMPUTE_LAYER || inputs > 1) ? 1 : Ls;
+    const int64_t sets = in->B > 0 && in->recompute == LLAMA_RECOMPUTE_LAYER ? 1 : Ls * inputs;
     int64_t adapter = 0, scratch = 0, max_no = 0, max_ni = 0;
     for (int i = 0; in->r > 0 && i < MOD_NMODULES; i++) {
         if (!(in->targets & (1u << i))) continue;

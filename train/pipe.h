@@ -6,9 +6,11 @@
  * Schedule (PipeDream-Flush / Megatron's 1F1B): stage s of P with m micro-batches runs
  * w = min(P - 1 - s, m) forwards, then m - w pairs (forward of mb w + i, backward of mb i),
  * then the last w backwards. At most K = min(P - s, m) micro-batches are in flight on stage s,
- * so it keeps K sets of layer inputs (llama_acts_select) and recomputes each layer in
- * backward (the frozen base makes that a forward's cost: backward is dX = dY W plus the
- * adapters' small products). Expected idle fraction (the bubble): (P - 1) / (m + P - 1).
+ * so it keeps K sets of what forward saves, the adapters' included (llama_acts_select);
+ * with --recompute layer only K sets of layer inputs, each layer recomputed in backward. A
+ * frozen base makes backward about a forward's cost (dX = dY W plus the adapters' small
+ * products), so there is little weight-gradient work a zero-bubble schedule could move.
+ * Expected idle fraction (the bubble): (P - 1) / (m + P - 1).
  *
  * Messages: TP rank t of a stage sends part t of the tensor (grid_part over tp) to TP rank t
  * of the next / previous stage; the receiving stage all-gathers the parts over its tp_comm.

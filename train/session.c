@@ -50,7 +50,7 @@ int session_set_compute(Session *s, int compute) {
 void session_batches_init(Session *s, int64_t B, int64_t T, LlamaRecompute rc, int sets) {
     s->B = B;
     s->T = T;
-    llama_acts_init(&s->acts, &s->m, B, T, sets > 1 ? LLAMA_RECOMPUTE_LAYER : rc, sets, &s->mem);
+    llama_acts_init(&s->acts, &s->m, B, T, rc, sets, &s->mem);
     llama_batch_init(&s->batch, &s->m, B, T, &s->mem);
     s->labels = mem_alloc(&s->mem, MEM_OTHER, (size_t)(B * T) * sizeof(int64_t));
     s->have_batches = 1;

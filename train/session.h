@@ -59,7 +59,7 @@ int64_t session_max_cols(const Session *s);
 /* Activations (what forward saves for backward: all of it, or with LLAMA_RECOMPUTE_LAYER
  * the layer inputs), the batch and its labels for micro-batches of B sequences of T tokens.
  * sets > 1 (a pipeline stage with micro-batches in flight, train/pipe.h) keeps that many
- * micro-batches' layer inputs and recomputes the rest (LLAMA_RECOMPUTE_LAYER whatever rc). */
+ * micro-batches' saves (llama_acts_init). */
 void session_batches_init(Session *s, int64_t B, int64_t T, LlamaRecompute rc, int sets);
 /* One line naming the model (architecture, sizes, weight dtype) into buf. */
 const char *session_describe_model(const Session *s, char *buf, size_t n);

@@ -47,7 +47,7 @@ rc=$?
 [ "$rc" = 0 ] || { tail -n 20 "$W/short.log"; fail "the 2-step run exited $rc, expected 0"; }
 grep -q '^shardlora-run:   tp            2   (ranks per node; inserted --tp 2)' "$W/short.log" ||
     { head -n 20 "$W/short.log"; fail "the plan does not show tp 2 inserted"; }
-grep -q 'grid: world=2 = dp 1 x tp 2' "$W/short.log" || { tail -n 20 "$W/short.log"; fail "no 'grid: world=2 = dp 1 x tp 2' in the log"; }
+grep -q 'grid: world=2 = dp 1 x pp 1 x tp 2' "$W/short.log" || { tail -n 20 "$W/short.log"; fail "no 'grid: world=2 = dp 1 x pp 1 x tp 2' in the log"; }
 grep -q 'step 2/2' "$W/short.log" || fail "no 'step 2/2' line in the log"
 [ -s "$O/adapter/adapter_model.safetensors" ] || fail "no adapter in $O/adapter"
 pass "2 ranks through the launcher (mpirun, tp 2 inserted): grid world=2 = dp 1 x tp 2, 2 steps, adapter written, exit 0"

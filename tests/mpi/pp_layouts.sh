@@ -55,6 +55,12 @@ equivalence)
     IFS=x read -r tp pp dp <<< "$L"
     train3 "$L" "$tp" "$pp" "$dp" --dump-grads "$W/$L.safetensors" && ok[$L]=1
   done
+  # --recompute layer: stages keep only each in-flight micro-batch's layer inputs and run
+  # each layer again in backward (without it they keep every save, the adapters' swapped per
+  # micro-batch: AdapterKind.saves); the same bits either way
+  train3 rc-1x2x1 1 2 1 --recompute layer --dump-grads "$W/rc-1x2x1.safetensors" \
+    && [ -n "${ok[1x1x1]:-}" ] && check "(1,2,1) --recompute layer vs (1,1,1): identical (tolerance 0)" \
+      "${CHECK[@]}" dumps --tol 0 --value-tol 0 "$W/1x1x1.safetensors" "$W/rc-1x2x1.safetensors@1x1"
   # clipping on (the norm is ~2): the norm's summation order may move its last bits
   train3 clip-1x1x1 1 1 1 --max-grad-norm 0.5 && train3 clip-1x2x1 1 2 1 --max-grad-norm 0.5 \
     && check "clipped: (1,2,1) adapter and metrics vs (1,1,1), rel $GRAD_TOL" \
@@ -94,9 +100,10 @@ equivalence)
     IFS=x read -r tp pp dp <<< "$L"
     train3 "dora-$L" "$tp" "$pp" "$dp" --adapter dora --dump-grads "$W/dora-$L.safetensors" && dok+=("$L")
   done
-  for pair in 1x2x1:1x1x1 2x2x1:2x1x1; do
+  train3 dora-rc-1x2x1 1 2 1 --adapter dora --recompute layer --dump-grads "$W/dora-rc-1x2x1.safetensors"
+  for pair in 1x2x1:1x1x1 2x2x1:2x1x1 rc-1x2x1:1x1x1; do
     a=${pair%:*}; b=${pair#*:}
-    IFS=x read -r tp pp dp <<< "$a"
+    IFS=x read -r tp pp dp <<< "${a#rc-}"
     [ -f "$W/dora-$a.safetensors" ] && [ -f "$W/dora-$b.safetensors" ] || { fail "DoRA $a vs $b: a run is missing"; continue; }
     check "DoRA $a vs $b: step-3 loss, gradients and adapter identical (tolerance 0)" \
       "${CHECK[@]}" dumps --tol 0 --value-tol 0 "$W/dora-$b.safetensors" "$W/dora-$a.safetensors@${tp}x$dp"
