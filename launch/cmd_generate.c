@@ -920,8 +920,9 @@ static int gen_memcheck(GenRun *r) {
              "a KV cache of --batch-size %lld x %lld positions (longest prompt + "
              "--max-new-tokens, or --max-seq-len) and --prefill-rows %lld",
              (long long)r->S, (long long)r->Tmax, (long long)r->R);
-    return mpicmd_memcheck(&r->g, "generate", &o->run, &p, why,
-                           "lower --batch-size, --max-new-tokens or --prefill-rows, or raise --tp");
+    return mpicmd_memcheck(
+        &r->g, "generate", &o->run, &p, why,
+        "lower --batch-size, --max-new-tokens or --prefill-rows, or raise --tp or --pp");
 }
 
 /* GEMM threads and kernel scratch for R rows, the merge on request, the layout's verdict and
