@@ -424,7 +424,7 @@ static int gen_after_token(GenLoop *r, GenSlot *s) {
     }
     /* the next token would need position nids - 1 in the cache */
     if (!reason && (ngen >= o->max_new || s->nids > r->Tmax)) reason = "length";
-    const int tp0 = gen_keeper(r->g);
+    const int keep = gen_keeper(r->g);
     if (!reason) {
         if (r->stream) {
             if (!text) text = gen_text(r, s, 0, &len);
@@ -433,7 +433,7 @@ static int gen_after_token(GenLoop *r, GenSlot *s) {
         free(text);
         return 0;
     }
-    if (tp0) {
+    if (keep) {
         if (!text || is_eos) {
             free(text);
             text = gen_text(r, s, is_eos, &len);
