@@ -1,13 +1,18 @@
 /* `shardlora generate`: text generation with a frozen model and an optional PEFT adapter,
- * tensor-parallel, under mpirun at any tp (dp = world / tp groups share the prompts).
+ * tensor-parallel and in pipeline stages, under mpirun at any tp x pp (dp = world / (tp x pp)
+ * groups share the prompts).
  *
  * Each DP group takes a contiguous block of the prompts and decodes up to --batch-size of
  * them at once (continuous batching: a finished sequence's KV-cache slot takes the next
  * prompt at once). A forward carries the decode rows of every running sequence and, in the
  * rows left (--prefill-rows), the prompt chunks of newly started ones (model/llama.h). Next
  * tokens: greedy by a distributed argmax, sampling on TP rank 0 from gathered logits
- * (model/sample.h). Every TP rank of a group sees the same tokens, so all take the same
- * decisions (finish, next prompt) without more messages. Rank 0 prints the results in
+ * (model/sample.h). With pipeline stages every stage runs its layers over the same rows and
+ * passes the residual rows on (TP rank t sends its part to TP rank t of the next stage, which
+ * all-gathers them); the last stage chooses the tokens and broadcasts them over the stages.
+ * Every rank of a group sees the same tokens, so all take the same decisions (finish, next
+ * prompt) without more messages. Results are kept by the group's first-stage TP rank 0
+ * (the keeper: world rank 0 in group 0). Rank 0 prints the results in
  * prompt order: the text as it comes for a single prompt, else JSONL lines
  * {"prompt_index", "text", "ids", "finish_reason", ...} (stdout, or --out FILE). Progress and
  * configuration go to stderr, so stdout holds only the generated text. */
@@ -37,13 +42,15 @@
 #include "cmds.h"
 #include "mpicmd.h"
 
-#define GEN_LINE_MAX ((size_t)64 << 20) /* bytes of one line of --prompts */
+#define GEN_LINE_MAX ((size_t)64 << 20)     /* bytes of one line of --prompts */
+enum { GEN_TAG_X = 10, GEN_TAG_DUMP = 11 }; /* pp_comm: stage rows, --dump-logits rows */
 
 static const char GEN_USAGE[] = "[mpirun -np N] shardlora generate --model DIR [--adapter DIR] "
                                 "(--prompt TEXT | --prompts FILE) [options]";
 static const char GEN_ABOUT[] =
     "Generate text with a frozen Llama/Mistral/Qwen2 model and an optional PEFT adapter, "
-    "tensor-parallel with a KV cache sharded by heads. One prompt: its text is printed as it "
+    "tensor-parallel with a KV cache sharded by heads, optionally in pipeline stages (--pp: "
+    "each stage caches its own layers). One prompt: its text is printed as it "
     "comes; several: JSONL results in prompt order (stdout or --out). Progress goes to stderr.";
 
 typedef struct {
@@ -121,10 +128,18 @@ typedef struct {
     int32_t *row_ids; /* [R] */
     int32_t *tokens;  /* [S] */
     void *argmax_tmp;
-    float *full, *recv; /* [S, V] on TP rank 0 */
-    GenOutput *w;       /* world rank 0: where results go */
+    float *full, *recv; /* [S, V] where has_full: TP rank 0 of the last stage, and the keeper
+                         * with --dump-logits */
+    int has_full;
+    GenOutput *w; /* world rank 0: where results go */
     int64_t rows_done, generated;
 } GenLoop;
+
+/* The rank of a DP group that keeps its results and sends them to rank 0: TP rank 0 of the
+ * first stage (at pp = 1, TP rank 0). */
+static int gen_keeper(const Grid *g) {
+    return g->tp_rank == 0 && g->pp_rank == 0;
+}
 
 /* ---------------------------------------------------------------- prompts */
 
@@ -409,7 +424,7 @@ static int gen_after_token(GenLoop *r, GenSlot *s) {
     }
     /* the next token would need position nids - 1 in the cache */
     if (!reason && (ngen >= o->max_new || s->nids > r->Tmax)) reason = "length";
-    const int tp0 = r->g->tp_rank == 0;
+    const int keep = gen_keeper(r->g);
     if (!reason) {
         if (r->stream) {
             if (!text) text = gen_text(r, s, 0, &len);
@@ -418,7 +433,7 @@ static int gen_after_token(GenLoop *r, GenSlot *s) {
         free(text);
         return 0;
     }
-    if (tp0) {
+    if (keep) {
         if (!text || is_eos) {
             free(text);
             text = gen_text(r, s, is_eos, &len);
@@ -450,11 +465,29 @@ static int gen_after_token(GenLoop *r, GenSlot *s) {
 
 /* ---------------------------------------------------------------- the loop */
 
-/* Chooses the next token of each selected segment (logits rows [nsel, Vl] in
- * r->in.logits): greedy by a distributed argmax after the repetition penalty on each
- * rank's columns; sampling on TP rank 0 from the gathered rows, then broadcast. Raw logits
- * are kept for --dump-logits. Every TP rank ends with the same r->tokens. */
-static void gen_choose(GenLoop *r, const int *sel_slot, int nsel) {
+/* --dump-logits: the raw rows [nsel, V] gathered on the last stage's TP rank 0 are copied
+ * into the keeper's slots (at pp > 1 sent over pp_comm first; the keeper receives them
+ * before the tokens' broadcast, so the two never wait on each other). */
+static void gen_dump_rows(GenLoop *r, const int *sel_slot, int nsel) {
+    Grid *g = r->g;
+    const int64_t V = r->m->V;
+    const size_t bytes = (size_t)(nsel * V) * sizeof(float);
+    if (g->pp > 1 && r->m->last)
+        grid_send(g, g->pp_comm, r->full, bytes, 0, GEN_TAG_DUMP, GRID_BYTES_OTHER);
+    if (!gen_keeper(g)) return;
+    if (g->pp > 1) grid_recv(g, g->pp_comm, r->full, bytes, g->pp - 1, GEN_TAG_DUMP);
+    for (int i = 0; i < nsel; i++) {
+        GenSlot *s = &r->slots[sel_slot[i]];
+        memcpy(s->logits + (s->nids - s->nprompt) * V, r->full + i * V, (size_t)V * sizeof(float));
+    }
+}
+
+/* On the last stage: chooses the next token of each selected segment (logits rows
+ * [nsel, Vl] in r->in.logits): greedy by a distributed argmax after the repetition penalty
+ * on each rank's columns; sampling on TP rank 0 from the gathered rows, then broadcast. Raw
+ * logits are gathered for --dump-logits (kept by the keeper; at pp > 1 gen_choose sends
+ * them there). Every TP rank of the stage ends with the same r->tokens. */
+static void gen_choose_last(GenLoop *r, const int *sel_slot, int nsel) {
     LlamaModel *m = r->m;
     Grid *g = r->g;
     const GenOpts *o = r->o;
@@ -463,11 +496,7 @@ static void gen_choose(GenLoop *r, const int *sel_slot, int nsel) {
     const int tp0 = g->tp_rank == 0;
     if (o->dump_logits || !greedy) {
         sample_gather_rows(&r->sctx, g, lg, nsel, r->full, r->recv);
-        for (int i = 0; tp0 && o->dump_logits && i < nsel; i++) {
-            GenSlot *s = &r->slots[sel_slot[i]];
-            memcpy(s->logits + (s->nids - s->nprompt) * m->V, r->full + i * m->V,
-                   (size_t)m->V * sizeof(float));
-        }
+        if (tp0 && o->dump_logits) gen_dump_rows(r, sel_slot, nsel); /* before any penalty */
     }
     if (greedy) {
         for (int i = 0; o->rep_penalty != 1.0 && i < nsel; i++) {
@@ -491,6 +520,37 @@ static void gen_choose(GenLoop *r, const int *sel_slot, int nsel) {
     grid_bcast(g, g->tp_comm, r->tokens, (size_t)nsel * sizeof(int32_t), 0, GRID_BYTES_OTHER);
 }
 
+/* The next tokens of the selected segments on every rank of the group: chosen on the last
+ * stage, broadcast over the stages (TP rank t of the last stage to TP rank t of the others). */
+static void gen_choose(GenLoop *r, const int *sel_slot, int nsel) {
+    Grid *g = r->g;
+    if (r->m->last) gen_choose_last(r, sel_slot, nsel);
+    if (g->pp == 1) return;
+    if (r->o->dump_logits && gen_keeper(g)) gen_dump_rows(r, sel_slot, nsel);
+    grid_bcast(g, g->pp_comm, r->tokens, (size_t)nsel * sizeof(int32_t), g->pp - 1,
+               GRID_BYTES_OTHER);
+}
+
+/* One forward of the rows [rows] of nseg segments through this rank's stage: a stage after
+ * the first receives the residual rows [rows, C] entering its layers (its TP part from the
+ * same TP rank of the previous stage, all-gathered over TP); a stage before the last sends
+ * its output rows on the same way (train/pipe.c's split). At pp = 1: llama_infer_forward. */
+static void gen_forward(GenLoop *r, int nseg, int64_t rows) {
+    LlamaModel *m = r->m;
+    Grid *g = r->g;
+    const size_t n = (size_t)(rows * m->C);
+    size_t off, len;
+    grid_part(n, g->tp, g->tp_rank, &off, &len);
+    if (!m->first) {
+        grid_recv(g, g->pp_comm, r->in.x + off, len * sizeof(float), g->pp_rank - 1, GEN_TAG_X);
+        grid_allgather_f32(g, g->tp_comm, r->in.x, n, GRID_BYTES_TP);
+    }
+    llama_infer_forward(m, &r->in, r->segs, nseg, r->row_ids, &r->env, r->kops, r->kc, g);
+    if (!m->last)
+        grid_send(g, g->pp_comm, r->in.x + off, len * sizeof(float), g->pp_rank + 1, GEN_TAG_X,
+                  GRID_BYTES_PP);
+}
+
 /* Decodes the group's prompts [b0, b1). Returns 0 and sets st when the logits of a step
  * have no finite value (every TP rank of the group agrees). */
 static int gen_loop(GenLoop *r, ErrStatus *st) {
@@ -510,7 +570,7 @@ static int gen_loop(GenLoop *r, ErrStatus *st) {
             memcpy(sl->ids, p->ids, (size_t)p->n * sizeof(int32_t));
             sl->nprompt = sl->nids = p->n;
             sl->printed = 0;
-            if (o->dump_logits && r->g->tp_rank == 0) {
+            if (o->dump_logits && gen_keeper(r->g)) {
                 sl->logits = malloc((size_t)(o->max_new * m->V) * sizeof(float));
                 SL_CHECK(sl->logits, "out of memory");
             }
@@ -537,13 +597,13 @@ static int gen_loop(GenLoop *r, ErrStatus *st) {
                 rows += take;
             }
         SL_CHECK(nseg > 0, "no work for %lld running sequences", (long long)active);
-        llama_infer_forward(m, &r->in, r->segs, nseg, r->row_ids, &r->env, r->kops, r->kc, r->g);
+        gen_forward(r, nseg, rows);
         r->rows_done += rows;
-        /* the rows whose next token is due, packed to the front of the logits */
+        /* the rows whose next token is due, packed to the front of the logits (last stage) */
         int nsel = 0;
         for (int i = 0; i < nseg; i++) {
             if (!r->seg_sel[i]) continue;
-            if (nsel != i)
+            if (nsel != i && m->last)
                 memmove(r->in.logits + nsel * m->Vl, r->in.logits + i * m->Vl,
                         (size_t)m->Vl * sizeof(float));
             sel_slot[nsel++] = r->segs[i].slot;
@@ -591,8 +651,8 @@ static void gen_emit(GenOutput *w, GenResult *res, int64_t i, int64_t V) {
     res->json = NULL;
 }
 
-/* Results of the other DP groups come to rank 0 in prompt order, each from its group's TP
- * rank 0: a header {json bytes, logits floats}, the JSON, the logits. */
+/* Results of the other DP groups come to rank 0 in prompt order, each from its group's
+ * keeper: a header {json bytes, logits floats}, the JSON, the logits. */
 static void gen_collect(GenLoop *r, GenOutput *w) {
     Grid *g = r->g;
     const int64_t n = r->nprompts, per = (n + g->dp - 1) / g->dp;
@@ -600,7 +660,7 @@ static void gen_collect(GenLoop *r, GenOutput *w) {
         for (; w->next < n; w->next++) {
             GenResult *res = &r->results[w->next];
             if (!res->done) {
-                const int src = (int)(w->next / per) * g->tp;
+                const int src = (int)(w->next / per) * g->tp * g->pp; /* its keeper */
                 int64_t hdr[3];
                 grid_recv(g, g->world, hdr, sizeof hdr, src, 1);
                 res->json = malloc((size_t)hdr[0] + 1);
@@ -619,7 +679,7 @@ static void gen_collect(GenLoop *r, GenOutput *w) {
             }
             gen_emit(w, res, w->next, r->m->V);
         }
-    } else if (g->tp_rank == 0) {
+    } else if (gen_keeper(g)) {
         for (int64_t i = r->b0; i < r->b1; i++) {
             GenResult *res = &r->results[i];
             const int64_t nl = res->logits ? res->ngen * r->m->V : 0;
@@ -717,7 +777,8 @@ static void gen_options(GenRun *r) {
     // clang-format on
     const MpicmdHelp help = {
         NULL, NULL,
-        "tensor-parallel size (world = dp x tp; the prompts are divided among the dp groups)"};
+        "tensor-parallel size (world = dp x pp x tp; the prompts are divided among the dp "
+        "groups)"};
     r->nspecs = mpicmd_table(r->specs, (int)(sizeof r->specs / sizeof r->specs[0]), &o->run, NULL,
                              &help, specs, (int)(sizeof specs / sizeof specs[0]));
 }
@@ -726,12 +787,7 @@ static int gen_check_opts(void *ctx, ErrStatus *st) {
     GenRun *r = ctx;
     const GenOpts *o = &r->o;
     int ok = 1;
-    if (r->g.pp > 1)
-        ok = err_status_set(st,
-                            "--pp %d: generate runs without pipeline stages for now; use "
-                            "--tp across the ranks (eval and train take --pp)",
-                            r->g.pp);
-    if (ok && !o->prompt == !o->prompts)
+    if (!o->prompt == !o->prompts)
         ok = err_status_set(st, "give exactly one of --prompt TEXT and --prompts FILE");
     if (ok && strcmp(o->chat_format, "auto") && chatfmt_parse(o->chat_format) < 0)
         ok = err_status_set(
@@ -854,7 +910,7 @@ static int gen_memcheck(GenRun *r) {
                     .R = r->R};
     MemPlan p;
     memplan_estimate(&p, &r->s.m, &in);
-    if (o->dump_logits && r->g.tp_rank == 0) {
+    if (o->dump_logits && gen_keeper(&r->g)) {
         const int64_t b = sizes_mul_sat(sizes_mul_sat(r->S, o->max_new), r->s.m.V * 4);
         p.bytes[MEM_OTHER] = sizes_add_sat(p.bytes[MEM_OTHER], b);
         p.total = sizes_add_sat(p.total, b);
@@ -864,8 +920,9 @@ static int gen_memcheck(GenRun *r) {
              "a KV cache of --batch-size %lld x %lld positions (longest prompt + "
              "--max-new-tokens, or --max-seq-len) and --prefill-rows %lld",
              (long long)r->S, (long long)r->Tmax, (long long)r->R);
-    return mpicmd_memcheck(&r->g, "generate", &o->run, &p, why,
-                           "lower --batch-size, --max-new-tokens or --prefill-rows, or raise --tp");
+    return mpicmd_memcheck(
+        &r->g, "generate", &o->run, &p, why,
+        "lower --batch-size, --max-new-tokens or --prefill-rows, or raise --tp or --pp");
 }
 
 /* GEMM threads and kernel scratch for R rows, the merge on request, the layout's verdict and
@@ -960,7 +1017,8 @@ static void gen_loop_init(GenRun *r) {
             l->slots[s].ids = calloc((size_t)r->Tmax + 1, sizeof(int32_t));
             SL_CHECK(l->slots[s].ids, "out of memory");
         }
-        if (g->tp_rank == 0) {
+        l->has_full = g->tp_rank == 0 && (m->last || (o->dump_logits && m->first));
+        if (l->has_full) {
             l->full = mem_alloc(mem, MEM_OTHER, (size_t)(S * m->V) * sizeof(float));
             l->recv = mem_alloc(mem, MEM_OTHER, (size_t)(S * m->V) * sizeof(float));
         }
@@ -992,7 +1050,7 @@ static void gen_loop_free(GenRun *r) {
             free(l->slots[s].ids);
             free(l->slots[s].logits);
         }
-        if (r->g.tp_rank == 0) {
+        if (l->has_full) {
             mem_free(mem, MEM_OTHER, l->full, full_bytes);
             mem_free(mem, MEM_OTHER, l->recv, full_bytes);
         }
@@ -1037,10 +1095,12 @@ static void gen_log_start(const GenRun *r) {
         (long long)m->KV, (long long)m->V, m->wdtype == GEMM_BF16 ? "BF16" : "F32",
         o->adapter ? "; adapter " : "", o->adapter ? o->adapter : "",
         r->merged > 0 ? " (merged in memory)" : "");
-    log_info(
-        "grid: world=%d = dp %d x tp %d; per TP rank: %lld heads, %lld kv heads%s, vocab rows %lld",
-        g->world_size, g->dp, g->tp, (long long)m->Hl, (long long)m->KVl,
-        m->KV < g->tp && g->tp > 1 ? " (replicated)" : "", (long long)m->Vl);
+    char pp[32] = "";
+    if (g->pp > 1) snprintf(pp, sizeof pp, " x pp %d", g->pp);
+    log_info("grid: world=%d = dp %d%s x tp %d; per TP rank: %lld heads, %lld kv heads%s, vocab "
+             "rows %lld",
+             g->world_size, g->dp, pp, g->tp, (long long)m->Hl, (long long)m->KVl,
+             m->KV < g->tp && g->tp > 1 ? " (replicated)" : "", (long long)m->Vl);
     char chat[4400];
     log_info("%lld prompts (longest %lld tokens), %lld per DP group; %lld sequences at once, %lld "
              "rows per "
@@ -1089,7 +1149,7 @@ static int gen_outputs(GenRun *r) {
     r->outf = NULL;
     if (!grid_agree(g, wok || g->world_rank != 0, gen_err, &st)) rc = EXIT_IO;
     int64_t tot[2] = {r->l.generated, r->l.rows_done};
-    if (g->tp_rank != 0) tot[0] = tot[1] = 0;
+    if (!gen_keeper(g)) tot[0] = tot[1] = 0;
     grid_allreduce_sum_i64(g, g->world, tot, 2, GRID_BYTES_OTHER);
     double tmax = r->secs;
     grid_allreduce_max_f64(g, g->world, &tmax, 1, GRID_BYTES_OTHER);

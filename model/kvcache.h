@@ -4,8 +4,9 @@
  * attention. Keys are cached after RoPE. The cached attention of query rows at positions
  * [p0, p0 + n) reads keys and values [0, p0 + n) of one sequence slot.
  *
- * Legend: L layers, S slots (sequences decoded together), Tmax positions per slot, KVl
- * kv heads on this rank, H query heads on this rank, D head dim, n query rows. */
+ * Legend: L layers (a pipeline stage's own: llama.c indexes them l - l0), S slots (sequences
+ * decoded together), Tmax positions per slot, KVl kv heads on this rank, H query heads on
+ * this rank, D head dim, n query rows. */
 #ifndef SHARDLORA_MODEL_KVCACHE_H
 #define SHARDLORA_MODEL_KVCACHE_H
 

@@ -925,7 +925,8 @@ void llama_infer_init(LlamaInfer *in, LlamaModel *m, int64_t S, int64_t Tmax, in
     in->R = R;
     in->S = S;
     in->Tmax = Tmax;
-    kvc_init(&in->cache, m->L, S, Tmax, m->KVl, m->D, mem);
+    /* the cache holds this stage's layers [l0, l1) only, at index l - l0 */
+    kvc_init(&in->cache, m->l1 - m->l0, S, Tmax, m->KVl, m->D, mem);
     in->pos = mem_alloc(mem, MEM_OTHER, Rs * sizeof(int64_t));
     in->doc0 = mem_alloc(mem, MEM_OTHER, Rs * sizeof(int32_t)); /* zero-filled */
     in->cos = infer_alloc(in, mem, Rs * half);
@@ -943,10 +944,11 @@ void llama_infer_init(LlamaInfer *in, LlamaModel *m, int64_t S, int64_t Tmax, in
     in->up = infer_alloc(in, mem, Rs * Fl);
     in->act = infer_alloc(in, mem, Rs * Fl);
     in->scores = infer_alloc(in, mem, kvc_scores_floats(R, Tmax, m->Hl, m->KVl));
-    in->last = infer_alloc(in, mem, (size_t)S * C);
-    in->lastn = infer_alloc(in, mem, (size_t)S * C);
-    in->rstd_last = infer_alloc(in, mem, (size_t)S);
-    in->logits = infer_alloc(in, mem, (size_t)S * (size_t)m->Vl);
+    const size_t Sl = m->last ? (size_t)S : 0; /* the logits: last stage only */
+    in->last = infer_alloc(in, mem, Sl * C);
+    in->lastn = infer_alloc(in, mem, Sl * C);
+    in->rstd_last = infer_alloc(in, mem, Sl);
+    in->logits = infer_alloc(in, mem, Sl * (size_t)m->Vl);
     for (int64_t l = m->l0; l < m->l1; l++)
         for (int i = 0; i < MOD_NMODULES; i++)
             if (m->layers[l].lin[i].adapter) {
@@ -996,10 +998,14 @@ void llama_infer_forward(LlamaModel *m, LlamaInfer *in, const LlamaSeg *segs, in
     SL_CHECK(N <= in->R, "%lld rows > %lld", (long long)N, (long long)in->R);
     kern_rope_tables(in->cos, in->sin, in->pos, N, m->inv_freq, D / 2);
 
-    k->embed_forward(in->x, &m->embed, ids, m->V0, N, C);
-    if (m->Vl < m->V) grid_allreduce_sum_f32(g, g->tp_comm, in->x, (size_t)(N * C), GRID_BYTES_TP);
+    if (m->first) {
+        k->embed_forward(in->x, &m->embed, ids, m->V0, N, C);
+        if (m->Vl < m->V)
+            grid_allreduce_sum_f32(g, g->tp_comm, in->x, (size_t)(N * C), GRID_BYTES_TP);
+    }
     for (int64_t l = m->l0; l < m->l1; l++) {
         LlamaLayer *ly = &m->layers[l];
+        const int64_t lc = l - m->l0; /* the layer's index in this stage's cache */
         k->rmsnorm_forward(in->ln, in->rstd, in->x, ly->ln1_w, N, C, eps);
         lin_forward(gc, &ly->lin[MOD_Q], env, in->q, in->ln, N);
         lin_forward(gc, &ly->lin[MOD_K], env, in->k, in->ln, N);
@@ -1009,13 +1015,13 @@ void llama_infer_forward(LlamaModel *m, LlamaInfer *in, const LlamaSeg *segs, in
         int64_t r0 = 0;
         for (int i = 0; i < nseg; i++) {
             const LlamaSeg *sg = &segs[i];
-            kvc_write(cache, l, sg->slot, sg->p0, sg->n, in->k + r0 * KD, in->v + r0 * KD);
+            kvc_write(cache, lc, sg->slot, sg->p0, sg->n, in->k + r0 * KD, in->v + r0 * KD);
             if (sg->p0 == 0) /* a whole sequence so far: the training kernel, over the cache */
                 k->attention_forward(kc, in->att + r0 * QD, in->lse, in->q + r0 * QD,
-                                     kvc_keys(cache, l, sg->slot), kvc_values(cache, l, sg->slot),
+                                     kvc_keys(cache, lc, sg->slot), kvc_values(cache, lc, sg->slot),
                                      in->doc0, sg->n, m->Hl, m->KVl, D);
             else
-                kvc_attention(gc, in->att + r0 * QD, in->q + r0 * QD, cache, l, sg->slot, sg->p0,
+                kvc_attention(gc, in->att + r0 * QD, in->q + r0 * QD, cache, lc, sg->slot, sg->p0,
                               sg->n, m->Hl, in->scores);
             r0 += sg->n;
         }
@@ -1031,6 +1037,7 @@ void llama_infer_forward(LlamaModel *m, LlamaInfer *in, const LlamaSeg *segs, in
         grid_allreduce_sum_f32(g, g->tp_comm, in->tmpc, (size_t)(N * C), GRID_BYTES_TP);
         add_into(in->x, in->tmpc, (size_t)(N * C));
     }
+    if (!m->last) return; /* in->x: the rows entering the next stage */
     /* only each segment's last row goes through the final norm and the lm_head */
     int64_t r = 0;
     for (int i = 0; i < nseg; i++) {

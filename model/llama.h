@@ -234,7 +234,8 @@ typedef struct {
 } LlamaSeg;
 
 /* Inference buffers for up to R rows per forward, S slots of Tmax positions (R rows of the
- * current forward; the legend's N). */
+ * current forward; the legend's N). The cache holds the stage's layers only; last, lastn,
+ * rstd_last and logits exist on the last stage only. */
 typedef struct {
     int64_t R, S, Tmax;
     KvCache cache;
@@ -264,9 +265,12 @@ typedef struct {
 void llama_infer_init(LlamaInfer *in, LlamaModel *m, int64_t S, int64_t Tmax, int64_t R,
                       MemCtx *mem);
 void llama_infer_free(LlamaInfer *in, LlamaModel *m, MemCtx *mem);
-/* Runs the decoder over nseg segments (rows in segment order, ids [sum n]) and writes their
- * keys and values into the cache; leaves in->logits [nseg, Vl] (row i: segment i's last
- * row). Every TP rank calls it with the same segments. env->training must be 0. */
+/* Runs this stage's layers [l0, l1) over nseg segments (rows in segment order, ids [sum n])
+ * and writes their keys and values into the cache; on the last stage leaves in->logits
+ * [nseg, Vl] (row i: segment i's last row). The first stage embeds ids; any other stage
+ * starts from in->x [sum n, C] as the caller filled it (the previous stage's output), and
+ * a stage that is not the last leaves its output rows in in->x for the next. Every TP rank
+ * of a stage calls it with the same segments. env->training must be 0. */
 void llama_infer_forward(LlamaModel *m, LlamaInfer *in, const LlamaSeg *segs, int nseg,
                          const int32_t *ids, const AdapterEnv *env, const KernOps *k, KernCtx *kc,
                          Grid *g);

@@ -2,10 +2,13 @@
 # eval and generate on bad numbers, and what they say about adapters:
 #   - generate --out FILE: a run that fails (a NaN embedding row: no finite logit, exit 5)
 #     leaves a FILE that existed before untouched (written through FILE.tmp, committed only
-#     on success), no FILE.tmp, one error line;
+#     on success), no FILE.tmp, one error line (also at --pp 2: the last stage meets the NaN,
+#     the first stage holds the results);
 #   - eval with a NaN in a lora_B: exit 5, one error line, no --out written;
 #   - eval's log line names the adapter's kind (dora), eval --help and generate --help say
 #     --adapter takes LoRA, DoRA and VeRA;
+#   - generate with a trained DoRA adapter (its norms per stage) at --pp 2 and tp 2 x pp 2
+#     gives byte for byte the results and logits of pp 1 at the same tp;
 #   - the model card of a PiSSA export states the r and lora_alpha of its adapter_config.json
 #     (rank 2r, alpha 2 alpha), not the training run's r and alpha.
 # usage: eval_generate_inputs.sh SHARDLORA_BINARY WORK_DIR
@@ -55,11 +58,12 @@ PY
 G=(generate --model "$W/nanmodel" --threads 1 --log-level warn --max-new-tokens 4 --ignore-eos)
 # prompt 0 finishes (and would be written first); prompt 1 meets the NaN row
 printf '{"input_ids": [1, 2, 3]}\n{"input_ids": [1, %d, 3]}\n' $NAN_TOKEN > "$W/prompts.jsonl"
-for np in 1 2; do
+for np in 1 2 pp2; do
   printf 'the old results\n' > "$W/old.jsonl"
   cp "$W/old.jsonl" "$W/out$np.jsonl"
   if [ $np = 1 ]; then cmd=(timeout "$RUN_TIMEOUT" "$SL"); else cmd=(timeout "$RUN_TIMEOUT" mpiexec -n 2 "$SL"); fi
-  "${cmd[@]}" "${G[@]}" --prompts "$W/prompts.jsonl" --batch-size 1 --out "$W/out$np.jsonl" > "$W/gen$np.out" 2> "$W/gen$np.err"
+  stages=(); [ $np = pp2 ] && stages=(--pp 2)
+  "${cmd[@]}" "${G[@]}" "${stages[@]}" --prompts "$W/prompts.jsonl" --batch-size 1 --out "$W/out$np.jsonl" > "$W/gen$np.out" 2> "$W/gen$np.err"
   rc=$?
   if [ $rc != 5 ] || ! one_line "$W/gen$np.err" || ! grep -q "no finite logit" "$W/gen$np.err"; then
     fail "generate at $np rank(s) with a NaN embedding: status $rc (want 5), stderr:"; cat "$W/gen$np.err"
@@ -98,6 +102,22 @@ for np in 1 2; do
     fail "eval at tp=$np with a NaN loss wrote --out:"; cat "$W/eval_nan$np.json"
   else echo "ok: eval at tp=$np with a NaN in lora_B: exit 5, one line, no --out"; fi
 done
+
+# --- generate with the DoRA adapter: pipeline stages give pp 1's bytes at the same tp
+GD=(generate --model "$W/model" --adapter "$W/dora/adapter" --prompts "$W/prompts.jsonl" --threads 1
+    --log-level warn --max-new-tokens 6 --ignore-eos)
+for run in "1 1 1" "2 1 2" "2 2 1" "4 2 2"; do
+  read -r np tp pp <<<"$run"
+  timeout "$RUN_TIMEOUT" mpiexec -n "$np" "$SL" "${GD[@]}" --tp "$tp" --pp "$pp" \
+    --out "$W/dora-tp$tp-pp$pp.jsonl" --dump-logits "$W/dora-tp$tp-pp$pp.st" > /dev/null 2> "$W/dora-gen.err" \
+    || { cat "$W/dora-gen.err"; fail "generate with DoRA at tp $tp pp $pp"; }
+done
+for tp in 1 2; do
+  if cmp -s "$W/dora-tp$tp-pp1.jsonl" "$W/dora-tp$tp-pp2.jsonl" && cmp -s "$W/dora-tp$tp-pp1.st" "$W/dora-tp$tp-pp2.st"; then
+    echo "ok: generate with DoRA at tp $tp: pp 2 = pp 1 byte for byte"
+  else fail "generate with DoRA at tp $tp: pp 2 differs from pp 1"; fi
+done
+if cmp -s "$W/dora-tp1-pp1.jsonl" "$W/out_good.jsonl"; then fail "the DoRA adapter changed nothing"; fi
 
 # --- eval names the adapter's kind; --help of eval and generate name the kinds
 timeout "$RUN_TIMEOUT" "$SL" "${EV[@]}" --adapter "$W/dora/adapter" --log-level info > "$W/eval_dora.out" 2>&1

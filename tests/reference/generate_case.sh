@@ -16,6 +16,11 @@
 #   adapter-bf16  the same on BF16 weights: unmerged within 1e-4; merged (W + sBA rounded to
 #              BF16) within 1e-4 of the reference merging the same way, within 5e-2 of the
 #              unmerged PEFT formula
+#   pp         pipeline stages on a 4-layer model: --pp 2, --pp 4, --pp-layers 1,3, tp 2 x pp 2
+#              and dp 2 x pp 2 against the reference, and exactly (logits bit for bit, ids,
+#              text) what pp 1 at the same tp gives: greedy, seeded sampling, a random PEFT
+#              adapter unmerged and --merge-in-memory (each stage merges its layers), and a
+#              streamed single prompt
 # usage: generate_case.sh SHARDLORA_BINARY WORK_DIR CASE
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 set -euo pipefail
@@ -24,6 +29,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PY=/usr/bin/python3
 CHECK=("$PY" "$HERE/generate_check.py")
 MPI=(mpiexec --oversubscribe -n 2)
+MPI4=(mpiexec --oversubscribe -n 4)
 rm -rf "$W"; mkdir -p "$W"
 
 MM=(--layers 2 --hidden 64 --ffn 128 --heads 4 --kv-heads 2 --vocab 259 --seed 5)
@@ -34,6 +40,7 @@ case "$CASE" in
   tied) MM+=(--tie) ;;
   adapter) MM+=(--kv-heads 1) ;;
   adapter-bf16) MM+=(--kv-heads 1 --dtype BF16) ;;
+  pp) MM+=(--layers 4) ;;
   *) echo "generate_case.sh: unknown case $CASE" >&2; exit 2 ;;
 esac
 "$SL" make-model --out "$W/model" "${MM[@]}" > /dev/null
@@ -53,7 +60,29 @@ G=(--model "$W/model" --prompts "$W/prompts.jsonl" --max-new-tokens 24 --ignore-
 run() {
   local name="$1"; shift
   if [ "${1:-}" = mpi ]; then shift; "${MPI[@]}" "$SL" generate "${G[@]}" --out "$W/$name.jsonl" --dump-logits "$W/$name.st" "$@"
+  elif [ "${1:-}" = mpi4 ]; then shift; "${MPI4[@]}" "$SL" generate "${G[@]}" --out "$W/$name.jsonl" --dump-logits "$W/$name.st" "$@"
   else "$SL" generate "${G[@]}" --out "$W/$name.jsonl" --dump-logits "$W/$name.st" "$@"; fi
+}
+
+# make_adapter DIR: a random PEFT LoRA adapter (r 4, B != 0, all seven modules) for the model
+make_adapter() {
+  HERE="$HERE" "$PY" - "$W/model" "$1" <<'PY'
+import json, os, sys
+import torch
+sys.path.insert(0, os.environ["HERE"])
+import torch_llama as tl
+model_dir, out = sys.argv[1], sys.argv[2]
+cfg = tl.ModelConfig(json.load(open(f"{model_dir}/config.json")))
+lora = tl.Lora(cfg, 4, 8.0, list(tl.LORA_MODULES))
+lora.init_random(torch.Generator().manual_seed(3), std=0.15)
+os.makedirs(out)
+tl.write_safetensors(f"{out}/adapter_model.safetensors", {k: v.detach() for k, v in lora.params.items()},
+                     {"format": "pt"})
+json.dump({"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
+           "target_modules": list(tl.LORA_MODULES), "bias": "none", "fan_in_fan_out": False,
+           "use_rslora": False, "use_dora": False, "base_model_name_or_path": model_dir},
+          open(f"{out}/adapter_config.json", "w"), indent=2)
+PY
 }
 
 greedy_layouts() { # PREFIX [generate options...]: tp1, tp2, dp2, no-kv-cache; all vs the reference
@@ -66,6 +95,29 @@ greedy_layouts() { # PREFIX [generate options...]: tp1, tp2, dp2, no-kv-cache; a
   "${CHECK[@]}" --dump "$W/$p-tp1.st" --compare "$W/$p-nokv.st"
   "${CHECK[@]}" --dump "$W/$p-tp1.st" --compare "$W/$p-tp2.st"
   "${CHECK[@]}" --same-results "$W/$p-tp1.jsonl" "$W/$p-dp2.jsonl"
+}
+
+# exact A B: B's dump (every step's logits, ids, prompt ids) and results (ids, text, finish
+# reason) are A's byte for byte
+exact() {
+  cmp "$W/$1.st" "$W/$2.st"
+  cmp "$W/$1.jsonl" "$W/$2.jsonl"
+  echo "$2 = $1 byte for byte"
+}
+
+pp_layouts() { # PREFIX [generate options...]: the stage layouts against pp 1 and the reference
+  local p="$1"; shift
+  run "$p-tp1" "$@"
+  run "$p-pp2" mpi --pp 2 "$@"
+  run "$p-pp13" mpi --pp-layers 1,3 "$@"
+  run "$p-pp4" mpi4 --pp 4 "$@"
+  run "$p-tp2" mpi --tp 2 "$@"
+  run "$p-tp2pp2" mpi4 --tp 2 --pp 2 "$@"
+  run "$p-dp2pp2" mpi4 --tp 1 --pp 2 "$@"
+  for l in pp2 tp2pp2; do "${CHECK[@]}" --model "$W/model" --dump "$W/$p-$l.st" ${ADAPTER:+--adapter "$ADAPTER"}; done
+  for l in pp2 pp13 pp4; do exact "$p-tp1" "$p-$l"; done
+  exact "$p-tp2" "$p-tp2pp2"
+  "${CHECK[@]}" --same-results "$W/$p-tp1.jsonl" "$W/$p-dp2pp2.jsonl"
 }
 
 case "$CASE" in
@@ -196,23 +248,7 @@ PY
 
   adapter|adapter-bf16)
     ADAPTER="$W/adapter"
-    HERE="$HERE" "$PY" - "$W/model" "$ADAPTER" <<'PY'
-import json, os, sys
-import torch
-sys.path.insert(0, os.environ["HERE"])
-import torch_llama as tl
-model_dir, out = sys.argv[1], sys.argv[2]
-cfg = tl.ModelConfig(json.load(open(f"{model_dir}/config.json")))
-lora = tl.Lora(cfg, 4, 8.0, list(tl.LORA_MODULES))
-lora.init_random(torch.Generator().manual_seed(3), std=0.15)
-os.makedirs(out)
-tl.write_safetensors(f"{out}/adapter_model.safetensors", {k: v.detach() for k, v in lora.params.items()},
-                     {"format": "pt"})
-json.dump({"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
-           "target_modules": list(tl.LORA_MODULES), "bias": "none", "fan_in_fan_out": False,
-           "use_rslora": False, "use_dora": False, "base_model_name_or_path": model_dir},
-          open(f"{out}/adapter_config.json", "w"), indent=2)
-PY
+    make_adapter "$ADAPTER"
     # unmerged: the adapter slots, against the reference with PEFT's formula
     G+=(--adapter "$ADAPTER")
     greedy_layouts unmerged
@@ -236,5 +272,51 @@ PY
     G=("${G[@]:0:${#G[@]}-2}")
     run base
     "${CHECK[@]}" --differ-results "$W/base.jsonl" "$W/unmerged-tp1.jsonl" ;;
+
+  pp)
+    pp_layouts greedy
+    # the stage split as printed, and each stage's KV cache holding only its layers
+    "${MPI[@]}" "$SL" generate "${G[@]}" --pp-layers 1,3 --log-level info --out "$W/log.jsonl" 2> "$W/log.txt"
+    grep -q "pipeline: 2 stages of layers \[0, 1) \[1, 4)" "$W/log.txt"
+    grep -q "grid: world=2 = dp 1 x pp 2 x tp 1" "$W/log.txt"
+    # seeded sampling: the same draws from the same logits at every layout
+    S=(--temperature 0.8 --top-k 20 --top-p 0.9 --repetition-penalty 1.3 --seed 7)
+    run s7-tp1 "${S[@]}"
+    run s7-pp2 mpi --pp 2 "${S[@]}"
+    run s7-tp2pp2 mpi4 --tp 2 --pp 2 "${S[@]}"
+    "${CHECK[@]}" --model "$W/model" --dump "$W/s7-pp2.st" --temperature 0.8 --top-k 20 --top-p 0.9 \
+      --repetition-penalty 1.3 --seed 7
+    exact s7-tp1 s7-pp2
+    "${CHECK[@]}" --same-results "$W/s7-tp1.jsonl" "$W/s7-tp2pp2.jsonl"
+    # a random PEFT adapter (B != 0), unmerged and merged in memory stage by stage
+    ADAPTER="$W/adapter"
+    make_adapter "$ADAPTER"
+    G+=(--adapter "$ADAPTER")
+    pp_layouts unmerged
+    run merged-tp1 --merge-in-memory
+    run merged-pp2 mpi --pp 2 --merge-in-memory
+    run merged-tp2 mpi --tp 2 --merge-in-memory
+    run merged-tp2pp2 mpi4 --tp 2 --pp 2 --merge-in-memory
+    "${CHECK[@]}" --model "$W/model" --adapter "$ADAPTER" --dump "$W/merged-pp2.st"
+    exact merged-tp1 merged-pp2
+    exact merged-tp2 merged-tp2pp2
+    "${CHECK[@]}" --differ-results "$W/greedy-tp1.jsonl" "$W/unmerged-pp2.jsonl"
+    # one prompt streamed by rank 0 (first stage) while the last stage chooses the tokens
+    PROMPT="The quick brown fox jumps over the lazy dog"
+    "$SL" generate --model "$W/model" --prompt "$PROMPT" --max-new-tokens 16 --ignore-eos \
+      --threads 1 --log-level warn --out "$W/one-tp1.jsonl" > "$W/one-tp1.out"
+    "${MPI4[@]}" "$SL" generate --model "$W/model" --prompt "$PROMPT" --max-new-tokens 16 --ignore-eos \
+      --pp 2 --tp 2 --threads 1 --log-level warn --out "$W/one-pp2.jsonl" > "$W/one-pp2.out"
+    cmp "$W/one-tp1.out" "$W/one-pp2.out"
+    "${CHECK[@]}" --same-results "$W/one-tp1.jsonl" "$W/one-pp2.jsonl"
+    "$PY" - "$W" <<'PY'
+import json, sys
+w = sys.argv[1]
+r = json.loads(open(f"{w}/one-pp2.jsonl").read())
+out = open(f"{w}/one-pp2.out", encoding="utf-8", errors="surrogateescape").read()
+assert r["generated_tokens"] == 16 and out == r["text"] + "\n", (out, r)
+print("streaming at tp 2 x pp 2: stdout equals the result text and pp 1's")
+PY
+    ;;
 esac
 echo "generate case $CASE: OK"

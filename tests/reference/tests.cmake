@@ -11,8 +11,9 @@ foreach(case mha gqa qwen2-bias llama-attention-bias tied llama3-rope bf16 shard
   set_tests_properties(reference_${case} PROPERTIES LABELS reference TIMEOUT 600)
 endforeach()
 # generate: greedy decoding with the KV cache against full recomputation in PyTorch, sampling,
-# stop strings / EOS, adapters unmerged and merged in memory (tests/reference/generate_case.sh)
-foreach(case gqa kvrep qkv-bias tied sampling stop adapter adapter-bf16)
+# stop strings / EOS, adapters unmerged and merged in memory, pipeline stages (pp: bit for bit
+# the pp = 1 output) (tests/reference/generate_case.sh)
+foreach(case gqa kvrep qkv-bias tied sampling stop adapter adapter-bf16 pp)
   add_test(NAME reference_generate_${case}
            COMMAND bash ${SL_REF_DIR}/generate_case.sh $<TARGET_FILE:shardlora>
                    ${CMAKE_BINARY_DIR}/test-work/reference ${case})
