@@ -93,8 +93,9 @@ typedef struct {
     float **buf; /* [nsets] */
 } LlamaSwap;
 
-#define LLAMA_ACT_LISTS 14 /* res, ln1, ln2, rstd1, rstd2, q, k, v, att, lse, mid, gate, up, act   \
-                            */
+#define LLAMA_ACT_LISTS                                                                            \
+    14 /* res, ln1, ln2, rstd1, rstd2, q, k, v, att, lse, mid, gate, up, act                       \
+        */
 
 typedef struct {
     int64_t N, B, T, chunk;
