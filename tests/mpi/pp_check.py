@@ -23,28 +23,14 @@ import json
 import os
 import sys
 
-FAILED = []
-
-
-def fail(msg):
-    FAILED.append(msg)
-    print(f"  FAIL {msg}")
-
-
-def ok(msg):
-    print(f"  ok   {msg}")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mpi_check import FAILED, fail, ok, read_summaries  # noqa: E402  (the layouts test's helpers)
 
 
 def summaries(run, world):
-    out = []
-    for r in range(world):
-        p = os.path.join(run, f"summary-rank{r}.json")
-        try:
-            out.append(json.load(open(p)))
-        except (OSError, ValueError) as e:
-            fail(f"{p}: {e}")
-            return None
-    return out
+    """The run's per-rank summaries (mpi_check.read_summaries checks their keys), or None."""
+    out = read_summaries(run, world)
+    return out if len(out) == world else None
 
 
 def part(n, parts, r):
