@@ -18,6 +18,7 @@
 #     than its buffers (+ a small slack for the allocator and MPI) and stays under its slice,
 #     with --chunk-bytes 1 MiB and with the default 64 MiB;
 #  5. bad inputs: one error line, the right exit status, no rank hangs, nothing left in OUT.
+# The Python checks run in batches (merge_check.py batch): one torch import for many checks.
 # usage: merge.sh SHARDLORA_BINARY WORK_DIR
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 set -euo pipefail
@@ -40,6 +41,8 @@ merge() { # merge NP ARGS...: shardlora merge on NP ranks (one thread each)
   --qkv-bias --seed 5 > /dev/null 2>&1
 "$SL" make-model --out "$W/bf16" --layers 3 --hidden 64 --ffn 160 --heads 4 --kv-heads 2 --vocab 300 \
   --tie --dtype BF16 --shards 3 --seed 6 > /dev/null 2>&1
+"$SL" make-model --out "$W/big" --layers 8 --hidden 512 --ffn 1408 --heads 8 --kv-heads 4 --vocab 32000 \
+  --shards 4 --seed 9 2>&1 | sed 's/^/big: /'
 "$PY" - "$W/f16" "$(dirname "$CHK")/../reference" <<'PY'
 import json, os, sys, torch
 sys.path.insert(0, sys.argv[2])
@@ -59,14 +62,26 @@ for m in f32 bf16; do
   "$SL" train --model "$W/$m" --data "$W/data.jsonl" --out "$W/train_$m" --steps 3 --lr 1e-2 --seq-len 32 \
     --threads 1 > "$W/train_$m.log" 2>&1 || { tail "$W/train_$m.log"; echo "FAIL: train $m"; exit 1; }
 done
-A() { "$PY" "$CHK" adapter "$@" > /dev/null; }
-A "$W/f32" "$W/a_pat" --modules q_proj,v_proj,down_proj --r 8 --alpha 16 \
-  --rank-pattern 'layers.1.self_attn.q_proj=4' 'down_proj=2' --alpha-pattern 'v_proj=4' --rslora
-A "$W/f32" "$W/a_dora" --dora --r 4 --alpha 8
-A "$W/bf16" "$W/a_bf16_dora" --dora --modules q_proj,o_proj,up_proj --bf16 --seed 2
-A "$W/bf16" "$W/a_bf16_exact" --exact --r 1 --alpha 1 --seed 3
-A "$W/f16" "$W/a_f16_exact" --exact --r 1 --alpha 1 --seed 4
-A "$W/f16" "$W/a_f16_pat" --r 8 --alpha 8 --rank-pattern 'gate_proj=2' --alpha-pattern 'model.layers.0.mlp.gate_proj=32' --seed 5
+# batch: merge_check.py sub-commands on stdin, one process
+batch() { "$PY" "$CHK" batch -; }
+PAT="--modules q_proj,v_proj,down_proj --r 8 --alpha 16 --rank-pattern layers.1.self_attn.q_proj=4 down_proj=2"
+PAT+=" --alpha-pattern v_proj=4 --rslora"
+# the adapters of 1, 2 and 4, and the bad ones of 5 (described there)
+batch > /dev/null <<EOF
+adapter $W/f32 $W/a_pat $PAT
+adapter $W/f32 $W/a_dora --dora --r 4 --alpha 8
+adapter $W/bf16 $W/a_bf16_dora --dora --modules q_proj,o_proj,up_proj --bf16 --seed 2
+adapter $W/bf16 $W/a_bf16_exact --exact --r 1 --alpha 1 --seed 3
+adapter $W/f16 $W/a_f16_exact --exact --r 1 --alpha 1 --seed 4
+adapter $W/f16 $W/a_f16_pat --r 8 --alpha 8 --rank-pattern gate_proj=2 --alpha-pattern model.layers.0.mlp.gate_proj=32 --seed 5
+adapter $W/big $W/a_big --r 16 --alpha 32 --seed 6
+adapter $W/f32 $W/a_extra --extra-layers 2
+adapter $W/f32 $W/a_wide --modules o_proj --wrong-shape
+adapter $W/f32 $W/a_nomag --dora --no-magnitude
+adapter $W/f32 $W/a_rp --rank-pattern q_proj=4
+adapter $W/f32 $W/a_hole $PAT --drop layers.1.self_attn.v_proj
+adapter $W/f32 $W/a_nan --nan-last-row
+EOF
 
 # ---- 1, 2: merged once per case and checked ------------------------------------------------
 # case: name model adapter logits-tolerance [--exact]
@@ -80,15 +95,17 @@ CASES=(
   "exact_f16    f16  a_f16_exact        $TOL_HALF --exact"
   "pattern_f16  f16  a_f16_pat          $TOL_HALF"
 )
+CHECKS=()
 for c in "${CASES[@]}"; do
   read -r name model adapter tol exact <<< "$c"
   echo "== $name: $model + $adapter"
   merge 1 --model "$W/$model" --adapter "$W/$adapter" --out "$W/out_$name" > "$W/$name.log" 2>&1 \
     || { cat "$W/$name.log"; echo "FAIL: merge $name"; exit 1; }
-  "$PY" "$CHK" validate "$W/out_$name" "$W/$model" | tail -n 1
-  "$PY" "$CHK" weights "$W/$model" "$W/$adapter" "$W/out_$name" $exact
-  "$PY" "$CHK" logits "$W/$model" "$W/$adapter" "$W/out_$name" "$tol"
+  CHECKS+=("validate $W/out_$name $W/$model"
+           "weights $W/$model $W/$adapter $W/out_$name $exact"
+           "logits $W/$model $W/$adapter $W/out_$name $tol")
 done
+printf '%s\n' "${CHECKS[@]}" | batch | grep -v '^validate: .*strict OK$'
 
 # ---- 3: byte-identical at 1, 3 and 4 ranks ----------------------------------------------
 same() { # same DIR_A DIR_B: every model file equal
@@ -110,21 +127,21 @@ for name in trained_f32 dora_f32 trained_bf16 pattern_f16; do
 done
 
 # ---- 4: memory and speed on a larger model -------------------------------------------------
-"$SL" make-model --out "$W/big" --layers 8 --hidden 512 --ffn 1408 --heads 8 --kv-heads 4 --vocab 32000 \
-  --shards 4 --seed 9 2>&1 | sed 's/^/big: /'
-A "$W/big" "$W/a_big" --r 16 --alpha 32 --seed 6
 merge 1 --model "$W/big" --adapter "$W/a_big" --out "$W/big_np1" --chunk-bytes 1048576 > "$W/big_np1.log" 2>&1
 grep -E '^merge: (wrote|[0-9])|peak RSS' "$W/big_np1.log" | tail -n 3
-"$PY" "$CHK" validate "$W/big_np1" "$W/big" | tail -n 1
-"$PY" "$CHK" weights "$W/big" "$W/a_big" "$W/big_np1"
-"$PY" "$CHK" rss "$W/big_np1/merge-summary.json" "$SLACK_MIB" --max-buffer-mib 4
 for chunk in 1048576 67108864; do
   merge 4 --model "$W/big" --adapter "$W/a_big" --out "$W/big_np4_$chunk" --chunk-bytes "$chunk" > "$W/big_np4_$chunk.log" 2>&1
   grep -E 'peak RSS|^merge: wrote' "$W/big_np4_$chunk.log"
   same "$W/big_np1" "$W/big_np4_$chunk"
-  "$PY" "$CHK" rss "$W/big_np4_$chunk/merge-summary.json" "$SLACK_MIB"
 done
 echo "big: 1 and 4 ranks byte-identical"
+batch <<EOF | grep -v '^validate: .*strict OK$'
+validate $W/big_np1 $W/big
+weights $W/big $W/a_big $W/big_np1
+rss $W/big_np1/merge-summary.json $SLACK_MIB --max-buffer-mib 4
+rss $W/big_np4_1048576/merge-summary.json $SLACK_MIB
+rss $W/big_np4_67108864/merge-summary.json $SLACK_MIB
+EOF
 rm -rf "$W/big_np4_67108864"
 
 # ---- 5: bad inputs -----------------------------------------------------------------------
@@ -148,25 +165,14 @@ gone() { [ ! -e "$1" ] || { ls -la "$1"; echo "FAIL: $1 was left behind"; exit 1
 # an adapter of another model: the shapes differ, the message names the key
 refuse 3 "has shape .* adapter for another model" 4 --model "$W/bf16" --adapter "$W/train_f32/adapter" --out "$W/bad1"
 gone "$W/bad1"
-A "$W/f32" "$W/a_extra" --extra-layers 2
 refuse 3 "model.layers.[23]\..*' matches no linear weight" 4 --model "$W/f32" --adapter "$W/a_extra" --out "$W/bad2"
-A "$W/f32" "$W/a_wide" --modules o_proj --wrong-shape
 refuse 3 "model.layers.0.self_attn.o_proj.lora_A.weight' has shape \[8, 65\]" 3 --model "$W/f32" --adapter "$W/a_wide" --out "$W/bad3"
-A "$W/f32" "$W/a_nomag" --dora --no-magnitude
 refuse 3 "no lora_magnitude_vector" 2 --model "$W/f32" --adapter "$W/a_nomag" --out "$W/bad4"
 # a rank_pattern the tensors do not follow
-A "$W/f32" "$W/a_rp" --rank-pattern 'q_proj=4'
 "$PY" -c "import json,sys; p=sys.argv[1]; c=json.load(open(p)); c['rank_pattern']={}; json.dump(c,open(p,'w'))" "$W/a_rp/adapter_config.json"
 refuse 3 "q_proj.lora_A.weight' has shape \[4, 64\].*must be \[8, 64\]" 4 --model "$W/f32" --adapter "$W/a_rp" --out "$W/bad5"
-# a module the config targets without its tensors (eval and train refuse it too)
-cp -r "$W/a_pat" "$W/a_hole"
-"$PY" - "$W/a_hole/adapter_model.safetensors" "$(dirname "$CHK")/../reference" <<'PY'
-import sys
-sys.path.insert(0, sys.argv[2])
-import torch_llama as tl
-t, meta = tl.read_safetensors(sys.argv[1])
-tl.write_safetensors(sys.argv[1], {k: v for k, v in t.items() if "layers.1.self_attn.v_proj" not in k}, meta)
-PY
+# a module the config targets without its tensors (eval and train refuse it too): a_pat
+# without layer 1's v_proj
 refuse 3 "module 'model.layers.1.self_attn.v_proj' is targeted by adapter_config.json.*has no lora_A / lora_B" 3 \
   --model "$W/f32" --adapter "$W/a_hole" --out "$W/bad_hole"
 gone "$W/bad_hole"
@@ -184,7 +190,6 @@ same "$W/out_pattern_f32" "$W/out_trained_f32_np3"
 echo "force: an existing OUT replaced with the same bytes a fresh merge writes"
 # a failure on one rank only (a NaN in the last row of a lora_B: the last rank's rows): every
 # rank stops, nothing under the final names; with --force the old model stays as it was
-A "$W/f32" "$W/a_nan" --nan-last-row
 refuse 3 "not finite" 4 --model "$W/f32" --adapter "$W/a_nan" --out "$W/bad9"
 gone "$W/bad9"
 refuse 3 "not finite" 4 --model "$W/f32" --adapter "$W/a_nan" --out "$W/out_trained_f32_np3" --force

@@ -17,6 +17,9 @@ struct only (no transformers / peft / safetensors packages):
                                   PEFT's LoRA / DoRA forward), in float64
   rss SUMMARY SLACK_MIB           peak RSS per rank from merge-summary.json under
                                   start + buffers + slack, and under start + slice
+  batch FILE                      the sub-commands above, one a line (shell words; '-' reads
+                                  stdin), in one process: torch is imported once, not once per
+                                  check (~2 s each); stops at the first failure, naming its line
 
 PEFT's per-module rank and alpha: the first key K of rank_pattern / alpha_pattern (in file
 order) with re.match(rf"(.*\\.)?({K})$", module) (peft/utils/other.py get_pattern_key).
@@ -27,6 +30,7 @@ import json
 import math
 import os
 import re
+import shlex
 import struct
 import sys
 
@@ -334,6 +338,8 @@ def cmd_adapter(a):
                 B = torch.randn(out_f, r, generator=g, dtype=torch.float64) * a.b_std
             if a.nan_last_row and i == cfg.num_layers - 1 and m == mods[-1]:
                 B[-1, 0] = float("nan")
+            if a.drop is not None and a.drop in name:
+                continue
             p = f"base_model.model.{name}"
             dt = torch.bfloat16 if a.bf16 else torch.float32
             tensors[p + ".lora_A.weight"] = A.to(dt)
@@ -380,7 +386,7 @@ def cmd_rss(a):
         fail("; ".join(bad))
 
 
-def main():
+def parser():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
     q = sub.add_parser("adapter")
@@ -401,6 +407,7 @@ def main():
     q.add_argument("--wrong-shape", action="store_true", help="bad: lora_A one column too wide")
     q.add_argument("--no-magnitude", action="store_true", help="bad: use_dora without magnitudes")
     q.add_argument("--nan-last-row", action="store_true", help="bad: a NaN in the last row of one lora_B")
+    q.add_argument("--drop", help="bad: leave out the tensors of the modules whose name contains this")
     q = sub.add_parser("validate")
     q.add_argument("out")
     q.add_argument("input")
@@ -418,9 +425,36 @@ def main():
     q.add_argument("summary")
     q.add_argument("slack_mib", type=float)
     q.add_argument("--max-buffer-mib", type=float)
-    a = p.parse_args()
+    q = sub.add_parser("batch")
+    q.add_argument("file")
+    return p
+
+
+def cmd_batch(a):
+    lines = sys.stdin if a.file == "-" else open(a.file)
+    for line in lines:
+        words = shlex.split(line, comments=True)
+        if not words:
+            continue
+        if words[0] == "batch":
+            fail("batch: a batch inside a batch")
+        print(f"-- {' '.join(words)}")
+        try:
+            run(words)
+        except SystemExit as e:
+            if e.code:
+                print(f"FAIL: in batch: {line.strip()}")
+            raise
+
+
+def run(argv):
+    a = parser().parse_args(argv)
     {"adapter": cmd_adapter, "validate": cmd_validate, "weights": cmd_weights, "logits": cmd_logits,
-     "rss": cmd_rss}[a.cmd](a)
+     "rss": cmd_rss, "batch": cmd_batch}[a.cmd](a)
+
+
+def main():
+    run(sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@
 #           loss, and an interrupted run resumes to the uninterrupted run's adapter
 #   bad:    a missing file, another peft_type, a lora_A of the wrong shape, a tensor of no
 #           module, DoRA: one clear line, exit 3, no hang, at 1 and 2 ranks (eval and train)
-# Every check runs; exit 1 if any failed.
+# Every check runs; exit 1 if any failed. The Python checks run in batches (peft_check.py batch):
+# one torch import for many checks.
 # Open MPI refuses root unless told (CI runs as root); the test machine has 2 cores.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 set -uo pipefail
@@ -56,22 +57,31 @@ EVAL=(eval --model "$W/model" --data "$W/data.jsonl" --seq-len $T --no-pack --th
       --cache-dir "$W/cache")
 TRAIN=(train --model "$W/model" --data "$W/data.jsonl" --seq-len $T --threads 1 --log-level warn --log-every 100)
 
-# evaluate NAME ADAPTER: eval at tp=1 (one micro-batch of every row: dump + JSON) and tp=2,
-# the Python formula against the tp=1 dump and loss, tp=1 against tp=2
+# later CMD ARGS...: one peft_check.py command for the next run_later (quoted for its batch)
+LATER=()
+later() { LATER+=("$(printf '%q ' "$@")"); }
+# run_later: the commands given to later, in one process; every one runs; status 1 if any failed
+run_later() {
+  local rc=0
+  printf '%s\n' "${LATER[@]}" | "${PC[@]}" batch - || rc=1
+  LATER=()
+  return $rc
+}
+
+# evaluate NAME ADAPTER: eval at tp=1 (one micro-batch of every row: dump + JSON) and tp=2;
+# queued for run_later: the rows, the Python formula against each dump and loss, tp=1 against tp=2
 evaluate() {
   local name="$1" ad="$2"
-  local ok=0
   one "$SL" "${EVAL[@]}" --adapter "$ad" --micro-batch $NROWS --dump-logits "$W/$name-tp1.st" \
     --out "$W/$name-tp1.json" > "$W/$name-tp1.log" 2>&1 || { echo "eval tp=1 failed: $(tail -2 "$W/$name-tp1.log")"; return 1; }
   mpi2 "$SL" "${EVAL[@]}" --adapter "$ad" --tp 2 --micro-batch $NROWS --dump-logits "$W/$name-tp2.st" \
     --out "$W/$name-tp2.json" > "$W/$name-tp2.log" 2>&1 || { echo "eval tp=2 failed: $(tail -2 "$W/$name-tp2.log")"; return 1; }
-  "${PC[@]}" check-rows --dump "$W/$name-tp1.st" --data "$W/data.jsonl" || ok=1
-  "${PC[@]}" check-logits --model "$W/model" --adapter "$ad" --dump "$W/$name-tp1.st" \
-    --eval-json "$W/$name-tp1.json" --tol $LOGIT_TOL || ok=1
-  "${PC[@]}" check-logits --model "$W/model" --adapter "$ad" --dump "$W/$name-tp2.st" \
-    --eval-json "$W/$name-tp2.json" --tol $LOGIT_TOL || ok=1
-  "${PC[@]}" compare-dumps "$W/$name-tp1.st" "$W/$name-tp2.st" --tol $LAYOUT_TOL || ok=1
-  return $ok
+  later check-rows --dump "$W/$name-tp1.st" --data "$W/data.jsonl"
+  later check-logits --model "$W/model" --adapter "$ad" --dump "$W/$name-tp1.st" \
+    --eval-json "$W/$name-tp1.json" --tol $LOGIT_TOL
+  later check-logits --model "$W/model" --adapter "$ad" --dump "$W/$name-tp2.st" \
+    --eval-json "$W/$name-tp2.json" --tol $LOGIT_TOL
+  later compare-dumps "$W/$name-tp1.st" "$W/$name-tp2.st" --tol $LAYOUT_TOL
 }
 
 # same_files A B: the three files of two adapter directories are byte-identical
@@ -100,8 +110,9 @@ export)
     --lora-r 4 --lora-alpha 8
   check "train tp=2" mpi2 "$SL" "${TRAIN[@]}" --out "$W/run2" --tp 2 --steps 6 --micro-batch 2 --lr 2e-2 \
     --lora-r 6 --lora-alpha 3 --use-rslora --target-modules q_proj,k_proj,o_proj,up_proj,down_proj
-  check "a) tp=1 adapter: PEFT formula = eval logits and loss" evaluate run1 "$W/run1/adapter"
-  check "a) tp=2 adapter: PEFT formula = eval logits and loss" evaluate run2 "$W/run2/adapter"
+  check "a) tp=1 adapter: eval at tp=1 and tp=2" evaluate run1 "$W/run1/adapter"
+  check "a) tp=2 adapter: eval at tp=1 and tp=2" evaluate run2 "$W/run2/adapter"
+  check "a) tp=1 and tp=2 adapters: PEFT formula = eval logits and loss" run_later
   # c) export of the final checkpoint = the adapter the run wrote at its end
   check "c) export run1/checkpoints/latest" one "$SL" export "$W/run1/checkpoints/latest" --out "$W/exp1"
   check "c) tp=1: export CKPT = end-of-run adapter" same_files "$W/exp1" "$W/run1/adapter"
@@ -138,15 +149,17 @@ PY
   echo "  $out"
   ;;
 import)
+  for c in patterns layers fullnames regex; do later make-adapter --model "$W/model" --out "$W/ad-$c" --case "$c"; done
+  run_later || fail "make-adapter patterns, layers, fullnames, regex"
   for c in patterns layers fullnames regex; do
-    "${PC[@]}" make-adapter --model "$W/model" --out "$W/ad-$c" --case "$c" || fail "make-adapter $c"
-    check "b) import $c at tp=1 and tp=2 = PEFT formula" evaluate "ad-$c" "$W/ad-$c"
+    check "b) import $c: eval at tp=1 and tp=2" evaluate "ad-$c" "$W/ad-$c"
   done
+  check "b) imports patterns, layers, fullnames, regex at tp=1 and tp=2 = PEFT formula" run_later
   # export -> import -> export: imported at tp=2 (2 ranks), written by the run's end (lr 0:
   # the values stay), re-imported at tp=1 and written again
   check "b) import patterns at tp=2, export" mpi2 "$SL" "${TRAIN[@]}" --out "$W/rt1" --tp 2 --steps 1 --lr 0 \
     --init-adapter "$W/ad-patterns"
-  check "b) the export holds the imported adapter" "${PC[@]}" same-adapter "$W/ad-patterns" "$W/rt1/adapter"
+  later same-adapter "$W/ad-patterns" "$W/rt1/adapter"   # the export holds the imported adapter
   check "b) re-import at tp=1, export" one "$SL" "${TRAIN[@]}" --out "$W/rt2" --steps 1 --lr 0 \
     --init-adapter "$W/rt1/adapter"
   check "b) export -> import -> export is byte-identical" same_peft "$W/rt1/adapter" "$W/rt2/adapter"
@@ -160,7 +173,7 @@ sys.exit(0 if ok else 1)
 PY
   check "b) layers_to_transform round trip" one "$SL" "${TRAIN[@]}" --out "$W/rt3" --steps 1 --lr 0 \
     --init-adapter "$W/ad-layers"
-  check "b) layers export holds the imported adapter" "${PC[@]}" same-adapter "$W/ad-layers" "$W/rt3/adapter"
+  later same-adapter "$W/ad-layers" "$W/rt3/adapter"     # layers export holds the imported adapter
   check "b) re-import of the layers export" mpi2 "$SL" "${TRAIN[@]}" --out "$W/rt4" --tp 2 --steps 1 --lr 0 \
     --init-adapter "$W/rt3/adapter"
   check "b) layers: export -> import -> export is byte-identical" same_peft "$W/rt3/adapter" "$W/rt4/adapter"
@@ -169,8 +182,9 @@ PY
   mpi2 "$SL" "${TRAIN[@]}" --out "$W/init" --tp 2 --steps 1 --micro-batch 4 --init-adapter "$W/ad-fullnames" \
     --lora-r 16 --dump-grads "$W/init.st" > "$W/init.log" 2>&1 || fail "train --init-adapter fullnames"
   check "b) --lora-r named as overridden" grep -q "warning: --lora-r ignored: --init-adapter" "$W/init.log"
-  check "b) --init-adapter: step 1 starts from the adapter, loss = PEFT formula" \
-    "${PC[@]}" check-init --model "$W/model" --adapter "$W/ad-fullnames" --dump "$W/init.st"
+  later check-init --model "$W/model" --adapter "$W/ad-fullnames" --dump "$W/init.st"
+  check "b) the exports hold the imported adapters (patterns, layers); --init-adapter: step 1 starts from the adapter, loss = PEFT formula" \
+    run_later
   # an interrupted run from --init-adapter resumes to the uninterrupted run's adapter
   R=(--init-adapter "$W/ad-patterns" --micro-batch 2 --lr 1e-2 --lr-schedule constant --ckpt-every 2)
   check "b) --init-adapter run, 4 steps" one "$SL" "${TRAIN[@]}" "${R[@]}" --out "$W/full" --steps 4
@@ -182,8 +196,9 @@ PY
   ;;
 bad)
   for c in missing-file missing-config peft-type bad-shape unknown-key dora; do
-    "${PC[@]}" make-adapter --model "$W/model" --out "$W/bad-$c" --case "$c" > /dev/null || fail "make-adapter $c"
+    later make-adapter --model "$W/model" --out "$W/bad-$c" --case "$c"
   done
+  run_later > "$W/make-adapter.log" || { cat "$W/make-adapter.log"; fail "make-adapter (bad cases)"; }
   # refused CASE WANT LAUNCH...: exit 3, exactly one "shardlora" line on stderr containing WANT
   refused() {
     local c="$1" want="$2"; shift 2

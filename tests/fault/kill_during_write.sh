@@ -7,7 +7,7 @@
 # usage: kill_during_write.sh SHARDLORA_BINARY WORK_DIR
 source "$(dirname "$0")/common.sh"
 fault_setup kill_during_write "$2" 128
-STEPS=150
+STEPS=60
 ARGS=(--model "$W/model" --data "$W/data.jsonl" --tp 2 --micro-batch 2 --global-batch 4 --seq-len 16
       --steps $STEPS --threads 1 --ckpt-every 1 --ckpt-chunk-bytes 256 --lora-r 32 --lora-dropout 0.1 --log-every 1000)
 

@@ -35,6 +35,10 @@ Commands (exit status 0 when every check passes, 1 otherwise):
       configuration by PEFT's rules
   compare-dumps D1 D2 [--tol X]
       two --dump-logits files: same batch, logits within X
+  batch FILE
+      the commands above, one a line (shell words; '-' reads stdin), in one process: torch is
+      imported once, not once per check (~2 s each); every line runs, the failed ones are
+      named at the end
 """
 
 import argparse
@@ -42,6 +46,7 @@ import json
 import math
 import os
 import re
+import shlex
 import struct
 import sys
 
@@ -397,7 +402,7 @@ def compare_dumps(a):
     return 0 if ok else 1
 
 
-def main():
+def parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("make-adapter")
@@ -426,8 +431,36 @@ def main():
     s.add_argument("d1")
     s.add_argument("d2")
     s.add_argument("--tol", type=float, default=1e-5)
-    a = p.parse_args()
+    s = sub.add_parser("batch")
+    s.add_argument("file")
+    return p
+
+
+def batch(a):
+    failed = []
+    for line in sys.stdin if a.file == "-" else open(a.file):
+        words = shlex.split(line, comments=True)
+        if not words:
+            continue
+        print(f"-- {' '.join(words)}")
+        try:
+            rc = 1 if words[0] == "batch" else run(words)
+        except SystemExit as e:  # argparse's usage errors, make-adapter's unknown case
+            if not isinstance(e.code, int):
+                print(f"FAIL: {e.code}")
+            rc = e.code if isinstance(e.code, int) else 1
+        if rc:
+            failed.append(line.strip())
+    for line in failed:
+        print(f"FAIL: in batch: {line}")
+    return 1 if failed else 0
+
+
+def run(argv):
+    a = parser().parse_args(argv)
     torch.set_num_threads(1)
+    if a.cmd == "batch":
+        return batch(a)
     fn = {"make-adapter": lambda: make_adapter(a.model, a.out, a.case, a.seed), "check-logits": lambda: check_logits(a),
           "check-rows": lambda: check_rows(a), "check-init": lambda: check_init(a),
           "same-adapter": lambda: same_adapter(a), "compare-dumps": lambda: compare_dumps(a)}[a.cmd]
@@ -436,6 +469,10 @@ def main():
     except (AssertionError, KeyError, tl.ReferenceError_) as e:
         print(f"FAIL: {type(e).__name__}: {e}")
         return 1
+
+
+def main():
+    return run(sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 #   slurm_stop               TERM every daemon this shell started, by pid; wait; KILL stragglers
 #   slurm_logs               print the daemons' logs (on failure)
 #   job_field ID KEY         one field of `scontrol show job -o ID`
-#   job_wait ID TIMEOUT_S [PRED]  poll every 0.5 s until the job ends (or PRED succeeds)
+#   job_wait ID TIMEOUT_S [PRED]  poll every 0.2 s until the job ends (or PRED succeeds)
 # The caller defines fail() (print, exit 1) and installs `trap slurm_stop EXIT`.
 
 SLURM_PACKAGES=(slurm-wlm slurm-wlm-basic-plugins munge)
@@ -153,7 +153,7 @@ job_field() {
   scontrol show job -o "$1" 2>/dev/null | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1
 }
 
-# job_wait ID TIMEOUT_S [PRED...]: polls every 0.5 s until JobState is a final state (sets
+# job_wait ID TIMEOUT_S [PRED...]: polls every 0.2 s until JobState is a final state (sets
 # JOB_STATE, JOB_EXIT) or, when PRED is given, until the command PRED succeeds (failing at once
 # if the job ends first); fails on timeout
 job_wait() {
@@ -174,6 +174,6 @@ job_wait() {
       esac
     fi
     [ $((SECONDS - t0)) -lt "$tmo" ] || fail "job $id: still $JOB_STATE after $tmo s (waiting for ${*:-its end})"
-    sleep 0.5
+    sleep 0.2
   done
 }
