@@ -261,10 +261,24 @@ static void plan_stage_traffic(PlanStage *ps, const PlanLayout *p, const PlanTra
         } else if (c == PLAN_TP) {
             t->payload = sizes_add_sat(reduce, gather);
             t->sent = sizes_add_sat((int64_t)((double)reduce * ring), gather * (t->n - 1));
-        } else if (c == PLAN_PP) { /* point to point: forward to s + 1, gradient to s - 1 */
-            t->payload = sizes_mul_sat(p->nmicro,
-                                       plan_part(N, m->C, p->tp) * 4 * ((s < p->pp - 1) + (s > 0)));
-            t->sent = t->payload;
+        } else if (c == PLAN_PP) {
+            /* point to point: the input forward to rank w + tp (stage s + 1), the gradient
+             * back to w - tp (stage s - 1), each between nodes or not; w = s tp: the first
+             * pipeline's TP rank 0 */
+            const int64_t one = sizes_mul_sat(p->nmicro, plan_part(N, m->C, p->tp) * 4);
+            const int64_t w = (int64_t)s * p->tp, K = o->ranks_per_node;
+            const int to[2] = {s<p->pp - 1, s> 0};
+            const int64_t peer[2] = {w + p->tp, w - p->tp};
+            t->payload = t->sent = 0;
+            for (int d = 0; d < 2; d++) {
+                if (!to[d]) continue;
+                t->payload = t->sent = sizes_add_sat(t->sent, one);
+                if (peer[d] / K != w / K)
+                    ps->inter = sizes_add_sat(ps->inter, one);
+                else
+                    ps->intra = sizes_add_sat(ps->intra, one);
+            }
+            continue;
         } else {
             t->payload = sizes_mul_sat(grad[c], 4);
             t->sent = (int64_t)((double)t->payload * ring);
