@@ -32,6 +32,7 @@
 typedef struct {
     const char *model, *base_dtype, *recompute;
     int64_t nodes, ranks_per_node, seq_len, micro_batch, global_batch, r, threads;
+    int64_t tp, pp;      /* only the layouts with this tp / pp (0: every one) */
     double mem_per_node; /* GiB */
     int json;
 } PlanOpts;
@@ -95,6 +96,8 @@ static int plan_parse(PlanOpts *o, int argc, char **argv, int *rc) {
         {"mem-per-node", ARG_FLOAT, &o->mem_per_node, "GIB", "memory per node the ranks may use, in GiB (shared equally by its ranks)", 1, 0},
         {"ranks-per-node", ARG_INT, &o->ranks_per_node, "K", "MPI ranks per node of the cluster (world = nodes x K); give it: the default is 1, not the NUMA domains of this machine as shardlora-run assumes, since a plan is for other nodes. A TP group of consecutive ranks stays inside a node when tp divides K", 0, 0},
         {"threads", ARG_INT, &o->threads, "N", "threads per rank (each has its own attention scratch)", 0, 0},
+        {"tp", ARG_INT, &o->tp, "T", "only the layouts of this tensor-parallel size (0: every tp dividing the world)", 0, 0},
+        {"pp", ARG_INT, &o->pp, "P", "only the layouts of this many pipeline stages (0: every pp dividing world / tp, up to the layer count)", 0, 0},
         {.type = ARG_GROUP, .group = ARGG_DATA},
         {"seq-len", ARG_INT, &o->seq_len, "T", "tokens per sequence", 0, 0},
         {"micro-batch", ARG_INT, &o->micro_batch, "B", "sequences per micro-batch per data-parallel rank", 0, 0},
@@ -129,6 +132,8 @@ static int plan_check(const PlanOpts *o, int *base, int *recompute, ErrStatus *s
     mpicmd_bound("nodes", o->nodes, 1, 1 << 16, st);
     mpicmd_bound("ranks-per-node", o->ranks_per_node, 1, 1 << 12, st);
     mpicmd_bound("threads", o->threads, 1, MPICMD_MAX_THREADS, st);
+    mpicmd_bound("tp", o->tp, 0, 1 << 16, st);
+    mpicmd_bound("pp", o->pp, 0, MPICMD_MAX_PP, st);
     mpicmd_bound("seq-len", o->seq_len, 1, MPICMD_MAX_SEQ_LEN, st);
     mpicmd_bound("micro-batch", o->micro_batch, 1, MPICMD_MAX_BATCH, st);
     mpicmd_bound("global-batch", o->global_batch, 0, (int64_t)1 << 30, st);
@@ -141,6 +146,11 @@ static int plan_check(const PlanOpts *o, int *base, int *recompute, ErrStatus *s
     if (st->ok && (int64_t)o->nodes * o->ranks_per_node > (1 << 16))
         err_status_set(st, "--nodes x --ranks-per-node %lld: expected at most %d",
                        (long long)(o->nodes * o->ranks_per_node), 1 << 16);
+    const int64_t world = o->nodes * o->ranks_per_node, tp = o->tp ? o->tp : 1;
+    if (st->ok && world % (tp * (o->pp ? o->pp : 1)) != 0)
+        err_status_set(
+            st, "--tp %lld x --pp %lld does not divide the %lld ranks (--nodes x --ranks-per-node)",
+            (long long)tp, (long long)(o->pp ? o->pp : 1), (long long)world);
     mpicmd_dtype_opts(o->base_dtype, "auto", base, &compute, st);
     if (st->ok && (*recompute = llama_recompute_parse(o->recompute)) < 0)
         err_status_set(st, "--recompute '%s': expected none or layer", o->recompute);
@@ -306,7 +316,7 @@ static int plan_split(PlanLayout *p, const HfcConfig *c, const PlanOpts *o) {
     if (p->pp == 1) {
         first[1] = c->num_layers;
     } else if (!stage_split(c->num_layers, p->pp, cost, sc.first, sc.last, first, &st)) {
-        snprintf(p->refused, sizeof p->refused, "--pp %d: %.990s", p->pp, st.msg);
+        snprintf(p->refused, sizeof p->refused, "%s", st.msg);
         ok = 0;
     }
     for (int s = 0; ok && s < p->pp; s++) {
@@ -435,7 +445,8 @@ static int plan_layouts(PlanLayout **out, const HfcConfig *c, const PlanOpts *o,
         }
         for (int64_t tp = 1; tp <= world; tp++)
             for (int64_t pp = 1; world % tp == 0 && pp <= world / tp; pp++) {
-                if ((world / tp) % pp != 0 || (pp > 1 && pp > maxpp)) continue;
+                if ((world / tp) % pp != 0 || (pp > 1 && pp > maxpp && pp != o->pp)) continue;
+                if ((o->tp && tp != o->tp) || (o->pp && pp != o->pp)) continue;
                 if (pass == 1) plan_layout(&(*out)[n], c, o, dt, recompute, (int)tp, (int)pp);
                 n++;
             }

@@ -313,6 +313,11 @@ bad nodes0 2 "^shardlora plan: --nodes 0" --model "$W/7b" --nodes 0 --mem-per-no
 bad dtype 2 "--base-dtype 'fp8'" --model "$W/7b" --nodes 2 --mem-per-node 24 --base-dtype fp8
 bad mem 2 "--mem-per-node" --model "$W/7b" --nodes 2 --mem-per-node -1
 bad no-nodes 2 "nodes" --model "$W/7b" --mem-per-node 24
+bad tp-pp 2 "--tp 2 x --pp 2 does not divide the 2 ranks" --model "$W/7b" --nodes 2 --mem-per-node 24 --tp 2 --pp 2
+# --tp / --pp keep only that layout (what shardlora-run asks for its default pp)
+n=$("$SL" plan --model "$W/7b" --nodes 2 --ranks-per-node 2 --mem-per-node 24 --tp 2 --pp 2 --json |
+  grep -c '^  {')
+[ "$n" = 1 ] && ok "plan --tp 2 --pp 2: one layout" || fail "plan --tp 2 --pp 2: $n layouts, expected 1"
 
 [ "$fails" -eq 0 ] && echo "plan: all checks passed" || echo "plan: $fails check(s) failed"
 [ "$fails" -eq 0 ]
