@@ -820,6 +820,28 @@ expect_field pp 1; expect_in "(memory: shardlora's --memory-limit x 2 ranks)" me
 query_log_empty
 case_end
 
+case_start "train-nnodes.sbatch: PP=2 becomes --pp 2; MEM_PER_NODE=24 lets the launcher choose pp 2 (dry run)"
+echo '{"text": "x"}' >"$WORK/data.jsonl"
+sbatch_dry() {
+    OUT="$(cd "$WORK" && env -i PATH="$BASE_PATH" HOME="$WORK" "${SLURM_2X2[@]}" SLURM_SUBMIT_DIR="$ROOT" \
+        SHARDLORA_RUN_SYSFS="$FIX/sysfs-2numa" SHARDLORA_RUN_CPUINFO="$FIX/cpuinfo-avx512" \
+        SHARDLORA_RUN_MEMINFO="$FIX/meminfo-64g" SHARDLORA_RUN_PROC_CGROUP=/nonexistent SHARDLORA_RUN_DRY=1 \
+        MODEL="$M7" DATA="$WORK/data.jsonl" OUT="$WORK/sbatch-out" "$@" \
+        bash "$ROOT/launch/slurm/train-nnodes.sbatch" 2>&1)"
+    RC=$?
+}
+sbatch_dry PP=2 SHARDLORA_BIN="$FAKE"
+expect_rc 0
+expect_field pp 2; expect_source pp "--pp; inserted --pp 2"
+expect_in "$FQ train --tp 2 --pp 2 --threads 4 --model $M7 --out $WORK/sbatch-out --data $WORK/data.jsonl" command
+sbatch_dry MEM_PER_NODE=24 SHARDLORA_BIN="$SLBIN"
+expect_rc 0
+expect_field pp 2; expect_in "(memory: --mem-per-node)" memory
+sbatch_dry SHARDLORA_BIN="$SLBIN"
+expect_rc 0
+expect_field pp 1; expect_field dp 2
+case_end
+
 case_start "default pp: explicit --tp / --pp win; one node, no config.json, no binary: pp 1 without an estimate"
 plan SHARDLORA_RUN_MEMINFO="$FIX/meminfo-24g" -- --dry-run --hosts n1:2,n2:2 --pp 1 --bin "$SLBIN" train --model "$M7"
 expect_rc 0
