@@ -785,7 +785,7 @@ expect_rc 0
 expect_field tp 2; expect_field pp 2; expect_field dp 1
 expect_source pp "the model does not fit one node: pp = 2 nodes; inserted --pp 2"
 expect_in "tp 2 x pp 1 needs 1" memory
-expect_in "a rank may use 12.00 GiB = 24.000 GiB per node / 2 ranks (memory: the smallest node's" memory
+expect_in "a rank may use 12 GiB = 24.000 GiB per node / 2 ranks (memory: the smallest node's" memory
 expect_in "; tp 2 x pp 2 needs " memory
 expect_in "train --tp 2 --pp 2 --threads 4 --model $M7" command
 query_log_has "--node-facts"
