@@ -486,6 +486,13 @@ static const char *plan_link(const PlanLayout *p, int c0, int c1) {
     return inter && intra ? "both" : inter ? "between nodes" : intra ? "inside a node" : "-";
 }
 
+/* The share of a step a stage idles under 1F1B with m micro-batches: (P - 1) / (m + P - 1)
+ * (Narayanan et al., "Efficient large-scale language model training on GPU clusters using
+ * Megatron-LM", 2021, section 2.2; backward ~ forward for a frozen base). */
+static double plan_bubble(const PlanLayout *x) {
+    return (double)(x->pp - 1) / (double)(x->nmicro + x->pp - 1);
+}
+
 /* "TP in a node, PP across nodes" and the like: where layout x's groups run. */
 static const char *plan_placement(char *buf, size_t n, const PlanLayout *x) {
     const char *tp = x->tp == 1 ? "" : x->t[PLAN_TP].spans ? "TP across nodes" : "TP in a node";
@@ -510,9 +517,9 @@ static void plan_print_table(const PlanLayout *p, int n, const HfcConfig *c, con
            o->global_batch ? (snprintf(a, sizeof a, "%lld", (long long)o->global_batch), a)
                            : "micro-batch x dp",
            (long long)o->r, o->recompute);
-    printf("%-20s %-4s %11s %11s %11s %11s  %-30s %-26s %-26s %-14s %s\n", "layout", "fits",
+    printf("%-20s %-4s %11s %11s %11s %11s  %-30s %-26s %-26s %-14s %-6s %s\n", "layout", "fits",
            "frozen", "+act/adapt", "total", "budget", "placement", "TP sent/step",
-           "gradient sent/step", "stage boundary", "between nodes/step");
+           "gradient sent/step", "stage boundary", "bubble", "between nodes/step");
     int spans = 0, refused = 0;
     for (int i = 0; i < n; i++) {
         const PlanLayout *x = &p[i];
@@ -530,12 +537,14 @@ static void plan_print_table(const PlanLayout *p, int n, const HfcConfig *c, con
                  plan_link(x, PLAN_TP, PLAN_DP));
         snprintf(grc, sizeof grc, "%s (%s)", plan_size(b, sizeof b, grad),
                  plan_link(x, PLAN_DP, PLAN_PP));
-        printf("%-20s %-4s %11s %11s %11s %11s  %-30s %-26s %-26s %-14s %s\n", lay,
+        char bub[16] = "-";
+        if (x->pp > 1) snprintf(bub, sizeof bub, "%.0f%%", 100.0 * plan_bubble(x));
+        printf("%-20s %-4s %11s %11s %11s %11s  %-30s %-26s %-26s %-14s %-6s %s\n", lay,
                x->fits ? "yes" : "no", plan_size(d, sizeof d, x->frozen),
                plan_size(e, sizeof e, hs->mem.total - hs->mem.bytes[MEM_FROZEN]),
                plan_size(f, sizeof f, hs->mem.total), plan_size(g, sizeof g, x->budget),
                plan_placement(place, sizeof place, x), tpc, grc,
-               x->pp > 1 ? plan_size(k, sizeof k, x->boundary) : "-",
+               x->pp > 1 ? plan_size(k, sizeof k, x->boundary) : "-", bub,
                plan_size(h, sizeof h, x->inter));
     }
     if (spans)
@@ -547,7 +556,8 @@ static void plan_print_table(const PlanLayout *p, int n, const HfcConfig *c, con
            "all-reduce over n ranks sends 2(n-1)/n of its buffer; all of it counts as between "
            "nodes when its group spans nodes); stage boundary: what one boundary carries per "
            "step, both ways, over its TP ranks (2 x micro-batches x micro-batch x seq-len x "
-           "hidden x 4 B)\n");
+           "hidden x 4 B); bubble: the share of a step a stage idles under 1F1B, (pp - 1) / "
+           "(micro-batches + pp - 1): raise --global-batch to shrink it\n");
     if (refused) {
         printf("not possible:\n");
         for (int i = 0; i < n; i++)
@@ -603,6 +613,7 @@ static json_t *plan_layout_json(const PlanLayout *x) {
     json_object_set_new(j, "memory_bytes", plan_memory_json(&hs->mem));
     json_object_set_new(j, "heaviest_stage", json_integer(x->heavy));
     json_object_set_new(j, "micro_batches", json_integer((json_int_t)x->nmicro));
+    json_object_set_new(j, "expected_bubble", json_real(plan_bubble(x)));
     json_object_set_new(j, "tp_bytes", plan_traffic_json(x->t, PLAN_TP, PLAN_DP));
     json_object_set_new(j, "grad_bytes", plan_traffic_json(x->t, PLAN_DP, PLAN_PP));
     json_t *pp = plan_traffic_json(x->t, PLAN_PP, PLAN_NCOMM);

@@ -190,6 +190,8 @@ for run, tp, P in (("pp2", 1, 2), ("pp3", 2, 3)):
     m, N = G // (B * lay["dp"]), B * T
     want(lay["micro_batches"] == m and lay["pp_bytes"]["boundary"] == 2 * m * N * C * 4,
          f"{run}: {m} micro-batches, boundary {lay['pp_bytes']['boundary']} = 2 x {m} x {N} x {C} x 4")
+    want(abs(lay["expected_bubble"] - (P - 1) / (m + P - 1)) < 1e-12,
+         f"{run}: expected 1F1B bubble {lay['expected_bubble']:.4f} = (P - 1) / (m + P - 1)")
     total_pp = 0
     for r in range(tp * P):
         s = json.load(open(f"{w}/{run}/summary-rank{r}.json"))
