@@ -69,5 +69,6 @@ sl_e2e(e2e_recompute recompute.sh 600 PROCESSORS 2)
 # shardlora plan against train (issue 19): frozen bytes per rank = summary-rank0.json's exactly
 # (fp32, bf16, int8, nf4 at tp 1, 2, 4; biases, tied), TP and gradient bytes per step =
 # comm_bytes (tp 2, dp 2, tp 4, recompute layer); a 7B-shaped config.json alone on 2 nodes of
-# 24 GiB (nf4 fits at tp=1, fp32 not); bad input
+# 24 GiB (nf4 fits at tp=1, fp32 not); pipeline rows against pp 2 and tp 2 x pp 3 runs per stage
+# and the boundary formula, the 7B shape in fp32 fitting only with stages; bad input
 sl_e2e(e2e_plan plan.sh 300 PROCESSORS 2)

@@ -5,7 +5,8 @@
 # nodes' own facts (stand-in mpirun/srun that answer for each host from its own fake sysfs),
 # its refusals (exit 2 and one line), rank mode's exec, and signal forwarding to a stand-in
 # launcher. Prints PASS/FAIL per case.
-# usage: plan.sh [WORK_DIR]   (exits 1 if any case fails)
+# The default pp (from shardlora plan's memory estimate) runs the real binary in --dry-run.
+# usage: plan.sh WORK_DIR SHARDLORA_BINARY   (exits 1 if any case fails)
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -13,6 +14,8 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 FIX="$HERE/fixtures"
 RUN="$ROOT/launch/shardlora-run"
 WORK="${1:-$(mktemp -d)}/launcher-plan"
+SLBIN="$(readlink -f "${2:-}")"
+[ -x "$SLBIN" ] || { echo "FAIL: the shardlora binary '${2:-}' (second argument) is missing"; exit 1; }
 rm -rf "$WORK"
 mkdir -p "$WORK"
 # Stand-in mpirun and srun first on PATH: no case reaches a real launcher.
@@ -77,7 +80,7 @@ OUT=""
 RC=0
 
 # plan [VAR=VALUE...] -- ARGS...: runs the launcher under `env -i` with a fake sysfs (2 NUMA
-# domains, 8 CPUs) and an AVX-512 cpuinfo for this machine, and for the nodes the stand-in
+# domains, 8 CPUs), 64 GiB MemAvailable, no cgroup and an AVX-512 cpuinfo for this machine, and for the nodes the stand-in
 # query answers for, the same sysfs and a cpuinfo without AVX-512, unless VARs replace them;
 # sets OUT and RC; the query's command lines go to QUERY_LOG (emptied first).
 plan() {
@@ -87,6 +90,7 @@ plan() {
     : >"$QUERY_LOG"
     OUT="$(env -i PATH="$BASE_PATH" HOME="$WORK" SHARDLORA_RUN_SYSFS="$FIX/sysfs-2numa" \
         SHARDLORA_RUN_CPUINFO="$FIX/cpuinfo-avx512" FAKE_QUERY_LOG="$QUERY_LOG" \
+        SHARDLORA_RUN_MEMINFO="$FIX/meminfo-64g" SHARDLORA_RUN_PROC_CGROUP=/nonexistent \
         FAKE_NODE_SYSFS="$FIX/sysfs-2numa" FAKE_NODE_CPUINFO="$FIX/cpuinfo-noavx512" \
         "${vars[@]}" "$RUN" "$@" 2>&1)"
     RC=$?
@@ -521,9 +525,9 @@ case_end
 case_start "--node-facts prints this machine's facts, also inside an mpirun rank (OMPI_COMM_WORLD_RANK set)"
 plan OMPI_COMM_WORLD_RANK=1 SHARDLORA_RUN_HOSTNAME=h7 -- --node-facts
 expect_rc 0
-[ "$OUT" = "shardlora-run-facts: host=h7 domains=2 kind=numa cpus=8 avx512f=1" ] || err "unexpected --node-facts line"
+[ "$OUT" = "shardlora-run-facts: host=h7 domains=2 kind=numa cpus=8 avx512f=1 mem=68719476736" ] || err "unexpected --node-facts line"
 plan SHARDLORA_RUN_SYSFS="$FIX/sysfs-2sockets" SHARDLORA_RUN_CPUINFO="$FIX/cpuinfo-noavx512" SHARDLORA_RUN_HOSTNAME=h8 -- --node-facts
-[ "$OUT" = "shardlora-run-facts: host=h8 domains=2 kind=socket cpus=4 avx512f=0" ] || err "unexpected --node-facts line (sockets)"
+[ "$OUT" = "shardlora-run-facts: host=h8 domains=2 kind=socket cpus=4 avx512f=0 mem=68719476736" ] || err "unexpected --node-facts line (sockets)"
 case_end
 
 case_start "--hostfile (path with spaces): 3 hosts, comments and blank lines skipped"
@@ -639,6 +643,15 @@ expect_field exec "$FQ train --threads 2 --tp 2"
 expect_not_in OPENBLAS_CORETYPE env
 case_end
 
+case_start "rank mode: --pp passed on as --pp unless shardlora's options have it"
+plan OMPI_COMM_WORLD_RANK=1 OMPI_COMM_WORLD_SIZE=4 OMPI_COMM_WORLD_LOCAL_SIZE=2 -- --dry-run --threads 2 --pp 2 --bin "$FAKE" train --tp 2
+expect_rc 0
+expect_field exec "$FQ train --pp 2 --threads 2 --tp 2"
+plan OMPI_COMM_WORLD_RANK=1 OMPI_COMM_WORLD_SIZE=4 OMPI_COMM_WORLD_LOCAL_SIZE=2 -- --dry-run --threads 2 --pp 2 --bin "$FAKE" train --pp=2
+expect_rc 0
+expect_field exec "$FQ train --threads 2 --pp=2"
+case_end
+
 case_start "rank mode, threads derived: bound ranks use their CPUs, unbound share the node's"
 # The fake sysfs says 8 online CPUs; this process may use $(nproc) of them.
 plan OMPI_COMM_WORLD_RANK=1 OMPI_COMM_WORLD_SIZE=2 OMPI_COMM_WORLD_LOCAL_SIZE=2 -- --dry-run --bin "$FAKE" train
@@ -713,6 +726,135 @@ expect_in "mpirun env OMP_NUM_THREADS=4"
 expect_not_in "mpirun env OPENBLAS_CORETYPE"
 [ "$IS_ROOT" = 0 ] || expect_in "mpirun env OMPI_ALLOW_RUN_AS_ROOT=1"
 expect_in "stopped after a checkpoint: requeue"
+case_end
+
+# ---- pipeline stages (--pp) and the default pp from the memory estimate -----------------------
+
+case_start "--pp 2 on 2 hosts x 2 slots: tp 2 in a node, stage 0 on node 0, stage 1 on node 1, --pp inserted"
+plan -- --dry-run --hosts n1:2,n2:2 --pp 2 --bin "$FAKE" train --model /m
+expect_rc 0
+expect_field tp 2; expect_field pp 2; expect_source pp "--pp; inserted --pp 2"; expect_field dp 1
+expect_in "TP groups inside a node; stages across nodes (pipeline 0: stage 0 on node 0, stage 1 on node 1)" placement
+expect_in "$FQ train --tp 2 --pp 2 --threads 4 --model /m" command
+expect_count 1 "--pp" command
+case_end
+
+case_start "--pp 2 on one node of 2 ranks: tp 1 (the largest divisor of K leaving room), stages inside the node"
+plan -- --dry-run --pp 2 --bin "$FAKE" eval --model /m
+expect_rc 0
+expect_field tp 1; expect_field pp 2; expect_field dp 1
+expect_source tp "the largest divisor of 2 ranks per node"
+expect_in "stages inside a node (pipeline 0: stage 0 on node 0, stage 1 on node 0)" placement
+expect_in "$FQ eval --tp 1 --pp 2 --threads 4 --model /m" command
+case_end
+
+case_start "shardlora's --pp 2 and --pp-layers kept (not inserted again); --tp 2 x --pp 2 on 2 x 4 ranks: dp 2"
+plan -- --dry-run --hosts n1:4,n2:4 --bin "$FAKE" train --pp 2 --tp 2 --model /m
+expect_rc 0
+expect_field tp 2; expect_field pp 2; expect_field dp 2; expect_source pp "kept: --pp"
+expect_count 1 "--pp" command
+expect_in "stages inside a node (pipeline 0: stage 0 on node 0, stage 1 on node 0)" placement
+plan -- --dry-run --hosts n1:2,n2:2 --bin "$FAKE" train --pp-layers 20,12 --model /m
+expect_rc 0
+expect_field pp 2; expect_source pp "kept: --pp-layers (its count)"; expect_count 0 " --pp " command
+case_end
+
+case_start "--pp refusals: disagreeing with shardlora's, not dividing np, for generate, not a count"
+plan -- --dry-run --hosts n1:2,n2:2 --pp 4 --bin "$FAKE" train --pp 2 --model /m
+expect_refused "--pp 4 and shardlora's --pp 2 disagree"
+plan -- --dry-run --hosts n1:2,n2:2 --pp 3 --bin "$FAKE" train --model /m
+expect_refused "pp 3 does not divide np 4"
+plan -- --dry-run --hosts n1:2,n2:2 --bin "$FAKE" train --tp 2 --pp 4 --model /m
+expect_refused "tp 2 x pp 4 does not divide np 4"
+plan -- --dry-run --pp 2 --bin "$FAKE" generate --model /m
+expect_refused "--pp: generate runs no pipeline stages"
+plan -- --dry-run --pp x --bin "$FAKE" train
+expect_refused "--pp 'x': expected an integer > 0"
+plan -- --dry-run --mem-per-node -3 --bin "$FAKE" train
+expect_refused "--mem-per-node '-3': expected a positive number of GiB"
+case_end
+
+# The default pp from the estimate needs the real binary (shardlora plan) and a config.json:
+# the 7B shape with float16 weights (held as F32): 4 x 6.74e9 parameters, 12.55 GiB per rank
+# at tp 2 for the frozen weights alone, so 2 ranks fit a node of 64 GiB (32 per rank) and not
+# one of 24 GiB (12 per rank), whatever the activations.
+M7="$FIX/llama7b"
+case_start "default pp: the model does not fit one node of 24 GiB (queried MemAvailable): pp = 2 nodes, printed"
+plan SHARDLORA_RUN_MEMINFO="$FIX/meminfo-24g" -- --dry-run --hosts n1:2,n2:2 --bin "$SLBIN" train --model "$M7" --out /o
+expect_rc 0
+expect_field tp 2; expect_field pp 2; expect_field dp 1
+expect_source pp "the model does not fit one node: pp = 2 nodes; inserted --pp 2"
+expect_in "tp 2 x pp 1 needs 1" memory
+expect_in "a rank may use 12 GiB = 24.000 GiB per node / 2 ranks (memory: the smallest node's" memory
+expect_in "; tp 2 x pp 2 needs " memory
+expect_in "train --tp 2 --pp 2 --threads 4 --model $M7" command
+query_log_has "--node-facts"
+case_end
+
+case_start "default pp: the model fits one node of 64 GiB: pp 1, nothing inserted"
+plan -- --dry-run --hosts n1:2,n2:2 --bin "$SLBIN" train --model "$M7" --out /o
+expect_rc 0
+expect_field pp 1; expect_source pp "the model fits one node"; expect_field dp 2
+expect_count 0 "--pp" command
+case_end
+
+case_start "default pp: one host's cgroup allows 20 GiB (MemAvailable 64): the smallest node decides, pp 2"
+plan SHARDLORA_RUN_PROC_CGROUP="$FIX/proc-cgroup-v2" FAKE_NODES="n2=$FIX/sysfs-2numa-cg20g" -- \
+    --dry-run --hosts n1:2,n2:2 --bin "$SLBIN" train --model "$M7"
+expect_rc 0
+expect_field pp 2; expect_in "20.000 GiB per node / 2 ranks (memory: the smallest node's, n2" memory
+case_end
+
+case_start "default pp: --mem-per-node, SLURM_MEM_PER_NODE and --memory-limit say the memory (no query for it)"
+plan -- --dry-run --hosts n1:2,n2:2 --ranks-per-node 2 --threads 4 --mem-per-node 24 --bin "$SLBIN" train --model "$M7"
+expect_rc 0
+expect_field pp 2; expect_in "24 GiB per node / 2 ranks (memory: --mem-per-node)" memory
+plan "${SLURM_2X2[@]}" SLURM_MEM_PER_NODE=24576 -- --dry-run --bin "$SLBIN" train --model "$M7"
+expect_rc 0
+expect_field pp 2; expect_in "(memory: SLURM_MEM_PER_NODE=24576 MB)" memory
+expect_in "srun --mpi=pmix --nodes 2 -n 4 --ntasks-per-node 2 --cpus-per-task 4 --cpu-bind=cores $(q "$SLBIN") train --tp 2 --pp 2 --threads 4" command
+query_log_empty
+plan "${SLURM_2X2[@]}" -- --dry-run --bin "$SLBIN" train --model "$M7" --memory-limit 40
+expect_rc 0
+expect_field pp 1; expect_in "(memory: shardlora's --memory-limit x 2 ranks)" memory
+query_log_empty
+case_end
+
+case_start "train-nnodes.sbatch: PP=2 becomes --pp 2; MEM_PER_NODE=24 lets the launcher choose pp 2 (dry run)"
+echo '{"text": "x"}' >"$WORK/data.jsonl"
+sbatch_dry() {
+    OUT="$(cd "$WORK" && env -i PATH="$BASE_PATH" HOME="$WORK" "${SLURM_2X2[@]}" SLURM_SUBMIT_DIR="$ROOT" \
+        SHARDLORA_RUN_SYSFS="$FIX/sysfs-2numa" SHARDLORA_RUN_CPUINFO="$FIX/cpuinfo-avx512" \
+        SHARDLORA_RUN_MEMINFO="$FIX/meminfo-64g" SHARDLORA_RUN_PROC_CGROUP=/nonexistent SHARDLORA_RUN_DRY=1 \
+        MODEL="$M7" DATA="$WORK/data.jsonl" OUT="$WORK/sbatch-out" "$@" \
+        bash "$ROOT/launch/slurm/train-nnodes.sbatch" 2>&1)"
+    RC=$?
+}
+sbatch_dry PP=2 SHARDLORA_BIN="$FAKE"
+expect_rc 0
+expect_field pp 2; expect_source pp "--pp; inserted --pp 2"
+expect_in "$FQ train --tp 2 --pp 2 --threads 4 --model $M7 --out $WORK/sbatch-out --data $WORK/data.jsonl" command
+sbatch_dry MEM_PER_NODE=24 SHARDLORA_BIN="$SLBIN"
+expect_rc 0
+expect_field pp 2; expect_in "(memory: --mem-per-node)" memory
+sbatch_dry SHARDLORA_BIN="$SLBIN"
+expect_rc 0
+expect_field pp 1; expect_field dp 2
+case_end
+
+case_start "default pp: explicit --tp / --pp win; one node, no config.json, no binary: pp 1 without an estimate"
+plan SHARDLORA_RUN_MEMINFO="$FIX/meminfo-24g" -- --dry-run --hosts n1:2,n2:2 --pp 1 --bin "$SLBIN" train --model "$M7"
+expect_rc 0
+expect_field pp 1; expect_source pp "--pp; inserted --pp 1"; expect_not_in "shardlora-run:   memory"
+plan SHARDLORA_RUN_MEMINFO="$FIX/meminfo-24g" -- --dry-run --hosts n1:2,n2:2 --bin "$SLBIN" train --model "$M7" --tp 1 --allow-tp-across-nodes
+expect_rc 0
+expect_field tp 1; expect_field pp 2; expect_field dp 2; expect_in "tp 1 x pp 1 needs" memory
+plan SHARDLORA_RUN_MEMINFO="$FIX/meminfo-24g" -- --dry-run --bin "$SLBIN" train --model "$M7"
+expect_rc 0
+expect_field pp 1; expect_source pp "one node"
+plan SHARDLORA_RUN_MEMINFO="$FIX/meminfo-24g" -- --dry-run --hosts n1:2,n2:2 --bin "$SLBIN" train --model /nonexistent
+expect_rc 0
+expect_field pp 1; expect_source pp "not estimated: no config.json"
 case_end
 
 for sig in USR1 TERM; do

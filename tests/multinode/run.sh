@@ -8,7 +8,13 @@
 #     non-zero within seconds, and the same command relaunched resumes and completes;
 #  3. the same 2-host run started through launch/shardlora-run, ranks per node from the hosts'
 #     slots (--hosts A:2,B:2, no --ranks-per-node) and the nodes' CPU facts queried on each
-#     host through mpirun (shardlora-run --node-facts, answered under each host's own name).
+#     host through mpirun (shardlora-run --node-facts, answered under each host's own name);
+#  4. pipeline stages across the hosts (issue 19): tp 2 inside each host x pp 2, stage 0 on A
+#     and stage 1 on B: the link's bytes per step against the boundary formula
+#     2 x micro-batches x tokens x hidden x 4 (within PP_MAX_OVER) and against a TP group
+#     spanning the hosts (tp 4, what --allow-tp-across-nodes runs: PP_MAX_FRACTION of it at
+#     most); its adapter equals a 1-rank run's within the mpi tests' tolerances; and the
+#     launcher picks pp = 2 nodes by itself when told a node's memory is too small for tp 2.
 # Needs root (network namespaces); never skipped. Deletes its namespaces and kills what runs
 # in them on exit, whatever happens.
 # usage: run.sh SHARDLORA_BINARY WORK_DIR
@@ -29,9 +35,33 @@ KILL_AFTER_CKPT=10             # kill once a checkpoint of this step exists and 
 KILL_DEADLINE=20               # s from kill -9 to no process left on either host
 LAYERS=2 HIDDEN=64
 TRAFFIC_SEQ=256 TRAFFIC_GB=8    # traffic runs: T = (GB / dp 2) x SEQ = 1024 tokens per rank per step
-TRAFFIC=(--tp 2 --threads 1 --seq-len "$TRAFFIC_SEQ" --micro-batch 2 --global-batch "$TRAFFIC_GB"
-         --peak-gflops 1 --log-every 1000)
+TRAFFIC_MB=2
+TRAFFIC_COMMON=(--threads 1 --seq-len "$TRAFFIC_SEQ" --micro-batch "$TRAFFIC_MB" --global-batch "$TRAFFIC_GB"
+                --peak-gflops 1 --log-every 1000)
+TRAFFIC=(--tp 2 "${TRAFFIC_COMMON[@]}")
 TOKENS=$((TRAFFIC_GB / 2 * TRAFFIC_SEQ))
+# 4. the pipeline run: m = global batch / (dp 1 x micro-batch) micro-batches of N tokens a step
+PP_MICRO=$((TRAFFIC_GB / TRAFFIC_MB)) PP_TOKENS=$((TRAFFIC_MB * TRAFFIC_SEQ))
+# link bytes per step <= this x the boundary formula 2 x m x N x C x 4: measured 1.0xx here
+# (Ethernet 14 + IP/TCP 52 B per <= 1448-B segment is 4.6% if the veth saw MTU-sized frames;
+# with segmentation offload far less; ACKs; Open MPI's fragment headers; the step's control
+# collectives, a few small messages): 1.25 leaves room for all of them, and a second copy of
+# the activations (a bug) would be 2x
+PP_MAX_OVER=1.25
+# pp link <= this x the link of a TP group spanning the hosts: per micro-batch the boundary is
+# 2 [N, C] each way over all TP ranks, tp 4 all-reduces 4L + 2 [N, C] (L 2 here: measured
+# ~0.1; the ratio falls as 1 / (2L + 1) with the layers)
+PP_MAX_FRACTION=0.2
+# the adapter of a pp run against 1 rank: the mpi tests' model, data and settings
+# (tests/mpi/layouts.sh "equivalence": tied embeddings, q/k/v bias, vocab 301; seq 16, r 4,
+# lr 5e-3, 4 micro-batches a step, 5 AdamW steps) and tolerances (tests/mpi/common.sh). (On
+# the GPL text and the model above, tp 2 itself, with or without pp, is 2.1e-4 off 1 rank by
+# norm after 5 such steps: AdamW's m / sqrt(v) magnifies the rounding of small gradients.)
+PP_STEPS=5
+PPCHECK=(--no-shuffle --no-pack --seq-len 16 --threads 1 --peak-gflops 1 --lora-r 4 --lora-alpha 8
+         --lr 5e-3 --seed 11 --log-every 100 --micro-batch 1 --global-batch 4 --steps $PP_STEPS)
+ADAM_TOL=$(sed -n 's/^ADAM_TOL=\([0-9.e-]*\).*/\1/p' "$MN_DIR/../mpi/common.sh")
+ADAM_NORM_TOL=$(sed -n 's/^ADAM_NORM_TOL=\([0-9.e-]*\).*/\1/p' "$MN_DIR/../mpi/common.sh")
 FAILRUN=(--tp 2 --threads 1 --seq-len 64 --micro-batch 1 --global-batch 2 --peak-gflops 1
          --steps "$FAIL_STEPS" --ckpt-every "$CKPT_EVERY" --log-every 50)
 
@@ -239,4 +269,64 @@ if [ -x "$LAUNCHER" ]; then
 else
   fail "$LAUNCHER is missing or not executable"
 fi
+
+# ---- 4. pipeline stages across the hosts, against the formula, tp across the hosts, 1 rank ----
+[ -n "$ADAM_TOL" ] && [ -n "$ADAM_NORM_TOL" ] || fail "cannot read ADAM_TOL / ADAM_NORM_TOL from tests/mpi/common.sh"
+declare -A PPRUN
+for lay in pp tpx; do
+  for s in $SHORT_STEPS $LONG_STEPS; do
+    opts=(--tp 2 --pp 2); [ $lay = tpx ] && opts=(--tp 4)
+    read -r rx0 tx0 < <(link_bytes)
+    t=$(date +%s.%N)
+    mpi_train "$W/$lay-$s.log" --model "$W/model" --data "$W/data.jsonl" --out "$W/$lay-$s" \
+      "${opts[@]}" "${TRAFFIC_COMMON[@]}" --steps "$s" || fail "the $lay $s-step run failed (exit $?)"
+    read -r rx1 tx1 < <(link_bytes)
+    placed "$W/$lay-$s.log" "$lay $s-step run"
+    PPRUN[$lay-$s]="$s:$((rx1 - rx0)):$((tx1 - tx0)):$W/$lay-$s"
+    ok "$lay (${opts[*]}) $s steps across the hosts in $(since "$t") s: the link carried RX $((rx1 - rx0)) TX $((tx1 - tx0)) bytes"
+  done
+done
+grep -q "pipeline: 2 stages of layers \[0, 1) \[1, 2)" "$W/pp-$LONG_STEPS.log" ||
+  fail "the pp run did not split the $LAYERS layers into 2 stages"
+"$PY" - "$W/pp-$LONG_STEPS" "$NSA" "$NSB" <<'PY' || fail "the pp run's stages are not one per host"
+import json, sys
+for r in range(4):
+    s = json.load(open(f"{sys.argv[1]}/summary-rank{r}.json"))
+    want = (2, 2, 1, r // 2)
+    got = (s["tp"], s["pp"], s["dp"], s["pp_rank"])
+    assert got == want, f"rank {r}: (tp, pp, dp, stage) {got}, expected {want}"
+print(f"ok: ranks 0-1 (host {sys.argv[2]}) are stage 0, ranks 2-3 (host {sys.argv[3]}) stage 1, tp 2 each")
+PY
+"$PY" "$MN_DIR/pp_figures.py" --pp-short "${PPRUN[pp-$SHORT_STEPS]}" --pp-long "${PPRUN[pp-$LONG_STEPS]}" \
+  --tpx-short "${PPRUN[tpx-$SHORT_STEPS]}" --tpx-long "${PPRUN[tpx-$LONG_STEPS]}" \
+  --micro-batches $PP_MICRO --tokens $PP_TOKENS --hidden $HIDDEN --host-ranks 0,1 \
+  --max-over $PP_MAX_OVER --max-fraction $PP_MAX_FRACTION || fail "the pipeline's link bytes are out of bounds"
+"$SL" make-model --out "$W/mpim" --layers 2 --seed 3 --hidden 64 --ffn 128 --heads 4 --kv-heads 2 \
+  --vocab 301 --tie --qkv-bias > "$W/make-mpim.log" 2>&1 || fail "make-model (the mpi tests' model) failed"
+"$PY" "$MN_DIR/../reference/make_data.py" --seed 5 --rows 7 --len 8 28 --vocab 301 --mask odd:1:5 \
+  --zero-and-split > "$W/mpi-data.jsonl" || fail "cannot make the mpi tests' data"
+mpi_train "$W/pp-check.log" --model "$W/mpim" --data "$W/mpi-data.jsonl" --out "$W/pp-check" --tp 2 --pp 2 \
+  "${PPCHECK[@]}" || fail "the pp run with the mpi tests' settings failed (exit $?)"
+placed "$W/pp-check.log" "pp check run"
+timeout -k 5 $RUN_TIMEOUT "$SL" train --model "$W/mpim" --data "$W/mpi-data.jsonl" --out "$W/pp-ref" \
+  "${PPCHECK[@]}" > "$W/pp-ref.log" 2>&1 || fail "the 1-rank run failed (exit $?)"
+"$PY" "$MN_DIR/../mpi/mpi_check.py" adapters --steps $PP_STEPS --tol "$ADAM_TOL" --norm-rel-tol "$ADAM_NORM_TOL" \
+  "$W/pp-ref" "$W/pp-check" || fail "the pp run's adapter differs from 1 rank's"
+ok "tp 2 x pp 2 across the hosts: adapter after $PP_STEPS AdamW steps equals 1 rank's (rel $ADAM_TOL per element, $ADAM_NORM_TOL per tensor; per-step loss and grad norm rel 1e-5)"
+
+# the launcher's default pp: told a node has 0.0547 GiB (--mem-per-node), 2 ranks may use
+# 29.37 MB each; shardlora plan's estimate at tp 2 is 29.57 MB (pp 1) and 29.23 MB (pp 2; the
+# MFU probe's 28.3 MB dominates this small model): pp = 2 nodes
+timeout -k 5 $RUN_TIMEOUT "${ON_A[@]}" env OMPI_MCA_plm_rsh_agent="$AGENT" OMPI_MCA_btl=vader,tcp,self \
+  OMPI_MCA_oob_tcp_if_include=$NET OMPI_MCA_btl_tcp_if_include=$NET \
+  "$LAUNCHER" --hosts $IPA:2,$IPB:2 --threads 1 --mem-per-node 0.0547 --bin "$SL" -- \
+  train --model "$W/model" --data "$W/data.jsonl" --out "$W/launcher-pp" --seq-len 64 --global-batch 4 \
+  --steps 2 --peak-gflops 1 > "$W/launcher-pp.log" 2>&1 || fail "the launcher's pp run failed (exit $?)"
+placed "$W/launcher-pp.log" "launcher pp run"
+grep -q '^shardlora-run:   pp            2   (the model does not fit one node: pp = 2 nodes; inserted --pp 2)$' \
+  "$W/launcher-pp.log" || fail "the launcher did not choose pp 2 from the estimate"
+grep -q "pipeline: 2 stages" "$W/launcher-pp.log" && grep -q '"pp": 2,' "$W/launcher-pp/summary-rank0.json" \
+  || fail "the launcher's pp run did not run 2 stages"
+grep -q "which does not fit either" "$W/launcher-pp.log" && fail "the launcher says pp 2 does not fit 0.0547 GiB"
+ok "launch/shardlora-run --mem-per-node 0.0547: $(sed -n 's/^shardlora-run:   memory  *//p' "$W/launcher-pp.log" | sed 's/   (shardlora plan)$//'); chose pp 2, stages one per host"
 finish
