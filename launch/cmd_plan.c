@@ -211,10 +211,11 @@ static int64_t plan_part(int64_t N, int64_t C, int tp) {
  * [N, C] per layer, on the first stage the embedding [N, C] (vocab-parallel rows), on the last
  * the cross-entropy's max, sum and target logit [N] each and the lm_head input gradient
  * [N, C]; a layer run again in backward (recompute) all-reduces its o_proj (down_proj's is
- * skipped): every layer but the last with --recompute layer, every layer on a stage holding
- * several micro-batches' inputs (pipe_sets > 1 forces recompute, and another micro-batch ran
- * forward before each backward). *gather, payload bytes of the all-gathers of the stage's
- * received parts (input from the stage before, gradient from the stage after). F32. */
+ * skipped) with --recompute layer: every layer but the last, every layer on a stage holding
+ * several micro-batches (another micro-batch ran forward before each backward); without it
+ * a stage keeps each micro-batch's saves and runs nothing again. *gather, payload bytes of the
+ * all-gathers of the stage's received parts (input from the stage before, gradient from the stage
+ * after). F32. */
 static void plan_tp_stage(const LlamaModel *m, int64_t N, int64_t nmicro, int recompute, int s,
                           int P, int64_t Ls, int64_t *reduce, int64_t *gather) {
     *reduce = *gather = 0;
@@ -222,10 +223,8 @@ static void plan_tp_stage(const LlamaModel *m, int64_t N, int64_t nmicro, int re
     const int first = s == 0, last = s == P - 1, vp = m->Vl < m->V;
     const int64_t sets = P - s < nmicro ? P - s : nmicro;   /* pipe_sets */
     int64_t rows_c = 4 * Ls + (first && vp) + (last && vp); /* all-reduces of [N, C] */
-    if (sets > 1)
-        rows_c += Ls;
-    else if (recompute == LLAMA_RECOMPUTE_LAYER)
-        rows_c += Ls - 1;
+    if (recompute == LLAMA_RECOMPUTE_LAYER) /* the last layer is fresh only at one set */
+        rows_c += sets > 1 ? Ls : Ls - 1;
     const int64_t micro = sizes_mul_sat(sizes_add_sat(sizes_mul_sat(rows_c, m->C), last ? 3 : 0),
                                         sizes_mul_sat(N, 4));
     *reduce = sizes_mul_sat(nmicro, micro);
