@@ -314,12 +314,13 @@ timeout -k 5 $RUN_TIMEOUT "$SL" train --model "$W/mpim" --data "$W/mpi-data.json
   "$W/pp-ref" "$W/pp-check" || fail "the pp run's adapter differs from 1 rank's"
 ok "tp 2 x pp 2 across the hosts: adapter after $PP_STEPS AdamW steps equals 1 rank's (rel $ADAM_TOL per element, $ADAM_NORM_TOL per tensor; per-step loss and grad norm rel 1e-5)"
 
-# the launcher's default pp: told a node has 0.0547 GiB (--mem-per-node), 2 ranks may use
-# 29.37 MB each; shardlora plan's estimate at tp 2 is 29.57 MB (pp 1) and 29.23 MB (pp 2; the
-# MFU probe's 28.3 MB dominates this small model): pp = 2 nodes
+# the launcher's default pp: told a node has 0.0549 GiB (--mem-per-node), 2 ranks may use
+# 29.47 MB each; shardlora plan's estimate at tp 2 is 29.57 MB (pp 1) and 29.39 MB (pp 2: its
+# stage 0 keeps the saves of 2 micro-batches in flight; the MFU probe's 28.3 MB dominates this
+# small model): pp = 2 nodes
 timeout -k 5 $RUN_TIMEOUT "${ON_A[@]}" env OMPI_MCA_plm_rsh_agent="$AGENT" OMPI_MCA_btl=vader,tcp,self \
   OMPI_MCA_oob_tcp_if_include=$NET OMPI_MCA_btl_tcp_if_include=$NET \
-  "$LAUNCHER" --hosts $IPA:2,$IPB:2 --threads 1 --mem-per-node 0.0547 --bin "$SL" -- \
+  "$LAUNCHER" --hosts $IPA:2,$IPB:2 --threads 1 --mem-per-node 0.0549 --bin "$SL" -- \
   train --model "$W/model" --data "$W/data.jsonl" --out "$W/launcher-pp" --seq-len 64 --global-batch 4 \
   --steps 2 --peak-gflops 1 > "$W/launcher-pp.log" 2>&1 || fail "the launcher's pp run failed (exit $?)"
 placed "$W/launcher-pp.log" "launcher pp run"
@@ -327,6 +328,6 @@ grep -q '^shardlora-run:   pp            2   (the model does not fit one node: p
   "$W/launcher-pp.log" || fail "the launcher did not choose pp 2 from the estimate"
 grep -q "pipeline: 2 stages" "$W/launcher-pp.log" && grep -q '"pp": 2,' "$W/launcher-pp/summary-rank0.json" \
   || fail "the launcher's pp run did not run 2 stages"
-grep -q "which does not fit either" "$W/launcher-pp.log" && fail "the launcher says pp 2 does not fit 0.0547 GiB"
-ok "launch/shardlora-run --mem-per-node 0.0547: $(sed -n 's/^shardlora-run:   memory  *//p' "$W/launcher-pp.log" | sed 's/   (shardlora plan)$//'); chose pp 2, stages one per host"
+grep -q "which does not fit either" "$W/launcher-pp.log" && fail "the launcher says pp 2 does not fit 0.0549 GiB"
+ok "launch/shardlora-run --mem-per-node 0.0549: $(sed -n 's/^shardlora-run:   memory  *//p' "$W/launcher-pp.log" | sed 's/   (shardlora plan)$//'); chose pp 2, stages one per host"
 finish
