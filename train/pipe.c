@@ -10,6 +10,13 @@ int pipe_sets(const Grid *g, int64_t nmicro) {
     return (int)(k < nmicro ? k : nmicro < 1 ? 1 : nmicro);
 }
 
+/* The tag of micro-batch mb's forward (dir 0) or backward (dir 1) message. MPI promises tags
+ * up to 32767 only, so mb counts modulo 16384: at most P micro-batches are in flight between
+ * two stages and messages of one tag arrive in order, so no two pending ones share a tag. */
+static int pipe_tag(int64_t mb, int dir) {
+    return (int)(2 * (mb % 16384) + dir);
+}
+
 static float **pipe_parts(Pipe *p, int n) {
     float **v = calloc((size_t)p->K, sizeof *v);
     SL_CHECK(v, "out of memory");
@@ -84,7 +91,7 @@ static void pipe_post_input(Pipe *p, int64_t mb) {
     const int k = (int)(mb % p->K);
     LlamaActs *a = &p->s->acts;
     float *dst = a->res_set[k][p->s->m.l0] + p->off;
-    grid_irecv(p->s->g->pp_comm, dst, p->len * sizeof(float), p->stage - 1, (int)(2 * mb),
+    grid_irecv(p->s->g->pp_comm, dst, p->len * sizeof(float), p->stage - 1, pipe_tag(mb, 0),
                &p->fr[k]);
 }
 
@@ -92,8 +99,8 @@ static void pipe_post_input(Pipe *p, int64_t mb) {
 static void pipe_post_grad(Pipe *p, int64_t mb) {
     if (p->stage == p->P - 1) return;
     const int k = (int)(mb % p->K);
-    grid_irecv(p->s->g->pp_comm, p->brecv[k], p->len * sizeof(float), p->stage + 1,
-               (int)(2 * mb + 1), &p->br[k]);
+    grid_irecv(p->s->g->pp_comm, p->brecv[k], p->len * sizeof(float), p->stage + 1, pipe_tag(mb, 1),
+               &p->br[k]);
 }
 
 /* Waits for micro-batch mb's input part and all-gathers the parts over the TP group. */
@@ -133,7 +140,7 @@ static double pipe_forward(Pipe *p, const RowSource *src, int64_t first, int64_t
     p->busy += MPI_Wtime() - t0;
     if (p->stage < p->P - 1) {
         pipe_post_grad(p, mb);
-        pipe_send(p, p->fsend, p->fs, mb, s->acts.res[s->m.l1], p->stage + 1, (int)(2 * mb));
+        pipe_send(p, p->fsend, p->fs, mb, s->acts.res[s->m.l1], p->stage + 1, pipe_tag(mb, 0));
     }
     return loss;
 }
@@ -155,7 +162,7 @@ static void pipe_backward(Pipe *p, int64_t mb, AdapterEnv *env, LlamaLayerDone l
     llama_acts_select(a, k);
     llama_backward(&s->m, a, &p->batch[k], env, s->kops, &s->kc, g, layer_done, done_ctx);
     p->busy += MPI_Wtime() - t0;
-    if (p->stage > 0) pipe_send(p, p->bsend, p->bs, mb, a->dres, p->stage - 1, (int)(2 * mb + 1));
+    if (p->stage > 0) pipe_send(p, p->bsend, p->bs, mb, a->dres, p->stage - 1, pipe_tag(mb, 1));
     if (mb + p->K < p->nmicro) pipe_post_input(p, mb + p->K);
 }
 

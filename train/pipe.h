@@ -17,7 +17,7 @@
  * So one link between two stages carries the [N, C] tensor once per direction and
  * micro-batch: 2 x m x N x C x 4 bytes per step (GRID_BYTES_PP). Receives are posted as soon
  * as their buffer is free and sends do not block, so transfers overlap compute; tag 2 mb is a
- * forward message, 2 mb + 1 a backward one.
+ * forward message, 2 mb + 1 a backward one (mb modulo 16384: MPI's smallest tag bound).
  *
  * Legend: B sequences per micro-batch, T tokens, N = B*T rows, C hidden, P stages. */
 #ifndef SHARDLORA_TRAIN_PIPE_H
